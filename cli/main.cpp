@@ -1,0 +1,56 @@
+// lowrank: LoRA fine-tuning, evaluation, merging and generation.
+#include <algorithm>
+#include <cstdio>
+#include <exception>
+#include <map>
+
+#include "command.h"
+#include "lowrank/core/error.h"
+
+namespace lowrank::cli {
+std::vector<Command>& command_registry() {
+  static std::vector<Command> registry;
+  return registry;
+}
+}  // namespace lowrank::cli
+
+int main(int argc, char** argv) {
+  using namespace lowrank;
+  CLI::App app{"lowrank: LoRA fine-tuning, evaluation, merging and generation for LLMs"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "lowrank 0.1.0");
+  auto& registry = cli::command_registry();
+  std::sort(registry.begin(), registry.end(),
+            [](const cli::Command& a, const cli::Command& b) { return a.name < b.name; });
+  std::map<CLI::App*, std::function<int()>> runners;
+  for (auto& c : registry) {
+    CLI::App* sub = app.add_subcommand(c.name, c.help);
+    runners[sub] = c.setup(*sub);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "error: %s\nRun with --help for usage.\n", e.what());
+    return 2;
+  }
+  try {
+    for (auto& [sub, run] : runners)
+      if (sub->parsed()) return run();
+    return 2;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "internal error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,16 @@
+#pragma once
+// Device memory hooks for Tensor. Without the CUDA backend these throw a clear Error.
+#include <cstddef>
+#include <memory>
+
+#include "lowrank/core/tensor.h"
+
+namespace lowrank {
+
+std::shared_ptr<Storage> device_allocate(size_t bytes, Device device);
+void device_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+void device_memset_zero(void* dst, Device device, size_t bytes);
+// Number of CUDA devices usable now (0 without the backend or without a GPU).
+int cuda_device_count();
+
+}  // namespace lowrank

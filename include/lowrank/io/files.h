@@ -1,0 +1,20 @@
+#pragma once
+// File helpers: whole-file reads with clear errors, atomic writes, JSON files.
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace lowrank::io {
+
+// Reads a whole file; throws Error("<path>: cannot read: <reason>") if it cannot.
+std::string read_file(const std::string& path);
+// Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+// Parses a JSON file; throws Error naming the file and the parse position on bad JSON.
+nlohmann::json read_json(const std::string& path);
+void write_json_atomic(const std::string& path, const nlohmann::json& j, int indent = 2);
+bool file_exists(const std::string& path);
+bool is_directory(const std::string& path);
+// Flushes a directory entry to disk (after a rename into it).
+void fsync_directory(const std::string& dir);
+
+}  // namespace lowrank::io

@@ -1,0 +1,24 @@
+// Used when the CUDA backend is not compiled in.
+#ifndef LOWRANK_WITH_CUDA
+#include <cstring>
+
+#include "lowrank/core/device_memory.h"
+
+namespace lowrank {
+
+static Error no_cuda() {
+  return Error("this lowrank was built without the CUDA backend (rebuild with -DLOWRANK_CUDA=ON)");
+}
+std::shared_ptr<Storage> device_allocate(size_t, Device) { throw no_cuda(); }
+void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
+  if (dd.is_cpu() && sd.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  throw no_cuda();
+}
+void device_memset_zero(void*, Device, size_t) { throw no_cuda(); }
+int cuda_device_count() { return 0; }
+
+}  // namespace lowrank
+#endif
