@@ -1,0 +1,61 @@
+#pragma once
+// The weights of a decoder-only transformer, mapped from checkpoint names and validated.
+// Every projection is stored as [out, in] (GPT-2's Conv1D [in, out] is transposed at load), in the
+// compute dtype (f32 on the CPU).
+#include <string>
+#include <vector>
+
+#include "lowrank/core/tensor.h"
+#include "lowrank/io/safetensors.h"
+#include "lowrank/lora/target.h"
+#include "lowrank/model/config.h"
+
+namespace lowrank::model {
+
+struct Linear {
+  Tensor weight;  // [out, in]
+  Tensor bias;    // [out], or undefined
+  std::string name;  // checkpoint module path, e.g. "model.layers.0.self_attn.q_proj"
+  bool transposed_in_checkpoint = false;  // GPT-2 Conv1D stores [in, out]
+
+  bool defined() const { return weight.defined(); }
+  int64_t in_features() const { return weight.dim(1); }
+  int64_t out_features() const { return weight.dim(0); }
+};
+
+struct Norm {
+  Tensor weight;  // [d]
+  Tensor bias;    // [d] (LayerNorm) or undefined (RMSNorm)
+  std::string name;
+};
+
+struct LayerWeights {
+  Norm attn_norm;  // input_layernorm / ln_1
+  Norm mlp_norm;   // post_attention_layernorm / ln_2
+  Norm q_norm, k_norm;  // Qwen3 only: [head_dim]
+  // Llama family: q, k, v, o, gate, up, down. GPT-2: qkv (c_attn, [3d, d]), o (attn.c_proj),
+  // up (c_fc), down (mlp.c_proj).
+  Linear q, k, v, qkv, o, gate, up, down;
+
+  // The projection LoRA target t refers to in this layer (nullptr if the architecture has none).
+  Linear* projection(Target t);
+  const Linear* projection(Target t) const;
+};
+
+struct ModelWeights {
+  Tensor embed;      // [vocab, d]
+  Tensor positions;  // [max_positions, d] (GPT-2 learned positions) or undefined
+  std::vector<LayerWeights> layers;
+  Norm final_norm;
+  Tensor lm_head;    // [vocab, d]; shares embed's storage when tied
+  std::string embed_name, lm_head_name;
+};
+
+// Maps and validates the checkpoint's tensors for `config`. A missing tensor or one of the wrong
+// shape is an Error naming the file, the tensor, and the expected and actual shapes.
+ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute = DType::F32);
+
+// All (checkpoint name, tensor) pairs in checkpoint layout (Conv1D transposed back), for export.
+std::vector<std::pair<std::string, Tensor>> checkpoint_tensors(const ModelConfig& config, const ModelWeights& w);
+
+}  // namespace lowrank::model

@@ -1,0 +1,59 @@
+// CPU GEMMs through OpenBLAS (f32). Every matrix product of the model goes through here.
+#include <cblas.h>
+
+#include "lowrank/ops/ops.h"
+
+namespace lowrank::ops {
+namespace {
+void check_cpu_f32(const Tensor& t, const char* what) {
+  LR_CHECK(t.defined() && t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() == 2, what, " ",
+           t.defined() ? t.str() : "undefined");
+}
+void prepare_out(Tensor& y, int64_t m, int64_t n, float beta) {
+  if (beta == 0.0f && (!y.defined() || y.dim(0) != m || y.dim(1) != n)) y = Tensor::empty({m, n});
+  LR_CHECK(y.dim(0) == m && y.dim(1) == n, "output ", y.str(), " for [", m, ", ", n, "]");
+}
+}  // namespace
+
+void matmul_nt(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
+  check_cpu_f32(x, "x");
+  check_cpu_f32(w, "w");
+  const int64_t M = x.dim(0), K = x.dim(1), N = w.dim(0);
+  LR_CHECK(w.dim(1) == K, x.str(), " · ", w.str(), "ᵀ");
+  prepare_out(y, M, N, beta);
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, x.f32(), K, w.f32(), K, beta, y.f32(), N);
+}
+
+void matmul_nn(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
+  check_cpu_f32(x, "x");
+  check_cpu_f32(w, "w");
+  const int64_t M = x.dim(0), K = x.dim(1), N = w.dim(1);
+  LR_CHECK(w.dim(0) == K, x.str(), " · ", w.str());
+  prepare_out(y, M, N, beta);
+  if (M == 0 || N == 0) return;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, alpha, x.f32(), K, w.f32(), N, beta, y.f32(), N);
+}
+
+void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
+  check_cpu_f32(x, "x");
+  check_cpu_f32(w, "w");
+  const int64_t K = x.dim(0), M = x.dim(1), N = w.dim(1);
+  LR_CHECK(w.dim(0) == K, x.str(), "ᵀ · ", w.str());
+  prepare_out(y, M, N, beta);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (beta == 0.0f) y.zero_();
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, alpha, x.f32(), M, w.f32(), N, beta, y.f32(), N);
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  Tensor y;
+  matmul_nt(x, w, y);
+  if (b.defined()) add_bias_(y, b);
+  return y;
+}
+
+}  // namespace lowrank::ops

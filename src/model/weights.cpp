@@ -1,0 +1,202 @@
+#include "lowrank/model/weights.h"
+
+#include "lowrank/core/error.h"
+#include "lowrank/core/log.h"
+
+namespace lowrank::model {
+
+Linear* LayerWeights::projection(Target t) {
+  return const_cast<Linear*>(static_cast<const LayerWeights*>(this)->projection(t));
+}
+
+const Linear* LayerWeights::projection(Target t) const {
+  const Linear* p = nullptr;
+  switch (t) {
+    case Target::Q: p = &q; break;
+    case Target::K: p = &k; break;
+    case Target::V: p = &v; break;
+    case Target::O: case Target::CProj: p = &o; break;
+    case Target::Gate: p = &gate; break;
+    case Target::Up: case Target::CFc: p = &up; break;
+    case Target::Down: case Target::MlpCProj: p = &down; break;
+    case Target::CAttn: p = &qkv; break;
+    default: return nullptr;
+  }
+  return p->defined() ? p : nullptr;
+}
+
+namespace {
+
+class Loader {
+ public:
+  Loader(const io::TensorStore& store, DType compute) : store_(store), compute_(compute) {}
+
+  bool has(const std::string& name) const { return store_.contains(name); }
+
+  // Fetches `name`, checks its shape, converts it to the compute dtype.
+  Tensor get(const std::string& name, const Shape& expected) const {
+    if (!store_.contains(name))
+      throw error(store_.source(), ": missing tensor \"", name, "\" (expected shape ", shape_str(expected), ")");
+    const auto& info = store_.info(name);
+    if (info.shape != expected)
+      throw error(store_.file_of(name), ": tensor \"", name, "\" has shape ", shape_str(info.shape),
+                  ", expected ", shape_str(expected));
+    if (!is_float(info.dtype) || info.dtype == DType::F64 || info.dtype == DType::F8_E4M3 ||
+        info.dtype == DType::F8_E5M2)
+      throw error(store_.file_of(name), ": tensor \"", name, "\" has unsupported dtype ", dtype_name(info.dtype),
+                  " (expected F32, BF16 or F16)");
+    Tensor t = store_.get(name);
+    // Always copy: the result must not alias the read-only mapping (merge writes into weights).
+    return t.dtype() == compute_ ? t.clone() : t.to(compute_);
+  }
+
+  Linear linear(const std::string& module, int64_t out, int64_t in, bool bias) const {
+    Linear l;
+    l.name = module;
+    l.weight = get(module + ".weight", {out, in});
+    if (bias) l.bias = get(module + ".bias", {out});
+    return l;
+  }
+
+  // GPT-2 Conv1D: stored [in, out]; transposed to [out, in].
+  Linear conv1d(const std::string& module, int64_t out, int64_t in) const {
+    Linear l;
+    l.name = module;
+    l.transposed_in_checkpoint = true;
+    Tensor w = get(module + ".weight", {in, out});
+    l.weight = Tensor::empty({out, in}, w.dtype());
+    const size_t es = dtype_size(w.dtype());
+    const char* src = static_cast<const char*>(w.raw());
+    char* dst = static_cast<char*>(l.weight.raw());
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t o = 0; o < out; ++o) std::memcpy(dst + (o * in + i) * es, src + (i * out + o) * es, es);
+    l.bias = get(module + ".bias", {out});
+    return l;
+  }
+
+  Norm norm(const std::string& module, int64_t d, bool bias) const {
+    Norm n;
+    n.name = module;
+    n.weight = get(module + ".weight", {d});
+    if (bias) n.bias = get(module + ".bias", {d});
+    return n;
+  }
+
+ private:
+  const io::TensorStore& store_;
+  DType compute_;
+};
+
+ModelWeights load_llama_family(const ModelConfig& c, const Loader& L) {
+  ModelWeights w;
+  const int64_t d = c.hidden_size;
+  w.embed_name = "model.embed_tokens.weight";
+  w.embed = L.get(w.embed_name, {c.vocab_size, d});
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i) + ".";
+    LayerWeights l;
+    l.attn_norm = L.norm(p + "input_layernorm", d, false);
+    l.mlp_norm = L.norm(p + "post_attention_layernorm", d, false);
+    l.q = L.linear(p + "self_attn.q_proj", c.q_dim(), d, c.attention_bias);
+    l.k = L.linear(p + "self_attn.k_proj", c.kv_dim(), d, c.attention_bias);
+    l.v = L.linear(p + "self_attn.v_proj", c.kv_dim(), d, c.attention_bias);
+    l.o = L.linear(p + "self_attn.o_proj", d, c.q_dim(), c.o_bias);
+    if (c.qk_norm) {
+      l.q_norm = L.norm(p + "self_attn.q_norm", c.head_dim, false);
+      l.k_norm = L.norm(p + "self_attn.k_norm", c.head_dim, false);
+    }
+    l.gate = L.linear(p + "mlp.gate_proj", c.intermediate_size, d, c.mlp_bias);
+    l.up = L.linear(p + "mlp.up_proj", c.intermediate_size, d, c.mlp_bias);
+    l.down = L.linear(p + "mlp.down_proj", d, c.intermediate_size, c.mlp_bias);
+    w.layers.push_back(std::move(l));
+  }
+  w.final_norm = L.norm("model.norm", d, false);
+  if (c.tie_word_embeddings && !L.has("lm_head.weight")) {
+    w.lm_head = w.embed;
+    w.lm_head_name = w.embed_name;
+  } else {
+    w.lm_head_name = "lm_head.weight";
+    w.lm_head = L.get(w.lm_head_name, {c.vocab_size, d});
+  }
+  return w;
+}
+
+ModelWeights load_gpt2(const ModelConfig& c, const Loader& L) {
+  ModelWeights w;
+  const int64_t d = c.hidden_size;
+  // Checkpoints saved by GPT2LMHeadModel prefix "transformer."; the original ones do not.
+  const std::string root = L.has("transformer.wte.weight") ? "transformer." : "";
+  w.embed_name = root + "wte.weight";
+  w.embed = L.get(w.embed_name, {c.vocab_size, d});
+  w.positions = L.get(root + "wpe.weight", {c.max_position_embeddings, d});
+  for (int64_t i = 0; i < c.num_layers; ++i) {
+    const std::string p = root + "h." + std::to_string(i) + ".";
+    LayerWeights l;
+    l.attn_norm = L.norm(p + "ln_1", d, true);
+    l.mlp_norm = L.norm(p + "ln_2", d, true);
+    l.qkv = L.conv1d(p + "attn.c_attn", 3 * d, d);
+    l.o = L.conv1d(p + "attn.c_proj", d, d);
+    l.up = L.conv1d(p + "mlp.c_fc", c.intermediate_size, d);
+    l.down = L.conv1d(p + "mlp.c_proj", d, c.intermediate_size);
+    w.layers.push_back(std::move(l));
+  }
+  w.final_norm = L.norm(root + "ln_f", d, true);
+  if (L.has("lm_head.weight") && !c.tie_word_embeddings) {
+    w.lm_head_name = "lm_head.weight";
+    w.lm_head = L.get(w.lm_head_name, {c.vocab_size, d});
+  } else {
+    w.lm_head = w.embed;
+    w.lm_head_name = w.embed_name;
+  }
+  return w;
+}
+
+void add_linear(std::vector<std::pair<std::string, Tensor>>& out, const Linear& l) {
+  if (!l.defined()) return;
+  Tensor w = l.weight;
+  if (l.transposed_in_checkpoint) {
+    const int64_t o = w.dim(0), i = w.dim(1);
+    Tensor t = Tensor::empty({i, o}, w.dtype());
+    const size_t es = dtype_size(w.dtype());
+    for (int64_t a = 0; a < o; ++a)
+      for (int64_t b = 0; b < i; ++b)
+        std::memcpy(static_cast<char*>(t.raw()) + (b * o + a) * es, static_cast<const char*>(w.raw()) + (a * i + b) * es, es);
+    w = t;
+  }
+  out.emplace_back(l.name + ".weight", w);
+  if (l.bias.defined()) out.emplace_back(l.name + ".bias", l.bias);
+}
+
+void add_norm(std::vector<std::pair<std::string, Tensor>>& out, const Norm& n) {
+  if (!n.weight.defined()) return;
+  out.emplace_back(n.name + ".weight", n.weight);
+  if (n.bias.defined()) out.emplace_back(n.name + ".bias", n.bias);
+}
+
+}  // namespace
+
+ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute) {
+  Loader loader(store, compute);
+  return config.is_gpt2() ? load_gpt2(config, loader) : load_llama_family(config, loader);
+}
+
+std::vector<std::pair<std::string, Tensor>> checkpoint_tensors(const ModelConfig& c, const ModelWeights& w) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  out.emplace_back(w.embed_name, w.embed);
+  if (w.positions.defined()) {
+    const std::string root = w.embed_name.substr(0, w.embed_name.size() - std::string("wte.weight").size());
+    out.emplace_back(root + "wpe.weight", w.positions);
+  }
+  for (const auto& l : w.layers) {
+    add_norm(out, l.attn_norm);
+    add_norm(out, l.q_norm);
+    add_norm(out, l.k_norm);
+    for (const Linear* p : {&l.q, &l.k, &l.v, &l.qkv, &l.o, &l.gate, &l.up, &l.down}) add_linear(out, *p);
+    add_norm(out, l.mlp_norm);
+  }
+  add_norm(out, w.final_norm);
+  if (w.lm_head_name != w.embed_name) out.emplace_back(w.lm_head_name, w.lm_head);
+  return out;
+}
+
+}  // namespace lowrank::model
