@@ -51,7 +51,8 @@ TensorStore TensorStore::open(const std::string& path) {
     return store;
   }
 
-  const std::string dir = path;
+  std::string dir = path;  // without trailing slashes, so joined paths read cleanly
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   const std::string index_path = dir + "/" + kIndexName;
   if (file_exists(index_path)) {
     const nlohmann::json index = read_json(index_path);

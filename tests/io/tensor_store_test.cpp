@@ -65,6 +65,8 @@ TEST(TensorStore, OpensShardedFolder) {
   const TensorStore store = TensorStore::open(dir.path());
   EXPECT_EQ(store.names(), (std::vector<std::string>{"embed", "layer.0", "layer.1"}));
   EXPECT_EQ(store.file_of("layer.1"), dir.file("model-00002-of-00002.safetensors"));
+  EXPECT_EQ(TensorStore::open(dir.path() + "/").file_of("embed"),
+            dir.file("model-00001-of-00002.safetensors"));
   EXPECT_EQ(store.get("embed").item(3), 4.0f);
   EXPECT_EQ(store.get("layer.1").item(1), 7.0f);
   EXPECT_EQ(store.info("layer.0").dtype, DType::F32);
