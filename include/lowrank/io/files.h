@@ -8,12 +8,15 @@ namespace lowrank::io {
 // Reads a whole file; throws Error("<path>: cannot read: <reason>") if it cannot.
 std::string read_file(const std::string& path);
 // Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder.
+// The temp file is removed on failure. To stream large outputs, use AtomicFile (atomic_file.h).
 void write_file_atomic(const std::string& path, const std::string& bytes);
 // Parses a JSON file; throws Error naming the file and the parse position on bad JSON.
 nlohmann::json read_json(const std::string& path);
+// Writes `j` (pretty-printed with `indent`; compact if negative) plus a newline, atomically.
 void write_json_atomic(const std::string& path, const nlohmann::json& j, int indent = 2);
+// True if `path` is a regular file (symlinks followed); false for folders and missing paths.
 bool file_exists(const std::string& path);
-bool is_directory(const std::string& path);
+bool is_directory(const std::string& path);  // symlinks followed
 // Flushes a directory entry to disk (after a rename into it).
 void fsync_directory(const std::string& dir);
 

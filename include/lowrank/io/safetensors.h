@@ -34,11 +34,18 @@ class SafetensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }  // in file order
   const TensorInfo* find(const std::string& name) const;  // nullptr if absent
   bool contains(const std::string& name) const { return find(name) != nullptr; }
-  // Zero-copy CPU view of the tensor's bytes (keeps the mapping alive); throws Error if absent.
+  // Zero-copy CPU view of the tensor's bytes (keeps the mapping alive); throws Error if absent
+  // or if its rank is above 4 (such tensors are still listed). The bytes are read-only (an
+  // mmap with PROT_READ): clone() before modifying. Data is aligned only as well as the file
+  // aligns it (the writer pads the header to 8 bytes, as the Python library does).
   Tensor get(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
+  // Validates `size` bytes at `bytes` (kept alive by `owner`); `path` prefixes every Error.
+  static SafetensorsFile parse(std::string path, std::shared_ptr<void> owner, const char* bytes,
+                               uint64_t size);
+
   std::string path_;
   std::shared_ptr<void> mapping_;  // owns the mmap (or the in-memory bytes)
   const char* data_ = nullptr;     // start of the data buffer

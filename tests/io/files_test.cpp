@@ -1,0 +1,110 @@
+#include "lowrank/io/files.h"
+
+#include <gtest/gtest.h>
+
+#include "io/io_test_helpers.h"
+#include "lowrank/io/atomic_file.h"
+
+using namespace lowrank;
+using namespace lowrank::io;
+using lowrank::io::testing::expect_error;
+using lowrank::io::testing::ScratchDir;
+
+TEST(Files, WriteAndReadBack) {
+  ScratchDir dir;
+  const std::string path = dir.file("a.bin");
+  const std::string bytes("a\0b\xff\n", 5);
+  write_file_atomic(path, bytes);
+  EXPECT_EQ(read_file(path), bytes);
+  write_file_atomic(path, "");
+  EXPECT_EQ(read_file(path), "");
+}
+
+TEST(Files, AtomicWriteReplacesExistingFileAndLeavesNoTempFiles) {
+  ScratchDir dir;
+  const std::string path = dir.write("config.json", "old contents that are longer");
+  write_file_atomic(path, "new");
+  EXPECT_EQ(read_file(path), "new");
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"config.json"});
+}
+
+TEST(Files, AtomicWriteFailureLeavesNoTempFiles) {
+  ScratchDir dir;
+  std::filesystem::create_directories(dir.file("target"));
+  std::filesystem::create_directories(dir.file("target/child"));  // rename over it must fail
+  expect_error([&] { write_file_atomic(dir.file("target"), "x"); }, dir.file("target"),
+               {"rename"});
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"target"});
+  expect_error([&] { write_file_atomic(dir.file("no/such/dir/f"), "x"); }, dir.file("no/such/dir/f"),
+               {"temporary file"});
+}
+
+TEST(Files, AtomicFileWithoutCommitLeavesTargetUntouched) {
+  ScratchDir dir;
+  const std::string path = dir.write("model.safetensors", "original");
+  {
+    AtomicFile file(path);
+    EXPECT_EQ(file.temp_path().rfind(dir.path() + "/.model.safetensors.tmp.", 0), 0u);
+    file.write("partial");
+    EXPECT_EQ(dir.entries().size(), 2u);
+  }
+  EXPECT_EQ(read_file(path), "original");
+  EXPECT_EQ(dir.entries(), std::vector<std::string>{"model.safetensors"});
+}
+
+TEST(Files, AtomicFileStreamsPieces) {
+  ScratchDir dir;
+  const std::string path = dir.file("out.bin");
+  AtomicFile file(path);
+  file.write("abc");
+  file.write(std::string(100000, 'z'));
+  file.commit();
+  EXPECT_EQ(read_file(path), "abc" + std::string(100000, 'z'));
+  expect_error([&] { file.write("more"); }, path, {"after"});
+}
+
+TEST(Files, ReadMissingFileNamesIt) {
+  ScratchDir dir;
+  expect_error([&] { read_file(dir.file("missing.txt")); }, dir.file("missing.txt"),
+               {"cannot read"});
+  expect_error([&] { read_file(dir.path()); }, dir.path(), {"cannot read"});
+}
+
+TEST(Files, ReadJsonReportsFileAndPosition) {
+  ScratchDir dir;
+  const std::string path = dir.write("config.json", R"({"a": 1, "b": tru})");
+  const std::string msg = expect_error([&] { read_json(path); }, path + ": invalid JSON at byte ", {});
+  EXPECT_EQ(msg.find("[json.exception"), std::string::npos) << msg;
+  EXPECT_EQ(read_json(dir.write("ok.json", R"({"a": [1, 2]})"))["a"][1], 2);
+  expect_error([&] { read_json(dir.file("none.json")); }, dir.file("none.json"), {"cannot read"});
+}
+
+TEST(Files, WriteJsonRoundTrip) {
+  ScratchDir dir;
+  const std::string path = dir.file("x.json");
+  const nlohmann::json j = {{"r", 8}, {"targets", {"q_proj", "v_proj"}}, {"name", "ü"}};
+  write_json_atomic(path, j);
+  EXPECT_EQ(read_json(path), j);
+  EXPECT_EQ(read_file(path).back(), '\n');
+  write_json_atomic(path, j, -1);
+  EXPECT_EQ(read_file(path).find('\n'), read_file(path).size() - 1);  // compact: one line
+  expect_error([&] { write_json_atomic(path, nlohmann::json("\xff")); }, path, {"JSON"});
+  EXPECT_EQ(read_json(path), j);  // the failed write changed nothing
+}
+
+TEST(Files, ExistsAndIsDirectory) {
+  ScratchDir dir;
+  const std::string f = dir.write("f", "x");
+  EXPECT_TRUE(file_exists(f));
+  EXPECT_FALSE(is_directory(f));
+  EXPECT_FALSE(file_exists(dir.path()));
+  EXPECT_TRUE(is_directory(dir.path()));
+  EXPECT_FALSE(file_exists(dir.file("nope")));
+  EXPECT_FALSE(is_directory(dir.file("nope")));
+}
+
+TEST(Files, FsyncDirectory) {
+  ScratchDir dir;
+  fsync_directory(dir.path());
+  expect_error([&] { fsync_directory(dir.file("nope")); }, dir.file("nope"), {"fsync"});
+}
