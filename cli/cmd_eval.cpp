@@ -1,0 +1,48 @@
+// lowrank eval: loss and perplexity of a model (optionally with adapters) on a JSONL dataset.
+#include <cstdio>
+
+#include "command.h"
+#include "lowrank/core/log.h"
+#include "lowrank/model/model.h"
+#include "lowrank/train/evaluate.h"
+#include "lowrank/train/sequences.h"
+
+namespace lowrank::cli {
+namespace {
+
+struct EvalOptions {
+  std::string model, data;
+  std::vector<std::string> adapters;
+  int64_t seq_len = 0;
+  bool json = false;
+};
+
+int run_eval(const EvalOptions& o) {
+  model::Model m = model::Model::load(o.model);
+  if (!o.adapters.empty()) throw Error("--adapter is not supported yet");
+  auto seqs = train::read_token_sequences(o.data, m.config().vocab_size);
+  auto r = train::evaluate(m, seqs, nullptr, o.seq_len);
+  if (o.json) {
+    nlohmann::json j{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("loss %.6f  perplexity %.4f  tokens %lld  sequences %lld\n", r.loss, r.perplexity,
+                static_cast<long long>(r.tokens), static_cast<long long>(r.sequences));
+  }
+  return 0;
+}
+
+RegisterCommand reg{{"eval", "Loss and perplexity of a model (with adapters) on a dataset",
+                     [](CLI::App& app) {
+                       auto o = std::make_shared<EvalOptions>();
+                       app.add_option("--model", o->model, "Hugging Face model folder")->required();
+                       app.add_option("--adapter", o->adapters, "Adapter folder, optionally DIR:SCALE (repeatable)");
+                       app.add_option("--data", o->data, "JSONL dataset (one sequence per line)")->required();
+                       app.add_option("--seq-len", o->seq_len, "Split longer sequences into windows of L tokens")
+                           ->check(CLI::PositiveNumber);
+                       app.add_flag("--json", o->json, "Print one JSON object");
+                       return [o] { return run_eval(*o); };
+                     }}};
+
+}  // namespace
+}  // namespace lowrank::cli

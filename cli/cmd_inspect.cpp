@@ -1,0 +1,93 @@
+// lowrank inspect PATH: what a safetensors file, a model folder or an adapter folder contains.
+#include <cstdio>
+#include <filesystem>
+#include <map>
+
+#include "command.h"
+#include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
+#include "lowrank/model/config.h"
+
+namespace lowrank::cli {
+namespace {
+
+std::string human_count(int64_t n) {
+  char buf[32];
+  if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.2fB", n / 1e9);
+  else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.2fM", n / 1e6);
+  else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+  else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
+  return buf;
+}
+
+int64_t print_tensors(const io::TensorStore& store, bool list) {
+  int64_t total = 0;
+  std::map<std::string, int64_t> by_dtype;
+  for (const auto& name : store.names()) {
+    const auto& info = store.info(name);
+    const int64_t n = shape_numel(info.shape);
+    total += n;
+    by_dtype[std::string(dtype_name(info.dtype))] += n;
+    if (list) std::printf("  %-64s %-5s %s\n", name.c_str(), std::string(dtype_name(info.dtype)).c_str(),
+                          shape_str(info.shape).c_str());
+  }
+  std::printf("tensors: %zu, parameters: %lld (%s)", store.names().size(), static_cast<long long>(total),
+              human_count(total).c_str());
+  for (const auto& [d, n] : by_dtype) std::printf(", %s %s", d.c_str(), human_count(n).c_str());
+  std::printf("\n");
+  return total;
+}
+
+void inspect_adapter(const std::string& dir) {
+  namespace fs = std::filesystem;
+  const auto cfg = io::read_json((fs::path(dir) / "adapter_config.json").string());
+  std::printf("adapter folder: %s\n", dir.c_str());
+  for (const char* key : {"peft_type", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out",
+                          "target_modules", "rank_pattern", "alpha_pattern", "base_model_name_or_path"})
+    if (cfg.contains(key)) std::printf("  %-24s %s\n", key, cfg[key].dump().c_str());
+  const std::string weights = (fs::path(dir) / "adapter_model.safetensors").string();
+  if (!io::file_exists(weights)) throw error(dir, ": no adapter_model.safetensors");
+  std::printf("trainable ");
+  print_tensors(io::TensorStore::open(weights), false);
+}
+
+void inspect_model(const std::string& dir, bool list) {
+  auto c = model::ModelConfig::load(dir);
+  std::printf("model folder: %s\n", dir.c_str());
+  std::printf("  architecture %s, layers %lld, hidden %lld, heads %lld (kv %lld, head_dim %lld), intermediate %lld, "
+              "vocab %lld, context %lld, tied embeddings %s\n",
+              model::arch_name(c.arch).c_str(), (long long)c.num_layers, (long long)c.hidden_size,
+              (long long)c.num_heads, (long long)c.num_kv_heads, (long long)c.head_dim,
+              (long long)c.intermediate_size, (long long)c.vocab_size, (long long)c.max_position_embeddings,
+              c.tie_word_embeddings ? "yes" : "no");
+  if (!c.is_gpt2()) std::printf("  rope %s theta %g factor %g\n", c.rope.type.c_str(), c.rope.theta, c.rope.factor);
+  print_tensors(io::TensorStore::open(dir), list);
+}
+
+int run_inspect(const std::string& path, bool list) {
+  namespace fs = std::filesystem;
+  if (io::is_directory(path)) {
+    if (io::file_exists((fs::path(path) / "adapter_config.json").string())) inspect_adapter(path);
+    else if (io::file_exists((fs::path(path) / "config.json").string())) inspect_model(path, list);
+    else throw error(path, ": neither a model folder (config.json) nor an adapter folder (adapter_config.json)");
+    return 0;
+  }
+  if (!io::file_exists(path)) throw error(path, ": no such file or folder");
+  auto store = io::TensorStore::open(path);
+  std::printf("safetensors file: %s\n", path.c_str());
+  for (const auto& [k, v] : store.metadata()) std::printf("  metadata %s = %s\n", k.c_str(), v.c_str());
+  print_tensors(store, true);
+  return 0;
+}
+
+RegisterCommand reg{{"inspect", "Show the tensors of a safetensors file, a model folder or an adapter folder",
+                     [](CLI::App& app) {
+                       auto path = std::make_shared<std::string>();
+                       auto list = std::make_shared<bool>(false);
+                       app.add_option("path", *path, "safetensors file, model folder or adapter folder")->required();
+                       app.add_flag("--tensors", *list, "List every tensor of a model folder");
+                       return [path, list] { return run_inspect(*path, *list); };
+                     }}};
+
+}  // namespace
+}  // namespace lowrank::cli

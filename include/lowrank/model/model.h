@@ -1,0 +1,89 @@
+#pragma once
+// A loaded decoder-only language model and its forward pass (CPU, f32).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowrank/core/tensor.h"
+#include "lowrank/lora/target.h"
+#include "lowrank/model/config.h"
+#include "lowrank/model/rope.h"
+#include "lowrank/model/weights.h"
+
+namespace lowrank::model {
+
+// Lets LoRA (or anything else) add to a projection's output: called right after y = x Wᵀ + b.
+class ProjectionHook {
+ public:
+  virtual ~ProjectionHook() = default;
+  virtual void on_projection(int layer, Target target, const Tensor& x, Tensor& y) = 0;
+};
+
+// A batch of B sequences of equal length T, row-major [B, T].
+struct TokenBatch {
+  std::vector<int32_t> ids;  // [B*T]
+  int64_t batch = 1;
+  int64_t seq = 0;
+  int64_t rows() const { return batch * seq; }
+};
+
+// What the backward pass of one layer needs from its forward pass.
+struct LayerActivations {
+  Tensor x_in;            // [N, d] residual stream entering the layer
+  Tensor xn1;             // [N, d] attention-norm output
+  Tensor norm1_mean, norm1_rstd;  // [N]
+  Tensor q_raw, k_raw;    // [N, H*hd], [N, KV*hd] projections before q/k norm (Qwen3)
+  Tensor q_rstd, k_rstd;  // [N*H], [N*KV] (Qwen3)
+  Tensor q, k, v;         // after norm and RoPE: what attention consumed
+  Tensor attn;            // [N, H*hd] attention output (o-projection input)
+  Tensor lse;             // [B, H, T]
+  Tensor x_mid;           // [N, d] residual after attention
+  Tensor xn2;             // [N, d]
+  Tensor norm2_mean, norm2_rstd;
+  Tensor gate, up;        // [N, I] pre-activation (gate: SwiGLU only)
+  Tensor act;             // [N, I] down-projection input
+};
+
+struct ForwardCache {
+  std::vector<LayerActivations> layers;
+  Tensor x_final;                 // [N, d] residual stream before the final norm
+  Tensor final_mean, final_rstd;  // [N]
+  Tensor hidden;                  // [N, d] final-norm output (lm_head input)
+};
+
+class Model {
+ public:
+  // Loads config.json (+ generation_config.json) and the safetensors weights of a model folder.
+  static Model load(const std::string& dir);
+  Model(ModelConfig config, ModelWeights weights);
+
+  const ModelConfig& config() const { return config_; }
+  ModelWeights& weights() { return weights_; }
+  const ModelWeights& weights() const { return weights_; }
+  const std::string& source() const { return source_; }
+
+  // Final hidden states [B*T, d] (after the final norm). `cache` is filled for backward if given.
+  Tensor hidden_states(const TokenBatch& batch, ProjectionHook* hook = nullptr, ForwardCache* cache = nullptr) const;
+  // Logits [B*T, V].
+  Tensor logits(const TokenBatch& batch, ProjectionHook* hook = nullptr) const;
+  // The lm_head projection of hidden states [n, d] -> [n, V].
+  Tensor project_vocab(const Tensor& hidden) const;
+
+  // cos/sin tables covering at least n positions (grown on demand; thread-compatible, not thread-safe).
+  const RopeTables& rope(int64_t n) const;
+  int64_t parameter_count() const;
+
+ private:
+  ModelConfig config_;
+  ModelWeights weights_;
+  std::string source_;
+  RopeFrequencies rope_freq_;
+  mutable RopeTables rope_tables_;
+};
+
+// Token-weighted negative log-likelihood of one sequence: every position t >= 1 is predicted
+// from positions < t. Returns the sum (double) and sets `count` (= len - 1, or 0).
+double sequence_nll(const Model& model, const std::vector<int32_t>& ids, int64_t* count,
+                    ProjectionHook* hook = nullptr);
+
+}  // namespace lowrank::model

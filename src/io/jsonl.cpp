@@ -1,0 +1,35 @@
+#include "lowrank/io/jsonl.h"
+
+#include <fstream>
+
+#include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
+
+namespace lowrank::io {
+
+void for_each_jsonl(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn) {
+  if (is_directory(path)) throw error(path, ": is a folder, expected a JSONL file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw error(path, ": cannot read");
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    nlohmann::json value;
+    try {
+      value = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw error(path, ":", number, ": not valid JSON (", e.what(), ")");
+    }
+    if (!value.is_object()) throw error(path, ":", number, ": expected a JSON object, got ", value.type_name());
+    try {
+      fn(number, value);
+    } catch (const Error& e) {
+      throw error(path, ":", number, ": ", e.what());
+    }
+  }
+}
+
+}  // namespace lowrank::io

@@ -1,0 +1,183 @@
+#include <cmath>
+#include <cstring>
+
+#include "lowrank/core/error.h"
+#include "lowrank/io/safetensors.h"
+#include "lowrank/model/model.h"
+#include "lowrank/ops/ops.h"
+
+namespace lowrank::model {
+namespace {
+
+ops::Act act_of(Activation a) {
+  switch (a) {
+    case Activation::SiLU: return ops::Act::SiLU;
+    case Activation::GeluTanh: return ops::Act::GeluTanh;
+    case Activation::GeluErf: return ops::Act::GeluErf;
+    case Activation::ReLU: return ops::Act::ReLU;
+  }
+  return ops::Act::SiLU;
+}
+
+Tensor project(const Linear& l, int layer, Target t, const Tensor& x, ProjectionHook* hook) {
+  Tensor y = ops::linear(x, l.weight, l.bias);
+  if (hook) hook->on_projection(layer, t, x, y);
+  return y;
+}
+
+Tensor normalize(const ModelConfig& c, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) {
+  return c.is_gpt2() ? ops::layernorm(x, n.weight, n.bias, static_cast<float>(c.norm_eps), mean, rstd)
+                     : ops::rmsnorm(x, n.weight, static_cast<float>(c.norm_eps), rstd);
+}
+
+// Copies columns [begin, begin + width) of x [n, cols] into a new [n, width] tensor.
+Tensor columns(const Tensor& x, int64_t begin, int64_t width) {
+  const int64_t n = x.dim(0), cols = x.dim(1);
+  Tensor out = Tensor::empty({n, width});
+  for (int64_t r = 0; r < n; ++r)
+    std::memcpy(out.f32() + r * width, x.f32() + r * cols + begin, width * sizeof(float));
+  return out;
+}
+
+}  // namespace
+
+Model::Model(ModelConfig config, ModelWeights weights)
+    : config_(std::move(config)), weights_(std::move(weights)) {
+  if (!config_.is_gpt2()) rope_freq_ = rope_frequencies(config_);
+}
+
+Model Model::load(const std::string& dir) {
+  ModelConfig config = ModelConfig::load(dir);
+  io::TensorStore store = io::TensorStore::open(dir);
+  Model m(config, load_weights(config, store));
+  m.source_ = dir;
+  return m;
+}
+
+const RopeTables& Model::rope(int64_t n) const {
+  if (!rope_tables_.cos.defined() || rope_tables_.cos.dim(0) < n) {
+    int64_t size = std::max<int64_t>(n, std::max<int64_t>(config_.max_position_embeddings, 1));
+    rope_tables_ = rope_tables(rope_freq_, size);
+  }
+  return rope_tables_;
+}
+
+int64_t Model::parameter_count() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : checkpoint_tensors(config_, weights_)) n += t.numel();
+  return n;
+}
+
+Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, ForwardCache* cache) const {
+  const ModelConfig& c = config_;
+  const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
+  LR_CHECK(static_cast<int64_t>(batch.ids.size()) == N, "batch of ", batch.ids.size(), " ids for ", B, "x", T);
+  if (T > c.max_position_embeddings && c.is_gpt2())
+    throw error("sequence of ", T, " tokens is longer than the model's ", c.max_position_embeddings, " positions");
+  std::vector<int32_t> pos(N);
+  for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);
+
+  Tensor x = ops::embedding(weights_.embed, batch.ids);
+  if (weights_.positions.defined()) {
+    Tensor p = ops::embedding(weights_.positions, pos);
+    ops::add_(x, p);
+  }
+  const RopeTables* tables = c.is_gpt2() ? nullptr : &rope(T);
+  if (cache) cache->layers.assign(c.num_layers, {});
+
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    const LayerWeights& L = weights_.layers[li];
+    const int layer = static_cast<int>(li);
+    LayerActivations a;
+    a.x_in = x;
+    a.xn1 = normalize(c, L.attn_norm, x, &a.norm1_mean, &a.norm1_rstd);
+    if (c.is_gpt2()) {
+      Tensor qkv = project(L.qkv, layer, Target::CAttn, a.xn1, hook);
+      const int64_t d = c.hidden_size;
+      a.q = columns(qkv, 0, d);
+      a.k = columns(qkv, d, d);
+      a.v = columns(qkv, 2 * d, d);
+    } else {
+      a.q = project(L.q, layer, Target::Q, a.xn1, hook);
+      a.k = project(L.k, layer, Target::K, a.xn1, hook);
+      a.v = project(L.v, layer, Target::V, a.xn1, hook);
+      if (c.qk_norm) {
+        a.q_raw = a.q;
+        a.k_raw = a.k;
+        const float eps = static_cast<float>(c.norm_eps);
+        a.q = ops::rmsnorm(a.q, L.q_norm.weight, eps, &a.q_rstd);
+        a.k = ops::rmsnorm(a.k, L.k_norm.weight, eps, &a.k_rstd);
+      }
+      ops::rope_(a.q, c.num_heads, pos, tables->cos, tables->sin);
+      ops::rope_(a.k, c.num_kv_heads, pos, tables->cos, tables->sin);
+    }
+    ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
+                              static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)))};
+    a.attn = ops::attention(a.q, a.k, a.v, shape, cache ? &a.lse : nullptr);
+    Tensor o = project(L.o, layer, c.is_gpt2() ? Target::CProj : Target::O, a.attn, hook);
+    a.x_mid = x.clone();
+    ops::add_(a.x_mid, o);
+    a.xn2 = normalize(c, L.mlp_norm, a.x_mid, &a.norm2_mean, &a.norm2_rstd);
+    Tensor down;
+    if (c.is_gpt2()) {
+      a.up = project(L.up, layer, Target::CFc, a.xn2, hook);
+      a.act = ops::activation(a.up, act_of(c.activation));
+      down = project(L.down, layer, Target::MlpCProj, a.act, hook);
+    } else {
+      a.gate = project(L.gate, layer, Target::Gate, a.xn2, hook);
+      a.up = project(L.up, layer, Target::Up, a.xn2, hook);
+      a.act = c.activation == Activation::SiLU ? ops::swiglu(a.gate, a.up)
+                                               : ops::activation(a.gate, act_of(c.activation));
+      if (c.activation != Activation::SiLU) {  // act(gate) * up for non-SiLU gated MLPs
+        float* ap = a.act.f32();
+        const float* up = a.up.f32();
+        for (int64_t i = 0; i < a.act.numel(); ++i) ap[i] *= up[i];
+      }
+      down = project(L.down, layer, Target::Down, a.act, hook);
+    }
+    x = a.x_mid.clone();
+    ops::add_(x, down);
+    if (cache) cache->layers[li] = std::move(a);
+  }
+  Tensor mean, rstd;
+  Tensor h = normalize(c, weights_.final_norm, x, &mean, &rstd);
+  if (cache) {
+    cache->x_final = x;
+    cache->final_mean = mean;
+    cache->final_rstd = rstd;
+    cache->hidden = h;
+  }
+  return h;
+}
+
+Tensor Model::project_vocab(const Tensor& hidden) const {
+  Tensor y;
+  ops::matmul_nt(hidden, weights_.lm_head, y);
+  return y;
+}
+
+Tensor Model::logits(const TokenBatch& batch, ProjectionHook* hook) const {
+  return project_vocab(hidden_states(batch, hook));
+}
+
+double sequence_nll(const Model& model, const std::vector<int32_t>& ids, int64_t* count, ProjectionHook* hook) {
+  *count = 0;
+  if (ids.size() < 2) return 0.0;
+  TokenBatch b{ids, 1, static_cast<int64_t>(ids.size())};
+  Tensor h = model.hidden_states(b, hook);
+  std::vector<int32_t> targets(ids.begin() + 1, ids.end());
+  // Chunk the vocabulary projection so that [T, V] logits never exist at once for long sequences.
+  const int64_t chunk = 256;
+  double total = 0;
+  for (int64_t r = 0; r + 1 < b.seq; r += chunk) {
+    const int64_t end = std::min<int64_t>(r + chunk, b.seq - 1);
+    Tensor logits = model.project_vocab(h.slice_rows(r, end));
+    std::vector<int32_t> t(targets.begin() + r, targets.begin() + end);
+    int64_t n = 0;
+    total += ops::cross_entropy_sum(logits, t, &n);
+    *count += n;
+  }
+  return total;
+}
+
+}  // namespace lowrank::model

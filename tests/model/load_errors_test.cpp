@@ -1,0 +1,128 @@
+// Bad model folders: each gives an Error that names the file and the tensor or key.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "io/io_test_helpers.h"
+#include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
+#include "lowrank/model/model.h"
+#include "test_paths.h"
+
+using namespace lowrank;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A copy of a fixture model folder whose config.json and tensors a test may change.
+struct ModelCopy {
+  io::testing::ScratchDir dir;
+  nlohmann::json config;
+  std::vector<std::pair<std::string, Tensor>> tensors;
+
+  explicit ModelCopy(const std::string& fixture) {
+    const std::string src = test::model_fixture(fixture);
+    config = io::read_json(src + "/config.json");
+    auto file = io::SafetensorsFile::open(src + "/model.safetensors");
+    for (const auto& info : file.tensors()) tensors.emplace_back(info.name, file.get(info.name).clone());
+  }
+  std::string write() {
+    io::write_json_atomic(dir.file("config.json"), config);
+    io::write_safetensors(dir.file("model.safetensors"), tensors);
+    return dir.path();
+  }
+  void erase(const std::string& name) {
+    std::erase_if(tensors, [&](const auto& p) { return p.first == name; });
+  }
+};
+
+void expect_load_error(const std::string& dir, const std::vector<std::string>& fragments) {
+  try {
+    model::Model::load(dir);
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
+  }
+}
+
+TEST(ModelLoad, MissingTensorIsNamed) {
+  ModelCopy m("llama");
+  m.erase("model.layers.1.mlp.up_proj.weight");
+  expect_load_error(m.write(), {"model.layers.1.mlp.up_proj.weight", "missing", "[96, 64]"});
+}
+
+TEST(ModelLoad, WrongShapeNamesBothShapes) {
+  ModelCopy m("llama");
+  for (auto& [name, t] : m.tensors)
+    if (name == "model.layers.0.self_attn.k_proj.weight") t = Tensor::zeros({16, 64});
+  expect_load_error(m.write(), {"model.safetensors", "model.layers.0.self_attn.k_proj.weight", "[16, 64]", "[32, 64]"});
+}
+
+TEST(ModelLoad, MissingConfigKeyIsNamed) {
+  ModelCopy m("llama");
+  m.config.erase("num_hidden_layers");
+  expect_load_error(m.write(), {"config.json", "num_hidden_layers"});
+}
+
+TEST(ModelLoad, HeadsMustDivide) {
+  ModelCopy m("llama");
+  m.config["num_key_value_heads"] = 3;
+  expect_load_error(m.write(), {"config.json", "num_attention_heads (4)", "num_key_value_heads (3)"});
+  ModelCopy g("gpt2");
+  g.config["n_head"] = 5;
+  expect_load_error(g.write(), {"config.json", "n_embd (64)", "n_head (5)"});
+}
+
+TEST(ModelLoad, NegativeSizesAreRejected) {
+  ModelCopy m("llama");
+  m.config["hidden_size"] = -64;
+  expect_load_error(m.write(), {"config.json", "hidden_size", "positive"});
+  ModelCopy n("llama");
+  n.config["vocab_size"] = "320";
+  expect_load_error(n.write(), {"config.json", "vocab_size", "integer"});
+}
+
+TEST(ModelLoad, UnknownArchitectureListsSupported) {
+  ModelCopy m("llama");
+  m.config["architectures"] = {"BertForMaskedLM"};
+  expect_load_error(m.write(), {"BertForMaskedLM", "LlamaForCausalLM", "GPT2LMHeadModel", "Qwen3ForCausalLM"});
+}
+
+TEST(ModelLoad, UnsupportedRopeTypeIsNamed) {
+  ModelCopy m("llama");
+  m.config["rope_parameters"]["rope_type"] = "longrope";
+  expect_load_error(m.write(), {"config.json", "longrope"});
+}
+
+TEST(ModelLoad, NoConfigJson) {
+  io::testing::ScratchDir d;
+  expect_load_error(d.path(), {d.path(), "config.json"});
+}
+
+// transformers 4.x wrote rope_theta / rope_scaling / torch_dtype at the top level: same model.
+TEST(ModelLoad, Transformers4StyleConfigGivesSameLogits) {
+  ModelCopy m("llama3_rope");
+  auto rope = m.config["rope_parameters"];
+  m.config.erase("rope_parameters");
+  m.config.erase("dtype");
+  m.config["torch_dtype"] = "float32";
+  m.config["rope_theta"] = rope["rope_theta"];
+  rope.erase("rope_theta");
+  m.config["rope_scaling"] = rope;
+  model::Model v4 = model::Model::load(m.write());
+  model::Model v5 = model::Model::load(test::model_fixture("llama3_rope"));
+  EXPECT_EQ(v4.config().rope.type, "llama3");
+  model::TokenBatch b{{1, 5, 9, 200, 17, 3, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57,
+                       58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77},
+                      1, 40};
+  Tensor a = v4.logits(b), c = v5.logits(b);
+  for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.f32()[i], c.f32()[i]);
+}
+
+TEST(ModelLoad, TokenOutsideVocabulary) {
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  model::TokenBatch b{{1, 2, 320}, 1, 3};
+  EXPECT_THROW(m.logits(b), Error);
+}
+
+}  // namespace
