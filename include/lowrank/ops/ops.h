@@ -56,3 +56,28 @@ Tensor swiglu(const Tensor& g, const Tensor& u);
 double cross_entropy_sum(const Tensor& logits, const std::vector<int32_t>& targets, int64_t* count);
 
 }  // namespace lowrank::ops
+
+// ---- Backward ops (each the exact gradient of the forward op above) ----
+namespace lowrank::ops {
+
+// dx of RMSNorm given dy, the input x, weight w and saved rstd; adds Σ dy⊙x̂ into dw if defined.
+Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw);
+// dx of LayerNorm; accumulates dw and db when given.
+Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                          Tensor* dw, Tensor* db);
+// dq, dk, dv of attention() given dout and the forward's q, k, v, out and lse.
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv);
+// dx of activation(x); dg and du of swiglu(g, u).
+Tensor activation_backward(const Tensor& dy, const Tensor& x, Act a);
+void swiglu_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du);
+// Column sums of dy [n, m] added into db [m].
+void bias_grad_(Tensor& db, const Tensor& dy);
+// Scatter-adds rows of dy [n, d] into table_grad [V, d] at ids.
+void embedding_backward_(Tensor& table_grad, const std::vector<int32_t>& ids, const Tensor& dy);
+// For logits [n, V] and targets (-100 ignored): adds `scale` * d(sum NLL)/dlogits into dlogits
+// [n, V] (softmax - onehot; zero rows for ignored targets) and returns the NLL sum.
+double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& targets, float scale,
+                              Tensor& dlogits);
+
+}  // namespace lowrank::ops
