@@ -1,0 +1,72 @@
+#pragma once
+// Adapter: the LoRA pairs (and trainable biases) of one adapter, keyed by (layer, Target), and its
+// PEFT folder format: adapter_config.json + adapter_model.safetensors with keys
+// "base_model.model.<module path>.lora_A.weight" [r, in] and ".lora_B.weight" [out, r].
+#include <string>
+#include <vector>
+
+#include "lowrank/core/rng.h"
+#include "lowrank/core/tensor.h"
+#include "lowrank/lora/config.h"
+#include "lowrank/lora/target.h"
+#include "lowrank/model/model.h"
+
+namespace lowrank::lora {
+
+struct LoraPair {
+  int layer = 0;
+  Target target = Target::Q;
+  std::string module;   // e.g. "model.layers.0.self_attn.q_proj"
+  int64_t r = 0;
+  double scale = 1.0;   // alpha / r (or alpha / sqrt(r))
+  Tensor A;             // [r, in]  f32
+  Tensor B;             // [out, r] f32
+  Tensor grad_A, grad_B;  // same shapes, while training
+};
+
+// A bias trained with bias=all / lora_only (BitFit-style): replaces the model's bias of `module`.
+struct BiasParam {
+  int layer = 0;
+  Target target = Target::Q;
+  std::string module;
+  Tensor value;  // [out]
+  Tensor grad;   // [out], while training
+};
+
+class Adapter {
+ public:
+  LoraConfig config;
+  std::vector<LoraPair> pairs;
+  std::vector<BiasParam> biases;
+
+  // A new adapter for `model`: A initialised per config.init from `rng`, B = 0, biases copied
+  // from the model. Throws Error listing the module names if the targets match nothing.
+  static Adapter create(const model::Model& model, const LoraConfig& config, Rng& rng);
+  // Loads a PEFT adapter folder and checks it against `model` (tensor names and shapes).
+  static Adapter load(const std::string& dir, const model::Model& model);
+  // Writes a PEFT adapter folder atomically (temp folder, fsync, rename).
+  void save(const std::string& dir) const;
+
+  const LoraPair* find(int layer, Target t) const;
+  LoraPair* find(int layer, Target t);
+  const BiasParam* find_bias(int layer, Target t) const;
+  int64_t parameter_count() const;  // trainable parameters (A, B and biases)
+  // Makes the model use this adapter's biases (bias=all / lora_only): the model's Linear.bias
+  // then shares the adapter's tensor, so training one trains the other.
+  void attach_biases(model::Model& model);
+  void allocate_grads();
+  void zero_grads();
+};
+
+// The (layer, Target, Linear) of every linear layer LoRA may adapt in `model` (all-linear's set).
+struct AdaptableModule {
+  int layer;
+  Target target;
+  const model::Linear* linear;
+};
+std::vector<AdaptableModule> adaptable_modules(const model::Model& model);
+
+// PEFT's key for a LoRA tensor or bias of a module.
+std::string peft_key(const std::string& module, const std::string& suffix);
+
+}  // namespace lowrank::lora

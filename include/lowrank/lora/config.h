@@ -1,0 +1,49 @@
+#pragma once
+// LoraConfig: what an adapter adapts and how, as PEFT's adapter_config.json says it.
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace lowrank::lora {
+
+enum class BiasMode { None, All, LoraOnly };
+enum class InitMode { Kaiming, Gaussian };
+
+struct LoraConfig {
+  int64_t r = 8;
+  double alpha = 16;
+  double dropout = 0.0;
+  // PEFT's target_modules: names matched against module paths (exact, or as a ".name" suffix),
+  // or one regex that must match the whole path (target_regex), or "all-linear".
+  std::vector<std::string> target_modules{"q_proj", "v_proj"};
+  std::optional<std::string> target_regex;
+  bool all_linear = false;
+  bool use_rslora = false;
+  bool fan_in_fan_out = false;
+  BiasMode bias = BiasMode::None;
+  InitMode init = InitMode::Kaiming;
+  std::map<std::string, int64_t> rank_pattern;
+  std::map<std::string, double> alpha_pattern;
+  std::string base_model_name_or_path;
+
+  // Parses PEFT's adapter_config.json (unknown keys ignored); `source` names the file in errors.
+  static LoraConfig from_json(const nlohmann::json& j, const std::string& source);
+  nlohmann::json to_json() const;
+  // Parses --targets: "q_proj,v_proj" or "all-linear".
+  static std::vector<std::string> parse_targets(const std::string& text, bool* all_linear);
+
+  // True if the module at `path` (e.g. "model.layers.0.self_attn.q_proj") is targeted.
+  bool targets(const std::string& path) const;
+  int64_t rank_for(const std::string& path) const;
+  double alpha_for(const std::string& path) const;
+  double scale_for(const std::string& path) const;  // alpha/r, or alpha/sqrt(r) with rsLoRA
+  void validate(const std::string& source) const;   // r > 0, alpha > 0, 0 <= dropout < 1
+};
+
+// PEFT's pattern rule: key matches `path` if path == key or path ends with "." + key (keys may be
+// regexes, matched as "(.*\.)?key$").
+bool pattern_matches(const std::string& key, const std::string& path);
+
+}  // namespace lowrank::lora

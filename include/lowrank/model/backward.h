@@ -1,0 +1,39 @@
+#pragma once
+// The manual backward pass (llm.c style): from the loss through every layer, computing only what
+// the trainable parameters need. LoRA (or any other trainable add-on) hooks each projection.
+#include <vector>
+
+#include "lowrank/model/model.h"
+
+namespace lowrank::model {
+
+// A ProjectionHook that also takes part in the backward pass.
+class TrainableHook : public ProjectionHook {
+ public:
+  // dy: gradient of the projection output [N, out]; x: its input [N, in]. Accumulate own
+  // parameter gradients, and add the hook's contribution to dx [N, in] (which holds dy·W).
+  virtual void on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
+  // The lowest layer that has trainable parameters: backward stops below it.
+  virtual int lowest_trainable_layer() const = 0;
+};
+
+struct LossResult {
+  double nll_sum = 0;   // Σ -log p over counted targets
+  int64_t tokens = 0;   // counted targets
+};
+
+// HF causal-LM targets from labels aligned with input_ids ([B*T], -100 = ignored): position t
+// predicts labels[t + 1]; the last position of each row predicts nothing.
+std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t batch, int64_t seq);
+
+// Forward, loss and backward for one micro-batch. Gradients are d(grad_scale · Σ NLL): pass
+// grad_scale = 1 / (targets counted over the whole accumulated batch) for transformers' mean.
+// `full_grads`, when given, receives (accumulates) the gradient of every model weight; it must be
+// shaped like the model's weights (see zeros_like).
+LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
+                            float grad_scale, TrainableHook* hook, ModelWeights* full_grads = nullptr);
+
+// Zero tensors shaped like every weight of `w` (lm_head shares embed's when tied).
+ModelWeights zeros_like(const ModelWeights& w);
+
+}  // namespace lowrank::model

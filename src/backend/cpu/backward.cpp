@@ -1,0 +1,201 @@
+// CPU backward ops: exact gradients of the forward ops in elementwise.cpp and attention.cpp.
+#include <cmath>
+#include <vector>
+
+#include "lowrank/ops/ops.h"
+
+namespace lowrank::ops {
+
+Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw) {
+  const int64_t d = w.numel(), rows = x.numel() / d;
+  Tensor dx = Tensor::empty(x.shape());
+  const float *dyp = dy.f32(), *xp = x.f32(), *wp = w.f32(), *rp = rstd.f32();
+  float* dxp = dx.f32();
+#pragma omp parallel for if (rows * d > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = xp + r * d;
+    const float* gr = dyp + r * d;
+    double dot = 0;  // Σ dy·w·x
+    for (int64_t i = 0; i < d; ++i) dot += static_cast<double>(gr[i]) * wp[i] * xr[i];
+    const float rs = rp[r];
+    const float c = static_cast<float>(dot / d) * rs * rs * rs;
+    for (int64_t i = 0; i < d; ++i) dxp[r * d + i] = rs * gr[i] * wp[i] - c * xr[i];
+  }
+  if (dw && dw->defined()) {
+    float* g = dw->f32();
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < d; ++i) g[i] += dyp[r * d + i] * xp[r * d + i] * rp[r];
+  }
+  return dx;
+}
+
+Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                          Tensor* dw, Tensor* db) {
+  const int64_t d = w.numel(), rows = x.numel() / d;
+  Tensor dx = Tensor::empty(x.shape());
+  const float *dyp = dy.f32(), *xp = x.f32(), *wp = w.f32(), *mp = mean.f32(), *rp = rstd.f32();
+  float* dxp = dx.f32();
+#pragma omp parallel for if (rows * d > 32768)
+  for (int64_t r = 0; r < rows; ++r) {
+    double s1 = 0, s2 = 0;  // Σ dx̂, Σ dx̂·x̂
+    for (int64_t i = 0; i < d; ++i) {
+      const double xhat = (xp[r * d + i] - mp[r]) * rp[r];
+      const double g = static_cast<double>(dyp[r * d + i]) * wp[i];
+      s1 += g;
+      s2 += g * xhat;
+    }
+    s1 /= d;
+    s2 /= d;
+    for (int64_t i = 0; i < d; ++i) {
+      const double xhat = (xp[r * d + i] - mp[r]) * rp[r];
+      const double g = static_cast<double>(dyp[r * d + i]) * wp[i];
+      dxp[r * d + i] = static_cast<float>(rp[r] * (g - s1 - xhat * s2));
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < d; ++i) {
+      const float xhat = (xp[r * d + i] - mp[r]) * rp[r];
+      if (dw && dw->defined()) dw->f32()[i] += dyp[r * d + i] * xhat;
+      if (db && db->defined()) db->f32()[i] += dyp[r * d + i];
+    }
+  return dx;
+}
+
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) {
+  const int64_t B = s.batch, T = s.seq, H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
+  dq = Tensor::zeros(q.shape());
+  dk = Tensor::zeros(k.shape());
+  dv = Tensor::zeros(v.shape());
+  const float *dop = dout.f32(), *qp = q.f32(), *kp = k.f32(), *vp = v.f32(), *op = out.f32(), *lp = lse.f32();
+  float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
+  // Parallel over (batch, kv head): the heads of one group write the same dk/dv rows.
+#pragma omp parallel
+  {
+    std::vector<float> p(T), dp(T);
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t kvh = 0; kvh < KV; ++kvh)
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+          for (int64_t i = 0; i < T; ++i) {
+            const int64_t qrow = (b * T + i) * H * hd + h * hd;
+            const float* qi = qp + qrow;
+            const float* doi = dop + qrow;
+            const float lse_i = lp[(b * H + h) * T + i];
+            const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
+            double di = 0;  // D_i = dO_i · O_i
+            for (int64_t d = 0; d < hd; ++d) di += static_cast<double>(doi[d]) * op[qrow + d];
+            for (int64_t j = j0; j <= i; ++j) {
+              const float* kj = kp + (b * T + j) * KV * hd + kvh * hd;
+              const float* vj = vp + (b * T + j) * KV * hd + kvh * hd;
+              float dot = 0, dpv = 0;
+              for (int64_t d = 0; d < hd; ++d) {
+                dot += qi[d] * kj[d];
+                dpv += doi[d] * vj[d];
+              }
+              p[j] = std::exp(dot * s.scale - lse_i);
+              dp[j] = dpv;
+            }
+            float* dqi = dqp + qrow;
+            for (int64_t j = j0; j <= i; ++j) {
+              const float ds = p[j] * (dp[j] - static_cast<float>(di)) * s.scale;
+              const int64_t krow = (b * T + j) * KV * hd + kvh * hd;
+              for (int64_t d = 0; d < hd; ++d) {
+                dqi[d] += ds * kp[krow + d];
+                dkp[krow + d] += ds * qi[d];
+                dvp[krow + d] += p[j] * doi[d];
+              }
+            }
+          }
+  }
+}
+
+Tensor activation_backward(const Tensor& dy, const Tensor& x, Act a) {
+  Tensor dx = Tensor::empty(x.shape());
+  const float *g = dy.f32(), *xp = x.f32();
+  float* o = dx.f32();
+  const int64_t n = x.numel();
+#pragma omp parallel for if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = xp[i];
+    float d = 0;
+    switch (a) {
+      case Act::SiLU: {
+        const float sg = 1.0f / (1.0f + std::exp(-v));
+        d = sg * (1.0f + v * (1.0f - sg));
+        break;
+      }
+      case Act::GeluTanh: {
+        const float k = 0.7978845608028654f;
+        const float u = k * (v + 0.044715f * v * v * v);
+        const float t = std::tanh(u);
+        d = 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * v * v);
+        break;
+      }
+      case Act::GeluErf:
+        d = 0.5f * (1.0f + std::erf(v * 0.7071067811865476f)) + v * 0.3989422804014327f * std::exp(-0.5f * v * v);
+        break;
+      case Act::ReLU: d = v > 0 ? 1.0f : 0.0f; break;
+    }
+    o[i] = g[i] * d;
+  }
+  return dx;
+}
+
+void swiglu_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du) {
+  dg = Tensor::empty(g.shape());
+  du = Tensor::empty(u.shape());
+  const float *d = dy.f32(), *gp = g.f32(), *up = u.f32();
+  float *dgp = dg.f32(), *dup = du.f32();
+  const int64_t n = g.numel();
+#pragma omp parallel for if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    const float sg = 1.0f / (1.0f + std::exp(-gp[i]));
+    const float silu = gp[i] * sg;
+    dup[i] = d[i] * silu;
+    dgp[i] = d[i] * up[i] * sg * (1.0f + gp[i] * (1.0f - sg));
+  }
+}
+
+void bias_grad_(Tensor& db, const Tensor& dy) {
+  const int64_t n = dy.dim(0), m = dy.dim(1);
+  float* o = db.f32();
+  const float* g = dy.f32();
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t i = 0; i < m; ++i) o[i] += g[r * m + i];
+}
+
+void embedding_backward_(Tensor& table_grad, const std::vector<int32_t>& ids, const Tensor& dy) {
+  const int64_t d = table_grad.dim(1);
+  float* o = table_grad.f32();
+  const float* g = dy.f32();
+  for (size_t r = 0; r < ids.size(); ++r)
+    for (int64_t i = 0; i < d; ++i) o[ids[r] * d + i] += g[r * d + i];
+}
+
+double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& targets, float scale,
+                              Tensor& dlogits) {
+  const int64_t n = logits.dim(0), V = logits.dim(1);
+  const float* lp = logits.f32();
+  float* dp = dlogits.f32();
+  double total = 0;
+#pragma omp parallel for reduction(+ : total) if (n * V > 65536)
+  for (int64_t r = 0; r < n; ++r) {
+    float* dr = dp + r * V;
+    const int32_t t = targets[r];
+    if (t == -100) continue;
+    const float* row = lp + r * V;
+    float mx = row[0];
+    for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
+    double sum = 0;
+    for (int64_t i = 0; i < V; ++i) sum += std::exp(static_cast<double>(row[i] - mx));
+    const double log_sum = std::log(sum);
+    for (int64_t i = 0; i < V; ++i)
+      dr[i] += scale * static_cast<float>(std::exp(static_cast<double>(row[i] - mx) - log_sum));
+    dr[t] -= scale;
+    total += log_sum + mx - row[t];
+  }
+  return total;
+}
+
+}  // namespace lowrank::ops

@@ -1,0 +1,171 @@
+#include "lowrank/lora/config.h"
+
+#include <cmath>
+#include <regex>
+#include <sstream>
+
+#include "lowrank/core/error.h"
+
+namespace lowrank::lora {
+
+bool pattern_matches(const std::string& key, const std::string& path) {
+  if (path == key) return true;
+  if (path.size() > key.size() && path.compare(path.size() - key.size(), key.size(), key) == 0 &&
+      path[path.size() - key.size() - 1] == '.')
+    return true;
+  try {
+    return std::regex_match(path, std::regex("(.*\\.)?(" + key + ")"));
+  } catch (const std::regex_error&) {
+    return false;  // not a regex: plain names were handled above
+  }
+}
+
+bool LoraConfig::targets(const std::string& path) const {
+  if (all_linear) return true;  // the caller only asks about linear layers of the blocks
+  if (target_regex) {
+    try {
+      return std::regex_match(path, std::regex(*target_regex));
+    } catch (const std::regex_error& e) {
+      throw error("target_modules: invalid regular expression \"", *target_regex, "\": ", e.what());
+    }
+  }
+  for (const auto& t : target_modules)
+    if (path == t || (path.size() > t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0 &&
+                      path[path.size() - t.size() - 1] == '.'))
+      return true;
+  return false;
+}
+
+int64_t LoraConfig::rank_for(const std::string& path) const {
+  for (const auto& [k, v] : rank_pattern)
+    if (pattern_matches(k, path)) return v;
+  return r;
+}
+
+double LoraConfig::alpha_for(const std::string& path) const {
+  for (const auto& [k, v] : alpha_pattern)
+    if (pattern_matches(k, path)) return v;
+  return alpha;
+}
+
+double LoraConfig::scale_for(const std::string& path) const {
+  const double rank = static_cast<double>(rank_for(path));
+  return use_rslora ? alpha_for(path) / std::sqrt(rank) : alpha_for(path) / rank;
+}
+
+void LoraConfig::validate(const std::string& src) const {
+  if (r <= 0) throw error(src, ": r must be positive, got ", r);
+  if (!(alpha > 0)) throw error(src, ": lora_alpha must be positive, got ", alpha);
+  if (!(dropout >= 0 && dropout < 1)) throw error(src, ": lora_dropout must be in [0, 1), got ", dropout);
+  for (const auto& [k, v] : rank_pattern)
+    if (v <= 0) throw error(src, ": rank_pattern[\"", k, "\"] must be positive, got ", v);
+  for (const auto& [k, v] : alpha_pattern)
+    if (!(v > 0)) throw error(src, ": alpha_pattern[\"", k, "\"] must be positive, got ", v);
+  if (!all_linear && !target_regex && target_modules.empty()) throw error(src, ": no target_modules");
+}
+
+std::vector<std::string> LoraConfig::parse_targets(const std::string& text, bool* all_linear) {
+  *all_linear = text == "all-linear";
+  std::vector<std::string> out;
+  if (*all_linear) return out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  if (out.empty()) throw error("--targets: expected module names such as q_proj,v_proj or all-linear");
+  return out;
+}
+
+LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& src) {
+  if (!j.is_object()) throw error(src, ": expected a JSON object");
+  LoraConfig c;
+  const std::string type = j.value("peft_type", std::string("LORA"));
+  if (type != "LORA") throw error(src, ": peft_type \"", type, "\" is not supported (only LORA)");
+  auto number = [&](const char* key, double fallback) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return fallback;
+    if (!it->is_number()) throw error(src, ": \"", key, "\" must be a number, got ", it->dump());
+    return it->get<double>();
+  };
+  auto flag = [&](const char* key) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return false;
+    if (!it->is_boolean()) throw error(src, ": \"", key, "\" must be true or false");
+    return it->get<bool>();
+  };
+  if (!j.contains("r")) throw error(src, ": missing required key \"r\"");
+  if (!j["r"].is_number_integer()) throw error(src, ": \"r\" must be an integer, got ", j["r"].dump());
+  c.r = j["r"].get<int64_t>();
+  c.alpha = number("lora_alpha", 8.0);
+  c.dropout = number("lora_dropout", 0.0);
+  c.use_rslora = flag("use_rslora");
+  c.fan_in_fan_out = flag("fan_in_fan_out");
+  if (flag("use_dora")) throw error(src, ": DoRA adapters (use_dora) are not supported");
+  const std::string bias = j.contains("bias") && j["bias"].is_string() ? j["bias"].get<std::string>() : "none";
+  if (bias == "none") c.bias = BiasMode::None;
+  else if (bias == "all") c.bias = BiasMode::All;
+  else if (bias == "lora_only") c.bias = BiasMode::LoraOnly;
+  else throw error(src, ": bias must be none, all or lora_only, got \"", bias, "\"");
+  if (j.contains("init_lora_weights") && j["init_lora_weights"] == "gaussian") c.init = InitMode::Gaussian;
+  c.target_modules.clear();
+  auto tm = j.find("target_modules");
+  if (tm == j.end() || tm->is_null()) throw error(src, ": missing \"target_modules\"");
+  if (tm->is_string()) {
+    if (*tm == "all-linear") c.all_linear = true;
+    else c.target_regex = tm->get<std::string>();
+  } else if (tm->is_array()) {
+    for (const auto& t : *tm) {
+      if (!t.is_string()) throw error(src, ": target_modules must hold strings");
+      c.target_modules.push_back(t.get<std::string>());
+    }
+  } else {
+    throw error(src, ": target_modules must be a list of names or a string");
+  }
+  for (const char* key : {"layers_to_transform", "layer_replication"})
+    if (j.contains(key) && !j[key].is_null()) throw error(src, ": \"", key, "\" is not supported");
+  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
+    throw error(src, ": modules_to_save is not supported");
+  if (auto rp = j.find("rank_pattern"); rp != j.end() && rp->is_object())
+    for (auto& [k, v] : rp->items()) {
+      if (!v.is_number_integer()) throw error(src, ": rank_pattern values must be integers");
+      c.rank_pattern[k] = v.get<int64_t>();
+    }
+  if (auto ap = j.find("alpha_pattern"); ap != j.end() && ap->is_object())
+    for (auto& [k, v] : ap->items()) {
+      if (!v.is_number()) throw error(src, ": alpha_pattern values must be numbers");
+      c.alpha_pattern[k] = v.get<double>();
+    }
+  if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string())
+    c.base_model_name_or_path = j["base_model_name_or_path"].get<std::string>();
+  c.validate(src);
+  return c;
+}
+
+nlohmann::json LoraConfig::to_json() const {
+  nlohmann::json j;
+  j["peft_type"] = "LORA";
+  j["task_type"] = "CAUSAL_LM";
+  j["r"] = r;
+  j["lora_alpha"] = alpha;
+  j["lora_dropout"] = dropout;
+  if (all_linear) j["target_modules"] = "all-linear";
+  else if (target_regex) j["target_modules"] = *target_regex;
+  else j["target_modules"] = target_modules;
+  j["use_rslora"] = use_rslora;
+  j["fan_in_fan_out"] = fan_in_fan_out;
+  j["bias"] = bias == BiasMode::None ? "none" : bias == BiasMode::All ? "all" : "lora_only";
+  j["init_lora_weights"] = init == InitMode::Gaussian ? nlohmann::json("gaussian") : nlohmann::json(true);
+  j["rank_pattern"] = rank_pattern;
+  j["alpha_pattern"] = alpha_pattern;
+  j["base_model_name_or_path"] = base_model_name_or_path;
+  j["inference_mode"] = true;
+  j["use_dora"] = false;
+  j["modules_to_save"] = nullptr;
+  j["layers_to_transform"] = nullptr;
+  j["layers_pattern"] = nullptr;
+  j["revision"] = nullptr;
+  j["lora_bias"] = false;
+  return j;
+}
+
+}  // namespace lowrank::lora

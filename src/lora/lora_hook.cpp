@@ -1,0 +1,85 @@
+#include "lowrank/lora/lora_hook.h"
+
+#include "lowrank/ops/ops.h"
+
+namespace lowrank::lora {
+
+LoraHook::LoraHook(std::vector<ActiveAdapter> adapters) : adapters_(std::move(adapters)) {}
+
+void LoraHook::set_training(bool training, Rng* rng) {
+  training_ = training;
+  rng_ = rng;
+  saved_.clear();
+}
+
+int LoraHook::lowest_trainable_layer() const {
+  int lowest = 1 << 30;
+  if (adapters_.empty()) return lowest;
+  for (const auto& p : adapters_[0].adapter->pairs) lowest = std::min(lowest, p.layer);
+  for (const auto& b : adapters_[0].adapter->biases) lowest = std::min(lowest, b.layer);
+  return lowest;
+}
+
+void LoraHook::on_projection(int layer, Target target, const Tensor& x, Tensor& y) {
+  for (size_t i = 0; i < adapters_.size(); ++i) {
+    const Adapter& ad = *adapters_[i].adapter;
+    const bool trained = training_ && i == 0;
+    const LoraPair* p = ad.find(layer, target);
+    if (!p) continue;
+    const float s = static_cast<float>(p->scale * adapters_[i].user_scale);
+    Tensor xin = x;
+    std::vector<uint8_t> mask;
+    if (trained && ad.config.dropout > 0) {
+      const float keep = static_cast<float>(1.0 - ad.config.dropout);
+      xin = Tensor::empty(x.shape());
+      mask.resize(x.numel());
+      const float* src = x.f32();
+      float* dst = xin.f32();
+      for (int64_t k = 0; k < x.numel(); ++k) {
+        mask[k] = rng_->uniform() < keep;
+        dst[k] = mask[k] ? src[k] / keep : 0.0f;
+      }
+    }
+    Tensor h;
+    ops::matmul_nt(xin, p->A, h);          // [N, r]
+    ops::matmul_nt(h, p->B, y, s, 1.0f);   // y += s · h Bᵀ (accumulated into the base output)
+    if (trained) {
+      Saved& sv = saved_[{layer, static_cast<int>(target)}];
+      sv.h = h;
+      if (!mask.empty()) {
+        sv.x_drop = xin;
+        sv.mask = std::move(mask);
+      }
+    }
+  }
+}
+
+void LoraHook::on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) {
+  if (adapters_.empty()) return;
+  Adapter& ad = *adapters_[0].adapter;
+  for (auto& b : ad.biases)
+    if (b.layer == layer && b.target == target) ops::bias_grad_(b.grad, dy);
+  LoraPair* p = ad.find(layer, target);
+  if (!p) return;
+  auto it = saved_.find({layer, static_cast<int>(target)});
+  LR_CHECK(it != saved_.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
+  const Saved& sv = it->second;
+  const float s = static_cast<float>(p->scale * adapters_[0].user_scale);
+  ops::matmul_tn(dy, sv.h, p->grad_B, s, 1.0f);  // dB += s · dyᵀ h       [out, r]
+  Tensor g;
+  ops::matmul_nn(dy, p->B, g);                    // g = dy B             [N, r]
+  const Tensor& xd = sv.x_drop.defined() ? sv.x_drop : x;
+  ops::matmul_tn(g, xd, p->grad_A, s, 1.0f);     // dA += s · gᵀ drop(x) [r, in]
+  if (!sv.x_drop.defined()) {
+    ops::matmul_nn(g, p->A, dx, s, 1.0f);        // dx += s · g A
+    return;
+  }
+  Tensor gx;
+  ops::matmul_nn(g, p->A, gx, s);
+  const float keep = static_cast<float>(1.0 - ad.config.dropout);
+  float* o = dx.f32();
+  for (int64_t k = 0; k < dx.numel(); ++k)
+    if (sv.mask[k]) o[k] += gx.f32()[k] / keep;
+}
+
+}  // namespace lowrank::lora
