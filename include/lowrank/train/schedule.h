@@ -1,0 +1,34 @@
+#pragma once
+// Learning-rate schedules equal to transformers' get_constant_schedule_with_warmup,
+// get_linear_schedule_with_warmup and get_cosine_schedule_with_warmup (num_cycles 0.5), as a
+// pure function of the step, so a resumed run needs no scheduler state.
+#include <cstdint>
+#include <string>
+
+namespace lowrank::train {
+
+enum class Schedule { Constant, Linear, Cosine };
+
+// "constant", "linear" or "cosine" (the --schedule flag); throws Error naming the text otherwise.
+Schedule parse_schedule(const std::string& text);
+const char* schedule_name(Schedule schedule);
+
+struct ScheduleConfig {
+  Schedule schedule = Schedule::Cosine;
+  double base_lr = 2e-4;     // the peak lr, reached at the end of warmup
+  int64_t warmup_steps = 0;  // linear ramp from 0 over this many steps
+  int64_t total_steps = 0;   // optimizer steps in the run (decay reaches 0 here; unused by Constant)
+};
+
+// The lr for the optimizer step with 0-based index `step`: lr_at(cfg, 0) is the lr of the first
+// step, which is 0 when warmup_steps > 0, exactly as transformers' LambdaLR gives it. With
+// w = warmup_steps, T = total_steps:
+//   step < w:  base_lr * step / max(1, w)
+//   Constant:  base_lr
+//   Linear:    base_lr * max(0, (T - step) / max(1, T - w))
+//   Cosine:    base_lr * max(0, 0.5 * (1 + cos(pi * 0.5 * 2 * progress))),
+//              progress = (step - w) / max(1, T - w)
+// Throws Error on a negative base_lr, warmup_steps, total_steps or step.
+double lr_at(const ScheduleConfig& config, int64_t step);
+
+}  // namespace lowrank::train
