@@ -105,6 +105,8 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
     key = key.substr(prefix.size());
     // Some PEFT versions keep the adapter name: "...lora_A.default.weight".
     if (auto p = key.find(".default.weight"); p != std::string::npos) key = key.substr(0, p) + ".weight";
+    // PEFT keeps the wrapped layer's own bias under "<module>.base_layer.bias".
+    if (auto p = key.find(".base_layer.bias"); p != std::string::npos) key = key.substr(0, p) + ".bias";
     auto ends = [&](const std::string& s) { return key.size() > s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0; };
     std::string module, kind;
     for (const char* k : {".lora_A.weight", ".lora_B.weight", ".bias"})
@@ -173,7 +175,7 @@ void Adapter::save(const std::string& dir) const {
     tensors.emplace_back(peft_key(p.module, "lora_A.weight"), p.A);
     tensors.emplace_back(peft_key(p.module, "lora_B.weight"), p.B);
   }
-  for (const auto& b : biases) tensors.emplace_back(peft_key(b.module, "bias"), b.value);
+  for (const auto& b : biases) tensors.emplace_back(bias_key(b), b.value);
   nlohmann::json cfg = config.to_json();
   if (!config.all_linear && !config.target_regex) {
     // PEFT writes the set of short names it adapted; keep the user's list otherwise.
@@ -183,6 +185,11 @@ void Adapter::save(const std::string& dir) const {
     io::write_json_atomic((fs::path(tmp) / "adapter_config.json").string(), cfg);
     io::write_safetensors((fs::path(tmp) / "adapter_model.safetensors").string(), tensors, {{"format", "pt"}});
   }, nlohmann::json{{"kind", "adapter"}, {"format", "peft-lora"}});
+}
+
+std::string Adapter::bias_key(const BiasParam& b) const {
+  // As PEFT names it: a LoRA-wrapped module's own bias lives under "base_layer".
+  return peft_key(b.module, find(b.layer, b.target) ? "base_layer.bias" : "bias");
 }
 
 const LoraPair* Adapter::find(int layer, Target t) const {
