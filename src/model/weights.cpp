@@ -2,6 +2,9 @@
 
 #include "lowrank/core/error.h"
 #include "lowrank/core/log.h"
+#include "lowrank/ops/ops.h"
+
+#include <set>
 
 namespace lowrank::model {
 
@@ -63,13 +66,7 @@ class Loader {
     Linear l;
     l.name = module;
     l.transposed_in_checkpoint = true;
-    Tensor w = get(module + ".weight", {in, out});
-    l.weight = Tensor::empty({out, in}, w.dtype());
-    const size_t es = dtype_size(w.dtype());
-    const char* src = static_cast<const char*>(w.raw());
-    char* dst = static_cast<char*>(l.weight.raw());
-    for (int64_t i = 0; i < in; ++i)
-      for (int64_t o = 0; o < out; ++o) std::memcpy(dst + (o * in + i) * es, src + (i * out + o) * es, es);
+    l.weight = ops::transpose2d(get(module + ".weight", {in, out}));
     l.bias = get(module + ".bias", {out});
     return l;
   }
@@ -153,17 +150,7 @@ ModelWeights load_gpt2(const ModelConfig& c, const Loader& L) {
 
 void add_linear(std::vector<std::pair<std::string, Tensor>>& out, const Linear& l) {
   if (!l.defined()) return;
-  Tensor w = l.weight;
-  if (l.transposed_in_checkpoint) {
-    const int64_t o = w.dim(0), i = w.dim(1);
-    Tensor t = Tensor::empty({i, o}, w.dtype());
-    const size_t es = dtype_size(w.dtype());
-    for (int64_t a = 0; a < o; ++a)
-      for (int64_t b = 0; b < i; ++b)
-        std::memcpy(static_cast<char*>(t.raw()) + (b * o + a) * es, static_cast<const char*>(w.raw()) + (a * i + b) * es, es);
-    w = t;
-  }
-  out.emplace_back(l.name + ".weight", w);
+  out.emplace_back(l.name + ".weight", l.weight);
   if (l.bias.defined()) out.emplace_back(l.name + ".bias", l.bias);
 }
 
@@ -181,6 +168,17 @@ ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& stor
 }
 
 std::vector<std::pair<std::string, Tensor>> checkpoint_tensors(const ModelConfig& c, const ModelWeights& w) {
+  auto out = named_tensors(w);
+  std::set<std::string> conv1d;
+  for (const auto& l : w.layers)
+    for (const Linear* p : {&l.qkv, &l.o, &l.up, &l.down})
+      if (p->defined() && p->transposed_in_checkpoint) conv1d.insert(p->name + ".weight");
+  for (auto& [name, t] : out)
+    if (conv1d.count(name)) t = ops::transpose2d(t);
+  return out;
+}
+
+std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w) {
   std::vector<std::pair<std::string, Tensor>> out;
   out.emplace_back(w.embed_name, w.embed);
   if (w.positions.defined()) {

@@ -55,6 +55,9 @@ struct ModelWeights {
 // shape is an Error naming the file, the tensor, and the expected and actual shapes.
 ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute = DType::F32);
 
+// Every weight tensor with its checkpoint name, live (Conv1D in our [out, in] layout); a tied
+// lm_head is listed once, as the embedding.
+std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w);
 // All (checkpoint name, tensor) pairs in checkpoint layout (Conv1D transposed back), for export.
 std::vector<std::pair<std::string, Tensor>> checkpoint_tensors(const ModelConfig& config, const ModelWeights& w);
 

@@ -1,0 +1,38 @@
+#pragma once
+// One optimizer step: gradient accumulation over micro-batches (mean over every counted target of
+// the step, as transformers does with num_items_in_batch), global-norm clipping, a finite check,
+// and AdamW.
+#include <vector>
+
+#include "lowrank/lora/adapter.h"
+#include "lowrank/model/backward.h"
+#include "lowrank/train/dataset.h"
+#include "lowrank/train/optimizer.h"
+
+namespace lowrank::train {
+
+// The trainable tensors of an adapter (A, B, biases) with their gradients.
+std::vector<ParamRef> lora_params(lora::Adapter& adapter);
+// Every weight of the model with the matching tensor of `grads` (zeros_like of the weights).
+// A tied lm_head is listed once (as the embedding).
+std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grads);
+
+struct StepResult {
+  double loss = 0;        // mean NLL over the step's counted targets
+  int64_t tokens = 0;     // counted targets
+  double grad_norm = 0;   // before clipping
+  bool skipped = false;   // gradients were not finite: nothing was updated
+};
+
+struct StepContext {
+  const model::Model* model = nullptr;
+  model::TrainableHook* hook = nullptr;   // LoRA
+  model::ModelWeights* full_grads = nullptr;  // --full
+  std::vector<ParamRef>* params = nullptr;
+  AdamW* optimizer = nullptr;
+  double max_grad_norm = 0;  // 0: no clipping
+};
+
+StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, double lr);
+
+}  // namespace lowrank::train

@@ -1,0 +1,58 @@
+#include "lowrank/train/step.h"
+
+#include <cmath>
+
+#include "lowrank/train/grad_clip.h"
+
+namespace lowrank::train {
+
+std::vector<ParamRef> lora_params(lora::Adapter& adapter) {
+  std::vector<ParamRef> out;
+  for (auto& p : adapter.pairs) {
+    out.push_back({p.module + ".lora_A", p.A, p.grad_A, true});
+    out.push_back({p.module + ".lora_B", p.B, p.grad_B, true});
+  }
+  for (auto& b : adapter.biases) out.push_back({b.module + ".bias", b.value, b.grad, true});
+  return out;
+}
+
+std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grads) {
+  std::vector<ParamRef> out;
+  auto w = model::named_tensors(model.weights());
+  auto g = model::named_tensors(grads);
+  LR_CHECK(w.size() == g.size(), "weights and gradients differ");
+  for (size_t i = 0; i < w.size(); ++i) {
+    LR_CHECK(w[i].first == g[i].first, w[i].first, " vs ", g[i].first);
+    out.push_back({w[i].first, w[i].second, g[i].second, true});
+  }
+  return out;
+}
+
+StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, double lr) {
+  StepResult r;
+  int64_t counted = 0;
+  for (const auto& mb : micro_batches) counted += mb.counted;
+  for (auto& p : *ctx.params) p.grad.zero_();
+  if (counted == 0) {
+    r.skipped = true;
+    return r;
+  }
+  double nll = 0;
+  for (const auto& mb : micro_batches) {
+    auto res = model::forward_backward(*ctx.model, mb.tokens, mb.targets, 1.0f / static_cast<float>(counted), ctx.hook,
+                                       ctx.full_grads);
+    nll += res.nll_sum;
+  }
+  r.tokens = counted;
+  r.loss = nll / counted;
+  if (!all_finite(*ctx.params) || !std::isfinite(r.loss)) {
+    r.skipped = true;
+    r.grad_norm = NAN;
+    return r;
+  }
+  r.grad_norm = ctx.max_grad_norm > 0 ? clip_grad_norm(*ctx.params, ctx.max_grad_norm) : global_grad_norm(*ctx.params);
+  ctx.optimizer->step(*ctx.params, lr);
+  return r;
+}
+
+}  // namespace lowrank::train

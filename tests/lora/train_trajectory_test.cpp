@@ -1,0 +1,61 @@
+// Ten steps of LoRA training (AdamW, warmup + cosine, clipping) equal to PEFT + torch.optim.AdamW:
+// the reference trajectory of tests/reference/make_lora_fixtures.py (llama_train10).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/train/schedule.h"
+#include "lowrank/train/step.h"
+#include "test_paths.h"
+
+using namespace lowrank;
+
+TEST(TrainTrajectory, TenAdamWStepsMatchPeft) {
+  const std::string dir = test::fixture("lora/llama_train10");
+  auto expected = io::read_json(dir + "/expected.json");
+  const auto& hp = expected["hparams"];
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  lora::Adapter adapter = lora::Adapter::load(dir + "/initial", m);
+  adapter.allocate_grads();
+  lora::LoraHook hook({{&adapter, 1.0}});
+  hook.set_training(true);
+  auto params = train::lora_params(adapter);
+  train::AdamW opt({hp["lr"].get<double>(), hp["betas"][0].get<double>(), hp["betas"][1].get<double>(),
+                    hp["eps"].get<double>(), hp["weight_decay"].get<double>()});
+  train::StepContext ctx{&m, &hook, nullptr, &params, &opt, hp["max_grad_norm"].get<double>()};
+  train::ScheduleConfig sched{train::parse_schedule(hp["schedule"].get<std::string>()), hp["lr"].get<double>(),
+                              hp["warmup"].get<int64_t>(), hp["steps"].get<int64_t>()};
+  auto batches = io::read_json(dir + "/batches.json");
+  ASSERT_EQ(batches.size(), expected["log"].size());
+  for (size_t step = 0; step < batches.size(); ++step) {
+    auto ids = batches[step]["input_ids"].get<std::vector<std::vector<int32_t>>>();
+    auto labels = batches[step]["labels"].get<std::vector<std::vector<int32_t>>>();
+    std::vector<train::Example> examples;
+    for (size_t r = 0; r < ids.size(); ++r) examples.push_back({ids[r], labels[r]});
+    auto data = train::Dataset::from_examples(examples);
+    std::vector<int64_t> all(ids.size());
+    for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int64_t>(i);
+    const double lr = train::lr_at(sched, static_cast<int64_t>(step));
+    const auto& want = expected["log"][step];
+    EXPECT_NEAR(lr, want["lr"].get<double>(), 1e-12) << "step " << step + 1;
+    auto r = train::train_step(ctx, {train::make_micro_batch(data, all)}, lr);
+    ASSERT_FALSE(r.skipped);
+    EXPECT_NEAR(r.loss, want["loss"].get<double>(), 1e-4 * want["loss"].get<double>()) << "step " << step + 1;
+    EXPECT_NEAR(r.grad_norm, want["grad_norm"].get<double>(), 1e-4 * want["grad_norm"].get<double>())
+        << "step " << step + 1;
+  }
+  auto final_weights = io::SafetensorsFile::open(dir + "/final.safetensors");
+  for (const auto& p : adapter.pairs)
+    for (auto [t, suffix] : {std::pair{p.A, "lora_A.weight"}, std::pair{p.B, "lora_B.weight"}}) {
+      Tensor want = final_weights.get(lora::peft_key(p.module, suffix));
+      float max_ref = 0, max_err = 0;
+      for (int64_t i = 0; i < want.numel(); ++i) {
+        max_ref = std::max(max_ref, std::fabs(want.f32()[i]));
+        max_err = std::max(max_err, std::fabs(want.f32()[i] - t.f32()[i]));
+      }
+      EXPECT_LE(max_err, 1e-4f * max_ref) << p.module << " " << suffix;
+    }
+}
