@@ -170,6 +170,11 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
 }
 
 void Adapter::save(const std::string& dir) const {
+  io::write_checkpoint_dir(dir, [&](const std::string& tmp) { write_files(tmp); },
+                           nlohmann::json{{"kind", "adapter"}, {"format", "peft-lora"}});
+}
+
+void Adapter::write_files(const std::string& dir) const {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const auto& p : pairs) {
     tensors.emplace_back(peft_key(p.module, "lora_A.weight"), p.A);
@@ -181,10 +186,8 @@ void Adapter::save(const std::string& dir) const {
     // PEFT writes the set of short names it adapted; keep the user's list otherwise.
     cfg["target_modules"] = config.target_modules;
   }
-  io::write_checkpoint_dir(dir, [&](const std::string& tmp) {
-    io::write_json_atomic((fs::path(tmp) / "adapter_config.json").string(), cfg);
-    io::write_safetensors((fs::path(tmp) / "adapter_model.safetensors").string(), tensors, {{"format", "pt"}});
-  }, nlohmann::json{{"kind", "adapter"}, {"format", "peft-lora"}});
+  io::write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors, {{"format", "pt"}});
+  io::write_json_atomic((fs::path(dir) / "adapter_config.json").string(), cfg);
 }
 
 std::string Adapter::bias_key(const BiasParam& b) const {

@@ -2,6 +2,10 @@
 
 #include <cmath>
 
+#include "lowrank/model/backward.h"
+#include "lowrank/ops/ops.h"
+#include "lowrank/train/dataset.h"
+
 namespace lowrank::train {
 
 EvalResult evaluate(const model::Model& model, const std::vector<std::vector<int32_t>>& sequences,
@@ -27,6 +31,25 @@ EvalResult evaluate(const model::Model& model, const std::vector<std::vector<int
     if (on_progress) on_progress(i + 1, n);
   }
   if (r.tokens == 0) throw error("no tokens to evaluate: every sequence has fewer than 2 tokens");
+  r.loss = total / r.tokens;
+  r.perplexity = std::exp(r.loss);
+  return r;
+}
+
+EvalResult evaluate_examples(const model::Model& model, const Dataset& data, model::ProjectionHook* hook) {
+  EvalResult r;
+  double total = 0;
+  for (int64_t i = 0; i < data.size(); ++i) {
+    const Example& e = data[i];
+    model::TokenBatch b{e.ids, 1, static_cast<int64_t>(e.ids.size())};
+    auto targets = model::shift_labels(e.labels, 1, b.seq);
+    Tensor logits = model.project_vocab(model.hidden_states(b, hook));
+    int64_t n = 0;
+    total += ops::cross_entropy_sum(logits, targets, &n);
+    r.tokens += n;
+    ++r.sequences;
+  }
+  if (r.tokens == 0) throw error("the evaluation data has no labelled tokens");
   r.loss = total / r.tokens;
   r.perplexity = std::exp(r.loss);
   return r;

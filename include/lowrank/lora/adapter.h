@@ -46,6 +46,9 @@ class Adapter {
   static Adapter load(const std::string& dir, const model::Model& model);
   // Writes a PEFT adapter folder atomically (temp folder, fsync, rename).
   void save(const std::string& dir) const;
+  // Writes adapter_model.safetensors, then adapter_config.json, each atomically, into an existing
+  // folder (used inside checkpoints and for a training run's output folder).
+  void write_files(const std::string& dir) const;
 
   const LoraPair* find(int layer, Target t) const;
   LoraPair* find(int layer, Target t);

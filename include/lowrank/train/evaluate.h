@@ -22,4 +22,8 @@ EvalResult evaluate(const model::Model& model, const std::vector<std::vector<int
                     model::ProjectionHook* hook = nullptr, int64_t window = 0,
                     const std::function<void(int64_t, int64_t)>& on_progress = {});
 
+// Mean NLL over the labelled targets of training-format examples (one sequence at a time), for
+// --eval-data during training.
+EvalResult evaluate_examples(const model::Model& model, const class Dataset& data, model::ProjectionHook* hook);
+
 }  // namespace lowrank::train
