@@ -25,7 +25,8 @@ TEST(Metrics, OneCompactObjectPerLineThatParsesBack) {
     EXPECT_EQ(read_metrics(path).size(), 3u);
   }
   const std::string text = io::read_file(path);
-  EXPECT_EQ(text.rfind("{\"loss\":2.5,\"lr\":0.0002,\"note\":\"a b\\nc\",\"step\":1}\n", 0), 0u) << text;
+  EXPECT_EQ(text.rfind("{\"loss\":2.5,\"lr\":0.0002,\"note\":\"a b\\nc\",\"step\":1}\n", 0), 0u)
+      << text;
   const auto records = read_metrics(path);
   ASSERT_EQ(records.size(), 3u);
   for (int i = 0; i < 3; ++i) {
@@ -79,8 +80,8 @@ TEST(Metrics, Errors) {
   ScratchDir dir;
   MetricsWriter closed;
   expect_error([&] { closed.write({{"step", 1}}); }, "metrics", {"open"});
-  expect_error([&] { MetricsWriter w(dir.file("no/such/dir/m.jsonl")); }, dir.file("no/such/dir/m.jsonl"),
-               {"cannot open"});
+  expect_error([&] { MetricsWriter w(dir.file("no/such/dir/m.jsonl")); },
+               dir.file("no/such/dir/m.jsonl"), {"cannot open"});
   MetricsWriter w(dir.file("m.jsonl"));
   expect_error([&] { w.write(json::array({1, 2})); }, dir.file("m.jsonl"), {"object", "array"});
   expect_error([&] { w.write({{"text", "\xff\xfe"}}); }, dir.file("m.jsonl"), {"UTF-8"});

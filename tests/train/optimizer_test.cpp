@@ -109,8 +109,8 @@ TEST(AdamW, FirstStepMovesEachElementByLrTimesSignOfGrad) {
   // With bias correction, m_hat / sqrt(v_hat) = g / |g| on step 1: the step is lr per element.
   // Without it the step would be (1 - b1) / sqrt(1 - b2) ~ 3.16 times larger.
   AdamW opt(AdamWConfig{});
-  std::vector<ParamRef> params = {{"p", Tensor::from_vector({1, 1, 1}, {3}),
-                                   Tensor::from_vector({0.001f, -3.0f, 40.0f}, {3})}};
+  std::vector<ParamRef> params = {
+      {"p", Tensor::from_vector({1, 1, 1}, {3}), Tensor::from_vector({0.001f, -3.0f, 40.0f}, {3})}};
   opt.step(params, 0.1);
   EXPECT_NEAR(params[0].param.f32()[0], 0.9, 1e-6);
   EXPECT_NEAR(params[0].param.f32()[1], 1.1, 1e-6);
@@ -135,8 +135,8 @@ TEST(AdamW, WeightDecayIsDecoupledAndSkippedForNoDecayParams) {
 TEST(AdamW, ZeroLrStillAdvancesStateButNotParams) {
   // transformers' warmup gives lr 0 for the first step; torch still counts it.
   AdamW opt(AdamWConfig{});
-  std::vector<ParamRef> params = {{"p", Tensor::from_vector({1, 2}, {2}),
-                                   Tensor::from_vector({0.5f, -0.5f}, {2})}};
+  std::vector<ParamRef> params = {
+      {"p", Tensor::from_vector({1, 2}, {2}), Tensor::from_vector({0.5f, -0.5f}, {2})}};
   opt.step(params, 0.0);
   EXPECT_EQ(opt.steps(), 1);
   EXPECT_EQ(params[0].param.f32()[0], 1.0f);
@@ -162,7 +162,8 @@ TEST(AdamW, LargeTensorTakesParallelPathWithSameResult) {
     AdamW one(cfg);
     std::vector<float> pi(init.begin() + i, init.begin() + i + 1000);
     std::vector<float> gi(grad.begin() + i, grad.begin() + i + 1000);
-    std::vector<ParamRef> b = {{"p", Tensor::from_vector(pi, {1000}), Tensor::from_vector(gi, {1000})}};
+    std::vector<ParamRef> b = {
+        {"p", Tensor::from_vector(pi, {1000}), Tensor::from_vector(gi, {1000})}};
     one.step(b, 1e-3);
     one.step(b, 1e-3);
     ASSERT_EQ(std::memcmp(b[0].param.f32(), a[0].param.f32() + i, 1000 * sizeof(float)), 0) << i;
@@ -173,8 +174,9 @@ TEST(AdamW, StateRoundTripGivesBitwiseIdenticalContinuation) {
   AdamWConfig cfg;
   cfg.weight_decay = 0.01;
   AdamW a(cfg);
-  std::vector<ParamRef> pa = {{"layer.0.lora_A", from_double(kInit, {2, 3}), Tensor::zeros({2, 3})},
-                              {"layer.0.lora_B", from_double(kInit, {3, 2}), Tensor::zeros({3, 2})}};
+  std::vector<ParamRef> pa = {
+      {"layer.0.lora_A", from_double(kInit, {2, 3}), Tensor::zeros({2, 3})},
+      {"layer.0.lora_B", from_double(kInit, {3, 2}), Tensor::zeros({3, 2})}};
   auto set_grads = [](std::vector<ParamRef>& ps, size_t s) {
     for (auto& p : ps)
       std::memcpy(p.grad.f32(), from_double(kGrads[s], {6}).f32(), 6 * sizeof(float));
@@ -234,10 +236,16 @@ TEST(AdamW, LoadStateRejectsBadStateAndChangesNothing) {
   std::vector<ParamRef> params = {{"q", Tensor::zeros({2, 2}), Tensor::zeros({2, 2})}};
   opt.step(params, 1e-3);
   auto z = [](Shape s) { return Tensor::zeros(s); };
-  expect_error([&] { opt.load_state({{"q.exp_avg", z({2, 2})}}, 1); }, "AdamW",
-               {"'q'", "no exp_avg_sq"});
-  expect_error([&] { opt.load_state({{"q.exp_avg", z({2, 2})}, {"q.exp_avg_sq", z({4})}}, 1); },
-               "AdamW", {"'q'", "[2, 2]", "[4]"});
+  expect_error(
+      [&] {
+        opt.load_state({{"q.exp_avg", z({2, 2})}}, 1);
+      },
+      "AdamW", {"'q'", "no exp_avg_sq"});
+  expect_error(
+      [&] {
+        opt.load_state({{"q.exp_avg", z({2, 2})}, {"q.exp_avg_sq", z({4})}}, 1);
+      },
+      "AdamW", {"'q'", "[2, 2]", "[4]"});
   expect_error([&] { opt.load_state({{"q.momentum", z({2, 2})}}, 1); }, "AdamW", {"q.momentum"});
   expect_error([&] { opt.load_state({}, -1); }, "AdamW", {"-1"});
   EXPECT_EQ(opt.steps(), 1);
@@ -247,7 +255,8 @@ TEST(AdamW, LoadStateRejectsBadStateAndChangesNothing) {
 TEST(AdamW, StepRejectsMismatchesNamingTheParameter) {
   AdamW opt(AdamWConfig{});
   std::vector<ParamRef> params = {{"q", Tensor::zeros({2, 2}), Tensor::zeros({2, 2})}};
-  opt.load_state({{"q.exp_avg", Tensor::zeros({2, 3})}, {"q.exp_avg_sq", Tensor::zeros({2, 3})}}, 3);
+  opt.load_state({{"q.exp_avg", Tensor::zeros({2, 3})}, {"q.exp_avg_sq", Tensor::zeros({2, 3})}},
+                 3);
   // State from a checkpoint for another shape: both shapes named; nothing changes.
   expect_error([&] { opt.step(params, 1e-3); }, "AdamW", {"'q'", "[2, 3]", "[2, 2]"});
   expect_error([&] { opt.check_params(params); }, "AdamW", {"'q'", "[2, 3]", "[2, 2]"});

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -106,7 +107,7 @@ TEST(Progress, TtyRedrawsInPlaceAndEndsTheLine) {
     bar.update(2, {1.5, NAN, 0});  // within redraw_interval_s: skipped
     cap.now += 0.01;
     bar.update(3, {1.25, NAN, 0});  // the last unit is always drawn
-  }  // the destructor ends the line
+  }                                 // the destructor ends the line
   const std::string out = cap.text();
   EXPECT_EQ(count(out, '\r'), 2) << out;
   EXPECT_EQ(out.back(), '\n');

@@ -43,9 +43,9 @@ TEST(Schedule, CosineMatchesTheTrainingFixtureLog) {
                                "/tests/fixtures/lora/llama_train10/expected.json");
   const auto& hp = j.at("hparams");
   ASSERT_EQ(hp.at("schedule"), "cosine");
-  const auto c = config(parse_schedule(hp.at("schedule").get<std::string>()),
-                        hp.at("lr").get<double>(), hp.at("warmup").get<int64_t>(),
-                        hp.at("steps").get<int64_t>());
+  const auto c =
+      config(parse_schedule(hp.at("schedule").get<std::string>()), hp.at("lr").get<double>(),
+             hp.at("warmup").get<int64_t>(), hp.at("steps").get<int64_t>());
   for (const auto& entry : j.at("log")) {
     const int64_t step = entry.at("step").get<int64_t>() - 1;  // the log counts from 1
     EXPECT_EQ(lr_at(c, step), entry.at("lr").get<double>()) << "step " << step;
@@ -90,7 +90,8 @@ TEST(Schedule, ParseAndErrors) {
   EXPECT_EQ(parse_schedule("cosine"), Schedule::Cosine);
   for (Schedule s : {Schedule::Constant, Schedule::Linear, Schedule::Cosine})
     EXPECT_EQ(parse_schedule(schedule_name(s)), s);
-  expect_error([] { parse_schedule("Cosine"); }, "--schedule", {"'Cosine'", "constant, linear or cosine"});
+  expect_error([] { parse_schedule("Cosine"); }, "--schedule",
+               {"'Cosine'", "constant, linear or cosine"});
   expect_error([] { parse_schedule(""); }, "--schedule", {"''"});
   expect_error([] { lr_at(config(Schedule::Linear, 1e-3, -1, 10), 0); }, "--warmup", {"-1"});
   expect_error([] { lr_at(config(Schedule::Linear, 1e-3, 0, 10), -1); }, "lr schedule", {"-1"});
