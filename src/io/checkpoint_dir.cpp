@@ -71,8 +71,10 @@ void fsync_tree(const std::string& dir) {
   for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const fs::file_status st = it->symlink_status(ec);
     if (ec) break;
-    if (fs::is_regular_file(st)) fsync_file(it->path().string());
-    else if (fs::is_directory(st)) fsync_directory(it->path().string());
+    if (fs::is_regular_file(st))
+      fsync_file(it->path().string());
+    else if (fs::is_directory(st))
+      fsync_directory(it->path().string());
   }
   if (ec) throw error(dir, ": cannot list folder to fsync: ", ec.message());
   fsync_directory(dir);
@@ -84,9 +86,11 @@ std::string install(const std::string& tmp, const std::string& final_dir) {
   struct stat st {};
   if (::lstat(final_dir.c_str(), &st) != 0) {
     if (errno != ENOENT) throw error(final_dir, ": cannot stat: ", std::strerror(errno));
-    if (::rename(tmp.c_str(), final_dir.c_str()) != 0)
+    if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
+      const int err = errno;
       throw error(final_dir, ": cannot rename the temporary checkpoint folder into place: ",
-                  std::strerror(errno));
+                  std::strerror(err));
+    }
     return "";
   }
   if (!S_ISDIR(st.st_mode))
@@ -94,20 +98,22 @@ std::string install(const std::string& tmp, const std::string& final_dir) {
   // One atomic step: final_dir always names a complete checkpoint, old or new.
   if (::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, final_dir.c_str(), RENAME_EXCHANGE) == 0)
     return tmp;
-  if (errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
-    throw error(final_dir, ": cannot exchange the checkpoint folder with the new one: ",
-                std::strerror(errno));
+  if (const int err = errno; err != EINVAL && err != ENOSYS && err != EOPNOTSUPP)
+    throw error(final_dir,
+                ": cannot exchange the checkpoint folder with the new one: ", std::strerror(err));
   // No exchange on this filesystem: move the old one aside, then the new one in. For a moment
   // final_dir is missing, but both complete folders exist; cleanup_stale_tmp restores one if we
   // crash in between.
   const std::string aside = sibling_name(final_dir, kOldTag);
-  if (::rename(final_dir.c_str(), aside.c_str()) != 0)
-    throw error(final_dir, ": cannot move the previous checkpoint aside: ", std::strerror(errno));
+  if (::rename(final_dir.c_str(), aside.c_str()) != 0) {
+    const int err = errno;
+    throw error(final_dir, ": cannot move the previous checkpoint aside: ", std::strerror(err));
+  }
   if (::rename(tmp.c_str(), final_dir.c_str()) != 0) {
     const int err = errno;
     ::rename(aside.c_str(), final_dir.c_str());  // best effort: put the old one back
-    throw error(final_dir, ": cannot rename the temporary checkpoint folder into place: ",
-                std::strerror(err));
+    throw error(final_dir,
+                ": cannot rename the temporary checkpoint folder into place: ", std::strerror(err));
   }
   return aside;
 }
@@ -133,7 +139,8 @@ std::optional<StaleName> parse_stale_name(const std::string& name) {
     if (dash == std::string::npos || dash == 0 || dash + 1 == rest.size()) continue;
     const std::string pid = rest.substr(0, dash), hex = rest.substr(dash + 1);
     if (!std::all_of(pid.begin(), pid.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
-        !std::all_of(hex.begin(), hex.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
+        !std::all_of(hex.begin(), hex.end(),
+                     [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
       continue;
     StaleName s;
     s.base = name.substr(0, at);
@@ -159,7 +166,8 @@ void write_checkpoint_dir(const std::string& final_dir_in,
   if (name.empty() || name == "." || name == "..")
     throw error("checkpoint folder '", final_dir_in, "': not a folder name");
   if (!manifest.is_object())
-    throw error(final_dir, ": checkpoint manifest must be a JSON object, got ", manifest.type_name());
+    throw error(final_dir, ": checkpoint manifest must be a JSON object, got ",
+                manifest.type_name());
   const std::string parent = parent_of(final_dir);
   std::error_code ec;
   fs::create_directories(parent, ec);
@@ -168,9 +176,11 @@ void write_checkpoint_dir(const std::string& final_dir_in,
   std::string tmp;
   for (int attempt = 0; attempt < 16 && tmp.empty(); ++attempt) {
     const std::string candidate = sibling_name(final_dir, kTmpTag);
-    if (::mkdir(candidate.c_str(), 0777) == 0) tmp = candidate;
+    if (::mkdir(candidate.c_str(), 0777) == 0)
+      tmp = candidate;
     else if (errno != EEXIST)
-      throw error(final_dir, ": cannot create a temporary checkpoint folder: ", std::strerror(errno));
+      throw error(final_dir,
+                  ": cannot create a temporary checkpoint folder: ", std::strerror(errno));
   }
   if (tmp.empty()) throw error(final_dir, ": cannot create a temporary checkpoint folder");
 
@@ -179,7 +189,8 @@ void write_checkpoint_dir(const std::string& final_dir_in,
     fill(tmp);
     const std::string manifest_path = tmp + "/" + kCheckpointManifest;
     if (lexists(manifest_path))
-      throw InternalError(final_dir + ": fill() wrote manifest.json; pass it as `manifest` instead");
+      throw InternalError(final_dir +
+                          ": fill() wrote manifest.json; pass it as `manifest` instead");
     fsync_tree(tmp);
     // Last: its presence is what marks the folder complete.
     write_json_atomic(manifest_path, manifest);
@@ -248,7 +259,8 @@ int cleanup_stale_tmp(const std::string& run_dir_in) {
   std::error_code ec;
   for (fs::directory_iterator it(run_dir, ec), end; !ec && it != end; it.increment(ec)) {
     const auto parsed = parse_stale_name(it->path().filename().string());
-    if (!parsed || process_alive(parsed->pid) || !it->is_directory(ec)) continue;
+    std::error_code type_ec;
+    if (!parsed || process_alive(parsed->pid) || !it->is_directory(type_ec)) continue;
     stale[parsed->base].emplace_back(*parsed, it->path().string());
   }
   if (ec) throw error(run_dir, ": cannot list folder: ", ec.message());
@@ -258,8 +270,10 @@ int cleanup_stale_tmp(const std::string& run_dir_in) {
     const std::string target = run_dir + "/" + base;
     if (!lexists(target)) {
       // Restore a complete one, the newer (.tmp) first: a crash between the two renames.
-      std::stable_sort(entries.begin(), entries.end(),
-                       [](const auto& a, const auto& b) { return a.first.is_tmp > b.first.is_tmp; });
+      std::stable_sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) {
+        return a.first.is_tmp > b.first.is_tmp;
+      });
+      bool keep_all = false;
       for (auto& entry : entries) {
         if (!is_complete_checkpoint(entry.second)) continue;
         if (::rename(entry.second.c_str(), target.c_str()) == 0) {
@@ -267,16 +281,24 @@ int cleanup_stale_tmp(const std::string& run_dir_in) {
           log_warn("restored checkpoint ", target, " from ", entry.second);
           entry.second.clear();
           ++count;
+        } else {
+          // Never delete what may be the only complete copy; leave it for a person to look at.
+          log_warn("cannot restore checkpoint ", target, " from ", entry.second, ": ",
+                   std::strerror(errno));
+          keep_all = true;
         }
         break;
       }
+      if (keep_all) continue;
     }
     for (const auto& entry : entries) {
       if (entry.second.empty()) continue;
       std::error_code rm;
       fs::remove_all(entry.second, rm);
-      if (rm) log_warn("cannot remove ", entry.second, ": ", rm.message());
-      else ++count;
+      if (rm)
+        log_warn("cannot remove ", entry.second, ": ", rm.message());
+      else
+        ++count;
     }
   }
   return count;

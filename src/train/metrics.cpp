@@ -33,7 +33,8 @@ off_t complete_prefix(int fd) {
   if (end < 0) return -1;
   char buf[1 << 16];
   while (end > 0) {
-    const off_t begin = end > static_cast<off_t>(sizeof buf) ? end - static_cast<off_t>(sizeof buf) : 0;
+    const off_t begin =
+        end > static_cast<off_t>(sizeof buf) ? end - static_cast<off_t>(sizeof buf) : 0;
     const ssize_t n = ::pread(fd, buf, static_cast<size_t>(end - begin), begin);
     if (n != end - begin) return -1;
     for (ssize_t i = n - 1; i >= 0; --i)
@@ -70,8 +71,8 @@ void MetricsWriter::open(const std::string& path) {
   if (keep < 0 || (keep < ::lseek(fd, 0, SEEK_END) && ::ftruncate(fd, keep) != 0)) {
     const int err = errno;
     ::close(fd);
-    throw error(path, ": cannot repair the partial last line of the metrics file: ",
-                std::strerror(err));
+    throw error(path,
+                ": cannot repair the partial last line of the metrics file: ", std::strerror(err));
   }
   fd_ = fd;
   path_ = path;

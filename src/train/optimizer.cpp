@@ -26,7 +26,8 @@ const std::string kAvg = ".exp_avg";
 const std::string kAvgSq = ".exp_avg_sq";
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() > suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 }  // namespace
@@ -36,8 +37,10 @@ AdamW::AdamW(AdamWConfig config) : config_(config) {
   auto bad = [](const char* field, double v) { return error("AdamW: invalid ", field, ": ", v); };
   if (!(config_.lr >= 0.0)) throw bad("learning rate", config_.lr);
   if (!(config_.eps >= 0.0)) throw bad("epsilon value", config_.eps);
-  if (!(config_.beta1 >= 0.0 && config_.beta1 < 1.0)) throw bad("beta parameter at index 0", config_.beta1);
-  if (!(config_.beta2 >= 0.0 && config_.beta2 < 1.0)) throw bad("beta parameter at index 1", config_.beta2);
+  if (!(config_.beta1 >= 0.0 && config_.beta1 < 1.0))
+    throw bad("beta parameter at index 0", config_.beta1);
+  if (!(config_.beta2 >= 0.0 && config_.beta2 < 1.0))
+    throw bad("beta parameter at index 1", config_.beta2);
   if (!(config_.weight_decay >= 0.0)) throw bad("weight_decay value", config_.weight_decay);
 }
 
@@ -106,14 +109,19 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
     const bool decay = ref.decay && config_.weight_decay != 0.0;
 #pragma omp parallel for schedule(static) if (n >= kParallelMin)
     for (int64_t i = 0; i < n; ++i) {
+      // torch:  param.mul_(1 - lr * wd)
+      //         exp_avg.lerp_(grad, 1 - beta1)
+      //         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+      //         denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+      //         param.addcdiv_(exp_avg, denom, value=-step_size)
       float pi = p[i];
-      if (decay) pi *= decay_f;                                // param.mul_(1 - lr * wd)
+      if (decay) pi *= decay_f;
       const float gi = g[i];
-      const float mi = lerp(m[i], gi, lerp_w);                 // exp_avg.lerp_(grad, 1 - beta1)
-      float vi = v[i] * beta2_f;                               // exp_avg_sq.mul_(beta2)
-      vi = vi + one_minus_beta2_f * gi * gi;                   //   .addcmul_(grad, grad, 1 - beta2)
-      const float denom = std::sqrt(vi) / bc2_sqrt_f + eps_f;  // (v.sqrt() / bc2_sqrt).add_(eps)
-      p[i] = pi + neg_step_f * (mi / denom);                   // param.addcdiv_(m, denom, -step_size)
+      const float mi = lerp(m[i], gi, lerp_w);
+      float vi = v[i] * beta2_f;
+      vi = vi + one_minus_beta2_f * gi * gi;
+      const float denom = std::sqrt(vi) / bc2_sqrt_f + eps_f;
+      p[i] = pi + neg_step_f * (mi / denom);
       m[i] = mi;
       v[i] = vi;
     }

@@ -17,9 +17,12 @@ Schedule parse_schedule(const std::string& text) {
 
 const char* schedule_name(Schedule schedule) {
   switch (schedule) {
-    case Schedule::Constant: return "constant";
-    case Schedule::Linear: return "linear";
-    case Schedule::Cosine: return "cosine";
+    case Schedule::Constant:
+      return "constant";
+    case Schedule::Linear:
+      return "linear";
+    case Schedule::Cosine:
+      return "cosine";
   }
   return "?";
 }
@@ -50,7 +53,8 @@ double lr_at(const ScheduleConfig& config, int64_t step) {
       case Schedule::Cosine: {
         const double num_cycles = 0.5;
         const double progress = static_cast<double>(step - w) / decay_span;
-        factor = std::max(0.0, 0.5 * (1.0 + std::cos(std::numbers::pi * num_cycles * 2.0 * progress)));
+        factor =
+            std::max(0.0, 0.5 * (1.0 + std::cos(std::numbers::pi * num_cycles * 2.0 * progress)));
         break;
       }
       default:

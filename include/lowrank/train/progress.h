@@ -69,7 +69,7 @@ class ProgressBar {
   double t0_ = 0.0;
   int64_t done_;
   ProgressStats last_;
-  int64_t tokens_ = 0;         // since construction
+  int64_t tokens_ = 0;               // since construction
   std::optional<double> last_draw_;  // clock time of the last line written
   bool shown_current_ = false;       // the current state has been written
   size_t drawn_len_ = 0;             // TTY: length of the line on screen (0: none)

@@ -17,7 +17,7 @@ struct ScheduleConfig {
   Schedule schedule = Schedule::Cosine;
   double base_lr = 2e-4;     // the peak lr, reached at the end of warmup
   int64_t warmup_steps = 0;  // linear ramp from 0 over this many steps
-  int64_t total_steps = 0;   // optimizer steps in the run (decay reaches 0 here; unused by Constant)
+  int64_t total_steps = 0;  // optimizer steps in the run (decay reaches 0 here; unused by Constant)
 };
 
 // The lr for the optimizer step with 0-based index `step`: lr_at(cfg, 0) is the lr of the first
