@@ -201,7 +201,7 @@ std::unique_ptr<Decoder> make_decoder(const json& j) {
   if (type == "Strip") {
     auto count = [&](const char* k) {
       const json& v = field(j, k, where);
-      if (!v.is_number_unsigned()) throw error(where, ": \"", k, "\" must be a count");
+      if (!v.is_number_integer() || v.get<int64_t>() < 0) throw error(where, ": \"", k, "\" must be a count");
       return v.get<size_t>();
     };
     return std::make_unique<StripDecoder>(single_char(get_string(j, "content", where), where, "content"),
