@@ -84,7 +84,7 @@ std::string utf8_lossy(std::string_view s) {
     }
     // Skip the maximal prefix of a valid sequence (what Rust replaces by one U+FFFD).
     unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t want = c >= 0xF0 && c < 0xF5 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 1;
+    size_t want = c >= 0xC2 && c < 0xE0 ? 2 : c >= 0xE0 && c < 0xF0 ? 3 : c >= 0xF0 && c < 0xF5 ? 4 : 1;
     size_t k = 1;
     while (k < want && i + k < s.size()) {
       unsigned char d = static_cast<unsigned char>(s[i + k]);

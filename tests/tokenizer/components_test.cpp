@@ -179,3 +179,37 @@ TEST(Components, UnknownTypesAreNamed) {
 
 }  // namespace
 }  // namespace lowrank::tok
+
+#include "lowrank/tokenizer/unicode.h"
+
+namespace lowrank::tok {
+namespace {
+
+TEST(Unicode, Utf8LossyLikeRust) {
+  using unicode::utf8_lossy;
+  const std::string r = "\xEF\xBF\xBD";
+  EXPECT_EQ(utf8_lossy("ok"), "ok");
+  EXPECT_EQ(utf8_lossy("a\xE2\x96" "b"), "a" + r + "b");        // truncated 3-byte: one U+FFFD
+  EXPECT_EQ(utf8_lossy("\xF5\x80"), r + r);                      // never-valid lead byte
+  EXPECT_EQ(utf8_lossy("\xED\xA0\x80"), r + r + r);              // surrogate: byte by byte
+  EXPECT_EQ(utf8_lossy("\xF0\x9F\x98"), r);                      // truncated 4-byte
+  EXPECT_EQ(utf8_lossy("\xC0\xAF"), r + r);                      // overlong
+  EXPECT_EQ(unicode::find_invalid_utf8("\xF0\x9F\x98\x80 ok"), std::string::npos);
+  EXPECT_EQ(unicode::find_invalid_utf8("abc\xFF"), 3u);
+}
+
+TEST(Unicode, Categories) {
+  EXPECT_STREQ(unicode::category('A'), "Lu");
+  EXPECT_STREQ(unicode::category(0x4E00), "Lo");
+  EXPECT_STREQ(unicode::category(0x0301), "Mn");
+  EXPECT_TRUE(unicode::is_numeric(0x0663));   // Arabic-Indic three
+  EXPECT_TRUE(unicode::is_numeric(0x2460));   // circled one (No)
+  EXPECT_TRUE(unicode::is_punctuation(0x00BF));
+  EXPECT_TRUE(unicode::is_punctuation('$'));  // ASCII punctuation includes symbols
+  EXPECT_TRUE(unicode::is_whitespace(0x3000));
+  EXPECT_FALSE(unicode::is_whitespace(0x200B));
+  EXPECT_FALSE(unicode::is_whitespace(0x180E));
+}
+
+}  // namespace
+}  // namespace lowrank::tok
