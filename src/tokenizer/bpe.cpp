@@ -140,6 +140,19 @@ BpeModel::BpeModel(VocabMap vocab, const std::vector<std::pair<std::string, std:
     }
   }
 
+  static constexpr std::string_view kMeta = "\xE2\x96\x81";  // ▁
+  if (!byte_level_ && !opt_.ignore_merges && simple_units_ && vocab_.count(std::string(kMeta))) {
+    split_on_metaspace_ = true;
+    for (auto& [tok, id] : vocab_) {
+      for (size_t p = tok.find(kMeta, 1); p != std::string::npos; p = tok.find(kMeta, p + 1))
+        if (p < kMeta.size() || tok.compare(p - kMeta.size(), kMeta.size(), kMeta) != 0) {
+          split_on_metaspace_ = false;
+          break;
+        }
+      if (!split_on_metaspace_) break;
+    }
+  }
+
   // Merges: (a, b) -> (rank, id of a + b without b's continuing prefix).
   merges_.reserve(merges.size());
   std::string merged;
@@ -343,6 +356,23 @@ void BpeModel::tokenize(std::string_view piece, std::vector<int32_t>& out) const
       return;
     }
   }
+  if (split_on_metaspace_ && piece.size() >= kCacheMaxPiece) {
+    // Cut before each "▁" that follows another char than "▁" (see split_on_metaspace_).
+    static constexpr std::string_view kMeta = "\xE2\x96\x81";
+    size_t start = 0;
+    for (size_t p = piece.find(kMeta, 1); p != std::string_view::npos;
+         p = piece.find(kMeta, p + kMeta.size())) {
+      if (p >= kMeta.size() && piece.compare(p - kMeta.size(), kMeta.size(), kMeta) == 0) continue;
+      cached_word(piece.substr(start, p - start), out);
+      start = p;
+    }
+    cached_word(piece.substr(start), out);
+    return;
+  }
+  cached_word(piece, out);
+}
+
+void BpeModel::cached_word(std::string_view piece, std::vector<int32_t>& out) const {
   if (piece.size() >= kCacheMaxPiece) {
     merge_word(piece, out);
     return;

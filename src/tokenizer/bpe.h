@@ -72,6 +72,7 @@ class BpeModel {
 
  private:
   void merge_word(std::string_view w, std::vector<int32_t>& out) const;
+  void cached_word(std::string_view w, std::vector<int32_t>& out) const;
   void initial_symbols(std::string_view w, std::vector<int32_t>& syms) const;
   int32_t unit_id(std::string_view unit) const;
 
@@ -87,6 +88,9 @@ class BpeModel {
   std::array<int32_t, 256> fallback_ids_{};  // "<0xXX>" tokens
   std::vector<int32_t> cp_ids_;              // otherwise: id of each code point < 0x30000
   int32_t unk_id_ = -1;
+  // SentencePiece-style vocab where "▁" only ever follows "▁" inside a token: no merge can
+  // cross the start of a "▁word", so a long piece is tokenized word by word (and cached).
+  bool split_on_metaspace_ = false;
   uint64_t serial_;  // identifies this model's entries in the per-thread caches
 };
 
