@@ -175,17 +175,28 @@ void Tokenizer::Impl::add_tokens(const json& list, const std::string& where) {
   }
 }
 
-void Tokenizer::Impl::finish(const std::string& where) {
+void Tokenizer::Impl::finish(const std::string& where) {  // where: the config file name
   raw_matcher.build(added, false);
   normalized_matcher.build(added, true);
   vocab_size = model->max_id() + 1;
   for (auto& a : added) vocab_size = std::max(vocab_size, a.id + 1);
+  // A token named in the config but absent from tokenizer.json may still be listed with its
+  // id in the config's added_tokens_decoder; otherwise it has no id (loading still works).
   auto id_of = [&](const char* key) -> std::optional<int32_t> {
     auto tok = config_token(config, key);
     if (!tok) return std::nullopt;
-    auto id = lookup(*tok);
-    if (!id) throw error(where, ": ", key, " \"", *tok, "\" is not in the vocabulary");
-    return id;
+    if (auto id = lookup(*tok)) return id;
+    auto dec = config.find("added_tokens_decoder");
+    if (dec != config.end() && dec->is_object())
+      for (auto it = dec->begin(); it != dec->end(); ++it)
+        if (it.value().is_object() && it.value().value("content", "") == *tok) {
+          try {
+            return std::stoi(it.key());
+          } catch (const std::exception&) {
+            throw error(where, ": added_tokens_decoder key \"", it.key(), "\" is not an id");
+          }
+        }
+    return std::nullopt;
   };
   bos = id_of("bos_token");
   eos = id_of("eos_token");

@@ -180,8 +180,13 @@ TEST(BadInput, Errors) {
   throws_with([] { Tokenizer::from_json(make_json({"a"}, {"a b c"})); }, "merge 1");
   throws_with([] { Tokenizer::from_json(R"({"model": {"type": "BPE", "vocab": {"a": "x"}, "merges": []}})"); },
               "must be an integer");
-  throws_with([] { Tokenizer::from_json(make_json({"a"}, {}), R"({"bos_token": "<nope>"})"); },
-              "<nope>");
+  throws_with([] { Tokenizer::from_json(make_json({"a"}, {}), R"({"bos_token": )"); },
+              "tokenizer_config.json: invalid JSON");
+  // A config token missing from the vocab has no id, unless added_tokens_decoder gives one.
+  auto cfg = Tokenizer::from_json(make_json({"a"}, {}), R"({"bos_token": "<nope>",
+      "eos_token": {"content": "<e>"}, "added_tokens_decoder": {"5": {"content": "<e>"}}})");
+  EXPECT_EQ(cfg.bos_id(), std::nullopt);
+  EXPECT_EQ(cfg.eos_id(), 5);
   throws_with([] { Tokenizer::load("/nonexistent/tokenizer.json"); }, "no such file");
   throws_with([] { Tokenizer::load(testing::source_dir().string() + "/src"); }, "no tokenizer.json");
   auto t = Tokenizer::from_json(make_json({"a"}, {}));
