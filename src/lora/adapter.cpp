@@ -52,6 +52,8 @@ Adapter Adapter::create(const model::Model& model, const LoraConfig& config, Rng
   config.validate("LoRA config");
   Adapter a;
   a.config = config;
+  // PEFT marks adapters of GPT-2's Conv1D layers (weights stored [in, out]) this way.
+  if (model.config().is_gpt2()) a.config.fan_in_fan_out = true;
   for (const auto& m : adaptable_modules(model)) {
     if (!config.targets(m.linear->name)) continue;
     LoraPair p;

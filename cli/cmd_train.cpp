@@ -1,0 +1,85 @@
+// lowrank train: LoRA (or full) fine-tuning of a model folder on a dataset.
+#include <cstdio>
+
+#include "command.h"
+#include "lowrank/core/error.h"
+#include "lowrank/train/trainer.h"
+
+namespace lowrank::cli {
+namespace {
+
+struct TrainArgs {
+  train::TrainOptions o;
+  int64_t rank = 8;
+  double alpha = 16, dropout = 0.05;
+  std::string targets = "q_proj,v_proj", schedule = "cosine", bias = "none", init = "kaiming";
+  bool rslora = false;
+};
+
+int run_train(TrainArgs& a) {
+  train::TrainOptions& o = a.o;
+  o.lora.r = a.rank;
+  o.lora.alpha = a.alpha;
+  o.lora.dropout = a.dropout;
+  o.lora.use_rslora = a.rslora;
+  o.lora.target_modules = lora::LoraConfig::parse_targets(a.targets, &o.lora.all_linear);
+  if (a.bias == "none") o.lora.bias = lora::BiasMode::None;
+  else if (a.bias == "all") o.lora.bias = lora::BiasMode::All;
+  else if (a.bias == "lora_only") o.lora.bias = lora::BiasMode::LoraOnly;
+  else throw lowrank::error("--bias must be none, all or lora_only, got '", a.bias, "'");
+  if (a.init == "kaiming") o.lora.init = lora::InitMode::Kaiming;
+  else if (a.init == "gaussian") o.lora.init = lora::InitMode::Gaussian;
+  else throw lowrank::error("--init must be kaiming or gaussian, got '", a.init, "'");
+  o.schedule = train::parse_schedule(a.schedule);
+  auto s = train::run_training(o);
+  std::fprintf(stderr, "trained %lld steps in %.1f s (%.0f tokens/s); loss %.4f -> %.4f",
+               static_cast<long long>(s.steps), s.seconds, s.tokens_per_second, s.first_loss, s.last_loss);
+  if (s.eval_loss_before && s.eval_loss_after)
+    std::fprintf(stderr, "; eval loss %.4f -> %.4f", *s.eval_loss_before, *s.eval_loss_after);
+  else if (s.eval_loss_after)
+    std::fprintf(stderr, "; eval loss %.4f", *s.eval_loss_after);
+  if (s.skipped_steps) std::fprintf(stderr, "; %lld steps skipped (non-finite gradients)", (long long)s.skipped_steps);
+  std::fprintf(stderr, "\n%s written to %s\n", o.full ? "model" : "adapter", o.out_dir.c_str());
+  return 0;
+}
+
+RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write a PEFT adapter",
+                     [](CLI::App& app) {
+                       auto a = std::make_shared<TrainArgs>();
+                       auto& o = a->o;
+                       app.add_option("--model", o.model_dir, "Hugging Face model folder")->required();
+                       app.add_option("--data", o.data_path, "Training data (.jsonl or .txt)")->required();
+                       app.add_option("--out", o.out_dir, "Output folder (adapter, checkpoints, metrics.jsonl)")->required();
+                       app.add_option("--eval-data", o.eval_data, "Evaluation data, scored before/after (and --eval-every)");
+                       app.add_option("--rank", a->rank, "LoRA rank r")->capture_default_str();
+                       app.add_option("--alpha", a->alpha, "LoRA alpha (scale = alpha / r)")->capture_default_str();
+                       app.add_option("--dropout", a->dropout, "LoRA dropout")->capture_default_str();
+                       app.add_option("--targets", a->targets, "Modules to adapt: q_proj,v_proj,... or all-linear")
+                           ->capture_default_str();
+                       app.add_flag("--rslora", a->rslora, "Rank-stabilised scale alpha / sqrt(r)");
+                       app.add_option("--bias", a->bias, "Also train biases: none, all, lora_only")->capture_default_str();
+                       app.add_option("--init", a->init, "LoRA A init: kaiming (PEFT default) or gaussian")
+                           ->capture_default_str();
+                       app.add_flag("--full", o.full, "Train every weight (full fine-tuning) instead of LoRA");
+                       app.add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
+                       auto* steps = app.add_option("--steps", o.steps, "Optimizer steps");
+                       app.add_option("--epochs", o.epochs, "Epochs (default 1 when --steps is not given)")->excludes(steps);
+                       app.add_option("--batch-size", o.batch_size, "Sequences per micro-batch")->capture_default_str();
+                       app.add_option("--seq-len", o.seq_len, "Maximum tokens per sequence")->capture_default_str();
+                       app.add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step")->capture_default_str();
+                       app.add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();
+                       app.add_option("--schedule", a->schedule, "cosine, linear or constant")->capture_default_str();
+                       app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
+                       app.add_option("--max-grad-norm", o.max_grad_norm, "Global gradient-norm clip (0: off)")
+                           ->capture_default_str();
+                       app.add_option("--seed", o.seed, "Seed for init, shuffling and dropout")->capture_default_str();
+                       app.add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str();
+                       app.add_option("--save-every", o.save_every, "Checkpoint every N steps");
+                       app.add_option("--eval-every", o.eval_every, "Evaluate --eval-data every N steps");
+                       app.add_flag("--resume", o.resume, "Continue from the newest checkpoint in --out");
+                       app.add_flag("--quiet", o.quiet, "No progress bar");
+                       return [a] { return run_train(*a); };
+                     }}};
+
+}  // namespace
+}  // namespace lowrank::cli

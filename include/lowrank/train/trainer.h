@@ -1,0 +1,45 @@
+#pragma once
+// The training run behind `lowrank train`: data, LoRA (or --full) parameters, the step loop with
+// progress bar and metrics.jsonl, periodic evaluation, atomic checkpoints and exact resume.
+#include <optional>
+#include <string>
+
+#include "lowrank/lora/config.h"
+#include "lowrank/train/schedule.h"
+
+namespace lowrank::train {
+
+struct TrainOptions {
+  std::string model_dir, data_path, out_dir, eval_data;
+  lora::LoraConfig lora;
+  bool full = false;           // every weight trainable (full fine-tuning) instead of LoRA
+  double lr = 2e-4;
+  int64_t steps = 0;           // optimizer steps; 0: from epochs
+  int64_t epochs = 0;          // 0 and steps 0: one epoch
+  int64_t batch_size = 4;
+  int64_t seq_len = 512;
+  int64_t grad_accum = 1;
+  int64_t warmup = 0;
+  Schedule schedule = Schedule::Cosine;
+  double weight_decay = 0.0;
+  double max_grad_norm = 1.0;  // 0: no clipping
+  uint64_t seed = 42;
+  int64_t save_every = 0;      // checkpoint every N steps (0: only the final output)
+  int64_t eval_every = 0;      // evaluate --eval-data every N steps (0: at the end only)
+  bool resume = false;
+  bool quiet = false;
+  std::string device = "cpu";
+};
+
+struct TrainSummary {
+  int64_t steps = 0;
+  double first_loss = 0, last_loss = 0;
+  std::optional<double> eval_loss_before, eval_loss_after;
+  int64_t trainable = 0, total_parameters = 0;
+  int64_t skipped_steps = 0;
+  double seconds = 0, tokens_per_second = 0;
+};
+
+TrainSummary run_training(const TrainOptions& options);
+
+}  // namespace lowrank::train

@@ -1,0 +1,249 @@
+#include "lowrank/train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+
+#include "lowrank/core/error.h"
+#include "lowrank/core/log.h"
+#include "lowrank/io/checkpoint_dir.h"
+#include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/model/export.h"
+#include "lowrank/train/dataset.h"
+#include "lowrank/train/evaluate.h"
+#include "lowrank/train/metrics.h"
+#include "lowrank/train/progress.h"
+#include "lowrank/train/step.h"
+#include "lowrank/train/text_encoder.h"
+
+namespace lowrank::train {
+namespace fs = std::filesystem;
+
+namespace {
+
+// What must not change between a run and its resumption.
+nlohmann::json run_identity(const model::Model& m, const TrainOptions& o) {
+  const auto& c = m.config();
+  nlohmann::json id;
+  id["model"] = {{"architecture", model::arch_name(c.arch)}, {"layers", c.num_layers}, {"hidden", c.hidden_size},
+                 {"vocab", c.vocab_size}, {"parameters", m.parameter_count()}};
+  id["full"] = o.full;
+  if (!o.full) {
+    auto l = o.lora.to_json();
+    id["lora"] = {{"r", l["r"]}, {"lora_alpha", l["lora_alpha"]}, {"target_modules", l["target_modules"]},
+                  {"use_rslora", l["use_rslora"]}, {"bias", l["bias"]}, {"rank_pattern", l["rank_pattern"]}};
+  }
+  return id;
+}
+
+void refuse_mismatch(const nlohmann::json& saved, const nlohmann::json& now, const std::string& ckpt) {
+  for (auto& [key, value] : now.items()) {
+    if (!saved.contains(key) || saved[key] != value)
+      throw error("cannot resume from ", ckpt, ": it was trained with ", key, " = ",
+                  saved.contains(key) ? saved[key].dump() : "(none)", ", this run has ", value.dump(),
+                  " (use another --out folder, or the same settings)");
+  }
+}
+
+void validate(const TrainOptions& o) {
+  if (o.batch_size <= 0) throw error("--batch-size must be positive");
+  if (o.seq_len < 2) throw error("--seq-len must be at least 2");
+  if (o.grad_accum <= 0) throw error("--grad-accum must be positive");
+  if (!(o.lr > 0)) throw error("--lr must be positive");
+  if (o.steps < 0 || o.epochs < 0 || o.warmup < 0 || o.save_every < 0 || o.eval_every < 0)
+    throw error("--steps, --epochs, --warmup, --save-every and --eval-every must not be negative");
+  if (o.steps > 0 && o.epochs > 0) throw error("give --steps or --epochs, not both");
+  if (!(o.weight_decay >= 0)) throw error("--weight-decay must not be negative");
+  if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
+  if (o.device != "cpu") {
+    Device d = parse_device(o.device);
+    if (d.is_cuda()) throw error("--device ", o.device, ": the CUDA backend is not available in this build yet");
+  }
+}
+
+}  // namespace
+
+TrainSummary run_training(const TrainOptions& o) {
+  validate(o);
+  if (!o.full) o.lora.validate("LoRA options");
+  auto t_start = std::chrono::steady_clock::now();
+  model::Model m = model::Model::load(o.model_dir);
+  const auto& cfg = m.config();
+  const int64_t seq_len = cfg.is_gpt2() ? std::min(o.seq_len, cfg.max_position_embeddings) : o.seq_len;
+  auto encoder = make_text_encoder(o.model_dir);
+  DatasetOptions dopt{seq_len, cfg.vocab_size, encoder ? &*encoder : nullptr};
+  Dataset data = Dataset::load(o.data_path, dopt);
+  std::optional<Dataset> eval_data;
+  if (!o.eval_data.empty()) eval_data = Dataset::load(o.eval_data, dopt);
+
+  const int64_t per_step = o.batch_size * o.grad_accum;
+  const int64_t steps_per_epoch = std::max<int64_t>(1, (data.size() + per_step - 1) / per_step);
+  const int64_t total_steps = o.steps > 0 ? o.steps : steps_per_epoch * std::max<int64_t>(1, o.epochs);
+
+  // Parameters: a LoRA adapter (default) or every weight (--full).
+  Rng init_rng(o.seed);
+  std::optional<lora::Adapter> adapter;
+  model::ModelWeights full_grads;
+  std::vector<ParamRef> params;
+  std::optional<lora::LoraHook> hook;
+  Rng dropout_rng(o.seed ^ 0xd40d0u);
+  if (o.full) {
+    full_grads = model::zeros_like(m.weights());
+    params = full_params(m, full_grads);
+  } else {
+    lora::LoraConfig lc = o.lora;
+    lc.base_model_name_or_path = fs::absolute(o.model_dir).lexically_normal().string();
+    adapter = lora::Adapter::create(m, lc, init_rng);
+    adapter->attach_biases(m);
+    adapter->allocate_grads();
+    params = lora_params(*adapter);
+  }
+  const int64_t total_params = m.parameter_count();
+  const int64_t trainable = o.full ? total_params : adapter->parameter_count();
+  int64_t lora_weights = 0;  // PEFT counts A and B on top of the base; trained biases are base weights
+  if (adapter)
+    for (const auto& p : adapter->pairs) lora_weights += p.A.numel() + p.B.numel();
+  const int64_t all_params = total_params + lora_weights;
+  std::fprintf(stderr, "trainable params: %lld || all params: %lld || trainable%%: %.4f\n",
+               static_cast<long long>(trainable), static_cast<long long>(all_params),
+               100.0 * static_cast<double>(trainable) / static_cast<double>(all_params));
+
+  AdamW optimizer({o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
+  ScheduleConfig sched{o.schedule, o.lr, o.warmup, total_steps};
+  const nlohmann::json identity = run_identity(m, o);
+
+  // Resume from the newest complete checkpoint.
+  fs::create_directories(o.out_dir);
+  io::cleanup_stale_tmp(o.out_dir);
+  int64_t start_step = 0;
+  if (o.resume) {
+    if (auto ckpt = io::latest_checkpoint(o.out_dir)) {
+      auto state = io::read_json((fs::path(*ckpt) / "trainer_state.json").string());
+      refuse_mismatch(state["identity"], identity, *ckpt);
+      start_step = state["step"].get<int64_t>();
+      if (start_step > total_steps)
+        throw error("cannot resume from ", *ckpt, ": it is at step ", start_step, ", past --steps ", total_steps);
+      auto weights = io::SafetensorsFile::open((fs::path(*ckpt) / "weights.safetensors").string());
+      for (auto& p : params) {
+        if (!weights.contains(p.name)) throw error(*ckpt, ": checkpoint lacks tensor \"", p.name, "\"");
+        Tensor t = weights.get(p.name);
+        if (t.shape() != p.param.shape())
+          throw error(*ckpt, ": tensor \"", p.name, "\" has shape ", shape_str(t.shape()), ", expected ",
+                      shape_str(p.param.shape()));
+        std::memcpy(p.param.raw(), t.raw(), p.param.nbytes());
+      }
+      auto opt = io::SafetensorsFile::open((fs::path(*ckpt) / "optimizer.safetensors").string());
+      std::map<std::string, Tensor> moments;
+      for (const auto& info : opt.tensors()) moments[info.name] = opt.get(info.name);
+      optimizer.load_state(moments, state["optimizer_steps"].get<int64_t>());
+      optimizer.check_params(params);
+      dropout_rng = Rng(state["dropout_rng"]["seed"].get<uint64_t>(), state["dropout_rng"]["offset"].get<uint64_t>());
+      log_info("resuming from ", *ckpt, " at step ", start_step);
+    } else {
+      log_warn("--resume: no complete checkpoint in ", o.out_dir, "; starting from step 0");
+    }
+  }
+  if (adapter) {
+    hook.emplace(std::vector<lora::ActiveAdapter>{{&*adapter, 1.0}});
+    hook->set_training(true, &dropout_rng);
+  }
+  // Metrics: drop lines a killed run wrote after its last checkpoint, then append.
+  const std::string metrics_path = (fs::path(o.out_dir) / "metrics.jsonl").string();
+  if (start_step == 0) {
+    std::error_code ec;
+    fs::remove(metrics_path, ec);
+  } else if (io::file_exists(metrics_path)) {
+    std::string kept;
+    for (const auto& rec : read_metrics(metrics_path))
+      if (rec.value("step", int64_t{0}) <= start_step) kept += rec.dump() + "\n";
+    io::write_file_atomic(metrics_path, kept);
+  }
+  MetricsWriter metrics(metrics_path);
+
+  StepContext ctx{&m, hook ? &*hook : nullptr, o.full ? &full_grads : nullptr, &params, &optimizer, o.max_grad_norm};
+  TrainSummary summary;
+  summary.trainable = trainable;
+  summary.total_parameters = all_params;
+  auto run_eval = [&](int64_t step, const char* when) -> std::optional<double> {
+    if (!eval_data) return std::nullopt;
+    if (hook) hook->set_training(false);
+    auto r = evaluate_examples(m, *eval_data, hook ? &*hook : nullptr);
+    if (hook) hook->set_training(true, &dropout_rng);
+    metrics.write({{"step", step}, {"eval_loss", r.loss}, {"eval_perplexity", r.perplexity}, {"eval_tokens", r.tokens},
+                   {"when", when}});
+    return r.loss;
+  };
+  if (start_step == 0) summary.eval_loss_before = run_eval(0, "before");
+
+  Sampler sampler(data.size(), o.seed);
+  ProgressOptions popt;
+  popt.quiet = o.quiet;
+  ProgressBar bar(total_steps, popt, start_step);
+  const char* kill_after = std::getenv("LOWRANK_TEST_KILL_AFTER_STEP");  // crash-safety tests only
+  int64_t tokens_total = 0;
+  auto loop_start = std::chrono::steady_clock::now();
+  for (int64_t step = start_step; step < total_steps; ++step) {
+    std::vector<MicroBatch> mbs;
+    int64_t drawn = step * per_step;
+    for (int64_t k = 0; k < o.grad_accum; ++k) {
+      std::vector<int64_t> idx;
+      for (int64_t b = 0; b < o.batch_size; ++b) idx.push_back(sampler.index(drawn++));
+      mbs.push_back(make_micro_batch(data, idx));
+    }
+    int64_t step_tokens = 0;
+    for (const auto& mb : mbs) step_tokens += mb.tokens.rows();
+    const double lr = lr_at(sched, step);
+    auto t0 = std::chrono::steady_clock::now();
+    StepResult r = train_step(ctx, mbs, lr);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    tokens_total += step_tokens;
+    if (r.skipped) {
+      ++summary.skipped_steps;
+      bar.print("step " + std::to_string(step + 1) + ": gradients not finite, step skipped");
+    }
+    if (step == start_step) summary.first_loss = r.loss;
+    summary.last_loss = r.loss;
+    metrics.write({{"step", step + 1}, {"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm},
+                   {"tokens", step_tokens}, {"tokens_per_second", step_tokens / std::max(dt, 1e-9)},
+                   {"skipped", r.skipped}, {"epoch", static_cast<double>((step + 1) * per_step) / data.size()}});
+    bar.update(step + 1, {r.loss, lr, step_tokens});
+    if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && step + 1 < total_steps) {
+      if (auto l = run_eval(step + 1, "during")) bar.print("step " + std::to_string(step + 1) + ": eval loss " + std::to_string(*l));
+    }
+    if (o.save_every > 0 && (step + 1) % o.save_every == 0) {
+      const std::string dir = (fs::path(o.out_dir) / io::checkpoint_name(step + 1)).string();
+      nlohmann::json state{{"step", step + 1}, {"total_steps", total_steps}, {"optimizer_steps", optimizer.steps()},
+                           {"dropout_rng", {{"seed", dropout_rng.seed()}, {"offset", dropout_rng.offset()}}},
+                           {"examples_seen", drawn}, {"identity", identity}};
+      io::write_checkpoint_dir(dir, [&](const std::string& tmp) {
+        std::vector<std::pair<std::string, Tensor>> w;
+        for (auto& p : params) w.emplace_back(p.name, p.param);
+        io::write_safetensors((fs::path(tmp) / "weights.safetensors").string(), w);
+        io::write_safetensors((fs::path(tmp) / "optimizer.safetensors").string(), optimizer.state_tensors());
+        if (adapter) adapter->write_files(tmp);
+        io::write_json_atomic((fs::path(tmp) / "trainer_state.json").string(), state);
+      }, nlohmann::json{{"kind", "lowrank-checkpoint"}, {"step", step + 1}});
+    }
+    if (kill_after && std::atoll(kill_after) == step + 1) std::raise(SIGKILL);
+  }
+  bar.finish();
+  summary.steps = total_steps;
+  summary.eval_loss_after = run_eval(total_steps, "after");
+  // Final output: the adapter folder (PEFT format) or, with --full, a complete model folder.
+  if (adapter) {
+    adapter->write_files(o.out_dir);
+  } else {
+    model::write_model_folder(m, o.model_dir, o.out_dir);
+  }
+  const double loop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  summary.tokens_per_second = tokens_total / std::max(loop_s, 1e-9);
+  return summary;
+}
+
+}  // namespace lowrank::train
