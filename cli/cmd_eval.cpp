@@ -3,6 +3,7 @@
 
 #include "command.h"
 #include "lowrank/core/log.h"
+#include "lowrank/lora/adapter_set.h"
 #include "lowrank/model/model.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/sequences.h"
@@ -19,9 +20,9 @@ struct EvalOptions {
 
 int run_eval(const EvalOptions& o) {
   model::Model m = model::Model::load(o.model);
-  if (!o.adapters.empty()) throw Error("--adapter is not supported yet");
+  lora::AdapterSet adapters(o.adapters, m);
   auto seqs = train::read_token_sequences(o.data, m.config().vocab_size);
-  auto r = train::evaluate(m, seqs, nullptr, o.seq_len);
+  auto r = train::evaluate(m, seqs, adapters.hook(), o.seq_len);
   if (o.json) {
     nlohmann::json j{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens}};
     std::printf("%s\n", j.dump().c_str());

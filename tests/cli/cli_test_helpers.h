@@ -23,11 +23,12 @@ inline std::string slurp(const std::string& path) {
   return ss.str();
 }
 
-// `args` is appended to the binary path as shell words (quote them yourself).
-inline CliResult run_cli(const std::string& args) {
+// `args` is appended to the binary path as shell words (quote them yourself); `env` (such as
+// "A=1 B=2") is set for the command.
+inline CliResult run_cli(const std::string& args, const std::string& env = "") {
   static int counter = 0;
   const std::string base = "/tmp/lowrank_cli_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
-  const std::string cmd = cli_path() + " " + args + " >" + base + ".out 2>" + base + ".err </dev/null";
+  const std::string cmd = env + " " + cli_path() + " " + args + " >" + base + ".out 2>" + base + ".err </dev/null";
   int status = std::system(cmd.c_str());
   CliResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
