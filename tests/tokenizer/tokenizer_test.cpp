@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <random>
 #include <thread>
 
 #include "lowrank/core/error.h"
+#include "lowrank/tokenizer/unicode.h"
 #include "parity_util.h"
 
 namespace lowrank::tok {
@@ -78,6 +80,43 @@ TEST(RealTokenizers, ConcurrentEncodeIsSafe) {
     });
   for (auto& th : threads) th.join();
   for (int k = 0; k < 4; ++k) EXPECT_EQ(ok[k], 20);
+}
+
+TEST(RealTokenizers, RandomTextRoundTrips) {
+  LOWRANK_REQUIRE_TEST_DATA();
+  // Byte-level tokenizers reproduce any valid UTF-8 text; llama2 (SentencePiece with byte
+  // fallback) too as long as no special-token string or "▁" is in it.
+  const char32_t pool[] = {U'a', U'Z', U' ', U' ', U'\n', U'\t', U'\r', U'7', U'\'', U'<', U'|',
+                           U'.', U'\u00e9', U'\u0301', U'\u4e2d', U'\u0627', U'\U0001F600',
+                           U'\u200d', U'\u00a0', U'\U00020000', U'\uFFFD', U'\u2581', U'\0'};
+  std::mt19937 rng(42);
+  std::vector<std::string> texts;
+  for (int n = 0; n < 300; ++n) {
+    std::string s;
+    int len = rng() % 40;
+    for (int i = 0; i < len; ++i) unicode::append_utf8(s, pool[rng() % std::size(pool)]);
+    texts.push_back(s);
+  }
+  for (const char* name : {"gpt2", "llama3", "llama2"}) {
+    auto t = Tokenizer::load(tokenizer_path(name).string());
+    for (const std::string& s : texts) {
+      if (std::string(name) == "llama2" &&
+          (s.find('<') != std::string::npos || s.find("\xE2\x96\x81") != std::string::npos))
+        continue;  // special-token strings, and a literal "▁" decodes as a space
+      EXPECT_EQ(t.decode(t.encode(s)), s) << name << ": " << nlohmann::json(s).dump();
+    }
+  }
+  // Random bytes: either an error (invalid UTF-8) or ids, never a crash.
+  auto t = Tokenizer::load(tokenizer_path("qwen3").string());
+  for (int n = 0; n < 300; ++n) {
+    std::string s;
+    int len = rng() % 20;
+    for (int i = 0; i < len; ++i) s.push_back(static_cast<char>(rng() % 256));
+    try {
+      t.decode(t.encode(s));
+    } catch (const Error&) {
+    }
+  }
 }
 
 // ---- synthetic tokenizer.json ----
