@@ -1,0 +1,47 @@
+// lowrank merge: fold adapters into the base weights and write a complete model folder.
+#include <cstdio>
+
+#include "command.h"
+#include "lowrank/core/error.h"
+#include "lowrank/lora/adapter_set.h"
+#include "lowrank/lora/merge.h"
+#include "lowrank/model/export.h"
+
+namespace lowrank::cli {
+namespace {
+
+struct MergeOptions {
+  std::string model, out, dtype;
+  std::vector<std::string> adapters;
+};
+
+int run_merge(const MergeOptions& o) {
+  model::Model m = model::Model::load(o.model);
+  lora::AdapterSet set(o.adapters, m);  // also attaches trained biases
+  for (size_t i = 0; i < set.adapters().size(); ++i) lora::merge_adapter(m, *set.adapters()[i], set.scales()[i]);
+  model::ExportOptions eo;
+  eo.dtype = m.config().dtype;
+  if (!o.dtype.empty()) {
+    auto d = parse_user_dtype(o.dtype);
+    if (!d) throw error("--dtype must be bf16, f16 or f32, got '", o.dtype, "'");
+    eo.dtype = *d;
+  }
+  model::write_model_folder(m, o.model, o.out, eo);
+  std::fprintf(stderr, "merged %zu adapter(s) into %s (%s)\n", set.adapters().size(), o.out.c_str(),
+               std::string(dtype_name(eo.dtype)).c_str());
+  return 0;
+}
+
+RegisterCommand reg{{"merge", "Merge adapters into the base weights and write a Hugging Face model folder",
+                     [](CLI::App& app) {
+                       auto o = std::make_shared<MergeOptions>();
+                       app.add_option("--model", o->model, "Base model folder")->required();
+                       app.add_option("--adapter", o->adapters, "Adapter folder, optionally DIR:SCALE (repeatable)")
+                           ->required();
+                       app.add_option("--out", o->out, "Output model folder")->required();
+                       app.add_option("--dtype", o->dtype, "bf16, f16 or f32 (default: the base model's)");
+                       return [o] { return run_merge(*o); };
+                     }}};
+
+}  // namespace
+}  // namespace lowrank::cli

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Writes adapters and merged/fully-trained model folders with lowrank, plus lowrank's own eval
+# losses for them, into OUT (default .devrun/interop). tests/reference/check_peft_interop.py then
+# loads each one with PEFT / transformers on the GPU box and compares the losses.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-.devrun/interop}
+bin=build/lowrank
+fx=tests/fixtures/models
+rm -rf "$out" && mkdir -p "$out"
+train() {  # name base extra-args...
+  local name=$1 base=$2; shift 2
+  $bin train --model $fx/$base --data $fx/$base/eval.jsonl --out "$out/$name" --steps 8 \
+    --batch-size 2 --quiet "$@" 2>>"$out/log.txt"
+  rm -rf "$out/$name"/checkpoint-* "$out/$name/metrics.jsonl"
+}
+train llama_all_linear llama --lr 1e-2 --targets all-linear --rank 4 --alpha 8
+train llama_rslora_qv llama --lr 1e-2 --targets q_proj,v_proj --rank 8 --alpha 16 --rslora
+train qwen2_bias_all qwen2 --lr 1e-2 --targets q_proj,v_proj --rank 4 --bias all
+train gpt2_conv1d gpt2 --lr 1e-2 --targets c_attn,c_proj,c_fc --rank 4
+train qwen3_all_linear qwen3 --lr 1e-2 --targets all-linear --rank 4
+train llama_full llama --full --lr 1e-3
+$bin merge --model $fx/llama --adapter "$out/llama_all_linear" --out "$out/merged_llama_f32" --dtype f32 2>>"$out/log.txt"
+$bin merge --model $fx/gpt2 --adapter "$out/gpt2_conv1d" --out "$out/merged_gpt2_bf16" --dtype bf16 2>>"$out/log.txt"
+$bin merge --model $fx/qwen2 --adapter "$out/qwen2_bias_all" --out "$out/merged_qwen2_f32" 2>>"$out/log.txt"
+{
+  echo "{"
+  sep=""
+  for spec in llama_all_linear:llama qwen2_bias_all:qwen2 gpt2_conv1d:gpt2 qwen3_all_linear:qwen3 llama_rslora_qv:llama; do
+    name=${spec%%:*} base=${spec##*:}
+    loss=$($bin eval --model $fx/$base --adapter "$out/$name" --data $fx/$base/eval.jsonl --json)
+    printf '%s "%s": {"kind": "adapter", "base": "%s", "ours": %s}' "$sep" "$name" "$base" "$loss"; sep=","
+  done
+  for spec in merged_llama_f32:llama merged_gpt2_bf16:gpt2 merged_qwen2_f32:qwen2 llama_full:llama; do
+    name=${spec%%:*} base=${spec##*:}
+    loss=$($bin eval --model "$out/$name" --data $fx/$base/eval.jsonl --json)
+    printf '%s "%s": {"kind": "model", "base": "%s", "ours": %s}' "$sep" "$name" "$base" "$loss"
+  done
+  echo "}"
+} > "$out/ours.json"
+echo "interop outputs in $out"
