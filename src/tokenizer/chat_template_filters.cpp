@@ -71,6 +71,7 @@ Value sort_key(const Value& v, bool case_sensitive) {
 
 Value select_items(Interpreter& in, const Value& seq, const CallArgs& a, bool use_attr, bool keep_if) {
   List out;
+  if (!truthy(seq)) return Value::make_generator({});  // Jinja: `if value:` before iterating
   size_t first_test_arg = use_attr ? 1 : 0;
   std::string attr;
   if (use_attr) {
@@ -87,7 +88,7 @@ Value select_items(Interpreter& in, const Value& seq, const CallArgs& a, bool us
     bool ok = test ? apply_test(in, need_string(*test, "test name"), probe, test_args) : truthy(probe);
     if (ok == keep_if) out.push_back(item);
   }
-  return Value::make_list(std::move(out));
+  return Value::make_generator(std::move(out));
 }
 
 std::string html_escape(const std::string& s) {
@@ -147,10 +148,24 @@ Value do_tojson(const Value& v, const CallArgs& a) {
   return Value::string(to_json(v, opt));
 }
 
+// Jinja's generator filters (select, map, unique, items...) fail only when iterated; we compute
+// them eagerly, so an error is kept in the generator and raised by iterate().
+template <typename Fn>
+Value lazily(Fn fn) {
+  try {
+    return fn();
+  } catch (const lowrank::Error& e) {
+    Value g = Value::make_generator({});
+    g.s = e.what();
+    return g;
+  }
+}
+
 Value do_round(const Value& v, const CallArgs& a) {
   if (!v.is_number()) throw lowrank::error("round filter needs a number, not '", type_name(v), "'");
   int64_t precision = arg(a, 0, "precision") ? to_index(*arg(a, 0, "precision"), "precision") : 0;
   std::string method = arg(a, 1, "method") ? need_string(*arg(a, 1, "method"), "method") : "common";
+  if (method == "common" && v.is_int_like() && precision >= 0) return Value::integer(v.as_int());  // round(int) is int
   double scale = std::pow(10.0, static_cast<double>(precision));
   double x = v.as_double() * scale;
   if (method == "ceil")
@@ -165,6 +180,7 @@ Value do_round(const Value& v, const CallArgs& a) {
 }
 
 Value do_int(const Value& v, const CallArgs& a) {
+  if (v.is_undefined()) fail_undefined(v);  // int(Undefined) raises in Jinja
   Value dflt = arg(a, 0, "default") ? *arg(a, 0, "default") : Value::integer(0);
   int base = arg(a, 1, "base") ? static_cast<int>(to_index(*arg(a, 1, "base"), "base")) : 10;
   if (v.is_int_like()) return Value::integer(v.as_int());
@@ -191,6 +207,7 @@ Value do_int(const Value& v, const CallArgs& a) {
 }
 
 Value do_float(const Value& v, const CallArgs& a) {
+  if (v.is_undefined()) fail_undefined(v);
   Value dflt = arg(a, 0, "default") ? *arg(a, 0, "default") : Value::number(0.0);
   if (v.is_number()) return Value::number(v.as_double());
   if (v.is_string()) {
@@ -206,6 +223,10 @@ Value do_float(const Value& v, const CallArgs& a) {
 }
 
 Value do_indent(const Value& v, const CallArgs& a) {
+  if (!v.is_string()) {  // Jinja appends "\n" to it, which only works for strings
+    if (v.is_undefined()) fail_undefined(v);
+    throw lowrank::error("indent needs a string, not '", type_name(v), "'");
+  }
   std::string indention = "    ";
   if (const Value* w = arg(a, 0, "width"))
     indention = w->is_string() ? w->s : std::string(static_cast<size_t>(std::max<int64_t>(0, to_index(*w, "width"))), ' ');
@@ -254,6 +275,7 @@ Value do_min_max(const Value& v, const CallArgs& a, bool want_max) {
 
 Value do_map(Interpreter& in, const Value& v, const CallArgs& a) {
   List out;
+  if (!truthy(v)) return Value::make_generator({});  // Jinja: `if value:` before iterating
   if (a.args.empty()) {
     const Value* attribute = a.kwarg("attribute");
     if (!attribute) throw lowrank::error("map needs a filter name or attribute=");
@@ -262,7 +284,7 @@ Value do_map(Interpreter& in, const Value& v, const CallArgs& a) {
       Value x = attr_path(item, to_str(*attribute));
       out.push_back(x.is_undefined() && dflt ? *dflt : x);
     }
-    return Value::make_list(std::move(out));
+    return Value::make_generator(std::move(out));
   }
   const std::string& filter = need_string(a.args[0], "filter name");
   if (!is_known_filter(filter)) throw lowrank::error(unknown_filter_message(filter));
@@ -270,7 +292,7 @@ Value do_map(Interpreter& in, const Value& v, const CallArgs& a) {
   rest.args.assign(a.args.begin() + 1, a.args.end());
   rest.kwargs = a.kwargs;
   for (const Value& item : iterate(v)) out.push_back(apply_filter(in, filter, item, rest));
-  return Value::make_list(std::move(out));
+  return Value::make_generator(std::move(out));
 }
 
 Value do_unique(const Value& v, const CallArgs& a) {
@@ -284,7 +306,7 @@ Value do_unique(const Value& v, const CallArgs& a) {
       out.push_back(item);
     }
   }
-  return Value::make_list(std::move(out));
+  return Value::make_generator(std::move(out));
 }
 
 Value do_dictsort(const Value& v, const CallArgs& a) {
@@ -333,7 +355,7 @@ Value do_reverse(const Value& v) {
   }
   List items = iterate(v);
   std::reverse(items.begin(), items.end());
-  return Value::make_list(std::move(items));
+  return Value::make_generator(std::move(items));  // reversed(): an iterator
 }
 
 }  // namespace
@@ -361,11 +383,13 @@ Value apply_filter(Interpreter& in, std::string_view name, const Value& v, const
   if (name == "safe") return Value::string(soft_str(v));
   if (name == "list") return Value::make_list(iterate(v));
   if (name == "items") {
-    if (v.is_undefined()) return Value::make_list({});
-    if (!v.is_dict()) throw lowrank::error("Can only get item pairs from a mapping.");
-    List out;
-    for (const auto& kv : v.dict->items) out.push_back(Value::make_list({kv.first, kv.second}, true));
-    return Value::make_list(std::move(out));
+    return lazily([&] {
+      if (v.is_undefined()) return Value::make_generator({});
+      if (!v.is_dict()) throw lowrank::error("Can only get item pairs from a mapping.");
+      List out;
+      for (const auto& kv : v.dict->items) out.push_back(Value::make_list({kv.first, kv.second}, true));
+      return Value::make_generator(std::move(out));
+    });
   }
   if (name == "trim") {
     const Value* chars = arg(a, 0, "chars");
@@ -386,20 +410,22 @@ Value apply_filter(Interpreter& in, std::string_view name, const Value& v, const
   }
   if (name == "join") return do_join(v, a);
   if (name == "first") {
-    if (v.is_list()) return v.list->empty() ? Value::undefined("No first item, sequence was empty.") : v.list->front();
+    if (v.is_sequence_list()) return v.list->empty() ? Value::undefined("No first item, sequence was empty.") : v.list->front();
     List items = iterate(v);
     return items.empty() ? Value::undefined("No first item, sequence was empty.") : items.front();
   }
   if (name == "last") {
-    if (v.is_undefined()) fail_undefined(v);
+    if (v.is_undefined()) return Value::undefined("No last item, sequence was empty.");
+    if (v.generator) throw lowrank::error("'generator' object is not reversible");
     List items = iterate(v);
     return items.empty() ? Value::undefined("No last item, sequence was empty.") : items.back();
   }
   if (name == "tojson") return do_tojson(v, a);
-  if (name == "selectattr" || name == "rejectattr") return select_items(in, v, a, true, name == "selectattr");
-  if (name == "select" || name == "reject") return select_items(in, v, a, false, name == "select");
-  if (name == "map") return do_map(in, v, a);
-  if (name == "unique") return do_unique(v, a);
+  if (name == "selectattr" || name == "rejectattr")
+    return lazily([&] { return select_items(in, v, a, true, name == "selectattr"); });
+  if (name == "select" || name == "reject") return lazily([&] { return select_items(in, v, a, false, name == "select"); });
+  if (name == "map") return lazily([&] { return do_map(in, v, a); });
+  if (name == "unique") return lazily([&] { return do_unique(v, a); });
   if (name == "sort") return do_sort(v, a);
   if (name == "reverse") return do_reverse(v);
   if (name == "dictsort") return do_dictsort(v, a);
@@ -466,7 +492,7 @@ bool apply_test(Interpreter& in, std::string_view name, const Value& v, const Ca
   if (name == "string") return v.is_string();
   if (name == "mapping") return v.is_dict();
   if (name == "iterable") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
-  if (name == "sequence") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
+  if (name == "sequence") return v.is_string() || v.is_sequence_list() || v.is_dict() || v.is_undefined();
   if (name == "callable") return v.kind == Kind::Callable;
   if (name == "escaped") return false;
   if (name == "eq" || name == "equalto" || name == "==") return equals(v, other());
@@ -476,16 +502,10 @@ bool apply_test(Interpreter& in, std::string_view name, const Value& v, const Ca
   if (name == "gt" || name == "greaterthan" || name == ">") return compare(v, other(), ">") > 0;
   if (name == "ge" || name == ">=") return compare(v, other(), ">=") >= 0;
   if (name == "in") return contains(other(), v);
-  if (name == "odd" || name == "even") {
-    int64_t x = to_index(v, "odd/even test value");
-    bool odd = (x % 2) != 0;
-    return name == "odd" ? odd : !odd;
-  }
-  if (name == "divisibleby") {
-    int64_t d = to_index(other(), "divisibleby argument");
-    if (d == 0) throw lowrank::error("integer division or modulo by zero");
-    return to_index(v, "divisibleby value") % d == 0;
-  }
+  // Python: value % 2 == 1, value % num == 0 (floats allowed).
+  if (name == "odd") return equals(binary_op("%", v, Value::integer(2)), Value::integer(1));
+  if (name == "even") return equals(binary_op("%", v, Value::integer(2)), Value::integer(0));
+  if (name == "divisibleby") return equals(binary_op("%", v, other()), Value::integer(0));
   if (name == "lower" || name == "upper") {
     std::string s = soft_str(v);
     bool any_cased = false;

@@ -230,7 +230,7 @@ bool has_method(const Value& obj, std::string_view name) {
   switch (obj.kind) {
     case Kind::String: return in(kStrMethods, name);
     case Kind::Dict: return in(kDictMethods, name) || in(kDictUnsafe, name);
-    case Kind::List: return in(kListMethods, name) || in(kListUnsafe, name);
+    case Kind::List: return !obj.generator && (in(kListMethods, name) || in(kListUnsafe, name));
     default: return false;
   }
 }

@@ -66,6 +66,8 @@ Value repeat(const Value& seq, int64_t times) {
 }  // namespace
 
 Value binary_op(std::string_view op, const Value& a, const Value& b) {
+  // str % x is str's own formatting, tried before x could object (even an Undefined x).
+  if (op == "%" && a.is_string()) return Value::string(percent_format(a.s, b));
   if (a.is_undefined()) fail_undefined(a);
   if (b.is_undefined()) fail_undefined(b);
   bool ints = a.is_int_like() && b.is_int_like();
@@ -78,12 +80,12 @@ Value binary_op(std::string_view op, const Value& a, const Value& b) {
     }
     if (nums) return Value::number(a.as_double() + b.as_double());
     if (a.is_string() && b.is_string()) return Value::string(a.s + b.s);
-    if (a.is_list() && b.is_list() && a.tuple == b.tuple) {
+    if (a.is_sequence_list() && b.is_sequence_list() && a.tuple == b.tuple) {
       List out = *a.list;
       out.insert(out.end(), b.list->begin(), b.list->end());
       return Value::make_list(std::move(out), a.tuple);
     }
-    if (a.is_string() || a.is_list())
+    if (a.is_string() || a.is_sequence_list())
       throw lowrank::error("can only concatenate ", type_name(a), " (not \"", type_name(b), "\") to ", type_name(a));
     unsupported("+", a, b);
   }
@@ -101,8 +103,8 @@ Value binary_op(std::string_view op, const Value& a, const Value& b) {
       return checked_int(overflow, r);
     }
     if (nums) return Value::number(a.as_double() * b.as_double());
-    if ((a.is_string() || a.is_list()) && b.is_int_like()) return repeat(a, b.as_int());
-    if ((b.is_string() || b.is_list()) && a.is_int_like()) return repeat(b, a.as_int());
+    if ((a.is_string() || a.is_sequence_list()) && b.is_int_like()) return repeat(a, b.as_int());
+    if ((b.is_string() || b.is_sequence_list()) && a.is_int_like()) return repeat(b, a.as_int());
     unsupported("*", a, b);
   }
   if (op == "/") {
@@ -132,13 +134,17 @@ Value binary_op(std::string_view op, const Value& a, const Value& b) {
   }
   if (op == "**") {
     if (!nums) unsupported("** or pow()", a, b);
+    if (a.as_double() == 0 && b.as_double() < 0) throw lowrank::error("0.0 cannot be raised to a negative power");
     if (ints && b.as_int() >= 0) {
       int64_t base = a.as_int(), result = 1;
       for (int64_t e = b.as_int(); e > 0; --e)
         if (__builtin_mul_overflow(result, base, &result)) throw lowrank::error("integer overflow in chat template arithmetic");
       return Value::integer(result);
     }
-    return Value::number(std::pow(a.as_double(), b.as_double()));
+    double r = std::pow(a.as_double(), b.as_double());
+    if (std::isinf(r) && std::isfinite(a.as_double()) && std::isfinite(b.as_double()))
+      throw lowrank::error("(34, 'Numerical result out of range')");  // Python's OverflowError
+    return Value::number(r);
   }
   throw lowrank::error("unknown operator ", op);
 }
@@ -152,10 +158,12 @@ bool contains(const Value& container, const Value& item) {
         throw lowrank::error("'in <string>' requires string as left operand, not ", type_name(item));
       return container.s.find(item.s) != std::string::npos;
     case Kind::List:
-      for (const auto& x : *container.list)
+      for (const auto& x : iterate(container))
         if (equals(x, item)) return true;
       return false;
-    case Kind::Dict: return container.dict->get(item) != nullptr;
+    case Kind::Dict:
+      if (item.is_sequence_list() || item.is_dict()) throw lowrank::error("unhashable type: '", type_name(item), "'");
+      return container.dict->get(item) != nullptr;
     default: throw lowrank::error("argument of type '", type_name(container), "' is not iterable");
   }
 }
@@ -197,7 +205,7 @@ Value get_item(const Value& obj, const Value& key) {
       break;
     case Kind::List:
     case Kind::String:
-      if (key.is_int_like()) {
+      if (key.is_int_like() && !obj.generator) {
         int64_t n = obj.is_list() ? static_cast<int64_t>(obj.list->size()) : pystr::length(obj.s);
         int64_t idx = key.as_int();
         if (idx < 0) idx += n;
@@ -219,6 +227,10 @@ Value get_item(const Value& obj, const Value& key) {
 
 Value get_slice(const Value& obj, const Value* start, const Value* stop, const Value* step) {
   if (obj.is_undefined()) fail_undefined(obj);
+  // Jinja compiles slices to plain Python subscripts: no Undefined fallback.
+  if (obj.is_dict()) throw lowrank::error("unhashable type: 'slice'");
+  if (!obj.is_sequence_list() && !obj.is_string())
+    throw lowrank::error("'", type_name(obj), "' object is not subscriptable");
   int64_t bounds[3];
   const int64_t* ptr[3] = {nullptr, nullptr, nullptr};
   const Value* args[3] = {start, stop, step};
@@ -246,7 +258,7 @@ Value get_slice(const Value& obj, const Value* start, const Value* stop, const V
     for (int64_t i : pystr::slice_indices(static_cast<int64_t>(u.size()), ptr[0], ptr[1], st)) out.push_back(u[i]);
     return Value::string(pystr::encode(out));
   }
-  return Value::undefined("'" + type_name(obj) + "' object is not subscriptable");
+  return Value::undefined();  // not reached
 }
 
 // ---- string formatting -----------------------------------------------------------------------
@@ -292,6 +304,9 @@ std::string c_format(const std::string& flags, int64_t width, int64_t precision,
 std::string percent_format(const std::string& fmt, const Value& args) {
   List positional;
   const Dict* mapping = nullptr;
+  // Python treats a non-tuple argument with __getitem__ (dict, list, Undefined) as a mapping:
+  // no "not all arguments converted" error when the format uses none of it.
+  bool mapping_like = args.is_dict() || (args.is_list() && !args.tuple) || args.is_undefined();
   if (args.is_list() && args.tuple)
     positional = *args.list;
   else if (args.is_dict())
@@ -333,6 +348,7 @@ std::string percent_format(const std::string& fmt, const Value& args) {
     if (!arg) {
       if (next >= positional.size()) throw lowrank::error("not enough arguments for format string");
       arg = &positional[next++];
+      if (arg->is_undefined()) fail_undefined(*arg);
     }
     bool left = flags.find('-') != std::string::npos;
     switch (conv) {
@@ -357,7 +373,7 @@ std::string percent_format(const std::string& fmt, const Value& args) {
       default: throw lowrank::error("unsupported format character '", std::string(1, conv), "'");
     }
   }
-  if (!mapping && next < positional.size()) throw lowrank::error("not all arguments converted during string formatting");
+  if (!mapping_like && next < positional.size()) throw lowrank::error("not all arguments converted during string formatting");
   return out;
 }
 

@@ -53,6 +53,11 @@ Value Value::make_list(List items, bool tuple) {
   v.list = std::make_shared<const List>(std::move(items));
   return v;
 }
+Value Value::make_generator(List items) {
+  Value v = make_list(std::move(items));
+  v.generator = true;
+  return v;
+}
 Value Value::make_dict(Dict d) {
   Value v;
   v.kind = Kind::Dict;
@@ -108,7 +113,7 @@ bool truthy(const Value& v) {
     case Kind::Int: return v.i != 0;
     case Kind::Float: return v.f != 0;
     case Kind::String: return !v.s.empty();
-    case Kind::List: return !v.list->empty();
+    case Kind::List: return v.generator || !v.list->empty();
     case Kind::Dict: return !v.dict->items.empty();
     case Kind::Namespace:
     case Kind::Callable: return true;
@@ -151,6 +156,7 @@ std::string repr(const Value& v) {
     case Kind::Undefined: return "Undefined";
     case Kind::String: return pystr::repr(v.s);
     case Kind::List: {
+      if (v.generator) return "<generator object>";
       std::string out = v.tuple ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) {
         if (k) out += ", ";
@@ -201,7 +207,7 @@ std::string type_name(const Value& v) {
     case Kind::Int: return "int";
     case Kind::Float: return "float";
     case Kind::String: return "str";
-    case Kind::List: return v.tuple ? "tuple" : "list";
+    case Kind::List: return v.generator ? "generator" : v.tuple ? "tuple" : "list";
     case Kind::Dict: return "dict";
     case Kind::Namespace: return "Namespace";
     case Kind::Callable: return "function";
@@ -220,6 +226,7 @@ bool equals(const Value& a, const Value& b) {
     case Kind::None: return true;
     case Kind::String: return a.s == b.s;
     case Kind::List: {
+      if (a.generator || b.generator) return a.list == b.list;
       if (a.tuple != b.tuple || a.list->size() != b.list->size()) return false;
       for (size_t k = 0; k < a.list->size(); ++k)
         if (!equals((*a.list)[k], (*b.list)[k])) return false;
@@ -251,7 +258,7 @@ int compare(const Value& a, const Value& b, std::string_view op) {
     return x < y ? -1 : x > y ? 1 : 0;
   }
   if (a.kind == Kind::String && b.kind == Kind::String) return a.s < b.s ? -1 : a.s > b.s ? 1 : 0;
-  if (a.kind == Kind::List && b.kind == Kind::List && a.tuple == b.tuple) {
+  if (a.is_sequence_list() && b.is_sequence_list() && a.tuple == b.tuple) {
     size_t n = std::min(a.list->size(), b.list->size());
     for (size_t k = 0; k < n; ++k) {
       const Value &x = (*a.list)[k], &y = (*b.list)[k];
@@ -269,7 +276,9 @@ void fail_undefined(const Value& v) {
 List iterate(const Value& v) {
   switch (v.kind) {
     case Kind::Undefined: return {};
-    case Kind::List: return *v.list;
+    case Kind::List:
+      if (v.generator && !v.s.empty()) throw lowrank::Error(v.s);  // a deferred filter error
+      return *v.list;
     case Kind::Dict: {
       List keys;
       for (const auto& kv : v.dict->items) keys.push_back(kv.first);
@@ -292,7 +301,9 @@ int64_t length(const Value& v) {
   switch (v.kind) {
     case Kind::Undefined: return 0;
     case Kind::String: return pystr::length(v.s);
-    case Kind::List: return static_cast<int64_t>(v.list->size());
+    case Kind::List:
+      if (v.generator) throw lowrank::error("object of type 'generator' has no len()");
+      return static_cast<int64_t>(v.list->size());
     case Kind::Dict:
     case Kind::Namespace: return static_cast<int64_t>(v.dict->items.size());
     default: throw lowrank::error("object of type '", type_name(v), "' has no len()");
@@ -399,6 +410,7 @@ struct JsonWriter {
       case Kind::Float: out += json_float(v.f); return;
       case Kind::String: json_string(out, v.s, opt.ensure_ascii); return;
       case Kind::List: {
+        if (v.generator) throw lowrank::error("Object of type generator is not JSON serializable");
         if (v.list->empty()) {
           out += "[]";
           return;

@@ -27,6 +27,9 @@ struct Value {
   enum class Kind : uint8_t { Undefined, None, Bool, Int, Float, String, List, Dict, Namespace, Callable };
   Kind kind = Kind::Undefined;
   bool tuple = false;  // a List that came from a tuple: prints as (a, b), unequal to a list
+  // A List standing for a Python generator/iterator (what select, map, items, reverse...
+  // return in Jinja): always truthy, no len(), not subscriptable, not JSON. Computed eagerly.
+  bool generator = false;
   bool b = false;
   int64_t i = 0;
   double f = 0;
@@ -42,6 +45,7 @@ struct Value {
   static Value number(double v);
   static Value string(std::string v);
   static Value make_list(List items, bool tuple = false);
+  static Value make_generator(List items);
   static Value make_dict(Dict d);
   static Value make_namespace(Dict d);
   static Value callable(std::string name, NativeFn fn, bool macro = false);
@@ -50,6 +54,7 @@ struct Value {
   bool is_none() const { return kind == Kind::None; }
   bool is_string() const { return kind == Kind::String; }
   bool is_list() const { return kind == Kind::List; }
+  bool is_sequence_list() const { return kind == Kind::List && !generator; }  // list or tuple
   bool is_dict() const { return kind == Kind::Dict; }
   bool is_int_like() const { return kind == Kind::Int || kind == Kind::Bool; }  // bool is an int
   bool is_number() const { return is_int_like() || kind == Kind::Float; }

@@ -30,6 +30,7 @@ from datetime import datetime
 
 import jinja2
 import jinja2.ext
+import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 SPECIAL_TOKEN_KEYS = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
@@ -160,6 +161,8 @@ UNIT_CASES = [
     ("macro_recursion", "{% macro fact(n) %}{% if n <= 1 %}1{% else %}{{ n * (fact(n - 1) | int) }}{% endif %}{% endmacro %}{{ fact(5) }}", {}),
     ("with_block", "{% with a = 1, b = 'x' %}{{ a }}{{ b }}{% endwith %}[{{ a }}]", {}),
     ("filter_block", "{% filter upper %}hello {{ name }}{% endfilter %}", {"name": "x"}),
+    ("generation_tag", "{% for m in msgs %}{% if m.role == 'assistant' %}{% generation %}[{{ m.content }}]{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}", {"msgs": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+    ("generators_truthy", "{% if msgs | selectattr('role', 'equalto', 'nobody') %}always{% endif %}|{{ msgs | selectattr('role', 'equalto', 'nobody') | list | length }}|{{ none | select | list }}|{{ [3, 1] | reverse | list }}", {"msgs": [{"role": "user"}]}),
     # filters
     ("filter_strings", "{{ '  x  ' | trim }}|{{ 'xxhixx' | trim('x') }}|{{ 'Ab' | upper }}{{ 'Ab' | lower }}|{{ 'hello wORLD' | title }}|{{ \"they're x-ray\" | title }}|{{ 'hELLO' | capitalize }}|{{ 'a b' | replace(' ', '_') }}|{{ 'aaa' | replace('a', 'b', 2) }}|{{ 'Straße ÉCOLE' | upper }}{{ 'ΟΔΟΣ' | lower }}", {}),
     ("filter_length", "{{ xs | length }}{{ 'héllo' | length }}{{ d | length }}{{ missing | length }}{{ xs | count }}", {"xs": [1, 2, 3], "d": {"a": 1}}),
@@ -243,9 +246,23 @@ def select_template(config, tools):
     return template
 
 
+class GenerationTag(jinja2.ext.Extension):
+    """transformers' AssistantTracker as rendering sees it: {% generation %}...{% endgeneration %}
+    outputs its body unchanged (the tracker only records where it was)."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
 def make_env():
-    # Mirrors transformers.utils.chat_template_utils._cached_compile_jinja_template (minus the
-    # {% generation %} tracker, which no fixture uses).
+    # Mirrors transformers.utils.chat_template_utils._cached_compile_jinja_template.
     def raise_exception(message):
         raise jinja2.exceptions.TemplateError(message)
 
@@ -256,7 +273,7 @@ def make_env():
         return datetime.now().strftime(format)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
+                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = strftime_now
