@@ -39,7 +39,7 @@ Tensor cached_attention(const Tensor& q, const KVCache& cache, int layer, int64_
   const float* kp = cache.k[layer].f32();
   const float* vp = cache.v[layer].f32();
   float* op = out.f32();
-#pragma omp parallel
+#pragma omp parallel if (n * H * (start + n) * hd > 65536)
   {
     std::vector<float> p(start + n);
 #pragma omp for collapse(2) schedule(dynamic)
