@@ -351,7 +351,13 @@ class Lexer {
       tokens_.push_back(make(TokType::Op, k, std::string(1, c)));
       return k + 1;
     }
-    fail(k, "unexpected character '" + std::string(1, c) + "' in tag");
+    // Quote the whole (UTF-8) character, or its byte value if it is not valid UTF-8.
+    std::u32string one = pystr::decode(std::string_view(src_).substr(k, 4));
+    std::string shown;
+    if (!one.empty() && one[0] != 0xfffd && one[0] >= 0x20) pystr::append_utf8(shown, one[0]);
+    else shown = "\\x" + std::string(1, "0123456789abcdef"[(static_cast<unsigned char>(c) >> 4) & 0xf]) +
+                 "0123456789abcdef"[static_cast<unsigned char>(c) & 0xf];
+    fail(k, "unexpected character '" + shown + "' in tag");
   }
 
   size_t lex_number(size_t k) {

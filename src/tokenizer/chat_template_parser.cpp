@@ -42,6 +42,20 @@ class Parser {
   std::vector<Token> t_;
   size_t k_ = 0;
   int loop_depth_ = 0;
+  int depth_ = 0;  // nesting of expressions and blocks, bounded so hostile input cannot overflow the stack
+
+  struct DepthGuard {
+    Parser& p;
+    explicit DepthGuard(Parser& parser) : p(parser) {
+      if (++p.depth_ > kMaxDepth) p.fail(p.cur(), "template nests too deeply (over 256 levels)");
+    }
+    ~DepthGuard() { --p.depth_; }
+  };
+  static constexpr int kMaxDepth = 256;
+  // Left-associative chains (a + b + c ..., x | f | g ...) deepen the tree without recursing here.
+  void chain(int& extra) {
+    if (depth_ + ++extra > kMaxDepth) fail(cur(), "template nests too deeply (over 256 levels)");
+  }
   // Open blocks, innermost last, for "unexpected end of template" messages.
   std::vector<std::pair<std::string, int>> open_;
 
@@ -138,6 +152,7 @@ class Parser {
   }
 
   StmtPtr parse_statement() {
+    DepthGuard guard(*this);
     const Token& t = cur();
     if (t.type != TokType::Name) fail(t, "expected a tag name after '{%', got " + describe(t));
     const std::string& tag = t.text;
@@ -378,8 +393,11 @@ class Parser {
   }
 
   ExprPtr parse_condexpr() {
+    DepthGuard guard(*this);
     ExprPtr expr = parse_or();
+    int extra = 0;
     while (is_name("if")) {
+      chain(extra);
       auto e = node<Expr>(EK::CondExpr, cur());
       next();
       e->a = parse_or();
@@ -392,7 +410,9 @@ class Parser {
 
   ExprPtr parse_or() {
     ExprPtr left = parse_and();
+    int extra = 0;
     while (is_name("or")) {
+      chain(extra);
       auto e = node<Expr>(EK::Or, cur());
       next();
       e->a = std::move(left);
@@ -404,7 +424,9 @@ class Parser {
 
   ExprPtr parse_and() {
     ExprPtr left = parse_not();
+    int extra = 0;
     while (is_name("and")) {
+      chain(extra);
       auto e = node<Expr>(EK::And, cur());
       next();
       e->a = std::move(left);
@@ -415,6 +437,7 @@ class Parser {
   }
 
   ExprPtr parse_not() {
+    DepthGuard guard(*this);
     if (is_name("not")) {
       auto e = node<Expr>(EK::Not, cur());
       next();
@@ -463,7 +486,9 @@ class Parser {
 
   ExprPtr parse_math1() {
     ExprPtr left = parse_concat();
+    int extra = 0;
     while (is_op("+") || is_op("-")) {
+      chain(extra);
       Token at = next();
       left = binary(std::move(left), at, at.text, parse_concat());
     }
@@ -482,7 +507,9 @@ class Parser {
 
   ExprPtr parse_math2() {
     ExprPtr left = parse_pow();
+    int extra = 0;
     while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
+      chain(extra);
       Token at = next();
       left = binary(std::move(left), at, at.text, parse_pow());
     }
@@ -491,7 +518,9 @@ class Parser {
 
   ExprPtr parse_pow() {
     ExprPtr left = parse_unary(true);
+    int extra = 0;
     while (is_op("**")) {
+      chain(extra);
       Token at = next();
       left = binary(std::move(left), at, "**", parse_unary(true));
     }
@@ -499,6 +528,7 @@ class Parser {
   }
 
   ExprPtr parse_unary(bool with_filter) {
+    DepthGuard guard(*this);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       e = node<Expr>(is_op("-") ? EK::Neg : EK::Pos, cur());
@@ -589,7 +619,9 @@ class Parser {
   }
 
   ExprPtr parse_postfix(ExprPtr e) {
+    int extra = 0;
     while (true) {
+      if (is_op(".") || is_op("[") || is_op("(")) chain(extra);
       if (is_op(".") || is_op("["))
         e = parse_subscript(std::move(e));
       else if (is_op("("))
@@ -600,7 +632,9 @@ class Parser {
   }
 
   ExprPtr parse_filter_expr(ExprPtr e) {
+    int extra = 0;
     while (true) {
+      if (is_op("|") || is_name("is") || is_op("(")) chain(extra);
       if (is_op("|")) {
         const Token& at = next();
         auto f = node<Expr>(EK::Filter, at);
