@@ -129,6 +129,8 @@ class Lexer {
   std::vector<size_t> line_starts_;
   size_t pos_ = 0;
   bool line_starting_ = true;  // did the previous tag's match end with a newline?
+  int cache_line_ = 0, cache_col_ = 1;
+  size_t cache_at_ = 0;
   std::vector<Token> tokens_;
 
   [[noreturn]] void fail(size_t at, const std::string& msg) {
@@ -137,13 +139,23 @@ class Lexer {
     throw lowrank::error("chat template ", where(line, col), ": ", msg);
   }
 
-  void position(size_t at, int& line, int& col) const {
+  // Line and column (in characters) of a byte offset. Tokens come in order, so the column is
+  // counted on from the previous answer when on the same line (long one-line templates).
+  void position(size_t at, int& line, int& col) {
     auto it = std::upper_bound(line_starts_.begin(), line_starts_.end(), at);
     line = static_cast<int>(it - line_starts_.begin());
     size_t line_start = *(it - 1);
+    size_t from = line_start;
     col = 1;
-    for (size_t k = line_start; k < at && k < src_.size(); ++k)
+    if (line == cache_line_ && at >= cache_at_) {
+      from = cache_at_;
+      col = cache_col_;
+    }
+    for (size_t k = from; k < at && k < src_.size(); ++k)
       if ((static_cast<unsigned char>(src_[k]) & 0xc0) != 0x80) ++col;
+    cache_line_ = line;
+    cache_at_ = at;
+    cache_col_ = col;
   }
 
   Token make(TokType type, size_t at, std::string text = {}) {

@@ -300,4 +300,16 @@ TEST(ChatTemplateInterp, HostileInputFailsCleanly) {
   EXPECT_FALSE(error_of("{{ 'x' * 1000000000 }}").empty());
   EXPECT_FALSE(error_of("{{ 2 ** 200 }}").empty());
   EXPECT_FALSE(error_of("{{ none.x.y }}").empty());
+  // Deep nesting is refused instead of overflowing the stack.
+  std::string deep_parens = "{{ " + std::string(20000, '(') + "1" + std::string(20000, ')') + " }}";
+  EXPECT_NE(error_of(deep_parens).find("nests too deeply"), std::string::npos);
+  std::string long_sum = "{{ 1";
+  for (int k = 0; k < 100000; ++k) long_sum += "+1";
+  EXPECT_NE(error_of(long_sum + " }}").find("nests too deeply"), std::string::npos);
+  std::string many_filters = "{{ 'x'";
+  for (int k = 0; k < 100000; ++k) many_filters += "|trim";
+  EXPECT_NE(error_of(many_filters + " }}").find("nests too deeply"), std::string::npos);
+  std::string ok_sum = "{{ 0";
+  for (int k = 0; k < 100; ++k) ok_sum += "+1";
+  EXPECT_EQ(render(ok_sum + " }}"), "100");  // ordinary lengths are fine
 }
