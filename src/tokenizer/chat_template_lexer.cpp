@@ -51,17 +51,38 @@ std::string decode_escapes(std::string_view body, int line, int col) {
       return true;
     };
     switch (e) {
-      case '\\': out.push_back('\\'); break;
-      case '\'': out.push_back('\''); break;
-      case '"': out.push_back('"'); break;
-      case 'a': out.push_back('\a'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case 'n': out.push_back('\n'); break;
-      case 'r': out.push_back('\r'); break;
-      case 't': out.push_back('\t'); break;
-      case 'v': out.push_back('\v'); break;
-      case '\n': break;  // line continuation
+      case '\\':
+        out.push_back('\\');
+        break;
+      case '\'':
+        out.push_back('\'');
+        break;
+      case '"':
+        out.push_back('"');
+        break;
+      case 'a':
+        out.push_back('\a');
+        break;
+      case 'b':
+        out.push_back('\b');
+        break;
+      case 'f':
+        out.push_back('\f');
+        break;
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'v':
+        out.push_back('\v');
+        break;
+      case '\n':
+        break;  // line continuation
       case 'x':
         if (!hex_code(2)) throw lowrank::error("chat template ", where(line, col), ": truncated \\xXX escape");
         break;
@@ -276,7 +297,8 @@ class Lexer {
     std::vector<char> brackets;
     const size_t n = src_.size();
     while (true) {
-      if (k >= n) fail(p, block ? "unexpected end of template: unclosed {% tag" : "unexpected end of template: unclosed {{ tag");
+      if (k >= n)
+        fail(p, block ? "unexpected end of template: unclosed {% tag" : "unexpected end of template: unclosed {{ tag");
       if (brackets.empty()) {
         size_t end = 0;
         if (block) {
@@ -366,9 +388,11 @@ class Lexer {
     // Quote the whole (UTF-8) character, or its byte value if it is not valid UTF-8.
     std::u32string one = pystr::decode(std::string_view(src_).substr(k, 4));
     std::string shown;
-    if (!one.empty() && one[0] != 0xfffd && one[0] >= 0x20) pystr::append_utf8(shown, one[0]);
-    else shown = "\\x" + std::string(1, "0123456789abcdef"[(static_cast<unsigned char>(c) >> 4) & 0xf]) +
-                 "0123456789abcdef"[static_cast<unsigned char>(c) & 0xf];
+    if (!one.empty() && one[0] != 0xfffd && one[0] >= 0x20)
+      pystr::append_utf8(shown, one[0]);
+    else
+      shown = "\\x" + std::string(1, "0123456789abcdef"[(static_cast<unsigned char>(c) >> 4) & 0xf]) +
+              "0123456789abcdef"[static_cast<unsigned char>(c) & 0xf];
     fail(k, "unexpected character '" + shown + "' in tag");
   }
 

@@ -16,14 +16,22 @@ using SK = Stmt::Kind;
 
 std::string describe(const Token& t) {
   switch (t.type) {
-    case TokType::Text: return "template text";
-    case TokType::VarBegin: return "'{{'";
-    case TokType::VarEnd: return "end of print statement '}}'";
-    case TokType::BlockBegin: return "'{%'";
-    case TokType::BlockEnd: return "end of statement block '%}'";
-    case TokType::String: return "string literal";
-    case TokType::Eof: return "end of template";
-    default: return "'" + t.text + "'";
+    case TokType::Text:
+      return "template text";
+    case TokType::VarBegin:
+      return "'{{'";
+    case TokType::VarEnd:
+      return "end of print statement '}}'";
+    case TokType::BlockBegin:
+      return "'{%'";
+    case TokType::BlockEnd:
+      return "end of statement block '%}'";
+    case TokType::String:
+      return "string literal";
+    case TokType::Eof:
+      return "end of template";
+    default:
+      return "'" + t.text + "'";
   }
 }
 
@@ -128,7 +136,8 @@ class Parser {
           auto s = node<Stmt>(SK::Output, t);
           next();
           s->expr = parse_tuple(true, false);
-          if (cur().type != TokType::VarEnd) fail(cur(), "expected end of print statement '}}', got " + describe(cur()));
+          if (cur().type != TokType::VarEnd)
+            fail(cur(), "expected end of print statement '}}', got " + describe(cur()));
           next();
           body.push_back(std::move(s));
           break;
@@ -146,7 +155,8 @@ class Parser {
           body.push_back(parse_statement());
           break;
         }
-        default: fail(t, "unexpected " + describe(t));
+        default:
+          fail(t, "unexpected " + describe(t));
       }
     }
   }
@@ -177,14 +187,15 @@ class Parser {
       expect_block_end();
       return s;
     }
-    static const char* unsupported[] = {"call", "include", "import", "from", "extends", "block",
-                                        "autoescape", "do", "trans", "raw"};
+    static const char* unsupported[] = {"call",  "include",    "import", "from",  "extends",
+                                        "block", "autoescape", "do",     "trans", "raw"};
     for (const char* u : unsupported)
       if (tag == u) fail(t, "the '" + tag + "' tag is not supported by lowrank's chat-template interpreter");
     if (tag.rfind("end", 0) == 0 || tag == "else" || tag == "elif")
-      fail(t, "unexpected '" + tag + "'" + (open_.empty() ? std::string(" (no block is open)")
-                                                        : " (the innermost open block is '" + open_.back().first +
-                                                              "' from line " + std::to_string(open_.back().second) + ")"));
+      fail(t, "unexpected '" + tag + "'" +
+                  (open_.empty() ? std::string(" (no block is open)")
+                                 : " (the innermost open block is '" + open_.back().first + "' from line " +
+                                       std::to_string(open_.back().second) + ")"));
     fail(t, "unknown tag '" + tag + "'");
   }
 
@@ -388,8 +399,8 @@ class Parser {
 
   bool tuple_end() const {
     TokType ty = cur().type;
-    return ty == TokType::VarEnd || ty == TokType::BlockEnd || ty == TokType::Eof || is_op(")") ||
-           is_name("in") || is_name("if") || is_name("recursive");
+    return ty == TokType::VarEnd || ty == TokType::BlockEnd || ty == TokType::Eof || is_op(")") || is_name("in") ||
+           is_name("if") || is_name("recursive");
   }
 
   ExprPtr parse_condexpr() {
@@ -453,9 +464,8 @@ class Parser {
     std::vector<ExprPtr> operands;
     std::vector<std::string> ops;
     while (true) {
-      if (cur().type == TokType::Op &&
-          (cur().text == "==" || cur().text == "!=" || cur().text == "<" || cur().text == "<=" ||
-           cur().text == ">" || cur().text == ">=")) {
+      if (cur().type == TokType::Op && (cur().text == "==" || cur().text == "!=" || cur().text == "<" ||
+                                        cur().text == "<=" || cur().text == ">" || cur().text == ">=")) {
         ops.push_back(next().text);
       } else if (skip_name("in")) {
         ops.push_back("in");
@@ -584,7 +594,8 @@ class Parser {
         if (t.text == "[") return parse_list();
         if (t.text == "{") return parse_dict();
         [[fallthrough]];
-      default: fail(t, "unexpected " + describe(t) + " in expression");
+      default:
+        fail(t, "unexpected " + describe(t) + " in expression");
     }
   }
 
