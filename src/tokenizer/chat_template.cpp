@@ -55,16 +55,19 @@ std::string template_from_config(const Json& config, bool has_tools) {
   if (!config.is_object()) throw lowrank::error("tokenizer_config must be a JSON object");
   auto it = config.find("chat_template");
   if (it == config.end() || it->is_null())
-    throw lowrank::error("tokenizer_config.json has no chat_template; choose a built-in one with --chat-template NAME (",
-                         builtin_names_list(), ")");
+    throw lowrank::error(
+        "tokenizer_config.json has no chat_template; choose a built-in one with --chat-template NAME (",
+        builtin_names_list(), ")");
   if (it->is_string()) return it->template get<std::string>();
-  if (!it->is_array()) throw lowrank::error("tokenizer_config.json: chat_template must be a string or a list of {name, template}");
+  if (!it->is_array())
+    throw lowrank::error("tokenizer_config.json: chat_template must be a string or a list of {name, template}");
   std::string names, tool_use, dflt;
   bool has_tool_use = false, has_default = false;
   for (const auto& entry : *it) {
     if (!entry.is_object() || !entry.contains("name") || !entry.contains("template") || !entry["name"].is_string() ||
         !entry["template"].is_string())
-      throw lowrank::error("tokenizer_config.json: each chat_template list entry needs string \"name\" and \"template\"");
+      throw lowrank::error(
+          "tokenizer_config.json: each chat_template list entry needs string \"name\" and \"template\"");
     std::string name = entry["name"].template get<std::string>();
     names += (names.empty() ? "" : ", ") + name;
     if (name == "tool_use") {
@@ -105,7 +108,8 @@ const char* const kSpecialTokenKeys[] = {"bos_token", "eos_token", "unk_token", 
 template <typename Json>
 std::string apply_impl(const Json& config, const Json& messages, bool add_generation_prompt, const Json& extra) {
   if (!messages.is_array()) throw lowrank::error("chat messages must be a JSON array, got ", messages.type_name());
-  if (!extra.is_null() && !extra.is_object()) throw lowrank::error("extra chat template variables must be a JSON object");
+  if (!extra.is_null() && !extra.is_object())
+    throw lowrank::error("extra chat template variables must be a JSON object");
   bool has_tools = extra.is_object() && extra.contains("tools") && !extra["tools"].is_null();
   std::string source = template_from_config(config, has_tools);
   Json vars = Json::object();
@@ -146,12 +150,13 @@ std::string chat_template_from_config(const nlohmann::ordered_json& config, bool
   return template_from_config(config, has_tools);
 }
 
-std::string apply_chat_template(const nlohmann::json& config, const nlohmann::json& messages, bool add_generation_prompt) {
+std::string apply_chat_template(const nlohmann::json& config, const nlohmann::json& messages,
+                                bool add_generation_prompt) {
   return apply_impl(config, messages, add_generation_prompt, nlohmann::json::object());
 }
 
-std::string apply_chat_template(const nlohmann::json& config, const nlohmann::json& messages, bool add_generation_prompt,
-                                const nlohmann::json& extra_vars) {
+std::string apply_chat_template(const nlohmann::json& config, const nlohmann::json& messages,
+                                bool add_generation_prompt, const nlohmann::json& extra_vars) {
   return apply_impl(config, messages, add_generation_prompt, extra_vars);
 }
 

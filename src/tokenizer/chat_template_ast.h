@@ -62,14 +62,14 @@ using Body = std::vector<StmtPtr>;
 
 struct Stmt {
   enum class Kind {
-    Text,         // text
-    Output,       // {{ expr }}
-    If,           // branches (condition, body); else_body
-    For,          // for targets in expr [if cond] body [else else_body]
-    Set,          // set targets = expr
-    SetAttr,      // set targets[0].targets[1] = expr  (namespace attribute)
-    SetBlock,     // set targets[0] [| filters] body endset
-    Macro,        // macro text(params) body
+    Text,      // text
+    Output,    // {{ expr }}
+    If,        // branches (condition, body); else_body
+    For,       // for targets in expr [if cond] body [else else_body]
+    Set,       // set targets = expr
+    SetAttr,   // set targets[0].targets[1] = expr  (namespace attribute)
+    SetBlock,  // set targets[0] [| filters] body endset
+    Macro,     // macro text(params) body
     Break,
     Continue,
     With,         // with params body

@@ -109,13 +109,18 @@ Value Interpreter::apply_filters(const std::vector<FilterSpec>& filters, Value v
 Interpreter::Flow Interpreter::exec(const Stmt& s) {
   try {
     switch (s.kind) {
-      case SK::Text: *out_ += s.text; return Flow::Normal;
-      case SK::Output: *out_ += to_str(eval(*s.expr)); return Flow::Normal;
+      case SK::Text:
+        *out_ += s.text;
+        return Flow::Normal;
+      case SK::Output:
+        *out_ += to_str(eval(*s.expr));
+        return Flow::Normal;
       case SK::If:
         for (const auto& [cond, body] : s.branches)
           if (truthy(eval(*cond))) return exec_body(body);
         return exec_body(s.else_body);
-      case SK::For: return exec_for(s);
+      case SK::For:
+        return exec_for(s);
       case SK::Set: {
         Value v = eval(*s.expr);
         Frame& frame = *scope_.back();
@@ -150,16 +155,21 @@ Interpreter::Flow Interpreter::exec(const Stmt& s) {
                                        true));
         return Flow::Normal;
       }
-      case SK::Break: return Flow::Break;
-      case SK::Continue: return Flow::Continue;
+      case SK::Break:
+        return Flow::Break;
+      case SK::Continue:
+        return Flow::Continue;
       case SK::With: {
         auto frame = std::make_shared<Frame>();
         for (const auto& [name, value] : s.params) frame->set(name, eval(*value));
         ScopePush push(scope_, frame);
         return exec_body(s.body);
       }
-      case SK::FilterBlock: *out_ += to_str(apply_filters(s.filters, Value::string(capture(s.body)))); return Flow::Normal;
-      case SK::Generation: return exec_body(s.body);
+      case SK::FilterBlock:
+        *out_ += to_str(apply_filters(s.filters, Value::string(capture(s.body))));
+        return Flow::Normal;
+      case SK::Generation:
+        return exec_body(s.body);
     }
   } catch (const LocatedError&) {
     throw;
@@ -302,8 +312,10 @@ Value Interpreter::eval(const Expr& e) {
 
 Value Interpreter::eval_impl(const Expr& e) {
   switch (e.kind) {
-    case EK::Literal: return e.literal;
-    case EK::Name: return lookup(e.name);
+    case EK::Literal:
+      return e.literal;
+    case EK::Name:
+      return lookup(e.name);
     case EK::List:
     case EK::Tuple: {
       List items;
@@ -316,8 +328,10 @@ Value Interpreter::eval_impl(const Expr& e) {
       for (size_t k = 0; k + 1 < e.items.size(); k += 2) d.set(eval(*e.items[k]), eval(*e.items[k + 1]));
       return Value::make_dict(std::move(d));
     }
-    case EK::Attr: return get_attr(eval(*e.a), e.name);
-    case EK::Item: return get_item(eval(*e.a), eval(*e.b));
+    case EK::Attr:
+      return get_attr(eval(*e.a), e.name);
+    case EK::Item:
+      return get_item(eval(*e.a), eval(*e.b));
     case EK::Slice: {
       Value obj = eval(*e.a);
       Value parts[3];
@@ -341,12 +355,14 @@ Value Interpreter::eval_impl(const Expr& e) {
       Value callee = eval(*e.a);
       return call(callee, eval_args(e.items, e.kwargs));
     }
-    case EK::Filter: return apply_filter(*this, e.filter.name, eval(*e.a), eval_args(e.filter.args, e.filter.kwargs));
+    case EK::Filter:
+      return apply_filter(*this, e.filter.name, eval(*e.a), eval_args(e.filter.args, e.filter.kwargs));
     case EK::Test: {
       bool r = apply_test(*this, e.filter.name, eval(*e.a), eval_args(e.filter.args, e.filter.kwargs));
       return Value::boolean(e.negated ? !r : r);
     }
-    case EK::Not: return Value::boolean(!truthy(eval(*e.a)));
+    case EK::Not:
+      return Value::boolean(!truthy(eval(*e.a)));
     case EK::Neg:
     case EK::Pos: {
       Value v = eval(*e.a);

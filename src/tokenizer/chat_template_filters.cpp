@@ -16,23 +16,24 @@ using Kind = Value::Kind;
 namespace {
 
 constexpr std::string_view kFilters[] = {
-    "abs",    "attr",   "capitalize", "center", "count",  "d",          "default", "dictsort", "e",
-    "escape", "first",  "float",      "forceescape", "format", "indent", "int",  "items",    "join",
-    "last",   "length", "list",       "lower",  "map",    "max",        "min",     "pprint",   "reject",
-    "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string",
-    "sum",    "title",  "tojson",     "trim",   "unique", "upper",      "wordcount"};
+    "abs",        "attr",    "capitalize", "center",      "count",  "d",      "default",    "dictsort", "e",
+    "escape",     "first",   "float",      "forceescape", "format", "indent", "int",        "items",    "join",
+    "last",       "length",  "list",       "lower",       "map",    "max",    "min",        "pprint",   "reject",
+    "rejectattr", "replace", "reverse",    "round",       "safe",   "select", "selectattr", "sort",     "string",
+    "sum",        "title",   "tojson",     "trim",        "unique", "upper",  "wordcount"};
 
 // Real Jinja filters this interpreter does not implement: named in the error instead of
 // "No filter named ...", so users know the template is valid Jinja.
-constexpr std::string_view kUnsupportedFilters[] = {
-    "batch", "filesizeformat", "groupby", "random", "slice", "striptags", "truncate",
-    "urlencode", "urlize", "wordwrap", "xmlattr"};
+constexpr std::string_view kUnsupportedFilters[] = {"batch",  "filesizeformat", "groupby",  "random",
+                                                    "slice",  "striptags",      "truncate", "urlencode",
+                                                    "urlize", "wordwrap",       "xmlattr"};
 
 constexpr std::string_view kTests[] = {
-    "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false",
-    "filter", "float", "ge", "greaterthan", "gt", "in", "integer", "iterable", "le", "lessthan",
-    "lower", "lt", "mapping", "ne", "none", "number", "odd", "sameas", "sequence", "string",
-    "test", "true", "undefined", "upper", "==", "!=", "<", "<=", ">", ">="};
+    "boolean",  "callable", "defined",  "divisibleby", "eq",          "equalto", "escaped", "even",
+    "false",    "filter",   "float",    "ge",          "greaterthan", "gt",      "in",      "integer",
+    "iterable", "le",       "lessthan", "lower",       "lt",          "mapping", "ne",      "none",
+    "number",   "odd",      "sameas",   "sequence",    "string",      "test",    "true",    "undefined",
+    "upper",    "==",       "!=",       "<",           "<=",          ">",       ">="};
 
 template <size_t N>
 bool in(const std::string_view (&list)[N], std::string_view name) {
@@ -95,12 +96,23 @@ std::string html_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&#34;"; break;
-      case '\'': out += "&#39;"; break;
-      default: out.push_back(c);
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&#34;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out.push_back(c);
     }
   }
   return out;
@@ -142,7 +154,8 @@ Value do_tojson(const Value& v, const CallArgs& a) {
   }
   if (const Value* sep = arg(a, 2, "separators"); sep && !sep->is_none()) {
     if (!sep->is_list() || sep->list->size() != 2) throw lowrank::error("tojson separators must be a pair of strings");
-    opt.separators = std::make_pair(need_string((*sep->list)[0], "separator"), need_string((*sep->list)[1], "separator"));
+    opt.separators =
+        std::make_pair(need_string((*sep->list)[0], "separator"), need_string((*sep->list)[1], "separator"));
   }
   if (const Value* sk = arg(a, 3, "sort_keys")) opt.sort_keys = truthy(*sk);
   return Value::string(to_json(v, opt));
@@ -229,7 +242,8 @@ Value do_indent(const Value& v, const CallArgs& a) {
   }
   std::string indention = "    ";
   if (const Value* w = arg(a, 0, "width"))
-    indention = w->is_string() ? w->s : std::string(static_cast<size_t>(std::max<int64_t>(0, to_index(*w, "width"))), ' ');
+    indention =
+        w->is_string() ? w->s : std::string(static_cast<size_t>(std::max<int64_t>(0, to_index(*w, "width"))), ' ');
   bool first = bool_arg(a, 1, "first", false), blank = bool_arg(a, 2, "blank", false);
   std::vector<std::string> lines = pystr::splitlines(soft_str(v) + "\n", false);
   std::string rv;
@@ -265,7 +279,9 @@ Value do_min_max(const Value& v, const CallArgs& a, bool want_max) {
   List items = iterate(v);
   if (items.empty()) return Value::undefined(std::string("No aggregated item, sequence was empty."));
   size_t best = 0;
-  auto key = [&](size_t k) { return sort_key(attribute ? attr_path(items[k], to_str(*attribute)) : items[k], case_sensitive); };
+  auto key = [&](size_t k) {
+    return sort_key(attribute ? attr_path(items[k], to_str(*attribute)) : items[k], case_sensitive);
+  };
   for (size_t k = 1; k < items.size(); ++k) {
     int c = compare(key(k), key(best), want_max ? ">" : "<");
     if (want_max ? c > 0 : c < 0) best = k;
@@ -330,7 +346,8 @@ Value do_dictsort(const Value& v, const CallArgs& a) {
 Value do_sum(const Value& v, const CallArgs& a) {
   const Value* attribute = arg(a, 0, "attribute");
   Value total = arg(a, 1, "start") ? *arg(a, 1, "start") : Value::integer(0);
-  for (const Value& item : iterate(v)) total = binary_op("+", total, attribute ? attr_path(item, to_str(*attribute)) : item);
+  for (const Value& item : iterate(v))
+    total = binary_op("+", total, attribute ? attr_path(item, to_str(*attribute)) : item);
   return total;
 }
 
@@ -410,7 +427,8 @@ Value apply_filter(Interpreter& in, std::string_view name, const Value& v, const
   }
   if (name == "join") return do_join(v, a);
   if (name == "first") {
-    if (v.is_sequence_list()) return v.list->empty() ? Value::undefined("No first item, sequence was empty.") : v.list->front();
+    if (v.is_sequence_list())
+      return v.list->empty() ? Value::undefined("No first item, sequence was empty.") : v.list->front();
     List items = iterate(v);
     return items.empty() ? Value::undefined("No first item, sequence was empty.") : items.front();
   }
@@ -423,7 +441,8 @@ Value apply_filter(Interpreter& in, std::string_view name, const Value& v, const
   if (name == "tojson") return do_tojson(v, a);
   if (name == "selectattr" || name == "rejectattr")
     return lazily([&] { return select_items(in, v, a, true, name == "selectattr"); });
-  if (name == "select" || name == "reject") return lazily([&] { return select_items(in, v, a, false, name == "select"); });
+  if (name == "select" || name == "reject")
+    return lazily([&] { return select_items(in, v, a, false, name == "select"); });
   if (name == "map") return lazily([&] { return do_map(in, v, a); });
   if (name == "unique") return lazily([&] { return do_unique(v, a); });
   if (name == "sort") return do_sort(v, a);
@@ -521,14 +540,21 @@ bool apply_test(Interpreter& in, std::string_view name, const Value& v, const Ca
     if (v.kind != o.kind) return false;
     switch (v.kind) {
       case Kind::None:
-      case Kind::Undefined: return true;
-      case Kind::Bool: return v.b == o.b;
-      case Kind::Int: return v.i == o.i;  // CPython caches small ints; good enough
-      case Kind::List: return v.list == o.list;
+      case Kind::Undefined:
+        return true;
+      case Kind::Bool:
+        return v.b == o.b;
+      case Kind::Int:
+        return v.i == o.i;  // CPython caches small ints; good enough
+      case Kind::List:
+        return v.list == o.list;
       case Kind::Dict:
-      case Kind::Namespace: return v.dict == o.dict;
-      case Kind::Callable: return v.fn == o.fn;
-      default: return false;
+      case Kind::Namespace:
+        return v.dict == o.dict;
+      case Kind::Callable:
+        return v.fn == o.fn;
+      default:
+        return false;
     }
   }
   if (name == "filter") return is_known_filter(to_str(other()));

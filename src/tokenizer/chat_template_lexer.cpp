@@ -51,17 +51,38 @@ std::string decode_escapes(std::string_view body, int line, int col) {
       return true;
     };
     switch (e) {
-      case '\\': out.push_back('\\'); break;
-      case '\'': out.push_back('\''); break;
-      case '"': out.push_back('"'); break;
-      case 'a': out.push_back('\a'); break;
-      case 'b': out.push_back('\b'); break;
-      case 'f': out.push_back('\f'); break;
-      case 'n': out.push_back('\n'); break;
-      case 'r': out.push_back('\r'); break;
-      case 't': out.push_back('\t'); break;
-      case 'v': out.push_back('\v'); break;
-      case '\n': break;  // line continuation
+      case '\\':
+        out.push_back('\\');
+        break;
+      case '\'':
+        out.push_back('\'');
+        break;
+      case '"':
+        out.push_back('"');
+        break;
+      case 'a':
+        out.push_back('\a');
+        break;
+      case 'b':
+        out.push_back('\b');
+        break;
+      case 'f':
+        out.push_back('\f');
+        break;
+      case 'n':
+        out.push_back('\n');
+        break;
+      case 'r':
+        out.push_back('\r');
+        break;
+      case 't':
+        out.push_back('\t');
+        break;
+      case 'v':
+        out.push_back('\v');
+        break;
+      case '\n':
+        break;  // line continuation
       case 'x':
         if (!hex_code(2)) throw lowrank::error("chat template ", where(line, col), ": truncated \\xXX escape");
         break;
@@ -129,6 +150,8 @@ class Lexer {
   std::vector<size_t> line_starts_;
   size_t pos_ = 0;
   bool line_starting_ = true;  // did the previous tag's match end with a newline?
+  int cache_line_ = 0, cache_col_ = 1;
+  size_t cache_at_ = 0;
   std::vector<Token> tokens_;
 
   [[noreturn]] void fail(size_t at, const std::string& msg) {
@@ -137,13 +160,23 @@ class Lexer {
     throw lowrank::error("chat template ", where(line, col), ": ", msg);
   }
 
-  void position(size_t at, int& line, int& col) const {
+  // Line and column (in characters) of a byte offset. Tokens come in order, so the column is
+  // counted on from the previous answer when on the same line (long one-line templates).
+  void position(size_t at, int& line, int& col) {
     auto it = std::upper_bound(line_starts_.begin(), line_starts_.end(), at);
     line = static_cast<int>(it - line_starts_.begin());
     size_t line_start = *(it - 1);
+    size_t from = line_start;
     col = 1;
-    for (size_t k = line_start; k < at && k < src_.size(); ++k)
+    if (line == cache_line_ && at >= cache_at_) {
+      from = cache_at_;
+      col = cache_col_;
+    }
+    for (size_t k = from; k < at && k < src_.size(); ++k)
       if ((static_cast<unsigned char>(src_[k]) & 0xc0) != 0x80) ++col;
+    cache_line_ = line;
+    cache_at_ = at;
+    cache_col_ = col;
   }
 
   Token make(TokType type, size_t at, std::string text = {}) {
@@ -264,7 +297,8 @@ class Lexer {
     std::vector<char> brackets;
     const size_t n = src_.size();
     while (true) {
-      if (k >= n) fail(p, block ? "unexpected end of template: unclosed {% tag" : "unexpected end of template: unclosed {{ tag");
+      if (k >= n)
+        fail(p, block ? "unexpected end of template: unclosed {% tag" : "unexpected end of template: unclosed {{ tag");
       if (brackets.empty()) {
         size_t end = 0;
         if (block) {
@@ -351,7 +385,15 @@ class Lexer {
       tokens_.push_back(make(TokType::Op, k, std::string(1, c)));
       return k + 1;
     }
-    fail(k, "unexpected character '" + std::string(1, c) + "' in tag");
+    // Quote the whole (UTF-8) character, or its byte value if it is not valid UTF-8.
+    std::u32string one = pystr::decode(std::string_view(src_).substr(k, 4));
+    std::string shown;
+    if (!one.empty() && one[0] != 0xfffd && one[0] >= 0x20)
+      pystr::append_utf8(shown, one[0]);
+    else
+      shown = "\\x" + std::string(1, "0123456789abcdef"[(static_cast<unsigned char>(c) >> 4) & 0xf]) +
+              "0123456789abcdef"[static_cast<unsigned char>(c) & 0xf];
+    fail(k, "unexpected character '" + shown + "' in tag");
   }
 
   size_t lex_number(size_t k) {

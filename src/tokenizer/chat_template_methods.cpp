@@ -14,12 +14,11 @@ using Kind = Value::Kind;
 namespace {
 
 constexpr std::string_view kStrMethods[] = {
-    "capitalize", "casefold", "center",    "count",     "endswith",  "find",      "format",
-    "index",      "isalnum",  "isalpha",   "isdecimal", "isdigit",   "islower",   "isnumeric",
-    "isspace",    "istitle",  "isupper",   "join",      "ljust",     "lower",     "lstrip",
-    "partition",  "removeprefix", "removesuffix", "replace", "rfind", "rindex",  "rjust",
-    "rpartition", "rsplit",   "rstrip",    "split",     "splitlines", "startswith", "strip",
-    "swapcase",   "title",    "upper",     "zfill"};
+    "capitalize", "casefold",   "center",    "count",    "endswith",   "find",      "format",       "index",
+    "isalnum",    "isalpha",    "isdecimal", "isdigit",  "islower",    "isnumeric", "isspace",      "istitle",
+    "isupper",    "join",       "ljust",     "lower",    "lstrip",     "partition", "removeprefix", "removesuffix",
+    "replace",    "rfind",      "rindex",    "rjust",    "rpartition", "rsplit",    "rstrip",       "split",
+    "splitlines", "startswith", "strip",     "swapcase", "title",      "upper",     "zfill"};
 constexpr std::string_view kDictMethods[] = {"copy", "get", "items", "keys", "values"};
 constexpr std::string_view kListMethods[] = {"copy", "count", "index"};
 // Methods that would modify data: the sandbox transformers uses refuses them.
@@ -105,7 +104,8 @@ Value str_method(const std::string& s, std::string_view name, const CallArgs& a)
     const Value* keep = opt_arg(a, 0, "keepends");
     return strings_to_list(pystr::splitlines(s, keep && truthy(*keep)));
   }
-  if (name == "startswith" || name == "endswith") return Value::boolean(affix_match(s, need(0, "affix"), name == "startswith"));
+  if (name == "startswith" || name == "endswith")
+    return Value::boolean(affix_match(s, need(0, "affix"), name == "startswith"));
   if (name == "upper") return Value::string(pystr::upper(s));
   if (name == "lower" || name == "casefold") return Value::string(pystr::lower(s));
   if (name == "title") return Value::string(pystr::title(s));
@@ -145,7 +145,8 @@ Value str_method(const std::string& s, std::string_view name, const CallArgs& a)
     return Value::string(out);
   }
   if (name == "format") return Value::string(str_format(s, a));
-  if (name == "isdigit" || name == "isnumeric" || name == "isdecimal") return Value::boolean(all_chars(s, is_digit_char));
+  if (name == "isdigit" || name == "isnumeric" || name == "isdecimal")
+    return Value::boolean(all_chars(s, is_digit_char));
   if (name == "isalpha") return Value::boolean(all_chars(s, is_alpha_char));
   if (name == "isalnum") return Value::boolean(all_chars(s, is_alnum_char));
   if (name == "isspace") return Value::boolean(all_chars(s, pystr::is_space));
@@ -172,7 +173,8 @@ Value str_method(const std::string& s, std::string_view name, const CallArgs& a)
   if (name == "removeprefix" || name == "removesuffix") {
     const std::string& x = need_string(need(0, "affix"), "affix");
     bool pre = name == "removeprefix";
-    if (affix_match(s, Value::string(x), pre)) return Value::string(pre ? s.substr(x.size()) : s.substr(0, s.size() - x.size()));
+    if (affix_match(s, Value::string(x), pre))
+      return Value::string(pre ? s.substr(x.size()) : s.substr(0, s.size() - x.size()));
     return Value::string(s);
   }
   if (name == "partition" || name == "rpartition") {
@@ -228,10 +230,14 @@ Value list_method(const Value& l, std::string_view name, const CallArgs& a) {
 
 bool has_method(const Value& obj, std::string_view name) {
   switch (obj.kind) {
-    case Kind::String: return in(kStrMethods, name);
-    case Kind::Dict: return in(kDictMethods, name) || in(kDictUnsafe, name);
-    case Kind::List: return !obj.generator && (in(kListMethods, name) || in(kListUnsafe, name));
-    default: return false;
+    case Kind::String:
+      return in(kStrMethods, name);
+    case Kind::Dict:
+      return in(kDictMethods, name) || in(kDictUnsafe, name);
+    case Kind::List:
+      return !obj.generator && (in(kListMethods, name) || in(kListUnsafe, name));
+    default:
+      return false;
   }
 }
 
@@ -241,10 +247,14 @@ std::optional<Value> call_method(const Value& obj, std::string_view name, const 
     throw lowrank::error("access to attribute '", name, "' of '", type_name(obj),
                          "' object is unsafe: chat templates cannot modify data (use namespace() to keep state)");
   switch (obj.kind) {
-    case Kind::String: return str_method(obj.s, name, args);
-    case Kind::Dict: return dict_method(obj, name, args);
-    case Kind::List: return list_method(obj, name, args);
-    default: return std::nullopt;
+    case Kind::String:
+      return str_method(obj.s, name, args);
+    case Kind::Dict:
+      return dict_method(obj, name, args);
+    case Kind::List:
+      return list_method(obj, name, args);
+    default:
+      return std::nullopt;
   }
 }
 
@@ -325,9 +335,11 @@ Value fn_joiner(Interpreter&, const CallArgs& a) {
 Value global_function(std::string_view name) {
   if (name == "range") return Value::callable("range", fn_range);
   if (name == "namespace")
-    return Value::callable("namespace", [](Interpreter&, const CallArgs& a) { return Value::make_namespace(build_dict(a, "namespace")); });
+    return Value::callable(
+        "namespace", [](Interpreter&, const CallArgs& a) { return Value::make_namespace(build_dict(a, "namespace")); });
   if (name == "dict")
-    return Value::callable("dict", [](Interpreter&, const CallArgs& a) { return Value::make_dict(build_dict(a, "dict")); });
+    return Value::callable("dict",
+                           [](Interpreter&, const CallArgs& a) { return Value::make_dict(build_dict(a, "dict")); });
   if (name == "raise_exception")
     return Value::callable("raise_exception", [](Interpreter&, const CallArgs& a) -> Value {
       throw TemplateRaised{a.args.empty() ? std::string() : to_str(a.args[0])};

@@ -138,7 +138,8 @@ Value binary_op(std::string_view op, const Value& a, const Value& b) {
     if (ints && b.as_int() >= 0) {
       int64_t base = a.as_int(), result = 1;
       for (int64_t e = b.as_int(); e > 0; --e)
-        if (__builtin_mul_overflow(result, base, &result)) throw lowrank::error("integer overflow in chat template arithmetic");
+        if (__builtin_mul_overflow(result, base, &result))
+          throw lowrank::error("integer overflow in chat template arithmetic");
       return Value::integer(result);
     }
     double r = std::pow(a.as_double(), b.as_double());
@@ -151,7 +152,8 @@ Value binary_op(std::string_view op, const Value& a, const Value& b) {
 
 bool contains(const Value& container, const Value& item) {
   switch (container.kind) {
-    case Kind::Undefined: return false;
+    case Kind::Undefined:
+      return false;
     case Kind::String:
       if (item.is_undefined()) fail_undefined(item);
       if (!item.is_string())
@@ -164,14 +166,16 @@ bool contains(const Value& container, const Value& item) {
     case Kind::Dict:
       if (item.is_sequence_list() || item.is_dict()) throw lowrank::error("unhashable type: '", type_name(item), "'");
       return container.dict->get(item) != nullptr;
-    default: throw lowrank::error("argument of type '", type_name(container), "' is not iterable");
+    default:
+      throw lowrank::error("argument of type '", type_name(container), "' is not iterable");
   }
 }
 
 namespace {
 
 Value bound_method(const Value& obj, const std::string& name) {
-  return Value::callable(name, [obj, name](Interpreter&, const CallArgs& args) { return *call_method(obj, name, args); });
+  return Value::callable(name,
+                         [obj, name](Interpreter&, const CallArgs& args) { return *call_method(obj, name, args); });
 }
 
 Value no_attribute(const Value& obj, const std::string& name) {
@@ -183,7 +187,8 @@ Value no_attribute(const Value& obj, const std::string& name) {
 
 Value get_attr(const Value& obj, const std::string& name) {
   switch (obj.kind) {
-    case Kind::Undefined: fail_undefined(obj);
+    case Kind::Undefined:
+      fail_undefined(obj);
     case Kind::Namespace:
       if (const Value* v = obj.dict->get(name)) return *v;
       return no_attribute(obj, name);
@@ -199,7 +204,8 @@ Value get_attr(const Value& obj, const std::string& name) {
 
 Value get_item(const Value& obj, const Value& key) {
   switch (obj.kind) {
-    case Kind::Undefined: fail_undefined(obj);
+    case Kind::Undefined:
+      fail_undefined(obj);
     case Kind::Dict:
       if (const Value* v = obj.dict->get(key)) return *v;
       break;
@@ -218,7 +224,8 @@ Value get_item(const Value& obj, const Value& key) {
         return Value::string(std::move(one));
       }
       break;
-    default: break;
+    default:
+      break;
   }
   // Jinja falls back to attribute lookup for string keys (so ns['x'] and d['items'] work).
   if (key.is_string()) return get_attr(obj, key.s);
@@ -251,7 +258,8 @@ Value get_slice(const Value& obj, const Value* start, const Value* stop, const V
   if (obj.is_string()) {
     if (pystr::is_ascii(obj.s)) {
       std::string out;
-      for (int64_t i : pystr::slice_indices(static_cast<int64_t>(obj.s.size()), ptr[0], ptr[1], st)) out.push_back(obj.s[i]);
+      for (int64_t i : pystr::slice_indices(static_cast<int64_t>(obj.s.size()), ptr[0], ptr[1], st))
+        out.push_back(obj.s[i]);
       return Value::string(std::move(out));
     }
     std::u32string u = pystr::decode(obj.s), out;
@@ -334,13 +342,16 @@ std::string percent_format(const std::string& fmt, const Value& args) {
       k = close + 1;
     }
     std::string flags;
-    while (k < fmt.size() && std::string_view("-+ 0#").find(fmt[k]) != std::string_view::npos) flags.push_back(fmt[k++]);
+    while (k < fmt.size() && std::string_view("-+ 0#").find(fmt[k]) != std::string_view::npos)
+      flags.push_back(fmt[k++]);
     int64_t width = -1, precision = -1;
-    while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k]))) width = std::max<int64_t>(width, 0) * 10 + (fmt[k++] - '0');
+    while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k])))
+      width = std::max<int64_t>(width, 0) * 10 + (fmt[k++] - '0');
     if (k < fmt.size() && fmt[k] == '.') {
       precision = 0;
       ++k;
-      while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k]))) precision = precision * 10 + (fmt[k++] - '0');
+      while (k < fmt.size() && std::isdigit(static_cast<unsigned char>(fmt[k])))
+        precision = precision * 10 + (fmt[k++] - '0');
     }
     while (k < fmt.size() && (fmt[k] == 'l' || fmt[k] == 'h' || fmt[k] == 'L')) ++k;
     if (k >= fmt.size()) throw lowrank::error("incomplete format");
@@ -366,14 +377,26 @@ std::string percent_format(const std::string& fmt, const Value& args) {
         out += pad(s, width, left ? '<' : '>');
         break;
       }
-      case 'd': case 'i': case 'u': case 'x': case 'X': case 'o':
-      case 'e': case 'E': case 'f': case 'F': case 'g': case 'G':
+      case 'd':
+      case 'i':
+      case 'u':
+      case 'x':
+      case 'X':
+      case 'o':
+      case 'e':
+      case 'E':
+      case 'f':
+      case 'F':
+      case 'g':
+      case 'G':
         out += c_format(flags, width, precision, conv, *arg);
         break;
-      default: throw lowrank::error("unsupported format character '", std::string(1, conv), "'");
+      default:
+        throw lowrank::error("unsupported format character '", std::string(1, conv), "'");
     }
   }
-  if (!mapping_like && next < positional.size()) throw lowrank::error("not all arguments converted during string formatting");
+  if (!mapping_like && next < positional.size())
+    throw lowrank::error("not all arguments converted during string formatting");
   return out;
 }
 
@@ -403,18 +426,21 @@ std::string format_spec(const Value& v, const std::string& spec) {
     ++k;
   }
   int64_t width = -1, precision = -1;
-  while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) width = std::max<int64_t>(width, 0) * 10 + (spec[k++] - '0');
+  while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k])))
+    width = std::max<int64_t>(width, 0) * 10 + (spec[k++] - '0');
   if (k < spec.size() && spec[k] == ',') throw lowrank::error("',' in format specs is not supported");
   if (k < spec.size() && spec[k] == '.') {
     precision = 0;
     ++k;
-    while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k]))) precision = precision * 10 + (spec[k++] - '0');
+    while (k < spec.size() && std::isdigit(static_cast<unsigned char>(spec[k])))
+      precision = precision * 10 + (spec[k++] - '0');
   }
   char type = k < spec.size() ? spec[k++] : 0;
   if (k != spec.size()) throw lowrank::error("invalid format specifier '", spec, "'");
   std::string body;
   if (type == 0 || type == 's') {
-    body = v.is_number() && !v.is_string() && type == 0 && precision >= 0 ? c_format(flags, -1, precision, 'g', v) : to_str(v);
+    body = v.is_number() && !v.is_string() && type == 0 && precision >= 0 ? c_format(flags, -1, precision, 'g', v)
+                                                                          : to_str(v);
     if (type == 's' && precision >= 0) body = pystr::encode(pystr::decode(body).substr(0, precision));
     if (!align) align = v.is_number() ? '>' : '<';
   } else {
@@ -471,11 +497,13 @@ std::string str_format(const std::string& fmt, const CallArgs& args) {
     }
     const Value* v = nullptr;
     if (field.empty()) {
-      if (auto_index >= args.args.size()) throw lowrank::error("Replacement index ", auto_index, " out of range for positional args tuple");
+      if (auto_index >= args.args.size())
+        throw lowrank::error("Replacement index ", auto_index, " out of range for positional args tuple");
       v = &args.args[auto_index++];
     } else if (std::isdigit(static_cast<unsigned char>(field[0]))) {
       size_t idx = std::stoul(field);
-      if (idx >= args.args.size()) throw lowrank::error("Replacement index ", idx, " out of range for positional args tuple");
+      if (idx >= args.args.size())
+        throw lowrank::error("Replacement index ", idx, " out of range for positional args tuple");
       v = &args.args[idx];
     } else {
       v = args.kwarg(field);

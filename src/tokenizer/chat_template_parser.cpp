@@ -16,14 +16,22 @@ using SK = Stmt::Kind;
 
 std::string describe(const Token& t) {
   switch (t.type) {
-    case TokType::Text: return "template text";
-    case TokType::VarBegin: return "'{{'";
-    case TokType::VarEnd: return "end of print statement '}}'";
-    case TokType::BlockBegin: return "'{%'";
-    case TokType::BlockEnd: return "end of statement block '%}'";
-    case TokType::String: return "string literal";
-    case TokType::Eof: return "end of template";
-    default: return "'" + t.text + "'";
+    case TokType::Text:
+      return "template text";
+    case TokType::VarBegin:
+      return "'{{'";
+    case TokType::VarEnd:
+      return "end of print statement '}}'";
+    case TokType::BlockBegin:
+      return "'{%'";
+    case TokType::BlockEnd:
+      return "end of statement block '%}'";
+    case TokType::String:
+      return "string literal";
+    case TokType::Eof:
+      return "end of template";
+    default:
+      return "'" + t.text + "'";
   }
 }
 
@@ -42,6 +50,20 @@ class Parser {
   std::vector<Token> t_;
   size_t k_ = 0;
   int loop_depth_ = 0;
+  int depth_ = 0;  // nesting of expressions and blocks, bounded so hostile input cannot overflow the stack
+
+  struct DepthGuard {
+    Parser& p;
+    explicit DepthGuard(Parser& parser) : p(parser) {
+      if (++p.depth_ > kMaxDepth) p.fail(p.cur(), "template nests too deeply (over 256 levels)");
+    }
+    ~DepthGuard() { --p.depth_; }
+  };
+  static constexpr int kMaxDepth = 256;
+  // Left-associative chains (a + b + c ..., x | f | g ...) deepen the tree without recursing here.
+  void chain(int& extra) {
+    if (depth_ + ++extra > kMaxDepth) fail(cur(), "template nests too deeply (over 256 levels)");
+  }
   // Open blocks, innermost last, for "unexpected end of template" messages.
   std::vector<std::pair<std::string, int>> open_;
 
@@ -114,7 +136,8 @@ class Parser {
           auto s = node<Stmt>(SK::Output, t);
           next();
           s->expr = parse_tuple(true, false);
-          if (cur().type != TokType::VarEnd) fail(cur(), "expected end of print statement '}}', got " + describe(cur()));
+          if (cur().type != TokType::VarEnd)
+            fail(cur(), "expected end of print statement '}}', got " + describe(cur()));
           next();
           body.push_back(std::move(s));
           break;
@@ -132,12 +155,14 @@ class Parser {
           body.push_back(parse_statement());
           break;
         }
-        default: fail(t, "unexpected " + describe(t));
+        default:
+          fail(t, "unexpected " + describe(t));
       }
     }
   }
 
   StmtPtr parse_statement() {
+    DepthGuard guard(*this);
     const Token& t = cur();
     if (t.type != TokType::Name) fail(t, "expected a tag name after '{%', got " + describe(t));
     const std::string& tag = t.text;
@@ -162,14 +187,15 @@ class Parser {
       expect_block_end();
       return s;
     }
-    static const char* unsupported[] = {"call", "include", "import", "from", "extends", "block",
-                                        "autoescape", "do", "trans", "raw"};
+    static const char* unsupported[] = {"call",  "include",    "import", "from",  "extends",
+                                        "block", "autoescape", "do",     "trans", "raw"};
     for (const char* u : unsupported)
       if (tag == u) fail(t, "the '" + tag + "' tag is not supported by lowrank's chat-template interpreter");
     if (tag.rfind("end", 0) == 0 || tag == "else" || tag == "elif")
-      fail(t, "unexpected '" + tag + "'" + (open_.empty() ? std::string(" (no block is open)")
-                                                        : " (the innermost open block is '" + open_.back().first +
-                                                              "' from line " + std::to_string(open_.back().second) + ")"));
+      fail(t, "unexpected '" + tag + "'" +
+                  (open_.empty() ? std::string(" (no block is open)")
+                                 : " (the innermost open block is '" + open_.back().first + "' from line " +
+                                       std::to_string(open_.back().second) + ")"));
     fail(t, "unknown tag '" + tag + "'");
   }
 
@@ -373,13 +399,16 @@ class Parser {
 
   bool tuple_end() const {
     TokType ty = cur().type;
-    return ty == TokType::VarEnd || ty == TokType::BlockEnd || ty == TokType::Eof || is_op(")") ||
-           is_name("in") || is_name("if") || is_name("recursive");
+    return ty == TokType::VarEnd || ty == TokType::BlockEnd || ty == TokType::Eof || is_op(")") || is_name("in") ||
+           is_name("if") || is_name("recursive");
   }
 
   ExprPtr parse_condexpr() {
+    DepthGuard guard(*this);
     ExprPtr expr = parse_or();
+    int extra = 0;
     while (is_name("if")) {
+      chain(extra);
       auto e = node<Expr>(EK::CondExpr, cur());
       next();
       e->a = parse_or();
@@ -392,7 +421,9 @@ class Parser {
 
   ExprPtr parse_or() {
     ExprPtr left = parse_and();
+    int extra = 0;
     while (is_name("or")) {
+      chain(extra);
       auto e = node<Expr>(EK::Or, cur());
       next();
       e->a = std::move(left);
@@ -404,7 +435,9 @@ class Parser {
 
   ExprPtr parse_and() {
     ExprPtr left = parse_not();
+    int extra = 0;
     while (is_name("and")) {
+      chain(extra);
       auto e = node<Expr>(EK::And, cur());
       next();
       e->a = std::move(left);
@@ -415,6 +448,7 @@ class Parser {
   }
 
   ExprPtr parse_not() {
+    DepthGuard guard(*this);
     if (is_name("not")) {
       auto e = node<Expr>(EK::Not, cur());
       next();
@@ -430,9 +464,8 @@ class Parser {
     std::vector<ExprPtr> operands;
     std::vector<std::string> ops;
     while (true) {
-      if (cur().type == TokType::Op &&
-          (cur().text == "==" || cur().text == "!=" || cur().text == "<" || cur().text == "<=" ||
-           cur().text == ">" || cur().text == ">=")) {
+      if (cur().type == TokType::Op && (cur().text == "==" || cur().text == "!=" || cur().text == "<" ||
+                                        cur().text == "<=" || cur().text == ">" || cur().text == ">=")) {
         ops.push_back(next().text);
       } else if (skip_name("in")) {
         ops.push_back("in");
@@ -463,7 +496,9 @@ class Parser {
 
   ExprPtr parse_math1() {
     ExprPtr left = parse_concat();
+    int extra = 0;
     while (is_op("+") || is_op("-")) {
+      chain(extra);
       Token at = next();
       left = binary(std::move(left), at, at.text, parse_concat());
     }
@@ -482,7 +517,9 @@ class Parser {
 
   ExprPtr parse_math2() {
     ExprPtr left = parse_pow();
+    int extra = 0;
     while (is_op("*") || is_op("/") || is_op("//") || is_op("%")) {
+      chain(extra);
       Token at = next();
       left = binary(std::move(left), at, at.text, parse_pow());
     }
@@ -491,7 +528,9 @@ class Parser {
 
   ExprPtr parse_pow() {
     ExprPtr left = parse_unary(true);
+    int extra = 0;
     while (is_op("**")) {
+      chain(extra);
       Token at = next();
       left = binary(std::move(left), at, "**", parse_unary(true));
     }
@@ -499,6 +538,7 @@ class Parser {
   }
 
   ExprPtr parse_unary(bool with_filter) {
+    DepthGuard guard(*this);
     ExprPtr e;
     if (is_op("-") || is_op("+")) {
       e = node<Expr>(is_op("-") ? EK::Neg : EK::Pos, cur());
@@ -554,7 +594,8 @@ class Parser {
         if (t.text == "[") return parse_list();
         if (t.text == "{") return parse_dict();
         [[fallthrough]];
-      default: fail(t, "unexpected " + describe(t) + " in expression");
+      default:
+        fail(t, "unexpected " + describe(t) + " in expression");
     }
   }
 
@@ -589,7 +630,9 @@ class Parser {
   }
 
   ExprPtr parse_postfix(ExprPtr e) {
+    int extra = 0;
     while (true) {
+      if (is_op(".") || is_op("[") || is_op("(")) chain(extra);
       if (is_op(".") || is_op("["))
         e = parse_subscript(std::move(e));
       else if (is_op("("))
@@ -600,7 +643,9 @@ class Parser {
   }
 
   ExprPtr parse_filter_expr(ExprPtr e) {
+    int extra = 0;
     while (true) {
+      if (is_op("|") || is_name("is") || is_op("(")) chain(extra);
       if (is_op("|")) {
         const Token& at = next();
         auto f = node<Expr>(EK::Filter, at);

@@ -108,15 +108,23 @@ const Value* CallArgs::get(size_t pos, std::string_view name) const {
 bool truthy(const Value& v) {
   switch (v.kind) {
     case Kind::Undefined:
-    case Kind::None: return false;
-    case Kind::Bool: return v.b;
-    case Kind::Int: return v.i != 0;
-    case Kind::Float: return v.f != 0;
-    case Kind::String: return !v.s.empty();
-    case Kind::List: return v.generator || !v.list->empty();
-    case Kind::Dict: return !v.dict->items.empty();
+    case Kind::None:
+      return false;
+    case Kind::Bool:
+      return v.b;
+    case Kind::Int:
+      return v.i != 0;
+    case Kind::Float:
+      return v.f != 0;
+    case Kind::String:
+      return !v.s.empty();
+    case Kind::List:
+      return v.generator || !v.list->empty();
+    case Kind::Dict:
+      return !v.dict->items.empty();
     case Kind::Namespace:
-    case Kind::Callable: return true;
+    case Kind::Callable:
+      return true;
   }
   return false;
 }
@@ -153,8 +161,10 @@ std::string float_repr(double d) {
 
 std::string repr(const Value& v) {
   switch (v.kind) {
-    case Kind::Undefined: return "Undefined";
-    case Kind::String: return pystr::repr(v.s);
+    case Kind::Undefined:
+      return "Undefined";
+    case Kind::String:
+      return pystr::repr(v.s);
     case Kind::List: {
       if (v.generator) return "<generator object>";
       std::string out = v.tuple ? "(" : "[";
@@ -175,42 +185,61 @@ std::string repr(const Value& v) {
       }
       return out + "}";
     }
-    default: return to_str(v);
+    default:
+      return to_str(v);
   }
 }
 
 std::string to_str(const Value& v) {
   switch (v.kind) {
-    case Kind::Undefined: return "";
-    case Kind::None: return "None";
-    case Kind::Bool: return v.b ? "True" : "False";
-    case Kind::Int: return std::to_string(v.i);
-    case Kind::Float: return float_repr(v.f);
-    case Kind::String: return v.s;
+    case Kind::Undefined:
+      return "";
+    case Kind::None:
+      return "None";
+    case Kind::Bool:
+      return v.b ? "True" : "False";
+    case Kind::Int:
+      return std::to_string(v.i);
+    case Kind::Float:
+      return float_repr(v.f);
+    case Kind::String:
+      return v.s;
     case Kind::List:
-    case Kind::Dict: return repr(v);
+    case Kind::Dict:
+      return repr(v);
     case Kind::Namespace: {
       Value d = v;
       d.kind = Kind::Dict;
       return "<Namespace " + repr(d) + ">";
     }
-    case Kind::Callable: return v.fn->macro ? "<Macro '" + v.fn->name + "'>" : "<built-in function " + v.fn->name + ">";
+    case Kind::Callable:
+      return v.fn->macro ? "<Macro '" + v.fn->name + "'>" : "<built-in function " + v.fn->name + ">";
   }
   return "";
 }
 
 std::string type_name(const Value& v) {
   switch (v.kind) {
-    case Kind::Undefined: return "Undefined";
-    case Kind::None: return "NoneType";
-    case Kind::Bool: return "bool";
-    case Kind::Int: return "int";
-    case Kind::Float: return "float";
-    case Kind::String: return "str";
-    case Kind::List: return v.generator ? "generator" : v.tuple ? "tuple" : "list";
-    case Kind::Dict: return "dict";
-    case Kind::Namespace: return "Namespace";
-    case Kind::Callable: return "function";
+    case Kind::Undefined:
+      return "Undefined";
+    case Kind::None:
+      return "NoneType";
+    case Kind::Bool:
+      return "bool";
+    case Kind::Int:
+      return "int";
+    case Kind::Float:
+      return "float";
+    case Kind::String:
+      return "str";
+    case Kind::List:
+      return v.generator ? "generator" : v.tuple ? "tuple" : "list";
+    case Kind::Dict:
+      return "dict";
+    case Kind::Namespace:
+      return "Namespace";
+    case Kind::Callable:
+      return "function";
   }
   return "?";
 }
@@ -223,8 +252,10 @@ bool equals(const Value& a, const Value& b) {
   if (a.kind != b.kind) return false;
   switch (a.kind) {
     case Kind::Undefined:
-    case Kind::None: return true;
-    case Kind::String: return a.s == b.s;
+    case Kind::None:
+      return true;
+    case Kind::String:
+      return a.s == b.s;
     case Kind::List: {
       if (a.generator || b.generator) return a.list == b.list;
       if (a.tuple != b.tuple || a.list->size() != b.list->size()) return false;
@@ -240,9 +271,12 @@ bool equals(const Value& a, const Value& b) {
       }
       return true;
     }
-    case Kind::Namespace: return a.dict == b.dict;
-    case Kind::Callable: return a.fn == b.fn;
-    default: return false;
+    case Kind::Namespace:
+      return a.dict == b.dict;
+    case Kind::Callable:
+      return a.fn == b.fn;
+    default:
+      return false;
   }
 }
 
@@ -269,13 +303,12 @@ int compare(const Value& a, const Value& b, std::string_view op) {
   throw lowrank::error("'", op, "' not supported between instances of '", type_name(a), "' and '", type_name(b), "'");
 }
 
-void fail_undefined(const Value& v) {
-  throw lowrank::Error(v.s.empty() ? std::string("undefined value used") : v.s);
-}
+void fail_undefined(const Value& v) { throw lowrank::Error(v.s.empty() ? std::string("undefined value used") : v.s); }
 
 List iterate(const Value& v) {
   switch (v.kind) {
-    case Kind::Undefined: return {};
+    case Kind::Undefined:
+      return {};
     case Kind::List:
       if (v.generator && !v.s.empty()) throw lowrank::Error(v.s);  // a deferred filter error
       return *v.list;
@@ -293,20 +326,25 @@ List iterate(const Value& v) {
       }
       return chars;
     }
-    default: throw lowrank::error("'", type_name(v), "' object is not iterable");
+    default:
+      throw lowrank::error("'", type_name(v), "' object is not iterable");
   }
 }
 
 int64_t length(const Value& v) {
   switch (v.kind) {
-    case Kind::Undefined: return 0;
-    case Kind::String: return pystr::length(v.s);
+    case Kind::Undefined:
+      return 0;
+    case Kind::String:
+      return pystr::length(v.s);
     case Kind::List:
       if (v.generator) throw lowrank::error("object of type 'generator' has no len()");
       return static_cast<int64_t>(v.list->size());
     case Kind::Dict:
-    case Kind::Namespace: return static_cast<int64_t>(v.dict->items.size());
-    default: throw lowrank::error("object of type '", type_name(v), "' has no len()");
+    case Kind::Namespace:
+      return static_cast<int64_t>(v.dict->items.size());
+    default:
+      throw lowrank::error("object of type '", type_name(v), "' has no len()");
   }
 }
 
@@ -315,16 +353,21 @@ namespace {
 template <typename Json>
 Value from_json_impl(const Json& j) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null: return Value::none();
-    case nlohmann::json::value_t::boolean: return Value::boolean(j.template get<bool>());
-    case nlohmann::json::value_t::number_integer: return Value::integer(j.template get<int64_t>());
+    case nlohmann::json::value_t::null:
+      return Value::none();
+    case nlohmann::json::value_t::boolean:
+      return Value::boolean(j.template get<bool>());
+    case nlohmann::json::value_t::number_integer:
+      return Value::integer(j.template get<int64_t>());
     case nlohmann::json::value_t::number_unsigned: {
       auto u = j.template get<uint64_t>();
       if (u > static_cast<uint64_t>(INT64_MAX)) return Value::number(static_cast<double>(u));
       return Value::integer(static_cast<int64_t>(u));
     }
-    case nlohmann::json::value_t::number_float: return Value::number(j.template get<double>());
-    case nlohmann::json::value_t::string: return Value::string(j.template get<std::string>());
+    case nlohmann::json::value_t::number_float:
+      return Value::number(j.template get<double>());
+    case nlohmann::json::value_t::string:
+      return Value::string(j.template get<std::string>());
     case nlohmann::json::value_t::array: {
       List items;
       items.reserve(j.size());
@@ -338,7 +381,8 @@ Value from_json_impl(const Json& j) {
         d.items.emplace_back(Value::string(it.key()), from_json_impl(it.value()));
       return Value::make_dict(std::move(d));
     }
-    default: throw lowrank::error("chat template variables: unsupported JSON value (binary or discarded)");
+    default:
+      throw lowrank::error("chat template variables: unsupported JSON value (binary or discarded)");
   }
 }
 
@@ -351,14 +395,29 @@ void json_string(std::string& out, std::string_view s, bool ensure_ascii) {
   out.push_back('"');
   for (char32_t c : pystr::decode(s)) {
     switch (c) {
-      case '"': out += "\\\""; continue;
-      case '\\': out += "\\\\"; continue;
-      case '\n': out += "\\n"; continue;
-      case '\r': out += "\\r"; continue;
-      case '\t': out += "\\t"; continue;
-      case '\b': out += "\\b"; continue;
-      case '\f': out += "\\f"; continue;
-      default: break;
+      case '"':
+        out += "\\\"";
+        continue;
+      case '\\':
+        out += "\\\\";
+        continue;
+      case '\n':
+        out += "\\n";
+        continue;
+      case '\r':
+        out += "\\r";
+        continue;
+      case '\t':
+        out += "\\t";
+        continue;
+      case '\b':
+        out += "\\b";
+        continue;
+      case '\f':
+        out += "\\f";
+        continue;
+      default:
+        break;
     }
     if (c < 0x20 || (ensure_ascii && c > 0x7e)) {
       if (c > 0xffff) {  // surrogate pair, as Python writes it
@@ -383,12 +442,18 @@ std::string json_float(double d) {
 
 std::string json_key(const Value& k) {
   switch (k.kind) {
-    case Kind::String: return k.s;
-    case Kind::Int: return std::to_string(k.i);
-    case Kind::Bool: return k.b ? "true" : "false";
-    case Kind::Float: return json_float(k.f);
-    case Kind::None: return "null";
-    default: throw lowrank::error("keys must be str, int, float, bool or None, not ", type_name(k));
+    case Kind::String:
+      return k.s;
+    case Kind::Int:
+      return std::to_string(k.i);
+    case Kind::Bool:
+      return k.b ? "true" : "false";
+    case Kind::Float:
+      return json_float(k.f);
+    case Kind::None:
+      return "null";
+    default:
+      throw lowrank::error("keys must be str, int, float, bool or None, not ", type_name(k));
   }
 }
 
@@ -404,11 +469,21 @@ struct JsonWriter {
 
   void write(const Value& v, int level) {
     switch (v.kind) {
-      case Kind::None: out += "null"; return;
-      case Kind::Bool: out += v.b ? "true" : "false"; return;
-      case Kind::Int: out += std::to_string(v.i); return;
-      case Kind::Float: out += json_float(v.f); return;
-      case Kind::String: json_string(out, v.s, opt.ensure_ascii); return;
+      case Kind::None:
+        out += "null";
+        return;
+      case Kind::Bool:
+        out += v.b ? "true" : "false";
+        return;
+      case Kind::Int:
+        out += std::to_string(v.i);
+        return;
+      case Kind::Float:
+        out += json_float(v.f);
+        return;
+      case Kind::String:
+        json_string(out, v.s, opt.ensure_ascii);
+        return;
       case Kind::List: {
         if (v.generator) throw lowrank::error("Object of type generator is not JSON serializable");
         if (v.list->empty()) {

@@ -58,7 +58,9 @@ struct Value {
   bool is_dict() const { return kind == Kind::Dict; }
   bool is_int_like() const { return kind == Kind::Int || kind == Kind::Bool; }  // bool is an int
   bool is_number() const { return is_int_like() || kind == Kind::Float; }
-  int64_t as_int() const { return kind == Kind::Bool ? (b ? 1 : 0) : kind == Kind::Float ? static_cast<int64_t>(f) : i; }
+  int64_t as_int() const {
+    return kind == Kind::Bool ? (b ? 1 : 0) : kind == Kind::Float ? static_cast<int64_t>(f) : i;
+  }
   double as_double() const { return kind == Kind::Float ? f : static_cast<double>(as_int()); }
 };
 

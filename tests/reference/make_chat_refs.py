@@ -303,6 +303,18 @@ def main():
         render_jinja_template = None
         transformers_version = None
         print(f"note: transformers path unavailable ({e}); using jinja2 only", file=sys.stderr)
+    if render_jinja_template is not None:
+        # Probe the call signature once, so an API change shows as a note, not as 200 mismatches.
+        try:
+            probe, _ = render_jinja_template(conversations=[[{"role": "user", "content": "x"}]], tools=None,
+                                             documents=None, chat_template="{{ messages[0].content }}{{ b }}",
+                                             add_generation_prompt=False, b="y")
+            assert probe == ["xy"], probe
+        except Exception as e:
+            print(f"note: transformers {transformers_version} render_jinja_template unusable ({e!r}); "
+                  "using jinja2 only", file=sys.stderr)
+            render_jinja_template = None
+            transformers_version = None
 
     env = make_env()
     paths = sorted(glob.glob(os.path.join(args.fixtures, "*.json")))

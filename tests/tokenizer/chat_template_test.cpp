@@ -1,6 +1,8 @@
 // Chat templates: parity with transformers/jinja2 on real model templates (expected outputs in
 // tests/fixtures/chat/expected/chat_refs.json, made by tests/reference/make_chat_refs.py), and
 // unit tests of the interpreter.
+#include "lowrank/tokenizer/chat_template.h"
+
 #include <gtest/gtest.h>
 
 #include <ctime>
@@ -8,7 +10,6 @@
 #include <sstream>
 
 #include "lowrank/core/error.h"
-#include "lowrank/tokenizer/chat_template.h"
 
 using lowrank::tok::ChatTemplate;
 using ojson = nlohmann::ordered_json;
@@ -124,8 +125,7 @@ TEST(ChatTemplateBuiltins, AreTheFixtureTemplates) {
   for (const auto& [builtin, fixture] : pairs) {
     auto tpl = lowrank::tok::builtin_chat_template(builtin);
     ASSERT_TRUE(tpl.has_value()) << builtin;
-    EXPECT_EQ(*tpl, lowrank::tok::chat_template_from_config(read_ojson(fixture_dir() + fixture + ".json")))
-        << builtin;
+    EXPECT_EQ(*tpl, lowrank::tok::chat_template_from_config(read_ojson(fixture_dir() + fixture + ".json"))) << builtin;
     EXPECT_NO_THROW(ChatTemplate::parse(*tpl));
   }
   EXPECT_FALSE(lowrank::tok::builtin_chat_template("nope").has_value());
@@ -137,15 +137,18 @@ TEST(ChatTemplateBuiltins, AreTheFixtureTemplates) {
 TEST(ChatTemplateConfig, SpecialTokensAndTemplateChoice) {
   json config = {{"bos_token", {{"content", "<B>"}, {"lstrip", false}}},
                  {"eos_token", "<E>"},
-                 {"chat_template", "{{ bos_token }}{% for m in messages %}{{ m.role }}:{{ m.content }}{{ eos_token }}"
-                                   "{% endfor %}{% if add_generation_prompt %}>{% endif %}{{ tools is none }}"}};
+                 {"chat_template",
+                  "{{ bos_token }}{% for m in messages %}{{ m.role }}:{{ m.content }}{{ eos_token }}"
+                  "{% endfor %}{% if add_generation_prompt %}>{% endif %}{{ tools is none }}"}};
   json messages = lowrank::tok::to_json({{"user", "hi"}, {"assistant", "yo"}});
   EXPECT_EQ(lowrank::tok::apply_chat_template(config, messages, true), "<B>user:hi<E>assistant:yo<E>>True");
   EXPECT_EQ(lowrank::tok::apply_chat_template(config, messages, false), "<B>user:hi<E>assistant:yo<E>True");
   // Extra variables override the special tokens, as kwargs do in transformers.
-  EXPECT_EQ(lowrank::tok::apply_chat_template(config, messages, false, {{"eos_token", "|"}}), "<B>user:hi|assistant:yo|True");
+  EXPECT_EQ(lowrank::tok::apply_chat_template(config, messages, false, {{"eos_token", "|"}}),
+            "<B>user:hi|assistant:yo|True");
 
-  json listed = {{"chat_template", json::array({{{"name", "tool_use"}, {"template", "T"}}, {{"name", "default"}, {"template", "D"}}})}};
+  json listed = {{"chat_template",
+                  json::array({{{"name", "tool_use"}, {"template", "T"}}, {{"name", "default"}, {"template", "D"}}})}};
   EXPECT_EQ(lowrank::tok::apply_chat_template(listed, json::array(), false), "D");
   EXPECT_EQ(lowrank::tok::apply_chat_template(listed, json::array(), false, {{"tools", json::array()}}), "T");
 
@@ -198,7 +201,8 @@ TEST(ChatTemplateInterp, ExpressionsAndFilters) {
   EXPECT_EQ(render("{{ messages | length - 1 }}", {{"messages", {1, 2, 3}}}), "2");
   EXPECT_EQ(render("{{ 'a' + ' b ' | trim + 'c' }}"), "abc");  // filters bind tighter than +
   EXPECT_EQ(render("{{ -1 | abs }}|{{ not true or true }}|{{ 1 if none else 2 }}"), "1|True|2");
-  EXPECT_EQ(render("{{ {'b': 1, 'a': [1, 'é']} | tojson(indent=2) }}"), "{\n  \"b\": 1,\n  \"a\": [\n    1,\n    \"é\"\n  ]\n}");
+  EXPECT_EQ(render("{{ {'b': 1, 'a': [1, 'é']} | tojson(indent=2) }}"),
+            "{\n  \"b\": 1,\n  \"a\": [\n    1,\n    \"é\"\n  ]\n}");
 }
 
 TEST(ChatTemplateInterp, UndefinedIsFalsyAndEmpty) {
@@ -222,14 +226,16 @@ TEST(ChatTemplateInterp, WhitespaceControl) {
 TEST(ChatTemplateInterp, LoopsScopesNamespacesMacros) {
   EXPECT_EQ(render("{% for x in 'ab' %}{{ loop.index }}{{ x }}{% if loop.last %}.{% endif %}{% endfor %}"), "1a2b.");
   EXPECT_EQ(render("{% set n = 0 %}{% for x in [1, 2] %}{% set n = n + x %}{% endfor %}{{ n }}"), "0");
-  EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for x in [1, 2] %}{% set ns.n = ns.n + x %}{% endfor %}{{ ns.n }}"), "3");
+  EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for x in [1, 2] %}{% set ns.n = ns.n + x %}{% endfor %}{{ ns.n }}"),
+            "3");
   EXPECT_EQ(render("{% macro m(x, y=2) %}<{{ x }}{{ y }}>{% endmacro %}{{ m(1) }}{{ m(3, y=4) }}"), "<12><34>");
   EXPECT_EQ(render("{% for x in [1, 2, 3, 4] if x is even %}{{ x }}{% else %}none{% endfor %}"), "24");
 }
 
 TEST(ChatTemplateInterp, RaiseExceptionMessageIsExact) {
-  std::string tpl = "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
-                    "{% endif %}{% endfor %}";
+  std::string tpl =
+      "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}"
+      "{% endif %}{% endfor %}";
   EXPECT_EQ(error_of(tpl, {{"messages", {{{"role", "system"}}}}}), "System role not supported");
   EXPECT_EQ(render(tpl, {{"messages", {{{"role", "user"}}}}}), "");
 }
@@ -293,11 +299,34 @@ TEST(ChatTemplateInterp, RuntimeErrorsNameTheLine) {
 
 TEST(ChatTemplateInterp, HostileInputFailsCleanly) {
   // Bad templates and inputs must give Error, never crash.
-  const char* bad[] = {"{{", "{%", "{{ (((( }}", "{{ [1, 2 }}", "{% for %}", "{% set %}", "{{ 'a' | }}",
-                       "{% macro %}", "{{ x.}}", "{{ 1 +}}", "{% if x %}{% else %}{% else %}{% endif %}",
-                       "{{ '\\x4' }}", "{{ 99999999999999999999 }}", "{% raw %}never closed"};
+  const char* bad[] = {"{{",
+                       "{%",
+                       "{{ (((( }}",
+                       "{{ [1, 2 }}",
+                       "{% for %}",
+                       "{% set %}",
+                       "{{ 'a' | }}",
+                       "{% macro %}",
+                       "{{ x.}}",
+                       "{{ 1 +}}",
+                       "{% if x %}{% else %}{% else %}{% endif %}",
+                       "{{ '\\x4' }}",
+                       "{{ 99999999999999999999 }}",
+                       "{% raw %}never closed"};
   for (const char* tpl : bad) EXPECT_FALSE(error_of(tpl).empty()) << tpl;
   EXPECT_FALSE(error_of("{{ 'x' * 1000000000 }}").empty());
   EXPECT_FALSE(error_of("{{ 2 ** 200 }}").empty());
   EXPECT_FALSE(error_of("{{ none.x.y }}").empty());
+  // Deep nesting is refused instead of overflowing the stack.
+  std::string deep_parens = "{{ " + std::string(20000, '(') + "1" + std::string(20000, ')') + " }}";
+  EXPECT_NE(error_of(deep_parens).find("nests too deeply"), std::string::npos);
+  std::string long_sum = "{{ 1";
+  for (int k = 0; k < 100000; ++k) long_sum += "+1";
+  EXPECT_NE(error_of(long_sum + " }}").find("nests too deeply"), std::string::npos);
+  std::string many_filters = "{{ 'x'";
+  for (int k = 0; k < 100000; ++k) many_filters += "|trim";
+  EXPECT_NE(error_of(many_filters + " }}").find("nests too deeply"), std::string::npos);
+  std::string ok_sum = "{{ 0";
+  for (int k = 0; k < 100; ++k) ok_sum += "+1";
+  EXPECT_EQ(render(ok_sum + " }}"), "100");  // ordinary lengths are fine
 }
