@@ -147,3 +147,34 @@ TEST(GenerateCli, BatchModeAndBadInput) {
 }
 
 }  // namespace
+
+#include "train/byte_model.h"
+
+namespace {
+
+TEST(GenerateCli, TextPromptStreamsAndChatTemplateApplies) {
+  io::testing::ScratchDir d;
+  const std::string model = test::write_byte_model(d.file("m"));
+  auto plain = test::run_cli("generate --model " + model + " --prompt Hello --greedy --max-new-tokens 6");
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  EXPECT_FALSE(plain.out.empty());
+  // --chat must change the prompt the model sees, hence (greedy) the continuation.
+  auto chat = test::run_cli("generate --model " + model + " --prompt Hello --greedy --max-new-tokens 6 --chat");
+  ASSERT_EQ(chat.code, 0) << chat.err;
+  auto builtin = test::run_cli("generate --model " + model +
+                               " --prompt Hello --greedy --max-new-tokens 6 --chat --chat-template chatml");
+  ASSERT_EQ(builtin.code, 0) << builtin.err;
+  const std::string in = d.write("p.jsonl", "{\"prompt\": \"Hello\"}\n");
+  ASSERT_EQ(test::run_cli("generate --model " + model + " --input " + in + " --output " + d.file("o.jsonl") +
+                          " --greedy --max-new-tokens 6 --chat").code, 0);
+  std::vector<nlohmann::json> rows;
+  io::for_each_jsonl(d.file("o.jsonl"), [&](int64_t, const nlohmann::json& j) { rows.push_back(j); });
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0]["text"].get<std::string>() + "\n", chat.out);
+  EXPECT_NE(plain.out, chat.out);
+  auto bad = test::run_cli("generate --model " + model + " --prompt Hello --chat --chat-template nope");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("nope"), std::string::npos) << bad.err;
+}
+
+}  // namespace
