@@ -2,6 +2,7 @@
 // handed out again without cudaMalloc, so a training step loop with stable shapes allocates from
 // the driver only in its first step. All ops of a device run on one stream, so a block freed by
 // the host can be reused at once: the next user's work is queued behind the previous user's.
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -25,6 +26,8 @@ DeviceCache& cache(int index) {
   std::lock_guard<std::mutex> lock(mutex);
   return (*caches)[index];
 }
+
+std::atomic<bool> g_poison{false};
 
 std::string gib(size_t bytes) { return detail::concat(static_cast<double>(bytes) / (1u << 30)) + " GiB"; }
 
@@ -50,8 +53,10 @@ size_t allocation_size_class(size_t bytes) {
   return (bytes + step - 1) / step * step;
 }
 
-void* cached_malloc(Device d, size_t bytes, size_t* size_class) {
-  DeviceContext& ctx = context(d);  // checks the device and makes it current
+namespace {
+// A block from the free list of its size class, or from cudaMalloc (after emptying the cache once
+// if the driver is out of memory).
+void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx) {
   const size_t sc = allocation_size_class(bytes);
   *size_class = sc;
   DeviceCache& c = cache(d.index);
@@ -87,6 +92,16 @@ void* cached_malloc(Device d, size_t bytes, size_t* size_class) {
   ++c.stats.device_mallocs;
   c.stats.in_use += sc;
   c.stats.peak_in_use = std::max(c.stats.peak_in_use, c.stats.in_use);
+  return p;
+}
+}  // namespace
+
+void set_poison_allocations(bool on) { g_poison = on; }
+
+void* cached_malloc(Device d, size_t bytes, size_t* size_class) {
+  DeviceContext& ctx = context(d);  // checks the device and makes it current
+  void* p = take_block(d, bytes, size_class, ctx);
+  if (g_poison) LR_CUDA(cudaMemsetAsync(p, 0xFF, *size_class, ctx.stream));
   return p;
 }
 

@@ -14,6 +14,7 @@
 #include "common.cuh"
 #include "context.h"
 #include "lowrank/backend/cuda/cuda_ops.h"
+#include "lowrank/core/device_memory.h"
 
 namespace lowrank::cuda {
 namespace {
@@ -27,6 +28,17 @@ uint32_t alignment(const void* p) {
   uint32_t al = 256;
   while (al > 1 && (a % al) != 0) al >>= 1;
   return al;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// A 16-byte aligned copy of a view that starts mid-row (slice_rows of an odd-sized matrix):
+// cuBLASLt's fast kernels need aligned operands, and the copy is cheap next to the GEMM.
+Tensor aligned(const Tensor& t) {
+  if (aligned16(t.raw())) return t;
+  Tensor c = Tensor::empty(t.shape(), t.dtype(), t.device());
+  device_copy(c.raw(), c.device(), t.raw(), t.device(), t.nbytes());
+  return c;
 }
 
 void lt_check(cublasStatus_t s, const char* what) {
@@ -128,18 +140,20 @@ void matmul(Layout layout, const char* op, const Tensor& x, const Tensor& w, Ten
   }
   const bool f32 = x.dtype() == DType::F32 && w.dtype() == DType::F32 && y.dtype() == DType::F32;
   const DType in = f32 ? DType::F32 : DType::BF16;
-  const Tensor xc = cast(x, in), wc = cast(w, in);  // no copy when the dtype already matches
+  const Tensor xc = aligned(cast(x, in)), wc = aligned(cast(w, in));  // no copies in the usual case
+  Tensor yc = aligned16(y.raw()) ? y : beta != 0.0f ? aligned(y) : Tensor::empty(y.shape(), y.dtype(), y.device());
   switch (layout) {
     case Layout::NT:
-      lt_matmul(x.device(), true, false, N, M, K, wc.raw(), K, xc.raw(), K, in, y.raw(), N, y.dtype(), alpha, beta);
+      lt_matmul(x.device(), true, false, N, M, K, wc.raw(), K, xc.raw(), K, in, yc.raw(), N, y.dtype(), alpha, beta);
       break;
     case Layout::NN:
-      lt_matmul(x.device(), false, false, N, M, K, wc.raw(), N, xc.raw(), K, in, y.raw(), N, y.dtype(), alpha, beta);
+      lt_matmul(x.device(), false, false, N, M, K, wc.raw(), N, xc.raw(), K, in, yc.raw(), N, y.dtype(), alpha, beta);
       break;
     case Layout::TN:
-      lt_matmul(x.device(), false, true, N, M, K, wc.raw(), N, xc.raw(), M, in, y.raw(), N, y.dtype(), alpha, beta);
+      lt_matmul(x.device(), false, true, N, M, K, wc.raw(), N, xc.raw(), M, in, yc.raw(), N, y.dtype(), alpha, beta);
       break;
   }
+  if (yc.raw() != y.raw()) device_copy(y.raw(), y.device(), yc.raw(), yc.device(), y.nbytes());
 }
 
 }  // namespace

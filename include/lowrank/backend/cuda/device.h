@@ -28,6 +28,9 @@ struct AllocatorStats {
 AllocatorStats allocator_stats(Device d);
 // Returns every cached block of the device to the driver (cudaFree).
 void empty_cache(Device d);
+// Tests: when on, every allocation is filled with 0xFF bytes (NaN in f32/bf16, -1 in I32) before
+// it is handed out, so an op that leaves part of its output unwritten fails its comparison.
+void set_poison_allocations(bool on);
 // The size class an allocation of `bytes` is rounded up to (exposed for tests).
 size_t allocation_size_class(size_t bytes);
 
