@@ -8,6 +8,7 @@
 
 #include "cuda/cuda_test_util.h"
 #include "lowrank/backend/cpu/cpu_ops.h"
+#include "lowrank/backend/cuda/cuda_ops.h"
 #include "lowrank/ops/ops.h"
 
 using namespace lowrank;
@@ -49,6 +50,11 @@ void check(const Case& c, DType t, uint64_t seed) {
 
 }  // namespace
 
+// Runs the cases on both kernel paths: the tensor-core one applies to bf16 with head_dim 64/128.
+struct PathGuard {
+  ~PathGuard() { cuda::set_attention_path(cuda::AttentionPath::Auto); }
+};
+
 TEST(CudaAttention, SmallShapesAllDtypes) {
   LR_REQUIRE_GPU();
   uint64_t seed = 1;
@@ -61,17 +67,38 @@ TEST(CudaAttention, SmallShapesAllDtypes) {
       {3, 50, 2, 2, 256, 0},  // largest head dim
       {1, 70, 3, 1, 16, 1},   // window 1: each row sees itself only
   };
-  for (DType t : float_types())
-    for (const Case& c : cases) check(c, t, seed += 10);
+  PathGuard guard;
+  for (auto path : {cuda::AttentionPath::Generic, cuda::AttentionPath::Auto}) {
+    cuda::set_attention_path(path);
+    for (DType t : float_types())
+      for (const Case& c : cases) check(c, t, seed += 10);
+  }
+}
+
+TEST(CudaAttention, TensorCoreShapes) {
+  LR_REQUIRE_GPU();
+  PathGuard guard;
+  cuda::set_attention_path(cuda::AttentionPath::TensorCore);
+  uint64_t seed = 2000;
+  const Case cases[] = {
+      {2, 37, 4, 4, 64, 0},    {1, 130, 6, 3, 128, 0}, {2, 64, 6, 2, 64, 0},  {1, 1, 2, 1, 128, 0},
+      {1, 200, 4, 1, 64, 17},  {1, 129, 2, 2, 128, 64}, {1, 300, 3, 1, 64, 1}, {3, 65, 4, 2, 128, 0},
+  };
+  for (const Case& c : cases) check(c, DType::BF16, seed += 10);
 }
 
 TEST(CudaAttention, LongSequences) {
   LR_REQUIRE_GPU();
+  PathGuard guard;
   uint64_t seed = 1000;
-  for (DType t : float_types()) {
-    check({1, 1024, 4, 2, 64, 0}, t, seed += 10);
-    check({1, 1024, 3, 1, 128, 256}, t, seed += 10);
-    check({2, 513, 4, 4, 128, 0}, t, seed += 10);
+  for (auto path : {cuda::AttentionPath::Generic, cuda::AttentionPath::Auto}) {
+    cuda::set_attention_path(path);
+    for (DType t : float_types()) {
+      if (path == cuda::AttentionPath::Auto && t == DType::F32) continue;  // same kernels as Generic
+      check({1, 1024, 4, 2, 64, 0}, t, seed += 10);
+      check({1, 1024, 3, 1, 128, 256}, t, seed += 10);
+      check({2, 513, 4, 4, 128, 0}, t, seed += 10);
+    }
   }
 }
 #endif

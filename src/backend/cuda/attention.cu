@@ -10,6 +10,8 @@
 //   dq kernel   (query-major, like the forward):   dq_i = Σ_j dS_ij k_j
 //   dkdv kernel (key-major, loops over the group's heads and the rows that see the tile):
 //               dk_j = Σ_i dS_ij q_i,  dv_j = Σ_i P_ij dO_i
+#include <atomic>
+
 #include "attention.h"
 #include "common.cuh"
 #include "lowrank/backend/cuda/cuda_ops.h"
@@ -388,8 +390,18 @@ void attention_backward_generic(const Tensor& dout, const Tensor& q, const Tenso
   LR_CUDA_LAUNCHED();
 }
 
+namespace {
+std::atomic<int> g_path{static_cast<int>(AttentionPath::Auto)};
+}
+
+void set_attention_path(AttentionPath p) { g_path = static_cast<int>(p); }
+
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse) {
   check_attention_args("attention", q, k, v, s);
+  const auto path = static_cast<AttentionPath>(g_path.load());
+  if (path != AttentionPath::Generic && attention_tc_supported(q, k, v, s)) return attention_tc(q, k, v, s, lse);
+  LR_CHECK(path != AttentionPath::TensorCore, "attention: no tensor-core kernel for ", q.str(), " head_dim ",
+           s.head_dim);
   return attention_generic(q, k, v, s, lse);
 }
 

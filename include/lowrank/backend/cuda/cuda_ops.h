@@ -62,4 +62,9 @@ void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& e
 void sum_squares_(const Tensor& x, Tensor& acc);
 void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
 
+// Which attention kernels run (for tests and benchmarks; Auto is the default): Auto takes the
+// tensor-core kernels where they apply (bf16, head_dim 64 or 128) and the generic ones elsewhere.
+enum class AttentionPath { Auto, Generic, TensorCore };
+void set_attention_path(AttentionPath p);
+
 }  // namespace lowrank::cuda
