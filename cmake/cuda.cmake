@@ -1,4 +1,6 @@
 # CUDA backend: compiled when nvcc is found (AUTO) or demanded (ON).
+# One real architecture plus PTX keeps compile time low (CI has 2 cores): sm_90 machine code for
+# Hopper, compute_90 PTX that newer GPUs JIT-compile. Override with -DCMAKE_CUDA_ARCHITECTURES=...
 set(LOWRANK_HAS_CUDA OFF)
 if(NOT LOWRANK_CUDA STREQUAL "OFF")
   include(CheckLanguage)
@@ -16,11 +18,29 @@ if(LOWRANK_HAS_CUDA AND LOWRANK_CUDA_SOURCES)
   endif()
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
-  set(CMAKE_CUDA_STANDARD 20)
+  # CMake 3.25 does not know nvcc's C++20 flag (nvcc has it since 12.0); teach it.
+  if(NOT CMAKE_CUDA20_STANDARD_COMPILE_OPTION)
+    set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+    set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+  endif()
+  # The lowrank target exists already, so its CUDA properties are set here, not inherited.
+  set_target_properties(lowrank PROPERTIES CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}"
+                        CUDA_STANDARD 20 CUDA_STANDARD_REQUIRED ON)
+  # Options given to the target so far are g++'s (-Wall ...): keep them away from nvcc.
+  get_target_property(_lowrank_opts lowrank COMPILE_OPTIONS)
+  if(_lowrank_opts)
+    set(_wrapped "")
+    foreach(_o IN LISTS _lowrank_opts)
+      list(APPEND _wrapped "$<$<COMPILE_LANGUAGE:CXX>:${_o}>")
+    endforeach()
+    set_property(TARGET lowrank PROPERTY COMPILE_OPTIONS ${_wrapped})
+  endif()
+  # -lineinfo: compute-sanitizer and ncu can point at source lines; costs no speed.
+  target_compile_options(lowrank PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo -Xcompiler=-Wall>)
   target_sources(lowrank PRIVATE ${LOWRANK_CUDA_SOURCES})
   target_compile_definitions(lowrank PUBLIC LOWRANK_WITH_CUDA=1)
   target_link_libraries(lowrank PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas)
-  message(STATUS "lowrank: CUDA backend ON")
+  message(STATUS "lowrank: CUDA backend ON (architectures ${CMAKE_CUDA_ARCHITECTURES})")
 else()
   message(STATUS "lowrank: CUDA backend OFF")
 endif()

@@ -1,15 +1,23 @@
 #pragma once
 // Backend-neutral tensor operations used by the model, LoRA and training code. Activations are
-// 2-D [rows, features], row-major. Today every op runs on the CPU backend (f32, OpenMP + BLAS);
-// the CUDA backend plugs in behind the same declarations.
+// 2-D [rows, features], row-major. Each op runs on the device of its tensors (all on one device):
+//   cpu     the reference backend, f32 only (OpenMP + BLAS)         src/backend/cpu
+//   cuda:N  f32 or bf16 tensors, f32 accumulation and statistics     src/backend/cuda
+// A cuda tensor in a build without the CUDA backend, or tensors on two devices, is an Error.
+// CUDA dtype rules (docs/cuda.md): outputs an op creates take the dtype of its main input; f32
+// statistics (lse, rstd, mean, losses) stay f32; a GEMM whose inputs differ in dtype rounds the
+// f32 one to a bf16 copy first (as torch.autocast does for LoRA's f32 A/B against bf16 activations).
 #include <cstdint>
 #include <vector>
 
 #include "lowrank/core/tensor.h"
+#include "lowrank/ops/op_types.h"
 
 namespace lowrank::ops {
 
 // y[M,N] = alpha * x[M,K] · w[N,K]ᵀ + beta * y   (y must exist when beta != 0)
+// When beta == 0 an existing y of the right shape is written in place (keeping its dtype);
+// otherwise a new one is made.
 void matmul_nt(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
 // y[M,N] = alpha * x[M,K] · w[K,N] + beta * y
 void matmul_nn(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
@@ -18,7 +26,7 @@ void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, 
 // y = x · wᵀ + b, a new [M, N] tensor (b may be undefined)
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
 
-Tensor transpose2d(const Tensor& x);  // any dtype, CPU
+Tensor transpose2d(const Tensor& x);  // any 2- or 4-byte dtype
 void add_(Tensor& y, const Tensor& x);               // y += x
 void add_scaled_(Tensor& y, const Tensor& x, float s);  // y += s * x
 void add_bias_(Tensor& y, const Tensor& b);          // y[i, :] += b
@@ -37,16 +45,10 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, T
 void rope_(Tensor& x, int64_t heads, const std::vector<int32_t>& pos, const Tensor& cos, const Tensor& sin,
            bool inverse = false);
 
-struct AttentionShape {
-  int64_t batch = 1, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
-  int64_t window = 0;  // sliding window (0 = full causal)
-  float scale = 0;     // usually 1/sqrt(head_dim)
-};
 // Causal attention with GQA. q [B*T, H*hd], k/v [B*T, KV*hd] -> out [B*T, H*hd];
 // lse [B, H, T] (log-sum-exp of each softmax row) is saved when non-null (for backward).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse = nullptr);
 
-enum class Act { SiLU, GeluTanh, GeluErf, ReLU };
 Tensor activation(const Tensor& x, Act a);
 // silu(g) * u  (SwiGLU)
 Tensor swiglu(const Tensor& g, const Tensor& u);
@@ -79,5 +81,45 @@ void embedding_backward_(Tensor& table_grad, const std::vector<int32_t>& ids, co
 // [n, V] (softmax - onehot; zero rows for ignored targets) and returns the NLL sum.
 double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& targets, float scale,
                               Tensor& dlogits);
+
+}  // namespace lowrank::ops
+
+// ---- Device-resident variants and training ops (no host round trip inside a step) ----
+namespace lowrank::ops {
+
+// x converted to `dtype` (F32, BF16, F16) on its device; x itself when it already has it.
+Tensor cast(const Tensor& x, DType dtype);
+void fill_(Tensor& x, float value);  // any device, float dtypes
+void scale_(Tensor& x, float s);     // x *= s
+
+// The same ops with ids / positions as an I32 tensor [n] on the op's device. The CUDA backend
+// does not read ids back to check them: an id outside [0, V) gives a zero row (validate tokens
+// when batching); the CPU backend throws as the vector versions do.
+Tensor embedding(const Tensor& table, const Tensor& ids);
+void embedding_backward_(Tensor& table_grad, const Tensor& ids, const Tensor& dy);
+void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin, bool inverse = false);
+
+// Fused cross-entropy forward + backward for one chunk of rows (the caller chunks the tokens so
+// that [tokens × vocab] is never materialised): logits [n, V], targets I32 [n] (-100 ignored).
+// Writes dlogits = scale * (softmax - onehot) (zero rows for ignored targets); dlogits may be
+// `logits` itself (in place) or undefined/wrong-shaped (then a new tensor of logits' dtype).
+// Adds the chunk's NLL sum (f32 math per row) into loss_sum, an F64 [1] tensor on the device.
+void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scale, Tensor& dlogits,
+                         Tensor& loss_sum);
+
+// LoRA dropout with the CPU Rng's draws: element k (row-major) uses draw number offset + k of
+// Rng(seed): keep = uniform() < k with k = float(1 - p). Returns x_drop = keep ? x / k : 0 and fills mask
+// (U8 [numel], 1 = kept). The caller advances its Rng by x.numel() draws.
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& mask);
+// dx[k] += mask[k] ? gx[k] / k : 0 with k = float(1 - p)   (the backward of dropout(), accumulated)
+void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, double p);
+
+// AdamW on f32 param/grad/moments (same device), torch's element formula (op_types.h).
+void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWScalars& s);
+// acc (F64 [1], same device) += Σ x², reduced in a fixed order (reproducible run to run).
+void sum_squares_(const Tensor& x, Tensor& acc);
+// torch's clip_grad_norm_ rule with the total on the device: coef = max_norm / (sqrt(total_sumsq)
+// + 1e-6); when total is finite and coef < 1, x *= float(coef). total_sumsq is F64 [1].
+void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
 
 }  // namespace lowrank::ops

@@ -3,9 +3,9 @@
 #include <limits>
 #include <vector>
 
-#include "lowrank/ops/ops.h"
+#include "lowrank/backend/cpu/cpu_ops.h"
 
-namespace lowrank::ops {
+namespace lowrank::cpu {
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse_out) {
   const int64_t B = s.batch, T = s.seq, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
@@ -58,4 +58,4 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   return out;
 }
 
-}  // namespace lowrank::ops
+}  // namespace lowrank::cpu

@@ -2,9 +2,9 @@
 #include <cmath>
 #include <vector>
 
-#include "lowrank/ops/ops.h"
+#include "lowrank/backend/cpu/cpu_ops.h"
 
-namespace lowrank::ops {
+namespace lowrank::cpu {
 
 Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw) {
   const int64_t d = w.numel(), rows = x.numel() / d;
@@ -198,4 +198,4 @@ double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& 
   return total;
 }
 
-}  // namespace lowrank::ops
+}  // namespace lowrank::cpu

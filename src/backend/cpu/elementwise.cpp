@@ -2,9 +2,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "lowrank/ops/ops.h"
+#include "lowrank/backend/cpu/cpu_ops.h"
 
-namespace lowrank::ops {
+namespace lowrank::cpu {
 
 Tensor transpose2d(const Tensor& x) {
   LR_CHECK(x.rank() == 2 && x.device().is_cpu(), x.str());
@@ -185,4 +185,4 @@ double cross_entropy_sum(const Tensor& logits, const std::vector<int32_t>& targe
   return total;
 }
 
-}  // namespace lowrank::ops
+}  // namespace lowrank::cpu

@@ -1,9 +1,9 @@
 // CPU GEMMs through OpenBLAS (f32). Every matrix product of the model goes through here.
 #include <cblas.h>
 
-#include "lowrank/ops/ops.h"
+#include "lowrank/backend/cpu/cpu_ops.h"
 
-namespace lowrank::ops {
+namespace lowrank::cpu {
 namespace {
 void check_cpu_f32(const Tensor& t, const char* what) {
   LR_CHECK(t.defined() && t.device().is_cpu() && t.dtype() == DType::F32 && t.rank() == 2, what, " ",
@@ -56,4 +56,4 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return y;
 }
 
-}  // namespace lowrank::ops
+}  // namespace lowrank::cpu

@@ -1,0 +1,174 @@
+// CUDA op benchmark: times the GEMMs, attention and fused kernels of a training step with CUDA
+// events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
+// kernels: bytes read + written once). usage: bench_cuda_ops [--quick]
+#ifdef LOWRANK_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+
+#include "lowrank/backend/cuda/device.h"
+#include "lowrank/core/device_memory.h"
+#include "lowrank/core/rng.h"
+#include "lowrank/ops/ops.h"
+
+using namespace lowrank;
+
+namespace {
+
+const Device kGpu = Device::cuda(0);
+
+Tensor random_gpu(const Shape& s, DType t, uint64_t seed, float amp = 1.0f) {
+  Tensor c = Tensor::empty(s);
+  Rng rng(seed);
+  for (int64_t i = 0; i < c.numel(); ++i) c.f32()[i] = rng.uniform(-amp, amp);
+  return c.to(t).to(kGpu);
+}
+
+// Mean milliseconds of `fn` over `iters` runs after `warmup` runs, timed with events.
+double time_ms(const std::function<void()>& fn, int warmup = 3, int iters = 10) {
+  auto st = static_cast<cudaStream_t>(cuda::native_stream(kGpu));
+  for (int i = 0; i < warmup; ++i) fn();
+  cudaEvent_t a, b;
+  cudaEventCreate(&a);
+  cudaEventCreate(&b);
+  cudaEventRecord(a, st);
+  for (int i = 0; i < iters; ++i) fn();
+  cudaEventRecord(b, st);
+  cudaEventSynchronize(b);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, a, b);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return ms / iters;
+}
+
+void report_flops(const std::string& what, double ms, double flops) {
+  std::printf("%-58s %9.3f ms  %8.1f TFLOP/s\n", what.c_str(), ms, flops / ms * 1e-9);
+}
+void report_bytes(const std::string& what, double ms, double bytes) {
+  std::printf("%-58s %9.3f ms  %8.1f GB/s\n", what.c_str(), ms, bytes / ms * 1e-6);
+}
+
+void bench_gemms(int64_t tokens) {
+  std::printf("\n-- GEMMs (tokens = %lld)\n", static_cast<long long>(tokens));
+  for (auto [in, out] : {std::pair<int64_t, int64_t>{4096, 4096}, {4096, 14336}, {14336, 4096}}) {
+    Tensor x = random_gpu({tokens, in}, DType::BF16, 1), w = random_gpu({out, in}, DType::BF16, 2);
+    Tensor dy = random_gpu({tokens, out}, DType::BF16, 3);
+    Tensor y, dx;
+    const double f = 2.0 * tokens * in * out;
+    const std::string shape = std::to_string(tokens) + "x" + std::to_string(in) + "x" + std::to_string(out);
+    report_flops("bf16 nt  y = x W^T        " + shape, time_ms([&] { ops::matmul_nt(x, w, y); }), f);
+    report_flops("bf16 nn  dx = dy W        " + shape, time_ms([&] { ops::matmul_nn(dy, w, dx); }), f);
+    Tensor dw = Tensor::empty({out, in}, DType::F32, kGpu);
+    report_flops("bf16 tn  dW = dy^T x (f32 out) " + shape, time_ms([&] { ops::matmul_tn(dy, x, dw); }), f);
+  }
+  // LoRA: bf16 activations against f32 A [r, in] and B [out, r].
+  const int64_t in = 4096, out = 4096, r = 16;
+  Tensor x = random_gpu({tokens, in}, DType::BF16, 4), A = random_gpu({r, in}, DType::F32, 5);
+  Tensor B = random_gpu({out, r}, DType::F32, 6), y = random_gpu({tokens, out}, DType::BF16, 7), h;
+  const double bytes = 2.0 * tokens * (in + 2 * out) + 4.0 * r * (in + out);
+  report_bytes("LoRA fwd: h = x A^T, y += s h B^T (r=16, mixed)", time_ms([&] {
+                 ops::matmul_nt(x, A, h);
+                 ops::matmul_nt(h, B, y, 2.0f, 1.0f);
+               }),
+               bytes);
+}
+
+void bench_attention(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, int64_t window) {
+  ops::AttentionShape s{B, T, H, KV, hd, window, 1.0f / std::sqrt(float(hd))};
+  Tensor q = random_gpu({B * T, H * hd}, DType::BF16, 1), k = random_gpu({B * T, KV * hd}, DType::BF16, 2);
+  Tensor v = random_gpu({B * T, KV * hd}, DType::BF16, 3), dout = random_gpu({B * T, H * hd}, DType::BF16, 4);
+  Tensor lse, out;
+  const double keys = window > 0 ? std::min<double>(window, (T + 1) / 2.0) : (T + 1) / 2.0;  // mean keys per row
+  const double fwd = 4.0 * B * H * T * keys * hd;  // QK^T and PV
+  char name[128];
+  std::snprintf(name, sizeof name, "attention fwd B=%lld T=%lld H=%lld KV=%lld hd=%lld w=%lld", (long long)B,
+                (long long)T, (long long)H, (long long)KV, (long long)hd, (long long)window);
+  report_flops(name, time_ms([&] { out = ops::attention(q, k, v, s, &lse); }, 2, 5), fwd);
+  Tensor dq, dk, dv;
+  std::snprintf(name, sizeof name, "attention bwd (2.5x fwd FLOPs) T=%lld hd=%lld", (long long)T, (long long)hd);
+  report_flops(name, time_ms([&] { ops::attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv); }, 2, 5),
+               2.5 * fwd);
+}
+
+void bench_fused(int64_t tokens, int64_t d, int64_t ffn, int64_t vocab) {
+  std::printf("\n-- memory-bound kernels (tokens = %lld, d = %lld)\n", (long long)tokens, (long long)d);
+  Tensor x = random_gpu({tokens, d}, DType::BF16, 1), w = random_gpu({d}, DType::BF16, 2), rstd;
+  report_bytes("rmsnorm fwd bf16", time_ms([&] { ops::rmsnorm(x, w, 1e-6f, &rstd); }), 4.0 * tokens * d);
+  Tensor dy = random_gpu({tokens, d}, DType::BF16, 3), dw = Tensor::zeros({d}, DType::F32, kGpu);
+  ops::rmsnorm(x, w, 1e-6f, &rstd);
+  report_bytes("rmsnorm bwd bf16 (+dw)", time_ms([&] { ops::rmsnorm_backward(dy, x, w, rstd, &dw); }),
+               6.0 * tokens * d);
+  Tensor g = random_gpu({tokens, ffn}, DType::BF16, 4), u = random_gpu({tokens, ffn}, DType::BF16, 5);
+  report_bytes("swiglu fwd bf16", time_ms([&] { ops::swiglu(g, u); }), 6.0 * tokens * ffn);
+  Tensor dg, du, dyf = random_gpu({tokens, ffn}, DType::BF16, 6);
+  report_bytes("swiglu bwd bf16", time_ms([&] { ops::swiglu_backward(dyf, g, u, dg, du); }), 10.0 * tokens * ffn);
+  Tensor y = random_gpu({tokens, d}, DType::BF16, 7);
+  report_bytes("residual add_ bf16", time_ms([&] { ops::add_(y, x); }), 6.0 * tokens * d);
+  const int64_t hd = 128, heads = d / hd;
+  Tensor cos = random_gpu({8192, hd / 2}, DType::F32, 8), sin = random_gpu({8192, hd / 2}, DType::F32, 9);
+  std::vector<int32_t> posv(tokens);
+  for (int64_t i = 0; i < tokens; ++i) posv[i] = static_cast<int32_t>(i % 4096);
+  Tensor pos = Tensor::empty({tokens}, DType::I32);
+  std::memcpy(pos.raw(), posv.data(), tokens * 4);
+  pos = pos.to(kGpu);
+  report_bytes("rope_ bf16", time_ms([&] { ops::rope_(y, heads, pos, cos, sin); }), 4.0 * tokens * d);
+  const int64_t chunk = 1024;
+  Tensor logits = random_gpu({chunk, vocab}, DType::BF16, 10, 4.0f);
+  Tensor tg = Tensor::empty({chunk}, DType::I32);
+  for (int64_t i = 0; i < chunk; ++i) tg.data<int32_t>()[i] = static_cast<int32_t>((i * 7919) % vocab);
+  tg = tg.to(kGpu);
+  Tensor loss = Tensor::zeros({1}, DType::F64, kGpu);
+  report_bytes("cross_entropy_chunk bf16 in place (1024 x vocab)",
+               time_ms([&] { ops::cross_entropy_chunk(logits, tg, 1.0f, logits, loss); }), 2.0 * chunk * vocab * 2);
+  const int64_t n = 40LL << 20;  // 40M LoRA parameters
+  Tensor p = random_gpu({n}, DType::F32, 11), gr = random_gpu({n}, DType::F32, 12);
+  Tensor m = Tensor::zeros({n}, DType::F32, kGpu), vv = Tensor::zeros({n}, DType::F32, kGpu);
+  ops::AdamWScalars sc;
+  sc.neg_step = -1e-4f;
+  report_bytes("adamw_update_ 40M params", time_ms([&] { ops::adamw_update_(p, gr, m, vv, sc); }), 28.0 * n);
+  Tensor acc = Tensor::zeros({1}, DType::F64, kGpu);
+  report_bytes("sum_squares_ 40M", time_ms([&] { ops::sum_squares_(gr, acc); }), 4.0 * n);
+  Tensor mask;
+  report_bytes("dropout bf16 (tokens x d)", time_ms([&] { ops::dropout(x, 0.05, 1, 0, mask); }), 5.0 * tokens * d);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  if (cuda_device_count() == 0) {
+    std::fprintf(stderr, "bench_cuda_ops: no CUDA GPU is visible\n");
+    return 1;
+  }
+  std::printf("%s\n", cuda::device_description(kGpu));
+  try {
+    bench_gemms(quick ? 2048 : 8192);
+    std::printf("\n-- attention (bf16)\n");
+    bench_attention(quick ? 1 : 4, 1024, 32, 8, 128, 0);
+    if (!quick) {
+      bench_attention(2, 2048, 32, 8, 128, 0);
+      bench_attention(2, 4096, 32, 8, 128, 1024);
+      bench_attention(4, 1024, 16, 16, 64, 0);
+    }
+    bench_fused(quick ? 2048 : 8192, 4096, 14336, 128256);
+    const cuda::AllocatorStats st = cuda::allocator_stats(kGpu);
+    std::printf("\nallocator: %.2f GiB peak, %llu cudaMalloc calls, %llu reuses\n", st.peak_in_use / 1073741824.0,
+                (unsigned long long)st.device_mallocs, (unsigned long long)st.reuses);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+#else
+#include <cstdio>
+int main() {
+  std::fprintf(stderr, "bench_cuda_ops: this lowrank was built without the CUDA backend\n");
+  return 1;
+}
+#endif

@@ -1,0 +1,64 @@
+#pragma once
+// The CPU backend: f32 reference implementations of every op in lowrank/ops/ops.h, with the same
+// signatures and semantics (ops.h documents them). lowrank::ops dispatches here for CPU tensors.
+#include <cstdint>
+#include <vector>
+
+#include "lowrank/core/tensor.h"
+#include "lowrank/ops/op_types.h"
+
+namespace lowrank::cpu {
+
+using ops::Act;
+using ops::AdamWScalars;
+using ops::AttentionShape;
+
+// Forward ops
+void matmul_nt(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
+void matmul_nn(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
+void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
+Tensor transpose2d(const Tensor& x);
+void add_(Tensor& y, const Tensor& x);
+void add_scaled_(Tensor& y, const Tensor& x, float s);
+void add_bias_(Tensor& y, const Tensor& b);
+Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids);
+Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd = nullptr);
+Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor* mean = nullptr,
+                 Tensor* rstd = nullptr);
+void rope_(Tensor& x, int64_t heads, const std::vector<int32_t>& pos, const Tensor& cos, const Tensor& sin,
+           bool inverse = false);
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse = nullptr);
+Tensor activation(const Tensor& x, Act a);
+Tensor swiglu(const Tensor& g, const Tensor& u);
+double cross_entropy_sum(const Tensor& logits, const std::vector<int32_t>& targets, int64_t* count);
+
+// Backward ops
+Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw);
+Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                          Tensor* dw, Tensor* db);
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv);
+Tensor activation_backward(const Tensor& dy, const Tensor& x, Act a);
+void swiglu_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor& dg, Tensor& du);
+void bias_grad_(Tensor& db, const Tensor& dy);
+void embedding_backward_(Tensor& table_grad, const std::vector<int32_t>& ids, const Tensor& dy);
+double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& targets, float scale,
+                              Tensor& dlogits);
+
+// Device-resident variants and training ops
+Tensor cast(const Tensor& x, DType dtype);
+void fill_(Tensor& x, float value);
+void scale_(Tensor& x, float s);
+Tensor embedding(const Tensor& table, const Tensor& ids);
+void embedding_backward_(Tensor& table_grad, const Tensor& ids, const Tensor& dy);
+void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin, bool inverse = false);
+void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scale, Tensor& dlogits,
+                         Tensor& loss_sum);
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& mask);
+void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, double p);
+void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWScalars& s);
+void sum_squares_(const Tensor& x, Tensor& acc);
+void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
+
+}  // namespace lowrank::cpu

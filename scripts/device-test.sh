@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Run ON the GPU box, from the repository root: runs lowrank's CUDA tests (and optionally the
+# CUDA benchmark) with binaries built elsewhere by scripts/device-pack.sh, since the box cannot
+# build lowrank itself (no PCRE2/OpenBLAS development files there).
+# usage: scripts/device-test.sh --prebuilt .devrun/cuda-build [--filter GTEST_FILTER]
+#                               [--bench] [--sanitize] [--all]
+#   --filter    gtest filter (default: the CUDA tests and the op-layer tests)
+#   --bench     also run bench_cuda_ops
+#   --sanitize  also run the fast CUDA tests under compute-sanitizer memcheck (Firecracker only)
+#   --all       the whole test suite (fixture tests need the source path the pack was built at)
+# Logs and the gtest XML go to $OUT when it is set (the device tool brings $OUT back).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+prebuilt="" filter="Cuda*:OpsDispatch*:Philox*" bench=0 sanitize=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prebuilt) prebuilt=$2; shift 2 ;;
+    --filter) filter=$2; shift 2 ;;
+    --bench) bench=1; shift ;;
+    --sanitize) sanitize=1; shift ;;
+    --all) filter="*"; shift ;;
+    *) echo "usage: $0 --prebuilt DIR [--filter F] [--bench] [--sanitize] [--all]" >&2; exit 2 ;;
+  esac
+done
+[ -n "$prebuilt" ] && [ -x "$prebuilt/bin/lowrank_tests" ] || {
+  echo "error: --prebuilt DIR must hold bin/lowrank_tests (run scripts/device-pack.sh first)" >&2
+  exit 2
+}
+bin=$prebuilt/bin
+logdir=${OUT:-$prebuilt/logs}
+mkdir -p "$logdir"
+
+echo "== GPU"
+nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm,temperature.gpu \
+  --format=csv || echo "(nvidia-smi failed)"
+[ -f "$prebuilt/MANIFEST" ] && { echo "== pack"; cat "$prebuilt/MANIFEST"; }
+
+# Libraries: the box's CUDA runtime first; the packed host libraries only if something is missing.
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ldd "$bin/lowrank_tests" | grep -q "not found"; then
+  unpacked=$(mktemp -d)
+  for z in "$prebuilt"/lib/*.xz; do
+    [ -e "$z" ] || continue
+    dst="$unpacked/$(basename "$z" .xz)"
+    if command -v xz >/dev/null; then xz -dc "$z" > "$dst"
+    else python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$z" "$dst"; fi
+  done
+  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$unpacked"
+  echo "== using packed host libraries: $(ls "$unpacked" | tr '\n' ' ')"
+fi
+if ldd "$bin/lowrank_tests" | grep "not found"; then
+  echo "error: libraries still missing (above)" >&2
+  exit 1
+fi
+
+echo "== tests ($filter)"
+"$bin/lowrank_tests" --gtest_filter="$filter" --gtest_output="xml:$logdir/cuda-tests.xml" 2>&1 |
+  tee "$logdir/cuda-tests.log"
+status=${PIPESTATUS[0]}
+
+if [ "$sanitize" = 1 ]; then
+  echo "== compute-sanitizer memcheck (small shapes)"
+  compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/lowrank_tests" \
+    --gtest_filter='Cuda*:-*LongSequences*:*OutOfMemory*' 2>&1 | tail -40 | tee "$logdir/sanitizer.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=3
+fi
+
+if [ "$bench" = 1 ]; then
+  echo "== bench_cuda_ops"
+  "$bin/bench_cuda_ops" 2>&1 | tee "$logdir/bench_cuda_ops.txt"
+fi
+echo "== done: tests exit $status"
+exit "$status"

@@ -1,0 +1,45 @@
+// Fused cross-entropy forward + backward for one chunk of logits rows (CPU reference of the CUDA
+// kernel). In place is allowed: each row's statistics are read before the row is overwritten.
+#include <cmath>
+#include <cstring>
+
+#include "lowrank/backend/cpu/cpu_ops.h"
+
+namespace lowrank::cpu {
+
+void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scale, Tensor& dlogits,
+                         Tensor& loss_sum) {
+  const int64_t n = logits.dim(0), V = logits.dim(1);
+  LR_CHECK(targets.dtype() == DType::I32 && targets.numel() == n && targets.device().is_cpu(), "targets ",
+           targets.str(), " for logits ", logits.str());
+  LR_CHECK(loss_sum.dtype() == DType::F64 && loss_sum.numel() == 1 && loss_sum.device().is_cpu(), "loss_sum ",
+           loss_sum.defined() ? loss_sum.str() : "undefined");
+  if (!dlogits.defined() || dlogits.shape() != logits.shape()) dlogits = Tensor::empty(logits.shape());
+  const float* lp = logits.f32();
+  float* dp = dlogits.f32();
+  const int32_t* tp = targets.data<int32_t>();
+  double total = 0;
+#pragma omp parallel for reduction(+ : total) if (n * V > 65536)
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = lp + r * V;
+    float* dr = dp + r * V;
+    const int32_t t = tp[r];
+    if (t == -100) {
+      std::memset(dr, 0, V * sizeof(float));
+      continue;
+    }
+    LR_CHECK(t >= 0 && t < V, "target ", t, " outside vocabulary ", V);
+    float mx = row[0];
+    for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
+    double sum = 0;
+    for (int64_t i = 0; i < V; ++i) sum += std::exp(static_cast<double>(row[i] - mx));
+    const double log_sum = std::log(sum);
+    total += log_sum + mx - row[t];
+    for (int64_t i = 0; i < V; ++i)
+      dr[i] = scale * static_cast<float>(std::exp(static_cast<double>(row[i] - mx) - log_sum));
+    dr[t] -= scale;
+  }
+  loss_sum.data<double>()[0] += total;
+}
+
+}  // namespace lowrank::cpu

@@ -1,0 +1,131 @@
+// Caching device allocator: freed blocks go to a per-device free list of their size class and are
+// handed out again without cudaMalloc, so a training step loop with stable shapes allocates from
+// the driver only in its first step. All ops of a device run on one stream, so a block freed by
+// the host can be reused at once: the next user's work is queued behind the previous user's.
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "allocator.h"
+#include "common.cuh"
+#include "context.h"
+
+namespace lowrank::cuda {
+namespace {
+
+struct DeviceCache {
+  std::mutex mutex;
+  std::map<size_t, std::vector<void*>> free;  // size class -> cached blocks
+  AllocatorStats stats;
+};
+
+DeviceCache& cache(int index) {
+  static auto* caches = new std::map<int, DeviceCache>();  // leaked: tensors may die after main
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  return (*caches)[index];
+}
+
+std::atomic<bool> g_poison{false};
+
+std::string gib(size_t bytes) { return detail::concat(static_cast<double>(bytes) / (1u << 30)) + " GiB"; }
+
+// Frees every cached block of the device; the caller holds c.mutex.
+void release_cached(DeviceCache& c) {
+  for (auto& [size, blocks] : c.free)
+    for (void* p : blocks) cudaFree(p);
+  c.free.clear();
+  c.stats.cached = 0;
+}
+
+}  // namespace
+
+size_t allocation_size_class(size_t bytes) {
+  constexpr size_t kSmall = 1u << 20, kLarge = 256u << 20;
+  if (bytes <= 512) return 512;
+  if (bytes < kSmall) return (bytes + 511) / 512 * 512;
+  if (bytes >= kLarge) return (bytes + (2u << 20) - 1) / (2u << 20) * (2u << 20);
+  // 8 classes per power of two: at most 12.5% rounding waste.
+  size_t top = 1;
+  while ((top << 1) <= bytes) top <<= 1;
+  const size_t step = top / 8;
+  return (bytes + step - 1) / step * step;
+}
+
+namespace {
+// A block from the free list of its size class, or from cudaMalloc (after emptying the cache once
+// if the driver is out of memory).
+void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx) {
+  const size_t sc = allocation_size_class(bytes);
+  *size_class = sc;
+  DeviceCache& c = cache(d.index);
+  std::lock_guard<std::mutex> lock(c.mutex);
+  auto it = c.free.find(sc);
+  if (it != c.free.end() && !it->second.empty()) {
+    void* p = it->second.back();
+    it->second.pop_back();
+    c.stats.cached -= sc;
+    c.stats.in_use += sc;
+    c.stats.peak_in_use = std::max(c.stats.peak_in_use, c.stats.in_use);
+    ++c.stats.reuses;
+    return p;
+  }
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, sc);
+  if (e == cudaErrorMemoryAllocation && c.stats.cached > 0) {
+    cudaGetLastError();
+    // Cached blocks of other sizes may be what is missing: give them back and try once more.
+    LR_CUDA(cudaStreamSynchronize(ctx.stream));
+    release_cached(c);
+    e = cudaMalloc(&p, sc);
+  }
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    throw error("CUDA out of memory on ", d.str(), ": cannot allocate ", bytes, " bytes (", gib(bytes), "); ",
+                gib(c.stats.in_use), " in use by lowrank, ", gib(free_b), " free of ", gib(total_b),
+                " on the GPU. Try --checkpointing or a smaller --batch-size / --seq-len");
+  }
+  LR_CUDA(e);
+  ++c.stats.device_mallocs;
+  c.stats.in_use += sc;
+  c.stats.peak_in_use = std::max(c.stats.peak_in_use, c.stats.in_use);
+  return p;
+}
+}  // namespace
+
+void set_poison_allocations(bool on) { g_poison = on; }
+
+void* cached_malloc(Device d, size_t bytes, size_t* size_class) {
+  DeviceContext& ctx = context(d);  // checks the device and makes it current
+  void* p = take_block(d, bytes, size_class, ctx);
+  if (g_poison) LR_CUDA(cudaMemsetAsync(p, 0xFF, *size_class, ctx.stream));
+  return p;
+}
+
+void cached_free(Device d, void* p, size_t size_class) {
+  DeviceCache& c = cache(d.index);
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.free[size_class].push_back(p);
+  c.stats.in_use -= size_class;
+  c.stats.cached += size_class;
+}
+
+AllocatorStats allocator_stats(Device d) {
+  check_device(d);
+  DeviceCache& c = cache(d.index);
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return c.stats;
+}
+
+void empty_cache(Device d) {
+  DeviceContext& ctx = context(d);
+  DeviceCache& c = cache(d.index);
+  std::lock_guard<std::mutex> lock(c.mutex);
+  LR_CUDA(cudaStreamSynchronize(ctx.stream));  // queued work may still use the blocks
+  release_cached(c);
+}
+
+}  // namespace lowrank::cuda

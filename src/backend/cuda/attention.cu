@@ -1,0 +1,420 @@
+// Fused causal attention (GQA, optional sliding window), flash-style: K/V stream through shared
+// memory in tiles of 32 keys, each query row keeps a running max / sum / output (online softmax),
+// and only the log-sum-exp [B, H, T] is saved. No [T × T] buffer exists at any point.
+// This is the generic path (any head_dim <= 256, f32 or bf16, f32 math on CUDA cores): one warp
+// per query row, one lane per key of the tile for the scores, one lane per 32nd column of the
+// head for the output.
+// Backward (FlashAttention-2's recomputation, split in two kernels so that nothing is added with
+// atomics and the result is deterministic):
+//   D_i = dO_i · O_i;  P_ij = exp(scale q_i·k_j - lse_i);  dS_ij = P_ij (dO_i·v_j - D_i) scale
+//   dq kernel   (query-major, like the forward):   dq_i = Σ_j dS_ij k_j
+//   dkdv kernel (key-major, loops over the group's heads and the rows that see the tile):
+//               dk_j = Σ_i dS_ij q_i,  dv_j = Σ_i P_ij dO_i
+#include <atomic>
+
+#include "attention.h"
+#include "common.cuh"
+#include "lowrank/backend/cuda/cuda_ops.h"
+
+namespace lowrank::cuda {
+namespace {
+
+constexpr int kWarps = 8;        // per block
+constexpr int kRowsPerWarp = 2;  // query rows per warp (forward and dq)
+constexpr int kTileKeys = 32;    // keys per tile: one per lane
+constexpr int kMaxChunks = 8;    // head_dim <= 32 * kMaxChunks
+constexpr int kBlockRows = kWarps * kRowsPerWarp;
+
+struct Dims {
+  int64_t T, H, KV, hd, group, window;
+  float scale;
+};
+
+// Is key j visible from query row i?
+__device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t window) {
+  return j <= i && (window <= 0 || j > i - window);
+}
+
+// Loads rows [j0, j0 + 32) of a K or V head into shared f32 [32][ld] (rows past `end` are zero).
+template <typename T>
+__device__ void load_tile(float* dst, int ld, const T* __restrict__ src, int64_t row_stride, int64_t j0,
+                          int64_t end, int64_t hd) {
+  for (int64_t e = threadIdx.x; e < kTileKeys * hd; e += blockDim.x) {
+    const int64_t r = e / hd, c = e % hd;
+    dst[r * ld + c] = j0 + r < end ? to_f32(src[(j0 + r) * row_stride + c]) : 0.0f;
+  }
+}
+
+// ---- forward ----
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                         T* __restrict__ out, float* __restrict__ lse, Dims s) {
+  extern __shared__ float smem[];
+  const int64_t hd = s.hd, T_ = s.T;
+  const int ldk = static_cast<int>(hd) + 1;  // padded: lane j reads row j
+  float* q_s = smem;                          // [kBlockRows][hd]
+  float* k_s = q_s + kBlockRows * hd;         // [32][hd + 1]
+  float* v_s = k_s + kTileKeys * ldk;         // [32][hd]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
+  const int64_t q0 = int64_t(blockIdx.x) * kBlockRows;
+  const int64_t q_last = min(T_, q0 + kBlockRows) - 1;
+  const int64_t q_stride = s.H * hd, kv_stride = s.KV * hd;
+  const T* qb = q + b * T_ * q_stride + h * hd;
+  const T* kb = k + b * T_ * kv_stride + kvh * hd;
+  const T* vb = v + b * T_ * kv_stride + kvh * hd;
+
+  for (int64_t e = threadIdx.x; e < kBlockRows * hd; e += blockDim.x) {
+    const int64_t r = e / hd, c = e % hd;
+    q_s[e] = q0 + r < T_ ? to_f32(qb[(q0 + r) * q_stride + c]) * s.scale : 0.0f;  // scale folded into q
+  }
+  float m[kRowsPerWarp], l[kRowsPerWarp], o[kRowsPerWarp][kMaxChunks];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kMaxChunks; ++c) o[r][c] = 0.0f;
+  }
+  const int64_t k_begin = s.window > 0 && q0 - s.window + 1 > 0 ? q0 - s.window + 1 : 0;
+  for (int64_t j0 = k_begin; j0 <= q_last; j0 += kTileKeys) {
+    __syncthreads();  // previous tile fully used (and q_s written, first time)
+    load_tile(k_s, ldk, kb, kv_stride, j0, q_last + 1, hd);
+    load_tile(v_s, static_cast<int>(hd), vb, kv_stride, j0, q_last + 1, hd);
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int row = warp * kRowsPerWarp + r;
+      const int64_t i = q0 + row, j = j0 + lane;
+      if (i >= T_) continue;  // warp-uniform
+      float sc = -INFINITY;
+      if (visible(i, j, s.window)) {
+        const float* qr = q_s + row * hd;
+        const float* kr = k_s + lane * ldk;
+        float dot = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) dot += qr[d] * kr[d];
+        sc = dot;
+      }
+      const float tile_max = warp_max(sc);
+      if (tile_max == -INFINITY) continue;  // no visible key in this tile for row i
+      const float m_new = fmaxf(m[r], tile_max);
+      const float corr = expf(m[r] - m_new);
+      const float p = sc == -INFINITY ? 0.0f : expf(sc - m_new);
+      l[r] = l[r] * corr + warp_sum(p);
+      m[r] = m_new;
+#pragma unroll
+      for (int c = 0; c < kMaxChunks; ++c) o[r][c] *= corr;
+      for (int jj = 0; jj < kTileKeys; ++jj) {
+        const float pj = __shfl_sync(0xffffffffu, p, jj);
+        if (pj == 0.0f) continue;  // warp-uniform (broadcast value)
+        const float* vr = v_s + jj * hd;
+#pragma unroll
+        for (int c = 0; c < kMaxChunks; ++c)
+          if (lane + 32 * c < hd) o[r][c] += pj * vr[lane + 32 * c];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t i = q0 + warp * kRowsPerWarp + r;
+    if (i >= T_) continue;
+    const float inv = 1.0f / l[r];
+    T* orow = out + (b * T_ + i) * q_stride + h * hd;
+#pragma unroll
+    for (int c = 0; c < kMaxChunks; ++c)
+      if (lane + 32 * c < hd) orow[lane + 32 * c] = from_f32<T>(o[r][c] * inv);
+    if (lane == 0) lse[(b * s.H + h) * T_ + i] = m[r] + logf(l[r]);
+  }
+}
+
+// ---- backward: D_i = dO_i · O_i ----
+template <typename T>
+__global__ void attention_delta_kernel(const T* __restrict__ dout, const T* __restrict__ out,
+                                       float* __restrict__ delta, int64_t rows, int64_t H, int64_t T_, int64_t hd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = (int64_t(gridDim.x) * blockDim.x) >> 5;
+  for (int64_t gw = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) >> 5; gw < rows * H; gw += warps) {
+    const int64_t tok = gw / H, h = gw % H;  // one warp per (token, head)
+    const T* a = dout + tok * H * hd + h * hd;
+    const T* o = out + tok * H * hd + h * hd;
+    float sum = 0.0f;
+    for (int64_t d = lane; d < hd; d += 32) sum += to_f32(a[d]) * to_f32(o[d]);
+    sum = warp_sum(sum);
+    const int64_t b = tok / T_, i = tok % T_;
+    if (lane == 0) delta[(b * H + h) * T_ + i] = sum;
+  }
+}
+
+// ---- backward: dq (query-major) ----
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+attention_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                    const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                    T* __restrict__ dq, Dims s) {
+  extern __shared__ float smem[];
+  const int64_t hd = s.hd, T_ = s.T;
+  const int ldk = static_cast<int>(hd) + 1;
+  float* q_s = smem;                        // [kBlockRows][hd], pre-scaled
+  float* do_s = q_s + kBlockRows * hd;      // [kBlockRows][hd]
+  float* k_s = do_s + kBlockRows * hd;      // [32][hd + 1]
+  float* v_s = k_s + kTileKeys * ldk;       // [32][hd + 1]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
+  const int64_t q0 = int64_t(blockIdx.x) * kBlockRows;
+  const int64_t q_last = min(T_, q0 + kBlockRows) - 1;
+  const int64_t q_stride = s.H * hd, kv_stride = s.KV * hd;
+  const T* kb = k + b * T_ * kv_stride + kvh * hd;
+  const T* vb = v + b * T_ * kv_stride + kvh * hd;
+  for (int64_t e = threadIdx.x; e < kBlockRows * hd; e += blockDim.x) {
+    const int64_t r = e / hd, c = e % hd, tok = b * T_ + q0 + r;
+    const bool in = q0 + r < T_;
+    q_s[e] = in ? to_f32(q[tok * q_stride + h * hd + c]) * s.scale : 0.0f;
+    do_s[e] = in ? to_f32(dout[tok * q_stride + h * hd + c]) : 0.0f;
+  }
+  float lse_r[kRowsPerWarp], delta_r[kRowsPerWarp], acc[kRowsPerWarp][kMaxChunks];
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t i = q0 + warp * kRowsPerWarp + r;
+    lse_r[r] = i < T_ ? lse[(b * s.H + h) * T_ + i] : 0.0f;
+    delta_r[r] = i < T_ ? delta[(b * s.H + h) * T_ + i] : 0.0f;
+#pragma unroll
+    for (int c = 0; c < kMaxChunks; ++c) acc[r][c] = 0.0f;
+  }
+  const int64_t k_begin = s.window > 0 && q0 - s.window + 1 > 0 ? q0 - s.window + 1 : 0;
+  for (int64_t j0 = k_begin; j0 <= q_last; j0 += kTileKeys) {
+    __syncthreads();
+    load_tile(k_s, ldk, kb, kv_stride, j0, q_last + 1, hd);
+    load_tile(v_s, ldk, vb, kv_stride, j0, q_last + 1, hd);
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+      const int row = warp * kRowsPerWarp + r;
+      const int64_t i = q0 + row, j = j0 + lane;
+      if (i >= T_) continue;
+      float ds = 0.0f;
+      if (visible(i, j, s.window)) {
+        const float* qr = q_s + row * hd;
+        const float* dr = do_s + row * hd;
+        const float* kr = k_s + lane * ldk;
+        const float* vr = v_s + lane * ldk;
+        float qk = 0.0f, dp = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) {
+          qk += qr[d] * kr[d];
+          dp += dr[d] * vr[d];
+        }
+        const float p = expf(qk - lse_r[r]);
+        ds = p * (dp - delta_r[r]) * s.scale;
+      }
+      for (int jj = 0; jj < kTileKeys; ++jj) {
+        const float dsj = __shfl_sync(0xffffffffu, ds, jj);
+        if (dsj == 0.0f) continue;
+        const float* kr = k_s + jj * ldk;
+#pragma unroll
+        for (int c = 0; c < kMaxChunks; ++c)
+          if (lane + 32 * c < hd) acc[r][c] += dsj * kr[lane + 32 * c];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kRowsPerWarp; ++r) {
+    const int64_t i = q0 + warp * kRowsPerWarp + r;
+    if (i >= T_) continue;
+    T* drow = dq + (b * T_ + i) * q_stride + h * hd;
+#pragma unroll
+    for (int c = 0; c < kMaxChunks; ++c)
+      if (lane + 32 * c < hd) drow[lane + 32 * c] = from_f32<T>(acc[r][c]);
+  }
+}
+
+// ---- backward: dk, dv (key-major) ----
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+attention_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                      const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                      T* __restrict__ dk, T* __restrict__ dv, Dims s) {
+  extern __shared__ float smem[];
+  const int64_t hd = s.hd, T_ = s.T;
+  const int ldk = static_cast<int>(hd) + 1;
+  float* k_s = smem;                        // [32][hd + 1]
+  float* v_s = k_s + kTileKeys * ldk;       // [32][hd + 1]
+  float* dk_s = v_s + kTileKeys * ldk;      // [32][hd] accumulators, each element owned by one thread
+  float* dv_s = dk_s + kTileKeys * hd;      // [32][hd]
+  float* q_s = dv_s + kTileKeys * hd;       // [kWarps][hd]
+  float* do_s = q_s + kWarps * hd;          // [kWarps][hd]
+  float* p_s = do_s + kWarps * hd;          // [kWarps][32]
+  float* ds_s = p_s + kWarps * kTileKeys;   // [kWarps][32]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t b = blockIdx.z, kvh = blockIdx.y;
+  const int64_t j0 = int64_t(blockIdx.x) * kTileKeys;
+  const int64_t q_stride = s.H * hd, kv_stride = s.KV * hd;
+  load_tile(k_s, ldk, k + b * T_ * kv_stride + kvh * hd, kv_stride, j0, T_, hd);
+  load_tile(v_s, ldk, v + b * T_ * kv_stride + kvh * hd, kv_stride, j0, T_, hd);
+  for (int64_t e = threadIdx.x; e < kTileKeys * hd; e += blockDim.x) dk_s[e] = dv_s[e] = 0.0f;
+  // Rows that see any key of the tile: [j0, j0 + 31 + window - 1] (all rows >= j0 without window).
+  const int64_t i_end = s.window > 0 ? min(T_, j0 + kTileKeys - 1 + s.window) : T_;
+  for (int64_t g = 0; g < s.group; ++g) {
+    const int64_t h = kvh * s.group + g;
+    for (int64_t i0 = j0; i0 < i_end; i0 += kWarps) {
+      __syncthreads();  // tiles loaded / previous chunk's q_s, p_s fully used
+      for (int64_t e = threadIdx.x; e < kWarps * hd; e += blockDim.x) {
+        const int64_t r = e / hd, c = e % hd, tok = b * T_ + i0 + r;
+        const bool in = i0 + r < i_end;
+        q_s[e] = in ? to_f32(q[tok * q_stride + h * hd + c]) : 0.0f;
+        do_s[e] = in ? to_f32(dout[tok * q_stride + h * hd + c]) : 0.0f;
+      }
+      __syncthreads();
+      {
+        const int64_t i = i0 + warp, j = j0 + lane;
+        float p = 0.0f, ds = 0.0f;
+        if (i < i_end && j < T_ && visible(i, j, s.window)) {
+          const float* qr = q_s + warp * hd;
+          const float* dr = do_s + warp * hd;
+          const float* kr = k_s + lane * ldk;
+          const float* vr = v_s + lane * ldk;
+          float qk = 0.0f, dp = 0.0f;
+          for (int64_t d = 0; d < hd; ++d) {
+            qk += qr[d] * kr[d];
+            dp += dr[d] * vr[d];
+          }
+          const int64_t li = (b * s.H + h) * T_ + i;
+          p = expf(qk * s.scale - lse[li]);
+          ds = p * (dp - delta[li]) * s.scale;
+        }
+        p_s[warp * kTileKeys + lane] = p;
+        ds_s[warp * kTileKeys + lane] = ds;
+      }
+      __syncthreads();
+      for (int64_t e = threadIdx.x; e < kTileKeys * hd; e += blockDim.x) {
+        const int64_t j = e / hd, c = e % hd;
+        float a = 0.0f, bv = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) {
+          a += ds_s[w * kTileKeys + j] * q_s[w * hd + c];
+          bv += p_s[w * kTileKeys + j] * do_s[w * hd + c];
+        }
+        dk_s[e] += a;
+        dv_s[e] += bv;
+      }
+    }
+  }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < kTileKeys * hd; e += blockDim.x) {
+    const int64_t j = e / hd, c = e % hd;
+    if (j0 + j >= T_) continue;
+    const int64_t idx = (b * T_ + j0 + j) * kv_stride + kvh * hd + c;
+    dk[idx] = from_f32<T>(dk_s[e]);
+    dv[idx] = from_f32<T>(dv_s[e]);
+  }
+}
+
+template <typename K>
+void set_smem(K kernel, size_t bytes) {
+  LR_CHECK(bytes <= 227 * 1024, "attention: shared memory ", bytes, " bytes");
+  if (bytes > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+Dims dims_of(const AttentionShape& a) {
+  return Dims{a.seq, a.heads, a.kv_heads, a.head_dim, a.heads / a.kv_heads, a.window, a.scale};
+}
+
+}  // namespace
+
+void check_attention_args(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s) {
+  check_arg(q, op, "q");
+  check_arg(k, op, "k");
+  check_arg(v, op, "v");
+  const int64_t B = s.batch, T = s.seq, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
+  LR_CHECK(B > 0 && T >= 0 && H > 0 && KV > 0 && hd > 0 && H % KV == 0, op, ": bad shape B=", B, " T=", T, " H=", H,
+           " KV=", KV, " hd=", hd);
+  LR_CHECK(q.rank() == 2 && q.dim(0) == B * T && q.dim(1) == H * hd && k.rank() == 2 && k.dim(0) == B * T &&
+               k.dim(1) == KV * hd && v.shape() == k.shape(),
+           op, " shapes ", q.str(), " ", k.str(), " ", v.str());
+  LR_CHECK(q.dtype() == k.dtype() && k.dtype() == v.dtype(), op, ": q, k, v dtypes differ: ", q.str(), " ", k.str(),
+           " ", v.str());
+  if (hd > 32 * kMaxChunks) throw error(op, ": head_dim ", hd, " is not supported by the CUDA kernel (at most ", 32 * kMaxChunks, ")");
+  LR_CHECK(B <= 65535 && H <= 65535, op, ": grid too large");
+}
+
+Tensor attention_generic(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& a, Tensor* lse_out) {
+  const int64_t B = a.batch, T = a.seq, H = a.heads, hd = a.head_dim;
+  Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
+  Tensor lse = Tensor::empty({B, H, T}, DType::F32, q.device());
+  if (T > 0) {
+    const Dims s = dims_of(a);
+    const size_t smem = (kBlockRows * hd + kTileKeys * (hd + 1) + kTileKeys * hd) * sizeof(float);
+    const dim3 grid(static_cast<unsigned>((T + kBlockRows - 1) / kBlockRows), unsigned(H), unsigned(B));
+    cudaStream_t st = stream_for(q.device());
+    LR_FLOAT_TYPES(q.dtype(), Tp, {
+      set_smem(attention_forward_kernel<Tp>, smem);
+      attention_forward_kernel<Tp><<<grid, kWarps * 32, smem, st>>>(q.data<Tp>(), k.data<Tp>(), v.data<Tp>(),
+                                                                    out.data<Tp>(), lse.data<float>(), s);
+    });
+    LR_CUDA_LAUNCHED();
+  }
+  if (lse_out) *lse_out = lse;
+  return out;
+}
+
+void attention_backward_generic(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                const Tensor& out, const Tensor& lse, const AttentionShape& a, Tensor& dq, Tensor& dk,
+                                Tensor& dv) {
+  const int64_t B = a.batch, T = a.seq, H = a.heads, KV = a.kv_heads, hd = a.head_dim;
+  dq = Tensor::empty(q.shape(), q.dtype(), q.device());
+  dk = Tensor::empty(k.shape(), k.dtype(), k.device());
+  dv = Tensor::empty(v.shape(), v.dtype(), v.device());
+  if (T == 0) return;
+  const Dims s = dims_of(a);
+  Tensor delta = Tensor::empty({B, H, T}, DType::F32, q.device());
+  cudaStream_t st = stream_for(q.device());
+  const size_t dq_smem = (2 * kBlockRows * hd + 2 * kTileKeys * (hd + 1)) * sizeof(float);
+  const size_t kv_smem =
+      (2 * kTileKeys * (hd + 1) + 2 * kTileKeys * hd + 2 * kWarps * hd + 2 * kWarps * kTileKeys) * sizeof(float);
+  const dim3 dq_grid(static_cast<unsigned>((T + kBlockRows - 1) / kBlockRows), unsigned(H), unsigned(B));
+  const dim3 kv_grid(static_cast<unsigned>((T + kTileKeys - 1) / kTileKeys), unsigned(KV), unsigned(B));
+  LR_FLOAT_TYPES(q.dtype(), Tp, {
+    attention_delta_kernel<Tp><<<grid_for(B * T * H * 32, 256), 256, 0, st>>>(dout.data<Tp>(), out.data<Tp>(),
+                                                                             delta.data<float>(), B * T, H, T, hd);
+    LR_CUDA_LAUNCHED();
+    set_smem(attention_dq_kernel<Tp>, dq_smem);
+    attention_dq_kernel<Tp><<<dq_grid, kWarps * 32, dq_smem, st>>>(q.data<Tp>(), k.data<Tp>(), v.data<Tp>(),
+                                                                   dout.data<Tp>(), lse.data<float>(),
+                                                                   delta.data<float>(), dq.data<Tp>(), s);
+    LR_CUDA_LAUNCHED();
+    set_smem(attention_dkdv_kernel<Tp>, kv_smem);
+    attention_dkdv_kernel<Tp><<<kv_grid, kWarps * 32, kv_smem, st>>>(q.data<Tp>(), k.data<Tp>(), v.data<Tp>(),
+                                                                     dout.data<Tp>(), lse.data<float>(),
+                                                                     delta.data<float>(), dk.data<Tp>(),
+                                                                     dv.data<Tp>(), s);
+  });
+  LR_CUDA_LAUNCHED();
+}
+
+namespace {
+std::atomic<int> g_path{static_cast<int>(AttentionPath::Auto)};
+}
+
+void set_attention_path(AttentionPath p) { g_path = static_cast<int>(p); }
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse) {
+  check_attention_args("attention", q, k, v, s);
+  const auto path = static_cast<AttentionPath>(g_path.load());
+  if (path != AttentionPath::Generic && attention_tc_supported(q, k, v, s)) return attention_tc(q, k, v, s, lse);
+  LR_CHECK(path != AttentionPath::TensorCore, "attention: no tensor-core kernel for ", q.str(), " head_dim ",
+           s.head_dim);
+  return attention_generic(q, k, v, s, lse);
+}
+
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) {
+  check_attention_args("attention_backward", q, k, v, s);
+  check_arg(dout, "attention_backward", "dout");
+  check_arg(out, "attention_backward", "out");
+  LR_CHECK(dout.shape() == q.shape() && out.shape() == q.shape() && dout.dtype() == q.dtype() &&
+               out.dtype() == q.dtype(),
+           "attention_backward dout ", dout.str(), " out ", out.str(), " for q ", q.str());
+  LR_CHECK(lse.dtype() == DType::F32 && lse.numel() == s.batch * s.heads * s.seq, "attention_backward lse ", lse.str());
+  attention_backward_generic(dout, q, k, v, out, lse, s, dq, dk, dv);
+}
+
+}  // namespace lowrank::cuda

@@ -1,0 +1,95 @@
+// Device discovery, per-device contexts and CUDA error reporting.
+#include <array>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <sstream>
+
+#include "common.cuh"
+#include "context.h"
+#include "lowrank/core/device_memory.h"
+
+namespace lowrank::cuda {
+namespace {
+
+constexpr int kMaxDevices = 64;
+constexpr size_t kWorkspaceBytes = 32u << 20;  // cuBLASLt's recommendation for Hopper
+
+std::mutex g_mutex;
+std::array<std::atomic<DeviceContext*>, kMaxDevices> g_contexts{};  // leaked on purpose: used until exit
+
+DeviceContext* create_context(int index) {
+  auto ctx = std::make_unique<DeviceContext>();
+  ctx->index = index;
+  LR_CUDA(cudaSetDevice(index));
+  LR_CUDA(cudaGetDeviceProperties(&ctx->props, index));
+  // Non-blocking: the legacy default stream never serialises against our work.
+  LR_CUDA(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking));
+  if (cublasLtCreate(&ctx->lt) != CUBLAS_STATUS_SUCCESS)
+    throw error("cuda:", index, ": cannot create a cuBLASLt handle");
+  ctx->workspace_bytes = kWorkspaceBytes;
+  LR_CUDA(cudaMalloc(&ctx->workspace, ctx->workspace_bytes));
+  std::ostringstream os;
+  os << "cuda:" << index << " " << ctx->props.name << ", sm_" << ctx->props.major << ctx->props.minor << ", "
+     << ctx->props.multiProcessorCount << " SMs, " << (ctx->props.totalGlobalMem >> 20) << " MiB";
+  ctx->description = os.str();
+  return ctx.release();
+}
+
+}  // namespace
+
+void throw_cuda_error(cudaError_t e, const char* call, const char* file, int line) {
+  const std::string msg = detail::concat("CUDA error ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ") in ",
+                                         call, " at ", file, ":", line);
+  if (e == cudaErrorMemoryAllocation || e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver ||
+      e == cudaErrorInvalidDevice)
+    throw Error(msg);
+  throw InternalError(msg);
+}
+
+void check_device(Device d) {
+  LR_CHECK(d.is_cuda(), "check_device on ", d.str());
+  const int n = cuda_device_count();
+  if (n == 0) throw error("--device ", d.str(), ": no CUDA GPU is visible");
+  if (d.index < 0 || d.index >= n)
+    throw error("--device ", d.str(), ": only ", n, " CUDA GPU", n == 1 ? " is" : "s are", " visible (cuda:0",
+                n > 1 ? detail::concat("..cuda:", n - 1) : std::string(), ")");
+}
+
+DeviceContext& context(Device d) {
+  DeviceContext* ctx = d.index >= 0 && d.index < kMaxDevices ? g_contexts[d.index].load() : nullptr;
+  if (!ctx) {
+    check_device(d);
+    LR_CHECK(d.index < kMaxDevices, "more than ", kMaxDevices, " CUDA devices");
+    std::lock_guard<std::mutex> lock(g_mutex);
+    ctx = g_contexts[d.index].load();
+    if (!ctx) {
+      ctx = create_context(d.index);
+      g_contexts[d.index].store(ctx);
+    }
+  }
+  LR_CUDA(cudaSetDevice(d.index));
+  return *ctx;
+}
+
+cudaStream_t stream_for(Device d) { return context(d).stream; }
+int multiprocessor_count(Device d) { return context(d).props.multiProcessorCount; }
+
+void synchronize(Device d) { LR_CUDA(cudaStreamSynchronize(stream_for(d))); }
+void* native_stream(Device d) { return stream_for(d); }
+const char* device_description(Device d) { return context(d).description.c_str(); }
+
+Tensor upload_i32(const std::vector<int32_t>& v, Device d) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::I32, d);
+  if (!v.empty()) device_copy(t.raw(), d, v.data(), Device::cpu(), v.size() * sizeof(int32_t));
+  return t;
+}
+
+void check_arg(const Tensor& t, const char* op, const char* name, bool any_dtype) {
+  LR_CHECK(t.defined(), op, ": ", name, " is undefined");
+  LR_CHECK(t.device().is_cuda(), op, ": ", name, " ", t.str(), " is not on a CUDA device");
+  LR_CHECK(any_dtype || t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " ", t.str(),
+           " must be F32 or BF16");
+}
+
+}  // namespace lowrank::cuda

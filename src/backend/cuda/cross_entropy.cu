@@ -1,0 +1,137 @@
+// Cross-entropy over logits rows with f32 math: one block per row, an online max/sum-of-exp pass,
+// then (optionally) the gradient pass scale * (softmax - onehot). The caller chunks the rows, so
+// only a [chunk, V] logits buffer exists at a time; the gradient may overwrite the logits in place.
+#include "common.cuh"
+#include "lowrank/backend/cuda/cuda_ops.h"
+#include "reduce.h"
+
+namespace lowrank::cuda {
+namespace {
+
+enum Mode : int { kLossOnly = 0, kWriteGrad = 1, kAddGrad = 2 };
+constexpr int kThreads = 512;
+
+// (m, s) pairs: s = Σ exp(x - m). Merging keeps the larger max.
+__device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
+  const float mx = fmaxf(m, m2);
+  if (mx == -INFINITY) return;
+  s = s * expf(m - mx) + s2 * expf(m2 - mx);
+  m = mx;
+}
+
+template <typename L, typename D>
+__global__ void cross_entropy_kernel(const L* logits, const int32_t* __restrict__ targets, D* dlogits,
+                                     float* __restrict__ row_loss, int64_t V, float scale, int mode) {
+  __shared__ float sm[32], ss[32];
+  __shared__ float x_target;
+  const int64_t r = blockIdx.x;
+  const L* row = logits + r * V;
+  const int32_t t = targets[r];
+  const bool counted = t >= 0 && t < V;  // -100 (and anything invalid) is ignored
+  if (!counted) {
+    if (threadIdx.x == 0) row_loss[r] = 0.0f;
+    if (mode == kWriteGrad)
+      for (int64_t i = threadIdx.x; i < V; i += blockDim.x) dlogits[r * V + i] = from_f32<D>(0.0f);
+    return;
+  }
+  if (threadIdx.x == 0) x_target = to_f32(row[t]);
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    const float v = to_f32(row[i]);
+    if (v > m) {
+      s = s * expf(m - v) + 1.0f;
+      m = v;
+    } else {
+      s += expf(v - m);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sm[warp] = m;
+    ss[warp] = s;
+  }
+  __syncthreads();  // also orders the read of x_target before any gradient write
+  m = -INFINITY;
+  s = 0.0f;
+  for (int w = 0; w < int(blockDim.x >> 5); ++w) merge(m, s, sm[w], ss[w]);
+  const float log_sum = logf(s);
+  if (threadIdx.x == 0) row_loss[r] = log_sum + m - x_target;
+  if (mode == kLossOnly) return;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+    float g = scale * expf(to_f32(row[i]) - m - log_sum);
+    if (i == t) g -= scale;
+    if (mode == kAddGrad) g += to_f32(dlogits[r * V + i]);
+    dlogits[r * V + i] = from_f32<D>(g);
+  }
+}
+
+// Runs the kernel and adds the NLL sum of the rows into acc (F64 on the device).
+void run(const Tensor& logits, const Tensor& targets, float scale, Tensor* dlogits, int mode, double* acc) {
+  const int64_t n = logits.dim(0), V = logits.dim(1);
+  if (n == 0) return;
+  LR_CHECK(n < (1LL << 31), "cross-entropy: too many rows ", n);
+  Tensor row_loss = Tensor::empty({n}, DType::F32, logits.device());
+  cudaStream_t st = stream_for(logits.device());
+  const DType dt = dlogits ? dlogits->dtype() : logits.dtype();
+  LR_FLOAT_TYPES(logits.dtype(), L, LR_FLOAT_TYPES(dt, D,
+      cross_entropy_kernel<<<unsigned(n), kThreads, 0, st>>>(
+          logits.data<L>(), targets.data<int32_t>(), dlogits ? dlogits->data<D>() : nullptr, row_loss.data<float>(),
+          V, scale, mode)));
+  LR_CUDA_LAUNCHED();
+  sum_to_f64(row_loss.raw(), DType::F32, n, false, acc, logits.device());
+}
+
+Tensor upload_targets(const Tensor& logits, const std::vector<int32_t>& targets) {
+  const int64_t n = logits.dim(0), V = logits.dim(1);
+  LR_CHECK(static_cast<int64_t>(targets.size()) == n, logits.str(), " vs ", targets.size(), " targets");
+  for (int32_t t : targets) LR_CHECK(t == -100 || (t >= 0 && t < V), "target ", t, " outside vocabulary ", V);
+  return upload_i32(targets, logits.device());
+}
+
+double read_f64(const Tensor& t) { return t.to(Device::cpu()).data<double>()[0]; }  // waits for the GPU
+
+}  // namespace
+
+double cross_entropy_sum(const Tensor& logits, const std::vector<int32_t>& targets, int64_t* count) {
+  check_arg(logits, "cross_entropy_sum", "logits");
+  LR_CHECK(logits.rank() == 2, "cross_entropy_sum logits ", logits.str());
+  Tensor tgt = upload_targets(logits, targets);
+  Tensor acc = Tensor::zeros({1}, DType::F64, logits.device());
+  run(logits, tgt, 1.0f, nullptr, kLossOnly, acc.data<double>());
+  if (count) {
+    int64_t c = 0;
+    for (int32_t t : targets) c += t != -100;
+    *count = c;
+  }
+  return read_f64(acc);
+}
+
+double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& targets, float scale,
+                              Tensor& dlogits) {
+  check_arg(logits, "cross_entropy_backward", "logits");
+  check_arg(dlogits, "cross_entropy_backward", "dlogits");
+  LR_CHECK(logits.rank() == 2 && dlogits.shape() == logits.shape(), "cross_entropy_backward ", logits.str(), " ",
+           dlogits.str());
+  Tensor tgt = upload_targets(logits, targets);
+  Tensor acc = Tensor::zeros({1}, DType::F64, logits.device());
+  run(logits, tgt, scale, &dlogits, kAddGrad, acc.data<double>());
+  return read_f64(acc);
+}
+
+void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scale, Tensor& dlogits,
+                         Tensor& loss_sum) {
+  check_arg(logits, "cross_entropy_chunk", "logits");
+  check_arg(targets, "cross_entropy_chunk", "targets", true);
+  check_arg(loss_sum, "cross_entropy_chunk", "loss_sum", true);
+  LR_CHECK(logits.rank() == 2 && targets.dtype() == DType::I32 && targets.numel() == logits.dim(0),
+           "cross_entropy_chunk targets ", targets.str(), " for logits ", logits.str());
+  LR_CHECK(loss_sum.dtype() == DType::F64 && loss_sum.numel() == 1, "cross_entropy_chunk: loss_sum must be F64 [1], got ",
+           loss_sum.str());
+  if (!dlogits.defined() || dlogits.shape() != logits.shape() || !(dlogits.device() == logits.device()))
+    dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
+  check_arg(dlogits, "cross_entropy_chunk", "dlogits");
+  run(logits, targets, scale, &dlogits, kWriteGrad, loss_sum.data<double>());
+}
+
+}  // namespace lowrank::cuda

@@ -1,0 +1,61 @@
+// The core device-memory hooks (lowrank/core/device_memory.h) for builds with the CUDA backend.
+// Copies and memsets are queued on the device's stream; a copy to the host waits for it.
+#include <cstring>
+
+#include "allocator.h"
+#include "common.cuh"
+#include "context.h"
+#include "lowrank/core/device_memory.h"
+
+namespace lowrank {
+
+int cuda_device_count() {
+  static const int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();  // no driver or no device: not an error, just no GPU
+      return 0;
+    }
+    return n;
+  }();
+  return count;
+}
+
+std::shared_ptr<Storage> device_allocate(size_t bytes, Device device) {
+  size_t size_class = 0;
+  void* p = cuda::cached_malloc(device, bytes, &size_class);
+  return std::make_shared<Storage>(p, bytes, device,
+                                   [device, size_class](void* q) { cuda::cached_free(device, q, size_class); });
+}
+
+void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
+  if (bytes == 0) return;
+  if (dd.is_cpu() && sd.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  if (sd.is_cpu()) {  // host -> device: pageable memory is staged before the call returns
+    LR_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda::stream_for(dd)));
+    return;
+  }
+  if (dd.is_cpu()) {  // device -> host: the caller reads dst next, so wait
+    cudaStream_t s = cuda::stream_for(sd);
+    LR_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+    LR_CUDA(cudaStreamSynchronize(s));
+    return;
+  }
+  if (dd == sd) {
+    LR_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cuda::stream_for(dd)));
+    return;
+  }
+  // Across GPUs: finish the source's queued work, then copy on the destination's stream.
+  cuda::synchronize(sd);
+  LR_CUDA(cudaMemcpyPeerAsync(dst, dd.index, src, sd.index, bytes, cuda::stream_for(dd)));
+}
+
+void device_memset_zero(void* dst, Device device, size_t bytes) {
+  if (bytes == 0) return;
+  LR_CUDA(cudaMemsetAsync(dst, 0, bytes, cuda::stream_for(device)));
+}
+
+}  // namespace lowrank

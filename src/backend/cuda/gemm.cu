@@ -1,0 +1,178 @@
+// GEMMs through cuBLASLt with f32 accumulation (CUBLAS_COMPUTE_32F; no TF32 for f32 inputs).
+// Row-major tensors are column-major transposes, so each row-major product Y = op(X)·op(W) is run
+// as the column-major product Yᵀ = op(W)ᵀ·op(X)ᵀ: W becomes cuBLAS's A and X its B.
+// Dtypes: f32 x f32 -> f32 output runs in f32; anything else runs with bf16 inputs, a f32 operand
+// being rounded to a bf16 copy first (LoRA's f32 A/B against bf16 activations: a copy of r·in
+// elements, cheap next to the GEMM). The output (y) may be f32 or bf16 either way; beta = 1 adds
+// into it (LoRA's expand accumulated into the base output).
+#include <cublasLt.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "common.cuh"
+#include "context.h"
+#include "lowrank/backend/cuda/cuda_ops.h"
+#include "lowrank/core/device_memory.h"
+
+namespace lowrank::cuda {
+namespace {
+
+enum class Layout { NT, NN, TN };
+
+cudaDataType cuda_type(DType t) { return t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF; }
+
+uint32_t alignment(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  uint32_t al = 256;
+  while (al > 1 && (a % al) != 0) al >>= 1;
+  return al;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// A 16-byte aligned copy of a view that starts mid-row (slice_rows of an odd-sized matrix):
+// cuBLASLt's fast kernels need aligned operands, and the copy is cheap next to the GEMM.
+Tensor aligned(const Tensor& t) {
+  if (aligned16(t.raw())) return t;
+  Tensor c = Tensor::empty(t.shape(), t.dtype(), t.device());
+  device_copy(c.raw(), c.device(), t.raw(), t.device(), t.nbytes());
+  return c;
+}
+
+void lt_check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) throw InternalError(detail::concat("cuBLASLt ", what, " failed with status ", int(s)));
+}
+
+struct PlanKey {
+  int device;
+  bool ta, tb;
+  int64_t m, n, k, lda, ldb, ldc;
+  cudaDataType in, out;
+  uint32_t align_a, align_b, align_c;
+  auto tie() const { return std::tie(device, ta, tb, m, n, k, lda, ldb, ldc, in, out, align_a, align_b, align_c); }
+  bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
+};
+
+// Descriptors and the heuristic's algorithm for one problem, kept for the process: a training
+// step repeats the same few dozen shapes, and the heuristic query costs more than a small GEMM.
+struct Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+};
+
+Plan make_plan(const PlanKey& k, DeviceContext& ctx) {
+  Plan p;
+  lt_check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
+  const cublasOperation_t ta = k.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = k.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "TRANSA");
+  lt_check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "TRANSB");
+  lt_check(cublasLtMatrixLayoutCreate(&p.a, k.in, k.ta ? k.k : k.m, k.ta ? k.m : k.k, k.lda), "layout A");
+  lt_check(cublasLtMatrixLayoutCreate(&p.b, k.in, k.tb ? k.n : k.k, k.tb ? k.k : k.n, k.ldb), "layout B");
+  lt_check(cublasLtMatrixLayoutCreate(&p.c, k.out, k.m, k.n, k.ldc), "layout C");
+  cublasLtMatmulPreference_t pref;
+  lt_check(cublasLtMatmulPreferenceCreate(&pref), "PreferenceCreate");
+  const uint64_t ws = ctx.workspace_bytes;
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k.align_a, 4);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k.align_b, 4);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k.align_c, 4);
+  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k.align_c, 4);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t st =
+      cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found == 0)
+    throw InternalError(detail::concat("cuBLASLt has no algorithm for a ", k.m, "x", k.n, "x", k.k,
+                                       " GEMM (status ", int(st), ")"));
+  p.algo = result.algo;
+  return p;
+}
+
+const Plan& plan_for(const PlanKey& key, DeviceContext& ctx) {
+  static std::mutex mutex;
+  static auto* plans = new std::map<PlanKey, Plan>();  // leaked: lives as long as the handles
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = plans->find(key);
+  if (it == plans->end()) it = plans->emplace(key, make_plan(key, ctx)).first;
+  return it->second;
+}
+
+// Column-major D[m,n] = alpha op(A) op(B) + beta D.
+void lt_matmul(Device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
+               const void* B, int64_t ldb, DType in, void* C, int64_t ldc, DType out, float alpha, float beta) {
+  DeviceContext& ctx = context(dev);
+  const PlanKey key{dev.index, ta, tb, m, n, k, lda, ldb, ldc, cuda_type(in), cuda_type(out),
+                    alignment(A), alignment(B), alignment(C)};
+  const Plan& p = plan_for(key, ctx);
+  lt_check(cublasLtMatmul(ctx.lt, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo, ctx.workspace,
+                          ctx.workspace_bytes, ctx.stream),
+           "Matmul");
+}
+
+void matmul(Layout layout, const char* op, const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
+  check_arg(x, op, "x");
+  check_arg(w, op, "w");
+  LR_CHECK(x.rank() == 2 && w.rank() == 2, op, " ", x.str(), " ", w.str());
+  int64_t M, K, N;
+  switch (layout) {
+    case Layout::NT: M = x.dim(0), K = x.dim(1), N = w.dim(0); LR_CHECK(w.dim(1) == K, x.str(), " · ", w.str(), "ᵀ"); break;
+    case Layout::NN: M = x.dim(0), K = x.dim(1), N = w.dim(1); LR_CHECK(w.dim(0) == K, x.str(), " · ", w.str()); break;
+    default: K = x.dim(0), M = x.dim(1), N = w.dim(1); LR_CHECK(w.dim(0) == K, x.str(), "ᵀ · ", w.str()); break;
+  }
+  const bool reuse = y.defined() && y.rank() == 2 && y.dim(0) == M && y.dim(1) == N && y.device() == x.device();
+  if (beta != 0.0f) {
+    LR_CHECK(reuse, op, ": beta != 0 needs an output [", M, ", ", N, "] on ", x.device().str(), ", got ",
+             y.defined() ? y.str() : "undefined");
+  } else if (!reuse) {
+    const DType out = x.dtype() == DType::F32 && w.dtype() == DType::F32 ? DType::F32 : DType::BF16;
+    y = Tensor::empty({M, N}, out, x.device());
+  }
+  check_arg(y, op, "y");
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (beta == 0.0f) y.zero_();
+    else scale_(y, beta);
+    return;
+  }
+  const bool f32 = x.dtype() == DType::F32 && w.dtype() == DType::F32 && y.dtype() == DType::F32;
+  const DType in = f32 ? DType::F32 : DType::BF16;
+  const Tensor xc = aligned(cast(x, in)), wc = aligned(cast(w, in));  // no copies in the usual case
+  Tensor yc = aligned16(y.raw()) ? y : beta != 0.0f ? aligned(y) : Tensor::empty(y.shape(), y.dtype(), y.device());
+  switch (layout) {
+    case Layout::NT:
+      lt_matmul(x.device(), true, false, N, M, K, wc.raw(), K, xc.raw(), K, in, yc.raw(), N, y.dtype(), alpha, beta);
+      break;
+    case Layout::NN:
+      lt_matmul(x.device(), false, false, N, M, K, wc.raw(), N, xc.raw(), K, in, yc.raw(), N, y.dtype(), alpha, beta);
+      break;
+    case Layout::TN:
+      lt_matmul(x.device(), false, true, N, M, K, wc.raw(), N, xc.raw(), M, in, yc.raw(), N, y.dtype(), alpha, beta);
+      break;
+  }
+  if (yc.raw() != y.raw()) device_copy(y.raw(), y.device(), yc.raw(), yc.device(), y.nbytes());
+}
+
+}  // namespace
+
+void matmul_nt(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
+  matmul(Layout::NT, "matmul_nt", x, w, y, alpha, beta);
+}
+void matmul_nn(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
+  matmul(Layout::NN, "matmul_nn", x, w, y, alpha, beta);
+}
+void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
+  matmul(Layout::TN, "matmul_tn", x, w, y, alpha, beta);
+}
+
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  Tensor y;
+  matmul_nt(x, w, y);
+  if (b.defined()) add_bias_(y, b);
+  return y;
+}
+
+}  // namespace lowrank::cuda

@@ -1,0 +1,248 @@
+// RMSNorm and LayerNorm over the last dim, forward and backward. Statistics (mean, rstd) and all
+// math in f32 whatever the storage dtype. The weight (and bias) gradients are accumulated per block
+// in shared memory, written as partials [blocks, d] and summed in a fixed order (reduce.h), so they
+// are deterministic.
+#include "common.cuh"
+#include "lowrank/backend/cuda/cuda_ops.h"
+#include "reduce.h"
+
+namespace lowrank::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T, typename W>
+__global__ void rmsnorm_kernel(const T* __restrict__ x, const W* __restrict__ w, T* __restrict__ y,
+                               float* __restrict__ rstd, int64_t d, float eps) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const T* xr = x + r * d;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = to_f32(xr[i]);
+    ss += v * v;
+  }
+  ss = block_sum(ss, scratch);
+  const float rs = rsqrtf(ss / static_cast<float>(d) + eps);
+  if (threadIdx.x == 0) rstd[r] = rs;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) y[r * d + i] = from_f32<T>(to_f32(xr[i]) * rs * to_f32(w[i]));
+}
+
+template <typename T, typename W>
+__global__ void layernorm_kernel(const T* __restrict__ x, const W* __restrict__ w, const W* __restrict__ b,
+                                 T* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int64_t d,
+                                 float eps) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const T* xr = x + r * d;
+  float s = 0.0f;
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) s += to_f32(xr[i]);
+  const float mu = block_sum(s, scratch) / static_cast<float>(d);
+  float var = 0.0f;  // second pass over the row: no cancellation from E[x²] - E[x]²
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float c = to_f32(xr[i]) - mu;
+    var += c * c;
+  }
+  var = block_sum(var, scratch) / static_cast<float>(d);
+  const float rs = rsqrtf(var + eps);
+  if (threadIdx.x == 0) {
+    mean[r] = mu;
+    rstd[r] = rs;
+  }
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = (to_f32(xr[i]) - mu) * rs * to_f32(w[i]) + (b ? to_f32(b[i]) : 0.0f);
+    y[r * d + i] = from_f32<T>(v);
+  }
+}
+
+// Grid-stride over rows; dynamic shared memory holds this block's dw (and db) partial [d] (x2).
+template <typename T, typename W>
+__global__ void rmsnorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
+                                        const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw_part,
+                                        int64_t rows, int64_t d) {
+  extern __shared__ float acc[];
+  __shared__ float scratch[32];
+  if (dw_part)
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) acc[i] = 0.0f;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * d;
+    const T* gr = dy + r * d;
+    float dot = 0.0f;  // Σ dy·w·x
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dot += to_f32(gr[i]) * to_f32(w[i]) * to_f32(xr[i]);
+    dot = block_sum(dot, scratch);
+    const float rs = rstd[r];
+    const float c = dot / static_cast<float>(d) * rs * rs * rs;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      const float g = to_f32(gr[i]), xv = to_f32(xr[i]);
+      dx[r * d + i] = from_f32<T>(rs * g * to_f32(w[i]) - c * xv);
+      if (dw_part) acc[i] += g * xv * rs;
+    }
+  }
+  if (dw_part)
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dw_part[int64_t(blockIdx.x) * d + i] = acc[i];
+}
+
+template <typename T, typename W>
+__global__ void layernorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
+                                          const float* __restrict__ mean, const float* __restrict__ rstd,
+                                          T* __restrict__ dx, float* __restrict__ dw_part, float* __restrict__ db_part,
+                                          int64_t rows, int64_t d) {
+  extern __shared__ float acc[];  // [0, d): dw, [d, 2d): db
+  __shared__ float scratch[32];
+  for (int64_t i = threadIdx.x; i < 2 * d; i += blockDim.x) acc[i] = 0.0f;
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * d;
+    const T* gr = dy + r * d;
+    const float mu = mean[r], rs = rstd[r];
+    float s1 = 0.0f, s2 = 0.0f;  // Σ dx̂, Σ dx̂·x̂
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      const float xhat = (to_f32(xr[i]) - mu) * rs;
+      const float g = to_f32(gr[i]) * to_f32(w[i]);
+      s1 += g;
+      s2 += g * xhat;
+    }
+    s1 = block_sum(s1, scratch) / static_cast<float>(d);
+    s2 = block_sum(s2, scratch) / static_cast<float>(d);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      const float xhat = (to_f32(xr[i]) - mu) * rs;
+      const float gy = to_f32(gr[i]);
+      dx[r * d + i] = from_f32<T>(rs * (gy * to_f32(w[i]) - s1 - xhat * s2));
+      acc[i] += gy * xhat;
+      acc[d + i] += gy;
+    }
+  }
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    if (dw_part) dw_part[int64_t(blockIdx.x) * d + i] = acc[i];
+    if (db_part) db_part[int64_t(blockIdx.x) * d + i] = acc[d + i];
+  }
+}
+
+int norm_grid(int64_t rows, Device dev) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, 2 * multiprocessor_count(dev))));
+}
+
+// Raises the dynamic shared-memory limit of `kernel` when a backward needs more than 48 KB.
+template <typename K>
+void allow_smem(K kernel, size_t bytes, int64_t d) {
+  if (bytes > 227 * 1024)
+    throw error("norm backward: hidden size ", d, " is too large for the CUDA kernel (at most ",
+                227 * 1024 / sizeof(float) / 2, ")");
+  if (bytes > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+void check_norm_args(const char* op, const Tensor& x, const Tensor& w, int64_t* rows) {
+  check_arg(x, op, "x");
+  check_arg(w, op, "w");
+  const int64_t d = w.numel();
+  LR_CHECK(d > 0 && x.numel() % d == 0 && x.dim(-1) == d, op, " ", x.str(), " with weight ", w.str());
+  *rows = x.numel() / d;
+}
+
+}  // namespace
+
+Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out) {
+  int64_t rows;
+  check_norm_args("rmsnorm", x, w, &rows);
+  const int64_t d = w.numel();
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor rstd = Tensor::empty({rows}, DType::F32, x.device());
+  if (rows > 0) {
+    cudaStream_t st = stream_for(x.device());
+    LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
+        rmsnorm_kernel<<<unsigned(rows), kThreads, 0, st>>>(x.data<T>(), w.data<W>(), y.data<T>(), rstd.data<float>(),
+                                                           d, eps)));
+    LR_CUDA_LAUNCHED();
+  }
+  if (rstd_out) *rstd_out = rstd;
+  return y;
+}
+
+Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor* mean_out, Tensor* rstd_out) {
+  int64_t rows;
+  check_norm_args("layernorm", x, w, &rows);
+  const int64_t d = w.numel();
+  if (b.defined()) {
+    check_arg(b, "layernorm", "b");
+    LR_CHECK(b.numel() == d && b.dtype() == w.dtype(), "layernorm bias ", b.str(), " for weight ", w.str());
+  }
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor mean = Tensor::empty({rows}, DType::F32, x.device()), rstd = Tensor::empty({rows}, DType::F32, x.device());
+  if (rows > 0) {
+    cudaStream_t st = stream_for(x.device());
+    LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
+        layernorm_kernel<<<unsigned(rows), kThreads, 0, st>>>(x.data<T>(), w.data<W>(),
+                                                             b.defined() ? b.data<W>() : nullptr, y.data<T>(),
+                                                             mean.data<float>(), rstd.data<float>(), d, eps)));
+    LR_CUDA_LAUNCHED();
+  }
+  if (mean_out) *mean_out = mean;
+  if (rstd_out) *rstd_out = rstd;
+  return y;
+}
+
+Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw) {
+  int64_t rows;
+  check_norm_args("rmsnorm_backward", x, w, &rows);
+  check_arg(dy, "rmsnorm_backward", "dy");
+  LR_CHECK(dy.dtype() == x.dtype() && dy.numel() == x.numel(), "rmsnorm_backward dy ", dy.str(), " x ", x.str());
+  LR_CHECK(rstd.dtype() == DType::F32 && rstd.numel() == rows, "rmsnorm_backward rstd ", rstd.str());
+  const int64_t d = w.numel();
+  const bool want_dw = dw && dw->defined();
+  if (want_dw) {
+    check_arg(*dw, "rmsnorm_backward", "dw");
+    LR_CHECK(dw->dtype() == DType::F32 && dw->numel() == d, "rmsnorm_backward: dw must be F32 [", d, "], got ",
+             dw->str());
+  }
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (rows == 0) return dx;
+  const int grid = norm_grid(rows, x.device());
+  Tensor part = want_dw ? Tensor::empty({grid, d}, DType::F32, x.device()) : Tensor();
+  const size_t smem = want_dw ? d * sizeof(float) : 0;
+  cudaStream_t st = stream_for(x.device());
+  LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W, {
+    allow_smem(rmsnorm_backward_kernel<T, W>, smem, d);
+    rmsnorm_backward_kernel<T, W><<<grid, kThreads, smem, st>>>(dy.data<T>(), x.data<T>(), w.data<W>(),
+                                                                rstd.data<float>(), dx.data<T>(),
+                                                                want_dw ? part.data<float>() : nullptr, rows, d);
+  }));
+  LR_CUDA_LAUNCHED();
+  if (want_dw) column_sum_add(part.raw(), DType::F32, grid, d, dw->data<float>(), x.device());
+  return dx;
+}
+
+Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
+                          Tensor* dw, Tensor* db) {
+  int64_t rows;
+  check_norm_args("layernorm_backward", x, w, &rows);
+  check_arg(dy, "layernorm_backward", "dy");
+  LR_CHECK(dy.dtype() == x.dtype() && dy.numel() == x.numel(), "layernorm_backward dy ", dy.str(), " x ", x.str());
+  LR_CHECK(rstd.dtype() == DType::F32 && rstd.numel() == rows && mean.dtype() == DType::F32 && mean.numel() == rows,
+           "layernorm_backward mean ", mean.str(), " rstd ", rstd.str());
+  const int64_t d = w.numel();
+  const bool want_dw = dw && dw->defined(), want_db = db && db->defined();
+  for (Tensor* g : {want_dw ? dw : nullptr, want_db ? db : nullptr})
+    if (g) {
+      check_arg(*g, "layernorm_backward", "weight grad");
+      LR_CHECK(g->dtype() == DType::F32 && g->numel() == d, "layernorm_backward: grads must be F32 [", d, "], got ",
+               g->str());
+    }
+  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  if (rows == 0) return dx;
+  const int grid = norm_grid(rows, x.device());
+  Tensor dw_part = want_dw ? Tensor::empty({grid, d}, DType::F32, x.device()) : Tensor();
+  Tensor db_part = want_db ? Tensor::empty({grid, d}, DType::F32, x.device()) : Tensor();
+  const size_t smem = 2 * d * sizeof(float);
+  cudaStream_t st = stream_for(x.device());
+  LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W, {
+    allow_smem(layernorm_backward_kernel<T, W>, smem, d);
+    layernorm_backward_kernel<T, W><<<grid, kThreads, smem, st>>>(
+        dy.data<T>(), x.data<T>(), w.data<W>(), mean.data<float>(), rstd.data<float>(), dx.data<T>(),
+        want_dw ? dw_part.data<float>() : nullptr, want_db ? db_part.data<float>() : nullptr, rows, d);
+  }));
+  LR_CUDA_LAUNCHED();
+  if (want_dw) column_sum_add(dw_part.raw(), DType::F32, grid, d, dw->data<float>(), x.device());
+  if (want_db) column_sum_add(db_part.raw(), DType::F32, grid, d, db->data<float>(), x.device());
+  return dx;
+}
+
+}  // namespace lowrank::cuda

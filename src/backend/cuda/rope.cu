@@ -1,0 +1,56 @@
+// Rotary position embedding in place, HF's rotate_half convention: for i < hd/2,
+// (a, b) = (x[i], x[i + hd/2]) -> (a cos - b sin, b cos + a sin); inverse rotates by -angle (the
+// backward). cos/sin are f32 tables [P, hd/2].
+#include "common.cuh"
+#include "lowrank/backend/cuda/cuda_ops.h"
+
+namespace lowrank::cuda {
+namespace {
+
+template <typename T>
+__global__ void rope_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ cos_t,
+                            const float* __restrict__ sin_t, int64_t n, int64_t heads, int64_t half, int64_t P,
+                            float sign) {
+  const int64_t total = n * heads * half;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = e % half, h = (e / half) % heads, t = e / (half * heads);
+    const int32_t p = pos[t];
+    if (p < 0 || p >= P) continue;  // positions are validated by the caller (vector form checks)
+    const float c = cos_t[int64_t(p) * half + i], s = sin_t[int64_t(p) * half + i];
+    T* v = x + (t * heads + h) * 2 * half;
+    const float a = to_f32(v[i]), b = to_f32(v[i + half]);
+    v[i] = from_f32<T>(a * c - sign * b * s);
+    v[i + half] = from_f32<T>(b * c + sign * a * s);
+  }
+}
+
+}  // namespace
+
+void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin, bool inverse) {
+  check_arg(x, "rope_", "x");
+  check_arg(pos, "rope_", "pos", true);
+  check_arg(cos, "rope_", "cos");
+  check_arg(sin, "rope_", "sin");
+  const int64_t n = x.dim(0), hd = x.dim(1) / heads, half = hd / 2;
+  LR_CHECK(x.rank() == 2 && x.dim(1) == heads * hd && hd % 2 == 0, "rope_ x ", x.str(), " heads ", heads);
+  LR_CHECK(pos.dtype() == DType::I32 && pos.numel() == n, "rope_ pos ", pos.str(), " for ", x.str());
+  LR_CHECK(cos.dtype() == DType::F32 && sin.dtype() == DType::F32 && cos.rank() == 2 && cos.dim(1) == half &&
+               sin.shape() == cos.shape(),
+           "rope_ tables must be F32 [P, ", half, "], got ", cos.str(), " ", sin.str());
+  if (n == 0 || half == 0) return;
+  cudaStream_t st = stream_for(x.device());
+  LR_FLOAT_TYPES(x.dtype(), T,
+      rope_kernel<<<grid_for(n * heads * half, 256), 256, 0, st>>>(x.data<T>(), pos.data<int32_t>(),
+                                                                   cos.data<float>(), sin.data<float>(), n, heads,
+                                                                   half, cos.dim(0), inverse ? -1.0f : 1.0f));
+  LR_CUDA_LAUNCHED();
+}
+
+void rope_(Tensor& x, int64_t heads, const std::vector<int32_t>& pos, const Tensor& cos, const Tensor& sin,
+           bool inverse) {
+  for (int32_t p : pos)
+    LR_CHECK(p >= 0 && p < cos.dim(0), "position ", p, " beyond rope table ", cos.dim(0));
+  rope_(x, heads, upload_i32(pos, x.device()), cos, sin, inverse);
+}
+
+}  // namespace lowrank::cuda

@@ -1,0 +1,111 @@
+// CUDA device handling and the caching allocator.
+#ifdef LOWRANK_WITH_CUDA
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "cuda/cuda_test_util.h"
+#include "lowrank/ops/ops.h"
+
+using namespace lowrank;
+using namespace lowrank::test;
+
+TEST(CudaDevice, NoGpuGivesAClearError) {
+  if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is visible";
+  try {
+    Tensor::empty({4}, DType::F32, Device::cuda(0));
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no CUDA GPU is visible"), std::string::npos) << e.what();
+  }
+}
+
+TEST(CudaDevice, MissingDeviceIndexIsAnError) {
+  LR_REQUIRE_GPU();
+  const int n = cuda_device_count();
+  try {
+    Tensor::empty({4}, DType::F32, Device::cuda(n));
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cuda:" + std::to_string(n)), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("visible"), std::string::npos) << e.what();
+  }
+  EXPECT_NE(std::string(cuda::device_description(gpu())).find("cuda:0"), std::string::npos);
+}
+
+TEST(CudaDevice, CopiesRoundTripAndZero) {
+  LR_REQUIRE_GPU();
+  Tensor a = random_cpu({37, 11}, 1);
+  Tensor d = a.to(gpu());
+  Tensor d2 = d.clone();  // device -> device through the host
+  Tensor e = Tensor::empty(a.shape(), DType::F32, gpu());
+  device_copy(e.raw(), gpu(), d.raw(), gpu(), a.nbytes());  // device -> device
+  for (const Tensor* t : {&d, &d2, &e}) {
+    Tensor back = t->to(Device::cpu());
+    EXPECT_EQ(std::memcmp(back.raw(), a.raw(), a.nbytes()), 0);
+  }
+  // A view at a row offset copies just its rows.
+  Tensor rows = d.slice_rows(5, 9).to(Device::cpu());
+  EXPECT_EQ(std::memcmp(rows.raw(), a.slice_rows(5, 9).raw(), rows.nbytes()), 0);
+  e.zero_();
+  Tensor z = e.to(Device::cpu());
+  for (int64_t i = 0; i < z.numel(); ++i) ASSERT_EQ(z.f32()[i], 0.0f);
+}
+
+TEST(CudaAllocator, SteadyStateLoopDoesNotCallCudaMalloc) {
+  LR_REQUIRE_GPU();
+  auto step = [] {
+    Tensor x = Tensor::empty({64, 1000}, DType::BF16, gpu());
+    Tensor y = Tensor::empty({3, 333}, DType::F32, gpu());
+    Tensor z = ops::cast(x, DType::F32);
+    ops::scale_(z, 2.0f);
+  };
+  step();
+  cuda::synchronize(gpu());
+  const cuda::AllocatorStats before = cuda::allocator_stats(gpu());
+  for (int i = 0; i < 20; ++i) step();
+  cuda::synchronize(gpu());
+  const cuda::AllocatorStats after = cuda::allocator_stats(gpu());
+  EXPECT_EQ(after.device_mallocs, before.device_mallocs);
+  EXPECT_GE(after.reuses, before.reuses + 60);
+  EXPECT_EQ(after.in_use, before.in_use);
+}
+
+TEST(CudaAllocator, SizeClasses) {
+  EXPECT_EQ(cuda::allocation_size_class(0), 512u);
+  EXPECT_EQ(cuda::allocation_size_class(513), 1024u);
+  EXPECT_EQ(cuda::allocation_size_class(1u << 20), 1u << 20);
+  EXPECT_EQ(cuda::allocation_size_class((1u << 20) + 1), (1u << 20) + (1u << 17));
+  for (size_t b : {size_t(1000), size_t(3) << 20, size_t(77777777), size_t(5) << 30}) {
+    const size_t c = cuda::allocation_size_class(b);
+    EXPECT_GE(c, b);
+    EXPECT_LE(c, b + b / 8 + 512) << b;
+  }
+}
+
+TEST(CudaAllocator, OutOfMemoryNamesTheBytesAndSuggestsAFix) {
+  LR_REQUIRE_GPU();
+  const int64_t huge = int64_t(1) << 48;  // 256 TiB of bytes
+  try {
+    Tensor::empty({huge}, DType::U8, gpu());
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(std::to_string(huge) + " bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--checkpointing"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("out of memory"), std::string::npos) << msg;
+  }
+  // The device still works afterwards.
+  Tensor t = Tensor::zeros({8}, DType::F32, gpu());
+  EXPECT_EQ(t.to(Device::cpu()).f32()[7], 0.0f);
+  cuda::empty_cache(gpu());
+  EXPECT_EQ(cuda::allocator_stats(gpu()).cached, 0u);
+}
+
+TEST(CudaOps, MixedDevicesAreAnError) {
+  LR_REQUIRE_GPU();
+  Tensor a = Tensor::zeros({2, 2});
+  Tensor b = Tensor::zeros({2, 2}, DType::F32, gpu());
+  EXPECT_THROW(ops::add_(a, b), Error);
+}
+#endif

@@ -1,0 +1,104 @@
+// Element-wise CUDA ops against the CPU ops: adds, bias, activations, SwiGLU, casts, transpose.
+#ifdef LOWRANK_WITH_CUDA
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "cuda/cuda_test_util.h"
+#include "lowrank/backend/cpu/cpu_ops.h"
+#include "lowrank/ops/ops.h"
+
+using namespace lowrank;
+using namespace lowrank::test;
+
+TEST(CudaElementwise, AddScaledAndBiasWithMixedDtypes) {
+  LR_REQUIRE_GPU();
+  uint64_t seed = 1;
+  for (DType yt : float_types())
+    for (DType xt : float_types()) {
+      SCOPED_TRACE(testing::Message() << "y " << name(yt) << " x " << name(xt));
+      Tensor y = random_cpu({33, 77}, seed++), x = random_cpu({33, 77}, seed++), b = random_cpu({77}, seed++);
+      Tensor ref = rounded(y, yt).clone();
+      cpu::add_scaled_(ref, rounded(x, xt), -0.75f);
+      cpu::add_bias_(ref, rounded(b, xt));
+      cpu::add_(ref, rounded(x, xt));
+      Tensor yd = to_gpu(y, yt);
+      ops::add_scaled_(yd, to_gpu(x, xt), -0.75f);
+      ops::add_bias_(yd, to_gpu(b, xt));
+      ops::add_(yd, to_gpu(x, xt));
+      EXPECT_LE(rel_err(yd, ref), tol_for(yt == DType::BF16 || xt == DType::BF16 ? DType::BF16 : DType::F32));
+    }
+}
+
+TEST(CudaElementwise, ActivationsForwardAndBackward) {
+  LR_REQUIRE_GPU();
+  uint64_t seed = 10;
+  for (DType t : float_types())
+    for (ops::Act a : {ops::Act::SiLU, ops::Act::GeluTanh, ops::Act::GeluErf, ops::Act::ReLU}) {
+      SCOPED_TRACE(testing::Message() << name(t) << " act " << int(a));
+      Tensor x = random_cpu({129, 67}, seed++, 4.0f), dy = random_cpu({129, 67}, seed++);
+      Tensor xr = rounded(x, t), dyr = rounded(dy, t);
+      EXPECT_LE(rel_err(ops::activation(to_gpu(x, t), a), cpu::activation(xr, a)), tol_for(t));
+      EXPECT_LE(rel_err(ops::activation_backward(to_gpu(dy, t), to_gpu(x, t), a), cpu::activation_backward(dyr, xr, a)),
+                tol_for(t));
+    }
+}
+
+TEST(CudaElementwise, SwiGluForwardAndBackward) {
+  LR_REQUIRE_GPU();
+  for (DType t : float_types()) {
+    Tensor g = random_cpu({100, 45}, 1, 3.0f), u = random_cpu({100, 45}, 2, 2.0f), dy = random_cpu({100, 45}, 3);
+    Tensor gr = rounded(g, t), ur = rounded(u, t), dyr = rounded(dy, t);
+    EXPECT_LE(rel_err(ops::swiglu(to_gpu(g, t), to_gpu(u, t)), cpu::swiglu(gr, ur)), tol_for(t)) << name(t);
+    Tensor dg, du, rdg, rdu;
+    ops::swiglu_backward(to_gpu(dy, t), to_gpu(g, t), to_gpu(u, t), dg, du);
+    cpu::swiglu_backward(dyr, gr, ur, rdg, rdu);
+    EXPECT_LE(rel_err(dg, rdg), tol_for(t)) << name(t);
+    EXPECT_LE(rel_err(du, rdu), tol_for(t)) << name(t);
+  }
+}
+
+TEST(CudaElementwise, CastsAreExactRoundToNearestEven) {
+  LR_REQUIRE_GPU();
+  Tensor x = random_cpu({1001}, 5, 100.0f);
+  for (DType to : {DType::BF16, DType::F16}) {
+    Tensor ref = x.to(to);                            // CPU rounding
+    Tensor got = ops::cast(x.to(gpu()), to).to(Device::cpu());
+    EXPECT_EQ(std::memcmp(got.raw(), ref.raw(), ref.nbytes()), 0) << dtype_name(to);
+    Tensor back = ops::cast(got.to(gpu()), DType::F32).to(Device::cpu());
+    Tensor back_ref = ref.to(DType::F32);
+    EXPECT_EQ(std::memcmp(back.raw(), back_ref.raw(), back_ref.nbytes()), 0) << dtype_name(to);
+  }
+  Tensor same = x.to(gpu());
+  EXPECT_EQ(ops::cast(same, DType::F32).raw(), same.raw());  // no copy when the dtype matches
+}
+
+TEST(CudaElementwise, FillScaleTranspose) {
+  LR_REQUIRE_GPU();
+  for (DType t : float_types()) {
+    Tensor d = Tensor::empty({7, 9}, t, gpu());
+    ops::fill_(d, 1.5f);
+    ops::scale_(d, -2.0f);
+    Tensor h = to_host(d);
+    for (int64_t i = 0; i < h.numel(); ++i) ASSERT_EQ(h.f32()[i], -3.0f);
+    Tensor x = random_cpu({67, 45}, 9);
+    Tensor tx = ops::transpose2d(to_gpu(x, t));
+    EXPECT_EQ(tx.shape(), (Shape{45, 67}));
+    Tensor ref = cpu::transpose2d(rounded(x, t));
+    EXPECT_EQ(rel_err(tx, ref), 0.0) << name(t);
+  }
+}
+
+TEST(CudaElementwise, BiasGradIsAColumnSum) {
+  LR_REQUIRE_GPU();
+  for (DType t : float_types())
+    for (auto [n, m] : {std::pair{1, 5}, std::pair{333, 70}, std::pair{20000, 65}}) {
+      Tensor dy = random_cpu({n, m}, n + m), db0 = random_cpu({m}, 3);
+      Tensor ref = db0.clone();
+      cpu::bias_grad_(ref, rounded(dy, t));
+      Tensor db = db0.to(gpu());
+      ops::bias_grad_(db, to_gpu(dy, t));
+      EXPECT_LE(rel_err(db, ref), kTolF32) << name(t) << " " << n << "x" << m;
+    }
+}
+#endif

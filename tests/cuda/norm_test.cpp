@@ -1,0 +1,71 @@
+// RMSNorm / LayerNorm CUDA kernels against the CPU, forward (with saved statistics) and backward
+// (dx and the accumulated weight / bias gradients).
+#ifdef LOWRANK_WITH_CUDA
+#include <gtest/gtest.h>
+
+#include "cuda/cuda_test_util.h"
+#include "lowrank/backend/cpu/cpu_ops.h"
+#include "lowrank/ops/ops.h"
+
+using namespace lowrank;
+using namespace lowrank::test;
+
+namespace {
+const std::pair<int64_t, int64_t> kShapes[] = {{1, 8}, {37, 100}, {300, 1000}, {5, 4097}, {2000, 64}};
+}
+
+TEST(CudaNorm, RmsNormForwardAndBackward) {
+  LR_REQUIRE_GPU();
+  uint64_t seed = 1;
+  for (DType t : float_types())
+    for (DType wt : float_types())
+      for (auto [rows, d] : kShapes) {
+        SCOPED_TRACE(testing::Message() << name(t) << " w " << name(wt) << " " << rows << "x" << d);
+        Tensor x = random_cpu({rows, d}, seed++, 3.0f), w = random_cpu({d}, seed++), dy = random_cpu({rows, d}, seed++);
+        Tensor dw0 = random_cpu({d}, seed++);
+        Tensor xr = rounded(x, t), wr = rounded(w, wt), dyr = rounded(dy, t);
+        Tensor rstd_ref, rstd;
+        Tensor ref = cpu::rmsnorm(xr, wr, 1e-6f, &rstd_ref);
+        Tensor got = ops::rmsnorm(to_gpu(x, t), to_gpu(w, wt), 1e-6f, &rstd);
+        EXPECT_EQ(got.dtype(), t);
+        EXPECT_LE(rel_err(got, ref), tol_for(t));
+        EXPECT_LE(rel_err(rstd, rstd_ref), kTolF32);
+        Tensor dw_ref = dw0.clone(), dw = dw0.to(gpu());
+        Tensor dx_ref = cpu::rmsnorm_backward(dyr, xr, wr, rstd_ref, &dw_ref);
+        Tensor dx = ops::rmsnorm_backward(to_gpu(dy, t), to_gpu(x, t), to_gpu(w, wt), rstd, &dw);
+        EXPECT_LE(rel_err(dx, dx_ref), tol_for(t));
+        EXPECT_LE(rel_err(dw, dw_ref), 1e-4);  // f32 sums over many rows, in another order
+        Tensor none;
+        Tensor dx2 = ops::rmsnorm_backward(to_gpu(dy, t), to_gpu(x, t), to_gpu(w, wt), rstd, &none);
+        EXPECT_LE(rel_err(dx2, dx_ref), tol_for(t));
+      }
+}
+
+TEST(CudaNorm, LayerNormForwardAndBackward) {
+  LR_REQUIRE_GPU();
+  uint64_t seed = 100;
+  for (DType t : float_types())
+    for (bool bias : {true, false})
+      for (auto [rows, d] : kShapes) {
+        SCOPED_TRACE(testing::Message() << name(t) << " bias " << bias << " " << rows << "x" << d);
+        Tensor x = random_cpu({rows, d}, seed++, 3.0f), w = random_cpu({d}, seed++), b = random_cpu({d}, seed++);
+        Tensor dy = random_cpu({rows, d}, seed++);
+        // Offset the rows so that the mean matters.
+        for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] += 1.5f;
+        Tensor xr = rounded(x, t), wr = rounded(w, t), br = bias ? rounded(b, t) : Tensor(), dyr = rounded(dy, t);
+        Tensor mean_ref, rstd_ref, mean, rstd;
+        Tensor ref = cpu::layernorm(xr, wr, br, 1e-5f, &mean_ref, &rstd_ref);
+        Tensor got = ops::layernorm(to_gpu(x, t), to_gpu(w, t), bias ? to_gpu(b, t) : Tensor(), 1e-5f, &mean, &rstd);
+        EXPECT_LE(rel_err(got, ref), tol_for(t));
+        EXPECT_LE(rel_err(mean, mean_ref), kTolF32);
+        EXPECT_LE(rel_err(rstd, rstd_ref), kTolF32);
+        Tensor dw_ref = Tensor::zeros({d}), db_ref = Tensor::zeros({d});
+        Tensor dw = Tensor::zeros({d}, DType::F32, gpu()), db = Tensor::zeros({d}, DType::F32, gpu());
+        Tensor dx_ref = cpu::layernorm_backward(dyr, xr, wr, mean_ref, rstd_ref, &dw_ref, &db_ref);
+        Tensor dx = ops::layernorm_backward(to_gpu(dy, t), to_gpu(x, t), to_gpu(w, t), mean, rstd, &dw, &db);
+        EXPECT_LE(rel_err(dx, dx_ref), tol_for(t));
+        EXPECT_LE(rel_err(dw, dw_ref), 1e-4);
+        EXPECT_LE(rel_err(db, db_ref), 1e-4);
+      }
+}
+#endif

@@ -1,0 +1,136 @@
+// The op layer: CPU dispatch of the device-resident ops against the code they replace (LoRA
+// dropout, AdamW, grad norm, cross-entropy), and the errors for tensors on other devices.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "lowrank/core/rng.h"
+#include "lowrank/ops/ops.h"
+#include "lowrank/train/grad_clip.h"
+#include "lowrank/train/optimizer.h"
+
+using namespace lowrank;
+
+namespace {
+Tensor random_t(const Shape& s, uint64_t seed, float amp = 1.0f) {
+  Tensor t = Tensor::empty(s);
+  Rng rng(seed);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform(-amp, amp);
+  return t;
+}
+Tensor i32(const std::vector<int32_t>& v) {
+  Tensor t = Tensor::empty({static_cast<int64_t>(v.size())}, DType::I32);
+  std::copy(v.begin(), v.end(), t.data<int32_t>());
+  return t;
+}
+}  // namespace
+
+TEST(OpsDispatch, DropoutDrawsLikeTheLoraHook) {
+  Tensor x = random_t({13, 29}, 1);
+  const double p = 0.05;
+  Rng rng(7, 11);
+  const float keep = static_cast<float>(1.0 - p);
+  Tensor mask;
+  Tensor got = ops::dropout(x, p, 7, 11, mask);
+  for (int64_t k = 0; k < x.numel(); ++k) {
+    const bool kept = rng.uniform() < keep;  // lora_hook's loop
+    ASSERT_EQ(mask.data<uint8_t>()[k], kept);
+    ASSERT_EQ(got.f32()[k], kept ? x.f32()[k] / keep : 0.0f);
+  }
+  Tensor dx = Tensor::zeros(x.shape());
+  ops::dropout_backward_add_(dx, x, mask, p);
+  for (int64_t k = 0; k < x.numel(); ++k) ASSERT_EQ(dx.f32()[k], got.f32()[k]);
+}
+
+TEST(OpsDispatch, AdamWUpdateEqualsTrainAdamW) {
+  train::AdamWConfig cfg;
+  cfg.weight_decay = 0.1;
+  train::AdamW opt(cfg);
+  Tensor p = random_t({100}, 1), p2 = p.clone(), m = Tensor::zeros({100}), v = Tensor::zeros({100});
+  for (int step = 1; step <= 3; ++step) {
+    Tensor g = random_t({100}, 10 + step, 0.1f);
+    std::vector<train::ParamRef> refs{{"p", p, g, true}};
+    const double lr = 1e-2;
+    opt.step(refs, lr);
+    ops::AdamWScalars s;
+    s.apply_decay = true;
+    s.decay = static_cast<float>(1.0 - lr * cfg.weight_decay);
+    s.lerp_w = static_cast<float>(1.0 - cfg.beta1);
+    s.beta2 = static_cast<float>(cfg.beta2);
+    s.one_minus_beta2 = static_cast<float>(1.0 - cfg.beta2);
+    s.bc2_sqrt = static_cast<float>(std::pow(1.0 - std::pow(cfg.beta2, step), 0.5));
+    s.eps = static_cast<float>(cfg.eps);
+    s.neg_step = static_cast<float>(-lr / (1.0 - std::pow(cfg.beta1, step)));
+    ops::adamw_update_(p2, g, m, v, s);
+  }
+  EXPECT_EQ(std::memcmp(p.raw(), p2.raw(), p.nbytes()), 0);
+}
+
+TEST(OpsDispatch, SumSquaresAndClipFollowGradClip) {
+  Tensor g = random_t({50000}, 3), g2 = g.clone();
+  std::vector<train::ParamRef> refs{{"g", g, g, true}};
+  const double norm = train::global_grad_norm(refs);
+  Tensor acc = Tensor::zeros({1}, DType::F64);
+  ops::sum_squares_(g, acc);
+  EXPECT_EQ(std::sqrt(acc.data<double>()[0]), norm);
+  std::vector<train::ParamRef> refs2{{"g", g2, g2, true}};
+  train::clip_grad_norm(refs2, norm / 3);
+  ops::clip_by_total_(g, acc, norm / 3);
+  EXPECT_EQ(std::memcmp(g.raw(), g2.raw(), g.nbytes()), 0);
+}
+
+TEST(OpsDispatch, CrossEntropyChunkMatchesBackwardAndWorksInPlace) {
+  Tensor logits = random_t({9, 101}, 4, 5.0f);
+  const std::vector<int32_t> tg{1, -100, 100, 0, 5, 5, -100, 77, 3};
+  Tensor dref = Tensor::zeros(logits.shape());
+  const double lref = ops::cross_entropy_backward(logits, tg, 0.5f, dref);
+  Tensor acc = Tensor::zeros({1}, DType::F64), d;
+  ops::cross_entropy_chunk(logits, i32(tg), 0.5f, d, acc);
+  EXPECT_EQ(acc.data<double>()[0], lref);
+  EXPECT_EQ(std::memcmp(d.raw(), dref.raw(), d.nbytes()), 0);
+  Tensor inplace = logits.clone();
+  ops::cross_entropy_chunk(inplace, i32(tg), 0.5f, inplace, acc);
+  EXPECT_EQ(std::memcmp(inplace.raw(), dref.raw(), d.nbytes()), 0);
+  EXPECT_EQ(acc.data<double>()[0], 2 * lref);
+}
+
+TEST(OpsDispatch, TensorIdFormsEqualVectorForms) {
+  Tensor table = random_t({10, 4}, 5);
+  const std::vector<int32_t> ids{3, 9, 0, 3};
+  Tensor a = ops::embedding(table, ids), b = ops::embedding(table, i32(ids));
+  EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0);
+  EXPECT_THROW(ops::embedding(table, i32({10})), Error);
+  Tensor g1 = Tensor::zeros({10, 4}), g2 = Tensor::zeros({10, 4});
+  ops::embedding_backward_(g1, ids, a);
+  ops::embedding_backward_(g2, i32(ids), a);
+  EXPECT_EQ(std::memcmp(g1.raw(), g2.raw(), g1.nbytes()), 0);
+  Tensor cos = random_t({8, 2}, 6), sin = random_t({8, 2}, 7);
+  Tensor x1 = random_t({4, 8}, 8), x2 = x1.clone();
+  const std::vector<int32_t> pos{1, 7, 0, 3};
+  ops::rope_(x1, 2, pos, cos, sin);
+  ops::rope_(x2, 2, i32(pos), cos, sin);
+  EXPECT_EQ(std::memcmp(x1.raw(), x2.raw(), x1.nbytes()), 0);
+}
+
+TEST(OpsDispatch, TensorsOnOtherDevicesAreClearErrors) {
+  // A CUDA-tagged tensor that is never touched: the dispatch must refuse before any kernel runs.
+  auto owner = std::make_shared<std::vector<float>>(4);
+  Tensor fake = Tensor::wrap(owner->data(), {2, 2}, DType::F32, Device::cuda(0), owner);
+  Tensor y = Tensor::zeros({2, 2});
+  try {
+    ops::add_(y, fake);
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("different devices (cpu and cuda:0)"), std::string::npos) << e.what();
+  }
+#ifndef LOWRANK_WITH_CUDA
+  try {
+    ops::activation(fake, ops::Act::SiLU);
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("without the CUDA backend"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Tensor::empty({2}, DType::F32, Device::cuda(0)), Error);
+#endif
+}
