@@ -68,21 +68,24 @@ int64_t Model::parameter_count() const {
   return n;
 }
 
-Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, ForwardCache* cache) const {
+Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, ForwardCache* cache, KVCache* kv) const {
   const ModelConfig& c = config_;
   const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
   LR_CHECK(static_cast<int64_t>(batch.ids.size()) == N, "batch of ", batch.ids.size(), " ids for ", B, "x", T);
-  if (T > c.max_position_embeddings && c.is_gpt2())
-    throw error("sequence of ", T, " tokens is longer than the model's ", c.max_position_embeddings, " positions");
+  LR_CHECK(!kv || (B == 1 && !cache), "KV-cached forward takes one sequence and no backward cache");
+  const int64_t start = kv ? kv->length : 0;
+  if (start + T > c.max_position_embeddings && c.is_gpt2())
+    throw error("sequence of ", start + T, " tokens is longer than the model's ", c.max_position_embeddings,
+                " positions");
   std::vector<int32_t> pos(N);
-  for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);
+  for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(start + i % T);
 
   Tensor x = ops::embedding(weights_.embed, batch.ids);
   if (weights_.positions.defined()) {
     Tensor p = ops::embedding(weights_.positions, pos);
     ops::add_(x, p);
   }
-  const RopeTables* tables = c.is_gpt2() ? nullptr : &rope(T);
+  const RopeTables* tables = c.is_gpt2() ? nullptr : &rope(start + T);
   if (cache) cache->layers.assign(c.num_layers, {});
 
   for (int64_t li = 0; li < c.num_layers; ++li) {
@@ -113,7 +116,12 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
     }
     ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                               static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)))};
-    a.attn = ops::attention(a.q, a.k, a.v, shape, cache ? &a.lse : nullptr);
+    if (kv) {
+      kv->append(layer, a.k, a.v);
+      a.attn = cached_attention(a.q, *kv, layer, start, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li]);
+    } else {
+      a.attn = ops::attention(a.q, a.k, a.v, shape, cache ? &a.lse : nullptr);
+    }
     Tensor o = project(L.o, layer, c.is_gpt2() ? Target::CProj : Target::O, a.attn, hook);
     a.x_mid = x.clone();
     ops::add_(a.x_mid, o);
@@ -139,6 +147,7 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
     ops::add_(x, down);
     if (cache) cache->layers[li] = std::move(a);
   }
+  if (kv) kv->length += T;
   Tensor mean, rstd;
   Tensor h = normalize(c, weights_.final_norm, x, &mean, &rstd);
   if (cache) {

@@ -7,6 +7,7 @@
 #include "lowrank/core/tensor.h"
 #include "lowrank/lora/target.h"
 #include "lowrank/model/config.h"
+#include "lowrank/model/kv_cache.h"
 #include "lowrank/model/rope.h"
 #include "lowrank/model/weights.h"
 
@@ -63,7 +64,10 @@ class Model {
   const std::string& source() const { return source_; }
 
   // Final hidden states [B*T, d] (after the final norm). `cache` is filled for backward if given.
-  Tensor hidden_states(const TokenBatch& batch, ProjectionHook* hook = nullptr, ForwardCache* cache = nullptr) const;
+  // With `kv` (batch of one sequence), the tokens continue the cached sequence: they sit at
+  // positions kv->length.., attend to the cache, and are appended to it.
+  Tensor hidden_states(const TokenBatch& batch, ProjectionHook* hook = nullptr, ForwardCache* cache = nullptr,
+                       KVCache* kv = nullptr) const;
   // Logits [B*T, V].
   Tensor logits(const TokenBatch& batch, ProjectionHook* hook = nullptr) const;
   // The lm_head projection of hidden states [n, d] -> [n, V].

@@ -1,0 +1,13 @@
+#pragma once
+// Random-weight models of any supported shape, for benchmarks and tests (no checkpoint needed).
+#include "lowrank/model/model.h"
+
+namespace lowrank::model {
+
+// A Llama-family config from the main sizes (rope default, SiLU, untied unless `tie`).
+ModelConfig llama_config(int64_t hidden, int64_t layers, int64_t heads, int64_t kv_heads, int64_t intermediate,
+                         int64_t vocab, int64_t context, bool tie = true);
+// Weights ~ N(0, 1/fan_in), norms 1, embeddings N(0, 0.02²)... drawn from a Philox stream.
+Model random_model(const ModelConfig& config, uint64_t seed);
+
+}  // namespace lowrank::model
