@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "command.h"
+#include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
 #include "lowrank/infer/generator.h"
 #include "lowrank/io/files.h"
@@ -21,6 +22,7 @@ struct GenerateArgs {
   infer::GenerateOptions gen;
   bool max_new_given = false;
   bool chat = false;
+  std::string device = "cpu";
 };
 
 std::optional<tok::Tokenizer> load_tokenizer(const std::string& dir) {
@@ -55,7 +57,9 @@ int run_generate(GenerateArgs& a) {
   if (a.prompt.empty() == a.input.empty()) throw error("give exactly one of --prompt or --input");
   if (!a.input.empty() && a.output.empty()) throw error("--input needs --output");
   if (a.gen.max_new_tokens <= 0) throw error("--max-new-tokens must be positive");
-  model::Model m = model::Model::load(a.model);
+  const Device device = parse_device(a.device);
+  check_device(device, "--device " + a.device);
+  model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
   lora::AdapterSet adapters(a.adapters, m);
   auto tk = load_tokenizer(a.model);
   a.gen.eos_ids = infer::model_eos_ids(m.config());
@@ -119,6 +123,7 @@ RegisterCommand reg{{"generate", "Generate text with a model and optional adapte
                        app.add_option("--top-p", a->gen.sampling.top_p, "1: off")->capture_default_str();
                        app.add_option("--repetition-penalty", a->gen.sampling.repetition_penalty)->capture_default_str();
                        app.add_option("--seed", a->gen.sampling.seed)->capture_default_str();
+                       app.add_option("--device", a->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
                        app.add_flag("--chat", a->chat, "Format the prompt with the model's chat template");
                        app.add_option("--chat-template", a->chat_template,
                                       "Built-in template for --chat: llama3, chatml, llama2, mistral, gemma");

@@ -25,13 +25,17 @@ std::vector<int32_t> Generator::generate(const std::vector<int32_t>& prompt, con
                 " (no room to generate)");
   o.sampling.validate();
   const int64_t budget = std::min<int64_t>(o.max_new_tokens, context - static_cast<int64_t>(prompt.size()));
-  model::KVCache kv = model::KVCache::create(c, static_cast<int64_t>(prompt.size()) + budget);
+  // CUDA has no KV-cache kernels yet: there every step recomputes the whole sequence.
+  const bool cached = model_.device().is_cpu();
+  model::KVCache kv;
+  if (cached) kv = model::KVCache::create(c, static_cast<int64_t>(prompt.size()) + budget);
   Sampler sampler(o.sampling);
   std::vector<int32_t> context_ids = prompt, out;
   model::TokenBatch step{prompt, 1, static_cast<int64_t>(prompt.size())};
   for (int64_t n = 0; n < budget; ++n) {
-    Tensor h = model_.hidden_states(step, hook_, nullptr, &kv);
-    Tensor logits = model_.project_vocab(h.slice_rows(step.seq - 1, step.seq));
+    if (!cached) step = model::TokenBatch{context_ids, 1, static_cast<int64_t>(context_ids.size())};
+    Tensor h = model_.hidden_states(step, hook_, nullptr, cached ? &kv : nullptr);
+    Tensor logits = model_.project_vocab(h.slice_rows(step.seq - 1, step.seq)).to(Device::cpu());
     std::vector<float> row(logits.f32(), logits.f32() + logits.numel());
     const int32_t next = sampler.next(row, context_ids);
     out.push_back(next);
