@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 
+#include "lowrank/backend/cuda/cuda_ops.h"
 #include "lowrank/backend/cuda/device.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
@@ -78,7 +79,10 @@ void bench_gemms(int64_t tokens) {
                bytes);
 }
 
-void bench_attention(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, int64_t window) {
+void bench_attention(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, int64_t window,
+                     cuda::AttentionPath path = cuda::AttentionPath::Auto) {
+  cuda::set_attention_path(path);
+  const char* tag = path == cuda::AttentionPath::Generic ? " [generic]" : "";
   ops::AttentionShape s{B, T, H, KV, hd, window, 1.0f / std::sqrt(float(hd))};
   Tensor q = random_gpu({B * T, H * hd}, DType::BF16, 1), k = random_gpu({B * T, KV * hd}, DType::BF16, 2);
   Tensor v = random_gpu({B * T, KV * hd}, DType::BF16, 3), dout = random_gpu({B * T, H * hd}, DType::BF16, 4);
@@ -86,13 +90,14 @@ void bench_attention(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, in
   const double keys = window > 0 ? std::min<double>(window, (T + 1) / 2.0) : (T + 1) / 2.0;  // mean keys per row
   const double fwd = 4.0 * B * H * T * keys * hd;  // QK^T and PV
   char name[128];
-  std::snprintf(name, sizeof name, "attention fwd B=%lld T=%lld H=%lld KV=%lld hd=%lld w=%lld", (long long)B,
-                (long long)T, (long long)H, (long long)KV, (long long)hd, (long long)window);
+  std::snprintf(name, sizeof name, "attention fwd B=%lld T=%lld H=%lld KV=%lld hd=%lld w=%lld%s", (long long)B,
+                (long long)T, (long long)H, (long long)KV, (long long)hd, (long long)window, tag);
   report_flops(name, time_ms([&] { out = ops::attention(q, k, v, s, &lse); }, 2, 5), fwd);
   Tensor dq, dk, dv;
-  std::snprintf(name, sizeof name, "attention bwd (2.5x fwd FLOPs) T=%lld hd=%lld", (long long)T, (long long)hd);
+  std::snprintf(name, sizeof name, "attention bwd (2.5x fwd FLOPs) T=%lld hd=%lld%s", (long long)T, (long long)hd, tag);
   report_flops(name, time_ms([&] { ops::attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv); }, 2, 5),
                2.5 * fwd);
+  cuda::set_attention_path(cuda::AttentionPath::Auto);
 }
 
 void bench_fused(int64_t tokens, int64_t d, int64_t ffn, int64_t vocab) {
@@ -150,6 +155,7 @@ int main(int argc, char** argv) {
     bench_gemms(quick ? 2048 : 8192);
     std::printf("\n-- attention (bf16)\n");
     bench_attention(quick ? 1 : 4, 1024, 32, 8, 128, 0);
+    bench_attention(quick ? 1 : 4, 1024, 32, 8, 128, 0, cuda::AttentionPath::Generic);
     if (!quick) {
       bench_attention(2, 2048, 32, 8, 128, 0);
       bench_attention(2, 4096, 32, 8, 128, 1024);

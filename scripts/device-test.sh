@@ -6,7 +6,8 @@
 #                               [--bench] [--sanitize] [--all]
 #   --filter    gtest filter (default: the CUDA tests and the op-layer tests)
 #   --bench     also run bench_cuda_ops
-#   --sanitize  also run the fast CUDA tests under compute-sanitizer memcheck (Firecracker only)
+#   --sanitize  also run compute-sanitizer memcheck (Firecracker only) on SANITIZE_FILTER
+#               (default: the small-shape attention tests, the kernels that index the most)
 #   --all       the whole test suite (fixture tests need the source path the pack was built at)
 # Logs and the gtest XML go to $OUT when it is set (the device tool brings $OUT back).
 set -uo pipefail
@@ -59,9 +60,10 @@ echo "== tests ($filter)"
 status=${PIPESTATUS[0]}
 
 if [ "$sanitize" = 1 ]; then
-  echo "== compute-sanitizer memcheck (small shapes)"
+  sfilter=${SANITIZE_FILTER:-CudaAttention.SmallShapes*:CudaAttention.TensorCore*}
+  echo "== compute-sanitizer memcheck ($sfilter)"
   compute-sanitizer --tool memcheck --error-exitcode 3 "$bin/lowrank_tests" \
-    --gtest_filter='Cuda*:-*LongSequences*:*OutOfMemory*' 2>&1 | tail -40 | tee "$logdir/sanitizer.log"
+    --gtest_filter="$sfilter" 2>&1 | tail -40 | tee "$logdir/sanitizer.log"
   [ "${PIPESTATUS[0]}" = 0 ] || status=3
 fi
 

@@ -64,4 +64,14 @@ void scale_(Tensor& x, float s) {
   LR_DISPATCH(d, scale_(x, s));
 }
 
+void mul_(Tensor& y, const Tensor& x) {
+  const Device d = detail::op_device("mul_", {&y, &x});
+  LR_DISPATCH(d, mul_(y, x));
+}
+
+void copy_columns_(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) {
+  const Device d = detail::op_device("copy_columns_", {&dst, &src});
+  LR_DISPATCH(d, copy_columns_(dst, dst_col, src, src_col, width));
+}
+
 }  // namespace lowrank::ops

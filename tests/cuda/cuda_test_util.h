@@ -64,6 +64,21 @@ inline double rel_err(const Tensor& got, const Tensor& ref) {
   return std::sqrt(num / den);
 }
 
+// ||t||_F in double.
+inline double frob(const Tensor& t) {
+  Tensor h = to_host(t);
+  double s = 0;
+  for (int64_t i = 0; i < h.numel(); ++i) s += static_cast<double>(h.f32()[i]) * h.f32()[i];
+  return std::sqrt(s);
+}
+// ||got - ref|| / max(||ref||, floor): for results that can be exactly zero in theory (then the
+// reference holds only rounding noise, and a relative error says nothing), measured against the
+// size `floor` of a comparable quantity instead.
+inline double rel_err_floor(const Tensor& got, const Tensor& ref, double floor) {
+  const double r = frob(ref);
+  return rel_err(got, ref) * (r == 0 ? 1.0 : r) / std::max(r, floor);
+}
+
 inline std::vector<DType> float_types() { return {DType::F32, DType::BF16}; }
 inline const char* name(DType t) { return t == DType::F32 ? "f32" : "bf16"; }
 

@@ -102,3 +102,28 @@ TEST(CudaElementwise, BiasGradIsAColumnSum) {
     }
 }
 #endif
+
+#ifdef LOWRANK_WITH_CUDA
+TEST(CudaElementwise, MulAndCopyColumns) {
+  LR_REQUIRE_GPU();
+  uint64_t seed = 40;
+  for (DType yt : float_types())
+    for (DType xt : float_types()) {
+      Tensor y = random_cpu({37, 65}, seed++), x = random_cpu({37, 65}, seed++);
+      Tensor ref = rounded(y, yt).clone();
+      cpu::mul_(ref, rounded(x, xt));
+      Tensor yd = to_gpu(y, yt);
+      ops::mul_(yd, to_gpu(x, xt));
+      EXPECT_LE(rel_err(yd, ref), tol_for(yt == DType::BF16 || xt == DType::BF16 ? DType::BF16 : DType::F32));
+    }
+  for (DType t : float_types()) {
+    const int64_t n = 33, d = 40;
+    Tensor qkv = random_cpu({n, 3 * d + 1}, seed++), dst0 = random_cpu({n, 2 * d + 3}, seed++);
+    Tensor ref = rounded(dst0, t).clone();
+    cpu::copy_columns_(ref, 3, rounded(qkv, t), d + 1, 2 * d);
+    Tensor dst = to_gpu(dst0, t);
+    ops::copy_columns_(dst, 3, to_gpu(qkv, t), d + 1, 2 * d);
+    EXPECT_EQ(rel_err(dst, ref), 0.0) << name(t);
+  }
+}
+#endif

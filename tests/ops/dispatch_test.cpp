@@ -134,3 +134,22 @@ TEST(OpsDispatch, TensorsOnOtherDevicesAreClearErrors) {
   EXPECT_THROW(Tensor::empty({2}, DType::F32, Device::cuda(0)), Error);
 #endif
 }
+
+TEST(OpsDispatch, MulAndCopyColumns) {
+  Tensor y = random_t({3, 4}, 20), x = random_t({3, 4}, 21), ref = y.clone();
+  ops::mul_(y, x);
+  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(y.f32()[i], ref.f32()[i] * x.f32()[i]);
+  // Split a fused [n, 3d] projection into q, k, v and write a gradient back.
+  const int64_t n = 5, d = 4;
+  Tensor qkv = random_t({n, 3 * d}, 22);
+  Tensor k = Tensor::empty({n, d});
+  ops::copy_columns_(k, 0, qkv, d, d);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < d; ++c) EXPECT_EQ(k.f32()[r * d + c], qkv.f32()[r * 3 * d + d + c]);
+  Tensor back = Tensor::zeros({n, 3 * d});
+  ops::copy_columns_(back, 2 * d, k, 0, d);
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t c = 0; c < 3 * d; ++c)
+      EXPECT_EQ(back.f32()[r * 3 * d + c], c >= 2 * d ? k.f32()[r * d + c - 2 * d] : 0.0f);
+  EXPECT_THROW(ops::copy_columns_(k, 1, qkv, 0, d), InternalError);  // past dst's columns
+}

@@ -91,6 +91,11 @@ namespace lowrank::ops {
 Tensor cast(const Tensor& x, DType dtype);
 void fill_(Tensor& x, float value);  // any device, float dtypes
 void scale_(Tensor& x, float s);     // x *= s
+void mul_(Tensor& y, const Tensor& x);  // y *= x, element-wise (same numel)
+// dst[:, dst_col : dst_col + width] = src[:, src_col : src_col + width] for 2-D tensors with the
+// same rows and dtype (any 2- or 4-byte dtype): splitting fused projections (GPT-2's c_attn,
+// gate_up) and writing their gradients back.
+void copy_columns_(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width);
 
 // The same ops with ids / positions as an I32 tensor [n] on the op's device. The CUDA backend
 // does not read ids back to check them: an id outside [0, V) gives a zero row (validate tokens

@@ -19,7 +19,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   float* op = out.f32();
   float* lp = lse.f32();
   const int64_t group = H / KV;
-#pragma omp parallel
+  const int64_t work = B * H * T * T * hd;  // small problems (decode, tests) skip the thread wake-up
+#pragma omp parallel if (work > 65536)
   {
     std::vector<float> p(T);
 #pragma omp for collapse(2) schedule(dynamic)

@@ -70,7 +70,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   const float *dop = dout.f32(), *qp = q.f32(), *kp = k.f32(), *vp = v.f32(), *op = out.f32(), *lp = lse.f32();
   float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
   // Parallel over (batch, kv head): the heads of one group write the same dk/dv rows.
-#pragma omp parallel
+  const int64_t work = B * H * T * T * hd;  // small problems skip the thread wake-up
+#pragma omp parallel if (work > 65536)
   {
     std::vector<float> p(T), dp(T);
 #pragma omp for collapse(2) schedule(dynamic)

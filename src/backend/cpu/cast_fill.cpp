@@ -1,4 +1,6 @@
-// CPU dtype conversion, fill and in-place scaling.
+// CPU dtype conversion, fill, in-place scaling and products, column copies.
+#include <cstring>
+
 #include "lowrank/backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
@@ -12,6 +14,28 @@ void scale_(Tensor& x, float s) {
   const int64_t n = x.numel();
 #pragma omp parallel for simd if (n > 32768)
   for (int64_t i = 0; i < n; ++i) p[i] *= s;
+}
+
+void mul_(Tensor& y, const Tensor& x) {
+  LR_CHECK(y.numel() == x.numel(), y.str(), " *= ", x.str());
+  float* a = y.f32();
+  const float* b = x.f32();
+  const int64_t n = y.numel();
+#pragma omp parallel for simd if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) a[i] *= b[i];
+}
+
+void copy_columns_(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) {
+  LR_CHECK(dst.rank() == 2 && src.rank() == 2 && dst.dim(0) == src.dim(0) && dst.dtype() == src.dtype() &&
+               width >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + width <= dst.dim(1) &&
+               src_col + width <= src.dim(1),
+           "copy_columns_ ", dst.str(), "[:, ", dst_col, "+", width, "] <- ", src.str(), "[:, ", src_col, "]");
+  const size_t es = dtype_size(dst.dtype());
+  const int64_t rows = dst.dim(0), dc = dst.dim(1), sc = src.dim(1);
+  char* d = static_cast<char*>(dst.raw());
+  const char* s = static_cast<const char*>(src.raw());
+  for (int64_t r = 0; r < rows; ++r)
+    std::memmove(d + (r * dc + dst_col) * es, s + (r * sc + src_col) * es, static_cast<size_t>(width) * es);
 }
 
 }  // namespace lowrank::cpu

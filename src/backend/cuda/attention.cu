@@ -356,16 +356,23 @@ Tensor attention_generic(const Tensor& q, const Tensor& k, const Tensor& v, cons
   return out;
 }
 
+Tensor attention_delta(const Tensor& dout, const Tensor& out, const AttentionShape& a) {
+  const int64_t B = a.batch, T = a.seq, H = a.heads, hd = a.head_dim;
+  Tensor delta = Tensor::empty({B, H, T}, DType::F32, out.device());
+  if (T == 0) return delta;
+  cudaStream_t st = stream_for(out.device());
+  LR_FLOAT_TYPES(out.dtype(), Tp,
+      attention_delta_kernel<Tp><<<grid_for(B * T * H * 32, 256), 256, 0, st>>>(dout.data<Tp>(), out.data<Tp>(),
+                                                                               delta.data<float>(), B * T, H, T, hd));
+  LR_CUDA_LAUNCHED();
+  return delta;
+}
+
 void attention_backward_generic(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                const Tensor& out, const Tensor& lse, const AttentionShape& a, Tensor& dq, Tensor& dk,
-                                Tensor& dv) {
+                                const Tensor& lse, const Tensor& delta, const AttentionShape& a, Tensor& dq,
+                                Tensor& dk, Tensor& dv) {
   const int64_t B = a.batch, T = a.seq, H = a.heads, KV = a.kv_heads, hd = a.head_dim;
-  dq = Tensor::empty(q.shape(), q.dtype(), q.device());
-  dk = Tensor::empty(k.shape(), k.dtype(), k.device());
-  dv = Tensor::empty(v.shape(), v.dtype(), v.device());
-  if (T == 0) return;
   const Dims s = dims_of(a);
-  Tensor delta = Tensor::empty({B, H, T}, DType::F32, q.device());
   cudaStream_t st = stream_for(q.device());
   const size_t dq_smem = (2 * kBlockRows * hd + 2 * kTileKeys * (hd + 1)) * sizeof(float);
   const size_t kv_smem =
@@ -373,9 +380,6 @@ void attention_backward_generic(const Tensor& dout, const Tensor& q, const Tenso
   const dim3 dq_grid(static_cast<unsigned>((T + kBlockRows - 1) / kBlockRows), unsigned(H), unsigned(B));
   const dim3 kv_grid(static_cast<unsigned>((T + kTileKeys - 1) / kTileKeys), unsigned(KV), unsigned(B));
   LR_FLOAT_TYPES(q.dtype(), Tp, {
-    attention_delta_kernel<Tp><<<grid_for(B * T * H * 32, 256), 256, 0, st>>>(dout.data<Tp>(), out.data<Tp>(),
-                                                                             delta.data<float>(), B * T, H, T, hd);
-    LR_CUDA_LAUNCHED();
     set_smem(attention_dq_kernel<Tp>, dq_smem);
     attention_dq_kernel<Tp><<<dq_grid, kWarps * 32, dq_smem, st>>>(q.data<Tp>(), k.data<Tp>(), v.data<Tp>(),
                                                                    dout.data<Tp>(), lse.data<float>(),
@@ -414,7 +418,18 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                out.dtype() == q.dtype(),
            "attention_backward dout ", dout.str(), " out ", out.str(), " for q ", q.str());
   LR_CHECK(lse.dtype() == DType::F32 && lse.numel() == s.batch * s.heads * s.seq, "attention_backward lse ", lse.str());
-  attention_backward_generic(dout, q, k, v, out, lse, s, dq, dk, dv);
+  dq = Tensor::empty(q.shape(), q.dtype(), q.device());
+  dk = Tensor::empty(k.shape(), k.dtype(), k.device());
+  dv = Tensor::empty(v.shape(), v.dtype(), v.device());
+  if (s.seq == 0) return;
+  const Tensor delta = attention_delta(dout, out, s);
+  const auto path = static_cast<AttentionPath>(g_path.load());
+  const bool aligned = reinterpret_cast<uintptr_t>(dout.raw()) % 16 == 0;
+  if (path != AttentionPath::Generic && aligned && attention_tc_supported(q, k, v, s))
+    return attention_backward_tc(dout, q, k, v, lse, delta, s, dq, dk, dv);
+  LR_CHECK(path != AttentionPath::TensorCore, "attention_backward: no tensor-core kernel for ", q.str(),
+           " head_dim ", s.head_dim);
+  attention_backward_generic(dout, q, k, v, lse, delta, s, dq, dk, dv);
 }
 
 }  // namespace lowrank::cuda

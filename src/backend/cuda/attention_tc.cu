@@ -8,33 +8,13 @@
 // can follow either forward.
 #include "attention.h"
 #include "common.cuh"
+#include "attention_tc.cuh"
 #include "mma.cuh"
 
 namespace lowrank::cuda {
 namespace {
 
-constexpr int kRows = 64;   // query rows per block (16 per warp)
-constexpr int kKeys = 64;   // keys per tile
-constexpr int kThreads = 128;
-
-struct TcDims {
-  int64_t T, H, KV, group, window;
-  float scale_log2;  // softmax scale * log2(e)
-};
-
-// Copies rows [r0, r0 + 64) of a head ([T, stride] bf16, 16-byte aligned) into shared [64][LD],
-// zero-filling rows at or past T (V rows must be 0, not garbage: P = 0 times NaN is NaN).
-template <int HD, int LD>
-__device__ __forceinline__ void load_rows(bf16* dst, const bf16* __restrict__ src, int64_t stride, int64_t r0,
-                                          int64_t T) {
-  constexpr int kVec = HD / 8;  // 16-byte vectors per row
-  for (int e = threadIdx.x; e < 64 * kVec; e += kThreads) {
-    const int r = e / kVec, c = (e % kVec) * 8;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (r0 + r < T) val = *reinterpret_cast<const uint4*>(src + (r0 + r) * stride + c);
-    *reinterpret_cast<uint4*>(dst + r * LD + c) = val;
-  }
-}
+using namespace tc;
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads)

@@ -1,4 +1,4 @@
-// Dtype conversion, fill, in-place scaling and 2-D transpose on the GPU.
+// Dtype conversion, fill, in-place scaling, 2-D transpose and column copies on the GPU.
 #include <cuda_fp16.h>
 
 #include "common.cuh"
@@ -50,6 +50,16 @@ __global__ void transpose_kernel(const T* __restrict__ src, T* __restrict__ dst,
   for (int i = threadIdx.y; i < 32; i += blockDim.y) {
     const int64_t c = c0 + i, r = r0 + threadIdx.x;  // dst row c, column r
     if (r < rows && c < cols) dst[c * rows + r] = tile[threadIdx.x][i];
+  }
+}
+
+template <typename T>
+__global__ void copy_columns_kernel(T* __restrict__ dst, int64_t dst_cols, int64_t dst_col, const T* __restrict__ src,
+                                    int64_t src_cols, int64_t src_col, int64_t rows, int64_t width) {
+  const int64_t n = rows * width;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / width, c = e % width;
+    dst[r * dst_cols + dst_col + c] = src[r * src_cols + src_col + c];
   }
 }
 
@@ -124,6 +134,33 @@ Tensor transpose2d(const Tensor& x) {
   }
   LR_CUDA_LAUNCHED();
   return t;
+}
+
+void copy_columns_(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) {
+  check_arg(dst, "copy_columns_", "dst", true);
+  check_arg(src, "copy_columns_", "src", true);
+  LR_CHECK(dst.rank() == 2 && src.rank() == 2 && dst.dim(0) == src.dim(0) && dst.dtype() == src.dtype() &&
+               width >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + width <= dst.dim(1) &&
+               src_col + width <= src.dim(1),
+           "copy_columns_ ", dst.str(), "[:, ", dst_col, "+", width, "] <- ", src.str(), "[:, ", src_col, "]");
+  const int64_t rows = dst.dim(0), n = rows * width;
+  if (n == 0) return;
+  LR_CHECK(dst.raw() != src.raw() || dst_col == src_col || dst_col + width <= src_col || src_col + width <= dst_col,
+           "copy_columns_: overlapping column ranges within one tensor");
+  cudaStream_t st = stream_for(dst.device());
+  const unsigned grid = grid_for(n, 256);
+  switch (dtype_size(dst.dtype())) {
+    case 2:
+      copy_columns_kernel<<<grid, 256, 0, st>>>(dst.data<uint16_t>(), dst.dim(1), dst_col, src.data<uint16_t>(),
+                                                src.dim(1), src_col, rows, width);
+      break;
+    case 4:
+      copy_columns_kernel<<<grid, 256, 0, st>>>(dst.data<uint32_t>(), dst.dim(1), dst_col, src.data<uint32_t>(),
+                                                src.dim(1), src_col, rows, width);
+      break;
+    default: throw error("copy_columns_: unsupported dtype ", dtype_name(dst.dtype()));
+  }
+  LR_CUDA_LAUNCHED();
 }
 
 }  // namespace lowrank::cuda

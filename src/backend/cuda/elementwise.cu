@@ -1,4 +1,4 @@
-// Element-wise ops: residual adds, bias add, activations and SwiGLU (forward and backward), the
+// Element-wise ops: residual adds, products, bias add, activations and SwiGLU (forward and backward), the
 // dropout backward. f32 or bf16 storage, f32 math with the CPU backend's formulas.
 #include "common.cuh"
 #include "lowrank/backend/cuda/cuda_ops.h"
@@ -12,6 +12,11 @@ namespace {
 template <typename Y, typename X>
 __global__ void add_scaled_kernel(Y* __restrict__ y, const X* __restrict__ x, float s, int64_t n) {
   LR_GRID_STRIDE(i, n) y[i] = from_f32<Y>(to_f32(y[i]) + s * to_f32(x[i]));
+}
+
+template <typename Y, typename X>
+__global__ void mul_kernel(Y* __restrict__ y, const X* __restrict__ x, int64_t n) {
+  LR_GRID_STRIDE(i, n) y[i] = from_f32<Y>(to_f32(y[i]) * to_f32(x[i]));
 }
 
 template <typename Y, typename B>
@@ -102,6 +107,18 @@ void add_scaled_(Tensor& y, const Tensor& x, float s) {
   cudaStream_t st = stream_for(y.device());
   LR_FLOAT_TYPES(y.dtype(), Y, LR_FLOAT_TYPES(x.dtype(), X,
       add_scaled_kernel<<<grid_for(n, 256), 256, 0, st>>>(y.data<Y>(), x.data<X>(), s, n)));
+  LR_CUDA_LAUNCHED();
+}
+
+void mul_(Tensor& y, const Tensor& x) {
+  check_arg(y, "mul_", "y");
+  check_arg(x, "mul_", "x");
+  check_same_numel(y, x, "mul_");
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  cudaStream_t st = stream_for(y.device());
+  LR_FLOAT_TYPES(y.dtype(), Y, LR_FLOAT_TYPES(x.dtype(), X,
+      mul_kernel<<<grid_for(n, 256), 256, 0, st>>>(y.data<Y>(), x.data<X>(), n)));
   LR_CUDA_LAUNCHED();
 }
 

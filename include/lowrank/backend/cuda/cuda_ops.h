@@ -51,6 +51,8 @@ double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& 
 Tensor cast(const Tensor& x, DType dtype);
 void fill_(Tensor& x, float value);
 void scale_(Tensor& x, float s);
+void mul_(Tensor& y, const Tensor& x);
+void copy_columns_(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width);
 Tensor embedding(const Tensor& table, const Tensor& ids);
 void embedding_backward_(Tensor& table_grad, const Tensor& ids, const Tensor& dy);
 void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin, bool inverse = false);

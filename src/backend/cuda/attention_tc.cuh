@@ -1,0 +1,44 @@
+#pragma once
+// Shared pieces of the tensor-core attention kernels (attention_tc.cu forward,
+// attention_tc_bwd.cu backward): tile sizes, dims and the 16-byte tile loader.
+#include "common.cuh"
+
+namespace lowrank::cuda::tc {
+
+constexpr int kRows = 64;   // query rows per block (16 per warp)
+constexpr int kKeys = 64;   // keys per tile
+constexpr int kThreads = 128;
+
+struct TcDims {
+  int64_t T, H, KV, group, window;
+  float scale_log2;  // softmax scale * log2(e)
+};
+
+// Copies rows [r0, r0 + ROWS) of a head ([T, stride] bf16, 16-byte aligned) into shared [ROWS][LD],
+// zero-filling rows at or past T (V rows must be 0, not garbage: P = 0 times NaN is NaN).
+template <int HD, int LD, int ROWS = 64>
+__device__ __forceinline__ void load_rows(bf16* dst, const bf16* __restrict__ src, int64_t stride, int64_t r0,
+                                          int64_t T) {
+  constexpr int kVec = HD / 8;  // 16-byte vectors per row
+  for (int e = threadIdx.x; e < ROWS * kVec; e += kThreads) {
+    const int r = e / kVec, c = (e % kVec) * 8;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (r0 + r < T) val = *reinterpret_cast<const uint4*>(src + (r0 + r) * stride + c);
+    *reinterpret_cast<uint4*>(dst + r * LD + c) = val;
+  }
+}
+
+__device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t window) {
+  return j <= i && (window <= 0 || j > i - window);
+}
+
+// The four bf16 pairs of an A fragment (rows r, r + 8; cols c..c+1, c+8..c+9) from shared [.][LD].
+template <int LD>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* base, int r, int c) {
+  a[0] = *reinterpret_cast<const uint32_t*>(base + r * LD + c);
+  a[1] = *reinterpret_cast<const uint32_t*>(base + (r + 8) * LD + c);
+  a[2] = *reinterpret_cast<const uint32_t*>(base + r * LD + c + 8);
+  a[3] = *reinterpret_cast<const uint32_t*>(base + (r + 8) * LD + c + 8);
+}
+
+}  // namespace lowrank::cuda::tc
