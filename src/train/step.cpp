@@ -41,7 +41,7 @@ StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_bat
   double nll = 0;
   for (const auto& mb : micro_batches) {
     auto res = model::forward_backward(*ctx.model, mb.tokens, mb.targets, 1.0f / static_cast<float>(counted), ctx.hook,
-                                       ctx.full_grads);
+                                       ctx.full_grads, ctx.checkpointing);
     nll += res.nll_sum;
   }
   r.tokens = counted;

@@ -166,7 +166,8 @@ TrainSummary run_training(const TrainOptions& o) {
   }
   MetricsWriter metrics(metrics_path);
 
-  StepContext ctx{&m, hook ? &*hook : nullptr, o.full ? &full_grads : nullptr, &params, &optimizer, o.max_grad_norm};
+  StepContext ctx{&m, hook ? &*hook : nullptr, o.full ? &full_grads : nullptr, &params, &optimizer, o.max_grad_norm,
+                  o.checkpointing};
   TrainSummary summary;
   summary.trainable = trainable;
   summary.total_parameters = all_params;
