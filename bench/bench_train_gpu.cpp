@@ -41,7 +41,7 @@ double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq)
   return 4.0 * params + attn;
 }
 
-void run(const BenchShape& s, bool all_linear, Device dev, int steps, int warmup) {
+void run(const BenchShape& s, bool all_linear, bool checkpointing, Device dev, int steps, int warmup) {
   auto cfg = model::llama_config(s.hidden, s.layers, s.heads, s.kv, s.ffn, s.vocab, 4096, s.tie);
   if (s.qkv_bias) {
     cfg.arch = model::Arch::Qwen2;
@@ -61,7 +61,7 @@ void run(const BenchShape& s, bool all_linear, Device dev, int steps, int warmup
   hook.set_training(true);
   auto params = train::lora_params(a);
   train::AdamW opt({1e-4, 0.9, 0.999, 1e-8, 0.0});
-  train::StepContext ctx{&m, &hook, nullptr, &params, &opt, 1.0};
+  train::StepContext ctx{&m, &hook, nullptr, &params, &opt, 1.0, checkpointing};
   std::vector<train::Example> ex;
   Rng tok(3);
   for (int64_t b = 0; b < s.batch; ++b) {
@@ -89,6 +89,7 @@ void run(const BenchShape& s, bool all_linear, Device dev, int steps, int warmup
   const double tps = s.batch * s.seq / dt;
   const int64_t n = m.parameter_count();
   nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"targets", all_linear ? "all-linear" : "q_proj,v_proj"},
+                   {"checkpointing", checkpointing},
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
                    {"trainable", a.parameter_count()}, {"loss", loss},
                    {"mfu", tps * flops_per_token(cfg, n, s.seq) / 989e12}};
@@ -119,14 +120,17 @@ int main(int argc, char** argv) {
     check_device(dev, "--device " + device);
     for (const auto& s : kShapes) {
       if (only.find(s.name) == std::string::npos) continue;
-      for (bool all_linear : {true, false}) {
-        try {
-          run(s, all_linear, dev, steps, warmup);
-        } catch (const std::exception& e) {
-          nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"all_linear", all_linear}, {"error", e.what()}};
-          std::printf("RESULT %s\n", r.dump().c_str());
+      for (bool all_linear : {true, false})
+        for (bool ckpt : {false, true}) {
+          if (ckpt && std::string(s.name) != "llama8b") continue;  // as the PEFT baseline does
+          try {
+            run(s, all_linear, ckpt, dev, steps, warmup);
+          } catch (const std::exception& e) {
+            nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"all_linear", all_linear},
+                             {"checkpointing", ckpt}, {"error", e.what()}};
+            std::printf("RESULT %s\n", r.dump().c_str());
+          }
         }
-      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -85,11 +85,12 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
-    for name in args.only.split(","):
-        for targets in ("all-linear", ["q_proj", "v_proj"]):
-            ckpts = [False, True] if name == "llama8b" else [False]
-            for ck in ckpts:
-                for comp in ([False] if args.no_compile else [False, True]):
+    # Every eager configuration first, then the compiled ones (they take longer to start).
+    for comp in ([False] if args.no_compile else [False, True]):
+        for name in args.only.split(","):
+            for targets in ("all-linear", ["q_proj", "v_proj"]):
+                ckpts = [False, True] if name == "llama8b" else [False]
+                for ck in ckpts:
                     try:
                         run(name, targets, comp, ck, args.steps, args.warmup)
                     except Exception as e:  # one failure must not cost the table

@@ -186,8 +186,13 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
       ops::rope_(dq, c.num_heads, pos, tables->cos, tables->sin, /*inverse=*/true);
       ops::rope_(dk, c.num_kv_heads, pos, tables->cos, tables->sin, /*inverse=*/true);
       if (c.qk_norm) {
-        dq = ops::rmsnorm_backward(dq, a.q_raw, L.q_norm.weight, a.q_rstd, G ? &G->q_norm.weight : nullptr);
-        dk = ops::rmsnorm_backward(dk, a.k_raw, L.k_norm.weight, a.k_rstd, G ? &G->k_norm.weight : nullptr);
+        const int64_t hd = c.head_dim;
+        dq = ops::rmsnorm_backward(dq.reshape({N * c.num_heads, hd}), a.q_raw.reshape({N * c.num_heads, hd}),
+                                   L.q_norm.weight, a.q_rstd, G ? &G->q_norm.weight : nullptr)
+                 .reshape({N, c.q_dim()});
+        dk = ops::rmsnorm_backward(dk.reshape({N * c.num_kv_heads, hd}), a.k_raw.reshape({N * c.num_kv_heads, hd}),
+                                   L.k_norm.weight, a.k_rstd, G ? &G->k_norm.weight : nullptr)
+                 .reshape({N, c.kv_dim()});
       }
       dxn1 = linear_backward(L.q, G ? &G->q : nullptr, layer, Target::Q, a.xn1, dq, hook);
       ops::add_(dxn1, linear_backward(L.k, G ? &G->k : nullptr, layer, Target::K, a.xn1, dk, hook));

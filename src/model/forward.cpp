@@ -88,8 +88,12 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
       a.q_raw = a.q;
       a.k_raw = a.k;
       const float eps = static_cast<float>(c.norm_eps);
-      a.q = ops::rmsnorm(a.q, L.q_norm.weight, eps, &a.q_rstd);
-      a.k = ops::rmsnorm(a.k, L.k_norm.weight, eps, &a.k_rstd);
+      // Per head: rows of head_dim ([N*H, hd] views of [N, H*hd]).
+      const int64_t n = a.q.dim(0), hd = c.head_dim;
+      a.q = ops::rmsnorm(a.q.reshape({n * c.num_heads, hd}), L.q_norm.weight, eps, &a.q_rstd)
+                .reshape({n, c.q_dim()});
+      a.k = ops::rmsnorm(a.k.reshape({n * c.num_kv_heads, hd}), L.k_norm.weight, eps, &a.k_rstd)
+                .reshape({n, c.kv_dim()});
     }
     const RopeTables& tables = rope(in.start + in.seq);
     ops::rope_(a.q, c.num_heads, *in.pos, tables.cos, tables.sin);
