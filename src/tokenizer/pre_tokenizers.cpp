@@ -178,24 +178,21 @@ std::unique_ptr<PreTokenizer> char_split(Pred pred, SplitBehavior b) {
 // Whitespace: the matches of \w+|[^\w\s]+ (Rust regex, Unicode classes) are the pieces.
 class Whitespace final : public PreTokenizer {
  public:
+  Whitespace()
+      : re_(std::string(unicode::kWordClass) + "+|[^" +
+                std::string(unicode::kWordClass).substr(1, std::string(unicode::kWordClass).size() - 2) +
+                "\\s]+",
+            "pre_tokenizer Whitespace") {}
   void pre_tokenize(Pieces& p) const override {
+    std::vector<Span> spans;
     for_each_text_piece(p, [&](const Piece& piece, std::vector<Piece>& out) {
-      std::string_view s = piece.text;
-      int run = 0;  // 0 none, 1 word, 2 other
-      size_t run_start = 0;
-      for (size_t i = 0; i < s.size();) {
-        size_t b = i;
-        uint32_t cp = unicode::next_cp(s, i);
-        int kind = unicode::is_word_char(cp) ? 1 : unicode::is_whitespace(cp) ? 0 : 2;
-        if (kind != run) {
-          if (run) out.push_back({s.substr(run_start, b - run_start), -1, piece.at_start && run_start == 0});
-          run = kind;
-          run_start = b;
-        }
-      }
-      if (run) out.push_back({s.substr(run_start), -1, piece.at_start && run_start == 0});
+      regex_spans(re_, piece.text, spans, /*invert=*/true);  // keep the matches
+      split_spans(piece.text, spans, SplitBehavior::Removed, out, piece.at_start);
     });
   }
+
+ private:
+  Regex re_;
 };
 
 class Sequence final : public PreTokenizer {
