@@ -238,23 +238,34 @@ def write_synthetic(data: str, docs, out: str, vers: dict) -> list:
         try:
             tok = Tokenizer.from_str(synthetic_json(data, spec, v))
             for doc, text in sub:
-                ids = tok.encode(text, add_special_tokens=False).ids
-                ids_sp = tok.encode(text, add_special_tokens=True).ids
-                rec = {"variant": v["name"], "doc": doc, "bytes": len(text.encode()), "ids": ids}
+                rec = {"variant": v["name"], "doc": doc, "bytes": len(text.encode())}
+                try:  # HF can fail (even panic) on one document: record it, go on
+                    ids = tok.encode(text, add_special_tokens=False).ids
+                    ids_sp = tok.encode(text, add_special_tokens=True).ids
+                except BaseException as e:  # noqa: BLE001 - pyo3 panics are BaseException
+                    rec["error"] = repr(e)[:500]
+                    lines.append(json.dumps(rec, ensure_ascii=False))
+                    continue
+                rec["ids"] = ids
                 sp = split_special(ids, ids_sp)
                 if sp is not None:
                     rec["special"] = sp
                 else:
                     rec["ids_special"] = ids_sp
-                dec = tok.decode(ids, skip_special_tokens=False)
-                if dec != text:
-                    rec["decode"] = dec
-                dec_skip = tok.decode(ids, skip_special_tokens=True)
-                if dec_skip != dec:
-                    rec["decode_skip"] = dec_skip
-                dec_sp = tok.decode(ids_sp, skip_special_tokens=False)
-                if dec_sp != dec:
-                    rec["decode_special"] = dec_sp
+                try:
+                    dec = tok.decode(ids, skip_special_tokens=False)
+                    if dec != text:
+                        rec["decode"] = dec
+                    dec_skip = tok.decode(ids, skip_special_tokens=True)
+                    if dec_skip != dec:
+                        rec["decode_skip"] = dec_skip
+                    dec_sp = tok.decode(ids_sp, skip_special_tokens=False)
+                    if dec_sp != dec:
+                        rec["decode_special"] = dec_sp
+                except BaseException as e:  # noqa: BLE001
+                    for k in ("decode", "decode_skip", "decode_special"):
+                        rec.pop(k, None)
+                    rec["decode_error"] = repr(e)[:500]
                 lines.append(json.dumps(rec, ensure_ascii=False))
             status[v["name"]] = "ok"
         except Exception:  # noqa: BLE001 - a variant HF rejects is recorded, the rest go on
