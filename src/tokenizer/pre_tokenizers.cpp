@@ -1,5 +1,5 @@
 // Pre-tokenizers: ByteLevel, Split, Metaspace, Digits, Punctuation, Whitespace,
-// WhitespaceSplit, Sequence.
+// WhitespaceSplit, BertPreTokenizer, CharDelimiterSplit, Sequence.
 #include <optional>
 
 #include "components.h"
@@ -251,6 +251,21 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, bool& byte_level
     return char_split([](uint32_t c) { return unicode::is_punctuation(c); }, b);
   }
   if (type == "Whitespace") return std::make_unique<Whitespace>();
+  if (type == "BertPreTokenizer") {  // whitespace removed, then punctuation isolated
+    std::vector<std::unique_ptr<PreTokenizer>> v;
+    v.push_back(char_split([](uint32_t c) { return unicode::is_whitespace(c); },
+                           SplitBehavior::Removed));
+    v.push_back(char_split([](uint32_t c) { return unicode::is_punctuation(c); },
+                           SplitBehavior::Isolated));
+    return std::make_unique<Sequence>(std::move(v));
+  }
+  if (type == "CharDelimiterSplit") {
+    std::string d = get_string(j, "delimiter", where);
+    size_t i = 0;
+    if (d.empty() || (unicode::next_cp(d, i), i != d.size()))
+      throw error(where, ": \"delimiter\" must be one character");
+    return std::make_unique<Split>(Pattern{false, d}, SplitBehavior::Removed, false);
+  }
   if (type == "WhitespaceSplit")
     return char_split([](uint32_t c) { return unicode::is_whitespace(c); }, SplitBehavior::Removed);
   if (type == "Sequence") {

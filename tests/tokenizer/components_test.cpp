@@ -230,3 +230,22 @@ TEST(PreTokenizers, WhitespaceUsesRustWordClass) {
 
 }  // namespace
 }  // namespace lowrank::tok
+
+namespace lowrank::tok {
+namespace {
+
+TEST(PreTokenizers, BertAndCharDelimiter) {
+  EXPECT_EQ(pre_tokenize({{"type", "BertPreTokenizer"}}, "Hey friend!     How are you?!?"),
+            (V{"Hey", "friend", "!", "How", "are", "you", "?", "!", "?"}));
+  EXPECT_EQ(pre_tokenize({{"type", "CharDelimiterSplit"}, {"delimiter", "x"}}, "HelloxWorldxx!"),
+            (V{"Hello", "World", "!"}));
+}
+
+TEST(Normalizers, StripAccentsAndNmt) {
+  json seq = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFD"}}, {{"type", "StripAccents"}}}}};
+  EXPECT_EQ(norm(seq, "\xC3\xA9l\xC3\xA9gant"), "elegant");
+  EXPECT_EQ(norm({{"type", "Nmt"}}, "a\x01" "b\tc\xE2\x80\x8B" "d"), "ab c d");
+}
+
+}  // namespace
+}  // namespace lowrank::tok
