@@ -5,7 +5,7 @@
 #                                                   → .devrun/base/corpus/{train,val}.jsonl (~26 MB)
 #   scripts/make-base-model.sh gpu OUT [ARGS]    2. on a GPU box (python3 with torch and tokenizers;
 #                                                   nothing downloaded): trains the tokenizer, then
-#                                                   pretrains (6 min of training on one H200; ≈ 8 min in all);
+#                                                   pretrains (at most 8 epochs or 4 min of training; ≈ 2 min on one H200);
 #                                                   writes OUT/base-model.tar, OUT/metrics.jsonl,
 #                                                   OUT/summary.json, OUT/make-base-model.log.
 #                                                   ARGS go to pretrain.py (e.g. --minutes 4).
@@ -48,7 +48,7 @@ case "${1:-}" in
       fi
       echo "== pretrain"
       "$py" scripts/base-model/pretrain.py --corpus "$corpus" --tokenizer "$work/tokenizer" --out "$out" \
-        --model-dir "$work/model" --tar "$out/base-model.tar" --minutes 6 "$@"
+        --model-dir "$work/model" --tar "$out/base-model.tar" --minutes 4 "$@"
       echo "== done: $(date -u +%FT%TZ)"
       ls -la "$out"
     } 2>&1 | tee "$out/make-base-model.log"

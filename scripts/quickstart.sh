@@ -16,9 +16,9 @@ cd "$(dirname "$0")/.."
 t_start=$(date +%s)
 out=${QUICKSTART_OUT:-out/quickstart}
 model=${BASE_MODEL:-models/base}
-steps=${STEPS:-120}
+steps=${STEPS:-300}
 batch=${BATCH:-8}
-seq_len=${SEQ_LEN:-96}
+seq_len=${SEQ_LEN:-160}
 lr=${LR:-2e-3}
 rank=${RANK:-16}
 prompts=("And the LORD said unto Moses," "In the beginning" "Blessed are they that")

