@@ -214,7 +214,8 @@ std::string render_loss_svg(const PlotSeries& s, const PlotOptions& o) {
     std::string p;
     for (auto [x, y] : v) {
       if (o.log_y && ymap == 0 && y <= 0) continue;
-      p += (p.empty() ? "" : " ") + pt(px(x), ymap == 0 ? py(y) : plr(y));
+      if (!p.empty()) p += ' ';
+      p += pt(px(x), ymap == 0 ? py(y) : plr(y));
     }
     if (!p.empty()) svg += "<polyline fill=\"none\" " + style + " points=\"" + p + "\"/>\n";
   };
