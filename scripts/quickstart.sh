@@ -19,7 +19,7 @@ model=${BASE_MODEL:-models/base}
 steps=${STEPS:-300}
 batch=${BATCH:-8}
 seq_len=${SEQ_LEN:-160}
-lr=${LR:-2e-3}
+lr=${LR:-3e-3}
 rank=${RANK:-16}
 prompts=("And the LORD said unto Moses," "In the beginning" "Blessed are they that")
 
