@@ -4,20 +4,11 @@
 #include <cstring>
 
 #include "lowrank/core/error.h"
+#include "lowrank/model/activation.h"
 #include "lowrank/ops/ops.h"
 
 namespace lowrank::model {
 namespace {
-
-ops::Act act_of(Activation a) {
-  switch (a) {
-    case Activation::SiLU: return ops::Act::SiLU;
-    case Activation::GeluTanh: return ops::Act::GeluTanh;
-    case Activation::GeluErf: return ops::Act::GeluErf;
-    case Activation::ReLU: return ops::Act::ReLU;
-  }
-  return ops::Act::SiLU;
-}
 
 // Gradient through y = x Wᵀ + b (+ hook): returns dx; accumulates dW, db into g when given.
 Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
@@ -147,7 +138,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     Tensor dxn2;
     if (c.is_gpt2()) {
       dact = linear_backward(L.down, G ? &G->down : nullptr, layer, Target::MlpCProj, a.act, dx, hook);
-      Tensor dup = ops::activation_backward(dact, a.up, act_of(c.activation));
+      Tensor dup = ops::activation_backward(dact, a.up, op_activation(c.activation));
       dxn2 = linear_backward(L.up, G ? &G->up : nullptr, layer, Target::CFc, a.xn2, dup, hook);
     } else {
       dact = linear_backward(L.down, G ? &G->down : nullptr, layer, Target::Down, a.act, dx, hook);
@@ -155,11 +146,11 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
       if (c.activation == Activation::SiLU) {
         ops::swiglu_backward(dact, a.gate, a.up, dg, du);
       } else {  // act(gate) * up
-        du = ops::activation(a.gate, act_of(c.activation));
+        du = ops::activation(a.gate, op_activation(c.activation));
         ops::mul_(du, dact);  // du = dact ⊙ act(gate)
         Tensor dactg = dact.clone();
         ops::mul_(dactg, a.up);
-        dg = ops::activation_backward(dactg, a.gate, act_of(c.activation));
+        dg = ops::activation_backward(dactg, a.gate, op_activation(c.activation));
       }
       dxn2 = linear_backward(L.gate, G ? &G->gate : nullptr, layer, Target::Gate, a.xn2, dg, hook);
       Tensor dxn2_up = linear_backward(L.up, G ? &G->up : nullptr, layer, Target::Up, a.xn2, du, hook);

@@ -4,20 +4,11 @@
 #include "lowrank/core/error.h"
 #include "lowrank/io/safetensors.h"
 #include "lowrank/model/model.h"
+#include "lowrank/model/activation.h"
 #include "lowrank/ops/ops.h"
 
 namespace lowrank::model {
 namespace {
-
-ops::Act act_of(Activation a) {
-  switch (a) {
-    case Activation::SiLU: return ops::Act::SiLU;
-    case Activation::GeluTanh: return ops::Act::GeluTanh;
-    case Activation::GeluErf: return ops::Act::GeluErf;
-    case Activation::ReLU: return ops::Act::ReLU;
-  }
-  return ops::Act::SiLU;
-}
 
 Tensor project(const Linear& l, int layer, Target t, const Tensor& x, ProjectionHook* hook) {
   Tensor y = ops::linear(x, l.weight, l.bias);
@@ -115,13 +106,13 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   Tensor down;
   if (c.is_gpt2()) {
     a.up = project(L.up, layer, Target::CFc, a.xn2, hook);
-    a.act = ops::activation(a.up, act_of(c.activation));
+    a.act = ops::activation(a.up, op_activation(c.activation));
     down = project(L.down, layer, Target::MlpCProj, a.act, hook);
   } else {
     a.gate = project(L.gate, layer, Target::Gate, a.xn2, hook);
     a.up = project(L.up, layer, Target::Up, a.xn2, hook);
     a.act = c.activation == Activation::SiLU ? ops::swiglu(a.gate, a.up)
-                                             : ops::activation(a.gate, act_of(c.activation));
+                                             : ops::activation(a.gate, op_activation(c.activation));
     if (c.activation != Activation::SiLU) ops::mul_(a.act, a.up);  // act(gate) * up (non-SiLU gated MLPs)
     down = project(L.down, layer, Target::Down, a.act, hook);
   }
