@@ -8,6 +8,7 @@
 #include "lowrank/model/model.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/sequences.h"
+#include "lowrank/train/text_encoder.h"
 
 namespace lowrank::cli {
 namespace {
@@ -25,7 +26,10 @@ int run_eval(const EvalOptions& o) {
   check_device(device, "--device " + o.device);
   model::Model m = model::Model::load(o.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
   lora::AdapterSet adapters(o.adapters, m);
-  auto seqs = train::read_token_sequences(o.data, m.config().vocab_size);
+  train::TextToIds text_to_ids;
+  if (auto enc = train::make_text_encoder(o.model))
+    text_to_ids = [enc](const std::string& t) { return enc->encode(t, true); };
+  auto seqs = train::read_token_sequences(o.data, m.config().vocab_size, text_to_ids);
   auto r = train::evaluate(m, seqs, adapters.hook(), o.seq_len);
   if (o.json) {
     nlohmann::json j{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens}};
@@ -42,7 +46,7 @@ RegisterCommand reg{{"eval", "Loss and perplexity of a model (with adapters) on 
                        auto o = std::make_shared<EvalOptions>();
                        app.add_option("--model", o->model, "Hugging Face model folder")->required();
                        app.add_option("--adapter", o->adapters, "Adapter folder, optionally DIR:SCALE (repeatable)");
-                       app.add_option("--data", o->data, "JSONL dataset (one sequence per line)")->required();
+                       app.add_option("--data", o->data, "JSONL dataset: {\"input_ids\"} or {\"text\"} per line, one sequence each")->required();
                        app.add_option("--seq-len", o->seq_len, "Split longer sequences into windows of L tokens")
                            ->check(CLI::PositiveNumber);
                        app.add_flag("--json", o->json, "Print one JSON object");
