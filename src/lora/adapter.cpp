@@ -84,6 +84,7 @@ Adapter Adapter::create(const model::Model& model, const LoraConfig& config, Rng
       a.biases.push_back({m.layer, m.target, m.linear->name, m.linear->bias.clone(), {}});
     }
   }
+  a.to(model.device());
   return a;
 }
 
@@ -168,6 +169,7 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
   std::sort(a.pairs.begin(), a.pairs.end(), [](const LoraPair& x, const LoraPair& y) {
     return std::pair(x.layer, static_cast<int>(x.target)) < std::pair(y.layer, static_cast<int>(y.target));
   });
+  a.to(model.device());
   return a;
 }
 
@@ -179,10 +181,10 @@ void Adapter::save(const std::string& dir) const {
 void Adapter::write_files(const std::string& dir) const {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (const auto& p : pairs) {
-    tensors.emplace_back(peft_key(p.module, "lora_A.weight"), p.A);
-    tensors.emplace_back(peft_key(p.module, "lora_B.weight"), p.B);
+    tensors.emplace_back(peft_key(p.module, "lora_A.weight"), p.A.to(Device::cpu()));
+    tensors.emplace_back(peft_key(p.module, "lora_B.weight"), p.B.to(Device::cpu()));
   }
-  for (const auto& b : biases) tensors.emplace_back(bias_key(b), b.value);
+  for (const auto& b : biases) tensors.emplace_back(bias_key(b), b.value.to(Device::cpu()));
   nlohmann::json cfg = config.to_json();
   if (!config.all_linear && !config.target_regex) {
     // PEFT writes the set of short names it adapted; keep the user's list otherwise.
@@ -218,20 +220,36 @@ int64_t Adapter::parameter_count() const {
   return n;
 }
 
+void Adapter::to(Device device) {
+  for (auto& p : pairs) {
+    p.A = p.A.to(device);
+    p.B = p.B.to(device);
+    if (p.grad_A.defined()) p.grad_A = p.grad_A.to(device);
+    if (p.grad_B.defined()) p.grad_B = p.grad_B.to(device);
+  }
+  for (auto& b : biases) {
+    b.value = b.value.to(device);
+    if (b.grad.defined()) b.grad = b.grad.to(device);
+  }
+}
+
 void Adapter::attach_biases(model::Model& model) {
   for (auto& b : biases) {
     model::Linear* l = model.weights().layers[b.layer].projection(b.target);
     LR_CHECK(l && l->bias.defined() && l->bias.numel() == b.value.numel(), "bias of ", b.module);
+    if (l->bias.dtype() != b.value.dtype() || l->bias.device() != b.value.device())
+      throw error("trained biases (bias=all / lora_only) need f32 model weights on the adapter's device; ",
+                  "not supported with bf16 CUDA weights yet");
     l->bias = b.value;
   }
 }
 
 void Adapter::allocate_grads() {
   for (auto& p : pairs) {
-    p.grad_A = Tensor::zeros(p.A.shape());
-    p.grad_B = Tensor::zeros(p.B.shape());
+    p.grad_A = Tensor::zeros_like(p.A);
+    p.grad_B = Tensor::zeros_like(p.B);
   }
-  for (auto& b : biases) b.grad = Tensor::zeros(b.value.shape());
+  for (auto& b : biases) b.grad = Tensor::zeros_like(b.value);
 }
 
 void Adapter::zero_grads() {

@@ -28,17 +28,15 @@ void LoraHook::on_projection(int layer, Target target, const Tensor& x, Tensor& 
     if (!p) continue;
     const float s = static_cast<float>(p->scale * adapters_[i].user_scale);
     Tensor xin = x;
-    std::vector<uint8_t> mask;
+    Tensor mask;
+    uint64_t offset = 0;
     if (trained && ad.config.dropout > 0) {
-      const float keep = static_cast<float>(1.0 - ad.config.dropout);
-      xin = Tensor::empty(x.shape());
-      mask.resize(x.numel());
-      const float* src = x.f32();
-      float* dst = xin.f32();
-      for (int64_t k = 0; k < x.numel(); ++k) {
-        mask[k] = rng_->uniform() < keep;
-        dst[k] = mask[k] ? src[k] / keep : 0.0f;
-      }
+      // Counter-based draws: element k uses draw offset + k, the same on every device. A replay
+      // (checkpointing) reuses the first forward's offset, so it draws the same mask.
+      const auto key = std::pair{layer, static_cast<int>(target)};
+      offset = replay_ ? saved_.at(key).drop_offset : rng_->offset();
+      xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, mask);
+      if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
     Tensor h;
     ops::matmul_nt(xin, p->A, h);          // [N, r]
@@ -46,9 +44,10 @@ void LoraHook::on_projection(int layer, Target target, const Tensor& x, Tensor& 
     if (trained) {
       Saved& sv = saved_[{layer, static_cast<int>(target)}];
       sv.h = h;
-      if (!mask.empty()) {
+      if (mask.defined()) {
         sv.x_drop = xin;
-        sv.mask = std::move(mask);
+        sv.mask = mask;
+        sv.drop_offset = offset;
       }
     }
   }
@@ -76,10 +75,7 @@ void LoraHook::on_projection_backward(int layer, Target target, const Tensor& x,
   }
   Tensor gx;
   ops::matmul_nn(g, p->A, gx, s);
-  const float keep = static_cast<float>(1.0 - ad.config.dropout);
-  float* o = dx.f32();
-  for (int64_t k = 0; k < dx.numel(); ++k)
-    if (sv.mask[k]) o[k] += gx.f32()[k] / keep;
+  ops::dropout_backward_add_(dx, gx, sv.mask, ad.config.dropout);
 }
 
 }  // namespace lowrank::lora

@@ -39,26 +39,21 @@ Tensor norm_backward(const ModelConfig& c, const Norm& n, Norm* g, const Tensor&
   return ops::rmsnorm_backward(dy, x, n.weight, rstd, g ? &g->weight : nullptr);
 }
 
-// Writes x [n, width] into columns [begin, begin + width) of y [n, cols].
-void put_columns(Tensor& y, int64_t begin, const Tensor& x) {
-  const int64_t n = x.dim(0), width = x.dim(1), cols = y.dim(1);
-  for (int64_t r = 0; r < n; ++r) std::memcpy(y.f32() + r * cols + begin, x.f32() + r * width, width * sizeof(float));
-}
 
 Linear zeros_like(const Linear& l) {
   Linear g;
   if (!l.defined()) return g;
   g.name = l.name;
-  g.weight = Tensor::zeros(l.weight.shape());
-  if (l.bias.defined()) g.bias = Tensor::zeros(l.bias.shape());
+  g.weight = Tensor::zeros_like(l.weight);
+  if (l.bias.defined()) g.bias = Tensor::zeros_like(l.bias);
   return g;
 }
 
 Norm zeros_like(const Norm& n) {
   Norm g;
   g.name = n.name;
-  if (n.weight.defined()) g.weight = Tensor::zeros(n.weight.shape());
-  if (n.bias.defined()) g.bias = Tensor::zeros(n.bias.shape());
+  if (n.weight.defined()) g.weight = Tensor::zeros_like(n.weight);
+  if (n.bias.defined()) g.bias = Tensor::zeros_like(n.bias);
   return g;
 }
 
@@ -68,9 +63,9 @@ ModelWeights zeros_like(const ModelWeights& w) {
   ModelWeights g;
   g.embed_name = w.embed_name;
   g.lm_head_name = w.lm_head_name;
-  g.embed = Tensor::zeros(w.embed.shape());
-  if (w.positions.defined()) g.positions = Tensor::zeros(w.positions.shape());
-  g.lm_head = w.lm_head_name == w.embed_name ? g.embed : Tensor::zeros(w.lm_head.shape());
+  g.embed = Tensor::zeros_like(w.embed);
+  if (w.positions.defined()) g.positions = Tensor::zeros_like(w.positions);
+  g.lm_head = w.lm_head_name == w.embed_name ? g.embed : Tensor::zeros_like(w.lm_head);
   g.final_norm = zeros_like(w.final_norm);
   for (const auto& l : w.layers) {
     LayerWeights gl;
@@ -100,16 +95,17 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
 }
 
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
-                            float grad_scale, TrainableHook* hook, ModelWeights* full) {
+                            float grad_scale, TrainableHook* hook, ModelWeights* full, bool checkpointing) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
   const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
   ForwardCache cache;
+  cache.checkpointing = checkpointing;
   model.hidden_states(batch, hook, &cache);
 
   // Loss and d(hidden), chunked over rows so that [rows, V] logits stay small.
   LossResult result;
-  Tensor dhidden = Tensor::zeros({N, c.hidden_size});
+  Tensor dhidden = Tensor::zeros_like(cache.hidden);  // [N, d]
   const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(c.vocab_size, 1));
   for (int64_t r = 0; r < N; r += chunk) {
     const int64_t end = std::min(N, r + chunk);
@@ -119,7 +115,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     if (!any) continue;
     Tensor h = cache.hidden.slice_rows(r, end);
     Tensor logits = model.project_vocab(h);
-    Tensor dlogits = Tensor::zeros(logits.shape());
+    Tensor dlogits = Tensor::zeros_like(logits);
     result.nll_sum += ops::cross_entropy_backward(logits, t, grad_scale, dlogits);
     for (int32_t v : t) result.tokens += v != -100;
     Tensor dh = dhidden.slice_rows(r, end);
@@ -137,6 +133,13 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   for (int64_t li = c.num_layers - 1; li >= lowest; --li) {
     const LayerWeights& L = w.layers[li];
     LayerWeights* G = full ? &full->layers[li] : nullptr;
+    if (checkpointing) {  // recompute this layer's activations from its saved input
+      LayerActivations full_a;
+      if (hook) hook->set_replay(true);
+      model.layer_forward(li, cache.layers[li].x_in, LayerInput{B, T, 0, &pos, hook, nullptr, true}, full_a);
+      if (hook) hook->set_replay(false);
+      cache.layers[li] = std::move(full_a);
+    }
     const LayerActivations& a = cache.layers[li];
     const int layer = static_cast<int>(li);
     // MLP block: x_out = x_mid + down(act(...))
@@ -152,13 +155,10 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
       if (c.activation == Activation::SiLU) {
         ops::swiglu_backward(dact, a.gate, a.up, dg, du);
       } else {  // act(gate) * up
-        Tensor actg = ops::activation(a.gate, act_of(c.activation));
-        du = Tensor::empty(dact.shape());
-        Tensor dactg = Tensor::empty(dact.shape());
-        for (int64_t i = 0; i < dact.numel(); ++i) {
-          du.f32()[i] = dact.f32()[i] * actg.f32()[i];
-          dactg.f32()[i] = dact.f32()[i] * a.up.f32()[i];
-        }
+        du = ops::activation(a.gate, act_of(c.activation));
+        ops::mul_(du, dact);  // du = dact ⊙ act(gate)
+        Tensor dactg = dact.clone();
+        ops::mul_(dactg, a.up);
         dg = ops::activation_backward(dactg, a.gate, act_of(c.activation));
       }
       dxn2 = linear_backward(L.gate, G ? &G->gate : nullptr, layer, Target::Gate, a.xn2, dg, hook);
@@ -177,17 +177,22 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     Tensor dxn1;
     if (c.is_gpt2()) {
       const int64_t d = c.hidden_size;
-      Tensor dqkv = Tensor::empty({N, 3 * d});
-      put_columns(dqkv, 0, dq);
-      put_columns(dqkv, d, dk);
-      put_columns(dqkv, 2 * d, dv);
+      Tensor dqkv = Tensor::empty({N, 3 * d}, dq.dtype(), dq.device());
+      ops::copy_columns_(dqkv, 0, dq, 0, d);
+      ops::copy_columns_(dqkv, d, dk, 0, d);
+      ops::copy_columns_(dqkv, 2 * d, dv, 0, d);
       dxn1 = linear_backward(L.qkv, G ? &G->qkv : nullptr, layer, Target::CAttn, a.xn1, dqkv, hook);
     } else {
       ops::rope_(dq, c.num_heads, pos, tables->cos, tables->sin, /*inverse=*/true);
       ops::rope_(dk, c.num_kv_heads, pos, tables->cos, tables->sin, /*inverse=*/true);
       if (c.qk_norm) {
-        dq = ops::rmsnorm_backward(dq, a.q_raw, L.q_norm.weight, a.q_rstd, G ? &G->q_norm.weight : nullptr);
-        dk = ops::rmsnorm_backward(dk, a.k_raw, L.k_norm.weight, a.k_rstd, G ? &G->k_norm.weight : nullptr);
+        const int64_t hd = c.head_dim;
+        dq = ops::rmsnorm_backward(dq.reshape({N * c.num_heads, hd}), a.q_raw.reshape({N * c.num_heads, hd}),
+                                   L.q_norm.weight, a.q_rstd, G ? &G->q_norm.weight : nullptr)
+                 .reshape({N, c.q_dim()});
+        dk = ops::rmsnorm_backward(dk.reshape({N * c.num_kv_heads, hd}), a.k_raw.reshape({N * c.num_kv_heads, hd}),
+                                   L.k_norm.weight, a.k_rstd, G ? &G->k_norm.weight : nullptr)
+                 .reshape({N, c.kv_dim()});
       }
       dxn1 = linear_backward(L.q, G ? &G->q : nullptr, layer, Target::Q, a.xn1, dq, hook);
       ops::add_(dxn1, linear_backward(L.k, G ? &G->k : nullptr, layer, Target::K, a.xn1, dk, hook));
@@ -195,6 +200,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     }
     dx = norm_backward(c, L.attn_norm, G ? &G->attn_norm : nullptr, dxn1, a.x_in, a.norm1_mean, a.norm1_rstd);
     ops::add_(dx, dx_mid);
+    if (checkpointing) cache.layers[li] = LayerActivations{};  // free the recomputed activations
   }
   if (full) {
     ops::embedding_backward_(full->embed, batch.ids, dx);

@@ -13,7 +13,7 @@ void write_model_folder(const Model& model, const std::string& source_dir, const
                         const ExportOptions& options) {
   fs::create_directories(out_dir);
   auto tensors = checkpoint_tensors(model.config(), model.weights());
-  for (auto& [name, t] : tensors) t = t.to(options.dtype);
+  for (auto& [name, t] : tensors) t = t.to(Device::cpu()).to(options.dtype);
   // Shards of at most max_shard_bytes (a single tensor larger than that gets its own shard).
   std::vector<std::vector<std::pair<std::string, Tensor>>> shards(1);
   int64_t bytes = 0;

@@ -32,7 +32,8 @@ namespace {
 
 class Loader {
  public:
-  Loader(const io::TensorStore& store, DType compute) : store_(store), compute_(compute) {}
+  Loader(const io::TensorStore& store, DType compute, Device device)
+      : store_(store), compute_(compute), device_(device) {}
 
   bool has(const std::string& name) const { return store_.contains(name); }
 
@@ -50,7 +51,9 @@ class Loader {
                   " (expected F32, BF16 or F16)");
     Tensor t = store_.get(name);
     // Always copy: the result must not alias the read-only mapping (merge writes into weights).
-    return t.dtype() == compute_ ? t.clone() : t.to(compute_);
+    // Converted on the CPU (from f32 when the target is not f32, so rounding happens once).
+    Tensor c = t.dtype() == compute_ ? t.clone() : t.to(DType::F32).to(compute_);
+    return c.to(device_);
   }
 
   Linear linear(const std::string& module, int64_t out, int64_t in, bool bias) const {
@@ -66,7 +69,7 @@ class Loader {
     Linear l;
     l.name = module;
     l.transposed_in_checkpoint = true;
-    l.weight = ops::transpose2d(get(module + ".weight", {in, out}));
+    l.weight = ops::transpose2d(get(module + ".weight", {in, out}).to(Device::cpu())).to(device_);
     l.bias = get(module + ".bias", {out});
     return l;
   }
@@ -82,6 +85,7 @@ class Loader {
  private:
   const io::TensorStore& store_;
   DType compute_;
+  Device device_;
 };
 
 ModelWeights load_llama_family(const ModelConfig& c, const Loader& L) {
@@ -162,8 +166,8 @@ void add_norm(std::vector<std::pair<std::string, Tensor>>& out, const Norm& n) {
 
 }  // namespace
 
-ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute) {
-  Loader loader(store, compute);
+ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute, Device device) {
+  Loader loader(store, compute, device);
   return config.is_gpt2() ? load_gpt2(config, loader) : load_llama_family(config, loader);
 }
 

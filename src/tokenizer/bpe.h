@@ -12,9 +12,30 @@
 
 namespace lowrank::tok {
 
+// A fast hash for the short strings (pieces, tokens) of the hot path: 8 bytes per multiply.
 struct StringHash {
   using is_transparent = void;
-  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+  size_t operator()(std::string_view s) const noexcept {
+    const char* p = s.data();
+    size_t n = s.size();
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xFF51AFD7ED558CCDull);
+    while (n >= 8) {
+      uint64_t w;
+      __builtin_memcpy(&w, p, 8);
+      h = (h ^ w) * 0xBF58476D1CE4E5B9ull;
+      h ^= h >> 31;
+      p += 8;
+      n -= 8;
+    }
+    if (n) {
+      uint64_t w = 0;
+      __builtin_memcpy(&w, p, n);
+      h = (h ^ w) * 0x94D049BB133111EBull;
+      h ^= h >> 29;
+    }
+    h *= 0x9E3779B97F4A7C15ull;
+    return static_cast<size_t>(h ^ (h >> 32));
+  }
 };
 using VocabMap = std::unordered_map<std::string, int32_t, StringHash, std::equal_to<>>;
 

@@ -84,9 +84,9 @@ cr = [r for r in cr if r[2] != 0]
 w("const CatRange kCategory[] = {" + ",".join("{%d,%d,%d}" % tuple(r) for r in cr) + "};")
 w("const size_t kCategoryCount = %d;" % len(cr))
 w("}  // namespace lowrank::tok::unicode_tables")
-# Wrap long lines at commas so the file stays readable in editors.
+# Wrap long lines at commas (generated data: wide lines keep the file short).
 for line in out:
-    while len(line) > 100:
-        cut = line.rfind(",", 0, 100) + 1
+    while len(line) > 240:
+        cut = line.rfind(",", 0, 240) + 1
         print(line[:cut]); line = line[cut:]
     print(line)

@@ -1,4 +1,5 @@
-// Normalizers: NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace, Strip, Sequence.
+// Normalizers: NFC, NFD, NFKC, NFKD, Lowercase, Prepend, Replace, Strip, StripAccents, Nmt,
+// Sequence.
 #include <optional>
 
 #include "components.h"
@@ -119,6 +120,38 @@ class Strip final : public Normalizer {
   bool left_, right_;
 };
 
+// Char-by-char filter/map (StripAccents, Nmt): `f` returns -1 to drop a char, else its
+// replacement.
+template <typename F>
+class CharMap final : public Normalizer {
+ public:
+  explicit CharMap(F f) : f_(f) {}
+  bool apply(std::string_view in, std::string& out) const override {
+    out.clear();
+    out.reserve(in.size());
+    bool changed = false;
+    for (size_t i = 0; i < in.size();) {
+      size_t b = i;
+      uint32_t cp = unicode::next_cp(in, i);
+      int64_t r = f_(cp);
+      if (r == static_cast<int64_t>(cp)) {
+        out.append(in.substr(b, i - b));
+        continue;
+      }
+      changed = true;
+      if (r >= 0) unicode::append_utf8(out, static_cast<uint32_t>(r));
+    }
+    return changed;
+  }
+
+ private:
+  F f_;
+};
+template <typename F>
+std::unique_ptr<Normalizer> char_map(F f) {
+  return std::make_unique<CharMap<F>>(f);
+}
+
 class Sequence final : public Normalizer {
  public:
   explicit Sequence(std::vector<std::unique_ptr<Normalizer>> n) : list_(std::move(n)) {}
@@ -158,6 +191,22 @@ std::unique_ptr<Normalizer> make_normalizer(const json& j) {
   if (type == "Strip")
     return std::make_unique<Strip>(get_bool(j, "strip_left", true, where),
                                    get_bool(j, "strip_right", true, where));
+  if (type == "StripAccents")  // drops combining marks (categories Mn, Mc, Me)
+    return char_map([](uint32_t c) -> int64_t {
+      const char* cat = unicode::category(c);
+      return cat[0] == 'M' ? -1 : static_cast<int64_t>(c);
+    });
+  if (type == "Nmt")  // SentencePiece's nmt_nfkc control-char handling (without the NFKC)
+    return char_map([](uint32_t c) -> int64_t {
+      if ((c >= 0x01 && c <= 0x08) || c == 0x0B || (c >= 0x0E && c <= 0x1F) || c == 0x7F ||
+          c == 0x8F || c == 0x9F)
+        return -1;
+      if (c == 0x09 || c == 0x0A || c == 0x0C || c == 0x0D || c == 0x1680 ||
+          (c >= 0x200B && c <= 0x200F) || c == 0x2028 || c == 0x2029 || c == 0x2581 ||
+          c == 0xFEFF || c == 0xFFFD)
+        return ' ';
+      return static_cast<int64_t>(c);
+    });
   if (type == "Sequence") {
     const json& list = field(j, "normalizers", where);
     if (!list.is_array()) throw error(where, ": \"normalizers\" must be an array");

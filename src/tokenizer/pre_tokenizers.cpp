@@ -1,5 +1,5 @@
 // Pre-tokenizers: ByteLevel, Split, Metaspace, Digits, Punctuation, Whitespace,
-// WhitespaceSplit, Sequence.
+// WhitespaceSplit, BertPreTokenizer, CharDelimiterSplit, Sequence.
 #include <optional>
 
 #include "components.h"
@@ -178,24 +178,21 @@ std::unique_ptr<PreTokenizer> char_split(Pred pred, SplitBehavior b) {
 // Whitespace: the matches of \w+|[^\w\s]+ (Rust regex, Unicode classes) are the pieces.
 class Whitespace final : public PreTokenizer {
  public:
+  Whitespace()
+      : re_(std::string(unicode::kWordClass) + "+|[^" +
+                std::string(unicode::kWordClass).substr(1, std::string(unicode::kWordClass).size() - 2) +
+                "\\s]+",
+            "pre_tokenizer Whitespace") {}
   void pre_tokenize(Pieces& p) const override {
+    std::vector<Span> spans;
     for_each_text_piece(p, [&](const Piece& piece, std::vector<Piece>& out) {
-      std::string_view s = piece.text;
-      int run = 0;  // 0 none, 1 word, 2 other
-      size_t run_start = 0;
-      for (size_t i = 0; i < s.size();) {
-        size_t b = i;
-        uint32_t cp = unicode::next_cp(s, i);
-        int kind = unicode::is_word_char(cp) ? 1 : unicode::is_whitespace(cp) ? 0 : 2;
-        if (kind != run) {
-          if (run) out.push_back({s.substr(run_start, b - run_start), -1, piece.at_start && run_start == 0});
-          run = kind;
-          run_start = b;
-        }
-      }
-      if (run) out.push_back({s.substr(run_start), -1, piece.at_start && run_start == 0});
+      regex_spans(re_, piece.text, spans, /*invert=*/true);  // keep the matches
+      split_spans(piece.text, spans, SplitBehavior::Removed, out, piece.at_start);
     });
   }
+
+ private:
+  Regex re_;
 };
 
 class Sequence final : public PreTokenizer {
@@ -254,6 +251,21 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const json& j, bool& byte_level
     return char_split([](uint32_t c) { return unicode::is_punctuation(c); }, b);
   }
   if (type == "Whitespace") return std::make_unique<Whitespace>();
+  if (type == "BertPreTokenizer") {  // whitespace removed, then punctuation isolated
+    std::vector<std::unique_ptr<PreTokenizer>> v;
+    v.push_back(char_split([](uint32_t c) { return unicode::is_whitespace(c); },
+                           SplitBehavior::Removed));
+    v.push_back(char_split([](uint32_t c) { return unicode::is_punctuation(c); },
+                           SplitBehavior::Isolated));
+    return std::make_unique<Sequence>(std::move(v));
+  }
+  if (type == "CharDelimiterSplit") {
+    std::string d = get_string(j, "delimiter", where);
+    size_t i = 0;
+    if (d.empty() || (unicode::next_cp(d, i), i != d.size()))
+      throw error(where, ": \"delimiter\" must be one character");
+    return std::make_unique<Split>(Pattern{false, d}, SplitBehavior::Removed, false);
+  }
   if (type == "WhitespaceSplit")
     return char_split([](uint32_t c) { return unicode::is_whitespace(c); }, SplitBehavior::Removed);
   if (type == "Sequence") {

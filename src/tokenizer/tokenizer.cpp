@@ -140,6 +140,8 @@ std::optional<std::string> config_token(const json& cfg, const char* key) {
 void Tokenizer::Impl::add_tokens(const json& list, const std::string& where) {
   if (list.is_null()) return;
   if (!list.is_array()) throw error(where, ": \"added_tokens\" must be an array");
+  int32_t next_id = static_cast<int32_t>(model->size());  // HF: the model's vocab size
+  for (const auto& a : added) next_id = std::max(next_id, a.id + 1);
   for (const json& t : list) {
     if (!t.is_object()) throw error(where, ": added token must be an object");
     AddedToken a;
@@ -153,14 +155,16 @@ void Tokenizer::Impl::add_tokens(const json& list, const std::string& where) {
     a.rstrip = get_bool(t, "rstrip", false, w);
     a.single_word = get_bool(t, "single_word", false, w);
     a.normalized = get_bool(t, "normalized", !a.special, w);
-    // The model's id wins when the model knows the token (as HF does), else the file's id.
-    if (auto mid = model->token_to_id(a.content)) {
+    // HF ignores the file's "id": a token gets its id from the added tokens or the model when
+    // they know it, else the next id after the model's vocabulary, in file order.
+    if (t.contains("id") && !t["id"].is_number_integer())
+      throw error(w, ": \"id\" must be an integer");
+    if (auto it = added_by_content.find(a.content); it != added_by_content.end()) {
+      a.id = it->second;
+    } else if (auto mid = model->token_to_id(a.content)) {
       a.id = *mid;
     } else {
-      const json& id = field(t, "id", w);
-      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-        throw error(w, ": \"id\" must be a non-negative integer");
-      a.id = id.get<int32_t>();
+      a.id = next_id++;
     }
     a.pattern = a.content;
     if (a.normalized && normalizer) a.pattern = normalizer->normalize(a.content);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "regex.h"
 #include "unicode_tables.h"
 
 namespace lowrank::tok::unicode {
@@ -276,9 +277,14 @@ bool is_word_char(uint32_t cp) {
   if (cp < 0x80)
     return (cp >= '0' && cp <= '9') || (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') ||
            cp == '_';
-  if (cp == 0x200C || cp == 0x200D) return true;
-  uint8_t c = cat_index(cp);
-  return (c >= 1 && c <= 10) || c == 12;  // L*, M*, Nd, Nl, Pc
+  // Rust's \w needs the Alphabetic property (letters, Nl and Other_Alphabetic marks and
+  // symbols such as circled letters), which PCRE2 knows.
+  static const Regex word("\\A" + std::string(kWordClass) + "\\z", "\\w");
+  std::string s;
+  append_utf8(s, cp);
+  std::vector<Regex::Match> m;
+  word.find_all(s, m);
+  return !m.empty();
 }
 
 const char* unicode_version() { return T::kUnicodeVersion; }

@@ -1,5 +1,7 @@
 #include "lowrank/train/optimizer.h"
 
+#include "lowrank/ops/ops.h"
+
 #include <cmath>
 #include <set>
 
@@ -18,8 +20,8 @@ inline float lerp(float self, float end, float weight) {
 
 void check_tensor(const std::string& name, const char* what, const Tensor& t) {
   if (!t.defined()) throw error("AdamW: parameter '", name, "': ", what, " is undefined");
-  if (t.dtype() != DType::F32 || !t.device().is_cpu())
-    throw error("AdamW: parameter '", name, "': ", what, " must be f32 on the cpu, got ", t.str());
+  if (t.dtype() != DType::F32)
+    throw error("AdamW: parameter '", name, "': ", what, " must be f32 (master weights), got ", t.str());
 }
 
 const std::string kAvg = ".exp_avg";
@@ -77,9 +79,15 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
   if (!(lr >= 0.0) || !std::isfinite(lr)) throw error("AdamW: invalid learning rate: ", lr);
   check_params(params);  // all checks first, so a bad call changes nothing
 
-  for (const ParamRef& p : params)
-    if (!state_.count(p.name))
-      state_[p.name] = Moments{Tensor::zeros(p.param.shape()), Tensor::zeros(p.param.shape())};
+  for (const ParamRef& p : params) {
+    if (!state_.count(p.name)) {
+      state_[p.name] = Moments{Tensor::zeros_like(p.param), Tensor::zeros_like(p.param)};
+    } else if (state_[p.name].exp_avg.device() != p.param.device()) {  // loaded from a checkpoint
+      Moments& m = state_[p.name];
+      m.exp_avg = m.exp_avg.to(p.param.device());
+      m.exp_avg_sq = m.exp_avg_sq.to(p.param.device());
+    }
+  }
   ++steps_;
 
   // Scalars in double, as torch computes them in Python; rounded to f32 where torch passes them
@@ -100,6 +108,12 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
 
   for (ParamRef& ref : params) {
     Moments& st = state_.at(ref.name);
+    if (!ref.param.device().is_cpu()) {  // the device op applies the same element formula
+      ops::AdamWScalars sc{decay_f, ref.decay && config_.weight_decay != 0.0, lerp_w, beta2_f, one_minus_beta2_f,
+                           bc2_sqrt_f, eps_f, neg_step_f};
+      ops::adamw_update_(ref.param, ref.grad, st.exp_avg, st.exp_avg_sq, sc);
+      continue;
+    }
     float* p = ref.param.f32();
     const float* g = ref.grad.f32();
     float* m = st.exp_avg.f32();

@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "lowrank/ops/ops.h"
 #include "lowrank/train/grad_clip.h"
 
 namespace lowrank::train {
@@ -40,17 +41,32 @@ StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_bat
   double nll = 0;
   for (const auto& mb : micro_batches) {
     auto res = model::forward_backward(*ctx.model, mb.tokens, mb.targets, 1.0f / static_cast<float>(counted), ctx.hook,
-                                       ctx.full_grads);
+                                       ctx.full_grads, ctx.checkpointing);
     nll += res.nll_sum;
   }
   r.tokens = counted;
   r.loss = nll / counted;
-  if (!all_finite(*ctx.params) || !std::isfinite(r.loss)) {
-    r.skipped = true;
-    r.grad_norm = NAN;
-    return r;
+  const Device device = ctx.params->empty() ? Device::cpu() : ctx.params->front().grad.device();
+  if (device.is_cpu()) {
+    if (!all_finite(*ctx.params) || !std::isfinite(r.loss)) {
+      r.skipped = true;
+      r.grad_norm = NAN;
+      return r;
+    }
+    r.grad_norm = ctx.max_grad_norm > 0 ? clip_grad_norm(*ctx.params, ctx.max_grad_norm) : global_grad_norm(*ctx.params);
+  } else {
+    // On the device: one reduction, one read-back; a NaN/Inf anywhere makes the sum non-finite.
+    Tensor total = Tensor::zeros({1}, DType::F64, device);
+    for (const auto& p : *ctx.params) ops::sum_squares_(p.grad, total);
+    const double sumsq = total.to(Device::cpu()).data<double>()[0];
+    r.grad_norm = std::sqrt(sumsq);
+    if (!std::isfinite(sumsq) || !std::isfinite(r.loss)) {
+      r.skipped = true;
+      return r;
+    }
+    if (ctx.max_grad_norm > 0)
+      for (auto& p : *ctx.params) ops::clip_by_total_(p.grad, total, ctx.max_grad_norm);
   }
-  r.grad_norm = ctx.max_grad_norm > 0 ? clip_grad_norm(*ctx.params, ctx.max_grad_norm) : global_grad_norm(*ctx.params);
   ctx.optimizer->step(*ctx.params, lr);
   return r;
 }

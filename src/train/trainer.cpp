@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 
+#include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
 #include "lowrank/core/log.h"
 #include "lowrank/io/checkpoint_dir.h"
@@ -60,10 +61,7 @@ void validate(const TrainOptions& o) {
   if (o.steps > 0 && o.epochs > 0) throw error("give --steps or --epochs, not both");
   if (!(o.weight_decay >= 0)) throw error("--weight-decay must not be negative");
   if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
-  if (o.device != "cpu") {
-    Device d = parse_device(o.device);
-    if (d.is_cuda()) throw error("--device ", o.device, ": the CUDA backend is not available in this build yet");
-  }
+  check_device(parse_device(o.device), "--device " + o.device);
 }
 
 }  // namespace
@@ -72,7 +70,9 @@ TrainSummary run_training(const TrainOptions& o) {
   validate(o);
   if (!o.full) o.lora.validate("LoRA options");
   auto t_start = std::chrono::steady_clock::now();
-  model::Model m = model::Model::load(o.model_dir);
+  const Device device = parse_device(o.device);
+  // CUDA: bf16 frozen weights for LoRA; --full trains f32 weights directly (AdamW needs f32 masters).
+  model::Model m = model::Model::load(o.model_dir, device, device.is_cuda() && !o.full ? DType::BF16 : DType::F32);
   const auto& cfg = m.config();
   const int64_t seq_len = cfg.is_gpt2() ? std::min(o.seq_len, cfg.max_position_embeddings) : o.seq_len;
   auto encoder = make_text_encoder(o.model_dir);
@@ -135,7 +135,8 @@ TrainSummary run_training(const TrainOptions& o) {
         if (t.shape() != p.param.shape())
           throw error(*ckpt, ": tensor \"", p.name, "\" has shape ", shape_str(t.shape()), ", expected ",
                       shape_str(p.param.shape()));
-        std::memcpy(p.param.raw(), t.raw(), p.param.nbytes());
+        Tensor host = t.to(DType::F32);
+        device_copy(p.param.raw(), p.param.device(), host.raw(), Device::cpu(), p.param.nbytes());
       }
       auto opt = io::SafetensorsFile::open((fs::path(*ckpt) / "optimizer.safetensors").string());
       std::map<std::string, Tensor> moments;
@@ -165,7 +166,8 @@ TrainSummary run_training(const TrainOptions& o) {
   }
   MetricsWriter metrics(metrics_path);
 
-  StepContext ctx{&m, hook ? &*hook : nullptr, o.full ? &full_grads : nullptr, &params, &optimizer, o.max_grad_norm};
+  StepContext ctx{&m, hook ? &*hook : nullptr, o.full ? &full_grads : nullptr, &params, &optimizer, o.max_grad_norm,
+                  o.checkpointing};
   TrainSummary summary;
   summary.trainable = trainable;
   summary.total_parameters = all_params;
@@ -221,10 +223,11 @@ TrainSummary run_training(const TrainOptions& o) {
                            {"dropout_rng", {{"seed", dropout_rng.seed()}, {"offset", dropout_rng.offset()}}},
                            {"examples_seen", drawn}, {"identity", identity}};
       io::write_checkpoint_dir(dir, [&](const std::string& tmp) {
-        std::vector<std::pair<std::string, Tensor>> w;
-        for (auto& p : params) w.emplace_back(p.name, p.param);
+        std::vector<std::pair<std::string, Tensor>> w, opt_state;
+        for (auto& p : params) w.emplace_back(p.name, p.param.to(Device::cpu()));
+        for (auto& [n, t] : optimizer.state_tensors()) opt_state.emplace_back(n, t.to(Device::cpu()));
         io::write_safetensors((fs::path(tmp) / "weights.safetensors").string(), w);
-        io::write_safetensors((fs::path(tmp) / "optimizer.safetensors").string(), optimizer.state_tensors());
+        io::write_safetensors((fs::path(tmp) / "optimizer.safetensors").string(), opt_state);
         if (adapter) adapter->write_files(tmp);
         io::write_json_atomic((fs::path(tmp) / "trainer_state.json").string(), state);
       }, nlohmann::json{{"kind", "lowrank-checkpoint"}, {"step", step + 1}});

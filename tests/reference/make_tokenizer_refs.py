@@ -16,11 +16,17 @@ It needs tests/data as built by scripts/fetch-test-data.sh (tokenizers/ and corp
          "decode": str        decode(ids), only present when it differs from the text,
          "decode_skip": str   decode(ids, skip_special_tokens=True), only when != decode(ids),
          "decode_special": str decode(ids_special), only when != decode(ids)}
+    OUTDIR/refs_synthetic.jsonl  the same for the synthetic tokenizers of
+                                tests/fixtures/tokenizer/synthetic.json (other components on a
+                                real base) over a subset of the corpus; line 1 lists the variants
+                                ({"variants": {name: "ok" | error}}), then one line per
+                                (variant, document) with "variant" added
     OUTDIR/hf_timing.json       single-thread encode throughput (MB/s) per tokenizer, and the CPU
     OUTDIR/transformers_check.json  diagnostics: do transformers' tokenizer classes agree with the
                                 tokenizer.json pipeline (ids, and what add_special_tokens adds)?
 
 `--dry-run` only reads the corpus and checks the files (no `tokenizers` needed).
+`--only-synthetic` writes refs_synthetic.jsonl only.
 Exit status: 0 when all four refs_*.jsonl were written; 1 otherwise (what failed is printed).
 """
 from __future__ import annotations
@@ -193,6 +199,88 @@ def transformers_check(data: str, name: str, tok, docs) -> dict:
     return res
 
 
+def synthetic_spec(data: str) -> dict:
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "..", "fixtures", "tokenizer", "synthetic.json")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def synthetic_json(data: str, spec: dict, variant: dict) -> str:
+    """The tokenizer.json text of one synthetic variant (see synthetic.json's "about")."""
+    import copy
+
+    if variant["base"] == "gpt2":
+        d = copy.deepcopy(spec["gpt2_skeleton"])
+        vocab_path, merges_path = tokenizer_files(data, "gpt2")
+        with open(vocab_path, encoding="utf-8") as f:
+            d["model"]["vocab"] = json.load(f)
+        with open(merges_path, encoding="utf-8") as f:
+            d["model"]["merges"] = [l.rstrip("\r\n") for l in f
+                                    if l.rstrip("\r\n") and not l.startswith("#version")]
+    else:
+        with open(tokenizer_files(data, variant["base"])[0], encoding="utf-8") as f:
+            d = json.load(f)
+    for k, v in variant.get("set", {}).items():
+        d[k] = v
+    d["model"].update(variant.get("model", {}))
+    d["added_tokens"] = d.get("added_tokens", []) + variant.get("added_tokens", [])
+    return json.dumps(d, ensure_ascii=False)
+
+
+def write_synthetic(data: str, docs, out: str, vers: dict) -> list:
+    from tokenizers import Tokenizer
+
+    spec = synthetic_spec(data)
+    sub = [(d, t) for d, t in docs if any(d.startswith(p) for p in spec["doc_prefixes"])]
+    status, lines = {}, []
+    for v in spec["variants"]:
+        try:
+            tok = Tokenizer.from_str(synthetic_json(data, spec, v))
+            for doc, text in sub:
+                rec = {"variant": v["name"], "doc": doc, "bytes": len(text.encode())}
+                try:  # HF can fail (even panic) on one document: record it, go on
+                    ids = tok.encode(text, add_special_tokens=False).ids
+                    ids_sp = tok.encode(text, add_special_tokens=True).ids
+                except BaseException as e:  # noqa: BLE001 - pyo3 panics are BaseException
+                    rec["error"] = repr(e)[:500]
+                    lines.append(json.dumps(rec, ensure_ascii=False))
+                    continue
+                rec["ids"] = ids
+                sp = split_special(ids, ids_sp)
+                if sp is not None:
+                    rec["special"] = sp
+                else:
+                    rec["ids_special"] = ids_sp
+                try:
+                    dec = tok.decode(ids, skip_special_tokens=False)
+                    if dec != text:
+                        rec["decode"] = dec
+                    dec_skip = tok.decode(ids, skip_special_tokens=True)
+                    if dec_skip != dec:
+                        rec["decode_skip"] = dec_skip
+                    dec_sp = tok.decode(ids_sp, skip_special_tokens=False)
+                    if dec_sp != dec:
+                        rec["decode_special"] = dec_sp
+                except BaseException as e:  # noqa: BLE001
+                    for k in ("decode", "decode_skip", "decode_special"):
+                        rec.pop(k, None)
+                    rec["decode_error"] = repr(e)[:500]
+                lines.append(json.dumps(rec, ensure_ascii=False))
+            status[v["name"]] = "ok"
+        except Exception:  # noqa: BLE001 - a variant HF rejects is recorded, the rest go on
+            status[v["name"]] = "error: " + traceback.format_exc()[-2000:]
+            lines = [l for l in lines if json.loads(l)["variant"] != v["name"]]
+        print(f"synthetic {v['name']}: {status[v['name']][:200]}", file=sys.stderr)
+    tmp = os.path.join(out, "refs_synthetic.jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"versions": vers, "variants": status, "docs": len(sub)}) + "\n")
+        for l in lines:
+            f.write(l + "\n")
+    os.replace(tmp, os.path.join(out, "refs_synthetic.jsonl"))
+    return [n for n, st in status.items() if st != "ok"]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="tests/data", help="folder built by fetch-test-data.sh")
@@ -201,6 +289,7 @@ def main() -> int:
     ap.add_argument("--min-seconds", type=float, default=3.0, help="timing per tokenizer")
     ap.add_argument("--no-timing", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="check inputs only")
+    ap.add_argument("--only-synthetic", action="store_true", help="write refs_synthetic.jsonl only")
     args = ap.parse_args()
 
     names = [n for n in args.tokenizers.split(",") if n]
@@ -214,10 +303,23 @@ def main() -> int:
         for d, _ in docs:
             groups[d.split("_")[0]] = groups.get(d.split("_")[0], 0) + 1
         print(f"dry run: groups {groups}; tokenizers {names}: files present", file=sys.stderr)
+        spec = synthetic_spec(args.data)
+        for v in spec["variants"]:
+            json.loads(synthetic_json(args.data, spec, v))
+        print(f"dry run: {len(spec['variants'])} synthetic variants build", file=sys.stderr)
         return 0
 
     os.makedirs(args.out, exist_ok=True)
     vers = versions()
+    try:
+        bad_synthetic = write_synthetic(args.data, docs, args.out, vers)
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+        bad_synthetic = ["(all)"]
+    if args.only_synthetic:
+        print(f"ok: wrote refs_synthetic.jsonl to {args.out}; variants HF rejected: "
+              f"{bad_synthetic or 'none'}", file=sys.stderr)
+        return 0 if bad_synthetic != ["(all)"] else 1
     timing = {"cpu": cpu_model(), "nproc": os.cpu_count(), "versions": vers,
               "method": "encode() per document, add_special_tokens=False, RAYON_NUM_THREADS=1, "
                         "after one warm-up pass", "tokenizers": {}}

@@ -213,3 +213,39 @@ TEST(Unicode, Categories) {
 
 }  // namespace
 }  // namespace lowrank::tok
+
+namespace lowrank::tok {
+namespace {
+
+TEST(PreTokenizers, WhitespaceUsesRustWordClass) {
+  // Circled letters are Alphabetic (so \w in Rust) although their category is So.
+  EXPECT_EQ(pre_tokenize({{"type", "Whitespace"}}, "a\xE2\x92\xB6" "b \xE2\x84\xA2!"),
+            (V{"a\xE2\x92\xB6" "b", "\xE2\x84\xA2!"}));
+  EXPECT_TRUE(unicode::is_word_char(0x24B6));
+  EXPECT_TRUE(unicode::is_word_char(0x0301));
+  EXPECT_TRUE(unicode::is_word_char(0x4E2D));
+  EXPECT_FALSE(unicode::is_word_char(0x2122));
+  EXPECT_FALSE(unicode::is_word_char(0x3000));
+}
+
+}  // namespace
+}  // namespace lowrank::tok
+
+namespace lowrank::tok {
+namespace {
+
+TEST(PreTokenizers, BertAndCharDelimiter) {
+  EXPECT_EQ(pre_tokenize({{"type", "BertPreTokenizer"}}, "Hey friend!     How are you?!?"),
+            (V{"Hey", "friend", "!", "How", "are", "you", "?", "!", "?"}));
+  EXPECT_EQ(pre_tokenize({{"type", "CharDelimiterSplit"}, {"delimiter", "x"}}, "HelloxWorldxx!"),
+            (V{"Hello", "World", "!"}));
+}
+
+TEST(Normalizers, StripAccentsAndNmt) {
+  json seq = {{"type", "Sequence"}, {"normalizers", {{{"type", "NFD"}}, {{"type", "StripAccents"}}}}};
+  EXPECT_EQ(norm(seq, "\xC3\xA9l\xC3\xA9gant"), "elegant");
+  EXPECT_EQ(norm({{"type", "Nmt"}}, "a\x01" "b\tc\xE2\x80\x8B" "d"), "ab c d");
+}
+
+}  // namespace
+}  // namespace lowrank::tok

@@ -16,9 +16,8 @@ TEST_P(HfParity, WholeCorpusExact) {
   LOWRANK_REQUIRE_TEST_DATA();
   const std::string name = GetParam();
   fs::path refs = source_dir() / "tests" / "fixtures" / "tokenizer" / ("refs_" + name + ".jsonl");
-  // The reference ids are committed fixtures; until they are generated the test can only skip.
-  if (!fs::exists(refs))
-    GTEST_SKIP() << refs << " is missing (run tests/reference/make_tokenizer_refs.py)";
+  // The reference ids are committed fixtures: missing means a broken checkout.
+  ASSERT_TRUE(fs::exists(refs)) << refs << " is missing (tests/reference/make_tokenizer_refs.py)";
   Tokenizer t = Tokenizer::load(tokenizer_path(name).string());
   ParityResult r = check_refs(t, refs, true);
   std::printf("[ parity ] %s: %zu/%zu docs exact, %zu with special tokens, %zu/%zu decodes\n",

@@ -192,6 +192,13 @@ TEST(AddedTokens, StripSingleWordNormalized) {
   EXPECT_EQ(t.decode({0, 3, 1}, true), "a b");
   EXPECT_EQ(t.decode({7}), "hi");  // a normalized added token decodes as its normalized form
   EXPECT_EQ(t.token_to_id("HI"), 7);
+  // Like HF, the file's ids of added tokens are not trusted: new ones follow the vocabulary.
+  json odd = json::array({{{"id", 99}, {"content", "zz"}, {"special", true}},
+                          {{"id", 0}, {"content", "b"}, {"special", true}}});
+  auto t2 = Tokenizer::from_json(make_json(v, {}, json::object(), {{"added_tokens", odd}}));
+  EXPECT_EQ(t2.token_to_id("zz"), 6);
+  EXPECT_EQ(t2.token_to_id("b"), 1);
+  EXPECT_EQ(t2.encode("azzb"), (Ids{0, 6, 1}));
 }
 
 TEST(BadInput, Errors) {

@@ -2,6 +2,7 @@
 // Device memory hooks for Tensor. Without the CUDA backend these throw a clear Error.
 #include <cstddef>
 #include <memory>
+#include <string>
 
 #include "lowrank/core/tensor.h"
 
@@ -13,4 +14,10 @@ void device_memset_zero(void* dst, Device device, size_t bytes);
 // Number of CUDA devices usable now (0 without the backend or without a GPU).
 int cuda_device_count();
 
+}  // namespace lowrank
+
+namespace lowrank {
+// Throws Error("<what>: ...") if `device` cannot be used: a CUDA device in a build without the
+// backend, no visible GPU, or an index past the last GPU.
+void check_device(Device device, const std::string& what);
 }  // namespace lowrank

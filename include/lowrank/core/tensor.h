@@ -66,6 +66,9 @@ class Tensor {
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::cpu());
   static Tensor full(const Shape& shape, float value);  // f32, cpu
+  // Same shape, dtype and device as `like` (dtype overridable).
+  static Tensor empty_like(const Tensor& like);
+  static Tensor zeros_like(const Tensor& like);
   static Tensor from_vector(const std::vector<float>& values, const Shape& shape);
   // Wraps bytes owned elsewhere; `owner` keeps them alive as long as the tensor (or a view) lives.
   static Tensor wrap(void* data, const Shape& shape, DType dtype, Device device,

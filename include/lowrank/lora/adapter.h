@@ -58,7 +58,8 @@ class Adapter {
   // Makes the model use this adapter's biases (bias=all / lora_only): the model's Linear.bias
   // then shares the adapter's tensor, so training one trains the other.
   void attach_biases(model::Model& model);
-  void allocate_grads();
+  void allocate_grads();   // zero gradients on the adapter's device
+  void to(Device device);  // moves weights (and gradients) to `device`
   void zero_grads();
 };
 

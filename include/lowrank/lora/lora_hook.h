@@ -27,6 +27,7 @@ class LoraHook : public model::TrainableHook {
   void on_projection(int layer, Target target, const Tensor& x, Tensor& y) override;
   void on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) override;
   int lowest_trainable_layer() const override;
+  void set_replay(bool replay) override { replay_ = replay; }
   // Drops the activations saved by the last forward pass.
   void clear_saved() { saved_.clear(); }
 
@@ -34,10 +35,12 @@ class LoraHook : public model::TrainableHook {
   struct Saved {
     Tensor h;      // [N, r]: drop(x) Aᵀ
     Tensor x_drop; // [N, in]: drop(x) (only when dropout is active)
-    std::vector<uint8_t> mask;  // [N*in]: 1 where x was kept
+    Tensor mask;   // U8 [N*in]: 1 where x was kept
+    uint64_t drop_offset = 0;  // dropout draws started here (replayed by checkpointing)
   };
   std::vector<ActiveAdapter> adapters_;
   bool training_ = false;
+  bool replay_ = false;
   Rng* rng_ = nullptr;
   std::map<std::pair<int, int>, Saved> saved_;  // (layer, target) of the trained adapter
 };

@@ -15,6 +15,9 @@ class TrainableHook : public ProjectionHook {
   virtual void on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
   // The lowest layer that has trainable parameters: backward stops below it.
   virtual int lowest_trainable_layer() const = 0;
+  // Activation checkpointing recomputes a layer's forward inside backward: while replaying, the
+  // hook must reproduce exactly what the first forward did (same dropout masks).
+  virtual void set_replay(bool replay) {}
 };
 
 struct LossResult {
@@ -30,8 +33,11 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
 // grad_scale = 1 / (targets counted over the whole accumulated batch) for transformers' mean.
 // `full_grads`, when given, receives (accumulates) the gradient of every model weight; it must be
 // shaped like the model's weights (see zeros_like).
+// With `checkpointing`, only each layer's input is kept from the forward pass; every layer is
+// recomputed just before its backward (less memory, one more forward of compute).
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
-                            float grad_scale, TrainableHook* hook, ModelWeights* full_grads = nullptr);
+                            float grad_scale, TrainableHook* hook, ModelWeights* full_grads = nullptr,
+                            bool checkpointing = false);
 
 // Zero tensors shaped like every weight of `w` (lm_head shares embed's when tied).
 ModelWeights zeros_like(const ModelWeights& w);

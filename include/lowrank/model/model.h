@@ -7,6 +7,7 @@
 #include "lowrank/core/tensor.h"
 #include "lowrank/lora/target.h"
 #include "lowrank/model/config.h"
+#include "lowrank/model/kv_cache.h"
 #include "lowrank/model/rope.h"
 #include "lowrank/model/weights.h"
 
@@ -45,25 +46,44 @@ struct LayerActivations {
 };
 
 struct ForwardCache {
+  // Activation checkpointing: keep only each layer's input; backward recomputes the rest.
+  bool checkpointing = false;
   std::vector<LayerActivations> layers;
   Tensor x_final;                 // [N, d] residual stream before the final norm
   Tensor final_mean, final_rstd;  // [N]
   Tensor hidden;                  // [N, d] final-norm output (lm_head input)
 };
 
+// What one layer's forward needs besides its input.
+struct LayerInput {
+  int64_t batch = 1, seq = 0;
+  int64_t start = 0;                      // position of the first token (KV-cached decoding)
+  const std::vector<int32_t>* pos = nullptr;  // [B*T] positions
+  ProjectionHook* hook = nullptr;
+  KVCache* kv = nullptr;
+  bool save_lse = false;                  // keep attention's log-sum-exp for backward
+};
+
 class Model {
  public:
-  // Loads config.json (+ generation_config.json) and the safetensors weights of a model folder.
-  static Model load(const std::string& dir);
-  Model(ModelConfig config, ModelWeights weights);
+  // Loads config.json (+ generation_config.json) and the safetensors weights of a model folder,
+  // converted to `dtype` on `device` (f32 on the CPU; bf16 is the CUDA default for LoRA).
+  static Model load(const std::string& dir, Device device = Device::cpu(), DType dtype = DType::F32);
+  Model(ModelConfig config, ModelWeights weights, Device device = Device::cpu());
 
   const ModelConfig& config() const { return config_; }
   ModelWeights& weights() { return weights_; }
   const ModelWeights& weights() const { return weights_; }
   const std::string& source() const { return source_; }
+  Device device() const { return device_; }
 
   // Final hidden states [B*T, d] (after the final norm). `cache` is filled for backward if given.
-  Tensor hidden_states(const TokenBatch& batch, ProjectionHook* hook = nullptr, ForwardCache* cache = nullptr) const;
+  // With `kv` (batch of one sequence), the tokens continue the cached sequence: they sit at
+  // positions kv->length.., attend to the cache, and are appended to it.
+  Tensor hidden_states(const TokenBatch& batch, ProjectionHook* hook = nullptr, ForwardCache* cache = nullptr,
+                       KVCache* kv = nullptr) const;
+  // One decoder layer: returns its output and fills `a` with what backward needs.
+  Tensor layer_forward(int64_t layer, const Tensor& x, const LayerInput& in, LayerActivations& a) const;
   // Logits [B*T, V].
   Tensor logits(const TokenBatch& batch, ProjectionHook* hook = nullptr) const;
   // The lm_head projection of hidden states [n, d] -> [n, V].
@@ -77,6 +97,7 @@ class Model {
   ModelConfig config_;
   ModelWeights weights_;
   std::string source_;
+  Device device_;
   RopeFrequencies rope_freq_;
   mutable RopeTables rope_tables_;
 };

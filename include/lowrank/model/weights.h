@@ -53,7 +53,8 @@ struct ModelWeights {
 
 // Maps and validates the checkpoint's tensors for `config`. A missing tensor or one of the wrong
 // shape is an Error naming the file, the tensor, and the expected and actual shapes.
-ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute = DType::F32);
+ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute = DType::F32,
+                          Device device = Device::cpu());
 
 // Every weight tensor with its checkpoint name, live (Conv1D in our [out, in] layout); a tied
 // lm_head is listed once, as the embedding.

@@ -3,8 +3,9 @@
 // encoding/decoding exactly as the `tokenizers` library does. See docs/tokenizer.md.
 //
 // Supported: BPE models (byte-level; SentencePiece-style with "▁" and byte_fallback;
-// ignore_merges), normalizers NFC/NFD/NFKC/NFKD/Lowercase/Prepend/Replace/Strip/Sequence,
-// pre-tokenizers ByteLevel/Split/Metaspace/Digits/Punctuation/Whitespace/WhitespaceSplit/Sequence,
+// ignore_merges), normalizers NFC/NFD/NFKC/NFKD/Lowercase/Prepend/Replace/Strip/StripAccents/
+// Nmt/Sequence, pre-tokenizers ByteLevel/Split/Metaspace/Digits/Punctuation/Whitespace/
+// WhitespaceSplit/BertPreTokenizer/CharDelimiterSplit/Sequence,
 // added tokens (special or not, lstrip/rstrip/single_word/normalized), post-processors
 // TemplateProcessing/ByteLevel/RobertaProcessing/BertProcessing/Sequence, decoders
 // ByteLevel/ByteFallback/Fuse/Strip/Replace/Metaspace/Sequence. Anything else is a clear

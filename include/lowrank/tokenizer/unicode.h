@@ -48,7 +48,10 @@ const char* category(uint32_t cp);
 bool is_whitespace(uint32_t cp);    // White_Space property (Rust char::is_whitespace)
 bool is_numeric(uint32_t cp);       // Nd | Nl | No (Rust char::is_numeric)
 bool is_punctuation(uint32_t cp);   // ASCII punctuation or P* (HF's Punctuation pre-tokenizer)
-bool is_word_char(uint32_t cp);     // Rust regex \w: letters, Nl, marks, Nd, Pc, ZWJ/ZWNJ
+bool is_word_char(uint32_t cp);     // Rust regex \w: Alphabetic, marks, Nd, Pc, ZWJ/ZWNJ
+// The same as a PCRE2 character class.
+inline constexpr const char* kWordClass =
+    "[\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}]";
 const char* unicode_version();
 
 }  // namespace lowrank::tok::unicode

@@ -31,6 +31,7 @@ struct StepContext {
   std::vector<ParamRef>* params = nullptr;
   AdamW* optimizer = nullptr;
   double max_grad_norm = 0;  // 0: no clipping
+  bool checkpointing = false;  // recompute layer activations in backward (less memory)
 };
 
 StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, double lr);

@@ -27,6 +27,7 @@ struct TrainOptions {
   int64_t save_every = 0;      // checkpoint every N steps (0: only the final output)
   int64_t eval_every = 0;      // evaluate --eval-data every N steps (0: at the end only)
   bool resume = false;
+  bool checkpointing = false;  // activation recomputation: less memory, ~1/3 more compute
   bool quiet = false;
   std::string device = "cpu";
 };

@@ -1,0 +1,140 @@
+// lowrank's side of the GPU LoRA training benchmark (issue 6): random-init models with the shapes
+// of Qwen2.5-0.5B, Llama-3.2-1B and Llama-3-8B, bf16, LoRA r=16 (all-linear, and q,v). Prints one
+// "RESULT {json}" line per configuration: tokens/s, peak GPU memory, MFU (4·N + attention FLOPs
+// per token over 989 TFLOP/s), as bench/peft_baseline.py does for PEFT in the same run.
+//   bench_train_gpu [--only qwen0.5b,llama1b,llama8b] [--steps 10] [--warmup 3] [--device cuda:0]
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "lowrank/core/device_memory.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/model/random_model.h"
+#include "lowrank/train/step.h"
+
+#ifdef LOWRANK_WITH_CUDA
+#include "lowrank/backend/cuda/device.h"
+#endif
+
+using namespace lowrank;
+
+namespace {
+
+struct BenchShape {
+  const char* name;
+  int64_t hidden, layers, heads, kv, ffn, vocab;
+  bool tie, qkv_bias;
+  int64_t batch, seq;
+};
+
+const BenchShape kShapes[] = {
+    {"qwen0.5b", 896, 24, 14, 2, 4864, 151936, true, true, 8, 1024},
+    {"llama1b", 2048, 16, 32, 8, 8192, 128256, true, false, 8, 1024},
+    {"llama8b", 4096, 32, 32, 8, 14336, 128256, false, false, 4, 2048},
+};
+
+double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq) {
+  const double attn = 3.0 * 4.0 * c.num_layers * seq * c.hidden_size / 2.0;  // causal QKᵀ and PV, fwd + bwd
+  return 4.0 * params + attn;
+}
+
+void run(const BenchShape& s, bool all_linear, bool checkpointing, Device dev, int steps, int warmup) {
+  auto cfg = model::llama_config(s.hidden, s.layers, s.heads, s.kv, s.ffn, s.vocab, 4096, s.tie);
+  if (s.qkv_bias) {
+    cfg.arch = model::Arch::Qwen2;
+    cfg.attention_bias = true;
+  }
+  model::Model m = model::random_model(cfg, 1, dev, DType::BF16);
+  lora::LoraConfig lc;
+  lc.r = 16;
+  lc.alpha = 32;
+  lc.dropout = 0.0;
+  lc.all_linear = all_linear;
+  lc.target_modules = {"q_proj", "v_proj"};
+  Rng rng(2);
+  lora::Adapter a = lora::Adapter::create(m, lc, rng);
+  a.allocate_grads();
+  lora::LoraHook hook({{&a, 1.0}});
+  hook.set_training(true);
+  auto params = train::lora_params(a);
+  train::AdamW opt({1e-4, 0.9, 0.999, 1e-8, 0.0});
+  train::StepContext ctx{&m, &hook, nullptr, &params, &opt, 1.0, checkpointing};
+  std::vector<train::Example> ex;
+  Rng tok(3);
+  for (int64_t b = 0; b < s.batch; ++b) {
+    train::Example e;
+    for (int64_t t = 0; t < s.seq; ++t) e.ids.push_back(static_cast<int32_t>(tok.below(s.vocab)));
+    e.labels = e.ids;
+    ex.push_back(e);
+  }
+  auto data = train::Dataset::from_examples(ex);
+  std::vector<int64_t> all;
+  for (int64_t i = 0; i < s.batch; ++i) all.push_back(i);
+  auto mb = train::make_micro_batch(data, all);
+  double loss = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < warmup + steps; ++i) {
+    if (i == warmup) {
+#ifdef LOWRANK_WITH_CUDA
+      cuda::synchronize(dev);
+#endif
+      t0 = std::chrono::steady_clock::now();
+    }
+    loss = train::train_step(ctx, {mb}, 1e-4).loss;  // reads the loss back: one sync per step
+  }
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+  const double tps = s.batch * s.seq / dt;
+  const int64_t n = m.parameter_count();
+  nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"targets", all_linear ? "all-linear" : "q_proj,v_proj"},
+                   {"checkpointing", checkpointing},
+                   {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
+                   {"trainable", a.parameter_count()}, {"loss", loss},
+                   {"mfu", tps * flops_per_token(cfg, n, s.seq) / 989e12}};
+#ifdef LOWRANK_WITH_CUDA
+  r["peak_gib"] = static_cast<double>(cuda::allocator_stats(dev).peak_in_use) / (1 << 30);
+#endif
+  std::printf("RESULT %s\n", r.dump().c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string only = "qwen0.5b,llama1b,llama8b", device = "cuda:0";
+  int steps = 10, warmup = 3;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--device")) device = argv[i + 1];
+    else {
+      std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  try {
+    Device dev = parse_device(device);
+    check_device(dev, "--device " + device);
+    for (const auto& s : kShapes) {
+      if (only.find(s.name) == std::string::npos) continue;
+      for (bool all_linear : {true, false})
+        for (bool ckpt : {false, true}) {
+          if (ckpt && std::string(s.name) != "llama8b") continue;  // as the PEFT baseline does
+          try {
+            run(s, all_linear, ckpt, dev, steps, warmup);
+          } catch (const std::exception& e) {
+            nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"all_linear", all_linear},
+                             {"checkpointing", ckpt}, {"error", e.what()}};
+            std::printf("RESULT %s\n", r.dump().c_str());
+          }
+        }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,134 @@
+// lowrank generate: text generation with a model and optional live (unmerged) adapters.
+#include <cstdio>
+#include <fstream>
+
+#include "command.h"
+#include "lowrank/core/device_memory.h"
+#include "lowrank/core/error.h"
+#include "lowrank/infer/generator.h"
+#include "lowrank/io/files.h"
+#include "lowrank/io/jsonl.h"
+#include "lowrank/lora/adapter_set.h"
+#include "lowrank/tokenizer/chat_template.h"
+#include "lowrank/tokenizer/tokenizer.h"
+#include "lowrank/train/sequences.h"
+
+namespace lowrank::cli {
+namespace {
+
+struct GenerateArgs {
+  std::string model, prompt, input, output, chat_template;
+  std::vector<std::string> adapters;
+  infer::GenerateOptions gen;
+  bool max_new_given = false;
+  bool chat = false;
+  std::string device = "cpu";
+};
+
+std::optional<tok::Tokenizer> load_tokenizer(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (io::file_exists((fs::path(dir) / "tokenizer.json").string()) ||
+      io::file_exists((fs::path(dir) / "vocab.json").string()))
+    return tok::Tokenizer::load(dir);
+  return std::nullopt;
+}
+
+// Prompt text -> ids: the chat template (with --chat) or the tokenizer with its special tokens.
+std::vector<int32_t> encode_prompt(const GenerateArgs& a, const std::optional<tok::Tokenizer>& tk,
+                                   const std::string& text) {
+  if (!tk) throw error(a.model, ": no tokenizer.json, so text prompts cannot be encoded (give input_ids)");
+  if (!a.chat) return tk->encode(text, true);
+  nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", text}}});
+  std::string rendered;
+  if (!a.chat_template.empty()) {
+    auto builtin = tok::builtin_chat_template(a.chat_template);
+    if (!builtin) throw error("--chat-template: unknown template '", a.chat_template,
+                              "' (known: llama3, chatml, llama2, mistral, gemma)");
+    nlohmann::json cfg = tk->config();
+    cfg["chat_template"] = *builtin;
+    rendered = tok::apply_chat_template(cfg, messages, true);
+  } else {
+    rendered = tok::apply_chat_template(tk->config(), messages, true);
+  }
+  return tk->encode(rendered, false);  // the template already holds the special tokens
+}
+
+int run_generate(GenerateArgs& a) {
+  if (a.prompt.empty() == a.input.empty()) throw error("give exactly one of --prompt or --input");
+  if (!a.input.empty() && a.output.empty()) throw error("--input needs --output");
+  if (a.gen.max_new_tokens <= 0) throw error("--max-new-tokens must be positive");
+  const Device device = parse_device(a.device);
+  check_device(device, "--device " + a.device);
+  model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
+  lora::AdapterSet adapters(a.adapters, m);
+  auto tk = load_tokenizer(a.model);
+  a.gen.eos_ids = infer::model_eos_ids(m.config());
+  if (a.gen.eos_ids.empty() && !a.max_new_given)
+    throw error(a.model, ": the model declares no eos_token_id (config.json / generation_config.json), so ",
+                "generation would only stop at the length limit; pass --max-new-tokens explicitly");
+  a.gen.sampling.validate();
+  infer::Generator gen(m, adapters.hook());
+
+  if (!a.prompt.empty()) {
+    auto ids = encode_prompt(a, tk, a.prompt);
+    std::vector<int32_t> out;
+    std::string shown;
+    gen.generate(ids, a.gen, [&](int32_t id) {  // stream: print what the decoded text gained
+      out.push_back(id);
+      if (!tk) {
+        std::printf("%d ", id);
+      } else {
+        std::string text = tk->decode(out, true);
+        // Hold back an incomplete UTF-8 sequence (shown as U+FFFD) until its bytes arrive.
+        if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) return;
+        if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0)
+          std::fwrite(text.data() + shown.size(), 1, text.size() - shown.size(), stdout);
+        shown = text;
+      }
+      std::fflush(stdout);
+    });
+    std::printf("\n");
+    return 0;
+  }
+  std::string lines;
+  io::for_each_jsonl(a.input, [&](int64_t, const nlohmann::json& rec) {
+    std::vector<int32_t> ids;
+    if (rec.contains("input_ids")) ids = train::parse_input_ids(rec, m.config().vocab_size);
+    else if (rec.contains("prompt") && rec["prompt"].is_string()) ids = encode_prompt(a, tk, rec["prompt"].get<std::string>());
+    else throw error("expected \"prompt\" (a string) or \"input_ids\"");
+    auto out = gen.generate(ids, a.gen);
+    nlohmann::json o = rec;
+    o["output_ids"] = out;
+    if (tk) o["text"] = tk->decode(out, true);
+    lines += o.dump() + "\n";
+  });
+  io::write_file_atomic(a.output, lines);
+  return 0;
+}
+
+RegisterCommand reg{{"generate", "Generate text with a model and optional adapters (unmerged)",
+                     [](CLI::App& app) {
+                       auto a = std::make_shared<GenerateArgs>();
+                       app.add_option("--model", a->model, "Hugging Face model folder")->required();
+                       app.add_option("--adapter", a->adapters, "Adapter folder, optionally DIR:SCALE (repeatable)");
+                       app.add_option("--prompt", a->prompt, "Prompt text (the output streams to stdout)");
+                       app.add_option("--input", a->input, "JSONL of {\"prompt\"} or {\"input_ids\"} lines");
+                       app.add_option("--output", a->output, "JSONL output for --input");
+                       app.add_option("--max-new-tokens", a->gen.max_new_tokens, "Most tokens to generate")
+                           ->capture_default_str()
+                           ->each([a](const std::string&) { a->max_new_given = true; });
+                       app.add_flag("--greedy", a->gen.sampling.greedy, "Argmax decoding");
+                       app.add_option("--temperature", a->gen.sampling.temperature)->capture_default_str();
+                       app.add_option("--top-k", a->gen.sampling.top_k, "0: off")->capture_default_str();
+                       app.add_option("--top-p", a->gen.sampling.top_p, "1: off")->capture_default_str();
+                       app.add_option("--repetition-penalty", a->gen.sampling.repetition_penalty)->capture_default_str();
+                       app.add_option("--seed", a->gen.sampling.seed)->capture_default_str();
+                       app.add_option("--device", a->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
+                       app.add_flag("--chat", a->chat, "Format the prompt with the model's chat template");
+                       app.add_option("--chat-template", a->chat_template,
+                                      "Built-in template for --chat: llama3, chatml, llama2, mistral, gemma");
+                       return [a] { return run_generate(*a); };
+                     }}};
+
+}  // namespace
+}  // namespace lowrank::cli

@@ -1,0 +1,50 @@
+#include "lowrank/infer/generator.h"
+
+#include <algorithm>
+
+#include "lowrank/core/error.h"
+
+namespace lowrank::infer {
+
+std::vector<int32_t> model_eos_ids(const model::ModelConfig& config) {
+  std::vector<int32_t> ids;
+  for (int64_t e : config.eos_token_ids)
+    if (e >= 0 && e < config.vocab_size) ids.push_back(static_cast<int32_t>(e));
+  return ids;
+}
+
+std::vector<int32_t> Generator::generate(const std::vector<int32_t>& prompt, const GenerateOptions& o,
+                                         const std::function<void(int32_t)>& on_token) {
+  const auto& c = model_.config();
+  if (prompt.empty()) throw error("the prompt is empty (no tokens)");
+  for (int32_t id : prompt)
+    if (id < 0 || id >= c.vocab_size) throw error("prompt token id ", id, " is outside the vocabulary [0, ", c.vocab_size, ")");
+  const int64_t context = c.max_position_embeddings;
+  if (static_cast<int64_t>(prompt.size()) >= context)
+    throw error("the prompt has ", prompt.size(), " tokens; the model's context window is ", context,
+                " (no room to generate)");
+  o.sampling.validate();
+  const int64_t budget = std::min<int64_t>(o.max_new_tokens, context - static_cast<int64_t>(prompt.size()));
+  // CUDA has no KV-cache kernels yet: there every step recomputes the whole sequence.
+  const bool cached = model_.device().is_cpu();
+  model::KVCache kv;
+  if (cached) kv = model::KVCache::create(c, static_cast<int64_t>(prompt.size()) + budget);
+  Sampler sampler(o.sampling);
+  std::vector<int32_t> context_ids = prompt, out;
+  model::TokenBatch step{prompt, 1, static_cast<int64_t>(prompt.size())};
+  for (int64_t n = 0; n < budget; ++n) {
+    if (!cached) step = model::TokenBatch{context_ids, 1, static_cast<int64_t>(context_ids.size())};
+    Tensor h = model_.hidden_states(step, hook_, nullptr, cached ? &kv : nullptr);
+    Tensor logits = model_.project_vocab(h.slice_rows(step.seq - 1, step.seq)).to(Device::cpu());
+    std::vector<float> row(logits.f32(), logits.f32() + logits.numel());
+    const int32_t next = sampler.next(row, context_ids);
+    out.push_back(next);
+    context_ids.push_back(next);
+    if (on_token) on_token(next);
+    if (std::find(o.eos_ids.begin(), o.eos_ids.end(), next) != o.eos_ids.end()) break;
+    step = model::TokenBatch{{next}, 1, 1};
+  }
+  return out;
+}
+
+}  // namespace lowrank::infer

@@ -1,0 +1,91 @@
+// Non-finite gradients skip the step (parameters and optimizer state unchanged), and sharded model
+// export loads back to the same model.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "io/io_test_helpers.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/model/export.h"
+#include "lowrank/train/step.h"
+#include "test_paths.h"
+
+using namespace lowrank;
+
+TEST(TrainStep, NonFiniteGradientsSkipTheStep) {
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  Rng rng(1);
+  lora::LoraConfig lc;
+  lc.r = 2;
+  lora::Adapter adapter = lora::Adapter::create(m, lc, rng);
+  adapter.allocate_grads();
+  lora::LoraHook hook({{&adapter, 1.0}});
+  hook.set_training(true);
+  auto params = train::lora_params(adapter);
+  train::AdamW opt({1e-2, 0.9, 0.999, 1e-8, 0.0});
+  train::StepContext ctx{&m, &hook, nullptr, &params, &opt, 1.0};
+  auto data = train::Dataset::from_examples({{{1, 2, 3, 4, 5, 6}, {1, 2, 3, 4, 5, 6}}});
+  auto mb = train::make_micro_batch(data, {0});
+  auto ok = train::train_step(ctx, {mb}, 1e-2);
+  ASSERT_FALSE(ok.skipped);
+  EXPECT_EQ(opt.steps(), 1);
+  adapter.pairs[0].B.f32()[0] = NAN;  // poisons the forward, hence every gradient
+  std::vector<Tensor> before;
+  for (auto& p : params) before.push_back(p.param.clone());
+  auto state_before = opt.state_tensors();
+  std::vector<Tensor> moments;
+  for (auto& [n, t] : state_before) moments.push_back(t.clone());
+  auto bad = train::train_step(ctx, {mb}, 1e-2);
+  EXPECT_TRUE(bad.skipped);
+  EXPECT_EQ(opt.steps(), 1);
+  for (size_t i = 1; i < params.size(); ++i)  // params[0] is A of the poisoned pair; B holds the NaN
+    for (int64_t j = 0; j < before[i].numel(); ++j)
+      ASSERT_TRUE(std::memcmp(&before[i].f32()[j], &params[i].param.f32()[j], 4) == 0) << params[i].name;
+  auto state_after = opt.state_tensors();
+  for (size_t i = 0; i < moments.size(); ++i)
+    ASSERT_EQ(std::memcmp(moments[i].raw(), state_after[i].second.raw(), moments[i].nbytes()), 0);
+}
+
+TEST(ModelExport, ShardedFolderLoadsBackIdentically) {
+  io::testing::ScratchDir d;
+  model::Model m = model::Model::load(test::model_fixture("gpt2"));
+  model::ExportOptions o;
+  o.max_shard_bytes = 200000;
+  model::write_model_folder(m, test::model_fixture("gpt2"), d.path(), o);
+  EXPECT_TRUE(std::filesystem::exists(d.file("model.safetensors.index.json")));
+  EXPECT_FALSE(std::filesystem::exists(d.file("model.safetensors")));
+  model::Model back = model::Model::load(d.path());
+  model::TokenBatch b{{1, 2, 3, 4, 5}, 1, 5};
+  Tensor a = m.logits(b), c = back.logits(b);
+  for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a.f32()[i], c.f32()[i]);
+}
+
+TEST(Checkpointing, GradientsEqualTheStoredActivationsPath) {
+  for (const char* fixture : {"llama", "gpt2", "qwen3"}) {
+    model::Model m = model::Model::load(test::model_fixture(fixture));
+    lora::LoraConfig lc;
+    lc.r = 4;
+    lc.all_linear = true;
+    lc.dropout = 0.2;  // the replayed forward must draw the same masks
+    std::vector<lora::Adapter> adapters;
+    for (bool ckpt : {false, true}) {
+      Rng init(5), drop(6);
+      lora::Adapter a = lora::Adapter::create(m, lc, init);
+      for (auto& p : a.pairs)
+        for (int64_t i = 0; i < p.B.numel(); ++i) p.B.f32()[i] = 0.05f * static_cast<float>((i % 7) - 3);
+      a.allocate_grads();
+      lora::LoraHook hook({{&a, 1.0}});
+      hook.set_training(true, &drop);
+      auto data = train::Dataset::from_examples({{{1, 2, 3, 4, 5, 6, 7, 8}, {1, 2, 3, 4, 5, 6, 7, 8}},
+                                                 {{9, 8, 7, 6, 5, 4, 3, 2}, {-100, -100, 7, 6, 5, 4, 3, 2}}});
+      auto mb = train::make_micro_batch(data, {0, 1});
+      model::forward_backward(m, mb.tokens, mb.targets, 1.0f / mb.counted, &hook, nullptr, ckpt);
+      adapters.push_back(std::move(a));
+    }
+    for (size_t i = 0; i < adapters[0].pairs.size(); ++i)
+      for (auto [x, y] : {std::pair{adapters[0].pairs[i].grad_A, adapters[1].pairs[i].grad_A},
+                          std::pair{adapters[0].pairs[i].grad_B, adapters[1].pairs[i].grad_B}})
+        for (int64_t j = 0; j < x.numel(); ++j)
+          ASSERT_EQ(x.f32()[j], y.f32()[j]) << fixture << " " << adapters[0].pairs[i].module;
+  }
+}
