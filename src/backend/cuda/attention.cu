@@ -11,6 +11,8 @@
 //   dkdv kernel (key-major, loops over the group's heads and the rows that see the tile):
 //               dk_j = Σ_i dS_ij q_i,  dv_j = Σ_i P_ij dO_i
 #include <atomic>
+#include <cstdlib>
+#include <string>
 
 #include "attention.h"
 #include "common.cuh"
@@ -395,7 +397,13 @@ void attention_backward_generic(const Tensor& dout, const Tensor& q, const Tenso
 }
 
 namespace {
-std::atomic<int> g_path{static_cast<int>(AttentionPath::Auto)};
+// LOWRANK_ATTENTION=generic in the environment starts with the generic kernels (a fallback that
+// needs no rebuild); set_attention_path overrides it.
+int initial_path() {
+  const char* e = std::getenv("LOWRANK_ATTENTION");
+  return static_cast<int>(e && std::string(e) == "generic" ? AttentionPath::Generic : AttentionPath::Auto);
+}
+std::atomic<int> g_path{initial_path()};
 }
 
 void set_attention_path(AttentionPath p) { g_path = static_cast<int>(p); }
