@@ -60,7 +60,7 @@ attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
   float* v_s = k_s + kTileKeys * ldk;         // [32][hd]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
-  const int64_t q0 = int64_t(blockIdx.x) * kBlockRows;
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kBlockRows;  // longest (last) tiles first
   const int64_t q_last = min(T_, q0 + kBlockRows) - 1;
   const int64_t q_stride = s.H * hd, kv_stride = s.KV * hd;
   const T* qb = q + b * T_ * q_stride + h * hd;
@@ -163,7 +163,7 @@ attention_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* _
   float* v_s = k_s + kTileKeys * ldk;       // [32][hd + 1]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
-  const int64_t q0 = int64_t(blockIdx.x) * kBlockRows;
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kBlockRows;  // longest (last) tiles first
   const int64_t q_last = min(T_, q0 + kBlockRows) - 1;
   const int64_t q_stride = s.H * hd, kv_stride = s.KV * hd;
   const T* kb = k + b * T_ * kv_stride + kvh * hd;

@@ -33,7 +33,9 @@ attention_dq_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, c
   bf16* kv_s = do_s + kRows * LD;                   // 2 stages of K [64][LD], V [64][LD]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t T = s.T, b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
-  const int64_t q0 = int64_t(blockIdx.x) * kRows;
+  // Last query tiles first: under the causal mask they see the most keys, so the longest blocks
+  // start first and the tail of the grid is short.
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kRows;
   const int64_t q_last = min(T, q0 + kRows) - 1;
   const int64_t q_stride = s.H * HD, kv_stride = s.KV * HD;
   const bf16* kb = k + b * T * kv_stride + kvh * HD;
