@@ -66,7 +66,6 @@ void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
 
 // Which attention kernels run (for tests and benchmarks; Auto is the default): Auto takes the
 // tensor-core kernels where they apply (bf16, head_dim 64 or 128) and the generic ones elsewhere.
-// The environment variable LOWRANK_ATTENTION=generic makes Generic the starting value.
 enum class AttentionPath { Auto, Generic, TensorCore };
 void set_attention_path(AttentionPath p);
 
