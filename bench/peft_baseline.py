@@ -83,13 +83,16 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile-only", action="store_true")
+    ap.add_argument("--no-checkpointing", action="store_true")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     # Every eager configuration first, then the compiled ones (they take longer to start).
-    for comp in ([False] if args.no_compile else [False, True]):
+    modes = [True] if args.compile_only else ([False] if args.no_compile else [False, True])
+    for comp in modes:
         for name in args.only.split(","):
             for targets in ("all-linear", ["q_proj", "v_proj"]):
-                ckpts = [False, True] if name == "llama8b" else [False]
+                ckpts = [False, True] if name == "llama8b" and not args.no_checkpointing else [False]
                 for ck in ckpts:
                     try:
                         run(name, targets, comp, ck, args.steps, args.warmup)

@@ -19,7 +19,7 @@ model=${BASE_MODEL:-models/base}
 steps=${STEPS:-300}
 batch=${BATCH:-8}
 seq_len=${SEQ_LEN:-160}
-lr=${LR:-2e-3}
+lr=${LR:-3e-3}
 rank=${RANK:-16}
 prompts=("And the LORD said unto Moses," "In the beginning" "Blessed are they that")
 
@@ -33,7 +33,12 @@ if [ ! -f build-quickstart/CMakeCache.txt ]; then
   cmake -S . -B build-quickstart -G Ninja -DCMAKE_BUILD_TYPE=Release -DLOWRANK_NATIVE=ON \
     -DLOWRANK_CUDA=OFF -DLOWRANK_TESTS=OFF -DLOWRANK_BENCH=OFF >/dev/null
 fi
-cmake --build build-quickstart -j"$(nproc)" --target lowrank_cli
+echo "building lowrank (about 2 minutes on 2 cores; log: build-quickstart/build.log)"
+if ! cmake --build build-quickstart -j"$(nproc)" --target lowrank_cli > build-quickstart/build.log 2>&1; then
+  tail -n 40 build-quickstart/build.log >&2
+  echo "error: the build failed (build-quickstart/build.log)" >&2
+  exit 1
+fi
 lowrank=build-quickstart/lowrank
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 # Idle OpenMP threads sleep instead of spinning: on a small or shared machine the spinning

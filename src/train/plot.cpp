@@ -135,7 +135,7 @@ std::string render_loss_svg(const PlotSeries& s, const PlotOptions& o) {
     if (y1 / y0 < 1.01) y0 /= 1.05, y1 *= 1.05;
     y0 /= std::pow(y1 / y0, 0.04), y1 *= std::pow(y1 / y0, 0.04);
     yt = log_ticks(y0, y1);
-    if (yt.size() < 2) yt = nice_ticks(y0, y1, 5);
+    if (yt.size() < 3) yt = nice_ticks(y0, y1, 8);  // less than a decade: linear ticks
   } else {
     const double pad = std::max((y1 - y0) * 0.05, std::max(std::fabs(y1), 1e-3) * 0.01);
     y0 -= pad, y1 += pad;
@@ -214,7 +214,8 @@ std::string render_loss_svg(const PlotSeries& s, const PlotOptions& o) {
     std::string p;
     for (auto [x, y] : v) {
       if (o.log_y && ymap == 0 && y <= 0) continue;
-      p += (p.empty() ? "" : " ") + pt(px(x), ymap == 0 ? py(y) : plr(y));
+      if (!p.empty()) p += ' ';
+      p += pt(px(x), ymap == 0 ? py(y) : plr(y));
     }
     if (!p.empty()) svg += "<polyline fill=\"none\" " + style + " points=\"" + p + "\"/>\n";
   };
