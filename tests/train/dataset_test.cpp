@@ -115,3 +115,21 @@ TEST(TrainOnRealText, LoraLowersTheLossOnBrownCorpus) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(EvalCli, TextLinesUseTheModelsTokenizer) {
+  Fixture f;
+  const std::string text = f.d.write("t.jsonl", "{\"text\": \"Hello\"}\n");
+  const std::string ids = f.d.write("i.jsonl", "{\"input_ids\": [72, 101, 108, 108, 111]}\n");
+  auto a = test::run_cli("eval --model " + f.model + " --data " + text + " --json");
+  auto b = test::run_cli("eval --model " + f.model + " --data " + ids + " --json");
+  ASSERT_EQ(a.code, 0) << a.err;
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_EQ(a.out, b.out) << "byte-level tokenizer without BOS: \"Hello\" is exactly those five ids";
+  auto c = test::run_cli("eval --model " + test::model_fixture("llama") + " --data " + text);
+  EXPECT_EQ(c.code, 2);
+  EXPECT_NE(c.err.find("tokenizer"), std::string::npos) << c.err;
+}
+
+}  // namespace
