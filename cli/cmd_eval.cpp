@@ -7,6 +7,7 @@
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/model/model.h"
 #include "lowrank/train/evaluate.h"
+#include "lowrank/train/progress.h"
 #include "lowrank/train/sequences.h"
 #include "lowrank/train/text_encoder.h"
 
@@ -18,6 +19,7 @@ struct EvalOptions {
   std::vector<std::string> adapters;
   int64_t seq_len = 0;
   bool json = false;
+  bool quiet = false;
   std::string device = "cpu";
 };
 
@@ -30,7 +32,12 @@ int run_eval(const EvalOptions& o) {
   if (auto enc = train::make_text_encoder(o.model))
     text_to_ids = [enc](const std::string& t) { return enc->encode(t, true); };
   auto seqs = train::read_token_sequences(o.data, m.config().vocab_size, text_to_ids);
-  auto r = train::evaluate(m, seqs, adapters.hook(), o.seq_len);
+  train::ProgressOptions popt;
+  popt.label = "sequence";
+  popt.quiet = o.quiet || seqs.size() < 16;  // a bar only for work long enough to watch
+  train::ProgressBar bar(static_cast<int64_t>(seqs.size()), popt);
+  auto r = train::evaluate(m, seqs, adapters.hook(), o.seq_len, [&](int64_t done, int64_t) { bar.update(done); });
+  bar.finish();
   if (o.json) {
     nlohmann::json j{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens}};
     std::printf("%s\n", j.dump().c_str());
@@ -50,6 +57,7 @@ RegisterCommand reg{{"eval", "Loss and perplexity of a model (with adapters) on 
                        app.add_option("--seq-len", o->seq_len, "Split longer sequences into windows of L tokens")
                            ->check(CLI::PositiveNumber);
                        app.add_flag("--json", o->json, "Print one JSON object");
+                       app.add_flag("--quiet", o->quiet, "No progress bar");
                        app.add_option("--device", o->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
                        return [o] { return run_eval(*o); };
                      }}};
