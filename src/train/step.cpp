@@ -46,26 +46,11 @@ StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_bat
   }
   r.tokens = counted;
   r.loss = nll / counted;
-  const Device device = ctx.params->empty() ? Device::cpu() : ctx.params->front().grad.device();
-  if (device.is_cpu()) {
-    if (!all_finite(*ctx.params) || !std::isfinite(r.loss)) {
-      r.skipped = true;
-      r.grad_norm = NAN;
-      return r;
-    }
-    r.grad_norm = ctx.max_grad_norm > 0 ? clip_grad_norm(*ctx.params, ctx.max_grad_norm) : global_grad_norm(*ctx.params);
-  } else {
-    // On the device: one reduction, one read-back; a NaN/Inf anywhere makes the sum non-finite.
-    Tensor total = Tensor::zeros({1}, DType::F64, device);
-    for (const auto& p : *ctx.params) ops::sum_squares_(p.grad, total);
-    const double sumsq = total.to(Device::cpu()).data<double>()[0];
-    r.grad_norm = std::sqrt(sumsq);
-    if (!std::isfinite(sumsq) || !std::isfinite(r.loss)) {
-      r.skipped = true;
-      return r;
-    }
-    if (ctx.max_grad_norm > 0)
-      for (auto& p : *ctx.params) ops::clip_by_total_(p.grad, total, ctx.max_grad_norm);
+  // One reduction (on the gradients' device) gives the norm; NaN/Inf anywhere makes it non-finite.
+  r.grad_norm = ctx.max_grad_norm > 0 ? clip_grad_norm(*ctx.params, ctx.max_grad_norm) : global_grad_norm(*ctx.params);
+  if (!std::isfinite(r.grad_norm) || !std::isfinite(r.loss)) {
+    r.skipped = true;
+    return r;
   }
   ctx.optimizer->step(*ctx.params, lr);
   return r;

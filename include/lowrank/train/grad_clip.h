@@ -7,8 +7,8 @@
 
 namespace lowrank::train {
 
-// sqrt of the sum of squares of every grad element, accumulated in double. The sum is split into
-// fixed blocks and added in a fixed order, so the result does not depend on the thread count.
+// sqrt of the sum of squares of every grad element, accumulated in double on the gradients'
+// device (ops::sum_squares_: fixed blocks in a fixed order, so the thread count does not matter).
 // Inf or NaN if any grad element is (a finite f32 cannot overflow a double sum of squares).
 double global_grad_norm(const std::vector<ParamRef>& params);
 
