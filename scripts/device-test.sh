@@ -4,15 +4,17 @@
 # build lowrank itself (no PCRE2/OpenBLAS development files there).
 # usage: scripts/device-test.sh --prebuilt .devrun/cuda-build [--filter GTEST_FILTER]
 #                               [--bench] [--sanitize] [--all]
-#   --filter    gtest filter (default: the CUDA tests and the op-layer tests)
+#   --filter    gtest filter (default: the CUDA op tests, the op-layer tests and the model-path
+#               parity tests: eval of every fixture model, LoRA gradients, a 50-step curve,
+#               generation with adapters — all against the CPU reference)
 #   --bench     also run bench_cuda_ops
 #   --sanitize  also run compute-sanitizer memcheck (Firecracker only) on SANITIZE_FILTER
 #               (default: the small-shape attention tests, the kernels that index the most)
-#   --all       the whole test suite (fixture tests need the source path the pack was built at)
+#   --all       the whole test suite (CLI tests need the build path the pack was built at)
 # Logs and the gtest XML go to $OUT when it is set (the device tool brings $OUT back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-prebuilt="" filter="Cuda*:OpsDispatch*:Philox*" bench=0 sanitize=0
+prebuilt="" filter="Cuda*:*/Cuda*:OpsDispatch*:Philox*" bench=0 sanitize=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) prebuilt=$2; shift 2 ;;
@@ -38,6 +40,7 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used,clocks
 
 # Libraries: the box's CUDA runtime first; the packed host libraries only if something is missing.
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LOWRANK_SOURCE_DIR="$PWD"  # fixtures are read from this checkout, not the build machine's
 if ldd "$bin/lowrank_tests" | grep -q "not found"; then
   unpacked=$(mktemp -d)
   for z in "$prebuilt"/lib/*.xz; do
