@@ -69,6 +69,12 @@ void validate(const TrainOptions& o) {
 TrainSummary run_training(const TrainOptions& o) {
   validate(o);
   if (!o.full) o.lora.validate("LoRA options");
+  {  // the output folder first: a bad --out must fail before minutes of loading and training
+    std::error_code ec;
+    fs::create_directories(o.out_dir, ec);
+    if (ec || !io::is_directory(o.out_dir))
+      throw error("--out ", o.out_dir, ": cannot create the output folder (", ec ? ec.message() : "not a folder", ")");
+  }
   auto t_start = std::chrono::steady_clock::now();
   const Device device = parse_device(o.device);
   // CUDA: bf16 frozen weights for LoRA; --full trains f32 weights directly (AdamW needs f32 masters).

@@ -95,6 +95,9 @@ TEST(TrainCli, BadInput) {
   expect_train_error(common + " --data " + model + "/eval.jsonl --schedule wavy", "wavy");
   expect_train_error(common + " --data " + model + "/eval.jsonl --device tpu", "tpu");
   expect_train_error(common + " --data " + d.write("t.jsonl", "{\"text\": \"hello\"}\n"), "tokenizer");
+  const std::string file = d.write("not_a_folder", "x");
+  expect_train_error("train --model " + model + " --data " + model + "/eval.jsonl --out " + file + " --steps 1 --quiet",
+                     "cannot create the output folder");
 }
 
 }  // namespace
