@@ -21,6 +21,7 @@ struct GenerateArgs {
   std::vector<std::string> adapters;
   infer::GenerateOptions gen;
   bool max_new_given = false;
+  bool prompt_given = false;
   bool chat = false;
   std::string device = "cpu";
 };
@@ -54,7 +55,8 @@ std::vector<int32_t> encode_prompt(const GenerateArgs& a, const std::optional<to
 }
 
 int run_generate(GenerateArgs& a) {
-  if (a.prompt.empty() == a.input.empty()) throw error("give exactly one of --prompt or --input");
+  if (a.prompt_given == !a.input.empty()) throw error("give exactly one of --prompt or --input");
+  if (a.prompt_given && a.prompt.empty()) throw error("--prompt is empty");
   if (!a.input.empty() && a.output.empty()) throw error("--input needs --output");
   if (a.gen.max_new_tokens <= 0) throw error("--max-new-tokens must be positive");
   const Device device = parse_device(a.device);
@@ -69,7 +71,7 @@ int run_generate(GenerateArgs& a) {
   a.gen.sampling.validate();
   infer::Generator gen(m, adapters.hook());
 
-  if (!a.prompt.empty()) {
+  if (a.prompt_given) {
     auto ids = encode_prompt(a, tk, a.prompt);
     std::vector<int32_t> out;
     std::string shown;
@@ -111,7 +113,8 @@ RegisterCommand reg{{"generate", "Generate text with a model and optional adapte
                        auto a = std::make_shared<GenerateArgs>();
                        app.add_option("--model", a->model, "Hugging Face model folder")->required();
                        app.add_option("--adapter", a->adapters, "Adapter folder, optionally DIR:SCALE (repeatable)");
-                       app.add_option("--prompt", a->prompt, "Prompt text (the output streams to stdout)");
+                       app.add_option("--prompt", a->prompt, "Prompt text (the output streams to stdout)")
+                           ->each([a](const std::string&) { a->prompt_given = true; });
                        app.add_option("--input", a->input, "JSONL of {\"prompt\"} or {\"input_ids\"} lines");
                        app.add_option("--output", a->output, "JSONL output for --input");
                        app.add_option("--max-new-tokens", a->gen.max_new_tokens, "Most tokens to generate")
