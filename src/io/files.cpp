@@ -40,17 +40,19 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   file.commit();
 }
 
+std::string json_error_text(const std::exception& e) {
+  std::string what = e.what();
+  if (const size_t close = what.find("] "); what.rfind("[json.exception", 0) == 0 && close != std::string::npos)
+    what = what.substr(close + 2);
+  return what;
+}
+
 nlohmann::json read_json(const std::string& path) {
   const std::string text = read_file(path);
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
-    // nlohmann's message starts with "[json.exception.parse_error.101] "; keep what follows.
-    std::string what = e.what();
-    if (const size_t close = what.find("] "); what.rfind("[json.exception", 0) == 0 &&
-                                              close != std::string::npos)
-      what = what.substr(close + 2);
-    throw error(path, ": invalid JSON at byte ", e.byte, ": ", what);
+    throw error(path, ": invalid JSON at byte ", e.byte, ": ", json_error_text(e));
   }
 }
 

@@ -21,7 +21,7 @@ void for_each_jsonl(const std::string& path, const std::function<void(int64_t, c
     try {
       value = nlohmann::json::parse(line);
     } catch (const nlohmann::json::parse_error& e) {
-      throw error(path, ":", number, ": not valid JSON (", e.what(), ")");
+      throw error(path, ":", number, ": not valid JSON (", json_error_text(e), ")");
     }
     if (!value.is_object()) throw error(path, ":", number, ": expected a JSON object, got ", value.type_name());
     try {

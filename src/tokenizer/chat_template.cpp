@@ -9,6 +9,7 @@
 #include "chat_template_eval.h"
 #include "chat_template_parser.h"
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 
 namespace lowrank::tok {
 
@@ -179,7 +180,7 @@ nlohmann::ordered_json read_json_file(const std::string& path, const std::string
   try {
     return nlohmann::ordered_json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    throw lowrank::error(path, ": invalid JSON: ", e.what());
+    throw lowrank::error(path, ": invalid JSON: ", io::json_error_text(e));
   }
 }
 

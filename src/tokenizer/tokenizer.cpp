@@ -11,6 +11,7 @@
 #include "bpe.h"
 #include "components.h"
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 #include "lowrank/tokenizer/unicode.h"
 
 namespace lowrank::tok {
@@ -55,7 +56,7 @@ json parse_json(std::string_view text, const std::string& name) {
   try {
     return json::parse(text.begin(), text.end());
   } catch (const json::parse_error& e) {
-    throw error(name, ": invalid JSON: ", e.what());
+    throw error(name, ": invalid JSON: ", io::json_error_text(e));
   }
 }
 

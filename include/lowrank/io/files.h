@@ -10,6 +10,8 @@ std::string read_file(const std::string& path);
 // Writes `bytes` to `path` atomically: temp file in the same folder, fsync, rename, fsync folder.
 // The temp file is removed on failure. To stream large outputs, use AtomicFile (atomic_file.h).
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// nlohmann's exception message without its "[json.exception.parse_error.101] " prefix.
+std::string json_error_text(const std::exception& e);
 // Parses a JSON file; throws Error naming the file and the parse position on bad JSON.
 nlohmann::json read_json(const std::string& path);
 // Writes `j` (pretty-printed with `indent`; compact if negative) plus a newline, atomically.
