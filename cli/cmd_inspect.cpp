@@ -6,6 +6,7 @@
 #include "command.h"
 #include "lowrank/io/files.h"
 #include "lowrank/io/safetensors.h"
+#include "lowrank/lora/config.h"
 #include "lowrank/model/config.h"
 
 namespace lowrank::cli {
@@ -40,7 +41,9 @@ int64_t print_tensors(const io::TensorStore& store, bool list) {
 
 void inspect_adapter(const std::string& dir) {
   namespace fs = std::filesystem;
-  const auto cfg = io::read_json((fs::path(dir) / "adapter_config.json").string());
+  const std::string cfg_path = (fs::path(dir) / "adapter_config.json").string();
+  const auto cfg = io::read_json(cfg_path);
+  lora::LoraConfig::from_json(cfg, cfg_path);  // validates: a malformed config is an error here too
   std::printf("adapter folder: %s\n", dir.c_str());
   for (const char* key : {"peft_type", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out",
                           "target_modules", "rank_pattern", "alpha_pattern", "base_model_name_or_path"})
