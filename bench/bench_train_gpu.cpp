@@ -2,7 +2,10 @@
 // of Qwen2.5-0.5B, Llama-3.2-1B and Llama-3-8B, bf16, LoRA r=16 (all-linear, and q,v). Prints one
 // "RESULT {json}" line per configuration: tokens/s, peak GPU memory, MFU (4·N + attention FLOPs
 // per token over 989 TFLOP/s), as bench/peft_baseline.py does for PEFT in the same run.
-//   bench_train_gpu [--only qwen0.5b,llama1b,llama8b] [--steps 10] [--warmup 3] [--device cuda:0]
+//   bench_train_gpu [--only qwen0.5b,llama1b,llama8b] [--targets all|all-linear|q_proj,v_proj]
+//                   [--checkpointing all|0|1] [--steps 10] [--warmup 3] [--device cuda:0]
+// The peak memory it reports is the allocator's peak since the process started: for a per-row
+// peak, run one configuration per process (bench/gpu_benchmark.sh does).
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -103,13 +106,15 @@ void run(const BenchShape& s, bool all_linear, bool checkpointing, Device dev, i
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string only = "qwen0.5b,llama1b,llama8b", device = "cuda:0";
+  std::string only = "qwen0.5b,llama1b,llama8b", device = "cuda:0", targets = "all", ckpt_filter = "all";
   int steps = 10, warmup = 3;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     else if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--warmup")) warmup = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--device")) device = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--targets")) targets = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--checkpointing")) ckpt_filter = argv[i + 1];
     else {
       std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
       return 2;
@@ -123,6 +128,8 @@ int main(int argc, char** argv) {
       for (bool all_linear : {true, false})
         for (bool ckpt : {false, true}) {
           if (ckpt && std::string(s.name) != "llama8b") continue;  // as the PEFT baseline does
+          if (targets != "all" && targets != (all_linear ? "all-linear" : "q_proj,v_proj")) continue;
+          if (ckpt_filter != "all" && ckpt_filter != (ckpt ? "1" : "0")) continue;
           try {
             run(s, all_linear, ckpt, dev, steps, warmup);
           } catch (const std::exception& e) {

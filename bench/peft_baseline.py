@@ -85,6 +85,8 @@ def main():
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--compile-only", action="store_true")
     ap.add_argument("--no-checkpointing", action="store_true")
+    ap.add_argument("--targets", default="all", help="all, all-linear or q_proj,v_proj")
+    ap.add_argument("--checkpointing", default="all", help="all, 0 or 1")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     # Every eager configuration first, then the compiled ones (they take longer to start).
@@ -92,8 +94,13 @@ def main():
     for comp in modes:
         for name in args.only.split(","):
             for targets in ("all-linear", ["q_proj", "v_proj"]):
+                tname = targets if isinstance(targets, str) else ",".join(targets)
+                if args.targets not in ("all", tname):
+                    continue
                 ckpts = [False, True] if name == "llama8b" and not args.no_checkpointing else [False]
                 for ck in ckpts:
+                    if args.checkpointing not in ("all", "1" if ck else "0"):
+                        continue
                     try:
                         run(name, targets, comp, ck, args.steps, args.warmup)
                     except Exception as e:  # one failure must not cost the table

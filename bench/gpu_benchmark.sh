@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Run ON the GPU box (repository root, carrying .devrun/cuda-build from scripts/device-pack.sh):
+# lowrank vs PEFT LoRA training, one configuration per process (so every peak-memory number is
+# that configuration's own), then a markdown table. Results: $OUT/gpu-bench.jsonl and the table.
+#   bench/gpu_benchmark.sh [--only qwen0.5b,llama1b,llama8b] [--steps 8] [--no-compile]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+only="qwen0.5b,llama1b,llama8b" steps=8 compile=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only) only=$2; shift 2 ;;
+    --steps) steps=$2; shift 2 ;;
+    --no-compile) compile=0; shift ;;
+    *) echo "usage: $0 [--only SHAPES] [--steps N] [--no-compile]" >&2; exit 2 ;;
+  esac
+done
+bin=.devrun/cuda-build/bin
+out=${OUT:-/tmp}/gpu-bench.jsonl
+: > "$out"
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+for shape in ${only//,/ }; do
+  for targets in all-linear q_proj,v_proj; do
+    ckpts="0"; [ "$shape" = llama8b ] && ckpts="0 1"
+    for ck in $ckpts; do
+      "$bin/bench_train_gpu" --only "$shape" --targets "$targets" --checkpointing "$ck" --steps "$steps" --warmup 3 |
+        grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
+      modes="--no-compile"; [ "$compile" = 1 ] && modes="--no-compile --compile-only"
+      for mode in $modes; do
+        python3 bench/peft_baseline.py --only "$shape" --targets "$targets" --checkpointing "$ck" $mode \
+          --steps "$steps" --warmup 3 2>/dev/null | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
+      done
+    done
+  done
+done
+python3 - "$out" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    key = (r.get("model"), r.get("targets"), bool(r.get("checkpointing")))
+    mode = "lowrank" if r.get("engine") == "lowrank" else ("compile" if r.get("compile") else "eager")
+    rows.setdefault(key, {})[mode] = r
+def cell(r):
+    if not r: return "—"
+    if "error" in r: return "error"
+    return f"{r['tokens_per_s']/1e3:.1f}k ({r['peak_gib']:.1f} GiB, {100*r['mfu']:.0f}%)"
+print("| shape | targets | checkpointing | lowrank | PEFT eager | PEFT compile | vs eager | vs compile |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+for (m, t, ck), v in rows.items():
+    lr, e, c = v.get("lowrank"), v.get("eager"), v.get("compile")
+    ratio = lambda a, b: f"{a['tokens_per_s']/b['tokens_per_s']:.2f}×" if a and b and "error" not in a and "error" not in b else "—"
+    print(f"| {m} | {t} | {'yes' if ck else 'no'} | {cell(lr)} | {cell(e)} | {cell(c)} | {ratio(lr, e)} | {ratio(lr, c)} |")
+PY
