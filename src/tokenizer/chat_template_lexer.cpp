@@ -50,37 +50,13 @@ std::string decode_escapes(std::string_view body, int line, int col) {
       k += digits;
       return true;
     };
+    // Python's one-character escapes (the string literal's own meaning of \\, \', \").
+    static constexpr std::string_view kFrom = "\\'\"abfnrtv", kTo = "\\'\"\a\b\f\n\r\t\v";
+    if (const size_t i = kFrom.find(e); i != std::string_view::npos) {
+      out.push_back(kTo[i]);
+      continue;
+    }
     switch (e) {
-      case '\\':
-        out.push_back('\\');
-        break;
-      case '\'':
-        out.push_back('\'');
-        break;
-      case '"':
-        out.push_back('"');
-        break;
-      case 'a':
-        out.push_back('\a');
-        break;
-      case 'b':
-        out.push_back('\b');
-        break;
-      case 'f':
-        out.push_back('\f');
-        break;
-      case 'n':
-        out.push_back('\n');
-        break;
-      case 'r':
-        out.push_back('\r');
-        break;
-      case 't':
-        out.push_back('\t');
-        break;
-      case 'v':
-        out.push_back('\v');
-        break;
       case '\n':
         break;  // line continuation
       case 'x':
