@@ -4,8 +4,9 @@
 // per token over 989 TFLOP/s), as bench/peft_baseline.py does for PEFT in the same run.
 //   bench_train_gpu [--only qwen0.5b,llama1b,llama8b] [--targets all|all-linear|q_proj,v_proj]
 //                   [--checkpointing all|0|1] [--steps 10] [--warmup 3] [--device cuda:0]
-// The peak memory it reports is the allocator's peak since the process started: for a per-row
-// peak, run one configuration per process (bench/gpu_benchmark.sh does).
+// Peak memory is the allocator's peak reserved bytes for that configuration (the cache is emptied
+// and the peaks reset before each). LOWRANK_PROFILE=1 adds a per-category profile of two extra
+// steps to stderr.
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include "lowrank/core/device_memory.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/model/random_model.h"
+#include "lowrank/ops/profile.h"
 #include "lowrank/train/step.h"
 
 #ifdef LOWRANK_WITH_CUDA
@@ -50,6 +52,10 @@ void run(const BenchShape& s, bool all_linear, bool checkpointing, Device dev, i
     cfg.arch = model::Arch::Qwen2;
     cfg.attention_bias = true;
   }
+#ifdef LOWRANK_WITH_CUDA
+  cuda::empty_cache(dev);  // each configuration's peak is its own
+  cuda::reset_peak_stats(dev);
+#endif
   model::Model m = model::random_model(cfg, 1, dev, DType::BF16);
   lora::LoraConfig lc;
   lc.r = 16;
@@ -86,18 +92,32 @@ void run(const BenchShape& s, bool all_linear, bool checkpointing, Device dev, i
 #endif
       t0 = std::chrono::steady_clock::now();
     }
-    loss = train::train_step(ctx, {mb}, 1e-4).loss;  // reads the loss back: one sync per step
+    loss = train::train_step(ctx, {mb}, 1e-4).loss;  // reads the loss and grad norm back: one sync per step
   }
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+  if (profile::enabled()) {  // LOWRANK_PROFILE=1: two more steps, profiled (not in the timing above)
+    for (int i = 0; i < 2; ++i) {
+      profile::begin_step(dev);
+      train::train_step(ctx, {mb}, 1e-4);
+      profile::end_step();
+    }
+    std::fprintf(stderr, "%s %s checkpointing=%d\n%s", s.name, all_linear ? "all-linear" : "q_proj,v_proj",
+                 int(checkpointing), profile::report().c_str());
+    profile::reset();
+  }
   const double tps = s.batch * s.seq / dt;
   const int64_t n = m.parameter_count();
   nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"targets", all_linear ? "all-linear" : "q_proj,v_proj"},
-                   {"checkpointing", checkpointing},
+                   {"checkpointing", checkpointing}, {"compile", false},
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
                    {"trainable", a.parameter_count()}, {"loss", loss},
                    {"mfu", tps * flops_per_token(cfg, n, s.seq) / 989e12}};
 #ifdef LOWRANK_WITH_CUDA
-  r["peak_gib"] = static_cast<double>(cuda::allocator_stats(dev).peak_in_use) / (1 << 30);
+  // Peak reserved (what the allocator took from cudaMalloc): torch.cuda.max_memory_reserved's
+  // definition, the one bench/peft_baseline.py reports. Allocated peak for reference.
+  const auto stats = cuda::allocator_stats(dev);
+  r["peak_gib"] = static_cast<double>(stats.peak_reserved) / (1 << 30);
+  r["peak_allocated_gib"] = static_cast<double>(stats.peak_in_use) / (1 << 30);
 #endif
   std::printf("RESULT %s\n", r.dump().c_str());
   std::fflush(stdout);

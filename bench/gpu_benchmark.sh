@@ -1,30 +1,37 @@
 #!/usr/bin/env bash
 # Run ON the GPU box (repository root, carrying .devrun/cuda-build from scripts/device-pack.sh):
 # lowrank vs PEFT LoRA training, one configuration per process (so every peak-memory number is
-# that configuration's own), then a markdown table. Results: $OUT/gpu-bench.jsonl and the table.
-#   bench/gpu_benchmark.sh [--only qwen0.5b,llama1b,llama8b] [--steps 8] [--no-compile]
+# that configuration's own: peak reserved, torch.cuda.max_memory_reserved's definition), then a
+# markdown table. Raw rows: $OUT/gpu-train-YYYY-MM-DD.jsonl (copy to bench/results/); lowrank's
+# per-category step profiles (LOWRANK_PROFILE=1): $OUT/profiles.txt.
+#   bench/gpu_benchmark.sh [--only qwen0.5b,llama1b,llama8b] [--targets all-linear|q_proj,v_proj]
+#                          [--steps 8] [--no-compile] [--no-peft]
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only="qwen0.5b,llama1b,llama8b" steps=8 compile=1
+only="qwen0.5b,llama1b,llama8b" steps=8 compile=1 peft=1 targets_list="all-linear q_proj,v_proj"
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --no-compile) compile=0; shift ;;
-    *) echo "usage: $0 [--only SHAPES] [--steps N] [--no-compile]" >&2; exit 2 ;;
+    --no-peft) peft=0; shift ;;
+    --targets) targets_list=$2; shift 2 ;;
+    *) echo "usage: $0 [--only SHAPES] [--targets T] [--steps N] [--no-compile] [--no-peft]" >&2; exit 2 ;;
   esac
 done
 bin=.devrun/cuda-build/bin
-out=${OUT:-/tmp}/gpu-bench.jsonl
-: > "$out"
+out=${OUT:-/tmp}/gpu-train-$(date -u +%Y-%m-%d).jsonl
+profiles=${OUT:-/tmp}/profiles.txt
+touch "$out" "$profiles"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 for shape in ${only//,/ }; do
-  for targets in all-linear q_proj,v_proj; do
+  for targets in $targets_list; do
     ckpts="0"; [ "$shape" = llama8b ] && ckpts="0 1"
     for ck in $ckpts; do
-      "$bin/bench_train_gpu" --only "$shape" --targets "$targets" --checkpointing "$ck" --steps "$steps" --warmup 3 |
-        grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
+      LOWRANK_PROFILE=1 "$bin/bench_train_gpu" --only "$shape" --targets "$targets" --checkpointing "$ck" \
+        --steps "$steps" --warmup 3 2>>"$profiles" | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
       modes="--no-compile"; [ "$compile" = 1 ] && modes="--no-compile --compile-only"
+      [ "$peft" = 1 ] || modes=""
       for mode in $modes; do
         python3 bench/peft_baseline.py --only "$shape" --targets "$targets" --checkpointing "$ck" $mode \
           --steps "$steps" --warmup 3 2>/dev/null | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"

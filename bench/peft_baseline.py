@@ -68,7 +68,8 @@ def run(name, targets, compile_model, checkpointing, steps, warmup):
     tps = batch * seq / dt
     res = {"model": name, "targets": targets if isinstance(targets, str) else ",".join(targets),
            "compile": compile_model, "checkpointing": checkpointing, "batch": batch, "seq": seq,
-           "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+           "engine": "peft", "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_reserved() / 2**30,
+           "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
            "mfu": tps * flops_per_token(cfg, n_params, seq) / PEAK_BF16, "params": n_params,
            "trainable": sum(p.numel() for p in params), "loss": loss.item()}
     print("RESULT " + json.dumps(res), flush=True)

@@ -19,6 +19,7 @@ void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes)
 }
 void device_memset_zero(void*, Device, size_t) { throw no_cuda(); }
 int cuda_device_count() { return 0; }
+size_t device_peak_reserved(Device) { return 0; }
 
 }  // namespace lowrank
 #endif

@@ -82,6 +82,12 @@ Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape)
   return t;
 }
 
+Tensor Tensor::from_ints(const std::vector<int32_t>& values, Device device) {
+  Tensor t = empty({static_cast<int64_t>(values.size())}, DType::I32, device);
+  device_copy(t.raw(), device, values.data(), Device::cpu(), t.nbytes());
+  return t;
+}
+
 Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, Device device,
                     std::shared_ptr<void> owner) {
   LR_CHECK(shape.size() <= 4, "rank ", shape.size());

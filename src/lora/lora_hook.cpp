@@ -1,6 +1,7 @@
 #include "lowrank/lora/lora_hook.h"
 
 #include "lowrank/ops/ops.h"
+#include "lowrank/ops/profile.h"
 
 namespace lowrank::lora {
 
@@ -21,29 +22,43 @@ int LoraHook::lowest_trainable_layer() const {
 }
 
 void LoraHook::on_projection(int layer, Target target, const Tensor& x, Tensor& y) {
+  const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   for (size_t i = 0; i < adapters_.size(); ++i) {
     const Adapter& ad = *adapters_[i].adapter;
     const bool trained = training_ && i == 0;
     const LoraPair* p = ad.find(layer, target);
     if (!p) continue;
     const float s = static_cast<float>(p->scale * adapters_[i].user_scale);
+    const auto key = std::pair{layer, static_cast<int>(target)};
     Tensor xin = x;
     Tensor mask;
     uint64_t offset = 0;
     if (trained && ad.config.dropout > 0) {
       // Counter-based draws: element k uses draw offset + k, the same on every device. A replay
       // (checkpointing) reuses the first forward's offset, so it draws the same mask.
-      const auto key = std::pair{layer, static_cast<int>(target)};
       offset = replay_ ? saved_.at(key).drop_offset : rng_->offset();
       xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, mask);
       if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
+    // A and B in the activations' dtype (bf16 on the GPU: the GEMMs run on bf16 tensor cores, as
+    // under torch.autocast): rounded once per forward pass and kept for the backward and a replay.
+    Tensor A, B;
+    if (trained && replay_) {
+      const Saved& first = saved_.at(key);
+      A = first.A;
+      B = first.B;
+    } else {
+      A = ops::cast(p->A, x.dtype());
+      B = ops::cast(p->B, x.dtype());
+    }
     Tensor h;
-    ops::matmul_nt(xin, p->A, h);          // [N, r]
-    ops::matmul_nt(h, p->B, y, s, 1.0f);   // y += s · h Bᵀ (accumulated into the base output)
+    ops::matmul_nt(xin, A, h);          // [N, r]
+    ops::matmul_nt(h, B, y, s, 1.0f);   // y += s · h Bᵀ (accumulated into the base output)
     if (trained) {
-      Saved& sv = saved_[{layer, static_cast<int>(target)}];
+      Saved& sv = saved_[key];
       sv.h = h;
+      sv.A = A;
+      sv.B = B;
       if (mask.defined()) {
         sv.x_drop = xin;
         sv.mask = mask;
@@ -55,6 +70,7 @@ void LoraHook::on_projection(int layer, Target target, const Tensor& x, Tensor& 
 
 void LoraHook::on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) {
   if (adapters_.empty()) return;
+  const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   Adapter& ad = *adapters_[0].adapter;
   for (auto& b : ad.biases)
     if (b.layer == layer && b.target == target) ops::bias_grad_(b.grad, dy);
@@ -66,15 +82,16 @@ void LoraHook::on_projection_backward(int layer, Target target, const Tensor& x,
   const float s = static_cast<float>(p->scale * adapters_[0].user_scale);
   ops::matmul_tn(dy, sv.h, p->grad_B, s, 1.0f);  // dB += s · dyᵀ h       [out, r]
   Tensor g;
-  ops::matmul_nn(dy, p->B, g);                    // g = dy B             [N, r]
+  ops::matmul_nn(dy, sv.B, g);                    // g = dy B             [N, r]
   const Tensor& xd = sv.x_drop.defined() ? sv.x_drop : x;
   ops::matmul_tn(g, xd, p->grad_A, s, 1.0f);     // dA += s · gᵀ drop(x) [r, in]
+  if (!dx.defined()) return;                      // nothing below needs the input gradient
   if (!sv.x_drop.defined()) {
-    ops::matmul_nn(g, p->A, dx, s, 1.0f);        // dx += s · g A
+    ops::matmul_nn(g, sv.A, dx, s, 1.0f);        // dx += s · g A
     return;
   }
   Tensor gx;
-  ops::matmul_nn(g, p->A, gx, s);
+  ops::matmul_nn(g, sv.A, gx, s);
   ops::dropout_backward_add_(dx, gx, sv.mask, ad.config.dropout);
 }
 

@@ -1,25 +1,37 @@
 #include "lowrank/model/backward.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "lowrank/core/error.h"
 #include "lowrank/model/activation.h"
 #include "lowrank/ops/ops.h"
+#include "lowrank/ops/profile.h"
 
 namespace lowrank::model {
 namespace {
 
-// Gradient through y = x Wᵀ + b (+ hook): returns dx; accumulates dW, db into g when given.
-Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
-                       TrainableHook* hook) {
-  Tensor dx;
-  ops::matmul_nn(dy, l.weight, dx);
+// Gradient through y = x Wᵀ + b (+ hook): dx = dy W, or dx += dy W with `accumulate` (projections
+// that read the same input: their input gradients are summed by the GEMM in f32, not by a bf16
+// add afterwards); accumulates dW, db into g when given. With `need_dx` false (nothing below uses
+// it) only the parameter gradients are computed.
+enum class Dx { Write, Accumulate, Skip };
+void linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
+                     TrainableHook* hook, Tensor& dx, Dx mode = Dx::Write) {
+  if (mode != Dx::Skip) ops::matmul_nn(dy, l.weight, dx, 1.0f, mode == Dx::Accumulate ? 1.0f : 0.0f);
   if (g) {
     ops::matmul_tn(dy, x, g->weight, 1.0f, 1.0f);
     if (g->bias.defined()) ops::bias_grad_(g->bias, dy);
   }
-  if (hook) hook->on_projection_backward(layer, t, x, dy, dx);
+  Tensor none;
+  if (hook) hook->on_projection_backward(layer, t, x, dy, mode == Dx::Skip ? none : dx);
+}
+
+Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
+                       TrainableHook* hook) {
+  Tensor dx;
+  linear_backward(l, g, layer, t, x, dy, hook, dx);
   return dx;
 }
 
@@ -85,8 +97,54 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
   return t;
 }
 
+// The loss and d(hidden) [N, d]: the vocabulary projection and the fused cross-entropy in chunks
+// of rows, so that [N, V] logits never exist at once. Logits are in the hidden states' dtype (bf16
+// on the GPU, as transformers computes them; the cross-entropy's math is f32), the gradient is
+// written over them in place, and the NLL is summed on the device: no host round trip.
+Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector<int32_t>& targets, float grad_scale,
+                     ModelWeights* full, Tensor* loss_sum, LossResult& result) {
+  const profile::Scope scope(profile::Category::Loss, /*sticky=*/true);
+  const ModelWeights& w = model.weights();
+  const int64_t N = hidden.dim(0), V = w.lm_head.dim(0);
+  const Device dev = hidden.device();
+  Tensor nll = loss_sum ? *loss_sum : Tensor::zeros({1}, DType::F64, dev);
+  LR_CHECK(nll.dtype() == DType::F64 && nll.numel() == 1 && nll.device() == dev, "loss accumulator ", nll.str());
+  const Tensor targets_dev = Tensor::from_ints(targets, dev);
+  Tensor dhidden = Tensor::zeros_like(hidden);  // [N, d]
+  // ~256 MiB of logits per chunk (a multiple of 128 rows when that fits): big enough for the
+  // lm_head GEMM to run at full rate, small next to the activations.
+  int64_t chunk = std::max<int64_t>(1, (int64_t{256} << 20) / (V * dtype_size(hidden.dtype())));
+  if (chunk >= 128) chunk = chunk / 128 * 128;
+  chunk = std::min(chunk, std::max<int64_t>(N, 1));
+  Tensor logits;
+  for (int64_t r = 0; r < N; r += chunk) {
+    const int64_t end = std::min(N, r + chunk);
+    int64_t counted = 0;
+    for (int64_t i = r; i < end; ++i) {
+      if (targets[i] == -100) continue;
+      // Checked here: the device kernel cannot report a bad target.
+      if (targets[i] < 0 || targets[i] >= V)
+        throw error("target id ", targets[i], " (row ", i, ") is outside the vocabulary of ", V);
+      ++counted;
+    }
+    if (counted == 0) continue;
+    result.tokens += counted;
+    const Tensor h = hidden.slice_rows(r, end);
+    if (!logits.defined() || logits.dim(0) != end - r)
+      logits = Tensor::empty({end - r, V}, hidden.dtype(), dev);
+    ops::matmul_nt(h, w.lm_head, logits);
+    ops::cross_entropy_chunk(logits, targets_dev.slice_rows(r, end), grad_scale, logits, nll);
+    Tensor dh = dhidden.slice_rows(r, end);
+    ops::matmul_nn(logits, w.lm_head, dh);
+    if (full) ops::matmul_tn(logits, h, full->lm_head, 1.0f, 1.0f);
+  }
+  if (!loss_sum) result.nll_sum = nll.to(Device::cpu()).data<double>()[0];
+  return dhidden;
+}
+
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
-                            float grad_scale, TrainableHook* hook, ModelWeights* full, bool checkpointing) {
+                            float grad_scale, TrainableHook* hook, ModelWeights* full, bool checkpointing,
+                            Tensor* loss_sum) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
   const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
@@ -94,26 +152,8 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   cache.checkpointing = checkpointing;
   model.hidden_states(batch, hook, &cache);
 
-  // Loss and d(hidden), chunked over rows so that [rows, V] logits stay small.
   LossResult result;
-  Tensor dhidden = Tensor::zeros_like(cache.hidden);  // [N, d]
-  const int64_t chunk = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(c.vocab_size, 1));
-  for (int64_t r = 0; r < N; r += chunk) {
-    const int64_t end = std::min(N, r + chunk);
-    std::vector<int32_t> t(targets.begin() + r, targets.begin() + end);
-    bool any = false;
-    for (int32_t v : t) any = any || v != -100;
-    if (!any) continue;
-    Tensor h = cache.hidden.slice_rows(r, end);
-    Tensor logits = model.project_vocab(h);
-    Tensor dlogits = Tensor::zeros_like(logits);
-    result.nll_sum += ops::cross_entropy_backward(logits, t, grad_scale, dlogits);
-    for (int32_t v : t) result.tokens += v != -100;
-    Tensor dh = dhidden.slice_rows(r, end);
-    ops::matmul_nn(dlogits, w.lm_head, dh, 1.0f, 1.0f);
-    if (full) ops::matmul_tn(dlogits, h, full->lm_head, 1.0f, 1.0f);
-  }
-
+  Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, full, loss_sum, result);
   Tensor dx = norm_backward(c, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
                             cache.final_mean, cache.final_rstd);
   const int lowest = full ? 0 : (hook ? hook->lowest_trainable_layer() : static_cast<int>(c.num_layers));
@@ -153,8 +193,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
         dg = ops::activation_backward(dactg, a.gate, op_activation(c.activation));
       }
       dxn2 = linear_backward(L.gate, G ? &G->gate : nullptr, layer, Target::Gate, a.xn2, dg, hook);
-      Tensor dxn2_up = linear_backward(L.up, G ? &G->up : nullptr, layer, Target::Up, a.xn2, du, hook);
-      ops::add_(dxn2, dxn2_up);
+      linear_backward(L.up, G ? &G->up : nullptr, layer, Target::Up, a.xn2, du, hook, dxn2, Dx::Accumulate);
     }
     Tensor dx_mid = norm_backward(c, L.mlp_norm, G ? &G->mlp_norm : nullptr, dxn2, a.x_mid, a.norm2_mean, a.norm2_rstd);
     ops::add_(dx_mid, dx);
@@ -165,6 +204,9 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
                               static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)))};
     Tensor dq, dk, dv;
     ops::attention_backward(dattn, a.q, a.k, a.v, a.attn, a.lse, shape, dq, dk, dv);
+    // The lowest trained layer's input gradient feeds nothing (no embedding gradient without
+    // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
+    const bool need_dx = full || li > lowest;
     Tensor dxn1;
     if (c.is_gpt2()) {
       const int64_t d = c.hidden_size;
@@ -172,7 +214,8 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
       ops::copy_columns_(dqkv, 0, dq, 0, d);
       ops::copy_columns_(dqkv, d, dk, 0, d);
       ops::copy_columns_(dqkv, 2 * d, dv, 0, d);
-      dxn1 = linear_backward(L.qkv, G ? &G->qkv : nullptr, layer, Target::CAttn, a.xn1, dqkv, hook);
+      linear_backward(L.qkv, G ? &G->qkv : nullptr, layer, Target::CAttn, a.xn1, dqkv, hook, dxn1,
+                      need_dx ? Dx::Write : Dx::Skip);
     } else {
       ops::rope_(dq, c.num_heads, pos, tables->cos, tables->sin, /*inverse=*/true);
       ops::rope_(dk, c.num_kv_heads, pos, tables->cos, tables->sin, /*inverse=*/true);
@@ -185,12 +228,17 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
                                    L.k_norm.weight, a.k_rstd, G ? &G->k_norm.weight : nullptr)
                  .reshape({N, c.kv_dim()});
       }
-      dxn1 = linear_backward(L.q, G ? &G->q : nullptr, layer, Target::Q, a.xn1, dq, hook);
-      ops::add_(dxn1, linear_backward(L.k, G ? &G->k : nullptr, layer, Target::K, a.xn1, dk, hook));
-      ops::add_(dxn1, linear_backward(L.v, G ? &G->v : nullptr, layer, Target::V, a.xn1, dv, hook));
+      linear_backward(L.q, G ? &G->q : nullptr, layer, Target::Q, a.xn1, dq, hook, dxn1,
+                      need_dx ? Dx::Write : Dx::Skip);
+      linear_backward(L.k, G ? &G->k : nullptr, layer, Target::K, a.xn1, dk, hook, dxn1,
+                      need_dx ? Dx::Accumulate : Dx::Skip);
+      linear_backward(L.v, G ? &G->v : nullptr, layer, Target::V, a.xn1, dv, hook, dxn1,
+                      need_dx ? Dx::Accumulate : Dx::Skip);
     }
-    dx = norm_backward(c, L.attn_norm, G ? &G->attn_norm : nullptr, dxn1, a.x_in, a.norm1_mean, a.norm1_rstd);
-    ops::add_(dx, dx_mid);
+    if (need_dx) {
+      dx = norm_backward(c, L.attn_norm, G ? &G->attn_norm : nullptr, dxn1, a.x_in, a.norm1_mean, a.norm1_rstd);
+      ops::add_(dx, dx_mid);
+    }
     if (checkpointing) cache.layers[li] = LayerActivations{};  // free the recomputed activations
   }
   if (full) {

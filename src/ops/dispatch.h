@@ -5,6 +5,7 @@
 
 #include "lowrank/backend/cpu/cpu_ops.h"
 #include "lowrank/core/tensor.h"
+#include "lowrank/ops/profile.h"
 #ifdef LOWRANK_WITH_CUDA
 #include "lowrank/backend/cuda/cuda_ops.h"
 #endif
@@ -17,17 +18,20 @@ Device op_device(const char* op, std::initializer_list<const Tensor*> ts);
 
 }  // namespace lowrank::ops::detail
 
-// `return` the backend's result for `call` (a function call expression without namespace).
+// `return` the backend's result for `call` (a function call expression without namespace), timed
+// by the step profiler under the op's category (lowrank/ops/profile.h).
 #ifdef LOWRANK_WITH_CUDA
-#define LR_DISPATCH(device, call) \
-  do {                             \
-    if ((device).is_cuda()) return ::lowrank::cuda::call; \
-    return ::lowrank::cpu::call;   \
+#define LR_DISPATCH(device, call)                           \
+  do {                                                      \
+    const ::lowrank::profile::OpScope lr_op_scope_(#call);  \
+    if ((device).is_cuda()) return ::lowrank::cuda::call;   \
+    return ::lowrank::cpu::call;                            \
   } while (0)
 #else
-#define LR_DISPATCH(device, call) \
-  do {                             \
-    (void)(device);                \
-    return ::lowrank::cpu::call;   \
+#define LR_DISPATCH(device, call)                           \
+  do {                                                      \
+    const ::lowrank::profile::OpScope lr_op_scope_(#call);  \
+    (void)(device);                                         \
+    return ::lowrank::cpu::call;                            \
   } while (0)
 #endif

@@ -36,7 +36,7 @@ std::string format_duration(double seconds) {
 }
 
 std::string format_progress(const std::string& label, int64_t done, int64_t total, int bar_width,
-                            double loss, double lr, double tokens_per_s, double eta_s) {
+                            double loss, double lr, double tokens_per_s, double eta_s, double memory_gib) {
   std::string s = label;
   s += ' ';
   s += std::to_string(done);
@@ -56,6 +56,7 @@ std::string format_progress(const std::string& label, int64_t done, int64_t tota
   if (!std::isnan(lr)) s += printf_string(" lr %.1e", lr);
   if (tokens_per_s > 0.0 && std::isfinite(tokens_per_s))
     s += printf_string(" %.0f tok/s", tokens_per_s);
+  if (!std::isnan(memory_gib)) s += printf_string(" %.1f GiB", memory_gib);
   if (total > 0 && eta_s >= 0.0) {
     s += " ETA ";
     s += format_duration(eta_s);
@@ -86,7 +87,7 @@ std::string ProgressBar::line() const {
                          : -1.0;
   const double tok_s = elapsed > 0.0 ? static_cast<double>(tokens_) / elapsed : 0.0;
   return format_progress(opt_.label, done_, total_, opt_.bar_width, last_.loss, last_.lr, tok_s,
-                         eta);
+                         eta, last_.memory_gib);
 }
 
 void ProgressBar::write(std::initializer_list<std::string_view> pieces) {

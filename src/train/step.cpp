@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "lowrank/ops/ops.h"
+#include "lowrank/ops/profile.h"
 #include "lowrank/train/grad_clip.h"
 
 namespace lowrank::train {
@@ -33,21 +34,24 @@ StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_bat
   StepResult r;
   int64_t counted = 0;
   for (const auto& mb : micro_batches) counted += mb.counted;
-  for (auto& p : *ctx.params) p.grad.zero_();
+  {
+    const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
+    for (auto& p : *ctx.params) p.grad.zero_();
+  }
   if (counted == 0) {
     r.skipped = true;
     return r;
   }
-  double nll = 0;
-  for (const auto& mb : micro_batches) {
-    auto res = model::forward_backward(*ctx.model, mb.tokens, mb.targets, 1.0f / static_cast<float>(counted), ctx.hook,
-                                       ctx.full_grads, ctx.checkpointing);
-    nll += res.nll_sum;
-  }
-  r.tokens = counted;
-  r.loss = nll / counted;
+  // The NLL stays on the device until every micro-batch is done: one read per step.
+  Tensor nll = Tensor::zeros({1}, DType::F64, ctx.model->device());
+  for (const auto& mb : micro_batches)
+    model::forward_backward(*ctx.model, mb.tokens, mb.targets, 1.0f / static_cast<float>(counted), ctx.hook,
+                            ctx.full_grads, ctx.checkpointing, &nll);
+  const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
   // One reduction (on the gradients' device) gives the norm; NaN/Inf anywhere makes it non-finite.
   r.grad_norm = ctx.max_grad_norm > 0 ? clip_grad_norm(*ctx.params, ctx.max_grad_norm) : global_grad_norm(*ctx.params);
+  r.tokens = counted;
+  r.loss = nll.to(Device::cpu()).data<double>()[0] / counted;
   if (!std::isfinite(r.grad_norm) || !std::isfinite(r.loss)) {
     r.skipped = true;
     return r;

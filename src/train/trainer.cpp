@@ -15,6 +15,7 @@
 #include "lowrank/io/safetensors.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/model/export.h"
+#include "lowrank/ops/profile.h"
 #include "lowrank/train/dataset.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/metrics.h"
@@ -194,6 +195,9 @@ TrainSummary run_training(const TrainOptions& o) {
   ProgressBar bar(total_steps, popt, start_step);
   const char* kill_after = std::getenv("LOWRANK_TEST_KILL_AFTER_STEP");  // crash-safety tests only
   int64_t tokens_total = 0;
+  // LOWRANK_PROFILE=1: steps 3-5 of this run (after warm-up) are profiled and reported once.
+  constexpr int64_t kProfileSteps = 3;
+  const int64_t profile_first = start_step + std::min<int64_t>(2, std::max<int64_t>(0, total_steps - start_step - 1));
   auto loop_start = std::chrono::steady_clock::now();
   for (int64_t step = start_step; step < total_steps; ++step) {
     std::vector<MicroBatch> mbs;
@@ -207,8 +211,12 @@ TrainSummary run_training(const TrainOptions& o) {
     for (const auto& mb : mbs) step_tokens += mb.tokens.rows();
     const double lr = lr_at(sched, step);
     auto t0 = std::chrono::steady_clock::now();
+    const bool profiled = profile::enabled() && step >= profile_first && step < profile_first + kProfileSteps;
+    if (profiled) profile::begin_step(m.device());
     StepResult r = train_step(ctx, mbs, lr);
+    if (profiled) profile::end_step();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (profiled && (step + 1 == profile_first + kProfileSteps || step + 1 == total_steps)) bar.print(profile::report());
     tokens_total += step_tokens;
     if (r.skipped) {
       ++summary.skipped_steps;
@@ -219,7 +227,9 @@ TrainSummary run_training(const TrainOptions& o) {
     metrics.write({{"step", step + 1}, {"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm},
                    {"tokens", step_tokens}, {"tokens_per_second", step_tokens / std::max(dt, 1e-9)},
                    {"skipped", r.skipped}, {"epoch", static_cast<double>((step + 1) * per_step) / data.size()}});
-    bar.update(step + 1, {r.loss, lr, step_tokens});
+    const size_t reserved = device_peak_reserved(m.device());
+    bar.update(step + 1, {r.loss, lr, step_tokens,
+                          reserved ? static_cast<double>(reserved) / (1 << 30) : std::nan("")});
     if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && step + 1 < total_steps) {
       if (auto l = run_eval(step + 1, "during")) bar.print("step " + std::to_string(step + 1) + ": eval loss " + std::to_string(*l));
     }

@@ -17,7 +17,8 @@ TEST(CudaElementwise, AddScaledAndBiasWithMixedDtypes) {
   for (DType yt : float_types())
     for (DType xt : float_types()) {
       SCOPED_TRACE(testing::Message() << "y " << name(yt) << " x " << name(xt));
-      Tensor y = random_cpu({33, 77}, seed++), x = random_cpu({33, 77}, seed++), b = random_cpu({77}, seed++);
+      for (int64_t cols : {77, 80}) {
+      Tensor y = random_cpu({33, cols}, seed++), x = random_cpu({33, cols}, seed++), b = random_cpu({cols}, seed++);
       Tensor ref = rounded(y, yt).clone();
       cpu::add_scaled_(ref, rounded(x, xt), -0.75f);
       cpu::add_bias_(ref, rounded(b, xt));
@@ -27,16 +28,19 @@ TEST(CudaElementwise, AddScaledAndBiasWithMixedDtypes) {
       ops::add_bias_(yd, to_gpu(b, xt));
       ops::add_(yd, to_gpu(x, xt));
       EXPECT_LE(rel_err(yd, ref), tol_for(yt == DType::BF16 || xt == DType::BF16 ? DType::BF16 : DType::F32));
+      }
     }
 }
 
 TEST(CudaElementwise, ActivationsForwardAndBackward) {
   LR_REQUIRE_GPU();
   uint64_t seed = 10;
+  // 129x67: one element per access; 64x40: 16-byte vector accesses.
+  for (Shape shape : {Shape{129, 67}, Shape{64, 40}})
   for (DType t : float_types())
     for (ops::Act a : {ops::Act::SiLU, ops::Act::GeluTanh, ops::Act::GeluErf, ops::Act::ReLU}) {
-      SCOPED_TRACE(testing::Message() << name(t) << " act " << int(a));
-      Tensor x = random_cpu({129, 67}, seed++, 4.0f), dy = random_cpu({129, 67}, seed++);
+      SCOPED_TRACE(testing::Message() << name(t) << " act " << int(a) << " " << shape_str(shape));
+      Tensor x = random_cpu(shape, seed++, 4.0f), dy = random_cpu(shape, seed++);
       Tensor xr = rounded(x, t), dyr = rounded(dy, t);
       EXPECT_LE(rel_err(ops::activation(to_gpu(x, t), a), cpu::activation(xr, a)), tol_for(t));
       EXPECT_LE(rel_err(ops::activation_backward(to_gpu(dy, t), to_gpu(x, t), a), cpu::activation_backward(dyr, xr, a)),
@@ -46,8 +50,10 @@ TEST(CudaElementwise, ActivationsForwardAndBackward) {
 
 TEST(CudaElementwise, SwiGluForwardAndBackward) {
   LR_REQUIRE_GPU();
+  for (Shape shape : {Shape{101, 45}, Shape{64, 48}})
   for (DType t : float_types()) {
-    Tensor g = random_cpu({100, 45}, 1, 3.0f), u = random_cpu({100, 45}, 2, 2.0f), dy = random_cpu({100, 45}, 3);
+    SCOPED_TRACE(shape_str(shape));
+    Tensor g = random_cpu(shape, 1, 3.0f), u = random_cpu(shape, 2, 2.0f), dy = random_cpu(shape, 3);
     Tensor gr = rounded(g, t), ur = rounded(u, t), dyr = rounded(dy, t);
     EXPECT_LE(rel_err(ops::swiglu(to_gpu(g, t), to_gpu(u, t)), cpu::swiglu(gr, ur)), tol_for(t)) << name(t);
     Tensor dg, du, rdg, rdu;
@@ -109,12 +115,14 @@ TEST(CudaElementwise, MulAndCopyColumns) {
   uint64_t seed = 40;
   for (DType yt : float_types())
     for (DType xt : float_types()) {
-      Tensor y = random_cpu({37, 65}, seed++), x = random_cpu({37, 65}, seed++);
+      for (Shape shape : {Shape{37, 65}, Shape{32, 64}}) {
+      Tensor y = random_cpu(shape, seed++), x = random_cpu(shape, seed++);
       Tensor ref = rounded(y, yt).clone();
       cpu::mul_(ref, rounded(x, xt));
       Tensor yd = to_gpu(y, yt);
       ops::mul_(yd, to_gpu(x, xt));
       EXPECT_LE(rel_err(yd, ref), tol_for(yt == DType::BF16 || xt == DType::BF16 ? DType::BF16 : DType::F32));
+      }
     }
   for (DType t : float_types()) {
     const int64_t n = 33, d = 40;

@@ -11,7 +11,10 @@ using namespace lowrank;
 using namespace lowrank::test;
 
 namespace {
-const std::pair<int64_t, int64_t> kShapes[] = {{1, 8}, {37, 100}, {300, 1000}, {5, 4097}, {2000, 64}};
+// Rows x d. The register fast path takes d % 8 == 0 (bf16) / d % 4 == 0 (f32) up to 1024 threads x 2
+// packs; the others (100 in bf16, 4097, 16384 in f32) run the general kernels.
+const std::pair<int64_t, int64_t> kShapes[] = {{1, 8},    {37, 100},   {300, 1000}, {5, 4097},
+                                               {2000, 64}, {600, 4096}, {3, 16384}};
 }
 
 TEST(CudaNorm, RmsNormForwardAndBackward) {
@@ -67,5 +70,24 @@ TEST(CudaNorm, LayerNormForwardAndBackward) {
         EXPECT_LE(rel_err(dw, dw_ref), 1e-4);
         EXPECT_LE(rel_err(db, db_ref), 1e-4);
       }
+}
+TEST(CudaNorm, RmsNormOverHeadsOfAWiderTensor) {
+  LR_REQUIRE_GPU();
+  // Qwen3's QK-norm: q [n, heads * hd] normalised per head with a weight [hd].
+  for (DType t : float_types()) {
+    const int64_t n = 19, heads = 6, hd = 64;
+    Tensor x = random_cpu({n, heads * hd}, 1, 3.0f), w = random_cpu({hd}, 2), dy = random_cpu({n, heads * hd}, 3);
+    Tensor rstd_ref, rstd;
+    Tensor ref = cpu::rmsnorm(rounded(x, t), rounded(w, t), 1e-6f, &rstd_ref);
+    Tensor got = ops::rmsnorm(to_gpu(x, t), to_gpu(w, t), 1e-6f, &rstd);
+    EXPECT_EQ(got.shape(), x.shape());
+    EXPECT_LE(rel_err(got, ref), tol_for(t));
+    EXPECT_LE(rel_err(rstd, rstd_ref), kTolF32);
+    Tensor dw_ref = Tensor::zeros({hd}), dw = Tensor::zeros({hd}, DType::F32, gpu());
+    Tensor dx_ref = cpu::rmsnorm_backward(rounded(dy, t), rounded(x, t), rounded(w, t), rstd_ref, &dw_ref);
+    Tensor dx = ops::rmsnorm_backward(to_gpu(dy, t), to_gpu(x, t), to_gpu(w, t), rstd, &dw);
+    EXPECT_LE(rel_err(dx, dx_ref), tol_for(t));
+    EXPECT_LE(rel_err(dw, dw_ref), 1e-4);
+  }
 }
 #endif

@@ -51,6 +51,7 @@ TEST(Progress, FormatsTheStatusLine) {
             "step 12/100 [#.........] loss 2.3456 lr 2.0e-04 1234 tok/s ETA 01:23");
   EXPECT_EQ(format_progress("step", 50, 100, 10, NAN, NAN, 0, -1), "step 50/100 [#####.....]");
   EXPECT_EQ(format_progress("batch", 3, 0, 10, 1.0, NAN, 0, 5), "batch 3 loss 1.0000");
+  EXPECT_EQ(format_progress("step", 3, 10, 0, NAN, NAN, 2000, -1, 9.25), "step 3/10 2000 tok/s 9.2 GiB");
   EXPECT_EQ(format_progress("step", 150, 100, 4, NAN, NAN, 0, -1), "step 150/100 [####]");
 }
 

@@ -11,6 +11,9 @@ namespace lowrank {
 std::shared_ptr<Storage> device_allocate(size_t bytes, Device device);
 void device_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 void device_memset_zero(void* dst, Device device, size_t bytes);
+// Peak bytes the device's allocator has taken from the driver (torch.cuda.max_memory_reserved's
+// definition); 0 for the CPU.
+size_t device_peak_reserved(Device device);
 // Number of CUDA devices usable now (0 without the backend or without a GPU).
 int cuda_device_count();
 

@@ -70,6 +70,8 @@ class Tensor {
   static Tensor empty_like(const Tensor& like);
   static Tensor zeros_like(const Tensor& like);
   static Tensor from_vector(const std::vector<float>& values, const Shape& shape);
+  // I32 [n] on `device` (ids, targets, positions for the device-resident ops).
+  static Tensor from_ints(const std::vector<int32_t>& values, Device device = Device::cpu());
   // Wraps bytes owned elsewhere; `owner` keeps them alive as long as the tensor (or a view) lives.
   static Tensor wrap(void* data, const Shape& shape, DType dtype, Device device,
                      std::shared_ptr<void> owner);

@@ -34,6 +34,7 @@ class LoraHook : public model::TrainableHook {
  private:
   struct Saved {
     Tensor h;      // [N, r]: drop(x) Aᵀ
+    Tensor A, B;   // [r, in], [out, r]: A and B as the forward used them (activations' dtype)
     Tensor x_drop; // [N, in]: drop(x) (only when dropout is active)
     Tensor mask;   // U8 [N*in]: 1 where x was kept
     uint64_t drop_offset = 0;  // dropout draws started here (replayed by checkpointing)

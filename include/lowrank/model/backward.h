@@ -12,6 +12,7 @@ class TrainableHook : public ProjectionHook {
  public:
   // dy: gradient of the projection output [N, out]; x: its input [N, in]. Accumulate own
   // parameter gradients, and add the hook's contribution to dx [N, in] (which holds dy·W).
+  // dx is undefined when nothing needs the input gradient (the lowest trained layer).
   virtual void on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
   // The lowest layer that has trainable parameters: backward stops below it.
   virtual int lowest_trainable_layer() const = 0;
@@ -35,9 +36,11 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
 // shaped like the model's weights (see zeros_like).
 // With `checkpointing`, only each layer's input is kept from the forward pass; every layer is
 // recomputed just before its backward (less memory, one more forward of compute).
+// `loss_sum`, when given (F64 [1] on the model's device), receives the NLL sum on the device and
+// nll_sum stays 0: the step reads the loss once, after all micro-batches, instead of per call.
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
                             float grad_scale, TrainableHook* hook, ModelWeights* full_grads = nullptr,
-                            bool checkpointing = false);
+                            bool checkpointing = false, Tensor* loss_sum = nullptr);
 
 // Zero tensors shaped like every weight of `w` (lm_head shares embed's when tied).
 ModelWeights zeros_like(const ModelWeights& w);

@@ -1,7 +1,7 @@
 #pragma once
 // A progress line on stderr for long work (training steps, evaluation batches):
 //
-//   step 12/100 [#.........] loss 2.3456 lr 2.0e-04 1234 tok/s ETA 01:23
+//   step 12/100 [#.........] loss 2.3456 lr 2.0e-04 1234 tok/s 9.2 GiB ETA 01:23
 //
 // On a terminal it is redrawn in place with '\r' (at most every redraw_interval_s); in a log
 // file or CI (stream not a TTY) it is printed as a plain line on the first update, then every
@@ -34,6 +34,7 @@ struct ProgressStats {
   double loss = std::numeric_limits<double>::quiet_NaN();
   double lr = std::numeric_limits<double>::quiet_NaN();
   int64_t tokens = 0;  // tokens processed since the previous update (summed for tok/s)
+  double memory_gib = std::numeric_limits<double>::quiet_NaN();  // GPU memory (peak reserved)
 };
 
 class ProgressBar {
@@ -76,9 +77,10 @@ class ProgressBar {
   bool finished_ = false;
 };
 
-// The status line from its parts; NaN loss/lr, tokens_per_s <= 0 and eta_s < 0 are left out.
+// The status line from its parts; NaN loss/lr/memory, tokens_per_s <= 0 and eta_s < 0 are left out.
 std::string format_progress(const std::string& label, int64_t done, int64_t total, int bar_width,
-                            double loss, double lr, double tokens_per_s, double eta_s);
+                            double loss, double lr, double tokens_per_s, double eta_s,
+                            double memory_gib = std::numeric_limits<double>::quiet_NaN());
 // "MM:SS" below an hour, "H:MM:SS" above (hours grow as needed); "--:--" if negative or NaN.
 std::string format_duration(double seconds);
 

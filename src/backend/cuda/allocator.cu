@@ -36,6 +36,7 @@ void release_cached(DeviceCache& c) {
   for (auto& [size, blocks] : c.free)
     for (void* p : blocks) cudaFree(p);
   c.free.clear();
+  c.stats.reserved -= c.stats.cached;
   c.stats.cached = 0;
 }
 
@@ -92,6 +93,8 @@ void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx)
   ++c.stats.device_mallocs;
   c.stats.in_use += sc;
   c.stats.peak_in_use = std::max(c.stats.peak_in_use, c.stats.in_use);
+  c.stats.reserved += sc;
+  c.stats.peak_reserved = std::max(c.stats.peak_reserved, c.stats.reserved);
   return p;
 }
 }  // namespace
@@ -118,6 +121,14 @@ AllocatorStats allocator_stats(Device d) {
   DeviceCache& c = cache(d.index);
   std::lock_guard<std::mutex> lock(c.mutex);
   return c.stats;
+}
+
+void reset_peak_stats(Device d) {
+  check_device(d);
+  DeviceCache& c = cache(d.index);
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.stats.peak_in_use = c.stats.in_use;
+  c.stats.peak_reserved = c.stats.reserved;
 }
 
 void empty_cache(Device d) {

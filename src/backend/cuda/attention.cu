@@ -11,6 +11,8 @@
 //   dkdv kernel (key-major, loops over the group's heads and the rows that see the tile):
 //               dk_j = Σ_i dS_ij q_i,  dv_j = Σ_i P_ij dO_i
 #include <atomic>
+#include <cstdlib>
+#include <string>
 
 #include "attention.h"
 #include "common.cuh"
@@ -58,7 +60,7 @@ attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
   float* v_s = k_s + kTileKeys * ldk;         // [32][hd]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
-  const int64_t q0 = int64_t(blockIdx.x) * kBlockRows;
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kBlockRows;  // longest (last) tiles first
   const int64_t q_last = min(T_, q0 + kBlockRows) - 1;
   const int64_t q_stride = s.H * hd, kv_stride = s.KV * hd;
   const T* qb = q + b * T_ * q_stride + h * hd;
@@ -161,7 +163,7 @@ attention_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* _
   float* v_s = k_s + kTileKeys * ldk;       // [32][hd + 1]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
-  const int64_t q0 = int64_t(blockIdx.x) * kBlockRows;
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kBlockRows;  // longest (last) tiles first
   const int64_t q_last = min(T_, q0 + kBlockRows) - 1;
   const int64_t q_stride = s.H * hd, kv_stride = s.KV * hd;
   const T* kb = k + b * T_ * kv_stride + kvh * hd;
@@ -395,7 +397,13 @@ void attention_backward_generic(const Tensor& dout, const Tensor& q, const Tenso
 }
 
 namespace {
-std::atomic<int> g_path{static_cast<int>(AttentionPath::Auto)};
+// LOWRANK_ATTENTION=generic in the environment starts with the generic kernels (a fallback that
+// needs no rebuild); set_attention_path overrides it.
+int initial_path() {
+  const char* e = std::getenv("LOWRANK_ATTENTION");
+  return static_cast<int>(e && std::string(e) == "generic" ? AttentionPath::Generic : AttentionPath::Auto);
+}
+std::atomic<int> g_path{initial_path()};
 }
 
 void set_attention_path(AttentionPath p) { g_path = static_cast<int>(p); }

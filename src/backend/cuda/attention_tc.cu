@@ -24,27 +24,28 @@ attention_forward_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__
   constexpr int KS = HD / 16, NT = HD / 8;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [64][LD]
-  bf16* k_s = q_s + kRows * LD;                     // [64][LD]
-  bf16* v_s = k_s + kKeys * LD;                     // [64][LD]
+  bf16* kv_s = q_s + kRows * LD;                    // 2 stages of K [64][LD] then V [64][LD]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t T = s.T, b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
-  const int64_t q0 = int64_t(blockIdx.x) * kRows;
+  // Last query tiles first: under the causal mask they see the most keys, so the longest blocks
+  // start first and the tail of the grid is short.
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kRows;
   const int64_t q_last = min(T, q0 + kRows) - 1;
   const int64_t q_stride = s.H * HD, kv_stride = s.KV * HD;
   const bf16* kb = k + b * T * kv_stride + kvh * HD;
   const bf16* vb = v + b * T * kv_stride + kvh * HD;
+  int64_t j_begin = s.window > 0 && q0 - s.window + 1 > 0 ? q0 - s.window + 1 : 0;
+  j_begin = j_begin / kKeys * kKeys;
+  const int64_t tiles = (q_last - j_begin) / kKeys + 1;
 
-  load_rows<HD, LD>(q_s, q + b * T * q_stride + h * HD, q_stride, q0, T);
-  __syncthreads();
+  // Pipeline: tile it+1 is copied (cp.async) while tile it is computed.
+  load_rows_async<HD, LD>(q_s, q + b * T * q_stride + h * HD, q_stride, q0, T);
+  load_rows_async<HD, LD>(kv_s, kb, kv_stride, j_begin, T);
+  load_rows_async<HD, LD>(kv_s + kKeys * LD, vb, kv_stride, j_begin, T);
+  cp_async_commit();
+
   const int rw = warp * 16 + g;  // this thread's rows in the block: rw and rw + 8
   uint32_t qf[KS][4];
-#pragma unroll
-  for (int kk = 0; kk < KS; ++kk) {
-    qf[kk][0] = ld_shared_u32(q_s + rw * LD + kk * 16 + 2 * t);
-    qf[kk][1] = ld_shared_u32(q_s + (rw + 8) * LD + kk * 16 + 2 * t);
-    qf[kk][2] = ld_shared_u32(q_s + rw * LD + kk * 16 + 2 * t + 8);
-    qf[kk][3] = ld_shared_u32(q_s + (rw + 8) * LD + kk * 16 + 2 * t + 8);
-  }
   float o[NT][4];
 #pragma unroll
   for (int n = 0; n < NT; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -52,73 +53,91 @@ attention_forward_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__
   const int64_t row[2] = {q0 + rw, q0 + rw + 8};
   const int64_t warp_first = q0 + warp * 16, warp_last = warp_first + 15;
 
-  int64_t j_begin = s.window > 0 && q0 - s.window + 1 > 0 ? q0 - s.window + 1 : 0;
-  j_begin = j_begin / kKeys * kKeys;
-  for (int64_t j0 = j_begin; j0 <= q_last; j0 += kKeys) {
-    __syncthreads();  // everyone is done with the previous K/V tile
-    load_rows<HD, LD>(k_s, kb, kv_stride, j0, T);
-    load_rows<HD, LD>(v_s, vb, kv_stride, j0, T);
+  for (int64_t it = 0; it < tiles; ++it) {
+    const int64_t j0 = j_begin + it * kKeys;
+    const bf16* k_s = kv_s + (it & 1) * 2 * kKeys * LD;
+    const bf16* v_s = k_s + kKeys * LD;
+    if (it + 1 < tiles) {
+      bf16* next = kv_s + ((it + 1) & 1) * 2 * kKeys * LD;
+      load_rows_async<HD, LD>(next, kb, kv_stride, j0 + kKeys, T);
+      load_rows_async<HD, LD>(next + kKeys * LD, vb, kv_stride, j0 + kKeys, T);
+      cp_async_commit();
+      cp_async_wait<1>();  // everything but the tile just issued has landed
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
+    if (it == 0) {
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) load_a<LD>(qf[kk], q_s, rw, kk * 16 + 2 * t);
+    }
     // Whole tile invisible to this warp's rows (above the diagonal, or left of every window)?
-    if (warp_first >= T || j0 > warp_last || (s.window > 0 && j0 + kKeys - 1 <= warp_first - s.window)) continue;
-
-    float sc[8][4];
+    const bool skip = warp_first >= T || j0 > warp_last || (s.window > 0 && j0 + kKeys - 1 <= warp_first - s.window);
+    if (!skip) {
+      float sc[8][4];
 #pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+      for (int n = 0; n < 8; ++n) {
+        sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
 #pragma unroll
-      for (int kk = 0; kk < KS; ++kk) {
-        const bf16* kr = k_s + (n * 8 + g) * LD + kk * 16 + 2 * t;
-        mma_bf16_16816(sc[n], qf[kk], ld_shared_u32(kr), ld_shared_u32(kr + 8));
+        for (int kk = 0; kk < KS; ++kk) {
+          const bf16* kr = k_s + (n * 8 + g) * LD + kk * 16 + 2 * t;
+          mma_bf16_16816(sc[n], qf[kk], ld_shared_u32(kr), ld_shared_u32(kr + 8));
+        }
+      }
+      // Only tiles on the diagonal or a window edge need the per-element mask.
+      const bool masked = j0 + kKeys - 1 > warp_first || (s.window > 0 && j0 <= warp_last - s.window);
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          float x = sc[n][e] * s.scale_log2;
+          if (masked) {
+            const int64_t j = j0 + n * 8 + 2 * t + (e & 1);
+            if (!visible(row[r], j, s.window)) x = -INFINITY;
+          }
+          sc[n][e] = x;
+          mx[r] = fmaxf(mx[r], x);
+        }
+      float base[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float m_new = fmaxf(m[r], mx[r]);
+        base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at 0
+        const float corr = exp2f(m[r] - base[r]);
+        m[r] = m_new;
+        l[r] *= corr;
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+          o[n][2 * r] *= corr;
+          o[n][2 * r + 1] *= corr;
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          sc[n][e] = exp2f(sc[n][e] - base[e >> 1]);
+          l[e >> 1] += sc[n][e];
+        }
+#pragma unroll
+      for (int j = 0; j < kKeys / 16; ++j) {
+        const uint32_t a[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]), pack_bf16(sc[2 * j][2], sc[2 * j][3]),
+                               pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
+                               pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3])};
+#pragma unroll
+        for (int dn = 0; dn < HD / 16; ++dn) {
+          uint32_t b00, b01, b10, b11;
+          ldmatrix_x4_trans(b00, b01, b10, b11, v_s + (j * 16 + (lane & 15)) * LD + dn * 16 + (lane >> 4) * 8);
+          mma_bf16_16816(o[2 * dn], a, b00, b01);
+          mma_bf16_16816(o[2 * dn + 1], a, b10, b11);
+        }
       }
     }
-    float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const int64_t j = j0 + n * 8 + 2 * t + (e & 1);
-        const bool vis = j <= row[r] && (s.window <= 0 || j > row[r] - s.window);
-        sc[n][e] = vis ? sc[n][e] * s.scale_log2 : -INFINITY;
-        mx[r] = fmaxf(mx[r], sc[n][e]);
-      }
-    float base[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-      const float m_new = fmaxf(m[r], mx[r]);
-      base[r] = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing visible yet stays at 0
-      const float corr = exp2f(m[r] - base[r]);
-      m[r] = m_new;
-      l[r] *= corr;
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        o[n][2 * r] *= corr;
-        o[n][2 * r + 1] *= corr;
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        sc[n][e] = exp2f(sc[n][e] - base[e >> 1]);
-        l[e >> 1] += sc[n][e];
-      }
-#pragma unroll
-    for (int j = 0; j < kKeys / 16; ++j) {
-      const uint32_t a[4] = {pack_bf16(sc[2 * j][0], sc[2 * j][1]), pack_bf16(sc[2 * j][2], sc[2 * j][3]),
-                             pack_bf16(sc[2 * j + 1][0], sc[2 * j + 1][1]),
-                             pack_bf16(sc[2 * j + 1][2], sc[2 * j + 1][3])};
-#pragma unroll
-      for (int dn = 0; dn < HD / 16; ++dn) {
-        uint32_t b00, b01, b10, b11;
-        ldmatrix_x4_trans(b00, b01, b10, b11, v_s + (j * 16 + (lane & 15)) * LD + dn * 16 + (lane >> 4) * 8);
-        mma_bf16_16816(o[2 * dn], a, b00, b01);
-        mma_bf16_16816(o[2 * dn + 1], a, b10, b11);
-      }
-    }
+    __syncthreads();  // this stage is refilled by the next iteration's copy
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -153,7 +172,7 @@ Tensor attention_tc(const Tensor& q, const Tensor& k, const Tensor& v, const Att
   const dim3 grid(static_cast<unsigned>((T + kRows - 1) / kRows), unsigned(H), unsigned(B));
   cudaStream_t st = stream_for(q.device());
   auto launch = [&](auto kernel, int HD) {
-    const size_t smem = 3 * 64 * (HD + 8) * sizeof(bf16);
+    const size_t smem = 5 * 64 * (HD + 8) * sizeof(bf16);  // Q + 2 stages of K, V
     if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<grid, kThreads, smem, st>>>(q.data<bf16>(), k.data<bf16>(), v.data<bf16>(), out.data<bf16>(),
                                          lse.data<float>(), s);

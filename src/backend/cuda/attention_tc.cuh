@@ -2,6 +2,7 @@
 // Shared pieces of the tensor-core attention kernels (attention_tc.cu forward,
 // attention_tc_bwd.cu backward): tile sizes, dims and the 16-byte tile loader.
 #include "common.cuh"
+#include "mma.cuh"
 
 namespace lowrank::cuda::tc {
 
@@ -25,6 +26,19 @@ __device__ __forceinline__ void load_rows(bf16* dst, const bf16* __restrict__ sr
     uint4 val = make_uint4(0, 0, 0, 0);
     if (r0 + r < T) val = *reinterpret_cast<const uint4*>(src + (r0 + r) * stride + c);
     *reinterpret_cast<uint4*>(dst + r * LD + c) = val;
+  }
+}
+
+// Asynchronous variant (cp.async, 16 bytes per copy, no register round trip): rows at or past T
+// are zero-filled by the copy engine (source size 0). Completes at cp_async_wait.
+template <int HD, int LD, int ROWS = 64>
+__device__ __forceinline__ void load_rows_async(bf16* dst, const bf16* __restrict__ src, int64_t stride,
+                                                int64_t r0, int64_t T) {
+  constexpr int kVec = HD / 8;
+  for (int e = threadIdx.x; e < ROWS * kVec; e += kThreads) {
+    const int r = e / kVec, c = (e % kVec) * 8;
+    const bool in = r0 + r < T;
+    cp_async16(dst + r * LD + c, in ? src + (r0 + r) * stride + c : src, in);
   }
 }
 

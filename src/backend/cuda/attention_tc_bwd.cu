@@ -30,15 +30,24 @@ attention_dq_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, c
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* q_s = reinterpret_cast<bf16*>(smem_raw);  // [64][LD]
   bf16* do_s = q_s + kRows * LD;                    // [64][LD]
-  bf16* k_s = do_s + kRows * LD;                    // [64][LD]
-  bf16* v_s = k_s + kKeys * LD;                     // [64][LD]
+  bf16* kv_s = do_s + kRows * LD;                   // 2 stages of K [64][LD], V [64][LD]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t T = s.T, b = blockIdx.z, h = blockIdx.y, kvh = h / s.group;
-  const int64_t q0 = int64_t(blockIdx.x) * kRows;
+  // Last query tiles first: under the causal mask they see the most keys, so the longest blocks
+  // start first and the tail of the grid is short.
+  const int64_t q0 = int64_t(gridDim.x - 1 - blockIdx.x) * kRows;
   const int64_t q_last = min(T, q0 + kRows) - 1;
   const int64_t q_stride = s.H * HD, kv_stride = s.KV * HD;
-  load_rows<HD, LD>(q_s, q + b * T * q_stride + h * HD, q_stride, q0, T);
-  load_rows<HD, LD>(do_s, dout + b * T * q_stride + h * HD, q_stride, q0, T);
+  const bf16* kb = k + b * T * kv_stride + kvh * HD;
+  const bf16* vb = v + b * T * kv_stride + kvh * HD;
+  int64_t j_begin = s.window > 0 && q0 - s.window + 1 > 0 ? q0 - s.window + 1 : 0;
+  j_begin = j_begin / kKeys * kKeys;
+  const int64_t tiles = (q_last - j_begin) / kKeys + 1;
+  load_rows_async<HD, LD>(q_s, q + b * T * q_stride + h * HD, q_stride, q0, T);
+  load_rows_async<HD, LD>(do_s, dout + b * T * q_stride + h * HD, q_stride, q0, T);
+  load_rows_async<HD, LD>(kv_s, kb, kv_stride, j_begin, T);
+  load_rows_async<HD, LD>(kv_s + kKeys * LD, vb, kv_stride, j_begin, T);
+  cp_async_commit();
   const int rw = warp * 16 + g;
   const int64_t row[2] = {q0 + rw, q0 + rw + 8};
   float lse2[2], dd[2];
@@ -52,54 +61,66 @@ attention_dq_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, c
 #pragma unroll
   for (int n = 0; n < NT; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
   const int64_t warp_first = q0 + warp * 16, warp_last = warp_first + 15;
-  int64_t j_begin = s.window > 0 && q0 - s.window + 1 > 0 ? q0 - s.window + 1 : 0;
-  j_begin = j_begin / kKeys * kKeys;
-  for (int64_t j0 = j_begin; j0 <= q_last; j0 += kKeys) {
+  for (int64_t it = 0; it < tiles; ++it) {
+    const int64_t j0 = j_begin + it * kKeys;
+    const bf16* k_s = kv_s + (it & 1) * 2 * kKeys * LD;
+    const bf16* v_s = k_s + kKeys * LD;
+    if (it + 1 < tiles) {
+      bf16* next = kv_s + ((it + 1) & 1) * 2 * kKeys * LD;
+      load_rows_async<HD, LD>(next, kb, kv_stride, j0 + kKeys, T);
+      load_rows_async<HD, LD>(next + kKeys * LD, vb, kv_stride, j0 + kKeys, T);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
     __syncthreads();
-    load_rows<HD, LD>(k_s, k + b * T * kv_stride + kvh * HD, kv_stride, j0, T);
-    load_rows<HD, LD>(v_s, v + b * T * kv_stride + kvh * HD, kv_stride, j0, T);
-    __syncthreads();
-    if (warp_first >= T || j0 > warp_last || (s.window > 0 && j0 + kKeys - 1 <= warp_first - s.window)) continue;
-    float sc[8][4], dp[8][4];
+    const bool skip = warp_first >= T || j0 > warp_last || (s.window > 0 && j0 + kKeys - 1 <= warp_first - s.window);
+    if (!skip) {
+      float sc[8][4], dp[8][4];
 #pragma unroll
-    for (int n = 0; n < 8; ++n)
+      for (int n = 0; n < 8; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) sc[n][e] = dp[n][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) sc[n][e] = dp[n][e] = 0.0f;
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-      uint32_t qa[4], da[4];
-      load_a<LD>(qa, q_s, warp * 16 + g, kk * 16 + 2 * t);
-      load_a<LD>(da, do_s, warp * 16 + g, kk * 16 + 2 * t);
+      for (int kk = 0; kk < KS; ++kk) {
+        uint32_t qa[4], da[4];
+        load_a<LD>(qa, q_s, rw, kk * 16 + 2 * t);
+        load_a<LD>(da, do_s, rw, kk * 16 + 2 * t);
 #pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const bf16* kr = k_s + (n * 8 + g) * LD + kk * 16 + 2 * t;
-        const bf16* vr = v_s + (n * 8 + g) * LD + kk * 16 + 2 * t;
-        mma_bf16_16816(sc[n], qa, ld_shared_u32(kr), ld_shared_u32(kr + 8));
-        mma_bf16_16816(dp[n], da, ld_shared_u32(vr), ld_shared_u32(vr + 8));
+        for (int n = 0; n < 8; ++n) {
+          const bf16* kr = k_s + (n * 8 + g) * LD + kk * 16 + 2 * t;
+          const bf16* vr = v_s + (n * 8 + g) * LD + kk * 16 + 2 * t;
+          mma_bf16_16816(sc[n], qa, ld_shared_u32(kr), ld_shared_u32(kr + 8));
+          mma_bf16_16816(dp[n], da, ld_shared_u32(vr), ld_shared_u32(vr + 8));
+        }
+      }
+      const bool masked = j0 + kKeys - 1 > warp_first || (s.window > 0 && j0 <= warp_last - s.window);
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          const int64_t j = j0 + n * 8 + 2 * t + (e & 1);
+          const bool vis = row[r] < T && (!masked || visible(row[r], j, s.window));
+          const float p = vis ? exp2f(sc[n][e] * s.scale_log2 - lse2[r]) : 0.0f;
+          dp[n][e] = p * (dp[n][e] - dd[r]);  // dS without the scale (applied once at the end)
+        }
+#pragma unroll
+      for (int j = 0; j < kKeys / 16; ++j) {
+        const uint32_t a[4] = {pack_bf16(dp[2 * j][0], dp[2 * j][1]), pack_bf16(dp[2 * j][2], dp[2 * j][3]),
+                               pack_bf16(dp[2 * j + 1][0], dp[2 * j + 1][1]),
+                               pack_bf16(dp[2 * j + 1][2], dp[2 * j + 1][3])};
+#pragma unroll
+        for (int dn = 0; dn < HD / 16; ++dn) {
+          uint32_t b00, b01, b10, b11;
+          ldmatrix_x4_trans(b00, b01, b10, b11, k_s + (j * 16 + (lane & 15)) * LD + dn * 16 + (lane >> 4) * 8);
+          mma_bf16_16816(acc[2 * dn], a, b00, b01);
+          mma_bf16_16816(acc[2 * dn + 1], a, b10, b11);
+        }
       }
     }
-#pragma unroll
-    for (int n = 0; n < 8; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1;
-        const int64_t j = j0 + n * 8 + 2 * t + (e & 1);
-        const float p = row[r] < T && visible(row[r], j, s.window) ? exp2f(sc[n][e] * s.scale_log2 - lse2[r]) : 0.0f;
-        dp[n][e] = p * (dp[n][e] - dd[r]);  // dS without the scale (applied once at the end)
-      }
-#pragma unroll
-    for (int j = 0; j < kKeys / 16; ++j) {
-      const uint32_t a[4] = {pack_bf16(dp[2 * j][0], dp[2 * j][1]), pack_bf16(dp[2 * j][2], dp[2 * j][3]),
-                             pack_bf16(dp[2 * j + 1][0], dp[2 * j + 1][1]),
-                             pack_bf16(dp[2 * j + 1][2], dp[2 * j + 1][3])};
-#pragma unroll
-      for (int dn = 0; dn < HD / 16; ++dn) {
-        uint32_t b00, b01, b10, b11;
-        ldmatrix_x4_trans(b00, b01, b10, b11, k_s + (j * 16 + (lane & 15)) * LD + dn * 16 + (lane >> 4) * 8);
-        mma_bf16_16816(acc[2 * dn], a, b00, b01);
-        mma_bf16_16816(acc[2 * dn + 1], a, b10, b11);
-      }
-    }
+    __syncthreads();  // this stage is refilled by the next iteration's copy
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -119,45 +140,62 @@ attention_dkdv_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
                          const float* __restrict__ delta, bf16* __restrict__ dk, bf16* __restrict__ dv, TcDims s,
                          float scale) {
   constexpr int LD = HD + 8, KS = HD / 16, NT = HD / 8, BR = kBwdQueries;
+  constexpr int kStage = 2 * BR * LD;  // bf16 elements of one stage: Q [BR][LD], dO [BR][LD]
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* k_s = reinterpret_cast<bf16*>(smem_raw);  // [64][LD]
   bf16* v_s = k_s + kKeys * LD;                     // [64][LD]
-  bf16* q_s = v_s + kKeys * LD;                     // [BR][LD]
-  bf16* do_s = q_s + BR * LD;                       // [BR][LD]
-  float* lse_s = reinterpret_cast<float*>(do_s + BR * LD);  // [BR], log2 domain (+inf past T)
-  float* d_s = lse_s + BR;                                   // [BR]
+  bf16* qd_s = v_s + kKeys * LD;                    // 2 stages of Q, dO
+  float* ld_s = reinterpret_cast<float*>(qd_s + 2 * kStage);  // 2 stages of lse [BR], delta [BR]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int64_t T = s.T, b = blockIdx.z, kvh = blockIdx.y;
   const int64_t j0 = int64_t(blockIdx.x) * kKeys;
   const int64_t q_stride = s.H * HD, kv_stride = s.KV * HD;
-  load_rows<HD, LD>(k_s, k + b * T * kv_stride + kvh * HD, kv_stride, j0, T);
-  load_rows<HD, LD>(v_s, v + b * T * kv_stride + kvh * HD, kv_stride, j0, T);
+  // Rows that see a key of the tile: [j0, j0 + 63 + window - 1] (all rows >= j0 without a window).
+  const int64_t i_begin = j0 / BR * BR;
+  const int64_t i_end = s.window > 0 ? min(T, j0 + kKeys - 1 + s.window) : T;
+  const int64_t per_head = (i_end - i_begin + BR - 1) / BR;
+  const int64_t steps = s.group * per_head;  // (head of the group, query step) pairs, flattened
+  auto issue = [&](int64_t step, int stage) {
+    const int64_t h = kvh * s.group + step / per_head, i0 = i_begin + (step % per_head) * BR;
+    bf16* st = qd_s + stage * kStage;
+    load_rows_async<HD, LD, BR>(st, q + b * T * q_stride + h * HD, q_stride, i0, T);
+    load_rows_async<HD, LD, BR>(st + BR * LD, dout + b * T * q_stride + h * HD, q_stride, i0, T);
+    if (threadIdx.x < 2 * BR) {
+      const int r = threadIdx.x % BR;
+      const float* src = (threadIdx.x < BR ? lse : delta) + (b * s.H + h) * T;
+      const bool in = i0 + r < T;
+      cp_async4(ld_s + stage * 2 * BR + threadIdx.x, in ? src + i0 + r : src, in);
+    }
+    cp_async_commit();
+  };
+  load_rows_async<HD, LD>(k_s, k + b * T * kv_stride + kvh * HD, kv_stride, j0, T);
+  load_rows_async<HD, LD>(v_s, v + b * T * kv_stride + kvh * HD, kv_stride, j0, T);
+  issue(0, 0);  // the K/V copies join this first group
   const int kw = warp * 16;  // this warp's keys in the tile: kw..kw+15; this thread's: kw+g, kw+g+8
   const int64_t key[2] = {j0 + kw + g, j0 + kw + g + 8};
+  const int64_t wk_first = j0 + kw, wk_last = wk_first + 15;
   float dka[NT][4], dva[NT][4];
 #pragma unroll
   for (int n = 0; n < NT; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.0f;
-  // Rows that see a key of the tile: [j0, j0 + 63 + window - 1] (all rows >= j0 without a window).
-  const int64_t i_begin = j0 / BR * BR;
-  const int64_t i_end = s.window > 0 ? min(T, j0 + kKeys - 1 + s.window) : T;
-  for (int64_t gh = 0; gh < s.group; ++gh) {
-    const int64_t h = kvh * s.group + gh;
-    for (int64_t i0 = i_begin; i0 < i_end; i0 += BR) {
-      __syncthreads();  // K/V loaded; the previous step's Q / dO fully used
-      load_rows<HD, LD, BR>(q_s, q + b * T * q_stride + h * HD, q_stride, i0, T);
-      load_rows<HD, LD, BR>(do_s, dout + b * T * q_stride + h * HD, q_stride, i0, T);
-      if (threadIdx.x < BR) {
-        const int64_t i = i0 + threadIdx.x;
-        lse_s[threadIdx.x] = i < T ? lse[(b * s.H + h) * T + i] * kLog2e : INFINITY;
-        d_s[threadIdx.x] = i < T ? delta[(b * s.H + h) * T + i] : 0.0f;
-      }
-      __syncthreads();
-      const int64_t wk_first = j0 + kw, wk_last = wk_first + 15;
-      // No row of this step sees any of the warp's keys (all keys after the last row, or every
-      // key older than the first row's window)?
-      if (wk_first >= T || wk_first > i0 + BR - 1 || (s.window > 0 && wk_last <= i0 - s.window)) continue;
+  for (int64_t it = 0; it < steps; ++it) {
+    const int64_t i0 = i_begin + (it % per_head) * BR;
+    const bf16* q_s = qd_s + (it & 1) * kStage;
+    const bf16* do_s = q_s + BR * LD;
+    const float* lse_s = ld_s + (it & 1) * 2 * BR;  // natural log, 0 past T (masked below)
+    const float* d_s = lse_s + BR;
+    if (it + 1 < steps) {
+      issue(it + 1, (it + 1) & 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    // No row of this step sees any of the warp's keys (all keys after the last row, or every
+    // key older than the first row's window)?
+    const bool skip = wk_first >= T || wk_first > i0 + BR - 1 || (s.window > 0 && wk_last <= i0 - s.window);
+    if (!skip) {
       float st[BR / 8][4], dpt[BR / 8][4];  // Sᵀ, dPᵀ: keys x queries
 #pragma unroll
       for (int n = 0; n < BR / 8; ++n)
@@ -182,7 +220,8 @@ attention_dkdv_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
         for (int e = 0; e < 4; ++e) {
           const int c = n * 8 + 2 * t + (e & 1);  // query within the step
           const int64_t i = i0 + c, j = key[e >> 1];
-          const float p = i < T && visible(i, j, s.window) ? exp2f(st[n][e] * s.scale_log2 - lse_s[c]) : 0.0f;
+          const float p =
+              i < T && visible(i, j, s.window) ? exp2f(st[n][e] * s.scale_log2 - lse_s[c] * kLog2e) : 0.0f;
           st[n][e] = p;
           dpt[n][e] = p * (dpt[n][e] - d_s[c]);
         }
@@ -207,6 +246,7 @@ attention_dkdv_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k,
         }
       }
     }
+    __syncthreads();  // this stage is refilled by the next iteration's copy
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -234,8 +274,8 @@ void launch_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const
   const TcDims s{T, H, KV, H / KV, a.window, a.scale * kLog2e};
   cudaStream_t st = stream_for(q.device());
   constexpr int LD = HD + 8;
-  const size_t dq_smem = 4 * 64 * LD * sizeof(bf16);
-  const size_t kv_smem = (2 * 64 + 2 * kBwdQueries) * LD * sizeof(bf16) + 2 * kBwdQueries * sizeof(float);
+  const size_t dq_smem = 6 * 64 * LD * sizeof(bf16);  // Q, dO + 2 stages of K, V
+  const size_t kv_smem = (2 * 64 + 4 * kBwdQueries) * LD * sizeof(bf16) + 4 * kBwdQueries * sizeof(float);
   prepare(attention_dq_tc_kernel<HD>, dq_smem);
   prepare(attention_dkdv_tc_kernel<HD>, kv_smem);
   const dim3 dq_grid(static_cast<unsigned>((T + kRows - 1) / kRows), unsigned(H), unsigned(B));

@@ -4,6 +4,7 @@
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <vector>
 
 #include "common.cuh"
 #include "context.h"
@@ -16,12 +17,14 @@ constexpr int kMaxDevices = 64;
 constexpr size_t kWorkspaceBytes = 32u << 20;  // cuBLASLt's recommendation for Hopper
 
 std::mutex g_mutex;
+thread_local int t_current_device = -1;  // what this thread last passed to cudaSetDevice
 std::array<std::atomic<DeviceContext*>, kMaxDevices> g_contexts{};  // leaked on purpose: used until exit
 
 DeviceContext* create_context(int index) {
   auto ctx = std::make_unique<DeviceContext>();
   ctx->index = index;
   LR_CUDA(cudaSetDevice(index));
+  t_current_device = index;
   LR_CUDA(cudaGetDeviceProperties(&ctx->props, index));
   // Non-blocking: the legacy default stream never serialises against our work.
   LR_CUDA(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking));
@@ -68,7 +71,11 @@ DeviceContext& context(Device d) {
       g_contexts[d.index].store(ctx);
     }
   }
-  LR_CUDA(cudaSetDevice(d.index));
+  // cudaSetDevice only when the thread's device changes: this runs before every op.
+  if (t_current_device != d.index) {
+    LR_CUDA(cudaSetDevice(d.index));
+    t_current_device = d.index;
+  }
   return *ctx;
 }
 
@@ -90,6 +97,46 @@ void check_arg(const Tensor& t, const char* op, const char* name, bool any_dtype
   LR_CHECK(t.device().is_cuda(), op, ": ", name, " ", t.str(), " is not on a CUDA device");
   LR_CHECK(any_dtype || t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", name, " ", t.str(),
            " must be F32 or BF16");
+}
+
+}  // namespace lowrank::cuda
+
+namespace lowrank::cuda {
+namespace {
+// Per-device pools of timing events, rewound each profiled step (events are reused, never freed).
+struct EventPool {
+  std::vector<cudaEvent_t> events;
+  size_t next = 0;
+};
+EventPool& event_pool(int index) {
+  static auto* pools = new std::array<EventPool, kMaxDevices>();
+  return (*pools)[index];
+}
+}  // namespace
+
+void* record_timing_event(Device d) {
+  DeviceContext& ctx = context(d);
+  EventPool& pool = event_pool(d.index);
+  if (pool.next == pool.events.size()) {
+    cudaEvent_t e;
+    LR_CUDA(cudaEventCreate(&e));
+    pool.events.push_back(e);
+  }
+  cudaEvent_t e = pool.events[pool.next++];
+  LR_CUDA(cudaEventRecord(e, ctx.stream));
+  return e;
+}
+
+void reset_timing_events(Device d) {
+  context(d);
+  event_pool(d.index).next = 0;
+}
+
+float timing_event_elapsed_ms(void* from, void* to) {
+  float ms = 0;
+  LR_CUDA(cudaEventSynchronize(static_cast<cudaEvent_t>(to)));
+  LR_CUDA(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(from), static_cast<cudaEvent_t>(to)));
+  return ms;
 }
 
 }  // namespace lowrank::cuda

@@ -19,31 +19,48 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
   m = mx;
 }
 
-template <typename L, typename D>
+template <typename T, int N>
+struct alignas(N * sizeof(T) >= 16 ? 16 : N * sizeof(T)) PackN {
+  T v[N];
+};
+
+// VEC elements per access: 8 (16-byte bf16 / 2 x 16-byte f32 accesses) when the rows allow it.
+template <typename L, typename D, int VEC>
 __global__ void cross_entropy_kernel(const L* logits, const int32_t* __restrict__ targets, D* dlogits,
                                      float* __restrict__ row_loss, int64_t V, float scale, int mode) {
   __shared__ float sm[32], ss[32];
   __shared__ float x_target;
-  const int64_t r = blockIdx.x;
+  using LP = PackN<L, VEC>;
+  using DP = PackN<D, VEC>;
+  const int64_t r = blockIdx.x, packs = V / VEC;
   const L* row = logits + r * V;
+  const LP* rowp = reinterpret_cast<const LP*>(row);
+  DP* drow = reinterpret_cast<DP*>(dlogits + r * V);
   const int32_t t = targets[r];
   const bool counted = t >= 0 && t < V;  // -100 (and anything invalid) is ignored
   if (!counted) {
     if (threadIdx.x == 0) row_loss[r] = 0.0f;
-    if (mode == kWriteGrad)
-      for (int64_t i = threadIdx.x; i < V; i += blockDim.x) dlogits[r * V + i] = from_f32<D>(0.0f);
+    if (mode == kWriteGrad) {
+      DP z;
+#pragma unroll
+      for (int e = 0; e < VEC; ++e) z.v[e] = from_f32<D>(0.0f);
+      for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) drow[i] = z;
+    }
     return;
   }
   if (threadIdx.x == 0) x_target = to_f32(row[t]);
   float m = -INFINITY, s = 0.0f;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    const float v = to_f32(row[i]);
-    if (v > m) {
-      s = s * expf(m - v) + 1.0f;
-      m = v;
-    } else {
-      s += expf(v - m);
+  for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
+    const LP p = rowp[i];
+    float pm = to_f32(p.v[0]);
+#pragma unroll
+    for (int e = 1; e < VEC; ++e) pm = fmaxf(pm, to_f32(p.v[e]));
+    if (pm > m) {  // rescale the running sum once per pack, not per element
+      s *= expf(m - pm);
+      m = pm;
     }
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) s += expf(to_f32(p.v[e]) - m);
   }
   for (int o = 16; o > 0; o >>= 1) merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -58,11 +75,19 @@ __global__ void cross_entropy_kernel(const L* logits, const int32_t* __restrict_
   const float log_sum = logf(s);
   if (threadIdx.x == 0) row_loss[r] = log_sum + m - x_target;
   if (mode == kLossOnly) return;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
-    float g = scale * expf(to_f32(row[i]) - m - log_sum);
-    if (i == t) g -= scale;
-    if (mode == kAddGrad) g += to_f32(dlogits[r * V + i]);
-    dlogits[r * V + i] = from_f32<D>(g);
+  const float shift = m + log_sum;
+  for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
+    const LP p = rowp[i];
+    DP o;
+    if (mode == kAddGrad) o = drow[i];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      float g = scale * expf(to_f32(p.v[e]) - shift);
+      if (i * VEC + e == t) g -= scale;
+      if (mode == kAddGrad) g += to_f32(o.v[e]);
+      o.v[e] = from_f32<D>(g);
+    }
+    drow[i] = o;
   }
 }
 
@@ -74,10 +99,18 @@ void run(const Tensor& logits, const Tensor& targets, float scale, Tensor* dlogi
   Tensor row_loss = Tensor::empty({n}, DType::F32, logits.device());
   cudaStream_t st = stream_for(logits.device());
   const DType dt = dlogits ? dlogits->dtype() : logits.dtype();
-  LR_FLOAT_TYPES(logits.dtype(), L, LR_FLOAT_TYPES(dt, D,
-      cross_entropy_kernel<<<unsigned(n), kThreads, 0, st>>>(
-          logits.data<L>(), targets.data<int32_t>(), dlogits ? dlogits->data<D>() : nullptr, row_loss.data<float>(),
-          V, scale, mode)));
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec = V % 8 == 0 && aligned(logits.raw()) && (!dlogits || aligned(dlogits->raw()));
+  LR_FLOAT_TYPES(logits.dtype(), L, LR_FLOAT_TYPES(dt, D, {
+    const L* lp = logits.data<L>();
+    D* dp = dlogits ? dlogits->data<D>() : nullptr;
+    if (vec)
+      cross_entropy_kernel<L, D, 8><<<unsigned(n), kThreads, 0, st>>>(lp, targets.data<int32_t>(), dp,
+                                                                      row_loss.data<float>(), V, scale, mode);
+    else
+      cross_entropy_kernel<L, D, 1><<<unsigned(n), kThreads, 0, st>>>(lp, targets.data<int32_t>(), dp,
+                                                                      row_loss.data<float>(), V, scale, mode);
+  }));
   LR_CUDA_LAUNCHED();
   sum_to_f64(row_loss.raw(), DType::F32, n, false, acc, logits.device());
 }

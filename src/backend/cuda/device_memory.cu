@@ -5,6 +5,7 @@
 #include "allocator.h"
 #include "common.cuh"
 #include "context.h"
+#include "lowrank/backend/cuda/device.h"
 #include "lowrank/core/device_memory.h"
 
 namespace lowrank {
@@ -19,6 +20,10 @@ int cuda_device_count() {
     return n;
   }();
   return count;
+}
+
+size_t device_peak_reserved(Device device) {
+  return device.is_cuda() ? cuda::allocator_stats(device).peak_reserved : 0;
 }
 
 std::shared_ptr<Storage> device_allocate(size_t bytes, Device device) {

@@ -1,5 +1,5 @@
-// LoRA dropout: every element draws its own Philox word, so the mask equals the CPU Rng's
-// row-major draws (element k uses stream position offset + k) and needs no sequential pass.
+// LoRA dropout: element k uses word offset + k of the Philox stream, as the CPU Rng's row-major
+// draws do, so the masks are equal; the counter-based generator needs no sequential pass.
 #include "common.cuh"
 #include "lowrank/backend/cuda/cuda_ops.h"
 #include "lowrank/backend/philox.h"
@@ -7,13 +7,24 @@
 namespace lowrank::cuda {
 namespace {
 
+// One thread per Philox block: its 4 words are stream positions 4B..4B+3, i.e. elements
+// k = 4B + w - offset (a quarter of the Philox work of one draw per element).
 template <typename T>
 __global__ void dropout_kernel(const T* __restrict__ x, T* __restrict__ out, uint8_t* __restrict__ mask, int64_t n,
                                float keep, uint64_t seed, uint64_t offset) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    const bool k = philox_uniform(seed, offset + static_cast<uint64_t>(i)) < keep;
-    mask[i] = k;
-    out[i] = from_f32<T>(k ? to_f32(x[i]) / keep : 0.0f);
+  const uint64_t first = offset / 4, blocks = (offset + static_cast<uint64_t>(n) - 1) / 4 - first + 1;
+  for (uint64_t bi = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; bi < blocks;
+       bi += uint64_t(gridDim.x) * blockDim.x) {
+    const PhiloxBlock r = philox4x32_10(seed, 0, first + bi);
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const uint64_t pos = 4 * (first + bi) + w;  // stream position
+      if (pos < offset || pos - offset >= static_cast<uint64_t>(n)) continue;
+      const int64_t i = static_cast<int64_t>(pos - offset);
+      const bool k = static_cast<float>(r.w[w] >> 8) * (1.0f / 16777216.0f) < keep;
+      mask[i] = k;
+      out[i] = from_f32<T>(k ? to_f32(x[i]) / keep : 0.0f);
+    }
   }
 }
 
@@ -27,7 +38,7 @@ Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor
   if (x.numel() == 0) return out;
   cudaStream_t st = stream_for(x.device());
   LR_FLOAT_TYPES(x.dtype(), T,
-      dropout_kernel<<<grid_for(x.numel(), 256), 256, 0, st>>>(x.data<T>(), out.data<T>(), mask.data<uint8_t>(),
+      dropout_kernel<<<grid_for(x.numel() / 4 + 2, 256), 256, 0, st>>>(x.data<T>(), out.data<T>(), mask.data<uint8_t>(),
                                                                x.numel(), static_cast<float>(1.0 - p), seed, offset));
   LR_CUDA_LAUNCHED();
   return out;

@@ -53,36 +53,78 @@ __device__ __forceinline__ float act_derivative(float v, Act a) {
   }
 }
 
-template <typename T>
-__global__ void activation_kernel(const T* __restrict__ x, T* __restrict__ y, int64_t n, Act a) {
-  LR_GRID_STRIDE(i, n) y[i] = from_f32<T>(act_forward(to_f32(x[i]), a));
-}
+// Same-dtype element-wise maps: out_k[i] = F(in_0[i], ..., in_{NIn-1}[i]). VEC elements per thread
+// and access (16 bytes: 8 bf16 or 4 f32) when every pointer is 16-byte aligned and n % VEC == 0,
+// else one element per access.
+template <typename T, int NIn, int NOut>
+struct MapArgs {
+  const T* in[NIn];
+  T* out[NOut];
+  int64_t n;
+};
 
-template <typename T>
-__global__ void activation_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, T* __restrict__ dx,
-                                           int64_t n, Act a) {
-  LR_GRID_STRIDE(i, n) dx[i] = from_f32<T>(to_f32(dy[i]) * act_derivative(to_f32(x[i]), a));
-}
-
-template <typename T>
-__global__ void swiglu_kernel(const T* __restrict__ g, const T* __restrict__ u, T* __restrict__ y, int64_t n) {
-  LR_GRID_STRIDE(i, n) {
-    const float gv = to_f32(g[i]);
-    y[i] = from_f32<T>(gv / (1.0f + expf(-gv)) * to_f32(u[i]));
+template <typename T, int VEC, int NIn, int NOut, typename F>
+__global__ void map_kernel(MapArgs<T, NIn, NOut> a, F f) {
+  struct alignas(sizeof(T) * VEC) Pack {
+    T v[VEC];
+  };
+  const int64_t packs = a.n / VEC;
+  for (int64_t p = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; p < packs; p += int64_t(gridDim.x) * blockDim.x) {
+    Pack in[NIn], out[NOut];
+#pragma unroll
+    for (int k = 0; k < NIn; ++k) in[k] = reinterpret_cast<const Pack*>(a.in[k])[p];
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) {
+      float x[NIn], y[NOut];
+#pragma unroll
+      for (int k = 0; k < NIn; ++k) x[k] = to_f32(in[k].v[e]);
+      f(x, y);
+#pragma unroll
+      for (int k = 0; k < NOut; ++k) out[k].v[e] = from_f32<T>(y[k]);
+    }
+#pragma unroll
+    for (int k = 0; k < NOut; ++k) reinterpret_cast<Pack*>(a.out[k])[p] = out[k];
   }
 }
 
-template <typename T>
-__global__ void swiglu_backward_kernel(const T* __restrict__ dy, const T* __restrict__ g, const T* __restrict__ u,
-                                       T* __restrict__ dg, T* __restrict__ du, int64_t n) {
-  LR_GRID_STRIDE(i, n) {
-    const float gv = to_f32(g[i]), uv = to_f32(u[i]), d = to_f32(dy[i]);
+template <typename T, int NIn, int NOut, typename F>
+void launch_map(const MapArgs<T, NIn, NOut>& a, F f, cudaStream_t st) {
+  constexpr int kVec = 16 / sizeof(T);
+  bool vec = a.n % kVec == 0;
+  for (int k = 0; k < NIn; ++k) vec = vec && reinterpret_cast<uintptr_t>(a.in[k]) % 16 == 0;
+  for (int k = 0; k < NOut; ++k) vec = vec && reinterpret_cast<uintptr_t>(a.out[k]) % 16 == 0;
+  if (vec) map_kernel<T, kVec><<<grid_for(a.n / kVec, 256), 256, 0, st>>>(a, f);
+  else map_kernel<T, 1><<<grid_for(a.n, 256), 256, 0, st>>>(a, f);
+  LR_CUDA_LAUNCHED();
+}
+
+struct ActForward {
+  Act act;
+  __device__ void operator()(const float (&x)[1], float (&y)[1]) const { y[0] = act_forward(x[0], act); }
+};
+struct ActBackward {  // in: dy, x
+  Act act;
+  __device__ void operator()(const float (&x)[2], float (&y)[1]) const { y[0] = x[0] * act_derivative(x[1], act); }
+};
+struct SwiGluForward {  // in: g, u
+  __device__ void operator()(const float (&x)[2], float (&y)[1]) const { y[0] = x[0] / (1.0f + expf(-x[0])) * x[1]; }
+};
+struct SwiGluBackward {  // in: dy, g, u; out: dg, du
+  __device__ void operator()(const float (&x)[3], float (&y)[2]) const {
+    const float d = x[0], gv = x[1], uv = x[2];
     const float sg = 1.0f / (1.0f + expf(-gv));
     const float silu = gv * sg;
-    du[i] = from_f32<T>(d * silu);
-    dg[i] = from_f32<T>(d * uv * sg * (1.0f + gv * (1.0f - sg)));
+    y[1] = d * silu;
+    y[0] = d * uv * sg * (1.0f + gv * (1.0f - sg));
   }
-}
+};
+struct AddScaled {  // in: y, x
+  float s;
+  __device__ void operator()(const float (&x)[2], float (&y)[1]) const { y[0] = x[0] + s * x[1]; }
+};
+struct Mul {
+  __device__ void operator()(const float (&x)[2], float (&y)[1]) const { y[0] = x[0] * x[1]; }
+};
 
 template <typename Y, typename G>
 __global__ void dropout_backward_add_kernel(Y* __restrict__ dx, const G* __restrict__ gx,
@@ -105,6 +147,11 @@ void add_scaled_(Tensor& y, const Tensor& x, float s) {
   const int64_t n = y.numel();
   if (n == 0) return;
   cudaStream_t st = stream_for(y.device());
+  if (y.dtype() == x.dtype()) {
+    LR_FLOAT_TYPES(y.dtype(), T, launch_map(MapArgs<T, 2, 1>{{y.data<T>(), x.data<T>()}, {y.data<T>()}, n},
+                                            AddScaled{s}, st));
+    return;
+  }
   LR_FLOAT_TYPES(y.dtype(), Y, LR_FLOAT_TYPES(x.dtype(), X,
       add_scaled_kernel<<<grid_for(n, 256), 256, 0, st>>>(y.data<Y>(), x.data<X>(), s, n)));
   LR_CUDA_LAUNCHED();
@@ -117,6 +164,10 @@ void mul_(Tensor& y, const Tensor& x) {
   const int64_t n = y.numel();
   if (n == 0) return;
   cudaStream_t st = stream_for(y.device());
+  if (y.dtype() == x.dtype()) {
+    LR_FLOAT_TYPES(y.dtype(), T, launch_map(MapArgs<T, 2, 1>{{y.data<T>(), x.data<T>()}, {y.data<T>()}, n}, Mul{}, st));
+    return;
+  }
   LR_FLOAT_TYPES(y.dtype(), Y, LR_FLOAT_TYPES(x.dtype(), X,
       mul_kernel<<<grid_for(n, 256), 256, 0, st>>>(y.data<Y>(), x.data<X>(), n)));
   LR_CUDA_LAUNCHED();
@@ -140,8 +191,7 @@ Tensor activation(const Tensor& x, Act a) {
   const int64_t n = x.numel();
   if (n == 0) return y;
   cudaStream_t st = stream_for(x.device());
-  LR_FLOAT_TYPES(x.dtype(), T, activation_kernel<<<grid_for(n, 256), 256, 0, st>>>(x.data<T>(), y.data<T>(), n, a));
-  LR_CUDA_LAUNCHED();
+  LR_FLOAT_TYPES(x.dtype(), T, launch_map(MapArgs<T, 1, 1>{{x.data<T>()}, {y.data<T>()}, n}, ActForward{a}, st));
   return y;
 }
 
@@ -155,8 +205,7 @@ Tensor activation_backward(const Tensor& dy, const Tensor& x, Act a) {
   if (n == 0) return dx;
   cudaStream_t st = stream_for(x.device());
   LR_FLOAT_TYPES(x.dtype(), T,
-      activation_backward_kernel<<<grid_for(n, 256), 256, 0, st>>>(dy.data<T>(), x.data<T>(), dx.data<T>(), n, a));
-  LR_CUDA_LAUNCHED();
+      launch_map(MapArgs<T, 2, 1>{{dy.data<T>(), x.data<T>()}, {dx.data<T>()}, n}, ActBackward{a}, st));
   return dx;
 }
 
@@ -169,8 +218,8 @@ Tensor swiglu(const Tensor& g, const Tensor& u) {
   const int64_t n = g.numel();
   if (n == 0) return y;
   cudaStream_t st = stream_for(g.device());
-  LR_FLOAT_TYPES(g.dtype(), T, swiglu_kernel<<<grid_for(n, 256), 256, 0, st>>>(g.data<T>(), u.data<T>(), y.data<T>(), n));
-  LR_CUDA_LAUNCHED();
+  LR_FLOAT_TYPES(g.dtype(), T,
+      launch_map(MapArgs<T, 2, 1>{{g.data<T>(), u.data<T>()}, {y.data<T>()}, n}, SwiGluForward{}, st));
   return y;
 }
 
@@ -188,9 +237,8 @@ void swiglu_backward(const Tensor& dy, const Tensor& g, const Tensor& u, Tensor&
   if (n == 0) return;
   cudaStream_t st = stream_for(g.device());
   LR_FLOAT_TYPES(g.dtype(), T,
-      swiglu_backward_kernel<<<grid_for(n, 256), 256, 0, st>>>(dy.data<T>(), g.data<T>(), u.data<T>(), dg.data<T>(),
-                                                               du.data<T>(), n));
-  LR_CUDA_LAUNCHED();
+      launch_map(MapArgs<T, 3, 2>{{dy.data<T>(), g.data<T>(), u.data<T>()}, {dg.data<T>(), du.data<T>()}, n},
+                 SwiGluBackward{}, st));
 }
 
 void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, double p) {

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Run ON the GPU box (repository root, carrying .devrun/cuda-build from scripts/device-pack.sh):
+# the user's path at a benchmark shape. transformers writes a random-init model folder shaped like
+# bench_train_gpu's (Qwen2.5-0.5B or Llama-3.2-1B), then `lowrank train --device cuda` trains LoRA
+# r=16 on random token ids with the bench's batch; tokens/s (mean of the steps after the first 3,
+# from metrics.jsonl) is printed next to bench_train_gpu's number for the same configuration.
+#   bench/train_cli_gpu.sh [qwen0.5b|llama1b] [all-linear|q_proj,v_proj] [STEPS (default 12)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shape=${1:-qwen0.5b} targets=${2:-all-linear} steps=${3:-12}
+bin=.devrun/cuda-build/bin
+work=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+python3 - "$shape" "$work" <<'PY'
+import json, sys, torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+shape, work = sys.argv[1], sys.argv[2]
+if shape == "qwen0.5b":
+    cfg = Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                      intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)
+    cls = Qwen2ForCausalLM
+else:
+    cfg = LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                      intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=4096)
+    cls = LlamaForCausalLM
+torch.manual_seed(0)
+with torch.device("cuda"):
+    model = cls(cfg).to(torch.bfloat16)
+model.save_pretrained(work + "/model")
+g = torch.Generator().manual_seed(1)
+with open(work + "/data.jsonl", "w") as f:
+    for _ in range(256):
+        f.write(json.dumps({"input_ids": torch.randint(0, cfg.vocab_size, (1024,), generator=g).tolist()}) + "\n")
+PY
+"$bin/lowrank" train --model "$work/model" --data "$work/data.jsonl" --out "$work/out" --device cuda \
+  --steps "$steps" --batch-size 8 --seq-len 1024 --targets "$targets" --rank 16 --alpha 32 --dropout 0 --warmup 0
+python3 - "$work/out/metrics.jsonl" "$shape" "$targets" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_second"' in l]
+late = rows[3:] or rows
+tps = sum(r["tokens"] for r in late) / sum(r["tokens"] / r["tokens_per_second"] for r in late)
+print("RESULT " + json.dumps({"engine": "lowrank-cli", "model": sys.argv[2], "targets": sys.argv[3],
+                              "tokens_per_s": tps, "steps": len(rows)}))
+PY
+rm -rf "$work"
