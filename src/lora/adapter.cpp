@@ -9,6 +9,7 @@
 #include "lowrank/io/checkpoint_dir.h"
 #include "lowrank/io/files.h"
 #include "lowrank/io/safetensors.h"
+#include "lowrank/ops/ops.h"
 
 namespace lowrank::lora {
 namespace fs = std::filesystem;
@@ -81,7 +82,8 @@ Adapter Adapter::create(const model::Model& model, const LoraConfig& config, Rng
     for (const auto& m : adaptable_modules(model)) {
       if (!m.linear->bias.defined()) continue;
       if (config.bias == BiasMode::LoraOnly && !a.find(m.layer, m.target)) continue;
-      a.biases.push_back({m.layer, m.target, m.linear->name, m.linear->bias.clone(), {}});
+      // f32 master copy (the model's bias is bf16 on the GPU): trained like A and B.
+      a.biases.push_back({m.layer, m.target, m.linear->name, ops::cast(m.linear->bias.clone(), DType::F32), {}});
     }
   }
   a.to(model.device());
@@ -237,9 +239,10 @@ void Adapter::attach_biases(model::Model& model) {
   for (auto& b : biases) {
     model::Linear* l = model.weights().layers[b.layer].projection(b.target);
     LR_CHECK(l && l->bias.defined() && l->bias.numel() == b.value.numel(), "bias of ", b.module);
-    if (l->bias.dtype() != b.value.dtype() || l->bias.device() != b.value.device())
-      throw error("trained biases (bias=all / lora_only) need f32 model weights on the adapter's device; ",
-                  "not supported with bf16 CUDA weights yet");
+    if (l->bias.device() != b.value.device())
+      throw error("trained biases (bias=all / lora_only): the adapter is on ", b.value.device().str(),
+                  ", the model on ", l->bias.device().str());
+    // The model adds the f32 master to its (bf16 or f32) projection output directly.
     l->bias = b.value;
   }
 }

@@ -29,4 +29,67 @@ void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm) {
   LR_DISPATCH(d, clip_by_total_(x, total_sumsq, max_norm));
 }
 
+namespace {
+
+// The one device of a tensor list (cpu for an empty list); Error when they differ.
+Device list_device(const char* op, std::initializer_list<const std::vector<Tensor>*> lists) {
+  Device d = Device::cpu();
+  bool first = true;
+  for (const auto* l : lists)
+    for (const Tensor& t : *l) {
+      const Device td = detail::op_device(op, {&t});
+      if (first) d = td;
+      else if (!(td == d))
+        throw error(op, ": tensors on different devices (", d.str(), " and ", td.str(), ")");
+      first = false;
+    }
+  return d;
+}
+
+}  // namespace
+
+#ifdef LOWRANK_WITH_CUDA
+#define LR_MULTI_CUDA(device, call)                       \
+  if ((device).is_cuda()) {                               \
+    const ::lowrank::profile::OpScope lr_op_scope_(#call); \
+    return ::lowrank::cuda::call;                         \
+  }
+#else
+#define LR_MULTI_CUDA(device, call) (void)(device);
+#endif
+
+void zero_all_(const std::vector<Tensor>& xs) {
+  const Device d = list_device("zero_all_", {&xs});
+  LR_MULTI_CUDA(d, zero_all_(xs));
+  for (Tensor x : xs) x.zero_();
+}
+
+void sum_squares_all_(const std::vector<Tensor>& xs, Tensor& acc) {
+  const Device d = list_device("sum_squares_all_", {&xs});
+  LR_MULTI_CUDA(d, sum_squares_all_(xs, acc));
+  for (const Tensor& x : xs) sum_squares_(x, acc);
+}
+
+void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq, double max_norm) {
+  const Device d = list_device("clip_by_total_all_", {&xs});
+  LR_MULTI_CUDA(d, clip_by_total_all_(xs, total_sumsq, max_norm));
+  for (Tensor x : xs) clip_by_total_(x, total_sumsq, max_norm);
+}
+
+void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                       const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s) {
+  const Device d = list_device("adamw_update_all_", {&params, &grads, &exp_avg, &exp_avg_sq});
+  LR_CHECK(grads.size() == params.size() && exp_avg.size() == params.size() && exp_avg_sq.size() == params.size() &&
+               decay.size() == params.size(),
+           "adamw_update_all_: lists of different lengths");
+  LR_MULTI_CUDA(d, adamw_update_all_(params, grads, exp_avg, exp_avg_sq, decay, s));
+  for (size_t i = 0; i < params.size(); ++i) {
+    AdamWScalars si = s;
+    si.apply_decay = s.apply_decay && decay[i];
+    Tensor p = params[i], m = exp_avg[i], v = exp_avg_sq[i];
+    adamw_update_(p, grads[i], m, v, si);
+  }
+}
+
 }  // namespace lowrank::ops

@@ -106,12 +106,17 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
   const float eps_f = static_cast<float>(config_.eps);
   const float neg_step_f = static_cast<float>(-step_size);
 
+  // Device tensors: one multi-tensor launch for all of them (the same element formula).
+  std::vector<Tensor> dev_p, dev_g, dev_m, dev_v;
+  std::vector<uint8_t> dev_decay;
   for (ParamRef& ref : params) {
     Moments& st = state_.at(ref.name);
-    if (!ref.param.device().is_cpu()) {  // the device op applies the same element formula
-      ops::AdamWScalars sc{decay_f, ref.decay && config_.weight_decay != 0.0, lerp_w, beta2_f, one_minus_beta2_f,
-                           bc2_sqrt_f, eps_f, neg_step_f};
-      ops::adamw_update_(ref.param, ref.grad, st.exp_avg, st.exp_avg_sq, sc);
+    if (!ref.param.device().is_cpu()) {
+      dev_p.push_back(ref.param);
+      dev_g.push_back(ref.grad);
+      dev_m.push_back(st.exp_avg);
+      dev_v.push_back(st.exp_avg_sq);
+      dev_decay.push_back(ref.decay);
       continue;
     }
     float* p = ref.param.f32();
@@ -139,6 +144,11 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
       m[i] = mi;
       v[i] = vi;
     }
+  }
+  if (!dev_p.empty()) {
+    const ops::AdamWScalars sc{decay_f, config_.weight_decay != 0.0, lerp_w, beta2_f, one_minus_beta2_f,
+                               bc2_sqrt_f, eps_f, neg_step_f};
+    ops::adamw_update_all_(dev_p, dev_g, dev_m, dev_v, dev_decay, sc);
   }
 }
 

@@ -36,7 +36,9 @@ StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_bat
   for (const auto& mb : micro_batches) counted += mb.counted;
   {
     const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
-    for (auto& p : *ctx.params) p.grad.zero_();
+    std::vector<Tensor> grads;
+    for (const auto& p : *ctx.params) grads.push_back(p.grad);
+    ops::zero_all_(grads);
   }
   if (counted == 0) {
     r.skipped = true;

@@ -95,4 +95,62 @@ TEST(CudaTraining, SumOfSquaresAndClip) {
       EXPECT_EQ(rel_err(xd, before), 0.0);
     }
 }
+// The multi-tensor forms against the per-tensor ops on the CPU, over lists that mix sizes below,
+// at and above the kernels' 65536-element chunk (and an empty tensor).
+TEST(CudaTraining, MultiTensorOpsEqualThePerTensorOps) {
+  LR_REQUIRE_GPU();
+  const std::vector<int64_t> sizes = {1, 0, 1000, 65536, 65537, 300001, 17};
+  std::vector<Tensor> p, g, m, v, pd, gd, md, vd;
+  std::vector<uint8_t> decay;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    p.push_back(random_cpu({sizes[i]}, 10 + i));
+    g.push_back(random_cpu({sizes[i]}, 20 + i, 0.01f));
+    m.push_back(random_cpu({sizes[i]}, 30 + i, 0.001f));
+    v.push_back(random_cpu({sizes[i]}, 40 + i, 0.001f));
+    for (auto* t : {&v.back()})
+      for (int64_t k = 0; k < t->numel(); ++k) t->f32()[k] = std::fabs(t->f32()[k]);
+    pd.push_back(p.back().to(gpu()));
+    gd.push_back(g.back().to(gpu()));
+    md.push_back(m.back().to(gpu()));
+    vd.push_back(v.back().to(gpu()));
+    decay.push_back(i % 2);
+  }
+  // Sum of squares: the same total (another order, f64), reproducible, accumulated.
+  Tensor acc_ref = Tensor::zeros({1}, DType::F64);
+  for (const Tensor& t : g) cpu::sum_squares_(t, acc_ref);
+  Tensor acc = Tensor::zeros({1}, DType::F64, gpu());
+  ops::sum_squares_all_(gd, acc);
+  const double ref = acc_ref.data<double>()[0];
+  EXPECT_NEAR(acc.to(Device::cpu()).data<double>()[0], ref, 1e-12 * ref);
+  Tensor acc2 = Tensor::zeros({1}, DType::F64, gpu());
+  ops::sum_squares_all_(gd, acc2);
+  EXPECT_EQ(acc2.to(Device::cpu()).data<double>()[0], acc.to(Device::cpu()).data<double>()[0]);
+  // Clip to half the norm.
+  Tensor tot = Tensor::zeros({1}, DType::F64);
+  tot.data<double>()[0] = ref;
+  for (Tensor& t : g) cpu::clip_by_total_(t, tot, std::sqrt(ref) / 2);
+  ops::clip_by_total_all_(gd, acc, std::sqrt(ref) / 2);
+  for (size_t i = 0; i < g.size(); ++i) EXPECT_LE(rel_err(gd[i], g[i]), kTolF32) << i;
+  // AdamW: bit-exact, with per-tensor weight decay.
+  ops::AdamWScalars s;
+  s.apply_decay = true;
+  s.decay = 0.99f;
+  s.neg_step = -1e-3f;
+  s.bc2_sqrt = 0.03f;
+  for (size_t i = 0; i < p.size(); ++i) {
+    ops::AdamWScalars si = s;
+    si.apply_decay = decay[i];
+    cpu::adamw_update_(p[i], g[i], m[i], v[i], si);
+  }
+  ops::adamw_update_all_(pd, gd, md, vd, decay, s);
+  for (size_t i = 0; i < p.size(); ++i)
+    for (auto [ref_t, got] : {std::pair{p[i], pd[i]}, std::pair{m[i], md[i]}, std::pair{v[i], vd[i]}}) {
+      Tensor h = got.to(Device::cpu());
+      ASSERT_EQ(h.nbytes(), ref_t.nbytes());
+      EXPECT_EQ(std::memcmp(h.raw(), ref_t.raw(), h.nbytes()), 0) << "tensor " << i;
+    }
+  // Zeroing: every element of every tensor (allocations are NaN-poisoned in these tests).
+  ops::zero_all_(gd);
+  for (const Tensor& t : gd) EXPECT_EQ(frob(to_host(t)), 0.0);
+}
 #endif

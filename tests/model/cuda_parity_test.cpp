@@ -84,6 +84,8 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
   for (Device d : {Device::cpu(), Device::cuda(0)}) {
     model::Model m = model::Model::load(base, d, d.is_cuda() ? DType::BF16 : DType::F32);
     lora::Adapter a = lora::Adapter::load(dir + "/adapter", m);
+    a.to(d);
+    a.attach_biases(m);  // bias="all" (f32 masters next to bf16 weights on the GPU)
     a.allocate_grads();
     lora::LoraHook hook({{&a, 1.0}});
     hook.set_training(true);
@@ -98,10 +100,15 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
     EXPECT_LE(rel_frobenius(g.grad_A, c.grad_A), 5e-2) << c.module << " dA";
     EXPECT_LE(rel_frobenius(g.grad_B, c.grad_B), 5e-2) << c.module << " dB";
   }
+  ASSERT_EQ(adapters[0].biases.size(), adapters[1].biases.size());
+  for (size_t i = 0; i < adapters[0].biases.size(); ++i)
+    EXPECT_LE(rel_frobenius(adapters[1].biases[i].grad, adapters[0].biases[i].grad), 5e-2)
+        << adapters[0].biases[i].module << " d(bias)";
 }
 
 INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
-                         ::testing::Values("llama_all_linear", "gpt2_conv1d", "llama_rslora_paths", "qwen3_all_linear"));
+                         ::testing::Values("llama_all_linear", "gpt2_conv1d", "llama_rslora_paths", "qwen3_all_linear",
+                                           "qwen2_qv_bias"));
 
 TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
   REQUIRE_GPU();

@@ -127,4 +127,15 @@ void sum_squares_(const Tensor& x, Tensor& acc);
 // + 1e-6); when total is finite and coef < 1, x *= float(coef). total_sumsq is F64 [1].
 void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
 
+// Multi-tensor forms of the training ops for a list of f32 tensors on one device: the same results
+// as the per-tensor ops above (AdamW bit for bit; sums in another fixed order), in one launch each
+// on the GPU instead of one per tensor (the CPU runs the per-tensor ops in list order). Tensors are
+// handles: the ops write through them. decay[i] = 0: tensor i gets no weight decay.
+void zero_all_(const std::vector<Tensor>& xs);
+void sum_squares_all_(const std::vector<Tensor>& xs, Tensor& acc);
+void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq, double max_norm);
+void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                       const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s);
+
 }  // namespace lowrank::ops

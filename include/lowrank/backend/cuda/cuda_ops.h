@@ -63,6 +63,12 @@ void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, dou
 void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWScalars& s);
 void sum_squares_(const Tensor& x, Tensor& acc);
 void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
+void zero_all_(const std::vector<Tensor>& xs);
+void sum_squares_all_(const std::vector<Tensor>& xs, Tensor& acc);
+void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq, double max_norm);
+void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                       const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s);
 
 // Which attention kernels run (for tests and benchmarks; Auto is the default): Auto takes the
 // tensor-core kernels where they apply (bf16, head_dim 64 or 128) and the generic ones elsewhere.
