@@ -159,6 +159,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   const int lowest = full ? 0 : (hook ? hook->lowest_trainable_layer() : static_cast<int>(c.num_layers));
   std::vector<int32_t> pos(N);
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);
+  const Tensor pos_dev = Tensor::from_ints(pos, model.device());  // once for every layer's RoPE
   const RopeTables* tables = c.is_gpt2() ? nullptr : &model.rope(T);
 
   for (int64_t li = c.num_layers - 1; li >= lowest; --li) {
@@ -167,7 +168,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     if (checkpointing) {  // recompute this layer's activations from its saved input
       LayerActivations full_a;
       if (hook) hook->set_replay(true);
-      model.layer_forward(li, cache.layers[li].x_in, LayerInput{B, T, 0, &pos, hook, nullptr, true}, full_a);
+      model.layer_forward(li, cache.layers[li].x_in, LayerInput{B, T, 0, &pos_dev, hook, nullptr, true}, full_a);
       if (hook) hook->set_replay(false);
       cache.layers[li] = std::move(full_a);
     }
@@ -217,8 +218,8 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
       linear_backward(L.qkv, G ? &G->qkv : nullptr, layer, Target::CAttn, a.xn1, dqkv, hook, dxn1,
                       need_dx ? Dx::Write : Dx::Skip);
     } else {
-      ops::rope_(dq, c.num_heads, pos, tables->cos, tables->sin, /*inverse=*/true);
-      ops::rope_(dk, c.num_kv_heads, pos, tables->cos, tables->sin, /*inverse=*/true);
+      ops::rope_(dq, c.num_heads, pos_dev, tables->cos, tables->sin, /*inverse=*/true);
+      ops::rope_(dk, c.num_kv_heads, pos_dev, tables->cos, tables->sin, /*inverse=*/true);
       if (c.qk_norm) {
         const int64_t hd = c.head_dim;
         dq = ops::rmsnorm_backward(dq.reshape({N * c.num_heads, hd}), a.q_raw.reshape({N * c.num_heads, hd}),

@@ -140,7 +140,9 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
     ops::add_(x, p);
   }
   if (cache) cache->layers.assign(c.num_layers, {});
-  LayerInput in{B, T, start, &pos, hook, kv, cache != nullptr};
+  const Tensor pos_dev = Tensor::from_ints(pos, device_);  // uploaded once for every layer's RoPE
+  if (!c.is_gpt2()) rope(start + T);                         // tables cover every position
+  LayerInput in{B, T, start, &pos_dev, hook, kv, cache != nullptr};
   for (int64_t li = 0; li < c.num_layers; ++li) {
     LayerActivations a;
     Tensor next = layer_forward(li, x, in, a);

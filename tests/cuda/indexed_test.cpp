@@ -51,26 +51,30 @@ TEST(CudaIndexed, EmbeddingGatherIsExactAndScatterAddMatches) {
 
 TEST(CudaIndexed, RopeForwardAndInverse) {
   LR_REQUIRE_GPU();
-  const int64_t n = 77, heads = 6, hd = 64, P = 300, half = hd / 2;
-  Tensor cos = Tensor::empty({P, half}), sin = Tensor::empty({P, half});
-  for (int64_t p = 0; p < P; ++p)
-    for (int64_t i = 0; i < half; ++i) {
-      const double a = p * std::pow(10000.0, -2.0 * i / hd);
-      cos.f32()[p * half + i] = static_cast<float>(std::cos(a));
-      sin.f32()[p * half + i] = static_cast<float>(std::sin(a));
-    }
-  std::vector<int32_t> pos(n);
-  for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>((i * 37 + 5) % P);  // not contiguous
-  for (DType t : float_types())
-    for (bool inverse : {false, true}) {
-      Tensor x = random_cpu({n, heads * hd}, 9);
-      Tensor ref = rounded(x, t).clone();
-      cpu::rope_(ref, heads, pos, cos, sin, inverse);
-      Tensor xd = to_gpu(x, t), xd2 = to_gpu(x, t);
-      ops::rope_(xd, heads, pos, cos.to(gpu()), sin.to(gpu()), inverse);
-      ops::rope_(xd2, heads, ids_tensor(pos, gpu()), cos.to(gpu()), sin.to(gpu()), inverse);
-      EXPECT_LE(rel_err(xd, ref), tol_for(t)) << name(t) << " inverse " << inverse;
-      EXPECT_LE(rel_err(xd2, ref), tol_for(t)) << name(t) << " inverse " << inverse;
-    }
+  // head_dim 64 and 128 take the 16-byte path (bf16 and f32), 12 the scalar one.
+  for (const int64_t hd : {int64_t(64), int64_t(128), int64_t(12)}) {
+    SCOPED_TRACE(testing::Message() << "head_dim " << hd);
+    const int64_t n = 77, heads = 6, P = 300, half = hd / 2;
+    Tensor cos = Tensor::empty({P, half}), sin = Tensor::empty({P, half});
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t i = 0; i < half; ++i) {
+        const double a = p * std::pow(10000.0, -2.0 * i / hd);
+        cos.f32()[p * half + i] = static_cast<float>(std::cos(a));
+        sin.f32()[p * half + i] = static_cast<float>(std::sin(a));
+      }
+    std::vector<int32_t> pos(n);
+    for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>((i * 37 + 5) % P);  // not contiguous
+    for (DType t : float_types())
+      for (bool inverse : {false, true}) {
+        Tensor x = random_cpu({n, heads * hd}, 9);
+        Tensor ref = rounded(x, t).clone();
+        cpu::rope_(ref, heads, pos, cos, sin, inverse);
+        Tensor xd = to_gpu(x, t), xd2 = to_gpu(x, t);
+        ops::rope_(xd, heads, pos, cos.to(gpu()), sin.to(gpu()), inverse);
+        ops::rope_(xd2, heads, ids_tensor(pos, gpu()), cos.to(gpu()), sin.to(gpu()), inverse);
+        EXPECT_LE(rel_err(xd, ref), tol_for(t)) << name(t) << " inverse " << inverse;
+        EXPECT_LE(rel_err(xd2, ref), tol_for(t)) << name(t) << " inverse " << inverse;
+      }
+  }
 }
 #endif

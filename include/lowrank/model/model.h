@@ -58,7 +58,7 @@ struct ForwardCache {
 struct LayerInput {
   int64_t batch = 1, seq = 0;
   int64_t start = 0;                      // position of the first token (KV-cached decoding)
-  const std::vector<int32_t>* pos = nullptr;  // [B*T] positions
+  const Tensor* pos = nullptr;            // I32 [B*T] positions on the model's device, < the RoPE table size
   ProjectionHook* hook = nullptr;
   KVCache* kv = nullptr;
   bool save_lse = false;                  // keep attention's log-sum-exp for backward

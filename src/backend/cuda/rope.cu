@@ -1,6 +1,6 @@
 // Rotary position embedding in place, HF's rotate_half convention: for i < hd/2,
 // (a, b) = (x[i], x[i + hd/2]) -> (a cos - b sin, b cos + a sin); inverse rotates by -angle (the
-// backward). cos/sin are f32 tables [P, hd/2].
+// backward). cos/sin are f32 tables [P, hd/2]. Math in f32, one rounding per output element.
 #include "common.cuh"
 #include "lowrank/backend/cuda/cuda_ops.h"
 
@@ -24,6 +24,44 @@ __global__ void rope_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, 
   }
 }
 
+// The fast path: a thread rotates VEC consecutive pairs of one head with 16-byte loads of x (its
+// two halves) and of the cos/sin rows; blocks walk the token rows (grid y) so that the index
+// math per element is two small integer divisions per thread, not three 64-bit ones per pair.
+template <typename T, int VEC>
+__global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ cos_t,
+                                const float* __restrict__ sin_t, int64_t n, int heads, int half, int64_t P,
+                                float sign) {
+  struct alignas(16) Pack {
+    T v[VEC];
+  };
+  struct alignas(16) FPack {
+    float v[VEC];
+  };
+  const int per_head = half / VEC, groups = heads * per_head;
+  for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
+    const int32_t p = pos[t];
+    if (p < 0 || p >= P) continue;
+    for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
+      const int h = g / per_head, i = (g - h * per_head) * VEC;
+      T* v = x + (t * heads + h) * 2 * int64_t(half);
+      Pack a = *reinterpret_cast<const Pack*>(v + i), b = *reinterpret_cast<const Pack*>(v + i + half);
+      const FPack c = *reinterpret_cast<const FPack*>(cos_t + int64_t(p) * half + i);
+      const FPack sn = *reinterpret_cast<const FPack*>(sin_t + int64_t(p) * half + i);
+      Pack ra, rb;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float fa = to_f32(a.v[k]), fb = to_f32(b.v[k]);
+        ra.v[k] = from_f32<T>(fa * c.v[k] - sign * fb * sn.v[k]);
+        rb.v[k] = from_f32<T>(fb * c.v[k] + sign * fa * sn.v[k]);
+      }
+      *reinterpret_cast<Pack*>(v + i) = ra;
+      *reinterpret_cast<Pack*>(v + i + half) = rb;
+    }
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 }  // namespace
 
 void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin, bool inverse) {
@@ -39,6 +77,26 @@ void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const
            "rope_ tables must be F32 [P, ", half, "], got ", cos.str(), " ", sin.str());
   if (n == 0 || half == 0) return;
   cudaStream_t st = stream_for(x.device());
+  // 16 bytes of x per load: 8 bf16 or 4 f32 pairs (and 2 or 1 float4 of cos/sin).
+  const int vec = x.dtype() == DType::BF16 ? 8 : 4;
+  if (half % vec == 0 && heads * half / vec <= (1 << 20) && aligned16(x.raw()) && aligned16(cos.raw()) &&
+      aligned16(sin.raw())) {
+    const int groups = static_cast<int>(heads * half / vec);
+    const int threads = std::min(256, (groups + 31) / 32 * 32);
+    const dim3 grid(static_cast<unsigned>((groups + threads - 1) / threads),
+                    static_cast<unsigned>(std::min<int64_t>(n, 65535)));
+    const float sign = inverse ? -1.0f : 1.0f;
+    if (x.dtype() == DType::BF16)
+      rope_vec_kernel<__nv_bfloat16, 8><<<grid, threads, 0, st>>>(x.data<__nv_bfloat16>(), pos.data<int32_t>(),
+                                                                  cos.data<float>(), sin.data<float>(), n,
+                                                                  int(heads), int(half), cos.dim(0), sign);
+    else
+      rope_vec_kernel<float, 4><<<grid, threads, 0, st>>>(x.data<float>(), pos.data<int32_t>(), cos.data<float>(),
+                                                          sin.data<float>(), n, int(heads), int(half), cos.dim(0),
+                                                          sign);
+    LR_CUDA_LAUNCHED();
+    return;
+  }
   LR_FLOAT_TYPES(x.dtype(), T,
       rope_kernel<<<grid_for(n * heads * half, 256), 256, 0, st>>>(x.data<T>(), pos.data<int32_t>(),
                                                                    cos.data<float>(), sin.data<float>(), n, heads,
