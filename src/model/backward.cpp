@@ -43,20 +43,23 @@ Tensor norm_backward(const ModelConfig& c, const Norm& n, Norm* g, const Tensor&
 }
 
 
+// Gradients are f32 whatever the weights' dtype (bf16 weights on the GPU): they accumulate.
+Tensor f32_zeros(const Tensor& like) { return Tensor::zeros(like.shape(), DType::F32, like.device()); }
+
 Linear zeros_like(const Linear& l) {
   Linear g;
   if (!l.defined()) return g;
   g.name = l.name;
-  g.weight = Tensor::zeros_like(l.weight);
-  if (l.bias.defined()) g.bias = Tensor::zeros_like(l.bias);
+  g.weight = f32_zeros(l.weight);
+  if (l.bias.defined()) g.bias = f32_zeros(l.bias);
   return g;
 }
 
 Norm zeros_like(const Norm& n) {
   Norm g;
   g.name = n.name;
-  if (n.weight.defined()) g.weight = Tensor::zeros_like(n.weight);
-  if (n.bias.defined()) g.bias = Tensor::zeros_like(n.bias);
+  if (n.weight.defined()) g.weight = f32_zeros(n.weight);
+  if (n.bias.defined()) g.bias = f32_zeros(n.bias);
   return g;
 }
 
@@ -66,9 +69,9 @@ ModelWeights zeros_like(const ModelWeights& w) {
   ModelWeights g;
   g.embed_name = w.embed_name;
   g.lm_head_name = w.lm_head_name;
-  g.embed = Tensor::zeros_like(w.embed);
-  if (w.positions.defined()) g.positions = Tensor::zeros_like(w.positions);
-  g.lm_head = w.lm_head_name == w.embed_name ? g.embed : Tensor::zeros_like(w.lm_head);
+  g.embed = f32_zeros(w.embed);
+  if (w.positions.defined()) g.positions = f32_zeros(w.positions);
+  g.lm_head = w.lm_head_name == w.embed_name ? g.embed : f32_zeros(w.lm_head);
   g.final_norm = zeros_like(w.final_norm);
   for (const auto& l : w.layers) {
     LayerWeights gl;

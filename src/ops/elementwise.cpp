@@ -54,6 +54,11 @@ Tensor cast(const Tensor& x, DType dtype) {
   LR_DISPATCH(d, cast(x, dtype));
 }
 
+void cast_into_(Tensor& out, const Tensor& x) {
+  const Device d = detail::op_device("cast_into_", {&out, &x});
+  LR_DISPATCH(d, cast_into_(out, x));
+}
+
 void fill_(Tensor& x, float value) {
   const Device d = detail::op_device("fill_", {&x});
   LR_DISPATCH(d, fill_(x, value));

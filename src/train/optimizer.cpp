@@ -150,6 +150,12 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
                                bc2_sqrt_f, eps_f, neg_step_f};
     ops::adamw_update_all_(dev_p, dev_g, dev_m, dev_v, dev_decay, sc);
   }
+  refresh_working_copies(params);
+}
+
+void refresh_working_copies(std::vector<ParamRef>& params) {
+  for (ParamRef& p : params)
+    if (p.working.defined()) ops::cast_into_(p.working, p.param);
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {

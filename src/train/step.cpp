@@ -25,7 +25,12 @@ std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grad
   LR_CHECK(w.size() == g.size(), "weights and gradients differ");
   for (size_t i = 0; i < w.size(); ++i) {
     LR_CHECK(w[i].first == g[i].first, w[i].first, " vs ", g[i].first);
-    out.push_back({w[i].first, w[i].second, g[i].second, true});
+    const Tensor& weight = w[i].second;
+    if (weight.dtype() == DType::F32) {
+      out.push_back({w[i].first, weight, g[i].second, true, {}});
+    } else {  // bf16 weights (GPU): AdamW updates an f32 master and rounds it into the weight
+      out.push_back({w[i].first, ops::cast(weight, DType::F32), g[i].second, true, weight});
+    }
   }
   return out;
 }

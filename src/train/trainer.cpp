@@ -78,8 +78,8 @@ TrainSummary run_training(const TrainOptions& o) {
   }
   auto t_start = std::chrono::steady_clock::now();
   const Device device = parse_device(o.device);
-  // CUDA: bf16 frozen weights for LoRA; --full trains f32 weights directly (AdamW needs f32 masters).
-  model::Model m = model::Model::load(o.model_dir, device, device.is_cuda() && !o.full ? DType::BF16 : DType::F32);
+  // CUDA: bf16 weights (frozen for LoRA; with --full, working copies of f32 masters in AdamW).
+  model::Model m = model::Model::load(o.model_dir, device, device.is_cuda() ? DType::BF16 : DType::F32);
   const auto& cfg = m.config();
   const int64_t seq_len = cfg.is_gpt2() ? std::min(o.seq_len, cfg.max_position_embeddings) : o.seq_len;
   auto encoder = make_text_encoder(o.model_dir);
@@ -145,6 +145,7 @@ TrainSummary run_training(const TrainOptions& o) {
         Tensor host = t.to(DType::F32);
         device_copy(p.param.raw(), p.param.device(), host.raw(), Device::cpu(), p.param.nbytes());
       }
+      refresh_working_copies(params);  // --full on the GPU: the bf16 weights from the loaded masters
       auto opt = io::SafetensorsFile::open((fs::path(*ckpt) / "optimizer.safetensors").string());
       std::map<std::string, Tensor> moments;
       for (const auto& info : opt.tensors()) moments[info.name] = opt.get(info.name);
@@ -257,7 +258,9 @@ TrainSummary run_training(const TrainOptions& o) {
   if (adapter) {
     adapter->write_files(o.out_dir);
   } else {
-    model::write_model_folder(m, o.model_dir, o.out_dir);
+    // The weights the model computes with: f32 on the CPU, bf16 on the GPU (rounded from the f32
+    // masters, which the checkpoints keep).
+    model::write_model_folder(m, o.model_dir, o.out_dir, {m.weights().embed.dtype()});
   }
   const double loop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

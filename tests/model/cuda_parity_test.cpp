@@ -10,6 +10,7 @@
 #include "lowrank/io/files.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/lora/lora_hook.h"
+#include "lowrank/ops/ops.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/schedule.h"
 #include "lowrank/train/sequences.h"
@@ -146,6 +147,47 @@ TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
   for (int i = 0; i < 50; ++i) worst = std::max(worst, std::fabs(curves[1][i] - curves[0][i]) / curves[0][i]);
   EXPECT_LE(worst, 3e-2) << "largest relative gap between the CPU and CUDA loss curves";
   EXPECT_LT(curves[1].back(), curves[1].front() - 1.0) << "the CUDA run must learn";
+}
+
+// --full on the GPU: bf16 weights, f32 gradients, AdamW on f32 masters rounded into the weights.
+TEST(CudaTraining, FullFineTuneFollowsCpu) {
+  REQUIRE_GPU();
+  const std::string dir = test::model_fixture("llama");
+  std::vector<std::vector<double>> curves, norms;
+  for (Device d : {Device::cpu(), Device::cuda(0)}) {
+    model::Model m = model::Model::load(dir, d, d.is_cuda() ? DType::BF16 : DType::F32);
+    model::ModelWeights grads = model::zeros_like(m.weights());
+    auto params = train::full_params(m, grads);
+    for (const auto& p : params) {
+      ASSERT_EQ(p.param.dtype(), DType::F32) << p.name;
+      ASSERT_EQ(p.grad.dtype(), DType::F32) << p.name;
+      ASSERT_EQ(p.working.defined(), d.is_cuda()) << p.name;
+    }
+    train::AdamW opt({1e-3, 0.9, 0.999, 1e-8, 0.01});
+    train::StepContext ctx{&m, nullptr, &grads, &params, &opt, 1.0};
+    auto seqs = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size);
+    std::vector<train::Example> ex;
+    for (auto& s : seqs)
+      if (s.size() > 2) ex.push_back({s, s});
+    auto data = train::Dataset::from_examples(ex);
+    std::vector<double> curve, norm;
+    for (int64_t step = 0; step < 20; ++step) {
+      auto r = train::train_step(ctx, {train::make_micro_batch(data, {step % data.size()})}, 1e-3);
+      curve.push_back(r.loss);
+      norm.push_back(r.grad_norm);
+    }
+    curves.push_back(curve);
+    norms.push_back(norm);
+    if (d.is_cuda())  // the weights the model computes with are the rounded masters
+      for (const auto& p : params)
+        EXPECT_EQ(rel_frobenius(p.working, p.param), rel_frobenius(ops::cast(p.param, DType::BF16), p.param))
+            << p.name;
+  }
+  double worst = 0;
+  for (int i = 0; i < 20; ++i) worst = std::max(worst, std::fabs(curves[1][i] - curves[0][i]) / curves[0][i]);
+  EXPECT_LE(worst, 3e-2) << "largest relative gap between the CPU and CUDA --full loss curves";
+  EXPECT_NEAR(norms[1][0], norms[0][0], 5e-2 * norms[0][0]) << "first step's gradient norm";
+  EXPECT_LT(curves[1].back(), curves[1].front() - 0.5) << "the CUDA run must learn";
 }
 
 TEST(CudaGenerate, GreedyWithTwoAdaptersEqualsCpu) {

@@ -42,7 +42,8 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
                             float grad_scale, TrainableHook* hook, ModelWeights* full_grads = nullptr,
                             bool checkpointing = false, Tensor* loss_sum = nullptr);
 
-// Zero tensors shaped like every weight of `w` (lm_head shares embed's when tied).
+// f32 zero tensors shaped like every weight of `w` on its device (lm_head shares embed's when
+// tied): the gradients of --full, f32 even for bf16 weights.
 ModelWeights zeros_like(const ModelWeights& w);
 
 }  // namespace lowrank::model

@@ -89,6 +89,9 @@ namespace lowrank::ops {
 
 // x converted to `dtype` (F32, BF16, F16) on its device; x itself when it already has it.
 Tensor cast(const Tensor& x, DType dtype);
+// out = x converted to out's dtype (same numel and device): refreshing a bf16 working copy of an
+// f32 master weight in place.
+void cast_into_(Tensor& out, const Tensor& x);
 void fill_(Tensor& x, float value);  // any device, float dtypes
 void scale_(Tensor& x, float s);     // x *= s
 void mul_(Tensor& y, const Tensor& x);  // y *= x, element-wise (same numel)

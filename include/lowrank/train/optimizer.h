@@ -1,6 +1,6 @@
 #pragma once
 // AdamW with torch.optim.AdamW's semantics (default: non-amsgrad, non-maximize, decoupled weight
-// decay), in f32 on CPU tensors. The update for every parameter at step t (1-based):
+// decay), on f32 tensors (CPU or GPU; bf16 working copies are refreshed from f32 masters). The update for every parameter at step t (1-based):
 //
 //   p  *= 1 - lr * weight_decay                     (skipped for ParamRef::decay == false)
 //   m   = lerp(m, g, 1 - beta1)                     (= beta1 * m + (1 - beta1) * g)
@@ -32,10 +32,16 @@ struct AdamWConfig {
 // CPU; `param` is updated in place (the caller's Tensor handle sees the new values).
 struct ParamRef {
   std::string name;   // unique; keys the optimizer state ("<name>.exp_avg", ...)
-  Tensor param;       // [any shape], f32, cpu
-  Tensor grad;        // same shape as param, f32, cpu
+  Tensor param;       // [any shape], f32 (the master copy when `working` is defined)
+  Tensor grad;        // same shape as param, f32
   bool decay = true;  // false: no weight decay for this tensor (e.g. biases, if the caller wants)
+  // The tensor the model computes with, when it is a lower-precision copy of `param` (bf16
+  // weights of --full on the GPU): step() rounds the updated master into it.
+  Tensor working;
 };
+
+// Rounds every master `param` into its `working` copy (after loading a checkpoint into masters).
+void refresh_working_copies(std::vector<ParamRef>& params);
 
 class AdamW {
  public:

@@ -14,7 +14,8 @@ namespace lowrank::train {
 // The trainable tensors of an adapter (A, B, biases) with their gradients.
 std::vector<ParamRef> lora_params(lora::Adapter& adapter);
 // Every weight of the model with the matching tensor of `grads` (zeros_like of the weights).
-// A tied lm_head is listed once (as the embedding).
+// A tied lm_head is listed once (as the embedding). Weights that are not f32 (bf16 on the GPU)
+// get an f32 master copy as the trained tensor, with the weight itself as its working copy.
 std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grads);
 
 struct StepResult {

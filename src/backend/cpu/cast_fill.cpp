@@ -7,6 +7,11 @@ namespace lowrank::cpu {
 
 Tensor cast(const Tensor& x, DType dtype) { return x.to(dtype); }
 
+void cast_into_(Tensor& out, const Tensor& x) {
+  LR_CHECK(out.numel() == x.numel(), "cast_into_ ", x.str(), " into ", out.str());
+  convert_floats(x.raw(), x.dtype(), out.raw(), out.dtype(), x.numel());
+}
+
 void fill_(Tensor& x, float value) { x.fill_(value); }
 
 void scale_(Tensor& x, float s) {

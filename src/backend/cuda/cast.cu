@@ -2,6 +2,7 @@
 #include <cuda_fp16.h>
 
 #include "common.cuh"
+#include "lowrank/core/device_memory.h"
 #include "lowrank/backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
@@ -77,11 +78,15 @@ void cast_from(const Tensor& x, Tensor& out, cudaStream_t st) {
 
 }  // namespace
 
-Tensor cast(const Tensor& x, DType dtype) {
-  check_arg(x, "cast", "x", true);
-  if (x.dtype() == dtype) return x;
-  Tensor out = Tensor::empty(x.shape(), dtype, x.device());
-  if (x.numel() == 0) return out;
+void cast_into_(Tensor& out, const Tensor& x) {
+  check_arg(x, "cast_into_", "x", true);
+  check_arg(out, "cast_into_", "out", true);
+  LR_CHECK(out.numel() == x.numel() && out.device() == x.device(), "cast_into_ ", x.str(), " into ", out.str());
+  if (x.numel() == 0) return;
+  if (x.dtype() == out.dtype()) {
+    device_copy(out.raw(), out.device(), x.raw(), x.device(), x.nbytes());
+    return;
+  }
   cudaStream_t st = stream_for(x.device());
   switch (x.dtype()) {
     case DType::F32: cast_from<float>(x, out, st); break;
@@ -90,6 +95,13 @@ Tensor cast(const Tensor& x, DType dtype) {
     default: throw error("cast: unsupported source dtype ", dtype_name(x.dtype()));
   }
   LR_CUDA_LAUNCHED();
+}
+
+Tensor cast(const Tensor& x, DType dtype) {
+  check_arg(x, "cast", "x", true);
+  if (x.dtype() == dtype) return x;
+  Tensor out = Tensor::empty(x.shape(), dtype, x.device());
+  cast_into_(out, x);
   return out;
 }
 

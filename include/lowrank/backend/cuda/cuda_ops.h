@@ -49,6 +49,7 @@ double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& 
 
 // Device-resident variants and training ops
 Tensor cast(const Tensor& x, DType dtype);
+void cast_into_(Tensor& out, const Tensor& x);
 void fill_(Tensor& x, float value);
 void scale_(Tensor& x, float s);
 void mul_(Tensor& y, const Tensor& x);
