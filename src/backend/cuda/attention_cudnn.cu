@@ -408,8 +408,8 @@ class Builder {
       int64_t got = 0;
       st = a_.get_attr(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got,
                        raw.data());
-      if (st != CUDNN_STATUS_SUCCESS) {
-        last = what + ": results: " + status_text(a_, st);
+      if (st != CUDNN_STATUS_SUCCESS || got <= 0) {
+        last = what + (st != CUDNN_STATUS_SUCCESS ? ": results: " + status_text(a_, st) : ": no engine config");
         continue;
       }
       for (int64_t i = 0; i < std::min(got, count); ++i) {
