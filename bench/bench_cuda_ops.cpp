@@ -5,6 +5,7 @@
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -94,10 +95,21 @@ void bench_attention(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, in
   const double keys = window > 0 ? std::min<double>(window, (T + 1) / 2.0) : (T + 1) / 2.0;  // mean keys per row
   const double fwd = 4.0 * B * H * T * keys * hd;  // QK^T and PV
   char name[128];
+  Tensor dq, dk, dv;
+  if (path == cuda::AttentionPath::Cudnn) {  // the first call of a shape builds cuDNN's plans
+    auto wall_ms = [](const std::function<void()>& fn) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fn();
+      cuda::synchronize(kGpu);
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    };
+    const double f = wall_ms([&] { out = ops::attention(q, k, v, s, &lse); });
+    const double b = wall_ms([&] { ops::attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv); });
+    std::printf("  (cuDNN plan build, first call of the shape: fwd %.0f ms, bwd %.0f ms)\n", f, b);
+  }
   std::snprintf(name, sizeof name, "attention fwd B=%lld T=%lld H=%lld KV=%lld hd=%lld w=%lld%s", (long long)B,
                 (long long)T, (long long)H, (long long)KV, (long long)hd, (long long)window, tag);
   report_flops(name, time_ms([&] { out = ops::attention(q, k, v, s, &lse); }, 2, 5), fwd);
-  Tensor dq, dk, dv;
   std::snprintf(name, sizeof name, "attention bwd (2.5x fwd FLOPs) T=%lld hd=%lld%s", (long long)T, (long long)hd, tag);
   report_flops(name, time_ms([&] { ops::attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv); }, 2, 5),
                2.5 * fwd);
