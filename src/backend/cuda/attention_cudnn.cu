@@ -89,6 +89,16 @@ bool env_disabled() {
   return v == "0" || v == "off" || v == "OFF" || v == "false" || v == "no";
 }
 
+// LOWRANK_CUDNN_PADDING_WORKAROUND=1 builds every backward graph with the padding-mask workaround
+// that cuDNN <= 9.15 needs (see build_backward), so that it can be tested on a newer cuDNN.
+bool force_padding_workaround() {
+  static const bool on = [] {
+    const char* e = std::getenv("LOWRANK_CUDNN_PADDING_WORKAROUND");
+    return e && std::string(e) == "1";
+  }();
+  return on;
+}
+
 Library* load_library() {
   auto* lib = new Library;  // leaked on purpose: used until exit
   if (env_disabled()) {
@@ -527,7 +537,7 @@ void build_backward(const Api& a, cudnnHandle_t handle, const Key& k, Plan& p) {
   p.window = static_cast<float>(k.window);
   // cudnn-frontend works around a backward bug of cuDNN <= 9.15 for s_kv % 128 != 0 with a padding
   // mask whose sequence lengths are the full lengths; and cuDNN < 9.6 wants dQ_accum zeroed.
-  p.padding = T % 128 != 0 && a.version <= 91500;
+  p.padding = (T % 128 != 0 && a.version <= 91500) || force_padding_workaround();
   p.zero_accum = a.version < 90600;
   Builder g(a, p);
   const Dims qd{B, H, T, D}, qs{T * H * D, D, H * D, 1};
