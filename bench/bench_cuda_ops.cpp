@@ -1,9 +1,11 @@
 // CUDA op benchmark: times the GEMMs, attention and fused kernels of a training step with CUDA
 // events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
-// kernels: bytes read + written once). usage: bench_cuda_ops [--quick]
+// kernels: bytes read + written once). usage: bench_cuda_ops [--quick | --attention]
+// (--attention: only the tensor-core vs cuDNN attention rows)
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -82,7 +84,10 @@ void bench_gemms(int64_t tokens) {
 void bench_attention(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, int64_t window,
                      cuda::AttentionPath path = cuda::AttentionPath::Auto) {
   cuda::set_attention_path(path);
-  const char* tag = path == cuda::AttentionPath::Generic ? " [generic]" : "";
+  const char* tag = path == cuda::AttentionPath::Generic      ? " [generic]"
+                    : path == cuda::AttentionPath::TensorCore ? " [tc]"
+                    : path == cuda::AttentionPath::Cudnn      ? " [cudnn]"
+                                                              : "";
   ops::AttentionShape s{B, T, H, KV, hd, window, 1.0f / std::sqrt(float(hd))};
   Tensor q = random_gpu({B * T, H * hd}, DType::BF16, 1), k = random_gpu({B * T, KV * hd}, DType::BF16, 2);
   Tensor v = random_gpu({B * T, KV * hd}, DType::BF16, 3), dout = random_gpu({B * T, H * hd}, DType::BF16, 4);
@@ -90,14 +95,41 @@ void bench_attention(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, in
   const double keys = window > 0 ? std::min<double>(window, (T + 1) / 2.0) : (T + 1) / 2.0;  // mean keys per row
   const double fwd = 4.0 * B * H * T * keys * hd;  // QK^T and PV
   char name[128];
+  Tensor dq, dk, dv;
+  if (path == cuda::AttentionPath::Cudnn) {  // the first call of a shape builds cuDNN's plans
+    auto wall_ms = [](const std::function<void()>& fn) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fn();
+      cuda::synchronize(kGpu);
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    };
+    const double f = wall_ms([&] { out = ops::attention(q, k, v, s, &lse); });
+    const double b = wall_ms([&] { ops::attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv); });
+    std::printf("  (cuDNN plan build, first call of the shape: fwd %.0f ms, bwd %.0f ms)\n", f, b);
+  }
   std::snprintf(name, sizeof name, "attention fwd B=%lld T=%lld H=%lld KV=%lld hd=%lld w=%lld%s", (long long)B,
                 (long long)T, (long long)H, (long long)KV, (long long)hd, (long long)window, tag);
   report_flops(name, time_ms([&] { out = ops::attention(q, k, v, s, &lse); }, 2, 5), fwd);
-  Tensor dq, dk, dv;
   std::snprintf(name, sizeof name, "attention bwd (2.5x fwd FLOPs) T=%lld hd=%lld%s", (long long)T, (long long)hd, tag);
   report_flops(name, time_ms([&] { ops::attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv); }, 2, 5),
                2.5 * fwd);
   cuda::set_attention_path(cuda::AttentionPath::Auto);
+}
+
+// Our tensor-core kernels against cuDNN's fused SDPA on the shapes that matter for training:
+// Llama-3-8B-like heads at T = 2048 and Qwen2-0.5B's heads (14 query / 2 KV heads of 64).
+void bench_attention_paths() {
+  std::string why;
+  const bool cudnn = cuda::cudnn_attention_available(&why);
+  std::printf("\n-- attention: tensor cores vs cuDNN fused SDPA (bf16, causal; cuDNN %s)\n",
+              cudnn ? std::to_string(cuda::cudnn_version()).c_str() : ("unavailable: " + why).c_str());
+  struct Shape {
+    int64_t B, T, H, KV, hd;
+  };
+  for (const Shape& c : {Shape{4, 2048, 32, 8, 128}, Shape{8, 1024, 14, 2, 64}}) {
+    bench_attention(c.B, c.T, c.H, c.KV, c.hd, 0, cuda::AttentionPath::TensorCore);
+    if (cudnn) bench_attention(c.B, c.T, c.H, c.KV, c.hd, 0, cuda::AttentionPath::Cudnn);
+  }
 }
 
 void bench_fused(int64_t tokens, int64_t d, int64_t ffn, int64_t vocab) {
@@ -146,12 +178,17 @@ void bench_fused(int64_t tokens, int64_t d, int64_t ffn, int64_t vocab) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_ops: no CUDA GPU is visible\n");
     return 1;
   }
   std::printf("%s\n", cuda::device_description(kGpu));
   try {
+    if (attention_only) {
+      bench_attention_paths();
+      return 0;
+    }
     bench_gemms(quick ? 2048 : 8192);
     std::printf("\n-- attention (bf16)\n");
     bench_attention(quick ? 1 : 4, 1024, 32, 8, 128, 0);
@@ -161,6 +198,7 @@ int main(int argc, char** argv) {
       bench_attention(2, 4096, 32, 8, 128, 1024);
       bench_attention(4, 1024, 16, 16, 64, 0);
     }
+    bench_attention_paths();
     bench_fused(quick ? 2048 : 8192, 4096, 14336, 128256);
     const cuda::AllocatorStats st = cuda::allocator_stats(kGpu);
     std::printf("\nallocator: %.2f GiB peak, %llu cudaMalloc calls, %llu reuses\n", st.peak_in_use / 1073741824.0,

@@ -40,6 +40,9 @@ if(LOWRANK_HAS_CUDA AND LOWRANK_CUDA_SOURCES)
   target_sources(lowrank PRIVATE ${LOWRANK_CUDA_SOURCES})
   target_compile_definitions(lowrank PUBLIC LOWRANK_WITH_CUDA=1)
   target_link_libraries(lowrank PUBLIC CUDA::cudart CUDA::cublasLt CUDA::cublas)
+  # cuDNN's fused attention is optional and loaded at run time (dlopen, attention_cudnn.cu): no
+  # link-time dependency, only its headers when present; the loader needs libdl.
+  target_link_libraries(lowrank PRIVATE ${CMAKE_DL_LIBS})
   message(STATUS "lowrank: CUDA backend ON (architectures ${CMAKE_CUDA_ARCHITECTURES})")
 else()
   message(STATUS "lowrank: CUDA backend OFF")

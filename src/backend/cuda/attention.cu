@@ -15,6 +15,7 @@
 #include <string>
 
 #include "attention.h"
+#include "attention_cudnn.h"
 #include "common.cuh"
 #include "lowrank/backend/cuda/cuda_ops.h"
 
@@ -411,6 +412,16 @@ void set_attention_path(AttentionPath p) { g_path = static_cast<int>(p); }
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse) {
   check_attention_args("attention", q, k, v, s);
   const auto path = static_cast<AttentionPath>(g_path.load());
+  if (path == AttentionPath::Auto || path == AttentionPath::Cudnn) {
+    std::string why;
+    Tensor out, l;
+    if (attention_cudnn(q, k, v, s, out, l, &why)) {
+      if (lse) *lse = l;
+      return out;
+    }
+    LR_CHECK(path != AttentionPath::Cudnn, "attention: cuDNN path unavailable for ", q.str(), " head_dim ",
+             s.head_dim, ": ", why);
+  }
   if (path != AttentionPath::Generic && attention_tc_supported(q, k, v, s)) return attention_tc(q, k, v, s, lse);
   LR_CHECK(path != AttentionPath::TensorCore, "attention: no tensor-core kernel for ", q.str(), " head_dim ",
            s.head_dim);
@@ -430,8 +441,14 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   dk = Tensor::empty(k.shape(), k.dtype(), k.device());
   dv = Tensor::empty(v.shape(), v.dtype(), v.device());
   if (s.seq == 0) return;
-  const Tensor delta = attention_delta(dout, out, s);
   const auto path = static_cast<AttentionPath>(g_path.load());
+  if (path == AttentionPath::Auto || path == AttentionPath::Cudnn) {
+    std::string why;
+    if (attention_backward_cudnn(dout, q, k, v, out, lse, s, dq, dk, dv, &why)) return;
+    LR_CHECK(path != AttentionPath::Cudnn, "attention_backward: cuDNN path unavailable for ", q.str(),
+             " head_dim ", s.head_dim, ": ", why);
+  }
+  const Tensor delta = attention_delta(dout, out, s);
   const bool aligned = reinterpret_cast<uintptr_t>(dout.raw()) % 16 == 0;
   if (path != AttentionPath::Generic && aligned && attention_tc_supported(q, k, v, s))
     return attention_backward_tc(dout, q, k, v, lse, delta, s, dq, dk, dv);

@@ -3,6 +3,7 @@
 // accumulation and statistics), with the same signatures and semantics; lowrank::ops dispatches
 // here for CUDA tensors. Only present in builds with LOWRANK_WITH_CUDA (docs/cuda.md).
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "lowrank/core/tensor.h"
@@ -71,9 +72,18 @@ void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tens
                        const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
                        const std::vector<uint8_t>& decay, const AdamWScalars& s);
 
-// Which attention kernels run (for tests and benchmarks; Auto is the default): Auto takes the
-// tensor-core kernels where they apply (bf16, head_dim 64 or 128) and the generic ones elsewhere.
-enum class AttentionPath { Auto, Generic, TensorCore };
+// Which attention kernels run (for tests and benchmarks; Auto is the default): Auto takes cuDNN's
+// fused SDPA where it is loadable and applies (bf16, head_dim a multiple of 8 up to 128; docs/cuda.md),
+// else the tensor-core kernels where they apply (bf16, head_dim 64 or 128), else the generic ones.
+// Cudnn forces cuDNN (an Error where it is unavailable or rejects the shape); Generic and
+// TensorCore force our own kernels.
+enum class AttentionPath { Auto, Generic, TensorCore, Cudnn };
 void set_attention_path(AttentionPath p);
+
+// Whether cuDNN's fused attention can be used in this process (libcudnn.so.9 loaded, not disabled
+// by LOWRANK_CUDNN=0); when not, `why` (if given) says why. Loads the library on first call.
+bool cudnn_attention_available(std::string* why = nullptr);
+// The loaded cuDNN version (e.g. 91900), 0 when not loaded.
+int cudnn_version();
 
 }  // namespace lowrank::cuda
