@@ -66,6 +66,7 @@ void run(const BenchShape& s, bool all_linear, bool checkpointing, Device dev, i
   Rng rng(2);
   lora::Adapter a = lora::Adapter::create(m, lc, rng);
   a.allocate_grads();
+  a.make_working_copies(DType::BF16);  // as lowrank train does
   lora::LoraHook hook({{&a, 1.0}});
   hook.set_training(true);
   auto params = train::lora_params(a);

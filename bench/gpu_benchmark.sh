@@ -20,6 +20,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 bin=.devrun/cuda-build/bin
+. scripts/device-env.sh
 out=${OUT:-/tmp}/gpu-train-$(date -u +%Y-%m-%d).jsonl
 profiles=${OUT:-/tmp}/profiles.txt
 touch "$out" "$profiles"

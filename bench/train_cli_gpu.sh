@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shape=${1:-qwen0.5b} targets=${2:-all-linear} steps=${3:-12}
 bin=.devrun/cuda-build/bin
+. scripts/device-env.sh
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 python3 - "$shape" "$work" <<'PY'

@@ -38,26 +38,8 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used,clocks
   --format=csv || echo "(nvidia-smi failed)"
 [ -f "$prebuilt/MANIFEST" ] && { echo "== pack"; cat "$prebuilt/MANIFEST"; }
 
-# Libraries: the box's CUDA runtime first; the packed host libraries only if something is missing.
-export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export LOWRANK_SOURCE_DIR="$PWD"  # fixtures are read from this checkout, not the build machine's
-# cuDNN (optional: the fused attention path dlopens libcudnn.so.9): the pip wheel's library folder.
-cudnn_lib=$(python3 -c 'import nvidia.cudnn as m, os; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
-if [ -n "$cudnn_lib" ] && [ -d "$cudnn_lib" ]; then
-  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$cudnn_lib"
-  echo "== cuDNN: $cudnn_lib"
-fi
-if ldd "$bin/lowrank_tests" | grep -q "not found"; then
-  unpacked=$(mktemp -d)
-  for z in "$prebuilt"/lib/*.xz; do
-    [ -e "$z" ] || continue
-    dst="$unpacked/$(basename "$z" .xz)"
-    if command -v xz >/dev/null; then xz -dc "$z" > "$dst"
-    else python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$z" "$dst"; fi
-  done
-  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$unpacked"
-  echo "== using packed host libraries: $(ls "$unpacked" | tr '\n' ' ')"
-fi
+. scripts/device-env.sh "$prebuilt"
 if ldd "$bin/lowrank_tests" | grep "not found"; then
   echo "error: libraries still missing (above)" >&2
   exit 1

@@ -226,6 +226,8 @@ void Adapter::to(Device device) {
   for (auto& p : pairs) {
     p.A = p.A.to(device);
     p.B = p.B.to(device);
+    if (p.A_work.defined()) p.A_work = p.A_work.to(device);
+    if (p.B_work.defined()) p.B_work = p.B_work.to(device);
     if (p.grad_A.defined()) p.grad_A = p.grad_A.to(device);
     if (p.grad_B.defined()) p.grad_B = p.grad_B.to(device);
   }
@@ -253,6 +255,13 @@ void Adapter::allocate_grads() {
     p.grad_B = Tensor::zeros_like(p.B);
   }
   for (auto& b : biases) b.grad = Tensor::zeros_like(b.value);
+}
+
+void Adapter::make_working_copies(DType dtype) {
+  for (auto& p : pairs) {
+    p.A_work = dtype == p.A.dtype() ? Tensor() : ops::cast(p.A, dtype);
+    p.B_work = dtype == p.B.dtype() ? Tensor() : ops::cast(p.B, dtype);
+  }
 }
 
 void Adapter::zero_grads() {

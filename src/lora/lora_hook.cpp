@@ -41,12 +41,16 @@ void LoraHook::on_projection(int layer, Target target, const Tensor& x, Tensor& 
       if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
     // A and B in the activations' dtype (bf16 on the GPU: the GEMMs run on bf16 tensor cores, as
-    // under torch.autocast): rounded once per forward pass and kept for the backward and a replay.
+    // under torch.autocast): the optimizer's working copies when training, else rounded once per
+    // forward pass; kept for the backward and a replay.
     Tensor A, B;
     if (trained && replay_) {
       const Saved& first = saved_.at(key);
       A = first.A;
       B = first.B;
+    } else if (p->A_work.defined() && p->A_work.dtype() == x.dtype()) {  // kept by the optimizer
+      A = p->A_work;
+      B = p->B_work;
     } else {
       A = ops::cast(p->A, x.dtype());
       B = ops::cast(p->B, x.dtype());

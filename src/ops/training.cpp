@@ -78,17 +78,21 @@ void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq
 
 void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                        const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                       const std::vector<uint8_t>& decay, const AdamWScalars& s) {
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working) {
   const Device d = list_device("adamw_update_all_", {&params, &grads, &exp_avg, &exp_avg_sq});
   LR_CHECK(grads.size() == params.size() && exp_avg.size() == params.size() && exp_avg_sq.size() == params.size() &&
-               decay.size() == params.size(),
+               decay.size() == params.size() && (working.empty() || working.size() == params.size()),
            "adamw_update_all_: lists of different lengths");
-  LR_MULTI_CUDA(d, adamw_update_all_(params, grads, exp_avg, exp_avg_sq, decay, s));
+  LR_MULTI_CUDA(d, adamw_update_all_(params, grads, exp_avg, exp_avg_sq, decay, s, working));
   for (size_t i = 0; i < params.size(); ++i) {
     AdamWScalars si = s;
     si.apply_decay = s.apply_decay && decay[i];
     Tensor p = params[i], m = exp_avg[i], v = exp_avg_sq[i];
     adamw_update_(p, grads[i], m, v, si);
+    if (!working.empty() && working[i].defined()) {
+      Tensor w = working[i];
+      cast_into_(w, p);
+    }
   }
 }
 

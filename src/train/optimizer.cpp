@@ -107,8 +107,9 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
   const float neg_step_f = static_cast<float>(-step_size);
 
   // Device tensors: one multi-tensor launch for all of them (the same element formula).
-  std::vector<Tensor> dev_p, dev_g, dev_m, dev_v;
+  std::vector<Tensor> dev_p, dev_g, dev_m, dev_v, dev_w;
   std::vector<uint8_t> dev_decay;
+  bool working_left = false;  // a working copy the AdamW launch does not write (CPU, or not bf16)
   for (ParamRef& ref : params) {
     Moments& st = state_.at(ref.name);
     if (!ref.param.device().is_cpu()) {
@@ -117,8 +118,12 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
       dev_m.push_back(st.exp_avg);
       dev_v.push_back(st.exp_avg_sq);
       dev_decay.push_back(ref.decay);
+      const bool fused = ref.working.defined() && ref.working.dtype() == DType::BF16;
+      dev_w.push_back(fused ? ref.working : Tensor());
+      working_left = working_left || (ref.working.defined() && !fused);
       continue;
     }
+    working_left = working_left || ref.working.defined();
     float* p = ref.param.f32();
     const float* g = ref.grad.f32();
     float* m = st.exp_avg.f32();
@@ -148,9 +153,9 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
   if (!dev_p.empty()) {
     const ops::AdamWScalars sc{decay_f, config_.weight_decay != 0.0, lerp_w, beta2_f, one_minus_beta2_f,
                                bc2_sqrt_f, eps_f, neg_step_f};
-    ops::adamw_update_all_(dev_p, dev_g, dev_m, dev_v, dev_decay, sc);
+    ops::adamw_update_all_(dev_p, dev_g, dev_m, dev_v, dev_decay, sc, dev_w);  // bf16 copies in the same pass
   }
-  refresh_working_copies(params);
+  if (working_left) refresh_working_copies(params);
 }
 
 void refresh_working_copies(std::vector<ParamRef>& params) {

@@ -108,6 +108,7 @@ TrainSummary run_training(const TrainOptions& o) {
     adapter = lora::Adapter::create(m, lc, init_rng);
     adapter->attach_biases(m);
     adapter->allocate_grads();
+    adapter->make_working_copies(m.weights().embed.dtype());  // bf16 A/B for the GPU's GEMMs
     params = lora_params(*adapter);
   }
   const int64_t total_params = m.parameter_count();

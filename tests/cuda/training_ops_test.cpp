@@ -142,13 +142,19 @@ TEST(CudaTraining, MultiTensorOpsEqualThePerTensorOps) {
     si.apply_decay = decay[i];
     cpu::adamw_update_(p[i], g[i], m[i], v[i], si);
   }
-  ops::adamw_update_all_(pd, gd, md, vd, decay, s);
-  for (size_t i = 0; i < p.size(); ++i)
+  std::vector<Tensor> working(p.size());  // bf16 working copies for every other tensor
+  for (size_t i = 0; i < p.size(); i += 2) working[i] = Tensor::zeros({sizes[i]}, DType::BF16, gpu());
+  ops::adamw_update_all_(pd, gd, md, vd, decay, s, working);
+  for (size_t i = 0; i < p.size(); ++i) {
     for (auto [ref_t, got] : {std::pair{p[i], pd[i]}, std::pair{m[i], md[i]}, std::pair{v[i], vd[i]}}) {
       Tensor h = got.to(Device::cpu());
       ASSERT_EQ(h.nbytes(), ref_t.nbytes());
       EXPECT_EQ(std::memcmp(h.raw(), ref_t.raw(), h.nbytes()), 0) << "tensor " << i;
     }
+    if (!working[i].defined()) continue;
+    Tensor want = p[i].to(DType::BF16), got = working[i].to(Device::cpu());  // round to nearest even
+    EXPECT_EQ(std::memcmp(got.raw(), want.raw(), want.nbytes()), 0) << "working copy " << i;
+  }
   // Zeroing: every element of every tensor (allocations are NaN-poisoned in these tests).
   ops::zero_all_(gd);
   for (const Tensor& t : gd) EXPECT_EQ(frob(to_host(t)), 0.0);

@@ -35,6 +35,13 @@ double rel_frobenius(const Tensor& got, const Tensor& want) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
+double frobenius(const Tensor& t) {
+  Tensor h = t.to(Device::cpu()).to(DType::F32);
+  double sum = 0;
+  for (int64_t i = 0; i < h.numel(); ++i) sum += static_cast<double>(h.f32()[i]) * h.f32()[i];
+  return std::sqrt(sum);
+}
+
 class CudaEval : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaEval, LossEqualsCpuWithinBf16Tolerance) {
@@ -101,10 +108,18 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
     EXPECT_LE(rel_frobenius(g.grad_A, c.grad_A), 5e-2) << c.module << " dA";
     EXPECT_LE(rel_frobenius(g.grad_B, c.grad_B), 5e-2) << c.module << " dB";
   }
+  // Trained biases. k_proj's bias gradient nearly cancels (the bias shifts every score of a query
+  // row by almost the same amount: only RoPE's rotation keeps it from being exactly zero), so
+  // bf16 rounding of the summed terms is large next to it: every bias gradient is judged against
+  // a tenth of the largest one's norm at least.
   ASSERT_EQ(adapters[0].biases.size(), adapters[1].biases.size());
-  for (size_t i = 0; i < adapters[0].biases.size(); ++i)
-    EXPECT_LE(rel_frobenius(adapters[1].biases[i].grad, adapters[0].biases[i].grad), 5e-2)
-        << adapters[0].biases[i].module << " d(bias)";
+  double largest = 0;
+  for (const auto& b : adapters[0].biases) largest = std::max(largest, frobenius(b.grad));
+  for (size_t i = 0; i < adapters[0].biases.size(); ++i) {
+    const Tensor& want = adapters[0].biases[i].grad;
+    const double err = rel_frobenius(adapters[1].biases[i].grad, want) * frobenius(want);
+    EXPECT_LE(err, 5e-2 * std::max(frobenius(want), 0.1 * largest)) << adapters[0].biases[i].module << " d(bias)";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
@@ -125,6 +140,7 @@ TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
     Rng init(11), drop(12);
     lora::Adapter a = lora::Adapter::create(m, lc, init);
     a.allocate_grads();
+    a.make_working_copies(m.weights().embed.dtype());  // bf16 copies written by AdamW on the GPU
     lora::LoraHook hook({{&a, 1.0}});
     hook.set_training(true, &drop);
     auto params = train::lora_params(a);

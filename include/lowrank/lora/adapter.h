@@ -22,6 +22,9 @@ struct LoraPair {
   Tensor A;             // [r, in]  f32
   Tensor B;             // [out, r] f32
   Tensor grad_A, grad_B;  // same shapes, while training
+  // Training on the GPU: bf16 copies of A and B that the GEMMs use, written by AdamW in the same
+  // pass as the f32 masters (undefined otherwise: the hook rounds A and B per forward pass).
+  Tensor A_work, B_work;
 };
 
 // A bias trained with bias=all / lora_only (BitFit-style): replaces the model's bias of `module`.
@@ -59,6 +62,8 @@ class Adapter {
   // then shares the adapter's tensor, so training one trains the other.
   void attach_biases(model::Model& model);
   void allocate_grads();   // zero gradients on the adapter's device
+  // Keeps `dtype` copies of every A and B for the GEMMs (bf16 on the GPU; nothing for f32).
+  void make_working_copies(DType dtype);
   void to(Device device);  // moves weights (and gradients) to `device`
   void zero_grads();
 };

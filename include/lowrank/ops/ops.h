@@ -133,12 +133,15 @@ void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
 // Multi-tensor forms of the training ops for a list of f32 tensors on one device: the same results
 // as the per-tensor ops above (AdamW bit for bit; sums in another fixed order), in one launch each
 // on the GPU instead of one per tensor (the CPU runs the per-tensor ops in list order). Tensors are
-// handles: the ops write through them. decay[i] = 0: tensor i gets no weight decay.
+// handles: the ops write through them. decay[i] = 0: tensor i gets no weight decay. working[i],
+// when given and defined, is a BF16 copy of params[i] that AdamW rounds the updated values into
+// (the copy the GPU computes with), in the same pass.
 void zero_all_(const std::vector<Tensor>& xs);
 void sum_squares_all_(const std::vector<Tensor>& xs, Tensor& acc);
 void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq, double max_norm);
 void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                        const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                       const std::vector<uint8_t>& decay, const AdamWScalars& s);
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s,
+                       const std::vector<Tensor>& working = {});
 
 }  // namespace lowrank::ops

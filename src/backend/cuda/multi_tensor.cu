@@ -20,13 +20,16 @@ struct Chunk {
   float* g;  // ... of list 1 (grad)
   float* m;  // ... of list 2 (exp_avg)
   float* v;  // ... of list 3 (exp_avg_sq)
+  __nv_bfloat16* w;  // AdamW: the bf16 working copy the updated param is rounded into (or null)
   int32_t n;
   int32_t decay;  // AdamW: weight decay for this tensor
 };
 
-// The chunk table of `lists` (1 to 4 lists of equally shaped f32 tensors), on the device.
+// The chunk table of `lists` (1 to 4 lists of equally shaped f32 tensors), on the device, with the
+// optional per-tensor weight-decay flags and bf16 working copies (undefined entries: none).
 Tensor chunk_table(const char* op, std::initializer_list<const std::vector<Tensor>*> lists,
-                   const std::vector<uint8_t>* decay, Device* device, int* count) {
+                   const std::vector<uint8_t>* decay, Device* device, int* count,
+                   const std::vector<Tensor>* working = nullptr) {
   const std::vector<Tensor>& first = **lists.begin();
   std::vector<Chunk> chunks;
   for (size_t i = 0; i < first.size(); ++i) {
@@ -40,11 +43,18 @@ Tensor chunk_table(const char* op, std::initializer_list<const std::vector<Tenso
                ": tensors must be F32, shaped alike and on one device, got ", t.str(), " for ", first[i].str());
       ptr[k++] = t.data<float>();
     }
+    __nv_bfloat16* w = nullptr;
+    if (working && (*working)[i].defined()) {
+      const Tensor& t = (*working)[i];
+      LR_CHECK(t.dtype() == DType::BF16 && t.numel() == first[i].numel() && t.device() == first[i].device(), op,
+               ": working copy ", t.str(), " for ", first[i].str(), " must be BF16 of the same size");
+      w = t.data<__nv_bfloat16>();
+    }
     const int64_t n = first[i].numel();
     for (int64_t off = 0; off < n; off += kChunk)
       chunks.push_back({ptr[0] + off, ptr[1] ? ptr[1] + off : nullptr, ptr[2] ? ptr[2] + off : nullptr,
-                        ptr[3] ? ptr[3] + off : nullptr, static_cast<int32_t>(std::min(kChunk, n - off)),
-                        decay ? int32_t((*decay)[i]) : 0});
+                        ptr[3] ? ptr[3] + off : nullptr, w ? w + off : nullptr,
+                        static_cast<int32_t>(std::min(kChunk, n - off)), decay ? int32_t((*decay)[i]) : 0});
   }
   *device = first.empty() ? Device::cuda(0) : first[0].device();
   *count = static_cast<int>(chunks.size());
@@ -115,9 +125,11 @@ __global__ void adamw_kernel(const Chunk* __restrict__ chunks, AdamWScalars s) {
     float vi = __fmul_rn(c.v[i], s.beta2);
     vi = __fadd_rn(vi, __fmul_rn(__fmul_rn(s.one_minus_beta2, gi), gi));
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), s.bc2_sqrt), s.eps);
-    c.x[i] = __fadd_rn(pi, __fmul_rn(s.neg_step, __fdiv_rn(mi, denom)));
+    const float pn = __fadd_rn(pi, __fmul_rn(s.neg_step, __fdiv_rn(mi, denom)));
+    c.x[i] = pn;
     c.m[i] = mi;
     c.v[i] = vi;
+    if (c.w) c.w[i] = __float2bfloat16_rn(pn);
   }
 }
 
@@ -163,12 +175,14 @@ void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq
 
 void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                        const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                       const std::vector<uint8_t>& decay, const AdamWScalars& s) {
-  LR_CHECK(decay.size() == params.size(), "adamw_update_all_: ", decay.size(), " decay flags for ", params.size(),
-           " tensors");
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working) {
+  LR_CHECK(decay.size() == params.size() && (working.empty() || working.size() == params.size()),
+           "adamw_update_all_: ", decay.size(), " decay flags and ", working.size(), " working copies for ",
+           params.size(), " tensors");
   Device d;
   int count = 0;
-  const Tensor table = chunk_table("adamw_update_all_", {&params, &grads, &exp_avg, &exp_avg_sq}, &decay, &d, &count);
+  const Tensor table = chunk_table("adamw_update_all_", {&params, &grads, &exp_avg, &exp_avg_sq}, &decay, &d, &count,
+                                   working.empty() ? nullptr : &working);
   if (count == 0) return;
   adamw_kernel<<<count, kThreads, 0, stream_for(d)>>>(chunks_of(table), s);
   LR_CUDA_LAUNCHED();

@@ -70,7 +70,8 @@ void sum_squares_all_(const std::vector<Tensor>& xs, Tensor& acc);
 void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq, double max_norm);
 void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                        const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                       const std::vector<uint8_t>& decay, const AdamWScalars& s);
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s,
+                       const std::vector<Tensor>& working = {});
 
 // Which attention kernels run (for tests and benchmarks; Auto is the default): Auto takes cuDNN's
 // fused SDPA where it is loadable and applies (bf16, head_dim a multiple of 8 up to 128; docs/cuda.md),

@@ -1,0 +1,23 @@
+# Sourced ON the GPU box (repository root) by device-test.sh and the bench/*.sh drivers: the
+# library path for binaries packed by scripts/device-pack.sh. Sets LD_LIBRARY_PATH to the box's
+# CUDA runtime, the pip cuDNN wheel's folder (the fused attention path dlopens libcudnn.so.9;
+# optional) and, only when the loader misses one, the packed host libraries (unpacked once).
+#   . scripts/device-env.sh [PACK_DIR (default .devrun/cuda-build)]
+lowrank_pack=${1:-.devrun/cuda-build}
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+lowrank_cudnn=$(python3 -c 'import nvidia.cudnn as m, os; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
+if [ -n "$lowrank_cudnn" ] && [ -d "$lowrank_cudnn" ]; then
+  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$lowrank_cudnn"
+  echo "== cuDNN: $lowrank_cudnn" >&2
+fi
+if ldd "$lowrank_pack/bin/lowrank_tests" 2>/dev/null | grep -q "not found"; then
+  lowrank_libs=$(mktemp -d)
+  for z in "$lowrank_pack"/lib/*.xz; do
+    [ -e "$z" ] || continue
+    dst="$lowrank_libs/$(basename "$z" .xz)"
+    if command -v xz >/dev/null; then xz -dc "$z" > "$dst"
+    else python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$z" "$dst"; fi
+  done
+  export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$lowrank_libs"
+  echo "== using packed host libraries: $(ls "$lowrank_libs" | tr '\n' ' ')" >&2
+fi
