@@ -99,9 +99,9 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   } else {
     a.attn = ops::attention(a.q, a.k, a.v, shape, in.save_lse ? &a.lse : nullptr);
   }
-  Tensor o = project(L.o, layer, c.is_gpt2() ? Target::CProj : Target::O, a.attn, hook);
-  a.x_mid = x.clone();
-  ops::add_(a.x_mid, o);
+  // Residual adds in place into the fresh projection outputs (one pass, no copy of x).
+  a.x_mid = project(L.o, layer, c.is_gpt2() ? Target::CProj : Target::O, a.attn, hook);
+  ops::add_(a.x_mid, x);
   a.xn2 = normalize(c, L.mlp_norm, a.x_mid, &a.norm2_mean, &a.norm2_rstd);
   Tensor down;
   if (c.is_gpt2()) {
@@ -116,9 +116,8 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
     if (c.activation != Activation::SiLU) ops::mul_(a.act, a.up);  // act(gate) * up (non-SiLU gated MLPs)
     down = project(L.down, layer, Target::Down, a.act, hook);
   }
-  Tensor out = a.x_mid.clone();
-  ops::add_(out, down);
-  return out;
+  ops::add_(down, a.x_mid);
+  return down;
 }
 
 Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, ForwardCache* cache, KVCache* kv) const {

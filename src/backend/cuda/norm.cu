@@ -2,6 +2,7 @@
 // math in f32 whatever the storage dtype. The weight (and bias) gradients are accumulated per block
 // in shared memory, written as partials [blocks, d] and summed in a fixed order (reduce.h), so they
 // are deterministic.
+#include <algorithm>
 #include <initializer_list>
 
 #include "common.cuh"
@@ -251,6 +252,13 @@ int vec_threads(int64_t d, DType t, std::initializer_list<const void*> ptrs) {
   return static_cast<int>(std::max<int64_t>(32, (threads + 31) / 32 * 32));
 }
 
+// Blocks for the fast path: ~1024 threads resident per SM (2 to 16 blocks of `threads`), so that
+// small rows (Qwen-0.5B's 896: 64-thread blocks) still fill the GPU.
+int vec_grid(int64_t rows, int threads, Device dev) {
+  const int per_sm = std::clamp(1024 / threads, 2, 16);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, int64_t(per_sm) * multiprocessor_count(dev))));
+}
+
 int norm_grid(int64_t rows, Device dev) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(rows, 2 * multiprocessor_count(dev))));
 }
@@ -285,7 +293,7 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out) {
   if (rows > 0) {
     cudaStream_t st = stream_for(x.device());
     if (const int threads = vec_threads(d, x.dtype(), {x.raw(), y.raw()})) {
-      const int grid = static_cast<int>(std::min<int64_t>(rows, 8 * multiprocessor_count(x.device())));
+      const int grid = vec_grid(rows, threads, x.device());
       LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
           rmsnorm_vec_kernel<<<grid, threads, 0, st>>>(x.data<T>(), w.data<W>(), y.data<T>(), rstd.data<float>(),
                                                        rows, d, eps)));
@@ -338,11 +346,12 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   }
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (rows == 0) return dx;
-  const int grid = norm_grid(rows, x.device());
+  const int vthreads = vec_threads(d, x.dtype(), {x.raw(), dy.raw(), dx.raw()});
+  const int grid = vthreads ? vec_grid(rows, vthreads, x.device()) : norm_grid(rows, x.device());
   Tensor part = want_dw ? Tensor::empty({grid, d}, DType::F32, x.device()) : Tensor();
   const size_t smem = want_dw ? d * sizeof(float) : 0;
   cudaStream_t st = stream_for(x.device());
-  if (const int threads = vec_threads(d, x.dtype(), {x.raw(), dy.raw(), dx.raw()})) {
+  if (const int threads = vthreads) {
     LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
         rmsnorm_backward_vec_kernel<T, W><<<grid, threads, 0, st>>>(dy.data<T>(), x.data<T>(), w.data<W>(),
                                                                     rstd.data<float>(), dx.data<T>(),
