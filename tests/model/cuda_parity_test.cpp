@@ -89,8 +89,12 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
   Batch b = fixture_batch(dir + "/batch.json");
   std::vector<lora::Adapter> adapters;
   std::vector<double> losses;
-  for (Device d : {Device::cpu(), Device::cuda(0)}) {
-    model::Model m = model::Model::load(base, d, d.is_cuda() ? DType::BF16 : DType::F32);
+  // The CPU reference (f32), the GPU in bf16 (the training path), the GPU in f32 (the same code
+  // without bf16 rounding: held to f32 accuracy).
+  const std::vector<std::pair<Device, DType>> runs = {
+      {Device::cpu(), DType::F32}, {Device::cuda(0), DType::BF16}, {Device::cuda(0), DType::F32}};
+  for (auto [d, dtype] : runs) {
+    model::Model m = model::Model::load(base, d, dtype);
     lora::Adapter a = lora::Adapter::load(dir + "/adapter", m);
     a.to(d);
     a.attach_biases(m);  // bias="all" (f32 masters next to bf16 weights on the GPU)
@@ -102,23 +106,29 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
     adapters.push_back(std::move(a));
   }
   EXPECT_NEAR(losses[1], losses[0], 1e-2 * losses[0]);
+  EXPECT_NEAR(losses[2], losses[0], 1e-4 * losses[0]);
   for (size_t i = 0; i < adapters[0].pairs.size(); ++i) {
     const auto& c = adapters[0].pairs[i];
-    const auto& g = adapters[1].pairs[i];
-    EXPECT_LE(rel_frobenius(g.grad_A, c.grad_A), 5e-2) << c.module << " dA";
-    EXPECT_LE(rel_frobenius(g.grad_B, c.grad_B), 5e-2) << c.module << " dB";
+    for (size_t run : {1, 2}) {
+      const auto& g = adapters[run].pairs[i];
+      const double tol = run == 1 ? 5e-2 : 1e-3;  // f32: a whole backward's sums in another order
+      EXPECT_LE(rel_frobenius(g.grad_A, c.grad_A), tol) << c.module << " dA, run " << run;
+      EXPECT_LE(rel_frobenius(g.grad_B, c.grad_B), tol) << c.module << " dB, run " << run;
+    }
   }
-  // Trained biases. k_proj's bias gradient nearly cancels (the bias shifts every score of a query
-  // row by almost the same amount: only RoPE's rotation keeps it from being exactly zero), so
-  // bf16 rounding of the summed terms is large next to it: every bias gradient is judged against
-  // a tenth of the largest one's norm at least.
+  // Trained biases: f32 on the GPU to 1e-3 each. In bf16, k_proj's bias gradient nearly cancels
+  // (the bias shifts every score of a query row by almost the same amount: only RoPE's rotation
+  // keeps it from being zero), so the bf16 rounding of the summed rows is large next to it: there
+  // each bias gradient's error is judged against 5% of the largest bias gradient.
   ASSERT_EQ(adapters[0].biases.size(), adapters[1].biases.size());
   double largest = 0;
   for (const auto& b : adapters[0].biases) largest = std::max(largest, frobenius(b.grad));
   for (size_t i = 0; i < adapters[0].biases.size(); ++i) {
     const Tensor& want = adapters[0].biases[i].grad;
+    const std::string& module = adapters[0].biases[i].module;
+    EXPECT_LE(rel_frobenius(adapters[2].biases[i].grad, want), 1e-3) << module << " d(bias), f32";
     const double err = rel_frobenius(adapters[1].biases[i].grad, want) * frobenius(want);
-    EXPECT_LE(err, 5e-2 * std::max(frobenius(want), 0.1 * largest)) << adapters[0].biases[i].module << " d(bias)";
+    EXPECT_LE(err, 5e-2 * largest) << module << " d(bias), bf16";
   }
 }
 
