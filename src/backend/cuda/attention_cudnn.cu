@@ -583,16 +583,21 @@ void build_backward(const Api& a, cudnnHandle_t handle, const Key& k, Plan& p) {
   s = causal_window_mask(g, p, s, k.window);
   const Tens prob = g.pw(CUDNN_POINTWISE_EXP, s, nullptr, nullptr, kF32, kF32, "exp");
 
+  // out = xᵀ y per query head, summed over the heads of a group when H > KV (dV and dK).
+  auto matmul_group_sum = [&](const Tens& x_t, const Tens& y, const Tens& out, const std::string& name) {
+    if (H == KV) {
+      g.matmul(x_t, y, out, "matmul " + name, skv, nullptr, sq);
+      return;
+    }
+    const Tens full = g.virt(kBF16, qd, {H * T * D, T * D, D, 1});
+    g.matmul(x_t, y, full, "matmul " + name, skv, nullptr, sq);
+    g.reduce(CUDNN_REDUCE_TENSOR_ADD, full, out, name + " head sum");
+  };
+
   // dV = Pᵀ dO (summed over the heads of a group)
   const Tens prob_t = g.virt(kBF16, sd, sts);
   g.reshape(prob, prob_t, "reshape P");
-  if (H == KV) {
-    g.matmul(prob_t, dout, dv, "matmul Pt dO", skv, nullptr, sq);
-  } else {
-    const Tens full = g.virt(kBF16, qd, {H * T * D, T * D, D, 1});
-    g.matmul(prob_t, dout, full, "matmul Pt dO", skv, nullptr, sq);
-    g.reduce(CUDNN_REDUCE_TENSOR_ADD, full, dv, "dV head sum");
-  }
+  matmul_group_sum(prob_t, dout, dv, "Pt dO");
 
   // dS = P (dO Vᵀ - softmax_sum) * scale
   Tens dp = g.virt(kF32, sd, ss);
@@ -604,13 +609,7 @@ void build_backward(const Api& a, cudnnHandle_t handle, const Key& k, Plan& p) {
   // dK = dSᵀ Q (summed over the heads of a group)
   const Tens ds_t = g.virt(kBF16, sd, sts);
   g.reshape(ds, ds_t, "reshape dS");
-  if (H == KV) {
-    g.matmul(ds_t, q, dk, "matmul dSt Q", skv, nullptr, sq);
-  } else {
-    const Tens full = g.virt(kBF16, qd, {H * T * D, T * D, D, 1});
-    g.matmul(ds_t, q, full, "matmul dSt Q", skv, nullptr, sq);
-    g.reduce(CUDNN_REDUCE_TENSOR_ADD, full, dk, "dK head sum");
-  }
+  matmul_group_sum(ds_t, q, dk, "dSt Q");
 
   // dQ = dS K, accumulated in f32 and converted
   const Tens kr = g.virt(kBF16, kd, ks);

@@ -55,18 +55,8 @@ attention_forward_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__
 
   for (int64_t it = 0; it < tiles; ++it) {
     const int64_t j0 = j_begin + it * kKeys;
-    const bf16* k_s = kv_s + (it & 1) * 2 * kKeys * LD;
+    const bf16* k_s = next_kv_tile<HD, LD>(kv_s, it, tiles, kb, vb, kv_stride, j0 + kKeys, T);
     const bf16* v_s = k_s + kKeys * LD;
-    if (it + 1 < tiles) {
-      bf16* next = kv_s + ((it + 1) & 1) * 2 * kKeys * LD;
-      load_rows_async<HD, LD>(next, kb, kv_stride, j0 + kKeys, T);
-      load_rows_async<HD, LD>(next + kKeys * LD, vb, kv_stride, j0 + kKeys, T);
-      cp_async_commit();
-      cp_async_wait<1>();  // everything but the tile just issued has landed
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
     if (it == 0) {
 #pragma unroll
       for (int kk = 0; kk < KS; ++kk) load_a<LD>(qf[kk], q_s, rw, kk * 16 + 2 * t);

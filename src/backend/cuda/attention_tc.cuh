@@ -42,6 +42,27 @@ __device__ __forceinline__ void load_rows_async(bf16* dst, const bf16* __restric
   }
 }
 
+// Double-buffered K/V tiles of the query-major kernels (forward and dq): kv_s holds two stages of
+// [K tile | V tile] (kKeys rows each); stage it & 1 holds tile `it`. The copy of tile it + 1 (rows
+// from next_row) is issued before waiting, so it lands while tile `it` is computed. Returns tile
+// `it`'s K (its V follows at + kKeys * LD), visible to every thread of the block.
+template <int HD, int LD>
+__device__ __forceinline__ const bf16* next_kv_tile(bf16* kv_s, int64_t it, int64_t tiles, const bf16* __restrict__ kb,
+                                                    const bf16* __restrict__ vb, int64_t kv_stride, int64_t next_row,
+                                                    int64_t T) {
+  if (it + 1 < tiles) {
+    bf16* next = kv_s + ((it + 1) & 1) * 2 * kKeys * LD;
+    load_rows_async<HD, LD>(next, kb, kv_stride, next_row, T);
+    load_rows_async<HD, LD>(next + kKeys * LD, vb, kv_stride, next_row, T);
+    cp_async_commit();
+    cp_async_wait<1>();  // everything but the tile just issued has landed
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+  return kv_s + (it & 1) * 2 * kKeys * LD;
+}
+
 __device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t window) {
   return j <= i && (window <= 0 || j > i - window);
 }

@@ -63,18 +63,8 @@ attention_dq_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k, c
   const int64_t warp_first = q0 + warp * 16, warp_last = warp_first + 15;
   for (int64_t it = 0; it < tiles; ++it) {
     const int64_t j0 = j_begin + it * kKeys;
-    const bf16* k_s = kv_s + (it & 1) * 2 * kKeys * LD;
+    const bf16* k_s = next_kv_tile<HD, LD>(kv_s, it, tiles, kb, vb, kv_stride, j0 + kKeys, T);
     const bf16* v_s = k_s + kKeys * LD;
-    if (it + 1 < tiles) {
-      bf16* next = kv_s + ((it + 1) & 1) * 2 * kKeys * LD;
-      load_rows_async<HD, LD>(next, kb, kv_stride, j0 + kKeys, T);
-      load_rows_async<HD, LD>(next + kKeys * LD, vb, kv_stride, j0 + kKeys, T);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
     const bool skip = warp_first >= T || j0 > warp_last || (s.window > 0 && j0 + kKeys - 1 <= warp_first - s.window);
     if (!skip) {
       float sc[8][4], dp[8][4];
