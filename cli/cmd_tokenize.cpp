@@ -6,6 +6,7 @@
 
 #include "command.h"
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 #include "lowrank/tokenizer/tokenizer.h"
 
 namespace lowrank::cli {
@@ -38,12 +39,7 @@ int run_tokenize(const TokenizeArgs& a) {
   while (std::getline(in, line)) {
     ++n;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw error(a.input, ":", n, ": invalid JSON: ", e.what());
-    }
+    const nlohmann::json j = io::parse_json(line, detail::concat(a.input, ":", n));
     if (!j.is_object() || !j.contains("text") || !j["text"].is_string())
       throw error(a.input, ":", n, ": expected an object with a string \"text\"");
     std::vector<int32_t> ids;

@@ -47,14 +47,17 @@ std::string json_error_text(const std::exception& e) {
   return what;
 }
 
-nlohmann::json read_json(const std::string& path) {
-  const std::string text = read_file(path);
+nlohmann::json parse_json(std::string_view text, const std::string& where) {
   try {
-    return nlohmann::json::parse(text);
+    return nlohmann::json::parse(text.begin(), text.end());
   } catch (const nlohmann::json::parse_error& e) {
-    throw error(path, ": invalid JSON at byte ", e.byte, ": ", json_error_text(e));
+    throw error(where, ": invalid JSON at byte ", e.byte, ": ", json_error_text(e));
+  } catch (const nlohmann::json::exception& e) {  // e.g. out_of_range.406: a number that overflows
+    throw error(where, ": invalid JSON: ", json_error_text(e));
   }
 }
+
+nlohmann::json read_json(const std::string& path) { return parse_json(read_file(path), path); }
 
 void write_json_atomic(const std::string& path, const nlohmann::json& j, int indent) {
   std::string text;

@@ -17,12 +17,7 @@ void for_each_jsonl(const std::string& path, const std::function<void(int64_t, c
     ++number;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    nlohmann::json value;
-    try {
-      value = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw error(path, ":", number, ": not valid JSON (", json_error_text(e), ")");
-    }
+    const nlohmann::json value = parse_json(line, detail::concat(path, ":", number));
     if (!value.is_object()) throw error(path, ":", number, ": expected a JSON object, got ", value.type_name());
     try {
       fn(number, value);

@@ -52,13 +52,6 @@ std::string read_file(const fs::path& p) {
   return ss.str();
 }
 
-json parse_json(std::string_view text, const std::string& name) {
-  try {
-    return json::parse(text.begin(), text.end());
-  } catch (const json::parse_error& e) {
-    throw error(name, ": invalid JSON: ", io::json_error_text(e));
-  }
-}
 
 VocabMap parse_vocab(const json& v, const std::string& where) {
   if (!v.is_object()) throw error(where, ": \"vocab\" must be an object of token -> id");
@@ -210,7 +203,7 @@ void Tokenizer::Impl::finish(const std::string& where) {  // where: the config f
 
 Tokenizer Tokenizer::from_json(std::string_view text, std::string_view config_text,
                                const std::string& name) {
-  json j = parse_json(text, name);
+  json j = io::parse_json(text, name);
   if (!j.is_object()) throw error(name, ": expected a JSON object");
   auto impl = std::make_shared<Impl>();
   auto stage = [&](const char* key) -> const json& {
@@ -233,7 +226,7 @@ Tokenizer Tokenizer::from_json(std::string_view text, std::string_view config_te
   }
   impl->add_tokens(stage("added_tokens"), name);
   if (!config_text.empty()) {
-    impl->config = parse_json(config_text, "tokenizer_config.json");
+    impl->config = io::parse_json(config_text, "tokenizer_config.json");
     if (!impl->config.is_object()) throw error("tokenizer_config.json: expected a JSON object");
   }
   impl->finish("tokenizer_config.json");
@@ -245,7 +238,7 @@ Tokenizer Tokenizer::from_json(std::string_view text, std::string_view config_te
 static Tokenizer from_vocab_merges(const fs::path& dir) {
   std::string vtext = read_file(dir / "vocab.json");
   std::string mtext = read_file(dir / "merges.txt");
-  json vocab_json = parse_json(vtext, (dir / "vocab.json").string());
+  json vocab_json = io::parse_json(vtext, (dir / "vocab.json").string());
   json model = {{"type", "BPE"}, {"vocab", std::move(vocab_json)}, {"merges", json::array()}};
   std::istringstream ms(mtext);
   std::string line;
@@ -267,7 +260,7 @@ static Tokenizer from_vocab_merges(const fs::path& dir) {
   // Special tokens: GPT-2's <|endoftext|> and those named in tokenizer_config.json.
   std::vector<std::string> specials = {"<|endoftext|>"};
   if (!cfg.empty()) {
-    json c = parse_json(cfg, (dir / "tokenizer_config.json").string());
+    json c = io::parse_json(cfg, (dir / "tokenizer_config.json").string());
     for (const char* k : {"bos_token", "eos_token", "unk_token", "pad_token"})
       if (auto t = config_token(c, k)) specials.push_back(*t);
   }

@@ -40,7 +40,7 @@ TEST(EvalCliErrors, BadDataLines) {
   io::testing::ScratchDir d;
   const std::string model = test::model_fixture("llama");
   expect_bad_input("eval --model " + model + " --data " + d.write("a.jsonl", "{\"input_ids\": [1, 2]}\nnot json\n"),
-                   "a.jsonl:2: not valid JSON");
+                   "a.jsonl:2: invalid JSON");
   expect_bad_input("eval --model " + model + " --data " + d.write("b.jsonl", "{\"ids\": [1, 2]}\n"),
                    "b.jsonl:1: expected an \"input_ids\" array");
   expect_bad_input("eval --model " + model + " --data " + d.write("c.jsonl", "{\"input_ids\": [1, 9999]}\n"),

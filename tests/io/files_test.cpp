@@ -4,6 +4,7 @@
 
 #include "io/io_test_helpers.h"
 #include "lowrank/io/atomic_file.h"
+#include "lowrank/io/jsonl.h"
 
 using namespace lowrank;
 using namespace lowrank::io;
@@ -77,6 +78,20 @@ TEST(Files, ReadJsonReportsFileAndPosition) {
   EXPECT_EQ(msg.find("[json.exception"), std::string::npos) << msg;
   EXPECT_EQ(read_json(dir.write("ok.json", R"({"a": [1, 2]})"))["a"][1], 2);
   expect_error([&] { read_json(dir.file("none.json")); }, dir.file("none.json"), {"cannot read"});
+}
+
+// JSON that parses but does not fit a double (nlohmann's out_of_range.406, not a parse_error):
+// a clear Error naming the file (or file:line), never an internal error.
+TEST(Files, NumberOverflowIsAnErrorNamingTheSource) {
+  ScratchDir dir;
+  const std::string path = dir.write("config.json", R"({"hidden_size": 1E400})");
+  const std::string msg = expect_error([&] { read_json(path); }, path + ": invalid JSON", {"overflow", "1E400"});
+  EXPECT_EQ(msg.find("[json.exception"), std::string::npos) << msg;
+  expect_error([&] { parse_json(R"({"vocab": {"a": 4E20200}})", "tok.json"); }, "tok.json: invalid JSON",
+               {"4E20200"});
+  const std::string jsonl = dir.write("data.jsonl", "{\"input_ids\": [1]}\n{\"input_ids\": [1E400]}\n");
+  expect_error([&] { for_each_jsonl(jsonl, [](int64_t, const nlohmann::json&) {}); }, jsonl + ":2: invalid JSON",
+               {"1E400"});
 }
 
 TEST(Files, WriteJsonRoundTrip) {

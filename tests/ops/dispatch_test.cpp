@@ -153,3 +153,23 @@ TEST(OpsDispatch, MulAndCopyColumns) {
       EXPECT_EQ(back.f32()[r * 3 * d + c], c >= 2 * d ? k.f32()[r * d + c - 2 * d] : 0.0f);
   EXPECT_THROW(ops::copy_columns_(k, 1, qkv, 0, d), InternalError);  // past dst's columns
 }
+
+// Checks of the CPU kernels happen before their OpenMP loops: a bad target (an Error) or position
+// (an internal check) on a shape large enough to run in parallel throws instead of calling
+// std::terminate from inside the region.
+TEST(OpsDispatch, BadTargetsAndPositionsInParallelCpuLoopsAreErrors) {
+  const int64_t n = 64, V = 4096;  // n * V > the kernels' parallel threshold
+  Tensor logits = Tensor::zeros({n, V});
+  std::vector<int32_t> targets(n, 1);
+  targets[37] = static_cast<int32_t>(V);
+  Tensor loss = Tensor::zeros({1}, DType::F64), dlogits;
+  EXPECT_THROW(ops::cross_entropy_chunk(logits, Tensor::from_ints(targets), 1.0f, dlogits, loss), Error);
+  int64_t count = 0;
+  EXPECT_THROW(ops::cross_entropy_sum(logits, targets, &count), Error);
+  Tensor dl = Tensor::zeros({n, V});
+  EXPECT_THROW(ops::cross_entropy_backward(logits, targets, 1.0f, dl), Error);
+  Tensor x = Tensor::zeros({n, 8 * 128}), cos = Tensor::zeros({16, 64}), sin = Tensor::zeros({16, 64});
+  std::vector<int32_t> pos(n, 0);
+  pos[50] = 16;
+  EXPECT_THROW(ops::rope_(x, 8, pos, cos, sin), InternalError);  // positions are the model's own
+}

@@ -2,6 +2,7 @@
 // File helpers: whole-file reads with clear errors, atomic writes, JSON files.
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 namespace lowrank::io {
 
@@ -12,7 +13,11 @@ std::string read_file(const std::string& path);
 void write_file_atomic(const std::string& path, const std::string& bytes);
 // nlohmann's exception message without its "[json.exception.parse_error.101] " prefix.
 std::string json_error_text(const std::exception& e);
-// Parses a JSON file; throws Error naming the file and the parse position on bad JSON.
+// Parses JSON text; every nlohmann failure (syntax, a number that overflows such as 1E400, bad
+// UTF-8 ...) becomes Error("<where>: invalid JSON[ at byte N]: <reason>"). `where` names the
+// file (and line, for JSONL). Every JSON read of lowrank goes through here.
+nlohmann::json parse_json(std::string_view text, const std::string& where);
+// Parses a JSON file (parse_json of its text).
 nlohmann::json read_json(const std::string& path);
 // Writes `j` (pretty-printed with `indent`; compact if negative) plus a newline, atomically.
 void write_json_atomic(const std::string& path, const nlohmann::json& j, int indent = 2);

@@ -179,6 +179,9 @@ double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& 
   const int64_t n = logits.dim(0), V = logits.dim(1);
   const float* lp = logits.f32();
   float* dp = dlogits.f32();
+  LR_CHECK(static_cast<int64_t>(targets.size()) == n, logits.str(), " vs ", targets.size(), " targets");
+  for (const int32_t t : targets)  // before the parallel loop: exceptions must not leave it
+    if (t != -100 && (t < 0 || t >= V)) throw error("target ", t, " is outside the vocabulary [0, ", V, ")");
   double total = 0;
 #pragma omp parallel for reduction(+ : total) if (n * V > 65536)
   for (int64_t r = 0; r < n; ++r) {

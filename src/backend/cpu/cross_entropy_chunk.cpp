@@ -18,6 +18,10 @@ void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scal
   const float* lp = logits.f32();
   float* dp = dlogits.f32();
   const int32_t* tp = targets.data<int32_t>();
+  // Checked before the parallel loop: an exception must not leave an OpenMP region.
+  for (int64_t r = 0; r < n; ++r)
+    if (tp[r] != -100 && (tp[r] < 0 || tp[r] >= V))
+      throw error("target ", tp[r], " is outside the vocabulary [0, ", V, ")");
   double total = 0;
 #pragma omp parallel for reduction(+ : total) if (n * V > 65536)
   for (int64_t r = 0; r < n; ++r) {
@@ -28,7 +32,6 @@ void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scal
       std::memset(dr, 0, V * sizeof(float));
       continue;
     }
-    LR_CHECK(t >= 0 && t < V, "target ", t, " outside vocabulary ", V);
     float mx = row[0];
     for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
     double sum = 0;

@@ -112,9 +112,11 @@ void rope_(Tensor& x, int64_t heads, const std::vector<int32_t>& pos, const Tens
   const float* cp = cos.f32();
   const float* sp = sin.f32();
   const float sign = inverse ? -1.0f : 1.0f;  // inverse rotation = transpose (for backward)
+  // Checked before the parallel loop: an exception must not leave an OpenMP region.
+  for (int64_t t = 0; t < n; ++t)
+    LR_CHECK(pos[t] >= 0 && pos[t] < cos.dim(0), "position ", pos[t], " beyond rope table ", cos.dim(0));
 #pragma omp parallel for if (n * heads * hd > 32768)
   for (int64_t t = 0; t < n; ++t) {
-    LR_CHECK(pos[t] >= 0 && pos[t] < cos.dim(0), "position ", pos[t], " beyond rope table ", cos.dim(0));
     const float* c = cp + pos[t] * half;
     const float* s = sp + pos[t] * half;
     for (int64_t h = 0; h < heads; ++h) {
@@ -165,6 +167,9 @@ Tensor swiglu(const Tensor& g, const Tensor& u) {
 double cross_entropy_sum(const Tensor& logits, const std::vector<int32_t>& targets, int64_t* count) {
   const int64_t n = logits.dim(0), V = logits.dim(1);
   LR_CHECK(static_cast<int64_t>(targets.size()) == n, logits.str(), " vs ", targets.size(), " targets");
+  // Checked before the parallel loop: an exception must not leave an OpenMP region.
+  for (const int32_t t : targets)
+    if (t != -100 && (t < 0 || t >= V)) throw error("target ", t, " is outside the vocabulary [0, ", V, ")");
   const float* lp = logits.f32();
   double total = 0;
   int64_t counted = 0;
@@ -172,7 +177,6 @@ double cross_entropy_sum(const Tensor& logits, const std::vector<int32_t>& targe
   for (int64_t r = 0; r < n; ++r) {
     const int32_t t = targets[r];
     if (t == -100) continue;
-    LR_CHECK(t >= 0 && t < V, "target ", t, " outside vocabulary ", V);
     const float* row = lp + r * V;
     float mx = row[0];
     for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
