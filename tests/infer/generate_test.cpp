@@ -164,6 +164,21 @@ TEST(GenerateCli, TextPromptStreamsAndChatTemplateApplies) {
   auto builtin = test::run_cli("generate --model " + model +
                                " --prompt Hello --greedy --max-new-tokens 6 --chat --chat-template chatml");
   ASSERT_EQ(builtin.code, 0) << builtin.err;
+  // The built-in chatml template: the same continuation as the chatml prompt rendered by hand and
+  // tokenized without special tokens (the template holds them), given as input_ids.
+  const std::string rendered =
+      d.write("chatml.jsonl", R"({"text": "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"})" "\n");
+  auto ids = test::run_cli("tokenize --tokenizer " + model + " --input " + rendered);
+  ASSERT_EQ(ids.code, 0) << ids.err;
+  const auto ids_json = nlohmann::json::parse(ids.out.substr(0, ids.out.find('\n')));
+  const std::string by_hand_in = d.write("ids.jsonl", "{\"input_ids\": " + ids_json["ids"].dump() + "}\n");
+  ASSERT_EQ(test::run_cli("generate --model " + model + " --input " + by_hand_in + " --output " + d.file("h.jsonl") +
+                          " --greedy --max-new-tokens 6").code, 0);
+  std::vector<nlohmann::json> by_hand;
+  io::for_each_jsonl(d.file("h.jsonl"), [&](int64_t, const nlohmann::json& j) { by_hand.push_back(j); });
+  ASSERT_EQ(by_hand.size(), 1u);
+  EXPECT_EQ(by_hand[0]["text"].get<std::string>() + "\n", builtin.out);
+  EXPECT_NE(builtin.out, plain.out);
   const std::string in = d.write("p.jsonl", "{\"prompt\": \"Hello\"}\n");
   ASSERT_EQ(test::run_cli("generate --model " + model + " --input " + in + " --output " + d.file("o.jsonl") +
                           " --greedy --max-new-tokens 6 --chat").code, 0);
