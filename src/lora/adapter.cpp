@@ -215,26 +215,26 @@ const BiasParam* Adapter::find_bias(int layer, Target t) const {
   return nullptr;
 }
 
+std::vector<AdapterParam> Adapter::parameters() {
+  std::vector<AdapterParam> out;
+  for (auto& p : pairs) {
+    out.push_back({p.module + ".lora_A", &p.A, &p.grad_A, &p.A_work});
+    out.push_back({p.module + ".lora_B", &p.B, &p.grad_B, &p.B_work});
+  }
+  for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr});
+  return out;
+}
+
 int64_t Adapter::parameter_count() const {
   int64_t n = 0;
-  for (const auto& p : pairs) n += p.A.numel() + p.B.numel();
-  for (const auto& b : biases) n += b.value.numel();
+  for (const auto& p : const_cast<Adapter*>(this)->parameters()) n += p.value->numel();
   return n;
 }
 
 void Adapter::to(Device device) {
-  for (auto& p : pairs) {
-    p.A = p.A.to(device);
-    p.B = p.B.to(device);
-    if (p.A_work.defined()) p.A_work = p.A_work.to(device);
-    if (p.B_work.defined()) p.B_work = p.B_work.to(device);
-    if (p.grad_A.defined()) p.grad_A = p.grad_A.to(device);
-    if (p.grad_B.defined()) p.grad_B = p.grad_B.to(device);
-  }
-  for (auto& b : biases) {
-    b.value = b.value.to(device);
-    if (b.grad.defined()) b.grad = b.grad.to(device);
-  }
+  for (auto& p : parameters())
+    for (Tensor* t : {p.value, p.grad, p.working})
+      if (t && t->defined()) *t = t->to(device);
 }
 
 void Adapter::attach_biases(model::Model& model) {
@@ -250,26 +250,12 @@ void Adapter::attach_biases(model::Model& model) {
 }
 
 void Adapter::allocate_grads() {
-  for (auto& p : pairs) {
-    p.grad_A = Tensor::zeros_like(p.A);
-    p.grad_B = Tensor::zeros_like(p.B);
-  }
-  for (auto& b : biases) b.grad = Tensor::zeros_like(b.value);
+  for (auto& p : parameters()) *p.grad = Tensor::zeros_like(*p.value);
 }
 
 void Adapter::make_working_copies(DType dtype) {
-  for (auto& p : pairs) {
-    p.A_work = dtype == p.A.dtype() ? Tensor() : ops::cast(p.A, dtype);
-    p.B_work = dtype == p.B.dtype() ? Tensor() : ops::cast(p.B, dtype);
-  }
-}
-
-void Adapter::zero_grads() {
-  for (auto& p : pairs) {
-    p.grad_A.zero_();
-    p.grad_B.zero_();
-  }
-  for (auto& b : biases) b.grad.zero_();
+  for (auto& p : parameters())
+    if (p.working) *p.working = dtype == p.value->dtype() ? Tensor() : ops::cast(*p.value, dtype);
 }
 
 }  // namespace lowrank::lora

@@ -10,11 +10,8 @@ namespace lowrank::train {
 
 std::vector<ParamRef> lora_params(lora::Adapter& adapter) {
   std::vector<ParamRef> out;
-  for (auto& p : adapter.pairs) {
-    out.push_back({p.module + ".lora_A", p.A, p.grad_A, true, p.A_work});
-    out.push_back({p.module + ".lora_B", p.B, p.grad_B, true, p.B_work});
-  }
-  for (auto& b : adapter.biases) out.push_back({b.module + ".bias", b.value, b.grad, true});
+  for (const auto& p : adapter.parameters())
+    out.push_back({p.name, *p.value, *p.grad, true, p.working ? *p.working : Tensor()});
   return out;
 }
 

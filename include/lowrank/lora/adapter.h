@@ -36,6 +36,16 @@ struct BiasParam {
   Tensor grad;   // [out], while training
 };
 
+// One trainable tensor of an adapter with its gradient and (A and B on the GPU) its working copy.
+// Adapter::parameters() is the one list that device moves, gradients, working copies, counting,
+// the optimizer and checkpoints walk: a new kind of trainable tensor is added there only.
+struct AdapterParam {
+  std::string name;  // unique: "<module>.lora_A", "<module>.lora_B", "<module>.bias"
+  Tensor* value;
+  Tensor* grad;
+  Tensor* working;   // null: this kind of tensor is used as it is (biases)
+};
+
 class Adapter {
  public:
   LoraConfig config;
@@ -61,11 +71,12 @@ class Adapter {
   // Makes the model use this adapter's biases (bias=all / lora_only): the model's Linear.bias
   // then shares the adapter's tensor, so training one trains the other.
   void attach_biases(model::Model& model);
+  // Every trainable tensor: each pair's A then B, in pair order, then the biases.
+  std::vector<AdapterParam> parameters();
   void allocate_grads();   // zero gradients on the adapter's device
   // Keeps `dtype` copies of every A and B for the GEMMs (bf16 on the GPU; nothing for f32).
   void make_working_copies(DType dtype);
-  void to(Device device);  // moves weights (and gradients) to `device`
-  void zero_grads();
+  void to(Device device);  // moves weights (and gradients, working copies) to `device`
 };
 
 // The (layer, Target, Linear) of every linear layer LoRA may adapt in `model` (all-linear's set).
