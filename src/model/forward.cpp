@@ -174,24 +174,36 @@ Tensor Model::logits(const TokenBatch& batch, ProjectionHook* hook) const {
   return project_vocab(hidden_states(batch, hook));
 }
 
-double sequence_nll(const Model& model, const std::vector<int32_t>& ids, int64_t* count, ProjectionHook* hook) {
+double labelled_nll(const Model& model, const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                    int64_t* count, ProjectionHook* hook) {
+  LR_CHECK(targets.size() == ids.size(), ids.size(), " ids with ", targets.size(), " targets");
   *count = 0;
-  if (ids.size() < 2) return 0.0;
+  if (ids.empty()) return 0.0;
   TokenBatch b{ids, 1, static_cast<int64_t>(ids.size())};
   Tensor h = model.hidden_states(b, hook);
-  std::vector<int32_t> targets(ids.begin() + 1, ids.end());
   // Chunk the vocabulary projection so that [T, V] logits never exist at once for long sequences.
   const int64_t chunk = 256;
   double total = 0;
-  for (int64_t r = 0; r + 1 < b.seq; r += chunk) {
-    const int64_t end = std::min<int64_t>(r + chunk, b.seq - 1);
-    Tensor logits = model.project_vocab(h.slice_rows(r, end));
+  for (int64_t r = 0; r < b.seq; r += chunk) {
+    const int64_t end = std::min<int64_t>(r + chunk, b.seq);
     std::vector<int32_t> t(targets.begin() + r, targets.begin() + end);
+    bool any = false;
+    for (int32_t v : t) any = any || v != -100;
+    if (!any) continue;
+    Tensor logits = model.project_vocab(h.slice_rows(r, end));
     int64_t n = 0;
     total += ops::cross_entropy_sum(logits, t, &n);
     *count += n;
   }
   return total;
+}
+
+double sequence_nll(const Model& model, const std::vector<int32_t>& ids, int64_t* count, ProjectionHook* hook) {
+  *count = 0;
+  if (ids.size() < 2) return 0.0;
+  std::vector<int32_t> targets(ids.begin() + 1, ids.end());
+  targets.push_back(-100);  // the last position predicts nothing
+  return labelled_nll(model, ids, targets, count, hook);
 }
 
 }  // namespace lowrank::model

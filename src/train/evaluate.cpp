@@ -41,11 +41,9 @@ EvalResult evaluate_examples(const model::Model& model, const Dataset& data, mod
   double total = 0;
   for (int64_t i = 0; i < data.size(); ++i) {
     const Example& e = data[i];
-    model::TokenBatch b{e.ids, 1, static_cast<int64_t>(e.ids.size())};
-    auto targets = model::shift_labels(e.labels, 1, b.seq);
-    Tensor logits = model.project_vocab(model.hidden_states(b, hook));
+    const auto targets = model::shift_labels(e.labels, 1, static_cast<int64_t>(e.ids.size()));
     int64_t n = 0;
-    total += ops::cross_entropy_sum(logits, targets, &n);
+    total += model::labelled_nll(model, e.ids, targets, &n, hook);  // chunked: no [T, V] logits
     r.tokens += n;
     ++r.sequences;
   }

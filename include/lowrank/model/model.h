@@ -106,5 +106,10 @@ class Model {
 // from positions < t. Returns the sum (double) and sets `count` (= len - 1, or 0).
 double sequence_nll(const Model& model, const std::vector<int32_t>& ids, int64_t* count,
                     ProjectionHook* hook = nullptr);
+// The same for one sequence with its own targets (targets[t]: the id position t must predict,
+// -100 = not scored; the shifted labels of shift_labels). The vocabulary projection runs in chunks
+// of rows, so [len, V] logits never exist at once.
+double labelled_nll(const Model& model, const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
+                    int64_t* count, ProjectionHook* hook = nullptr);
 
 }  // namespace lowrank::model
