@@ -8,7 +8,7 @@
 #include "lowrank/core/rng.h"
 #include "lowrank/core/tensor.h"
 #include "lowrank/lora/config.h"
-#include "lowrank/lora/target.h"
+#include "lowrank/model/target.h"
 #include "lowrank/model/model.h"
 
 namespace lowrank::lora {

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "lowrank/core/tensor.h"
-#include "lowrank/lora/target.h"
+#include "lowrank/model/target.h"
 #include "lowrank/model/config.h"
 #include "lowrank/model/kv_cache.h"
 #include "lowrank/model/rope.h"

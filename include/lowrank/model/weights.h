@@ -7,7 +7,7 @@
 
 #include "lowrank/core/tensor.h"
 #include "lowrank/io/safetensors.h"
-#include "lowrank/lora/target.h"
+#include "lowrank/model/target.h"
 #include "lowrank/model/config.h"
 
 namespace lowrank::model {

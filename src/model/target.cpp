@@ -1,4 +1,4 @@
-#include "lowrank/lora/target.h"
+#include "lowrank/model/target.h"
 
 namespace lowrank {
 

@@ -1,5 +1,6 @@
 #pragma once
-// The projections LoRA can adapt. An enum, not a string: module names are mapped once, at load.
+// The projections of a model (what LoRA can adapt), part of the model description. An enum, not
+// a string: module names are mapped once, at load.
 #include <optional>
 #include <string>
 #include <string_view>
