@@ -209,11 +209,6 @@ const LoraPair* Adapter::find(int layer, Target t) const {
 LoraPair* Adapter::find(int layer, Target t) {
   return const_cast<LoraPair*>(static_cast<const Adapter*>(this)->find(layer, t));
 }
-const BiasParam* Adapter::find_bias(int layer, Target t) const {
-  for (const auto& b : biases)
-    if (b.layer == layer && b.target == t) return &b;
-  return nullptr;
-}
 
 std::vector<AdapterParam> Adapter::parameters() {
   std::vector<AdapterParam> out;

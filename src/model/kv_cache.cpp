@@ -18,11 +18,6 @@ KVCache KVCache::create(const ModelConfig& c, int64_t capacity) {
   return kv;
 }
 
-void KVCache::truncate(int64_t len) {
-  LR_CHECK(len >= 0 && len <= length, "truncate to ", len, " of ", length);
-  length = len;
-}
-
 void KVCache::append(int layer, const Tensor& k_new, const Tensor& v_new) {
   const int64_t n = k_new.dim(0), w = k_new.dim(1);
   LR_CHECK(length + n <= capacity, "KV cache of ", capacity, " positions is full");

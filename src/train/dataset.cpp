@@ -101,9 +101,9 @@ int64_t Dataset::total_tokens() const {
   return n;
 }
 
-Sampler::Sampler(int64_t size, uint64_t seed, bool shuffle) : size_(size), seed_(seed), shuffle_(shuffle) {}
+ExampleOrder::ExampleOrder(int64_t size, uint64_t seed, bool shuffle) : size_(size), seed_(seed), shuffle_(shuffle) {}
 
-int64_t Sampler::index(int64_t n) {
+int64_t ExampleOrder::index(int64_t n) {
   const int64_t epoch = n / size_, pos = n % size_;
   if (!shuffle_) return pos;
   if (epoch != cached_epoch_) {

@@ -191,7 +191,7 @@ TrainSummary run_training(const TrainOptions& o) {
   };
   if (start_step == 0) summary.eval_loss_before = run_eval(0, "before");
 
-  Sampler sampler(data.size(), o.seed);
+  ExampleOrder order(data.size(), o.seed);
   ProgressOptions popt;
   popt.quiet = o.quiet;
   ProgressBar bar(total_steps, popt, start_step);
@@ -206,7 +206,7 @@ TrainSummary run_training(const TrainOptions& o) {
     int64_t drawn = step * per_step;
     for (int64_t k = 0; k < o.grad_accum; ++k) {
       std::vector<int64_t> idx;
-      for (int64_t b = 0; b < o.batch_size; ++b) idx.push_back(sampler.index(drawn++));
+      for (int64_t b = 0; b < o.batch_size; ++b) idx.push_back(order.index(drawn++));
       mbs.push_back(make_micro_batch(data, idx));
     }
     int64_t step_tokens = 0;

@@ -70,8 +70,8 @@ TEST(Dataset, TextTxtAndInputIds) {
   EXPECT_THROW(train::Dataset::load(f.d.write("m.jsonl", R"({"messages": "hi"})" "\n"), f.opts()), Error);
 }
 
-TEST(Dataset, SamplerIsAPermutationPerEpochAndReproducible) {
-  train::Sampler a(10, 5), b(10, 5), c(10, 6);
+TEST(Dataset, ExampleOrderIsAPermutationPerEpochAndReproducible) {
+  train::ExampleOrder a(10, 5), b(10, 5), c(10, 6);
   std::vector<int64_t> first, again, other;
   for (int i = 0; i < 10; ++i) {
     first.push_back(a.index(i));

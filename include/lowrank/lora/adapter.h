@@ -65,7 +65,6 @@ class Adapter {
 
   const LoraPair* find(int layer, Target t) const;
   LoraPair* find(int layer, Target t);
-  const BiasParam* find_bias(int layer, Target t) const;
   std::string bias_key(const BiasParam& b) const;  // PEFT's key for a trained bias
   int64_t parameter_count() const;  // trainable parameters (A, B and biases)
   // Makes the model use this adapter's biases (bias=all / lora_only): the model's Linear.bias

@@ -15,8 +15,6 @@ struct KVCache {
   std::vector<Tensor> v;  // per layer [capacity, KV*hd]
 
   static KVCache create(const ModelConfig& config, int64_t capacity);
-  // Forgets positions >= len (e.g. to reuse a shared prompt prefix).
-  void truncate(int64_t len);
   // Stores rows of k_new/v_new [n, KV*hd] at positions [length, length + n) of `layer`.
   void append(int layer, const Tensor& k_new, const Tensor& v_new);
 };

@@ -57,9 +57,9 @@ struct MicroBatch {
 
 // The order of examples: a fresh permutation per epoch from (seed, epoch), so any position of a
 // run can be recomputed on resume without saving the order.
-class Sampler {
+class ExampleOrder {
  public:
-  Sampler(int64_t dataset_size, uint64_t seed, bool shuffle = true);
+  ExampleOrder(int64_t dataset_size, uint64_t seed, bool shuffle = true);
   // Index of the n-th example drawn since the start of training (epochs follow each other).
   int64_t index(int64_t n);
 
