@@ -1,10 +1,10 @@
 #include "lowrank/lora/config.h"
 
 #include <cmath>
-#include <regex>
 #include <sstream>
 
 #include "lowrank/core/error.h"
+#include "module_regex.h"
 
 namespace lowrank::lora {
 
@@ -13,21 +13,18 @@ bool pattern_matches(const std::string& key, const std::string& path) {
   if (path.size() > key.size() && path.compare(path.size() - key.size(), key.size(), key) == 0 &&
       path[path.size() - key.size() - 1] == '.')
     return true;
-  try {
-    return std::regex_match(path, std::regex("(.*\\.)?(" + key + ")"));
-  } catch (const std::regex_error&) {
-    return false;  // not a regex: plain names were handled above
-  }
+  // PEFT: re.fullmatch(f".*\.{key}$", path) for patterns; a key that is no regex matches only as
+  // a plain name (handled above).
+  return regex_full_match("(.*\\.)?(" + key + ")", path).value_or(false);
 }
 
 bool LoraConfig::targets(const std::string& path) const {
   if (all_linear) return true;  // the caller only asks about linear layers of the blocks
   if (target_regex) {
-    try {
-      return std::regex_match(path, std::regex(*target_regex));
-    } catch (const std::regex_error& e) {
-      throw error("target_modules: invalid regular expression \"", *target_regex, "\": ", e.what());
-    }
+    std::string why;
+    const auto m = regex_full_match(*target_regex, path, &why);
+    if (!m) throw error("target_modules: invalid regular expression \"", *target_regex, "\": ", why);
+    return *m;
   }
   for (const auto& t : target_modules)
     if (path == t || (path.size() > t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0 &&
