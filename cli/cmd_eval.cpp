@@ -8,7 +8,7 @@
 #include "lowrank/model/model.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/progress.h"
-#include "lowrank/train/sequences.h"
+#include "lowrank/train/dataset.h"
 #include "lowrank/train/text_encoder.h"
 
 namespace lowrank::cli {
@@ -28,15 +28,20 @@ int run_eval(const EvalOptions& o) {
   check_device(device, "--device " + o.device);
   model::Model m = model::Model::load(o.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
   lora::AdapterSet adapters(o.adapters, m);
-  train::TextToIds text_to_ids;
-  if (auto enc = train::make_text_encoder(o.model))
-    text_to_ids = [enc](const std::string& t) { return enc->encode(t, true); };
-  auto seqs = train::read_token_sequences(o.data, m.config().vocab_size, text_to_ids);
+  // The same data formats and scoring as train's --eval-data (whole examples, --seq-len windows).
+  const auto encoder = train::make_text_encoder(o.model);
+  train::DatasetOptions dopt;
+  dopt.seq_len = o.seq_len > 0 ? o.seq_len : m.config().max_position_embeddings;  // .txt block size
+  dopt.vocab_size = m.config().vocab_size;
+  dopt.encoder = encoder ? &*encoder : nullptr;
+  dopt.truncate = false;
+  const auto data = train::Dataset::load(o.data, dopt);
   train::ProgressOptions popt;
   popt.label = "sequence";
-  popt.quiet = o.quiet || seqs.size() < 16;  // a bar only for work long enough to watch
-  train::ProgressBar bar(static_cast<int64_t>(seqs.size()), popt);
-  auto r = train::evaluate(m, seqs, adapters.hook(), o.seq_len, [&](int64_t done, int64_t) { bar.update(done); });
+  popt.quiet = o.quiet || data.size() < 16;  // a bar only for work long enough to watch
+  train::ProgressBar bar(data.size(), popt);
+  auto r = train::evaluate_examples(m, data, adapters.hook(), o.seq_len,
+                                    [&](int64_t done, int64_t) { bar.update(done); });
   bar.finish();
   if (o.json) {
     nlohmann::json j{{"loss", r.loss}, {"perplexity", r.perplexity}, {"tokens", r.tokens}};
@@ -53,7 +58,7 @@ RegisterCommand reg{{"eval", "Loss and perplexity of a model (with adapters) on 
                        auto o = std::make_shared<EvalOptions>();
                        app.add_option("--model", o->model, "Hugging Face model folder")->required();
                        app.add_option("--adapter", o->adapters, "Adapter folder, optionally DIR:SCALE (repeatable)");
-                       app.add_option("--data", o->data, "JSONL dataset: {\"input_ids\"} or {\"text\"} per line, one sequence each")->required();
+                       app.add_option("--data", o->data, "Data as train takes it: JSONL ({\"input_ids\", \"labels\"?}, {\"text\"}, {\"prompt\", \"completion\"}, {\"messages\"}; one sequence a line) or .txt")->required();
                        app.add_option("--seq-len", o->seq_len, "Split longer sequences into windows of L tokens")
                            ->check(CLI::PositiveNumber);
                        app.add_flag("--json", o->json, "Print one JSON object");

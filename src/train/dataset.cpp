@@ -81,7 +81,7 @@ Dataset Dataset::load(const std::string& path, const DatasetOptions& o) {
   } else {
     io::for_each_jsonl(path, [&](int64_t, const nlohmann::json& rec) {
       Example e = parse_record(rec, o);
-      if (static_cast<int64_t>(e.ids.size()) > o.seq_len) {
+      if (o.truncate && static_cast<int64_t>(e.ids.size()) > o.seq_len) {
         e.ids.resize(o.seq_len);
         e.labels.resize(o.seq_len);
         ++d.truncated_;
@@ -89,7 +89,7 @@ Dataset Dataset::load(const std::string& path, const DatasetOptions& o) {
       if (e.ids.size() >= 2) d.examples_.push_back(std::move(e));
     });
   }
-  if (d.examples_.empty()) throw error(path, ": no training examples (empty file, or every example shorter than 2 tokens)");
+  if (d.examples_.empty()) throw error(path, ": no examples (empty file, or every example shorter than 2 tokens)");
   if (d.truncated_ > 0)
     log_warn(path, ": ", d.truncated_, " examples longer than --seq-len ", o.seq_len, " were truncated");
   return d;

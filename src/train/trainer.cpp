@@ -86,7 +86,11 @@ TrainSummary run_training(const TrainOptions& o) {
   DatasetOptions dopt{seq_len, cfg.vocab_size, encoder ? &*encoder : nullptr};
   Dataset data = Dataset::load(o.data_path, dopt);
   std::optional<Dataset> eval_data;
-  if (!o.eval_data.empty()) eval_data = Dataset::load(o.eval_data, dopt);
+  if (!o.eval_data.empty()) {  // whole examples, scored in --seq-len windows as `lowrank eval --seq-len` does
+    DatasetOptions eopt = dopt;
+    eopt.truncate = false;
+    eval_data = Dataset::load(o.eval_data, eopt);
+  }
 
   const int64_t per_step = o.batch_size * o.grad_accum;
   const int64_t steps_per_epoch = std::max<int64_t>(1, (data.size() + per_step - 1) / per_step);
@@ -183,7 +187,7 @@ TrainSummary run_training(const TrainOptions& o) {
   auto run_eval = [&](int64_t step, const char* when) -> std::optional<double> {
     if (!eval_data) return std::nullopt;
     if (hook) hook->set_training(false);
-    auto r = evaluate_examples(m, *eval_data, hook ? &*hook : nullptr);
+    auto r = evaluate_examples(m, *eval_data, hook ? &*hook : nullptr, seq_len);
     if (hook) hook->set_training(true, &dropout_rng);
     metrics.write({{"step", step}, {"eval_loss", r.loss}, {"eval_perplexity", r.perplexity}, {"eval_tokens", r.tokens},
                    {"when", when}});

@@ -42,10 +42,10 @@ TEST(EvalCliErrors, BadDataLines) {
   expect_bad_input("eval --model " + model + " --data " + d.write("a.jsonl", "{\"input_ids\": [1, 2]}\nnot json\n"),
                    "a.jsonl:2: invalid JSON");
   expect_bad_input("eval --model " + model + " --data " + d.write("b.jsonl", "{\"ids\": [1, 2]}\n"),
-                   "b.jsonl:1: expected an \"input_ids\" array");
+                   "b.jsonl:1: expected one of \"input_ids\", \"text\"");
   expect_bad_input("eval --model " + model + " --data " + d.write("c.jsonl", "{\"input_ids\": [1, 9999]}\n"),
                    "c.jsonl:1: token id 9999");
-  expect_bad_input("eval --model " + model + " --data " + d.write("e.jsonl", ""), "no sequences");
+  expect_bad_input("eval --model " + model + " --data " + d.write("e.jsonl", ""), "no examples");
   expect_bad_input("eval --model " + model + " --data " + d.file("missing.jsonl"), "missing.jsonl");
   expect_bad_input("eval --model " + model + " --data " + d.write("f.jsonl", "[1, 2]\n"), "f.jsonl:1: expected a JSON object");
 }

@@ -87,7 +87,7 @@ TEST(TrainCli, BadInput) {
   const std::string model = test::model_fixture("llama");
   const std::string common = "train --model " + model + " --out " + d.file("o") + " --steps 1 --quiet";
   expect_train_error(common + " --data " + d.write("bad.jsonl", "{\"input_ids\": [1, 2, 3]}\n{oops\n"), "bad.jsonl:2:");
-  expect_train_error(common + " --data " + d.write("empty.jsonl", "\n"), "no training examples");
+  expect_train_error(common + " --data " + d.write("empty.jsonl", "\n"), "no examples");
   expect_train_error(common + " --data " + d.write("f.jsonl", "{\"ids\": [1]}\n"), "f.jsonl:1:");
   expect_train_error(common + " --data " + model + "/eval.jsonl --targets c_attn", "q_proj");
   expect_train_error(common + " --data " + model + "/eval.jsonl --rank 0", "r must be positive");

@@ -121,15 +121,44 @@ namespace {
 TEST(EvalCli, TextLinesUseTheModelsTokenizer) {
   Fixture f;
   const std::string text = f.d.write("t.jsonl", "{\"text\": \"Hello\"}\n");
-  const std::string ids = f.d.write("i.jsonl", "{\"input_ids\": [72, 101, 108, 108, 111]}\n");
+  const std::string ids = f.d.write("i.jsonl", "{\"input_ids\": [72, 101, 108, 108, 111, 257]}\n");
   auto a = test::run_cli("eval --model " + f.model + " --data " + text + " --json");
   auto b = test::run_cli("eval --model " + f.model + " --data " + ids + " --json");
   ASSERT_EQ(a.code, 0) << a.err;
   ASSERT_EQ(b.code, 0) << b.err;
-  EXPECT_EQ(a.out, b.out) << "byte-level tokenizer without BOS: \"Hello\" is exactly those five ids";
+  EXPECT_EQ(a.out, b.out) << "byte-level tokenizer without BOS: \"Hello\" is those five ids, then EOS (257) as "
+                              "training appends it";
   auto c = test::run_cli("eval --model " + test::model_fixture("llama") + " --data " + text);
   EXPECT_EQ(c.code, 2);
   EXPECT_NE(c.err.find("tokenizer"), std::string::npos) << c.err;
+}
+
+// One scoring path: `lowrank eval --seq-len L` gives train's --eval-data loss (before training) on
+// the same file, for every data format train takes; prompt/completion lines score the completion.
+TEST(EvalCli, EqualsTrainEvalDataOnEveryFormat) {
+  Fixture f;
+  const std::string data = f.d.write(
+      "mixed.jsonl",
+      "{\"text\": \"The quick brown fox jumps over the lazy dog, again and again and again.\"}\n"
+      "{\"prompt\": \"Q: two and two?\\nA:\", \"completion\": \" four\"}\n"
+      "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello there\"}]}\n"
+      "{\"input_ids\": [1, 2, 3, 4, 5, 6, 7, 8], \"labels\": [-100, -100, -100, 4, 5, 6, 7, 8]}\n");
+  auto ev = test::run_cli("eval --model " + f.model + " --data " + data + " --json --seq-len 32");
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  const double eval_loss = nlohmann::json::parse(ev.out)["loss"].get<double>();
+  auto tr = test::run_cli("train --model " + f.model + " --data " + data + " --eval-data " + data + " --out " +
+                          f.d.file("run") + " --steps 1 --seq-len 32 --quiet");
+  ASSERT_EQ(tr.code, 0) << tr.err;
+  auto m = train::read_metrics(f.d.file("run/metrics.jsonl"));
+  ASSERT_TRUE(m.front().contains("eval_loss"));
+  EXPECT_EQ(m.front()["eval_loss"].get<double>(), eval_loss);
+  // The completion alone is scored: scoring the prompt too changes the loss.
+  const std::string whole = f.d.write("whole.jsonl", "{\"text\": \"Q: two and two?\\nA: four\"}\n");
+  const std::string part = f.d.write("part.jsonl", "{\"prompt\": \"Q: two and two?\\nA:\", \"completion\": \" four\"}\n");
+  auto a = test::run_cli("eval --model " + f.model + " --data " + whole + " --json");
+  auto b = test::run_cli("eval --model " + f.model + " --data " + part + " --json");
+  ASSERT_EQ(b.code, 0) << b.err;
+  EXPECT_LT(nlohmann::json::parse(b.out)["tokens"].get<int64_t>(), nlohmann::json::parse(a.out)["tokens"].get<int64_t>());
 }
 
 }  // namespace

@@ -22,9 +22,10 @@ struct TextEncoder {
 };
 
 struct DatasetOptions {
-  int64_t seq_len = 512;       // longer examples are truncated (counted and reported)
+  int64_t seq_len = 512;       // longer examples are truncated (counted and reported); .txt block size
   int64_t vocab_size = 0;      // ids are checked against it
   const TextEncoder* encoder = nullptr;
+  bool truncate = true;        // false: keep whole examples (evaluation scores them in windows)
 };
 
 class Dataset {
