@@ -23,6 +23,8 @@ void for_each_jsonl(const std::string& path, const std::function<void(int64_t, c
       fn(number, value);
     } catch (const Error& e) {
       throw error(path, ":", number, ": ", e.what());
+    } catch (const nlohmann::json::exception& e) {  // a value of another type than the reader needs
+      throw error(path, ":", number, ": ", json_error_text(e));
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 #include "module_regex.h"
 
 namespace lowrank::lora {
@@ -73,7 +74,9 @@ std::vector<std::string> LoraConfig::parse_targets(const std::string& text, bool
   return out;
 }
 
-LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& src) {
+namespace {
+
+LoraConfig parse_lora_config(const nlohmann::json& j, const std::string& src) {
   if (!j.is_object()) throw error(src, ": expected a JSON object");
   LoraConfig c;
   const std::string type = j.value("peft_type", std::string("LORA"));
@@ -136,6 +139,16 @@ LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& src
     c.base_model_name_or_path = j["base_model_name_or_path"].get<std::string>();
   c.validate(src);
   return c;
+}
+
+}  // namespace
+
+LoraConfig LoraConfig::from_json(const nlohmann::json& j, const std::string& src) {
+  try {
+    return parse_lora_config(j, src);
+  } catch (const nlohmann::json::exception& e) {  // a value of another type than the key needs
+    throw error(src, ": ", io::json_error_text(e));
+  }
 }
 
 nlohmann::json LoraConfig::to_json() const {

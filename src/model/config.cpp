@@ -153,7 +153,9 @@ std::string arch_name(Arch a) {
   return "?";
 }
 
-ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
+namespace {
+
+ModelConfig parse_model_config(const json& j, const std::string& src) {
   if (!j.is_object()) throw error(src, ": expected a JSON object");
   ModelConfig c;
   c.arch = parse_arch(j, src);
@@ -249,6 +251,16 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
   for (int64_t w : c.sliding_window)
     if (w < 0) throw error(src, ": \"sliding_window\" must be positive");
   return c;
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& src) {
+  try {
+    return parse_model_config(j, src);
+  } catch (const nlohmann::json::exception& e) {  // a value of another type than the key needs
+    throw error(src, ": ", io::json_error_text(e));
+  }
 }
 
 ModelConfig ModelConfig::load(const std::string& dir) {

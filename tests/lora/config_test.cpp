@@ -44,3 +44,18 @@ TEST(LoraConfig, RankAndAlphaPatternsMatchNamesAndRegexesAtTheEnd) {
   EXPECT_EQ(c.alpha_for("model.layers.0.self_attn.v_proj"), 3.0);
   EXPECT_EQ(c.alpha_for("model.layers.0.self_attn.q_proj"), 16.0);
 }
+
+// A value of another JSON type than the key needs (found by fuzz_configs: "peft_type": true) is
+// an Error naming the file, not nlohmann's type_error.
+TEST(LoraConfig, ValuesOfTheWrongTypeAreErrors) {
+  for (const char* json : {R"({"peft_type": true, "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]})",
+                           R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": [1, 2]})",
+                           R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "rank_pattern": {"q_proj": "x"}})"}) {
+    try {
+      (void)LoraConfig::from_json(nlohmann::json::parse(json), "adapter_config.json");
+      ADD_FAILURE() << "accepted: " << json;
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()).rfind("adapter_config.json: ", 0), 0u) << e.what();
+    }
+  }
+}
