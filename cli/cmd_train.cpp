@@ -1,8 +1,11 @@
 // lowrank train: LoRA (or full) fine-tuning of a model folder on a dataset.
 #include <cstdio>
+#include <map>
+#include <type_traits>
 
 #include "command.h"
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 #include "lowrank/train/trainer.h"
 
 namespace lowrank::cli {
@@ -13,8 +16,27 @@ struct TrainArgs {
   int64_t rank = 8;
   double alpha = 16, dropout = 0.05;
   std::string targets = "q_proj,v_proj", schedule = "cosine", bias = "none", init = "kaiming";
+  std::string rank_pattern, alpha_pattern;  // PEFT's regex-keyed dicts, as JSON objects
   bool rslora = false;
 };
+
+// A JSON object of positive numbers keyed by module names or regexes (PEFT's rank_pattern /
+// alpha_pattern), from a command-line flag; integers only for ranks.
+template <typename T>
+std::map<std::string, T> parse_pattern(const std::string& text, const char* flag) {
+  std::map<std::string, T> out;
+  if (text.empty()) return out;
+  const nlohmann::json j = io::parse_json(text, flag);
+  if (!j.is_object()) throw lowrank::error(flag, ": expected a JSON object such as '{\"q_proj\": 4}'");
+  for (const auto& [key, v] : j.items()) {
+    const bool ok = std::is_integral_v<T> ? v.is_number_integer() : v.is_number();
+    if (!ok || !(v.template get<double>() > 0))
+      throw lowrank::error(flag, ": \"", key, "\" must map to a positive ", std::is_integral_v<T> ? "integer" : "number",
+                           ", got ", v.dump());
+    out[key] = v.template get<T>();
+  }
+  return out;
+}
 
 int run_train(TrainArgs& a) {
   train::TrainOptions& o = a.o;
@@ -23,6 +45,8 @@ int run_train(TrainArgs& a) {
   o.lora.dropout = a.dropout;
   o.lora.use_rslora = a.rslora;
   o.lora.target_modules = lora::LoraConfig::parse_targets(a.targets, &o.lora.all_linear);
+  o.lora.rank_pattern = parse_pattern<int64_t>(a.rank_pattern, "--rank-pattern");
+  o.lora.alpha_pattern = parse_pattern<double>(a.alpha_pattern, "--alpha-pattern");
   if (a.bias == "none") o.lora.bias = lora::BiasMode::None;
   else if (a.bias == "all") o.lora.bias = lora::BiasMode::All;
   else if (a.bias == "lora_only") o.lora.bias = lora::BiasMode::LoraOnly;
@@ -57,6 +81,10 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--targets", a->targets, "Modules to adapt: q_proj,v_proj,... or all-linear")
                            ->capture_default_str();
                        app.add_flag("--rslora", a->rslora, "Rank-stabilised scale alpha / sqrt(r)");
+                       app.add_option("--rank-pattern", a->rank_pattern,
+                                      "Per-module ranks as PEFT's rank_pattern, JSON: '{\"q_proj\": 4, \"layers\\\\.0\\\\..*\": 16}'");
+                       app.add_option("--alpha-pattern", a->alpha_pattern,
+                                      "Per-module alphas as PEFT's alpha_pattern, JSON: '{\"v_proj\": 32}'");
                        app.add_option("--bias", a->bias, "Also train biases: none, all, lora_only")->capture_default_str();
                        app.add_option("--init", a->init, "LoRA A init: kaiming (PEFT default) or gaussian")
                            ->capture_default_str();

@@ -7,6 +7,7 @@
 #include "cli/cli_test_helpers.h"
 #include "io/io_test_helpers.h"
 #include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
 #include "lowrank/train/metrics.h"
 
 using namespace lowrank;
@@ -93,6 +94,9 @@ TEST(TrainCli, BadInput) {
   expect_train_error(common + " --data " + model + "/eval.jsonl --rank 0", "r must be positive");
   expect_train_error(common + " --data " + model + "/eval.jsonl --alpha -1", "lora_alpha must be positive");
   expect_train_error(common + " --data " + model + "/eval.jsonl --schedule wavy", "wavy");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --rank-pattern '{\"q_proj\": 0}'", "--rank-pattern");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --rank-pattern '{\"q_proj\": 2.5}'", "integer");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --alpha-pattern 'q_proj=4'", "--alpha-pattern");
   expect_train_error(common + " --data " + model + "/eval.jsonl --device tpu", "tpu");
   expect_train_error(common + " --data " + d.write("t.jsonl", "{\"text\": \"hello\"}\n"), "tokenizer");
   const std::string file = d.write("not_a_folder", "x");
@@ -101,3 +105,31 @@ TEST(TrainCli, BadInput) {
 }
 
 }  // namespace
+
+// --rank-pattern / --alpha-pattern: PEFT's per-module ranks and alphas, saved in adapter_config.json.
+TEST(TrainCli, RankAndAlphaPatterns) {
+  io::testing::ScratchDir d;
+  const std::string model = test::model_fixture("llama");
+  auto r = test::run_cli("train --model " + model + " --data " + model + "/eval.jsonl --out " + d.file("o") +
+                         " --steps 1 --quiet --targets q_proj,v_proj --rank 8 --alpha 16"
+                         " --rank-pattern '{\"q_proj\": 4}' --alpha-pattern '{\"v_proj\": 32}'");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto cfg = io::read_json(d.file("o/adapter_config.json"));
+  EXPECT_EQ(cfg["rank_pattern"]["q_proj"], 4);
+  EXPECT_EQ(cfg["alpha_pattern"]["v_proj"], 32.0);
+  auto st = io::SafetensorsFile::open(d.file("o/adapter_model.safetensors"));
+  int64_t q = 0, v = 0;
+  for (const auto& t : st.tensors()) {
+    if (t.name.find("q_proj.lora_A") != std::string::npos) {
+      ++q;
+      EXPECT_EQ(t.shape[0], 4) << t.name;
+    }
+    if (t.name.find("v_proj.lora_A") != std::string::npos) {
+      ++v;
+      EXPECT_EQ(t.shape[0], 8) << t.name;
+    }
+  }
+  EXPECT_GT(q, 0);
+  EXPECT_GT(v, 0);
+}
+
