@@ -6,6 +6,7 @@
 #include "lowrank/core/log.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/model/model.h"
+#include "lowrank/tokenizer/chat_template.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/progress.h"
 #include "lowrank/train/dataset.h"
@@ -21,6 +22,7 @@ struct EvalOptions {
   bool json = false;
   bool quiet = false;
   std::string device = "cpu";
+  std::string chat_template;
 };
 
 int run_eval(const EvalOptions& o) {
@@ -29,7 +31,8 @@ int run_eval(const EvalOptions& o) {
   model::Model m = model::Model::load(o.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
   lora::AdapterSet adapters(o.adapters, m);
   // The same data formats and scoring as train's --eval-data (whole examples, --seq-len windows).
-  const auto encoder = train::make_text_encoder(o.model);
+  const auto encoder =
+      train::make_text_encoder(o.model, tok::resolve_chat_template(o.chat_template, adapters.dirs(), o.model));
   train::DatasetOptions dopt;
   dopt.seq_len = o.seq_len > 0 ? o.seq_len : m.config().max_position_embeddings;  // .txt block size
   dopt.vocab_size = m.config().vocab_size;
@@ -62,6 +65,9 @@ RegisterCommand reg{{"eval", "Loss and perplexity of a model (with adapters) on 
                        app.add_option("--seq-len", o->seq_len, "Split longer sequences into windows of L tokens")
                            ->check(CLI::PositiveNumber);
                        app.add_flag("--json", o->json, "Print one JSON object");
+                       app.add_option("--chat-template", o->chat_template,
+                                      "Template for {\"messages\"} data: a built-in or a Jinja file (default: the "
+                                      "first adapter's chat_template.jinja, else the model's)");
                        app.add_flag("--quiet", o->quiet, "No progress bar");
                        app.add_option("--device", o->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
                        return [o] { return run_eval(*o); };

@@ -34,23 +34,16 @@ std::optional<tok::Tokenizer> load_tokenizer(const std::string& dir) {
   return std::nullopt;
 }
 
-// Prompt text -> ids: the chat template (with --chat) or the tokenizer with its special tokens.
+// Prompt text -> ids: the chat template (with --chat: `chat_template`) or the tokenizer with its
+// special tokens.
 std::vector<int32_t> encode_prompt(const GenerateArgs& a, const std::optional<tok::Tokenizer>& tk,
-                                   const std::string& text) {
+                                   const std::optional<std::string>& chat_template, const std::string& text) {
   if (!tk) throw error(a.model, ": no tokenizer.json, so text prompts cannot be encoded (give input_ids)");
   if (!a.chat) return tk->encode(text, true);
   nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", text}}});
-  std::string rendered;
-  if (!a.chat_template.empty()) {
-    auto builtin = tok::builtin_chat_template(a.chat_template);
-    if (!builtin) throw error("--chat-template: unknown template '", a.chat_template,
-                              "' (known: llama3, chatml, llama2, mistral, gemma)");
-    nlohmann::json cfg = tk->config();
-    cfg["chat_template"] = *builtin;
-    rendered = tok::apply_chat_template(cfg, messages, true);
-  } else {
-    rendered = tok::apply_chat_template(tk->config(), messages, true);
-  }
+  nlohmann::json cfg = tk->config();
+  if (chat_template) cfg["chat_template"] = *chat_template;
+  const std::string rendered = tok::apply_chat_template(cfg, messages, true);  // Error naming the built-ins if none
   return tk->encode(rendered, false);  // the template already holds the special tokens
 }
 
@@ -64,6 +57,9 @@ int run_generate(GenerateArgs& a) {
   model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
   lora::AdapterSet adapters(a.adapters, m);
   auto tk = load_tokenizer(a.model);
+  // --chat-template, else the first adapter's chat_template.jinja, else the model folder's.
+  const std::optional<std::string> chat_template =
+      a.chat ? tok::resolve_chat_template(a.chat_template, adapters.dirs(), a.model) : std::nullopt;
   a.gen.eos_ids = infer::model_eos_ids(m.config());
   if (a.gen.eos_ids.empty() && !a.max_new_given)
     throw error(a.model, ": the model declares no eos_token_id (config.json / generation_config.json), so ",
@@ -72,7 +68,7 @@ int run_generate(GenerateArgs& a) {
   infer::Generator gen(m, adapters.hook());
 
   if (a.prompt_given) {
-    auto ids = encode_prompt(a, tk, a.prompt);
+    auto ids = encode_prompt(a, tk, chat_template, a.prompt);
     std::vector<int32_t> out;
     std::string shown;
     gen.generate(ids, a.gen, [&](int32_t id) {  // stream: print what the decoded text gained
@@ -96,7 +92,7 @@ int run_generate(GenerateArgs& a) {
   io::for_each_jsonl(a.input, [&](int64_t, const nlohmann::json& rec) {
     std::vector<int32_t> ids;
     if (rec.contains("input_ids")) ids = train::parse_input_ids(rec, m.config().vocab_size);
-    else if (rec.contains("prompt") && rec["prompt"].is_string()) ids = encode_prompt(a, tk, rec["prompt"].get<std::string>());
+    else if (rec.contains("prompt") && rec["prompt"].is_string()) ids = encode_prompt(a, tk, chat_template, rec["prompt"].get<std::string>());
     else throw error("expected \"prompt\" (a string) or \"input_ids\"");
     auto out = gen.generate(ids, a.gen);
     nlohmann::json o = rec;
@@ -129,7 +125,8 @@ RegisterCommand reg{{"generate", "Generate text with a model and optional adapte
                        app.add_option("--device", a->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
                        app.add_flag("--chat", a->chat, "Format the prompt with the model's chat template");
                        app.add_option("--chat-template", a->chat_template,
-                                      "Built-in template for --chat: llama3, chatml, llama2, mistral, gemma");
+                                      "Template for --chat: a built-in (llama3, chatml, llama2, mistral, gemma, qwen3) "
+                                      "or a Jinja file (default: the first adapter's chat_template.jinja, else the model's)");
                        return [a] { return run_generate(*a); };
                      }}};
 

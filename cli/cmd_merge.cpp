@@ -3,6 +3,7 @@
 
 #include "command.h"
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/lora/merge.h"
 #include "lowrank/model/export.h"
@@ -27,6 +28,10 @@ int run_merge(const MergeOptions& o) {
     eo.dtype = *d;
   }
   model::write_model_folder(m, o.model, o.out, eo);
+  // A chat template trained with the adapter (train --chat-template) goes with the merged model.
+  const std::string tmpl = set.dirs().empty() ? "" : set.dirs().front() + "/chat_template.jinja";
+  if (!tmpl.empty() && io::file_exists(tmpl))
+    io::write_file_atomic(o.out + "/chat_template.jinja", io::read_file(tmpl));
   std::fprintf(stderr, "merged %zu adapter(s) into %s (%s)\n", set.adapters().size(), o.out.c_str(),
                std::string(dtype_name(eo.dtype)).c_str());
   return 0;

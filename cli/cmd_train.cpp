@@ -89,6 +89,9 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--init", a->init, "LoRA A init: kaiming (PEFT default) or gaussian")
                            ->capture_default_str();
                        app.add_flag("--full", o.full, "Train every weight (full fine-tuning) instead of LoRA");
+                       app.add_option("--chat-template", o.chat_template,
+                                      "Template for {\"messages\"} data: a built-in (llama3, chatml, ...) or a Jinja "
+                                      "file; saved as chat_template.jinja with the output");
                        app.add_option("--lr", o.lr, "Peak learning rate")->capture_default_str();
                        auto* steps = app.add_option("--steps", o.steps, "Optimizer steps");
                        app.add_option("--epochs", o.epochs, "Epochs (default 1 when --steps is not given)")->excludes(steps);

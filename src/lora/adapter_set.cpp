@@ -36,6 +36,7 @@ AdapterSet::AdapterSet(const std::vector<std::string>& specs, model::Model& mode
     }
     active.push_back({a.get(), spec.scale});
     scales_.push_back(spec.scale);
+    dirs_.push_back(spec.dir);
     adapters_.push_back(std::move(a));
   }
   if (!active.empty()) hook_.emplace(std::move(active));

@@ -202,4 +202,21 @@ std::optional<std::string> find_chat_template(const std::string& model_dir) {
   return std::nullopt;
 }
 
+std::string chat_template_from_flag(const std::string& value) {
+  if (auto builtin = builtin_chat_template(value)) return *builtin;
+  if (io::file_exists(value))
+    if (auto text = read_text(value)) return *text;
+  std::string names;
+  for (const auto& n : builtin_chat_template_names()) names += (names.empty() ? "" : ", ") + n;
+  throw error("--chat-template: '", value, "' is neither a built-in template (", names, ") nor a readable file");
+}
+
+std::optional<std::string> resolve_chat_template(const std::string& flag, const std::vector<std::string>& adapter_dirs,
+                                                 const std::string& model_dir) {
+  if (!flag.empty()) return chat_template_from_flag(flag);
+  if (!adapter_dirs.empty())
+    if (auto text = read_text(adapter_dirs.front() + "/chat_template.jinja")) return text;
+  return find_chat_template(model_dir);
+}
+
 }  // namespace lowrank::tok

@@ -50,7 +50,8 @@ std::vector<int32_t> encode_conversation(const tok::Tokenizer& tk, const nlohman
 
 }  // namespace
 
-std::optional<TextEncoder> make_text_encoder(const std::string& model_dir) {
+std::optional<TextEncoder> make_text_encoder(const std::string& model_dir,
+                                             const std::optional<std::string>& chat_template) {
   namespace fs = std::filesystem;
   const bool has_json = io::file_exists((fs::path(model_dir) / "tokenizer.json").string());
   const bool has_pair = io::file_exists((fs::path(model_dir) / "vocab.json").string()) &&
@@ -60,7 +61,7 @@ std::optional<TextEncoder> make_text_encoder(const std::string& model_dir) {
   TextEncoder e;
   e.encode = [tokenizer](const std::string& text, bool add_special) { return tokenizer->encode(text, add_special); };
   e.eos_id = tokenizer->eos_id();
-  if (auto tmpl = tok::find_chat_template(model_dir)) {
+  if (auto tmpl = chat_template ? chat_template : tok::find_chat_template(model_dir)) {
     auto config = std::make_shared<nlohmann::json>(tokenizer->config());
     (*config)["chat_template"] = *tmpl;
     e.encode_chat = [tokenizer, config](const nlohmann::json& messages, std::vector<int32_t>* labels) {

@@ -16,6 +16,7 @@
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/model/export.h"
 #include "lowrank/ops/profile.h"
+#include "lowrank/tokenizer/chat_template.h"
 #include "lowrank/train/dataset.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/metrics.h"
@@ -82,7 +83,9 @@ TrainSummary run_training(const TrainOptions& o) {
   model::Model m = model::Model::load(o.model_dir, device, device.is_cuda() ? DType::BF16 : DType::F32);
   const auto& cfg = m.config();
   const int64_t seq_len = cfg.is_gpt2() ? std::min(o.seq_len, cfg.max_position_embeddings) : o.seq_len;
-  auto encoder = make_text_encoder(o.model_dir);
+  const std::optional<std::string> chat_template =
+      o.chat_template.empty() ? std::nullopt : std::optional(tok::chat_template_from_flag(o.chat_template));
+  auto encoder = make_text_encoder(o.model_dir, chat_template);
   DatasetOptions dopt{seq_len, cfg.vocab_size, encoder ? &*encoder : nullptr};
   Dataset data = Dataset::load(o.data_path, dopt);
   std::optional<Dataset> eval_data;
@@ -267,6 +270,8 @@ TrainSummary run_training(const TrainOptions& o) {
     // masters, which the checkpoints keep).
     model::write_model_folder(m, o.model_dir, o.out_dir, {m.weights().embed.dtype()});
   }
+  if (chat_template)  // generate, eval and merge take it from there
+    io::write_file_atomic((fs::path(o.out_dir) / "chat_template.jinja").string(), *chat_template);
   const double loop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   summary.tokens_per_second = tokens_total / std::max(loop_s, 1e-9);

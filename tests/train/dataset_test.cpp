@@ -4,6 +4,8 @@
 
 #include "cli/cli_test_helpers.h"
 #include "io/io_test_helpers.h"
+#include "lowrank/io/files.h"
+#include "lowrank/tokenizer/chat_template.h"
 #include "lowrank/tokenizer/tokenizer.h"
 #include "lowrank/train/dataset.h"
 #include "lowrank/train/metrics.h"
@@ -159,6 +161,46 @@ TEST(EvalCli, EqualsTrainEvalDataOnEveryFormat) {
   auto b = test::run_cli("eval --model " + f.model + " --data " + part + " --json");
   ASSERT_EQ(b.code, 0) << b.err;
   EXPECT_LT(nlohmann::json::parse(b.out)["tokens"].get<int64_t>(), nlohmann::json::parse(a.out)["tokens"].get<int64_t>());
+}
+
+}  // namespace
+
+namespace {
+
+// A base model without a chat template learns a chat format: train --chat-template writes it next
+// to the adapter, and eval, generate and merge then use it from there.
+TEST(ChatTemplateCli, TrainedTemplateTravelsWithTheAdapter) {
+  Fixture f;
+  // The byte model without its template (as a base model would be).
+  auto cfg = io::read_json(f.model + "/tokenizer_config.json");
+  cfg.erase("chat_template");
+  io::write_json_atomic(f.model + "/tokenizer_config.json", cfg);
+  const std::string data = f.d.write(
+      "chat.jsonl", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello\"}]}\n");
+  const std::string common = "train --model " + f.model + " --data " + data + " --steps 1 --quiet --seq-len 64";
+  auto none = test::run_cli(common + " --out " + f.d.file("none"));
+  EXPECT_EQ(none.code, 2);
+  EXPECT_NE(none.err.find("chat template"), std::string::npos) << none.err;
+  auto bad = test::run_cli(common + " --out " + f.d.file("bad") + " --chat-template nope");
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("chatml"), std::string::npos) << bad.err;  // the message lists the built-ins
+  ASSERT_EQ(test::run_cli(common + " --out " + f.d.file("run") + " --chat-template chatml").code, 0);
+  EXPECT_EQ(io::read_file(f.d.file("run/chat_template.jinja")), *tok::builtin_chat_template("chatml"));
+  // eval with the adapter picks its template up; the same loss as naming it.
+  auto e1 = test::run_cli("eval --model " + f.model + " --adapter " + f.d.file("run") + " --data " + data + " --json");
+  auto e2 = test::run_cli("eval --model " + f.model + " --adapter " + f.d.file("run") + " --data " + data +
+                          " --json --chat-template chatml");
+  ASSERT_EQ(e1.code, 0) << e1.err;
+  EXPECT_EQ(e1.out, e2.out);
+  // generate --chat likewise.
+  const std::string gen = "generate --model " + f.model + " --adapter " + f.d.file("run") +
+                          " --prompt hi --greedy --max-new-tokens 4 --chat";
+  auto g1 = test::run_cli(gen), g2 = test::run_cli(gen + " --chat-template chatml");
+  ASSERT_EQ(g1.code, 0) << g1.err;
+  EXPECT_EQ(g1.out, g2.out);
+  // merge carries it into the merged folder.
+  ASSERT_EQ(test::run_cli("merge --model " + f.model + " --adapter " + f.d.file("run") + " --out " + f.d.file("merged")).code, 0);
+  EXPECT_EQ(io::read_file(f.d.file("merged/chat_template.jinja")), *tok::builtin_chat_template("chatml"));
 }
 
 }  // namespace

@@ -24,12 +24,14 @@ class AdapterSet {
   bool empty() const { return adapters_.empty(); }
   const std::vector<std::unique_ptr<Adapter>>& adapters() const { return adapters_; }
   const std::vector<double>& scales() const { return scales_; }
+  const std::vector<std::string>& dirs() const { return dirs_; }  // the adapter folders, in order
   // A hook applying all of them, or nullptr when there are none.
   model::ProjectionHook* hook() { return hook_ ? &*hook_ : nullptr; }
 
  private:
   std::vector<std::unique_ptr<Adapter>> adapters_;
   std::vector<double> scales_;
+  std::vector<std::string> dirs_;
   std::optional<LoraHook> hook_;
 };
 

@@ -74,4 +74,13 @@ std::optional<std::string> find_chat_template(const std::string& model_dir);
 std::optional<std::string> builtin_chat_template(std::string_view name);
 std::vector<std::string> builtin_chat_template_names();
 
+// The template a --chat-template flag names: a built-in name or the path of a Jinja file. Throws
+// Error("--chat-template: ...") listing the built-ins otherwise.
+std::string chat_template_from_flag(const std::string& value);
+// The template to use for a model with adapters, in this order: the --chat-template flag (when
+// not empty), chat_template.jinja in the first adapter folder (written by `train --chat-template`),
+// the model folder's own (find_chat_template). nullopt if there is none.
+std::optional<std::string> resolve_chat_template(const std::string& flag, const std::vector<std::string>& adapter_dirs,
+                                                 const std::string& model_dir);
+
 }  // namespace lowrank::tok

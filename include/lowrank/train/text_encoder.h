@@ -7,7 +7,9 @@
 
 namespace lowrank::train {
 
-// The model folder's tokenizer as a TextEncoder; nullopt when the folder has no tokenizer.
-std::optional<TextEncoder> make_text_encoder(const std::string& model_dir);
+// The model folder's tokenizer as a TextEncoder; nullopt when the folder has no tokenizer. Chat
+// data uses `chat_template` when given (--chat-template, or an adapter's), else the folder's own.
+std::optional<TextEncoder> make_text_encoder(const std::string& model_dir,
+                                             const std::optional<std::string>& chat_template = std::nullopt);
 
 }  // namespace lowrank::train

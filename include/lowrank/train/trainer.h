@@ -30,6 +30,9 @@ struct TrainOptions {
   bool checkpointing = false;  // activation recomputation: less memory, ~1/3 more compute
   bool quiet = false;
   std::string device = "cpu";
+  // --chat-template: a built-in name or a Jinja file for {"messages"} data (a base model has
+  // none); written as chat_template.jinja next to the adapter (or into the --full model folder).
+  std::string chat_template;
 };
 
 struct TrainSummary {
