@@ -25,21 +25,9 @@ std::vector<int32_t> parse_input_ids(const nlohmann::json& record, int64_t vocab
   return ids;
 }
 
-std::vector<std::vector<int32_t>> read_token_sequences(const std::string& path, int64_t vocab_size,
-                                                       const TextToIds& text_to_ids) {
+std::vector<std::vector<int32_t>> read_token_sequences(const std::string& path, int64_t vocab_size) {
   std::vector<std::vector<int32_t>> out;
-  io::for_each_jsonl(path, [&](int64_t, const nlohmann::json& rec) {
-    if (!rec.contains("input_ids") && text_to_ids && rec.contains("text")) {
-      if (!rec["text"].is_string()) throw error("\"text\" must be a string");
-      std::vector<int32_t> ids = text_to_ids(rec["text"].get<std::string>());
-      for (int32_t id : ids)
-        if (id < 0 || id >= vocab_size)
-          throw error("the tokenizer produced id ", id, ", outside the model's vocabulary [0, ", vocab_size, ")");
-      out.push_back(std::move(ids));
-      return;
-    }
-    out.push_back(parse_input_ids(rec, vocab_size));
-  });
+  io::for_each_jsonl(path, [&](int64_t, const nlohmann::json& rec) { out.push_back(parse_input_ids(rec, vocab_size)); });
   if (out.empty()) throw error(path, ": no sequences (the file is empty)");
   return out;
 }
