@@ -9,7 +9,8 @@ transformers computes for a few token sequences, in float64 on the CPU (exact re
 
 Each <out>/<name>/ holds: config.json, model.safetensors, generation_config.json (from
 save_pretrained), eval.jsonl ({"input_ids": [...]} per line), expected.json (per-sequence and
-token-weighted losses, transformers version) and expected_logits.safetensors ("logits.<i>" [T, V],
+token-weighted losses, transformers version; "greedy": 12 greedy tokens after a 6-token prompt) and
+expected_logits.safetensors ("logits.<i>" [T, V],
 float32 of the float64 result; "inv_freq" and "attention_scaling" of the rotary embedding).
 """
 import argparse
@@ -22,8 +23,9 @@ import traceback
 import torch
 import transformers
 from safetensors.torch import save_file
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
-                          MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config,
+                          GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
                           Qwen3ForCausalLM)
 
 
@@ -77,7 +79,43 @@ MODELS = {
              dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, vocab_size=300, activation_function="gelu_new",
                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
              None, [31, 6], torch.float32),
+    # Gemma 2: (1 + w) RMSNorm with post-attention / post-feedforward norms, gated GELU-tanh, √d embedding
+    # scale, query_pre_attn_scalar, attention and final logit soft-capping, sliding window on every
+    # other layer (the window is shorter than the sequences so that it matters).
+    "gemma2": (Gemma2Config, Gemma2ForCausalLM,
+               dict(COMMON_LLAMA, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=24, sliding_window=8,
+                    attn_logit_softcapping=20.0, final_logit_softcapping=15.0, tie_word_embeddings=True,
+                    hidden_activation="gelu_pytorch_tanh", pad_token_id=0, eos_token_id=1, bos_token_id=2),
+               None, [33, 12], torch.float32),
+    # Gemma 3 (text): Gemma 2 without soft-capping, plus q/k norms and a different RoPE theta for the
+    # sliding (local) and full (global) layers.
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM,
+               dict(COMMON_LLAMA, num_hidden_layers=3, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                    layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                    tie_word_embeddings=True, pad_token_id=0, eos_token_id=1, bos_token_id=2),
+               None, [33, 12], torch.float32),
+    # Phi-3: fused qkv_proj and gate_up_proj, partial rotary.
+    "phi3": (Phi3Config, Phi3ForCausalLM,
+             dict(COMMON_LLAMA, partial_rotary_factor=0.5, pad_token_id=0, eos_token_id=2, bos_token_id=1),
+             {"rope_type": "default", "rope_theta": 10000.0}, [30, 9], torch.float32),
+    # Phi-3 with LongRoPE (su): short factors up to original_max_position_embeddings, long beyond
+    # (the first sequence is longer than 32, the second shorter).
+    "phi3_longrope": (Phi3Config, Phi3ForCausalLM,
+                      dict(COMMON_LLAMA, partial_rotary_factor=0.5, pad_token_id=0, eos_token_id=2,
+                           bos_token_id=1, original_max_position_embeddings=32),
+                      {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 32,
+                       "short_factor": [1.0, 1.1, 1.5, 2.0], "long_factor": [1.2, 2.0, 4.0, 8.0]},
+                      [40, 20], torch.float32),
 }
+
+
+def greedy(model, prompt, max_new):
+    """Greedy continuation by full recomputation (no cache: the reference stays simple)."""
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(max_new):
+            ids.append(int(torch.argmax(model(input_ids=torch.tensor([ids])).logits[0, -1]).item()))
+    return ids[len(prompt):]
 
 
 def randomize(model, gen):
@@ -85,7 +123,9 @@ def randomize(model, gen):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1 and ("norm" in name or "ln_" in name):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+                # Gemma's norms scale by (1 + w): keep the effective scale near 1 there too.
+                one = 0.0 if model.config.model_type.startswith("gemma") else 1.0
+                p.copy_(one + 0.2 * torch.randn(p.shape, generator=gen))
             elif p.dim() == 1:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
             elif "embed" in name or "wte" in name or "wpe" in name:
@@ -153,7 +193,9 @@ def make(name, out_root, seed):
             f.write(json.dumps({"input_ids": ids}) + "\n")
     expected = {"model": name, "transformers": transformers.__version__, "torch": torch.__version__,
                 "sequences": per_seq, "loss": total_nll / total_tokens, "tokens": total_tokens,
-                "perplexity": math.exp(total_nll / total_tokens)}
+                "perplexity": math.exp(total_nll / total_tokens),
+                # 12 greedy tokens after the first sequence's first 6 (no end-of-sequence stop)
+                "greedy": {"prompt": seqs[0][:6], "output_ids": greedy(ref, seqs[0][:6], 12)}}
     with open(os.path.join(out, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
     print(f"{name}: loss {expected['loss']:.6f} over {total_tokens} tokens, "

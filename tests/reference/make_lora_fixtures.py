@@ -10,9 +10,14 @@ computed in float64 on the CPU. Per case, <out>/<case>/ holds:
   labels, -100 = ignored), expected.json (loss on the batch, token-weighted eval loss of the adapted
   model over the base model's eval.jsonl), grads.safetensors (gradient of every trainable
   parameter, keyed like the adapter file; "full" case: keyed like the model file).
-Special cases: llama_train10 (10 AdamW steps: initial/ adapter, per-step loss, lr and gradient
-norm, final.safetensors) and generate (greedy continuations: base, one adapter, two adapters with
-scales 1.0 and 0.5).
+Special cases: llama_train10 and llama_dora_train10 (10 AdamW steps: initial/ adapter, per-step
+loss, lr and gradient norm, final.safetensors), generate (greedy continuations: base, one adapter,
+two adapters with scales 1.0 and 0.5) and llama_pissa / llama_olora (initial/ adapter as PEFT
+initialised it, residual.safetensors: the base weights it trains on, keyed "<module>.weight", and
+the originals, "<module>.weight.original"; trained/: initial + a fixed perturbation; converted/:
+trained saved with path_initial_model_for_weight_conversion, for the original base; expected.json:
+eval losses of trained-on-residual and converted-on-original).
+`--only CASE...` makes some cases only.
 """
 import argparse
 import json
@@ -127,14 +132,15 @@ def full_case(args, seed):
     print(f"llama_full: loss {loss.item():.6f}")
 
 
-def train_case(args, seed, steps=10):
+def train_case(args, seed, steps=10, case="llama_train10", use_dora=False):
     """10 steps of AdamW + warmup/cosine + clipping, as lowrank train does them."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = load_base(args.models, "llama")
-    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", use_dora=use_dora,
+                     task_type="CAUSAL_LM")
     pm = get_peft_model(model, cfg)  # PEFT default init: kaiming-uniform A, zero B
-    out = os.path.join(args.out, "llama_train10")
+    out = os.path.join(args.out, case)
     os.makedirs(out, exist_ok=True)
     save_adapter(pm, os.path.join(out, "initial"))
     pm = pm.double()
@@ -160,9 +166,54 @@ def train_case(args, seed, steps=10):
     final = {clean_name(n): p.detach().float().contiguous() for n, p in pm.named_parameters() if p.requires_grad}
     save_file(final, os.path.join(out, "final.safetensors"))
     write_json(os.path.join(out, "batches.json"), batches)
-    write_json(os.path.join(out, "expected.json"), {"case": "llama_train10", "base": "llama", "hparams": hp,
-                                                    "log": log})
-    print("llama_train10: " + " ".join(f"{e['loss']:.4f}" for e in log))
+    write_json(os.path.join(out, "expected.json"), {"case": case, "base": "llama", "hparams": hp, "log": log})
+    print(f"{case}: " + " ".join(f"{e['loss']:.4f}" for e in log))
+
+
+def init_case(args, case, base, init, seed):
+    """PiSSA / OLoRA: PEFT's initial adapter, the residual base weights it trains on, and the adapter
+    converted after training (path_initial_model_for_weight_conversion) so that it applies to the
+    original base model; "training" here is a fixed perturbation of A and B."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = load_base(args.models, base)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"],
+                     init_lora_weights=init, task_type="CAUSAL_LM")
+    pm = get_peft_model(model, cfg)
+    out = os.path.join(args.out, case)
+    os.makedirs(out, exist_ok=True)
+    # As PEFT's docs: save the initial adapter with init_lora_weights=True so loading it does not re-run the SVD.
+    pm.peft_config["default"].init_lora_weights = True
+    save_adapter(pm, os.path.join(out, "initial"))
+    residual = {}
+    for name, mod in pm.named_modules():
+        if isinstance(mod, BaseTunerLayer) and hasattr(mod, "base_layer"):
+            key = name.replace("base_model.model.", "", 1) + ".weight"
+            residual[key] = mod.base_layer.weight.detach().float().contiguous()
+            residual[key + ".original"] = original[key].float().contiguous()
+    save_file(residual, os.path.join(out, "residual.safetensors"))
+    with torch.no_grad():  # stands in for training
+        for n, p in pm.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    save_adapter(pm, os.path.join(out, "trained"))
+    tmp = os.path.join(out, "converted.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pm.save_pretrained(tmp, path_initial_model_for_weight_conversion=os.path.join(out, "initial"))
+    shutil.rmtree(os.path.join(out, "converted"), ignore_errors=True)
+    os.replace(tmp, os.path.join(out, "converted"))
+    pm = pm.double().eval()
+    expected = {"case": case, "base": base, "init": init,
+                "eval_loss_trained": eval_loss(pm, read_eval(args.models, base)),
+                "peft": peft.__version__, "transformers": transformers.__version__}
+    # The converted adapter on the untouched base model gives the same model as the trained one on the residual.
+    fresh = load_base(args.models, base, torch.float64)
+    from peft import PeftModel
+    conv = PeftModel.from_pretrained(fresh, os.path.join(out, "converted")).double().eval()
+    expected["eval_loss_converted"] = eval_loss(conv, read_eval(args.models, base))
+    write_json(os.path.join(out, "expected.json"), expected)
+    print(f"{case}: eval trained {expected['eval_loss_trained']:.6f} converted {expected['eval_loss_converted']:.6f}")
 
 
 def greedy(model, prompt, max_new, eos_ids):
@@ -247,6 +298,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--only", nargs="*", help="case names (default: all)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     cases = [
@@ -271,7 +323,31 @@ def main():
         ("llama_full", lambda: full_case(args, seed=6)),
         ("llama_train10", lambda: train_case(args, seed=7)),
         ("generate", lambda: generate_case(args, seed=8)),
+        # Model families (issue: Gemma 2, Gemma 3, Phi-3; Phi-3's fused qkv_proj / gate_up_proj are one module each)
+        *[(f"{base}_all_linear", (lambda base=base, seed=seed: lora_case(
+            args, f"{base}_all_linear", base, LoraConfig(
+                r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False,
+                task_type="CAUSAL_LM"), seed=seed)))
+          for base, seed in (("gemma2", 9), ("gemma3", 10), ("phi3", 11))],
+        # Variants: DoRA, embedding and lm_head LoRA, PiSSA / OLoRA
+        ("llama_dora", lambda: lora_case(args, "llama_dora", "llama", LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", use_dora=True,
+            init_lora_weights=False, task_type="CAUSAL_LM"), seed=12)),
+        ("llama_dora_train10", lambda: train_case(args, seed=13, case="llama_dora_train10", use_dora=True)),
+        ("llama_embed_lm_head", lambda: lora_case(args, "llama_embed_lm_head", "llama", LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["embed_tokens", "lm_head", "q_proj", "v_proj"],
+            init_lora_weights=False, task_type="CAUSAL_LM"), seed=14)),
+        ("qwen2_tied_embed", lambda: lora_case(args, "qwen2_tied_embed", "qwen2", LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["embed_tokens", "q_proj"],
+            init_lora_weights=False, task_type="CAUSAL_LM"), seed=15)),
+        ("llama_pissa", lambda: init_case(args, "llama_pissa", "llama", "pissa", seed=16)),
+        ("llama_olora", lambda: init_case(args, "llama_olora", "llama", "olora", seed=17)),
     ]
+    if args.only:
+        unknown = set(args.only) - {name for name, _ in cases}
+        if unknown:
+            raise SystemExit(f"unknown cases: {sorted(unknown)}")
+        cases = [(name, run) for name, run in cases if name in args.only]
     failed = []
     for name, run in cases:
         try:
