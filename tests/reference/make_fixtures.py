@@ -129,7 +129,11 @@ def randomize(model, gen):
             elif p.dim() == 1:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
             elif "embed" in name or "wte" in name or "wpe" in name:
-                p.copy_(0.5 * torch.randn(p.shape, generator=gen))
+                # Gemma multiplies embeddings by √d: without a smaller scale the tied lm_head only
+                # echoes the input token back.
+                gemma = model.config.model_type.startswith("gemma")
+                p.copy_((0.5 / math.sqrt(model.config.hidden_size) if gemma else 0.5) *
+                        torch.randn(p.shape, generator=gen))
             else:
                 # GPT-2 Conv1D stores [in, out]; nn.Linear stores [out, in].
                 fan_in = p.shape[0] if "transformer.h" in name else p.shape[1]
