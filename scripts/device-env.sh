@@ -4,6 +4,13 @@
 # optional) and, only when the loader misses one, the packed host libraries (unpacked once).
 #   . scripts/device-env.sh [PACK_DIR (default .devrun/cuda-build)]
 lowrank_pack=${1:-.devrun/cuda-build}
+lowrank_unxz() {  # FILE.xz DEST (the box may lack the xz tool; Python's lzma always works)
+  if command -v xz >/dev/null; then xz -dc "$1" > "$2"
+  else python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$1" "$2"; fi
+}
+for z in "$lowrank_pack"/bin/*.xz; do  # the packed binaries, unpacked once
+  [ -e "$z" ] && [ ! -x "${z%.xz}" ] && lowrank_unxz "$z" "${z%.xz}" && chmod +x "${z%.xz}"
+done
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 lowrank_cudnn=$(python3 -c 'import nvidia.cudnn as m, os; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
 if [ -n "$lowrank_cudnn" ] && [ -d "$lowrank_cudnn" ]; then
@@ -15,8 +22,7 @@ if ldd "$lowrank_pack/bin/lowrank_tests" 2>/dev/null | grep -q "not found"; then
   for z in "$lowrank_pack"/lib/*.xz; do
     [ -e "$z" ] || continue
     dst="$lowrank_libs/$(basename "$z" .xz)"
-    if command -v xz >/dev/null; then xz -dc "$z" > "$dst"
-    else python3 -c 'import lzma,sys; open(sys.argv[2],"wb").write(lzma.open(sys.argv[1]).read())' "$z" "$dst"; fi
+    lowrank_unxz "$z" "$dst"
   done
   export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$lowrank_libs"
   echo "== using packed host libraries: $(ls "$lowrank_libs" | tr '\n' ' ')" >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run HERE (the build machine): builds lowrank with the CUDA backend for Hopper (sm_90 + PTX) and
 # packs what the GPU box needs into .devrun/cuda-build (gitignored, kept well under 60 MB):
-#   bin/  lowrank, lowrank_tests, bench_cuda_ops, bench_train_gpu, bench_cpu_infer (stripped)
+#   bin/  lowrank, lowrank_tests, bench_cuda_ops, bench_train_gpu, bench_cpu_infer (stripped,
+#         xz-compressed; scripts/device-env.sh unpacks them on the box)
 #   lib/  xz-compressed host libraries the box may lack (OpenBLAS and its Fortran runtime, PCRE2,
 #         ...); scripts/device-test.sh unpacks them only when the loader cannot find them.
 #   MANIFEST  commit, compiler versions, sizes
@@ -24,9 +25,10 @@ mkdir -p "$out/bin" "$out/lib"
 for f in "$build/lowrank" "$build/tests/lowrank_tests" "$build/bench/bench_cuda_ops" "$build/bench/bench_train_gpu" "$build/bench/bench_cpu_infer"; do
   cp "$f" "$out/bin/"
   strip --strip-unneeded "$out/bin/$(basename "$f")"  # host symbols only; device code is kept
+  xz -6 -T0 "$out/bin/$(basename "$f")"  # the device tool carries 64 MiB with the tree: unpacked by device-env.sh
 done
 # Host libraries that are neither glibc/libstdc++ (newer on the box) nor CUDA's (the box's own).
-ldd "$out/bin/lowrank_tests" "$out/bin/lowrank" | awk '/=> \// {print $3}' | sort -u |
+ldd "$build/tests/lowrank_tests" "$build/lowrank" | awk '/=> \// {print $3}' | sort -u |
   grep -v -E '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux[^/]*|libcuda|libcudart|libcublas|libcublasLt)\.so' |
   while read -r lib; do
     xz -9 -T1 -c "$(readlink -f "$lib")" > "$out/lib/$(basename "$lib").xz"

@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 --prebuilt DIR [--filter F] [--bench] [--sanitize] [--all]" >&2; exit 2 ;;
   esac
 done
+[ -n "$prebuilt" ] && . scripts/device-env.sh "$prebuilt"  # unpacks the binaries, sets the library path
 [ -n "$prebuilt" ] && [ -x "$prebuilt/bin/lowrank_tests" ] || {
   echo "error: --prebuilt DIR must hold bin/lowrank_tests (run scripts/device-pack.sh first)" >&2
   exit 2
@@ -39,7 +40,6 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used,clocks
 [ -f "$prebuilt/MANIFEST" ] && { echo "== pack"; cat "$prebuilt/MANIFEST"; }
 
 export LOWRANK_SOURCE_DIR="$PWD"  # fixtures are read from this checkout, not the build machine's
-. scripts/device-env.sh "$prebuilt"
 if ldd "$bin/lowrank_tests" | grep "not found"; then
   echo "error: libraries still missing (above)" >&2
   exit 1

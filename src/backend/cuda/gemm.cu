@@ -5,11 +5,20 @@
 // being rounded to a bf16 copy first (LoRA's f32 A/B against bf16 activations: a copy of r·in
 // elements, cheap next to the GEMM). The output (y) may be f32 or bf16 either way; beta = 1 adds
 // into it (LoRA's expand accumulated into the base output).
+// Algorithms: the first time a problem is seen, the heuristic's best few candidates are timed on
+// the real operands (into a scratch output) and the fastest is kept for the process: for LoRA's
+// skinny shapes (r = 16 rows or a K = tokens reduction) the heuristic's first choice is often far
+// from the best. LOWRANK_GEMM_AUTOTUNE=0 keeps the heuristic's first choice (run-to-run bitwise
+// reproducible, as autotuning picks by timing).
 #include <cublasLt.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <vector>
 
 #include "common.cuh"
 #include "context.h"
@@ -55,15 +64,70 @@ struct PlanKey {
   bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
 };
 
-// Descriptors and the heuristic's algorithm for one problem, kept for the process: a training
-// step repeats the same few dozen shapes, and the heuristic query costs more than a small GEMM.
+// Descriptors and the chosen algorithm for one problem, kept for the process: a training step
+// repeats the same few dozen shapes, and choosing costs more than a small GEMM.
 struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
 };
 
-Plan make_plan(const PlanKey& k, DeviceContext& ctx) {
+// The operands of the first call of a problem, for timing the candidate algorithms.
+struct Operands {
+  const void* A;
+  const void* B;
+  float alpha, beta;
+};
+
+bool autotune_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("LOWRANK_GEMM_AUTOTUNE");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// Mean time of `reps` runs of one candidate into `scratch` (ms); +inf when it fails to run.
+float time_algo(DeviceContext& ctx, const Plan& p, const cublasLtMatmulAlgo_t& algo, const Operands& o,
+                void* scratch, cudaEvent_t start, cudaEvent_t stop) {
+  constexpr int reps = 3;
+  auto run = [&] {
+    return cublasLtMatmul(ctx.lt, p.op, &o.alpha, o.A, p.a, o.B, p.b, &o.beta, scratch, p.c, scratch, p.c, &algo,
+                          ctx.workspace, ctx.workspace_bytes, ctx.stream);
+  };
+  if (run() != CUBLAS_STATUS_SUCCESS) return 1e30f;  // warm-up (and a check that it runs)
+  LR_CUDA(cudaEventRecord(start, ctx.stream));
+  for (int i = 0; i < reps; ++i) run();
+  LR_CUDA(cudaEventRecord(stop, ctx.stream));
+  LR_CUDA(cudaEventSynchronize(stop));
+  float ms = 0;
+  LR_CUDA(cudaEventElapsedTime(&ms, start, stop));
+  return ms / reps;
+}
+
+// Index of the fastest of `results` on the operands, timed into a scratch output of the problem's size.
+int fastest(DeviceContext& ctx, const PlanKey& k, const Plan& p, const cublasLtMatmulHeuristicResult_t* results,
+            int found, const Operands& o) {
+  const size_t elem = k.out == CUDA_R_32F ? 4 : 2;
+  void* scratch = nullptr;
+  LR_CUDA(cudaMallocAsync(&scratch, static_cast<size_t>(k.ldc) * k.n * elem, ctx.stream));
+  LR_CUDA(cudaMemsetAsync(scratch, 0, static_cast<size_t>(k.ldc) * k.n * elem, ctx.stream));
+  cudaEvent_t start, stop;
+  LR_CUDA(cudaEventCreate(&start));
+  LR_CUDA(cudaEventCreate(&stop));
+  int best = 0;
+  float best_ms = 1e30f;
+  for (int i = 0; i < found; ++i) {
+    const float ms = time_algo(ctx, p, results[i].algo, o, scratch, start, stop);
+    if (ms < best_ms) best_ms = ms, best = i;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  LR_CUDA(cudaFreeAsync(scratch, ctx.stream));
+  return best;
+}
+
+Plan make_plan(const PlanKey& k, DeviceContext& ctx, const Operands& operands) {
   Plan p;
   lt_check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "MatmulDescCreate");
   const cublasOperation_t ta = k.ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb = k.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
@@ -80,24 +144,25 @@ Plan make_plan(const PlanKey& k, DeviceContext& ctx) {
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k.align_b, 4);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k.align_c, 4);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k.align_c, 4);
-  cublasLtMatmulHeuristicResult_t result{};
+  constexpr int kCandidates = 8;
+  cublasLtMatmulHeuristicResult_t results[kCandidates]{};
   int found = 0;
-  const cublasStatus_t st =
-      cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+  const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.op, p.a, p.b, p.c, p.c, pref,
+                                                           autotune_enabled() ? kCandidates : 1, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0)
     throw InternalError(detail::concat("cuBLASLt has no algorithm for a ", k.m, "x", k.n, "x", k.k,
                                        " GEMM (status ", int(st), ")"));
-  p.algo = result.algo;
+  p.algo = results[found > 1 ? fastest(ctx, k, p, results, found, operands) : 0].algo;
   return p;
 }
 
-const Plan& plan_for(const PlanKey& key, DeviceContext& ctx) {
+const Plan& plan_for(const PlanKey& key, DeviceContext& ctx, const Operands& operands) {
   static std::mutex mutex;
   static auto* plans = new std::map<PlanKey, Plan>();  // leaked: lives as long as the handles
   std::lock_guard<std::mutex> lock(mutex);
   auto it = plans->find(key);
-  if (it == plans->end()) it = plans->emplace(key, make_plan(key, ctx)).first;
+  if (it == plans->end()) it = plans->emplace(key, make_plan(key, ctx, operands)).first;
   return it->second;
 }
 
@@ -107,7 +172,7 @@ void lt_matmul(Device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, co
   DeviceContext& ctx = context(dev);
   const PlanKey key{dev.index, ta, tb, m, n, k, lda, ldb, ldc, cuda_type(in), cuda_type(out),
                     alignment(A), alignment(B), alignment(C)};
-  const Plan& p = plan_for(key, ctx);
+  const Plan& p = plan_for(key, ctx, Operands{A, B, alpha, beta});
   lt_check(cublasLtMatmul(ctx.lt, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo, ctx.workspace,
                           ctx.workspace_bytes, ctx.stream),
            "Matmul");
