@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Run ON the GPU box (repository root, carrying .devrun/cuda-build from scripts/device-pack.sh):
 # the user's path at a benchmark shape. transformers writes a random-init model folder shaped like
-# bench_train_gpu's (Qwen2.5-0.5B or Llama-3.2-1B), then `lowrank train --device cuda` trains LoRA
-# r=16 on random token ids with the bench's batch; tokens/s (mean of the steps after the first 3,
-# from metrics.jsonl) is printed next to bench_train_gpu's number for the same configuration.
-#   bench/train_cli_gpu.sh [qwen0.5b|llama1b] [all-linear|q_proj,v_proj] [STEPS (default 12)]
+# bench_train_gpu's (Qwen2.5-0.5B, Llama-3.2-1B or Llama-3-8B), then `lowrank train` trains LoRA
+# r=16 on random token ids with the bench's batch per GPU, once per device list (one GPU:
+# --device; several: --devices, data parallel, the global batch growing with the GPUs); tokens/s
+# (mean of the steps after the first 3, from metrics.jsonl) goes out as one RESULT line per run.
+#   bench/train_cli_gpu.sh [qwen0.5b|llama1b|llama8b] [all-linear|q_proj,v_proj] [STEPS (default 12)]
+#                          [DEVICE LISTS (default "cuda:0"; e.g. "cuda:0 cuda:0,cuda:1")]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shape=${1:-qwen0.5b} targets=${2:-all-linear} steps=${3:-12}
+shape=${1:-qwen0.5b} targets=${2:-all-linear} steps=${3:-12} device_lists=${4:-cuda:0}
 bin=.devrun/cuda-build/bin
 . scripts/device-env.sh
 work=$(mktemp -d)
@@ -30,17 +32,26 @@ with torch.device("cuda"):
 model.save_pretrained(work + "/model")
 g = torch.Generator().manual_seed(1)
 with open(work + "/data.jsonl", "w") as f:
+    seq = 2048 if shape == "llama8b" else 1024
     for _ in range(256):
-        f.write(json.dumps({"input_ids": torch.randint(0, cfg.vocab_size, (1024,), generator=g).tolist()}) + "\n")
+        f.write(json.dumps({"input_ids": torch.randint(0, cfg.vocab_size, (seq,), generator=g).tolist()}) + "\n")
 PY
-"$bin/lowrank" train --model "$work/model" --data "$work/data.jsonl" --out "$work/out" --device cuda \
-  --steps "$steps" --batch-size 8 --seq-len 1024 --targets "$targets" --rank 16 --alpha 32 --dropout 0 --warmup 0
-python3 - "$work/out/metrics.jsonl" "$shape" "$targets" <<'PY'
+batch=8 seq=1024
+[ "$shape" = llama8b ] && batch=4 seq=2048
+for devices in $device_lists; do
+  gpus=$(echo "$devices" | tr ',' '\n' | wc -l)
+  if [ "$gpus" = 1 ]; then flag=(--device "$devices"); else flag=(--devices "$devices"); fi
+  rm -rf "$work/out"
+  "$bin/lowrank" train --model "$work/model" --data "$work/data.jsonl" --out "$work/out" "${flag[@]}" \
+    --steps "$steps" --batch-size $((batch * gpus)) --seq-len "$seq" --targets "$targets" --rank 16 --alpha 32 \
+    --dropout 0 --warmup 0
+  python3 - "$work/out/metrics.jsonl" "$shape" "$targets" "$gpus" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_second"' in l]
 late = rows[3:] or rows
 tps = sum(r["tokens"] for r in late) / sum(r["tokens"] / r["tokens_per_second"] for r in late)
 print("RESULT " + json.dumps({"engine": "lowrank-cli", "model": sys.argv[2], "targets": sys.argv[3],
-                              "tokens_per_s": tps, "steps": len(rows)}))
+                              "gpus": int(sys.argv[4]), "split": False, "tokens_per_s": tps, "steps": len(rows)}))
 PY
+done
 rm -rf "$work"

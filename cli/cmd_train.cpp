@@ -104,7 +104,12 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--max-grad-norm", o.max_grad_norm, "Global gradient-norm clip (0: off)")
                            ->capture_default_str();
                        app.add_option("--seed", o.seed, "Seed for init, shuffling and dropout")->capture_default_str();
-                       app.add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str();
+                       auto* device = app.add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str();
+                       app.add_option("--devices", o.devices,
+                                      "Data parallel, one rank per device: cuda:0,cuda:1,... (NCCL) or cpu,cpu "
+                                      "(threads); --batch-size is the global batch")
+                           ->delimiter(',')
+                           ->excludes(device);
                        app.add_option("--save-every", o.save_every, "Checkpoint every N steps");
                        app.add_option("--eval-every", o.eval_every, "Evaluate --eval-data every N steps");
                        app.add_flag("--resume", o.resume, "Continue from the newest checkpoint in --out");

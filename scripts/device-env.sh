@@ -17,6 +17,12 @@ if [ -n "$lowrank_cudnn" ] && [ -d "$lowrank_cudnn" ]; then
   export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$lowrank_cudnn"
   echo "== cuDNN: $lowrank_cudnn" >&2
 fi
+# NCCL (multi-GPU training dlopens libnccl.so.2): the toolkit's, else the pip wheel's folder.
+if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2 && [ ! -e /usr/local/cuda/lib64/libnccl.so.2 ]; then
+  lowrank_nccl=$(python3 -c 'import nvidia.nccl as m, os; print(os.path.join(list(m.__path__)[0], "lib"))' 2>/dev/null)
+  [ -n "$lowrank_nccl" ] && [ -d "$lowrank_nccl" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$lowrank_nccl" &&
+    echo "== NCCL: $lowrank_nccl" >&2
+fi
 if ldd "$lowrank_pack/bin/lowrank_tests" 2>/dev/null | grep -q "not found"; then
   lowrank_libs=$(mktemp -d)
   for z in "$lowrank_pack"/lib/*.xz; do

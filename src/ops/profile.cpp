@@ -39,8 +39,9 @@ struct State {
   bool sticky = false;
 };
 
+// Per thread: a data-parallel run profiles rank 0, whose ops run on the thread that began the step.
 State& state() {
-  static State s;
+  thread_local State s;
   return s;
 }
 

@@ -32,29 +32,30 @@ std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grad
   return out;
 }
 
-StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, double lr) {
-  StepResult r;
-  int64_t counted = 0;
-  for (const auto& mb : micro_batches) counted += mb.counted;
+void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted, Tensor& nll) {
   {
     const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
     std::vector<Tensor> grads;
     for (const auto& p : *ctx.params) grads.push_back(p.grad);
     ops::zero_all_(grads);
   }
+  nll = Tensor::zeros({1}, DType::F64, ctx.model->device());  // stays on the device: one read per step
+  if (counted == 0) return;
+  for (const auto& mb : micro_batches)
+    model::forward_backward(*ctx.model, mb.tokens, mb.targets, 1.0f / static_cast<float>(counted), ctx.hook,
+                            ctx.full_grads, ctx.checkpointing, &nll);
+}
+
+StepResult apply_gradients(StepContext& ctx, const Tensor& nll, int64_t counted, double lr) {
+  StepResult r;
+  r.tokens = counted;
   if (counted == 0) {
     r.skipped = true;
     return r;
   }
-  // The NLL stays on the device until every micro-batch is done: one read per step.
-  Tensor nll = Tensor::zeros({1}, DType::F64, ctx.model->device());
-  for (const auto& mb : micro_batches)
-    model::forward_backward(*ctx.model, mb.tokens, mb.targets, 1.0f / static_cast<float>(counted), ctx.hook,
-                            ctx.full_grads, ctx.checkpointing, &nll);
   const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
   // One reduction (on the gradients' device) gives the norm; NaN/Inf anywhere makes it non-finite.
   r.grad_norm = ctx.max_grad_norm > 0 ? clip_grad_norm(*ctx.params, ctx.max_grad_norm) : global_grad_norm(*ctx.params);
-  r.tokens = counted;
   r.loss = nll.to(Device::cpu()).data<double>()[0] / counted;
   if (!std::isfinite(r.grad_norm) || !std::isfinite(r.loss)) {
     r.skipped = true;
@@ -62,6 +63,19 @@ StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_bat
   }
   ctx.optimizer->step(*ctx.params, lr);
   return r;
+}
+
+int64_t counted_targets(const std::vector<MicroBatch>& micro_batches) {
+  int64_t counted = 0;
+  for (const auto& mb : micro_batches) counted += mb.counted;
+  return counted;
+}
+
+StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, double lr) {
+  const int64_t counted = counted_targets(micro_batches);
+  Tensor nll;
+  accumulate_gradients(ctx, micro_batches, counted, nll);
+  return apply_gradients(ctx, nll, counted, lr);
 }
 
 }  // namespace lowrank::train

@@ -17,6 +17,7 @@
 #include "lowrank/model/export.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/tokenizer/chat_template.h"
+#include "lowrank/train/data_parallel.h"
 #include "lowrank/train/dataset.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/metrics.h"
@@ -63,7 +64,61 @@ void validate(const TrainOptions& o) {
   if (o.steps > 0 && o.epochs > 0) throw error("give --steps or --epochs, not both");
   if (!(o.weight_decay >= 0)) throw error("--weight-decay must not be negative");
   if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
-  check_device(parse_device(o.device), "--device " + o.device);
+  for (const std::string& d : o.devices) check_device(parse_device(d), "--devices " + d);
+  if (o.devices.empty()) check_device(parse_device(o.device), "--device " + o.device);
+  if (!o.devices.empty() && o.batch_size % static_cast<int64_t>(o.devices.size()) != 0)
+    throw error("--batch-size ", o.batch_size, " must be a multiple of the number of --devices (", o.devices.size(), ")");
+}
+
+// One device's copy of everything a step touches (data parallel runs keep one per device; they
+// stay identical because every rank applies the same summed gradients). Held by pointer: the hook
+// and the step context point into it.
+struct Replica {
+  std::unique_ptr<model::Model> model;
+  std::optional<lora::Adapter> adapter;
+  model::ModelWeights full_grads;
+  std::vector<ParamRef> params;
+  std::optional<lora::LoraHook> hook;
+  std::unique_ptr<AdamW> optimizer;
+  Rng dropout_rng;
+  StepContext ctx;
+};
+
+// Rank r's replica: the model on `device` and fresh parameters (the same seed on every rank, so
+// every replica starts equal).
+std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int rank) {
+  auto rep = std::make_unique<Replica>();
+  // CUDA: bf16 weights (frozen for LoRA; with --full, working copies of f32 masters in AdamW).
+  rep->model = std::make_unique<model::Model>(
+      model::Model::load(o.model_dir, device, device.is_cuda() ? DType::BF16 : DType::F32));
+  model::Model& m = *rep->model;
+  Rng init_rng(o.seed);
+  if (o.full) {
+    rep->full_grads = model::zeros_like(m.weights());
+    rep->params = full_params(m, rep->full_grads);
+  } else {
+    lora::LoraConfig lc = o.lora;
+    lc.base_model_name_or_path = fs::absolute(o.model_dir).lexically_normal().string();
+    rep->adapter = lora::Adapter::create(m, lc, init_rng);
+    rep->adapter->attach_biases(m);
+    rep->adapter->allocate_grads();
+    rep->adapter->make_working_copies(m.weights().embed.dtype());  // bf16 A/B for the GPU's GEMMs
+    rep->params = lora_params(*rep->adapter);
+  }
+  rep->optimizer = std::make_unique<AdamW>(AdamWConfig{o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
+  // Dropout masks: rank 0 draws the single-device stream; the others their own streams.
+  rep->dropout_rng = Rng(o.seed ^ 0xd40d0u ^ (static_cast<uint64_t>(rank) * 0x9e3779b97f4a7c15ull));
+  return rep;
+}
+
+// Puts the hook and step context together once the replica's parameters are final (after resume).
+void arm_replica(Replica& rep, const TrainOptions& o) {
+  if (rep.adapter) {
+    rep.hook.emplace(std::vector<lora::ActiveAdapter>{{&*rep.adapter, 1.0}});
+    rep.hook->set_training(true, &rep.dropout_rng);
+  }
+  rep.ctx = StepContext{rep.model.get(), rep.hook ? &*rep.hook : nullptr, o.full ? &rep.full_grads : nullptr,
+                        &rep.params, rep.optimizer.get(), o.max_grad_norm, o.checkpointing};
 }
 
 }  // namespace
@@ -78,9 +133,17 @@ TrainSummary run_training(const TrainOptions& o) {
       throw error("--out ", o.out_dir, ": cannot create the output folder (", ec ? ec.message() : "not a folder", ")");
   }
   auto t_start = std::chrono::steady_clock::now();
-  const Device device = parse_device(o.device);
-  // CUDA: bf16 weights (frozen for LoRA; with --full, working copies of f32 masters in AdamW).
-  model::Model m = model::Model::load(o.model_dir, device, device.is_cuda() ? DType::BF16 : DType::F32);
+  std::vector<Device> devices;  // one rank per device; one device unless --devices
+  for (const std::string& d : o.devices.empty() ? std::vector<std::string>{o.device} : o.devices)
+    devices.push_back(parse_device(d));
+  const int ranks = static_cast<int>(devices.size());
+  std::unique_ptr<dist::Communicator> comm = ranks > 1 ? dist::make_communicator(devices) : nullptr;
+  // Parameters: a LoRA adapter (default) or every weight (--full), on every rank's replica.
+  std::vector<std::unique_ptr<Replica>> replicas;
+  for (int r = 0; r < ranks; ++r) replicas.push_back(make_replica(o, devices[r], r));
+  Replica& lead = *replicas[0];  // rank 0: evaluation, metrics, checkpoints, the output
+  model::Model& m = *lead.model;
+  std::optional<lora::Adapter>& adapter = lead.adapter;
   const auto& cfg = m.config();
   const int64_t seq_len = cfg.is_gpt2() ? std::min(o.seq_len, cfg.max_position_embeddings) : o.seq_len;
   const std::optional<std::string> chat_template =
@@ -99,25 +162,6 @@ TrainSummary run_training(const TrainOptions& o) {
   const int64_t steps_per_epoch = std::max<int64_t>(1, (data.size() + per_step - 1) / per_step);
   const int64_t total_steps = o.steps > 0 ? o.steps : steps_per_epoch * std::max<int64_t>(1, o.epochs);
 
-  // Parameters: a LoRA adapter (default) or every weight (--full).
-  Rng init_rng(o.seed);
-  std::optional<lora::Adapter> adapter;
-  model::ModelWeights full_grads;
-  std::vector<ParamRef> params;
-  std::optional<lora::LoraHook> hook;
-  Rng dropout_rng(o.seed ^ 0xd40d0u);
-  if (o.full) {
-    full_grads = model::zeros_like(m.weights());
-    params = full_params(m, full_grads);
-  } else {
-    lora::LoraConfig lc = o.lora;
-    lc.base_model_name_or_path = fs::absolute(o.model_dir).lexically_normal().string();
-    adapter = lora::Adapter::create(m, lc, init_rng);
-    adapter->attach_biases(m);
-    adapter->allocate_grads();
-    adapter->make_working_copies(m.weights().embed.dtype());  // bf16 A/B for the GPU's GEMMs
-    params = lora_params(*adapter);
-  }
   const int64_t total_params = m.parameter_count();
   const int64_t trainable = o.full ? total_params : adapter->parameter_count();
   int64_t lora_weights = 0;  // PEFT counts A and B on top of the base; trained biases are base weights
@@ -128,7 +172,9 @@ TrainSummary run_training(const TrainOptions& o) {
                static_cast<long long>(trainable), static_cast<long long>(all_params),
                100.0 * static_cast<double>(trainable) / static_cast<double>(all_params));
 
-  AdamW optimizer({o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
+  AdamW& optimizer = *lead.optimizer;
+  std::vector<ParamRef>& params = lead.params;
+  Rng& dropout_rng = lead.dropout_rng;
   ScheduleConfig sched{o.schedule, o.lr, o.warmup, total_steps};
   const nlohmann::json identity = run_identity(m, o);
 
@@ -144,31 +190,31 @@ TrainSummary run_training(const TrainOptions& o) {
       if (start_step > total_steps)
         throw error("cannot resume from ", *ckpt, ": it is at step ", start_step, ", past --steps ", total_steps);
       auto weights = io::SafetensorsFile::open((fs::path(*ckpt) / "weights.safetensors").string());
-      for (auto& p : params) {
-        if (!weights.contains(p.name)) throw error(*ckpt, ": checkpoint lacks tensor \"", p.name, "\"");
-        Tensor t = weights.get(p.name);
-        if (t.shape() != p.param.shape())
-          throw error(*ckpt, ": tensor \"", p.name, "\" has shape ", shape_str(t.shape()), ", expected ",
-                      shape_str(p.param.shape()));
-        Tensor host = t.to(DType::F32);
-        device_copy(p.param.raw(), p.param.device(), host.raw(), Device::cpu(), p.param.nbytes());
-      }
-      refresh_working_copies(params);  // --full on the GPU: the bf16 weights from the loaded masters
       auto opt = io::SafetensorsFile::open((fs::path(*ckpt) / "optimizer.safetensors").string());
       std::map<std::string, Tensor> moments;
       for (const auto& info : opt.tensors()) moments[info.name] = opt.get(info.name);
-      optimizer.load_state(moments, state["optimizer_steps"].get<int64_t>());
-      optimizer.check_params(params);
+      for (auto& rep : replicas) {  // every rank from the same checkpoint: any number of devices resumes it
+        for (auto& p : rep->params) {
+          if (!weights.contains(p.name)) throw error(*ckpt, ": checkpoint lacks tensor \"", p.name, "\"");
+          Tensor t = weights.get(p.name);
+          if (t.shape() != p.param.shape())
+            throw error(*ckpt, ": tensor \"", p.name, "\" has shape ", shape_str(t.shape()), ", expected ",
+                        shape_str(p.param.shape()));
+          Tensor host = t.to(DType::F32);
+          device_copy(p.param.raw(), p.param.device(), host.raw(), Device::cpu(), p.param.nbytes());
+        }
+        refresh_working_copies(rep->params);  // --full on the GPU: the bf16 weights from the loaded masters
+        rep->optimizer->load_state(moments, state["optimizer_steps"].get<int64_t>());
+        rep->optimizer->check_params(rep->params);
+      }
       dropout_rng = Rng(state["dropout_rng"]["seed"].get<uint64_t>(), state["dropout_rng"]["offset"].get<uint64_t>());
       log_info("resuming from ", *ckpt, " at step ", start_step);
     } else {
       log_warn("--resume: no complete checkpoint in ", o.out_dir, "; starting from step 0");
     }
   }
-  if (adapter) {
-    hook.emplace(std::vector<lora::ActiveAdapter>{{&*adapter, 1.0}});
-    hook->set_training(true, &dropout_rng);
-  }
+  for (auto& rep : replicas) arm_replica(*rep, o);
+  std::optional<lora::LoraHook>& hook = lead.hook;
   // Metrics: drop lines a killed run wrote after its last checkpoint, then append.
   const std::string metrics_path = (fs::path(o.out_dir) / "metrics.jsonl").string();
   if (start_step == 0) {
@@ -182,8 +228,8 @@ TrainSummary run_training(const TrainOptions& o) {
   }
   MetricsWriter metrics(metrics_path);
 
-  StepContext ctx{&m, hook ? &*hook : nullptr, o.full ? &full_grads : nullptr, &params, &optimizer, o.max_grad_norm,
-                  o.checkpointing};
+  std::vector<StepContext*> contexts;
+  for (auto& rep : replicas) contexts.push_back(&rep->ctx);
   TrainSummary summary;
   summary.trainable = trainable;
   summary.total_parameters = all_params;
@@ -209,20 +255,23 @@ TrainSummary run_training(const TrainOptions& o) {
   const int64_t profile_first = start_step + std::min<int64_t>(2, std::max<int64_t>(0, total_steps - start_step - 1));
   auto loop_start = std::chrono::steady_clock::now();
   for (int64_t step = start_step; step < total_steps; ++step) {
-    std::vector<MicroBatch> mbs;
+    std::vector<std::vector<MicroBatch>> shards(ranks);  // [rank][micro-batch]
     int64_t drawn = step * per_step;
+    int64_t step_tokens = 0;
     for (int64_t k = 0; k < o.grad_accum; ++k) {
       std::vector<int64_t> idx;
       for (int64_t b = 0; b < o.batch_size; ++b) idx.push_back(order.index(drawn++));
-      mbs.push_back(make_micro_batch(data, idx));
+      const auto parts = ranks > 1 ? shard_indices(idx, ranks) : std::vector<std::vector<int64_t>>{idx};
+      for (int r = 0; r < ranks; ++r) {
+        shards[r].push_back(make_micro_batch(data, parts[r]));
+        step_tokens += shards[r].back().tokens.rows();
+      }
     }
-    int64_t step_tokens = 0;
-    for (const auto& mb : mbs) step_tokens += mb.tokens.rows();
     const double lr = lr_at(sched, step);
     auto t0 = std::chrono::steady_clock::now();
     const bool profiled = profile::enabled() && step >= profile_first && step < profile_first + kProfileSteps;
     if (profiled) profile::begin_step(m.device());
-    StepResult r = train_step(ctx, mbs, lr);
+    StepResult r = ranks > 1 ? train_step_parallel(contexts, *comm, shards, lr) : train_step(lead.ctx, shards[0], lr);
     if (profiled) profile::end_step();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (profiled && (step + 1 == profile_first + kProfileSteps || step + 1 == total_steps)) bar.print(profile::report());

@@ -37,4 +37,15 @@ struct StepContext {
 
 StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, double lr);
 
+// train_step in two halves, for data parallelism (train/data_parallel.h) with a sum of the
+// gradients over devices in between:
+// zeroes the gradients, then runs forward and backward of every micro-batch, each loss scaled by
+// 1/`counted` (the counted targets of the whole step, over every device); `nll` becomes the summed
+// NLL (F64 [1] on the model's device). Nothing runs when `counted` is 0.
+void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted,
+                          Tensor& nll);
+// Given the whole step's gradients and NLL: gradient norm and clipping, the finite check, AdamW.
+StepResult apply_gradients(StepContext& ctx, const Tensor& nll, int64_t counted, double lr);
+int64_t counted_targets(const std::vector<MicroBatch>& micro_batches);
+
 }  // namespace lowrank::train

@@ -3,6 +3,7 @@
 // progress bar and metrics.jsonl, periodic evaluation, atomic checkpoints and exact resume.
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "lowrank/lora/config.h"
 #include "lowrank/train/schedule.h"
@@ -30,6 +31,9 @@ struct TrainOptions {
   bool checkpointing = false;  // activation recomputation: less memory, ~1/3 more compute
   bool quiet = false;
   std::string device = "cpu";
+  // --devices: data parallel over these (all cpu, for tests, or all cuda:N through NCCL), one
+  // rank per device; --batch-size is the global batch and must be a multiple of their number.
+  std::vector<std::string> devices;
   // --chat-template: a built-in name or a Jinja file for {"messages"} data (a base model has
   // none); written as chat_template.jinja next to the adapter (or into the --full model folder).
   std::string chat_template;

@@ -1,0 +1,29 @@
+#pragma once
+// NCCL for data-parallel training in one process: a group of communicators, one per GPU
+// (ncclCommInitAll), each used by the thread that drives its GPU. libnccl.so.2 is loaded at run
+// time (dlopen, as cuDNN is), so a build or a machine without NCCL only loses multi-GPU training.
+// Only in LOWRANK_WITH_CUDA builds.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lowrank/core/tensor.h"
+
+namespace lowrank::cuda {
+
+class NcclGroup {
+ public:
+  // Throws Error when NCCL cannot be loaded or initialised (naming the library and NCCL's message).
+  static std::unique_ptr<NcclGroup> create(const std::vector<int>& devices);
+  virtual ~NcclGroup() = default;
+  // Enqueues on rank's stream an in-place sum over ranks of every tensor (f32 or f64), as one
+  // grouped launch; returns at once.
+  virtual void enqueue_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) = 0;
+  // Waits until rank's stream has run everything enqueued so far; throws Error naming the rank when
+  // NCCL reports an error, the group was aborted, or `timeout_s` passes (then aborts the group).
+  virtual void wait(int rank, double timeout_s, const char* what) = 0;
+  // Aborts every communicator: ranks blocked in a collective return and throw.
+  virtual void abort(const std::string& why) = 0;
+};
+
+}  // namespace lowrank::cuda

@@ -1,0 +1,48 @@
+#include "nccl_communicator.h"
+
+#include "lowrank/core/error.h"
+
+#ifdef LOWRANK_WITH_CUDA
+#include "lowrank/backend/cuda/nccl.h"
+#endif
+
+namespace lowrank::dist {
+
+#ifdef LOWRANK_WITH_CUDA
+namespace {
+
+class NcclCommunicator final : public Communicator {
+ public:
+  explicit NcclCommunicator(const std::vector<int>& gpus)
+      : size_(static_cast<int>(gpus.size())), group_(cuda::NcclGroup::create(gpus)) {}
+  int size() const override { return size_; }
+  void all_reduce_sum_(int rank, std::vector<Tensor>& tensors) override {
+    group_->enqueue_all_reduce_sum_(rank, tensors);
+    // Waiting here (the caller reads the gradient norm next anyway) is what lets a rank notice
+    // that another one failed or never came, instead of hanging in NCCL's kernel.
+    group_->wait(rank, collective_timeout_seconds(), "all-reduce");
+  }
+  void abort(int rank, const std::string& why) override {
+    group_->abort("rank " + std::to_string(rank) + " failed: " + why);
+  }
+
+ private:
+  int size_;
+  std::unique_ptr<cuda::NcclGroup> group_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_nccl_communicator(const std::vector<int>& gpus) {
+  return std::make_unique<NcclCommunicator>(gpus);
+}
+
+#else
+
+std::unique_ptr<Communicator> make_nccl_communicator(const std::vector<int>&) {
+  throw error("multi-GPU training needs the CUDA backend, and this build has none");
+}
+
+#endif
+
+}  // namespace lowrank::dist

@@ -1,0 +1,117 @@
+// `lowrank train --devices`: data parallel over two CPU ranks (threads, in-process all-reduce) gives
+// one device's losses and adapter up to summation order, resumes on another number of devices, and
+// refuses batches it cannot split.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "cli/cli_test_helpers.h"
+#include "io/io_test_helpers.h"
+#include "lowrank/core/device_memory.h"
+#include "lowrank/io/safetensors.h"
+#include "lowrank/train/metrics.h"
+#include "lowrank/train/trainer.h"
+
+using namespace lowrank;
+
+namespace {
+
+// No dropout: each rank draws its own masks, so only dropout-free runs can agree.
+std::string args(const std::string& out, const std::string& devices, int batch = 2) {
+  const std::string model = test::model_fixture("llama");
+  return "train --model " + model + " --data " + model + "/eval.jsonl --out " + out + " " + devices +
+         " --targets all-linear --rank 4 --dropout 0 --batch-size " + std::to_string(batch) +
+         " --grad-accum 2 --lr 5e-3 --warmup 2 --seq-len 16 --quiet";
+}
+
+// Per-step losses and grad norms agree to `tol` (relative); the adapters' tensors to `tol` (absolute).
+void expect_same_run(const std::string& a, const std::string& b, double tol) {
+  auto ma = train::read_metrics(a + "/metrics.jsonl");
+  auto mb = train::read_metrics(b + "/metrics.jsonl");
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    ASSERT_EQ(ma[i]["step"], mb[i]["step"]);
+    const double la = ma[i]["loss"].get<double>(), lb = mb[i]["loss"].get<double>();
+    EXPECT_NEAR(la, lb, tol * std::abs(la)) << "step " << ma[i]["step"];
+    EXPECT_NEAR(ma[i]["grad_norm"].get<double>(), mb[i]["grad_norm"].get<double>(),
+                tol * ma[i]["grad_norm"].get<double>());
+  }
+  auto fa = io::SafetensorsFile::open(a + "/adapter_model.safetensors");
+  auto fb = io::SafetensorsFile::open(b + "/adapter_model.safetensors");
+  ASSERT_EQ(fa.tensors().size(), fb.tensors().size());
+  for (const auto& info : fa.tensors()) {
+    Tensor x = fa.get(info.name), y = fb.get(info.name);
+    ASSERT_EQ(x.shape(), y.shape()) << info.name;
+    for (int64_t i = 0; i < x.numel(); ++i) ASSERT_NEAR(x.f32()[i], y.f32()[i], tol) << info.name << "[" << i << "]";
+  }
+}
+
+TEST(DataParallelCli, TwoCpuRanksEqualOneDevice) {
+  io::testing::ScratchDir d;
+  auto one = test::run_cli(args(d.file("one"), "--device cpu") + " --steps 6");
+  ASSERT_EQ(one.code, 0) << one.err;
+  auto two = test::run_cli(args(d.file("two"), "--devices cpu,cpu") + " --steps 6");
+  ASSERT_EQ(two.code, 0) << two.err;
+  expect_same_run(d.file("one"), d.file("two"), 1e-5);
+}
+
+TEST(DataParallelCli, ResumesOnAnotherNumberOfDevices) {
+  io::testing::ScratchDir d;
+  auto straight = test::run_cli(args(d.file("straight"), "--devices cpu,cpu") + " --steps 4 --save-every 2");
+  ASSERT_EQ(straight.code, 0) << straight.err;
+  auto killed = test::run_cli(args(d.file("resumed"), "--devices cpu,cpu") + " --steps 4 --save-every 2",
+                              "LOWRANK_TEST_KILL_AFTER_STEP=3");
+  EXPECT_EQ(killed.code, 128 + 9) << killed.err;
+  ASSERT_TRUE(std::filesystem::exists(d.file("resumed/checkpoint-2/manifest.json")));
+  auto resumed = test::run_cli(args(d.file("resumed"), "--device cpu") + " --steps 4 --save-every 2 --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  expect_same_run(d.file("straight"), d.file("resumed"), 1e-5);
+}
+
+TEST(DataParallelCli, BadDeviceListsAreRefused) {
+  io::testing::ScratchDir d;
+  auto odd = test::run_cli(args(d.file("a"), "--devices cpu,cpu", 3) + " --steps 1");
+  EXPECT_EQ(odd.code, 2);
+  EXPECT_NE(odd.err.find("must be a multiple of the number of --devices (2)"), std::string::npos) << odd.err;
+  auto both = test::run_cli(args(d.file("b"), "--device cpu --devices cpu,cpu") + " --steps 1");
+  EXPECT_EQ(both.code, 2) << both.err;
+  auto mixed = test::run_cli(args(d.file("c"), "--devices cpu,cuda:0") + " --steps 1");
+  EXPECT_EQ(mixed.code, 2);
+  EXPECT_NE(mixed.err.find("error:"), std::string::npos) << mixed.err;
+}
+
+}  // namespace
+
+namespace {
+
+// The real thing on a box with two GPUs (NCCL): the same run on cuda:0 and on cuda:0 + cuda:1.
+// bf16 activations: the two runs sum in different orders, so they agree to bf16's tolerance.
+TEST(CudaDataParallel, TwoGpusEqualOneGpu) {
+  if (cuda_device_count() < 2) GTEST_SKIP() << "needs two CUDA GPUs";
+  io::testing::ScratchDir d;
+  const std::string model = test::model_fixture("llama");
+  train::TrainOptions o;
+  o.model_dir = model;
+  o.data_path = model + "/eval.jsonl";
+  o.lora.r = 4;
+  o.lora.alpha = 8;
+  o.lora.dropout = 0;
+  o.lora.target_modules.clear();
+  o.lora.all_linear = true;
+  o.batch_size = 2;
+  o.grad_accum = 2;
+  o.seq_len = 16;
+  o.lr = 5e-3;
+  o.steps = 6;
+  o.quiet = true;
+  o.out_dir = d.file("one");
+  o.device = "cuda:0";
+  train::run_training(o);
+  o.out_dir = d.file("two");
+  o.devices = {"cuda:0", "cuda:1"};
+  train::run_training(o);
+  expect_same_run(d.file("one"), d.file("two"), 2e-2);
+}
+
+}  // namespace
