@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 bin=.devrun/cuda-build/bin
-. scripts/device-env.sh
+. scripts/device-env.sh .devrun/cuda-build
 out=${OUT:-/tmp}/gpu-train-$(date -u +%Y-%m-%d).jsonl
 profiles=${OUT:-/tmp}/profiles.txt
 touch "$out" "$profiles"

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shape=${1:-qwen0.5b} targets=${2:-all-linear} steps=${3:-12} device_lists=${4:-cuda:0}
 bin=.devrun/cuda-build/bin
-. scripts/device-env.sh
+. scripts/device-env.sh .devrun/cuda-build
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1
 python3 - "$shape" "$work" <<'PY'
@@ -22,14 +22,19 @@ if shape == "qwen0.5b":
     cfg = Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
                       intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)
     cls = Qwen2ForCausalLM
-else:
+elif shape == "llama1b":
     cfg = LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                       intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, max_position_embeddings=4096)
+    cls = LlamaForCausalLM
+else:
+    cfg = LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, max_position_embeddings=8192)
     cls = LlamaForCausalLM
 torch.manual_seed(0)
 with torch.device("cuda"):
     model = cls(cfg).to(torch.bfloat16)
 model.save_pretrained(work + "/model")
+print(f"model: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters", flush=True)
 g = torch.Generator().manual_seed(1)
 with open(work + "/data.jsonl", "w") as f:
     seq = 2048 if shape == "llama8b" else 1024
@@ -51,7 +56,8 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_second"' in l]
 late = rows[3:] or rows
 tps = sum(r["tokens"] for r in late) / sum(r["tokens"] / r["tokens_per_second"] for r in late)
 print("RESULT " + json.dumps({"engine": "lowrank-cli", "model": sys.argv[2], "targets": sys.argv[3],
-                              "gpus": int(sys.argv[4]), "split": False, "tokens_per_s": tps, "steps": len(rows)}))
+                              "gpus": int(sys.argv[4]), "split": False, "tokens_per_s": tps,
+                              "peak_gib": rows[-1].get("gpu_peak_reserved_gib"), "steps": len(rows)}))
 PY
 done
 rm -rf "$work"

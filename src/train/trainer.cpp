@@ -282,10 +282,12 @@ TrainSummary run_training(const TrainOptions& o) {
     }
     if (step == start_step) summary.first_loss = r.loss;
     summary.last_loss = r.loss;
-    metrics.write({{"step", step + 1}, {"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm},
-                   {"tokens", step_tokens}, {"tokens_per_second", step_tokens / std::max(dt, 1e-9)},
-                   {"skipped", r.skipped}, {"epoch", static_cast<double>((step + 1) * per_step) / data.size()}});
-    const size_t reserved = device_peak_reserved(m.device());
+    const size_t reserved = device_peak_reserved(m.device());  // rank 0's GPU (0 on the CPU)
+    nlohmann::json line{{"step", step + 1}, {"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm},
+                        {"tokens", step_tokens}, {"tokens_per_second", step_tokens / std::max(dt, 1e-9)},
+                        {"skipped", r.skipped}, {"epoch", static_cast<double>((step + 1) * per_step) / data.size()}};
+    if (reserved) line["gpu_peak_reserved_gib"] = static_cast<double>(reserved) / (1 << 30);
+    metrics.write(line);
     bar.update(step + 1, {r.loss, lr, step_tokens,
                           reserved ? static_cast<double>(reserved) / (1 << 30) : std::nan("")});
     if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && step + 1 < total_steps) {
