@@ -40,6 +40,7 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total,memory.used,clocks
 [ -f "$prebuilt/MANIFEST" ] && { echo "== pack"; cat "$prebuilt/MANIFEST"; }
 
 export LOWRANK_SOURCE_DIR="$PWD"  # fixtures are read from this checkout, not the build machine's
+export LOWRANK_CLI="$PWD/$bin/lowrank"  # CLI tests run the packed binary
 if ldd "$bin/lowrank_tests" | grep "not found"; then
   echo "error: libraries still missing (above)" >&2
   exit 1

@@ -13,6 +13,10 @@ inline std::string source_dir() {
 }
 inline std::string fixture(const std::string& rel) { return source_dir() + "/tests/fixtures/" + rel; }
 inline std::string model_fixture(const std::string& name) { return fixture("models/" + name); }
-inline std::string cli_path() { return LOWRANK_CLI_PATH; }
+// The built `lowrank` binary: $LOWRANK_CLI when set (the GPU box runs a packed build), else the build's.
+inline std::string cli_path() {
+  const char* env = std::getenv("LOWRANK_CLI");
+  return env && *env ? env : LOWRANK_CLI_PATH;
+}
 
 }  // namespace lowrank::test

@@ -19,12 +19,10 @@ std::vector<std::vector<int64_t>> shard_indices(const std::vector<int64_t>& batc
 }
 
 StepResult train_step_parallel(std::vector<StepContext*>& ranks, dist::Communicator& comm,
-                               const std::vector<std::vector<MicroBatch>>& shards, double lr) {
+                               const std::vector<std::vector<MicroBatch>>& shards, int64_t counted, double lr) {
   const int n = static_cast<int>(ranks.size());
   LR_CHECK(n == comm.size() && static_cast<int>(shards.size()) == n, n, " ranks, ", comm.size(),
            "-rank communicator, ", shards.size(), " shards");
-  int64_t counted = 0;  // known on the host before anything runs: every rank scales by the same number
-  for (const auto& s : shards) counted += counted_targets(s);
   std::vector<StepResult> results(n);
   std::vector<std::exception_ptr> errors(n);
   std::atomic<int> first_failed{-1};  // the root cause; the others then fail because it aborted

@@ -66,8 +66,6 @@ void validate(const TrainOptions& o) {
   if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
   for (const std::string& d : o.devices) check_device(parse_device(d), "--devices " + d);
   if (o.devices.empty()) check_device(parse_device(o.device), "--device " + o.device);
-  if (!o.devices.empty() && o.batch_size % static_cast<int64_t>(o.devices.size()) != 0)
-    throw error("--batch-size ", o.batch_size, " must be a multiple of the number of --devices (", o.devices.size(), ")");
 }
 
 // One device's copy of everything a step touches (data parallel runs keep one per device; they
@@ -133,15 +131,30 @@ TrainSummary run_training(const TrainOptions& o) {
       throw error("--out ", o.out_dir, ": cannot create the output folder (", ec ? ec.message() : "not a folder", ")");
   }
   auto t_start = std::chrono::steady_clock::now();
-  std::vector<Device> devices;  // one rank per device; one device unless --devices
+  // Ranks: one per device of --devices (threads of this process), or under a multi-process launch
+  // (torchrun's WORLD_SIZE, RANK, LOCAL_RANK, ...) this process's one device of WORLD_SIZE.
+  const std::optional<dist::LaunchEnv> launch = dist::launch_env_from_environment();
+  if (launch && !o.devices.empty())
+    throw error("--devices drives several GPUs from one process; under a multi-process launch (WORLD_SIZE=",
+                launch->world_size, ") each process takes one --device");
+  std::vector<Device> devices;  // this process's ranks, one per device
   for (const std::string& d : o.devices.empty() ? std::vector<std::string>{o.device} : o.devices)
     devices.push_back(parse_device(d));
-  const int ranks = static_cast<int>(devices.size());
-  std::unique_ptr<dist::Communicator> comm = ranks > 1 ? dist::make_communicator(devices) : nullptr;
+  if (launch && devices[0].is_cuda() && o.device == "cuda") devices[0] = Device::cuda(launch->local_rank);
+  if (launch) check_device(devices[0], "LOCAL_RANK " + std::to_string(launch->local_rank));
+  const int local_ranks = static_cast<int>(devices.size());
+  const int ranks = launch ? launch->world_size : local_ranks;  // over every process
+  const int first_rank = launch ? launch->rank : 0;             // this process's first rank
+  const bool writer = first_rank == 0;  // rank 0's process: evaluation, metrics, checkpoints, the output
+  if (o.batch_size % ranks != 0)
+    throw error("--batch-size ", o.batch_size, " must be a multiple of the number of ranks (", ranks, ")");
+  std::unique_ptr<dist::Communicator> comm = launch ? dist::make_process_communicator(*launch, devices[0])
+                                             : local_ranks > 1 ? dist::make_communicator(devices)
+                                                               : nullptr;
   // Parameters: a LoRA adapter (default) or every weight (--full), on every rank's replica.
   std::vector<std::unique_ptr<Replica>> replicas;
-  for (int r = 0; r < ranks; ++r) replicas.push_back(make_replica(o, devices[r], r));
-  Replica& lead = *replicas[0];  // rank 0: evaluation, metrics, checkpoints, the output
+  for (int r = 0; r < local_ranks; ++r) replicas.push_back(make_replica(o, devices[r], first_rank + r));
+  Replica& lead = *replicas[0];
   model::Model& m = *lead.model;
   std::optional<lora::Adapter>& adapter = lead.adapter;
   const auto& cfg = m.config();
@@ -180,7 +193,7 @@ TrainSummary run_training(const TrainOptions& o) {
 
   // Resume from the newest complete checkpoint.
   fs::create_directories(o.out_dir);
-  io::cleanup_stale_tmp(o.out_dir);
+  if (writer) io::cleanup_stale_tmp(o.out_dir);
   int64_t start_step = 0;
   if (o.resume) {
     if (auto ckpt = io::latest_checkpoint(o.out_dir)) {
@@ -217,7 +230,8 @@ TrainSummary run_training(const TrainOptions& o) {
   std::optional<lora::LoraHook>& hook = lead.hook;
   // Metrics: drop lines a killed run wrote after its last checkpoint, then append.
   const std::string metrics_path = (fs::path(o.out_dir) / "metrics.jsonl").string();
-  if (start_step == 0) {
+  if (!writer) {
+  } else if (start_step == 0) {
     std::error_code ec;
     fs::remove(metrics_path, ec);
   } else if (io::file_exists(metrics_path)) {
@@ -226,7 +240,8 @@ TrainSummary run_training(const TrainOptions& o) {
       if (rec.value("step", int64_t{0}) <= start_step) kept += rec.dump() + "\n";
     io::write_file_atomic(metrics_path, kept);
   }
-  MetricsWriter metrics(metrics_path);
+  MetricsWriter metrics;
+  if (writer) metrics.open(metrics_path);
 
   std::vector<StepContext*> contexts;
   for (auto& rep : replicas) contexts.push_back(&rep->ctx);
@@ -234,7 +249,7 @@ TrainSummary run_training(const TrainOptions& o) {
   summary.trainable = trainable;
   summary.total_parameters = all_params;
   auto run_eval = [&](int64_t step, const char* when) -> std::optional<double> {
-    if (!eval_data) return std::nullopt;
+    if (!eval_data || !writer) return std::nullopt;
     if (hook) hook->set_training(false);
     auto r = evaluate_examples(m, *eval_data, hook ? &*hook : nullptr, seq_len);
     if (hook) hook->set_training(true, &dropout_rng);
@@ -246,7 +261,7 @@ TrainSummary run_training(const TrainOptions& o) {
 
   ExampleOrder order(data.size(), o.seed);
   ProgressOptions popt;
-  popt.quiet = o.quiet;
+  popt.quiet = o.quiet || !writer;
   ProgressBar bar(total_steps, popt, start_step);
   const char* kill_after = std::getenv("LOWRANK_TEST_KILL_AFTER_STEP");  // crash-safety tests only
   int64_t tokens_total = 0;
@@ -255,6 +270,8 @@ TrainSummary run_training(const TrainOptions& o) {
   const int64_t profile_first = start_step + std::min<int64_t>(2, std::max<int64_t>(0, total_steps - start_step - 1));
   auto loop_start = std::chrono::steady_clock::now();
   for (int64_t step = start_step; step < total_steps; ++step) {
+    // Every rank's share of the step is built here (every process knows the whole order), so the
+    // step's counted targets, which every rank's loss is scaled by, need no communication.
     std::vector<std::vector<MicroBatch>> shards(ranks);  // [rank][micro-batch]
     int64_t drawn = step * per_step;
     int64_t step_tokens = 0;
@@ -267,11 +284,15 @@ TrainSummary run_training(const TrainOptions& o) {
         step_tokens += shards[r].back().tokens.rows();
       }
     }
+    int64_t counted = 0;
+    for (const auto& shard : shards) counted += counted_targets(shard);
+    const std::vector<std::vector<MicroBatch>> local(shards.begin() + first_rank,
+                                                     shards.begin() + first_rank + local_ranks);
     const double lr = lr_at(sched, step);
     auto t0 = std::chrono::steady_clock::now();
     const bool profiled = profile::enabled() && step >= profile_first && step < profile_first + kProfileSteps;
     if (profiled) profile::begin_step(m.device());
-    StepResult r = ranks > 1 ? train_step_parallel(contexts, *comm, shards, lr) : train_step(lead.ctx, shards[0], lr);
+    StepResult r = comm ? train_step_parallel(contexts, *comm, local, counted, lr) : train_step(lead.ctx, shards[0], lr);
     if (profiled) profile::end_step();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (profiled && (step + 1 == profile_first + kProfileSteps || step + 1 == total_steps)) bar.print(profile::report());
@@ -287,13 +308,13 @@ TrainSummary run_training(const TrainOptions& o) {
                         {"tokens", step_tokens}, {"tokens_per_second", step_tokens / std::max(dt, 1e-9)},
                         {"skipped", r.skipped}, {"epoch", static_cast<double>((step + 1) * per_step) / data.size()}};
     if (reserved) line["gpu_peak_reserved_gib"] = static_cast<double>(reserved) / (1 << 30);
-    metrics.write(line);
+    if (writer) metrics.write(line);
     bar.update(step + 1, {r.loss, lr, step_tokens,
                           reserved ? static_cast<double>(reserved) / (1 << 30) : std::nan("")});
     if (o.eval_every > 0 && (step + 1) % o.eval_every == 0 && step + 1 < total_steps) {
       if (auto l = run_eval(step + 1, "during")) bar.print("step " + std::to_string(step + 1) + ": eval loss " + std::to_string(*l));
     }
-    if (o.save_every > 0 && (step + 1) % o.save_every == 0) {
+    if (writer && o.save_every > 0 && (step + 1) % o.save_every == 0) {
       const std::string dir = (fs::path(o.out_dir) / io::checkpoint_name(step + 1)).string();
       nlohmann::json state{{"step", step + 1}, {"total_steps", total_steps}, {"optimizer_steps", optimizer.steps()},
                            {"dropout_rng", {{"seed", dropout_rng.seed()}, {"offset", dropout_rng.offset()}}},
@@ -314,14 +335,15 @@ TrainSummary run_training(const TrainOptions& o) {
   summary.steps = total_steps;
   summary.eval_loss_after = run_eval(total_steps, "after");
   // Final output: the adapter folder (PEFT format) or, with --full, a complete model folder.
-  if (adapter) {
+  if (!writer) {
+  } else if (adapter) {
     adapter->write_files(o.out_dir);
   } else {
     // The weights the model computes with: f32 on the CPU, bf16 on the GPU (rounded from the f32
     // masters, which the checkpoints keep).
     model::write_model_folder(m, o.model_dir, o.out_dir, {m.weights().embed.dtype()});
   }
-  if (chat_template)  // generate, eval and merge take it from there
+  if (chat_template && writer)  // generate, eval and merge take it from there
     io::write_file_atomic((fs::path(o.out_dir) / "chat_template.jinja").string(), *chat_template);
   const double loop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

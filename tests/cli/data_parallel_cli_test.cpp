@@ -3,6 +3,11 @@
 // refuses batches it cannot split.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 
@@ -69,11 +74,78 @@ TEST(DataParallelCli, ResumesOnAnotherNumberOfDevices) {
   expect_same_run(d.file("straight"), d.file("resumed"), 1e-5);
 }
 
+// A TCP port nobody listens on now (the kernel's pick for an ephemeral bind).
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::string launch_env(int rank, int world, int port) {
+  return "RANK=" + std::to_string(rank) + " WORLD_SIZE=" + std::to_string(world) + " LOCAL_RANK=" +
+         std::to_string(rank) + " MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(port) +
+         " LOWRANK_DIST_TIMEOUT_S=60";
+}
+
+// Two processes (torchrun's variables), one rank each on `device`, training into `out` (only rank 0
+// writes there); fails the test with the logs unless both exit 0.
+void run_two_processes(io::testing::ScratchDir& d, const std::string& out, const std::string& device) {
+  const int port = free_port();
+  // Rank 1 in the background, rank 0 in the foreground.
+  const std::string cmd = "(" + launch_env(1, 2, port) + " " + test::cli_path() + " " + args(out, device) +
+                          " --steps 4 >" + d.file("rank1.log") + " 2>&1; echo $? >" + d.file("rank1.code") + ") & " +
+                          launch_env(0, 2, port) + " " + test::cli_path() + " " + args(out, device) +
+                          " --steps 4 >" + d.file("rank0.log") + " 2>&1; code=$?; wait; exit $code";
+  const int status = std::system(("bash -c '" + cmd + "'").c_str());
+  ASSERT_EQ(WEXITSTATUS(status), 0) << test::slurp(d.file("rank0.log"));
+  ASSERT_EQ(test::slurp(d.file("rank1.code")), "0\n") << test::slurp(d.file("rank1.log"));
+}
+
+// torchrun's conventions: two processes, one rank each, meeting over TCP; the same run as one device.
+TEST(DataParallelCli, TwoProcessesEqualOneDevice) {
+  io::testing::ScratchDir d;
+  auto one = test::run_cli(args(d.file("one"), "--device cpu") + " --steps 4");
+  ASSERT_EQ(one.code, 0) << one.err;
+  run_two_processes(d, d.file("two"), "--device cpu");
+  expect_same_run(d.file("one"), d.file("two"), 1e-5);
+}
+
+// The same with one GPU per process (LOCAL_RANK picks it; NCCL's id travels over TCP).
+TEST(CudaDataParallel, TwoProcessesEqualOneGpu) {
+  if (cuda_device_count() < 2) GTEST_SKIP() << "needs two CUDA GPUs";
+  io::testing::ScratchDir d;
+  auto one = test::run_cli(args(d.file("one"), "--device cuda:0") + " --steps 4");
+  ASSERT_EQ(one.code, 0) << one.err;
+  run_two_processes(d, d.file("two"), "--device cuda");
+  expect_same_run(d.file("one"), d.file("two"), 2e-2);
+}
+
+TEST(DataParallelCli, AMissingProcessIsAnErrorNotAHang) {
+  io::testing::ScratchDir d;
+  const std::string env = "RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=" + std::to_string(free_port()) +
+                          " LOWRANK_DIST_TIMEOUT_S=1";
+  auto r = test::run_cli(args(d.file("a"), "--device cpu") + " --steps 1", env);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("rank(s) 1 did not connect"), std::string::npos) << r.err;
+  auto bad_rank = test::run_cli(args(d.file("b"), "--device cpu") + " --steps 1", "RANK=5 WORLD_SIZE=2");
+  EXPECT_EQ(bad_rank.code, 2);
+  EXPECT_NE(bad_rank.err.find("needs RANK in 0..1"), std::string::npos) << bad_rank.err;
+  auto both = test::run_cli(args(d.file("c"), "--devices cpu,cpu") + " --steps 1", "RANK=0 WORLD_SIZE=2");
+  EXPECT_EQ(both.code, 2);
+  EXPECT_NE(both.err.find("each process takes one --device"), std::string::npos) << both.err;
+}
+
 TEST(DataParallelCli, BadDeviceListsAreRefused) {
   io::testing::ScratchDir d;
   auto odd = test::run_cli(args(d.file("a"), "--devices cpu,cpu", 3) + " --steps 1");
   EXPECT_EQ(odd.code, 2);
-  EXPECT_NE(odd.err.find("must be a multiple of the number of --devices (2)"), std::string::npos) << odd.err;
+  EXPECT_NE(odd.err.find("must be a multiple of the number of ranks (2)"), std::string::npos) << odd.err;
   auto both = test::run_cli(args(d.file("b"), "--device cpu --devices cpu,cpu") + " --steps 1");
   EXPECT_EQ(both.code, 2) << both.err;
   auto mixed = test::run_cli(args(d.file("c"), "--devices cpu,cuda:0") + " --steps 1");

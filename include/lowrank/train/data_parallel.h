@@ -11,11 +11,13 @@
 
 namespace lowrank::train {
 
-// `shards[r]`: rank r's micro-batches. Rank 0 runs on the calling thread (the one the step
-// profiler follows), the others on threads of their own. A rank that fails aborts the
-// communicator, so the others stop too; the first error is rethrown here.
+// The step of this process's ranks (`ranks[r]`, `shards[r]`: local rank r's context and
+// micro-batches); `counted`: the labelled targets of the whole step over every rank of the run.
+// Local rank 0 runs on the calling thread (the one the step profiler follows), the others on
+// threads of their own. A rank that fails aborts the communicator, so the others stop too; the
+// first error is rethrown here.
 StepResult train_step_parallel(std::vector<StepContext*>& ranks, dist::Communicator& comm,
-                               const std::vector<std::vector<MicroBatch>>& shards, double lr);
+                               const std::vector<std::vector<MicroBatch>>& shards, int64_t counted, double lr);
 
 // Rank r's rows of each micro-batch's example indices: a contiguous 1/ranks of every batch.
 // Throws Error unless the batch size is a multiple of the number of ranks.

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -29,6 +30,8 @@ namespace {
 struct Api {
   decltype(&ncclGetVersion) get_version = nullptr;
   decltype(&ncclCommInitAll) init_all = nullptr;
+  decltype(&ncclCommInitRank) init_rank = nullptr;
+  decltype(&ncclGetUniqueId) unique_id = nullptr;
   decltype(&ncclCommDestroy) destroy = nullptr;
   decltype(&ncclCommAbort) abort = nullptr;
   decltype(&ncclCommGetAsyncError) async_error = nullptr;
@@ -55,6 +58,8 @@ const Api& api() {
     };
     sym(a->get_version, "ncclGetVersion");
     sym(a->init_all, "ncclCommInitAll");
+    sym(a->init_rank, "ncclCommInitRank");
+    sym(a->unique_id, "ncclGetUniqueId");
     sym(a->destroy, "ncclCommDestroy");
     sym(a->abort, "ncclCommAbort");
     sym(a->async_error, "ncclCommGetAsyncError");
@@ -77,12 +82,16 @@ void nccl_check(ncclResult_t r, const char* what) {
 
 class Group final : public NcclGroup {
  public:
+  // Every GPU of the group in this process.
   explicit Group(const std::vector<int>& devices) : devices_(devices), comms_(devices.size()), done_(devices.size()) {
     nccl_check(api().init_all(comms_.data(), static_cast<int>(devices.size()), devices.data()), "ncclCommInitAll");
-    for (size_t r = 0; r < devices.size(); ++r) {
-      context(Device::cuda(devices[r]));
-      LR_CUDA(cudaEventCreateWithFlags(&done_[r], cudaEventDisableTiming));
-    }
+    make_events();
+  }
+  // This process's one GPU of a multi-process group.
+  Group(int device, int world_size, int rank, const ncclUniqueId& id) : devices_{device}, comms_(1), done_(1) {
+    context(Device::cuda(device));
+    nccl_check(api().init_rank(&comms_[0], world_size, id, rank), "ncclCommInitRank");
+    make_events();
   }
   ~Group() override {
     for (size_t r = 0; r < comms_.size(); ++r) {
@@ -138,6 +147,12 @@ class Group final : public NcclGroup {
   }
 
  private:
+  void make_events() {
+    for (size_t r = 0; r < devices_.size(); ++r) {
+      context(Device::cuda(devices_[r]));
+      LR_CUDA(cudaEventCreateWithFlags(&done_[r], cudaEventDisableTiming));
+    }
+  }
   std::string reason() {
     std::lock_guard<std::mutex> lock(mutex_);
     return reason_;
@@ -156,9 +171,26 @@ std::unique_ptr<NcclGroup> NcclGroup::create(const std::vector<int>& devices) {
   return std::make_unique<Group>(devices);
 }
 
+std::vector<char> NcclGroup::unique_id() {
+  ncclUniqueId id;
+  nccl_check(api().unique_id(&id), "ncclGetUniqueId");
+  return std::vector<char>(id.internal, id.internal + sizeof id.internal);
+}
+
+std::unique_ptr<NcclGroup> NcclGroup::join(int device, int world_size, int rank, const std::vector<char>& bytes) {
+  ncclUniqueId id;
+  LR_CHECK(bytes.size() == sizeof id.internal, "NCCL unique id of ", bytes.size(), " bytes");
+  std::memcpy(id.internal, bytes.data(), sizeof id.internal);
+  return std::make_unique<Group>(device, world_size, rank, id);
+}
+
 #else
 
 std::unique_ptr<NcclGroup> NcclGroup::create(const std::vector<int>&) {
+  throw error("multi-GPU training needs NCCL, and this build had no nccl.h");
+}
+std::vector<char> NcclGroup::unique_id() { throw error("multi-GPU training needs NCCL, and this build had no nccl.h"); }
+std::unique_ptr<NcclGroup> NcclGroup::join(int, int, int, const std::vector<char>&) {
   throw error("multi-GPU training needs NCCL, and this build had no nccl.h");
 }
 

@@ -1,6 +1,7 @@
 #pragma once
-// NCCL for data-parallel training in one process: a group of communicators, one per GPU
-// (ncclCommInitAll), each used by the thread that drives its GPU. libnccl.so.2 is loaded at run
+// NCCL for data-parallel training: a group of communicators, one per GPU this process drives
+// (ncclCommInitAll for threads of one process, ncclCommInitRank for one GPU per process), each
+// used by the thread that drives its GPU. libnccl.so.2 is loaded at run
 // time (dlopen, as cuDNN is), so a build or a machine without NCCL only loses multi-GPU training.
 // Only in LOWRANK_WITH_CUDA builds.
 #include <memory>
@@ -15,8 +16,12 @@ class NcclGroup {
  public:
   // Throws Error when NCCL cannot be loaded or initialised (naming the library and NCCL's message).
   static std::unique_ptr<NcclGroup> create(const std::vector<int>& devices);
+  // One process's rank of a multi-process group: rank 0 makes the id (unique_id), every process
+  // passes it to join with its GPU; the group then has one local rank, number 0.
+  static std::vector<char> unique_id();
+  static std::unique_ptr<NcclGroup> join(int device, int world_size, int rank, const std::vector<char>& id);
   virtual ~NcclGroup() = default;
-  // Enqueues on rank's stream an in-place sum over ranks of every tensor (f32 or f64), as one
+  // `rank`: the local rank (0..GPUs of this process - 1). Enqueues on rank's stream an in-place sum over ranks of every tensor (f32 or f64), as one
   // grouped launch; returns at once.
   virtual void enqueue_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) = 0;
   // Waits until rank's stream has run everything enqueued so far; throws Error naming the rank when
