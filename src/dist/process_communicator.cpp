@@ -47,6 +47,9 @@ std::optional<LaunchEnv> launch_env_from_environment() {
   e.local_rank = env_int("LOCAL_RANK", e.rank);
   if (const char* a = std::getenv("MASTER_ADDR"); a && *a) e.master_addr = a;
   e.master_port = env_int("MASTER_PORT", e.master_port);
+  // torchrun's agent serves its own store on MASTER_PORT (and says so): we meet one port above.
+  if (const char* agent = std::getenv("TORCHELASTIC_USE_AGENT_STORE"); agent && std::string(agent) == "True")
+    ++e.master_port;
   if (e.master_port == 0 || e.master_port > 65535) throw error("MASTER_PORT=", e.master_port, " is not a TCP port");
   return e;
 }

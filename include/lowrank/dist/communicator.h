@@ -40,7 +40,9 @@ struct LaunchEnv {
   int master_port = 29500;
 };
 // The launch environment when WORLD_SIZE > 1 is set; nullopt otherwise. Error when it is
-// malformed (a rank outside 0..WORLD_SIZE-1, a port that is not a number, ...).
+// malformed (a rank outside 0..WORLD_SIZE-1, a port that is not a number, ...). Under torchrun
+// (TORCHELASTIC_USE_AGENT_STORE=True: its agent already listens on MASTER_PORT) the processes
+// meet on MASTER_PORT + 1.
 std::optional<LaunchEnv> launch_env_from_environment();
 // This process's rank of a multi-process run on `device`: the processes meet at
 // MASTER_ADDR:MASTER_PORT (rank 0 listens); CPU ranks then sum over TCP (rank 0 adds in rank
