@@ -4,9 +4,11 @@
 // per token over 989 TFLOP/s), as bench/peft_baseline.py does for PEFT in the same run.
 //   bench_train_gpu [--only qwen0.5b,llama1b,llama8b] [--targets all|all-linear|q_proj,v_proj]
 //                   [--checkpointing all|0|1] [--steps 10] [--warmup 3] [--device cuda:0]
+//                   [--batch-scale K]   (K times the shape's batch: how step time grows with work)
 // Peak memory is the allocator's peak reserved bytes for that configuration (the cache is emptied
 // and the peaks reset before each). LOWRANK_PROFILE=1 adds a per-category profile of two extra
 // steps to stderr.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -46,7 +48,8 @@ double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq)
   return 4.0 * params + attn;
 }
 
-void run(const BenchShape& s, bool all_linear, bool checkpointing, Device dev, int steps, int warmup) {
+void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int steps, int warmup, int batch_scale) {
+  s.batch *= batch_scale;
   auto cfg = model::llama_config(s.hidden, s.layers, s.heads, s.kv, s.ffn, s.vocab, 4096, s.tie);
   if (s.qkv_bias) {
     cfg.arch = model::Arch::Qwen2;
@@ -128,7 +131,7 @@ void run(const BenchShape& s, bool all_linear, bool checkpointing, Device dev, i
 
 int main(int argc, char** argv) {
   std::string only = "qwen0.5b,llama1b,llama8b", device = "cuda:0", targets = "all", ckpt_filter = "all";
-  int steps = 10, warmup = 3;
+  int steps = 10, warmup = 3, batch_scale = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     else if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
@@ -136,6 +139,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--device")) device = argv[i + 1];
     else if (!std::strcmp(argv[i], "--targets")) targets = argv[i + 1];
     else if (!std::strcmp(argv[i], "--checkpointing")) ckpt_filter = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--batch-scale")) batch_scale = std::max(1, std::atoi(argv[i + 1]));
     else {
       std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
       return 2;
@@ -152,7 +156,7 @@ int main(int argc, char** argv) {
           if (targets != "all" && targets != (all_linear ? "all-linear" : "q_proj,v_proj")) continue;
           if (ckpt_filter != "all" && ckpt_filter != (ckpt ? "1" : "0")) continue;
           try {
-            run(s, all_linear, ckpt, dev, steps, warmup);
+            run(s, all_linear, ckpt, dev, steps, warmup, batch_scale);
           } catch (const std::exception& e) {
             nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"all_linear", all_linear},
                              {"checkpointing", ckpt}, {"error", e.what()}};
