@@ -56,6 +56,7 @@ int run_train(TrainArgs& a) {
   else throw lowrank::error("--init must be kaiming or gaussian, got '", a.init, "'");
   o.schedule = train::parse_schedule(a.schedule);
   auto s = train::run_training(o);
+  if (!s.wrote_output) return 0;  // a rank other than 0 of a multi-process run: rank 0 reports
   std::fprintf(stderr, "trained %lld steps in %.1f s (%.0f tokens/s); loss %.4f -> %.4f",
                static_cast<long long>(s.steps), s.seconds, s.tokens_per_second, s.first_loss, s.last_loss);
   if (s.eval_loss_before && s.eval_loss_after)

@@ -246,6 +246,7 @@ TrainSummary run_training(const TrainOptions& o) {
   std::vector<StepContext*> contexts;
   for (auto& rep : replicas) contexts.push_back(&rep->ctx);
   TrainSummary summary;
+  summary.wrote_output = writer;
   summary.trainable = trainable;
   summary.total_parameters = all_params;
   auto run_eval = [&](int64_t step, const char* when) -> std::optional<double> {

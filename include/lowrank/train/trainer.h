@@ -46,6 +46,7 @@ struct TrainSummary {
   int64_t trainable = 0, total_parameters = 0;
   int64_t skipped_steps = 0;
   double seconds = 0, tokens_per_second = 0;
+  bool wrote_output = true;  // false on the ranks other than 0 of a multi-process run
 };
 
 TrainSummary run_training(const TrainOptions& options);
