@@ -74,8 +74,30 @@ TEST_P(KVCacheParity, DecodeLogitsEqualFullRecompute) {
   EXPECT_EQ(kv.length, static_cast<int64_t>(seq.size()));
 }
 
-// mistral: sliding window; qwen3: q/k norm + yarn; gpt2: learned positions.
-INSTANTIATE_TEST_SUITE_P(Fixtures, KVCacheParity, ::testing::Values("llama", "mistral", "qwen3", "gpt2", "qwen2"));
+// mistral: sliding window; qwen3: q/k norm + yarn; gpt2: learned positions; gemma2: soft-capping and
+// sliding layers; gemma3: per-layer RoPE; phi3: fused projections and partial rotary. (Not
+// phi3_longrope: its 40-token sequence switches to the long factors, which a cache filled with
+// short-factor keys does not follow, in transformers either.)
+INSTANTIATE_TEST_SUITE_P(Fixtures, KVCacheParity,
+                         ::testing::Values("llama", "mistral", "qwen3", "gpt2", "qwen2", "gemma2", "gemma3", "phi3"));
+
+// expected.json's "greedy": 12 argmax tokens after a prompt, computed by transformers with full
+// recomputation and no end-of-sequence stop; lowrank's KV-cached generator must give the same.
+class GreedyParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GreedyParity, KVCachedGreedyEqualsTransformers) {
+  const std::string dir = test::model_fixture(GetParam());
+  model::Model m = model::Model::load(dir);
+  const auto greedy = io::read_json(dir + "/expected.json")["greedy"];
+  const auto want = greedy["output_ids"].get<std::vector<int32_t>>();
+  infer::GenerateOptions o;
+  o.max_new_tokens = static_cast<int64_t>(want.size());
+  o.sampling.greedy = true;  // no eos_ids: the reference does not stop either
+  infer::Generator g(m, nullptr);
+  EXPECT_EQ(g.generate(greedy["prompt"].get<std::vector<int32_t>>(), o), want) << GetParam();
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyParity, ::testing::Values("gemma2", "gemma3", "phi3", "phi3_longrope"));
 
 TEST(Merge, MergedLossEqualsUnmergedAndUnmergeRestores) {
   const std::string dir = test::model_fixture("llama");

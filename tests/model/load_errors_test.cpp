@@ -90,8 +90,8 @@ TEST(ModelLoad, UnknownArchitectureListsSupported) {
 
 TEST(ModelLoad, UnsupportedRopeTypeIsNamed) {
   ModelCopy m("llama");
-  m.config["rope_parameters"]["rope_type"] = "longrope";
-  expect_load_error(m.write(), {"config.json", "longrope"});
+  m.config["rope_parameters"]["rope_type"] = "dynamic";
+  expect_load_error(m.write(), {"config.json", "dynamic"});
 }
 
 TEST(ModelLoad, NoConfigJson) {
