@@ -28,10 +28,10 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t width) {
 // than failing inside an op.
 void check_cuda_support(const ModelConfig& c) {
   const char* missing = nullptr;
-  if (c.attn_softcap > 0 || c.final_softcap > 0) missing = "logit soft-capping";
-  else if (c.rotary_dim() != c.head_dim && !c.learned_positions) missing = "partial rotary embeddings";
+  if (c.attn_softcap > 0 || c.final_softcap > 0) missing = "logit soft-capping is";
+  else if (c.rotary_dim() != c.head_dim && !c.learned_positions) missing = "partial rotary embeddings are";
   if (missing)
-    throw error(arch_name(c.arch), ": ", missing, " is not supported on CUDA yet (use --device cpu)");
+    throw error(arch_name(c.arch), ": ", missing, " not supported on CUDA yet (use --device cpu)");
 }
 
 }  // namespace
