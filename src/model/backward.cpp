@@ -36,11 +36,6 @@ Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Te
   return dx;
 }
 
-Tensor norm_backward(const ModelConfig& c, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,
-                     const Tensor& mean, const Tensor& rstd) {
-  return normalize_backward(c.norm, n, g, dy, x, mean, rstd);
-}
-
 // [a | b] column-concatenation of two [N, *] gradients: the gradient of a fused projection's output.
 Tensor concat_columns(std::initializer_list<const Tensor*> parts) {
   int64_t width = 0;
@@ -180,8 +175,8 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
 
   LossResult result;
   Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, full, loss_sum, result);
-  Tensor dx = norm_backward(c, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
-                            cache.final_mean, cache.final_rstd);
+  Tensor dx = normalize_backward(c.norm, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
+                                 cache.final_mean, cache.final_rstd);
   const int lowest = full ? 0 : (hook ? hook->lowest_trainable_layer() : static_cast<int>(c.num_layers));
   std::vector<int32_t> pos(N);
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);
@@ -204,8 +199,8 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     // MLP block: x_out = x_mid + [post_norm](down(act(gate) * up))   (ungated: down(act(up)))
     Tensor dmlp_out = dx;
     if (c.sandwich_norms)
-      dmlp_out = norm_backward(c, L.post_mlp_norm, norm_grad_of(&LayerWeights::post_mlp_norm), dx, a.down_out,
-                               Tensor(), a.post_mlp_rstd);
+      dmlp_out = normalize_backward(c.norm, L.post_mlp_norm, norm_grad_of(&LayerWeights::post_mlp_norm), dx,
+                                    a.down_out, Tensor(), a.post_mlp_rstd);
     Tensor dact = linear_backward(L.down, grad_of(&LayerWeights::down), layer, L.down.target, a.act, dmlp_out, hook);
     Tensor dxn2;
     if (!c.gated_mlp) {
@@ -230,14 +225,14 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
         linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, du, hook, dxn2, Dx::Accumulate);
       }
     }
-    Tensor dx_mid = norm_backward(c, L.mlp_norm, norm_grad_of(&LayerWeights::mlp_norm), dxn2, a.x_mid, a.norm2_mean,
-                                  a.norm2_rstd);
+    Tensor dx_mid = normalize_backward(c.norm, L.mlp_norm, norm_grad_of(&LayerWeights::mlp_norm), dxn2, a.x_mid,
+                                       a.norm2_mean, a.norm2_rstd);
     ops::add_(dx_mid, dx);
     // Attention block: x_mid = x_in + [post_norm](o(attn(q, k, v)))
     Tensor dattn_out = dx_mid;
     if (c.sandwich_norms)
-      dattn_out = norm_backward(c, L.post_attn_norm, norm_grad_of(&LayerWeights::post_attn_norm), dx_mid, a.o_out,
-                                Tensor(), a.post_attn_rstd);
+      dattn_out = normalize_backward(c.norm, L.post_attn_norm, norm_grad_of(&LayerWeights::post_attn_norm), dx_mid,
+                                     a.o_out, Tensor(), a.post_attn_rstd);
     Tensor dattn = linear_backward(L.o, grad_of(&LayerWeights::o), layer, L.o.target, a.attn, dattn_out, hook);
     const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                     c.attention_scale(), static_cast<float>(c.attn_softcap)};
@@ -274,8 +269,8 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
                       need_dx ? Dx::Accumulate : Dx::Skip);
     }
     if (need_dx) {
-      dx = norm_backward(c, L.attn_norm, norm_grad_of(&LayerWeights::attn_norm), dxn1, a.x_in, a.norm1_mean,
-                         a.norm1_rstd);
+      dx = normalize_backward(c.norm, L.attn_norm, norm_grad_of(&LayerWeights::attn_norm), dxn1, a.x_in,
+                              a.norm1_mean, a.norm1_rstd);
       ops::add_(dx, dx_mid);
     }
     if (checkpointing) cache.layers[li] = LayerActivations{};  // free the recomputed activations

@@ -51,8 +51,8 @@ Model Model::load(const std::string& dir, Device device, DType dtype) {
 }
 
 const RopeTables& Model::rope(int64_t layer, int64_t n) const {
-  const bool sliding = config_.sliding_rope && config_.sliding_window[layer] > 0;
   const RopeConfig& r = config_.rope_of_layer(layer);
+  const bool sliding = &r != &config_.rope;
   const bool long_factors = uses_long_factors(r, n);
   RopeTables& t = rope_tables_[2 * sliding + long_factors];
   if (!t.cos.defined() || t.cos.dim(0) < n) {

@@ -29,11 +29,11 @@ enum class NormKind {
 struct RopeConfig {
   std::string type = "default";  // default | linear | llama3 | yarn | longrope
   double theta = 10000.0;
-  double factor = 1.0;
+  double factor = 1.0;            // longrope: 0 when unset (max_position_embeddings / original)
   double low_freq_factor = 1.0;   // llama3
   double high_freq_factor = 4.0;  // llama3
-  int64_t original_max_position_embeddings = 0;  // llama3, yarn (0: max_position_embeddings)
-  std::optional<double> attention_factor;        // yarn
+  int64_t original_max_position_embeddings = 0;  // llama3, yarn (0: max_position_embeddings), longrope
+  std::optional<double> attention_factor;        // yarn, longrope
   std::optional<double> beta_fast, beta_slow, mscale, mscale_all_dim;  // yarn
   bool truncate = true;  // yarn
   std::vector<double> short_factor, long_factor;  // longrope: per frequency, [rotary_dim / 2]
@@ -69,7 +69,7 @@ struct ModelConfig {
   double attn_softcap = 0;      // scores → cap · tanh(scores / cap) before the softmax (Gemma 2); 0: none
   double final_softcap = 0;     // the same on the output logits (Gemma 2/3); 0: none
   bool scale_embeddings = false;  // embeddings multiplied by √hidden_size (Gemma)
-  RopeConfig rope;                    // every layer's (Gemma 3: the full-attention layers'); unused with learned positions
+  RopeConfig rope;  // every layer's (Gemma 3: the full-attention layers'); unused with learned positions
   std::optional<RopeConfig> sliding_rope;  // Gemma 3: the sliding-window layers' own RoPE (local theta)
   std::vector<int64_t> sliding_window;  // per layer; 0 = full causal attention
   DType dtype = DType::F32;           // dtype the checkpoint declares
