@@ -276,7 +276,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     if (checkpointing) cache.layers[li] = LayerActivations{};  // free the recomputed activations
   }
   if (full) {
-    if (c.scale_embeddings) ops::scale_(dx, c.embedding_scale());  // x = embed[ids] · scale
+    if (c.scale_embeddings) ops::scale_(dx, c.embedding_scale(w.embed.dtype()));  // x = embed[ids] · scale
     ops::embedding_backward_(full->embed, batch.ids, dx);
     if (full->positions.defined()) ops::embedding_backward_(full->positions, pos, dx);
   }

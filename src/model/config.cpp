@@ -200,9 +200,12 @@ float ModelConfig::attention_scale() const {
   return static_cast<float>(1.0 / std::sqrt(s));
 }
 
-float ModelConfig::embedding_scale() const {
-  // transformers rounds √d to the embeddings' dtype (f32 here) before multiplying.
-  return scale_embeddings ? static_cast<float>(std::sqrt(static_cast<double>(hidden_size))) : 1.0f;
+float ModelConfig::embedding_scale(DType dtype) const {
+  if (!scale_embeddings) return 1.0f;
+  const float s = static_cast<float>(std::sqrt(static_cast<double>(hidden_size)));
+  if (dtype == DType::BF16) return bf16_to_f32(f32_to_bf16(s));
+  if (dtype == DType::F16) return f16_to_f32(f32_to_f16(s));
+  return s;
 }
 
 const RopeConfig& ModelConfig::rope_of_layer(int64_t layer) const {

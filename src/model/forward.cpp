@@ -27,11 +27,8 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t width) {
 // Features the CUDA backend has no kernels for yet: refused at load with a clear message rather
 // than failing inside an op.
 void check_cuda_support(const ModelConfig& c) {
-  const char* missing = nullptr;
-  if (c.attn_softcap > 0 || c.final_softcap > 0) missing = "logit soft-capping is";
-  else if (c.rotary_dim() != c.head_dim && !c.learned_positions) missing = "partial rotary embeddings are";
-  if (missing)
-    throw error(arch_name(c.arch), ": ", missing, " not supported on CUDA yet (use --device cpu)");
+  if (c.attn_softcap > 0 || c.final_softcap > 0)
+    throw error(arch_name(c.arch), ": logit soft-capping is not supported on CUDA yet (use --device cpu)");
 }
 
 }  // namespace
@@ -163,7 +160,7 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(start + i % T);
 
   Tensor x = ops::embedding(weights_.embed, batch.ids);
-  if (c.scale_embeddings) ops::scale_(x, c.embedding_scale());
+  if (c.scale_embeddings) ops::scale_(x, c.embedding_scale(x.dtype()));
   if (weights_.positions.defined()) {
     Tensor p = ops::embedding(weights_.positions, pos);
     ops::add_(x, p);

@@ -216,13 +216,6 @@ TEST(ModelLoad, FamiliesWithoutCudaKernelsAreRefusedOnCuda) {
     EXPECT_NE(std::string(e.what()).find("Gemma2ForCausalLM: logit soft-capping is not supported on CUDA yet"),
               std::string::npos) << e.what();
   }
-  try {
-    model::Model::load(test::model_fixture("phi3"), Device::cuda(0), DType::BF16);
-    FAIL() << "expected an Error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("Phi3ForCausalLM: partial rotary embeddings are not supported on CUDA yet"),
-              std::string::npos) << e.what();
-  }
 }
 
 }  // namespace

@@ -86,7 +86,9 @@ struct ModelConfig {
   // Dims of each head that RoPE rotates (even; head_dim unless partial_rotary_factor < 1).
   int64_t rotary_dim() const;
   float attention_scale() const;
-  float embedding_scale() const;  // what embeddings are multiplied by (1 unless scale_embeddings)
+  // What embeddings of `dtype` are multiplied by: 1, or √hidden_size rounded to that dtype as
+  // transformers holds it (bf16: √3072 = 55.43 → 55.5).
+  float embedding_scale(DType dtype) const;
   // The RoPE of `layer` (Gemma 3's sliding layers have their own).
   const RopeConfig& rope_of_layer(int64_t layer) const;
 };

@@ -42,7 +42,7 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, T
 
 // Rotates x [n, heads*head_dim] in place (HF rotate_half convention) for token positions pos[n],
 // with cos/sin tables [P, rotary_dim/2]: the first rotary_dim dims of each head turn, the rest
-// pass through (partial rotary; the CPU backend only, CUDA needs rotary_dim = head_dim).
+// pass through (partial rotary).
 void rope_(Tensor& x, int64_t heads, const std::vector<int32_t>& pos, const Tensor& cos, const Tensor& sin,
            bool inverse = false);
 
