@@ -24,23 +24,13 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t width) {
   return out;
 }
 
-// Features the CUDA backend has no kernels for yet: refused at load with a clear message rather
-// than failing inside an op.
-void check_cuda_support(const ModelConfig& c) {
-  if (c.attn_softcap > 0 || c.final_softcap > 0)
-    throw error(arch_name(c.arch), ": logit soft-capping is not supported on CUDA yet (use --device cpu)");
-}
-
 }  // namespace
 
 Model::Model(ModelConfig config, ModelWeights weights, Device device)
-    : config_(std::move(config)), weights_(std::move(weights)), device_(device) {
-  if (device_.is_cuda()) check_cuda_support(config_);
-}
+    : config_(std::move(config)), weights_(std::move(weights)), device_(device) {}
 
 Model Model::load(const std::string& dir, Device device, DType dtype) {
   ModelConfig config = ModelConfig::load(dir);
-  if (device.is_cuda()) check_cuda_support(config);  // before reading gigabytes of weights
   io::TensorStore store = io::TensorStore::open(dir);
   Model m(config, load_weights(config, store, dtype, device), device);
   m.source_ = dir;

@@ -1,6 +1,5 @@
 // Dispatch of element-wise ops, activations, casts and bias sums.
 #include "dispatch.h"
-#include "lowrank/core/error.h"
 #include "lowrank/ops/ops.h"
 
 namespace lowrank::ops {
@@ -70,19 +69,14 @@ void scale_(Tensor& x, float s) {
   LR_DISPATCH(d, scale_(x, s));
 }
 
-// No CUDA kernel yet: models that soft-cap are refused on CUDA at load (Model), this is the backstop.
 void softcap_(Tensor& x, float cap) {
   const Device d = detail::op_device("softcap_", {&x});
-  if (d.is_cuda()) throw error("logit soft-capping is not supported on CUDA yet (use --device cpu)");
-  const profile::OpScope scope("softcap_");
-  cpu::softcap_(x, cap);
+  LR_DISPATCH(d, softcap_(x, cap));
 }
 
 void softcap_backward_(Tensor& dy, const Tensor& y, float cap) {
   const Device d = detail::op_device("softcap_backward_", {&dy, &y});
-  if (d.is_cuda()) throw error("logit soft-capping is not supported on CUDA yet (use --device cpu)");
-  const profile::OpScope scope("softcap_backward_");
-  cpu::softcap_backward_(dy, y, cap);
+  LR_DISPATCH(d, softcap_backward_(dy, y, cap));
 }
 
 void mul_(Tensor& y, const Tensor& x) {

@@ -57,11 +57,9 @@ TEST_P(CudaEval, LossEqualsCpuWithinBf16Tolerance) {
   EXPECT_NEAR(train::evaluate(gpu32, seqs).loss, a, 1e-5 * a) << GetParam();
 }
 
-// Gemma 3 runs on existing kernels ((1 + w) norms as fill + add, √d as a scale), Phi-3 on the RoPE
-// kernel's partial rotary; Gemma 2 (soft-capping) is refused on CUDA (ModelLoad.FamiliesWithout...).
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaEval,
                          ::testing::Values("llama", "llama_tied_bias", "llama3_rope", "llama_bf16", "mistral",
-                                           "qwen2", "qwen3", "gpt2", "gemma3", "phi3", "phi3_longrope"));
+                                           "qwen2", "qwen3", "gpt2", "gemma2", "gemma3", "phi3", "phi3_longrope"));
 
 struct Batch {
   model::TokenBatch tokens;
@@ -136,7 +134,8 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
                          ::testing::Values("llama_all_linear", "gpt2_conv1d", "llama_rslora_paths", "qwen3_all_linear",
-                                           "qwen2_qv_bias", "gemma3_all_linear", "phi3_all_linear"));
+                                           "qwen2_qv_bias", "gemma2_all_linear", "gemma3_all_linear",
+                                           "phi3_all_linear"));
 
 TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
   REQUIRE_GPU();

@@ -207,15 +207,4 @@ TEST(ModelLoad, FamilyOptionsOutsideWhatIsSupportedAreNamed) {
   }
 }
 
-// Features without CUDA kernels are refused before any weight is read, naming the family.
-TEST(ModelLoad, FamiliesWithoutCudaKernelsAreRefusedOnCuda) {
-  try {
-    model::Model::load(test::model_fixture("gemma2"), Device::cuda(0), DType::BF16);
-    FAIL() << "expected an Error";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("Gemma2ForCausalLM: logit soft-capping is not supported on CUDA yet"),
-              std::string::npos) << e.what();
-  }
-}
-
 }  // namespace

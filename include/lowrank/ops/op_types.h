@@ -9,7 +9,7 @@ struct AttentionShape {
   int64_t batch = 1, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // sliding window (0 = full causal)
   float scale = 0;     // usually 1/sqrt(head_dim)
-  float softcap = 0;   // scores → softcap · tanh(scores / softcap) before the softmax (Gemma 2); 0: none (CPU only)
+  float softcap = 0;   // scores → softcap · tanh(scores / softcap) before the softmax (Gemma 2); 0: none
 };
 
 // One attention score from q·k: scaled, then soft-capped when `softcap` > 0 (as transformers:

@@ -97,7 +97,7 @@ void fill_(Tensor& x, float value);  // any device, float dtypes
 void scale_(Tensor& x, float s);     // x *= s
 void mul_(Tensor& y, const Tensor& x);  // y *= x, element-wise (same numel)
 // Logit soft-capping (Gemma): x = cap · tanh(x / cap) in place; and its backward from the capped
-// output y: dy *= 1 - (y / cap)². CPU only for now (an Error on CUDA).
+// output y: dy *= 1 - (y / cap)².
 void softcap_(Tensor& x, float cap);
 void softcap_backward_(Tensor& dy, const Tensor& y, float cap);
 // dst[:, dst_col : dst_col + width] = src[:, src_col : src_col + width] for 2-D tensors with the
