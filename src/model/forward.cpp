@@ -50,6 +50,12 @@ const RopeTables& Model::rope(int64_t layer, int64_t n) const {
   return t;
 }
 
+bool Model::rope_changes(int64_t cached, int64_t total) const {
+  for (const RopeConfig* r : {&config_.rope, config_.sliding_rope ? &*config_.sliding_rope : nullptr})
+    if (r && uses_long_factors(*r, cached) != uses_long_factors(*r, total)) return true;
+  return false;
+}
+
 Tensor Model::normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) const {
   return model::normalize(config_.norm, static_cast<float>(config_.norm_eps), n, x, mean, rstd);
 }

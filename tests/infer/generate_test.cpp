@@ -2,6 +2,7 @@
 // scales), KV-cache decoding equal to full recomputation, merge/unmerge, and the CLI.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "cli/cli_test_helpers.h"
@@ -98,6 +99,32 @@ TEST_P(GreedyParity, KVCachedGreedyEqualsTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyParity, ::testing::Values("gemma2", "gemma3", "phi3", "phi3_longrope"));
+
+// LongRoPE switches every position to its long factors once the sequence passes
+// original_max_position_embeddings (32 here): greedy decoding across the switch must equal argmax
+// over full recomputation (transformers drops its KV cache at that point).
+TEST(Generate, LongRopeCrossingEqualsFullRecomputation) {
+  const std::string dir = test::model_fixture("phi3_longrope");
+  model::Model m = model::Model::load(dir);
+  auto seq = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
+  const std::vector<int32_t> prompt(seq.begin(), seq.begin() + 28);
+  std::vector<int32_t> want, context = prompt;
+  for (int i = 0; i < 10; ++i) {
+    const int64_t T = static_cast<int64_t>(context.size()), V = m.config().vocab_size;
+    Tensor logits = m.logits({context, 1, T});
+    const float* last = logits.f32() + (T - 1) * V;
+    const int32_t next = static_cast<int32_t>(std::max_element(last, last + V) - last);
+    want.push_back(next);
+    context.push_back(next);
+  }
+  infer::GenerateOptions o;
+  o.max_new_tokens = 10;
+  o.sampling.greedy = true;
+  infer::Generator g(m, nullptr);
+  EXPECT_EQ(g.generate(prompt, o), want);
+  EXPECT_TRUE(m.rope_changes(32, 33));
+  EXPECT_FALSE(m.rope_changes(33, 34));
+}
 
 TEST(Merge, MergedLossEqualsUnmergedAndUnmergeRestores) {
   const std::string dir = test::model_fixture("llama");

@@ -95,6 +95,10 @@ class Model {
   // position is n - 1 (LongRoPE picks its factors by it). Grown on demand; thread-compatible, not
   // thread-safe.
   const RopeTables& rope(int64_t layer, int64_t n) const;
+  // Whether a forward over positions [0, total) uses other RoPE tables than one over [0, cached):
+  // LongRoPE switches to its long factors past original_max_position_embeddings, for every
+  // position. A KV cache filled before the switch is then stale (transformers recomputes it).
+  bool rope_changes(int64_t cached, int64_t total) const;
   // Norm of x by the model's norm kind (see norm.h).
   Tensor normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) const;
   int64_t parameter_count() const;
