@@ -121,8 +121,10 @@ RopeConfig parse_rope_params(const json& params, const json& top, const std::str
   if (type != "default" && type != "linear" && type != "llama3" && type != "yarn" && type != "longrope")
     throw error(src, ": unsupported rope_type \"", type, "\" (supported: default, linear, llama3, yarn, longrope)");
   r.type = type;
-  r.factor = get_double(params, "factor", src, 1.0);
-  if (type != "default" && type != "longrope" && !(r.factor > 0)) throw error(src, ": rope factor must be positive");
+  // longrope without a factor keeps 0: max_position_embeddings / original, as transformers (rope.cpp)
+  r.factor = get_double(params, "factor", src, type == "longrope" ? 0.0 : 1.0);
+  if (type != "default" && !(r.factor > 0 || (type == "longrope" && r.factor == 0)))
+    throw error(src, ": rope factor must be positive");
   r.low_freq_factor = get_double(params, "low_freq_factor", src, 1.0);
   r.high_freq_factor = get_double(params, "high_freq_factor", src, 4.0);
   r.original_max_position_embeddings = get_int(
@@ -141,9 +143,6 @@ RopeConfig parse_rope_params(const json& params, const json& top, const std::str
       throw error(src, ": longrope needs \"original_max_position_embeddings\"");
     r.short_factor = get_factors(params, "short_factor", src);
     r.long_factor = get_factors(params, "long_factor", src);
-    // Phi-3 sets no factor: transformers takes max_position_embeddings / original (see rope.cpp).
-    if (params.contains("factor") && !params["factor"].is_null()) r.factor = get_double(params, "factor", src, 1.0);
-    else r.factor = 0;
   }
   return r;
 }
