@@ -6,10 +6,11 @@ namespace lowrank::model {
 namespace {
 
 // Gemma stores its RMSNorm weights centred on 0 and scales by (1 + w): the op gets 1 + w, formed in
-// f32 as transformers does. d(1 + w) = dw, so the backward's weight gradient is w's.
+// f32 (also for bf16 weights) as transformers does. d(1 + w) = dw, so the backward's weight gradient
+// is w's.
 Tensor effective_weight(NormKind kind, const Tensor& w) {
   if (kind != NormKind::RMSOnePlus) return w;
-  Tensor one_plus = Tensor::empty(w.shape(), w.dtype(), w.device());
+  Tensor one_plus = Tensor::empty(w.shape(), DType::F32, w.device());
   ops::fill_(one_plus, 1.0f);
   ops::add_(one_plus, w);
   return one_plus;
