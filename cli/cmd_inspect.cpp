@@ -63,7 +63,12 @@ void inspect_model(const std::string& dir, bool list) {
               (long long)c.num_heads, (long long)c.num_kv_heads, (long long)c.head_dim,
               (long long)c.intermediate_size, (long long)c.vocab_size, (long long)c.max_position_embeddings,
               c.tie_word_embeddings ? "yes" : "no");
-  if (!c.is_gpt2()) std::printf("  rope %s theta %g factor %g\n", c.rope.type.c_str(), c.rope.theta, c.rope.factor);
+  if (!c.learned_positions) {
+    std::printf("  rope %s theta %g factor %g", c.rope.type.c_str(), c.rope.theta, c.rope.factor);
+    if (c.rotary_dim() != c.head_dim) std::printf(", rotary dims %lld of %lld", (long long)c.rotary_dim(), (long long)c.head_dim);
+    if (c.sliding_rope) std::printf(" (sliding-window layers: %s theta %g)", c.sliding_rope->type.c_str(), c.sliding_rope->theta);
+    std::printf("\n");
+  }
   print_tensors(io::TensorStore::open(dir), list);
 }
 

@@ -33,7 +33,12 @@ std::vector<int32_t> Generator::generate(const std::vector<int32_t>& prompt, con
   std::vector<int32_t> context_ids = prompt, out;
   model::TokenBatch step{prompt, 1, static_cast<int64_t>(prompt.size())};
   for (int64_t n = 0; n < budget; ++n) {
-    if (!cached) step = model::TokenBatch{context_ids, 1, static_cast<int64_t>(context_ids.size())};
+    // Without a cache, or when the cached keys' RoPE no longer applies (LongRoPE crossing to its
+    // long factors; transformers' Phi-3 drops its cache there too): the whole sequence again.
+    if (!cached || (n > 0 && model_.rope_changes(kv.length, kv.length + step.seq))) {
+      kv.length = 0;
+      step = model::TokenBatch{context_ids, 1, static_cast<int64_t>(context_ids.size())};
+    }
     Tensor h = model_.hidden_states(step, hook_, nullptr, cached ? &kv : nullptr);
     Tensor logits = model_.project_vocab(h.slice_rows(step.seq - 1, step.seq)).to(Device::cpu());
     std::vector<float> row(logits.f32(), logits.f32() + logits.numel());

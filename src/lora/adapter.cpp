@@ -15,19 +15,11 @@ namespace lowrank::lora {
 namespace fs = std::filesystem;
 
 std::vector<AdaptableModule> adaptable_modules(const model::Model& model) {
-  static const Target llama[] = {Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down};
-  static const Target gpt2[] = {Target::CAttn, Target::CProj, Target::CFc, Target::MlpCProj};
   std::vector<AdaptableModule> out;
   const auto& layers = model.weights().layers;
-  for (size_t l = 0; l < layers.size(); ++l) {
-    auto add = [&](Target t) {
-      if (const model::Linear* lin = layers[l].projection(t)) out.push_back({static_cast<int>(l), t, lin});
-    };
-    if (model.config().is_gpt2())
-      for (Target t : gpt2) add(t);
-    else
-      for (Target t : llama) add(t);
-  }
+  for (size_t l = 0; l < layers.size(); ++l)
+    for (const model::Linear* lin : layers[l].projections())
+      if (lin->defined()) out.push_back({static_cast<int>(l), lin->target, lin});
   return out;
 }
 
@@ -54,7 +46,7 @@ Adapter Adapter::create(const model::Model& model, const LoraConfig& config, Rng
   Adapter a;
   a.config = config;
   // PEFT marks adapters of GPT-2's Conv1D layers (weights stored [in, out]) this way.
-  if (model.config().is_gpt2()) a.config.fan_in_fan_out = true;
+  if (model.config().gpt2_layout) a.config.fan_in_fan_out = true;
   for (const auto& m : adaptable_modules(model)) {
     if (!config.targets(m.linear->name)) continue;
     LoraPair p;

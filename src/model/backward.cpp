@@ -6,6 +6,7 @@
 
 #include "lowrank/core/error.h"
 #include "lowrank/model/activation.h"
+#include "lowrank/model/norm.h"
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
 
@@ -35,13 +36,19 @@ Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Te
   return dx;
 }
 
-Tensor norm_backward(const ModelConfig& c, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,
-                     const Tensor& mean, const Tensor& rstd) {
-  if (c.is_gpt2())
-    return ops::layernorm_backward(dy, x, n.weight, mean, rstd, g ? &g->weight : nullptr, g ? &g->bias : nullptr);
-  return ops::rmsnorm_backward(dy, x, n.weight, rstd, g ? &g->weight : nullptr);
+// [a | b] column-concatenation of two [N, *] gradients: the gradient of a fused projection's output.
+Tensor concat_columns(std::initializer_list<const Tensor*> parts) {
+  int64_t width = 0;
+  for (const Tensor* p : parts) width += p->dim(1);
+  const Tensor& first = **parts.begin();
+  Tensor out = Tensor::empty({first.dim(0), width}, first.dtype(), first.device());
+  int64_t col = 0;
+  for (const Tensor* p : parts) {
+    ops::copy_columns_(out, col, *p, 0, p->dim(1));
+    col += p->dim(1);
+  }
+  return out;
 }
-
 
 // Gradients are f32 whatever the weights' dtype (bf16 weights on the GPU): they accumulate.
 Tensor f32_zeros(const Tensor& like) { return Tensor::zeros(like.shape(), DType::F32, like.device()); }
@@ -50,6 +57,7 @@ Linear zeros_like(const Linear& l) {
   Linear g;
   if (!l.defined()) return g;
   g.name = l.name;
+  g.target = l.target;
   g.weight = f32_zeros(l.weight);
   if (l.bias.defined()) g.bias = f32_zeros(l.bias);
   return g;
@@ -77,6 +85,8 @@ ModelWeights zeros_like(const ModelWeights& w) {
     LayerWeights gl;
     gl.attn_norm = zeros_like(l.attn_norm);
     gl.mlp_norm = zeros_like(l.mlp_norm);
+    gl.post_attn_norm = zeros_like(l.post_attn_norm);
+    gl.post_mlp_norm = zeros_like(l.post_mlp_norm);
     gl.q_norm = zeros_like(l.q_norm);
     gl.k_norm = zeros_like(l.k_norm);
     gl.q = zeros_like(l.q);
@@ -86,6 +96,7 @@ ModelWeights zeros_like(const ModelWeights& w) {
     gl.o = zeros_like(l.o);
     gl.gate = zeros_like(l.gate);
     gl.up = zeros_like(l.up);
+    gl.gate_up = zeros_like(l.gate_up);
     gl.down = zeros_like(l.down);
     g.layers.push_back(std::move(gl));
   }
@@ -109,6 +120,7 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
   const profile::Scope scope(profile::Category::Loss, /*sticky=*/true);
   const ModelWeights& w = model.weights();
   const int64_t N = hidden.dim(0), V = w.lm_head.dim(0);
+  const float cap = static_cast<float>(model.config().final_softcap);
   const Device dev = hidden.device();
   Tensor nll = loss_sum ? *loss_sum : Tensor::zeros({1}, DType::F64, dev);
   LR_CHECK(nll.dtype() == DType::F64 && nll.numel() == 1 && nll.device() == dev, "loss accumulator ", nll.str());
@@ -136,7 +148,13 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
     if (!logits.defined() || logits.dim(0) != end - r)
       logits = Tensor::empty({end - r, V}, hidden.dtype(), dev);
     ops::matmul_nt(h, w.lm_head, logits);
+    Tensor capped;  // soft-capped logits, kept for the backward through the cap
+    if (cap > 0) {
+      ops::softcap_(logits, cap);
+      capped = logits.clone();
+    }
     ops::cross_entropy_chunk(logits, targets_dev.slice_rows(r, end), grad_scale, logits, nll);
+    if (cap > 0) ops::softcap_backward_(logits, capped, cap);
     Tensor dh = dhidden.slice_rows(r, end);
     ops::matmul_nn(logits, w.lm_head, dh);
     if (full) ops::matmul_tn(logits, h, full->lm_head, 1.0f, 1.0f);
@@ -157,13 +175,12 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
 
   LossResult result;
   Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, full, loss_sum, result);
-  Tensor dx = norm_backward(c, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
-                            cache.final_mean, cache.final_rstd);
+  Tensor dx = normalize_backward(c.norm, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
+                                 cache.final_mean, cache.final_rstd);
   const int lowest = full ? 0 : (hook ? hook->lowest_trainable_layer() : static_cast<int>(c.num_layers));
   std::vector<int32_t> pos(N);
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);
   const Tensor pos_dev = Tensor::from_ints(pos, model.device());  // once for every layer's RoPE
-  const RopeTables* tables = c.is_gpt2() ? nullptr : &model.rope(T);
 
   for (int64_t li = c.num_layers - 1; li >= lowest; --li) {
     const LayerWeights& L = w.layers[li];
@@ -177,15 +194,19 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     }
     const LayerActivations& a = cache.layers[li];
     const int layer = static_cast<int>(li);
-    // MLP block: x_out = x_mid + down(act(...))
-    Tensor dact;
+    auto grad_of = [&](Linear LayerWeights::*slot) { return G ? &(G->*slot) : nullptr; };
+    auto norm_grad_of = [&](Norm LayerWeights::*slot) { return G ? &(G->*slot) : nullptr; };
+    // MLP block: x_out = x_mid + [post_norm](down(act(gate) * up))   (ungated: down(act(up)))
+    Tensor dmlp_out = dx;
+    if (c.sandwich_norms)
+      dmlp_out = normalize_backward(c.norm, L.post_mlp_norm, norm_grad_of(&LayerWeights::post_mlp_norm), dx,
+                                    a.down_out, Tensor(), a.post_mlp_rstd);
+    Tensor dact = linear_backward(L.down, grad_of(&LayerWeights::down), layer, L.down.target, a.act, dmlp_out, hook);
     Tensor dxn2;
-    if (c.is_gpt2()) {
-      dact = linear_backward(L.down, G ? &G->down : nullptr, layer, Target::MlpCProj, a.act, dx, hook);
+    if (!c.gated_mlp) {
       Tensor dup = ops::activation_backward(dact, a.up, op_activation(c.activation));
-      dxn2 = linear_backward(L.up, G ? &G->up : nullptr, layer, Target::CFc, a.xn2, dup, hook);
+      dxn2 = linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, dup, hook);
     } else {
-      dact = linear_backward(L.down, G ? &G->down : nullptr, layer, Target::Down, a.act, dx, hook);
       Tensor dg, du;
       if (c.activation == Activation::SiLU) {
         ops::swiglu_backward(dact, a.gate, a.up, dg, du);
@@ -196,56 +217,66 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
         ops::mul_(dactg, a.up);
         dg = ops::activation_backward(dactg, a.gate, op_activation(c.activation));
       }
-      dxn2 = linear_backward(L.gate, G ? &G->gate : nullptr, layer, Target::Gate, a.xn2, dg, hook);
-      linear_backward(L.up, G ? &G->up : nullptr, layer, Target::Up, a.xn2, du, hook, dxn2, Dx::Accumulate);
+      if (c.fused_gate_up) {
+        dxn2 = linear_backward(L.gate_up, grad_of(&LayerWeights::gate_up), layer, L.gate_up.target, a.xn2,
+                               concat_columns({&dg, &du}), hook);
+      } else {
+        dxn2 = linear_backward(L.gate, grad_of(&LayerWeights::gate), layer, L.gate.target, a.xn2, dg, hook);
+        linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, du, hook, dxn2, Dx::Accumulate);
+      }
     }
-    Tensor dx_mid = norm_backward(c, L.mlp_norm, G ? &G->mlp_norm : nullptr, dxn2, a.x_mid, a.norm2_mean, a.norm2_rstd);
+    Tensor dx_mid = normalize_backward(c.norm, L.mlp_norm, norm_grad_of(&LayerWeights::mlp_norm), dxn2, a.x_mid,
+                                       a.norm2_mean, a.norm2_rstd);
     ops::add_(dx_mid, dx);
-    // Attention block: x_mid = x_in + o(attn(q, k, v))
-    Tensor dattn = linear_backward(L.o, G ? &G->o : nullptr, layer, c.is_gpt2() ? Target::CProj : Target::O,
-                                   a.attn, dx_mid, hook);
-    ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
-                              static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)))};
+    // Attention block: x_mid = x_in + [post_norm](o(attn(q, k, v)))
+    Tensor dattn_out = dx_mid;
+    if (c.sandwich_norms)
+      dattn_out = normalize_backward(c.norm, L.post_attn_norm, norm_grad_of(&LayerWeights::post_attn_norm), dx_mid,
+                                     a.o_out, Tensor(), a.post_attn_rstd);
+    Tensor dattn = linear_backward(L.o, grad_of(&LayerWeights::o), layer, L.o.target, a.attn, dattn_out, hook);
+    const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
+                                    c.attention_scale(), static_cast<float>(c.attn_softcap)};
     Tensor dq, dk, dv;
     ops::attention_backward(dattn, a.q, a.k, a.v, a.attn, a.lse, shape, dq, dk, dv);
+    if (!c.learned_positions) {
+      const RopeTables& tables = model.rope(li, T);
+      ops::rope_(dq, c.num_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
+      ops::rope_(dk, c.num_kv_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
+    }
+    if (c.qk_norm) {
+      const int64_t hd = c.head_dim;
+      dq = normalize_backward(c.norm, L.q_norm, norm_grad_of(&LayerWeights::q_norm), dq.reshape({N * c.num_heads, hd}),
+                              a.q_raw.reshape({N * c.num_heads, hd}), Tensor(), a.q_rstd)
+               .reshape({N, c.q_dim()});
+      dk = normalize_backward(c.norm, L.k_norm, norm_grad_of(&LayerWeights::k_norm),
+                              dk.reshape({N * c.num_kv_heads, hd}), a.k_raw.reshape({N * c.num_kv_heads, hd}),
+                              Tensor(), a.k_rstd)
+               .reshape({N, c.kv_dim()});
+    }
     // The lowest trained layer's input gradient feeds nothing (no embedding gradient without
     // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
     const bool need_dx = full || li > lowest;
     Tensor dxn1;
-    if (c.is_gpt2()) {
-      const int64_t d = c.hidden_size;
-      Tensor dqkv = Tensor::empty({N, 3 * d}, dq.dtype(), dq.device());
-      ops::copy_columns_(dqkv, 0, dq, 0, d);
-      ops::copy_columns_(dqkv, d, dk, 0, d);
-      ops::copy_columns_(dqkv, 2 * d, dv, 0, d);
-      linear_backward(L.qkv, G ? &G->qkv : nullptr, layer, Target::CAttn, a.xn1, dqkv, hook, dxn1,
-                      need_dx ? Dx::Write : Dx::Skip);
+    if (c.fused_qkv) {
+      linear_backward(L.qkv, grad_of(&LayerWeights::qkv), layer, L.qkv.target, a.xn1, concat_columns({&dq, &dk, &dv}),
+                      hook, dxn1, need_dx ? Dx::Write : Dx::Skip);
     } else {
-      ops::rope_(dq, c.num_heads, pos_dev, tables->cos, tables->sin, /*inverse=*/true);
-      ops::rope_(dk, c.num_kv_heads, pos_dev, tables->cos, tables->sin, /*inverse=*/true);
-      if (c.qk_norm) {
-        const int64_t hd = c.head_dim;
-        dq = ops::rmsnorm_backward(dq.reshape({N * c.num_heads, hd}), a.q_raw.reshape({N * c.num_heads, hd}),
-                                   L.q_norm.weight, a.q_rstd, G ? &G->q_norm.weight : nullptr)
-                 .reshape({N, c.q_dim()});
-        dk = ops::rmsnorm_backward(dk.reshape({N * c.num_kv_heads, hd}), a.k_raw.reshape({N * c.num_kv_heads, hd}),
-                                   L.k_norm.weight, a.k_rstd, G ? &G->k_norm.weight : nullptr)
-                 .reshape({N, c.kv_dim()});
-      }
-      linear_backward(L.q, G ? &G->q : nullptr, layer, Target::Q, a.xn1, dq, hook, dxn1,
+      linear_backward(L.q, grad_of(&LayerWeights::q), layer, L.q.target, a.xn1, dq, hook, dxn1,
                       need_dx ? Dx::Write : Dx::Skip);
-      linear_backward(L.k, G ? &G->k : nullptr, layer, Target::K, a.xn1, dk, hook, dxn1,
+      linear_backward(L.k, grad_of(&LayerWeights::k), layer, L.k.target, a.xn1, dk, hook, dxn1,
                       need_dx ? Dx::Accumulate : Dx::Skip);
-      linear_backward(L.v, G ? &G->v : nullptr, layer, Target::V, a.xn1, dv, hook, dxn1,
+      linear_backward(L.v, grad_of(&LayerWeights::v), layer, L.v.target, a.xn1, dv, hook, dxn1,
                       need_dx ? Dx::Accumulate : Dx::Skip);
     }
     if (need_dx) {
-      dx = norm_backward(c, L.attn_norm, G ? &G->attn_norm : nullptr, dxn1, a.x_in, a.norm1_mean, a.norm1_rstd);
+      dx = normalize_backward(c.norm, L.attn_norm, norm_grad_of(&LayerWeights::attn_norm), dxn1, a.x_in,
+                              a.norm1_mean, a.norm1_rstd);
       ops::add_(dx, dx_mid);
     }
     if (checkpointing) cache.layers[li] = LayerActivations{};  // free the recomputed activations
   }
   if (full) {
+    if (c.scale_embeddings) ops::scale_(dx, c.embedding_scale(w.embed.dtype()));  // x = embed[ids] · scale
     ops::embedding_backward_(full->embed, batch.ids, dx);
     if (full->positions.defined()) ops::embedding_backward_(full->positions, pos, dx);
   }

@@ -5,20 +5,16 @@
 #include "lowrank/io/safetensors.h"
 #include "lowrank/model/model.h"
 #include "lowrank/model/activation.h"
+#include "lowrank/model/norm.h"
 #include "lowrank/ops/ops.h"
 
 namespace lowrank::model {
 namespace {
 
-Tensor project(const Linear& l, int layer, Target t, const Tensor& x, ProjectionHook* hook) {
+Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook) {
   Tensor y = ops::linear(x, l.weight, l.bias);
-  if (hook) hook->on_projection(layer, t, x, y);
+  if (hook) hook->on_projection(layer, l.target, x, y);
   return y;
-}
-
-Tensor normalize(const ModelConfig& c, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) {
-  return c.is_gpt2() ? ops::layernorm(x, n.weight, n.bias, static_cast<float>(c.norm_eps), mean, rstd)
-                     : ops::rmsnorm(x, n.weight, static_cast<float>(c.norm_eps), rstd);
 }
 
 // Copies columns [begin, begin + width) of x [n, cols] into a new [n, width] tensor.
@@ -31,9 +27,7 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t width) {
 }  // namespace
 
 Model::Model(ModelConfig config, ModelWeights weights, Device device)
-    : config_(std::move(config)), weights_(std::move(weights)), device_(device) {
-  if (!config_.is_gpt2()) rope_freq_ = rope_frequencies(config_);
-}
+    : config_(std::move(config)), weights_(std::move(weights)), device_(device) {}
 
 Model Model::load(const std::string& dir, Device device, DType dtype) {
   ModelConfig config = ModelConfig::load(dir);
@@ -43,13 +37,27 @@ Model Model::load(const std::string& dir, Device device, DType dtype) {
   return m;
 }
 
-const RopeTables& Model::rope(int64_t n) const {
-  if (!rope_tables_.cos.defined() || rope_tables_.cos.dim(0) < n) {
+const RopeTables& Model::rope(int64_t layer, int64_t n) const {
+  const RopeConfig& r = config_.rope_of_layer(layer);
+  const bool sliding = &r != &config_.rope;
+  const bool long_factors = uses_long_factors(r, n);
+  RopeTables& t = rope_tables_[2 * sliding + long_factors];
+  if (!t.cos.defined() || t.cos.dim(0) < n) {
     int64_t size = std::max<int64_t>(n, std::max<int64_t>(config_.max_position_embeddings, 1));
-    RopeTables t = rope_tables(rope_freq_, size);  // f32 on the CPU, then on the model's device
-    rope_tables_ = {t.cos.to(device_), t.sin.to(device_)};
+    RopeTables host = rope_tables(rope_frequencies(config_, r, long_factors), size);  // f32 on the CPU
+    t = {host.cos.to(device_), host.sin.to(device_)};
   }
-  return rope_tables_;
+  return t;
+}
+
+bool Model::rope_changes(int64_t cached, int64_t total) const {
+  for (const RopeConfig* r : {&config_.rope, config_.sliding_rope ? &*config_.sliding_rope : nullptr})
+    if (r && uses_long_factors(*r, cached) != uses_long_factors(*r, total)) return true;
+  return false;
+}
+
+Tensor Model::normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) const {
+  return model::normalize(config_.norm, static_cast<float>(config_.norm_eps), n, x, mean, rstd);
 }
 
 int64_t Model::parameter_count() const {
@@ -64,60 +72,74 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   const int layer = static_cast<int>(li);
   ProjectionHook* hook = in.hook;
   a.x_in = x;
-  a.xn1 = normalize(c, L.attn_norm, x, &a.norm1_mean, &a.norm1_rstd);
-  if (c.is_gpt2()) {
-    Tensor qkv = project(L.qkv, layer, Target::CAttn, a.xn1, hook);
-    const int64_t d = c.hidden_size;
-    a.q = columns(qkv, 0, d);
-    a.k = columns(qkv, d, d);
-    a.v = columns(qkv, 2 * d, d);
+  // Attention block: x_mid = x + [post_norm](o(attention(q, k, v)))
+  a.xn1 = normalize(L.attn_norm, x, &a.norm1_mean, &a.norm1_rstd);
+  if (c.fused_qkv) {  // [q | k | v] columns, GQA widths
+    Tensor qkv = project(L.qkv, layer, a.xn1, hook);
+    a.q = columns(qkv, 0, c.q_dim());
+    a.k = columns(qkv, c.q_dim(), c.kv_dim());
+    a.v = columns(qkv, c.q_dim() + c.kv_dim(), c.kv_dim());
   } else {
-    a.q = project(L.q, layer, Target::Q, a.xn1, hook);
-    a.k = project(L.k, layer, Target::K, a.xn1, hook);
-    a.v = project(L.v, layer, Target::V, a.xn1, hook);
-    if (c.qk_norm) {
-      a.q_raw = a.q;
-      a.k_raw = a.k;
-      const float eps = static_cast<float>(c.norm_eps);
-      // Per head: rows of head_dim ([N*H, hd] views of [N, H*hd]).
-      const int64_t n = a.q.dim(0), hd = c.head_dim;
-      a.q = ops::rmsnorm(a.q.reshape({n * c.num_heads, hd}), L.q_norm.weight, eps, &a.q_rstd)
-                .reshape({n, c.q_dim()});
-      a.k = ops::rmsnorm(a.k.reshape({n * c.num_kv_heads, hd}), L.k_norm.weight, eps, &a.k_rstd)
-                .reshape({n, c.kv_dim()});
-    }
-    const RopeTables& tables = rope(in.start + in.seq);
+    a.q = project(L.q, layer, a.xn1, hook);
+    a.k = project(L.k, layer, a.xn1, hook);
+    a.v = project(L.v, layer, a.xn1, hook);
+  }
+  if (c.qk_norm) {
+    a.q_raw = a.q;
+    a.k_raw = a.k;
+    const float eps = static_cast<float>(c.norm_eps);
+    // Per head: rows of head_dim ([N*H, hd] views of [N, H*hd]).
+    const int64_t n = a.q.dim(0), hd = c.head_dim;
+    a.q = model::normalize(c.norm, eps, L.q_norm, a.q.reshape({n * c.num_heads, hd}), nullptr, &a.q_rstd)
+              .reshape({n, c.q_dim()});
+    a.k = model::normalize(c.norm, eps, L.k_norm, a.k.reshape({n * c.num_kv_heads, hd}), nullptr, &a.k_rstd)
+              .reshape({n, c.kv_dim()});
+  }
+  if (!c.learned_positions) {
+    const RopeTables& tables = rope(li, in.start + in.seq);
     ops::rope_(a.q, c.num_heads, *in.pos, tables.cos, tables.sin);
     ops::rope_(a.k, c.num_kv_heads, *in.pos, tables.cos, tables.sin);
   }
-  ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
-                            static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)))};
+  const ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
+                                  c.attention_scale(), static_cast<float>(c.attn_softcap)};
   if (in.kv) {
     in.kv->append(layer, a.k, a.v);
-    a.attn = cached_attention(a.q, *in.kv, layer, in.start, c.num_heads, c.num_kv_heads, c.head_dim,
-                              c.sliding_window[li]);
+    a.attn = cached_attention(a.q, *in.kv, layer, in.start, shape);
   } else {
     a.attn = ops::attention(a.q, a.k, a.v, shape, in.save_lse ? &a.lse : nullptr);
   }
-  // Residual adds in place into the fresh projection outputs (one pass, no copy of x).
-  a.x_mid = project(L.o, layer, c.is_gpt2() ? Target::CProj : Target::O, a.attn, hook);
-  ops::add_(a.x_mid, x);
-  a.xn2 = normalize(c, L.mlp_norm, a.x_mid, &a.norm2_mean, &a.norm2_rstd);
-  Tensor down;
-  if (c.is_gpt2()) {
-    a.up = project(L.up, layer, Target::CFc, a.xn2, hook);
-    a.act = ops::activation(a.up, op_activation(c.activation));
-    down = project(L.down, layer, Target::MlpCProj, a.act, hook);
-  } else {
-    a.gate = project(L.gate, layer, Target::Gate, a.xn2, hook);
-    a.up = project(L.up, layer, Target::Up, a.xn2, hook);
-    a.act = c.activation == Activation::SiLU ? ops::swiglu(a.gate, a.up)
-                                             : ops::activation(a.gate, op_activation(c.activation));
-    if (c.activation != Activation::SiLU) ops::mul_(a.act, a.up);  // act(gate) * up (non-SiLU gated MLPs)
-    down = project(L.down, layer, Target::Down, a.act, hook);
+  // Residual adds in place into the fresh projection (or post-norm) outputs: one pass, no copy of x.
+  a.x_mid = project(L.o, layer, a.attn, hook);
+  if (c.sandwich_norms) {
+    a.o_out = a.x_mid;
+    a.x_mid = normalize(L.post_attn_norm, a.o_out, nullptr, &a.post_attn_rstd);
   }
-  ops::add_(down, a.x_mid);
-  return down;
+  ops::add_(a.x_mid, x);
+  // MLP block: x_out = x_mid + [post_norm](down(act(gate) * up))   (ungated: down(act(up)))
+  a.xn2 = normalize(L.mlp_norm, a.x_mid, &a.norm2_mean, &a.norm2_rstd);
+  if (c.fused_gate_up) {  // [gate | up] columns
+    Tensor gate_up = project(L.gate_up, layer, a.xn2, hook);
+    a.gate = columns(gate_up, 0, c.intermediate_size);
+    a.up = columns(gate_up, c.intermediate_size, c.intermediate_size);
+  } else {
+    if (c.gated_mlp) a.gate = project(L.gate, layer, a.xn2, hook);
+    a.up = project(L.up, layer, a.xn2, hook);
+  }
+  if (!c.gated_mlp) {
+    a.act = ops::activation(a.up, op_activation(c.activation));
+  } else if (c.activation == Activation::SiLU) {
+    a.act = ops::swiglu(a.gate, a.up);
+  } else {  // act(gate) * up
+    a.act = ops::activation(a.gate, op_activation(c.activation));
+    ops::mul_(a.act, a.up);
+  }
+  Tensor out = project(L.down, layer, a.act, hook);
+  if (c.sandwich_norms) {
+    a.down_out = out;
+    out = normalize(L.post_mlp_norm, a.down_out, nullptr, &a.post_mlp_rstd);
+  }
+  ops::add_(out, a.x_mid);
+  return out;
 }
 
 Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, ForwardCache* cache, KVCache* kv) const {
@@ -127,20 +149,20 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
   LR_CHECK(!kv || (B == 1 && !cache), "KV-cached forward takes one sequence and no backward cache");
   if (kv && device_.is_cuda()) throw error("KV-cached generation on CUDA is not supported yet (use --device cpu)");
   const int64_t start = kv ? kv->length : 0;
-  if (start + T > c.max_position_embeddings && c.is_gpt2())
+  if (start + T > c.max_position_embeddings && c.learned_positions)
     throw error("sequence of ", start + T, " tokens is longer than the model's ", c.max_position_embeddings,
                 " positions");
   std::vector<int32_t> pos(N);
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(start + i % T);
 
   Tensor x = ops::embedding(weights_.embed, batch.ids);
+  if (c.scale_embeddings) ops::scale_(x, c.embedding_scale(x.dtype()));
   if (weights_.positions.defined()) {
     Tensor p = ops::embedding(weights_.positions, pos);
     ops::add_(x, p);
   }
   if (cache) cache->layers.assign(c.num_layers, {});
   const Tensor pos_dev = Tensor::from_ints(pos, device_);  // uploaded once for every layer's RoPE
-  if (!c.is_gpt2()) rope(start + T);                         // tables cover every position
   LayerInput in{B, T, start, &pos_dev, hook, kv, cache != nullptr};
   for (int64_t li = 0; li < c.num_layers; ++li) {
     LayerActivations a;
@@ -153,7 +175,7 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
   }
   if (kv) kv->length += T;
   Tensor mean, rstd;
-  Tensor h = normalize(c, weights_.final_norm, x, &mean, &rstd);
+  Tensor h = normalize(weights_.final_norm, x, &mean, &rstd);
   if (cache) {
     cache->x_final = x;
     cache->final_mean = mean;
@@ -167,6 +189,7 @@ Tensor Model::project_vocab(const Tensor& hidden) const {
   // f32 logits on every device: the loss and sampling need their precision.
   Tensor y = Tensor::empty({hidden.dim(0), weights_.lm_head.dim(0)}, DType::F32, hidden.device());
   ops::matmul_nt(hidden, weights_.lm_head, y);
+  if (config_.final_softcap > 0) ops::softcap_(y, static_cast<float>(config_.final_softcap));
   return y;
 }
 

@@ -25,10 +25,9 @@ void KVCache::append(int layer, const Tensor& k_new, const Tensor& v_new) {
   std::memcpy(v[layer].f32() + length * w, v_new.f32(), n * w * sizeof(float));
 }
 
-Tensor cached_attention(const Tensor& q, const KVCache& cache, int layer, int64_t start, int64_t H, int64_t KV,
-                        int64_t hd, int64_t window) {
+Tensor cached_attention(const Tensor& q, const KVCache& cache, int layer, int64_t start, const ops::AttentionShape& s) {
+  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, window = s.window;
   const int64_t n = q.dim(0), group = H / KV;
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   Tensor out = Tensor::empty({n, H * hd});
   const float* qp = q.f32();
   const float* kp = cache.k[layer].f32();
@@ -48,7 +47,7 @@ Tensor cached_attention(const Tensor& q, const KVCache& cache, int layer, int64_
           const float* kj = kp + j * KV * hd + kvh * hd;
           float dot = 0;
           for (int64_t d = 0; d < hd; ++d) dot += qi[d] * kj[d];
-          p[j] = dot * scale;
+          p[j] = ops::attention_score(dot, s.scale, s.softcap);
           mx = std::max(mx, p[j]);
         }
         double sum = 0;

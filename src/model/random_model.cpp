@@ -63,9 +63,10 @@ class Filler {
   Tensor block_;
 };
 
-Linear linear(const Filler& f, const std::string& name, int64_t out, int64_t in, bool bias) {
+Linear linear(const Filler& f, const std::string& name, Target target, int64_t out, int64_t in, bool bias) {
   Linear l;
   l.name = name;
+  l.target = target;
   l.weight = f.normal({out, in}, static_cast<float>(1.0 / std::sqrt(static_cast<double>(in))));
   if (bias) l.bias = f.normal({out}, 0.02f);
   return l;
@@ -74,7 +75,9 @@ Linear linear(const Filler& f, const std::string& name, int64_t out, int64_t in,
 }  // namespace
 
 Model random_model(const ModelConfig& c, uint64_t seed, Device device, DType dtype) {
-  LR_CHECK(!c.is_gpt2(), "random_model builds Llama-family models");
+  LR_CHECK(!c.gpt2_layout && !c.fused_qkv && !c.fused_gate_up && !c.sandwich_norms && !c.qk_norm &&
+               c.norm == NormKind::RMS,
+           "random_model builds Llama-shaped models");
   Filler f(seed, device, dtype);
   ModelWeights w;
   w.embed_name = "model.embed_tokens.weight";
@@ -84,13 +87,13 @@ Model random_model(const ModelConfig& c, uint64_t seed, Device device, DType dty
     LayerWeights l;
     l.attn_norm = {f.ones(c.hidden_size), {}, p + "input_layernorm"};
     l.mlp_norm = {f.ones(c.hidden_size), {}, p + "post_attention_layernorm"};
-    l.q = linear(f, p + "self_attn.q_proj", c.q_dim(), c.hidden_size, c.attention_bias);
-    l.k = linear(f, p + "self_attn.k_proj", c.kv_dim(), c.hidden_size, c.attention_bias);
-    l.v = linear(f, p + "self_attn.v_proj", c.kv_dim(), c.hidden_size, c.attention_bias);
-    l.o = linear(f, p + "self_attn.o_proj", c.hidden_size, c.q_dim(), c.o_bias);
-    l.gate = linear(f, p + "mlp.gate_proj", c.intermediate_size, c.hidden_size, c.mlp_bias);
-    l.up = linear(f, p + "mlp.up_proj", c.intermediate_size, c.hidden_size, c.mlp_bias);
-    l.down = linear(f, p + "mlp.down_proj", c.hidden_size, c.intermediate_size, c.mlp_bias);
+    l.q = linear(f, p + "self_attn.q_proj", Target::Q, c.q_dim(), c.hidden_size, c.attention_bias);
+    l.k = linear(f, p + "self_attn.k_proj", Target::K, c.kv_dim(), c.hidden_size, c.attention_bias);
+    l.v = linear(f, p + "self_attn.v_proj", Target::V, c.kv_dim(), c.hidden_size, c.attention_bias);
+    l.o = linear(f, p + "self_attn.o_proj", Target::O, c.hidden_size, c.q_dim(), c.o_bias);
+    l.gate = linear(f, p + "mlp.gate_proj", Target::Gate, c.intermediate_size, c.hidden_size, c.mlp_bias);
+    l.up = linear(f, p + "mlp.up_proj", Target::Up, c.intermediate_size, c.hidden_size, c.mlp_bias);
+    l.down = linear(f, p + "mlp.down_proj", Target::Down, c.hidden_size, c.intermediate_size, c.mlp_bias);
     w.layers.push_back(std::move(l));
   }
   w.final_norm = {f.ones(c.hidden_size), {}, "model.norm"};

@@ -33,10 +33,9 @@ void apply_llama3(std::vector<double>& inv, const RopeConfig& r) {
 
 double yarn_mscale(double scale, double mscale) { return scale <= 1 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0; }
 
-RopeFrequencies yarn(const ModelConfig& c) {
-  const RopeConfig& r = c.rope;
+RopeFrequencies yarn(const ModelConfig& c, const RopeConfig& r) {
   const double base = r.theta;
-  const int64_t dim = c.head_dim;
+  const int64_t dim = c.rotary_dim();
   const double factor = r.factor;
   const double orig = r.original_max_position_embeddings > 0 ? static_cast<double>(r.original_max_position_embeddings)
                                                              : static_cast<double>(c.max_position_embeddings);
@@ -69,18 +68,44 @@ RopeFrequencies yarn(const ModelConfig& c) {
   return out;
 }
 
-}  // namespace
-
-RopeFrequencies rope_frequencies(const ModelConfig& c) {
-  if (c.rope.type == "yarn") return yarn(c);
+// LongRoPE (Phi-3): every frequency divided by its own factor, the short set up to
+// original_max_position_embeddings and the long set beyond; cos and sin scaled by
+// sqrt(1 + ln(s) / ln(original)) with s = max_position_embeddings / original unless set.
+RopeFrequencies longrope(const ModelConfig& c, const RopeConfig& r, bool long_factors) {
+  const int64_t dim = c.rotary_dim();
+  const double orig = static_cast<double>(r.original_max_position_embeddings);
+  const double factor = r.factor > 0 ? r.factor : static_cast<double>(c.max_position_embeddings) / orig;
   RopeFrequencies out;
-  out.inv_freq = default_inv_freq(c.rope.theta, c.head_dim);
-  if (c.rope.type == "linear") {
-    for (double& f : out.inv_freq) f /= c.rope.factor;
-  } else if (c.rope.type == "llama3") {
-    apply_llama3(out.inv_freq, c.rope);
+  if (r.attention_factor) out.attention_scaling = *r.attention_factor;
+  else out.attention_scaling = factor <= 1.0 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(orig));
+  const std::vector<double>& ext = long_factors ? r.long_factor : r.short_factor;
+  out.inv_freq.resize(dim / 2);
+  for (int64_t i = 0; i < dim / 2; ++i) {  // float32 throughout, as transformers
+    const float shape = static_cast<float>(2 * i) / static_cast<float>(dim);
+    out.inv_freq[i] = 1.0f / (static_cast<float>(ext[i]) * std::pow(static_cast<float>(r.theta), shape));
   }
   return out;
+}
+
+}  // namespace
+
+RopeFrequencies rope_frequencies(const ModelConfig& c) { return rope_frequencies(c, c.rope); }
+
+RopeFrequencies rope_frequencies(const ModelConfig& c, const RopeConfig& r, bool long_factors) {
+  if (r.type == "yarn") return yarn(c, r);
+  if (r.type == "longrope") return longrope(c, r, long_factors);
+  RopeFrequencies out;
+  out.inv_freq = default_inv_freq(r.theta, c.rotary_dim());
+  if (r.type == "linear") {
+    for (double& f : out.inv_freq) f /= r.factor;
+  } else if (r.type == "llama3") {
+    apply_llama3(out.inv_freq, r);
+  }
+  return out;
+}
+
+bool uses_long_factors(const RopeConfig& r, int64_t seq_len) {
+  return r.type == "longrope" && seq_len > r.original_max_position_embeddings;
 }
 
 RopeTables rope_tables(const RopeFrequencies& f, int64_t n_positions) {

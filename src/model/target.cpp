@@ -15,6 +15,8 @@ std::string_view target_short_name(Target t) {
     case Target::CProj: return "c_proj";
     case Target::CFc: return "c_fc";
     case Target::MlpCProj: return "c_proj";
+    case Target::QKV: return "qkv_proj";
+    case Target::GateUp: return "gate_up_proj";
     case Target::Embed: return "embed_tokens";
     case Target::LmHead: return "lm_head";
     case Target::Count: break;
@@ -35,6 +37,8 @@ std::string_view target_module_path(Target t) {
     case Target::CProj: return "attn.c_proj";
     case Target::CFc: return "mlp.c_fc";
     case Target::MlpCProj: return "mlp.c_proj";
+    case Target::QKV: return "self_attn.qkv_proj";
+    case Target::GateUp: return "mlp.gate_up_proj";
     case Target::Embed: return "embed_tokens";
     case Target::LmHead: return "lm_head";
     case Target::Count: break;

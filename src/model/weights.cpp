@@ -12,20 +12,14 @@ Linear* LayerWeights::projection(Target t) {
   return const_cast<Linear*>(static_cast<const LayerWeights*>(this)->projection(t));
 }
 
+std::vector<const Linear*> LayerWeights::projections() const {
+  return {&q, &k, &v, &qkv, &o, &gate, &up, &gate_up, &down};
+}
+
 const Linear* LayerWeights::projection(Target t) const {
-  const Linear* p = nullptr;
-  switch (t) {
-    case Target::Q: p = &q; break;
-    case Target::K: p = &k; break;
-    case Target::V: p = &v; break;
-    case Target::O: case Target::CProj: p = &o; break;
-    case Target::Gate: p = &gate; break;
-    case Target::Up: case Target::CFc: p = &up; break;
-    case Target::Down: case Target::MlpCProj: p = &down; break;
-    case Target::CAttn: p = &qkv; break;
-    default: return nullptr;
-  }
-  return p->defined() ? p : nullptr;
+  for (const Linear* p : projections())
+    if (p->defined() && p->target == t) return p;
+  return nullptr;
 }
 
 namespace {
@@ -56,18 +50,20 @@ class Loader {
     return c.to(device_);
   }
 
-  Linear linear(const std::string& module, int64_t out, int64_t in, bool bias) const {
+  Linear linear(const std::string& module, Target target, int64_t out, int64_t in, bool bias) const {
     Linear l;
     l.name = module;
+    l.target = target;
     l.weight = get(module + ".weight", {out, in});
     if (bias) l.bias = get(module + ".bias", {out});
     return l;
   }
 
   // GPT-2 Conv1D: stored [in, out]; transposed to [out, in].
-  Linear conv1d(const std::string& module, int64_t out, int64_t in) const {
+  Linear conv1d(const std::string& module, Target target, int64_t out, int64_t in) const {
     Linear l;
     l.name = module;
+    l.target = target;
     l.transposed_in_checkpoint = true;
     l.weight = ops::transpose2d(get(module + ".weight", {in, out}).to(Device::cpu())).to(device_);
     l.bias = get(module + ".bias", {out});
@@ -88,30 +84,46 @@ class Loader {
   Device device_;
 };
 
-ModelWeights load_llama_family(const ModelConfig& c, const Loader& L) {
+// Checkpoints named as transformers' Llama-style decoders (model.layers.N.self_attn.q_proj, ...).
+ModelWeights load_decoder(const ModelConfig& c, const Loader& L) {
   ModelWeights w;
-  const int64_t d = c.hidden_size;
+  const int64_t d = c.hidden_size, I = c.intermediate_size;
+  const bool layer_norm_bias = c.norm == NormKind::Layer;
   w.embed_name = "model.embed_tokens.weight";
   w.embed = L.get(w.embed_name, {c.vocab_size, d});
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     LayerWeights l;
-    l.attn_norm = L.norm(p + "input_layernorm", d, false);
-    l.mlp_norm = L.norm(p + "post_attention_layernorm", d, false);
-    l.q = L.linear(p + "self_attn.q_proj", c.q_dim(), d, c.attention_bias);
-    l.k = L.linear(p + "self_attn.k_proj", c.kv_dim(), d, c.attention_bias);
-    l.v = L.linear(p + "self_attn.v_proj", c.kv_dim(), d, c.attention_bias);
-    l.o = L.linear(p + "self_attn.o_proj", d, c.q_dim(), c.o_bias);
+    l.attn_norm = L.norm(p + "input_layernorm", d, layer_norm_bias);
+    if (c.sandwich_norms) {  // Gemma's post_attention_layernorm is the attention output's, not the MLP input's
+      l.post_attn_norm = L.norm(p + "post_attention_layernorm", d, layer_norm_bias);
+      l.mlp_norm = L.norm(p + "pre_feedforward_layernorm", d, layer_norm_bias);
+      l.post_mlp_norm = L.norm(p + "post_feedforward_layernorm", d, layer_norm_bias);
+    } else {
+      l.mlp_norm = L.norm(p + "post_attention_layernorm", d, layer_norm_bias);
+    }
+    if (c.fused_qkv) {
+      l.qkv = L.linear(p + "self_attn.qkv_proj", Target::QKV, c.q_dim() + 2 * c.kv_dim(), d, c.attention_bias);
+    } else {
+      l.q = L.linear(p + "self_attn.q_proj", Target::Q, c.q_dim(), d, c.attention_bias);
+      l.k = L.linear(p + "self_attn.k_proj", Target::K, c.kv_dim(), d, c.attention_bias);
+      l.v = L.linear(p + "self_attn.v_proj", Target::V, c.kv_dim(), d, c.attention_bias);
+    }
+    l.o = L.linear(p + "self_attn.o_proj", Target::O, d, c.q_dim(), c.o_bias);
     if (c.qk_norm) {
       l.q_norm = L.norm(p + "self_attn.q_norm", c.head_dim, false);
       l.k_norm = L.norm(p + "self_attn.k_norm", c.head_dim, false);
     }
-    l.gate = L.linear(p + "mlp.gate_proj", c.intermediate_size, d, c.mlp_bias);
-    l.up = L.linear(p + "mlp.up_proj", c.intermediate_size, d, c.mlp_bias);
-    l.down = L.linear(p + "mlp.down_proj", d, c.intermediate_size, c.mlp_bias);
+    if (c.fused_gate_up) {
+      l.gate_up = L.linear(p + "mlp.gate_up_proj", Target::GateUp, 2 * I, d, c.mlp_bias);
+    } else {
+      l.gate = L.linear(p + "mlp.gate_proj", Target::Gate, I, d, c.mlp_bias);
+      l.up = L.linear(p + "mlp.up_proj", Target::Up, I, d, c.mlp_bias);
+    }
+    l.down = L.linear(p + "mlp.down_proj", Target::Down, d, I, c.mlp_bias);
     w.layers.push_back(std::move(l));
   }
-  w.final_norm = L.norm("model.norm", d, false);
+  w.final_norm = L.norm("model.norm", d, layer_norm_bias);
   if (c.tie_word_embeddings && !L.has("lm_head.weight")) {
     w.lm_head = w.embed;
     w.lm_head_name = w.embed_name;
@@ -135,10 +147,10 @@ ModelWeights load_gpt2(const ModelConfig& c, const Loader& L) {
     LayerWeights l;
     l.attn_norm = L.norm(p + "ln_1", d, true);
     l.mlp_norm = L.norm(p + "ln_2", d, true);
-    l.qkv = L.conv1d(p + "attn.c_attn", 3 * d, d);
-    l.o = L.conv1d(p + "attn.c_proj", d, d);
-    l.up = L.conv1d(p + "mlp.c_fc", c.intermediate_size, d);
-    l.down = L.conv1d(p + "mlp.c_proj", d, c.intermediate_size);
+    l.qkv = L.conv1d(p + "attn.c_attn", Target::CAttn, 3 * d, d);
+    l.o = L.conv1d(p + "attn.c_proj", Target::CProj, d, d);
+    l.up = L.conv1d(p + "mlp.c_fc", Target::CFc, c.intermediate_size, d);
+    l.down = L.conv1d(p + "mlp.c_proj", Target::MlpCProj, d, c.intermediate_size);
     w.layers.push_back(std::move(l));
   }
   w.final_norm = L.norm(root + "ln_f", d, true);
@@ -168,14 +180,14 @@ void add_norm(std::vector<std::pair<std::string, Tensor>>& out, const Norm& n) {
 
 ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute, Device device) {
   Loader loader(store, compute, device);
-  return config.is_gpt2() ? load_gpt2(config, loader) : load_llama_family(config, loader);
+  return config.gpt2_layout ? load_gpt2(config, loader) : load_decoder(config, loader);
 }
 
 std::vector<std::pair<std::string, Tensor>> checkpoint_tensors(const ModelConfig& c, const ModelWeights& w) {
   auto out = named_tensors(w);
   std::set<std::string> conv1d;
   for (const auto& l : w.layers)
-    for (const Linear* p : {&l.qkv, &l.o, &l.up, &l.down})
+    for (const Linear* p : l.projections())
       if (p->defined() && p->transposed_in_checkpoint) conv1d.insert(p->name + ".weight");
   for (auto& [name, t] : out)
     if (conv1d.count(name)) t = ops::transpose2d(t);
@@ -193,8 +205,10 @@ std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w)
     add_norm(out, l.attn_norm);
     add_norm(out, l.q_norm);
     add_norm(out, l.k_norm);
-    for (const Linear* p : {&l.q, &l.k, &l.v, &l.qkv, &l.o, &l.gate, &l.up, &l.down}) add_linear(out, *p);
+    for (const Linear* p : l.projections()) add_linear(out, *p);
+    add_norm(out, l.post_attn_norm);
     add_norm(out, l.mlp_norm);
+    add_norm(out, l.post_mlp_norm);
   }
   add_norm(out, w.final_norm);
   if (w.lm_head_name != w.embed_name) out.emplace_back(w.lm_head_name, w.lm_head);

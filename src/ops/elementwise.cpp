@@ -69,6 +69,16 @@ void scale_(Tensor& x, float s) {
   LR_DISPATCH(d, scale_(x, s));
 }
 
+void softcap_(Tensor& x, float cap) {
+  const Device d = detail::op_device("softcap_", {&x});
+  LR_DISPATCH(d, softcap_(x, cap));
+}
+
+void softcap_backward_(Tensor& dy, const Tensor& y, float cap) {
+  const Device d = detail::op_device("softcap_backward_", {&dy, &y});
+  LR_DISPATCH(d, softcap_backward_(dy, y, cap));
+}
+
 void mul_(Tensor& y, const Tensor& x) {
   const Device d = detail::op_device("mul_", {&y, &x});
   LR_DISPATCH(d, mul_(y, x));

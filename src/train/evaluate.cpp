@@ -11,7 +11,7 @@ EvalResult evaluate_examples(const model::Model& model, const Dataset& data, mod
                              int64_t window, const std::function<void(int64_t, int64_t)>& on_progress) {
   const int64_t context = model.config().max_position_embeddings;
   if (window <= 0) window = context;
-  if (model.config().is_gpt2() && window > context)
+  if (model.config().learned_positions && window > context)
     throw error("--seq-len ", window, " is longer than the model's ", context, " positions");
   EvalResult r;
   double total = 0;

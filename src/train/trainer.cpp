@@ -158,7 +158,7 @@ TrainSummary run_training(const TrainOptions& o) {
   model::Model& m = *lead.model;
   std::optional<lora::Adapter>& adapter = lead.adapter;
   const auto& cfg = m.config();
-  const int64_t seq_len = cfg.is_gpt2() ? std::min(o.seq_len, cfg.max_position_embeddings) : o.seq_len;
+  const int64_t seq_len = cfg.learned_positions ? std::min(o.seq_len, cfg.max_position_embeddings) : o.seq_len;
   const std::optional<std::string> chat_template =
       o.chat_template.empty() ? std::nullopt : std::optional(tok::chat_template_from_flag(o.chat_template));
   auto encoder = make_text_encoder(o.model_dir, chat_template);

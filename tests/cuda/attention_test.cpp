@@ -1,6 +1,6 @@
 // Fused causal attention on the GPU against the CPU reference, forward (out, lse) and backward
-// (dq, dk, dv): GQA ratios 1/2/3 and MQA, sliding windows, lengths that are no multiple of the
-// tiles, head dims 32..256, T up to 1024, f32 and bf16.
+// (dq, dk, dv): GQA ratios 1/2/3 and MQA, sliding windows, soft-capping, lengths that are no
+// multiple of the tiles, head dims 32..256, T up to 1024, f32 and bf16.
 #ifdef LOWRANK_WITH_CUDA
 #include <gtest/gtest.h>
 
@@ -18,12 +18,14 @@ namespace {
 
 struct Case {
   int64_t B, T, H, KV, hd, window;
+  float softcap = 0;  // Gemma 2's attention logit soft-capping (generic kernels only)
 };
 
 void check(const Case& c, DType t, uint64_t seed) {
   SCOPED_TRACE(testing::Message() << name(t) << " B=" << c.B << " T=" << c.T << " H=" << c.H << " KV=" << c.KV
-                                  << " hd=" << c.hd << " window=" << c.window);
-  ops::AttentionShape s{c.B, c.T, c.H, c.KV, c.hd, c.window, 1.0f / std::sqrt(static_cast<float>(c.hd))};
+                                  << " hd=" << c.hd << " window=" << c.window << " softcap=" << c.softcap);
+  ops::AttentionShape s{c.B, c.T, c.H, c.KV, c.hd, c.window, 1.0f / std::sqrt(static_cast<float>(c.hd)),
+                        c.softcap};
   Tensor q = random_cpu({c.B * c.T, c.H * c.hd}, seed, 2.0f), k = random_cpu({c.B * c.T, c.KV * c.hd}, seed + 1, 2.0f);
   Tensor v = random_cpu({c.B * c.T, c.KV * c.hd}, seed + 2), dout = random_cpu({c.B * c.T, c.H * c.hd}, seed + 3);
   Tensor qr = rounded(q, t), kr = rounded(k, t), vr = rounded(v, t), dor = rounded(dout, t);
@@ -69,6 +71,8 @@ TEST(CudaAttention, SmallShapesAllDtypes) {
       {1, 130, 4, 1, 80, 17}, // sliding window, head dim 80
       {3, 50, 2, 2, 256, 0},  // largest head dim
       {1, 70, 3, 1, 16, 1},   // window 1: each row sees itself only
+      {2, 37, 4, 2, 64, 0, 1.5f},   // soft-capping, hard (scores of several units against a cap of 1.5)
+      {1, 130, 4, 1, 80, 17, 5.0f}, // soft-capping with a sliding window (Gemma 2's sliding layers)
   };
   PathGuard guard;
   for (auto path : {cuda::AttentionPath::Generic, cuda::AttentionPath::Auto}) {

@@ -134,4 +134,26 @@ TEST(CudaElementwise, MulAndCopyColumns) {
     EXPECT_EQ(rel_err(dst, ref), 0.0) << name(t);
   }
 }
+
+// Gemma's logit soft-capping: f32 logits (the vocabulary projection) and bf16 ones (the loss chunks),
+// inputs well beyond the cap so that tanh saturates.
+TEST(CudaElementwise, SoftCapForwardAndBackward) {
+  LR_REQUIRE_GPU();
+  uint64_t seed = 60;
+  const float cap = 15.0f;
+  for (DType t : float_types()) {
+    Tensor x = random_cpu({37, 65}, seed++, 40.0f), g = random_cpu({37, 65}, seed++);
+    Tensor ref = rounded(x, t).clone();
+    cpu::softcap_(ref, cap);
+    Tensor xd = to_gpu(x, t);
+    ops::softcap_(xd, cap);
+    EXPECT_LE(rel_err(xd, ref), tol_for(t)) << name(t);
+    Tensor capped = rounded(to_host(xd), t);
+    Tensor dref = rounded(g, t).clone();
+    cpu::softcap_backward_(dref, capped, cap);
+    Tensor gd = to_gpu(g, t);
+    ops::softcap_backward_(gd, xd, cap);
+    EXPECT_LE(rel_err(gd, dref), tol_for(t)) << name(t);
+  }
+}
 #endif

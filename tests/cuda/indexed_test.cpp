@@ -51,14 +51,16 @@ TEST(CudaIndexed, EmbeddingGatherIsExactAndScatterAddMatches) {
 
 TEST(CudaIndexed, RopeForwardAndInverse) {
   LR_REQUIRE_GPU();
-  // head_dim 64 and 128 take the 16-byte path (bf16 and f32), 12 the scalar one.
-  for (const int64_t hd : {int64_t(64), int64_t(128), int64_t(12)}) {
-    SCOPED_TRACE(testing::Message() << "head_dim " << hd);
-    const int64_t n = 77, heads = 6, P = 300, half = hd / 2;
+  // head_dim 64 and 128 take the 16-byte path (bf16 and f32), 12 the scalar one; rotary_dim below
+  // head_dim is partial rotary (Phi-3): 32 of 64 and 64 of 96 vectorised, 8 of 12 scalar.
+  for (const auto [hd, rotary] : {std::pair<int64_t, int64_t>{64, 64}, {128, 128}, {12, 12}, {64, 32}, {96, 64},
+                                  {12, 8}}) {
+    SCOPED_TRACE(testing::Message() << "head_dim " << hd << " rotary_dim " << rotary);
+    const int64_t n = 77, heads = 6, P = 300, half = rotary / 2;
     Tensor cos = Tensor::empty({P, half}), sin = Tensor::empty({P, half});
     for (int64_t p = 0; p < P; ++p)
       for (int64_t i = 0; i < half; ++i) {
-        const double a = p * std::pow(10000.0, -2.0 * i / hd);
+        const double a = p * std::pow(10000.0, -2.0 * i / rotary);
         cos.f32()[p * half + i] = static_cast<float>(std::cos(a));
         sin.f32()[p * half + i] = static_cast<float>(std::sin(a));
       }

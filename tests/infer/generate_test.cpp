@@ -2,6 +2,7 @@
 // scales), KV-cache decoding equal to full recomputation, merge/unmerge, and the CLI.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "cli/cli_test_helpers.h"
@@ -74,8 +75,56 @@ TEST_P(KVCacheParity, DecodeLogitsEqualFullRecompute) {
   EXPECT_EQ(kv.length, static_cast<int64_t>(seq.size()));
 }
 
-// mistral: sliding window; qwen3: q/k norm + yarn; gpt2: learned positions.
-INSTANTIATE_TEST_SUITE_P(Fixtures, KVCacheParity, ::testing::Values("llama", "mistral", "qwen3", "gpt2", "qwen2"));
+// mistral: sliding window; qwen3: q/k norm + yarn; gpt2: learned positions; gemma2: soft-capping and
+// sliding layers; gemma3: per-layer RoPE; phi3: fused projections and partial rotary. (Not
+// phi3_longrope: its 40-token sequence switches to the long factors, which a cache filled with
+// short-factor keys does not follow, in transformers either.)
+INSTANTIATE_TEST_SUITE_P(Fixtures, KVCacheParity,
+                         ::testing::Values("llama", "mistral", "qwen3", "gpt2", "qwen2", "gemma2", "gemma3", "phi3"));
+
+// expected.json's "greedy": 12 argmax tokens after a prompt, computed by transformers with full
+// recomputation and no end-of-sequence stop; lowrank's KV-cached generator must give the same.
+class GreedyParity : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GreedyParity, KVCachedGreedyEqualsTransformers) {
+  const std::string dir = test::model_fixture(GetParam());
+  model::Model m = model::Model::load(dir);
+  const auto greedy = io::read_json(dir + "/expected.json")["greedy"];
+  const auto want = greedy["output_ids"].get<std::vector<int32_t>>();
+  infer::GenerateOptions o;
+  o.max_new_tokens = static_cast<int64_t>(want.size());
+  o.sampling.greedy = true;  // no eos_ids: the reference does not stop either
+  infer::Generator g(m, nullptr);
+  EXPECT_EQ(g.generate(greedy["prompt"].get<std::vector<int32_t>>(), o), want) << GetParam();
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GreedyParity, ::testing::Values("gemma2", "gemma3", "phi3", "phi3_longrope"));
+
+// LongRoPE switches every position to its long factors once the sequence passes
+// original_max_position_embeddings (32 here): greedy decoding across the switch must equal argmax
+// over full recomputation (transformers drops its KV cache at that point).
+TEST(Generate, LongRopeCrossingEqualsFullRecomputation) {
+  const std::string dir = test::model_fixture("phi3_longrope");
+  model::Model m = model::Model::load(dir);
+  auto seq = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
+  const std::vector<int32_t> prompt(seq.begin(), seq.begin() + 28);
+  std::vector<int32_t> want, context = prompt;
+  for (int i = 0; i < 10; ++i) {
+    const int64_t T = static_cast<int64_t>(context.size()), V = m.config().vocab_size;
+    Tensor logits = m.logits({context, 1, T});
+    const float* last = logits.f32() + (T - 1) * V;
+    const int32_t next = static_cast<int32_t>(std::max_element(last, last + V) - last);
+    want.push_back(next);
+    context.push_back(next);
+  }
+  infer::GenerateOptions o;
+  o.max_new_tokens = 10;
+  o.sampling.greedy = true;
+  infer::Generator g(m, nullptr);
+  EXPECT_EQ(g.generate(prompt, o), want);
+  EXPECT_TRUE(m.rope_changes(32, 33));
+  EXPECT_FALSE(m.rope_changes(33, 34));
+}
 
 TEST(Merge, MergedLossEqualsUnmergedAndUnmergeRestores) {
   const std::string dir = test::model_fixture("llama");

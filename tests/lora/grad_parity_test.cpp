@@ -91,7 +91,8 @@ TEST_P(LoraGradParity, LossGradientsAndEvalMatchPeft) {
 
 INSTANTIATE_TEST_SUITE_P(Peft, LoraGradParity,
                          ::testing::Values("llama_all_linear", "qwen2_qv_bias", "gpt2_conv1d", "llama_rslora_paths",
-                                           "qwen3_all_linear"));
+                                           "qwen3_all_linear", "gemma2_all_linear", "gemma3_all_linear",
+                                           "phi3_all_linear"));
 
 TEST(FullGradParity, EveryWeightGradientMatchesPyTorch) {
   const std::string dir = test::fixture("lora/llama_full");

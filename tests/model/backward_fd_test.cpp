@@ -82,24 +82,43 @@ TEST(BackwardFiniteDifference, Activations) {
 TEST(BackwardFiniteDifference, RopeInverseIsTheGradient) {
   Rng rng(4);
   const int64_t n = 6, heads = 2, hd = 8;
-  Tensor cos = Tensor::empty({n, hd / 2}), sin = Tensor::empty({n, hd / 2});
-  for (int64_t i = 0; i < cos.numel(); ++i) {
-    const float a = rng.uniform(0, 6.28f);
-    cos.f32()[i] = std::cos(a);
-    sin.f32()[i] = std::sin(a);
+  for (int64_t rotary : {hd, hd / 2}) {  // full and partial rotary (the last dims of each head pass through)
+    Tensor cos = Tensor::empty({n, rotary / 2}), sin = Tensor::empty({n, rotary / 2});
+    for (int64_t i = 0; i < cos.numel(); ++i) {
+      const float a = rng.uniform(0, 6.28f);
+      cos.f32()[i] = std::cos(a);
+      sin.f32()[i] = std::sin(a);
+    }
+    std::vector<int32_t> pos{0, 1, 2, 3, 4, 5};
+    Tensor x = randn(rng, {n, heads * hd}), g = randn(rng, {n, heads * hd});
+    Tensor dx = g.clone();
+    ops::rope_(dx, heads, pos, cos, sin, /*inverse=*/true);
+    auto f = [&](const Tensor& v) { Tensor y = v.clone(); ops::rope_(y, heads, pos, cos, sin); return y; };
+    check("rope rotary " + std::to_string(rotary), x.clone(), g, f, dx);
+    if (rotary < hd) {  // the pass-through dims are untouched
+      Tensor y = f(x);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t i = t * heads * hd + rotary; i < t * heads * hd + hd; ++i) EXPECT_EQ(y.f32()[i], x.f32()[i]);
+    }
   }
-  std::vector<int32_t> pos{0, 1, 2, 3, 4, 5};
-  Tensor x = randn(rng, {n, heads * hd}), g = randn(rng, {n, heads * hd});
-  Tensor dx = g.clone();
-  ops::rope_(dx, heads, pos, cos, sin, /*inverse=*/true);
-  check("rope", x.clone(), g, [&](const Tensor& v) { Tensor y = v.clone(); ops::rope_(y, heads, pos, cos, sin); return y; },
-        dx);
 }
 
-TEST(BackwardFiniteDifference, AttentionWithGqaAndWindow) {
+TEST(BackwardFiniteDifference, LogitSoftCapping) {
+  Rng rng(7);
+  Tensor x = randn(rng, {4, 9}, 20.0f), g = randn(rng, {4, 9});
+  const float cap = 15.0f;
+  auto f = [&](const Tensor& v) { Tensor y = v.clone(); ops::softcap_(y, cap); return y; };
+  Tensor dx = g.clone();
+  ops::softcap_backward_(dx, f(x), cap);
+  check("softcap", x.clone(), g, f, dx);
+  for (int64_t i = 0; i < x.numel(); ++i) EXPECT_LT(std::fabs(f(x).f32()[i]), cap);
+}
+
+TEST(BackwardFiniteDifference, AttentionWithGqaWindowAndSoftCapping) {
   Rng rng(5);
-  for (int64_t window : {0, 3}) {
-    ops::AttentionShape s{2, 7, 4, 2, 4, window, 0.5f};
+  for (int64_t window : {0, 3})
+  for (float softcap : {0.0f, 1.5f}) {  // 1.5: most scores are capped hard
+    ops::AttentionShape s{2, 7, 4, 2, 4, window, 0.5f, softcap};
     Tensor q = randn(rng, {14, 16}), k = randn(rng, {14, 8}), v = randn(rng, {14, 8}), g = randn(rng, {14, 16});
     Tensor lse;
     Tensor out = ops::attention(q, k, v, s, &lse);

@@ -59,7 +59,7 @@ TEST_P(CudaEval, LossEqualsCpuWithinBf16Tolerance) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaEval,
                          ::testing::Values("llama", "llama_tied_bias", "llama3_rope", "llama_bf16", "mistral",
-                                           "qwen2", "qwen3", "gpt2"));
+                                           "qwen2", "qwen3", "gpt2", "gemma2", "gemma3", "phi3", "phi3_longrope"));
 
 struct Batch {
   model::TokenBatch tokens;
@@ -134,7 +134,8 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
                          ::testing::Values("llama_all_linear", "gpt2_conv1d", "llama_rslora_paths", "qwen3_all_linear",
-                                           "qwen2_qv_bias"));
+                                           "qwen2_qv_bias", "gemma2_all_linear", "gemma3_all_linear",
+                                           "phi3_all_linear"));
 
 TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
   REQUIRE_GPU();

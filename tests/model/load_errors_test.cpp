@@ -90,8 +90,8 @@ TEST(ModelLoad, UnknownArchitectureListsSupported) {
 
 TEST(ModelLoad, UnsupportedRopeTypeIsNamed) {
   ModelCopy m("llama");
-  m.config["rope_parameters"]["rope_type"] = "longrope";
-  expect_load_error(m.write(), {"config.json", "longrope"});
+  m.config["rope_parameters"]["rope_type"] = "dynamic";
+  expect_load_error(m.write(), {"config.json", "dynamic"});
 }
 
 TEST(ModelLoad, NoConfigJson) {
@@ -123,6 +123,88 @@ TEST(ModelLoad, TokenOutsideVocabulary) {
   model::Model m = model::Model::load(test::model_fixture("llama"));
   model::TokenBatch b{{1, 2, 320}, 1, 3};
   EXPECT_THROW(m.logits(b), Error);
+}
+
+}  // namespace
+
+namespace {
+
+// The logits of a rewritten copy of a fixture equal the fixture's own, bit for bit.
+void expect_same_logits(const std::string& dir, const std::string& fixture) {
+  model::Model a = model::Model::load(dir);
+  model::Model b = model::Model::load(test::model_fixture(fixture));
+  std::vector<int32_t> ids;
+  for (int32_t i = 0; i < 40; ++i) ids.push_back((i * 37 + 5) % 300);
+  model::TokenBatch batch{ids, 1, 40};
+  Tensor x = a.logits(batch), y = b.logits(batch);
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(x.f32()[i], y.f32()[i]) << fixture << " logit " << i;
+}
+
+// Gemma 3 in transformers 4.x: rope_theta (full attention), rope_local_base_freq (sliding layers),
+// sliding_window_pattern instead of layer_types.
+TEST(ModelLoad, Gemma3Transformers4StyleConfigGivesSameLogits) {
+  ModelCopy m("gemma3");
+  const auto rope = m.config["rope_parameters"];
+  m.config.erase("rope_parameters");
+  m.config.erase("layer_types");
+  m.config.erase("_sliding_window_pattern");
+  m.config["sliding_window_pattern"] = 2;  // layers 0 and 2 slide, as the fixture's layer_types say
+  m.config["rope_theta"] = rope["full_attention"]["rope_theta"];
+  m.config["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"];
+  const std::string dir = m.write();
+  auto c = model::ModelConfig::load(dir);
+  EXPECT_EQ(c.sliding_window, (std::vector<int64_t>{8, 0, 8}));
+  ASSERT_TRUE(c.sliding_rope.has_value());
+  EXPECT_NE(c.rope_of_layer(0).theta, c.rope_of_layer(1).theta);
+  expect_same_logits(dir, "gemma3");
+}
+
+// Gemma 2 in 4.x: no layer_types (every other layer slides, from the first), rope_theta on top.
+TEST(ModelLoad, Gemma2Transformers4StyleConfigGivesSameLogits) {
+  ModelCopy m("gemma2");
+  m.config["rope_theta"] = m.config["rope_parameters"]["rope_theta"];
+  m.config.erase("rope_parameters");
+  m.config.erase("layer_types");
+  expect_same_logits(m.write(), "gemma2");
+}
+
+// Phi-3 in 4.x: rope_scaling {"type": "su"} with the factors, the rest at the top level.
+TEST(ModelLoad, Phi3LongRopeTransformers4StyleConfigGivesSameLogits) {
+  ModelCopy m("phi3_longrope");
+  const auto rope = m.config["rope_parameters"];
+  m.config.erase("rope_parameters");
+  m.config["rope_theta"] = rope["rope_theta"];
+  m.config["rope_scaling"] = {{"type", "su"}, {"short_factor", rope["short_factor"]},
+                              {"long_factor", rope["long_factor"]}};
+  expect_same_logits(m.write(), "phi3_longrope");
+}
+
+TEST(ModelLoad, FamilyOptionsOutsideWhatIsSupportedAreNamed) {
+  {
+    ModelCopy m("llama");
+    m.config["partial_rotary_factor"] = 0.5;
+    expect_load_error(m.write(), {"config.json", "partial_rotary_factor", "LlamaForCausalLM"});
+  }
+  {
+    ModelCopy m("phi3_longrope");
+    m.config["rope_parameters"]["long_factor"] = {1.0, 2.0};
+    expect_load_error(m.write(), {"config.json", "long_factor", "4 entries"});
+  }
+  {
+    ModelCopy m("gemma3");
+    m.config["use_bidirectional_attention"] = true;
+    expect_load_error(m.write(), {"config.json", "use_bidirectional_attention"});
+  }
+  {
+    ModelCopy m("gemma2");
+    m.config["layer_types"][1] = "chunked_attention";
+    expect_load_error(m.write(), {"config.json", "chunked_attention"});
+  }
+  {
+    ModelCopy m("gemma2");
+    m.config["attn_logit_softcapping"] = -1.0;
+    expect_load_error(m.write(), {"config.json", "attn_logit_softcapping"});
+  }
 }
 
 }  // namespace

@@ -78,9 +78,11 @@ TEST_P(RopeParity, FrequenciesMatchTransformers) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ForwardParity,
                          ::testing::Values("llama", "llama_tied_bias", "llama3_rope", "llama_bf16", "mistral",
-                                           "qwen2", "qwen3", "gpt2"));
-// GPT-2 has learned positions, no RoPE.
+                                           "qwen2", "qwen3", "gpt2", "gemma2", "gemma3", "phi3", "phi3_longrope"));
+// GPT-2 has learned positions, no RoPE; Gemma 3's rotary module keeps one table per layer type
+// (no "inv_freq" in its fixture: its logits test both).
 INSTANTIATE_TEST_SUITE_P(Fixtures, RopeParity,
-                         ::testing::Values("llama", "llama_tied_bias", "llama3_rope", "mistral", "qwen2", "qwen3"));
+                         ::testing::Values("llama", "llama_tied_bias", "llama3_rope", "mistral", "qwen2", "qwen3",
+                                           "gemma2", "phi3", "phi3_longrope"));
 
 }  // namespace

@@ -5,6 +5,7 @@
 
 #include "lowrank/core/tensor.h"
 #include "lowrank/model/config.h"
+#include "lowrank/ops/op_types.h"
 
 namespace lowrank::model {
 
@@ -20,8 +21,8 @@ struct KVCache {
 };
 
 // Attention of n new queries q [n, H*hd] at positions [start, start + n) over the cache's
-// positions [0, start + n) of `layer` (causal, optional sliding window) -> [n, H*hd].
-Tensor cached_attention(const Tensor& q, const KVCache& cache, int layer, int64_t start, int64_t heads,
-                        int64_t kv_heads, int64_t head_dim, int64_t window);
+// positions [0, start + n) of `layer` (causal; s's window, scale and soft-capping; s.batch and
+// s.seq are unused) -> [n, H*hd].
+Tensor cached_attention(const Tensor& q, const KVCache& cache, int layer, int64_t start, const ops::AttentionShape& s);
 
 }  // namespace lowrank::model

@@ -33,16 +33,18 @@ struct LayerActivations {
   Tensor x_in;            // [N, d] residual stream entering the layer
   Tensor xn1;             // [N, d] attention-norm output
   Tensor norm1_mean, norm1_rstd;  // [N]
-  Tensor q_raw, k_raw;    // [N, H*hd], [N, KV*hd] projections before q/k norm (Qwen3)
-  Tensor q_rstd, k_rstd;  // [N*H], [N*KV] (Qwen3)
+  Tensor q_raw, k_raw;    // [N, H*hd], [N, KV*hd] projections before q/k norm (qk_norm)
+  Tensor q_rstd, k_rstd;  // [N*H], [N*KV] (qk_norm)
   Tensor q, k, v;         // after norm and RoPE: what attention consumed
   Tensor attn;            // [N, H*hd] attention output (o-projection input)
   Tensor lse;             // [B, H, T]
+  Tensor o_out, post_attn_rstd;  // [N, d], [N] o-projection output and its norm's rstd (sandwich_norms)
   Tensor x_mid;           // [N, d] residual after attention
   Tensor xn2;             // [N, d]
   Tensor norm2_mean, norm2_rstd;
-  Tensor gate, up;        // [N, I] pre-activation (gate: SwiGLU only)
+  Tensor gate, up;        // [N, I] pre-activation (gate: gated MLPs only)
   Tensor act;             // [N, I] down-projection input
+  Tensor down_out, post_mlp_rstd;  // [N, d], [N] down-projection output and its norm's rstd (sandwich_norms)
 };
 
 struct ForwardCache {
@@ -86,11 +88,19 @@ class Model {
   Tensor layer_forward(int64_t layer, const Tensor& x, const LayerInput& in, LayerActivations& a) const;
   // Logits [B*T, V].
   Tensor logits(const TokenBatch& batch, ProjectionHook* hook = nullptr) const;
-  // The lm_head projection of hidden states [n, d] -> [n, V].
+  // The lm_head projection of hidden states [n, d] -> [n, V] (soft-capped when the model does).
   Tensor project_vocab(const Tensor& hidden) const;
 
-  // cos/sin tables covering at least n positions (grown on demand; thread-compatible, not thread-safe).
-  const RopeTables& rope(int64_t n) const;
+  // cos/sin tables of `layer`'s RoPE covering at least n positions, for a forward whose last
+  // position is n - 1 (LongRoPE picks its factors by it). Grown on demand; thread-compatible, not
+  // thread-safe.
+  const RopeTables& rope(int64_t layer, int64_t n) const;
+  // Whether a forward over positions [0, total) uses other RoPE tables than one over [0, cached):
+  // LongRoPE switches to its long factors past original_max_position_embeddings, for every
+  // position. A KV cache filled before the switch is then stale (transformers recomputes it).
+  bool rope_changes(int64_t cached, int64_t total) const;
+  // Norm of x by the model's norm kind (see norm.h).
+  Tensor normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) const;
   int64_t parameter_count() const;
 
  private:
@@ -98,8 +108,8 @@ class Model {
   ModelWeights weights_;
   std::string source_;
   Device device_;
-  RopeFrequencies rope_freq_;
-  mutable RopeTables rope_tables_;
+  // [2 · sliding-layer RoPE + LongRoPE long factors]: the tables each kind of layer uses.
+  mutable RopeTables rope_tables_[4];
 };
 
 // Token-weighted negative log-likelihood of one sequence: every position t >= 1 is predicted

@@ -10,6 +10,7 @@ namespace lowrank {
 enum class Target : uint8_t {
   Q, K, V, O, Gate, Up, Down,  // Llama family
   CAttn, CProj, CFc, MlpCProj, // GPT-2 (Conv1D); MlpCProj is mlp.c_proj, CProj is attn.c_proj
+  QKV, GateUp,                 // Phi-3's fused self_attn.qkv_proj and mlp.gate_up_proj
   Embed, LmHead,
   Count
 };

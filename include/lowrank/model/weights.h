@@ -16,6 +16,7 @@ struct Linear {
   Tensor weight;  // [out, in]
   Tensor bias;    // [out], or undefined
   std::string name;  // checkpoint module path, e.g. "model.layers.0.self_attn.q_proj"
+  Target target = Target::Count;  // what LoRA and the projection hook call it (set at load)
   bool transposed_in_checkpoint = false;  // GPT-2 Conv1D stores [in, out]
 
   bool defined() const { return weight.defined(); }
@@ -31,12 +32,16 @@ struct Norm {
 
 struct LayerWeights {
   Norm attn_norm;  // input_layernorm / ln_1
-  Norm mlp_norm;   // post_attention_layernorm / ln_2
-  Norm q_norm, k_norm;  // Qwen3 only: [head_dim]
-  // Llama family: q, k, v, o, gate, up, down. GPT-2: qkv (c_attn, [3d, d]), o (attn.c_proj),
-  // up (c_fc), down (mlp.c_proj).
-  Linear q, k, v, qkv, o, gate, up, down;
+  Norm mlp_norm;   // post_attention_layernorm / ln_2 (Gemma: pre_feedforward_layernorm)
+  Norm post_attn_norm, post_mlp_norm;  // Gemma 2/3 only: post_attention_layernorm, post_feedforward_layernorm
+  Norm q_norm, k_norm;  // Qwen3, Gemma 3 only: [head_dim]
+  // Llama family: q, k, v, o, gate, up, down. Phi-3: qkv (qkv_proj [q_dim + 2 kv_dim, d]), o,
+  // gate_up (gate_up_proj [2 I, d], gate rows first), down. GPT-2: qkv (c_attn, [3d, d]), o
+  // (attn.c_proj), up (c_fc), down (mlp.c_proj). Undefined slots are absent in the family.
+  Linear q, k, v, qkv, o, gate, up, gate_up, down;
 
+  // Every slot, defined or not, in module order (the order of adaptable modules).
+  std::vector<const Linear*> projections() const;
   // The projection LoRA target t refers to in this layer (nullptr if the architecture has none).
   Linear* projection(Target t);
   const Linear* projection(Target t) const;

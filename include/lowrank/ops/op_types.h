@@ -1,5 +1,6 @@
 #pragma once
 // Small value types shared by the op declarations (ops.h) and the backends that implement them.
+#include <cmath>
 #include <cstdint>
 
 namespace lowrank::ops {
@@ -8,7 +9,15 @@ struct AttentionShape {
   int64_t batch = 1, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // sliding window (0 = full causal)
   float scale = 0;     // usually 1/sqrt(head_dim)
+  float softcap = 0;   // scores → softcap · tanh(scores / softcap) before the softmax (Gemma 2); 0: none
 };
+
+// One attention score from q·k: scaled, then soft-capped when `softcap` > 0 (as transformers:
+// (q·k · scale) / cap → tanh → · cap).
+inline float attention_score(float dot, float scale, float softcap) {
+  const float s = dot * scale;
+  return softcap > 0 ? softcap * std::tanh(s / softcap) : s;
+}
 
 enum class Act { SiLU, GeluTanh, GeluErf, ReLU };
 

@@ -41,7 +41,8 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, T
                  Tensor* rstd = nullptr);
 
 // Rotates x [n, heads*head_dim] in place (HF rotate_half convention) for token positions pos[n],
-// with cos/sin tables [P, head_dim/2].
+// with cos/sin tables [P, rotary_dim/2]: the first rotary_dim dims of each head turn, the rest
+// pass through (partial rotary).
 void rope_(Tensor& x, int64_t heads, const std::vector<int32_t>& pos, const Tensor& cos, const Tensor& sin,
            bool inverse = false);
 
@@ -95,6 +96,10 @@ void cast_into_(Tensor& out, const Tensor& x);
 void fill_(Tensor& x, float value);  // any device, float dtypes
 void scale_(Tensor& x, float s);     // x *= s
 void mul_(Tensor& y, const Tensor& x);  // y *= x, element-wise (same numel)
+// Logit soft-capping (Gemma): x = cap · tanh(x / cap) in place; and its backward from the capped
+// output y: dy *= 1 - (y / cap)².
+void softcap_(Tensor& x, float cap);
+void softcap_backward_(Tensor& dy, const Tensor& y, float cap);
 // dst[:, dst_col : dst_col + width] = src[:, src_col : src_col + width] for 2-D tensors with the
 // same rows and dtype (any 2- or 4-byte dtype): splitting fused projections (GPT-2's c_attn,
 // gate_up) and writing their gradients back.

@@ -35,7 +35,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
             const float* kj = kp + (b * T + j) * KV * hd + kvh * hd;
             float dot = 0;
             for (int64_t d = 0; d < hd; ++d) dot += qi[d] * kj[d];
-            p[j] = dot * s.scale;
+            p[j] = ops::attention_score(dot, s.scale, s.softcap);
             mx = std::max(mx, p[j]);
           }
           double sum = 0;

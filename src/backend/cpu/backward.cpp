@@ -73,7 +73,7 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   const int64_t work = B * H * T * T * hd;  // small problems skip the thread wake-up
 #pragma omp parallel if (work > 65536)
   {
-    std::vector<float> p(T), dp(T);
+    std::vector<float> p(T), dp(T), dcap(T);
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t kvh = 0; kvh < KV; ++kvh)
@@ -94,12 +94,20 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                 dot += qi[d] * kj[d];
                 dpv += doi[d] * vj[d];
               }
-              p[j] = std::exp(dot * s.scale - lse_i);
+              const float score = ops::attention_score(dot, s.scale, s.softcap);
+              p[j] = std::exp(score - lse_i);
               dp[j] = dpv;
+              // d score / d dot: scale, times 1 - tanh² through soft-capping
+              if (s.softcap > 0) {
+                const float th = score / s.softcap;
+                dcap[j] = s.scale * (1.0f - th * th);
+              } else {
+                dcap[j] = s.scale;
+              }
             }
             float* dqi = dqp + qrow;
             for (int64_t j = j0; j <= i; ++j) {
-              const float ds = p[j] * (dp[j] - static_cast<float>(di)) * s.scale;
+              const float ds = p[j] * (dp[j] - static_cast<float>(di)) * dcap[j];
               const int64_t krow = (b * T + j) * KV * hd + kvh * hd;
               for (int64_t d = 0; d < hd; ++d) {
                 dqi[d] += ds * kp[krow + d];

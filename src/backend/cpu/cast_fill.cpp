@@ -1,4 +1,5 @@
 // CPU dtype conversion, fill, in-place scaling and products, column copies.
+#include <cmath>
 #include <cstring>
 
 #include "lowrank/backend/cpu/cpu_ops.h"
@@ -28,6 +29,25 @@ void mul_(Tensor& y, const Tensor& x) {
   const int64_t n = y.numel();
 #pragma omp parallel for simd if (n > 32768)
   for (int64_t i = 0; i < n; ++i) a[i] *= b[i];
+}
+
+void softcap_(Tensor& x, float cap) {
+  float* a = x.f32();
+  const int64_t n = x.numel();
+#pragma omp parallel for if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) a[i] = cap * std::tanh(a[i] / cap);
+}
+
+void softcap_backward_(Tensor& dy, const Tensor& y, float cap) {
+  LR_CHECK(dy.numel() == y.numel(), "softcap_backward_ ", dy.str(), " for ", y.str());
+  float* g = dy.f32();
+  const float* t = y.f32();
+  const int64_t n = dy.numel();
+#pragma omp parallel for simd if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    const float th = t[i] / cap;  // tanh(x / cap)
+    g[i] *= 1.0f - th * th;
+  }
 }
 
 void copy_columns_(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) {

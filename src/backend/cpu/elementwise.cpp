@@ -106,8 +106,8 @@ void rope_(Tensor& x, int64_t heads, const std::vector<int32_t>& pos, const Tens
            bool inverse) {
   const int64_t n = x.dim(0);
   const int64_t hd = x.dim(1) / heads;
-  const int64_t half = hd / 2;
-  LR_CHECK(static_cast<int64_t>(pos.size()) == n && cos.dim(1) == half, x.str(), " rope ", cos.str());
+  const int64_t half = cos.dim(1);  // rotated pairs per head: hd / 2, fewer with partial rotary
+  LR_CHECK(static_cast<int64_t>(pos.size()) == n && 2 * half <= hd, x.str(), " rope ", cos.str());
   float* xp = x.f32();
   const float* cp = cos.f32();
   const float* sp = sin.f32();

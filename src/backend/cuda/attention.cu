@@ -7,6 +7,8 @@
 // Backward (FlashAttention-2's recomputation, split in two kernels so that nothing is added with
 // atomics and the result is deterministic):
 //   D_i = dO_i · O_i;  P_ij = exp(scale q_i·k_j - lse_i);  dS_ij = P_ij (dO_i·v_j - D_i) scale
+//   (with soft-capping, Gemma 2: the score is c = cap tanh(scale q_i·k_j / cap) and dS_ij gains the
+//   factor 1 - (c / cap)²; only this path has it)
 //   dq kernel   (query-major, like the forward):   dq_i = Σ_j dS_ij k_j
 //   dkdv kernel (key-major, loops over the group's heads and the rows that see the tile):
 //               dk_j = Σ_i dS_ij q_i,  dv_j = Σ_i P_ij dO_i
@@ -31,7 +33,20 @@ constexpr int kBlockRows = kWarps * kRowsPerWarp;
 struct Dims {
   int64_t T, H, KV, hd, group, window;
   float scale;
+  float softcap;  // 0: none (the cuDNN and tensor-core paths have none: soft-capped shapes run here)
 };
+
+// A scaled score → its soft-capped value (Gemma 2: cap · tanh(s / cap)).
+__device__ __forceinline__ float capped(float score, float softcap) {
+  return softcap > 0.0f ? softcap * tanhf(score / softcap) : score;
+}
+
+// d capped / d score from the capped value c: 1 - (c / cap)².
+__device__ __forceinline__ float capped_slope(float c, float softcap) {
+  if (softcap <= 0.0f) return 1.0f;
+  const float t = c / softcap;
+  return 1.0f - t * t;
+}
 
 // Is key j visible from query row i?
 __device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t window) {
@@ -97,7 +112,7 @@ attention_forward_kernel(const T* __restrict__ q, const T* __restrict__ k, const
         const float* kr = k_s + lane * ldk;
         float dot = 0.0f;
         for (int64_t d = 0; d < hd; ++d) dot += qr[d] * kr[d];
-        sc = dot;
+        sc = capped(dot, s.softcap);
       }
       const float tile_max = warp_max(sc);
       if (tile_max == -INFINITY) continue;  // no visible key in this tile for row i
@@ -206,8 +221,9 @@ attention_dq_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* _
           qk += qr[d] * kr[d];
           dp += dr[d] * vr[d];
         }
-        const float p = expf(qk - lse_r[r]);
-        ds = p * (dp - delta_r[r]) * s.scale;
+        const float sc = capped(qk, s.softcap);
+        const float p = expf(sc - lse_r[r]);
+        ds = p * (dp - delta_r[r]) * s.scale * capped_slope(sc, s.softcap);
       }
       for (int jj = 0; jj < kTileKeys; ++jj) {
         const float dsj = __shfl_sync(0xffffffffu, ds, jj);
@@ -281,8 +297,9 @@ attention_dkdv_kernel(const T* __restrict__ q, const T* __restrict__ k, const T*
             dp += dr[d] * vr[d];
           }
           const int64_t li = (b * s.H + h) * T_ + i;
-          p = expf(qk * s.scale - lse[li]);
-          ds = p * (dp - delta[li]) * s.scale;
+          const float sc = capped(qk * s.scale, s.softcap);
+          p = expf(sc - lse[li]);
+          ds = p * (dp - delta[li]) * s.scale * capped_slope(sc, s.softcap);
         }
         p_s[warp * kTileKeys + lane] = p;
         ds_s[warp * kTileKeys + lane] = ds;
@@ -318,7 +335,7 @@ void set_smem(K kernel, size_t bytes) {
 }
 
 Dims dims_of(const AttentionShape& a) {
-  return Dims{a.seq, a.heads, a.kv_heads, a.head_dim, a.heads / a.kv_heads, a.window, a.scale};
+  return Dims{a.seq, a.heads, a.kv_heads, a.head_dim, a.heads / a.kv_heads, a.window, a.scale, a.softcap};
 }
 
 }  // namespace
@@ -412,6 +429,12 @@ void set_attention_path(AttentionPath p) { g_path = static_cast<int>(p); }
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse) {
   check_attention_args("attention", q, k, v, s);
   const auto path = static_cast<AttentionPath>(g_path.load());
+  // Soft-capped scores (Gemma 2) only have the generic kernels.
+  if (s.softcap > 0) {
+    LR_CHECK(path == AttentionPath::Auto || path == AttentionPath::Generic,
+             "attention: soft-capping runs on the generic kernels only");
+    return attention_generic(q, k, v, s, lse);
+  }
   if (path == AttentionPath::Auto || path == AttentionPath::Cudnn) {
     std::string why;
     Tensor out, l;
@@ -442,6 +465,11 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   dv = Tensor::empty(v.shape(), v.dtype(), v.device());
   if (s.seq == 0) return;
   const auto path = static_cast<AttentionPath>(g_path.load());
+  if (s.softcap > 0) {
+    LR_CHECK(path == AttentionPath::Auto || path == AttentionPath::Generic,
+             "attention_backward: soft-capping runs on the generic kernels only");
+    return attention_backward_generic(dout, q, k, v, lse, attention_delta(dout, out, s), s, dq, dk, dv);
+  }
   if (path == AttentionPath::Auto || path == AttentionPath::Cudnn) {
     std::string why;
     if (attention_backward_cudnn(dout, q, k, v, out, lse, s, dq, dk, dv, &why)) return;

@@ -1,5 +1,5 @@
-// Element-wise ops: residual adds, products, bias add, activations and SwiGLU (forward and backward), the
-// dropout backward. f32 or bf16 storage, f32 math with the CPU backend's formulas.
+// Element-wise ops: residual adds, products, bias add, activations and SwiGLU (forward and backward), logit
+// soft-capping (forward and backward), the dropout backward. f32 or bf16 storage, f32 math with the CPU backend's formulas.
 #include "common.cuh"
 #include "lowrank/backend/cuda/cuda_ops.h"
 
@@ -17,6 +17,20 @@ __global__ void add_scaled_kernel(Y* __restrict__ y, const X* __restrict__ x, fl
 template <typename Y, typename X>
 __global__ void mul_kernel(Y* __restrict__ y, const X* __restrict__ x, int64_t n) {
   LR_GRID_STRIDE(i, n) y[i] = from_f32<Y>(to_f32(y[i]) * to_f32(x[i]));
+}
+
+// Logit soft-capping: x = cap · tanh(x / cap); backward from the capped output y: dy *= 1 - (y / cap)².
+template <typename T>
+__global__ void softcap_kernel(T* __restrict__ x, float cap, int64_t n) {
+  LR_GRID_STRIDE(i, n) x[i] = from_f32<T>(cap * tanhf(to_f32(x[i]) / cap));
+}
+
+template <typename D, typename Y>
+__global__ void softcap_backward_kernel(D* __restrict__ dy, const Y* __restrict__ y, float cap, int64_t n) {
+  LR_GRID_STRIDE(i, n) {
+    const float t = to_f32(y[i]) / cap;
+    dy[i] = from_f32<D>(to_f32(dy[i]) * (1.0f - t * t));
+  }
 }
 
 template <typename Y, typename B>
@@ -170,6 +184,27 @@ void mul_(Tensor& y, const Tensor& x) {
   }
   LR_FLOAT_TYPES(y.dtype(), Y, LR_FLOAT_TYPES(x.dtype(), X,
       mul_kernel<<<grid_for(n, 256), 256, 0, st>>>(y.data<Y>(), x.data<X>(), n)));
+  LR_CUDA_LAUNCHED();
+}
+
+void softcap_(Tensor& x, float cap) {
+  check_arg(x, "softcap_", "x");
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  cudaStream_t st = stream_for(x.device());
+  LR_FLOAT_TYPES(x.dtype(), T, softcap_kernel<<<grid_for(n, 256), 256, 0, st>>>(x.data<T>(), cap, n));
+  LR_CUDA_LAUNCHED();
+}
+
+void softcap_backward_(Tensor& dy, const Tensor& y, float cap) {
+  check_arg(dy, "softcap_backward_", "dy");
+  check_arg(y, "softcap_backward_", "y");
+  check_same_numel(dy, y, "softcap_backward_");
+  const int64_t n = dy.numel();
+  if (n == 0) return;
+  cudaStream_t st = stream_for(dy.device());
+  LR_FLOAT_TYPES(dy.dtype(), D, LR_FLOAT_TYPES(y.dtype(), Y,
+      softcap_backward_kernel<<<grid_for(n, 256), 256, 0, st>>>(dy.data<D>(), y.data<Y>(), cap, n)));
   LR_CUDA_LAUNCHED();
 }
 

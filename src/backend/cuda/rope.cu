@@ -1,6 +1,7 @@
-// Rotary position embedding in place, HF's rotate_half convention: for i < hd/2,
-// (a, b) = (x[i], x[i + hd/2]) -> (a cos - b sin, b cos + a sin); inverse rotates by -angle (the
-// backward). cos/sin are f32 tables [P, hd/2]. Math in f32, one rounding per output element.
+// Rotary position embedding in place, HF's rotate_half convention: for i < half = rotary_dim/2,
+// (a, b) = (x[i], x[i + half]) -> (a cos - b sin, b cos + a sin); inverse rotates by -angle (the
+// backward). cos/sin are f32 tables [P, half]; rotary_dim = hd except with partial rotary (Phi-3),
+// where each head's dims from rotary_dim on pass through. Math in f32, one rounding per output element.
 #include "common.cuh"
 #include "lowrank/backend/cuda/cuda_ops.h"
 
@@ -9,15 +10,15 @@ namespace {
 
 template <typename T>
 __global__ void rope_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ cos_t,
-                            const float* __restrict__ sin_t, int64_t n, int64_t heads, int64_t half, int64_t P,
-                            float sign) {
+                            const float* __restrict__ sin_t, int64_t n, int64_t heads, int64_t hd, int64_t half,
+                            int64_t P, float sign) {
   const int64_t total = n * heads * half;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e % half, h = (e / half) % heads, t = e / (half * heads);
     const int32_t p = pos[t];
     if (p < 0 || p >= P) continue;  // positions are validated by the caller (vector form checks)
     const float c = cos_t[int64_t(p) * half + i], s = sin_t[int64_t(p) * half + i];
-    T* v = x + (t * heads + h) * 2 * half;
+    T* v = x + (t * heads + h) * hd;
     const float a = to_f32(v[i]), b = to_f32(v[i + half]);
     v[i] = from_f32<T>(a * c - sign * b * s);
     v[i + half] = from_f32<T>(b * c + sign * a * s);
@@ -29,7 +30,7 @@ __global__ void rope_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, 
 // math per element is two small integer divisions per thread, not three 64-bit ones per pair.
 template <typename T, int VEC>
 __global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ cos_t,
-                                const float* __restrict__ sin_t, int64_t n, int heads, int half, int64_t P,
+                                const float* __restrict__ sin_t, int64_t n, int heads, int hd, int half, int64_t P,
                                 float sign) {
   struct alignas(16) Pack {
     T v[VEC];
@@ -43,7 +44,7 @@ __global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ p
     if (p < 0 || p >= P) continue;
     for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
       const int h = g / per_head, i = (g - h * per_head) * VEC;
-      T* v = x + (t * heads + h) * 2 * int64_t(half);
+      T* v = x + (t * heads + h) * int64_t(hd);
       Pack a = *reinterpret_cast<const Pack*>(v + i), b = *reinterpret_cast<const Pack*>(v + i + half);
       const FPack c = *reinterpret_cast<const FPack*>(cos_t + int64_t(p) * half + i);
       const FPack sn = *reinterpret_cast<const FPack*>(sin_t + int64_t(p) * half + i);
@@ -69,17 +70,18 @@ void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const
   check_arg(pos, "rope_", "pos", true);
   check_arg(cos, "rope_", "cos");
   check_arg(sin, "rope_", "sin");
-  const int64_t n = x.dim(0), hd = x.dim(1) / heads, half = hd / 2;
+  const int64_t n = x.dim(0), hd = x.dim(1) / heads, half = cos.rank() == 2 ? cos.dim(1) : 0;
   LR_CHECK(x.rank() == 2 && x.dim(1) == heads * hd && hd % 2 == 0, "rope_ x ", x.str(), " heads ", heads);
   LR_CHECK(pos.dtype() == DType::I32 && pos.numel() == n, "rope_ pos ", pos.str(), " for ", x.str());
-  LR_CHECK(cos.dtype() == DType::F32 && sin.dtype() == DType::F32 && cos.rank() == 2 && cos.dim(1) == half &&
+  LR_CHECK(cos.dtype() == DType::F32 && sin.dtype() == DType::F32 && cos.rank() == 2 && 2 * half <= hd &&
                sin.shape() == cos.shape(),
-           "rope_ tables must be F32 [P, ", half, "], got ", cos.str(), " ", sin.str());
+           "rope_ tables must be F32 [P, <= ", hd / 2, "], got ", cos.str(), " ", sin.str());
   if (n == 0 || half == 0) return;
   cudaStream_t st = stream_for(x.device());
   // 16 bytes of x per load: 8 bf16 or 4 f32 pairs (and 2 or 1 float4 of cos/sin).
   const int vec = x.dtype() == DType::BF16 ? 8 : 4;
-  if (half % vec == 0 && heads * half / vec <= (1 << 20) && aligned16(x.raw()) && aligned16(cos.raw()) &&
+  if (half % vec == 0 && hd % vec == 0 && heads * half / vec <= (1 << 20) && aligned16(x.raw()) &&
+      aligned16(cos.raw()) &&
       aligned16(sin.raw())) {
     const int groups = static_cast<int>(heads * half / vec);
     const int threads = std::min(256, (groups + 31) / 32 * 32);
@@ -89,18 +91,18 @@ void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const
     if (x.dtype() == DType::BF16)
       rope_vec_kernel<__nv_bfloat16, 8><<<grid, threads, 0, st>>>(x.data<__nv_bfloat16>(), pos.data<int32_t>(),
                                                                   cos.data<float>(), sin.data<float>(), n,
-                                                                  int(heads), int(half), cos.dim(0), sign);
+                                                                  int(heads), int(hd), int(half), cos.dim(0), sign);
     else
       rope_vec_kernel<float, 4><<<grid, threads, 0, st>>>(x.data<float>(), pos.data<int32_t>(), cos.data<float>(),
-                                                          sin.data<float>(), n, int(heads), int(half), cos.dim(0),
-                                                          sign);
+                                                          sin.data<float>(), n, int(heads), int(hd), int(half),
+                                                          cos.dim(0), sign);
     LR_CUDA_LAUNCHED();
     return;
   }
   LR_FLOAT_TYPES(x.dtype(), T,
       rope_kernel<<<grid_for(n * heads * half, 256), 256, 0, st>>>(x.data<T>(), pos.data<int32_t>(),
                                                                    cos.data<float>(), sin.data<float>(), n, heads,
-                                                                   half, cos.dim(0), inverse ? -1.0f : 1.0f));
+                                                                   hd, half, cos.dim(0), inverse ? -1.0f : 1.0f));
   LR_CUDA_LAUNCHED();
 }
 

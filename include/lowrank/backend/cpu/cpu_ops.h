@@ -52,6 +52,8 @@ void cast_into_(Tensor& out, const Tensor& x);
 void fill_(Tensor& x, float value);
 void scale_(Tensor& x, float s);
 void mul_(Tensor& y, const Tensor& x);
+void softcap_(Tensor& x, float cap);
+void softcap_backward_(Tensor& dy, const Tensor& y, float cap);
 void copy_columns_(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width);
 Tensor embedding(const Tensor& table, const Tensor& ids);
 void embedding_backward_(Tensor& table_grad, const Tensor& ids, const Tensor& dy);

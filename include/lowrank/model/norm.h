@@ -1,0 +1,16 @@
+#pragma once
+// The model's norms by kind (RMSNorm, Gemma's (1 + w) RMSNorm, LayerNorm), forward and backward.
+#include "lowrank/core/tensor.h"
+#include "lowrank/model/config.h"
+#include "lowrank/model/weights.h"
+
+namespace lowrank::model {
+
+// Norm of each row of x [rows, size of n.weight]; saves mean (LayerNorm only) and rstd [rows].
+Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd);
+// dx of normalize() given dy and the forward's x, mean and rstd; accumulates the weight (and bias)
+// gradients into g when given.
+Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,
+                          const Tensor& mean, const Tensor& rstd);
+
+}  // namespace lowrank::model

@@ -1,0 +1,33 @@
+#include "lowrank/model/norm.h"
+
+#include "lowrank/ops/ops.h"
+
+namespace lowrank::model {
+namespace {
+
+// Gemma stores its RMSNorm weights centred on 0 and scales by (1 + w): the op gets 1 + w, formed in
+// f32 (also for bf16 weights) as transformers does. d(1 + w) = dw, so the backward's weight gradient
+// is w's.
+Tensor effective_weight(NormKind kind, const Tensor& w) {
+  if (kind != NormKind::RMSOnePlus) return w;
+  Tensor one_plus = Tensor::empty(w.shape(), DType::F32, w.device());
+  ops::fill_(one_plus, 1.0f);
+  ops::add_(one_plus, w);
+  return one_plus;
+}
+
+}  // namespace
+
+Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) {
+  if (kind == NormKind::Layer) return ops::layernorm(x, n.weight, n.bias, eps, mean, rstd);
+  return ops::rmsnorm(x, effective_weight(kind, n.weight), eps, rstd);
+}
+
+Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,
+                          const Tensor& mean, const Tensor& rstd) {
+  if (kind == NormKind::Layer)
+    return ops::layernorm_backward(dy, x, n.weight, mean, rstd, g ? &g->weight : nullptr, g ? &g->bias : nullptr);
+  return ops::rmsnorm_backward(dy, x, effective_weight(kind, n.weight), rstd, g ? &g->weight : nullptr);
+}
+
+}  // namespace lowrank::model
