@@ -25,7 +25,7 @@ void linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tens
     if (g->bias.defined()) ops::bias_grad_(g->bias, dy);
   }
   Tensor none;
-  if (hook) hook->on_projection_backward(layer, t, x, dy, mode == Dx::Skip ? none : dx);
+  if (hook) hook->on_projection_backward(layer, t, l, x, dy, mode == Dx::Skip ? none : dx);
 }
 
 Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
@@ -105,7 +105,7 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
 // on the GPU, as transformers computes them; the cross-entropy's math is f32), the gradient is
 // written over them in place, and the NLL is summed on the device: no host round trip.
 Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector<int32_t>& targets, float grad_scale,
-                     ModelWeights* full, Tensor* loss_sum, LossResult& result) {
+                     TrainableHook* hook, ModelWeights* full, Tensor* loss_sum, LossResult& result) {
   const profile::Scope scope(profile::Category::Loss, /*sticky=*/true);
   const ModelWeights& w = model.weights();
   const int64_t N = hidden.dim(0), V = w.lm_head.dim(0);
@@ -136,9 +136,12 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
     if (!logits.defined() || logits.dim(0) != end - r)
       logits = Tensor::empty({end - r, V}, hidden.dtype(), dev);
     ops::matmul_nt(h, w.lm_head, logits);
+    const int head = static_cast<int>(model.config().num_layers);  // lm_head LoRA, chunk by chunk
+    if (hook) hook->on_projection(head, Target::LmHead, model.lm_head_linear(), h, logits);
     ops::cross_entropy_chunk(logits, targets_dev.slice_rows(r, end), grad_scale, logits, nll);
     Tensor dh = dhidden.slice_rows(r, end);
     ops::matmul_nn(logits, w.lm_head, dh);
+    if (hook) hook->on_projection_backward(head, Target::LmHead, model.lm_head_linear(), h, logits, dh);
     if (full) ops::matmul_tn(logits, h, full->lm_head, 1.0f, 1.0f);
   }
   if (!loss_sum) result.nll_sum = nll.to(Device::cpu()).data<double>()[0];
@@ -156,7 +159,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   model.hidden_states(batch, hook, &cache);
 
   LossResult result;
-  Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, full, loss_sum, result);
+  Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, hook, full, loss_sum, result);
   Tensor dx = norm_backward(c, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
                             cache.final_mean, cache.final_rstd);
   const int lowest = full ? 0 : (hook ? hook->lowest_trainable_layer() : static_cast<int>(c.num_layers));
@@ -165,7 +168,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   const Tensor pos_dev = Tensor::from_ints(pos, model.device());  // once for every layer's RoPE
   const RopeTables* tables = c.is_gpt2() ? nullptr : &model.rope(T);
 
-  for (int64_t li = c.num_layers - 1; li >= lowest; --li) {
+  for (int64_t li = c.num_layers - 1; li >= std::max(lowest, 0); --li) {
     const LayerWeights& L = w.layers[li];
     LayerWeights* G = full ? &full->layers[li] : nullptr;
     if (checkpointing) {  // recompute this layer's activations from its saved input
@@ -245,6 +248,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     }
     if (checkpointing) cache.layers[li] = LayerActivations{};  // free the recomputed activations
   }
+  if (hook && lowest < 0) hook->on_embedding_backward(batch.ids, dx);  // embedding LoRA
   if (full) {
     ops::embedding_backward_(full->embed, batch.ids, dx);
     if (full->positions.defined()) ops::embedding_backward_(full->positions, pos, dx);

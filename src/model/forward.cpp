@@ -12,7 +12,7 @@ namespace {
 
 Tensor project(const Linear& l, int layer, Target t, const Tensor& x, ProjectionHook* hook) {
   Tensor y = ops::linear(x, l.weight, l.bias);
-  if (hook) hook->on_projection(layer, t, x, y);
+  if (hook) hook->on_projection(layer, t, l, x, y);
   return y;
 }
 
@@ -134,6 +134,7 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(start + i % T);
 
   Tensor x = ops::embedding(weights_.embed, batch.ids);
+  if (hook) hook->on_embedding(weights_.embed, batch.ids, x);
   if (weights_.positions.defined()) {
     Tensor p = ops::embedding(weights_.positions, pos);
     ops::add_(x, p);
@@ -163,15 +164,16 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
   return h;
 }
 
-Tensor Model::project_vocab(const Tensor& hidden) const {
+Tensor Model::project_vocab(const Tensor& hidden, ProjectionHook* hook) const {
   // f32 logits on every device: the loss and sampling need their precision.
   Tensor y = Tensor::empty({hidden.dim(0), weights_.lm_head.dim(0)}, DType::F32, hidden.device());
   ops::matmul_nt(hidden, weights_.lm_head, y);
+  if (hook) hook->on_projection(static_cast<int>(config_.num_layers), Target::LmHead, lm_head_linear(), hidden, y);
   return y;
 }
 
 Tensor Model::logits(const TokenBatch& batch, ProjectionHook* hook) const {
-  return project_vocab(hidden_states(batch, hook));
+  return project_vocab(hidden_states(batch, hook), hook);
 }
 
 double labelled_nll(const Model& model, const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
@@ -190,7 +192,7 @@ double labelled_nll(const Model& model, const std::vector<int32_t>& ids, const s
     bool any = false;
     for (int32_t v : t) any = any || v != -100;
     if (!any) continue;
-    Tensor logits = model.project_vocab(h.slice_rows(r, end));
+    Tensor logits = model.project_vocab(h.slice_rows(r, end), hook);
     int64_t n = 0;
     total += ops::cross_entropy_sum(logits, t, &n);
     *count += n;

@@ -134,7 +134,7 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
                          ::testing::Values("llama_all_linear", "gpt2_conv1d", "llama_rslora_paths", "qwen3_all_linear",
-                                           "qwen2_qv_bias"));
+                                           "qwen2_qv_bias", "llama_embed_lm_head", "qwen2_tied_embed"));
 
 TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
   REQUIRE_GPU();
