@@ -12,6 +12,7 @@
 #include "lowrank/lora/adapter.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/lora/merge.h"
+#include "lowrank/model/backward.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/sequences.h"
 #include "test_paths.h"
@@ -126,6 +127,70 @@ TEST(LoraVariants, NewDoraAdapterStartsAtTheBaseModel) {
   model::TokenBatch b{{1, 5, 9, 13, 17}, 1, 5};
   lora::LoraHook hook({{&a, 1.0}});
   EXPECT_LT(max_abs_diff(m.logits(b, &hook), m.logits(b)), 1e-5);
+}
+
+TEST(LoraVariants, DoraWithDropoutMatchesFiniteDifferencesAndCheckpointing) {
+  // With LoRA dropout PEFT feeds the dropped input to both DoRA terms (the base one included). The
+  // norm ||W0 + s·B·A|| is detached, so A's and B's gradients are by design not the loss's
+  // derivatives (PEFT's fixtures check them); the magnitudes' are, and so are those of the trained
+  // q/k/v biases below the DoRA layers (bias=all), which see DoRA only through its input gradient,
+  // dropout backward included: both equal central differences under the same masks. A
+  // checkpointed (replayed) backward gives the same gradients.
+  model::Model m = model::Model::load(test::model_fixture("qwen2"));
+  lora::LoraConfig c;
+  c.r = 2;
+  c.alpha = 4;
+  c.dropout = 0.3;
+  c.use_dora = true;
+  c.target_modules = {"o_proj", "down_proj"};
+  c.bias = lora::BiasMode::All;
+  Rng rng(5);
+  lora::Adapter a = lora::Adapter::create(m, c, rng);
+  a.attach_biases(m);
+  for (auto& p : a.pairs) {  // every term live: B != 0, m != ||W0 + s·B·A||
+    for (int64_t i = 0; i < p.B.numel(); ++i) p.B.f32()[i] = 0.1f * rng.normal();
+    for (int64_t i = 0; i < p.magnitude.numel(); ++i) p.magnitude.f32()[i] *= 1.0f + 0.2f * rng.normal();
+  }
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 16; ++i) ids.push_back((i * 37 + 11) % 300);
+  const model::TokenBatch b{ids, 2, 8};
+  const auto targets = model::shift_labels(ids, 2, 8);
+  lora::LoraHook hook({{&a, 1.0}});
+  auto loss = [&](bool checkpointing) {
+    Rng drop(9);  // the same masks on every call
+    hook.set_training(true, &drop);
+    a.allocate_grads();
+    auto r = model::forward_backward(m, b, targets, 1.0f / 14, &hook, nullptr, checkpointing);
+    return r.nll_sum / 14;
+  };
+  loss(false);
+  std::vector<Tensor> grads;
+  for (auto& p : a.parameters()) grads.push_back(p.grad->clone());
+  loss(true);
+  auto params = a.parameters();
+  for (size_t i = 0; i < params.size(); ++i)
+    EXPECT_LT(max_abs_diff(*params[i].grad, grads[i]), 1e-6) << params[i].name << " with checkpointing";
+  const float eps = 1e-2f;
+  size_t checked = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const std::string& name = params[i].name;
+    const bool magnitude = name.find("lora_magnitude_vector") != std::string::npos;
+    const bool qkv_bias = name.find("_proj.bias") != std::string::npos && name.find("layers.0.") != std::string::npos;
+    if (!magnitude && !qkv_bias) continue;
+    ++checked;
+    for (int64_t k : {int64_t{0}, params[i].value->numel() / 2 + 1}) {
+      float& v = params[i].value->f32()[k];
+      const float keep = v;
+      v = keep + eps;
+      const double up = loss(false);
+      v = keep - eps;
+      const double down = loss(false);
+      v = keep;
+      const double fd = (up - down) / (2 * eps), got = grads[i].f32()[k];
+      EXPECT_NEAR(got, fd, 2e-3 + 2e-2 * std::fabs(fd)) << params[i].name << "[" << k << "]";
+    }
+  }
+  EXPECT_EQ(checked, 4u + 3u);  // 4 magnitudes, layer 0's q/k/v biases
 }
 
 }  // namespace
