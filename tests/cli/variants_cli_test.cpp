@@ -44,9 +44,16 @@ std::string train_eval_merge_generate(const io::testing::ScratchDir& d, const st
   std::filesystem::copy_file(kLlama + "/eval.jsonl", d.file("merged/eval.jsonl"));
   EXPECT_NEAR(eval_loss(d.file("merged"), ""), trained, 1e-5 * trained) << extra;
   const std::string in = d.write("in.jsonl", "{\"input_ids\": [1, 5, 9, 13]}\n");
+  // Greedy generation (KV-cached, the adapter unmerged) continues as the merged model does.
   auto g = test::run_cli("generate --model " + kLlama + " --adapter " + out + " --input " + in + " --output " +
-                         d.file("gen.jsonl") + " --greedy --max-new-tokens 4");
+                         d.file("gen.jsonl") + " --greedy --max-new-tokens 8");
   EXPECT_EQ(g.code, 0) << g.err;
+  auto gm = test::run_cli("generate --model " + d.file("merged") + " --input " + in + " --output " +
+                          d.file("gen_merged.jsonl") + " --greedy --max-new-tokens 8");
+  EXPECT_EQ(gm.code, 0) << gm.err;
+  const auto ids = [](const std::string& path) { return nlohmann::json::parse(io::read_file(path))["output_ids"]; };
+  EXPECT_EQ(ids(d.file("gen.jsonl")), ids(d.file("gen_merged.jsonl"))) << extra;
+  EXPECT_FALSE(ids(d.file("gen.jsonl")).empty()) << extra;
   return out;
 }
 
@@ -77,6 +84,21 @@ TEST(VariantsCli, PissaAndOloraAdaptersApplyToTheOriginalBase) {
     EXPECT_EQ(cfg["r"], 8) << init;
     EXPECT_EQ(cfg["lora_alpha"], 32.0) << init;
   }
+}
+
+TEST(VariantsCli, PissaKillAndResumeEqualsUninterruptedRun) {
+  // Resuming re-runs the (deterministic) init, so the residual base and the initial pair used for
+  // the conversion come back exactly; the trained A and B come from the checkpoint.
+  io::testing::ScratchDir d;
+  const std::string args = "--save-every 2 --targets q_proj,v_proj --init pissa_niter_2";
+  auto straight = test::run_cli(train_args(d.file("straight"), args));
+  ASSERT_EQ(straight.code, 0) << straight.err;
+  auto killed = test::run_cli(train_args(d.file("resumed"), args), "LOWRANK_TEST_KILL_AFTER_STEP=3");
+  EXPECT_EQ(killed.code, 128 + 9) << killed.err;
+  auto resumed = test::run_cli(train_args(d.file("resumed"), args + " --resume"));
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_EQ(io::read_file(d.file("straight/adapter_model.safetensors")),
+            io::read_file(d.file("resumed/adapter_model.safetensors")));
 }
 
 void expect_error(const std::string& args, const std::string& fragment) {
