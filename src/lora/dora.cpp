@@ -57,7 +57,7 @@ class Dora : public LoraVariant {
   bool runs_on(Device device) const override { return device.is_cpu(); }
 
   void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const override {
-    LR_CHECK(in.x.device().is_cpu() && y.dtype() == DType::F32, "DoRA runs on the CPU in f32");
+    LR_CHECK(y.device().is_cpu() && y.dtype() == DType::F32, "DoRA runs on the CPU in f32");
     const Tensor& m = in.pair.magnitude;
     const auto n = row_norms(in.base.weight, in.A, in.B, in.scale);
     const int64_t out = y.dim(1), rows = y.dim(0);

@@ -65,7 +65,7 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       A = ops::cast(p->A, y.dtype());
       B = ops::cast(p->B, y.dtype());
     }
-    const LoraInput in{*p, base, x, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
+    const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
     LoraSaved* sv = trained ? &saved_[key] : nullptr;
     lora_variant(p->kind).forward(in, y, sv);
     if (sv) {
@@ -104,7 +104,7 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   LR_CHECK(it != saved_.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
   const LoraSaved& sv = it->second;
   const Tensor& xin = sv.x_drop.defined() ? sv.x_drop : x;
-  const LoraInput in{*p, base, x, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
+  const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
   const LoraVariant& variant = lora_variant(p->kind);
   if (!dx || !sv.x_drop.defined()) {  // nothing below needs dx, or no dropout: add straight into dx
     variant.backward(*p, in, sv, dy, dx, /*accumulate=*/true);

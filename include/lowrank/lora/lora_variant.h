@@ -29,8 +29,7 @@ struct LayerTensor {
 struct LoraInput {
   const LoraPair& pair;
   const model::Linear& base;  // the frozen layer: weight [out, in] and bias (embedding: table [V, d])
-  const Tensor& x;            // [N, in] the layer input (embedding: unused)
-  const Tensor& x_in;         // [N, in] x after LoRA dropout (x itself without)
+  const Tensor& x_in;         // [N, in] the layer input after LoRA dropout (embedding: unused)
   const std::vector<int32_t>* ids;  // embedding: the token ids [N]
   const Tensor& A;            // [r, in] in the activations' dtype
   const Tensor& B;            // [out, r]
