@@ -91,7 +91,7 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                                       "(PiSSA/OLoRA: the adapter is saved for the original base)")
                            ->capture_default_str();
                        app.add_flag("--use-dora", a->use_dora,
-                                    "DoRA: a trained magnitude per output row of every adapted linear layer (CPU)");
+                                    "DoRA: a trained magnitude per output row of every adapted linear layer");
                        app.add_flag("--full", o.full, "Train every weight (full fine-tuning) instead of LoRA");
                        app.add_option("--chat-template", o.chat_template,
                                       "Template for {\"messages\"} data: a built-in (llama3, chatml, ...) or a Jinja "

@@ -301,9 +301,6 @@ int64_t Adapter::parameter_count() const {
 }
 
 void Adapter::to(Device device) {
-  for (const auto& p : pairs)
-    if (!lora_variant(p.kind).runs_on(device))
-      throw error(variant_name(p.kind), " (", p.module, ") runs on the CPU only for now; use --device cpu");
   for (auto& p : parameters())
     for (Tensor* t : {p.value, p.grad, p.working})
       if (t && t->defined()) *t = t->to(device);

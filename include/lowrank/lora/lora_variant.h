@@ -60,10 +60,8 @@ class LoraVariant {
   // with respect to x_in: written, or added to with `accumulate`.
   virtual void backward(LoraPair& p, const LoraInput& in, const LoraSaved& saved, const Tensor& dy,
                         Tensor* dx_in, bool accumulate) const = 0;
-  // Folds the layer into its frozen weight (f32, the layout of LoraInput::base.weight).
+  // Folds the layer into its frozen weight (the layout of LoraInput::base.weight), in place.
   virtual void merge(const LoraPair& p, Tensor& weight, double user_scale) const = 0;
-  // True when the math runs on `device` (else the adapter refuses to move there).
-  virtual bool runs_on(Device device) const { return true; }
 };
 
 // The registry: the implementation of each kind.
