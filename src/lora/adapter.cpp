@@ -326,6 +326,20 @@ void Adapter::attach_base_layers(model::Model& model) const {
     // In place, so that a tied lm_head (the same storage) follows its embedding, as in PyTorch.
     ops::cast_into_(target, b.value.to(target.device()));
   }
+  if (config.init != InitMode::Pissa && config.init != InitMode::Olora) return;
+  if (config.pissa_niter > 0)
+    throw error("adapter_config.json: init_lora_weights \"", config.init_name(), "\": PEFT applies such an adapter to "
+                "the residual of a randomized SVD that cannot be reproduced; save it converted "
+                "(path_initial_model_for_weight_conversion) or with init_lora_weights=true and its residual model");
+  for (const auto& p : pairs) {
+    if (p.A_init.defined()) continue;  // created here: the model already holds the residual
+    model::Linear* l = w.layers[p.layer].projection(p.target);
+    LR_CHECK(l, "no projection for ", p.module);
+    LoraPair initial = p;  // the same shapes and scale; A and B as the init makes them
+    Rng unused(0);         // the exact SVD and the QR draw nothing
+    const Tensor residual = init_lora_pair(initial, config, l->weight.to(Device::cpu()), unused);
+    l->weight = residual.to(l->weight.dtype()).to(l->weight.device());
+  }
 }
 
 void Adapter::allocate_grads() {

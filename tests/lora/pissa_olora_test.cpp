@@ -5,11 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "io/io_test_helpers.h"
 #include "lowrank/io/files.h"
 #include "lowrank/io/safetensors.h"
 #include "lowrank/lora/adapter.h"
+#include "lowrank/lora/adapter_set.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/ops/ops.h"
 #include "lowrank/train/evaluate.h"
@@ -100,6 +102,35 @@ TEST_P(PissaOlora, InitResidualAndConversionMatchPeft) {
   lora::LoraHook on_original({{&converted, 1.0}});
   const double want_converted = expected["eval_loss_converted"].get<double>();
   EXPECT_NEAR(train::evaluate(fresh, seqs, &on_original).loss, want_converted, 1e-5 * want_converted);
+}
+
+TEST_P(PissaOlora, UnconvertedAdapterLoadsOnTheResidualAsInPeft) {
+  // An adapter saved without conversion, its config still saying init_lora_weights "pissa" /
+  // "olora": PEFT's load re-runs the init on the base, so the adapter applies to the residual.
+  const std::string dir = test::fixture("lora/llama_" + GetParam());
+  io::testing::ScratchDir d;
+  std::filesystem::create_directories(d.file("a"));
+  std::filesystem::copy_file(dir + "/trained/adapter_model.safetensors", d.file("a/adapter_model.safetensors"));
+  auto cfg = io::read_json(dir + "/trained/adapter_config.json");
+  cfg["init_lora_weights"] = GetParam();
+  d.write("a/adapter_config.json", cfg.dump());
+  const std::string base = test::model_fixture("llama");
+  model::Model m = model::Model::load(base);
+  lora::AdapterSet set({d.file("a")}, m);
+  auto seqs = train::read_token_sequences(base + "/eval.jsonl", m.config().vocab_size);
+  const double want = io::read_json(dir + "/expected.json")["eval_loss_trained"].get<double>();
+  EXPECT_NEAR(train::evaluate(m, seqs, set.hook()).loss, want, 1e-5 * want);
+  if (GetParam() == "pissa") {  // a randomized SVD's residual cannot be reproduced: refused
+    cfg["init_lora_weights"] = "pissa_niter_4";
+    d.write("a/adapter_config.json", cfg.dump());
+    model::Model fresh = model::Model::load(base);
+    try {
+      lora::AdapterSet refused({d.file("a")}, fresh);
+      ADD_FAILURE() << "pissa_niter_4 adapter loaded";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("pissa_niter_4"), std::string::npos) << e.what();
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Peft, PissaOlora, ::testing::Values("pissa", "olora"));

@@ -71,8 +71,11 @@ class Adapter {
   // Makes the model use this adapter's biases (bias=all / lora_only): the model's Linear.bias
   // then shares the adapter's tensor, so training one trains the other.
   void attach_biases(model::Model& model);
-  // Copies loaded base_layer weights (PEFT's saved embedding layers) into the model's embedding /
-  // lm_head, as PEFT's load does (a tied lm_head follows its embedding).
+  // Makes the model's frozen weights what PEFT's load makes them: the saved base_layer weights
+  // (embedding layers) copied into the embedding / lm_head (a tied lm_head follows its
+  // embedding); for an adapter whose config still says init_lora_weights "pissa" / "olora" (saved
+  // unconverted), PEFT re-runs the init and trains on the residual: the adapted weights become
+  // W0 - s·B0·A0 of that init ("pissa_niter_N" draws random numbers we cannot reproduce: refused).
   void attach_base_layers(model::Model& model) const;
   // Every trainable tensor: each pair's tensors (its variant's list: A, B, ...), in pair order,
   // then the biases.
