@@ -211,10 +211,13 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
     const auto layer_tensors = variant.tensors(p);
     // The rank comes from A; then every tensor the variant lists must be there with its shape.
     auto a_it = by_suffix.find(layer_tensors[0].key);
-    if (a_it == by_suffix.end() || a_it->second.rank() != 2)
+    if (a_it == by_suffix.end())
       throw error(weights, ": module \"", module, "\" has no ", layer_tensors[0].key, " [r, ", p.in, "] (its ",
                   variant_name(p.kind), " layer needs ", layer_tensors[0].key, ", ", layer_tensors[1].key,
                   p.kind == VariantKind::Dora ? " and lora_magnitude_vector" : "", ")");
+    if (a_it->second.rank() != 2)
+      throw error(weights, ": tensor \"", file_key[module + "|" + layer_tensors[0].key], "\" has shape ",
+                  shape_str(a_it->second.shape()), ", expected [r, ", p.in, "]");
     p.r = a_it->second.dim(0);
     for (const auto& t : variant.tensors(p)) {
       auto it = by_suffix.find(t.key);
