@@ -114,14 +114,13 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
     if (pissa_like && is_embedding_layer(m.target))
       throw error("--init ", config.init_name(), " initialises linear layers of the blocks only; ", m.linear.name,
                   " (", target_short_name(m.target), ") cannot take it: leave it out of --targets");
-    Tensor residual = init_lora_pair(p, config, m.linear.weight, rng);
+    const Tensor weight = m.linear.weight.to(Device::cpu()).to(DType::F32);  // [out, in] on the host, f32
+    const Tensor residual = init_lora_pair(p, config, weight, rng);
     if (residual.defined()) {  // PiSSA / OLoRA: the model trains on W0 - s·B·A
       model::Linear* l = model.weights().layers[m.layer].projection(m.target);
       l->weight = residual.to(l->weight.dtype()).to(l->weight.device());
-      lora_variant(p.kind).init_extra(p, l->weight.to(Device::cpu()));
-    } else {
-      lora_variant(p.kind).init_extra(p, m.linear.weight.to(Device::cpu()));
     }
+    lora_variant(p.kind).init_extra(p, residual.defined() ? residual : weight);
     if (is_embedding_layer(m.target)) a.base_layers.push_back({m.target, m.linear.name, m.linear.weight});
     a.pairs.push_back(std::move(p));
   }
@@ -340,7 +339,7 @@ void Adapter::attach_base_layers(model::Model& model) const {
     LR_CHECK(l, "no projection for ", p.module);
     LoraPair initial = p;  // the same shapes and scale; A and B as the init makes them
     Rng unused(0);         // the exact SVD and the QR draw nothing
-    const Tensor residual = init_lora_pair(initial, config, l->weight.to(Device::cpu()), unused);
+    const Tensor residual = init_lora_pair(initial, config, l->weight.to(Device::cpu()).to(DType::F32), unused);
     l->weight = residual.to(l->weight.dtype()).to(l->weight.device());
   }
 }

@@ -9,10 +9,7 @@
 namespace lowrank::lora {
 namespace {
 
-std::vector<double> to_double(const Tensor& t) {
-  const Tensor c = t.to(Device::cpu()).to(DType::F32);
-  return std::vector<double>(c.f32(), c.f32() + c.numel());
-}
+std::vector<double> to_double(const Tensor& t) { return std::vector<double>(t.f32(), t.f32() + t.numel()); }
 
 Tensor from_double(const std::vector<double>& v, Shape shape) {
   Tensor t = Tensor::empty(std::move(shape));
@@ -115,7 +112,7 @@ Tensor init_lora_pair(LoraPair& p, const LoraConfig& c, const Tensor& weight, Rn
   else init_olora(p, w);
   p.A_init = p.A.clone();
   p.B_init = p.B.clone();
-  Tensor residual = weight.to(Device::cpu()).to(DType::F32).clone();
+  Tensor residual = weight.clone();
   ops::matmul_nn(p.B, p.A, residual, static_cast<float>(-p.scale), 1.0f);  // W0 - s·B·A
   return residual;
 }
