@@ -139,7 +139,11 @@ INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
                          ::testing::Values("llama_all_linear", "gpt2_conv1d", "llama_rslora_paths", "qwen3_all_linear",
                                            "qwen2_qv_bias", "llama_embed_lm_head", "qwen2_tied_embed", "llama_dora"));
 
-TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
+// 50 AdamW steps with LoRA dropout on the CPU and the GPU (bf16): plain LoRA, and DoRA (its
+// magnitudes trained too, no bf16 working copy for them).
+class CudaLoraTraining : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaLoraTraining, FiftyStepLossCurveFollowsCpu) {
   REQUIRE_GPU();
   const std::string dir = test::model_fixture("llama");
   std::vector<std::vector<double>> curves;
@@ -150,6 +154,7 @@ TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
     lc.alpha = 16;
     lc.all_linear = true;
     lc.dropout = 0.1;
+    lc.use_dora = GetParam();
     Rng init(11), drop(12);
     lora::Adapter a = lora::Adapter::create(m, lc, init);
     a.allocate_grads();
@@ -177,6 +182,9 @@ TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
   EXPECT_LE(worst, 3e-2) << "largest relative gap between the CPU and CUDA loss curves";
   EXPECT_LT(curves[1].back(), curves[1].front() - 1.0) << "the CUDA run must learn";
 }
+
+INSTANTIATE_TEST_SUITE_P(LoraAndDora, CudaLoraTraining, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "dora" : "lora"; });
 
 // --full on the GPU: bf16 weights, f32 gradients, AdamW on f32 masters rounded into the weights.
 TEST(CudaTraining, FullFineTuneFollowsCpu) {
