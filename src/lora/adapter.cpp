@@ -114,7 +114,9 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
     if (pissa_like && is_embedding_layer(m.target))
       throw error("--init ", config.init_name(), " initialises linear layers of the blocks only; ", m.linear.name,
                   " (", target_short_name(m.target), ") cannot take it: leave it out of --targets");
-    const Tensor weight = m.linear.weight.to(Device::cpu()).to(DType::F32);  // [out, in] on the host, f32
+    // The frozen weight as an f32 host copy, for the inits and variants that read it (PiSSA, OLoRA, DoRA).
+    const bool reads_weight = pissa_like || p.kind == VariantKind::Dora;
+    const Tensor weight = reads_weight ? m.linear.weight.to(Device::cpu()).to(DType::F32) : Tensor();
     const Tensor residual = init_lora_pair(p, config, weight, rng);
     if (residual.defined()) {  // PiSSA / OLoRA: the model trains on W0 - s·B·A
       model::Linear* l = model.weights().layers[m.layer].projection(m.target);

@@ -19,8 +19,8 @@
 namespace lowrank::lora {
 
 // Sets p.A [r, in] and p.B [out, r] (f32, CPU) for p.kind from the frozen weight (f32 CPU
-// [out, in]; unused by kaiming, gaussian and embeddings). PiSSA / OLoRA also keep the pair in
-// p.A_init / p.B_init and return the residual weight; otherwise an undefined tensor.
+// [out, in]; read by PiSSA and OLoRA only, may be undefined otherwise). PiSSA / OLoRA also keep
+// the pair in p.A_init / p.B_init and return the residual weight; otherwise an undefined tensor.
 Tensor init_lora_pair(LoraPair& p, const LoraConfig& config, const Tensor& weight, Rng& rng);
 
 // The pair as saved for the original base (above): p.A, p.B themselves without an initial pair.
