@@ -46,7 +46,7 @@ void inspect_adapter(const std::string& dir) {
   lora::LoraConfig::from_json(cfg, cfg_path);  // validates: a malformed config is an error here too
   std::printf("adapter folder: %s\n", dir.c_str());
   for (const char* key : {"peft_type", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out",
-                          "target_modules", "rank_pattern", "alpha_pattern", "base_model_name_or_path"})
+                          "use_dora", "init_lora_weights", "target_modules", "rank_pattern", "alpha_pattern", "base_model_name_or_path"})
     if (cfg.contains(key)) std::printf("  %-24s %s\n", key, cfg[key].dump().c_str());
   const std::string weights = (fs::path(dir) / "adapter_model.safetensors").string();
   if (!io::file_exists(weights)) throw error(dir, ": no adapter_model.safetensors");

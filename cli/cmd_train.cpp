@@ -17,7 +17,7 @@ struct TrainArgs {
   double alpha = 16, dropout = 0.05;
   std::string targets = "q_proj,v_proj", schedule = "cosine", bias = "none", init = "kaiming";
   std::string rank_pattern, alpha_pattern;  // PEFT's regex-keyed dicts, as JSON objects
-  bool rslora = false;
+  bool rslora = false, use_dora = false;
 };
 
 // A JSON object of positive numbers keyed by module names or regexes (PEFT's rank_pattern /
@@ -51,9 +51,8 @@ int run_train(TrainArgs& a) {
   else if (a.bias == "all") o.lora.bias = lora::BiasMode::All;
   else if (a.bias == "lora_only") o.lora.bias = lora::BiasMode::LoraOnly;
   else throw lowrank::error("--bias must be none, all or lora_only, got '", a.bias, "'");
-  if (a.init == "kaiming") o.lora.init = lora::InitMode::Kaiming;
-  else if (a.init == "gaussian") o.lora.init = lora::InitMode::Gaussian;
-  else throw lowrank::error("--init must be kaiming or gaussian, got '", a.init, "'");
+  lora::LoraConfig::parse_init(a.init, &o.lora.init, &o.lora.pissa_niter, "--init");
+  o.lora.use_dora = a.use_dora;
   o.schedule = train::parse_schedule(a.schedule);
   auto s = train::run_training(o);
   if (!s.wrote_output) return 0;  // a rank other than 0 of a multi-process run: rank 0 reports
@@ -79,7 +78,8 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--rank", a->rank, "LoRA rank r")->capture_default_str();
                        app.add_option("--alpha", a->alpha, "LoRA alpha (scale = alpha / r)")->capture_default_str();
                        app.add_option("--dropout", a->dropout, "LoRA dropout")->capture_default_str();
-                       app.add_option("--targets", a->targets, "Modules to adapt: q_proj,v_proj,... or all-linear")
+                       app.add_option("--targets", a->targets,
+                                      "Modules to adapt: q_proj,v_proj,... (embed_tokens and lm_head too) or all-linear")
                            ->capture_default_str();
                        app.add_flag("--rslora", a->rslora, "Rank-stabilised scale alpha / sqrt(r)");
                        app.add_option("--rank-pattern", a->rank_pattern,
@@ -87,8 +87,12 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--alpha-pattern", a->alpha_pattern,
                                       "Per-module alphas as PEFT's alpha_pattern, JSON: '{\"v_proj\": 32}'");
                        app.add_option("--bias", a->bias, "Also train biases: none, all, lora_only")->capture_default_str();
-                       app.add_option("--init", a->init, "LoRA A init: kaiming (PEFT default) or gaussian")
+                       app.add_option("--init", a->init,
+                                      "LoRA init: kaiming (PEFT default), gaussian, pissa, pissa_niter_N or olora "
+                                      "(PiSSA/OLoRA: the adapter is saved for the original base)")
                            ->capture_default_str();
+                       app.add_flag("--use-dora", a->use_dora,
+                                    "DoRA: a trained magnitude per output row of every adapted linear layer");
                        app.add_flag("--full", o.full, "Train every weight (full fine-tuning) instead of LoRA");
                        app.add_option("--chat-template", o.chat_template,
                                       "Template for {\"messages\"} data: a built-in (llama3, chatml, ...) or a Jinja "

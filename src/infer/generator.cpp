@@ -40,7 +40,7 @@ std::vector<int32_t> Generator::generate(const std::vector<int32_t>& prompt, con
       step = model::TokenBatch{context_ids, 1, static_cast<int64_t>(context_ids.size())};
     }
     Tensor h = model_.hidden_states(step, hook_, nullptr, cached ? &kv : nullptr);
-    Tensor logits = model_.project_vocab(h.slice_rows(step.seq - 1, step.seq)).to(Device::cpu());
+    Tensor logits = model_.project_vocab(h.slice_rows(step.seq - 1, step.seq), hook_).to(Device::cpu());
     std::vector<float> row(logits.f32(), logits.f32() + logits.numel());
     const int32_t next = sampler.next(row, context_ids);
     out.push_back(next);

@@ -1,5 +1,6 @@
 #include "lowrank/lora/adapter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -9,6 +10,8 @@
 #include "lowrank/io/checkpoint_dir.h"
 #include "lowrank/io/files.h"
 #include "lowrank/io/safetensors.h"
+#include "lowrank/lora/lora_init.h"
+#include "lowrank/lora/lora_variant.h"
 #include "lowrank/ops/ops.h"
 
 namespace lowrank::lora {
@@ -19,8 +22,16 @@ std::vector<AdaptableModule> adaptable_modules(const model::Model& model) {
   const auto& layers = model.weights().layers;
   for (size_t l = 0; l < layers.size(); ++l)
     for (const model::Linear* lin : layers[l].projections())
-      if (lin->defined()) out.push_back({static_cast<int>(l), lin->target, lin});
+      if (lin->defined()) out.push_back({static_cast<int>(l), lin->target, *lin});
   return out;
+}
+
+std::vector<AdaptableModule> embedding_modules(const model::Model& model) {
+  const auto& w = model.weights();
+  std::string embed = w.embed_name;
+  if (embed.size() > 7 && embed.compare(embed.size() - 7, 7, ".weight") == 0) embed.resize(embed.size() - 7);
+  return {{-1, Target::Embed, model::Linear{w.embed, Tensor(), embed}},
+          {static_cast<int>(model.config().num_layers), Target::LmHead, model.lm_head_linear()}};
 }
 
 std::string peft_key(const std::string& module, const std::string& suffix) {
@@ -34,48 +45,88 @@ std::string module_names_hint(const model::Model& model) {
   for (const auto& m : adaptable_modules(model)) shorts.insert(std::string(target_short_name(m.target)));
   std::string s;
   for (const auto& n : shorts) s += (s.empty() ? "" : ", ") + n;
+  for (const auto& m : embedding_modules(model)) s += ", " + m.linear.name;
   auto mods = adaptable_modules(model);
-  if (!mods.empty()) s += " (full paths such as " + mods.front().linear->name + ")";
+  if (!mods.empty()) s += " (full paths such as " + mods.front().linear.name + ")";
   return s;
+}
+
+bool is_embedding_layer(Target t) { return t == Target::Embed || t == Target::LmHead; }
+
+// The variant of a module: the token embedding has its own; DoRA adapts every linear layer.
+VariantKind variant_for(const AdaptableModule& m, const LoraConfig& config, const std::string& source) {
+  if (m.target != Target::Embed) return config.use_dora ? VariantKind::Dora : VariantKind::Linear;
+  if (config.use_dora)
+    throw error(source, ": DoRA (use_dora) on the embedding layer ", m.linear.name,
+                " is not supported; adapt it without DoRA or leave it out of the targets");
+  return VariantKind::Embedding;
+}
+
+LoraPair new_pair(const AdaptableModule& m, const LoraConfig& config, VariantKind kind) {
+  LoraPair p;
+  p.layer = m.layer;
+  p.target = m.target;
+  p.kind = kind;
+  p.module = m.linear.name;
+  p.r = config.rank_for(p.module);
+  p.scale = config.scale_for(p.module);
+  // Embedding: A [r, V], B [d, r] on the table [V, d].
+  p.in = kind == VariantKind::Embedding ? m.linear.weight.dim(0) : m.linear.in_features();
+  p.out = kind == VariantKind::Embedding ? m.linear.weight.dim(1) : m.linear.out_features();
+  return p;
+}
+
+void sort_pairs(std::vector<LoraPair>& pairs) {
+  std::sort(pairs.begin(), pairs.end(), [](const LoraPair& x, const LoraPair& y) {
+    return std::pair(x.layer, static_cast<int>(x.target)) < std::pair(y.layer, static_cast<int>(y.target));
+  });
 }
 
 }  // namespace
 
-Adapter Adapter::create(const model::Model& model, const LoraConfig& config, Rng& rng) {
+Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng) {
   config.validate("LoRA config");
   Adapter a;
   a.config = config;
   // PEFT marks adapters of GPT-2's Conv1D layers (weights stored [in, out]) this way.
   if (model.config().gpt2_layout) a.config.fan_in_fan_out = true;
-  for (const auto& m : adaptable_modules(model)) {
-    if (!config.targets(m.linear->name)) continue;
-    LoraPair p;
-    p.layer = m.layer;
-    p.target = m.target;
-    p.module = m.linear->name;
-    p.r = config.rank_for(p.module);
-    p.scale = config.scale_for(p.module);
-    const int64_t in = m.linear->in_features(), out = m.linear->out_features();
-    p.A = Tensor::empty({p.r, in});
-    float* A = p.A.f32();
-    if (config.init == InitMode::Gaussian) {
-      const float stddev = static_cast<float>(1.0 / p.r);  // PEFT: nn.init.normal_(A, std=1/r)
-      for (int64_t i = 0; i < p.A.numel(); ++i) A[i] = rng.normal() * stddev;
-    } else {  // kaiming_uniform(a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in))
-      const float bound = static_cast<float>(1.0 / std::sqrt(static_cast<double>(in)));
-      for (int64_t i = 0; i < p.A.numel(); ++i) A[i] = rng.uniform(-bound, bound);
+  const bool pissa_like = config.init == InitMode::Pissa || config.init == InitMode::Olora;
+  if (pissa_like && config.use_dora)
+    throw error("--init ", config.init_name(), " with --use-dora: the adapter PiSSA/OLoRA save for the original "
+                "base (PEFT's weight conversion) holds only A and B, not DoRA's magnitudes; use one of the two");
+  // Embedding layers first (PEFT's module order: embed_tokens, the blocks, lm_head).
+  std::vector<AdaptableModule> modules;
+  if (!config.all_linear)  // all-linear: the blocks' linear layers only (PEFT's rule)
+    for (const auto& m : embedding_modules(model))
+      if (config.targets(m.linear.name)) modules.push_back(m);
+  for (const auto& m : adaptable_modules(model))
+    if (config.targets(m.linear.name)) modules.push_back(m);
+  for (const auto& m : modules) {
+    LoraPair p = new_pair(m, config, variant_for(m, config, "LoRA config"));
+    if (pissa_like && is_embedding_layer(m.target))
+      throw error("--init ", config.init_name(), " initialises linear layers of the blocks only; ", m.linear.name,
+                  " (", target_short_name(m.target), ") cannot take it: leave it out of --targets");
+    // The frozen weight as an f32 host copy, for the inits and variants that read it (PiSSA, OLoRA, DoRA).
+    const bool reads_weight = pissa_like || p.kind == VariantKind::Dora;
+    const Tensor weight = reads_weight ? m.linear.weight.to(Device::cpu()).to(DType::F32) : Tensor();
+    const Tensor residual = init_lora_pair(p, config, weight, rng);
+    if (residual.defined()) {  // PiSSA / OLoRA: the model trains on W0 - s·B·A
+      model::Linear* l = model.weights().layers[m.layer].projection(m.target);
+      l->weight = residual.to(l->weight.dtype()).to(l->weight.device());
     }
-    p.B = Tensor::zeros({out, p.r});
+    lora_variant(p.kind).init_extra(p, residual.defined() ? residual : weight);
+    if (is_embedding_layer(m.target)) a.base_layers.push_back({m.target, m.linear.name, m.linear.weight});
     a.pairs.push_back(std::move(p));
   }
   if (a.pairs.empty())
     throw error("--targets matched no module of the model; modules that exist: ", module_names_hint(model));
+  sort_pairs(a.pairs);
   if (config.bias != BiasMode::None) {
     for (const auto& m : adaptable_modules(model)) {
-      if (!m.linear->bias.defined()) continue;
+      if (!m.linear.bias.defined()) continue;
       if (config.bias == BiasMode::LoraOnly && !a.find(m.layer, m.target)) continue;
       // f32 master copy (the model's bias is bf16 on the GPU): trained like A and B.
-      a.biases.push_back({m.layer, m.target, m.linear->name, ops::cast(m.linear->bias.clone(), DType::F32), {}});
+      a.biases.push_back({m.layer, m.target, m.linear.name, ops::cast(m.linear.bias.clone(), DType::F32), {}});
     }
   }
   a.to(model.device());
@@ -92,77 +143,98 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
   auto file = io::SafetensorsFile::open(weights);
 
   std::map<std::string, AdaptableModule> by_name;
-  for (const auto& m : adaptable_modules(model)) by_name.emplace(m.linear->name, m);
-  std::map<std::string, Tensor> A, B;
+  for (const auto& m : adaptable_modules(model)) by_name.emplace(m.linear.name, m);
+  for (const auto& m : embedding_modules(model)) by_name.emplace(m.linear.name, m);
+  // Every tensor of the file by module, then by key suffix ("lora_A.weight", ...).
+  std::map<std::string, std::map<std::string, Tensor>> tensors;
+  std::map<std::string, std::string> file_key;  // "<module>|<suffix>" -> the key as written
+  static const char* kSuffixes[] = {"lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B",
+                                    "lora_magnitude_vector", "base_layer.weight", "bias"};
   for (const auto& info : file.tensors()) {
     std::string key = info.name;
     const std::string prefix = "base_model.model.";
     if (key.rfind(prefix, 0) != 0)
       throw error(weights, ": unexpected tensor \"", key, "\" (expected keys starting with ", prefix, ")");
     key = key.substr(prefix.size());
-    // Some PEFT versions keep the adapter name: "...lora_A.default.weight".
+    // Some PEFT versions keep the adapter name: "...lora_A.default.weight", "...lora_embedding_A.default".
     if (auto p = key.find(".default.weight"); p != std::string::npos) key = key.substr(0, p) + ".weight";
+    if (key.size() > 8 && key.compare(key.size() - 8, 8, ".default") == 0) key.resize(key.size() - 8);
     // PEFT keeps the wrapped layer's own bias under "<module>.base_layer.bias".
     if (auto p = key.find(".base_layer.bias"); p != std::string::npos) key = key.substr(0, p) + ".bias";
-    auto ends = [&](const std::string& s) { return key.size() > s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0; };
-    std::string module, kind;
-    for (const char* k : {".lora_A.weight", ".lora_B.weight", ".bias"})
-      if (ends(k)) {
-        module = key.substr(0, key.size() - std::string(k).size());
-        kind = k;
+    auto ends = [&](const std::string& s) {
+      return key.size() > s.size() + 1 && key.compare(key.size() - s.size(), s.size(), s) == 0 &&
+             key[key.size() - s.size() - 1] == '.';
+    };
+    std::string module, suffix;
+    for (const char* k : kSuffixes)
+      if (module.empty() && ends(k)) {
+        suffix = k;
+        module = key.substr(0, key.size() - suffix.size() - 1);
       }
-    if (key.find("lora_embedding") != std::string::npos || key.find("lora_magnitude") != std::string::npos)
-      throw error(weights, ": tensor \"", info.name, "\" (embedding LoRA / DoRA) is not supported");
     if (module.empty()) throw error(weights, ": unexpected tensor \"", info.name, "\"");
-    auto it = by_name.find(module);
-    if (it == by_name.end())
+    if (!by_name.count(module))
       throw error(weights, ": tensor \"", info.name, "\" names module \"", module,
                   "\", which this model does not have (is the adapter for another base model?)");
     if (!is_float(info.dtype) || info.dtype == DType::F8_E4M3 || info.dtype == DType::F8_E5M2)
       throw error(weights, ": tensor \"", info.name, "\" has unsupported dtype ", dtype_name(info.dtype));
-    Tensor t = file.get(info.name).to(DType::F32).clone();
-    if (kind == ".lora_A.weight") A[module] = t;
-    else if (kind == ".lora_B.weight") B[module] = t;
-    else {
-      const auto& m = it->second;
-      if (info.shape != Shape{m.linear->out_features()})
-        throw error(weights, ": tensor \"", info.name, "\" has shape ", shape_str(info.shape), ", the model's bias is ",
-                    shape_str({m.linear->out_features()}));
-      a.biases.push_back({m.layer, m.target, module, t, {}});
-    }
+    tensors[module][suffix] = file.get(info.name).to(DType::F32).clone();
+    file_key[module + "|" + suffix] = info.name;
   }
-  for (const auto& [module, tA] : A) {
-    const auto& m = by_name.at(module);
-    auto bit = B.find(module);
-    if (bit == B.end()) throw error(weights, ": \"", peft_key(module, "lora_A.weight"), "\" has no lora_B partner");
-    const Tensor& tB = bit->second;
-    const int64_t in = m.linear->in_features(), out = m.linear->out_features();
-    const int64_t r = tA.rank() == 2 ? tA.dim(0) : -1;
-    if (tA.rank() != 2 || tA.dim(1) != in)
-      throw error(weights, ": tensor \"", peft_key(module, "lora_A.weight"), "\" has shape ", shape_str(tA.shape()),
-                  ", expected [r, ", in, "] for this model (is the adapter for another base model?)");
-    if (tB.shape() != Shape{out, r})
-      throw error(weights, ": tensor \"", peft_key(module, "lora_B.weight"), "\" has shape ", shape_str(tB.shape()),
-                  ", expected ", shape_str({out, r}), " (is the adapter for another base model?)");
-    if (r != a.config.rank_for(module))
-      throw error(weights, ": \"", peft_key(module, "lora_A.weight"), "\" has rank ", r, " but adapter_config.json says ",
-                  a.config.rank_for(module));
-    LoraPair p;
-    p.layer = m.layer;
-    p.target = m.target;
-    p.module = module;
-    p.r = r;
-    p.scale = a.config.scale_for(module);
-    p.A = tA;
-    p.B = tB;
+  for (auto& [module, by_suffix] : tensors) {
+    const AdaptableModule& m = by_name.at(module);
+    if (auto it = by_suffix.find("bias"); it != by_suffix.end()) {
+      if (is_embedding_layer(m.target) || !m.linear.bias.defined() || it->second.shape() != Shape{m.linear.out_features()})
+        throw error(weights, ": tensor \"", file_key[module + "|bias"], "\" has shape ", shape_str(it->second.shape()),
+                    m.linear.bias.defined() ? ", the model's bias is " + shape_str({m.linear.out_features()})
+                                            : ", but the model's " + module + " has no bias");
+      a.biases.push_back({m.layer, m.target, module, it->second, {}});
+      by_suffix.erase(it);
+    }
+    if (auto it = by_suffix.find("base_layer.weight"); it != by_suffix.end()) {
+      if (!is_embedding_layer(m.target) || it->second.shape() != m.linear.weight.shape())
+        throw error(weights, ": tensor \"", file_key[module + "|base_layer.weight"], "\" has shape ",
+                    shape_str(it->second.shape()), "; base_layer weights are read for embedding layers only, shaped ",
+                    shape_str(m.linear.weight.shape()), " (is the adapter for another base model?)");
+      a.base_layers.push_back({m.target, module, it->second});
+      by_suffix.erase(it);
+    }
+    if (by_suffix.empty()) continue;
+    LoraPair p = new_pair(m, a.config, variant_for(m, a.config, cfg_path));
+    const LoraVariant& variant = lora_variant(p.kind);
+    const auto layer_tensors = variant.tensors(p);
+    // The rank comes from A; then every tensor the variant lists must be there with its shape.
+    auto a_it = by_suffix.find(layer_tensors[0].key);
+    if (a_it == by_suffix.end())
+      throw error(weights, ": module \"", module, "\" has no ", layer_tensors[0].key, " [r, ", p.in, "] (its ",
+                  variant_name(p.kind), " layer needs ", layer_tensors[0].key, ", ", layer_tensors[1].key,
+                  p.kind == VariantKind::Dora ? " and lora_magnitude_vector" : "", ")");
+    if (a_it->second.rank() != 2)
+      throw error(weights, ": tensor \"", file_key[module + "|" + layer_tensors[0].key], "\" has shape ",
+                  shape_str(a_it->second.shape()), ", expected [r, ", p.in, "]");
+    p.r = a_it->second.dim(0);
+    for (const auto& t : variant.tensors(p)) {
+      auto it = by_suffix.find(t.key);
+      if (it == by_suffix.end())
+        throw error(weights, ": \"", peft_key(module, t.key), "\" is missing (", variant_name(p.kind),
+                    " layer; adapter_config.json use_dora = ", a.config.use_dora ? "true" : "false", ")");
+      if (it->second.shape() != t.shape)
+        throw error(weights, ": tensor \"", file_key[module + "|" + t.key], "\" has shape ",
+                    shape_str(it->second.shape()), ", expected ", shape_str(t.shape),
+                    " for this model (is the adapter for another base model?)");
+      *t.value = it->second;
+      by_suffix.erase(it);
+    }
+    if (!by_suffix.empty())
+      throw error(weights, ": tensor \"", file_key[module + "|" + by_suffix.begin()->first], "\" does not belong to a ",
+                  variant_name(p.kind), " layer (adapter_config.json use_dora = ", a.config.use_dora ? "true" : "false",
+                  ")");
+    if (p.r != a.config.rank_for(module))
+      throw error(weights, ": \"", peft_key(module, layer_tensors[0].key), "\" has rank ", p.r,
+                  " but adapter_config.json says ", a.config.rank_for(module));
     a.pairs.push_back(std::move(p));
   }
-  for (const auto& [module, tB] : B)
-    if (!A.count(module)) throw error(weights, ": \"", peft_key(module, "lora_B.weight"), "\" has no lora_A partner");
   if (a.pairs.empty() && a.biases.empty()) throw error(weights, ": the adapter holds no LoRA tensors");
-  std::sort(a.pairs.begin(), a.pairs.end(), [](const LoraPair& x, const LoraPair& y) {
-    return std::pair(x.layer, static_cast<int>(x.target)) < std::pair(y.layer, static_cast<int>(y.target));
-  });
+  sort_pairs(a.pairs);
   a.to(model.device());
   return a;
 }
@@ -174,12 +246,20 @@ void Adapter::save(const std::string& dir) const {
 
 void Adapter::write_files(const std::string& dir) const {
   std::vector<std::pair<std::string, Tensor>> tensors;
+  bool converted = false;
   for (const auto& p : pairs) {
-    tensors.emplace_back(peft_key(p.module, "lora_A.weight"), p.A.to(Device::cpu()));
-    tensors.emplace_back(peft_key(p.module, "lora_B.weight"), p.B.to(Device::cpu()));
+    // PiSSA / OLoRA: A and B saved for the original base (lora_init.h); p.A, p.B otherwise.
+    const auto [A, B] = converted_pair(p);
+    converted = converted || p.A_init.defined();
+    for (const auto& t : lora_variant(p.kind).tensors(const_cast<LoraPair&>(p))) {
+      const Tensor& value = t.value == &p.A ? A : t.value == &p.B ? B : *t.value;
+      tensors.emplace_back(peft_key(p.module, t.key), value.to(Device::cpu()));
+    }
   }
   for (const auto& b : biases) tensors.emplace_back(bias_key(b), b.value.to(Device::cpu()));
-  nlohmann::json cfg = config.to_json();
+  // As PEFT's save_embedding_layers="auto": the frozen embedding layers go with the adapter.
+  for (const auto& b : base_layers) tensors.emplace_back(peft_key(b.module, "base_layer.weight"), b.value.to(Device::cpu()));
+  nlohmann::json cfg = (converted ? converted_config(config) : config).to_json();
   if (!config.all_linear && !config.target_regex) {
     // PEFT writes the set of short names it adapted; keep the user's list otherwise.
     cfg["target_modules"] = config.target_modules;
@@ -204,10 +284,8 @@ LoraPair* Adapter::find(int layer, Target t) {
 
 std::vector<AdapterParam> Adapter::parameters() {
   std::vector<AdapterParam> out;
-  for (auto& p : pairs) {
-    out.push_back({p.module + ".lora_A", &p.A, &p.grad_A, &p.A_work});
-    out.push_back({p.module + ".lora_B", &p.B, &p.grad_B, &p.B_work});
-  }
+  for (auto& p : pairs)
+    for (const auto& t : lora_variant(p.kind).tensors(p)) out.push_back({p.module + "." + t.name, t.value, t.grad, t.working});
   for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr});
   return out;
 }
@@ -233,6 +311,30 @@ void Adapter::attach_biases(model::Model& model) {
                   ", the model on ", l->bias.device().str());
     // The model adds the f32 master to its (bf16 or f32) projection output directly.
     l->bias = b.value;
+  }
+}
+
+void Adapter::attach_base_layers(model::Model& model) const {
+  auto& w = model.weights();
+  for (const auto& b : base_layers) {
+    Tensor& target = b.target == Target::Embed ? w.embed : w.lm_head;
+    if (target.raw() == b.value.raw()) continue;  // created here: the model's own tensor
+    // In place, so that a tied lm_head (the same storage) follows its embedding, as in PyTorch.
+    ops::cast_into_(target, b.value.to(target.device()));
+  }
+  if (config.init != InitMode::Pissa && config.init != InitMode::Olora) return;
+  if (config.pissa_niter > 0)
+    throw error("adapter_config.json: init_lora_weights \"", config.init_name(), "\": PEFT applies such an adapter to "
+                "the residual of a randomized SVD that cannot be reproduced; save it converted "
+                "(path_initial_model_for_weight_conversion) or with init_lora_weights=true and its residual model");
+  for (const auto& p : pairs) {
+    if (p.A_init.defined()) continue;  // created here: the model already holds the residual
+    model::Linear* l = w.layers[p.layer].projection(p.target);
+    LR_CHECK(l, "no projection for ", p.module);
+    LoraPair initial = p;  // the same shapes and scale; A and B as the init makes them
+    Rng unused(0);         // the exact SVD and the QR draw nothing
+    const Tensor residual = init_lora_pair(initial, config, l->weight.to(Device::cpu()).to(DType::F32), unused);
+    l->weight = residual.to(l->weight.dtype()).to(l->weight.device());
   }
 }
 

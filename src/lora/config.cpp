@@ -62,6 +62,33 @@ void LoraConfig::validate(const std::string& src) const {
   if (!all_linear && !target_regex && target_modules.empty()) throw error(src, ": no target_modules");
 }
 
+void LoraConfig::parse_init(const std::string& text, InitMode* init, int64_t* niter, const std::string& src) {
+  *niter = 0;
+  if (text == "kaiming" || text == "true") *init = InitMode::Kaiming;
+  else if (text == "gaussian") *init = InitMode::Gaussian;
+  else if (text == "olora") *init = InitMode::Olora;
+  else if (text == "pissa") *init = InitMode::Pissa;
+  else if (text.rfind("pissa_niter_", 0) == 0) {
+    const std::string n = text.substr(12);
+    if (n.empty() || n.size() > 6 || n.find_first_not_of("0123456789") != std::string::npos)
+      throw error(src, ": init \"", text, "\": expected pissa_niter_N with N a whole number");
+    *init = InitMode::Pissa;
+    *niter = std::stoll(n);
+  } else {
+    throw error(src, ": init must be kaiming, gaussian, pissa, pissa_niter_N or olora, got \"", text, "\"");
+  }
+}
+
+std::string LoraConfig::init_name() const {
+  switch (init) {
+    case InitMode::Kaiming: return "kaiming";
+    case InitMode::Gaussian: return "gaussian";
+    case InitMode::Olora: return "olora";
+    case InitMode::Pissa: return pissa_niter > 0 ? "pissa_niter_" + std::to_string(pissa_niter) : "pissa";
+  }
+  return "kaiming";
+}
+
 std::vector<std::string> LoraConfig::parse_targets(const std::string& text, bool* all_linear) {
   *all_linear = text == "all-linear";
   std::vector<std::string> out;
@@ -100,13 +127,19 @@ LoraConfig parse_lora_config(const nlohmann::json& j, const std::string& src) {
   c.dropout = number("lora_dropout", 0.0);
   c.use_rslora = flag("use_rslora");
   c.fan_in_fan_out = flag("fan_in_fan_out");
-  if (flag("use_dora")) throw error(src, ": DoRA adapters (use_dora) are not supported");
+  c.use_dora = flag("use_dora");
   const std::string bias = j.contains("bias") && j["bias"].is_string() ? j["bias"].get<std::string>() : "none";
   if (bias == "none") c.bias = BiasMode::None;
   else if (bias == "all") c.bias = BiasMode::All;
   else if (bias == "lora_only") c.bias = BiasMode::LoraOnly;
   else throw error(src, ": bias must be none, all or lora_only, got \"", bias, "\"");
-  if (j.contains("init_lora_weights") && j["init_lora_weights"] == "gaussian") c.init = InitMode::Gaussian;
+  // Loading needs no init (the tensors are in the file); a known name is kept for the record.
+  if (auto it = j.find("init_lora_weights"); it != j.end() && it->is_string()) {
+    try {
+      LoraConfig::parse_init(it->get<std::string>(), &c.init, &c.pissa_niter, src);
+    } catch (const Error&) {  // corda, loftq, eva, ...: nothing for us to do when loading
+    }
+  }
   c.target_modules.clear();
   auto tm = j.find("target_modules");
   if (tm == j.end() || tm->is_null()) throw error(src, ": missing \"target_modules\"");
@@ -164,12 +197,14 @@ nlohmann::json LoraConfig::to_json() const {
   j["use_rslora"] = use_rslora;
   j["fan_in_fan_out"] = fan_in_fan_out;
   j["bias"] = bias == BiasMode::None ? "none" : bias == BiasMode::All ? "all" : "lora_only";
+  // PiSSA / OLoRA adapters are saved converted (lora_init.h): they load as plain LoRA, so PEFT
+  // must not run the SVD again (its docs save them with init_lora_weights=True too).
   j["init_lora_weights"] = init == InitMode::Gaussian ? nlohmann::json("gaussian") : nlohmann::json(true);
   j["rank_pattern"] = rank_pattern;
   j["alpha_pattern"] = alpha_pattern;
   j["base_model_name_or_path"] = base_model_name_or_path;
   j["inference_mode"] = true;
-  j["use_dora"] = false;
+  j["use_dora"] = use_dora;
   j["modules_to_save"] = nullptr;
   j["layers_to_transform"] = nullptr;
   j["layers_pattern"] = nullptr;

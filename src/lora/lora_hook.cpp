@@ -21,19 +21,29 @@ int LoraHook::lowest_trainable_layer() const {
   return lowest;
 }
 
-void LoraHook::on_projection(int layer, Target target, const Tensor& x, Tensor& y) {
+void LoraHook::on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) {
+  apply(layer, target, base, x, nullptr, y);
+}
+
+void LoraHook::on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {
+  const model::Linear base{table, Tensor(), ""};
+  const Tensor none;
+  apply(-1, Target::Embed, base, none, &ids, x);
+}
+
+void LoraHook::apply(int layer, Target target, const model::Linear& base, const Tensor& x,
+                     const std::vector<int32_t>* ids, Tensor& y) {
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   for (size_t i = 0; i < adapters_.size(); ++i) {
     const Adapter& ad = *adapters_[i].adapter;
     const bool trained = training_ && i == 0;
     const LoraPair* p = ad.find(layer, target);
     if (!p) continue;
-    const float s = static_cast<float>(p->scale * adapters_[i].user_scale);
     const auto key = std::pair{layer, static_cast<int>(target)};
     Tensor xin = x;
     Tensor mask;
     uint64_t offset = 0;
-    if (trained && ad.config.dropout > 0) {
+    if (trained && ad.config.dropout > 0 && !ids) {  // PEFT applies no dropout to embeddings
       // Counter-based draws: element k uses draw offset + k, the same on every device. A replay
       // (checkpointing) reuses the first forward's offset, so it draws the same mask.
       offset = replay_ ? saved_.at(key).drop_offset : rng_->offset();
@@ -45,34 +55,44 @@ void LoraHook::on_projection(int layer, Target target, const Tensor& x, Tensor& 
     // forward pass; kept for the backward and a replay.
     Tensor A, B;
     if (trained && replay_) {
-      const Saved& first = saved_.at(key);
+      const LoraSaved& first = saved_.at(key);
       A = first.A;
       B = first.B;
-    } else if (p->A_work.defined() && p->A_work.dtype() == x.dtype()) {  // kept by the optimizer
+    } else if (p->A_work.defined() && p->A_work.dtype() == y.dtype()) {  // kept by the optimizer
       A = p->A_work;
       B = p->B_work;
     } else {
-      A = ops::cast(p->A, x.dtype());
-      B = ops::cast(p->B, x.dtype());
+      A = ops::cast(p->A, y.dtype());
+      B = ops::cast(p->B, y.dtype());
     }
-    Tensor h;
-    ops::matmul_nt(xin, A, h);          // [N, r]
-    ops::matmul_nt(h, B, y, s, 1.0f);   // y += s · h Bᵀ (accumulated into the base output)
-    if (trained) {
-      Saved& sv = saved_[key];
-      sv.h = h;
-      sv.A = A;
-      sv.B = B;
+    const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
+    LoraSaved* sv = trained ? &saved_[key] : nullptr;
+    lora_variant(p->kind).forward(in, y, sv);
+    if (sv) {
+      sv->A = A;
+      sv->B = B;
       if (mask.defined()) {
-        sv.x_drop = xin;
-        sv.mask = mask;
-        sv.drop_offset = offset;
+        sv->x_drop = xin;
+        sv->mask = mask;
+        sv->drop_offset = offset;
       }
     }
   }
 }
 
-void LoraHook::on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) {
+void LoraHook::on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                                      const Tensor& dy, Tensor& dx) {
+  apply_backward(layer, target, base, x, nullptr, dy, dx.defined() ? &dx : nullptr);
+}
+
+void LoraHook::on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {
+  const model::Linear base;
+  const Tensor none;
+  apply_backward(-1, Target::Embed, base, none, &ids, dx, nullptr);
+}
+
+void LoraHook::apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                              const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx) {
   if (adapters_.empty()) return;
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   Adapter& ad = *adapters_[0].adapter;
@@ -82,21 +102,17 @@ void LoraHook::on_projection_backward(int layer, Target target, const Tensor& x,
   if (!p) return;
   auto it = saved_.find({layer, static_cast<int>(target)});
   LR_CHECK(it != saved_.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
-  const Saved& sv = it->second;
-  const float s = static_cast<float>(p->scale * adapters_[0].user_scale);
-  ops::matmul_tn(dy, sv.h, p->grad_B, s, 1.0f);  // dB += s · dyᵀ h       [out, r]
-  Tensor g;
-  ops::matmul_nn(dy, sv.B, g);                    // g = dy B             [N, r]
-  const Tensor& xd = sv.x_drop.defined() ? sv.x_drop : x;
-  ops::matmul_tn(g, xd, p->grad_A, s, 1.0f);     // dA += s · gᵀ drop(x) [r, in]
-  if (!dx.defined()) return;                      // nothing below needs the input gradient
-  if (!sv.x_drop.defined()) {
-    ops::matmul_nn(g, sv.A, dx, s, 1.0f);        // dx += s · g A
+  const LoraSaved& sv = it->second;
+  const Tensor& xin = sv.x_drop.defined() ? sv.x_drop : x;
+  const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
+  const LoraVariant& variant = lora_variant(p->kind);
+  if (!dx || !sv.x_drop.defined()) {  // nothing below needs dx, or no dropout: add straight into dx
+    variant.backward(*p, in, sv, dy, dx, /*accumulate=*/true);
     return;
   }
-  Tensor gx;
-  ops::matmul_nn(g, sv.A, gx, s);
-  ops::dropout_backward_add_(dx, gx, sv.mask, ad.config.dropout);
+  Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask
+  variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);
+  ops::dropout_backward_add_(*dx, gx, sv.mask, ad.config.dropout);
 }
 
 }  // namespace lowrank::lora

@@ -1,15 +1,24 @@
 #include "lowrank/lora/merge.h"
 
+#include "lowrank/core/error.h"
+#include "lowrank/lora/lora_variant.h"
 #include "lowrank/ops/ops.h"
 
 namespace lowrank::lora {
 
 void merge_adapter(model::Model& model, const Adapter& adapter, double user_scale, int sign) {
+  auto& w = model.weights();
   for (const auto& p : adapter.pairs) {
-    model::Linear* l = model.weights().layers[p.layer].projection(p.target);
-    LR_CHECK(l, "no projection for ", p.module);
-    // W [out, in] += sign · s · B [out, r] · A [r, in]
-    ops::matmul_nn(p.B, p.A, l->weight, static_cast<float>(sign * p.scale * user_scale), 1.0f);
+    // The frozen weight the layer adapts: a block's projection, the embedding table or the lm_head
+    // (a tied lm_head is the embedding's tensor: merging into either changes both, as in PEFT).
+    Tensor* weight = nullptr;
+    if (p.target == Target::Embed) weight = &w.embed;
+    else if (p.target == Target::LmHead) weight = &w.lm_head;
+    else if (model::Linear* l = w.layers[p.layer].projection(p.target)) weight = &l->weight;
+    LR_CHECK(weight, "no weight for ", p.module);
+    if (sign < 0 && p.kind == VariantKind::Dora)
+      throw error("unmerging a DoRA layer (", p.module, ") is not supported: reload the base model instead");
+    lora_variant(p.kind).merge(p, *weight, sign * user_scale);
   }
 }
 

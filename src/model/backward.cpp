@@ -26,7 +26,7 @@ void linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tens
     if (g->bias.defined()) ops::bias_grad_(g->bias, dy);
   }
   Tensor none;
-  if (hook) hook->on_projection_backward(layer, t, x, dy, mode == Dx::Skip ? none : dx);
+  if (hook) hook->on_projection_backward(layer, t, l, x, dy, mode == Dx::Skip ? none : dx);
 }
 
 Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
@@ -116,7 +116,7 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
 // on the GPU, as transformers computes them; the cross-entropy's math is f32), the gradient is
 // written over them in place, and the NLL is summed on the device: no host round trip.
 Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector<int32_t>& targets, float grad_scale,
-                     ModelWeights* full, Tensor* loss_sum, LossResult& result) {
+                     TrainableHook* hook, ModelWeights* full, Tensor* loss_sum, LossResult& result) {
   const profile::Scope scope(profile::Category::Loss, /*sticky=*/true);
   const ModelWeights& w = model.weights();
   const int64_t N = hidden.dim(0), V = w.lm_head.dim(0);
@@ -148,7 +148,9 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
     if (!logits.defined() || logits.dim(0) != end - r)
       logits = Tensor::empty({end - r, V}, hidden.dtype(), dev);
     ops::matmul_nt(h, w.lm_head, logits);
-    Tensor capped;  // soft-capped logits, kept for the backward through the cap
+    const int head = static_cast<int>(model.config().num_layers);  // lm_head LoRA, chunk by chunk
+    if (hook) hook->on_projection(head, Target::LmHead, model.lm_head_linear(), h, logits);
+    Tensor capped;  // soft-capped logits (after the lm_head LoRA, as the forward), kept for the backward
     if (cap > 0) {
       ops::softcap_(logits, cap);
       capped = logits.clone();
@@ -157,6 +159,7 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
     if (cap > 0) ops::softcap_backward_(logits, capped, cap);
     Tensor dh = dhidden.slice_rows(r, end);
     ops::matmul_nn(logits, w.lm_head, dh);
+    if (hook) hook->on_projection_backward(head, Target::LmHead, model.lm_head_linear(), h, logits, dh);
     if (full) ops::matmul_tn(logits, h, full->lm_head, 1.0f, 1.0f);
   }
   if (!loss_sum) result.nll_sum = nll.to(Device::cpu()).data<double>()[0];
@@ -174,7 +177,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   model.hidden_states(batch, hook, &cache);
 
   LossResult result;
-  Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, full, loss_sum, result);
+  Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, hook, full, loss_sum, result);
   Tensor dx = normalize_backward(c.norm, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
                                  cache.final_mean, cache.final_rstd);
   const int lowest = full ? 0 : (hook ? hook->lowest_trainable_layer() : static_cast<int>(c.num_layers));
@@ -182,7 +185,7 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);
   const Tensor pos_dev = Tensor::from_ints(pos, model.device());  // once for every layer's RoPE
 
-  for (int64_t li = c.num_layers - 1; li >= lowest; --li) {
+  for (int64_t li = c.num_layers - 1; li >= std::max(lowest, 0); --li) {
     const LayerWeights& L = w.layers[li];
     LayerWeights* G = full ? &full->layers[li] : nullptr;
     if (checkpointing) {  // recompute this layer's activations from its saved input
@@ -275,11 +278,12 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
     }
     if (checkpointing) cache.layers[li] = LayerActivations{};  // free the recomputed activations
   }
-  if (full) {
-    if (c.scale_embeddings) ops::scale_(dx, c.embedding_scale(w.embed.dtype()));  // x = embed[ids] · scale
-    ops::embedding_backward_(full->embed, batch.ids, dx);
-    if (full->positions.defined()) ops::embedding_backward_(full->positions, pos, dx);
-  }
+  // x = (embed[ids] + embedding LoRA) · scale + positions[pos]
+  const bool embedding_lora = hook && lowest < 0;
+  if (full && full->positions.defined()) ops::embedding_backward_(full->positions, pos, dx);
+  if (c.scale_embeddings && (full || embedding_lora)) ops::scale_(dx, c.embedding_scale(w.embed.dtype()));
+  if (embedding_lora) hook->on_embedding_backward(batch.ids, dx);
+  if (full) ops::embedding_backward_(full->embed, batch.ids, dx);
   return result;
 }
 

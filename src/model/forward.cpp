@@ -13,7 +13,7 @@ namespace {
 
 Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook) {
   Tensor y = ops::linear(x, l.weight, l.bias);
-  if (hook) hook->on_projection(layer, l.target, x, y);
+  if (hook) hook->on_projection(layer, l.target, l, x, y);
   return y;
 }
 
@@ -156,6 +156,7 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(start + i % T);
 
   Tensor x = ops::embedding(weights_.embed, batch.ids);
+  if (hook) hook->on_embedding(weights_.embed, batch.ids, x);  // PEFT's embedding LoRA is inside embed_tokens
   if (c.scale_embeddings) ops::scale_(x, c.embedding_scale(x.dtype()));
   if (weights_.positions.defined()) {
     Tensor p = ops::embedding(weights_.positions, pos);
@@ -185,16 +186,17 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
   return h;
 }
 
-Tensor Model::project_vocab(const Tensor& hidden) const {
+Tensor Model::project_vocab(const Tensor& hidden, ProjectionHook* hook) const {
   // f32 logits on every device: the loss and sampling need their precision.
   Tensor y = Tensor::empty({hidden.dim(0), weights_.lm_head.dim(0)}, DType::F32, hidden.device());
   ops::matmul_nt(hidden, weights_.lm_head, y);
-  if (config_.final_softcap > 0) ops::softcap_(y, static_cast<float>(config_.final_softcap));
+  if (hook) hook->on_projection(static_cast<int>(config_.num_layers), Target::LmHead, lm_head_linear(), hidden, y);
+  if (config_.final_softcap > 0) ops::softcap_(y, static_cast<float>(config_.final_softcap));  // after the lm_head LoRA
   return y;
 }
 
 Tensor Model::logits(const TokenBatch& batch, ProjectionHook* hook) const {
-  return project_vocab(hidden_states(batch, hook));
+  return project_vocab(hidden_states(batch, hook), hook);
 }
 
 double labelled_nll(const Model& model, const std::vector<int32_t>& ids, const std::vector<int32_t>& targets,
@@ -213,7 +215,7 @@ double labelled_nll(const Model& model, const std::vector<int32_t>& ids, const s
     bool any = false;
     for (int32_t v : t) any = any || v != -100;
     if (!any) continue;
-    Tensor logits = model.project_vocab(h.slice_rows(r, end));
+    Tensor logits = model.project_vocab(h.slice_rows(r, end), hook);
     int64_t n = 0;
     total += ops::cross_entropy_sum(logits, t, &n);
     *count += n;

@@ -40,7 +40,8 @@ nlohmann::json run_identity(const model::Model& m, const TrainOptions& o) {
   if (!o.full) {
     auto l = o.lora.to_json();
     id["lora"] = {{"r", l["r"]}, {"lora_alpha", l["lora_alpha"]}, {"target_modules", l["target_modules"]},
-                  {"use_rslora", l["use_rslora"]}, {"bias", l["bias"]}, {"rank_pattern", l["rank_pattern"]}};
+                  {"use_rslora", l["use_rslora"]}, {"bias", l["bias"]}, {"rank_pattern", l["rank_pattern"]},
+                  {"use_dora", l["use_dora"]}, {"init", o.lora.init_name()}};
   }
   return id;
 }
@@ -177,9 +178,11 @@ TrainSummary run_training(const TrainOptions& o) {
 
   const int64_t total_params = m.parameter_count();
   const int64_t trainable = o.full ? total_params : adapter->parameter_count();
-  int64_t lora_weights = 0;  // PEFT counts A and B on top of the base; trained biases are base weights
-  if (adapter)
-    for (const auto& p : adapter->pairs) lora_weights += p.A.numel() + p.B.numel();
+  int64_t lora_weights = 0;  // PEFT counts the LoRA tensors on top of the base; trained biases are base weights
+  if (adapter) {
+    lora_weights = adapter->parameter_count();
+    for (const auto& b : adapter->biases) lora_weights -= b.value.numel();
+  }
   const int64_t all_params = total_params + lora_weights;
   std::fprintf(stderr, "trainable params: %lld || all params: %lld || trainable%%: %.4f\n",
                static_cast<long long>(trainable), static_cast<long long>(all_params),

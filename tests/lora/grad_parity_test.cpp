@@ -1,5 +1,6 @@
 // LoRA and full fine-tuning gradients against PEFT + PyTorch (tests/reference/make_lora_fixtures.py,
-// float64 reference): losses to 1e-5 relative, every gradient to 1e-4 of its largest element.
+// float64 reference): losses to 1e-5 relative, every gradient to 1e-4 of its largest element. The
+// variants (DoRA with its magnitudes, embedding and lm_head LoRA, a tied embedding) take the same path.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,6 +9,7 @@
 #include "lowrank/io/safetensors.h"
 #include "lowrank/lora/adapter.h"
 #include "lowrank/lora/lora_hook.h"
+#include "lowrank/lora/lora_variant.h"
 #include "lowrank/model/backward.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/sequences.h"
@@ -59,6 +61,7 @@ TEST_P(LoraGradParity, LossGradientsAndEvalMatchPeft) {
   model::Model m = model::Model::load(base);
   lora::Adapter adapter = lora::Adapter::load(dir + "/adapter", m);
   adapter.attach_biases(m);
+  adapter.attach_base_layers(m);
   adapter.allocate_grads();
   EXPECT_EQ(adapter.parameter_count(), expected["trainable"].get<int64_t>());
   Batch b = read_batch(io::read_json(dir + "/batch.json"));
@@ -71,11 +74,14 @@ TEST_P(LoraGradParity, LossGradientsAndEvalMatchPeft) {
 
   auto grads = io::SafetensorsFile::open(dir + "/grads.safetensors");
   size_t compared = 0;
-  for (const auto& p : adapter.pairs) {
-    expect_close(p.grad_A, grads.get(lora::peft_key(p.module, "lora_A.weight")), p.module + " dA");
-    expect_close(p.grad_B, grads.get(lora::peft_key(p.module, "lora_B.weight")), p.module + " dB");
-    compared += 2;
-  }
+  for (auto& p : adapter.pairs)
+    for (const auto& t : lora::lora_variant(p.kind).tensors(p)) {
+      // PEFT's gradients name DoRA's magnitude after its module: "...lora_magnitude_vector.weight".
+      std::string key = lora::peft_key(p.module, t.key);
+      if (!grads.contains(key)) key += ".weight";
+      expect_close(*t.grad, grads.get(key), p.module + " d" + t.name);
+      ++compared;
+    }
   for (const auto& bias : adapter.biases) {
     expect_close(bias.grad, grads.get(adapter.bias_key(bias)), bias.module + " dbias");
     ++compared;
@@ -92,7 +98,8 @@ TEST_P(LoraGradParity, LossGradientsAndEvalMatchPeft) {
 INSTANTIATE_TEST_SUITE_P(Peft, LoraGradParity,
                          ::testing::Values("llama_all_linear", "qwen2_qv_bias", "gpt2_conv1d", "llama_rslora_paths",
                                            "qwen3_all_linear", "gemma2_all_linear", "gemma3_all_linear",
-                                           "phi3_all_linear"));
+                                           "phi3_all_linear", "llama_dora", "llama_embed_lm_head",
+                                           "qwen2_tied_embed"));
 
 TEST(FullGradParity, EveryWeightGradientMatchesPyTorch) {
   const std::string dir = test::fixture("lora/llama_full");

@@ -1,5 +1,6 @@
 // Ten steps of LoRA training (AdamW, warmup + cosine, clipping) equal to PEFT + torch.optim.AdamW:
-// the reference trajectory of tests/reference/make_lora_fixtures.py (llama_train10).
+// the reference trajectories of tests/reference/make_lora_fixtures.py (llama_train10, and
+// llama_dora_train10 with DoRA's magnitudes trained too).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,14 +8,17 @@
 #include "lowrank/io/files.h"
 #include "lowrank/io/safetensors.h"
 #include "lowrank/lora/lora_hook.h"
+#include "lowrank/lora/lora_variant.h"
 #include "lowrank/train/schedule.h"
 #include "lowrank/train/step.h"
 #include "test_paths.h"
 
 using namespace lowrank;
 
-TEST(TrainTrajectory, TenAdamWStepsMatchPeft) {
-  const std::string dir = test::fixture("lora/llama_train10");
+class TrainTrajectory : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TrainTrajectory, TenAdamWStepsMatchPeft) {
+  const std::string dir = test::fixture("lora/" + GetParam());
   auto expected = io::read_json(dir + "/expected.json");
   const auto& hp = expected["hparams"];
   model::Model m = model::Model::load(test::model_fixture("llama"));
@@ -48,14 +52,22 @@ TEST(TrainTrajectory, TenAdamWStepsMatchPeft) {
         << "step " << step + 1;
   }
   auto final_weights = io::SafetensorsFile::open(dir + "/final.safetensors");
-  for (const auto& p : adapter.pairs)
-    for (auto [t, suffix] : {std::pair{p.A, "lora_A.weight"}, std::pair{p.B, "lora_B.weight"}}) {
-      Tensor want = final_weights.get(lora::peft_key(p.module, suffix));
+  size_t compared = 0;
+  for (auto& p : adapter.pairs)
+    for (const auto& t : lora::lora_variant(p.kind).tensors(p)) {
+      std::string key = lora::peft_key(p.module, t.key);
+      if (!final_weights.contains(key)) key += ".weight";  // "...lora_magnitude_vector.weight"
+      Tensor want = final_weights.get(key);
+      const Tensor& got = *t.value;
       float max_ref = 0, max_err = 0;
       for (int64_t i = 0; i < want.numel(); ++i) {
         max_ref = std::max(max_ref, std::fabs(want.f32()[i]));
-        max_err = std::max(max_err, std::fabs(want.f32()[i] - t.f32()[i]));
+        max_err = std::max(max_err, std::fabs(want.f32()[i] - got.f32()[i]));
       }
-      EXPECT_LE(max_err, 1e-4f * max_ref) << p.module << " " << suffix;
+      EXPECT_LE(max_err, 1e-4f * max_ref) << p.module << " " << t.key;
+      ++compared;
     }
+  EXPECT_EQ(compared, final_weights.tensors().size()) << "every trained tensor must have been compared";
 }
+
+INSTANTIATE_TEST_SUITE_P(Peft, TrainTrajectory, ::testing::Values("llama_train10", "llama_dora_train10"));

@@ -10,6 +10,7 @@
 #include "lowrank/io/files.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/lora/lora_hook.h"
+#include "lowrank/lora/lora_variant.h"
 #include "lowrank/ops/ops.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/schedule.h"
@@ -108,12 +109,14 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
   EXPECT_NEAR(losses[1], losses[0], 1e-2 * losses[0]);
   EXPECT_NEAR(losses[2], losses[0], 1e-4 * losses[0]);
   for (size_t i = 0; i < adapters[0].pairs.size(); ++i) {
-    const auto& c = adapters[0].pairs[i];
+    auto& c = adapters[0].pairs[i];
+    const auto want = lora::lora_variant(c.kind).tensors(c);  // A, B (and DoRA's magnitude)
     for (size_t run : {1, 2}) {
-      const auto& g = adapters[run].pairs[i];
+      auto& g = adapters[run].pairs[i];
+      const auto got = lora::lora_variant(g.kind).tensors(g);
       const double tol = run == 1 ? 5e-2 : 1e-3;  // f32: a whole backward's sums in another order
-      EXPECT_LE(rel_frobenius(g.grad_A, c.grad_A), tol) << c.module << " dA, run " << run;
-      EXPECT_LE(rel_frobenius(g.grad_B, c.grad_B), tol) << c.module << " dB, run " << run;
+      for (size_t t = 0; t < want.size(); ++t)
+        EXPECT_LE(rel_frobenius(*got[t].grad, *want[t].grad), tol) << c.module << " d" << want[t].name << ", run " << run;
     }
   }
   // Trained biases: f32 on the GPU to 1e-3 each. In bf16, k_proj's bias gradient nearly cancels
@@ -135,9 +138,14 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
 INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
                          ::testing::Values("llama_all_linear", "gpt2_conv1d", "llama_rslora_paths", "qwen3_all_linear",
                                            "qwen2_qv_bias", "gemma2_all_linear", "gemma3_all_linear",
-                                           "phi3_all_linear"));
+                                           "phi3_all_linear", "llama_embed_lm_head", "qwen2_tied_embed",
+                                           "llama_dora"));
 
-TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
+// 50 AdamW steps with LoRA dropout on the CPU and the GPU (bf16): plain LoRA, and DoRA (its
+// magnitudes trained too, no bf16 working copy for them).
+class CudaLoraTraining : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CudaLoraTraining, FiftyStepLossCurveFollowsCpu) {
   REQUIRE_GPU();
   const std::string dir = test::model_fixture("llama");
   std::vector<std::vector<double>> curves;
@@ -148,6 +156,7 @@ TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
     lc.alpha = 16;
     lc.all_linear = true;
     lc.dropout = 0.1;
+    lc.use_dora = GetParam();
     Rng init(11), drop(12);
     lora::Adapter a = lora::Adapter::create(m, lc, init);
     a.allocate_grads();
@@ -175,6 +184,9 @@ TEST(CudaTraining, FiftyStepLossCurveFollowsCpu) {
   EXPECT_LE(worst, 3e-2) << "largest relative gap between the CPU and CUDA loss curves";
   EXPECT_LT(curves[1].back(), curves[1].front() - 1.0) << "the CUDA run must learn";
 }
+
+INSTANTIATE_TEST_SUITE_P(LoraAndDora, CudaLoraTraining, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "dora" : "lora"; });
 
 // --full on the GPU: bf16 weights, f32 gradients, AdamW on f32 masters rounded into the weights.
 TEST(CudaTraining, FullFineTuneFollowsCpu) {

@@ -1,31 +1,21 @@
 #pragma once
-// Adapter: the LoRA pairs (and trainable biases) of one adapter, keyed by (layer, Target), and its
+// Adapter: the LoRA layers (and trainable biases) of one adapter, keyed by (layer, Target), and its
 // PEFT folder format: adapter_config.json + adapter_model.safetensors with keys
-// "base_model.model.<module path>.lora_A.weight" [r, in] and ".lora_B.weight" [out, r].
+// "base_model.model.<module path>.<suffix>": each variant names its tensors (lora_variant.h):
+// lora_A.weight [r, in], lora_B.weight [out, r], DoRA's lora_magnitude_vector [out], the
+// embedding's lora_embedding_A [r, V] and lora_embedding_B [d, r]; plus trained biases and, when
+// an embedding layer is adapted, PEFT's copies of the frozen embedding weights (base_layer.weight).
 #include <string>
 #include <vector>
 
 #include "lowrank/core/rng.h"
 #include "lowrank/core/tensor.h"
 #include "lowrank/lora/config.h"
+#include "lowrank/lora/lora_pair.h"
 #include "lowrank/model/target.h"
 #include "lowrank/model/model.h"
 
 namespace lowrank::lora {
-
-struct LoraPair {
-  int layer = 0;
-  Target target = Target::Q;
-  std::string module;   // e.g. "model.layers.0.self_attn.q_proj"
-  int64_t r = 0;
-  double scale = 1.0;   // alpha / r (or alpha / sqrt(r))
-  Tensor A;             // [r, in]  f32
-  Tensor B;             // [out, r] f32
-  Tensor grad_A, grad_B;  // same shapes, while training
-  // Training on the GPU: bf16 copies of A and B that the GEMMs use, written by AdamW in the same
-  // pass as the f32 masters (undefined otherwise: the hook rounds A and B per forward pass).
-  Tensor A_work, B_work;
-};
 
 // A bias trained with bias=all / lora_only (BitFit-style): replaces the model's bias of `module`.
 struct BiasParam {
@@ -36,11 +26,19 @@ struct BiasParam {
   Tensor grad;   // [out], while training
 };
 
+// PEFT's copy of a frozen embedding layer (embed_tokens, lm_head) that it saves next to an adapter
+// that adapts one (save_embedding_layers="auto"): "<module>.base_layer.weight" [V, d].
+struct BaseLayerWeight {
+  Target target = Target::Embed;
+  std::string module;
+  Tensor value;  // [V, d]: the model's own tensor when created here, the file's when loaded
+};
+
 // One trainable tensor of an adapter with its gradient and (A and B on the GPU) its working copy.
 // Adapter::parameters() is the one list that device moves, gradients, working copies, counting,
 // the optimizer and checkpoints walk: a new kind of trainable tensor is added there only.
 struct AdapterParam {
-  std::string name;  // unique: "<module>.lora_A", "<module>.lora_B", "<module>.bias"
+  std::string name;  // unique: "<module>.lora_A", "<module>.lora_magnitude_vector", "<module>.bias", ...
   Tensor* value;
   Tensor* grad;
   Tensor* working;   // null: this kind of tensor is used as it is (biases)
@@ -51,10 +49,13 @@ class Adapter {
   LoraConfig config;
   std::vector<LoraPair> pairs;
   std::vector<BiasParam> biases;
+  std::vector<BaseLayerWeight> base_layers;
 
-  // A new adapter for `model`: A initialised per config.init from `rng`, B = 0, biases copied
-  // from the model. Throws Error listing the module names if the targets match nothing.
-  static Adapter create(const model::Model& model, const LoraConfig& config, Rng& rng);
+  // A new adapter for `model`: A and B initialised per config.init (lora_init.h) from `rng`, DoRA
+  // magnitudes from the weights, biases copied from the model. PiSSA / OLoRA replace the adapted
+  // weights of `model` by their residuals. Throws Error listing the module names if the targets
+  // match nothing, or for a combination that is refused (DoRA on an embedding, PiSSA on one, ...).
+  static Adapter create(model::Model& model, const LoraConfig& config, Rng& rng);
   // Loads a PEFT adapter folder and checks it against `model` (tensor names and shapes).
   static Adapter load(const std::string& dir, const model::Model& model);
   // Writes a PEFT adapter folder atomically (temp folder, fsync, rename).
@@ -66,11 +67,18 @@ class Adapter {
   const LoraPair* find(int layer, Target t) const;
   LoraPair* find(int layer, Target t);
   std::string bias_key(const BiasParam& b) const;  // PEFT's key for a trained bias
-  int64_t parameter_count() const;  // trainable parameters (A, B and biases)
+  int64_t parameter_count() const;  // trainable parameters (every parameters() tensor)
   // Makes the model use this adapter's biases (bias=all / lora_only): the model's Linear.bias
   // then shares the adapter's tensor, so training one trains the other.
   void attach_biases(model::Model& model);
-  // Every trainable tensor: each pair's A then B, in pair order, then the biases.
+  // Makes the model's frozen weights what PEFT's load makes them: the saved base_layer weights
+  // (embedding layers) copied into the embedding / lm_head (a tied lm_head follows its
+  // embedding); for an adapter whose config still says init_lora_weights "pissa" / "olora" (saved
+  // unconverted), PEFT re-runs the init and trains on the residual: the adapted weights become
+  // W0 - s·B0·A0 of that init ("pissa_niter_N" draws random numbers we cannot reproduce: refused).
+  void attach_base_layers(model::Model& model) const;
+  // Every trainable tensor: each pair's tensors (its variant's list: A, B, ...), in pair order,
+  // then the biases.
   std::vector<AdapterParam> parameters();
   void allocate_grads();   // zero gradients on the adapter's device
   // Keeps `dtype` copies of every A and B for the GEMMs (bf16 on the GPU; nothing for f32).
@@ -78,13 +86,16 @@ class Adapter {
   void to(Device device);  // moves weights (and gradients, working copies) to `device`
 };
 
-// The (layer, Target, Linear) of every linear layer LoRA may adapt in `model` (all-linear's set).
+// The (layer, Target, frozen layer) of a module LoRA may adapt.
 struct AdaptableModule {
   int layer;
   Target target;
-  const model::Linear* linear;
+  model::Linear linear;  // its weight [out, in] and bias; the token embedding: its table [V, d]
 };
+// Every linear layer of the blocks (all-linear's set).
 std::vector<AdaptableModule> adaptable_modules(const model::Model& model);
+// The token embedding (layer -1) and the lm_head (layer num_layers): adapted only when named.
+std::vector<AdaptableModule> embedding_modules(const model::Model& model);
 
 // PEFT's key for a LoRA tensor or bias of a module.
 std::string peft_key(const std::string& module, const std::string& suffix);

@@ -9,7 +9,9 @@
 namespace lowrank::lora {
 
 enum class BiasMode { None, All, LoraOnly };
-enum class InitMode { Kaiming, Gaussian };
+// PEFT's init_lora_weights: true (kaiming-uniform A), "gaussian", "pissa" / "pissa_niter_N"
+// (SVD, randomized with N subspace iterations), "olora" (QR). lora_init.h has the math.
+enum class InitMode { Kaiming, Gaussian, Pissa, Olora };
 
 struct LoraConfig {
   int64_t r = 8;
@@ -24,6 +26,8 @@ struct LoraConfig {
   bool fan_in_fan_out = false;
   BiasMode bias = BiasMode::None;
   InitMode init = InitMode::Kaiming;
+  int64_t pissa_niter = 0;  // "pissa_niter_N": N > 0 uses the randomized SVD; 0: the full SVD
+  bool use_dora = false;    // PEFT's use_dora: DoRA on every adapted linear layer (dora.cpp)
   std::map<std::string, int64_t> rank_pattern;
   std::map<std::string, double> alpha_pattern;
   std::string base_model_name_or_path;
@@ -31,6 +35,9 @@ struct LoraConfig {
   // Parses PEFT's adapter_config.json (unknown keys ignored); `source` names the file in errors.
   static LoraConfig from_json(const nlohmann::json& j, const std::string& source);
   nlohmann::json to_json() const;
+  // Parses PEFT's init_lora_weights name: kaiming (or true), gaussian, pissa, pissa_niter_N, olora.
+  static void parse_init(const std::string& text, InitMode* init, int64_t* pissa_niter, const std::string& source);
+  std::string init_name() const;  // the inverse of parse_init ("kaiming" for the default)
   // Parses --targets: "q_proj,v_proj" or "all-linear".
   static std::vector<std::string> parse_targets(const std::string& text, bool* all_linear);
 

@@ -1,14 +1,16 @@
 #pragma once
-// lora_linear: the one chokepoint every adapted projection goes through.
-//   y = x W0ᵀ + b + Σ_adapters s_i · u_i · (drop(x) A_iᵀ) B_iᵀ      (u_i: the user's --adapter scale)
+// LoraHook: the one chokepoint every adapted layer goes through (projections, the lm_head and the
+// token embedding). For each active adapter that adapts the layer it applies LoRA dropout, picks
+// A and B in the activations' dtype, and hands the rest to the layer's variant (lora_variant.h):
+//   y = x W0ᵀ + b + Σ_adapters variant_i(x; W0, A_i, B_i, s_i · u_i)   (u_i: the --adapter scale)
 // Several adapters can be active at once, unmerged, without copying base weights. When training,
-// the first adapter's A/B (and biases) get gradients (DESIGN.md, "Backward"):
-//   h = drop(x)Aᵀ; g = dy B; dB += s·dyᵀh; dA += s·gᵀdrop(x); dx += s·(g A) ⊙ mask.
+// the first adapter's tensors (and biases) get gradients.
 #include <map>
 #include <vector>
 
 #include "lowrank/core/rng.h"
 #include "lowrank/lora/adapter.h"
+#include "lowrank/lora/lora_variant.h"
 #include "lowrank/model/backward.h"
 
 namespace lowrank::lora {
@@ -24,26 +26,28 @@ class LoraHook : public model::TrainableHook {
 
   // Training mode: saves what backward needs; applies dropout with masks drawn from `rng`.
   void set_training(bool training, Rng* dropout_rng = nullptr);
-  void on_projection(int layer, Target target, const Tensor& x, Tensor& y) override;
-  void on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) override;
+  void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
+  void on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                              const Tensor& dy, Tensor& dx) override;
+  void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) override;
+  void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) override;
   int lowest_trainable_layer() const override;
   void set_replay(bool replay) override { replay_ = replay; }
   // Drops the activations saved by the last forward pass.
   void clear_saved() { saved_.clear(); }
 
  private:
-  struct Saved {
-    Tensor h;      // [N, r]: drop(x) Aᵀ
-    Tensor A, B;   // [r, in], [out, r]: A and B as the forward used them (activations' dtype)
-    Tensor x_drop; // [N, in]: drop(x) (only when dropout is active)
-    Tensor mask;   // U8 [N*in]: 1 where x was kept
-    uint64_t drop_offset = 0;  // dropout draws started here (replayed by checkpointing)
-  };
+  // y += every active adapter's output for the layer; x: the layer input (ids for the embedding).
+  void apply(int layer, Target target, const model::Linear& base, const Tensor& x,
+             const std::vector<int32_t>* ids, Tensor& y);
+  void apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                      const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx);
+
   std::vector<ActiveAdapter> adapters_;
   bool training_ = false;
   bool replay_ = false;
   Rng* rng_ = nullptr;
-  std::map<std::pair<int, int>, Saved> saved_;  // (layer, target) of the trained adapter
+  std::map<std::pair<int, int>, LoraSaved> saved_;  // (layer, target) of the trained adapter
 };
 
 }  // namespace lowrank::lora

@@ -13,8 +13,11 @@ class TrainableHook : public ProjectionHook {
   // dy: gradient of the projection output [N, out]; x: its input [N, in]. Accumulate own
   // parameter gradients, and add the hook's contribution to dx [N, in] (which holds dy·W).
   // dx is undefined when nothing needs the input gradient (the lowest trained layer).
-  virtual void on_projection_backward(int layer, Target target, const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
-  // The lowest layer that has trainable parameters: backward stops below it.
+  virtual void on_projection_backward(int layer, Target target, const Linear& base, const Tensor& x,
+                                      const Tensor& dy, Tensor& dx) = 0;
+  // dx [n, d]: gradient of the embedding output for `ids` (called when lowest_trainable_layer() < 0).
+  virtual void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {}
+  // The lowest layer that has trainable parameters: backward stops below it (-1: the embedding).
   virtual int lowest_trainable_layer() const = 0;
   // Activation checkpointing recomputes a layer's forward inside backward: while replaying, the
   // hook must reproduce exactly what the first forward did (same dropout masks).

@@ -13,11 +13,15 @@
 
 namespace lowrank::model {
 
-// Lets LoRA (or anything else) add to a projection's output: called right after y = x Wᵀ + b.
+// Lets LoRA (or anything else) add to a projection's output: called right after y = x Wᵀ + b with
+// the frozen linear `base` it used (DoRA needs W0). The lm_head is target LmHead at layer
+// num_layers; the token embedding calls on_embedding with the table and the ids it gathered.
 class ProjectionHook {
  public:
   virtual ~ProjectionHook() = default;
-  virtual void on_projection(int layer, Target target, const Tensor& x, Tensor& y) = 0;
+  virtual void on_projection(int layer, Target target, const Linear& base, const Tensor& x, Tensor& y) = 0;
+  // x [n, d] holds rows `ids` of the frozen embedding table [V, d].
+  virtual void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {}
 };
 
 // A batch of B sequences of equal length T, row-major [B, T].
@@ -88,8 +92,11 @@ class Model {
   Tensor layer_forward(int64_t layer, const Tensor& x, const LayerInput& in, LayerActivations& a) const;
   // Logits [B*T, V].
   Tensor logits(const TokenBatch& batch, ProjectionHook* hook = nullptr) const;
-  // The lm_head projection of hidden states [n, d] -> [n, V] (soft-capped when the model does).
-  Tensor project_vocab(const Tensor& hidden) const;
+  // The lm_head projection of hidden states [n, d] -> [n, V] (with the hook's LmHead adapter;
+  // soft-capped when the model does).
+  Tensor project_vocab(const Tensor& hidden, ProjectionHook* hook = nullptr) const;
+  // The lm_head as the frozen linear hooks see (no bias; the embedding's tensor when tied).
+  Linear lm_head_linear() const { return Linear{weights_.lm_head, Tensor(), "lm_head", Target::LmHead}; }
 
   // cos/sin tables of `layer`'s RoPE covering at least n positions, for a forward whose last
   // position is n - 1 (LongRoPE picks its factors by it). Grown on demand; thread-compatible, not

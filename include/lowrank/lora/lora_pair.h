@@ -1,0 +1,40 @@
+#pragma once
+// LoraPair: the LoRA layer of one adapted module (a linear projection, the lm_head or the token
+// embedding): its trainable tensors and which variant's math (lora_variant.h) computes with them.
+#include <string>
+
+#include "lowrank/core/tensor.h"
+#include "lowrank/model/target.h"
+
+namespace lowrank::lora {
+
+// Which math a LoRA layer uses; each kind has its own file behind LoraVariant (lora_variant.h).
+enum class VariantKind : uint8_t {
+  Linear,     // y += s · drop(x) Aᵀ Bᵀ                                  (linear_lora.cpp)
+  Dora,       // PEFT's use_dora: magnitude ⊙ normalised (W0 + s·B·A)      (dora.cpp)
+  Embedding,  // x += s · Aᵀ[ids] Bᵀ, PEFT's lora_embedding_A / _B          (embedding_lora.cpp)
+};
+
+struct LoraPair {
+  // Blocks' projections: layer 0..L-1. The token embedding is layer -1, the lm_head layer L, so
+  // that "the lowest trained layer" orders them with the blocks.
+  int layer = 0;
+  Target target = Target::Q;
+  VariantKind kind = VariantKind::Linear;
+  std::string module;   // e.g. "model.layers.0.self_attn.q_proj", "model.embed_tokens", "lm_head"
+  int64_t r = 0;
+  int64_t in = 0, out = 0;  // the frozen layer's input and output sizes (embedding: vocab and d)
+  double scale = 1.0;   // alpha / r (or alpha / sqrt(r))
+  Tensor A;             // [r, in]  f32
+  Tensor B;             // [out, r] f32
+  Tensor grad_A, grad_B;  // same shapes, while training
+  // Training on the GPU: bf16 copies of A and B that the GEMMs use, written by AdamW in the same
+  // pass as the f32 masters (undefined otherwise: the hook rounds A and B per forward pass).
+  Tensor A_work, B_work;
+  Tensor magnitude, grad_magnitude;  // [out] f32: DoRA's lora_magnitude_vector (DoRA only)
+  // PiSSA / OLoRA: the pair as initialised (the base weights became W0 - s·B0·A0); saving
+  // subtracts it so that the written adapter applies to the original base (lora_init.h).
+  Tensor A_init, B_init;  // [r, in], [out, r], or undefined
+};
+
+}  // namespace lowrank::lora

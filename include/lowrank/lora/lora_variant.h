@@ -1,0 +1,71 @@
+#pragma once
+// LoraVariant: the math of one kind of LoRA layer (plain, DoRA, embedding) behind one small
+// interface. The hook (lora_hook.h) handles what every variant shares (which adapters are active,
+// dropout and its replay, the A/B copies in the activations' dtype) and calls the variant for the
+// rest; the adapter (adapter.h) enumerates, saves and loads a layer's tensors through tensors().
+// A new variant: a VariantKind, a file implementing this interface, and a line in
+// lora_variant.cpp's registry (docs/architecture.md).
+#include <string>
+#include <vector>
+
+#include "lowrank/core/tensor.h"
+#include "lowrank/lora/lora_pair.h"
+#include "lowrank/model/weights.h"
+
+namespace lowrank::lora {
+
+// One tensor of a LoRA layer: the checkpoint/optimizer name ("lora_A"), PEFT's key suffix
+// ("lora_A.weight"), its value, gradient and working copy (null: used as it is), and its shape.
+struct LayerTensor {
+  std::string name;
+  std::string key;
+  Tensor* value;
+  Tensor* grad;
+  Tensor* working;
+  Shape shape;
+};
+
+// What the forward pass of one LoRA layer works on.
+struct LoraInput {
+  const LoraPair& pair;
+  const model::Linear& base;  // the frozen layer: weight [out, in] and bias (embedding: table [V, d])
+  const Tensor& x_in;         // [N, in] the layer input after LoRA dropout (embedding: unused)
+  const std::vector<int32_t>* ids;  // embedding: the token ids [N]
+  const Tensor& A;            // [r, in] in the activations' dtype
+  const Tensor& B;            // [out, r]
+  float scale;                // s · the user's --adapter scale
+};
+
+// What a LoRA layer's backward needs from its forward pass (kept by the hook per layer).
+struct LoraSaved {
+  Tensor h;           // [N, r]: drop(x) Aᵀ (embedding: Aᵀ[ids])
+  Tensor A, B;        // as the forward used them (activations' dtype)
+  Tensor x_drop;      // [N, in]: drop(x) (only when dropout is active)
+  Tensor mask;        // U8 [N*in]: 1 where x was kept
+  uint64_t drop_offset = 0;  // dropout draws started here (replayed by checkpointing)
+  Tensor dora_scale;  // [out] DoRA: magnitude / ||W0 + s·B·A||, the norm detached
+  Tensor dora_out;    // [N, out] DoRA: (drop(x) W0ᵀ + s·h Bᵀ) / ||W0 + s·B·A||; d(loss)/dm = Σ_rows dy ⊙ this
+};
+
+class LoraVariant {
+ public:
+  virtual ~LoraVariant() = default;
+  // Every tensor of the layer, A and B first: the one list that parameters, save and load walk.
+  virtual std::vector<LayerTensor> tensors(LoraPair& p) const = 0;
+  // After A and B are initialised at create: the variant's own tensors (DoRA: the magnitude).
+  virtual void init_extra(LoraPair& p, const Tensor& base_weight) const {}
+  // y += the layer's LoRA output. `saved`, when given, receives what backward needs.
+  virtual void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const = 0;
+  // Accumulates the layer's gradients from dy [N, out]. dx_in (when given) receives the gradient
+  // with respect to x_in: written, or added to with `accumulate`.
+  virtual void backward(LoraPair& p, const LoraInput& in, const LoraSaved& saved, const Tensor& dy,
+                        Tensor* dx_in, bool accumulate) const = 0;
+  // Folds the layer into its frozen weight (the layout of LoraInput::base.weight), in place.
+  virtual void merge(const LoraPair& p, Tensor& weight, double user_scale) const = 0;
+};
+
+// The registry: the implementation of each kind.
+const LoraVariant& lora_variant(VariantKind kind);
+std::string_view variant_name(VariantKind kind);  // "LoRA", "DoRA", "embedding LoRA"
+
+}  // namespace lowrank::lora

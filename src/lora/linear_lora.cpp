@@ -1,0 +1,52 @@
+// Plain LoRA on a linear layer (DESIGN.md, "The math"):
+//   y += s · h Bᵀ with h = drop(x) Aᵀ, accumulated into the base GEMM's output (beta = 1).
+//   dB += s · dyᵀ h;  g = dy B;  dA += s · gᵀ drop(x);  d drop(x) = s · g A.
+#include "lowrank/ops/ops.h"
+#include "variants.h"
+
+namespace lowrank::lora {
+
+std::vector<LayerTensor> lora_ab_tensors(LoraPair& p, const char* a_key, const char* b_key, const char* a_name,
+                                         const char* b_name) {
+  return {{a_name, a_key, &p.A, &p.grad_A, &p.A_work, {p.r, p.in}},
+          {b_name, b_key, &p.B, &p.grad_B, &p.B_work, {p.out, p.r}}};
+}
+
+namespace {
+
+class LinearLora : public LoraVariant {
+ public:
+  std::vector<LayerTensor> tensors(LoraPair& p) const override {
+    return lora_ab_tensors(p, "lora_A.weight", "lora_B.weight", "lora_A", "lora_B");
+  }
+
+  void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const override {
+    Tensor h;
+    ops::matmul_nt(in.x_in, in.A, h);             // [N, r]
+    ops::matmul_nt(h, in.B, y, in.scale, 1.0f);   // y += s · h Bᵀ
+    if (saved) saved->h = h;
+  }
+
+  void backward(LoraPair& p, const LoraInput& in, const LoraSaved& sv, const Tensor& dy, Tensor* dx_in,
+                bool accumulate) const override {
+    ops::matmul_tn(dy, sv.h, p.grad_B, in.scale, 1.0f);     // dB += s · dyᵀ h       [out, r]
+    Tensor g;
+    ops::matmul_nn(dy, in.B, g);                             // g = dy B             [N, r]
+    ops::matmul_tn(g, in.x_in, p.grad_A, in.scale, 1.0f);   // dA += s · gᵀ drop(x) [r, in]
+    if (dx_in) ops::matmul_nn(g, in.A, *dx_in, in.scale, accumulate ? 1.0f : 0.0f);  // s · g A
+  }
+
+  void merge(const LoraPair& p, Tensor& weight, double user_scale) const override {
+    // W [out, in] += s · B [out, r] · A [r, in]
+    ops::matmul_nn(p.B, p.A, weight, static_cast<float>(p.scale * user_scale), 1.0f);
+  }
+};
+
+}  // namespace
+
+const LoraVariant& linear_lora() {
+  static const LinearLora v;
+  return v;
+}
+
+}  // namespace lowrank::lora
