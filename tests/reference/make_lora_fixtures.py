@@ -340,6 +340,11 @@ def main():
         ("qwen2_tied_embed", lambda: lora_case(args, "qwen2_tied_embed", "qwen2", LoraConfig(
             r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["embed_tokens", "q_proj"],
             init_lora_weights=False, task_type="CAUSAL_LM"), seed=15)),
+        # Gemma scales embeddings by √d: where the embedding LoRA's delta enters relative to the scale
+        *[(f"{base}_embed", (lambda base=base, seed=seed: lora_case(args, f"{base}_embed", base, LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["embed_tokens", "q_proj"],
+            init_lora_weights=False, task_type="CAUSAL_LM"), seed=seed)))
+          for base, seed in (("gemma2", 18), ("gemma3", 19))],
         ("llama_pissa", lambda: init_case(args, "llama_pissa", "llama", "pissa", seed=16)),
         ("llama_olora", lambda: init_case(args, "llama_olora", "llama", "olora", seed=17)),
     ]
