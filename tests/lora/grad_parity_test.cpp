@@ -99,7 +99,7 @@ INSTANTIATE_TEST_SUITE_P(Peft, LoraGradParity,
                          ::testing::Values("llama_all_linear", "qwen2_qv_bias", "gpt2_conv1d", "llama_rslora_paths",
                                            "qwen3_all_linear", "gemma2_all_linear", "gemma3_all_linear",
                                            "phi3_all_linear", "llama_dora", "llama_embed_lm_head",
-                                           "qwen2_tied_embed"));
+                                           "qwen2_tied_embed", "gemma2_embed", "gemma3_embed"));
 
 TEST(FullGradParity, EveryWeightGradientMatchesPyTorch) {
   const std::string dir = test::fixture("lora/llama_full");
