@@ -1,9 +1,10 @@
 // lowrank serve: the OpenAI-compatible HTTP server for a base model and named LoRA adapters.
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
-#include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <thread>
 
 #include "command.h"
@@ -13,6 +14,16 @@
 
 namespace lowrank::cli {
 namespace {
+
+int stop_pipe[2] = {-1, -1};  // SIGINT/SIGTERM write their number here
+
+void on_stop_signal(int sig) {
+  const char c = static_cast<char>(sig);
+  const int saved = errno;
+  if (write(stop_pipe[1], &c, 1) < 0) {
+  }  // nothing more a handler can do
+  errno = saved;
+}
 
 struct ServeArgs {
   std::string model, served_name, device = "cpu", host = "127.0.0.1";
@@ -38,30 +49,33 @@ int run_serve(ServeArgs& a) {
     server.load_adapter(spec.substr(0, eq), spec.substr(eq + 1));
   }
 
-  // SIGINT/SIGTERM are taken by one thread (sigwait), not by a handler: shutting down waits for
-  // running requests, which a signal handler must not do. Blocked here, before any other thread
-  // starts, so every thread inherits the mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGINT/SIGTERM only write to a pipe (all a signal handler may safely do; any thread may
+  // receive them, OpenBLAS starts its own before main); a thread reading it shuts the server
+  // down, which waits for the running requests.
+  if (pipe(stop_pipe) != 0) throw error("cannot create a pipe: ", std::strerror(errno));
+  struct sigaction on_stop {};
+  on_stop.sa_handler = on_stop_signal;
+  on_stop.sa_flags = SA_RESTART;
+  sigemptyset(&on_stop.sa_mask);
+  sigaction(SIGINT, &on_stop, nullptr);
+  sigaction(SIGTERM, &on_stop, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a client that left is seen as a failed write, not a dead server
 
   const int port = server.bind(a.host, a.port);
   std::fprintf(stderr, "lowrank serve: %s on http://%s:%d (max batch %lld%s)\n", a.options.model_name.c_str(),
                a.host.c_str(), port, static_cast<long long>(a.options.max_batch),
                a.adapters.empty() ? "" : (", " + std::to_string(a.adapters.size()) + " adapters").c_str());
-  std::atomic<bool> signalled{false};
   std::thread stopper([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    signalled = true;
+    char sig = 0;
+    while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
+    if (sig == 0) return;  // the server stopped by itself
     std::fprintf(stderr, "lowrank serve: %s: finishing running requests, then exiting\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
     server.shutdown();
   });
   server.run();
-  if (!signalled) pthread_kill(stopper.native_handle(), SIGTERM);  // stopped otherwise: end the waiter
+  const char none = 0;
+  if (write(stop_pipe[1], &none, 1) != 1) std::fprintf(stderr, "lowrank serve: cannot end the signal thread\n");
   stopper.join();
   std::fprintf(stderr, "lowrank serve: stopped\n");
   return 0;
