@@ -18,11 +18,13 @@ struct Scheduler::Running {
   Running(Queued q, std::unique_ptr<SequenceState> s)
       : request(std::move(q.request)), channel(std::move(q.channel)), state(std::move(s)),
         sampler(request.options.sampling), context(request.prompt) {}
-  void finish(FinishReason reason, std::string error = {}) {
-    channel->finish(reason, std::move(error));
-    done = true;
-  }
 };
+
+void Scheduler::end(Running& r, FinishReason reason, std::string error) {
+  running_.fetch_sub(1);  // first: a client that has its reply never sees itself still running
+  r.done = true;
+  r.channel->finish(reason, std::move(error));
+}
 
 Scheduler::Scheduler(DecodeStep& compute, int64_t max_batch) : compute_(compute), max_batch_(max_batch) {
   LR_CHECK(max_batch >= 1);
@@ -88,14 +90,13 @@ void Scheduler::loop() {
       const auto capacity = static_cast<int64_t>(q.request.prompt.size()) + q.request.options.max_new_tokens;
       try {
         running.push_back(std::make_unique<Running>(std::move(q), compute_.open(capacity)));
+        running_.fetch_add(1);
       } catch (const std::exception& e) {
         q.channel->finish(FinishReason::Failed, e.what());
       }
     }
-    running_.store(static_cast<int64_t>(running.size()));
     step(running);
     std::erase_if(running, [](const auto& r) { return r->done; });
-    running_.store(static_cast<int64_t>(running.size()));
   }
 }
 
@@ -104,7 +105,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
   std::vector<Running*> stepped;
   for (auto& r : running) {
     if (r->channel->cancelled()) {
-      r->finish(FinishReason::Cancelled);
+      end(*r, FinishReason::Cancelled);
       continue;
     }
     StepEntry e;
@@ -124,7 +125,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
   for (size_t i = 0; i < batch.size(); ++i) {
     Running& r = *stepped[i];
     if (!batch[i].error.empty()) {
-      r.finish(FinishReason::Failed, batch[i].error);
+      end(r, FinishReason::Failed, batch[i].error);
       continue;
     }
     if (r.generated == 0) prompt_tokens_.fetch_add(static_cast<int64_t>(r.request.prompt.size()));
@@ -134,8 +135,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
     generated_tokens_.fetch_add(1);
     r.channel->push(next);
     const auto& eos = r.request.options.eos_ids;
-    if (std::find(eos.begin(), eos.end(), next) != eos.end()) r.finish(FinishReason::Eos);
-    else if (r.generated >= r.request.options.max_new_tokens) r.finish(FinishReason::Length);
+    if (std::find(eos.begin(), eos.end(), next) != eos.end()) end(r, FinishReason::Eos);
+    else if (r.generated >= r.request.options.max_new_tokens) end(r, FinishReason::Length);
   }
 }
 

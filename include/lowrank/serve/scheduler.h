@@ -54,6 +54,7 @@ class Scheduler {
   struct Running;
   void loop();
   void step(std::vector<std::unique_ptr<Running>>& running);
+  void end(Running& r, FinishReason reason, std::string error = {});
 
   DecodeStep& compute_;
   const int64_t max_batch_;
