@@ -116,24 +116,26 @@ GenerationParams parse_params(const json& body, const char* max_tokens_key) {
   return p;
 }
 
-json object_base(const ReplyHeader& h, bool chunk) {
+ReplyJson object_base(const ReplyHeader& h, bool chunk) {
   return {{"id", h.id},
           {"object", h.chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion"},
           {"created", h.created},
           {"model", h.model}};
 }
 
-json usage_json(const Usage& u) {
+ReplyJson usage_json(const Usage& u) {
   return {{"prompt_tokens", u.prompt_tokens},
           {"completion_tokens", u.completion_tokens},
           {"total_tokens", u.prompt_tokens + u.completion_tokens}};
 }
 
-json finish_json(const std::string& finish_reason) { return finish_reason.empty() ? json(nullptr) : json(finish_reason); }
+ReplyJson finish_json(const std::string& finish_reason) {
+  return finish_reason.empty() ? ReplyJson(nullptr) : ReplyJson(finish_reason);
+}
 
 }  // namespace
 
-json error_body(int status, const std::string& message) {
+ReplyJson error_body(int status, const std::string& message) {
   return {{"error", {{"message", message}, {"type", error_type(status)}, {"param", nullptr}, {"code", status}}}};
 }
 
@@ -203,43 +205,45 @@ ChatRequest parse_chat_request(const json& body) {
   return r;
 }
 
-json full_reply(const ReplyHeader& h, const std::string& text, const std::string& finish_reason, const Usage& usage) {
-  json reply = object_base(h, false);
-  json choice = {{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
+ReplyJson full_reply(const ReplyHeader& h, const std::string& text, const std::string& finish_reason, const Usage& usage) {
+  ReplyJson reply = object_base(h, false);
+  ReplyJson choice = {{"index", 0}};
   if (h.chat) {
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   } else {
     choice["text"] = text;
     choice["logprobs"] = nullptr;
   }
-  reply["choices"] = json::array({choice});
+  choice["finish_reason"] = finish_json(finish_reason);
+  reply["choices"] = ReplyJson::array({choice});
   reply["usage"] = usage_json(usage);
   return reply;
 }
 
-json text_chunk(const ReplyHeader& h, const std::string& delta, const std::string& finish_reason) {
-  json chunk = object_base(h, true);
-  json choice = {{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
+ReplyJson text_chunk(const ReplyHeader& h, const std::string& delta, const std::string& finish_reason) {
+  ReplyJson chunk = object_base(h, true);
+  ReplyJson choice = {{"index", 0}};
   if (h.chat) {
-    choice["delta"] = delta.empty() && !finish_reason.empty() ? json::object() : json{{"content", delta}};
+    choice["delta"] = delta.empty() && !finish_reason.empty() ? ReplyJson::object() : ReplyJson{{"content", delta}};
   } else {
     choice["text"] = delta;
     choice["logprobs"] = nullptr;
   }
-  chunk["choices"] = json::array({choice});
+  choice["finish_reason"] = finish_json(finish_reason);
+  chunk["choices"] = ReplyJson::array({choice});
   return chunk;
 }
 
-json role_chunk(const ReplyHeader& h) {
-  json chunk = object_base(h, true);
-  chunk["choices"] = json::array(
+ReplyJson role_chunk(const ReplyHeader& h) {
+  ReplyJson chunk = object_base(h, true);
+  chunk["choices"] = ReplyJson::array(
       {{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}}});
   return chunk;
 }
 
-json usage_chunk(const ReplyHeader& h, const Usage& usage) {
-  json chunk = object_base(h, true);
-  chunk["choices"] = json::array();
+ReplyJson usage_chunk(const ReplyHeader& h, const Usage& usage) {
+  ReplyJson chunk = object_base(h, true);
+  chunk["choices"] = ReplyJson::array();
   chunk["usage"] = usage_json(usage);
   return chunk;
 }

@@ -23,14 +23,15 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+// Text from the model may hold invalid UTF-8 (a token cut inside a character): replaced, not thrown.
+std::string dump(const ReplyJson& j) { return j.dump(-1, ' ', false, ReplyJson::error_handler_t::replace); }
 
-void send_json(httplib::Response& res, int status, const json& body) {
+void send_json(httplib::Response& res, int status, const ReplyJson& body) {
   res.status = status;
   res.set_content(dump(body), "application/json");
 }
 
-std::string sse(const json& event) { return "data: " + dump(event) + "\n\n"; }
+std::string sse(const ReplyJson& event) { return "data: " + dump(event) + "\n\n"; }
 
 const char* finish_name(FinishReason r) {
   switch (r) {
@@ -127,7 +128,7 @@ struct Server::Impl {
   httplib::Server::Handler guarded(std::function<void(const httplib::Request&, httplib::Response&)> handler);
   void generate(const httplib::Request& req, httplib::Response& res, bool chat);
   void stream(httplib::Response& res, std::shared_ptr<Reply> reply);
-  json models() const;
+  ReplyJson models() const;
   void load_adapter(const std::string& name, const std::string& spec);
 };
 
@@ -207,10 +208,10 @@ void Server::Impl::load_adapter(const std::string& name, const std::string& spec
   adapters.load(name, spec);
 }
 
-json Server::Impl::models() const {
+ReplyJson Server::Impl::models() const {
   const int64_t context = model.config().max_position_embeddings;
   const int64_t created = static_cast<int64_t>(std::time(nullptr));
-  json data = json::array({{{"id", options.model_name}, {"object", "model"}, {"created", created},
+  ReplyJson data = ReplyJson::array({{{"id", options.model_name}, {"object", "model"}, {"created", created},
                             {"owned_by", "lowrank"}, {"root", model.source()}, {"parent", nullptr},
                             {"max_model_len", context}}});
   for (const auto& a : adapters.list())

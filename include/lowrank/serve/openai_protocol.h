@@ -24,8 +24,11 @@ class ApiError : public std::runtime_error {
   int status_;
 };
 
+// Replies keep OpenAI's key order (id, object, created, model, choices, usage).
+using ReplyJson = nlohmann::ordered_json;
+
 // {"error": {"message", "type", "param": null, "code": status}}; the type follows OpenAI's names.
-nlohmann::json error_body(int status, const std::string& message);
+ReplyJson error_body(int status, const std::string& message);
 
 // Parses a request body: not JSON, not an object, or nested deeper than 64 levels -> ApiError 400.
 nlohmann::json parse_body(const std::string& body);
@@ -66,12 +69,12 @@ struct Usage {
 };
 
 // "stop" or "length".
-nlohmann::json full_reply(const ReplyHeader& h, const std::string& text, const std::string& finish_reason,
+ReplyJson full_reply(const ReplyHeader& h, const std::string& text, const std::string& finish_reason,
                           const Usage& usage);
 // One streamed piece of text; `finish_reason` "" while the reply goes on. Chat chunks carry
 // {"delta": {"content"}}; the first chat chunk should be role_chunk().
-nlohmann::json text_chunk(const ReplyHeader& h, const std::string& delta, const std::string& finish_reason);
-nlohmann::json role_chunk(const ReplyHeader& h);
-nlohmann::json usage_chunk(const ReplyHeader& h, const Usage& usage);
+ReplyJson text_chunk(const ReplyHeader& h, const std::string& delta, const std::string& finish_reason);
+ReplyJson role_chunk(const ReplyHeader& h);
+ReplyJson usage_chunk(const ReplyHeader& h, const Usage& usage);
 
 }  // namespace lowrank::serve
