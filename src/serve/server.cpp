@@ -129,6 +129,12 @@ struct Server::Impl {
     const size_t threads = static_cast<size_t>(std::max<int64_t>(32, 2 * options.max_batch + 16));
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http.set_payload_max_length(options.max_body_bytes);
+    // httplib's default is SO_REUSEPORT, with which a second server on the same port starts and
+    // silently takes half the connections; SO_REUSEADDR only allows a quick restart.
+    http.set_socket_options([](socket_t sock) {
+      const int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     routes();
   }
 

@@ -1,9 +1,12 @@
-// The `lowrank serve` command: bad flags are `error:` exit 2; SIGTERM lets a running request
+// The `lowrank serve` command: bad flags and a port in use are `error:` exit 2; SIGTERM lets a running request
 // finish, refuses new ones, then exits 0.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,7 +28,7 @@ std::string base_dir() { return test::source_dir() + "/models/base"; }
 
 TEST(ServeCli, BadFlagsAreErrors) {
   const std::string model = " --model " + base_dir();
-  const std::vector<std::pair<std::string, std::string>> cases = {
+  std::vector<std::pair<std::string, std::string>> cases = {
       {"serve" + model + " --device cuda", "serving on CUDA is not supported yet"},
       {"serve" + model + " --device tpu", "tpu"},
       {"serve" + model + " --max-batch 0", "--max-batch"},
@@ -36,12 +39,23 @@ TEST(ServeCli, BadFlagsAreErrors) {
       {"serve --model /nonexistent/model", "/nonexistent/model"},
       {"serve" + model + " --max-batch two", "--max-batch"},
   };
+  // A port another socket listens on (no silent sharing through SO_REUSEPORT).
+  const int taken = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(bind(taken, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(taken, 1), 0);
+  ASSERT_EQ(getsockname(taken, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  cases.push_back({"serve" + model + " --port " + std::to_string(ntohs(addr.sin_port)), "cannot listen on 127.0.0.1:"});
   for (const auto& [args, want] : cases) {
     auto r = test::run_cli(args);
     EXPECT_EQ(r.code, 2) << args << "\n" << r.err;
     EXPECT_EQ(r.err.rfind("error: ", 0), 0u) << args << "\n" << r.err;
     EXPECT_NE(r.err.find(want), std::string::npos) << args << "\n" << r.err;
   }
+  close(taken);
 }
 
 TEST(ServeCli, SigtermFinishesTheRunningRequestThenExits) {
