@@ -4,9 +4,11 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <mutex>
 #include <random>
 
 #include "lowrank/core/error.h"
@@ -95,6 +97,32 @@ struct Reply {
   }
 };
 
+// Replies still being written. Shutting down waits for them before it stops listening: httplib
+// stops writing a stream once the server stops, which would cut the last chunks off.
+class OpenReplies {
+ public:
+  void open() {
+    std::lock_guard lock(mutex_);
+    ++count_;
+  }
+  void close() {
+    {
+      std::lock_guard lock(mutex_);
+      --count_;
+    }
+    none_.notify_all();
+  }
+  void wait_until_none() {
+    std::unique_lock lock(mutex_);
+    none_.wait(lock, [&] { return count_ == 0; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable none_;
+  int64_t count_ = 0;
+};
+
 // Debian's libcpp-httplib is built with a listen backlog of 5: a burst of clients overflows it and
 // the kernel resets the connections beyond (seen: 18 of 33 concurrent clients failed). listen()
 // again on the bound socket raises it.
@@ -117,6 +145,7 @@ struct Server::Impl {
   ServerMetrics metrics;
   HttpServer http;
   std::atomic<bool> draining{false};
+  OpenReplies open_replies;
   std::mutex shutdown_mutex;
 
   Impl(const model::Model& m, tok::Tokenizer tk, ServerOptions o)
@@ -294,7 +323,12 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   } catch (const Error& e) {
     throw ApiError(503, e.what());  // draining began meanwhile
   }
-  if (params.stream) return stream(res, reply);
+  open_replies.open();
+  if (params.stream) return stream(res, reply);  // closed when the stream has been written
+  struct Closer {
+    OpenReplies& replies;
+    ~Closer() { replies.close(); }
+  } closer{open_replies};
   while (reply->finish_reason.empty()) reply->advance();
   metrics.count_finished(reply->finish_reason);
   if (!reply->error.empty()) throw ApiError(500, "generation failed: " + reply->error);
@@ -330,9 +364,11 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Reply> reply) 
         return true;
       },
       [this, reply](bool success) {
-        if (success || !reply->finish_reason.empty()) return;
-        reply->channel->cancel();
-        metrics.count_finished("abort");
+        if (!success && reply->finish_reason.empty()) {
+          reply->channel->cancel();
+          metrics.count_finished("abort");
+        }
+        open_replies.close();
       });
 }
 
@@ -355,8 +391,9 @@ void Server::run() { impl_->http.listen_after_bind(); }
 void Server::shutdown() {
   std::lock_guard lock(impl_->shutdown_mutex);
   impl_->draining = true;
-  impl_->scheduler.drain();  // every accepted request gets its last token
-  impl_->http.stop();        // handlers still writing finish before run() returns
+  impl_->scheduler.drain();                  // every accepted request gets its last token
+  impl_->open_replies.wait_until_none();     // and its reply is written
+  impl_->http.stop();
 }
 
 }  // namespace lowrank::serve

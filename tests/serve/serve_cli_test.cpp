@@ -1,5 +1,5 @@
-// The `lowrank serve` command: bad flags and a port in use are `error:` exit 2; SIGTERM lets a running request
-// finish, refuses new ones, then exits 0.
+// The `lowrank serve` command: bad flags and a port in use are `error:` exit 2; SIGTERM lets a
+// running (streamed) request finish, refuses new ones, then exits 0.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -84,17 +84,22 @@ TEST(ServeCli, SigtermFinishesTheRunningRequestThenExits) {
   }
   ASSERT_NE(port, 0) << test::slurp(err_file);
 
-  int long_status = -1;
-  std::string long_body;
+  // A streamed request: the stream must get all its chunks and [DONE] although the server stops.
+  std::string events;
   std::thread client([&] {
     httplib::Client c("127.0.0.1", port);
     c.set_read_timeout(300, 0);
-    auto r = c.Post("/v1/completions", json{{"prompt", "The"}, {"max_tokens", 200}, {"temperature", 0}}.dump(),
-                        "application/json");
-    if (r) {
-      long_status = r->status;
-      long_body = r->body;
-    }
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.headers = {{"Content-Type", "application/json"}};
+    req.body = json{{"prompt", "The"}, {"max_tokens", 200}, {"temperature", 0}, {"stream", true},
+                    {"stream_options", {{"include_usage", true}}}}.dump();
+    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      events.append(data, n);
+      return true;
+    };
+    c.send(req);
   });
   httplib::Client probe("127.0.0.1", port);
   for (int i = 0; i < 600; ++i) {  // until the request runs
@@ -114,9 +119,11 @@ TEST(ServeCli, SigtermFinishesTheRunningRequestThenExits) {
   }
   EXPECT_TRUE(refused);
   client.join();
-  ASSERT_EQ(long_status, 200) << long_body;
-  const json j = json::parse(long_body);
-  EXPECT_TRUE(j["usage"]["completion_tokens"] == 200 || j["choices"][0]["finish_reason"] == "stop") << j;
+  ASSERT_TRUE(events.ends_with("data: [DONE]\n\n")) << events;
+  const auto usage_at = events.rfind("data: {");
+  const json last = json::parse(events.substr(usage_at + 6, events.find("\n\n", usage_at) - usage_at - 6));
+  EXPECT_TRUE(last["usage"]["completion_tokens"] == 200 || events.find("\"finish_reason\":\"stop\"") != std::string::npos)
+      << last;
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << test::slurp(err_file);
