@@ -73,6 +73,7 @@ struct Reply {
   bool include_usage = false;
   std::string finish_reason;  // "" until the reply has ended
   std::string error;          // the compute's message when it failed
+  bool started = false;       // streamed: the first event has been written
 
   Usage usage() const { return {prompt_tokens, text.tokens()}; }
   // Waits for the next tokens and returns the text to send; sets finish_reason at the end. A stop
@@ -172,6 +173,9 @@ struct Server::Impl {
   httplib::Server::Handler guarded(std::function<void(const httplib::Request&, httplib::Response&)> handler);
   void generate(const httplib::Request& req, httplib::Response& res, bool chat);
   void stream(httplib::Response& res, std::shared_ptr<Reply> reply);
+  // One call of a stream's content provider: waits for the next tokens and writes their events
+  // (the last ones and [DONE] at the end). False when the client has gone.
+  bool write_stream_events(Reply& reply, httplib::DataSink& sink);
   ReplyJson models() const;
   void load_adapter(const std::string& name, const std::string& spec);
 };
@@ -335,33 +339,42 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   send_json(res, 200, full_reply(reply->header, reply->text.text(), reply->finish_reason, reply->usage()));
 }
 
+bool Server::Impl::write_stream_events(Reply& reply, httplib::DataSink& sink) {
+  auto send = [&](const std::string& s) {
+    if (sink.write(s.data(), s.size())) return true;
+    reply.channel->cancel();  // the client went away: free its place in the batch
+    return false;
+  };
+  if (!reply.started) {
+    reply.started = true;
+    if (reply.header.chat && !send(sse(role_chunk(reply.header)))) return false;
+  }
+  const std::string delta = reply.advance();
+  if (reply.finish_reason.empty()) return delta.empty() || send(sse(text_chunk(reply.header, delta, "")));
+  metrics.count_finished(reply.finish_reason);
+  if (!reply.error.empty()) {
+    if (!send(sse(error_body(500, "generation failed: " + reply.error)))) return false;
+  } else {
+    if (!send(sse(text_chunk(reply.header, delta, reply.finish_reason)))) return false;
+    if (reply.include_usage && !send(sse(usage_chunk(reply.header, reply.usage())))) return false;
+  }
+  if (!send("data: [DONE]\n\n")) return false;
+  sink.done();
+  return true;
+}
+
 void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Reply> reply) {
   res.set_header("Cache-Control", "no-cache");
-  auto started = std::make_shared<bool>(false);
   res.set_chunked_content_provider(
       "text/event-stream",
-      [this, reply, started](size_t, httplib::DataSink& sink) {
-        auto send = [&](const std::string& s) {
-          if (sink.write(s.data(), s.size())) return true;
-          reply->channel->cancel();  // the client went away: free its place in the batch
+      [this, reply](size_t, httplib::DataSink& sink) {
+        try {
+          return write_stream_events(*reply, sink);
+        } catch (const std::exception& e) {  // httplib does not catch what a content provider throws
+          log_warn("serve: stream ", reply->header.id, ": ", e.what());
+          reply->channel->cancel();
           return false;
-        };
-        if (!*started) {
-          *started = true;
-          if (reply->header.chat && !send(sse(role_chunk(reply->header)))) return false;
         }
-        const std::string delta = reply->advance();
-        if (reply->finish_reason.empty()) return delta.empty() || send(sse(text_chunk(reply->header, delta, "")));
-        metrics.count_finished(reply->finish_reason);
-        if (!reply->error.empty()) {
-          if (!send(sse(error_body(500, "generation failed: " + reply->error)))) return false;
-        } else {
-          if (!send(sse(text_chunk(reply->header, delta, reply->finish_reason)))) return false;
-          if (reply->include_usage && !send(sse(usage_chunk(reply->header, reply->usage())))) return false;
-        }
-        if (!send("data: [DONE]\n\n")) return false;
-        sink.done();
-        return true;
       },
       [this, reply](bool success) {
         if (!success && reply->finish_reason.empty()) {

@@ -26,7 +26,7 @@ class Server {
  public:
   // `model` (on the CPU) must outlive the server.
   Server(const model::Model& model, tok::Tokenizer tokenizer, ServerOptions options);
-  ~Server();  // shutdown()
+  ~Server();  // shutdown(); a thread in run() must have returned before the Server is destroyed
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
