@@ -95,7 +95,12 @@ void Scheduler::loop() {
         q.channel->finish(FinishReason::Failed, e.what());
       }
     }
-    step(running);
+    try {
+      step(running);
+    } catch (const std::exception& e) {  // the thread must survive: fail this round's sequences, go on
+      for (auto& r : running)
+        if (!r->done) end(*r, FinishReason::Failed, e.what());
+    }
     std::erase_if(running, [](const auto& r) { return r->done; });
   }
 }
