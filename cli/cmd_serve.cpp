@@ -1,0 +1,108 @@
+// lowrank serve: the OpenAI-compatible HTTP server for a base model and named LoRA adapters.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <thread>
+
+#include "command.h"
+#include "lowrank/core/error.h"
+#include "lowrank/core/log.h"
+#include "lowrank/serve/server.h"
+
+namespace lowrank::cli {
+namespace {
+
+int stop_pipe[2] = {-1, -1};  // SIGINT/SIGTERM write their number here
+
+void on_stop_signal(int sig) {
+  const char c = static_cast<char>(sig);
+  const int saved = errno;
+  if (write(stop_pipe[1], &c, 1) < 0) {
+  }  // nothing more a handler can do
+  errno = saved;
+}
+
+struct ServeArgs {
+  std::string model, served_name, device = "cpu", host = "127.0.0.1";
+  std::vector<std::string> adapters;  // NAME=DIR[:SCALE]
+  int port = 8000;
+  serve::ServerOptions options;
+};
+
+int run_serve(ServeArgs& a) {
+  const Device device = parse_device(a.device);
+  if (device.is_cuda()) throw error("serving on CUDA is not supported yet (use --device cpu)");
+  if (a.options.max_batch < 1) throw error("--max-batch must be at least 1");
+  if (a.port < 0 || a.port > 65535) throw error("--port must be in [0, 65535] (0: any free port)");
+  if (a.options.max_body_bytes < 1024) throw error("--max-body-bytes must be at least 1024");
+  a.options.model_name = a.served_name.empty() ? a.model : a.served_name;
+
+  model::Model m = model::Model::load(a.model);
+  serve::Server server(m, tok::Tokenizer::load(a.model), a.options);
+  for (const auto& spec : a.adapters) {
+    const auto eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+      throw error("--adapter ", spec, ": expected NAME=DIR or NAME=DIR:SCALE");
+    server.load_adapter(spec.substr(0, eq), spec.substr(eq + 1));
+  }
+
+  // SIGINT/SIGTERM only write to a pipe (all a signal handler may safely do; any thread may
+  // receive them, OpenBLAS starts its own before main); a thread reading it shuts the server
+  // down, which waits for the running requests.
+  if (pipe(stop_pipe) != 0) throw error("cannot create a pipe: ", std::strerror(errno));
+  struct sigaction on_stop {};
+  on_stop.sa_handler = on_stop_signal;
+  on_stop.sa_flags = SA_RESTART;
+  sigemptyset(&on_stop.sa_mask);
+  sigaction(SIGINT, &on_stop, nullptr);
+  sigaction(SIGTERM, &on_stop, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a client that left is seen as a failed write, not a dead server
+
+  const int port = server.bind(a.host, a.port);
+  std::fprintf(stderr, "lowrank serve: %s on http://%s:%d (max batch %lld%s)\n", a.options.model_name.c_str(),
+               a.host.c_str(), port, static_cast<long long>(a.options.max_batch),
+               a.adapters.empty() ? "" : (", " + std::to_string(a.adapters.size()) + " adapters").c_str());
+  std::thread stopper([&] {
+    char sig = 0;
+    while (read(stop_pipe[0], &sig, 1) < 0 && errno == EINTR) {
+    }
+    if (sig == 0) return;  // the server stopped by itself
+    std::fprintf(stderr, "lowrank serve: %s: finishing running requests, then exiting\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    server.shutdown();
+  });
+  server.run();
+  const char none = 0;
+  if (write(stop_pipe[1], &none, 1) != 1) std::fprintf(stderr, "lowrank serve: cannot end the signal thread\n");
+  stopper.join();
+  std::fprintf(stderr, "lowrank serve: stopped\n");
+  return 0;
+}
+
+RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HTTP API",
+                     [](CLI::App& app) {
+                       auto a = std::make_shared<ServeArgs>();
+                       app.add_option("--model", a->model, "Hugging Face model folder (with tokenizer.json)")->required();
+                       app.add_option("--adapter", a->adapters,
+                                      "A PEFT adapter that requests name as `model`: NAME=DIR or NAME=DIR:SCALE (repeatable)");
+                       app.add_option("--served-model-name", a->served_name, "The base model's name in requests (default: --model)");
+                       app.add_option("--device", a->device, "cpu (CUDA serving is not supported yet)")->capture_default_str();
+                       app.add_option("--host", a->host, "Address to listen on")->capture_default_str();
+                       app.add_option("--port", a->port, "Port to listen on (0: any free port)")->capture_default_str();
+                       app.add_option("--api-key", a->options.api_key, "Require \"Authorization: Bearer KEY\" on /v1/*");
+                       app.add_option("--max-batch", a->options.max_batch, "Sequences decoded together; the rest queue")
+                           ->capture_default_str();
+                       app.add_option("--max-body-bytes", a->options.max_body_bytes, "Larger request bodies get 413")
+                           ->capture_default_str();
+                       app.add_option("--chat-template", a->options.chat_template,
+                                      "Template for /v1/chat/completions: a built-in (llama3, chatml, llama2, mistral, gemma, "
+                                      "qwen3) or a Jinja file (default: an adapter's chat_template.jinja, else the model's)");
+                       app.add_flag("--enable-lora-loading", a->options.enable_lora_loading,
+                                    "Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter");
+                       return [a] { return run_serve(*a); };
+                     }}};
+
+}  // namespace
+}  // namespace lowrank::cli

@@ -1,0 +1,48 @@
+#pragma once
+// The adapters a server can route requests to, by name (OpenAI's `model` field). Loading and
+// unloading are safe while requests run: a running sequence holds its adapter until it ends.
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lowrank/lora/adapter.h"
+#include "lowrank/lora/lora_hook.h"
+
+namespace lowrank::serve {
+
+struct ServedAdapter {
+  ServedAdapter(std::string name, std::string dir, double scale, lora::Adapter adapter,
+                std::optional<std::string> chat_template);
+  const std::string name, dir;
+  const double scale;  // the user's scale (NAME=DIR:SCALE), on top of alpha / r
+  lora::Adapter adapter;
+  lora::LoraHook hook;  // applies `adapter` alone, times `scale`
+  const std::optional<std::string> chat_template;  // for chat requests naming this adapter
+};
+
+class AdapterRegistry {
+ public:
+  // `chat_template_flag`: --chat-template (a built-in name or a file; "" for none), which wins
+  // over an adapter's own chat_template.jinja.
+  AdapterRegistry(const model::Model& model, std::string chat_template_flag);
+
+  // Loads a PEFT adapter folder, "DIR" or "DIR:SCALE", as `name`. Throws Error when the name is
+  // taken, the folder is not an adapter for this model, or the adapter has trained biases (they
+  // would replace the base model's biases for every request).
+  void load(const std::string& name, const std::string& spec);
+  // False when no adapter has that name.
+  bool unload(const std::string& name);
+  std::shared_ptr<ServedAdapter> find(const std::string& name) const;
+  std::vector<std::shared_ptr<ServedAdapter>> list() const;  // by name
+
+ private:
+  const model::Model& model_;
+  const std::string chat_template_flag_;
+  mutable std::mutex mutex_;
+  std::map<std::string, std::shared_ptr<ServedAdapter>> adapters_;  // guarded by mutex_
+};
+
+}  // namespace lowrank::serve

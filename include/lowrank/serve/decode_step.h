@@ -1,0 +1,38 @@
+#pragma once
+// The compute behind the scheduler: one forward pass over a round's running sequences, each
+// with its own KV cache and adapter. The scheduler decides who runs; a DecodeStep only computes,
+// so a batched GPU step (paged KV cache, segmented LoRA) can replace the CPU one.
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "lowrank/model/model.h"
+
+namespace lowrank::serve {
+
+// What a sequence keeps between steps (its KV cache); opaque to the scheduler.
+class SequenceState {
+ public:
+  virtual ~SequenceState() = default;
+};
+
+struct StepEntry {
+  SequenceState* state = nullptr;
+  std::span<const int32_t> tokens;       // the prompt on the first step, then the last sampled token
+  model::ProjectionHook* hook = nullptr; // the sequence's adapter, or null for the base model
+  std::vector<float> logits;             // out: the next token's logits [V]
+  std::string error;                     // out: set when this sequence's pass failed
+};
+
+class DecodeStep {
+ public:
+  virtual ~DecodeStep() = default;
+  // State for a sequence of at most `capacity` positions (prompt + new tokens).
+  virtual std::unique_ptr<SequenceState> open(int64_t capacity) = 0;
+  // Runs every entry's tokens and fills its logits (or its error).
+  virtual void run(std::span<StepEntry> batch) = 0;
+};
+
+}  // namespace lowrank::serve

@@ -1,0 +1,35 @@
+#pragma once
+// A reply's text as its tokens arrive. Each token yields the text that is safe to send now: not
+// half of a UTF-8 character, not what could be the start of a stop string. A stop string ends
+// the reply, the text cut just before it (OpenAI's `stop`).
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "lowrank/tokenizer/tokenizer.h"
+
+namespace lowrank::serve {
+
+class TextStream {
+ public:
+  TextStream(const tok::Tokenizer& tokenizer, std::vector<std::string> stop);
+
+  // Adds one generated token; returns the text to send now ("" when held back).
+  std::string add(int32_t token);
+  // At the end (no stop string): the text held back so far.
+  std::string flush();
+  bool stopped() const { return stopped_; }      // a stop string was reached
+  int64_t tokens() const { return static_cast<int64_t>(ids_.size()); }
+  // The reply: the decoded tokens (special tokens skipped), cut at a stop string.
+  const std::string& text() const { return text_; }
+
+ private:
+  const tok::Tokenizer& tokenizer_;
+  std::vector<std::string> stop_;
+  std::vector<int32_t> ids_;
+  std::string text_;  // the whole decoded text so far (cut at a stop string once stopped)
+  std::string sent_;  // the text handed out so far
+  bool stopped_ = false;
+};
+
+}  // namespace lowrank::serve

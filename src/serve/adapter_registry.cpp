@@ -1,0 +1,51 @@
+#include "lowrank/serve/adapter_registry.h"
+
+#include "lowrank/core/error.h"
+#include "lowrank/lora/adapter_set.h"
+#include "lowrank/tokenizer/chat_template.h"
+
+namespace lowrank::serve {
+
+ServedAdapter::ServedAdapter(std::string name_, std::string dir_, double scale_, lora::Adapter adapter_,
+                             std::optional<std::string> chat_template_)
+    : name(std::move(name_)), dir(std::move(dir_)), scale(scale_), adapter(std::move(adapter_)),
+      hook({lora::ActiveAdapter{&adapter, scale}}), chat_template(std::move(chat_template_)) {}
+
+AdapterRegistry::AdapterRegistry(const model::Model& model, std::string chat_template_flag)
+    : model_(model), chat_template_flag_(std::move(chat_template_flag)) {}
+
+void AdapterRegistry::load(const std::string& name, const std::string& spec_text) {
+  if (name.empty()) throw error("an adapter needs a name");
+  if (find(name)) throw error("an adapter named '", name, "' is already loaded");
+  const lora::AdapterSpec spec = lora::parse_adapter_spec(spec_text);
+  lora::Adapter adapter = lora::Adapter::load(spec.dir, model_);
+  if (!adapter.biases.empty())
+    throw error(spec.dir, ": the adapter has trained biases, which would change the base model for every request; serve a merged model instead "
+                "(lowrank merge)");
+  auto served = std::make_shared<ServedAdapter>(
+      name, spec.dir, spec.scale, std::move(adapter),
+      tok::resolve_chat_template(chat_template_flag_, {spec.dir}, model_.source()));
+  std::lock_guard lock(mutex_);
+  if (!adapters_.emplace(name, std::move(served)).second)  // loaded meanwhile by another request
+    throw error("an adapter named '", name, "' is already loaded");
+}
+
+bool AdapterRegistry::unload(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  return adapters_.erase(name) > 0;
+}
+
+std::shared_ptr<ServedAdapter> AdapterRegistry::find(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  auto it = adapters_.find(name);
+  return it == adapters_.end() ? nullptr : it->second;
+}
+
+std::vector<std::shared_ptr<ServedAdapter>> AdapterRegistry::list() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::shared_ptr<ServedAdapter>> out;
+  for (const auto& [name, a] : adapters_) out.push_back(a);
+  return out;
+}
+
+}  // namespace lowrank::serve

@@ -1,0 +1,54 @@
+#include "lowrank/serve/metrics.h"
+
+#include <sstream>
+
+namespace lowrank::serve {
+
+void ServerMetrics::count_response(int status) {
+  std::lock_guard lock(mutex_);
+  ++responses_[status];
+}
+
+void ServerMetrics::count_finished(const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  ++finished_[reason];
+}
+
+std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, int64_t adapters) const {
+  std::ostringstream os;
+  auto metric = [&](const char* name, const char* type, const char* help) {
+    os << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
+  };
+  {
+    std::lock_guard lock(mutex_);
+    metric("lowrank_http_responses_total", "counter", "HTTP replies sent, by status code.");
+    for (const auto& [status, n] : responses_) os << "lowrank_http_responses_total{code=\"" << status << "\"} " << n << '\n';
+    metric("lowrank_requests_finished_total", "counter",
+           "Generation requests finished, by reason (stop: eos or a stop string; length: max_tokens; abort: "
+           "the client went away; error).");
+    for (const auto& [reason, n] : finished_)
+      os << "lowrank_requests_finished_total{finish_reason=\"" << reason << "\"} " << n << '\n';
+  }
+  metric("lowrank_prompt_tokens_total", "counter", "Prompt tokens prefilled.");
+  os << "lowrank_prompt_tokens_total " << s.prompt_tokens << '\n';
+  metric("lowrank_generation_tokens_total", "counter", "Tokens generated.");
+  os << "lowrank_generation_tokens_total " << s.generated_tokens << '\n';
+  metric("lowrank_running_sequences", "gauge", "Sequences in the running batch.");
+  os << "lowrank_running_sequences " << s.running << '\n';
+  metric("lowrank_queued_sequences", "gauge", "Sequences waiting for a place in the batch.");
+  os << "lowrank_queued_sequences " << s.queued << '\n';
+  metric("lowrank_batch_size", "gauge", "Sequences stepped in the latest decode round.");
+  os << "lowrank_batch_size " << s.last_batch << '\n';
+  metric("lowrank_max_batch_size", "gauge", "The most sequences that run at once (--max-batch).");
+  os << "lowrank_max_batch_size " << max_batch << '\n';
+  metric("lowrank_decode_rounds_total", "counter", "Decode rounds (one step of every running sequence).");
+  os << "lowrank_decode_rounds_total " << s.rounds << '\n';
+  metric("lowrank_decode_round_sequences_total", "counter",
+         "Sum of the rounds' batch sizes (divided by the rounds: the mean batch size).");
+  os << "lowrank_decode_round_sequences_total " << s.round_sequences << '\n';
+  metric("lowrank_adapters_loaded", "gauge", "LoRA adapters that requests can name.");
+  os << "lowrank_adapters_loaded " << adapters << '\n';
+  return os.str();
+}
+
+}  // namespace lowrank::serve

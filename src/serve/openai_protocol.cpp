@@ -1,0 +1,251 @@
+#include "lowrank/serve/openai_protocol.h"
+
+#include <cmath>
+#include <limits>
+
+namespace lowrank::serve {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int kMaxDepth = 64;  // deeper bodies are refused before they are built
+
+[[noreturn]] void bad(const std::string& message) { throw ApiError(400, message); }
+
+const char* error_type(int status) {
+  switch (status) {
+    case 400: case 413: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 404: return "not_found_error";
+    case 503: return "service_unavailable_error";
+    default: return status >= 500 ? "internal_server_error" : "invalid_request_error";
+  }
+}
+
+std::optional<double> number(const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number()) bad(std::string("'") + key + "' must be a number");
+  const double v = it->get<double>();
+  if (!std::isfinite(v)) bad(std::string("'") + key + "' must be finite");
+  return v;
+}
+
+std::optional<int64_t> integer(const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (it->is_number_unsigned()) {
+    if (it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      bad(std::string("'") + key + "' is too large");
+    return static_cast<int64_t>(it->get<uint64_t>());
+  }
+  if (!it->is_number_integer()) bad(std::string("'") + key + "' must be an integer");
+  return it->get<int64_t>();
+}
+
+bool boolean(const json& body, const char* key, bool fallback) {
+  auto it = body.find(key);
+  if (it == body.end() || it->is_null()) return fallback;
+  if (!it->is_boolean()) bad(std::string("'") + key + "' must be true or false");
+  return it->get<bool>();
+}
+
+// Features of the API this server does not implement: refused rather than silently ignored.
+void refuse_unsupported(const json& body) {
+  auto set = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
+  if (auto n = integer(body, "n"); n && *n != 1) bad("'n' must be 1 (one choice per request)");
+  if (auto n = integer(body, "best_of"); n && *n != 1) bad("'best_of' is not supported");
+  if (boolean(body, "echo", false)) bad("'echo' is not supported");
+  if (set("logprobs") && body["logprobs"] != false) bad("'logprobs' is not supported");
+  if (set("suffix")) bad("'suffix' is not supported");
+  if (set("logit_bias") && !body["logit_bias"].empty()) bad("'logit_bias' is not supported");
+  for (const char* key : {"presence_penalty", "frequency_penalty"})
+    if (auto v = number(body, key); v && *v != 0) bad(std::string("'") + key + "' is not supported (use repetition_penalty)");
+}
+
+GenerationParams parse_params(const json& body, const char* max_tokens_key) {
+  if (!body.is_object()) bad("the request body must be a JSON object");
+  refuse_unsupported(body);
+  GenerationParams p;
+  if (auto it = body.find("model"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) bad("'model' must be a string");
+    p.model = it->get<std::string>();
+  }
+  p.max_tokens = integer(body, max_tokens_key);
+  if (!p.max_tokens) p.max_tokens = integer(body, "max_tokens");
+  if (p.max_tokens && *p.max_tokens < 1) bad("'max_tokens' must be at least 1");
+  auto& s = p.sampling;
+  if (auto t = number(body, "temperature")) {
+    if (*t < 0) bad("'temperature' must not be negative");
+    if (*t == 0) s.greedy = true;
+    else s.temperature = *t;
+  }
+  if (auto v = number(body, "top_p")) {
+    if (!(*v > 0 && *v <= 1)) bad("'top_p' must be in (0, 1]");
+    s.top_p = *v;
+  }
+  if (auto k = integer(body, "top_k")) {
+    if (*k < -1) bad("'top_k' must be -1 or 0 (off) or positive");
+    s.top_k = *k < 0 ? 0 : *k;
+  }
+  if (auto v = number(body, "repetition_penalty")) {
+    if (!(*v > 0)) bad("'repetition_penalty' must be positive");
+    s.repetition_penalty = *v;
+  }
+  if (auto seed = integer(body, "seed")) {
+    s.seed = static_cast<uint64_t>(*seed);
+    p.seed_given = true;
+  }
+  if (auto it = body.find("stop"); it != body.end() && !it->is_null()) {
+    if (it->is_string()) {
+      p.stop.push_back(it->get<std::string>());
+    } else if (it->is_array()) {
+      for (const auto& s : *it) {
+        if (!s.is_string()) bad("'stop' must be a string or a list of strings");
+        p.stop.push_back(s.get<std::string>());
+      }
+    } else {
+      bad("'stop' must be a string or a list of strings");
+    }
+  }
+  p.stream = boolean(body, "stream", false);
+  if (auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
+    if (!it->is_object()) bad("'stream_options' must be an object");
+    p.include_usage = boolean(*it, "include_usage", false);
+  }
+  return p;
+}
+
+ReplyJson object_base(const ReplyHeader& h, bool chunk) {
+  return {{"id", h.id},
+          {"object", h.chat ? (chunk ? "chat.completion.chunk" : "chat.completion") : "text_completion"},
+          {"created", h.created},
+          {"model", h.model}};
+}
+
+ReplyJson usage_json(const Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
+
+ReplyJson finish_json(const std::string& finish_reason) {
+  return finish_reason.empty() ? ReplyJson(nullptr) : ReplyJson(finish_reason);
+}
+
+}  // namespace
+
+ReplyJson error_body(int status, const std::string& message) {
+  return {{"error", {{"message", message}, {"type", error_type(status)}, {"param", nullptr}, {"code", status}}}};
+}
+
+json parse_body(const std::string& body) {
+  try {
+    json j = json::parse(body, [](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxDepth) throw ApiError(400, "the request body is nested too deeply");
+      return true;
+    });
+    if (!j.is_object()) bad("the request body must be a JSON object");
+    return j;
+  } catch (const json::exception& e) {
+    bad(std::string("the request body is not valid JSON: ") + e.what());
+  }
+}
+
+CompletionRequest parse_completion_request(const json& body) {
+  CompletionRequest r;
+  r.params = parse_params(body, "max_tokens");
+  auto it = body.find("prompt");
+  if (it == body.end() || it->is_null()) bad("'prompt' is required");
+  if (it->is_string()) {
+    r.prompt = it->get<std::string>();
+    return r;
+  }
+  const char* shape = "'prompt' must be a string or a list of token ids (one prompt per request)";
+  if (!it->is_array() || it->empty()) bad(shape);
+  std::vector<int32_t> ids;
+  for (const auto& v : *it) {
+    if (!v.is_number_integer()) bad(shape);
+    const int64_t id = v.get<int64_t>();
+    if (id < 0 || id > std::numeric_limits<int32_t>::max()) bad("'prompt' holds token id " + std::to_string(id) + ", outside the vocabulary");
+    ids.push_back(static_cast<int32_t>(id));
+  }
+  r.prompt = std::move(ids);
+  return r;
+}
+
+ChatRequest parse_chat_request(const json& body) {
+  ChatRequest r;
+  r.params = parse_params(body, "max_completion_tokens");
+  auto it = body.find("messages");
+  if (it == body.end() || it->is_null()) bad("'messages' is required");
+  if (!it->is_array() || it->empty()) bad("'messages' must be a non-empty list of {\"role\", \"content\"}");
+  r.messages = json::array();
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) bad(where + " must be an object with \"role\" and \"content\"");
+    if (!m.contains("role") || !m["role"].is_string()) bad(where + ".role must be a string");
+    std::string content;
+    const json c = m.value("content", json(nullptr));
+    if (c.is_string()) {
+      content = c.get<std::string>();
+    } else if (c.is_array()) {  // [{"type": "text", "text": ...}, ...], joined as vLLM joins them
+      for (const auto& part : c) {
+        if (!part.is_object() || part.value("type", json(nullptr)) != "text" || !part.contains("text") ||
+            !part["text"].is_string())
+          bad(where + ".content parts must be {\"type\": \"text\", \"text\": string}");
+        content += (content.empty() ? "" : "\n") + part["text"].get<std::string>();
+      }
+    } else if (!c.is_null()) {
+      bad(where + ".content must be a string or a list of text parts");
+    }
+    r.messages.push_back({{"role", m["role"]}, {"content", content}});
+  }
+  return r;
+}
+
+ReplyJson full_reply(const ReplyHeader& h, const std::string& text, const std::string& finish_reason, const Usage& usage) {
+  ReplyJson reply = object_base(h, false);
+  ReplyJson choice = {{"index", 0}};
+  if (h.chat) {
+    choice["message"] = {{"role", "assistant"}, {"content", text}};
+  } else {
+    choice["text"] = text;
+    choice["logprobs"] = nullptr;
+  }
+  choice["finish_reason"] = finish_json(finish_reason);
+  reply["choices"] = ReplyJson::array({choice});
+  reply["usage"] = usage_json(usage);
+  return reply;
+}
+
+ReplyJson text_chunk(const ReplyHeader& h, const std::string& delta, const std::string& finish_reason) {
+  ReplyJson chunk = object_base(h, true);
+  ReplyJson choice = {{"index", 0}};
+  if (h.chat) {
+    choice["delta"] = delta.empty() && !finish_reason.empty() ? ReplyJson::object() : ReplyJson{{"content", delta}};
+  } else {
+    choice["text"] = delta;
+    choice["logprobs"] = nullptr;
+  }
+  choice["finish_reason"] = finish_json(finish_reason);
+  chunk["choices"] = ReplyJson::array({choice});
+  return chunk;
+}
+
+ReplyJson role_chunk(const ReplyHeader& h) {
+  ReplyJson chunk = object_base(h, true);
+  chunk["choices"] = ReplyJson::array(
+      {{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}}});
+  return chunk;
+}
+
+ReplyJson usage_chunk(const ReplyHeader& h, const Usage& usage) {
+  ReplyJson chunk = object_base(h, true);
+  chunk["choices"] = ReplyJson::array();
+  chunk["usage"] = usage_json(usage);
+  return chunk;
+}
+
+}  // namespace lowrank::serve

@@ -1,0 +1,412 @@
+#include "lowrank/serve/server.h"
+
+#include <httplib.h>
+#include <sys/socket.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+#include <random>
+
+#include "lowrank/core/error.h"
+#include "lowrank/core/log.h"
+#include "lowrank/serve/adapter_registry.h"
+#include "lowrank/serve/cpu_decode_step.h"
+#include "lowrank/serve/metrics.h"
+#include "lowrank/serve/openai_protocol.h"
+#include "lowrank/serve/scheduler.h"
+#include "lowrank/serve/text_stream.h"
+#include "lowrank/tokenizer/chat_template.h"
+
+namespace lowrank::serve {
+namespace {
+
+using json = nlohmann::json;
+
+// Text from the model may hold invalid UTF-8 (a token cut inside a character): replaced, not thrown.
+std::string dump(const ReplyJson& j) { return j.dump(-1, ' ', false, ReplyJson::error_handler_t::replace); }
+
+void send_json(httplib::Response& res, int status, const ReplyJson& body) {
+  res.status = status;
+  res.set_content(dump(body), "application/json");
+}
+
+std::string sse(const ReplyJson& event) { return "data: " + dump(event) + "\n\n"; }
+
+const char* finish_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::Eos: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Cancelled: return "abort";
+    case FinishReason::Failed: return "error";
+  }
+  return "error";
+}
+
+uint64_t random_u64() {
+  std::random_device rd;
+  return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+std::string request_id(bool chat) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(random_u64()));
+  return std::string(chat ? "chatcmpl-" : "cmpl-") + hex;
+}
+
+const json& required_string(const json& body, const char* key) {
+  auto it = body.find(key);
+  if (it == body.end() || !it->is_string() || it->get<std::string>().empty())
+    throw ApiError(400, std::string("'") + key + "' is required (a non-empty string)");
+  return *it;
+}
+
+// The reply of one generation request as its tokens arrive, shared by the plain and streamed forms.
+struct Reply {
+  ReplyHeader header;
+  std::shared_ptr<SequenceChannel> channel;
+  TextStream text;
+  int64_t prompt_tokens = 0;
+  bool include_usage = false;
+  std::string finish_reason;  // "" until the reply has ended
+  std::string error;          // the compute's message when it failed
+  bool started = false;       // streamed: the first event has been written
+
+  Usage usage() const { return {prompt_tokens, text.tokens()}; }
+  // Waits for the next tokens and returns the text to send; sets finish_reason at the end. A stop
+  // string ends the reply here and cancels the rest of the sequence.
+  std::string advance() {
+    SequenceChannel::Update u = channel->wait();
+    std::string delta;
+    for (int32_t t : u.tokens) {
+      delta += text.add(t);
+      if (text.stopped()) {
+        channel->cancel();
+        finish_reason = "stop";
+        return delta;
+      }
+    }
+    if (u.finished) {
+      delta += text.flush();
+      finish_reason = finish_name(*u.finished);
+      error = u.error;
+    }
+    return delta;
+  }
+};
+
+// Replies still being written. Shutting down waits for them before it stops listening: httplib
+// stops writing a stream once the server stops, which would cut the last chunks off.
+class OpenReplies {
+ public:
+  void open() {
+    std::lock_guard lock(mutex_);
+    ++count_;
+  }
+  void close() {
+    {
+      std::lock_guard lock(mutex_);
+      --count_;
+    }
+    none_.notify_all();
+  }
+  void wait_until_none() {
+    std::unique_lock lock(mutex_);
+    none_.wait(lock, [&] { return count_ == 0; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable none_;
+  int64_t count_ = 0;
+};
+
+// Debian's libcpp-httplib is built with a listen backlog of 5: a burst of clients overflows it and
+// the kernel resets the connections beyond (seen: 18 of 33 concurrent clients failed). listen()
+// again on the bound socket raises it.
+class HttpServer : public httplib::Server {
+ public:
+  void raise_listen_backlog() { ::listen(svr_sock_, SOMAXCONN); }
+};
+
+}  // namespace
+
+struct Server::Impl {
+  const model::Model& model;
+  const tok::Tokenizer tokenizer;
+  const ServerOptions options;
+  const std::optional<std::string> base_chat_template;
+  const std::vector<int32_t> eos_ids;
+  AdapterRegistry adapters;
+  CpuDecodeStep compute;
+  Scheduler scheduler;
+  ServerMetrics metrics;
+  HttpServer http;
+  std::atomic<bool> draining{false};
+  OpenReplies open_replies;
+  std::mutex shutdown_mutex;
+
+  Impl(const model::Model& m, tok::Tokenizer tk, ServerOptions o)
+      : model(m), tokenizer(std::move(tk)), options(std::move(o)),
+        base_chat_template(tok::resolve_chat_template(options.chat_template, {}, m.source())),
+        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template), compute(m),
+        scheduler(compute, options.max_batch) {
+    // Every waiting request holds a thread (httplib's default pool has 8): room for a full
+    // batch plus as many again queued, and the cheap endpoints.
+    const size_t threads = static_cast<size_t>(std::max<int64_t>(32, 2 * options.max_batch + 16));
+    http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    http.set_payload_max_length(options.max_body_bytes);
+    // httplib's default is SO_REUSEPORT, with which a second server on the same port starts and
+    // silently takes half the connections; SO_REUSEADDR only allows a quick restart.
+    http.set_socket_options([](socket_t sock) {
+      const int yes = 1;
+      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
+    routes();
+  }
+
+  void routes();
+  // Runs a handler, turning what it throws into an OpenAI-style error reply.
+  httplib::Server::Handler guarded(std::function<void(const httplib::Request&, httplib::Response&)> handler);
+  void generate(const httplib::Request& req, httplib::Response& res, bool chat);
+  void stream(httplib::Response& res, std::shared_ptr<Reply> reply);
+  // One call of a stream's content provider: waits for the next tokens and writes their events
+  // (the last ones and [DONE] at the end). False when the client has gone.
+  bool write_stream_events(Reply& reply, httplib::DataSink& sink);
+  ReplyJson models() const;
+  void load_adapter(const std::string& name, const std::string& spec);
+};
+
+httplib::Server::Handler Server::Impl::guarded(std::function<void(const httplib::Request&, httplib::Response&)> handler) {
+  return [this, handler = std::move(handler)](const httplib::Request& req, httplib::Response& res) {
+    try {
+      handler(req, res);
+    } catch (const ApiError& e) {
+      send_json(res, e.status(), error_body(e.status(), e.what()));
+    } catch (const Error& e) {
+      send_json(res, 400, error_body(400, e.what()));
+    } catch (const std::bad_alloc&) {
+      send_json(res, 503, error_body(503, "out of memory"));
+    } catch (const std::exception& e) {
+      log_warn("serve: ", req.method, " ", req.path, ": internal error: ", e.what());
+      send_json(res, 500, error_body(500, std::string("internal error: ") + e.what()));
+    }
+  };
+}
+
+void Server::Impl::routes() {
+  http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (options.api_key.empty() || req.path.rfind("/v1/", 0) != 0) return httplib::Server::HandlerResponse::Unhandled;
+    if (req.get_header_value("Authorization") == "Bearer " + options.api_key)
+      return httplib::Server::HandlerResponse::Unhandled;
+    send_json(res, 401, error_body(401, "missing or wrong API key (send \"Authorization: Bearer KEY\")"));
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  // What httplib refuses itself (unknown path, body over the limit, malformed HTTP) gets the
+  // same error body as ours.
+  http.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty() || res.content_provider_) return httplib::Server::HandlerResponse::Unhandled;
+    std::string message = "HTTP error " + std::to_string(res.status);
+    if (res.status == 400) message = "malformed HTTP request";
+    if (res.status == 404) message = "no endpoint " + req.method + " " + req.path;
+    if (res.status == 413) message = "the request body is larger than " + std::to_string(options.max_body_bytes) + " bytes";
+    send_json(res, res.status, error_body(res.status, message));
+    return httplib::Server::HandlerResponse::Handled;
+  }));
+  http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
+    send_json(res, 500, error_body(500, "internal error"));
+  });
+  http.set_logger([this](const httplib::Request& req, const httplib::Response& res) {
+    metrics.count_response(res.status);
+    log_debug("serve: ", req.method, " ", req.path, " ", res.status);
+  });
+
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    res.status = draining ? 503 : 200;
+  });
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(metrics.render(scheduler.stats(), scheduler.max_batch(), static_cast<int64_t>(adapters.list().size())),
+                    "text/plain; version=0.0.4");
+  });
+  http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, models()); }));
+  http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false); }));
+  http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, true); }));
+  if (!options.enable_lora_loading) return;
+  http.Post("/v1/load_lora_adapter", guarded([this](const httplib::Request& req, httplib::Response& res) {
+    const json body = parse_body(req.body);
+    const std::string name = required_string(body, "lora_name"), path = required_string(body, "lora_path");
+    if (adapters.find(name)) throw ApiError(400, "an adapter named '" + name + "' is already loaded");
+    load_adapter(name, path);  // Error (not an adapter for this model, ...) -> 400
+    log_info("serve: loaded adapter ", name, " from ", path);
+    res.set_content("Success: LoRA adapter '" + name + "' added successfully.", "text/plain");
+  }));
+  http.Post("/v1/unload_lora_adapter", guarded([this](const httplib::Request& req, httplib::Response& res) {
+    const std::string name = required_string(parse_body(req.body), "lora_name");
+    if (!adapters.unload(name)) throw ApiError(404, "the LoRA adapter '" + name + "' cannot be found");
+    log_info("serve: unloaded adapter ", name);
+    res.set_content("Success: LoRA adapter '" + name + "' removed successfully.", "text/plain");
+  }));
+}
+
+void Server::Impl::load_adapter(const std::string& name, const std::string& spec) {
+  if (name == options.model_name) throw error("adapter name '", name, "' is the base model's name");
+  adapters.load(name, spec);
+}
+
+ReplyJson Server::Impl::models() const {
+  const int64_t context = model.config().max_position_embeddings;
+  const int64_t created = static_cast<int64_t>(std::time(nullptr));
+  ReplyJson data = ReplyJson::array({{{"id", options.model_name}, {"object", "model"}, {"created", created},
+                            {"owned_by", "lowrank"}, {"root", model.source()}, {"parent", nullptr},
+                            {"max_model_len", context}}});
+  for (const auto& a : adapters.list())
+    data.push_back({{"id", a->name}, {"object", "model"}, {"created", created}, {"owned_by", "lowrank"},
+                    {"root", a->dir}, {"parent", options.model_name}, {"max_model_len", context}});
+  return {{"object", "list"}, {"data", data}};
+}
+
+void Server::Impl::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
+  if (draining) throw ApiError(503, "the server is shutting down");
+  const json body = parse_body(req.body);
+  GenerationParams params;
+  std::vector<int32_t> prompt;
+  std::optional<CompletionRequest> completion;
+  std::optional<ChatRequest> conversation;
+  if (chat) params = (conversation = parse_chat_request(body))->params;
+  else params = (completion = parse_completion_request(body))->params;
+
+  // `model` names the base model or an adapter (absent: the base model).
+  std::shared_ptr<ServedAdapter> adapter;
+  if (!params.model.empty() && params.model != options.model_name) {
+    adapter = adapters.find(params.model);
+    if (!adapter) throw ApiError(404, "the model '" + params.model + "' does not exist");
+  }
+  if (chat) {
+    const auto& chat_template = adapter ? adapter->chat_template : base_chat_template;
+    if (!chat_template)
+      throw ApiError(400, "the model '" + (adapter ? adapter->name : options.model_name) +
+                              "' has no chat template; start the server with --chat-template NAME|FILE");
+    json cfg = tokenizer.config();
+    cfg["chat_template"] = *chat_template;
+    const std::string rendered = tok::apply_chat_template(cfg, conversation->messages, true);  // Error -> 400
+    prompt = tokenizer.encode(rendered, false);  // the template holds the special tokens
+  } else if (const auto* text = std::get_if<std::string>(&completion->prompt)) {
+    prompt = tokenizer.encode(*text, true);
+  } else {
+    prompt = std::get<std::vector<int32_t>>(completion->prompt);
+    for (int32_t id : prompt)
+      if (id >= model.config().vocab_size)
+        throw ApiError(400, "'prompt' holds token id " + std::to_string(id) + ", outside the vocabulary of " +
+                                std::to_string(model.config().vocab_size));
+  }
+  if (prompt.empty()) throw ApiError(400, "the prompt is empty (no tokens)");
+
+  const int64_t context = model.config().max_position_embeddings, n = static_cast<int64_t>(prompt.size());
+  const int64_t max_tokens = params.max_tokens.value_or(chat ? std::max<int64_t>(context - n, 1) : 16);
+  if (n + max_tokens > context)
+    throw ApiError(400, "this model's maximum context length is " + std::to_string(context) + " tokens; the request has " +
+                            std::to_string(n) + " prompt tokens and asks for " + std::to_string(max_tokens) +
+                            " more: reduce the prompt or max_tokens");
+
+  SequenceRequest seq;
+  seq.prompt = std::move(prompt);
+  seq.options.max_new_tokens = max_tokens;
+  seq.options.eos_ids = eos_ids;
+  seq.options.sampling = params.sampling;
+  if (!params.seed_given) seq.options.sampling.seed = random_u64();
+  if (adapter) seq.hook = std::shared_ptr<model::ProjectionHook>(adapter, &adapter->hook);
+
+  auto reply = std::make_shared<Reply>(Reply{
+      ReplyHeader{request_id(chat), static_cast<int64_t>(std::time(nullptr)), adapter ? adapter->name : options.model_name, chat},
+      nullptr, TextStream(tokenizer, params.stop), n, params.include_usage, {}, {}});
+  try {
+    reply->channel = scheduler.submit(std::move(seq));
+  } catch (const Error& e) {
+    throw ApiError(503, e.what());  // draining began meanwhile
+  }
+  open_replies.open();
+  if (params.stream) return stream(res, reply);  // closed when the stream has been written
+  struct Closer {
+    OpenReplies& replies;
+    ~Closer() { replies.close(); }
+  } closer{open_replies};
+  while (reply->finish_reason.empty()) reply->advance();
+  metrics.count_finished(reply->finish_reason);
+  if (!reply->error.empty()) throw ApiError(500, "generation failed: " + reply->error);
+  send_json(res, 200, full_reply(reply->header, reply->text.text(), reply->finish_reason, reply->usage()));
+}
+
+bool Server::Impl::write_stream_events(Reply& reply, httplib::DataSink& sink) {
+  auto send = [&](const std::string& s) {
+    if (sink.write(s.data(), s.size())) return true;
+    reply.channel->cancel();  // the client went away: free its place in the batch
+    return false;
+  };
+  if (!reply.started) {
+    reply.started = true;
+    if (reply.header.chat && !send(sse(role_chunk(reply.header)))) return false;
+  }
+  const std::string delta = reply.advance();
+  if (reply.finish_reason.empty()) return delta.empty() || send(sse(text_chunk(reply.header, delta, "")));
+  metrics.count_finished(reply.finish_reason);
+  if (!reply.error.empty()) {
+    if (!send(sse(error_body(500, "generation failed: " + reply.error)))) return false;
+  } else {
+    if (!send(sse(text_chunk(reply.header, delta, reply.finish_reason)))) return false;
+    if (reply.include_usage && !send(sse(usage_chunk(reply.header, reply.usage())))) return false;
+  }
+  if (!send("data: [DONE]\n\n")) return false;
+  sink.done();
+  return true;
+}
+
+void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Reply> reply) {
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, reply](size_t, httplib::DataSink& sink) {
+        try {
+          return write_stream_events(*reply, sink);
+        } catch (const std::exception& e) {  // httplib does not catch what a content provider throws
+          log_warn("serve: stream ", reply->header.id, ": ", e.what());
+          reply->channel->cancel();
+          return false;
+        }
+      },
+      [this, reply](bool success) {
+        if (!success && reply->finish_reason.empty()) {
+          reply->channel->cancel();
+          metrics.count_finished("abort");
+        }
+        open_replies.close();
+      });
+}
+
+Server::Server(const model::Model& model, tok::Tokenizer tokenizer, ServerOptions options)
+    : impl_(std::make_unique<Impl>(model, std::move(tokenizer), std::move(options))) {}
+
+Server::~Server() { shutdown(); }
+
+void Server::load_adapter(const std::string& name, const std::string& spec) { impl_->load_adapter(name, spec); }
+
+int Server::bind(const std::string& host, int port) {
+  const int bound = port == 0 ? impl_->http.bind_to_any_port(host) : (impl_->http.bind_to_port(host, port) ? port : -1);
+  if (bound <= 0) throw error("cannot listen on ", host, ":", port, " (", std::strerror(errno), ")");
+  impl_->http.raise_listen_backlog();
+  return bound;
+}
+
+void Server::run() { impl_->http.listen_after_bind(); }
+
+void Server::shutdown() {
+  std::lock_guard lock(impl_->shutdown_mutex);
+  impl_->draining = true;
+  impl_->scheduler.drain();                  // every accepted request gets its last token
+  impl_->open_replies.wait_until_none();     // and its reply is written
+  impl_->http.stop();
+}
+
+}  // namespace lowrank::serve

@@ -1,0 +1,109 @@
+// Parsing OpenAI request bodies: what is accepted, and every malformed field as a 400 that names it.
+#include <gtest/gtest.h>
+
+#include "lowrank/serve/openai_protocol.h"
+
+using namespace lowrank::serve;
+using json = nlohmann::json;
+
+namespace {
+
+int status_of(const std::function<void()>& f, std::string* message = nullptr) {
+  try {
+    f();
+  } catch (const ApiError& e) {
+    if (message) *message = e.what();
+    return e.status();
+  }
+  return 200;
+}
+
+TEST(OpenAiProtocol, CompletionParameters) {
+  auto r = parse_completion_request(json::parse(R"({"model": "a", "prompt": "hi", "max_tokens": 5, "temperature": 0,
+      "top_p": 0.5, "top_k": -1, "seed": 7, "stop": ["x", ""], "stream": true, "stream_options": {"include_usage": true}})"));
+  EXPECT_EQ(r.params.model, "a");
+  EXPECT_EQ(std::get<std::string>(r.prompt), "hi");
+  EXPECT_EQ(r.params.max_tokens, 5);
+  EXPECT_TRUE(r.params.sampling.greedy);
+  EXPECT_EQ(r.params.sampling.top_p, 0.5);
+  EXPECT_EQ(r.params.sampling.top_k, 0);
+  EXPECT_TRUE(r.params.seed_given);
+  EXPECT_EQ(r.params.sampling.seed, 7u);
+  EXPECT_EQ(r.params.stop, (std::vector<std::string>{"x", ""}));
+  EXPECT_TRUE(r.params.stream && r.params.include_usage);
+  auto ids = parse_completion_request(json::parse(R"({"prompt": [0, 5, 9], "temperature": 0.7})"));
+  EXPECT_EQ(std::get<std::vector<int32_t>>(ids.prompt), (std::vector<int32_t>{0, 5, 9}));
+  EXPECT_FALSE(ids.params.sampling.greedy);
+  EXPECT_EQ(ids.params.sampling.temperature, 0.7);
+  EXPECT_FALSE(ids.params.max_tokens);
+}
+
+TEST(OpenAiProtocol, ChatMessagesAndTextParts) {
+  auto r = parse_chat_request(json::parse(R"({"messages": [{"role": "system", "content": "be brief"},
+      {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+      "max_completion_tokens": 3})"));
+  EXPECT_EQ(r.messages[1]["content"], "a\nb");
+  EXPECT_EQ(r.params.max_tokens, 3);
+}
+
+TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
+  const std::vector<std::pair<std::string, std::string>> completions = {
+      {"", "not valid JSON"},
+      {"[1, 2]", "JSON object"},
+      {R"({"model": "m"})", "'prompt' is required"},
+      {R"({"prompt": 5})", "'prompt'"},
+      {R"({"prompt": []})", "'prompt'"},
+      {R"({"prompt": [1, "a"]})", "'prompt'"},
+      {R"({"prompt": [-1]})", "'prompt'"},
+      {R"({"prompt": "x", "max_tokens": "ten"})", "'max_tokens'"},
+      {R"({"prompt": "x", "max_tokens": 0})", "'max_tokens'"},
+      {R"({"prompt": "x", "max_tokens": 1.5})", "'max_tokens'"},
+      {R"({"prompt": "x", "temperature": "hot"})", "'temperature'"},
+      {R"({"prompt": "x", "temperature": -1})", "'temperature'"},
+      {R"({"prompt": "x", "top_p": 0})", "'top_p'"},
+      {R"({"prompt": "x", "top_k": -5})", "'top_k'"},
+      {R"({"prompt": "x", "seed": "s"})", "'seed'"},
+      {R"({"prompt": "x", "stop": 3})", "'stop'"},
+      {R"({"prompt": "x", "stop": [3]})", "'stop'"},
+      {R"({"prompt": "x", "stream": "yes"})", "'stream'"},
+      {R"({"prompt": "x", "model": 3})", "'model'"},
+      {R"({"prompt": "x", "n": 2})", "'n'"},
+      {R"({"prompt": "x", "logprobs": 2})", "'logprobs'"},
+      {R"({"prompt": "x", "presence_penalty": 0.5})", "'presence_penalty'"},
+      {std::string(100, '[') + std::string(100, ']'), "nested too deeply"},
+  };
+  for (const auto& [body, want] : completions) {
+    std::string message;
+    EXPECT_EQ(status_of([&] { parse_completion_request(parse_body(body)); }, &message), 400) << body;
+    EXPECT_NE(message.find(want), std::string::npos) << body << " -> " << message;
+  }
+  const std::vector<std::string> chats = {
+      R"({"model": "m"})", R"({"messages": "hi"})", R"({"messages": []})", R"({"messages": [5]})",
+      R"({"messages": [{"content": "x"}]})", R"({"messages": [{"role": "user", "content": 5}]})",
+      R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})",
+  };
+  for (const auto& body : chats) EXPECT_EQ(status_of([&] { parse_chat_request(parse_body(body)); }), 400) << body;
+}
+
+TEST(OpenAiProtocol, ErrorBodyAndReplies) {
+  auto e = error_body(404, "no such model");
+  EXPECT_EQ(e["error"]["message"], "no such model");
+  EXPECT_EQ(e["error"]["type"], "not_found_error");
+  EXPECT_EQ(e["error"]["code"], 404);
+  ReplyHeader h{"cmpl-1", 5, "base", false};
+  auto full = full_reply(h, "text", "length", {3, 4});
+  EXPECT_EQ(full["object"], "text_completion");
+  EXPECT_EQ(full["choices"][0]["text"], "text");
+  EXPECT_EQ(full["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(full["usage"]["total_tokens"], 7);
+  h.chat = true;
+  EXPECT_EQ(full_reply(h, "t", "stop", {1, 1})["choices"][0]["message"]["content"], "t");
+  auto chunk = text_chunk(h, "de", "");
+  EXPECT_EQ(chunk["object"], "chat.completion.chunk");
+  EXPECT_EQ(chunk["choices"][0]["delta"]["content"], "de");
+  EXPECT_TRUE(chunk["choices"][0]["finish_reason"].is_null());
+  EXPECT_EQ(role_chunk(h)["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_EQ(usage_chunk(h, {2, 3})["usage"]["completion_tokens"], 3);
+}
+
+}  // namespace

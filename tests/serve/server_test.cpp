@@ -1,0 +1,386 @@
+// lowrank serve over real HTTP (cpp-httplib's client) with the bundled base model and two
+// adapters trained here: concurrent requests over a mix of adapters and the base model equal
+// `lowrank generate` for the same prompt and adapter, streamed replies concatenate to the same
+// text, and every bad request gets its status while the server goes on answering.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "cli/cli_test_helpers.h"
+#include "io/io_test_helpers.h"
+#include "lowrank/io/jsonl.h"
+#include "lowrank/serve/server.h"
+#include "test_paths.h"
+
+using namespace lowrank;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kKey = "sekret";
+constexpr int64_t kMaxTokens = 12;
+constexpr size_t kBodyLimit = 64 * 1024;
+constexpr int32_t kEos = 1;  // models/base's eos id
+
+std::string base_dir() { return test::source_dir() + "/models/base"; }
+
+struct HttpReply {
+  int status = -1;
+  std::string body;
+  json j;  // the body parsed, when it is JSON
+};
+
+struct Expected {
+  std::string text;
+  int64_t tokens = 0;
+  std::string finish_reason;
+};
+
+class ServeHttp : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new io::testing::ScratchDir();
+    // Two adapters that visibly pull the base model towards their texts.
+    const std::pair<const char*, const char*> corpora[] = {
+        {"cats", "The cat sat on the mat and the cat was happy. A cat likes milk. The cat sleeps all day."},
+        {"rockets", "Rockets fly to the moon and back to the earth. The rocket engine burns fuel to reach orbit."}};
+    for (const auto& [name, text] : corpora) {
+      std::string lines;
+      for (int i = 0; i < 8; ++i) lines += json{{"text", text}}.dump() + "\n";
+      auto r = test::run_cli("train --model " + base_dir() + " --data " + dir_->write(std::string(name) + ".jsonl", lines) +
+                             " --out " + dir_->file(name) +
+                             " --targets all-linear --rank 4 --lr 1e-2 --steps 6 --batch-size 2 --seq-len 32 --dropout 0 --quiet");
+      ASSERT_EQ(r.code, 0) << r.err;
+    }
+    model_ = new model::Model(model::Model::load(base_dir()));
+    serve::ServerOptions o;
+    o.model_name = "base";
+    o.api_key = kKey;
+    o.max_batch = 4;  // fewer than the concurrent requests: the rest queue
+    o.max_body_bytes = kBodyLimit;
+    o.enable_lora_loading = true;
+    o.chat_template = "chatml";
+    server_ = new serve::Server(*model_, tok::Tokenizer::load(base_dir()), o);
+    server_->load_adapter("cats", dir_->file("cats"));
+    server_->load_adapter("rockets", dir_->file("rockets"));
+    port_ = server_->bind("127.0.0.1", 0);
+    thread_ = new std::thread([] { server_->run(); });
+  }
+  static void TearDownTestSuite() {
+    server_->shutdown();
+    thread_->join();
+    delete thread_;
+    delete server_;
+    delete model_;
+    delete dir_;
+  }
+
+  static std::string adapter_dir(const std::string& model) { return model == "base" ? "" : dir_->file(model); }
+
+  // `lowrank generate --input` for each line, with the model's adapter and `flags`.
+  static std::vector<Expected> generate(const std::string& model, const std::vector<json>& lines, const std::string& flags) {
+    static int calls = 0;
+    const std::string in = dir_->file("in" + std::to_string(calls) + ".jsonl"), out = dir_->file("out" + std::to_string(calls++) + ".jsonl");
+    std::string text;
+    for (const auto& l : lines) text += l.dump() + "\n";
+    dir_->write(std::filesystem::path(in).filename(), text);
+    const std::string adapter = model == "base" ? "" : " --adapter " + adapter_dir(model);
+    auto r = test::run_cli("generate --model " + base_dir() + adapter + " --input " + in + " --output " + out + " " + flags);
+    EXPECT_EQ(r.code, 0) << r.err;
+    std::vector<Expected> expected;
+    io::for_each_jsonl(out, [&](int64_t, const json& rec) {
+      const auto ids = rec["output_ids"].get<std::vector<int32_t>>();
+      expected.push_back({rec["text"].get<std::string>(), static_cast<int64_t>(ids.size()),
+                          !ids.empty() && ids.back() == kEos ? "stop" : "length"});
+    });
+    return expected;
+  }
+
+  static httplib::Headers auth(const std::string& key = kKey) {
+    return key.empty() ? httplib::Headers{} : httplib::Headers{{"Authorization", std::string("Bearer ") + key}};
+  }
+  static HttpReply reply_of(const httplib::Result& r) {
+    HttpReply h;
+    if (!r) {
+      h.body = "no reply: httplib error " + std::to_string(static_cast<int>(r.error()));
+      return h;
+    }
+    h.status = r->status;
+    h.body = r->body;
+    h.j = json::parse(h.body, nullptr, false);
+    return h;
+  }
+  static httplib::Client client() {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(300, 0);  // queued requests wait for a place in the batch
+    return c;
+  }
+  static HttpReply post(const std::string& path, const std::string& body, const std::string& key = kKey) {
+    auto c = client();
+    return reply_of(c.Post(path.c_str(), auth(key), body, "application/json"));
+  }
+  static HttpReply get(const std::string& path, const std::string& key = kKey) {
+    auto c = client();
+    return reply_of(c.Get(path.c_str(), auth(key)));
+  }
+  // POSTs with "stream": true; returns the raw event stream. `keep_reading(received)` false
+  // hangs up early.
+  static std::string post_stream(const std::string& path, const json& body,
+                                 const std::function<bool(const std::string&)>& keep_reading = {}) {
+    auto c = client();
+    httplib::Request req;
+    req.method = "POST";
+    req.path = path;
+    req.headers = auth();
+    req.headers.emplace("Content-Type", "application/json");
+    req.body = body.dump();
+    std::string received;
+    req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+      received.append(data, n);
+      return !keep_reading || keep_reading(received);
+    };
+    c.send(req);
+    return received;
+  }
+  static double metric(const std::string& name) {
+    const std::string text = get("/metrics", "").body;
+    const auto at = text.find("\n" + name + " ");
+    return at == std::string::npos ? -1 : std::stod(text.substr(at + name.size() + 2));
+  }
+
+  static io::testing::ScratchDir* dir_;
+  static model::Model* model_;
+  static serve::Server* server_;
+  static std::thread* thread_;
+  static int port_;
+};
+
+io::testing::ScratchDir* ServeHttp::dir_ = nullptr;
+model::Model* ServeHttp::model_ = nullptr;
+serve::Server* ServeHttp::server_ = nullptr;
+std::thread* ServeHttp::thread_ = nullptr;
+int ServeHttp::port_ = 0;
+
+// The text of an event stream's chunks, checking its shape on the way.
+std::string streamed_text(const std::string& events, bool chat, std::string* finish_reason, json* usage) {
+  std::string text;
+  std::vector<std::string> data;
+  for (size_t at = 0; (at = events.find("data: ", at)) != std::string::npos;) {
+    const auto end = events.find("\n\n", at);
+    data.push_back(events.substr(at + 6, end - at - 6));
+    at = end;
+  }
+  EXPECT_FALSE(data.empty());
+  if (data.empty()) return text;
+  EXPECT_EQ(data.back(), "[DONE]");
+  for (size_t i = 0; i + 1 < data.size(); ++i) {
+    const json chunk = json::parse(data[i]);
+    if (chunk.contains("usage")) {
+      *usage = chunk["usage"];
+      continue;
+    }
+    const json& choice = chunk["choices"][0];
+    const json piece = chat ? choice["delta"].value("content", json("")) : choice["text"];
+    text += piece.get<std::string>();
+    if (!choice["finish_reason"].is_null()) *finish_reason = choice["finish_reason"];
+  }
+  return text;
+}
+
+TEST_F(ServeHttp, ConcurrentRepliesOverAdaptersEqualGenerate) {
+  const std::vector<std::string> models = {"base", "cats", "rockets"};
+  const auto tk = tok::Tokenizer::load(base_dir());
+  // Prompts as text and as token ids (what /v1/completions takes both ways).
+  std::vector<json> prompts = {"The", "Once upon a time", "def main():", "The function returns", "A cat", "In the beginning"};
+  for (const char* text : {"Rockets fly", "The cat sat on", "It is"}) prompts.push_back(tk.encode(text, true));
+  std::vector<json> gen_lines;
+  for (const auto& p : prompts) gen_lines.push_back(p.is_string() ? json{{"prompt", p}} : json{{"input_ids", p}});
+  const std::string greedy = "--greedy --max-new-tokens " + std::to_string(kMaxTokens);
+  const std::string chat_question = "Where does the cat sleep?";
+  const std::string sampled = "--temperature 0.9 --top-k 40 --top-p 0.95 --seed 11 --max-new-tokens " + std::to_string(kMaxTokens);
+
+  std::map<std::string, std::vector<Expected>> expected, expected_chat;
+  for (const auto& m : models) {
+    expected[m] = generate(m, gen_lines, greedy);
+    expected_chat[m] = generate(m, {json{{"prompt", chat_question}}}, greedy + " --chat --chat-template chatml");
+  }
+  const Expected expected_sampled = generate("cats", {gen_lines[0]}, sampled).at(0);
+  // The adapters change the replies: a reply routed to the wrong model cannot pass.
+  int differ = 0;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    differ += (expected["base"][i].text != expected["cats"][i].text) + (expected["cats"][i].text != expected["rockets"][i].text);
+  EXPECT_GE(differ, static_cast<int>(prompts.size()));
+
+  struct Call {
+    std::string model;
+    size_t prompt = 0;
+    enum { Plain, Stream, Chat, Sampled } kind = Plain;
+    HttpReply reply;
+    std::string events;
+  };
+  std::vector<Call> calls;
+  for (size_t i = 0; i < prompts.size(); ++i)
+    for (const auto& m : models) calls.push_back({m, i});
+  for (const auto& m : models) {
+    calls.push_back({m, 1, Call::Stream});
+    calls.push_back({m, 0, Call::Chat});
+  }
+  calls.push_back({"cats", 0, Call::Sampled});
+  ASSERT_GE(calls.size(), 24u);
+
+  std::vector<std::thread> threads;
+  for (auto& c : calls)
+    threads.emplace_back([&c, &prompts, &chat_question] {
+      json body = {{"model", c.model}, {"max_tokens", kMaxTokens}, {"temperature", 0}};
+      if (c.kind == Call::Chat) {
+        body["messages"] = json::array({{{"role", "user"}, {"content", chat_question}}});
+        c.reply = post("/v1/chat/completions", body.dump());
+        return;
+      }
+      body["prompt"] = prompts[c.prompt];
+      if (c.kind == Call::Sampled) body.update({{"temperature", 0.9}, {"top_k", 40}, {"top_p", 0.95}, {"seed", 11}});
+      if (c.kind == Call::Stream) {
+        body.update({{"stream", true}, {"stream_options", {{"include_usage", true}}}});
+        c.events = post_stream("/v1/completions", body);
+        return;
+      }
+      c.reply = post("/v1/completions", body.dump());
+    });
+  for (auto& t : threads) t.join();
+
+  for (const auto& c : calls) {
+    const std::string what = c.model + " prompt " + prompts[c.prompt].dump();
+    if (c.kind == Call::Stream) {
+      std::string finish;
+      json usage;
+      EXPECT_EQ(streamed_text(c.events, false, &finish, &usage), expected[c.model][c.prompt].text) << what << "\n" << c.events;
+      EXPECT_EQ(finish, expected[c.model][c.prompt].finish_reason) << what;
+      EXPECT_EQ(usage.value("completion_tokens", -1), expected[c.model][c.prompt].tokens) << what;
+      continue;
+    }
+    ASSERT_EQ(c.reply.status, 200) << what << ": " << c.reply.body;
+    const json& r = c.reply.j;
+    EXPECT_EQ(r["model"], c.model);
+    const Expected& want = c.kind == Call::Chat      ? expected_chat[c.model][0]
+                           : c.kind == Call::Sampled ? expected_sampled
+                                                     : expected[c.model][c.prompt];
+    const json& choice = r["choices"][0];
+    EXPECT_EQ(c.kind == Call::Chat ? choice["message"]["content"] : choice["text"], want.text) << what;
+    EXPECT_EQ(choice["finish_reason"], want.finish_reason) << what;
+    EXPECT_EQ(r["usage"]["completion_tokens"], want.tokens) << what;
+    EXPECT_EQ(r["usage"]["total_tokens"], r["usage"]["prompt_tokens"].get<int64_t>() + want.tokens) << what;
+  }
+  if (prompts[6].is_array()) {  // token-id prompts are used as they are
+    const auto& r = calls[6 * models.size()].reply.j;
+    EXPECT_EQ(r["usage"]["prompt_tokens"], prompts[6].size());
+  }
+  // Requests shared decode rounds (continuous batching), never more than --max-batch at once.
+  EXPECT_EQ(metric("lowrank_max_batch_size"), 4);
+  EXPECT_GT(metric("lowrank_decode_round_sequences_total"), 1.5 * metric("lowrank_decode_rounds_total"));
+  EXPECT_EQ(metric("lowrank_running_sequences"), 0);
+  EXPECT_EQ(metric("lowrank_queued_sequences"), 0);
+}
+
+TEST_F(ServeHttp, StopStringsCutTheReply) {
+  auto full = post("/v1/completions", json{{"model", "cats"}, {"prompt", "The"}, {"max_tokens", kMaxTokens}, {"temperature", 0}}.dump());
+  ASSERT_EQ(full.status, 200) << full.body;
+  const std::string text = full.j["choices"][0]["text"];
+  ASSERT_GE(text.size(), 8u) << text;
+  const std::string stop = text.substr(4, 3);
+  auto cut = post("/v1/completions", json{{"model", "cats"}, {"prompt", "The"}, {"max_tokens", kMaxTokens}, {"temperature", 0},
+                                         {"stop", {"never there", stop}}}.dump());
+  ASSERT_EQ(cut.status, 200) << cut.body;
+  EXPECT_EQ(cut.j["choices"][0]["text"], text.substr(0, text.find(stop)));
+  EXPECT_EQ(cut.j["choices"][0]["finish_reason"], "stop");
+  EXPECT_LT(cut.j["usage"]["completion_tokens"].get<int64_t>(), full.j["usage"]["completion_tokens"].get<int64_t>());
+  std::string finish;
+  json usage;
+  const std::string streamed = streamed_text(
+      post_stream("/v1/chat/completions", {{"model", "cats"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                           {"max_tokens", kMaxTokens}, {"temperature", 0}, {"stream", true}}),
+      true, &finish, &usage);
+  auto plain = post("/v1/chat/completions", json{{"model", "cats"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                                 {"max_tokens", kMaxTokens}, {"temperature", 0}}.dump());
+  EXPECT_EQ(streamed, plain.j["choices"][0]["message"]["content"]);
+  EXPECT_EQ(finish, plain.j["choices"][0]["finish_reason"]);
+}
+
+TEST_F(ServeHttp, BadRequestsGetTheirStatusAndTheServerGoesOn) {
+  const std::string good = json{{"model", "rockets"}, {"prompt", "The"}, {"max_tokens", 6}, {"temperature", 0}}.dump();
+  const HttpReply before = post("/v1/completions", good);
+  ASSERT_EQ(before.status, 200) << before.body;
+
+  auto expect_error = [](const HttpReply& r, int status, const std::string& what) {
+    EXPECT_EQ(r.status, status) << what << ": " << r.body;
+    ASSERT_TRUE(r.j.is_object() && r.j.contains("error")) << what << ": " << r.body;
+    EXPECT_TRUE(r.j["error"]["message"].is_string()) << what;
+    EXPECT_TRUE(r.j["error"]["type"].is_string()) << what;
+    EXPECT_EQ(r.j["error"]["code"], status) << what;
+  };
+  expect_error(post("/v1/completions", good, ""), 401, "no API key");
+  expect_error(post("/v1/completions", good, "wrong"), 401, "wrong API key");
+  expect_error(get("/v1/models", ""), 401, "models without a key");
+  EXPECT_EQ(get("/health", "").status, 200);
+  expect_error(post("/v1/completions", "{not json"), 400, "not JSON");
+  expect_error(post("/v1/completions", "[1]"), 400, "not an object");
+  expect_error(post("/v1/completions", std::string(50, '[') + std::string(50, ']')), 400, "too deep");
+  expect_error(post("/v1/completions", R"({"model": "base"})"), 400, "no prompt");
+  expect_error(post("/v1/chat/completions", R"({"model": "base"})"), 400, "no messages");
+  expect_error(post("/v1/completions", R"({"prompt": 5})"), 400, "prompt a number");
+  expect_error(post("/v1/completions", R"({"prompt": "x", "max_tokens": "ten"})"), 400, "max_tokens a string");
+  expect_error(post("/v1/completions", R"({"prompt": "x", "temperature": "hot"})"), 400, "temperature a string");
+  expect_error(post("/v1/chat/completions", R"({"messages": "hi"})"), 400, "messages a string");
+  expect_error(post("/v1/completions", R"({"prompt": [5, 99999]})"), 400, "id outside the vocabulary");
+  expect_error(post("/v1/completions", R"({"prompt": "x", "max_tokens": 5000})"), 400, "beyond the context");
+  expect_error(post("/v1/completions", json{{"prompt", std::vector<int>(1024, 5)}, {"max_tokens", 1}}.dump()), 400,
+               "prompt fills the context");
+  expect_error(post("/v1/completions", R"({"model": "dogs", "prompt": "x"})"), 404, "unknown model");
+  expect_error(post("/v1/completions", json{{"prompt", std::string(kBodyLimit + 10, 'a')}}.dump()), 413, "body over the limit");
+  expect_error(get("/v1/nothing"), 404, "unknown endpoint");
+
+  // Adapters loaded and unloaded at run time.
+  expect_error(post("/v1/load_lora_adapter", R"({"lora_name": "x"})"), 400, "load without a path");
+  expect_error(post("/v1/load_lora_adapter", json{{"lora_name", "x"}, {"lora_path", dir_->file("nowhere")}}.dump()), 400,
+               "load from a folder that is no adapter");
+  expect_error(post("/v1/load_lora_adapter", json{{"lora_name", "cats"}, {"lora_path", dir_->file("rockets")}}.dump()), 400,
+               "load under a taken name");
+  ASSERT_EQ(post("/v1/load_lora_adapter", json{{"lora_name", "rockets2"}, {"lora_path", dir_->file("rockets")}}.dump()).status, 200);
+  auto models = get("/v1/models");
+  ASSERT_EQ(models.status, 200);
+  std::vector<std::string> ids;
+  for (const auto& m : models.j["data"]) ids.push_back(m["id"]);
+  EXPECT_EQ(ids, (std::vector<std::string>{"base", "cats", "rockets", "rockets2"}));
+  json renamed = json::parse(good);
+  renamed["model"] = "rockets2";
+  auto via_new_name = post("/v1/completions", renamed.dump());
+  ASSERT_EQ(via_new_name.status, 200) << via_new_name.body;
+  EXPECT_EQ(via_new_name.j["choices"][0]["text"], before.j["choices"][0]["text"]);
+  EXPECT_EQ(post("/v1/unload_lora_adapter", R"({"lora_name": "rockets2"})").status, 200);
+  expect_error(post("/v1/completions", renamed.dump()), 404, "unloaded adapter");
+  expect_error(post("/v1/unload_lora_adapter", R"({"lora_name": "rockets2"})"), 404, "unload twice");
+
+  // A client that hangs up mid-stream frees its sequence long before its max_tokens.
+  const double generated = metric("lowrank_generation_tokens_total");
+  post_stream("/v1/completions", {{"prompt", "The"}, {"max_tokens", 1000}, {"temperature", 0}, {"stream", true}},
+              [](const std::string& received) { return received.find("\n\n") == std::string::npos; });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (metric("lowrank_running_sequences") != 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(metric("lowrank_running_sequences"), 0);
+  EXPECT_LT(metric("lowrank_generation_tokens_total") - generated, 500);
+  EXPECT_NE(get("/metrics", "").body.find("lowrank_requests_finished_total{finish_reason=\"abort\"} 1"), std::string::npos);
+
+  // Still answering, and the same as before.
+  const HttpReply after = post("/v1/completions", good);
+  ASSERT_EQ(after.status, 200) << after.body;
+  EXPECT_EQ(after.j["choices"][0]["text"], before.j["choices"][0]["text"]);
+  const std::string metrics = get("/metrics", "").body;
+  for (const char* code : {"400", "401", "404", "413"})
+    EXPECT_NE(metrics.find(std::string("lowrank_http_responses_total{code=\"") + code + "\"}"), std::string::npos) << code;
+}
+
+}  // namespace
