@@ -27,7 +27,12 @@ train llama_embed_lm_head llama --lr 1e-2 --targets embed_tokens,lm_head,q_proj,
 train qwen2_tied_embed qwen2 --lr 1e-2 --targets embed_tokens,q_proj --rank 4
 train llama_pissa llama --lr 1e-2 --targets q_proj,v_proj,down_proj --rank 4 --init pissa
 train llama_olora llama --lr 1e-2 --targets q_proj,v_proj,down_proj --rank 4 --init olora
+# Model families (issue 12): Gemma 2 (soft-capping), Gemma 3, Phi-3 (fused qkv_proj / gate_up_proj).
+train gemma2_all_linear gemma2 --lr 1e-2 --targets all-linear --rank 4
+train gemma3_all_linear gemma3 --lr 1e-2 --targets all-linear --rank 4
+train phi3_all_linear phi3 --lr 1e-2 --targets all-linear --rank 4
 $bin merge --model $fx/llama --adapter "$out/llama_all_linear" --out "$out/merged_llama_f32" --dtype f32 2>>"$out/log.txt"
+$bin merge --model $fx/phi3 --adapter "$out/phi3_all_linear" --out "$out/merged_phi3_f32" --dtype f32 2>>"$out/log.txt"
 $bin merge --model $fx/gpt2 --adapter "$out/gpt2_conv1d" --out "$out/merged_gpt2_bf16" --dtype bf16 2>>"$out/log.txt"
 $bin merge --model $fx/qwen2 --adapter "$out/qwen2_bias_all" --out "$out/merged_qwen2_f32" 2>>"$out/log.txt"
 $bin merge --model $fx/llama --adapter "$out/llama_dora" --out "$out/merged_llama_dora_f32" --dtype f32 2>>"$out/log.txt"
@@ -36,13 +41,14 @@ $bin merge --model $fx/llama --adapter "$out/llama_embed_lm_head" --out "$out/me
   echo "{"
   sep=""
   for spec in llama_all_linear:llama qwen2_bias_all:qwen2 gpt2_conv1d:gpt2 qwen3_all_linear:qwen3 llama_rslora_qv:llama \
-              llama_dora:llama llama_embed_lm_head:llama qwen2_tied_embed:qwen2 llama_pissa:llama llama_olora:llama; do
+              llama_dora:llama llama_embed_lm_head:llama qwen2_tied_embed:qwen2 llama_pissa:llama llama_olora:llama \
+              gemma2_all_linear:gemma2 gemma3_all_linear:gemma3 phi3_all_linear:phi3; do
     name=${spec%%:*} base=${spec##*:}
     loss=$($bin eval --model $fx/$base --adapter "$out/$name" --data $fx/$base/eval.jsonl --json)
     printf '%s "%s": {"kind": "adapter", "base": "%s", "ours": %s}' "$sep" "$name" "$base" "$loss"; sep=","
   done
   for spec in merged_llama_f32:llama merged_gpt2_bf16:gpt2 merged_qwen2_f32:qwen2 llama_full:llama \
-              merged_llama_dora_f32:llama merged_llama_embed_f32:llama; do
+              merged_llama_dora_f32:llama merged_llama_embed_f32:llama merged_phi3_f32:phi3; do
     name=${spec%%:*} base=${spec##*:}
     loss=$($bin eval --model "$out/$name" --data $fx/$base/eval.jsonl --json)
     printf '%s "%s": {"kind": "model", "base": "%s", "ours": %s}' "$sep" "$name" "$base" "$loss"
