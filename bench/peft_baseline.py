@@ -37,14 +37,19 @@ def flops_per_token(cfg, n_params, seq):
     return 4 * n_params + attn
 
 
-def run(name, targets, compile_model, checkpointing, steps, warmup):
+def random_model(name):
+    """The shape's random-init bf16 model on the GPU: (config, model, parameters, batch, seq)."""
     cfg_cls, model_cls, kw, batch, seq = SHAPES[name]
     cfg = cfg_cls(**kw)
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     with torch.device("cuda"):
         model = model_cls(cfg).to(torch.bfloat16)
-    n_params = sum(p.numel() for p in model.parameters())
+    return cfg, model, sum(p.numel() for p in model.parameters()), batch, seq
+
+
+def run(name, targets, compile_model, checkpointing, steps, warmup):
+    cfg, model, n_params, batch, seq = random_model(name)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -16,18 +16,12 @@ import torch
 import torch.distributed as dist
 from peft import LoraConfig, get_peft_model
 
-from peft_baseline import PEAK_BF16, SHAPES, flops_per_token
+from peft_baseline import PEAK_BF16, flops_per_token, random_model
 
 
 def run(name, targets, steps, warmup):
     rank, world = dist.get_rank(), dist.get_world_size()
-    cfg_cls, model_cls, kw, batch, seq = SHAPES[name]
-    cfg = cfg_cls(**kw)
-    cfg._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = model_cls(cfg).to(torch.bfloat16)
-    n_params = sum(p.numel() for p in model.parameters())
+    cfg, model, n_params, batch, seq = random_model(name)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets,
                                              task_type="CAUSAL_LM"))
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[torch.cuda.current_device()])

@@ -107,23 +107,22 @@ void run_two_processes(io::testing::ScratchDir& d, const std::string& out, const
   ASSERT_EQ(test::slurp(d.file("rank1.code")), "0\n") << test::slurp(d.file("rank1.log"));
 }
 
-// torchrun's conventions: two processes, one rank each, meeting over TCP; the same run as one device.
-TEST(DataParallelCli, TwoProcessesEqualOneDevice) {
+// A run on `one` and the same run as two processes on `each` agree to `tol`.
+void expect_two_processes_equal_one(const std::string& one, const std::string& each, double tol) {
   io::testing::ScratchDir d;
-  auto one = test::run_cli(args(d.file("one"), "--device cpu") + " --steps 4");
-  ASSERT_EQ(one.code, 0) << one.err;
-  run_two_processes(d, d.file("two"), "--device cpu");
-  expect_same_run(d.file("one"), d.file("two"), 1e-5);
+  auto single = test::run_cli(args(d.file("one"), "--device " + one) + " --steps 4");
+  ASSERT_EQ(single.code, 0) << single.err;
+  run_two_processes(d, d.file("two"), "--device " + each);
+  expect_same_run(d.file("one"), d.file("two"), tol);
 }
+
+// torchrun's conventions: two processes, one rank each, meeting over TCP; the same run as one device.
+TEST(DataParallelCli, TwoProcessesEqualOneDevice) { expect_two_processes_equal_one("cpu", "cpu", 1e-5); }
 
 // The same with one GPU per process (LOCAL_RANK picks it; NCCL's id travels over TCP).
 TEST(CudaDataParallel, TwoProcessesEqualOneGpu) {
   if (cuda_device_count() < 2) GTEST_SKIP() << "needs two CUDA GPUs";
-  io::testing::ScratchDir d;
-  auto one = test::run_cli(args(d.file("one"), "--device cuda:0") + " --steps 4");
-  ASSERT_EQ(one.code, 0) << one.err;
-  run_two_processes(d, d.file("two"), "--device cuda");
-  expect_same_run(d.file("one"), d.file("two"), 2e-2);
+  expect_two_processes_equal_one("cuda:0", "cuda", 2e-2);
 }
 
 TEST(DataParallelCli, AMissingProcessIsAnErrorNotAHang) {
