@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Issue 15, task (1): KJV Bible language modelling, held out by book, on the bundled base model:
+# full fine-tuning against LoRA by rank, by adapted weights and by alpha, and DoRA.
+#
+#   scripts/experiments/kjv.sh [quality|efficiency|all]      (default: all)
+#
+# quality:    full; LoRA q,v r in {1,4,8,16,64} (alpha 2r); r=8 targets q / v / q,k,v,o /
+#             all-linear; r=8 q,v alpha in {8, 32}; DoRA r=8 q,v
+# efficiency: full, LoRA r in {4,16} x {q,v, all-linear}, interleaved, twice (speed and peak
+#             memory only matter when the machine is otherwise idle: see host_load in each row)
+# Each run appends one row to $RESULTS (scripts/experiments/run_one.py says what a row holds).
+# Knobs (environment): RESULTS (default out/experiments/results.jsonl), STEPS (200), BATCH (8),
+# SEQ_LEN (128), SEEDS ("1"), DEVICE (cpu; cuda for the GPU box), LOWRANK (build/lowrank),
+# MODEL (models/base), LR_FULL (1e-3), LR_LORA (3e-3), EFF_STEPS (60: the efficiency runs).
+# Needs the `bible` command (Debian bible-kjv; scripts/setup.sh installs it) and python3.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+set_=${1:-all}
+out=out/experiments
+results=${RESULTS:-$out/results.jsonl}
+steps=${STEPS:-200}
+eff_steps=${EFF_STEPS:-60}
+seeds=${SEEDS:-1}
+lowrank=${LOWRANK:-build/lowrank}
+model=${MODEL:-models/base}
+lr_full=${LR_FULL:-1e-3}
+lr_lora=${LR_LORA:-3e-3}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+common=(--data-dir "$out/data" --results "$results" --batch "${BATCH:-8}" --seq-len "${SEQ_LEN:-128}"
+        --device "${DEVICE:-cpu}" --lowrank "$lowrank" --model "$model" --work-dir "$out/runs")
+
+if [ ! -s "$out/data/train.jsonl" ]; then
+  mkdir -p "$out/data"
+  bible -l10000 "Gen1:1-Rev22:21" > "$out/data/kjv.txt"
+  python3 scripts/experiments/kjv_data.py "$out/data/kjv.txt" "$out/data"
+fi
+if [ ! -s "$out/base_eval.json" ]; then  # the base model before any fine-tuning
+  "$lowrank" eval --model "$model" --data "$out/data/eval.jsonl" --seq-len "${SEQ_LEN:-128}" --json --quiet \
+    --device "${DEVICE:-cpu}" > "$out/base_eval.json"
+fi
+echo "base model, held-out books: $(cat "$out/base_eval.json")" >&2
+
+run() { echo "== $* ($(date -u +%H:%M:%S))" >&2; python3 scripts/experiments/run_one.py "${common[@]}" "$@"; }
+lora() { run --method lora --lr "$lr_lora" "$@"; }
+
+if [ "$set_" = quality ] || [ "$set_" = all ]; then
+  for seed in $seeds; do
+    s=(--seed "$seed" --steps "$steps")
+    run --method full --lr "$lr_full" "${s[@]}"
+    lora --rank 8 --targets q_proj,v_proj "${s[@]}"
+    lora --rank 8 --targets all-linear "${s[@]}"
+    for r in 1 4 16 64; do lora --rank "$r" --targets q_proj,v_proj "${s[@]}"; done
+    lora --rank 8 --targets q_proj "${s[@]}"
+    lora --rank 8 --targets v_proj "${s[@]}"
+    lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj "${s[@]}"
+    lora --rank 8 --alpha 8 --targets q_proj,v_proj "${s[@]}"
+    lora --rank 8 --alpha 32 --targets q_proj,v_proj "${s[@]}"
+    run --method dora --lr "$lr_lora" --rank 8 --targets q_proj,v_proj "${s[@]}"
+  done
+fi
+if [ "$set_" = efficiency ] || [ "$set_" = all ]; then
+  for round in 1 2; do
+    s=(--seed 1 --steps "$eff_steps")
+    run --method full --lr "$lr_full" "${s[@]}"
+    for r in 4 16; do
+      for t in q_proj,v_proj all-linear; do lora --rank "$r" --targets "$t" "${s[@]}"; done
+    done
+  done
+fi
