@@ -5,7 +5,7 @@
                [--task kjv] [--rank 8] [--alpha 16] [--targets q_proj,v_proj] [--seed 1]
                [--steps 200] [--batch 8] [--seq-len 128] [--lr 3e-3] [--warmup 10]
                [--dropout 0.05] [--device cpu|cuda[:N]] [--lowrank build/lowrank]
-               [--model models/base] [--work-dir out/experiments] [--keep]
+               [--model models/base] [--work-dir out/experiments] [--name NAME] [--keep]
 
 DIR holds train.jsonl and eval.jsonl (kjv_data.py makes them). The run is
 `lowrank train` (no in-training eval, so that the training process's peak memory and speed are
@@ -68,7 +68,7 @@ def main():
     ap.add_argument("--model", default="models/base")
     ap.add_argument("--work-dir", default="out/experiments")
     ap.add_argument("--name", default=None, help="run folder name (default: from the configuration)")
-    ap.add_argument("--keep", action="store_true", help="keep the run folder (adapter / model, metrics)")
+    ap.add_argument("--keep", action="store_true", help="keep the adapter / model (metrics.jsonl is always kept)")
     a = ap.parse_args()
 
     if a.method == "bitfit":
@@ -160,8 +160,11 @@ def main():
     with open(a.results, "a") as fh:
         fh.write(json.dumps(row) + "\n")
     print(json.dumps(row))
-    if not a.keep:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    if not a.keep:  # metrics.jsonl stays (loss curves); the weights go
+        for f in os.listdir(run_dir):
+            if f != "metrics.jsonl":
+                path = os.path.join(run_dir, f)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
 if __name__ == "__main__":
