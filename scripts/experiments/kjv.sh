@@ -11,7 +11,11 @@
 # Each run appends one row to $RESULTS (scripts/experiments/run_one.py says what a row holds).
 # Knobs (environment): RESULTS (default out/experiments/results.jsonl), STEPS (200), BATCH (8),
 # SEQ_LEN (128), SEEDS ("1"), DEVICE (cpu; cuda for the GPU box), LOWRANK (build/lowrank),
-# MODEL (models/base), LR_FULL (1e-3), LR_LORA (3e-3), EFF_STEPS (60: the efficiency runs).
+# MODEL (models/base), LR_FULL (1e-3), LR_LORA (3e-3), EFF_STEPS (60: the efficiency runs, which
+# train only: no eval),
+# JOBS (1): the quality runs on JOBS workers at once, each with OMP_NUM_THREADS=THREADS (default:
+# the cores / JOBS); a run whose row is already in $RESULTS is skipped, so a stopped set resumes.
+# The efficiency runs always run one at a time.
 # Needs the `bible` command (Debian bible-kjv; scripts/setup.sh installs it) and python3.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,10 +44,12 @@ if [ ! -s "$out/base_eval.json" ]; then  # the base model before any fine-tuning
 fi
 echo "base model, held-out books: $(cat "$out/base_eval.json")" >&2
 
-run() { echo "== $* ($(date -u +%H:%M:%S))" >&2; python3 scripts/experiments/run_one.py "${common[@]}" "$@"; }
+run() { echo "== $* ($(date -u +%H:%M:%S))" >&2; python3 scripts/experiments/run_one.py "${common[@]}" --skip-done --claim "$@"; }
 lora() { run --method lora --lr "$lr_lora" "$@"; }
 
-if [ "$set_" = quality ] || [ "$set_" = all ]; then
+jobs=${JOBS:-1}
+rm -rf "$out"/runs/*.claim
+quality() {
   for seed in $seeds; do
     s=(--seed "$seed" --steps "$steps")
     run --method full --lr "$lr_full" "${s[@]}"
@@ -57,10 +63,22 @@ if [ "$set_" = quality ] || [ "$set_" = all ]; then
     lora --rank 8 --alpha 32 --targets q_proj,v_proj "${s[@]}"
     run --method dora --lr "$lr_lora" --rank 8 --targets q_proj,v_proj "${s[@]}"
   done
+}
+if [ "$set_" = quality ] || [ "$set_" = all ]; then
+  if [ "$jobs" -gt 1 ]; then
+    export OMP_NUM_THREADS=${THREADS:-$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))}
+    for ((j = 0; j < jobs; j++)); do quality & sleep 2; done
+    wait
+    unset OMP_NUM_THREADS
+  else
+    quality
+  fi
+  rm -rf "$out"/runs/*.claim
 fi
+[ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 if [ "$set_" = efficiency ] || [ "$set_" = all ]; then
   for round in 1 2; do
-    s=(--seed 1 --steps "$eff_steps")
+    s=(--seed 1 --steps "$eff_steps" --tag "eff$round" --no-eval)
     run --method full --lr "$lr_full" "${s[@]}"
     for r in 4 16; do
       for t in q_proj,v_proj all-linear; do lora --rank "$r" --targets "$t" "${s[@]}"; done

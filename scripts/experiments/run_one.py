@@ -6,6 +6,7 @@
                [--steps 200] [--batch 8] [--seq-len 128] [--lr 3e-3] [--warmup 10]
                [--dropout 0.05] [--device cpu|cuda[:N]] [--lowrank build/lowrank]
                [--model models/base] [--work-dir out/experiments] [--name NAME] [--keep]
+               [--tag TAG] [--no-eval] [--skip-done] [--claim]
 
 DIR holds train.jsonl and eval.jsonl (kjv_data.py makes them). The run is
 `lowrank train` (no in-training eval, so that the training process's peak memory and speed are
@@ -69,6 +70,11 @@ def main():
     ap.add_argument("--work-dir", default="out/experiments")
     ap.add_argument("--name", default=None, help="run folder name (default: from the configuration)")
     ap.add_argument("--keep", action="store_true", help="keep the adapter / model (metrics.jsonl is always kept)")
+    ap.add_argument("--tag", default="", help="appended to the run folder's name (e.g. eff1: a repeat)")
+    ap.add_argument("--no-eval", action="store_true", help="speed and memory only: no eval (metric null)")
+    ap.add_argument("--skip-done", action="store_true", help="do nothing if RESULTS has a row of this run folder")
+    ap.add_argument("--claim", action="store_true", help="do nothing if another worker has claimed this run "
+                    "(the claim is the folder RUN_DIR.claim; kjv.sh clears the claims when it starts)")
     a = ap.parse_args()
 
     if a.method == "bitfit":
@@ -82,8 +88,19 @@ def main():
     lr = a.lr if a.lr is not None else (1e-3 if a.method == "full" else 3e-3)
     name = a.name or ("%s-%s" % (a.task, a.method) + (
         "-r%d-a%g-%s" % (a.rank, alpha, a.targets.replace(",", "+").replace("_proj", "")) if lora else "")
-        + "-s%d" % a.seed)
+        + "-s%d" % a.seed + ("-%s" % a.tag if a.tag else ""))
     run_dir = os.path.join(a.work_dir, name)
+    if a.skip_done and os.path.exists(a.results):
+        if any(json.loads(l).get("run_dir") == run_dir for l in open(a.results) if l.strip()):
+            print("%s: already in %s, skipped" % (name, a.results), file=sys.stderr)
+            return
+    if a.claim:  # several workers share one list of runs: the first to make the claim folder runs it
+        try:
+            os.makedirs(a.work_dir, exist_ok=True)
+            os.mkdir(run_dir + ".claim")
+        except FileExistsError:
+            print("%s: claimed by another worker, skipped" % name, file=sys.stderr)
+            return
     shutil.rmtree(run_dir, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
 
@@ -126,8 +143,10 @@ def main():
     ev = [a.lowrank, "eval", "--data", os.path.join(a.data_dir, "eval.jsonl"), "--seq-len", str(a.seq_len),
           "--json", "--quiet", "--device", a.device]
     ev += ["--model", run_dir] if not lora else ["--model", a.model, "--adapter", run_dir]
-    out, _ = sh(ev, env)
-    res = json.loads(out.strip().splitlines()[-1])
+    res = {"loss": None, "tokens": None}
+    if not a.no_eval:
+        out, _ = sh(ev, env)
+        res = json.loads(out.strip().splitlines()[-1])
     wall = time.time() - t0
 
     base_out, _ = sh([a.lowrank, "inspect", a.model], env)
@@ -140,7 +159,7 @@ def main():
         "task": a.task, "method": a.method,
         "rank": a.rank if lora else None, "alpha": alpha if lora else None,
         "targets": a.targets if lora else "all", "seed": a.seed,
-        "metric": round(res["loss"], 6), "metric_name": "held-out eval loss (nats/token, held-out books)",
+        "metric": round(res["loss"], 6) if res["loss"] is not None else None, "metric_name": "held-out eval loss (nats/token, held-out books)",
         "higher_is_better": False, "eval_tokens": res["tokens"],
         "trainable_params": trainable, "total_params": total, "base_params": base_params,
         "trainable_pct": round(100.0 * trainable / total, 4) if total else None,
