@@ -48,19 +48,23 @@ run() { echo "== $* ($(date -u +%H:%M:%S))" >&2; python3 scripts/experiments/run
 lora() { run --method lora --lr "$lr_lora" "$@"; }
 
 jobs=${JOBS:-1}
-rm -rf "$out"/runs/*.claim
+[ "${KEEP_CLAIMS:-0}" = 1 ] || rm -rf "$out"/runs/*.claim  # KEEP_CLAIMS=1: add workers to a set already running
 quality() {
   for seed in $seeds; do
     s=(--seed "$seed" --steps "$steps")
     run --method full --lr "$lr_full" "${s[@]}"
+    # In order of what each question needs first (a set cut short still answers each a little).
     lora --rank 8 --targets q_proj,v_proj "${s[@]}"
     lora --rank 8 --targets all-linear "${s[@]}"
-    for r in 1 4 16 64; do lora --rank "$r" --targets q_proj,v_proj "${s[@]}"; done
-    lora --rank 8 --targets q_proj "${s[@]}"
-    lora --rank 8 --targets v_proj "${s[@]}"
+    lora --rank 1 --targets q_proj,v_proj "${s[@]}"
+    lora --rank 64 --targets q_proj,v_proj "${s[@]}"
     lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj "${s[@]}"
-    lora --rank 8 --alpha 8 --targets q_proj,v_proj "${s[@]}"
     lora --rank 8 --alpha 32 --targets q_proj,v_proj "${s[@]}"
+    lora --rank 4 --targets q_proj,v_proj "${s[@]}"
+    lora --rank 16 --targets q_proj,v_proj "${s[@]}"
+    lora --rank 8 --targets v_proj "${s[@]}"
+    lora --rank 8 --targets q_proj "${s[@]}"
+    lora --rank 8 --alpha 8 --targets q_proj,v_proj "${s[@]}"
     run --method dora --lr "$lr_lora" --rank 8 --targets q_proj,v_proj "${s[@]}"
   done
 }
@@ -73,7 +77,7 @@ if [ "$set_" = quality ] || [ "$set_" = all ]; then
   else
     quality
   fi
-  rm -rf "$out"/runs/*.claim
+  [ "${KEEP_CLAIMS:-0}" = 1 ] || rm -rf "$out"/runs/*.claim
 fi
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 if [ "$set_" = efficiency ] || [ "$set_" = all ]; then
