@@ -4,7 +4,8 @@
     report.py RESULTS.jsonl [--efficiency EFF.jsonl] [--base-loss X] [--svg OUT.svg]
               [--curves OUT.svg --runs-dir DIR]
 
-Prints markdown tables to stdout: metric vs rank (LoRA q,v), vs targets (r=8), vs alpha (r=8 q,v),
+Prints markdown tables to stdout (the quality tables leave speed out: those runs may share the
+machine, see kjv.sh's JOBS): metric vs rank (LoRA q,v), vs targets (r=8), vs alpha (r=8 q,v),
 DoRA, and (from --efficiency rows, else from RESULTS) full vs LoRA efficiency. --svg writes a chart
 of held-out loss against trainable parameters (log x) with full fine-tuning (and the base model,
 --base-loss) as horizontal lines; --curves the training loss curves (moving average of 20 steps)
@@ -44,12 +45,12 @@ def rel(x, ref):
 
 
 def table(rows, full, head, key):
-    out = ["| %s | trainable | % of all | eval loss | vs full | step ms | tokens/s | peak RSS MiB |" % head,
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = ["| %s | trainable | %% of all | held-out loss | vs full | final train loss | peak RSS MiB |" % head,
+           "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        out.append("| %s | %s | %.3f%% | %.4f | %s | %.0f | %.0f | %.0f |" % (
+        out.append("| %s | %s | %.3f%% | %.4f | %s | %.3f | %.0f |" % (
             key(r), fmt_int(r["trainable_params"]), r["trainable_pct"], r["metric"],
-            rel(r["metric"], full["metric"]) if full else "", r["step_ms"], r["tokens_per_s"], r["peak_mib"]))
+            rel(r["metric"], full["metric"]) if full else "", r["final_train_loss"], r["peak_mib"]))
     return "\n".join(out)
 
 
@@ -128,6 +129,11 @@ def svg_scatter(rows, full, base_loss, path):
             "%.1f,%.1f" % (X(r["trainable_params"]), Y(r["metric"])) for r in sweep))
     for r in sweep:
         o.append('<text x="%.1f" y="%.1f" font-size="10" fill="#1f77b4">r=%d</text>' % (X(r["trainable_params"]) + 6, Y(r["metric"]) - 6, r["rank"]))
+    for r in pts:  # the other points: what differs from r=8, alpha 16, q,v
+        if r in sweep:
+            continue
+        txt = "DoRA" if r["method"] == "dora" else ("α=%g" % r["alpha"] if r["alpha"] != 2 * r["rank"] else tgt(r["targets"]))
+        o.append('<text x="%.1f" y="%.1f" font-size="10" fill="#333">%s</text>' % (X(r["trainable_params"]) + 7, Y(r["metric"]) + 4, escape(txt)))
     ly = T + 80
     o.append('<text x="%d" y="%d" font-weight="bold">LoRA targets (r=8)</text>' % (W - R + 6, ly))
     for i, (name, c) in enumerate(list(colors.items()) + [("DoRA q,v", "#e377c2")]):
