@@ -23,7 +23,9 @@ higher_is_better, eval_tokens, trainable_params, total_params (the trainer's "al
 base + adapter, PEFT's count), base_params, trainable_pct, peak_mib (max RSS of the training
 process; on a GPU also peak_gib, the driver's peak reserved memory), step_ms (median step time,
 first 5 steps excluded), tokens_per_s (tokens of the steps after the first 5 / their time),
-train_wall_s, wall_s (train + eval processes), final_train_loss, device, steps, batch, seq_len,
+train_wall_s, wall_s (train + eval processes), train_cpu_s (user + system CPU time of the
+training process, setup included), tokens_per_cpu_s (all steps' tokens / train_cpu_s: the speed
+to compare on a shared machine), final_train_loss, device, steps, batch, seq_len,
 lr, warmup, dropout, threads, date, host_load (1-minute load average before the run), run_dir.
 Standard library only.
 """
@@ -125,6 +127,9 @@ def main():
     train_wall = time.time() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
     peak_mib = int(m.group(1)) / 1024 if m else None
+    # CPU time of the training process: on a shared machine, tokens per CPU-second is the fairer
+    # speed to compare (wall-clock speed depends on what else runs)
+    cpu_s = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", err)) or None
     m = re.search(r"trainable params: (\d+) \|\| all params: (\d+)", err)
     if m:
         trainable, total = int(m.group(1)), int(m.group(2))
@@ -166,6 +171,8 @@ def main():
         "peak_mib": round(peak_mib, 1) if peak_mib is not None else None,
         "step_ms": round(step_ms, 2), "tokens_per_s": round(tokens_per_s, 1),
         "train_wall_s": round(train_wall, 1), "wall_s": round(wall, 1),
+        "train_cpu_s": round(cpu_s, 1) if cpu_s else None,
+        "tokens_per_cpu_s": round(sum(s["tokens"] for s in steps) / cpu_s, 1) if cpu_s else None,
         "final_train_loss": round(steps[-1]["loss"], 4),
         "device": a.device, "steps": a.steps, "batch": a.batch, "seq_len": a.seq_len, "lr": lr,
         "warmup": a.warmup, "dropout": a.dropout if lora else None,
