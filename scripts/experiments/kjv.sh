@@ -9,10 +9,11 @@
 # efficiency: full, LoRA r in {4,16} x {q,v, all-linear}, interleaved, twice (speed and peak
 #             memory only matter when the machine is otherwise idle: see host_load in each row)
 # Each run appends one row to $RESULTS (scripts/experiments/run_one.py says what a row holds).
-# Knobs (environment): RESULTS (default out/experiments/results.jsonl), STEPS (200), BATCH (8),
+# Knobs (environment): RESULTS (default out/experiments/results.jsonl; the efficiency rows go to
+# EFF_RESULTS, default out/experiments/efficiency.jsonl), STEPS (200), BATCH (8),
 # SEQ_LEN (128), SEEDS ("1"), DEVICE (cpu; cuda for the GPU box), LOWRANK (build/lowrank),
 # MODEL (models/base), LR_FULL (1e-3), LR_LORA (3e-3), EFF_STEPS (60: the efficiency runs, which
-# train only: no eval),
+# train only: no eval), EFF_ROUNDS (2: repeats of the efficiency set, interleaved),
 # JOBS (1): the quality runs on JOBS workers at once, each with OMP_NUM_THREADS=THREADS (default:
 # the cores / JOBS); a run whose row is already in $RESULTS is skipped, so a stopped set resumes.
 # The efficiency runs always run one at a time.
@@ -81,7 +82,8 @@ if [ "$set_" = quality ] || [ "$set_" = all ]; then
 fi
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
 if [ "$set_" = efficiency ] || [ "$set_" = all ]; then
-  for round in 1 2; do
+  common+=(--results "${EFF_RESULTS:-$out/efficiency.jsonl}")  # the later --results wins
+  for round in $(seq 1 "${EFF_ROUNDS:-2}"); do
     s=(--seed 1 --steps "$eff_steps" --tag "eff$round" --no-eval)
     run --method full --lr "$lr_full" "${s[@]}"
     for r in 4 16; do

@@ -26,7 +26,7 @@ first 5 steps excluded), tokens_per_s (tokens of the steps after the first 5 / t
 train_wall_s, wall_s (train + eval processes), train_cpu_s (user + system CPU time of the
 training process, setup included), tokens_per_cpu_s (all steps' tokens / train_cpu_s: the speed
 to compare on a shared machine), final_train_loss, device, steps, batch, seq_len,
-lr, warmup, dropout, threads, date, host_load (1-minute load average before the run), run_dir.
+lr, warmup, dropout, threads, date, host_load (1-minute load average before the run), tag, run_dir.
 Standard library only.
 """
 import argparse
@@ -178,7 +178,7 @@ def main():
         "warmup": a.warmup, "dropout": a.dropout if lora else None,
         "threads": int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "host_load": round(load, 2), "run_dir": run_dir,
+        "host_load": round(load, 2), "tag": a.tag or None, "run_dir": run_dir,
     }
     if gib:
         row["peak_gib"] = round(max(gib), 3)
