@@ -136,7 +136,7 @@ def svg_scatter(rows, full, base_loss, path):
         o.append('<text x="%.1f" y="%.1f" font-size="10" fill="#333">%s</text>' % (X(r["trainable_params"]) + 7, Y(r["metric"]) + 4, escape(txt)))
     ly = T + 80
     o.append('<text x="%d" y="%d" font-weight="bold">LoRA targets (r=8)</text>' % (W - R + 6, ly))
-    for i, (name, c) in enumerate(list(colors.items()) + [("DoRA q,v", "#e377c2")]):
+    for i, (name, c) in enumerate(list(colors.items()) + ([("DoRA q,v", "#e377c2")] if any(r["method"] == "dora" for r in pts) else [])):
         y = ly + 18 * (i + 1)
         o.append('<circle cx="%d" cy="%d" r="5" fill="%s"/><text x="%d" y="%d">%s</text>' % (W - R + 12, y - 4, c, W - R + 22, y, escape(name)))
     o.append('<text x="%d" y="%d" font-size="10" fill="#555">q,v line: rank sweep, α = 2r</text>' % (W - R + 6, ly + 18 * 8))
