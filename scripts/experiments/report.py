@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Tables and charts of the experiments from run_one.py's JSONL rows (issue 15).
+
+    report.py RESULTS.jsonl [--efficiency EFF.jsonl] [--base-loss X] [--svg OUT.svg]
+              [--curves OUT.svg --runs-dir DIR]
+
+Prints markdown tables to stdout (the quality tables leave speed out: those runs may share the
+machine, see kjv.sh's JOBS): metric vs rank (LoRA q,v), vs targets (r=8), vs alpha (r=8 q,v),
+DoRA, and (from --efficiency rows, else from RESULTS) full vs LoRA efficiency. --svg writes a chart
+of held-out loss against trainable parameters (log x) with full fine-tuning (and the base model,
+--base-loss) as horizontal lines; --curves the training loss curves (moving average of 20 steps)
+of full fine-tuning and LoRA q,v / all-linear at r=8 from the runs' metrics.jsonl in --runs-dir.
+Standard library only.
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+from xml.sax.saxutils import escape
+
+SHORT = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
+
+
+def tgt(t):
+    return t if t in ("all", "all-linear") else ",".join(SHORT.get(x, x) for x in t.split(","))
+
+
+def label(r):
+    if r["method"] == "full":
+        return "full fine-tuning"
+    return "%s r=%d α=%g %s" % ("LoRA" if r["method"] == "lora" else "DoRA", r["rank"], r["alpha"], tgt(r["targets"]))
+
+
+def load(path):
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def fmt_int(n):
+    return "{:,}".format(n)
+
+
+def rel(x, ref):
+    return "%+.1f%%" % (100.0 * (x - ref) / ref)
+
+
+def table(rows, full, head, key):
+    out = ["| %s | trainable | %% of all | held-out loss | vs full | final train loss | peak RSS MiB |" % head,
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        out.append("| %s | %s | %.3f%% | %.4f | %s | %.3f | %.0f |" % (
+            key(r), fmt_int(r["trainable_params"]), r["trainable_pct"], r["metric"],
+            rel(r["metric"], full["metric"]) if full else "", r["final_train_loss"], r["peak_mib"]))
+    return "\n".join(out)
+
+
+def efficiency(rows):
+    """Median over repeats of each configuration."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(label(r).replace(" α=%g" % (r["alpha"] or 0), ""), []).append(r)
+    full = groups.get("full fine-tuning")
+    out = ["| run | trainable | runs | tokens/s (median) | vs full | step ms | peak RSS MiB | vs full | host load |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    ft = statistics.median(x["tokens_per_s"] for x in full) if full else None
+    fm = statistics.median(x["peak_mib"] for x in full) if full else None
+    order = sorted(groups.items(), key=lambda kv: (kv[1][0]["method"] != "full", kv[1][0]["targets"] != "q_proj,v_proj",
+                                                    kv[1][0]["rank"] or 0))
+    for name, g in order:
+        t = statistics.median(x["tokens_per_s"] for x in g)
+        m = statistics.median(x["peak_mib"] for x in g)
+        out.append("| %s | %s | %d | %.0f | %s | %.0f | %.0f | %s | %s |" % (
+            name, fmt_int(g[0]["trainable_params"]), len(g), t, "%.2f×" % (t / ft) if ft else "",
+            statistics.median(x["step_ms"] for x in g), m, "%.2f×" % (m / fm) if fm else "",
+            "–".join("%.1f" % x for x in sorted({min(y["host_load"] for y in g), max(y["host_load"] for y in g)}))))
+    return "\n".join(out)
+
+
+def svg_scatter(rows, full, base_loss, path):
+    W, H, L, R, T, B = 760, 460, 70, 200, 40, 50
+    pts = [r for r in rows if r["method"] != "full"]
+    xs = [math.log10(r["trainable_params"]) for r in rows]
+    ys = [r["metric"] for r in rows] + ([base_loss] if base_loss else [])
+    x0, x1 = math.floor(min(xs) * 2) / 2, math.ceil(max(xs) * 2) / 2
+    y0, y1 = math.floor(min(ys) * 10) / 10 - 0.05, math.ceil(max(ys) * 10) / 10 + 0.05
+    X = lambda v: L + (math.log10(v) - x0) / (x1 - x0) * (W - L - R)
+    Y = lambda v: T + (y1 - v) / (y1 - y0) * (H - T - B)
+    o = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
+         '<rect width="100%" height="100%" fill="white"/>',
+         '<text x="%d" y="22" font-size="14" font-weight="bold">KJV, held-out books: eval loss vs trainable parameters (6.9M base, CPU)</text>' % L]
+    for e in range(int(x0 * 2), int(x1 * 2) + 1):
+        v = 10 ** (e / 2)
+        xv = X(v)
+        o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#ddd"/>' % (xv, T, xv, H - B))
+        txt = ("%.0fk" % (v / 1e3)) if v < 1e6 else ("%.1fM" % (v / 1e6))
+        o.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (xv, H - B + 16, txt))
+    yt = y0 + 0.05
+    k = 0
+    step = 0.1 if y1 - y0 < 1.5 else 0.25
+    v = math.ceil(y0 / step) * step
+    while v <= y1 + 1e-9:
+        o.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#eee"/>' % (L, Y(v), W - R, Y(v)))
+        o.append('<text x="%d" y="%.1f" text-anchor="end">%.2f</text>' % (L - 6, Y(v) + 4, v))
+        v += step
+    o.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>' % (L, T, W - L - R, H - T - B))
+    o.append('<text x="%d" y="%d" text-anchor="middle">trainable parameters (log scale)</text>' % ((L + W - R) // 2, H - 12))
+    o.append('<text transform="translate(16,%d) rotate(-90)" text-anchor="middle">held-out eval loss (lower is better)</text>' % ((T + H - B) // 2))
+    for val, color, name in ((full["metric"] if full else None, "#c00", "full fine-tuning"), (base_loss, "#888", "base model, no tuning")):
+        if val is None or not (y0 <= val <= y1):
+            continue
+        o.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="%s" stroke-dasharray="6,4" stroke-width="1.5"/>' % (L, Y(val), W - R, Y(val), color))
+        o.append('<text x="%d" y="%.1f" fill="%s">%s %.3f</text>' % (W - R + 6, Y(val) + 4, color, escape(name), val))
+    if full:
+        o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c00" stroke-dasharray="2,3"/>' % (X(full["trainable_params"]), T, X(full["trainable_params"]), H - B))
+        o.append('<text x="%.1f" y="%d" text-anchor="end" fill="#c00" font-size="10">1%% of %s →</text>' % (X(full["trainable_params"] / 100) - 4, T + 12, "params"))
+        o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999" stroke-dasharray="1,3"/>' % (X(full["trainable_params"] / 100), T, X(full["trainable_params"] / 100), H - B))
+    colors = {"q,v": "#1f77b4", "q": "#2ca02c", "v": "#9467bd", "q,k,v,o": "#ff7f0e", "all-linear": "#8c564b"}
+    for r in pts:
+        c = "#e377c2" if r["method"] == "dora" else colors.get(tgt(r["targets"]), "#333")
+        shape = ('<rect x="%.1f" y="%.1f" width="9" height="9" fill="%s"/>' % (X(r["trainable_params"]) - 4.5, Y(r["metric"]) - 4.5, c)
+                 if r["method"] == "dora" else
+                 '<circle cx="%.1f" cy="%.1f" r="%d" fill="%s" fill-opacity="0.85"/>' % (X(r["trainable_params"]), Y(r["metric"]), 5, c))
+        o.append(shape + "<title>%s: %s trainable, loss %.4f</title>" % (escape(label(r)), fmt_int(r["trainable_params"]), r["metric"]))
+    # q,v rank sweep (alpha = 2r) joined by a line, labelled with r
+    sweep = sorted([r for r in pts if r["method"] == "lora" and r["targets"] == "q_proj,v_proj" and r["alpha"] == 2 * r["rank"]],
+                   key=lambda r: r["trainable_params"])
+    if len(sweep) > 1:
+        o.append('<polyline fill="none" stroke="#1f77b4" stroke-width="1.2" points="%s"/>' % " ".join(
+            "%.1f,%.1f" % (X(r["trainable_params"]), Y(r["metric"])) for r in sweep))
+    for r in sweep:
+        o.append('<text x="%.1f" y="%.1f" font-size="10" fill="#1f77b4">r=%d</text>' % (X(r["trainable_params"]) + 6, Y(r["metric"]) - 6, r["rank"]))
+    for r in pts:  # the other points: what differs from r=8, alpha 16, q,v
+        if r in sweep:
+            continue
+        txt = "DoRA" if r["method"] == "dora" else ("α=%g" % r["alpha"] if r["alpha"] != 2 * r["rank"] else tgt(r["targets"]))
+        o.append('<text x="%.1f" y="%.1f" font-size="10" fill="#333">%s</text>' % (X(r["trainable_params"]) + 7, Y(r["metric"]) + 4, escape(txt)))
+    ly = T + 80
+    o.append('<text x="%d" y="%d" font-weight="bold">LoRA targets (r=8)</text>' % (W - R + 6, ly))
+    for i, (name, c) in enumerate(list(colors.items()) + ([("DoRA q,v", "#e377c2")] if any(r["method"] == "dora" for r in pts) else [])):
+        y = ly + 18 * (i + 1)
+        o.append('<circle cx="%d" cy="%d" r="5" fill="%s"/><text x="%d" y="%d">%s</text>' % (W - R + 12, y - 4, c, W - R + 22, y, escape(name)))
+    o.append('<text x="%d" y="%d" font-size="10" fill="#555">q,v line: rank sweep, α = 2r</text>' % (W - R + 6, ly + 18 * 8))
+    o.append("</svg>")
+    open(path, "w").write("\n".join(o) + "\n")
+
+
+def svg_curves(series, path, title):
+    W, H, L, R, T, B = 760, 420, 60, 200, 40, 45
+    allx = [x for _, _, pts in series for x, _ in pts]
+    ally = [y for _, _, pts in series for _, y in pts]
+    x1 = max(allx)
+    y0, y1 = math.floor(min(ally) * 4) / 4, math.ceil(max(ally) * 4) / 4
+    X = lambda v: L + v / x1 * (W - L - R)
+    Y = lambda v: T + (y1 - v) / (y1 - y0) * (H - T - B)
+    o = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
+         '<rect width="100%" height="100%" fill="white"/>',
+         '<text x="%d" y="22" font-size="14" font-weight="bold">%s</text>' % (L, escape(title))]
+    v = y0
+    while v <= y1 + 1e-9:
+        o.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#eee"/><text x="%d" y="%.1f" text-anchor="end">%.2f</text>' % (L, Y(v), W - R, Y(v), L - 6, Y(v) + 4, v))
+        v += 0.25
+    for s in range(0, int(x1) + 1, 50):
+        o.append('<text x="%.1f" y="%d" text-anchor="middle">%d</text>' % (X(s), H - B + 16, s))
+    o.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>' % (L, T, W - L - R, H - T - B))
+    o.append('<text x="%d" y="%d" text-anchor="middle">step</text>' % ((L + W - R) // 2, H - 10))
+    o.append('<text transform="translate(16,%d) rotate(-90)" text-anchor="middle">training loss (20-step moving average)</text>' % ((T + H - B) // 2))
+    for i, (name, c, pts) in enumerate(series):
+        o.append('<polyline fill="none" stroke="%s" stroke-width="1.6" points="%s"/>' % (c, " ".join("%.1f,%.1f" % (X(x), Y(y)) for x, y in pts)))
+        o.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="3"/><text x="%d" y="%d">%s</text>' % (
+            W - R + 8, T + 20 + 18 * i, W - R + 26, T + 20 + 18 * i, c, W - R + 30, T + 24 + 18 * i, escape(name)))
+    o.append("</svg>")
+    open(path, "w").write("\n".join(o) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--efficiency")
+    ap.add_argument("--base-loss", type=float)
+    ap.add_argument("--svg")
+    ap.add_argument("--curves")
+    ap.add_argument("--runs-dir")
+    a = ap.parse_args()
+    rows = load(a.results)
+    full = next((r for r in rows if r["method"] == "full"), None)
+    lora = [r for r in rows if r["method"] == "lora"]
+    qv = lambda r: r["targets"] == "q_proj,v_proj"
+    print("### Held-out loss by rank (LoRA on q,v, α = 2r)\n")
+    print(table(([full] if full else []) + sorted([r for r in lora if qv(r) and r["alpha"] == 2 * r["rank"]], key=lambda r: r["rank"]),
+                full, "run", label))
+    print("\n### By adapted weights (r = 8, α = 16)\n")
+    print(table(sorted([r for r in lora if r["rank"] == 8 and r["alpha"] == 16], key=lambda r: r["trainable_params"]), full, "targets",
+                lambda r: tgt(r["targets"])))
+    print("\n### By alpha (r = 8, q,v)\n")
+    print(table(sorted([r for r in lora if r["rank"] == 8 and qv(r)], key=lambda r: r["alpha"]), full, "α",
+                lambda r: "%g (%s)" % (r["alpha"], "r" if r["alpha"] == 8 else "%gr" % (r["alpha"] / 8)))) 
+    dora = [r for r in rows if r["method"] == "dora"]
+    if dora:
+        print("\n### DoRA (r = 8, α = 16, q,v) next to LoRA\n")
+        print(table([r for r in lora if r["rank"] == 8 and r["alpha"] == 16 and qv(r)] + dora, full, "run", label))
+    small = [r for r in rows if r["method"] != "full" and r["trainable_pct"] <= 1.0]
+    if small and full:
+        best = min(small, key=lambda r: r["metric"])
+        print("\nheadline: best run with ≤ 1%% trainable: %s, %s trainable (%.3f%%), eval loss %.4f vs full %.4f: %s"
+              % (label(best), fmt_int(best["trainable_params"]), best["trainable_pct"], best["metric"], full["metric"], rel(best["metric"], full["metric"])))
+    eff = load(a.efficiency) if a.efficiency else rows
+    print("\n### Efficiency\n")
+    print(efficiency(eff))
+    if a.svg:
+        svg_scatter(rows, full, a.base_loss, a.svg)
+    if a.curves and a.runs_dir:
+        series = []
+        for r, c in ((full, "#c00"),) + tuple((x, col) for x, col in (
+                (next((x for x in lora if x["rank"] == 8 and x["alpha"] == 16 and qv(x)), None), "#1f77b4"),
+                (next((x for x in lora if x["rank"] == 8 and x["targets"] == "all-linear"), None), "#8c564b"),
+                (next((x for x in lora if x["rank"] == 64 and qv(x)), None), "#17becf"))):
+            if not r:
+                continue
+            mpath = os.path.join(a.runs_dir, os.path.basename(r["run_dir"]), "metrics.jsonl")
+            if not os.path.exists(mpath):
+                continue
+            ls = [json.loads(l) for l in open(mpath) if '"tokens_per_second"' in l]
+            pts = []
+            for i in range(len(ls)):
+                w = ls[max(0, i - 19):i + 1]
+                pts.append((ls[i]["step"], sum(x["loss"] for x in w) / len(w)))
+            series.append((label(r), c, pts))
+        if series:
+            svg_curves(series, a.curves, "KJV training loss: full fine-tuning vs LoRA (6.9M base, CPU)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Train and evaluate one configuration of the experiments (issue 15); append one JSON row.
+
+    run_one.py --data-dir DIR --results FILE.jsonl --method full|lora|dora|bitfit
+               [--task kjv] [--rank 8] [--alpha 16] [--targets q_proj,v_proj] [--seed 1]
+               [--steps 200] [--batch 8] [--seq-len 128] [--lr 3e-3] [--warmup 10]
+               [--dropout 0.05] [--device cpu|cuda[:N]] [--lowrank build/lowrank]
+               [--model models/base] [--work-dir out/experiments] [--name NAME] [--keep]
+               [--tag TAG] [--no-eval] [--skip-done] [--claim]
+
+DIR holds train.jsonl and eval.jsonl (kjv_data.py makes them). The run is
+`lowrank train` (no in-training eval, so that the training process's peak memory and speed are
+the training step's alone) under /usr/bin/time -v, then `lowrank eval` of the result (the adapter
+on the base model, or the fully fine-tuned model folder) on eval.jsonl. Methods:
+  full    train --full (every weight)
+  lora    train --rank R --alpha A --targets T
+  dora    lora + --use-dora
+  bitfit  train --bias all with no LoRA effect: rank 1 on the targets and the LoRA scale folded
+          away is not available, so bitfit needs a base with biases and is refused on one without
+          (lowrank has no bias-only mode yet; the row would not be BitFit)
+Row fields: task, method, rank, alpha, targets, seed, metric (held-out eval loss), metric_name,
+higher_is_better, eval_tokens, trainable_params, total_params (the trainer's "all params":
+base + adapter, PEFT's count), base_params, trainable_pct, peak_mib (max RSS of the training
+process; on a GPU also peak_gib, the driver's peak reserved memory), step_ms (median step time,
+first 5 steps excluded), tokens_per_s (tokens of the steps after the first 5 / their time),
+train_wall_s, wall_s (train + eval processes), train_cpu_s (user + system CPU time of the
+training process, setup included), tokens_per_cpu_s (all steps' tokens / train_cpu_s: the speed
+to compare on a shared machine), final_train_loss, device, steps, batch, seq_len,
+lr, warmup, dropout, threads, date, host_load (1-minute load average before the run), tag, run_dir.
+Standard library only.
+"""
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+
+def sh(cmd, env):
+    """Runs cmd; returns (stdout, stderr); exits with the command's stderr on failure."""
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr[-4000:])
+        raise SystemExit("error: %s exited with %d" % (" ".join(cmd[:3]), p.returncode))
+    return p.stdout, p.stderr
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--method", required=True, choices=["full", "lora", "dora", "bitfit"])
+    ap.add_argument("--task", default="kjv")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--alpha", type=float, default=None, help="default 2*rank")
+    ap.add_argument("--targets", default="q_proj,v_proj")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=None, help="default 1e-3 for full, 3e-3 otherwise")
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--dropout", type=float, default=0.05)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--lowrank", default="build/lowrank")
+    ap.add_argument("--model", default="models/base")
+    ap.add_argument("--work-dir", default="out/experiments")
+    ap.add_argument("--name", default=None, help="run folder name (default: from the configuration)")
+    ap.add_argument("--keep", action="store_true", help="keep the adapter / model (metrics.jsonl is always kept)")
+    ap.add_argument("--tag", default="", help="appended to the run folder's name (e.g. eff1: a repeat)")
+    ap.add_argument("--no-eval", action="store_true", help="speed and memory only: no eval (metric null)")
+    ap.add_argument("--skip-done", action="store_true", help="do nothing if RESULTS has a row of this run folder")
+    ap.add_argument("--claim", action="store_true", help="do nothing if another worker has claimed this run "
+                    "(the claim is the folder RUN_DIR.claim; kjv.sh clears the claims when it starts)")
+    a = ap.parse_args()
+
+    if a.method == "bitfit":
+        cfg = json.load(open(os.path.join(a.model, "config.json")))
+        if not (cfg.get("attention_bias") or cfg.get("mlp_bias") or cfg.get("model_type") == "gpt2"):
+            raise SystemExit("error: --method bitfit needs a base model with biases (%s has none)" % a.model)
+        raise SystemExit("error: --method bitfit: lowrank has no bias-only training mode yet "
+                         "(--bias all trains biases next to LoRA A/B, not alone)")
+    lora = a.method in ("lora", "dora")
+    alpha = a.alpha if a.alpha is not None else 2.0 * a.rank
+    lr = a.lr if a.lr is not None else (1e-3 if a.method == "full" else 3e-3)
+    name = a.name or ("%s-%s" % (a.task, a.method) + (
+        "-r%d-a%g-%s" % (a.rank, alpha, a.targets.replace(",", "+").replace("_proj", "")) if lora else "")
+        + "-s%d" % a.seed + ("-%s" % a.tag if a.tag else ""))
+    run_dir = os.path.join(a.work_dir, name)
+    if a.skip_done and os.path.exists(a.results):
+        if any(json.loads(l).get("run_dir") == run_dir for l in open(a.results) if l.strip()):
+            print("%s: already in %s, skipped" % (name, a.results), file=sys.stderr)
+            return
+    if a.claim:  # several workers share one list of runs: the first to make the claim folder runs it
+        try:
+            os.makedirs(a.work_dir, exist_ok=True)
+            os.mkdir(run_dir + ".claim")
+        except FileExistsError:
+            print("%s: claimed by another worker, skipped" % name, file=sys.stderr)
+            return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(run_dir)), exist_ok=True)
+
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see docs/quickstart.md: spinning OpenMP threads on few cores
+    train = [a.lowrank, "train", "--model", a.model, "--data", os.path.join(a.data_dir, "train.jsonl"),
+             "--out", run_dir, "--lr", repr(lr), "--warmup", str(a.warmup), "--schedule", "cosine",
+             "--steps", str(a.steps), "--batch-size", str(a.batch), "--seq-len", str(a.seq_len),
+             "--seed", str(a.seed), "--device", a.device, "--quiet"]
+    if lora:
+        train += ["--rank", str(a.rank), "--alpha", "%g" % alpha, "--targets", a.targets, "--dropout", repr(a.dropout)]
+        if a.method == "dora":
+            train.append("--use-dora")
+    else:
+        train.append("--full")
+    time_v = "/usr/bin/time"
+    if not os.access(time_v, os.X_OK):
+        raise SystemExit("error: %s not found (Debian package 'time'): it measures the peak memory" % time_v)
+    load = os.getloadavg()[0]
+    t0 = time.time()
+    _, err = sh([time_v, "-v"] + train, env)
+    train_wall = time.time() - t0
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
+    peak_mib = int(m.group(1)) / 1024 if m else None
+    # CPU time of the training process: on a shared machine, tokens per CPU-second is the fairer
+    # speed to compare (wall-clock speed depends on what else runs)
+    cpu_s = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", err)) or None
+    m = re.search(r"trainable params: (\d+) \|\| all params: (\d+)", err)
+    if m:
+        trainable, total = int(m.group(1)), int(m.group(2))
+    else:  # --full may not print the line: every parameter trains
+        trainable = total = None
+
+    steps = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if '"tokens_per_second"' in l]
+    if len(steps) != a.steps:
+        raise SystemExit("error: %s/metrics.jsonl: %d steps logged, expected %d" % (run_dir, len(steps), a.steps))
+    timed = steps[5:] if len(steps) > 10 else steps
+    dts = [s["tokens"] / s["tokens_per_second"] for s in timed]
+    step_ms = 1000 * statistics.median(dts)
+    tokens_per_s = sum(s["tokens"] for s in timed) / sum(dts)
+    gib = [s["gpu_peak_reserved_gib"] for s in steps if "gpu_peak_reserved_gib" in s]
+
+    ev = [a.lowrank, "eval", "--data", os.path.join(a.data_dir, "eval.jsonl"), "--seq-len", str(a.seq_len),
+          "--json", "--quiet", "--device", a.device]
+    ev += ["--model", run_dir] if not lora else ["--model", a.model, "--adapter", run_dir]
+    res = {"loss": None, "tokens": None}
+    if not a.no_eval:
+        out, _ = sh(ev, env)
+        res = json.loads(out.strip().splitlines()[-1])
+    wall = time.time() - t0
+
+    base_out, _ = sh([a.lowrank, "inspect", a.model], env)
+    m = re.search(r"parameters: (\d+)", base_out)
+    base_params = int(m.group(1)) if m else None
+    if trainable is None:
+        trainable = total = base_params
+
+    row = {
+        "task": a.task, "method": a.method,
+        "rank": a.rank if lora else None, "alpha": alpha if lora else None,
+        "targets": a.targets if lora else "all", "seed": a.seed,
+        "metric": round(res["loss"], 6) if res["loss"] is not None else None, "metric_name": "held-out eval loss (nats/token, held-out books)",
+        "higher_is_better": False, "eval_tokens": res["tokens"],
+        "trainable_params": trainable, "total_params": total, "base_params": base_params,
+        "trainable_pct": round(100.0 * trainable / total, 4) if total else None,
+        "peak_mib": round(peak_mib, 1) if peak_mib is not None else None,
+        "step_ms": round(step_ms, 2), "tokens_per_s": round(tokens_per_s, 1),
+        "train_wall_s": round(train_wall, 1), "wall_s": round(wall, 1),
+        "train_cpu_s": round(cpu_s, 1) if cpu_s else None,
+        "tokens_per_cpu_s": round(sum(s["tokens"] for s in steps) / cpu_s, 1) if cpu_s else None,
+        "final_train_loss": round(steps[-1]["loss"], 4),
+        "device": a.device, "steps": a.steps, "batch": a.batch, "seq_len": a.seq_len, "lr": lr,
+        "warmup": a.warmup, "dropout": a.dropout if lora else None,
+        "threads": int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else os.cpu_count(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "host_load": round(load, 2), "tag": a.tag or None, "run_dir": run_dir,
+    }
+    if gib:
+        row["peak_gib"] = round(max(gib), 3)
+    os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
+    with open(a.results, "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(json.dumps(row))
+    if not a.keep:  # metrics.jsonl stays (loss curves); the weights go
+        for f in os.listdir(run_dir):
+            if f != "metrics.jsonl":
+                path = os.path.join(run_dir, f)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+if __name__ == "__main__":
+    main()
