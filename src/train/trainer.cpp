@@ -233,18 +233,19 @@ TrainSummary run_training(const TrainOptions& o) {
   std::optional<lora::LoraHook>& hook = lead.hook;
   // Metrics: drop lines a killed run wrote after its last checkpoint, then append.
   const std::string metrics_path = (fs::path(o.out_dir) / "metrics.jsonl").string();
-  if (!writer) {
-  } else if (start_step == 0) {
-    std::error_code ec;
-    fs::remove(metrics_path, ec);
-  } else if (io::file_exists(metrics_path)) {
-    std::string kept;
-    for (const auto& rec : read_metrics(metrics_path))
-      if (rec.value("step", int64_t{0}) <= start_step) kept += rec.dump() + "\n";
-    io::write_file_atomic(metrics_path, kept);
+  MetricsWriter metrics;  // rank 0 only
+  if (writer) {
+    if (start_step == 0) {
+      std::error_code ec;
+      fs::remove(metrics_path, ec);
+    } else if (io::file_exists(metrics_path)) {
+      std::string kept;
+      for (const auto& rec : read_metrics(metrics_path))
+        if (rec.value("step", int64_t{0}) <= start_step) kept += rec.dump() + "\n";
+      io::write_file_atomic(metrics_path, kept);
+    }
+    metrics.open(metrics_path);
   }
-  MetricsWriter metrics;
-  if (writer) metrics.open(metrics_path);
 
   std::vector<StepContext*> contexts;
   for (auto& rep : replicas) contexts.push_back(&rep->ctx);
@@ -339,16 +340,17 @@ TrainSummary run_training(const TrainOptions& o) {
   summary.steps = total_steps;
   summary.eval_loss_after = run_eval(total_steps, "after");
   // Final output: the adapter folder (PEFT format) or, with --full, a complete model folder.
-  if (!writer) {
-  } else if (adapter) {
-    adapter->write_files(o.out_dir);
-  } else {
-    // The weights the model computes with: f32 on the CPU, bf16 on the GPU (rounded from the f32
-    // masters, which the checkpoints keep).
-    model::write_model_folder(m, o.model_dir, o.out_dir, {m.weights().embed.dtype()});
+  if (writer) {
+    if (adapter) {
+      adapter->write_files(o.out_dir);
+    } else {
+      // The weights the model computes with: f32 on the CPU, bf16 on the GPU (rounded from the f32
+      // masters, which the checkpoints keep).
+      model::write_model_folder(m, o.model_dir, o.out_dir, {m.weights().embed.dtype()});
+    }
+    if (chat_template)  // generate, eval and merge take it from there
+      io::write_file_atomic((fs::path(o.out_dir) / "chat_template.jinja").string(), *chat_template);
   }
-  if (chat_template && writer)  // generate, eval and merge take it from there
-    io::write_file_atomic((fs::path(o.out_dir) / "chat_template.jinja").string(), *chat_template);
   const double loop_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_start).count();
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   summary.tokens_per_second = tokens_total / std::max(loop_s, 1e-9);
