@@ -87,16 +87,24 @@ void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int step
   std::vector<int64_t> all;
   for (int64_t i = 0; i < s.batch; ++i) all.push_back(i);
   auto mb = train::make_micro_batch(data, all);
-  double loss = 0;
+  double loss = 0, issue_s = 0;
   auto t0 = std::chrono::steady_clock::now();
+  const int64_t counted = train::counted_targets({mb});
   for (int i = 0; i < warmup + steps; ++i) {
     if (i == warmup) {
 #ifdef LOWRANK_WITH_CUDA
       cuda::synchronize(dev);
 #endif
       t0 = std::chrono::steady_clock::now();
+      issue_s = 0;
     }
-    loss = train::train_step(ctx, {mb}, 1e-4).loss;  // reads the loss and grad norm back: one sync per step
+    // train_step in two halves: the host time to queue the forward and backward (no sync inside)
+    // against the whole step says whether the GPU waits for the host (launch-bound) or not.
+    const auto q0 = std::chrono::steady_clock::now();
+    Tensor nll;
+    train::accumulate_gradients(ctx, {mb}, counted, nll);
+    issue_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - q0).count();
+    loss = train::apply_gradients(ctx, nll, counted, 1e-4).loss;  // reads the loss and grad norm back: one sync
   }
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
   if (profile::enabled()) {  // LOWRANK_PROFILE=1: two more steps, profiled (not in the timing above)
@@ -115,6 +123,7 @@ void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int step
                    {"checkpointing", checkpointing}, {"compile", false},
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
                    {"trainable", a.parameter_count()}, {"loss", loss},
+                   {"step_ms", dt * 1e3}, {"host_queue_ms", issue_s / steps * 1e3},
                    {"mfu", tps * flops_per_token(cfg, n, s.seq) / 989e12}};
 #ifdef LOWRANK_WITH_CUDA
   // Peak reserved (what the allocator took from cudaMalloc): torch.cuda.max_memory_reserved's

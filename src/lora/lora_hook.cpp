@@ -2,6 +2,7 @@
 
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
+#include "lowrank/lora/shared_input.h"
 
 namespace lowrank::lora {
 
@@ -10,7 +11,7 @@ LoraHook::LoraHook(std::vector<ActiveAdapter> adapters) : adapters_(std::move(ad
 void LoraHook::set_training(bool training, Rng* rng) {
   training_ = training;
   rng_ = rng;
-  saved_.clear();
+  clear_saved();
 }
 
 int LoraHook::lowest_trainable_layer() const {
@@ -39,6 +40,12 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     const bool trained = training_ && i == 0;
     const LoraPair* p = ad.find(layer, target);
     if (!p) continue;
+    if (SharedInputGroup* g = shared_group(i, layer, target, x, y.dtype(), trained)) {
+      const int m = g->index_of(target);
+      g->expand(m, y);
+      g->forward_done |= 1u << m;
+      continue;
+    }
     const auto key = std::pair{layer, static_cast<int>(target)};
     Tensor xin = x;
     Tensor mask;
@@ -80,6 +87,47 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
   }
 }
 
+SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, const Tensor& x, DType dtype,
+                                         bool trained) {
+  const int shared = shared_input_of(target);
+  Adapter& ad = *adapters_[i].adapter;
+  if (shared < 0 || !x.defined() || (trained && ad.config.dropout > 0)) return nullptr;  // dropout: a mask each
+  SharedInputGroup& g = groups_[{i, layer, shared}];
+  const int m = g.index_of(target);
+  if (m >= 0 && g.x_data == x.raw() && !(g.forward_done & (1u << m)) && g.trained == trained) return &g;
+  // A new forward pass (or a checkpointing replay): the group's shrink for this input.
+  if (trained && replay_) {  // the first forward's A and B, as the plain path's replay uses
+    LR_CHECK(m >= 0 && g.trained, "no saved LoRA group for layer ", layer, " ", target_short_name(target));
+    g.shrink(x);
+    return &g;
+  }
+  std::vector<SharedInputGroup::Member> members;
+  int64_t rows = 0;
+  for (Target t : shared_input_targets(shared)) {
+    LoraPair* p = ad.find(layer, t);
+    if (!p) continue;
+    if (p->kind != VariantKind::Linear) return nullptr;  // DoRA members need their own weight norms
+    members.push_back({t, p, rows, static_cast<float>(p->scale * adapters_[i].user_scale), Tensor()});
+    rows += p->r;
+  }
+  if (members.size() < 2) {
+    groups_.erase({i, layer, shared});
+    return nullptr;
+  }
+  g.members = std::move(members);
+  g.trained = trained;
+  g.A = Tensor::empty({rows, x.dim(1)}, dtype, x.device());
+  for (auto& mb : g.members) {
+    const LoraPair& p = *mb.pair;
+    const bool kept = p.A_work.defined() && p.A_work.dtype() == dtype;  // the optimizer's copies
+    Tensor block = g.A.slice_rows(mb.col, mb.col + p.r);
+    ops::cast_into_(block, kept ? p.A_work : p.A);
+    mb.B = kept ? p.B_work : ops::cast(p.B, dtype);
+  }
+  g.shrink(x);
+  return &g;
+}
+
 void LoraHook::on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                                       const Tensor& dy, Tensor& dx) {
   apply_backward(layer, target, base, x, nullptr, dy, dx.defined() ? &dx : nullptr);
@@ -100,6 +148,12 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
     if (b.layer == layer && b.target == target) ops::bias_grad_(b.grad, dy);
   LoraPair* p = ad.find(layer, target);
   if (!p) return;
+  if (auto g = groups_.find({0, layer, shared_input_of(target)}); g != groups_.end() && g->second.trained) {
+    const int m = g->second.index_of(target);
+    LR_CHECK(m >= 0, "LoRA group of layer ", layer, " lacks ", target_short_name(target));
+    g->second.backward(m, x, dy, dx);
+    return;
+  }
   auto it = saved_.find({layer, static_cast<int>(target)});
   LR_CHECK(it != saved_.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
   const LoraSaved& sv = it->second;

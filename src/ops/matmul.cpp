@@ -19,6 +19,12 @@ void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float b
   LR_DISPATCH(d, matmul_tn(x, w, y, alpha, beta));
 }
 
+void matmul_blocks(Gemm layout, const ColumnBlock& x, const ColumnBlock& w, const ColumnBlock& y, float alpha,
+                   float beta) {
+  const Device d = detail::op_device("matmul_blocks", {&x.t, &w.t, &y.t});
+  LR_DISPATCH(d, matmul_blocks(layout, x, w, y, alpha, beta));
+}
+
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   const Device d = detail::op_device("linear", {&x, &w, &b});
   LR_DISPATCH(d, linear(x, w, b));

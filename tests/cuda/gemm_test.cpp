@@ -68,6 +68,38 @@ TEST(CudaGemm, LayoutsDtypesAndScalars) {
       }
 }
 
+// Column blocks of wider matrices (LoRA's shared-input groups: h and g are [N, Σr], each layer
+// reads or writes its [N, r] block), bf16 in, bf16 or f32 out, against the CPU's blocks.
+TEST(CudaGemm, ColumnBlocks) {
+  LR_REQUIRE_GPU();
+  const int64_t n = 300, in = 96, out = 80, wide = 48, r = 16;
+  uint64_t seed = 900;
+  for (int64_t col : {int64_t{0}, int64_t{16}, int64_t{32}})
+    for (DType yt : {DType::BF16, DType::F32}) {
+      SCOPED_TRACE(testing::Message() << "col " << col << " y " << name(yt));
+      Tensor h = rounded(random_cpu({n, wide}, seed++), DType::BF16), b = rounded(random_cpu({out, r}, seed++), DType::BF16);
+      Tensor dy = rounded(random_cpu({n, out}, seed++), DType::BF16), y0 = rounded(random_cpu({n, out}, seed++), yt);
+      // expand: y += 0.5 · h_block Bᵀ
+      Tensor ref = y0.clone(), yd = to_gpu(y0, yt);
+      cpu::matmul_blocks(ops::Gemm::NT, {h, col, r}, ops::ColumnBlock::all(b), ops::ColumnBlock::all(ref), 0.5f, 1.0f);
+      ops::matmul_blocks(ops::Gemm::NT, {to_gpu(h, DType::BF16), col, r}, ops::ColumnBlock::all(to_gpu(b, DType::BF16)),
+                         ops::ColumnBlock::all(yd), 0.5f, 1.0f);
+      EXPECT_LE(rel_err(yd, ref), tol_for(DType::BF16));
+      // dB = dyᵀ h_block   [out, r]
+      Tensor db_ref = Tensor::zeros({out, r}), db = Tensor::zeros({out, r}, yt, gpu());
+      cpu::matmul_blocks(ops::Gemm::TN, ops::ColumnBlock::all(dy), {h, col, r}, ops::ColumnBlock::all(db_ref), 1.0f, 0.0f);
+      ops::matmul_blocks(ops::Gemm::TN, ops::ColumnBlock::all(to_gpu(dy, DType::BF16)), {to_gpu(h, DType::BF16), col, r},
+                         ops::ColumnBlock::all(db), 1.0f, 0.0f);
+      EXPECT_LE(rel_err(db, db_ref), tol_for(DType::BF16));
+      // g block = dy B into [n, wide]: the other columns stay as they were.
+      Tensor g0 = rounded(random_cpu({n, wide}, seed++), yt), g_ref = g0.clone(), gd = to_gpu(g0, yt);
+      cpu::matmul_blocks(ops::Gemm::NN, ops::ColumnBlock::all(dy), ops::ColumnBlock::all(b), {g_ref, col, r}, 2.0f, 0.0f);
+      ops::matmul_blocks(ops::Gemm::NN, ops::ColumnBlock::all(to_gpu(dy, DType::BF16)),
+                         ops::ColumnBlock::all(to_gpu(b, DType::BF16)), {gd, col, r}, 2.0f, 0.0f);
+      EXPECT_LE(rel_err(gd, g_ref), tol_for(DType::BF16));
+    }
+}
+
 TEST(CudaGemm, MixedDtypesForLora) {
   LR_REQUIRE_GPU();
   uint64_t seed = 500;

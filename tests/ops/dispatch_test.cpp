@@ -161,6 +161,45 @@ TEST(OpsDispatch, MulAndCopyColumns) {
   EXPECT_THROW(ops::copy_columns_(k, 1, qkv, 0, d), InternalError);  // past dst's columns
 }
 
+// matmul_blocks on column blocks of wider matrices equals the plain GEMMs on copies of the blocks,
+// and leaves the output's other columns alone.
+TEST(OpsDispatch, MatmulOnColumnBlocksEqualsPlainMatmul) {
+  const int64_t n = 6, in = 5, wide = 9, r = 3, col = 4;  // a [n, r] block at column 4 of [n, 9]
+  Tensor h = random_t({n, wide}, 30), x = random_t({n, in}, 31), b = random_t({in, r}, 32);
+  auto block = [&](const Tensor& t) {
+    Tensor c = Tensor::empty({t.dim(0), r});
+    ops::copy_columns_(c, 0, t, col, r);
+    return c;
+  };
+  auto expect_near = [](const Tensor& got, const Tensor& want) {
+    ASSERT_EQ(got.numel(), want.numel());
+    for (int64_t i = 0; i < got.numel(); ++i) EXPECT_NEAR(got.f32()[i], want.f32()[i], 1e-5f) << i;
+  };
+  // NT: y [n, in] = 0.5 · h_block b ᵀ + y
+  Tensor y = random_t({n, in}, 33), want = y.clone();
+  ops::matmul_blocks(ops::Gemm::NT, {h, col, r}, ops::ColumnBlock::all(b), ops::ColumnBlock::all(y), 0.5f, 1.0f);
+  ops::matmul_nt(block(h), b, want, 0.5f, 1.0f);
+  expect_near(y, want);
+  // TN: g [in, r] = x ᵀ h_block
+  Tensor g = Tensor::empty({in, r}), want_g;
+  ops::matmul_blocks(ops::Gemm::TN, ops::ColumnBlock::all(x), {h, col, r}, ops::ColumnBlock::all(g), 1.0f, 0.0f);
+  ops::matmul_tn(x, block(h), want_g);
+  expect_near(g, want_g);
+  // NN into a block: out[:, col:col+r] = 2 · x b; the other columns keep their values.
+  Tensor out = random_t({n, wide}, 34), before = out.clone(), want_nn;
+  ops::matmul_blocks(ops::Gemm::NN, ops::ColumnBlock::all(x), ops::ColumnBlock::all(b), {out, col, r}, 2.0f, 0.0f);
+  ops::matmul_nn(x, b, want_nn, 2.0f);
+  expect_near(block(out), want_nn);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t c = 0; c < wide; ++c)
+      if (c < col || c >= col + r) EXPECT_EQ(out.f32()[i * wide + c], before.f32()[i * wide + c]);
+  // A block past its tensor's columns, or blocks that do not fit each other, are errors.
+  EXPECT_THROW(ops::matmul_blocks(ops::Gemm::NT, {h, 7, r}, ops::ColumnBlock::all(b), ops::ColumnBlock::all(y)),
+               InternalError);
+  EXPECT_THROW(ops::matmul_blocks(ops::Gemm::NT, {h, 0, r + 1}, ops::ColumnBlock::all(b), ops::ColumnBlock::all(y)),
+               InternalError);
+}
+
 // Checks of the CPU kernels happen before their OpenMP loops: a bad target (an Error) or position
 // (an internal check) on a shape large enough to run in parallel throws instead of calling
 // std::terminate from inside the region.

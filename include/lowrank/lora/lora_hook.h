@@ -6,11 +6,13 @@
 // Several adapters can be active at once, unmerged, without copying base weights. When training,
 // the first adapter's tensors (and biases) get gradients.
 #include <map>
+#include <tuple>
 #include <vector>
 
 #include "lowrank/core/rng.h"
 #include "lowrank/lora/adapter.h"
 #include "lowrank/lora/lora_variant.h"
+#include "lowrank/lora/shared_input.h"
 #include "lowrank/model/backward.h"
 
 namespace lowrank::lora {
@@ -34,7 +36,10 @@ class LoraHook : public model::TrainableHook {
   int lowest_trainable_layer() const override;
   void set_replay(bool replay) override { replay_ = replay; }
   // Drops the activations saved by the last forward pass.
-  void clear_saved() { saved_.clear(); }
+  void clear_saved() {
+    saved_.clear();
+    groups_.clear();
+  }
 
  private:
   // y += every active adapter's output for the layer; x: the layer input (ids for the embedding).
@@ -43,11 +48,16 @@ class LoraHook : public model::TrainableHook {
   void apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                       const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx);
 
+  // The group of adapter i's LoRA layers that share x with `target` (shared_input.h), ready for
+  // this forward pass; null when the layer is computed on its own.
+  SharedInputGroup* shared_group(size_t i, int layer, Target target, const Tensor& x, DType dtype, bool trained);
+
   std::vector<ActiveAdapter> adapters_;
   bool training_ = false;
   bool replay_ = false;
   Rng* rng_ = nullptr;
   std::map<std::pair<int, int>, LoraSaved> saved_;  // (layer, target) of the trained adapter
+  std::map<std::tuple<size_t, int, int>, SharedInputGroup> groups_;  // (adapter, layer, shared input)
 };
 
 }  // namespace lowrank::lora

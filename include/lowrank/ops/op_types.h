@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "lowrank/core/tensor.h"
+
 namespace lowrank::ops {
 
 struct AttentionShape {
@@ -20,6 +22,40 @@ inline float attention_score(float dot, float scale, float softcap) {
 }
 
 enum class Act { SiLU, GeluTanh, GeluErf, ReLU };
+
+// Columns [col, col + width) of a row-major 2-D tensor [rows, cols], as an operand or the output
+// of matmul_blocks: matrices that live side by side in one wider one (LoRA's projections that
+// share an input keep their [N, r] activations in one [N, Σr], so that one GEMM reads x once).
+struct ColumnBlock {
+  Tensor t;
+  int64_t col = 0;
+  int64_t width = 0;
+  static ColumnBlock all(const Tensor& t) { return {t, 0, t.dim(1)}; }
+};
+
+// The three products of matmul_nt / matmul_nn / matmul_tn: y = x·wᵀ, x·w, xᵀ·w.
+enum class Gemm { NT, NN, TN };
+
+struct GemmDims {
+  int64_t m, k, n;
+};
+// M, K, N of y[M,N] = op(x)·op(w) on blocks; checks that each block lies in its 2-D tensor and
+// that the blocks fit each other.
+inline GemmDims gemm_dims(Gemm layout, const ColumnBlock& x, const ColumnBlock& w, const ColumnBlock& y) {
+  for (const ColumnBlock* b : {&x, &w, &y})
+    LR_CHECK(b->t.defined() && b->t.rank() == 2 && b->col >= 0 && b->width >= 0 && b->col + b->width <= b->t.dim(1),
+             "matmul_blocks: columns [", b->col, ", ", b->col + b->width, ") of ",
+             b->t.defined() ? b->t.str() : "undefined");
+  GemmDims d{};
+  switch (layout) {
+    case Gemm::NT: d = {x.t.dim(0), x.width, w.t.dim(0)}; LR_CHECK(w.width == d.k, "matmul_blocks NT: K ", d.k, " vs ", w.width); break;
+    case Gemm::NN: d = {x.t.dim(0), x.width, w.width}; LR_CHECK(w.t.dim(0) == d.k, "matmul_blocks NN: K ", d.k, " vs ", w.t.dim(0)); break;
+    case Gemm::TN: d = {x.width, x.t.dim(0), w.width}; LR_CHECK(w.t.dim(0) == d.k, "matmul_blocks TN: K ", d.k, " vs ", w.t.dim(0)); break;
+  }
+  LR_CHECK(y.t.dim(0) == d.m && y.width == d.n, "matmul_blocks: output block [", y.t.dim(0), ", ", y.width,
+           "] for [", d.m, ", ", d.n, "]");
+  return d;
+}
 
 // The f32 scalars of one AdamW step, rounded where torch rounds them (see train/optimizer.cpp):
 //   p = p * decay (if apply_decay); m = lerp(m, g, lerp_w); v = v * beta2 + one_minus_beta2 * g * g

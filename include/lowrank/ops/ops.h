@@ -23,6 +23,10 @@ void matmul_nt(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, 
 void matmul_nn(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
 // y[M,N] = alpha * x[K,M]ᵀ · w[K,N] + beta * y   (weight gradients: dW = dyᵀ x)
 void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
+// The same products on column blocks (op_types.h): y = alpha · x·wᵀ (NT) | x·w (NN) | xᵀ·w (TN)
+// + beta · y, every operand a block of a possibly wider matrix; y must exist. x and w share a dtype.
+void matmul_blocks(Gemm layout, const ColumnBlock& x, const ColumnBlock& w, const ColumnBlock& y,
+                   float alpha = 1.0f, float beta = 0.0f);
 // y = x · wᵀ + b, a new [M, N] tensor (b may be undefined)
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
 

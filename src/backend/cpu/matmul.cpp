@@ -49,6 +49,17 @@ void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float b
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, M, N, K, alpha, x.f32(), M, w.f32(), N, beta, y.f32(), N);
 }
 
+void matmul_blocks(ops::Gemm layout, const ops::ColumnBlock& x, const ops::ColumnBlock& w,
+                   const ops::ColumnBlock& y, float alpha, float beta) {
+  for (const ops::ColumnBlock* b : {&x, &w, &y}) check_cpu_f32(b->t, "matmul_blocks operand");
+  const ops::GemmDims d = ops::gemm_dims(layout, x, w, y);
+  if (d.m == 0 || d.n == 0) return;
+  const CBLAS_TRANSPOSE tx = layout == ops::Gemm::TN ? CblasTrans : CblasNoTrans;
+  const CBLAS_TRANSPOSE tw = layout == ops::Gemm::NT ? CblasTrans : CblasNoTrans;
+  cblas_sgemm(CblasRowMajor, tx, tw, d.m, d.n, d.k, alpha, x.t.f32() + x.col, x.t.dim(1), w.t.f32() + w.col,
+              w.t.dim(1), beta, y.t.f32() + y.col, y.t.dim(1));
+}
+
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor y;
   matmul_nt(x, w, y);

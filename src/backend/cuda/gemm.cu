@@ -178,6 +178,14 @@ void lt_matmul(Device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, co
            "Matmul");
 }
 
+// The row-major product of matmul_* on raw operands with row strides: rows of x, w, y are lx, lw,
+// ly elements apart (column-major D = op(W)·op(X) in cuBLASLt's terms).
+void row_major_matmul(Layout layout, Device dev, int64_t M, int64_t N, int64_t K, const void* x, int64_t lx,
+                      const void* w, int64_t lw, DType in, void* y, int64_t ly, DType out, float alpha, float beta) {
+  const bool tw = layout == Layout::NT, tx = layout == Layout::TN;
+  lt_matmul(dev, tw, tx, N, M, K, w, lw, x, lx, in, y, ly, out, alpha, beta);
+}
+
 void matmul(Layout layout, const char* op, const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
   check_arg(x, op, "x");
   check_arg(w, op, "w");
@@ -207,17 +215,8 @@ void matmul(Layout layout, const char* op, const Tensor& x, const Tensor& w, Ten
   const DType in = f32 ? DType::F32 : DType::BF16;
   const Tensor xc = aligned(cast(x, in)), wc = aligned(cast(w, in));  // no copies in the usual case
   Tensor yc = aligned16(y.raw()) ? y : beta != 0.0f ? aligned(y) : Tensor::empty(y.shape(), y.dtype(), y.device());
-  switch (layout) {
-    case Layout::NT:
-      lt_matmul(x.device(), true, false, N, M, K, wc.raw(), K, xc.raw(), K, in, yc.raw(), N, y.dtype(), alpha, beta);
-      break;
-    case Layout::NN:
-      lt_matmul(x.device(), false, false, N, M, K, wc.raw(), N, xc.raw(), K, in, yc.raw(), N, y.dtype(), alpha, beta);
-      break;
-    case Layout::TN:
-      lt_matmul(x.device(), false, true, N, M, K, wc.raw(), N, xc.raw(), M, in, yc.raw(), N, y.dtype(), alpha, beta);
-      break;
-  }
+  const int64_t lx = layout == Layout::TN ? M : K, lw = layout == Layout::NT ? K : N;
+  row_major_matmul(layout, x.device(), M, N, K, xc.raw(), lx, wc.raw(), lw, in, yc.raw(), N, y.dtype(), alpha, beta);
   if (yc.raw() != y.raw()) device_copy(y.raw(), y.device(), yc.raw(), yc.device(), y.nbytes());
 }
 
@@ -231,6 +230,22 @@ void matmul_nn(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float b
 }
 void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
   matmul(Layout::TN, "matmul_tn", x, w, y, alpha, beta);
+}
+
+void matmul_blocks(ops::Gemm layout, const ops::ColumnBlock& x, const ops::ColumnBlock& w,
+                   const ops::ColumnBlock& y, float alpha, float beta) {
+  for (const ops::ColumnBlock* b : {&x, &w, &y}) check_arg(b->t, "matmul_blocks", "operand");
+  const ops::GemmDims d = ops::gemm_dims(layout, x, w, y);
+  LR_CHECK(x.t.dtype() == w.t.dtype() && x.t.dtype() != DType::F16, "matmul_blocks: x ", x.t.str(), ", w ", w.t.str());
+  LR_CHECK(y.t.dtype() == DType::F32 || y.t.dtype() == x.t.dtype(), "matmul_blocks: output ", y.t.str());
+  if (d.m == 0 || d.n == 0) return;
+  LR_CHECK(d.k > 0, "matmul_blocks: empty inner dimension");
+  auto at = [](const ops::ColumnBlock& b) {
+    return static_cast<char*>(b.t.raw()) + b.col * static_cast<int64_t>(dtype_size(b.t.dtype()));
+  };
+  const Layout l = layout == ops::Gemm::NT ? Layout::NT : layout == ops::Gemm::NN ? Layout::NN : Layout::TN;
+  row_major_matmul(l, x.t.device(), d.m, d.n, d.k, at(x), x.t.dim(1), at(w), w.t.dim(1), x.t.dtype(), at(y),
+                   y.t.dim(1), y.t.dtype(), alpha, beta);
 }
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {

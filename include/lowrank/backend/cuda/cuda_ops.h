@@ -19,6 +19,8 @@ using ops::AttentionShape;
 void matmul_nt(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
 void matmul_nn(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
 void matmul_tn(const Tensor& x, const Tensor& w, Tensor& y, float alpha = 1.0f, float beta = 0.0f);
+void matmul_blocks(ops::Gemm layout, const ops::ColumnBlock& x, const ops::ColumnBlock& w,
+                   const ops::ColumnBlock& y, float alpha, float beta);
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b);
 Tensor transpose2d(const Tensor& x);
 void add_(Tensor& y, const Tensor& x);

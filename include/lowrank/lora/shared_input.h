@@ -1,0 +1,47 @@
+#pragma once
+// Plain LoRA layers of one block that read the same input — q, k, v (the attention norm's output)
+// and gate, up (the MLP norm's output) — computed as one group: the shrinks of all members are one
+// GEMM that reads x once, h = x [A_1; A_2; ...]ᵀ; each member's expand reads its column block of h;
+// the backward gathers g = [s_1 dy_1 B_1 | s_2 dy_2 B_2 | ...] and then takes every member's dA
+// (gᵀx) and their summed input gradient (g [A_1; A_2; ...]) in one GEMM each. Same math as
+// linear_lora.cpp, member by member, with x read 2 times instead of 2 × members times.
+#include <vector>
+
+#include "lowrank/lora/lora_pair.h"
+
+namespace lowrank::lora {
+
+// Which shared input a projection reads: 0 = attention input (q, k, v), 1 = MLP input (gate, up),
+// -1 = a projection of its own.
+int shared_input_of(Target t);
+// The projections of a shared input, in the order forward computes them.
+const std::vector<Target>& shared_input_targets(int group);
+
+struct SharedInputGroup {
+  struct Member {
+    Target target;
+    LoraPair* pair;
+    int64_t col = 0;   // first column of its block of h and g (= its first row of A)
+    float scale = 1;   // s · the user's adapter scale
+    Tensor B;          // [out, r] in the activations' dtype, as the forward used it
+  };
+  std::vector<Member> members;
+  Tensor A;                      // [R, in] the members' A stacked (activations' dtype), R = Σ r
+  Tensor h;                      // [N, R] x Aᵀ
+  Tensor g;                      // [N, R] while the backward gathers the members' s · dy B
+  const void* x_data = nullptr;  // the input h was computed from
+  bool trained = false;          // built by a training forward: the backward uses it
+  unsigned forward_done = 0, backward_done = 0;  // members' bits
+
+  int index_of(Target t) const;
+  unsigned all_members() const { return (1u << members.size()) - 1; }
+  // h = x Aᵀ for a new input (A and the members' B set).
+  void shrink(const Tensor& x);
+  // y += s · h_i B_iᵀ for member i.
+  void expand(int i, Tensor& y) const;
+  // Member i's dB from dy [N, out], and its block of g. After the last member: dA of every member
+  // and, when dx is given, dx += g A (the members' summed input gradient). Returns true then.
+  bool backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx);
+};
+
+}  // namespace lowrank::lora
