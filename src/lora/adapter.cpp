@@ -12,6 +12,7 @@
 #include "lowrank/io/safetensors.h"
 #include "lowrank/lora/lora_init.h"
 #include "lowrank/lora/lora_variant.h"
+#include "lowrank/lora/shared_input.h"
 #include "lowrank/ops/ops.h"
 
 namespace lowrank::lora {
@@ -300,6 +301,7 @@ void Adapter::to(Device device) {
   for (auto& p : parameters())
     for (Tensor* t : {p.value, p.grad, p.working})
       if (t && t->defined()) *t = t->to(device);
+  for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = Tensor();  // the blocks moved one by one
 }
 
 void Adapter::attach_biases(model::Model& model) {
@@ -340,11 +342,13 @@ void Adapter::attach_base_layers(model::Model& model) const {
 
 void Adapter::allocate_grads() {
   for (auto& p : parameters()) *p.grad = Tensor::zeros_like(*p.value);
+  stack_shared_input_tensors(*this, /*working=*/false, /*grads=*/true);
 }
 
 void Adapter::make_working_copies(DType dtype) {
   for (auto& p : parameters())
     if (p.working) *p.working = dtype == p.value->dtype() ? Tensor() : ops::cast(*p.value, dtype);
+  stack_shared_input_tensors(*this, /*working=*/true, /*grads=*/false);
 }
 
 }  // namespace lowrank::lora

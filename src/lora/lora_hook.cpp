@@ -1,5 +1,7 @@
 #include "lowrank/lora/lora_hook.h"
 
+#include <algorithm>
+
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/lora/shared_input.h"
@@ -101,29 +103,31 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
     g.shrink(x);
     return &g;
   }
-  std::vector<SharedInputGroup::Member> members;
-  int64_t rows = 0;
-  for (Target t : shared_input_targets(shared)) {
-    LoraPair* p = ad.find(layer, t);
-    if (!p) continue;
-    if (p->kind != VariantKind::Linear) return nullptr;  // DoRA members need their own weight norms
-    members.push_back({t, p, rows, static_cast<float>(p->scale * adapters_[i].user_scale), Tensor()});
-    rows += p->r;
-  }
-  if (members.size() < 2) {
+  const std::vector<LoraPair*> pairs = shared_input_members(ad, layer, shared);
+  if (pairs.empty()) {
     groups_.erase({i, layer, shared});
     return nullptr;
   }
-  g.members = std::move(members);
+  g.members.clear();
   g.trained = trained;
-  g.A = Tensor::empty({rows, x.dim(1)}, dtype, x.device());
-  for (auto& mb : g.members) {
-    const LoraPair& p = *mb.pair;
-    const bool kept = p.A_work.defined() && p.A_work.dtype() == dtype;  // the optimizer's copies
-    Tensor block = g.A.slice_rows(mb.col, mb.col + p.r);
-    ops::cast_into_(block, kept ? p.A_work : p.A);
-    mb.B = kept ? p.B_work : ops::cast(p.B, dtype);
+  int64_t rows = 0;
+  for (LoraPair* p : pairs) {
+    g.members.push_back({p->target, p, rows, static_cast<float>(p->scale * adapters_[i].user_scale), Tensor()});
+    rows += p->r;
   }
+  const Tensor& stacked = pairs[0]->stacked_A_work;  // the optimizer's copies, already side by side
+  const bool kept = std::all_of(pairs.begin(), pairs.end(),
+                                [&](const LoraPair* p) { return p->A_work.defined() && p->A_work.dtype() == dtype; });
+  if (kept && stacked_in(pairs, &LoraPair::A_work, stacked)) {
+    g.A = stacked;
+  } else {
+    g.A = Tensor::empty({rows, x.dim(1)}, dtype, x.device());
+    for (auto& mb : g.members) {
+      Tensor block = g.A.slice_rows(mb.col, mb.col + mb.pair->r);
+      ops::cast_into_(block, kept ? mb.pair->A_work : mb.pair->A);
+    }
+  }
+  for (auto& mb : g.members) mb.B = kept ? mb.pair->B_work : ops::cast(mb.pair->B, dtype);
   g.shrink(x);
   return &g;
 }

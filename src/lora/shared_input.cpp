@@ -1,5 +1,8 @@
 #include "lowrank/lora/shared_input.h"
 
+#include <algorithm>
+
+#include "lowrank/lora/adapter.h"
 #include "lowrank/ops/ops.h"
 
 namespace lowrank::lora {
@@ -18,6 +21,62 @@ int shared_input_of(Target t) {
 const std::vector<Target>& shared_input_targets(int group) {
   static const std::vector<Target> attention{Target::Q, Target::K, Target::V}, mlp{Target::Gate, Target::Up};
   return group == 0 ? attention : mlp;
+}
+
+std::vector<LoraPair*> shared_input_members(Adapter& adapter, int layer, int group) {
+  std::vector<LoraPair*> members;
+  for (Target t : shared_input_targets(group)) {
+    LoraPair* p = adapter.find(layer, t);
+    if (!p) continue;
+    if (p->kind != VariantKind::Linear) return {};
+    members.push_back(p);
+  }
+  if (members.size() < 2) members.clear();
+  return members;
+}
+
+namespace {
+// Moves each member's `field` into row blocks of one new stacked tensor (dtype of the first).
+void stack_rows(const std::vector<LoraPair*>& members, Tensor LoraPair::*field, Tensor LoraPair::*stacked) {
+  const Tensor& first = members[0]->*field;
+  if (!first.defined()) return;
+  int64_t rows = 0;
+  for (LoraPair* p : members) rows += p->r;
+  Tensor all = Tensor::empty({rows, first.dim(1)}, first.dtype(), first.device());
+  int64_t row = 0;
+  for (LoraPair* p : members) {
+    Tensor block = all.slice_rows(row, row + p->r);
+    ops::cast_into_(block, p->*field);
+    p->*field = block;
+    p->*stacked = all;
+    row += p->r;
+  }
+}
+}  // namespace
+
+bool stacked_in(const std::vector<LoraPair*>& members, Tensor LoraPair::*field, const Tensor& stacked) {
+  if (!stacked.defined()) return false;
+  int64_t row = 0;
+  for (const LoraPair* p : members) {
+    const Tensor& t = p->*field;
+    if (!t.defined() || row + p->r > stacked.dim(0) || t.raw() != stacked.slice_rows(row, row + p->r).raw()) return false;
+    row += p->r;
+  }
+  return row == stacked.dim(0);
+}
+
+void stack_shared_input_tensors(Adapter& adapter, bool working, bool grads) {
+  std::vector<std::pair<int, int>> groups;  // (layer, shared input) with members, once each
+  for (const LoraPair& p : adapter.pairs) {
+    const std::pair<int, int> g{p.layer, shared_input_of(p.target)};
+    if (g.second >= 0 && std::find(groups.begin(), groups.end(), g) == groups.end()) groups.push_back(g);
+  }
+  for (auto [layer, group] : groups) {
+    const std::vector<LoraPair*> members = shared_input_members(adapter, layer, group);
+    if (members.empty()) continue;
+    if (working) stack_rows(members, &LoraPair::A_work, &LoraPair::stacked_A_work);
+    if (grads) stack_rows(members, &LoraPair::grad_A, &LoraPair::stacked_grad_A);
+  }
 }
 
 int SharedInputGroup::index_of(Target t) const {
@@ -48,10 +107,18 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
   ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, p.r}, m.scale, 0.0f);
   backward_done |= 1u << i;
   if (backward_done != all_members()) return false;
-  // dA of all members in one GEMM [R, in] (f32: gradients accumulate), then into each member's.
-  Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());
-  ops::matmul_tn(g, x, dA);
-  for (const Member& mm : members) ops::add_(mm.pair->grad_A, dA.slice_rows(mm.col, mm.col + mm.pair->r));
+  // dA of all members in one GEMM [R, in] (f32: gradients accumulate): straight into their stacked
+  // gradients, or into a temporary added to each member's.
+  std::vector<LoraPair*> pairs;
+  for (const Member& mm : members) pairs.push_back(mm.pair);
+  Tensor stacked = pairs[0]->stacked_grad_A;
+  if (stacked_in(pairs, &LoraPair::grad_A, stacked)) {
+    ops::matmul_tn(g, x, stacked, 1.0f, 1.0f);
+  } else {
+    Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());
+    ops::matmul_tn(g, x, dA);
+    for (const Member& mm : members) ops::add_(mm.pair->grad_A, dA.slice_rows(mm.col, mm.col + mm.pair->r));
+  }
   if (dx) ops::matmul_nn(g, A, *dx, 1.0f, 1.0f);  // Σ s_i g_i A_i
   g = Tensor();
   backward_done = 0;

@@ -31,6 +31,9 @@ struct LoraPair {
   // Training on the GPU: bf16 copies of A and B that the GEMMs use, written by AdamW in the same
   // pass as the f32 masters (undefined otherwise: the hook rounds A and B per forward pass).
   Tensor A_work, B_work;
+  // Plain LoRA layers that share an input (shared_input.h): A_work and grad_A are row blocks of
+  // these [Σr, in] tensors, the same on every member of the group (undefined otherwise).
+  Tensor stacked_A_work, stacked_grad_A;
   Tensor magnitude, grad_magnitude;  // [out] f32: DoRA's lora_magnitude_vector (DoRA only)
   // PiSSA / OLoRA: the pair as initialised (the base weights became W0 - s·B0·A0); saving
   // subtracts it so that the written adapter applies to the original base (lora_init.h).

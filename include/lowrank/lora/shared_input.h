@@ -11,11 +11,25 @@
 
 namespace lowrank::lora {
 
+class Adapter;
+
 // Which shared input a projection reads: 0 = attention input (q, k, v), 1 = MLP input (gate, up),
 // -1 = a projection of its own.
 int shared_input_of(Target t);
 // The projections of a shared input, in the order forward computes them.
 const std::vector<Target>& shared_input_targets(int group);
+
+// The plain LoRA layers of `layer` that read shared input `group`, in shared_input_targets order;
+// empty unless there are two or more and all are plain LoRA (DoRA needs each layer's weight norm).
+std::vector<LoraPair*> shared_input_members(Adapter& adapter, int layer, int group);
+
+// Makes each group's A working copies (dtype) and A gradients (f32) row blocks of one stacked
+// tensor (LoraPair::stacked_A_work / stacked_grad_A), so that the group's GEMMs read and accumulate
+// them in place; values and gradients are kept.
+void stack_shared_input_tensors(Adapter& adapter, bool working, bool grads);
+
+// Whether members' `field` tensors are, in order, the row blocks of `stacked`.
+bool stacked_in(const std::vector<LoraPair*>& members, Tensor LoraPair::*field, const Tensor& stacked);
 
 struct SharedInputGroup {
   struct Member {
