@@ -4,7 +4,7 @@
 # build lowrank itself (no PCRE2/OpenBLAS development files there).
 # usage: scripts/device-test.sh --prebuilt .devrun/cuda-build [--filter GTEST_FILTER]
 #                               [--bench] [--sanitize] [--all]
-#   --filter    gtest filter (default: the CUDA op tests, the op-layer tests and the model-path
+#   --filter    gtest filter (default: the CUDA op tests, the op table, the op-layer tests and the model-path
 #               parity tests: eval of every fixture model, LoRA gradients, a 50-step curve,
 #               generation with adapters — all against the CPU reference)
 #   --bench     also run bench_cuda_ops
@@ -14,7 +14,7 @@
 # Logs and the gtest XML go to $OUT when it is set (the device tool brings $OUT back).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-prebuilt="" filter="Cuda*:*/Cuda*:OpsDispatch*:Philox*" bench=0 sanitize=0
+prebuilt="" filter="Cuda*:*/Cuda*:OpsDispatch*:OpTable*:Philox*" bench=0 sanitize=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) prebuilt=$2; shift 2 ;;

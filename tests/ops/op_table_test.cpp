@@ -1,0 +1,445 @@
+// One table of the ops in lowrank/ops/ops.h, run on every backend this machine has (the idea of
+// llama.cpp's test-backend-ops): each case makes random f32 inputs, runs the op through lowrank::ops
+// on the CPU (the reference) and, with a GPU, on CUDA with f32 and with bf16 data, and compares the
+// outputs; each op with a backward op gets a finite-difference check of that backward on the CPU
+// (loss = Σ w ⊙ output for a fixed random w).
+// Tolerances (relative Frobenius error): f32 1e-5, bf16 1e-2 (the CPU gets the same bf16-rounded
+// inputs, so the difference is the rounding of outputs and intermediates); exact ops 0.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "lowrank/core/device_memory.h"
+#include "lowrank/core/rng.h"
+#include "lowrank/ops/ops.h"
+
+using namespace lowrank;
+
+namespace {
+
+using Inputs = std::vector<Tensor>;
+using Outputs = std::vector<Tensor>;
+
+struct OpCase {
+  std::string name;
+  std::vector<Shape> inputs;  // random f32 inputs, uniform in [-1, 1]
+  // Runs the op on `in` (already on the backend's device and dtype); returns what it computed (an
+  // in-place op returns the tensor it changed).
+  std::function<Outputs(Inputs& in, Device d)> run;
+  // The backward op: d(loss)/d(in[i]) for the differentiable inputs `grad_of`, given the inputs
+  // and dout = d(loss)/d(first output). Empty: no gradient check.
+  std::function<Outputs(const Inputs& in, const Tensor& dout)> grad;
+  std::vector<int> grad_of;
+  bool bf16 = true;    // the op takes bf16 data on CUDA
+  bool exact = false;  // the backends must agree bit for bit (gathers, copies, casts)
+  double fd_eps = 1e-2;
+};
+
+Tensor random_f32(const Shape& s, uint64_t seed) {
+  Tensor t = Tensor::empty(s);
+  Rng rng(seed * 7919 + 3);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform(-1.0f, 1.0f);
+  return t;
+}
+
+Tensor host_f32(const Tensor& t) { return t.to(Device::cpu()).to(DType::F32); }
+
+double rel_err(const Tensor& got, const Tensor& ref) {
+  const Tensor g = host_f32(got), r = host_f32(ref);
+  EXPECT_EQ(g.numel(), r.numel());
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < std::min(g.numel(), r.numel()); ++i) {
+    const double d = static_cast<double>(g.f32()[i]) - r.f32()[i];
+    num += d * d;
+    den += static_cast<double>(r.f32()[i]) * r.f32()[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+// A U8 mask (any device) as f32 values on the CPU.
+Tensor mask_f32(const Tensor& mask) {
+  const Tensor h = mask.to(Device::cpu());
+  Tensor f = Tensor::empty({h.numel()});
+  for (int64_t i = 0; i < h.numel(); ++i) f.f32()[i] = h.data<uint8_t>()[i];
+  return f;
+}
+
+Tensor clone_to(const Tensor& cpu_f32, Device d, DType t) {
+  Tensor c = cpu_f32.to(t);
+  return d.is_cpu() ? c.clone() : c.to(d);
+}
+
+// Σ w ⊙ y in double (CPU f32 tensors).
+double weighted_sum(const Tensor& y, const Tensor& w) {
+  double s = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) s += static_cast<double>(y.f32()[i]) * w.f32()[i];
+  return s;
+}
+
+// Central differences of Σ w ⊙ run(in)[0] against the case's backward op, every element.
+void check_gradient(const OpCase& c, uint64_t seed) {
+  SCOPED_TRACE("gradient of " + c.name);
+  Inputs base;
+  for (size_t i = 0; i < c.inputs.size(); ++i) base.push_back(random_f32(c.inputs[i], seed + i));
+  auto loss = [&](const Inputs& in, Tensor* out = nullptr) {
+    Inputs copy;
+    for (const Tensor& t : in) copy.push_back(t.clone());
+    Outputs y = c.run(copy, Device::cpu());
+    if (out) *out = y[0];
+    return y;
+  };
+  Tensor y0;
+  loss(base, &y0);
+  const Tensor w = random_f32(y0.shape(), seed + 99);
+  Inputs copy;
+  for (const Tensor& t : base) copy.push_back(t.clone());
+  const Outputs analytic = c.grad(copy, w);
+  ASSERT_EQ(analytic.size(), c.grad_of.size());
+  for (size_t k = 0; k < c.grad_of.size(); ++k) {
+    const int i = c.grad_of[k];
+    const Tensor& a = analytic[k];
+    ASSERT_EQ(a.numel(), base[i].numel()) << "input " << i;
+    double err = 0, scale = 0;
+    for (int64_t e = 0; e < base[i].numel(); ++e) {
+      Inputs plus = base, minus = base;
+      plus[i] = base[i].clone();
+      minus[i] = base[i].clone();
+      plus[i].f32()[e] += static_cast<float>(c.fd_eps);
+      minus[i].f32()[e] -= static_cast<float>(c.fd_eps);
+      const double numeric =
+          (weighted_sum(loss(plus)[0], w) - weighted_sum(loss(minus)[0], w)) / (2 * c.fd_eps);
+      err = std::max(err, std::abs(numeric - a.f32()[e]));
+      scale = std::max(scale, std::abs(numeric));
+    }
+    EXPECT_LE(err, 2e-3 * std::max(1.0, scale)) << "input " << i << " (max |grad| " << scale << ")";
+  }
+}
+
+// The op on `d` with data of type `t` against the CPU on the same (rounded) inputs.
+void check_backend(const OpCase& c, Device d, DType t, uint64_t seed) {
+  SCOPED_TRACE(c.name + " on " + d.str() + (t == DType::BF16 ? " bf16" : " f32"));
+  Inputs ref_in, dev_in;
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    const Tensor x = random_f32(c.inputs[i], seed + i).to(t).to(DType::F32);  // values t can hold
+    ref_in.push_back(x.clone());
+    dev_in.push_back(clone_to(x, d, t));
+  }
+  const Outputs ref = c.run(ref_in, Device::cpu());
+  const Outputs got = c.run(dev_in, d);
+  ASSERT_EQ(got.size(), ref.size());
+  const double tol = c.exact ? 0.0 : t == DType::BF16 ? 1e-2 : 1e-5;
+  for (size_t k = 0; k < ref.size(); ++k) {
+    EXPECT_LE(rel_err(got[k], ref[k]), tol) << "output " << k;
+  }
+}
+
+ops::AttentionShape attention_shape(int64_t window, float softcap) {
+  return {1, 5, 2, 1, 4, window, 0.5f, softcap};  // B=1 T=5 H=2 KV=1 hd=4
+}
+
+// cos/sin of random angles [P, half]: a true rotation, so that the inverse is the transpose.
+std::pair<Tensor, Tensor> rope_table(int64_t positions, int64_t half) {
+  Tensor cos = Tensor::empty({positions, half}), sin = Tensor::empty({positions, half});
+  Rng rng(5);
+  for (int64_t i = 0; i < cos.numel(); ++i) {
+    const float a = rng.uniform(-3.0f, 3.0f);
+    cos.f32()[i] = std::cos(a);
+    sin.f32()[i] = std::sin(a);
+  }
+  return {cos, sin};
+}
+
+std::vector<OpCase> op_table() {
+  using ops::Gemm;
+  std::vector<OpCase> t;
+  // ---- GEMMs: dy·w and dyᵀ·x are the gradients of x·wᵀ.
+  t.push_back({"matmul_nt", {{7, 9}, {5, 9}},
+               [](Inputs& in, Device) { Tensor y; ops::matmul_nt(in[0], in[1], y); return Outputs{y}; },
+               [](const Inputs& in, const Tensor& dy) {
+                 Tensor dx, dw;
+                 ops::matmul_nn(dy, in[1], dx);
+                 ops::matmul_tn(dy, in[0], dw);
+                 return Outputs{dx, dw};
+               },
+               {0, 1}});
+  t.push_back({"matmul_nn (alpha, beta)", {{7, 9}, {9, 5}, {7, 5}},
+               [](Inputs& in, Device) { ops::matmul_nn(in[0], in[1], in[2], 0.5f, 2.0f); return Outputs{in[2]}; },
+               [](const Inputs& in, const Tensor& dy) {
+                 Tensor dx, dw, dc = dy.clone();
+                 ops::matmul_nt(dy, in[1], dx, 0.5f);
+                 ops::matmul_tn(in[0], dy, dw, 0.5f);
+                 ops::scale_(dc, 2.0f);
+                 return Outputs{dx, dw, dc};
+               },
+               {0, 1, 2}});
+  t.push_back({"matmul_tn", {{9, 7}, {9, 5}},
+               [](Inputs& in, Device) { Tensor y; ops::matmul_tn(in[0], in[1], y); return Outputs{y}; }});
+  t.push_back({"matmul_blocks (nt, tn, nn into blocks)", {{6, 12}, {5, 4}, {6, 5}, {6, 12}},
+               [](Inputs& in, Device) {
+                 ops::matmul_blocks(Gemm::NT, {in[0], 8, 4}, ops::ColumnBlock::all(in[1]), ops::ColumnBlock::all(in[2]),
+                                    0.5f, 1.0f);
+                 Tensor db = Tensor::zeros({5, 4}, DType::F32, in[0].device());
+                 ops::matmul_blocks(Gemm::TN, ops::ColumnBlock::all(in[2]), {in[0], 4, 4}, ops::ColumnBlock::all(db));
+                 ops::matmul_blocks(Gemm::NN, ops::ColumnBlock::all(in[2]), ops::ColumnBlock::all(in[1]), {in[3], 0, 4},
+                                    2.0f, 0.0f);
+                 return Outputs{in[2], db, in[3]};
+               }});
+  t.push_back({"linear", {{7, 9}, {5, 9}, {5}},
+               [](Inputs& in, Device) { return Outputs{ops::linear(in[0], in[1], in[2])}; },
+               [](const Inputs& in, const Tensor& dy) {
+                 Tensor dx, dw, db = Tensor::zeros({5});
+                 ops::matmul_nn(dy, in[1], dx);
+                 ops::matmul_tn(dy, in[0], dw);
+                 ops::bias_grad_(db, dy);
+                 return Outputs{dx, dw, db};
+               },
+               {0, 1, 2}});
+  // ---- element-wise (odd and 16-byte-vectorisable widths)
+  for (int64_t cols : {67, 40}) {
+    const std::string w = " [33, " + std::to_string(cols) + "]";
+    t.push_back({"add_ add_scaled_ add_bias_" + w, {{33, cols}, {33, cols}, {cols}},
+                 [](Inputs& in, Device) {
+                   ops::add_scaled_(in[0], in[1], -0.75f);
+                   ops::add_bias_(in[0], in[2]);
+                   ops::add_(in[0], in[1]);
+                   return Outputs{in[0]};
+                 },
+                 [](const Inputs& in, const Tensor& dy) {
+                   Tensor dx = dy.clone(), dx1 = dy.clone(), db = Tensor::zeros({in[2].numel()});
+                   ops::scale_(dx1, 0.25f);  // -0.75 + 1
+                   ops::bias_grad_(db, dy);
+                   return Outputs{dx, dx1, db};
+                 },
+                 {0, 1, 2}});
+    t.push_back({"mul_ scale_" + w, {{33, cols}, {33, cols}},
+                 [](Inputs& in, Device) {
+                   ops::mul_(in[0], in[1]);
+                   ops::scale_(in[0], 1.5f);
+                   return Outputs{in[0]};
+                 },
+                 [](const Inputs& in, const Tensor& dy) {
+                   Tensor da = dy.clone(), db = dy.clone();
+                   ops::mul_(da, in[1]);
+                   ops::mul_(db, in[0]);
+                   ops::scale_(da, 1.5f);
+                   ops::scale_(db, 1.5f);
+                   return Outputs{da, db};
+                 },
+                 {0, 1}});
+    for (ops::Act a : {ops::Act::SiLU, ops::Act::GeluTanh, ops::Act::GeluErf, ops::Act::ReLU}) {
+      OpCase c{"activation " + std::to_string(int(a)) + w, {{33, cols}},
+               [a](Inputs& in, Device) { return Outputs{ops::activation(in[0], a)}; },
+               [a](const Inputs& in, const Tensor& dy) { return Outputs{ops::activation_backward(dy, in[0], a)}; },
+               {0}};
+      if (a == ops::Act::ReLU) c.grad = nullptr;  // central differences straddle the kink at 0
+      t.push_back(c);
+    }
+    t.push_back({"swiglu" + w, {{33, cols}, {33, cols}},
+                 [](Inputs& in, Device) { return Outputs{ops::swiglu(in[0], in[1])}; },
+                 [](const Inputs& in, const Tensor& dy) {
+                   Tensor dg, du;
+                   ops::swiglu_backward(dy, in[0], in[1], dg, du);
+                   return Outputs{dg, du};
+                 },
+                 {0, 1}});
+    t.push_back({"softcap_" + w, {{33, cols}},
+                 [](Inputs& in, Device) {
+                   ops::scale_(in[0], 40.0f);  // reach the cap's curved part
+                   ops::softcap_(in[0], 30.0f);
+                   return Outputs{in[0]};
+                 },
+                 [](const Inputs& in, const Tensor& dy) {
+                   Tensor y = in[0].clone(), d = dy.clone();
+                   ops::scale_(y, 40.0f);
+                   ops::softcap_(y, 30.0f);
+                   ops::softcap_backward_(d, y, 30.0f);
+                   ops::scale_(d, 40.0f);
+                   return Outputs{d};
+                 },
+                 {0}, true, false, 1e-3});
+  }
+  t.push_back({"transpose2d", {{13, 7}},
+               [](Inputs& in, Device) { return Outputs{ops::transpose2d(in[0])}; }, {}, {}, true, true});
+  t.push_back({"copy_columns_", {{5, 12}, {5, 4}},
+               [](Inputs& in, Device) {
+                 ops::copy_columns_(in[0], 6, in[1], 1, 3);
+                 return Outputs{in[0]};
+               },
+               {}, {}, true, true});
+  t.push_back({"fill_ cast cast_into_", {{9, 6}},
+               [](Inputs& in, Device) {
+                 Tensor f = in[0].clone();
+                 ops::fill_(f, 0.375f);
+                 Tensor c = ops::cast(in[0], DType::F32), back = Tensor::empty_like(in[0]);
+                 ops::cast_into_(back, c);
+                 return Outputs{f, c, back};
+               },
+               {}, {}, true, true});
+  // ---- norms: RMSNorm and LayerNorm with their weight (and bias) gradients
+  t.push_back({"rmsnorm", {{6, 40}, {40}},
+               [](Inputs& in, Device) { return Outputs{ops::rmsnorm(in[0], in[1], 1e-5f)}; },
+               [](const Inputs& in, const Tensor& dy) {
+                 Tensor rstd, dw = Tensor::zeros({40});
+                 ops::rmsnorm(in[0], in[1], 1e-5f, &rstd);
+                 return Outputs{ops::rmsnorm_backward(dy, in[0], in[1], rstd, &dw), dw};
+               },
+               {0, 1}, true, false, 1e-3});
+  t.push_back({"layernorm", {{6, 33}, {33}, {33}},
+               [](Inputs& in, Device) { return Outputs{ops::layernorm(in[0], in[1], in[2], 1e-5f)}; },
+               [](const Inputs& in, const Tensor& dy) {
+                 Tensor mean, rstd, dw = Tensor::zeros({33}), db = Tensor::zeros({33});
+                 ops::layernorm(in[0], in[1], in[2], 1e-5f, &mean, &rstd);
+                 return Outputs{ops::layernorm_backward(dy, in[0], in[1], mean, rstd, &dw, &db), dw, db};
+               },
+               {0, 1, 2}, true, false, 1e-3});
+  // ---- gathers and RoPE (vector and device-tensor forms of ids / positions)
+  const std::vector<int32_t> ids{3, 0, 7, 3, 5};
+  t.push_back({"embedding", {{8, 6}},
+               [ids](Inputs& in, Device d) {
+                 return Outputs{ops::embedding(in[0], ids), ops::embedding(in[0], Tensor::from_ints(ids, d))};
+               },
+               [ids](const Inputs&, const Tensor& dy) {
+                 Tensor g = Tensor::zeros({8, 6});
+                 ops::embedding_backward_(g, ids, dy);
+                 return Outputs{g};
+               },
+               {0}, true, true});
+  t.push_back({"embedding_backward_ (tensor ids)", {{5, 6}},
+               [ids](Inputs& in, Device d) {
+                 Tensor g = Tensor::zeros({8, 6}, DType::F32, d);
+                 ops::embedding_backward_(g, Tensor::from_ints(ids, d), in[0]);
+                 return Outputs{g};
+               }});
+  const std::vector<int32_t> pos{0, 4, 2, 9, 1};
+  for (bool inverse : {false, true})
+    t.push_back({std::string("rope_") + (inverse ? " inverse" : ""), {{5, 2 * 8}},
+                 [pos, inverse](Inputs& in, Device d) {
+                   auto [cos, sin] = rope_table(10, 4);
+                   Tensor a = in[0].clone(), b = in[0];
+                   ops::rope_(a, 2, pos, cos.to(d), sin.to(d), inverse);
+                   ops::rope_(b, 2, Tensor::from_ints(pos, d), cos.to(d), sin.to(d), inverse);
+                   return Outputs{a, b};
+                 },
+                 [pos, inverse](const Inputs&, const Tensor& dy) {
+                   auto [cos, sin] = rope_table(10, 4);
+                   Tensor d = dy.clone();
+                   ops::rope_(d, 2, pos, cos, sin, !inverse);  // a rotation's gradient is its inverse
+                   return Outputs{d};
+                 },
+                 {0}});
+  // ---- attention (GQA 2:1; full causal, a window, soft-capping) with its backward
+  for (auto [window, softcap] : {std::pair{int64_t{0}, 0.0f}, std::pair{int64_t{2}, 0.0f}, std::pair{int64_t{0}, 1.5f}})
+    t.push_back({"attention window " + std::to_string(window) + " softcap " + std::to_string(softcap),
+                 {{5, 8}, {5, 4}, {5, 4}},
+                 [=](Inputs& in, Device) { return Outputs{ops::attention(in[0], in[1], in[2], attention_shape(window, softcap))}; },
+                 [=](const Inputs& in, const Tensor& dout) {
+                   Tensor lse, dq, dk, dv;
+                   const auto s = attention_shape(window, softcap);
+                   Tensor out = ops::attention(in[0], in[1], in[2], s, &lse);
+                   ops::attention_backward(dout, in[0], in[1], in[2], out, lse, s, dq, dk, dv);
+                   return Outputs{dq, dk, dv};
+                 },
+                 {0, 1, 2}, true, false, 1e-3});
+  // ---- losses: the cross-entropy sum and its backward; the fused device chunk
+  const std::vector<int32_t> targets{2, -100, 0, 6, 6};
+  t.push_back({"cross_entropy_sum / _backward", {{5, 7}},
+               [targets](Inputs& in, Device d) {
+                 int64_t n = 0;
+                 Tensor loss = Tensor::full({1}, static_cast<float>(ops::cross_entropy_sum(in[0], targets, &n)));
+                 EXPECT_EQ(n, 4);
+                 return Outputs{loss.to(d)};
+               },
+               [targets](const Inputs& in, const Tensor& dout) {
+                 Tensor dl = Tensor::zeros({5, 7});
+                 ops::cross_entropy_backward(in[0], targets, dout.f32()[0], dl);
+                 return Outputs{dl};
+               },
+               {0}, true, false, 1e-3});
+  t.push_back({"cross_entropy_chunk", {{5, 7}},
+               [targets](Inputs& in, Device d) {
+                 Tensor sum = Tensor::zeros({1}, DType::F64, d), dl;
+                 ops::cross_entropy_chunk(in[0], Tensor::from_ints(targets, d), 0.5f, dl, sum);
+                 return Outputs{dl, sum.to(Device::cpu()).to(DType::F32)};
+               }});
+  t.push_back({"bias_grad_", {{9, 5}},
+               [](Inputs& in, Device d) {
+                 Tensor db = Tensor::zeros({5}, DType::F32, d);
+                 ops::bias_grad_(db, in[0]);
+                 return Outputs{db};
+               }});
+  // ---- training ops (f32 masters and gradients)
+  t.push_back({"dropout / dropout_backward_add_", {{13, 29}, {13, 29}},
+               [](Inputs& in, Device) {
+                 Tensor mask, dx = ops::cast(in[1], DType::F32).clone();
+                 Tensor y = ops::dropout(in[0], 0.25, 42, 1000, mask);
+                 ops::dropout_backward_add_(dx, y, mask, 0.25);
+                 return Outputs{y, mask_f32(mask), dx};
+               },
+               {}, {}, false});
+  ops::AdamWScalars s;
+  s.decay = 0.99f;
+  s.apply_decay = true;
+  s.neg_step = -1e-2f;
+  s.bc2_sqrt = 0.3f;
+  t.push_back({"adamw_update_ / _all_", {{7, 5}, {7, 5}, {7, 5}, {7, 5}, {3}},
+               [s](Inputs& in, Device) {
+                 Tensor v = in[3].clone();
+                 ops::mul_(v, in[3]);  // second moments are non-negative
+                 Tensor p2 = in[0].clone(), m2 = in[2].clone(), v2 = v.clone();
+                 ops::adamw_update_(in[0], in[1], in[2], v, s);
+                 Tensor p3 = in[4].clone(), g3 = in[4].clone(), m3 = in[4].clone(), v3 = Tensor::zeros_like(in[4]);
+                 ops::adamw_update_all_({p2, p3}, {in[1], g3}, {m2, m3}, {v2, v3}, {1, 0}, s);
+                 return Outputs{in[0], in[2], v, p2, p3};
+               },
+               {}, {}, false, true});
+  t.push_back({"sum_squares_ clip_by_total_ and _all_", {{7, 5}, {3}},
+               [](Inputs& in, Device d) {
+                 Tensor acc = Tensor::zeros({1}, DType::F64, d), acc_all = Tensor::zeros({1}, DType::F64, d);
+                 ops::sum_squares_(in[0], acc);
+                 Tensor a = in[0].clone(), b = in[1].clone(), z = in[1].clone();
+                 ops::sum_squares_all_({a, b}, acc_all);
+                 ops::clip_by_total_(in[0], acc, 0.5);
+                 ops::clip_by_total_all_({a, b}, acc_all, 0.5);
+                 ops::zero_all_({z});
+                 return Outputs{acc.to(Device::cpu()).to(DType::F32), acc_all.to(Device::cpu()).to(DType::F32), in[0], a,
+                                b, z};
+               },
+               {}, {}, false});
+  return t;
+}
+
+std::vector<Device> device_backends() {
+  std::vector<Device> out;
+  for (int i = 0; i < std::min(cuda_device_count(), 1); ++i) out.push_back(Device::cuda(i));
+  return out;
+}
+
+}  // namespace
+
+TEST(OpTable, EveryOpWithABackwardPassesAFiniteDifferenceCheck) {
+  uint64_t seed = 1;
+  int checked = 0;
+  for (const OpCase& c : op_table()) {
+    seed += 10;
+    if (!c.grad) continue;
+    check_gradient(c, seed);
+    ++checked;
+  }
+  EXPECT_GE(checked, 20);
+}
+
+TEST(OpTable, EveryOpOnEveryBackendEqualsTheCpu) {
+  const std::vector<Device> devices = device_backends();
+  if (devices.empty()) GTEST_SKIP() << "no CUDA GPU: the CPU is the only backend";
+  uint64_t seed = 1;
+  for (const OpCase& c : op_table()) {
+    seed += 10;
+    for (Device d : devices) {
+      check_backend(c, d, DType::F32, seed);
+      if (c.bf16) check_backend(c, d, DType::BF16, seed);
+    }
+  }
+}
