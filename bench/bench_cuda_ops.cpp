@@ -12,7 +12,7 @@
 #include <functional>
 #include <string>
 
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "lowrank/backend/cuda/attention_path.h"
 #include "lowrank/backend/cuda/device.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"

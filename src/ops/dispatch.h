@@ -3,11 +3,11 @@
 // device; CPU tensors go to lowrank::cpu, CUDA tensors to lowrank::cuda (when compiled in).
 #include <initializer_list>
 
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 #include "lowrank/core/tensor.h"
 #include "lowrank/ops/profile.h"
 #ifdef LOWRANK_WITH_CUDA
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #endif
 
 namespace lowrank::ops::detail {

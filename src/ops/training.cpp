@@ -48,32 +48,19 @@ Device list_device(const char* op, std::initializer_list<const std::vector<Tenso
 
 }  // namespace
 
-#ifdef LOWRANK_WITH_CUDA
-#define LR_MULTI_CUDA(device, call)                       \
-  if ((device).is_cuda()) {                               \
-    const ::lowrank::profile::OpScope lr_op_scope_(#call); \
-    return ::lowrank::cuda::call;                         \
-  }
-#else
-#define LR_MULTI_CUDA(device, call) (void)(device);
-#endif
-
 void zero_all_(const std::vector<Tensor>& xs) {
   const Device d = list_device("zero_all_", {&xs});
-  LR_MULTI_CUDA(d, zero_all_(xs));
-  for (Tensor x : xs) x.zero_();
+  LR_DISPATCH(d, zero_all_(xs));
 }
 
 void sum_squares_all_(const std::vector<Tensor>& xs, Tensor& acc) {
   const Device d = list_device("sum_squares_all_", {&xs});
-  LR_MULTI_CUDA(d, sum_squares_all_(xs, acc));
-  for (const Tensor& x : xs) sum_squares_(x, acc);
+  LR_DISPATCH(d, sum_squares_all_(xs, acc));
 }
 
 void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq, double max_norm) {
   const Device d = list_device("clip_by_total_all_", {&xs});
-  LR_MULTI_CUDA(d, clip_by_total_all_(xs, total_sumsq, max_norm));
-  for (Tensor x : xs) clip_by_total_(x, total_sumsq, max_norm);
+  LR_DISPATCH(d, clip_by_total_all_(xs, total_sumsq, max_norm));
 }
 
 void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
@@ -83,17 +70,7 @@ void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tens
   LR_CHECK(grads.size() == params.size() && exp_avg.size() == params.size() && exp_avg_sq.size() == params.size() &&
                decay.size() == params.size() && (working.empty() || working.size() == params.size()),
            "adamw_update_all_: lists of different lengths");
-  LR_MULTI_CUDA(d, adamw_update_all_(params, grads, exp_avg, exp_avg_sq, decay, s, working));
-  for (size_t i = 0; i < params.size(); ++i) {
-    AdamWScalars si = s;
-    si.apply_decay = s.apply_decay && decay[i];
-    Tensor p = params[i], m = exp_avg[i], v = exp_avg_sq[i];
-    adamw_update_(p, grads[i], m, v, si);
-    if (!working.empty() && working[i].defined()) {
-      Tensor w = working[i];
-      cast_into_(w, p);
-    }
-  }
+  LR_DISPATCH(d, adamw_update_all_(params, grads, exp_avg, exp_avg_sq, decay, s, working));
 }
 
 }  // namespace lowrank::ops

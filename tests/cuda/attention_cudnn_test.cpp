@@ -12,8 +12,8 @@
 #include <string>
 
 #include "cuda/cuda_test_util.h"
-#include "lowrank/backend/cpu/cpu_ops.h"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #include "lowrank/core/error.h"
 #include "lowrank/ops/ops.h"
 

@@ -7,8 +7,8 @@
 #include <cmath>
 
 #include "cuda/cuda_test_util.h"
-#include "lowrank/backend/cpu/cpu_ops.h"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cpu/cpu_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #include "lowrank/ops/ops.h"
 
 using namespace lowrank;

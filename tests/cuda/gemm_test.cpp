@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "cuda/cuda_test_util.h"
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 #include "lowrank/ops/ops.h"
 
 using namespace lowrank;

@@ -6,7 +6,7 @@
 #include <cstring>
 
 #include "cuda/cuda_test_util.h"
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 #include "lowrank/ops/ops.h"
 
 using namespace lowrank;

@@ -3,7 +3,7 @@
 #include <limits>
 #include <vector>
 
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
 

@@ -2,7 +2,7 @@
 #include <cmath>
 #include <vector>
 
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
 

@@ -3,7 +3,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
 

@@ -1,5 +1,5 @@
 // LoRA dropout on the CPU, drawing from the Rng exactly as the CUDA kernel does (rng.h).
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 #include "lowrank/core/rng.h"
 
 namespace lowrank::cpu {

@@ -2,7 +2,7 @@
 // ids into a vector and run the vector forms, so both forms check ids the same way.
 #include <cstring>
 
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
 namespace {

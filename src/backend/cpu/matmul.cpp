@@ -1,7 +1,7 @@
 // CPU GEMMs through OpenBLAS (f32). Every matrix product of the model goes through here.
 #include <cblas.h>
 
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
 namespace {

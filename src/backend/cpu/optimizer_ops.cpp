@@ -4,7 +4,7 @@
 #include <cmath>
 #include <vector>
 
-#include "lowrank/backend/cpu/cpu_ops.h"
+#include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
 namespace {
@@ -66,6 +66,34 @@ void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm) {
   if (!std::isfinite(total)) return;
   const double coef = max_norm / (total + 1e-6);
   if (coef < 1.0) scale_(x, static_cast<float>(coef));
+}
+
+// The multi-tensor forms: the per-tensor ops in list order (one launch each costs nothing here).
+void zero_all_(const std::vector<Tensor>& xs) {
+  for (Tensor x : xs) x.zero_();
+}
+
+void sum_squares_all_(const std::vector<Tensor>& xs, Tensor& acc) {
+  for (const Tensor& x : xs) sum_squares_(x, acc);
+}
+
+void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq, double max_norm) {
+  for (Tensor x : xs) clip_by_total_(x, total_sumsq, max_norm);
+}
+
+void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
+                       const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working) {
+  for (size_t i = 0; i < params.size(); ++i) {
+    AdamWScalars si = s;
+    si.apply_decay = s.apply_decay && decay[i];
+    Tensor p = params[i], m = exp_avg[i], v = exp_avg_sq[i];
+    adamw_update_(p, grads[i], m, v, si);
+    if (!working.empty() && working[i].defined()) {
+      Tensor w = working[i];
+      cast_into_(w, p);
+    }
+  }
 }
 
 }  // namespace lowrank::cpu

@@ -19,7 +19,7 @@
 #include "attention.h"
 #include "attention_cudnn.h"
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
 namespace {

@@ -1,7 +1,7 @@
 #pragma once
 // Internal entry points of the attention kernels: attention.cu (generic CUDA-core path, any
 // head_dim <= 256, f32 or bf16) and attention_tc.cu (tensor cores, bf16, head_dim 64 or 128).
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
 

@@ -6,7 +6,7 @@
 // `why` then says why. A failure while executing a built plan throws an Error.
 #include <string>
 
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
 

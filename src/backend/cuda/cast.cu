@@ -3,7 +3,7 @@
 
 #include "common.cuh"
 #include "lowrank/core/device_memory.h"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
 namespace {

@@ -2,7 +2,7 @@
 // then (optionally) the gradient pass scale * (softmax - onehot). The caller chunks the rows, so
 // only a [chunk, V] logits buffer exists at a time; the gradient may overwrite the logits in place.
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #include "reduce.h"
 
 namespace lowrank::cuda {

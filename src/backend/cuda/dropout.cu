@@ -1,7 +1,7 @@
 // LoRA dropout: element k uses word offset + k of the Philox stream, as the CPU Rng's row-major
 // draws do, so the masks are equal; the counter-based generator needs no sequential pass.
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #include "lowrank/backend/philox.h"
 
 namespace lowrank::cuda {

@@ -1,7 +1,7 @@
 // Element-wise ops: residual adds, products, bias add, activations and SwiGLU (forward and backward), logit
 // soft-capping (forward and backward), the dropout backward. f32 or bf16 storage, f32 math with the CPU backend's formulas.
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
 namespace {

@@ -1,7 +1,7 @@
 // Embedding gather and its scatter-add backward. The backward adds rows with f32 atomics (a token
 // repeated in a batch adds in any order: not bit-reproducible, within f32 rounding).
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
 namespace {

@@ -22,7 +22,7 @@
 
 #include "common.cuh"
 #include "context.h"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #include "lowrank/core/device_memory.h"
 
 namespace lowrank::cuda {

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #include "lowrank/core/device_memory.h"
 
 namespace lowrank::cuda {

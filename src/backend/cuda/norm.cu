@@ -6,7 +6,7 @@
 #include <initializer_list>
 
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #include "reduce.h"
 
 namespace lowrank::cuda {

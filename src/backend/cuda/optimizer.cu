@@ -4,7 +4,7 @@
 #include <initializer_list>
 
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
 namespace {

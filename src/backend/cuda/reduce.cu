@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 #include "reduce.h"
 
 namespace lowrank::cuda {

@@ -3,7 +3,7 @@
 // backward). cos/sin are f32 tables [P, half]; rotary_dim = hd except with partial rotary (Phi-3),
 // where each head's dims from rotary_dim on pass through. Math in f32, one rounding per output element.
 #include "common.cuh"
-#include "lowrank/backend/cuda/cuda_ops.h"
+#include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
 namespace {
