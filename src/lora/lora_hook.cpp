@@ -16,6 +16,18 @@ void LoraHook::set_training(bool training, Rng* rng) {
   clear_saved();
 }
 
+size_t LoraHook::saved_bytes() const {
+  size_t n = 0;
+  auto add = [&n](const Tensor& t) { n += t.defined() ? t.nbytes() : 0; };
+  for (const auto& [key, sv] : saved_)
+    for (const Tensor* t : {&sv.h, &sv.x_drop, &sv.mask, &sv.dora_scale, &sv.dora_out}) add(*t);
+  for (const auto& [key, g] : groups_) {
+    add(g.h);
+    add(g.g);
+  }
+  return n;
+}
+
 int LoraHook::lowest_trainable_layer() const {
   int lowest = 1 << 30;
   if (adapters_.empty()) return lowest;
@@ -40,12 +52,16 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
   for (size_t i = 0; i < adapters_.size(); ++i) {
     const Adapter& ad = *adapters_[i].adapter;
     const bool trained = training_ && i == 0;
+    // A checkpointed forward's decoder layers are replayed in backward: keep nothing for them but
+    // their dropout draws (the replay keeps the rest, one layer at a time).
+    const bool keep = trained && !(checkpointed_ && layer >= 0);
     const LoraPair* p = ad.find(layer, target);
     if (!p) continue;
-    if (SharedInputGroup* g = shared_group(i, layer, target, x, y.dtype(), trained)) {
+    if (SharedInputGroup* g = shared_group(i, layer, target, x, y.dtype(), trained, keep)) {
       const int m = g->index_of(target);
       g->expand(m, y);
       g->forward_done |= 1u << m;
+      if (!g->trained && g->forward_done == g->all_members()) g->h = Tensor();  // no backward will read it
       continue;
     }
     const auto key = std::pair{layer, static_cast<int>(target)};
@@ -61,13 +77,9 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     }
     // A and B in the activations' dtype (bf16 on the GPU: the GEMMs run on bf16 tensor cores, as
     // under torch.autocast): the optimizer's working copies when training, else rounded once per
-    // forward pass; kept for the backward and a replay.
+    // forward pass (a replay rounds the same values again); kept for the backward.
     Tensor A, B;
-    if (trained && replay_) {
-      const LoraSaved& first = saved_.at(key);
-      A = first.A;
-      B = first.B;
-    } else if (p->A_work.defined() && p->A_work.dtype() == y.dtype()) {  // kept by the optimizer
+    if (p->A_work.defined() && p->A_work.dtype() == y.dtype()) {  // kept by the optimizer
       A = p->A_work;
       B = p->B_work;
     } else {
@@ -75,41 +87,36 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       B = ops::cast(p->B, y.dtype());
     }
     const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
-    LoraSaved* sv = trained ? &saved_[key] : nullptr;
+    LoraSaved* sv = keep ? &saved_[key] : nullptr;
     lora_variant(p->kind).forward(in, y, sv);
+    if (mask.defined() && !replay_) saved_[key].drop_offset = offset;  // what a replay draws again
     if (sv) {
       sv->A = A;
       sv->B = B;
       if (mask.defined()) {
         sv->x_drop = xin;
         sv->mask = mask;
-        sv->drop_offset = offset;
       }
     }
   }
 }
 
 SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, const Tensor& x, DType dtype,
-                                         bool trained) {
+                                         bool trained, bool keep) {
   const int shared = shared_input_of(target);
   Adapter& ad = *adapters_[i].adapter;
   if (shared < 0 || !x.defined() || (trained && ad.config.dropout > 0)) return nullptr;  // dropout: a mask each
   SharedInputGroup& g = groups_[{i, layer, shared}];
   const int m = g.index_of(target);
-  if (m >= 0 && g.x_data == x.raw() && !(g.forward_done & (1u << m)) && g.trained == trained) return &g;
+  if (m >= 0 && g.x_data == x.raw() && !(g.forward_done & (1u << m)) && g.trained == keep) return &g;
   // A new forward pass (or a checkpointing replay): the group's shrink for this input.
-  if (trained && replay_) {  // the first forward's A and B, as the plain path's replay uses
-    LR_CHECK(m >= 0 && g.trained, "no saved LoRA group for layer ", layer, " ", target_short_name(target));
-    g.shrink(x);
-    return &g;
-  }
   const std::vector<LoraPair*> pairs = shared_input_members(ad, layer, shared);
   if (pairs.empty()) {
     groups_.erase({i, layer, shared});
     return nullptr;
   }
   g.members.clear();
-  g.trained = trained;
+  g.trained = keep;  // the backward uses only a group a training forward kept
   int64_t rows = 0;
   for (LoraPair* p : pairs) {
     g.members.push_back({p->target, p, rows, static_cast<float>(p->scale * adapters_[i].user_scale), Tensor()});
@@ -166,11 +173,12 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   const LoraVariant& variant = lora_variant(p->kind);
   if (!dx || !sv.x_drop.defined()) {  // nothing below needs dx, or no dropout: add straight into dx
     variant.backward(*p, in, sv, dy, dx, /*accumulate=*/true);
-    return;
+  } else {
+    Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask
+    variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);
+    ops::dropout_backward_add_(*dx, gx, sv.mask, ad.config.dropout);
   }
-  Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask
-  variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);
-  ops::dropout_backward_add_(*dx, gx, sv.mask, ad.config.dropout);
+  saved_.erase(it);  // its last use: a layer's saved activations live no longer than its backward
 }
 
 }  // namespace lowrank::lora

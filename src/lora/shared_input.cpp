@@ -120,8 +120,9 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
     for (const Member& mm : members) ops::add_(mm.pair->grad_A, dA.slice_rows(mm.col, mm.col + mm.pair->r));
   }
   if (dx) ops::matmul_nn(g, A, *dx, 1.0f, 1.0f);  // Σ s_i g_i A_i
-  g = Tensor();
+  g = h = Tensor();  // the last use of the group's activations
   backward_done = 0;
+  trained = false;
   return true;
 }
 

@@ -174,7 +174,9 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
   ForwardCache cache;
   cache.checkpointing = checkpointing;
+  if (hook && checkpointing) hook->set_checkpointed_forward(true);
   model.hidden_states(batch, hook, &cache);
+  if (hook && checkpointing) hook->set_checkpointed_forward(false);
 
   LossResult result;
   Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, hook, full, loss_sum, result);

@@ -61,12 +61,13 @@ TEST(ModelExport, ShardedFolderLoadsBackIdentically) {
 }
 
 TEST(Checkpointing, GradientsEqualTheStoredActivationsPath) {
-  for (const char* fixture : {"llama", "gpt2", "qwen3"}) {
+  for (const char* fixture : {"llama", "gpt2", "qwen3"})
+  for (double dropout : {0.2, 0.0}) {  // 0.2: the replay must draw the same masks; 0: q/k/v and gate/up as groups
     model::Model m = model::Model::load(test::model_fixture(fixture));
     lora::LoraConfig lc;
     lc.r = 4;
     lc.all_linear = true;
-    lc.dropout = 0.2;  // the replayed forward must draw the same masks
+    lc.dropout = dropout;
     std::vector<lora::Adapter> adapters;
     for (bool ckpt : {false, true}) {
       Rng init(5), drop(6);
@@ -79,7 +80,19 @@ TEST(Checkpointing, GradientsEqualTheStoredActivationsPath) {
       auto data = train::Dataset::from_examples({{{1, 2, 3, 4, 5, 6, 7, 8}, {1, 2, 3, 4, 5, 6, 7, 8}},
                                                  {{9, 8, 7, 6, 5, 4, 3, 2}, {-100, -100, 7, 6, 5, 4, 3, 2}}});
       auto mb = train::make_micro_batch(data, {0, 1});
+      if (ckpt) {  // a checkpointed forward keeps no decoder-layer activations in the hook
+        hook.set_checkpointed_forward(true);
+        m.hidden_states(mb.tokens, &hook);
+        hook.set_checkpointed_forward(false);
+        EXPECT_EQ(hook.saved_bytes(), 0u) << fixture;
+      } else {
+        m.hidden_states(mb.tokens, &hook);
+        EXPECT_GT(hook.saved_bytes(), 0u) << fixture;
+      }
+      hook.set_training(true, &drop);  // forget that forward (and restart the dropout draws)
+      drop = Rng(6);
       model::forward_backward(m, mb.tokens, mb.targets, 1.0f / mb.counted, &hook, nullptr, ckpt);
+      EXPECT_EQ(hook.saved_bytes(), 0u) << fixture << ": backward releases what it used";
       adapters.push_back(std::move(a));
     }
     for (size_t i = 0; i < adapters[0].pairs.size(); ++i)

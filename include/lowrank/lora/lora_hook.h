@@ -35,6 +35,9 @@ class LoraHook : public model::TrainableHook {
   void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) override;
   int lowest_trainable_layer() const override;
   void set_replay(bool replay) override { replay_ = replay; }
+  void set_checkpointed_forward(bool on) override { checkpointed_ = on; }
+  // Bytes of activations the hook holds for backward (saved inputs, masks, shrink outputs).
+  size_t saved_bytes() const;
   // Drops the activations saved by the last forward pass.
   void clear_saved() {
     saved_.clear();
@@ -50,11 +53,14 @@ class LoraHook : public model::TrainableHook {
 
   // The group of adapter i's LoRA layers that share x with `target` (shared_input.h), ready for
   // this forward pass; null when the layer is computed on its own.
-  SharedInputGroup* shared_group(size_t i, int layer, Target target, const Tensor& x, DType dtype, bool trained);
+  // `keep`: the backward will use it (a training forward that is not checkpointed, or a replay).
+  SharedInputGroup* shared_group(size_t i, int layer, Target target, const Tensor& x, DType dtype, bool trained,
+                                 bool keep);
 
   std::vector<ActiveAdapter> adapters_;
   bool training_ = false;
   bool replay_ = false;
+  bool checkpointed_ = false;
   Rng* rng_ = nullptr;
   std::map<std::pair<int, int>, LoraSaved> saved_;  // (layer, target) of the trained adapter
   std::map<std::tuple<size_t, int, int>, SharedInputGroup> groups_;  // (adapter, layer, shared input)
