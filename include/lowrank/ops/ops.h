@@ -149,4 +149,10 @@ void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tens
                        const std::vector<uint8_t>& decay, const AdamWScalars& s,
                        const std::vector<Tensor>& working = {});
 
+// out [out, in] (F32, or BF16 on CUDA) = the NF4 weight of model/nf4.h dequantized: element i is
+// nf4[code i] · (absmax_map[absmax_codes[b]] · absmax_scale[b / 256] + offset), b = i / 64; codes U8
+// [(numel + 1) / 2] high nibble first, absmax_codes U8 [blocks], absmax_scale F32, absmax_map F32 [256].
+void nf4_dequantize(const Tensor& codes, const Tensor& absmax_codes, const Tensor& absmax_scale,
+                    const Tensor& absmax_map, float offset, Tensor& out);
+
 }  // namespace lowrank::ops

@@ -66,4 +66,7 @@ void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& e
 void sum_squares_(const Tensor& x, Tensor& acc);
 void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
 
+void nf4_dequantize(const Tensor& codes, const Tensor& absmax_codes, const Tensor& absmax_scale,
+                    const Tensor& absmax_map, float offset, Tensor& out);
+
 }  // namespace lowrank::cpu

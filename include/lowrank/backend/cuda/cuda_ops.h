@@ -89,4 +89,7 @@ bool cudnn_attention_available(std::string* why = nullptr);
 // The loaded cuDNN version (e.g. 91900), 0 when not loaded.
 int cudnn_version();
 
+void nf4_dequantize(const Tensor& codes, const Tensor& absmax_codes, const Tensor& absmax_scale,
+                    const Tensor& absmax_map, float offset, Tensor& out);
+
 }  // namespace lowrank::cuda
