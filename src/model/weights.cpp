@@ -228,6 +228,12 @@ std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w)
   return out;
 }
 
+Quantization parse_quantization(const std::string& name, const char* flag) {
+  if (name == "none") return Quantization::None;
+  if (name == "nf4") return Quantization::Nf4;
+  throw error(flag, " must be none or nf4 (4-bit NormalFloat, QLoRA), got '", name, "'");
+}
+
 void quantize_linear(Linear& l, Quantization quantize) {
   if (quantize == Quantization::None || !l.defined() || l.quantized()) return;
   l.nf4 = nf4_quantize(l.weight, l.weight.dtype(), l.weight.device());

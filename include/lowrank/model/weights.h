@@ -15,6 +15,8 @@ namespace lowrank::model {
 
 // How the frozen projections of the decoder blocks are held (--quantize).
 enum class Quantization { None, Nf4 };
+// "none" or "nf4" (the --quantize values); anything else is an Error naming `flag`.
+Quantization parse_quantization(const std::string& name, const char* flag = "--quantize");
 
 struct Linear {
   Tensor weight;  // [out, in]; undefined when the weight is quantized
