@@ -11,6 +11,8 @@
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
 #include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
+#include "io/io_test_helpers.h"
 #include "lowrank/lora/adapter.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/lora/lora_variant.h"
@@ -179,6 +181,32 @@ TEST(Nf4Model, RandomModelQuantizesLayerByLayer) {
   EXPECT_TRUE(q.weights().layers[0].gate.quantized());
   const Tensor want = model::nf4_dequantize(model::nf4_quantize(d.weights().layers[1].down.weight, DType::F32, Device::cpu()));
   EXPECT_TRUE(bit_equal(q.weights().layers[1].down.compute_weight(), want));
+}
+
+TEST(Nf4Model, ABitsandbytesQuantizedCheckpointIsAClearError) {
+  // What transformers saves for a 4-bit model: uint8 weights and their quant_state tensors.
+  io::testing::ScratchDir d;
+  std::filesystem::copy_file(kLlama + "/config.json", d.file("config.json"));
+  auto f = io::SafetensorsFile::open(kLlama + "/model.safetensors");
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  const std::string q = "model.layers.0.self_attn.q_proj.weight";
+  for (const auto& info : f.tensors()) {
+    if (info.name == q) {
+      tensors.emplace_back(q, Tensor::zeros({64 * 64 / 2, 1}, DType::U8));
+      tensors.emplace_back(q + ".absmax", Tensor::zeros({64}, DType::U8));
+      tensors.emplace_back(q + ".quant_state.bitsandbytes__nf4", Tensor::zeros({16}, DType::U8));
+    } else {
+      tensors.emplace_back(info.name, f.get(info.name));
+    }
+  }
+  io::write_safetensors(d.file("model.safetensors"), tensors);
+  try {
+    model::Model::load(d.path());
+    ADD_FAILURE() << "a bnb-quantized checkpoint loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("stored quantized by bitsandbytes"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(q), std::string::npos) << e.what();
+  }
 }
 
 // ---- CUDA (skipped without a GPU) ----
