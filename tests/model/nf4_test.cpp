@@ -63,6 +63,19 @@ TEST(Nf4, DecisionTreePicksTheNearestCodeWithTiesDown) {
   EXPECT_EQ(nf4_code_of(-1.5f), 0);
 }
 
+TEST(Nf4, CountingThresholdsEqualsTheTree) {
+  // Every float in [-1.25, 1.25] around each threshold, plus a sweep and the specials.
+  const auto& c = nf4_code_book();
+  std::vector<float> xs = {std::nanf(""), INFINITY, -INFINITY, 0.0f, -0.0f};
+  for (int i = -200000; i <= 200000; ++i) xs.push_back(i * 6.25e-6f);
+  for (int k = 0; k + 1 < 16; ++k) {
+    float m = 0.5f * (c[k] + c[k + 1]);
+    for (int j = 0; j < 64; ++j) m = std::nextafter(m, -2.0f);
+    for (int j = 0; j < 128; ++j, m = std::nextafter(m, 2.0f)) xs.push_back(m);
+  }
+  for (float x : xs) ASSERT_EQ(nf4_code_of_fast(x), nf4_code_of(x)) << x;
+}
+
 TEST(Nf4, PacksTwoCodesPerByteHighNibbleFirst) {
   // One 64-block whose values are the code book times 2: absmax 2, every value exactly on a code.
   const auto& c = nf4_code_book();

@@ -47,6 +47,9 @@ const std::array<float, 16>& nf4_code_book();
 // The NF4 code of a value already scaled into [-1, 1]: bitsandbytes' decision tree (strict > at each
 // midpoint, so a value on a midpoint takes the lower code; NaN — a block of zeros — gives code 0).
 uint8_t nf4_code_of(float normalized);
+// The same code as a count of the tree's thresholds below the value (what nf4_quantize uses: no
+// branches); equal to nf4_code_of for every float (tested).
+uint8_t nf4_code_of_fast(float normalized);
 // bnb's create_dynamic_map(signed=True): 256 sorted values in [-1, 1] (7 decades, 0 and 1 included),
 // computed as torch computes it on the CPU (f32 linspace, whose vectorised loop rounds differently
 // from its scalar one: `torch_lanes` floats per vector, 16 with AVX-512, 8 with AVX2).
