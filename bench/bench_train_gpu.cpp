@@ -5,6 +5,11 @@
 //   bench_train_gpu [--only qwen0.5b,llama1b,llama8b] [--targets all|all-linear|q_proj,v_proj]
 //                   [--checkpointing all|0|1] [--steps 10] [--warmup 3] [--device cuda:0]
 //                   [--batch-scale K]   (K times the shape's batch: how step time grows with work)
+//                   [--quantize none|nf4]  (QLoRA: the blocks' projections in NF4, dequantized to bf16
+//                                           per GEMM; quantized on the host while the model is made)
+// QLoRA rows (issue 11): --only llama8b --targets all-linear --checkpointing 1 --quantize nf4, and
+// the Llama-3-70B shape, which only fits one H200 quantized:
+//   --only llama70b --targets all-linear --checkpointing 1 --quantize nf4 --steps 3 --warmup 1
 // Peak memory is the allocator's peak reserved bytes for that configuration (the cache is emptied
 // and the peaks reset before each). LOWRANK_PROFILE=1 adds a per-category profile of two extra
 // steps to stderr.
@@ -41,6 +46,7 @@ const BenchShape kShapes[] = {
     {"qwen0.5b", 896, 24, 14, 2, 4864, 151936, true, true, 8, 1024},
     {"llama1b", 2048, 16, 32, 8, 8192, 128256, true, false, 8, 1024},
     {"llama8b", 4096, 32, 32, 8, 14336, 128256, false, false, 4, 2048},
+    {"llama70b", 8192, 80, 64, 8, 28672, 128256, false, false, 4, 2048},  // not in the default --only
 };
 
 double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq) {
@@ -48,7 +54,8 @@ double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq)
   return 4.0 * params + attn;
 }
 
-void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int steps, int warmup, int batch_scale) {
+void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int steps, int warmup, int batch_scale,
+         model::Quantization quantize) {
   s.batch *= batch_scale;
   auto cfg = model::llama_config(s.hidden, s.layers, s.heads, s.kv, s.ffn, s.vocab, 4096, s.tie);
   if (s.qkv_bias) {
@@ -59,7 +66,9 @@ void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int step
   cuda::empty_cache(dev);  // each configuration's peak is its own
   cuda::reset_peak_stats(dev);
 #endif
-  model::Model m = model::random_model(cfg, 1, dev, DType::BF16);
+  const auto t_make = std::chrono::steady_clock::now();
+  model::Model m = model::random_model(cfg, 1, dev, DType::BF16, quantize);
+  const double make_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_make).count();
   lora::LoraConfig lc;
   lc.r = 16;
   lc.alpha = 32;
@@ -121,6 +130,8 @@ void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int step
   const int64_t n = m.parameter_count();
   nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"targets", all_linear ? "all-linear" : "q_proj,v_proj"},
                    {"checkpointing", checkpointing}, {"compile", false},
+                   {"quantize", quantize == model::Quantization::Nf4 ? "nf4" : "none"}, {"model_make_s", make_s},
+                   {"step_s", dt},
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
                    {"trainable", a.parameter_count()}, {"loss", loss},
                    {"step_ms", dt * 1e3}, {"host_queue_ms", issue_s / steps * 1e3},
@@ -140,6 +151,7 @@ void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int step
 
 int main(int argc, char** argv) {
   std::string only = "qwen0.5b,llama1b,llama8b", device = "cuda:0", targets = "all", ckpt_filter = "all";
+  std::string quantize = "none";
   int steps = 10, warmup = 3, batch_scale = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
@@ -148,6 +160,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--device")) device = argv[i + 1];
     else if (!std::strcmp(argv[i], "--targets")) targets = argv[i + 1];
     else if (!std::strcmp(argv[i], "--checkpointing")) ckpt_filter = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--quantize")) quantize = argv[i + 1];
     else if (!std::strcmp(argv[i], "--batch-scale")) batch_scale = std::max(1, std::atoi(argv[i + 1]));
     else {
       std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
@@ -157,18 +170,20 @@ int main(int argc, char** argv) {
   try {
     Device dev = parse_device(device);
     check_device(dev, "--device " + device);
+    const model::Quantization q = model::parse_quantization(quantize);
     for (const auto& s : kShapes) {
       if (only.find(s.name) == std::string::npos) continue;
       for (bool all_linear : {true, false})
         for (bool ckpt : {false, true}) {
-          if (ckpt && std::string(s.name) != "llama8b") continue;  // as the PEFT baseline does
+          const std::string name = s.name;
+          if (ckpt && name != "llama8b" && name != "llama70b") continue;  // as the PEFT baseline does
           if (targets != "all" && targets != (all_linear ? "all-linear" : "q_proj,v_proj")) continue;
           if (ckpt_filter != "all" && ckpt_filter != (ckpt ? "1" : "0")) continue;
           try {
-            run(s, all_linear, ckpt, dev, steps, warmup, batch_scale);
+            run(s, all_linear, ckpt, dev, steps, warmup, batch_scale, q);
           } catch (const std::exception& e) {
             nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"all_linear", all_linear},
-                             {"checkpointing", ckpt}, {"error", e.what()}};
+                             {"checkpointing", ckpt}, {"quantize", quantize}, {"error", e.what()}};
             std::printf("RESULT %s\n", r.dump().c_str());
           }
         }

@@ -23,12 +23,14 @@ struct EvalOptions {
   bool quiet = false;
   std::string device = "cpu";
   std::string chat_template;
+  std::string quantize = "none";
 };
 
 int run_eval(const EvalOptions& o) {
   const Device device = parse_device(o.device);
   check_device(device, "--device " + o.device);
-  model::Model m = model::Model::load(o.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
+  model::Model m = model::Model::load(o.model, device, device.is_cuda() ? DType::BF16 : DType::F32,
+                                      model::parse_quantization(o.quantize));
   lora::AdapterSet adapters(o.adapters, m);
   // The same data formats and scoring as train's --eval-data (whole examples, --seq-len windows).
   const auto encoder =
@@ -70,6 +72,9 @@ RegisterCommand reg{{"eval", "Loss and perplexity of a model (with adapters) on 
                                       "first adapter's chat_template.jinja, else the model's)");
                        app.add_flag("--quiet", o->quiet, "No progress bar");
                        app.add_option("--device", o->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
+                       app.add_option("--quantize", o->quantize,
+                                      "none, or nf4: the blocks' linear weights in 4-bit NormalFloat (as train --quantize)")
+                           ->capture_default_str();
                        return [o] { return run_eval(*o); };
                      }}};
 

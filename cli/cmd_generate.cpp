@@ -24,6 +24,7 @@ struct GenerateArgs {
   bool prompt_given = false;
   bool chat = false;
   std::string device = "cpu";
+  std::string quantize = "none";
 };
 
 std::optional<tok::Tokenizer> load_tokenizer(const std::string& dir) {
@@ -54,7 +55,8 @@ int run_generate(GenerateArgs& a) {
   if (a.gen.max_new_tokens <= 0) throw error("--max-new-tokens must be positive");
   const Device device = parse_device(a.device);
   check_device(device, "--device " + a.device);
-  model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
+  model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32,
+                                      model::parse_quantization(a.quantize));
   lora::AdapterSet adapters(a.adapters, m);
   auto tk = load_tokenizer(a.model);
   // --chat-template, else the first adapter's chat_template.jinja, else the model folder's.
@@ -123,6 +125,9 @@ RegisterCommand reg{{"generate", "Generate text with a model and optional adapte
                        app.add_option("--repetition-penalty", a->gen.sampling.repetition_penalty)->capture_default_str();
                        app.add_option("--seed", a->gen.sampling.seed)->capture_default_str();
                        app.add_option("--device", a->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
+                       app.add_option("--quantize", a->quantize,
+                                      "none, or nf4: the blocks' linear weights in 4-bit NormalFloat (as train --quantize)")
+                           ->capture_default_str();
                        app.add_flag("--chat", a->chat, "Format the prompt with the model's chat template");
                        app.add_option("--chat-template", a->chat_template,
                                       "Template for --chat: a built-in (llama3, chatml, llama2, mistral, gemma, qwen3) "

@@ -17,6 +17,7 @@ struct TrainArgs {
   double alpha = 16, dropout = 0.05;
   std::string targets = "q_proj,v_proj", schedule = "cosine", bias = "none", init = "kaiming";
   std::string rank_pattern, alpha_pattern;  // PEFT's regex-keyed dicts, as JSON objects
+  std::string quantize = "none";
   bool rslora = false, use_dora = false;
 };
 
@@ -54,6 +55,7 @@ int run_train(TrainArgs& a) {
   lora::LoraConfig::parse_init(a.init, &o.lora.init, &o.lora.pissa_niter, "--init");
   o.lora.use_dora = a.use_dora;
   o.schedule = train::parse_schedule(a.schedule);
+  o.quantize = model::parse_quantization(a.quantize);
   auto s = train::run_training(o);
   if (!s.wrote_output) return 0;  // a rank other than 0 of a multi-process run: rank 0 reports
   std::fprintf(stderr, "trained %lld steps in %.1f s (%.0f tokens/s); loss %.4f -> %.4f",
@@ -94,6 +96,10 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_flag("--use-dora", a->use_dora,
                                     "DoRA: a trained magnitude per output row of every adapted linear layer");
                        app.add_flag("--full", o.full, "Train every weight (full fine-tuning) instead of LoRA");
+                       app.add_option("--quantize", a->quantize,
+                                      "none, or nf4: QLoRA, the blocks' frozen linear weights in 4-bit NormalFloat "
+                                      "(bitsandbytes' layout, double-quantized scales), dequantized per GEMM")
+                           ->capture_default_str();
                        app.add_option("--chat-template", o.chat_template,
                                       "Template for {\"messages\"} data: a built-in (llama3, chatml, ...) or a Jinja "
                                       "file; saved as chat_template.jinja with the output");

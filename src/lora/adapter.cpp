@@ -103,13 +103,17 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
   for (const auto& m : adaptable_modules(model))
     if (config.targets(m.linear.name)) modules.push_back(m);
   for (const auto& m : modules) {
+    if (pissa_like && m.linear.quantized())
+      throw error("--init ", config.init_name(), " with --quantize nf4: PEFT initialises PiSSA/OLoRA on the "
+                  "full-precision weights (then re-quantizes the residual); initialise without --quantize, or use "
+                  "the default init");
     LoraPair p = new_pair(m, config, variant_for(m, config, "LoRA config"));
     if (pissa_like && is_embedding_layer(m.target))
       throw error("--init ", config.init_name(), " initialises linear layers of the blocks only; ", m.linear.name,
                   " (", target_short_name(m.target), ") cannot take it: leave it out of --targets");
     // The frozen weight as an f32 host copy, for the inits and variants that read it (PiSSA, OLoRA, DoRA).
     const bool reads_weight = pissa_like || p.kind == VariantKind::Dora;
-    const Tensor weight = reads_weight ? m.linear.weight.to(Device::cpu()).to(DType::F32) : Tensor();
+    const Tensor weight = reads_weight ? m.linear.compute_weight().to(Device::cpu()).to(DType::F32) : Tensor();
     const Tensor residual = init_lora_pair(p, config, weight, rng);
     if (residual.defined()) {  // PiSSA / OLoRA: the model trains on W0 - s·B·A
       model::Linear* l = model.weights().layers[m.layer].projection(m.target);
@@ -333,6 +337,10 @@ void Adapter::attach_base_layers(model::Model& model) const {
     if (p.A_init.defined()) continue;  // created here: the model already holds the residual
     model::Linear* l = w.layers[p.layer].projection(p.target);
     LR_CHECK(l, "no projection for ", p.module);
+    if (l->quantized())
+      throw error("adapter_config.json: init_lora_weights \"", config.init_name(), "\": the adapter applies to the "
+                  "residual of the full-precision base, which a quantized model (--quantize nf4) does not hold; "
+                  "load it without --quantize");
     LoraPair initial = p;  // the same shapes and scale; A and B as the init makes them
     Rng unused(0);         // the exact SVD and the QR draw nothing
     const Tensor residual = init_lora_pair(initial, config, l->weight.to(Device::cpu()).to(DType::F32), unused);

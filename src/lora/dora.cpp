@@ -63,10 +63,11 @@ class Dora : public LoraVariant {
   }
 
   void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const override {
-    auto [c, inv_n] = magnitude_scale(in.pair, in.base.weight, in.scale);
+    const Tensor w0 = in.base.compute_weight();  // dequantized when the base is NF4 (as PEFT + bnb)
+    auto [c, inv_n] = magnitude_scale(in.pair, w0, in.scale);
     const int64_t rows = y.dim(0);
     Tensor base, h, lora;
-    ops::matmul_nt(in.x_in, in.base.weight, base);  // x' W0ᵀ  [N, out]
+    ops::matmul_nt(in.x_in, w0, base);              // x' W0ᵀ  [N, out]
     ops::matmul_nt(in.x_in, in.A, h);               // h = x' Aᵀ [N, r]
     ops::matmul_nt(h, in.B, lora);                  // h Bᵀ     [N, out]
     Tensor t = ops::cast(base, DType::F32);         // x' W0ᵀ + s · h Bᵀ, f32
@@ -99,7 +100,7 @@ class Dora : public LoraVariant {
     ops::matmul_tn(gb, in.x_in, p.grad_A, in.scale, 1.0f);  // dA += s · (g' B)ᵀ x'
     if (!dx_in) return;
     ops::add_scaled_(gc, dy, -1.0f);                         // (c - 1) ⊙ dy
-    ops::matmul_nn(gc, in.base.weight, *dx_in, 1.0f, accumulate ? 1.0f : 0.0f);
+    ops::matmul_nn(gc, in.base.compute_weight(), *dx_in, 1.0f, accumulate ? 1.0f : 0.0f);
     ops::matmul_nn(gb, in.A, *dx_in, in.scale, 1.0f);       // + s · (g' B) A
   }
 

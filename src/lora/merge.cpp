@@ -14,7 +14,14 @@ void merge_adapter(model::Model& model, const Adapter& adapter, double user_scal
     Tensor* weight = nullptr;
     if (p.target == Target::Embed) weight = &w.embed;
     else if (p.target == Target::LmHead) weight = &w.lm_head;
-    else if (model::Linear* l = w.layers[p.layer].projection(p.target)) weight = &l->weight;
+    else if (model::Linear* l = w.layers[p.layer].projection(p.target)) {
+      // PEFT's merge into a 4-bit layer dequantizes, adds and re-quantizes (rounding the update
+      // away in part); we refuse instead: merge into the full-precision base.
+      if (l->quantized())
+        throw error("merging ", p.module, " into an NF4-quantized weight is not supported: merge the adapter into "
+                    "the unquantized base model (lowrank merge, without --quantize)");
+      weight = &l->weight;
+    }
     LR_CHECK(weight, "no weight for ", p.module);
     if (sign < 0 && p.kind == VariantKind::Dora)
       throw error("unmerging a DoRA layer (", p.module, ") is not supported: reload the base model instead");

@@ -20,7 +20,7 @@ namespace {
 enum class Dx { Write, Accumulate, Skip };
 void linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
                      TrainableHook* hook, Tensor& dx, Dx mode = Dx::Write) {
-  if (mode != Dx::Skip) ops::matmul_nn(dy, l.weight, dx, 1.0f, mode == Dx::Accumulate ? 1.0f : 0.0f);
+  if (mode != Dx::Skip) ops::matmul_nn(dy, l.compute_weight(), dx, 1.0f, mode == Dx::Accumulate ? 1.0f : 0.0f);
   if (g) {
     ops::matmul_tn(dy, x, g->weight, 1.0f, 1.0f);
     if (g->bias.defined()) ops::bias_grad_(g->bias, dy);
@@ -58,6 +58,7 @@ Linear zeros_like(const Linear& l) {
   if (!l.defined()) return g;
   g.name = l.name;
   g.target = l.target;
+  LR_CHECK(!l.quantized(), l.name, ": a quantized weight has no gradient (--full needs an unquantized model)");
   g.weight = f32_zeros(l.weight);
   if (l.bias.defined()) g.bias = f32_zeros(l.bias);
   return g;

@@ -12,7 +12,7 @@ namespace lowrank::model {
 namespace {
 
 Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook) {
-  Tensor y = ops::linear(x, l.weight, l.bias);
+  Tensor y = ops::linear(x, l.compute_weight(), l.bias);
   if (hook) hook->on_projection(layer, l.target, l, x, y);
   return y;
 }
@@ -29,10 +29,10 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t width) {
 Model::Model(ModelConfig config, ModelWeights weights, Device device)
     : config_(std::move(config)), weights_(std::move(weights)), device_(device) {}
 
-Model Model::load(const std::string& dir, Device device, DType dtype) {
+Model Model::load(const std::string& dir, Device device, DType dtype, Quantization quantize) {
   ModelConfig config = ModelConfig::load(dir);
   io::TensorStore store = io::TensorStore::open(dir);
-  Model m(config, load_weights(config, store, dtype, device), device);
+  Model m(config, load_weights(config, store, dtype, device, quantize), device);
   m.source_ = dir;
   return m;
 }
@@ -61,9 +61,7 @@ Tensor Model::normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rs
 }
 
 int64_t Model::parameter_count() const {
-  int64_t n = 0;
-  for (const auto& [name, t] : checkpoint_tensors(config_, weights_)) n += t.numel();
-  return n;
+  return model::parameter_count(weights_);
 }
 
 Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, LayerActivations& a) const {

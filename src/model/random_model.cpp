@@ -74,7 +74,7 @@ Linear linear(const Filler& f, const std::string& name, Target target, int64_t o
 
 }  // namespace
 
-Model random_model(const ModelConfig& c, uint64_t seed, Device device, DType dtype) {
+Model random_model(const ModelConfig& c, uint64_t seed, Device device, DType dtype, Quantization quantize) {
   LR_CHECK(!c.gpt2_layout && !c.fused_qkv && !c.fused_gate_up && !c.sandwich_norms && !c.qk_norm &&
                c.norm == NormKind::RMS,
            "random_model builds Llama-shaped models");
@@ -94,6 +94,8 @@ Model random_model(const ModelConfig& c, uint64_t seed, Device device, DType dty
     l.gate = linear(f, p + "mlp.gate_proj", Target::Gate, c.intermediate_size, c.hidden_size, c.mlp_bias);
     l.up = linear(f, p + "mlp.up_proj", Target::Up, c.intermediate_size, c.hidden_size, c.mlp_bias);
     l.down = linear(f, p + "mlp.down_proj", Target::Down, c.hidden_size, c.intermediate_size, c.mlp_bias);
+    // Quantized one layer at a time: the dense weights of the whole model never exist at once.
+    for (Linear* p : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) quantize_linear(*p, quantize);
     w.layers.push_back(std::move(l));
   }
   w.final_norm = {f.ones(c.hidden_size), {}, "model.norm"};

@@ -26,16 +26,23 @@ namespace {
 
 class Loader {
  public:
-  Loader(const io::TensorStore& store, DType compute, Device device)
-      : store_(store), compute_(compute), device_(device) {}
+  Loader(const io::TensorStore& store, DType compute, Device device, Quantization quantize)
+      : store_(store), compute_(compute), device_(device), quantize_(quantize) {}
 
   bool has(const std::string& name) const { return store_.contains(name); }
 
   // Fetches `name`, checks its shape, converts it to the compute dtype.
-  Tensor get(const std::string& name, const Shape& expected) const {
+  Tensor get(const std::string& name, const Shape& expected) const { return get(name, expected, compute_, device_); }
+
+  Tensor get(const std::string& name, const Shape& expected, DType dtype, Device device) const {
     if (!store_.contains(name))
       throw error(store_.source(), ": missing tensor \"", name, "\" (expected shape ", shape_str(expected), ")");
     const auto& info = store_.info(name);
+    if (store_.contains(name + ".absmax") || store_.contains(name + ".quant_state.bitsandbytes__nf4") ||
+        store_.contains(name + ".quant_state.bitsandbytes__fp4") || store_.contains(name + ".SCB"))
+      throw error(store_.file_of(name), ": tensor \"", name, "\" is stored quantized by bitsandbytes; lowrank reads "
+                  "full-precision checkpoints (F32, BF16, F16) and quantizes them itself: use the original model "
+                  "with --quantize nf4");
     if (info.shape != expected)
       throw error(store_.file_of(name), ": tensor \"", name, "\" has shape ", shape_str(info.shape),
                   ", expected ", shape_str(expected));
@@ -46,15 +53,16 @@ class Loader {
     Tensor t = store_.get(name);
     // Always copy: the result must not alias the read-only mapping (merge writes into weights).
     // Converted on the CPU (from f32 when the target is not f32, so rounding happens once).
-    Tensor c = t.dtype() == compute_ ? t.clone() : t.to(DType::F32).to(compute_);
-    return c.to(device_);
+    Tensor c = t.dtype() == dtype ? t.clone() : t.to(DType::F32).to(dtype);
+    return c.to(device);
   }
 
   Linear linear(const std::string& module, Target target, int64_t out, int64_t in, bool bias) const {
     Linear l;
     l.name = module;
     l.target = target;
-    l.weight = get(module + ".weight", {out, in});
+    if (quantize_ == Quantization::None) l.weight = get(module + ".weight", {out, in});
+    else l.nf4 = nf4_quantize(get(module + ".weight", {out, in}, DType::F32, Device::cpu()), compute_, device_);
     if (bias) l.bias = get(module + ".bias", {out});
     return l;
   }
@@ -65,7 +73,10 @@ class Loader {
     l.name = module;
     l.target = target;
     l.transposed_in_checkpoint = true;
-    l.weight = ops::transpose2d(get(module + ".weight", {in, out}).to(Device::cpu())).to(device_);
+    if (quantize_ == Quantization::None)
+      l.weight = ops::transpose2d(get(module + ".weight", {in, out}, compute_, Device::cpu())).to(device_);
+    else l.nf4 = nf4_quantize(ops::transpose2d(get(module + ".weight", {in, out}, DType::F32, Device::cpu())),
+                              compute_, device_);
     l.bias = get(module + ".bias", {out});
     return l;
   }
@@ -82,6 +93,7 @@ class Loader {
   const io::TensorStore& store_;
   DType compute_;
   Device device_;
+  Quantization quantize_;
 };
 
 // Checkpoints named as transformers' Llama-style decoders (model.layers.N.self_attn.q_proj, ...).
@@ -166,7 +178,7 @@ ModelWeights load_gpt2(const ModelConfig& c, const Loader& L) {
 
 void add_linear(std::vector<std::pair<std::string, Tensor>>& out, const Linear& l) {
   if (!l.defined()) return;
-  out.emplace_back(l.name + ".weight", l.weight);
+  if (!l.quantized()) out.emplace_back(l.name + ".weight", l.weight);
   if (l.bias.defined()) out.emplace_back(l.name + ".bias", l.bias);
 }
 
@@ -178,8 +190,9 @@ void add_norm(std::vector<std::pair<std::string, Tensor>>& out, const Norm& n) {
 
 }  // namespace
 
-ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute, Device device) {
-  Loader loader(store, compute, device);
+ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute, Device device,
+                          Quantization quantize) {
+  Loader loader(store, compute, device, quantize);
   return config.gpt2_layout ? load_gpt2(config, loader) : load_decoder(config, loader);
 }
 
@@ -213,6 +226,27 @@ std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w)
   add_norm(out, w.final_norm);
   if (w.lm_head_name != w.embed_name) out.emplace_back(w.lm_head_name, w.lm_head);
   return out;
+}
+
+Quantization parse_quantization(const std::string& name, const char* flag) {
+  if (name == "none") return Quantization::None;
+  if (name == "nf4") return Quantization::Nf4;
+  throw error(flag, " must be none or nf4 (4-bit NormalFloat, QLoRA), got '", name, "'");
+}
+
+void quantize_linear(Linear& l, Quantization quantize) {
+  if (quantize == Quantization::None || !l.defined() || l.quantized()) return;
+  l.nf4 = nf4_quantize(l.weight, l.weight.dtype(), l.weight.device());
+  l.weight = Tensor();
+}
+
+int64_t parameter_count(const ModelWeights& w) {
+  int64_t n = 0;
+  for (const auto& [name, t] : named_tensors(w)) n += t.numel();
+  for (const auto& l : w.layers)
+    for (const Linear* p : l.projections())
+      if (p->quantized()) n += p->nf4.numel();
+  return n;
 }
 
 }  // namespace lowrank::model

@@ -71,7 +71,7 @@ const char* category_name(Category c) {
   static const char* names[] = {"other (outside ops)", "GEMM forward (frozen W)", "GEMM input-grad (frozen W)",
                                 "GEMM weight-grad", "LoRA", "attention forward", "attention backward", "norms",
                                 "RoPE", "activations", "element-wise", "embedding", "loss (lm_head + CE)",
-                                "optimizer (zero, norm, clip, AdamW)"};
+                                "optimizer (zero, norm, clip, AdamW)", "NF4 dequantize"};
   static_assert(sizeof(names) / sizeof(names[0]) == kCategories);
   return names[static_cast<size_t>(c)];
 }
@@ -89,6 +89,7 @@ Category category_of_op(const char* name) {
   if (starts("activation") || starts("swiglu")) return Category::Activation;
   if (starts("embedding")) return Category::Embedding;
   if (starts("cross_entropy")) return Category::Loss;
+  if (starts("nf4_dequantize")) return Category::Dequantize;
   if (starts("adamw") || starts("sum_squares") || starts("clip_by")) return Category::Optimizer;
   return Category::Elementwise;
 }

@@ -37,6 +37,7 @@ nlohmann::json run_identity(const model::Model& m, const TrainOptions& o) {
   id["model"] = {{"architecture", model::arch_name(c.arch)}, {"layers", c.num_layers}, {"hidden", c.hidden_size},
                  {"vocab", c.vocab_size}, {"parameters", m.parameter_count()}};
   id["full"] = o.full;
+  if (o.quantize != model::Quantization::None) id["quantize"] = "nf4";
   if (!o.full) {
     auto l = o.lora.to_json();
     id["lora"] = {{"r", l["r"]}, {"lora_alpha", l["lora_alpha"]}, {"target_modules", l["target_modules"]},
@@ -65,6 +66,9 @@ void validate(const TrainOptions& o) {
   if (o.steps > 0 && o.epochs > 0) throw error("give --steps or --epochs, not both");
   if (!(o.weight_decay >= 0)) throw error("--weight-decay must not be negative");
   if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
+  if (o.full && o.quantize != model::Quantization::None)
+    throw error("--full with --quantize nf4: quantized weights are frozen (QLoRA trains LoRA adapters on them); "
+                "drop one of the two");
   for (const std::string& d : o.devices) check_device(parse_device(d), "--devices " + d);
   if (o.devices.empty()) check_device(parse_device(o.device), "--device " + o.device);
 }
@@ -89,7 +93,7 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
   auto rep = std::make_unique<Replica>();
   // CUDA: bf16 weights (frozen for LoRA; with --full, working copies of f32 masters in AdamW).
   rep->model = std::make_unique<model::Model>(
-      model::Model::load(o.model_dir, device, device.is_cuda() ? DType::BF16 : DType::F32));
+      model::Model::load(o.model_dir, device, device.is_cuda() ? DType::BF16 : DType::F32, o.quantize));
   model::Model& m = *rep->model;
   Rng init_rng(o.seed);
   if (o.full) {

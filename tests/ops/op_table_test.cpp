@@ -14,6 +14,7 @@
 
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
+#include "lowrank/model/nf4.h"
 #include "lowrank/ops/ops.h"
 
 using namespace lowrank;
@@ -408,6 +409,14 @@ std::vector<OpCase> op_table() {
                                 b, z};
                },
                {}, {}, false});
+  // ---- quantized weights: NF4 (quantized on the host, dequantized by the backend)
+  t.push_back({"nf4_dequantize", {{7, 100}},
+               [](Inputs& in, Device d) {
+                 const model::Nf4Weight w = model::nf4_quantize(host_f32(in[0]), in[0].dtype(), d);
+                 Tensor out = Tensor::empty(w.shape, in[0].dtype(), d);
+                 ops::nf4_dequantize(w.codes, w.absmax_codes, w.absmax_scale, w.absmax_map, w.offset, out);
+                 return Outputs{out};
+               }});
   return t;
 }
 

@@ -73,8 +73,10 @@ struct LayerInput {
 class Model {
  public:
   // Loads config.json (+ generation_config.json) and the safetensors weights of a model folder,
-  // converted to `dtype` on `device` (f32 on the CPU; bf16 is the CUDA default for LoRA).
-  static Model load(const std::string& dir, Device device = Device::cpu(), DType dtype = DType::F32);
+  // converted to `dtype` on `device` (f32 on the CPU; bf16 is the CUDA default for LoRA); the blocks'
+  // projections quantized when `quantize` says so (weights.h).
+  static Model load(const std::string& dir, Device device = Device::cpu(), DType dtype = DType::F32,
+                    Quantization quantize = Quantization::None);
   Model(ModelConfig config, ModelWeights weights, Device device = Device::cpu());
 
   const ModelConfig& config() const { return config_; }

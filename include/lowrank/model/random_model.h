@@ -9,8 +9,9 @@ ModelConfig llama_config(int64_t hidden, int64_t layers, int64_t heads, int64_t 
                          int64_t vocab, int64_t context, bool tie = true);
 // Weights ~ N(0, 1/fan_in) (embeddings N(0, 0.02²), norms 1, biases N(0, 0.02²)) in `dtype` on
 // `device`. The values come from one block of 2^20 Philox normals tiled over each tensor, so even
-// 8B-parameter models are made in seconds (values repeat; fine for timing, never zeros).
+// 8B-parameter models are made in seconds (values repeat; fine for timing, never zeros). With
+// Quantization::Nf4 the blocks' projections are quantized as they are made (on the host).
 Model random_model(const ModelConfig& config, uint64_t seed, Device device = Device::cpu(),
-                   DType dtype = DType::F32);
+                   DType dtype = DType::F32, Quantization quantize = Quantization::None);
 
 }  // namespace lowrank::model

@@ -1,7 +1,7 @@
 #pragma once
 // The weights of a decoder-only transformer, mapped from checkpoint names and validated.
 // Every projection is stored as [out, in] (GPT-2's Conv1D [in, out] is transposed at load), in the
-// compute dtype (f32 on the CPU).
+// compute dtype (f32 on the CPU), or — the decoder blocks' projections under --quantize nf4 — in NF4.
 #include <string>
 #include <vector>
 
@@ -9,19 +9,31 @@
 #include "lowrank/io/safetensors.h"
 #include "lowrank/model/target.h"
 #include "lowrank/model/config.h"
+#include "lowrank/model/nf4.h"
 
 namespace lowrank::model {
 
+// How the frozen projections of the decoder blocks are held (--quantize).
+enum class Quantization { None, Nf4 };
+// "none" or "nf4" (the --quantize values); anything else is an Error naming `flag`.
+Quantization parse_quantization(const std::string& name, const char* flag = "--quantize");
+
 struct Linear {
-  Tensor weight;  // [out, in]
-  Tensor bias;    // [out], or undefined
+  Tensor weight;  // [out, in]; undefined when the weight is quantized
+  Tensor bias;    // [out], or undefined (never quantized)
   std::string name;  // checkpoint module path, e.g. "model.layers.0.self_attn.q_proj"
   Target target = Target::Count;  // what LoRA and the projection hook call it (set at load)
   bool transposed_in_checkpoint = false;  // GPT-2 Conv1D stores [in, out]
+  Nf4Weight nf4;  // the weight in NF4 (--quantize nf4), else empty (last: aggregate inits leave it out)
 
-  bool defined() const { return weight.defined(); }
-  int64_t in_features() const { return weight.dim(1); }
-  int64_t out_features() const { return weight.dim(0); }
+  bool quantized() const { return nf4.defined(); }
+  bool defined() const { return weight.defined() || quantized(); }
+  int64_t in_features() const { return quantized() ? nf4.shape[1] : weight.dim(1); }
+  int64_t out_features() const { return quantized() ? nf4.shape[0] : weight.dim(0); }
+  // The weight [out, in] as the GEMMs read it: `weight` itself, or the NF4 weight dequantized into a
+  // temporary in the compute dtype (freed after use: the caching allocator hands the same memory
+  // to the next projection, so only one dequantized weight is alive at a time).
+  Tensor compute_weight() const { return quantized() ? nf4_dequantize(nf4) : weight; }
 };
 
 struct Norm {
@@ -58,11 +70,18 @@ struct ModelWeights {
 
 // Maps and validates the checkpoint's tensors for `config`. A missing tensor or one of the wrong
 // shape is an Error naming the file, the tensor, and the expected and actual shapes.
+// With Quantization::Nf4 the blocks' projections are quantized as they are read (model/nf4.h;
+// embeddings, norms, biases and the lm_head stay dense, as in PEFT + bitsandbytes' QLoRA setup).
 ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute = DType::F32,
-                          Device device = Device::cpu());
+                          Device device = Device::cpu(), Quantization quantize = Quantization::None);
+// Quantizes a dense projection in place (its weight read on the host, the NF4 form on its device).
+void quantize_linear(Linear& l, Quantization quantize);
+// Parameters of the model (a quantized weight counts its dense shape).
+int64_t parameter_count(const ModelWeights& w);
 
 // Every weight tensor with its checkpoint name, live (Conv1D in our [out, in] layout); a tied
-// lm_head is listed once, as the embedding.
+// lm_head is listed once, as the embedding. Quantized weights are left out (they are not tensors
+// of the checkpoint any more; --full and export refuse quantized models).
 std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w);
 // All (checkpoint name, tensor) pairs in checkpoint layout (Conv1D transposed back), for export.
 std::vector<std::pair<std::string, Tensor>> checkpoint_tensors(const ModelConfig& config, const ModelWeights& w);

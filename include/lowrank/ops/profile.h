@@ -34,6 +34,7 @@ enum class Category {
   Embedding,
   Loss,             // lm_head GEMMs + cross-entropy
   Optimizer,        // grad zeroing, norm, clipping, AdamW
+  Dequantize,       // NF4 weights dequantized before their GEMMs (--quantize nf4)
   kCount
 };
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "lowrank/lora/config.h"
+#include "lowrank/model/weights.h"
 #include "lowrank/train/schedule.h"
 
 namespace lowrank::train {
@@ -14,6 +15,8 @@ struct TrainOptions {
   std::string model_dir, data_path, out_dir, eval_data;
   lora::LoraConfig lora;
   bool full = false;           // every weight trainable (full fine-tuning) instead of LoRA
+  // --quantize nf4 (QLoRA): the blocks' frozen projections in NF4, dequantized for each GEMM.
+  model::Quantization quantize = model::Quantization::None;
   double lr = 2e-4;
   int64_t steps = 0;           // optimizer steps; 0: from epochs
   int64_t epochs = 0;          // 0 and steps 0: one epoch

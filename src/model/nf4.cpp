@@ -1,0 +1,218 @@
+// NF4 quantization as bitsandbytes does it (lowrank/model/nf4.h describes the format). Every
+// rounding step is the one bnb's kernels take (x · (1/absmax), not x / absmax; the absmax
+// dequantized in two steps), and this file is built with -ffp-contract=off, so that the codes and
+// scales agree bit for bit with bnb's (tests/reference/make_nf4_fixtures.py checks them).
+#include "lowrank/model/nf4.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+
+#include "lowrank/backend/nf4_code.h"
+#include "lowrank/core/error.h"
+#include "lowrank/ops/ops.h"
+
+namespace lowrank::model {
+namespace {
+
+// torch.linspace(0.1, 1, steps, dtype=float32) on the CPU: the first half counted up from start,
+// the second down from end; its vectorised loop (chunks of 2 · lanes, the tail scalar) starts
+// each vector there and adds j · step per lane, which rounds differently.
+std::vector<float> torch_linspace(int64_t steps, int lanes) {
+  const float start = 0.1f, end = 1.0f;
+  const float step = (end - start) / static_cast<float>(steps - 1);
+  const int64_t halfway = steps / 2;
+  auto at = [&](int64_t i) {
+    return i < halfway ? start + step * static_cast<float>(i) : end - step * static_cast<float>(steps - i - 1);
+  };
+  std::vector<float> out(steps);
+  int64_t i = 0;
+  if (lanes > 0)
+    for (; i + 2 * lanes <= steps; i += 2 * lanes)
+      for (int64_t v = i; v < i + 2 * lanes; v += lanes) {
+        const float base = at(v);
+        out[v] = base;
+        for (int j = 1; j < lanes; ++j) out[v + j] = base + static_cast<float>(j) * step;
+      }
+  for (; i < steps; ++i) out[i] = at(i);
+  return out;
+}
+
+// bnb's tree as a count: with strict ">" at every node of a tree over sorted thresholds, the code
+// is the number of thresholds below x (NaN: none). Branch-free, so the compiler vectorises it:
+// the tree's unpredictable branches made quantizing an 8B model take minutes.
+constexpr float kNf4Thresholds[15] = {
+    -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
+    -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+    0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+    0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f};
+
+inline uint8_t nf4_code_by_count(float x) {
+  int code = 0;
+  for (float t : kNf4Thresholds) code += x > t;
+  return static_cast<uint8_t>(code);
+}
+
+}  // namespace
+
+uint8_t nf4_code_of_fast(float normalized) { return nf4_code_by_count(normalized); }
+
+int64_t Nf4Weight::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+Nf4Weight Nf4Weight::to(Device device) const {
+  Nf4Weight w = *this;
+  w.codes = codes.to(device);
+  w.absmax_codes = absmax_codes.to(device);
+  w.absmax_scale = absmax_scale.to(device);
+  w.absmax_map = absmax_map.to(device);
+  return w;
+}
+
+size_t Nf4Weight::nbytes() const {
+  return codes.nbytes() + absmax_codes.nbytes() + absmax_scale.nbytes() + absmax_map.nbytes();
+}
+
+const std::array<float, 16>& nf4_code_book() {
+  static const std::array<float, 16> book = {LOWRANK_NF4_CODE_BOOK};
+  return book;
+}
+
+uint8_t nf4_code_of(float x) {
+  // Midpoints between neighbouring code book values, searched as a balanced tree (bnb's
+  // dQuantizeNF4): a value above a midpoint takes the upper code.
+  if (x > 0.03979014977812767f) {
+    if (x > 0.3893125355243683f) {
+      if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 15 : 14;
+      return x > 0.5016634166240692f ? 13 : 12;
+    }
+    if (x > 0.2035212516784668f) return x > 0.2920137718319893f ? 11 : 10;
+    return x > 0.1202552504837513f ? 9 : 8;
+  }
+  if (x > -0.33967943489551544f) {
+    if (x > -0.13791173323988914f) return x > -0.045525018125772476f ? 7 : 6;
+    return x > -0.23460740596055984f ? 5 : 4;
+  }
+  if (x > -0.6106329262256622f) return x > -0.4599952697753906f ? 3 : 2;
+  return x > -0.8480964004993439f ? 1 : 0;
+}
+
+std::array<float, 256> dynamic_map_signed(int torch_lanes) {
+  // Decade i (i = 0..6) holds 2^i means of neighbouring points of linspace(0.1, 1, 2^i + 1), scaled
+  // by 10^(i - 6), with both signs: 254 values; then 0 and 1.
+  std::vector<float> values;
+  for (int i = 0; i < 7; ++i) {
+    const std::vector<float> b = torch_linspace((int64_t{1} << i) + 1, torch_lanes);
+    // Python's 10 ** (i - 6) (a double) times an f32 tensor: the scalar is rounded to f32 first.
+    const float scale = static_cast<float>(std::pow(10.0, i - 6));
+    std::vector<float> means;
+    for (size_t k = 0; k + 1 < b.size(); ++k) means.push_back((b[k] + b[k + 1]) / 2.0f);
+    for (float m : means) values.push_back(scale * m);
+    for (float m : means) values.push_back(-scale * m);
+  }
+  values.push_back(0.0f);
+  values.push_back(1.0f);
+  LR_CHECK(values.size() == 256, "dynamic map has ", values.size(), " values");
+  std::sort(values.begin(), values.end());
+  std::array<float, 256> map;
+  std::copy(values.begin(), values.end(), map.begin());
+  return map;
+}
+
+uint8_t dynamic_code_of(const std::array<float, 256>& map, float x) {
+  // bnb's dQuantize (non-stochastic): 7 halvings from the middle, tracking the neighbours below
+  // and above; then the nearer of pivot and that neighbour by their midpoint.
+  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+  float lower = -1.0f, upper = 1.0f;
+  float val = map[pivot];
+  for (int i = 64; i > 0; i >>= 1) {
+    if (x > val) {
+      lower_pivot = pivot;
+      lower = val;
+      pivot += i;
+    } else {
+      upper_pivot = pivot;
+      upper = val;
+      pivot -= i;
+    }
+    val = map[pivot];
+  }
+  if (upper_pivot == 255) upper = map[upper_pivot];
+  if (lower_pivot == 0) lower = map[lower_pivot];
+  if (x > val) return static_cast<uint8_t>(x > (upper + val) * 0.5f ? upper_pivot : pivot);
+  return static_cast<uint8_t>(x < (lower + val) * 0.5f ? lower_pivot : pivot);
+}
+
+Nf4Weight nf4_quantize(const Tensor& weight, DType dtype, Device device) {
+  LR_CHECK(weight.rank() == 2, "nf4_quantize: a 2-D weight, got ", weight.str());
+  const Tensor w = weight.to(Device::cpu()).to(DType::F32);
+  const float* x = w.f32();
+  Nf4Weight q;
+  q.shape = w.shape();
+  q.dtype = dtype;
+  const int64_t n = w.numel(), blocks = q.blocks();
+  const int64_t blocks2 = (blocks + kAbsmaxBlockSize - 1) / kAbsmaxBlockSize;
+
+  // First level: per 64 elements, absmax and 4-bit codes. A block of zeros has 1/absmax = inf and
+  // 0 · inf = NaN: every code 0 and absmax 0, as in bnb. An odd last element pairs with a 0.
+  std::vector<float> absmax(blocks);
+  q.codes = Tensor::empty({(n + 1) / 2}, DType::U8);
+  uint8_t* codes = q.codes.data<uint8_t>();
+#pragma omp parallel for if (n > 65536)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t begin = b * kNf4BlockSize, end = std::min(n, begin + kNf4BlockSize);
+    float m = -FLT_MAX;  // never NaN, so this is fmaxf(m, |x|) (a NaN weight is skipped, as by fmaxf)
+    for (int64_t i = begin; i < end; ++i) m = std::fabs(x[i]) > m ? std::fabs(x[i]) : m;
+    absmax[b] = m;
+    const float inv = 1.0f / m;
+    const int64_t len = end - begin;
+    float v[kNf4BlockSize];  // a partial block's missing elements are 0 (bnb loads 0), times inv too
+    for (int64_t j = 0; j < kNf4BlockSize; ++j) v[j] = (j < len ? x[begin + j] : 0.0f) * inv;
+    uint8_t c[kNf4BlockSize];
+    for (int j = 0; j < kNf4BlockSize; ++j) c[j] = nf4_code_by_count(v[j]);
+    for (int64_t i = begin; i < end; i += 2) codes[i / 2] = static_cast<uint8_t>(c[i - begin] << 4 | c[i - begin + 1]);
+  }
+
+  // Second level: absmax - mean, per 256 values, against the signed dynamic map. torch's mean is
+  // a float reduction whose order we cannot reproduce; the double sum rounded once is within an ulp.
+  double sum = 0.0;
+  for (float a : absmax) sum += a;
+  q.offset = static_cast<float>(sum / static_cast<double>(blocks));
+  const std::array<float, 256> map = dynamic_map_signed();
+  q.absmax_codes = Tensor::empty({blocks}, DType::U8);
+  q.absmax_scale = Tensor::empty({blocks2});
+  q.absmax_map = Tensor::empty({256});
+  std::copy(map.begin(), map.end(), q.absmax_map.f32());
+  uint8_t* acodes = q.absmax_codes.data<uint8_t>();
+  for (int64_t c = 0; c < blocks2; ++c) {
+    const int64_t begin = c * kAbsmaxBlockSize, end = std::min(blocks, begin + kAbsmaxBlockSize);
+    float m = -FLT_MAX;
+    for (int64_t b = begin; b < end; ++b) m = std::fmax(m, std::fabs(absmax[b] - q.offset));
+    q.absmax_scale.f32()[c] = m;
+    const float inv = 1.0f / m;
+    for (int64_t b = begin; b < end; ++b) acodes[b] = dynamic_code_of(map, (absmax[b] - q.offset) * inv);
+  }
+  return device.is_cpu() ? q : q.to(device);
+}
+
+std::vector<float> nf4_absmax(const Nf4Weight& w) {
+  const Nf4Weight h = w.device().is_cpu() ? w : w.to(Device::cpu());
+  std::vector<float> out(h.blocks());
+  for (int64_t b = 0; b < h.blocks(); ++b) {
+    const float scaled = h.absmax_map.f32()[h.absmax_codes.data<uint8_t>()[b]] * h.absmax_scale.f32()[b / kAbsmaxBlockSize];
+    out[b] = scaled + h.offset;
+  }
+  return out;
+}
+
+Tensor nf4_dequantize(const Nf4Weight& w) {
+  LR_CHECK(w.defined(), "nf4_dequantize of an empty weight");
+  Tensor out = Tensor::empty(w.shape, w.dtype, w.device());
+  ops::nf4_dequantize(w.codes, w.absmax_codes, w.absmax_scale, w.absmax_map, w.offset, out);
+  return out;
+}
+
+}  // namespace lowrank::model
