@@ -47,7 +47,7 @@ TEST(CudaNf4, DequantizeEqualsCpuBitForBit) {
 TEST(CudaNf4, QuantizedOnTheHostForACudaModel) {
   LR_REQUIRE_GPU();
   const Tensor w = test::random_cpu({256, 64}, 9, 1.0f);
-  const model::Nf4Weight g = model::nf4_quantize(w.to(test::gpu()).to(DType::BF16), DType::BF16, test::gpu());
+  const model::Nf4Weight g = model::nf4_quantize(test::to_gpu(w, DType::BF16), DType::BF16, test::gpu());
   EXPECT_TRUE(g.codes.device().is_cuda());
   const model::Nf4Weight c = model::nf4_quantize(w.to(DType::BF16).to(DType::F32), DType::F32, Device::cpu());
   expect_bit_equal(g.codes, c.codes, "codes");

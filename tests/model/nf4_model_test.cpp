@@ -235,7 +235,9 @@ TEST(CudaNf4Model, EvalLossAndLoraGradientsEqualCpu) {
   for (size_t run : {1, 2}) {
     const auto& got = runs[run].second.pairs;
     ASSERT_EQ(got.size(), want.size());
-    const double tol = run == 2 ? 1e-3 : 5e-2;  // as CudaLoraGrads
+    // bf16: CudaLoraGrads' 5e-2 for bf16 activations, plus the bf16 rounding of the dequantized
+    // weights (the f32 reference keeps them exact): 5.6% measured on gate_proj's dA (H200), as DoRA's 8%.
+    const double tol = run == 2 ? 1e-3 : 8e-2;
     for (size_t i = 0; i < want.size(); ++i) {
       EXPECT_LE(rel_frobenius(got[i].grad_A, want[i].grad_A), tol) << want[i].module << " dA, run " << run;
       EXPECT_LE(rel_frobenius(got[i].grad_B, want[i].grad_B), tol) << want[i].module << " dB, run " << run;
