@@ -129,7 +129,7 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
       a.biases.push_back({m.layer, m.target, m.linear.name, ops::cast(m.linear.bias.clone(), DType::F32), {}});
     }
   }
-  a.to(model.device());
+  a.place(model);
   return a;
 }
 
@@ -235,7 +235,7 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
   }
   if (a.pairs.empty() && a.biases.empty()) throw error(weights, ": the adapter holds no LoRA tensors");
   sort_pairs(a.pairs);
-  a.to(model.device());
+  a.place(model);
   return a;
 }
 
@@ -285,8 +285,9 @@ LoraPair* Adapter::find(int layer, Target t) {
 std::vector<AdapterParam> Adapter::parameters() {
   std::vector<AdapterParam> out;
   for (auto& p : pairs)
-    for (const auto& t : lora_variant(p.kind).tensors(p)) out.push_back({p.module + "." + t.name, t.value, t.grad, t.working});
-  for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr});
+    for (const auto& t : lora_variant(p.kind).tensors(p))
+      out.push_back({p.module + "." + t.name, t.value, t.grad, t.working, p.layer});
+  for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr, b.layer});
   return out;
 }
 
@@ -300,6 +301,14 @@ void Adapter::to(Device device) {
   for (auto& p : parameters())
     for (Tensor* t : {p.value, p.grad, p.working})
       if (t && t->defined()) *t = t->to(device);
+}
+
+void Adapter::place(const model::Model& model) {
+  for (auto& p : parameters()) {
+    const Device d = model.layer_device(p.layer);
+    for (Tensor* t : {p.value, p.grad, p.working})
+      if (t && t->defined()) *t = t->to(d);
+  }
 }
 
 void Adapter::attach_biases(model::Model& model) {

@@ -12,5 +12,7 @@ ModelConfig llama_config(int64_t hidden, int64_t layers, int64_t heads, int64_t 
 // 8B-parameter models are made in seconds (values repeat; fine for timing, never zeros).
 Model random_model(const ModelConfig& config, uint64_t seed, Device device = Device::cpu(),
                    DType dtype = DType::F32);
+// The same with each part made directly on its device of `placement` (a model split over devices).
+Model random_model(const ModelConfig& config, uint64_t seed, const Placement& placement, DType dtype);
 
 }  // namespace lowrank::model

@@ -9,6 +9,7 @@
 #include "lowrank/io/safetensors.h"
 #include "lowrank/model/target.h"
 #include "lowrank/model/config.h"
+#include "lowrank/model/placement.h"
 
 namespace lowrank::model {
 
@@ -60,6 +61,9 @@ struct ModelWeights {
 // shape is an Error naming the file, the tensor, and the expected and actual shapes.
 ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute = DType::F32,
                           Device device = Device::cpu());
+// The same with each part on its device of `placement` (a model split over devices).
+ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute,
+                          const Placement& placement);
 
 // Every weight tensor with its checkpoint name, live (Conv1D in our [out, in] layout); a tied
 // lm_head is listed once, as the embedding.
