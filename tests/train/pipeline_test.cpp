@@ -1,0 +1,177 @@
+// Pipeline parallelism on the CPU: a model split into stages ("cpu,cpu,cpu") trained with the GPipe
+// schedule gives exactly one device's losses, gradients and updates (the same ops in the same
+// order), with dropout, checkpointing, embedding and lm_head LoRA; layers are balanced by bytes.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "lowrank/core/error.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/model/random_model.h"
+#include "lowrank/train/pipeline.h"
+
+using namespace lowrank;
+
+namespace {
+
+model::ModelConfig tiny_config() { return model::llama_config(32, 5, 4, 2, 48, 64, 64, /*tie=*/false); }
+
+// The micro-batches of one step: `count` batches of 2 sequences of 12 tokens, some labels masked.
+std::vector<train::MicroBatch> micro_batches(int count, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<train::MicroBatch> out;
+  for (int k = 0; k < count; ++k) {
+    train::MicroBatch mb;
+    mb.tokens = {{}, 2, 12};
+    for (int64_t i = 0; i < mb.tokens.rows(); ++i) mb.tokens.ids.push_back(static_cast<int32_t>(rng.next_u32() % 64));
+    std::vector<int32_t> labels = mb.tokens.ids;
+    labels[3] = -100;  // a prompt token: not scored
+    mb.targets = model::shift_labels(labels, 2, 12);
+    for (int32_t t : mb.targets) mb.counted += t != -100;
+    out.push_back(std::move(mb));
+  }
+  return out;
+}
+
+// A model, its adapter, the optimizer and one dropout stream: one device's or a split's.
+struct TrainingRun {
+  model::Model model;
+  lora::Adapter adapter;
+  std::vector<train::ParamRef> params;
+  train::AdamW optimizer{{1e-2, 0.9, 0.999, 1e-8, 0.01}};
+  Rng dropout{7};
+  lora::LoraHook hook;
+  train::StepContext ctx;
+
+  TrainingRun(model::Model m, const lora::LoraConfig& lc, bool checkpointing)
+      : model(std::move(m)), adapter(create(model, lc)), hook({{&adapter, 1.0}}) {
+    adapter.allocate_grads();
+    params = train::lora_params(adapter);
+    hook.set_training(true, &dropout);
+    ctx = {&model, &hook, nullptr, &params, &optimizer, 0.5, checkpointing};
+  }
+  static lora::Adapter create(model::Model& m, const lora::LoraConfig& lc) {
+    Rng init(3);
+    return lora::Adapter::create(m, lc, init);
+  }
+  train::PipelineContext pipeline() {
+    return {&ctx, [this]() -> std::unique_ptr<model::TrainableHook> {
+              auto h = std::make_unique<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{&adapter, 1.0}});
+              h->set_training(true, &dropout);
+              return h;
+            }};
+  }
+};
+
+lora::LoraConfig lora_config(bool embedding_and_head) {
+  lora::LoraConfig lc;
+  lc.r = 4;
+  lc.alpha = 8;
+  lc.dropout = 0.1;
+  lc.target_modules = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  if (embedding_and_head) {
+    lc.target_modules.push_back("embed_tokens");
+    lc.target_modules.push_back("lm_head");
+  }
+  return lc;
+}
+
+void expect_bitwise_equal(const Tensor& a, const Tensor& b, const std::string& what) {
+  ASSERT_EQ(a.shape(), b.shape()) << what;
+  ASSERT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << what;
+}
+
+class PipelineEqualsOneDevice : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
+
+TEST_P(PipelineEqualsOneDevice, LossesGradientsAndUpdates) {
+  const auto [checkpointing, embedding_and_head] = GetParam();
+  const model::ModelConfig c = tiny_config();
+  const lora::LoraConfig lc = lora_config(embedding_and_head);
+  // Three stages of unequal length: layers 0 | 1-3 | 4.
+  const model::Placement split{{Device::cpu(), Device::cpu(), Device::cpu()}, {0, 1, 4, 5}};
+  TrainingRun one(model::random_model(c, 11, Device::cpu()), lc, checkpointing);
+  TrainingRun piped(model::random_model(c, 11, split, DType::F32), lc, checkpointing);
+  ASSERT_EQ(piped.model.placement().stages(), 3);
+  for (int step = 0; step < 3; ++step) {  // B = 0 at first: later steps check A's gradients too
+    const auto mbs = micro_batches(4, 100 + step);
+    const train::StepResult a = train::train_step(one.ctx, mbs, 1e-2);
+    const train::StepResult b = train::train_step_pipeline(piped.pipeline(), mbs, 1e-2);
+    EXPECT_EQ(a.loss, b.loss) << "step " << step;
+    EXPECT_EQ(a.tokens, b.tokens);
+    EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-12 * a.grad_norm);
+    ASSERT_EQ(one.params.size(), piped.params.size());
+    for (size_t i = 0; i < one.params.size(); ++i) {
+      expect_bitwise_equal(one.params[i].grad, piped.params[i].grad, "grad of " + one.params[i].name);
+      expect_bitwise_equal(one.params[i].param, piped.params[i].param, one.params[i].name);
+    }
+    EXPECT_EQ(one.dropout.offset(), piped.dropout.offset());  // the same masks were drawn
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Pipeline, PipelineEqualsOneDevice,
+                         ::testing::Combine(::testing::Bool(), ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) ? "Checkpointing" : "Saved") +
+                                  (std::get<1>(info.param) ? "EmbeddingAndHead" : "Blocks");
+                         });
+
+// Only the lm_head trained: the backward stops before the stages' layers.
+TEST(Pipeline, OnlyTheHeadTrained) {
+  const model::ModelConfig c = tiny_config();
+  lora::LoraConfig lc = lora_config(false);
+  lc.target_modules = {"lm_head"};
+  const model::Placement split{{Device::cpu(), Device::cpu()}, {0, 3, 5}};
+  TrainingRun one(model::random_model(c, 5, Device::cpu()), lc, false);
+  TrainingRun piped(model::random_model(c, 5, split, DType::F32), lc, false);
+  const auto mbs = micro_batches(2, 9);
+  for (int step = 0; step < 2; ++step) {
+    EXPECT_EQ(train::train_step(one.ctx, mbs, 1e-2).loss, train::train_step_pipeline(piped.pipeline(), mbs, 1e-2).loss);
+    for (size_t i = 0; i < one.params.size(); ++i)
+      expect_bitwise_equal(one.params[i].param, piped.params[i].param, one.params[i].name);
+  }
+}
+
+// Evaluation and generation go through Model::hidden_states, which follows the split.
+TEST(Pipeline, SplitModelForwardEqualsOneDevice) {
+  const model::ModelConfig c = tiny_config();
+  const model::Model one = model::random_model(c, 5, Device::cpu());
+  const model::Model split = model::random_model(c, 5, model::Placement{{Device::cpu(), Device::cpu()}, {0, 2, 5}}, DType::F32);
+  const model::TokenBatch b{{1, 5, 9, 13, 2, 7}, 2, 3};
+  expect_bitwise_equal(one.logits(b), split.logits(b), "logits");
+}
+
+TEST(Placement, BalancesLayersByBytes) {
+  // Llama-3-70B: the embedding and the (untied) lm_head weigh the same: 40 | 40.
+  const auto c70 = model::llama_config(8192, 80, 64, 8, 28672, 128256, 8192, false);
+  const auto p = model::balance_layers(c70, {Device::cuda(0), Device::cuda(1)}, DType::BF16);
+  EXPECT_EQ(p.first_layer, (std::vector<int64_t>{0, 40, 80}));
+  EXPECT_EQ(p.stage_of_layer(-1), 0);
+  EXPECT_EQ(p.stage_of_layer(39), 0);
+  EXPECT_EQ(p.stage_of_layer(40), 1);
+  EXPECT_EQ(p.stage_of_layer(80), 1);  // the head
+  EXPECT_EQ(p.device_of_layer(79), Device::cuda(1));
+  // A vocabulary as heavy as several layers: the embedding's and lm_head's stages get fewer layers.
+  auto heavy = model::llama_config(64, 8, 4, 2, 64, 20000, 64, false);
+  const model::PartBytes bytes = model::part_bytes(heavy, DType::F32);
+  ASSERT_GT(bytes.embed, 2 * bytes.layer);
+  const auto q = model::balance_layers(heavy, {Device::cpu(), Device::cpu(), Device::cpu()}, DType::F32);
+  EXPECT_EQ(q.first_layer.front(), 0);
+  EXPECT_EQ(q.first_layer.back(), 8);
+  const int64_t first = q.first_layer[1], middle = q.first_layer[2] - q.first_layer[1], last = 8 - q.first_layer[2];
+  EXPECT_LT(first, middle);
+  EXPECT_LT(last, middle);
+  for (int s = 0; s < 3; ++s) EXPECT_GE(q.first_layer[s + 1] - q.first_layer[s], 1);
+}
+
+TEST(Placement, FewerLayersThanDevicesIsAnError) {
+  const auto c = model::llama_config(32, 2, 4, 2, 48, 64, 64);
+  try {
+    model::balance_layers(c, {Device::cpu(), Device::cpu(), Device::cpu()}, DType::F32);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot split a model of 2 layers over 3 devices"), std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
