@@ -3,8 +3,11 @@
 // order), with dropout, checkpointing, embedding and lm_head LoRA; layers are balanced by bytes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
+#include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/model/random_model.h"
@@ -46,6 +49,7 @@ struct TrainingRun {
   TrainingRun(model::Model m, const lora::LoraConfig& lc, bool checkpointing)
       : model(std::move(m)), adapter(create(model, lc)), hook({{&adapter, 1.0}}) {
     adapter.allocate_grads();
+    adapter.make_working_copies(model.weights().embed.dtype());  // bf16 A and B on the GPU, as train does
     params = train::lora_params(adapter);
     hook.set_training(true, &dropout);
     ctx = {&model, &hook, nullptr, &params, &optimizer, 0.5, checkpointing};
@@ -138,6 +142,39 @@ TEST(Pipeline, SplitModelForwardEqualsOneDevice) {
   const model::Model split = model::random_model(c, 5, model::Placement{{Device::cpu(), Device::cpu()}, {0, 2, 5}}, DType::F32);
   const model::TokenBatch b{{1, 5, 9, 13, 2, 7}, 2, 3};
   expect_bitwise_equal(one.logits(b), split.logits(b), "logits");
+}
+
+// On two GPUs: a bf16 model split over cuda:0 and cuda:1 trains as on cuda:0 alone. The same
+// kernels run in the same order on each micro-batch, so the results agree to rounding (the GEMMs'
+// algorithm choice is per device; the grad norm's partial sums are added per device).
+TEST(CudaPipeline, StepEqualsOneGpu) {
+  if (cuda_device_count() < 2) GTEST_SKIP() << "needs two CUDA GPUs";
+  const model::ModelConfig c = model::llama_config(256, 6, 4, 2, 512, 512, 128, /*tie=*/true);
+  for (const bool checkpointing : {false, true}) {
+    lora::LoraConfig lc = lora_config(true);
+    lc.dropout = 0.1;
+    const model::Placement split = model::balance_layers(c, {Device::cuda(0), Device::cuda(1)}, DType::BF16);
+    TrainingRun one(model::random_model(c, 11, Device::cuda(0), DType::BF16), lc, checkpointing);
+    TrainingRun piped(model::random_model(c, 11, split, DType::BF16), lc, checkpointing);
+    EXPECT_EQ(piped.adapter.pairs.back().A.device(), Device::cuda(1));  // lm_head's pair, next to it
+    for (int step = 0; step < 3; ++step) {
+      const auto mbs = micro_batches(4, 100 + step);
+      const train::StepResult a = train::train_step(one.ctx, mbs, 1e-2);
+      const train::StepResult b = train::train_step_pipeline(piped.pipeline(), mbs, 1e-2);
+      EXPECT_NEAR(a.loss, b.loss, 1e-5 * a.loss) << "step " << step;
+      EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-4 * a.grad_norm) << "step " << step;
+      for (size_t i = 0; i < one.params.size(); ++i) {
+        const Tensor x = one.params[i].param.to(Device::cpu()), y = piped.params[i].param.to(Device::cpu());
+        const Tensor gx = one.params[i].grad.to(Device::cpu()), gy = piped.params[i].grad.to(Device::cpu());
+        double scale = 0;
+        for (int64_t j = 0; j < gx.numel(); ++j) scale = std::max(scale, std::abs(static_cast<double>(gx.f32()[j])));
+        for (int64_t j = 0; j < x.numel(); ++j) {
+          ASSERT_NEAR(x.f32()[j], y.f32()[j], 1e-5) << one.params[i].name << "[" << j << "] step " << step;
+          ASSERT_NEAR(gx.f32()[j], gy.f32()[j], 1e-3 * scale + 1e-9) << "grad " << one.params[i].name << "[" << j << "]";
+        }
+      }
+    }
+  }
 }
 
 TEST(Placement, BalancesLayersByBytes) {
