@@ -2,7 +2,7 @@
 // bf16 model of a Llama shape made directly on its stages' devices, LoRA r=16 all-linear, GPipe
 // over the micro-batches of a step. Prints one "RESULT {json}" line: tokens/s, MFU, the split and
 // the peak memory of every GPU (the allocator's peak reserved bytes).
-//   bench_pipeline_gpu [--shape llama70b|llama8b|llama1b] [--devices cuda:0,cuda:1] [--batch 1]
+//   bench_pipeline_gpu [--shape llama70b|llama8b|llama1b|tiny] [--devices cuda:0,cuda:1] [--batch 1]
 //                      [--micro-batches 8] [--seq 2048] [--checkpointing 1] [--steps 3] [--warmup 1]
 // --batch is sequences per micro-batch; a step is micro-batches × batch × seq tokens. With one
 // device (--devices cuda:0) the same schedule runs unsplit, for comparison.
@@ -34,6 +34,7 @@ struct Shape {
 };
 
 const Shape kShapes[] = {
+    {"tiny", 64, 4, 4, 2, 128, 512, false},  // a smoke test (also on --devices cpu,cpu)
     {"llama1b", 2048, 16, 32, 8, 8192, 128256, true},
     {"llama8b", 4096, 32, 32, 8, 14336, 128256, false},
     {"llama70b", 8192, 80, 64, 8, 28672, 128256, false},
@@ -50,7 +51,7 @@ int run(const Options& o) {
   const Shape* s = nullptr;
   for (const auto& k : kShapes)
     if (o.shape == k.name) s = &k;
-  if (!s) throw Error("--shape " + o.shape + ": expected llama1b, llama8b or llama70b");
+  if (!s) throw Error("--shape " + o.shape + ": expected tiny, llama1b, llama8b or llama70b");
   std::vector<Device> devices;
   std::stringstream list(o.devices);
   for (std::string d; std::getline(list, d, ',');) {
@@ -58,9 +59,10 @@ int run(const Options& o) {
     check_device(devices.back(), "--devices " + d);
   }
   const auto cfg = model::llama_config(s->hidden, s->layers, s->heads, s->kv, s->ffn, s->vocab, 8192, s->tie);
-  const model::Placement place = model::balance_layers(cfg, devices, DType::BF16);
+  const DType dtype = devices[0].is_cuda() ? DType::BF16 : DType::F32;
+  const model::Placement place = model::balance_layers(cfg, devices, dtype);
   auto t_build = std::chrono::steady_clock::now();
-  model::Model m = model::random_model(cfg, 1, place, DType::BF16);  // each layer made on its device
+  model::Model m = model::random_model(cfg, 1, place, dtype);  // each layer made on its device
   lora::LoraConfig lc;
   lc.r = 16;
   lc.alpha = 32;
@@ -69,7 +71,7 @@ int run(const Options& o) {
   Rng rng(2);
   lora::Adapter a = lora::Adapter::create(m, lc, rng);  // pairs placed next to their layers
   a.allocate_grads();
-  a.make_working_copies(DType::BF16);
+  a.make_working_copies(dtype);
   auto params = train::lora_params(a);
   train::AdamW opt({1e-4, 0.9, 0.999, 1e-8, 0.0});
   train::StepContext ctx{&m, nullptr, nullptr, &params, &opt, 1.0, o.checkpointing};
@@ -96,7 +98,8 @@ int run(const Options& o) {
     mbs.push_back(train::make_micro_batch(train::Dataset::from_examples(ex), all));
   }
 #ifdef LOWRANK_WITH_CUDA
-  for (Device d : devices) cuda::reset_peak_stats(d);  // the step's memory, not the build's transients
+  for (Device d : devices)
+    if (d.is_cuda()) cuda::reset_peak_stats(d);  // the step's memory, not the build's transients
 #endif
   double loss = 0;
   auto t0 = std::chrono::steady_clock::now();
@@ -120,7 +123,8 @@ int run(const Options& o) {
                    {"first_layer", place.first_layer}};
   std::vector<double> peak;
 #ifdef LOWRANK_WITH_CUDA
-  for (Device d : devices) peak.push_back(static_cast<double>(cuda::allocator_stats(d).peak_reserved) / (1 << 30));
+  for (Device d : devices)
+    if (d.is_cuda()) peak.push_back(static_cast<double>(cuda::allocator_stats(d).peak_reserved) / (1 << 30));
 #endif
   r["peak_gib"] = peak;
   std::printf("RESULT %s\n", r.dump().c_str());

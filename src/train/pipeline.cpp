@@ -60,6 +60,15 @@ void accumulate_gradients_pipelined(const PipelineContext& ctx, const std::vecto
   std::vector<Tensor> in_flight;  // sent tensors, kept until every device is done
   std::vector<MicroBatchInFlight> mbs(micro_batches.size());
 
+  // Positions on every stage's device first: these host-to-device copies are then queued before
+  // any compute, so they cannot make the host wait for a busy stream.
+  for (size_t k = 0; k < micro_batches.size(); ++k) {
+    const model::TokenBatch& batch = micro_batches[k].tokens;
+    MicroBatchInFlight& f = mbs[k];
+    f.pos.resize(batch.rows());
+    for (int64_t i = 0; i < batch.rows(); ++i) f.pos[i] = static_cast<int32_t>(i % batch.seq);
+    for (const Device d : place.devices) f.pos_dev.push_back(Tensor::from_ints(f.pos, d));
+  }
   // Forward: micro-batch by micro-batch through the stages, each ending with its loss on the last
   // stage (only the gradient of the last layer's output waits for the backward).
   for (size_t k = 0; k < micro_batches.size(); ++k) {
@@ -68,12 +77,9 @@ void accumulate_gradients_pipelined(const PipelineContext& ctx, const std::vecto
     f.hook = ctx.make_hook();
     f.cache.checkpointing = step.checkpointing;
     f.cache.layers.assign(c.num_layers, {});
-    const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
-    f.pos.resize(N);
-    for (int64_t i = 0; i < N; ++i) f.pos[i] = static_cast<int32_t>(i % T);
+    const int64_t B = batch.batch, T = batch.seq;
     for (int s = 0; s < stages; ++s) {
       const Device d = place.devices[s];
-      f.pos_dev.push_back(Tensor::from_ints(f.pos, d));
       Tensor x = s == 0 ? m.embed(batch, f.pos, f.hook.get()) : send(f.boundary, d, in_flight);
       const model::LayerInput in{B, T, 0, &f.pos_dev[s], f.hook.get(), nullptr, true};
       for (int64_t li = place.first_layer[s]; li < place.first_layer[s + 1]; ++li) {
