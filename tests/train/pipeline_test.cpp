@@ -52,7 +52,7 @@ struct TrainingRun {
     adapter.make_working_copies(model.weights().embed.dtype());  // bf16 A and B on the GPU, as train does
     params = train::lora_params(adapter);
     hook.set_training(true, &dropout);
-    ctx = {&model, &hook, nullptr, &params, &optimizer, 0.5, checkpointing};
+    ctx = {&model, &hook, nullptr, &params, &optimizer, /*max_grad_norm=*/1e-3, checkpointing};  // always clips
   }
   static lora::Adapter create(model::Model& m, const lora::LoraConfig& lc) {
     Rng init(3);
