@@ -61,8 +61,9 @@ const RopeTables& Model::rope(int64_t layer, int64_t n) const {
   const bool long_factors = uses_long_factors(r, n);
   const Device device = layer_device(layer);
   auto on_device = std::find_if(rope_tables_.begin(), rope_tables_.end(), [&](const auto& e) { return e.first == device; });
-  if (on_device == rope_tables_.end()) on_device = rope_tables_.insert(rope_tables_.end(), {device, {}});
-  RopeTables& t = on_device->second[2 * sliding + long_factors];
+  std::array<RopeTables, 4>& tables =
+      on_device != rope_tables_.end() ? on_device->second : rope_tables_.emplace_back(device, std::array<RopeTables, 4>{}).second;
+  RopeTables& t = tables[2 * sliding + long_factors];
   if (!t.cos.defined() || t.cos.dim(0) < n) {
     int64_t size = std::max<int64_t>(n, std::max<int64_t>(config_.max_position_embeddings, 1));
     RopeTables host = rope_tables(rope_frequencies(config_, r, long_factors), size);  // f32 on the CPU

@@ -1,6 +1,7 @@
 #pragma once
 // A loaded decoder-only language model and its forward pass (CPU, f32).
 #include <array>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -129,8 +130,9 @@ class Model {
   std::string source_;
   Device device_;
   Placement placement_;
-  // Per device: [2 · sliding-layer RoPE + LongRoPE long factors]: the tables each kind of layer uses.
-  mutable std::vector<std::pair<Device, std::array<RopeTables, 4>>> rope_tables_;
+  // Per device: [2 · sliding-layer RoPE + LongRoPE long factors]: the tables each kind of layer uses
+  // (a deque: references handed out stay valid when another device's tables are added).
+  mutable std::deque<std::pair<Device, std::array<RopeTables, 4>>> rope_tables_;
 };
 
 // Token-weighted negative log-likelihood of one sequence: every position t >= 1 is predicted
