@@ -115,7 +115,7 @@ int run(const Options& o) {
   // as bench_train_gpu does), plus causal attention.
   const double flops = 4.0 * n + 3.0 * 4.0 * cfg.num_layers * o.seq * cfg.hidden_size / 2.0;
   nlohmann::json r{{"engine", "lowrank"}, {"model", s->name}, {"targets", "all-linear"}, {"r", 16},
-                   {"gpus", devices.size()}, {"split", devices.size() > 1 ? "layers" : "false"},
+                   {"gpus", devices.size()}, {"split", devices.size() > 1 ? nlohmann::json("layers") : nlohmann::json(false)},
                    {"schedule", "gpipe"}, {"checkpointing", o.checkpointing}, {"batch", o.batch},
                    {"micro_batches", o.micro_batches}, {"seq", o.seq}, {"tokens_per_s", tps},
                    {"step_s", dt}, {"params", n}, {"trainable", a.parameter_count()}, {"loss", loss},
