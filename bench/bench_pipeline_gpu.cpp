@@ -1,9 +1,10 @@
 // LoRA training of a base split over GPUs by layers (pipeline parallel, issue 14): a random-init
-// bf16 model of a Llama shape made directly on its stages' devices, LoRA r=16 all-linear, GPipe
-// over the micro-batches of a step. Prints one "RESULT {json}" line: tokens/s, MFU, the split and
+// bf16 model of a Llama shape made directly on its stages' devices, LoRA r=16 all-linear, 1F1B (or
+// GPipe) over the micro-batches of a step. Prints one "RESULT {json}" line: tokens/s, MFU, the split and
 // the peak memory of every GPU (the allocator's peak reserved bytes).
 //   bench_pipeline_gpu [--shape llama70b|llama8b|llama1b|tiny] [--devices cuda:0,cuda:1] [--batch 1]
-//                      [--micro-batches 8] [--seq 2048] [--checkpointing 1] [--steps 3] [--warmup 1]
+//                      [--micro-batches 8] [--seq 2048] [--checkpointing 1] [--schedule 1f1b|gpipe]
+//                      [--steps 3] [--warmup 1]
 // --batch is sequences per micro-batch; a step is micro-batches × batch × seq tokens. With one
 // device (--devices cuda:0) the same schedule runs unsplit, for comparison.
 #include <chrono>
@@ -44,10 +45,12 @@ struct Options {
   std::string shape = "llama70b", devices = "cuda:0,cuda:1";
   int64_t batch = 1, micro_batches = 8, seq = 2048;
   bool checkpointing = true;
+  std::string schedule = "1f1b";
   int steps = 3, warmup = 1;
 };
 
 int run(const Options& o) {
+  const train::PipelineSchedule schedule = train::parse_pipeline_schedule(o.schedule);
   const Shape* s = nullptr;
   for (const auto& k : kShapes)
     if (o.shape == k.name) s = &k;
@@ -75,12 +78,14 @@ int run(const Options& o) {
   auto params = train::lora_params(a);
   train::AdamW opt({1e-4, 0.9, 0.999, 1e-8, 0.0});
   train::StepContext ctx{&m, nullptr, nullptr, &params, &opt, 1.0, o.checkpointing};
-  const train::PipelineContext pipeline{&ctx, [&a]() -> std::unique_ptr<model::TrainableHook> {
+  const train::PipelineContext pipeline{&ctx,
+                                        [&a]() -> std::unique_ptr<model::TrainableHook> {
                                           auto h = std::make_unique<lora::LoraHook>(
                                               std::vector<lora::ActiveAdapter>{{&a, 1.0}});
                                           h->set_training(true);
                                           return h;
-                                        }};
+                                        },
+                                        schedule};
   const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_build).count();
 
   std::vector<train::MicroBatch> mbs;
@@ -116,7 +121,7 @@ int run(const Options& o) {
   const double flops = 4.0 * n + 3.0 * 4.0 * cfg.num_layers * o.seq * cfg.hidden_size / 2.0;
   nlohmann::json r{{"engine", "lowrank"}, {"model", s->name}, {"targets", "all-linear"}, {"r", 16},
                    {"gpus", devices.size()}, {"split", devices.size() > 1 ? nlohmann::json("layers") : nlohmann::json(false)},
-                   {"schedule", "gpipe"}, {"checkpointing", o.checkpointing}, {"batch", o.batch},
+                   {"schedule", o.schedule}, {"checkpointing", o.checkpointing}, {"batch", o.batch},
                    {"micro_batches", o.micro_batches}, {"seq", o.seq}, {"tokens_per_s", tps},
                    {"step_s", dt}, {"params", n}, {"trainable", a.parameter_count()}, {"loss", loss},
                    {"mfu", tps * flops / (989e12 * devices.size())}, {"build_s", build_s},
@@ -144,6 +149,7 @@ int main(int argc, char** argv) {
     else if (k == "--micro-batches") o.micro_batches = std::atoll(v.c_str());
     else if (k == "--seq") o.seq = std::atoll(v.c_str());
     else if (k == "--checkpointing") o.checkpointing = v != "0";
+    else if (k == "--schedule") o.schedule = v;
     else if (k == "--steps") o.steps = std::atoi(v.c_str());
     else if (k == "--warmup") o.warmup = std::atoi(v.c_str());
     else {

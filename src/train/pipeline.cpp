@@ -23,7 +23,7 @@ Tensor send(const Tensor& x, Device to, std::vector<Tensor>& in_flight) {
 
 // One micro-batch between its forward and its backward.
 struct MicroBatchInFlight {
-  std::unique_ptr<model::TrainableHook> hook;  // its LoRA activations and dropout offsets
+  std::unique_ptr<model::TrainableHook> hook;  // its LoRA activations and dropout offsets (from its first forward)
   model::ForwardCache cache;                   // its layers' activations (or inputs, with checkpointing)
   std::vector<int32_t> pos;                    // [B*T] positions
   std::vector<Tensor> pos_dev;                 // [stage]: pos on each stage's device, for RoPE
@@ -69,53 +69,58 @@ void accumulate_gradients_pipelined(const PipelineContext& ctx, const std::vecto
     for (int64_t i = 0; i < batch.rows(); ++i) f.pos[i] = static_cast<int32_t>(i % batch.seq);
     for (const Device d : place.devices) f.pos_dev.push_back(Tensor::from_ints(f.pos, d));
   }
-  // Forward: micro-batch by micro-batch through the stages, each ending with its loss on the last
-  // stage (only the gradient of the last layer's output waits for the backward).
-  for (size_t k = 0; k < micro_batches.size(); ++k) {
+  // One stage's forward of micro-batch k; the last stage adds the loss right away (only the
+  // gradient of the last layer's output then waits for the backward).
+  auto forward = [&](int s, size_t k) {
     const model::TokenBatch& batch = micro_batches[k].tokens;
     MicroBatchInFlight& f = mbs[k];
-    f.hook = ctx.make_hook();
-    f.cache.checkpointing = step.checkpointing;
-    f.cache.layers.assign(c.num_layers, {});
-    const int64_t B = batch.batch, T = batch.seq;
-    for (int s = 0; s < stages; ++s) {
-      const Device d = place.devices[s];
-      Tensor x = s == 0 ? m.embed(batch, f.pos, f.hook.get()) : send(f.boundary, d, in_flight);
-      const model::LayerInput in{B, T, 0, &f.pos_dev[s], f.hook.get(), nullptr, true};
-      for (int64_t li = place.first_layer[s]; li < place.first_layer[s + 1]; ++li) {
-        model::LayerActivations a;
-        Tensor next = m.layer_forward(li, x, in, a);
-        if (step.checkpointing) f.cache.layers[li].x_in = a.x_in;  // the rest is recomputed in backward
-        else f.cache.layers[li] = std::move(a);
-        x = next;
-      }
-      f.boundary = x;
+    if (s == 0) {
+      f.hook = ctx.make_hook();
+      f.cache.checkpointing = step.checkpointing;
+      f.cache.layers.assign(c.num_layers, {});
     }
+    Tensor x = s == 0 ? m.embed(batch, f.pos, f.hook.get()) : send(f.boundary, place.devices[s], in_flight);
+    const model::LayerInput in{batch.batch, batch.seq, 0, &f.pos_dev[s], f.hook.get(), nullptr, true};
+    for (int64_t li = place.first_layer[s]; li < place.first_layer[s + 1]; ++li) {
+      model::LayerActivations a;
+      Tensor next = m.layer_forward(li, x, in, a);
+      if (step.checkpointing) f.cache.layers[li].x_in = a.x_in;  // the rest is recomputed in backward
+      else f.cache.layers[li] = std::move(a);
+      x = next;
+    }
+    f.boundary = x;
+    if (s + 1 < stages) return;
     Tensor mean, rstd;
-    const Tensor hidden = m.normalize(w.final_norm, f.boundary, &mean, &rstd);
+    const Tensor hidden = m.normalize(w.final_norm, x, &mean, &rstd);
     model::LossResult unused;  // the NLL goes to `nll`, the counts are known
-    const Tensor dhidden = model::loss_backward(m, hidden, micro_batches[k].targets, grad_scale, f.hook.get(),
-                                                nullptr, &nll, unused);
-    f.boundary = model::normalize_backward(c.norm, w.final_norm, nullptr, dhidden, f.boundary, mean, rstd);
-  }
-
-  // Backward: micro-batches in the forward's order (the gradients accumulate as on one device),
-  // each from the last stage down to the lowest trained layer.
-  const int lowest = mbs.front().hook->lowest_trainable_layer();
-  for (size_t k = 0; k < micro_batches.size(); ++k) {
+    const Tensor dhidden =
+        model::loss_backward(m, hidden, micro_batches[k].targets, grad_scale, f.hook.get(), nullptr, &nll, unused);
+    f.boundary = model::normalize_backward(c.norm, w.final_norm, nullptr, dhidden, x, mean, rstd);
+  };
+  // One stage's backward of micro-batch k, down to the lowest trained layer; the first stage ends
+  // with the embedding's part and frees the micro-batch.
+  const int lowest = ctx.make_hook()->lowest_trainable_layer();
+  auto backward = [&](int s, size_t k) {
     const model::TokenBatch& batch = micro_batches[k].tokens;
     MicroBatchInFlight& f = mbs[k];
-    for (int s = stages - 1; s >= 0; --s) {
-      const int64_t first = place.first_layer[s], end = place.first_layer[s + 1];
-      if (end - 1 < std::max(lowest, 0)) break;  // nothing trained here or below
+    const int64_t first = place.first_layer[s], end = place.first_layer[s + 1];
+    if (end - 1 >= std::max(lowest, 0)) {  // else nothing is trained here or below
       Tensor dx = send(f.boundary, place.devices[s], in_flight);
       for (int64_t li = end - 1; li >= std::max<int64_t>(first, lowest); --li)
-        dx = model::layer_backward(m, li, f.cache.layers[li], dx, batch.batch, batch.seq, f.pos_dev[s], f.hook.get(),
-                                   nullptr, li > lowest, step.checkpointing);
+        dx = model::layer_backward(m, li, f.cache.layers[li], dx, batch.batch, batch.seq, f.pos_dev[s],
+                                   f.hook.get(), nullptr, li > lowest, step.checkpointing);
       f.boundary = dx;
     }
+    if (s > 0) return;
     if (lowest < 0) model::embedding_backward(m, batch, f.pos, f.boundary, f.hook.get(), nullptr);
     f = MicroBatchInFlight{};  // its activations are no longer needed
+  };
+  // Each stage's part in the schedule's order; every stage accumulates its gradients in
+  // micro-batch order, as one device does.
+  const auto orders = stage_orders(ctx.schedule, stages, static_cast<int64_t>(micro_batches.size()));
+  for (const PipelineOp& op : issue_order(orders)) {
+    if (op.forward) forward(op.stage, static_cast<size_t>(op.micro_batch));
+    else backward(op.stage, static_cast<size_t>(op.micro_batch));
   }
   // Every copy has read its source once every device is idle.
   for (const Device d : place.devices) device_synchronize(d);

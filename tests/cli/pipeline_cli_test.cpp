@@ -1,5 +1,5 @@
 // `lowrank train --devices ... --split layers`: the model split by layers over the devices
-// (pipeline parallel, GPipe over the --grad-accum micro-batches). On the CPU ("cpu,cpu") it is the
+// (pipeline parallel, 1F1B over the --grad-accum micro-batches). On the CPU ("cpu,cpu") it is the
 // one-device run exactly, with dropout, checkpointing, evaluation, checkpoints and --resume (on a
 // split or on one device); bad combinations are refused. On two GPUs: the same run as one GPU.
 #include <gtest/gtest.h>

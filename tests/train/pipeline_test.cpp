@@ -58,12 +58,14 @@ struct TrainingRun {
     Rng init(3);
     return lora::Adapter::create(m, lc, init);
   }
-  train::PipelineContext pipeline() {
-    return {&ctx, [this]() -> std::unique_ptr<model::TrainableHook> {
+  train::PipelineContext pipeline(train::PipelineSchedule schedule = train::PipelineSchedule::OneFOneB) {
+    return {&ctx,
+            [this]() -> std::unique_ptr<model::TrainableHook> {
               auto h = std::make_unique<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{&adapter, 1.0}});
               h->set_training(true, &dropout);
               return h;
-            }};
+            },
+            schedule};
   }
 };
 
@@ -85,10 +87,11 @@ void expect_bitwise_equal(const Tensor& a, const Tensor& b, const std::string& w
   ASSERT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << what;
 }
 
-class PipelineEqualsOneDevice : public ::testing::TestWithParam<std::tuple<bool, bool>> {};
+class PipelineEqualsOneDevice
+    : public ::testing::TestWithParam<std::tuple<bool, bool, train::PipelineSchedule>> {};
 
 TEST_P(PipelineEqualsOneDevice, LossesGradientsAndUpdates) {
-  const auto [checkpointing, embedding_and_head] = GetParam();
+  const auto [checkpointing, embedding_and_head, schedule] = GetParam();
   const model::ModelConfig c = tiny_config();
   const lora::LoraConfig lc = lora_config(embedding_and_head);
   // Three stages of unequal length: layers 0 | 1-3 | 4.
@@ -99,7 +102,7 @@ TEST_P(PipelineEqualsOneDevice, LossesGradientsAndUpdates) {
   for (int step = 0; step < 3; ++step) {  // B = 0 at first: later steps check A's gradients too
     const auto mbs = micro_batches(4, 100 + step);
     const train::StepResult a = train::train_step(one.ctx, mbs, 1e-2);
-    const train::StepResult b = train::train_step_pipeline(piped.pipeline(), mbs, 1e-2);
+    const train::StepResult b = train::train_step_pipeline(piped.pipeline(schedule), mbs, 1e-2);
     EXPECT_EQ(a.loss, b.loss) << "step " << step;
     EXPECT_EQ(a.tokens, b.tokens);
     EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-12 * a.grad_norm);
@@ -113,11 +116,48 @@ TEST_P(PipelineEqualsOneDevice, LossesGradientsAndUpdates) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Pipeline, PipelineEqualsOneDevice,
-                         ::testing::Combine(::testing::Bool(), ::testing::Bool()),
+                         ::testing::Combine(::testing::Bool(), ::testing::Bool(),
+                                            ::testing::Values(train::PipelineSchedule::OneFOneB,
+                                                              train::PipelineSchedule::GPipe)),
                          [](const auto& info) {
                            return std::string(std::get<0>(info.param) ? "Checkpointing" : "Saved") +
-                                  (std::get<1>(info.param) ? "EmbeddingAndHead" : "Blocks");
+                                  (std::get<1>(info.param) ? "EmbeddingAndHead" : "Blocks") +
+                                  (std::get<2>(info.param) == train::PipelineSchedule::GPipe ? "GPipe" : "1F1B");
                          });
+
+// Every op once; each stage's order kept; an op after those it needs; forwards micro-batch-major
+// (the one-device order of dropout draws); 1F1B holds at most S - s micro-batches on stage s.
+TEST(PipelineSchedule, OrdersAreValid) {
+  for (const auto schedule : {train::PipelineSchedule::GPipe, train::PipelineSchedule::OneFOneB})
+    for (int S : {1, 2, 3, 4})
+      for (int64_t M : {1, 2, 3, 5, 8}) {
+        const auto orders = train::stage_orders(schedule, S, M);
+        const auto issue = train::issue_order(orders);
+        ASSERT_EQ(issue.size(), static_cast<size_t>(2 * S * M));
+        std::vector<size_t> at(S, 0);
+        std::vector<int64_t> f_done(S, 0), b_done(S, 0);
+        int64_t forwards = 0;
+        for (const auto& op : issue) {
+          const int s = op.stage;
+          ASSERT_EQ(orders[s][at[s]++], op);  // the stage's own order
+          if (op.forward) {
+            ASSERT_EQ(op.micro_batch * S + s, forwards++);  // micro-batch-major
+            ++f_done[s];
+          } else {
+            ASSERT_LT(op.micro_batch, s == S - 1 ? f_done[s] : b_done[s + 1]);
+            ASSERT_EQ(op.micro_batch, b_done[s]++);  // backwards in micro-batch order
+          }
+        }
+        for (int s = 0; s < S; ++s) {
+          int64_t held = 0, most = 0;
+          for (const auto& op : orders[s]) most = std::max(most, held += op.forward ? 1 : -1);
+          EXPECT_EQ(most, schedule == train::PipelineSchedule::GPipe ? M : std::min<int64_t>(S - s, M))
+              << "stage " << s << " of " << S << ", " << M << " micro-batches";
+        }
+      }
+  EXPECT_THROW(train::parse_pipeline_schedule("zigzag"), Error);
+  EXPECT_EQ(train::parse_pipeline_schedule("1f1b"), train::PipelineSchedule::OneFOneB);
+}
 
 // Only the lm_head trained: the backward stops before the stages' layers.
 TEST(Pipeline, OnlyTheHeadTrained) {
