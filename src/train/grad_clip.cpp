@@ -21,19 +21,6 @@ std::vector<Tensor> grads_of(const std::vector<ParamRef>& params) {
   return grads;
 }
 
-// The gradients of `params` by device, in first-seen order: one group unless the model is split
-// over devices (then each group is one stage's).
-std::vector<std::vector<Tensor>> grads_by_device(const std::vector<ParamRef>& params) {
-  std::vector<std::vector<Tensor>> groups;
-  for (const Tensor& g : grads_of(params)) {
-    auto it = std::find_if(groups.begin(), groups.end(),
-                           [&](const std::vector<Tensor>& grp) { return grp.front().device() == g.device(); });
-    if (it == groups.end()) groups.push_back({g});
-    else it->push_back(g);
-  }
-  return groups;
-}
-
 // Σ g² over every gradient into one F64 [1] tensor per device group (fixed-order reduction in the
 // ops: reproducible run to run).
 std::vector<Tensor> sum_squares(const std::vector<std::vector<Tensor>>& groups) {
@@ -53,6 +40,17 @@ double read_back(const std::vector<Tensor>& totals) {
 }
 
 }  // namespace
+
+std::vector<std::vector<Tensor>> grads_by_device(const std::vector<ParamRef>& params) {
+  std::vector<std::vector<Tensor>> groups;
+  for (const Tensor& g : grads_of(params)) {
+    auto it = std::find_if(groups.begin(), groups.end(),
+                           [&](const std::vector<Tensor>& grp) { return grp.front().device() == g.device(); });
+    if (it == groups.end()) groups.push_back({g});
+    else it->push_back(g);
+  }
+  return groups;
+}
 
 double global_grad_norm(const std::vector<ParamRef>& params) {
   return std::sqrt(read_back(sum_squares(grads_by_device(params))));

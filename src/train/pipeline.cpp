@@ -7,6 +7,7 @@
 #include "lowrank/model/norm.h"
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
+#include "lowrank/train/grad_clip.h"
 
 namespace lowrank::train {
 namespace {
@@ -32,14 +33,7 @@ struct MicroBatchInFlight {
 
 void zero_grads(const std::vector<ParamRef>& params) {
   const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
-  std::vector<std::vector<Tensor>> by_device;  // one multi-tensor launch per device
-  for (const ParamRef& p : params) {
-    auto it = std::find_if(by_device.begin(), by_device.end(),
-                           [&](const std::vector<Tensor>& g) { return g.front().device() == p.grad.device(); });
-    if (it == by_device.end()) by_device.push_back({p.grad});
-    else it->push_back(p.grad);
-  }
-  for (const auto& grads : by_device) ops::zero_all_(grads);
+  for (const auto& grads : grads_by_device(params)) ops::zero_all_(grads);  // one launch per device
 }
 
 }  // namespace
