@@ -75,6 +75,7 @@ void accumulate_gradients_pipelined(const PipelineContext& ctx, const std::vecto
     }
     Tensor x = s == 0 ? m.embed(batch, f.pos, f.hook.get()) : send(f.boundary, place.devices[s], in_flight);
     const model::LayerInput in{batch.batch, batch.seq, 0, &f.pos_dev[s], f.hook.get(), nullptr, true};
+    if (step.checkpointing) f.hook->set_checkpointed_forward(true);  // the layers are replayed in backward
     for (int64_t li = place.first_layer[s]; li < place.first_layer[s + 1]; ++li) {
       model::LayerActivations a;
       Tensor next = m.layer_forward(li, x, in, a);
@@ -82,6 +83,7 @@ void accumulate_gradients_pipelined(const PipelineContext& ctx, const std::vecto
       else f.cache.layers[li] = std::move(a);
       x = next;
     }
+    if (step.checkpointing) f.hook->set_checkpointed_forward(false);  // not the lm_head's: no replay
     f.boundary = x;
     if (s + 1 < stages) return;
     Tensor mean, rstd;

@@ -22,6 +22,9 @@ class TrainableHook : public ProjectionHook {
   // Activation checkpointing recomputes a layer's forward inside backward: while replaying, the
   // hook must reproduce exactly what the first forward did (same dropout masks).
   virtual void set_replay(bool replay) {}
+  // The forward pass about to run is checkpointed: its decoder layers will be replayed in backward,
+  // so the hook keeps only what a replay needs to match (dropout draws), not its activations.
+  virtual void set_checkpointed_forward(bool on) {}
 };
 
 struct LossResult {
