@@ -167,8 +167,12 @@ int main(int argc, char** argv) {
   }
   try {
     return run(o);
-  } catch (const std::exception& e) {
+  } catch (const std::exception& e) {  // e.g. out of memory: a row that says so, as bench_train_gpu writes
     std::fprintf(stderr, "error: %s\n", e.what());
+    nlohmann::json r{{"engine", "lowrank"}, {"model", o.shape}, {"devices", o.devices}, {"batch", o.batch},
+                     {"micro_batches", o.micro_batches}, {"schedule", o.schedule},
+                     {"checkpointing", o.checkpointing}, {"error", e.what()}};
+    std::printf("RESULT %s\n", r.dump().c_str());
     return 2;
   }
 }

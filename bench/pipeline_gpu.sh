@@ -28,5 +28,5 @@ for c in "${configs[@]}"; do
     python3 -c 'import json,sys,datetime
 for line in sys.stdin:
     r = json.loads(line); r["date"] = datetime.date.today().isoformat(); r["gpu"] = sys.argv[1]
-    print(json.dumps(r), flush=True)' "${n}x $gpu"
+    print(json.dumps(r), flush=True)' "${n}x $gpu" || true  # a failed config (its error row) does not stop the rest
 done
