@@ -121,6 +121,9 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                                       "(threads); --batch-size is the global batch")
                            ->delimiter(',')
                            ->excludes(device);
+                       app.add_option("--split", o.split,
+                                      "layers: split the model over --devices by layers (pipeline parallel, for "
+                                      "bases larger than one GPU) instead of data parallel");
                        app.add_option("--save-every", o.save_every, "Checkpoint every N steps");
                        app.add_option("--eval-every", o.eval_every, "Evaluate --eval-data every N steps");
                        app.add_flag("--resume", o.resume, "Continue from the newest checkpoint in --out");

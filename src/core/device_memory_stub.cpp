@@ -17,6 +17,12 @@ void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes)
   }
   throw no_cuda();
 }
+void device_copy_async(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
+  device_copy(dst, dd, src, sd, bytes);
+}
+void device_synchronize(Device d) {
+  if (!d.is_cpu()) throw no_cuda();
+}
 void device_memset_zero(void*, Device, size_t) { throw no_cuda(); }
 int cuda_device_count() { return 0; }
 size_t device_peak_reserved(Device) { return 0; }

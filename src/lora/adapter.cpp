@@ -134,7 +134,7 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
       a.biases.push_back({m.layer, m.target, m.linear.name, ops::cast(m.linear.bias.clone(), DType::F32), {}});
     }
   }
-  a.to(model.device());
+  a.place(model);
   return a;
 }
 
@@ -240,7 +240,7 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
   }
   if (a.pairs.empty() && a.biases.empty()) throw error(weights, ": the adapter holds no LoRA tensors");
   sort_pairs(a.pairs);
-  a.to(model.device());
+  a.place(model);
   return a;
 }
 
@@ -290,8 +290,9 @@ LoraPair* Adapter::find(int layer, Target t) {
 std::vector<AdapterParam> Adapter::parameters() {
   std::vector<AdapterParam> out;
   for (auto& p : pairs)
-    for (const auto& t : lora_variant(p.kind).tensors(p)) out.push_back({p.module + "." + t.name, t.value, t.grad, t.working});
-  for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr});
+    for (const auto& t : lora_variant(p.kind).tensors(p))
+      out.push_back({p.module + "." + t.name, t.value, t.grad, t.working, p.layer});
+  for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr, b.layer});
   return out;
 }
 
@@ -305,6 +306,15 @@ void Adapter::to(Device device) {
   for (auto& p : parameters())
     for (Tensor* t : {p.value, p.grad, p.working})
       if (t && t->defined()) *t = t->to(device);
+  for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = Tensor();  // the blocks moved one by one
+}
+
+void Adapter::place(const model::Model& model) {
+  for (auto& p : parameters()) {
+    const Device d = model.layer_device(p.layer);
+    for (Tensor* t : {p.value, p.grad, p.working})
+      if (t && t->defined()) *t = t->to(d);
+  }
   for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = Tensor();  // the blocks moved one by one
 }
 

@@ -167,6 +167,117 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
   return dhidden;
 }
 
+Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, Tensor dx, int64_t B, int64_t T,
+                      const Tensor& pos_dev, TrainableHook* hook, LayerWeights* G, bool need_dx, bool checkpointing) {
+  const ModelConfig& c = model.config();
+  const ModelWeights& w = model.weights();
+  const int64_t N = B * T;
+  const LayerWeights& L = w.layers[li];
+  if (checkpointing) {  // recompute this layer's activations from its saved input
+    LayerActivations full_a;
+    if (hook) hook->set_replay(true);
+    model.layer_forward(li, saved.x_in, LayerInput{B, T, 0, &pos_dev, hook, nullptr, true}, full_a);
+    if (hook) hook->set_replay(false);
+    saved = std::move(full_a);
+  }
+  const LayerActivations& a = saved;
+  const int layer = static_cast<int>(li);
+  auto grad_of = [&](Linear LayerWeights::*slot) { return G ? &(G->*slot) : nullptr; };
+  auto norm_grad_of = [&](Norm LayerWeights::*slot) { return G ? &(G->*slot) : nullptr; };
+  // MLP block: x_out = x_mid + [post_norm](down(act(gate) * up))   (ungated: down(act(up)))
+  Tensor dmlp_out = dx;
+  if (c.sandwich_norms)
+    dmlp_out = normalize_backward(c.norm, L.post_mlp_norm, norm_grad_of(&LayerWeights::post_mlp_norm), dx,
+                                  a.down_out, Tensor(), a.post_mlp_rstd);
+  Tensor dact = linear_backward(L.down, grad_of(&LayerWeights::down), layer, L.down.target, a.act, dmlp_out, hook);
+  Tensor dxn2;
+  if (!c.gated_mlp) {
+    Tensor dup = ops::activation_backward(dact, a.up, op_activation(c.activation));
+    dxn2 = linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, dup, hook);
+  } else {
+    Tensor dg, du;
+    if (c.activation == Activation::SiLU) {
+      ops::swiglu_backward(dact, a.gate, a.up, dg, du);
+    } else {  // act(gate) * up
+      du = ops::activation(a.gate, op_activation(c.activation));
+      ops::mul_(du, dact);  // du = dact ⊙ act(gate)
+      Tensor dactg = dact.clone();
+      ops::mul_(dactg, a.up);
+      dg = ops::activation_backward(dactg, a.gate, op_activation(c.activation));
+    }
+    if (c.fused_gate_up) {
+      dxn2 = linear_backward(L.gate_up, grad_of(&LayerWeights::gate_up), layer, L.gate_up.target, a.xn2,
+                             concat_columns({&dg, &du}), hook);
+    } else {
+      dxn2 = linear_backward(L.gate, grad_of(&LayerWeights::gate), layer, L.gate.target, a.xn2, dg, hook);
+      linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, du, hook, dxn2, Dx::Accumulate);
+    }
+  }
+  Tensor dx_mid = normalize_backward(c.norm, L.mlp_norm, norm_grad_of(&LayerWeights::mlp_norm), dxn2, a.x_mid,
+                                     a.norm2_mean, a.norm2_rstd);
+  ops::add_(dx_mid, dx);
+  // Attention block: x_mid = x_in + [post_norm](o(attn(q, k, v)))
+  Tensor dattn_out = dx_mid;
+  if (c.sandwich_norms)
+    dattn_out = normalize_backward(c.norm, L.post_attn_norm, norm_grad_of(&LayerWeights::post_attn_norm), dx_mid,
+                                   a.o_out, Tensor(), a.post_attn_rstd);
+  Tensor dattn = linear_backward(L.o, grad_of(&LayerWeights::o), layer, L.o.target, a.attn, dattn_out, hook);
+  const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
+                                  c.attention_scale(), static_cast<float>(c.attn_softcap)};
+  Tensor dq, dk, dv;
+  ops::attention_backward(dattn, a.q, a.k, a.v, a.attn, a.lse, shape, dq, dk, dv);
+  if (!c.learned_positions) {
+    const RopeTables& tables = model.rope(li, T);
+    ops::rope_(dq, c.num_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
+    ops::rope_(dk, c.num_kv_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
+  }
+  if (c.qk_norm) {
+    const int64_t hd = c.head_dim;
+    dq = normalize_backward(c.norm, L.q_norm, norm_grad_of(&LayerWeights::q_norm), dq.reshape({N * c.num_heads, hd}),
+                            a.q_raw.reshape({N * c.num_heads, hd}), Tensor(), a.q_rstd)
+             .reshape({N, c.q_dim()});
+    dk = normalize_backward(c.norm, L.k_norm, norm_grad_of(&LayerWeights::k_norm),
+                            dk.reshape({N * c.num_kv_heads, hd}), a.k_raw.reshape({N * c.num_kv_heads, hd}),
+                            Tensor(), a.k_rstd)
+             .reshape({N, c.kv_dim()});
+  }
+  // The lowest trained layer's input gradient feeds nothing (no embedding gradient without
+  // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
+  Tensor dxn1;
+  if (c.fused_qkv) {
+    linear_backward(L.qkv, grad_of(&LayerWeights::qkv), layer, L.qkv.target, a.xn1, concat_columns({&dq, &dk, &dv}),
+                    hook, dxn1, need_dx ? Dx::Write : Dx::Skip);
+  } else {
+    linear_backward(L.q, grad_of(&LayerWeights::q), layer, L.q.target, a.xn1, dq, hook, dxn1,
+                    need_dx ? Dx::Write : Dx::Skip);
+    linear_backward(L.k, grad_of(&LayerWeights::k), layer, L.k.target, a.xn1, dk, hook, dxn1,
+                    need_dx ? Dx::Accumulate : Dx::Skip);
+    linear_backward(L.v, grad_of(&LayerWeights::v), layer, L.v.target, a.xn1, dv, hook, dxn1,
+                    need_dx ? Dx::Accumulate : Dx::Skip);
+  }
+  if (need_dx) {
+    dx = normalize_backward(c.norm, L.attn_norm, norm_grad_of(&LayerWeights::attn_norm), dxn1, a.x_in,
+                            a.norm1_mean, a.norm1_rstd);
+    ops::add_(dx, dx_mid);
+  } else {
+    dx = Tensor();
+  }
+  if (checkpointing) saved = LayerActivations{};  // free the recomputed activations
+  return dx;
+}
+
+void embedding_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& pos, Tensor& dx,
+                        TrainableHook* hook, ModelWeights* full) {
+  const ModelConfig& c = model.config();
+  const ModelWeights& w = model.weights();
+  // x = (embed[ids] + embedding LoRA) · scale + positions[pos]
+  const bool embedding_lora = !full && hook && hook->lowest_trainable_layer() < 0;
+  if (full && full->positions.defined()) ops::embedding_backward_(full->positions, pos, dx);
+  if (c.scale_embeddings && (full || embedding_lora)) ops::scale_(dx, c.embedding_scale(w.embed.dtype()));
+  if (embedding_lora) hook->on_embedding_backward(batch.ids, dx);
+  if (full) ops::embedding_backward_(full->embed, batch.ids, dx);
+}
+
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
                             float grad_scale, TrainableHook* hook, ModelWeights* full, bool checkpointing,
                             Tensor* loss_sum) {
@@ -188,105 +299,10 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);
   const Tensor pos_dev = Tensor::from_ints(pos, model.device());  // once for every layer's RoPE
 
-  for (int64_t li = c.num_layers - 1; li >= std::max(lowest, 0); --li) {
-    const LayerWeights& L = w.layers[li];
-    LayerWeights* G = full ? &full->layers[li] : nullptr;
-    if (checkpointing) {  // recompute this layer's activations from its saved input
-      LayerActivations full_a;
-      if (hook) hook->set_replay(true);
-      model.layer_forward(li, cache.layers[li].x_in, LayerInput{B, T, 0, &pos_dev, hook, nullptr, true}, full_a);
-      if (hook) hook->set_replay(false);
-      cache.layers[li] = std::move(full_a);
-    }
-    const LayerActivations& a = cache.layers[li];
-    const int layer = static_cast<int>(li);
-    auto grad_of = [&](Linear LayerWeights::*slot) { return G ? &(G->*slot) : nullptr; };
-    auto norm_grad_of = [&](Norm LayerWeights::*slot) { return G ? &(G->*slot) : nullptr; };
-    // MLP block: x_out = x_mid + [post_norm](down(act(gate) * up))   (ungated: down(act(up)))
-    Tensor dmlp_out = dx;
-    if (c.sandwich_norms)
-      dmlp_out = normalize_backward(c.norm, L.post_mlp_norm, norm_grad_of(&LayerWeights::post_mlp_norm), dx,
-                                    a.down_out, Tensor(), a.post_mlp_rstd);
-    Tensor dact = linear_backward(L.down, grad_of(&LayerWeights::down), layer, L.down.target, a.act, dmlp_out, hook);
-    Tensor dxn2;
-    if (!c.gated_mlp) {
-      Tensor dup = ops::activation_backward(dact, a.up, op_activation(c.activation));
-      dxn2 = linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, dup, hook);
-    } else {
-      Tensor dg, du;
-      if (c.activation == Activation::SiLU) {
-        ops::swiglu_backward(dact, a.gate, a.up, dg, du);
-      } else {  // act(gate) * up
-        du = ops::activation(a.gate, op_activation(c.activation));
-        ops::mul_(du, dact);  // du = dact ⊙ act(gate)
-        Tensor dactg = dact.clone();
-        ops::mul_(dactg, a.up);
-        dg = ops::activation_backward(dactg, a.gate, op_activation(c.activation));
-      }
-      if (c.fused_gate_up) {
-        dxn2 = linear_backward(L.gate_up, grad_of(&LayerWeights::gate_up), layer, L.gate_up.target, a.xn2,
-                               concat_columns({&dg, &du}), hook);
-      } else {
-        dxn2 = linear_backward(L.gate, grad_of(&LayerWeights::gate), layer, L.gate.target, a.xn2, dg, hook);
-        linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, du, hook, dxn2, Dx::Accumulate);
-      }
-    }
-    Tensor dx_mid = normalize_backward(c.norm, L.mlp_norm, norm_grad_of(&LayerWeights::mlp_norm), dxn2, a.x_mid,
-                                       a.norm2_mean, a.norm2_rstd);
-    ops::add_(dx_mid, dx);
-    // Attention block: x_mid = x_in + [post_norm](o(attn(q, k, v)))
-    Tensor dattn_out = dx_mid;
-    if (c.sandwich_norms)
-      dattn_out = normalize_backward(c.norm, L.post_attn_norm, norm_grad_of(&LayerWeights::post_attn_norm), dx_mid,
-                                     a.o_out, Tensor(), a.post_attn_rstd);
-    Tensor dattn = linear_backward(L.o, grad_of(&LayerWeights::o), layer, L.o.target, a.attn, dattn_out, hook);
-    const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
-                                    c.attention_scale(), static_cast<float>(c.attn_softcap)};
-    Tensor dq, dk, dv;
-    ops::attention_backward(dattn, a.q, a.k, a.v, a.attn, a.lse, shape, dq, dk, dv);
-    if (!c.learned_positions) {
-      const RopeTables& tables = model.rope(li, T);
-      ops::rope_(dq, c.num_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
-      ops::rope_(dk, c.num_kv_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
-    }
-    if (c.qk_norm) {
-      const int64_t hd = c.head_dim;
-      dq = normalize_backward(c.norm, L.q_norm, norm_grad_of(&LayerWeights::q_norm), dq.reshape({N * c.num_heads, hd}),
-                              a.q_raw.reshape({N * c.num_heads, hd}), Tensor(), a.q_rstd)
-               .reshape({N, c.q_dim()});
-      dk = normalize_backward(c.norm, L.k_norm, norm_grad_of(&LayerWeights::k_norm),
-                              dk.reshape({N * c.num_kv_heads, hd}), a.k_raw.reshape({N * c.num_kv_heads, hd}),
-                              Tensor(), a.k_rstd)
-               .reshape({N, c.kv_dim()});
-    }
-    // The lowest trained layer's input gradient feeds nothing (no embedding gradient without
-    // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
-    const bool need_dx = full || li > lowest;
-    Tensor dxn1;
-    if (c.fused_qkv) {
-      linear_backward(L.qkv, grad_of(&LayerWeights::qkv), layer, L.qkv.target, a.xn1, concat_columns({&dq, &dk, &dv}),
-                      hook, dxn1, need_dx ? Dx::Write : Dx::Skip);
-    } else {
-      linear_backward(L.q, grad_of(&LayerWeights::q), layer, L.q.target, a.xn1, dq, hook, dxn1,
-                      need_dx ? Dx::Write : Dx::Skip);
-      linear_backward(L.k, grad_of(&LayerWeights::k), layer, L.k.target, a.xn1, dk, hook, dxn1,
-                      need_dx ? Dx::Accumulate : Dx::Skip);
-      linear_backward(L.v, grad_of(&LayerWeights::v), layer, L.v.target, a.xn1, dv, hook, dxn1,
-                      need_dx ? Dx::Accumulate : Dx::Skip);
-    }
-    if (need_dx) {
-      dx = normalize_backward(c.norm, L.attn_norm, norm_grad_of(&LayerWeights::attn_norm), dxn1, a.x_in,
-                              a.norm1_mean, a.norm1_rstd);
-      ops::add_(dx, dx_mid);
-    }
-    if (checkpointing) cache.layers[li] = LayerActivations{};  // free the recomputed activations
-  }
-  // x = (embed[ids] + embedding LoRA) · scale + positions[pos]
-  const bool embedding_lora = hook && lowest < 0;
-  if (full && full->positions.defined()) ops::embedding_backward_(full->positions, pos, dx);
-  if (c.scale_embeddings && (full || embedding_lora)) ops::scale_(dx, c.embedding_scale(w.embed.dtype()));
-  if (embedding_lora) hook->on_embedding_backward(batch.ids, dx);
-  if (full) ops::embedding_backward_(full->embed, batch.ids, dx);
+  for (int64_t li = c.num_layers - 1; li >= std::max(lowest, 0); --li)
+    dx = layer_backward(model, li, cache.layers[li], dx, B, T, pos_dev, hook, full ? &full->layers[li] : nullptr,
+                        full || li > lowest, checkpointing);
+  if (full || (hook && lowest < 0)) embedding_backward(model, batch, pos, dx, hook, full);
   return result;
 }
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -27,7 +28,15 @@ Tensor columns(const Tensor& x, int64_t begin, int64_t width) {
 }  // namespace
 
 Model::Model(ModelConfig config, ModelWeights weights, Device device)
-    : config_(std::move(config)), weights_(std::move(weights)), device_(device) {}
+    : config_(std::move(config)), weights_(std::move(weights)), device_(device),
+      placement_(Placement::single(device, config_.num_layers)) {}
+
+Model::Model(ModelConfig config, ModelWeights weights, Placement placement)
+    : config_(std::move(config)), weights_(std::move(weights)), device_(placement.devices.at(0)),
+      placement_(std::move(placement)) {
+  LR_CHECK(placement_.num_layers() == config_.num_layers, "placement of ", placement_.num_layers(), " layers for ",
+           config_.num_layers);
+}
 
 Model Model::load(const std::string& dir, Device device, DType dtype, Quantization quantize) {
   ModelConfig config = ModelConfig::load(dir);
@@ -37,15 +46,29 @@ Model Model::load(const std::string& dir, Device device, DType dtype, Quantizati
   return m;
 }
 
+Model Model::load_split(const std::string& dir, const std::vector<Device>& devices, DType dtype,
+                        Quantization quantize) {
+  ModelConfig config = ModelConfig::load(dir);
+  io::TensorStore store = io::TensorStore::open(dir);
+  Placement placement = balance_layers(config, devices, dtype);
+  Model m(config, load_weights(config, store, dtype, placement, quantize), placement);
+  m.source_ = dir;
+  return m;
+}
+
 const RopeTables& Model::rope(int64_t layer, int64_t n) const {
   const RopeConfig& r = config_.rope_of_layer(layer);
   const bool sliding = &r != &config_.rope;
   const bool long_factors = uses_long_factors(r, n);
-  RopeTables& t = rope_tables_[2 * sliding + long_factors];
+  const Device device = layer_device(layer);
+  auto on_device = std::find_if(rope_tables_.begin(), rope_tables_.end(), [&](const auto& e) { return e.first == device; });
+  std::array<RopeTables, 4>& tables =
+      on_device != rope_tables_.end() ? on_device->second : rope_tables_.emplace_back(device, std::array<RopeTables, 4>{}).second;
+  RopeTables& t = tables[2 * sliding + long_factors];
   if (!t.cos.defined() || t.cos.dim(0) < n) {
     int64_t size = std::max<int64_t>(n, std::max<int64_t>(config_.max_position_embeddings, 1));
     RopeTables host = rope_tables(rope_frequencies(config_, r, long_factors), size);  // f32 on the CPU
-    t = {host.cos.to(device_), host.sin.to(device_)};
+    t = {host.cos.to(device), host.sin.to(device)};
   }
   return t;
 }
@@ -153,17 +176,15 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
   std::vector<int32_t> pos(N);
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(start + i % T);
 
-  Tensor x = ops::embedding(weights_.embed, batch.ids);
-  if (hook) hook->on_embedding(weights_.embed, batch.ids, x);  // PEFT's embedding LoRA is inside embed_tokens
-  if (c.scale_embeddings) ops::scale_(x, c.embedding_scale(x.dtype()));
-  if (weights_.positions.defined()) {
-    Tensor p = ops::embedding(weights_.positions, pos);
-    ops::add_(x, p);
-  }
+  Tensor x = embed(batch, pos, hook);
   if (cache) cache->layers.assign(c.num_layers, {});
-  const Tensor pos_dev = Tensor::from_ints(pos, device_);  // uploaded once for every layer's RoPE
+  Tensor pos_dev = Tensor::from_ints(pos, device_);  // uploaded once for every layer's RoPE (per device)
   LayerInput in{B, T, start, &pos_dev, hook, kv, cache != nullptr};
   for (int64_t li = 0; li < c.num_layers; ++li) {
+    if (const Device d = layer_device(li); !(x.device() == d)) {  // the next stage of a split model
+      x = x.to(d);
+      pos_dev = Tensor::from_ints(pos, d);
+    }
     LayerActivations a;
     Tensor next = layer_forward(li, x, in, a);
     if (cache) {
@@ -173,6 +194,7 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
     x = next;
   }
   if (kv) kv->length += T;
+  x = x.to(layer_device(c.num_layers));  // the final norm's and lm_head's device
   Tensor mean, rstd;
   Tensor h = normalize(weights_.final_norm, x, &mean, &rstd);
   if (cache) {
@@ -182,6 +204,17 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
     cache->hidden = h;
   }
   return h;
+}
+
+Tensor Model::embed(const TokenBatch& batch, const std::vector<int32_t>& pos, ProjectionHook* hook) const {
+  Tensor x = ops::embedding(weights_.embed, batch.ids);
+  if (hook) hook->on_embedding(weights_.embed, batch.ids, x);  // PEFT's embedding LoRA is inside embed_tokens
+  if (config_.scale_embeddings) ops::scale_(x, config_.embedding_scale(x.dtype()));
+  if (weights_.positions.defined()) {
+    Tensor p = ops::embedding(weights_.positions, pos);
+    ops::add_(x, p);
+  }
+  return x;
 }
 
 Tensor Model::project_vocab(const Tensor& hidden, ProjectionHook* hook) const {

@@ -75,15 +75,26 @@ Linear linear(const Filler& f, const std::string& name, Target target, int64_t o
 }  // namespace
 
 Model random_model(const ModelConfig& c, uint64_t seed, Device device, DType dtype, Quantization quantize) {
+  return random_model(c, seed, Placement::single(device, c.num_layers), dtype, quantize);
+}
+
+Model random_model(const ModelConfig& c, uint64_t seed, const Placement& placement, DType dtype,
+                   Quantization quantize) {
   LR_CHECK(!c.gpt2_layout && !c.fused_qkv && !c.fused_gate_up && !c.sandwich_norms && !c.qk_norm &&
                c.norm == NormKind::RMS,
            "random_model builds Llama-shaped models");
-  Filler f(seed, device, dtype);
+  LR_CHECK(placement.num_layers() == c.num_layers, "placement of ", placement.num_layers(), " layers for ",
+           c.num_layers);
+  // One filler per stage: each tensor is made directly on its part's device (the same values on any device).
+  std::vector<Filler> fillers;
+  for (Device d : placement.devices) fillers.emplace_back(seed, d, dtype);
+  auto on = [&](int64_t layer) -> const Filler& { return fillers[placement.stage_of_layer(layer)]; };
   ModelWeights w;
   w.embed_name = "model.embed_tokens.weight";
-  w.embed = f.normal({c.vocab_size, c.hidden_size}, 0.02f);
+  w.embed = on(-1).normal({c.vocab_size, c.hidden_size}, 0.02f);
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
+    const Filler& f = on(i);
     LayerWeights l;
     l.attn_norm = {f.ones(c.hidden_size), {}, p + "input_layernorm"};
     l.mlp_norm = {f.ones(c.hidden_size), {}, p + "post_attention_layernorm"};
@@ -98,15 +109,16 @@ Model random_model(const ModelConfig& c, uint64_t seed, Device device, DType dty
     for (Linear* p : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) quantize_linear(*p, quantize);
     w.layers.push_back(std::move(l));
   }
-  w.final_norm = {f.ones(c.hidden_size), {}, "model.norm"};
+  const Filler& head = on(c.num_layers);
+  w.final_norm = {head.ones(c.hidden_size), {}, "model.norm"};
   if (c.tie_word_embeddings) {
-    w.lm_head = w.embed;
+    w.lm_head = w.embed.to(placement.device_of_layer(c.num_layers));  // a split model's copy on the last stage
     w.lm_head_name = w.embed_name;
   } else {
     w.lm_head_name = "lm_head.weight";
-    w.lm_head = f.normal({c.vocab_size, c.hidden_size}, 0.02f);
+    w.lm_head = head.normal({c.vocab_size, c.hidden_size}, 0.02f);
   }
-  return Model(c, std::move(w), device);
+  return Model(c, std::move(w), placement);
 }
 
 }  // namespace lowrank::model

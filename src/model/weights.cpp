@@ -26,8 +26,14 @@ namespace {
 
 class Loader {
  public:
-  Loader(const io::TensorStore& store, DType compute, Device device, Quantization quantize)
-      : store_(store), compute_(compute), device_(device), quantize_(quantize) {}
+  Loader(const io::TensorStore& store, DType compute, Placement placement, Quantization quantize)
+      : store_(store), compute_(compute), placement_(std::move(placement)), device_(placement_.devices[0]),
+        quantize_(quantize) {}
+
+  // Where the following tensors go: the device of decoder layer `layer` (-1: the embedding's,
+  // num_layers: the head's), so that a split model is read straight onto its devices.
+  void place(int64_t layer) { device_ = placement_.device_of_layer(layer); }
+  Device device() const { return device_; }
 
   bool has(const std::string& name) const { return store_.contains(name); }
 
@@ -92,19 +98,22 @@ class Loader {
  private:
   const io::TensorStore& store_;
   DType compute_;
+  Placement placement_;
   Device device_;
   Quantization quantize_;
 };
 
 // Checkpoints named as transformers' Llama-style decoders (model.layers.N.self_attn.q_proj, ...).
-ModelWeights load_decoder(const ModelConfig& c, const Loader& L) {
+ModelWeights load_decoder(const ModelConfig& c, Loader& L) {
   ModelWeights w;
   const int64_t d = c.hidden_size, I = c.intermediate_size;
   const bool layer_norm_bias = c.norm == NormKind::Layer;
   w.embed_name = "model.embed_tokens.weight";
+  L.place(-1);
   w.embed = L.get(w.embed_name, {c.vocab_size, d});
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
+    L.place(i);
     LayerWeights l;
     l.attn_norm = L.norm(p + "input_layernorm", d, layer_norm_bias);
     if (c.sandwich_norms) {  // Gemma's post_attention_layernorm is the attention output's, not the MLP input's
@@ -135,9 +144,10 @@ ModelWeights load_decoder(const ModelConfig& c, const Loader& L) {
     l.down = L.linear(p + "mlp.down_proj", Target::Down, d, I, c.mlp_bias);
     w.layers.push_back(std::move(l));
   }
+  L.place(c.num_layers);
   w.final_norm = L.norm("model.norm", d, layer_norm_bias);
   if (c.tie_word_embeddings && !L.has("lm_head.weight")) {
-    w.lm_head = w.embed;
+    w.lm_head = w.embed.to(L.device());  // the same tensor, or a split model's copy on the last stage
     w.lm_head_name = w.embed_name;
   } else {
     w.lm_head_name = "lm_head.weight";
@@ -146,16 +156,18 @@ ModelWeights load_decoder(const ModelConfig& c, const Loader& L) {
   return w;
 }
 
-ModelWeights load_gpt2(const ModelConfig& c, const Loader& L) {
+ModelWeights load_gpt2(const ModelConfig& c, Loader& L) {
   ModelWeights w;
   const int64_t d = c.hidden_size;
   // Checkpoints saved by GPT2LMHeadModel prefix "transformer."; the original ones do not.
   const std::string root = L.has("transformer.wte.weight") ? "transformer." : "";
   w.embed_name = root + "wte.weight";
+  L.place(-1);
   w.embed = L.get(w.embed_name, {c.vocab_size, d});
   w.positions = L.get(root + "wpe.weight", {c.max_position_embeddings, d});
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = root + "h." + std::to_string(i) + ".";
+    L.place(i);
     LayerWeights l;
     l.attn_norm = L.norm(p + "ln_1", d, true);
     l.mlp_norm = L.norm(p + "ln_2", d, true);
@@ -165,12 +177,13 @@ ModelWeights load_gpt2(const ModelConfig& c, const Loader& L) {
     l.down = L.conv1d(p + "mlp.c_proj", Target::MlpCProj, d, c.intermediate_size);
     w.layers.push_back(std::move(l));
   }
+  L.place(c.num_layers);
   w.final_norm = L.norm(root + "ln_f", d, true);
   if (L.has("lm_head.weight") && !c.tie_word_embeddings) {
     w.lm_head_name = "lm_head.weight";
     w.lm_head = L.get(w.lm_head_name, {c.vocab_size, d});
   } else {
-    w.lm_head = w.embed;
+    w.lm_head = w.embed.to(L.device());
     w.lm_head_name = w.embed_name;
   }
   return w;
@@ -192,7 +205,12 @@ void add_norm(std::vector<std::pair<std::string, Tensor>>& out, const Norm& n) {
 
 ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute, Device device,
                           Quantization quantize) {
-  Loader loader(store, compute, device, quantize);
+  return load_weights(config, store, compute, Placement::single(device, config.num_layers), quantize);
+}
+
+ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute,
+                          const Placement& placement, Quantization quantize) {
+  Loader loader(store, compute, placement, quantize);
   return config.gpt2_layout ? load_gpt2(config, loader) : load_decoder(config, loader);
 }
 

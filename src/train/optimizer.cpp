@@ -2,6 +2,7 @@
 
 #include "lowrank/ops/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -153,7 +154,28 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
   if (!dev_p.empty()) {
     const ops::AdamWScalars sc{decay_f, config_.weight_decay != 0.0, lerp_w, beta2_f, one_minus_beta2_f,
                                bc2_sqrt_f, eps_f, neg_step_f};
-    ops::adamw_update_all_(dev_p, dev_g, dev_m, dev_v, dev_decay, sc, dev_w);  // bf16 copies in the same pass
+    // One launch per device (a model split over GPUs has its parameters on several).
+    std::vector<Device> devices;
+    for (const Tensor& p : dev_p)
+      if (std::find(devices.begin(), devices.end(), p.device()) == devices.end()) devices.push_back(p.device());
+    for (const Device d : devices) {
+      if (devices.size() == 1) {
+        ops::adamw_update_all_(dev_p, dev_g, dev_m, dev_v, dev_decay, sc, dev_w);  // bf16 copies in the same pass
+        break;
+      }
+      std::vector<Tensor> p, g, m, v, w;
+      std::vector<uint8_t> decay;
+      for (size_t i = 0; i < dev_p.size(); ++i) {
+        if (!(dev_p[i].device() == d)) continue;
+        p.push_back(dev_p[i]);
+        g.push_back(dev_g[i]);
+        m.push_back(dev_m[i]);
+        v.push_back(dev_v[i]);
+        w.push_back(dev_w[i]);
+        decay.push_back(dev_decay[i]);
+      }
+      ops::adamw_update_all_(p, g, m, v, decay, sc, w);
+    }
   }
   if (working_left) refresh_working_copies(params);
 }

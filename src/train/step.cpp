@@ -33,6 +33,7 @@ std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grad
 }
 
 void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted, Tensor& nll) {
+  LR_CHECK(!ctx.model->placement().split(), "a model split over devices trains with train_step_pipeline");
   {
     const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
     std::vector<Tensor> grads;

@@ -21,6 +21,7 @@
 #include "lowrank/train/dataset.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/metrics.h"
+#include "lowrank/train/pipeline.h"
 #include "lowrank/train/progress.h"
 #include "lowrank/train/step.h"
 #include "lowrank/train/text_encoder.h"
@@ -71,6 +72,14 @@ void validate(const TrainOptions& o) {
                 "drop one of the two");
   for (const std::string& d : o.devices) check_device(parse_device(d), "--devices " + d);
   if (o.devices.empty()) check_device(parse_device(o.device), "--device " + o.device);
+  if (!o.split.empty()) {
+    if (o.split != "layers") throw error("--split ", o.split, ": the only split is \"layers\" (pipeline parallel)");
+    if (o.devices.size() < 2) throw error("--split layers needs --devices with two or more devices (e.g. cuda:0,cuda:1)");
+    if (o.full) throw error("--split layers trains LoRA adapters; --full is not supported with it");
+    for (const std::string& d : o.devices)
+      if (parse_device(d).is_cuda() != parse_device(o.devices[0]).is_cuda())
+        throw error("--devices ", o.devices[0], ",", d, ": a split model is all on the CPU or all on GPUs");
+  }
 }
 
 // One device's copy of everything a step touches (data parallel runs keep one per device; they
@@ -89,11 +98,16 @@ struct Replica {
 
 // Rank r's replica: the model on `device` and fresh parameters (the same seed on every rank, so
 // every replica starts equal).
-std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int rank) {
+// With `stages` (--split layers), the model is split over them, each layer read onto its stage's
+// device, and the adapter's pairs placed next to their layers.
+std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int rank,
+                                      const std::vector<Device>& stages = {}) {
   auto rep = std::make_unique<Replica>();
   // CUDA: bf16 weights (frozen for LoRA; with --full, working copies of f32 masters in AdamW).
-  rep->model = std::make_unique<model::Model>(
-      model::Model::load(o.model_dir, device, device.is_cuda() ? DType::BF16 : DType::F32, o.quantize));
+  const DType dtype = device.is_cuda() ? DType::BF16 : DType::F32;
+  rep->model = std::make_unique<model::Model>(stages.empty()
+                                                  ? model::Model::load(o.model_dir, device, dtype, o.quantize)
+                                                  : model::Model::load_split(o.model_dir, stages, dtype, o.quantize));
   model::Model& m = *rep->model;
   Rng init_rng(o.seed);
   if (o.full) {
@@ -145,6 +159,12 @@ TrainSummary run_training(const TrainOptions& o) {
   std::vector<Device> devices;  // this process's ranks, one per device
   for (const std::string& d : o.devices.empty() ? std::vector<std::string>{o.device} : o.devices)
     devices.push_back(parse_device(d));
+  std::vector<Device> stages;  // --split layers: one rank whose model spans every device
+  if (!o.split.empty()) {
+    if (launch) throw error("--split layers runs in one process (WORLD_SIZE=", launch->world_size, " is set)");
+    stages = devices;
+    devices.resize(1);
+  }
   if (launch && devices[0].is_cuda() && o.device == "cuda") devices[0] = Device::cuda(launch->local_rank);
   if (launch) check_device(devices[0], "LOCAL_RANK " + std::to_string(launch->local_rank));
   const int local_ranks = static_cast<int>(devices.size());
@@ -158,7 +178,15 @@ TrainSummary run_training(const TrainOptions& o) {
                                                                : nullptr;
   // Parameters: a LoRA adapter (default) or every weight (--full), on every rank's replica.
   std::vector<std::unique_ptr<Replica>> replicas;
-  for (int r = 0; r < local_ranks; ++r) replicas.push_back(make_replica(o, devices[r], first_rank + r));
+  for (int r = 0; r < local_ranks; ++r) replicas.push_back(make_replica(o, devices[r], first_rank + r, stages));
+  if (!stages.empty()) {
+    const model::Placement& place = replicas[0]->model->placement();
+    std::string layout;
+    for (int s = 0; s < place.stages(); ++s)
+      layout += (s ? ", " : "") + place.devices[s].str() + " layers " + std::to_string(place.first_layer[s]) + "-" +
+                std::to_string(place.first_layer[s + 1] - 1);
+    log_info("split by layers: ", layout, " (embedding on the first, lm_head on the last)");
+  }
   Replica& lead = *replicas[0];
   model::Model& m = *lead.model;
   std::optional<lora::Adapter>& adapter = lead.adapter;
@@ -253,6 +281,13 @@ TrainSummary run_training(const TrainOptions& o) {
 
   std::vector<StepContext*> contexts;
   for (auto& rep : replicas) contexts.push_back(&rep->ctx);
+  // --split layers: a hook per micro-batch in flight, all training the one adapter with one dropout stream.
+  const PipelineContext pipeline{&lead.ctx, [&lead]() -> std::unique_ptr<model::TrainableHook> {
+                                   auto h = std::make_unique<lora::LoraHook>(
+                                       std::vector<lora::ActiveAdapter>{{&*lead.adapter, 1.0}});
+                                   h->set_training(true, &lead.dropout_rng);
+                                   return h;
+                                 }};
   TrainSummary summary;
   summary.wrote_output = writer;
   summary.trainable = trainable;
@@ -301,7 +336,9 @@ TrainSummary run_training(const TrainOptions& o) {
     auto t0 = std::chrono::steady_clock::now();
     const bool profiled = profile::enabled() && step >= profile_first && step < profile_first + kProfileSteps;
     if (profiled) profile::begin_step(m.device());
-    StepResult r = comm ? train_step_parallel(contexts, *comm, local, counted, lr) : train_step(lead.ctx, shards[0], lr);
+    StepResult r = comm             ? train_step_parallel(contexts, *comm, local, counted, lr)
+                   : stages.empty() ? train_step(lead.ctx, shards[0], lr)
+                                    : train_step_pipeline(pipeline, shards[0], lr);
     if (profiled) profile::end_step();
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (profiled && (step + 1 == profile_first + kProfileSteps || step + 1 == total_steps)) bar.print(profile::report());
@@ -312,11 +349,17 @@ TrainSummary run_training(const TrainOptions& o) {
     }
     if (step == start_step) summary.first_loss = r.loss;
     summary.last_loss = r.loss;
-    const size_t reserved = device_peak_reserved(m.device());  // rank 0's GPU (0 on the CPU)
+    size_t reserved = device_peak_reserved(m.device());  // rank 0's GPU (0 on the CPU); a split: the fullest
+    std::vector<double> stage_gib;
+    for (const Device d : stages) {
+      stage_gib.push_back(static_cast<double>(device_peak_reserved(d)) / (1 << 30));
+      reserved = std::max(reserved, device_peak_reserved(d));
+    }
     nlohmann::json line{{"step", step + 1}, {"loss", r.loss}, {"lr", lr}, {"grad_norm", r.grad_norm},
                         {"tokens", step_tokens}, {"tokens_per_second", step_tokens / std::max(dt, 1e-9)},
                         {"skipped", r.skipped}, {"epoch", static_cast<double>((step + 1) * per_step) / data.size()}};
     if (reserved) line["gpu_peak_reserved_gib"] = static_cast<double>(reserved) / (1 << 30);
+    if (reserved && !stage_gib.empty()) line["gpu_peak_reserved_gib_per_device"] = stage_gib;
     if (writer) metrics.write(line);
     bar.update(step + 1, {r.loss, lr, step_tokens,
                           reserved ? static_cast<double>(reserved) / (1 << 30) : std::nan("")});

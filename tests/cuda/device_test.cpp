@@ -2,9 +2,11 @@
 #ifdef LOWRANK_WITH_CUDA
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "cuda/cuda_test_util.h"
+#include "lowrank/core/device_memory.h"
 #include "lowrank/ops/ops.h"
 
 using namespace lowrank;
@@ -50,6 +52,22 @@ TEST(CudaDevice, CopiesRoundTripAndZero) {
   e.zero_();
   Tensor z = e.to(Device::cpu());
   for (int64_t i = 0; i < z.numel(); ++i) ASSERT_EQ(z.f32()[i], 0.0f);
+}
+
+// GPU to GPU without a host wait: the copy must still come after the source's queued work (here
+// 40 in-place scalings of a 16M-element tensor) and before the destination's next op.
+TEST(CudaDevice, AsyncPeerCopyWaitsForTheSourcesWork) {
+  if (cuda_device_count() < 2) GTEST_SKIP() << "needs two CUDA GPUs";
+  const Device g0 = Device::cuda(0), g1 = Device::cuda(1);
+  Tensor src = Tensor::zeros({1 << 24}, DType::F32, g0);
+  ops::fill_(src, 1.0f);
+  for (int i = 0; i < 40; ++i) ops::scale_(src, 2.0f);  // 2^40: exact in f32
+  Tensor dst = Tensor::empty(src.shape(), DType::F32, g1);
+  device_copy_async(dst.raw(), g1, src.raw(), g0, src.nbytes());
+  ops::scale_(dst, 0.5f);  // queued on cuda:1 behind the copy
+  device_synchronize(g1);  // (the source must stay untouched until here)
+  const Tensor host = dst.to(Device::cpu());
+  for (int64_t i = 0; i < host.numel(); i += 4099) ASSERT_EQ(host.f32()[i], std::ldexp(1.0f, 39)) << i;
 }
 
 TEST(CudaAllocator, SteadyStateLoopDoesNotCallCudaMalloc) {

@@ -10,6 +10,14 @@ namespace lowrank {
 
 std::shared_ptr<Storage> device_allocate(size_t bytes, Device device);
 void device_copy(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// A copy that does not block the host where it can. GPU to another GPU: it runs on the
+// destination's stream once the source's stream has finished the work queued before this call
+// (a cross-device event; peer access is enabled on first use), so the two GPUs keep working. The
+// source must stay allocated until the destination's stream has passed the copy: the caller keeps
+// it until it synchronizes. Any other pair of devices: device_copy.
+void device_copy_async(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
+// Waits until the device has finished every op queued on it (nothing to wait for on the CPU).
+void device_synchronize(Device device);
 void device_memset_zero(void* dst, Device device, size_t bytes);
 // Peak bytes the device's allocator has taken from the driver (torch.cuda.max_memory_reserved's
 // definition); 0 for the CPU.

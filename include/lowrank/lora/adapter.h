@@ -42,6 +42,7 @@ struct AdapterParam {
   Tensor* value;
   Tensor* grad;
   Tensor* working;   // null: this kind of tensor is used as it is (biases)
+  int layer = 0;     // the layer it adapts (-1: the embedding, num_layers: the lm_head)
 };
 
 class Adapter {
@@ -84,6 +85,9 @@ class Adapter {
   // Keeps `dtype` copies of every A and B for the GEMMs (bf16 on the GPU; nothing for f32).
   void make_working_copies(DType dtype);
   void to(Device device);  // moves weights (and gradients, working copies) to `device`
+  // Moves each tensor to the device of its layer in `model` (create and load do this; a model split
+  // over devices has each layer's pairs next to its weights).
+  void place(const model::Model& model);
 };
 
 // The (layer, Target, frozen layer) of a module LoRA may adapt.

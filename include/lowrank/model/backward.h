@@ -48,6 +48,27 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
                             float grad_scale, TrainableHook* hook, ModelWeights* full_grads = nullptr,
                             bool checkpointing = false, Tensor* loss_sum = nullptr);
 
+// The pieces of forward_backward, for schedules that interleave micro-batches (the pipeline over a
+// split model, train/pipeline.h). Each runs on the device of its part of the model.
+//
+// The loss of one micro-batch and d(hidden) [N, d]: the lm_head (with its LoRA) and the fused
+// cross-entropy in row chunks. Gradients are d(grad_scale · Σ NLL); the NLL sum is added to
+// `loss_sum` (F64 [1] on the hidden states' device) when given, else returned in `result`.
+Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector<int32_t>& targets, float grad_scale,
+                     TrainableHook* hook, ModelWeights* full, Tensor* loss_sum, LossResult& result);
+// Backward through decoder layer `li` of a B×T batch: `dx` [N, d] is the gradient of its output;
+// returns the gradient of its input (undefined when `need_dx` is false: nothing below needs it).
+// `saved` holds the layer's activations or, with `checkpointing`, only its input: the forward is
+// then replayed (the hook replays its dropout masks) and the recomputed activations freed after.
+// pos_dev: the positions [N] on the layer's device; grads: the layer's --full gradients or null.
+Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, Tensor dx, int64_t B, int64_t T,
+                      const Tensor& pos_dev, TrainableHook* hook, LayerWeights* grads, bool need_dx,
+                      bool checkpointing);
+// The embedding's part: dx [N, d] is the gradient of the first layer's input (scaled in place for
+// Gemma); feeds the embedding LoRA (when the hook trains layer -1) or --full's embed/positions.
+void embedding_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& pos, Tensor& dx,
+                        TrainableHook* hook, ModelWeights* full);
+
 // f32 zero tensors shaped like every weight of `w` on its device (lm_head shares embed's when
 // tied): the gradients of --full, f32 even for bf16 weights.
 ModelWeights zeros_like(const ModelWeights& w);

@@ -1,5 +1,7 @@
 #pragma once
 // A loaded decoder-only language model and its forward pass (CPU, f32).
+#include <array>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -8,6 +10,7 @@
 #include "lowrank/model/target.h"
 #include "lowrank/model/config.h"
 #include "lowrank/model/kv_cache.h"
+#include "lowrank/model/placement.h"
 #include "lowrank/model/rope.h"
 #include "lowrank/model/weights.h"
 
@@ -77,19 +80,31 @@ class Model {
   // projections quantized when `quantize` says so (weights.h).
   static Model load(const std::string& dir, Device device = Device::cpu(), DType dtype = DType::F32,
                     Quantization quantize = Quantization::None);
+  // The same split over `devices` (pipeline parallel, placement.h): each layer's weights are read
+  // straight onto its stage's device, layers balanced by parameter bytes.
+  static Model load_split(const std::string& dir, const std::vector<Device>& devices, DType dtype,
+                          Quantization quantize = Quantization::None);
   Model(ModelConfig config, ModelWeights weights, Device device = Device::cpu());
+  // Weights already on the devices of `placement`.
+  Model(ModelConfig config, ModelWeights weights, Placement placement);
 
   const ModelConfig& config() const { return config_; }
   ModelWeights& weights() { return weights_; }
   const ModelWeights& weights() const { return weights_; }
   const std::string& source() const { return source_; }
-  Device device() const { return device_; }
+  Device device() const { return device_; }  // the first stage's (the embedding's)
+  const Placement& placement() const { return placement_; }
+  // The device of decoder layer `layer` (-1: the embedding, num_layers: the final norm and lm_head).
+  Device layer_device(int64_t layer) const { return placement_.device_of_layer(layer); }
 
   // Final hidden states [B*T, d] (after the final norm). `cache` is filled for backward if given.
   // With `kv` (batch of one sequence), the tokens continue the cached sequence: they sit at
   // positions kv->length.., attend to the cache, and are appended to it.
   Tensor hidden_states(const TokenBatch& batch, ProjectionHook* hook = nullptr, ForwardCache* cache = nullptr,
                        KVCache* kv = nullptr) const;
+  // The first layer's input [B*T, d]: token embeddings (with the hook's embedding LoRA), scaled
+  // (Gemma), plus learned positions `pos` [B*T] (GPT-2). On the embedding's device.
+  Tensor embed(const TokenBatch& batch, const std::vector<int32_t>& pos, ProjectionHook* hook = nullptr) const;
   // One decoder layer: returns its output and fills `a` with what backward needs.
   Tensor layer_forward(int64_t layer, const Tensor& x, const LayerInput& in, LayerActivations& a) const;
   // Logits [B*T, V].
@@ -100,7 +115,7 @@ class Model {
   // The lm_head as the frozen linear hooks see (no bias; the embedding's tensor when tied).
   Linear lm_head_linear() const { return Linear{weights_.lm_head, Tensor(), "lm_head", Target::LmHead}; }
 
-  // cos/sin tables of `layer`'s RoPE covering at least n positions, for a forward whose last
+  // cos/sin tables (on the layer's device) of `layer`'s RoPE covering at least n positions, for a forward whose last
   // position is n - 1 (LongRoPE picks its factors by it). Grown on demand; thread-compatible, not
   // thread-safe.
   const RopeTables& rope(int64_t layer, int64_t n) const;
@@ -117,8 +132,10 @@ class Model {
   ModelWeights weights_;
   std::string source_;
   Device device_;
-  // [2 · sliding-layer RoPE + LongRoPE long factors]: the tables each kind of layer uses.
-  mutable RopeTables rope_tables_[4];
+  Placement placement_;
+  // Per device: [2 · sliding-layer RoPE + LongRoPE long factors]: the tables each kind of layer uses
+  // (a deque: references handed out stay valid when another device's tables are added).
+  mutable std::deque<std::pair<Device, std::array<RopeTables, 4>>> rope_tables_;
 };
 
 // Token-weighted negative log-likelihood of one sequence: every position t >= 1 is predicted

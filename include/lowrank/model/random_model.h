@@ -13,5 +13,8 @@ ModelConfig llama_config(int64_t hidden, int64_t layers, int64_t heads, int64_t 
 // Quantization::Nf4 the blocks' projections are quantized as they are made (on the host).
 Model random_model(const ModelConfig& config, uint64_t seed, Device device = Device::cpu(),
                    DType dtype = DType::F32, Quantization quantize = Quantization::None);
+// The same with each part made directly on its device of `placement` (a model split over devices).
+Model random_model(const ModelConfig& config, uint64_t seed, const Placement& placement, DType dtype,
+                   Quantization quantize = Quantization::None);
 
 }  // namespace lowrank::model

@@ -10,6 +10,7 @@
 #include "lowrank/model/target.h"
 #include "lowrank/model/config.h"
 #include "lowrank/model/nf4.h"
+#include "lowrank/model/placement.h"
 
 namespace lowrank::model {
 
@@ -78,6 +79,9 @@ ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& stor
 void quantize_linear(Linear& l, Quantization quantize);
 // Parameters of the model (a quantized weight counts its dense shape).
 int64_t parameter_count(const ModelWeights& w);
+// The same with each part on its device of `placement` (a model split over devices).
+ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& store, DType compute,
+                          const Placement& placement, Quantization quantize = Quantization::None);
 
 // Every weight tensor with its checkpoint name, live (Conv1D in our [out, in] layout); a tied
 // lm_head is listed once, as the embedding. Quantized weights are left out (they are not tensors

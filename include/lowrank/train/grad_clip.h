@@ -7,6 +7,10 @@
 
 namespace lowrank::train {
 
+// The gradients of `params` (checked: defined, f32) grouped by device in first-seen order: one
+// group unless the model is split over devices (then one per stage), for per-device launches.
+std::vector<std::vector<Tensor>> grads_by_device(const std::vector<ParamRef>& params);
+
 // sqrt of the sum of squares of every grad element, accumulated in double on the gradients'
 // device (ops::sum_squares_: fixed blocks in a fixed order, so the thread count does not matter).
 // Inf or NaN if any grad element is (a finite f32 cannot overflow a double sum of squares).

@@ -37,6 +37,9 @@ struct TrainOptions {
   // --devices: data parallel over these (all cpu, for tests, or all cuda:N through NCCL), one
   // rank per device; --batch-size is the global batch and must be a multiple of their number.
   std::vector<std::string> devices;
+  // --split layers: instead of data parallel, --devices are the stages of one model split by layers
+  // (pipeline parallel, train/pipeline.h); --grad-accum micro-batches fill the pipeline.
+  std::string split;
   // --chat-template: a built-in name or a Jinja file for {"messages"} data (a base model has
   // none); written as chat_template.jinja next to the adapter (or into the --full model folder).
   std::string chat_template;

@@ -1,6 +1,9 @@
 // The core device-memory hooks (lowrank/core/device_memory.h) for builds with the CUDA backend.
 // Copies and memsets are queued on the device's stream; a copy to the host waits for it.
 #include <cstring>
+#include <mutex>
+#include <set>
+#include <utility>
 
 #include "allocator.h"
 #include "common.cuh"
@@ -56,6 +59,48 @@ void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes)
   // Across GPUs: finish the source's queued work, then copy on the destination's stream.
   cuda::synchronize(sd);
   LR_CUDA(cudaMemcpyPeerAsync(dst, dd.index, src, sd.index, bytes, cuda::stream_for(dd)));
+}
+
+namespace {
+
+// Lets `to` read and write `from`'s memory directly (NVLink / PCIe peer to peer) when the hardware
+// allows; once per ordered pair. Without it cudaMemcpyPeerAsync still works, staged by the driver.
+void enable_peer_access(Device to, Device from) {
+  static std::mutex mutex;
+  static std::set<std::pair<int, int>> done;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!done.insert({to.index, from.index}).second) return;
+  int can = 0;
+  LR_CUDA(cudaDeviceCanAccessPeer(&can, to.index, from.index));
+  if (!can) return;
+  cuda::stream_for(to);  // makes `to` the current device
+  const cudaError_t e = cudaDeviceEnablePeerAccess(from.index, 0);
+  if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();  // NCCL may have done it
+  else LR_CUDA(e);
+}
+
+}  // namespace
+
+void device_copy_async(void* dst, Device dd, const void* src, Device sd, size_t bytes) {
+  if (bytes == 0) return;
+  if (!dd.is_cuda() || !sd.is_cuda() || dd == sd) {
+    device_copy(dst, dd, src, sd, bytes);
+    return;
+  }
+  enable_peer_access(dd, sd);
+  // The source's work so far, as an event the destination's stream waits for (no host wait).
+  cudaStream_t source = cuda::stream_for(sd);  // current device: sd, where the event must live
+  cudaEvent_t ready;
+  LR_CUDA(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+  LR_CUDA(cudaEventRecord(ready, source));
+  cudaStream_t dest = cuda::stream_for(dd);
+  LR_CUDA(cudaStreamWaitEvent(dest, ready, 0));
+  LR_CUDA(cudaMemcpyPeerAsync(dst, dd.index, src, sd.index, bytes, dest));
+  LR_CUDA(cudaEventDestroy(ready));  // released once the wait has been satisfied
+}
+
+void device_synchronize(Device d) {
+  if (d.is_cuda()) cuda::synchronize(d);
 }
 
 void device_memset_zero(void* dst, Device device, size_t bytes) {
