@@ -150,3 +150,22 @@ void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tens
                        const std::vector<Tensor>& working = {});
 
 }  // namespace lowrank::ops
+
+// ---- Paged KV cache (KV-cached decoding of many sequences; vLLM's layout) ----
+namespace lowrank::ops {
+
+// A layer's keys and values live in pools [num_blocks * block_size, KV*hd] shared by every
+// sequence; position p of sequence b is pool row block_tables[b, p / block_size] * block_size +
+// p % block_size (block_tables I32 [B, max_blocks]).
+//
+// Writes rows of k, v [n, KV*hd] (post-RoPE) into the pool rows `slots` (I32 [n]); every slot must
+// lie inside the pools (the CPU checks; CUDA trusts the caller, like the id-tensor ops).
+void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tensor& v, const Tensor& slots);
+// Decode attention, one query per sequence: q [B, H*hd] row b sits at position lens[b] - 1 of
+// sequence b and attends to its cached positions [0, lens[b]) (s.window, s.scale, s.softcap and
+// GQA as attention(); s.batch and s.seq are unused) -> [B, H*hd]. lens I32 [B] >= 1; max_len >=
+// every lens[b] (the CUDA launch is sized by it without reading lens back).
+Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                       const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& s);
+
+}  // namespace lowrank::ops

@@ -66,4 +66,9 @@ void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& e
 void sum_squares_(const Tensor& x, Tensor& acc);
 void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
 
+// Paged KV cache (ops.h)
+void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tensor& v, const Tensor& slots);
+Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                       const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& s);
+
 }  // namespace lowrank::cpu

@@ -89,4 +89,9 @@ bool cudnn_attention_available(std::string* why = nullptr);
 // The loaded cuDNN version (e.g. 91900), 0 when not loaded.
 int cudnn_version();
 
+// Paged KV cache (ops.h)
+void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tensor& v, const Tensor& slots);
+Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                       const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& s);
+
 }  // namespace lowrank::cuda
