@@ -60,6 +60,7 @@ std::vector<std::vector<int32_t>> generate_batch(const model::Model& model, mode
       const Running& r = running[i];
       entries[i].seq = r.seq.get();
       entries[i].hook = hook;
+      entries[i].argmax_only = o.sampling.greedy && o.sampling.repetition_penalty == 1.0;  // = Sampler's pick
       entries[i].tokens = outputs[r.index].empty() ? std::span<const int32_t>(r.context)
                                                    : std::span<const int32_t>(&r.context.back(), 1);
     }
@@ -68,7 +69,7 @@ std::vector<std::vector<int32_t>> generate_batch(const model::Model& model, mode
       Running& r = running[i];
       if (!entries[i].error.empty())
         throw error(prompts.size() == 1 ? "" : "prompt " + std::to_string(r.index + 1) + ": ", entries[i].error);
-      const int32_t token = r.sampler.next(entries[i].logits, r.context);
+      const int32_t token = entries[i].argmax >= 0 ? entries[i].argmax : r.sampler.next(entries[i].logits, r.context);
       r.context.push_back(token);
       outputs[r.index].push_back(token);
       if (batch.on_token) batch.on_token(r.index, token);

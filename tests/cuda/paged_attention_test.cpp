@@ -102,4 +102,19 @@ TEST(CudaPagedAttention, ManySequences) {
   for (int i = 0; i < 64; ++i) lens.push_back(1 + (i * 37) % 211);
   check({lens, 14, 2, 64}, DType::BF16, 99);
 }
+
+// Greedy decoding's argmax on the device: the CPU's pick (the first maximum) exactly, with ties
+// placed across threads' strides and at both ends of a row.
+TEST(CudaArgmaxRows, EqualsCpuIncludingTies) {
+  LR_REQUIRE_GPU();
+  for (int64_t V : {1, 7, 300, 151936}) {
+    Tensor x = random_cpu({6, V}, static_cast<uint64_t>(V));
+    auto set = [&](int64_t r, int64_t i, float v) { if (i < V) x.f32()[r * V + i] = v; };
+    set(1, V - 1, 5.0f);                   // the last element
+    set(2, 0, 5.0f);                       // the first element
+    set(3, V / 2, 5.0f), set(3, V / 3, 5.0f), set(3, V - 1, 5.0f);  // ties: the lowest index wins
+    set(4, 1, 5.0f), set(4, 257, 5.0f);    // a tie between two threads' strides
+    EXPECT_EQ(ops::argmax_rows(x.to(gpu())), cpu::argmax_rows(x)) << "V=" << V;
+  }
+}
 #endif

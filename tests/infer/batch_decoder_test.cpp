@@ -88,6 +88,11 @@ TEST(PagedAttention, BadArgumentsAreRefused) {
   EXPECT_ANY_THROW(ops::paged_kv_write_(pool, pool, q, q, Tensor::from_ints({32})));  // slot outside the pool
 }
 
+TEST(ArgmaxRows, FirstMaximumOfEachRow) {
+  Tensor x = Tensor::from_vector({1, 3, 3, 0, -1, -2, -1, -5}, {2, 4});
+  EXPECT_EQ(ops::argmax_rows(x), (std::vector<int32_t>{1, 0}));
+}
+
 TEST(PagedKVCache, BlocksAreReservedAndReturned) {
   model::Model m = model::Model::load(test::model_fixture("llama"));
   infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 5);

@@ -40,7 +40,9 @@ struct DecodeEntry {
   PagedSequence* seq = nullptr;
   std::span<const int32_t> tokens;        // the prompt first, then one sampled token per step
   model::ProjectionHook* hook = nullptr;  // the sequence's adapters, or null for the base model
-  std::vector<float> logits;              // out: the next token's logits [V]
+  bool argmax_only = false;               // only the argmax is wanted (greedy without penalty)
+  std::vector<float> logits;              // out: the next token's logits [V] (unless `argmax` is set)
+  int32_t argmax = -1;                    // out: the argmax when every entry of its batch wanted only it
   std::string error;                      // out: why this entry failed (the others still run)
 };
 

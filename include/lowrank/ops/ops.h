@@ -167,5 +167,8 @@ void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tens
 // every lens[b] (the CUDA launch is sized by it without reading lens back).
 Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
                        const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& s);
+// Index of the largest element of each row of f32 x [n, V], the first one on ties (what
+// std::max_element picks: greedy sampling), to the host: greedy decoding without copying logits.
+std::vector<int32_t> argmax_rows(const Tensor& x);
 
 }  // namespace lowrank::ops

@@ -81,4 +81,15 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_po
   return out;
 }
 
+std::vector<int32_t> argmax_rows(const Tensor& x) {
+  LR_CHECK(x.rank() == 2 && x.dtype() == DType::F32, "argmax_rows x ", x.str());
+  const int64_t n = x.dim(0), V = x.dim(1);
+  std::vector<int32_t> out(n);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = x.f32() + r * V;
+    out[r] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+  }
+  return out;
+}
+
 }  // namespace lowrank::cpu

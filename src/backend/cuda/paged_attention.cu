@@ -169,7 +169,52 @@ __global__ void paged_kv_write_kernel(T* __restrict__ k_pool, T* __restrict__ v_
   }
 }
 
+// One block per row: each thread keeps the first maximum of its stride, then the block reduces
+// (value, index) pairs preferring the larger value, then the smaller index (std::max_element's pick).
+__global__ void argmax_rows_kernel(const float* __restrict__ x, int64_t V, int32_t* __restrict__ out) {
+  __shared__ float best_v[256];
+  __shared__ int32_t best_i[256];
+  const float* row = x + int64_t(blockIdx.x) * V;
+  float bv = -INFINITY;
+  int32_t bi = -1;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
+    if (bi < 0 || row[i] > bv) {  // ascending i per thread: only a strictly larger value moves it
+      bv = row[i];
+      bi = static_cast<int32_t>(i);
+    }
+  best_v[threadIdx.x] = bv;
+  best_i[threadIdx.x] = bi;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) {
+      const float ov = best_v[threadIdx.x + half];
+      const int32_t oi = best_i[threadIdx.x + half];
+      const float mv = best_v[threadIdx.x];
+      const int32_t mi = best_i[threadIdx.x];
+      if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
+        best_v[threadIdx.x] = ov;
+        best_i[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0];
+}
+
 }  // namespace
+
+std::vector<int32_t> argmax_rows(const Tensor& x) {
+  check_arg(x, "argmax_rows", "x");
+  LR_CHECK(x.rank() == 2 && x.dtype() == DType::F32 && x.dim(1) > 0 && x.dim(1) < (int64_t(1) << 31),
+           "argmax_rows x ", x.str());
+  const int64_t n = x.dim(0);
+  if (n == 0) return {};
+  Tensor idx = Tensor::empty({n}, DType::I32, x.device());
+  argmax_rows_kernel<<<unsigned(n), 256, 0, stream_for(x.device())>>>(x.data<float>(), x.dim(1), idx.data<int32_t>());
+  LR_CUDA_LAUNCHED();
+  Tensor host = idx.to(Device::cpu());
+  return std::vector<int32_t>(host.data<int32_t>(), host.data<int32_t>() + n);
+}
 
 void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tensor& v, const Tensor& slots) {
   check_arg(k_pool, "paged_kv_write_", "k_pool");

@@ -70,5 +70,6 @@ void clip_by_total_(Tensor& x, const Tensor& total_sumsq, double max_norm);
 void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tensor& v, const Tensor& slots);
 Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
                        const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& s);
+std::vector<int32_t> argmax_rows(const Tensor& x);
 
 }  // namespace lowrank::cpu
