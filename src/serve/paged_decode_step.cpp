@@ -28,10 +28,12 @@ void PagedDecodeStep::run(std::span<StepEntry> batch) {
     entries[i].seq = &static_cast<PagedSequenceState*>(batch[i].state)->seq;
     entries[i].tokens = batch[i].tokens;
     entries[i].hook = batch[i].hook;
+    entries[i].argmax_only = batch[i].argmax_only;
   }
   decoder_.step(entries);
   for (size_t i = 0; i < batch.size(); ++i) {
     batch[i].logits = std::move(entries[i].logits);
+    batch[i].argmax = entries[i].argmax;
     batch[i].error = std::move(entries[i].error);
   }
 }
