@@ -5,6 +5,7 @@
 #include "command.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
+#include "lowrank/infer/batch_generator.h"
 #include "lowrank/infer/generator.h"
 #include "lowrank/io/files.h"
 #include "lowrank/io/jsonl.h"
@@ -25,6 +26,7 @@ struct GenerateArgs {
   bool chat = false;
   std::string device = "cpu";
   std::string quantize = "none";
+  int64_t batch_size = 64;
 };
 
 std::optional<tok::Tokenizer> load_tokenizer(const std::string& dir) {
@@ -53,6 +55,7 @@ int run_generate(GenerateArgs& a) {
   if (a.prompt_given && a.prompt.empty()) throw error("--prompt is empty");
   if (!a.input.empty() && a.output.empty()) throw error("--input needs --output");
   if (a.gen.max_new_tokens <= 0) throw error("--max-new-tokens must be positive");
+  if (a.batch_size <= 0) throw error("--batch-size must be positive");
   const Device device = parse_device(a.device);
   check_device(device, "--device " + a.device);
   model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32,
@@ -90,18 +93,34 @@ int run_generate(GenerateArgs& a) {
     std::printf("\n");
     return 0;
   }
-  std::string lines;
+  // Every line is read (and checked) first; on the GPU they are then decoded together through the
+  // paged KV cache (continuous batching, --batch-size at once), on the CPU one after the other.
+  std::vector<nlohmann::json> records;
+  std::vector<std::vector<int32_t>> prompts;
   io::for_each_jsonl(a.input, [&](int64_t, const nlohmann::json& rec) {
     std::vector<int32_t> ids;
     if (rec.contains("input_ids")) ids = train::parse_input_ids(rec, m.config().vocab_size);
     else if (rec.contains("prompt") && rec["prompt"].is_string()) ids = encode_prompt(a, tk, chat_template, rec["prompt"].get<std::string>());
     else throw error("expected \"prompt\" (a string) or \"input_ids\"");
-    auto out = gen.generate(ids, a.gen);
-    nlohmann::json o = rec;
-    o["output_ids"] = out;
-    if (tk) o["text"] = tk->decode(out, true);
-    lines += o.dump() + "\n";
+    infer::generation_budget(m.config(), ids, a.gen.max_new_tokens);  // the line's own error, with its number
+    records.push_back(rec);
+    prompts.push_back(std::move(ids));
   });
+  std::vector<std::vector<int32_t>> outputs;
+  if (device.is_cuda()) {
+    infer::BatchOptions b;
+    b.max_batch = a.batch_size;
+    outputs = infer::generate_batch(m, adapters.hook(), prompts, a.gen, b);
+  } else {
+    for (const auto& p : prompts) outputs.push_back(gen.generate(p, a.gen));
+  }
+  std::string lines;
+  for (size_t i = 0; i < records.size(); ++i) {
+    nlohmann::json o = records[i];
+    o["output_ids"] = outputs[i];
+    if (tk) o["text"] = tk->decode(outputs[i], true);
+    lines += o.dump() + "\n";
+  }
   io::write_file_atomic(a.output, lines);
   return 0;
 }
@@ -127,6 +146,9 @@ RegisterCommand reg{{"generate", "Generate text with a model and optional adapte
                        app.add_option("--device", a->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
                        app.add_option("--quantize", a->quantize,
                                       "none, or nf4: the blocks' linear weights in 4-bit NormalFloat (as train --quantize)")
+                           ->capture_default_str();
+                       app.add_option("--batch-size", a->batch_size,
+                                      "With --input on CUDA: lines decoded together (continuous batching)")
                            ->capture_default_str();
                        app.add_flag("--chat", a->chat, "Format the prompt with the model's chat template");
                        app.add_option("--chat-template", a->chat_template,

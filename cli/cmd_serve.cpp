@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "command.h"
+#include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
 #include "lowrank/core/log.h"
 #include "lowrank/serve/server.h"
@@ -34,13 +35,15 @@ struct ServeArgs {
 
 int run_serve(ServeArgs& a) {
   const Device device = parse_device(a.device);
-  if (device.is_cuda()) throw error("serving on CUDA is not supported yet (use --device cpu)");
+  check_device(device, "--device " + a.device);
+  if (a.options.kv_cache_blocks < 0) throw error("--kv-cache-blocks must not be negative");
   if (a.options.max_batch < 1) throw error("--max-batch must be at least 1");
   if (a.port < 0 || a.port > 65535) throw error("--port must be in [0, 65535] (0: any free port)");
   if (a.options.max_body_bytes < 1024) throw error("--max-body-bytes must be at least 1024");
   a.options.model_name = a.served_name.empty() ? a.model : a.served_name;
 
-  model::Model m = model::Model::load(a.model);
+  // On CUDA: bf16, and decoding batched over a paged KV cache (docs/serve.md).
+  model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
   serve::Server server(m, tok::Tokenizer::load(a.model), a.options);
   for (const auto& spec : a.adapters) {
     const auto eq = spec.find('=');
@@ -88,7 +91,11 @@ RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HT
                        app.add_option("--adapter", a->adapters,
                                       "A PEFT adapter that requests name as `model`: NAME=DIR or NAME=DIR:SCALE (repeatable)");
                        app.add_option("--served-model-name", a->served_name, "The base model's name in requests (default: --model)");
-                       app.add_option("--device", a->device, "cpu (CUDA serving is not supported yet)")->capture_default_str();
+                       app.add_option("--device", a->device, "cpu or cuda[:N] (bf16, batched decoding over a paged KV cache)")
+                           ->capture_default_str();
+                       app.add_option("--kv-cache-blocks", a->options.kv_cache_blocks,
+                                      "CUDA: blocks of 16 positions in the paged KV cache (0: --max-batch full contexts)")
+                           ->capture_default_str();
                        app.add_option("--host", a->host, "Address to listen on")->capture_default_str();
                        app.add_option("--port", a->port, "Port to listen on (0: any free port)")->capture_default_str();
                        app.add_option("--api-key", a->options.api_key, "Require \"Authorization: Bearer KEY\" on /v1/*");

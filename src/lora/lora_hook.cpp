@@ -105,7 +105,9 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
                                          bool trained, bool keep) {
   const int shared = shared_input_of(target);
   Adapter& ad = *adapters_[i].adapter;
-  if (shared < 0 || !x.defined() || (trained && ad.config.dropout > 0)) return nullptr;  // dropout: a mask each
+  // Training forwards only: a group keeps state between its members' calls, and inference must stay
+  // stateless (one hook serves concurrent generators). Dropout: a mask per layer, no shared input.
+  if (!trained || shared < 0 || !x.defined() || ad.config.dropout > 0) return nullptr;
   SharedInputGroup& g = groups_[{i, layer, shared}];
   const int m = g.index_of(target);
   if (m >= 0 && g.x_data == x.raw() && !(g.forward_done & (1u << m)) && g.trained == keep) return &g;

@@ -123,7 +123,9 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   }
   const ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
-  if (in.kv) {
+  if (in.attention) {
+    a.attn = in.attention->attend(layer, a.q, a.k, a.v, shape);
+  } else if (in.kv) {
     in.kv->append(layer, a.k, a.v);
     a.attn = cached_attention(a.q, *in.kv, layer, in.start, shape);
   } else {

@@ -119,6 +119,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
     e.tokens = r->generated == 0 ? std::span<const int32_t>(r->request.prompt)
                                  : std::span<const int32_t>(&r->context.back(), 1);
     e.hook = r->request.hook.get();
+    const auto& sampling = r->request.options.sampling;
+    e.argmax_only = sampling.greedy && sampling.repetition_penalty == 1.0;  // the sampler would pick the argmax
     batch.push_back(std::move(e));
     stepped.push_back(r.get());
   }
@@ -134,7 +136,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
       continue;
     }
     if (r.generated == 0) prompt_tokens_.fetch_add(static_cast<int64_t>(r.request.prompt.size()));
-    const int32_t next = r.sampler.next(batch[i].logits, r.context);
+    const int32_t next = batch[i].argmax >= 0 ? batch[i].argmax : r.sampler.next(batch[i].logits, r.context);
     r.context.push_back(next);
     ++r.generated;
     generated_tokens_.fetch_add(1);

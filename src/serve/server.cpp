@@ -15,6 +15,7 @@
 #include "lowrank/core/log.h"
 #include "lowrank/serve/adapter_registry.h"
 #include "lowrank/serve/cpu_decode_step.h"
+#include "lowrank/serve/paged_decode_step.h"
 #include "lowrank/serve/metrics.h"
 #include "lowrank/serve/openai_protocol.h"
 #include "lowrank/serve/scheduler.h"
@@ -134,6 +135,12 @@ class HttpServer : public httplib::Server {
 
 }  // namespace
 
+static std::unique_ptr<DecodeStep> make_step(const model::Model& m, const ServerOptions& o) {
+  if (!o.paged && m.device().is_cpu()) return std::make_unique<CpuDecodeStep>(m);
+  const int64_t blocks = o.kv_cache_blocks > 0 ? o.kv_cache_blocks : PagedDecodeStep::blocks_for_batch(m.config(), o.max_batch);
+  return std::make_unique<PagedDecodeStep>(m, blocks);
+}
+
 struct Server::Impl {
   const model::Model& model;
   const tok::Tokenizer tokenizer;
@@ -141,7 +148,7 @@ struct Server::Impl {
   const std::optional<std::string> base_chat_template;
   const std::vector<int32_t> eos_ids;
   AdapterRegistry adapters;
-  CpuDecodeStep compute;
+  std::unique_ptr<DecodeStep> compute;
   Scheduler scheduler;
   ServerMetrics metrics;
   HttpServer http;
@@ -152,8 +159,8 @@ struct Server::Impl {
   Impl(const model::Model& m, tok::Tokenizer tk, ServerOptions o)
       : model(m), tokenizer(std::move(tk)), options(std::move(o)),
         base_chat_template(tok::resolve_chat_template(options.chat_template, {}, m.source())),
-        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template), compute(m),
-        scheduler(compute, options.max_batch) {
+        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template), compute(make_step(m, options)),
+        scheduler(*compute, options.max_batch) {
     // Every waiting request holds a thread (httplib's default pool has 8): room for a full
     // batch plus as many again queued, and the cheap endpoints.
     const size_t threads = static_cast<size_t>(std::max<int64_t>(32, 2 * options.max_batch + 16));

@@ -417,6 +417,26 @@ std::vector<OpCase> op_table() {
                  ops::nf4_dequantize(w.codes, w.absmax_codes, w.absmax_scale, w.absmax_map, w.offset, out);
                  return Outputs{out};
                }});
+  // ---- decoding: the paged KV cache (two sequences of 5 and 3 positions in blocks of 4) and greedy argmax
+  t.push_back({"paged_kv_write_ paged_attention", {{2, 8}, {8, 4}, {8, 4}},
+               [](Inputs& in, Device d) {
+                 const DType dt = in[1].dtype();
+                 Tensor k_pool = Tensor::zeros({16, 4}, DType::F32).to(dt), v_pool = k_pool.clone();
+                 if (d.is_cuda()) k_pool = k_pool.to(d), v_pool = v_pool.to(d);
+                 ops::paged_kv_write_(k_pool, v_pool, in[1], in[2], Tensor::from_ints({8, 9, 10, 11, 0, 12, 13, 14}, d));
+                 const Tensor tables = Tensor::from_ints({2, 0, 3, 0}, d).reshape({2, 2});
+                 Tensor out = ops::paged_attention(in[0], k_pool, v_pool, tables, Tensor::from_ints({5, 3}, d), 4, 5,
+                                                   attention_shape(0, 0.0f));
+                 return Outputs{out, k_pool, v_pool};
+               }});
+  t.push_back({"argmax_rows", {{5, 37}},
+               [](Inputs& in, Device) {
+                 const std::vector<int32_t> idx = ops::argmax_rows(in[0]);
+                 Tensor f = Tensor::empty({static_cast<int64_t>(idx.size())});
+                 for (size_t i = 0; i < idx.size(); ++i) f.f32()[i] = static_cast<float>(idx[i]);
+                 return Outputs{f};
+               },
+               {}, {}, false, true});
   return t;
 }
 

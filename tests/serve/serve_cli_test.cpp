@@ -29,7 +29,8 @@ std::string base_dir() { return test::source_dir() + "/models/base"; }
 TEST(ServeCli, BadFlagsAreErrors) {
   const std::string model = " --model " + base_dir();
   std::vector<std::pair<std::string, std::string>> cases = {
-      {"serve" + model + " --device cuda", "serving on CUDA is not supported yet"},
+      {"serve" + model + " --device cuda:7", "--device cuda:7"},  // no such GPU (here or on a 1-2 GPU box)
+      {"serve" + model + " --kv-cache-blocks -1", "--kv-cache-blocks"},
       {"serve" + model + " --device tpu", "tpu"},
       {"serve" + model + " --max-batch 0", "--max-batch"},
       {"serve" + model + " --port 70000", "--port"},

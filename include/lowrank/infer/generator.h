@@ -18,6 +18,11 @@ struct GenerateOptions {
 // The model's eos ids (generation_config.json over config.json), ids outside the vocabulary dropped.
 std::vector<int32_t> model_eos_ids(const model::ModelConfig& config);
 
+// How many tokens a prompt may generate: max_new_tokens within the model's context. Throws Error
+// if the prompt is empty, has an id outside the vocabulary or leaves no room in the context.
+int64_t generation_budget(const model::ModelConfig& config, const std::vector<int32_t>& prompt,
+                          int64_t max_new_tokens);
+
 class Generator {
  public:
   Generator(const model::Model& model, model::ProjectionHook* hook) : model_(model), hook_(hook) {}

@@ -4,7 +4,8 @@
 // GEMM that reads x once, h = x [A_1; A_2; ...]ᵀ; each member's expand reads its column block of h;
 // the backward gathers g = [s_1 dy_1 B_1 | s_2 dy_2 B_2 | ...] and then takes every member's dA
 // (gᵀx) and their summed input gradient (g [A_1; A_2; ...]) in one GEMM each. Same math as
-// linear_lora.cpp, member by member, with x read 2 times instead of 2 × members times.
+// linear_lora.cpp, member by member, with x read 2 times instead of 2 × members times. Training
+// forwards only (the hook stays stateless for inference, which may run on several threads).
 #include <vector>
 
 #include "lowrank/lora/lora_pair.h"

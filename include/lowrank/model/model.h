@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "lowrank/core/tensor.h"
+#include "lowrank/model/attention_cache.h"
 #include "lowrank/model/target.h"
 #include "lowrank/model/config.h"
 #include "lowrank/model/kv_cache.h"
@@ -71,6 +72,7 @@ struct LayerInput {
   ProjectionHook* hook = nullptr;
   KVCache* kv = nullptr;
   bool save_lse = false;                  // keep attention's log-sum-exp for backward
+  AttentionCache* attention = nullptr;    // keeps k/v and computes attention (instead of kv or ops::attention)
 };
 
 class Model {
@@ -105,6 +107,11 @@ class Model {
   // The first layer's input [B*T, d]: token embeddings (with the hook's embedding LoRA), scaled
   // (Gemma), plus learned positions `pos` [B*T] (GPT-2). On the embedding's device.
   Tensor embed(const TokenBatch& batch, const std::vector<int32_t>& pos, ProjectionHook* hook = nullptr) const;
+  // Final hidden states [B*T, d] of rows at the positions `pos` [B*T] (each sequence's T rows
+  // consecutive), their keys and values kept by `attention`: the batched KV-cached forward of many
+  // sequences at different positions (infer/batch_decoder.h). No backward. (cached_forward.cpp)
+  Tensor hidden_states_at(const TokenBatch& batch, const std::vector<int32_t>& pos, ProjectionHook* hook,
+                          AttentionCache& attention) const;
   // One decoder layer: returns its output and fills `a` with what backward needs.
   Tensor layer_forward(int64_t layer, const Tensor& x, const LayerInput& in, LayerActivations& a) const;
   // Logits [B*T, V].

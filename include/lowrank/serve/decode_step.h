@@ -22,7 +22,9 @@ struct StepEntry {
   SequenceState* state = nullptr;
   std::span<const int32_t> tokens;       // the prompt on the first step, then the last sampled token
   model::ProjectionHook* hook = nullptr; // the sequence's adapter, or null for the base model
-  std::vector<float> logits;             // out: the next token's logits [V]
+  bool argmax_only = false;              // greedy without penalty: a step may return just the argmax
+  std::vector<float> logits;             // out: the next token's logits [V] (unless argmax is set)
+  int32_t argmax = -1;                   // out: set instead of logits by steps that can (the paged one)
   std::string error;                     // out: set when this sequence's pass failed
 };
 

@@ -1,0 +1,72 @@
+#pragma once
+// Batched KV-cached decoding over a PagedKVCache: one step feeds new tokens to many sequences at
+// once. Prompts (prefill) of the same length and adapter run as one batch through the fused
+// attention and write their keys and values into their blocks; single-token decode steps with
+// the same adapter run as one batch, attending through their block tables (ops::paged_attention).
+// Backend-neutral: on the CPU it is the reference for the CUDA path.
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "lowrank/infer/paged_kv_cache.h"
+#include "lowrank/model/model.h"
+
+namespace lowrank::infer {
+
+// A sequence of a BatchDecoder: its blocks, reserved for `capacity` positions when it is made and
+// returned to the pool when it is destroyed, and the tokens fed so far.
+class PagedSequence {
+ public:
+  // Error when the pool has too few free blocks.
+  PagedSequence(PagedKVCache& cache, int64_t capacity);
+  ~PagedSequence();
+  PagedSequence(const PagedSequence&) = delete;
+  PagedSequence& operator=(const PagedSequence&) = delete;
+
+  int64_t length() const { return length_; }  // positions whose keys and values are cached
+  int64_t capacity() const { return capacity_; }
+
+ private:
+  friend class BatchDecoder;
+  PagedKVCache& cache_;
+  std::vector<int32_t> blocks_;  // the block table
+  std::vector<int32_t> ids_;     // every token fed so far (a recomputation needs them)
+  int64_t length_ = 0;
+  int64_t capacity_;
+};
+
+struct DecodeEntry {
+  PagedSequence* seq = nullptr;
+  std::span<const int32_t> tokens;        // the prompt first, then one sampled token per step
+  model::ProjectionHook* hook = nullptr;  // the sequence's adapters, or null for the base model
+  bool argmax_only = false;               // only the argmax is wanted (greedy without penalty)
+  std::vector<float> logits;              // out: the next token's logits [V] (unless `argmax` is set)
+  int32_t argmax = -1;                    // out: the argmax when every entry of its batch wanted only it
+  std::string error;                      // out: why this entry failed (the others still run)
+};
+
+class BatchDecoder {
+ public:
+  BatchDecoder(const model::Model& model, PagedKVCache& cache);
+  // Feeds every entry's tokens to its sequence and fills its logits (or its error). A sequence's
+  // first tokens are a prefill; one token after that is a decode step; several tokens after that,
+  // or a step across LongRoPE's switch to its long factors, recompute the whole sequence (as
+  // Generator does).
+  void step(std::span<DecodeEntry> entries);
+
+  // Rows per prefill forward (sequences of one length are split into batches of at most this).
+  static constexpr int64_t kPrefillRows = 8192;
+
+ private:
+  void prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook);
+  void decode(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
+  // Logits of hidden rows [n, d] to the entries (host f32).
+  void emit(const Tensor& hidden, const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
+  int32_t slot(const PagedSequence& s, int64_t position) const;
+
+  const model::Model& model_;
+  PagedKVCache& cache_;
+};
+
+}  // namespace lowrank::infer

@@ -1,0 +1,25 @@
+#pragma once
+// DecodeStep over the paged KV cache (infer/batch_decoder.h): a round's sequences run as batches —
+// prompts of one length and adapter prefill together, decode steps of one adapter run as one
+// forward with paged attention. The step `lowrank serve --device cuda` uses; it runs on the CPU as
+// well (tests). A sequence's blocks are reserved when it is opened (prompt + max_tokens).
+#include "lowrank/infer/batch_decoder.h"
+#include "lowrank/serve/decode_step.h"
+
+namespace lowrank::serve {
+
+class PagedDecodeStep : public DecodeStep {
+ public:
+  // A pool of `num_blocks` blocks of PagedKVCache::kDefaultBlockSize positions on the model's device.
+  PagedDecodeStep(const model::Model& model, int64_t num_blocks);
+  // Blocks for max_batch sequences of the model's whole context.
+  static int64_t blocks_for_batch(const model::ModelConfig& config, int64_t max_batch);
+  std::unique_ptr<SequenceState> open(int64_t capacity) override;  // Error when the pool is full
+  void run(std::span<StepEntry> batch) override;
+
+ private:
+  infer::PagedKVCache cache_;
+  infer::BatchDecoder decoder_;
+};
+
+}  // namespace lowrank::serve

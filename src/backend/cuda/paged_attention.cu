@@ -1,0 +1,310 @@
+// The paged KV cache on CUDA (vLLM's layout, see ops.h): writing new K/V rows into the pools, and
+// decode attention for many sequences of different lengths in one launch.
+//
+// Decode attention: one block per (split of the key range, KV head [× chunk of its query heads],
+// sequence). The block's query heads share their KV head (GQA), so each tile of 32 keys is read
+// from the pools once for the whole group: the block gathers the tile's pool rows through the
+// block table, stages K and V in shared memory (f32), and every warp runs the online softmax of
+// its query heads over the tile (one lane per key for the scores, one lane per 32nd column of the
+// head for P·V), as the generic training kernel (attention.cu) does for a query row.
+// Split-K: when the batch has too few (sequence, head) pairs to fill the GPU, the visible key range
+// of every sequence is cut into `splits` pieces that run in parallel; each writes its normalised
+// output and log-sum-exp, and a second kernel merges them (out = Σ_s e^{lse_s - M} o_s / Σ_s e^{lse_s - M}).
+#include <algorithm>
+
+#include "common.cuh"
+#include "backend/cuda/cuda_ops.h"
+
+namespace lowrank::cuda {
+namespace {
+
+constexpr int kTile = 32;          // keys per tile: one per lane
+constexpr int kMaxWarps = 4;       // per block
+constexpr int kHeadsPerWarp = 4;   // query heads a warp carries (registers: kHeadsPerWarp × kMaxChunks)
+constexpr int kMaxChunks = 8;      // head_dim <= 32 * kMaxChunks
+constexpr int kMaxHeadsPerBlock = kMaxWarps * kHeadsPerWarp;
+
+struct PagedDims {
+  int H, KV, hd, group;
+  int heads_per_block, head_chunks;  // query heads of a group per block; blocks per group
+  int block_size, max_blocks;
+  int split_len, splits;             // keys per split (a multiple of kTile); splits per sequence
+  int window;                        // 0: full causal
+  float scale, softcap;
+};
+
+__device__ __forceinline__ float capped(float score, float softcap) {
+  return softcap > 0.0f ? softcap * tanhf(score / softcap) : score;
+}
+
+// grid (splits, KV * head_chunks, B), block 32 * warps.
+template <typename T>
+__global__ void __launch_bounds__(kMaxWarps * 32)
+paged_decode_kernel(const T* __restrict__ q, const T* __restrict__ k_pool, const T* __restrict__ v_pool,
+                    const int32_t* __restrict__ tables, const int32_t* __restrict__ lens, T* __restrict__ out,
+                    float* __restrict__ part_o, float* __restrict__ part_lse, PagedDims s) {
+  extern __shared__ float smem[];
+  const int hd = s.hd, ldk = hd + 1;
+  long long* rows_s = reinterpret_cast<long long*>(smem);  // [kTile] pool rows of the tile (-1: none)
+  float* q_s = smem + 2 * kTile;                            // [heads_per_block][hd], scale folded in
+  float* k_s = q_s + s.heads_per_block * hd;                // [kTile][hd + 1] (padded: lane j reads row j)
+  float* v_s = k_s + kTile * ldk;                           // [kTile][hd]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int split = blockIdx.x, b = blockIdx.z;
+  const int kvh = blockIdx.y / s.head_chunks, chunk = blockIdx.y % s.head_chunks;
+  const int h0 = kvh * s.group + chunk * s.heads_per_block;  // first query head of the block
+  const int heads = min(s.heads_per_block, s.group - chunk * s.heads_per_block);
+  const int len = lens[b];
+  const int pos = len - 1;
+  const int begin = s.window > 0 ? max(0, pos - s.window + 1) : 0;
+  const int k0 = begin + split * s.split_len, k1 = min(len, k0 + s.split_len);
+  const int64_t kv_stride = int64_t(s.KV) * hd;
+  const int32_t* table = tables + int64_t(b) * s.max_blocks;
+
+  const T* qb = q + (int64_t(b) * s.H + h0) * hd;
+  for (int e = threadIdx.x; e < heads * hd; e += blockDim.x) q_s[e] = to_f32(qb[e]) * s.scale;
+
+  float m[kHeadsPerWarp], l[kHeadsPerWarp], o[kHeadsPerWarp][kMaxChunks];
+#pragma unroll
+  for (int i = 0; i < kHeadsPerWarp; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kMaxChunks; ++c) o[i][c] = 0.0f;
+  }
+  for (int t0 = k0; t0 < k1; t0 += kTile) {
+    const int n = min(kTile, k1 - t0);  // keys in this tile
+    __syncthreads();                    // the previous tile is used up (and q_s written, first time)
+    if (threadIdx.x < kTile) {
+      const int j = t0 + threadIdx.x;
+      rows_s[threadIdx.x] = threadIdx.x < n ? int64_t(table[j / s.block_size]) * s.block_size + j % s.block_size : -1;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < kTile * hd; e += blockDim.x) {
+      const int r = e / hd, c = e - r * hd;
+      const long long row = rows_s[r];
+      const int64_t at = row * kv_stride + int64_t(kvh) * hd + c;
+      k_s[r * ldk + c] = row >= 0 ? to_f32(k_pool[at]) : 0.0f;
+      v_s[r * hd + c] = row >= 0 ? to_f32(v_pool[at]) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < kHeadsPerWarp; ++i) {
+      const int hl = warp + i * warps;  // the block's head this slot carries (warp-uniform)
+      if (hl >= heads) break;
+      float sc = -INFINITY;
+      if (lane < n) {
+        const float* qr = q_s + hl * hd;
+        const float* kr = k_s + lane * ldk;
+        float dot = 0.0f;
+        for (int d = 0; d < hd; ++d) dot += qr[d] * kr[d];
+        sc = capped(dot, s.softcap);
+      }
+      const float m_new = fmaxf(m[i], warp_max(sc));  // finite: lane 0 always holds a key
+      const float corr = expf(m[i] - m_new);
+      const float p = lane < n ? expf(sc - m_new) : 0.0f;
+      l[i] = l[i] * corr + warp_sum(p);
+      m[i] = m_new;
+#pragma unroll
+      for (int c = 0; c < kMaxChunks; ++c) o[i][c] *= corr;
+      for (int jj = 0; jj < n; ++jj) {
+        const float pj = __shfl_sync(0xffffffffu, p, jj);
+        const float* vr = v_s + jj * hd;
+#pragma unroll
+        for (int c = 0; c < kMaxChunks; ++c)
+          if (lane + 32 * c < hd) o[i][c] += pj * vr[lane + 32 * c];
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kHeadsPerWarp; ++i) {
+    const int hl = warp + i * warps;
+    if (hl >= heads) break;
+    const int64_t bh = int64_t(b) * s.H + h0 + hl;
+    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;  // l = 0 only for an empty split
+    if (s.splits == 1) {
+      T* orow = out + bh * hd;
+#pragma unroll
+      for (int c = 0; c < kMaxChunks; ++c)
+        if (lane + 32 * c < hd) orow[lane + 32 * c] = from_f32<T>(o[i][c] * inv);
+    } else {
+      float* prow = part_o + (bh * s.splits + split) * hd;
+#pragma unroll
+      for (int c = 0; c < kMaxChunks; ++c)
+        if (lane + 32 * c < hd) prow[lane + 32 * c] = o[i][c] * inv;
+      if (lane == 0) part_lse[bh * s.splits + split] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
+    }
+  }
+}
+
+// Merges the splits of one (sequence, head) per block: thread d owns column d.
+template <typename T>
+__global__ void paged_combine_kernel(const float* __restrict__ part_o, const float* __restrict__ part_lse,
+                                     T* __restrict__ out, int splits, int hd) {
+  const int64_t bh = blockIdx.x;
+  const float* lse = part_lse + bh * splits;
+  float mx = -INFINITY;
+  for (int i = 0; i < splits; ++i) mx = fmaxf(mx, lse[i]);  // finite: split 0 always has keys
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float num = 0.0f, den = 0.0f;
+    for (int i = 0; i < splits; ++i) {
+      const float w = expf(lse[i] - mx);  // 0 for empty splits (lse = -inf)
+      num += w * part_o[(bh * splits + i) * hd + d];
+      den += w;
+    }
+    out[bh * hd + d] = from_f32<T>(num / den);
+  }
+}
+
+template <typename T>
+__global__ void paged_kv_write_kernel(T* __restrict__ k_pool, T* __restrict__ v_pool, const T* __restrict__ k,
+                                      const T* __restrict__ v, const int32_t* __restrict__ slots, int64_t n,
+                                      int64_t width, int64_t pool_rows) {
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n * width; e += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = e / width, c = e - r * width;
+    const int64_t slot = slots[r];
+    if (slot < 0 || slot >= pool_rows) continue;  // validated by the caller (ops.h)
+    k_pool[slot * width + c] = k[e];
+    v_pool[slot * width + c] = v[e];
+  }
+}
+
+// One block per row: each thread keeps the first maximum of its stride, then the block reduces
+// (value, index) pairs preferring the larger value, then the smaller index (std::max_element's pick).
+__global__ void argmax_rows_kernel(const float* __restrict__ x, int64_t V, int32_t* __restrict__ out) {
+  __shared__ float best_v[256];
+  __shared__ int32_t best_i[256];
+  const float* row = x + int64_t(blockIdx.x) * V;
+  float bv = -INFINITY;
+  int32_t bi = -1;
+  for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
+    if (bi < 0 || row[i] > bv) {  // ascending i per thread: only a strictly larger value moves it
+      bv = row[i];
+      bi = static_cast<int32_t>(i);
+    }
+  best_v[threadIdx.x] = bv;
+  best_i[threadIdx.x] = bi;
+  __syncthreads();
+  for (int half = blockDim.x / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) {
+      const float ov = best_v[threadIdx.x + half];
+      const int32_t oi = best_i[threadIdx.x + half];
+      const float mv = best_v[threadIdx.x];
+      const int32_t mi = best_i[threadIdx.x];
+      if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
+        best_v[threadIdx.x] = ov;
+        best_i[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0];
+}
+
+}  // namespace
+
+std::vector<int32_t> argmax_rows(const Tensor& x) {
+  check_arg(x, "argmax_rows", "x");
+  LR_CHECK(x.rank() == 2 && x.dtype() == DType::F32 && x.dim(1) > 0 && x.dim(1) < (int64_t(1) << 31),
+           "argmax_rows x ", x.str());
+  const int64_t n = x.dim(0);
+  if (n == 0) return {};
+  Tensor idx = Tensor::empty({n}, DType::I32, x.device());
+  argmax_rows_kernel<<<unsigned(n), 256, 0, stream_for(x.device())>>>(x.data<float>(), x.dim(1), idx.data<int32_t>());
+  LR_CUDA_LAUNCHED();
+  Tensor host = idx.to(Device::cpu());
+  return std::vector<int32_t>(host.data<int32_t>(), host.data<int32_t>() + n);
+}
+
+void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tensor& v, const Tensor& slots) {
+  check_arg(k_pool, "paged_kv_write_", "k_pool");
+  check_arg(v_pool, "paged_kv_write_", "v_pool");
+  check_arg(k, "paged_kv_write_", "k");
+  check_arg(v, "paged_kv_write_", "v");
+  check_arg(slots, "paged_kv_write_", "slots", true);
+  const int64_t n = k.dim(0), w = k.dim(1);
+  LR_CHECK(k.rank() == 2 && v.shape() == k.shape() && k_pool.rank() == 2 && k_pool.dim(1) == w &&
+               v_pool.shape() == k_pool.shape() && k.dtype() == k_pool.dtype() && v.dtype() == k.dtype() &&
+               v_pool.dtype() == k.dtype() && slots.dtype() == DType::I32 && slots.numel() == n,
+           "paged_kv_write_: pools ", k_pool.str(), " ", v_pool.str(), " rows ", k.str(), " ", v.str(), " slots ",
+           slots.str());
+  if (n == 0) return;
+  cudaStream_t st = stream_for(k.device());
+  LR_FLOAT_TYPES(k.dtype(), T,
+      paged_kv_write_kernel<T><<<grid_for(n * w, 256), 256, 0, st>>>(k_pool.data<T>(), v_pool.data<T>(),
+                                                                       k.data<T>(), v.data<T>(),
+                                                                       slots.data<int32_t>(), n, w, k_pool.dim(0)));
+  LR_CUDA_LAUNCHED();
+}
+
+Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                       const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& s) {
+  check_arg(q, "paged_attention", "q");
+  check_arg(k_pool, "paged_attention", "k_pool");
+  check_arg(v_pool, "paged_attention", "v_pool");
+  check_arg(block_tables, "paged_attention", "block_tables", true);
+  check_arg(lens, "paged_attention", "lens", true);
+  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, B = q.dim(0);
+  LR_CHECK(q.rank() == 2 && q.dim(1) == H * hd && KV > 0 && H % KV == 0 && hd <= 32 * kMaxChunks &&
+               k_pool.rank() == 2 && k_pool.dim(1) == KV * hd && v_pool.shape() == k_pool.shape() &&
+               k_pool.dtype() == q.dtype() && v_pool.dtype() == q.dtype(),
+           "paged_attention: q ", q.str(), " pools ", k_pool.str(), " ", v_pool.str(), " heads ", H, "/", KV,
+           " head_dim ", hd, " (at most ", 32 * kMaxChunks, ")");
+  LR_CHECK(block_tables.dtype() == DType::I32 && block_tables.rank() == 2 && block_tables.dim(0) == B &&
+               lens.dtype() == DType::I32 && lens.numel() == B && block_size > 0 && max_len >= 1 &&
+               max_len <= block_tables.dim(1) * block_size && max_len < (int64_t(1) << 31),
+           "paged_attention: block_tables ", block_tables.str(), " lens ", lens.str(), " block_size ", block_size,
+           " max_len ", max_len);
+  Tensor out = Tensor::empty({B, H * hd}, q.dtype(), q.device());
+  if (B == 0) return out;
+  const Device dev = q.device();
+  cudaStream_t st = stream_for(dev);
+
+  PagedDims d{};
+  d.H = int(H);
+  d.KV = int(KV);
+  d.hd = int(hd);
+  d.group = int(H / KV);
+  d.heads_per_block = std::min(d.group, kMaxHeadsPerBlock);
+  d.head_chunks = (d.group + d.heads_per_block - 1) / d.heads_per_block;
+  d.block_size = int(block_size);
+  d.max_blocks = int(block_tables.dim(1));
+  d.window = s.window > 0 && s.window < max_len ? int(s.window) : 0;  // a window past max_len cuts nothing
+  d.scale = s.scale;
+  d.softcap = s.softcap;
+  // Split the visible keys until the grid fills the GPU about twice (long contexts, small batches).
+  const int64_t visible = d.window > 0 ? d.window : max_len;
+  const int64_t tiles = (visible + kTile - 1) / kTile;
+  const int64_t base_blocks = B * KV * d.head_chunks;
+  const int64_t want = std::max<int64_t>(1, (2 * multiprocessor_count(dev) + base_blocks - 1) / base_blocks);
+  const int64_t tiles_per_split = (tiles + std::min(tiles, want) - 1) / std::min(tiles, want);
+  d.split_len = int(tiles_per_split * kTile);
+  d.splits = int((tiles + tiles_per_split - 1) / tiles_per_split);
+
+  const int warps = std::min(d.heads_per_block, kMaxWarps);
+  const size_t smem = (2 * kTile + size_t(d.heads_per_block) * hd + kTile * (hd + 1) + kTile * hd) * sizeof(float);
+  Tensor part_o, part_lse;
+  if (d.splits > 1) {
+    part_o = Tensor::empty({B * H * d.splits, hd}, DType::F32, dev);
+    part_lse = Tensor::empty({B * H * d.splits}, DType::F32, dev);
+  }
+  const dim3 grid(unsigned(d.splits), unsigned(KV * d.head_chunks), unsigned(B));
+  LR_FLOAT_TYPES(q.dtype(), T, {
+    auto kernel = paged_decode_kernel<T>;
+    if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<grid, warps * 32, smem, st>>>(q.data<T>(), k_pool.data<T>(), v_pool.data<T>(),
+                                           block_tables.data<int32_t>(), lens.data<int32_t>(), out.data<T>(),
+                                           d.splits > 1 ? part_o.data<float>() : nullptr,
+                                           d.splits > 1 ? part_lse.data<float>() : nullptr, d);
+    LR_CUDA_LAUNCHED();
+    if (d.splits > 1) {
+      const int threads = int(std::min<int64_t>(256, (hd + 31) / 32 * 32));
+      paged_combine_kernel<T><<<unsigned(B * H), threads, 0, st>>>(part_o.data<float>(), part_lse.data<float>(),
+                                                                 out.data<T>(), d.splits, d.hd);
+      LR_CUDA_LAUNCHED();
+    }
+  });
+  return out;
+}
+
+}  // namespace lowrank::cuda

@@ -1,0 +1,41 @@
+#include "lowrank/serve/paged_decode_step.h"
+
+namespace lowrank::serve {
+namespace {
+
+struct PagedSequenceState : SequenceState {
+  explicit PagedSequenceState(infer::PagedKVCache& cache, int64_t capacity) : seq(cache, capacity) {}
+  infer::PagedSequence seq;
+};
+
+}  // namespace
+
+PagedDecodeStep::PagedDecodeStep(const model::Model& model, int64_t num_blocks)
+    : cache_(model.config(), model.device(), model.weights().embed.dtype(), num_blocks), decoder_(model, cache_) {}
+
+int64_t PagedDecodeStep::blocks_for_batch(const model::ModelConfig& c, int64_t max_batch) {
+  const int64_t bs = infer::PagedKVCache::kDefaultBlockSize;
+  return max_batch * ((c.max_position_embeddings + bs - 1) / bs);
+}
+
+std::unique_ptr<SequenceState> PagedDecodeStep::open(int64_t capacity) {
+  return std::make_unique<PagedSequenceState>(cache_, capacity);
+}
+
+void PagedDecodeStep::run(std::span<StepEntry> batch) {
+  std::vector<infer::DecodeEntry> entries(batch.size());
+  for (size_t i = 0; i < batch.size(); ++i) {
+    entries[i].seq = &static_cast<PagedSequenceState*>(batch[i].state)->seq;
+    entries[i].tokens = batch[i].tokens;
+    entries[i].hook = batch[i].hook;
+    entries[i].argmax_only = batch[i].argmax_only;
+  }
+  decoder_.step(entries);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    batch[i].logits = std::move(entries[i].logits);
+    batch[i].argmax = entries[i].argmax;
+    batch[i].error = std::move(entries[i].error);
+  }
+}
+
+}  // namespace lowrank::serve

@@ -1,0 +1,72 @@
+// The scheduler over PagedDecodeStep (what `serve --device cuda` runs), here on the CPU: requests
+// of different lengths, with and without an adapter, joining a running batch, each equal to
+// Generator's output for it (greedy and seeded sampling); a full pool fails only that request.
+#include <gtest/gtest.h>
+
+#include "lowrank/infer/generator.h"
+#include "lowrank/io/files.h"
+#include "lowrank/lora/adapter_set.h"
+#include "lowrank/serve/paged_decode_step.h"
+#include "lowrank/serve/scheduler.h"
+#include "test_paths.h"
+
+using namespace lowrank;
+
+namespace {
+
+std::vector<int32_t> collect(serve::SequenceChannel& c, serve::FinishReason* reason = nullptr) {
+  std::vector<int32_t> tokens;
+  for (;;) {
+    auto u = c.wait();
+    tokens.insert(tokens.end(), u.tokens.begin(), u.tokens.end());
+    if (u.finished) {
+      if (reason) *reason = *u.finished;
+      return tokens;
+    }
+  }
+}
+
+TEST(PagedDecodeStep, ScheduledRepliesEqualGenerator) {
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  lora::AdapterSet set({test::fixture("lora/generate/adapter_a") + ":1.0"}, m);
+  std::shared_ptr<model::ProjectionHook> hook(set.hook(), [](model::ProjectionHook*) {});
+  auto cases = io::read_json(test::fixture("lora/generate/expected.json"));
+  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 3));
+  serve::Scheduler scheduler(step, 3);
+  struct Sent {
+    serve::SequenceRequest request;
+    std::shared_ptr<serve::SequenceChannel> channel;
+  };
+  std::vector<Sent> sent;
+  for (size_t i = 0; i < 8; ++i) {
+    serve::SequenceRequest r;
+    auto prompt = cases[i % cases.size()]["prompt"].get<std::vector<int32_t>>();
+    r.prompt.assign(prompt.begin(), prompt.begin() + 1 + (i * 5) % prompt.size());
+    r.options.max_new_tokens = 6 + static_cast<int64_t>(i);
+    r.options.sampling.greedy = i % 3 != 2;
+    r.options.sampling.seed = i;
+    r.options.eos_ids = infer::model_eos_ids(m.config());
+    if (i % 2) r.hook = hook;
+    sent.push_back({r, scheduler.submit(r)});
+  }
+  for (auto& s : sent) {
+    infer::Generator g(m, s.request.hook.get());
+    EXPECT_EQ(collect(*s.channel), g.generate(s.request.prompt, s.request.options));
+  }
+  // A request larger than the whole pool fails alone.
+  serve::PagedDecodeStep tiny(m, 2);
+  serve::Scheduler small(tiny, 2);
+  serve::SequenceRequest big;
+  big.prompt.assign(40, 5);
+  big.options.max_new_tokens = 4;
+  big.options.sampling.greedy = true;
+  serve::FinishReason why{};
+  collect(*small.submit(big), &why);
+  EXPECT_EQ(why, serve::FinishReason::Failed);
+  serve::SequenceRequest fits = big;
+  fits.prompt.assign(10, 5);
+  collect(*small.submit(fits), &why);
+  EXPECT_NE(why, serve::FinishReason::Failed);
+}
+
+}  // namespace
