@@ -3,6 +3,7 @@
 #include <limits>
 #include <vector>
 
+#include "backend/cpu/attention_row.h"
 #include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
@@ -30,28 +31,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
         for (int64_t i = 0; i < T; ++i) {
           const float* qi = qp + (b * T + i) * H * hd + h * hd;
           const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t j = j0; j <= i; ++j) {
-            const float* kj = kp + (b * T + j) * KV * hd + kvh * hd;
-            float dot = 0;
-            for (int64_t d = 0; d < hd; ++d) dot += qi[d] * kj[d];
-            p[j] = ops::attention_score(dot, s.scale, s.softcap);
-            mx = std::max(mx, p[j]);
-          }
-          double sum = 0;
-          for (int64_t j = j0; j <= i; ++j) {
-            p[j] = std::exp(p[j] - mx);
-            sum += p[j];
-          }
-          const float inv = static_cast<float>(1.0 / sum);
-          float* oi = op + (b * T + i) * H * hd + h * hd;
-          for (int64_t d = 0; d < hd; ++d) oi[d] = 0;
-          for (int64_t j = j0; j <= i; ++j) {
-            const float w = p[j] * inv;
-            const float* vj = vp + (b * T + j) * KV * hd + kvh * hd;
-            for (int64_t d = 0; d < hd; ++d) oi[d] += w * vj[d];
-          }
-          lp[(b * H + h) * T + i] = mx + static_cast<float>(std::log(sum));
+          lp[(b * H + h) * T + i] = attention_row(
+              qi, hd, j0, i, s, [&](int64_t j) { return kp + (b * T + j) * KV * hd + kvh * hd; },
+              [&](int64_t j) { return vp + (b * T + j) * KV * hd + kvh * hd; }, p, op + (b * T + i) * H * hd + h * hd);
         }
       }
   }

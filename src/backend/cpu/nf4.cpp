@@ -15,13 +15,7 @@ constexpr int64_t kBlock = 64, kAbsmaxBlock = 256;
 void nf4_dequantize(const Tensor& codes, const Tensor& absmax_codes, const Tensor& absmax_scale,
                     const Tensor& absmax_map, float offset, Tensor& out) {
   const int64_t n = out.numel(), blocks = (n + kBlock - 1) / kBlock;
-  LR_CHECK(codes.dtype() == DType::U8 && codes.numel() == (n + 1) / 2, "nf4_dequantize: codes ", codes.str(),
-           " for ", out.str());
-  LR_CHECK(absmax_codes.dtype() == DType::U8 && absmax_codes.numel() == blocks, "nf4_dequantize: absmax codes ",
-           absmax_codes.str(), " for ", blocks, " blocks");
-  LR_CHECK(absmax_scale.dtype() == DType::F32 && absmax_scale.numel() == (blocks + kAbsmaxBlock - 1) / kAbsmaxBlock,
-           "nf4_dequantize: absmax scales ", absmax_scale.str(), " for ", blocks, " blocks");
-  LR_CHECK(absmax_map.dtype() == DType::F32 && absmax_map.numel() == 256, "nf4_dequantize: map ", absmax_map.str());
+  // The state was checked against `out` by the dispatch (src/ops/nf4.cpp).
   LR_CHECK(out.dtype() == DType::F32 || out.dtype() == DType::BF16, "nf4_dequantize into ", out.str());
   const uint8_t* q = codes.data<uint8_t>();
   const uint8_t* qa = absmax_codes.data<uint8_t>();

@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "backend/cpu/attention_row.h"
 #include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
@@ -54,28 +55,9 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_po
     };
     for (int64_t h = 0; h < H; ++h) {
       const int64_t kvh = h / group;
-      const float* qi = q.f32() + b * H * hd + h * hd;
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = j0; j <= pos; ++j) {
-        const float* kj = kp + row_of(j) * KV * hd + kvh * hd;
-        float dot = 0;
-        for (int64_t d = 0; d < hd; ++d) dot += qi[d] * kj[d];
-        p[j] = ops::attention_score(dot, s.scale, s.softcap);
-        mx = std::max(mx, p[j]);
-      }
-      double sum = 0;
-      for (int64_t j = j0; j <= pos; ++j) {
-        p[j] = std::exp(p[j] - mx);
-        sum += p[j];
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      float* oi = out.f32() + b * H * hd + h * hd;
-      std::fill(oi, oi + hd, 0.0f);
-      for (int64_t j = j0; j <= pos; ++j) {
-        const float w = p[j] * inv;
-        const float* vj = vp + row_of(j) * KV * hd + kvh * hd;
-        for (int64_t d = 0; d < hd; ++d) oi[d] += w * vj[d];
-      }
+      attention_row(
+          q.f32() + b * H * hd + h * hd, hd, j0, pos, s, [&](int64_t j) { return kp + row_of(j) * KV * hd + kvh * hd; },
+          [&](int64_t j) { return vp + row_of(j) * KV * hd + kvh * hd; }, p, out.f32() + b * H * hd + h * hd);
     }
   }
   return out;

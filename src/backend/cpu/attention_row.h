@@ -1,0 +1,42 @@
+#pragma once
+// One query row of causal attention on the CPU: the softmax over keys j0..last of the scaled (and
+// soft-capped) dot products with q, then the weighted sum of the values into out [hd]. Keys and
+// values are found through callables (row j -> const float* [hd]) so that the fused attention and
+// the paged decode attention (rows through block tables) share the arithmetic. Returns the row's
+// log-sum-exp. p: scratch of at least last + 1 floats.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "lowrank/ops/op_types.h"
+
+namespace lowrank::cpu {
+
+template <class KeyRow, class ValueRow>
+float attention_row(const float* q, int64_t hd, int64_t j0, int64_t last, const ops::AttentionShape& s,
+                    KeyRow key_row, ValueRow value_row, std::vector<float>& p, float* out) {
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = j0; j <= last; ++j) {
+    const float* kj = key_row(j);
+    float dot = 0;
+    for (int64_t d = 0; d < hd; ++d) dot += q[d] * kj[d];
+    p[j] = ops::attention_score(dot, s.scale, s.softcap);
+    mx = std::max(mx, p[j]);
+  }
+  double sum = 0;
+  for (int64_t j = j0; j <= last; ++j) {
+    p[j] = std::exp(p[j] - mx);
+    sum += p[j];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  std::fill(out, out + hd, 0.0f);
+  for (int64_t j = j0; j <= last; ++j) {
+    const float w = p[j] * inv;
+    const float* vj = value_row(j);
+    for (int64_t d = 0; d < hd; ++d) out[d] += w * vj[d];
+  }
+  return mx + static_cast<float>(std::log(sum));
+}
+
+}  // namespace lowrank::cpu
