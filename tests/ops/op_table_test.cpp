@@ -472,3 +472,15 @@ TEST(OpTable, EveryOpOnEveryBackendEqualsTheCpu) {
     }
   }
 }
+
+// The dispatch checks an NF4 state against the output it is to fill, for every backend.
+TEST(OpTable, Nf4StateThatDoesNotFitItsOutputIsRefused) {
+  const model::Nf4Weight w = model::nf4_quantize(random_f32({7, 100}, 3), DType::F32, Device::cpu());
+  Tensor wrong = Tensor::empty({7, 101});
+  EXPECT_THROW(ops::nf4_dequantize(w.codes, w.absmax_codes, w.absmax_scale, w.absmax_map, w.offset, wrong),
+               InternalError);
+  Tensor right = Tensor::empty({7, 100});
+  EXPECT_THROW(ops::nf4_dequantize(w.absmax_codes, w.codes, w.absmax_scale, w.absmax_map, w.offset, right),
+               InternalError);
+  EXPECT_NO_THROW(ops::nf4_dequantize(w.codes, w.absmax_codes, w.absmax_scale, w.absmax_map, w.offset, right));
+}
