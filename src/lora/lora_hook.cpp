@@ -16,12 +16,20 @@ void LoraHook::set_training(bool training, Rng* rng) {
   clear_saved();
 }
 
+LoraHook::ForwardState& LoraHook::state() {
+  if (!bound_) return own_;
+  if (!bound_->hook_state) bound_->hook_state = std::make_shared<ForwardState>();
+  auto* st = dynamic_cast<ForwardState*>(bound_->hook_state.get());
+  LR_CHECK(st, "a forward cache bound to a LoRA hook holds another hook's state");
+  return *st;
+}
+
 size_t LoraHook::saved_bytes() const {
   size_t n = 0;
   auto add = [&n](const Tensor& t) { n += t.defined() ? t.nbytes() : 0; };
-  for (const auto& [key, sv] : saved_)
+  for (const auto& [key, sv] : state().saved)
     for (const Tensor* t : {&sv.h, &sv.x_drop, &sv.mask, &sv.dora_scale, &sv.dora_out}) add(*t);
-  for (const auto& [key, g] : groups_) {
+  for (const auto& [key, g] : state().groups) {
     add(g.h);
     add(g.g);
   }
@@ -71,7 +79,7 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     if (trained && ad.config.dropout > 0 && !ids) {  // PEFT applies no dropout to embeddings
       // Counter-based draws: element k uses draw offset + k, the same on every device. A replay
       // (checkpointing) reuses the first forward's offset, so it draws the same mask.
-      offset = replay_ ? saved_.at(key).drop_offset : rng_->offset();
+      offset = replay_ ? state().saved.at(key).drop_offset : rng_->offset();
       xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, mask);
       if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
@@ -87,9 +95,9 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       B = ops::cast(p->B, y.dtype());
     }
     const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
-    LoraSaved* sv = keep ? &saved_[key] : nullptr;
+    LoraSaved* sv = keep ? &state().saved[key] : nullptr;
     lora_variant(p->kind).forward(in, y, sv);
-    if (mask.defined() && !replay_) saved_[key].drop_offset = offset;  // what a replay draws again
+    if (mask.defined() && !replay_) state().saved[key].drop_offset = offset;  // what a replay draws again
     if (sv) {
       sv->A = A;
       sv->B = B;
@@ -108,13 +116,14 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
   // Training forwards only: a group keeps state between its members' calls, and inference must stay
   // stateless (one hook serves concurrent generators). Dropout: a mask per layer, no shared input.
   if (!trained || shared < 0 || !x.defined() || ad.config.dropout > 0) return nullptr;
-  SharedInputGroup& g = groups_[{i, layer, shared}];
+  auto& groups = state().groups;
+  SharedInputGroup& g = groups[{i, layer, shared}];
   const int m = g.index_of(target);
   if (m >= 0 && g.x_data == x.raw() && !(g.forward_done & (1u << m)) && g.trained == keep) return &g;
   // A new forward pass (or a checkpointing replay): the group's shrink for this input.
   const std::vector<LoraPair*> pairs = shared_input_members(ad, layer, shared);
   if (pairs.empty()) {
-    groups_.erase({i, layer, shared});
+    groups.erase({i, layer, shared});
     return nullptr;
   }
   g.members.clear();
@@ -161,14 +170,15 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
     if (b.layer == layer && b.target == target) ops::bias_grad_(b.grad, dy);
   LoraPair* p = ad.find(layer, target);
   if (!p) return;
-  if (auto g = groups_.find({0, layer, shared_input_of(target)}); g != groups_.end() && g->second.trained) {
+  ForwardState& st = state();
+  if (auto g = st.groups.find({0, layer, shared_input_of(target)}); g != st.groups.end() && g->second.trained) {
     const int m = g->second.index_of(target);
     LR_CHECK(m >= 0, "LoRA group of layer ", layer, " lacks ", target_short_name(target));
     g->second.backward(m, x, dy, dx);
     return;
   }
-  auto it = saved_.find({layer, static_cast<int>(target)});
-  LR_CHECK(it != saved_.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
+  auto it = st.saved.find({layer, static_cast<int>(target)});
+  LR_CHECK(it != st.saved.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
   const LoraSaved& sv = it->second;
   const Tensor& xin = sv.x_drop.defined() ? sv.x_drop : x;
   const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
@@ -180,7 +190,7 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
     variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);
     ops::dropout_backward_add_(*dx, gx, sv.mask, ad.config.dropout);
   }
-  saved_.erase(it);  // its last use: a layer's saved activations live no longer than its backward
+  st.saved.erase(it);  // its last use: a layer's saved activations live no longer than its backward
 }
 
 }  // namespace lowrank::lora

@@ -286,6 +286,14 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
   ForwardCache cache;
   cache.checkpointing = checkpointing;
+  // The hook's saved activations live in this pass's cache (unbound when the pass ends).
+  struct Binding {
+    TrainableHook* hook;
+    ~Binding() {
+      if (hook) hook->bind(nullptr);
+    }
+  } binding{hook};
+  if (hook) hook->bind(&cache);
   if (hook && checkpointing) hook->set_checkpointed_forward(true);
   model.hidden_states(batch, hook, &cache);
   if (hook && checkpointing) hook->set_checkpointed_forward(false);

@@ -102,3 +102,34 @@ TEST(Checkpointing, GradientsEqualTheStoredActivationsPath) {
           ASSERT_EQ(x.f32()[j], y.f32()[j]) << fixture << " " << adapters[0].pairs[i].module;
   }
 }
+
+// What the LoRA hook saves for backward lives in the forward pass's cache while one is bound, so
+// that one hook can serve several passes in flight.
+TEST(Checkpointing, SavedActivationsLiveInTheBoundForwardCache) {
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  lora::LoraConfig lc;
+  lc.r = 4;
+  lc.all_linear = true;
+  Rng init(5), drop(6);
+  lora::Adapter a = lora::Adapter::create(m, lc, init);
+  a.allocate_grads();
+  lora::LoraHook hook({{&a, 1.0}});
+  hook.set_training(true, &drop);
+  model::TokenBatch b{{1, 2, 3, 4, 5, 6}, 1, 6};
+  model::ForwardCache first, second;
+  hook.bind(&first);
+  m.hidden_states(b, &hook, &first);
+  const size_t bytes = hook.saved_bytes();
+  EXPECT_GT(bytes, 0u);
+  hook.bind(&second);
+  EXPECT_EQ(hook.saved_bytes(), 0u);  // a new pass starts empty; the first one's state stays in `first`
+  m.hidden_states(b, &hook, &second);
+  EXPECT_EQ(hook.saved_bytes(), bytes);
+  hook.bind(nullptr);
+  EXPECT_EQ(hook.saved_bytes(), 0u);
+  ASSERT_TRUE(first.hook_state && second.hook_state);
+  EXPECT_NE(first.hook_state.get(), second.hook_state.get());
+  hook.bind(&first);
+  EXPECT_EQ(hook.saved_bytes(), bytes);
+  hook.bind(nullptr);
+}

@@ -38,11 +38,9 @@ class LoraHook : public model::TrainableHook {
   void set_checkpointed_forward(bool on) override { checkpointed_ = on; }
   // Bytes of activations the hook holds for backward (saved inputs, masks, shrink outputs).
   size_t saved_bytes() const;
+  void bind(model::ForwardCache* cache) override { bound_ = cache; }
   // Drops the activations saved by the last forward pass.
-  void clear_saved() {
-    saved_.clear();
-    groups_.clear();
-  }
+  void clear_saved() { state() = ForwardState{}; }
 
  private:
   // y += every active adapter's output for the layer; x: the layer input (ids for the embedding).
@@ -62,8 +60,15 @@ class LoraHook : public model::TrainableHook {
   bool replay_ = false;
   bool checkpointed_ = false;
   Rng* rng_ = nullptr;
-  std::map<std::pair<int, int>, LoraSaved> saved_;  // (layer, target) of the trained adapter
-  std::map<std::tuple<size_t, int, int>, SharedInputGroup> groups_;  // (adapter, layer, shared input)
+  // What one forward pass saves for its backward: in the bound ForwardCache, else in own_.
+  struct ForwardState : model::HookState {
+    std::map<std::pair<int, int>, LoraSaved> saved;  // (layer, target) of the trained adapter
+    std::map<std::tuple<size_t, int, int>, SharedInputGroup> groups;  // (adapter, layer, shared input)
+  };
+  ForwardState& state();
+  const ForwardState& state() const { return const_cast<LoraHook*>(this)->state(); }
+  ForwardState own_;
+  model::ForwardCache* bound_ = nullptr;
 };
 
 }  // namespace lowrank::lora

@@ -25,6 +25,9 @@ class TrainableHook : public ProjectionHook {
   // The forward pass about to run is checkpointed: its decoder layers will be replayed in backward,
   // so the hook keeps only what a replay needs to match (dropout draws), not its activations.
   virtual void set_checkpointed_forward(bool on) {}
+  // Keep what the hook saves for backward in `cache` (its hook_state) from now on; null: in the
+  // hook itself. forward_backward binds its cache for the pass.
+  virtual void bind(ForwardCache* cache) {}
 };
 
 struct LossResult {

@@ -55,9 +55,17 @@ struct LayerActivations {
   Tensor down_out, post_mlp_rstd;  // [N, d], [N] down-projection output and its norm's rstd (sandwich_norms)
 };
 
+// What a trainable hook saves during one forward pass for its backward (LoRA: inputs after dropout,
+// masks, shrink outputs). Owned by that pass's ForwardCache, so that a cache holds all of a pass's
+// activations and several passes can be in flight through one hook (pipeline micro-batches).
+struct HookState {
+  virtual ~HookState() = default;
+};
+
 struct ForwardCache {
   // Activation checkpointing: keep only each layer's input; backward recomputes the rest.
   bool checkpointing = false;
+  std::shared_ptr<HookState> hook_state;  // made by the hook bound to this pass (TrainableHook::bind)
   std::vector<LayerActivations> layers;
   Tensor x_final;                 // [N, d] residual stream before the final norm
   Tensor final_mean, final_rstd;  // [N]
