@@ -18,6 +18,11 @@ int64_t PagedDecodeStep::blocks_for_batch(const model::ModelConfig& c, int64_t m
   return max_batch * ((c.max_position_embeddings + bs - 1) / bs);
 }
 
+DecodeStep::Room PagedDecodeStep::room_for(int64_t capacity) const {
+  const int64_t blocks = cache_.blocks_for(capacity);
+  return blocks <= cache_.free_blocks() ? Room::Now : blocks <= cache_.num_blocks() ? Room::Later : Room::Never;
+}
+
 std::unique_ptr<SequenceState> PagedDecodeStep::open(int64_t capacity) {
   return std::make_unique<PagedSequenceState>(cache_, capacity);
 }

@@ -82,12 +82,20 @@ void Scheduler::loop() {
         queue_.pop_front();
       }
     }
-    for (Queued& q : admitted) {  // KV caches are allocated outside the lock
+    for (size_t i = 0; i < admitted.size(); ++i) {  // KV caches are allocated outside the lock
+      Queued& q = admitted[i];
       if (q.channel->cancelled()) {  // its client left while it waited
         q.channel->finish(FinishReason::Cancelled);
         continue;
       }
       const auto capacity = static_cast<int64_t>(q.request.prompt.size()) + q.request.options.max_new_tokens;
+      if (!running.empty() && compute_.room_for(capacity) == DecodeStep::Room::Later) {
+        // The shared KV pool is full for now: this request and those after it wait, in order,
+        // until running sequences finish and return their blocks.
+        std::lock_guard lock(mutex_);
+        for (size_t j = admitted.size(); j-- > i;) queue_.push_front(std::move(admitted[j]));
+        break;
+      }
       try {
         running.push_back(std::make_unique<Running>(std::move(q), compute_.open(capacity)));
         running_.fetch_add(1);

@@ -67,6 +67,19 @@ TEST(PagedDecodeStep, ScheduledRepliesEqualGenerator) {
   fits.prompt.assign(10, 5);
   collect(*small.submit(fits), &why);
   EXPECT_NE(why, serve::FinishReason::Failed);
+  // Requests that fit the pool only one at a time: the later ones wait for the blocks, then run.
+  std::vector<std::shared_ptr<serve::SequenceChannel>> waiting;
+  serve::SequenceRequest each = big;
+  each.prompt.assign(12, 7);
+  each.options.max_new_tokens = 8;  // 20 positions: both blocks of the pool
+  for (int i = 0; i < 3; ++i) waiting.push_back(small.submit(each));
+  infer::Generator g(m, nullptr);
+  const auto want = g.generate(each.prompt, each.options);
+  for (auto& c : waiting) {
+    serve::FinishReason reason{};
+    EXPECT_EQ(collect(*c, &reason), want);
+    EXPECT_NE(reason, serve::FinishReason::Failed);
+  }
 }
 
 }  // namespace

@@ -33,6 +33,11 @@ class DecodeStep {
   virtual ~DecodeStep() = default;
   // State for a sequence of at most `capacity` positions (prompt + new tokens).
   virtual std::unique_ptr<SequenceState> open(int64_t capacity) = 0;
+  // Whether open(capacity) succeeds now, only once running sequences have finished (a shared pool
+  // is in use: the request waits in the queue), or never (more than the whole pool: it fails).
+  // Steps whose sequences allocate separately have room now.
+  enum class Room { Now, Later, Never };
+  virtual Room room_for(int64_t capacity) const { return Room::Now; }
   // Runs every entry's tokens and fills its logits (or its error).
   virtual void run(std::span<StepEntry> batch) = 0;
 };

@@ -2,7 +2,8 @@
 // DecodeStep over the paged KV cache (infer/batch_decoder.h): a round's sequences run as batches —
 // prompts of one length and adapter prefill together, decode steps of one adapter run as one
 // forward with paged attention. The step `lowrank serve --device cuda` uses; it runs on the CPU as
-// well (tests). A sequence's blocks are reserved when it is opened (prompt + max_tokens).
+// well (tests). A sequence's blocks are reserved when it is opened (prompt + max_tokens); a request
+// that does not fit the free blocks waits until running sequences return theirs.
 #include "lowrank/infer/batch_decoder.h"
 #include "lowrank/serve/decode_step.h"
 
@@ -15,6 +16,7 @@ class PagedDecodeStep : public DecodeStep {
   // Blocks for max_batch sequences of the model's whole context.
   static int64_t blocks_for_batch(const model::ModelConfig& config, int64_t max_batch);
   std::unique_ptr<SequenceState> open(int64_t capacity) override;  // Error when the pool is full
+  Room room_for(int64_t capacity) const override;
   void run(std::span<StepEntry> batch) override;
 
  private:
