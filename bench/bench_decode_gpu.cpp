@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_shapes.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
 #include "lowrank/infer/batch_generator.h"
@@ -23,17 +24,6 @@
 using namespace lowrank;
 
 namespace {
-
-struct BenchShape {
-  const char* name;
-  int64_t hidden, layers, heads, kv, ffn, vocab;
-  bool tie, qkv_bias;
-};
-
-const BenchShape kShapes[] = {
-    {"qwen0.5b", 896, 24, 14, 2, 4864, 151936, true, true},
-    {"llama8b", 4096, 32, 32, 8, 14336, 128256, false, false},
-};
 
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> out;
@@ -66,13 +56,10 @@ int main(int argc, char** argv) {
   try {
     const Device dev = parse_device(device_text);
     check_device(dev, "--device " + device_text);
-    for (const BenchShape& s : kShapes) {
-      if (!only.empty() && only.find(s.name) == std::string::npos) continue;
-      auto cfg = model::llama_config(s.hidden, s.layers, s.heads, s.kv, s.ffn, s.vocab, 4096, s.tie);
-      if (s.qkv_bias) {
-        cfg.arch = model::Arch::Qwen2;
-        cfg.attention_bias = true;
-      }
+    for (const std::string name : {"qwen0.5b", "llama8b"}) {
+      if (!only.empty() && only.find(name) == std::string::npos) continue;
+      const bench::BenchShape& s = *bench::find_shape(name);
+      const model::ModelConfig cfg = bench::shape_config(s, 4096);
       model::Model m = model::random_model(cfg, 1, dev, dev.is_cuda() ? DType::BF16 : DType::F32);
       infer::GenerateOptions o;
       o.max_new_tokens = new_tokens;

@@ -15,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_shapes.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/model/random_model.h"
@@ -28,19 +29,6 @@ using namespace lowrank;
 
 namespace {
 
-struct Shape {
-  const char* name;
-  int64_t hidden, layers, heads, kv, ffn, vocab;
-  bool tie;
-};
-
-const Shape kShapes[] = {
-    {"tiny", 64, 4, 4, 2, 128, 512, false},  // a smoke test (also on --devices cpu,cpu)
-    {"llama1b", 2048, 16, 32, 8, 8192, 128256, true},
-    {"llama8b", 4096, 32, 32, 8, 14336, 128256, false},
-    {"llama70b", 8192, 80, 64, 8, 28672, 128256, false},
-};
-
 struct Options {
   std::string shape = "llama70b", devices = "cuda:0,cuda:1";
   int64_t batch = 1, micro_batches = 8, seq = 2048;
@@ -51,17 +39,15 @@ struct Options {
 
 int run(const Options& o) {
   const train::PipelineSchedule schedule = train::parse_pipeline_schedule(o.schedule);
-  const Shape* s = nullptr;
-  for (const auto& k : kShapes)
-    if (o.shape == k.name) s = &k;
-  if (!s) throw Error("--shape " + o.shape + ": expected tiny, llama1b, llama8b or llama70b");
+  const bench::BenchShape* s = bench::find_shape(o.shape);
+  if (!s || s->qkv_bias) throw Error("--shape " + o.shape + ": expected tiny, llama1b, llama8b or llama70b");
   std::vector<Device> devices;
   std::stringstream list(o.devices);
   for (std::string d; std::getline(list, d, ',');) {
     devices.push_back(parse_device(d));
     check_device(devices.back(), "--devices " + d);
   }
-  const auto cfg = model::llama_config(s->hidden, s->layers, s->heads, s->kv, s->ffn, s->vocab, 8192, s->tie);
+  const auto cfg = bench::shape_config(*s, 8192);
   const DType dtype = devices[0].is_cuda() ? DType::BF16 : DType::F32;
   const model::Placement place = model::balance_layers(cfg, devices, dtype);
   auto t_build = std::chrono::steady_clock::now();

@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench_shapes.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/model/random_model.h"
@@ -35,19 +36,8 @@ using namespace lowrank;
 
 namespace {
 
-struct BenchShape {
-  const char* name;
-  int64_t hidden, layers, heads, kv, ffn, vocab;
-  bool tie, qkv_bias;
-  int64_t batch, seq;
-};
-
-const BenchShape kShapes[] = {
-    {"qwen0.5b", 896, 24, 14, 2, 4864, 151936, true, true, 8, 1024},
-    {"llama1b", 2048, 16, 32, 8, 8192, 128256, true, false, 8, 1024},
-    {"llama8b", 4096, 32, 32, 8, 14336, 128256, false, false, 4, 2048},
-    {"llama70b", 8192, 80, 64, 8, 28672, 128256, false, false, 4, 2048},  // not in the default --only
-};
+using bench::BenchShape;
+using bench::kShapes;
 
 double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq) {
   const double attn = 3.0 * 4.0 * c.num_layers * seq * c.hidden_size / 2.0;  // causal QKᵀ and PV, fwd + bwd
@@ -57,11 +47,7 @@ double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq)
 void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int steps, int warmup, int batch_scale,
          model::Quantization quantize) {
   s.batch *= batch_scale;
-  auto cfg = model::llama_config(s.hidden, s.layers, s.heads, s.kv, s.ffn, s.vocab, 4096, s.tie);
-  if (s.qkv_bias) {
-    cfg.arch = model::Arch::Qwen2;
-    cfg.attention_bias = true;
-  }
+  const model::ModelConfig cfg = bench::shape_config(s, 4096);
 #ifdef LOWRANK_WITH_CUDA
   cuda::empty_cache(dev);  // each configuration's peak is its own
   cuda::reset_peak_stats(dev);
