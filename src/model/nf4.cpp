@@ -16,29 +16,6 @@
 namespace lowrank::model {
 namespace {
 
-// torch.linspace(0.1, 1, steps, dtype=float32) on the CPU: the first half counted up from start,
-// the second down from end; its vectorised loop (chunks of 2 · lanes, the tail scalar) starts
-// each vector there and adds j · step per lane, which rounds differently.
-std::vector<float> torch_linspace(int64_t steps, int lanes) {
-  const float start = 0.1f, end = 1.0f;
-  const float step = (end - start) / static_cast<float>(steps - 1);
-  const int64_t halfway = steps / 2;
-  auto at = [&](int64_t i) {
-    return i < halfway ? start + step * static_cast<float>(i) : end - step * static_cast<float>(steps - i - 1);
-  };
-  std::vector<float> out(steps);
-  int64_t i = 0;
-  if (lanes > 0)
-    for (; i + 2 * lanes <= steps; i += 2 * lanes)
-      for (int64_t v = i; v < i + 2 * lanes; v += lanes) {
-        const float base = at(v);
-        out[v] = base;
-        for (int j = 1; j < lanes; ++j) out[v + j] = base + static_cast<float>(j) * step;
-      }
-  for (; i < steps; ++i) out[i] = at(i);
-  return out;
-}
-
 // bnb's tree as a count: with strict ">" at every node of a tree over sorted thresholds, the code
 // is the number of thresholds below x (NaN: none). Branch-free, so the compiler vectorises it:
 // the tree's unpredictable branches made quantizing an 8B model take minutes.
@@ -102,8 +79,9 @@ uint8_t nf4_code_of(float x) {
 }
 
 // create_dynamic_map(signed=True) as torch 2.11 computes it on the GPU box's CPU (bit patterns,
-// written by tests/reference/make_nf4_fixtures.py): the emulation below misses about 40 of the
-// 256 values by an ulp, since torch's vectorised linspace rounds in an order it does not follow.
+// written by tests/reference/make_nf4_fixtures.py). Computed here instead, about 40 of the 256
+// values would differ by an ulp: torch's vectorised f32 linspace rounds in its own order (and the
+// map bnb stores depends on the machine torch ran on).
 constexpr uint32_t kTorchDynamicMapBits[256] = {
     0xbf7e3333u, 0xbf7a999au, 0xbf770000u, 0xbf736666u, 0xbf6fcccdu, 0xbf6c3333u, 0xbf68999au, 0xbf650000u,
     0xbf616666u, 0xbf5dcccdu, 0xbf5a3333u, 0xbf56999au, 0xbf530000u, 0xbf4f6666u, 0xbf4bcccdu, 0xbf483333u,
@@ -139,30 +117,9 @@ constexpr uint32_t kTorchDynamicMapBits[256] = {
     0x3f68999au, 0x3f6c3333u, 0x3f6fcccdu, 0x3f736666u, 0x3f770000u, 0x3f7a999au, 0x3f7e3333u, 0x3f800000u,
 };
 
-std::array<float, 256> dynamic_map_signed(int torch_lanes) {
-  if (torch_lanes < 0) {
-    std::array<float, 256> map;
-    std::memcpy(map.data(), kTorchDynamicMapBits, sizeof(map));
-    return map;
-  }
-  // Decade i (i = 0..6) holds 2^i means of neighbouring points of linspace(0.1, 1, 2^i + 1), scaled
-  // by 10^(i - 6), with both signs: 254 values; then 0 and 1.
-  std::vector<float> values;
-  for (int i = 0; i < 7; ++i) {
-    const std::vector<float> b = torch_linspace((int64_t{1} << i) + 1, torch_lanes);
-    // Python's 10 ** (i - 6) (a double) times an f32 tensor: the scalar is rounded to f32 first.
-    const float scale = static_cast<float>(std::pow(10.0, i - 6));
-    std::vector<float> means;
-    for (size_t k = 0; k + 1 < b.size(); ++k) means.push_back((b[k] + b[k + 1]) / 2.0f);
-    for (float m : means) values.push_back(scale * m);
-    for (float m : means) values.push_back(-scale * m);
-  }
-  values.push_back(0.0f);
-  values.push_back(1.0f);
-  LR_CHECK(values.size() == 256, "dynamic map has ", values.size(), " values");
-  std::sort(values.begin(), values.end());
+std::array<float, 256> dynamic_map_signed() {
   std::array<float, 256> map;
-  std::copy(values.begin(), values.end(), map.begin());
+  std::memcpy(map.data(), kTorchDynamicMapBits, sizeof(map));
   return map;
 }
 

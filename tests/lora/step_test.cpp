@@ -92,7 +92,7 @@ TEST(Checkpointing, GradientsEqualTheStoredActivationsPath) {
       hook.set_training(true, &drop);  // forget that forward (and restart the dropout draws)
       drop = Rng(6);
       model::forward_backward(m, mb.tokens, mb.targets, 1.0f / mb.counted, &hook, nullptr, ckpt);
-      EXPECT_EQ(hook.saved_bytes(), 0u) << fixture << ": backward releases what it used";
+      EXPECT_EQ(hook.saved_bytes(), 0u) << fixture << ": the pass's state stayed in its cache, none in the hook";
       adapters.push_back(std::move(a));
     }
     for (size_t i = 0; i < adapters[0].pairs.size(); ++i)

@@ -50,11 +50,10 @@ uint8_t nf4_code_of(float normalized);
 // The same code as a count of the tree's thresholds below the value (what nf4_quantize uses: no
 // branches); equal to nf4_code_of for every float (tested).
 uint8_t nf4_code_of_fast(float normalized);
-// bnb's create_dynamic_map(signed=True): 256 sorted values in [-1, 1] (7 decades, 0 and 1 included).
-// torch_lanes < 0 (the default): the values torch 2.11 gives on the GPU box (the map bnb stores in
-// its checkpoints there); >= 0: computed here with an f32 linspace of `torch_lanes` floats per
-// vector (0: scalar), an emulation within an ulp of torch's.
-std::array<float, 256> dynamic_map_signed(int torch_lanes = -1);
+// bnb's create_dynamic_map(signed=True): 256 sorted values in [-1, 1] (7 decades of means of
+// linspace(0.1, 1) points, both signs, 0 and 1), as torch 2.11 computes them on the GPU box (the
+// map bnb stores in its checkpoints there).
+std::array<float, 256> dynamic_map_signed();
 // The code of x (already scaled into [-1, 1]) in a sorted 256-entry map: bnb's 7-step binary
 // search, then the nearer neighbour by the midpoint (ties to the lower code).
 uint8_t dynamic_code_of(const std::array<float, 256>& map, float x);
