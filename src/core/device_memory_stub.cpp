@@ -2,6 +2,7 @@
 #ifndef LOWRANK_WITH_CUDA
 #include <cstring>
 
+#include "lowrank/core/device_graph.h"
 #include "lowrank/core/device_memory.h"
 
 namespace lowrank {
@@ -26,6 +27,14 @@ void device_synchronize(Device d) {
 void device_memset_zero(void*, Device, size_t) { throw no_cuda(); }
 int cuda_device_count() { return 0; }
 size_t device_peak_reserved(Device) { return 0; }
+
+class DeviceGraphPool {};
+std::shared_ptr<DeviceGraphPool> make_device_graph_pool(Device) { throw no_cuda(); }
+bool DeviceGraph::supported(Device) { return false; }
+DeviceGraph::DeviceGraph(Device, std::shared_ptr<DeviceGraphPool>) { throw no_cuda(); }
+DeviceGraph::~DeviceGraph() = default;
+void DeviceGraph::record(const std::function<void()>&) { throw no_cuda(); }
+void DeviceGraph::replay() { throw no_cuda(); }
 
 }  // namespace lowrank
 #endif

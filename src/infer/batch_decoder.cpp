@@ -6,42 +6,23 @@
 
 #include "lowrank/core/error.h"
 #include "lowrank/ops/ops.h"
+#include "decode_graphs.h"
+#include "paged_attention_cache.h"
 
 namespace lowrank::infer {
-namespace {
-
-// Attention of one batched forward through the paged cache: every layer first writes its new
-// keys and values into their slots, then a prefill (whole sequences from position 0, `tables`
-// undefined) runs the fused causal attention over its own rows, and a decode step (one row per
-// sequence) reads each sequence's cached positions through its block table.
-class PagedAttention : public model::AttentionCache {
- public:
-  PagedAttention(PagedKVCache& cache, Tensor slots, Tensor tables = {}, Tensor lens = {}, int64_t max_len = 0)
-      : cache_(cache), slots_(std::move(slots)), tables_(std::move(tables)), lens_(std::move(lens)),
-        max_len_(max_len) {}
-
-  Tensor attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, const ops::AttentionShape& s) override {
-    ops::paged_kv_write_(cache_.k(layer), cache_.v(layer), k, v, slots_);
-    if (!tables_.defined()) return ops::attention(q, k, v, s);
-    return ops::paged_attention(q, cache_.k(layer), cache_.v(layer), tables_, lens_, cache_.block_size(), max_len_, s);
-  }
-
- private:
-  PagedKVCache& cache_;
-  Tensor slots_;   // I32 [N] pool row of each new row
-  Tensor tables_;  // I32 [B, max_blocks] (decode only)
-  Tensor lens_;    // I32 [B] cached positions after this step (decode only)
-  int64_t max_len_;
-};
-
-}  // namespace
 
 PagedSequence::PagedSequence(PagedKVCache& cache, int64_t capacity)
     : cache_(cache), blocks_(cache.allocate(capacity)), capacity_(capacity) {}
 
 PagedSequence::~PagedSequence() { cache_.release(blocks_); }
 
-BatchDecoder::BatchDecoder(const model::Model& model, PagedKVCache& cache) : model_(model), cache_(cache) {}
+BatchDecoder::BatchDecoder(const model::Model& model, PagedKVCache& cache, bool graphs) : model_(model), cache_(cache) {
+  if (graphs && DecodeGraphs::usable(model)) graphs_ = std::make_unique<DecodeGraphs>(model, cache);
+}
+
+BatchDecoder::~BatchDecoder() = default;
+
+int64_t BatchDecoder::graph_replays() const { return graphs_ ? graphs_->replays() : 0; }
 
 int32_t BatchDecoder::slot(const PagedSequence& s, int64_t position) const {
   const int64_t bs = cache_.block_size();
@@ -111,7 +92,7 @@ void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, 
     }
     last_rows.push_back(static_cast<int32_t>(b * len + len - 1));
   }
-  PagedAttention attention(cache_, Tensor::from_ints(slots, model_.device()));
+  PagedAttentionCache attention(cache_, Tensor::from_ints(slots, model_.device()));
   Tensor h = model_.hidden_states_at({ids, B, len}, pos, hook, attention);
   for (DecodeEntry* e : group) e->seq->length_ = len;
   emit(ops::embedding(h, last_rows), group, hook);  // each sequence's last row
@@ -132,8 +113,22 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
     const int64_t used = cache_.blocks_for(s.length_ + 1);
     std::copy(s.blocks_.begin(), s.blocks_.begin() + used, tables.begin() + b * width);
   }
+  if (!hook && graphs_) {
+    const bool argmax_only = std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->argmax_only; });
+    std::vector<int32_t> argmax;
+    std::vector<float> logits;
+    if (graphs_->run({ids, pos, slots, lens, tables, width, max_len}, argmax_only, argmax, logits)) {
+      const int64_t V = argmax_only ? 0 : static_cast<int64_t>(logits.size()) / B;
+      for (int64_t b = 0; b < B; ++b) {
+        ++group[b]->seq->length_;
+        if (argmax_only) group[b]->argmax = argmax[b];
+        else group[b]->logits.assign(logits.begin() + b * V, logits.begin() + (b + 1) * V);
+      }
+      return;
+    }
+  }
   const Device d = model_.device();
-  PagedAttention attention(cache_, Tensor::from_ints(slots, d),
+  PagedAttentionCache attention(cache_, Tensor::from_ints(slots, d),
                            Tensor::from_ints(tables, d).reshape({B, width}), Tensor::from_ints(lens, d), max_len);
   Tensor h = model_.hidden_states_at({ids, B, 1}, pos, hook, attention);
   for (DecodeEntry* e : group) ++e->seq->length_;
@@ -144,8 +139,8 @@ void BatchDecoder::emit(const Tensor& hidden, const std::vector<DecodeEntry*>& g
   Tensor device_logits = model_.project_vocab(hidden, hook);
   if (std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->argmax_only; })) {
     // Greedy batches read back B ids, not [B, V] logits (39 MB a step at batch 64 for Qwen's vocabulary).
-    const std::vector<int32_t> ids = ops::argmax_rows(device_logits);
-    for (size_t b = 0; b < group.size(); ++b) group[b]->argmax = ids[b];
+    const Tensor ids = ops::argmax_rows(device_logits).to(Device::cpu());
+    for (size_t b = 0; b < group.size(); ++b) group[b]->argmax = ids.data<int32_t>()[b];
     return;
   }
   Tensor logits = device_logits.to(Device::cpu());

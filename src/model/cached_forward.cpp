@@ -22,15 +22,33 @@ Tensor Model::hidden_states_at(const TokenBatch& batch, const std::vector<int32_
                 " positions");
   Tensor x = ops::embedding(weights_.embed, batch.ids);
   if (hook) hook->on_embedding(weights_.embed, batch.ids, x);
+  const Tensor pos_dev = Tensor::from_ints(pos, device_);
+  return layers_at(x, pos_dev, B, T, max_pos, hook, attention);
+}
+
+Tensor Model::hidden_states_at(const Tensor& ids, const Tensor& pos, int64_t batch, int64_t seq, int64_t max_pos,
+                               ProjectionHook* hook, AttentionCache& attention) const {
+  LR_CHECK(ids.dtype() == DType::I32 && pos.dtype() == DType::I32 && ids.numel() == batch * seq &&
+               pos.numel() == ids.numel() && ids.device() == device_ && pos.device() == device_,
+           "hidden_states_at: ids ", ids.str(), " pos ", pos.str(), " for ", batch, "x", seq);
+  if (max_pos >= config_.max_position_embeddings && config_.learned_positions)
+    throw error("sequence of ", max_pos + 1, " tokens is longer than the model's ", config_.max_position_embeddings,
+                " positions");
+  return layers_at(ops::embedding(weights_.embed, ids), pos, batch, seq, max_pos, hook, attention);
+}
+
+// The embedded rows x [N, d] through the scaling, the learned positions, the layers and the final norm.
+Tensor Model::layers_at(Tensor x, const Tensor& pos, int64_t B, int64_t T, int64_t max_pos, ProjectionHook* hook,
+                        AttentionCache& attention) const {
+  const ModelConfig& c = config_;
   if (c.scale_embeddings) ops::scale_(x, c.embedding_scale(x.dtype()));
   if (weights_.positions.defined()) {
     Tensor p = ops::embedding(weights_.positions, pos);
     ops::add_(x, p);
   }
-  const Tensor pos_dev = Tensor::from_ints(pos, device_);
   // start + seq = the positions the RoPE tables must cover (and LongRoPE's choice of factors: the
   // caller batches only sequences on the same side of its switch).
-  LayerInput in{B, T, max_pos + 1 - T, &pos_dev, hook, nullptr, false, &attention};
+  LayerInput in{B, T, max_pos + 1 - T, &pos, hook, nullptr, false, &attention};
   for (int64_t li = 0; li < c.num_layers; ++li) {
     LayerActivations a;
     x = layer_forward(li, x, in, a);

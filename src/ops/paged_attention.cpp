@@ -15,7 +15,7 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_po
   LR_DISPATCH(d, paged_attention(q, k_pool, v_pool, block_tables, lens, block_size, max_len, s));
 }
 
-std::vector<int32_t> argmax_rows(const Tensor& x) {
+Tensor argmax_rows(const Tensor& x) {
   const Device d = detail::op_device("argmax_rows", {&x});
   LR_DISPATCH(d, argmax_rows(x));
 }

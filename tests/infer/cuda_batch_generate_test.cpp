@@ -90,6 +90,52 @@ TEST_P(CudaBatchLogits, Bf16WithinToleranceOfCpu) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBatchLogits,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gpt2", "gemma2", "gemma3", "phi3"));
 
+// Decode steps replayed from recorded CUDA graphs (batch padded to a power of two, lengths to a
+// bucket) give the logits of the same steps run op by op, step after step (the first step of a
+// bucket runs eagerly, the second records, the rest replay), also after the batch shrinks. Not
+// bit for bit: the padded batch's GEMMs may pick other cuBLASLt algorithms.
+TEST(CudaDecodeGraphs, ReplaysEqualEagerSteps) {
+  REQUIRE_GPU();
+  const std::string dir = test::model_fixture("qwen2");
+  model::Model m = model::Model::load(dir, Device::cuda(0), DType::F32);
+  auto seq = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
+  const std::vector<int64_t> prompt_lens = {5, 9, 3};
+  const int64_t steps = 12;
+  std::vector<std::vector<std::vector<float>>> logits(2);  // [graphs off/on][step * sequence][V]
+  std::vector<int64_t> replays(2);
+  for (int g = 0; g < 2; ++g) {
+    infer::PagedKVCache cache(m.config(), m.device(), DType::F32, 64);
+    infer::BatchDecoder decoder(m, cache, g == 1);
+    std::vector<std::unique_ptr<infer::PagedSequence>> seqs;
+    for (int64_t len : prompt_lens) seqs.push_back(std::make_unique<infer::PagedSequence>(cache, len + steps + 300));
+    for (int64_t step = 0; step < steps; ++step) {
+      if (step == 8) seqs.pop_back();  // 3 rows (bucket 4) -> 2 rows (bucket 2)
+      std::vector<infer::DecodeEntry> entries(seqs.size());
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        entries[i].seq = seqs[i].get();
+        entries[i].tokens = step == 0 ? std::span<const int32_t>(seq.data() + i, prompt_lens[i])
+                                      : std::span<const int32_t>(seq.data() + i + prompt_lens[i] + step - 1, 1);
+      }
+      decoder.step(entries);
+      for (auto& e : entries) {
+        ASSERT_EQ(e.error, "");
+        logits[g].push_back(e.logits);
+      }
+    }
+    replays[g] = decoder.graph_replays();
+  }
+  EXPECT_EQ(replays[0], 0);
+  EXPECT_EQ(replays[1], 6 + 3);  // bucket 4: steps 2-7 (step 1 eager); bucket 2: steps 9-11 (8 eager)
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  for (size_t r = 0; r < logits[0].size(); ++r) {
+    ASSERT_EQ(logits[0][r].size(), logits[1][r].size());
+    double worst = 0;
+    for (size_t v = 0; v < logits[0][r].size(); ++v)
+      worst = std::max(worst, std::abs(double(logits[0][r][v]) - logits[1][r][v]) / std::max(1.0, std::abs(double(logits[0][r][v]))));
+    EXPECT_LE(worst, 1e-4) << "row " << r;
+  }
+}
+
 TEST(CudaBatchGenerate, GeneratorOnCudaWithAdaptersEqualsFixture) {
   REQUIRE_GPU();
   auto cases = io::read_json(test::fixture("lora/generate/expected.json"));

@@ -431,9 +431,9 @@ std::vector<OpCase> op_table() {
                }});
   t.push_back({"argmax_rows", {{5, 37}},
                [](Inputs& in, Device) {
-                 const std::vector<int32_t> idx = ops::argmax_rows(in[0]);
-                 Tensor f = Tensor::empty({static_cast<int64_t>(idx.size())});
-                 for (size_t i = 0; i < idx.size(); ++i) f.f32()[i] = static_cast<float>(idx[i]);
+                 const Tensor idx = ops::argmax_rows(in[0]).to(Device::cpu());
+                 Tensor f = Tensor::empty({idx.numel()});
+                 for (int64_t i = 0; i < idx.numel(); ++i) f.f32()[i] = static_cast<float>(idx.data<int32_t>()[i]);
                  return Outputs{f};
                },
                {}, {}, false, true});

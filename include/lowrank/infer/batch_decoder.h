@@ -5,6 +5,7 @@
 // the same adapter run as one batch, attending through their block tables (ops::paged_attention).
 // Backend-neutral: on the CPU it is the reference for the CUDA path.
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -36,6 +37,8 @@ class PagedSequence {
   int64_t capacity_;
 };
 
+class DecodeGraphs;
+
 struct DecodeEntry {
   PagedSequence* seq = nullptr;
   std::span<const int32_t> tokens;        // the prompt first, then one sampled token per step
@@ -48,12 +51,18 @@ struct DecodeEntry {
 
 class BatchDecoder {
  public:
-  BatchDecoder(const model::Model& model, PagedKVCache& cache);
+  // `graphs`: decode steps without adapters replay recorded CUDA graphs where the device allows
+  // (decode_graphs.h; LOWRANK_CUDA_GRAPHS=0 turns them off too).
+  BatchDecoder(const model::Model& model, PagedKVCache& cache, bool graphs = true);
+  ~BatchDecoder();
   // Feeds every entry's tokens to its sequence and fills its logits (or its error). A sequence's
   // first tokens are a prefill; one token after that is a decode step; several tokens after that,
   // or a step across LongRoPE's switch to its long factors, recompute the whole sequence (as
   // Generator does).
   void step(std::span<DecodeEntry> entries);
+
+  // Decode steps replayed from a recorded graph so far (tests, benchmarks).
+  int64_t graph_replays() const;
 
   // Rows per prefill forward (sequences of one length are split into batches of at most this).
   static constexpr int64_t kPrefillRows = 8192;
@@ -67,6 +76,7 @@ class BatchDecoder {
 
   const model::Model& model_;
   PagedKVCache& cache_;
+  std::unique_ptr<DecodeGraphs> graphs_;  // null: every step runs eagerly
 };
 
 }  // namespace lowrank::infer

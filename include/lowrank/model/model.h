@@ -120,6 +120,12 @@ class Model {
   // sequences at different positions (infer/batch_decoder.h). No backward. (cached_forward.cpp)
   Tensor hidden_states_at(const TokenBatch& batch, const std::vector<int32_t>& pos, ProjectionHook* hook,
                           AttentionCache& attention) const;
+  // The same from ids and positions already on the model's device (I32 [B*T] each), nothing read
+  // back: what a recorded decode graph runs (lowrank/core/device_graph.h). `max_pos` >= every
+  // position (it picks the RoPE tables, which must already cover it). The hook is told no embedding
+  // ids: a hook that adapts the embedding needs the overload above.
+  Tensor hidden_states_at(const Tensor& ids, const Tensor& pos, int64_t batch, int64_t seq, int64_t max_pos,
+                          ProjectionHook* hook, AttentionCache& attention) const;
   // One decoder layer: returns its output and fills `a` with what backward needs.
   Tensor layer_forward(int64_t layer, const Tensor& x, const LayerInput& in, LayerActivations& a) const;
   // Logits [B*T, V].
@@ -140,6 +146,9 @@ class Model {
   bool rope_changes(int64_t cached, int64_t total) const;
   // Norm of x by the model's norm kind (see norm.h).
   Tensor normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) const;
+  // hidden_states_at's layers: embedded rows x [B*T, d] at device positions pos [B*T].
+  Tensor layers_at(Tensor x, const Tensor& pos, int64_t B, int64_t T, int64_t max_pos, ProjectionHook* hook,
+                   AttentionCache& attention) const;
   int64_t parameter_count() const;
 
  private:

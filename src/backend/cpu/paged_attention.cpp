@@ -20,6 +20,7 @@ void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tens
            " slots ", slots.str());
   const int32_t* sp = slots.data<int32_t>();
   for (int64_t i = 0; i < n; ++i) {
+    if (sp[i] == -1) continue;  // a padding row
     LR_CHECK(sp[i] >= 0 && sp[i] < rows, "paged_kv_write_: slot ", sp[i], " outside the pool of ", rows, " rows");
     std::memcpy(k_pool.f32() + sp[i] * w, k.f32() + i * w, w * sizeof(float));
     std::memcpy(v_pool.f32() + sp[i] * w, v.f32() + i * w, w * sizeof(float));
@@ -63,13 +64,13 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_po
   return out;
 }
 
-std::vector<int32_t> argmax_rows(const Tensor& x) {
+Tensor argmax_rows(const Tensor& x) {
   LR_CHECK(x.rank() == 2 && x.dtype() == DType::F32, "argmax_rows x ", x.str());
   const int64_t n = x.dim(0), V = x.dim(1);
-  std::vector<int32_t> out(n);
+  Tensor out = Tensor::empty({n}, DType::I32);
   for (int64_t r = 0; r < n; ++r) {
     const float* row = x.f32() + r * V;
-    out[r] = static_cast<int32_t>(std::max_element(row, row + V) - row);
+    out.data<int32_t>()[r] = static_cast<int32_t>(std::max_element(row, row + V) - row);
   }
   return out;
 }

@@ -2,9 +2,12 @@
 // handed out again without cudaMalloc, so a training step loop with stable shapes allocates from
 // the driver only in its first step. All ops of a device run on one stream, so a block freed by
 // the host can be reused at once: the next user's work is queued behind the previous user's.
+// A graph recording (lowrank/core/device_graph.h) allocates from a pool of its own instead: the
+// replays write to those addresses again, so no other tensor may ever be given them.
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "allocator.h"
@@ -29,15 +32,41 @@ DeviceCache& cache(int index) {
 
 std::atomic<bool> g_poison{false};
 
+}  // namespace
+
+struct GraphPool {
+  Device device;
+  std::map<size_t, std::vector<void*>> free;  // size class -> blocks no tensor holds now
+};
+
+namespace {
+
+// Which pool owns each block handed to a recording; consulted on free while any pool exists.
+struct PoolRegistry {
+  std::mutex mutex;
+  std::unordered_map<void*, GraphPool*> owner;
+  std::atomic<int> pools{0};
+};
+PoolRegistry& pool_registry() {
+  static auto* r = new PoolRegistry();  // leaked: tensors may die after main
+  return *r;
+}
+thread_local GraphPool* t_recording = nullptr;  // the pool of the recording this thread runs
+
 std::string gib(size_t bytes) { return detail::concat(static_cast<double>(bytes) / (1u << 30)) + " GiB"; }
 
 // Frees every cached block of the device; the caller holds c.mutex.
+// (Blocks free in graph pools count as cached too, but stay.)
 void release_cached(DeviceCache& c) {
+  size_t bytes = 0;
   for (auto& [size, blocks] : c.free)
-    for (void* p : blocks) cudaFree(p);
+    for (void* p : blocks) {
+      cudaFree(p);
+      bytes += size;
+    }
   c.free.clear();
-  c.stats.reserved -= c.stats.cached;
-  c.stats.cached = 0;
+  c.stats.reserved -= bytes;
+  c.stats.cached -= bytes;
 }
 
 }  // namespace
@@ -101,20 +130,94 @@ void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx)
 
 void set_poison_allocations(bool on) { g_poison = on; }
 
+namespace {
+// A block for a recording: a free one of its pool, else a new one that the pool owns from now on.
+void* take_pool_block(GraphPool& pool, size_t bytes, size_t* size_class, DeviceContext& ctx) {
+  const size_t sc = allocation_size_class(bytes);
+  void* reused = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(pool_registry().mutex);  // guards every pool's free lists
+    auto it = pool.free.find(sc);
+    if (it != pool.free.end() && !it->second.empty()) {
+      reused = it->second.back();
+      it->second.pop_back();
+    }
+  }
+  if (reused) {
+    void* p = reused;
+    *size_class = sc;
+    DeviceCache& c = cache(pool.device.index);
+    std::lock_guard<std::mutex> lock(c.mutex);
+    c.stats.cached -= sc;
+    c.stats.in_use += sc;
+    c.stats.peak_in_use = std::max(c.stats.peak_in_use, c.stats.in_use);
+    ++c.stats.reuses;
+    return p;
+  }
+  void* p = take_block(pool.device, bytes, size_class, ctx);
+  PoolRegistry& r = pool_registry();
+  std::lock_guard<std::mutex> lock(r.mutex);
+  r.owner[p] = &pool;
+  return p;
+}
+}  // namespace
+
 void* cached_malloc(Device d, size_t bytes, size_t* size_class) {
   DeviceContext& ctx = context(d);  // checks the device and makes it current
-  void* p = take_block(d, bytes, size_class, ctx);
+  void* p = t_recording && t_recording->device == d ? take_pool_block(*t_recording, bytes, size_class, ctx)
+                                                    : take_block(d, bytes, size_class, ctx);
   if (g_poison) LR_CUDA(cudaMemsetAsync(p, 0xFF, *size_class, ctx.stream));
   return p;
 }
 
 void cached_free(Device d, void* p, size_t size_class) {
+  PoolRegistry& r = pool_registry();
+  if (r.pools.load() > 0) {
+    std::unique_lock<std::mutex> lock(r.mutex);
+    GraphPool* owner = nullptr;
+    if (auto it = r.owner.find(p); it != r.owner.end()) owner = it->second;
+    // A block freed while this thread records may still be read by the recorded ops: a replay
+    // would read it again, so the recording's pool keeps it.
+    else if (t_recording && t_recording->device == d) owner = r.owner[p] = t_recording;
+    if (owner) {
+      owner->free[size_class].push_back(p);
+      lock.unlock();
+      DeviceCache& c = cache(d.index);
+      std::lock_guard<std::mutex> stats_lock(c.mutex);
+      c.stats.in_use -= size_class;
+      c.stats.cached += size_class;
+      return;
+    }
+  }
   DeviceCache& c = cache(d.index);
   std::lock_guard<std::mutex> lock(c.mutex);
   c.free[size_class].push_back(p);
   c.stats.in_use -= size_class;
   c.stats.cached += size_class;
 }
+
+GraphPool* new_graph_pool(Device d) {
+  check_device(d);
+  ++pool_registry().pools;
+  return new GraphPool{d, {}};
+}
+
+void delete_graph_pool(GraphPool* pool) {
+  PoolRegistry& r = pool_registry();
+  {
+    // Free blocks go to the device's cache; blocks a tensor still holds go there when it is freed.
+    std::lock_guard<std::mutex> lock(r.mutex);
+    std::erase_if(r.owner, [&](const auto& e) { return e.second == pool; });
+    DeviceCache& c = cache(pool->device.index);
+    std::lock_guard<std::mutex> cache_lock(c.mutex);
+    for (auto& [size, blocks] : pool->free)
+      for (void* p : blocks) c.free[size].push_back(p);
+  }
+  --r.pools;
+  delete pool;
+}
+
+void set_recording_pool(GraphPool* pool) { t_recording = pool; }
 
 AllocatorStats allocator_stats(Device d) {
   check_device(d);

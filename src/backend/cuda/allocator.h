@@ -11,4 +11,11 @@ namespace lowrank::cuda {
 void* cached_malloc(Device d, size_t bytes, size_t* size_class);
 void cached_free(Device d, void* p, size_t size_class);
 
+// The memory of graph recordings (device_graph.cu). While a thread's recording pool is set, its
+// allocations on the pool's device come from the pool, and blocks it frees stay there.
+struct GraphPool;
+GraphPool* new_graph_pool(Device d);
+void delete_graph_pool(GraphPool* pool);  // the pool's free blocks go back to the device's cache
+void set_recording_pool(GraphPool* pool);  // null: none
+
 }  // namespace lowrank::cuda

@@ -163,7 +163,7 @@ __global__ void paged_kv_write_kernel(T* __restrict__ k_pool, T* __restrict__ v_
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < n * width; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = e / width, c = e - r * width;
     const int64_t slot = slots[r];
-    if (slot < 0 || slot >= pool_rows) continue;  // validated by the caller (ops.h)
+    if (slot < 0 || slot >= pool_rows) continue;  // -1: a padding row; others validated by the caller
     k_pool[slot * width + c] = k[e];
     v_pool[slot * width + c] = v[e];
   }
@@ -203,17 +203,16 @@ __global__ void argmax_rows_kernel(const float* __restrict__ x, int64_t V, int32
 
 }  // namespace
 
-std::vector<int32_t> argmax_rows(const Tensor& x) {
+Tensor argmax_rows(const Tensor& x) {
   check_arg(x, "argmax_rows", "x");
   LR_CHECK(x.rank() == 2 && x.dtype() == DType::F32 && x.dim(1) > 0 && x.dim(1) < (int64_t(1) << 31),
            "argmax_rows x ", x.str());
   const int64_t n = x.dim(0);
-  if (n == 0) return {};
   Tensor idx = Tensor::empty({n}, DType::I32, x.device());
+  if (n == 0) return idx;
   argmax_rows_kernel<<<unsigned(n), 256, 0, stream_for(x.device())>>>(x.data<float>(), x.dim(1), idx.data<int32_t>());
   LR_CUDA_LAUNCHED();
-  Tensor host = idx.to(Device::cpu());
-  return std::vector<int32_t>(host.data<int32_t>(), host.data<int32_t>() + n);
+  return idx;
 }
 
 void paged_kv_write_(Tensor& k_pool, Tensor& v_pool, const Tensor& k, const Tensor& v, const Tensor& slots) {

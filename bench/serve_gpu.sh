@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Run ON the GPU box (repository root, carrying .devrun/cuda-build from scripts/device-pack.sh and
+# tests/data/tokenizers): the serving benchmark of issue 13. For each shape, bench/
+# peft_mixed_generate.py writes a random model with 64 random r=16 all-linear adapters and times
+# transformers + PEFT mixed-adapter generate; then `lowrank serve --device cuda` serves the same
+# folders and bench_serve_load drives it with C concurrent streaming clients over K distinct
+# adapters. Raw rows: $OUT/serve-gpu-YYYY-MM-DD.jsonl (copy to bench/results/).
+#   bench/serve_gpu.sh [--only qwen0.5b,llama8b] [--pairs 1x1,16x1,16x8,64x1,64x8,64x64] [--new 64] [--no-peft]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --only) only=$2; shift 2 ;;
+    --pairs) pairs=$2; shift 2 ;;
+    --new) new=$2; shift 2 ;;
+    --no-peft) peft=--no-peft; shift ;;
+    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft]" >&2; exit 2 ;;
+  esac
+done
+bin=.devrun/cuda-build/bin
+. scripts/device-env.sh .devrun/cuda-build
+out=${OUT:-/tmp}/serve-gpu-$(date -u +%Y-%m-%d).jsonl
+work=${TMPDIR:-/tmp}/lowrank-serve-bench
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+for shape in ${only//,/ }; do
+  tok=tests/data/tokenizers/qwen3; [ "$shape" = llama8b ] && tok=tests/data/tokenizers/llama3
+  rm -rf "$work" && mkdir -p "$work"
+  max_adapters=1
+  for p in ${pairs//,/ }; do [ "${p#*x}" -gt "$max_adapters" ] && max_adapters=${p#*x}; done
+  python3 bench/peft_mixed_generate.py --shape "$shape" --out "$work" --tokenizer "$tok" --adapters "$max_adapters" \
+    --pairs "$pairs" --new "$new" $peft 2>&1 | tee "$work/peft.log" | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
+  grep -v '^RESULT ' "$work/peft.log" | tail -3 >&2
+  adapter_flags=(--adapter "a0=$work/adapters")
+  for ((i = 1; i < max_adapters; i++)); do adapter_flags+=(--adapter "a$i=$work/adapters/a$i"); done
+  port=$((8200 + RANDOM % 500))
+  "$bin/lowrank" serve --model "$work/model" "${adapter_flags[@]}" --device cuda --port "$port" --max-batch 64 \
+    2> "$work/serve.log" &
+  server=$!
+  for _ in $(seq 1 300); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    kill -0 $server 2>/dev/null || break
+    sleep 0.5
+  done
+  for p in ${pairs//,/ }; do
+    clients=${p%x*} distinct=${p#*x}
+    models=$(seq -s, -f 'a%g' 0 $((distinct - 1)))
+    requests=$((clients * 2)); [ "$requests" -lt 4 ] && requests=4
+    # Warm-up at this concurrency (cuBLASLt choices, decode graphs), then the measured run.
+    "$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$clients" --models "$models" \
+      --prompt-tokens 128 --max-tokens 8 >/dev/null
+    row=$("$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$requests" --models "$models" \
+      --prompt-tokens 128 --max-tokens "$new")
+    echo "$row" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(bench='serve_gpu', engine='lowrank', shape='$shape', adapters=$distinct); print(json.dumps(r))" >> "$out"
+    echo "$shape ${clients}x$distinct: $row" >&2
+  done
+  curl -s "http://127.0.0.1:$port/metrics" | grep -E '^lowrank_' | head -20 >&2
+  kill -TERM $server; wait $server
+  tail -5 "$work/serve.log" >&2
+done
+echo "rows: $out" >&2

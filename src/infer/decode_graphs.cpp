@@ -1,0 +1,96 @@
+#include "decode_graphs.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "lowrank/core/device_memory.h"
+#include "lowrank/core/log.h"
+#include "lowrank/ops/ops.h"
+#include "paged_attention_cache.h"
+
+namespace lowrank::infer {
+namespace {
+
+int64_t next_power_of_two(int64_t n, int64_t at_least) {
+  int64_t p = at_least;
+  while (p < n) p *= 2;
+  return p;
+}
+
+}  // namespace
+
+bool DecodeGraphs::usable(const model::Model& model) {
+  const char* env = std::getenv("LOWRANK_CUDA_GRAPHS");
+  if (env && std::strcmp(env, "0") == 0) return false;
+  return DeviceGraph::supported(model.device()) &&
+         !model.rope_changes(0, std::max<int64_t>(model.config().max_position_embeddings, 1));
+}
+
+DecodeGraphs::DecodeGraphs(const model::Model& model, PagedKVCache& cache)
+    : model_(model), cache_(cache), pool_(make_device_graph_pool(model.device())) {}
+
+void DecodeGraphs::forward(Bucket& b) {
+  const int64_t B = b.batch;
+  Tensor ids = b.inputs.slice_rows(0, B), pos = b.inputs.slice_rows(B, 2 * B);
+  Tensor slots = b.inputs.slice_rows(2 * B, 3 * B), lens = b.inputs.slice_rows(3 * B, 4 * B);
+  Tensor tables = b.inputs.slice_rows(4 * B, B * (4 + b.width)).reshape({B, b.width});
+  PagedAttentionCache attention(cache_, slots, tables, lens, b.length);
+  Tensor h = model_.hidden_states_at(ids, pos, B, 1, b.length - 1, nullptr, attention);
+  b.logits = model_.project_vocab(h, nullptr);
+  b.argmax = ops::argmax_rows(b.logits);
+}
+
+bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits) {
+  const auto n = static_cast<int64_t>(s.ids.size());
+  const int64_t positions = std::max<int64_t>(model_.config().max_position_embeddings, 1);
+  if (n == 0 || n > kMaxBatch || s.max_len > positions) return false;
+  const int64_t batch = next_power_of_two(n, 1);
+  const int64_t length = std::min(next_power_of_two(s.max_len, kMinLength), positions);
+  Bucket& b = buckets_[{batch, length}];
+  if (!b.inputs.defined()) {
+    b.batch = batch;
+    b.length = length;
+    b.width = cache_.blocks_for(length);
+    b.inputs = Tensor::empty({batch * (4 + b.width)}, DType::I32, model_.device());
+  }
+  // Padding rows: token 0 at position 0, written nowhere (slot -1), attending to one position of
+  // block 0 (any block: the row's output is ignored).
+  std::vector<int32_t> host(batch * (4 + b.width), 0);
+  std::copy(s.ids.begin(), s.ids.end(), host.begin());
+  std::copy(s.pos.begin(), s.pos.end(), host.begin() + batch);
+  std::fill(host.begin() + 2 * batch, host.begin() + 3 * batch, -1);
+  std::copy(s.slots.begin(), s.slots.end(), host.begin() + 2 * batch);
+  std::fill(host.begin() + 3 * batch, host.begin() + 4 * batch, 1);
+  std::copy(s.lens.begin(), s.lens.end(), host.begin() + 3 * batch);
+  for (int64_t r = 0; r < n; ++r)
+    std::copy(s.tables.begin() + r * s.width, s.tables.begin() + r * s.width + std::min(s.width, b.width),
+              host.begin() + 4 * batch + r * b.width);
+  device_copy(b.inputs.raw(), b.inputs.device(), host.data(), Device::cpu(), host.size() * sizeof(int32_t));
+  if (b.warmed && !b.graph && !b.eager) {
+    try {
+      auto graph = std::make_unique<DeviceGraph>(model_.device(), pool_);
+      graph->record([&] { forward(b); });
+      b.graph = std::move(graph);
+    } catch (const Error& e) {
+      log_warn("decode step of ", batch, " rows runs without a CUDA graph: ", e.what());
+      b.eager = true;
+    }
+  }
+  if (b.graph) {
+    b.graph->replay();
+    ++replays_;
+  } else {
+    forward(b);
+    b.warmed = true;
+  }
+  const Tensor ids = b.argmax.slice_rows(0, n).to(Device::cpu());
+  argmax.assign(ids.data<int32_t>(), ids.data<int32_t>() + n);
+  if (!argmax_only) {
+    const Tensor l = b.logits.slice_rows(0, n).to(Device::cpu());
+    logits.assign(l.f32(), l.f32() + l.numel());
+  }
+  return true;
+}
+
+}  // namespace lowrank::infer

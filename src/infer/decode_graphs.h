@@ -1,0 +1,64 @@
+#pragma once
+// Decode steps replayed from recorded device graphs (private to infer/). A decode step of a small
+// model is hundreds of kernels of a few microseconds each, so the host's launch cost is most of
+// the step; recorded once and replayed with one launch, the step costs what the GPU needs.
+//
+// One graph per (batch bucket, length bucket): the batch is padded to a power of two (padding rows
+// write no keys or values and their outputs are ignored) and the longest sequence's length to a
+// power of two of at least kMinLength (the decode attention is sized by it; it reads each
+// sequence's own length on the device). The inputs live in one device buffer per graph, refilled
+// before each replay; the outputs are read after it. The first step of a bucket runs eagerly
+// (cuBLASLt and cuDNN make their choices then), the second records the graph.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "lowrank/core/device_graph.h"
+#include "lowrank/infer/paged_kv_cache.h"
+#include "lowrank/model/model.h"
+
+namespace lowrank::infer {
+
+class DecodeGraphs {
+ public:
+  static constexpr int64_t kMaxBatch = 256;
+  static constexpr int64_t kMinLength = 256;
+
+  // Whether the model's decode steps can be recorded: on a CUDA device, without LongRoPE (its
+  // tables switch with the length), unless LOWRANK_CUDA_GRAPHS=0.
+  static bool usable(const model::Model& model);
+  DecodeGraphs(const model::Model& model, PagedKVCache& cache);
+
+  // One decode step of B sequences without adapters: the rows' token ids, positions, KV-cache slots
+  // and lengths after the step (each [B]), their block tables [B, width] and the longest length.
+  // False (nothing done) when the step has no bucket (too many rows, too long); else fills the
+  // argmax of each row, and `logits` [B*V] (host f32) unless argmax_only.
+  struct Step {
+    std::vector<int32_t> ids, pos, slots, lens, tables;
+    int64_t width = 0, max_len = 0;
+  };
+  bool run(const Step& step, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits);
+  int64_t replays() const { return replays_; }
+
+ private:
+  struct Bucket {
+    int64_t batch = 0, length = 0, width = 0;
+    Tensor inputs;          // I32 [batch * (4 + width)]: ids, pos, slots, lens, then the tables
+    Tensor logits, argmax;  // outputs: f32 [batch, V], I32 [batch]
+    std::unique_ptr<DeviceGraph> graph;
+    bool warmed = false;
+    bool eager = false;  // recording failed: this bucket runs without a graph
+  };
+  // Runs the bucket's forward on its inputs (eagerly, or while recording) and keeps its outputs.
+  void forward(Bucket& b);
+
+  const model::Model& model_;
+  PagedKVCache& cache_;
+  std::shared_ptr<DeviceGraphPool> pool_;  // shared: replays never overlap (one stream)
+  std::map<std::pair<int64_t, int64_t>, Bucket> buckets_;  // (batch, length)
+  int64_t replays_ = 0;
+};
+
+}  // namespace lowrank::infer
