@@ -121,6 +121,7 @@ TEST(MixedBatch, HookAddsNothingForRowsWithoutAdapterOrTarget) {
   Tensor x = Tensor::empty({3, p->in});
   Rng rng(3);
   for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] = rng.uniform(-1.0f, 1.0f);
+  std::copy(x.f32(), x.f32() + p->in, x.f32() + 2 * p->in);  // rows 0 and 2: one input, two scales
   Tensor y = Tensor::zeros({3, p->out}), y_o = Tensor::zeros({3, p->out});
   const model::Linear none;
   hook.on_projection(0, Target::Q, none, x, y);

@@ -88,9 +88,9 @@ TEST(AdapterCache, RefusesAdaptersThatDoNotMix) {
   lora::AdapterCache cache(2, 1, Device::cpu(), DType::F32);
   auto dora = std::make_shared<lora::Adapter>(*tiny_adapter(2, 1.0f));
   dora->pairs[0].kind = lora::VariantKind::Dora;
-  EXPECT_THROW(cache.acquire(dora), Error);
+  EXPECT_THROW(cache.acquire(dora), InternalError) << "the decoder asks lora::is_mixable first";
   auto lm_head = std::make_shared<lora::Adapter>(*tiny_adapter(2, 1.0f));
   lm_head->pairs[0].layer = 1;  // the lm_head of a one-layer model
-  EXPECT_THROW(cache.acquire(lm_head), Error);
+  EXPECT_THROW(cache.acquire(lm_head), InternalError);
   EXPECT_EQ(cache.stats().resident, 0u);
 }
