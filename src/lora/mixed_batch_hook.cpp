@@ -6,19 +6,19 @@
 
 namespace lowrank::lora {
 
-MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& rows, int64_t rows_each, Device device)
+MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t rows_each, Device device)
     : rows_each_(rows_each) {
   LR_CHECK(rows_each >= 1, "mixed batch: ", rows_each, " rows per sequence");
-  // Adapter j of every table is the j-th distinct (adapter, user scale) of the rows.
+  // Adapter j of every table is the j-th distinct (adapter, user scale) of the sequences.
   std::map<std::pair<const MixableAdapter*, double>, int32_t> index;
   std::vector<double> scales;
-  std::vector<int32_t> row_index(rows.size(), -1);
-  for (size_t i = 0; i < rows.size(); ++i) {
-    if (!rows[i].adapter) continue;
-    auto [it, added] = index.try_emplace({rows[i].adapter.get(), rows[i].user_scale}, static_cast<int32_t>(held_.size()));
+  std::vector<int32_t> row_index(sequences.size(), -1);
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    if (!sequences[i].adapter) continue;
+    auto [it, added] = index.try_emplace({sequences[i].adapter.get(), sequences[i].user_scale}, static_cast<int32_t>(held_.size()));
     if (added) {
-      held_.push_back(rows[i].adapter);
-      scales.push_back(rows[i].user_scale);
+      held_.push_back(sequences[i].adapter);
+      scales.push_back(sequences[i].user_scale);
     }
     row_index[i] = it->second;
   }
@@ -28,7 +28,8 @@ MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& rows, int64_t rows
     expanded.reserve(row_index.size() * rows_each_);
     for (int32_t j : row_index) expanded.insert(expanded.end(), rows_each_, j);
   }
-  const Tensor row_tensor = Tensor::from_ints(expanded, device);  // shared by every table
+  // Shared by every table; the segment road reads sequence_adapter_ on the host instead.
+  const Tensor row_tensor = expanded.empty() ? Tensor() : Tensor::from_ints(expanded, device);
   for (size_t j = 0; j < held_.size(); ++j) {
     for (const auto& [key, layer] : held_[j]->layers()) {
       auto [it, added] = tables_.try_emplace(key);
