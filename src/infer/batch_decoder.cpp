@@ -50,9 +50,17 @@ std::unique_ptr<lora::MixedBatchHook> BatchDecoder::mixed_hook(const std::vector
                                                                int64_t rows_each) {
   if (std::none_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->adapter != nullptr; }))
     return nullptr;
+  std::map<const lora::Adapter*, std::shared_ptr<const lora::MixableAdapter>> copies;  // one acquire per adapter
   std::vector<lora::RowAdapter> sequences;
-  for (const DecodeEntry* e : group)
-    sequences.push_back({e->adapter ? adapters_.acquire(e->adapter) : nullptr, e->adapter_scale});
+  for (const DecodeEntry* e : group) {
+    std::shared_ptr<const lora::MixableAdapter> copy;
+    if (e->adapter) {
+      auto& c = copies[e->adapter.get()];
+      if (!c) c = adapters_.acquire(e->adapter);
+      copy = c;
+    }
+    sequences.push_back({copy, e->adapter_scale});
+  }
   return std::make_unique<lora::MixedBatchHook>(sequences, rows_each, model_.device());
 }
 

@@ -16,7 +16,7 @@
 namespace lowrank::lora {
 
 struct AdapterCacheStats {
-  uint64_t hits = 0;       // acquire() found the adapter on the device
+  uint64_t hits = 0;       // acquire() found the adapter on the device (once per batch using it)
   uint64_t loads = 0;      // acquire() copied it there
   uint64_t evictions = 0;  // copies dropped to stay within the capacity
   uint64_t resident = 0;   // adapters on the device now
