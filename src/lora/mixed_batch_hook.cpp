@@ -15,7 +15,8 @@ MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t
   std::vector<int32_t> row_index(sequences.size(), -1);
   for (size_t i = 0; i < sequences.size(); ++i) {
     if (!sequences[i].adapter) continue;
-    auto [it, added] = index.try_emplace({sequences[i].adapter.get(), sequences[i].user_scale}, static_cast<int32_t>(held_.size()));
+    auto [it, added] = index.try_emplace({sequences[i].adapter.get(), sequences[i].user_scale},
+                                         static_cast<int32_t>(held_.size()));
     if (added) {
       held_.push_back(sequences[i].adapter);
       scales.push_back(sequences[i].user_scale);

@@ -50,7 +50,8 @@ std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, in
   metric("lowrank_adapters_loaded", "gauge", "LoRA adapters that requests can name.");
   os << "lowrank_adapters_loaded " << adapters << '\n';
   if (cache) {  // the paged step's adapter cache (--max-gpu-adapters)
-    metric("lowrank_adapter_cache_hits_total", "counter", "Adapters a batch needed that were on the device already (once per batch and adapter).");
+    metric("lowrank_adapter_cache_hits_total", "counter",
+           "Adapters a batch needed that were on the device already (once per batch and adapter).");
     os << "lowrank_adapter_cache_hits_total " << cache->hits << '\n';
     metric("lowrank_adapter_cache_loads_total", "counter", "Adapters copied from host memory to the device.");
     os << "lowrank_adapter_cache_loads_total " << cache->loads << '\n';

@@ -3,8 +3,9 @@
 // prompts of one length and adapter prefill together, decode steps of one adapter run as one
 // forward with paged attention, and plain-LoRA adapters of any rank and target set join the base
 // model's batches through segmented LoRA (lora/mixed_batch_hook.h), from a device adapter cache.
-// The step `lowrank serve --device cuda` uses; it runs on the CPU as well (tests). A sequence's blocks are reserved when it is opened (prompt + max_tokens); a request
-// that does not fit the free blocks waits until running sequences return theirs.
+// The step `lowrank serve --device cuda` uses; it runs on the CPU as well (tests). A sequence's
+// blocks are reserved when it is opened (prompt + max_tokens); a request that does not fit the free
+// blocks waits until running sequences return theirs.
 #include "lowrank/infer/batch_decoder.h"
 #include "lowrank/serve/decode_step.h"
 
