@@ -1,5 +1,6 @@
 // Segmented LoRA on the CPU: the reference for the CUDA kernels. Each row with an adapter is its
 // own shrink (h = x A_jᵀ, [r_j]) and expand (y += s_j · h B_jᵀ), in f32 like the GPU's accumulators.
+#include <algorithm>
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
@@ -15,7 +16,10 @@ void lora_rows_(Tensor& y, const Tensor& x, const ops::LoraRows& t) {
   for (int64_t i = 0; i < n; ++i)
     if (rows[i] < -1 || rows[i] >= adapters)
       throw error("lora_rows_: row ", i, " names adapter ", rows[i], " of ", adapters);
-#pragma omp parallel for schedule(static)
+  int64_t max_rank = 0;
+  for (const Tensor& a : t.a) max_rank = std::max<int64_t>(max_rank, a.defined() ? a.dim(0) : 0);
+  const bool parallel = n * max_rank * (in + out) >= (int64_t(1) << 20);  // threads only for real work
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t i = 0; i < n; ++i) {
     const int32_t j = rows[i];
     if (j < 0 || !t.a[j].defined()) continue;  // no adapter, or one that does not adapt this projection
