@@ -30,6 +30,7 @@ struct ServeArgs {
   std::string model, served_name, device = "cpu", host = "127.0.0.1";
   std::vector<std::string> adapters;  // NAME=DIR[:SCALE]
   int port = 8000;
+  int64_t max_gpu_adapters = 64;  // checked, then options.max_gpu_adapters
   serve::ServerOptions options;
 };
 
@@ -38,6 +39,8 @@ int run_serve(ServeArgs& a) {
   check_device(device, "--device " + a.device);
   if (a.options.kv_cache_blocks < 0) throw error("--kv-cache-blocks must not be negative");
   if (a.options.max_batch < 1) throw error("--max-batch must be at least 1");
+  if (a.max_gpu_adapters < 1) throw error("--max-gpu-adapters must be at least 1");
+  a.options.max_gpu_adapters = static_cast<size_t>(a.max_gpu_adapters);
   if (a.port < 0 || a.port > 65535) throw error("--port must be in [0, 65535] (0: any free port)");
   if (a.options.max_body_bytes < 1024) throw error("--max-body-bytes must be at least 1024");
   a.options.model_name = a.served_name.empty() ? a.model : a.served_name;
@@ -100,6 +103,10 @@ RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HT
                        app.add_option("--port", a->port, "Port to listen on (0: any free port)")->capture_default_str();
                        app.add_option("--api-key", a->options.api_key, "Require \"Authorization: Bearer KEY\" on /v1/*");
                        app.add_option("--max-batch", a->options.max_batch, "Sequences decoded together; the rest queue")
+                           ->capture_default_str();
+                       app.add_option("--max-gpu-adapters", a->max_gpu_adapters,
+                                      "CUDA: adapters kept on the GPU (the rest stay in host memory; least recently "
+                                      "used are evicted)")
                            ->capture_default_str();
                        app.add_option("--max-body-bytes", a->options.max_body_bytes, "Larger request bodies get 413")
                            ->capture_default_str();

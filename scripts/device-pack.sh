@@ -2,7 +2,7 @@
 # Run HERE (the build machine): builds lowrank with the CUDA backend for Hopper (sm_90 + PTX) and
 # packs what the GPU box needs into .devrun/cuda-build (gitignored, kept well under 60 MB):
 #   bin/  lowrank, lowrank_tests, bench_cuda_ops, bench_train_gpu, bench_pipeline_gpu, bench_cpu_infer,
-#         bench_decode_gpu, bench_serve_load (stripped,
+#         bench_decode_gpu, bench_serve_load, bench_lora_rows, bench_mixed_decode_gpu (stripped,
 #         xz-compressed; scripts/device-env.sh unpacks them on the box)
 #   lib/  xz-compressed host libraries the box may lack (OpenBLAS and its Fortran runtime, PCRE2,
 #         ...); scripts/device-test.sh unpacks them only when the loader cannot find them.
@@ -19,11 +19,11 @@ command -v ninja >/dev/null && gen=(-G Ninja)
 [ -f "$build/CMakeCache.txt" ] && gen=()
 cmake -S . -B "$build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DLOWRANK_CUDA=ON \
   -DCMAKE_CUDA_ARCHITECTURES="90-real;90-virtual" "$@" >/dev/null
-cmake --build "$build" -j"${JOBS:-2}" --target lowrank_cli lowrank_tests bench_cuda_ops bench_train_gpu bench_pipeline_gpu bench_cpu_infer bench_decode_gpu bench_serve_load
+cmake --build "$build" -j"${JOBS:-2}" --target lowrank_cli lowrank_tests bench_cuda_ops bench_train_gpu bench_pipeline_gpu bench_cpu_infer bench_decode_gpu bench_serve_load bench_lora_rows bench_mixed_decode_gpu
 
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
-for f in "$build/lowrank" "$build/tests/lowrank_tests" "$build/bench/bench_cuda_ops" "$build/bench/bench_train_gpu" "$build/bench/bench_pipeline_gpu" "$build/bench/bench_cpu_infer" "$build/bench/bench_decode_gpu" "$build/bench/bench_serve_load"; do
+for f in "$build/lowrank" "$build/tests/lowrank_tests" "$build/bench/bench_cuda_ops" "$build/bench/bench_train_gpu" "$build/bench/bench_pipeline_gpu" "$build/bench/bench_cpu_infer" "$build/bench/bench_decode_gpu" "$build/bench/bench_serve_load" "$build/bench/bench_lora_rows" "$build/bench/bench_mixed_decode_gpu"; do
   cp "$f" "$out/bin/"
   strip --strip-unneeded "$out/bin/$(basename "$f")"  # host symbols only; device code is kept
   xz -6 -T0 "$out/bin/$(basename "$f")"  # the device tool carries 64 MiB with the tree: unpacked by device-env.sh

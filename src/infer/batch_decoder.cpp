@@ -16,13 +16,34 @@ PagedSequence::PagedSequence(PagedKVCache& cache, int64_t capacity)
 
 PagedSequence::~PagedSequence() { cache_.release(blocks_); }
 
-BatchDecoder::BatchDecoder(const model::Model& model, PagedKVCache& cache, bool graphs) : model_(model), cache_(cache) {
+BatchDecoder::BatchDecoder(const model::Model& model, PagedKVCache& cache, size_t max_device_adapters, bool graphs)
+    : model_(model), cache_(cache),
+      adapters_(max_device_adapters, static_cast<int>(model.config().num_layers), model.device(),
+                model.weights().embed.dtype()) {
   if (graphs && DecodeGraphs::usable(model)) graphs_ = std::make_unique<DecodeGraphs>(model, cache);
 }
 
 BatchDecoder::~BatchDecoder() = default;
 
 int64_t BatchDecoder::graph_replays() const { return graphs_ ? graphs_->replays() : 0; }
+
+std::unique_ptr<lora::MixedBatchHook> BatchDecoder::mixed_hook(const std::vector<DecodeEntry*>& group,
+                                                               int64_t rows_each) {
+  if (std::none_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->adapter != nullptr; }))
+    return nullptr;
+  std::map<const lora::Adapter*, std::shared_ptr<const lora::MixableAdapter>> copies;  // one acquire per adapter
+  std::vector<lora::RowAdapter> sequences;
+  for (const DecodeEntry* e : group) {
+    std::shared_ptr<const lora::MixableAdapter> copy;
+    if (e->adapter) {
+      auto& c = copies[e->adapter.get()];
+      if (!c) c = adapters_.acquire(e->adapter);
+      copy = c;
+    }
+    sequences.push_back({copy, e->adapter_scale});
+  }
+  return std::make_unique<lora::MixedBatchHook>(sequences, rows_each, model_.device());
+}
 
 int32_t BatchDecoder::slot(const PagedSequence& s, int64_t position) const {
   const int64_t bs = cache_.block_size();
@@ -48,12 +69,16 @@ void BatchDecoder::step(std::span<DecodeEntry> entries) {
       const auto total = static_cast<int64_t>(s.ids_.size()) + n;
       if (total > s.capacity_)
         throw error("sequence of ", total, " positions is longer than the ", s.capacity_, " reserved for it");
+      // Mixable adapters join the base model's group (hook null), which runs a mixed hook.
+      const bool mixes = e.adapter && lora::is_mixable(*e.adapter, static_cast<int>(c.num_layers));
+      if (e.adapter && !mixes && !e.hook) throw error("an adapter that does not mix needs its own hook");
+      model::ProjectionHook* hook = mixes ? nullptr : e.hook;
       s.ids_.insert(s.ids_.end(), e.tokens.begin(), e.tokens.end());
       if (s.length_ == 0 || n > 1 || model_.rope_changes(s.length_, total)) {
         s.length_ = 0;  // (re)computed from the first position
-        prefills[{total, e.hook}].push_back(&e);
+        prefills[{total, hook}].push_back(&e);
       } else {
-        decodes[{e.hook, model_.rope_changes(0, total)}].push_back(&e);
+        decodes[{hook, model_.rope_changes(0, total)}].push_back(&e);
       }
     } catch (const std::exception& ex) {
       e.error = ex.what();
@@ -78,6 +103,7 @@ void BatchDecoder::step(std::span<DecodeEntry> entries) {
     }
   }
   for (auto& [key, group] : decodes) run(group, [&] { decode(group, key.first); });
+  adapters_.trim();  // adapters held beyond the capacity by this step's batches
 }
 
 void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook) {
@@ -93,6 +119,8 @@ void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, 
     last_rows.push_back(static_cast<int32_t>(b * len + len - 1));
   }
   PagedAttentionCache attention(cache_, Tensor::from_ints(slots, model_.device()));
+  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(group, len);
+  if (mixed) hook = mixed.get();
   Tensor h = model_.hidden_states_at({ids, B, len}, pos, hook, attention);
   for (DecodeEntry* e : group) e->seq->length_ = len;
   emit(ops::embedding(h, last_rows), group, hook);  // each sequence's last row
@@ -113,7 +141,8 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
     const int64_t used = cache_.blocks_for(s.length_ + 1);
     std::copy(s.blocks_.begin(), s.blocks_.begin() + used, tables.begin() + b * width);
   }
-  if (!hook && graphs_) {
+  const bool no_adapter = std::none_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->adapter != nullptr; });
+  if (!hook && no_adapter && graphs_) {
     const bool argmax_only = std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->argmax_only; });
     std::vector<int32_t> argmax;
     std::vector<float> logits;
@@ -130,6 +159,8 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
   const Device d = model_.device();
   PagedAttentionCache attention(cache_, Tensor::from_ints(slots, d),
                            Tensor::from_ints(tables, d).reshape({B, width}), Tensor::from_ints(lens, d), max_len);
+  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(group, 1);
+  if (mixed) hook = mixed.get();
   Tensor h = model_.hidden_states_at({ids, B, 1}, pos, hook, attention);
   for (DecodeEntry* e : group) ++e->seq->length_;
   emit(h, group, hook);

@@ -90,6 +90,7 @@ Category category_of_op(const char* name) {
   if (starts("embedding")) return Category::Embedding;
   if (starts("cross_entropy")) return Category::Loss;
   if (starts("nf4_dequantize")) return Category::Dequantize;
+  if (starts("lora_rows")) return Category::Lora;
   if (starts("adamw") || starts("sum_squares") || starts("clip_by")) return Category::Optimizer;
   return Category::Elementwise;
 }

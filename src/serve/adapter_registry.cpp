@@ -2,6 +2,7 @@
 
 #include "lowrank/core/error.h"
 #include "lowrank/lora/adapter_set.h"
+#include "lowrank/lora/mixable_adapter.h"
 #include "lowrank/tokenizer/chat_template.h"
 
 namespace lowrank::serve {
@@ -11,8 +12,8 @@ ServedAdapter::ServedAdapter(std::string name_, std::string dir_, double scale_,
     : name(std::move(name_)), dir(std::move(dir_)), scale(scale_), adapter(std::move(adapter_)),
       hook({lora::ActiveAdapter{&adapter, scale}}), chat_template(std::move(chat_template_)) {}
 
-AdapterRegistry::AdapterRegistry(const model::Model& model, std::string chat_template_flag)
-    : model_(model), chat_template_flag_(std::move(chat_template_flag)) {}
+AdapterRegistry::AdapterRegistry(const model::Model& model, std::string chat_template_flag, bool mixable_on_host)
+    : model_(model), chat_template_flag_(std::move(chat_template_flag)), mixable_on_host_(mixable_on_host) {}
 
 void AdapterRegistry::load(const std::string& name, const std::string& spec_text) {
   if (name.empty()) throw error("an adapter needs a name");
@@ -22,6 +23,8 @@ void AdapterRegistry::load(const std::string& name, const std::string& spec_text
   if (!adapter.biases.empty())
     throw error(spec.dir, ": the adapter has trained biases, which would change the base model for every request; serve a merged model instead "
                 "(lowrank merge)");
+  if (mixable_on_host_ && lora::is_mixable(adapter, static_cast<int>(model_.config().num_layers)))
+    adapter.to(Device::cpu());  // host memory; the decode step's adapter cache pages it in
   auto served = std::make_shared<ServedAdapter>(
       name, spec.dir, spec.scale, std::move(adapter),
       tok::resolve_chat_template(chat_template_flag_, {spec.dir}, model_.source()));

@@ -14,7 +14,8 @@ void ServerMetrics::count_finished(const std::string& reason) {
   ++finished_[reason];
 }
 
-std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, int64_t adapters) const {
+std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, int64_t adapters,
+                                  const std::optional<lora::AdapterCacheStats>& cache) const {
   std::ostringstream os;
   auto metric = [&](const char* name, const char* type, const char* help) {
     os << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
@@ -48,6 +49,20 @@ std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, in
   os << "lowrank_decode_round_sequences_total " << s.round_sequences << '\n';
   metric("lowrank_adapters_loaded", "gauge", "LoRA adapters that requests can name.");
   os << "lowrank_adapters_loaded " << adapters << '\n';
+  if (cache) {  // the paged step's adapter cache (--max-gpu-adapters)
+    metric("lowrank_adapter_cache_hits_total", "counter",
+           "Adapters a batch needed that were on the device already (once per batch and adapter).");
+    os << "lowrank_adapter_cache_hits_total " << cache->hits << '\n';
+    metric("lowrank_adapter_cache_loads_total", "counter", "Adapters copied from host memory to the device.");
+    os << "lowrank_adapter_cache_loads_total " << cache->loads << '\n';
+    metric("lowrank_adapter_cache_evictions_total", "counter",
+           "Adapters dropped from the device (least recently used beyond --max-gpu-adapters, or unloaded).");
+    os << "lowrank_adapter_cache_evictions_total " << cache->evictions << '\n';
+    metric("lowrank_adapter_cache_resident", "gauge", "Adapters on the device now.");
+    os << "lowrank_adapter_cache_resident " << cache->resident << '\n';
+    metric("lowrank_adapter_cache_bytes", "gauge", "Bytes of the adapters on the device.");
+    os << "lowrank_adapter_cache_bytes " << cache->bytes << '\n';
+  }
   return os.str();
 }
 

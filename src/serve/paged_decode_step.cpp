@@ -10,8 +10,13 @@ struct PagedSequenceState : SequenceState {
 
 }  // namespace
 
-PagedDecodeStep::PagedDecodeStep(const model::Model& model, int64_t num_blocks)
-    : cache_(model.config(), model.device(), model.weights().embed.dtype(), num_blocks), decoder_(model, cache_) {}
+PagedDecodeStep::PagedDecodeStep(const model::Model& model, int64_t num_blocks, size_t max_device_adapters)
+    : cache_(model.config(), model.device(), model.weights().embed.dtype(), num_blocks),
+      decoder_(model, cache_, max_device_adapters) {}
+
+std::optional<lora::AdapterCacheStats> PagedDecodeStep::adapter_cache_stats() const {
+  return decoder_.adapter_cache().stats();
+}
 
 int64_t PagedDecodeStep::blocks_for_batch(const model::ModelConfig& c, int64_t max_batch) {
   const int64_t bs = infer::PagedKVCache::kDefaultBlockSize;
@@ -33,6 +38,8 @@ void PagedDecodeStep::run(std::span<StepEntry> batch) {
     entries[i].seq = &static_cast<PagedSequenceState*>(batch[i].state)->seq;
     entries[i].tokens = batch[i].tokens;
     entries[i].hook = batch[i].hook;
+    entries[i].adapter = batch[i].adapter;
+    entries[i].adapter_scale = batch[i].adapter_scale;
     entries[i].argmax_only = batch[i].argmax_only;
   }
   decoder_.step(entries);

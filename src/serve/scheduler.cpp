@@ -127,6 +127,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
     e.tokens = r->generated == 0 ? std::span<const int32_t>(r->request.prompt)
                                  : std::span<const int32_t>(&r->context.back(), 1);
     e.hook = r->request.hook.get();
+    e.adapter = r->request.adapter;
+    e.adapter_scale = r->request.adapter_scale;
     const auto& sampling = r->request.options.sampling;
     e.argmax_only = sampling.greedy && sampling.repetition_penalty == 1.0;  // the sampler would pick the argmax
     batch.push_back(std::move(e));

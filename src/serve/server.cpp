@@ -138,7 +138,7 @@ class HttpServer : public httplib::Server {
 static std::unique_ptr<DecodeStep> make_step(const model::Model& m, const ServerOptions& o) {
   if (!o.paged && m.device().is_cpu()) return std::make_unique<CpuDecodeStep>(m);
   const int64_t blocks = o.kv_cache_blocks > 0 ? o.kv_cache_blocks : PagedDecodeStep::blocks_for_batch(m.config(), o.max_batch);
-  return std::make_unique<PagedDecodeStep>(m, blocks);
+  return std::make_unique<PagedDecodeStep>(m, blocks, o.max_gpu_adapters);
 }
 
 struct Server::Impl {
@@ -159,7 +159,7 @@ struct Server::Impl {
   Impl(const model::Model& m, tok::Tokenizer tk, ServerOptions o)
       : model(m), tokenizer(std::move(tk)), options(std::move(o)),
         base_chat_template(tok::resolve_chat_template(options.chat_template, {}, m.source())),
-        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template), compute(make_step(m, options)),
+        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template, /*mixable_on_host=*/m.device().is_cuda()), compute(make_step(m, options)),
         scheduler(*compute, options.max_batch) {
     // Every waiting request holds a thread (httplib's default pool has 8): room for a full
     // batch plus as many again queued, and the cheap endpoints.
@@ -235,7 +235,8 @@ void Server::Impl::routes() {
     res.status = draining ? 503 : 200;
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics.render(scheduler.stats(), scheduler.max_batch(), static_cast<int64_t>(adapters.list().size())),
+    res.set_content(metrics.render(scheduler.stats(), scheduler.max_batch(), static_cast<int64_t>(adapters.list().size()),
+                                   compute->adapter_cache_stats()),
                     "text/plain; version=0.0.4");
   });
   http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, models()); }));
@@ -324,7 +325,11 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   seq.options.eos_ids = eos_ids;
   seq.options.sampling = params.sampling;
   if (!params.seed_given) seq.options.sampling.seed = random_u64();
-  if (adapter) seq.hook = std::shared_ptr<model::ProjectionHook>(adapter, &adapter->hook);
+  if (adapter) {
+    seq.hook = std::shared_ptr<model::ProjectionHook>(adapter, &adapter->hook);
+    seq.adapter = std::shared_ptr<const lora::Adapter>(adapter, &adapter->adapter);
+    seq.adapter_scale = adapter->scale;
+  }
 
   auto reply = std::make_shared<Reply>(Reply{
       ReplyHeader{request_id(chat), static_cast<int64_t>(std::time(nullptr)), adapter ? adapter->name : options.model_name, chat},

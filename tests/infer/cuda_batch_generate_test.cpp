@@ -105,7 +105,7 @@ TEST(CudaDecodeGraphs, ReplaysEqualEagerSteps) {
   std::vector<int64_t> replays(2);
   for (int g = 0; g < 2; ++g) {
     infer::PagedKVCache cache(m.config(), m.device(), DType::F32, 64);
-    infer::BatchDecoder decoder(m, cache, g == 1);
+    infer::BatchDecoder decoder(m, cache, infer::BatchDecoder::kDefaultDeviceAdapters, g == 1);
     std::vector<std::unique_ptr<infer::PagedSequence>> seqs;
     for (int64_t len : prompt_lens) seqs.push_back(std::make_unique<infer::PagedSequence>(cache, len + steps + 300));
     for (int64_t step = 0; step < steps; ++step) {

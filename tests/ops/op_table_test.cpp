@@ -409,6 +409,15 @@ std::vector<OpCase> op_table() {
                                 b, z};
                },
                {}, {}, false});
+  // ---- LoRA of mixed-adapter batches: rows of two adapters (ranks 3 and 2, interleaved), rows
+  // without one, and an adapter that does not adapt this projection
+  t.push_back({"lora_rows_", {{5, 7}, {5, 6}, {3, 7}, {6, 3}, {2, 7}, {6, 2}},
+               [](Inputs& in, Device d) {
+                 ops::LoraRows rows{{in[2], Tensor(), in[4]}, {in[3], Tensor(), in[5]}, {0.5f, 2.0f, -1.5f},
+                                    Tensor::from_ints({2, -1, 0, 2, 1}, d)};
+                 ops::lora_rows_(in[1], in[0], rows);
+                 return Outputs{in[1]};
+               }});
   // ---- quantized weights: NF4 (quantized on the host, dequantized by the backend)
   t.push_back({"nf4_dequantize", {{7, 100}},
                [](Inputs& in, Device d) {

@@ -1,11 +1,15 @@
 // The scheduler over PagedDecodeStep (what `serve --device cuda` runs), here on the CPU: requests
 // of different lengths, with and without an adapter, joining a running batch, each equal to
 // Generator's output for it (greedy and seeded sampling); a full pool fails only that request.
+// Requests over two plain-LoRA adapters and the base model, mixed in one forward per round
+// through an adapter cache of one adapter, equal Generator with each adapter's own hook.
 #include <gtest/gtest.h>
 
 #include "lowrank/infer/generator.h"
 #include "lowrank/io/files.h"
 #include "lowrank/lora/adapter_set.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/serve/metrics.h"
 #include "lowrank/serve/paged_decode_step.h"
 #include "lowrank/serve/scheduler.h"
 #include "test_paths.h"
@@ -80,6 +84,54 @@ TEST(PagedDecodeStep, ScheduledRepliesEqualGenerator) {
     EXPECT_EQ(collect(*c, &reason), want);
     EXPECT_NE(reason, serve::FinishReason::Failed);
   }
+}
+
+TEST(PagedDecodeStep, MixedAdaptersThroughACacheOfOneEqualGenerator) {
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  auto cases = io::read_json(test::fixture("lora/generate/expected.json"));
+  struct Served {
+    std::shared_ptr<lora::Adapter> adapter;
+    double scale;
+    std::shared_ptr<lora::LoraHook> hook;
+  };
+  std::vector<Served> adapters;
+  for (auto [name, scale] : {std::pair{"adapter_a", 1.0}, std::pair{"adapter_b", 0.5}}) {
+    auto a = std::make_shared<lora::Adapter>(lora::Adapter::load(test::fixture("lora/generate/") + name, m));
+    ASSERT_TRUE(lora::is_mixable(*a, static_cast<int>(m.config().num_layers))) << name;
+    adapters.push_back({a, scale, std::make_shared<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{a.get(), scale}})});
+  }
+  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 4), /*max_device_adapters=*/1);
+  serve::Scheduler scheduler(step, 4);
+  std::vector<std::pair<serve::SequenceRequest, std::shared_ptr<serve::SequenceChannel>>> sent;
+  for (size_t i = 0; i < 9; ++i) {
+    serve::SequenceRequest r;
+    auto prompt = cases[i % cases.size()]["prompt"].get<std::vector<int32_t>>();
+    r.prompt.assign(prompt.begin(), prompt.begin() + 1 + (i * 3) % prompt.size());
+    r.options.max_new_tokens = 5 + static_cast<int64_t>(i % 4);
+    r.options.sampling.greedy = i % 4 != 3;
+    r.options.sampling.seed = i;
+    r.options.eos_ids = infer::model_eos_ids(m.config());
+    if (i % 3 != 2) {  // adapter a, adapter b, the base model, ...
+      const Served& a = adapters[i % 3];
+      r.hook = a.hook;
+      r.adapter = a.adapter;
+      r.adapter_scale = a.scale;
+    }
+    sent.emplace_back(r, scheduler.submit(r));
+  }
+  for (auto& [request, channel] : sent) {
+    infer::Generator g(m, request.hook.get());
+    EXPECT_EQ(collect(*channel), g.generate(request.prompt, request.options));
+  }
+  const auto stats = step.adapter_cache_stats();
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_GE(stats->loads, 2u);
+  EXPECT_GE(stats->evictions, 1u) << "two adapters through a cache of one";
+  EXPECT_EQ(stats->resident, 1u);
+  const std::string text = serve::ServerMetrics().render(scheduler.stats(), 4, 2, stats);
+  for (const char* name : {"lowrank_adapter_cache_hits_total ", "lowrank_adapter_cache_loads_total ",
+                           "lowrank_adapter_cache_evictions_total "})
+    EXPECT_NE(text.find(name), std::string::npos) << name;
 }
 
 }  // namespace

@@ -39,6 +39,7 @@ TEST(ServeCli, BadFlagsAreErrors) {
       {"serve" + model + " --chat-template no-such-template", "--chat-template"},
       {"serve --model /nonexistent/model", "/nonexistent/model"},
       {"serve" + model + " --max-batch two", "--max-batch"},
+      {"serve" + model + " --max-gpu-adapters 0", "--max-gpu-adapters"},
   };
   // A port another socket listens on (no silent sharing through SO_REUSEPORT).
   const int taken = socket(AF_INET, SOCK_STREAM, 0);

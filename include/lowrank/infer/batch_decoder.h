@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "lowrank/infer/paged_kv_cache.h"
+#include "lowrank/lora/adapter_cache.h"
+#include "lowrank/lora/mixed_batch_hook.h"
 #include "lowrank/model/model.h"
 
 namespace lowrank::infer {
@@ -43,6 +45,12 @@ struct DecodeEntry {
   PagedSequence* seq = nullptr;
   std::span<const int32_t> tokens;        // the prompt first, then one sampled token per step
   model::ProjectionHook* hook = nullptr;  // the sequence's adapters, or null for the base model
+  // The sequence's adapter and user scale for mixed batches: a plain-LoRA adapter of the blocks
+  // (lora::is_mixable) runs, from its device copy (the decoder's adapter cache), in one forward
+  // with the base model's rows and every other such adapter's (`hook` is then unused); any other
+  // adapter runs through `hook`, grouped by hook.
+  std::shared_ptr<const lora::Adapter> adapter;
+  double adapter_scale = 1.0;
   bool argmax_only = false;               // only the argmax is wanted (greedy without penalty)
   std::vector<float> logits;              // out: the next token's logits [V] (unless `argmax` is set)
   int32_t argmax = -1;                    // out: the argmax when every entry of its batch wanted only it
@@ -51,9 +59,11 @@ struct DecodeEntry {
 
 class BatchDecoder {
  public:
+  // `max_device_adapters`: how many mixable adapters the device keeps (lora/adapter_cache.h).
   // `graphs`: decode steps without adapters replay recorded CUDA graphs where the device allows
   // (decode_graphs.h; LOWRANK_CUDA_GRAPHS=0 turns them off too).
-  BatchDecoder(const model::Model& model, PagedKVCache& cache, bool graphs = true);
+  BatchDecoder(const model::Model& model, PagedKVCache& cache, size_t max_device_adapters = kDefaultDeviceAdapters,
+               bool graphs = true);
   ~BatchDecoder();
   // Feeds every entry's tokens to its sequence and fills its logits (or its error). A sequence's
   // first tokens are a prefill; one token after that is a decode step; several tokens after that,
@@ -66,6 +76,8 @@ class BatchDecoder {
 
   // Rows per prefill forward (sequences of one length are split into batches of at most this).
   static constexpr int64_t kPrefillRows = 8192;
+  static constexpr size_t kDefaultDeviceAdapters = 64;
+  const lora::AdapterCache& adapter_cache() const { return adapters_; }
 
  private:
   void prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook);
@@ -73,9 +85,13 @@ class BatchDecoder {
   // Logits of hidden rows [n, d] to the entries (host f32).
   void emit(const Tensor& hidden, const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
   int32_t slot(const PagedSequence& s, int64_t position) const;
+  // The mixed-adapter LoRA hook of a group of base-model and mixable-adapter entries, each entry
+  // `rows_each` rows of the forward; null when no entry has an adapter.
+  std::unique_ptr<lora::MixedBatchHook> mixed_hook(const std::vector<DecodeEntry*>& group, int64_t rows_each);
 
   const model::Model& model_;
   PagedKVCache& cache_;
+  lora::AdapterCache adapters_;
   std::unique_ptr<DecodeGraphs> graphs_;  // null: every step runs eagerly
 };
 

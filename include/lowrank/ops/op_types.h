@@ -2,6 +2,7 @@
 // Small value types shared by the op declarations (ops.h) and the backends that implement them.
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "lowrank/core/tensor.h"
 
@@ -20,6 +21,17 @@ inline float attention_score(float dot, float scale, float softcap) {
   const float s = dot * scale;
   return softcap > 0 ? softcap * std::tanh(s / softcap) : s;
 }
+
+// The per-row table of lora_rows_ (segmented LoRA: one batch, an adapter per row). Adapter j is
+// a[j] [r_j, in], b[j] [out, r_j] and scale[j]; an undefined a[j] (and b[j]) means adapter j does
+// not adapt this projection. rows: I32 [n] on the op's device, row i's adapter j, or -1 for none.
+// Ranks up to kLoraRowsMaxRank; any number of adapters.
+struct LoraRows {
+  std::vector<Tensor> a, b;
+  std::vector<float> scale;
+  Tensor rows;
+};
+constexpr int64_t kLoraRowsMaxRank = 1024;
 
 enum class Act { SiLU, GeluTanh, GeluErf, ReLU };
 

@@ -27,7 +27,10 @@ class AdapterRegistry {
  public:
   // `chat_template_flag`: --chat-template (a built-in name or a file; "" for none), which wins
   // over an adapter's own chat_template.jinja.
-  AdapterRegistry(const model::Model& model, std::string chat_template_flag);
+  // `mixable_on_host`: adapters that mix (lora::is_mixable) stay in host memory after loading —
+  // the paged decode step copies them to the device on demand (its adapter cache), so their number
+  // is bounded by host memory; their `hook` then holds host tensors and serves CPU steps only.
+  AdapterRegistry(const model::Model& model, std::string chat_template_flag, bool mixable_on_host = false);
 
   // Loads a PEFT adapter folder, "DIR" or "DIR:SCALE", as `name`. Throws Error when the name is
   // taken, the folder is not an adapter for this model, or the adapter has trained biases (they
@@ -41,6 +44,7 @@ class AdapterRegistry {
  private:
   const model::Model& model_;
   const std::string chat_template_flag_;
+  const bool mixable_on_host_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<ServedAdapter>> adapters_;  // guarded by mutex_
 };

@@ -4,10 +4,12 @@
 // so a batched GPU step (paged KV cache, segmented LoRA) can replace the CPU one.
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "lowrank/lora/adapter_cache.h"
 #include "lowrank/model/model.h"
 
 namespace lowrank::serve {
@@ -22,6 +24,10 @@ struct StepEntry {
   SequenceState* state = nullptr;
   std::span<const int32_t> tokens;       // the prompt on the first step, then the last sampled token
   model::ProjectionHook* hook = nullptr; // the sequence's adapter, or null for the base model
+  // The same adapter and its user scale, for steps that mix plain-LoRA adapters in one batch
+  // (the paged step; the CPU step runs `hook`).
+  std::shared_ptr<const lora::Adapter> adapter;
+  double adapter_scale = 1.0;
   bool argmax_only = false;              // greedy without penalty: a step may return just the argmax
   std::vector<float> logits;             // out: the next token's logits [V] (unless argmax is set)
   int32_t argmax = -1;                   // out: set instead of logits by steps that can (the paged one)
@@ -40,6 +46,8 @@ class DecodeStep {
   virtual Room room_for(int64_t capacity) const { return Room::Now; }
   // Runs every entry's tokens and fills its logits (or its error).
   virtual void run(std::span<StepEntry> batch) = 0;
+  // The device adapter cache's counters, for steps that have one.
+  virtual std::optional<lora::AdapterCacheStats> adapter_cache_stats() const { return std::nullopt; }
 };
 
 }  // namespace lowrank::serve

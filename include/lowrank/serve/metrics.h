@@ -3,8 +3,10 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 
+#include "lowrank/lora/adapter_cache.h"
 #include "lowrank/serve/scheduler.h"
 
 namespace lowrank::serve {
@@ -13,7 +15,9 @@ class ServerMetrics {
  public:
   void count_response(int status);                  // every HTTP reply, by status
   void count_finished(const std::string& reason);   // generation requests: "stop", "length", "abort", "error"
-  std::string render(const SchedulerStats& scheduler, int64_t max_batch, int64_t adapters) const;
+  // `cache`: the decode step's device adapter cache, when it has one.
+  std::string render(const SchedulerStats& scheduler, int64_t max_batch, int64_t adapters,
+                     const std::optional<lora::AdapterCacheStats>& cache = std::nullopt) const;
 
  private:
   mutable std::mutex mutex_;

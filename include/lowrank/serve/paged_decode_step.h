@@ -1,9 +1,11 @@
 #pragma once
 // DecodeStep over the paged KV cache (infer/batch_decoder.h): a round's sequences run as batches —
 // prompts of one length and adapter prefill together, decode steps of one adapter run as one
-// forward with paged attention. The step `lowrank serve --device cuda` uses; it runs on the CPU as
-// well (tests). A sequence's blocks are reserved when it is opened (prompt + max_tokens); a request
-// that does not fit the free blocks waits until running sequences return theirs.
+// forward with paged attention, and plain-LoRA adapters of any rank and target set join the base
+// model's batches through segmented LoRA (lora/mixed_batch_hook.h), from a device adapter cache.
+// The step `lowrank serve --device cuda` uses; it runs on the CPU as well (tests). A sequence's
+// blocks are reserved when it is opened (prompt + max_tokens); a request that does not fit the free
+// blocks waits until running sequences return theirs.
 #include "lowrank/infer/batch_decoder.h"
 #include "lowrank/serve/decode_step.h"
 
@@ -11,13 +13,16 @@ namespace lowrank::serve {
 
 class PagedDecodeStep : public DecodeStep {
  public:
-  // A pool of `num_blocks` blocks of PagedKVCache::kDefaultBlockSize positions on the model's device.
-  PagedDecodeStep(const model::Model& model, int64_t num_blocks);
+  // A pool of `num_blocks` blocks of PagedKVCache::kDefaultBlockSize positions on the model's
+  // device; at most `max_device_adapters` mixable adapters kept there (lora/adapter_cache.h).
+  PagedDecodeStep(const model::Model& model, int64_t num_blocks,
+                  size_t max_device_adapters = infer::BatchDecoder::kDefaultDeviceAdapters);
   // Blocks for max_batch sequences of the model's whole context.
   static int64_t blocks_for_batch(const model::ModelConfig& config, int64_t max_batch);
   std::unique_ptr<SequenceState> open(int64_t capacity) override;  // Error when the pool is full
   Room room_for(int64_t capacity) const override;
   void run(std::span<StepEntry> batch) override;
+  std::optional<lora::AdapterCacheStats> adapter_cache_stats() const override;
 
  private:
   infer::PagedKVCache cache_;

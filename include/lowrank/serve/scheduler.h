@@ -21,6 +21,8 @@ struct SequenceRequest {
   std::vector<int32_t> prompt;
   infer::GenerateOptions options;                // max_new_tokens (>= 1), sampling, eos ids
   std::shared_ptr<model::ProjectionHook> hook;   // the adapter (kept alive while it runs), or null
+  std::shared_ptr<const lora::Adapter> adapter;  // the same adapter, for steps that mix adapters
+  double adapter_scale = 1.0;                    // its user scale
 };
 
 struct SchedulerStats {

@@ -24,6 +24,8 @@ struct ServerOptions {
   // (always on CUDA) of kv_cache_blocks blocks of 16 positions (0: max_batch full contexts).
   bool paged = false;
   int64_t kv_cache_blocks = 0;
+  // The paged step's device adapter cache (lora/adapter_cache.h): adapters kept on the device.
+  size_t max_gpu_adapters = 64;
 };
 
 class Server {

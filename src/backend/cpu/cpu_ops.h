@@ -15,6 +15,7 @@ using ops::AdamWScalars;
 using ops::AttentionShape;
 using ops::ColumnBlock;
 using ops::Gemm;
+using ops::LoraRows;
 
 #include "lowrank/ops/op_list.inc"
 

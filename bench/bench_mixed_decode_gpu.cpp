@@ -1,0 +1,161 @@
+// Mixed-adapter decoding (infer::BatchDecoder on the GPU): output tokens/s of a batch whose
+// sequences spread over 1, 8 or 64 random r=16 all-linear adapters (and the base model alone),
+// once mixed in one forward per round (segmented LoRA, ops::lora_rows_, adapters paged into the
+// decoder's GPU cache) and once grouped by adapter (one forward per adapter and round, each
+// sequence's own LoraHook: what a round did before mixing). Random-weight models of the
+// Qwen2.5-0.5B and Llama-3-8B shapes, bf16, greedy (argmax on the GPU), no eos; the clock covers
+// the decode rounds only (the prefill runs before it). One JSON line per row.
+//   bench_mixed_decode_gpu [--only tiny,qwen0.5b,llama8b] [--batch 64] [--adapters 0,1,8,64] [--new 64]
+//                          [--prompt 128] [--rank 16] [--device cuda:0]
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <sstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "bench_shapes.h"
+#include "lowrank/core/device_memory.h"
+#include "lowrank/core/rng.h"
+#include "lowrank/infer/batch_decoder.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/model/random_model.h"
+#ifdef LOWRANK_WITH_CUDA
+#include "lowrank/backend/cuda/device.h"
+#endif
+
+using namespace lowrank;
+
+namespace {
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) out.push_back(std::stoll(item));
+  return out;
+}
+
+// A trained-looking adapter (B random, not PEFT's zeros), kept in host memory as the server does.
+std::shared_ptr<lora::Adapter> random_adapter(model::Model& m, int64_t r, uint64_t seed) {
+  lora::LoraConfig c;
+  c.r = r;
+  c.alpha = 2.0 * static_cast<double>(r);
+  c.all_linear = true;
+  Rng rng(seed);
+  auto a = std::make_shared<lora::Adapter>(lora::Adapter::create(m, c, rng));
+  a->to(Device::cpu());
+  for (lora::LoraPair& p : a->pairs)
+    for (int64_t i = 0; i < p.B.numel(); ++i) p.B.f32()[i] = rng.uniform(-0.01f, 0.01f);
+  return a;
+}
+
+void sync(Device d) {
+#ifdef LOWRANK_WITH_CUDA
+  if (d.is_cuda()) cuda::synchronize(d);
+#endif
+}
+
+// Seconds of `rounds` decode rounds of `batch` sequences (after their prefill); sequence b uses
+// adapter b % adapters (none when adapters == 0), mixed or through per-adapter hooks.
+double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<lora::Adapter>>& host,
+                      const std::vector<std::shared_ptr<lora::Adapter>>& device_copies, int64_t batch,
+                      int64_t adapters, bool mixed, int64_t prompt, int64_t rounds, int64_t vocab) {
+  infer::PagedKVCache cache(m.config(), m.device(), m.weights().embed.dtype(),
+                            batch * ((prompt + rounds + 15) / 16 + 1));
+  infer::BatchDecoder decoder(m, cache, static_cast<size_t>(std::max<int64_t>(adapters, 1)));
+  std::vector<std::unique_ptr<lora::LoraHook>> hooks;
+  for (int64_t j = 0; j < adapters && !mixed; ++j)
+    hooks.push_back(std::make_unique<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{device_copies[j].get(), 1.0}}));
+  std::vector<std::unique_ptr<infer::PagedSequence>> seqs;
+  std::vector<std::vector<int32_t>> fed(batch);
+  Rng rng(7);
+  for (int64_t b = 0; b < batch; ++b) {
+    seqs.push_back(std::make_unique<infer::PagedSequence>(cache, prompt + rounds + 1));
+    for (int64_t t = 0; t < prompt; ++t) fed[b].push_back(static_cast<int32_t>(rng.next_u32() % vocab));
+  }
+  auto step = [&](bool first) {
+    std::vector<infer::DecodeEntry> entries(batch);
+    for (int64_t b = 0; b < batch; ++b) {
+      infer::DecodeEntry& e = entries[b];
+      e.seq = seqs[b].get();
+      e.tokens = first ? std::span<const int32_t>(fed[b]) : std::span<const int32_t>(&fed[b].back(), 1);
+      e.argmax_only = true;
+      if (adapters > 0) {
+        if (mixed) e.adapter = host[b % adapters];
+        else e.hook = hooks[b % adapters].get();
+      }
+    }
+    decoder.step(entries);
+    for (int64_t b = 0; b < batch; ++b) {
+      if (!entries[b].error.empty()) throw Error(entries[b].error);
+      fed[b].push_back(entries[b].argmax);
+    }
+  };
+  step(true);  // prefill (and the adapters' first copies to the GPU)
+  step(false);
+  sync(m.device());
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < rounds; ++i) step(false);
+  sync(m.device());
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string only, device_text = "cuda:0";
+  std::vector<int64_t> adapter_counts = {0, 1, 8, 64};
+  int64_t batch = 64, rounds = 64, prompt = 128, rank = 16;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--adapters")) adapter_counts = parse_list(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--batch")) batch = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--new")) rounds = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--prompt")) prompt = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--rank")) rank = std::stoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--device")) device_text = argv[i + 1];
+    else {
+      std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
+      return 2;
+    }
+  }
+  try {
+    const Device dev = parse_device(device_text);
+    check_device(dev, "--device " + device_text);
+    for (const std::string name : {"tiny", "qwen0.5b", "llama8b"}) {
+      // tiny (a smoke test, CPU-sized) runs only when named.
+      if (only.empty() ? name == "tiny" : only.find(name) == std::string::npos) continue;
+      const bench::BenchShape& s = *bench::find_shape(name);
+      model::Model m = model::random_model(bench::shape_config(s, 4096), 1, dev, dev.is_cuda() ? DType::BF16 : DType::F32);
+      int64_t most = 0;
+      for (int64_t a : adapter_counts) most = std::max(most, a);
+      std::vector<std::shared_ptr<lora::Adapter>> host, device_copies;
+      for (int64_t j = 0; j < most; ++j) {
+        host.push_back(random_adapter(m, rank, 100 + j));
+        device_copies.push_back(std::make_shared<lora::Adapter>(*host.back()));
+        device_copies.back()->to(dev);
+      }
+      for (int64_t adapters : adapter_counts) {
+        for (bool mixed : {true, false}) {
+          if (adapters == 0 && !mixed) continue;  // the base model: one row
+          const double secs = decode_seconds(m, host, device_copies, batch, adapters, mixed, prompt, rounds, s.vocab);
+          nlohmann::json row{{"bench", "mixed_decode_gpu"}, {"shape", s.name}, {"batch", batch},
+                             {"adapters", adapters}, {"rank", rank}, {"mode", mixed ? "mixed" : "grouped"},
+                             {"rounds", rounds}, {"prompt", prompt}, {"seconds", secs},
+                             {"decode_tok_s", static_cast<double>(batch * rounds) / secs}};
+#ifdef LOWRANK_WITH_CUDA
+          if (dev.is_cuda()) row["device"] = cuda::device_description(dev);
+#endif
+          std::printf("%s\n", row.dump().c_str());
+          std::fflush(stdout);
+        }
+      }
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,45 @@
+#pragma once
+// The LoRA hook of one mixed-adapter batch: every row of the batch carries its own plain-LoRA
+// adapter and user scale, or none (the base model), and each adapted projection adds all rows'
+// LoRA in one segmented op (ops::lora_rows_: one shrink and one expand launch over the batch, not
+// one GEMM pair per adapter). Built per forward from the rows' device adapters (adapter_cache.h):
+// one small host table per (layer, target) and one row index tensor on the device. Adapters of
+// different ranks and target sets share the batch; a row whose adapter skips a projection is
+// left alone there. Holds its adapters, so the cache cannot evict them while it lives.
+// Prefills (sequences of kSegmentRows rows or more) take the SGMV road instead: each sequence's
+// rows are one segment, computed with the GEMM ops (x_seg Aᵀ, then s · h Bᵀ into y_seg), since the
+// row-at-a-time kernels would read A once per row.
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "lowrank/lora/mixable_adapter.h"
+#include "lowrank/model/model.h"
+#include "lowrank/ops/op_types.h"
+
+namespace lowrank::lora {
+
+struct RowAdapter {
+  std::shared_ptr<const MixableAdapter> adapter;  // null: the row runs the base model
+  double user_scale = 1.0;                        // on top of alpha / r, as LoraHook's ActiveAdapter
+};
+
+class MixedBatchHook : public model::ProjectionHook {
+ public:
+  // One entry per sequence of the batch, each `rows_each` consecutive rows of the activations
+  // (1 for a decode step, T for a prefill of T tokens); `device`: where the activations are.
+  MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t rows_each, Device device);
+  void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
+  // Distinct (adapter, scale) pairs of the batch.
+  size_t adapters() const { return held_.size(); }
+  static constexpr int64_t kSegmentRows = 16;
+
+ private:
+  std::vector<std::shared_ptr<const MixableAdapter>> held_;  // what the tables point into
+  std::map<std::pair<int, int>, ops::LoraRows> tables_;      // by (layer, Target)
+  int64_t rows_each_;
+  std::vector<int32_t> sequence_adapter_;  // adapter j of each sequence, or -1 (the segment road)
+};
+
+}  // namespace lowrank::lora

@@ -1,0 +1,72 @@
+#include "lowrank/lora/mixed_batch_hook.h"
+
+#include "lowrank/core/error.h"
+#include "lowrank/ops/ops.h"
+#include "lowrank/ops/profile.h"
+
+namespace lowrank::lora {
+
+MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t rows_each, Device device)
+    : rows_each_(rows_each) {
+  LR_CHECK(rows_each >= 1, "mixed batch: ", rows_each, " rows per sequence");
+  // Adapter j of every table is the j-th distinct (adapter, user scale) of the sequences.
+  std::map<std::pair<const MixableAdapter*, double>, int32_t> index;
+  std::vector<double> scales;
+  std::vector<int32_t> row_index(sequences.size(), -1);
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    if (!sequences[i].adapter) continue;
+    auto [it, added] = index.try_emplace({sequences[i].adapter.get(), sequences[i].user_scale},
+                                         static_cast<int32_t>(held_.size()));
+    if (added) {
+      held_.push_back(sequences[i].adapter);
+      scales.push_back(sequences[i].user_scale);
+    }
+    row_index[i] = it->second;
+  }
+  sequence_adapter_ = row_index;
+  std::vector<int32_t> expanded;  // one index per row of the activations
+  if (rows_each_ < kSegmentRows) {
+    expanded.reserve(row_index.size() * rows_each_);
+    for (int32_t j : row_index) expanded.insert(expanded.end(), rows_each_, j);
+  }
+  // Shared by every table; the segment road reads sequence_adapter_ on the host instead.
+  const Tensor row_tensor = expanded.empty() ? Tensor() : Tensor::from_ints(expanded, device);
+  for (size_t j = 0; j < held_.size(); ++j) {
+    for (const auto& [key, layer] : held_[j]->layers()) {
+      auto [it, added] = tables_.try_emplace(key);
+      ops::LoraRows& t = it->second;
+      if (added) {
+        t.a.resize(held_.size());
+        t.b.resize(held_.size());
+        t.scale.assign(held_.size(), 0.0f);
+        t.rows = row_tensor;
+      }
+      t.a[j] = layer.A;
+      t.b[j] = layer.B;
+      t.scale[j] = static_cast<float>(layer.scale * scales[j]);
+    }
+  }
+}
+
+void MixedBatchHook::on_projection(int layer, Target target, const model::Linear&, const Tensor& x, Tensor& y) {
+  auto it = tables_.find({layer, static_cast<int>(target)});
+  if (it == tables_.end()) return;  // no row's adapter adapts this projection
+  const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
+  const ops::LoraRows& t = it->second;
+  if (rows_each_ < kSegmentRows) {
+    ops::lora_rows_(y, x, t);
+    return;
+  }
+  LR_CHECK(x.dim(0) == rows_each_ * static_cast<int64_t>(sequence_adapter_.size()), "mixed batch: ", x.str(),
+           " for ", sequence_adapter_.size(), " sequences of ", rows_each_, " rows");
+  for (size_t b = 0; b < sequence_adapter_.size(); ++b) {
+    const int32_t j = sequence_adapter_[b];
+    if (j < 0 || !t.a[j].defined()) continue;
+    const int64_t begin = static_cast<int64_t>(b) * rows_each_;
+    Tensor h, y_seg = y.slice_rows(begin, begin + rows_each_);
+    ops::matmul_nt(x.slice_rows(begin, begin + rows_each_), t.a[j], h);  // [T, r]
+    ops::matmul_nt(h, t.b[j], y_seg, t.scale[j], 1.0f);                  // y_seg += s · h Bᵀ
+  }
+}
+
+}  // namespace lowrank::lora

@@ -1,0 +1,138 @@
+// Mixed-adapter batches on the CPU (the reference for the CUDA path): a round mixing the base
+// model, plain-LoRA adapters of different ranks and target sets (one of them at two user scales)
+// and a DoRA adapter (not mixable: it runs through its own hook) gives each sequence the logits it
+// gets decoded alone with its own LoraHook; the decoder's adapter cache loads each adapter once.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "lowrank/core/rng.h"
+#include "lowrank/infer/batch_decoder.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/lora/mixed_batch_hook.h"
+#include "lowrank/train/sequences.h"
+#include "test_paths.h"
+
+using namespace lowrank;
+
+namespace {
+
+// A trained-looking adapter: B random instead of PEFT's zeros, so that every layer adds something.
+std::shared_ptr<lora::Adapter> make_adapter(model::Model& m, int64_t r, std::vector<std::string> targets, bool dora,
+                                            uint64_t seed) {
+  lora::LoraConfig c;
+  c.r = r;
+  c.alpha = 2.0 * static_cast<double>(r);
+  c.target_modules = std::move(targets);
+  c.use_dora = dora;
+  Rng rng(seed);
+  auto a = std::make_shared<lora::Adapter>(lora::Adapter::create(m, c, rng));
+  for (lora::LoraPair& p : a->pairs)
+    for (int64_t i = 0; i < p.B.numel(); ++i) p.B.f32()[i] = rng.uniform(-0.2f, 0.2f);
+  return a;
+}
+
+struct Sequence {
+  std::shared_ptr<lora::Adapter> adapter;  // null: the base model
+  double scale = 1.0;
+  int64_t prompt = 0;
+  bool mixes = true;
+};
+
+}  // namespace
+
+TEST(MixedBatch, RoundOfSeveralAdaptersEqualsEachSequenceAlone) {
+  const std::string dir = test::model_fixture("llama");
+  model::Model m = model::Model::load(dir);
+  const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
+  auto qv = make_adapter(m, 4, {"q_proj", "v_proj"}, false, 1);
+  auto all = make_adapter(m, 8, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, false, 2);
+  auto mlp = make_adapter(m, 2, {"down_proj", "up_proj"}, false, 3);
+  auto dora = make_adapter(m, 4, {"q_proj", "o_proj"}, true, 4);
+  ASSERT_TRUE(lora::is_mixable(*all, static_cast<int>(m.config().num_layers)));
+  ASSERT_FALSE(lora::is_mixable(*dora, static_cast<int>(m.config().num_layers)));
+  // Prompts of equal lengths prefill together across adapters (those of 17 rows through the
+  // segment GEMMs, the shorter ones through lora_rows_); qv runs at three user scales.
+  const std::vector<Sequence> seqs = {{nullptr, 1.0, 5}, {qv, 1.0, 7},          {all, 1.0, 5},
+                                      {qv, 0.5, 7},      {mlp, 2.0, 9},         {dora, 1.0, 5, false},
+                                      {all, 1.0, 6},     {all, 1.0, 17},        {qv, 2.0, 17}};
+  const int64_t steps = 6;
+  infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 32);
+  infer::BatchDecoder decoder(m, cache, /*max_device_adapters=*/2);
+  std::vector<std::unique_ptr<infer::PagedSequence>> paged;
+  std::vector<std::unique_ptr<lora::LoraHook>> hooks;
+  std::vector<model::KVCache> refs;
+  std::vector<std::vector<int32_t>> streams;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    streams.emplace_back(tokens.begin() + i, tokens.begin() + i + seqs[i].prompt + steps);
+    paged.push_back(std::make_unique<infer::PagedSequence>(cache, seqs[i].prompt + steps));
+    refs.push_back(model::KVCache::create(m.config(), seqs[i].prompt + steps));
+    hooks.push_back(seqs[i].adapter ? std::make_unique<lora::LoraHook>(std::vector<lora::ActiveAdapter>{
+                                          {seqs[i].adapter.get(), seqs[i].scale}})
+                                    : nullptr);
+  }
+  for (int64_t step = 0; step < steps; ++step) {
+    std::vector<infer::DecodeEntry> entries(seqs.size());
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      infer::DecodeEntry& e = entries[i];
+      e.seq = paged[i].get();
+      e.tokens = step == 0 ? std::span<const int32_t>(streams[i].data(), seqs[i].prompt)
+                           : std::span<const int32_t>(&streams[i][seqs[i].prompt + step - 1], 1);
+      e.hook = hooks[i].get();  // the DoRA sequence runs through it; mixable ones do not
+      e.adapter = seqs[i].adapter;
+      e.adapter_scale = seqs[i].scale;
+    }
+    decoder.step(entries);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      ASSERT_EQ(entries[i].error, "") << "sequence " << i;
+      const auto n = static_cast<int64_t>(entries[i].tokens.size());
+      model::TokenBatch b{{entries[i].tokens.begin(), entries[i].tokens.end()}, 1, n};
+      Tensor h = m.hidden_states(b, hooks[i].get(), nullptr, &refs[i]);
+      Tensor want = m.project_vocab(h.slice_rows(n - 1, n), hooks[i].get());
+      float max_ref = 0, max_err = 0;
+      for (int64_t v = 0; v < want.numel(); ++v) {
+        max_ref = std::max(max_ref, std::fabs(want.f32()[v]));
+        max_err = std::max(max_err, std::fabs(want.f32()[v] - entries[i].logits[v]));
+      }
+      EXPECT_LE(max_err, 1e-5f * max_ref) << "sequence " << i << " step " << step;
+    }
+  }
+  // Three mixable adapters through a cache of 2: each prefill group and decode round acquires each
+  // of its adapters once (prefills of 5, 6, 7, 9, 17 rows: 1 + 1 + 1 + 1 + 2; a decode round: 3);
+  // a decode round holds all three (beyond the capacity), and the cache trims back to 2 after it.
+  const lora::AdapterCacheStats s = decoder.adapter_cache().stats();
+  EXPECT_EQ(s.loads + s.hits, 6u + 3u * (steps - 1)) << "loads " << s.loads << " hits " << s.hits;
+  EXPECT_GE(s.loads, 3u);
+  EXPECT_EQ(s.resident, 2u);
+  EXPECT_EQ(s.evictions, s.loads - s.resident);
+}
+
+TEST(MixedBatch, HookAddsNothingForRowsWithoutAdapterOrTarget) {
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  auto qv = make_adapter(m, 4, {"q_proj", "v_proj"}, false, 7);
+  auto copy = std::make_shared<const lora::MixableAdapter>(*qv, static_cast<int>(m.config().num_layers), Device::cpu(),
+                                                           DType::F32);
+  lora::MixedBatchHook hook({{copy, 1.0}, {nullptr, 1.0}, {copy, 3.0}}, 1, Device::cpu());
+  EXPECT_EQ(hook.adapters(), 2u) << "one adapter at two scales is two table entries";
+  const lora::LoraPair* p = qv->find(0, Target::Q);
+  ASSERT_NE(p, nullptr);
+  Tensor x = Tensor::empty({3, p->in});
+  Rng rng(3);
+  for (int64_t i = 0; i < x.numel(); ++i) x.f32()[i] = rng.uniform(-1.0f, 1.0f);
+  std::copy(x.f32(), x.f32() + p->in, x.f32() + 2 * p->in);  // rows 0 and 2: one input, two scales
+  Tensor y = Tensor::zeros({3, p->out}), y_o = Tensor::zeros({3, p->out});
+  const model::Linear none;
+  hook.on_projection(0, Target::Q, none, x, y);
+  hook.on_projection(0, Target::O, none, x, y_o);  // not adapted: untouched
+  lora::LoraHook alone({{qv.get(), 3.0}});
+  Tensor want = Tensor::zeros({1, p->out});
+  alone.on_projection(0, Target::Q, none, x.slice_rows(2, 3), want);
+  for (int64_t o = 0; o < p->out; ++o) {
+    EXPECT_EQ(y.f32()[p->out + o], 0.0f) << "the base row";
+    EXPECT_NEAR(y.f32()[2 * p->out + o], want.f32()[o], 1e-5f);
+    EXPECT_NEAR(y.f32()[2 * p->out + o], 3.0f * y.f32()[o], 1e-5f);
+  }
+  for (int64_t i = 0; i < y_o.numel(); ++i) EXPECT_EQ(y_o.f32()[i], 0.0f);
+}
