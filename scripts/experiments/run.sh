@@ -26,7 +26,8 @@
 # Knobs (environment), defaults per task (kjv / spam / pos):
 #   STEPS (200 / 300 / 300), BATCH (8 / 16 / 16), LR_FULL (1e-3 / 1e-4 / 3e-4),
 #   LR_LORA (3e-3 / 1e-3 / 3e-3), EVAL_LIMIT (0: all held-out lines; quick: - / 400 / 200),
-#   SEEDS ("1"), DEVICE (cpu; cuda on the GPU box), LOWRANK (build/lowrank), MODEL (models/base),
+#   SEEDS ("1"), DEVICE (cpu; cuda on the GPU box), LOWRANK (build/lowrank; with DEVICE=cuda and
+#   .devrun/cuda-build present, that pack's, after sourcing scripts/device-env.sh), MODEL (models/base),
 #   RESULTS (out/experiments/results-TASK-MODELNAME-DEVICE.jsonl), EFF_STEPS (60), EFF_ROUNDS (2),
 #   JOBS (1: the runs of quality/seeds/quick on JOBS workers at once, each with
 #   OMP_NUM_THREADS=THREADS, default the cores / JOBS; on a GPU keep 1).
@@ -41,6 +42,11 @@ data=$out/data/$task
 model=${MODEL:-models/base}
 device=${DEVICE:-cpu}
 mname=$(basename "$(cd "$model" && pwd)")
+lowrank=${LOWRANK:-build/lowrank}
+if [ -z "${LOWRANK:-}" ] && [ "$device" != cpu ] && [ -d .devrun/cuda-build ]; then  # the GPU box: the packed build
+  . scripts/device-env.sh .devrun/cuda-build
+  lowrank=.devrun/cuda-build/bin/lowrank
+fi
 case "$task" in
   kjv)  d_steps=200 d_batch=8  d_lr_full=1e-3 d_lr_lora=3e-3 d_quick_limit=0 ;;
   spam) d_steps=300 d_batch=16 d_lr_full=1e-4 d_lr_lora=1e-3 d_quick_limit=400 ;;
@@ -89,12 +95,12 @@ results=${RESULTS:-$out/results-$task-$mname-$device.jsonl}
 runs=$out/runs-$mname
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 common=(--data-dir "$data" --results "$results" --batch "${BATCH:-$d_batch}" --device "$device"
-        --lowrank "${LOWRANK:-build/lowrank}" --model "$model" --work-dir "$runs" --eval-limit "$eval_limit")
+        --lowrank "$lowrank" --model "$model" --work-dir "$runs" --eval-limit "$eval_limit")
 [ -n "${SEQ_LEN:-}" ] && common+=(--seq-len "$SEQ_LEN")
 mkdir -p "$runs"
 base_eval=$runs/base-eval-$task-$device.json
 if [ ! -s "$base_eval" ]; then  # the base model before any fine-tuning (loss on eval.jsonl)
-  "${LOWRANK:-build/lowrank}" eval --model "$model" --data "$data/eval.jsonl" --json --quiet --device "$device" \
+  "$lowrank" eval --model "$model" --data "$data/eval.jsonl" --json --quiet --device "$device" \
     $( [ "$task" = kjv ] && echo --seq-len 128 ) > "$base_eval"
 fi
 echo "run.sh $task $set_: model $model ($mname), device $device, results $results" >&2

