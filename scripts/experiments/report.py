@@ -68,7 +68,7 @@ def fmt_int(n):
 
 
 def rel(x, ref):
-    return "%+.1f%%" % (100.0 * (x - ref) / ref)
+    return "%+.1f%%" % (100.0 * (x - ref) / ref) if ref else "–"
 
 
 def metric_cell(r):
@@ -269,7 +269,7 @@ def task_report(task, rows, a, multi):
     small = [r for r in rows if r["method"] != "full" and r["trainable_pct"] <= 1.0]
     if small and full:
         best = (max if hib else min)(small, key=lambda r: r["metric"])
-        gap = (full["metric"] - best["metric"]) / full["metric"] if hib else (best["metric"] - full["metric"]) / full["metric"]
+        gap = ((full["metric"] - best["metric"]) if hib else (best["metric"] - full["metric"])) / (full["metric"] or 1e-12)
         print("\nheadline: best run with ≤ 1%% trainable: %s, %s trainable (%.3f%%), %s %s vs full %s: %s (%s the 1%% bar)"
               % (label(best), fmt_int(best["trainable_params"]), best["trainable_pct"], rows[0]["metric_name"].split(" (")[0],
                  metric_cell(best), metric_cell(full), rel(best["metric"], full["metric"]),
