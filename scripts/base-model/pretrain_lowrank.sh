@@ -11,6 +11,7 @@
 #                                                              → out/base120m/model/ (+ summary.json)
 #   scripts/base-model/pretrain_lowrank.sh dry-run             here, on the CPU: the same steps on a
 #                                                              tiny shape and a slice of the data
+#                                                              (in out/base120m-dry/)
 #
 # prepare runs scripts/make-base-model.sh corpus if .devrun/base/corpus is missing, then writes
 # each document as <|begin_of_text|> text <|end_of_text|>, concatenated (train.txt.gz, val.txt.gz):
@@ -62,31 +63,31 @@ if [ -z "${LOWRANK:-}" ] && [ -d .devrun/cuda-build ] && [ "$device" != cpu ]; t
   . scripts/device-env.sh .devrun/cuda-build
   lowrank=.devrun/cuda-build/bin/lowrank
 fi
+# The dry run works in OUT-dry (so that OUT holds only what the box needs: the two .gz files)
+work=$out
+[ "$mode" = dry-run ] && work=$out-dry && mkdir -p "$work"
 for split in train val; do
   [ -s "$out/$split.txt.gz" ] || { echo "error: no $out/$split.txt.gz (run 'pretrain_lowrank.sh prepare' here and carry $out)" >&2; exit 2; }
   if [ "$mode" = dry-run ]; then
-    python3 -c 'import gzip,sys; sys.stdout.write(gzip.open(sys.argv[1],"rt",encoding="utf-8").read(200000))' "$out/$split.txt.gz" > "$out/$split-dry.txt"
+    python3 -c 'import gzip,sys; sys.stdout.write(gzip.open(sys.argv[1],"rt",encoding="utf-8").read(200000))' "$out/$split.txt.gz" > "$work/$split.txt"
   else
-    python3 -c 'import gzip,shutil,sys; shutil.copyfileobj(gzip.open(sys.argv[1],"rb"), open(sys.argv[2],"wb"))' "$out/$split.txt.gz" "$out/$split.txt"
+    python3 -c 'import gzip,shutil,sys; shutil.copyfileobj(gzip.open(sys.argv[1],"rb"), open(sys.argv[2],"wb"))' "$out/$split.txt.gz" "$work/$split.txt"
   fi
 done
-sfx=$([ "$mode" = dry-run ] && echo -dry || true)
-train_txt=$out/train$sfx.txt val_txt=$out/val$sfx.txt
-init=$out/init$sfx model=$out/model$sfx
-log=$out/pretrain$sfx.log
+train_txt=$work/train.txt val_txt=$work/val.txt init=$work/init model=$work/model log=$work/pretrain.log
 {
   echo "== pretrain_lowrank $mode: $(date -u +%FT%TZ), device $device, lowrank $lowrank"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-  rm -rf "$init" "$model" "$out/calib$sfx"
+  rm -rf "$init" "$model" "$work/calib"
   # shellcheck disable=SC2086
   python3 scripts/base-model/init_model.py "$init" --tokenizer-from models/base $shape
   common=(--model "$init" --data "$train_txt" --full --seq-len "$seq" --batch-size "$batch" --lr "${LR:-6e-4}"
           --schedule cosine --max-grad-norm 1 --weight-decay 0 --seed 1 --device "$device" --quiet)
   echo "== timing run: $calib steps"
-  "$lowrank" train "${common[@]}" --out "$out/calib$sfx" --steps "$calib" --warmup 0
+  "$lowrank" train "${common[@]}" --out "$work/calib" --steps "$calib" --warmup 0
   tokens=$("$lowrank" eval --model "$init" --data "$train_txt" --seq-len "$seq" --json --quiet --device "$device" |
            python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["tokens"])')
-  steps=$(python3 - "$out/calib$sfx/metrics.jsonl" "$tokens" "$seq" "$batch" "${EPOCHS:-8}" "$train_seconds" <<'PY'
+  steps=$(python3 - "$work/calib/metrics.jsonl" "$tokens" "$seq" "$batch" "${EPOCHS:-8}" "$train_seconds" <<'PY'
 import json, statistics, sys
 path, tokens, seq, batch, epochs, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 rows = [json.loads(l) for l in open(path) if '"tokens_per_second"' in l]
@@ -100,7 +101,7 @@ sys.stderr.write("timing: %.1f ms a step (%.0f tokens/s); %d tokens a step; corp
                  "%d in %g s\n" % (1e3 * step_s, per_step / step_s, per_step, tokens, by_epochs, epochs, by_time, budget))
 PY
 )
-  rm -rf "$out/calib$sfx"
+  rm -rf "$work/calib"
   warmup=${WARMUP:-200}
   [ "$warmup" -ge "$steps" ] && warmup=$((steps / 10))
   echo "== pretraining: $steps steps, warmup $warmup"
@@ -108,9 +109,9 @@ PY
   "$lowrank" train "${common[@]}" --out "$model" --steps "$steps" --warmup "$warmup" \
     --eval-data "$val_txt" --eval-every "$eval_every"
   t1=$(date +%s)
-  "$lowrank" eval --model "$model" --data "$val_txt" --seq-len "$seq" --json --quiet --device "$device" > "$out/val$sfx.json"
+  "$lowrank" eval --model "$model" --data "$val_txt" --seq-len "$seq" --json --quiet --device "$device" > "$work/val.json"
   "$lowrank" inspect "$model"
-  python3 - "$model/metrics.jsonl" "$out/val$sfx.json" "$steps" "$((t1 - t0))" "$seq" "$batch" "$tokens" <<'PY' | tee "$out/summary$sfx.json"
+  python3 - "$model/metrics.jsonl" "$work/val.json" "$steps" "$((t1 - t0))" "$seq" "$batch" "$tokens" <<'PY' | tee "$work/summary.json"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 st = [r for r in rows if "tokens_per_second" in r]
