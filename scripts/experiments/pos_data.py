@@ -15,13 +15,12 @@ with the Brown tags reduced to the 12 universal tags (noun verb adj adv pron det
 the documents whose number ends in 5 (ca05, ca15, ..., 50 of the 500) goes to eval.jsonl (a fixed
 sample of --max-eval of them), none of their sentences to train.jsonl. Note that the bundled base
 model was pretrained on the Brown text without its tags (docs/base-model.md), on both sides of
-the split: the task is the tags. The metric (score.py) is the tag F1 by position: precision =
-correct tags / predicted tags, recall = correct tags / reference tags, summed over the held-out
-sentences (a tag counts as correct where the i-th predicted tag equals the i-th reference tag);
-exact match (the whole sequence right) is recorded next to it. task.json also records two
+the split: the task is the tags. The metric (score.py) is the tag F1: precision = correct tags /
+predicted tags, recall = correct tags / reference tags, summed over the held-out sentences, the
+correct tags being those matched in order (longest common subsequence); the strict F1 by position
+and exact match (the whole sequence right) are recorded next to it. task.json also records two
 references: every tag "noun", and each word's most frequent tag in train.jsonl (unseen words:
-noun). Deterministic; standard library
-only.
+noun). Deterministic; standard library only.
 """
 import argparse
 import json
@@ -120,7 +119,7 @@ def main():
     best = {w: max(c, key=c.get) for w, c in seen.items()}
     hit = sum(best.get(w.lower(), "noun") == t for r in held
               for w, t in zip(r["prompt"][5:-6].split(" "), r["completion"].split()))
-    task = {"task": "pos", "metric": "tag_f1", "metric_name": "held-out tag F1 by position (Brown, 12 universal tags)",
+    task = {"task": "pos", "metric": "tag_f1", "metric_name": "held-out tag F1 (tags matched in order; Brown, 12 universal tags)",
             "higher_is_better": True, "max_new_tokens": 3 * a.max_words + 4, "seq_len": 128,
             "majority_baseline": round(top, 4), "majority_tag": max(counts, key=counts.get),
             "word_baseline": round(hit / sum(counts.values()), 4),
