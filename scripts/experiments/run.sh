@@ -24,8 +24,8 @@
 # skipped, so a set that was stopped resumes.
 #
 # Knobs (environment), defaults per task (kjv / spam / pos):
-#   STEPS (200 / 300 / 300), BATCH (8 / 16 / 16), LR_FULL (1e-3 / 1e-4 / 3e-4),
-#   LR_LORA (3e-3 / 1e-3 / 3e-3), EVAL_LIMIT (0: all held-out lines; quick: - / 400 / 200),
+#   STEPS (200 / 300 / 300; quick: 200 / 100 / 200), BATCH (8 / 16 / 16; quick: 8), LR_FULL (1e-3),
+#   LR_LORA (3e-3), EVAL_LIMIT (0: all held-out lines; quick: all / 400 / 200),
 #   SEEDS ("1"), DEVICE (cpu; cuda on the GPU box), LOWRANK (build/lowrank; with DEVICE=cuda and
 #   .devrun/cuda-build present, that pack's, after sourcing scripts/device-env.sh), MODEL (models/base),
 #   RESULTS (out/experiments/results-TASK-MODELNAME-DEVICE.jsonl), EFF_STEPS (60), EFF_ROUNDS (2),
@@ -49,8 +49,8 @@ if [ -z "${LOWRANK:-}" ] && [ "$device" != cpu ] && [ -d .devrun/cuda-build ]; t
 fi
 case "$task" in
   kjv)  d_steps=200 d_batch=8  d_lr_full=1e-3 d_lr_lora=3e-3 d_quick_limit=0 ;;
-  spam) d_steps=300 d_batch=16 d_lr_full=1e-4 d_lr_lora=1e-3 d_quick_limit=400 ;;
-  pos)  d_steps=300 d_batch=16 d_lr_full=3e-4 d_lr_lora=3e-3 d_quick_limit=200 ;;
+  spam) d_steps=300 d_batch=16 d_lr_full=1e-3 d_lr_lora=3e-3 d_quick_limit=400 ;;
+  pos)  d_steps=300 d_batch=16 d_lr_full=1e-3 d_lr_lora=3e-3 d_quick_limit=200 ;;
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
@@ -143,7 +143,7 @@ seeds() {
   done
 }
 quick() {
-  s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo "$steps")}")
+  s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo 200)}")
   [ -z "${BATCH:-}" ] && s+=(--batch 8)
   full "${s[@]}"
   lora --rank 8 --targets $qv "${s[@]}"
