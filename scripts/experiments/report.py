@@ -178,7 +178,8 @@ def svg_scatter(rows, full, base_loss, path, title, ylabel):
         if val is None or not (y0 <= val <= y1):
             continue
         o.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="%s" stroke-dasharray="6,4" stroke-width="1.5"/>' % (L, Y(val), W - R, Y(val), color))
-        o.append('<text x="%d" y="%.1f" fill="%s">%s %.3f</text>' % (W - R + 6, Y(val) + 4, color, escape(name), val))
+        # inside the plot, above the line (the legend holds the right margin)
+        o.append('<text x="%d" y="%.1f" fill="%s">%s %.3f</text>' % (L + 6, Y(val) - 5, color, escape(name), val))
     if full:
         o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c00" stroke-dasharray="2,3"/>' % (X(full["trainable_params"]), T, X(full["trainable_params"]), H - B))
         o.append('<text x="%.1f" y="%d" text-anchor="end" fill="#c00" font-size="10">1%% of %s →</text>' % (X(full["trainable_params"] / 100) - 4, T + 12, "params"))

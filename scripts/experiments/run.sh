@@ -17,7 +17,8 @@
 #       seeds       the headline rows again with seeds 2 and 3: full, LoRA r=8 q,v (alpha 16 and
 #                   32), LoRA r=8 all-linear.
 #       quick       the CPU check of the settings (6.9M base): full, LoRA r=8 q,v, r=8 all-linear,
-#                   r=1 q,v (pos also r=64 q,v), scored on the first EVAL_LIMIT held-out lines.
+#                   r=1 q,v (pos also r=64 q,v), r=8 alpha 32 q,v, DoRA r=8 q,v, scored on the
+#                   first EVAL_LIMIT held-out lines.
 #       efficiency  speed and peak memory only (no eval): full, LoRA r in {4,16} x {q,v,
 #                   all-linear}, interleaved, EFF_ROUNDS times; one run at a time.
 # Each run appends one row to $RESULTS (run_one.py says what a row holds); a run already there is
@@ -150,6 +151,8 @@ quick() {
   lora --rank 8 --targets all-linear "${s[@]}"
   [ "$task" = pos ] && lora --rank 64 --targets $qv "${s[@]}"
   lora --rank 1 --targets $qv "${s[@]}"
+  lora --rank 8 --alpha 32 --targets $qv "${s[@]}"
+  run --method dora --lr "$lr_lora" --rank 8 --targets $qv "${s[@]}"
 }
 workers() {  # $1: the set's function; JOBS workers share its list through run_one.py --claim
   local jobs=${JOBS:-1}
