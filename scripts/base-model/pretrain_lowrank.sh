@@ -85,8 +85,12 @@ train_txt=$work/train.txt val_txt=$work/val.txt init=$work/init model=$work/mode
           --schedule cosine --max-grad-norm 1 --weight-decay 0 --seed 1 --device "$device" --quiet)
   echo "== timing run: $calib steps"
   "$lowrank" train "${common[@]}" --out "$work/calib" --steps "$calib" --warmup 0
-  tokens=$("$lowrank" eval --model "$init" --data "$train_txt" --seq-len "$seq" --json --quiet --device "$device" |
-           python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])["tokens"])')
+  # The corpus size in tokens, from the timing run: each step logs its epoch = (step × batch) /
+  # blocks, with blocks = the .txt's tokens / SEQ (no forward pass over the corpus needed)
+  tokens=$(python3 -c '
+import json, sys
+r = [json.loads(l) for l in open(sys.argv[1]) if "\"epoch\"" in l][-1]
+print(round(r["step"] * int(sys.argv[2]) / r["epoch"]) * int(sys.argv[3]))' "$work/calib/metrics.jsonl" "$batch" "$seq")
   steps=$(python3 - "$work/calib/metrics.jsonl" "$tokens" "$seq" "$batch" "${EPOCHS:-8}" "$train_seconds" <<'PY'
 import json, statistics, sys
 path, tokens, seq, batch, epochs, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
