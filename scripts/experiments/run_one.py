@@ -85,7 +85,7 @@ def main():
     ap.add_argument("--eval-limit", type=int, default=0, help="generated tasks: score the first N held-out prompts only (0: all)")
     ap.add_argument("--skip-done", action="store_true", help="do nothing if RESULTS has a row of this run folder")
     ap.add_argument("--claim", action="store_true", help="do nothing if another worker has claimed this run "
-                    "(the claim is the folder RUN_DIR.claim; kjv.sh clears the claims when it starts)")
+                    "(the claim is the folder RUN_DIR.claim; run.sh clears the claims when it starts)")
     a = ap.parse_args()
     task_path = os.path.join(a.data_dir, "task.json")
     task = json.load(open(task_path)) if os.path.exists(task_path) else None
