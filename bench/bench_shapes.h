@@ -1,6 +1,8 @@
 #pragma once
 // The model shapes the GPU benchmarks use (random weights, model::random_model): the published
-// configs of Qwen2.5-0.5B, Llama-3.2-1B, Llama-3-8B and Llama-3-70B, plus a tiny smoke-test shape.
+// configs of Qwen2.5-0.5B, Llama-3.2-1B, Llama-3-8B and Llama-3-70B, the experiments' two bases
+// (issue 15: the bundled models/base, and the ~120M one of scripts/base-model/pretrain_lowrank.sh),
+// plus a tiny smoke-test shape.
 #include <cstdint>
 #include <string>
 
@@ -21,6 +23,8 @@ inline constexpr BenchShape kShapes[] = {
     {"llama1b", 2048, 16, 32, 8, 8192, 128256, true, false, 8, 1024},
     {"llama8b", 4096, 32, 32, 8, 14336, 128256, false, false, 4, 2048},
     {"llama70b", 8192, 80, 64, 8, 28672, 128256, false, false, 4, 2048},
+    {"base7m", 256, 6, 4, 4, 704, 8192, true, false, 16, 512},
+    {"base120m", 768, 16, 12, 12, 2048, 8192, true, false, 16, 512},
 };
 
 // The shape named `name`, or null.

@@ -7,6 +7,14 @@
 //                   [--batch-scale K]   (K times the shape's batch: how step time grows with work)
 //                   [--quantize none|nf4]  (QLoRA: the blocks' projections in NF4, dequantized to bf16
 //                                           per GEMM; quantized on the host while the model is made)
+//                   [--method lora|full|all] [--rank 16[,4,...]]  (issue 15's efficiency claims: full
+//                                           fine-tuning — every weight, f32 masters and AdamW moments,
+//                                           bf16 working weights, as `lowrank train --full` — next to
+//                                           LoRA of each rank; alpha = 2r)
+// Shapes (bench_shapes.h): qwen0.5b, llama1b, llama8b, llama70b, and the experiments' bases base7m
+// (models/base) and base120m (scripts/base-model/pretrain_lowrank.sh). On --device cpu the model
+// is f32 (the CPU trains in f32) and no GPU memory is reported; peak_rss_mib (every row) is the
+// process's peak resident memory so far, so run one configuration per process to compare it.
 // QLoRA rows (issue 11): --only llama8b --targets all-linear --checkpointing 1 --quantize nf4, and
 // the Llama-3-70B shape, which only fits one H200 quantized:
 //   --only llama70b --targets all-linear --checkpointing 1 --quantize nf4 --steps 3 --warmup 1
@@ -17,7 +25,12 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
+#include <sstream>
 #include <string>
+#include <vector>
+
+#include <sys/resource.h>
 
 #include <nlohmann/json.hpp>
 
@@ -44,8 +57,10 @@ double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq)
   return 4.0 * params + attn;
 }
 
-void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int steps, int warmup, int batch_scale,
-         model::Quantization quantize) {
+// rank 0: full fine-tuning (every weight); otherwise LoRA of that rank (alpha 2r) on the targets.
+void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev, int steps, int warmup,
+         int batch_scale, model::Quantization quantize) {
+  const bool full = rank == 0;
   s.batch *= batch_scale;
   const model::ModelConfig cfg = bench::shape_config(s, 4096);
 #ifdef LOWRANK_WITH_CUDA
@@ -53,23 +68,34 @@ void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int step
   cuda::reset_peak_stats(dev);
 #endif
   const auto t_make = std::chrono::steady_clock::now();
-  model::Model m = model::random_model(cfg, 1, dev, DType::BF16, quantize);
+  model::Model m = model::random_model(cfg, 1, dev, dev.is_cuda() ? DType::BF16 : DType::F32, quantize);
   const double make_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_make).count();
   lora::LoraConfig lc;
-  lc.r = 16;
-  lc.alpha = 32;
+  lc.r = full ? 1 : rank;
+  lc.alpha = 2.0 * lc.r;
   lc.dropout = 0.0;
   lc.all_linear = all_linear;
   lc.target_modules = {"q_proj", "v_proj"};
   Rng rng(2);
-  lora::Adapter a = lora::Adapter::create(m, lc, rng);
-  a.allocate_grads();
-  a.make_working_copies(DType::BF16);  // as lowrank train does
-  lora::LoraHook hook({{&a, 1.0}});
-  hook.set_training(true);
-  auto params = train::lora_params(a);
+  // As lowrank train sets either up (train/trainer.cpp): LoRA A/B f32 with bf16 working copies and
+  // the frozen weights; or, with --full, gradients shaped like the weights and f32 masters.
+  std::optional<lora::Adapter> a;
+  std::optional<lora::LoraHook> hook;
+  model::ModelWeights full_grads;
+  std::vector<train::ParamRef> params;
+  if (full) {
+    full_grads = model::zeros_like(m.weights());
+    params = train::full_params(m, full_grads);
+  } else {
+    a.emplace(lora::Adapter::create(m, lc, rng));
+    a->allocate_grads();
+    a->make_working_copies(m.weights().embed.dtype());
+    hook.emplace(std::vector<lora::ActiveAdapter>{{&*a, 1.0}});
+    hook->set_training(true);
+    params = train::lora_params(*a);
+  }
   train::AdamW opt({1e-4, 0.9, 0.999, 1e-8, 0.0});
-  train::StepContext ctx{&m, &hook, nullptr, &params, &opt, 1.0, checkpointing};
+  train::StepContext ctx{&m, hook ? &*hook : nullptr, full ? &full_grads : nullptr, &params, &opt, 1.0, checkpointing};
   std::vector<train::Example> ex;
   Rng tok(3);
   for (int64_t b = 0; b < s.batch; ++b) {
@@ -108,20 +134,31 @@ void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int step
       train::train_step(ctx, {mb}, 1e-4);
       profile::end_step();
     }
-    std::fprintf(stderr, "%s %s checkpointing=%d\n%s", s.name, all_linear ? "all-linear" : "q_proj,v_proj",
-                 int(checkpointing), profile::report().c_str());
+    std::fprintf(stderr, "%s %s checkpointing=%d\n%s", s.name,
+                 full ? "full" : all_linear ? "all-linear" : "q_proj,v_proj", int(checkpointing),
+                 profile::report().c_str());
     profile::reset();
   }
   const double tps = s.batch * s.seq / dt;
   const int64_t n = m.parameter_count();
-  nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"targets", all_linear ? "all-linear" : "q_proj,v_proj"},
+  int64_t trainable = 0;
+  for (const auto& p : params) trainable += p.param.numel();
+  nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"method", full ? "full" : "lora"},
+                   {"rank", full ? nlohmann::json() : nlohmann::json(rank)},
+                   {"targets", full ? "all" : all_linear ? "all-linear" : "q_proj,v_proj"},
+                   {"device", dev.is_cuda() ? "cuda" : "cpu"},
                    {"checkpointing", checkpointing}, {"compile", false},
                    {"quantize", quantize == model::Quantization::Nf4 ? "nf4" : "none"}, {"model_make_s", make_s},
                    {"step_s", dt},
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
-                   {"trainable", a.parameter_count()}, {"loss", loss},
+                   {"trainable", trainable}, {"loss", loss},
                    {"step_ms", dt * 1e3}, {"host_queue_ms", issue_s / steps * 1e3},
                    {"mfu", tps * flops_per_token(cfg, n, s.seq) / 989e12}};
+  // The process's peak resident memory: one configuration per process (--only, --method, --rank,
+  // --targets narrowed to one) makes it that configuration's; on the CPU it is the peak memory.
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  r["peak_rss_mib"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
 #ifdef LOWRANK_WITH_CUDA
   // Peak reserved (what the allocator took from cudaMalloc): torch.cuda.max_memory_reserved's
   // definition, the one bench/peft_baseline.py reports. Allocated peak for reference.
@@ -137,7 +174,7 @@ void run(BenchShape s, bool all_linear, bool checkpointing, Device dev, int step
 
 int main(int argc, char** argv) {
   std::string only = "qwen0.5b,llama1b,llama8b", device = "cuda:0", targets = "all", ckpt_filter = "all";
-  std::string quantize = "none";
+  std::string quantize = "none", method = "lora", ranks_arg = "16";
   int steps = 10, warmup = 3, batch_scale = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
@@ -148,9 +185,28 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--checkpointing")) ckpt_filter = argv[i + 1];
     else if (!std::strcmp(argv[i], "--quantize")) quantize = argv[i + 1];
     else if (!std::strcmp(argv[i], "--batch-scale")) batch_scale = std::max(1, std::atoi(argv[i + 1]));
+    else if (!std::strcmp(argv[i], "--method")) method = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--rank")) ranks_arg = argv[i + 1];
     else {
       std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
       return 2;
+    }
+  }
+  if (method != "lora" && method != "full" && method != "all") {
+    std::fprintf(stderr, "error: --method %s: expected lora, full or all\n", method.c_str());
+    return 2;
+  }
+  std::vector<int> ranks;  // 0 stands for full fine-tuning
+  if (method != "lora") ranks.push_back(0);
+  if (method != "full") {
+    std::stringstream ss(ranks_arg);
+    for (std::string t; std::getline(ss, t, ',');) {
+      const int r = std::atoi(t.c_str());
+      if (r <= 0) {
+        std::fprintf(stderr, "error: --rank %s: expected positive integers separated by commas\n", ranks_arg.c_str());
+        return 2;
+      }
+      ranks.push_back(r);
     }
   }
   try {
@@ -159,20 +215,24 @@ int main(int argc, char** argv) {
     const model::Quantization q = model::parse_quantization(quantize);
     for (const auto& s : kShapes) {
       if (only.find(s.name) == std::string::npos) continue;
-      for (bool all_linear : {true, false})
-        for (bool ckpt : {false, true}) {
-          const std::string name = s.name;
-          if (ckpt && name != "llama8b" && name != "llama70b") continue;  // as the PEFT baseline does
-          if (targets != "all" && targets != (all_linear ? "all-linear" : "q_proj,v_proj")) continue;
-          if (ckpt_filter != "all" && ckpt_filter != (ckpt ? "1" : "0")) continue;
-          try {
-            run(s, all_linear, ckpt, dev, steps, warmup, batch_scale, q);
-          } catch (const std::exception& e) {
-            nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"all_linear", all_linear},
-                             {"checkpointing", ckpt}, {"quantize", quantize}, {"error", e.what()}};
-            std::printf("RESULT %s\n", r.dump().c_str());
+      for (int rank : ranks)
+        for (bool all_linear : {true, false})
+          for (bool ckpt : {false, true}) {
+            const std::string name = s.name;
+            if (rank == 0 && !all_linear) continue;  // full fine-tuning: once (targets do not apply)
+            if (ckpt && name != "llama8b" && name != "llama70b") continue;  // as the PEFT baseline does
+            if (rank != 0 && targets != "all" && targets != (all_linear ? "all-linear" : "q_proj,v_proj")) continue;
+            if (ckpt_filter != "all" && ckpt_filter != (ckpt ? "1" : "0")) continue;
+            try {
+              run(s, all_linear, rank, ckpt, dev, steps, warmup, batch_scale, q);
+            } catch (const std::exception& e) {  // e.g. out of memory: the row says so
+              nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"method", rank == 0 ? "full" : "lora"},
+                               {"rank", rank == 0 ? nlohmann::json() : nlohmann::json(rank)},
+                               {"all_linear", all_linear}, {"checkpointing", ckpt}, {"quantize", quantize},
+                               {"error", e.what()}};
+              std::printf("RESULT %s\n", r.dump().c_str());
+            }
           }
-        }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

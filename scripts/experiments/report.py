@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Tables and charts of the experiments from run_one.py's JSONL rows (issue 15).
 
-    report.py RESULTS.jsonl [--efficiency EFF.jsonl] [--base-loss X] [--svg OUT.svg]
-              [--curves OUT.svg --runs-dir DIR]
+    report.py RESULTS.jsonl... [--efficiency EFF.jsonl] [--sizes SIZES.jsonl] [--base-loss X]
+              [--svg OUT.svg] [--curves OUT.svg --runs-dir DIR] [--label "CPU, 6.9M base"]
 
-Prints markdown tables to stdout (the quality tables leave speed out: those runs may share the
-machine, see kjv.sh's JOBS): metric vs rank (LoRA q,v), vs targets (r=8), vs alpha (r=8 q,v),
-DoRA, and (from --efficiency rows, else from RESULTS) full vs LoRA efficiency. --svg writes a chart
-of held-out loss against trainable parameters (log x) with full fine-tuning (and the base model,
---base-loss) as horizontal lines; --curves the training loss curves (moving average of 20 steps)
-of full fine-tuning and LoRA q,v / all-linear at r=8 from the runs' metrics.jsonl in --runs-dir.
+Prints markdown tables to stdout, one section per task found in the RESULTS files (the quality
+tables leave speed out: those runs may share the machine, see run.sh's JOBS): metric vs rank
+(LoRA q,v), vs targets (r=8), vs alpha (r=8 q,v), DoRA and rsLoRA, the headline (the best run
+with <= 1% trainable parameters against full fine-tuning); a configuration run with several seeds
+shows their mean and standard deviation. Then (from --efficiency rows) full vs LoRA efficiency on
+one model, and (from --sizes, efficiency.sh's rows) full vs LoRA across model sizes. --svg writes
+a chart of the metric against trainable parameters (log x) with full fine-tuning (and the base
+model, --base-loss, KJV) as horizontal lines; --curves the training loss curves (moving average
+of 20 steps) of full fine-tuning and LoRA q,v / all-linear at r=8 from the runs' metrics.jsonl in
+--runs-dir. With several tasks, the chart files get the task's name before ".svg".
 Standard library only.
 """
 import argparse
@@ -26,10 +30,33 @@ def tgt(t):
     return t if t in ("all", "all-linear") else ",".join(SHORT.get(x, x) for x in t.split(","))
 
 
+METHOD = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA"}
+
+
 def label(r):
     if r["method"] == "full":
         return "full fine-tuning"
-    return "%s r=%d α=%g %s" % ("LoRA" if r["method"] == "lora" else "DoRA", r["rank"], r["alpha"], tgt(r["targets"]))
+    return "%s r=%d α=%g %s" % (METHOD.get(r["method"], r["method"]), r["rank"], r["alpha"], tgt(r["targets"]))
+
+
+def merge_seeds(rows):
+    """One row per configuration: the metric's mean over its seeds (metric_sd, seeds added)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["rank"], r["alpha"], r["targets"]), []).append(r)
+    out = []
+    for g in groups.values():
+        g = sorted(g, key=lambda r: r["seed"])
+        m = dict(g[0])
+        vals = [r["metric"] for r in g]
+        m["metric"] = statistics.mean(vals)
+        m["metric_sd"] = statistics.stdev(vals) if len(vals) > 1 else None
+        m["seeds"] = len(vals)
+        for k in ("eval_loss", "final_train_loss"):
+            if all(r.get(k) is not None for r in g):
+                m[k] = statistics.mean(r[k] for r in g)
+        out.append(m)
+    return out
 
 
 def load(path):
@@ -41,16 +68,58 @@ def fmt_int(n):
 
 
 def rel(x, ref):
-    return "%+.1f%%" % (100.0 * (x - ref) / ref)
+    return "%+.1f%%" % (100.0 * (x - ref) / ref) if ref else "–"
+
+
+def metric_cell(r):
+    v = ("%.4f" if not r["higher_is_better"] else "%.3f") % r["metric"]
+    if r.get("seeds", 1) > 1:
+        v += " ± %.3f (%d seeds)" % (r["metric_sd"], r["seeds"])
+    return v
+
+
+def memory_cell(r):
+    if r.get("peak_gib") is not None:
+        return "%.2f GiB" % r["peak_gib"]
+    return "%.0f MiB" % r["peak_mib"] if r.get("peak_mib") is not None else ""
 
 
 def table(rows, full, head, key):
-    out = ["| %s | trainable | %% of all | held-out loss | vs full | final train loss | peak RSS MiB |" % head,
-           "| --- | --- | --- | --- | --- | --- | --- |"]
+    generated = any(r["higher_is_better"] for r in rows)
+    name = "held-out loss" if not generated else rows[0]["metric_name"].split(" (")[0]
+    out = ["| %s | trainable | %% of all | %s | vs full |%s final train loss | peak memory |" % (
+               head, name, " completion loss |" if generated else ""),
+           "| --- | --- | --- | --- | --- |%s --- | --- |" % (" --- |" if generated else "")]
     for r in rows:
-        out.append("| %s | %s | %.3f%% | %.4f | %s | %.3f | %.0f |" % (
-            key(r), fmt_int(r["trainable_params"]), r["trainable_pct"], r["metric"],
-            rel(r["metric"], full["metric"]) if full else "", r["final_train_loss"], r["peak_mib"]))
+        out.append("| %s | %s | %.3f%% | %s | %s |%s %.3f | %s |" % (
+            key(r), fmt_int(r["trainable_params"]), r["trainable_pct"], metric_cell(r),
+            rel(r["metric"], full["metric"]) if full else "",
+            (" %.4f |" % r["eval_loss"]) if generated else "", r["final_train_loss"], memory_cell(r)))
+    return "\n".join(out)
+
+
+def sizes_table(rows):
+    """efficiency.sh's rows: per shape, full fine-tuning and each LoRA configuration."""
+    order = []
+    for r in rows:
+        if r["model"] not in order:
+            order.append(r["model"])
+    out = ["| model | run | trainable | tokens/s | vs full | step ms | peak memory | vs full |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for shape in order:
+        g = [r for r in rows if r["model"] == shape]
+        full = next((r for r in g if r.get("method") == "full" and "error" not in r), None)
+        mem = lambda r: r.get("peak_gib") or (r.get("peak_rss_mib", 0) / 1024)
+        mem_txt = lambda r: "%.2f GiB" % r["peak_gib"] if r.get("peak_gib") else "%.0f MiB RSS" % r.get("peak_rss_mib", 0)
+        for r in g:
+            name = "full fine-tuning" if r.get("method") == "full" else "LoRA r=%s %s" % (r.get("rank"), tgt(r.get("targets", "?")))
+            if "error" in r:
+                out.append("| %s | %s | | failed: %s | | | | |" % (shape, name, r["error"][:80].replace("|", "/")))
+                continue
+            out.append("| %s | %s | %s | %.0f | %s | %.1f | %s | %s |" % (
+                shape, name, fmt_int(r["trainable"]), r["tokens_per_s"],
+                "%.2f×" % (r["tokens_per_s"] / full["tokens_per_s"]) if full else "–", r["step_ms"], mem_txt(r),
+                "%.2f×" % (mem(r) / mem(full)) if full and mem(full) else "–"))
     return "\n".join(out)
 
 
@@ -76,7 +145,7 @@ def efficiency(rows):
     return "\n".join(out)
 
 
-def svg_scatter(rows, full, base_loss, path):
+def svg_scatter(rows, full, base_loss, path, title, ylabel):
     W, H, L, R, T, B = 760, 460, 70, 200, 40, 50
     pts = [r for r in rows if r["method"] != "full"]
     xs = [math.log10(r["trainable_params"]) for r in rows]
@@ -87,7 +156,7 @@ def svg_scatter(rows, full, base_loss, path):
     Y = lambda v: T + (y1 - v) / (y1 - y0) * (H - T - B)
     o = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
          '<rect width="100%" height="100%" fill="white"/>',
-         '<text x="%d" y="22" font-size="14" font-weight="bold">KJV, held-out books: eval loss vs trainable parameters (6.9M base, CPU)</text>' % L]
+         '<text x="%d" y="22" font-size="14" font-weight="bold">%s</text>' % (L, escape(title))]
     for e in range(int(x0 * 2), int(x1 * 2) + 1):
         v = 10 ** (e / 2)
         xv = X(v)
@@ -104,23 +173,24 @@ def svg_scatter(rows, full, base_loss, path):
         v += step
     o.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>' % (L, T, W - L - R, H - T - B))
     o.append('<text x="%d" y="%d" text-anchor="middle">trainable parameters (log scale)</text>' % ((L + W - R) // 2, H - 12))
-    o.append('<text transform="translate(16,%d) rotate(-90)" text-anchor="middle">held-out eval loss (lower is better)</text>' % ((T + H - B) // 2))
+    o.append('<text transform="translate(16,%d) rotate(-90)" text-anchor="middle">%s</text>' % ((T + H - B) // 2, escape(ylabel)))
     for val, color, name in ((full["metric"] if full else None, "#c00", "full fine-tuning"), (base_loss, "#888", "base model, no tuning")):
         if val is None or not (y0 <= val <= y1):
             continue
         o.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="%s" stroke-dasharray="6,4" stroke-width="1.5"/>' % (L, Y(val), W - R, Y(val), color))
-        o.append('<text x="%d" y="%.1f" fill="%s">%s %.3f</text>' % (W - R + 6, Y(val) + 4, color, escape(name), val))
+        # inside the plot, above the line (the legend holds the right margin)
+        o.append('<text x="%d" y="%.1f" fill="%s">%s %.3f</text>' % (L + 6, Y(val) - 5, color, escape(name), val))
     if full:
         o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c00" stroke-dasharray="2,3"/>' % (X(full["trainable_params"]), T, X(full["trainable_params"]), H - B))
         o.append('<text x="%.1f" y="%d" text-anchor="end" fill="#c00" font-size="10">1%% of %s →</text>' % (X(full["trainable_params"] / 100) - 4, T + 12, "params"))
         o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999" stroke-dasharray="1,3"/>' % (X(full["trainable_params"] / 100), T, X(full["trainable_params"] / 100), H - B))
     colors = {"q,v": "#1f77b4", "q": "#2ca02c", "v": "#9467bd", "q,k,v,o": "#ff7f0e", "all-linear": "#8c564b"}
     for r in pts:
-        c = "#e377c2" if r["method"] == "dora" else colors.get(tgt(r["targets"]), "#333")
+        c = "#e377c2" if r["method"] in ("dora", "rslora") else colors.get(tgt(r["targets"]), "#333")
         shape = ('<rect x="%.1f" y="%.1f" width="9" height="9" fill="%s"/>' % (X(r["trainable_params"]) - 4.5, Y(r["metric"]) - 4.5, c)
                  if r["method"] == "dora" else
                  '<circle cx="%.1f" cy="%.1f" r="%d" fill="%s" fill-opacity="0.85"/>' % (X(r["trainable_params"]), Y(r["metric"]), 5, c))
-        o.append(shape + "<title>%s: %s trainable, loss %.4f</title>" % (escape(label(r)), fmt_int(r["trainable_params"]), r["metric"]))
+        o.append(shape + "<title>%s: %s trainable, metric %.4f</title>" % (escape(label(r)), fmt_int(r["trainable_params"]), r["metric"]))
     # q,v rank sweep (alpha = 2r) joined by a line, labelled with r
     sweep = sorted([r for r in pts if r["method"] == "lora" and r["targets"] == "q_proj,v_proj" and r["alpha"] == 2 * r["rank"]],
                    key=lambda r: r["trainable_params"])
@@ -132,7 +202,7 @@ def svg_scatter(rows, full, base_loss, path):
     for r in pts:  # the other points: what differs from r=8, alpha 16, q,v
         if r in sweep:
             continue
-        txt = "DoRA" if r["method"] == "dora" else ("α=%g" % r["alpha"] if r["alpha"] != 2 * r["rank"] else tgt(r["targets"]))
+        txt = METHOD[r["method"]] if r["method"] in ("dora", "rslora") else ("α=%g" % r["alpha"] if r["alpha"] != 2 * r["rank"] else tgt(r["targets"]))
         o.append('<text x="%.1f" y="%.1f" font-size="10" fill="#333">%s</text>' % (X(r["trainable_params"]) + 7, Y(r["metric"]) + 4, escape(txt)))
     ly = T + 80
     o.append('<text x="%d" y="%d" font-weight="bold">LoRA targets (r=8)</text>' % (W - R + 6, ly))
@@ -172,20 +242,19 @@ def svg_curves(series, path, title):
     open(path, "w").write("\n".join(o) + "\n")
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("results")
-    ap.add_argument("--efficiency")
-    ap.add_argument("--base-loss", type=float)
-    ap.add_argument("--svg")
-    ap.add_argument("--curves")
-    ap.add_argument("--runs-dir")
-    a = ap.parse_args()
-    rows = load(a.results)
+TASK_TITLE = {"kjv": "KJV, held-out books", "spam": "SpamAssassin spam/ham", "pos": "Brown POS tags"}
+
+
+def task_report(task, rows, a, multi):
+    full_rows = [r for r in rows if r["method"] == "full"]
+    rows = merge_seeds(rows)
     full = next((r for r in rows if r["method"] == "full"), None)
     lora = [r for r in rows if r["method"] == "lora"]
     qv = lambda r: r["targets"] == "q_proj,v_proj"
-    print("### Held-out loss by rank (LoRA on q,v, α = 2r)\n")
+    hib = rows[0]["higher_is_better"]
+    print("## %s%s\n" % (TASK_TITLE.get(task, task), " (%s)" % a.label if a.label else ""))
+    print("Metric: %s (%s is better).\n" % (rows[0]["metric_name"], "higher" if hib else "lower"))
+    print("### By rank (LoRA on q,v, α = 2r)\n")
     print(table(([full] if full else []) + sorted([r for r in lora if qv(r) and r["alpha"] == 2 * r["rank"]], key=lambda r: r["rank"]),
                 full, "run", label))
     print("\n### By adapted weights (r = 8, α = 16)\n")
@@ -193,24 +262,28 @@ def main():
                 lambda r: tgt(r["targets"])))
     print("\n### By alpha (r = 8, q,v)\n")
     print(table(sorted([r for r in lora if r["rank"] == 8 and qv(r)], key=lambda r: r["alpha"]), full, "α",
-                lambda r: "%g (%s)" % (r["alpha"], "r" if r["alpha"] == 8 else "%gr" % (r["alpha"] / 8)))) 
-    dora = [r for r in rows if r["method"] == "dora"]
-    if dora:
-        print("\n### DoRA (r = 8, α = 16, q,v) next to LoRA\n")
-        print(table([r for r in lora if r["rank"] == 8 and r["alpha"] == 16 and qv(r)] + dora, full, "run", label))
+                lambda r: "%g (%s)" % (r["alpha"], "r" if r["alpha"] == 8 else "%gr" % (r["alpha"] / 8))))
+    other = [r for r in rows if r["method"] in ("dora", "rslora")]
+    if other:
+        print("\n### DoRA and rsLoRA (r = 8, α = 16, q,v) next to LoRA\n")
+        print(table([r for r in lora if r["rank"] == 8 and r["alpha"] == 16 and qv(r)] + other, full, "run", label))
     small = [r for r in rows if r["method"] != "full" and r["trainable_pct"] <= 1.0]
     if small and full:
-        best = min(small, key=lambda r: r["metric"])
-        print("\nheadline: best run with ≤ 1%% trainable: %s, %s trainable (%.3f%%), eval loss %.4f vs full %.4f: %s"
-              % (label(best), fmt_int(best["trainable_params"]), best["trainable_pct"], best["metric"], full["metric"], rel(best["metric"], full["metric"])))
-    eff = load(a.efficiency) if a.efficiency else rows
-    print("\n### Efficiency\n")
-    print(efficiency(eff))
-    if a.svg:
-        svg_scatter(rows, full, a.base_loss, a.svg)
+        best = (max if hib else min)(small, key=lambda r: r["metric"])
+        gap = ((full["metric"] - best["metric"]) if hib else (best["metric"] - full["metric"])) / (full["metric"] or 1e-12)
+        print("\nheadline: best run with ≤ 1%% trainable: %s, %s trainable (%.3f%%), %s %s vs full %s: %s (%s the 1%% bar)"
+              % (label(best), fmt_int(best["trainable_params"]), best["trainable_pct"], rows[0]["metric_name"].split(" (")[0],
+                 metric_cell(best), metric_cell(full), rel(best["metric"], full["metric"]),
+                 "within" if gap <= 0.01 else "misses"))
+    suffix = lambda path: path.replace(".svg", "-%s.svg" % task) if multi else path
+    if a.svg and full:
+        svg_scatter(rows, full, a.base_loss if task == "kjv" else None, suffix(a.svg),
+                    "%s: %s vs trainable parameters%s" % (TASK_TITLE.get(task, task), rows[0]["metric_name"].split(" (")[0],
+                                                         " (%s)" % a.label if a.label else ""),
+                    "%s (%s is better)" % (rows[0]["metric_name"].split(" (")[0], "higher" if hib else "lower"))
     if a.curves and a.runs_dir:
         series = []
-        for r, c in ((full, "#c00"),) + tuple((x, col) for x, col in (
+        for r, c in ((full_rows[0] if full_rows else None, "#c00"),) + tuple((x, col) for x, col in (
                 (next((x for x in lora if x["rank"] == 8 and x["alpha"] == 16 and qv(x)), None), "#1f77b4"),
                 (next((x for x in lora if x["rank"] == 8 and x["targets"] == "all-linear"), None), "#8c564b"),
                 (next((x for x in lora if x["rank"] == 64 and qv(x)), None), "#17becf"))):
@@ -226,7 +299,35 @@ def main():
                 pts.append((ls[i]["step"], sum(x["loss"] for x in w) / len(w)))
             series.append((label(r), c, pts))
         if series:
-            svg_curves(series, a.curves, "KJV training loss: full fine-tuning vs LoRA (6.9M base, CPU)")
+            svg_curves(series, suffix(a.curves), "%s training loss: full fine-tuning vs LoRA%s"
+                       % (TASK_TITLE.get(task, task), " (%s)" % a.label if a.label else ""))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results", nargs="+")
+    ap.add_argument("--efficiency")
+    ap.add_argument("--sizes", help="efficiency.sh's rows (full vs LoRA across model sizes)")
+    ap.add_argument("--base-loss", type=float, help="KJV: the base model's held-out loss (a line in the chart)")
+    ap.add_argument("--svg")
+    ap.add_argument("--curves")
+    ap.add_argument("--runs-dir")
+    ap.add_argument("--label", default="", help="e.g. 'CPU, 6.9M base': in the headings and chart titles")
+    a = ap.parse_args()
+    rows = [r for path in a.results for r in load(path) if r.get("metric") is not None]
+    tasks = []
+    for r in rows:
+        if r["task"] not in tasks:
+            tasks.append(r["task"])
+    for t in tasks:
+        task_report(t, [r for r in rows if r["task"] == t], a, len(tasks) > 1)
+        print()
+    if a.efficiency:
+        print("### Efficiency (one model)\n")
+        print(efficiency(load(a.efficiency)))
+    if a.sizes:
+        print("\n### Efficiency across model sizes (efficiency.sh)\n")
+        print(sizes_table(load(a.sizes)))
 
 
 if __name__ == "__main__":

