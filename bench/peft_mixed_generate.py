@@ -67,7 +67,7 @@ def main():
         torch.manual_seed(100 + i)
         model.add_adapter(f"a{i}", lcfg)
     names = [f"a{i}" for i in range(a.adapters)]
-    model.save_pretrained(os.path.join(a.out, "adapters"), selected_adapters=names)  # a0 at the root, others in subfolders
+    model.save_pretrained(os.path.join(a.out, "adapters"), selected_adapters=names)  # adapters/a0 .. adapters/aN-1
     print("wrote", model_dir, "and", a.adapters, "adapters", flush=True)
     if a.no_peft:
         return

@@ -31,8 +31,8 @@ for shape in ${only//,/ }; do
   python3 bench/peft_mixed_generate.py --shape "$shape" --out "$work" --tokenizer "$tok" --adapters "$max_adapters" \
     --pairs "$pairs" --new "$new" $peft 2>&1 | tee "$work/peft.log" | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
   grep -v '^RESULT ' "$work/peft.log" | tail -3 >&2
-  adapter_flags=(--adapter "a0=$work/adapters")
-  for ((i = 1; i < max_adapters; i++)); do adapter_flags+=(--adapter "a$i=$work/adapters/a$i"); done
+  adapter_flags=()
+  for ((i = 0; i < max_adapters; i++)); do adapter_flags+=(--adapter "a$i=$work/adapters/a$i"); done
   port=$((8200 + RANDOM % 500))
   "$bin/lowrank" serve --model "$work/model" "${adapter_flags[@]}" --device cuda --port "$port" --max-batch 64 \
     2> "$work/serve.log" &
