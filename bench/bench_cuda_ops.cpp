@@ -18,6 +18,8 @@
 #include "lowrank/core/rng.h"
 #include "lowrank/ops/ops.h"
 
+#include "bench_util.h"
+
 using namespace lowrank;
 
 namespace {
@@ -31,22 +33,8 @@ Tensor random_gpu(const Shape& s, DType t, uint64_t seed, float amp = 1.0f) {
   return c.to(t).to(kGpu);
 }
 
-// Mean milliseconds of `fn` over `iters` runs after `warmup` runs, timed with events.
 double time_ms(const std::function<void()>& fn, int warmup = 3, int iters = 10) {
-  auto st = static_cast<cudaStream_t>(cuda::native_stream(kGpu));
-  for (int i = 0; i < warmup; ++i) fn();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a, st);
-  for (int i = 0; i < iters; ++i) fn();
-  cudaEventRecord(b, st);
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms / iters;
+  return bench::time_ms(kGpu, fn, warmup, iters);
 }
 
 void report_flops(const std::string& what, double ms, double flops) {

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_shapes.h"
+#include "bench_util.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
 #include "lowrank/infer/batch_generator.h"
@@ -25,12 +26,6 @@ using namespace lowrank;
 
 namespace {
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) out.push_back(std::stoll(item));
-  return out;
-}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -44,7 +39,7 @@ int main(int argc, char** argv) {
   int64_t new_tokens = 128, prompt_len = 128;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--batches")) batches = parse_list(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--batches")) batches = bench::parse_list(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--new")) new_tokens = std::stoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--prompt")) prompt_len = std::stoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--device")) device_text = argv[i + 1];

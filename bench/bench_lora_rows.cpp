@@ -19,6 +19,8 @@
 #include "lowrank/core/rng.h"
 #include "lowrank/ops/ops.h"
 
+#include "bench_util.h"
+
 using namespace lowrank;
 
 namespace {
@@ -33,23 +35,10 @@ Tensor random_gpu(const Shape& s, uint64_t seed, float amp) {
 }
 
 double time_ms(const std::function<void()>& fn, int warmup = 5, int iters = 50) {
-  auto st = static_cast<cudaStream_t>(cuda::native_stream(kGpu));
-  for (int i = 0; i < warmup; ++i) fn();
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  cudaEventRecord(a, st);
-  for (int i = 0; i < iters; ++i) fn();
-  cudaEventRecord(b, st);
-  cudaEventSynchronize(b);
-  float ms = 0;
-  cudaEventElapsedTime(&ms, a, b);
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  return ms / iters;
+  return bench::time_ms(kGpu, fn, warmup, iters);
 }
 
-void bench(const char* shape, const char* proj, int64_t in, int64_t out, int64_t rows, int64_t adapters, int64_t r) {
+void run_case(const char* shape, const char* proj, int64_t in, int64_t out, int64_t rows, int64_t adapters, int64_t r) {
   ops::LoraRows t;
   for (int64_t j = 0; j < adapters; ++j) {
     t.a.push_back(random_gpu({r, in}, 10 + j, 0.05f));
@@ -101,7 +90,7 @@ int main(int argc, char** argv) {
   for (const Proj& p : projs)
     for (int64_t rows : {1, 16, 64})
       for (int64_t adapters : {1, 8, 64})
-        if (adapters <= rows) bench(p.shape, p.name, p.in, p.out, rows, adapters, r);
+        if (adapters <= rows) run_case(p.shape, p.name, p.in, p.out, rows, adapters, r);
   return 0;
 }
 #else

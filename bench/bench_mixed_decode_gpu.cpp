@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench_shapes.h"
+#include "bench_util.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
 #include "lowrank/infer/batch_decoder.h"
@@ -30,12 +31,6 @@ using namespace lowrank;
 
 namespace {
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');) out.push_back(std::stoll(item));
-  return out;
-}
 
 // A trained-looking adapter (B random, not PEFT's zeros), kept in host memory as the server does.
 std::shared_ptr<lora::Adapter> random_adapter(model::Model& m, int64_t r, uint64_t seed) {
@@ -110,7 +105,7 @@ int main(int argc, char** argv) {
   int64_t batch = 64, rounds = 64, prompt = 128, rank = 16;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--adapters")) adapter_counts = parse_list(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--adapters")) adapter_counts = bench::parse_list(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--batch")) batch = std::stoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--new")) rounds = std::stoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--prompt")) prompt = std::stoll(argv[i + 1]);
