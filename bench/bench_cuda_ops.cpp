@@ -1,7 +1,8 @@
 // CUDA op benchmark: times the GEMMs, attention and fused kernels of a training step with CUDA
 // events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
-// kernels: bytes read + written once). usage: bench_cuda_ops [--quick | --attention]
-// (--attention: only the tensor-core vs cuDNN attention rows)
+// kernels: bytes read + written once). usage: bench_cuda_ops [--quick | --attention | --projections]
+// (--attention: only the tensor-core vs cuDNN attention rows; --projections: only separate vs
+// stacked frozen projections)
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "lowrank/backend/cuda/attention_path.h"
 #include "lowrank/backend/cuda/device.h"
@@ -162,17 +164,68 @@ void bench_fused(int64_t tokens, int64_t d, int64_t ffn, int64_t vocab) {
   report_bytes("dropout bf16 (tokens x d)", time_ms([&] { ops::dropout(x, 0.05, 1, 0, mask); }), 5.0 * tokens * d);
 }
 
+
+// The frozen projections of one layer that read one input, as separate GEMMs (today's path for
+// models with separate q/k/v and gate/up weights) against one GEMM over the row-stacked weights
+// (what fusing them at load would run), forward and input-gradient, plus the column copies that
+// split a fused output.
+void bench_projection_fusion(int64_t tokens, const char* name, int64_t d, int64_t q, int64_t kv, int64_t inter) {
+  std::printf("\n-- %s projections, separate vs stacked weights (tokens = %lld)\n", name, (long long)tokens);
+  auto group = [&](const char* what, std::vector<int64_t> outs) {
+    int64_t total = 0;
+    for (int64_t o : outs) total += o;
+    Tensor x = random_gpu({tokens, d}, DType::BF16, 1), w = random_gpu({total, d}, DType::BF16, 2);
+    Tensor dy = random_gpu({tokens, total}, DType::BF16, 3);
+    std::vector<Tensor> ws, ys(outs.size()), dys;
+    int64_t row = 0;
+    for (int64_t o : outs) {
+      ws.push_back(w.slice_rows(row, row + o));
+      dys.push_back(random_gpu({tokens, o}, DType::BF16, 4));
+      row += o;
+    }
+    Tensor y, dx;
+    const double f = 2.0 * tokens * d * total;
+    report_flops(std::string(what) + " fwd, separate", time_ms([&] {
+                   for (size_t i = 0; i < ws.size(); ++i) ops::matmul_nt(x, ws[i], ys[i]);
+                 }),
+                 f);
+    report_flops(std::string(what) + " fwd, stacked", time_ms([&] { ops::matmul_nt(x, w, y); }), f);
+    report_flops(std::string(what) + " input-grad, separate (beta=1)", time_ms([&] {
+                   for (size_t i = 0; i < ws.size(); ++i) ops::matmul_nn(dys[i], ws[i], dx, 1.0f, i ? 1.0f : 0.0f);
+                 }),
+                 f);
+    report_flops(std::string(what) + " input-grad, stacked", time_ms([&] { ops::matmul_nn(dy, w, dx); }), f);
+    report_bytes(std::string(what) + " split the stacked output (copies)", time_ms([&] {
+                   int64_t col = 0;
+                   for (size_t i = 0; i < ws.size(); ++i) {
+                     ops::copy_columns_(ys[i], 0, y, col, outs[i]);
+                     col += outs[i];
+                   }
+                 }),
+                 4.0 * tokens * total);
+  };
+  group("q,k,v", {q, kv, kv});
+  group("gate,up", {inter, inter});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
+  const bool projections_only = argc > 1 && std::strcmp(argv[1], "--projections") == 0;
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_ops: no CUDA GPU is visible\n");
     return 1;
   }
   std::printf("%s\n", cuda::device_description(kGpu));
   try {
+    if (projections_only || !quick) {
+      bench_projection_fusion(8192, "Qwen2.5-0.5B", 896, 896, 128, 4864);
+      bench_projection_fusion(8192, "Llama-3.2-1B", 2048, 2048, 512, 8192);
+      bench_projection_fusion(8192, "Llama-3-8B", 4096, 4096, 1024, 14336);
+      if (projections_only) return 0;
+    }
     if (attention_only) {
       bench_attention_paths();
       return 0;
