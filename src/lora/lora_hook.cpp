@@ -48,19 +48,6 @@ void LoraHook::on_projection(int layer, Target target, const model::Linear& base
   apply(layer, target, base, x, nullptr, y);
 }
 
-bool LoraHook::on_projection_first(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) {
-  bool any = false;
-  for (const ActiveAdapter& a : adapters_) {
-    const LoraPair* p = a.adapter->find(layer, target);
-    if (!p) continue;
-    if (!lora_variant(p->kind).additive()) return false;
-    any = true;
-  }
-  if (!any || !x.defined()) return false;
-  apply(layer, target, base, x, nullptr, y);
-  return true;
-}
-
 void LoraHook::on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {
   const model::Linear base{table, Tensor(), ""};
   const Tensor none;
@@ -70,7 +57,6 @@ void LoraHook::on_embedding(const Tensor& table, const std::vector<int32_t>& ids
 void LoraHook::apply(int layer, Target target, const model::Linear& base, const Tensor& x,
                      const std::vector<int32_t>* ids, Tensor& y) {
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
-  const DType dtype = y.defined() ? y.dtype() : x.dtype();  // the activations'
   for (size_t i = 0; i < adapters_.size(); ++i) {
     const Adapter& ad = *adapters_[i].adapter;
     const bool trained = training_ && i == 0;
@@ -79,7 +65,7 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     const bool keep = trained && !(checkpointed_ && layer >= 0);
     const LoraPair* p = ad.find(layer, target);
     if (!p) continue;
-    if (SharedInputGroup* g = shared_group(i, layer, target, x, dtype, trained, keep)) {
+    if (SharedInputGroup* g = shared_group(i, layer, target, x, y.dtype(), trained, keep)) {
       const int m = g->index_of(target);
       g->expand(m, y);
       g->forward_done |= 1u << m;
@@ -101,12 +87,12 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     // under torch.autocast): the optimizer's working copies when training, else rounded once per
     // forward pass (a replay rounds the same values again); kept for the backward.
     Tensor A, B;
-    if (p->A_work.defined() && p->A_work.dtype() == dtype) {  // kept by the optimizer
+    if (p->A_work.defined() && p->A_work.dtype() == y.dtype()) {  // kept by the optimizer
       A = p->A_work;
       B = p->B_work;
     } else {
-      A = ops::cast(p->A, dtype);
-      B = ops::cast(p->B, dtype);
+      A = ops::cast(p->A, y.dtype());
+      B = ops::cast(p->B, y.dtype());
     }
     const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
     LoraSaved* sv = keep ? &state().saved[key] : nullptr;
@@ -169,21 +155,6 @@ void LoraHook::on_projection_backward(int layer, Target target, const model::Lin
   apply_backward(layer, target, base, x, nullptr, dy, dx.defined() ? &dx : nullptr);
 }
 
-bool LoraHook::on_projection_backward_first(int layer, Target target, const model::Linear& base, const Tensor& x,
-                                            const Tensor& dy, Tensor& dx, bool need_dx) {
-  if (adapters_.empty()) return false;
-  const LoraPair* p = adapters_[0].adapter->find(layer, target);
-  if (!p || !lora_variant(p->kind).additive()) return false;
-  const ForwardState& st = state();
-  const auto g = st.groups.find({0, layer, shared_input_of(target)});
-  if (g == st.groups.end() || !g->second.trained) {
-    const auto it = st.saved.find({layer, static_cast<int>(target)});
-    if (it == st.saved.end() || it->second.x_drop.defined()) return false;
-  }
-  apply_backward(layer, target, base, x, nullptr, dy, need_dx ? &dx : nullptr);
-  return true;
-}
-
 void LoraHook::on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {
   const model::Linear base;
   const Tensor none;
@@ -212,8 +183,8 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   const Tensor& xin = sv.x_drop.defined() ? sv.x_drop : x;
   const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
   const LoraVariant& variant = lora_variant(p->kind);
-  if (!dx || !sv.x_drop.defined()) {  // nothing below needs dx, or no dropout: straight into dx
-    variant.backward(*p, in, sv, dy, dx, /*accumulate=*/dx && dx->defined());
+  if (!dx || !sv.x_drop.defined()) {  // nothing below needs dx, or no dropout: add straight into dx
+    variant.backward(*p, in, sv, dy, dx, /*accumulate=*/true);
   } else {
     Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask
     variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);

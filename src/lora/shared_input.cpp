@@ -94,10 +94,7 @@ void SharedInputGroup::shrink(const Tensor& x) {
 
 void SharedInputGroup::expand(int i, Tensor& y) const {
   const Member& m = members[i];
-  const bool add = y.defined();
-  if (!add) y = Tensor::empty({h.dim(0), m.B.dim(0)}, h.dtype(), h.device());
-  ops::matmul_blocks(Gemm::NT, {h, m.col, m.pair->r}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale,
-                     add ? 1.0f : 0.0f);
+  ops::matmul_blocks(Gemm::NT, {h, m.col, m.pair->r}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale, 1.0f);
 }
 
 bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx) {
@@ -122,7 +119,7 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
     ops::matmul_tn(g, x, dA);
     for (const Member& mm : members) ops::add_(mm.pair->grad_A, dA.slice_rows(mm.col, mm.col + mm.pair->r));
   }
-  if (dx) ops::matmul_nn(g, A, *dx, 1.0f, dx->defined() ? 1.0f : 0.0f);  // Σ s_i g_i A_i
+  if (dx) ops::matmul_nn(g, A, *dx, 1.0f, 1.0f);  // Σ s_i g_i A_i
   g = h = Tensor();  // the last use of the group's activations
   backward_done = 0;
   trained = false;

@@ -13,35 +13,26 @@
 namespace lowrank::model {
 namespace {
 
-// One projection of a backward: its frozen linear, its --full gradients (or null), and dy [N, out].
-struct ProjectionGrad {
-  const Linear* base;
-  Linear* grad;
-  const Tensor* dy;
-};
-
-// Gradient through projections that read one input x [N, in], y_i = x W_iᵀ + b_i (+ hook): returns
-// dx = Σ dy_i W_i plus the hook's part (undefined when `need_dx` is false: nothing below uses it)
-// and accumulates dW, db into the --full gradients. The input-gradient GEMMs sum in f32 (beta = 1),
-// not by bf16 adds afterwards. The hook goes first where it can (plain LoRA): its part of dx is
-// written and the GEMMs add to it, one pass over dx less than adding it after them.
-Tensor projections_backward(int layer, std::initializer_list<ProjectionGrad> parts, const Tensor& x,
-                            TrainableHook* hook, bool need_dx = true) {
-  Tensor dx;
-  std::vector<char> hook_done;
-  for (const ProjectionGrad& p : parts)
-    hook_done.push_back(hook && hook->on_projection_backward_first(layer, p.base->target, *p.base, x, *p.dy, dx,
-                                                                   need_dx));
-  size_t i = 0;
-  for (const ProjectionGrad& p : parts) {
-    if (need_dx) ops::matmul_nn(*p.dy, p.base->compute_weight(), dx, 1.0f, dx.defined() ? 1.0f : 0.0f);
-    if (p.grad) {
-      ops::matmul_tn(*p.dy, x, p.grad->weight, 1.0f, 1.0f);
-      if (p.grad->bias.defined()) ops::bias_grad_(p.grad->bias, *p.dy);
-    }
-    Tensor none;
-    if (hook && !hook_done[i++]) hook->on_projection_backward(layer, p.base->target, *p.base, x, *p.dy, need_dx ? dx : none);
+// Gradient through y = x Wᵀ + b (+ hook): dx = dy W, or dx += dy W with `accumulate` (projections
+// that read the same input: their input gradients are summed by the GEMM in f32, not by a bf16
+// add afterwards); accumulates dW, db into g when given. With `need_dx` false (nothing below uses
+// it) only the parameter gradients are computed.
+enum class Dx { Write, Accumulate, Skip };
+void linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
+                     TrainableHook* hook, Tensor& dx, Dx mode = Dx::Write) {
+  if (mode != Dx::Skip) ops::matmul_nn(dy, l.compute_weight(), dx, 1.0f, mode == Dx::Accumulate ? 1.0f : 0.0f);
+  if (g) {
+    ops::matmul_tn(dy, x, g->weight, 1.0f, 1.0f);
+    if (g->bias.defined()) ops::bias_grad_(g->bias, dy);
   }
+  Tensor none;
+  if (hook) hook->on_projection_backward(layer, t, l, x, dy, mode == Dx::Skip ? none : dx);
+}
+
+Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
+                       TrainableHook* hook) {
+  Tensor dx;
+  linear_backward(l, g, layer, t, x, dy, hook, dx);
   return dx;
 }
 
@@ -198,11 +189,11 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   if (c.sandwich_norms)
     dmlp_out = normalize_backward(c.norm, L.post_mlp_norm, norm_grad_of(&LayerWeights::post_mlp_norm), dx,
                                   a.down_out, Tensor(), a.post_mlp_rstd);
-  Tensor dact = projections_backward(layer, {{&L.down, grad_of(&LayerWeights::down), &dmlp_out}}, a.act, hook);
+  Tensor dact = linear_backward(L.down, grad_of(&LayerWeights::down), layer, L.down.target, a.act, dmlp_out, hook);
   Tensor dxn2;
   if (!c.gated_mlp) {
     Tensor dup = ops::activation_backward(dact, a.up, op_activation(c.activation));
-    dxn2 = projections_backward(layer, {{&L.up, grad_of(&LayerWeights::up), &dup}}, a.xn2, hook);
+    dxn2 = linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, dup, hook);
   } else {
     Tensor dg, du;
     if (c.activation == Activation::SiLU) {
@@ -215,12 +206,11 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
       dg = ops::activation_backward(dactg, a.gate, op_activation(c.activation));
     }
     if (c.fused_gate_up) {
-      const Tensor dgu = concat_columns({&dg, &du});
-      dxn2 = projections_backward(layer, {{&L.gate_up, grad_of(&LayerWeights::gate_up), &dgu}}, a.xn2, hook);
+      dxn2 = linear_backward(L.gate_up, grad_of(&LayerWeights::gate_up), layer, L.gate_up.target, a.xn2,
+                             concat_columns({&dg, &du}), hook);
     } else {
-      dxn2 = projections_backward(
-          layer, {{&L.gate, grad_of(&LayerWeights::gate), &dg}, {&L.up, grad_of(&LayerWeights::up), &du}}, a.xn2,
-          hook);
+      dxn2 = linear_backward(L.gate, grad_of(&LayerWeights::gate), layer, L.gate.target, a.xn2, dg, hook);
+      linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, du, hook, dxn2, Dx::Accumulate);
     }
   }
   Tensor dx_mid = normalize_backward(c.norm, L.mlp_norm, norm_grad_of(&LayerWeights::mlp_norm), dxn2, a.x_mid,
@@ -231,7 +221,7 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   if (c.sandwich_norms)
     dattn_out = normalize_backward(c.norm, L.post_attn_norm, norm_grad_of(&LayerWeights::post_attn_norm), dx_mid,
                                    a.o_out, Tensor(), a.post_attn_rstd);
-  Tensor dattn = projections_backward(layer, {{&L.o, grad_of(&LayerWeights::o), &dattn_out}}, a.attn, hook);
+  Tensor dattn = linear_backward(L.o, grad_of(&LayerWeights::o), layer, L.o.target, a.attn, dattn_out, hook);
   const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
   Tensor dq, dk, dv;
@@ -255,14 +245,15 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
   Tensor dxn1;
   if (c.fused_qkv) {
-    const Tensor dqkv = concat_columns({&dq, &dk, &dv});
-    dxn1 = projections_backward(layer, {{&L.qkv, grad_of(&LayerWeights::qkv), &dqkv}}, a.xn1, hook, need_dx);
+    linear_backward(L.qkv, grad_of(&LayerWeights::qkv), layer, L.qkv.target, a.xn1, concat_columns({&dq, &dk, &dv}),
+                    hook, dxn1, need_dx ? Dx::Write : Dx::Skip);
   } else {
-    dxn1 = projections_backward(layer,
-                                {{&L.q, grad_of(&LayerWeights::q), &dq},
-                                 {&L.k, grad_of(&LayerWeights::k), &dk},
-                                 {&L.v, grad_of(&LayerWeights::v), &dv}},
-                                a.xn1, hook, need_dx);
+    linear_backward(L.q, grad_of(&LayerWeights::q), layer, L.q.target, a.xn1, dq, hook, dxn1,
+                    need_dx ? Dx::Write : Dx::Skip);
+    linear_backward(L.k, grad_of(&LayerWeights::k), layer, L.k.target, a.xn1, dk, hook, dxn1,
+                    need_dx ? Dx::Accumulate : Dx::Skip);
+    linear_backward(L.v, grad_of(&LayerWeights::v), layer, L.v.target, a.xn1, dv, hook, dxn1,
+                    need_dx ? Dx::Accumulate : Dx::Skip);
   }
   if (need_dx) {
     dx = normalize_backward(c.norm, L.attn_norm, norm_grad_of(&LayerWeights::attn_norm), dxn1, a.x_in,

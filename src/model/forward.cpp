@@ -13,15 +13,7 @@ namespace lowrank::model {
 namespace {
 
 Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook) {
-  Tensor y;  // [N, out]
-  // A hook that only adds (plain LoRA) writes its part first and the GEMM adds to it in f32: one
-  // pass over y less than adding it afterwards.
-  if (hook && hook->on_projection_first(layer, l.target, l, x, y)) {
-    ops::matmul_nt(x, l.compute_weight(), y, 1.0f, 1.0f);
-    if (l.bias.defined()) ops::add_bias_(y, l.bias);
-    return y;
-  }
-  y = ops::linear(x, l.compute_weight(), l.bias);
+  Tensor y = ops::linear(x, l.compute_weight(), l.bias);
   if (hook) hook->on_projection(layer, l.target, l, x, y);
   return y;
 }

@@ -29,14 +29,8 @@ class LoraHook : public model::TrainableHook {
   // Training mode: saves what backward needs; applies dropout with masks drawn from `rng`.
   void set_training(bool training, Rng* dropout_rng = nullptr);
   void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
-  // Before the base GEMM when every adapter of the layer is plain LoRA: y = Σ s_i h_i B_iᵀ.
-  bool on_projection_first(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
   void on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                               const Tensor& dy, Tensor& dx) override;
-  // Before the input-gradient GEMM for plain LoRA without dropout (the mask is applied to a
-  // gradient that must already hold dy·W).
-  bool on_projection_backward_first(int layer, Target target, const model::Linear& base, const Tensor& x,
-                                    const Tensor& dy, Tensor& dx, bool need_dx) override;
   void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) override;
   void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) override;
   int lowest_trainable_layer() const override;
@@ -49,8 +43,7 @@ class LoraHook : public model::TrainableHook {
   void clear_saved() { state() = ForwardState{}; }
 
  private:
-  // y += every active adapter's output for the layer (y undefined: written); x: the layer input
-  // (ids for the embedding).
+  // y += every active adapter's output for the layer; x: the layer input (ids for the embedding).
   void apply(int layer, Target target, const model::Linear& base, const Tensor& x,
              const std::vector<int32_t>* ids, Tensor& y);
   void apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,

@@ -54,11 +54,8 @@ class LoraVariant {
   virtual std::vector<LayerTensor> tensors(LoraPair& p) const = 0;
   // After A and B are initialised at create: the variant's own tensors (DoRA: the magnitude).
   virtual void init_extra(LoraPair& p, const Tensor& base_weight) const {}
-  // y += the layer's LoRA output. `saved`, when given, receives what backward needs. An additive
-  // variant is also called with y undefined (before the base GEMM): it then writes y.
+  // y += the layer's LoRA output. `saved`, when given, receives what backward needs.
   virtual void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const = 0;
-  // Whether the output is added to the base output without reading it (plain LoRA, not DoRA).
-  virtual bool additive() const { return false; }
   // Accumulates the layer's gradients from dy [N, out]. dx_in (when given) receives the gradient
   // with respect to x_in: written, or added to with `accumulate`.
   virtual void backward(LoraPair& p, const LoraInput& in, const LoraSaved& saved, const Tensor& dy,

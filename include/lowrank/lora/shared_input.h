@@ -52,11 +52,10 @@ struct SharedInputGroup {
   unsigned all_members() const { return (1u << members.size()) - 1; }
   // h = x Aᵀ for a new input (A and the members' B set).
   void shrink(const Tensor& x);
-  // y += s · h_i B_iᵀ for member i (y undefined: written).
+  // y += s · h_i B_iᵀ for member i.
   void expand(int i, Tensor& y) const;
   // Member i's dB from dy [N, out], and its block of g. After the last member: dA of every member
-  // and, when dx is given, dx += g A (the members' summed input gradient; written when dx is
-  // undefined). Returns true then.
+  // and, when dx is given, dx += g A (the members' summed input gradient). Returns true then.
   bool backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx);
 };
 

@@ -15,15 +15,6 @@ class TrainableHook : public ProjectionHook {
   // dx is undefined when nothing needs the input gradient (the lowest trained layer).
   virtual void on_projection_backward(int layer, Target target, const Linear& base, const Tensor& x,
                                       const Tensor& dy, Tensor& dx) = 0;
-  // Called before the frozen input-gradient GEMM: a hook that can finish its own backward without
-  // dx holding dy·W (plain LoRA without dropout) does so and returns true; its part of the input
-  // gradient is added to dx, or written into it when dx is undefined (and `need_dx`), and the GEMM
-  // then adds dy·W (one pass over dx less). A group of projections sharing x may write dx only when
-  // its last member is called. False: nothing was done (on_projection_backward follows the GEMM).
-  virtual bool on_projection_backward_first(int layer, Target target, const Linear& base, const Tensor& x,
-                                            const Tensor& dy, Tensor& dx, bool need_dx) {
-    return false;
-  }
   // dx [n, d]: gradient of the embedding output for `ids` (called when lowest_trainable_layer() < 0).
   virtual void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {}
   // The lowest layer that has trainable parameters: backward stops below it (-1: the embedding).

@@ -24,13 +24,6 @@ class ProjectionHook {
  public:
   virtual ~ProjectionHook() = default;
   virtual void on_projection(int layer, Target target, const Linear& base, const Tensor& x, Tensor& y) = 0;
-  // Called before the frozen GEMM with y undefined. A hook whose whole output for this projection is
-  // additive and does not read the base output (plain LoRA) may write it into y ([n, out], x's
-  // dtype) and return true: the GEMM then adds x Wᵀ + b to it (one pass over y less than adding
-  // afterwards), and on_projection is not called. False: nothing was done.
-  virtual bool on_projection_first(int layer, Target target, const Linear& base, const Tensor& x, Tensor& y) {
-    return false;
-  }
   // x [n, d] holds rows `ids` of the frozen embedding table [V, d].
   virtual void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {}
 };
