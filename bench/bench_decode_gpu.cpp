@@ -5,6 +5,7 @@
 // line per row on stdout (tok/s also counts the prefill's time; decode_tok_s leaves it out).
 //   bench_decode_gpu [--only qwen0.5b,llama8b] [--batches 1,16,64] [--new 128] [--prompt 128] [--device cuda:0]
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <sstream>
@@ -89,6 +90,8 @@ int main(int argc, char** argv) {
                            {"tok_s", tokens / secs},
                            {"decode_tok_s", (tokens - batch) / std::max(1e-9, secs - first_token_s)},
                            {"prefill_s", first_token_s}};
+        for (const char* knob : {"LOWRANK_CUDA_GRAPHS", "LOWRANK_FUSED_DECODE"})  // A/B switches, when set
+          if (const char* v = std::getenv(knob)) row[knob] = v;
 #ifdef LOWRANK_WITH_CUDA
         if (dev.is_cuda()) row["device"] = cuda::device_description(dev);
 #endif

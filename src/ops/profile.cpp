@@ -79,7 +79,8 @@ const char* category_name(Category c) {
 Category category_of_op(const char* name) {
   const std::string_view n(name);
   auto starts = [&](std::string_view p) { return n.substr(0, p.size()) == p; };
-  if (starts("matmul_nt") || starts("linear")) return Category::GemmForward;
+  if (starts("matmul_nt") || starts("linear") || starts("norm_linears") || starts("norm_swiglu"))
+    return Category::GemmForward;
   if (starts("matmul_nn")) return Category::GemmInputGrad;
   if (starts("matmul_tn")) return Category::GemmWeightGrad;
   if (starts("attention_backward")) return Category::AttentionBackward;

@@ -438,9 +438,43 @@ std::vector<OpCase> op_table() {
                                                    attention_shape(0, 0.0f));
                  return Outputs{out, k_pool, v_pool};
                }});
+  // ---- fused decode projections (CUDA: the fused kernels for bf16, the unfused ops for f32): 5 rows
+  // through q/k/v-like weights with biases on two, one row through gate/up, 3 rows with a residual
+  t.push_back({"norm_linears", {{5, 96}, {96}, {70, 96}, {70}, {23, 96}, {24, 96}, {24}},
+               [](Inputs& in, Device) {
+                 return ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[4], in[5]}, {in[3], Tensor(), in[6]});
+               }});
+  t.push_back({"norm_linears with RoPE", {{5, 96}, {96}, {64, 96}, {64}, {32, 96}, {32, 96}},
+               [](Inputs& in, Device d) {
+                 Tensor cos = Tensor::empty({12, 8}), sin = Tensor::empty({12, 8});  // f32 tables [P, half]
+                 for (int64_t p = 0; p < 12; ++p)
+                   for (int64_t i = 0; i < 8; ++i) {
+                     cos.f32()[p * 8 + i] = std::cos(0.7f * p / (1 + i));
+                     sin.f32()[p * 8 + i] = std::sin(0.7f * p / (1 + i));
+                   }
+                 const ops::RotaryRows rope{Tensor::from_ints({0, 3, 11, 5, 7}, d), d.is_cpu() ? cos : cos.to(d),
+                                            d.is_cpu() ? sin : sin.to(d), {4, 2, 0}};
+                 return ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[4], in[5]}, {in[3], Tensor(), Tensor()},
+                                          &rope);
+               }});
+  t.push_back({"norm_swiglu", {{1, 64}, {64}, {40, 64}, {40, 64}},
+               [](Inputs& in, Device) { return Outputs{ops::norm_swiglu(in[0], in[1], 1e-5f, in[2], in[3])}; }});
+  t.push_back({"linear_residual", {{3, 48}, {37, 48}, {3, 37}},
+               [](Inputs& in, Device) { return Outputs{ops::linear_residual(in[0], in[1], in[2])}; }});
   t.push_back({"argmax_rows", {{5, 37}},
                [](Inputs& in, Device) {
                  const Tensor idx = ops::argmax_rows(in[0]).to(Device::cpu());
+                 Tensor f = Tensor::empty({idx.numel()});
+                 for (int64_t i = 0; i < idx.numel(); ++i) f.f32()[i] = static_cast<float>(idx.data<int32_t>()[i]);
+                 return Outputs{f};
+               },
+               {}, {}, false, true});
+  // Rows of 10000 split into chunks on CUDA: the maximum appears twice, in two chunks (the first wins).
+  t.push_back({"argmax_rows over chunks", {{3, 10000}},
+               [](Inputs& in, Device) {
+                 Tensor x = in[0].to(Device::cpu());
+                 for (int64_t r = 0; r < 3; ++r) x.f32()[r * 10000 + 5000 + r] = x.f32()[r * 10000 + 9000] = 2.0f;
+                 const Tensor idx = ops::argmax_rows(x.to(in[0].device())).to(Device::cpu());
                  Tensor f = Tensor::empty({idx.numel()});
                  for (int64_t i = 0; i < idx.numel(); ++i) f.f32()[i] = static_cast<float>(idx.data<int32_t>()[i]);
                  return Outputs{f};

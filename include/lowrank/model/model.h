@@ -152,6 +152,13 @@ class Model {
   int64_t parameter_count() const;
 
  private:
+  // Whether the rows x of a KV-cached forward (no hook) can take decode_layer: a Llama-family layer
+  // (RMSNorm, separate q/k/v, gated SiLU MLP, no biases but q/k/v's) on the GPU, one row.
+  bool fused_decode(const Tensor& x, const ProjectionHook* hook) const;
+  // layer_forward for such rows: the norms, projections, RoPE, SwiGLU and residual adds as four
+  // fused launches (ops::norm_linears, norm_swiglu, linear_residual), same values.
+  Tensor decode_layer(int64_t layer, const Tensor& x, const LayerInput& in) const;
+
   ModelConfig config_;
   ModelWeights weights_;
   std::string source_;

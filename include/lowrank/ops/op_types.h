@@ -8,6 +8,14 @@
 
 namespace lowrank::ops {
 
+// RoPE applied to outputs of ops::norm_linears (as rope_ would after it): positions I32 [M], the
+// f32 cos/sin tables [P, head_dim / 2] (no partial rotary), and per output its number of heads
+// (0: not rotated).
+struct RotaryRows {
+  Tensor pos, cos, sin;
+  std::vector<int64_t> heads;
+};
+
 struct AttentionShape {
   int64_t batch = 1, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // sliding window (0 = full causal)

@@ -11,6 +11,7 @@
 // of every sequence is cut into `splits` pieces that run in parallel; each writes its normalised
 // output and log-sum-exp, and a second kernel merges them (out = Σ_s e^{lse_s - M} o_s / Σ_s e^{lse_s - M}).
 #include <algorithm>
+#include <type_traits>
 
 #include "common.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -80,12 +81,36 @@ paged_decode_kernel(const T* __restrict__ q, const T* __restrict__ k_pool, const
       rows_s[threadIdx.x] = threadIdx.x < n ? int64_t(table[j / s.block_size]) * s.block_size + j % s.block_size : -1;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < kTile * hd; e += blockDim.x) {
-      const int r = e / hd, c = e - r * hd;
-      const long long row = rows_s[r];
-      const int64_t at = row * kv_stride + int64_t(kvh) * hd + c;
-      k_s[r * ldk + c] = row >= 0 ? to_f32(k_pool[at]) : 0.0f;
-      v_s[r * hd + c] = row >= 0 ? to_f32(v_pool[at]) : 0.0f;
+    if (std::is_same_v<T, bf16> && hd % 8 == 0) {  // 16-byte loads, 8 elements a thread
+      const int per_row = hd / 8;
+      for (int e = threadIdx.x; e < kTile * per_row; e += blockDim.x) {
+        const int r = e / per_row, c = (e - r * per_row) * 8;
+        const long long row = rows_s[r];
+        uint4 kp{0, 0, 0, 0}, vp{0, 0, 0, 0};
+        if (row >= 0) {
+          const int64_t at = row * kv_stride + int64_t(kvh) * hd + c;
+          kp = *reinterpret_cast<const uint4*>(k_pool + at);
+          vp = *reinterpret_cast<const uint4*>(v_pool + at);
+        }
+        const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&kp);
+        const __nv_bfloat162* v2 = reinterpret_cast<const __nv_bfloat162*>(&vp);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float2 kf = __bfloat1622float2(k2[i]), vf = __bfloat1622float2(v2[i]);
+          k_s[r * ldk + c + 2 * i] = kf.x;
+          k_s[r * ldk + c + 2 * i + 1] = kf.y;
+          v_s[r * hd + c + 2 * i] = vf.x;
+          v_s[r * hd + c + 2 * i + 1] = vf.y;
+        }
+      }
+    } else {
+      for (int e = threadIdx.x; e < kTile * hd; e += blockDim.x) {
+        const int r = e / hd, c = e - r * hd;
+        const long long row = rows_s[r];
+        const int64_t at = row * kv_stride + int64_t(kvh) * hd + c;
+        k_s[r * ldk + c] = row >= 0 ? to_f32(k_pool[at]) : 0.0f;
+        v_s[r * hd + c] = row >= 0 ? to_f32(v_pool[at]) : 0.0f;
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -169,36 +194,62 @@ __global__ void paged_kv_write_kernel(T* __restrict__ k_pool, T* __restrict__ v_
   }
 }
 
-// One block per row: each thread keeps the first maximum of its stride, then the block reduces
-// (value, index) pairs preferring the larger value, then the smaller index (std::max_element's pick).
-__global__ void argmax_rows_kernel(const float* __restrict__ x, int64_t V, int32_t* __restrict__ out) {
-  __shared__ float best_v[256];
-  __shared__ int32_t best_i[256];
-  const float* row = x + int64_t(blockIdx.x) * V;
+// The first maximum of v[begin, end) (ind[i] its index, or i itself when ind is null) over one
+// block: each thread keeps the first maximum of its stride (only a strictly larger value moves it,
+// indices ascend), then the block reduces, preferring the smaller index on ties.
+__device__ void block_argmax(const float* __restrict__ v, const int32_t* __restrict__ ind, int64_t begin, int64_t end,
+                             float* best_v, int32_t* best_i) {
+  __shared__ float sv[256];
+  __shared__ int32_t si[256];
   float bv = -INFINITY;
   int32_t bi = -1;
-  for (int64_t i = threadIdx.x; i < V; i += blockDim.x)
-    if (bi < 0 || row[i] > bv) {  // ascending i per thread: only a strictly larger value moves it
-      bv = row[i];
-      bi = static_cast<int32_t>(i);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    const int32_t at = ind ? ind[i] : static_cast<int32_t>(i);
+    if (at >= 0 && (bi < 0 || v[i] > bv)) {
+      bv = v[i];
+      bi = at;
     }
-  best_v[threadIdx.x] = bv;
-  best_i[threadIdx.x] = bi;
+  }
+  sv[threadIdx.x] = bv;
+  si[threadIdx.x] = bi;
   __syncthreads();
   for (int half = blockDim.x / 2; half > 0; half /= 2) {
     if (threadIdx.x < half) {
-      const float ov = best_v[threadIdx.x + half];
-      const int32_t oi = best_i[threadIdx.x + half];
-      const float mv = best_v[threadIdx.x];
-      const int32_t mi = best_i[threadIdx.x];
+      const float ov = sv[threadIdx.x + half], mv = sv[threadIdx.x];
+      const int32_t oi = si[threadIdx.x + half], mi = si[threadIdx.x];
       if (oi >= 0 && (mi < 0 || ov > mv || (ov == mv && oi < mi))) {
-        best_v[threadIdx.x] = ov;
-        best_i[threadIdx.x] = oi;
+        sv[threadIdx.x] = ov;
+        si[threadIdx.x] = oi;
       }
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0];
+  if (threadIdx.x == 0) {
+    *best_v = sv[0];
+    *best_i = si[0];
+  }
+}
+
+// Pass 1, grid (chunks, rows): the first maximum of each chunk of a row (many blocks per row: one
+// block over a 150k vocabulary is a long serial walk).
+__global__ void argmax_chunks_kernel(const float* __restrict__ x, int64_t rows, int64_t V, int64_t chunk,
+                                     float* __restrict__ part_v, int32_t* __restrict__ part_i) {
+  const int64_t c = blockIdx.x, begin = c * chunk;
+  for (int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
+    const int64_t p = row * gridDim.x + c;
+    block_argmax(x + row * V, nullptr, begin, min(V, begin + chunk), part_v + p, part_i + p);
+    __syncthreads();  // the block's shared scratch is reused by the next row
+  }
+}
+
+// Pass 2, one block per row: the first maximum over the row's chunks (in index order).
+__global__ void argmax_merge_kernel(const float* __restrict__ part_v, const int32_t* __restrict__ part_i,
+                                    int64_t rows, int chunks, int32_t* __restrict__ out) {
+  __shared__ float v;
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    block_argmax(part_v + row * chunks, part_i + row * chunks, 0, chunks, &v, out + row);
+    __syncthreads();
+  }
 }
 
 }  // namespace
@@ -210,7 +261,16 @@ Tensor argmax_rows(const Tensor& x) {
   const int64_t n = x.dim(0);
   Tensor idx = Tensor::empty({n}, DType::I32, x.device());
   if (n == 0) return idx;
-  argmax_rows_kernel<<<unsigned(n), 256, 0, stream_for(x.device())>>>(x.data<float>(), x.dim(1), idx.data<int32_t>());
+  const int64_t V = x.dim(1), chunk = std::max<int64_t>(4096, (V + 63) / 64);
+  const int64_t chunks = (V + chunk - 1) / chunk;
+  cudaStream_t st = stream_for(x.device());
+  Tensor part_v = Tensor::empty({n, chunks}, DType::F32, x.device());
+  Tensor part_i = Tensor::empty({n, chunks}, DType::I32, x.device());
+  argmax_chunks_kernel<<<dim3(unsigned(chunks), unsigned(std::min<int64_t>(n, 65535))), 256, 0, st>>>(
+      x.data<float>(), n, V, chunk, part_v.data<float>(), part_i.data<int32_t>());
+  LR_CUDA_LAUNCHED();
+  argmax_merge_kernel<<<grid_for(n, 1), 256, 0, st>>>(part_v.data<float>(), part_i.data<int32_t>(), n,
+                                                          int(chunks), idx.data<int32_t>());
   LR_CUDA_LAUNCHED();
   return idx;
 }

@@ -1,0 +1,386 @@
+// The projections of a decode step as few launches (rows <= 8, bf16): a one-stream decode step of a
+// small model is bound by the number and latency of its kernels, not by bytes (Qwen2.5-0.5B: ~19
+// launches a layer for ~30 MB of weights; with these, 7). The model uses them for one row
+// (Model::decode_layer); with several, cuBLASLt's tensor-core GEMMs are faster. One kernel computes rmsnorm(x) for its few rows into shared memory and the products
+// with up to three weights (q, k, v) or the gate and up weights with SwiGLU; another a product plus
+// the residual. Each warp takes output rows two at a time (gate and up; or the two rows that RoPE
+// rotates together, so that it is applied in the epilogue), reads them with 16-byte loads, several
+// in flight, and dots them with every input row; lanes then sum by shuffles. Roundings follow the
+// unfused ops (rmsnorm, linear, add_bias_, rope_, swiglu, add_): the normed input, each product and
+// each sum are rounded to bf16 where those ops store them. Anything else (f32, more rows, K not a
+// multiple of 8, inputs too wide for shared memory) runs the unfused ops.
+#include <algorithm>
+
+#include "common.cuh"
+#include "backend/cuda/cuda_ops.h"
+
+namespace lowrank::cuda {
+namespace {
+
+constexpr int kWarps = 4;  // small blocks: more SMs share the few rows of small projections
+constexpr int kMaxRows = 8;
+constexpr int64_t kMaxSharedBytes = 160 * 1024;  // the staged input rows [M, K] in bf16
+
+struct Output {
+  const bf16* w = nullptr;  // [n, K]
+  const bf16* b = nullptr;  // [n] or null
+  bf16* y = nullptr;        // [M, n]
+  int64_t n = 0;
+  int64_t pairs = 0;        // row pairs: (2p, 2p + 1), or with RoPE (head h, i) -> rows h·hd + i, + hd/2
+  int half = 0;             // RoPE: hd / 2 (0: not rotated)
+};
+
+enum class Epilogue { Bias, Residual, SwiGlu };
+
+struct Args {
+  const bf16* x;       // [M, K]
+  int m;
+  int64_t k;
+  const void* norm_w;  // [K] RMSNorm weight applied to x first (null: x as it is)
+  bool norm_f32;       // its dtype: f32, else bf16
+  float eps;
+  Output out[3];       // row pairs numbered across the outputs in order; SwiGlu: gate, up
+  int outs;
+  int64_t pairs;       // Σ pairs (SwiGlu: n of the gate)
+  const bf16* res;     // Residual: [M, out[0].n]
+  const int32_t* pos;  // RoPE: [M] positions, cos/sin [P, half] f32
+  const float* cos_t;
+  const float* sin_t;
+  int64_t P;
+};
+
+__device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
+  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(p[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+// Weights are read once per step: no point keeping them in L1. (Not volatile: the compiler may
+// issue the loads of an unrolled loop together.)
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+constexpr int U = 4;  // 16-byte loads in flight per lane and row
+
+// Loads a lane's batch of packs v0, v0 + 32, ..., v0 + 32 (U - 1) of rows wa and wb (null: zeros).
+__device__ __forceinline__ void load_batch(const bf16* wa, const bf16* wb, int64_t v0, int64_t packs, uint4 (&ua)[U],
+                                           uint4 (&ub)[U]) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t v = v0 + 32 * u;
+    ua[u] = v < packs ? load_stream(reinterpret_cast<const uint4*>(wa) + v) : uint4{0, 0, 0, 0};
+    ub[u] = v < packs && wb ? load_stream(reinterpret_cast<const uint4*>(wb) + v) : uint4{0, 0, 0, 0};
+  }
+}
+
+// Dots of weight rows wa and wb (wb may be null) with the M staged rows; every lane ends with the
+// sums. ua, ub hold the lane's first batch, loaded by the caller (before the staging, for the
+// first rows of a warp: the weights' latency overlaps it).
+template <int M>
+__device__ __forceinline__ void dot_rows(const bf16* xs, int64_t k, int m, const bf16* wa, const bf16* wb,
+                                         uint4 (&ua)[U], uint4 (&ub)[U], float (&ya)[M], float (&yb)[M]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < M; ++r) ya[r] = yb[r] = 0.0f;
+  const int64_t packs = k / 8;
+  for (int64_t v0 = lane; v0 < packs; v0 += 32 * U) {
+    if (v0 != lane) load_batch(wa, wb, v0, packs, ua, ub);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t v = v0 + 32 * u;
+      if (v >= packs) break;
+      float fa[8], fb[8];
+      unpack8(ua[u], fa);
+      unpack8(ub[u], fb);
+#pragma unroll
+      for (int r = 0; r < M; ++r) {
+        if (r >= m) break;
+        float fx[8];
+        unpack8(reinterpret_cast<const uint4*>(xs + r * k)[v], fx);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          ya[r] = fmaf(fa[i], fx[i], ya[r]);
+          yb[r] = fmaf(fb[i], fx[i], yb[r]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < M; ++r)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      ya[r] += __shfl_xor_sync(0xffffffffu, ya[r], o);
+      yb[r] += __shfl_xor_sync(0xffffffffu, yb[r], o);
+    }
+}
+
+// Row pair `pair` of the concatenated outputs: its output, and its two rows there (rb = -1: none).
+__device__ __forceinline__ int rows_of(const Args& a, int64_t pair, int64_t& ra, int64_t& rb) {
+  int o = 0;
+  while (o + 1 < a.outs && pair >= a.out[o].pairs) pair -= a.out[o++].pairs;
+  const Output& out = a.out[o];
+  if (out.half > 0) {
+    const int64_t head = pair / out.half, i = pair % out.half;
+    ra = head * 2 * out.half + i;
+    rb = ra + out.half;
+  } else {
+    ra = 2 * pair;
+    rb = ra + 1 < out.n ? ra + 1 : -1;
+  }
+  return o;
+}
+
+template <int M, Epilogue E>
+__global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16* xs = reinterpret_cast<bf16*>(smem);  // [m, k]
+  __shared__ float rstd[kMaxRows];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t k = a.k;
+  const int64_t packs = k / 8;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps, first = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  // The warp's first two weight rows: their loads go out before the staging below.
+  const bf16 *wa = nullptr, *wb = nullptr;
+  int64_t ra = 0, rb = -1;
+  int oa = 0;
+  uint4 ua[U], ub[U];
+  auto rows_for = [&](int64_t pair) {
+    if constexpr (E == Epilogue::SwiGlu) {
+      ra = pair;
+      wa = a.out[0].w + pair * k;
+      wb = a.out[1].w + pair * k;
+    } else {
+      oa = rows_of(a, pair, ra, rb);
+      wa = a.out[oa].w + ra * k;
+      wb = rb >= 0 ? a.out[oa].w + rb * k : nullptr;
+    }
+    load_batch(wa, wb, lane, packs, ua, ub);
+  };
+  if (first < a.pairs) rows_for(first);
+  if (a.norm_w) {  // rmsnorm's rstd of each row (a warp a row), as the rmsnorm kernel forms it
+    for (int r = warp; r < a.m; r += kWarps) {
+      float ss = 0.0f;
+      for (int64_t v = lane; v < packs; v += 32) {
+        float f[8];
+        unpack8(reinterpret_cast<const uint4*>(a.x + r * k)[v], f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) rstd[r] = rsqrtf(ss / static_cast<float>(k) + a.eps);
+    }
+    __syncthreads();
+  }
+  for (int r = 0; r < a.m; ++r)  // the (normed) rows into shared memory, 8 elements a thread
+    for (int64_t v = threadIdx.x; v < packs; v += blockDim.x) {
+      float f[8];
+      unpack8(reinterpret_cast<const uint4*>(a.x + r * k)[v], f);
+      uint4 packed;
+      __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(&packed);
+#pragma unroll
+      for (int i = 0; i < 8; i += 2) {
+        float lo = f[i], hi = f[i + 1];
+        if (a.norm_w) {
+          const int64_t c = v * 8 + i;
+          const float w0 = a.norm_f32 ? static_cast<const float*>(a.norm_w)[c]
+                                      : __bfloat162float(static_cast<const bf16*>(a.norm_w)[c]);
+          const float w1 = a.norm_f32 ? static_cast<const float*>(a.norm_w)[c + 1]
+                                      : __bfloat162float(static_cast<const bf16*>(a.norm_w)[c + 1]);
+          lo = lo * rstd[r] * w0;
+          hi = hi * rstd[r] * w1;
+        }
+        out[i / 2] = __floats2bfloat162_rn(lo, hi);
+      }
+      reinterpret_cast<uint4*>(xs + r * k)[v] = packed;
+    }
+  __syncthreads();
+
+  for (int64_t pair = first; pair < a.pairs; pair += stride) {
+    if (pair != first) rows_for(pair);
+    float ya[M], yb[M];
+    dot_rows<M>(xs, k, a.m, wa, wb, ua, ub, ya, yb);
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      if (r >= a.m || lane != r) continue;
+      if constexpr (E == Epilogue::SwiGlu) {  // a: gate row, b: up row
+        const Output& g = a.out[0];
+        const float gv = round_bf16(ya[r]), uv = round_bf16(yb[r]);
+        g.y[r * g.n + ra] = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);
+        continue;
+      }
+      const Output& o = a.out[oa];
+      float va = round_bf16(ya[r]), vb = round_bf16(yb[r]);
+      if constexpr (E == Epilogue::Bias) {
+        if (o.b) {
+          va = round_bf16(va + __bfloat162float(o.b[ra]));
+          if (rb >= 0) vb = round_bf16(vb + __bfloat162float(o.b[rb]));
+        }
+        const int32_t p = o.half > 0 ? a.pos[r] : -1;
+        if (p >= 0 && p < a.P) {  // rope_: (a, b) -> (a cos - b sin, b cos + a sin)
+          const int64_t i = ra % (2 * o.half);
+          const float c = a.cos_t[int64_t(p) * o.half + i], s = a.sin_t[int64_t(p) * o.half + i];
+          const float rot_a = va * c - vb * s, rot_b = vb * c + va * s;
+          va = rot_a;
+          vb = rot_b;
+        }
+      } else {
+        va += __bfloat162float(a.res[r * o.n + ra]);
+        if (rb >= 0) vb += __bfloat162float(a.res[r * o.n + rb]);
+      }
+      o.y[r * o.n + ra] = __float2bfloat16_rn(va);
+      if (rb >= 0) o.y[r * o.n + rb] = __float2bfloat16_rn(vb);
+    }
+  }
+}
+
+template <int M, Epilogue E>
+void launch_rows(const Args& a, Device d) {
+  const int64_t smem = a.m * a.k * 2;
+  auto kernel = fused_decode_kernel<M, E>;
+  static bool opted_in = false;  // per instantiation; every device the same limit
+  if (!opted_in) {
+    LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSharedBytes)));
+    opted_in = true;
+  }
+  const int64_t warps_needed = a.pairs;
+  // Blocks stage x each: as many per SM as shared memory allows, up to 8.
+  const int per_sm = static_cast<int>(std::clamp<int64_t>((200 * 1024) / std::max<int64_t>(smem, 1), 1, 8));
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min<int64_t>((warps_needed + kWarps - 1) / kWarps, int64_t(per_sm) * multiprocessor_count(d)));
+  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, smem, stream_for(d)>>>(a);
+  LR_CUDA_LAUNCHED();
+}
+
+template <Epilogue E>
+void launch(const Args& a, Device d) {
+  if (a.m <= 1) launch_rows<1, E>(a, d);
+  else if (a.m <= 2) launch_rows<2, E>(a, d);
+  else if (a.m <= 4) launch_rows<4, E>(a, d);
+  else launch_rows<8, E>(a, d);
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Whether the fused kernels take x [M, K] with these weights.
+bool fusable(const Tensor& x, std::initializer_list<const Tensor*> ws) {
+  if (x.dtype() != DType::BF16 || x.rank() != 2 || x.dim(0) < 1 || x.dim(0) > kMaxRows) return false;
+  const int64_t k = x.dim(1);
+  if (k % 8 != 0 || x.dim(0) * k * 2 > kMaxSharedBytes || !aligned16(x.raw())) return false;
+  for (const Tensor* w : ws)
+    if (w->dtype() != DType::BF16 || w->rank() != 2 || w->dim(1) != k || !aligned16(w->raw()) ||
+        !(w->device() == x.device()))
+      return false;
+  return true;
+}
+
+Args norm_args(const Tensor& x, const Tensor& norm_w, float eps) {
+  Args a{};
+  a.x = x.data<bf16>();
+  a.m = static_cast<int>(x.dim(0));
+  a.k = x.dim(1);
+  a.norm_w = norm_w.raw();
+  a.norm_f32 = norm_w.dtype() == DType::F32;
+  a.eps = eps;
+  return a;
+}
+
+}  // namespace
+
+std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float eps, const std::vector<Tensor>& ws,
+                                 const std::vector<Tensor>& bs, const RotaryRows* rope) {
+  check_arg(x, "norm_linears", "x");
+  check_arg(norm_w, "norm_linears", "norm_w");
+  LR_CHECK(!ws.empty() && ws.size() <= 3 && bs.size() == ws.size(), "norm_linears: ", ws.size(), " weights, ",
+           bs.size(), " biases");
+  bool fast = fusable(x, {}) && norm_w.numel() == x.dim(1) && (norm_w.dtype() == DType::F32 || norm_w.dtype() == DType::BF16);
+  for (size_t i = 0; i < ws.size(); ++i) {
+    fast = fast && fusable(x, {&ws[i]}) && (!bs[i].defined() || (bs[i].dtype() == DType::BF16 && bs[i].numel() == ws[i].dim(0)));
+    if (rope && rope->heads[i] > 0)  // whole heads, no partial rotary
+      fast = fast && ws[i].dim(0) % (2 * rope->heads[i]) == 0 && rope->cos.rank() == 2 &&
+             2 * rope->cos.dim(1) * rope->heads[i] == ws[i].dim(0) && rope->cos.dtype() == DType::F32 &&
+             rope->sin.shape() == rope->cos.shape() && rope->sin.dtype() == DType::F32 &&
+             rope->pos.dtype() == DType::I32 && rope->pos.numel() == x.dim(0);
+  }
+  std::vector<Tensor> ys;
+  if (!fast) {
+    const Tensor xn = rmsnorm(x, norm_w, eps);
+    for (size_t i = 0; i < ws.size(); ++i) {
+      ys.push_back(linear(xn, ws[i], bs[i]));
+      if (rope && rope->heads[i] > 0) rope_(ys[i], rope->heads[i], rope->pos, rope->cos, rope->sin, false);
+    }
+    return ys;
+  }
+  Args a = norm_args(x, norm_w, eps);
+  for (size_t i = 0; i < ws.size(); ++i) {
+    ys.push_back(Tensor::empty({x.dim(0), ws[i].dim(0)}, DType::BF16, x.device()));
+    const int64_t n = ws[i].dim(0);
+    const int half = rope && rope->heads[i] > 0 ? static_cast<int>(rope->cos.dim(1)) : 0;
+    a.out[i] = {ws[i].data<bf16>(), bs[i].defined() ? bs[i].data<bf16>() : nullptr, ys[i].data<bf16>(), n,
+                (n + 1) / 2, half};
+    a.pairs += a.out[i].pairs;
+  }
+  a.outs = static_cast<int>(ws.size());
+  if (rope) {
+    a.pos = rope->pos.data<int32_t>();
+    a.cos_t = rope->cos.data<float>();
+    a.sin_t = rope->sin.data<float>();
+    a.P = rope->cos.dim(0);
+  }
+  launch<Epilogue::Bias>(a, x.device());
+  return ys;
+}
+
+Tensor norm_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w_gate, const Tensor& w_up) {
+  check_arg(x, "norm_swiglu", "x");
+  check_arg(norm_w, "norm_swiglu", "norm_w");
+  LR_CHECK(w_gate.shape() == w_up.shape(), "norm_swiglu: gate ", w_gate.str(), ", up ", w_up.str());
+  if (!fusable(x, {&w_gate, &w_up}) || norm_w.numel() != x.dim(1) ||
+      !(norm_w.dtype() == DType::F32 || norm_w.dtype() == DType::BF16)) {
+    const Tensor xn = rmsnorm(x, norm_w, eps);
+    return swiglu(linear(xn, w_gate, Tensor()), linear(xn, w_up, Tensor()));
+  }
+  Tensor y = Tensor::empty({x.dim(0), w_gate.dim(0)}, DType::BF16, x.device());
+  Args a = norm_args(x, norm_w, eps);
+  a.out[0] = {w_gate.data<bf16>(), nullptr, y.data<bf16>(), w_gate.dim(0)};
+  a.out[1] = {w_up.data<bf16>(), nullptr, nullptr, w_up.dim(0)};
+  a.outs = 2;
+  a.pairs = w_gate.dim(0);
+  launch<Epilogue::SwiGlu>(a, x.device());
+  return y;
+}
+
+Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res) {
+  check_arg(x, "linear_residual", "x");
+  check_arg(res, "linear_residual", "res");
+  if (!fusable(x, {&w}) || res.dtype() != DType::BF16 || res.rank() != 2 || res.dim(0) != x.dim(0) ||
+      res.dim(1) != w.dim(0)) {
+    Tensor y = linear(x, w, Tensor());
+    add_(y, res);
+    return y;
+  }
+  Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, DType::BF16, x.device());
+  Args a{};
+  a.x = x.data<bf16>();
+  a.m = static_cast<int>(x.dim(0));
+  a.k = x.dim(1);
+  a.out[0] = {w.data<bf16>(), nullptr, y.data<bf16>(), w.dim(0), (w.dim(0) + 1) / 2, 0};
+  a.outs = 1;
+  a.pairs = a.out[0].pairs;
+  a.res = res.data<bf16>();
+  launch<Epilogue::Residual>(a, x.device());
+  return y;
+}
+
+}  // namespace lowrank::cuda
