@@ -48,15 +48,14 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBatchGreedy,
 
 class CudaBatchLogits : public ::testing::TestWithParam<std::string> {};
 
-// Relative Frobenius error of the GPU's bf16 logits against the CPU's f32 ones at every step.
-TEST_P(CudaBatchLogits, Bf16WithinToleranceOfCpu) {
-  REQUIRE_GPU();
-  const std::string dir = test::model_fixture(GetParam());
-  std::vector<std::vector<std::vector<float>>> logits(2);  // [device][step * sequence][V]
+// The logits of `steps` decode steps of sequences with prompts of `prompt_lens` tokens, on the CPU
+// (f32) and on the GPU (bf16): [device][step * sequence][V].
+std::vector<std::vector<std::vector<float>>> cpu_and_gpu_logits(const std::string& dir,
+                                                                const std::vector<int64_t>& prompt_lens) {
+  std::vector<std::vector<std::vector<float>>> logits(2);
   for (int d = 0; d < 2; ++d) {
     model::Model m = d == 0 ? model::Model::load(dir) : model::Model::load(dir, Device::cuda(0), DType::BF16);
     auto seq = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
-    const std::vector<int64_t> prompt_lens = {5, 9, 5, 13};
     const int64_t steps = 6;
     infer::PagedKVCache cache(m.config(), m.device(), m.weights().embed.dtype(), 16);
     infer::BatchDecoder decoder(m, cache);
@@ -71,20 +70,39 @@ TEST_P(CudaBatchLogits, Bf16WithinToleranceOfCpu) {
       }
       decoder.step(entries);
       for (auto& e : entries) {
-        ASSERT_EQ(e.error, "");
+        EXPECT_EQ(e.error, "");
         logits[d].push_back(e.logits);
       }
     }
   }
+  return logits;
+}
+
+// Relative Frobenius error of the GPU's bf16 logits against the CPU's f32 ones at every step.
+void expect_close(const std::vector<std::vector<std::vector<float>>>& logits, const std::string& what) {
+  ASSERT_EQ(logits[0].size(), logits[1].size());
   for (size_t r = 0; r < logits[0].size(); ++r) {
+    ASSERT_EQ(logits[0][r].size(), logits[1][r].size());
     double num = 0, den = 0;
     for (size_t v = 0; v < logits[0][r].size(); ++v) {
       const double diff = double(logits[1][r][v]) - logits[0][r][v];
       num += diff * diff;
       den += double(logits[0][r][v]) * logits[0][r][v];
     }
-    EXPECT_LE(std::sqrt(num / den), 3e-2) << GetParam() << " row " << r;
+    EXPECT_LE(std::sqrt(num / den), 3e-2) << what << " row " << r;
   }
+}
+
+TEST_P(CudaBatchLogits, Bf16WithinToleranceOfCpu) {
+  REQUIRE_GPU();
+  expect_close(cpu_and_gpu_logits(test::model_fixture(GetParam()), {5, 9, 5, 13}), GetParam());
+}
+
+// One sequence: its decode steps run the fused one-row kernels (Model::decode_layer) on
+// Llama-family layers (q/k/v biases: qwen2), the unfused ops on the others.
+TEST_P(CudaBatchLogits, OneStreamBf16WithinToleranceOfCpu) {
+  REQUIRE_GPU();
+  expect_close(cpu_and_gpu_logits(test::model_fixture(GetParam()), {11}), GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBatchLogits,
