@@ -249,17 +249,16 @@ template <int M, Epilogue E>
 void launch_rows(const Args& a, Device d) {
   const int64_t smem = a.m * a.k * 2;
   auto kernel = fused_decode_kernel<M, E>;
-  static bool opted_in = false;  // per instantiation; every device the same limit
-  if (!opted_in) {
-    LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kMaxSharedBytes)));
-    opted_in = true;
-  }
+  cudaStream_t st = stream_for(d);  // makes d current
+  // Set on the current device at each such launch (as attention.cu does): a once-only flag would
+  // miss the other GPUs of a process.
+  if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int64_t warps_needed = a.pairs;
   // Blocks stage x each: as many per SM as shared memory allows, up to 8.
   const int per_sm = static_cast<int>(std::clamp<int64_t>((200 * 1024) / std::max<int64_t>(smem, 1), 1, 8));
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>((warps_needed + kWarps - 1) / kWarps, int64_t(per_sm) * multiprocessor_count(d)));
-  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, smem, stream_for(d)>>>(a);
+  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, smem, st>>>(a);
   LR_CUDA_LAUNCHED();
 }
 
