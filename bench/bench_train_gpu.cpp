@@ -40,6 +40,7 @@
 #include "lowrank/model/random_model.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/train/step.h"
+#include "lowrank/train/step_graph.h"
 
 #ifdef LOWRANK_WITH_CUDA
 #include "lowrank/backend/cuda/device.h"
@@ -95,7 +96,12 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
     params = train::lora_params(*a);
   }
   train::AdamW opt({1e-4, 0.9, 0.999, 1e-8, 0.0});
-  train::StepContext ctx{&m, hook ? &*hook : nullptr, full ? &full_grads : nullptr, &params, &opt, 1.0, checkpointing};
+  // As lowrank train: the step's passes replayed as a CUDA graph from the second step on
+  // (LOWRANK_STEP_GRAPH=0: op by op).
+  std::optional<train::StepGraph> graph;
+  if (train::StepGraph::enabled(dev)) graph.emplace(dev);
+  train::StepContext ctx{&m,   hook ? &*hook : nullptr, full ? &full_grads : nullptr, &params, &opt, 1.0,
+                         checkpointing, graph ? &*graph : nullptr};
   std::vector<train::Example> ex;
   Rng tok(3);
   for (int64_t b = 0; b < s.batch; ++b) {
@@ -153,6 +159,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
                    {"trainable", trainable}, {"loss", loss},
                    {"step_ms", dt * 1e3}, {"host_queue_ms", issue_s / steps * 1e3},
+                   {"step_graph", graph && graph->recorded()},
                    {"mfu", tps * flops_per_token(cfg, n, s.seq) / 989e12}};
   // The process's peak resident memory: one configuration per process (--only, --method, --rank,
   // --targets narrowed to one) makes it that configuration's; on the CPU it is the peak memory.

@@ -48,6 +48,10 @@ void LoraHook::on_projection(int layer, Target target, const model::Linear& base
   apply(layer, target, base, x, nullptr, y);
 }
 
+bool LoraHook::draws_randomness() const {
+  return training_ && !adapters_.empty() && adapters_[0].adapter->config.dropout > 0;  // only adapter 0 trains
+}
+
 void LoraHook::on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {
   const model::Linear base{table, Tensor(), ""};
   const Tensor none;

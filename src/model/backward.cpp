@@ -117,7 +117,8 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
 // on the GPU, as transformers computes them; the cross-entropy's math is f32), the gradient is
 // written over them in place, and the NLL is summed on the device: no host round trip.
 Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector<int32_t>& targets, float grad_scale,
-                     TrainableHook* hook, ModelWeights* full, Tensor* loss_sum, LossResult& result) {
+                     TrainableHook* hook, ModelWeights* full, Tensor* loss_sum, LossResult& result,
+                     const DeviceTargets* device_targets) {
   const profile::Scope scope(profile::Category::Loss, /*sticky=*/true);
   const ModelWeights& w = model.weights();
   const int64_t N = hidden.dim(0), V = w.lm_head.dim(0);
@@ -125,7 +126,9 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
   const Device dev = hidden.device();
   Tensor nll = loss_sum ? *loss_sum : Tensor::zeros({1}, DType::F64, dev);
   LR_CHECK(nll.dtype() == DType::F64 && nll.numel() == 1 && nll.device() == dev, "loss accumulator ", nll.str());
-  const Tensor targets_dev = Tensor::from_ints(targets, dev);
+  const Tensor targets_dev = device_targets ? device_targets->targets : Tensor::from_ints(targets, dev);
+  const Tensor device_scale = device_targets ? device_targets->grad_scale : Tensor();
+  LR_CHECK(targets_dev.numel() == N, targets_dev.str(), " targets for ", N, " rows");
   Tensor dhidden = Tensor::zeros_like(hidden);  // [N, d]
   // ~256 MiB of logits per chunk (a multiple of 128 rows when that fits): big enough for the
   // lm_head GEMM to run at full rate, small next to the activations.
@@ -143,7 +146,7 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
         throw error("target id ", targets[i], " (row ", i, ") is outside the vocabulary of ", V);
       ++counted;
     }
-    if (counted == 0) continue;
+    if (counted == 0 && !device_targets) continue;
     result.tokens += counted;
     const Tensor h = hidden.slice_rows(r, end);
     if (!logits.defined() || logits.dim(0) != end - r)
@@ -156,7 +159,7 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
       ops::softcap_(logits, cap);
       capped = logits.clone();
     }
-    ops::cross_entropy_chunk(logits, targets_dev.slice_rows(r, end), grad_scale, logits, nll);
+    ops::cross_entropy_chunk(logits, targets_dev.slice_rows(r, end), grad_scale, logits, nll, device_scale);
     if (cap > 0) ops::softcap_backward_(logits, capped, cap);
     Tensor dh = dhidden.slice_rows(r, end);
     ops::matmul_nn(logits, w.lm_head, dh);
@@ -267,20 +270,24 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
 }
 
 void embedding_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& pos, Tensor& dx,
-                        TrainableHook* hook, ModelWeights* full) {
+                        TrainableHook* hook, ModelWeights* full, const Tensor& pos_dev) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
   // x = (embed[ids] + embedding LoRA) · scale + positions[pos]
   const bool embedding_lora = !full && hook && hook->lowest_trainable_layer() < 0;
-  if (full && full->positions.defined()) ops::embedding_backward_(full->positions, pos, dx);
+  if (full && full->positions.defined()) {
+    if (pos_dev.defined()) ops::embedding_backward_(full->positions, pos_dev, dx);
+    else ops::embedding_backward_(full->positions, pos, dx);
+  }
   if (c.scale_embeddings && (full || embedding_lora)) ops::scale_(dx, c.embedding_scale(w.embed.dtype()));
   if (embedding_lora) hook->on_embedding_backward(batch.ids, dx);
-  if (full) ops::embedding_backward_(full->embed, batch.ids, dx);
+  if (full && batch.device_ids.defined()) ops::embedding_backward_(full->embed, batch.device_ids, dx);
+  else if (full) ops::embedding_backward_(full->embed, batch.ids, dx);
 }
 
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
                             float grad_scale, TrainableHook* hook, ModelWeights* full, bool checkpointing,
-                            Tensor* loss_sum) {
+                            Tensor* loss_sum, const DeviceTargets* device_targets) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
   const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
@@ -299,18 +306,20 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   if (hook && checkpointing) hook->set_checkpointed_forward(false);
 
   LossResult result;
-  Tensor dhidden = loss_backward(model, cache.hidden, targets, grad_scale, hook, full, loss_sum, result);
+  Tensor dhidden =
+      loss_backward(model, cache.hidden, targets, grad_scale, hook, full, loss_sum, result, device_targets);
   Tensor dx = normalize_backward(c.norm, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
                                  cache.final_mean, cache.final_rstd);
   const int lowest = full ? 0 : (hook ? hook->lowest_trainable_layer() : static_cast<int>(c.num_layers));
   std::vector<int32_t> pos(N);
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);
-  const Tensor pos_dev = Tensor::from_ints(pos, model.device());  // once for every layer's RoPE
+  // Once for every layer's RoPE, unless the caller already has them on the device.
+  const Tensor pos_dev = batch.device_pos.defined() ? batch.device_pos : Tensor::from_ints(pos, model.device());
 
   for (int64_t li = c.num_layers - 1; li >= std::max(lowest, 0); --li)
     dx = layer_backward(model, li, cache.layers[li], dx, B, T, pos_dev, hook, full ? &full->layers[li] : nullptr,
                         full || li > lowest, checkpointing);
-  if (full || (hook && lowest < 0)) embedding_backward(model, batch, pos, dx, hook, full);
+  if (full || (hook && lowest < 0)) embedding_backward(model, batch, pos, dx, hook, full, batch.device_pos);
   return result;
 }
 

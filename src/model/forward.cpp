@@ -180,7 +180,8 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
 
   Tensor x = embed(batch, pos, hook);
   if (cache) cache->layers.assign(c.num_layers, {});
-  Tensor pos_dev = Tensor::from_ints(pos, device_);  // uploaded once for every layer's RoPE (per device)
+  // Uploaded once for every layer's RoPE (per device), unless the caller already has them there.
+  Tensor pos_dev = batch.device_pos.defined() ? batch.device_pos : Tensor::from_ints(pos, device_);
   LayerInput in{B, T, start, &pos_dev, hook, kv, cache != nullptr};
   for (int64_t li = 0; li < c.num_layers; ++li) {
     if (const Device d = layer_device(li); !(x.device() == d)) {  // the next stage of a split model
@@ -209,11 +210,13 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
 }
 
 Tensor Model::embed(const TokenBatch& batch, const std::vector<int32_t>& pos, ProjectionHook* hook) const {
-  Tensor x = ops::embedding(weights_.embed, batch.ids);
+  Tensor x = batch.device_ids.defined() ? ops::embedding(weights_.embed, batch.device_ids)
+                                         : ops::embedding(weights_.embed, batch.ids);
   if (hook) hook->on_embedding(weights_.embed, batch.ids, x);  // PEFT's embedding LoRA is inside embed_tokens
   if (config_.scale_embeddings) ops::scale_(x, config_.embedding_scale(x.dtype()));
   if (weights_.positions.defined()) {
-    Tensor p = ops::embedding(weights_.positions, pos);
+    Tensor p = batch.device_pos.defined() ? ops::embedding(weights_.positions, batch.device_pos)
+                                          : ops::embedding(weights_.positions, pos);
     ops::add_(x, p);
   }
   return x;

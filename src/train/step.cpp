@@ -5,6 +5,7 @@
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/train/grad_clip.h"
+#include "lowrank/train/step_graph.h"
 
 namespace lowrank::train {
 
@@ -34,6 +35,7 @@ std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grad
 
 void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted, Tensor& nll) {
   LR_CHECK(!ctx.model->placement().split(), "a model split over devices trains with train_step_pipeline");
+  if (ctx.graph && ctx.graph->accumulate(ctx, micro_batches, counted, nll)) return;
   {
     const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
     std::vector<Tensor> grads;

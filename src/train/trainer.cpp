@@ -24,6 +24,7 @@
 #include "lowrank/train/pipeline.h"
 #include "lowrank/train/progress.h"
 #include "lowrank/train/step.h"
+#include "lowrank/train/step_graph.h"
 #include "lowrank/train/text_encoder.h"
 
 namespace lowrank::train {
@@ -93,6 +94,7 @@ struct Replica {
   std::optional<lora::LoraHook> hook;
   std::unique_ptr<AdamW> optimizer;
   Rng dropout_rng;
+  std::unique_ptr<StepGraph> graph;  // CUDA: the step's passes as one graph (step_graph.h)
   StepContext ctx;
 };
 
@@ -134,8 +136,10 @@ void arm_replica(Replica& rep, const TrainOptions& o) {
     rep.hook.emplace(std::vector<lora::ActiveAdapter>{{&*rep.adapter, 1.0}});
     rep.hook->set_training(true, &rep.dropout_rng);
   }
+  const Device device = rep.model->device();
+  if (!rep.graph && StepGraph::enabled(device)) rep.graph = std::make_unique<StepGraph>(device);
   rep.ctx = StepContext{rep.model.get(), rep.hook ? &*rep.hook : nullptr, o.full ? &rep.full_grads : nullptr,
-                        &rep.params, rep.optimizer.get(), o.max_grad_norm, o.checkpointing};
+                        &rep.params, rep.optimizer.get(), o.max_grad_norm, o.checkpointing, rep.graph.get()};
 }
 
 }  // namespace

@@ -365,6 +365,17 @@ std::vector<OpCase> op_table() {
                  ops::cross_entropy_chunk(in[0], Tensor::from_ints(targets, d), 0.5f, dl, sum);
                  return Outputs{dl, sum.to(Device::cpu()).to(DType::F32)};
                }});
+  // The scale read on the device (a recorded step's): 0.25 there, not the 0.5 argument.
+  t.push_back({"cross_entropy_chunk (device scale)", {{5, 7}},
+               [targets](Inputs& in, Device d) {
+                 Tensor sum = Tensor::zeros({1}, DType::F64, d), dl;
+                 const Tensor scale = Tensor::full({1}, 0.25f).to(d);
+                 ops::cross_entropy_chunk(in[0], Tensor::from_ints(targets, d), 0.5f, dl, sum, scale);
+                 Tensor want;
+                 ops::cross_entropy_chunk(in[0], Tensor::from_ints(targets, d), 0.25f, want, sum);
+                 ops::add_scaled_(want, dl, -1.0f);  // zero when the device's scale was used
+                 return Outputs{dl, want};
+               }});
   t.push_back({"bias_grad_", {{9, 5}},
                [](Inputs& in, Device d) {
                  Tensor db = Tensor::zeros({5}, DType::F32, d);

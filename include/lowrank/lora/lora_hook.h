@@ -39,6 +39,7 @@ class LoraHook : public model::TrainableHook {
   // Bytes of activations the hook holds for backward (saved inputs, masks, shrink outputs).
   size_t saved_bytes() const;
   void bind(model::ForwardCache* cache) override { bound_ = cache; }
+  bool draws_randomness() const override;
   // Drops the activations saved by the last forward pass.
   void clear_saved() { state() = ForwardState{}; }
 

@@ -28,11 +28,22 @@ class TrainableHook : public ProjectionHook {
   // Keep what the hook saves for backward in `cache` (its hook_state) from now on; null: in the
   // hook itself. forward_backward binds its cache for the pass.
   virtual void bind(ForwardCache* cache) {}
+  // Whether a training pass draws random numbers on the host (LoRA dropout): such a pass cannot be
+  // recorded once and replayed (every replay would draw the same masks).
+  virtual bool draws_randomness() const { return false; }
 };
 
 struct LossResult {
   double nll_sum = 0;   // Σ -log p over counted targets
   int64_t tokens = 0;   // counted targets
+};
+
+// A pass's targets and gradient scale already on the model's device, for a training step recorded as
+// a CUDA graph (its inputs are fixed buffers refilled before each replay): targets I32 [B*T] and
+// grad_scale F32 [1], read instead of the host targets and the grad_scale argument. Every chunk of
+// rows is then computed, whether it has counted targets or not (the replays' targets differ).
+struct DeviceTargets {
+  Tensor targets, grad_scale;
 };
 
 // HF causal-LM targets from labels aligned with input_ids ([B*T], -100 = ignored): position t
@@ -47,9 +58,11 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
 // recomputed just before its backward (less memory, one more forward of compute).
 // `loss_sum`, when given (F64 [1] on the model's device), receives the NLL sum on the device and
 // nll_sum stays 0: the step reads the loss once, after all micro-batches, instead of per call.
+// With `device_targets` (and the batch's device_ids/device_pos) nothing is uploaded from the host.
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
                             float grad_scale, TrainableHook* hook, ModelWeights* full_grads = nullptr,
-                            bool checkpointing = false, Tensor* loss_sum = nullptr);
+                            bool checkpointing = false, Tensor* loss_sum = nullptr,
+                            const DeviceTargets* device_targets = nullptr);
 
 // The pieces of forward_backward, for schedules that interleave micro-batches (the pipeline over a
 // split model, train/pipeline.h). Each runs on the device of its part of the model.
@@ -58,7 +71,8 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
 // cross-entropy in row chunks. Gradients are d(grad_scale · Σ NLL); the NLL sum is added to
 // `loss_sum` (F64 [1] on the hidden states' device) when given, else returned in `result`.
 Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector<int32_t>& targets, float grad_scale,
-                     TrainableHook* hook, ModelWeights* full, Tensor* loss_sum, LossResult& result);
+                     TrainableHook* hook, ModelWeights* full, Tensor* loss_sum, LossResult& result,
+                     const DeviceTargets* device_targets = nullptr);
 // Backward through decoder layer `li` of a B×T batch: `dx` [N, d] is the gradient of its output;
 // returns the gradient of its input (undefined when `need_dx` is false: nothing below needs it).
 // `saved` holds the layer's activations or, with `checkpointing`, only its input: the forward is
@@ -70,7 +84,7 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
 // The embedding's part: dx [N, d] is the gradient of the first layer's input (scaled in place for
 // Gemma); feeds the embedding LoRA (when the hook trains layer -1) or --full's embed/positions.
 void embedding_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& pos, Tensor& dx,
-                        TrainableHook* hook, ModelWeights* full);
+                        TrainableHook* hook, ModelWeights* full, const Tensor& pos_dev = Tensor());
 
 // f32 zero tensors shaped like every weight of `w` on its device (lm_head shares embed's when
 // tied): the gradients of --full, f32 even for bf16 weights.

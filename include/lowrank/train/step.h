@@ -25,6 +25,8 @@ struct StepResult {
   bool skipped = false;   // gradients were not finite: nothing was updated
 };
 
+class StepGraph;
+
 struct StepContext {
   const model::Model* model = nullptr;
   model::TrainableHook* hook = nullptr;   // LoRA
@@ -33,6 +35,7 @@ struct StepContext {
   AdamW* optimizer = nullptr;
   double max_grad_norm = 0;  // 0: no clipping
   bool checkpointing = false;  // recompute layer activations in backward (less memory)
+  StepGraph* graph = nullptr;  // when set: forward and backward replayed as a CUDA graph (step_graph.h)
 };
 
 StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, double lr);
@@ -41,7 +44,8 @@ StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_bat
 // gradients over devices in between:
 // zeroes the gradients, then runs forward and backward of every micro-batch, each loss scaled by
 // 1/`counted` (the counted targets of the whole step, over every device); `nll` becomes the summed
-// NLL (F64 [1] on the model's device). Nothing runs when `counted` is 0.
+// NLL (F64 [1] on the model's device). Nothing runs when `counted` is 0. Through ctx.graph when it
+// can (the same gradients and NLL, bit for bit).
 void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted,
                           Tensor& nll);
 // Given the whole step's gradients and NLL: gradient norm and clipping, the finite check, AdamW.

@@ -8,7 +8,8 @@
 namespace lowrank::cpu {
 
 void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scale, Tensor& dlogits,
-                         Tensor& loss_sum) {
+                         Tensor& loss_sum, const Tensor& device_scale) {
+  if (device_scale.defined()) scale = device_scale.f32()[0];
   const int64_t n = logits.dim(0), V = logits.dim(1);
   LR_CHECK(targets.dtype() == DType::I32 && targets.numel() == n && targets.device().is_cpu(), "targets ",
            targets.str(), " for logits ", logits.str());

@@ -27,7 +27,8 @@ struct alignas(N * sizeof(T) >= 16 ? 16 : N * sizeof(T)) PackN {
 // VEC elements per access: 8 (16-byte bf16 / 2 x 16-byte f32 accesses) when the rows allow it.
 template <typename L, typename D, int VEC>
 __global__ void cross_entropy_kernel(const L* logits, const int32_t* __restrict__ targets, D* dlogits,
-                                     float* __restrict__ row_loss, int64_t V, float scale, int mode) {
+                                     float* __restrict__ row_loss, int64_t V, float scale,
+                                     const float* __restrict__ scale_ptr, int mode) {
   __shared__ float sm[32], ss[32];
   __shared__ float x_target;
   using LP = PackN<L, VEC>;
@@ -48,6 +49,7 @@ __global__ void cross_entropy_kernel(const L* logits, const int32_t* __restrict_
     }
     return;
   }
+  if (scale_ptr) scale = *scale_ptr;
   if (threadIdx.x == 0) x_target = to_f32(row[t]);
   float m = -INFINITY, s = 0.0f;
   for (int64_t i = threadIdx.x; i < packs; i += blockDim.x) {
@@ -92,7 +94,8 @@ __global__ void cross_entropy_kernel(const L* logits, const int32_t* __restrict_
 }
 
 // Runs the kernel and adds the NLL sum of the rows into acc (F64 on the device).
-void run(const Tensor& logits, const Tensor& targets, float scale, Tensor* dlogits, int mode, double* acc) {
+void run(const Tensor& logits, const Tensor& targets, float scale, Tensor* dlogits, int mode, double* acc,
+         const float* scale_ptr = nullptr) {
   const int64_t n = logits.dim(0), V = logits.dim(1);
   if (n == 0) return;
   LR_CHECK(n < (1LL << 31), "cross-entropy: too many rows ", n);
@@ -106,10 +109,10 @@ void run(const Tensor& logits, const Tensor& targets, float scale, Tensor* dlogi
     D* dp = dlogits ? dlogits->data<D>() : nullptr;
     if (vec)
       cross_entropy_kernel<L, D, 8><<<unsigned(n), kThreads, 0, st>>>(lp, targets.data<int32_t>(), dp,
-                                                                      row_loss.data<float>(), V, scale, mode);
+                                                                      row_loss.data<float>(), V, scale, scale_ptr, mode);
     else
       cross_entropy_kernel<L, D, 1><<<unsigned(n), kThreads, 0, st>>>(lp, targets.data<int32_t>(), dp,
-                                                                      row_loss.data<float>(), V, scale, mode);
+                                                                      row_loss.data<float>(), V, scale, scale_ptr, mode);
   }));
   LR_CUDA_LAUNCHED();
   sum_to_f64(row_loss.raw(), DType::F32, n, false, acc, logits.device());
@@ -153,7 +156,7 @@ double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& 
 }
 
 void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scale, Tensor& dlogits,
-                         Tensor& loss_sum) {
+                         Tensor& loss_sum, const Tensor& device_scale) {
   check_arg(logits, "cross_entropy_chunk", "logits");
   check_arg(targets, "cross_entropy_chunk", "targets", true);
   check_arg(loss_sum, "cross_entropy_chunk", "loss_sum", true);
@@ -164,7 +167,9 @@ void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scal
   if (!dlogits.defined() || dlogits.shape() != logits.shape() || !(dlogits.device() == logits.device()))
     dlogits = Tensor::empty(logits.shape(), logits.dtype(), logits.device());
   check_arg(dlogits, "cross_entropy_chunk", "dlogits");
-  run(logits, targets, scale, &dlogits, kWriteGrad, loss_sum.data<double>());
+  if (device_scale.defined()) check_arg(device_scale, "cross_entropy_chunk", "device_scale", true);
+  run(logits, targets, scale, &dlogits, kWriteGrad, loss_sum.data<double>(),
+      device_scale.defined() ? device_scale.data<float>() : nullptr);
 }
 
 }  // namespace lowrank::cuda

@@ -43,7 +43,13 @@ void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes)
     return;
   }
   if (sd.is_cpu()) {  // host -> device: pageable memory is staged before the call returns
-    LR_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cuda::stream_for(dd)));
+    cudaStream_t s = cuda::stream_for(dd);
+    // A graph recording would keep this copy's data, not the next replay's: refuse it, so that
+    // DeviceGraph::record fails (and the caller runs without a graph) instead of replaying stale inputs.
+    cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+    LR_CUDA(cudaStreamIsCapturing(s, &capturing));
+    if (capturing != cudaStreamCaptureStatusNone) throw error("a host-to-device copy while recording a CUDA graph");
+    LR_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
     return;
   }
   if (dd.is_cpu()) {  // device -> host: the caller reads dst next, so wait

@@ -1,0 +1,195 @@
+// Training steps replayed as a CUDA graph (train/step_graph.h) against the same steps run op by
+// op: equal losses, gradient norms and trained parameters while the step's inputs (ids, targets,
+// the count of targets) change from step to step; new shapes re-record; bad ids and targets are
+// still errors; LoRA dropout keeps the step op by op. Skipped without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <optional>
+
+#include "lowrank/core/device_memory.h"
+#include "lowrank/lora/lora_hook.h"
+#include "lowrank/train/sequences.h"
+#include "lowrank/train/step.h"
+#include "lowrank/train/step_graph.h"
+#include "test_paths.h"
+
+using namespace lowrank;
+
+namespace {
+
+#define REQUIRE_GPU() \
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU"
+
+// Windows of `seq` tokens cut from the fixture's eval token stream; example i takes no loss on its
+// first i % 5 tokens, so the step's count of targets changes from step to step.
+train::Dataset windows(const std::string& dir, int64_t vocab, int64_t seq) {
+  std::vector<int32_t> stream;
+  for (const auto& s : train::read_token_sequences(dir + "/eval.jsonl", vocab)) stream.insert(stream.end(), s.begin(), s.end());
+  std::vector<train::Example> ex;
+  for (size_t at = 0; at + seq <= stream.size(); at += seq) {
+    train::Example e;
+    e.ids.assign(stream.begin() + at, stream.begin() + at + seq);
+    e.labels = e.ids;
+    for (size_t k = 0; k < ex.size() % 5; ++k) e.labels[k] = -100;
+    ex.push_back(std::move(e));
+  }
+  return train::Dataset::from_examples(ex);
+}
+
+// One training setup on the GPU (bf16 weights): LoRA (or --full) with AdamW, with or without a
+// step graph. Two setups made alike start from the same parameters.
+struct TrainRun {
+  model::Model m;
+  std::optional<lora::Adapter> adapter;
+  std::optional<lora::LoraHook> hook;
+  model::ModelWeights full_grads;
+  std::vector<train::ParamRef> params;
+  train::AdamW opt{{3e-3, 0.9, 0.999, 1e-8, 0.01}};
+  Rng drop{5};
+  std::optional<train::StepGraph> graph;
+  train::StepContext ctx;
+
+  TrainRun(const std::string& dir, bool full, bool with_graph, double dropout = 0.0, bool checkpointing = false)
+      : m(model::Model::load(dir, Device::cuda(0), DType::BF16)) {
+    if (full) {
+      full_grads = model::zeros_like(m.weights());
+      params = train::full_params(m, full_grads);
+    } else {
+      lora::LoraConfig lc;
+      lc.r = 8;
+      lc.alpha = 16;
+      lc.all_linear = true;
+      lc.dropout = dropout;
+      Rng init(11);
+      adapter.emplace(lora::Adapter::create(m, lc, init));
+      adapter->allocate_grads();
+      adapter->make_working_copies(m.weights().embed.dtype());
+      hook.emplace(std::vector<lora::ActiveAdapter>{{&*adapter, 1.0}});
+      hook->set_training(true, &drop);
+      params = train::lora_params(*adapter);
+    }
+    if (with_graph) graph.emplace(Device::cuda(0));
+    ctx = train::StepContext{&m, hook ? &*hook : nullptr, full ? &full_grads : nullptr, &params, &opt, 1.0,
+                             checkpointing, graph ? &*graph : nullptr};
+  }
+};
+
+// The steps' micro-batches: two of two windows each (gradient accumulation), a new pair every step.
+std::vector<train::MicroBatch> step_batches(const train::Dataset& data, int64_t step) {
+  const auto n = static_cast<int64_t>(data.size());
+  auto at = [&](int64_t k) { return (step * 4 + k) % n; };
+  return {train::make_micro_batch(data, {at(0), at(1)}), train::make_micro_batch(data, {at(2), at(3)})};
+}
+
+std::vector<float> host_values(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu()).to(DType::F32);
+  return {h.f32(), h.f32() + h.numel()};
+}
+
+// Runs the same steps through a graphed and an op-by-op setup and compares them step by step.
+void expect_graph_equals_ops(const std::string& fixture, bool full, bool checkpointing, int steps) {
+  const std::string dir = test::model_fixture(fixture);
+  TrainRun graphed(dir, full, true, 0.0, checkpointing), ops(dir, full, false, 0.0, checkpointing);
+  const train::Dataset data = windows(dir, graphed.m.config().vocab_size, 16);
+  ASSERT_GE(data.size(), 8u) << fixture;
+  for (int64_t step = 0; step < steps; ++step) {
+    const auto mbs = step_batches(data, step);
+    const train::StepResult a = train::train_step(graphed.ctx, mbs, 1e-3);
+    const train::StepResult b = train::train_step(ops.ctx, mbs, 1e-3);
+    ASSERT_FALSE(a.skipped || b.skipped) << fixture << " step " << step;
+    EXPECT_EQ(a.tokens, b.tokens);
+    EXPECT_NEAR(a.loss, b.loss, 1e-5 * b.loss) << fixture << " step " << step;
+    EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-3 * b.grad_norm) << fixture << " step " << step;
+  }
+  EXPECT_EQ(graphed.graph->replays(), steps - 1) << "the first step runs op by op, every later one replays";
+  for (size_t i = 0; i < graphed.params.size(); ++i) {
+    const auto a = host_values(graphed.params[i].param), b = host_values(ops.params[i].param);
+    double num = 0, den = 0;
+    for (size_t k = 0; k < a.size(); ++k) {
+      num += (a[k] - b[k]) * (a[k] - b[k]);
+      den += b[k] * b[k];
+    }
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-3) << fixture << " " << graphed.params[i].name;
+  }
+}
+
+class CudaStepGraph : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaStepGraph, LoraReplaysEqualOpByOp) {
+  REQUIRE_GPU();
+  expect_graph_equals_ops(GetParam(), /*full=*/false, /*checkpointing=*/false, 6);
+}
+
+TEST_P(CudaStepGraph, LoraWithCheckpointingReplaysEqualOpByOp) {
+  REQUIRE_GPU();
+  expect_graph_equals_ops(GetParam(), false, true, 4);
+}
+
+TEST_P(CudaStepGraph, FullFineTuningReplaysEqualOpByOp) {
+  REQUIRE_GPU();
+  expect_graph_equals_ops(GetParam(), /*full=*/true, false, 4);
+}
+
+// llama: the plain family; gpt2: learned positions, biases, fused c_attn; gemma2: soft-capping,
+// sliding window.
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaStepGraph, ::testing::Values("llama", "gpt2", "gemma2"));
+
+TEST(CudaStepGraphShapes, NewShapesReRecordAndStillEqualOpByOp) {
+  REQUIRE_GPU();
+  const std::string dir = test::model_fixture("llama");
+  TrainRun graphed(dir, false, true), ops(dir, false, false);
+  const int64_t vocab = graphed.m.config().vocab_size;
+  const train::Dataset short_rows = windows(dir, vocab, 12), long_rows = windows(dir, vocab, 20);
+  // 3 steps of 12 tokens (op by op, record, replay), 3 of 20 (again), 2 of 12 (op by op, record).
+  const int64_t plan[] = {12, 12, 12, 20, 20, 20, 12, 12};
+  int64_t step = 0;
+  for (int64_t seq : plan) {
+    const auto mbs = step_batches(seq == 12 ? short_rows : long_rows, step++);
+    const double a = train::train_step(graphed.ctx, mbs, 1e-3).loss;
+    const double b = train::train_step(ops.ctx, mbs, 1e-3).loss;
+    EXPECT_NEAR(a, b, 1e-5 * b) << "step " << step << " (" << seq << " tokens)";
+  }
+  EXPECT_EQ(graphed.graph->replays(), 5);  // each run of shapes: op by op, then replays (2 + 2 + 1)
+}
+
+TEST(CudaStepGraphInputs, BadIdsAndTargetsOnAReplayAreErrors) {
+  REQUIRE_GPU();
+  const std::string dir = test::model_fixture("llama");
+  TrainRun s(dir, false, true);
+  const int64_t vocab = s.m.config().vocab_size;
+  const train::Dataset data = windows(dir, vocab, 16);
+  for (int64_t step = 0; step < 3; ++step) train::train_step(s.ctx, step_batches(data, step), 1e-3);
+  ASSERT_TRUE(s.graph->recorded());
+  auto bad_target = step_batches(data, 3);
+  bad_target[1].targets[5] = static_cast<int32_t>(vocab);
+  EXPECT_THROW(
+      {
+        try {
+          train::train_step(s.ctx, bad_target, 1e-3);
+        } catch (const Error& e) {
+          EXPECT_NE(std::string(e.what()).find("outside the vocabulary"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      Error);
+  auto bad_id = step_batches(data, 3);
+  bad_id[0].tokens.ids[3] = -7;
+  EXPECT_THROW(train::train_step(s.ctx, bad_id, 1e-3), Error);
+  // The graph is still good afterwards.
+  const auto replays = s.graph->replays();
+  EXPECT_FALSE(train::train_step(s.ctx, step_batches(data, 4), 1e-3).skipped);
+  EXPECT_EQ(s.graph->replays(), replays + 1);
+}
+
+TEST(CudaStepGraphDropout, LoraDropoutRunsOpByOp) {
+  REQUIRE_GPU();
+  const std::string dir = test::model_fixture("llama");
+  TrainRun s(dir, false, true, /*dropout=*/0.1);
+  const train::Dataset data = windows(dir, s.m.config().vocab_size, 16);
+  for (int64_t step = 0; step < 3; ++step) train::train_step(s.ctx, step_batches(data, step), 1e-3);
+  EXPECT_FALSE(s.graph->recorded());
+  EXPECT_EQ(s.graph->replays(), 0);
+}
+
+}  // namespace
