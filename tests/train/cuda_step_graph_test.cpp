@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "lowrank/core/device_memory.h"
+#include "lowrank/core/rng.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/train/sequences.h"
 #include "lowrank/train/step.h"
@@ -21,17 +22,16 @@ namespace {
 #define REQUIRE_GPU() \
   if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU"
 
-// Windows of `seq` tokens cut from the fixture's eval token stream; example i takes no loss on its
-// first i % 5 tokens, so the step's count of targets changes from step to step.
-train::Dataset windows(const std::string& dir, int64_t vocab, int64_t seq) {
-  std::vector<int32_t> stream;
-  for (const auto& s : train::read_token_sequences(dir + "/eval.jsonl", vocab)) stream.insert(stream.end(), s.begin(), s.end());
+// 12 examples of `seq` random tokens; example i takes no loss on its first i % 5 tokens, so the
+// step's count of targets changes from step to step.
+train::Dataset windows(int64_t vocab, int64_t seq) {
+  Rng rng(static_cast<uint64_t>(seq));
   std::vector<train::Example> ex;
-  for (size_t at = 0; at + seq <= stream.size(); at += seq) {
+  for (int i = 0; i < 12; ++i) {
     train::Example e;
-    e.ids.assign(stream.begin() + at, stream.begin() + at + seq);
+    for (int64_t t = 0; t < seq; ++t) e.ids.push_back(static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab))));
     e.labels = e.ids;
-    for (size_t k = 0; k < ex.size() % 5; ++k) e.labels[k] = -100;
+    for (int k = 0; k < i % 5; ++k) e.labels[k] = -100;
     ex.push_back(std::move(e));
   }
   return train::Dataset::from_examples(ex);
@@ -91,7 +91,7 @@ std::vector<float> host_values(const Tensor& t) {
 void expect_graph_equals_ops(const std::string& fixture, bool full, bool checkpointing, int steps) {
   const std::string dir = test::model_fixture(fixture);
   TrainRun graphed(dir, full, true, 0.0, checkpointing), ops(dir, full, false, 0.0, checkpointing);
-  const train::Dataset data = windows(dir, graphed.m.config().vocab_size, 16);
+  const train::Dataset data = windows(graphed.m.config().vocab_size, 16);
   ASSERT_GE(data.size(), 8u) << fixture;
   for (int64_t step = 0; step < steps; ++step) {
     const auto mbs = step_batches(data, step);
@@ -140,7 +140,7 @@ TEST(CudaStepGraphShapes, NewShapesReRecordAndStillEqualOpByOp) {
   const std::string dir = test::model_fixture("llama");
   TrainRun graphed(dir, false, true), ops(dir, false, false);
   const int64_t vocab = graphed.m.config().vocab_size;
-  const train::Dataset short_rows = windows(dir, vocab, 12), long_rows = windows(dir, vocab, 20);
+  const train::Dataset short_rows = windows(vocab, 12), long_rows = windows(vocab, 20);
   // 3 steps of 12 tokens (op by op, record, replay), 3 of 20 (again), 2 of 12 (op by op, record).
   const int64_t plan[] = {12, 12, 12, 20, 20, 20, 12, 12};
   int64_t step = 0;
@@ -158,7 +158,7 @@ TEST(CudaStepGraphInputs, BadIdsAndTargetsOnAReplayAreErrors) {
   const std::string dir = test::model_fixture("llama");
   TrainRun s(dir, false, true);
   const int64_t vocab = s.m.config().vocab_size;
-  const train::Dataset data = windows(dir, vocab, 16);
+  const train::Dataset data = windows(vocab, 16);
   for (int64_t step = 0; step < 3; ++step) train::train_step(s.ctx, step_batches(data, step), 1e-3);
   ASSERT_TRUE(s.graph->recorded());
   auto bad_target = step_batches(data, 3);
@@ -186,7 +186,7 @@ TEST(CudaStepGraphDropout, LoraDropoutRunsOpByOp) {
   REQUIRE_GPU();
   const std::string dir = test::model_fixture("llama");
   TrainRun s(dir, false, true, /*dropout=*/0.1);
-  const train::Dataset data = windows(dir, s.m.config().vocab_size, 16);
+  const train::Dataset data = windows(s.m.config().vocab_size, 16);
   for (int64_t step = 0; step < 3; ++step) train::train_step(s.ctx, step_batches(data, step), 1e-3);
   EXPECT_FALSE(s.graph->recorded());
   EXPECT_EQ(s.graph->replays(), 0);
