@@ -81,7 +81,8 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--alpha", a->alpha, "LoRA alpha (scale = alpha / r)")->capture_default_str();
                        app.add_option("--dropout", a->dropout, "LoRA dropout")->capture_default_str();
                        app.add_option("--targets", a->targets,
-                                      "Modules to adapt: q_proj,v_proj,... (embed_tokens and lm_head too) or all-linear")
+                                      "Modules to adapt: q_proj,v_proj,... (embed_tokens and lm_head too), all-linear, or none "
+                                      "(with --bias all: bias-only training, BitFit)")
                            ->capture_default_str();
                        app.add_flag("--rslora", a->rslora, "Rank-stabilised scale alpha / sqrt(r)");
                        app.add_option("--rank-pattern", a->rank_pattern,

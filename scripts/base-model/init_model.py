@@ -2,12 +2,15 @@
 """A randomly initialised Llama model folder, to pretrain with `lowrank train --full`.
 
     init_model.py OUT_DIR --tokenizer-from models/base [--hidden 768] [--layers 16] [--heads 12]
-                  [--kv-heads 12] [--ffn 2048] [--context 1024] [--seed 1]
+                  [--kv-heads 12] [--ffn 2048] [--context 1024] [--seed 1] [--arch llama|gpt2]
 
 Writes OUT_DIR/config.json (LlamaForCausalLM, tied embeddings, the vocabulary and special ids of
 the tokenizer folder), generation_config.json, the tokenizer files copied from --tokenizer-from,
 and model.safetensors (f32) initialised as transformers initialises Llama: every linear weight and
-the embedding ~ N(0, 0.02), the RMSNorm weights 1. Uses numpy when it is there (the GPU box; a
+the embedding ~ N(0, 0.02), the RMSNorm weights 1. --arch gpt2 writes a GPT2LMHeadModel instead
+(learned positions, LayerNorms and biases everywhere, Conv1D weights stored [in, out], GELU MLP of
+--ffn; transformers' init: weights ~ N(0, 0.02), biases 0, LayerNorm weights 1): a base with biases,
+for bias-only training (BitFit). Uses numpy when it is there (the GPU box; a
 120M model takes seconds), else the standard library (slow: tiny models only, e.g. a dry run).
 """
 import argparse
@@ -36,6 +39,7 @@ def main():
     ap.add_argument("--ffn", type=int, default=2048)
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--arch", choices=["llama", "gpt2"], default="llama")
     a = ap.parse_args()
     kv = a.kv_heads or a.heads
     if a.hidden % a.heads or a.heads % kv:
@@ -64,6 +68,27 @@ def main():
                    (p + "mlp.up_proj.weight", [a.ffn, a.hidden]),
                    (p + "mlp.down_proj.weight", [a.hidden, a.ffn])]
     shapes.append(("model.norm.weight", [a.hidden]))
+    if a.arch == "gpt2":
+        if kv != a.heads:
+            raise SystemExit("error: --arch gpt2 has no grouped-query attention (--kv-heads = --heads)")
+        cfg = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab,
+               "n_embd": a.hidden, "n_layer": a.layers, "n_head": a.heads, "n_inner": a.ffn,
+               "n_positions": a.context, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+               "initializer_range": 0.02, "scale_attn_weights": True, "tie_word_embeddings": True,
+               "attn_pdrop": 0.0, "embd_pdrop": 0.0, "resid_pdrop": 0.0, "use_cache": True,
+               "bos_token_id": src.get("bos_token_id"), "eos_token_id": src.get("eos_token_id"),
+               "pad_token_id": src.get("pad_token_id"), "torch_dtype": "float32"}
+        d, f = a.hidden, a.ffn
+        shapes = [("transformer.wte.weight", [vocab, d]), ("transformer.wpe.weight", [a.context, d])]
+        for i in range(a.layers):
+            p = "transformer.h.%d." % i
+            shapes += [(p + "ln_1.weight", [d]), (p + "ln_1.bias", [d]),
+                       (p + "attn.c_attn.weight", [d, 3 * d]), (p + "attn.c_attn.bias", [3 * d]),
+                       (p + "attn.c_proj.weight", [d, d]), (p + "attn.c_proj.bias", [d]),
+                       (p + "ln_2.weight", [d]), (p + "ln_2.bias", [d]),
+                       (p + "mlp.c_fc.weight", [d, f]), (p + "mlp.c_fc.bias", [f]),
+                       (p + "mlp.c_proj.weight", [f, d]), (p + "mlp.c_proj.bias", [d])]
+        shapes += [("transformer.ln_f.weight", [d]), ("transformer.ln_f.bias", [d])]
 
     try:
         import numpy as np
@@ -90,8 +115,10 @@ def main():
             for d in shape:
                 n *= d
             total += n
-            if name.endswith("norm.weight"):
+            if name.endswith("norm.weight") or ".ln_" in name and name.endswith(".weight"):
                 fh.write(struct.pack("<%df" % n, *([1.0] * n)))
+            elif name.endswith(".bias"):
+                fh.write(b"\0" * (4 * n))
             else:
                 fh.write(normal_f32_bytes(n, 0.02, rng, np_rng))
     with open(os.path.join(a.out_dir, "config.json"), "w") as fh:
@@ -104,8 +131,8 @@ def main():
     for f in ("tokenizer.json", "tokenizer_config.json"):
         if os.path.exists(os.path.join(a.tokenizer_from, f)):
             shutil.copy(os.path.join(a.tokenizer_from, f), os.path.join(a.out_dir, f))
-    print("init_model: %s: Llama, hidden %d, %d layers, %d heads (%d kv), ffn %d, vocab %d: %d parameters (%.1fM)%s"
-          % (a.out_dir, a.hidden, a.layers, a.heads, kv, a.ffn, vocab, total, total / 1e6,
+    print("init_model: %s: %s, hidden %d, %d layers, %d heads (%d kv), ffn %d, vocab %d: %d parameters (%.1fM)%s"
+          % (a.out_dir, "GPT-2" if a.arch == "gpt2" else "Llama", a.hidden, a.layers, a.heads, kv, a.ffn, vocab, total, total / 1e6,
              "" if np_rng is not None else " [standard library]"))
 
 

@@ -22,9 +22,8 @@ task.json also gives the defaults of --task and --seq-len. Methods:
   lora    train --rank R --alpha A --targets T
   dora    lora + --use-dora
   rslora  lora + --rslora (scale alpha/sqrt(r) instead of alpha/r)
-  bitfit  train --bias all with no LoRA effect: rank 1 on the targets and the LoRA scale folded
-          away is not available, so bitfit needs a base with biases and is refused on one without
-          (lowrank has no bias-only mode yet; the row would not be BitFit)
+  bitfit  train --targets none --bias all (every bias of the linear layers, nothing else: BitFit);
+          needs a base with biases (lowrank refuses one without)
 Row fields: task, model (the base folder's name), method, rank, alpha, targets, seed, metric (the
 task's), metric_name, higher_is_better, eval_loss (lowrank eval on eval.jsonl; for
 prompt/completion data the loss of the completions), eval_tokens, score (score.py's details,
@@ -92,13 +91,8 @@ def main():
     a.task = a.task or (task["task"] if task else "kjv")
     a.seq_len = a.seq_len or (task.get("seq_len", 128) if task else 128)
 
-    if a.method == "bitfit":
-        cfg = json.load(open(os.path.join(a.model, "config.json")))
-        if not (cfg.get("attention_bias") or cfg.get("mlp_bias") or cfg.get("model_type") == "gpt2"):
-            raise SystemExit("error: --method bitfit needs a base model with biases (%s has none)" % a.model)
-        raise SystemExit("error: --method bitfit: lowrank has no bias-only training mode yet "
-                         "(--bias all trains biases next to LoRA A/B, not alone)")
     lora = a.method in ("lora", "dora", "rslora")
+    adapter = lora or a.method == "bitfit"  # the run writes an adapter folder (else a model folder)
     alpha = a.alpha if a.alpha is not None else 2.0 * a.rank
     lr = a.lr if a.lr is not None else (1e-3 if a.method == "full" else 3e-3)
     name = a.name or ("%s-%s" % (a.task, a.method) + (
@@ -131,6 +125,8 @@ def main():
             train.append("--use-dora")
         if a.method == "rslora":
             train.append("--rslora")
+    elif a.method == "bitfit":
+        train += ["--targets", "none", "--bias", "all"]
     else:
         train.append("--full")
     # /usr/bin/time -v measures the peak RSS and CPU time; without it (a GPU box may lack Debian's
@@ -169,7 +165,7 @@ def main():
         eval_data = os.path.join(run_dir, "eval.jsonl")
     ev = [a.lowrank, "eval", "--data", eval_data, "--seq-len", str(a.seq_len),
           "--json", "--quiet", "--device", a.device]
-    ev += ["--model", run_dir] if not lora else ["--model", a.model, "--adapter", run_dir]
+    ev += ["--model", run_dir] if not adapter else ["--model", a.model, "--adapter", run_dir]
     res = {"loss": None, "tokens": None}
     scored = None
     if not a.no_eval:
@@ -180,7 +176,7 @@ def main():
             gen_out = os.path.join(run_dir, "generated.jsonl")
             gen = [a.lowrank, "generate", "--input", prompts, "--output", gen_out, "--greedy",
                    "--max-new-tokens", str(task["max_new_tokens"]), "--device", a.device]
-            gen += ["--model", run_dir] if not lora else ["--model", a.model, "--adapter", run_dir]
+            gen += ["--model", run_dir] if not adapter else ["--model", a.model, "--adapter", run_dir]
             sh(gen, env)
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
             import score
@@ -196,7 +192,7 @@ def main():
     row = {
         "task": a.task, "model": os.path.basename(os.path.abspath(a.model)), "method": a.method,
         "rank": a.rank if lora else None, "alpha": alpha if lora else None,
-        "targets": a.targets if lora else "all", "seed": a.seed,
+        "targets": a.targets if lora else "biases" if a.method == "bitfit" else "all", "seed": a.seed,
         "metric": (round(scored["metric"], 6) if scored else
                    round(res["loss"], 6) if res["loss"] is not None and not task else None),
         "metric_name": task["metric_name"] if task else "held-out eval loss (nats/token, held-out books)",

@@ -123,7 +123,7 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
     if (is_embedding_layer(m.target)) a.base_layers.push_back({m.target, m.linear.name, m.linear.weight});
     a.pairs.push_back(std::move(p));
   }
-  if (a.pairs.empty())
+  if (a.pairs.empty() && config.has_targets())
     throw error("--targets matched no module of the model; modules that exist: ", module_names_hint(model));
   sort_pairs(a.pairs);
   if (config.bias != BiasMode::None) {
@@ -134,6 +134,9 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
       a.biases.push_back({m.layer, m.target, m.linear.name, ops::cast(m.linear.bias.clone(), DType::F32), {}});
     }
   }
+  if (a.pairs.empty() && a.biases.empty())
+    throw error("--targets none --bias all: the model's linear layers have no biases to train (bias-only "
+                "training, BitFit, needs a base with biases such as GPT-2's)");
   a.place(model);
   return a;
 }

@@ -59,7 +59,11 @@ void LoraConfig::validate(const std::string& src) const {
     if (v <= 0) throw error(src, ": rank_pattern[\"", k, "\"] must be positive, got ", v);
   for (const auto& [k, v] : alpha_pattern)
     if (!(v > 0)) throw error(src, ": alpha_pattern[\"", k, "\"] must be positive, got ", v);
-  if (!all_linear && !target_regex && target_modules.empty()) throw error(src, ": no target_modules");
+  if (!has_targets() && bias == BiasMode::None)
+    throw error(src, ": no target_modules (and bias \"none\"): nothing to train; bias-only training (BitFit) is "
+                     "--targets none --bias all");
+  if (!has_targets() && bias == BiasMode::LoraOnly)
+    throw error(src, ": bias \"lora_only\" with no target_modules trains nothing; bias-only training is bias \"all\"");
 }
 
 void LoraConfig::parse_init(const std::string& text, InitMode* init, int64_t* niter, const std::string& src) {
@@ -92,7 +96,7 @@ std::string LoraConfig::init_name() const {
 std::vector<std::string> LoraConfig::parse_targets(const std::string& text, bool* all_linear) {
   *all_linear = text == "all-linear";
   std::vector<std::string> out;
-  if (*all_linear) return out;
+  if (*all_linear || text == "none") return out;  // none: no LoRA layer (bias-only training)
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ','))

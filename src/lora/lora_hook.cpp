@@ -49,7 +49,9 @@ void LoraHook::on_projection(int layer, Target target, const model::Linear& base
 }
 
 bool LoraHook::draws_randomness() const {
-  return training_ && !adapters_.empty() && adapters_[0].adapter->config.dropout > 0;  // only adapter 0 trains
+  // Only adapter 0 trains; dropout applies to its LoRA layers (none: bias-only training draws nothing).
+  return training_ && !adapters_.empty() && adapters_[0].adapter->config.dropout > 0 &&
+         !adapters_[0].adapter->pairs.empty();
 }
 
 void LoraHook::on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {

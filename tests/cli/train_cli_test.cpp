@@ -98,6 +98,8 @@ TEST(TrainCli, BadInput) {
   expect_train_error(common + " --data " + model + "/eval.jsonl --rank-pattern '{\"q_proj\": 2.5}'", "integer");
   expect_train_error(common + " --data " + model + "/eval.jsonl --alpha-pattern 'q_proj=4'", "--alpha-pattern");
   expect_train_error(common + " --data " + model + "/eval.jsonl --device tpu", "tpu");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --targets none", "nothing to train");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --targets none --bias all", "no biases");
   expect_train_error(common + " --data " + d.write("t.jsonl", "{\"text\": \"hello\"}\n"), "tokenizer");
   const std::string file = d.write("not_a_folder", "x");
   expect_train_error("train --model " + model + " --data " + model + "/eval.jsonl --out " + file + " --steps 1 --quiet",
@@ -133,3 +135,23 @@ TEST(TrainCli, RankAndAlphaPatterns) {
   EXPECT_GT(v, 0);
 }
 
+
+// Bias-only training (BitFit): --targets none --bias all on a base with biases trains, saves an
+// adapter of biases only, and eval with it gives the loss training reported.
+TEST(TrainCli, BiasOnlyTrainingLowersLossAndEvaluates) {
+  io::testing::ScratchDir d;
+  const std::string model = test::model_fixture("gpt2");
+  auto r = test::run_cli("train --model " + model + " --data " + model + "/eval.jsonl --out " + d.file("bitfit") +
+                         " --targets none --bias all --batch-size 2 --lr 2e-2 --warmup 0 --steps 12 --eval-data " +
+                         model + "/eval.jsonl --quiet");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto cfg = io::read_json(d.file("bitfit/adapter_config.json"));
+  EXPECT_TRUE(cfg["target_modules"].is_array() && cfg["target_modules"].empty()) << cfg.dump();
+  EXPECT_EQ(cfg["bias"], "all");
+  auto metrics = train::read_metrics(d.file("bitfit/metrics.jsonl"));
+  EXPECT_LT(metrics.back()["eval_loss"].get<double>(), metrics.front()["eval_loss"].get<double>() - 0.05);
+  auto e = test::run_cli("eval --model " + model + " --data " + model + "/eval.jsonl --json --adapter " +
+                         d.file("bitfit"));
+  ASSERT_EQ(e.code, 0) << e.err;
+  EXPECT_NEAR(nlohmann::json::parse(e.out)["loss"].get<double>(), metrics.back()["eval_loss"].get<double>(), 1e-6);
+}

@@ -22,6 +22,9 @@ struct LoraConfig {
   std::vector<std::string> target_modules{"q_proj", "v_proj"};
   std::optional<std::string> target_regex;
   bool all_linear = false;
+  // No LoRA layer at all (target_modules empty, "--targets none"): with bias = all, bias-only
+  // training (BitFit).
+  bool has_targets() const { return all_linear || target_regex || !target_modules.empty(); }
   bool use_rslora = false;
   bool fan_in_fan_out = false;
   BiasMode bias = BiasMode::None;
