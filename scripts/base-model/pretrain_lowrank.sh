@@ -21,7 +21,7 @@
 # TRAIN_SECONDS), so that the cosine schedule ends where training ends; validation loss every 500
 # steps and at the end. Knobs (environment): SHAPE ("--hidden 768 --layers 16 --heads 12 --ffn
 # 2048": 119.6M parameters), SEQ (512), BATCH (64 sequences: 32,768 tokens a step), LR (6e-4),
-# WARMUP (200), EPOCHS (8), TRAIN_SECONDS (420), DEVICE (cuda), LOWRANK (.devrun/cuda-build/bin/
+# WARMUP (200), EPOCHS (4: 8 overfit this 8.9M-token corpus, docs/experiments.md), TRAIN_SECONDS (420), DEVICE (cuda), LOWRANK (.devrun/cuda-build/bin/
 # lowrank when that pack exists, else build/lowrank), OUT (out/base120m).
 # The model folder holds bf16 weights (train --full's output); the experiments then use it with
 #   MODEL=out/base120m/model DEVICE=cuda scripts/experiments/run.sh TASK quality
@@ -91,7 +91,7 @@ train_txt=$work/train.txt val_txt=$work/val.txt init=$work/init model=$work/mode
 import json, sys
 r = [json.loads(l) for l in open(sys.argv[1]) if "\"epoch\"" in l][-1]
 print(round(r["step"] * int(sys.argv[2]) / r["epoch"]) * int(sys.argv[3]))' "$work/calib/metrics.jsonl" "$batch" "$seq")
-  steps=$(python3 - "$work/calib/metrics.jsonl" "$tokens" "$seq" "$batch" "${EPOCHS:-8}" "$train_seconds" <<'PY'
+  steps=$(python3 - "$work/calib/metrics.jsonl" "$tokens" "$seq" "$batch" "${EPOCHS:-4}" "$train_seconds" <<'PY'
 import json, statistics, sys
 path, tokens, seq, batch, epochs, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
 rows = [json.loads(l) for l in open(path) if '"tokens_per_second"' in l]
