@@ -65,8 +65,10 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
   s.batch *= batch_scale;
   const model::ModelConfig cfg = bench::shape_config(s, 4096);
 #ifdef LOWRANK_WITH_CUDA
-  cuda::empty_cache(dev);  // each configuration's peak is its own
-  cuda::reset_peak_stats(dev);
+  if (dev.is_cuda()) {  // each configuration's peak is its own
+    cuda::empty_cache(dev);
+    cuda::reset_peak_stats(dev);
+  }
 #endif
   const auto t_make = std::chrono::steady_clock::now();
   model::Model m = model::random_model(cfg, 1, dev, dev.is_cuda() ? DType::BF16 : DType::F32, quantize);
@@ -120,7 +122,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
   for (int i = 0; i < warmup + steps; ++i) {
     if (i == warmup) {
 #ifdef LOWRANK_WITH_CUDA
-      cuda::synchronize(dev);
+      if (dev.is_cuda()) cuda::synchronize(dev);
 #endif
       t0 = std::chrono::steady_clock::now();
       issue_s = 0;
@@ -169,9 +171,11 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
 #ifdef LOWRANK_WITH_CUDA
   // Peak reserved (what the allocator took from cudaMalloc): torch.cuda.max_memory_reserved's
   // definition, the one bench/peft_baseline.py reports. Allocated peak for reference.
-  const auto stats = cuda::allocator_stats(dev);
-  r["peak_gib"] = static_cast<double>(stats.peak_reserved) / (1 << 30);
-  r["peak_allocated_gib"] = static_cast<double>(stats.peak_in_use) / (1 << 30);
+  if (dev.is_cuda()) {
+    const auto stats = cuda::allocator_stats(dev);
+    r["peak_gib"] = static_cast<double>(stats.peak_reserved) / (1 << 30);
+    r["peak_allocated_gib"] = static_cast<double>(stats.peak_in_use) / (1 << 30);
+  }
 #endif
   std::printf("RESULT %s\n", r.dump().c_str());
   std::fflush(stdout);

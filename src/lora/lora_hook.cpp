@@ -28,7 +28,7 @@ size_t LoraHook::saved_bytes() const {
   size_t n = 0;
   auto add = [&n](const Tensor& t) { n += t.defined() ? t.nbytes() : 0; };
   for (const auto& [key, sv] : state().saved)
-    for (const Tensor* t : {&sv.h, &sv.x_drop, &sv.mask, &sv.dora_scale, &sv.dora_out}) add(*t);
+    for (const Tensor* t : {&sv.h, &sv.mask, &sv.dora_scale, &sv.dora_out}) add(*t);
   for (const auto& [key, g] : state().groups) {
     add(g.h);
     add(g.g);
@@ -107,10 +107,7 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     if (sv) {
       sv->A = A;
       sv->B = B;
-      if (mask.defined()) {
-        sv->x_drop = xin;
-        sv->mask = mask;
-      }
+      if (mask.defined()) sv->mask = mask;  // drop(x) is rebuilt from x and the mask in backward
     }
   }
 }
@@ -186,10 +183,17 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   auto it = st.saved.find({layer, static_cast<int>(target)});
   LR_CHECK(it != st.saved.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
   const LoraSaved& sv = it->second;
-  const Tensor& xin = sv.x_drop.defined() ? sv.x_drop : x;
+  // drop(x) again from the layer's input and the saved mask (bit for bit the forward's: x / keep
+  // where kept): a U8 mask is a quarter of an f32 copy (half of a bf16 one) kept per layer.
+  Tensor x_drop;
+  if (sv.mask.defined()) {
+    x_drop = Tensor::zeros_like(x);
+    ops::dropout_backward_add_(x_drop, x, sv.mask, ad.config.dropout);
+  }
+  const Tensor& xin = x_drop.defined() ? x_drop : x;
   const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
   const LoraVariant& variant = lora_variant(p->kind);
-  if (!dx || !sv.x_drop.defined()) {  // nothing below needs dx, or no dropout: add straight into dx
+  if (!dx || !x_drop.defined()) {  // nothing below needs dx, or no dropout: add straight into dx
     variant.backward(*p, in, sv, dy, dx, /*accumulate=*/true);
   } else {
     Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask

@@ -27,20 +27,23 @@ Tensor i32(const std::vector<int32_t>& v) {
 }  // namespace
 
 TEST(OpsDispatch, DropoutDrawsLikeTheLoraHook) {
-  Tensor x = random_t({13, 29}, 1);
-  const double p = 0.05;
-  Rng rng(7, 11);
-  const float keep = static_cast<float>(1.0 - p);
-  Tensor mask;
-  Tensor got = ops::dropout(x, p, 7, 11, mask);
-  for (int64_t k = 0; k < x.numel(); ++k) {
-    const bool kept = rng.uniform() < keep;  // lora_hook's loop
-    ASSERT_EQ(mask.data<uint8_t>()[k], kept);
-    ASSERT_EQ(got.f32()[k], kept ? x.f32()[k] / keep : 0.0f);
+  // A small tensor, and one large enough for the parallel loop; offsets not on a Philox block.
+  for (const auto& [shape, offset] : {std::pair{Shape{13, 29}, uint64_t{11}}, std::pair{Shape{300, 301}, uint64_t{6}}}) {
+    Tensor x = random_t(shape, 1);
+    const double p = 0.05;
+    Rng rng(7, offset);
+    const float keep = static_cast<float>(1.0 - p);
+    Tensor mask;
+    Tensor got = ops::dropout(x, p, 7, offset, mask);
+    for (int64_t k = 0; k < x.numel(); ++k) {
+      const bool kept = rng.uniform() < keep;  // lora_hook's loop
+      ASSERT_EQ(mask.data<uint8_t>()[k], kept) << k;
+      ASSERT_EQ(got.f32()[k], kept ? x.f32()[k] / keep : 0.0f) << k;
+    }
+    Tensor dx = Tensor::zeros(x.shape());
+    ops::dropout_backward_add_(dx, x, mask, p);
+    for (int64_t k = 0; k < x.numel(); ++k) ASSERT_EQ(dx.f32()[k], got.f32()[k]) << k;
   }
-  Tensor dx = Tensor::zeros(x.shape());
-  ops::dropout_backward_add_(dx, x, mask, p);
-  for (int64_t k = 0; k < x.numel(); ++k) ASSERT_EQ(dx.f32()[k], got.f32()[k]);
 }
 
 TEST(OpsDispatch, AdamWUpdateEqualsTrainAdamW) {

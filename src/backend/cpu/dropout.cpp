@@ -1,4 +1,6 @@
 // LoRA dropout on the CPU, drawing from the Rng exactly as the CUDA kernel does (rng.h).
+#include <array>
+
 #include "backend/cpu/cpu_ops.h"
 #include "lowrank/core/rng.h"
 
@@ -12,10 +14,22 @@ Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor
   const float* src = x.f32();
   float* dst = out.f32();
   uint8_t* m = mask.data<uint8_t>();
-  Rng rng(seed, offset);
-  for (int64_t k = 0; k < x.numel(); ++k) {
-    m[k] = rng.uniform() < keep;
-    dst[k] = m[k] ? src[k] / keep : 0.0f;
+  // Element k takes word offset + k of Rng(seed): lane w % 4 of Philox block w / 4, as Rng's
+  // uniform() reads it. One block per 4 elements (not per element), blocks in parallel.
+  const auto n = static_cast<uint64_t>(x.numel());
+  if (n == 0) return out;
+  const auto first = static_cast<int64_t>(offset / 4), end = static_cast<int64_t>((offset + n - 1) / 4 + 1);
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t b = first; b < end; ++b) {
+    const std::array<uint32_t, 4> words = philox4x32(seed, 0, static_cast<uint64_t>(b));
+    for (uint64_t lane = 0; lane < 4; ++lane) {
+      const uint64_t w = static_cast<uint64_t>(b) * 4 + lane;
+      if (w < offset || w - offset >= n) continue;
+      const uint64_t k = w - offset;
+      const float u = static_cast<float>(words[lane] >> 8) * (1.0f / 16777216.0f);
+      m[k] = u < keep;
+      dst[k] = m[k] ? src[k] / keep : 0.0f;
+    }
   }
   return out;
 }
@@ -27,6 +41,7 @@ void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, dou
   float* o = dx.f32();
   const float* g = gx.f32();
   const uint8_t* m = mask.data<uint8_t>();
+#pragma omp parallel for schedule(static) if (dx.numel() > 65536)
   for (int64_t k = 0; k < dx.numel(); ++k)
     if (m[k]) o[k] += g[k] / keep;
 }
