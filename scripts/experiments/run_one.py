@@ -28,7 +28,8 @@ Row fields: task, model (the base folder's name), method, rank, alpha, targets, 
 task's), metric_name, higher_is_better, eval_loss (lowrank eval on eval.jsonl; for
 prompt/completion data the loss of the completions), eval_tokens, score (score.py's details,
 generated tasks only), trainable_params, total_params (the trainer's "all params": base + adapter, PEFT's count), base_params, trainable_pct, peak_mib (max RSS of the training
-process; on a GPU also peak_gib, the driver's peak reserved memory), step_ms (median step time,
+process; on a GPU also peak_gib, the driver's peak reserved memory), saved_bytes (the
+.safetensors the run wrote: the adapter, or the whole model for full fine-tuning), step_ms (median step time,
 first 5 steps excluded), tokens_per_s (tokens of the steps after the first 5 / their time),
 train_wall_s, wall_s (train + eval processes), train_cpu_s (user + system CPU time of the
 training process, setup included), tokens_per_cpu_s (all steps' tokens / train_cpu_s: the speed
@@ -215,6 +216,9 @@ def main():
     }
     if gib:
         row["peak_gib"] = round(max(gib), 3)
+    # What the run writes for a user to keep: the adapter's safetensors, or the whole model's.
+    row["saved_bytes"] = sum(os.path.getsize(os.path.join(run_dir, f)) for f in os.listdir(run_dir)
+                             if f.endswith(".safetensors"))
     os.makedirs(os.path.dirname(os.path.abspath(a.results)), exist_ok=True)
     with open(a.results, "a") as fh:
         fh.write(json.dumps(row) + "\n")
