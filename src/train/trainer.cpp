@@ -131,13 +131,15 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
 }
 
 // Puts the hook and step context together once the replica's parameters are final (after resume).
-void arm_replica(Replica& rep, const TrainOptions& o) {
+// `graph`: record the step as a CUDA graph (one GPU, one rank: data parallel runs have not been
+// measured with it yet, so they stay op by op).
+void arm_replica(Replica& rep, const TrainOptions& o, bool graph) {
   if (rep.adapter) {
     rep.hook.emplace(std::vector<lora::ActiveAdapter>{{&*rep.adapter, 1.0}});
     rep.hook->set_training(true, &rep.dropout_rng);
   }
   const Device device = rep.model->device();
-  if (!rep.graph && StepGraph::enabled(device)) rep.graph = std::make_unique<StepGraph>(device);
+  if (graph && !rep.graph && StepGraph::enabled(device)) rep.graph = std::make_unique<StepGraph>(device);
   rep.ctx = StepContext{rep.model.get(), rep.hook ? &*rep.hook : nullptr, o.full ? &rep.full_grads : nullptr,
                         &rep.params, rep.optimizer.get(), o.max_grad_norm, o.checkpointing, rep.graph.get()};
 }
@@ -265,7 +267,7 @@ TrainSummary run_training(const TrainOptions& o) {
       log_warn("--resume: no complete checkpoint in ", o.out_dir, "; starting from step 0");
     }
   }
-  for (auto& rep : replicas) arm_replica(*rep, o);
+  for (auto& rep : replicas) arm_replica(*rep, o, /*graph=*/!comm);
   std::optional<lora::LoraHook>& hook = lead.hook;
   // Metrics: drop lines a killed run wrote after its last checkpoint, then append.
   const std::string metrics_path = (fs::path(o.out_dir) / "metrics.jsonl").string();
