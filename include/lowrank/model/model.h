@@ -35,7 +35,7 @@ struct TokenBatch {
   int64_t seq = 0;
   // Optional: ids and their positions (I32 [B*T]) already on the model's device, read instead of
   // uploading `ids` (a training step recorded as a CUDA graph reads fixed input buffers).
-  Tensor device_ids, device_pos;
+  Tensor device_ids{}, device_pos{};
   int64_t rows() const { return batch * seq; }
 };
 

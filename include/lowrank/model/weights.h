@@ -25,7 +25,7 @@ struct Linear {
   std::string name;  // checkpoint module path, e.g. "model.layers.0.self_attn.q_proj"
   Target target = Target::Count;  // what LoRA and the projection hook call it (set at load)
   bool transposed_in_checkpoint = false;  // GPT-2 Conv1D stores [in, out]
-  Nf4Weight nf4;  // the weight in NF4 (--quantize nf4), else empty (last: aggregate inits leave it out)
+  Nf4Weight nf4{};  // the weight in NF4 (--quantize nf4), else empty (last: aggregate inits leave it out)
 
   bool quantized() const { return nf4.defined(); }
   bool defined() const { return weight.defined() || quantized(); }
