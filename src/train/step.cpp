@@ -33,15 +33,17 @@ std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grad
   return out;
 }
 
+void zero_gradients(const std::vector<ParamRef>& params) {
+  const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
+  std::vector<Tensor> grads;
+  for (const auto& p : params) grads.push_back(p.grad);
+  ops::zero_all_(grads);
+}
+
 void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted, Tensor& nll) {
   LR_CHECK(!ctx.model->placement().split(), "a model split over devices trains with train_step_pipeline");
   if (ctx.graph && ctx.graph->accumulate(ctx, micro_batches, counted, nll)) return;
-  {
-    const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
-    std::vector<Tensor> grads;
-    for (const auto& p : *ctx.params) grads.push_back(p.grad);
-    ops::zero_all_(grads);
-  }
+  zero_gradients(*ctx.params);
   nll = Tensor::zeros({1}, DType::F64, ctx.model->device());  // stays on the device: one read per step
   if (counted == 0) return;
   for (const auto& mb : micro_batches)

@@ -6,7 +6,6 @@
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
 #include "lowrank/core/log.h"
-#include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/train/step.h"
 
@@ -114,12 +113,7 @@ bool StepGraph::accumulate(StepContext& ctx, const std::vector<MicroBatch>& micr
   }
   if (!graph_ && !record(ctx, micro_batches)) return false;
   fill_inputs(micro_batches, counted, m.weights().embed.dim(0), m.weights().lm_head.dim(0));
-  {
-    const profile::Scope scope(profile::Category::Optimizer, /*sticky=*/true);
-    std::vector<Tensor> grads;
-    for (const auto& p : *ctx.params) grads.push_back(p.grad);
-    ops::zero_all_(grads);  // outside the graph: the op uploads its table of tensors
-  }
+  zero_gradients(*ctx.params);  // outside the graph: the op uploads its table of tensors
   graph_->replay();
   ++replays_;
   nll = nll_;

@@ -51,5 +51,7 @@ void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro
 // Given the whole step's gradients and NLL: gradient norm and clipping, the finite check, AdamW.
 StepResult apply_gradients(StepContext& ctx, const Tensor& nll, int64_t counted, double lr);
 int64_t counted_targets(const std::vector<MicroBatch>& micro_batches);
+// Every parameter's gradient set to 0 (one multi-tensor launch; the parameters share a device).
+void zero_gradients(const std::vector<ParamRef>& params);
 
 }  // namespace lowrank::train
