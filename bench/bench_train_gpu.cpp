@@ -7,6 +7,7 @@
 //                   [--batch-scale K]   (K times the shape's batch: how step time grows with work)
 //                   [--quantize none|nf4]  (QLoRA: the blocks' projections in NF4, dequantized to bf16
 //                                           per GEMM; quantized on the host while the model is made)
+//                   [--dropout 0]  (LoRA dropout; lowrank train's default is 0.05)
 //                   [--method lora|full|all] [--rank 16[,4,...]]  (issue 15's efficiency claims: full
 //                                           fine-tuning — every weight, f32 masters and AdamW moments,
 //                                           bf16 working weights, as `lowrank train --full` — next to
@@ -60,7 +61,7 @@ double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq)
 
 // rank 0: full fine-tuning (every weight); otherwise LoRA of that rank (alpha 2r) on the targets.
 void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev, int steps, int warmup,
-         int batch_scale, model::Quantization quantize) {
+         int batch_scale, model::Quantization quantize, double dropout) {
   const bool full = rank == 0;
   s.batch *= batch_scale;
   const model::ModelConfig cfg = bench::shape_config(s, 4096);
@@ -76,7 +77,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
   lora::LoraConfig lc;
   lc.r = full ? 1 : rank;
   lc.alpha = 2.0 * lc.r;
-  lc.dropout = 0.0;
+  lc.dropout = dropout;
   lc.all_linear = all_linear;
   lc.target_modules = {"q_proj", "v_proj"};
   Rng rng(2);
@@ -86,6 +87,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
   std::optional<lora::LoraHook> hook;
   model::ModelWeights full_grads;
   std::vector<train::ParamRef> params;
+  Rng drop_rng(5);
   if (full) {
     full_grads = model::zeros_like(m.weights());
     params = train::full_params(m, full_grads);
@@ -94,7 +96,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
     a->allocate_grads();
     a->make_working_copies(m.weights().embed.dtype());
     hook.emplace(std::vector<lora::ActiveAdapter>{{&*a, 1.0}});
-    hook->set_training(true);
+    hook->set_training(true, &drop_rng);
     params = train::lora_params(*a);
   }
   train::AdamW opt({1e-4, 0.9, 0.999, 1e-8, 0.0});
@@ -155,7 +157,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
                    {"rank", full ? nlohmann::json() : nlohmann::json(rank)},
                    {"targets", full ? "all" : all_linear ? "all-linear" : "q_proj,v_proj"},
                    {"device", dev.is_cuda() ? "cuda" : "cpu"},
-                   {"checkpointing", checkpointing}, {"compile", false},
+                   {"checkpointing", checkpointing}, {"compile", false}, {"dropout", full ? 0.0 : dropout},
                    {"quantize", quantize == model::Quantization::Nf4 ? "nf4" : "none"}, {"model_make_s", make_s},
                    {"step_s", dt},
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
@@ -187,6 +189,7 @@ int main(int argc, char** argv) {
   std::string only = "qwen0.5b,llama1b,llama8b", device = "cuda:0", targets = "all", ckpt_filter = "all";
   std::string quantize = "none", method = "lora", ranks_arg = "16";
   int steps = 10, warmup = 3, batch_scale = 1;
+  double dropout = 0.0;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     else if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
@@ -198,10 +201,15 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--batch-scale")) batch_scale = std::max(1, std::atoi(argv[i + 1]));
     else if (!std::strcmp(argv[i], "--method")) method = argv[i + 1];
     else if (!std::strcmp(argv[i], "--rank")) ranks_arg = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--dropout")) dropout = std::atof(argv[i + 1]);
     else {
       std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
       return 2;
     }
+  }
+  if (!(dropout >= 0.0 && dropout < 1.0)) {
+    std::fprintf(stderr, "error: --dropout %g: expected a probability in [0, 1)\n", dropout);
+    return 2;
   }
   if (method != "lora" && method != "full" && method != "all") {
     std::fprintf(stderr, "error: --method %s: expected lora, full or all\n", method.c_str());
@@ -235,7 +243,7 @@ int main(int argc, char** argv) {
             if (rank != 0 && targets != "all" && targets != (all_linear ? "all-linear" : "q_proj,v_proj")) continue;
             if (ckpt_filter != "all" && ckpt_filter != (ckpt ? "1" : "0")) continue;
             try {
-              run(s, all_linear, rank, ckpt, dev, steps, warmup, batch_scale, q);
+              run(s, all_linear, rank, ckpt, dev, steps, warmup, batch_scale, q, dropout);
             } catch (const std::exception& e) {  // e.g. out of memory: the row says so
               nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"method", rank == 0 ? "full" : "lora"},
                                {"rank", rank == 0 ? nlohmann::json() : nlohmann::json(rank)},

@@ -6,7 +6,7 @@ bf16 on one GPU and prints tokens/s, peak GPU memory and MFU for each configurat
 with torch.compile. Prints one JSON object per configuration (prefix "RESULT ") so that the
 driver can tabulate it next to lowrank's numbers from the same run.
 
-    python3 bench/peft_baseline.py [--only qwen0.5b,llama1b,llama8b] [--steps 20] [--warmup 5]
+    python3 bench/peft_baseline.py [--only qwen0.5b,llama1b,llama8b] [--steps 20] [--warmup 5] [--dropout 0]
 """
 import argparse
 import json
@@ -48,12 +48,12 @@ def random_model(name):
     return cfg, model, sum(p.numel() for p in model.parameters()), batch, seq
 
 
-def run(name, targets, compile_model, checkpointing, steps, warmup):
+def run(name, targets, compile_model, checkpointing, steps, warmup, dropout=0.0):
     cfg, model, n_params, batch, seq = random_model(name)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM")
+    lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
     model = get_peft_model(model, lcfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
@@ -72,7 +72,7 @@ def run(name, targets, compile_model, checkpointing, steps, warmup):
     dt = (time.perf_counter() - t0) / steps
     tps = batch * seq / dt
     res = {"model": name, "targets": targets if isinstance(targets, str) else ",".join(targets),
-           "compile": compile_model, "checkpointing": checkpointing, "batch": batch, "seq": seq,
+           "compile": compile_model, "checkpointing": checkpointing, "dropout": dropout, "batch": batch, "seq": seq,
            "engine": "peft", "tokens_per_s": tps, "peak_gib": torch.cuda.max_memory_reserved() / 2**30,
            "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
            "mfu": tps * flops_per_token(cfg, n_params, seq) / PEAK_BF16, "params": n_params,
@@ -93,6 +93,7 @@ def main():
     ap.add_argument("--no-checkpointing", action="store_true")
     ap.add_argument("--targets", default="all", help="all, all-linear or q_proj,v_proj")
     ap.add_argument("--checkpointing", default="all", help="all, 0 or 1")
+    ap.add_argument("--dropout", type=float, default=0.0, help="lora_dropout (PEFT's default is 0.0)")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     # Every eager configuration first, then the compiled ones (they take longer to start).
@@ -108,7 +109,7 @@ def main():
                     if args.checkpointing not in ("all", "1" if ck else "0"):
                         continue
                     try:
-                        run(name, targets, comp, ck, args.steps, args.warmup)
+                        run(name, targets, comp, ck, args.steps, args.warmup, args.dropout)
                     except Exception as e:  # one failure must not cost the table
                         print("RESULT " + json.dumps({"model": name, "targets": str(targets), "compile": comp,
                                                       "checkpointing": ck, "error": repr(e)[:300]}), flush=True)

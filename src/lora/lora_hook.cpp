@@ -86,7 +86,7 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       // Counter-based draws: element k uses draw offset + k, the same on every device. A replay
       // (checkpointing) reuses the first forward's offset, so it draws the same mask.
       offset = replay_ ? state().saved.at(key).drop_offset : rng_->offset();
-      xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, mask);
+      xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, mask, draw_delta_);
       if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
     // A and B in the activations' dtype (bf16 on the GPU: the GEMMs run on bf16 tensor cores, as

@@ -6,6 +6,7 @@
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
 #include "lowrank/core/log.h"
+#include "lowrank/core/rng.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/train/step.h"
 
@@ -24,8 +25,10 @@ void StepGraph::reset() {
   pool_.reset();  // its blocks go back to the device's cache
   batches_.clear();
   targets_.clear();
-  tokens_ = positions_ = grad_scale_ = nll_ = Tensor();
+  tokens_ = positions_ = grad_scale_ = nll_ = draw_delta_ = Tensor();
   warmed_ = failed_ = false;
+  rng_ = nullptr;
+  recorded_at_ = draws_ = 0;
 }
 
 // The host's checks of the eager path (the embedding's ids, the loss's targets), then one upload
@@ -51,6 +54,11 @@ void StepGraph::fill_inputs(const std::vector<MicroBatch>& micro_batches, int64_
   device_copy(tokens_.raw(), device_, host.data(), Device::cpu(), host.size() * sizeof(int32_t));
   const float scale = 1.0f / static_cast<float>(counted);  // as accumulate_gradients scales
   device_copy(grad_scale_.raw(), device_, &scale, Device::cpu(), sizeof(float));
+  if (rng_) {  // this replay draws where an op-by-op step would: at the Rng's position now
+    const auto delta = static_cast<int64_t>(rng_->offset() - recorded_at_);
+    device_copy(draw_delta_.raw(), device_, &delta, Device::cpu(), sizeof(delta));
+    *rng_ = Rng(rng_->seed(), rng_->offset() + draws_);
+  }
 }
 
 bool StepGraph::record(StepContext& ctx, const std::vector<MicroBatch>& micro_batches) {
@@ -73,6 +81,12 @@ bool StepGraph::record(StepContext& ctx, const std::vector<MicroBatch>& micro_ba
     targets_.push_back({tokens_.slice_rows(rows + row, rows + row + n), grad_scale_});
     row += n;
   }
+  rng_ = ctx.hook ? ctx.hook->draw_rng() : nullptr;
+  if (rng_) {  // dropout: the recorded draws are shifted by draw_delta_ at each replay
+    draw_delta_ = Tensor::empty({1}, DType::I64, device_);
+    recorded_at_ = rng_->offset();
+    ctx.hook->set_draw_delta(draw_delta_);
+  }
   pool_ = make_device_graph_pool(device_);
   auto graph = std::make_unique<DeviceGraph>(device_, pool_);
   try {
@@ -83,12 +97,21 @@ bool StepGraph::record(StepContext& ctx, const std::vector<MicroBatch>& micro_ba
                                 ctx.checkpointing, &nll_, &targets_[k]);
     });
   } catch (const Error& e) {
+    if (rng_) {  // nothing ran: the op-by-op step draws from where the recording started
+      ctx.hook->set_draw_delta(Tensor());
+      *rng_ = Rng(rng_->seed(), recorded_at_);
+    }
     log_warn("training steps run without a CUDA graph: ", e.what());
     const Shapes shapes = shapes_;
     reset();
     shapes_ = shapes;
     warmed_ = failed_ = true;
     return false;
+  }
+  if (rng_) {  // the recording queued nothing: the replay that follows makes the draws
+    ctx.hook->set_draw_delta(Tensor());
+    draws_ = rng_->offset() - recorded_at_;
+    *rng_ = Rng(rng_->seed(), recorded_at_);
   }
   graph_ = std::move(graph);
   return true;
@@ -97,12 +120,13 @@ bool StepGraph::record(StepContext& ctx, const std::vector<MicroBatch>& micro_ba
 bool StepGraph::accumulate(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted,
                            Tensor& nll) {
   const model::Model& m = *ctx.model;
+  Rng* rng = ctx.hook && ctx.hook->draws_randomness() ? ctx.hook->draw_rng() : nullptr;
   if (counted == 0 || profile::enabled() || m.placement().split() || !(m.device() == device_) ||
-      (ctx.hook && ctx.hook->draws_randomness()))
+      (ctx.hook && ctx.hook->draws_randomness() && !rng))
     return false;
   Shapes shapes;
   for (const MicroBatch& mb : micro_batches) shapes.emplace_back(mb.tokens.batch, mb.tokens.seq);
-  if (shapes != shapes_) {
+  if (shapes != shapes_ || (graph_ && rng != rng_)) {
     reset();
     shapes_ = shapes;
   }

@@ -46,6 +46,19 @@ TEST(OpsDispatch, DropoutDrawsLikeTheLoraHook) {
   }
 }
 
+TEST(OpsDispatch, DropoutDeviceOffsetShiftsTheDraws) {
+  Tensor x = random_t({13, 29}, 2), delta = Tensor::empty({1}, DType::I64);
+  delta.data<int64_t>()[0] = 517;
+  Tensor mask, want_mask;
+  const Tensor got = ops::dropout(x, 0.3, 7, 1000, mask, delta);
+  const Tensor want = ops::dropout(x, 0.3, 7, 1517, want_mask);
+  const Tensor unshifted = ops::dropout(x, 0.3, 7, 1000, want_mask);
+  EXPECT_EQ(std::memcmp(got.f32(), want.f32(), x.numel() * sizeof(float)), 0);
+  EXPECT_NE(std::memcmp(got.f32(), unshifted.f32(), x.numel() * sizeof(float)), 0);
+  delta = Tensor::empty({2}, DType::I64);
+  EXPECT_THROW(ops::dropout(x, 0.3, 7, 1000, mask, delta), InternalError);
+}
+
 TEST(OpsDispatch, AdamWUpdateEqualsTrainAdamW) {
   train::AdamWConfig cfg;
   cfg.weight_decay = 0.1;

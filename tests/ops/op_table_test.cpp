@@ -391,6 +391,17 @@ std::vector<OpCase> op_table() {
                  return Outputs{y, mask_f32(mask), dx};
                },
                {}, {}, false});
+  t.push_back({"dropout (device offset)", {{13, 29}},
+               [](Inputs& in, Device d) {
+                 Tensor delta = Tensor::empty({1}, DType::I64);
+                 delta.data<int64_t>()[0] = 517;
+                 Tensor mask, want_mask;
+                 Tensor y = ops::dropout(in[0], 0.25, 42, 1000, mask, delta.to(d));
+                 Tensor want = ops::dropout(in[0], 0.25, 42, 1517, want_mask);
+                 ops::add_scaled_(want, y, -1.0f);  // zero when the device's offset was added
+                 return Outputs{y, mask_f32(mask), want};
+               },
+               {}, {}, false});
   ops::AdamWScalars s;
   s.decay = 0.99f;
   s.apply_decay = true;

@@ -1,7 +1,7 @@
 // Training steps replayed as a CUDA graph (train/step_graph.h) against the same steps run op by
 // op: equal losses, gradient norms and trained parameters while the step's inputs (ids, targets,
 // the count of targets) change from step to step; new shapes re-record; bad ids and targets are
-// still errors; LoRA dropout keeps the step op by op. Skipped without a GPU.
+// still errors; LoRA dropout draws the op-by-op steps' masks. Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -88,9 +88,10 @@ std::vector<float> host_values(const Tensor& t) {
 }
 
 // Runs the same steps through a graphed and an op-by-op setup and compares them step by step.
-void expect_graph_equals_ops(const std::string& fixture, bool full, bool checkpointing, int steps) {
+void expect_graph_equals_ops(const std::string& fixture, bool full, bool checkpointing, int steps,
+                             double dropout = 0.0) {
   const std::string dir = test::model_fixture(fixture);
-  TrainRun graphed(dir, full, true, 0.0, checkpointing), ops(dir, full, false, 0.0, checkpointing);
+  TrainRun graphed(dir, full, true, dropout, checkpointing), ops(dir, full, false, dropout, checkpointing);
   const train::Dataset data = windows(graphed.m.config().vocab_size, 16);
   ASSERT_GE(data.size(), 8u) << fixture;
   for (int64_t step = 0; step < steps; ++step) {
@@ -103,6 +104,7 @@ void expect_graph_equals_ops(const std::string& fixture, bool full, bool checkpo
     EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-3 * b.grad_norm) << fixture << " step " << step;
   }
   EXPECT_EQ(graphed.graph->replays(), steps - 1) << "the first step runs op by op, every later one replays";
+  EXPECT_EQ(graphed.drop.offset(), ops.drop.offset()) << "replays advance the dropout Rng as op-by-op steps do";
   for (size_t i = 0; i < graphed.params.size(); ++i) {
     const auto a = host_values(graphed.params[i].param), b = host_values(ops.params[i].param);
     double num = 0, den = 0;
@@ -182,14 +184,30 @@ TEST(CudaStepGraphInputs, BadIdsAndTargetsOnAReplayAreErrors) {
   EXPECT_EQ(s.graph->replays(), replays + 1);
 }
 
-TEST(CudaStepGraphDropout, LoraDropoutRunsOpByOp) {
+// Dropout: every replay draws the masks that the same step run op by op draws (new ones each step).
+TEST(CudaStepGraphDropout, LoraDropoutReplaysEqualOpByOp) {
+  REQUIRE_GPU();
+  expect_graph_equals_ops("llama", false, false, 5, /*dropout=*/0.1);
+}
+
+TEST(CudaStepGraphDropout, LoraDropoutWithCheckpointingReplaysEqualOpByOp) {
+  REQUIRE_GPU();
+  expect_graph_equals_ops("gemma2", false, true, 4, /*dropout=*/0.1);
+}
+
+// Masks that stayed those of the recording would make every replay's loss the recorded step's when
+// the same batch comes back; with draws shifted per replay they differ.
+TEST(CudaStepGraphDropout, ReplaysDrawNewMasks) {
   REQUIRE_GPU();
   const std::string dir = test::model_fixture("llama");
-  TrainRun s(dir, false, true, /*dropout=*/0.1);
+  TrainRun s(dir, false, true, /*dropout=*/0.5);
   const train::Dataset data = windows(s.m.config().vocab_size, 16);
-  for (int64_t step = 0; step < 3; ++step) train::train_step(s.ctx, step_batches(data, step), 1e-3);
-  EXPECT_FALSE(s.graph->recorded());
-  EXPECT_EQ(s.graph->replays(), 0);
+  const auto mbs = step_batches(data, 0);
+  std::vector<double> losses;
+  for (int step = 0; step < 4; ++step) losses.push_back(train::train_step(s.ctx, mbs, 0.0).loss);  // lr 0: same weights
+  EXPECT_EQ(s.graph->replays(), 3);
+  EXPECT_NE(losses[2], losses[3]);
+  EXPECT_NE(losses[1], losses[2]);
 }
 
 }  // namespace

@@ -40,6 +40,8 @@ class LoraHook : public model::TrainableHook {
   size_t saved_bytes() const;
   void bind(model::ForwardCache* cache) override { bound_ = cache; }
   bool draws_randomness() const override;
+  Rng* draw_rng() override { return draws_randomness() ? rng_ : nullptr; }
+  void set_draw_delta(const Tensor& delta) override { draw_delta_ = delta; }
   // Drops the activations saved by the last forward pass.
   void clear_saved() { state() = ForwardState{}; }
 
@@ -61,6 +63,7 @@ class LoraHook : public model::TrainableHook {
   bool replay_ = false;
   bool checkpointed_ = false;
   Rng* rng_ = nullptr;
+  Tensor draw_delta_;  // I64 [1] on the device, added to dropout's draw positions (set_draw_delta)
   // What one forward pass saves for its backward: in the bound ForwardCache, else in own_.
   struct ForwardState : model::HookState {
     std::map<std::pair<int, int>, LoraSaved> saved;  // (layer, target) of the trained adapter

@@ -5,6 +5,10 @@
 
 #include "lowrank/model/model.h"
 
+namespace lowrank {
+class Rng;
+}
+
 namespace lowrank::model {
 
 // A ProjectionHook that also takes part in the backward pass.
@@ -28,9 +32,14 @@ class TrainableHook : public ProjectionHook {
   // Keep what the hook saves for backward in `cache` (its hook_state) from now on; null: in the
   // hook itself. forward_backward binds its cache for the pass.
   virtual void bind(ForwardCache* cache) {}
-  // Whether a training pass draws random numbers on the host (LoRA dropout): such a pass cannot be
-  // recorded once and replayed (every replay would draw the same masks).
+  // Whether a training pass draws random numbers (LoRA dropout's masks, from a counter-based Rng).
   virtual bool draws_randomness() const { return false; }
+  // The Rng they come from (null when none). A pass recorded once as a CUDA graph and replayed must
+  // draw new masks at every replay: while recording, the hook's draws add `delta` (I64 [1] on the
+  // device) to their positions, and the graph's owner sets it before each replay to how far the Rng
+  // has moved since the recording (then advances the Rng by the recorded pass's draws).
+  virtual Rng* draw_rng() { return nullptr; }
+  virtual void set_draw_delta(const Tensor& delta) {}
 };
 
 struct LossResult {

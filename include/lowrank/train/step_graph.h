@@ -9,9 +9,13 @@
 // without the graph. The first step of new shapes runs op by op (GEMM autotuning and attention
 // plans happen there), the second is recorded; a change of shapes drops the graph and its memory.
 //
-// Not used (the step runs op by op): on the CPU, under the profiler (LOWRANK_PROFILE), with LoRA
-// dropout (masks are drawn on the host), for a model split over devices, when the recording fails
-// (an op that needs the host; logged once), or with LOWRANK_STEP_GRAPH=0.
+// LoRA dropout: the recorded kernels draw their masks at the recorded positions of the hook's Rng
+// plus a device scalar set before each replay to how far the Rng has moved since, and the Rng is
+// advanced by the recorded step's draws: the masks are those of the same steps run op by op.
+//
+// Not used (the step runs op by op): on the CPU, under the profiler (LOWRANK_PROFILE), for a model
+// split over devices, when the recording fails (an op that needs the host; logged once), or with
+// LOWRANK_STEP_GRAPH=0.
 #include <memory>
 #include <utility>
 #include <vector>
@@ -19,6 +23,10 @@
 #include "lowrank/core/device_graph.h"
 #include "lowrank/model/backward.h"
 #include "lowrank/train/dataset.h"
+
+namespace lowrank {
+class Rng;
+}
 
 namespace lowrank::train {
 
@@ -53,6 +61,11 @@ class StepGraph {
   // Inputs, allocated before the recording: ids then targets of every micro-batch (I32), each
   // micro-batch's positions (I32), the gradient scale (F32 [1]); the NLL sum (F64 [1]).
   Tensor tokens_, positions_, grad_scale_, nll_;
+  // Dropout: the hook's Rng, its position when the recording began, the recorded step's draws, and
+  // the shift of the draws' positions at a replay (I64 [1]).
+  Rng* rng_ = nullptr;
+  uint64_t recorded_at_ = 0, draws_ = 0;
+  Tensor draw_delta_;
   std::vector<model::TokenBatch> batches_;
   std::vector<model::DeviceTargets> targets_;
   int64_t replays_ = 0;

@@ -6,8 +6,9 @@
 
 namespace lowrank::cpu {
 
-Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& mask) {
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& mask, const Tensor& device_offset) {
   LR_CHECK(p >= 0.0f && p < 1.0f, "dropout p ", p);
+  if (device_offset.defined()) offset += static_cast<uint64_t>(device_offset.data<int64_t>()[0]);
   const float keep = static_cast<float>(1.0 - p);  // as lora_hook computes it
   Tensor out = Tensor::empty(x.shape());
   mask = Tensor::empty({x.numel()}, DType::U8);
