@@ -6,7 +6,7 @@
 // Qwen2.5-0.5B and Llama-3-8B shapes, bf16, greedy (argmax on the GPU), no eos; the clock covers
 // the decode rounds only (the prefill runs before it). One JSON line per row.
 //   bench_mixed_decode_gpu [--only tiny,qwen0.5b,llama8b] [--batch 64] [--adapters 0,1,8,64] [--new 64]
-//                          [--prompt 128] [--rank 16] [--device cuda:0]
+//                          [--prompt 128] [--rank 16] [--modes mixed,grouped] [--device cuda:0]
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -100,7 +100,7 @@ double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<l
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string only, device_text = "cuda:0";
+  std::string only, device_text = "cuda:0", modes = "mixed,grouped";
   std::vector<int64_t> adapter_counts = {0, 1, 8, 64};
   int64_t batch = 64, rounds = 64, prompt = 128, rank = 16;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -111,6 +111,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--prompt")) prompt = std::stoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--rank")) rank = std::stoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--device")) device_text = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--modes")) modes = argv[i + 1];
     else {
       std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
       return 2;
@@ -135,6 +136,7 @@ int main(int argc, char** argv) {
       for (int64_t adapters : adapter_counts) {
         for (bool mixed : {true, false}) {
           if (adapters == 0 && !mixed) continue;  // the base model: one row
+          if (modes.find(mixed ? "mixed" : "grouped") == std::string::npos) continue;
           const double secs = decode_seconds(m, host, device_copies, batch, adapters, mixed, prompt, rounds, s.vocab);
           nlohmann::json row{{"bench", "mixed_decode_gpu"}, {"shape", s.name}, {"batch", batch},
                              {"adapters", adapters}, {"rank", rank}, {"mode", mixed ? "mixed" : "grouped"},

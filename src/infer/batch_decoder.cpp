@@ -27,10 +27,9 @@ BatchDecoder::~BatchDecoder() = default;
 
 int64_t BatchDecoder::graph_replays() const { return graphs_ ? graphs_->replays() : 0; }
 
-std::unique_ptr<lora::MixedBatchHook> BatchDecoder::mixed_hook(const std::vector<DecodeEntry*>& group,
-                                                               int64_t rows_each) {
+std::vector<lora::RowAdapter> BatchDecoder::row_adapters(const std::vector<DecodeEntry*>& group) {
   if (std::none_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->adapter != nullptr; }))
-    return nullptr;
+    return {};
   std::map<const lora::Adapter*, std::shared_ptr<const lora::MixableAdapter>> copies;  // one acquire per adapter
   std::vector<lora::RowAdapter> sequences;
   for (const DecodeEntry* e : group) {
@@ -42,6 +41,12 @@ std::unique_ptr<lora::MixedBatchHook> BatchDecoder::mixed_hook(const std::vector
     }
     sequences.push_back({copy, e->adapter_scale});
   }
+  return sequences;
+}
+
+std::unique_ptr<lora::MixedBatchHook> BatchDecoder::mixed_hook(const std::vector<lora::RowAdapter>& sequences,
+                                                               int64_t rows_each) {
+  if (sequences.empty()) return nullptr;
   return std::make_unique<lora::MixedBatchHook>(sequences, rows_each, model_.device());
 }
 
@@ -119,7 +124,7 @@ void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, 
     last_rows.push_back(static_cast<int32_t>(b * len + len - 1));
   }
   PagedAttentionCache attention(cache_, Tensor::from_ints(slots, model_.device()));
-  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(group, len);
+  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(row_adapters(group), len);
   if (mixed) hook = mixed.get();
   Tensor h = model_.hidden_states_at({ids, B, len}, pos, hook, attention);
   for (DecodeEntry* e : group) e->seq->length_ = len;
@@ -141,12 +146,13 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
     const int64_t used = cache_.blocks_for(s.length_ + 1);
     std::copy(s.blocks_.begin(), s.blocks_.begin() + used, tables.begin() + b * width);
   }
-  const bool no_adapter = std::none_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->adapter != nullptr; });
-  if (!hook && no_adapter && graphs_) {
+  // Without a hook of its own the group runs the base model and mixable adapters: one graph.
+  const std::vector<lora::RowAdapter> adapters = hook ? std::vector<lora::RowAdapter>{} : row_adapters(group);
+  if (!hook && graphs_) {
     const bool argmax_only = std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->argmax_only; });
     std::vector<int32_t> argmax;
     std::vector<float> logits;
-    if (graphs_->run({ids, pos, slots, lens, tables, width, max_len}, argmax_only, argmax, logits)) {
+    if (graphs_->run({ids, pos, slots, lens, tables, width, max_len, adapters}, argmax_only, argmax, logits)) {
       const int64_t V = argmax_only ? 0 : static_cast<int64_t>(logits.size()) / B;
       for (int64_t b = 0; b < B; ++b) {
         ++group[b]->seq->length_;
@@ -159,7 +165,7 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
   const Device d = model_.device();
   PagedAttentionCache attention(cache_, Tensor::from_ints(slots, d),
                            Tensor::from_ints(tables, d).reshape({B, width}), Tensor::from_ints(lens, d), max_len);
-  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(group, 1);
+  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(adapters, 1);
   if (mixed) hook = mixed.get();
   Tensor h = model_.hidden_states_at({ids, B, 1}, pos, hook, attention);
   for (DecodeEntry* e : group) ++e->seq->length_;

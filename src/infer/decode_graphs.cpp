@@ -30,47 +30,100 @@ bool DecodeGraphs::usable(const model::Model& model) {
 DecodeGraphs::DecodeGraphs(const model::Model& model, PagedKVCache& cache)
     : model_(model), cache_(cache), pool_(make_device_graph_pool(model.device())) {}
 
-void DecodeGraphs::forward(Bucket& b) {
+void DecodeGraphs::forward(Bucket& b, const std::vector<lora::RowAdapter>& set) {
   const int64_t B = b.batch;
   Tensor ids = b.inputs.slice_rows(0, B), pos = b.inputs.slice_rows(B, 2 * B);
   Tensor slots = b.inputs.slice_rows(2 * B, 3 * B), lens = b.inputs.slice_rows(3 * B, 4 * B);
-  Tensor tables = b.inputs.slice_rows(4 * B, B * (4 + b.width)).reshape({B, b.width});
+  Tensor rows = b.inputs.slice_rows(4 * B, 5 * B);
+  Tensor tables = b.inputs.slice_rows(5 * B, B * (5 + b.width)).reshape({B, b.width});
   PagedAttentionCache attention(cache_, slots, tables, lens, b.length);
-  Tensor h = model_.hidden_states_at(ids, pos, B, 1, b.length - 1, nullptr, attention);
-  b.logits = model_.project_vocab(h, nullptr);
+  // Built for this pass only: a recorded graph keeps the adapters' pointers, not the hook.
+  const std::unique_ptr<lora::MixedBatchHook> hook = set.empty() ? nullptr : std::make_unique<lora::MixedBatchHook>(set, rows);
+  Tensor h = model_.hidden_states_at(ids, pos, B, 1, b.length - 1, hook.get(), attention);
+  b.logits = model_.project_vocab(h, hook.get());
   b.argmax = ops::argmax_rows(b.logits);
+}
+
+bool DecodeGraphs::same_adapters(const Bucket& b, const std::vector<lora::RowAdapter>& set) {
+  if (b.adapters.size() != set.size()) return false;
+  for (size_t j = 0; j < set.size(); ++j)  // owner equality: a weak reference keeps its control block
+    if (b.adapters[j].expired() || b.adapters[j].owner_before(set[j].adapter) || set[j].adapter.owner_before(b.adapters[j]))
+      return false;
+  return true;
+}
+
+void DecodeGraphs::evict_adapter_buckets(const Key& keep) {
+  for (;;) {
+    size_t with_adapters = 0;
+    auto oldest = buckets_.end();
+    for (auto it = buckets_.begin(); it != buckets_.end(); ++it) {
+      if (std::get<2>(it->first).empty()) continue;
+      ++with_adapters;
+      if (it->first != keep && (oldest == buckets_.end() || it->second.last_used < oldest->second.last_used)) oldest = it;
+    }
+    if (with_adapters <= kMaxAdapterBuckets || oldest == buckets_.end()) return;
+    buckets_.erase(oldest);
+  }
 }
 
 bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits) {
   const auto n = static_cast<int64_t>(s.ids.size());
   const int64_t positions = std::max<int64_t>(model_.config().max_position_embeddings, 1);
   if (n == 0 || n > kMaxBatch || s.max_len > positions) return false;
+  LR_CHECK(s.adapters.empty() || static_cast<int64_t>(s.adapters.size()) == n, "decode step: ", s.adapters.size(),
+           " row adapters for ", n, " rows");
   const int64_t batch = next_power_of_two(n, 1);
   const int64_t length = std::min(next_power_of_two(s.max_len, kMinLength), positions);
-  Bucket& b = buckets_[{batch, length}];
+  // The step's distinct (adapter, scale), sorted: the bucket's set; each row's index into it.
+  std::map<std::pair<const lora::MixableAdapter*, double>, int32_t> index;
+  for (const lora::RowAdapter& a : s.adapters)
+    if (a.adapter) index.try_emplace({a.adapter.get(), a.user_scale}, 0);
+  AdapterSet key_set;
+  std::vector<lora::RowAdapter> set;
+  for (auto& [k, j] : index) {
+    j = static_cast<int32_t>(key_set.size());
+    key_set.push_back(k);
+    set.push_back({});
+  }
+  std::vector<int32_t> row_adapter(batch, -1);
+  for (int64_t r = 0; r < static_cast<int64_t>(s.adapters.size()); ++r) {
+    const lora::RowAdapter& a = s.adapters[r];
+    if (!a.adapter) continue;
+    const int32_t j = index.at({a.adapter.get(), a.user_scale});
+    row_adapter[r] = j;
+    set[j] = a;
+  }
+  const Key key{batch, length, key_set};
+  if (auto it = buckets_.find(key); it != buckets_.end() && !same_adapters(it->second, set))
+    buckets_.erase(it);  // other adapters now live at the recorded addresses
+  Bucket& b = buckets_[key];
+  b.last_used = ++steps_;
   if (!b.inputs.defined()) {
     b.batch = batch;
     b.length = length;
     b.width = cache_.blocks_for(length);
-    b.inputs = Tensor::empty({batch * (4 + b.width)}, DType::I32, model_.device());
+    b.inputs = Tensor::empty({batch * (5 + b.width)}, DType::I32, model_.device());
+    for (const lora::RowAdapter& a : set) b.adapters.push_back(a.adapter);
+    if (!set.empty()) evict_adapter_buckets(key);
   }
   // Padding rows: token 0 at position 0, written nowhere (slot -1), attending to one position of
-  // block 0 (any block: the row's output is ignored).
-  std::vector<int32_t> host(batch * (4 + b.width), 0);
+  // block 0 (any block: the row's output is ignored), no adapter.
+  std::vector<int32_t> host(batch * (5 + b.width), 0);
   std::copy(s.ids.begin(), s.ids.end(), host.begin());
   std::copy(s.pos.begin(), s.pos.end(), host.begin() + batch);
   std::fill(host.begin() + 2 * batch, host.begin() + 3 * batch, -1);
   std::copy(s.slots.begin(), s.slots.end(), host.begin() + 2 * batch);
   std::fill(host.begin() + 3 * batch, host.begin() + 4 * batch, 1);
   std::copy(s.lens.begin(), s.lens.end(), host.begin() + 3 * batch);
+  std::copy(row_adapter.begin(), row_adapter.end(), host.begin() + 4 * batch);
   for (int64_t r = 0; r < n; ++r)
     std::copy(s.tables.begin() + r * s.width, s.tables.begin() + r * s.width + std::min(s.width, b.width),
-              host.begin() + 4 * batch + r * b.width);
+              host.begin() + 5 * batch + r * b.width);
   device_copy(b.inputs.raw(), b.inputs.device(), host.data(), Device::cpu(), host.size() * sizeof(int32_t));
   if (b.warmed && !b.graph && !b.eager) {
     try {
       auto graph = std::make_unique<DeviceGraph>(model_.device(), pool_);
-      graph->record([&] { forward(b); });
+      graph->record([&] { forward(b, set); });
       b.graph = std::move(graph);
     } catch (const Error& e) {
       log_warn("decode step of ", batch, " rows runs without a CUDA graph: ", e.what());
@@ -81,7 +134,7 @@ bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& ar
     b.graph->replay();
     ++replays_;
   } else {
-    forward(b);
+    forward(b, set);
     b.warmed = true;
   }
   const Tensor ids = b.argmax.slice_rows(0, n).to(Device::cpu());

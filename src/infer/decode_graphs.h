@@ -9,14 +9,23 @@
 // sequence's own length on the device). The inputs live in one device buffer per graph, refilled
 // before each replay; the outputs are read after it. The first step of a bucket runs eagerly
 // (cuBLASLt and cuDNN make their choices then), the second records the graph.
+//
+// Mixed-adapter steps (plain LoRA adapters on the GPU, lora/mixed_batch_hook.h) are buckets too,
+// keyed by their set of distinct (adapter, scale) as well: each row's index into the set is one
+// more input, and the adapters' device pointers are recorded. A bucket keeps only weak references
+// to its adapters (it never pins them in the adapter cache) and replays only while the step's
+// adapters are those very objects; a set that is gone is recorded anew. At most
+// kMaxAdapterBuckets such buckets are kept (the least recently used goes).
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <tuple>
 #include <utility>
 #include <vector>
 
 #include "lowrank/core/device_graph.h"
 #include "lowrank/infer/paged_kv_cache.h"
+#include "lowrank/lora/mixed_batch_hook.h"
 #include "lowrank/model/model.h"
 
 namespace lowrank::infer {
@@ -25,40 +34,53 @@ class DecodeGraphs {
  public:
   static constexpr int64_t kMaxBatch = 256;
   static constexpr int64_t kMinLength = 256;
+  static constexpr size_t kMaxAdapterBuckets = 8;
 
   // Whether the model's decode steps can be recorded: on a CUDA device, without LongRoPE (its
   // tables switch with the length), unless LOWRANK_CUDA_GRAPHS=0.
   static bool usable(const model::Model& model);
   DecodeGraphs(const model::Model& model, PagedKVCache& cache);
 
-  // One decode step of B sequences without adapters: the rows' token ids, positions, KV-cache slots
-  // and lengths after the step (each [B]), their block tables [B, width] and the longest length.
-  // False (nothing done) when the step has no bucket (too many rows, too long); else fills the
-  // argmax of each row, and `logits` [B*V] (host f32) unless argmax_only.
+  // One decode step of B sequences: the rows' token ids, positions, KV-cache slots and lengths
+  // after the step (each [B]), their block tables [B, width], the longest length, and each row's
+  // adapter on the device (empty, or [B] with null for the base model). False (nothing done) when
+  // the step has no bucket (too many rows, too long); else fills the argmax of each row, and
+  // `logits` [B*V] (host f32) unless argmax_only.
   struct Step {
     std::vector<int32_t> ids, pos, slots, lens, tables;
     int64_t width = 0, max_len = 0;
+    std::vector<lora::RowAdapter> adapters;
   };
   bool run(const Step& step, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits);
   int64_t replays() const { return replays_; }
 
  private:
+  using AdapterSet = std::vector<std::pair<const lora::MixableAdapter*, double>>;  // (adapter, scale), sorted
+  using Key = std::tuple<int64_t, int64_t, AdapterSet>;                          // (batch, length, set)
   struct Bucket {
     int64_t batch = 0, length = 0, width = 0;
-    Tensor inputs;          // I32 [batch * (4 + width)]: ids, pos, slots, lens, then the tables
+    // I32 [batch * (5 + width)]: ids, pos, slots, lens, each row's adapter index (-1: none), then
+    // the tables
+    Tensor inputs;
     Tensor logits, argmax;  // outputs: f32 [batch, V], I32 [batch]
     std::unique_ptr<DeviceGraph> graph;
     bool warmed = false;
     bool eager = false;  // recording failed: this bucket runs without a graph
+    std::vector<std::weak_ptr<const lora::MixableAdapter>> adapters;  // the set's, in key order
+    int64_t last_used = 0;
   };
-  // Runs the bucket's forward on its inputs (eagerly, or while recording) and keeps its outputs.
-  void forward(Bucket& b);
+  // Runs the bucket's forward on its inputs (eagerly, or while recording) and keeps its outputs;
+  // `set`: the step's adapters in the bucket's order.
+  void forward(Bucket& b, const std::vector<lora::RowAdapter>& set);
+  // Whether `b` was made for these very adapters (not others at the same addresses).
+  static bool same_adapters(const Bucket& b, const std::vector<lora::RowAdapter>& set);
+  void evict_adapter_buckets(const Key& keep);
 
   const model::Model& model_;
   PagedKVCache& cache_;
   std::shared_ptr<DeviceGraphPool> pool_;  // shared: replays never overlap (one stream)
-  std::map<std::pair<int64_t, int64_t>, Bucket> buckets_;  // (batch, length)
-  int64_t replays_ = 0;
+  std::map<Key, Bucket> buckets_;
+  int64_t replays_ = 0, steps_ = 0;
 };
 
 }  // namespace lowrank::infer

@@ -30,7 +30,21 @@ MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t
     for (int32_t j : row_index) expanded.insert(expanded.end(), rows_each_, j);
   }
   // Shared by every table; the segment road reads sequence_adapter_ on the host instead.
-  const Tensor row_tensor = expanded.empty() ? Tensor() : Tensor::from_ints(expanded, device);
+  build_tables(scales, expanded.empty() ? Tensor() : Tensor::from_ints(expanded, device));
+}
+
+MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& adapters, const Tensor& rows) : rows_each_(1) {
+  LR_CHECK(rows.dtype() == DType::I32 && rows.rank() == 1, "mixed batch rows ", rows.str());
+  std::vector<double> scales;
+  for (const RowAdapter& a : adapters) {
+    LR_CHECK(a.adapter, "mixed batch: an adapter slot without an adapter");
+    held_.push_back(a.adapter);
+    scales.push_back(a.user_scale);
+  }
+  build_tables(scales, rows);
+}
+
+void MixedBatchHook::build_tables(const std::vector<double>& scales, const Tensor& row_tensor) {
   for (size_t j = 0; j < held_.size(); ++j) {
     for (const auto& [key, layer] : held_[j]->layers()) {
       auto [it, added] = tables_.try_emplace(key);

@@ -60,8 +60,8 @@ struct DecodeEntry {
 class BatchDecoder {
  public:
   // `max_device_adapters`: how many mixable adapters the device keeps (lora/adapter_cache.h).
-  // `graphs`: decode steps without adapters replay recorded CUDA graphs where the device allows
-  // (decode_graphs.h; LOWRANK_CUDA_GRAPHS=0 turns them off too).
+  // `graphs`: decode steps of the base model and mixable adapters replay recorded CUDA graphs where
+  // the device allows (decode_graphs.h; LOWRANK_CUDA_GRAPHS=0 turns them off too).
   BatchDecoder(const model::Model& model, PagedKVCache& cache, size_t max_device_adapters = kDefaultDeviceAdapters,
                bool graphs = true);
   ~BatchDecoder();
@@ -85,9 +85,12 @@ class BatchDecoder {
   // Logits of hidden rows [n, d] to the entries (host f32).
   void emit(const Tensor& hidden, const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
   int32_t slot(const PagedSequence& s, int64_t position) const;
-  // The mixed-adapter LoRA hook of a group of base-model and mixable-adapter entries, each entry
-  // `rows_each` rows of the forward; null when no entry has an adapter.
-  std::unique_ptr<lora::MixedBatchHook> mixed_hook(const std::vector<DecodeEntry*>& group, int64_t rows_each);
+  // Each entry's adapter on the device (acquired from the adapter cache), or empty when no entry
+  // of the group has one.
+  std::vector<lora::RowAdapter> row_adapters(const std::vector<DecodeEntry*>& group);
+  // The mixed-adapter LoRA hook of a group of base-model and mixable-adapter entries (their
+  // row_adapters), each entry `rows_each` rows of the forward; null when no entry has an adapter.
+  std::unique_ptr<lora::MixedBatchHook> mixed_hook(const std::vector<lora::RowAdapter>& sequences, int64_t rows_each);
 
   const model::Model& model_;
   PagedKVCache& cache_;

@@ -30,12 +30,19 @@ class MixedBatchHook : public model::ProjectionHook {
   // One entry per sequence of the batch, each `rows_each` consecutive rows of the activations
   // (1 for a decode step, T for a prefill of T tokens); `device`: where the activations are.
   MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t rows_each, Device device);
+  // A decode batch (one row per sequence) whose rows' adapter indices are already on the device:
+  // `rows` I32 [n], each an index into `adapters` or -1 (the base model). A decode step recorded as
+  // a CUDA graph refills `rows` before each replay; the adapters' pointers are recorded.
+  MixedBatchHook(const std::vector<RowAdapter>& adapters, const Tensor& rows);
   void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
   // Distinct (adapter, scale) pairs of the batch.
   size_t adapters() const { return held_.size(); }
   static constexpr int64_t kSegmentRows = 16;
 
  private:
+  // One table per adapted (layer, target) over held_, every table reading `rows`.
+  void build_tables(const std::vector<double>& scales, const Tensor& rows);
+
   std::vector<std::shared_ptr<const MixableAdapter>> held_;  // what the tables point into
   std::map<std::pair<int, int>, ops::LoraRows> tables_;      // by (layer, Target)
   int64_t rows_each_;

@@ -21,6 +21,7 @@ namespace {
 constexpr int kAdaptersPerLaunch = 128;  // 128 × 24 bytes: within the classic 4 KB of kernel parameters
 constexpr int kShrinkWarps = 8;
 constexpr int kExpandThreads = 256;
+constexpr int kLoadsInFlight = 4;  // 16-byte loads a lane issues before using any
 
 struct AdapterEntry {
   const void* a;  // [rank, in]
@@ -67,9 +68,23 @@ __global__ void lora_shrink_kernel(const T* __restrict__ x, int64_t in, const in
   const T* ak = static_cast<const T*>(e->a) + k * in;
   float acc = 0;
   if constexpr (Vec) {
+    // kLoadsInFlight words of x and of A per lane are loaded before any is used: with 64 rows
+    // reading 64 different adapters, A comes from DRAM, and one load at a time per lane leaves the
+    // kernel waiting on latency rather than bandwidth.
     const uint4* xv = reinterpret_cast<const uint4*>(xi);
     const uint4* av = reinterpret_cast<const uint4*>(ak);
-    for (int64_t c = lane; c < in / int64_t(16 / sizeof(T)); c += 32) acc += dot16<T>(xv[c], av[c]);
+    const int64_t words = in / int64_t(16 / sizeof(T));
+    for (int64_t base = 0; base < words; base += 32 * kLoadsInFlight) {
+      uint4 xw[kLoadsInFlight], aw[kLoadsInFlight];
+#pragma unroll
+      for (int u = 0; u < kLoadsInFlight; ++u) {
+        const int64_t c = base + lane + 32 * u;
+        xw[u] = c < words ? xv[c] : uint4{0, 0, 0, 0};
+        aw[u] = c < words ? av[c] : uint4{0, 0, 0, 0};
+      }
+#pragma unroll
+      for (int u = 0; u < kLoadsInFlight; ++u) acc += dot16<T>(xw[u], aw[u]);
+    }
   } else {
     for (int64_t c = lane; c < in; c += 32) acc += to_f32(xi[c]) * to_f32(ak[c]);
   }
@@ -91,10 +106,24 @@ __global__ void lora_expand_kernel(T* __restrict__ y, int64_t out, const int32_t
   __syncthreads();
   const int64_t o = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (o >= out) return;
+  T* yo = y + i * out + o;
+  const float y0 = to_f32(*yo);  // loaded first: in flight together with B's row
   const T* bo = static_cast<const T*>(e->b) + o * r;
   float acc = 0;
-  if constexpr (Vec) {  // r is a multiple of 16 / sizeof(T)
-    constexpr int kPer = int(16 / sizeof(T));
+  constexpr int kPer = int(16 / sizeof(T));
+  if (Vec && r <= kPer * kLoadsInFlight) {  // B's row in at most kLoadsInFlight words, all loaded at once
+    const uint4* bv = reinterpret_cast<const uint4*>(bo);
+    uint4 bw[kLoadsInFlight];
+#pragma unroll
+    for (int w = 0; w < kLoadsInFlight; ++w) bw[w] = w * kPer < r ? bv[w] : uint4{0, 0, 0, 0};
+#pragma unroll
+    for (int w = 0; w < kLoadsInFlight; ++w) {
+      if (w * kPer >= r) break;
+      const T* pb = reinterpret_cast<const T*>(&bw[w]);
+#pragma unroll
+      for (int k = 0; k < kPer; ++k) acc += hs[w * kPer + k] * to_f32(pb[k]);
+    }
+  } else if (Vec) {  // r is a multiple of 16 / sizeof(T)
     const uint4* bv = reinterpret_cast<const uint4*>(bo);
     for (int w = 0; w < r / kPer; ++w) {
       const uint4 word = bv[w];
@@ -105,8 +134,7 @@ __global__ void lora_expand_kernel(T* __restrict__ y, int64_t out, const int32_t
   } else {
     for (int k = 0; k < r; ++k) acc += hs[k] * to_f32(bo[k]);
   }
-  T* yo = y + i * out + o;
-  *yo = from_f32<T>(to_f32(*yo) + e->scale * acc);
+  *yo = from_f32<T>(y0 + e->scale * acc);
 }
 
 }  // namespace
