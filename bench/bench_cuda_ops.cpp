@@ -161,7 +161,7 @@ void bench_fused(int64_t tokens, int64_t d, int64_t ffn, int64_t vocab) {
   Tensor acc = Tensor::zeros({1}, DType::F64, kGpu);
   report_bytes("sum_squares_ 40M", time_ms([&] { ops::sum_squares_(gr, acc); }), 4.0 * n);
   Tensor mask;
-  report_bytes("dropout bf16 (tokens x d)", time_ms([&] { ops::dropout(x, 0.05, 1, 0, mask); }), 5.0 * tokens * d);
+  report_bytes("dropout bf16 (tokens x d)", time_ms([&] { ops::dropout(x, 0.05, 1, 0, &mask); }), 5.0 * tokens * d);
 }
 
 

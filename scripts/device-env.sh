@@ -23,7 +23,10 @@ if ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2 && [ ! -e /usr/local/cuda/li
   [ -n "$lowrank_nccl" ] && [ -d "$lowrank_nccl" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$lowrank_nccl" &&
     echo "== NCCL: $lowrank_nccl" >&2
 fi
-if ldd "$lowrank_pack/bin/lowrank_tests" 2>/dev/null | grep -q "not found"; then
+# Any unpacked binary will do (a pack slimmed for one job may hold only `lowrank`). No pipe into
+# `grep -q`: under pipefail its early exit would fail the pipeline.
+lowrank_ldd=$(for b in "$lowrank_pack"/bin/*; do [ "${b%.xz}" = "$b" ] && ldd "$b" 2>/dev/null; done; true)
+if [[ "$lowrank_ldd" == *"not found"* ]]; then
   lowrank_libs=$(mktemp -d)
   for z in "$lowrank_pack"/lib/*.xz; do
     [ -e "$z" ] || continue

@@ -82,11 +82,16 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     Tensor xin = x;
     Tensor mask;
     uint64_t offset = 0;
-    if (trained && ad.config.dropout > 0 && !ids) {  // PEFT applies no dropout to embeddings
+    const bool dropped = trained && ad.config.dropout > 0 && !ids;  // PEFT applies no dropout to embeddings
+    if (dropped) {
       // Counter-based draws: element k uses draw offset + k, the same on every device. A replay
-      // (checkpointing) reuses the first forward's offset, so it draws the same mask.
+      // (checkpointing) reuses the first forward's offset, so it draws the same mask. The GPU's
+      // backward draws it again too (Philox is nearly free there, a U8 mask per adapted projection
+      // kept until backward is not: 2 GB a step on Qwen-0.5B all-linear); the CPU keeps the mask
+      // (drawing costs it more than keeping a byte per element).
       offset = replay_ ? state().saved.at(key).drop_offset : rng_->offset();
-      xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, mask, draw_delta_);
+      xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, x.device().is_cuda() ? nullptr : &mask,
+                         draw_delta_);
       if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
     // A and B in the activations' dtype (bf16 on the GPU: the GEMMs run on bf16 tensor cores, as
@@ -103,10 +108,11 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
     LoraSaved* sv = keep ? &state().saved[key] : nullptr;
     lora_variant(p->kind).forward(in, y, sv);
-    if (mask.defined() && !replay_) state().saved[key].drop_offset = offset;  // what a replay draws again
+    if (dropped && !replay_) state().saved[key].drop_offset = offset;  // what a replay draws again
     if (sv) {
       sv->A = A;
       sv->B = B;
+      sv->dropped = dropped;
       if (mask.defined()) sv->mask = mask;  // drop(x) is rebuilt from x and the mask in backward
     }
   }
@@ -183,12 +189,14 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   auto it = st.saved.find({layer, static_cast<int>(target)});
   LR_CHECK(it != st.saved.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
   const LoraSaved& sv = it->second;
-  // drop(x) again from the layer's input and the saved mask (bit for bit the forward's: x / keep
-  // where kept): a U8 mask is a quarter of an f32 copy (half of a bf16 one) kept per layer.
-  Tensor x_drop;
-  if (sv.mask.defined()) {
+  // drop(x) again, bit for bit the forward's (x / keep where kept): drawn again from the forward's
+  // offset, or rebuilt from the saved mask (a U8 mask is a quarter of an f32 copy of drop(x)).
+  Tensor x_drop, mask = sv.mask;
+  if (sv.dropped && mask.defined()) {
     x_drop = Tensor::zeros_like(x);
-    ops::dropout_backward_add_(x_drop, x, sv.mask, ad.config.dropout);
+    ops::dropout_backward_add_(x_drop, x, mask, ad.config.dropout);
+  } else if (sv.dropped) {
+    x_drop = ops::dropout(x, ad.config.dropout, rng_->seed(), sv.drop_offset, dx ? &mask : nullptr, draw_delta_);
   }
   const Tensor& xin = x_drop.defined() ? x_drop : x;
   const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
@@ -198,7 +206,7 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   } else {
     Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask
     variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);
-    ops::dropout_backward_add_(*dx, gx, sv.mask, ad.config.dropout);
+    ops::dropout_backward_add_(*dx, gx, mask, ad.config.dropout);
   }
   st.saved.erase(it);  // its last use: a layer's saved activations live no longer than its backward
 }

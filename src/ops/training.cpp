@@ -4,7 +4,7 @@
 
 namespace lowrank::ops {
 
-Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& mask, const Tensor& device_offset) {
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor* mask, const Tensor& device_offset) {
   const Device d = detail::op_device("dropout", {&x, &device_offset});
   LR_CHECK(!device_offset.defined() || (device_offset.dtype() == DType::I64 && device_offset.numel() == 1),
            "dropout: device_offset must be I64 [1], got ", device_offset.str());

@@ -20,8 +20,8 @@ TEST(CudaTraining, DropoutMaskEqualsTheCpuRngDraws) {
         SCOPED_TRACE(testing::Message() << name(t) << " p " << p << " offset " << offset);
         Tensor x = random_cpu({57, 131}, offset + 1);
         Tensor mask_ref, mask;
-        Tensor ref = cpu::dropout(rounded(x, t), p, 42, offset, mask_ref);
-        Tensor got = ops::dropout(to_gpu(x, t), p, 42, offset, mask);
+        Tensor ref = cpu::dropout(rounded(x, t), p, 42, offset, &mask_ref);
+        Tensor got = ops::dropout(to_gpu(x, t), p, 42, offset, &mask);
         Tensor mh = mask.to(Device::cpu());
         ASSERT_EQ(std::memcmp(mh.raw(), mask_ref.raw(), mask_ref.nbytes()), 0);
         EXPECT_LE(rel_err(got, ref), t == DType::F32 ? 0.0 : kTolBf16);
@@ -32,7 +32,35 @@ TEST(CudaTraining, DropoutMaskEqualsTheCpuRngDraws) {
         Tensor dx = to_gpu(dx0, t);
         ops::dropout_backward_add_(dx, to_gpu(gx, t), mask, p);
         EXPECT_LE(rel_err(dx, dref), t == DType::F32 ? 0.0 : kTolBf16);
+        // Drawn again from the same (seed, offset) without a mask: the same values.
+        Tensor again = ops::dropout(to_gpu(x, t), p, 42, offset, nullptr);
+        EXPECT_EQ(rel_err(again, got.to(Device::cpu())), 0.0);
       }
+}
+
+// The 8-wide path (bf16, a multiple of 8 elements, offsets on a Philox block) and the
+// element-wise one agree with the CPU draws, also for offsets that take the element-wise path.
+TEST(CudaTraining, DropoutWidePathEqualsTheCpuRngDraws) {
+  LR_REQUIRE_GPU();
+  for (uint64_t offset : {uint64_t(0), uint64_t(8), uint64_t(4000004), uint64_t(2), uint64_t(7)}) {
+    SCOPED_TRACE(testing::Message() << "offset " << offset);
+    Tensor x = random_cpu({96, 136}, offset + 3);
+    Tensor mask_ref, mask;
+    Tensor ref = cpu::dropout(rounded(x, DType::BF16), 0.3, 9, offset, &mask_ref);
+    Tensor got = ops::dropout(to_gpu(x, DType::BF16), 0.3, 9, offset, &mask);
+    Tensor mh = mask.to(Device::cpu());
+    ASSERT_EQ(std::memcmp(mh.raw(), mask_ref.raw(), mask_ref.nbytes()), 0);
+    EXPECT_LE(rel_err(got, ref), kTolBf16);
+    // The 8-wide backward, into f32 and bf16 gradients.
+    for (DType t : float_types()) {
+      Tensor gx = random_cpu({96, 136}, 7), dx0 = random_cpu({96, 136}, 8);
+      Tensor dref = rounded(dx0, t).clone();
+      cpu::dropout_backward_add_(dref, rounded(gx, DType::BF16), mask_ref, 0.3);
+      Tensor dx = to_gpu(dx0, t);
+      ops::dropout_backward_add_(dx, to_gpu(gx, DType::BF16), mask, 0.3);
+      EXPECT_LE(rel_err(dx, dref), t == DType::F32 ? 1e-6 : kTolBf16) << name(t);
+    }
+  }
 }
 
 TEST(CudaTraining, AdamWIsBitExactWithTheCpu) {

@@ -131,7 +131,7 @@ TEST(CudaMixedBatch, GraphReplaysEqualEagerSteps) {
     infer::PagedKVCache cache(gpu.config(), gpu.device(), DType::F32, 64);
     infer::BatchDecoder decoder(gpu, cache, device_adapters, graphs);
     std::vector<std::unique_ptr<infer::PagedSequence>> paged;
-    for (int i = 0; i < 5; ++i) paged.push_back(std::make_unique<infer::PagedSequence>(cache, prompt + steps + 300));
+    for (int i = 0; i < 5; ++i) paged.push_back(std::make_unique<infer::PagedSequence>(cache, prompt + steps));
     for (int64_t step = 0; step < steps; ++step) {
       const size_t live = step < 10 ? 5 : 4;
       std::vector<infer::DecodeEntry> entries(live);

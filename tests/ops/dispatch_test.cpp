@@ -34,7 +34,7 @@ TEST(OpsDispatch, DropoutDrawsLikeTheLoraHook) {
     Rng rng(7, offset);
     const float keep = static_cast<float>(1.0 - p);
     Tensor mask;
-    Tensor got = ops::dropout(x, p, 7, offset, mask);
+    Tensor got = ops::dropout(x, p, 7, offset, &mask);
     for (int64_t k = 0; k < x.numel(); ++k) {
       const bool kept = rng.uniform() < keep;  // lora_hook's loop
       ASSERT_EQ(mask.data<uint8_t>()[k], kept) << k;
@@ -50,13 +50,13 @@ TEST(OpsDispatch, DropoutDeviceOffsetShiftsTheDraws) {
   Tensor x = random_t({13, 29}, 2), delta = Tensor::empty({1}, DType::I64);
   delta.data<int64_t>()[0] = 517;
   Tensor mask, want_mask;
-  const Tensor got = ops::dropout(x, 0.3, 7, 1000, mask, delta);
-  const Tensor want = ops::dropout(x, 0.3, 7, 1517, want_mask);
-  const Tensor unshifted = ops::dropout(x, 0.3, 7, 1000, want_mask);
+  const Tensor got = ops::dropout(x, 0.3, 7, 1000, &mask, delta);
+  const Tensor want = ops::dropout(x, 0.3, 7, 1517, &want_mask);
+  const Tensor unshifted = ops::dropout(x, 0.3, 7, 1000, &want_mask);
   EXPECT_EQ(std::memcmp(got.f32(), want.f32(), x.numel() * sizeof(float)), 0);
   EXPECT_NE(std::memcmp(got.f32(), unshifted.f32(), x.numel() * sizeof(float)), 0);
   delta = Tensor::empty({2}, DType::I64);
-  EXPECT_THROW(ops::dropout(x, 0.3, 7, 1000, mask, delta), InternalError);
+  EXPECT_THROW(ops::dropout(x, 0.3, 7, 1000, &mask, delta), InternalError);
 }
 
 TEST(OpsDispatch, AdamWUpdateEqualsTrainAdamW) {

@@ -386,7 +386,7 @@ std::vector<OpCase> op_table() {
   t.push_back({"dropout / dropout_backward_add_", {{13, 29}, {13, 29}},
                [](Inputs& in, Device) {
                  Tensor mask, dx = ops::cast(in[1], DType::F32).clone();
-                 Tensor y = ops::dropout(in[0], 0.25, 42, 1000, mask);
+                 Tensor y = ops::dropout(in[0], 0.25, 42, 1000, &mask);
                  ops::dropout_backward_add_(dx, y, mask, 0.25);
                  return Outputs{y, mask_f32(mask), dx};
                },
@@ -396,8 +396,8 @@ std::vector<OpCase> op_table() {
                  Tensor delta = Tensor::empty({1}, DType::I64);
                  delta.data<int64_t>()[0] = 517;
                  Tensor mask, want_mask;
-                 Tensor y = ops::dropout(in[0], 0.25, 42, 1000, mask, delta.to(d));
-                 Tensor want = ops::dropout(in[0], 0.25, 42, 1517, want_mask);
+                 Tensor y = ops::dropout(in[0], 0.25, 42, 1000, &mask, delta.to(d));
+                 Tensor want = ops::dropout(in[0], 0.25, 42, 1517, &want_mask);
                  ops::add_scaled_(want, y, -1.0f);  // zero when the device's offset was added
                  return Outputs{y, mask_f32(mask), want};
                },

@@ -6,15 +6,17 @@
 
 namespace lowrank::cpu {
 
-Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor& mask, const Tensor& device_offset) {
+Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor* mask, const Tensor& device_offset) {
   LR_CHECK(p >= 0.0f && p < 1.0f, "dropout p ", p);
   if (device_offset.defined()) offset += static_cast<uint64_t>(device_offset.data<int64_t>()[0]);
   const float keep = static_cast<float>(1.0 - p);  // as lora_hook computes it
   Tensor out = Tensor::empty(x.shape());
-  mask = Tensor::empty({x.numel()}, DType::U8);
+  Tensor own_mask;  // the draws' record, kept only when asked for
+  Tensor& kept = mask ? *mask : own_mask;
+  kept = Tensor::empty({x.numel()}, DType::U8);
   const float* src = x.f32();
   float* dst = out.f32();
-  uint8_t* m = mask.data<uint8_t>();
+  uint8_t* m = kept.data<uint8_t>();
   // Element k takes word offset + k of Rng(seed): lane w % 4 of Philox block w / 4, as Rng's
   // uniform() reads it. One block per 4 elements (not per element), blocks in parallel.
   const auto n = static_cast<uint64_t>(x.numel());

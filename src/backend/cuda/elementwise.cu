@@ -146,6 +146,50 @@ __global__ void dropout_backward_add_kernel(Y* __restrict__ dx, const G* __restr
   LR_GRID_STRIDE(i, n) if (mask[i]) dx[i] = from_f32<Y>(to_f32(dx[i]) + to_f32(gx[i]) / keep);
 }
 
+// Eight consecutive elements as floats, in 16-byte loads (one for bf16, two for f32), and back.
+template <typename T>
+__device__ __forceinline__ void load8(const T* p, float (&v)[8]) {
+  if constexpr (sizeof(T) == 2) {
+    const uint4 w = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&w);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = to_f32(e[k]);
+  } else {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+}
+template <typename T>
+__device__ __forceinline__ void store8(T* p, const float (&v)[8]) {
+  if constexpr (sizeof(T) == 2) {
+    uint4 w;
+    T* e = reinterpret_cast<T*>(&w);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) e[k] = from_f32<T>(v[k]);
+    *reinterpret_cast<uint4*>(p) = w;
+  } else {
+    reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+  }
+}
+
+// The same, eight elements a thread (n % 8 == 0, 16-byte aligned data, 8-byte aligned mask).
+template <typename Y, typename G>
+__global__ void dropout_backward_add8_kernel(Y* __restrict__ dx, const G* __restrict__ gx,
+                                             const uint8_t* __restrict__ mask, float keep, int64_t n) {
+  LR_GRID_STRIDE(t, n / 8) {
+    const uint2 mw = reinterpret_cast<const uint2*>(mask)[t];
+    const uint8_t* m = reinterpret_cast<const uint8_t*>(&mw);
+    float d[8], g[8];
+    load8(dx + 8 * t, d);
+    load8(gx + 8 * t, g);
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      if (m[k]) d[k] += g[k] / keep;
+    store8(dx + 8 * t, d);
+  }
+}
+
 void check_same_numel(const Tensor& a, const Tensor& b, const char* op) {
   LR_CHECK(a.numel() == b.numel(), op, ": ", a.str(), " vs ", b.str());
 }
@@ -286,9 +330,17 @@ void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, dou
   const int64_t n = dx.numel();
   if (n == 0) return;
   cudaStream_t st = stream_for(dx.device());
-  LR_FLOAT_TYPES(dx.dtype(), Y, LR_FLOAT_TYPES(gx.dtype(), G,
-      dropout_backward_add_kernel<<<grid_for(n, 256), 256, 0, st>>>(dx.data<Y>(), gx.data<G>(),
-                                                                    mask.data<uint8_t>(), static_cast<float>(1.0 - p), n)));
+  auto aligned = [](const void* q, size_t to) { return reinterpret_cast<uintptr_t>(q) % to == 0; };
+  const bool wide = n % 8 == 0 && aligned(dx.raw(), 16) && aligned(gx.raw(), 16) && aligned(mask.raw(), 8);
+  const float keep = static_cast<float>(1.0 - p);
+  LR_FLOAT_TYPES(dx.dtype(), Y, LR_FLOAT_TYPES(gx.dtype(), G, {
+    if (wide)
+      dropout_backward_add8_kernel<<<grid_for(n / 8, 256), 256, 0, st>>>(dx.data<Y>(), gx.data<G>(),
+                                                                          mask.data<uint8_t>(), keep, n);
+    else
+      dropout_backward_add_kernel<<<grid_for(n, 256), 256, 0, st>>>(dx.data<Y>(), gx.data<G>(), mask.data<uint8_t>(),
+                                                                    keep, n);
+  }));
   LR_CUDA_LAUNCHED();
 }
 
