@@ -1,18 +1,14 @@
 // Segmented LoRA for mixed-adapter batches (the BGMV kernels of Punica / S-LoRA): every row of the
-// batch carries its own adapter, so a projection's LoRA is one launch over the whole batch instead
-// of one GEMM pair per adapter. Decode batches have few rows (one per sequence) and small ranks, so
-// the work is memory-bound matrix-vector products, fused into one kernel per projection:
-//   shrink: h[k] = Σ_c x[i, c] · A_j[k, c]              warps of the block over k, f32 sums
-//   expand: y[i, o] += s_j · Σ_k h[k] · B_j[o, k]        threads over output columns
-// One block per (row, slice of kColsPerBlock output columns): each block computes its row's h
-// itself (into shared memory), so wide projections (gate/up) shrink a few times per row, from L2,
-// rather than paying a second launch and an h round trip through global memory (decode steps are
-// chains of short kernels, so a launch costs more than the repeated shrink).
-// The adapters' pointers, ranks and scales travel as a kernel parameter (no upload per call): up
-// to kAdaptersPerLaunch adapters per launch, more adapters take more launches, each covering the
-// rows of its adapters. When every row of a launch starts on 16 bytes (in, resp. each rank, a
-// multiple of 16 bytes of elements), loads are 16 bytes wide. The CPU reference is
-// src/backend/cpu/lora_rows.cpp.
+// batch carries its own adapter, so the shrink and the expand are each one launch over the whole
+// batch instead of one GEMM pair per adapter. Decode batches have few rows (one per sequence) and
+// small ranks, so both kernels are memory-bound matrix-vector products:
+//   shrink: h[i, k] = Σ_c x[i, c] · A_j[k, c]           one warp per (row, rank index), f32 sums
+//   expand: y[i, o] += s_j · Σ_k h[i, k] · B_j[o, k]     one thread per (row, output column)
+// h lives in an f32 scratch [n, max rank]. The adapters' pointers, ranks and scales travel as a
+// kernel parameter (no upload per call): up to kAdaptersPerLaunch adapters per launch pair, more
+// adapters take more launch pairs, each covering the rows of its adapters.
+// When every row of a launch starts on 16 bytes (in, resp. each rank, a multiple of 16 bytes of
+// elements), both kernels read 16 bytes per load. The CPU reference is src/backend/cpu/lora_rows.cpp.
 #include <algorithm>
 #include <cstdint>
 
@@ -23,9 +19,8 @@ namespace lowrank::cuda {
 namespace {
 
 constexpr int kAdaptersPerLaunch = 128;  // 128 × 24 bytes: within the classic 4 KB of kernel parameters
-constexpr int kThreads = 256;             // per block: 8 warps
-constexpr int kColsPerThread = 4;
-constexpr int kColsPerBlock = kThreads * kColsPerThread;
+constexpr int kShrinkWarps = 8;
+constexpr int kExpandThreads = 256;
 constexpr int kLoadsInFlight = 4;  // 16-byte loads a lane issues before using any
 
 struct AdapterEntry {
@@ -59,15 +54,25 @@ __device__ __forceinline__ float dot16(const uint4& a, const uint4& b) {
   return s;
 }
 
-// One lane's part of x · a over `in` elements (lanes stride by 32; the warp sums them).
-// kLoadsInFlight words of x and of a per lane are loaded before any is used: with 64 rows reading
-// 64 different adapters, A comes from DRAM, and one load at a time per lane waits on latency.
+// grid (n, ceil(max_rank / kShrinkWarps)), kShrinkWarps warps: warp w of block (i, g) computes
+// h[i, g · kShrinkWarps + w], its lanes striding over the input columns.
 template <typename T, bool Vec>
-__device__ __forceinline__ float lane_dot(const T* __restrict__ x, const T* __restrict__ a, int64_t in, int lane) {
+__global__ void lora_shrink_kernel(const T* __restrict__ x, int64_t in, const int32_t* __restrict__ rows,
+                                   const __grid_constant__ AdapterTable t, float* __restrict__ h, int64_t h_cols) {
+  const int64_t i = blockIdx.x;
+  const AdapterEntry* e = entry_of(t, rows, i);
+  if (!e) return;
+  const int k = blockIdx.y * kShrinkWarps + threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (k >= e->rank) return;
+  const T* xi = x + i * in;
+  const T* ak = static_cast<const T*>(e->a) + k * in;
   float acc = 0;
   if constexpr (Vec) {
-    const uint4* xv = reinterpret_cast<const uint4*>(x);
-    const uint4* av = reinterpret_cast<const uint4*>(a);
+    // kLoadsInFlight words of x and of A per lane are loaded before any is used: with 64 rows
+    // reading 64 different adapters, A comes from DRAM, and one load at a time per lane leaves the
+    // kernel waiting on latency rather than bandwidth.
+    const uint4* xv = reinterpret_cast<const uint4*>(xi);
+    const uint4* av = reinterpret_cast<const uint4*>(ak);
     const int64_t words = in / int64_t(16 / sizeof(T));
     for (int64_t base = 0; base < words; base += 32 * kLoadsInFlight) {
       uint4 xw[kLoadsInFlight], aw[kLoadsInFlight];
@@ -81,16 +86,29 @@ __device__ __forceinline__ float lane_dot(const T* __restrict__ x, const T* __re
       for (int u = 0; u < kLoadsInFlight; ++u) acc += dot16<T>(xw[u], aw[u]);
     }
   } else {
-    for (int64_t c = lane; c < in; c += 32) acc += to_f32(x[c]) * to_f32(a[c]);
+    for (int64_t c = lane; c < in; c += 32) acc += to_f32(xi[c]) * to_f32(ak[c]);
   }
-  return acc;
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+  if (lane == 0) h[i * h_cols + k] = acc;
 }
 
-// y[i, o] += s · h · B[o]ᵀ for one output column; the load of y goes out with B's row.
+// grid (n, ceil(out / kExpandThreads)): thread o of row i adds s · h[i] · B[o]ᵀ into y[i, o].
 template <typename T, bool Vec>
-__device__ __forceinline__ void expand_column(T* __restrict__ yo, const T* __restrict__ bo, const float* hs, int r,
-                                              float scale) {
-  const float y0 = to_f32(*yo);
+__global__ void lora_expand_kernel(T* __restrict__ y, int64_t out, const int32_t* __restrict__ rows,
+                                   const __grid_constant__ AdapterTable t, const float* __restrict__ h,
+                                   int64_t h_cols) {
+  extern __shared__ float hs[];  // [rank] of this row
+  const int64_t i = blockIdx.x;
+  const AdapterEntry* e = entry_of(t, rows, i);
+  if (!e) return;  // uniform over the block: before any barrier
+  const int r = e->rank;
+  for (int k = threadIdx.x; k < r; k += blockDim.x) hs[k] = h[i * h_cols + k];
+  __syncthreads();
+  const int64_t o = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
+  if (o >= out) return;
+  T* yo = y + i * out + o;
+  const float y0 = to_f32(*yo);  // loaded first: in flight together with B's row
+  const T* bo = static_cast<const T*>(e->b) + o * r;
   float acc = 0;
   constexpr int kPer = int(16 / sizeof(T));
   if (Vec && r <= kPer * kLoadsInFlight) {  // B's row in at most kLoadsInFlight words, all loaded at once
@@ -116,33 +134,7 @@ __device__ __forceinline__ void expand_column(T* __restrict__ yo, const T* __res
   } else {
     for (int k = 0; k < r; ++k) acc += hs[k] * to_f32(bo[k]);
   }
-  *yo = from_f32<T>(y0 + scale * acc);
-}
-
-// grid (n, ceil(out / kColsPerBlock)), kThreads threads: the row's h = x A_jᵀ (warp w computes
-// h[w], h[w + 8], ...), then y[i, o] += s_j · h B_j[o]ᵀ for the block's columns.
-template <typename T, bool VecShrink, bool VecExpand>
-__global__ void __launch_bounds__(kThreads)
-lora_rows_kernel(const T* __restrict__ x, int64_t in, T* __restrict__ y, int64_t out, const int32_t* __restrict__ rows,
-                 const __grid_constant__ AdapterTable t) {
-  extern __shared__ float hs[];  // [rank] of this row
-  const int64_t i = blockIdx.x;
-  const AdapterEntry* e = entry_of(t, rows, i);
-  if (!e) return;  // uniform over the block: before any barrier
-  const int r = e->rank, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const T* xi = x + i * in;
-  for (int k = warp; k < r; k += kThreads / 32) {
-    float acc = lane_dot<T, VecShrink>(xi, static_cast<const T*>(e->a) + k * in, in, lane);
-    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-    if (lane == 0) hs[k] = acc;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int c = 0; c < kColsPerThread; ++c) {
-    const int64_t o = blockIdx.y * int64_t(kColsPerBlock) + c * kThreads + threadIdx.x;
-    if (o < out)
-      expand_column<T, VecExpand>(y + i * out + o, static_cast<const T*>(e->b) + o * r, hs, r, e->scale);
-  }
+  *yo = from_f32<T>(y0 + e->scale * acc);
 }
 
 }  // namespace
@@ -153,10 +145,15 @@ void lora_rows_(Tensor& y, const Tensor& x, const ops::LoraRows& t) {
   check_arg(t.rows, "lora_rows_", "rows", true);
   const int64_t n = x.dim(0), in = x.dim(1), out = y.dim(1);
   const auto adapters = static_cast<int>(t.a.size());
-  if (n == 0 || out == 0) return;
-  LR_CHECK(n < (int64_t(1) << 31) && (out + kColsPerBlock - 1) / kColsPerBlock <= 65535, "lora_rows_: ", x.str(),
+  int64_t max_rank = 0;
+  for (const Tensor& a : t.a)
+    if (a.defined()) max_rank = std::max(max_rank, a.dim(0));
+  if (n == 0 || out == 0 || max_rank == 0) return;
+  LR_CHECK(n < (int64_t(1) << 31) && (out + kExpandThreads - 1) / kExpandThreads <= 65535, "lora_rows_: ", x.str(),
            " into ", y.str(), " is too large for one launch");
-  cudaStream_t stream = stream_for(x.device());
+  const Device d = x.device();
+  cudaStream_t stream = stream_for(d);
+  Tensor h = Tensor::empty({n, max_rank}, DType::F32, d);
   for (int first = 0; first < adapters; first += kAdaptersPerLaunch) {
     AdapterTable table{};
     table.first = first;
@@ -175,17 +172,24 @@ void lora_rows_(Tensor& y, const Tensor& x, const ops::LoraRows& t) {
       vec_expand = vec_expand && a.dim(0) % per == 0 && aligned(b.raw());
     }
     if (rank == 0) continue;
-    const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>((out + kColsPerBlock - 1) / kColsPerBlock));
+    const dim3 shrink_grid(static_cast<unsigned>(n), static_cast<unsigned>((rank + kShrinkWarps - 1) / kShrinkWarps));
+    const dim3 expand_grid(static_cast<unsigned>(n), static_cast<unsigned>((out + kExpandThreads - 1) / kExpandThreads));
     const size_t shared = static_cast<size_t>(rank) * sizeof(float);
     LR_FLOAT_TYPES(x.dtype(), T, {
       const int32_t* rows = t.rows.data<int32_t>();
-      auto launch = [&](auto kernel) {
-        kernel<<<grid, kThreads, shared, stream>>>(x.data<T>(), in, y.data<T>(), out, rows, table);
-      };
-      if (vec_shrink && vec_expand) launch(lora_rows_kernel<T, true, true>);
-      else if (vec_shrink) launch(lora_rows_kernel<T, true, false>);
-      else if (vec_expand) launch(lora_rows_kernel<T, false, true>);
-      else launch(lora_rows_kernel<T, false, false>);
+      if (vec_shrink)
+        lora_shrink_kernel<T, true><<<shrink_grid, kShrinkWarps * 32, 0, stream>>>(x.data<T>(), in, rows, table,
+                                                                                  h.data<float>(), max_rank);
+      else
+        lora_shrink_kernel<T, false><<<shrink_grid, kShrinkWarps * 32, 0, stream>>>(x.data<T>(), in, rows, table,
+                                                                                   h.data<float>(), max_rank);
+      LR_CUDA_LAUNCHED();
+      if (vec_expand)
+        lora_expand_kernel<T, true><<<expand_grid, kExpandThreads, shared, stream>>>(y.data<T>(), out, rows, table,
+                                                                                    h.data<float>(), max_rank);
+      else
+        lora_expand_kernel<T, false><<<expand_grid, kExpandThreads, shared, stream>>>(y.data<T>(), out, rows, table,
+                                                                                     h.data<float>(), max_rank);
       LR_CUDA_LAUNCHED();
     });
   }
