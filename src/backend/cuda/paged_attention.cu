@@ -10,6 +10,8 @@
 // Split-K: when the batch has too few (sequence, head) pairs to fill the GPU, the visible key range
 // of every sequence is cut into `splits` pieces that run in parallel; each writes its normalised
 // output and log-sum-exp, and a second kernel merges them (out = Σ_s e^{lse_s - M} o_s / Σ_s e^{lse_s - M}).
+// Short contexts (up to kShortMaxTiles tiles) that would be split take one block per (KV head,
+// sequence) whose warps share the tiles and merge in shared memory instead (paged_decode_short_kernel).
 #include <algorithm>
 #include <type_traits>
 
@@ -159,6 +161,150 @@ paged_decode_kernel(const T* __restrict__ q, const T* __restrict__ k_pool, const
         if (lane + 32 * c < hd) prow[lane + 32 * c] = o[i][c] * inv;
       if (lane == 0) part_lse[bh * s.splits + split] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
     }
+  }
+}
+
+// Short contexts that would otherwise be split over blocks (few sequences: one stream, small
+// batches): one block per (KV head [× chunk of its query heads], sequence) whose warps take the
+// tiles of 32 keys in turn and merge their partial softmaxes in shared memory at the end, so that
+// no second kernel is launched (decode steps are chains of short kernels: a launch costs more than
+// the merge). bf16, head_dim a multiple of 8 up to 128, at most kShortHeads query heads per block.
+// Each lane owns a key of its warp's tile: it loads the key's K and V rows with 16-byte loads, all
+// issued before use (K into registers, V into the warp's shared tile); its K row against every
+// head's q gives the scores; P·V broadcasts each key's probabilities across the warp, one lane per
+// 32nd column of the head.
+constexpr int kShortMaxWarps = 8;   // 256 threads: registers for every head's state
+constexpr int kShortMaxTiles = 16;  // contexts up to 512 keys (a warp takes two tiles above 256)
+constexpr int kShortHeads = 8;
+constexpr int kShortChunks = 4;     // head_dim <= 32 * kShortChunks
+constexpr int kShortWords = 8;      // 16-byte words of a K row loaded at once (head_dim 64: all)
+
+// grid (KV * head_chunks, B), block 32 * warps.
+__global__ void __launch_bounds__(kShortMaxWarps * 32)
+paged_decode_short_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_pool, const bf16* __restrict__ v_pool,
+                          const int32_t* __restrict__ tables, const int32_t* __restrict__ lens, bf16* __restrict__ out,
+                          PagedDims s) {
+  extern __shared__ float smem[];
+  const int hd = s.hd, words = hd / 8, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int b = blockIdx.y, kvh = blockIdx.x / s.head_chunks, chunk = blockIdx.x % s.head_chunks;
+  const int h0 = kvh * s.group + chunk * s.heads_per_block;
+  const int heads = min(s.heads_per_block, s.group - chunk * s.heads_per_block);
+  float* q_s = smem;                                   // [heads_per_block][hd], scale folded in
+  float* part_m = q_s + s.heads_per_block * hd;        // [warps][kShortHeads]
+  float* part_l = part_m + warps * kShortHeads;        // [warps][kShortHeads]
+  float* part_o = part_l + warps * kShortHeads;        // [warps][kShortHeads][hd]
+  uint4* v_s = reinterpret_cast<uint4*>(part_o + warps * kShortHeads * hd) + warp * kTile * words;  // the warp's [kTile][hd] bf16
+  const bf16* v_tile = reinterpret_cast<const bf16*>(v_s);
+  const int len = lens[b], pos = len - 1;
+  const int begin = s.window > 0 ? max(0, pos - s.window + 1) : 0;
+  const int64_t kv_stride = int64_t(s.KV) * hd;
+  const int32_t* table = tables + int64_t(b) * s.max_blocks;
+  const bf16* qb = q + (int64_t(b) * s.H + h0) * hd;
+  for (int e = threadIdx.x; e < heads * hd; e += blockDim.x) q_s[e] = to_f32(qb[e]) * s.scale;
+  __syncthreads();
+
+  float m[kShortHeads], l[kShortHeads], o[kShortHeads][kShortChunks];
+#pragma unroll
+  for (int h = 0; h < kShortHeads; ++h) {
+    m[h] = -INFINITY;
+    l[h] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kShortChunks; ++c) o[h][c] = 0.0f;
+  }
+  for (int t0 = begin + warp * kTile; t0 < len; t0 += warps * kTile) {
+    const int n = min(kTile, len - t0);
+    const int j = t0 + lane;
+    float sc[kShortHeads];
+#pragma unroll
+    for (int h = 0; h < kShortHeads; ++h) sc[h] = 0.0f;
+    __syncwarp();  // the previous tile's V is used up
+    if (lane < n) {
+      const int64_t at = (int64_t(table[j / s.block_size]) * s.block_size + j % s.block_size) * kv_stride + int64_t(kvh) * hd;
+      const uint4* kr = reinterpret_cast<const uint4*>(k_pool + at);
+      const uint4* vr = reinterpret_cast<const uint4*>(v_pool + at);
+      for (int base = 0; base < words; base += kShortWords) {
+        uint4 kw[kShortWords], vw[kShortWords];
+#pragma unroll
+        for (int w = 0; w < kShortWords; ++w) {
+          kw[w] = base + w < words ? kr[base + w] : uint4{0, 0, 0, 0};
+          vw[w] = base + w < words ? vr[base + w] : uint4{0, 0, 0, 0};
+        }
+#pragma unroll
+        for (int w = 0; w < kShortWords; ++w)
+          if (base + w < words) v_s[lane * words + base + w] = vw[w];
+#pragma unroll
+        for (int w = 0; w < kShortWords; ++w) {
+          if (base + w >= words) break;
+          const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(&kw[w]);
+          float kf[8];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const float2 f = __bfloat1622float2(k2[i]);
+            kf[2 * i] = f.x;
+            kf[2 * i + 1] = f.y;
+          }
+#pragma unroll
+          for (int h = 0; h < kShortHeads; ++h) {
+            if (h >= heads) break;
+            const float* qh = q_s + h * hd + 8 * (base + w);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) sc[h] += qh[i] * kf[i];
+          }
+        }
+      }
+    }
+    float p[kShortHeads];
+#pragma unroll
+    for (int h = 0; h < kShortHeads; ++h) {
+      p[h] = 0.0f;
+      if (h >= heads) continue;
+      const float score = lane < n ? capped(sc[h], s.softcap) : -INFINITY;
+      const float m_new = fmaxf(m[h], warp_max(score));  // finite: lane 0 always holds a key
+      const float corr = expf(m[h] - m_new);
+      p[h] = lane < n ? expf(score - m_new) : 0.0f;
+      l[h] = l[h] * corr + warp_sum(p[h]);
+      m[h] = m_new;
+#pragma unroll
+      for (int c = 0; c < kShortChunks; ++c) o[h][c] *= corr;
+    }
+    __syncwarp();  // the tile's V rows are in shared memory
+    for (int jj = 0; jj < n; ++jj) {
+      float v[kShortChunks];
+#pragma unroll
+      for (int c = 0; c < kShortChunks; ++c) v[c] = lane + 32 * c < hd ? to_f32(v_tile[jj * hd + lane + 32 * c]) : 0.0f;
+#pragma unroll
+      for (int h = 0; h < kShortHeads; ++h) {
+        if (h >= heads) break;
+        const float pj = __shfl_sync(0xffffffffu, p[h], jj);
+#pragma unroll
+        for (int c = 0; c < kShortChunks; ++c) o[h][c] += pj * v[c];
+      }
+    }
+  }
+  // The warps' partial softmaxes (unnormalised o, its max and sum), then one merge per output.
+#pragma unroll
+  for (int h = 0; h < kShortHeads; ++h) {
+    if (h >= heads) break;
+    if (lane == 0) {
+      part_m[warp * kShortHeads + h] = m[h];
+      part_l[warp * kShortHeads + h] = l[h];
+    }
+#pragma unroll
+    for (int c = 0; c < kShortChunks; ++c)
+      if (lane + 32 * c < hd) part_o[(warp * kShortHeads + h) * hd + lane + 32 * c] = o[h][c];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < heads * hd; e += blockDim.x) {
+    const int h = e / hd, d = e - h * hd;
+    float mx = -INFINITY;
+    for (int w = 0; w < warps; ++w) mx = fmaxf(mx, part_m[w * kShortHeads + h]);  // finite: warp 0 has keys
+    float num = 0.0f, den = 0.0f;
+    for (int w = 0; w < warps; ++w) {
+      const float wt = expf(part_m[w * kShortHeads + h] - mx);  // 0 for a warp without keys (m = -inf)
+      num += wt * part_o[(w * kShortHeads + h) * hd + d];
+      den += wt * part_l[w * kShortHeads + h];
+    }
+    out[(int64_t(b) * s.H + h0 + h) * hd + d] = from_f32<bf16>(num / den);
   }
 }
 
@@ -340,6 +486,20 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_po
   d.split_len = int(tiles_per_split * kTile);
   d.splits = int((tiles + tiles_per_split - 1) / tiles_per_split);
 
+  // Short contexts that would be split: one block per (KV head, sequence), its warps over the tiles.
+  if (d.splits > 1 && tiles <= kShortMaxTiles && q.dtype() == DType::BF16 && hd % 8 == 0 &&
+      hd <= 32 * kShortChunks && d.heads_per_block <= kShortHeads) {
+    const int warps = int(std::min<int64_t>(tiles, kShortMaxWarps));
+    const size_t smem = (size_t(d.heads_per_block) * hd + size_t(warps) * kShortHeads * (2 + size_t(hd))) * sizeof(float) +
+                        size_t(warps) * kTile * hd * sizeof(bf16);
+    auto kernel = paged_decode_short_kernel;
+    if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    kernel<<<dim3(unsigned(KV * d.head_chunks), unsigned(B)), warps * 32, smem, st>>>(
+        q.data<bf16>(), k_pool.data<bf16>(), v_pool.data<bf16>(), block_tables.data<int32_t>(), lens.data<int32_t>(),
+        out.data<bf16>(), d);
+    LR_CUDA_LAUNCHED();
+    return out;
+  }
   const int warps = std::min(d.heads_per_block, kMaxWarps);
   const size_t smem = (2 * kTile + size_t(d.heads_per_block) * hd + kTile * (hd + 1) + kTile * hd) * sizeof(float);
   Tensor part_o, part_lse;
