@@ -42,13 +42,15 @@ def label(r):
 
 
 def merge_seeds(rows):
-    """One row per configuration: the metric's mean over its seeds (metric_sd, seeds added)."""
+    """One row per configuration: the metric's mean over its seeds (metric_sd, seeds added). A seed
+    that appears twice (the quality and the seeds sets both run seed 1) counts once: its first row."""
     groups = {}
     for r in rows:
-        groups.setdefault((r["method"], r["rank"], r["alpha"], r["targets"]), []).append(r)
+        g = groups.setdefault((r["method"], r["rank"], r["alpha"], r["targets"]), {})
+        g.setdefault(r["seed"], r)
     out = []
     for g in groups.values():
-        g = sorted(g, key=lambda r: r["seed"])
+        g = sorted(g.values(), key=lambda r: r["seed"])
         m = dict(g[0])
         vals = [r["metric"] for r in g]
         m["metric"] = statistics.mean(vals)
