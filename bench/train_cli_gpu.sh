@@ -7,6 +7,7 @@
 # (mean of the steps after the first 3, from metrics.jsonl) goes out as one RESULT line per run.
 #   bench/train_cli_gpu.sh [qwen0.5b|llama1b|llama8b] [all-linear|q_proj,v_proj] [STEPS (default 12)]
 #                          [DEVICE LISTS (default "cuda:0"; e.g. "cuda:0 cuda:0,cuda:1")]
+# TRAIN_ARGS (environment): more `lowrank train` flags (e.g. "--full"), recorded in the rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shape=${1:-qwen0.5b} targets=${2:-all-linear} steps=${3:-12} device_lists=${4:-cuda:0}
@@ -49,15 +50,17 @@ for devices in $device_lists; do
   rm -rf "$work/out"
   "$bin/lowrank" train --model "$work/model" --data "$work/data.jsonl" --out "$work/out" "${flag[@]}" \
     --steps "$steps" --batch-size $((batch * gpus)) --seq-len "$seq" --targets "$targets" --rank 16 --alpha 32 \
-    --dropout 0 --warmup 0
-  python3 - "$work/out/metrics.jsonl" "$shape" "$targets" "$gpus" <<'PY'
-import json, sys
+    --dropout 0 --warmup 0 ${TRAIN_ARGS:-}
+  python3 - "$work/out/metrics.jsonl" "$shape" "$targets" "$gpus" "${TRAIN_ARGS:-}" <<'PY'
+import json, os, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if '"tokens_per_second"' in l]
 late = rows[3:] or rows
 tps = sum(r["tokens"] for r in late) / sum(r["tokens"] / r["tokens_per_second"] for r in late)
 print("RESULT " + json.dumps({"engine": "lowrank-cli", "model": sys.argv[2], "targets": sys.argv[3],
                               "gpus": int(sys.argv[4]), "split": False, "tokens_per_s": tps,
-                              "peak_gib": rows[-1].get("gpu_peak_reserved_gib"), "steps": len(rows)}))
+                              "peak_gib": rows[-1].get("gpu_peak_reserved_gib"), "steps": len(rows),
+                              "args": sys.argv[5], "step_graph": os.environ.get("LOWRANK_STEP_GRAPH", "1"),
+                              "overlap": os.environ.get("LOWRANK_DIST_OVERLAP", "1")}))
 PY
 done
 rm -rf "$work"

@@ -23,11 +23,17 @@ class NcclCommunicator final : public Communicator {
   }
   int size() const override { return size_; }
   void all_reduce_sum_(int rank, std::vector<Tensor>& tensors) override {
-    group_->enqueue_all_reduce_sum_(rank, tensors);
-    // Waiting here (the caller reads the gradient norm next anyway) is what lets a rank notice
-    // that another one failed or never came, instead of hanging in NCCL's kernel.
-    group_->wait(rank, collective_timeout_seconds(), "all-reduce");
+    start_all_reduce_sum_(rank, tensors);
+    join_all_reduces(rank);
+    wait(rank);
   }
+  void start_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) override {
+    group_->start_all_reduce_sum_(rank, tensors);
+  }
+  void join_all_reduces(int rank) override { group_->join_all_reduces(rank); }
+  // Waiting (the caller reads the gradient norm next anyway) is what lets a rank notice that
+  // another one failed or never came, instead of hanging in NCCL's kernel.
+  void wait(int rank) override { group_->wait(rank, collective_timeout_seconds(), "all-reduce"); }
   void abort(int rank, const std::string& why) override {
     group_->abort("rank " + std::to_string(rank) + " failed: " + why);
   }

@@ -287,7 +287,8 @@ void embedding_backward(const Model& model, const TokenBatch& batch, const std::
 
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
                             float grad_scale, TrainableHook* hook, ModelWeights* full, bool checkpointing,
-                            Tensor* loss_sum, const DeviceTargets* device_targets) {
+                            Tensor* loss_sum, const DeviceTargets* device_targets,
+                            const LayerGradientsDone* layer_done) {
   const ModelConfig& c = model.config();
   const ModelWeights& w = model.weights();
   const int64_t B = batch.batch, T = batch.seq, N = batch.rows();
@@ -316,9 +317,11 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   // Once for every layer's RoPE, unless the caller already has them on the device.
   const Tensor pos_dev = batch.device_pos.defined() ? batch.device_pos : Tensor::from_ints(pos, model.device());
 
-  for (int64_t li = c.num_layers - 1; li >= std::max(lowest, 0); --li)
+  for (int64_t li = c.num_layers - 1; li >= std::max(lowest, 0); --li) {
     dx = layer_backward(model, li, cache.layers[li], dx, B, T, pos_dev, hook, full ? &full->layers[li] : nullptr,
                         full || li > lowest, checkpointing);
+    if (layer_done) (*layer_done)(li);
+  }
   if (full || (hook && lowest < 0)) embedding_backward(model, batch, pos, dx, hook, full, batch.device_pos);
   return result;
 }

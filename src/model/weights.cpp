@@ -225,6 +225,18 @@ std::vector<std::pair<std::string, Tensor>> checkpoint_tensors(const ModelConfig
   return out;
 }
 
+std::vector<std::pair<std::string, Tensor>> named_tensors(const LayerWeights& l) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  add_norm(out, l.attn_norm);
+  add_norm(out, l.q_norm);
+  add_norm(out, l.k_norm);
+  for (const Linear* p : l.projections()) add_linear(out, *p);
+  add_norm(out, l.post_attn_norm);
+  add_norm(out, l.mlp_norm);
+  add_norm(out, l.post_mlp_norm);
+  return out;
+}
+
 std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w) {
   std::vector<std::pair<std::string, Tensor>> out;
   out.emplace_back(w.embed_name, w.embed);
@@ -233,13 +245,8 @@ std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w)
     out.emplace_back(root + "wpe.weight", w.positions);
   }
   for (const auto& l : w.layers) {
-    add_norm(out, l.attn_norm);
-    add_norm(out, l.q_norm);
-    add_norm(out, l.k_norm);
-    for (const Linear* p : l.projections()) add_linear(out, *p);
-    add_norm(out, l.post_attn_norm);
-    add_norm(out, l.mlp_norm);
-    add_norm(out, l.post_mlp_norm);
+    auto layer = named_tensors(l);
+    out.insert(out.end(), layer.begin(), layer.end());
   }
   add_norm(out, w.final_norm);
   if (w.lm_head_name != w.embed_name) out.emplace_back(w.lm_head_name, w.lm_head);

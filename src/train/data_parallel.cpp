@@ -29,14 +29,10 @@ StepResult train_step_parallel(std::vector<StepContext*>& ranks, dist::Communica
   auto run_rank = [&](int r) {
     try {
       StepContext& ctx = *ranks[r];
+      LR_CHECK(ctx.gradient_sum, "rank ", r, " has no gradient sum");
       Tensor nll;
-      accumulate_gradients(ctx, shards[r], counted, nll);
-      if (counted > 0) {
-        std::vector<Tensor> summed;
-        for (const auto& p : *ctx.params) summed.push_back(p.grad);
-        summed.push_back(nll);
-        comm.all_reduce_sum_(r, summed);
-      }
+      accumulate_gradients(ctx, shards[r], counted, nll);  // the sums start during the backward
+      if (counted > 0) comm.wait(r);
       results[r] = apply_gradients(ctx, nll, counted, lr);
     } catch (const std::exception& e) {
       errors[r] = std::current_exception();

@@ -1,10 +1,12 @@
 #include "lowrank/train/step.h"
 
 #include <cmath>
+#include <map>
 
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/train/grad_clip.h"
+#include "lowrank/train/gradient_sum.h"
 #include "lowrank/train/step_graph.h"
 
 namespace lowrank::train {
@@ -12,7 +14,7 @@ namespace lowrank::train {
 std::vector<ParamRef> lora_params(lora::Adapter& adapter) {
   std::vector<ParamRef> out;
   for (const auto& p : adapter.parameters())
-    out.push_back({p.name, *p.value, *p.grad, true, p.working ? *p.working : Tensor()});
+    out.push_back({p.name, *p.value, *p.grad, true, p.working ? *p.working : Tensor(), p.layer});
   return out;
 }
 
@@ -21,13 +23,18 @@ std::vector<ParamRef> full_params(model::Model& model, model::ModelWeights& grad
   auto w = model::named_tensors(model.weights());
   auto g = model::named_tensors(grads);
   LR_CHECK(w.size() == g.size(), "weights and gradients differ");
+  std::map<const void*, int> layer_of;  // gradient storage -> its decoder layer
+  for (size_t li = 0; li < grads.layers.size(); ++li)
+    for (const auto& [name, t] : model::named_tensors(grads.layers[li])) layer_of[t.raw()] = static_cast<int>(li);
   for (size_t i = 0; i < w.size(); ++i) {
     LR_CHECK(w[i].first == g[i].first, w[i].first, " vs ", g[i].first);
     const Tensor& weight = w[i].second;
+    const auto layer = layer_of.find(g[i].second.raw());
+    const int li = layer == layer_of.end() ? -1 : layer->second;
     if (weight.dtype() == DType::F32) {
-      out.push_back({w[i].first, weight, g[i].second, true, {}});
+      out.push_back({w[i].first, weight, g[i].second, true, {}, li});
     } else {  // bf16 weights (GPU): AdamW updates an f32 master and rounds it into the weight
-      out.push_back({w[i].first, ops::cast(weight, DType::F32), g[i].second, true, weight});
+      out.push_back({w[i].first, ops::cast(weight, DType::F32), g[i].second, true, weight, li});
     }
   }
   return out;
@@ -40,15 +47,23 @@ void zero_gradients(const std::vector<ParamRef>& params) {
   ops::zero_all_(grads);
 }
 
+const model::LayerGradientsDone* last_layer_done(const StepContext& ctx, size_t k, size_t micro_batches) {
+  return ctx.gradient_sum && k + 1 == micro_batches ? ctx.gradient_sum->layer_done() : nullptr;
+}
+
 void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted, Tensor& nll) {
   LR_CHECK(!ctx.model->placement().split(), "a model split over devices trains with train_step_pipeline");
   if (ctx.graph && ctx.graph->accumulate(ctx, micro_batches, counted, nll)) return;
   zero_gradients(*ctx.params);
   nll = Tensor::zeros({1}, DType::F64, ctx.model->device());  // stays on the device: one read per step
   if (counted == 0) return;
-  for (const auto& mb : micro_batches)
+  for (size_t k = 0; k < micro_batches.size(); ++k) {
+    const MicroBatch& mb = micro_batches[k];
     model::forward_backward(*ctx.model, mb.tokens, mb.targets, 1.0f / static_cast<float>(counted), ctx.hook,
-                            ctx.full_grads, ctx.checkpointing, &nll);
+                            ctx.full_grads, ctx.checkpointing, &nll, nullptr,
+                            last_layer_done(ctx, k, micro_batches.size()));
+  }
+  if (ctx.gradient_sum) ctx.gradient_sum->finish(nll);
 }
 
 StepResult apply_gradients(StepContext& ctx, const Tensor& nll, int64_t counted, double lr) {

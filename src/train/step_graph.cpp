@@ -8,6 +8,7 @@
 #include "lowrank/core/log.h"
 #include "lowrank/core/rng.h"
 #include "lowrank/ops/profile.h"
+#include "lowrank/train/gradient_sum.h"
 #include "lowrank/train/step.h"
 
 namespace lowrank::train {
@@ -94,7 +95,8 @@ bool StepGraph::record(StepContext& ctx, const std::vector<MicroBatch>& micro_ba
       device_memset_zero(nll_.raw(), device_, sizeof(double));
       for (size_t k = 0; k < batches_.size(); ++k)
         model::forward_backward(*ctx.model, batches_[k], micro_batches[k].targets, 1.0f, ctx.hook, ctx.full_grads,
-                                ctx.checkpointing, &nll_, &targets_[k]);
+                                ctx.checkpointing, &nll_, &targets_[k], last_layer_done(ctx, k, batches_.size()));
+      if (ctx.gradient_sum) ctx.gradient_sum->finish(nll_);  // the sums over the ranks too (NCCL records)
     });
   } catch (const Error& e) {
     if (rng_) {  // nothing ran: the op-by-op step draws from where the recording started

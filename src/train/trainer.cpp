@@ -24,6 +24,7 @@
 #include "lowrank/train/pipeline.h"
 #include "lowrank/train/progress.h"
 #include "lowrank/train/step.h"
+#include "lowrank/train/gradient_sum.h"
 #include "lowrank/train/step_graph.h"
 #include "lowrank/train/text_encoder.h"
 
@@ -95,6 +96,7 @@ struct Replica {
   std::unique_ptr<AdamW> optimizer;
   Rng dropout_rng;
   std::unique_ptr<StepGraph> graph;  // CUDA: the step's passes as one graph (step_graph.h)
+  std::unique_ptr<GradientSum> gradient_sum;  // data parallel: the sum over ranks (gradient_sum.h)
   StepContext ctx;
 };
 
@@ -131,17 +133,18 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
 }
 
 // Puts the hook and step context together once the replica's parameters are final (after resume).
-// `graph`: record the step as a CUDA graph (one GPU, one rank: data parallel runs have not been
-// measured with it yet, so they stay op by op).
-void arm_replica(Replica& rep, const TrainOptions& o, bool graph) {
+// `comm`: data parallel, this replica being local rank `rank` of it.
+void arm_replica(Replica& rep, const TrainOptions& o, dist::Communicator* comm, int rank) {
   if (rep.adapter) {
     rep.hook.emplace(std::vector<lora::ActiveAdapter>{{&*rep.adapter, 1.0}});
     rep.hook->set_training(true, &rep.dropout_rng);
   }
   const Device device = rep.model->device();
-  if (graph && !rep.graph && StepGraph::enabled(device)) rep.graph = std::make_unique<StepGraph>(device);
+  if (!rep.graph && StepGraph::enabled(device)) rep.graph = std::make_unique<StepGraph>(device);
+  if (comm) rep.gradient_sum = std::make_unique<GradientSum>(*comm, rank, rep.params, rep.model->config().num_layers);
   rep.ctx = StepContext{rep.model.get(), rep.hook ? &*rep.hook : nullptr, o.full ? &rep.full_grads : nullptr,
-                        &rep.params, rep.optimizer.get(), o.max_grad_norm, o.checkpointing, rep.graph.get()};
+                        &rep.params, rep.optimizer.get(), o.max_grad_norm, o.checkpointing, rep.graph.get(),
+                        rep.gradient_sum.get()};
 }
 
 }  // namespace
@@ -267,7 +270,7 @@ TrainSummary run_training(const TrainOptions& o) {
       log_warn("--resume: no complete checkpoint in ", o.out_dir, "; starting from step 0");
     }
   }
-  for (auto& rep : replicas) arm_replica(*rep, o, /*graph=*/!comm);
+  for (int r = 0; r < local_ranks; ++r) arm_replica(*replicas[r], o, comm.get(), r);
   std::optional<lora::LoraHook>& hook = lead.hook;
   // Metrics: drop lines a killed run wrote after its last checkpoint, then append.
   const std::string metrics_path = (fs::path(o.out_dir) / "metrics.jsonl").string();

@@ -23,6 +23,15 @@ class Communicator {
   // elementwise sum over all ranks. Throws Error naming the rank and the operation when another rank
   // failed (abort) or did not arrive within the timeout.
   virtual void all_reduce_sum_(int rank, std::vector<Tensor>& tensors) = 0;
+  // The same sum in three steps, so that it overlaps the backward of the layers below. `start`
+  // queues it: CUDA ranks on a communication stream that first waits for what the rank's stream
+  // has queued so far (the rank's later ops run meanwhile, on other tensors); CPU ranks sum at
+  // once. `join_all_reduces` makes the rank's later ops wait for every started sum (queued, so a CUDA graph
+  // can record start and join); `wait` blocks the host until the rank's queued work has run, and
+  // throws as all_reduce_sum_ does. Every rank starts the same sums in the same order.
+  virtual void start_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) { all_reduce_sum_(rank, tensors); }
+  virtual void join_all_reduces(int rank) {}
+  virtual void wait(int rank) {}
   // A rank that failed calls this so that the others stop instead of waiting for it.
   virtual void abort(int rank, const std::string& why) = 0;
 };

@@ -1,6 +1,7 @@
 #pragma once
 // The manual backward pass (llm.c style): from the loss through every layer, computing only what
 // the trainable parameters need. LoRA (or any other trainable add-on) hooks each projection.
+#include <functional>
 #include <vector>
 
 #include "lowrank/model/model.h"
@@ -68,10 +69,15 @@ std::vector<int32_t> shift_labels(const std::vector<int32_t>& labels, int64_t ba
 // `loss_sum`, when given (F64 [1] on the model's device), receives the NLL sum on the device and
 // nll_sum stays 0: the step reads the loss once, after all micro-batches, instead of per call.
 // With `device_targets` (and the batch's device_ids/device_pos) nothing is uploaded from the host.
+// `layer_done`, when given, is called with each decoder layer's index once the backward has left
+// that layer (top layer first): the layer's gradients (LoRA's, trained biases', --full's) are
+// final for this pass, and data parallelism starts summing them while the layers below run.
+using LayerGradientsDone = std::function<void(int64_t layer)>;
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,
                             float grad_scale, TrainableHook* hook, ModelWeights* full_grads = nullptr,
                             bool checkpointing = false, Tensor* loss_sum = nullptr,
-                            const DeviceTargets* device_targets = nullptr);
+                            const DeviceTargets* device_targets = nullptr,
+                            const LayerGradientsDone* layer_done = nullptr);
 
 // The pieces of forward_backward, for schedules that interleave micro-batches (the pipeline over a
 // split model, train/pipeline.h). Each runs on the device of its part of the model.

@@ -87,6 +87,8 @@ ModelWeights load_weights(const ModelConfig& config, const io::TensorStore& stor
 // lm_head is listed once, as the embedding. Quantized weights are left out (they are not tensors
 // of the checkpoint any more; --full and export refuse quantized models).
 std::vector<std::pair<std::string, Tensor>> named_tensors(const ModelWeights& w);
+// The same for one decoder layer (its part of the list above, in that order).
+std::vector<std::pair<std::string, Tensor>> named_tensors(const LayerWeights& l);
 // All (checkpoint name, tensor) pairs in checkpoint layout (Conv1D transposed back), for export.
 std::vector<std::pair<std::string, Tensor>> checkpoint_tensors(const ModelConfig& config, const ModelWeights& w);
 

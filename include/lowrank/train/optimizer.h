@@ -38,6 +38,10 @@ struct ParamRef {
   // The tensor the model computes with, when it is a lower-precision copy of `param` (bf16
   // weights of --full on the GPU): step() rounds the updated master into it.
   Tensor working;
+  // The decoder layer whose backward finishes this gradient (data parallelism sums it as soon as
+  // the backward has left that layer); outside 0..layers-1 (-1 for the embedding and the final
+  // norm, the number of layers for an lm_head LoRA): finished only at the end of the pass.
+  int layer = -1;
 };
 
 // Rounds every master `param` into its `working` copy (after loading a checkpoint into masters).

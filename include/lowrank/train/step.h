@@ -26,6 +26,7 @@ struct StepResult {
 };
 
 class StepGraph;
+class GradientSum;
 
 struct StepContext {
   const model::Model* model = nullptr;
@@ -36,6 +37,9 @@ struct StepContext {
   double max_grad_norm = 0;  // 0: no clipping
   bool checkpointing = false;  // recompute layer activations in backward (less memory)
   StepGraph* graph = nullptr;  // when set: forward and backward replayed as a CUDA graph (step_graph.h)
+  // Data parallelism: the gradients and the NLL summed over the ranks during the backward
+  // (gradient_sum.h); the host then waits on the communicator before apply_gradients.
+  GradientSum* gradient_sum = nullptr;
 };
 
 StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, double lr);
@@ -45,9 +49,13 @@ StepResult train_step(StepContext& ctx, const std::vector<MicroBatch>& micro_bat
 // zeroes the gradients, then runs forward and backward of every micro-batch, each loss scaled by
 // 1/`counted` (the counted targets of the whole step, over every device); `nll` becomes the summed
 // NLL (F64 [1] on the model's device). Nothing runs when `counted` is 0. Through ctx.graph when it
-// can (the same gradients and NLL, bit for bit).
+// can (the same gradients and NLL, bit for bit). With ctx.gradient_sum, gradients and NLL are
+// also summed over the ranks (started during the last backward, joined at the end).
 void accumulate_gradients(StepContext& ctx, const std::vector<MicroBatch>& micro_batches, int64_t counted,
                           Tensor& nll);
+// forward_backward's layer_done for micro-batch k of a step: ctx.gradient_sum's for the last one
+// (its gradients are final as the backward leaves each layer), none otherwise.
+const model::LayerGradientsDone* last_layer_done(const StepContext& ctx, size_t k, size_t micro_batches);
 // Given the whole step's gradients and NLL: gradient norm and clipping, the finite check, AdamW.
 StepResult apply_gradients(StepContext& ctx, const Tensor& nll, int64_t counted, double lr);
 int64_t counted_targets(const std::vector<MicroBatch>& micro_batches);

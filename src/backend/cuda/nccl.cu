@@ -83,45 +83,61 @@ void nccl_check(ncclResult_t r, const char* what) {
 class Group final : public NcclGroup {
  public:
   // Every GPU of the group in this process.
-  explicit Group(const std::vector<int>& devices) : devices_(devices), comms_(devices.size()), done_(devices.size()) {
+  explicit Group(const std::vector<int>& devices) : devices_(devices), comms_(devices.size()), ranks_(devices.size()) {
     nccl_check(api().init_all(comms_.data(), static_cast<int>(devices.size()), devices.data()), "ncclCommInitAll");
-    make_events();
+    make_streams();
   }
   // This process's one GPU of a multi-process group.
-  Group(int device, int world_size, int rank, const ncclUniqueId& id) : devices_{device}, comms_(1), done_(1) {
+  Group(int device, int world_size, int rank, const ncclUniqueId& id) : devices_{device}, comms_(1), ranks_(1) {
     context(Device::cuda(device));
     nccl_check(api().init_rank(&comms_[0], world_size, id, rank), "ncclCommInitRank");
-    make_events();
+    make_streams();
   }
   ~Group() override {
     for (size_t r = 0; r < comms_.size(); ++r) {
       context(Device::cuda(devices_[r]));
       if (aborted_) api().abort(comms_[r]);
       else api().destroy(comms_[r]);
-      cudaEventDestroy(done_[r]);
+      const RankStreams& s = ranks_[r];
+      cudaEventDestroy(s.queued);
+      cudaEventDestroy(s.summed);
+      cudaEventDestroy(s.done);
+      cudaStreamDestroy(s.comm);
     }
   }
 
-  void enqueue_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) override {
+  void start_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) override {
     DeviceContext& ctx = context(Device::cuda(devices_.at(rank)));
+    RankStreams& s = ranks_[rank];
+    // The communication stream starts after what the rank has queued (the gradients' last writes).
+    LR_CUDA(cudaEventRecord(s.queued, ctx.stream));
+    LR_CUDA(cudaStreamWaitEvent(s.comm, s.queued, 0));
     nccl_check(api().group_start(), "ncclGroupStart");
     for (Tensor& t : tensors) {
       LR_CHECK(t.device() == Device::cuda(devices_[rank]), "rank ", rank, " all-reduce of ", t.str());
       LR_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::F64, "all-reduce of ", t.str(), ": f32 or f64 only");
       const ncclDataType_t type = t.dtype() == DType::F32 ? ncclFloat32 : ncclFloat64;
       nccl_check(api().all_reduce(t.raw(), t.raw(), static_cast<size_t>(t.numel()), type, ncclSum, comms_[rank],
-                                  ctx.stream),
+                                  s.comm),
                  "ncclAllReduce");
     }
     nccl_check(api().group_end(), "ncclGroupEnd");
-    LR_CUDA(cudaEventRecord(done_[rank], ctx.stream));
+  }
+
+  void join_all_reduces(int rank) override {
+    DeviceContext& ctx = context(Device::cuda(devices_.at(rank)));
+    RankStreams& s = ranks_[rank];
+    LR_CUDA(cudaEventRecord(s.summed, s.comm));
+    LR_CUDA(cudaStreamWaitEvent(ctx.stream, s.summed, 0));
   }
 
   void wait(int rank, double timeout_s, const char* what) override {
-    context(Device::cuda(devices_.at(rank)));
+    DeviceContext& ctx = context(Device::cuda(devices_.at(rank)));
+    cudaEvent_t done = ranks_[rank].done;
+    LR_CUDA(cudaEventRecord(done, ctx.stream));
     const auto start = std::chrono::steady_clock::now();
     while (true) {
-      const cudaError_t q = cudaEventQuery(done_[rank]);
+      const cudaError_t q = cudaEventQuery(done);
       if (q == cudaSuccess) return;
       if (q != cudaErrorNotReady) LR_CUDA(q);
       ncclResult_t async = ncclSuccess;
@@ -147,10 +163,20 @@ class Group final : public NcclGroup {
   }
 
  private:
-  void make_events() {
+  // A rank's communication stream and its events: `queued` (the rank's stream up to a start),
+  // `summed` (the communication stream up to a join), `done` (the rank's stream up to a wait).
+  struct RankStreams {
+    cudaStream_t comm = nullptr;
+    cudaEvent_t queued = nullptr, summed = nullptr, done = nullptr;
+  };
+  void make_streams() {
     for (size_t r = 0; r < devices_.size(); ++r) {
       context(Device::cuda(devices_[r]));
-      LR_CUDA(cudaEventCreateWithFlags(&done_[r], cudaEventDisableTiming));
+      RankStreams& s = ranks_[r];
+      int lowest = 0, highest = 0;  // high priority: the sums' few blocks go ahead of the backward's
+      LR_CUDA(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+      LR_CUDA(cudaStreamCreateWithPriority(&s.comm, cudaStreamNonBlocking, highest));
+      for (cudaEvent_t* e : {&s.queued, &s.summed, &s.done}) LR_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     }
   }
   std::string reason() {
@@ -158,8 +184,8 @@ class Group final : public NcclGroup {
     return reason_;
   }
   std::vector<int> devices_;
-  std::vector<ncclComm_t> comms_;  // [rank]
-  std::vector<cudaEvent_t> done_;  // [rank]: recorded after the rank's last all-reduce
+  std::vector<ncclComm_t> comms_;   // [rank]
+  std::vector<RankStreams> ranks_;  // [rank]
   std::atomic<bool> aborted_{false};
   std::mutex mutex_;
   std::string reason_;

@@ -21,9 +21,13 @@ class NcclGroup {
   static std::vector<char> unique_id();
   static std::unique_ptr<NcclGroup> join(int device, int world_size, int rank, const std::vector<char>& id);
   virtual ~NcclGroup() = default;
-  // `rank`: the local rank (0..GPUs of this process - 1). Enqueues on rank's stream an in-place sum over ranks of every tensor (f32 or f64), as one
-  // grouped launch; returns at once.
-  virtual void enqueue_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) = 0;
+  // `rank`: the local rank (0..GPUs of this process - 1). Enqueues an in-place sum over ranks of
+  // every tensor (f32 or f64), as one grouped launch, on rank's communication stream, after what
+  // rank's stream has queued so far; returns at once. Rank's stream does not wait for it until join.
+  virtual void start_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) = 0;
+  // Rank's stream waits (on the device) for every sum started so far. Both may be recorded in a
+  // CUDA graph.
+  virtual void join_all_reduces(int rank) = 0;
   // Waits until rank's stream has run everything enqueued so far; throws Error naming the rank when
   // NCCL reports an error, the group was aborted, or `timeout_s` passes (then aborts the group).
   virtual void wait(int rank, double timeout_s, const char* what) = 0;
