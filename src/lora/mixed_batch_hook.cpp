@@ -24,6 +24,7 @@ MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t
     row_index[i] = it->second;
   }
   sequence_adapter_ = row_index;
+  rows_ = static_cast<int64_t>(sequences.size()) * rows_each;
   std::vector<int32_t> expanded;  // one index per row of the activations
   if (rows_each_ < kSegmentRows) {
     expanded.reserve(row_index.size() * rows_each_);
@@ -33,7 +34,8 @@ MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t
   build_tables(scales, expanded.empty() ? Tensor() : Tensor::from_ints(expanded, device));
 }
 
-MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& adapters, const Tensor& rows) : rows_each_(1) {
+MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& adapters, const Tensor& rows)
+    : rows_each_(1), rows_(rows.numel()) {
   LR_CHECK(rows.dtype() == DType::I32 && rows.rank() == 1, "mixed batch rows ", rows.str());
   std::vector<double> scales;
   for (const RowAdapter& a : adapters) {
@@ -60,6 +62,15 @@ void MixedBatchHook::build_tables(const std::vector<double>& scales, const Tenso
       t.scale[j] = static_cast<float>(layer.scale * scales[j]);
     }
   }
+}
+
+bool MixedBatchHook::low_rank_update(int layer, Target target, model::LowRankUpdate& update) const {
+  if (rows_ != 1 || held_.size() != 1) return false;
+  update = {};
+  auto it = tables_.find({layer, static_cast<int>(target)});
+  if (it != tables_.end() && it->second.a[0].defined())
+    update = {it->second.a[0], it->second.b[0], it->second.scale[0]};
+  return true;
 }
 
 void MixedBatchHook::on_projection(int layer, Target target, const model::Linear&, const Tensor& x, Tensor& y) {

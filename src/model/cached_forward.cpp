@@ -71,7 +71,7 @@ bool Model::fused_decode(const Tensor& x, const ProjectionHook* hook) const {
   const ModelConfig& c = config_;
   // One row (a single stream): with more, each weight element feeds several rows on CUDA cores,
   // and cuBLASLt's tensor-core GEMMs win (measured: Llama-3-8B shape, 4 rows, 420 vs 706 tok/s).
-  if (disabled || hook || !x.device().is_cuda() || x.dtype() != DType::BF16 || x.dim(0) != 1) return false;
+  if (disabled || !x.device().is_cuda() || x.dtype() != DType::BF16 || x.dim(0) != 1) return false;
   if (c.norm != NormKind::RMS || c.qk_norm || c.sandwich_norms || c.fused_qkv || c.fused_gate_up || !c.gated_mlp ||
       c.activation != Activation::SiLU || c.learned_positions || placement_.split())
     return false;
@@ -80,8 +80,41 @@ bool Model::fused_decode(const Tensor& x, const ProjectionHook* hook) const {
       if (l->quantized() || !l->weight.defined() || (l->bias.defined() && l->target != Target::Q &&
                                                      l->target != Target::K && l->target != Target::V))
         return false;
+  if (!hook) return true;
+  for (int li = 0; li < static_cast<int>(c.num_layers); ++li)
+    for (const Target t : {Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down}) {
+      LowRankUpdate u;
+      if (!hook->low_rank_update(li, t, u)) return false;
+      if (u.A.defined() && (u.A.dtype() != DType::BF16 || u.B.dtype() != DType::BF16)) return false;
+    }
   return true;
 }
+
+namespace {
+
+// The fused ops' deltas for a hook's updates `us` of projections that read x (normed by norm_w
+// first when given): their shrinks h = xn Aᵀ in one launch; none when no update exists.
+std::vector<ops::LowRankDelta> shrink(const Tensor& x, const Tensor* norm_w, float eps,
+                                      const std::vector<LowRankUpdate>& us) {
+  std::vector<Tensor> as;
+  for (const LowRankUpdate& u : us)
+    if (u.A.defined()) as.push_back(u.A);
+  if (as.empty()) return {};
+  std::vector<Tensor> hs;
+  if (norm_w) {
+    hs = ops::norm_linears(x, *norm_w, eps, as, std::vector<Tensor>(as.size()));
+  } else {
+    LR_CHECK(as.size() == 1, "shrink of ", as.size(), " updates without a norm");
+    hs.push_back(ops::linear(x, as[0], Tensor()));
+  }
+  std::vector<ops::LowRankDelta> deltas(us.size());
+  size_t next = 0;
+  for (size_t i = 0; i < us.size(); ++i)
+    if (us[i].A.defined()) deltas[i] = {hs[next++], us[i].B, us[i].scale};
+  return deltas;
+}
+
+}  // namespace
 
 Tensor Model::decode_layer(int64_t li, const Tensor& x, const LayerInput& in) const {
   const ModelConfig& c = config_;
@@ -90,15 +123,26 @@ Tensor Model::decode_layer(int64_t li, const Tensor& x, const LayerInput& in) co
   // x_mid = x + o(attention(rope(q), rope(k), v)) with q, k, v of rmsnorm(x)
   const RopeTables& tables = rope(li, in.start + in.seq);
   const ops::RotaryRows rotary{*in.pos, tables.cos, tables.sin, {c.num_heads, c.num_kv_heads, 0}};
-  std::vector<Tensor> qkv = ops::norm_linears(x, L.attn_norm.weight, eps, {L.q.weight, L.k.weight, L.v.weight},
-                                              {L.q.bias, L.k.bias, L.v.bias}, &rotary);
+  auto updates = [&](std::initializer_list<Target> targets) {  // the hook's (fused_decode checked them)
+    std::vector<LowRankUpdate> us(targets.size());
+    size_t i = 0;
+    for (const Target t : targets) {
+      if (in.hook) in.hook->low_rank_update(static_cast<int>(li), t, us[i]);
+      ++i;
+    }
+    return us;
+  };
+  std::vector<Tensor> qkv =
+      ops::norm_linears(x, L.attn_norm.weight, eps, {L.q.weight, L.k.weight, L.v.weight}, {L.q.bias, L.k.bias, L.v.bias},
+                        &rotary, shrink(x, &L.attn_norm.weight, eps, updates({Target::Q, Target::K, Target::V})));
   const ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
   const Tensor attn = in.attention->attend(static_cast<int>(li), qkv[0], qkv[1], qkv[2], shape);
-  const Tensor x_mid = ops::linear_residual(attn, L.o.weight, x);
+  const Tensor x_mid = ops::linear_residual(attn, L.o.weight, x, shrink(attn, nullptr, eps, updates({Target::O})));
   // x_out = x_mid + down(swiglu(gate(rmsnorm(x_mid)), up(rmsnorm(x_mid))))
-  const Tensor act = ops::norm_swiglu(x_mid, L.mlp_norm.weight, eps, L.gate.weight, L.up.weight);
-  return ops::linear_residual(act, L.down.weight, x_mid);
+  const Tensor act = ops::norm_swiglu(x_mid, L.mlp_norm.weight, eps, L.gate.weight, L.up.weight,
+                                      shrink(x_mid, &L.mlp_norm.weight, eps, updates({Target::Gate, Target::Up})));
+  return ops::linear_residual(act, L.down.weight, x_mid, shrink(act, nullptr, eps, updates({Target::Down})));
 }
 
 }  // namespace lowrank::model

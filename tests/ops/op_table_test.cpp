@@ -483,6 +483,30 @@ std::vector<OpCase> op_table() {
                [](Inputs& in, Device) { return Outputs{ops::norm_swiglu(in[0], in[1], 1e-5f, in[2], in[3])}; }});
   t.push_back({"linear_residual", {{3, 48}, {37, 48}, {3, 37}},
                [](Inputs& in, Device) { return Outputs{ops::linear_residual(in[0], in[1], in[2])}; }});
+  // The same with LoRA's updates (ops::LowRankDelta) on some outputs: before RoPE, SwiGLU, the residual.
+  t.push_back({"norm_linears with low-rank updates and RoPE",
+               {{5, 96}, {96}, {64, 96}, {64}, {32, 96}, {32, 96}, {5, 8}, {64, 8}, {5, 4}, {32, 4}},
+               [](Inputs& in, Device d) {
+                 Tensor cos = Tensor::empty({12, 8}), sin = Tensor::empty({12, 8});
+                 for (int64_t p = 0; p < 12; ++p)
+                   for (int64_t i = 0; i < 8; ++i) {
+                     cos.f32()[p * 8 + i] = std::cos(0.7f * p / (1 + i));
+                     sin.f32()[p * 8 + i] = std::sin(0.7f * p / (1 + i));
+                   }
+                 const ops::RotaryRows rope{Tensor::from_ints({0, 3, 11, 5, 7}, d), d.is_cpu() ? cos : cos.to(d),
+                                            d.is_cpu() ? sin : sin.to(d), {4, 2, 0}};
+                 return ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[4], in[5]}, {in[3], Tensor(), Tensor()},
+                                          &rope, {{in[6], in[7], 0.5f}, {}, {in[8], in[9], 2.0f}});
+               }});
+  t.push_back({"norm_swiglu with low-rank updates", {{1, 64}, {64}, {40, 64}, {40, 64}, {1, 8}, {40, 8}, {1, 4}, {40, 4}},
+               [](Inputs& in, Device) {
+                 return Outputs{ops::norm_swiglu(in[0], in[1], 1e-5f, in[2], in[3],
+                                                 {{in[4], in[5], 0.25f}, {in[6], in[7], 1.5f}})};
+               }});
+  t.push_back({"linear_residual with a low-rank update", {{3, 48}, {37, 48}, {3, 37}, {3, 16}, {37, 16}},
+               [](Inputs& in, Device) {
+                 return Outputs{ops::linear_residual(in[0], in[1], in[2], {{in[3], in[4], 0.75f}})};
+               }});
   t.push_back({"argmax_rows", {{5, 37}},
                [](Inputs& in, Device) {
                  const Tensor idx = ops::argmax_rows(in[0]).to(Device::cpu());

@@ -35,6 +35,9 @@ class MixedBatchHook : public model::ProjectionHook {
   // a CUDA graph refills `rows` before each replay; the adapters' pointers are recorded.
   MixedBatchHook(const std::vector<RowAdapter>& adapters, const Tensor& rows);
   void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
+  // A batch of one row with one adapter is that adapter's update (a one-row batch's adapter set is
+  // its row's adapter, so the device-rows form's row is 0 there); anything else: false.
+  bool low_rank_update(int layer, Target target, model::LowRankUpdate& update) const override;
   // Distinct (adapter, scale) pairs of the batch.
   size_t adapters() const { return held_.size(); }
   static constexpr int64_t kSegmentRows = 16;
@@ -46,6 +49,7 @@ class MixedBatchHook : public model::ProjectionHook {
   std::vector<std::shared_ptr<const MixableAdapter>> held_;  // what the tables point into
   std::map<std::pair<int, int>, ops::LoraRows> tables_;      // by (layer, Target)
   int64_t rows_each_;
+  int64_t rows_ = 0;  // rows of the activations
   std::vector<int32_t> sequence_adapter_;  // adapter j of each sequence, or -1 (the segment road)
 };
 

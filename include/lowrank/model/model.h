@@ -20,10 +20,21 @@ namespace lowrank::model {
 // Lets LoRA (or anything else) add to a projection's output: called right after y = x Wᵀ + b with
 // the frozen linear `base` it used (DoRA needs W0). The lm_head is target LmHead at layer
 // num_layers; the token embedding calls on_embedding with the table and the ids it gathered.
+// One low-rank update of a projection: y += scale · (x Aᵀ) Bᵀ, A [r, in] and B [out, r] in the
+// activations' dtype on their device (undefined A: none).
+struct LowRankUpdate {
+  Tensor A, B;
+  float scale = 0;
+};
+
 class ProjectionHook {
  public:
   virtual ~ProjectionHook() = default;
   virtual void on_projection(int layer, Target target, const Linear& base, const Tensor& x, Tensor& y) = 0;
+  // The hook's whole effect on the one row of a decode step at projection (layer, target), when it
+  // is a single LowRankUpdate (or none); false when it is anything else. The fused one-row decode
+  // layers (Model::decode_layer) take a hook only when every block projection answers true.
+  virtual bool low_rank_update(int layer, Target target, LowRankUpdate& update) const { return false; }
   // x [n, d] holds rows `ids` of the frozen embedding table [V, d].
   virtual void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {}
 };
@@ -155,11 +166,13 @@ class Model {
   int64_t parameter_count() const;
 
  private:
-  // Whether the rows x of a KV-cached forward (no hook) can take decode_layer: a Llama-family layer
-  // (RMSNorm, separate q/k/v, gated SiLU MLP, no biases but q/k/v's) on the GPU, one row.
+  // Whether the rows x of a KV-cached forward can take decode_layer: a Llama-family layer (RMSNorm,
+  // separate q/k/v, gated SiLU MLP, no biases but q/k/v's) on the GPU, one row, and no hook or one
+  // whose every block projection is a low-rank update (ProjectionHook::low_rank_update).
   bool fused_decode(const Tensor& x, const ProjectionHook* hook) const;
   // layer_forward for such rows: the norms, projections, RoPE, SwiGLU and residual adds as four
-  // fused launches (ops::norm_linears, norm_swiglu, linear_residual), same values.
+  // fused launches (ops::norm_linears, norm_swiglu, linear_residual), same values; a hook's
+  // updates as one shrink launch per input (q/k/v, o, gate/up, down) and the fused ops' epilogues.
   Tensor decode_layer(int64_t layer, const Tensor& x, const LayerInput& in) const;
 
   ModelConfig config_;

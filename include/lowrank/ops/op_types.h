@@ -16,6 +16,16 @@ struct RotaryRows {
   std::vector<int64_t> heads;
 };
 
+// A low-rank update added to one output of the fused decode projections (norm_linears,
+// norm_swiglu, linear_residual) where a LoRA hook would add it after the unfused linear (after the
+// bias, before RoPE, SwiGLU and the residual): y = scale · h Bᵀ + y, rounded once, as matmul_nt(h,
+// B, y, scale, 1). h [M, r]: the shrink of the op's (normed) input, x Aᵀ; B [N, r]. An undefined B:
+// no update for that output.
+struct LowRankDelta {
+  Tensor h, B;
+  float scale = 0;
+};
+
 struct AttentionShape {
   int64_t batch = 1, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // sliding window (0 = full causal)

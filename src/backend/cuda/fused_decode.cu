@@ -28,6 +28,11 @@ struct Output {
   int64_t n = 0;
   int64_t pairs = 0;        // row pairs: (2p, 2p + 1), or with RoPE (head h, i) -> rows h·hd + i, + hd/2
   int half = 0;             // RoPE: hd / 2 (0: not rotated)
+  // A low-rank update (ops::LowRankDelta) added before RoPE / SwiGLU / the residual: null lb: none.
+  const bf16* lb = nullptr;  // B [n, lr]
+  const bf16* lh = nullptr;  // h [M, lr]
+  int lr = 0;
+  float ls = 0.0f;           // scale
 };
 
 enum class Epilogue { Bias, Residual, SwiGlu };
@@ -50,6 +55,17 @@ struct Args {
 };
 
 __device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+// v (output `row` of input row r, rounded) plus o's low-rank update, rounded once as matmul_nt(h,
+// B, y, scale, 1) rounds it: scale · (h[r] · B[row]) + v.
+__device__ __forceinline__ float with_update(const Output& o, int r, int64_t row, float v) {
+  if (!o.lb) return v;
+  const bf16* b = o.lb + row * o.lr;
+  const bf16* h = o.lh + static_cast<int64_t>(r) * o.lr;
+  float acc = 0.0f;
+  for (int j = 0; j < o.lr; ++j) acc = fmaf(__bfloat162float(h[j]), __bfloat162float(b[j]), acc);
+  return round_bf16(o.ls * acc + v);
+}
 
 __device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
   const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&u);
@@ -216,7 +232,7 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
       if (r >= a.m || lane != r) continue;
       if constexpr (E == Epilogue::SwiGlu) {  // a: gate row, b: up row
         const Output& g = a.out[0];
-        const float gv = round_bf16(ya[r]), uv = round_bf16(yb[r]);
+        const float gv = with_update(g, r, ra, round_bf16(ya[r])), uv = with_update(a.out[1], r, ra, round_bf16(yb[r]));
         g.y[r * g.n + ra] = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);
         continue;
       }
@@ -227,6 +243,8 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
           va = round_bf16(va + __bfloat162float(o.b[ra]));
           if (rb >= 0) vb = round_bf16(vb + __bfloat162float(o.b[rb]));
         }
+        va = with_update(o, r, ra, va);
+        if (rb >= 0) vb = with_update(o, r, rb, vb);
         const int32_t p = o.half > 0 ? a.pos[r] : -1;
         if (p >= 0 && p < a.P) {  // rope_: (a, b) -> (a cos - b sin, b cos + a sin)
           const int64_t i = ra % (2 * o.half);
@@ -236,8 +254,8 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
           vb = rot_b;
         }
       } else {
-        va += __bfloat162float(a.res[r * o.n + ra]);
-        if (rb >= 0) vb += __bfloat162float(a.res[r * o.n + rb]);
+        va = with_update(o, r, ra, va) + __bfloat162float(a.res[r * o.n + ra]);
+        if (rb >= 0) vb = with_update(o, r, rb, vb) + __bfloat162float(a.res[r * o.n + rb]);
       }
       o.y[r * o.n + ra] = __float2bfloat16_rn(va);
       if (rb >= 0) o.y[r * o.n + rb] = __float2bfloat16_rn(vb);
@@ -284,6 +302,27 @@ bool fusable(const Tensor& x, std::initializer_list<const Tensor*> ws) {
   return true;
 }
 
+// Whether the kernels take these low-rank updates (bf16 h and B).
+bool fusable(const std::vector<LowRankDelta>& deltas) {
+  for (const LowRankDelta& u : deltas)
+    if (u.B.defined() && (u.B.dtype() != DType::BF16 || u.h.dtype() != DType::BF16)) return false;
+  return true;
+}
+
+// Output o's update from deltas[i], when there is one.
+void set_update(Output& o, const std::vector<LowRankDelta>& deltas, size_t i) {
+  if (i >= deltas.size() || !deltas[i].B.defined()) return;
+  o.lb = deltas[i].B.data<bf16>();
+  o.lh = deltas[i].h.data<bf16>();
+  o.lr = static_cast<int>(deltas[i].B.dim(1));
+  o.ls = deltas[i].scale;
+}
+
+// The unfused ops' way: y = scale · h Bᵀ + y for output i's update.
+void add_delta(const std::vector<LowRankDelta>& deltas, size_t i, Tensor& y) {
+  if (i < deltas.size() && deltas[i].B.defined()) matmul_nt(deltas[i].h, deltas[i].B, y, deltas[i].scale, 1.0f);
+}
+
 Args norm_args(const Tensor& x, const Tensor& norm_w, float eps) {
   Args a{};
   a.x = x.data<bf16>();
@@ -298,12 +337,14 @@ Args norm_args(const Tensor& x, const Tensor& norm_w, float eps) {
 }  // namespace
 
 std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float eps, const std::vector<Tensor>& ws,
-                                 const std::vector<Tensor>& bs, const RotaryRows* rope) {
+                                 const std::vector<Tensor>& bs, const RotaryRows* rope,
+                                 const std::vector<LowRankDelta>& deltas) {
   check_arg(x, "norm_linears", "x");
   check_arg(norm_w, "norm_linears", "norm_w");
   LR_CHECK(!ws.empty() && ws.size() <= 3 && bs.size() == ws.size(), "norm_linears: ", ws.size(), " weights, ",
            bs.size(), " biases");
-  bool fast = fusable(x, {}) && norm_w.numel() == x.dim(1) && (norm_w.dtype() == DType::F32 || norm_w.dtype() == DType::BF16);
+  bool fast = fusable(x, {}) && fusable(deltas) && norm_w.numel() == x.dim(1) &&
+              (norm_w.dtype() == DType::F32 || norm_w.dtype() == DType::BF16);
   for (size_t i = 0; i < ws.size(); ++i) {
     fast = fast && fusable(x, {&ws[i]}) && (!bs[i].defined() || (bs[i].dtype() == DType::BF16 && bs[i].numel() == ws[i].dim(0)));
     if (rope && rope->heads[i] > 0)  // whole heads, no partial rotary
@@ -317,6 +358,7 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     const Tensor xn = rmsnorm(x, norm_w, eps);
     for (size_t i = 0; i < ws.size(); ++i) {
       ys.push_back(linear(xn, ws[i], bs[i]));
+      add_delta(deltas, i, ys[i]);
       if (rope && rope->heads[i] > 0) rope_(ys[i], rope->heads[i], rope->pos, rope->cos, rope->sin, false);
     }
     return ys;
@@ -328,6 +370,7 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     const int half = rope && rope->heads[i] > 0 ? static_cast<int>(rope->cos.dim(1)) : 0;
     a.out[i] = {ws[i].data<bf16>(), bs[i].defined() ? bs[i].data<bf16>() : nullptr, ys[i].data<bf16>(), n,
                 (n + 1) / 2, half};
+    set_update(a.out[i], deltas, i);
     a.pairs += a.out[i].pairs;
   }
   a.outs = static_cast<int>(ws.size());
@@ -341,31 +384,38 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
   return ys;
 }
 
-Tensor norm_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w_gate, const Tensor& w_up) {
+Tensor norm_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w_gate, const Tensor& w_up,
+                   const std::vector<LowRankDelta>& deltas) {
   check_arg(x, "norm_swiglu", "x");
   check_arg(norm_w, "norm_swiglu", "norm_w");
   LR_CHECK(w_gate.shape() == w_up.shape(), "norm_swiglu: gate ", w_gate.str(), ", up ", w_up.str());
-  if (!fusable(x, {&w_gate, &w_up}) || norm_w.numel() != x.dim(1) ||
+  if (!fusable(x, {&w_gate, &w_up}) || !fusable(deltas) || norm_w.numel() != x.dim(1) ||
       !(norm_w.dtype() == DType::F32 || norm_w.dtype() == DType::BF16)) {
     const Tensor xn = rmsnorm(x, norm_w, eps);
-    return swiglu(linear(xn, w_gate, Tensor()), linear(xn, w_up, Tensor()));
+    Tensor gate = linear(xn, w_gate, Tensor()), up = linear(xn, w_up, Tensor());
+    add_delta(deltas, 0, gate);
+    add_delta(deltas, 1, up);
+    return swiglu(gate, up);
   }
   Tensor y = Tensor::empty({x.dim(0), w_gate.dim(0)}, DType::BF16, x.device());
   Args a = norm_args(x, norm_w, eps);
   a.out[0] = {w_gate.data<bf16>(), nullptr, y.data<bf16>(), w_gate.dim(0)};
   a.out[1] = {w_up.data<bf16>(), nullptr, nullptr, w_up.dim(0)};
+  set_update(a.out[0], deltas, 0);
+  set_update(a.out[1], deltas, 1);
   a.outs = 2;
   a.pairs = w_gate.dim(0);
   launch<Epilogue::SwiGlu>(a, x.device());
   return y;
 }
 
-Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res) {
+Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, const std::vector<LowRankDelta>& deltas) {
   check_arg(x, "linear_residual", "x");
   check_arg(res, "linear_residual", "res");
-  if (!fusable(x, {&w}) || res.dtype() != DType::BF16 || res.rank() != 2 || res.dim(0) != x.dim(0) ||
-      res.dim(1) != w.dim(0)) {
+  if (!fusable(x, {&w}) || !fusable(deltas) || res.dtype() != DType::BF16 || res.rank() != 2 ||
+      res.dim(0) != x.dim(0) || res.dim(1) != w.dim(0)) {
     Tensor y = linear(x, w, Tensor());
+    add_delta(deltas, 0, y);
     add_(y, res);
     return y;
   }
@@ -375,6 +425,7 @@ Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res) {
   a.m = static_cast<int>(x.dim(0));
   a.k = x.dim(1);
   a.out[0] = {w.data<bf16>(), nullptr, y.data<bf16>(), w.dim(0), (w.dim(0) + 1) / 2, 0};
+  set_update(a.out[0], deltas, 0);
   a.outs = 1;
   a.pairs = a.out[0].pairs;
   a.res = res.data<bf16>();
