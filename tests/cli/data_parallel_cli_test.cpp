@@ -58,26 +58,25 @@ void expect_same_run(const std::string& a, const std::string& b, double tol,
   }
 }
 
-TEST(DataParallelCli, TwoCpuRanksEqualOneDevice) {
+// The run with `flags` on one CPU device and on two CPU ranks (threads) agree (expect_same_run).
+void expect_two_cpu_ranks_equal_one(const std::string& flags, const std::string& weights = "adapter_model.safetensors",
+                                    double weight_tol = 1e-5) {
   io::testing::ScratchDir d;
-  auto one = test::run_cli(args(d.file("one"), "--device cpu") + " --steps 6");
+  auto one = test::run_cli(args(d.file("one"), "--device cpu") + flags);
   ASSERT_EQ(one.code, 0) << one.err;
-  auto two = test::run_cli(args(d.file("two"), "--devices cpu,cpu") + " --steps 6");
+  auto two = test::run_cli(args(d.file("two"), "--devices cpu,cpu") + flags);
   ASSERT_EQ(two.code, 0) << two.err;
-  expect_same_run(d.file("one"), d.file("two"), 1e-5);
+  expect_same_run(d.file("one"), d.file("two"), 1e-5, weights, weight_tol);
 }
+
+TEST(DataParallelCli, TwoCpuRanksEqualOneDevice) { expect_two_cpu_ranks_equal_one(" --steps 6"); }
 
 // --full: every weight's gradient summed, a bucket per decoder layer as the backward leaves it.
 // AdamW turns a tiny gradient's last-bit differences (summation order) into visible differences
 // of its update (up to lr = 5e-3 a step): the weights agree to 2% of one step, the losses to 1e-5.
 // A bucket left out of the sum would differ by whole steps (and change the gradient norm).
 TEST(DataParallelCli, TwoCpuRanksEqualOneDeviceFull) {
-  io::testing::ScratchDir d;
-  auto one = test::run_cli(args(d.file("one"), "--device cpu --full") + " --steps 3");
-  ASSERT_EQ(one.code, 0) << one.err;
-  auto two = test::run_cli(args(d.file("two"), "--devices cpu,cpu --full") + " --steps 3");
-  ASSERT_EQ(two.code, 0) << two.err;
-  expect_same_run(d.file("one"), d.file("two"), 1e-5, "model.safetensors", 1e-4);
+  expect_two_cpu_ranks_equal_one(" --full --steps 3", "model.safetensors", 1e-4);
 }
 
 TEST(DataParallelCli, ResumesOnAnotherNumberOfDevices) {

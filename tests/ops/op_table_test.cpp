@@ -153,6 +153,18 @@ std::pair<Tensor, Tensor> rope_table(int64_t positions, int64_t half) {
   return {cos, sin};
 }
 
+// RoPE of norm_linears' rows in the op table: 5 rows at positions up to 11, f32 tables [12, 8]
+// (head_dim 16), 4 and 2 heads rotated on the first two outputs, the third not.
+ops::RotaryRows decode_rope(Device d) {
+  Tensor cos = Tensor::empty({12, 8}), sin = Tensor::empty({12, 8});
+  for (int64_t p = 0; p < 12; ++p)
+    for (int64_t i = 0; i < 8; ++i) {
+      cos.f32()[p * 8 + i] = std::cos(0.7f * p / (1 + i));
+      sin.f32()[p * 8 + i] = std::sin(0.7f * p / (1 + i));
+    }
+  return {Tensor::from_ints({0, 3, 11, 5, 7}, d), d.is_cpu() ? cos : cos.to(d), d.is_cpu() ? sin : sin.to(d), {4, 2, 0}};
+}
+
 std::vector<OpCase> op_table() {
   using ops::Gemm;
   std::vector<OpCase> t;
@@ -468,14 +480,7 @@ std::vector<OpCase> op_table() {
                }});
   t.push_back({"norm_linears with RoPE", {{5, 96}, {96}, {64, 96}, {64}, {32, 96}, {32, 96}},
                [](Inputs& in, Device d) {
-                 Tensor cos = Tensor::empty({12, 8}), sin = Tensor::empty({12, 8});  // f32 tables [P, half]
-                 for (int64_t p = 0; p < 12; ++p)
-                   for (int64_t i = 0; i < 8; ++i) {
-                     cos.f32()[p * 8 + i] = std::cos(0.7f * p / (1 + i));
-                     sin.f32()[p * 8 + i] = std::sin(0.7f * p / (1 + i));
-                   }
-                 const ops::RotaryRows rope{Tensor::from_ints({0, 3, 11, 5, 7}, d), d.is_cpu() ? cos : cos.to(d),
-                                            d.is_cpu() ? sin : sin.to(d), {4, 2, 0}};
+                 const ops::RotaryRows rope = decode_rope(d);
                  return ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[4], in[5]}, {in[3], Tensor(), Tensor()},
                                           &rope);
                }});
@@ -487,14 +492,7 @@ std::vector<OpCase> op_table() {
   t.push_back({"norm_linears with low-rank updates and RoPE",
                {{5, 96}, {96}, {64, 96}, {64}, {32, 96}, {32, 96}, {5, 8}, {64, 8}, {5, 4}, {32, 4}},
                [](Inputs& in, Device d) {
-                 Tensor cos = Tensor::empty({12, 8}), sin = Tensor::empty({12, 8});
-                 for (int64_t p = 0; p < 12; ++p)
-                   for (int64_t i = 0; i < 8; ++i) {
-                     cos.f32()[p * 8 + i] = std::cos(0.7f * p / (1 + i));
-                     sin.f32()[p * 8 + i] = std::sin(0.7f * p / (1 + i));
-                   }
-                 const ops::RotaryRows rope{Tensor::from_ints({0, 3, 11, 5, 7}, d), d.is_cpu() ? cos : cos.to(d),
-                                            d.is_cpu() ? sin : sin.to(d), {4, 2, 0}};
+                 const ops::RotaryRows rope = decode_rope(d);
                  return ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[4], in[5]}, {in[3], Tensor(), Tensor()},
                                           &rope, {{in[6], in[7], 0.5f}, {}, {in[8], in[9], 2.0f}});
                }});
