@@ -1,9 +1,9 @@
-// Causal (optionally sliding-window) attention with grouped-query heads on the CPU: blocks of
-// query rows through BLAS (attention_block.h).
+// Causal (optionally sliding-window) attention with grouped-query heads on the CPU.
 #include <cmath>
+#include <limits>
 #include <vector>
 
-#include "backend/cpu/attention_block.h"
+#include "backend/cpu/attention_row.h"
 #include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
@@ -14,38 +14,29 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
            "attention shapes ", q.str(), " ", k.str(), " ", v.str());
   Tensor out = Tensor::empty({B * T, H * hd});
   Tensor lse = Tensor::empty({B, H, T});
-  const float *qp = q.f32(), *kp = k.f32(), *vp = v.f32();
-  float *op = out.f32(), *lp = lse.f32();
-  const int64_t group = H / KV, ldq = H * hd, ldk = KV * hd;
-  std::vector<float> S(static_cast<size_t>(std::min(AttentionBlock::kRows, T) * T));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t kvh = h / group;
-      for (int64_t i0 = 0; i0 < T; i0 += AttentionBlock::kRows) {
-        const AttentionBlock blk = AttentionBlock::at(i0, T, s);
-        const float* kb = kp + (b * T + blk.k0) * ldk + kvh * hd;
-        attention_scores(qp + (b * T + i0) * ldq + h * hd, ldq, kb, ldk, hd, blk, s, S.data());
-        // Softmax of each row in place (keys it may not see: exp(-inf) = 0); its log-sum-exp saved.
-#pragma omp parallel for if (blk.n * blk.nk > 16384)
-        for (int64_t r = 0; r < blk.n; ++r) {
-          float* row = S.data() + r * blk.nk;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t c = 0; c < blk.nk; ++c) mx = std::max(mx, row[c]);
-          double sum = 0;
-          for (int64_t c = 0; c < blk.nk; ++c) {
-            row[c] = std::exp(row[c] - mx);
-            sum += row[c];
-          }
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t c = 0; c < blk.nk; ++c) row[c] *= inv;
-          lp[(b * H + h) * T + i0 + r] = mx + static_cast<float>(std::log(sum));
+  const float* qp = q.f32();
+  const float* kp = k.f32();
+  const float* vp = v.f32();
+  float* op = out.f32();
+  float* lp = lse.f32();
+  const int64_t group = H / KV;
+  const int64_t work = B * H * T * T * hd;  // small problems (decode, tests) skip the thread wake-up
+#pragma omp parallel if (work > 65536)
+  {
+    std::vector<float> p(T);
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t kvh = h / group;
+        for (int64_t i = 0; i < T; ++i) {
+          const float* qi = qp + (b * T + i) * H * hd + h * hd;
+          const int64_t j0 = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
+          lp[(b * H + h) * T + i] = attention_row(
+              qi, hd, j0, i, s, [&](int64_t j) { return kp + (b * T + j) * KV * hd + kvh * hd; },
+              [&](int64_t j) { return vp + (b * T + j) * KV * hd + kvh * hd; }, p, op + (b * T + i) * H * hd + h * hd);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(blk.n), static_cast<int>(hd),
-                    static_cast<int>(blk.nk), 1.0f, S.data(), static_cast<int>(blk.nk),
-                    vp + (b * T + blk.k0) * ldk + kvh * hd, static_cast<int>(ldk), 0.0f,
-                    op + (b * T + i0) * ldq + h * hd, static_cast<int>(ldq));
       }
-    }
+  }
   if (lse_out) *lse_out = lse;
   return out;
 }
