@@ -132,9 +132,10 @@ Tensor Model::decode_layer(int64_t li, const Tensor& x, const LayerInput& in) co
     }
     return us;
   };
-  std::vector<Tensor> qkv =
-      ops::norm_linears(x, L.attn_norm.weight, eps, {L.q.weight, L.k.weight, L.v.weight}, {L.q.bias, L.k.bias, L.v.bias},
-                        &rotary, shrink(x, &L.attn_norm.weight, eps, updates({Target::Q, Target::K, Target::V})));
+  const std::vector<ops::LowRankDelta> qkv_deltas =
+      shrink(x, &L.attn_norm.weight, eps, updates({Target::Q, Target::K, Target::V}));
+  std::vector<Tensor> qkv = ops::norm_linears(x, L.attn_norm.weight, eps, {L.q.weight, L.k.weight, L.v.weight},
+                                              {L.q.bias, L.k.bias, L.v.bias}, &rotary, qkv_deltas);
   const ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
   const Tensor attn = in.attention->attend(static_cast<int>(li), qkv[0], qkv[1], qkv[2], shape);

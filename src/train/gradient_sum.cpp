@@ -1,6 +1,5 @@
 #include "lowrank/train/gradient_sum.h"
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -19,7 +18,7 @@ GradientSum::GradientSum(dist::Communicator& comm, int rank, const std::vector<P
     auto it = layer_grads_.find(layer);
     if (it == layer_grads_.end()) return;  // nothing trained in this layer
     start(it->second);
-    started_.push_back(layer);
+    started_.insert(layer);
   };
 }
 
@@ -29,7 +28,7 @@ void GradientSum::finish(Tensor& nll) {
   // Layers the backward did not reach (below the lowest trained one) still hold their zeroed
   // gradients; every rank sums them here in the same (descending) order.
   for (auto it = layer_grads_.rbegin(); it != layer_grads_.rend(); ++it)
-    if (std::find(started_.begin(), started_.end(), it->first) == started_.end()) start(it->second);
+    if (!started_.count(it->first)) start(it->second);
   started_.clear();
   std::vector<Tensor> rest = end_grads_;
   rest.push_back(nll);

@@ -20,11 +20,11 @@
 #include "lowrank/train/data_parallel.h"
 #include "lowrank/train/dataset.h"
 #include "lowrank/train/evaluate.h"
+#include "lowrank/train/gradient_sum.h"
 #include "lowrank/train/metrics.h"
 #include "lowrank/train/pipeline.h"
 #include "lowrank/train/progress.h"
 #include "lowrank/train/step.h"
-#include "lowrank/train/gradient_sum.h"
 #include "lowrank/train/step_graph.h"
 #include "lowrank/train/text_encoder.h"
 

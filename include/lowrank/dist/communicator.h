@@ -26,9 +26,9 @@ class Communicator {
   // The same sum in three steps, so that it overlaps the backward of the layers below. `start`
   // queues it: CUDA ranks on a communication stream that first waits for what the rank's stream
   // has queued so far (the rank's later ops run meanwhile, on other tensors); CPU ranks sum at
-  // once. `join_all_reduces` makes the rank's later ops wait for every started sum (queued, so a CUDA graph
-  // can record start and join); `wait` blocks the host until the rank's queued work has run, and
-  // throws as all_reduce_sum_ does. Every rank starts the same sums in the same order.
+  // once. `join_all_reduces` makes the rank's later ops wait for every started sum (queued, so a
+  // CUDA graph can record start and join); `wait` blocks the host until the rank's queued work has
+  // run, and throws as all_reduce_sum_ does. Every rank starts the same sums in the same order.
   virtual void start_all_reduce_sum_(int rank, std::vector<Tensor>& tensors) { all_reduce_sum_(rank, tensors); }
   virtual void join_all_reduces(int rank) {}
   virtual void wait(int rank) {}

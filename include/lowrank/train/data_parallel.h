@@ -12,7 +12,8 @@
 namespace lowrank::train {
 
 // The step of this process's ranks (`ranks[r]`, `shards[r]`: local rank r's context, whose
-// gradient_sum sums over `comm`, and micro-batches); `counted`: the labelled targets of the whole step over every rank of the run.
+// gradient_sum sums over `comm`, and micro-batches); `counted`: the labelled targets of the
+// whole step over every rank of the run.
 // Local rank 0 runs on the calling thread (the one the step profiler follows), the others on
 // threads of their own. A rank that fails aborts the communicator, so the others stop too; the
 // first error is rethrown here.

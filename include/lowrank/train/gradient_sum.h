@@ -8,6 +8,7 @@
 // LOWRANK_DIST_OVERLAP=0 starts every bucket after the backward instead (for measurements).
 #include <cstdint>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "lowrank/dist/communicator.h"
@@ -38,7 +39,7 @@ class GradientSum {
   int rank_;
   std::map<int64_t, std::vector<Tensor>> layer_grads_;  // decoder layer -> its gradients
   std::vector<Tensor> end_grads_;                        // finished at the end of the pass
-  std::vector<int64_t> started_;                         // layers started in this step
+  std::set<int64_t> started_;                            // layers started in this step
   model::LayerGradientsDone layer_done_;
 };
 

@@ -176,7 +176,8 @@ class Group final : public NcclGroup {
       int lowest = 0, highest = 0;  // high priority: the sums' few blocks go ahead of the backward's
       LR_CUDA(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
       LR_CUDA(cudaStreamCreateWithPriority(&s.comm, cudaStreamNonBlocking, highest));
-      for (cudaEvent_t* e : {&s.queued, &s.summed, &s.done}) LR_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+      for (cudaEvent_t* e : {&s.queued, &s.summed, &s.done})
+        LR_CUDA(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     }
   }
   std::string reason() {
