@@ -23,9 +23,11 @@ class LinearLora : public LoraVariant {
   void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const override {
     Tensor h;
     ops::matmul_nt(in.x_in, in.A, h);             // [N, r]
-    ops::matmul_nt(h, in.B, y, in.scale, 1.0f);   // y += s · h Bᵀ
+    if (y.defined()) ops::matmul_nt(h, in.B, y, in.scale, 1.0f);  // y += s · h Bᵀ
     if (saved) saved->h = h;
   }
+
+  bool saves_without_output() const override { return true; }
 
   void backward(LoraPair& p, const LoraInput& in, const LoraSaved& sv, const Tensor& dy, Tensor* dx_in,
                 bool accumulate) const override {

@@ -45,7 +45,11 @@ int LoraHook::lowest_trainable_layer() const {
 }
 
 void LoraHook::on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) {
-  apply(layer, target, base, x, nullptr, y);
+  apply(layer, target, base, x, nullptr, &y);
+}
+
+bool LoraHook::on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) {
+  return apply(layer, target, base, x, nullptr, nullptr);
 }
 
 bool LoraHook::draws_randomness() const {
@@ -57,13 +61,22 @@ bool LoraHook::draws_randomness() const {
 void LoraHook::on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {
   const model::Linear base{table, Tensor(), ""};
   const Tensor none;
-  apply(-1, Target::Embed, base, none, &ids, x);
+  apply(-1, Target::Embed, base, none, &ids, &x);
 }
 
-void LoraHook::apply(int layer, Target target, const model::Linear& base, const Tensor& x,
-                     const std::vector<int32_t>* ids, Tensor& y) {
+bool LoraHook::apply(int layer, Target target, const model::Linear& base, const Tensor& x,
+                     const std::vector<int32_t>* ids, Tensor* y) {
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
-  for (size_t i = 0; i < adapters_.size(); ++i) {
+  if (!y) {  // decided before anything is drawn or saved: the projection may run in full instead
+    const LoraPair* p = adapters_.empty() ? nullptr : adapters_[0].adapter->find(layer, target);
+    if (p && training_ && (shared_input_of(target) >= 0 || !lora_variant(p->kind).saves_without_output()))
+      return false;
+  }
+  // No output: nothing to add, only the trained adapter's saves (y's dtype is x's otherwise).
+  const size_t count = y ? adapters_.size() : std::min<size_t>(training_ ? 1 : 0, adapters_.size());
+  const DType dtype = y ? y->dtype() : x.dtype();
+  Tensor no_output;
+  for (size_t i = 0; i < count; ++i) {
     const Adapter& ad = *adapters_[i].adapter;
     const bool trained = training_ && i == 0;
     // A checkpointed forward's decoder layers are replayed in backward: keep nothing for them but
@@ -71,9 +84,9 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     const bool keep = trained && !(checkpointed_ && layer >= 0);
     const LoraPair* p = ad.find(layer, target);
     if (!p) continue;
-    if (SharedInputGroup* g = shared_group(i, layer, target, x, y.dtype(), trained, keep)) {
+    if (SharedInputGroup* g = shared_group(i, layer, target, x, dtype, trained, keep)) {
       const int m = g->index_of(target);
-      g->expand(m, y);
+      g->expand(m, *y);
       g->forward_done |= 1u << m;
       if (!g->trained && g->forward_done == g->all_members()) g->h = Tensor();  // no backward will read it
       continue;
@@ -98,16 +111,16 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     // under torch.autocast): the optimizer's working copies when training, else rounded once per
     // forward pass (a replay rounds the same values again); kept for the backward.
     Tensor A, B;
-    if (p->A_work.defined() && p->A_work.dtype() == y.dtype()) {  // kept by the optimizer
+    if (p->A_work.defined() && p->A_work.dtype() == dtype) {  // kept by the optimizer
       A = p->A_work;
       B = p->B_work;
     } else {
-      A = ops::cast(p->A, y.dtype());
-      B = ops::cast(p->B, y.dtype());
+      A = ops::cast(p->A, dtype);
+      B = ops::cast(p->B, dtype);
     }
     const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
     LoraSaved* sv = keep ? &state().saved[key] : nullptr;
-    lora_variant(p->kind).forward(in, y, sv);
+    lora_variant(p->kind).forward(in, y ? *y : no_output, sv);
     if (dropped && !replay_) state().saved[key].drop_offset = offset;  // what a replay draws again
     if (sv) {
       sv->A = A;
@@ -116,6 +129,7 @@ void LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       if (mask.defined()) sv->mask = mask;  // drop(x) is rebuilt from x and the mask in backward
     }
   }
+  return true;
 }
 
 SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, const Tensor& x, DType dtype,

@@ -179,7 +179,9 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   if (checkpointing) {  // recompute this layer's activations from its saved input
     LayerActivations full_a;
     if (hook) hook->set_replay(true);
-    model.layer_forward(li, saved.x_in, LayerInput{B, T, 0, &pos_dev, hook, nullptr, true}, full_a);
+    model.layer_forward(li, saved.x_in,
+                        LayerInput{.batch = B, .seq = T, .pos = &pos_dev, .hook = hook, .save_lse = true, .kept = &saved},
+                        full_a);
     if (hook) hook->set_replay(false);
     saved = std::move(full_a);
   }

@@ -131,13 +131,22 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   } else {
     a.attn = ops::attention(a.q, a.k, a.v, shape, in.save_lse ? &a.lse : nullptr);
   }
-  // Residual adds in place into the fresh projection (or post-norm) outputs: one pass, no copy of x.
-  a.x_mid = project(L.o, layer, a.attn, hook);
-  if (c.sandwich_norms) {
-    a.o_out = a.x_mid;
-    a.x_mid = normalize(L.post_attn_norm, a.o_out, nullptr, &a.post_attn_rstd);
+  // A replay with the residual streams kept skips the projections that only feed them.
+  const bool replay_kept = in.kept && in.kept->x_mid.defined();
+  auto skip_output = [&](const Linear& l, const Tensor& input) {
+    return replay_kept && (!hook || hook->on_projection_input_only(layer, l.target, l, input));
+  };
+  if (skip_output(L.o, a.attn)) {
+    a.x_mid = in.kept->x_mid;
+  } else {
+    // Residual adds in place into the fresh projection (or post-norm) outputs: one pass, no copy of x.
+    a.x_mid = project(L.o, layer, a.attn, hook);
+    if (c.sandwich_norms) {
+      a.o_out = a.x_mid;
+      a.x_mid = normalize(L.post_attn_norm, a.o_out, nullptr, &a.post_attn_rstd);
+    }
+    ops::add_(a.x_mid, x);
   }
-  ops::add_(a.x_mid, x);
   // MLP block: x_out = x_mid + [post_norm](down(act(gate) * up))   (ungated: down(act(up)))
   a.xn2 = normalize(L.mlp_norm, a.x_mid, &a.norm2_mean, &a.norm2_rstd);
   if (c.fused_gate_up) {  // [gate | up] columns
@@ -156,6 +165,7 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
     a.act = ops::activation(a.gate, op_activation(c.activation));
     ops::mul_(a.act, a.up);
   }
+  if (skip_output(L.down, a.act)) return Tensor();  // the next layer's input is kept
   Tensor out = project(L.down, layer, a.act, hook);
   if (c.sandwich_norms) {
     a.down_out = out;
@@ -191,8 +201,7 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
     LayerActivations a;
     Tensor next = layer_forward(li, x, in, a);
     if (cache) {
-      if (cache->checkpointing) cache->layers[li].x_in = a.x_in;  // the rest is recomputed in backward
-      else cache->layers[li] = std::move(a);
+      cache->layers[li] = cache->checkpointing ? checkpoint_kept(std::move(a), c) : std::move(a);
     }
     x = next;
   }
@@ -207,6 +216,13 @@ Tensor Model::hidden_states(const TokenBatch& batch, ProjectionHook* hook, Forwa
     cache->hidden = h;
   }
   return h;
+}
+
+LayerActivations checkpoint_kept(LayerActivations&& a, const ModelConfig& config) {
+  LayerActivations kept;
+  kept.x_in = std::move(a.x_in);
+  if (!config.sandwich_norms) kept.x_mid = std::move(a.x_mid);
+  return kept;
 }
 
 Tensor Model::embed(const TokenBatch& batch, const std::vector<int32_t>& pos, ProjectionHook* hook) const {

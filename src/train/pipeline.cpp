@@ -79,8 +79,7 @@ void accumulate_gradients_pipelined(const PipelineContext& ctx, const std::vecto
     for (int64_t li = place.first_layer[s]; li < place.first_layer[s + 1]; ++li) {
       model::LayerActivations a;
       Tensor next = m.layer_forward(li, x, in, a);
-      if (step.checkpointing) f.cache.layers[li].x_in = a.x_in;  // the rest is recomputed in backward
-      else f.cache.layers[li] = std::move(a);
+      f.cache.layers[li] = step.checkpointing ? model::checkpoint_kept(std::move(a), c) : std::move(a);
       x = next;
     }
     if (step.checkpointing) f.hook->set_checkpointed_forward(false);  // not the lm_head's: no replay

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
+#include <tuple>
 
 #include "io/io_test_helpers.h"
 #include "lowrank/lora/lora_hook.h"
@@ -61,7 +63,7 @@ TEST(ModelExport, ShardedFolderLoadsBackIdentically) {
 }
 
 TEST(Checkpointing, GradientsEqualTheStoredActivationsPath) {
-  for (const char* fixture : {"llama", "gpt2", "qwen3"})
+  for (const char* fixture : {"llama", "gpt2", "qwen3", "gemma2"})  // gemma2: sandwich norms, o and down replayed
   for (double dropout : {0.2, 0.0}) {  // 0.2: the replay must draw the same masks; 0: q/k/v and gate/up as groups
     model::Model m = model::Model::load(test::model_fixture(fixture));
     lora::LoraConfig lc;
@@ -100,6 +102,47 @@ TEST(Checkpointing, GradientsEqualTheStoredActivationsPath) {
                           std::pair{adapters[0].pairs[i].grad_B, adapters[1].pairs[i].grad_B}})
         for (int64_t j = 0; j < x.numel(); ++j)
           ASSERT_EQ(x.f32()[j], y.f32()[j]) << fixture << " " << adapters[0].pairs[i].module;
+  }
+}
+
+// Counts, per target, the projections run in full and those a checkpointing replay skipped.
+struct CountingHook : lora::LoraHook {
+  using LoraHook::LoraHook;
+  std::map<Target, int> full, input_only;
+  void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override {
+    ++full[target];
+    LoraHook::on_projection(layer, target, base, x, y);
+  }
+  bool on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) override {
+    const bool skipped = LoraHook::on_projection_input_only(layer, target, base, x);
+    input_only[target] += skipped;
+    return skipped;
+  }
+};
+
+// The replay recomputes what the backward reads, not the o and down projections' outputs (the
+// residual stream after them is kept): their frozen GEMMs run once, in the first forward. DoRA
+// needs the frozen output, and sandwich norms their projections' outputs: those run again.
+TEST(Checkpointing, ReplaySkipsTheProjectionsThatOnlyFeedTheResidualStream) {
+  for (auto [fixture, dora, skips] : {std::tuple{"llama", false, true}, {"llama", true, false}, {"gemma2", false, false}}) {
+    model::Model m = model::Model::load(test::model_fixture(fixture));
+    const int layers = static_cast<int>(m.config().num_layers);
+    lora::LoraConfig lc;
+    lc.r = 2;
+    lc.all_linear = true;
+    lc.use_dora = dora;
+    Rng init(5), drop(6);
+    lora::Adapter a = lora::Adapter::create(m, lc, init);
+    a.allocate_grads();
+    CountingHook hook({{&a, 1.0}});
+    hook.set_training(true, &drop);
+    model::TokenBatch b{{1, 2, 3, 4, 5, 6}, 1, 6};
+    model::forward_backward(m, b, {2, 3, 4, 5, 6, -100}, 1.0f / 5, &hook, nullptr, /*checkpointing=*/true);
+    for (Target t : {Target::O, Target::Down}) {
+      EXPECT_EQ(hook.full[t], skips ? layers : 2 * layers) << fixture << " dora " << dora << " " << target_short_name(t);
+      EXPECT_EQ(hook.input_only[t], skips ? layers : 0) << fixture << " dora " << dora;
+    }
+    EXPECT_EQ(hook.full[Target::Q], 2 * layers) << fixture << ": attention needs q again";
   }
 }
 

@@ -29,6 +29,7 @@ class LoraHook : public model::TrainableHook {
   // Training mode: saves what backward needs; applies dropout with masks drawn from `rng`.
   void set_training(bool training, Rng* dropout_rng = nullptr);
   void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
+  bool on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) override;
   void on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                               const Tensor& dy, Tensor& dx) override;
   void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) override;
@@ -46,9 +47,11 @@ class LoraHook : public model::TrainableHook {
   void clear_saved() { state() = ForwardState{}; }
 
  private:
-  // y += every active adapter's output for the layer; x: the layer input (ids for the embedding).
-  void apply(int layer, Target target, const model::Linear& base, const Tensor& x,
-             const std::vector<int32_t>* ids, Tensor& y);
+  // *y += every active adapter's output for the layer; x: the layer input (ids for the embedding).
+  // y null: a checkpointing replay that skips the projection's output (on_projection_input_only):
+  // only the trained adapter's saves; false (nothing done) when its variant needs the output.
+  bool apply(int layer, Target target, const model::Linear& base, const Tensor& x,
+             const std::vector<int32_t>* ids, Tensor* y);
   void apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                       const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx);
 

@@ -57,6 +57,10 @@ class LoraVariant {
   virtual void init_extra(LoraPair& p, const Tensor& base_weight) const {}
   // y += the layer's LoRA output. `saved`, when given, receives what backward needs.
   virtual void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const = 0;
+  // True: forward also takes an undefined y and then only fills `saved` from the input (activation
+  // checkpointing's replay of a projection whose output nobody reads). False: backward needs the
+  // frozen layer's output too (DoRA).
+  virtual bool saves_without_output() const { return false; }
   // Accumulates the layer's gradients from dy [N, out]. dx_in (when given) receives the gradient
   // with respect to x_in: written, or added to with `accumulate`.
   virtual void backward(LoraPair& p, const LoraInput& in, const LoraSaved& saved, const Tensor& dy,

@@ -35,6 +35,13 @@ class ProjectionHook {
   // is a single LowRankUpdate (or none); false when it is anything else. The fused one-row decode
   // layers (Model::decode_layer) take a hook only when every block projection answers true.
   virtual bool low_rank_update(int layer, Target target, LowRankUpdate& update) const { return false; }
+  // Activation checkpointing's replay skips the frozen GEMM of a projection whose output the backward
+  // does not read (o and down: the residual stream after them is kept). The hook keeps what its own
+  // backward needs from the input x alone and answers true; false (nothing done) when it needs the
+  // output too (DoRA): the projection then runs in full.
+  virtual bool on_projection_input_only(int layer, Target target, const Linear& base, const Tensor& x) {
+    return false;
+  }
   // x [n, d] holds rows `ids` of the frozen embedding table [V, d].
   virtual void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) {}
 };
@@ -76,8 +83,14 @@ struct HookState {
   virtual ~HookState() = default;
 };
 
+// What activation checkpointing keeps of a layer's forward pass: the residual stream entering the
+// layer and after its attention block (2 [N, d] per layer; x_mid only without sandwich norms, whose
+// post-norms need the projections' outputs). The backward replays the layer from them
+// (LayerInput::kept), skipping the o and down projections, a third of a Llama layer's GEMM FLOPs.
+LayerActivations checkpoint_kept(LayerActivations&& a, const ModelConfig& config);
+
 struct ForwardCache {
-  // Activation checkpointing: keep only each layer's input; backward recomputes the rest.
+  // Activation checkpointing: keep only each layer's checkpoint_kept; backward recomputes the rest.
   bool checkpointing = false;
   std::shared_ptr<HookState> hook_state;  // made by the hook bound to this pass (TrainableHook::bind)
   std::vector<LayerActivations> layers;
@@ -95,6 +108,10 @@ struct LayerInput {
   KVCache* kv = nullptr;
   bool save_lse = false;                  // keep attention's log-sum-exp for backward
   AttentionCache* attention = nullptr;    // keeps k/v and computes attention (instead of kv or ops::attention)
+  // Activation checkpointing's replay: what the first pass kept of this layer (checkpoint_kept).
+  // With x_mid kept, the o and down projections' frozen GEMMs are skipped (their outputs only feed
+  // the residual stream) and the layer returns no output.
+  const LayerActivations* kept = nullptr;
 };
 
 class Model {
