@@ -5,10 +5,12 @@
 # markdown table. Raw rows: $OUT/gpu-train-YYYY-MM-DD.jsonl (copy to bench/results/); lowrank's
 # per-category step profiles (LOWRANK_PROFILE=1): $OUT/profiles.txt.
 #   bench/gpu_benchmark.sh [--only qwen0.5b,llama1b,llama8b] [--targets all-linear|q_proj,v_proj]
-#                          [--steps 8] [--no-compile] [--no-peft]
+#                          [--checkpointing 0|1] [--steps 8] [--no-compile] [--no-peft]
+# The 8B shape runs with and without gradient checkpointing (--checkpointing picks one), PEFT
+# + torch.compile included in both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only="qwen0.5b,llama1b,llama8b" steps=8 compile=1 peft=1 targets_list="all-linear q_proj,v_proj"
+only="qwen0.5b,llama1b,llama8b" steps=8 compile=1 peft=1 targets_list="all-linear q_proj,v_proj" ckpt_only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=$2; shift 2 ;;
@@ -16,7 +18,9 @@ while [ $# -gt 0 ]; do
     --no-compile) compile=0; shift ;;
     --no-peft) peft=0; shift ;;
     --targets) targets_list=$2; shift 2 ;;
-    *) echo "usage: $0 [--only SHAPES] [--targets T] [--steps N] [--no-compile] [--no-peft]" >&2; exit 2 ;;
+    --checkpointing) ckpt_only=$2; shift 2 ;;
+    *) echo "usage: $0 [--only SHAPES] [--targets T] [--checkpointing 0|1] [--steps N] [--no-compile] [--no-peft]" >&2
+       exit 2 ;;
   esac
 done
 bin=.devrun/cuda-build/bin
@@ -28,12 +32,11 @@ export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 for shape in ${only//,/ }; do
   for targets in $targets_list; do
     ckpts="0"; [ "$shape" = llama8b ] && ckpts="0 1"
+    [ -n "$ckpt_only" ] && ckpts=$ckpt_only
     for ck in $ckpts; do
       LOWRANK_PROFILE=1 "$bin/bench_train_gpu" --only "$shape" --targets "$targets" --checkpointing "$ck" \
         --steps "$steps" --warmup 3 2>>"$profiles" | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
-      # torch.compile with gradient checkpointing is not measured (as in earlier tables): those rows
-      # compare with PEFT eager.
-      modes="--no-compile"; [ "$compile" = 1 ] && [ "$ck" = 0 ] && modes="--no-compile --compile-only"
+      modes="--no-compile"; [ "$compile" = 1 ] && modes="--no-compile --compile-only"
       [ "$peft" = 1 ] || modes=""
       for mode in $modes; do
         python3 bench/peft_baseline.py --only "$shape" --targets "$targets" --checkpointing "$ck" $mode \
