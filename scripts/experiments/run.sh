@@ -37,8 +37,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency|lr}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency|lr}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -56,8 +56,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|seeds|quick|efficiency) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, seeds, quick, efficiency)" >&2; exit 2 ;;
+  prepare|quality|seeds|quick|efficiency|lr) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, seeds, quick, efficiency, lr)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -144,6 +144,16 @@ seeds() {
     lora --rank 8 --targets all-linear "${s[@]}"
   done
 }
+lrs() {  # learning rates per method for the headline rows, each with a seed-matched control
+  for seed in ${SEED_LIST:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    for lr in ${LR_FULL_GRID:-$lr_full}; do run --method full --lr "$lr" --tag "lr$lr" "${s[@]}"; done
+    for lr in ${LR_GRID:-1e-3 $lr_lora 1e-2}; do
+      run --method lora --lr "$lr" --tag "lr$lr" --rank 8 --targets $qv "${s[@]}"
+    done
+    lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj --tag "lr$lr_lora" "${s[@]}"
+  done
+}
 quick() {
   s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo 200)}")
   [ -z "${BATCH:-}" ] && s+=(--batch 8)
@@ -171,6 +181,7 @@ case "$set_" in
   quality) workers quality ;;
   seeds) workers seeds ;;
   quick) workers quick ;;
+  lr) workers lrs ;;
   efficiency)
     [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
     rm -rf "$runs"/*.claim
