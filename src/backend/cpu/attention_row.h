@@ -13,15 +13,15 @@
 
 namespace lowrank::cpu {
 
-template <class KeyRow, class ValueRow>
-float attention_row(const float* q, int64_t hd, int64_t j0, int64_t last, const ops::AttentionShape& s,
-                    KeyRow key_row, ValueRow value_row, std::vector<float>& p, float* out) {
+// p[j0..last] holds the row's dot products q·k_j: turns them into softmax weights (scaled and
+// soft-capped scores first), writes out [hd] = Σ_j weight_j · v_j and returns the log-sum-exp.
+// Every attention forward on the CPU ends here, so that they all round alike.
+template <class ValueRow>
+float softmax_values(float* p, int64_t hd, int64_t j0, int64_t last, const ops::AttentionShape& s,
+                     ValueRow value_row, float* out) {
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = j0; j <= last; ++j) {
-    const float* kj = key_row(j);
-    float dot = 0;
-    for (int64_t d = 0; d < hd; ++d) dot += q[d] * kj[d];
-    p[j] = ops::attention_score(dot, s.scale, s.softcap);
+    p[j] = ops::attention_score(p[j], s.scale, s.softcap);
     mx = std::max(mx, p[j]);
   }
   double sum = 0;
@@ -37,6 +37,18 @@ float attention_row(const float* q, int64_t hd, int64_t j0, int64_t last, const 
     for (int64_t d = 0; d < hd; ++d) out[d] += w * vj[d];
   }
   return mx + static_cast<float>(std::log(sum));
+}
+
+template <class KeyRow, class ValueRow>
+float attention_row(const float* q, int64_t hd, int64_t j0, int64_t last, const ops::AttentionShape& s,
+                    KeyRow key_row, ValueRow value_row, std::vector<float>& p, float* out) {
+  for (int64_t j = j0; j <= last; ++j) {
+    const float* kj = key_row(j);
+    float dot = 0;
+    for (int64_t d = 0; d < hd; ++d) dot += q[d] * kj[d];
+    p[j] = dot;
+  }
+  return softmax_values(p.data(), hd, j0, last, s, value_row, out);
 }
 
 }  // namespace lowrank::cpu
