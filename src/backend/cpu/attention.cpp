@@ -2,35 +2,16 @@
 #include <algorithm>
 #include <vector>
 
+#include "backend/cpu/attention_kernels.h"
 #include "backend/cpu/attention_row.h"
 #include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
-namespace {
-
-constexpr int64_t kRowsAtOnce = 4;  // query rows that share each load of a key column
-
-// s_r[j] += q_r · kt[j] for the four rows r and keys j in [lo, hi]: restrict-qualified so that the
-// loop vectorises across keys.
-void add_key_column(const float* __restrict kt, const float (&q)[kRowsAtOnce], float* __restrict s0,
-                    float* __restrict s1, float* __restrict s2, float* __restrict s3, int64_t lo, int64_t hi) {
-  const float q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
-  for (int64_t j = lo; j <= hi; ++j) {
-    const float k = kt[j];
-    s0[j] += q0 * k;
-    s1[j] += q1 * k;
-    s2[j] += q2 * k;
-    s3[j] += q3 * k;
-  }
-}
-
-}  // namespace
 
 // Per (sequence, head): the head's keys transposed once ([hd, T], keys contiguous), then the query
-// rows four at a time. Their dot products with every key they may see are summed over d with the
-// keys in the inner loop, which vectorises across keys while each dot product still adds its hd
-// products in order: the sums of attention_row (the decode path's) exactly, at several times its
-// speed. Each row's softmax and weighted values then follow as there (softmax_values).
+// rows four at a time (attention_kernels.h): their dot products with every key they may see, the
+// sums of attention_row (the decode path's) exactly, at several times its speed. Each row's
+// softmax and weighted values then follow as there (softmax_values).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse_out) {
   const int64_t B = s.batch, T = s.seq, H = s.heads, KV = s.kv_heads, hd = s.head_dim;
   LR_CHECK(q.dim(0) == B * T && q.dim(1) == H * hd && k.dim(1) == KV * hd && v.dim(1) == KV * hd && H % KV == 0,
@@ -53,8 +34,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
         const int64_t kvh = h / group;
         const float* kb = kp + b * T * ldk + kvh * hd;  // key j: kb + j * ldk
         const float* vb = vp + b * T * ldk + kvh * hd;
-        for (int64_t j = 0; j < T; ++j)
-          for (int64_t d = 0; d < hd; ++d) kt[d * T + j] = kb[j * ldk + d];
+        transpose_rows(kb, ldk, T, hd, kt.data());
         for (int64_t i0 = 0; i0 < T; i0 += kRowsAtOnce) {
           const int64_t n = std::min(kRowsAtOnce, T - i0), last = i0 + n - 1;
           const int64_t lo = s.window > 0 ? std::max<int64_t>(0, i0 - s.window + 1) : 0;  // the first row's first key

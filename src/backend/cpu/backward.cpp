@@ -1,9 +1,9 @@
-// CPU backward ops: exact gradients of the forward ops in elementwise.cpp and attention.cpp.
+// CPU backward ops: exact gradients of the forward ops in elementwise.cpp (attention's:
+// attention_backward.cpp).
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
-#include "backend/cpu/attention_block.h"
 #include "backend/cpu/cpu_ops.h"
 
 namespace lowrank::cpu {
@@ -61,68 +61,6 @@ Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
       if (db && db->defined()) db->f32()[i] += dyp[r * d + i];
     }
   return dx;
-}
-
-void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) {
-  const int64_t B = s.batch, T = s.seq, H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
-  dq = Tensor::zeros(q.shape());
-  dk = Tensor::zeros(k.shape());
-  dv = Tensor::zeros(v.shape());
-  const float *dop = dout.f32(), *qp = q.f32(), *kp = k.f32(), *vp = v.f32(), *op = out.f32(), *lp = lse.f32();
-  float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
-  const int64_t ldq = H * hd, ldk = KV * hd;
-  const size_t scratch = static_cast<size_t>(std::min(AttentionBlock::kRows, T) * T);
-  std::vector<float> P(scratch), dS(scratch);
-  // Blocks of query rows one after the other (BLAS threads each GEMM), so that the heads of a group
-  // and the blocks of a sequence add into the same dk/dv rows without races.
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t h = 0; h < H; ++h) {
-      const int64_t kvh = h / group;
-      for (int64_t i0 = 0; i0 < T; i0 += AttentionBlock::kRows) {
-        const AttentionBlock blk = AttentionBlock::at(i0, T, s);
-        const int m = static_cast<int>(blk.n), nk = static_cast<int>(blk.nk), d = static_cast<int>(hd);
-        const float* qb = qp + (b * T + i0) * ldq + h * hd;
-        const float* dob = dop + (b * T + i0) * ldq + h * hd;
-        const float* kb = kp + (b * T + blk.k0) * ldk + kvh * hd;
-        const float* vb = vp + (b * T + blk.k0) * ldk + kvh * hd;
-        attention_scores(qb, ldq, kb, ldk, hd, blk, s, P.data());  // the scores, then P in place
-        // dP = dO Vᵀ into dS
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, d, 1.0f, dob, static_cast<int>(ldq), vb,
-                    static_cast<int>(ldk), 0.0f, dS.data(), nk);
-#pragma omp parallel for if (blk.n * blk.nk > 16384)
-        for (int64_t r = 0; r < blk.n; ++r) {
-          const int64_t row = (b * T + i0 + r) * ldq + h * hd;
-          const float lse_i = lp[(b * H + h) * T + i0 + r];
-          double di = 0;  // D_i = dO_i · O_i
-          for (int64_t e = 0; e < hd; ++e) di += static_cast<double>(dop[row + e]) * op[row + e];
-          float* pr = P.data() + r * blk.nk;
-          float* dsr = dS.data() + r * blk.nk;
-          for (int64_t c = 0; c < blk.nk; ++c) {
-            const float score = pr[c];
-            pr[c] = std::exp(score - lse_i);  // 0 where the row may not look (score -inf)
-            if (pr[c] == 0.0f) {
-              dsr[c] = 0.0f;
-              continue;
-            }
-            // d score / d dot: scale, times 1 - tanh² through soft-capping
-            float dcap = s.scale;
-            if (s.softcap > 0) {
-              const float th = score / s.softcap;
-              dcap = s.scale * (1.0f - th * th);
-            }
-            dsr[c] = pr[c] * (dsr[c] - static_cast<float>(di)) * dcap;
-          }
-        }
-        // dQ += dS K; dK += dSᵀ Q; dV += Pᵀ dO
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, d, nk, 1.0f, dS.data(), nk, kb,
-                    static_cast<int>(ldk), 1.0f, dqp + (b * T + i0) * ldq + h * hd, static_cast<int>(ldq));
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, d, m, 1.0f, dS.data(), nk, qb,
-                    static_cast<int>(ldq), 1.0f, dkp + (b * T + blk.k0) * ldk + kvh * hd, static_cast<int>(ldk));
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, d, m, 1.0f, P.data(), nk, dob,
-                    static_cast<int>(ldq), 1.0f, dvp + (b * T + blk.k0) * ldk + kvh * hd, static_cast<int>(ldk));
-      }
-    }
 }
 
 Tensor activation_backward(const Tensor& dy, const Tensor& x, Act a) {

@@ -1,0 +1,112 @@
+// The backward of causal (optionally sliding-window) attention with grouped-query heads on the
+// CPU, flash-attention style: of the forward it reads only the output and each row's log-sum-exp.
+// Parallel over (sequence, kv head): a task owns its kv head's dk/dv rows and its heads' dq rows,
+// so no two threads add into one row. Within a task, query rows four at a time
+// (attention_kernels.h): their scores again (the forward's sums exactly) and dP = dO·Vᵀ the same
+// way; per row P = exp(score − lse) and dS = P ⊙ (dP − D) · d score/d dot, D = dO·O; then
+// dQ += dS·K, dK += dSᵀ·Q and dV += Pᵀ·dO as updates of four rows at a time along head_dim.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/attention_kernels.h"
+#include "backend/cpu/cpu_ops.h"
+
+namespace lowrank::cpu {
+
+void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) {
+  const int64_t B = s.batch, T = s.seq, H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
+  dq = Tensor::zeros(q.shape());
+  dk = Tensor::zeros(k.shape());
+  dv = Tensor::zeros(v.shape());
+  const float *dop = dout.f32(), *qp = q.f32(), *kp = k.f32(), *vp = v.f32(), *op = out.f32(), *lp = lse.f32();
+  float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
+  const int64_t ldq = H * hd, ldk = KV * hd;
+  const int64_t work = B * H * T * T * hd;  // small problems (tests) skip the thread wake-up
+#pragma omp parallel if (work > 65536)
+  {
+    // Per thread: the kv head's keys and values transposed ([hd, T]), and for four query rows their
+    // scores (then P) and dP (then dS) against every key, indexed by key.
+    std::vector<float> kt(hd * T), vt(hd * T), P(kRowsAtOnce * T), dS(kRowsAtOnce * T), zeros(hd, 0.0f);
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t kvh = 0; kvh < KV; ++kvh) {
+        const float* kb = kp + b * T * ldk + kvh * hd;  // key j: kb + j * ldk
+        const float* vb = vp + b * T * ldk + kvh * hd;
+        float* dkb = dkp + b * T * ldk + kvh * hd;
+        float* dvb = dvp + b * T * ldk + kvh * hd;
+        transpose_rows(kb, ldk, T, hd, kt.data());
+        transpose_rows(vb, ldk, T, hd, vt.data());
+        for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+          for (int64_t i0 = 0; i0 < T; i0 += kRowsAtOnce) {
+            const int64_t n = std::min(kRowsAtOnce, T - i0), last = i0 + n - 1;
+            const int64_t lo = s.window > 0 ? std::max<int64_t>(0, i0 - s.window + 1) : 0;
+            const float *qr[kRowsAtOnce], *dor[kRowsAtOnce];  // rows past T read zeros
+            float* Pr[kRowsAtOnce];
+            float* dSr[kRowsAtOnce];
+            for (int64_t r = 0; r < kRowsAtOnce; ++r) {
+              const int64_t row = (b * T + i0 + r) * ldq + h * hd;
+              qr[r] = r < n ? qp + row : zeros.data();
+              dor[r] = r < n ? dop + row : zeros.data();
+              Pr[r] = P.data() + r * T;
+              dSr[r] = dS.data() + r * T;
+              std::fill(Pr[r] + lo, Pr[r] + last + 1, 0.0f);
+              std::fill(dSr[r] + lo, dSr[r] + last + 1, 0.0f);
+            }
+            for (int64_t d = 0; d < hd; ++d) {
+              const float qd[kRowsAtOnce] = {qr[0][d], qr[1][d], qr[2][d], qr[3][d]};
+              const float dod[kRowsAtOnce] = {dor[0][d], dor[1][d], dor[2][d], dor[3][d]};
+              add_key_column(kt.data() + d * T, qd, Pr[0], Pr[1], Pr[2], Pr[3], lo, last);
+              add_key_column(vt.data() + d * T, dod, dSr[0], dSr[1], dSr[2], dSr[3], lo, last);
+            }
+            for (int64_t r = 0; r < kRowsAtOnce; ++r) {
+              const int64_t i = i0 + r;
+              // Keys the row sees: j0..i; the rest of lo..last (and rows past T) weigh nothing.
+              const int64_t j0 = r < n ? (s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0) : last + 1;
+              const int64_t j1 = r < n ? i : last;
+              std::fill(Pr[r] + lo, Pr[r] + std::max(lo, j0), 0.0f);
+              std::fill(dSr[r] + lo, dSr[r] + std::max(lo, j0), 0.0f);
+              std::fill(Pr[r] + j1 + 1, Pr[r] + last + 1, 0.0f);
+              std::fill(dSr[r] + j1 + 1, dSr[r] + last + 1, 0.0f);
+              if (r >= n) continue;
+              const int64_t row = (b * T + i) * ldq + h * hd;
+              const float lse_i = lp[(b * H + h) * T + i];
+              double di = 0;  // D_i = dO_i · O_i
+              for (int64_t e = 0; e < hd; ++e) di += static_cast<double>(dop[row + e]) * op[row + e];
+              for (int64_t j = j0; j <= j1; ++j) {
+                const float score = ops::attention_score(Pr[r][j], s.scale, s.softcap);
+                const float p = std::exp(score - lse_i);
+                float dcap = s.scale;  // d score / d dot: scale, times 1 - tanh² through soft-capping
+                if (s.softcap > 0) {
+                  const float th = score / s.softcap;
+                  dcap = s.scale * (1.0f - th * th);
+                }
+                Pr[r][j] = p;
+                dSr[r][j] = p == 0.0f ? 0.0f : p * (dSr[r][j] - static_cast<float>(di)) * dcap;
+              }
+              // dQ_i += Σ_j dS_ij k_j, four keys at a time
+              float* dqi = dqp + row;
+              int64_t j = j0;
+              for (; j + kRowsAtOnce <= j1 + 1; j += kRowsAtOnce) {
+                const float w[kRowsAtOnce] = {dSr[r][j], dSr[r][j + 1], dSr[r][j + 2], dSr[r][j + 3]};
+                add_rows(dqi, kb + j * ldk, kb + (j + 1) * ldk, kb + (j + 2) * ldk, kb + (j + 3) * ldk, w, hd);
+              }
+              for (; j <= j1; ++j) {
+                const float w[kRowsAtOnce] = {dSr[r][j], 0.0f, 0.0f, 0.0f};
+                add_rows(dqi, kb + j * ldk, zeros.data(), zeros.data(), zeros.data(), w, hd);
+              }
+            }
+            // dK_j += Σ_r dS_rj q_r and dV_j += Σ_r P_rj dO_r over the four rows
+            for (int64_t j = lo; j <= last; ++j) {
+              const float ws[kRowsAtOnce] = {dSr[0][j], dSr[1][j], dSr[2][j], dSr[3][j]};
+              const float wp[kRowsAtOnce] = {Pr[0][j], Pr[1][j], Pr[2][j], Pr[3][j]};
+              add_rows(dkb + j * ldk, qr[0], qr[1], qr[2], qr[3], ws, hd);
+              add_rows(dvb + j * ldk, dor[0], dor[1], dor[2], dor[3], wp, hd);
+            }
+          }
+      }
+  }
+}
+
+}  // namespace lowrank::cpu

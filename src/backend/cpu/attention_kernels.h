@@ -1,0 +1,47 @@
+#pragma once
+// The inner loops of the CPU attention forward (attention.cpp) and backward
+// (attention_backward.cpp), written so that they vectorise: query rows are taken four at a time,
+// each key (or value) column of the head is loaded once for the four, and every dot product still
+// adds its head_dim products in order, so the forward's sums equal attention_row's (the decode
+// path's) bit for bit and the backward recomputes exactly the forward's scores. Compiled for
+// AVX-512 and AVX2 as well as the baseline, picked at run time; -ffp-contract=off (CMakeLists.txt)
+// keeps every clone's rounding the baseline's.
+#include <cstdint>
+
+namespace lowrank::cpu {
+
+constexpr int64_t kRowsAtOnce = 4;
+
+#define LOWRANK_ATTENTION_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+// s_r[j] += q_r · col[j] for the four rows r and j in [lo, hi]; col: one of head_dim's columns of
+// the keys (or values), keys contiguous ([hd, T] transposed rows).
+LOWRANK_ATTENTION_CLONES inline void add_key_column(const float* __restrict col, const float (&q)[kRowsAtOnce],
+                                                    float* __restrict s0, float* __restrict s1,
+                                                    float* __restrict s2, float* __restrict s3, int64_t lo,
+                                                    int64_t hi) {
+  const float q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
+  for (int64_t j = lo; j <= hi; ++j) {
+    const float k = col[j];
+    s0[j] += q0 * k;
+    s1[j] += q1 * k;
+    s2[j] += q2 * k;
+    s3[j] += q3 * k;
+  }
+}
+
+// out[d] += w0·x0[d] + w1·x1[d] + w2·x2[d] + w3·x3[d] for d < n.
+LOWRANK_ATTENTION_CLONES inline void add_rows(float* __restrict out, const float* __restrict x0,
+                                              const float* __restrict x1, const float* __restrict x2,
+                                              const float* __restrict x3, const float (&w)[kRowsAtOnce], int64_t n) {
+  const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+  for (int64_t d = 0; d < n; ++d) out[d] += w0 * x0[d] + w1 * x1[d] + w2 * x2[d] + w3 * x3[d];
+}
+
+// t [hd, T] = rows [T, hd] with row stride ld: head_dim's columns made contiguous.
+inline void transpose_rows(const float* rows, int64_t ld, int64_t T, int64_t hd, float* t) {
+  for (int64_t j = 0; j < T; ++j)
+    for (int64_t d = 0; d < hd; ++d) t[d * T + j] = rows[j * ld + d];
+}
+
+}  // namespace lowrank::cpu
