@@ -1,4 +1,6 @@
 // Causal (optionally sliding-window) attention with grouped-query heads on the CPU.
+#include <omp.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -25,32 +27,37 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
   float* lp = lse.f32();
   const int64_t group = H / KV, ldq = H * hd, ldk = KV * hd;
   const int64_t work = B * H * T * T * hd;  // small problems (decode, tests) skip the thread wake-up
+  // Per thread: the head's keys transposed and four rows' scores; allocated here, not by the worker
+  // threads (memory a worker frees stays in its own malloc arena).
+  const int64_t per_thread = hd * T + kRowsAtOnce * T;
+  std::vector<float> scratch(static_cast<size_t>(per_thread * omp_get_max_threads())), zeros(hd, 0.0f);
 #pragma omp parallel if (work > 65536)
   {
-    std::vector<float> kt(hd * T), S(kRowsAtOnce * T), zeros(hd, 0.0f);
+    float* kt = scratch.data() + per_thread * omp_get_thread_num();
+    float* S = kt + hd * T;
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t h = 0; h < H; ++h) {
         const int64_t kvh = h / group;
         const float* kb = kp + b * T * ldk + kvh * hd;  // key j: kb + j * ldk
         const float* vb = vp + b * T * ldk + kvh * hd;
-        transpose_rows(kb, ldk, T, hd, kt.data());
+        transpose_rows(kb, ldk, T, hd, kt);
         for (int64_t i0 = 0; i0 < T; i0 += kRowsAtOnce) {
           const int64_t n = std::min(kRowsAtOnce, T - i0), last = i0 + n - 1;
           const int64_t lo = s.window > 0 ? std::max<int64_t>(0, i0 - s.window + 1) : 0;  // the first row's first key
           const float* rows[kRowsAtOnce];  // rows past T read zeros; their sums are not used
           for (int64_t r = 0; r < kRowsAtOnce; ++r) {
             rows[r] = r < n ? qp + (b * T + i0 + r) * ldq + h * hd : zeros.data();
-            std::fill(S.begin() + r * T + lo, S.begin() + r * T + last + 1, 0.0f);
+            std::fill(S + r * T + lo, S + r * T + last + 1, 0.0f);
           }
           for (int64_t d = 0; d < hd; ++d) {
             const float qd[kRowsAtOnce] = {rows[0][d], rows[1][d], rows[2][d], rows[3][d]};
-            add_key_column(kt.data() + d * T, qd, S.data(), S.data() + T, S.data() + 2 * T, S.data() + 3 * T, lo, last);
+            add_key_column(kt + d * T, qd, S, S + T, S + 2 * T, S + 3 * T, lo, last);
           }
           for (int64_t r = 0; r < n; ++r) {  // a row sees keys j0..i (computed beyond: ignored)
             const int64_t i = i0 + r, j0 = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
             lp[(b * H + h) * T + i] = softmax_values(
-                S.data() + r * T, hd, j0, i, s, [&](int64_t j) { return vb + j * ldk; }, op + (b * T + i) * ldq + h * hd);
+                S + r * T, hd, j0, i, s, [&](int64_t j) { return vb + j * ldk; }, op + (b * T + i) * ldq + h * hd);
           }
         }
       }

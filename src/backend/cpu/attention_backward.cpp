@@ -5,6 +5,8 @@
 // (attention_kernels.h): their scores again (the forward's sums exactly) and dP = dO·Vᵀ the same
 // way; per row P = exp(score − lse) and dS = P ⊙ (dP − D) · d score/d dot, D = dO·O; then
 // dQ += dS·K, dK += dSᵀ·Q and dV += Pᵀ·dO as updates of four rows at a time along head_dim.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -24,11 +26,15 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   float *dqp = dq.f32(), *dkp = dk.f32(), *dvp = dv.f32();
   const int64_t ldq = H * hd, ldk = KV * hd;
   const int64_t work = B * H * T * T * hd;  // small problems (tests) skip the thread wake-up
+  // Per thread: the kv head's keys and values transposed ([hd, T]), and for four query rows their
+  // scores (then P) and dP (then dS) against every key, indexed by key. Allocated here, not by the
+  // worker threads (memory a worker frees stays in its own malloc arena).
+  const int64_t per_thread = 2 * hd * T + 2 * kRowsAtOnce * T;
+  std::vector<float> scratch(static_cast<size_t>(per_thread * omp_get_max_threads())), zeros(hd, 0.0f);
 #pragma omp parallel if (work > 65536)
   {
-    // Per thread: the kv head's keys and values transposed ([hd, T]), and for four query rows their
-    // scores (then P) and dP (then dS) against every key, indexed by key.
-    std::vector<float> kt(hd * T), vt(hd * T), P(kRowsAtOnce * T), dS(kRowsAtOnce * T), zeros(hd, 0.0f);
+    float* kt = scratch.data() + per_thread * omp_get_thread_num();
+    float *vt = kt + hd * T, *P = vt + hd * T, *dS = P + kRowsAtOnce * T;
 #pragma omp for collapse(2) schedule(dynamic)
     for (int64_t b = 0; b < B; ++b)
       for (int64_t kvh = 0; kvh < KV; ++kvh) {
@@ -36,8 +42,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
         const float* vb = vp + b * T * ldk + kvh * hd;
         float* dkb = dkp + b * T * ldk + kvh * hd;
         float* dvb = dvp + b * T * ldk + kvh * hd;
-        transpose_rows(kb, ldk, T, hd, kt.data());
-        transpose_rows(vb, ldk, T, hd, vt.data());
+        transpose_rows(kb, ldk, T, hd, kt);
+        transpose_rows(vb, ldk, T, hd, vt);
         for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
           for (int64_t i0 = 0; i0 < T; i0 += kRowsAtOnce) {
             const int64_t n = std::min(kRowsAtOnce, T - i0), last = i0 + n - 1;
@@ -49,16 +55,16 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
               const int64_t row = (b * T + i0 + r) * ldq + h * hd;
               qr[r] = r < n ? qp + row : zeros.data();
               dor[r] = r < n ? dop + row : zeros.data();
-              Pr[r] = P.data() + r * T;
-              dSr[r] = dS.data() + r * T;
+              Pr[r] = P + r * T;
+              dSr[r] = dS + r * T;
               std::fill(Pr[r] + lo, Pr[r] + last + 1, 0.0f);
               std::fill(dSr[r] + lo, dSr[r] + last + 1, 0.0f);
             }
             for (int64_t d = 0; d < hd; ++d) {
               const float qd[kRowsAtOnce] = {qr[0][d], qr[1][d], qr[2][d], qr[3][d]};
               const float dod[kRowsAtOnce] = {dor[0][d], dor[1][d], dor[2][d], dor[3][d]};
-              add_key_column(kt.data() + d * T, qd, Pr[0], Pr[1], Pr[2], Pr[3], lo, last);
-              add_key_column(vt.data() + d * T, dod, dSr[0], dSr[1], dSr[2], dSr[3], lo, last);
+              add_key_column(kt + d * T, qd, Pr[0], Pr[1], Pr[2], Pr[3], lo, last);
+              add_key_column(vt + d * T, dod, dSr[0], dSr[1], dSr[2], dSr[3], lo, last);
             }
             for (int64_t r = 0; r < kRowsAtOnce; ++r) {
               const int64_t i = i0 + r;
