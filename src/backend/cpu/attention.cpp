@@ -46,14 +46,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
           const int64_t n = std::min(kRowsAtOnce, T - i0), last = i0 + n - 1;
           const int64_t lo = s.window > 0 ? std::max<int64_t>(0, i0 - s.window + 1) : 0;  // the first row's first key
           const float* rows[kRowsAtOnce];  // rows past T read zeros; their sums are not used
-          for (int64_t r = 0; r < kRowsAtOnce; ++r) {
-            rows[r] = r < n ? qp + (b * T + i0 + r) * ldq + h * hd : zeros.data();
-            std::fill(S + r * T + lo, S + r * T + last + 1, 0.0f);
-          }
-          for (int64_t d = 0; d < hd; ++d) {
-            const float qd[kRowsAtOnce] = {rows[0][d], rows[1][d], rows[2][d], rows[3][d]};
-            add_key_column(kt + d * T, qd, S, S + T, S + 2 * T, S + 3 * T, lo, last);
-          }
+          for (int64_t r = 0; r < kRowsAtOnce; ++r) rows[r] = r < n ? qp + (b * T + i0 + r) * ldq + h * hd : zeros.data();
+          float* const dots[kRowsAtOnce] = {S, S + T, S + 2 * T, S + 3 * T};
+          dot_rows_with_keys(kt, T, rows, hd, dots, lo, last);
           for (int64_t r = 0; r < n; ++r) {  // a row sees keys j0..i (computed beyond: ignored)
             const int64_t i = i0 + r, j0 = s.window > 0 ? std::max<int64_t>(0, i - s.window + 1) : 0;
             lp[(b * H + h) * T + i] = softmax_values(

@@ -49,23 +49,15 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
             const int64_t n = std::min(kRowsAtOnce, T - i0), last = i0 + n - 1;
             const int64_t lo = s.window > 0 ? std::max<int64_t>(0, i0 - s.window + 1) : 0;
             const float *qr[kRowsAtOnce], *dor[kRowsAtOnce];  // rows past T read zeros
-            float* Pr[kRowsAtOnce];
-            float* dSr[kRowsAtOnce];
             for (int64_t r = 0; r < kRowsAtOnce; ++r) {
               const int64_t row = (b * T + i0 + r) * ldq + h * hd;
               qr[r] = r < n ? qp + row : zeros.data();
               dor[r] = r < n ? dop + row : zeros.data();
-              Pr[r] = P + r * T;
-              dSr[r] = dS + r * T;
-              std::fill(Pr[r] + lo, Pr[r] + last + 1, 0.0f);
-              std::fill(dSr[r] + lo, dSr[r] + last + 1, 0.0f);
             }
-            for (int64_t d = 0; d < hd; ++d) {
-              const float qd[kRowsAtOnce] = {qr[0][d], qr[1][d], qr[2][d], qr[3][d]};
-              const float dod[kRowsAtOnce] = {dor[0][d], dor[1][d], dor[2][d], dor[3][d]};
-              add_key_column(kt + d * T, qd, Pr[0], Pr[1], Pr[2], Pr[3], lo, last);
-              add_key_column(vt + d * T, dod, dSr[0], dSr[1], dSr[2], dSr[3], lo, last);
-            }
+            float* const Pr[kRowsAtOnce] = {P, P + T, P + 2 * T, P + 3 * T};
+            float* const dSr[kRowsAtOnce] = {dS, dS + T, dS + 2 * T, dS + 3 * T};
+            dot_rows_with_keys(kt, T, qr, hd, Pr, lo, last);   // q·k, then P
+            dot_rows_with_keys(vt, T, dor, hd, dSr, lo, last);  // dO·v, then dS
             for (int64_t r = 0; r < kRowsAtOnce; ++r) {
               const int64_t i = i0 + r;
               // Keys the row sees: j0..i; the rest of lo..last (and rows past T) weigh nothing.
@@ -98,10 +90,8 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                 const float w[kRowsAtOnce] = {dSr[r][j], dSr[r][j + 1], dSr[r][j + 2], dSr[r][j + 3]};
                 add_rows(dqi, kb + j * ldk, kb + (j + 1) * ldk, kb + (j + 2) * ldk, kb + (j + 3) * ldk, w, hd);
               }
-              for (; j <= j1; ++j) {
-                const float w[kRowsAtOnce] = {dSr[r][j], 0.0f, 0.0f, 0.0f};
-                add_rows(dqi, kb + j * ldk, zeros.data(), zeros.data(), zeros.data(), w, hd);
-              }
+              for (; j <= j1; ++j)
+                for (int64_t d = 0; d < hd; ++d) dqi[d] += dSr[r][j] * kb[j * ldk + d];
             }
             // dK_j += Σ_r dS_rj q_r and dV_j += Σ_r P_rj dO_r over the four rows
             for (int64_t j = lo; j <= last; ++j) {

@@ -6,6 +6,7 @@
 // path's) bit for bit and the backward recomputes exactly the forward's scores. Compiled for
 // AVX-512 and AVX2 as well as the baseline, picked at run time; -ffp-contract=off (CMakeLists.txt)
 // keeps every clone's rounding the baseline's.
+#include <algorithm>
 #include <cstdint>
 
 namespace lowrank::cpu {
@@ -27,6 +28,17 @@ LOWRANK_ATTENTION_CLONES inline void add_key_column(const float* __restrict col,
     s1[j] += q1 * k;
     s2[j] += q2 * k;
     s3[j] += q3 * k;
+  }
+}
+
+// out_r[j] = Σ_d rows_r[d] · cols[d·T + j] for the four rows r and j in [lo, hi]: the rows' dot
+// products with keys (or values) transposed to [hd, T], each summed in d's order.
+inline void dot_rows_with_keys(const float* cols, int64_t T, const float* const (&rows)[kRowsAtOnce], int64_t hd,
+                               float* const (&out)[kRowsAtOnce], int64_t lo, int64_t hi) {
+  for (float* o : out) std::fill(o + lo, o + hi + 1, 0.0f);
+  for (int64_t d = 0; d < hd; ++d) {
+    const float rd[kRowsAtOnce] = {rows[0][d], rows[1][d], rows[2][d], rows[3][d]};
+    add_key_column(cols + d * T, rd, out[0], out[1], out[2], out[3], lo, hi);
   }
 }
 
