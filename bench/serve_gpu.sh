@@ -6,16 +6,20 @@
 # folders and bench_serve_load drives it with C concurrent streaming clients over K distinct
 # adapters. Raw rows: $OUT/serve-gpu-YYYY-MM-DD.jsonl (copy to bench/results/).
 #   bench/serve_gpu.sh [--only qwen0.5b,llama8b] [--pairs 1x1,16x1,16x8,64x1,64x8,64x64] [--new 64] [--no-peft]
+#                      [--peft-seconds S]
+# --peft-seconds: stop the PEFT timings after S seconds (the pairs it finished keep their rows; the
+# model and adapters are written first), so that lowrank's rows still fit in one device call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft=""
+only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft="" peft_seconds=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=$2; shift 2 ;;
     --pairs) pairs=$2; shift 2 ;;
     --new) new=$2; shift 2 ;;
     --no-peft) peft=--no-peft; shift ;;
-    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft]" >&2; exit 2 ;;
+    --peft-seconds) peft_seconds=$2; shift 2 ;;
+    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft] [--peft-seconds S]" >&2; exit 2 ;;
   esac
 done
 bin=.devrun/cuda-build/bin
@@ -28,7 +32,7 @@ for shape in ${only//,/ }; do
   rm -rf "$work" && mkdir -p "$work"
   max_adapters=1
   for p in ${pairs//,/ }; do [ "${p#*x}" -gt "$max_adapters" ] && max_adapters=${p#*x}; done
-  python3 bench/peft_mixed_generate.py --shape "$shape" --out "$work" --tokenizer "$tok" --adapters "$max_adapters" \
+  timeout "$peft_seconds" python3 bench/peft_mixed_generate.py --shape "$shape" --out "$work" --tokenizer "$tok" --adapters "$max_adapters" \
     --pairs "$pairs" --new "$new" $peft 2>&1 | tee "$work/peft.log" | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
   grep -v '^RESULT ' "$work/peft.log" | tail -3 >&2
   adapter_flags=()
