@@ -20,6 +20,9 @@
 #       quick       the CPU check of the settings (6.9M base): full, LoRA r=8 q,v, r=8 all-linear,
 #                   r=1 q,v (pos also r=64 q,v), r=8 alpha 32 q,v, DoRA r=8 q,v, scored on the
 #                   first EVAL_LIMIT held-out lines.
+#       long        the headline rows trained LONG_FACTOR (3) times the task's steps: full and
+#                   LoRA r=8 q,k,v,o for each seed of $SEED_LIST (default 1); LoRA r=8 alpha 32
+#                   q,v and r=8 all-linear for its first seed (rows tagged long<steps>).
 #       efficiency  speed and peak memory only (no eval): full, LoRA r in {4,16} x {q,v,
 #                   all-linear}, interleaved, EFF_ROUNDS times; one run at a time.
 # Each run appends one row to $RESULTS (run_one.py says what a row holds); a run already there is
@@ -37,8 +40,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency|lr}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency|lr}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency|lr|long}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency|lr|long}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -56,8 +59,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|seeds|quick|efficiency|lr) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, seeds, quick, efficiency, lr)" >&2; exit 2 ;;
+  prepare|quality|seeds|quick|efficiency|lr|long) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, seeds, quick, efficiency, lr, long)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -154,6 +157,18 @@ lrs() {  # learning rates per method for the headline rows, each with a seed-mat
     lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj --tag "lr$lr_lora" "${s[@]}"
   done
 }
+long() {
+  local n=$(( steps * ${LONG_FACTOR:-3} )) first
+  for seed in ${SEED_LIST:-1}; do
+    first=${first:-$seed}
+    s=(--seed "$seed" --steps "$n" --tag "long$n")
+    full "${s[@]}"
+    lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj "${s[@]}"
+    [ "$seed" = "$first" ] || continue
+    lora --rank 8 --alpha 32 --targets $qv "${s[@]}"
+    lora --rank 8 --targets all-linear "${s[@]}"
+  done
+}
 quick() {
   s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo 200)}")
   [ -z "${BATCH:-}" ] && s+=(--batch 8)
@@ -182,6 +197,7 @@ case "$set_" in
   seeds) workers seeds ;;
   quick) workers quick ;;
   lr) workers lrs ;;
+  long) workers long ;;
   efficiency)
     [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
     rm -rf "$runs"/*.claim
