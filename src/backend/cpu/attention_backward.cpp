@@ -72,16 +72,16 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
               const float lse_i = lp[(b * H + h) * T + i];
               double di = 0;  // D_i = dO_i · O_i
               for (int64_t e = 0; e < hd; ++e) di += static_cast<double>(dop[row + e]) * op[row + e];
-              for (int64_t j = j0; j <= j1; ++j) {
-                const float score = ops::attention_score(Pr[r][j], s.scale, s.softcap);
-                const float p = std::exp(score - lse_i);
-                float dcap = s.scale;  // d score / d dot: scale, times 1 - tanh² through soft-capping
-                if (s.softcap > 0) {
-                  const float th = score / s.softcap;
-                  dcap = s.scale * (1.0f - th * th);
+              if (s.softcap > 0) {
+                for (int64_t j = j0; j <= j1; ++j) {
+                  const float score = ops::attention_score(Pr[r][j], s.scale, s.softcap);
+                  const float p = exp_approx(score - lse_i);
+                  const float th = score / s.softcap;  // d score / d dot: scale · (1 - tanh²)
+                  Pr[r][j] = p;
+                  dSr[r][j] = p * (dSr[r][j] - static_cast<float>(di)) * (s.scale * (1.0f - th * th));
                 }
-                Pr[r][j] = p;
-                dSr[r][j] = p == 0.0f ? 0.0f : p * (dSr[r][j] - static_cast<float>(di)) * dcap;
+              } else {
+                row_weights_(Pr[r], dSr[r], j0, j1, s.scale, lse_i, static_cast<float>(di));
               }
               // dQ_i += Σ_j dS_ij k_j, four keys at a time
               float* dqi = dqp + row;

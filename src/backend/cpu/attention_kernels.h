@@ -8,6 +8,7 @@
 // keeps every clone's rounding the baseline's.
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 namespace lowrank::cpu {
 
@@ -31,14 +32,43 @@ LOWRANK_ATTENTION_CLONES inline void add_key_column(const float* __restrict col,
   }
 }
 
+constexpr int64_t kKeysAtOnce = 16;  // one AVX-512 register of f32 sums per row
+
+// out_r[j .. j + 15] for the four rows: the sums stay in registers across head_dim (4 × 16 of them)
+// instead of going through memory at every d; each still adds its products in d's order.
+LOWRANK_ATTENTION_CLONES inline void dot_rows_with_key_block(const float* __restrict cols, int64_t T,
+                                                             const float* const (&rows)[kRowsAtOnce], int64_t hd,
+                                                             float* const (&out)[kRowsAtOnce], int64_t j) {
+  float a0[kKeysAtOnce] = {}, a1[kKeysAtOnce] = {}, a2[kKeysAtOnce] = {}, a3[kKeysAtOnce] = {};
+  for (int64_t d = 0; d < hd; ++d) {
+    const float* __restrict k = cols + d * T + j;
+    const float q0 = rows[0][d], q1 = rows[1][d], q2 = rows[2][d], q3 = rows[3][d];
+    for (int64_t l = 0; l < kKeysAtOnce; ++l) {
+      a0[l] += q0 * k[l];
+      a1[l] += q1 * k[l];
+      a2[l] += q2 * k[l];
+      a3[l] += q3 * k[l];
+    }
+  }
+  for (int64_t l = 0; l < kKeysAtOnce; ++l) {
+    out[0][j + l] = a0[l];
+    out[1][j + l] = a1[l];
+    out[2][j + l] = a2[l];
+    out[3][j + l] = a3[l];
+  }
+}
+
 // out_r[j] = Σ_d rows_r[d] · cols[d·T + j] for the four rows r and j in [lo, hi]: the rows' dot
 // products with keys (or values) transposed to [hd, T], each summed in d's order.
 inline void dot_rows_with_keys(const float* cols, int64_t T, const float* const (&rows)[kRowsAtOnce], int64_t hd,
                                float* const (&out)[kRowsAtOnce], int64_t lo, int64_t hi) {
-  for (float* o : out) std::fill(o + lo, o + hi + 1, 0.0f);
+  int64_t j = lo;
+  for (; j + kKeysAtOnce - 1 <= hi; j += kKeysAtOnce) dot_rows_with_key_block(cols, T, rows, hd, out, j);
+  if (j > hi) return;
+  for (float* o : out) std::fill(o + j, o + hi + 1, 0.0f);
   for (int64_t d = 0; d < hd; ++d) {
     const float rd[kRowsAtOnce] = {rows[0][d], rows[1][d], rows[2][d], rows[3][d]};
-    add_key_column(cols + d * T, rd, out[0], out[1], out[2], out[3], lo, hi);
+    add_key_column(cols + d * T, rd, out[0], out[1], out[2], out[3], j, hi);
   }
 }
 
@@ -48,6 +78,45 @@ LOWRANK_ATTENTION_CLONES inline void add_rows(float* __restrict out, const float
                                               const float* __restrict x3, const float (&w)[kRowsAtOnce], int64_t n) {
   const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
   for (int64_t d = 0; d < n; ++d) out[d] += w0 * x0[d] + w1 * x1[d] + w2 * x2[d] + w3 * x3[d];
+}
+
+// e^x as Cephes' expf computes it: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial,
+// times 2^n through the exponent bits. Plain arithmetic (no libm call), so loops over it vectorise
+// and every clone rounds alike; within ~1 ulp of std::exp for x in [-87.3, 88.3], clamped outside
+// (e^x < FLT_MIN becomes FLT_MIN: nothing next to a softmax's largest weight, 1). NaN stays NaN.
+inline float exp_approx(float x) {
+  x = x < -87.33654f ? -87.33654f : x;
+  x = x > 88.37626f ? 88.37626f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2), ties to even
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof two_n);
+  return y * two_n;
+}
+
+// p[j] = e^(p[j] − shift) for j in [lo, hi].
+LOWRANK_ATTENTION_CLONES inline void exp_shifted_(float* __restrict p, int64_t lo, int64_t hi, float shift) {
+  for (int64_t j = lo; j <= hi; ++j) p[j] = exp_approx(p[j] - shift);
+}
+
+// The backward's weights of one row without soft-capping: P[j] = e^(scale·dot[j] − lse), and
+// dS[j] = P[j]·(dS[j] − di)·scale (dS holding dO·v_j on entry), for j in [lo, hi].
+LOWRANK_ATTENTION_CLONES inline void row_weights_(float* __restrict P, float* __restrict dS, int64_t lo, int64_t hi,
+                                                  float scale, float lse, float di) {
+  for (int64_t j = lo; j <= hi; ++j) {
+    const float p = exp_approx(P[j] * scale - lse);
+    P[j] = p;
+    dS[j] = p * (dS[j] - di) * scale;
+  }
 }
 
 // t [hd, T] = rows [T, hd] with row stride ld: head_dim's columns made contiguous.

@@ -25,11 +25,9 @@ float softmax_values(float* p, int64_t hd, int64_t j0, int64_t last, const ops::
     p[j] = ops::attention_score(p[j], s.scale, s.softcap);
     mx = std::max(mx, p[j]);
   }
+  exp_shifted_(p, j0, last, mx);
   double sum = 0;
-  for (int64_t j = j0; j <= last; ++j) {
-    p[j] = std::exp(p[j] - mx);
-    sum += p[j];
-  }
+  for (int64_t j = j0; j <= last; ++j) sum += p[j];
   const float inv = static_cast<float>(1.0 / sum);
   std::fill(out, out + hd, 0.0f);
   int64_t j = j0;
