@@ -8,7 +8,8 @@
 // keeps every clone's rounding the baseline's.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
+
+#include "backend/cpu/exp_approx.h"
 
 namespace lowrank::cpu {
 
@@ -78,29 +79,6 @@ LOWRANK_ATTENTION_CLONES inline void add_rows(float* __restrict out, const float
                                               const float* __restrict x3, const float (&w)[kRowsAtOnce], int64_t n) {
   const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
   for (int64_t d = 0; d < n; ++d) out[d] += w0 * x0[d] + w1 * x1[d] + w2 * x2[d] + w3 * x3[d];
-}
-
-// e^x as Cephes' expf computes it: x = n·ln2 + r with |r| ≤ ln2/2, e^r by a degree-6 polynomial,
-// times 2^n through the exponent bits. Plain arithmetic (no libm call), so loops over it vectorise
-// and every clone rounds alike; within ~1 ulp of std::exp for x in [-87.3, 88.3], clamped outside
-// (e^x < FLT_MIN becomes FLT_MIN: nothing next to a softmax's largest weight, 1). NaN stays NaN.
-inline float exp_approx(float x) {
-  x = x < -87.33654f ? -87.33654f : x;
-  x = x > 88.37626f ? 88.37626f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2), ties to even
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof two_n);
-  return y * two_n;
 }
 
 // p[j] = e^(p[j] − shift) for j in [lo, hi].
