@@ -81,6 +81,17 @@ LOWRANK_ATTENTION_CLONES inline void add_rows(float* __restrict out, const float
   for (int64_t d = 0; d < n; ++d) out[d] += w0 * x0[d] + w1 * x1[d] + w2 * x2[d] + w3 * x3[d];
 }
 
+// out[d] += Σ_r w[r]·x[r][d] over eight rows, for d < n (the attention backward's dK and dV rows:
+// eight query rows per pass over them instead of four halves their loads and stores).
+LOWRANK_ATTENTION_CLONES inline void add_rows8(float* __restrict out, const float* const (&x)[2 * kRowsAtOnce],
+                                               const float (&w)[2 * kRowsAtOnce], int64_t n) {
+  const float *__restrict x0 = x[0], *__restrict x1 = x[1], *__restrict x2 = x[2], *__restrict x3 = x[3];
+  const float *__restrict x4 = x[4], *__restrict x5 = x[5], *__restrict x6 = x[6], *__restrict x7 = x[7];
+  for (int64_t d = 0; d < n; ++d)
+    out[d] += w[0] * x0[d] + w[1] * x1[d] + w[2] * x2[d] + w[3] * x3[d] + w[4] * x4[d] + w[5] * x5[d] +
+              w[6] * x6[d] + w[7] * x7[d];
+}
+
 // p[j] = e^(p[j] − shift) for j in [lo, hi].
 LOWRANK_ATTENTION_CLONES inline void exp_shifted_(float* __restrict p, int64_t lo, int64_t hi, float shift) {
   for (int64_t j = lo; j <= hi; ++j) p[j] = exp_approx(p[j] - shift);
