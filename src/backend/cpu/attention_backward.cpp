@@ -54,12 +54,11 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
             const float *qr8[kRows], *dor8[kRows];  // rows past T read zeros
             for (int64_t half = 0; half < 2; ++half) {
               const int64_t i0 = i8 + half * kRowsAtOnce;
-              float* const Pr[kRowsAtOnce] = {P + (half * kRowsAtOnce) * T, P + (half * kRowsAtOnce + 1) * T,
-                                              P + (half * kRowsAtOnce + 2) * T, P + (half * kRowsAtOnce + 3) * T};
-              float* const dSr[kRowsAtOnce] = {dS + (half * kRowsAtOnce) * T, dS + (half * kRowsAtOnce + 1) * T,
-                                               dS + (half * kRowsAtOnce + 2) * T, dS + (half * kRowsAtOnce + 3) * T};
+              float *Pr[kRowsAtOnce], *dSr[kRowsAtOnce];  // this block's rows of P and dS
               const float *qr[kRowsAtOnce], *dor[kRowsAtOnce];
               for (int64_t r = 0; r < kRowsAtOnce; ++r) {
+                Pr[r] = P + (half * kRowsAtOnce + r) * T;
+                dSr[r] = dS + (half * kRowsAtOnce + r) * T;
                 const int64_t row = (b * T + i0 + r) * ldq + h * hd;
                 qr[r] = i0 + r < T ? qp + row : zeros.data();
                 dor[r] = i0 + r < T ? dop + row : zeros.data();

@@ -3,9 +3,10 @@
 // (attention_backward.cpp), written so that they vectorise: query rows are taken four at a time,
 // each key (or value) column of the head is loaded once for the four, and every dot product still
 // adds its head_dim products in order, so the forward's sums equal attention_row's (the decode
-// path's) bit for bit and the backward recomputes exactly the forward's scores. Compiled for
-// AVX-512 and AVX2 as well as the baseline, picked at run time; -ffp-contract=off (CMakeLists.txt)
-// keeps every clone's rounding the baseline's.
+// path's) bit for bit and the backward recomputes exactly the forward's scores; e^x is
+// exp_approx (no libm call, so those loops vectorise too). Compiled for AVX-512 and AVX2 as well
+// as the baseline, picked at run time; -ffp-contract=off (CMakeLists.txt) keeps every clone's
+// rounding the baseline's.
 #include <algorithm>
 #include <cstdint>
 
