@@ -90,32 +90,6 @@ bool Model::fused_decode(const Tensor& x, const ProjectionHook* hook) const {
   return true;
 }
 
-namespace {
-
-// The fused ops' deltas for a hook's updates `us` of projections that read x (normed by norm_w
-// first when given): their shrinks h = xn Aᵀ in one launch; none when no update exists.
-std::vector<ops::LowRankDelta> shrink(const Tensor& x, const Tensor* norm_w, float eps,
-                                      const std::vector<LowRankUpdate>& us) {
-  std::vector<Tensor> as;
-  for (const LowRankUpdate& u : us)
-    if (u.A.defined()) as.push_back(u.A);
-  if (as.empty()) return {};
-  std::vector<Tensor> hs;
-  if (norm_w) {
-    hs = ops::norm_linears(x, *norm_w, eps, as, std::vector<Tensor>(as.size()));
-  } else {
-    LR_CHECK(as.size() == 1, "shrink of ", as.size(), " updates without a norm");
-    hs.push_back(ops::linear(x, as[0], Tensor()));
-  }
-  std::vector<ops::LowRankDelta> deltas(us.size());
-  size_t next = 0;
-  for (size_t i = 0; i < us.size(); ++i)
-    if (us[i].A.defined()) deltas[i] = {hs[next++], us[i].B, us[i].scale};
-  return deltas;
-}
-
-}  // namespace
-
 Tensor Model::decode_layer(int64_t li, const Tensor& x, const LayerInput& in) const {
   const ModelConfig& c = config_;
   const LayerWeights& L = weights_.layers[li];
@@ -132,18 +106,17 @@ Tensor Model::decode_layer(int64_t li, const Tensor& x, const LayerInput& in) co
     }
     return us;
   };
-  const std::vector<ops::LowRankDelta> qkv_deltas =
-      shrink(x, &L.attn_norm.weight, eps, updates({Target::Q, Target::K, Target::V}));
-  std::vector<Tensor> qkv = ops::norm_linears(x, L.attn_norm.weight, eps, {L.q.weight, L.k.weight, L.v.weight},
-                                              {L.q.bias, L.k.bias, L.v.bias}, &rotary, qkv_deltas);
+  std::vector<Tensor> qkv =
+      ops::norm_linears(x, L.attn_norm.weight, eps, {L.q.weight, L.k.weight, L.v.weight},
+                        {L.q.bias, L.k.bias, L.v.bias}, &rotary, updates({Target::Q, Target::K, Target::V}));
   const ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
   const Tensor attn = in.attention->attend(static_cast<int>(li), qkv[0], qkv[1], qkv[2], shape);
-  const Tensor x_mid = ops::linear_residual(attn, L.o.weight, x, shrink(attn, nullptr, eps, updates({Target::O})));
+  const Tensor x_mid = ops::linear_residual(attn, L.o.weight, x, updates({Target::O}));
   // x_out = x_mid + down(swiglu(gate(rmsnorm(x_mid)), up(rmsnorm(x_mid))))
   const Tensor act = ops::norm_swiglu(x_mid, L.mlp_norm.weight, eps, L.gate.weight, L.up.weight,
-                                      shrink(x_mid, &L.mlp_norm.weight, eps, updates({Target::Gate, Target::Up})));
-  return ops::linear_residual(act, L.down.weight, x_mid, shrink(act, nullptr, eps, updates({Target::Down})));
+                                      updates({Target::Gate, Target::Up}));
+  return ops::linear_residual(act, L.down.weight, x_mid, updates({Target::Down}));
 }
 
 }  // namespace lowrank::model

@@ -5,18 +5,18 @@
 namespace lowrank::ops {
 namespace {
 
-// `deltas`: none, or one per output; each defined one h [M, r], B [N_i, r] on x's device.
-void check_deltas(const char* op, const std::vector<LowRankDelta>& deltas, const Tensor& x,
-                  const std::vector<const Tensor*>& ws) {
-  if (deltas.empty()) return;
-  LR_CHECK(deltas.size() == ws.size(), op, ": ", deltas.size(), " low-rank updates for ", ws.size(), " outputs");
-  for (size_t i = 0; i < deltas.size(); ++i) {
-    const LowRankDelta& u = deltas[i];
-    if (!u.B.defined()) continue;
-    detail::op_device(op, {&x, &u.h, &u.B});
-    LR_CHECK(u.h.rank() == 2 && u.B.rank() == 2 && u.h.dim(0) == x.dim(0) && u.B.dim(1) == u.h.dim(1) &&
+// `updates`: none, or one per output; each defined one A [r, d] (d: x's width), B [N_i, r] on x's device.
+void check_updates(const char* op, const std::vector<LowRankUpdate>& updates, const Tensor& x,
+                   const std::vector<const Tensor*>& ws) {
+  if (updates.empty()) return;
+  LR_CHECK(updates.size() == ws.size(), op, ": ", updates.size(), " low-rank updates for ", ws.size(), " outputs");
+  for (size_t i = 0; i < updates.size(); ++i) {
+    const LowRankUpdate& u = updates[i];
+    if (!u.A.defined()) continue;
+    detail::op_device(op, {&x, &u.A, &u.B});
+    LR_CHECK(u.A.rank() == 2 && u.B.rank() == 2 && u.A.dim(1) == x.dim(1) && u.B.dim(1) == u.A.dim(0) &&
                  u.B.dim(0) == ws[i]->dim(0),
-             op, ": low-rank update ", i, " h ", u.h.str(), " B ", u.B.str(), " for x ", x.str(), " and weight ",
+             op, ": low-rank update ", i, " A ", u.A.str(), " B ", u.B.str(), " for x ", x.str(), " and weight ",
              ws[i]->str());
   }
 }
@@ -25,7 +25,7 @@ void check_deltas(const char* op, const std::vector<LowRankDelta>& deltas, const
 
 std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float eps, const std::vector<Tensor>& ws,
                                  const std::vector<Tensor>& bs, const RotaryRows* rope,
-                                 const std::vector<LowRankDelta>& deltas) {
+                                 const std::vector<LowRankUpdate>& updates) {
   LR_CHECK(!ws.empty() && ws.size() <= 3 && bs.size() == ws.size(), "norm_linears: ", ws.size(), " weights and ",
            bs.size(), " biases");
   LR_CHECK(!rope || rope->heads.size() == ws.size(), "norm_linears: RoPE heads for ", rope->heads.size(),
@@ -37,21 +37,21 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     outs.push_back(&ws[i]);
   }
   if (rope) detail::op_device("norm_linears", {&x, &rope->pos, &rope->cos, &rope->sin});
-  check_deltas("norm_linears", deltas, x, outs);
-  LR_DISPATCH(d, norm_linears(x, norm_w, eps, ws, bs, rope, deltas));
+  check_updates("norm_linears", updates, x, outs);
+  LR_DISPATCH(d, norm_linears(x, norm_w, eps, ws, bs, rope, updates));
 }
 
 Tensor norm_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w_gate, const Tensor& w_up,
-                   const std::vector<LowRankDelta>& deltas) {
+                   const std::vector<LowRankUpdate>& updates) {
   const Device d = detail::op_device("norm_swiglu", {&x, &norm_w, &w_gate, &w_up});
-  check_deltas("norm_swiglu", deltas, x, {&w_gate, &w_up});
-  LR_DISPATCH(d, norm_swiglu(x, norm_w, eps, w_gate, w_up, deltas));
+  check_updates("norm_swiglu", updates, x, {&w_gate, &w_up});
+  LR_DISPATCH(d, norm_swiglu(x, norm_w, eps, w_gate, w_up, updates));
 }
 
-Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, const std::vector<LowRankDelta>& deltas) {
+Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, const std::vector<LowRankUpdate>& updates) {
   const Device d = detail::op_device("linear_residual", {&x, &w, &res});
-  check_deltas("linear_residual", deltas, x, {&w});
-  LR_DISPATCH(d, linear_residual(x, w, res, deltas));
+  check_updates("linear_residual", updates, x, {&w});
+  LR_DISPATCH(d, linear_residual(x, w, res, updates));
 }
 
 }  // namespace lowrank::ops

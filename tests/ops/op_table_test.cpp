@@ -488,22 +488,33 @@ std::vector<OpCase> op_table() {
                [](Inputs& in, Device) { return Outputs{ops::norm_swiglu(in[0], in[1], 1e-5f, in[2], in[3])}; }});
   t.push_back({"linear_residual", {{3, 48}, {37, 48}, {3, 37}},
                [](Inputs& in, Device) { return Outputs{ops::linear_residual(in[0], in[1], in[2])}; }});
-  // The same with LoRA's updates (ops::LowRankDelta) on some outputs: before RoPE, SwiGLU, the residual.
+  // The same with LoRA's updates (ops::LowRankUpdate: A [r, d], B [N, r]) on some outputs: before
+  // RoPE, SwiGLU, the residual. Odd ranks leave a shrink row without a partner.
   t.push_back({"norm_linears with low-rank updates and RoPE",
-               {{5, 96}, {96}, {64, 96}, {64}, {32, 96}, {32, 96}, {5, 8}, {64, 8}, {5, 4}, {32, 4}},
+               {{5, 96}, {96}, {64, 96}, {64}, {32, 96}, {32, 96}, {8, 96}, {64, 8}, {4, 96}, {32, 4}},
                [](Inputs& in, Device d) {
                  const ops::RotaryRows rope = decode_rope(d);
                  return ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[4], in[5]}, {in[3], Tensor(), Tensor()},
                                           &rope, {{in[6], in[7], 0.5f}, {}, {in[8], in[9], 2.0f}});
                }});
-  t.push_back({"norm_swiglu with low-rank updates", {{1, 64}, {64}, {40, 64}, {40, 64}, {1, 8}, {40, 8}, {1, 4}, {40, 4}},
+  t.push_back({"norm_linears with three low-rank updates",
+               {{1, 96}, {96}, {64, 96}, {32, 96}, {32, 96}, {8, 96}, {64, 8}, {3, 96}, {32, 3}, {5, 96}, {32, 5}},
+               [](Inputs& in, Device) {
+                 return ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[3], in[4]}, {Tensor(), Tensor(), Tensor()},
+                                          nullptr, {{in[5], in[6], 0.5f}, {in[7], in[8], -1.0f}, {in[9], in[10], 2.0f}});
+               }});
+  t.push_back({"norm_swiglu with low-rank updates", {{1, 64}, {64}, {40, 64}, {40, 64}, {8, 64}, {40, 8}, {4, 64}, {40, 4}},
                [](Inputs& in, Device) {
                  return Outputs{ops::norm_swiglu(in[0], in[1], 1e-5f, in[2], in[3],
                                                  {{in[4], in[5], 0.25f}, {in[6], in[7], 1.5f}})};
                }});
-  t.push_back({"linear_residual with a low-rank update", {{3, 48}, {37, 48}, {3, 37}, {3, 16}, {37, 16}},
+  t.push_back({"linear_residual with a low-rank update", {{3, 48}, {37, 48}, {3, 37}, {16, 48}, {37, 16}},
                [](Inputs& in, Device) {
                  return Outputs{ops::linear_residual(in[0], in[1], in[2], {{in[3], in[4], 0.75f}})};
+               }});
+  t.push_back({"linear_residual with an odd-rank update", {{1, 48}, {37, 48}, {1, 37}, {5, 48}, {37, 5}},
+               [](Inputs& in, Device) {
+                 return Outputs{ops::linear_residual(in[0], in[1], in[2], {{in[3], in[4], -0.5f}})};
                }});
   t.push_back({"argmax_rows", {{5, 37}},
                [](Inputs& in, Device) {

@@ -14,6 +14,7 @@
 #include "lowrank/model/placement.h"
 #include "lowrank/model/rope.h"
 #include "lowrank/model/weights.h"
+#include "lowrank/ops/op_types.h"
 
 namespace lowrank::model {
 
@@ -21,11 +22,8 @@ namespace lowrank::model {
 // the frozen linear `base` it used (DoRA needs W0). The lm_head is target LmHead at layer
 // num_layers; the token embedding calls on_embedding with the table and the ids it gathered.
 // One low-rank update of a projection: y += scale · (x Aᵀ) Bᵀ, A [r, in] and B [out, r] in the
-// activations' dtype on their device (undefined A: none).
-struct LowRankUpdate {
-  Tensor A, B;
-  float scale = 0;
-};
+// activations' dtype on their device (undefined A: none); the fused decode ops take it as it is.
+using LowRankUpdate = ops::LowRankUpdate;
 
 class ProjectionHook {
  public:

@@ -16,13 +16,14 @@ struct RotaryRows {
   std::vector<int64_t> heads;
 };
 
-// A low-rank update added to one output of the fused decode projections (norm_linears,
-// norm_swiglu, linear_residual) where a LoRA hook would add it after the unfused linear (after the
-// bias, before RoPE, SwiGLU and the residual): y = scale · h Bᵀ + y, rounded once, as matmul_nt(h,
-// B, y, scale, 1). h [M, r]: the shrink of the op's (normed) input, x Aᵀ; B [N, r]. An undefined B:
-// no update for that output.
-struct LowRankDelta {
-  Tensor h, B;
+// A low-rank update of one output of the fused decode projections (norm_linears, norm_swiglu,
+// linear_residual), added where a LoRA hook adds it after the unfused linear (after the bias,
+// before RoPE, SwiGLU and the residual): h = linear(xn, A) (the op's normed input times Aᵀ,
+// rounded to its dtype), then y = scale · h Bᵀ + y rounded once, as matmul_nt(h, B, y, scale, 1).
+// A [r, d], B [N, r]. An undefined A: no update for that output. (Also the model's description of
+// a projection hook's effect on one decode row, model::LowRankUpdate.)
+struct LowRankUpdate {
+  Tensor A, B;
   float scale = 0;
 };
 

@@ -16,7 +16,7 @@ using ops::AttentionShape;
 using ops::ColumnBlock;
 using ops::Gemm;
 using ops::LoraRows;
-using ops::LowRankDelta;
+using ops::LowRankUpdate;
 using ops::RotaryRows;
 
 #include "lowrank/ops/op_list.inc"

@@ -9,6 +9,12 @@
 // unfused ops (rmsnorm, linear, add_bias_, rope_, swiglu, add_): the normed input, each product and
 // each sum are rounded to bf16 where those ops store them. Anything else (f32, more rows, K not a
 // multiple of 8, inputs too wide for shared memory) runs the unfused ops.
+//
+// LoRA's updates (ops::LowRankUpdate) take one launch more per op: the shrinks h = xn Aᵀ of all
+// its updates by shrink_kernel, split over K so that each block's loads are all in flight at once
+// (a warp per two rows through the whole K, as the projections do, took ~17 µs under ncu for the
+// 48 rows of q/k/v on the Llama-3-8B shape; cuBLASLt's GEMM + split-K reduction for o and down
+// ~10), then the projection kernel adds scale · h Bᵀ in its epilogue.
 #include <algorithm>
 
 #include "common.cuh"
@@ -28,7 +34,7 @@ struct Output {
   int64_t n = 0;
   int64_t pairs = 0;        // row pairs: (2p, 2p + 1), or with RoPE (head h, i) -> rows h·hd + i, + hd/2
   int half = 0;             // RoPE: hd / 2 (0: not rotated)
-  // A low-rank update (ops::LowRankDelta) added before RoPE / SwiGLU / the residual: null lb: none.
+  // A low-rank update (ops::LowRankUpdate) added before RoPE / SwiGLU / the residual: null lb: none.
   const bf16* lb = nullptr;  // B [n, lr]
   const bf16* lh = nullptr;  // h [M, lr]
   int lr = 0;
@@ -142,10 +148,10 @@ __device__ __forceinline__ void dot_rows(const bf16* xs, int64_t k, int m, const
 }
 
 // Row pair `pair` of the concatenated outputs: its output, and its two rows there (rb = -1: none).
-__device__ __forceinline__ int rows_of(const Args& a, int64_t pair, int64_t& ra, int64_t& rb) {
+__device__ __forceinline__ int rows_of(const Output* outs, int n, int64_t pair, int64_t& ra, int64_t& rb) {
   int o = 0;
-  while (o + 1 < a.outs && pair >= a.out[o].pairs) pair -= a.out[o++].pairs;
-  const Output& out = a.out[o];
+  while (o + 1 < n && pair >= outs[o].pairs) pair -= outs[o++].pairs;
+  const Output& out = outs[o];
   if (out.half > 0) {
     const int64_t head = pair / out.half, i = pair % out.half;
     ra = head * 2 * out.half + i;
@@ -174,10 +180,10 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   auto rows_for = [&](int64_t pair) {
     if constexpr (E == Epilogue::SwiGlu) {
       ra = pair;
-      wa = a.out[0].w + pair * k;
-      wb = a.out[1].w + pair * k;
+      wa = a.out[0].w + ra * k;
+      wb = a.out[1].w + ra * k;
     } else {
-      oa = rows_of(a, pair, ra, rb);
+      oa = rows_of(a.out, a.outs, pair, ra, rb);
       wa = a.out[oa].w + ra * k;
       wb = rb >= 0 ? a.out[oa].w + rb * k : nullptr;
     }
@@ -263,6 +269,131 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   }
 }
 
+// The shrinks h_p = xn A_pᵀ of an op's updates (up to three A [r_p, K], one xn), rounded to bf16
+// as linear rounds them: each block takes kShrinkRows rows of the concatenated A's and splits K
+// over its threads, a 16-byte pack of each row at a time with the first kShrinkBatch packs'
+// loads issued before the norm's reduction; the partial dots are summed across the block in a
+// fixed order.
+constexpr int kShrinkThreads = 256;
+constexpr int kShrinkRows = 2;
+constexpr int kShrinkBatch = 4;  // packs of a row a thread has in flight (K <= 8192 in one batch)
+
+struct ShrinkArgs {
+  const bf16* x;       // [M, K]
+  int m;
+  int64_t k;
+  const void* norm_w;  // [K] or null
+  bool norm_f32;
+  float eps;
+  const bf16* a[3];    // [r_p, K]
+  bf16* h[3];          // [M, r_p]
+  int r[3];
+  int parts, rows;     // rows = Σ r_p
+};
+
+template <int M>
+__global__ void __launch_bounds__(kShrinkThreads) shrink_kernel(ShrinkArgs s) {
+  constexpr int kWarpsPerBlock = kShrinkThreads / 32;
+  __shared__ float partial[kWarpsPerBlock][kShrinkRows * M];
+  __shared__ float scratch[32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t k = s.k, packs = k / 8;
+  const bf16* arow[kShrinkRows];
+  bf16* hcol[kShrinkRows];  // element (r, j) of the row's h at hcol + r · hstride
+  int hstride[kShrinkRows];
+#pragma unroll
+  for (int i = 0; i < kShrinkRows; ++i) {
+    int g = blockIdx.x * kShrinkRows + i, p = 0;
+    arow[i] = nullptr;
+    hcol[i] = nullptr;
+    hstride[i] = 0;
+    if (g >= s.rows) continue;
+    while (g >= s.r[p]) g -= s.r[p++];
+    arow[i] = s.a[p] + int64_t(g) * k;
+    hcol[i] = s.h[p] + g;
+    hstride[i] = s.r[p];
+  }
+  uint4 pa[kShrinkRows][kShrinkBatch];
+  auto load_a = [&](int64_t v0) {
+#pragma unroll
+    for (int i = 0; i < kShrinkRows; ++i)
+#pragma unroll
+      for (int j = 0; j < kShrinkBatch; ++j) {
+        const int64_t v = v0 + tid + int64_t(j) * kShrinkThreads;
+        pa[i][j] = arow[i] && v < packs ? load_stream(reinterpret_cast<const uint4*>(arow[i]) + v) : uint4{0, 0, 0, 0};
+      }
+  };
+  load_a(0);
+  float rstd[M];
+#pragma unroll
+  for (int r = 0; r < M; ++r) rstd[r] = 1.0f;
+  if (s.norm_w) {  // every block forms rmsnorm's rstd itself: x is a few KB, read from L2
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      if (r >= s.m) break;
+      float ss = 0.0f;
+      for (int64_t v = tid; v < packs; v += kShrinkThreads) {
+        float f[8];
+        unpack8(reinterpret_cast<const uint4*>(s.x + r * k)[v], f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
+      }
+      rstd[r] = rsqrtf(block_sum(ss, scratch) / static_cast<float>(k) + s.eps);
+    }
+  }
+  float acc[kShrinkRows][M];
+#pragma unroll
+  for (int i = 0; i < kShrinkRows; ++i)
+#pragma unroll
+    for (int r = 0; r < M; ++r) acc[i][r] = 0.0f;
+  for (int64_t v0 = 0; v0 < packs; v0 += int64_t(kShrinkBatch) * kShrinkThreads) {
+    if (v0 > 0) load_a(v0);
+#pragma unroll
+    for (int j = 0; j < kShrinkBatch; ++j) {
+      const int64_t v = v0 + tid + int64_t(j) * kShrinkThreads;
+      if (v >= packs) break;
+#pragma unroll
+      for (int r = 0; r < M; ++r) {
+        if (r >= s.m) break;
+        float f[8];  // the input, normed and rounded as the projections stage it
+        unpack8(reinterpret_cast<const uint4*>(s.x + r * k)[v], f);
+        if (s.norm_w) {
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const int64_t c = v * 8 + e;
+            const float w = s.norm_f32 ? static_cast<const float*>(s.norm_w)[c]
+                                       : __bfloat162float(static_cast<const bf16*>(s.norm_w)[c]);
+            f[e] = round_bf16(f[e] * rstd[r] * w);
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < kShrinkRows; ++i) {
+          float fa[8];
+          unpack8(pa[i][j], fa);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[i][r] = fmaf(fa[e], f[e], acc[i][r]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kShrinkRows; ++i)
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      const float v = warp_sum(acc[i][r]);
+      if (lane == 0) partial[warp][i * M + r] = v;
+    }
+  __syncthreads();
+  if (tid < kShrinkRows * M) {
+    const int i = tid / M, r = tid % M;
+    if (hcol[i] && r < s.m) {
+      float v = 0.0f;
+      for (int w = 0; w < kWarpsPerBlock; ++w) v += partial[w][tid];
+      hcol[i][r * hstride[i]] = __float2bfloat16_rn(v);
+    }
+  }
+}
+
 template <int M, Epilogue E>
 void launch_rows(const Args& a, Device d) {
   const int64_t smem = a.m * a.k * 2;
@@ -272,8 +403,12 @@ void launch_rows(const Args& a, Device d) {
   // miss the other GPUs of a process.
   if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   const int64_t warps_needed = a.pairs;
-  // Blocks stage x each: as many per SM as shared memory allows, up to 8.
-  const int per_sm = static_cast<int>(std::clamp<int64_t>((200 * 1024) / std::max<int64_t>(smem, 1), 1, 8));
+  // Blocks stage x each: as many per SM as shared memory allows, up to 8, and no more than are
+  // resident at once (a second, partial wave only adds a tail: +4% one stream on Llama-3-8B).
+  int resident = 0;
+  LR_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kWarps * 32, static_cast<size_t>(smem)));
+  const int per_sm = static_cast<int>(
+      std::clamp<int64_t>((200 * 1024) / std::max<int64_t>(smem, 1), 1, std::clamp(resident, 1, 8)));
   const int64_t blocks = std::max<int64_t>(
       1, std::min<int64_t>((warps_needed + kWarps - 1) / kWarps, int64_t(per_sm) * multiprocessor_count(d)));
   kernel<<<static_cast<unsigned>(blocks), kWarps * 32, smem, st>>>(a);
@@ -302,25 +437,59 @@ bool fusable(const Tensor& x, std::initializer_list<const Tensor*> ws) {
   return true;
 }
 
-// Whether the kernels take these low-rank updates (bf16 h and B).
-bool fusable(const std::vector<LowRankDelta>& deltas) {
-  for (const LowRankDelta& u : deltas)
-    if (u.B.defined() && (u.B.dtype() != DType::BF16 || u.h.dtype() != DType::BF16)) return false;
-  return true;
+// Whether the kernels take these low-rank updates (bf16 A and B, A as wide as x, at most 3).
+bool fusable(const Tensor& x, const std::vector<LowRankUpdate>& updates) {
+  for (const LowRankUpdate& u : updates)
+    if (u.A.defined() && !(u.B.dtype() == DType::BF16 && fusable(x, {&u.A}))) return false;
+  return updates.size() <= 3;
 }
 
-// Output o's update from deltas[i], when there is one.
-void set_update(Output& o, const std::vector<LowRankDelta>& deltas, size_t i) {
-  if (i >= deltas.size() || !deltas[i].B.defined()) return;
-  o.lb = deltas[i].B.data<bf16>();
-  o.lh = deltas[i].h.data<bf16>();
-  o.lr = static_cast<int>(deltas[i].B.dim(1));
-  o.ls = deltas[i].scale;
+// Output o's update from updates[i], when there is one: its shrink joins `sh` (into a new h [M, r]
+// kept in hs until the launches are queued), its expand goes into o's epilogue.
+void set_update(ShrinkArgs& sh, Output& o, const std::vector<LowRankUpdate>& updates, size_t i,
+                std::vector<Tensor>& hs) {
+  if (i >= updates.size() || !updates[i].A.defined()) return;
+  const LowRankUpdate& u = updates[i];
+  const int r = static_cast<int>(u.A.dim(0));
+  hs.push_back(Tensor::empty({sh.m, r}, DType::BF16, u.A.device()));
+  sh.a[sh.parts] = u.A.data<bf16>();
+  sh.h[sh.parts] = hs.back().data<bf16>();
+  sh.r[sh.parts++] = r;
+  sh.rows += r;
+  o.lb = u.B.data<bf16>();
+  o.lh = hs.back().data<bf16>();
+  o.lr = r;
+  o.ls = u.scale;
 }
 
-// The unfused ops' way: y = scale · h Bᵀ + y for output i's update.
-void add_delta(const std::vector<LowRankDelta>& deltas, size_t i, Tensor& y) {
-  if (i < deltas.size() && deltas[i].B.defined()) matmul_nt(deltas[i].h, deltas[i].B, y, deltas[i].scale, 1.0f);
+// The shrinks gathered in sh (none: no launch).
+void launch_shrinks(const ShrinkArgs& sh, Device d) {
+  if (sh.rows == 0) return;
+  cudaStream_t st = stream_for(d);
+  const unsigned blocks = static_cast<unsigned>((sh.rows + kShrinkRows - 1) / kShrinkRows);
+  if (sh.m <= 1) shrink_kernel<1><<<blocks, kShrinkThreads, 0, st>>>(sh);
+  else if (sh.m <= 2) shrink_kernel<2><<<blocks, kShrinkThreads, 0, st>>>(sh);
+  else if (sh.m <= 4) shrink_kernel<4><<<blocks, kShrinkThreads, 0, st>>>(sh);
+  else shrink_kernel<8><<<blocks, kShrinkThreads, 0, st>>>(sh);
+  LR_CUDA_LAUNCHED();
+}
+
+ShrinkArgs shrink_args(const Args& a) {
+  ShrinkArgs sh{};
+  sh.x = a.x;
+  sh.m = a.m;
+  sh.k = a.k;
+  sh.norm_w = a.norm_w;
+  sh.norm_f32 = a.norm_f32;
+  sh.eps = a.eps;
+  return sh;
+}
+
+// The unfused ops' way: y = scale · (xn Aᵀ) Bᵀ + y for output i's update.
+void add_update(const std::vector<LowRankUpdate>& updates, size_t i, const Tensor& xn, Tensor& y) {
+  if (i >= updates.size() || !updates[i].A.defined()) return;
+  const LowRankUpdate& u = updates[i];
+  matmul_nt(linear(xn, u.A, Tensor()), u.B, y, u.scale, 1.0f);
 }
 
 Args norm_args(const Tensor& x, const Tensor& norm_w, float eps) {
@@ -338,12 +507,12 @@ Args norm_args(const Tensor& x, const Tensor& norm_w, float eps) {
 
 std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float eps, const std::vector<Tensor>& ws,
                                  const std::vector<Tensor>& bs, const RotaryRows* rope,
-                                 const std::vector<LowRankDelta>& deltas) {
+                                 const std::vector<LowRankUpdate>& updates) {
   check_arg(x, "norm_linears", "x");
   check_arg(norm_w, "norm_linears", "norm_w");
   LR_CHECK(!ws.empty() && ws.size() <= 3 && bs.size() == ws.size(), "norm_linears: ", ws.size(), " weights, ",
            bs.size(), " biases");
-  bool fast = fusable(x, {}) && fusable(deltas) && norm_w.numel() == x.dim(1) &&
+  bool fast = fusable(x, {}) && fusable(x, updates) && norm_w.numel() == x.dim(1) &&
               (norm_w.dtype() == DType::F32 || norm_w.dtype() == DType::BF16);
   for (size_t i = 0; i < ws.size(); ++i) {
     fast = fast && fusable(x, {&ws[i]}) && (!bs[i].defined() || (bs[i].dtype() == DType::BF16 && bs[i].numel() == ws[i].dim(0)));
@@ -358,19 +527,21 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     const Tensor xn = rmsnorm(x, norm_w, eps);
     for (size_t i = 0; i < ws.size(); ++i) {
       ys.push_back(linear(xn, ws[i], bs[i]));
-      add_delta(deltas, i, ys[i]);
+      add_update(updates, i, xn, ys[i]);
       if (rope && rope->heads[i] > 0) rope_(ys[i], rope->heads[i], rope->pos, rope->cos, rope->sin, false);
     }
     return ys;
   }
   Args a = norm_args(x, norm_w, eps);
+  ShrinkArgs sh = shrink_args(a);
+  std::vector<Tensor> hs;
   for (size_t i = 0; i < ws.size(); ++i) {
     ys.push_back(Tensor::empty({x.dim(0), ws[i].dim(0)}, DType::BF16, x.device()));
     const int64_t n = ws[i].dim(0);
     const int half = rope && rope->heads[i] > 0 ? static_cast<int>(rope->cos.dim(1)) : 0;
     a.out[i] = {ws[i].data<bf16>(), bs[i].defined() ? bs[i].data<bf16>() : nullptr, ys[i].data<bf16>(), n,
                 (n + 1) / 2, half};
-    set_update(a.out[i], deltas, i);
+    set_update(sh, a.out[i], updates, i, hs);
     a.pairs += a.out[i].pairs;
   }
   a.outs = static_cast<int>(ws.size());
@@ -380,42 +551,46 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     a.sin_t = rope->sin.data<float>();
     a.P = rope->cos.dim(0);
   }
+  launch_shrinks(sh, x.device());
   launch<Epilogue::Bias>(a, x.device());
   return ys;
 }
 
 Tensor norm_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w_gate, const Tensor& w_up,
-                   const std::vector<LowRankDelta>& deltas) {
+                   const std::vector<LowRankUpdate>& updates) {
   check_arg(x, "norm_swiglu", "x");
   check_arg(norm_w, "norm_swiglu", "norm_w");
   LR_CHECK(w_gate.shape() == w_up.shape(), "norm_swiglu: gate ", w_gate.str(), ", up ", w_up.str());
-  if (!fusable(x, {&w_gate, &w_up}) || !fusable(deltas) || norm_w.numel() != x.dim(1) ||
+  if (!fusable(x, {&w_gate, &w_up}) || !fusable(x, updates) || norm_w.numel() != x.dim(1) ||
       !(norm_w.dtype() == DType::F32 || norm_w.dtype() == DType::BF16)) {
     const Tensor xn = rmsnorm(x, norm_w, eps);
     Tensor gate = linear(xn, w_gate, Tensor()), up = linear(xn, w_up, Tensor());
-    add_delta(deltas, 0, gate);
-    add_delta(deltas, 1, up);
+    add_update(updates, 0, xn, gate);
+    add_update(updates, 1, xn, up);
     return swiglu(gate, up);
   }
   Tensor y = Tensor::empty({x.dim(0), w_gate.dim(0)}, DType::BF16, x.device());
   Args a = norm_args(x, norm_w, eps);
+  ShrinkArgs sh = shrink_args(a);
+  std::vector<Tensor> hs;
   a.out[0] = {w_gate.data<bf16>(), nullptr, y.data<bf16>(), w_gate.dim(0)};
   a.out[1] = {w_up.data<bf16>(), nullptr, nullptr, w_up.dim(0)};
-  set_update(a.out[0], deltas, 0);
-  set_update(a.out[1], deltas, 1);
+  set_update(sh, a.out[0], updates, 0, hs);
+  set_update(sh, a.out[1], updates, 1, hs);
   a.outs = 2;
   a.pairs = w_gate.dim(0);
+  launch_shrinks(sh, x.device());
   launch<Epilogue::SwiGlu>(a, x.device());
   return y;
 }
 
-Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, const std::vector<LowRankDelta>& deltas) {
+Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, const std::vector<LowRankUpdate>& updates) {
   check_arg(x, "linear_residual", "x");
   check_arg(res, "linear_residual", "res");
-  if (!fusable(x, {&w}) || !fusable(deltas) || res.dtype() != DType::BF16 || res.rank() != 2 ||
+  if (!fusable(x, {&w}) || !fusable(x, updates) || res.dtype() != DType::BF16 || res.rank() != 2 ||
       res.dim(0) != x.dim(0) || res.dim(1) != w.dim(0)) {
     Tensor y = linear(x, w, Tensor());
-    add_delta(deltas, 0, y);
+    add_update(updates, 0, x, y);
     add_(y, res);
     return y;
   }
@@ -425,10 +600,13 @@ Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, cons
   a.m = static_cast<int>(x.dim(0));
   a.k = x.dim(1);
   a.out[0] = {w.data<bf16>(), nullptr, y.data<bf16>(), w.dim(0), (w.dim(0) + 1) / 2, 0};
-  set_update(a.out[0], deltas, 0);
+  ShrinkArgs sh = shrink_args(a);
+  std::vector<Tensor> hs;
+  set_update(sh, a.out[0], updates, 0, hs);
   a.outs = 1;
   a.pairs = a.out[0].pairs;
   a.res = res.data<bf16>();
+  launch_shrinks(sh, x.device());
   launch<Epilogue::Residual>(a, x.device());
   return y;
 }
