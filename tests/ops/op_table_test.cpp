@@ -472,6 +472,13 @@ std::vector<OpCase> op_table() {
                                                    attention_shape(0, 0.0f));
                  return Outputs{out, k_pool, v_pool};
                }});
+  // Contexts of 70 and 33 keys in blocks of 16: CUDA splits each key range over blocks and merges them.
+  t.push_back({"paged_attention over split key ranges", {{2, 8}, {128, 4}, {128, 4}},
+               [](Inputs& in, Device d) {
+                 const Tensor tables = Tensor::from_ints({7, 2, 5, 0, 1, 3, 6, 4, 0, 0}, d).reshape({2, 5});
+                 return Outputs{ops::paged_attention(in[0], in[1], in[2], tables, Tensor::from_ints({70, 33}, d), 16, 70,
+                                                     attention_shape(0, 0.0f))};
+               }});
   // ---- fused decode projections (CUDA: the fused kernels for bf16, the unfused ops for f32): 5 rows
   // through q/k/v-like weights with biases on two, one row through gate/up, 3 rows with a residual
   t.push_back({"norm_linears", {{5, 96}, {96}, {70, 96}, {70}, {23, 96}, {24, 96}, {24}},
