@@ -523,6 +523,19 @@ std::vector<OpCase> op_table() {
                [](Inputs& in, Device) {
                  return Outputs{ops::linear_residual(in[0], in[1], in[2], {{in[3], in[4], -0.5f}})};
                }});
+  // Wide inputs with few outputs: CUDA splits K over 2 or 4 warps a row pair and sums the parts.
+  t.push_back({"linear_residual over a wide input", {{1, 4096}, {37, 4096}, {1, 37}, {5, 4096}, {37, 5}},
+               [](Inputs& in, Device) {
+                 return Outputs{ops::linear_residual(in[0], in[1], in[2], {{in[3], in[4], 0.5f}})};
+               }});
+  t.push_back({"norm_swiglu over a wide input", {{2, 2048}, {2048}, {24, 2048}, {24, 2048}},
+               [](Inputs& in, Device) { return Outputs{ops::norm_swiglu(in[0], in[1], 1e-5f, in[2], in[3])}; }});
+  t.push_back({"norm_linears with RoPE over a wide input", {{5, 4096}, {4096}, {64, 4096}, {64}, {32, 4096}, {32, 4096}},
+               [](Inputs& in, Device d) {
+                 const ops::RotaryRows rope = decode_rope(d);
+                 return ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[4], in[5]}, {in[3], Tensor(), Tensor()},
+                                          &rope);
+               }});
   t.push_back({"argmax_rows", {{5, 37}},
                [](Inputs& in, Device) {
                  const Tensor idx = ops::argmax_rows(in[0]).to(Device::cpu());

@@ -1,14 +1,17 @@
 // The projections of a decode step as few launches (rows <= 8, bf16): a one-stream decode step of a
 // small model is bound by the number and latency of its kernels, not by bytes (Qwen2.5-0.5B: ~19
 // launches a layer for ~30 MB of weights; with these, 7). The model uses them for one row
-// (Model::decode_layer); with several, cuBLASLt's tensor-core GEMMs are faster. One kernel computes rmsnorm(x) for its few rows into shared memory and the products
-// with up to three weights (q, k, v) or the gate and up weights with SwiGLU; another a product plus
-// the residual. Each warp takes output rows two at a time (gate and up; or the two rows that RoPE
-// rotates together, so that it is applied in the epilogue), reads them with 16-byte loads, several
-// in flight, and dots them with every input row; lanes then sum by shuffles. Roundings follow the
-// unfused ops (rmsnorm, linear, add_bias_, rope_, swiglu, add_): the normed input, each product and
-// each sum are rounded to bf16 where those ops store them. Anything else (f32, more rows, K not a
-// multiple of 8, inputs too wide for shared memory) runs the unfused ops.
+// (Model::decode_layer); with several, cuBLASLt's tensor-core GEMMs are faster. One kernel
+// computes rmsnorm(x) for its few rows into shared memory and the products with up to three
+// weights (q, k, v) or the gate and up weights with SwiGLU; another a product plus the residual.
+// Each warp takes output rows two at a time (gate and up; or the two rows that RoPE rotates
+// together, so that it is applied in the epilogue), reads them with 16-byte loads, several in
+// flight, and dots them with every input row; lanes then sum by shuffles. Where the pairs would
+// leave most warps idle (few outputs, wide K), 2 or 4 warps share a pair, each a part of K, summed
+// in a fixed order. Roundings follow the unfused ops (rmsnorm, linear, add_bias_, rope_, swiglu,
+// add_): the normed input, each product and each sum are rounded to bf16 where those ops store
+// them. Anything else (f32, more rows, K not a multiple of 8, inputs too wide for shared memory)
+// runs the unfused ops.
 //
 // LoRA's updates (ops::LowRankUpdate) take one launch more per op: the shrinks h = xn Aᵀ of all
 // its updates by shrink_kernel, split over K so that each block's loads are all in flight at once
@@ -16,6 +19,8 @@
 // 48 rows of q/k/v on the Llama-3-8B shape; cuBLASLt's GEMM + split-K reduction for o and down
 // ~10), then the projection kernel adds scale · h Bᵀ in its epilogue.
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 
 #include "common.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -54,6 +59,7 @@ struct Args {
   int outs;
   int64_t pairs;       // Σ pairs (SwiGlu: n of the gate)
   const bf16* res;     // Residual: [M, out[0].n]
+  int parts;           // warps per row pair, each dotting a contiguous part of K (1, 2 or 4)
   const int32_t* pos;  // RoPE: [M] positions, cos/sin [P, half] f32
   const float* cos_t;
   const float* sin_t;
@@ -106,18 +112,18 @@ __device__ __forceinline__ void load_batch(const bf16* wa, const bf16* wb, int64
   }
 }
 
-// Dots of weight rows wa and wb (wb may be null) with the M staged rows; every lane ends with the
-// sums. ua, ub hold the lane's first batch, loaded by the caller (before the staging, for the
-// first rows of a warp: the weights' latency overlaps it).
+// Dots of weight rows wa and wb (wb may be null) with the M staged rows over the packs [begin,
+// end) of K; every lane ends with the sums. ua, ub hold the lane's first batch, loaded by the
+// caller (before the staging, for the first rows of a warp: the weights' latency overlaps it).
 template <int M>
-__device__ __forceinline__ void dot_rows(const bf16* xs, int64_t k, int m, const bf16* wa, const bf16* wb,
-                                         uint4 (&ua)[U], uint4 (&ub)[U], float (&ya)[M], float (&yb)[M]) {
+__device__ __forceinline__ void dot_rows(const bf16* xs, int64_t k, int m, int64_t begin, int64_t packs,
+                                         const bf16* wa, const bf16* wb, uint4 (&ua)[U], uint4 (&ub)[U],
+                                         float (&ya)[M], float (&yb)[M]) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int r = 0; r < M; ++r) ya[r] = yb[r] = 0.0f;
-  const int64_t packs = k / 8;
-  for (int64_t v0 = lane; v0 < packs; v0 += 32 * U) {
-    if (v0 != lane) load_batch(wa, wb, v0, packs, ua, ub);
+  for (int64_t v0 = begin + lane; v0 < packs; v0 += 32 * U) {
+    if (v0 != begin + lane) load_batch(wa, wb, v0, packs, ua, ub);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t v = v0 + 32 * u;
@@ -171,7 +177,13 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t k = a.k;
   const int64_t packs = k / 8;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * kWarps, first = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  // Warps of a block in slots of a.parts; the warps of a slot take the same row pairs, each a part
+  // of K, and meet at a named barrier (1 + slot) to sum in a fixed order.
+  const int slots = kWarps / a.parts, slot = warp / a.parts, part = warp % a.parts;
+  const int64_t chunk = (packs + a.parts - 1) / a.parts;
+  const int64_t part_begin = part * chunk < packs ? part * chunk : packs;
+  const int64_t part_end = part_begin + chunk < packs ? part_begin + chunk : packs;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * slots, first = static_cast<int64_t>(blockIdx.x) * slots + slot;
   // The warp's first two weight rows: their loads go out before the staging below.
   const bf16 *wa = nullptr, *wb = nullptr;
   int64_t ra = 0, rb = -1;
@@ -187,7 +199,7 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
       wa = a.out[oa].w + ra * k;
       wb = rb >= 0 ? a.out[oa].w + rb * k : nullptr;
     }
-    load_batch(wa, wb, lane, packs, ua, ub);
+    load_batch(wa, wb, part_begin + lane, part_end, ua, ub);
   };
   if (first < a.pairs) rows_for(first);
   if (a.norm_w) {  // rmsnorm's rstd of each row (a warp a row), as the rmsnorm kernel forms it
@@ -232,7 +244,26 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   for (int64_t pair = first; pair < a.pairs; pair += stride) {
     if (pair != first) rows_for(pair);
     float ya[M], yb[M];
-    dot_rows<M>(xs, k, a.m, wa, wb, ua, ub, ya, yb);
+    dot_rows<M>(xs, k, a.m, part_begin, part_end, wa, wb, ua, ub, ya, yb);
+    if (a.parts > 1) {  // part 0 adds the other parts' sums, in order
+      __shared__ float partial[kWarps][2][M];
+      if (lane == 0)
+#pragma unroll
+        for (int r = 0; r < M; ++r) {
+          partial[warp][0][r] = ya[r];
+          partial[warp][1][r] = yb[r];
+        }
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + slot), "r"(a.parts * 32) : "memory");
+      if (part == 0)
+        for (int p = 1; p < a.parts; ++p)
+#pragma unroll
+          for (int r = 0; r < M; ++r) {
+            ya[r] += partial[warp + p][0][r];
+            yb[r] += partial[warp + p][1][r];
+          }
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + slot), "r"(a.parts * 32) : "memory");  // partial reused next
+      if (part != 0) continue;
+    }
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       if (r >= a.m || lane != r) continue;
@@ -402,16 +433,29 @@ void launch_rows(const Args& a, Device d) {
   // Set on the current device at each such launch (as attention.cu does): a once-only flag would
   // miss the other GPUs of a process.
   if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  const int64_t warps_needed = a.pairs;
+  Args args = a;
   // Blocks stage x each: as many per SM as shared memory allows, up to 8, and no more than are
   // resident at once (a second, partial wave only adds a tail: +4% one stream on Llama-3-8B).
   int resident = 0;
   LR_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kWarps * 32, static_cast<size_t>(smem)));
   const int per_sm = static_cast<int>(
       std::clamp<int64_t>((200 * 1024) / std::max<int64_t>(smem, 1), 1, std::clamp(resident, 1, 8)));
+  // K split over 2 or 4 warps a pair while the pairs leave most resident warps idle and each part
+  // keeps at least one full batch of loads: a warp's batches are a serial chain of memory
+  // latencies (Qwen-0.5B's down projection: 448 pairs, 5 batches each, on 3,696 warp slots).
+  const int64_t warp_slots = int64_t(per_sm) * multiprocessor_count(d) * kWarps;
+  const int64_t batches = (a.k / 8 + 32 * U - 1) / (32 * U);
+  static const bool split_k = [] {  // LOWRANK_DECODE_SPLIT_K=0: a warp per pair through the whole K (A/B)
+    const char* v = std::getenv("LOWRANK_DECODE_SPLIT_K");
+    return !(v && std::string_view(v) == "0");
+  }();
+  args.parts = 1;
+  while (split_k && args.parts < kWarps && a.pairs * args.parts * 2 <= warp_slots && batches >= args.parts * 2)
+    args.parts *= 2;
+  const int slots = kWarps / args.parts;
   const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>((warps_needed + kWarps - 1) / kWarps, int64_t(per_sm) * multiprocessor_count(d)));
-  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, smem, st>>>(a);
+      1, std::min<int64_t>((a.pairs + slots - 1) / slots, int64_t(per_sm) * multiprocessor_count(d)));
+  kernel<<<static_cast<unsigned>(blocks), kWarps * 32, smem, st>>>(args);
   LR_CUDA_LAUNCHED();
 }
 
