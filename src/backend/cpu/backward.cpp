@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/cross_entropy_rows.h"
 
 namespace lowrank::cpu {
 
@@ -141,15 +142,11 @@ double cross_entropy_backward(const Tensor& logits, const std::vector<int32_t>& 
     const int32_t t = targets[r];
     if (t == -100) continue;
     const float* row = lp + r * V;
-    float mx = row[0];
-    for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
-    double sum = 0;
-    for (int64_t i = 0; i < V; ++i) sum += std::exp(static_cast<double>(row[i] - mx));
-    const double log_sum = std::log(sum);
-    for (int64_t i = 0; i < V; ++i)
-      dr[i] += scale * static_cast<float>(std::exp(static_cast<double>(row[i] - mx) - log_sum));
+    const float mx = row_max(row, V);
+    const double sum = row_exp_sum(row, V, mx);
+    row_scaled_exp(row, dr, V, mx, static_cast<float>(scale / sum), true);  // += scale · softmax
     dr[t] -= scale;
-    total += log_sum + mx - row[t];
+    total += std::log(sum) + mx - row[t];
   }
   return total;
 }

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/cross_entropy_rows.h"
 
 namespace lowrank::cpu {
 
@@ -33,14 +34,10 @@ void cross_entropy_chunk(const Tensor& logits, const Tensor& targets, float scal
       std::memset(dr, 0, V * sizeof(float));
       continue;
     }
-    float mx = row[0];
-    for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
-    double sum = 0;
-    for (int64_t i = 0; i < V; ++i) sum += std::exp(static_cast<double>(row[i] - mx));
-    const double log_sum = std::log(sum);
-    total += log_sum + mx - row[t];
-    for (int64_t i = 0; i < V; ++i)
-      dr[i] = scale * static_cast<float>(std::exp(static_cast<double>(row[i] - mx) - log_sum));
+    const float mx = row_max(row, V);
+    const double sum = row_exp_sum(row, V, mx);
+    total += std::log(sum) + mx - row[t];
+    row_scaled_exp(row, dr, V, mx, static_cast<float>(scale / sum), false);  // scale · softmax
     dr[t] -= scale;
   }
   loss_sum.data<double>()[0] += total;

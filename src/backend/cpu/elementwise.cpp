@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/cross_entropy_rows.h"
 
 namespace lowrank::cpu {
 
@@ -178,11 +179,8 @@ double cross_entropy_sum(const Tensor& logits, const std::vector<int32_t>& targe
     const int32_t t = targets[r];
     if (t == -100) continue;
     const float* row = lp + r * V;
-    float mx = row[0];
-    for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
-    double s = 0;
-    for (int64_t i = 0; i < V; ++i) s += std::exp(static_cast<double>(row[i] - mx));
-    total += std::log(s) + mx - row[t];
+    const float mx = row_max(row, V);
+    total += std::log(row_exp_sum(row, V, mx)) + mx - row[t];
     ++counted;
   }
   if (count) *count = counted;
