@@ -1,6 +1,9 @@
 #include "lowrank/core/tensor.h"
 
 #include <cstdlib>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <cstring>
 #include <limits>
 #include <sstream>
@@ -24,8 +27,30 @@ Device parse_device(const std::string& text) {
   throw error("invalid device '", text, "' (expected cpu, cuda or cuda:N)");
 }
 
+namespace {
+
+// glibc serves blocks above a (dynamic) threshold with mmap and returns them at free, and trims
+// the heap's top above another: a training step's activations (MBs to hundreds of MBs each) then
+// come back as fresh pages, which the kernel faults in and zeroes on first touch — measured on a
+// CPU step of the 7M model: 1.5M page faults, ~20% of the CPU time in the kernel. Keeping blocks
+// under 1 GiB in the heap (reused by the next step's allocations, as a caching allocator would)
+// made the step 4–17% faster, its peak RSS the same or lower. Skipped when the user tunes malloc
+// through the environment.
+void keep_large_blocks_in_heap() {
+  for (const char* v : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"})
+    if (std::getenv(v)) return;
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
+#endif
+}
+
+}  // namespace
+
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   if (device.is_cuda()) return device_allocate(bytes, device);
+  static const bool tuned = (keep_large_blocks_in_heap(), true);
+  (void)tuned;
   // 64-byte alignment for SIMD; never a null pointer, even for zero bytes.
   size_t rounded = (bytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
