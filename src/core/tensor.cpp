@@ -49,8 +49,7 @@ void keep_large_blocks_in_heap() {
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   if (device.is_cuda()) return device_allocate(bytes, device);
-  static const bool tuned = (keep_large_blocks_in_heap(), true);
-  (void)tuned;
+  [[maybe_unused]] static const bool tuned = (keep_large_blocks_in_heap(), true);
   // 64-byte alignment for SIMD; never a null pointer, even for zero bytes.
   size_t rounded = (bytes + 63) / 64 * 64;
   void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);

@@ -20,9 +20,9 @@ constexpr int64_t kRowsAtOnce = 4;
 // s_r[j] += q_r · col[j] for the four rows r and j in [lo, hi]; col: one of head_dim's columns of
 // the keys (or values), keys contiguous ([hd, T] transposed rows).
 LOWRANK_CPU_CLONES inline void add_key_column(const float* __restrict col, const float (&q)[kRowsAtOnce],
-                                                    float* __restrict s0, float* __restrict s1,
-                                                    float* __restrict s2, float* __restrict s3, int64_t lo,
-                                                    int64_t hi) {
+                                              float* __restrict s0, float* __restrict s1,
+                                              float* __restrict s2, float* __restrict s3, int64_t lo,
+                                              int64_t hi) {
   const float q0 = q[0], q1 = q[1], q2 = q[2], q3 = q[3];
   for (int64_t j = lo; j <= hi; ++j) {
     const float k = col[j];
@@ -38,8 +38,8 @@ constexpr int64_t kKeysAtOnce = 16;  // one AVX-512 register of f32 sums per row
 // out_r[j .. j + 15] for the four rows: the sums stay in registers across head_dim (4 × 16 of them)
 // instead of going through memory at every d; each still adds its products in d's order.
 LOWRANK_CPU_CLONES inline void dot_rows_with_key_block(const float* __restrict cols, int64_t T,
-                                                             const float* const (&rows)[kRowsAtOnce], int64_t hd,
-                                                             float* const (&out)[kRowsAtOnce], int64_t j) {
+                                                       const float* const (&rows)[kRowsAtOnce], int64_t hd,
+                                                       float* const (&out)[kRowsAtOnce], int64_t j) {
   float a0[kKeysAtOnce] = {}, a1[kKeysAtOnce] = {}, a2[kKeysAtOnce] = {}, a3[kKeysAtOnce] = {};
   for (int64_t d = 0; d < hd; ++d) {
     const float* __restrict k = cols + d * T + j;
@@ -75,8 +75,8 @@ inline void dot_rows_with_keys(const float* cols, int64_t T, const float* const 
 
 // out[d] += w0·x0[d] + w1·x1[d] + w2·x2[d] + w3·x3[d] for d < n.
 LOWRANK_CPU_CLONES inline void add_rows(float* __restrict out, const float* __restrict x0,
-                                              const float* __restrict x1, const float* __restrict x2,
-                                              const float* __restrict x3, const float (&w)[kRowsAtOnce], int64_t n) {
+                                        const float* __restrict x1, const float* __restrict x2,
+                                        const float* __restrict x3, const float (&w)[kRowsAtOnce], int64_t n) {
   const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
   for (int64_t d = 0; d < n; ++d) out[d] += w0 * x0[d] + w1 * x1[d] + w2 * x2[d] + w3 * x3[d];
 }
@@ -84,7 +84,7 @@ LOWRANK_CPU_CLONES inline void add_rows(float* __restrict out, const float* __re
 // out[d] += Σ_r w[r]·x[r][d] over eight rows, for d < n (the attention backward's dK and dV rows:
 // eight query rows per pass over them instead of four halves their loads and stores).
 LOWRANK_CPU_CLONES inline void add_rows8(float* __restrict out, const float* const (&x)[2 * kRowsAtOnce],
-                                               const float (&w)[2 * kRowsAtOnce], int64_t n) {
+                                         const float (&w)[2 * kRowsAtOnce], int64_t n) {
   const float *__restrict x0 = x[0], *__restrict x1 = x[1], *__restrict x2 = x[2], *__restrict x3 = x[3];
   const float *__restrict x4 = x[4], *__restrict x5 = x[5], *__restrict x6 = x[6], *__restrict x7 = x[7];
   for (int64_t d = 0; d < n; ++d)
@@ -100,7 +100,7 @@ LOWRANK_CPU_CLONES inline void exp_shifted_(float* __restrict p, int64_t lo, int
 // The backward's weights of one row without soft-capping: P[j] = e^(scale·dot[j] − lse), and
 // dS[j] = P[j]·(dS[j] − di)·scale (dS holding dO·v_j on entry), for j in [lo, hi].
 LOWRANK_CPU_CLONES inline void row_weights_(float* __restrict P, float* __restrict dS, int64_t lo, int64_t hi,
-                                                  float scale, float lse, float di) {
+                                            float scale, float lse, float di) {
   for (int64_t j = lo; j <= hi; ++j) {
     const float p = exp_approx(P[j] * scale - lse);
     P[j] = p;

@@ -1,6 +1,6 @@
 #pragma once
-// e^x without a libm call, for the CPU attention's softmax and its backward: plain arithmetic that
-// the compiler vectorises, rounding the same in every target clone. (Not for loops that divide by
+// e^x without a libm call, for the CPU attention's softmax and its backward and the loss's softmax
+// rows: plain arithmetic that the compiler vectorises, rounding the same in every target clone. (Not for loops that divide by
 // it: GCC then evaluates the clamped branch's quotient for every element, a denormal for SiLU's
 // g / (1 + e^-g), and denormal arithmetic is slow; glibc's expf is as fast there.)
 #include <cstdint>
