@@ -319,7 +319,7 @@ struct ShrinkArgs {
   const bf16* a[3];    // [r_p, K]
   bf16* h[3];          // [M, r_p]
   int r[3];
-  int parts, rows;     // rows = Σ r_p
+  int updates, rows;   // the A matrices; rows = Σ r_p
 };
 
 template <int M>
@@ -496,9 +496,9 @@ void set_update(ShrinkArgs& sh, Output& o, const std::vector<LowRankUpdate>& upd
   const LowRankUpdate& u = updates[i];
   const int r = static_cast<int>(u.A.dim(0));
   hs.push_back(Tensor::empty({sh.m, r}, DType::BF16, u.A.device()));
-  sh.a[sh.parts] = u.A.data<bf16>();
-  sh.h[sh.parts] = hs.back().data<bf16>();
-  sh.r[sh.parts++] = r;
+  sh.a[sh.updates] = u.A.data<bf16>();
+  sh.h[sh.updates] = hs.back().data<bf16>();
+  sh.r[sh.updates++] = r;
   sh.rows += r;
   o.lb = u.B.data<bf16>();
   o.lh = hs.back().data<bf16>();
