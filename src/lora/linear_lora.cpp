@@ -1,5 +1,6 @@
-// Plain LoRA on a linear layer (DESIGN.md, "The math"):
-//   y += s · h Bᵀ with h = drop(x) Aᵀ, accumulated into the base GEMM's output (beta = 1).
+// Plain LoRA on a linear layer:
+//   y += s · h Bᵀ with h = drop(x) Aᵀ, written before the frozen product, which the base GEMM
+//   adds in its epilogue (beta = 1), or added to its output (beta = 1).
 //   dB += s · dyᵀ h;  g = dy B;  dA += s · gᵀ drop(x);  d drop(x) = s · g A.
 #include "lowrank/ops/ops.h"
 #include "variants.h"
@@ -23,7 +24,9 @@ class LinearLora : public LoraVariant {
   void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const override {
     Tensor h;
     ops::matmul_nt(in.x_in, in.A, h);             // [N, r]
-    if (y.defined()) ops::matmul_nt(h, in.B, y, in.scale, 1.0f);  // y += s · h Bᵀ
+    if (in.first && in.addend) y = ops::matmul_nt_add(h, in.B, *in.addend, in.scale);  // y = s · h Bᵀ + residual
+    else if (in.first) ops::matmul_nt(h, in.B, y, in.scale, 0.0f);                     // y = s · h Bᵀ
+    else if (y.defined()) ops::matmul_nt(h, in.B, y, in.scale, 1.0f);                  // y += s · h Bᵀ
     if (saved) saved->h = h;
   }
 

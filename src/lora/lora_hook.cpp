@@ -48,6 +48,23 @@ void LoraHook::on_projection(int layer, Target target, const model::Linear& base
   apply(layer, target, base, x, nullptr, &y);
 }
 
+model::HookOrder LoraHook::projection_order(int layer, Target target) const {
+  bool any = false;
+  for (const ActiveAdapter& a : adapters_) {
+    const LoraPair* p = a.adapter->find(layer, target);
+    if (!p) continue;
+    if (p->kind != VariantKind::Linear) return model::HookOrder::After;
+    any = true;
+  }
+  return any ? model::HookOrder::Before : model::HookOrder::None;
+}
+
+void LoraHook::on_projection_before(int layer, Target target, const model::Linear& base, const Tensor& x,
+                                    const Tensor& residual, Tensor& y) {
+  apply(layer, target, base, x, nullptr, &y, /*before=*/true, residual.defined() ? &residual : nullptr);
+  LR_CHECK(y.defined(), "LoRA hook: no adapter of layer ", layer, " ", target_short_name(target), " wrote its output");
+}
+
 bool LoraHook::on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) {
   return apply(layer, target, base, x, nullptr, nullptr);
 }
@@ -65,7 +82,7 @@ void LoraHook::on_embedding(const Tensor& table, const std::vector<int32_t>& ids
 }
 
 bool LoraHook::apply(int layer, Target target, const model::Linear& base, const Tensor& x,
-                     const std::vector<int32_t>* ids, Tensor* y) {
+                     const std::vector<int32_t>* ids, Tensor* y, bool before, const Tensor* residual) {
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   if (!y) {  // decided before anything is drawn or saved: the projection may run in full instead
     const LoraPair* p = adapters_.empty() ? nullptr : adapters_[0].adapter->find(layer, target);
@@ -74,7 +91,7 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
   }
   // No output: nothing to add, only the trained adapter's saves (y's dtype is x's otherwise).
   const size_t count = y ? adapters_.size() : std::min<size_t>(training_ ? 1 : 0, adapters_.size());
-  const DType dtype = y ? y->dtype() : x.dtype();
+  const DType dtype = y && !before ? y->dtype() : x.dtype();
   Tensor no_output;
   for (size_t i = 0; i < count; ++i) {
     const Adapter& ad = *adapters_[i].adapter;
@@ -86,7 +103,9 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     if (!p) continue;
     if (SharedInputGroup* g = shared_group(i, layer, target, x, dtype, trained, keep)) {
       const int m = g->index_of(target);
-      g->expand(m, *y);
+      LR_CHECK(!(before && residual), "LoRA hook: a projection with a residual in a shared-input group");
+      g->expand(m, *y, before);
+      before = false;
       g->forward_done |= 1u << m;
       if (!g->trained && g->forward_done == g->all_members()) g->h = Tensor();  // no backward will read it
       continue;
@@ -118,9 +137,11 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       A = ops::cast(p->A, dtype);
       B = ops::cast(p->B, dtype);
     }
-    const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale)};
+    const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale), before,
+                       residual};
     LoraSaved* sv = keep ? &state().saved[key] : nullptr;
     lora_variant(p->kind).forward(in, y ? *y : no_output, sv);
+    before = false;  // the adapters after the first add to y
     if (dropped && !replay_) state().saved[key].drop_offset = offset;  // what a replay draws again
     if (sv) {
       sv->A = A;
@@ -173,32 +194,31 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
   return &g;
 }
 
-void LoraHook::on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
-                                      const Tensor& dy, Tensor& dx) {
-  apply_backward(layer, target, base, x, nullptr, dy, dx.defined() ? &dx : nullptr);
+bool LoraHook::on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                                      const Tensor& dy, Tensor* dx, bool dx_holds) {
+  return apply_backward(layer, target, base, x, nullptr, dy, dx, dx_holds);
 }
 
 void LoraHook::on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {
   const model::Linear base;
   const Tensor none;
-  apply_backward(-1, Target::Embed, base, none, &ids, dx, nullptr);
+  apply_backward(-1, Target::Embed, base, none, &ids, dx, nullptr, false);
 }
 
-void LoraHook::apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
-                              const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx) {
-  if (adapters_.empty()) return;
+bool LoraHook::apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                              const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx, bool dx_holds) {
+  if (adapters_.empty()) return false;
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   Adapter& ad = *adapters_[0].adapter;
   for (auto& b : ad.biases)
     if (b.layer == layer && b.target == target) ops::bias_grad_(b.grad, dy);
   LoraPair* p = ad.find(layer, target);
-  if (!p) return;
+  if (!p) return false;
   ForwardState& st = state();
   if (auto g = st.groups.find({0, layer, shared_input_of(target)}); g != st.groups.end() && g->second.trained) {
     const int m = g->second.index_of(target);
     LR_CHECK(m >= 0, "LoRA group of layer ", layer, " lacks ", target_short_name(target));
-    g->second.backward(m, x, dy, dx);
-    return;
+    return g->second.backward(m, x, dy, dx, dx_holds);
   }
   auto it = st.saved.find({layer, static_cast<int>(target)});
   LR_CHECK(it != st.saved.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
@@ -215,14 +235,16 @@ void LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   const Tensor& xin = x_drop.defined() ? x_drop : x;
   const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
   const LoraVariant& variant = lora_variant(p->kind);
-  if (!dx || !x_drop.defined()) {  // nothing below needs dx, or no dropout: add straight into dx
-    variant.backward(*p, in, sv, dy, dx, /*accumulate=*/true);
+  if (!dx || !x_drop.defined()) {  // nothing below needs dx, or no dropout: straight into dx
+    variant.backward(*p, in, sv, dy, dx, /*accumulate=*/dx_holds);
   } else {
     Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask
     variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);
+    if (!dx_holds) *dx = Tensor::zeros_like(x);
     ops::dropout_backward_add_(*dx, gx, mask, ad.config.dropout);
   }
   st.saved.erase(it);  // its last use: a layer's saved activations live no longer than its backward
+  return dx != nullptr;
 }
 
 }  // namespace lowrank::lora

@@ -92,12 +92,14 @@ void SharedInputGroup::shrink(const Tensor& x) {
   forward_done = 0;
 }
 
-void SharedInputGroup::expand(int i, Tensor& y) const {
+void SharedInputGroup::expand(int i, Tensor& y, bool first) const {
   const Member& m = members[i];
-  ops::matmul_blocks(Gemm::NT, {h, m.col, m.pair->r}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale, 1.0f);
+  if (first) y = Tensor::empty({h.dim(0), m.B.dim(0)}, h.dtype(), h.device());
+  ops::matmul_blocks(Gemm::NT, {h, m.col, m.pair->r}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale,
+                     first ? 0.0f : 1.0f);
 }
 
-bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx) {
+bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_holds) {
   const Member& m = members[i];
   LoraPair& p = *m.pair;
   // dB += s · dyᵀ h_i   [out, r]
@@ -119,11 +121,11 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
     ops::matmul_tn(g, x, dA);
     for (const Member& mm : members) ops::add_(mm.pair->grad_A, dA.slice_rows(mm.col, mm.col + mm.pair->r));
   }
-  if (dx) ops::matmul_nn(g, A, *dx, 1.0f, 1.0f);  // Σ s_i g_i A_i
+  if (dx) ops::matmul_nn(g, A, *dx, 1.0f, dx_holds ? 1.0f : 0.0f);  // Σ s_i g_i A_i
   g = h = Tensor();  // the last use of the group's activations
   backward_done = 0;
   trained = false;
-  return true;
+  return dx != nullptr;
 }
 
 }  // namespace lowrank::lora

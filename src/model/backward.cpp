@@ -13,26 +13,35 @@
 namespace lowrank::model {
 namespace {
 
-// Gradient through y = x Wᵀ + b (+ hook): dx = dy W, or dx += dy W with `accumulate` (projections
-// that read the same input: their input gradients are summed by the GEMM in f32, not by a bf16
-// add afterwards); accumulates dW, db into g when given. With `need_dx` false (nothing below uses
-// it) only the parameter gradients are computed.
-enum class Dx { Write, Accumulate, Skip };
-void linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
-                     TrainableHook* hook, Tensor& dx, Dx mode = Dx::Write) {
-  if (mode != Dx::Skip) ops::matmul_nn(dy, l.compute_weight(), dx, 1.0f, mode == Dx::Accumulate ? 1.0f : 0.0f);
-  if (g) {
-    ops::matmul_tn(dy, x, g->weight, 1.0f, 1.0f);
-    if (g->bias.defined()) ops::bias_grad_(g->bias, dy);
-  }
-  Tensor none;
-  if (hook) hook->on_projection_backward(layer, t, l, x, dy, mode == Dx::Skip ? none : dx);
-}
+// One projection's part in a backward: its frozen linear, the gradient of its output, and where its
+// --full gradients go (null: none).
+struct ProjectionGrad {
+  const Linear* l;
+  const Tensor* dy;  // [N, out]
+  Linear* g;
+};
 
-Tensor linear_backward(const Linear& l, Linear* g, int layer, Target t, const Tensor& x, const Tensor& dy,
-                       TrainableHook* hook) {
+// Gradient through projections that read the same x (q, k, v; gate, up; or one alone), each
+// y = x Wᵀ + b (+ hook): returns dx = Σ dy W (+ the hook's input gradients), accumulating dW, db
+// into g when given. The hook goes first: what it writes into dx (LoRA's s·g A) is then read by
+// the frozen GEMMs' epilogues (beta = 1, f32 accumulation), which also sum the projections'
+// input gradients: no pass of its own over dx. With `need_dx` false (nothing below uses it) only
+// the parameter gradients are computed.
+Tensor inputs_backward(std::initializer_list<ProjectionGrad> projections, int layer, const Tensor& x,
+                       TrainableHook* hook, bool need_dx = true) {
   Tensor dx;
-  linear_backward(l, g, layer, t, x, dy, hook, dx);
+  bool holds = false;
+  if (hook)
+    for (const ProjectionGrad& p : projections)
+      holds = hook->on_projection_backward(layer, p.l->target, *p.l, x, *p.dy, need_dx ? &dx : nullptr, holds) || holds;
+  for (const ProjectionGrad& p : projections) {
+    if (need_dx) ops::matmul_nn(*p.dy, p.l->compute_weight(), dx, 1.0f, holds ? 1.0f : 0.0f);
+    holds = true;
+    if (p.g) {
+      ops::matmul_tn(*p.dy, x, p.g->weight, 1.0f, 1.0f);
+      if (p.g->bias.defined()) ops::bias_grad_(p.g->bias, *p.dy);
+    }
+  }
   return dx;
 }
 
@@ -163,7 +172,7 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
     if (cap > 0) ops::softcap_backward_(logits, capped, cap);
     Tensor dh = dhidden.slice_rows(r, end);
     ops::matmul_nn(logits, w.lm_head, dh);
-    if (hook) hook->on_projection_backward(head, Target::LmHead, model.lm_head_linear(), h, logits, dh);
+    if (hook) hook->on_projection_backward(head, Target::LmHead, model.lm_head_linear(), h, logits, &dh, true);
     if (full) ops::matmul_tn(logits, h, full->lm_head, 1.0f, 1.0f);
   }
   if (!loss_sum) result.nll_sum = nll.to(Device::cpu()).data<double>()[0];
@@ -194,11 +203,11 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   if (c.sandwich_norms)
     dmlp_out = normalize_backward(c.norm, L.post_mlp_norm, norm_grad_of(&LayerWeights::post_mlp_norm), dx,
                                   a.down_out, Tensor(), a.post_mlp_rstd);
-  Tensor dact = linear_backward(L.down, grad_of(&LayerWeights::down), layer, L.down.target, a.act, dmlp_out, hook);
+  Tensor dact = inputs_backward({{&L.down, &dmlp_out, grad_of(&LayerWeights::down)}}, layer, a.act, hook);
   Tensor dxn2;
   if (!c.gated_mlp) {
     Tensor dup = ops::activation_backward(dact, a.up, op_activation(c.activation));
-    dxn2 = linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, dup, hook);
+    dxn2 = inputs_backward({{&L.up, &dup, grad_of(&LayerWeights::up)}}, layer, a.xn2, hook);
   } else {
     Tensor dg, du;
     if (c.activation == Activation::SiLU) {
@@ -211,22 +220,21 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
       dg = ops::activation_backward(dactg, a.gate, op_activation(c.activation));
     }
     if (c.fused_gate_up) {
-      dxn2 = linear_backward(L.gate_up, grad_of(&LayerWeights::gate_up), layer, L.gate_up.target, a.xn2,
-                             concat_columns({&dg, &du}), hook);
+      const Tensor dgu = concat_columns({&dg, &du});
+      dxn2 = inputs_backward({{&L.gate_up, &dgu, grad_of(&LayerWeights::gate_up)}}, layer, a.xn2, hook);
     } else {
-      dxn2 = linear_backward(L.gate, grad_of(&LayerWeights::gate), layer, L.gate.target, a.xn2, dg, hook);
-      linear_backward(L.up, grad_of(&LayerWeights::up), layer, L.up.target, a.xn2, du, hook, dxn2, Dx::Accumulate);
+      dxn2 = inputs_backward({{&L.gate, &dg, grad_of(&LayerWeights::gate)}, {&L.up, &du, grad_of(&LayerWeights::up)}},
+                             layer, a.xn2, hook);
     }
   }
   Tensor dx_mid = normalize_backward(c.norm, L.mlp_norm, norm_grad_of(&LayerWeights::mlp_norm), dxn2, a.x_mid,
-                                     a.norm2_mean, a.norm2_rstd);
-  ops::add_(dx_mid, dx);
+                                     a.norm2_mean, a.norm2_rstd, &dx);
   // Attention block: x_mid = x_in + [post_norm](o(attn(q, k, v)))
   Tensor dattn_out = dx_mid;
   if (c.sandwich_norms)
     dattn_out = normalize_backward(c.norm, L.post_attn_norm, norm_grad_of(&LayerWeights::post_attn_norm), dx_mid,
                                    a.o_out, Tensor(), a.post_attn_rstd);
-  Tensor dattn = linear_backward(L.o, grad_of(&LayerWeights::o), layer, L.o.target, a.attn, dattn_out, hook);
+  Tensor dattn = inputs_backward({{&L.o, &dattn_out, grad_of(&LayerWeights::o)}}, layer, a.attn, hook);
   const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
   Tensor dq, dk, dv;
@@ -250,20 +258,17 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
   Tensor dxn1;
   if (c.fused_qkv) {
-    linear_backward(L.qkv, grad_of(&LayerWeights::qkv), layer, L.qkv.target, a.xn1, concat_columns({&dq, &dk, &dv}),
-                    hook, dxn1, need_dx ? Dx::Write : Dx::Skip);
+    const Tensor dqkv = concat_columns({&dq, &dk, &dv});
+    dxn1 = inputs_backward({{&L.qkv, &dqkv, grad_of(&LayerWeights::qkv)}}, layer, a.xn1, hook, need_dx);
   } else {
-    linear_backward(L.q, grad_of(&LayerWeights::q), layer, L.q.target, a.xn1, dq, hook, dxn1,
-                    need_dx ? Dx::Write : Dx::Skip);
-    linear_backward(L.k, grad_of(&LayerWeights::k), layer, L.k.target, a.xn1, dk, hook, dxn1,
-                    need_dx ? Dx::Accumulate : Dx::Skip);
-    linear_backward(L.v, grad_of(&LayerWeights::v), layer, L.v.target, a.xn1, dv, hook, dxn1,
-                    need_dx ? Dx::Accumulate : Dx::Skip);
+    dxn1 = inputs_backward({{&L.q, &dq, grad_of(&LayerWeights::q)},
+                            {&L.k, &dk, grad_of(&LayerWeights::k)},
+                            {&L.v, &dv, grad_of(&LayerWeights::v)}},
+                           layer, a.xn1, hook, need_dx);
   }
   if (need_dx) {
     dx = normalize_backward(c.norm, L.attn_norm, norm_grad_of(&LayerWeights::attn_norm), dxn1, a.x_in,
-                            a.norm1_mean, a.norm1_rstd);
-    ops::add_(dx, dx_mid);
+                            a.norm1_mean, a.norm1_rstd, &dx_mid);
   } else {
     dx = Tensor();
   }

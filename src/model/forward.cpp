@@ -12,9 +12,23 @@
 namespace lowrank::model {
 namespace {
 
-Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook) {
-  Tensor y = ops::linear(x, l.compute_weight(), l.bias);
-  if (hook) hook->on_projection(layer, l.target, l, x, y);
+// y = x Wᵀ + b + the hook's additions [+ residual]. Whatever comes before the frozen product (the
+// hook's terms written first, the residual stream) is read by its GEMM's epilogue (beta = 1): one
+// pass over y fewer than adding it afterwards.
+Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook, const Tensor& residual = Tensor()) {
+  const HookOrder order = hook ? hook->projection_order(layer, l.target) : HookOrder::None;
+  const Tensor w = l.compute_weight();
+  Tensor y;
+  if (order == HookOrder::Before) {
+    hook->on_projection_before(layer, l.target, l, x, residual, y);
+    ops::matmul_nt(x, w, y, 1.0f, 1.0f);
+    if (l.bias.defined()) ops::add_bias_(y, l.bias);
+    return y;
+  }
+  if (order == HookOrder::None && residual.defined() && !l.bias.defined()) return ops::matmul_nt_add(x, w, residual);
+  y = ops::linear(x, w, l.bias);
+  if (order == HookOrder::After) hook->on_projection(layer, l.target, l, x, y);
+  if (residual.defined()) ops::add_(y, residual);
   return y;
 }
 
@@ -138,14 +152,12 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   };
   if (skip_output(L.o, a.attn)) {
     a.x_mid = in.kept->x_mid;
-  } else {
-    // Residual adds in place into the fresh projection (or post-norm) outputs: one pass, no copy of x.
-    a.x_mid = project(L.o, layer, a.attn, hook);
-    if (c.sandwich_norms) {
-      a.o_out = a.x_mid;
-      a.x_mid = normalize(L.post_attn_norm, a.o_out, nullptr, &a.post_attn_rstd);
-    }
+  } else if (c.sandwich_norms) {  // the residual add in place into the post-norm's fresh output
+    a.o_out = project(L.o, layer, a.attn, hook);
+    a.x_mid = normalize(L.post_attn_norm, a.o_out, nullptr, &a.post_attn_rstd);
     ops::add_(a.x_mid, x);
+  } else {
+    a.x_mid = project(L.o, layer, a.attn, hook, x);
   }
   // MLP block: x_out = x_mid + [post_norm](down(act(gate) * up))   (ungated: down(act(up)))
   a.xn2 = normalize(L.mlp_norm, a.x_mid, &a.norm2_mean, &a.norm2_rstd);
@@ -166,11 +178,9 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
     ops::mul_(a.act, a.up);
   }
   if (skip_output(L.down, a.act)) return Tensor();  // the next layer's input is kept
-  Tensor out = project(L.down, layer, a.act, hook);
-  if (c.sandwich_norms) {
-    a.down_out = out;
-    out = normalize(L.post_mlp_norm, a.down_out, nullptr, &a.post_mlp_rstd);
-  }
+  if (!c.sandwich_norms) return project(L.down, layer, a.act, hook, a.x_mid);
+  a.down_out = project(L.down, layer, a.act, hook);
+  Tensor out = normalize(L.post_mlp_norm, a.down_out, nullptr, &a.post_mlp_rstd);
   ops::add_(out, a.x_mid);
   return out;
 }

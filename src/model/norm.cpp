@@ -24,10 +24,11 @@ Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tenso
 }
 
 Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,
-                          const Tensor& mean, const Tensor& rstd) {
+                          const Tensor& mean, const Tensor& rstd, const Tensor* dres) {
   if (kind == NormKind::Layer)
-    return ops::layernorm_backward(dy, x, n.weight, mean, rstd, g ? &g->weight : nullptr, g ? &g->bias : nullptr);
-  return ops::rmsnorm_backward(dy, x, effective_weight(kind, n.weight), rstd, g ? &g->weight : nullptr);
+    return ops::layernorm_backward(dy, x, n.weight, mean, rstd, g ? &g->weight : nullptr, g ? &g->bias : nullptr,
+                                   dres);
+  return ops::rmsnorm_backward(dy, x, effective_weight(kind, n.weight), rstd, g ? &g->weight : nullptr, dres);
 }
 
 }  // namespace lowrank::model

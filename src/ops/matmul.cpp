@@ -30,4 +30,9 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   LR_DISPATCH(d, linear(x, w, b));
 }
 
+Tensor matmul_nt_add(const Tensor& x, const Tensor& w, const Tensor& c, float alpha) {
+  const Device d = detail::op_device("matmul_nt_add", {&x, &w, &c});
+  LR_DISPATCH(d, matmul_nt_add(x, w, c, alpha));
+}
+
 }  // namespace lowrank::ops

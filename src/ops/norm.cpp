@@ -14,15 +14,16 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, T
   LR_DISPATCH(d, layernorm(x, w, b, eps, mean, rstd));
 }
 
-Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw) {
-  const Device d = detail::op_device("rmsnorm_backward", {&dy, &x, &w, &rstd, dw});
-  LR_DISPATCH(d, rmsnorm_backward(dy, x, w, rstd, dw));
+Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw,
+                        const Tensor* dres) {
+  const Device d = detail::op_device("rmsnorm_backward", {&dy, &x, &w, &rstd, dw, dres});
+  LR_DISPATCH(d, rmsnorm_backward(dy, x, w, rstd, dw, dres));
 }
 
 Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
-                          Tensor* dw, Tensor* db) {
-  const Device d = detail::op_device("layernorm_backward", {&dy, &x, &w, &mean, &rstd, dw, db});
-  LR_DISPATCH(d, layernorm_backward(dy, x, w, mean, rstd, dw, db));
+                          Tensor* dw, Tensor* db, const Tensor* dres) {
+  const Device d = detail::op_device("layernorm_backward", {&dy, &x, &w, &mean, &rstd, dw, db, dres});
+  LR_DISPATCH(d, layernorm_backward(dy, x, w, mean, rstd, dw, db, dres));
 }
 
 }  // namespace lowrank::ops

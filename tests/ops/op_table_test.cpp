@@ -210,6 +210,15 @@ std::vector<OpCase> op_table() {
                  return Outputs{dx, dw, db};
                },
                {0, 1, 2}});
+  t.push_back({"matmul_nt_add", {{7, 9}, {5, 9}, {7, 5}},
+               [](Inputs& in, Device) { return Outputs{ops::matmul_nt_add(in[0], in[1], in[2], 0.5f)}; },
+               [](const Inputs& in, const Tensor& dy) {
+                 Tensor dx, dw;
+                 ops::matmul_nn(dy, in[1], dx, 0.5f);
+                 ops::matmul_tn(dy, in[0], dw, 0.5f);
+                 return Outputs{dx, dw, dy.clone()};
+               },
+               {0, 1, 2}});
   // ---- element-wise (odd and 16-byte-vectorisable widths)
   for (int64_t cols : {67, 40}) {
     const std::string w = " [33, " + std::to_string(cols) + "]";
@@ -308,6 +317,15 @@ std::vector<OpCase> op_table() {
                  return Outputs{ops::layernorm_backward(dy, in[0], in[1], mean, rstd, &dw, &db), dw, db};
                },
                {0, 1, 2}, true, false, 1e-3});
+  // The residual stream's gradient added inside the norms' backward (the decoder layers' dx).
+  t.push_back({"rmsnorm_backward, layernorm_backward (+ dres)", {{6, 40}, {40}, {6, 40}, {6, 40}},
+               [](Inputs& in, Device) {
+                 Tensor rstd, mean, ln_rstd;
+                 ops::rmsnorm(in[0], in[1], 1e-5f, &rstd);
+                 ops::layernorm(in[0], in[1], in[1], 1e-5f, &mean, &ln_rstd);
+                 return Outputs{ops::rmsnorm_backward(in[2], in[0], in[1], rstd, nullptr, &in[3]),
+                                ops::layernorm_backward(in[2], in[0], in[1], mean, ln_rstd, nullptr, nullptr, &in[3])};
+               }});
   // ---- gathers and RoPE (vector and device-tensor forms of ids / positions)
   const std::vector<int32_t> ids{3, 0, 7, 3, 5};
   t.push_back({"embedding", {{8, 6}},

@@ -29,9 +29,13 @@ class LoraHook : public model::TrainableHook {
   // Training mode: saves what backward needs; applies dropout with masks drawn from `rng`.
   void set_training(bool training, Rng* dropout_rng = nullptr);
   void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
+  // Before when every active adapter of the projection is plain LoRA; None when none adapts it.
+  model::HookOrder projection_order(int layer, Target target) const override;
+  void on_projection_before(int layer, Target target, const model::Linear& base, const Tensor& x,
+                            const Tensor& residual, Tensor& y) override;
   bool on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) override;
-  void on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
-                              const Tensor& dy, Tensor& dx) override;
+  bool on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                              const Tensor& dy, Tensor* dx, bool dx_holds) override;
   void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) override;
   void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) override;
   int lowest_trainable_layer() const override;
@@ -50,10 +54,13 @@ class LoraHook : public model::TrainableHook {
   // *y += every active adapter's output for the layer; x: the layer input (ids for the embedding).
   // y null: a checkpointing replay that skips the projection's output (on_projection_input_only):
   // only the trained adapter's saves; false (nothing done) when its variant needs the output.
+  // `before`: y is made by the first adapter's term [+ *residual] (HookOrder::Before).
   bool apply(int layer, Target target, const model::Linear& base, const Tensor& x,
-             const std::vector<int32_t>* ids, Tensor* y);
-  void apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
-                      const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx);
+             const std::vector<int32_t>* ids, Tensor* y, bool before = false, const Tensor* residual = nullptr);
+  // The trained adapter's gradients; its input gradient into *dx (added when `dx_holds`, else
+  // written). Returns whether *dx received one.
+  bool apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                      const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx, bool dx_holds);
 
   // The group of adapter i's LoRA layers that share x with `target` (shared_input.h), ready for
   // this forward pass; null when the layer is computed on its own.

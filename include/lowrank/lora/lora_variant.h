@@ -34,6 +34,10 @@ struct LoraInput {
   const Tensor& A;            // [r, in] in the activations' dtype
   const Tensor& B;            // [out, r]
   float scale;                // s · the user's --adapter scale
+  // Forward of a projection's first term (HookOrder::Before; plain LoRA only): y is made here as
+  // this term [+ *addend, the residual stream], and the frozen product is added to it afterwards.
+  bool first = false;
+  const Tensor* addend = nullptr;
 };
 
 // What a LoRA layer's backward needs from its forward pass (kept by the hook per layer).

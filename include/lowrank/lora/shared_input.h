@@ -52,11 +52,12 @@ struct SharedInputGroup {
   unsigned all_members() const { return (1u << members.size()) - 1; }
   // h = x Aᵀ for a new input (A and the members' B set).
   void shrink(const Tensor& x);
-  // y += s · h_i B_iᵀ for member i.
-  void expand(int i, Tensor& y) const;
+  // y += s · h_i B_iᵀ for member i; with `first`, y = s · h_i B_iᵀ (a new tensor).
+  void expand(int i, Tensor& y, bool first) const;
   // Member i's dB from dy [N, out], and its block of g. After the last member: dA of every member
-  // and, when dx is given, dx += g A (the members' summed input gradient). Returns true then.
-  bool backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx);
+  // and, when dx is given, the members' summed input gradient g A added to it (`dx_holds`) or
+  // written. Returns whether dx received it.
+  bool backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_holds);
 };
 
 }  // namespace lowrank::lora

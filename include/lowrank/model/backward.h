@@ -15,11 +15,14 @@ namespace lowrank::model {
 // A ProjectionHook that also takes part in the backward pass.
 class TrainableHook : public ProjectionHook {
  public:
-  // dy: gradient of the projection output [N, out]; x: its input [N, in]. Accumulate own
-  // parameter gradients, and add the hook's contribution to dx [N, in] (which holds dy·W).
-  // dx is undefined when nothing needs the input gradient (the lowest trained layer).
-  virtual void on_projection_backward(int layer, Target target, const Linear& base, const Tensor& x,
-                                      const Tensor& dy, Tensor& dx) = 0;
+  // dy: gradient of the projection output [N, out]; x: its input [N, in]. Accumulates own
+  // parameter gradients, and the hook's contribution to the input gradient into *dx [N, in]:
+  // added to it when `dx_holds`, else written (dx made). Returns whether *dx received it (a hook
+  // may add nothing, or add for a group of projections at its last). The model calls it before
+  // the frozen products dy·W, which its GEMMs then add to dx (beta = 1). dx null: nothing needs
+  // the input gradient (the lowest trained layer).
+  virtual bool on_projection_backward(int layer, Target target, const Linear& base, const Tensor& x,
+                                      const Tensor& dy, Tensor* dx, bool dx_holds) = 0;
   // dx [n, d]: gradient of the embedding output for `ids` (called when lowest_trainable_layer() < 0).
   virtual void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {}
   // The lowest layer that has trainable parameters: backward stops below it (-1: the embedding).

@@ -25,10 +25,25 @@ namespace lowrank::model {
 // activations' dtype on their device (undefined A: none); the fused decode ops take it as it is.
 using LowRankUpdate = ops::LowRankUpdate;
 
+// When the hook acts on a projection (ProjectionHook::projection_order).
+enum class HookOrder {
+  None,    // not at all: the projection is the frozen linear alone
+  Before,  // on_projection_before writes y first; the frozen product is added into it by its GEMM
+  After,   // on_projection, on the frozen output (DoRA reads it)
+};
+
 class ProjectionHook {
  public:
   virtual ~ProjectionHook() = default;
   virtual void on_projection(int layer, Target target, const Linear& base, const Tensor& x, Tensor& y) = 0;
+  // For a decoder-layer projection (not the lm_head or the embedding), whether the hook acts
+  // before the frozen product, after it, or not at all. Before saves a pass over y: the GEMM adds
+  // x Wᵀ to what the hook wrote in its epilogue, instead of the hook reading and writing y again.
+  virtual HookOrder projection_order(int layer, Target target) const { return HookOrder::After; }
+  // Order Before: y = residual (when defined; o and down's residual stream) + the hook's additions,
+  // a new tensor, in the activations' dtype (x's); then x Wᵀ + b is added to it.
+  virtual void on_projection_before(int layer, Target target, const Linear& base, const Tensor& x,
+                                    const Tensor& residual, Tensor& y) {}
   // The hook's whole effect on the one row of a decode step at projection (layer, target), when it
   // is a single LowRankUpdate (or none); false when it is anything else. The fused one-row decode
   // layers (Model::decode_layer) take a hook only when every block projection answers true.

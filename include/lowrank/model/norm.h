@@ -8,9 +8,9 @@ namespace lowrank::model {
 
 // Norm of each row of x [rows, size of n.weight]; saves mean (LayerNorm only) and rstd [rows].
 Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd);
-// dx of normalize() given dy and the forward's x, mean and rstd; accumulates the weight (and bias)
-// gradients into g when given.
+// dx of normalize() given dy and the forward's x, mean and rstd [+ dres, the residual stream's
+// gradient, added inside the op]; accumulates the weight (and bias) gradients into g when given.
 Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,
-                          const Tensor& mean, const Tensor& rstd);
+                          const Tensor& mean, const Tensor& rstd, const Tensor* dres = nullptr);
 
 }  // namespace lowrank::model

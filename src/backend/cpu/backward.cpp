@@ -9,10 +9,21 @@
 
 namespace lowrank::cpu {
 
-Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw) {
+namespace {
+// The residual stream's gradient added to a norm's dx (null: none).
+const float* residual_grad(const Tensor* dres, const Tensor& x, const char* op) {
+  if (!dres) return nullptr;
+  LR_CHECK(dres->dtype() == DType::F32 && dres->numel() == x.numel(), op, ": dres ", dres->str(), " for x ", x.str());
+  return dres->f32();
+}
+}  // namespace
+
+Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw,
+                        const Tensor* dres) {
   const int64_t d = w.numel(), rows = x.numel() / d;
   Tensor dx = Tensor::empty(x.shape());
   const float *dyp = dy.f32(), *xp = x.f32(), *wp = w.f32(), *rp = rstd.f32();
+  const float* res = residual_grad(dres, x, "rmsnorm_backward");
   float* dxp = dx.f32();
 #pragma omp parallel for if (rows * d > 32768)
   for (int64_t r = 0; r < rows; ++r) {
@@ -22,7 +33,7 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
     for (int64_t i = 0; i < d; ++i) dot += static_cast<double>(gr[i]) * wp[i] * xr[i];
     const float rs = rp[r];
     const float c = static_cast<float>(dot / d) * rs * rs * rs;
-    for (int64_t i = 0; i < d; ++i) dxp[r * d + i] = rs * gr[i] * wp[i] - c * xr[i];
+    for (int64_t i = 0; i < d; ++i) dxp[r * d + i] = (rs * gr[i] * wp[i] - c * xr[i]) + (res ? res[r * d + i] : 0.0f);
   }
   if (dw && dw->defined()) {
     float* g = dw->f32();
@@ -33,9 +44,10 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
 }
 
 Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
-                          Tensor* dw, Tensor* db) {
+                          Tensor* dw, Tensor* db, const Tensor* dres) {
   const int64_t d = w.numel(), rows = x.numel() / d;
   Tensor dx = Tensor::empty(x.shape());
+  const float* res = residual_grad(dres, x, "layernorm_backward");
   const float *dyp = dy.f32(), *xp = x.f32(), *wp = w.f32(), *mp = mean.f32(), *rp = rstd.f32();
   float* dxp = dx.f32();
 #pragma omp parallel for if (rows * d > 32768)
@@ -52,7 +64,7 @@ Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
     for (int64_t i = 0; i < d; ++i) {
       const double xhat = (xp[r * d + i] - mp[r]) * rp[r];
       const double g = static_cast<double>(dyp[r * d + i]) * wp[i];
-      dxp[r * d + i] = static_cast<float>(rp[r] * (g - s1 - xhat * s2));
+      dxp[r * d + i] = static_cast<float>(rp[r] * (g - s1 - xhat * s2)) + (res ? res[r * d + i] : 0.0f);
     }
   }
   for (int64_t r = 0; r < rows; ++r)

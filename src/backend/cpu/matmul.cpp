@@ -67,4 +67,11 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   return y;
 }
 
+Tensor matmul_nt_add(const Tensor& x, const Tensor& w, const Tensor& c, float alpha) {
+  check_cpu_f32(c, "c");
+  Tensor y = c.clone();
+  matmul_nt(x, w, y, alpha, 1.0f);
+  return y;
+}
+
 }  // namespace lowrank::cpu

@@ -59,7 +59,7 @@ struct PlanKey {
   bool ta, tb;
   int64_t m, n, k, lda, ldb, ldc;
   cudaDataType in, out;
-  uint32_t align_a, align_b, align_c;
+  uint32_t align_a, align_b, align_c;  // align_c: the lesser of C's and D's
   auto tie() const { return std::tie(device, ta, tb, m, n, k, lda, ldb, ldc, in, out, align_a, align_b, align_c); }
   bool operator<(const PlanKey& o) const { return tie() < o.tie(); }
 };
@@ -166,14 +166,16 @@ const Plan& plan_for(const PlanKey& key, DeviceContext& ctx, const Operands& ope
   return it->second;
 }
 
-// Column-major D[m,n] = alpha op(A) op(B) + beta D.
+// Column-major D[m,n] = alpha op(A) op(B) + beta C, C (same layout as D) being D itself unless given.
 void lt_matmul(Device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda,
-               const void* B, int64_t ldb, DType in, void* C, int64_t ldc, DType out, float alpha, float beta) {
+               const void* B, int64_t ldb, DType in, void* D, int64_t ldc, DType out, float alpha, float beta,
+               const void* C = nullptr) {
   DeviceContext& ctx = context(dev);
+  if (!C) C = D;
   const PlanKey key{dev.index, ta, tb, m, n, k, lda, ldb, ldc, cuda_type(in), cuda_type(out),
-                    alignment(A), alignment(B), alignment(C)};
+                    alignment(A), alignment(B), std::min(alignment(C), alignment(D))};
   const Plan& p = plan_for(key, ctx, Operands{A, B, alpha, beta});
-  lt_check(cublasLtMatmul(ctx.lt, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo, ctx.workspace,
+  lt_check(cublasLtMatmul(ctx.lt, p.op, &alpha, A, p.a, B, p.b, &beta, C, p.c, D, p.c, &p.algo, ctx.workspace,
                           ctx.workspace_bytes, ctx.stream),
            "Matmul");
 }
@@ -184,6 +186,12 @@ void row_major_matmul(Layout layout, Device dev, int64_t M, int64_t N, int64_t K
                       const void* w, int64_t lw, DType in, void* y, int64_t ly, DType out, float alpha, float beta) {
   const bool tw = layout == Layout::NT, tx = layout == Layout::TN;
   lt_matmul(dev, tw, tx, N, M, K, w, lw, x, lx, in, y, ly, out, alpha, beta);
+}
+
+// y = alpha x·wᵀ + c (NT, row-major; c laid out as y).
+void row_major_matmul_add(Device dev, int64_t M, int64_t N, int64_t K, const void* x, int64_t lx, const void* w,
+                          int64_t lw, DType in, void* y, int64_t ly, DType out, float alpha, const void* c) {
+  lt_matmul(dev, true, false, N, M, K, w, lw, x, lx, in, y, ly, out, alpha, 1.0f, c);
 }
 
 void matmul(Layout layout, const char* op, const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
@@ -252,6 +260,22 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
   Tensor y;
   matmul_nt(x, w, y);
   if (b.defined()) add_bias_(y, b);
+  return y;
+}
+
+Tensor matmul_nt_add(const Tensor& x, const Tensor& w, const Tensor& c, float alpha) {
+  for (const Tensor* t : {&x, &w, &c}) check_arg(*t, "matmul_nt_add", "operand");
+  LR_CHECK(x.rank() == 2 && w.rank() == 2 && w.dim(1) == x.dim(1) && c.rank() == 2 && c.dim(0) == x.dim(0) &&
+               c.dim(1) == w.dim(0),
+           "matmul_nt_add: ", x.str(), " · ", w.str(), "ᵀ + ", c.str());
+  const int64_t M = x.dim(0), K = x.dim(1), N = w.dim(0);
+  const bool f32 = x.dtype() == DType::F32 && w.dtype() == DType::F32 && c.dtype() == DType::F32;
+  Tensor y = Tensor::empty({M, N}, c.dtype(), c.device());
+  if (M == 0 || N == 0) return y;
+  if (K == 0) return c.clone();
+  const DType in = f32 ? DType::F32 : DType::BF16;
+  const Tensor xc = aligned(cast(x, in)), wc = aligned(cast(w, in)), cc = aligned(c);
+  row_major_matmul_add(x.device(), M, N, K, xc.raw(), K, wc.raw(), K, in, y.raw(), N, y.dtype(), alpha, cc.raw());
   return y;
 }
 

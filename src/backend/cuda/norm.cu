@@ -61,8 +61,8 @@ __global__ void layernorm_kernel(const T* __restrict__ x, const W* __restrict__ 
 // Grid-stride over rows; dynamic shared memory holds this block's dw (and db) partial [d] (x2).
 template <typename T, typename W>
 __global__ void rmsnorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
-                                        const float* __restrict__ rstd, T* __restrict__ dx, float* __restrict__ dw_part,
-                                        int64_t rows, int64_t d) {
+                                        const float* __restrict__ rstd, const T* __restrict__ dres, T* __restrict__ dx,
+                                        float* __restrict__ dw_part, int64_t rows, int64_t d) {
   extern __shared__ float acc[];
   __shared__ float scratch[32];
   if (dw_part)
@@ -77,7 +77,7 @@ __global__ void rmsnorm_backward_kernel(const T* __restrict__ dy, const T* __res
     const float c = dot / static_cast<float>(d) * rs * rs * rs;
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
       const float g = to_f32(gr[i]), xv = to_f32(xr[i]);
-      dx[r * d + i] = from_f32<T>(rs * g * to_f32(w[i]) - c * xv);
+      dx[r * d + i] = from_f32<T>((rs * g * to_f32(w[i]) - c * xv) + (dres ? to_f32(dres[r * d + i]) : 0.0f));
       if (dw_part) acc[i] += g * xv * rs;
     }
   }
@@ -88,8 +88,8 @@ __global__ void rmsnorm_backward_kernel(const T* __restrict__ dy, const T* __res
 template <typename T, typename W>
 __global__ void layernorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
                                           const float* __restrict__ mean, const float* __restrict__ rstd,
-                                          T* __restrict__ dx, float* __restrict__ dw_part, float* __restrict__ db_part,
-                                          int64_t rows, int64_t d) {
+                                          const T* __restrict__ dres, T* __restrict__ dx, float* __restrict__ dw_part,
+                                          float* __restrict__ db_part, int64_t rows, int64_t d) {
   extern __shared__ float acc[];  // [0, d): dw, [d, 2d): db
   __shared__ float scratch[32];
   for (int64_t i = threadIdx.x; i < 2 * d; i += blockDim.x) acc[i] = 0.0f;
@@ -109,7 +109,7 @@ __global__ void layernorm_backward_kernel(const T* __restrict__ dy, const T* __r
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
       const float xhat = (to_f32(xr[i]) - mu) * rs;
       const float gy = to_f32(gr[i]);
-      dx[r * d + i] = from_f32<T>(rs * (gy * to_f32(w[i]) - s1 - xhat * s2));
+      dx[r * d + i] = from_f32<T>(rs * (gy * to_f32(w[i]) - s1 - xhat * s2) + (dres ? to_f32(dres[r * d + i]) : 0.0f));
       acc[i] += gy * xhat;
       acc[d + i] += gy;
     }
@@ -181,8 +181,8 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_vec_kernel(const T* __
 template <typename T, typename W>
 __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_backward_vec_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                             const W* __restrict__ w, const float* __restrict__ rstd,
-                                            T* __restrict__ dx, float* __restrict__ dw_part, int64_t rows,
-                                            int64_t d) {
+                                            const T* __restrict__ dres, T* __restrict__ dx, float* __restrict__ dw_part,
+                                            int64_t rows, int64_t d) {
   constexpr int V = 16 / sizeof(T);
   __shared__ float scratch[32];
   const int64_t packs = d / V;
@@ -215,15 +215,17 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_backward_vec_kernel(co
     const float rs = rstd[r];
     const float c = dot / static_cast<float>(d) * rs * rs * rs;
     Pack16<T>* dr = reinterpret_cast<Pack16<T>*>(dx + r * d);
+    const Pack16<T>* rr = reinterpret_cast<const Pack16<T>*>(dres + r * d);
 #pragma unroll
     for (int p = 0; p < kPacks; ++p) {
       const int64_t k = threadIdx.x + int64_t(p) * blockDim.x;
       if (k < packs) {
-        Pack16<T> o;
+        Pack16<T> o, res;
+        if (dres) res = rr[k];
 #pragma unroll
         for (int e = 0; e < V; ++e) {
           const float g = to_f32(gp[p].v[e]), xv = to_f32(xp[p].v[e]);
-          o.v[e] = from_f32<T>(rs * g * wv[p][e] - c * xv);
+          o.v[e] = from_f32<T>((rs * g * wv[p][e] - c * xv) + (dres ? to_f32(res.v[e]) : 0.0f));
           dwv[p][e] += g * xv * rs;
         }
         dr[k] = o;
@@ -282,6 +284,14 @@ void check_norm_args(const char* op, const Tensor& x, const Tensor& w, int64_t* 
   *rows = x.numel() / d;
 }
 
+// The residual stream's gradient added to a norm's dx: null, or [rows, d] in x's dtype.
+const void* residual_grad(const Tensor* dres, const Tensor& x, const char* op) {
+  if (!dres) return nullptr;
+  check_arg(*dres, op, "dres");
+  LR_CHECK(dres->dtype() == x.dtype() && dres->numel() == x.numel(), op, " dres ", dres->str(), " x ", x.str());
+  return dres->raw();
+}
+
 }  // namespace
 
 Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out) {
@@ -331,11 +341,14 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, T
   return y;
 }
 
-Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw) {
+
+Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw,
+                        const Tensor* dres) {
   int64_t rows;
   check_norm_args("rmsnorm_backward", x, w, &rows);
   check_arg(dy, "rmsnorm_backward", "dy");
   LR_CHECK(dy.dtype() == x.dtype() && dy.numel() == x.numel(), "rmsnorm_backward dy ", dy.str(), " x ", x.str());
+  const void* res = residual_grad(dres, x, "rmsnorm_backward");
   LR_CHECK(rstd.dtype() == DType::F32 && rstd.numel() == rows, "rmsnorm_backward rstd ", rstd.str());
   const int64_t d = w.numel();
   const bool want_dw = dw && dw->defined();
@@ -346,7 +359,7 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   }
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (rows == 0) return dx;
-  const int vthreads = vec_threads(d, x.dtype(), {x.raw(), dy.raw(), dx.raw()});
+  const int vthreads = vec_threads(d, x.dtype(), {x.raw(), dy.raw(), dx.raw(), res ? res : dx.raw()});
   const int grid = vthreads ? vec_grid(rows, vthreads, x.device()) : norm_grid(rows, x.device());
   Tensor part = want_dw ? Tensor::empty({grid, d}, DType::F32, x.device()) : Tensor();
   const size_t smem = want_dw ? d * sizeof(float) : 0;
@@ -354,7 +367,8 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   if (const int threads = vthreads) {
     LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
         rmsnorm_backward_vec_kernel<T, W><<<grid, threads, 0, st>>>(dy.data<T>(), x.data<T>(), w.data<W>(),
-                                                                    rstd.data<float>(), dx.data<T>(),
+                                                                    rstd.data<float>(), static_cast<const T*>(res),
+                                                                    dx.data<T>(),
                                                                     want_dw ? part.data<float>() : nullptr, rows,
                                                                     d)));
     LR_CUDA_LAUNCHED();
@@ -364,7 +378,8 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W, {
     allow_smem(rmsnorm_backward_kernel<T, W>, smem, d);
     rmsnorm_backward_kernel<T, W><<<grid, kThreads, smem, st>>>(dy.data<T>(), x.data<T>(), w.data<W>(),
-                                                                rstd.data<float>(), dx.data<T>(),
+                                                                rstd.data<float>(), static_cast<const T*>(res),
+                                                                dx.data<T>(),
                                                                 want_dw ? part.data<float>() : nullptr, rows, d);
   }));
   LR_CUDA_LAUNCHED();
@@ -373,11 +388,12 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
 }
 
 Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,
-                          Tensor* dw, Tensor* db) {
+                          Tensor* dw, Tensor* db, const Tensor* dres) {
   int64_t rows;
   check_norm_args("layernorm_backward", x, w, &rows);
   check_arg(dy, "layernorm_backward", "dy");
   LR_CHECK(dy.dtype() == x.dtype() && dy.numel() == x.numel(), "layernorm_backward dy ", dy.str(), " x ", x.str());
+  const void* res = residual_grad(dres, x, "layernorm_backward");
   LR_CHECK(rstd.dtype() == DType::F32 && rstd.numel() == rows && mean.dtype() == DType::F32 && mean.numel() == rows,
            "layernorm_backward mean ", mean.str(), " rstd ", rstd.str());
   const int64_t d = w.numel();
@@ -398,7 +414,8 @@ Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, co
   LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W, {
     allow_smem(layernorm_backward_kernel<T, W>, smem, d);
     layernorm_backward_kernel<T, W><<<grid, kThreads, smem, st>>>(
-        dy.data<T>(), x.data<T>(), w.data<W>(), mean.data<float>(), rstd.data<float>(), dx.data<T>(),
+        dy.data<T>(), x.data<T>(), w.data<W>(), mean.data<float>(), rstd.data<float>(), static_cast<const T*>(res),
+        dx.data<T>(),
         want_dw ? dw_part.data<float>() : nullptr, want_db ? db_part.data<float>() : nullptr, rows, d);
   }));
   LR_CUDA_LAUNCHED();
