@@ -20,9 +20,9 @@
 #       quick       the CPU check of the settings (6.9M base): full, LoRA r=8 q,v, r=8 all-linear,
 #                   r=1 q,v (pos also r=64 q,v), r=8 alpha 32 q,v, DoRA r=8 q,v, scored on the
 #                   first EVAL_LIMIT held-out lines.
-#       long        the headline rows trained LONG_FACTOR (3) times the task's steps: full and
-#                   LoRA r=8 q,k,v,o for each seed of $SEED_LIST (default 1); LoRA r=8 alpha 32
-#                   q,v and r=8 all-linear for its first seed (rows tagged long<steps>).
+#       long        the headline rows trained LONG_FACTOR (3) times the task's steps: full,
+#                   LoRA r=8 q,v and r=8 q,k,v,o for each seed of $SEED_LIST (default 1); LoRA
+#                   r=8 alpha 32 q,v and r=8 all-linear for its first seed (rows tagged long<steps>).
 #       efficiency  speed and peak memory only (no eval): full, LoRA r in {4,16} x {q,v,
 #                   all-linear}, interleaved, EFF_ROUNDS times; one run at a time.
 # Each run appends one row to $RESULTS (run_one.py says what a row holds); a run already there is
@@ -163,6 +163,7 @@ long() {
     first=${first:-$seed}
     s=(--seed "$seed" --steps "$n" --tag "long$n")
     full "${s[@]}"
+    lora --rank 8 --targets $qv "${s[@]}"
     lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj "${s[@]}"
     [ "$seed" = "$first" ] || continue
     lora --rank 8 --alpha 32 --targets $qv "${s[@]}"

@@ -118,9 +118,11 @@ TEST_P(CudaLoraGrads, GradientsEqualCpu) {
       auto& g = adapters[run].pairs[i];
       const auto got = lora::lora_variant(g.kind).tensors(g);
       // f32: a whole backward's sums in another order (DoRA included: its math is right on the GPU).
-      // bf16: the rounding of every upstream gradient; DoRA's c ⊙ dy adds to it (measured on the
-      // H200: 5.1% for layer 1's q_proj dA, the worst tensor; plain LoRA stays under 5%).
-      const double tol = run == 2 ? 1e-3 : c.kind == lora::VariantKind::Dora ? 8e-2 : 5e-2;
+      // bf16: the rounding of every upstream gradient; DoRA's c ⊙ dy adds to it. Worst tensors on
+      // the H200 (2026-12-01, LoRA terms written before the frozen GEMMs add theirs): DoRA 5.2%,
+      // plain LoRA 1.6–4.7% on nine fixtures and 5.3% on gemma2 (soft-capped attention and
+      // logits; layer 2's k_proj dB), where the f32 run of the same code is at 3e-6.
+      const double tol = run == 2 ? 1e-3 : c.kind == lora::VariantKind::Dora ? 8e-2 : 6e-2;
       for (size_t t = 0; t < want.size(); ++t) {
         const double err = rel_frobenius(*got[t].grad, *want[t].grad);
         worst[run] = std::max(worst[run], err);
