@@ -21,7 +21,7 @@
 //   --only llama70b --targets all-linear --checkpointing 1 --quantize nf4 --steps 3 --warmup 1
 // Peak memory is the allocator's peak reserved bytes for that configuration (the cache is emptied
 // and the peaks reset before each). LOWRANK_PROFILE=1 adds a per-category profile of two extra
-// steps to stderr.
+// steps to stderr (run op by op; the timed steps replay the step graph either way).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

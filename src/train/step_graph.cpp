@@ -123,7 +123,8 @@ bool StepGraph::accumulate(StepContext& ctx, const std::vector<MicroBatch>& micr
                            Tensor& nll) {
   const model::Model& m = *ctx.model;
   Rng* rng = ctx.hook && ctx.hook->draws_randomness() ? ctx.hook->draw_rng() : nullptr;
-  if (counted == 0 || profile::enabled() || m.placement().split() || !(m.device() == device_) ||
+  // A profiled step runs op by op (its categories are timed per op); the others replay the graph.
+  if (counted == 0 || profile::collecting() || m.placement().split() || !(m.device() == device_) ||
       (ctx.hook && ctx.hook->draws_randomness() && !rng))
     return false;
   Shapes shapes;
