@@ -138,6 +138,18 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
     loss = train::apply_gradients(ctx, nll, counted, 1e-4).loss;  // reads the loss and grad norm back: one sync
   }
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / steps;
+  // Peak reserved (what the allocator took from cudaMalloc): torch.cuda.max_memory_reserved's
+  // definition, the one bench/peft_baseline.py reports; allocated peak for reference. Read before
+  // the profiled steps: run op by op next to the step graph's pool, they take memory of their own.
+  double peak_gib = 0, peak_allocated_gib = 0;
+#ifdef LOWRANK_WITH_CUDA
+  if (dev.is_cuda()) {
+    const auto stats = cuda::allocator_stats(dev);
+    peak_gib = static_cast<double>(stats.peak_reserved) / (1 << 30);
+    peak_allocated_gib = static_cast<double>(stats.peak_in_use) / (1 << 30);
+  }
+#endif
+  const bool graphed = graph && graph->recorded();
   if (profile::enabled()) {  // LOWRANK_PROFILE=1: two more steps, profiled (not in the timing above)
     for (int i = 0; i < 2; ++i) {
       profile::begin_step(dev);
@@ -163,22 +175,17 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
                    {"trainable", trainable}, {"loss", loss},
                    {"step_ms", dt * 1e3}, {"host_queue_ms", issue_s / steps * 1e3},
-                   {"step_graph", graph && graph->recorded()},
+                   {"step_graph", graphed},
                    {"mfu", tps * flops_per_token(cfg, n, s.seq) / 989e12}};
   // The process's peak resident memory: one configuration per process (--only, --method, --rank,
   // --targets narrowed to one) makes it that configuration's; on the CPU it is the peak memory.
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
   r["peak_rss_mib"] = static_cast<double>(ru.ru_maxrss) / 1024.0;
-#ifdef LOWRANK_WITH_CUDA
-  // Peak reserved (what the allocator took from cudaMalloc): torch.cuda.max_memory_reserved's
-  // definition, the one bench/peft_baseline.py reports. Allocated peak for reference.
   if (dev.is_cuda()) {
-    const auto stats = cuda::allocator_stats(dev);
-    r["peak_gib"] = static_cast<double>(stats.peak_reserved) / (1 << 30);
-    r["peak_allocated_gib"] = static_cast<double>(stats.peak_in_use) / (1 << 30);
+    r["peak_gib"] = peak_gib;
+    r["peak_allocated_gib"] = peak_allocated_gib;
   }
-#endif
   std::printf("RESULT %s\n", r.dump().c_str());
   std::fflush(stdout);
 }

@@ -320,7 +320,9 @@ TrainSummary run_training(const TrainOptions& o) {
   int64_t tokens_total = 0;
   // LOWRANK_PROFILE=1: steps 3-5 of this run (after warm-up) are profiled and reported once.
   constexpr int64_t kProfileSteps = 3;
-  const int64_t profile_first = start_step + std::min<int64_t>(2, std::max<int64_t>(0, total_steps - start_step - 1));
+  // The profiled steps run op by op: right after the first (warm-up) step, before the step graph
+  // is recorded, so that its pool takes over their cached blocks instead of adding its own.
+  const int64_t profile_first = start_step + std::min<int64_t>(1, std::max<int64_t>(0, total_steps - start_step - 1));
   auto loop_start = std::chrono::steady_clock::now();
   for (int64_t step = start_step; step < total_steps; ++step) {
     // Every rank's share of the step is built here (every process knows the whole order), so the
