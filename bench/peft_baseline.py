@@ -27,7 +27,7 @@ SHAPES = {
                                                   num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
                                                   tie_word_embeddings=False, max_position_embeddings=8192), 4, 2048),
 }
-PEAK_BF16 = 989e12  # H100/H200 dense bf16, the MFU denominator DESIGN.md uses
+PEAK_BF16 = 989e12  # H100/H200 dense bf16, the MFU denominator bench_train_gpu uses too
 
 
 def flops_per_token(cfg, n_params, seq):

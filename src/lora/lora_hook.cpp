@@ -229,8 +229,9 @@ bool LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   if (sv.dropped && mask.defined()) {
     x_drop = Tensor::zeros_like(x);
     ops::dropout_backward_add_(x_drop, x, mask, ad.config.dropout);
-  } else if (sv.dropped) {
-    x_drop = ops::dropout(x, ad.config.dropout, rng_->seed(), sv.drop_offset, dx ? &mask : nullptr, draw_delta_);
+  } else if (sv.dropped) {  // the mask too when gx is to be added through it
+    x_drop = ops::dropout(x, ad.config.dropout, rng_->seed(), sv.drop_offset, dx && dx_holds ? &mask : nullptr,
+                          draw_delta_);
   }
   const Tensor& xin = x_drop.defined() ? x_drop : x;
   const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
@@ -240,8 +241,9 @@ bool LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   } else {
     Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask
     variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);
-    if (!dx_holds) *dx = Tensor::zeros_like(x);
-    ops::dropout_backward_add_(*dx, gx, mask, ad.config.dropout);
+    if (dx_holds) ops::dropout_backward_add_(*dx, gx, mask, ad.config.dropout);
+    // Written: gx ⊙ mask / keep is dropout(gx) with the forward's draws (same offset, same shape).
+    else *dx = ops::dropout(gx, ad.config.dropout, rng_->seed(), sv.drop_offset, nullptr, draw_delta_);
   }
   st.saved.erase(it);  // its last use: a layer's saved activations live no longer than its backward
   return dx != nullptr;

@@ -1,5 +1,5 @@
 #pragma once
-// Evaluation: token-weighted mean negative log-likelihood over sequences (DESIGN.md, `eval`).
+// Evaluation: token-weighted mean negative log-likelihood over sequences (docs/cli.md, `eval`).
 #include <functional>
 #include <string>
 #include <vector>
