@@ -5,21 +5,23 @@
 # markdown table. Raw rows: $OUT/gpu-train-YYYY-MM-DD.jsonl (copy to bench/results/); lowrank's
 # per-category step profiles (LOWRANK_PROFILE=1): $OUT/profiles.txt.
 #   bench/gpu_benchmark.sh [--only qwen0.5b,llama1b,llama8b] [--targets all-linear|q_proj,v_proj]
-#                          [--checkpointing 0|1] [--steps 8] [--no-compile] [--no-peft]
+#                          [--checkpointing 0|1] [--steps 8] [--no-compile] [--no-eager] [--no-peft]
+# (--no-eager: PEFT + torch.compile only, the binding comparison; saves a third of a call.)
 # The 8B shape runs with and without gradient checkpointing (--checkpointing picks one), PEFT
 # + torch.compile included in both.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only="qwen0.5b,llama1b,llama8b" steps=8 compile=1 peft=1 targets_list="all-linear q_proj,v_proj" ckpt_only=""
+only="qwen0.5b,llama1b,llama8b" steps=8 compile=1 eager=1 peft=1 targets_list="all-linear q_proj,v_proj" ckpt_only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=$2; shift 2 ;;
     --steps) steps=$2; shift 2 ;;
     --no-compile) compile=0; shift ;;
+    --no-eager) eager=0; shift ;;
     --no-peft) peft=0; shift ;;
     --targets) targets_list=$2; shift 2 ;;
     --checkpointing) ckpt_only=$2; shift 2 ;;
-    *) echo "usage: $0 [--only SHAPES] [--targets T] [--checkpointing 0|1] [--steps N] [--no-compile] [--no-peft]" >&2
+    *) echo "usage: $0 [--only SHAPES] [--targets T] [--checkpointing 0|1] [--steps N] [--no-compile] [--no-eager] [--no-peft]" >&2
        exit 2 ;;
   esac
 done
@@ -36,7 +38,9 @@ for shape in ${only//,/ }; do
     for ck in $ckpts; do
       LOWRANK_PROFILE=1 "$bin/bench_train_gpu" --only "$shape" --targets "$targets" --checkpointing "$ck" \
         --steps "$steps" --warmup 3 2>>"$profiles" | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
-      modes="--no-compile"; [ "$compile" = 1 ] && modes="--no-compile --compile-only"
+      modes=""
+      [ "$eager" = 1 ] && modes="--no-compile"
+      [ "$compile" = 1 ] && modes="$modes --compile-only"
       [ "$peft" = 1 ] || modes=""
       for mode in $modes; do
         python3 bench/peft_baseline.py --only "$shape" --targets "$targets" --checkpointing "$ck" $mode \
