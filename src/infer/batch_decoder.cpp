@@ -100,14 +100,21 @@ void BatchDecoder::step(std::span<DecodeEntry> entries) {
       }
     }
   };
-  for (auto& [key, group] : prefills) {
-    const int64_t len = key.first, per = std::max<int64_t>(1, kPrefillRows / len);
+  // (Named members, not structured bindings: clang 14, the fuzz build's compiler, cannot capture those.)
+  for (auto& entry : prefills) {
+    const std::vector<DecodeEntry*>& group = entry.second;
+    model::ProjectionHook* hook = entry.first.second;
+    const int64_t len = entry.first.first, per = std::max<int64_t>(1, kPrefillRows / len);
     for (size_t i = 0; i < group.size(); i += per) {
       std::vector<DecodeEntry*> part(group.begin() + i, group.begin() + std::min(group.size(), i + per));
-      run(part, [&] { prefill(part, len, key.second); });
+      run(part, [&] { prefill(part, len, hook); });
     }
   }
-  for (auto& [key, group] : decodes) run(group, [&] { decode(group, key.first); });
+  for (auto& entry : decodes) {
+    std::vector<DecodeEntry*>& group = entry.second;
+    model::ProjectionHook* hook = entry.first.first;
+    run(group, [&] { decode(group, hook); });
+  }
   adapters_.trim();  // adapters held beyond the capacity by this step's batches
 }
 
