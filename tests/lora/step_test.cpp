@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <map>
+#include <memory>
 #include <tuple>
 
 #include "io/io_test_helpers.h"
@@ -180,4 +181,54 @@ TEST(Checkpointing, SavedActivationsLiveInTheBoundForwardCache) {
   hook.bind(&first);
   EXPECT_EQ(hook.saved_bytes(), bytes);
   hook.bind(nullptr);
+}
+
+// The same hook with LoRA's terms added after the frozen product (HookOrder::After, as DoRA runs)
+// instead of written before it: the model's two orders give the same loss and gradients up to f32
+// rounding, with and without dropout (whose backward then writes the first projection's dx as
+// dropout(gx) or adds through the mask).
+struct AfterOrderHook : lora::LoraHook {
+  using LoraHook::LoraHook;
+  model::HookOrder projection_order(int layer, Target target) const override {
+    const model::HookOrder o = LoraHook::projection_order(layer, target);
+    return o == model::HookOrder::Before ? model::HookOrder::After : o;
+  }
+};
+
+TEST(LoraHookOrder, BeforeTheFrozenProductEqualsAfterIt) {
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  for (double dropout : {0.0, 0.2}) {
+    lora::LoraConfig lc;
+    lc.r = 4;
+    lc.all_linear = true;
+    lc.dropout = dropout;
+    std::vector<lora::Adapter> adapters;
+    std::vector<double> losses;
+    for (int order = 0; order < 2; ++order) {
+      Rng init(5), fill(9), drop(6);
+      lora::Adapter a = lora::Adapter::create(m, lc, init);
+      for (auto& p : a.pairs)  // B = 0 at init: give the LoRA terms a value
+        for (int64_t i = 0; i < p.B.numel(); ++i) p.B.f32()[i] = 0.3f * fill.normal();
+      a.allocate_grads();
+      std::unique_ptr<lora::LoraHook> hook = order == 0 ? std::make_unique<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{&a, 1.0}})
+                                                        : std::make_unique<AfterOrderHook>(std::vector<lora::ActiveAdapter>{{&a, 1.0}});
+      hook->set_training(true, &drop);
+      const model::TokenBatch b{{1, 5, 9, 13, 2, 7, 3, 11, 4, 8, 6, 10}, 2, 6};
+      losses.push_back(model::forward_backward(m, b, model::shift_labels(b.ids, 2, 6), 0.1f, hook.get()).nll_sum);
+      adapters.push_back(std::move(a));
+    }
+    EXPECT_NEAR(losses[0], losses[1], 1e-5 * std::fabs(losses[1])) << "dropout " << dropout;
+    for (size_t i = 0; i < adapters[0].pairs.size(); ++i) {
+      const lora::LoraPair &x = adapters[0].pairs[i], &y = adapters[1].pairs[i];
+      for (auto [g, h] : {std::pair{&x.grad_A, &y.grad_A}, std::pair{&x.grad_B, &y.grad_B}}) {
+        double diff = 0, norm = 0;
+        for (int64_t k = 0; k < g->numel(); ++k) {
+          diff = std::max<double>(diff, std::fabs(g->f32()[k] - h->f32()[k]));
+          norm = std::max<double>(norm, std::fabs(h->f32()[k]));
+        }
+        EXPECT_GT(norm, 0.0) << x.module;
+        EXPECT_LE(diff, 1e-4 * norm) << x.module << ", dropout " << dropout;
+      }
+    }
+  }
 }
