@@ -362,7 +362,10 @@ std::vector<OpCase> op_table() {
                  },
                  {0}});
   // ---- attention (GQA 2:1; full causal, a window, soft-capping) with its backward
-  for (auto [window, softcap] : {std::pair{int64_t{0}, 0.0f}, std::pair{int64_t{2}, 0.0f}, std::pair{int64_t{0}, 1.5f}})
+  // (window, softcap) as named copies: clang 14 (the sanitizer build) cannot capture structured bindings.
+  for (const auto& ws : {std::pair{int64_t{0}, 0.0f}, std::pair{int64_t{2}, 0.0f}, std::pair{int64_t{0}, 1.5f}}) {
+    const int64_t window = ws.first;
+    const float softcap = ws.second;
     t.push_back({"attention window " + std::to_string(window) + " softcap " + std::to_string(softcap),
                  {{5, 8}, {5, 4}, {5, 4}},
                  [=](Inputs& in, Device) { return Outputs{ops::attention(in[0], in[1], in[2], attention_shape(window, softcap))}; },
@@ -374,6 +377,7 @@ std::vector<OpCase> op_table() {
                    return Outputs{dq, dk, dv};
                  },
                  {0, 1, 2}, true, false, 1e-3});
+  }
   // ---- losses: the cross-entropy sum and its backward; the fused device chunk
   const std::vector<int32_t> targets{2, -100, 0, 6, 6};
   t.push_back({"cross_entropy_sum / _backward", {{5, 7}},

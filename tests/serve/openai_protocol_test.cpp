@@ -72,7 +72,9 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       {R"({"prompt": "x", "presence_penalty": 0.5})", "'presence_penalty'"},
       {std::string(100, '[') + std::string(100, ']'), "nested too deeply"},
   };
-  for (const auto& [body, want] : completions) {
+  for (const auto& c : completions) {
+    const std::string& body = c.first;  // named, not a structured binding: clang 14 cannot capture those
+    const std::string& want = c.second;
     std::string message;
     EXPECT_EQ(status_of([&] { parse_completion_request(parse_body(body)); }, &message), 400) << body;
     EXPECT_NE(message.find(want), std::string::npos) << body << " -> " << message;

@@ -16,7 +16,9 @@ namespace lowrank::cpu {
 inline float exp_approx(float x) {
   x = x < -87.33654f ? -87.33654f : x;
   x = x > 88.37626f ? 88.37626f : x;
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2), ties to even
+  // 1.5·2^23 + round(x / ln2) (ties to even): n sits in the low mantissa bits of `shifted`.
+  const float shifted = x * 1.44269504088896341f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float y = 1.9875691500e-4f;
@@ -26,7 +28,11 @@ inline float exp_approx(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * (r * r) + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  // 2^n from those bits in unsigned arithmetic: no float-to-int conversion, which a NaN x would
+  // make undefined (UBSan); NaN stays NaN through y.
+  uint32_t shifted_bits;
+  std::memcpy(&shifted_bits, &shifted, sizeof shifted_bits);
+  const uint32_t bits = (shifted_bits - 0x4B400000u + 127u) << 23;
   float two_n;
   std::memcpy(&two_n, &bits, sizeof two_n);
   return y * two_n;
