@@ -181,17 +181,13 @@ void lt_matmul(Device dev, bool ta, bool tb, int64_t m, int64_t n, int64_t k, co
 }
 
 // The row-major product of matmul_* on raw operands with row strides: rows of x, w, y are lx, lw,
-// ly elements apart (column-major D = op(W)·op(X) in cuBLASLt's terms).
+// ly elements apart (column-major D = op(W)·op(X) in cuBLASLt's terms). c, when given, is read in
+// y's place for the beta term (laid out as y).
 void row_major_matmul(Layout layout, Device dev, int64_t M, int64_t N, int64_t K, const void* x, int64_t lx,
-                      const void* w, int64_t lw, DType in, void* y, int64_t ly, DType out, float alpha, float beta) {
+                      const void* w, int64_t lw, DType in, void* y, int64_t ly, DType out, float alpha, float beta,
+                      const void* c = nullptr) {
   const bool tw = layout == Layout::NT, tx = layout == Layout::TN;
-  lt_matmul(dev, tw, tx, N, M, K, w, lw, x, lx, in, y, ly, out, alpha, beta);
-}
-
-// y = alpha x·wᵀ + c (NT, row-major; c laid out as y).
-void row_major_matmul_add(Device dev, int64_t M, int64_t N, int64_t K, const void* x, int64_t lx, const void* w,
-                          int64_t lw, DType in, void* y, int64_t ly, DType out, float alpha, const void* c) {
-  lt_matmul(dev, true, false, N, M, K, w, lw, x, lx, in, y, ly, out, alpha, 1.0f, c);
+  lt_matmul(dev, tw, tx, N, M, K, w, lw, x, lx, in, y, ly, out, alpha, beta, c);
 }
 
 void matmul(Layout layout, const char* op, const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
@@ -275,7 +271,8 @@ Tensor matmul_nt_add(const Tensor& x, const Tensor& w, const Tensor& c, float al
   if (K == 0) return c.clone();
   const DType in = f32 ? DType::F32 : DType::BF16;
   const Tensor xc = aligned(cast(x, in)), wc = aligned(cast(w, in)), cc = aligned(c);
-  row_major_matmul_add(x.device(), M, N, K, xc.raw(), K, wc.raw(), K, in, y.raw(), N, y.dtype(), alpha, cc.raw());
+  row_major_matmul(Layout::NT, x.device(), M, N, K, xc.raw(), K, wc.raw(), K, in, y.raw(), N, y.dtype(), alpha, 1.0f,
+                   cc.raw());
   return y;
 }
 
