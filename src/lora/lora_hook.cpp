@@ -28,7 +28,7 @@ size_t LoraHook::saved_bytes() const {
   size_t n = 0;
   auto add = [&n](const Tensor& t) { n += t.defined() ? t.nbytes() : 0; };
   for (const auto& [key, sv] : state().saved)
-    for (const Tensor* t : {&sv.h, &sv.mask, &sv.dora_scale, &sv.dora_out}) add(*t);
+    for (const Tensor* t : {&sv.h, &sv.dora_scale, &sv.dora_out}) add(*t);
   for (const auto& [key, g] : state().groups) {
     add(g.h);
     add(g.g);
@@ -112,18 +112,16 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     }
     const auto key = std::pair{layer, static_cast<int>(target)};
     Tensor xin = x;
-    Tensor mask;
     uint64_t offset = 0;
     const bool dropped = trained && ad.config.dropout > 0 && !ids;  // PEFT applies no dropout to embeddings
     if (dropped) {
       // Counter-based draws: element k uses draw offset + k, the same on every device. A replay
-      // (checkpointing) reuses the first forward's offset, so it draws the same mask. The GPU's
-      // backward draws it again too (Philox is nearly free there, a U8 mask per adapted projection
-      // kept until backward is not: 2 GB a step on Qwen-0.5B all-linear); the CPU keeps the mask
-      // (drawing costs it more than keeping a byte per element).
+      // (checkpointing) reuses the first forward's offset, so it draws the same mask, and so does
+      // the backward: drawing again costs less than a U8 mask per adapted projection kept until
+      // backward (2 GB a step on Qwen-0.5B all-linear on the GPU; on the CPU, 7M all-linear, 96 MB
+      // of a 1.57 GB peak at the same speed, since Philox is vectorised there).
       offset = replay_ ? state().saved.at(key).drop_offset : rng_->offset();
-      xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, x.device().is_cuda() ? nullptr : &mask,
-                         draw_delta_);
+      xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, nullptr, draw_delta_);
       if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
     // A and B in the activations' dtype (bf16 on the GPU: the GEMMs run on bf16 tensor cores, as
@@ -147,7 +145,6 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       sv->A = A;
       sv->B = B;
       sv->dropped = dropped;
-      if (mask.defined()) sv->mask = mask;  // drop(x) is rebuilt from x and the mask in backward
     }
   }
   return true;
@@ -224,15 +221,11 @@ bool LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   LR_CHECK(it != st.saved.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
   const LoraSaved& sv = it->second;
   // drop(x) again, bit for bit the forward's (x / keep where kept): drawn again from the forward's
-  // offset, or rebuilt from the saved mask (a U8 mask is a quarter of an f32 copy of drop(x)).
-  Tensor x_drop, mask = sv.mask;
-  if (sv.dropped && mask.defined()) {
-    x_drop = Tensor::zeros_like(x);
-    ops::dropout_backward_add_(x_drop, x, mask, ad.config.dropout);
-  } else if (sv.dropped) {  // the mask too when gx is to be added through it
+  // offset, with the mask when gx is to be added through it.
+  Tensor x_drop, mask;
+  if (sv.dropped)
     x_drop = ops::dropout(x, ad.config.dropout, rng_->seed(), sv.drop_offset, dx && dx_holds ? &mask : nullptr,
                           draw_delta_);
-  }
   const Tensor& xin = x_drop.defined() ? x_drop : x;
   const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
   const LoraVariant& variant = lora_variant(p->kind);

@@ -45,9 +45,8 @@ struct LoraSaved {
   Tensor h;           // [N, r]: drop(x) Aᵀ (embedding: Aᵀ[ids])
   Tensor A, B;        // as the forward used them (activations' dtype)
   bool dropped = false;       // dropout applied: backward needs drop(x) again
-  Tensor mask;                // U8 [N*in]: 1 where x was kept (CPU: drop(x) is rebuilt from it)
-  uint64_t drop_offset = 0;   // dropout draws started here (drawn again by the GPU's backward and
-                              // by checkpointing's replay)
+  uint64_t drop_offset = 0;   // dropout draws started here (drawn again by the backward and by
+                              // checkpointing's replay)
   Tensor dora_scale;  // [out] DoRA: magnitude / ||W0 + s·B·A||, the norm detached
   Tensor dora_out;    // [N, out] DoRA: (drop(x) W0ᵀ + s·h Bᵀ) / ||W0 + s·B·A||; d(loss)/dm = Σ_rows dy ⊙ this
 };
