@@ -318,7 +318,7 @@ TrainSummary run_training(const TrainOptions& o) {
   ProgressBar bar(total_steps, popt, start_step);
   const char* kill_after = std::getenv("LOWRANK_TEST_KILL_AFTER_STEP");  // crash-safety tests only
   int64_t tokens_total = 0;
-  // LOWRANK_PROFILE=1: steps 3-5 of this run (after warm-up) are profiled and reported once.
+  // LOWRANK_PROFILE=1: steps 2-4 of this run (after the warm-up step) are profiled and reported once.
   constexpr int64_t kProfileSteps = 3;
   // The profiled steps run op by op: right after the first (warm-up) step, before the step graph
   // is recorded, so that its pool takes over their cached blocks instead of adding its own.

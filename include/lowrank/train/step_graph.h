@@ -13,9 +13,9 @@
 // plus a device scalar set before each replay to how far the Rng has moved since, and the Rng is
 // advanced by the recorded step's draws: the masks are those of the same steps run op by op.
 //
-// Not used (the step runs op by op): on the CPU, for the steps the profiler times (LOWRANK_PROFILE), for a model
-// split over devices, when the recording fails (an op that needs the host; logged once), or with
-// LOWRANK_STEP_GRAPH=0.
+// Not used (the step runs op by op): on the CPU, for the steps the profiler times
+// (LOWRANK_PROFILE), for a model split over devices, when the recording fails (an op that needs the
+// host; logged once), or with LOWRANK_STEP_GRAPH=0.
 #include <memory>
 #include <utility>
 #include <vector>

@@ -341,7 +341,6 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, T
   return y;
 }
 
-
 Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw,
                         const Tensor* dres) {
   int64_t rows;
