@@ -21,6 +21,18 @@ class PagedAttentionCache : public model::AttentionCache {
     return ops::paged_attention(q, cache_.k(layer), cache_.v(layer), tables_, lens_, cache_.block_size(), max_len_, s);
   }
 
+  bool paged_row(int layer, Tensor& k_pool, Tensor& v_pool, ops::DecodeRow& row) const override {
+    if (!tables_.defined() || slots_.numel() != 1) return false;
+    k_pool = cache_.k(layer);
+    v_pool = cache_.v(layer);
+    row.slot = slots_;
+    row.table = tables_;
+    row.len = lens_;
+    row.block_size = cache_.block_size();
+    row.max_len = max_len_;
+    return true;
+  }
+
  private:
   PagedKVCache& cache_;
   Tensor slots_;   // I32 [N] pool row of each new row (-1: a padding row)

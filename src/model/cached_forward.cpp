@@ -52,6 +52,10 @@ Tensor Model::layers_at(Tensor x, const Tensor& pos, int64_t B, int64_t T, int64
   // caller batches only sequences on the same side of its switch).
   LayerInput in{B, T, max_pos + 1 - T, &pos, hook, nullptr, false, &attention};
   const bool fused = fused_decode(x, hook);
+  if (fused) {
+    const Tensor y = decode_stack(x, in);
+    if (y.defined()) return normalize(weights_.final_norm, y, nullptr, nullptr);
+  }
   for (int64_t li = 0; li < c.num_layers; ++li) {
     if (fused) {
       x = decode_layer(li, x, in);
@@ -117,6 +121,51 @@ Tensor Model::decode_layer(int64_t li, const Tensor& x, const LayerInput& in) co
   const Tensor act = ops::norm_swiglu(x_mid, L.mlp_norm.weight, eps, L.gate.weight, L.up.weight,
                                       updates({Target::Gate, Target::Up}));
   return ops::linear_residual(act, L.down.weight, x_mid, updates({Target::Down}));
+}
+
+Tensor Model::decode_stack(const Tensor& x, const LayerInput& in) const {
+  // Opt-in (LOWRANK_DECODE_STACK=1): the one-launch kernel is exact but not yet faster than the
+  // fused launches per layer (docs/cuda.md, "One launch for all layers").
+  static const bool enabled = [] {
+    const char* v = std::getenv("LOWRANK_DECODE_STACK");
+    return v && std::string_view(v) == "1";
+  }();
+  if (!enabled) return Tensor();
+  const ModelConfig& c = config_;
+  std::vector<ops::DecodeLayer> layers(c.num_layers);
+  ops::DecodeRow row;
+  for (int64_t li = 0; li < c.num_layers; ++li) {
+    ops::DecodeLayer& D = layers[li];
+    if (!in.attention->paged_row(static_cast<int>(li), D.k_pool, D.v_pool, row)) return Tensor();
+    const LayerWeights& L = weights_.layers[li];
+    D.attn_norm = L.attn_norm.weight;
+    D.mlp_norm = L.mlp_norm.weight;
+    D.q = L.q.weight;
+    D.k = L.k.weight;
+    D.v = L.v.weight;
+    D.o = L.o.weight;
+    D.q_bias = L.q.bias;
+    D.k_bias = L.k.bias;
+    D.v_bias = L.v.bias;
+    D.gate = L.gate.weight;
+    D.up = L.up.weight;
+    D.down = L.down.weight;
+    int t = 0;  // DecodeLayer::lora's order
+    for (const Target target : {Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down})
+      if (in.hook) in.hook->low_rank_update(static_cast<int>(li), target, D.lora[t++]);
+    const RopeTables& tables = rope(li, in.start + in.seq);
+    D.cos = tables.cos;
+    D.sin = tables.sin;
+    D.window = c.sliding_window[li];
+  }
+  row.pos = *in.pos;
+  row.heads = c.num_heads;
+  row.kv_heads = c.num_kv_heads;
+  row.head_dim = c.head_dim;
+  row.eps = static_cast<float>(c.norm_eps);
+  row.scale = c.attention_scale();
+  row.softcap = static_cast<float>(c.attn_softcap);
+  return ops::decode_stack(x, layers, row);
 }
 
 }  // namespace lowrank::model

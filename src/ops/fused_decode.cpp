@@ -54,4 +54,22 @@ Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, cons
   LR_DISPATCH(d, linear_residual(x, w, res, updates));
 }
 
+Tensor decode_stack(const Tensor& x, const std::vector<DecodeLayer>& layers, const DecodeRow& row) {
+  const Device d = detail::op_device("decode_stack", {&x, &row.pos, &row.slot, &row.table, &row.len});
+  LR_CHECK(x.rank() == 2 && x.dim(0) == 1 && !layers.empty(), "decode_stack: x ", x.str(), " through ",
+           layers.size(), " layers");
+  for (const DecodeLayer& L : layers) {
+    detail::op_device("decode_stack", {&x, &L.attn_norm, &L.mlp_norm, &L.q, &L.k, &L.v, &L.o, &L.gate, &L.up,
+                                       &L.down, &L.cos, &L.sin, &L.k_pool, &L.v_pool});
+    check_updates("decode_stack", {L.lora[0], L.lora[1], L.lora[2]}, x, {&L.q, &L.k, &L.v});
+    check_updates("decode_stack", {L.lora[4], L.lora[5]}, x, {&L.gate, &L.up});
+    for (const auto& [u, w] : {std::pair{&L.lora[3], &L.o}, std::pair{&L.lora[6], &L.down}})
+      if (u->A.defined())
+        LR_CHECK(u->A.rank() == 2 && u->B.rank() == 2 && u->A.dim(1) == w->dim(1) && u->B.dim(1) == u->A.dim(0) &&
+                     u->B.dim(0) == w->dim(0) && u->A.device() == d && u->B.device() == d,
+                 "decode_stack: low-rank update A ", u->A.str(), " B ", u->B.str(), " for weight ", w->str());
+  }
+  LR_DISPATCH(d, decode_stack(x, layers, row));
+}
+
 }  // namespace lowrank::ops

@@ -165,6 +165,75 @@ ops::RotaryRows decode_rope(Device d) {
   return {Tensor::from_ints({0, 3, 11, 5, 7}, d), d.is_cpu() ? cos : cos.to(d), d.is_cpu() ? sin : sin.to(d), {4, 2, 0}};
 }
 
+// decode_stack's inputs: x [1, 64], then per layer (two) 13 tensors: norms, q [64, 64] (4 heads of
+// 16), k and v [32, 64] (2 KV heads), o, gate/up [96, 64], down, q's and v's biases and the pools
+// [96, 32] (6 blocks of 16 rows; their random rows are the cached positions); with `lora`, 14 more:
+// A/B of q, v, o, gate and down on layer 0, of k and up on layer 1. The row sits at position 69 of a
+// sequence in blocks 5, 2, 0, 4, 1 (key splits on CUDA); layer 1 has a sliding window of 40.
+constexpr int64_t kStackInputs = 1 + 2 * 13;
+std::vector<Shape> decode_stack_inputs(bool lora) {
+  std::vector<Shape> s{{1, 64}};
+  for (int l = 0; l < 2; ++l)
+    for (const Shape& t : std::vector<Shape>{{64}, {64}, {64, 64}, {32, 64}, {32, 64}, {64, 64}, {96, 64}, {96, 64},
+                                             {64, 96}, {64}, {32}, {96, 32}, {96, 32}})
+      s.push_back(t);
+  if (lora)
+    for (const Shape& t : std::vector<Shape>{{4, 64}, {64, 4}, {4, 64}, {32, 4}, {4, 64}, {64, 4}, {8, 64}, {96, 8},
+                                             {4, 96}, {64, 4}, {4, 64}, {32, 4}, {8, 64}, {96, 8}})
+      s.push_back(t);
+  return s;
+}
+
+// ops::decode_stack, or where the backend has no one-launch path (the CPU; f32) or with
+// `layer_ops`, the layer ops it equals: the row after both layers and every pool.
+Outputs decode_stack_run(Inputs& in, Device d, bool layer_ops) {
+  auto [cos, sin] = rope_table(96, 8);
+  if (d.is_cuda()) cos = cos.to(d), sin = sin.to(d);
+  const bool lora = static_cast<int64_t>(in.size()) > kStackInputs;
+  auto update = [&](int64_t i, float scale) { return ops::LowRankUpdate{in[i], in[i + 1], scale}; };
+  std::vector<ops::DecodeLayer> layers(2);
+  for (int l = 0; l < 2; ++l) {
+    const Tensor* t = &in[1 + 13 * l];
+    ops::DecodeLayer& L = layers[l];
+    L.attn_norm = t[0], L.mlp_norm = t[1], L.q = t[2], L.k = t[3], L.v = t[4], L.o = t[5], L.gate = t[6];
+    L.up = t[7], L.down = t[8], L.q_bias = t[9], L.v_bias = t[10], L.k_pool = t[11], L.v_pool = t[12];
+    L.cos = cos, L.sin = sin;
+    L.window = l == 1 ? 40 : 0;
+  }
+  if (lora) {
+    const int64_t u = kStackInputs;
+    layers[0].lora[0] = update(u, 0.5f), layers[0].lora[2] = update(u + 2, 0.25f), layers[0].lora[3] = update(u + 4, 0.5f);
+    layers[0].lora[4] = update(u + 6, 0.25f), layers[0].lora[6] = update(u + 8, -0.25f);
+    layers[1].lora[1] = update(u + 10, 0.5f), layers[1].lora[5] = update(u + 12, 0.25f);
+  }
+  ops::DecodeRow row;
+  row.pos = Tensor::from_ints({69}, d);
+  row.slot = Tensor::from_ints({21}, d);  // block 1 (table entry 4), row 5
+  row.table = Tensor::from_ints({5, 2, 0, 4, 1}, d).reshape({1, 5});
+  row.len = Tensor::from_ints({70}, d);
+  row.block_size = 16, row.max_len = 80, row.heads = 4, row.kv_heads = 2, row.head_dim = 16;
+  row.eps = 1e-5f, row.scale = 0.25f;
+  Tensor x = layer_ops ? Tensor() : ops::decode_stack(in[0], layers, row);
+  if (!layer_ops && d.is_cuda() && in[0].dtype() == DType::BF16) EXPECT_TRUE(x.defined()) << "CUDA took the layer ops";
+  if (!x.defined()) {
+    x = in[0];
+    for (ops::DecodeLayer& L : layers) {
+      const ops::RotaryRows rope{row.pos, L.cos, L.sin, {4, 2, 0}};
+      const std::vector<Tensor> qkv = ops::norm_linears(x, L.attn_norm, row.eps, {L.q, L.k, L.v},
+                                                        {L.q_bias, L.k_bias, L.v_bias}, &rope,
+                                                        {L.lora[0], L.lora[1], L.lora[2]});
+      ops::paged_kv_write_(L.k_pool, L.v_pool, qkv[1], qkv[2], row.slot);
+      const Tensor att = ops::paged_attention(qkv[0], L.k_pool, L.v_pool, row.table, row.len, row.block_size,
+                                              row.max_len, {1, 1, 4, 2, 16, L.window, row.scale, 0.0f});
+      const Tensor x_mid = ops::linear_residual(att, L.o, x, {L.lora[3]});
+      const Tensor act = ops::norm_swiglu(x_mid, L.mlp_norm, row.eps, L.gate, L.up, {L.lora[4], L.lora[5]});
+      x = ops::linear_residual(act, L.down, x_mid, {L.lora[6]});
+    }
+  }
+  return {x, layers[0].k_pool, layers[0].v_pool, layers[1].k_pool, layers[1].v_pool};
+}
+Outputs decode_stack_case(Inputs& in, Device d) { return decode_stack_run(in, d, false); }
+
 std::vector<OpCase> op_table() {
   using ops::Gemm;
   std::vector<OpCase> t;
@@ -545,6 +614,11 @@ std::vector<OpCase> op_table() {
                [](Inputs& in, Device) {
                  return Outputs{ops::linear_residual(in[0], in[1], in[2], {{in[3], in[4], -0.5f}})};
                }});
+  // Every layer of a decode row in one launch (CUDA, bf16): without and with LoRA's updates.
+  t.push_back({"decode_stack", decode_stack_inputs(false), decode_stack_case});
+  // With LoRA the layer ops' bf16 roundings already take CUDA ~1.3% from the CPU on these random
+  // inputs: f32 here; DecodeStackEqualsItsLayerOpsOnTheSameGpu checks the bf16 kernel.
+  t.push_back({"decode_stack with low-rank updates", decode_stack_inputs(true), decode_stack_case, {}, {}, false});
   // Wide inputs with few outputs: CUDA splits K over 2 or 4 warps a row pair and sums the parts.
   t.push_back({"linear_residual over a wide input", {{1, 4096}, {37, 4096}, {1, 37}, {5, 4096}, {37, 5}},
                [](Inputs& in, Device) {
@@ -609,6 +683,28 @@ TEST(OpTable, EveryOpOnEveryBackendEqualsTheCpu) {
     for (Device d : devices) {
       check_backend(c, d, DType::F32, seed);
       if (c.bf16) check_backend(c, d, DType::BF16, seed);
+    }
+  }
+}
+
+// decode_stack's one launch against the layer ops on the same GPU and the same bf16 inputs: only
+// the orders of the sums differ.
+TEST(OpTable, DecodeStackEqualsItsLayerOpsOnTheSameGpu) {
+  const std::vector<Device> devices = device_backends();
+  if (devices.empty()) GTEST_SKIP() << "no CUDA GPU";
+  for (const bool lora : {false, true}) {
+    const std::vector<Shape> shapes = decode_stack_inputs(lora);
+    Inputs a, b;
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      const Tensor x = random_f32(shapes[i], 900 + i).to(DType::BF16).to(DType::F32);
+      a.push_back(clone_to(x, devices[0], DType::BF16));
+      b.push_back(clone_to(x, devices[0], DType::BF16));
+    }
+    const Outputs got = decode_stack_run(a, devices[0], false), ref = decode_stack_run(b, devices[0], true);
+    for (size_t k = 0; k < ref.size(); ++k) {
+      const double e = rel_err(got[k], ref[k]);
+      std::printf("decode_stack%s output %zu: relative error %.2e\n", lora ? " with LoRA" : "", k, e);
+      EXPECT_LE(e, 5e-3) << (lora ? "with LoRA, " : "") << "output " << k;
     }
   }
 }

@@ -14,6 +14,11 @@ class AttentionCache {
   // and v and returns attention over what the rows may see -> [N, H*hd]. `s` carries the layer's
   // window, scale and soft-capping.
   virtual Tensor attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, const ops::AttentionShape& s) = 0;
+  // For a forward of one decode row: the paged pools of `layer` and the row's slot, block table
+  // and length (row.pos and the shape fields are the model's to fill), so that the model may run
+  // all its layers in one launch (ops::decode_stack) instead of calling attend() per layer. False
+  // (the default): no such view.
+  virtual bool paged_row(int layer, Tensor& k_pool, Tensor& v_pool, ops::DecodeRow& row) const { return false; }
 };
 
 }  // namespace lowrank::model

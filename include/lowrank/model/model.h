@@ -204,6 +204,10 @@ class Model {
   // fused launches (ops::norm_linears, norm_swiglu, linear_residual), same values; a hook's
   // updates as one shrink launch per input (q/k/v, o, gate/up, down) and the fused ops' epilogues.
   Tensor decode_layer(int64_t layer, const Tensor& x, const LayerInput& in) const;
+  // Every layer of such a row in one launch (ops::decode_stack) when the attention cache gives a
+  // paged view of it (AttentionCache::paged_row): x after the last layer, or an undefined tensor
+  // (the caller runs decode_layer per layer).
+  Tensor decode_stack(const Tensor& x, const LayerInput& in) const;
 
   ModelConfig config_;
   ModelWeights weights_;

@@ -27,6 +27,32 @@ struct LowRankUpdate {
   float scale = 0;
 };
 
+// One pre-norm decoder layer of ops::decode_stack (Llama / Qwen2 / Mistral style: RMSNorm, RoPE
+// over whole heads, GQA, SwiGLU). d: the model width, I: the MLP width, H / KV query / KV heads of
+// head_dim hd.
+struct DecodeLayer {
+  Tensor attn_norm, mlp_norm;              // [d] f32 or bf16
+  Tensor q, k, v, o;                       // [H·hd, d], [KV·hd, d], [KV·hd, d], [d, H·hd]
+  Tensor q_bias, k_bias, v_bias;           // [H·hd], [KV·hd], [KV·hd] or undefined
+  Tensor gate, up, down;                   // [I, d], [I, d], [d, I]
+  LowRankUpdate lora[7];                   // q, k, v, o, gate, up, down (an undefined A: none)
+  Tensor cos, sin;                         // RoPE tables f32 [P, hd / 2]
+  Tensor k_pool, v_pool;                   // the layer's paged cache [pool rows, KV·hd]
+  int64_t window = 0;                      // sliding window (0: full causal)
+};
+
+// The one row of a decode step through ops::decode_stack: its position, the pool row its keys and
+// values go to, and its sequence's block table (as paged_kv_write_ / paged_attention take them).
+struct DecodeRow {
+  Tensor pos;    // I32 [1]
+  Tensor slot;   // I32 [1]
+  Tensor table;  // I32 [1, max_blocks]
+  Tensor len;    // I32 [1]: pos + 1
+  int64_t block_size = 0, max_len = 0;  // max_len >= len (sizes the attention's key splits)
+  int64_t heads = 0, kv_heads = 0, head_dim = 0;
+  float eps = 0, scale = 0, softcap = 0;
+};
+
 struct AttentionShape {
   int64_t batch = 1, seq = 0, heads = 0, kv_heads = 0, head_dim = 0;
   int64_t window = 0;  // sliding window (0 = full causal)

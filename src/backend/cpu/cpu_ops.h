@@ -14,6 +14,8 @@ using ops::Act;
 using ops::AdamWScalars;
 using ops::AttentionShape;
 using ops::ColumnBlock;
+using ops::DecodeLayer;
+using ops::DecodeRow;
 using ops::Gemm;
 using ops::LoraRows;
 using ops::LowRankUpdate;

@@ -43,4 +43,7 @@ Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, cons
   return y;
 }
 
+// No one-launch path on the CPU: the model runs the layers op by op.
+Tensor decode_stack(const Tensor&, const std::vector<DecodeLayer>&, const DecodeRow&) { return Tensor(); }
+
 }  // namespace lowrank::cpu
