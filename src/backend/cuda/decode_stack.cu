@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "common.cuh"
+#include "online_softmax.cuh"
 #include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
@@ -180,18 +181,6 @@ __device__ void grid_barrier(const Params& p, unsigned& target) {
     }
   }
   consumers_sync();
-}
-
-__device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-
-__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
-  const __nv_bfloat162* q = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(q[i]);
-    f[2 * i] = t.x;
-    f[2 * i + 1] = t.y;
-  }
 }
 
 // v plus an output's LoRA term, rounded once: scale · (h · b) + v with b its row of B (as
@@ -545,10 +534,6 @@ __device__ __forceinline__ void rotate(const float* cs, const float* sn, int i, 
   b = rb;
 }
 
-__device__ __forceinline__ float capped(float score, float softcap) {
-  return softcap > 0.0f ? softcap * tanhf(score / softcap) : score;
-}
-
 constexpr int kMaxTileLoads = 5;  // 16-byte loads of K (and of V) a thread issues per tile: 32 keys · 256 / 8 / 224
 
 // One (KV head, chunk of its query heads, key split) of the paged decode attention (as
@@ -685,30 +670,7 @@ __device__ void run_attention(const Params& p, const Shared& sh, const LayerPara
     for (int i = 0; i < kHeadsPerWarp; ++i) {
       const int hl = warp + i * kConsumerWarps;
       if (hl >= heads) break;
-      float sc = -INFINITY;
-      if (lane < n) {
-        const float* qr = q_s + hl * hd;
-        const float* kr = k_s + lane * ldk;
-        float dot = 0.0f;
-        #pragma unroll 1
-        for (int dd = 0; dd < hd; ++dd) dot += qr[dd] * kr[dd];
-        sc = capped(dot, p.softcap);
-      }
-      const float m_new = fmaxf(m[i], warp_max(sc));
-      const float corr = expf(m[i] - m_new);
-      const float pr = lane < n ? expf(sc - m_new) : 0.0f;
-      l[i] = l[i] * corr + warp_sum(pr);
-      m[i] = m_new;
-#pragma unroll
-      for (int c = 0; c < kMaxChunks; ++c) o[i][c] *= corr;
-      #pragma unroll 1
-      for (int jj = 0; jj < n; ++jj) {
-        const float pj = __shfl_sync(0xffffffffu, pr, jj);
-        const float* vr = v_s + jj * hd;
-#pragma unroll
-        for (int c = 0; c < kMaxChunks; ++c)
-          if (lane + 32 * c < hd) o[i][c] += pj * vr[lane + 32 * c];
-      }
+      online_softmax_tile(q_s + hl * hd, k_s, ldk, v_s, hd, n, p.softcap, m[i], l[i], o[i]);
     }
   }
 #pragma unroll

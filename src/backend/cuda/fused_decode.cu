@@ -66,8 +66,6 @@ struct Args {
   int64_t P;
 };
 
-__device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
-
 // v (output `row` of input row r, rounded) plus o's low-rank update, rounded once as matmul_nt(h,
 // B, y, scale, 1) rounds it: scale · (h[r] · B[row]) + v.
 __device__ __forceinline__ float with_update(const Output& o, int r, int64_t row, float v) {
@@ -77,16 +75,6 @@ __device__ __forceinline__ float with_update(const Output& o, int r, int64_t row
   float acc = 0.0f;
   for (int j = 0; j < o.lr; ++j) acc = fmaf(__bfloat162float(h[j]), __bfloat162float(b[j]), acc);
   return round_bf16(o.ls * acc + v);
-}
-
-__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
-  const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 t = __bfloat1622float2(p[i]);
-    f[2 * i] = t.x;
-    f[2 * i + 1] = t.y;
-  }
 }
 
 // Weights are read once per step: no point keeping them in L1. (Not volatile: the compiler may

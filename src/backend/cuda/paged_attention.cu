@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "online_softmax.cuh"
 #include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
@@ -36,10 +37,6 @@ struct PagedDims {
   int window;                        // 0: full causal
   float scale, softcap;
 };
-
-__device__ __forceinline__ float capped(float score, float softcap) {
-  return softcap > 0.0f ? softcap * tanhf(score / softcap) : score;
-}
 
 // grid (splits, KV * head_chunks, B), block 32 * warps.
 template <typename T>
@@ -120,28 +117,7 @@ paged_decode_kernel(const T* __restrict__ q, const T* __restrict__ k_pool, const
     for (int i = 0; i < kHeadsPerWarp; ++i) {
       const int hl = warp + i * warps;  // the block's head this slot carries (warp-uniform)
       if (hl >= heads) break;
-      float sc = -INFINITY;
-      if (lane < n) {
-        const float* qr = q_s + hl * hd;
-        const float* kr = k_s + lane * ldk;
-        float dot = 0.0f;
-        for (int d = 0; d < hd; ++d) dot += qr[d] * kr[d];
-        sc = capped(dot, s.softcap);
-      }
-      const float m_new = fmaxf(m[i], warp_max(sc));  // finite: lane 0 always holds a key
-      const float corr = expf(m[i] - m_new);
-      const float p = lane < n ? expf(sc - m_new) : 0.0f;
-      l[i] = l[i] * corr + warp_sum(p);
-      m[i] = m_new;
-#pragma unroll
-      for (int c = 0; c < kMaxChunks; ++c) o[i][c] *= corr;
-      for (int jj = 0; jj < n; ++jj) {
-        const float pj = __shfl_sync(0xffffffffu, p, jj);
-        const float* vr = v_s + jj * hd;
-#pragma unroll
-        for (int c = 0; c < kMaxChunks; ++c)
-          if (lane + 32 * c < hd) o[i][c] += pj * vr[lane + 32 * c];
-      }
+      online_softmax_tile(q_s + hl * hd, k_s, ldk, v_s, hd, n, s.softcap, m[i], l[i], o[i]);
     }
   }
 #pragma unroll
