@@ -22,8 +22,8 @@
 // each dot sums in their order: on the same GPU the outputs equal the layer ops' bit for bit.
 //
 // Status (H200, one stream, docs/cuda.md "One launch for all layers"): exact, but slower than the
-// fused launches per layer (Qwen2.5-0.5B 769 vs 919 tok/s; Llama-3-8B 171 vs 204), so the model
-// takes it only with LOWRANK_DECODE_STACK=1. Per 0.5B layer (LOWRANK_DECODE_STACK_TRACE=1) the
+// fused launches per layer (Qwen2.5-0.5B 804 vs 914 tok/s, with an adapter 609 vs 622; Llama-3-8B
+// 171 vs 204), so the model takes it only with LOWRANK_DECODE_STACK=1. Per 0.5B layer (LOWRANK_DECODE_STACK_TRACE=1) the
 // phases take 4-18 µs each where their weights need 1-3: staging the inputs every block shares
 // (y, a 28 KB B, the splits' partial outputs) ~5 µs, the attention blocks ~10 µs, each barrier
 // ~1.2-2.8 µs. Runtime loops are not unrolled (`#pragma unroll 1`): the kernel's code is large.
@@ -85,9 +85,9 @@ struct Params {
   int block_size, max_blocks, stages;
   int64_t stage_bytes;
   int64_t att_floats;  // the attention's shared memory (floats)
-  unsigned long long* trace;  // LOWRANK_DECODE_STACK_TRACE: each block's arrival and departure at each barrier
-  int max_splits;  // part_o's stride: the largest split count of any layer
-  int64_t P;  // RoPE table positions
+  unsigned long long* trace;  // LOWRANK_DECODE_STACK_TRACE: [barriers, G, 8] times (trace_mark), else null
+  int max_splits;             // part_o's stride: the largest split count of any layer
+  int64_t P;                  // RoPE table positions
   float eps, scale, softcap;
   const bf16* x_in;  // [d]
   bf16* x_out;       // [d]
@@ -157,17 +157,12 @@ __device__ void grid_barrier(const Params& p, unsigned& target) {
   consumers_sync();
   target += gridDim.x;
   if (threadIdx.x == 0) {
-    unsigned long long t;
-    unsigned long long* slot = p.trace ? p.trace + (int64_t(target / gridDim.x - 1) * gridDim.x + blockIdx.x) * 8 : nullptr;
-    if (slot) {
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-      slot[0] = t;
-    }
+    trace_mark(p, target - gridDim.x, 0);
     __threadfence();
     atomicAdd(p.counter, 1u);
     const long long t0 = clock64();
     unsigned seen;
-    #pragma unroll 1
+#pragma unroll 1
     for (;;) {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(p.counter) : "memory");
       if (seen >= target) break;
@@ -175,10 +170,7 @@ __device__ void grid_barrier(const Params& p, unsigned& target) {
       __nanosleep(64);  // the other warps of the SM keep its issue slots
     }
     __threadfence();
-    if (slot) {
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-      slot[1] = t;
-    }
+    trace_mark(p, target - gridDim.x, 1);
   }
   consumers_sync();
 }
@@ -188,7 +180,7 @@ __device__ void grid_barrier(const Params& p, unsigned& target) {
 __device__ __forceinline__ float with_lora(const Lora& u, const bf16* h, const bf16* b, float v) {
   if (!u.a) return v;
   float acc = 0.0f;
-  #pragma unroll 1
+#pragma unroll 1
   for (int j = 0; j < u.r; ++j) acc = fmaf(__bfloat162float(h[j]), __bfloat162float(b[j]), acc);
   return round_bf16(u.scale * acc + v);
 }
@@ -199,13 +191,13 @@ __device__ __forceinline__ float with_lora(const Lora& u, const bf16* h, const b
 
 __device__ __forceinline__ void stage_async(void* dst, const void* src, int64_t bytes) {
   if (((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) & 15) == 0 && bytes % 16 == 0) {
-    #pragma unroll 1
+#pragma unroll 1
     for (int64_t i = threadIdx.x * 16; i < bytes; i += kConsumers * 16)
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(static_cast<unsigned char*>(dst) + i)),
                    "l"(static_cast<const unsigned char*>(src) + i)
                    : "memory");
   } else {  // unaligned (odd LoRA ranks): 2-byte elements, one load each
-    #pragma unroll 1
+#pragma unroll 1
     for (int64_t i = threadIdx.x * 2; i < bytes; i += kConsumers * 2)
       *reinterpret_cast<unsigned short*>(static_cast<unsigned char*>(dst) + i) =
           __ldcg(reinterpret_cast<const unsigned short*>(static_cast<const unsigned char*>(src) + i));
@@ -285,9 +277,9 @@ __device__ __forceinline__ void for_chunks(const Params& p, const LayerParams& L
 // The streaming warp's lane 0: every chunk of every phase of every layer, into the ring in order.
 __device__ void stream_weights(const Params& p, unsigned char* ring, uint64_t* full, uint64_t* empty) {
   uint32_t c = 0;
-  #pragma unroll 1
+#pragma unroll 1
   for (int l = 0; l < p.layers; ++l)
-    #pragma unroll 1
+#pragma unroll 1
     for (int phase = 0; phase < kPhases; ++phase)
       for_chunks(p, p.L[l], phase, [&](const Seg& s, int64_t r0, int64_t n) {
         const int st = c % p.stages;
@@ -352,13 +344,13 @@ __device__ void residual_and_norm(const Params& p, const Shared& sh, const bf16*
   if (lora) stage_async(sh.hs + t * kMaxRank, p.h + t * kMaxRank, u.r * 2);
   const bool stage_b = lora && room >= u.r * 2;
   const int64_t per = stage_b ? room / (u.r * 2) : d;
-  #pragma unroll 1
+#pragma unroll 1
   for (int64_t i0 = 0; i0 < d; i0 += per) {
     const int64_t i1 = min(d, i0 + per);
     if (stage_b) stage_async(bs, u.b + i0 * u.r, (i1 - i0) * u.r * 2);
     staged_wait();
     if (y)
-      #pragma unroll 1
+#pragma unroll 1
       for (int64_t i = i0 + threadIdx.x; i < i1; i += kConsumers) {
         const bf16* b = stage_b ? bs + (i - i0) * u.r : u.b + i * u.r;
         const float v = with_lora(u, sh.hs + t * kMaxRank, b, __bfloat162float(ys[i]));
@@ -368,13 +360,13 @@ __device__ void residual_and_norm(const Params& p, const Shared& sh, const bf16*
   }
   if (!w) return;
   float ss = 0.0f;
-  #pragma unroll 1
+#pragma unroll 1
   for (int64_t i = threadIdx.x; i < d; i += kConsumers) {
     const float v = __bfloat162float(sh.xres[i]);
     ss += v * v;
   }
   const float rstd = rsqrtf(consumers_sum(ss, sh.scratch) / static_cast<float>(d) + p.eps);
-  #pragma unroll 1
+#pragma unroll 1
   for (int64_t i = threadIdx.x; i < d; i += kConsumers) {
     const float wi = w_f32 ? reinterpret_cast<const float*>(ws)[i] : __bfloat162float(reinterpret_cast<const bf16*>(ws)[i]);
     sh.xs[i] = __float2bfloat16_rn(__bfloat162float(sh.xres[i]) * rstd * wi);
@@ -389,7 +381,7 @@ __device__ __forceinline__ void dot_packs(const uint4* x, const uint4* w0, const
                                           float& a0, float& a1) {
   constexpr int kU = 4;
   int64_t v = lane;
-  #pragma unroll 1
+#pragma unroll 1
   for (; v + 32 * (kU - 1) < packs; v += 32 * kU) {
     uint4 xu[kU], wu[kU], vu[kU];
 #pragma unroll
@@ -412,7 +404,7 @@ __device__ __forceinline__ void dot_packs(const uint4* x, const uint4* w0, const
       }
     }
   }
-  #pragma unroll 1
+#pragma unroll 1
   for (; v < packs; v += 32) {
     float fx[8], fw[8];
     unpack8(x[v], fx);
@@ -442,7 +434,7 @@ __device__ void run_rows(const Params& p, const Shared& sh, const LayerParams& L
     // not count towards the stage's previous use.
     mbar_wait(&sh.full[st], use & 1);
     if (j == 0) trace_mark(p, target, 3);
-    #pragma unroll 1
+#pragma unroll 1
     for (int64_t i = 0; i < n; ++i, ++j) {
       if (j % kConsumerWarps != warp) continue;
       const uint4* w0 = reinterpret_cast<const uint4*>(stage + i * s.k);
@@ -514,7 +506,7 @@ __device__ void run_act(const Params& p, const Shared& sh, const LayerParams& L)
   if (stage_b && ug.a) stage_async(bg, ug.b + r0 * ug.r, rows * ug.r * 2);
   if (stage_b && uu.a) stage_async(bu, uu.b + r0 * uu.r, rows * uu.r * 2);
   staged_wait();
-  #pragma unroll 1
+#pragma unroll 1
   for (int64_t i = threadIdx.x; i < rows; i += kConsumers) {
     const int64_t row = r0 + i;
     const float g = with_lora(ug, sh.hs + kGate * kMaxRank, stage_b ? bg + i * ug.r : ug.b + row * ug.r,
@@ -534,7 +526,8 @@ __device__ __forceinline__ void rotate(const float* cs, const float* sn, int i, 
   b = rb;
 }
 
-constexpr int kMaxTileLoads = 5;  // 16-byte loads of K (and of V) a thread issues per tile: 32 keys · 256 / 8 / 224
+// 16-byte loads of K (and of V) a thread issues per tile of kTile keys of head_dim <= 32 · kMaxChunks.
+constexpr int kMaxTileLoads = (kTile * 32 * kMaxChunks / 8 + kConsumers - 1) / kConsumers;
 
 // One (KV head, chunk of its query heads, key split) of the paged decode attention (as
 // paged_decode_kernel in paged_attention.cu), its q (and the new k, v) finished here first: their
@@ -595,7 +588,7 @@ __device__ void run_attention(const Params& p, const Shared& sh, const LayerPara
   }
   staged_wait();
   trace_mark(p, target, 2);
-  #pragma unroll 1
+#pragma unroll 1
   for (int e = threadIdx.x; e < heads * half; e += kConsumers) {
     const int hh = e / half, i = e % half;
     const int64_t ra = int64_t(hh) * hd + i, rb = ra + half;  // within the block's heads
@@ -607,7 +600,7 @@ __device__ void run_attention(const Params& p, const Shared& sh, const LayerPara
   }
   if (new_key) {
     const int64_t row = int64_t(slot) * p.kvn + kv0;
-    #pragma unroll 1
+#pragma unroll 1
     for (int e = threadIdx.x; e < half; e += kConsumers) {
       float ka = with_lora(uk, sh.hs + kK * kMaxRank, bk + int64_t(e) * uk.r, __bfloat162float(kp[e]));
       float kb = with_lora(uk, sh.hs + kK * kMaxRank, bk + int64_t(e + half) * uk.r, __bfloat162float(kp[e + half]));
@@ -615,7 +608,7 @@ __device__ void run_attention(const Params& p, const Shared& sh, const LayerPara
       __stcg(L.k_pool + row + e, __float2bfloat16_rn(ka));
       __stcg(L.k_pool + row + e + half, __float2bfloat16_rn(kb));
     }
-    #pragma unroll 1
+#pragma unroll 1
     for (int e = threadIdx.x; e < hd; e += kConsumers)
       __stcg(L.v_pool + row + e,
              __float2bfloat16_rn(with_lora(uv, sh.hs + kV * kMaxRank, bv + int64_t(e) * uv.r, __bfloat162float(vp[e]))));
@@ -629,7 +622,7 @@ __device__ void run_attention(const Params& p, const Shared& sh, const LayerPara
     for (int c = 0; c < kMaxChunks; ++c) o[i][c] = 0.0f;
   }
   const int per_row = hd / 8;
-  #pragma unroll 1
+#pragma unroll 1
   for (int t0 = k0; t0 < k1; t0 += kTile) {
     const int n = min(kTile, k1 - t0);
     consumers_sync();  // the previous tile is used up (the first time: q_s and the new key written)
@@ -695,32 +688,32 @@ __device__ void stage_attention(const Params& p, const Shared& sh, const LayerPa
   const int64_t head_bytes = int64_t(ns) * hd * 4;
   const int per = static_cast<int>((kStagingBytes - align16(int64_t(p.H) * ms * 4)) / head_bytes);  // >= 1 (host)
   stage_async(wt, p.part_lse, int64_t(p.H) * ms * 4);
-  #pragma unroll 1
+#pragma unroll 1
   for (int h = 0; h < min(per, p.H); ++h) stage_async(po + int64_t(h) * ns * hd, p.part_o + int64_t(h) * ms * hd, head_bytes);
   staged_wait();
-  #pragma unroll 1
+#pragma unroll 1
   for (int h = threadIdx.x; h < p.H; h += kConsumers) {
     float mx = -INFINITY;
-    #pragma unroll 1
+#pragma unroll 1
     for (int i = 0; i < ns; ++i) mx = fmaxf(mx, wt[h * ms + i]);  // finite: split 0 has keys
-    #pragma unroll 1
+#pragma unroll 1
     for (int i = 0; i < ns; ++i) wt[h * ms + i] = expf(wt[h * ms + i] - mx);  // 0 for empty splits
   }
   consumers_sync();
-  #pragma unroll 1
+#pragma unroll 1
   for (int h0 = 0; h0 < p.H; h0 += per) {
     const int h1 = min(p.H, h0 + per);
     if (h0 > 0) {
-      #pragma unroll 1
+#pragma unroll 1
       for (int h = h0; h < h1; ++h)
         stage_async(po + int64_t(h - h0) * ns * hd, p.part_o + int64_t(h) * ms * hd, head_bytes);
       staged_wait();
     }
-    #pragma unroll 1
+#pragma unroll 1
     for (int64_t e = threadIdx.x; e < int64_t(h1 - h0) * hd; e += kConsumers) {
       const int64_t hh = e / hd, dd = e % hd;
       float num = 0.0f, den = 0.0f;
-      #pragma unroll 1
+#pragma unroll 1
       for (int i = 0; i < ns; ++i) {
         const float w = wt[(h0 + hh) * ms + i];
         num += w * po[(hh * ns + i) * hd + dd];
@@ -768,7 +761,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_stack_kernel(const __grid_
   sh.stg = smem + lay.stg;
   const int warp = threadIdx.x >> 5;
   if (threadIdx.x == 0) {
-    #pragma unroll 1
+#pragma unroll 1
     for (int s = 0; s < p.stages; ++s) {
       mbar_init(&sh.full[s], 1);
       mbar_init(&sh.empty[s], kConsumerWarps);
@@ -783,10 +776,10 @@ __global__ void __launch_bounds__(kThreads, 1) decode_stack_kernel(const __grid_
   const int pos = *p.pos, len = *p.len, slot = *p.slot;
   unsigned target = 0;
   uint32_t c = 0;  // chunks consumed
-  #pragma unroll 1
+#pragma unroll 1
   for (int64_t i = threadIdx.x; i < p.d; i += kConsumers) sh.xres[i] = p.x_in[i];
   const Lora none{};
-  #pragma unroll 1
+#pragma unroll 1
   for (int li = 0;; ++li) {
     // x = x_mid + down(act) (+ LoRA), rounded as linear_residual rounds it; then the attention's norm
     const Lora& down = li > 0 ? p.L[li - 1].lora[kDown] : none;
@@ -825,7 +818,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_stack_kernel(const __grid_
     grid_barrier(p, target);
   }
   if (blockIdx.x == 0)
-    #pragma unroll 1
+#pragma unroll 1
     for (int64_t i = threadIdx.x; i < p.d; i += kConsumers) p.x_out[i] = sh.xres[i];
 }
 
