@@ -150,9 +150,9 @@ Tensor Model::decode_stack(const Tensor& x, const LayerInput& in) const {
     D.gate = L.gate.weight;
     D.up = L.up.weight;
     D.down = L.down.weight;
-    int t = 0;  // DecodeLayer::lora's order
-    for (const Target target : {Target::Q, Target::K, Target::V, Target::O, Target::Gate, Target::Up, Target::Down})
-      if (in.hook) in.hook->low_rank_update(static_cast<int>(li), target, D.lora[t++]);
+    constexpr Target targets[7] = {Target::Q,    Target::K,  Target::V,   Target::O,
+                                   Target::Gate, Target::Up, Target::Down};  // DecodeLayer::lora's order
+    for (int t = 0; in.hook && t < 7; ++t) in.hook->low_rank_update(static_cast<int>(li), targets[t], D.lora[t]);
     const RopeTables& tables = rope(li, in.start + in.seq);
     D.cos = tables.cos;
     D.sin = tables.sin;

@@ -5,6 +5,14 @@
 namespace lowrank::ops {
 namespace {
 
+// A low-rank update of weight w [N, K] (an undefined A: none): A [r, K], B [N, r] on device d.
+void check_update(const char* op, const LowRankUpdate& u, const Tensor& w, Device d, size_t i) {
+  if (!u.A.defined()) return;
+  LR_CHECK(u.A.rank() == 2 && u.B.rank() == 2 && w.rank() == 2 && u.A.dim(1) == w.dim(1) &&
+               u.B.dim(1) == u.A.dim(0) && u.B.dim(0) == w.dim(0) && u.A.device() == d && u.B.device() == d,
+           op, ": low-rank update ", i, " A ", u.A.str(), " B ", u.B.str(), " for weight ", w.str());
+}
+
 // `updates`: none, or one per output; each defined one A [r, d] (d: x's width), B [N_i, r] on x's device.
 void check_updates(const char* op, const std::vector<LowRankUpdate>& updates, const Tensor& x,
                    const std::vector<const Tensor*>& ws) {
@@ -13,11 +21,9 @@ void check_updates(const char* op, const std::vector<LowRankUpdate>& updates, co
   for (size_t i = 0; i < updates.size(); ++i) {
     const LowRankUpdate& u = updates[i];
     if (!u.A.defined()) continue;
-    detail::op_device(op, {&x, &u.A, &u.B});
-    LR_CHECK(u.A.rank() == 2 && u.B.rank() == 2 && u.A.dim(1) == x.dim(1) && u.B.dim(1) == u.A.dim(0) &&
-                 u.B.dim(0) == ws[i]->dim(0),
-             op, ": low-rank update ", i, " A ", u.A.str(), " B ", u.B.str(), " for x ", x.str(), " and weight ",
-             ws[i]->str());
+    LR_CHECK(u.A.rank() == 2 && u.A.dim(1) == x.dim(1), op, ": low-rank update ", i, " A ", u.A.str(), " for x ",
+             x.str());
+    check_update(op, u, *ws[i], x.device(), i);
   }
 }
 
@@ -61,13 +67,8 @@ Tensor decode_stack(const Tensor& x, const std::vector<DecodeLayer>& layers, con
   for (const DecodeLayer& L : layers) {
     detail::op_device("decode_stack", {&x, &L.attn_norm, &L.mlp_norm, &L.q, &L.k, &L.v, &L.o, &L.gate, &L.up,
                                        &L.down, &L.cos, &L.sin, &L.k_pool, &L.v_pool});
-    check_updates("decode_stack", {L.lora[0], L.lora[1], L.lora[2]}, x, {&L.q, &L.k, &L.v});
-    check_updates("decode_stack", {L.lora[4], L.lora[5]}, x, {&L.gate, &L.up});
-    for (const auto& [u, w] : {std::pair{&L.lora[3], &L.o}, std::pair{&L.lora[6], &L.down}})
-      if (u->A.defined())
-        LR_CHECK(u->A.rank() == 2 && u->B.rank() == 2 && u->A.dim(1) == w->dim(1) && u->B.dim(1) == u->A.dim(0) &&
-                     u->B.dim(0) == w->dim(0) && u->A.device() == d && u->B.device() == d,
-                 "decode_stack: low-rank update A ", u->A.str(), " B ", u->B.str(), " for weight ", w->str());
+    const Tensor* weights[7] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};  // DecodeLayer::lora's order
+    for (size_t t = 0; t < 7; ++t) check_update("decode_stack", L.lora[t], *weights[t], d, t);
   }
   LR_DISPATCH(d, decode_stack(x, layers, row));
 }

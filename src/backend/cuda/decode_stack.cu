@@ -33,7 +33,6 @@
 #include <cstdlib>
 #include <map>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "common.cuh"
