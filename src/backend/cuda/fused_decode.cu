@@ -172,24 +172,36 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   const int64_t part_begin = part * chunk < packs ? part * chunk : packs;
   const int64_t part_end = part_begin + chunk < packs ? part_begin + chunk : packs;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * slots, first = static_cast<int64_t>(blockIdx.x) * slots + slot;
-  // The warp's first two weight rows: their loads go out before the staging below.
-  const bf16 *wa = nullptr, *wb = nullptr;
-  int64_t ra = 0, rb = -1;
-  int oa = 0;
-  uint4 ua[U], ub[U];
-  auto rows_for = [&](int64_t pair) {
-    if constexpr (E == Epilogue::SwiGlu) {
-      ra = pair;
-      wa = a.out[0].w + ra * k;
-      wb = a.out[1].w + ra * k;
-    } else {
-      oa = rows_of(a.out, a.outs, pair, ra, rb);
-      wa = a.out[oa].w + ra * k;
-      wb = rb >= 0 ? a.out[oa].w + rb * k : nullptr;
-    }
-    load_batch(wa, wb, part_begin + lane, part_end, ua, ub);
+  // A warp's row pair: its weight rows and where its outputs go.
+  struct PairRows {
+    const bf16 *wa = nullptr, *wb = nullptr;
+    int64_t ra = 0, rb = -1;
+    int oa = 0;
   };
-  if (first < a.pairs) rows_for(first);
+  auto rows_for = [&](int64_t pair) {
+    PairRows q;
+    if constexpr (E == Epilogue::SwiGlu) {
+      q.ra = pair;
+      q.wa = a.out[0].w + q.ra * k;
+      q.wb = a.out[1].w + q.ra * k;
+    } else {
+      q.oa = rows_of(a.out, a.outs, pair, q.ra, q.rb);
+      q.wa = a.out[q.oa].w + q.ra * k;
+      q.wb = q.rb >= 0 ? a.out[q.oa].w + q.rb * k : nullptr;
+    }
+    return q;
+  };
+  // The warp's first pair: its first batch of loads goes out before the staging below. With
+  // SwiGLU (gate/up: the one projection with more pairs than warps) each later pair's first batch
+  // goes out before the pair ahead of it is dotted (na, nb): two pairs in flight, so a warp waits
+  // one memory latency per pair, not two. (The other kernels keep their registers: a pair a warp.)
+  constexpr bool kAhead = E == Epilogue::SwiGlu;
+  PairRows cur, next;
+  uint4 ua[U], ub[U], na[U], nb[U];
+  if (first < a.pairs) {
+    cur = rows_for(first);
+    load_batch(cur.wa, cur.wb, part_begin + lane, part_end, ua, ub);
+  }
   if (a.norm_w) {  // rmsnorm's rstd of each row (a warp a row), as the rmsnorm kernel forms it
     for (int r = warp; r < a.m; r += kWarps) {
       float ss = 0.0f;
@@ -230,9 +242,24 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   __syncthreads();
 
   for (int64_t pair = first; pair < a.pairs; pair += stride) {
-    if (pair != first) rows_for(pair);
+    if (pair != first) {
+      if constexpr (kAhead) {
+        cur = next;
+#pragma unroll
+        for (int u = 0; u < U; ++u) ua[u] = na[u], ub[u] = nb[u];
+      } else {
+        cur = rows_for(pair);
+        load_batch(cur.wa, cur.wb, part_begin + lane, part_end, ua, ub);
+      }
+    }
+    if (kAhead && pair + stride < a.pairs) {
+      next = rows_for(pair + stride);
+      load_batch(next.wa, next.wb, part_begin + lane, part_end, na, nb);
+    }
+    const int64_t ra = cur.ra, rb = cur.rb;
+    const int oa = cur.oa;
     float ya[M], yb[M];
-    dot_rows<M>(xs, k, a.m, part_begin, part_end, wa, wb, ua, ub, ya, yb);
+    dot_rows<M>(xs, k, a.m, part_begin, part_end, cur.wa, cur.wb, ua, ub, ya, yb);
     if (a.parts > 1) {  // part 0 adds the other parts' sums, in order
       __shared__ float partial[kWarps][2][M];
       if (lane == 0)

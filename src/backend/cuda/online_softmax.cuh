@@ -23,6 +23,8 @@ __device__ __forceinline__ void online_softmax_tile(const float* qr, const float
   if (lane < n) {
     const float* kr = k_s + lane * ldk;
     float dot = 0.0f;
+    // Unrolled so that the shared-memory loads go out together; the sum keeps its order.
+#pragma unroll 8
     for (int d = 0; d < hd; ++d) dot += qr[d] * kr[d];
     sc = capped(dot, softcap);
   }
@@ -33,6 +35,9 @@ __device__ __forceinline__ void online_softmax_tile(const float* qr, const float
   m = m_new;
 #pragma unroll
   for (int c = 0; c < kChunks; ++c) o[c] *= corr;
+  // A decode step waits on this loop (one head a warp, one tile a split): unrolled, the shuffles
+  // and loads of several keys are in flight at once; each o[c] still adds the keys in order.
+#pragma unroll 8
   for (int j = 0; j < n; ++j) {
     const float pj = __shfl_sync(0xffffffffu, p, j);
     const float* vr = v_s + j * hd;

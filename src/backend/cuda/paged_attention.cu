@@ -24,7 +24,7 @@ namespace lowrank::cuda {
 namespace {
 
 constexpr int kTile = 32;          // keys per tile: one per lane
-constexpr int kMaxWarps = 4;       // per block
+constexpr int kMaxWarps = 8;       // per block: a warp per query head of a GQA group up to 8 (Qwen-0.5B: 7)
 constexpr int kHeadsPerWarp = 4;   // query heads a warp carries (registers: kHeadsPerWarp × kMaxChunks)
 constexpr int kMaxChunks = 8;      // head_dim <= 32 * kMaxChunks
 constexpr int kMaxHeadsPerBlock = kMaxWarps * kHeadsPerWarp;
