@@ -110,12 +110,21 @@ Tensor Model::decode_layer(int64_t li, const Tensor& x, const LayerInput& in) co
     }
     return us;
   };
+  // With the cache's paged view of the row, k and v go into their pool rows from the projections'
+  // kernel (one launch fewer than attend(), which writes them first).
+  ops::KVWrite kv;
+  ops::DecodeRow row;
+  const bool paged = in.attention && in.attention->paged_row(static_cast<int>(li), kv.k_pool, kv.v_pool, row);
+  kv.slots = row.slot;
   std::vector<Tensor> qkv =
       ops::norm_linears(x, L.attn_norm.weight, eps, {L.q.weight, L.k.weight, L.v.weight},
-                        {L.q.bias, L.k.bias, L.v.bias}, &rotary, updates({Target::Q, Target::K, Target::V}));
+                        {L.q.bias, L.k.bias, L.v.bias}, &rotary, updates({Target::Q, Target::K, Target::V}),
+                        paged ? &kv : nullptr);
   const ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
-  const Tensor attn = in.attention->attend(static_cast<int>(li), qkv[0], qkv[1], qkv[2], shape);
+  const Tensor attn =
+      paged ? ops::paged_attention(qkv[0], kv.k_pool, kv.v_pool, row.table, row.len, row.block_size, row.max_len, shape)
+            : in.attention->attend(static_cast<int>(li), qkv[0], qkv[1], qkv[2], shape);
   const Tensor x_mid = ops::linear_residual(attn, L.o.weight, x, updates({Target::O}));
   // x_out = x_mid + down(swiglu(gate(rmsnorm(x_mid)), up(rmsnorm(x_mid))))
   const Tensor act = ops::norm_swiglu(x_mid, L.mlp_norm.weight, eps, L.gate.weight, L.up.weight,

@@ -31,7 +31,7 @@ void check_updates(const char* op, const std::vector<LowRankUpdate>& updates, co
 
 std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float eps, const std::vector<Tensor>& ws,
                                  const std::vector<Tensor>& bs, const RotaryRows* rope,
-                                 const std::vector<LowRankUpdate>& updates) {
+                                 const std::vector<LowRankUpdate>& updates, const KVWrite* kv) {
   LR_CHECK(!ws.empty() && ws.size() <= 3 && bs.size() == ws.size(), "norm_linears: ", ws.size(), " weights and ",
            bs.size(), " biases");
   LR_CHECK(!rope || rope->heads.size() == ws.size(), "norm_linears: RoPE heads for ", rope->heads.size(),
@@ -44,7 +44,16 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
   }
   if (rope) detail::op_device("norm_linears", {&x, &rope->pos, &rope->cos, &rope->sin});
   check_updates("norm_linears", updates, x, outs);
-  LR_DISPATCH(d, norm_linears(x, norm_w, eps, ws, bs, rope, updates));
+  if (kv) {
+    detail::op_device("norm_linears", {&x, &kv->k_pool, &kv->v_pool, &kv->slots});
+    LR_CHECK(ws.size() == 3 && ws[1].rank() == 2 && ws[2].shape() == ws[1].shape() && kv->k_pool.rank() == 2 &&
+                 kv->k_pool.dim(1) == ws[1].dim(0) && kv->v_pool.shape() == kv->k_pool.shape() &&
+                 kv->k_pool.dtype() == x.dtype() && kv->v_pool.dtype() == x.dtype() &&
+                 kv->slots.dtype() == DType::I32 && kv->slots.numel() == x.dim(0),
+             "norm_linears: k/v pools ", kv->k_pool.str(), " ", kv->v_pool.str(), " slots ", kv->slots.str(), " for ",
+             ws.size(), " outputs of x ", x.str());
+  }
+  LR_DISPATCH(d, norm_linears(x, norm_w, eps, ws, bs, rope, updates, kv));
 }
 
 Tensor norm_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tensor& w_gate, const Tensor& w_up,

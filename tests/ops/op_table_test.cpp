@@ -651,6 +651,19 @@ std::vector<OpCase> op_table() {
                  return Outputs{f};
                },
                {}, {}, false, true});
+  // norm_linears writing k and v into their pool rows too (as paged_kv_write_ after it; slot -1: a
+  // padding row). Last: a row inserted earlier would shift the later rows' random inputs.
+  t.push_back({"norm_linears writing k and v into pools",
+               {{5, 96}, {96}, {64, 96}, {64}, {32, 96}, {32, 96}, {20, 32}, {20, 32}},
+               [](Inputs& in, Device d) {
+                 const ops::RotaryRows rope = decode_rope(d);
+                 const ops::KVWrite kv{in[6], in[7], Tensor::from_ints({3, -1, 17, 0, 9}, d)};
+                 Outputs ys = ops::norm_linears(in[0], in[1], 1e-5f, {in[2], in[4], in[5]}, {in[3], Tensor(), Tensor()},
+                                                &rope, {}, &kv);
+                 ys.push_back(in[6]);
+                 ys.push_back(in[7]);
+                 return ys;
+               }});
   return t;
 }
 

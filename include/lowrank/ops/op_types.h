@@ -16,6 +16,14 @@ struct RotaryRows {
   std::vector<int64_t> heads;
 };
 
+// Pool rows that ops::norm_linears also writes its second and third outputs (k and v, after RoPE)
+// into, as paged_kv_write_(k_pool, v_pool, k, v, slots) would after it: pools [pool rows, N_k] in
+// the activations' dtype, slots I32 [M] (-1: a padding row, not written). One launch fewer a
+// decode layer on CUDA.
+struct KVWrite {
+  Tensor k_pool, v_pool, slots;
+};
+
 // A low-rank update of one output of the fused decode projections (norm_linears, norm_swiglu,
 // linear_residual), added where a LoRA hook adds it after the unfused linear (after the bias,
 // before RoPE, SwiGLU and the residual): h = linear(xn, A) (the op's normed input times Aᵀ,

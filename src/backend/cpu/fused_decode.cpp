@@ -16,13 +16,17 @@ void add_update(const std::vector<LowRankUpdate>& updates, size_t i, const Tenso
 
 std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float eps, const std::vector<Tensor>& ws,
                                  const std::vector<Tensor>& bs, const RotaryRows* rope,
-                                 const std::vector<LowRankUpdate>& updates) {
+                                 const std::vector<LowRankUpdate>& updates, const KVWrite* kv) {
   const Tensor xn = rmsnorm(x, norm_w, eps);
   std::vector<Tensor> ys;
   for (size_t i = 0; i < ws.size(); ++i) {
     ys.push_back(linear(xn, ws[i], bs[i]));
     add_update(updates, i, xn, ys[i]);
     if (rope && rope->heads[i] > 0) rope_(ys[i], rope->heads[i], rope->pos, rope->cos, rope->sin, false);
+  }
+  if (kv) {
+    Tensor k_pool = kv->k_pool, v_pool = kv->v_pool;
+    paged_kv_write_(k_pool, v_pool, ys[1], ys[2], kv->slots);
   }
   return ys;
 }

@@ -19,6 +19,7 @@ using ops::ColumnBlock;
 using ops::DecodeLayer;
 using ops::DecodeRow;
 using ops::Gemm;
+using ops::KVWrite;
 using ops::LoraRows;
 using ops::LowRankUpdate;
 using ops::RotaryRows;

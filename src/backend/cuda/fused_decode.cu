@@ -39,6 +39,7 @@ struct Output {
   int64_t n = 0;
   int64_t pairs = 0;        // row pairs: (2p, 2p + 1), or with RoPE (head h, i) -> rows h·hd + i, + hd/2
   int half = 0;             // RoPE: hd / 2 (0: not rotated)
+  bf16* pool = nullptr;     // ops::KVWrite: its paged pool [pool rows, n], row Args::slots[r] (null: none)
   // A low-rank update (ops::LowRankUpdate) added before RoPE / SwiGLU / the residual: null lb: none.
   const bf16* lb = nullptr;  // B [n, lr]
   const bf16* lh = nullptr;  // h [M, lr]
@@ -64,6 +65,8 @@ struct Args {
   const float* cos_t;
   const float* sin_t;
   int64_t P;
+  const int32_t* slots;  // KVWrite: [M] pool rows of the outputs with a pool (-1: none)
+  int64_t pool_rows;
 };
 
 // v (output `row` of input row r, rounded) plus o's low-rank update, rounded once as matmul_nt(h,
@@ -311,6 +314,13 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
       }
       o.y[r * o.n + ra] = __float2bfloat16_rn(va);
       if (rb >= 0) o.y[r * o.n + rb] = __float2bfloat16_rn(vb);
+      if constexpr (E == Epilogue::Bias) {
+        const int64_t slot = o.pool ? a.slots[r] : -1;
+        if (slot >= 0 && slot < a.pool_rows) {  // paged_kv_write_'s copy of the row
+          o.pool[slot * o.n + ra] = __float2bfloat16_rn(va);
+          if (rb >= 0) o.pool[slot * o.n + rb] = __float2bfloat16_rn(vb);
+        }
+      }
     }
   }
 }
@@ -566,7 +576,7 @@ Args norm_args(const Tensor& x, const Tensor& norm_w, float eps) {
 
 std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float eps, const std::vector<Tensor>& ws,
                                  const std::vector<Tensor>& bs, const RotaryRows* rope,
-                                 const std::vector<LowRankUpdate>& updates) {
+                                 const std::vector<LowRankUpdate>& updates, const KVWrite* kv) {
   check_arg(x, "norm_linears", "x");
   check_arg(norm_w, "norm_linears", "norm_w");
   LR_CHECK(!ws.empty() && ws.size() <= 3 && bs.size() == ws.size(), "norm_linears: ", ws.size(), " weights, ",
@@ -589,6 +599,10 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
       add_update(updates, i, xn, ys[i]);
       if (rope && rope->heads[i] > 0) rope_(ys[i], rope->heads[i], rope->pos, rope->cos, rope->sin, false);
     }
+    if (kv) {
+      Tensor k_pool = kv->k_pool, v_pool = kv->v_pool;
+      paged_kv_write_(k_pool, v_pool, ys[1], ys[2], kv->slots);
+    }
     return ys;
   }
   Args a = norm_args(x, norm_w, eps);
@@ -604,6 +618,12 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     a.pairs += a.out[i].pairs;
   }
   a.outs = static_cast<int>(ws.size());
+  if (kv) {  // k and v also into their pool rows (the dispatch checked the shapes)
+    a.out[1].pool = const_cast<bf16*>(kv->k_pool.data<bf16>());
+    a.out[2].pool = const_cast<bf16*>(kv->v_pool.data<bf16>());
+    a.slots = kv->slots.data<int32_t>();
+    a.pool_rows = kv->k_pool.dim(0);
+  }
   if (rope) {
     a.pos = rope->pos.data<int32_t>();
     a.cos_t = rope->cos.data<float>();
