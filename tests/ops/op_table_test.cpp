@@ -664,6 +664,16 @@ std::vector<OpCase> op_table() {
                  ys.push_back(in[7]);
                  return ys;
                }});
+  // A context past the short kernels' 512 keys: CUDA splits the key range over blocks and merges
+  // the splits in a second kernel (shorter ones, as in the rows above, take a block per query head).
+  t.push_back({"paged_attention over a long context", {{1, 8}, {640, 4}, {640, 4}},
+               [](Inputs& in, Device d) {
+                 std::vector<int32_t> blocks(40);
+                 for (int i = 0; i < 40; ++i) blocks[i] = (i * 17) % 40;  // a permutation of the pool's blocks
+                 const Tensor tables = Tensor::from_ints(blocks, d).reshape({1, 40});
+                 return Outputs{ops::paged_attention(in[0], in[1], in[2], tables, Tensor::from_ints({600}, d), 16, 600,
+                                                     attention_shape(0, 0.0f))};
+               }});
   return t;
 }
 
