@@ -2,7 +2,8 @@
 """Tables and charts of the experiments from run_one.py's JSONL rows (issue 15).
 
     report.py RESULTS.jsonl... [--efficiency EFF.jsonl] [--sizes SIZES.jsonl] [--base-loss X]
-              [--svg OUT.svg] [--curves OUT.svg --runs-dir DIR] [--label "CPU, 6.9M base"]
+              [--svg OUT.svg] [--curves OUT.svg] [--rank-curves OUT.svg] [--runs-dir DIR]
+              [--label "CPU, 6.9M base"]
 
 Prints markdown tables to stdout, one section per task found in the RESULTS files (the quality
 tables leave speed out: those runs may share the machine, see run.sh's JOBS): metric vs rank
@@ -13,7 +14,8 @@ one model, and (from --sizes, efficiency.sh's rows) full vs LoRA across model si
 a chart of the metric against trainable parameters (log x) with full fine-tuning (and the base
 model, --base-loss, KJV) as horizontal lines; --curves the training loss curves (moving average
 of 20 steps) of full fine-tuning and LoRA q,v / all-linear at r=8 from the runs' metrics.jsonl in
---runs-dir. With several tasks, the chart files get the task's name before ".svg".
+--runs-dir; --rank-curves those of full fine-tuning and of LoRA q,v at every rank run (alpha 2r).
+With several tasks, the chart files get the task's name before ".svg".
 Standard library only.
 """
 import argparse
@@ -247,6 +249,26 @@ def svg_curves(series, path, title):
 
 
 TASK_TITLE = {"kjv": "KJV, held-out books", "spam": "SpamAssassin spam/ham", "pos": "Brown POS tags"}
+RANK_COLOURS = ["#c7dcef", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b", "#041a3d"]  # light: small r
+
+
+def curve_series(runs_dir, runs):
+    """(label, colour, [(step, 20-step moving average of the training loss)]) for each (row, colour)
+    whose run folder in runs_dir still has its metrics.jsonl."""
+    series = []
+    for r, colour in runs:
+        if not r:
+            continue
+        mpath = os.path.join(runs_dir, os.path.basename(r["run_dir"]), "metrics.jsonl")
+        if not os.path.exists(mpath):
+            continue
+        ls = [json.loads(l) for l in open(mpath) if '"tokens_per_second"' in l]
+        pts = []
+        for i in range(len(ls)):
+            w = ls[max(0, i - 19):i + 1]
+            pts.append((ls[i]["step"], sum(x["loss"] for x in w) / len(w)))
+        series.append((label(r), colour, pts))
+    return series
 
 
 def task_report(task, rows, a, multi):
@@ -285,26 +307,22 @@ def task_report(task, rows, a, multi):
                     "%s: %s vs trainable parameters%s" % (TASK_TITLE.get(task, task), rows[0]["metric_name"].split(" (")[0],
                                                          " (%s)" % a.label if a.label else ""),
                     "%s (%s is better)" % (rows[0]["metric_name"].split(" (")[0], "higher" if hib else "lower"))
+    full_run = full_rows[0] if full_rows else None
+    heading = " (%s)" % a.label if a.label else ""
     if a.curves and a.runs_dir:
-        series = []
-        for r, c in ((full_rows[0] if full_rows else None, "#c00"),) + tuple((x, col) for x, col in (
-                (next((x for x in lora if x["rank"] == 8 and x["alpha"] == 16 and qv(x)), None), "#1f77b4"),
-                (next((x for x in lora if x["rank"] == 8 and x["targets"] == "all-linear"), None), "#8c564b"),
-                (next((x for x in lora if x["rank"] == 64 and qv(x)), None), "#17becf"))):
-            if not r:
-                continue
-            mpath = os.path.join(a.runs_dir, os.path.basename(r["run_dir"]), "metrics.jsonl")
-            if not os.path.exists(mpath):
-                continue
-            ls = [json.loads(l) for l in open(mpath) if '"tokens_per_second"' in l]
-            pts = []
-            for i in range(len(ls)):
-                w = ls[max(0, i - 19):i + 1]
-                pts.append((ls[i]["step"], sum(x["loss"] for x in w) / len(w)))
-            series.append((label(r), c, pts))
+        series = curve_series(a.runs_dir, [(full_run, "#c00"),
+            (next((x for x in lora if x["rank"] == 8 and x["alpha"] == 16 and qv(x)), None), "#1f77b4"),
+            (next((x for x in lora if x["rank"] == 8 and x["targets"] == "all-linear"), None), "#8c564b"),
+            (next((x for x in lora if x["rank"] == 64 and qv(x)), None), "#17becf")])
         if series:
             svg_curves(series, suffix(a.curves), "%s training loss: full fine-tuning vs LoRA%s"
-                       % (TASK_TITLE.get(task, task), " (%s)" % a.label if a.label else ""))
+                       % (TASK_TITLE.get(task, task), heading))
+    if a.rank_curves and a.runs_dir:
+        by_rank = sorted([x for x in lora if qv(x) and x["alpha"] == 2 * x["rank"]], key=lambda x: x["rank"])
+        series = curve_series(a.runs_dir, [(full_run, "#c00")] + list(zip(by_rank, RANK_COLOURS)))
+        if series:
+            svg_curves(series, suffix(a.rank_curves), "%s: training loss by rank (LoRA q,v, α = 2r)%s"
+                       % (TASK_TITLE.get(task, task), heading))
 
 
 def main():
@@ -315,6 +333,7 @@ def main():
     ap.add_argument("--base-loss", type=float, help="KJV: the base model's held-out loss (a line in the chart)")
     ap.add_argument("--svg")
     ap.add_argument("--curves")
+    ap.add_argument("--rank-curves")
     ap.add_argument("--runs-dir")
     ap.add_argument("--label", default="", help="e.g. 'CPU, 6.9M base': in the headings and chart titles")
     a = ap.parse_args()

@@ -14,6 +14,8 @@
 #       quality     full; LoRA q,v r in {1,2,4,8,16,64} (alpha 2r); r=8 targets q / v / q,k,v,o /
 #                   all-linear; r=8 q,v alpha in {8,32,128} (r, 4r, 16r; 2r is the rank row);
 #                   DoRA and rsLoRA r=8 q,v. Seeds: $SEEDS (default 1).
+#       ranks       full; LoRA q,v r in {1,2,4,8,16,64} (alpha 2r): the rank rows of quality, for
+#                   the loss curves by rank (report.py --rank-curves). Seeds: $SEEDS (default 1).
 #       seeds       the headline rows again with seeds 2 and 3 ($SEED_LIST): full, LoRA r=8 q,v
 #                   (alpha 16 and 32), LoRA r=8 all-linear. SEED_LIST="1 2 3" on a base that was
 #                   pretrained afresh for the call (base120m.sh), where no quality set gave seed 1.
@@ -40,8 +42,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency|lr|long}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|seeds|quick|efficiency|lr|long}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|seeds|quick|efficiency|lr|long}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|seeds|quick|efficiency|lr|long}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -59,8 +61,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|seeds|quick|efficiency|lr|long) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, seeds, quick, efficiency, lr, long)" >&2; exit 2 ;;
+  prepare|quality|ranks|seeds|quick|efficiency|lr|long) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, seeds, quick, efficiency, lr, long)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -138,6 +140,13 @@ quality() {
     run --method rslora --lr "$lr_lora" --rank 8 --targets $qv "${s[@]}"
   done
 }
+ranks() {
+  for seed in ${SEEDS:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    for r in 1 2 4 8 16 64; do lora --rank "$r" --targets $qv "${s[@]}"; done
+  done
+}
 seeds() {
   for seed in ${SEED_LIST:-2 3}; do
     s=(--seed "$seed" --steps "$steps")
@@ -195,6 +204,7 @@ workers() {  # $1: the set's function; JOBS workers share its list through run_o
 }
 case "$set_" in
   quality) workers quality ;;
+  ranks) workers ranks ;;
   seeds) workers seeds ;;
   quick) workers quick ;;
   lr) workers lrs ;;
