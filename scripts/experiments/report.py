@@ -225,7 +225,8 @@ def svg_curves(series, path, title):
     allx = [x for _, _, pts in series for x, _ in pts]
     ally = [y for _, _, pts in series for _, y in pts]
     x1 = max(allx)
-    y0, y1 = math.floor(min(ally) * 4) / 4, math.ceil(max(ally) * 4) / 4
+    step = next(s for s in (0.25, 0.5, 1.0, 2.0, 5.0) if (max(ally) - min(ally)) / s <= 12)  # <= ~12 grid lines
+    y0, y1 = math.floor(min(ally) / step) * step, math.ceil(max(ally) / step) * step
     X = lambda v: L + v / x1 * (W - L - R)
     Y = lambda v: T + (y1 - v) / (y1 - y0) * (H - T - B)
     o = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
@@ -234,7 +235,7 @@ def svg_curves(series, path, title):
     v = y0
     while v <= y1 + 1e-9:
         o.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#eee"/><text x="%d" y="%.1f" text-anchor="end">%.2f</text>' % (L, Y(v), W - R, Y(v), L - 6, Y(v) + 4, v))
-        v += 0.25
+        v += step
     for s in range(0, int(x1) + 1, 50):
         o.append('<text x="%.1f" y="%d" text-anchor="middle">%d</text>' % (X(s), H - B + 16, s))
     o.append('<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="#444"/>' % (L, T, W - L - R, H - T - B))
