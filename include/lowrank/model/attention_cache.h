@@ -16,8 +16,9 @@ class AttentionCache {
   virtual Tensor attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, const ops::AttentionShape& s) = 0;
   // For a forward of one decode row: the paged pools of `layer` and the row's slot, block table
   // and length (row.pos and the shape fields are the model's to fill), so that the model may run
-  // all its layers in one launch (ops::decode_stack) instead of calling attend() per layer. False
-  // (the default): no such view.
+  // all its layers in one launch (ops::decode_stack), or have each layer's projections write k and
+  // v into the pools (ops::KVWrite) and call paged_attention itself, instead of calling attend().
+  // False (the default): no such view.
   virtual bool paged_row(int layer, Tensor& k_pool, Tensor& v_pool, ops::DecodeRow& row) const { return false; }
 };
 
