@@ -1,13 +1,16 @@
 // Device discovery, per-device contexts and CUDA error reporting.
 #include <array>
 #include <atomic>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <string_view>
 #include <vector>
 
 #include "common.cuh"
 #include "context.h"
+#include "dependent_launch.cuh"
 #include "lowrank/core/device_memory.h"
 
 namespace lowrank::cuda {
@@ -81,6 +84,14 @@ DeviceContext& context(Device d) {
 
 cudaStream_t stream_for(Device d) { return context(d).stream; }
 int multiprocessor_count(Device d) { return context(d).props.multiProcessorCount; }
+
+bool dependent_launch(Device d) {
+  static const bool disabled = [] {
+    const char* v = std::getenv("LOWRANK_DEPENDENT_LAUNCH");
+    return v && std::string_view(v) == "0";
+  }();
+  return !disabled && context(d).props.major >= 9;
+}
 
 void synchronize(Device d) { LR_CUDA(cudaStreamSynchronize(stream_for(d))); }
 void* native_stream(Device d) { return stream_for(d); }

@@ -1,0 +1,62 @@
+#pragma once
+// Programmatic dependent launch (Hopper and newer): a kernel launched with launch_dependent() may
+// start while the kernel before it on the stream is still running. Its blocks take SM slots as
+// the earlier kernel's blocks leave and load what no kernel of the step writes (weights) before
+// they wait for the earlier grid; the launch and the first memory latency overlap the earlier
+// kernel's tail. A one-stream decode step is ~120 such short kernels, each mostly latency.
+//
+// A kernel launched this way must follow two rules:
+//  - before wait_for_prior_grids() it reads only data no earlier kernel of the stream may still
+//    write (weights, its arguments) and writes nothing;
+//  - it calls allow_dependents() once per block (early: the next kernel's blocks only get the
+//    slots this grid leaves free), or the next kernel starts only as its blocks exit.
+// Everything after the wait sees the earlier kernels' writes, transitively: a grid completes only
+// after its own wait has returned.
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "common.cuh"
+
+namespace lowrank::cuda {
+
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Whether kernels on d launch as dependents: compute capability 9.0+, and not turned off by
+// LOWRANK_DEPENDENT_LAUNCH=0 (for A/B timing).
+bool dependent_launch(Device d);
+
+// kernel<<<grid, block, smem, d's stream>>>(args...), as a programmatic dependent when `dependent`
+// and d has it.
+template <typename... Params, typename... Args>
+void launch_kernel(bool dependent, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Device d,
+                   Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream_for(d);
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = dependent && dependent_launch(d) ? 1 : 0;
+  LR_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+template <typename... Params, typename... Args>
+void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Device d, Args&&... args) {
+  launch_kernel(true, kernel, grid, block, smem, d, std::forward<Args>(args)...);
+}
+
+}  // namespace lowrank::cuda
