@@ -8,10 +8,13 @@
 // A kernel launched this way must follow two rules:
 //  - before wait_for_prior_grids() it reads only data no earlier kernel of the stream may still
 //    write (weights, its arguments) and writes nothing;
-//  - it calls allow_dependents() once per block (early: the next kernel's blocks only get the
-//    slots this grid leaves free), or the next kernel starts only as its blocks exit.
+//  - it calls allow_dependents() once per block, right after its wait: then at most one grid
+//    waits ahead of the running one (allowed at the start, chains of waiting grids formed: the
+//    Qwen2.5-0.5B shape's one stream 1,165 against 1,225 tok/s on an H200). Without the call,
+//    the next kernel starts only as this one's blocks exit.
 // Everything after the wait sees the earlier kernels' writes, transitively: a grid completes only
-// after its own wait has returned.
+// after its own wait has returned. An ordinary kernel may call allow_dependents() too (at its
+// start): the dependent after it then loads its weights while it runs.
 #include <cuda_runtime.h>
 
 #include <utility>

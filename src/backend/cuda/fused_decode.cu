@@ -53,6 +53,7 @@ struct Output {
   const bf16* lh = nullptr;  // h [M, lr]
   int lr = 0;
   float ls = 0.0f;           // scale
+  bool packed = false;       // lr % 8 == 0 and B, h 16-byte aligned: with_update's 16-byte loads
 };
 
 enum class Epilogue { Bias, Residual, SwiGlu };
@@ -79,11 +80,38 @@ struct Args {
 
 // v (output `row` of input row r, rounded) plus o's low-rank update, rounded once as matmul_nt(h,
 // B, y, scale, 1) rounds it: scale · (h[r] · B[row]) + v.
+// With a rank of a multiple of 8 (and 16-byte aligned rows), 16-byte loads, issued together: one
+// memory latency where scalar loads took several. Same order of the sum either way. Not with
+// SwiGLU (kPacked false): its two pairs in flight leave no registers (M = 1: 128 -> 168, three
+// blocks a SM instead of four).
+template <bool kPacked = true>
 __device__ __forceinline__ float with_update(const Output& o, int r, int64_t row, float v) {
   if (!o.lb) return v;
   const bf16* b = o.lb + row * o.lr;
   const bf16* h = o.lh + static_cast<int64_t>(r) * o.lr;
   float acc = 0.0f;
+  if (kPacked && o.packed) {
+    constexpr int kBatch = 2;  // packs in flight: rank 16 in one batch
+    for (int j0 = 0; j0 < o.lr / 8; j0 += kBatch) {
+      uint4 hp[kBatch], bp[kBatch];
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j)
+        if (j0 + j < o.lr / 8) {
+          hp[j] = reinterpret_cast<const uint4*>(h)[j0 + j];
+          bp[j] = reinterpret_cast<const uint4*>(b)[j0 + j];
+        }
+#pragma unroll
+      for (int j = 0; j < kBatch; ++j) {
+        if (j0 + j >= o.lr / 8) break;
+        float fh[8], fb[8];
+        unpack8(hp[j], fh);
+        unpack8(bp[j], fb);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc = fmaf(fh[i], fb[i], acc);
+      }
+    }
+    return round_bf16(o.ls * acc + v);
+  }
   for (int j = 0; j < o.lr; ++j) acc = fmaf(__bfloat162float(h[j]), __bfloat162float(b[j]), acc);
   return round_bf16(o.ls * acc + v);
 }
@@ -249,7 +277,7 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   constexpr bool kAhead = E == Epilogue::SwiGlu;
   PairRows cur, next;
   uint4 ua[U], ub[U], na[U], nb[U];
-  allow_dependents();  // launched as a dependent (dependent_launch.cuh): weights before the wait, x after
+  // Launched as a dependent (dependent_launch.cuh): weights before the wait, x after it.
   if (first < a.pairs) {
     cur = rows_for(first);
     load_batch(cur.wa, cur.wb, part_begin + lane, part_end, ua, ub);
@@ -257,6 +285,7 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   float nw[8];  // the norm's weights of the thread's first staged pack
   if (a.norm_w && threadIdx.x < packs) norm_weights(a, threadIdx.x, nw);
   wait_for_prior_grids();
+  allow_dependents();
   // Inputs of the epilogue, ahead of the staging: the row's position and pool slot, and the first
   // pair's residual or bias.
   const int32_t row_pos = lane < a.m && a.pos ? a.pos[lane] : -1;
@@ -350,7 +379,8 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
       if (r >= a.m || lane != r) continue;
       if constexpr (E == Epilogue::SwiGlu) {  // a: gate row, b: up row
         const Output& g = a.out[0];
-        const float gv = with_update(g, r, ra, round_bf16(ya[r])), uv = with_update(a.out[1], r, ra, round_bf16(yb[r]));
+        const float gv = with_update<false>(g, r, ra, round_bf16(ya[r])),
+                    uv = with_update<false>(a.out[1], r, ra, round_bf16(yb[r]));
         g.y[r * g.n + ra] = __float2bfloat16_rn(gv / (1.0f + expf(-gv)) * uv);
         continue;
       }
@@ -439,9 +469,9 @@ __global__ void __launch_bounds__(kShrinkThreads) shrink_kernel(ShrinkArgs s) {
         pa[i][j] = arow[i] && v < packs ? load_stream(reinterpret_cast<const uint4*>(arow[i]) + v) : uint4{0, 0, 0, 0};
       }
   };
-  allow_dependents();  // launched as a dependent (dependent_launch.cuh): A before the wait, x after
-  load_a(0);
+  load_a(0);  // launched as a dependent (dependent_launch.cuh): A before the wait, x after it
   wait_for_prior_grids();
+  allow_dependents();
   float rstd[M];
 #pragma unroll
   for (int r = 0; r < M; ++r) rstd[r] = 1.0f;
@@ -595,6 +625,7 @@ void set_update(ShrinkArgs& sh, Output& o, const std::vector<LowRankUpdate>& upd
   o.lh = hs.back().data<bf16>();
   o.lr = r;
   o.ls = u.scale;
+  o.packed = r % 8 == 0 && aligned16(o.lb) && aligned16(o.lh);
 }
 
 // The shrinks gathered in sh (none: no launch).
