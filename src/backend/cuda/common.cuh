@@ -82,14 +82,19 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+// Sum over the first `warps` warps of the block, which meet at sync() (all their threads call it).
+template <typename Sync>
+__device__ __forceinline__ float warps_sum(float v, float* scratch, int warps, Sync sync) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = warp_sum(v);
-  __syncthreads();  // scratch may still be read by a previous call
+  sync();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = v;
-  __syncthreads();
+  sync();
   v = lane < warps ? scratch[lane] : 0.0f;
   return warp_sum(v);
+}
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  return warps_sum(v, scratch, (blockDim.x + 31) >> 5, [] { __syncthreads(); });
 }
 __device__ __forceinline__ float block_max(float v, float* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;

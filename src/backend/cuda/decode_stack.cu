@@ -316,13 +316,7 @@ __host__ __device__ __forceinline__ int64_t align16(int64_t bytes) { return (byt
 
 // Sum over the consumer threads (all of them must call it).
 __device__ float consumers_sum(float v, float* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  v = warp_sum(v);
-  consumers_sync();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  consumers_sync();
-  v = lane < kConsumerWarps ? scratch[lane] : 0.0f;
-  return warp_sum(v);
+  return warps_sum(v, scratch, kConsumerWarps, [] { consumers_sync(); });
 }
 
 // The residual stream's update, then its norm: xres = bf16(y + its LoRA term + xres) for every
@@ -534,7 +528,7 @@ constexpr int kMaxTileLoads = (kTile * 32 * kMaxChunks / 8 + kConsumers - 1) / k
 __device__ void run_attention(const Params& p, const Shared& sh, const LayerParams& L, int a, int pos, int len,
                               int slot, unsigned target) {
   const int hd = p.hd, ldk = hd + 1, half = p.half;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warp = threadIdx.x >> 5;
   const int split = a % L.splits, kvh = a / L.splits / p.head_chunks, chunk = a / L.splits % p.head_chunks;
   const int h0 = kvh * p.group + chunk * p.heads_per_block;
   const int heads = min(p.heads_per_block, p.group - chunk * p.heads_per_block);
@@ -612,14 +606,7 @@ __device__ void run_attention(const Params& p, const Shared& sh, const LayerPara
       __stcg(L.v_pool + row + e,
              __float2bfloat16_rn(with_lora(uv, sh.hs + kV * kMaxRank, bv + int64_t(e) * uv.r, __bfloat162float(vp[e]))));
   }
-  float m[kHeadsPerWarp], l[kHeadsPerWarp], o[kHeadsPerWarp][kMaxChunks];
-#pragma unroll
-  for (int i = 0; i < kHeadsPerWarp; ++i) {
-    m[i] = -INFINITY;
-    l[i] = 0.0f;
-#pragma unroll
-    for (int c = 0; c < kMaxChunks; ++c) o[i][c] = 0.0f;
-  }
+  WarpHeads<kHeadsPerWarp, kMaxChunks> st;
   const int per_row = hd / 8;
 #pragma unroll 1
   for (int t0 = k0; t0 < k1; t0 += kTile) {
@@ -658,24 +645,11 @@ __device__ void run_attention(const Params& p, const Shared& sh, const LayerPara
       }
     }
     consumers_sync();
-#pragma unroll
-    for (int i = 0; i < kHeadsPerWarp; ++i) {
-      const int hl = warp + i * kConsumerWarps;
-      if (hl >= heads) break;
-      online_softmax_tile(q_s + hl * hd, k_s, ldk, v_s, hd, n, p.softcap, m[i], l[i], o[i]);
-    }
+    st.fold(q_s, hd, warp, kConsumerWarps, heads, k_s, ldk, v_s, n, p.softcap);
   }
-#pragma unroll
-  for (int i = 0; i < kHeadsPerWarp; ++i) {
-    const int hl = warp + i * kConsumerWarps;
-    if (hl >= heads) break;
-    const int64_t hslot = int64_t(h0 + hl) * p.max_splits + split;
-    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-#pragma unroll
-    for (int c = 0; c < kMaxChunks; ++c)
-      if (lane + 32 * c < hd) __stcg(p.part_o + hslot * hd + lane + 32 * c, o[i][c] * inv);
-    if (lane == 0) __stcg(p.part_lse + hslot, l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY);
-  }
+  auto split_slot = [&](int hl) { return int64_t(h0 + hl) * p.max_splits + split; };  // the head's split slot
+  st.write(hd, warp, kConsumerWarps, heads, [&](int hl, int c, float v) { __stcg(p.part_o + split_slot(hl) * hd + c, v); },
+           [&](int hl, float lse) { __stcg(p.part_lse + split_slot(hl), lse); });
 }
 
 // xs = the attention output: every block merges the splits (as paged_combine_kernel): each head's

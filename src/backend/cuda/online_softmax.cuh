@@ -47,4 +47,50 @@ __device__ __forceinline__ void online_softmax_tile(const float* qr, const float
   }
 }
 
+// The online softmax of the query heads one warp carries (the split decode kernels): slot i holds
+// the block's head warp + i · warps (warp-uniform), its output columns lane + 32c.
+template <int kHeads, int kChunks>
+struct WarpHeads {
+  float m[kHeads], l[kHeads], o[kHeads][kChunks];
+
+  __device__ __forceinline__ WarpHeads() {
+#pragma unroll
+    for (int i = 0; i < kHeads; ++i) {
+      m[i] = -INFINITY;
+      l[i] = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) o[i][c] = 0.0f;
+    }
+  }
+
+  // Folds keys [0, n) of a tile (K, V in shared memory as online_softmax_tile takes them) into the
+  // slots of the block's `heads` heads, their scaled query rows at q_s + head · hd.
+  __device__ __forceinline__ void fold(const float* q_s, int hd, int warp, int warps, int heads, const float* k_s,
+                                       int ldk, const float* v_s, int n, float softcap) {
+#pragma unroll
+    for (int i = 0; i < kHeads; ++i) {
+      const int hl = warp + i * warps;
+      if (hl >= heads) break;
+      online_softmax_tile(q_s + hl * hd, k_s, ldk, v_s, hd, n, softcap, m[i], l[i], o[i]);
+    }
+  }
+
+  // Slot i's normalised output through put(column, value) and its log-sum-exp through put_lse
+  // (-inf for a split without keys, whose output is 0), for the slots of the block's heads.
+  template <typename Put, typename PutLse>
+  __device__ __forceinline__ void write(int hd, int warp, int warps, int heads, Put put, PutLse put_lse) const {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int i = 0; i < kHeads; ++i) {
+      const int hl = warp + i * warps;
+      if (hl >= heads) break;
+      const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;  // l = 0 only for an empty split
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c)
+        if (lane + 32 * c < hd) put(hl, lane + 32 * c, o[i][c] * inv);
+      if (lane == 0) put_lse(hl, l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY);
+    }
+  }
+};
+
 }  // namespace lowrank::cuda

@@ -51,7 +51,7 @@ paged_decode_kernel(const T* __restrict__ q, const T* __restrict__ k_pool, const
   float* q_s = smem + 2 * kTile;                            // [heads_per_block][hd], scale folded in
   float* k_s = q_s + s.heads_per_block * hd;                // [kTile][hd + 1] (padded: lane j reads row j)
   float* v_s = k_s + kTile * ldk;                           // [kTile][hd]
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int split = blockIdx.x, b = blockIdx.z;
   const int kvh = blockIdx.y / s.head_chunks, chunk = blockIdx.y % s.head_chunks;
   const int h0 = kvh * s.group + chunk * s.heads_per_block;  // first query head of the block
@@ -67,14 +67,7 @@ paged_decode_kernel(const T* __restrict__ q, const T* __restrict__ k_pool, const
   const T* qb = q + (int64_t(b) * s.H + h0) * hd;
   for (int e = threadIdx.x; e < heads * hd; e += blockDim.x) q_s[e] = to_f32(qb[e]) * s.scale;
 
-  float m[kHeadsPerWarp], l[kHeadsPerWarp], o[kHeadsPerWarp][kMaxChunks];
-#pragma unroll
-  for (int i = 0; i < kHeadsPerWarp; ++i) {
-    m[i] = -INFINITY;
-    l[i] = 0.0f;
-#pragma unroll
-    for (int c = 0; c < kMaxChunks; ++c) o[i][c] = 0.0f;
-  }
+  WarpHeads<kHeadsPerWarp, kMaxChunks> st;
   for (int t0 = k0; t0 < k1; t0 += kTile) {
     const int n = min(kTile, k1 - t0);  // keys in this tile
     __syncthreads();                    // the previous tile is used up (and q_s written, first time)
@@ -115,32 +108,16 @@ paged_decode_kernel(const T* __restrict__ q, const T* __restrict__ k_pool, const
       }
     }
     __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kHeadsPerWarp; ++i) {
-      const int hl = warp + i * warps;  // the block's head this slot carries (warp-uniform)
-      if (hl >= heads) break;
-      online_softmax_tile(q_s + hl * hd, k_s, ldk, v_s, hd, n, s.softcap, m[i], l[i], o[i]);
-    }
+    st.fold(q_s, hd, warp, warps, heads, k_s, ldk, v_s, n, s.softcap);
   }
-#pragma unroll
-  for (int i = 0; i < kHeadsPerWarp; ++i) {
-    const int hl = warp + i * warps;
-    if (hl >= heads) break;
-    const int64_t bh = int64_t(b) * s.H + h0 + hl;
-    const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;  // l = 0 only for an empty split
-    if (s.splits == 1) {
-      T* orow = out + bh * hd;
-#pragma unroll
-      for (int c = 0; c < kMaxChunks; ++c)
-        if (lane + 32 * c < hd) orow[lane + 32 * c] = from_f32<T>(o[i][c] * inv);
-    } else {
-      float* prow = part_o + (bh * s.splits + split) * hd;
-#pragma unroll
-      for (int c = 0; c < kMaxChunks; ++c)
-        if (lane + 32 * c < hd) prow[lane + 32 * c] = o[i][c] * inv;
-      if (lane == 0) part_lse[bh * s.splits + split] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
-    }
-  }
+  const int64_t bh0 = int64_t(b) * s.H + h0;  // the block's first (sequence, head)
+  if (s.splits == 1)
+    st.write(hd, warp, warps, heads, [&](int hl, int c, float v) { out[(bh0 + hl) * hd + c] = from_f32<T>(v); },
+             [](int, float) {});
+  else
+    st.write(hd, warp, warps, heads,
+             [&](int hl, int c, float v) { part_o[((bh0 + hl) * s.splits + split) * hd + c] = v; },
+             [&](int hl, float lse) { part_lse[(bh0 + hl) * s.splits + split] = lse; });
 }
 
 // Short contexts that would otherwise be split a few ways over blocks (batches of tens of
