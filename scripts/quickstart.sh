@@ -41,10 +41,8 @@ if ! cmake --build build-quickstart -j"$(nproc)" --target lowrank_cli > build-qu
 fi
 lowrank=build-quickstart/lowrank
 [ -n "${THREADS:-}" ] && export OMP_NUM_THREADS=$THREADS
-# Idle OpenMP threads sleep instead of spinning: on a small or shared machine the spinning
-# (libgomp's default) steals the cores that the BLAS threads compute on (3x slower measured on
-# 2 shared cores).
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+# OMP_WAIT_POLICY: `lowrank` picks it (PASSIVE when its OpenBLAS has threads of its own; see
+# docs/quickstart.md, Notes); a value set here is kept.
 
 section "3/8 data: the King James Bible (Debian bible-kjv), a domain the base model never saw"
 mkdir -p "$out/data"

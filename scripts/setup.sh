@@ -3,7 +3,7 @@
 # apt-get (update once, then install) when something is missing.
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config git ca-certificates
-          libopenblas-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev
+          libopenblas-dev libopenblas0-openmp nlohmann-json3-dev libcli11-dev libpcre2-dev libcpp-httplib-dev
           libgtest-dev libgmock-dev libbenchmark-dev python3
           bible-kjv)  # bible-kjv (+ bible-kjv-text): the quickstart's fine-tuning data
 # Node.js + npm fetch test data; a machine may already have them from another source
