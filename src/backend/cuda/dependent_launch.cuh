@@ -1,5 +1,5 @@
 #pragma once
-// Programmatic dependent launch (Hopper and newer): a kernel launched with launch_dependent() may
+// Programmatic dependent launch (Hopper and newer): a kernel launched by launch_kernel(true, ...) may
 // start while the kernel before it on the stream is still running. Its blocks take SM slots as
 // the earlier kernel's blocks leave and load what no kernel of the step writes (weights) before
 // they wait for the earlier grid; the launch and the first memory latency overlap the earlier
@@ -55,11 +55,6 @@ void launch_kernel(bool dependent, void (*kernel)(Params...), dim3 grid, dim3 bl
   cfg.attrs = &attr;
   cfg.numAttrs = dependent && dependent_launch(d) ? 1 : 0;
   LR_CUDA(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
-}
-
-template <typename... Params, typename... Args>
-void launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Device d, Args&&... args) {
-  launch_kernel(true, kernel, grid, block, smem, d, std::forward<Args>(args)...);
 }
 
 }  // namespace lowrank::cuda

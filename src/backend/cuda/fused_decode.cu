@@ -634,7 +634,7 @@ void launch_shrinks(const ShrinkArgs& sh, Device d) {
   if (sh.rows == 0) return;
   const dim3 blocks(static_cast<unsigned>((sh.rows + kShrinkRows - 1) / kShrinkRows));
   auto kernel = sh.m <= 1 ? shrink_kernel<1> : sh.m <= 2 ? shrink_kernel<2> : sh.m <= 4 ? shrink_kernel<4> : shrink_kernel<8>;
-  launch_dependent(kernel, blocks, dim3(kShrinkThreads), 0, d, sh);
+  launch_kernel(true, kernel, blocks, dim3(kShrinkThreads), 0, d, sh);
 }
 
 ShrinkArgs shrink_args(const Args& a) {
