@@ -18,6 +18,10 @@ struct DeviceContext {
   size_t workspace_bytes = 0;
   cudaDeviceProp props{};
   std::string description;
+  // Two counters for kernels whose blocks hand work to one another within a launch (fused_decode.cu:
+  // LoRA's shrinks formed by a few blocks, read by the others' epilogues). Zero between launches:
+  // such a kernel's last block zeroes them, and the stream runs one kernel's handoff at a time.
+  unsigned* grid_counters = nullptr;
 };
 
 // Checks d (Error if it does not exist), makes it current and returns its context.

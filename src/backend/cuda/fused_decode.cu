@@ -14,22 +14,25 @@
 // runs the unfused ops.
 //
 // Each launch is a programmatic dependent (dependent_launch.cuh) where its weights are small
-// (kDependentMaxBytes), as are the shrinks: blocks issue their first weight loads and load the
+// (kDependentMaxBytes): blocks issue their first weight loads and load the
 // norm's weights before they wait for the kernel before, and read the residual, the positions
 // and slots right after the wait, before the staging, so that those latencies hide under the
 // staging and the dots (with the attention's early release of the next kernel, one stream on the
 // Qwen2.5-0.5B shape, H200: 1,058 -> 1,196 tok/s; 693 -> 840 with an adapter).
 //
-// LoRA's updates (ops::LowRankUpdate) take one launch more per op: the shrinks h = xn Aᵀ of all
-// its updates by shrink_kernel, split over K so that each block's loads are all in flight at once
-// (a warp per two rows through the whole K, as the projections do, took ~17 µs under ncu for the
-// 48 rows of q/k/v on the Llama-3-8B shape; cuBLASLt's GEMM + split-K reduction for o and down
-// ~10), then the projection kernel adds scale · h Bᵀ in its epilogue.
+// LoRA's updates (ops::LowRankUpdate) run in the same launch: its first blocks form the shrinks
+// h = xn Aᵀ of all the op's updates (Shrinks: a row of A a block, K split over its threads) while
+// the other blocks dot their row pairs, and each epilogue adds scale · h Bᵀ once the shrinks are
+// counted done. A launch of their own before each projection (a programmatic dependent too) was
+// 9% slower on the Qwen2.5-0.5B shape with an adapter and 4% on Llama-3-8B's (H200, one stream:
+// 846 -> 922 and 183 -> 192 tok/s); in the projection's own blocks, each doing its shrink row
+// before its pairs, it was 3% slower on the 0.5B shape (those blocks' pairs formed a tail).
 #include <algorithm>
 #include <cstdlib>
 #include <string_view>
 
 #include "common.cuh"
+#include "context.h"
 #include "dependent_launch.cuh"
 #include "backend/cuda/cuda_ops.h"
 
@@ -59,6 +62,19 @@ struct Output {
 
 enum class Epilogue { Bias, Residual, SwiGlu };
 
+// LoRA's shrinks h_p = xn A_pᵀ of the op's updates, formed inside the projection kernel by its
+// first `blocks` blocks, which take no row pairs: block b takes rows b, b + blocks, ... of the
+// concatenated A's (K split over its threads) and counts each row done on counters[0]; an
+// epilogue that adds an update waits for all of them there. The pairs' blocks dot meanwhile.
+struct Shrinks {
+  const bf16* a[3] = {};  // [r_p, K]
+  bf16* h[3] = {};        // [M, r_p]
+  int r[3] = {};
+  int rows = 0;           // Σ r_p (0: no update)
+  int blocks = 0;         // the launch's first blocks, which form them and take no row pairs
+  unsigned* counters = nullptr;  // DeviceContext::grid_counters: rows done, blocks done
+};
+
 struct Args {
   const bf16* x;       // [M, K]
   int m;
@@ -77,6 +93,7 @@ struct Args {
   int64_t P;
   const int32_t* slots;  // KVWrite: [M] pool rows of the outputs with a pool (-1: none)
   int64_t pool_rows;
+  Shrinks sh;
 };
 
 // v (output `row` of input row r, rounded) plus o's low-rank update, rounded once as matmul_nt(h,
@@ -237,8 +254,103 @@ __device__ __forceinline__ void norm_weights(const Args& a, int64_t v, float (&w
                       : __bfloat162float(static_cast<const bf16*>(a.norm_w)[v * 8 + i]);
 }
 
-template <int M, Epilogue E>
-__global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
+constexpr int kShrinkLoads = 4;  // packs of a shrink row a thread has in flight (K <= 4,096: one batch)
+
+// Shrink row `row` of the concatenated A's: its A (p) and its row there (g).
+__device__ __forceinline__ const bf16* shrink_row(const Shrinks& s, int row, int& p, int& g) {
+  g = row;
+  p = 0;
+  while (p < 2 && g >= s.r[p]) g -= s.r[p++];
+  return s.a[p];
+}
+__device__ __forceinline__ void load_shrink(const bf16* arow, int64_t v0, int64_t packs, uint4 (&pa)[kShrinkLoads]) {
+#pragma unroll
+  for (int j = 0; j < kShrinkLoads; ++j) {
+    const int64_t v = v0 + threadIdx.x + int64_t(j) * blockDim.x;
+    pa[j] = v < packs ? load_stream(reinterpret_cast<const uint4*>(arow) + v) : uint4{0, 0, 0, 0};
+  }
+}
+
+// The block's shrink rows against the staged input xs [m, K] (normed and rounded as the dots see
+// it), each rounded to bf16 as linear rounds it; pa holds the first row's first batch (loaded
+// before the wait: A is a weight). Each
+// thread sums its packs in order, then the lanes (warp_sum) and the warps in order.
+template <int M>
+__device__ void shrink_rows(const Args& a, const bf16* xs, uint4 (&pa)[kShrinkLoads]) {
+  __shared__ float part[kWarps][M];
+  const int64_t k = a.k, packs = k / 8;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int row = blockIdx.x; row < a.sh.rows; row += a.sh.blocks) {
+    int p, g;
+    const bf16* arow = shrink_row(a.sh, row, p, g) + int64_t(g) * k;
+    if (row != int(blockIdx.x)) load_shrink(arow, 0, packs, pa);
+    float acc[M];
+#pragma unroll
+    for (int r = 0; r < M; ++r) acc[r] = 0.0f;
+    for (int64_t v0 = 0; v0 < packs; v0 += int64_t(kShrinkLoads) * blockDim.x) {
+      if (v0 > 0) load_shrink(arow, v0, packs, pa);
+#pragma unroll
+      for (int j = 0; j < kShrinkLoads; ++j) {
+        const int64_t v = v0 + threadIdx.x + int64_t(j) * blockDim.x;
+        if (v >= packs) break;
+        float fa[8];
+        unpack8(pa[j], fa);
+#pragma unroll
+        for (int r = 0; r < M; ++r) {
+          if (r >= a.m) break;
+          float fx[8];
+          unpack8(reinterpret_cast<const uint4*>(xs + r * k)[v], fx);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r] = fmaf(fa[e], fx[e], acc[r]);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      const float v = warp_sum(acc[r]);
+      if (lane == 0) part[warp][r] = v;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int r = 0; r < a.m; ++r) {
+        float v = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) v += part[w][r];
+        a.sh.h[p][int64_t(r) * a.sh.r[p] + g] = __float2bfloat16_rn(v);
+      }
+      __threadfence();  // h before the count that publishes it
+      atomicAdd(a.sh.counters, 1u);
+    }
+    __syncthreads();  // part is reused by the next row
+  }
+}
+
+// Until every shrink row of the launch is counted (a hang would be a bug: trap after ~2 s).
+__device__ __forceinline__ void wait_for_shrinks(const Shrinks& s) {
+  const long long t0 = clock64();
+  unsigned seen;
+#pragma unroll 1
+  for (;;) {
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(s.counters) : "memory");
+    if (seen >= unsigned(s.rows)) return;
+    if (clock64() - t0 > (1LL << 32)) __trap();
+    __nanosleep(32);
+  }
+}
+
+// The last block out zeroes the counters for the next launch (every block is past its waits).
+__device__ __forceinline__ void release_shrinks(const Shrinks& s) {
+  __syncthreads();
+  if (threadIdx.x == 0 && atomicAdd(s.counters + 1, 1u) == gridDim.x - 1) {
+    s.counters[0] = 0;
+    s.counters[1] = 0;
+  }
+}
+
+// kShrink: the launch forms LoRA's shrinks (Args::sh); a template argument, so that the kernels
+// without an update keep their registers.
+template <int M, Epilogue E, bool kShrink>
+__device__ __forceinline__ void fused_decode(const Args& a) {
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* xs = reinterpret_cast<bf16*>(smem);  // [m, k]
   __shared__ float rstd[kMaxRows];
@@ -251,7 +363,11 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   const int64_t chunk = (packs + a.parts - 1) / a.parts;
   const int64_t part_begin = part * chunk < packs ? part * chunk : packs;
   const int64_t part_end = part_begin + chunk < packs ? part_begin + chunk : packs;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * slots, first = static_cast<int64_t>(blockIdx.x) * slots + slot;
+  // The row pairs go to the blocks after the shrinks' (kShrink), which take none.
+  const bool shrinker = kShrink && int(blockIdx.x) < a.sh.blocks;
+  const int pair_block = kShrink ? int(blockIdx.x) - a.sh.blocks : int(blockIdx.x);
+  const int64_t stride = static_cast<int64_t>(gridDim.x - (kShrink ? a.sh.blocks : 0)) * slots;
+  const int64_t first = shrinker ? a.pairs : static_cast<int64_t>(pair_block) * slots + slot;
   // A warp's row pair: its weight rows and where its outputs go.
   struct PairRows {
     const bf16 *wa = nullptr, *wb = nullptr;
@@ -278,8 +394,13 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
   constexpr bool kAhead = E == Epilogue::SwiGlu;
   PairRows cur, next;
   uint4 ua[U], ub[U], na[U], nb[U];
-  // Launched as a dependent (dependent_launch.cuh): weights before the wait, x after it.
-  if (first < a.pairs) {
+  // Launched as a dependent (dependent_launch.cuh): weights before the wait, x after it. A block
+  // with a shrink row loads that first; its pairs' loads wait until the row is done.
+  uint4 pa[kShrinkLoads];
+  if (shrinker) {
+    int p, g;
+    load_shrink(shrink_row(a.sh, blockIdx.x, p, g) + int64_t(g) * k, 0, packs, pa);
+  } else if (first < a.pairs) {
     cur = rows_for(first);
     load_batch(cur.wa, cur.wb, part_begin + lane, part_end, ua, ub);
   }
@@ -335,6 +456,8 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
       reinterpret_cast<uint4*>(xs + r * k)[v] = packed;
     }
   __syncthreads();
+  if (kShrink && shrinker) shrink_rows<M>(a, xs, pa);
+  bool shrinks_seen = !kShrink;
 
   for (int64_t pair = first; pair < a.pairs; pair += stride) {
     if (pair != first) {
@@ -378,6 +501,10 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       if (r >= a.m || lane != r) continue;
+      if (!shrinks_seen) {
+        wait_for_shrinks(a.sh);
+        shrinks_seen = true;
+      }
       if constexpr (E == Epilogue::SwiGlu) {  // a: gate row, b: up row
         const Output& g = a.out[0];
         const float gv = with_update<false>(g, r, ra, round_bf16(ya[r])),
@@ -414,139 +541,25 @@ __global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
       }
     }
   }
-}
-
-// The shrinks h_p = xn A_pᵀ of an op's updates (up to three A [r_p, K], one xn), rounded to bf16
-// as linear rounds them: each block takes kShrinkRows rows of the concatenated A's and splits K
-// over its threads, a 16-byte pack of each row at a time with the first kShrinkBatch packs'
-// loads issued before the norm's reduction; the partial dots are summed across the block in a
-// fixed order.
-constexpr int kShrinkThreads = 256;
-constexpr int kShrinkRows = 2;
-constexpr int kShrinkBatch = 4;  // packs of a row a thread has in flight (K <= 8192 in one batch)
-
-struct ShrinkArgs {
-  const bf16* x;       // [M, K]
-  int m;
-  int64_t k;
-  const void* norm_w;  // [K] or null
-  bool norm_f32;
-  float eps;
-  const bf16* a[3];    // [r_p, K]
-  bf16* h[3];          // [M, r_p]
-  int r[3];
-  int updates, rows;   // the A matrices; rows = Σ r_p
-};
-
-template <int M>
-__global__ void __launch_bounds__(kShrinkThreads) shrink_kernel(ShrinkArgs s) {
-  constexpr int kWarpsPerBlock = kShrinkThreads / 32;
-  __shared__ float partial[kWarpsPerBlock][kShrinkRows * M];
-  __shared__ float scratch[32];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int64_t k = s.k, packs = k / 8;
-  const bf16* arow[kShrinkRows];
-  bf16* hcol[kShrinkRows];  // element (r, j) of the row's h at hcol + r · hstride
-  int hstride[kShrinkRows];
-#pragma unroll
-  for (int i = 0; i < kShrinkRows; ++i) {
-    int g = blockIdx.x * kShrinkRows + i, p = 0;
-    arow[i] = nullptr;
-    hcol[i] = nullptr;
-    hstride[i] = 0;
-    if (g >= s.rows) continue;
-    while (g >= s.r[p]) g -= s.r[p++];
-    arow[i] = s.a[p] + int64_t(g) * k;
-    hcol[i] = s.h[p] + g;
-    hstride[i] = s.r[p];
-  }
-  uint4 pa[kShrinkRows][kShrinkBatch];
-  auto load_a = [&](int64_t v0) {
-#pragma unroll
-    for (int i = 0; i < kShrinkRows; ++i)
-#pragma unroll
-      for (int j = 0; j < kShrinkBatch; ++j) {
-        const int64_t v = v0 + tid + int64_t(j) * kShrinkThreads;
-        pa[i][j] = arow[i] && v < packs ? load_stream(reinterpret_cast<const uint4*>(arow[i]) + v) : uint4{0, 0, 0, 0};
-      }
-  };
-  load_a(0);  // launched as a dependent (dependent_launch.cuh): A before the wait, x after it
-  wait_for_prior_grids();
-  allow_dependents();
-  float rstd[M];
-#pragma unroll
-  for (int r = 0; r < M; ++r) rstd[r] = 1.0f;
-  if (s.norm_w) {  // every block forms rmsnorm's rstd itself: x is a few KB, read from L2
-#pragma unroll
-    for (int r = 0; r < M; ++r) {
-      if (r >= s.m) break;
-      float ss = 0.0f;
-      for (int64_t v = tid; v < packs; v += kShrinkThreads) {
-        float f[8];
-        unpack8(reinterpret_cast<const uint4*>(s.x + r * k)[v], f);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
-      }
-      rstd[r] = rsqrtf(block_sum(ss, scratch) / static_cast<float>(k) + s.eps);
-    }
-  }
-  float acc[kShrinkRows][M];
-#pragma unroll
-  for (int i = 0; i < kShrinkRows; ++i)
-#pragma unroll
-    for (int r = 0; r < M; ++r) acc[i][r] = 0.0f;
-  for (int64_t v0 = 0; v0 < packs; v0 += int64_t(kShrinkBatch) * kShrinkThreads) {
-    if (v0 > 0) load_a(v0);
-#pragma unroll
-    for (int j = 0; j < kShrinkBatch; ++j) {
-      const int64_t v = v0 + tid + int64_t(j) * kShrinkThreads;
-      if (v >= packs) break;
-#pragma unroll
-      for (int r = 0; r < M; ++r) {
-        if (r >= s.m) break;
-        float f[8];  // the input, normed and rounded as the projections stage it
-        unpack8(reinterpret_cast<const uint4*>(s.x + r * k)[v], f);
-        if (s.norm_w) {
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            const int64_t c = v * 8 + e;
-            const float w = s.norm_f32 ? static_cast<const float*>(s.norm_w)[c]
-                                       : __bfloat162float(static_cast<const bf16*>(s.norm_w)[c]);
-            f[e] = round_bf16(f[e] * rstd[r] * w);
-          }
-        }
-#pragma unroll
-        for (int i = 0; i < kShrinkRows; ++i) {
-          float fa[8];
-          unpack8(pa[i][j], fa);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[i][r] = fmaf(fa[e], f[e], acc[i][r]);
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < kShrinkRows; ++i)
-#pragma unroll
-    for (int r = 0; r < M; ++r) {
-      const float v = warp_sum(acc[i][r]);
-      if (lane == 0) partial[warp][i * M + r] = v;
-    }
-  __syncthreads();
-  if (tid < kShrinkRows * M) {
-    const int i = tid / M, r = tid % M;
-    if (hcol[i] && r < s.m) {
-      float v = 0.0f;
-      for (int w = 0; w < kWarpsPerBlock; ++w) v += partial[w][tid];
-      hcol[i][r * hstride[i]] = __float2bfloat16_rn(v);
-    }
-  }
+  if constexpr (kShrink) release_shrinks(a.sh);
 }
 
 template <int M, Epilogue E>
+__global__ void __launch_bounds__(kWarps * 32) fused_decode_kernel(Args a) {
+  fused_decode<M, E, false>(a);
+}
+
+// With the shrinks at most 128 registers, four blocks an SM, as without (SwiGLU's would take 162:
+// three blocks).
+template <int M, Epilogue E>
+__global__ void __launch_bounds__(kWarps * 32, 4) fused_decode_shrink_kernel(Args a) {
+  fused_decode<M, E, true>(a);
+}
+
+template <int M, Epilogue E, bool kShrink>
 void launch_rows(const Args& a, Device d) {
   const int64_t smem = a.m * a.k * 2;
-  auto kernel = fused_decode_kernel<M, E>;
+  auto kernel = kShrink ? fused_decode_shrink_kernel<M, E> : fused_decode_kernel<M, E>;
   stream_for(d);  // makes d current
   // Set on the current device at each such launch (as attention.cu does): a once-only flag would
   // miss the other GPUs of a process.
@@ -575,18 +588,28 @@ void launch_rows(const Args& a, Device d) {
   // its blocks, starting beside the small kernel before it, would displace some of its own one
   // wave into a second (Llama-3-8B one stream with an adapter, all dependent: 175 -> 159 tok/s).
   const bool dependent = 4 * a.pairs * a.k <= kDependentMaxBytes;
-  const int64_t blocks = std::max<int64_t>(
-      1, std::min<int64_t>((a.pairs + slots - 1) / slots, int64_t(per_sm) * multiprocessor_count(d)));
+  // With the shrinks: a block a shrink row first (at most a quarter of the resident blocks), then
+  // the pairs' blocks, all resident at once (their epilogues wait for the shrink blocks).
+  const int64_t resident_blocks = int64_t(per_sm) * multiprocessor_count(d);
+  args.sh.blocks = kShrink ? static_cast<int>(std::clamp<int64_t>(a.sh.rows, 1, std::max<int64_t>(resident_blocks / 4, 1))) : 0;
+  const int64_t blocks = args.sh.blocks + std::max<int64_t>(
+      1, std::min<int64_t>((a.pairs + slots - 1) / slots, resident_blocks - args.sh.blocks));
   launch_kernel(dependent, kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), static_cast<size_t>(smem), d,
                 args);
 }
 
+template <Epilogue E, bool kShrink>
+void launch_m(const Args& a, Device d) {
+  if (a.m <= 1) launch_rows<1, E, kShrink>(a, d);
+  else if (a.m <= 2) launch_rows<2, E, kShrink>(a, d);
+  else if (a.m <= 4) launch_rows<4, E, kShrink>(a, d);
+  else launch_rows<8, E, kShrink>(a, d);
+}
+
 template <Epilogue E>
 void launch(const Args& a, Device d) {
-  if (a.m <= 1) launch_rows<1, E>(a, d);
-  else if (a.m <= 2) launch_rows<2, E>(a, d);
-  else if (a.m <= 4) launch_rows<4, E>(a, d);
-  else launch_rows<8, E>(a, d);
+  if (a.sh.rows > 0) launch_m<E, true>(a, d);
+  else launch_m<E, false>(a, d);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -610,42 +633,26 @@ bool fusable(const Tensor& x, const std::vector<LowRankUpdate>& updates) {
   return updates.size() <= 3;
 }
 
-// Output o's update from updates[i], when there is one: its shrink joins `sh` (into a new h [M, r]
-// kept in hs until the launches are queued), its expand goes into o's epilogue.
-void set_update(ShrinkArgs& sh, Output& o, const std::vector<LowRankUpdate>& updates, size_t i,
-                std::vector<Tensor>& hs) {
+// Output o's update from updates[i], when there is one: its shrink joins a.sh (into a new h [M, r]
+// kept in hs until the launch is queued), its expand goes into o's epilogue.
+void set_update(Args& a, Output& o, const std::vector<LowRankUpdate>& updates, size_t i, std::vector<Tensor>& hs) {
   if (i >= updates.size() || !updates[i].A.defined()) return;
   const LowRankUpdate& u = updates[i];
   const int r = static_cast<int>(u.A.dim(0));
-  hs.push_back(Tensor::empty({sh.m, r}, DType::BF16, u.A.device()));
-  sh.a[sh.updates] = u.A.data<bf16>();
-  sh.h[sh.updates] = hs.back().data<bf16>();
-  sh.r[sh.updates++] = r;
+  Shrinks& sh = a.sh;
+  int n = 0;
+  while (n < 3 && sh.a[n]) ++n;
+  hs.push_back(Tensor::empty({a.m, r}, DType::BF16, u.A.device()));
+  sh.a[n] = u.A.data<bf16>();
+  sh.h[n] = hs.back().data<bf16>();
+  sh.r[n] = r;
   sh.rows += r;
+  sh.counters = context(u.A.device()).grid_counters;
   o.lb = u.B.data<bf16>();
   o.lh = hs.back().data<bf16>();
   o.lr = r;
   o.ls = u.scale;
   o.packed = r % 8 == 0 && aligned16(o.lb) && aligned16(o.lh);
-}
-
-// The shrinks gathered in sh (none: no launch).
-void launch_shrinks(const ShrinkArgs& sh, Device d) {
-  if (sh.rows == 0) return;
-  const dim3 blocks(static_cast<unsigned>((sh.rows + kShrinkRows - 1) / kShrinkRows));
-  auto kernel = sh.m <= 1 ? shrink_kernel<1> : sh.m <= 2 ? shrink_kernel<2> : sh.m <= 4 ? shrink_kernel<4> : shrink_kernel<8>;
-  launch_kernel(true, kernel, blocks, dim3(kShrinkThreads), 0, d, sh);
-}
-
-ShrinkArgs shrink_args(const Args& a) {
-  ShrinkArgs sh{};
-  sh.x = a.x;
-  sh.m = a.m;
-  sh.k = a.k;
-  sh.norm_w = a.norm_w;
-  sh.norm_f32 = a.norm_f32;
-  sh.eps = a.eps;
-  return sh;
 }
 
 // The unfused ops' way: y = scale · (xn Aᵀ) Bᵀ + y for output i's update.
@@ -700,7 +707,6 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     return ys;
   }
   Args a = norm_args(x, norm_w, eps);
-  ShrinkArgs sh = shrink_args(a);
   std::vector<Tensor> hs;
   for (size_t i = 0; i < ws.size(); ++i) {
     ys.push_back(Tensor::empty({x.dim(0), ws[i].dim(0)}, DType::BF16, x.device()));
@@ -708,7 +714,7 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     const int half = rope && rope->heads[i] > 0 ? static_cast<int>(rope->cos.dim(1)) : 0;
     a.out[i] = {ws[i].data<bf16>(), bs[i].defined() ? bs[i].data<bf16>() : nullptr, ys[i].data<bf16>(), n,
                 (n + 1) / 2, half};
-    set_update(sh, a.out[i], updates, i, hs);
+    set_update(a, a.out[i], updates, i, hs);
     a.pairs += a.out[i].pairs;
   }
   a.outs = static_cast<int>(ws.size());
@@ -724,7 +730,6 @@ std::vector<Tensor> norm_linears(const Tensor& x, const Tensor& norm_w, float ep
     a.sin_t = rope->sin.data<float>();
     a.P = rope->cos.dim(0);
   }
-  launch_shrinks(sh, x.device());
   launch<Epilogue::Bias>(a, x.device());
   return ys;
 }
@@ -744,15 +749,13 @@ Tensor norm_swiglu(const Tensor& x, const Tensor& norm_w, float eps, const Tenso
   }
   Tensor y = Tensor::empty({x.dim(0), w_gate.dim(0)}, DType::BF16, x.device());
   Args a = norm_args(x, norm_w, eps);
-  ShrinkArgs sh = shrink_args(a);
   std::vector<Tensor> hs;
   a.out[0] = {w_gate.data<bf16>(), nullptr, y.data<bf16>(), w_gate.dim(0)};
   a.out[1] = {w_up.data<bf16>(), nullptr, nullptr, w_up.dim(0)};
-  set_update(sh, a.out[0], updates, 0, hs);
-  set_update(sh, a.out[1], updates, 1, hs);
+  set_update(a, a.out[0], updates, 0, hs);
+  set_update(a, a.out[1], updates, 1, hs);
   a.outs = 2;
   a.pairs = w_gate.dim(0);
-  launch_shrinks(sh, x.device());
   launch<Epilogue::SwiGlu>(a, x.device());
   return y;
 }
@@ -773,13 +776,11 @@ Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, cons
   a.m = static_cast<int>(x.dim(0));
   a.k = x.dim(1);
   a.out[0] = {w.data<bf16>(), nullptr, y.data<bf16>(), w.dim(0), (w.dim(0) + 1) / 2, 0};
-  ShrinkArgs sh = shrink_args(a);
   std::vector<Tensor> hs;
-  set_update(sh, a.out[0], updates, 0, hs);
+  set_update(a, a.out[0], updates, 0, hs);
   a.outs = 1;
   a.pairs = a.out[0].pairs;
   a.res = res.data<bf16>();
-  launch_shrinks(sh, x.device());
   launch<Epilogue::Residual>(a, x.device());
   return y;
 }
