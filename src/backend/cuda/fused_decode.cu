@@ -256,12 +256,12 @@ __device__ __forceinline__ void norm_weights(const Args& a, int64_t v, float (&w
 
 constexpr int kShrinkLoads = 4;  // packs of a shrink row a thread has in flight (K <= 4,096: one batch)
 
-// Shrink row `row` of the concatenated A's: its A (p) and its row there (g).
-__device__ __forceinline__ const bf16* shrink_row(const Shrinks& s, int row, int& p, int& g) {
+// Shrink row `row` of the concatenated A's [r_p, k]: its A (p), its row there (g) and that row.
+__device__ __forceinline__ const bf16* shrink_row(const Shrinks& s, int row, int64_t k, int& p, int& g) {
   g = row;
   p = 0;
   while (p < 2 && g >= s.r[p]) g -= s.r[p++];
-  return s.a[p];
+  return s.a[p] + int64_t(g) * k;
 }
 __device__ __forceinline__ void load_shrink(const bf16* arow, int64_t v0, int64_t packs, uint4 (&pa)[kShrinkLoads]) {
 #pragma unroll
@@ -282,7 +282,7 @@ __device__ void shrink_rows(const Args& a, const bf16* xs, uint4 (&pa)[kShrinkLo
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int row = blockIdx.x; row < a.sh.rows; row += a.sh.blocks) {
     int p, g;
-    const bf16* arow = shrink_row(a.sh, row, p, g) + int64_t(g) * k;
+    const bf16* arow = shrink_row(a.sh, row, k, p, g);
     if (row != int(blockIdx.x)) load_shrink(arow, 0, packs, pa);
     float acc[M];
 #pragma unroll
@@ -399,7 +399,7 @@ __device__ __forceinline__ void fused_decode(const Args& a) {
   uint4 pa[kShrinkLoads];
   if (shrinker) {
     int p, g;
-    load_shrink(shrink_row(a.sh, blockIdx.x, p, g) + int64_t(g) * k, 0, packs, pa);
+    load_shrink(shrink_row(a.sh, blockIdx.x, k, p, g), 0, packs, pa);
   } else if (first < a.pairs) {
     cur = rows_for(first);
     load_batch(cur.wa, cur.wb, part_begin + lane, part_end, ua, ub);
