@@ -8,6 +8,7 @@
 #include <array>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/dropout_run.h"
 #include "backend/cpu/target_clones.h"
 #include "lowrank/core/rng.h"
 
@@ -39,6 +40,25 @@ LOWRANK_CPU_CLONES void drop(const uint32_t* __restrict words, const float* __re
 
 }  // namespace
 
+void dropout_run(uint64_t seed, uint64_t offset, const float* src, float* dst, uint8_t* mask, int64_t n,
+                 float keep) {
+  if (n <= 0) return;
+  // Element k takes word offset + k of Rng(seed): lane w % 4 of Philox block w / 4, as Rng's
+  // uniform() reads it. Passes of kBlocks blocks.
+  std::array<uint32_t, 4 * kBlocks> words;
+  const uint64_t end_word = offset + static_cast<uint64_t>(n);
+  const auto first = static_cast<int64_t>(offset / 4), end = static_cast<int64_t>((end_word - 1) / 4 + 1);
+  for (int64_t b = first; b < end; b += kBlocks) {
+    const int64_t count = std::min(kBlocks, end - b);
+    philox_blocks(seed, static_cast<uint64_t>(b), count, words.data());
+    const uint64_t w0 = std::max(offset, static_cast<uint64_t>(b) * 4);  // this pass's words in range
+    const uint64_t w1 = std::min(end_word, static_cast<uint64_t>(b + count) * 4);
+    const uint64_t k0 = w0 - offset;
+    drop(words.data() + (w0 - static_cast<uint64_t>(b) * 4), src + k0, dst + k0, mask + k0,
+         static_cast<int64_t>(w1 - w0), keep);
+  }
+}
+
 Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor* mask, const Tensor& device_offset) {
   LR_CHECK(p >= 0.0f && p < 1.0f, "dropout p ", p);
   if (device_offset.defined()) offset += static_cast<uint64_t>(device_offset.data<int64_t>()[0]);
@@ -50,21 +70,12 @@ Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor
   const float* src = x.f32();
   float* dst = out.f32();
   uint8_t* m = kept.data<uint8_t>();
-  // Element k takes word offset + k of Rng(seed): lane w % 4 of Philox block w / 4, as Rng's
-  // uniform() reads it. Passes of kBlocks blocks, in parallel.
-  const auto n = static_cast<uint64_t>(x.numel());
-  if (n == 0) return out;
-  const auto first = static_cast<int64_t>(offset / 4), end = static_cast<int64_t>((offset + n - 1) / 4 + 1);
+  // One pass of kBlocks Philox blocks an iteration (the first and last partly), in parallel.
+  const int64_t n = x.numel(), run = 4 * kBlocks, lead = static_cast<int64_t>(offset % 4);
 #pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t b = first; b < end; b += kBlocks) {
-    std::array<uint32_t, 4 * kBlocks> words;
-    const int64_t count = std::min(kBlocks, end - b);
-    philox_blocks(seed, static_cast<uint64_t>(b), count, words.data());
-    const uint64_t w0 = std::max(offset, static_cast<uint64_t>(b) * 4);  // this pass's words in range
-    const uint64_t w1 = std::min(offset + n, static_cast<uint64_t>(b + count) * 4);
-    const uint64_t k0 = w0 - offset;
-    drop(words.data() + (w0 - static_cast<uint64_t>(b) * 4), src + k0, dst + k0, m + k0,
-         static_cast<int64_t>(w1 - w0), keep);
+  for (int64_t j = 0; j < (n + lead + run - 1) / run; ++j) {
+    const int64_t k0 = std::max<int64_t>(0, j * run - lead), k1 = std::min(n, (j + 1) * run - lead);
+    dropout_run(seed, offset + static_cast<uint64_t>(k0), src + k0, dst + k0, m + k0, k1 - k0, keep);
   }
   return out;
 }
