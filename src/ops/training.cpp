@@ -16,6 +16,18 @@ void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, dou
   LR_DISPATCH(d, dropout_backward_add_(dx, gx, mask, p));
 }
 
+void dropout_shrink(const Tensor& x, const DropoutDraws& d, const Tensor& A, Tensor& h) {
+  const Device dev = detail::op_device("dropout_shrink", {&x, &A, &h, &d.device_offset});
+  LR_DISPATCH(dev, dropout_shrink(x, d, A, h));
+}
+
+void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tensor& g, const Tensor& A, Tensor& dA,
+                             float alpha, Tensor* dx, bool accumulate) {
+  const Device dev =
+      detail::op_device("dropout_shrink_backward", {&x, &g, &A, &dA, dx, &d.device_offset});
+  LR_DISPATCH(dev, dropout_shrink_backward(x, d, g, A, dA, alpha, dx, accumulate));
+}
+
 void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWScalars& s) {
   const Device d = detail::op_device("adamw_update_", {&param, &grad, &exp_avg, &exp_avg_sq});
   LR_DISPATCH(d, adamw_update_(param, grad, exp_avg, exp_avg_sq, s));

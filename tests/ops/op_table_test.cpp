@@ -674,6 +674,29 @@ std::vector<OpCase> op_table() {
                  return Outputs{ops::paged_attention(in[0], in[1], in[2], tables, Tensor::from_ints({600}, d), 16, 600,
                                                      attention_shape(0, 0.0f))};
                }});
+  // LoRA's shrink through its dropout (the CPU fuses the draws into its GEMMs; CUDA composes
+  // dropout and the GEMMs): the gradient check holds the mask fixed (same seed and offset).
+  t.push_back({"dropout_shrink", {{37, 45}, {5, 45}},
+               [](Inputs& in, Device) {
+                 Tensor h;
+                 ops::dropout_shrink(in[0], {0.25, 42, 1001, Tensor()}, in[1], h);
+                 return Outputs{h};
+               },
+               [](const Inputs& in, const Tensor& dout) {
+                 Tensor dA = Tensor::zeros(in[1].shape()), dx;
+                 ops::dropout_shrink_backward(in[0], {0.25, 42, 1001, Tensor()}, dout, in[1], dA, 1.0f, &dx, false);
+                 return Outputs{dx, dA};
+               },
+               {0, 1}});
+  // Many CPU blocks (16 384 elements each), the last one partial, over threads; dx added and written.
+  t.push_back({"dropout_shrink_backward", {{1500, 97}, {16, 97}, {1500, 16}, {16, 97}, {1500, 97}},
+               [](Inputs& in, Device d) {
+                 const ops::DropoutDraws draws{0.1, 42, 1001, Tensor()};
+                 Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
+                 return Outputs{dA, dx_added, dx_written};
+               }});
   return t;
 }
 

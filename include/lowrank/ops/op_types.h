@@ -86,6 +86,15 @@ struct LoraRows {
 };
 constexpr int64_t kLoraRowsMaxRank = 1024;
 
+// The draws of one LoRA dropout, as ops::dropout takes them: element k of the input keeps when
+// draw offset + k of Rng(seed) (+ *device_offset, I64 [1] on the input's device, when defined) is
+// below keep = float(1 - p), and is then divided by keep.
+struct DropoutDraws {
+  double p = 0;
+  uint64_t seed = 0, offset = 0;
+  Tensor device_offset;
+};
+
 enum class Act { SiLU, GeluTanh, GeluErf, ReLU };
 
 // Columns [col, col + width) of a row-major 2-D tensor [rows, cols], as an operand or the output

@@ -18,6 +18,7 @@ using ops::AttentionShape;
 using ops::ColumnBlock;
 using ops::DecodeLayer;
 using ops::DecodeRow;
+using ops::DropoutDraws;
 using ops::Gemm;
 using ops::KVWrite;
 using ops::LoraRows;
