@@ -2,6 +2,8 @@
 //   y += s · h Bᵀ with h = drop(x) Aᵀ, written before the frozen product, which the base GEMM
 //   adds in its epilogue (beta = 1), or added to its output (beta = 1).
 //   dB += s · dyᵀ h;  g = dy B;  dA += s · gᵀ drop(x);  d drop(x) = s · g A.
+// With LoRA dropout the hook hands over x and the draws (fuses_dropout): the shrink and its
+// backward apply them (ops::dropout_shrink, dropout_shrink_backward), drop(x) never written out.
 #include "lowrank/ops/ops.h"
 #include "variants.h"
 
@@ -23,7 +25,8 @@ class LinearLora : public LoraVariant {
 
   void forward(const LoraInput& in, Tensor& y, LoraSaved* saved) const override {
     Tensor h;
-    ops::matmul_nt(in.x_in, in.A, h);             // [N, r]
+    if (in.dropout) ops::dropout_shrink(in.x_in, *in.dropout, in.A, h);  // [N, r]
+    else ops::matmul_nt(in.x_in, in.A, h);
     if (in.first && in.addend) y = ops::matmul_nt_add(h, in.B, *in.addend, in.scale);  // y = s · h Bᵀ + residual
     else if (in.first) ops::matmul_nt(h, in.B, y, in.scale, 0.0f);                     // y = s · h Bᵀ
     else if (y.defined()) ops::matmul_nt(h, in.B, y, in.scale, 1.0f);                  // y += s · h Bᵀ
@@ -31,12 +34,17 @@ class LinearLora : public LoraVariant {
   }
 
   bool saves_without_output() const override { return true; }
+  bool fuses_dropout() const override { return true; }
 
   void backward(LoraPair& p, const LoraInput& in, const LoraSaved& sv, const Tensor& dy, Tensor* dx_in,
                 bool accumulate) const override {
     ops::matmul_tn(dy, sv.h, p.grad_B, in.scale, 1.0f);     // dB += s · dyᵀ h       [out, r]
     Tensor g;
     ops::matmul_nn(dy, in.B, g);                             // g = dy B             [N, r]
+    if (in.dropout) {  // the same two products, dropout(x) drawn and s · g A masked block by block
+      ops::dropout_shrink_backward(in.x_in, *in.dropout, g, in.A, p.grad_A, in.scale, dx_in, accumulate);
+      return;
+    }
     ops::matmul_tn(g, in.x_in, p.grad_A, in.scale, 1.0f);   // dA += s · gᵀ drop(x) [r, in]
     if (dx_in) ops::matmul_nn(g, in.A, *dx_in, in.scale, accumulate ? 1.0f : 0.0f);  // s · g A
   }

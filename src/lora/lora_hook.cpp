@@ -111,9 +111,11 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       continue;
     }
     const auto key = std::pair{layer, static_cast<int>(target)};
+    const LoraVariant& variant = lora_variant(p->kind);
     Tensor xin = x;
     uint64_t offset = 0;
     const bool dropped = trained && ad.config.dropout > 0 && !ids;  // PEFT applies no dropout to embeddings
+    ops::DropoutDraws draws;
     if (dropped) {
       // Counter-based draws: element k uses draw offset + k, the same on every device. A replay
       // (checkpointing) reuses the first forward's offset, so it draws the same mask, and so does
@@ -121,7 +123,9 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       // backward (2 GB a step on Qwen-0.5B all-linear on the GPU; on the CPU, 7M all-linear, 96 MB
       // of a 1.57 GB peak at the same speed, since Philox is vectorised there).
       offset = replay_ ? state().saved.at(key).drop_offset : rng_->offset();
-      xin = ops::dropout(x, ad.config.dropout, rng_->seed(), offset, nullptr, draw_delta_);
+      draws = {ad.config.dropout, rng_->seed(), offset, draw_delta_};
+      // A variant that fuses the dropout applies these draws in its GEMMs: no dropout(x) in memory.
+      if (!variant.fuses_dropout()) xin = ops::dropout(x, draws.p, draws.seed, offset, nullptr, draw_delta_);
       if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
     // A and B in the activations' dtype (bf16 on the GPU: the GEMMs run on bf16 tensor cores, as
@@ -136,9 +140,9 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       B = ops::cast(p->B, dtype);
     }
     const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale), before,
-                       residual};
+                       residual, dropped && variant.fuses_dropout() ? &draws : nullptr};
     LoraSaved* sv = keep ? &state().saved[key] : nullptr;
-    lora_variant(p->kind).forward(in, y ? *y : no_output, sv);
+    variant.forward(in, y ? *y : no_output, sv);
     before = false;  // the adapters after the first add to y
     if (dropped && !replay_) state().saved[key].drop_offset = offset;  // what a replay draws again
     if (sv) {
@@ -220,23 +224,31 @@ bool LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   auto it = st.saved.find({layer, static_cast<int>(target)});
   LR_CHECK(it != st.saved.end(), "no saved LoRA activations for layer ", layer, " ", target_short_name(target));
   const LoraSaved& sv = it->second;
-  // drop(x) again, bit for bit the forward's (x / keep where kept): drawn again from the forward's
-  // offset, with the mask when gx is to be added through it.
+  const LoraVariant& variant = lora_variant(p->kind);
+  const float scale = static_cast<float>(p->scale * adapters_[0].user_scale);
+  ops::DropoutDraws draws;  // the forward's again, from its offset: the same mask
+  if (sv.dropped) draws = {ad.config.dropout, rng_->seed(), sv.drop_offset, draw_delta_};
+  if (sv.dropped && variant.fuses_dropout()) {  // the variant applies them, straight into dx
+    const LoraInput in{*p, base, x, ids, sv.A, sv.B, scale, false, nullptr, &draws};
+    variant.backward(*p, in, sv, dy, dx, /*accumulate=*/dx_holds);
+    st.saved.erase(it);
+    return dx != nullptr;
+  }
+  // drop(x) again, bit for bit the forward's (x / keep where kept), with the mask when gx is to be
+  // added through it.
   Tensor x_drop, mask;
   if (sv.dropped)
-    x_drop = ops::dropout(x, ad.config.dropout, rng_->seed(), sv.drop_offset, dx && dx_holds ? &mask : nullptr,
-                          draw_delta_);
+    x_drop = ops::dropout(x, draws.p, draws.seed, draws.offset, dx && dx_holds ? &mask : nullptr, draw_delta_);
   const Tensor& xin = x_drop.defined() ? x_drop : x;
-  const LoraInput in{*p, base, xin, ids, sv.A, sv.B, static_cast<float>(p->scale * adapters_[0].user_scale)};
-  const LoraVariant& variant = lora_variant(p->kind);
+  const LoraInput in{*p, base, xin, ids, sv.A, sv.B, scale};
   if (!dx || !x_drop.defined()) {  // nothing below needs dx, or no dropout: straight into dx
     variant.backward(*p, in, sv, dy, dx, /*accumulate=*/dx_holds);
   } else {
     Tensor gx;  // the gradient with respect to drop(x), then through the dropout mask
     variant.backward(*p, in, sv, dy, &gx, /*accumulate=*/false);
-    if (dx_holds) ops::dropout_backward_add_(*dx, gx, mask, ad.config.dropout);
+    if (dx_holds) ops::dropout_backward_add_(*dx, gx, mask, draws.p);
     // Written: gx ⊙ mask / keep is dropout(gx) with the forward's draws (same offset, same shape).
-    else *dx = ops::dropout(gx, ad.config.dropout, rng_->seed(), sv.drop_offset, nullptr, draw_delta_);
+    else *dx = ops::dropout(gx, draws.p, draws.seed, draws.offset, nullptr, draw_delta_);
   }
   st.saved.erase(it);  // its last use: a layer's saved activations live no longer than its backward
   return dx != nullptr;

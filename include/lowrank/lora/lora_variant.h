@@ -11,6 +11,7 @@
 #include "lowrank/core/tensor.h"
 #include "lowrank/lora/lora_pair.h"
 #include "lowrank/model/weights.h"
+#include "lowrank/ops/op_types.h"
 
 namespace lowrank::lora {
 
@@ -29,7 +30,8 @@ struct LayerTensor {
 struct LoraInput {
   const LoraPair& pair;
   const model::Linear& base;  // the frozen layer: weight [out, in] and bias (embedding: table [V, d])
-  const Tensor& x_in;         // [N, in] the layer input after LoRA dropout (embedding: unused)
+  const Tensor& x_in;         // [N, in] the layer input after LoRA dropout (embedding: unused);
+                              // before it when `dropout` is given
   const std::vector<int32_t>* ids;  // embedding: the token ids [N]
   const Tensor& A;            // [r, in] in the activations' dtype
   const Tensor& B;            // [out, r]
@@ -38,6 +40,9 @@ struct LoraInput {
   // this term [+ *addend, the residual stream], and the frozen product is added to it afterwards.
   bool first = false;
   const Tensor* addend = nullptr;
+  // LoRA dropout's draws, for a variant that fuses_dropout(): it applies them to x_in itself (in
+  // its GEMMs, never writing dropout(x) out). Null: x_in is already dropped out (or no dropout).
+  const ops::DropoutDraws* dropout = nullptr;
 };
 
 // What a LoRA layer's backward needs from its forward pass (kept by the hook per layer).
@@ -64,8 +69,12 @@ class LoraVariant {
   // checkpointing's replay of a projection whose output nobody reads). False: backward needs the
   // frozen layer's output too (DoRA).
   virtual bool saves_without_output() const { return false; }
+  // True: forward and backward take x before dropout and LoraInput::dropout's draws, and apply
+  // them as dropout(x) would (the hook then never materialises it). False: x_in is dropout(x).
+  virtual bool fuses_dropout() const { return false; }
   // Accumulates the layer's gradients from dy [N, out]. dx_in (when given) receives the gradient
-  // with respect to x_in: written, or added to with `accumulate`.
+  // with respect to x_in (given `dropout`: through it, the layer input's): written, or added to
+  // with `accumulate`.
   virtual void backward(LoraPair& p, const LoraInput& in, const LoraSaved& saved, const Tensor& dy,
                         Tensor* dx_in, bool accumulate) const = 0;
   // Folds the layer into its frozen weight (the layout of LoraInput::base.weight), in place.
