@@ -1,32 +1,19 @@
 // LoRA dropout on the CPU, drawing from the Rng exactly as the CUDA kernel does (rng.h).
-// Philox runs over many blocks at once in a loop that vectorises (its 32 × 32 → 64-bit products
-// are vpmuludq lanes; AVX-512 / AVX2 / baseline clones, target_clones.h): the integer math is the
-// same, so the words are rng.h's bit for bit. One Philox call per 4 elements, scalar, made the
-// dropout ~3 ns an element on this project's 2-core machine — a quarter of a 7M all-linear LoRA
-// step's LoRA time.
+// Philox runs over many blocks at once (philox_blocks.h: vectorised, rng.h's words bit for bit).
+// One Philox call per 4 elements, scalar, made the dropout ~3 ns an element on this project's
+// 2-core machine — a quarter of a 7M all-linear LoRA step's LoRA time.
 #include <algorithm>
 #include <array>
 
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cpu/dropout_run.h"
+#include "backend/cpu/philox_blocks.h"
 #include "backend/cpu/target_clones.h"
-#include "lowrank/core/rng.h"
 
 namespace lowrank::cpu {
 namespace {
 
 constexpr int64_t kBlocks = 1024;  // Philox blocks (4 words each) drawn per pass
-
-// words[4 b + lane] = philox4x32(key, 0, first + b)[lane] for b < count (count <= kBlocks).
-LOWRANK_CPU_CLONES void philox_blocks(uint64_t key, uint64_t first, int64_t count, uint32_t* __restrict words) {
-  const uint32_t key0 = static_cast<uint32_t>(key), key1 = static_cast<uint32_t>(key >> 32);
-  for (int64_t b = 0; b < count; ++b) {
-    const uint64_t counter = first + static_cast<uint64_t>(b);
-    uint32_t c[4] = {static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), 0, 0};
-    philox4x32_rounds(c, key0, key1);
-    for (int lane = 0; lane < 4; ++lane) words[4 * b + lane] = c[lane];
-  }
-}
 
 // Element i keeps src[i] / keep when its word's uniform (as Rng::uniform forms it) is below keep.
 LOWRANK_CPU_CLONES void drop(const uint32_t* __restrict words, const float* __restrict src, float* __restrict dst,
