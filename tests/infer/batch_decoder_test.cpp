@@ -10,25 +10,19 @@
 #include <numeric>
 #include <random>
 
-#include "lowrank/core/rng.h"
 #include "lowrank/infer/batch_decoder.h"
 #include "lowrank/infer/batch_generator.h"
 #include "lowrank/io/files.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/ops/ops.h"
 #include "lowrank/train/sequences.h"
+#include "random_tensor.h"
 #include "test_paths.h"
 
 using namespace lowrank;
+using test::random_tensor;
 
 namespace {
-
-Tensor random_tensor(const Shape& shape, uint64_t seed) {
-  Tensor t = Tensor::empty(shape);
-  Rng rng(seed);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform(-1.0f, 1.0f);
-  return t;
-}
 
 // Sequences of lengths `lens` written into shuffled blocks of a pool; paged_attention of each
 // sequence's last query must equal the last row of the fused causal attention over the sequence.
@@ -44,7 +38,8 @@ void check_paged_against_fused(const std::vector<int>& lens, int64_t H, int64_t 
   std::vector<int32_t> order(blocks);
   std::iota(order.begin(), order.end(), 0);
   std::shuffle(order.begin(), order.end(), std::mt19937(42));
-  Tensor k_pool = random_tensor({blocks * bs, KV * hd}, 1), v_pool = random_tensor({blocks * bs, KV * hd}, 2);
+  Tensor k_pool = random_tensor({blocks * bs, KV * hd}, 1);
+  Tensor v_pool = random_tensor({blocks * bs, KV * hd}, 2);
   const int64_t width = (max_len + bs - 1) / bs;
   std::vector<int32_t> tables(B * width, 0), lens_v(lens.begin(), lens.end());
   Tensor q_last = Tensor::empty({B, H * hd});

@@ -8,19 +8,13 @@
 #include <cmath>
 #include <cstring>
 
-#include "lowrank/core/rng.h"
 #include "lowrank/ops/ops.h"
+#include "random_tensor.h"
 
 using namespace lowrank;
+using test::random_tensor;
 
 namespace {
-
-Tensor random_t(const Shape& s, uint64_t seed) {
-  Tensor t = Tensor::empty(s);
-  Rng rng(seed);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform(-1.0f, 1.0f);
-  return t;
-}
 
 double rel_err(const Tensor& got, const Tensor& ref) {
   EXPECT_EQ(got.numel(), ref.numel());
@@ -51,7 +45,7 @@ constexpr double kTol = 1e-6;  // f32 rounding of the GEMMs' sums in another ord
 TEST(DropoutShrink, ForwardEqualsDropoutThenGemm) {
   for (const Case& c : kCases) {
     SCOPED_TRACE("x [" + std::to_string(c.n) + ", " + std::to_string(c.in) + "]");
-    const Tensor x = random_t({c.n, c.in}, 1), A = random_t({c.r, c.in}, 2);
+    const Tensor x = random_tensor({c.n, c.in}, 1), A = random_tensor({c.r, c.in}, 2);
     const ops::DropoutDraws d{0.25, 7, c.offset, Tensor()};
     Tensor h, want;
     ops::dropout_shrink(x, d, A, h);
@@ -70,8 +64,9 @@ TEST(DropoutShrink, BackwardEqualsTheComposition) {
     for (const bool accumulate : {false, true}) {
       SCOPED_TRACE("x [" + std::to_string(c.n) + ", " + std::to_string(c.in) + "]" +
                    (accumulate ? " dx accumulated" : " dx written"));
-      const Tensor x = random_t({c.n, c.in}, 3), A = random_t({c.r, c.in}, 4), g = random_t({c.n, c.r}, 5);
-      const Tensor dA0 = random_t({c.r, c.in}, 6), dx0 = random_t({c.n, c.in}, 7);
+      const Tensor x = random_tensor({c.n, c.in}, 3), A = random_tensor({c.r, c.in}, 4);
+      const Tensor g = random_tensor({c.n, c.r}, 5);
+      const Tensor dA0 = random_tensor({c.r, c.in}, 6), dx0 = random_tensor({c.n, c.in}, 7);
       const ops::DropoutDraws d{0.3, 9, c.offset, Tensor()};
       const float alpha = 0.75f;
       // The composition the LoRA hook ran.
@@ -105,7 +100,7 @@ TEST(DropoutShrink, BackwardEqualsTheComposition) {
 
 // A written dx into an undefined tensor is made; the sums are the same every run.
 TEST(DropoutShrink, BackwardIsTheSameEveryRun) {
-  const Tensor x = random_t({1000, 97}, 3), A = random_t({16, 97}, 4), g = random_t({1000, 16}, 5);
+  const Tensor x = random_tensor({1000, 97}, 3), A = random_tensor({16, 97}, 4), g = random_tensor({1000, 16}, 5);
   const ops::DropoutDraws d{0.05, 11, 12345, Tensor()};
   Tensor dA1 = Tensor::zeros({16, 97}), dA2 = Tensor::zeros({16, 97}), dx1, dx2;
   ops::dropout_shrink_backward(x, d, g, A, dA1, 2.0f, &dx1, false);
@@ -117,7 +112,7 @@ TEST(DropoutShrink, BackwardIsTheSameEveryRun) {
 
 // p = 0 keeps every element (keep = 1): the plain shrink and its backward.
 TEST(DropoutShrink, ZeroPIsThePlainShrink) {
-  const Tensor x = random_t({1000, 97}, 3), A = random_t({16, 97}, 4), g = random_t({1000, 16}, 5);
+  const Tensor x = random_tensor({1000, 97}, 3), A = random_tensor({16, 97}, 4), g = random_tensor({1000, 16}, 5);
   const ops::DropoutDraws d{0.0, 11, 5, Tensor()};
   Tensor h, want_h;
   ops::dropout_shrink(x, d, A, h);
@@ -133,7 +128,7 @@ TEST(DropoutShrink, ZeroPIsThePlainShrink) {
 
 // The device offset (a CUDA graph replay's; read from the host on the CPU) shifts the draws.
 TEST(DropoutShrink, DeviceOffsetShiftsTheDraws) {
-  const Tensor x = random_t({200, 97}, 3), A = random_t({4, 97}, 4), g = random_t({200, 4}, 5);
+  const Tensor x = random_tensor({200, 97}, 3), A = random_tensor({4, 97}, 4), g = random_tensor({200, 4}, 5);
   Tensor delta = Tensor::empty({1}, DType::I64);
   delta.data<int64_t>()[0] = 517;
   Tensor h, want_h;
@@ -148,14 +143,15 @@ TEST(DropoutShrink, DeviceOffsetShiftsTheDraws) {
 }
 
 TEST(DropoutShrink, ShapesThatDoNotFitAreRefused) {
-  const Tensor x = random_t({10, 8}, 3), A = random_t({2, 8}, 4);
+  const Tensor x = random_tensor({10, 8}, 3), A = random_tensor({2, 8}, 4);
   Tensor h;
-  EXPECT_THROW(ops::dropout_shrink(x, {0.1, 1, 0, Tensor()}, random_t({2, 9}, 4), h), InternalError);
+  EXPECT_THROW(ops::dropout_shrink(x, {0.1, 1, 0, Tensor()}, random_tensor({2, 9}, 4), h), InternalError);
   Tensor dA = Tensor::zeros({2, 8}), dx = Tensor::zeros({10, 8});
-  EXPECT_THROW(ops::dropout_shrink_backward(x, {0.1, 1, 0, Tensor()}, random_t({10, 3}, 5), A, dA, 1.0f, &dx, true),
+  EXPECT_THROW(ops::dropout_shrink_backward(x, {0.1, 1, 0, Tensor()}, random_tensor({10, 3}, 5), A, dA, 1.0f, &dx,
+                                            true),
                InternalError);
   Tensor small_dx = Tensor::zeros({9, 8});
-  EXPECT_THROW(ops::dropout_shrink_backward(x, {0.1, 1, 0, Tensor()}, random_t({10, 2}, 5), A, dA, 1.0f, &small_dx,
+  EXPECT_THROW(ops::dropout_shrink_backward(x, {0.1, 1, 0, Tensor()}, random_tensor({10, 2}, 5), A, dA, 1.0f, &small_dx,
                                             true),
                InternalError);
 }

@@ -5,29 +5,19 @@
 #include <cmath>
 
 #include "lowrank/core/error.h"
-#include "lowrank/core/rng.h"
 #include "lowrank/ops/ops.h"
+#include "random_tensor.h"
 
 using namespace lowrank;
-
-namespace {
-
-Tensor random(const Shape& s, uint64_t seed) {
-  Tensor t = Tensor::empty(s);
-  Rng rng(seed);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = rng.uniform(-1.0f, 1.0f);
-  return t;
-}
-
-}  // namespace
+using test::random_tensor;
 
 TEST(LoraRows, EachRowGetsItsOwnAdaptersLora) {
   const int64_t n = 7, in = 13, out = 9;
   const std::vector<int64_t> ranks = {4, 1, 8};
   ops::LoraRows t;
   for (size_t j = 0; j < ranks.size(); ++j) {
-    t.a.push_back(random({ranks[j], in}, 10 + j));
-    t.b.push_back(random({out, ranks[j]}, 20 + j));
+    t.a.push_back(random_tensor({ranks[j], in}, 10 + j));
+    t.b.push_back(random_tensor({out, ranks[j]}, 20 + j));
     t.scale.push_back(0.5f + static_cast<float>(j));
   }
   t.a.emplace_back();  // adapter 3 does not adapt this projection
@@ -35,7 +25,7 @@ TEST(LoraRows, EachRowGetsItsOwnAdaptersLora) {
   t.scale.push_back(9.0f);
   const std::vector<int32_t> rows = {2, -1, 0, 3, 2, 1, 0};  // adapter 2's rows are not contiguous
   t.rows = Tensor::from_ints(rows);
-  const Tensor x = random({n, in}, 1), y0 = random({n, out}, 2);
+  const Tensor x = random_tensor({n, in}, 1), y0 = random_tensor({n, out}, 2);
   Tensor y = y0.clone();
   ops::lora_rows_(y, x, t);
   for (int64_t i = 0; i < n; ++i) {
@@ -52,15 +42,15 @@ TEST(LoraRows, EachRowGetsItsOwnAdaptersLora) {
 }
 
 TEST(LoraRows, RejectsATableThatDoesNotFit) {
-  const Tensor x = random({2, 4}, 1);
-  Tensor y = random({2, 3}, 2);
-  ops::LoraRows t{{random({2, 4}, 3)}, {random({3, 2}, 4)}, {1.0f}, Tensor::from_ints({0, 1})};
+  const Tensor x = random_tensor({2, 4}, 1);
+  Tensor y = random_tensor({2, 3}, 2);
+  ops::LoraRows t{{random_tensor({2, 4}, 3)}, {random_tensor({3, 2}, 4)}, {1.0f}, Tensor::from_ints({0, 1})};
   EXPECT_THROW(ops::lora_rows_(y, x, t), Error) << "adapter 1 does not exist";
   const Tensor before = y.clone();
   t.rows = Tensor::from_ints({0, -1});
-  t.b[0] = random({3, 3}, 5);  // rank 3 for an A of rank 2
+  t.b[0] = random_tensor({3, 3}, 5);  // rank 3 for an A of rank 2
   EXPECT_THROW(ops::lora_rows_(y, x, t), InternalError);
-  t.b[0] = random({3, 2}, 5);
+  t.b[0] = random_tensor({3, 2}, 5);
   t.rows = Tensor::from_ints({0});
   EXPECT_THROW(ops::lora_rows_(y, x, t), InternalError) << "one index per row";
   for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(y.f32()[i], before.f32()[i]) << "a rejected call changes nothing";
