@@ -273,8 +273,8 @@ __device__ __forceinline__ void load_shrink(const bf16* arow, int64_t v0, int64_
 
 // The block's shrink rows against the staged input xs [m, K] (normed and rounded as the dots see
 // it), each rounded to bf16 as linear rounds it; pa holds the first row's first batch (loaded
-// before the wait: A is a weight). Each
-// thread sums its packs in order, then the lanes (warp_sum) and the warps in order.
+// before the wait: A is a weight). Each thread sums its packs in order, then the lanes
+// (warp_sum) and the warps in order.
 template <int M>
 __device__ void shrink_rows(const Args& a, const bf16* xs, uint4 (&pa)[kShrinkLoads]) {
   __shared__ float part[kWarps][M];
