@@ -1,8 +1,10 @@
 // CUDA op benchmark: times the GEMMs, attention and fused kernels of a training step with CUDA
 // events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
-// kernels: bytes read + written once). usage: bench_cuda_ops [--quick | --attention | --projections]
+// kernels: bytes read + written once).
+// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r]]
 // (--attention: only the tensor-core vs cuDNN attention rows; --projections: only separate vs
-// stacked frozen projections)
+// stacked frozen projections; --k-extension: LoRA's expand and g as today vs folded into the
+// frozen GEMMs' K)
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -116,7 +118,7 @@ void bench_attention_paths() {
   struct Shape {
     int64_t B, T, H, KV, hd;
   };
-  for (const Shape& c : {Shape{4, 2048, 32, 8, 128}, Shape{8, 1024, 14, 2, 64}}) {
+  for (const Shape& c : {Shape{4, 2048, 32, 8, 128}, Shape{8, 1024, 14, 2, 64}, Shape{8, 1024, 32, 8, 64}}) {
     bench_attention(c.B, c.T, c.H, c.KV, c.hd, 0, cuda::AttentionPath::TensorCore);
     if (cudnn) bench_attention(c.B, c.T, c.H, c.KV, c.hd, 0, cuda::AttentionPath::Cudnn);
   }
@@ -208,18 +210,100 @@ void bench_projection_fusion(int64_t tokens, const char* name, int64_t d, int64_
   group("gate,up", {inter, inter});
 }
 
+// LoRA members that read one input (q,k,v; gate,up; or one projection alone), rank r each, as the
+// training step runs them today — the expand written first and the frozen GEMM adding x Wᵀ to it
+// (beta = 1); backward g_i = s·dy_i B_i beside the input-grad GEMMs — against the K-extension:
+// y_i = [x | h]·[W_i | s·B_i (zeros for the other members)]ᵀ in one GEMM of K = in + R, and
+// dx_ext = Σ dy_i [W_i | s·B_i] whose last R columns are g. dx += g·A is in both (first today, after
+// with the extension), as are the copies the extension needs unless the norm writes into x_ext
+// and its backward reads dx_ext's first columns.
+void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector<int64_t> outs, int64_t r) {
+  const int64_t members = static_cast<int64_t>(outs.size()), R = r * members;
+  Tensor x = random_gpu({tokens, in}, DType::BF16, 1), x_ext = random_gpu({tokens, in + R}, DType::BF16, 2);
+  Tensor h = random_gpu({tokens, R}, DType::BF16, 3), A = random_gpu({R, in}, DType::BF16, 4, 0.05f);
+  Tensor g = Tensor::empty({tokens, R}, DType::BF16, kGpu), dx = Tensor::empty({tokens, in}, DType::BF16, kGpu);
+  Tensor dx_ext = Tensor::empty({tokens, in + R}, DType::BF16, kGpu);
+  std::vector<Tensor> W, W_ext, B, dy, y(outs.size());
+  double flops = 0;
+  for (int64_t i = 0; i < members; ++i) {
+    W.push_back(random_gpu({outs[i], in}, DType::BF16, 10 + i, 0.05f));
+    W_ext.push_back(random_gpu({outs[i], in + R}, DType::BF16, 20 + i, 0.05f));
+    B.push_back(random_gpu({outs[i], r}, DType::BF16, 30 + i, 0.05f));
+    dy.push_back(random_gpu({tokens, outs[i]}, DType::BF16, 40 + i));
+    y[i] = Tensor::empty({tokens, outs[i]}, DType::BF16, kGpu);
+    flops += 2.0 * tokens * in * outs[i];
+  }
+  std::string what = std::string(name);
+  std::printf("\n-- %s: LoRA expand + g as today vs the K-extension (tokens = %lld, r = %lld)\n", what.c_str(),
+              (long long)tokens, (long long)r);
+  report_flops(what + " fwd: expand, then GEMM beta=1", time_ms([&] {
+                 for (int64_t i = 0; i < members; ++i) {
+                   ops::matmul_blocks(ops::Gemm::NT, {h, i * r, r}, ops::ColumnBlock::all(B[i]),
+                                      ops::ColumnBlock::all(y[i]), 2.0f, 0.0f);
+                   ops::matmul_nt(x, W[i], y[i], 1.0f, 1.0f);
+                 }
+               }),
+               flops);
+  report_flops(what + " fwd: GEMM alone (no LoRA)", time_ms([&] {
+                 for (int64_t i = 0; i < members; ++i) ops::matmul_nt(x, W[i], y[i]);
+               }),
+               flops);
+  report_flops(what + " fwd: K-extended GEMM", time_ms([&] {
+                 for (int64_t i = 0; i < members; ++i) ops::matmul_nt(x_ext, W_ext[i], y[i]);
+               }),
+               flops);
+  report_flops(what + " bwd: g_i, dx = g A, input-grad beta=1", time_ms([&] {
+                 for (int64_t i = 0; i < members; ++i)
+                   ops::matmul_blocks(ops::Gemm::NN, ops::ColumnBlock::all(dy[i]), ops::ColumnBlock::all(B[i]),
+                                      {g, i * r, r}, 2.0f, 0.0f);
+                 ops::matmul_nn(g, A, dx);
+                 for (int64_t i = 0; i < members; ++i) ops::matmul_nn(dy[i], W[i], dx, 1.0f, 1.0f);
+               }),
+               flops);
+  report_flops(what + " bwd: input-grad alone (no LoRA)", time_ms([&] {
+                 for (int64_t i = 0; i < members; ++i) ops::matmul_nn(dy[i], W[i], dx, 1.0f, i ? 1.0f : 0.0f);
+               }),
+               flops);
+  report_flops(what + " bwd: K-extended input-grad, dx += g A", time_ms([&] {
+                 for (int64_t i = 0; i < members; ++i)
+                   ops::matmul_nn(dy[i], W_ext[i], dx_ext, 1.0f, i ? 1.0f : 0.0f);
+                 ops::matmul_blocks(ops::Gemm::NN, {dx_ext, in, R}, ops::ColumnBlock::all(A), {dx_ext, 0, in}, 1.0f,
+                                    1.0f);
+               }),
+               flops);
+  report_bytes(what + " copy x into x_ext", time_ms([&] { ops::copy_columns_(x_ext, 0, x, 0, in); }),
+               4.0 * tokens * in);
+  report_bytes(what + " copy dx out of dx_ext", time_ms([&] { ops::copy_columns_(dx, 0, dx_ext, 0, in); }),
+               4.0 * tokens * in);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool projections_only = argc > 1 && std::strcmp(argv[1], "--projections") == 0;
+  const bool k_extension = argc > 1 && std::strcmp(argv[1], "--k-extension") == 0;
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_ops: no CUDA GPU is visible\n");
     return 1;
   }
   std::printf("%s\n", cuda::device_description(kGpu));
   try {
+    if (k_extension) {
+      const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
+      const int64_t tokens = 8192;
+      bench_k_extension(tokens, "Llama-1B q,k,v", 2048, {2048, 512, 512}, r);
+      bench_k_extension(tokens, "Llama-1B o", 2048, {2048}, r);
+      bench_k_extension(tokens, "Llama-1B gate,up", 2048, {8192, 8192}, r);
+      bench_k_extension(tokens, "Llama-1B down", 8192, {2048}, r);
+      bench_k_extension(tokens, "Qwen-0.5B q,k,v", 896, {896, 128, 128}, r);
+      bench_k_extension(tokens, "Qwen-0.5B gate,up", 896, {4864, 4864}, r);
+      bench_k_extension(tokens, "Qwen-0.5B down", 4864, {896}, r);
+      bench_k_extension(tokens, "Llama-8B gate,up", 4096, {14336, 14336}, r);
+      bench_k_extension(tokens, "Llama-8B down", 14336, {4096}, r);
+      return 0;
+    }
     if (projections_only || !quick) {
       bench_projection_fusion(8192, "Qwen2.5-0.5B", 896, 896, 128, 4864);
       bench_projection_fusion(8192, "Llama-3.2-1B", 2048, 2048, 512, 8192);
