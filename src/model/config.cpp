@@ -114,6 +114,9 @@ std::vector<double> get_factors(const json& j, const std::string& key, const std
 RopeConfig parse_rope_params(const json& params, const json& top, const std::string& src, double default_theta) {
   RopeConfig r;
   r.theta = get_double(params, "rope_theta", src, get_double(top, "rope_theta", src, default_theta));
+  // theta^(-2i/d) of a base <= 0 is NaN or infinite: every position's rotation would be garbage.
+  if (!(r.theta > 0) || !std::isfinite(r.theta))
+    throw error(src, ": \"rope_theta\" must be a positive number, got ", r.theta);
   std::string type = "default";
   if (auto t = params.find("rope_type"); t != params.end() && t->is_string()) type = t->get<std::string>();
   else if (auto t2 = params.find("type"); t2 != params.end() && t2->is_string()) type = t2->get<std::string>();
@@ -138,6 +141,10 @@ RopeConfig parse_rope_params(const json& params, const json& top, const std::str
   r.truncate = get_bool(params, "truncate", src, true);
   if (type == "llama3" && r.original_max_position_embeddings <= 0)
     throw error(src, ": llama3 rope needs \"original_max_position_embeddings\"");
+  // The medium band divides by high - low and the bands' wavelengths by each factor.
+  if (type == "llama3" && !(r.low_freq_factor > 0 && r.high_freq_factor > r.low_freq_factor))
+    throw error(src, ": llama3 rope needs 0 < \"low_freq_factor\" < \"high_freq_factor\", got ", r.low_freq_factor,
+                " and ", r.high_freq_factor);
   if (type == "longrope") {
     if (r.original_max_position_embeddings <= 0)
       throw error(src, ": longrope needs \"original_max_position_embeddings\"");

@@ -94,6 +94,18 @@ TEST(ModelLoad, UnsupportedRopeTypeIsNamed) {
   expect_load_error(m.write(), {"config.json", "dynamic"});
 }
 
+// A RoPE base or band factors that would make every rotation NaN or infinite are refused, not run.
+TEST(ModelLoad, RopeParametersOutsideTheirDomainAreRejected) {
+  for (const double theta : {-1.0, 0.0}) {
+    ModelCopy m("llama");
+    m.config["rope_parameters"]["rope_theta"] = theta;
+    expect_load_error(m.write(), {"config.json", "rope_theta", "positive"});
+  }
+  ModelCopy l("llama3_rope");
+  l.config["rope_parameters"]["high_freq_factor"] = 1.0;  // = low_freq_factor
+  expect_load_error(l.write(), {"config.json", "low_freq_factor", "high_freq_factor"});
+}
+
 TEST(ModelLoad, NoConfigJson) {
   io::testing::ScratchDir d;
   expect_load_error(d.path(), {d.path(), "config.json"});
