@@ -63,11 +63,13 @@ void validate(const TrainOptions& o) {
   if (o.batch_size <= 0) throw error("--batch-size must be positive");
   if (o.seq_len < 2) throw error("--seq-len must be at least 2");
   if (o.grad_accum <= 0) throw error("--grad-accum must be positive");
-  if (!(o.lr > 0)) throw error("--lr must be positive");
+  if (!(o.lr > 0) || !std::isfinite(o.lr)) throw error("--lr must be a positive number, got ", o.lr);
   if (o.steps < 0 || o.epochs < 0 || o.warmup < 0 || o.save_every < 0 || o.eval_every < 0)
     throw error("--steps, --epochs, --warmup, --save-every and --eval-every must not be negative");
   if (o.steps > 0 && o.epochs > 0) throw error("give --steps or --epochs, not both");
-  if (!(o.weight_decay >= 0)) throw error("--weight-decay must not be negative");
+  // An infinite decay multiplies every weight by -inf in the first step: an adapter of infinities.
+  if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay))
+    throw error("--weight-decay must be a finite number, not negative, got ", o.weight_decay);
   if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
   if (o.full && o.quantize != model::Quantization::None)
     throw error("--full with --quantize nf4: quantized weights are frozen (QLoRA trains LoRA adapters on them); "

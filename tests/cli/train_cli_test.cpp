@@ -94,6 +94,10 @@ TEST(TrainCli, BadInput) {
   expect_train_error(common + " --data " + model + "/eval.jsonl --rank 0", "r must be positive");
   expect_train_error(common + " --data " + model + "/eval.jsonl --alpha -1", "lora_alpha must be positive");
   expect_train_error(common + " --data " + model + "/eval.jsonl --schedule wavy", "wavy");
+  // Numbers that would train an adapter of infinities or NaNs.
+  expect_train_error(common + " --data " + model + "/eval.jsonl --weight-decay inf", "--weight-decay");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --lr inf", "--lr");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --lr nan", "--lr");
   expect_train_error(common + " --data " + model + "/eval.jsonl --rank-pattern '{\"q_proj\": 0}'", "--rank-pattern");
   expect_train_error(common + " --data " + model + "/eval.jsonl --rank-pattern '{\"q_proj\": 2.5}'", "integer");
   expect_train_error(common + " --data " + model + "/eval.jsonl --alpha-pattern 'q_proj=4'", "--alpha-pattern");
