@@ -32,7 +32,8 @@ def tgt(t):
     return t if t in ("all", "all-linear") else ",".join(SHORT.get(x, x) for x in t.split(","))
 
 
-METHOD = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA", "bitfit": "BitFit"}
+METHOD = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA", "pissa": "PiSSA", "olora": "OLoRA", "bitfit": "BitFit"}
+VARIANTS = ("dora", "rslora", "pissa", "olora")  # LoRA of another kind or init, shown next to plain LoRA
 
 
 def label(r):
@@ -192,7 +193,7 @@ def svg_scatter(rows, full, base_loss, path, title, ylabel):
         o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999" stroke-dasharray="1,3"/>' % (X(full["trainable_params"] / 100), T, X(full["trainable_params"] / 100), H - B))
     colors = {"q,v": "#1f77b4", "q": "#2ca02c", "v": "#9467bd", "q,k,v,o": "#ff7f0e", "all-linear": "#8c564b"}
     for r in pts:
-        c = "#e377c2" if r["method"] in ("dora", "rslora", "bitfit") else colors.get(tgt(r["targets"]), "#333")
+        c = "#e377c2" if r["method"] in VARIANTS + ("bitfit",) else colors.get(tgt(r["targets"]), "#333")
         shape = ('<rect x="%.1f" y="%.1f" width="9" height="9" fill="%s"/>' % (X(r["trainable_params"]) - 4.5, Y(r["metric"]) - 4.5, c)
                  if r["method"] == "dora" else
                  '<circle cx="%.1f" cy="%.1f" r="%d" fill="%s" fill-opacity="0.85"/>' % (X(r["trainable_params"]), Y(r["metric"]), 5, c))
@@ -208,7 +209,8 @@ def svg_scatter(rows, full, base_loss, path, title, ylabel):
     for r in pts:  # the other points: what differs from r=8, alpha 16, q,v
         if r in sweep:
             continue
-        txt = label(r) if r["method"] == "bitfit" else METHOD[r["method"]] if r["method"] in ("dora", "rslora") else ("α=%g" % r["alpha"] if r["alpha"] != 2 * r["rank"] else tgt(r["targets"]))
+        txt = (label(r) if r["method"] == "bitfit" else METHOD[r["method"]] if r["method"] in VARIANTS
+               else ("α=%g" % r["alpha"] if r["alpha"] != 2 * r["rank"] else tgt(r["targets"])))
         o.append('<text x="%.1f" y="%.1f" font-size="10" fill="#333">%s</text>' % (X(r["trainable_params"]) + 7, Y(r["metric"]) + 4, escape(txt)))
     ly = T + 80
     o.append('<text x="%d" y="%d" font-weight="bold">LoRA targets (r=8)</text>' % (W - R + 6, ly))
@@ -290,10 +292,13 @@ def task_report(task, rows, a, multi):
     print("\n### By alpha (r = 8, q,v)\n")
     print(table(sorted([r for r in lora if r["rank"] == 8 and qv(r)], key=lambda r: r["alpha"]), full, "α",
                 lambda r: "%g (%s)" % (r["alpha"], "r" if r["alpha"] == 8 else "%gr" % (r["alpha"] / 8))))
-    other = [r for r in rows if r["method"] in ("dora", "rslora", "bitfit")]
+    other = [r for r in rows if r["method"] in VARIANTS + ("bitfit",)]
     if other:
-        print("\n### DoRA, rsLoRA and BitFit (r = 8, α = 16, q,v) next to LoRA\n")
-        print(table([r for r in lora if r["rank"] == 8 and r["alpha"] == 16 and qv(r)] + other, full, "run", label))
+        # plain LoRA of each configuration a variant ran in, then the variants
+        shown = {(r["rank"], r["alpha"], r["targets"]) for r in other if r["method"] != "bitfit"} or {(8, 16, "q_proj,v_proj")}
+        plain = [r for r in lora if (r["rank"], r["alpha"], r["targets"]) in shown]
+        print("\n### DoRA, rsLoRA, PiSSA, OLoRA and BitFit next to LoRA\n")
+        print(table(sorted(plain, key=lambda r: r["trainable_params"]) + other, full, "run", label))
     small = [r for r in rows if r["method"] != "full" and r["trainable_pct"] <= 1.0]
     if small and full:
         best = (max if hib else min)(small, key=lambda r: r["metric"])

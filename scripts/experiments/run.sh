@@ -19,6 +19,9 @@
 #       seeds       the headline rows again with seeds 2 and 3 ($SEED_LIST): full, LoRA r=8 q,v
 #                   (alpha 16 and 32), LoRA r=8 all-linear. SEED_LIST="1 2 3" on a base that was
 #                   pretrained afresh for the call (base120m.sh), where no quality set gave seed 1.
+#       inits       full; LoRA r=8 q,v and q,k,v,o initialised as LoRA does (A random, B zero)
+#                   and by PiSSA (the weight's top singular directions moved into A and B); OLoRA
+#                   (a QR of the weight) on q,v. Seeds: $SEEDS (default 1).
 #       quick       the CPU check of the settings (6.9M base): full, LoRA r=8 q,v, r=8 all-linear,
 #                   r=1 q,v (pos also r=64 q,v), r=8 alpha 32 q,v, DoRA r=8 q,v, scored on the
 #                   first EVAL_LIMIT held-out lines.
@@ -42,8 +45,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|seeds|quick|efficiency|lr|long}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|seeds|quick|efficiency|lr|long}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|inits|seeds|quick|efficiency|lr|long}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|inits|seeds|quick|efficiency|lr|long}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -61,8 +64,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|ranks|seeds|quick|efficiency|lr|long) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, seeds, quick, efficiency, lr, long)" >&2; exit 2 ;;
+  prepare|quality|ranks|inits|seeds|quick|efficiency|lr|long) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, inits, seeds, quick, efficiency, lr, long)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -147,6 +150,16 @@ ranks() {
     for r in 1 2 4 8 16 64; do lora --rank "$r" --targets $qv "${s[@]}"; done
   done
 }
+inits() {
+  for seed in ${SEEDS:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    for method in lora pissa olora; do run --method $method --lr "$lr_lora" --rank 8 --targets $qv "${s[@]}"; done
+    for method in lora pissa; do
+      run --method $method --lr "$lr_lora" --rank 8 --targets q_proj,k_proj,v_proj,o_proj "${s[@]}"
+    done
+  done
+}
 seeds() {
   for seed in ${SEED_LIST:-2 3}; do
     s=(--seed "$seed" --steps "$steps")
@@ -204,6 +217,7 @@ workers() {  # $1: the set's function; JOBS workers share its list through run_o
 }
 case "$set_" in
   quality) workers quality ;;
+  inits) workers inits ;;
   ranks) workers ranks ;;
   seeds) workers seeds ;;
   quick) workers quick ;;

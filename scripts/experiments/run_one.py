@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train and evaluate one configuration of the experiments (issue 15); append one JSON row.
 
-    run_one.py --data-dir DIR --results FILE.jsonl --method full|lora|dora|rslora|bitfit
+    run_one.py --data-dir DIR --results FILE.jsonl --method full|lora|dora|rslora|pissa|olora|bitfit
                [--task NAME] [--rank 8] [--alpha 16] [--targets q_proj,v_proj] [--seed 1]
                [--steps 200] [--batch 8] [--seq-len L] [--lr 3e-3] [--warmup 10]
                [--dropout 0.05] [--device cpu|cuda[:N]] [--lowrank build/lowrank]
@@ -22,6 +22,8 @@ task.json also gives the defaults of --task and --seq-len. Methods:
   lora    train --rank R --alpha A --targets T
   dora    lora + --use-dora
   rslora  lora + --rslora (scale alpha/sqrt(r) instead of alpha/r)
+  pissa   lora + --init pissa (A, B from the weight's top r singular directions, removed from W)
+  olora   lora + --init olora (A, B from a QR of the weight, removed from W)
   bitfit  train --targets none --bias all (every bias of the linear layers, nothing else: BitFit);
           needs a base with biases (lowrank refuses one without)
 Row fields: task, model (the base folder's name), method, rank, alpha, targets, seed, metric (the
@@ -62,7 +64,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--results", required=True)
-    ap.add_argument("--method", required=True, choices=["full", "lora", "dora", "rslora", "bitfit"])
+    ap.add_argument("--method", required=True,
+                    choices=["full", "lora", "dora", "rslora", "pissa", "olora", "bitfit"])
     ap.add_argument("--task", default=None, help="default: task.json's task, else kjv")
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=None, help="default 2*rank")
@@ -92,7 +95,7 @@ def main():
     a.task = a.task or (task["task"] if task else "kjv")
     a.seq_len = a.seq_len or (task.get("seq_len", 128) if task else 128)
 
-    lora = a.method in ("lora", "dora", "rslora")
+    lora = a.method in ("lora", "dora", "rslora", "pissa", "olora")
     adapter = lora or a.method == "bitfit"  # the run writes an adapter folder (else a model folder)
     alpha = a.alpha if a.alpha is not None else 2.0 * a.rank
     lr = a.lr if a.lr is not None else (1e-3 if a.method == "full" else 3e-3)
@@ -126,6 +129,8 @@ def main():
             train.append("--use-dora")
         if a.method == "rslora":
             train.append("--rslora")
+        if a.method in ("pissa", "olora"):
+            train += ["--init", a.method]
     elif a.method == "bitfit":
         train += ["--targets", "none", "--bias", "all"]
     else:
