@@ -16,6 +16,24 @@ SplitBehavior parse_split_behavior(const std::string& s, const std::string& wher
   throw error(where, ": unknown split behavior \"", s, "\"");
 }
 
+namespace {
+// The spans in order, each appended to the piece before it when joins(span, whether the span
+// before it matched), else starting a piece; then emit(start, end) of every piece.
+template <typename Joins, typename Emit>
+void emit_joined(const std::vector<Span>& spans, Joins joins, Emit emit) {
+  std::vector<std::pair<size_t, size_t>> acc;
+  bool prev = false;
+  for (const Span& s : spans) {
+    if (!acc.empty() && joins(s, prev))
+      acc.back().second = s.end;
+    else
+      acc.push_back({s.start, s.end});
+    prev = s.match;
+  }
+  for (auto& [a, b] : acc) emit(a, b);
+}
+}  // namespace
+
 void split_spans(std::string_view text, const std::vector<Span>& spans, SplitBehavior behavior,
                  std::vector<Piece>& out, bool at_start) {
   auto emit = [&](size_t a, size_t b) {
@@ -29,33 +47,12 @@ void split_spans(std::string_view text, const std::vector<Span>& spans, SplitBeh
       for (const Span& s : spans)
         if (!s.match) emit(s.start, s.end);
       return;
-    case SplitBehavior::Contiguous: {
-      // Consecutive spans of the same kind are joined.
-      std::vector<std::pair<size_t, size_t>> acc;
-      bool prev = false;
-      for (const Span& s : spans) {
-        if (s.match == prev && !acc.empty())
-          acc.back().second = s.end;
-        else
-          acc.push_back({s.start, s.end});
-        prev = s.match;
-      }
-      for (auto& [a, b] : acc) emit(a, b);
+    case SplitBehavior::Contiguous:  // consecutive spans of the same kind are joined
+      emit_joined(spans, [](const Span& s, bool prev) { return s.match == prev; }, emit);
       return;
-    }
-    case SplitBehavior::MergedWithPrevious: {
-      std::vector<std::pair<size_t, size_t>> acc;
-      bool prev = false;
-      for (const Span& s : spans) {
-        if (s.match && !prev && !acc.empty())
-          acc.back().second = s.end;
-        else
-          acc.push_back({s.start, s.end});
-        prev = s.match;
-      }
-      for (auto& [a, b] : acc) emit(a, b);
+    case SplitBehavior::MergedWithPrevious:  // a match joins the piece before it
+      emit_joined(spans, [](const Span& s, bool prev) { return s.match && !prev; }, emit);
       return;
-    }
     case SplitBehavior::MergedWithNext: {
       std::vector<std::pair<size_t, size_t>> acc;
       bool prev = false;
