@@ -20,6 +20,10 @@ class LocatedError : public lowrank::Error {
 // Deep enough for real templates (Hermes' json_to_python_type recurses per schema level),
 // shallow enough to fail cleanly on runaway recursion instead of overflowing the stack.
 constexpr int kMaxMacroDepth = 64;
+// The work one render may do (WorkBudget's units): a chat prompt takes thousands to tens of
+// thousands (loops over messages and tool schemas); a hostile template's nested loops would take
+// forever. At most a few seconds of work before the Error.
+constexpr int64_t kMaxWork = 4'000'000;
 
 struct ScopePush {
   Scope& scope;
@@ -55,6 +59,7 @@ Interpreter::Interpreter(const Program& program, const Value& vars) : program_(p
 std::string Interpreter::render() {
   std::string out;
   out_ = &out;
+  const WorkBudget budget(kMaxWork);
   try {
     exec_body(program_.body);
   } catch (const TemplateRaised& r) {
@@ -106,14 +111,17 @@ Value Interpreter::apply_filters(const std::vector<FilterSpec>& filters, Value v
   return v;
 }
 
+void Interpreter::step() { charge_work(1); }
+
 Interpreter::Flow Interpreter::exec(const Stmt& s) {
   try {
+    step();
     switch (s.kind) {
       case SK::Text:
-        *out_ += s.text;
-        return Flow::Normal;
       case SK::Output:
-        *out_ += to_str(eval(*s.expr));
+        *out_ += s.kind == SK::Text ? s.text : to_str(eval(*s.expr));
+        if (out_->size() > kMaxStringBytes)
+          throw lowrank::error("the rendered text passed the template limit of ", kMaxStringBytes, " bytes");
         return Flow::Normal;
       case SK::If:
         for (const auto& [cond, body] : s.branches)
@@ -207,6 +215,7 @@ Interpreter::Flow Interpreter::exec_for(const Stmt& s) {
   if (items.empty()) return exec_body(s.else_body);
   const int64_t n = static_cast<int64_t>(items.size());
   for (int64_t idx = 0; idx < n; ++idx) {
+    step();  // an iteration counts even with an empty body
     auto frame = std::make_shared<Frame>();
     bind_targets(*frame, s, items[idx]);
     Dict loop;
@@ -302,6 +311,7 @@ bool Interpreter::compare_op(const std::string& op, const Value& a, const Value&
 
 Value Interpreter::eval(const Expr& e) {
   try {
+    step();
     return eval_impl(e);
   } catch (const LocatedError&) {
     throw;

@@ -46,18 +46,19 @@ double float_mod(double a, double b) {
   return m;
 }
 
-constexpr size_t kMaxRepeat = size_t(1) << 28;  // refuse to build absurdly large strings
-
+// Refused before anything is built (Value::string and make_list would refuse the result).
 Value repeat(const Value& seq, int64_t times) {
   if (times <= 0) return seq.is_string() ? Value::string("") : Value::make_list({}, seq.tuple);
   if (seq.is_string()) {
-    if (seq.s.size() * static_cast<size_t>(times) > kMaxRepeat) throw lowrank::error("string repetition too large");
+    if (static_cast<double>(seq.s.size()) * static_cast<double>(times) > kMaxStringBytes)
+      throw lowrank::error("string repetition too large");
     std::string out;
     out.reserve(seq.s.size() * times);
     for (int64_t k = 0; k < times; ++k) out += seq.s;
     return Value::string(std::move(out));
   }
-  if (seq.list->size() * static_cast<size_t>(times) > kMaxRepeat) throw lowrank::error("list repetition too large");
+  if (static_cast<double>(seq.list->size()) * static_cast<double>(times) > kMaxListItems)
+    throw lowrank::error("list repetition too large");
   List out;
   for (int64_t k = 0; k < times; ++k) out.insert(out.end(), seq.list->begin(), seq.list->end());
   return Value::make_list(std::move(out), seq.tuple);

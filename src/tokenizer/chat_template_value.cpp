@@ -40,13 +40,35 @@ Value Value::number(double x) {
   v.f = x;
   return v;
 }
+namespace {
+thread_local int64_t g_work_left = INT64_MAX;  // no render running: unlimited
+}  // namespace
+
+WorkBudget::WorkBudget(int64_t units) : saved_(g_work_left) { g_work_left = units; }
+WorkBudget::~WorkBudget() { g_work_left = saved_; }
+
+void charge_work(int64_t units) {
+  if (g_work_left == INT64_MAX) return;
+  g_work_left -= units;
+  if (g_work_left < 0) {
+    g_work_left = 0;
+    throw lowrank::error("the template did more work than a chat prompt needs (a runaway loop?); stopped");
+  }
+}
+
 Value Value::string(std::string x) {
+  if (x.size() > kMaxStringBytes)
+    throw lowrank::error("a string of ", x.size(), " bytes: over the template limit of ", kMaxStringBytes);
+  charge_work(static_cast<int64_t>(x.size() / 4096) + 1);
   Value v;
   v.kind = Kind::String;
   v.s = std::move(x);
   return v;
 }
 Value Value::make_list(List items, bool tuple) {
+  if (items.size() > kMaxListItems)
+    throw lowrank::error("a list of ", items.size(), " items: over the template limit of ", kMaxListItems);
+  charge_work(static_cast<int64_t>(items.size()) + 1);
   Value v;
   v.kind = Kind::List;
   v.tuple = tuple;
@@ -306,6 +328,9 @@ int compare(const Value& a, const Value& b, std::string_view op) {
 void fail_undefined(const Value& v) { throw lowrank::Error(v.s.empty() ? std::string("undefined value used") : v.s); }
 
 List iterate(const Value& v) {
+  if (v.kind == Kind::List) charge_work(static_cast<int64_t>(v.list->size()));
+  else if (v.kind == Kind::Dict) charge_work(static_cast<int64_t>(v.dict->items.size()));
+  else if (v.kind == Kind::String) charge_work(static_cast<int64_t>(v.s.size()));
   switch (v.kind) {
     case Kind::Undefined:
       return {};

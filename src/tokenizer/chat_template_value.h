@@ -15,6 +15,28 @@
 
 namespace lowrank::tok::jinja {
 
+// A template comes with a model or an adapter folder, so it may be hostile: what it builds and
+// how long it runs are bounded (far above what a chat prompt needs), so that it fails with an Error
+// instead of taking the machine's memory or time. Value::string and Value::make_list refuse
+// anything larger than these.
+constexpr size_t kMaxStringBytes = size_t(1) << 26;  // 64 MiB of text
+constexpr size_t kMaxListItems = size_t(1) << 20;
+
+// The work a render may do, in units of roughly one statement or expression, one list item built
+// or iterated, or 4 KiB of string built. Held by the render running on this thread (nothing is
+// charged outside a render); charge_work throws an Error when it runs out.
+class WorkBudget {
+ public:
+  explicit WorkBudget(int64_t units);
+  ~WorkBudget();
+  WorkBudget(const WorkBudget&) = delete;
+  WorkBudget& operator=(const WorkBudget&) = delete;
+
+ private:
+  int64_t saved_;
+};
+void charge_work(int64_t units);
+
 class Interpreter;
 struct Value;
 struct Dict;

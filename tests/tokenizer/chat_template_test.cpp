@@ -315,6 +315,22 @@ TEST(ChatTemplateInterp, HostileInputFailsCleanly) {
                        "{% raw %}never closed"};
   for (const char* tpl : bad) EXPECT_FALSE(error_of(tpl).empty()) << tpl;
   EXPECT_FALSE(error_of("{{ 'x' * 1000000000 }}").empty());
+  // Work and memory are bounded: loops in loops, a filter or a search over a long list in a loop,
+  // strings and lists that double (each would run for hours or take the machine's memory).
+  for (const char* runaway : {"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                              "{% for i in range(100000) %}{{ range(100000) | join(',') | length }}{% endfor %}",
+                              "{% set b = range(100000) | list %}{% for i in range(100000) %}{{ 7 in b }}{% endfor %}"}) {
+    const std::string e = error_of(runaway);
+    EXPECT_NE(e.find("runaway loop"), std::string::npos) << runaway << ": " << e;
+  }
+  std::string doubling = "{% set s = 'x' * 100000 %}{% set l = [1] * 100000 %}";
+  for (int k = 0; k < 12; ++k) doubling += "{% set s = s ~ s %}";
+  EXPECT_NE(error_of(doubling).find("over the template limit"), std::string::npos) << error_of(doubling);
+  std::string list_doubling = "{% set l = [1] * 100000 %}";
+  for (int k = 0; k < 12; ++k) list_doubling += "{% set l = l + l %}";
+  EXPECT_NE(error_of(list_doubling).find("over the template limit"), std::string::npos) << error_of(list_doubling);
+  // A long conversation is far inside the budget.
+  EXPECT_TRUE(error_of("{% for i in range(20000) %}{{ i }}: {{ 'message ' * 20 }}\n{% endfor %}").empty());
   EXPECT_FALSE(error_of("{{ 2 ** 200 }}").empty());
   EXPECT_FALSE(error_of("{{ none.x.y }}").empty());
   // Deep nesting is refused instead of overflowing the stack.
