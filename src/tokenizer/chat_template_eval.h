@@ -34,8 +34,8 @@ class Interpreter {
   Scope scope_;
   std::string* out_ = nullptr;
   int macro_depth_ = 0;
-  void step();  // one statement, expression or loop iteration: charged to the render's WorkBudget
 
+  void step();  // one statement, expression or loop iteration: charged to the render's WorkBudget
   Flow exec_body(const Body& body);
   Flow exec(const Stmt& s);
   Flow exec_for(const Stmt& s);

@@ -40,6 +40,7 @@ Value Value::number(double x) {
   v.f = x;
   return v;
 }
+
 namespace {
 thread_local int64_t g_work_left = INT64_MAX;  // no render running: unlimited
 }  // namespace
