@@ -30,6 +30,13 @@ double get_double(const json& j, const std::string& key, const std::string& src,
   return it->get<double>();
 }
 
+// A norm's epsilon: under the square root with the variance, so a negative one gives NaN rows.
+double get_norm_eps(const json& j, const std::string& key, const std::string& src, double fallback) {
+  const double eps = get_double(j, key, src, fallback);
+  if (!(eps >= 0) || !std::isfinite(eps)) throw error(src, ": \"", key, "\" must be a finite number >= 0, got ", eps);
+  return eps;
+}
+
 std::optional<double> get_opt_double(const json& j, const std::string& key, const std::string& src) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return std::nullopt;
@@ -242,7 +249,7 @@ void parse_gpt2(const json& j, const std::string& src, ModelConfig& c) {
   c.max_position_embeddings = get_int(j, "n_positions", src);
   check_positive(c.hidden_size, "n_embd", src);
   c.intermediate_size = get_int(j, "n_inner", src, 4 * c.hidden_size);
-  c.norm_eps = get_double(j, "layer_norm_epsilon", src, 1e-5);
+  c.norm_eps = get_norm_eps(j, "layer_norm_epsilon", src, 1e-5);
   c.activation = parse_activation(j.value("activation_function", std::string("gelu_new")), src);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, true);
   c.attention_bias = c.o_bias = c.mlp_bias = true;
@@ -294,7 +301,7 @@ void parse_decoder_shape(const json& j, const std::string& src, ModelConfig& c) 
   check_positive(c.head_dim, "head_dim", src);
   if (c.head_dim % 2 != 0) throw error(src, ": head_dim (", c.head_dim, ") must be even for RoPE");
   c.max_position_embeddings = get_int(j, "max_position_embeddings", src, int64_t{2048});
-  c.norm_eps = get_double(j, "rms_norm_eps", src, 1e-6);
+  c.norm_eps = get_norm_eps(j, "rms_norm_eps", src, 1e-6);
   c.sliding_window.assign(c.num_layers, 0);
 }
 

@@ -94,13 +94,17 @@ TEST(ModelLoad, UnsupportedRopeTypeIsNamed) {
   expect_load_error(m.write(), {"config.json", "dynamic"});
 }
 
-// A RoPE base or band factors that would make every rotation NaN or infinite are refused, not run.
-TEST(ModelLoad, RopeParametersOutsideTheirDomainAreRejected) {
+// A RoPE base or band factors that would make every rotation NaN or infinite, or a norm epsilon
+// that makes rows NaN, are refused, not run.
+TEST(ModelLoad, NumbersOutsideTheirDomainAreRejected) {
   for (const double theta : {-1.0, 0.0}) {
     ModelCopy m("llama");
     m.config["rope_parameters"]["rope_theta"] = theta;
     expect_load_error(m.write(), {"config.json", "rope_theta", "positive"});
   }
+  ModelCopy e("llama");
+  e.config["rms_norm_eps"] = -1e-6;
+  expect_load_error(e.write(), {"config.json", "rms_norm_eps", ">= 0"});
   ModelCopy l("llama3_rope");
   l.config["rope_parameters"]["high_freq_factor"] = 1.0;  // = low_freq_factor
   expect_load_error(l.write(), {"config.json", "low_freq_factor", "high_freq_factor"});
