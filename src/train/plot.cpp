@@ -17,7 +17,8 @@ std::optional<double> number(const nlohmann::json& rec, const char* key) {
   auto it = rec.find(key);
   if (it == rec.end() || !it->is_number()) return std::nullopt;
   const double v = it->get<double>();
-  if (!std::isfinite(v)) return std::nullopt;
+  // Skipped as non-finite values are: beyond 1e150 a chart's spans and ticks overflow to inf/NaN.
+  if (!std::isfinite(v) || std::abs(v) > 1e150) return std::nullopt;
   return v;
 }
 

@@ -88,6 +88,13 @@ TEST(PlotCli, EvalOnlyAndResumedRuns) {
   ASSERT_EQ(r.code, 0) << r.err;
   expect_well_formed(r.out);
   EXPECT_EQ(r.out.find("nan"), std::string::npos);
+  // Values so large that the axis span overflows: left out, not drawn as NaN coordinates.
+  r = test::run_cli("plot " + d.write("h.jsonl", "{\"step\":1,\"loss\":1e308}\n{\"step\":2,\"loss\":-1e308}\n"
+                                               "{\"step\":3,\"loss\":2}\n{\"step\":4,\"loss\":1.5}\n"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  expect_well_formed(r.out);
+  EXPECT_EQ(r.out.find("nan"), std::string::npos);
+  EXPECT_EQ(r.out.find("inf"), std::string::npos);
 }
 
 void expect_bad_input(const std::string& args, const std::string& fragment) {
