@@ -40,6 +40,16 @@ Example parse_record(const nlohmann::json& rec, const DatasetOptions& o) {
     } else {
       e.labels = e.ids;
     }
+    // Exported HF datasets carry one; all ones is what lowrank trains on. A zero marks padding
+    // that HF would hide from attention and lowrank would train on as text: refused, not ignored.
+    if (auto it = rec.find("attention_mask"); it != rec.end() && !it->is_null()) {
+      if (!it->is_array() || it->size() != e.ids.size())
+        throw error("\"attention_mask\" must be an array as long as \"input_ids\" (", e.ids.size(), ")");
+      for (const auto& v : *it)
+        if (!(v.is_number_integer() && v.get<int64_t>() == 1))
+          throw error("\"attention_mask\" holds ", v.dump(), ": padded examples are not supported; remove the padding "
+                      "(lowrank pads its batches itself)");
+    }
   } else if (rec.contains("text")) {
     e.ids = need_encoder(o).encode(get_string(rec, "text"), true);
     if (o.encoder->eos_id) e.ids.push_back(*o.encoder->eos_id);

@@ -70,6 +70,13 @@ TEST(Dataset, TextTxtAndInputIds) {
   EXPECT_THROW(train::Dataset::load(f.d.write("bad.jsonl", R"({"input_ids": [1, 2], "labels": [1]})" "\n"), f.opts()),
                Error);
   EXPECT_THROW(train::Dataset::load(f.d.write("m.jsonl", R"({"messages": "hi"})" "\n"), f.opts()), Error);
+  // An all-ones attention_mask (as HF exports carry) is fine; padding (a zero) or a wrong length is refused.
+  const std::string ones = R"({"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1]})" "\n";
+  const std::string padded = R"({"input_ids": [5, 6, 0], "attention_mask": [1, 1, 0]})" "\n";
+  const std::string short_mask = R"({"input_ids": [5, 6, 7], "attention_mask": [1, 1]})" "\n";
+  EXPECT_EQ(train::Dataset::load(f.d.write("a.jsonl", ones), f.opts())[0].ids, (std::vector<int32_t>{5, 6, 7}));
+  EXPECT_THROW(train::Dataset::load(f.d.write("p0.jsonl", padded), f.opts()), Error);
+  EXPECT_THROW(train::Dataset::load(f.d.write("p1.jsonl", short_mask), f.opts()), Error);
 }
 
 TEST(Dataset, ExampleOrderIsAPermutationPerEpochAndReproducible) {
