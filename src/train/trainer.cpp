@@ -59,6 +59,40 @@ void refuse_mismatch(const nlohmann::json& saved, const nlohmann::json& now, con
   }
 }
 
+// What a checkpoint's trainer_state.json says about where the run was, checked: the file is read
+// back from disk, so a bad value must be an error naming it, not a crash later.
+struct ResumePoint {
+  int64_t step = 0, optimizer_steps = 0;
+  uint64_t dropout_seed = 0, dropout_offset = 0;
+};
+
+ResumePoint read_resume_point(const nlohmann::json& state, const std::string& ckpt, int64_t total_steps) {
+  auto bad = [&](const std::string& what) {
+    return error("cannot resume from ", ckpt, ": trainer_state.json: ", what);
+  };
+  // j[key] as an integer in [0, most] (no bound when most is INT64_MAX); `name` for the message.
+  auto count = [&](const nlohmann::json& j, const char* key, const std::string& name, int64_t most) {
+    auto it = j.find(key);
+    if (it == j.end() || !it->is_number_integer() || it->get<int64_t>() < 0 || it->get<int64_t>() > most)
+      throw bad("\"" + name + "\" must be " +
+                (most == INT64_MAX ? std::string("an integer >= 0")
+                                   : "an integer in [0, " + std::to_string(most) + "]") +
+                ", got " + (it == j.end() ? std::string("nothing") : it->dump()));
+    return it->get<int64_t>();
+  };
+  if (!state.is_object()) throw bad("not a JSON object");
+  ResumePoint p;
+  p.step = count(state, "step", "step", INT64_MAX);
+  if (p.step > total_steps)
+    throw error("cannot resume from ", ckpt, ": it is at step ", p.step, ", past --steps ", total_steps);
+  p.optimizer_steps = count(state, "optimizer_steps", "optimizer_steps", p.step);
+  auto rng = state.find("dropout_rng");
+  if (rng == state.end() || !rng->is_object()) throw bad("\"dropout_rng\" must be an object");
+  p.dropout_seed = static_cast<uint64_t>(count(*rng, "seed", "dropout_rng.seed", INT64_MAX));
+  p.dropout_offset = static_cast<uint64_t>(count(*rng, "offset", "dropout_rng.offset", INT64_MAX));
+  return p;
+}
+
 void validate(const TrainOptions& o) {
   if (o.batch_size <= 0) throw error("--batch-size must be positive");
   if (o.seq_len < 2) throw error("--seq-len must be at least 2");
@@ -244,10 +278,9 @@ TrainSummary run_training(const TrainOptions& o) {
   if (o.resume) {
     if (auto ckpt = io::latest_checkpoint(o.out_dir)) {
       auto state = io::read_json((fs::path(*ckpt) / "trainer_state.json").string());
-      refuse_mismatch(state["identity"], identity, *ckpt);
-      start_step = state["step"].get<int64_t>();
-      if (start_step > total_steps)
-        throw error("cannot resume from ", *ckpt, ": it is at step ", start_step, ", past --steps ", total_steps);
+      const ResumePoint point = read_resume_point(state, *ckpt, total_steps);
+      refuse_mismatch(state.value("identity", nlohmann::json()), identity, *ckpt);
+      start_step = point.step;
       auto weights = io::SafetensorsFile::open((fs::path(*ckpt) / "weights.safetensors").string());
       auto opt = io::SafetensorsFile::open((fs::path(*ckpt) / "optimizer.safetensors").string());
       std::map<std::string, Tensor> moments;
@@ -263,10 +296,10 @@ TrainSummary run_training(const TrainOptions& o) {
           device_copy(p.param.raw(), p.param.device(), host.raw(), Device::cpu(), p.param.nbytes());
         }
         refresh_working_copies(rep->params);  // --full on the GPU: the bf16 weights from the loaded masters
-        rep->optimizer->load_state(moments, state["optimizer_steps"].get<int64_t>());
+        rep->optimizer->load_state(moments, point.optimizer_steps);
         rep->optimizer->check_params(rep->params);
       }
-      dropout_rng = Rng(state["dropout_rng"]["seed"].get<uint64_t>(), state["dropout_rng"]["offset"].get<uint64_t>());
+      dropout_rng = Rng(point.dropout_seed, point.dropout_offset);
       log_info("resuming from ", *ckpt, " at step ", start_step);
     } else {
       log_warn("--resume: no complete checkpoint in ", o.out_dir, "; starting from step 0");

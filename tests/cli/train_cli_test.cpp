@@ -76,6 +76,25 @@ TEST(TrainCli, ResumeWithOtherSettingsIsRefused) {
   EXPECT_NE(r.err.find("Qwen2ForCausalLM"), std::string::npos) << r.err;
 }
 
+// A checkpoint whose trainer_state.json was damaged on disk is named in a clear error (it crashed
+// with an internal error on a negative step).
+TEST(TrainCli, ResumeFromADamagedTrainerStateIsRefused) {
+  io::testing::ScratchDir d;
+  ASSERT_EQ(test::run_cli(base_args(d.file("run")) + " --steps 2 --save-every 2").code, 0);
+  const std::string state_path = d.file("run/checkpoint-2/trainer_state.json");
+  const nlohmann::json good = io::read_json(state_path);
+  for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+           {"step", -5}, {"step", "2"}, {"optimizer_steps", 99}, {"dropout_rng", 5}}) {
+    nlohmann::json state = good;
+    state[key] = value;
+    io::write_json_atomic(state_path, state);
+    auto r = test::run_cli(base_args(d.file("run")) + " --steps 4 --resume");
+    EXPECT_EQ(r.code, 2) << key << " = " << value.dump() << "\n" << r.err;
+    EXPECT_NE(r.err.find("trainer_state.json"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(key), std::string::npos) << r.err;
+  }
+}
+
 void expect_train_error(const std::string& args, const std::string& fragment) {
   auto r = test::run_cli(args);
   EXPECT_EQ(r.code, 2) << args << "\n" << r.err;
