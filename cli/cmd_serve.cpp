@@ -38,7 +38,9 @@ int run_serve(ServeArgs& a) {
   const Device device = parse_device(a.device);
   check_device(device, "--device " + a.device);
   if (a.options.kv_cache_blocks < 0) throw error("--kv-cache-blocks must not be negative");
-  if (a.options.max_batch < 1) throw error("--max-batch must be at least 1");
+  // The server keeps 2 HTTP threads per sequence: an unbounded batch would exhaust the process table.
+  if (a.options.max_batch < 1 || a.options.max_batch > 4096)
+    throw error("--max-batch must be in [1, 4096], got ", a.options.max_batch);
   if (a.max_gpu_adapters < 1) throw error("--max-gpu-adapters must be at least 1");
   a.options.max_gpu_adapters = static_cast<size_t>(a.max_gpu_adapters);
   if (a.port < 0 || a.port > 65535) throw error("--port must be in [0, 65535] (0: any free port)");

@@ -33,6 +33,7 @@ TEST(ServeCli, BadFlagsAreErrors) {
       {"serve" + model + " --kv-cache-blocks -1", "--kv-cache-blocks"},
       {"serve" + model + " --device tpu", "tpu"},
       {"serve" + model + " --max-batch 0", "--max-batch"},
+      {"serve" + model + " --max-batch 100000000", "--max-batch"},  // 2 threads a sequence
       {"serve" + model + " --port 70000", "--port"},
       {"serve" + model + " --adapter nameless", "NAME=DIR"},
       {"serve" + model + " --adapter a=/nonexistent/adapter", "/nonexistent/adapter"},
