@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cerrno>
@@ -26,6 +27,9 @@ namespace lowrank::serve {
 namespace {
 
 using json = nlohmann::json;
+
+// The HTTP thread pool's ceiling (see Impl's constructor).
+constexpr int64_t kMaxHttpThreads = 1024;
 
 // Text from the model may hold invalid UTF-8 (a token cut inside a character): replaced, not thrown.
 std::string dump(const ReplyJson& j) { return j.dump(-1, ' ', false, ReplyJson::error_handler_t::replace); }
@@ -162,8 +166,9 @@ struct Server::Impl {
         eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template, /*mixable_on_host=*/m.device().is_cuda()), compute(make_step(m, options)),
         scheduler(*compute, options.max_batch) {
     // Every waiting request holds a thread (httplib's default pool has 8): room for a full
-    // batch plus as many again queued, and the cheap endpoints.
-    const size_t threads = static_cast<size_t>(std::max<int64_t>(32, 2 * options.max_batch + 16));
+    // batch plus as many again queued, and the cheap endpoints. Capped: each thread is a task
+    // of the OS, and 2 · 4096 of them can exhaust a machine's process limit.
+    const size_t threads = static_cast<size_t>(std::clamp<int64_t>(2 * options.max_batch + 16, 32, kMaxHttpThreads));
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http.set_payload_max_length(options.max_body_bytes);
     // httplib's default is SO_REUSEPORT, with which a second server on the same port starts and

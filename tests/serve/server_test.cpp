@@ -383,4 +383,31 @@ TEST_F(ServeHttp, BadRequestsGetTheirStatusAndTheServerGoesOn) {
     EXPECT_NE(metrics.find(std::string("lowrank_http_responses_total{code=\"") + code + "\"}"), std::string::npos) << code;
 }
 
+// The HTTP pool holds a thread per waiting request, and --max-batch allows 4,096: the pool is
+// capped, or 8,208 threads could exhaust the machine's process limit.
+TEST(ServeThreads, TheHttpPoolIsCappedAtTheLargestBatch) {
+  auto count_threads = [] {
+    size_t n = 0;
+    for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/task")) ++n;
+    return n;
+  };
+  const size_t before = count_threads();
+  model::Model model = model::Model::load(base_dir());
+  serve::ServerOptions o;
+  o.model_name = "base";
+  o.max_batch = 4096;
+  serve::Server server(model, tok::Tokenizer::load(base_dir()), o);
+  const int port = server.bind("127.0.0.1", 0);
+  std::thread runner([&] { server.run(); });
+  httplib::Client c("127.0.0.1", port);
+  auto health = c.Get("/health");  // answered once the pool exists
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  const size_t during = count_threads();
+  server.shutdown();
+  runner.join();
+  EXPECT_GT(during, before + 32);
+  EXPECT_LE(during, before + 1024 + 16);
+}
+
 }  // namespace
