@@ -1,5 +1,6 @@
 #include "lowrank/ops/profile.h"
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
@@ -23,10 +24,18 @@ struct Marker {
   void* event;  // CUDA event on the device's stream (null on the CPU)
   Clock::time_point host;
   Category category;  // of the time from this marker to the next
+  const char* op;     // LOWRANK_PROFILE=ops: the op running from here to the next marker (null: none)
+  bool op_starts;     // this marker is that op's start (not the end of an op nested in it)
+};
+
+// LOWRANK_PROFILE=ops: time and calls per (category, op name).
+struct OpTotals {
+  double device_ms = 0;
+  int64_t calls = 0;
 };
 
 struct State {
-  int enabled = -1;  // -1: not read from the environment yet
+  int enabled = -1;  // -1: not read from the environment yet; 1: categories; 2: also per op
   bool collecting = false;
   Device device = Device::cpu();
   std::vector<Marker> markers;
@@ -36,7 +45,9 @@ struct State {
   double wall_ms = 0;
   int steps = 0;
   Category current = Category::Other;
+  const char* current_op = nullptr;
   bool sticky = false;
+  std::unordered_map<std::string, OpTotals> per_op;  // key: "category\top"
 };
 
 // Per thread: a data-parallel run profiles rank 0, whose ops run on the thread that began the step.
@@ -45,13 +56,13 @@ State& state() {
   return s;
 }
 
-void mark(Category c) {
+void mark(Category c, bool op_starts = false) {
   State& s = state();
   void* ev = nullptr;
 #ifdef LOWRANK_WITH_CUDA
   if (s.device.is_cuda()) ev = cuda::record_timing_event(s.device);
 #endif
-  s.markers.push_back({ev, Clock::now(), c});
+  s.markers.push_back({ev, Clock::now(), c, s.current_op, op_starts});
 }
 
 // Moves the current category to `c`, recording a marker when it changes.
@@ -100,12 +111,12 @@ bool enabled() {
   State& s = state();
   if (s.enabled < 0) {
     const char* e = std::getenv("LOWRANK_PROFILE");
-    s.enabled = e && *e && std::strcmp(e, "0") != 0;
+    s.enabled = !e || !*e || std::strcmp(e, "0") == 0 ? 0 : std::strcmp(e, "ops") == 0 ? 2 : 1;
   }
-  return s.enabled == 1;
+  return s.enabled >= 1;
 }
 
-void set_enabled(bool on) { state().enabled = on ? 1 : 0; }
+void set_enabled(bool on, bool per_op) { state().enabled = on ? (per_op ? 2 : 1) : 0; }
 
 bool collecting() { return state().collecting; }
 
@@ -147,6 +158,12 @@ void end_step() {
 #endif
     s.device_ms[c] += dev;
     s.host_ms[c] += host;
+    if (s.enabled == 2) {
+      const std::string_view op = a.op ? std::string_view(a.op) : std::string_view("(between ops)");
+      OpTotals& t = s.per_op[std::string(category_name(a.category)) + "\t" + std::string(op.substr(0, op.find('(')))];
+      t.device_ms += dev;
+      if (a.op_starts) ++t.calls;  // an op's time can be cut in parts by the ops nested in it
+    }
   }
   ++s.steps;
 }
@@ -177,6 +194,20 @@ std::string report() {
                   s.device_ms[c] / n, dev_total > 0 ? 100.0 * s.device_ms[c] / dev_total : 0.0, s.host_ms[c] / n,
                   static_cast<long long>(s.ops[c] / s.steps));
     out += line;
+  }
+  if (!s.per_op.empty()) {  // LOWRANK_PROFILE=ops: the 40 costliest ops, whatever their category
+    std::vector<std::pair<std::string, OpTotals>> rows(s.per_op.begin(), s.per_op.end());
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.device_ms > b.second.device_ms; });
+    std::snprintf(line, sizeof line, "  %-36s %-28s %10s %7s %9s\n", "category", "op", "device ms", "calls", "us/call");
+    out += line;
+    for (size_t i = 0; i < rows.size() && i < 40; ++i) {
+      const auto& [key, t] = rows[i];
+      const size_t tab = key.find('\t');
+      std::snprintf(line, sizeof line, "  %-36s %-28s %10.3f %7lld %9.1f\n", key.substr(0, tab).c_str(),
+                    key.substr(tab + 1, 28).c_str(), t.device_ms / n, static_cast<long long>(t.calls / s.steps),
+                    t.calls ? 1000.0 * t.device_ms / t.calls : 0.0);
+      out += line;
+    }
   }
   return out;
 }
@@ -212,18 +243,32 @@ OpScope::OpScope(const char* call_text) {
   if (!s.collecting) return;
   active_ = true;
   saved_ = s.current;
+  saved_op_ = s.current_op;
   static std::unordered_map<const char*, Category> cache;  // call_text is a string literal per call site
   auto it = cache.find(call_text);
   if (it == cache.end()) it = cache.emplace(call_text, category_of_op(call_text)).first;
   const Category c = s.sticky ? s.current : it->second;
   ++s.ops[static_cast<size_t>(c)];
+  if (s.enabled == 2) {  // a marker at every op's start and end
+    s.current_op = call_text;
+    s.current = c;
+    mark(c, /*op_starts=*/true);
+    return;
+  }
   switch_to(c);
 }
 
 OpScope::~OpScope() {
   if (!active_) return;
   State& s = state();
-  if (s.collecting) switch_to(saved_);
+  if (!s.collecting) return;
+  if (s.enabled == 2) {
+    s.current_op = saved_op_;
+    s.current = saved_;
+    mark(saved_);
+    return;
+  }
+  switch_to(saved_);
 }
 
 }  // namespace lowrank::profile

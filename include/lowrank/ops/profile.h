@@ -12,7 +12,8 @@
 // (clones, zero fills, copies made by Tensor methods) is "other".
 //
 // Markers are recorded only between begin_step() and end_step(), so scopes cost one branch
-// when the profiler is idle.
+// when the profiler is idle. LOWRANK_PROFILE=ops also records a marker at every op's start and
+// end and adds a table of the costliest ops (category, op name, time, calls): finer, and slower.
 #include <string>
 
 #include "lowrank/core/tensor.h"
@@ -42,9 +43,9 @@ const char* category_name(Category c);
 // The category of an op of lowrank::ops by its name ("matmul_nt", "rmsnorm_backward" ...).
 Category category_of_op(const char* name);
 
-// LOWRANK_PROFILE=1 in the environment (read once), or set_enabled().
+// LOWRANK_PROFILE=1 (or =ops) in the environment (read once), or set_enabled().
 bool enabled();
-void set_enabled(bool on);
+void set_enabled(bool on, bool per_op = false);
 
 // Collects one step's markers on `device`: begin_step() before the step's first op, end_step()
 // after its last (end_step waits for the device and adds the step's times to the totals).
@@ -82,6 +83,7 @@ class OpScope {
  private:
   bool active_ = false;
   Category saved_ = Category::Other;
+  const char* saved_op_ = nullptr;
 };
 
 }  // namespace lowrank::profile
