@@ -2,14 +2,26 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "lowrank/core/error.h"
 #include "lowrank/io/files.h"
+#include "lowrank/model/rope.h"
 
 namespace lowrank::model {
 namespace {
 
 using nlohmann::json;
+
+// Sizes beyond these are corrupt or hostile configs, refused before anything is sized by them:
+// token ids are int32 (so no vocabulary, width or head count needs more), and products of two
+// dims stay far inside int64.
+constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
+constexpr int64_t kMaxLayers = 1 << 16;
+constexpr int64_t kMaxHeadDim = 1 << 16;
+// RoPE tables cover every position up to max_position_embeddings (forward.cpp builds them whole):
+// 16M positions is above every released model (Llama 4 Scout: 10M).
+constexpr int64_t kMaxPositions = 1 << 24;
 
 // Reads an integer key; `required` keys that are missing (or null) are an Error naming the key.
 int64_t get_int(const json& j, const std::string& key, const std::string& src,
@@ -20,7 +32,16 @@ int64_t get_int(const json& j, const std::string& key, const std::string& src,
     throw error(src, ": missing required key \"", key, "\"");
   }
   if (!it->is_number_integer()) throw error(src, ": key \"", key, "\" must be an integer, got ", it->dump());
+  if (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    throw error(src, ": key \"", key, "\" is too large, got ", it->dump());
   return it->get<int64_t>();
+}
+
+std::string get_string(const json& j, const std::string& key, const std::string& src, const std::string& fallback) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return fallback;
+  if (!it->is_string()) throw error(src, ": key \"", key, "\" must be a string, got ", it->dump());
+  return it->get<std::string>();
 }
 
 double get_double(const json& j, const std::string& key, const std::string& src, double fallback) {
@@ -124,9 +145,7 @@ RopeConfig parse_rope_params(const json& params, const json& top, const std::str
   // theta^(-2i/d) of a base <= 0 is NaN or infinite: every position's rotation would be garbage.
   if (!(r.theta > 0) || !std::isfinite(r.theta))
     throw error(src, ": \"rope_theta\" must be a positive number, got ", r.theta);
-  std::string type = "default";
-  if (auto t = params.find("rope_type"); t != params.end() && t->is_string()) type = t->get<std::string>();
-  else if (auto t2 = params.find("type"); t2 != params.end() && t2->is_string()) type = t2->get<std::string>();
+  std::string type = get_string(params, "rope_type", src, get_string(params, "type", src, "default"));
   if (type == "su") type = "longrope";  // Phi-3's first name for it
   if (type != "default" && type != "linear" && type != "llama3" && type != "yarn" && type != "longrope")
     throw error(src, ": unsupported rope_type \"", type, "\" (supported: default, linear, llama3, yarn, longrope)");
@@ -161,10 +180,15 @@ RopeConfig parse_rope_params(const json& params, const json& top, const std::str
   return r;
 }
 
-// rope_parameters (5.x) or rope_scaling (4.x), {} when neither is there.
-json rope_params_object(const json& j) {
-  if (auto it = j.find("rope_parameters"); it != j.end() && it->is_object()) return *it;
-  if (auto sc = j.find("rope_scaling"); sc != j.end() && sc->is_object()) return *sc;
+// rope_parameters (5.x) or rope_scaling (4.x), {} when neither is there (or both are null).
+json rope_params_object(const json& j, const std::string& src) {
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    auto it = j.find(key);
+    if (it == j.end() || it->is_null()) continue;
+    // Anything else would be silently read as the default RoPE: another model than the one meant.
+    if (!it->is_object()) throw error(src, ": \"", key, "\" must be an object or null, got ", it->dump());
+    return *it;
+  }
   return json::object();
 }
 
@@ -174,14 +198,14 @@ bool rope_per_layer_type(const json& params) {
 }
 
 RopeConfig parse_rope(const json& j, const std::string& src, double default_theta = 10000.0) {
-  const json params = rope_params_object(j);
+  const json params = rope_params_object(j, src);
   if (rope_per_layer_type(params))
     throw error(src, ": RoPE parameters per layer type are only supported for Gemma 3");
   return parse_rope_params(params, j, src, default_theta);
 }
 
 double get_partial_rotary_factor(const json& j, const std::string& src) {
-  const json params = rope_params_object(j);
+  const json params = rope_params_object(j, src);
   const double f = get_double(params, "partial_rotary_factor", src, get_double(j, "partial_rotary_factor", src, 1.0));
   if (!(f > 0 && f <= 1)) throw error(src, ": partial_rotary_factor must be in (0, 1], got ", f);
   return f;
@@ -199,6 +223,49 @@ DType parse_config_dtype(const json& j) {
 
 void check_positive(int64_t v, const char* key, const std::string& src) {
   if (v <= 0) throw error(src, ": \"", key, "\" must be positive, got ", v);
+}
+
+void check_at_most(int64_t v, int64_t limit, const char* key, const std::string& src) {
+  if (v > limit) throw error(src, ": \"", key, "\" is ", v, ", more than lowrank supports (", limit, "; corrupt config?)");
+}
+
+// Every size of the shape positive and within what can be allocated and indexed. Runs before
+// anything is sized by the config (the layer list, RoPE tables), so that a hostile value is an
+// error here rather than a huge allocation or an overflow later.
+void check_shape(const ModelConfig& c, const std::string& src, bool gpt2) {
+  const char* vocab = "vocab_size";
+  const char* hidden = gpt2 ? "n_embd" : "hidden_size";
+  const char* inter = gpt2 ? "n_inner" : "intermediate_size";
+  const char* layers = gpt2 ? "n_layer" : "num_hidden_layers";
+  const char* heads = gpt2 ? "n_head" : "num_attention_heads";
+  const char* positions = gpt2 ? "n_positions" : "max_position_embeddings";
+  for (auto [v, k] : {std::pair{c.vocab_size, vocab}, {c.hidden_size, hidden}, {c.intermediate_size, inter},
+                      {c.num_layers, layers}, {c.num_heads, heads}, {c.num_kv_heads, "num_key_value_heads"},
+                      {c.head_dim, "head_dim"}, {c.max_position_embeddings, positions}})
+    check_positive(v, k, src);
+  for (auto [v, k] : {std::pair{c.vocab_size, vocab}, {c.hidden_size, hidden}, {c.intermediate_size, inter},
+                      {c.num_heads, heads}, {c.num_kv_heads, "num_key_value_heads"}})
+    check_at_most(v, kMaxDim, k, src);
+  check_at_most(c.num_layers, kMaxLayers, layers, src);
+  check_at_most(c.head_dim, kMaxHeadDim, "head_dim", src);
+  check_at_most(c.max_position_embeddings, kMaxPositions, positions, src);
+}
+
+// The RoPE a config describes must rotate every position by a finite angle with a finite scale:
+// a tiny factor or base, beta_fast = 0, a zero LongRoPE factor or original context of 1 make
+// NaN or infinite cos/sin tables, and every logit NaN.
+void check_rope_finite(const ModelConfig& c, const RopeConfig& r, const std::string& src) {
+  const float last = static_cast<float>(c.max_position_embeddings - 1);
+  for (const bool long_factors : {false, true}) {
+    if (long_factors && r.type != "longrope") break;
+    const RopeFrequencies f = rope_frequencies(c, r, long_factors);
+    bool finite = std::isfinite(f.attention_scaling) && std::isfinite(static_cast<float>(f.attention_scaling));
+    for (const double inv : f.inv_freq)
+      finite = finite && std::isfinite(static_cast<float>(inv)) && std::isfinite(last * static_cast<float>(inv));
+    if (!finite)
+      throw error(src, ": the RoPE parameters (rope_type \"", r.type, "\", rope_theta ", r.theta, ", factor ", r.factor,
+                  ") give infinite or NaN rotation frequencies or scale");
+  }
 }
 
 }  // namespace
@@ -248,9 +315,10 @@ void parse_gpt2(const json& j, const std::string& src, ModelConfig& c) {
   c.num_heads = get_int(j, "n_head", src);
   c.max_position_embeddings = get_int(j, "n_positions", src);
   check_positive(c.hidden_size, "n_embd", src);
+  check_at_most(c.hidden_size, kMaxDim, "n_embd", src);
   c.intermediate_size = get_int(j, "n_inner", src, 4 * c.hidden_size);
   c.norm_eps = get_norm_eps(j, "layer_norm_epsilon", src, 1e-5);
-  c.activation = parse_activation(j.value("activation_function", std::string("gelu_new")), src);
+  c.activation = parse_activation(get_string(j, "activation_function", src, "gelu_new"), src);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, true);
   c.attention_bias = c.o_bias = c.mlp_bias = true;
   c.norm = NormKind::Layer;
@@ -267,10 +335,7 @@ void parse_gpt2(const json& j, const std::string& src, ModelConfig& c) {
     throw error(src, ": n_embd (", c.hidden_size, ") is not divisible by n_head (", c.num_heads, ")");
   c.num_kv_heads = c.num_heads;
   c.head_dim = c.hidden_size / c.num_heads;
-  check_positive(c.vocab_size, "vocab_size", src);
-  check_positive(c.num_layers, "n_layer", src);
-  check_positive(c.intermediate_size, "n_inner", src);
-  check_positive(c.max_position_embeddings, "n_positions", src);
+  check_shape(c, src, /*gpt2=*/true);
   c.sliding_window.assign(c.num_layers, 0);
 }
 
@@ -298,9 +363,9 @@ void parse_decoder_shape(const json& j, const std::string& src, ModelConfig& c) 
                   c.num_heads, ") and no head_dim is given");
     c.head_dim = c.hidden_size / c.num_heads;
   }
-  check_positive(c.head_dim, "head_dim", src);
-  if (c.head_dim % 2 != 0) throw error(src, ": head_dim (", c.head_dim, ") must be even for RoPE");
   c.max_position_embeddings = get_int(j, "max_position_embeddings", src, int64_t{2048});
+  check_shape(c, src, /*gpt2=*/false);
+  if (c.head_dim % 2 != 0) throw error(src, ": head_dim (", c.head_dim, ") must be even for RoPE");
   c.norm_eps = get_norm_eps(j, "rms_norm_eps", src, 1e-6);
   c.sliding_window.assign(c.num_layers, 0);
 }
@@ -374,7 +439,7 @@ void parse_gemma(const json& j, const std::string& src, ModelConfig& c) {
     parse_layer_types(j, src, c, window, [&](int64_t l) { return (l + 1) % pattern != 0; });
     // 5.x: one RoPE per layer type; 4.x: rope_theta (+ rope_scaling) for full attention and
     // rope_local_base_freq for the sliding layers.
-    const json params = rope_params_object(j);
+    const json params = rope_params_object(j, src);
     if (rope_per_layer_type(params)) {
       for (const char* key : {"full_attention", "sliding_attention"})
         if (!params.contains(key) || !params[key].is_object())
@@ -385,6 +450,7 @@ void parse_gemma(const json& j, const std::string& src, ModelConfig& c) {
       c.rope = parse_rope_params(params, j, src, 1000000.0);
       RopeConfig local;
       local.theta = get_double(j, "rope_local_base_freq", src, 10000.0);
+      if (!(local.theta > 0)) throw error(src, ": \"rope_local_base_freq\" must be a positive number, got ", local.theta);
       c.sliding_rope = local;
     }
   } else {
@@ -396,7 +462,7 @@ void parse_gemma(const json& j, const std::string& src, ModelConfig& c) {
 // Phi-3: fused qkv_proj and gate_up_proj, partial rotary, LongRoPE.
 void parse_phi3(const json& j, const std::string& src, ModelConfig& c) {
   c.fused_qkv = c.fused_gate_up = true;
-  c.activation = parse_activation(j.value("hidden_act", std::string("silu")), src);
+  c.activation = parse_activation(get_string(j, "hidden_act", src, "silu"), src);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
   c.partial_rotary_factor = get_partial_rotary_factor(j, src);
   c.rope = parse_rope(j, src);
@@ -406,7 +472,7 @@ void parse_phi3(const json& j, const std::string& src, ModelConfig& c) {
 
 // Llama, Mistral, Qwen2, Qwen3.
 void parse_llama_like(const json& j, const std::string& src, ModelConfig& c) {
-  c.activation = parse_activation(j.value("hidden_act", std::string("silu")), src);
+  c.activation = parse_activation(get_string(j, "hidden_act", src, "silu"), src);
   c.tie_word_embeddings = get_bool(j, "tie_word_embeddings", src, false);
   c.rope = parse_rope(j, src);
   if (get_partial_rotary_factor(j, src) != 1.0)
@@ -425,8 +491,8 @@ void parse_llama_like(const json& j, const std::string& src, ModelConfig& c) {
   }
   if (c.arch == Arch::Qwen3) c.o_bias = c.attention_bias;
   // Sliding-window attention: Mistral applies it to every layer when set; Qwen uses layer_types.
-  const int64_t window = j.contains("sliding_window") && j["sliding_window"].is_number_integer()
-                             ? j["sliding_window"].get<int64_t>() : 0;
+  // null or absent: no window; a value of another type must not silently mean full attention.
+  const int64_t window = get_int(j, "sliding_window", src, int64_t{0});
   if (c.arch == Arch::Mistral) {
     c.sliding_window.assign(c.num_layers, window);
   } else if (c.arch != Arch::Llama) {
@@ -469,6 +535,8 @@ ModelConfig parse_model_config(const json& j, const std::string& src) {
       throw error(src, ": longrope short_factor and long_factor need ", half, " entries (rotary dims / 2), got ",
                   r->short_factor.size(), " and ", r->long_factor.size());
   }
+  for (const RopeConfig* r : {&c.rope, c.sliding_rope ? &*c.sliding_rope : nullptr})
+    if (r) check_rope_finite(c, *r, src);
   return c;
 }
 

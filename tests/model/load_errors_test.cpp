@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <limits>
+#include <tuple>
 
 #include "io/io_test_helpers.h"
 #include "lowrank/io/files.h"
@@ -220,6 +222,81 @@ TEST(ModelLoad, FamilyOptionsOutsideWhatIsSupportedAreNamed) {
     ModelCopy m("gemma2");
     m.config["attn_logit_softcapping"] = -1.0;
     expect_load_error(m.write(), {"config.json", "attn_logit_softcapping"});
+  }
+}
+
+// Sizes that would size an allocation (the layer list, RoPE tables over every position) or
+// overflow a product are refused by the config, before anything is allocated; a context of 0
+// positions made eval loop forever.
+TEST(ModelLoad, ZeroOrHugeSizesAreRefusedBeforeAllocating) {
+  const std::vector<std::tuple<std::string, nlohmann::json, std::string>> cases = {
+      {"num_hidden_layers", int64_t{1} << 50, "more than lowrank supports"},
+      {"max_position_embeddings", 0, "must be positive"},
+      {"max_position_embeddings", -5, "must be positive"},
+      {"max_position_embeddings", int64_t{1} << 50, "more than lowrank supports"},
+      {"head_dim", int64_t{1} << 40, "more than lowrank supports"},
+      {"vocab_size", int64_t{1} << 40, "more than lowrank supports"},
+      {"hidden_size", std::numeric_limits<uint64_t>::max(), "too large"},
+  };
+  for (const auto& [key, value, fragment] : cases) {
+    ModelCopy m("llama");
+    m.config[key] = value;
+    expect_load_error(m.write(), {"config.json", key, fragment});
+  }
+  ModelCopy g("gpt2");
+  g.config["n_layer"] = int64_t{1} << 40;
+  expect_load_error(g.write(), {"config.json", "n_layer", "more than lowrank supports"});
+}
+
+// RoPE parameters in range one by one but giving infinite or NaN cos/sin tables: every logit was
+// NaN and eval printed a null loss with exit code 0.
+TEST(ModelLoad, RopeParametersGivingNonFiniteRotationsAreRefused) {
+  const std::vector<nlohmann::json> ropes = {
+      {{"rope_type", "linear"}, {"factor", 1e-320}, {"rope_theta", 10000.0}},
+      {{"rope_type", "default"}, {"rope_theta", 1e-300}},
+      {{"rope_type", "yarn"}, {"factor", 4.0}, {"rope_theta", 10000.0}, {"beta_fast", 0}, {"beta_slow", 0}},
+      {{"rope_type", "yarn"}, {"factor", 4.0}, {"rope_theta", 10000.0}, {"attention_factor", 1e300}},
+  };
+  for (const auto& rope : ropes) {
+    ModelCopy m("llama");
+    m.config["rope_parameters"] = rope;
+    expect_load_error(m.write(), {"config.json", "RoPE parameters", "infinite or NaN"});
+  }
+  {
+    ModelCopy m("phi3_longrope");
+    m.config["rope_parameters"]["short_factor"] = {0.0, 0.0, 0.0, 0.0};
+    expect_load_error(m.write(), {"config.json", "longrope", "infinite or NaN"});
+  }
+  {
+    ModelCopy m("phi3_longrope");  // ln(original) = 0 divides the attention scale
+    m.config["rope_parameters"]["original_max_position_embeddings"] = 1;
+    expect_load_error(m.write(), {"config.json", "longrope", "infinite or NaN"});
+  }
+}
+
+// Values of the wrong type were read as their default: a string rope_scaling as no scaling, a
+// string sliding_window as full attention.
+TEST(ModelLoad, WrongTypesAreNamedNotDefaulted) {
+  {
+    ModelCopy m("llama");
+    m.config.erase("rope_parameters");
+    m.config["rope_scaling"] = "linear";
+    expect_load_error(m.write(), {"config.json", "rope_scaling", "object"});
+  }
+  {
+    ModelCopy m("llama");
+    m.config["rope_parameters"]["rope_type"] = 5;
+    expect_load_error(m.write(), {"config.json", "rope_type", "string"});
+  }
+  {
+    ModelCopy m("mistral");
+    m.config["sliding_window"] = "16";
+    expect_load_error(m.write(), {"config.json", "sliding_window", "integer"});
+  }
+  {
+    ModelCopy m("llama");
+    m.config["hidden_act"] = 5;
+    expect_load_error(m.write(), {"config.json", "hidden_act", "string"});
   }
 }
 
