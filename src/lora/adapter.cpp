@@ -207,6 +207,12 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
       by_suffix.erase(it);
     }
     if (by_suffix.empty()) continue;
+    // PEFT creates LoRA layers only on the modules target_modules selects and leaves tensors for
+    // any other module unused (or refuses the adapter when nothing matches): applying them would
+    // give another model than PEFT's.
+    if (!a.config.targets(module))
+      throw error(weights, ": tensor \"", file_key[module + "|" + by_suffix.begin()->first], "\" adapts module \"",
+                  module, "\", which adapter_config.json's target_modules does not select");
     LoraPair p = new_pair(m, a.config, variant_for(m, a.config, cfg_path));
     const LoraVariant& variant = lora_variant(p.kind);
     const auto layer_tensors = variant.tensors(p);

@@ -51,14 +51,23 @@ double LoraConfig::scale_for(const std::string& path) const {
   return use_rslora ? alpha_for(path) / std::sqrt(rank) : alpha_for(path) / rank;
 }
 
+namespace {
+
+// alpha / r scales B A x in f32 (bf16 on CUDA): an alpha beyond the f32 range makes the scale
+// infinite and every output NaN.
+bool valid_alpha(double a) { return a > 0 && std::isfinite(static_cast<float>(a)); }
+
+}  // namespace
+
 void LoraConfig::validate(const std::string& src) const {
   if (r <= 0) throw error(src, ": r must be positive, got ", r);
-  if (!(alpha > 0)) throw error(src, ": lora_alpha must be positive, got ", alpha);
+  if (!valid_alpha(alpha)) throw error(src, ": lora_alpha must be positive and within the f32 range, got ", alpha);
   if (!(dropout >= 0 && dropout < 1)) throw error(src, ": lora_dropout must be in [0, 1), got ", dropout);
   for (const auto& [k, v] : rank_pattern)
     if (v <= 0) throw error(src, ": rank_pattern[\"", k, "\"] must be positive, got ", v);
   for (const auto& [k, v] : alpha_pattern)
-    if (!(v > 0)) throw error(src, ": alpha_pattern[\"", k, "\"] must be positive, got ", v);
+    if (!valid_alpha(v))
+      throw error(src, ": alpha_pattern[\"", k, "\"] must be positive and within the f32 range, got ", v);
   if (!has_targets() && bias == BiasMode::None)
     throw error(src, ": no target_modules (and bias \"none\"): nothing to train; bias-only training (BitFit) is "
                      "--targets none --bias all");
@@ -160,8 +169,19 @@ LoraConfig parse_lora_config(const nlohmann::json& j, const std::string& src) {
   }
   for (const char* key : {"layers_to_transform", "layer_replication"})
     if (j.contains(key) && !j[key].is_null()) throw error(src, ": \"", key, "\" is not supported");
+  // PEFT options that change what the adapter computes: ignoring them would apply another adapter
+  // than the one trained (aLoRA only after its invocation tokens, QALoRA on pooled inputs, a bias
+  // on lora_B, LoRA on parameters rather than modules, trained token rows).
+  for (const char* key : {"lora_bias", "use_qalora"})
+    if (flag(key)) throw error(src, ": \"", key, "\": true is not supported");
+  for (const char* key : {"alora_invocation_tokens", "target_parameters", "trainable_token_indices"})
+    if (auto it = j.find(key); it != j.end() && !it->is_null() && !it->empty())
+      throw error(src, ": \"", key, "\" is not supported");
   if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
     throw error(src, ": modules_to_save is not supported");
+  for (const char* key : {"rank_pattern", "alpha_pattern"})
+    if (auto it = j.find(key); it != j.end() && !it->is_null() && !it->is_object())
+      throw error(src, ": ", key, " must be an object of {pattern: value}, got ", it->dump());
   if (auto rp = j.find("rank_pattern"); rp != j.end() && rp->is_object())
     for (auto& [k, v] : rp->items()) {
       if (!v.is_number_integer()) throw error(src, ": rank_pattern values must be integers");

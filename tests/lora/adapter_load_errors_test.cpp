@@ -1,0 +1,109 @@
+// Bad adapter folders: an adapter_config.json that does not describe its tensors, or asks for
+// what lowrank does not compute, is an Error naming the file, never a silently other adapter.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "io/io_test_helpers.h"
+#include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
+#include "lowrank/lora/adapter.h"
+#include "lowrank/model/model.h"
+#include "test_paths.h"
+
+using namespace lowrank;
+namespace fs = std::filesystem;
+
+namespace {
+
+// A copy of the llama_all_linear adapter whose adapter_config.json a test changes.
+struct AdapterCopy {
+  io::testing::ScratchDir dir;
+  nlohmann::json config;
+
+  AdapterCopy() {
+    const std::string src = test::fixture("lora/llama_all_linear/adapter");
+    config = io::read_json(src + "/adapter_config.json");
+    fs::copy_file(src + "/adapter_model.safetensors", dir.file("adapter_model.safetensors"));
+  }
+  std::string write() {
+    io::write_json_atomic(dir.file("adapter_config.json"), config);
+    return dir.path();
+  }
+};
+
+const model::Model& llama() {
+  static const model::Model m = model::Model::load(test::model_fixture("llama"));
+  return m;
+}
+
+void expect_load_error(const std::string& dir, const model::Model& m, const std::vector<std::string>& fragments) {
+  try {
+    (void)lora::Adapter::load(dir, m);
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
+  }
+}
+
+TEST(AdapterLoad, TheUnchangedCopyLoads) {
+  AdapterCopy a;
+  EXPECT_EQ(lora::Adapter::load(a.write(), llama()).pairs.size(), 14u);
+}
+
+// PEFT puts LoRA layers only where target_modules points (and refuses an adapter whose
+// target_modules matches nothing): tensors for other modules were applied all the same.
+TEST(AdapterLoad, TensorsOfModulesTargetModulesDoesNotSelectAreRefused) {
+  for (const nlohmann::json& targets : {nlohmann::json::array({"foo"}), nlohmann::json::array({"q_proj"}),
+                                        nlohmann::json("zzz")}) {
+    AdapterCopy a;
+    a.config["target_modules"] = targets;
+    expect_load_error(a.write(), llama(), {"adapter_model.safetensors", "target_modules does not select"});
+  }
+  AdapterCopy bad_regex;
+  bad_regex.config["target_modules"] = "((";
+  expect_load_error(bad_regex.write(), llama(), {"target_modules", "invalid regular expression"});
+}
+
+// An alpha beyond the f32 range made the scale infinite and every logit NaN.
+TEST(AdapterLoad, AlphaBeyondTheF32RangeIsRefused) {
+  AdapterCopy a;
+  a.config["lora_alpha"] = 1e308;
+  expect_load_error(a.write(), llama(), {"adapter_config.json", "lora_alpha", "f32 range"});
+  AdapterCopy p;
+  p.config["alpha_pattern"] = {{"q_proj", 1e300}};
+  expect_load_error(p.write(), llama(), {"adapter_config.json", "alpha_pattern", "f32 range"});
+}
+
+// PEFT options that change the adapter's computation were ignored.
+TEST(AdapterLoad, OptionsThatChangeTheComputationAreRefused) {
+  const std::vector<std::pair<std::string, nlohmann::json>> cases = {
+      {"lora_bias", true},
+      {"use_qalora", true},
+      {"alora_invocation_tokens", {1, 2}},
+      {"target_parameters", {"mlp.experts.down_proj"}},
+      {"trainable_token_indices", {5, 7}},
+  };
+  for (const auto& [key, value] : cases) {
+    AdapterCopy a;
+    a.config[key] = value;
+    expect_load_error(a.write(), llama(), {"adapter_config.json", key, "not supported"});
+  }
+}
+
+// A pattern map of another type was ignored: every module got r and lora_alpha.
+TEST(AdapterLoad, PatternsOfTheWrongTypeAreRefused) {
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    AdapterCopy a;
+    a.config[key] = "q_proj";
+    expect_load_error(a.write(), llama(), {"adapter_config.json", key, "object"});
+  }
+}
+
+TEST(AdapterLoad, AnAdapterForAnotherModelIsNamedAsSuch) {
+  const model::Model other = model::Model::load(test::model_fixture("qwen2"));
+  AdapterCopy a;
+  expect_load_error(a.write(), other, {"adapter_model.safetensors", "another base model"});
+}
+
+}  // namespace
