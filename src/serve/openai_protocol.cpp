@@ -9,6 +9,14 @@ namespace {
 using json = nlohmann::json;
 
 constexpr int kMaxDepth = 64;  // deeper bodies are refused before they are built
+// Temperatures below this sample the argmax anyway (vLLM's _SAMPLING_EPS) and, far enough below,
+// overflow 1 / temperature in f32: NaN probabilities and a token picked from them.
+constexpr double kGreedyTemperature = 1e-5;
+// The penalty divides or multiplies logits: outside this range it overflows them in f32.
+constexpr double kMinRepetitionPenalty = 1e-3, kMaxRepetitionPenalty = 1e3;
+// Every stop string is searched for in the whole reply after every token: a body of 8 MiB holds
+// a million of them, hours of work for a reply of a few hundred tokens.
+constexpr size_t kMaxStopStrings = 64, kMaxStopBytes = 1024;
 
 [[noreturn]] void bad(const std::string& message) { throw ApiError(400, message); }
 
@@ -77,7 +85,7 @@ GenerationParams parse_params(const json& body, const char* max_tokens_key) {
   auto& s = p.sampling;
   if (auto t = number(body, "temperature")) {
     if (*t < 0) bad("'temperature' must not be negative");
-    if (*t == 0) s.greedy = true;
+    if (*t < kGreedyTemperature) s.greedy = true;
     else s.temperature = *t;
   }
   if (auto v = number(body, "top_p")) {
@@ -89,7 +97,8 @@ GenerationParams parse_params(const json& body, const char* max_tokens_key) {
     s.top_k = *k < 0 ? 0 : *k;
   }
   if (auto v = number(body, "repetition_penalty")) {
-    if (!(*v > 0)) bad("'repetition_penalty' must be positive");
+    if (!(*v >= kMinRepetitionPenalty && *v <= kMaxRepetitionPenalty))
+      bad("'repetition_penalty' must be in [0.001, 1000] (1: off)");
     s.repetition_penalty = *v;
   }
   if (auto seed = integer(body, "seed")) {
@@ -107,6 +116,12 @@ GenerationParams parse_params(const json& body, const char* max_tokens_key) {
     } else {
       bad("'stop' must be a string or a list of strings");
     }
+    if (p.stop.size() > kMaxStopStrings)
+      bad("'stop' holds " + std::to_string(p.stop.size()) + " strings, more than " + std::to_string(kMaxStopStrings));
+    for (const auto& stop : p.stop)
+      if (stop.size() > kMaxStopBytes)
+        bad("'stop' holds a string of " + std::to_string(stop.size()) + " bytes, more than " +
+            std::to_string(kMaxStopBytes));
   }
   p.stream = boolean(body, "stream", false);
   if (auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {

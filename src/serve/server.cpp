@@ -225,6 +225,12 @@ void Server::Impl::routes() {
     if (res.status == 400) message = "malformed HTTP request";
     if (res.status == 404) message = "no endpoint " + req.method + " " + req.path;
     if (res.status == 413) message = "the request body is larger than " + std::to_string(options.max_body_bytes) + " bytes";
+    // httplib reads a form-encoded body (curl -d without a Content-Type) into form fields, and
+    // refuses one above 8 KiB whatever the limit: a JSON body over 8 KiB sent so must say why.
+    if (res.status == 413 && req.get_header_value<uint64_t>("Content-Length") <= options.max_body_bytes &&
+        req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0)
+      message = "a request body sent as application/x-www-form-urlencoded is limited to 8192 bytes: send it with "
+                "\"Content-Type: application/json\" (curl -H 'Content-Type: application/json')";
     send_json(res, res.status, error_body(res.status, message));
     return httplib::Server::HandlerResponse::Handled;
   }));
@@ -319,7 +325,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
 
   const int64_t context = model.config().max_position_embeddings, n = static_cast<int64_t>(prompt.size());
   const int64_t max_tokens = params.max_tokens.value_or(chat ? std::max<int64_t>(context - n, 1) : 16);
-  if (n + max_tokens > context)
+  if (max_tokens > context - n)  // not n + max_tokens: max_tokens may be near INT64_MAX
     throw ApiError(400, "this model's maximum context length is " + std::to_string(context) + " tokens; the request has " +
                             std::to_string(n) + " prompt tokens and asks for " + std::to_string(max_tokens) +
                             " more: reduce the prompt or max_tokens");

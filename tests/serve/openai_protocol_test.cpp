@@ -87,6 +87,40 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
   for (const auto& body : chats) EXPECT_EQ(status_of([&] { parse_chat_request(parse_body(body)); }), 400) << body;
 }
 
+// A temperature so small that 1 / temperature overflows f32 made every probability NaN and the
+// sampler picked the last candidate: it is the argmax (vLLM: below 1e-5, greedy).
+TEST(OpenAiProtocol, TinyTemperaturesAreGreedy) {
+  for (const char* t : {"1e-300", "1e-40", "9e-6"}) {
+    auto r = parse_completion_request(json::parse(std::string(R"({"prompt": "x", "temperature": )") + t + "}"));
+    EXPECT_TRUE(r.params.sampling.greedy) << t;
+  }
+  auto r = parse_completion_request(json::parse(R"({"prompt": "x", "temperature": 1e-4})"));
+  EXPECT_FALSE(r.params.sampling.greedy);
+  EXPECT_EQ(r.params.sampling.temperature, 1e-4);
+}
+
+// Values accepted before that overflowed the logits (a repetition penalty of 1e-300 divides them
+// by 0 in f32) or made a request take hours (a million stop strings searched after every token).
+TEST(OpenAiProtocol, ParametersThatOverflowOrStallAreRefused) {
+  std::vector<std::pair<json, std::string>> bodies = {
+      {{{"prompt", "x"}, {"repetition_penalty", 1e-300}}, "'repetition_penalty'"},
+      {{{"prompt", "x"}, {"repetition_penalty", 1e-4}}, "'repetition_penalty'"},
+      {{{"prompt", "x"}, {"repetition_penalty", 1e300}}, "'repetition_penalty'"},
+      {{{"prompt", "x"}, {"stop", std::vector<std::string>(65, "x")}}, "'stop'"},
+      {{{"prompt", "x"}, {"stop", std::string(1025, 'a')}}, "'stop'"},
+      {{{"prompt", "x"}, {"stop", {"a", std::string(1025, 'a')}}}, "'stop'"},
+  };
+  for (const auto& [body, want] : bodies) {
+    std::string message;
+    EXPECT_EQ(status_of([&] { parse_completion_request(body); }, &message), 400) << body.dump().substr(0, 200);
+    EXPECT_NE(message.find(want), std::string::npos) << message;
+  }
+  auto edge = parse_completion_request(
+      json{{"prompt", "x"}, {"repetition_penalty", 1e-3}, {"stop", std::vector<std::string>(64, std::string(1024, 'a'))}});
+  EXPECT_EQ(edge.params.stop.size(), 64u);
+  EXPECT_EQ(edge.params.sampling.repetition_penalty, 1e-3);
+}
+
 TEST(OpenAiProtocol, ErrorBodyAndReplies) {
   auto e = error_body(404, "no such model");
   EXPECT_EQ(e["error"]["message"], "no such model");

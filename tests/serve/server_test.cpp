@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -339,6 +340,20 @@ TEST_F(ServeHttp, BadRequestsGetTheirStatusAndTheServerGoesOn) {
   expect_error(post("/v1/completions", json{{"prompt", std::vector<int>(1024, 5)}, {"max_tokens", 1}}.dump()), 400,
                "prompt fills the context");
   expect_error(post("/v1/completions", R"({"model": "dogs", "prompt": "x"})"), 404, "unknown model");
+  // prompt + max_tokens overflowed int64 and passed the context check: a 500 from the compute.
+  expect_error(post("/v1/completions", R"({"prompt": "x", "max_tokens": 9223372036854775807})"), 400,
+               "max_tokens near INT64_MAX");
+  expect_error(post("/v1/chat/completions", json{{"model", "cats"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                                                  {"max_tokens", std::numeric_limits<int64_t>::max() - 1}}.dump()), 400,
+               "chat max_tokens near INT64_MAX");
+  {  // curl -d sends application/x-www-form-urlencoded, which httplib caps at 8 KiB whatever the limit
+    auto c = client();
+    const HttpReply form = reply_of(c.Post("/v1/completions", auth(), json{{"prompt", std::string(9000, 'a')}}.dump(),
+                                           "application/x-www-form-urlencoded"));
+    expect_error(form, 413, "form-encoded body over 8 KiB");
+    EXPECT_NE(form.body.find("application/json"), std::string::npos) << form.body;
+  }
+
   expect_error(post("/v1/completions", json{{"prompt", std::string(kBodyLimit + 10, 'a')}}.dump()), 413, "body over the limit");
   expect_error(get("/v1/nothing"), 404, "unknown endpoint");
 
