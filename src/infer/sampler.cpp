@@ -9,10 +9,13 @@
 namespace lowrank::infer {
 
 void SamplingOptions::validate() const {
-  if (!(temperature > 0)) throw error("--temperature must be positive, got ", temperature);
+  if (!(temperature >= kMinTemperature))
+    throw error("--temperature must be at least ", kMinTemperature, " (--greedy for the argmax), got ", temperature);
   if (top_k < 0) throw error("--top-k must not be negative, got ", top_k);
   if (!(top_p > 0 && top_p <= 1)) throw error("--top-p must be in (0, 1], got ", top_p);
-  if (!(repetition_penalty > 0)) throw error("--repetition-penalty must be positive, got ", repetition_penalty);
+  if (!(repetition_penalty >= kMinRepetitionPenalty && repetition_penalty <= kMaxRepetitionPenalty))
+    throw error("--repetition-penalty must be in [", kMinRepetitionPenalty, ", ", kMaxRepetitionPenalty, "] (1: off), got ",
+                repetition_penalty);
 }
 
 int32_t Sampler::next(std::vector<float>& logits, const std::vector<int32_t>& context) {

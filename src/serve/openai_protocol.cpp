@@ -9,11 +9,9 @@ namespace {
 using json = nlohmann::json;
 
 constexpr int kMaxDepth = 64;  // deeper bodies are refused before they are built
-// Temperatures below this sample the argmax anyway (vLLM's _SAMPLING_EPS) and, far enough below,
-// overflow 1 / temperature in f32: NaN probabilities and a token picked from them.
-constexpr double kGreedyTemperature = 1e-5;
-// The penalty divides or multiplies logits: outside this range it overflows them in f32.
-constexpr double kMinRepetitionPenalty = 1e-3, kMaxRepetitionPenalty = 1e3;
+// Temperatures below infer::kMinTemperature sample the argmax (as vLLM's _SAMPLING_EPS); the
+// repetition penalty must lie within infer's limits (sampler.h says why).
+using infer::kMinRepetitionPenalty, infer::kMaxRepetitionPenalty;
 // Every stop string is searched for in the whole reply after every token: a body of 8 MiB holds
 // a million of them, hours of work for a reply of a few hundred tokens.
 constexpr size_t kMaxStopStrings = 64, kMaxStopBytes = 1024;
@@ -85,7 +83,7 @@ GenerationParams parse_params(const json& body, const char* max_tokens_key) {
   auto& s = p.sampling;
   if (auto t = number(body, "temperature")) {
     if (*t < 0) bad("'temperature' must not be negative");
-    if (*t < kGreedyTemperature) s.greedy = true;
+    if (*t < infer::kMinTemperature) s.greedy = true;
     else s.temperature = *t;
   }
   if (auto v = number(body, "top_p")) {

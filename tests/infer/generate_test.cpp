@@ -193,6 +193,15 @@ TEST(GenerateCli, BatchModeAndBadInput) {
   expect_error("generate --model " + llama + " --prompt hi", "no tokenizer.json");
   expect_error("generate --model " + llama + " --input " + in + " --output " + d.file("x.jsonl") + " --top-p 0",
                "--top-p");
+  // Values whose f32 arithmetic overflows (1 / 1e-40; logits · 1e-300) are refused, not sampled from.
+  expect_error("generate --model " + llama + " --input " + in + " --output " + d.file("x.jsonl") + " --temperature 1e-40",
+               "--temperature must be at least");
+  expect_error("generate --model " + llama + " --input " + in + " --output " + d.file("x.jsonl") +
+                   " --repetition-penalty 1e-300",
+               "--repetition-penalty must be in");
+  expect_error("generate --model " + llama + " --input " + in + " --output " + d.file("x.jsonl") +
+                   " --repetition-penalty 1e300",
+               "--repetition-penalty must be in");
 }
 
 }  // namespace
