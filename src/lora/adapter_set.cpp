@@ -22,6 +22,9 @@ AdapterSpec parse_adapter_spec(const std::string& text) {
   }
   if (used != scale.size() || scale.empty() || !std::isfinite(value))
     throw error("--adapter ", text, ": scale '", scale, "' is not a number (expected DIR or DIR:SCALE)");
+  // The scale multiplies the adapter's update in f32 (bf16 on CUDA): beyond f32's range it is inf.
+  if (!std::isfinite(static_cast<float>(value)))
+    throw error("--adapter ", text, ": scale ", scale, " is beyond the f32 range");
   return {dir, value};
 }
 

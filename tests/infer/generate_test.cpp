@@ -183,6 +183,9 @@ TEST(GenerateCli, BatchModeAndBadInput) {
   expect_error("generate --model " + llama + " --input " + in + " --output " + d.file("x.jsonl") + " --adapter " +
                    test::fixture("lora/generate/adapter_a") + ":half",
                "scale 'half' is not a number");
+  expect_error("generate --model " + llama + " --input " + in + " --output " + d.file("x.jsonl") + " --adapter " +
+                   test::fixture("lora/generate/adapter_a") + ":1e300",
+               "beyond the f32 range");
   expect_error("generate --model " + test::model_fixture("qwen2") + " --input " + in + " --output " +
                    d.file("x.jsonl") + " --adapter " + test::fixture("lora/generate/adapter_a"),
                "expected [96, 4]");
