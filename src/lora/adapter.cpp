@@ -185,7 +185,13 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
                   "\", which this model does not have (is the adapter for another base model?)");
     if (!is_float(info.dtype) || info.dtype == DType::F8_E4M3 || info.dtype == DType::F8_E5M2)
       throw error(weights, ": tensor \"", info.name, "\" has unsupported dtype ", dtype_name(info.dtype));
-    tensors[module][suffix] = file.get(info.name).to(DType::F32).clone();
+    Tensor t = file.get(info.name).to(DType::F32).clone();
+    // A NaN or inf in an adapter makes every output it touches NaN: refused, naming the tensor.
+    const float* v = t.f32();
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (!std::isfinite(v[i]))
+        throw error(weights, ": tensor \"", info.name, "\" holds ", std::isnan(v[i]) ? "NaN" : "inf", " (element ", i, ")");
+    tensors[module][suffix] = std::move(t);
     file_key[module + "|" + suffix] = info.name;
   }
   for (auto& [module, by_suffix] : tensors) {

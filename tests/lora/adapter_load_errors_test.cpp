@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <limits>
+#include <cmath>
 
 #include "io/io_test_helpers.h"
 #include "lowrank/core/error.h"
 #include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
 #include "lowrank/lora/adapter.h"
 #include "lowrank/model/model.h"
 #include "test_paths.h"
@@ -97,6 +100,25 @@ TEST(AdapterLoad, PatternsOfTheWrongTypeAreRefused) {
     AdapterCopy a;
     a.config[key] = "q_proj";
     expect_load_error(a.write(), llama(), {"adapter_config.json", key, "object"});
+  }
+}
+
+// A NaN or inf in an adapter's tensor made every output it touched NaN, silently.
+TEST(AdapterLoad, NonFiniteValuesAreRefusedNamingTheTensor) {
+  for (const float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
+    AdapterCopy a;
+    const std::string file = a.dir.file("adapter_model.safetensors");
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    {
+      auto f = io::SafetensorsFile::open(file);
+      for (const auto& info : f.tensors()) tensors.emplace_back(info.name, f.get(info.name).clone());
+    }
+    const std::string name = tensors[3].first;
+    Tensor t = tensors[3].second.to(DType::F32).clone();
+    t.f32()[t.numel() / 2] = bad;
+    tensors[3].second = t.to(tensors[3].second.dtype());
+    io::write_safetensors(file, tensors);
+    expect_load_error(a.write(), llama(), {name, std::isnan(bad) ? "NaN" : "inf"});
   }
 }
 
