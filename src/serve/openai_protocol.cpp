@@ -67,6 +67,22 @@ void refuse_unsupported(const json& body) {
   if (set("logit_bias") && !body["logit_bias"].empty()) bad("'logit_bias' is not supported");
   for (const char* key : {"presence_penalty", "frequency_penalty"})
     if (auto v = number(body, key); v && *v != 0) bad(std::string("'") + key + "' is not supported (use repetition_penalty)");
+  // Requests that ask for a different output than plain sampled text: ignoring them would answer
+  // another question than the one asked (a tool call, JSON of a schema, token log-probabilities,
+  // vLLM's constrained decoding, its stop and eos controls).
+  auto nonempty = [&](const char* key) { return set(key) && !body[key].empty(); };
+  if (nonempty("tools") || nonempty("functions")) bad("'tools' (function calling) is not supported");
+  if (set("tool_choice") && body["tool_choice"] != "none" && body["tool_choice"] != "auto")
+    bad("'tool_choice' is not supported");
+  if (set("response_format") && !(body["response_format"].is_object() && body["response_format"].value("type", "") == "text"))
+    bad("'response_format' other than {\"type\": \"text\"} is not supported");
+  if (auto n = integer(body, "top_logprobs"); n && *n != 0) bad("'top_logprobs' is not supported");
+  for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
+    if (set(key)) bad(std::string("'") + key + "' (constrained decoding) is not supported");
+  if (nonempty("stop_token_ids")) bad("'stop_token_ids' is not supported (use 'stop')");
+  if (boolean(body, "ignore_eos", false)) bad("'ignore_eos' is not supported");
+  if (auto v = number(body, "min_p"); v && *v != 0) bad("'min_p' is not supported");
+  if (auto n = integer(body, "min_tokens"); n && *n != 0) bad("'min_tokens' is not supported");
 }
 
 GenerationParams parse_params(const json& body, const char* max_tokens_key) {

@@ -70,6 +70,16 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       {R"({"prompt": "x", "n": 2})", "'n'"},
       {R"({"prompt": "x", "logprobs": 2})", "'logprobs'"},
       {R"({"prompt": "x", "presence_penalty": 0.5})", "'presence_penalty'"},
+      {R"({"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]})", "'tools'"},
+      {R"({"prompt": "x", "tool_choice": "required"})", "'tool_choice'"},
+      {R"({"prompt": "x", "response_format": {"type": "json_object"}})", "'response_format'"},
+      {R"({"prompt": "x", "response_format": "json"})", "'response_format'"},
+      {R"({"prompt": "x", "top_logprobs": 3})", "'top_logprobs'"},
+      {R"({"prompt": "x", "guided_json": {"type": "object"}})", "'guided_json'"},
+      {R"({"prompt": "x", "stop_token_ids": [5]})", "'stop_token_ids'"},
+      {R"({"prompt": "x", "ignore_eos": true})", "'ignore_eos'"},
+      {R"({"prompt": "x", "min_p": 0.1})", "'min_p'"},
+      {R"({"prompt": "x", "min_tokens": 4})", "'min_tokens'"},
       {std::string(100, '[') + std::string(100, ']'), "nested too deeply"},
   };
   for (const auto& c : completions) {
@@ -85,6 +95,14 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})",
   };
   for (const auto& body : chats) EXPECT_EQ(status_of([&] { parse_chat_request(parse_body(body)); }), 400) << body;
+}
+
+// Defaults and no-op values of the options above are accepted, as OpenAI's clients send them.
+TEST(OpenAiProtocol, NoOpValuesOfUnsupportedOptionsAreAccepted) {
+  for (const char* body : {R"({"prompt": "x", "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+                              "top_logprobs": 0, "stop_token_ids": [], "ignore_eos": false, "min_p": 0, "min_tokens": 0})",
+                           R"({"prompt": "x", "tools": null, "tool_choice": "auto", "logprobs": false})"})
+    EXPECT_EQ(status_of([&] { parse_completion_request(parse_body(body)); }), 200) << body;
 }
 
 // A temperature so small that 1 / temperature overflows f32 made every probability NaN and the
