@@ -74,7 +74,8 @@ void refuse_unsupported(const json& body) {
   if (nonempty("tools") || nonempty("functions")) bad("'tools' (function calling) is not supported");
   if (set("tool_choice") && body["tool_choice"] != "none" && body["tool_choice"] != "auto")
     bad("'tool_choice' is not supported");
-  if (set("response_format") && !(body["response_format"].is_object() && body["response_format"].value("type", "") == "text"))
+  if (set("response_format") && !(body["response_format"].is_object() && body["response_format"].contains("type") &&
+                                   body["response_format"]["type"] == "text"))
     bad("'response_format' other than {\"type\": \"text\"} is not supported");
   if (auto n = integer(body, "top_logprobs"); n && *n != 0) bad("'top_logprobs' is not supported");
   for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})

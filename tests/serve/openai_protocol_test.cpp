@@ -74,6 +74,7 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       {R"({"prompt": "x", "tool_choice": "required"})", "'tool_choice'"},
       {R"({"prompt": "x", "response_format": {"type": "json_object"}})", "'response_format'"},
       {R"({"prompt": "x", "response_format": "json"})", "'response_format'"},
+      {R"({"prompt": "x", "response_format": {"type": 5}})", "'response_format'"},
       {R"({"prompt": "x", "top_logprobs": 3})", "'top_logprobs'"},
       {R"({"prompt": "x", "guided_json": {"type": "object"}})", "'guided_json'"},
       {R"({"prompt": "x", "stop_token_ids": [5]})", "'stop_token_ids'"},
