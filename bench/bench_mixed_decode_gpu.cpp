@@ -70,13 +70,14 @@ double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<l
     seqs.push_back(std::make_unique<infer::PagedSequence>(cache, prompt + rounds + 1));
     for (int64_t t = 0; t < prompt; ++t) fed[b].push_back(static_cast<int32_t>(rng.next_u32() % vocab));
   }
-  auto step = [&](bool first) {
+  auto step = [&](bool first, bool last) {
     std::vector<infer::DecodeEntry> entries(batch);
     for (int64_t b = 0; b < batch; ++b) {
       infer::DecodeEntry& e = entries[b];
       e.seq = seqs[b].get();
       e.tokens = first ? std::span<const int32_t>(fed[b]) : std::span<const int32_t>(&fed[b].back(), 1);
       e.argmax_only = true;
+      e.feeds_argmax = !last;  // the next round feeds it back (the decoder may start it early)
       if (adapters > 0) {
         if (mixed) e.adapter = host[b % adapters];
         else e.hook = hooks[b % adapters].get();
@@ -88,11 +89,11 @@ double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<l
       fed[b].push_back(entries[b].argmax);
     }
   };
-  step(true);  // prefill (and the adapters' first copies to the GPU)
-  step(false);
+  step(true, false);  // prefill (and the adapters' first copies to the GPU)
+  step(false, false);
   sync(m.device());
   const auto t0 = std::chrono::steady_clock::now();
-  for (int64_t i = 0; i < rounds; ++i) step(false);
+  for (int64_t i = 0; i < rounds; ++i) step(false, i + 1 == rounds);
   sync(m.device());
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

@@ -4,6 +4,7 @@
 
 #include "lowrank/core/device_graph.h"
 #include "lowrank/core/device_memory.h"
+#include "lowrank/core/host_staging.h"
 
 namespace lowrank {
 
@@ -35,6 +36,12 @@ DeviceGraph::DeviceGraph(Device, std::shared_ptr<DeviceGraphPool>) { throw no_cu
 DeviceGraph::~DeviceGraph() = default;
 void DeviceGraph::record(const std::function<void()>&) { throw no_cuda(); }
 void DeviceGraph::replay() { throw no_cuda(); }
+
+HostStaging::HostStaging(Device device, size_t bytes) : device_(device), capacity_(bytes) { throw no_cuda(); }
+HostStaging::~HostStaging() = default;
+void HostStaging::upload(void*, size_t) { throw no_cuda(); }
+void HostStaging::download(const void*, size_t) { throw no_cuda(); }
+void HostStaging::wait() { throw no_cuda(); }
 
 }  // namespace lowrank
 #endif

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <exception>
+#include <cstdlib>
 #include <map>
+#include <string_view>
 
 #include "lowrank/core/error.h"
 #include "lowrank/ops/ops.h"
@@ -140,26 +142,51 @@ void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, 
 
 void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook) {
   const auto B = static_cast<int64_t>(group.size());
-  int64_t max_len = 0;
-  for (DecodeEntry* e : group) max_len = std::max(max_len, e->seq->length_ + 1);
-  const int64_t width = cache_.blocks_for(max_len);
-  std::vector<int32_t> ids(B), pos(B), slots(B), lens(B), tables(B * width, 0);
-  for (int64_t b = 0; b < B; ++b) {
-    const PagedSequence& s = *group[b]->seq;
-    ids[b] = s.ids_.back();
-    pos[b] = static_cast<int32_t>(s.length_);
-    slots[b] = slot(s, s.length_);
-    lens[b] = static_cast<int32_t>(s.length_ + 1);
-    const int64_t used = cache_.blocks_for(s.length_ + 1);
-    std::copy(s.blocks_.begin(), s.blocks_.begin() + used, tables.begin() + b * width);
-  }
+  // The group's step, or (ahead = 1) the one after it, each row fed one more token (ids then -1:
+  // not known yet); no adapters yet.
+  auto decode_step = [&](int64_t ahead) {
+    DecodeGraphs::Step s;
+    for (DecodeEntry* e : group) s.max_len = std::max(s.max_len, e->seq->length_ + 1 + ahead);
+    s.width = cache_.blocks_for(s.max_len);
+    s.ids.resize(B);
+    s.pos.resize(B);
+    s.slots.resize(B);
+    s.lens.resize(B);
+    s.tables.assign(B * s.width, 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const PagedSequence& q = *group[b]->seq;
+      const int64_t position = q.length_ + ahead;
+      s.ids[b] = ahead ? -1 : q.ids_.back();
+      s.pos[b] = static_cast<int32_t>(position);
+      s.slots[b] = slot(q, position);
+      s.lens[b] = static_cast<int32_t>(position + 1);
+      const int64_t used = cache_.blocks_for(position + 1);
+      std::copy(q.blocks_.begin(), q.blocks_.begin() + used, s.tables.begin() + b * s.width);
+    }
+    return s;
+  };
+  DecodeGraphs::Step s = decode_step(0);
   // Without a hook of its own the group runs the base model and mixable adapters: one graph.
-  const std::vector<lora::RowAdapter> adapters = hook ? std::vector<lora::RowAdapter>{} : row_adapters(group);
+  s.adapters = hook ? std::vector<lora::RowAdapter>{} : row_adapters(group);
   if (!hook && graphs_) {
     const bool argmax_only = std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->argmax_only; });
+    // The step after this one, when every row will be fed its argmax and has room for it
+    // (LOWRANK_DECODE_AHEAD=0: never, for A/B timing).
+    static const bool ahead_enabled = [] {
+      const char* v = std::getenv("LOWRANK_DECODE_AHEAD");
+      return !(v && std::string_view(v) == "0");
+    }();
+    const bool ahead = ahead_enabled && argmax_only && std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) {
+                         return e->feeds_argmax && e->seq->length_ + 2 <= e->seq->capacity_;
+                       });
+    DecodeGraphs::Step next;
+    if (ahead) {
+      next = decode_step(1);
+      next.adapters = s.adapters;
+    }
     std::vector<int32_t> argmax;
     std::vector<float> logits;
-    if (graphs_->run({ids, pos, slots, lens, tables, width, max_len, adapters}, argmax_only, argmax, logits)) {
+    if (graphs_->run(s, argmax_only, argmax, logits, ahead ? &next : nullptr)) {
       const int64_t V = argmax_only ? 0 : static_cast<int64_t>(logits.size()) / B;
       for (int64_t b = 0; b < B; ++b) {
         ++group[b]->seq->length_;
@@ -170,11 +197,11 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
     }
   }
   const Device d = model_.device();
-  PagedAttentionCache attention(cache_, Tensor::from_ints(slots, d),
-                           Tensor::from_ints(tables, d).reshape({B, width}), Tensor::from_ints(lens, d), max_len);
-  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(adapters, 1);
+  PagedAttentionCache attention(cache_, Tensor::from_ints(s.slots, d),
+                           Tensor::from_ints(s.tables, d).reshape({B, s.width}), Tensor::from_ints(s.lens, d), s.max_len);
+  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(s.adapters, 1);
   if (mixed) hook = mixed.get();
-  Tensor h = model_.hidden_states_at({ids, B, 1}, pos, hook, attention);
+  Tensor h = model_.hidden_states_at({s.ids, B, 1}, s.pos, hook, attention);
   for (DecodeEntry* e : group) ++e->seq->length_;
   emit(h, group, hook);
 }

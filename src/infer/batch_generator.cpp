@@ -61,6 +61,7 @@ std::vector<std::vector<int32_t>> generate_batch(const model::Model& model, mode
       entries[i].seq = r.seq.get();
       entries[i].hook = hook;
       entries[i].argmax_only = o.sampling.greedy && o.sampling.repetition_penalty == 1.0;  // = Sampler's pick
+      entries[i].feeds_argmax = entries[i].argmax_only && static_cast<int64_t>(outputs[r.index].size()) + 1 < budgets[r.index];
       entries[i].tokens = outputs[r.index].empty() ? std::span<const int32_t>(r.context)
                                                    : std::span<const int32_t>(&r.context.back(), 1);
     }

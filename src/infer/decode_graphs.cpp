@@ -42,6 +42,8 @@ void DecodeGraphs::forward(Bucket& b, const std::vector<lora::RowAdapter>& set) 
   Tensor h = model_.hidden_states_at(ids, pos, B, 1, b.length - 1, hook.get(), attention);
   b.logits = model_.project_vocab(h, hook.get());
   b.argmax = ops::argmax_rows(b.logits);
+  // The argmax becomes the ids of a step started ahead (a host-fed step overwrites them).
+  device_copy(b.inputs.raw(), b.inputs.device(), b.argmax.raw(), b.argmax.device(), B * sizeof(int32_t));
 }
 
 bool DecodeGraphs::same_adapters(const Bucket& b, const std::vector<lora::RowAdapter>& set) {
@@ -66,9 +68,95 @@ void DecodeGraphs::evict_adapter_buckets(const Key& keep) {
   }
 }
 
-bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits) {
+std::vector<int32_t> DecodeGraphs::inputs_of(const Bucket& b, const Step& s, const std::vector<int32_t>& row_adapter) {
+  // Padding rows: token 0 at position 0, written nowhere (slot -1), attending to one position of
+  // block 0 (any block: the row's output is ignored), no adapter.
+  const int64_t batch = b.batch, n = static_cast<int64_t>(s.pos.size());
+  std::vector<int32_t> host(batch * (5 + b.width), 0);
+  std::copy(s.ids.begin(), s.ids.end(), host.begin());
+  std::copy(s.pos.begin(), s.pos.end(), host.begin() + batch);
+  std::fill(host.begin() + 2 * batch, host.begin() + 3 * batch, -1);
+  std::copy(s.slots.begin(), s.slots.end(), host.begin() + 2 * batch);
+  std::fill(host.begin() + 3 * batch, host.begin() + 4 * batch, 1);
+  std::copy(s.lens.begin(), s.lens.end(), host.begin() + 3 * batch);
+  std::copy(row_adapter.begin(), row_adapter.end(), host.begin() + 4 * batch);
+  for (int64_t r = 0; r < n; ++r)
+    std::copy(s.tables.begin() + r * s.width, s.tables.begin() + r * s.width + std::min(s.width, b.width),
+              host.begin() + 5 * batch + r * b.width);
+  return host;
+}
+
+bool DecodeGraphs::same_rows(const Step& a, const Step& b) {
+  if (a.pos.size() != b.pos.size() || a.adapters.size() != b.adapters.size()) return false;
+  for (size_t r = 0; r < a.adapters.size(); ++r)
+    if (a.adapters[r].adapter != b.adapters[r].adapter || a.adapters[r].user_scale != b.adapters[r].user_scale)
+      return false;
+  return true;
+}
+
+bool DecodeGraphs::same_step(const Step& a, const Step& b) {
+  return same_rows(a, b) && a.ids == b.ids && a.pos == b.pos && a.slots == b.slots && a.lens == b.lens &&
+         a.tables == b.tables && a.width == b.width && a.max_len == b.max_len;
+}
+
+bool DecodeGraphs::fits_ahead(const Step& s, const Step* next, int64_t length) const {
+  const int64_t positions = std::max<int64_t>(model_.config().max_position_embeddings, 1);
+  return next && same_rows(s, *next) && next->max_len <= positions &&
+         std::min(next_power_of_two(next->max_len, kMinLength), positions) == length;
+}
+
+void DecodeGraphs::start_ahead(Bucket& b, const Key& key, const Step& next, const std::vector<int32_t>& row_adapter,
+                               int slot) {
+  const std::vector<int32_t> host = inputs_of(b, next, row_adapter);
+  const size_t skip = static_cast<size_t>(b.batch);  // the ids: the argmax the replay before left there
+  const size_t bytes = (host.size() - skip) * sizeof(int32_t);
+  std::unique_ptr<HostStaging>& up = uploads_[slot];
+  if (!up || up->capacity() < bytes) up = std::make_unique<HostStaging>(model_.device(), bytes);
+  up->wait();  // its last upload (two steps back) has run
+  std::memcpy(up->data(), host.data() + skip, bytes);
+  up->upload(static_cast<int32_t*>(b.inputs.raw()) + skip, bytes);
+  b.graph->replay();
+  ++replays_;
+  readback(slot).download(b.argmax.raw(), next.pos.size() * sizeof(int32_t));
+  ahead_.active = true;
+  ahead_.key = key;
+  ahead_.step = next;
+  ahead_.row_adapter = row_adapter;
+  ahead_.slot = slot;
+}
+
+HostStaging& DecodeGraphs::readback(int slot) {
+  if (!readbacks_[slot]) readbacks_[slot] = std::make_unique<HostStaging>(model_.device(), kMaxBatch * sizeof(int32_t));
+  return *readbacks_[slot];
+}
+
+void DecodeGraphs::read_argmax(int slot, int64_t n, std::vector<int32_t>& argmax) {
+  HostStaging& r = readback(slot);
+  r.wait();
+  const auto* ids = static_cast<const int32_t*>(r.data());
+  argmax.assign(ids, ids + n);
+}
+
+bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits,
+                       const Step* next) {
   const auto n = static_cast<int64_t>(s.ids.size());
   const int64_t positions = std::max<int64_t>(model_.config().max_position_embeddings, 1);
+  if (ahead_.active) {
+    ahead_.active = false;
+    if (argmax_only && same_step(ahead_.step, s)) {  // already running: start the one after, then read
+      Bucket& b = buckets_.at(ahead_.key);
+      b.last_used = ++steps_;
+      const int slot = ahead_.slot;
+      const Key key = ahead_.key;
+      const std::vector<int32_t> row_adapter = ahead_.row_adapter;
+      if (fits_ahead(s, next, b.length)) start_ahead(b, key, *next, row_adapter, 1 - slot);
+      read_argmax(slot, n, argmax);
+      if (ahead_.active) ahead_.step.ids = argmax;
+      return true;
+    }
+    // Not asked for: it runs anyway and nothing reads it (its readback's buffer is written in
+    // stream order before any later copy into it).
+  }
   if (n == 0 || n > kMaxBatch || s.max_len > positions) return false;
   LR_CHECK(s.adapters.empty() || static_cast<int64_t>(s.adapters.size()) == n, "decode step: ", s.adapters.size(),
            " row adapters for ", n, " rows");
@@ -106,19 +194,7 @@ bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& ar
     for (const lora::RowAdapter& a : set) b.adapters.push_back(a.adapter);
     if (!set.empty()) evict_adapter_buckets(key);
   }
-  // Padding rows: token 0 at position 0, written nowhere (slot -1), attending to one position of
-  // block 0 (any block: the row's output is ignored), no adapter.
-  std::vector<int32_t> host(batch * (5 + b.width), 0);
-  std::copy(s.ids.begin(), s.ids.end(), host.begin());
-  std::copy(s.pos.begin(), s.pos.end(), host.begin() + batch);
-  std::fill(host.begin() + 2 * batch, host.begin() + 3 * batch, -1);
-  std::copy(s.slots.begin(), s.slots.end(), host.begin() + 2 * batch);
-  std::fill(host.begin() + 3 * batch, host.begin() + 4 * batch, 1);
-  std::copy(s.lens.begin(), s.lens.end(), host.begin() + 3 * batch);
-  std::copy(row_adapter.begin(), row_adapter.end(), host.begin() + 4 * batch);
-  for (int64_t r = 0; r < n; ++r)
-    std::copy(s.tables.begin() + r * s.width, s.tables.begin() + r * s.width + std::min(s.width, b.width),
-              host.begin() + 5 * batch + r * b.width);
+  const std::vector<int32_t> host = inputs_of(b, s, row_adapter);
   device_copy(b.inputs.raw(), b.inputs.device(), host.data(), Device::cpu(), host.size() * sizeof(int32_t));
   if (b.warmed && !b.graph && !b.eager) {
     try {
@@ -136,6 +212,15 @@ bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& ar
   } else {
     forward(b, set);
     b.warmed = true;
+  }
+  // The next step ahead: a greedy step of the same rows in the same bucket, on a recorded graph.
+  if (argmax_only && b.graph && fits_ahead(s, next, length)) {
+    const int slot = 1 - ahead_.slot;  // not the buffer of a step started ahead and not asked for
+    readback(slot).download(b.argmax.raw(), static_cast<size_t>(n) * sizeof(int32_t));
+    start_ahead(b, key, *next, row_adapter, 1 - slot);
+    read_argmax(slot, n, argmax);
+    ahead_.step.ids = argmax;
+    return true;
   }
   const Tensor ids = b.argmax.slice_rows(0, n).to(Device::cpu());
   argmax.assign(ids.data<int32_t>(), ids.data<int32_t>() + n);

@@ -16,6 +16,16 @@
 // to its adapters (it never pins them in the adapter cache) and replays only while the step's
 // adapters are those very objects; a set that is gone is recorded anew. At most
 // kMaxAdapterBuckets such buckets are kept (the least recently used goes).
+//
+// One step ahead: a greedy caller may pass the step it expects next (its tokens not yet known).
+// Each graph ends by copying its argmax into its own ids, so the bucket's graph is replayed again
+// at once with the next positions, slots and lengths; the host reads the first step's tokens
+// while the device runs the second, and the next run() that asks for exactly that step (the same
+// rows, with the tokens just returned) only reads its tokens back. A step started ahead that is
+// not asked for (a sequence ended, one joined) still runs: its keys and values land in its rows'
+// next slots, which a real step fills again with the same values or which belong to a sequence
+// that ended (one stream: anything queued later comes after it). One stream on the
+// Qwen2.5-0.5B shape left the GPU idle ~35 µs a token between steps (H200), ~4%.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -24,6 +34,7 @@
 #include <vector>
 
 #include "lowrank/core/device_graph.h"
+#include "lowrank/core/host_staging.h"
 #include "lowrank/infer/paged_kv_cache.h"
 #include "lowrank/lora/mixed_batch_hook.h"
 #include "lowrank/model/model.h"
@@ -51,7 +62,11 @@ class DecodeGraphs {
     int64_t width = 0, max_len = 0;
     std::vector<lora::RowAdapter> adapters;
   };
-  bool run(const Step& step, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits);
+  // `next` (argmax_only only; its ids are ignored): the step the caller will ask for next, with
+  // this step's argmax as its tokens: started before this call returns when it falls in the same
+  // bucket (see above).
+  bool run(const Step& step, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits,
+           const Step* next = nullptr);
   int64_t replays() const { return replays_; }
 
  private:
@@ -75,12 +90,37 @@ class DecodeGraphs {
   // Whether `b` was made for these very adapters (not others at the same addresses).
   static bool same_adapters(const Bucket& b, const std::vector<lora::RowAdapter>& set);
   void evict_adapter_buckets(const Key& keep);
+  // The bucket's input buffer for step s (row_adapter: each row's index into the bucket's set).
+  static std::vector<int32_t> inputs_of(const Bucket& b, const Step& s, const std::vector<int32_t>& row_adapter);
+  // Replays b's graph on `next`'s inputs (its ids: the argmax the replay before left there) and
+  // queues the read of its argmax into readbacks_[slot].
+  void start_ahead(Bucket& b, const Key& key, const Step& next, const std::vector<int32_t>& row_adapter, int slot);
+  // n rows' argmax from readbacks_[slot], once landed.
+  void read_argmax(int slot, int64_t n, std::vector<int32_t>& argmax);
+  // Same rows with the same adapters; the very same step; whether `next` (null: none) can start
+  // ahead of s in s's bucket of `length`.
+  static bool same_rows(const Step& a, const Step& b);
+  static bool same_step(const Step& a, const Step& b);
+  bool fits_ahead(const Step& s, const Step* next, int64_t length) const;
 
   const model::Model& model_;
   PagedKVCache& cache_;
   std::shared_ptr<DeviceGraphPool> pool_;  // shared: replays never overlap (one stream)
   std::map<Key, Bucket> buckets_;
   int64_t replays_ = 0, steps_ = 0;
+  // The step started ahead (active), its bucket and rows' adapter indices, and which readback
+  // holds its argmax; step.ids: the tokens it ran on (the argmax returned before it).
+  struct Ahead {
+    bool active = false;
+    Key key;
+    Step step;
+    std::vector<int32_t> row_adapter;
+    int slot = 0;
+  } ahead_;
+  // Per slot (made on first use): the argmax read back [kMaxBatch], and the inputs of a step
+  // started ahead.
+  std::unique_ptr<HostStaging> readbacks_[2], uploads_[2];
+  HostStaging& readback(int slot);
 };
 
 }  // namespace lowrank::infer

@@ -41,6 +41,7 @@ void PagedDecodeStep::run(std::span<StepEntry> batch) {
     entries[i].adapter = batch[i].adapter;
     entries[i].adapter_scale = batch[i].adapter_scale;
     entries[i].argmax_only = batch[i].argmax_only;
+    entries[i].feeds_argmax = batch[i].feeds_argmax;
   }
   decoder_.step(entries);
   for (size_t i = 0; i < batch.size(); ++i) {

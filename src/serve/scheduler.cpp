@@ -131,6 +131,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
     e.adapter_scale = r->request.adapter_scale;
     const auto& sampling = r->request.options.sampling;
     e.argmax_only = sampling.greedy && sampling.repetition_penalty == 1.0;  // the sampler would pick the argmax
+    e.feeds_argmax = e.argmax_only && r->generated + 1 < r->request.options.max_new_tokens;
     batch.push_back(std::move(e));
     stepped.push_back(r.get());
   }

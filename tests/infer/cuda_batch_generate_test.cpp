@@ -154,6 +154,64 @@ TEST(CudaDecodeGraphs, ReplaysEqualEagerSteps) {
   }
 }
 
+// Greedy steps started one step ahead (DecodeEntry::feeds_argmax) give the tokens of the same
+// steps run one at a time, also where the step started ahead is not the one asked for next (a
+// sequence ends; one joins, in the blocks the ended one gave back; a bucket changes), and they
+// do start ahead: more replays than steps that record.
+TEST(CudaDecodeGraphs, StepsStartedAheadGiveTheSameTokens) {
+  REQUIRE_GPU();
+  const std::string dir = test::model_fixture("qwen2");
+  model::Model m = model::Model::load(dir, Device::cuda(0), DType::F32);
+  auto seq = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
+  const std::vector<int64_t> prompt_lens = {5, 9, 3};
+  const int64_t steps = 16;
+  std::vector<std::vector<std::vector<int32_t>>> tokens(2);  // [ahead off/on][sequence] generated
+  std::vector<int64_t> replays(2);
+  for (int ahead = 0; ahead < 2; ++ahead) {
+    infer::PagedKVCache cache(m.config(), m.device(), DType::F32, 64);
+    infer::BatchDecoder decoder(m, cache);
+    struct Live {
+      std::unique_ptr<infer::PagedSequence> seq;
+      std::vector<int32_t> fed;
+      size_t index;
+    };
+    std::vector<Live> live;
+    tokens[ahead].resize(prompt_lens.size() + 1);
+    auto join = [&](size_t i, int64_t len) {
+      live.push_back({std::make_unique<infer::PagedSequence>(cache, len + steps + 1),
+                      std::vector<int32_t>(seq.begin() + i, seq.begin() + i + len), i});
+    };
+    for (size_t i = 0; i < prompt_lens.size(); ++i) join(i, prompt_lens[i]);
+    for (int64_t step = 0; step < steps; ++step) {
+      if (step == 6) live.pop_back();       // ends: the step started ahead of it is not asked for
+      if (step == 7) join(3, 4);            // joins in the blocks it gave back (prefill)
+      if (step == 11) live.erase(live.begin());
+      std::vector<infer::DecodeEntry> entries(live.size());
+      for (size_t i = 0; i < live.size(); ++i) {
+        const Live& l = live[i];
+        const bool first = tokens[ahead][l.index].empty();
+        entries[i].seq = l.seq.get();
+        entries[i].tokens = first ? std::span<const int32_t>(l.fed) : std::span<const int32_t>(&l.fed.back(), 1);
+        entries[i].argmax_only = true;
+        entries[i].feeds_argmax = ahead == 1 && step + 1 < steps;
+      }
+      decoder.step(entries);
+      for (size_t i = 0; i < live.size(); ++i) {
+        ASSERT_EQ(entries[i].error, "");
+        ASSERT_GE(entries[i].argmax, 0);
+        live[i].fed.push_back(entries[i].argmax);
+        tokens[ahead][live[i].index].push_back(entries[i].argmax);
+      }
+    }
+    replays[ahead] = decoder.graph_replays();
+  }
+  for (size_t i = 0; i < tokens[0].size(); ++i) {
+    EXPECT_FALSE(tokens[0][i].empty());
+    EXPECT_EQ(tokens[1][i], tokens[0][i]) << "sequence " << i;
+  }
+  EXPECT_GT(replays[1], replays[0]) << "no step was started ahead";
+}
+
 TEST(CudaBatchGenerate, GeneratorOnCudaWithAdaptersEqualsFixture) {
   REQUIRE_GPU();
   auto cases = io::read_json(test::fixture("lora/generate/expected.json"));

@@ -52,6 +52,9 @@ struct DecodeEntry {
   std::shared_ptr<const lora::Adapter> adapter;
   double adapter_scale = 1.0;
   bool argmax_only = false;               // only the argmax is wanted (greedy without penalty)
+  // The caller's next step feeds this sequence its argmax (greedy, and not its last token): the
+  // decoder may start that step on the GPU before this one returns (decode_graphs.h).
+  bool feeds_argmax = false;
   std::vector<float> logits;              // out: the next token's logits [V] (unless `argmax` is set)
   int32_t argmax = -1;                    // out: the argmax when every entry of its batch wanted only it
   std::string error;                      // out: why this entry failed (the others still run)

@@ -29,6 +29,7 @@ struct StepEntry {
   std::shared_ptr<const lora::Adapter> adapter;
   double adapter_scale = 1.0;
   bool argmax_only = false;              // greedy without penalty: a step may return just the argmax
+  bool feeds_argmax = false;             // the next step feeds this one's argmax back (not the last token)
   std::vector<float> logits;             // out: the next token's logits [V] (unless argmax is set)
   int32_t argmax = -1;                   // out: set instead of logits by steps that can (the paged one)
   std::string error;                     // out: set when this sequence's pass failed

@@ -1,0 +1,42 @@
+// lowrank/core/host_staging.h for builds with the CUDA backend.
+#include "common.cuh"
+#include "context.h"
+#include "lowrank/core/host_staging.h"
+
+namespace lowrank {
+
+HostStaging::HostStaging(Device device, size_t bytes) : device_(device), capacity_(bytes) {
+  LR_CHECK(device.is_cuda(), "HostStaging: ", device.str(), " is not a CUDA device");
+  cuda::stream_for(device);  // makes the device current
+  LR_CUDA(cudaMallocHost(&host_, capacity_ > 0 ? capacity_ : 1));
+  cudaEvent_t e;
+  if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess) {
+    cudaFreeHost(host_);
+    LR_CUDA(cudaGetLastError());
+  }
+  event_ = e;
+}
+
+HostStaging::~HostStaging() {
+  cudaEventSynchronize(static_cast<cudaEvent_t>(event_));  // a copy in flight still uses host_
+  cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+  cudaFreeHost(host_);
+}
+
+void HostStaging::upload(void* dst, size_t bytes) {
+  LR_CHECK(bytes <= capacity_, "HostStaging: ", bytes, " bytes from room for ", capacity_);
+  cudaStream_t s = cuda::stream_for(device_);
+  LR_CUDA(cudaMemcpyAsync(dst, host_, bytes, cudaMemcpyHostToDevice, s));
+  LR_CUDA(cudaEventRecord(static_cast<cudaEvent_t>(event_), s));
+}
+
+void HostStaging::download(const void* src, size_t bytes) {
+  LR_CHECK(bytes <= capacity_, "HostStaging: ", bytes, " bytes into room for ", capacity_);
+  cudaStream_t s = cuda::stream_for(device_);
+  LR_CUDA(cudaMemcpyAsync(host_, src, bytes, cudaMemcpyDeviceToHost, s));
+  LR_CUDA(cudaEventRecord(static_cast<cudaEvent_t>(event_), s));
+}
+
+void HostStaging::wait() { LR_CUDA(cudaEventSynchronize(static_cast<cudaEvent_t>(event_))); }
+
+}  // namespace lowrank
