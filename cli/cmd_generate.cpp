@@ -1,5 +1,7 @@
 // lowrank generate: text generation with a model and optional live (unmerged) adapters.
 #include <cstdio>
+#include <optional>
+#include <string>
 #include <fstream>
 
 #include "command.h"
@@ -11,6 +13,7 @@
 #include "lowrank/io/jsonl.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/tokenizer/chat_template.h"
+#include "lowrank/tokenizer/incremental_decoder.h"
 #include "lowrank/tokenizer/tokenizer.h"
 #include "lowrank/train/sequences.h"
 
@@ -74,22 +77,15 @@ int run_generate(GenerateArgs& a) {
 
   if (a.prompt_given) {
     auto ids = encode_prompt(a, tk, chat_template, a.prompt);
-    std::vector<int32_t> out;
-    std::string shown;
-    gen.generate(ids, a.gen, [&](int32_t id) {  // stream: print what the decoded text gained
-      out.push_back(id);
-      if (!tk) {
-        std::printf("%d ", id);
-      } else {
-        std::string text = tk->decode(out, true);
-        // Hold back an incomplete UTF-8 sequence (shown as U+FFFD) until its bytes arrive.
-        if (text.size() >= 3 && text.compare(text.size() - 3, 3, "\xEF\xBF\xBD") == 0) return;
-        if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0)
-          std::fwrite(text.data() + shown.size(), 1, text.size() - shown.size(), stdout);
-        shown = text;
-      }
+    std::optional<tok::IncrementalDecoder> text;
+    if (tk) text.emplace(*tk, true);
+    auto print = [](const std::string& piece) { std::fwrite(piece.data(), 1, piece.size(), stdout); };
+    gen.generate(ids, a.gen, [&](int32_t id) {  // stream: each token's text once it is whole
+      if (text) print(text->add(id));
+      else std::printf("%d ", id);
       std::fflush(stdout);
     });
+    if (text) print(text->finish());
     std::printf("\n");
     return 0;
   }
