@@ -122,10 +122,11 @@ Tensor Model::decode_layer(int64_t li, const Tensor& x, const LayerInput& in) co
                         paged ? &kv : nullptr);
   const ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
-  const Tensor attn =
-      paged ? ops::paged_attention(qkv[0], kv.k_pool, kv.v_pool, row.table, row.len, row.block_size, row.max_len, shape)
-            : in.attention->attend(static_cast<int>(li), qkv[0], qkv[1], qkv[2], shape);
-  const Tensor x_mid = ops::linear_residual(attn, L.o.weight, x, updates({Target::O}));
+  const Tensor x_mid =
+      paged ? ops::paged_attention_residual(qkv[0], kv.k_pool, kv.v_pool, row.table, row.len, row.block_size,
+                                            row.max_len, shape, L.o.weight, x, updates({Target::O}))
+            : ops::linear_residual(in.attention->attend(static_cast<int>(li), qkv[0], qkv[1], qkv[2], shape),
+                                   L.o.weight, x, updates({Target::O}));
   // x_out = x_mid + down(swiglu(gate(rmsnorm(x_mid)), up(rmsnorm(x_mid))))
   const Tensor act = ops::norm_swiglu(x_mid, L.mlp_norm.weight, eps, L.gate.weight, L.up.weight,
                                       updates({Target::Gate, Target::Up}));

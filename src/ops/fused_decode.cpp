@@ -69,6 +69,18 @@ Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, cons
   LR_DISPATCH(d, linear_residual(x, w, res, updates));
 }
 
+Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                                const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& shape,
+                                const Tensor& w_o, const Tensor& res, const std::vector<LowRankUpdate>& updates) {
+  const Device d = detail::op_device("paged_attention_residual", {&q, &k_pool, &v_pool, &block_tables, &lens, &w_o, &res});
+  LR_CHECK(q.rank() == 2 && w_o.rank() == 2 && w_o.dim(1) == q.dim(1) && res.rank() == 2 && res.dim(0) == q.dim(0) &&
+               res.dim(1) == w_o.dim(0),
+           "paged_attention_residual: q ", q.str(), " w_o ", w_o.str(), " res ", res.str());
+  check_updates("paged_attention_residual", updates, q, {&w_o});
+  LR_DISPATCH(d, paged_attention_residual(q, k_pool, v_pool, block_tables, lens, block_size, max_len, shape, w_o, res,
+                                          updates));
+}
+
 Tensor decode_stack(const Tensor& x, const std::vector<DecodeLayer>& layers, const DecodeRow& row) {
   const Device d = detail::op_device("decode_stack", {&x, &row.pos, &row.slot, &row.table, &row.len});
   LR_CHECK(x.rank() == 2 && x.dim(0) == 1 && !layers.empty(), "decode_stack: x ", x.str(), " through ",

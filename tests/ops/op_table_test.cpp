@@ -697,6 +697,23 @@ std::vector<OpCase> op_table() {
                  ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
                  return Outputs{dA, dx_added, dx_written};
                }});
+  // Last (rows added before others would shift their random inputs). A decode row's attention (4 query heads over 2 KV heads of 16, 70 keys in blocks of 16) and o
+  // plus the residual: CUDA's one launch for bf16 (blocks a head each, o's partial sums added by a
+  // part's last block), the two ops for f32.
+  t.push_back({"paged_attention_residual", {{1, 64}, {128, 32}, {128, 32}, {40, 64}, {1, 40}},
+               [](Inputs& in, Device d) {
+                 const Tensor tables = Tensor::from_ints({7, 2, 5, 0, 1, 3, 6, 4}, d).reshape({1, 8});
+                 return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({70}, d),
+                                                              16, 70, {1, 1, 4, 2, 16, 0, 0.25f, 0.0f}, in[3], in[4])};
+               }});
+  t.push_back({"paged_attention_residual with a low-rank update and a window",
+               {{1, 64}, {128, 32}, {128, 32}, {40, 64}, {1, 40}, {8, 64}, {40, 8}},
+               [](Inputs& in, Device d) {
+                 const Tensor tables = Tensor::from_ints({7, 2, 5, 0, 1, 3, 6, 4}, d).reshape({1, 8});
+                 return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({70}, d),
+                                                              16, 70, {1, 1, 4, 2, 16, 40, 0.25f, 0.0f}, in[3], in[4],
+                                                              {{in[5], in[6], 0.75f}})};
+               }});
   return t;
 }
 

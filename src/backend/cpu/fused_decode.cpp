@@ -47,6 +47,13 @@ Tensor linear_residual(const Tensor& x, const Tensor& w, const Tensor& res, cons
   return y;
 }
 
+Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                                const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& shape,
+                                const Tensor& w_o, const Tensor& res, const std::vector<LowRankUpdate>& updates) {
+  return linear_residual(paged_attention(q, k_pool, v_pool, block_tables, lens, block_size, max_len, shape), w_o, res,
+                         updates);
+}
+
 // No one-launch path on the CPU: the model runs the layers op by op.
 Tensor decode_stack(const Tensor&, const std::vector<DecodeLayer>&, const DecodeRow&) { return Tensor(); }
 

@@ -35,8 +35,8 @@ DeviceContext* create_context(int index) {
     throw error("cuda:", index, ": cannot create a cuBLASLt handle");
   ctx->workspace_bytes = kWorkspaceBytes;
   LR_CUDA(cudaMalloc(&ctx->workspace, ctx->workspace_bytes));
-  LR_CUDA(cudaMalloc(&ctx->grid_counters, 2 * sizeof(unsigned)));
-  LR_CUDA(cudaMemsetAsync(ctx->grid_counters, 0, 2 * sizeof(unsigned), ctx->stream));  // before any kernel of the stream
+  LR_CUDA(cudaMalloc(&ctx->grid_counters, DeviceContext::kGridCounters * sizeof(unsigned)));
+  LR_CUDA(cudaMemsetAsync(ctx->grid_counters, 0, DeviceContext::kGridCounters * sizeof(unsigned), ctx->stream));  // before any kernel of the stream
   std::ostringstream os;
   os << "cuda:" << index << " " << ctx->props.name << ", sm_" << ctx->props.major << ctx->props.minor << ", "
      << ctx->props.multiProcessorCount << " SMs, " << (ctx->props.totalGlobalMem >> 20) << " MiB";

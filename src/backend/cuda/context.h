@@ -18,10 +18,12 @@ struct DeviceContext {
   size_t workspace_bytes = 0;
   cudaDeviceProp props{};
   std::string description;
-  // Two counters for kernels whose blocks hand work to one another within a launch (fused_decode.cu:
-  // LoRA's shrinks formed by a few blocks, read by the others' epilogues). Zero between launches:
-  // such a kernel's last block zeroes them, and the stream runs one kernel's handoff at a time.
-  unsigned* grid_counters = nullptr;
+  // Counters for kernels whose blocks hand work to one another within a launch: fused_decode.cu's
+  // two (LoRA's shrinks formed by a few blocks, read by the others' epilogues), then one per part of
+  // paged_attention_residual's o rows (the last head's block of a part sums them). Zero between
+  // launches: such a kernel's last blocks zero them, and the stream runs one handoff at a time.
+  unsigned* grid_counters = nullptr;  // [kGridCounters]
+  static constexpr int kGridCounters = 2 + 64;
 };
 
 // Checks d (Error if it does not exist), makes it current and returns its context.

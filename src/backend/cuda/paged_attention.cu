@@ -14,9 +14,12 @@
 // head, sequence) whose warps share the tiles and merge in shared memory instead
 // (paged_decode_short_kernel).
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 #include <type_traits>
 
 #include "common.cuh"
+#include "context.h"
 #include "dependent_launch.cuh"
 #include "online_softmax.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -136,23 +139,25 @@ constexpr int kShortChunks = 4;     // head_dim <= 32 * kShortChunks
 constexpr int kShortWords = 8;      // 16-byte words of a K row loaded at once (head_dim 64: all)
 constexpr int kShortMaxSplits = 4;  // used in place of up to this many splits
 
-// grid (KV * head_chunks, B), block 32 * warps.
-__global__ void __launch_bounds__(kShortMaxWarps * 32)
-paged_decode_short_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_pool, const bf16* __restrict__ v_pool,
-                          const int32_t* __restrict__ tables, const int32_t* __restrict__ lens, bf16* __restrict__ out,
-                          PagedDims s) {
-  extern __shared__ float smem[];
+// Shared memory of short_decode (floats, the warps' V tiles included).
+__host__ __device__ constexpr size_t short_smem_floats(int heads_per_block, int warps, int hd) {
+  return size_t(heads_per_block) * hd + size_t(warps) * kShortHeads * (2 + size_t(hd)) + size_t(warps) * kTile * hd / 2;
+}
+
+// A short kernel block's work: query heads [h0, h0 + heads) of sequence b (KV head kvh) over the
+// sequence's keys; write(h, d, value) takes each output element (f32, before its rounding).
+template <typename Write>
+__device__ __forceinline__ void short_decode(const bf16* __restrict__ q, const bf16* __restrict__ k_pool,
+                                             const bf16* __restrict__ v_pool, const int32_t* __restrict__ tables,
+                                             const int32_t* __restrict__ lens, const PagedDims& s, int b, int kvh,
+                                             int h0, int heads, float* smem, Write write) {
   const int hd = s.hd, words = hd / 8, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int b = blockIdx.y, kvh = blockIdx.x / s.head_chunks, chunk = blockIdx.x % s.head_chunks;
-  const int h0 = kvh * s.group + chunk * s.heads_per_block;
-  const int heads = min(s.heads_per_block, s.group - chunk * s.heads_per_block);
   float* q_s = smem;                                   // [heads_per_block][hd], scale folded in
   float* part_m = q_s + s.heads_per_block * hd;        // [warps][kShortHeads]
   float* part_l = part_m + warps * kShortHeads;        // [warps][kShortHeads]
   float* part_o = part_l + warps * kShortHeads;        // [warps][kShortHeads][hd]
   uint4* v_s = reinterpret_cast<uint4*>(part_o + warps * kShortHeads * hd) + warp * kTile * words;  // the warp's [kTile][hd] bf16
   const bf16* v_tile = reinterpret_cast<const bf16*>(v_s);
-  allow_dependents();  // see paged_attention()
   const int len = lens[b], pos = len - 1;
   const int begin = s.window > 0 ? max(0, pos - s.window + 1) : 0;
   const int64_t kv_stride = int64_t(s.KV) * hd;
@@ -262,8 +267,141 @@ paged_decode_short_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k
       num += wt * part_o[(w * kShortHeads + h) * hd + d];
       den += wt * part_l[w * kShortHeads + h];
     }
-    out[(int64_t(b) * s.H + h0 + h) * hd + d] = from_f32<bf16>(num / den);
+    write(h, d, num / den);
   }
+}
+
+// grid (KV * head_chunks, B), block 32 * warps.
+__global__ void __launch_bounds__(kShortMaxWarps * 32)
+paged_decode_short_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_pool, const bf16* __restrict__ v_pool,
+                          const int32_t* __restrict__ tables, const int32_t* __restrict__ lens, bf16* __restrict__ out,
+                          PagedDims s) {
+  extern __shared__ float smem[];
+  const int b = blockIdx.y, kvh = blockIdx.x / s.head_chunks, chunk = blockIdx.x % s.head_chunks;
+  const int h0 = kvh * s.group + chunk * s.heads_per_block;
+  const int heads = min(s.heads_per_block, s.group - chunk * s.heads_per_block);
+  allow_dependents();  // see paged_attention()
+  short_decode(q, k_pool, v_pool, tables, lens, s, b, kvh, h0, heads, smem, [&](int h, int d, float v) {
+    out[(int64_t(b) * s.H + h0 + h) * s.hd + d] = from_f32<bf16>(v);
+  });
+}
+
+// The attention of one decode row and its o projection plus the residual in one launch
+// (ops::paged_attention_residual): block (h, p) runs query head h's attention (short_decode, one
+// head), dots it with rows [p·rows, (p + 1)·rows) of o's weight restricted to head h's columns
+// (loaded before the attention) and writes those partial sums; the last of the H blocks of part p
+// (a counter) adds the heads' partials in head order, the low-rank update and the residual, rounded
+// as linear_residual rounds them. One launch fewer a layer than paged_attention + linear_residual.
+constexpr int kOThreads = 256;
+constexpr int kOLoads = 4;      // 16-byte loads of o's weight a thread issues before the attention
+constexpr int kOMaxParts = 64;  // counters in DeviceContext::grid_counters after the first two
+constexpr int kOMaxRank = 64;
+constexpr int kOBPacks = 2;     // B's row loaded early for ranks 8 and 16
+
+struct OProj {
+  const bf16* w;          // [n, H * hd]
+  const bf16* res;        // [n]
+  bf16* y;                // [n]
+  int64_t n;
+  int rows;               // o's rows a part: min(kOLoads · kOThreads / (hd / 8), kOThreads)
+  float* partial;         // [H, n] the heads' sums (scratch)
+  unsigned* counters;     // [parts], zero between launches
+  const bf16* a = nullptr;   // LoRA A [r, H * hd] (null: no update)
+  const bf16* b = nullptr;   // LoRA B [n, r]
+  int r = 0;
+  bool b_packed = false;  // r a multiple of 8 up to 8 · kOBPacks, B 16-byte aligned
+  float scale = 0.0f;
+  float* h_partial = nullptr;  // [parts, H, r] each head's part of h = attn Aᵀ (scratch)
+};
+
+// grid (H, parts), block kOThreads. Everything that is not the attention's result (o's weight
+// slice, LoRA's A slice, B's and the residual's elements for the row a thread may finish) is
+// loaded before the attention, so that only the dots and the sums follow it.
+__global__ void __launch_bounds__(kOThreads)
+paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_pool, const bf16* __restrict__ v_pool,
+                      const int32_t* __restrict__ tables, const int32_t* __restrict__ lens, PagedDims s, OProj o) {
+  extern __shared__ float smem[];
+  const int h = blockIdx.x, part = blockIdx.y, hd = s.hd, t = threadIdx.x, lane = t & 31, warp = t >> 5;
+  const int per_row = hd / 8, per_pass = kOThreads / per_row, col = t % per_row;
+  const int64_t K = int64_t(s.H) * hd, row0 = int64_t(part) * o.rows;
+  uint4 wv[kOLoads];
+#pragma unroll
+  for (int k = 0; k < kOLoads; ++k) {
+    const int i = t / per_row + k * per_pass;
+    const int64_t row = row0 + i;
+    wv[k] = i < o.rows && row < o.n ? *reinterpret_cast<const uint4*>(o.w + row * K + int64_t(h) * hd + col * 8)
+                                    : uint4{0, 0, 0, 0};
+  }
+  float* attn = smem + short_smem_floats(1, kShortMaxWarps, hd);  // [hd], rounded as paged_attention stores it
+  float* a_s = attn + hd;                                          // [r, hd]: A's columns of head h
+  for (int e = t; e < o.r * hd; e += kOThreads)
+    a_s[e] = __bfloat162float(o.a[int64_t(e / hd) * K + int64_t(h) * hd + e % hd]);
+  // The row this thread finishes if its block is the part's last (parts of at most kOThreads rows).
+  const int64_t my_row = row0 + t;
+  const bool finishes = t < o.rows && my_row < o.n;
+  const float res = finishes ? __bfloat162float(o.res[my_row]) : 0.0f;
+  uint4 bp[kOBPacks] = {};  // B's row as 16-byte packs (ranks up to 8 · kOBPacks; other ranks load it at the end)
+  const int b_packs = o.b_packed && finishes ? o.r / 8 : 0;
+#pragma unroll
+  for (int j = 0; j < kOBPacks; ++j)
+    if (j < b_packs) bp[j] = reinterpret_cast<const uint4*>(o.b + my_row * o.r)[j];
+  allow_dependents();
+  short_decode(q, k_pool, v_pool, tables, lens, s, 0, h / s.group, h, 1, smem,
+               [&](int, int d, float v) { attn[d] = round_bf16(v); });
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < kOLoads; ++k) {
+    float f[8], acc = 0.0f;
+    unpack8(wv[k], f);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc = fmaf(f[e], attn[col * 8 + e], acc);
+    for (int off = per_row / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    const int i = t / per_row + k * per_pass;
+    if (col == 0 && i < o.rows && row0 + i < o.n) o.partial[int64_t(h) * o.n + row0 + i] = acc;
+  }
+  for (int j = warp; j < o.r; j += kOThreads / 32) {  // head h's part of LoRA's shrink: a warp a row of A
+    float acc = 0.0f;
+    for (int d = lane; d < hd; d += 32) acc = fmaf(a_s[j * hd + d], attn[d], acc);
+    acc = warp_sum(acc);
+    if (lane == 0) o.h_partial[(int64_t(part) * s.H + h) * o.r + j] = acc;
+  }
+  __threadfence();  // the partials before the count that publishes them
+  __syncthreads();
+  __shared__ bool last;
+  if (t == 0) last = atomicAdd(o.counters + part, 1u) == unsigned(s.H - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  __shared__ float hs[kOMaxRank];  // h = attn Aᵀ, rounded as the shrink (a linear) rounds it
+  if (o.a && t < o.r) {
+    float acc = 0.0f;
+    for (int hh = 0; hh < s.H; ++hh) acc += __ldcg(o.h_partial + (int64_t(part) * s.H + hh) * o.r + t);
+    hs[t] = round_bf16(acc);
+  }
+  __syncthreads();
+  if (finishes) {
+    float acc = 0.0f;
+    for (int hh = 0; hh < s.H; ++hh) acc += __ldcg(o.partial + int64_t(hh) * o.n + my_row);
+    float v = round_bf16(acc);
+    if (o.a) {  // + scale · h Bᵀ, rounded as matmul_nt(h, B, y, scale, 1) rounds it
+      float u = 0.0f;
+      if (b_packs > 0) {
+#pragma unroll
+        for (int j = 0; j < kOBPacks; ++j) {
+          if (j >= b_packs) break;
+          float f[8];
+          unpack8(bp[j], f);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) u = fmaf(hs[j * 8 + e], f[e], u);
+        }
+      } else {
+        for (int j = 0; j < o.r; ++j) u = fmaf(hs[j], __bfloat162float(o.b[my_row * o.r + j]), u);
+      }
+      v = round_bf16(o.scale * u + v);
+    }
+    o.y[my_row] = __float2bfloat16_rn(v + res);
+  }
+  if (t == 0) o.counters[part] = 0;  // every block of the part has counted
 }
 
 // Merges the splits of one (sequence, head) per block: thread d owns column d.
@@ -466,8 +604,7 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_po
   }
   if (per_head || (short_fits && d.splits <= kShortMaxSplits && d.heads_per_block <= kShortHeads)) {
     const int warps = int(std::min<int64_t>(tiles, kShortMaxWarps));
-    const size_t smem = (size_t(d.heads_per_block) * hd + size_t(warps) * kShortHeads * (2 + size_t(hd))) * sizeof(float) +
-                        size_t(warps) * kTile * hd * sizeof(bf16);
+    const size_t smem = short_smem_floats(d.heads_per_block, warps, int(hd)) * sizeof(float);
     auto kernel = paged_decode_short_kernel;
     if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<dim3(unsigned(KV * d.head_chunks), unsigned(B)), warps * 32, smem, st>>>(
@@ -500,6 +637,85 @@ Tensor paged_attention(const Tensor& q, const Tensor& k_pool, const Tensor& v_po
     }
   });
   return out;
+}
+
+Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Tensor& v_pool, const Tensor& block_tables,
+                                const Tensor& lens, int64_t block_size, int64_t max_len, const AttentionShape& s,
+                                const Tensor& w_o, const Tensor& res, const std::vector<LowRankUpdate>& updates) {
+  static const bool enabled = [] {  // LOWRANK_DECODE_ATTENTION_O=0: the two ops (A/B timing)
+    const char* v = std::getenv("LOWRANK_DECODE_ATTENTION_O");
+    return !(v && std::string_view(v) == "0");
+  }();
+  const int64_t H = s.heads, KV = s.kv_heads, hd = s.head_dim, n = w_o.rank() == 2 ? w_o.dim(0) : 0;
+  const Device dev = q.device();
+  const bool bf16s = q.dtype() == DType::BF16 && k_pool.dtype() == DType::BF16 && v_pool.dtype() == DType::BF16 &&
+                     w_o.dtype() == DType::BF16 && res.dtype() == DType::BF16;
+  const LowRankUpdate* u = !updates.empty() && updates[0].A.defined() ? &updates[0] : nullptr;
+  const int64_t visible = s.window > 0 && s.window < max_len ? s.window : max_len;
+  const int64_t tiles = (visible + kTile - 1) / kTile;
+  // o's rows a part: what the block's loads cover, at most a row a thread for the part's last block.
+  const int64_t per_row = hd / 8, rows = per_row > 0 ? std::min<int64_t>(kOLoads * (kOThreads / per_row), kOThreads) : 0;
+  const int64_t parts = rows > 0 ? (n + rows - 1) / rows : 0;
+  const bool fits = enabled && bf16s && q.rank() == 2 && q.dim(0) == 1 && KV > 0 && H % KV == 0 && hd % 8 == 0 &&
+                    hd <= 32 * kShortChunks && kOThreads % per_row == 0 && tiles <= kShortMaxWarps &&
+                    q.dim(1) == H * hd && w_o.dim(1) == H * hd && res.rank() == 2 && res.dim(0) == 1 &&
+                    res.dim(1) == n && parts <= kOMaxParts && H * parts <= multiprocessor_count(dev) &&
+                    (!u || (u->A.dtype() == DType::BF16 && u->B.dtype() == DType::BF16 && u->A.dim(0) <= kOMaxRank)) &&
+                    updates.size() <= 1;
+  if (!fits) {
+    return linear_residual(paged_attention(q, k_pool, v_pool, block_tables, lens, block_size, max_len, s), w_o, res,
+                           updates);
+  }
+  check_arg(q, "paged_attention_residual", "q");
+  check_arg(w_o, "paged_attention_residual", "w_o");
+  check_arg(res, "paged_attention_residual", "res");
+  LR_CHECK(k_pool.rank() == 2 && k_pool.dim(1) == KV * hd && v_pool.shape() == k_pool.shape() &&
+               block_tables.dtype() == DType::I32 && block_tables.rank() == 2 && block_tables.dim(0) == 1 &&
+               lens.dtype() == DType::I32 && lens.numel() == 1 && block_size > 0 && max_len >= 1 &&
+               max_len <= block_tables.dim(1) * block_size,
+           "paged_attention_residual: pools ", k_pool.str(), " ", v_pool.str(), " block_tables ", block_tables.str(),
+           " lens ", lens.str(), " block_size ", block_size, " max_len ", max_len);
+  PagedDims d{};
+  d.H = int(H);
+  d.KV = int(KV);
+  d.hd = int(hd);
+  d.group = int(H / KV);
+  d.heads_per_block = 1;
+  d.head_chunks = d.group;
+  d.block_size = int(block_size);
+  d.max_blocks = int(block_tables.dim(1));
+  d.window = s.window > 0 && s.window < max_len ? int(s.window) : 0;
+  d.scale = s.scale;
+  d.softcap = s.softcap;
+  d.split_len = int(tiles * kTile);
+  d.splits = 1;
+  Tensor y = Tensor::empty({1, n}, DType::BF16, dev);
+  Tensor scratch = Tensor::empty({H * n + (u ? parts * H * u->A.dim(0) : 0)}, DType::F32, dev);
+  OProj o;
+  o.w = w_o.data<bf16>();
+  o.res = res.data<bf16>();
+  o.y = y.data<bf16>();
+  o.n = n;
+  o.rows = int(rows);
+  o.partial = scratch.data<float>();
+  o.counters = context(dev).grid_counters + 2;
+  if (u) {
+    o.a = u->A.data<bf16>();
+    o.b = u->B.data<bf16>();
+    o.r = int(u->A.dim(0));
+    o.b_packed = o.r % 8 == 0 && o.r <= 8 * kOBPacks && reinterpret_cast<uintptr_t>(o.b) % 16 == 0;
+    o.scale = u->scale;
+    o.h_partial = o.partial + H * n;
+  }
+  const size_t smem =
+      (short_smem_floats(1, kShortMaxWarps, int(hd)) + size_t(hd) + (u ? size_t(u->A.dim(0)) * hd : 0)) * sizeof(float);
+  auto kernel = paged_decode_o_kernel;
+  if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  kernel<<<dim3(unsigned(H), unsigned(parts)), kOThreads, smem, stream_for(dev)>>>(
+      q.data<bf16>(), k_pool.data<bf16>(), v_pool.data<bf16>(), block_tables.data<int32_t>(), lens.data<int32_t>(), d,
+      o);
+  LR_CUDA_LAUNCHED();
+  return y;
 }
 
 }  // namespace lowrank::cuda
