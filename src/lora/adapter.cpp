@@ -218,7 +218,8 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
     // give another model than PEFT's.
     if (!a.config.targets(module))
       throw error(weights, ": tensor \"", file_key[module + "|" + by_suffix.begin()->first], "\" adapts module \"",
-                  module, "\", which adapter_config.json's target_modules does not select");
+                  module, "\", which adapter_config.json's target_modules does not select (or its exclude_modules "
+                  "excludes)");
     LoraPair p = new_pair(m, a.config, variant_for(m, a.config, cfg_path));
     const LoraVariant& variant = lora_variant(p.kind);
     const auto layer_tensors = variant.tensors(p);

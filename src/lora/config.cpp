@@ -19,19 +19,31 @@ bool pattern_matches(const std::string& key, const std::string& path) {
   return regex_full_match("(.*\\.)?(" + key + ")", path).value_or(false);
 }
 
-bool LoraConfig::targets(const std::string& path) const {
-  if (all_linear) return true;  // the caller only asks about linear layers of the blocks
-  if (target_regex) {
+namespace {
+
+// PEFT's module matching: `names` as whole paths or ".name" suffixes, or `regex` (the field's name
+// for its error) matching the whole path.
+bool module_matches(const std::vector<std::string>& names, const std::optional<std::string>& regex,
+                    const char* field, const std::string& path) {
+  if (regex) {
     std::string why;
-    const auto m = regex_full_match(*target_regex, path, &why);
-    if (!m) throw error("target_modules: invalid regular expression \"", *target_regex, "\": ", why);
+    const auto m = regex_full_match(*regex, path, &why);
+    if (!m) throw error(field, ": invalid regular expression \"", *regex, "\": ", why);
     return *m;
   }
-  for (const auto& t : target_modules)
+  for (const auto& t : names)
     if (path == t || (path.size() > t.size() && path.compare(path.size() - t.size(), t.size(), t) == 0 &&
                       path[path.size() - t.size() - 1] == '.'))
       return true;
   return false;
+}
+
+}  // namespace
+
+bool LoraConfig::targets(const std::string& path) const {
+  if (module_matches(exclude_modules, exclude_regex, "exclude_modules", path)) return false;
+  if (all_linear) return true;  // the caller only asks about linear layers of the blocks
+  return module_matches(target_modules, target_regex, "target_modules", path);
 }
 
 int64_t LoraConfig::rank_for(const std::string& path) const {
@@ -167,6 +179,18 @@ LoraConfig parse_lora_config(const nlohmann::json& j, const std::string& src) {
   } else {
     throw error(src, ": target_modules must be a list of names or a string");
   }
+  if (auto ex = j.find("exclude_modules"); ex != j.end() && !ex->is_null()) {
+    if (ex->is_string()) {
+      c.exclude_regex = ex->get<std::string>();
+    } else if (ex->is_array()) {
+      for (const auto& t : *ex) {
+        if (!t.is_string()) throw error(src, ": exclude_modules must hold strings");
+        c.exclude_modules.push_back(t.get<std::string>());
+      }
+    } else {
+      throw error(src, ": exclude_modules must be a list of names or a string");
+    }
+  }
   for (const char* key : {"layers_to_transform", "layer_replication"})
     if (j.contains(key) && !j[key].is_null()) throw error(src, ": \"", key, "\" is not supported");
   // PEFT options that change what the adapter computes: ignoring them would apply another adapter
@@ -218,6 +242,9 @@ nlohmann::json LoraConfig::to_json() const {
   if (all_linear) j["target_modules"] = "all-linear";
   else if (target_regex) j["target_modules"] = *target_regex;
   else j["target_modules"] = target_modules;
+  if (exclude_regex) j["exclude_modules"] = *exclude_regex;
+  else if (!exclude_modules.empty()) j["exclude_modules"] = exclude_modules;
+  else j["exclude_modules"] = nullptr;
   j["use_rslora"] = use_rslora;
   j["fan_in_fan_out"] = fan_in_fan_out;
   j["bias"] = bias == BiasMode::None ? "none" : bias == BiasMode::All ? "all" : "lora_only";

@@ -68,6 +68,18 @@ TEST(AdapterLoad, TensorsOfModulesTargetModulesDoesNotSelectAreRefused) {
   expect_load_error(bad_regex.write(), llama(), {"target_modules", "invalid regular expression"});
 }
 
+// The same for modules exclude_modules takes out (PEFT creates no layer there either).
+TEST(AdapterLoad, TensorsOfExcludedModulesAreRefused) {
+  for (const nlohmann::json& exclude : {nlohmann::json::array({"v_proj"}), nlohmann::json(".*layers\\.0\\..*")}) {
+    AdapterCopy a;
+    a.config["exclude_modules"] = exclude;
+    expect_load_error(a.write(), llama(), {"adapter_model.safetensors", "exclude_modules"});
+  }
+  AdapterCopy none;  // null and an exclusion that matches nothing change nothing
+  none.config["exclude_modules"] = nlohmann::json::array({"zzz"});
+  EXPECT_NO_THROW((void)lora::Adapter::load(none.write(), llama()));
+}
+
 // An alpha beyond the f32 range made the scale infinite and every logit NaN.
 TEST(AdapterLoad, AlphaBeyondTheF32RangeIsRefused) {
   AdapterCopy a;

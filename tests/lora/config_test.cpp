@@ -1,5 +1,6 @@
-// PEFT's module matching: target_modules as names, paths or one regex (re.fullmatch), and
-// rank_pattern / alpha_pattern keys as names or regexes matched at the end of the path.
+// PEFT's module matching: target_modules and exclude_modules as names, paths or one regex
+// (re.fullmatch), and rank_pattern / alpha_pattern keys as names or regexes matched at the end of
+// the path.
 #include "lowrank/lora/config.h"
 
 #include <gtest/gtest.h>
@@ -32,6 +33,29 @@ TEST(LoraConfig, TargetModulesAsNamesPathsAndRegex) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("invalid regular expression"), std::string::npos) << e.what();
   }
+}
+
+// exclude_modules takes modules out of what target_modules (all-linear too) selects, as PEFT's
+// check_target_module_exists does; it survives the round trip through adapter_config.json.
+TEST(LoraConfig, ExcludeModulesAsNamesOrRegex) {
+  auto names = config_from(R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": "all-linear",
+                               "exclude_modules": ["down_proj", "layers.1.self_attn.q_proj"]})");
+  EXPECT_TRUE(names.targets("model.layers.0.self_attn.q_proj"));
+  EXPECT_FALSE(names.targets("model.layers.1.self_attn.q_proj"));
+  EXPECT_FALSE(names.targets("model.layers.0.mlp.down_proj"));
+  EXPECT_TRUE(names.targets("model.layers.0.mlp.up_proj"));
+  const LoraConfig again = LoraConfig::from_json(names.to_json(), "again");
+  EXPECT_FALSE(again.targets("model.layers.0.mlp.down_proj"));
+  EXPECT_TRUE(again.targets("model.layers.0.mlp.up_proj"));
+  auto regex = config_from(R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
+                               "exclude_modules": ".*layers\\.0\\..*"})");
+  EXPECT_FALSE(regex.targets("model.layers.0.self_attn.q_proj"));
+  EXPECT_TRUE(regex.targets("model.layers.10.self_attn.q_proj"));
+  EXPECT_TRUE(LoraConfig::from_json(regex.to_json(), "again").targets("model.layers.2.self_attn.v_proj"));
+  EXPECT_FALSE(LoraConfig::from_json(regex.to_json(), "again").targets("model.layers.0.self_attn.v_proj"));
+  for (const char* json : {R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "exclude_modules": [1]})",
+                           R"({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"], "exclude_modules": 3})"})
+    EXPECT_THROW((void)LoraConfig::from_json(nlohmann::json::parse(json), "adapter_config.json"), Error) << json;
 }
 
 TEST(LoraConfig, RankAndAlphaPatternsMatchNamesAndRegexesAtTheEnd) {

@@ -22,6 +22,10 @@ struct LoraConfig {
   std::vector<std::string> target_modules{"q_proj", "v_proj"};
   std::optional<std::string> target_regex;
   bool all_linear = false;
+  // PEFT's exclude_modules: modules that target_modules selects but that get no LoRA layer,
+  // matched the same way (names as exact paths or ".name" suffixes, or one regex, exclude_regex).
+  std::vector<std::string> exclude_modules;
+  std::optional<std::string> exclude_regex;
   // No LoRA layer at all (target_modules empty, "--targets none"): with bias = all, bias-only
   // training (BitFit).
   bool has_targets() const { return all_linear || target_regex || !target_modules.empty(); }
