@@ -1,8 +1,8 @@
 // lowrank generate: text generation with a model and optional live (unmerged) adapters.
 #include <cstdio>
+#include <fstream>
 #include <optional>
 #include <string>
-#include <fstream>
 
 #include "command.h"
 #include "lowrank/core/device_memory.h"

@@ -1,8 +1,8 @@
 #include "lowrank/infer/batch_decoder.h"
 
 #include <algorithm>
-#include <exception>
 #include <cstdlib>
+#include <exception>
 #include <map>
 #include <string_view>
 

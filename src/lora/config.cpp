@@ -128,6 +128,21 @@ std::vector<std::string> LoraConfig::parse_targets(const std::string& text, bool
 
 namespace {
 
+// A module list as PEFT writes target_modules / exclude_modules: a list of names, or one regex.
+void read_modules(const nlohmann::json& v, const char* key, const std::string& src, std::vector<std::string>& names,
+                  std::optional<std::string>& regex) {
+  if (v.is_string()) {
+    regex = v.get<std::string>();
+  } else if (v.is_array()) {
+    for (const auto& t : v) {
+      if (!t.is_string()) throw error(src, ": ", key, " must hold strings");
+      names.push_back(t.get<std::string>());
+    }
+  } else {
+    throw error(src, ": ", key, " must be a list of names or a string");
+  }
+}
+
 LoraConfig parse_lora_config(const nlohmann::json& j, const std::string& src) {
   if (!j.is_object()) throw error(src, ": expected a JSON object");
   LoraConfig c;
@@ -168,29 +183,10 @@ LoraConfig parse_lora_config(const nlohmann::json& j, const std::string& src) {
   c.target_modules.clear();
   auto tm = j.find("target_modules");
   if (tm == j.end() || tm->is_null()) throw error(src, ": missing \"target_modules\"");
-  if (tm->is_string()) {
-    if (*tm == "all-linear") c.all_linear = true;
-    else c.target_regex = tm->get<std::string>();
-  } else if (tm->is_array()) {
-    for (const auto& t : *tm) {
-      if (!t.is_string()) throw error(src, ": target_modules must hold strings");
-      c.target_modules.push_back(t.get<std::string>());
-    }
-  } else {
-    throw error(src, ": target_modules must be a list of names or a string");
-  }
-  if (auto ex = j.find("exclude_modules"); ex != j.end() && !ex->is_null()) {
-    if (ex->is_string()) {
-      c.exclude_regex = ex->get<std::string>();
-    } else if (ex->is_array()) {
-      for (const auto& t : *ex) {
-        if (!t.is_string()) throw error(src, ": exclude_modules must hold strings");
-        c.exclude_modules.push_back(t.get<std::string>());
-      }
-    } else {
-      throw error(src, ": exclude_modules must be a list of names or a string");
-    }
-  }
+  if (*tm == "all-linear") c.all_linear = true;
+  else read_modules(*tm, "target_modules", src, c.target_modules, c.target_regex);
+  if (auto ex = j.find("exclude_modules"); ex != j.end() && !ex->is_null())
+    read_modules(*ex, "exclude_modules", src, c.exclude_modules, c.exclude_regex);
   for (const char* key : {"layers_to_transform", "layer_replication"})
     if (j.contains(key) && !j[key].is_null()) throw error(src, ": \"", key, "\" is not supported");
   // PEFT options that change what the adapter computes: ignoring them would apply another adapter

@@ -10,10 +10,9 @@ HostStaging::HostStaging(Device device, size_t bytes) : device_(device), capacit
   cuda::stream_for(device);  // makes the device current
   LR_CUDA(cudaMallocHost(&host_, capacity_ > 0 ? capacity_ : 1));
   cudaEvent_t e;
-  if (cudaEventCreateWithFlags(&e, cudaEventDisableTiming) != cudaSuccess) {
-    cudaFreeHost(host_);
-    LR_CUDA(cudaGetLastError());
-  }
+  const cudaError_t made = cudaEventCreateWithFlags(&e, cudaEventDisableTiming);
+  if (made != cudaSuccess) cudaFreeHost(host_);  // the destructor does not run for a throwing constructor
+  LR_CUDA(made);
   event_ = e;
 }
 

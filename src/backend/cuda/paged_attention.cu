@@ -654,10 +654,11 @@ Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Ten
   const int64_t visible = s.window > 0 && s.window < max_len ? s.window : max_len;
   const int64_t tiles = (visible + kTile - 1) / kTile;
   // o's rows a part: what the block's loads cover, at most a row a thread for the part's last block.
+  // A row's hd / 8 threads (a power of two: they sum by shuffles within a warp) are adjacent lanes.
   const int64_t per_row = hd / 8, rows = per_row > 0 ? std::min<int64_t>(kOLoads * (kOThreads / per_row), kOThreads) : 0;
   const int64_t parts = rows > 0 ? (n + rows - 1) / rows : 0;
   const bool fits = enabled && bf16s && q.rank() == 2 && q.dim(0) == 1 && KV > 0 && H % KV == 0 && hd % 8 == 0 &&
-                    hd <= 32 * kShortChunks && kOThreads % per_row == 0 && tiles <= kShortMaxWarps &&
+                    hd <= 32 * kShortChunks && (per_row & (per_row - 1)) == 0 && tiles <= kShortMaxWarps &&
                     q.dim(1) == H * hd && w_o.dim(1) == H * hd && res.rank() == 2 && res.dim(0) == 1 &&
                     res.dim(1) == n && parts <= kOMaxParts && H * parts <= multiprocessor_count(dev) &&
                     (!u || (u->A.dtype() == DType::BF16 && u->B.dtype() == DType::BF16 && u->A.dim(0) <= kOMaxRank)) &&
