@@ -1,10 +1,10 @@
 // CUDA op benchmark: times the GEMMs, attention and fused kernels of a training step with CUDA
 // events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
 // kernels: bytes read + written once).
-// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r]]
+// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r] | --dropout-shrink [r]]
 // (--attention: only the tensor-core vs cuDNN attention rows; --projections: only separate vs
 // stacked frozen projections; --k-extension: LoRA's expand and g as today vs folded into the
-// frozen GEMMs' K)
+// frozen GEMMs' K; --dropout-shrink: LoRA's shrink through its dropout, fused vs composed)
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -277,6 +277,37 @@ void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector
                4.0 * tokens * in);
 }
 
+
+// LoRA's shrink through its dropout: ops::dropout_shrink and its backward (fused for bf16 on
+// CUDA) against the composition they replace (dropout, the GEMMs, dropout's backward), per call.
+void bench_dropout_shrink(int64_t tokens, int64_t in, int64_t r) {
+  Tensor x = random_gpu({tokens, in}, DType::BF16, 1), A = random_gpu({r, in}, DType::BF16, 2, 0.05f);
+  Tensor g = random_gpu({tokens, r}, DType::BF16, 3), dA = Tensor::zeros({r, in}, DType::F32, kGpu);
+  Tensor dx = random_gpu({tokens, in}, DType::BF16, 4), h;
+  const ops::DropoutDraws d{0.05, 7, 4096, Tensor()};
+  const double bytes = 2.0 * tokens * in;  // x once
+  const std::string shape = "[" + std::to_string(tokens) + ", " + std::to_string(in) + "] r=" + std::to_string(r);
+  report_bytes("fused    fwd  h = drop(x) A^T     " + shape, time_ms([&] { ops::dropout_shrink(x, d, A, h); }), bytes);
+  report_bytes("composed fwd  dropout, GEMM       " + shape, time_ms([&] {
+                 ops::matmul_nt(ops::dropout(x, d.p, d.seed, d.offset, nullptr), A, h);
+               }),
+               bytes);
+  report_bytes("fused    bwd  dA, dx added        " + shape,
+               time_ms([&] { ops::dropout_shrink_backward(x, d, g, A, dA, 0.5f, &dx, true); }), 3 * bytes);
+  report_bytes("composed bwd  dA, dx added        " + shape, time_ms([&] {
+                 Tensor mask, gx;
+                 const Tensor x_drop = ops::dropout(x, d.p, d.seed, d.offset, &mask);
+                 ops::matmul_tn(g, x_drop, dA, 0.5f, 1.0f);
+                 ops::matmul_nn(g, A, gx, 0.5f, 0.0f);
+                 ops::dropout_backward_add_(dx, gx, mask, d.p);
+               }),
+               3 * bytes);
+  report_bytes("no dropout   dA, dx added (GEMMs) " + shape, time_ms([&] {
+                 ops::matmul_tn(g, x, dA, 0.5f, 1.0f);
+                 ops::matmul_nn(g, A, dx, 0.5f, 1.0f);
+               }),
+               3 * bytes);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -284,12 +315,19 @@ int main(int argc, char** argv) {
   const bool attention_only = argc > 1 && std::strcmp(argv[1], "--attention") == 0;
   const bool projections_only = argc > 1 && std::strcmp(argv[1], "--projections") == 0;
   const bool k_extension = argc > 1 && std::strcmp(argv[1], "--k-extension") == 0;
+  const bool dropout_shrink = argc > 1 && std::strcmp(argv[1], "--dropout-shrink") == 0;
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_ops: no CUDA GPU is visible\n");
     return 1;
   }
   std::printf("%s\n", cuda::device_description(kGpu));
   try {
+    if (dropout_shrink) {
+      const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
+      std::printf("\n-- LoRA shrink through dropout p = 0.05 (GB/s: x once; backward x and dx twice)\n");
+      for (int64_t in : {256, 768, 2048, 8192}) bench_dropout_shrink(8192, in, r);
+      return 0;
+    }
     if (k_extension) {
       const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
       const int64_t tokens = 8192;

@@ -714,6 +714,52 @@ std::vector<OpCase> op_table() {
                                                               16, 70, {1, 1, 4, 2, 16, 40, 0.25f, 0.0f}, in[3], in[4],
                                                               {{in[5], in[6], 0.75f}})};
                }});
+  // LoRA's shrink through its dropout where CUDA fuses it for bf16 (forward in % 8 == 0, backward
+  // in % 32 == 0, r <= 16): a rank padded to the mma's 8 columns, a partial 32-column chunk and a
+  // draw offset off a Philox block; a rank of 40 (eight column tiles); the backward over chunks of
+  // rows, the last one partial, a partial block of warps, dx added and written; a graph replay's
+  // device offset.
+  t.push_back({"dropout_shrink fused, r = 13", {{301, 200}, {13, 200}},
+               [](Inputs& in, Device) {
+                 Tensor h;
+                 ops::dropout_shrink(in[0], {0.25, 42, 1001, Tensor()}, in[1], h);
+                 return Outputs{h};
+               }});
+  t.push_back({"dropout_shrink fused, r = 40", {{40, 64}, {40, 64}},
+               [](Inputs& in, Device) {
+                 Tensor h;
+                 ops::dropout_shrink(in[0], {0.5, 3, 4096, Tensor()}, in[1], h);
+                 return Outputs{h};
+               }});
+  t.push_back({"dropout_shrink_backward fused, r = 16",
+               {{701, 160}, {16, 160}, {701, 16}, {16, 160}, {701, 160}},
+               [](Inputs& in, Device) {
+                 const ops::DropoutDraws draws{0.1, 42, 1003, Tensor()};
+                 Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
+                 return Outputs{dA, dx_added, dx_written};
+               }});
+  t.push_back({"dropout_shrink and its backward fused, r = 5, device offset", {{130, 512}, {5, 512}, {130, 5}},
+               [](Inputs& in, Device d) {
+                 Tensor delta = Tensor::empty({1}, DType::I64);
+                 delta.data<int64_t>()[0] = 517;
+                 const ops::DropoutDraws draws{0.3, 9, 1000, delta.to(d)};
+                 Tensor h, dA = Tensor::zeros({5, 512}, DType::F32, d), dx;
+                 ops::dropout_shrink(in[0], draws, in[1], h);
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 2.0f, &dx, false);
+                 return Outputs{h, dA, dx};
+               }});
+  t.push_back({"dropout_shrink_backward fused, tensor cores, r = 16",
+               {{301, 96}, {16, 96}, {301, 16}, {16, 96}, {301, 96}},
+               [](Inputs& in, Device) {
+                 const ops::DropoutDraws draws{0.2, 5, 2050, Tensor()};
+                 Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, nullptr, true);
+                 return Outputs{dA, dx_added, dx_written};
+               }});
   return t;
 }
 
