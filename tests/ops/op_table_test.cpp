@@ -760,6 +760,15 @@ std::vector<OpCase> op_table() {
                  ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, nullptr, true);
                  return Outputs{dA, dx_added, dx_written};
                }});
+  t.push_back({"dropout_shrink_backward, r = 40 (composed on CUDA)",
+               {{70, 64}, {40, 64}, {70, 40}, {40, 64}, {70, 64}},
+               [](Inputs& in, Device) {
+                 const ops::DropoutDraws draws{0.5, 3, 4096, Tensor()};
+                 Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
+                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
+                 return Outputs{dA, dx_added, dx_written};
+               }});
   return t;
 }
 

@@ -10,7 +10,9 @@
 //             summed in chunk order by a second launch (the same sums every run).
 // Measured on an H200 (bench_cuda_ops --dropout-shrink, 8,192 rows, r = 16, p = 0.05): forward
 // 0.015 / 0.132 ms at in = 768 / 8,192 against 0.020 / 0.167 composed; backward 0.034 / 0.204 ms
-// against 0.045 / 0.329 (both bound by the Philox draws, not by memory).
+// against 0.045 / 0.329 (both bound by the Philox draws, not by memory). The backward with ranks
+// in blocks of 16 (r <= 32, 64: more mmas, 164 / 250 registers) was slower than the composition at
+// in = 768 and, at r = 64, everywhere: larger ranks keep the composition.
 // Without the fused kernels' preconditions (bf16, in % 8 == 0, 16-byte rows, r <= 64 forward;
 // in % 32 == 0, r <= 16 backward) and with LOWRANK_FUSED_DROPOUT=0 (A/B timing): the composition
 // dropout, then the GEMMs, then dropout's backward on α g A.
@@ -111,7 +113,7 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
 
 // ---- backward ---------------------------------------------------------------------------------
 
-constexpr int kBackMaxRows = 128;  // rows of a chunk
+constexpr int kBackMaxRows = 512;  // rows of a chunk
 constexpr int kBackWarps = 4;
 
 // dx of a chunk of rows (blockIdx.y) and its partial Σ_rows gᵀ drop(x) into partial[blockIdx.y],
