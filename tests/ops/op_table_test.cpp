@@ -234,6 +234,18 @@ Outputs decode_stack_run(Inputs& in, Device d, bool layer_ops) {
 }
 Outputs decode_stack_case(Inputs& in, Device d) { return decode_stack_run(in, d, false); }
 
+// A row of dropout_shrink_backward over x [n, in], A [r, in], g [n, r], dA [r, in], dx [n, in]:
+// dx added, then written, then dA alone (no dx); dA accumulates over the three.
+OpCase dropout_backward_case(std::string name, int64_t n, int64_t in, int64_t r, ops::DropoutDraws draws) {
+  return {std::move(name), {{n, in}, {r, in}, {n, r}, {r, in}, {n, in}}, [draws](Inputs& in, Device) {
+            Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
+            ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
+            ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
+            ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, nullptr, true);
+            return Outputs{dA, dx_added, dx_written};
+          }};
+}
+
 std::vector<OpCase> op_table() {
   using ops::Gemm;
   std::vector<OpCase> t;
@@ -689,14 +701,7 @@ std::vector<OpCase> op_table() {
                },
                {0, 1}});
   // Many CPU blocks (16 384 elements each), the last one partial, over threads; dx added and written.
-  t.push_back({"dropout_shrink_backward", {{1500, 97}, {16, 97}, {1500, 16}, {16, 97}, {1500, 97}},
-               [](Inputs& in, Device d) {
-                 const ops::DropoutDraws draws{0.1, 42, 1001, Tensor()};
-                 Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
-                 return Outputs{dA, dx_added, dx_written};
-               }});
+  t.push_back(dropout_backward_case("dropout_shrink_backward", 1500, 97, 16, {0.1, 42, 1001, Tensor()}));
   // Last (rows added before others would shift their random inputs). A decode row's attention (4 query heads over 2 KV heads of 16, 70 keys in blocks of 16) and o
   // plus the residual: CUDA's one launch for bf16 (blocks a head each, o's partial sums added by a
   // part's last block), the two ops for f32.
@@ -731,15 +736,7 @@ std::vector<OpCase> op_table() {
                  ops::dropout_shrink(in[0], {0.5, 3, 4096, Tensor()}, in[1], h);
                  return Outputs{h};
                }});
-  t.push_back({"dropout_shrink_backward fused, r = 16",
-               {{701, 160}, {16, 160}, {701, 16}, {16, 160}, {701, 160}},
-               [](Inputs& in, Device) {
-                 const ops::DropoutDraws draws{0.1, 42, 1003, Tensor()};
-                 Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
-                 return Outputs{dA, dx_added, dx_written};
-               }});
+  t.push_back(dropout_backward_case("dropout_shrink_backward fused, r = 16", 701, 160, 16, {0.1, 42, 1003, Tensor()}));
   t.push_back({"dropout_shrink and its backward fused, r = 5, device offset", {{130, 512}, {5, 512}, {130, 5}},
                [](Inputs& in, Device d) {
                  Tensor delta = Tensor::empty({1}, DType::I64);
@@ -750,25 +747,10 @@ std::vector<OpCase> op_table() {
                  ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 2.0f, &dx, false);
                  return Outputs{h, dA, dx};
                }});
-  t.push_back({"dropout_shrink_backward fused, tensor cores, r = 16",
-               {{301, 96}, {16, 96}, {301, 16}, {16, 96}, {301, 96}},
-               [](Inputs& in, Device) {
-                 const ops::DropoutDraws draws{0.2, 5, 2050, Tensor()};
-                 Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, nullptr, true);
-                 return Outputs{dA, dx_added, dx_written};
-               }});
-  t.push_back({"dropout_shrink_backward, r = 40 (composed on CUDA)",
-               {{70, 64}, {40, 64}, {70, 40}, {40, 64}, {70, 64}},
-               [](Inputs& in, Device) {
-                 const ops::DropoutDraws draws{0.5, 3, 4096, Tensor()};
-                 Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
-                 ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
-                 return Outputs{dA, dx_added, dx_written};
-               }});
+  t.push_back(
+      dropout_backward_case("dropout_shrink_backward fused, tensor cores, r = 16", 301, 96, 16, {0.2, 5, 2050, Tensor()}));
+  t.push_back(
+      dropout_backward_case("dropout_shrink_backward, r = 40 (composed on CUDA)", 70, 64, 40, {0.5, 3, 4096, Tensor()}));
   return t;
 }
 
