@@ -15,7 +15,9 @@
 // in = 768 and, at r = 64, everywhere: larger ranks keep the composition. Also measured and not
 // kept: 2 or 4 m-tiles a forward block sharing each A load (level, then slower), g's rows staged in
 // shared memory for ldmatrix with chunks of up to 512 rows (0.069 / 0.226 ms at in = 2,048 / 8,192
-// against 0.061 / 0.204 with 128 and g read per step).
+// against 0.061 / 0.204 with 128 and g read per step), and each chunk's or step's loads issued one
+// ahead (more registers: forward 0.136 against 0.131 ms at 8,192, r = 64 0.208 against 0.163;
+// backward 0.068 / 0.236 against 0.061 / 0.204).
 // Without the fused kernels' preconditions (bf16, in % 8 == 0, 16-byte rows, r <= 64 forward;
 // in % 32 == 0, r <= 16 backward) and with LOWRANK_FUSED_DROPOUT=0 (A/B timing): the composition
 // dropout, then the GEMMs, then dropout's backward on α g A.
