@@ -248,6 +248,45 @@ TEST(ModelLoad, ZeroOrHugeSizesAreRefusedBeforeAllocating) {
   expect_load_error(g.write(), {"config.json", "n_layer", "more than lowrank supports"});
 }
 
+// A NaN or inf in a frozen weight made every logit it touched NaN, silently: refused at load,
+// naming the tensor, whatever its stored dtype (f32, bf16, f16) and wherever it sits; an f32
+// beyond bf16's range is inf once converted for a bf16 model.
+TEST(ModelLoad, NonFiniteWeightsAreNamed) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::tuple<std::string, float, DType, std::string>> cases = {
+      {"model.layers.1.mlp.down_proj.weight", nan, DType::F32, "holds NaN (element 37)"},
+      {"model.norm.weight", -inf, DType::F32, "holds inf (element 37)"},
+      {"model.embed_tokens.weight", inf, DType::BF16, "holds inf"},
+      {"model.layers.0.self_attn.q_proj.weight", nan, DType::F16, "holds NaN"},
+  };
+  for (const auto& [name, value, dtype, fragment] : cases) {
+    SCOPED_TRACE(name);
+    ModelCopy m("llama");
+    for (auto& [n, t] : m.tensors)
+      if (n == name) {
+        Tensor f = t.to(DType::F32).clone();
+        f.f32()[37] = value;
+        t = f.to(dtype);
+      }
+    expect_load_error(m.write(), {"model.safetensors", name, fragment});
+  }
+  // Finite in the file, inf in the model's dtype.
+  ModelCopy big("llama");
+  for (auto& [n, t] : big.tensors)
+    if (n == "model.layers.0.mlp.up_proj.weight") {
+      t = t.to(DType::F32).clone();
+      t.f32()[5] = 3.4e38f;  // above bf16's largest finite value, 3.39e38
+    }
+  const std::string dir = big.write();
+  EXPECT_NO_THROW(model::Model::load(dir));  // f32 holds it
+  try {
+    model::Model::load(dir, Device::cpu(), DType::BF16);
+    FAIL() << "expected an Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("holds inf as BF16 (element 5)"), std::string::npos) << e.what();
+  }
+}
+
 // RoPE parameters in range one by one but giving infinite or NaN cos/sin tables: every logit was
 // NaN and eval printed a null loss with exit code 0.
 TEST(ModelLoad, RopeParametersGivingNonFiniteRotationsAreRefused) {
