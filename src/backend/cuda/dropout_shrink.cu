@@ -10,14 +10,9 @@
 //             summed in chunk order by a second launch (the same sums every run).
 // Measured on an H200 (bench_cuda_ops --dropout-shrink, 8,192 rows, r = 16, p = 0.05): forward
 // 0.015 / 0.132 ms at in = 768 / 8,192 against 0.020 / 0.167 composed; backward 0.034 / 0.204 ms
-// against 0.045 / 0.329 (both bound by the Philox draws, not by memory). The backward with ranks
-// in blocks of 16 (r <= 32, 64: more mmas, 164 / 250 registers) was slower than the composition at
-// in = 768 and, at r = 64, everywhere: larger ranks keep the composition. Also measured and not
-// kept: 2 or 4 m-tiles a forward block sharing each A load (level, then slower), g's rows staged in
-// shared memory for ldmatrix with chunks of up to 512 rows (0.069 / 0.226 ms at in = 2,048 / 8,192
-// against 0.061 / 0.204 with 128 and g read per step), and each chunk's or step's loads issued one
-// ahead (more registers: forward 0.136 against 0.131 ms at 8,192, r = 64 0.208 against 0.163;
-// backward 0.068 / 0.236 against 0.061 / 0.204).
+// against 0.045 / 0.329 (both bound by the Philox draws, not by memory). The variants measured
+// slower (ranks in blocks of 16 for the backward, several m-tiles a forward block, g staged for
+// ldmatrix, loads issued a step ahead): docs/cuda-performance-notes.md, "Fused after all".
 // Without the fused kernels' preconditions (bf16, in % 8 == 0, 16-byte rows, r <= 64 forward;
 // in % 32 == 0, r <= 16 backward) and with LOWRANK_FUSED_DROPOUT=0 (A/B timing): the composition
 // dropout, then the GEMMs, then dropout's backward on α g A.
