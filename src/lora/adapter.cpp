@@ -8,6 +8,7 @@
 
 #include "lowrank/core/error.h"
 #include "lowrank/io/checkpoint_dir.h"
+#include "lowrank/io/finite_check.h"
 #include "lowrank/io/files.h"
 #include "lowrank/io/safetensors.h"
 #include "lowrank/lora/lora_init.h"
@@ -186,11 +187,7 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
     if (!is_float(info.dtype) || info.dtype == DType::F8_E4M3 || info.dtype == DType::F8_E5M2)
       throw error(weights, ": tensor \"", info.name, "\" has unsupported dtype ", dtype_name(info.dtype));
     Tensor t = file.get(info.name).to(DType::F32).clone();
-    // A NaN or inf in an adapter makes every output it touches NaN: refused, naming the tensor.
-    const float* v = t.f32();
-    for (int64_t i = 0; i < t.numel(); ++i)
-      if (!std::isfinite(v[i]))
-        throw error(weights, ": tensor \"", info.name, "\" holds ", std::isnan(v[i]) ? "NaN" : "inf", " (element ", i, ")");
+    io::check_finite(t, weights, info.name);  // a NaN or inf would make every output it touches NaN
     tensors[module][suffix] = std::move(t);
     file_key[module + "|" + suffix] = info.name;
   }

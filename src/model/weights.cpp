@@ -2,11 +2,10 @@
 
 #include "lowrank/core/error.h"
 #include "lowrank/core/log.h"
+#include "lowrank/io/finite_check.h"
 #include "lowrank/ops/ops.h"
 
-#include <cstdint>
 #include <set>
-#include <string>
 
 namespace lowrank::model {
 
@@ -25,42 +24,6 @@ const Linear* LayerWeights::projection(Target t) const {
 }
 
 namespace {
-
-// The first element of `n` floats stored as `Bits` whose exponent bits are all set (NaN or inf),
-// or -1. One branch-free pass to find out whether there is one (it vectorises), then a search.
-template <typename Bits>
-int64_t first_non_finite(const Bits* v, int64_t n, Bits exponent) {
-  Bits any = 0;
-  for (int64_t i = 0; i < n; ++i) any |= static_cast<Bits>((v[i] & exponent) == exponent);
-  if (!any) return -1;
-  for (int64_t i = 0; i < n; ++i)
-    if ((v[i] & exponent) == exponent) return i;
-  return -1;
-}
-
-// A NaN or inf in a frozen weight makes every output it touches NaN (a silent wrong answer, or
-// training steps skipped one after another): refused at load, naming the tensor, as adapters are.
-// `converted`: the values are the file's in another dtype (an f32 beyond bf16's range is inf there).
-void check_finite(const Tensor& host, bool converted, const std::string& file, const std::string& name) {
-  int64_t bad = -1;
-  bool nan = false;
-  if (host.dtype() == DType::F32) {
-    const auto* v = static_cast<const uint32_t*>(host.raw());
-    bad = first_non_finite<uint32_t>(v, host.numel(), 0x7F800000u);
-    nan = bad >= 0 && (v[bad] & 0x007FFFFFu) != 0;
-  } else if (host.dtype() == DType::BF16) {
-    const auto* v = static_cast<const uint16_t*>(host.raw());
-    bad = first_non_finite<uint16_t>(v, host.numel(), 0x7F80u);
-    nan = bad >= 0 && (v[bad] & 0x007Fu) != 0;
-  } else if (host.dtype() == DType::F16) {
-    const auto* v = static_cast<const uint16_t*>(host.raw());
-    bad = first_non_finite<uint16_t>(v, host.numel(), 0x7C00u);
-    nan = bad >= 0 && (v[bad] & 0x03FFu) != 0;
-  }
-  if (bad >= 0)
-    throw error(file, ": tensor \"", name, "\" holds ", nan ? "NaN" : "inf",
-                converted ? " as " + std::string(dtype_name(host.dtype())) : std::string(), " (element ", bad, ")");
-}
 
 class Loader {
  public:
@@ -98,7 +61,7 @@ class Loader {
     // Always copy: the result must not alias the read-only mapping (merge writes into weights).
     // Converted on the CPU (from f32 when the target is not f32, so rounding happens once).
     Tensor c = t.dtype() == dtype ? t.clone() : t.to(DType::F32).to(dtype);
-    check_finite(c, t.dtype() != dtype, store_.file_of(name), name);
+    io::check_finite(c, store_.file_of(name), name, /*converted=*/t.dtype() != dtype);  // NaN/inf: refused
     return c.to(device);
   }
 
