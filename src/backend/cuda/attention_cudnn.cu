@@ -700,8 +700,6 @@ Plan* plan_for(const Key& k, Device d, cudnnHandle_t* handle, std::string* why) 
   return it->second.plan.get();
 }
 
-bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
-
 // Whether the cuDNN path applies to these arguments (why says why not).
 bool applies(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, std::string* why) {
   auto no = [&](const std::string& r) {

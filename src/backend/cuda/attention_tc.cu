@@ -145,8 +145,6 @@ attention_forward_tc_kernel(const bf16* __restrict__ q, const bf16* __restrict__
   }
 }
 
-bool aligned16(const Tensor& t) { return reinterpret_cast<uintptr_t>(t.raw()) % 16 == 0; }
-
 }  // namespace
 
 bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s) {

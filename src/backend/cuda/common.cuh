@@ -53,6 +53,10 @@ Tensor upload_i32(const std::vector<int32_t>& v, Device d);
 // Checks a tensor argument: defined, on a CUDA device, f32 or bf16 (any dtype when any_dtype).
 void check_arg(const Tensor& t, const char* op, const char* name, bool any_dtype = false);
 
+// Whether a pointer (a tensor's storage) allows 16-byte vector accesses.
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+inline bool aligned16(const Tensor& t) { return aligned16(t.raw()); }
+
 inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 16) {
   int64_t b = (n + threads - 1) / threads;
   if (b < 1) b = 1;

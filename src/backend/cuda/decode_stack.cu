@@ -795,8 +795,6 @@ __global__ void __launch_bounds__(kThreads, 1) decode_stack_kernel(const __grid_
     for (int64_t i = threadIdx.x; i < p.d; i += kConsumers) p.x_out[i] = sh.xres[i];
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 bool bf16_matrix(const Tensor& t, int64_t rows, int64_t cols, Device d) {
   return t.defined() && t.dtype() == DType::BF16 && t.rank() == 2 && t.dim(0) == rows && t.dim(1) == cols &&
          t.device() == d && aligned16(t.raw());

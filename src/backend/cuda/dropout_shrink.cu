@@ -249,8 +249,6 @@ bool fused_dropout_enabled() {
   return on;
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // kept4's bound for keep = float(1 - p): ceil(keep · 2^24), exact (a power-of-two scaling).
 uint32_t kept_below(float keep) { return static_cast<uint32_t>(std::ceil(static_cast<double>(keep) * 16777216.0)); }
 

@@ -612,8 +612,6 @@ void launch(const Args& a, Device d) {
   else launch_m<E, false>(a, d);
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // Whether the fused kernels take x [M, K] with these weights.
 bool fusable(const Tensor& x, std::initializer_list<const Tensor*> ws) {
   if (x.dtype() != DType::BF16 || x.rank() != 2 || x.dim(0) < 1 || x.dim(0) > kMaxRows) return false;

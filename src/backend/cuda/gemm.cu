@@ -39,8 +39,6 @@ uint32_t alignment(const void* p) {
   return al;
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // A 16-byte aligned copy of a view that starts mid-row (slice_rows of an odd-sized matrix):
 // cuBLASLt's fast kernels need aligned operands, and the copy is cheap next to the GEMM.
 Tensor aligned(const Tensor& t) {
