@@ -61,8 +61,6 @@ __global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ p
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 }  // namespace
 
 void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin, bool inverse) {
