@@ -4,7 +4,9 @@
 //   dB += s · dyᵀ h;  g = dy B;  dA += s · gᵀ drop(x);  d drop(x) = s · g A.
 // With LoRA dropout the hook hands over x and the draws (fuses_dropout): the shrink and its
 // backward apply them (ops::dropout_shrink, dropout_shrink_backward), drop(x) never written out.
+// dB and dA (when not fused with dx) may run on the side stream, beside the input gradient.
 #include "lowrank/ops/ops.h"
+#include "lowrank/ops/side_work.h"
 #include "variants.h"
 
 namespace lowrank::lora {
@@ -38,14 +40,21 @@ class LinearLora : public LoraVariant {
 
   void backward(LoraPair& p, const LoraInput& in, const LoraSaved& sv, const Tensor& dy, Tensor* dx_in,
                 bool accumulate) const override {
-    ops::matmul_tn(dy, sv.h, p.grad_B, in.scale, 1.0f);     // dB += s · dyᵀ h       [out, r]
+    const Device dev = dy.device();
+    {  // off the critical path: nothing before the optimizer reads dB
+      const ops::SideWork side(dev, {dy, sv.h}, in.side_work);
+      ops::matmul_tn(dy, sv.h, p.grad_B, in.scale, 1.0f);   // dB += s · dyᵀ h       [out, r]
+    }
     Tensor g;
     ops::matmul_nn(dy, in.B, g);                             // g = dy B             [N, r]
     if (in.dropout) {  // the same two products, dropout(x) drawn and s · g A masked block by block
       ops::dropout_shrink_backward(in.x_in, *in.dropout, g, in.A, p.grad_A, in.scale, dx_in, accumulate);
       return;
     }
-    ops::matmul_tn(g, in.x_in, p.grad_A, in.scale, 1.0f);   // dA += s · gᵀ drop(x) [r, in]
+    {
+      const ops::SideWork side(dev, {g, in.x_in}, in.side_work);
+      ops::matmul_tn(g, in.x_in, p.grad_A, in.scale, 1.0f);  // dA += s · gᵀ drop(x) [r, in]
+    }
     if (dx_in) ops::matmul_nn(g, in.A, *dx_in, in.scale, accumulate ? 1.0f : 0.0f);  // s · g A
   }
 

@@ -228,8 +228,11 @@ bool LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   const float scale = static_cast<float>(p->scale * adapters_[0].user_scale);
   ops::DropoutDraws draws;  // the forward's again, from its offset: the same mask
   if (sv.dropped) draws = {ad.config.dropout, rng_->seed(), sv.drop_offset, draw_delta_};
+  // A decoder layer's inputs stay as they are until the backward joins its side work (the loss
+  // block's lm_head logits do not: their buffer is reused chunk after chunk).
+  const bool side_work = layer >= 0 && target != Target::LmHead;
   if (sv.dropped && variant.fuses_dropout()) {  // the variant applies them, straight into dx
-    const LoraInput in{*p, base, x, ids, sv.A, sv.B, scale, false, nullptr, &draws};
+    const LoraInput in{*p, base, x, ids, sv.A, sv.B, scale, false, nullptr, &draws, side_work};
     variant.backward(*p, in, sv, dy, dx, /*accumulate=*/dx_holds);
     st.saved.erase(it);
     return dx != nullptr;
@@ -240,7 +243,7 @@ bool LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   if (sv.dropped)
     x_drop = ops::dropout(x, draws.p, draws.seed, draws.offset, dx && dx_holds ? &mask : nullptr, draw_delta_);
   const Tensor& xin = x_drop.defined() ? x_drop : x;
-  const LoraInput in{*p, base, xin, ids, sv.A, sv.B, scale};
+  const LoraInput in{*p, base, xin, ids, sv.A, sv.B, scale, false, nullptr, nullptr, side_work};
   if (!dx || !x_drop.defined()) {  // nothing below needs dx, or no dropout: straight into dx
     variant.backward(*p, in, sv, dy, dx, /*accumulate=*/dx_holds);
   } else {

@@ -4,6 +4,7 @@
 
 #include "lowrank/lora/adapter.h"
 #include "lowrank/ops/ops.h"
+#include "lowrank/ops/side_work.h"
 
 namespace lowrank::lora {
 
@@ -102,27 +103,34 @@ void SharedInputGroup::expand(int i, Tensor& y, bool first) const {
 bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_holds) {
   const Member& m = members[i];
   LoraPair& p = *m.pair;
-  // dB += s · dyᵀ h_i   [out, r]
-  ops::matmul_blocks(Gemm::TN, ColumnBlock::all(dy), {h, m.col, p.r}, ColumnBlock::all(p.grad_B), m.scale, 1.0f);
+  const Device dev = x.device();
+  {  // the weight gradients on the side stream (ops/side_work.h): nothing reads them before the optimizer
+    const ops::SideWork side(dev, {dy, h});
+    // dB += s · dyᵀ h_i   [out, r]
+    ops::matmul_blocks(Gemm::TN, ColumnBlock::all(dy), {h, m.col, p.r}, ColumnBlock::all(p.grad_B), m.scale, 1.0f);
+  }
   // g_i = s · dy B_i    [N, r]
   if (!g.defined()) g = Tensor::empty(h.shape(), h.dtype(), h.device());
   ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, p.r}, m.scale, 0.0f);
   backward_done |= 1u << i;
   if (backward_done != all_members()) return false;
-  // dA of all members in one GEMM [R, in] (f32: gradients accumulate): straight into their stacked
-  // gradients, or into a temporary added to each member's.
-  std::vector<LoraPair*> pairs;
-  for (const Member& mm : members) pairs.push_back(mm.pair);
-  Tensor stacked = pairs[0]->stacked_grad_A;
-  if (stacked_in(pairs, &LoraPair::grad_A, stacked)) {
-    ops::matmul_tn(g, x, stacked, 1.0f, 1.0f);
-  } else {
-    Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());
-    ops::matmul_tn(g, x, dA);
-    for (const Member& mm : members) ops::add_(mm.pair->grad_A, dA.slice_rows(mm.col, mm.col + mm.pair->r));
+  {
+    // dA of all members in one GEMM [R, in] (f32: gradients accumulate): straight into their
+    // stacked gradients, or into a temporary added to each member's.
+    const ops::SideWork side(dev, {g, x});
+    std::vector<LoraPair*> pairs;
+    for (const Member& mm : members) pairs.push_back(mm.pair);
+    Tensor stacked = pairs[0]->stacked_grad_A;
+    if (stacked_in(pairs, &LoraPair::grad_A, stacked)) {
+      ops::matmul_tn(g, x, stacked, 1.0f, 1.0f);
+    } else {
+      Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());
+      ops::matmul_tn(g, x, dA);
+      for (const Member& mm : members) ops::add_(mm.pair->grad_A, dA.slice_rows(mm.col, mm.col + mm.pair->r));
+    }
   }
   if (dx) ops::matmul_nn(g, A, *dx, 1.0f, dx_holds ? 1.0f : 0.0f);  // Σ s_i g_i A_i
-  g = h = Tensor();  // the last use of the group's activations
+  g = h = Tensor();  // the last use of the group's activations (the side work keeps what it reads)
   backward_done = 0;
   trained = false;
   return dx != nullptr;

@@ -9,6 +9,7 @@
 #include "lowrank/model/norm.h"
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
+#include "lowrank/ops/side_work.h"
 
 namespace lowrank::model {
 namespace {
@@ -324,12 +325,21 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   // Once for every layer's RoPE, unless the caller already has them on the device.
   const Tensor pos_dev = batch.device_pos.defined() ? batch.device_pos : Tensor::from_ints(pos, model.device());
 
+  std::vector<Device> devices;  // the layers' (a pipeline split has several)
   for (int64_t li = c.num_layers - 1; li >= std::max(lowest, 0); --li) {
+    const Device dev = model.layer_device(li);
+    if (std::find(devices.begin(), devices.end(), dev) == devices.end()) devices.push_back(dev);
+    const uint64_t layer_start = ops::side_work_mark(dev);
     dx = layer_backward(model, li, cache.layers[li], dx, B, T, pos_dev, hook, full ? &full->layers[li] : nullptr,
                         full || li > lowest, checkpointing);
+    // The hook's side work (LoRA's weight gradients, ops/side_work.h) joins one layer late, so that
+    // this layer's last part overlaps the next layer's start; its memory is held until then.
+    // A caller that reads the layer's gradients now (data parallel's sums) gets all of it.
+    ops::join_side_work(dev, layer_done ? UINT64_MAX : layer_start);
     if (layer_done) (*layer_done)(li);
   }
   if (full || (hook && lowest < 0)) embedding_backward(model, batch, pos, dx, hook, full, batch.device_pos);
+  for (Device dev : devices) ops::join_side_work(dev);  // every gradient complete on the main streams
   return result;
 }
 

@@ -1,7 +1,8 @@
 // Training steps replayed as a CUDA graph (train/step_graph.h) against the same steps run op by
 // op: equal losses, gradient norms and trained parameters while the step's inputs (ids, targets,
 // the count of targets) change from step to step; new shapes re-record; bad ids and targets are
-// still errors; LoRA dropout draws the op-by-op steps' masks. Skipped without a GPU.
+// still errors; LoRA dropout draws the op-by-op steps' masks; LoRA's weight gradients on the side
+// stream (ops/side_work.h) give the steps of one stream. Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +10,9 @@
 
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
+#include "lowrank/backend/cuda/device.h"
 #include "lowrank/lora/lora_hook.h"
+#include "lowrank/ops/side_work.h"
 #include "lowrank/train/sequences.h"
 #include "lowrank/train/step.h"
 #include "lowrank/train/step_graph.h"
@@ -220,6 +223,68 @@ TEST(CudaStepGraphDropout, ReplaysDrawNewMasks) {
   EXPECT_NE(losses[2], losses[3]);
   EXPECT_NE(losses[1], losses[2]);
   EXPECT_NE(losses[0], losses[1]);  // the recorded step draws other masks than the first (op-by-op) one
+}
+
+// The same steps with LoRA's weight gradients on the side stream and all on one stream: equal
+// losses, gradient norms and trained parameters. Allocations are poisoned (NaN), so a block the
+// side work still read after the main stream reused it would show.
+void expect_side_work_equals_one_stream(const std::string& fixture, bool with_graph, bool checkpointing,
+                                        double dropout) {
+  const std::string dir = test::model_fixture(fixture);
+  cuda::set_poison_allocations(true);
+  struct Restore {
+    ~Restore() {
+      ops::set_side_work_enabled(true);
+      cuda::set_poison_allocations(false);
+    }
+  } restore;
+  std::vector<train::StepResult> results[2];
+  std::vector<std::vector<float>> params[2];
+  for (int side = 1; side >= 0; --side) {
+    ops::set_side_work_enabled(side == 1);
+    ASSERT_EQ(ops::side_work_enabled(Device::cuda(0)), side == 1);
+    TrainRun run(dir, false, with_graph, dropout, checkpointing, /*random_b=*/true);
+    const train::Dataset data = windows(run.m.config().vocab_size, 16);
+    for (int64_t step = 0; step < 4; ++step) results[side].push_back(train::train_step(run.ctx, step_batches(data, step), 1e-3));
+    for (const train::ParamRef& p : run.params) params[side].push_back(host_values(p.param));
+  }
+  for (size_t step = 0; step < results[0].size(); ++step) {
+    const train::StepResult &a = results[1][step], &b = results[0][step];
+    ASSERT_FALSE(a.skipped || b.skipped) << fixture << " step " << step;
+    EXPECT_TRUE(std::isfinite(a.loss) && std::isfinite(a.grad_norm)) << fixture << " step " << step;
+    EXPECT_NEAR(a.loss, b.loss, 1e-6 * b.loss) << fixture << " step " << step;
+    EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-5 * b.grad_norm) << fixture << " step " << step;
+  }
+  ASSERT_EQ(params[0].size(), params[1].size());
+  for (size_t i = 0; i < params[0].size(); ++i) {
+    double num = 0, den = 0;
+    for (size_t k = 0; k < params[0][i].size(); ++k) {
+      const double d = params[1][i][k] - params[0][i][k];
+      num += d * d;
+      den += static_cast<double>(params[0][i][k]) * params[0][i][k];
+    }
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-5) << fixture << " parameter " << i;
+  }
+}
+
+TEST(CudaSideWork, LoraStepsEqualOneStream) {
+  REQUIRE_GPU();
+  expect_side_work_equals_one_stream("llama", /*with_graph=*/false, /*checkpointing=*/false, /*dropout=*/0.0);
+}
+
+TEST(CudaSideWork, GraphReplaysWithCheckpointingEqualOneStream) {
+  REQUIRE_GPU();
+  expect_side_work_equals_one_stream("gemma2", true, true, 0.0);
+}
+
+TEST(CudaSideWork, FusedDropoutGraphReplaysEqualOneStream) {
+  REQUIRE_GPU();
+  expect_side_work_equals_one_stream("llama", true, false, 0.1);
+}
+
+TEST(CudaSideWork, FusedQkvModelEqualsOneStream) {
+  REQUIRE_GPU();
+  expect_side_work_equals_one_stream("gpt2", true, false, 0.0);
 }
 
 }  // namespace

@@ -43,6 +43,9 @@ struct LoraInput {
   // LoRA dropout's draws, for a variant that fuses_dropout(): it applies them to x_in itself (in
   // its GEMMs, never writing dropout(x) out). Null: x_in is already dropped out (or no dropout).
   const ops::DropoutDraws* dropout = nullptr;
+  // Backward: the weight gradients may go to the device's side stream (ops/side_work.h) — the
+  // step overwrites none of the inputs in place before it joins (a decoder layer's projection).
+  bool side_work = false;
 };
 
 // What a LoRA layer's backward needs from its forward pass (kept by the hook per layer).

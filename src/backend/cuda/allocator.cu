@@ -1,7 +1,9 @@
 // Caching device allocator: freed blocks go to a per-device free list of their size class and are
 // handed out again without cudaMalloc, so a training step loop with stable shapes allocates from
-// the driver only in its first step. All ops of a device run on one stream, so a block freed by
-// the host can be reused at once: the next user's work is queued behind the previous user's.
+// the driver only in its first step. A device's ops run on one stream, so a block freed by the
+// host can be reused at once: the next user's work is queued behind the previous user's. The one
+// exception, side work (lowrank/ops/side_work.h) on a second stream, holds what it reads and the
+// blocks freed inside its scopes until the main stream has waited for it (side_stream.cu).
 // A graph recording (lowrank/core/device_graph.h) allocates from a pool of its own instead: the
 // replays write to those addresses again, so no other tensor may ever be given them.
 #include <atomic>
@@ -106,7 +108,7 @@ void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx)
   if (e == cudaErrorMemoryAllocation && c.stats.cached > 0) {
     cudaGetLastError();
     // Cached blocks of other sizes may be what is missing: give them back and try once more.
-    LR_CUDA(cudaStreamSynchronize(ctx.stream));
+    synchronize_streams(ctx);
     release_cached(c);
     e = cudaMalloc(&p, sc);
   }
@@ -171,6 +173,10 @@ void* cached_malloc(Device d, size_t bytes, size_t* size_class) {
 }
 
 void cached_free(Device d, void* p, size_t size_class) {
+  if (t_side_work_device == d.index) {  // side work may still read it after the main stream moves on
+    defer_side_free(d, p, size_class);
+    return;
+  }
   PoolRegistry& r = pool_registry();
   if (r.pools.load() > 0) {
     std::unique_lock<std::mutex> lock(r.mutex);
@@ -238,7 +244,7 @@ void empty_cache(Device d) {
   DeviceContext& ctx = context(d);
   DeviceCache& c = cache(d.index);
   std::lock_guard<std::mutex> lock(c.mutex);
-  LR_CUDA(cudaStreamSynchronize(ctx.stream));  // queued work may still use the blocks
+  synchronize_streams(ctx);  // queued work may still use the blocks
   release_cached(c);
 }
 

@@ -81,7 +81,28 @@ DeviceContext& context(Device d) {
     LR_CUDA(cudaSetDevice(d.index));
     t_current_device = d.index;
   }
+  if (t_side_work_device == d.index) return *ctx->side;
   return *ctx;
+}
+
+DeviceContext& side_context(DeviceContext& main) {
+  LR_CHECK(!main.main, "side_context of a side context");
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (!main.side) {
+    auto side = std::make_unique<DeviceContext>(main);  // handle, properties, counters shared
+    side->side = nullptr;
+    side->main = &main;
+    LR_CUDA(cudaStreamCreateWithFlags(&side->stream, cudaStreamNonBlocking));
+    LR_CUDA(cudaMalloc(&side->workspace, side->workspace_bytes));  // split-K partials run alongside main's
+    main.side = side.release();
+  }
+  return *main.side;
+}
+
+void synchronize_streams(DeviceContext& ctx) {
+  DeviceContext& m = ctx.main ? *ctx.main : ctx;
+  LR_CUDA(cudaStreamSynchronize(m.stream));
+  if (m.side) LR_CUDA(cudaStreamSynchronize(m.side->stream));
 }
 
 cudaStream_t stream_for(Device d) { return context(d).stream; }
@@ -95,7 +116,7 @@ bool dependent_launch(Device d) {
   return !disabled && context(d).props.major >= 9;
 }
 
-void synchronize(Device d) { LR_CUDA(cudaStreamSynchronize(stream_for(d))); }
+void synchronize(Device d) { synchronize_streams(context(d)); }
 void* native_stream(Device d) { return stream_for(d); }
 const char* device_description(Device d) { return context(d).description.c_str(); }
 

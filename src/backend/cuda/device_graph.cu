@@ -5,6 +5,7 @@
 #include "allocator.h"
 #include "common.cuh"
 #include "context.h"
+#include "lowrank/backend/cuda/device.h"
 #include "lowrank/core/device_graph.h"
 #include "lowrank/core/device_memory.h"
 
@@ -42,7 +43,12 @@ void DeviceGraph::record(const std::function<void()>& body) {
   cudaGraph_t graph = nullptr;
   try {
     body();
+    cuda::join_side_work(device_, UINT64_MAX);  // a recording ends on one stream (ops/side_work.h)
   } catch (...) {
+    try {  // while still recording: the side stream's events belong to this capture
+      cuda::join_side_work(device_, UINT64_MAX);
+    } catch (...) {
+    }
     cuda::set_recording_pool(nullptr);
     cudaStreamEndCapture(stream, &graph);
     if (graph) cudaGraphDestroy(graph);

@@ -53,6 +53,8 @@ void device_copy(void* dst, Device dd, const void* src, Device sd, size_t bytes)
     return;
   }
   if (dd.is_cpu()) {  // device -> host: the caller reads dst next, so wait
+    // Side work not joined yet (a caller outside the model's backward) may still be writing src.
+    if (cuda::t_side_work_device != sd.index) cuda::join_side_work(sd, UINT64_MAX);
     cudaStream_t s = cuda::stream_for(sd);
     LR_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
     LR_CUDA(cudaStreamSynchronize(s));

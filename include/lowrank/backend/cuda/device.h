@@ -3,6 +3,7 @@
 // stream synchronisation and the caching allocator's statistics. Only in LOWRANK_WITH_CUDA builds.
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "lowrank/core/tensor.h"
 
@@ -11,7 +12,8 @@ namespace lowrank::cuda {
 // Throws Error unless `d` names a visible GPU: "--device cuda: no CUDA GPU is visible" or
 // "--device cuda:3: only 1 CUDA GPU is visible (cuda:0)".
 void check_device(Device d);
-// Waits for all work queued on the device's stream (every op of a device runs on that stream).
+// Waits for all work queued on the device's stream (every op of a device runs on that stream) and
+// on its side stream.
 void synchronize(Device d);
 // The device's cudaStream_t, for callers that time work with CUDA events or add their own kernels.
 void* native_stream(Device d);
@@ -43,6 +45,14 @@ void set_poison_allocations(bool on);
 void* record_timing_event(Device d);
 void reset_timing_events(Device d);
 float timing_event_elapsed_ms(void* from, void* to);
+// The side stream behind lowrank::ops::SideWork (lowrank/ops/side_work.h). begin: this thread's
+// ops on d go to d's side stream, after what the main stream has queued; end: back to the main
+// stream, the side work so far recorded as one entry that keeps `keep` (and the blocks freed
+// meanwhile) until joined.
+void begin_side_work(Device d);
+void end_side_work(Device d, std::vector<Tensor> keep);
+uint64_t side_work_mark(Device d);
+void join_side_work(Device d, uint64_t before);
 // The size class an allocation of `bytes` is rounded up to (exposed for tests).
 size_t allocation_size_class(size_t bytes);
 
