@@ -1,10 +1,12 @@
 // CUDA op benchmark: times the GEMMs, attention and fused kernels of a training step with CUDA
 // events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
 // kernels: bytes read + written once).
-// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r] | --dropout-shrink [r]]
+// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r] | --dropout-shrink [r] |
+//                        --lora-ranks]
 // (--attention: only the tensor-core vs cuDNN attention rows; --projections: only separate vs
 // stacked frozen projections; --k-extension: LoRA's expand and g as today vs folded into the
-// frozen GEMMs' K; --dropout-shrink: LoRA's shrink through its dropout, fused vs composed)
+// frozen GEMMs' K; --dropout-shrink: LoRA's shrink through its dropout, fused vs composed;
+// --lora-ranks: LoRA's six GEMMs of a projection at ranks 1–16)
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -14,6 +16,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lowrank/backend/cuda/attention_path.h"
@@ -308,6 +311,27 @@ void bench_dropout_shrink(int64_t tokens, int64_t in, int64_t r) {
                }),
                3 * bytes);
 }
+
+// LoRA's six GEMMs of one projection at rank r, each timed alone: does a rank below 8 (rows of
+// h and g under 16 bytes) cost more than r = 8?
+void bench_lora_rank(int64_t tokens, int64_t in, int64_t out, int64_t r) {
+  Tensor x = random_gpu({tokens, in}, DType::BF16, 1), A = random_gpu({r, in}, DType::BF16, 2, 0.05f);
+  Tensor B = random_gpu({out, r}, DType::BF16, 3, 0.05f), dy = random_gpu({tokens, out}, DType::BF16, 4);
+  Tensor y = random_gpu({tokens, out}, DType::BF16, 5), dx = random_gpu({tokens, in}, DType::BF16, 6);
+  Tensor dA = Tensor::zeros({r, in}, DType::F32, kGpu), dB = Tensor::zeros({out, r}, DType::F32, kGpu), h, g;
+  ops::matmul_nt(x, A, h);
+  ops::matmul_nn(dy, B, g);
+  const std::string shape = "[" + std::to_string(tokens) + "] " + std::to_string(in) + "->" + std::to_string(out) +
+                            " r=" + std::to_string(r);
+  const double ms[6] = {time_ms([&] { ops::matmul_nt(x, A, h); }),
+                        time_ms([&] { ops::matmul_nt(h, B, y, 0.5f, 1.0f); }),
+                        time_ms([&] { ops::matmul_tn(dy, h, dB, 0.5f, 1.0f); }),
+                        time_ms([&] { ops::matmul_nn(dy, B, g); }),
+                        time_ms([&] { ops::matmul_tn(g, x, dA, 0.5f, 1.0f); }),
+                        time_ms([&] { ops::matmul_nn(g, A, dx, 0.5f, 1.0f); })};
+  std::printf("%-28s shrink %.4f  expand %.4f  dB %.4f  g %.4f  dA %.4f  dx %.4f  sum %.4f ms\n", shape.c_str(),
+              ms[0], ms[1], ms[2], ms[3], ms[4], ms[5], ms[0] + ms[1] + ms[2] + ms[3] + ms[4] + ms[5]);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -316,6 +340,7 @@ int main(int argc, char** argv) {
   const bool projections_only = argc > 1 && std::strcmp(argv[1], "--projections") == 0;
   const bool k_extension = argc > 1 && std::strcmp(argv[1], "--k-extension") == 0;
   const bool dropout_shrink = argc > 1 && std::strcmp(argv[1], "--dropout-shrink") == 0;
+  const bool lora_ranks = argc > 1 && std::strcmp(argv[1], "--lora-ranks") == 0;
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_ops: no CUDA GPU is visible\n");
     return 1;
@@ -326,6 +351,12 @@ int main(int argc, char** argv) {
       const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
       std::printf("\n-- LoRA shrink through dropout p = 0.05 (GB/s: x once; backward x and dx twice)\n");
       for (int64_t in : {256, 768, 2048, 8192}) bench_dropout_shrink(8192, in, r);
+      return 0;
+    }
+    if (lora_ranks) {
+      std::printf("\n-- LoRA's GEMMs by rank (bf16, f32 dA/dB)\n");
+      for (auto [in, out] : {std::pair<int64_t, int64_t>{768, 768}, {768, 2048}, {2048, 768}, {2048, 2048}})
+        for (int64_t r : {1, 2, 4, 8, 12, 16}) bench_lora_rank(8192, in, out, r);
       return 0;
     }
     if (k_extension) {
