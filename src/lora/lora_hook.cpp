@@ -5,7 +5,6 @@
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/lora/shared_input.h"
-#include "rank_padding.h"
 
 namespace lowrank::lora {
 
@@ -140,10 +139,6 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       A = ops::cast(p->A, dtype);
       B = ops::cast(p->B, dtype);
     }
-    if (const int64_t rc = compute_rank(p->r, A.device()); trained && p->kind == VariantKind::Linear && rc != p->r) {
-      A = padded_rows(A, rc, dtype);
-      B = padded_columns(B, rc, dtype);
-    }
     const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale), before,
                        residual, dropped && variant.fuses_dropout() ? &draws : nullptr};
     LoraSaved* sv = keep ? &state().saved[key] : nullptr;
@@ -179,29 +174,23 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
   g.members.clear();
   g.trained = keep;  // the backward uses only a group a training forward kept
   int64_t rows = 0;
-  bool padded = false;  // members' blocks at the rank the GEMMs run at (rank_padding.h)
   for (LoraPair* p : pairs) {
     g.members.push_back({p->target, p, rows, static_cast<float>(p->scale * adapters_[i].user_scale), Tensor()});
-    const int64_t rc = compute_rank(p->r, x.device());
-    padded |= rc != p->r;
-    rows += rc;
+    rows += p->r;
   }
   const Tensor& stacked = pairs[0]->stacked_A_work;  // the optimizer's copies, already side by side
   const bool kept = std::all_of(pairs.begin(), pairs.end(),
                                 [&](const LoraPair* p) { return p->A_work.defined() && p->A_work.dtype() == dtype; });
-  if (kept && !padded && stacked_in(pairs, &LoraPair::A_work, stacked)) {
+  if (kept && stacked_in(pairs, &LoraPair::A_work, stacked)) {
     g.A = stacked;
   } else {
-    g.A = padded ? Tensor::zeros({rows, x.dim(1)}, dtype, x.device()) : Tensor::empty({rows, x.dim(1)}, dtype, x.device());
+    g.A = Tensor::empty({rows, x.dim(1)}, dtype, x.device());
     for (auto& mb : g.members) {
       Tensor block = g.A.slice_rows(mb.col, mb.col + mb.pair->r);
       ops::cast_into_(block, kept ? mb.pair->A_work : mb.pair->A);
     }
   }
-  for (auto& mb : g.members) {
-    mb.B = kept ? mb.pair->B_work : ops::cast(mb.pair->B, dtype);
-    if (const int64_t rc = compute_rank(mb.pair->r, x.device()); rc != mb.pair->r) mb.B = padded_columns(mb.B, rc, dtype);
-  }
+  for (auto& mb : g.members) mb.B = kept ? mb.pair->B_work : ops::cast(mb.pair->B, dtype);
   g.shrink(x);
   return &g;
 }

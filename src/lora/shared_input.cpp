@@ -96,7 +96,7 @@ void SharedInputGroup::shrink(const Tensor& x) {
 void SharedInputGroup::expand(int i, Tensor& y, bool first) const {
   const Member& m = members[i];
   if (first) y = Tensor::empty({h.dim(0), m.B.dim(0)}, h.dtype(), h.device());
-  ops::matmul_blocks(Gemm::NT, {h, m.col, m.B.dim(1)}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale,
+  ops::matmul_blocks(Gemm::NT, {h, m.col, m.pair->r}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale,
                      first ? 0.0f : 1.0f);
 }
 
@@ -111,7 +111,7 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
   }
   // g_i = s · dy B_i    [N, r]
   if (!g.defined()) g = Tensor::empty(h.shape(), h.dtype(), h.device());
-  ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, m.B.dim(1)}, m.scale, 0.0f);
+  ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, p.r}, m.scale, 0.0f);
   backward_done |= 1u << i;
   if (backward_done != all_members()) return false;
   {
@@ -121,7 +121,7 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
     std::vector<LoraPair*> pairs;
     for (const Member& mm : members) pairs.push_back(mm.pair);
     Tensor stacked = pairs[0]->stacked_grad_A;
-    if (stacked_in(pairs, &LoraPair::grad_A, stacked) && stacked.dim(0) == A.dim(0)) {  // no padded rank
+    if (stacked_in(pairs, &LoraPair::grad_A, stacked)) {
       ops::matmul_tn(g, x, stacked, 1.0f, 1.0f);
     } else {
       Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());

@@ -153,9 +153,8 @@ INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
                                            "phi3_all_linear", "llama_embed_lm_head", "qwen2_tied_embed",
                                            "llama_dora"));
 
-// 50 AdamW steps with LoRA dropout on the CPU and the GPU (bf16): plain LoRA at r = 4 (the GPU pads
-// it to 8: src/lora/rank_padding.h), and DoRA at r = 8 (its magnitudes trained too, no bf16 working
-// copy for them).
+// 50 AdamW steps with LoRA dropout on the CPU and the GPU (bf16): plain LoRA, and DoRA (its
+// magnitudes trained too, no bf16 working copy for them).
 class CudaLoraTraining : public ::testing::TestWithParam<bool> {};
 
 TEST_P(CudaLoraTraining, FiftyStepLossCurveFollowsCpu) {
@@ -165,7 +164,7 @@ TEST_P(CudaLoraTraining, FiftyStepLossCurveFollowsCpu) {
   for (Device d : {Device::cpu(), Device::cuda(0)}) {
     model::Model m = model::Model::load(dir, d, d.is_cuda() ? DType::BF16 : DType::F32);
     lora::LoraConfig lc;
-    lc.r = GetParam() ? 8 : 4;
+    lc.r = 8;
     lc.alpha = 16;
     lc.all_linear = true;
     lc.dropout = 0.1;
