@@ -51,7 +51,13 @@ SideWork::SideWork(Device device, std::initializer_list<Tensor> keep, bool use) 
 
 SideWork::~SideWork() {
 #ifdef LOWRANK_WITH_CUDA
-  if (active_) cuda::end_side_work(device_, std::move(keep_));
+  if (!active_) return;
+  // A destructor must not throw: a CUDA error here (an event record) leaves the stream failed,
+  // and the next op on the device reports it.
+  try {
+    cuda::end_side_work(device_, std::move(keep_));
+  } catch (...) {
+  }
 #endif
 }
 

@@ -68,8 +68,8 @@ void begin_side_work(Device d) {
 
 void end_side_work(Device d, std::vector<Tensor> keep) {
   LR_CHECK(t_side_work_device == d.index, "end_side_work without its begin");
-  DeviceContext& side = context(d);
-  t_side_work_device = -1;
+  t_side_work_device = -1;  // first: the thread's ops go back to the main stream whatever follows
+  DeviceContext& side = side_context(context(d));
   SideState& s = state(d.index);
   std::lock_guard<std::mutex> lock(s.mutex);
   Entry e{s.next_id++, nullptr, std::move(keep), std::move(s.open_frees)};
