@@ -1,4 +1,5 @@
 #include "lowrank/lora/adapter.h"
+#include "lowrank/lora/rank_padding.h"
 
 #include <algorithm>
 #include <cmath>
@@ -379,6 +380,12 @@ void Adapter::allocate_grads() {
 void Adapter::make_working_copies(DType dtype) {
   for (auto& p : parameters())
     if (p.working) *p.working = dtype == p.value->dtype() ? Tensor() : ops::cast(*p.value, dtype);
+  for (LoraPair& p : pairs) {  // the GPU's GEMMs at a rank of a multiple of 8 (rank_padding.h)
+    const int64_t rc = compute_rank(p.r, p.A.device());
+    if (p.kind != VariantKind::Linear || !p.A_work.defined() || rc == p.r) continue;
+    p.A_work = padded(p.A_work, rc, p.in, dtype);
+    p.B_work = padded(p.B_work, p.out, rc, dtype);
+  }
   stack_shared_input_tensors(*this, /*working=*/true, /*grads=*/false);
 }
 

@@ -11,6 +11,8 @@
 
 namespace lowrank::lora {
 
+using ops::ColumnBlock;
+
 std::vector<LayerTensor> lora_ab_tensors(LoraPair& p, const char* a_key, const char* b_key, const char* a_name,
                                          const char* b_name) {
   return {{a_name, a_key, &p.A, &p.grad_A, &p.A_work, {p.r, p.in}},
@@ -41,9 +43,14 @@ class LinearLora : public LoraVariant {
   void backward(LoraPair& p, const LoraInput& in, const LoraSaved& sv, const Tensor& dy, Tensor* dx_in,
                 bool accumulate) const override {
     const Device dev = dy.device();
+    // A and B may carry zero rows / columns up to the rank the GEMMs run at (rank_padding.h); the
+    // gradients are those of the first p.r.
+    const bool padded = in.A.dim(0) != p.r;
     {  // off the critical path: nothing before the optimizer reads dB
       const ops::SideWork side(dev, {dy, sv.h}, in.side_work);
-      ops::matmul_tn(dy, sv.h, p.grad_B, in.scale, 1.0f);   // dB += s · dyᵀ h       [out, r]
+      if (padded) ops::matmul_blocks(ops::Gemm::TN, ColumnBlock::all(dy), {sv.h, 0, p.r}, ColumnBlock::all(p.grad_B),
+                                     in.scale, 1.0f);
+      else ops::matmul_tn(dy, sv.h, p.grad_B, in.scale, 1.0f);  // dB += s · dyᵀ h       [out, r]
     }
     Tensor g;
     ops::matmul_nn(dy, in.B, g);                             // g = dy B             [N, r]
@@ -53,7 +60,9 @@ class LinearLora : public LoraVariant {
     }
     {
       const ops::SideWork side(dev, {g, in.x_in}, in.side_work);
-      ops::matmul_tn(g, in.x_in, p.grad_A, in.scale, 1.0f);  // dA += s · gᵀ drop(x) [r, in]
+      if (padded) ops::matmul_blocks(ops::Gemm::TN, {g, 0, p.r}, ColumnBlock::all(in.x_in), ColumnBlock::all(p.grad_A),
+                                     in.scale, 1.0f);
+      else ops::matmul_tn(g, in.x_in, p.grad_A, in.scale, 1.0f);  // dA += s · gᵀ drop(x) [r, in]
     }
     if (dx_in) ops::matmul_nn(g, in.A, *dx_in, in.scale, accumulate ? 1.0f : 0.0f);  // s · g A
   }

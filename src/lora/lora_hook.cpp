@@ -5,6 +5,7 @@
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
 #include "lowrank/lora/shared_input.h"
+#include "lowrank/lora/rank_padding.h"
 
 namespace lowrank::lora {
 
@@ -139,6 +140,12 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       A = ops::cast(p->A, dtype);
       B = ops::cast(p->B, dtype);
     }
+    // Training on the GPU at a rank that is not a multiple of 8: the GEMMs' rank padded
+    // (rank_padding.h; the optimizer's working copies already are).
+    if (const int64_t rc = compute_rank(p->r, A.device()); trained && p->kind == VariantKind::Linear && rc != A.dim(0)) {
+      A = padded(A, rc, A.dim(1), dtype);
+      B = padded(B, B.dim(0), rc, dtype);
+    }
     const LoraInput in{*p, base, xin, ids, A, B, static_cast<float>(p->scale * adapters_[i].user_scale), before,
                        residual, dropped && variant.fuses_dropout() ? &draws : nullptr};
     LoraSaved* sv = keep ? &state().saved[key] : nullptr;
@@ -174,9 +181,12 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
   g.members.clear();
   g.trained = keep;  // the backward uses only a group a training forward kept
   int64_t rows = 0;
+  bool any_padded = false;  // members' blocks at the rank the GEMMs run at (rank_padding.h)
   for (LoraPair* p : pairs) {
     g.members.push_back({p->target, p, rows, static_cast<float>(p->scale * adapters_[i].user_scale), Tensor()});
-    rows += p->r;
+    const int64_t rc = compute_rank(p->r, x.device());
+    any_padded |= rc != p->r;
+    rows += rc;
   }
   const Tensor& stacked = pairs[0]->stacked_A_work;  // the optimizer's copies, already side by side
   const bool kept = std::all_of(pairs.begin(), pairs.end(),
@@ -184,13 +194,17 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
   if (kept && stacked_in(pairs, &LoraPair::A_work, stacked)) {
     g.A = stacked;
   } else {
-    g.A = Tensor::empty({rows, x.dim(1)}, dtype, x.device());
+    g.A = any_padded ? Tensor::zeros({rows, x.dim(1)}, dtype, x.device()) : Tensor::empty({rows, x.dim(1)}, dtype, x.device());
     for (auto& mb : g.members) {
-      Tensor block = g.A.slice_rows(mb.col, mb.col + mb.pair->r);
-      ops::cast_into_(block, kept ? mb.pair->A_work : mb.pair->A);
+      const Tensor& a = kept ? mb.pair->A_work : mb.pair->A;
+      Tensor block = g.A.slice_rows(mb.col, mb.col + a.dim(0));
+      ops::cast_into_(block, a);
     }
   }
-  for (auto& mb : g.members) mb.B = kept ? mb.pair->B_work : ops::cast(mb.pair->B, dtype);
+  for (auto& mb : g.members) {
+    mb.B = kept ? mb.pair->B_work : ops::cast(mb.pair->B, dtype);
+    if (const int64_t rc = compute_rank(mb.pair->r, x.device()); rc != mb.B.dim(1)) mb.B = padded(mb.B, mb.B.dim(0), rc, dtype);
+  }
   g.shrink(x);
   return &g;
 }

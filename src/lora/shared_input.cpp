@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "lowrank/lora/adapter.h"
+#include "lowrank/lora/rank_padding.h"
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/side_work.h"
 
@@ -37,20 +38,21 @@ std::vector<LoraPair*> shared_input_members(Adapter& adapter, int layer, int gro
 }
 
 namespace {
-// Moves each member's `field` into row blocks of one new stacked tensor (dtype of the first).
+// Moves each member's `field` into row blocks of one new stacked tensor (dtype of the first), a
+// block every compute_rank rows (rank_padding.h: zero rows between blocks on the GPU).
 void stack_rows(const std::vector<LoraPair*>& members, Tensor LoraPair::*field, Tensor LoraPair::*stacked) {
   const Tensor& first = members[0]->*field;
   if (!first.defined()) return;
   int64_t rows = 0;
-  for (LoraPair* p : members) rows += p->r;
-  Tensor all = Tensor::empty({rows, first.dim(1)}, first.dtype(), first.device());
+  for (LoraPair* p : members) rows += compute_rank(p->r, first.device());
+  Tensor all = Tensor::zeros({rows, first.dim(1)}, first.dtype(), first.device());
   int64_t row = 0;
   for (LoraPair* p : members) {
-    Tensor block = all.slice_rows(row, row + p->r);
+    Tensor block = all.slice_rows(row, row + (p->*field).dim(0));
     ops::cast_into_(block, p->*field);
     p->*field = block;
     p->*stacked = all;
-    row += p->r;
+    row += compute_rank(p->r, first.device());
   }
 }
 }  // namespace
@@ -60,8 +62,9 @@ bool stacked_in(const std::vector<LoraPair*>& members, Tensor LoraPair::*field, 
   int64_t row = 0;
   for (const LoraPair* p : members) {
     const Tensor& t = p->*field;
-    if (!t.defined() || row + p->r > stacked.dim(0) || t.raw() != stacked.slice_rows(row, row + p->r).raw()) return false;
-    row += p->r;
+    if (!t.defined() || row + t.dim(0) > stacked.dim(0) || t.raw() != stacked.slice_rows(row, row + t.dim(0)).raw())
+      return false;
+    row += compute_rank(p->r, stacked.device());
   }
   return row == stacked.dim(0);
 }
@@ -96,7 +99,7 @@ void SharedInputGroup::shrink(const Tensor& x) {
 void SharedInputGroup::expand(int i, Tensor& y, bool first) const {
   const Member& m = members[i];
   if (first) y = Tensor::empty({h.dim(0), m.B.dim(0)}, h.dtype(), h.device());
-  ops::matmul_blocks(Gemm::NT, {h, m.col, m.pair->r}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale,
+  ops::matmul_blocks(Gemm::NT, {h, m.col, m.B.dim(1)}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale,
                      first ? 0.0f : 1.0f);
 }
 
@@ -111,7 +114,7 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
   }
   // g_i = s · dy B_i    [N, r]
   if (!g.defined()) g = Tensor::empty(h.shape(), h.dtype(), h.device());
-  ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, p.r}, m.scale, 0.0f);
+  ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, m.B.dim(1)}, m.scale, 0.0f);
   backward_done |= 1u << i;
   if (backward_done != all_members()) return false;
   {
@@ -121,7 +124,8 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
     std::vector<LoraPair*> pairs;
     for (const Member& mm : members) pairs.push_back(mm.pair);
     Tensor stacked = pairs[0]->stacked_grad_A;
-    if (stacked_in(pairs, &LoraPair::grad_A, stacked)) {
+    // Stacked as A is (at a padded rank the rows between members only ever get g's zero columns).
+    if (stacked_in(pairs, &LoraPair::grad_A, stacked) && stacked.dim(0) == A.dim(0)) {
       ops::matmul_tn(g, x, stacked, 1.0f, 1.0f);
     } else {
       Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "lowrank/core/error.h"
+#include "lowrank/lora/rank_padding.h"
 
 namespace lowrank::train {
 namespace {
@@ -182,7 +183,7 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
 
 void refresh_working_copies(std::vector<ParamRef>& params) {
   for (ParamRef& p : params)
-    if (p.working.defined()) ops::cast_into_(p.working, p.param);
+    if (p.working.defined()) lora::cast_into_block(p.working, p.param);  // LoRA's may be wider (rank_padding.h)
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {

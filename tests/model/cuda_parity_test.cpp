@@ -153,9 +153,12 @@ INSTANTIATE_TEST_SUITE_P(Peft, CudaLoraGrads,
                                            "phi3_all_linear", "llama_embed_lm_head", "qwen2_tied_embed",
                                            "llama_dora"));
 
-// 50 AdamW steps with LoRA dropout on the CPU and the GPU (bf16): plain LoRA, and DoRA (its
-// magnitudes trained too, no bf16 working copy for them).
-class CudaLoraTraining : public ::testing::TestWithParam<bool> {};
+// 50 AdamW steps on the CPU and the GPU (bf16): plain LoRA at r = 4 with dropout 0.1 and without
+// (q/k/v and gate/up as shared-input groups); the GPU pads r = 4 to 8 (rank_padding.h) in its
+// working copies, which AdamW writes; and DoRA at r = 8 with dropout (its magnitudes trained too,
+// no bf16 working copy for them).
+enum class TrainingCase { Lora, LoraGroups, Dora };
+class CudaLoraTraining : public ::testing::TestWithParam<TrainingCase> {};
 
 TEST_P(CudaLoraTraining, FiftyStepLossCurveFollowsCpu) {
   REQUIRE_GPU();
@@ -164,15 +167,19 @@ TEST_P(CudaLoraTraining, FiftyStepLossCurveFollowsCpu) {
   for (Device d : {Device::cpu(), Device::cuda(0)}) {
     model::Model m = model::Model::load(dir, d, d.is_cuda() ? DType::BF16 : DType::F32);
     lora::LoraConfig lc;
-    lc.r = 8;
+    lc.r = GetParam() == TrainingCase::Dora ? 8 : 4;
     lc.alpha = 16;
     lc.all_linear = true;
-    lc.dropout = 0.1;
-    lc.use_dora = GetParam();
+    lc.dropout = GetParam() == TrainingCase::LoraGroups ? 0.0 : 0.1;
+    lc.use_dora = GetParam() == TrainingCase::Dora;
     Rng init(11), drop(12);
     lora::Adapter a = lora::Adapter::create(m, lc, init);
     a.allocate_grads();
     a.make_working_copies(m.weights().embed.dtype());  // bf16 copies written by AdamW on the GPU
+    if (d.is_cuda() && GetParam() != TrainingCase::Dora) {  // r = 4 computed at 8
+      EXPECT_EQ(a.pairs[0].A_work.dim(0), 8);
+      EXPECT_EQ(a.pairs[0].B_work.dim(1), 8);
+    }
     lora::LoraHook hook({{&a, 1.0}});
     hook.set_training(true, &drop);
     auto params = train::lora_params(a);
@@ -197,8 +204,12 @@ TEST_P(CudaLoraTraining, FiftyStepLossCurveFollowsCpu) {
   EXPECT_LT(curves[1].back(), curves[1].front() - 1.0) << "the CUDA run must learn";
 }
 
-INSTANTIATE_TEST_SUITE_P(LoraAndDora, CudaLoraTraining, ::testing::Values(false, true),
-                         [](const auto& info) { return info.param ? "dora" : "lora"; });
+INSTANTIATE_TEST_SUITE_P(LoraAndDora, CudaLoraTraining,
+                         ::testing::Values(TrainingCase::Lora, TrainingCase::LoraGroups, TrainingCase::Dora),
+                         [](const auto& info) {
+                           return info.param == TrainingCase::Dora ? "dora"
+                                  : info.param == TrainingCase::Lora ? "lora" : "lora_groups";
+                         });
 
 // --full on the GPU: bf16 weights, f32 gradients, AdamW on f32 masters rounded into the weights.
 TEST(CudaTraining, FullFineTuneFollowsCpu) {

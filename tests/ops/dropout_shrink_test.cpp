@@ -110,6 +110,19 @@ TEST(DropoutShrink, BackwardIsTheSameEveryRun) {
   EXPECT_TRUE(same_bits(dx1, dx2));
 }
 
+// dA [r', in] with r' < r takes the first r' rows of the gradient (LoRA at a padded rank).
+TEST(DropoutShrink, BackwardIntoTheFirstRowsOfDa) {
+  const Tensor x = random_tensor({1000, 97}, 3), A = random_tensor({8, 97}, 4), g = random_tensor({1000, 8}, 5);
+  const ops::DropoutDraws d{0.05, 11, 12345, Tensor()};
+  Tensor all = random_tensor({8, 97}, 6), first = all.slice_rows(0, 5).clone(), dx_all, dx_first;
+  ops::dropout_shrink_backward(x, d, g, A, all, 2.0f, &dx_all, false);
+  ops::dropout_shrink_backward(x, d, g, A, first, 2.0f, &dx_first, false);
+  EXPECT_LE(rel_err(first, all.slice_rows(0, 5).clone()), kTol);
+  EXPECT_TRUE(same_bits(dx_first, dx_all));
+  Tensor too_many = Tensor::zeros({9, 97});
+  EXPECT_ANY_THROW(ops::dropout_shrink_backward(x, d, g, A, too_many, 2.0f, nullptr, false));
+}
+
 // p = 0 keeps every element (keep = 1): the plain shrink and its backward.
 TEST(DropoutShrink, ZeroPIsThePlainShrink) {
   const Tensor x = random_tensor({1000, 97}, 3), A = random_tensor({16, 97}, 4), g = random_tensor({1000, 16}, 5);

@@ -234,10 +234,11 @@ Outputs decode_stack_run(Inputs& in, Device d, bool layer_ops) {
 }
 Outputs decode_stack_case(Inputs& in, Device d) { return decode_stack_run(in, d, false); }
 
-// A row of dropout_shrink_backward over x [n, in], A [r, in], g [n, r], dA [r, in], dx [n, in]:
-// dx added, then written, then dA alone (no dx); dA accumulates over the three.
-OpCase dropout_backward_case(std::string name, int64_t n, int64_t in, int64_t r, ops::DropoutDraws draws) {
-  return {std::move(name), {{n, in}, {r, in}, {n, r}, {r, in}, {n, in}}, [draws](Inputs& in, Device) {
+// A row of dropout_shrink_backward over x [n, in], A [r, in], g [n, r], dA [da_rows (r when 0), in],
+// dx [n, in]: dx added, then written, then dA alone (no dx); dA accumulates over the three.
+OpCase dropout_backward_case(std::string name, int64_t n, int64_t in, int64_t r, ops::DropoutDraws draws,
+                             int64_t da_rows = 0) {
+  return {std::move(name), {{n, in}, {r, in}, {n, r}, {da_rows ? da_rows : r, in}, {n, in}}, [draws](Inputs& in, Device) {
             Tensor dA = ops::cast(in[3], DType::F32).clone(), dx_added = in[4].clone(), dx_written;
             ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_added, true);
             ops::dropout_shrink_backward(in[0], draws, in[2], in[1], dA, 0.5f, &dx_written, false);
@@ -527,10 +528,15 @@ std::vector<OpCase> op_table() {
                  Tensor v = in[3].clone();
                  ops::mul_(v, in[3]);  // second moments are non-negative
                  Tensor p2 = in[0].clone(), m2 = in[2].clone(), v2 = v.clone();
+                 Tensor p4 = in[0].clone(), m4 = in[2].clone(), v4 = v.clone();
                  ops::adamw_update_(in[0], in[1], in[2], v, s);
                  Tensor p3 = in[4].clone(), g3 = in[4].clone(), m3 = in[4].clone(), v3 = Tensor::zeros_like(in[4]);
-                 ops::adamw_update_all_({p2, p3}, {in[1], g3}, {m2, m3}, {v2, v3}, {1, 0}, s);
-                 return Outputs{in[0], in[2], v, p2, p3};
+                 // bf16 working copies: one of p2's size, one wider than p4 (LoRA at a padded rank)
+                 Tensor w2 = Tensor::zeros({7, 5}, DType::BF16, p2.device());
+                 Tensor w4 = Tensor::zeros({9, 8}, DType::BF16, p4.device());
+                 ops::adamw_update_all_({p2, p3, p4}, {in[1], g3, in[1]}, {m2, m3, m4}, {v2, v3, v4}, {1, 0, 1}, s,
+                                        {w2, Tensor(), w4});
+                 return Outputs{in[0], in[2], v, p2, p3, p4, w2, w4};
                },
                {}, {}, false, true});
   t.push_back({"sum_squares_ clip_by_total_ and _all_", {{7, 5}, {3}},
@@ -751,6 +757,11 @@ std::vector<OpCase> op_table() {
       dropout_backward_case("dropout_shrink_backward fused, tensor cores, r = 16", 301, 96, 16, {0.2, 5, 2050, Tensor()}));
   t.push_back(
       dropout_backward_case("dropout_shrink_backward, r = 40 (composed on CUDA)", 70, 64, 40, {0.5, 3, 4096, Tensor()}));
+  // dA taking the first rows of the gradient (LoRA at a padded rank), fused and composed on CUDA.
+  t.push_back(dropout_backward_case("dropout_shrink_backward into dA's 5 of 8 rows", 301, 96, 8,
+                                    {0.2, 5, 2050, Tensor()}, 5));
+  t.push_back(dropout_backward_case("dropout_shrink_backward into dA's 33 of 40 rows (composed on CUDA)", 70, 64, 40,
+                                    {0.5, 3, 4096, Tensor()}, 33));
   return t;
 }
 

@@ -33,8 +33,9 @@ struct LoraInput {
   const Tensor& x_in;         // [N, in] the layer input after LoRA dropout (embedding: unused);
                               // before it when `dropout` is given
   const std::vector<int32_t>* ids;  // embedding: the token ids [N]
-  const Tensor& A;            // [r, in] in the activations' dtype
-  const Tensor& B;            // [out, r]
+  const Tensor& A;            // [r, in] in the activations' dtype (training on the GPU: zero rows
+                              // up to a multiple of 8, src/lora/rank_padding.h)
+  const Tensor& B;            // [out, r] (zero columns likewise)
   float scale;                // s · the user's --adapter scale
   // Forward of a projection's first term (HookOrder::Before; plain LoRA only): y is made here as
   // this term [+ *addend, the residual stream], and the frozen product is added to it afterwards.
@@ -50,7 +51,7 @@ struct LoraInput {
 
 // What a LoRA layer's backward needs from its forward pass (kept by the hook per layer).
 struct LoraSaved {
-  Tensor h;           // [N, r]: drop(x) Aᵀ (embedding: Aᵀ[ids])
+  Tensor h;           // [N, r as A has it]: drop(x) Aᵀ (embedding: Aᵀ[ids])
   Tensor A, B;        // as the forward used them (activations' dtype)
   bool dropped = false;       // dropout applied: backward needs drop(x) again
   uint64_t drop_offset = 0;   // dropout draws started here (drawn again by the backward and by

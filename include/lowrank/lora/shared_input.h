@@ -36,12 +36,13 @@ struct SharedInputGroup {
   struct Member {
     Target target;
     LoraPair* pair;
-    int64_t col = 0;   // first column of its block of h and g (= its first row of A)
+    int64_t col = 0;   // first column of its block of h and g (= its first row of A); on the GPU
+                       // blocks are padded to ranks of multiples of 8 (src/lora/rank_padding.h)
     float scale = 1;   // s · the user's adapter scale
-    Tensor B;          // [out, r] in the activations' dtype, as the forward used it
+    Tensor B;          // [out, r or padded r] in the activations' dtype, as the forward used it
   };
   std::vector<Member> members;
-  Tensor A;                      // [R, in] the members' A stacked (activations' dtype), R = Σ r
+  Tensor A;                      // [R, in] the members' A stacked (activations' dtype), R = Σ (padded) r
   Tensor h;                      // [N, R] x Aᵀ
   Tensor g;                      // [N, R] while the backward gathers the members' s · dy B
   const void* x_data = nullptr;  // the input h was computed from

@@ -80,8 +80,10 @@ void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tenso
   const Shrink s = shrink_shape(x, d, A, "dropout_shrink_backward");
   LR_CHECK(g.defined() && g.dtype() == DType::F32 && g.rank() == 2 && g.dim(0) == s.n && g.dim(1) == s.r,
            "dropout_shrink_backward: g ", g.defined() ? g.str() : "undefined", " for x ", x.str(), ", A ", A.str());
-  LR_CHECK(dA.defined() && dA.dtype() == DType::F32 && dA.numel() == s.r * s.in, "dropout_shrink_backward: dA ",
-           dA.defined() ? dA.str() : "undefined", " for A ", A.str());
+  // dA may take only the first rows of the gradient (a padded rank's zero rows are not its own).
+  const int64_t da_rows = dA.defined() && s.in > 0 ? dA.numel() / s.in : 0;
+  LR_CHECK(dA.defined() && dA.dtype() == DType::F32 && dA.numel() == da_rows * s.in && da_rows <= s.r,
+           "dropout_shrink_backward: dA ", dA.defined() ? dA.str() : "undefined", " for A ", A.str());
   if (dx && !accumulate && (!dx->defined() || dx->rank() != 2 || dx->dim(0) != s.n || dx->dim(1) != s.in))
     *dx = Tensor::empty({s.n, s.in});
   if (dx)
@@ -96,7 +98,7 @@ void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tenso
   float* dxs = dx ? dx->f32() : nullptr;
   // Each thread sums gᵀ dropout(x) over its blocks (one contiguous run of them) into a partial
   // [r, in] of its own; the partials are added in thread order: the same sums every run.
-  const int64_t size = s.r * s.in;
+  const int64_t size = da_rows * s.in;
   const bool parallel = s.n * s.in > 65536;
   std::vector<float> partials(static_cast<size_t>(parallel ? omp_get_max_threads() : 1) * size, 0.0f);
   int threads = 1;
@@ -114,8 +116,8 @@ void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tenso
       dropout_run(d.seed, s.offset + static_cast<uint64_t>(r0 * s.in), xs + r0 * s.in, x_drop.data(), mask.data(),
                   count, s.keep);
       // part += g rowsᵀ · dropout(x rows)   [r, in]
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s.r, s.in, rows, 1.0f, gb, s.r, x_drop.data(), s.in, 1.0f,
-                  part, s.in);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, da_rows, s.in, rows, 1.0f, gb, s.r, x_drop.data(), s.in,
+                  1.0f, part, s.in);
       if (!dxs) continue;
       float* dxb = dxs + r0 * s.in;
       if (accumulate) {  // dx rows += mask ⊙ (alpha · g rows A) / keep

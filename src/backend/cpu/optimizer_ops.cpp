@@ -91,7 +91,14 @@ void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tens
     adamw_update_(p, grads[i], m, v, si);
     if (!working.empty() && working[i].defined()) {
       Tensor w = working[i];
-      cast_into_(w, p);
+      if (w.numel() == p.numel()) {
+        cast_into_(w, p);
+      } else {  // a wider copy: p in its top-left block
+        LR_CHECK(w.rank() == 2 && p.rank() == 2 && w.dim(0) >= p.dim(0) && w.dim(1) >= p.dim(1),
+                 "adamw_update_all_: working copy ", w.str(), " for ", p.str());
+        Tensor rows = w.slice_rows(0, p.dim(0));
+        copy_columns_(rows, 0, cast(p, w.dtype()), 0, p.dim(1));
+      }
     }
   }
 }

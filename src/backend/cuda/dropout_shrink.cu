@@ -232,11 +232,12 @@ __global__ void __launch_bounds__(kBackWarps * 32)
 }
 
 // dA[e] += α Σ_c partial[c][e], the chunks in order.
+// dA may hold only the first `size` elements of a chunk's `stride` (the first rows of the gradient).
 __global__ void add_partials_kernel(float* __restrict__ dA, const float* __restrict__ partial, int64_t size,
-                                    int chunks, float alpha) {
+                                    int64_t stride, int chunks, float alpha) {
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < size; e += int64_t(gridDim.x) * blockDim.x) {
     float sum = 0.0f;
-    for (int c = 0; c < chunks; ++c) sum += partial[c * size + e];
+    for (int c = 0; c < chunks; ++c) sum += partial[c * stride + e];
     dA[e] += alpha * sum;
   }
 }
@@ -269,7 +270,8 @@ void composed_backward(const Tensor& x, const DropoutDraws& d, const Tensor& g, 
                        float alpha, Tensor* dx, bool accumulate) {
   Tensor mask;  // only for an accumulated dx: a written one draws the mask again
   const Tensor x_drop = dropout(x, d.p, d.seed, d.offset, dx && accumulate ? &mask : nullptr, d.device_offset);
-  matmul_tn(g, x_drop, dA, alpha, 1.0f);
+  if (dA.numel() == g.dim(1) * x.dim(1)) matmul_tn(g, x_drop, dA, alpha, 1.0f);
+  else matmul_blocks(Gemm::TN, {g, 0, dA.dim(0)}, ColumnBlock::all(x_drop), ColumnBlock::all(dA), alpha, 1.0f);
   if (!dx) return;
   Tensor gx;
   matmul_nn(g, A, gx, alpha, 0.0f);
@@ -314,7 +316,7 @@ void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tenso
   check_arg(dA, "dropout_shrink_backward", "dA");
   LR_CHECK(d.p >= 0.0 && d.p < 1.0, "dropout_shrink_backward: dropout p ", d.p);
   const bool shapes = x.rank() == 2 && A.rank() == 2 && g.rank() == 2 && g.dim(0) == x.dim(0) &&
-                      g.dim(1) == A.dim(0) && dA.numel() == A.numel();
+                      g.dim(1) == A.dim(0) && dA.rank() == 2 && dA.dim(1) == A.dim(1) && dA.dim(0) <= A.dim(0);
   // An added dx must be bf16 [N, in]; a written one is made so unless it is (as the composition's is).
   const bool dx_fits = !dx || !accumulate ||
                        (dx->defined() && dx->dtype() == DType::BF16 && dx->rank() == 2 && dx->dim(0) == x.dim(0) &&
@@ -344,9 +346,9 @@ void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tenso
       x.data<bf16>(), g.data<bf16>(), A.data<bf16>(), partial.data<float>(), dx ? dx->data<bf16>() : nullptr,
       accumulate, n, in, r, rows_per, alpha / keep, kept_below(keep), d.seed, d.offset, device_delta(d));
   LR_CUDA_LAUNCHED();
-  const int64_t size = int64_t(r) * in;
-  add_partials_kernel<<<grid_for(size, 256), 256, 0, st>>>(dA.data<float>(), partial.data<float>(), size, chunks,
-                                                           alpha / keep);
+  const int64_t size = dA.numel();
+  add_partials_kernel<<<grid_for(size, 256), 256, 0, st>>>(dA.data<float>(), partial.data<float>(), size,
+                                                           int64_t(r) * in, chunks, alpha / keep);
   LR_CUDA_LAUNCHED();
 }
 

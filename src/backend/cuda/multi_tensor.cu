@@ -20,13 +20,18 @@ struct Chunk {
   float* g;  // ... of list 1 (grad)
   float* m;  // ... of list 2 (exp_avg)
   float* v;  // ... of list 3 (exp_avg_sq)
-  __nv_bfloat16* w;  // AdamW: the bf16 working copy the updated param is rounded into (or null)
+  __nv_bfloat16* w;  // AdamW: the bf16 working copy the updated param is rounded into (or null);
+                     // with w_ld, the copy's first element, else the chunk's
+  int64_t first;     // the chunk's first element in its tensor
   int32_t n;
   int32_t decay;  // AdamW: weight decay for this tensor
+  int32_t w_cols, w_ld;  // w_ld > 0: a wider working copy [rows, w_ld], the param [rows, w_cols]
 };
 
 // The chunk table of `lists` (1 to 4 lists of equally shaped f32 tensors), on the device, with the
-// optional per-tensor weight-decay flags and bf16 working copies (undefined entries: none).
+// optional per-tensor weight-decay flags and bf16 working copies (undefined entries: none; a copy
+// with more rows or columns than its 2-D param holds it in its top-left block: LoRA at a padded
+// rank, src/lora/rank_padding.h).
 Tensor chunk_table(const char* op, std::initializer_list<const std::vector<Tensor>*> lists,
                    const std::vector<uint8_t>* decay, Device* device, int* count,
                    const std::vector<Tensor>* working = nullptr) {
@@ -44,17 +49,26 @@ Tensor chunk_table(const char* op, std::initializer_list<const std::vector<Tenso
       ptr[k++] = t.data<float>();
     }
     __nv_bfloat16* w = nullptr;
+    int32_t w_cols = 0, w_ld = 0;
     if (working && (*working)[i].defined()) {
       const Tensor& t = (*working)[i];
-      LR_CHECK(t.dtype() == DType::BF16 && t.numel() == first[i].numel() && t.device() == first[i].device(), op,
-               ": working copy ", t.str(), " for ", first[i].str(), " must be BF16 of the same size");
+      const Tensor& p = first[i];
+      const bool wider = t.numel() != p.numel() && t.rank() == 2 && p.rank() == 2 && t.dim(0) >= p.dim(0) &&
+                         t.dim(1) >= p.dim(1);
+      LR_CHECK(t.dtype() == DType::BF16 && (t.numel() == p.numel() || wider) && t.device() == p.device(), op,
+               ": working copy ", t.str(), " for ", p.str(), " must be BF16 of its size or wider");
       w = t.data<__nv_bfloat16>();
+      if (wider) {
+        w_cols = static_cast<int32_t>(p.dim(1));
+        w_ld = static_cast<int32_t>(t.dim(1));
+      }
     }
     const int64_t n = first[i].numel();
     for (int64_t off = 0; off < n; off += kChunk)
       chunks.push_back({ptr[0] + off, ptr[1] ? ptr[1] + off : nullptr, ptr[2] ? ptr[2] + off : nullptr,
-                        ptr[3] ? ptr[3] + off : nullptr, w ? w + off : nullptr,
-                        static_cast<int32_t>(std::min(kChunk, n - off)), decay ? int32_t((*decay)[i]) : 0});
+                        ptr[3] ? ptr[3] + off : nullptr, w && !w_ld ? w + off : w, off,
+                        static_cast<int32_t>(std::min(kChunk, n - off)), decay ? int32_t((*decay)[i]) : 0, w_cols,
+                        w_ld});
   }
   *device = first.empty() ? Device::cuda(0) : first[0].device();
   *count = static_cast<int>(chunks.size());
@@ -129,7 +143,10 @@ __global__ void adamw_kernel(const Chunk* __restrict__ chunks, AdamWScalars s) {
     c.x[i] = pn;
     c.m[i] = mi;
     c.v[i] = vi;
-    if (c.w) c.w[i] = __float2bfloat16_rn(pn);
+    if (c.w) {
+      const int64_t j = c.first + i;
+      c.w[c.w_ld ? j / c.w_cols * c.w_ld + j % c.w_cols : i] = __float2bfloat16_rn(pn);
+    }
   }
 }
 
