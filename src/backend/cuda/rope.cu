@@ -26,11 +26,13 @@ __global__ void rope_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, 
 }
 
 // The fast path: a thread rotates VEC consecutive pairs of one head with 16-byte loads of x (its
-// two halves) and of the cos/sin rows; blocks walk the token rows (grid y) so that the index
-// math per element is two small integer divisions per thread, not three 64-bit ones per pair.
-template <typename T, int VEC>
+// two halves) and of the cos/sin rows. Threads walk (token, group) pairs flattened, so a block of
+// 256 covers several rows when a row has few groups (4 heads of 64 dims: 16 threads a row); a
+// block per row left most of each small block idle (base7m: 8,192 blocks of 16 active threads,
+// 8 µs a call). Index is 32-bit when n · groups fits.
+template <typename T, int VEC, typename Index>
 __global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ cos_t,
-                                const float* __restrict__ sin_t, int64_t n, int heads, int hd, int half, int64_t P,
+                                const float* __restrict__ sin_t, Index total, int heads, int hd, int half, int64_t P,
                                 float sign) {
   struct alignas(16) Pack {
     T v[VEC];
@@ -38,27 +40,38 @@ __global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ p
   struct alignas(16) FPack {
     float v[VEC];
   };
-  const int per_head = half / VEC, groups = heads * per_head;
-  for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
+  const Index per_head = half / VEC, groups = heads * per_head;
+  for (Index e = blockIdx.x * Index(blockDim.x) + threadIdx.x; e < total; e += Index(gridDim.x) * blockDim.x) {
+    const Index t = e / groups, g = e - t * groups;
     const int32_t p = pos[t];
     if (p < 0 || p >= P) continue;
-    for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += gridDim.x * blockDim.x) {
-      const int h = g / per_head, i = (g - h * per_head) * VEC;
-      T* v = x + (t * heads + h) * int64_t(hd);
-      Pack a = *reinterpret_cast<const Pack*>(v + i), b = *reinterpret_cast<const Pack*>(v + i + half);
-      const FPack c = *reinterpret_cast<const FPack*>(cos_t + int64_t(p) * half + i);
-      const FPack sn = *reinterpret_cast<const FPack*>(sin_t + int64_t(p) * half + i);
-      Pack ra, rb;
+    const int h = static_cast<int>(g / per_head), i = static_cast<int>(g - h * per_head) * VEC;
+    T* v = x + (int64_t(t) * heads + h) * int64_t(hd);
+    Pack a = *reinterpret_cast<const Pack*>(v + i), b = *reinterpret_cast<const Pack*>(v + i + half);
+    const FPack c = *reinterpret_cast<const FPack*>(cos_t + int64_t(p) * half + i);
+    const FPack sn = *reinterpret_cast<const FPack*>(sin_t + int64_t(p) * half + i);
+    Pack ra, rb;
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float fa = to_f32(a.v[k]), fb = to_f32(b.v[k]);
-        ra.v[k] = from_f32<T>(fa * c.v[k] - sign * fb * sn.v[k]);
-        rb.v[k] = from_f32<T>(fb * c.v[k] + sign * fa * sn.v[k]);
-      }
-      *reinterpret_cast<Pack*>(v + i) = ra;
-      *reinterpret_cast<Pack*>(v + i + half) = rb;
+    for (int k = 0; k < VEC; ++k) {
+      const float fa = to_f32(a.v[k]), fb = to_f32(b.v[k]);
+      ra.v[k] = from_f32<T>(fa * c.v[k] - sign * fb * sn.v[k]);
+      rb.v[k] = from_f32<T>(fb * c.v[k] + sign * fa * sn.v[k]);
     }
+    *reinterpret_cast<Pack*>(v + i) = ra;
+    *reinterpret_cast<Pack*>(v + i + half) = rb;
   }
+}
+
+template <typename T, int VEC>
+void launch_rope_vec(cudaStream_t st, T* x, const int32_t* pos, const float* cos_t, const float* sin_t, int64_t n,
+                     int heads, int hd, int half, int64_t P, float sign) {
+  const int64_t total = n * heads * (half / VEC);
+  const unsigned blocks = grid_for(total, 256);
+  if (total <= INT32_MAX)
+    rope_vec_kernel<T, VEC, uint32_t><<<blocks, 256, 0, st>>>(x, pos, cos_t, sin_t, static_cast<uint32_t>(total),
+                                                              heads, hd, half, P, sign);
+  else
+    rope_vec_kernel<T, VEC, int64_t><<<blocks, 256, 0, st>>>(x, pos, cos_t, sin_t, total, heads, hd, half, P, sign);
 }
 
 }  // namespace
@@ -81,19 +94,13 @@ void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const
   if (half % vec == 0 && hd % vec == 0 && heads * half / vec <= (1 << 20) && aligned16(x.raw()) &&
       aligned16(cos.raw()) &&
       aligned16(sin.raw())) {
-    const int groups = static_cast<int>(heads * half / vec);
-    const int threads = std::min(256, (groups + 31) / 32 * 32);
-    const dim3 grid(static_cast<unsigned>((groups + threads - 1) / threads),
-                    static_cast<unsigned>(std::min<int64_t>(n, 65535)));
     const float sign = inverse ? -1.0f : 1.0f;
     if (x.dtype() == DType::BF16)
-      rope_vec_kernel<__nv_bfloat16, 8><<<grid, threads, 0, st>>>(x.data<__nv_bfloat16>(), pos.data<int32_t>(),
-                                                                  cos.data<float>(), sin.data<float>(), n,
-                                                                  int(heads), int(hd), int(half), cos.dim(0), sign);
+      launch_rope_vec<__nv_bfloat16, 8>(st, x.data<__nv_bfloat16>(), pos.data<int32_t>(), cos.data<float>(),
+                                        sin.data<float>(), n, int(heads), int(hd), int(half), cos.dim(0), sign);
     else
-      rope_vec_kernel<float, 4><<<grid, threads, 0, st>>>(x.data<float>(), pos.data<int32_t>(), cos.data<float>(),
-                                                          sin.data<float>(), n, int(heads), int(hd), int(half),
-                                                          cos.dim(0), sign);
+      launch_rope_vec<float, 4>(st, x.data<float>(), pos.data<int32_t>(), cos.data<float>(), sin.data<float>(), n,
+                                int(heads), int(hd), int(half), cos.dim(0), sign);
     LR_CUDA_LAUNCHED();
     return;
   }
