@@ -21,6 +21,7 @@
 
 #include "lowrank/backend/cuda/attention_path.h"
 #include "lowrank/backend/cuda/device.h"
+#include "lowrank/core/device_graph.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
 #include "lowrank/ops/ops.h"
@@ -42,6 +43,18 @@ Tensor random_gpu(const Shape& s, DType t, uint64_t seed, float amp = 1.0f) {
 
 double time_ms(const std::function<void()>& fn, int warmup = 3, int iters = 10) {
   return bench::time_ms(kGpu, fn, warmup, iters);
+}
+
+// Per call of fn, replayed from a CUDA graph of `calls` calls (after warm-up calls that make the
+// GEMM plans): no host launch cost, as in a training step's graph. For kernels of a few µs,
+// which timing from the host would show at the host's launch rate.
+double graph_ms(const std::function<void()>& fn, int calls = 20, int replays = 5) {
+  for (int i = 0; i < 3; ++i) fn();
+  DeviceGraph graph(kGpu, make_device_graph_pool(kGpu));
+  graph.record([&] {
+    for (int i = 0; i < calls; ++i) fn();
+  });
+  return bench::time_ms(kGpu, [&] { graph.replay(); }, 1, replays) / calls;
 }
 
 void report_flops(const std::string& what, double ms, double flops) {
@@ -237,9 +250,9 @@ void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector
     flops += 2.0 * tokens * in * outs[i];
   }
   std::string what = std::string(name);
-  std::printf("\n-- %s: LoRA expand + g as today vs the K-extension (tokens = %lld, r = %lld)\n", what.c_str(),
+  std::printf("\n-- %s: LoRA expand + g as today vs the K-extension (tokens = %lld, r = %lld; graph-replayed)\n", what.c_str(),
               (long long)tokens, (long long)r);
-  report_flops(what + " fwd: expand, then GEMM beta=1", time_ms([&] {
+  report_flops(what + " fwd: expand, then GEMM beta=1", graph_ms([&] {
                  for (int64_t i = 0; i < members; ++i) {
                    ops::matmul_blocks(ops::Gemm::NT, {h, i * r, r}, ops::ColumnBlock::all(B[i]),
                                       ops::ColumnBlock::all(y[i]), 2.0f, 0.0f);
@@ -247,15 +260,15 @@ void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector
                  }
                }),
                flops);
-  report_flops(what + " fwd: GEMM alone (no LoRA)", time_ms([&] {
+  report_flops(what + " fwd: GEMM alone (no LoRA)", graph_ms([&] {
                  for (int64_t i = 0; i < members; ++i) ops::matmul_nt(x, W[i], y[i]);
                }),
                flops);
-  report_flops(what + " fwd: K-extended GEMM", time_ms([&] {
+  report_flops(what + " fwd: K-extended GEMM", graph_ms([&] {
                  for (int64_t i = 0; i < members; ++i) ops::matmul_nt(x_ext, W_ext[i], y[i]);
                }),
                flops);
-  report_flops(what + " bwd: g_i, dx = g A, input-grad beta=1", time_ms([&] {
+  report_flops(what + " bwd: g_i, dx = g A, input-grad beta=1", graph_ms([&] {
                  for (int64_t i = 0; i < members; ++i)
                    ops::matmul_blocks(ops::Gemm::NN, ops::ColumnBlock::all(dy[i]), ops::ColumnBlock::all(B[i]),
                                       {g, i * r, r}, 2.0f, 0.0f);
@@ -263,20 +276,20 @@ void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector
                  for (int64_t i = 0; i < members; ++i) ops::matmul_nn(dy[i], W[i], dx, 1.0f, 1.0f);
                }),
                flops);
-  report_flops(what + " bwd: input-grad alone (no LoRA)", time_ms([&] {
+  report_flops(what + " bwd: input-grad alone (no LoRA)", graph_ms([&] {
                  for (int64_t i = 0; i < members; ++i) ops::matmul_nn(dy[i], W[i], dx, 1.0f, i ? 1.0f : 0.0f);
                }),
                flops);
-  report_flops(what + " bwd: K-extended input-grad, dx += g A", time_ms([&] {
+  report_flops(what + " bwd: K-extended input-grad, dx += g A", graph_ms([&] {
                  for (int64_t i = 0; i < members; ++i)
                    ops::matmul_nn(dy[i], W_ext[i], dx_ext, 1.0f, i ? 1.0f : 0.0f);
                  ops::matmul_blocks(ops::Gemm::NN, {dx_ext, in, R}, ops::ColumnBlock::all(A), {dx_ext, 0, in}, 1.0f,
                                     1.0f);
                }),
                flops);
-  report_bytes(what + " copy x into x_ext", time_ms([&] { ops::copy_columns_(x_ext, 0, x, 0, in); }),
+  report_bytes(what + " copy x into x_ext", graph_ms([&] { ops::copy_columns_(x_ext, 0, x, 0, in); }),
                4.0 * tokens * in);
-  report_bytes(what + " copy dx out of dx_ext", time_ms([&] { ops::copy_columns_(dx, 0, dx_ext, 0, in); }),
+  report_bytes(what + " copy dx out of dx_ext", graph_ms([&] { ops::copy_columns_(dx, 0, dx_ext, 0, in); }),
                4.0 * tokens * in);
 }
 
@@ -362,6 +375,13 @@ int main(int argc, char** argv) {
     if (k_extension) {
       const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
       const int64_t tokens = 8192;
+      bench_k_extension(tokens, "base7m q,k,v", 256, {256, 256, 256}, r);
+      bench_k_extension(tokens, "base7m o", 256, {256}, r);
+      bench_k_extension(tokens, "base7m gate,up", 256, {704, 704}, r);
+      bench_k_extension(tokens, "base7m down", 704, {256}, r);
+      bench_k_extension(tokens, "base120m q,k,v", 768, {768, 768, 768}, r);
+      bench_k_extension(tokens, "base120m gate,up", 768, {2048, 2048}, r);
+      bench_k_extension(tokens, "base120m down", 2048, {768}, r);
       bench_k_extension(tokens, "Llama-1B q,k,v", 2048, {2048, 512, 512}, r);
       bench_k_extension(tokens, "Llama-1B o", 2048, {2048}, r);
       bench_k_extension(tokens, "Llama-1B gate,up", 2048, {8192, 8192}, r);
