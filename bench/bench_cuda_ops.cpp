@@ -375,22 +375,30 @@ int main(int argc, char** argv) {
     if (k_extension) {
       const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
       const int64_t tokens = 8192;
-      bench_k_extension(tokens, "base7m q,k,v", 256, {256, 256, 256}, r);
-      bench_k_extension(tokens, "base7m o", 256, {256}, r);
-      bench_k_extension(tokens, "base7m gate,up", 256, {704, 704}, r);
-      bench_k_extension(tokens, "base7m down", 704, {256}, r);
-      bench_k_extension(tokens, "base120m q,k,v", 768, {768, 768, 768}, r);
-      bench_k_extension(tokens, "base120m gate,up", 768, {2048, 2048}, r);
-      bench_k_extension(tokens, "base120m down", 2048, {768}, r);
-      bench_k_extension(tokens, "Llama-1B q,k,v", 2048, {2048, 512, 512}, r);
-      bench_k_extension(tokens, "Llama-1B o", 2048, {2048}, r);
-      bench_k_extension(tokens, "Llama-1B gate,up", 2048, {8192, 8192}, r);
-      bench_k_extension(tokens, "Llama-1B down", 8192, {2048}, r);
-      bench_k_extension(tokens, "Qwen-0.5B q,k,v", 896, {896, 128, 128}, r);
-      bench_k_extension(tokens, "Qwen-0.5B gate,up", 896, {4864, 4864}, r);
-      bench_k_extension(tokens, "Qwen-0.5B down", 4864, {896}, r);
-      bench_k_extension(tokens, "Llama-8B gate,up", 4096, {14336, 14336}, r);
-      bench_k_extension(tokens, "Llama-8B down", 14336, {4096}, r);
+      struct Group {
+        const char* name;
+        int64_t in;
+        std::vector<int64_t> outs;
+      };
+      for (const Group& g : std::initializer_list<Group>{
+           {"base7m q,k,v", 256, {256, 256, 256}},
+           {"base7m o", 256, {256}},
+           {"base7m gate,up", 256, {704, 704}},
+           {"base7m down", 704, {256}},
+           {"base120m q,k,v", 768, {768, 768, 768}},
+           {"base120m gate,up", 768, {2048, 2048}},
+           {"base120m down", 2048, {768}},
+           {"Llama-1B q,k,v", 2048, {2048, 512, 512}},
+           {"Llama-1B o", 2048, {2048}},
+           {"Llama-1B gate,up", 2048, {8192, 8192}},
+           {"Llama-1B down", 8192, {2048}},
+           {"Qwen-0.5B q,k,v", 896, {896, 128, 128}},
+           {"Qwen-0.5B gate,up", 896, {4864, 4864}},
+           {"Qwen-0.5B down", 4864, {896}},
+           {"Llama-8B gate,up", 4096, {14336, 14336}},
+           {"Llama-8B down", 14336, {4096}},
+           })
+        bench_k_extension(tokens, g.name, g.in, g.outs, r);
       return 0;
     }
     if (projections_only || !quick) {
