@@ -37,6 +37,7 @@
 
 #include "bench_shapes.h"
 #include "lowrank/core/device_memory.h"
+#include "lowrank/lora/k_extension.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/model/random_model.h"
 #include "lowrank/ops/profile.h"
@@ -95,6 +96,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
     a.emplace(lora::Adapter::create(m, lc, rng));
     a->allocate_grads();
     a->make_working_copies(m.weights().embed.dtype());
+    lora::make_extended_weights(*a, m);
     hook.emplace(std::vector<lora::ActiveAdapter>{{&*a, 1.0}});
     hook->set_training(true, &drop_rng);
     params = train::lora_params(*a);

@@ -304,8 +304,11 @@ LoraPair* Adapter::find(int layer, Target t) {
 std::vector<AdapterParam> Adapter::parameters() {
   std::vector<AdapterParam> out;
   for (auto& p : pairs)
-    for (const auto& t : lora_variant(p.kind).tensors(p))
-      out.push_back({p.module + "." + t.name, t.value, t.grad, t.working, p.layer});
+    for (const auto& t : lora_variant(p.kind).tensors(p)) {
+      const bool ext = t.working == &p.B_work && p.W_ext.defined();
+      out.push_back({p.module + "." + t.name, t.value, t.grad, t.working, p.layer, ext ? &p.W_ext : nullptr,
+                     ext ? p.ext_col : 0});
+    }
   for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr, b.layer});
   return out;
 }
@@ -320,7 +323,7 @@ void Adapter::to(Device device) {
   for (auto& p : parameters())
     for (Tensor* t : {p.value, p.grad, p.working})
       if (t && t->defined()) *t = t->to(device);
-  for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = Tensor();  // the blocks moved one by one
+  for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = p.W_ext = Tensor();  // moved one by one; no W_ext
 }
 
 void Adapter::place(const model::Model& model) {
@@ -329,7 +332,7 @@ void Adapter::place(const model::Model& model) {
     for (Tensor* t : {p.value, p.grad, p.working})
       if (t && t->defined()) *t = t->to(d);
   }
-  for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = Tensor();  // the blocks moved one by one
+  for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = p.W_ext = Tensor();  // moved one by one; no W_ext
 }
 
 void Adapter::attach_biases(model::Model& model) {

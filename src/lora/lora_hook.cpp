@@ -60,10 +60,27 @@ model::HookOrder LoraHook::projection_order(int layer, Target target) const {
   return any ? model::HookOrder::Before : model::HookOrder::None;
 }
 
-void LoraHook::on_projection_before(int layer, Target target, const model::Linear& base, const Tensor& x,
+bool LoraHook::on_projection_before(int layer, Target target, const model::Linear& base, const Tensor& x,
                                     const Tensor& residual, Tensor& y) {
-  apply(layer, target, base, x, nullptr, &y, /*before=*/true, residual.defined() ? &residual : nullptr);
+  bool whole = false;
+  apply(layer, target, base, x, nullptr, &y, /*before=*/true, residual.defined() ? &residual : nullptr, &whole);
   LR_CHECK(y.defined(), "LoRA hook: no adapter of layer ", layer, " ", target_short_name(target), " wrote its output");
+  return whole;
+}
+
+Tensor LoraHook::extended_input(int layer, int shared_input, const Tensor& x) {
+  // Groups exist only for the trained adapter's training forwards without dropout (shared_group).
+  if (!training_ || adapters_.empty() || x.rank() != 2 || adapters_[0].adapter->config.dropout > 0) return Tensor();
+  const std::vector<LoraPair*> members = shared_input_members(*adapters_[0].adapter, layer, shared_input);
+  if (members.empty()) return Tensor();
+  const Tensor& w0 = members[0]->W_ext;
+  for (const LoraPair* p : members)
+    if (!p->W_ext.defined() || p->W_ext.dim(1) != w0.dim(1) || !(p->W_ext.device() == x.device()) ||
+        p->W_ext.dtype() != x.dtype() || p->in != x.dim(1))
+      return Tensor();
+  Tensor& ext = state().groups[{0, layer, shared_input}].pending_ext;
+  ext = Tensor::empty({x.dim(0), w0.dim(1)}, x.dtype(), x.device());
+  return ext;
 }
 
 bool LoraHook::on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) {
@@ -83,7 +100,7 @@ void LoraHook::on_embedding(const Tensor& table, const std::vector<int32_t>& ids
 }
 
 bool LoraHook::apply(int layer, Target target, const model::Linear& base, const Tensor& x,
-                     const std::vector<int32_t>* ids, Tensor* y, bool before, const Tensor* residual) {
+                     const std::vector<int32_t>* ids, Tensor* y, bool before, const Tensor* residual, bool* whole) {
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   if (!y) {  // decided before anything is drawn or saved: the projection may run in full instead
     const LoraPair* p = adapters_.empty() ? nullptr : adapters_[0].adapter->find(layer, target);
@@ -105,10 +122,10 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     if (SharedInputGroup* g = shared_group(i, layer, target, x, dtype, trained, keep)) {
       const int m = g->index_of(target);
       LR_CHECK(!(before && residual), "LoRA hook: a projection with a residual in a shared-input group");
-      g->expand(m, *y, before);
+      if (g->expand(m, *y, before) && whole) *whole = true;
       before = false;
       g->forward_done |= 1u << m;
-      if (!g->trained && g->forward_done == g->all_members()) g->h = Tensor();  // no backward will read it
+      if (!g->trained && g->forward_done == g->all_members()) g->h = g->x_ext = Tensor();  // no backward reads them
       continue;
     }
     const auto key = std::pair{layer, static_cast<int>(target)};
@@ -205,6 +222,17 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
     mb.B = kept ? mb.pair->B_work : ops::cast(mb.pair->B, dtype);
     if (const int64_t rc = compute_rank(mb.pair->r, x.device()); rc != mb.B.dim(1)) mb.B = padded(mb.B, mb.B.dim(0), rc, dtype);
   }
+  // The buffer the norm that made x also wrote it into (extended_input): the K-extension, when its
+  // weights hold the B_work this forward uses and the members share one s.
+  g.x_ext = Tensor();
+  const Tensor ext = std::move(g.pending_ext);
+  g.pending_ext = Tensor();
+  const bool extended =
+      ext.defined() && kept && ext.dim(0) == x.dim(0) && ext.dim(1) == x.dim(1) + rows &&
+      std::all_of(g.members.begin(), g.members.end(), [&](const SharedInputGroup::Member& mb) {
+        return mb.pair->W_ext.defined() && mb.pair->W_ext.dim(1) == ext.dim(1) && mb.scale == g.members[0].scale;
+      });
+  if (extended) g.x_ext = ext;
   g.shrink(x);
   return &g;
 }

@@ -90,17 +90,32 @@ int SharedInputGroup::index_of(Target t) const {
 }
 
 void SharedInputGroup::shrink(const Tensor& x) {
-  h = Tensor::empty({x.dim(0), A.dim(0)}, x.dtype(), x.device());
-  ops::matmul_nt(x, A, h);  // [N, R]
+  if (x_ext.defined()) {  // s·h beside x: every member's expand is then its frozen GEMM's K
+    h = x_ext;
+    h_col = x.dim(1);
+    h_scale = members[0].scale;  // one s for the group (k_extension.h)
+    ops::matmul_blocks(Gemm::NT, ColumnBlock::all(x), ColumnBlock::all(A), {x_ext, h_col, A.dim(0)}, h_scale, 0.0f);
+  } else {
+    h = Tensor::empty({x.dim(0), A.dim(0)}, x.dtype(), x.device());
+    h_col = 0;
+    h_scale = 1;
+    ops::matmul_nt(x, A, h);  // [N, R]
+  }
   x_data = x.raw();
   forward_done = 0;
 }
 
-void SharedInputGroup::expand(int i, Tensor& y, bool first) const {
+bool SharedInputGroup::expand(int i, Tensor& y, bool first) const {
   const Member& m = members[i];
+  if (first && x_ext.defined()) {  // y = [x | s·h] [W | 0 … B_i … 0]ᵀ
+    y = Tensor::empty({h.dim(0), m.pair->W_ext.dim(0)}, h.dtype(), h.device());
+    ops::matmul_nt(x_ext, m.pair->W_ext, y);
+    return true;
+  }
   if (first) y = Tensor::empty({h.dim(0), m.B.dim(0)}, h.dtype(), h.device());
-  ops::matmul_blocks(Gemm::NT, {h, m.col, m.B.dim(1)}, ColumnBlock::all(m.B), ColumnBlock::all(y), m.scale,
-                     first ? 0.0f : 1.0f);
+  ops::matmul_blocks(Gemm::NT, {h, h_col + m.col, m.B.dim(1)}, ColumnBlock::all(m.B), ColumnBlock::all(y),
+                     m.scale / h_scale, first ? 0.0f : 1.0f);
+  return false;
 }
 
 bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_holds) {
@@ -110,10 +125,11 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
   {  // the weight gradients on the side stream (ops/side_work.h): nothing reads them before the optimizer
     const ops::SideWork side(dev, {dy, h});
     // dB += s · dyᵀ h_i   [out, r]
-    ops::matmul_blocks(Gemm::TN, ColumnBlock::all(dy), {h, m.col, p.r}, ColumnBlock::all(p.grad_B), m.scale, 1.0f);
+    ops::matmul_blocks(Gemm::TN, ColumnBlock::all(dy), {h, h_col + m.col, p.r}, ColumnBlock::all(p.grad_B),
+                       m.scale / h_scale, 1.0f);
   }
   // g_i = s · dy B_i    [N, r]
-  if (!g.defined()) g = Tensor::empty(h.shape(), h.dtype(), h.device());
+  if (!g.defined()) g = Tensor::empty({h.dim(0), A.dim(0)}, h.dtype(), h.device());
   ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, m.B.dim(1)}, m.scale, 0.0f);
   backward_done |= 1u << i;
   if (backward_done != all_members()) return false;
@@ -134,7 +150,7 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
     }
   }
   if (dx) ops::matmul_nn(g, A, *dx, 1.0f, dx_holds ? 1.0f : 0.0f);  // Σ s_i g_i A_i
-  g = h = Tensor();  // the last use of the group's activations (the side work keeps what it reads)
+  g = h = x_ext = Tensor();  // the last use of the group's activations (the side work keeps what it reads)
   backward_done = 0;
   trained = false;
   return dx != nullptr;

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "lowrank/core/error.h"
 #include "lowrank/io/safetensors.h"
@@ -20,8 +21,7 @@ Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook
   const Tensor w = l.compute_weight();
   Tensor y;
   if (order == HookOrder::Before) {
-    hook->on_projection_before(layer, l.target, l, x, residual, y);
-    ops::matmul_nt(x, w, y, 1.0f, 1.0f);
+    if (!hook->on_projection_before(layer, l.target, l, x, residual, y)) ops::matmul_nt(x, w, y, 1.0f, 1.0f);
     if (l.bias.defined()) ops::add_bias_(y, l.bias);
     return y;
   }
@@ -93,9 +93,19 @@ bool Model::rope_changes(int64_t cached, int64_t total) const {
   return false;
 }
 
-Tensor Model::normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) const {
-  return model::normalize(config_.norm, static_cast<float>(config_.norm_eps), n, x, mean, rstd);
+Tensor Model::normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd, const ops::ColumnBlock* also) const {
+  return model::normalize(config_.norm, static_cast<float>(config_.norm_eps), n, x, mean, rstd, also);
 }
+
+namespace {
+// The hook's extended buffer for the norm output that feeds shared input `group` (see
+// ProjectionHook::extended_input), as the block the norm also writes; null when there is none.
+std::optional<ops::ColumnBlock> extension(ProjectionHook* hook, int layer, int group, const Tensor& x) {
+  const Tensor ext = hook ? hook->extended_input(layer, group, x) : Tensor();
+  if (!ext.defined()) return std::nullopt;
+  return ops::ColumnBlock{ext, 0, x.dim(1)};
+}
+}  // namespace
 
 int64_t Model::parameter_count() const {
   return model::parameter_count(weights_);
@@ -108,7 +118,8 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   ProjectionHook* hook = in.hook;
   a.x_in = x;
   // Attention block: x_mid = x + [post_norm](o(attention(q, k, v)))
-  a.xn1 = normalize(L.attn_norm, x, &a.norm1_mean, &a.norm1_rstd);
+  const auto ext1 = c.fused_qkv ? std::nullopt : extension(hook, layer, 0, x);
+  a.xn1 = normalize(L.attn_norm, x, &a.norm1_mean, &a.norm1_rstd, ext1 ? &*ext1 : nullptr);
   if (c.fused_qkv) {  // [q | k | v] columns, GQA widths
     Tensor qkv = project(L.qkv, layer, a.xn1, hook);
     a.q = columns(qkv, 0, c.q_dim());
@@ -160,7 +171,8 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
     a.x_mid = project(L.o, layer, a.attn, hook, x);
   }
   // MLP block: x_out = x_mid + [post_norm](down(act(gate) * up))   (ungated: down(act(up)))
-  a.xn2 = normalize(L.mlp_norm, a.x_mid, &a.norm2_mean, &a.norm2_rstd);
+  const auto ext2 = c.fused_gate_up || !c.gated_mlp ? std::nullopt : extension(hook, layer, 1, a.x_mid);
+  a.xn2 = normalize(L.mlp_norm, a.x_mid, &a.norm2_mean, &a.norm2_rstd, ext2 ? &*ext2 : nullptr);
   if (c.fused_gate_up) {  // [gate | up] columns
     Tensor gate_up = project(L.gate_up, layer, a.xn2, hook);
     a.gate = columns(gate_up, 0, c.intermediate_size);

@@ -18,9 +18,15 @@ Tensor effective_weight(NormKind kind, const Tensor& w) {
 
 }  // namespace
 
-Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) {
-  if (kind == NormKind::Layer) return ops::layernorm(x, n.weight, n.bias, eps, mean, rstd);
-  return ops::rmsnorm(x, effective_weight(kind, n.weight), eps, rstd);
+Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd,
+                 const ops::ColumnBlock* also) {
+  if (kind != NormKind::Layer) return ops::rmsnorm(x, effective_weight(kind, n.weight), eps, rstd, also);
+  Tensor y = ops::layernorm(x, n.weight, n.bias, eps, mean, rstd);
+  if (also) {
+    Tensor dst = also->t;
+    ops::copy_columns_(dst, also->col, y, 0, y.dim(1));
+  }
+  return y;
 }
 
 Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,

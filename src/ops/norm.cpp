@@ -4,9 +4,16 @@
 
 namespace lowrank::ops {
 
-Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd) {
-  const Device d = detail::op_device("rmsnorm", {&x, &w});
-  LR_DISPATCH(d, rmsnorm(x, w, eps, rstd));
+Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd, const ColumnBlock* also) {
+  const Device d = detail::op_device("rmsnorm", {&x, &w, also ? &also->t : nullptr});
+  if (also) {
+    const int64_t width = w.numel(), rows = width > 0 ? x.numel() / width : 0;
+    LR_CHECK(also->t.defined() && also->t.rank() == 2 && also->t.dtype() == x.dtype() && also->t.dim(0) == rows &&
+                 also->width == width && also->col >= 0 && also->col + width <= also->t.dim(1),
+             "rmsnorm: second output columns [", also->col, ", ", also->col + also->width, ") of ",
+             also->t.defined() ? also->t.str() : "undefined", " for ", x.str());
+  }
+  LR_DISPATCH(d, rmsnorm(x, w, eps, rstd, also));
 }
 
 Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor* mean, Tensor* rstd) {

@@ -79,12 +79,23 @@ void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq
 
 void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                        const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working) {
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working,
+                       const std::vector<ColumnBlock>& also) {
   const Device d = list_device("adamw_update_all_", {&params, &grads, &exp_avg, &exp_avg_sq});
   LR_CHECK(grads.size() == params.size() && exp_avg.size() == params.size() && exp_avg_sq.size() == params.size() &&
-               decay.size() == params.size() && (working.empty() || working.size() == params.size()),
+               decay.size() == params.size() && (working.empty() || working.size() == params.size()) &&
+               (also.empty() || also.size() == params.size()),
            "adamw_update_all_: lists of different lengths");
-  LR_DISPATCH(d, adamw_update_all_(params, grads, exp_avg, exp_avg_sq, decay, s, working));
+  for (size_t i = 0; i < also.size(); ++i) {
+    const ColumnBlock& b = also[i];
+    const Tensor& p = params[i];
+    if (!b.t.defined()) continue;
+    LR_CHECK(b.t.dtype() == DType::BF16 && b.t.rank() == 2 && p.rank() == 2 && b.t.device() == p.device() &&
+                 b.t.dim(0) >= p.dim(0) && b.width == p.dim(1) && b.col >= 0 && b.col + b.width <= b.t.dim(1),
+             "adamw_update_all_: second working copy, columns [", b.col, ", ", b.col + b.width, ") of ", b.t.str(),
+             ", for ", p.str());
+  }
+  LR_DISPATCH(d, adamw_update_all_(params, grads, exp_avg, exp_avg_sq, decay, s, working, also));
 }
 
 }  // namespace lowrank::ops

@@ -20,6 +20,12 @@ inline float lerp(float self, float end, float weight) {
                                  : end - (end - self) * (1.0f - weight);
 }
 
+// The second home of a parameter's working copy as the AdamW op takes it (empty block: none).
+ops::ColumnBlock also_block(const ParamRef& p) {
+  if (!p.working_also.defined()) return {};
+  return {p.working_also, p.working_also_col, p.param.dim(1)};
+}
+
 void check_tensor(const std::string& name, const char* what, const Tensor& t) {
   if (!t.defined()) throw error("AdamW: parameter '", name, "': ", what, " is undefined");
   if (t.dtype() != DType::F32)
@@ -110,6 +116,7 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
 
   // Device tensors: one multi-tensor launch for all of them (the same element formula).
   std::vector<Tensor> dev_p, dev_g, dev_m, dev_v, dev_w;
+  std::vector<ops::ColumnBlock> dev_also;
   std::vector<uint8_t> dev_decay;
   bool working_left = false;  // a working copy the AdamW launch does not write (CPU, or not bf16)
   for (ParamRef& ref : params) {
@@ -122,6 +129,7 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
       dev_decay.push_back(ref.decay);
       const bool fused = ref.working.defined() && ref.working.dtype() == DType::BF16;
       dev_w.push_back(fused ? ref.working : Tensor());
+      dev_also.push_back(fused ? also_block(ref) : ops::ColumnBlock{});
       working_left = working_left || (ref.working.defined() && !fused);
       continue;
     }
@@ -161,10 +169,11 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
       if (std::find(devices.begin(), devices.end(), p.device()) == devices.end()) devices.push_back(p.device());
     for (const Device d : devices) {
       if (devices.size() == 1) {
-        ops::adamw_update_all_(dev_p, dev_g, dev_m, dev_v, dev_decay, sc, dev_w);  // bf16 copies in the same pass
+        ops::adamw_update_all_(dev_p, dev_g, dev_m, dev_v, dev_decay, sc, dev_w, dev_also);  // bf16 copies in the same pass
         break;
       }
       std::vector<Tensor> p, g, m, v, w;
+      std::vector<ops::ColumnBlock> also;
       std::vector<uint8_t> decay;
       for (size_t i = 0; i < dev_p.size(); ++i) {
         if (!(dev_p[i].device() == d)) continue;
@@ -173,17 +182,23 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
         m.push_back(dev_m[i]);
         v.push_back(dev_v[i]);
         w.push_back(dev_w[i]);
+        also.push_back(dev_also[i]);
         decay.push_back(dev_decay[i]);
       }
-      ops::adamw_update_all_(p, g, m, v, decay, sc, w);
+      ops::adamw_update_all_(p, g, m, v, decay, sc, w, also);
     }
   }
   if (working_left) refresh_working_copies(params);
 }
 
 void refresh_working_copies(std::vector<ParamRef>& params) {
-  for (ParamRef& p : params)
+  for (ParamRef& p : params) {
     if (p.working.defined()) lora::cast_into_block(p.working, p.param);  // LoRA's may be wider (rank_padding.h)
+    if (p.working_also.defined()) {
+      Tensor rows = p.working_also.slice_rows(0, p.param.dim(0));
+      ops::copy_columns_(rows, p.working_also_col, ops::cast(p.param, rows.dtype()), 0, p.param.dim(1));
+    }
+  }
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state_tensors() const {

@@ -14,7 +14,8 @@ namespace lowrank::train {
 std::vector<ParamRef> lora_params(lora::Adapter& adapter) {
   std::vector<ParamRef> out;
   for (const auto& p : adapter.parameters())
-    out.push_back({p.name, *p.value, *p.grad, true, p.working ? *p.working : Tensor(), p.layer});
+    out.push_back({p.name, *p.value, *p.grad, true, p.working ? *p.working : Tensor(), p.layer,
+                   p.also ? *p.also : Tensor(), p.also_col});
   return out;
 }
 

@@ -13,6 +13,7 @@
 #include "lowrank/io/checkpoint_dir.h"
 #include "lowrank/io/files.h"
 #include "lowrank/io/safetensors.h"
+#include "lowrank/lora/k_extension.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/model/export.h"
 #include "lowrank/ops/profile.h"
@@ -160,6 +161,7 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
     rep->adapter->attach_biases(m);
     rep->adapter->allocate_grads();
     rep->adapter->make_working_copies(m.weights().embed.dtype());  // bf16 A/B for the GPU's GEMMs
+    lora::make_extended_weights(*rep->adapter, m);                  // where the K-extension applies
     rep->params = lora_params(*rep->adapter);
   }
   rep->optimizer = std::make_unique<AdamW>(AdamWConfig{o.lr, 0.9, 0.999, 1e-8, o.weight_decay});

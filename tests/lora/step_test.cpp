@@ -114,10 +114,10 @@ struct CountingHook : lora::LoraHook {
     ++full[target];
     LoraHook::on_projection(layer, target, base, x, y);
   }
-  void on_projection_before(int layer, Target target, const model::Linear& base, const Tensor& x,
+  bool on_projection_before(int layer, Target target, const model::Linear& base, const Tensor& x,
                             const Tensor& residual, Tensor& y) override {
     ++full[target];
-    LoraHook::on_projection_before(layer, target, base, x, residual, y);
+    return LoraHook::on_projection_before(layer, target, base, x, residual, y);
   }
   bool on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) override {
     const bool skipped = LoraHook::on_projection_input_only(layer, target, base, x);

@@ -531,12 +531,14 @@ std::vector<OpCase> op_table() {
                  Tensor p4 = in[0].clone(), m4 = in[2].clone(), v4 = v.clone();
                  ops::adamw_update_(in[0], in[1], in[2], v, s);
                  Tensor p3 = in[4].clone(), g3 = in[4].clone(), m3 = in[4].clone(), v3 = Tensor::zeros_like(in[4]);
-                 // bf16 working copies: one of p2's size, one wider than p4 (LoRA at a padded rank)
+                 // bf16 working copies: one of p2's size, one wider than p4 (LoRA at a padded rank),
+                 // and p4's second home in columns [3, 8) of a wider one (the K-extension's W_ext)
                  Tensor w2 = Tensor::zeros({7, 5}, DType::BF16, p2.device());
                  Tensor w4 = Tensor::zeros({9, 8}, DType::BF16, p4.device());
+                 Tensor w4b = Tensor::zeros({8, 11}, DType::BF16, p4.device());
                  ops::adamw_update_all_({p2, p3, p4}, {in[1], g3, in[1]}, {m2, m3, m4}, {v2, v3, v4}, {1, 0, 1}, s,
-                                        {w2, Tensor(), w4});
-                 return Outputs{in[0], in[2], v, p2, p3, p4, w2, w4};
+                                        {w2, Tensor(), w4}, {{}, {}, {w4b, 3, 5}});
+                 return Outputs{in[0], in[2], v, p2, p3, p4, w2, w4, w4b};
                },
                {}, {}, false, true});
   t.push_back({"sum_squares_ clip_by_total_ and _all_", {{7, 5}, {3}},
@@ -762,6 +764,19 @@ std::vector<OpCase> op_table() {
                                     {0.2, 5, 2050, Tensor()}, 5));
   t.push_back(dropout_backward_case("dropout_shrink_backward into dA's 33 of 40 rows (composed on CUDA)", 70, 64, 40,
                                     {0.5, 3, 4096, Tensor()}, 33));
+  // The norm's output written a second time into a wider matrix (LoRA's K-extended input): rows
+  // of 16-byte multiples (the vector kernel) and not (the scalar one); the other columns untouched.
+  t.push_back({"rmsnorm with a second output block", {{6, 40}, {40}},
+               [](Inputs& in, Device d) {
+                 Tensor wide = Tensor::zeros({6, 56}, in[0].dtype(), d), odd = Tensor::zeros({6, 52}, in[0].dtype(), d);
+                 ops::fill_(wide, 3.0f);
+                 ops::fill_(odd, -2.0f);
+                 const ops::ColumnBlock at8{wide, 8, 40}, at5{odd, 5, 40};
+                 Tensor y = ops::rmsnorm(in[0], in[1], 1e-5f, nullptr, &at8);
+                 Tensor y2 = ops::rmsnorm(in[0], in[1], 1e-5f, nullptr, &at5);
+                 return Outputs{y, wide, y2, odd};
+               },
+               {}, {}, true, false, 1e-3});
   return t;
 }
 

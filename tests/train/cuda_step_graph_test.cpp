@@ -11,6 +11,7 @@
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/rng.h"
 #include "lowrank/backend/cuda/device.h"
+#include "lowrank/lora/k_extension.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/ops/side_work.h"
 #include "lowrank/train/sequences.h"
@@ -55,8 +56,10 @@ struct TrainRun {
 
   // random_b: B starts random instead of zero, so that the LoRA branch (and its dropout masks)
   // changes the loss from the first step on.
+  // k_extension: LoRA's K-extended weights made where they apply (lora/k_extension.h), as the
+  // trainer does; off, the groups run their expands.
   TrainRun(const std::string& dir, bool full, bool with_graph, double dropout = 0.0, bool checkpointing = false,
-           bool random_b = false)
+           bool random_b = false, bool k_extension = false)
       : m(model::Model::load(dir, Device::cuda(0), DType::BF16)) {
     if (full) {
       full_grads = model::zeros_like(m.weights());
@@ -77,6 +80,7 @@ struct TrainRun {
         }
       adapter->allocate_grads();
       adapter->make_working_copies(m.weights().embed.dtype());
+      if (k_extension) lora::make_extended_weights(*adapter, m);
       hook.emplace(std::vector<lora::ActiveAdapter>{{&*adapter, 1.0}});
       hook->set_training(true, &drop);
       params = train::lora_params(*adapter);
@@ -285,6 +289,71 @@ TEST(CudaSideWork, FusedDropoutGraphReplaysEqualOneStream) {
 TEST(CudaSideWork, FusedQkvModelEqualsOneStream) {
   REQUIRE_GPU();
   expect_side_work_equals_one_stream("gpt2", true, false, 0.0);
+}
+
+// The same steps with LoRA's K-extension (each group's expand inside its members' frozen GEMMs)
+// and without: the same losses, gradient norms and trained parameters up to bf16 rounding (one
+// GEMM's rounding of y instead of two), and AdamW keeps each B's block of W_ext equal to B_work.
+void expect_k_extension_equals_expands(const std::string& fixture, bool with_graph, bool checkpointing, int members) {
+  const std::string dir = test::model_fixture(fixture);
+  std::vector<train::StepResult> results[2];
+  std::vector<std::vector<float>> params[2];
+  for (int ext = 1; ext >= 0; --ext) {
+    TrainRun run(dir, false, with_graph, 0.0, checkpointing, /*random_b=*/true, /*k_extension=*/ext == 1);
+    int extended = 0;
+    for (const lora::LoraPair& p : run.adapter->pairs) extended += p.W_ext.defined();
+    ASSERT_EQ(extended, ext ? members : 0) << fixture << ": pairs with a K-extended weight";
+    const train::Dataset data = windows(run.m.config().vocab_size, 16);
+    for (int64_t step = 0; step < 4; ++step) results[ext].push_back(train::train_step(run.ctx, step_batches(data, step), 1e-3));
+    for (const train::ParamRef& p : run.params) params[ext].push_back(host_values(p.param));
+    for (const lora::LoraPair& p : run.adapter->pairs) {
+      if (!p.W_ext.defined()) continue;
+      const Tensor w = p.W_ext.to(Device::cpu()).to(DType::F32), b = p.B_work.to(Device::cpu()).to(DType::F32);
+      const Tensor frozen = run.m.weights().layers[p.layer].projection(p.target)->weight.to(Device::cpu()).to(DType::F32);
+      const int64_t cols = w.dim(1), rc = b.dim(1);
+      for (int64_t i = 0; i < p.out; ++i) {
+        for (int64_t j = 0; j < p.in; ++j) ASSERT_EQ(w.f32()[i * cols + j], frozen.f32()[i * p.in + j]) << p.module;
+        for (int64_t j = 0; j < rc; ++j) ASSERT_EQ(w.f32()[i * cols + p.ext_col + j], b.f32()[i * rc + j]) << p.module;
+      }
+    }
+  }
+  for (size_t step = 0; step < results[0].size(); ++step) {
+    const train::StepResult &a = results[1][step], &b = results[0][step];
+    ASSERT_FALSE(a.skipped || b.skipped) << fixture << " step " << step;
+    EXPECT_TRUE(std::isfinite(a.loss) && std::isfinite(a.grad_norm)) << fixture << " step " << step;
+    EXPECT_NEAR(a.loss, b.loss, 2e-3 * b.loss) << fixture << " step " << step;
+    EXPECT_NEAR(a.grad_norm, b.grad_norm, 2e-2 * b.grad_norm) << fixture << " step " << step;
+  }
+  ASSERT_EQ(params[0].size(), params[1].size());
+  for (size_t i = 0; i < params[0].size(); ++i) {
+    double num = 0, den = 0;
+    for (size_t k = 0; k < params[0][i].size(); ++k) {
+      const double d = params[1][i][k] - params[0][i][k];
+      num += d * d;
+      den += static_cast<double>(params[0][i][k]) * params[0][i][k];
+    }
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-2) << fixture << " parameter " << i;
+  }
+}
+
+TEST(CudaKExtension, LoraStepsEqualTheExpands) {
+  REQUIRE_GPU();
+  // llama: q, k, v and gate, up in every layer
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  expect_k_extension_equals_expands("llama", /*with_graph=*/false, /*checkpointing=*/false,
+                                    static_cast<int>(c.num_layers) * 5);
+}
+
+TEST(CudaKExtension, GraphReplaysWithCheckpointingEqualTheExpands) {
+  REQUIRE_GPU();
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("gemma2"));
+  expect_k_extension_equals_expands("gemma2", true, true, static_cast<int>(c.num_layers) * 5);
+}
+
+TEST(CudaKExtension, ProjectionBiasesEqualTheExpands) {
+  REQUIRE_GPU();
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("qwen2"));  // q, k, v with biases
+  expect_k_extension_equals_expands("qwen2", true, false, static_cast<int>(c.num_layers) * 5);
 }
 
 }  // namespace

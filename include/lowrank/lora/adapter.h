@@ -43,6 +43,9 @@ struct AdapterParam {
   Tensor* grad;
   Tensor* working;   // null: this kind of tensor is used as it is (biases)
   int layer = 0;     // the layer it adapts (-1: the embedding, num_layers: the lm_head)
+  // A second home of the working copy (LoraPair::W_ext for B), in columns [also_col, ...): or null.
+  Tensor* also = nullptr;
+  int64_t also_col = 0;
 };
 
 class Adapter {

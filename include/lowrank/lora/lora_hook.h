@@ -31,8 +31,11 @@ class LoraHook : public model::TrainableHook {
   void on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) override;
   // Before when every active adapter of the projection is plain LoRA; None when none adapts it.
   model::HookOrder projection_order(int layer, Target target) const override;
-  void on_projection_before(int layer, Target target, const model::Linear& base, const Tensor& x,
+  bool on_projection_before(int layer, Target target, const model::Linear& base, const Tensor& x,
                             const Tensor& residual, Tensor& y) override;
+  // A training forward's x_ext for shared input `shared_input` of `layer` where its group has
+  // K-extended weights (k_extension.h).
+  Tensor extended_input(int layer, int shared_input, const Tensor& x) override;
   bool on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) override;
   bool on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                               const Tensor& dy, Tensor* dx, bool dx_holds) override;
@@ -54,9 +57,11 @@ class LoraHook : public model::TrainableHook {
   // *y += every active adapter's output for the layer; x: the layer input (ids for the embedding).
   // y null: a checkpointing replay that skips the projection's output (on_projection_input_only):
   // only the trained adapter's saves; false (nothing done) when its variant needs the output.
-  // `before`: y is made by the first adapter's term [+ *residual] (HookOrder::Before).
+  // `before`: y is made by the first adapter's term [+ *residual] (HookOrder::Before); *whole is
+  // then set when that term included the frozen product (K-extension).
   bool apply(int layer, Target target, const model::Linear& base, const Tensor& x,
-             const std::vector<int32_t>* ids, Tensor* y, bool before = false, const Tensor* residual = nullptr);
+             const std::vector<int32_t>* ids, Tensor* y, bool before = false, const Tensor* residual = nullptr,
+             bool* whole = nullptr);
   // The trained adapter's gradients; its input gradient into *dx (added when `dx_holds`, else
   // written). Returns whether *dx received one.
   bool apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,

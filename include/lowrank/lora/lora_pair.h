@@ -34,6 +34,11 @@ struct LoraPair {
   // Plain LoRA layers that share an input (shared_input.h): A_work and grad_A are row blocks of
   // these [Σr, in] tensors, the same on every member of the group (undefined otherwise).
   Tensor stacked_A_work, stacked_grad_A;
+  // LoRA's K-extension (k_extension.h): the frozen weight with the group's LoRA columns,
+  // [out, in + R] (W, then B_work in columns [ext_col, ext_col + B_work's columns), zeros
+  // elsewhere), written with B_work by AdamW; undefined where it does not apply.
+  Tensor W_ext;
+  int64_t ext_col = 0;
   Tensor magnitude, grad_magnitude;  // [out] f32: DoRA's lora_magnitude_vector (DoRA only)
   // PiSSA / OLoRA: the pair as initialised (the base weights became W0 - s·B0·A0); saving
   // subtracts it so that the written adapter applies to the original base (lora_init.h).

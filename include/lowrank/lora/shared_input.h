@@ -43,18 +43,25 @@ struct SharedInputGroup {
   };
   std::vector<Member> members;
   Tensor A;                      // [R, in] the members' A stacked (activations' dtype), R = Σ (padded) r
-  Tensor h;                      // [N, R] x Aᵀ
+  Tensor h;                      // [N, R] x Aᵀ: columns [h_col, h_col + R) of this tensor
+  int64_t h_col = 0;             // 0, or `in` when h lives in x_ext
+  float h_scale = 1;             // what h is already multiplied by (the members' s in x_ext)
   Tensor g;                      // [N, R] while the backward gathers the members' s · dy B
+  // LoRA's K-extension (k_extension.h): x_ext [N, in + R], the input with s·h beside it, and the
+  // buffer the model's norm was handed for this group's next input (LoraHook::extended_input).
+  Tensor x_ext, pending_ext;
   const void* x_data = nullptr;  // the input h was computed from
   bool trained = false;          // built by a training forward: the backward uses it
   unsigned forward_done = 0, backward_done = 0;  // members' bits
 
   int index_of(Target t) const;
   unsigned all_members() const { return (1u << members.size()) - 1; }
-  // h = x Aᵀ for a new input (A and the members' B set).
+  // h = x Aᵀ for a new input (A and the members' B set); with x_ext defined, s·h into its last R
+  // columns (x_ext's first columns hold x already).
   void shrink(const Tensor& x);
-  // y += s · h_i B_iᵀ for member i; with `first`, y = s · h_i B_iᵀ (a new tensor).
-  void expand(int i, Tensor& y, bool first) const;
+  // y += s · h_i B_iᵀ for member i; with `first`, y = s · h_i B_iᵀ (a new tensor). With x_ext and
+  // `first`, y = x_ext W_ext_iᵀ, the frozen product included: returns true then.
+  bool expand(int i, Tensor& y, bool first) const;
   // Member i's dB from dy [N, out], and its block of g. After the last member: dA of every member
   // and, when dx is given, the members' summed input gradient g A added to it (`dx_holds`) or
   // written. Returns whether dx received it.

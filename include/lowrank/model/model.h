@@ -41,9 +41,17 @@ class ProjectionHook {
   // x Wᵀ to what the hook wrote in its epilogue, instead of the hook reading and writing y again.
   virtual HookOrder projection_order(int layer, Target target) const { return HookOrder::After; }
   // Order Before: y = residual (when defined; o and down's residual stream) + the hook's additions,
-  // a new tensor, in the activations' dtype (x's); then x Wᵀ + b is added to it.
-  virtual void on_projection_before(int layer, Target target, const Linear& base, const Tensor& x,
-                                    const Tensor& residual, Tensor& y) {}
+  // a new tensor, in the activations' dtype (x's); then x Wᵀ + b is added to it. Returns true when
+  // y already holds x Wᵀ too (extended_input below): only the bias is then added.
+  virtual bool on_projection_before(int layer, Target target, const Linear& base, const Tensor& x,
+                                    const Tensor& residual, Tensor& y) {
+    return false;
+  }
+  // Before the norm whose output feeds projections `shared_input` of `layer` (0: q, k, v; 1: gate,
+  // up): a [rows, d + R] buffer for the norm to write its output into as well (columns [0, d)), or
+  // undefined. A hook that returns one computes those projections from it in one GEMM each, its
+  // own R columns beside x (LoRA's K-extension, src/lora/k_extension.h). `x`: the norm's input.
+  virtual Tensor extended_input(int layer, int shared_input, const Tensor& x) { return Tensor(); }
   // The hook's whole effect on the one row of a decode step at projection (layer, target), when it
   // is a single LowRankUpdate (or none); false when it is anything else. The fused one-row decode
   // layers (Model::decode_layer) take a hook only when every block projection answers true.
@@ -189,7 +197,8 @@ class Model {
   // position. A KV cache filled before the switch is then stale (transformers recomputes it).
   bool rope_changes(int64_t cached, int64_t total) const;
   // Norm of x by the model's norm kind (see norm.h).
-  Tensor normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd) const;
+  Tensor normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd,
+                   const ops::ColumnBlock* also = nullptr) const;
   // hidden_states_at's layers: embedded rows x [B*T, d] at device positions pos [B*T].
   Tensor layers_at(Tensor x, const Tensor& pos, int64_t B, int64_t T, int64_t max_pos, ProjectionHook* hook,
                    AttentionCache& attention) const;

@@ -3,11 +3,14 @@
 #include "lowrank/core/tensor.h"
 #include "lowrank/model/config.h"
 #include "lowrank/model/weights.h"
+#include "lowrank/ops/op_types.h"
 
 namespace lowrank::model {
 
 // Norm of each row of x [rows, size of n.weight]; saves mean (LayerNorm only) and rstd [rows].
-Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd);
+// `also`: the output written a second time into that block of a wider matrix (ops::rmsnorm).
+Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd,
+                 const ops::ColumnBlock* also = nullptr);
 // dx of normalize() given dy and the forward's x, mean and rstd [+ dres, the residual stream's
 // gradient, added inside the op]; accumulates the weight (and bias) gradients into g when given.
 Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,

@@ -42,6 +42,11 @@ struct ParamRef {
   // the backward has left that layer); outside 0..layers-1 (-1 for the embedding and the final
   // norm, the number of layers for an lm_head LoRA): finished only at the end of the pass.
   int layer = -1;
+  // A second home of the working copy (undefined: none): the 2-D param's values also rounded into
+  // columns [working_also_col, + its columns) of this bf16 tensor's first rows (LoRA's B inside the
+  // K-extended frozen weight, src/lora/k_extension.h), by the same AdamW pass.
+  Tensor working_also{};
+  int64_t working_also_col = 0;
 };
 
 // Rounds every master `param` into its `working` copy (after loading a checkpoint into masters).

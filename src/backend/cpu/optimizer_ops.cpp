@@ -83,7 +83,8 @@ void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq
 
 void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                        const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working) {
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working,
+                       const std::vector<ColumnBlock>& also) {
   for (size_t i = 0; i < params.size(); ++i) {
     AdamWScalars si = s;
     si.apply_decay = s.apply_decay && decay[i];
@@ -99,6 +100,10 @@ void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tens
         Tensor rows = w.slice_rows(0, p.dim(0));
         copy_columns_(rows, 0, cast(p, w.dtype()), 0, p.dim(1));
       }
+    }
+    if (!also.empty() && also[i].t.defined()) {
+      Tensor rows = also[i].t.slice_rows(0, p.dim(0));
+      copy_columns_(rows, also[i].col, cast(p, rows.dtype()), 0, p.dim(1));
     }
   }
 }

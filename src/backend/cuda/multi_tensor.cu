@@ -26,6 +26,8 @@ struct Chunk {
   int32_t n;
   int32_t decay;  // AdamW: weight decay for this tensor
   int32_t w_cols, w_ld;  // w_ld > 0: a wider working copy [rows, w_ld], the param [rows, w_cols]
+  __nv_bfloat16* w2;     // AdamW: a second bf16 home of the param (or null): its element (0, 0),
+  int32_t w2_cols, w2_ld;  // the param [rows, w2_cols] in rows of w2_ld (ops::adamw_update_all_'s `also`)
 };
 
 // The chunk table of `lists` (1 to 4 lists of equally shaped f32 tensors), on the device, with the
@@ -34,7 +36,7 @@ struct Chunk {
 // rank, src/lora/rank_padding.h).
 Tensor chunk_table(const char* op, std::initializer_list<const std::vector<Tensor>*> lists,
                    const std::vector<uint8_t>* decay, Device* device, int* count,
-                   const std::vector<Tensor>* working = nullptr) {
+                   const std::vector<Tensor>* working = nullptr, const std::vector<ColumnBlock>* also = nullptr) {
   const std::vector<Tensor>& first = **lists.begin();
   std::vector<Chunk> chunks;
   for (size_t i = 0; i < first.size(); ++i) {
@@ -63,12 +65,20 @@ Tensor chunk_table(const char* op, std::initializer_list<const std::vector<Tenso
         w_ld = static_cast<int32_t>(t.dim(1));
       }
     }
+    __nv_bfloat16* w2 = nullptr;  // checked by the dispatch (src/ops/training.cpp)
+    int32_t w2_cols = 0, w2_ld = 0;
+    if (also && (*also)[i].t.defined()) {
+      const ColumnBlock& b = (*also)[i];
+      w2 = b.t.data<__nv_bfloat16>() + b.col;
+      w2_cols = static_cast<int32_t>(b.width);
+      w2_ld = static_cast<int32_t>(b.t.dim(1));
+    }
     const int64_t n = first[i].numel();
     for (int64_t off = 0; off < n; off += kChunk)
       chunks.push_back({ptr[0] + off, ptr[1] ? ptr[1] + off : nullptr, ptr[2] ? ptr[2] + off : nullptr,
                         ptr[3] ? ptr[3] + off : nullptr, w && !w_ld ? w + off : w, off,
                         static_cast<int32_t>(std::min(kChunk, n - off)), decay ? int32_t((*decay)[i]) : 0, w_cols,
-                        w_ld});
+                        w_ld, w2, w2_cols, w2_ld});
   }
   *device = first.empty() ? Device::cuda(0) : first[0].device();
   *count = static_cast<int>(chunks.size());
@@ -147,6 +157,10 @@ __global__ void adamw_kernel(const Chunk* __restrict__ chunks, AdamWScalars s) {
       const int64_t j = c.first + i;
       c.w[c.w_ld ? j / c.w_cols * c.w_ld + j % c.w_cols : i] = __float2bfloat16_rn(pn);
     }
+    if (c.w2) {
+      const int64_t j = c.first + i;
+      c.w2[j / c.w2_cols * c.w2_ld + j % c.w2_cols] = __float2bfloat16_rn(pn);
+    }
   }
 }
 
@@ -192,14 +206,16 @@ void clip_by_total_all_(const std::vector<Tensor>& xs, const Tensor& total_sumsq
 
 void adamw_update_all_(const std::vector<Tensor>& params, const std::vector<Tensor>& grads,
                        const std::vector<Tensor>& exp_avg, const std::vector<Tensor>& exp_avg_sq,
-                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working) {
-  LR_CHECK(decay.size() == params.size() && (working.empty() || working.size() == params.size()),
-           "adamw_update_all_: ", decay.size(), " decay flags and ", working.size(), " working copies for ",
-           params.size(), " tensors");
+                       const std::vector<uint8_t>& decay, const AdamWScalars& s, const std::vector<Tensor>& working,
+                       const std::vector<ColumnBlock>& also) {
+  LR_CHECK(decay.size() == params.size() && (working.empty() || working.size() == params.size()) &&
+               (also.empty() || also.size() == params.size()),
+           "adamw_update_all_: ", decay.size(), " decay flags, ", working.size(), " working copies and ", also.size(),
+           " second copies for ", params.size(), " tensors");
   Device d;
   int count = 0;
   const Tensor table = chunk_table("adamw_update_all_", {&params, &grads, &exp_avg, &exp_avg_sq}, &decay, &d, &count,
-                                   working.empty() ? nullptr : &working);
+                                   working.empty() ? nullptr : &working, also.empty() ? nullptr : &also);
   if (count == 0) return;
   adamw_kernel<<<count, kThreads, 0, stream_for(d)>>>(chunks_of(table), s);
   LR_CUDA_LAUNCHED();

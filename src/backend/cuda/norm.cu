@@ -16,7 +16,7 @@ constexpr int kThreads = 256;
 
 template <typename T, typename W>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, const W* __restrict__ w, T* __restrict__ y,
-                               float* __restrict__ rstd, int64_t d, float eps) {
+                               float* __restrict__ rstd, int64_t d, float eps, T* __restrict__ y2, int64_t ld2) {
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const T* xr = x + r * d;
@@ -28,7 +28,11 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const W* __restrict__ w,
   ss = block_sum(ss, scratch);
   const float rs = rsqrtf(ss / static_cast<float>(d) + eps);
   if (threadIdx.x == 0) rstd[r] = rs;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) y[r * d + i] = from_f32<T>(to_f32(xr[i]) * rs * to_f32(w[i]));
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+    const T v = from_f32<T>(to_f32(xr[i]) * rs * to_f32(w[i]));
+    y[r * d + i] = v;
+    if (y2) y2[r * ld2 + i] = v;
+  }
 }
 
 template <typename T, typename W>
@@ -137,7 +141,8 @@ struct alignas(16) Pack16 {
 
 template <typename T, typename W>
 __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_vec_kernel(const T* __restrict__ x, const W* __restrict__ w, T* __restrict__ y,
-                                   float* __restrict__ rstd, int64_t rows, int64_t d, float eps) {
+                                   float* __restrict__ rstd, int64_t rows, int64_t d, float eps,
+                                   T* __restrict__ y2, int64_t ld2) {
   constexpr int V = 16 / sizeof(T);
   __shared__ float scratch[32];
   const int64_t packs = d / V;
@@ -173,6 +178,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_vec_kernel(const T* __
 #pragma unroll
         for (int e = 0; e < V; ++e) o.v[e] = from_f32<T>(to_f32(xp[p].v[e]) * rs * wv[p][e]);
         yr[k] = o;
+        if (y2) reinterpret_cast<Pack16<T>*>(y2 + r * ld2)[k] = o;
       }
     }
   }
@@ -294,7 +300,7 @@ const void* residual_grad(const Tensor* dres, const Tensor& x, const char* op) {
 
 }  // namespace
 
-Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out) {
+Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out, const ColumnBlock* also) {
   int64_t rows;
   check_norm_args("rmsnorm", x, w, &rows);
   const int64_t d = w.numel();
@@ -302,15 +308,21 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out) {
   Tensor rstd = Tensor::empty({rows}, DType::F32, x.device());
   if (rows > 0) {
     cudaStream_t st = stream_for(x.device());
-    if (const int threads = vec_threads(d, x.dtype(), {x.raw(), y.raw()})) {
+    // The second output's first element and row stride (elements); its rows must stay 16-byte
+    // aligned for the vector kernel.
+    char* y2 = also ? static_cast<char*>(also->t.raw()) + also->col * dtype_size(x.dtype()) : nullptr;
+    const int64_t ld2 = also ? also->t.dim(1) : 0;
+    const bool y2_vec = !also || (ld2 * dtype_size(x.dtype())) % 16 == 0;
+    if (const int threads = y2_vec ? vec_threads(d, x.dtype(), {x.raw(), y.raw(), y2 ? y2 : y.raw()}) : 0) {
       const int grid = vec_grid(rows, threads, x.device());
       LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
           rmsnorm_vec_kernel<<<grid, threads, 0, st>>>(x.data<T>(), w.data<W>(), y.data<T>(), rstd.data<float>(),
-                                                       rows, d, eps)));
+                                                       rows, d, eps, reinterpret_cast<T*>(y2), ld2)));
     } else {
       LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
           rmsnorm_kernel<<<unsigned(rows), kThreads, 0, st>>>(x.data<T>(), w.data<W>(), y.data<T>(),
-                                                             rstd.data<float>(), d, eps)));
+                                                             rstd.data<float>(), d, eps, reinterpret_cast<T*>(y2),
+                                                             ld2)));
     }
     LR_CUDA_LAUNCHED();
   }

@@ -1,0 +1,39 @@
+#pragma once
+// LoRA's K-extension (GPU training): the expand of a shared-input group (q, k, v; gate, up:
+// shared_input.h) folded into each member's frozen GEMM by widening its K,
+//   y = x Wᵀ + s·h Bᵀ = [x | s·h] · [W | 0 … B … 0]ᵀ,
+// one GEMM where there were two. x_ext [N, in + R] holds the norm's output in its first `in`
+// columns (the norm writes it there beside its own output: ops::rmsnorm's `also`) and the group's
+// s·h in the rest (the group's shrink writes it there). Each member keeps W_ext [out, in + R]: a
+// copy of its frozen W, its B in its own block of R (LoraPair::ext_col), zeros in the other
+// members' blocks; AdamW rounds B's update into that block in the same pass as into B_work.
+// What it saves: the expand's write of y [N, out] and the frozen GEMM's read of it (bench_cuda_ops
+// --k-extension, H200, per layer: base7m q,k,v 27 → 15 µs, gate,up 27 → 15; Qwen-0.5B gate,up
+// 252 → 209; 8B loses, a K of 4,096 + R no longer fills whole tiles). Training, all-linear r = 16,
+// same call (bench/RESULTS.md 2026-12-03 09:38 UTC): base7m +5%, base120m +6%, Qwen-0.5B +3%,
+// Llama-1B +1%. What it costs: a copy of the adapted frozen weights, x_ext kept for the backward
+// beside the norm's own output (Llama-1B: 15.7 instead of 13.3 GiB; Qwen-0.5B 11.0 instead of 9.9).
+// Taken where it applies: CUDA, bf16 working copies, no LoRA dropout (no shared-input groups with
+// it), plain LoRA, one scale per group, inputs of width <= 2048 (LOWRANK_K_EXTENSION=0 turns it
+// off, =1 takes it at any width). The backward is the group's as before (h read from x_ext).
+#include <cstdint>
+
+#include "lowrank/core/tensor.h"
+
+namespace lowrank::model {
+class Model;
+}
+
+namespace lowrank::lora {
+
+class Adapter;
+
+// Whether LoRA's K-extension is taken for inputs of `width` on `device`.
+bool k_extension_applies(int64_t width, Device device);
+
+// Makes LoraPair::W_ext (and ext_col) for every shared-input group of `adapter` where the
+// K-extension applies, from `model`'s frozen weights and the pairs' working copies (made first:
+// Adapter::make_working_copies); clears them elsewhere.
+void make_extended_weights(Adapter& adapter, const model::Model& model);
+
+}  // namespace lowrank::lora
