@@ -69,8 +69,9 @@ bool LoraHook::on_projection_before(int layer, Target target, const model::Linea
 }
 
 Tensor LoraHook::extended_input(int layer, int shared_input, const Tensor& x) {
-  // Groups exist only for the trained adapter's training forwards without dropout (shared_group).
-  if (!training_ || adapters_.empty() || x.rank() != 2 || adapters_[0].adapter->config.dropout > 0) return Tensor();
+  // Groups exist only for the trained adapter's training forwards without dropout (shared_group);
+  // another active adapter would read the wide input on its own.
+  if (!training_ || adapters_.size() != 1 || x.rank() != 2 || adapters_[0].adapter->config.dropout > 0) return Tensor();
   const std::vector<LoraPair*> members = shared_input_members(*adapters_[0].adapter, layer, shared_input);
   if (members.empty()) return Tensor();
   const Tensor& w0 = members[0]->W_ext;
@@ -78,9 +79,7 @@ Tensor LoraHook::extended_input(int layer, int shared_input, const Tensor& x) {
     if (!p->W_ext.defined() || p->W_ext.dim(1) != w0.dim(1) || !(p->W_ext.device() == x.device()) ||
         p->W_ext.dtype() != x.dtype() || p->in != x.dim(1))
       return Tensor();
-  Tensor& ext = state().groups[{0, layer, shared_input}].pending_ext;
-  ext = Tensor::empty({x.dim(0), w0.dim(1)}, x.dtype(), x.device());
-  return ext;
+  return Tensor::empty({x.dim(0), w0.dim(1)}, x.dtype(), x.device());
 }
 
 bool LoraHook::on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) {
@@ -211,7 +210,8 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
   if (kept && stacked_in(pairs, &LoraPair::A_work, stacked)) {
     g.A = stacked;
   } else {
-    g.A = any_padded ? Tensor::zeros({rows, x.dim(1)}, dtype, x.device()) : Tensor::empty({rows, x.dim(1)}, dtype, x.device());
+    const int64_t in = pairs[0]->in;  // x may be wider (extended_input)
+    g.A = any_padded ? Tensor::zeros({rows, in}, dtype, x.device()) : Tensor::empty({rows, in}, dtype, x.device());
     for (auto& mb : g.members) {
       const Tensor& a = kept ? mb.pair->A_work : mb.pair->A;
       Tensor block = g.A.slice_rows(mb.col, mb.col + a.dim(0));
@@ -222,17 +222,15 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
     mb.B = kept ? mb.pair->B_work : ops::cast(mb.pair->B, dtype);
     if (const int64_t rc = compute_rank(mb.pair->r, x.device()); rc != mb.B.dim(1)) mb.B = padded(mb.B, mb.B.dim(0), rc, dtype);
   }
-  // The buffer the norm that made x also wrote it into (extended_input): the K-extension, when its
-  // weights hold the B_work this forward uses and the members share one s.
-  g.x_ext = Tensor();
-  const Tensor ext = std::move(g.pending_ext);
-  g.pending_ext = Tensor();
+  // An x with room for h beside it (extended_input): the K-extension, when the members' weights
+  // hold the B_work this forward uses and they share one s. Otherwise h of its own, x's first
+  // columns read.
   const bool extended =
-      ext.defined() && kept && ext.dim(0) == x.dim(0) && ext.dim(1) == x.dim(1) + rows &&
+      kept && x.dim(1) == g.A.dim(1) + rows &&
       std::all_of(g.members.begin(), g.members.end(), [&](const SharedInputGroup::Member& mb) {
-        return mb.pair->W_ext.defined() && mb.pair->W_ext.dim(1) == ext.dim(1) && mb.scale == g.members[0].scale;
+        return mb.pair->W_ext.defined() && mb.pair->W_ext.dim(1) == x.dim(1) && mb.scale == g.members[0].scale;
       });
-  if (extended) g.x_ext = ext;
+  g.x_ext = extended ? x : Tensor();
   g.shrink(x);
   return &g;
 }
@@ -248,13 +246,36 @@ void LoraHook::on_embedding_backward(const std::vector<int32_t>& ids, const Tens
   apply_backward(-1, Target::Embed, base, none, &ids, dx, nullptr, false);
 }
 
+Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
+                                          const std::vector<std::pair<Target, const Tensor*>>& dys) {
+  if (adapters_.empty() || dys.empty()) return Tensor();
+  ForwardState& st = state();
+  auto it = st.groups.find({0, layer, shared_input_of(dys[0].first)});
+  if (it == st.groups.end() || !it->second.trained || !it->second.x_ext.defined() || it->second.x_ext.raw() != x.raw())
+    return Tensor();
+  SharedInputGroup& g = it->second;
+  if (g.members.size() != dys.size() || g.backward_done != 0) return Tensor();
+  std::vector<const Tensor*> member_dys;
+  for (size_t i = 0; i < dys.size(); ++i) {
+    if (g.members[i].target != dys[i].first) return Tensor();
+    member_dys.push_back(dys[i].second);
+  }
+  const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);  // the frozen dy W_i included
+  for (const auto& [target, dy] : dys) bias_grads(layer, target, *dy);
+  return g.extended_backward(x, member_dys);
+}
+
+void LoraHook::bias_grads(int layer, Target target, const Tensor& dy) {
+  for (auto& b : adapters_[0].adapter->biases)
+    if (b.layer == layer && b.target == target) ops::bias_grad_(b.grad, dy);
+}
+
 bool LoraHook::apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                               const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx, bool dx_holds) {
   if (adapters_.empty()) return false;
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   Adapter& ad = *adapters_[0].adapter;
-  for (auto& b : ad.biases)
-    if (b.layer == layer && b.target == target) ops::bias_grad_(b.grad, dy);
+  bias_grads(layer, target, dy);
   LoraPair* p = ad.find(layer, target);
   if (!p) return false;
   ForwardState& st = state();

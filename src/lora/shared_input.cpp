@@ -90,16 +90,17 @@ int SharedInputGroup::index_of(Target t) const {
 }
 
 void SharedInputGroup::shrink(const Tensor& x) {
+  const ColumnBlock input{x, 0, A.dim(1)};
   if (x_ext.defined()) {  // s·h beside x: every member's expand is then its frozen GEMM's K
     h = x_ext;
-    h_col = x.dim(1);
+    h_col = A.dim(1);
     h_scale = members[0].scale;  // one s for the group (k_extension.h)
-    ops::matmul_blocks(Gemm::NT, ColumnBlock::all(x), ColumnBlock::all(A), {x_ext, h_col, A.dim(0)}, h_scale, 0.0f);
+    ops::matmul_blocks(Gemm::NT, input, ColumnBlock::all(A), {x_ext, h_col, A.dim(0)}, h_scale, 0.0f);
   } else {
     h = Tensor::empty({x.dim(0), A.dim(0)}, x.dtype(), x.device());
     h_col = 0;
     h_scale = 1;
-    ops::matmul_nt(x, A, h);  // [N, R]
+    ops::matmul_blocks(Gemm::NT, input, ColumnBlock::all(A), ColumnBlock::all(h));  // [N, R]
   }
   x_data = x.raw();
   forward_done = 0;
@@ -118,42 +119,75 @@ bool SharedInputGroup::expand(int i, Tensor& y, bool first) const {
   return false;
 }
 
+namespace {
+// dA of every member in one GEMM [R, in] (f32: gradients accumulate), alpha · gᵀ x: straight into
+// their stacked gradients, or into a temporary added to each member's. x may be wide (shrink).
+void members_dA(const std::vector<SharedInputGroup::Member>& members, const Tensor& A, const ColumnBlock& g,
+                const Tensor& x, float alpha) {
+  std::vector<LoraPair*> pairs;
+  for (const auto& m : members) pairs.push_back(m.pair);
+  Tensor stacked = pairs[0]->stacked_grad_A;
+  const ColumnBlock input{x, 0, A.dim(1)};
+  // Stacked as A is (at a padded rank the rows between members only ever get g's zero columns).
+  if (stacked_in(pairs, &LoraPair::grad_A, stacked) && stacked.dim(0) == A.dim(0)) {
+    ops::matmul_blocks(Gemm::TN, g, input, ColumnBlock::all(stacked), alpha, 1.0f);
+  } else {
+    Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());
+    ops::matmul_blocks(Gemm::TN, g, input, ColumnBlock::all(dA), alpha, 0.0f);
+    for (const auto& m : members) ops::add_(m.pair->grad_A, dA.slice_rows(m.col, m.col + m.pair->r));
+  }
+}
+}  // namespace
+
+void SharedInputGroup::member_dB(int i, const Tensor& dy) const {
+  // On the side stream (ops/side_work.h): nothing reads the weight gradients before the optimizer.
+  const Member& m = members[i];
+  const ops::SideWork side(dy.device(), {dy, h});
+  // dB += s · dyᵀ h_i   [out, r]   (h may already hold s: h_scale)
+  ops::matmul_blocks(Gemm::TN, ColumnBlock::all(dy), {h, h_col + m.col, m.pair->r}, ColumnBlock::all(m.pair->grad_B),
+                     m.scale / h_scale, 1.0f);
+}
+
+void SharedInputGroup::finish_backward() {
+  g = h = x_ext = Tensor();  // the last use of the group's activations (the side work keeps what it reads)
+  backward_done = 0;
+  trained = false;
+}
+
 bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_holds) {
   const Member& m = members[i];
-  LoraPair& p = *m.pair;
-  const Device dev = x.device();
-  {  // the weight gradients on the side stream (ops/side_work.h): nothing reads them before the optimizer
-    const ops::SideWork side(dev, {dy, h});
-    // dB += s · dyᵀ h_i   [out, r]
-    ops::matmul_blocks(Gemm::TN, ColumnBlock::all(dy), {h, h_col + m.col, p.r}, ColumnBlock::all(p.grad_B),
-                       m.scale / h_scale, 1.0f);
-  }
+  member_dB(i, dy);
   // g_i = s · dy B_i    [N, r]
   if (!g.defined()) g = Tensor::empty({h.dim(0), A.dim(0)}, h.dtype(), h.device());
   ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, m.B.dim(1)}, m.scale, 0.0f);
   backward_done |= 1u << i;
   if (backward_done != all_members()) return false;
   {
-    // dA of all members in one GEMM [R, in] (f32: gradients accumulate): straight into their
-    // stacked gradients, or into a temporary added to each member's.
-    const ops::SideWork side(dev, {g, x});
-    std::vector<LoraPair*> pairs;
-    for (const Member& mm : members) pairs.push_back(mm.pair);
-    Tensor stacked = pairs[0]->stacked_grad_A;
-    // Stacked as A is (at a padded rank the rows between members only ever get g's zero columns).
-    if (stacked_in(pairs, &LoraPair::grad_A, stacked) && stacked.dim(0) == A.dim(0)) {
-      ops::matmul_tn(g, x, stacked, 1.0f, 1.0f);
-    } else {
-      Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());
-      ops::matmul_tn(g, x, dA);
-      for (const Member& mm : members) ops::add_(mm.pair->grad_A, dA.slice_rows(mm.col, mm.col + mm.pair->r));
-    }
+    const ops::SideWork side(x.device(), {g, x});
+    members_dA(members, A, ColumnBlock::all(g), x, 1.0f);
   }
   if (dx) ops::matmul_nn(g, A, *dx, 1.0f, dx_holds ? 1.0f : 0.0f);  // Σ s_i g_i A_i
-  g = h = x_ext = Tensor();  // the last use of the group's activations (the side work keeps what it reads)
-  backward_done = 0;
-  trained = false;
+  finish_backward();
   return dx != nullptr;
+}
+
+Tensor SharedInputGroup::extended_backward(const Tensor& x, const std::vector<const Tensor*>& dys) {
+  LR_CHECK(x_ext.defined() && dys.size() == members.size() && backward_done == 0,
+           "extended_backward of a LoRA group without its K-extended forward");
+  const int64_t in = A.dim(1), R = A.dim(0);
+  for (size_t i = 0; i < members.size(); ++i) member_dB(static_cast<int>(i), *dys[i]);
+  // [dx | g] = Σ dy_i [W_i | 0 … B_i … 0]: the frozen input gradients and g (without s) in one GEMM each
+  Tensor dx_ext = Tensor::empty({x.dim(0), in + R}, h.dtype(), h.device());
+  for (size_t i = 0; i < members.size(); ++i)
+    ops::matmul_nn(*dys[i], members[i].pair->W_ext, dx_ext, 1.0f, i ? 1.0f : 0.0f);
+  const ColumnBlock g_block{dx_ext, in, R};
+  {
+    const ops::SideWork side(x.device(), {dx_ext, x});  // reads g's columns; the main stream writes dx's
+    members_dA(members, A, g_block, x, h_scale);
+  }
+  ops::matmul_blocks(Gemm::NN, g_block, ColumnBlock::all(A), {dx_ext, 0, in}, h_scale, 1.0f);  // dx += s g A
+  finish_backward();
+  return dx_ext;
 }
 
 }  // namespace lowrank::lora

@@ -28,10 +28,17 @@ struct ProjectionGrad {
 // the frozen GEMMs' epilogues (beta = 1, f32 accumulation), which also sum the projections'
 // input gradients: no pass of its own over dx. With `need_dx` false (nothing below uses it) only
 // the parameter gradients are computed.
+// An x wider than the projections' input (the hook's extended input) gives, through the hook, a dx
+// just as wide: its first columns are the input gradient (the norm's backward reads them).
 Tensor inputs_backward(std::initializer_list<ProjectionGrad> projections, int layer, const Tensor& x,
                        TrainableHook* hook, bool need_dx = true) {
   Tensor dx;
   bool holds = false;
+  if (hook && need_dx && std::none_of(projections.begin(), projections.end(), [](const ProjectionGrad& p) { return p.g; })) {
+    std::vector<std::pair<Target, const Tensor*>> dys;
+    for (const ProjectionGrad& p : projections) dys.emplace_back(p.l->target, p.dy);
+    if (Tensor wide = hook->extended_inputs_backward(layer, x, dys); wide.defined()) return wide;
+  }
   if (hook)
     for (const ProjectionGrad& p : projections)
       holds = hook->on_projection_backward(layer, p.l->target, *p.l, x, *p.dy, need_dx ? &dx : nullptr, holds) || holds;
@@ -39,6 +46,7 @@ Tensor inputs_backward(std::initializer_list<ProjectionGrad> projections, int la
     if (need_dx) ops::matmul_nn(*p.dy, p.l->compute_weight(), dx, 1.0f, holds ? 1.0f : 0.0f);
     holds = true;
     if (p.g) {
+      LR_CHECK(x.dim(1) == p.g->weight.dim(1), "--full gradient of ", p.l->name, " from an extended input");
       ops::matmul_tn(*p.dy, x, p.g->weight, 1.0f, 1.0f);
       if (p.g->bias.defined()) ops::bias_grad_(p.g->bias, *p.dy);
     }

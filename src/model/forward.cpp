@@ -16,12 +16,25 @@ namespace {
 // y = x Wᵀ + b + the hook's additions [+ residual]. Whatever comes before the frozen product (the
 // hook's terms written first, the residual stream) is read by its GEMM's epilogue (beta = 1): one
 // pass over y fewer than adding it afterwards.
+// An x wider than the weight's input is the hook's extended input (ProjectionHook::extended_input):
+// the frozen product reads its first columns.
 Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook, const Tensor& residual = Tensor()) {
   const HookOrder order = hook ? hook->projection_order(layer, l.target) : HookOrder::None;
   const Tensor w = l.compute_weight();
+  const bool wide = x.dim(1) != w.dim(1);
   Tensor y;
   if (order == HookOrder::Before) {
-    if (!hook->on_projection_before(layer, l.target, l, x, residual, y)) ops::matmul_nt(x, w, y, 1.0f, 1.0f);
+    if (!hook->on_projection_before(layer, l.target, l, x, residual, y)) {
+      if (wide) ops::matmul_blocks(ops::Gemm::NT, {x, 0, w.dim(1)}, ops::ColumnBlock::all(w), ops::ColumnBlock::all(y), 1.0f, 1.0f);
+      else ops::matmul_nt(x, w, y, 1.0f, 1.0f);
+    }
+    if (l.bias.defined()) ops::add_bias_(y, l.bias);
+    return y;
+  }
+  if (wide) {  // a frozen projection beside the hook's (k of a q, v adapter): no hook of its own here
+    LR_CHECK(order == HookOrder::None && !residual.defined(), "projection ", l.name, ": an extended input for a hook after it");
+    y = Tensor::empty({x.dim(0), w.dim(0)}, x.dtype(), x.device());
+    ops::matmul_blocks(ops::Gemm::NT, {x, 0, w.dim(1)}, ops::ColumnBlock::all(w), ops::ColumnBlock::all(y));
     if (l.bias.defined()) ops::add_bias_(y, l.bias);
     return y;
   }
@@ -93,13 +106,13 @@ bool Model::rope_changes(int64_t cached, int64_t total) const {
   return false;
 }
 
-Tensor Model::normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd, const ops::ColumnBlock* also) const {
-  return model::normalize(config_.norm, static_cast<float>(config_.norm_eps), n, x, mean, rstd, also);
+Tensor Model::normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd, const ops::ColumnBlock* into) const {
+  return model::normalize(config_.norm, static_cast<float>(config_.norm_eps), n, x, mean, rstd, into);
 }
 
 namespace {
 // The hook's extended buffer for the norm output that feeds shared input `group` (see
-// ProjectionHook::extended_input), as the block the norm also writes; null when there is none.
+// ProjectionHook::extended_input), as the block the norm writes; null when there is none.
 std::optional<ops::ColumnBlock> extension(ProjectionHook* hook, int layer, int group, const Tensor& x) {
   const Tensor ext = hook ? hook->extended_input(layer, group, x) : Tensor();
   if (!ext.defined()) return std::nullopt;

@@ -19,21 +19,26 @@ Tensor effective_weight(NormKind kind, const Tensor& w) {
 }  // namespace
 
 Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd,
-                 const ops::ColumnBlock* also) {
-  if (kind != NormKind::Layer) return ops::rmsnorm(x, effective_weight(kind, n.weight), eps, rstd, also);
+                 const ops::ColumnBlock* into) {
+  if (kind != NormKind::Layer) return ops::rmsnorm(x, effective_weight(kind, n.weight), eps, rstd, into);
   Tensor y = ops::layernorm(x, n.weight, n.bias, eps, mean, rstd);
-  if (also) {
-    Tensor dst = also->t;
-    ops::copy_columns_(dst, also->col, y, 0, y.dim(1));
-  }
-  return y;
+  if (!into) return y;
+  Tensor dst = into->t;
+  ops::copy_columns_(dst, into->col, y, 0, y.dim(1));
+  return dst;
 }
 
 Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,
                           const Tensor& mean, const Tensor& rstd, const Tensor* dres) {
-  if (kind == NormKind::Layer)
-    return ops::layernorm_backward(dy, x, n.weight, mean, rstd, g ? &g->weight : nullptr, g ? &g->bias : nullptr,
+  if (kind == NormKind::Layer) {
+    Tensor dense = dy;  // a wider dy (LoRA's K-extension): its first columns
+    if (dy.numel() != x.numel()) {
+      dense = Tensor::empty(x.shape(), dy.dtype(), dy.device());
+      ops::copy_columns_(dense, 0, dy, 0, x.dim(1));
+    }
+    return ops::layernorm_backward(dense, x, n.weight, mean, rstd, g ? &g->weight : nullptr, g ? &g->bias : nullptr,
                                    dres);
+  }
   return ops::rmsnorm_backward(dy, x, effective_weight(kind, n.weight), rstd, g ? &g->weight : nullptr, dres);
 }
 

@@ -1,5 +1,6 @@
-// LoRA's K-extension (lora/k_extension.h) on the CPU: the two ops it adds to (the norm's second
-// output, AdamW's second home of a working copy) and that it stays off where it does not apply.
+// LoRA's K-extension (lora/k_extension.h) on the CPU: the two ops it adds to (the norm's output
+// into a column block, AdamW's second home of a working copy) and that it stays off where it does
+// not apply.
 // The K-extended training itself is compared with the expands on the GPU (CudaKExtension.*).
 #include <gtest/gtest.h>
 
@@ -23,19 +24,30 @@ Tensor random_tensor(const Shape& shape, uint64_t seed) {
   return t;
 }
 
-TEST(KExtension, TheNormWritesItsOutputIntoTheBlockToo) {
+TEST(KExtension, TheNormWritesItsOutputIntoTheBlock) {
   const Tensor x = random_tensor({5, 12}, 1), w = random_tensor({12}, 2);
   Tensor wide = Tensor::full({5, 20}, 7.0f);
   const ops::ColumnBlock block{wide, 6, 12};
-  Tensor rstd;
+  Tensor rstd, plain_rstd;
   const Tensor y = ops::rmsnorm(x, w, 1e-5f, &rstd, &block);
-  const Tensor plain = ops::rmsnorm(x, w, 1e-5f);
-  for (int64_t i = 0; i < 5; ++i)
+  const Tensor plain = ops::rmsnorm(x, w, 1e-5f, &plain_rstd);
+  EXPECT_EQ(y.raw(), wide.raw());
+  for (int64_t i = 0; i < 5; ++i) {
+    EXPECT_EQ(rstd.f32()[i], plain_rstd.f32()[i]);
     for (int64_t j = 0; j < 20; ++j) {
       const bool in_block = j >= 6 && j < 18;
-      EXPECT_EQ(wide.f32()[i * 20 + j], in_block ? y.f32()[i * 12 + j - 6] : 7.0f) << i << ", " << j;
+      EXPECT_EQ(wide.f32()[i * 20 + j], in_block ? plain.f32()[i * 12 + j - 6] : 7.0f) << i << ", " << j;
     }
-  for (int64_t k = 0; k < y.numel(); ++k) ASSERT_EQ(y.f32()[k], plain.f32()[k]);
+  }
+  // Its backward reads the first columns of a wider dy as it reads a dense one.
+  Tensor dw_wide = Tensor::zeros({12}), dw = Tensor::zeros({12});
+  Tensor dense = Tensor::empty({5, 12});
+  ops::copy_columns_(dense, 0, wide, 0, 12);
+  const Tensor dx_wide = ops::rmsnorm_backward(wide, x, w, rstd, &dw_wide);
+  const Tensor dx = ops::rmsnorm_backward(dense, x, w, rstd, &dw);
+  for (int64_t k = 0; k < dx.numel(); ++k) ASSERT_EQ(dx_wide.f32()[k], dx.f32()[k]);
+  for (int64_t k = 0; k < 12; ++k) ASSERT_EQ(dw_wide.f32()[k], dw.f32()[k]);
+  EXPECT_ANY_THROW(ops::rmsnorm_backward(Tensor::zeros({5, 11}), x, w, rstd, nullptr));
   // A block that is not the output's shape is an error, not a write past the end.
   const ops::ColumnBlock too_far{wide, 10, 12}, narrow{wide, 0, 11};
   EXPECT_ANY_THROW(ops::rmsnorm(x, w, 1e-5f, nullptr, &too_far));

@@ -764,17 +764,23 @@ std::vector<OpCase> op_table() {
                                     {0.2, 5, 2050, Tensor()}, 5));
   t.push_back(dropout_backward_case("dropout_shrink_backward into dA's 33 of 40 rows (composed on CUDA)", 70, 64, 40,
                                     {0.5, 3, 4096, Tensor()}, 33));
-  // The norm's output written a second time into a wider matrix (LoRA's K-extended input): rows
-  // of 16-byte multiples (the vector kernel) and not (the scalar one); the other columns untouched.
-  t.push_back({"rmsnorm with a second output block", {{6, 40}, {40}},
+  // The norm's output written into a block of a wider matrix (LoRA's K-extended input): rows of
+  // 16-byte multiples (the vector kernel) and not (the scalar one); the other columns untouched.
+  t.push_back({"rmsnorm into a column block", {{6, 40}, {40}},
                [](Inputs& in, Device d) {
                  Tensor wide = Tensor::zeros({6, 56}, in[0].dtype(), d), odd = Tensor::zeros({6, 52}, in[0].dtype(), d);
                  ops::fill_(wide, 3.0f);
                  ops::fill_(odd, -2.0f);
                  const ops::ColumnBlock at8{wide, 8, 40}, at5{odd, 5, 40};
-                 Tensor y = ops::rmsnorm(in[0], in[1], 1e-5f, nullptr, &at8);
-                 Tensor y2 = ops::rmsnorm(in[0], in[1], 1e-5f, nullptr, &at5);
-                 return Outputs{y, wide, y2, odd};
+                 Tensor rstd, rstd2;
+                 const Tensor y = ops::rmsnorm(in[0], in[1], 1e-5f, &rstd, &at8);
+                 const Tensor y2 = ops::rmsnorm(in[0], in[1], 1e-5f, &rstd2, &at5);
+                 LR_CHECK(y.raw() == wide.raw() && y2.raw() == odd.raw(), "rmsnorm into a block returns its matrix");
+                 // and its backward from a wider dy (the first 40 columns of each)
+                 Tensor dw = Tensor::zeros({40}, DType::F32, d), dw2 = Tensor::zeros({40}, DType::F32, d);
+                 const Tensor dx = ops::rmsnorm_backward(wide, in[0], in[1], rstd, &dw);
+                 const Tensor dx2 = ops::rmsnorm_backward(odd, in[0], in[1], rstd2, &dw2);
+                 return Outputs{wide, odd, rstd, rstd2, ops::rmsnorm(in[0], in[1], 1e-5f), dx, dw, dx2, dw2};
                },
                {}, {}, true, false, 1e-3});
   return t;

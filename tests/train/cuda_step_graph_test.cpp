@@ -59,7 +59,7 @@ struct TrainRun {
   // k_extension: LoRA's K-extended weights made where they apply (lora/k_extension.h), as the
   // trainer does; off, the groups run their expands.
   TrainRun(const std::string& dir, bool full, bool with_graph, double dropout = 0.0, bool checkpointing = false,
-           bool random_b = false, bool k_extension = false)
+           bool random_b = false, bool k_extension = false, bool all_linear = true)
       : m(model::Model::load(dir, Device::cuda(0), DType::BF16)) {
     if (full) {
       full_grads = model::zeros_like(m.weights());
@@ -68,7 +68,7 @@ struct TrainRun {
       lora::LoraConfig lc;
       lc.r = 8;
       lc.alpha = 16;
-      lc.all_linear = true;
+      lc.all_linear = all_linear;  // else PEFT's default q_proj, v_proj
       lc.dropout = dropout;
       Rng init(11);
       adapter.emplace(lora::Adapter::create(m, lc, init));
@@ -229,6 +229,30 @@ TEST(CudaStepGraphDropout, ReplaysDrawNewMasks) {
   EXPECT_NE(losses[0], losses[1]);  // the recorded step draws other masks than the first (op-by-op) one
 }
 
+// Two runs of the same steps (index 1 against index 0): losses, gradient norms (relative to run 0's)
+// and trained parameters (relative RMS difference) within the given tolerances.
+void expect_runs_equal(const std::string& fixture, const std::vector<train::StepResult> (&results)[2],
+                       const std::vector<std::vector<float>> (&params)[2], double loss_tol, double norm_tol,
+                       double param_tol) {
+  for (size_t step = 0; step < results[0].size(); ++step) {
+    const train::StepResult &a = results[1][step], &b = results[0][step];
+    ASSERT_FALSE(a.skipped || b.skipped) << fixture << " step " << step;
+    EXPECT_TRUE(std::isfinite(a.loss) && std::isfinite(a.grad_norm)) << fixture << " step " << step;
+    EXPECT_NEAR(a.loss, b.loss, loss_tol * b.loss) << fixture << " step " << step;
+    EXPECT_NEAR(a.grad_norm, b.grad_norm, norm_tol * b.grad_norm) << fixture << " step " << step;
+  }
+  ASSERT_EQ(params[0].size(), params[1].size());
+  for (size_t i = 0; i < params[0].size(); ++i) {
+    double num = 0, den = 0;
+    for (size_t k = 0; k < params[0][i].size(); ++k) {
+      const double d = params[1][i][k] - params[0][i][k];
+      num += d * d;
+      den += static_cast<double>(params[0][i][k]) * params[0][i][k];
+    }
+    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), param_tol) << fixture << " parameter " << i;
+  }
+}
+
 // The same steps with LoRA's weight gradients on the side stream and all on one stream: equal
 // losses, gradient norms and trained parameters. Allocations are poisoned (NaN), so a block the
 // side work still read after the main stream reused it would show.
@@ -252,23 +276,7 @@ void expect_side_work_equals_one_stream(const std::string& fixture, bool with_gr
     for (int64_t step = 0; step < 4; ++step) results[side].push_back(train::train_step(run.ctx, step_batches(data, step), 1e-3));
     for (const train::ParamRef& p : run.params) params[side].push_back(host_values(p.param));
   }
-  for (size_t step = 0; step < results[0].size(); ++step) {
-    const train::StepResult &a = results[1][step], &b = results[0][step];
-    ASSERT_FALSE(a.skipped || b.skipped) << fixture << " step " << step;
-    EXPECT_TRUE(std::isfinite(a.loss) && std::isfinite(a.grad_norm)) << fixture << " step " << step;
-    EXPECT_NEAR(a.loss, b.loss, 1e-6 * b.loss) << fixture << " step " << step;
-    EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-5 * b.grad_norm) << fixture << " step " << step;
-  }
-  ASSERT_EQ(params[0].size(), params[1].size());
-  for (size_t i = 0; i < params[0].size(); ++i) {
-    double num = 0, den = 0;
-    for (size_t k = 0; k < params[0][i].size(); ++k) {
-      const double d = params[1][i][k] - params[0][i][k];
-      num += d * d;
-      den += static_cast<double>(params[0][i][k]) * params[0][i][k];
-    }
-    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-5) << fixture << " parameter " << i;
-  }
+  expect_runs_equal(fixture, results, params, 1e-6, 1e-5, 1e-5);
 }
 
 TEST(CudaSideWork, LoraStepsEqualOneStream) {
@@ -294,12 +302,13 @@ TEST(CudaSideWork, FusedQkvModelEqualsOneStream) {
 // The same steps with LoRA's K-extension (each group's expand inside its members' frozen GEMMs)
 // and without: the same losses, gradient norms and trained parameters up to bf16 rounding (one
 // GEMM's rounding of y instead of two), and AdamW keeps each B's block of W_ext equal to B_work.
-void expect_k_extension_equals_expands(const std::string& fixture, bool with_graph, bool checkpointing, int members) {
+void expect_k_extension_equals_expands(const std::string& fixture, bool with_graph, bool checkpointing, int members,
+                                       bool all_linear = true) {
   const std::string dir = test::model_fixture(fixture);
   std::vector<train::StepResult> results[2];
   std::vector<std::vector<float>> params[2];
   for (int ext = 1; ext >= 0; --ext) {
-    TrainRun run(dir, false, with_graph, 0.0, checkpointing, /*random_b=*/true, /*k_extension=*/ext == 1);
+    TrainRun run(dir, false, with_graph, 0.0, checkpointing, /*random_b=*/true, /*k_extension=*/ext == 1, all_linear);
     int extended = 0;
     for (const lora::LoraPair& p : run.adapter->pairs) extended += p.W_ext.defined();
     ASSERT_EQ(extended, ext ? members : 0) << fixture << ": pairs with a K-extended weight";
@@ -317,23 +326,7 @@ void expect_k_extension_equals_expands(const std::string& fixture, bool with_gra
       }
     }
   }
-  for (size_t step = 0; step < results[0].size(); ++step) {
-    const train::StepResult &a = results[1][step], &b = results[0][step];
-    ASSERT_FALSE(a.skipped || b.skipped) << fixture << " step " << step;
-    EXPECT_TRUE(std::isfinite(a.loss) && std::isfinite(a.grad_norm)) << fixture << " step " << step;
-    EXPECT_NEAR(a.loss, b.loss, 2e-3 * b.loss) << fixture << " step " << step;
-    EXPECT_NEAR(a.grad_norm, b.grad_norm, 2e-2 * b.grad_norm) << fixture << " step " << step;
-  }
-  ASSERT_EQ(params[0].size(), params[1].size());
-  for (size_t i = 0; i < params[0].size(); ++i) {
-    double num = 0, den = 0;
-    for (size_t k = 0; k < params[0][i].size(); ++k) {
-      const double d = params[1][i][k] - params[0][i][k];
-      num += d * d;
-      den += static_cast<double>(params[0][i][k]) * params[0][i][k];
-    }
-    EXPECT_LE(std::sqrt(num / std::max(den, 1e-30)), 1e-2) << fixture << " parameter " << i;
-  }
+  expect_runs_equal(fixture, results, params, 2e-3, 2e-2, 1e-2);
 }
 
 TEST(CudaKExtension, LoraStepsEqualTheExpands) {
@@ -348,6 +341,14 @@ TEST(CudaKExtension, GraphReplaysWithCheckpointingEqualTheExpands) {
   REQUIRE_GPU();
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("gemma2"));
   expect_k_extension_equals_expands("gemma2", true, true, static_cast<int>(c.num_layers) * 5);
+}
+
+TEST(CudaKExtension, QAndVWithAFrozenKBesideThemEqualTheExpands) {
+  REQUIRE_GPU();
+  // q, v extended; k's frozen GEMM reads the wide input's first columns, and the backward of
+  // q, k, v is the per-member one (k is no member)
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  expect_k_extension_equals_expands("llama", true, false, static_cast<int>(c.num_layers) * 2, /*all_linear=*/false);
 }
 
 TEST(CudaKExtension, ProjectionBiasesEqualTheExpands) {

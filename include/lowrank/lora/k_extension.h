@@ -3,19 +3,22 @@
 // shared_input.h) folded into each member's frozen GEMM by widening its K,
 //   y = x Wᵀ + s·h Bᵀ = [x | s·h] · [W | 0 … B … 0]ᵀ,
 // one GEMM where there were two. x_ext [N, in + R] holds the norm's output in its first `in`
-// columns (the norm writes it there beside its own output: ops::rmsnorm's `also`) and the group's
-// s·h in the rest (the group's shrink writes it there). Each member keeps W_ext [out, in + R]: a
-// copy of its frozen W, its B in its own block of R (LoraPair::ext_col), zeros in the other
-// members' blocks; AdamW rounds B's update into that block in the same pass as into B_work.
-// What it saves: the expand's write of y [N, out] and the frozen GEMM's read of it (bench_cuda_ops
-// --k-extension, H200, per layer: base7m q,k,v 27 → 15 µs, gate,up 27 → 15; Qwen-0.5B gate,up
-// 252 → 209; 8B loses, a K of 4,096 + R no longer fills whole tiles). Training, all-linear r = 16,
-// same call (bench/RESULTS.md 2026-12-03 09:38 UTC): base7m +5%, base120m +6%, Qwen-0.5B +3%,
-// Llama-1B +1%. What it costs: a copy of the adapted frozen weights, x_ext kept for the backward
-// beside the norm's own output (Llama-1B: 15.7 instead of 13.3 GiB; Qwen-0.5B 11.0 instead of 9.9).
+// columns (the norm writes it there: ops::rmsnorm's `into`; the model hands x_ext to the
+// projections as their x) and the group's s·h in the rest (the group's shrink writes it there).
+// Each member keeps W_ext [out, in + R]: a copy of its frozen W, its B in its own block of R
+// (LoraPair::ext_col), zeros in the other members' blocks; AdamW rounds B's update into that block
+// in the same pass as into B_work. The backward is the mirror image: the members' input-grad GEMMs
+// over W_ext give [dx | g] (g = dy B, each member's block) in one product each, then dA = s gᵀ x
+// and dx += s g A; the norm's backward reads dx out of the wider matrix.
+// What it saves: the expands' write of y [N, out] and the frozen GEMM's read of it, and the g
+// GEMMs' second read of dy. Training, all-linear r = 16, same call (bench/RESULTS.md 2026-12-03
+// 10:39 UTC), tokens/s: base7m +8%, base120m +6%, Qwen-0.5B +4%, Llama-1B +1%. What it costs: a
+// copy of the adapted frozen weights (Llama-1B: 14.8 instead of 13.3 GiB peak; base7m 0.69
+// instead of 0.67). At 8B it would lose (bench_cuda_ops --k-extension: a K of 4,096 + R no longer
+// fills whole tiles).
 // Taken where it applies: CUDA, bf16 working copies, no LoRA dropout (no shared-input groups with
-// it), plain LoRA, one scale per group, inputs of width <= 2048 (LOWRANK_K_EXTENSION=0 turns it
-// off, =1 takes it at any width). The backward is the group's as before (h read from x_ext).
+// it), plain LoRA, one scale per group, one active adapter, inputs of width <= 2048
+// (LOWRANK_K_EXTENSION=0 turns it off, =1 takes it at any width).
 #include <cstdint>
 
 #include "lowrank/core/tensor.h"

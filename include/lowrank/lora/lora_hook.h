@@ -39,6 +39,9 @@ class LoraHook : public model::TrainableHook {
   bool on_projection_input_only(int layer, Target target, const model::Linear& base, const Tensor& x) override;
   bool on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                               const Tensor& dy, Tensor* dx, bool dx_holds) override;
+  // A K-extended group's backward, frozen input gradients included (SharedInputGroup::extended_backward).
+  Tensor extended_inputs_backward(int layer, const Tensor& x,
+                                  const std::vector<std::pair<Target, const Tensor*>>& dys) override;
   void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) override;
   void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) override;
   int lowest_trainable_layer() const override;
@@ -67,6 +70,8 @@ class LoraHook : public model::TrainableHook {
   bool apply_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                       const std::vector<int32_t>* ids, const Tensor& dy, Tensor* dx, bool dx_holds);
 
+  // The trained adapter's bias gradients of (layer, target) (bias = "all" / "lora_only").
+  void bias_grads(int layer, Target target, const Tensor& dy);
   // The group of adapter i's LoRA layers that share x with `target` (shared_input.h), ready for
   // this forward pass; null when the layer is computed on its own.
   // `keep`: the backward will use it (a training forward that is not checkpointed, or a replay).

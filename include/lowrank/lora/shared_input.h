@@ -47,25 +47,35 @@ struct SharedInputGroup {
   int64_t h_col = 0;             // 0, or `in` when h lives in x_ext
   float h_scale = 1;             // what h is already multiplied by (the members' s in x_ext)
   Tensor g;                      // [N, R] while the backward gathers the members' s · dy B
-  // LoRA's K-extension (k_extension.h): x_ext [N, in + R], the input with s·h beside it, and the
-  // buffer the model's norm was handed for this group's next input (LoraHook::extended_input).
-  Tensor x_ext, pending_ext;
+  // LoRA's K-extension (k_extension.h): x_ext [N, in + R], the input with s·h beside it (the
+  // model's x itself, made wide by LoraHook::extended_input), when the members' W_ext apply.
+  Tensor x_ext;
   const void* x_data = nullptr;  // the input h was computed from
   bool trained = false;          // built by a training forward: the backward uses it
   unsigned forward_done = 0, backward_done = 0;  // members' bits
 
   int index_of(Target t) const;
   unsigned all_members() const { return (1u << members.size()) - 1; }
-  // h = x Aᵀ for a new input (A and the members' B set); with x_ext defined, s·h into its last R
-  // columns (x_ext's first columns hold x already).
+  // h = x Aᵀ for a new input (A and the members' B set; x may be wider than A: its first columns
+  // are the input); with x_ext defined, s·h into its last R columns.
   void shrink(const Tensor& x);
   // y += s · h_i B_iᵀ for member i; with `first`, y = s · h_i B_iᵀ (a new tensor). With x_ext and
   // `first`, y = x_ext W_ext_iᵀ, the frozen product included: returns true then.
   bool expand(int i, Tensor& y, bool first) const;
   // Member i's dB from dy [N, out], and its block of g. After the last member: dA of every member
+  // (x: the forward's input, possibly wide as in shrink)
   // and, when dx is given, the members' summed input gradient g A added to it (`dx_holds`) or
   // written. Returns whether dx received it.
   bool backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_holds);
+  // The whole backward of a K-extended group (x_ext defined), dys[i] the members' output
+  // gradients: dx_ext = Σ dy_i W_ext_i = [Σ dy_i W_i | g], g's block i = dy_i B_i (the other
+  // members' zero blocks add nothing), then every dB, dA = s gᵀ x and dx += s g A into its first
+  // `in` columns. Returns dx_ext [N, in + R].
+  Tensor extended_backward(const Tensor& x, const std::vector<const Tensor*>& dys);
+
+ private:
+  void member_dB(int i, const Tensor& dy) const;  // on the side stream
+  void finish_backward();                         // drops the activations, ready for a new forward
 };
 
 }  // namespace lowrank::lora

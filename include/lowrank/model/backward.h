@@ -23,6 +23,14 @@ class TrainableHook : public ProjectionHook {
   // the input gradient (the lowest trained layer).
   virtual bool on_projection_backward(int layer, Target target, const Linear& base, const Tensor& x,
                                       const Tensor& dy, Tensor* dx, bool dx_holds) = 0;
+  // The input gradient of projections that read one extended input (ProjectionHook::extended_input;
+  // `dys`: their targets and output gradients, in forward order), frozen products included, as
+  // [N, d + R] whose first d columns are dx; or undefined: the hook has no such input here, and
+  // on_projection_backward and the frozen GEMMs run as usual. Accumulates the hook's gradients.
+  virtual Tensor extended_inputs_backward(int layer, const Tensor& x,
+                                          const std::vector<std::pair<Target, const Tensor*>>& dys) {
+    return Tensor();
+  }
   // dx [n, d]: gradient of the embedding output for `ids` (called when lowest_trainable_layer() < 0).
   virtual void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {}
   // The lowest layer that has trainable parameters: backward stops below it (-1: the embedding).

@@ -48,8 +48,9 @@ class ProjectionHook {
     return false;
   }
   // Before the norm whose output feeds projections `shared_input` of `layer` (0: q, k, v; 1: gate,
-  // up): a [rows, d + R] buffer for the norm to write its output into as well (columns [0, d)), or
-  // undefined. A hook that returns one computes those projections from it in one GEMM each, its
+  // up): a [rows, d + R] buffer for the norm to write its output into (columns [0, d)), or
+  // undefined. The projections then get that buffer as their x, wider than their input (the frozen
+  // products read its first d columns); the hook computes them from it in one GEMM each, with its
   // own R columns beside x (LoRA's K-extension, src/lora/k_extension.h). `x`: the norm's input.
   virtual Tensor extended_input(int layer, int shared_input, const Tensor& x) { return Tensor(); }
   // The hook's whole effect on the one row of a decode step at projection (layer, target), when it
@@ -81,7 +82,8 @@ struct TokenBatch {
 // What the backward pass of one layer needs from its forward pass.
 struct LayerActivations {
   Tensor x_in;            // [N, d] residual stream entering the layer
-  Tensor xn1;             // [N, d] attention-norm output
+  Tensor xn1;             // [N, d] attention-norm output (or [N, d + R], its first d columns: the
+                          // hook's extended_input, LoRA's K-extension)
   Tensor norm1_mean, norm1_rstd;  // [N]
   Tensor q_raw, k_raw;    // [N, H*hd], [N, KV*hd] projections before q/k norm (qk_norm)
   Tensor q_rstd, k_rstd;  // [N*H], [N*KV] (qk_norm)
@@ -90,7 +92,7 @@ struct LayerActivations {
   Tensor lse;             // [B, H, T]
   Tensor o_out, post_attn_rstd;  // [N, d], [N] o-projection output and its norm's rstd (sandwich_norms)
   Tensor x_mid;           // [N, d] residual after attention
-  Tensor xn2;             // [N, d]
+  Tensor xn2;             // [N, d] MLP-norm output (or wider, as xn1)
   Tensor norm2_mean, norm2_rstd;
   Tensor gate, up;        // [N, I] pre-activation (gate: gated MLPs only)
   Tensor act;             // [N, I] down-projection input
@@ -198,7 +200,7 @@ class Model {
   bool rope_changes(int64_t cached, int64_t total) const;
   // Norm of x by the model's norm kind (see norm.h).
   Tensor normalize(const Norm& n, const Tensor& x, Tensor* mean, Tensor* rstd,
-                   const ops::ColumnBlock* also = nullptr) const;
+                   const ops::ColumnBlock* into = nullptr) const;
   // hidden_states_at's layers: embedded rows x [B*T, d] at device positions pos [B*T].
   Tensor layers_at(Tensor x, const Tensor& pos, int64_t B, int64_t T, int64_t max_pos, ProjectionHook* hook,
                    AttentionCache& attention) const;

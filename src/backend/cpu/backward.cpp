@@ -21,6 +21,11 @@ const float* residual_grad(const Tensor* dres, const Tensor& x, const char* op) 
 Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw,
                         const Tensor* dres) {
   const int64_t d = w.numel(), rows = x.numel() / d;
+  if (dy.numel() != x.numel()) {  // a wider dy: its first d columns
+    Tensor first = Tensor::empty({rows, d});
+    copy_columns_(first, 0, dy, 0, d);
+    return rmsnorm_backward(first, x, w, rstd, dw, dres);
+  }
   Tensor dx = Tensor::empty(x.shape());
   const float *dyp = dy.f32(), *xp = x.f32(), *wp = w.f32(), *rp = rstd.f32();
   const float* res = residual_grad(dres, x, "rmsnorm_backward");

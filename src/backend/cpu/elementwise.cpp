@@ -52,7 +52,7 @@ Tensor embedding(const Tensor& table, const std::vector<int32_t>& ids) {
   return out;
 }
 
-Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out, const ColumnBlock* also) {
+Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out, const ColumnBlock* into) {
   const int64_t d = w.numel();
   LR_CHECK(x.numel() % d == 0, x.str(), " rmsnorm ", w.str());
   const int64_t rows = x.numel() / d;
@@ -71,12 +71,11 @@ Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out, co
     rp[r] = rs;
     for (int64_t i = 0; i < d; ++i) yp[r * d + i] = xr[i] * rs * wp[i];
   }
-  if (also) {
-    Tensor dst = also->t;
-    copy_columns_(dst, also->col, y.reshape({rows, d}), 0, d);
-  }
   if (rstd_out) *rstd_out = rstd;
-  return y;
+  if (!into) return y;
+  Tensor dst = into->t;
+  copy_columns_(dst, into->col, y.reshape({rows, d}), 0, d);
+  return dst;
 }
 
 Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor* mean_out, Tensor* rstd_out) {

@@ -16,7 +16,7 @@ constexpr int kThreads = 256;
 
 template <typename T, typename W>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, const W* __restrict__ w, T* __restrict__ y,
-                               float* __restrict__ rstd, int64_t d, float eps, T* __restrict__ y2, int64_t ld2) {
+                               float* __restrict__ rstd, int64_t d, float eps, int64_t ldy) {
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const T* xr = x + r * d;
@@ -28,11 +28,7 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const W* __restrict__ w,
   ss = block_sum(ss, scratch);
   const float rs = rsqrtf(ss / static_cast<float>(d) + eps);
   if (threadIdx.x == 0) rstd[r] = rs;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
-    const T v = from_f32<T>(to_f32(xr[i]) * rs * to_f32(w[i]));
-    y[r * d + i] = v;
-    if (y2) y2[r * ld2 + i] = v;
-  }
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) y[r * ldy + i] = from_f32<T>(to_f32(xr[i]) * rs * to_f32(w[i]));
 }
 
 template <typename T, typename W>
@@ -66,14 +62,14 @@ __global__ void layernorm_kernel(const T* __restrict__ x, const W* __restrict__ 
 template <typename T, typename W>
 __global__ void rmsnorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
                                         const float* __restrict__ rstd, const T* __restrict__ dres, T* __restrict__ dx,
-                                        float* __restrict__ dw_part, int64_t rows, int64_t d) {
+                                        float* __restrict__ dw_part, int64_t rows, int64_t d, int64_t ld_dy) {
   extern __shared__ float acc[];
   __shared__ float scratch[32];
   if (dw_part)
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) acc[i] = 0.0f;
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const T* xr = x + r * d;
-    const T* gr = dy + r * d;
+    const T* gr = dy + r * ld_dy;
     float dot = 0.0f;  // Σ dy·w·x
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) dot += to_f32(gr[i]) * to_f32(w[i]) * to_f32(xr[i]);
     dot = block_sum(dot, scratch);
@@ -141,8 +137,7 @@ struct alignas(16) Pack16 {
 
 template <typename T, typename W>
 __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_vec_kernel(const T* __restrict__ x, const W* __restrict__ w, T* __restrict__ y,
-                                   float* __restrict__ rstd, int64_t rows, int64_t d, float eps,
-                                   T* __restrict__ y2, int64_t ld2) {
+                                   float* __restrict__ rstd, int64_t rows, int64_t d, float eps, int64_t ldy) {
   constexpr int V = 16 / sizeof(T);
   __shared__ float scratch[32];
   const int64_t packs = d / V;
@@ -169,7 +164,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_vec_kernel(const T* __
     ss = block_sum(ss, scratch);
     const float rs = rsqrtf(ss / static_cast<float>(d) + eps);
     if (threadIdx.x == 0) rstd[r] = rs;
-    Pack16<T>* yr = reinterpret_cast<Pack16<T>*>(y + r * d);
+    Pack16<T>* yr = reinterpret_cast<Pack16<T>*>(y + r * ldy);
 #pragma unroll
     for (int p = 0; p < kPacks; ++p) {
       const int64_t k = threadIdx.x + int64_t(p) * blockDim.x;
@@ -178,7 +173,6 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_vec_kernel(const T* __
 #pragma unroll
         for (int e = 0; e < V; ++e) o.v[e] = from_f32<T>(to_f32(xp[p].v[e]) * rs * wv[p][e]);
         yr[k] = o;
-        if (y2) reinterpret_cast<Pack16<T>*>(y2 + r * ld2)[k] = o;
       }
     }
   }
@@ -188,7 +182,7 @@ template <typename T, typename W>
 __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_backward_vec_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                             const W* __restrict__ w, const float* __restrict__ rstd,
                                             const T* __restrict__ dres, T* __restrict__ dx, float* __restrict__ dw_part,
-                                            int64_t rows, int64_t d) {
+                                            int64_t rows, int64_t d, int64_t ld_dy) {
   constexpr int V = 16 / sizeof(T);
   __shared__ float scratch[32];
   const int64_t packs = d / V;
@@ -204,7 +198,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_backward_vec_kernel(co
   }
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const Pack16<T>* xr = reinterpret_cast<const Pack16<T>*>(x + r * d);
-    const Pack16<T>* gr = reinterpret_cast<const Pack16<T>*>(dy + r * d);
+    const Pack16<T>* gr = reinterpret_cast<const Pack16<T>*>(dy + r * ld_dy);
     const Pack16<T>* rr = reinterpret_cast<const Pack16<T>*>(dres + r * d);
     Pack16<T> xp[kPacks], gp[kPacks], res[kPacks];
     float dot = 0.0f;  // Σ dy·w·x
@@ -300,29 +294,28 @@ const void* residual_grad(const Tensor* dres, const Tensor& x, const char* op) {
 
 }  // namespace
 
-Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out, const ColumnBlock* also) {
+Tensor rmsnorm(const Tensor& x, const Tensor& w, float eps, Tensor* rstd_out, const ColumnBlock* into) {
   int64_t rows;
   check_norm_args("rmsnorm", x, w, &rows);
   const int64_t d = w.numel();
-  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor y = into ? into->t : Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor rstd = Tensor::empty({rows}, DType::F32, x.device());
   if (rows > 0) {
     cudaStream_t st = stream_for(x.device());
-    // The second output's first element and row stride (elements); its rows must stay 16-byte
-    // aligned for the vector kernel.
-    char* y2 = also ? static_cast<char*>(also->t.raw()) + also->col * dtype_size(x.dtype()) : nullptr;
-    const int64_t ld2 = also ? also->t.dim(1) : 0;
-    const bool y2_vec = !also || (ld2 * dtype_size(x.dtype())) % 16 == 0;
-    if (const int threads = y2_vec ? vec_threads(d, x.dtype(), {x.raw(), y.raw(), y2 ? y2 : y.raw()}) : 0) {
+    // The output's first element and row stride (elements): a block of a wider matrix keeps its
+    // rows 16-byte aligned for the vector kernel only when the stride's bytes are a multiple of 16.
+    char* out = static_cast<char*>(y.raw()) + (into ? into->col * dtype_size(x.dtype()) : 0);
+    const int64_t ldy = into ? into->t.dim(1) : d;
+    const bool vec_rows = (ldy * dtype_size(x.dtype())) % 16 == 0;
+    if (const int threads = vec_rows ? vec_threads(d, x.dtype(), {x.raw(), out}) : 0) {
       const int grid = vec_grid(rows, threads, x.device());
       LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
-          rmsnorm_vec_kernel<<<grid, threads, 0, st>>>(x.data<T>(), w.data<W>(), y.data<T>(), rstd.data<float>(),
-                                                       rows, d, eps, reinterpret_cast<T*>(y2), ld2)));
+          rmsnorm_vec_kernel<<<grid, threads, 0, st>>>(x.data<T>(), w.data<W>(), reinterpret_cast<T*>(out),
+                                                       rstd.data<float>(), rows, d, eps, ldy)));
     } else {
       LR_FLOAT_TYPES(x.dtype(), T, LR_FLOAT_TYPES(w.dtype(), W,
-          rmsnorm_kernel<<<unsigned(rows), kThreads, 0, st>>>(x.data<T>(), w.data<W>(), y.data<T>(),
-                                                             rstd.data<float>(), d, eps, reinterpret_cast<T*>(y2),
-                                                             ld2)));
+          rmsnorm_kernel<<<unsigned(rows), kThreads, 0, st>>>(x.data<T>(), w.data<W>(), reinterpret_cast<T*>(out),
+                                                             rstd.data<float>(), d, eps, ldy)));
     }
     LR_CUDA_LAUNCHED();
   }
@@ -358,7 +351,10 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   int64_t rows;
   check_norm_args("rmsnorm_backward", x, w, &rows);
   check_arg(dy, "rmsnorm_backward", "dy");
-  LR_CHECK(dy.dtype() == x.dtype() && dy.numel() == x.numel(), "rmsnorm_backward dy ", dy.str(), " x ", x.str());
+  // dy [rows, d], or wider: its first d columns (ld_dy its row stride)
+  const int64_t ld_dy = dy.numel() == x.numel() ? w.numel() : dy.dim(1);
+  LR_CHECK(dy.dtype() == x.dtype() && (dy.numel() == x.numel() || (dy.rank() == 2 && dy.dim(0) == rows)),
+           "rmsnorm_backward dy ", dy.str(), " x ", x.str());
   const void* res = residual_grad(dres, x, "rmsnorm_backward");
   LR_CHECK(rstd.dtype() == DType::F32 && rstd.numel() == rows, "rmsnorm_backward rstd ", rstd.str());
   const int64_t d = w.numel();
@@ -370,7 +366,8 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
   }
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   if (rows == 0) return dx;
-  const int vthreads = vec_threads(d, x.dtype(), {x.raw(), dy.raw(), dx.raw(), res ? res : dx.raw()});
+  const bool vec_rows = (ld_dy * dtype_size(x.dtype())) % 16 == 0;
+  const int vthreads = vec_rows ? vec_threads(d, x.dtype(), {x.raw(), dy.raw(), dx.raw(), res ? res : dx.raw()}) : 0;
   const int grid = vthreads ? vec_grid(rows, vthreads, x.device()) : norm_grid(rows, x.device());
   Tensor part = want_dw ? Tensor::empty({grid, d}, DType::F32, x.device()) : Tensor();
   const size_t smem = want_dw ? d * sizeof(float) : 0;
@@ -381,7 +378,7 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
                                                                     rstd.data<float>(), static_cast<const T*>(res),
                                                                     dx.data<T>(),
                                                                     want_dw ? part.data<float>() : nullptr, rows,
-                                                                    d)));
+                                                                    d, ld_dy)));
     LR_CUDA_LAUNCHED();
     if (want_dw) column_sum_add(part.raw(), DType::F32, grid, d, dw->data<float>(), x.device());
     return dx;
@@ -391,7 +388,8 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
     rmsnorm_backward_kernel<T, W><<<grid, kThreads, smem, st>>>(dy.data<T>(), x.data<T>(), w.data<W>(),
                                                                 rstd.data<float>(), static_cast<const T*>(res),
                                                                 dx.data<T>(),
-                                                                want_dw ? part.data<float>() : nullptr, rows, d);
+                                                                want_dw ? part.data<float>() : nullptr, rows, d,
+                                                                ld_dy);
   }));
   LR_CUDA_LAUNCHED();
   if (want_dw) column_sum_add(part.raw(), DType::F32, grid, d, dw->data<float>(), x.device());
