@@ -16,16 +16,17 @@ int64_t compute_rank(int64_t r, Device device) {
   return (r + 7) / 8 * 8;
 }
 
-void cast_into_block(Tensor& out, const Tensor& value) {
-  if (out.numel() == value.numel()) {
+void cast_into_block(Tensor& out, const Tensor& value, int64_t col) {
+  if (col == 0 && out.numel() == value.numel()) {
     ops::cast_into_(out, value);
     return;
   }
-  LR_CHECK(out.rank() == 2 && value.rank() == 2 && out.dim(0) >= value.dim(0) && out.dim(1) >= value.dim(1),
-           "cast_into_block: ", value.str(), " into ", out.str());
+  LR_CHECK(out.rank() == 2 && value.rank() == 2 && col >= 0 && out.dim(0) >= value.dim(0) &&
+               out.dim(1) >= col + value.dim(1),
+           "cast_into_block: ", value.str(), " into ", out.str(), " at column ", col);
   Tensor rows = out.slice_rows(0, value.dim(0));
   if (out.dim(1) == value.dim(1)) ops::cast_into_(rows, value);
-  else ops::copy_columns_(rows, 0, ops::cast(value, out.dtype()), 0, value.dim(1));
+  else ops::copy_columns_(rows, col, ops::cast(value, out.dtype()), 0, value.dim(1));
 }
 
 Tensor padded(const Tensor& value, int64_t rows, int64_t cols, DType dtype) {

@@ -194,10 +194,7 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
 void refresh_working_copies(std::vector<ParamRef>& params) {
   for (ParamRef& p : params) {
     if (p.working.defined()) lora::cast_into_block(p.working, p.param);  // LoRA's may be wider (rank_padding.h)
-    if (p.working_also.defined()) {
-      Tensor rows = p.working_also.slice_rows(0, p.param.dim(0));
-      ops::copy_columns_(rows, p.working_also_col, ops::cast(p.param, rows.dtype()), 0, p.param.dim(1));
-    }
+    if (p.working_also.defined()) lora::cast_into_block(p.working_also, p.param, p.working_also_col);
   }
 }
 

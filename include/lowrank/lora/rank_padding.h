@@ -16,9 +16,11 @@ namespace lowrank::lora {
 // The rank LoRA's GEMMs run at on `device`: r, or on CUDA r rounded up to a multiple of 8
 // (LOWRANK_PAD_RANK=0: r, for measurements).
 int64_t compute_rank(int64_t r, Device device);
-// value [rows, cols] converted into the top-left block of `out` (2-D, at least as large; the rest
-// untouched), or cast_into_ when their sizes match.
-void cast_into_block(Tensor& out, const Tensor& value);
+// value [rows, cols] converted into the block of `out` (2-D, large enough; the rest untouched) at
+// its first rows and columns [col, col + cols) (the top-left block when col is 0: a padded working
+// copy; elsewhere: B inside the K-extended weight, k_extension.h), or cast_into_ when their sizes
+// match and col is 0.
+void cast_into_block(Tensor& out, const Tensor& value, int64_t col = 0);
 // A new [rows, cols] tensor of `dtype`: value in its top-left block, zeros elsewhere.
 Tensor padded(const Tensor& value, int64_t rows, int64_t cols, DType dtype);
 
