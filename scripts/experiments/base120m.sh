@@ -8,7 +8,8 @@
 # Carry to the box: .devrun/cuda-build, out/base120m/{train,val}.txt.gz (pretrain_lowrank.sh
 # prepare, here) and out/experiments/data/TASK for each task (run.sh TASK prepare, here).
 # Rows go to $DEST (default: $OUT when the device tool sets it, else out/experiments), one file per
-# task and set: TASK-SET-base120m.jsonl, with the pretraining's summary (base120m-summary.json).
+# task and set: TASK-SET-base120m.jsonl, with the pretraining's summary (base120m-summary.json)
+# and every run's metrics.jsonl (runs-metrics.tgz: the loss curves, report.py --runs-dir).
 # Defaults on this base: JOBS=3 (runs share the GPU: quality only, not speed), LR_FULL=3e-4,
 # SEED_LIST="1 2 3" for the seeds set (no seed-1 quality rows exist for a fresh base). A set that
 # runs out of time (BUDGET seconds for the whole call, default 560) leaves the rows it finished.
@@ -40,3 +41,5 @@ for pair in "$@"; do
     timeout "$left" scripts/experiments/run.sh "$task" "$set_" > "$dest/$task-$set_.log" 2>&1
   echo "$pair: rc $?, $(wc -l < "$rows" 2>/dev/null || echo 0) rows after $(( $(date +%s) - t0 )) s"
 done
+# The runs' loss curves (metrics.jsonl), for report.py --curves / --rank-curves here.
+tar czf "$dest/runs-metrics.tgz" out/experiments/runs-*/*/metrics.jsonl 2>/dev/null || true
