@@ -1,7 +1,7 @@
 // CUDA op benchmark: times the GEMMs, attention and fused kernels of a training step with CUDA
 // events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
 // kernels: bytes read + written once).
-// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r] | --dropout-shrink [r] |
+// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r [pad]] | --dropout-shrink [r] |
 //                        --lora-ranks]
 // (--attention: only the tensor-core vs cuDNN attention rows; --projections: only separate vs
 // stacked frozen projections; --k-extension: LoRA's expand and g as today vs folded into the
@@ -10,6 +10,7 @@
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -233,8 +234,11 @@ void bench_projection_fusion(int64_t tokens, const char* name, int64_t d, int64_
 // dx_ext = Σ dy_i [W_i | s·B_i] whose last R columns are g. dx += g·A is in both (first today, after
 // with the extension), as are the copies the extension needs unless the norm writes into x_ext
 // and its backward reads dx_ext's first columns.
-void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector<int64_t> outs, int64_t r) {
-  const int64_t members = static_cast<int64_t>(outs.size()), R = r * members;
+// `pad`: the group's R rounded up to a multiple of it (zero columns; K = in + R then fills whole
+// K tiles when in does).
+void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector<int64_t> outs, int64_t r,
+                       int64_t pad) {
+  const int64_t members = static_cast<int64_t>(outs.size()), R = (r * members + pad - 1) / pad * pad;
   Tensor x = random_gpu({tokens, in}, DType::BF16, 1), x_ext = random_gpu({tokens, in + R}, DType::BF16, 2);
   Tensor h = random_gpu({tokens, R}, DType::BF16, 3), A = random_gpu({R, in}, DType::BF16, 4, 0.05f);
   Tensor g = Tensor::empty({tokens, R}, DType::BF16, kGpu), dx = Tensor::empty({tokens, in}, DType::BF16, kGpu);
@@ -250,8 +254,9 @@ void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector
     flops += 2.0 * tokens * in * outs[i];
   }
   std::string what = std::string(name);
-  std::printf("\n-- %s: LoRA expand + g as today vs the K-extension (tokens = %lld, r = %lld; graph-replayed)\n", what.c_str(),
-              (long long)tokens, (long long)r);
+  std::printf("\n-- %s: LoRA expand + g as today vs the K-extension (tokens = %lld, r = %lld, K = %lld + %lld; "
+              "graph-replayed)\n",
+              what.c_str(), (long long)tokens, (long long)r, (long long)in, (long long)R);
   report_flops(what + " fwd: expand, then GEMM beta=1", graph_ms([&] {
                  for (int64_t i = 0; i < members; ++i) {
                    ops::matmul_blocks(ops::Gemm::NT, {h, i * r, r}, ops::ColumnBlock::all(B[i]),
@@ -373,7 +378,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (k_extension) {
-      const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
+      const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16, pad = argc > 3 ? std::max(1LL, std::atoll(argv[3])) : 1;
       const int64_t tokens = 8192;
       struct Group {
         const char* name;
@@ -395,10 +400,11 @@ int main(int argc, char** argv) {
            {"Qwen-0.5B q,k,v", 896, {896, 128, 128}},
            {"Qwen-0.5B gate,up", 896, {4864, 4864}},
            {"Qwen-0.5B down", 4864, {896}},
+           {"Llama-8B q,k,v", 4096, {4096, 1024, 1024}},
            {"Llama-8B gate,up", 4096, {14336, 14336}},
            {"Llama-8B down", 14336, {4096}},
            })
-        bench_k_extension(tokens, g.name, g.in, g.outs, r);
+        bench_k_extension(tokens, g.name, g.in, g.outs, r, pad);
       return 0;
     }
     if (projections_only || !quick) {
