@@ -26,17 +26,19 @@ Tensor i32(const std::vector<int32_t>& v) {
 }
 }  // namespace
 
-TEST(OpsDispatch, DropoutDrawsLikeTheLoraHook) {
+TEST(OpsDispatch, DropoutKeepsWhereItsDrawIsBelowKeep) {
   // A small tensor, and one large enough for the parallel loop; offsets not on a Philox block.
   for (const auto& [shape, offset] : {std::pair{Shape{13, 29}, uint64_t{11}}, std::pair{Shape{300, 301}, uint64_t{6}}}) {
     Tensor x = random_t(shape, 1);
     const double p = 0.05;
-    Rng rng(7, offset);
     const float keep = static_cast<float>(1.0 - p);
     Tensor mask;
     Tensor got = ops::dropout(x, p, 7, offset, &mask);
     for (int64_t k = 0; k < x.numel(); ++k) {
-      const bool kept = rng.uniform() < keep;  // lora_hook's loop
+      // Position offset + k: the 16-bit half (offset + k) % 8 of Philox block (offset + k) / 8.
+      const uint64_t pos = offset + static_cast<uint64_t>(k);
+      const uint32_t word = philox4x32(7, 0, pos / 8)[(pos % 8) / 2], half = pos % 2 ? word >> 16 : word & 0xFFFFu;
+      const bool kept = static_cast<float>(half) * (1.0f / 65536.0f) < keep;
       ASSERT_EQ(mask.data<uint8_t>()[k], kept) << k;
       ASSERT_EQ(got.f32()[k], kept ? x.f32()[k] / keep : 0.0f) << k;
     }

@@ -783,6 +783,10 @@ std::vector<OpCase> op_table() {
                  return Outputs{wide, odd, rstd, rstd2, ops::rmsnorm(in[0], in[1], 1e-5f), dx, dw, dx2, dw2};
                },
                {}, {}, true, false, 1e-3});
+  // The fused backward with draws that start on a Philox block (offset % 8 == 0, as training's
+  // are): lanes g and g ^ 1 draw two rows' blocks each and swap halves; a partial last step.
+  t.push_back(dropout_backward_case("dropout_shrink_backward fused, draws on a Philox block", 301, 96, 16,
+                                    {0.2, 5, 4096, Tensor()}));
   return t;
 }
 

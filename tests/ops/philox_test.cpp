@@ -2,6 +2,7 @@
 // draw exactly what lowrank::Rng draws.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <vector>
 
 #include "backend/cpu/philox_blocks.h"
@@ -39,5 +40,41 @@ TEST(Philox, CpuBlocksEqualPhilox4x32) {
         }
       }
     }
+  }
+}
+
+// LoRA dropout's draws (philox.h): position pos is the 16-bit half pos % 8 of block pos / 8, low
+// half first; kept when half · 2^-16 < keep. dropout_kept8 at any position, in or across blocks.
+TEST(Philox, DropoutDrawsAreHalfWords) {
+  const uint64_t seed = 0xDEADBEEFCAFEULL;
+  for (float keep : {0.95f, 0.5f, 0.9f, 0.1f}) {
+    const uint32_t below = dropout_below(keep);
+    EXPECT_LE(std::abs(static_cast<double>(below) / 65536.0 - keep), 1.0 / 65536.0) << keep;
+    for (uint64_t pos : {uint64_t(0), uint64_t(3), uint64_t(8), uint64_t(13), uint64_t(1) << 35, (uint64_t(1) << 35) + 7}) {
+      const uint32_t got = dropout_kept8(seed, pos, below);
+      for (int i = 0; i < 8; ++i) {
+        const uint64_t at = pos + static_cast<uint64_t>(i);
+        const uint32_t word = philox4x32(seed, 0, at / 8)[(at % 8) / 2];
+        const uint32_t half = at % 2 ? word >> 16 : word & 0xFFFFu;
+        ASSERT_EQ(got >> i & 1u, static_cast<float>(half) * (1.0f / 65536.0f) < keep ? 1u : 0u)
+            << "keep " << keep << " pos " << at;
+      }
+      if (pos % 8 == 0) EXPECT_EQ(got, dropout_block_kept(seed, pos / 8, below));
+    }
+  }
+  EXPECT_EQ(dropout_below(0.5f), 32768u);          // keep · 2^16 whole: kept below it exactly
+  EXPECT_EQ(dropout_below(0.95f), 62260u);         // ceil(62259.2)
+}
+
+// The draws keep a fraction keep of the elements (a wrong bit field would not): 2^20 draws, p =
+// 0.05, the fraction within 7 standard deviations (1.5e-3).
+TEST(Philox, DropoutKeepsTheRightFraction) {
+  for (float keep : {0.95f, 0.7f}) {
+    const uint32_t below = dropout_below(keep);
+    int64_t kept = 0;
+    const int64_t blocks = int64_t(1) << 17;
+    for (int64_t b = 0; b < blocks; ++b) kept += __builtin_popcount(dropout_block_kept(42, static_cast<uint64_t>(b), below));
+    const double fraction = static_cast<double>(kept) / static_cast<double>(8 * blocks);
+    EXPECT_NEAR(fraction, keep, 7.0 * std::sqrt(keep * (1.0 - keep) / static_cast<double>(8 * blocks))) << keep;
   }
 }

@@ -87,8 +87,9 @@ struct LoraRows {
 constexpr int64_t kLoraRowsMaxRank = 1024;
 
 // The draws of one LoRA dropout, as ops::dropout takes them: element k of the input keeps when
-// draw offset + k of Rng(seed) (+ *device_offset, I64 [1] on the input's device, when defined) is
-// below keep = float(1 - p), and is then divided by keep.
+// the draw at stream position offset + k (+ *device_offset, I64 [1] on the input's device, when
+// defined) of `seed` is below keep = float(1 - p) (a 16-bit draw: lowrank/backend/philox.h), and
+// is then divided by keep.
 struct DropoutDraws {
   double p = 0;
   uint64_t seed = 0, offset = 0;

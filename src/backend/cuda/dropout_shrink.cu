@@ -1,8 +1,9 @@
 // LoRA's shrink through its dropout on CUDA, dropout(x) never written out (the CPU's form:
-// src/backend/cpu/dropout_shrink.cpp). Element k of x is kept when word offset + k of the Philox
-// stream says so, as ops::dropout draws it (dropout.cu), so the masks are the composition's. The
-// kept x enter the products unscaled and 1/keep multiplies each sum once (the composition rounds
-// x / keep to bf16 first): closer to the f32 definition, not bitwise the composition.
+// src/backend/cpu/dropout_shrink.cpp). Element k of x is kept when stream position offset + k of
+// the dropout draws says so (lowrank/backend/philox.h), as ops::dropout draws it (dropout.cu), so
+// the masks are the composition's. The kept x enter the products unscaled and 1/keep multiplies
+// each sum once (the composition rounds x / keep to bf16 first): closer to the f32 definition,
+// not bitwise the composition.
 //   forward   h [N, r] = drop(x) Aᵀ: tensor cores (mma.sync m16n8k16), a block per 16 rows, its
 //             8 warps splitting the K columns in chunks of 32 and summing in shared memory.
 //   backward  dA [r, in] += α gᵀ drop(x) and dx (+)= drop'(α g A): one pass over x (and dx) on
@@ -28,22 +29,6 @@
 
 namespace lowrank::cuda {
 namespace {
-
-// Bit i set: stream position pos + i keeps its element (i < 4). dropout.cu's rule, its uniform
-// (w >> 8) · 2^-24 below keep, as one integer compare: (w >> 8) < ceil(keep · 2^24) = `below`.
-__device__ __forceinline__ uint32_t kept4(uint64_t seed, uint64_t pos, uint32_t below) {
-  auto bits = [&](const PhiloxBlock& b) {
-    uint32_t m = 0;
-#pragma unroll
-    for (int w = 0; w < 4; ++w) m |= static_cast<uint32_t>((b.w[w] >> 8) < below) << w;
-    return m;
-  };
-  const uint32_t shift = static_cast<uint32_t>(pos % 4);
-  const uint32_t lo = bits(philox4x32_10(seed, 0, pos / 4));
-  if (shift == 0) return lo;
-  const uint32_t hi = bits(philox4x32_10(seed, 0, pos / 4 + 1));
-  return ((lo >> shift) | (hi << (4 - shift))) & 0xFu;
-}
 
 // ---- forward ----------------------------------------------------------------------------------
 
@@ -72,7 +57,7 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
         const int64_t at = rows[i] * in + k;
         float v[8];
         unpack8(*reinterpret_cast<const uint4*>(x + at), v);
-        const uint32_t m = kept4(seed, offset + at, below) | kept4(seed, offset + at + 4, below) << 4;
+        const uint32_t m = dropout_kept8(seed, offset + at, below);
 #pragma unroll
         for (int p = 0; p < 4; ++p)
           a[i][p] = pack_bf16(m >> (2 * p) & 1 ? v[2 * p] : 0.0f, m >> (2 * p + 1) & 1 ? v[2 * p + 1] : 0.0f);
@@ -118,9 +103,10 @@ constexpr int kBackWarps = 4;
 
 // dx of a chunk of rows (blockIdx.y) and its partial Σ_rows gᵀ drop(x) into partial[blockIdx.y],
 // on tensor cores, r <= 16. A warp takes 32 columns of the chunk, 16 rows a step; a block 4 warps
-// side by side (128 columns). Lane (g, t) owns the 16 elements rows {2t, 2t+1,
-// 2t+8, 2t+9} × columns {4g..4g+3} of each step: 4 Philox blocks, 8-byte loads and stores. Two
-// mmas a step see them in their layouts by permuting the index that is summed over or written:
+// side by side (128 columns). Lane (g, t) owns the 16 elements rows {2t, 2t+1, 2t+8, 2t+9} ×
+// columns {4g..4g+3} of each step: half of 4 Philox blocks (2 drawn, 2 from lane g ^ 1); 8-byte
+// loads and stores. Two mmas a step see them in their
+// layouts by permuting the index that is summed over or written:
 //   dA [r, 32] += gᵀ [r, 16 rows] · drop(x) [16 rows, 32]: n-tile j's column g is column 4g + j,
 //     so b0/b1 of n-tile j are the lane's column 4g + j at rows 2t, 2t+1 / 2t+8, 2t+9;
 //   g A, transposed [32, 16 rows] = Aᵀ [32, r] · gᵀ [r, 16 rows]: m-tile i's rows g and g + 8 are
@@ -132,6 +118,7 @@ __global__ void __launch_bounds__(kBackWarps * 32)
                                        int rows_per, float alpha_keep, uint32_t below, uint64_t seed,
                                        uint64_t offset, const int64_t* __restrict__ delta) {
   if (delta) offset += static_cast<uint64_t>(*delta);
+  const bool paired = offset % 8 == 0;  // column 0 of every row starts a Philox block (in % 32 == 0)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int col0 = (blockIdx.x * kBackWarps + warp) * 32;
   if (col0 >= in) return;  // no block-wide barrier below
@@ -178,10 +165,29 @@ __global__ void __launch_bounds__(kBackWarps * 32)
       gb[u][0] = pair(g_at(row, 2 * t), g_at(row, 2 * t + 1));
       gb[u][1] = pair(g_at(row, 2 * t + 8), g_at(row, 2 * t + 9));
     }
+    if (paired) {
+      // The lane's 4 columns of a row are half of a Philox block's 8 draws, lane g ^ 1 (lane ^ 4)
+      // owns the other half: each draws the blocks of two of the four rows (even g rows q = 0, 1;
+      // odd g rows 2, 3) and they swap, one block a row between them.
+      uint32_t own[2], other[2];
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int64_t row = s + lrow[q];
-      m[q] = row < row_end ? kept4(seed, offset + uint64_t(row * in + col), below) : 0u;
+      for (int j = 0; j < 2; ++j) {
+        const int64_t row = s + lrow[2 * (g & 1) + j];
+        own[j] = dropout_block_kept(seed, (offset + uint64_t(row * in + (col & ~7))) / 8, below);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) other[j] = __shfl_xor_sync(0xFFFFFFFFu, own[j], 4);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint32_t block = q / 2 == (g & 1) ? own[q % 2] : other[q % 2];
+        m[q] = s + lrow[q] < row_end ? block >> (4 * (g & 1)) & 0xFu : 0u;
+      }
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int64_t row = s + lrow[q];
+        m[q] = row < row_end ? dropout_kept8(seed, offset + uint64_t(row * in + col), below) & 0xFu : 0u;
+      }
     }
     // drop(x) (unscaled: 1/keep is in the partials' sum) as bf16 bits, [q][c].
     uint32_t xd[4][4];
@@ -231,15 +237,28 @@ __global__ void __launch_bounds__(kBackWarps * 32)
   }
 }
 
-// dA[e] += α Σ_c partial[c][e], the chunks in order.
+// dA[e] += α Σ_c partial[c][e]. A block takes 32 elements; its 8 warps sum the chunks c ≡ warp
+// (mod 8) of them in order, then the warps' sums are added in warp order: the same sums every run.
+// (One thread an element summing every chunk in order left most SMs idle at small widths: base7m's
+// 4,096 elements over 256 chunks took ~9 µs a call, 42 calls a step.)
 // dA may hold only the first `size` elements of a chunk's `stride` (the first rows of the gradient).
-__global__ void add_partials_kernel(float* __restrict__ dA, const float* __restrict__ partial, int64_t size,
-                                    int64_t stride, int chunks, float alpha) {
-  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < size; e += int64_t(gridDim.x) * blockDim.x) {
-    float sum = 0.0f;
-    for (int c = 0; c < chunks; ++c) sum += partial[c * stride + e];
-    dA[e] += alpha * sum;
-  }
+constexpr int kAddGroups = 8;
+__global__ void __launch_bounds__(32 * kAddGroups)
+    add_partials_kernel(float* __restrict__ dA, const float* __restrict__ partial, int64_t size, int64_t stride,
+                        int chunks, float alpha) {
+  __shared__ float sums[kAddGroups][32];
+  const int lane = threadIdx.x % 32, group = threadIdx.x / 32;
+  const int64_t e = int64_t(blockIdx.x) * 32 + lane;
+  float sum = 0.0f;
+  if (e < size)
+    for (int c = group; c < chunks; c += kAddGroups) sum += partial[c * stride + e];
+  sums[group][lane] = sum;
+  __syncthreads();
+  if (group != 0 || e >= size) return;
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kAddGroups; ++w) total += sums[w][lane];
+  dA[e] += alpha * total;
 }
 
 bool fused_dropout_enabled() {
@@ -250,8 +269,6 @@ bool fused_dropout_enabled() {
   return on;
 }
 
-// kept4's bound for keep = float(1 - p): ceil(keep · 2^24), exact (a power-of-two scaling).
-uint32_t kept_below(float keep) { return static_cast<uint32_t>(std::ceil(static_cast<double>(keep) * 16777216.0)); }
 
 // The fused kernels' common preconditions: bf16 x [N, in] and A [r, in], in % 8 == 0, 16-byte rows.
 bool fused_fits(const Tensor& x, const Tensor& A, int64_t max_rank) {
@@ -299,7 +316,7 @@ void dropout_shrink(const Tensor& x, const DropoutDraws& d, const Tensor& A, Ten
   const unsigned blocks = static_cast<unsigned>((n + 15) / 16);
   auto launch = [&](auto kernel) {
     kernel<<<blocks, kShrinkWarps * 32, 0, st>>>(x.data<bf16>(), A.data<bf16>(), h.data<bf16>(), n, in, r,
-                                                 kept_below(keep), keep, d.seed, d.offset, device_delta(d));
+                                                 dropout_below(keep), keep, d.seed, d.offset, device_delta(d));
   };
   if (r <= 8) launch(dropout_shrink_kernel<1>);
   else if (r <= 16) launch(dropout_shrink_kernel<2>);
@@ -344,11 +361,11 @@ void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tenso
   const dim3 grid(col_blocks, chunks);
   dropout_shrink_backward_kernel<<<grid, kBackWarps * 32, 0, st>>>(
       x.data<bf16>(), g.data<bf16>(), A.data<bf16>(), partial.data<float>(), dx ? dx->data<bf16>() : nullptr,
-      accumulate, n, in, r, rows_per, alpha / keep, kept_below(keep), d.seed, d.offset, device_delta(d));
+      accumulate, n, in, r, rows_per, alpha / keep, dropout_below(keep), d.seed, d.offset, device_delta(d));
   LR_CUDA_LAUNCHED();
   const int64_t size = dA.numel();
-  add_partials_kernel<<<grid_for(size, 256), 256, 0, st>>>(dA.data<float>(), partial.data<float>(), size,
-                                                           int64_t(r) * in, chunks, alpha / keep);
+  add_partials_kernel<<<static_cast<unsigned>((size + 31) / 32), 32 * kAddGroups, 0, st>>>(
+      dA.data<float>(), partial.data<float>(), size, int64_t(r) * in, chunks, alpha / keep);
   LR_CUDA_LAUNCHED();
 }
 
