@@ -10,10 +10,13 @@
 //             tensor cores, a warp per 32 columns of a chunk of rows; the chunks' partial dA
 //             summed in chunk order by a second launch (the same sums every run).
 // Measured on an H200 (bench_cuda_ops --dropout-shrink, 8,192 rows, r = 16, p = 0.05): forward
-// 0.015 / 0.132 ms at in = 768 / 8,192 against 0.020 / 0.167 composed; backward 0.034 / 0.204 ms
-// against 0.045 / 0.329 (both bound by the Philox draws, not by memory). The variants measured
+// 0.011 / 0.104 ms at in = 768 / 8,192 against 0.020 / 0.139 composed; backward 0.027 / 0.185 ms
+// against 0.043 / 0.302 (bound by the Philox draws, not by memory: 16-bit draws, eight a block,
+// took 0.015 / 0.132 and 0.034 / 0.204 down to these). The variants measured
 // slower (ranks in blocks of 16 for the backward, several m-tiles a forward block, g staged for
-// ldmatrix, loads issued a step ahead): docs/cuda-performance-notes.md, "Fused after all".
+// ldmatrix, loads issued a step ahead; the forward recording its mask as bits for the backward,
+// whose byte loads then cost more than the draws): docs/cuda-performance-notes.md, "Fused after
+// all" and "16-bit draws".
 // Without the fused kernels' preconditions (bf16, in % 8 == 0, 16-byte rows, r <= 64 forward;
 // in % 32 == 0, r <= 16 backward) and with LOWRANK_FUSED_DROPOUT=0 (A/B timing): the composition
 // dropout, then the GEMMs, then dropout's backward on α g A.
