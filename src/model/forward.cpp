@@ -22,19 +22,22 @@ Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook
   const HookOrder order = hook ? hook->projection_order(layer, l.target) : HookOrder::None;
   const Tensor w = l.compute_weight();
   const bool wide = x.dim(1) != w.dim(1);
+  // y = x Wᵀ + beta · y, on x's first columns when x is the hook's extended input.
+  auto frozen = [&](Tensor& out, float beta) {
+    if (!wide) return ops::matmul_nt(x, w, out, 1.0f, beta);
+    ops::matmul_blocks(ops::Gemm::NT, {x, 0, w.dim(1)}, ops::ColumnBlock::all(w), ops::ColumnBlock::all(out), 1.0f, beta);
+  };
   Tensor y;
   if (order == HookOrder::Before) {
-    if (!hook->on_projection_before(layer, l.target, l, x, residual, y)) {
-      if (wide) ops::matmul_blocks(ops::Gemm::NT, {x, 0, w.dim(1)}, ops::ColumnBlock::all(w), ops::ColumnBlock::all(y), 1.0f, 1.0f);
-      else ops::matmul_nt(x, w, y, 1.0f, 1.0f);
-    }
+    if (!hook->on_projection_before(layer, l.target, l, x, residual, y)) frozen(y, 1.0f);
     if (l.bias.defined()) ops::add_bias_(y, l.bias);
     return y;
   }
   if (wide) {  // a frozen projection beside the hook's (k of a q, v adapter): no hook of its own here
-    LR_CHECK(order == HookOrder::None && !residual.defined(), "projection ", l.name, ": an extended input for a hook after it");
+    LR_CHECK(order == HookOrder::None && !residual.defined(), "projection ", l.name,
+             ": an extended input for a hook after it");
     y = Tensor::empty({x.dim(0), w.dim(0)}, x.dtype(), x.device());
-    ops::matmul_blocks(ops::Gemm::NT, {x, 0, w.dim(1)}, ops::ColumnBlock::all(w), ops::ColumnBlock::all(y));
+    frozen(y, 0.0f);
     if (l.bias.defined()) ops::add_bias_(y, l.bias);
     return y;
   }
