@@ -2,11 +2,13 @@
 // sequences spread over 1, 8 or 64 random r=16 all-linear adapters (and the base model alone),
 // once mixed in one forward per round (segmented LoRA, ops::lora_rows_, adapters paged into the
 // decoder's GPU cache) and once grouped by adapter (one forward per adapter and round, each
-// sequence's own LoraHook: what a round did before mixing). Random-weight models of the
+// sequence's own LoraHook: what a round did before mixing), and with one adapter also "merged":
+// the decoder's merged copy of the model (BatchDecoder's merged_adapters, `serve --merged-adapters`)
+// runs every round with the adapter in the weights. Random-weight models of the
 // Qwen2.5-0.5B and Llama-3-8B shapes, bf16, greedy (argmax on the GPU), no eos; the clock covers
 // the decode rounds only (the prefill runs before it). One JSON line per row.
 //   bench_mixed_decode_gpu [--only tiny,qwen0.5b,llama8b] [--batch 64] [--adapters 0,1,8,64] [--new 64]
-//                          [--prompt 128] [--rank 16] [--modes mixed,grouped] [--device cuda:0]
+//                          [--prompt 128] [--rank 16] [--modes mixed,grouped,merged] [--device cuda:0]
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -56,10 +58,10 @@ void sync(Device d) {
 // adapter b % adapters (none when adapters == 0), mixed or through per-adapter hooks.
 double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<lora::Adapter>>& host,
                       const std::vector<std::shared_ptr<lora::Adapter>>& device_copies, int64_t batch,
-                      int64_t adapters, bool mixed, int64_t prompt, int64_t rounds, int64_t vocab) {
+                      int64_t adapters, bool mixed, bool merged, int64_t prompt, int64_t rounds, int64_t vocab) {
   infer::PagedKVCache cache(m.config(), m.device(), m.weights().embed.dtype(),
                             batch * ((prompt + rounds + 15) / 16 + 1));
-  infer::BatchDecoder decoder(m, cache, static_cast<size_t>(std::max<int64_t>(adapters, 1)));
+  infer::BatchDecoder decoder(m, cache, static_cast<size_t>(std::max<int64_t>(adapters, 1)), true, merged ? 1 : 0);
   std::vector<std::unique_ptr<lora::LoraHook>> hooks;
   for (int64_t j = 0; j < adapters && !mixed; ++j)
     hooks.push_back(std::make_unique<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{device_copies[j].get(), 1.0}}));
@@ -101,7 +103,7 @@ double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<l
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string only, device_text = "cuda:0", modes = "mixed,grouped";
+  std::string only, device_text = "cuda:0", modes = "mixed,grouped,merged";
   std::vector<int64_t> adapter_counts = {0, 1, 8, 64};
   int64_t batch = 64, rounds = 64, prompt = 128, rank = 16;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -135,12 +137,14 @@ int main(int argc, char** argv) {
         device_copies.back()->to(dev);
       }
       for (int64_t adapters : adapter_counts) {
-        for (bool mixed : {true, false}) {
-          if (adapters == 0 && !mixed) continue;  // the base model: one row
-          if (modes.find(mixed ? "mixed" : "grouped") == std::string::npos) continue;
-          const double secs = decode_seconds(m, host, device_copies, batch, adapters, mixed, prompt, rounds, s.vocab);
+        for (const std::string mode : {"mixed", "grouped", "merged"}) {
+          if (adapters == 0 && mode != "mixed") continue;  // the base model: one row
+          if (adapters > 1 && mode == "merged") continue;  // a batch of several adapters never merges
+          if (modes.find(mode) == std::string::npos) continue;
+          const double secs = decode_seconds(m, host, device_copies, batch, adapters, mode != "grouped",
+                                             mode == "merged", prompt, rounds, s.vocab);
           nlohmann::json row{{"bench", "mixed_decode_gpu"}, {"shape", s.name}, {"batch", batch},
-                             {"adapters", adapters}, {"rank", rank}, {"mode", mixed ? "mixed" : "grouped"},
+                             {"adapters", adapters}, {"rank", rank}, {"mode", mode},
                              {"rounds", rounds}, {"prompt", prompt}, {"seconds", secs},
                              {"decode_tok_s", static_cast<double>(batch * rounds) / secs}};
 #ifdef LOWRANK_WITH_CUDA

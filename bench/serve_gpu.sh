@@ -6,12 +6,14 @@
 # folders and bench_serve_load drives it with C concurrent streaming clients over K distinct
 # adapters. Raw rows: $OUT/serve-gpu-YYYY-MM-DD.jsonl (copy to bench/results/).
 #   bench/serve_gpu.sh [--only qwen0.5b,llama8b] [--pairs 1x1,16x1,16x8,64x1,64x8,64x64] [--new 64] [--no-peft]
-#                      [--peft-seconds S]
+#                      [--peft-seconds S] [--merged N]
 # --peft-seconds: stop the PEFT timings after S seconds (the pairs it finished keep their rows; the
 # model and adapters are written first), so that lowrank's rows still fit in one device call.
+# --merged N: the server keeps N merged copies of the model (`serve --merged-adapters N`: a batch
+# whose every request uses one adapter runs with it merged into the weights); rows say "merged": N.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft="" peft_seconds=0
+only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft="" peft_seconds=0 merged=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=$2; shift 2 ;;
@@ -19,7 +21,8 @@ while [ $# -gt 0 ]; do
     --new) new=$2; shift 2 ;;
     --no-peft) peft=--no-peft; shift ;;
     --peft-seconds) peft_seconds=$2; shift 2 ;;
-    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft] [--peft-seconds S]" >&2; exit 2 ;;
+    --merged) merged=$2; shift 2 ;;
+    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft] [--peft-seconds S] [--merged N]" >&2; exit 2 ;;
   esac
 done
 bin=.devrun/cuda-build/bin
@@ -39,7 +42,7 @@ for shape in ${only//,/ }; do
   for ((i = 0; i < max_adapters; i++)); do adapter_flags+=(--adapter "a$i=$work/adapters/a$i"); done
   port=$((8200 + RANDOM % 500))
   "$bin/lowrank" serve --model "$work/model" "${adapter_flags[@]}" --device cuda --port "$port" --max-batch 64 \
-    2> "$work/serve.log" &
+    --merged-adapters "$merged" 2> "$work/serve.log" &
   server=$!
   for _ in $(seq 1 300); do
     curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
@@ -55,7 +58,7 @@ for shape in ${only//,/ }; do
       --prompt-tokens 128 --max-tokens 8 >/dev/null
     row=$("$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$requests" --models "$models" \
       --prompt-tokens 128 --max-tokens "$new")
-    echo "$row" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(bench='serve_gpu', engine='lowrank', shape='$shape', adapters=$distinct); print(json.dumps(r))" >> "$out"
+    echo "$row" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(bench='serve_gpu', engine='lowrank', shape='$shape', adapters=$distinct, merged=$merged); print(json.dumps(r))" >> "$out"
     echo "$shape ${clients}x$distinct: $row" >&2
   done
   curl -s "http://127.0.0.1:$port/metrics" | grep -E '^lowrank_' | head -20 >&2

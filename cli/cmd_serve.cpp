@@ -31,6 +31,7 @@ struct ServeArgs {
   std::vector<std::string> adapters;  // NAME=DIR[:SCALE]
   int port = 8000;
   int64_t max_gpu_adapters = 64;  // checked, then options.max_gpu_adapters
+  int64_t merged_adapters = 0;    // checked, then options.merged_adapters
   serve::ServerOptions options;
 };
 
@@ -43,6 +44,10 @@ int run_serve(ServeArgs& a) {
     throw error("--max-batch must be in [1, 4096], got ", a.options.max_batch);
   if (a.max_gpu_adapters < 1) throw error("--max-gpu-adapters must be at least 1");
   a.options.max_gpu_adapters = static_cast<size_t>(a.max_gpu_adapters);
+  if (a.merged_adapters < 0 || a.merged_adapters > 1024) throw error("--merged-adapters must be in [0, 1024]");
+  a.options.merged_adapters = static_cast<size_t>(a.merged_adapters);
+  if (a.merged_adapters > 0 && !device.is_cuda())
+    throw error("--merged-adapters needs --device cuda (the CPU server runs each adapter unmerged)");
   if (a.port < 0 || a.port > 65535) throw error("--port must be in [0, 65535] (0: any free port)");
   if (a.options.max_body_bytes < 1024) throw error("--max-body-bytes must be at least 1024");
   a.options.model_name = a.served_name.empty() ? a.model : a.served_name;
@@ -109,6 +114,11 @@ RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HT
                        app.add_option("--max-gpu-adapters", a->max_gpu_adapters,
                                       "CUDA: adapters kept on the GPU (the rest stay in host memory; least recently "
                                       "used are evicted)")
+                           ->capture_default_str();
+                       app.add_option("--merged-adapters", a->merged_adapters,
+                                      "CUDA: run a batch whose every request uses one adapter on a copy of the model "
+                                      "with that adapter merged into its weights (no LoRA cost per token; outputs "
+                                      "differ from unmerged LoRA by rounding); keep at most N copies (0: never merge)")
                            ->capture_default_str();
                        app.add_option("--max-body-bytes", a->options.max_body_bytes, "Larger request bodies get 413")
                            ->capture_default_str();

@@ -9,6 +9,7 @@
 #include "lowrank/core/error.h"
 #include "lowrank/ops/ops.h"
 #include "decode_graphs.h"
+#include "merged_models.h"
 #include "paged_attention_cache.h"
 
 namespace lowrank::infer {
@@ -18,16 +19,39 @@ PagedSequence::PagedSequence(PagedKVCache& cache, int64_t capacity)
 
 PagedSequence::~PagedSequence() { cache_.release(blocks_); }
 
-BatchDecoder::BatchDecoder(const model::Model& model, PagedKVCache& cache, size_t max_device_adapters, bool graphs)
+BatchDecoder::BatchDecoder(const model::Model& model, PagedKVCache& cache, size_t max_device_adapters, bool graphs,
+                           size_t merged_adapters)
     : model_(model), cache_(cache),
       adapters_(max_device_adapters, static_cast<int>(model.config().num_layers), model.device(),
                 model.weights().embed.dtype()) {
   if (graphs && DecodeGraphs::usable(model)) graphs_ = std::make_unique<DecodeGraphs>(model, cache);
+  if (merged_adapters > 0) merged_ = std::make_unique<MergedModels>(merged_adapters, cache, graphs);
 }
 
 BatchDecoder::~BatchDecoder() = default;
 
-int64_t BatchDecoder::graph_replays() const { return graphs_ ? graphs_->replays() : 0; }
+int64_t BatchDecoder::graph_replays() const {
+  return (graphs_ ? graphs_->replays() : 0) + (merged_ ? merged_->graph_replays() : 0);
+}
+
+lora::AdapterCacheStats BatchDecoder::adapter_stats() const {
+  lora::AdapterCacheStats s = adapters_.stats();
+  s.merged_batches = merged_batches_;
+  s.merged_made = merged_made_;
+  s.merged_resident = merged_resident_;
+  return s;
+}
+
+BatchDecoder::Runner BatchDecoder::runner(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook) {
+  const Runner base{&model_, graphs_.get(), false};
+  if (!merged_ || hook || group.empty() || !group[0]->adapter) return base;
+  for (const DecodeEntry* e : group)
+    if (e->adapter != group[0]->adapter || e->adapter_scale != group[0]->adapter_scale) return base;
+  MergedModels::Copy* copy = merged_->get(model_, group[0]->adapter, group[0]->adapter_scale, adapters_);
+  if (!copy) return base;
+  ++merged_batches_;
+  return {&copy->model, copy->graphs.get(), true};
+}
 
 std::vector<lora::RowAdapter> BatchDecoder::row_adapters(const std::vector<DecodeEntry*>& group) {
   if (std::none_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->adapter != nullptr; }))
@@ -109,18 +133,24 @@ void BatchDecoder::step(std::span<DecodeEntry> entries) {
     const int64_t len = entry.first.first, per = std::max<int64_t>(1, kPrefillRows / len);
     for (size_t i = 0; i < group.size(); i += per) {
       std::vector<DecodeEntry*> part(group.begin() + i, group.begin() + std::min(group.size(), i + per));
-      run(part, [&] { prefill(part, len, hook); });
+      run(part, [&] { prefill(part, len, hook, runner(part, hook)); });
     }
   }
   for (auto& entry : decodes) {
     std::vector<DecodeEntry*>& group = entry.second;
     model::ProjectionHook* hook = entry.first.first;
-    run(group, [&] { decode(group, hook); });
+    run(group, [&] { decode(group, hook, runner(group, hook)); });
+  }
+  if (merged_) {
+    merged_->trim();  // copies of adapters that are gone
+    merged_made_ = merged_->made();
+    merged_resident_ = merged_->resident();
   }
   adapters_.trim();  // adapters held beyond the capacity by this step's batches
 }
 
-void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook) {
+void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook,
+                           const Runner& run) {
   const auto B = static_cast<int64_t>(group.size());
   std::vector<int32_t> ids, pos, slots, last_rows;
   for (int64_t b = 0; b < B; ++b) {
@@ -132,15 +162,16 @@ void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, 
     }
     last_rows.push_back(static_cast<int32_t>(b * len + len - 1));
   }
-  PagedAttentionCache attention(cache_, Tensor::from_ints(slots, model_.device()));
-  const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(row_adapters(group), len);
+  const model::Model& m = *run.model;
+  PagedAttentionCache attention(cache_, Tensor::from_ints(slots, m.device()));
+  const std::unique_ptr<lora::MixedBatchHook> mixed = hook || run.merged ? nullptr : mixed_hook(row_adapters(group), len);
   if (mixed) hook = mixed.get();
-  Tensor h = model_.hidden_states_at({ids, B, len}, pos, hook, attention);
+  Tensor h = m.hidden_states_at({ids, B, len}, pos, hook, attention);
   for (DecodeEntry* e : group) e->seq->length_ = len;
-  emit(ops::embedding(h, last_rows), group, hook);  // each sequence's last row
+  emit(m, ops::embedding(h, last_rows), group, hook);  // each sequence's last row
 }
 
-void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook) {
+void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook, const Runner& run) {
   const auto B = static_cast<int64_t>(group.size());
   // The group's step, or (ahead = 1) the one after it, each row fed one more token (ids then -1:
   // not known yet); no adapters yet.
@@ -166,9 +197,11 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
     return s;
   };
   DecodeGraphs::Step s = decode_step(0);
-  // Without a hook of its own the group runs the base model and mixable adapters: one graph.
-  s.adapters = hook ? std::vector<lora::RowAdapter>{} : row_adapters(group);
-  if (!hook && graphs_) {
+  // Without a hook of its own the group runs the base model and mixable adapters (one graph), or
+  // a merged copy (its own graphs, no adapters).
+  s.adapters = hook || run.merged ? std::vector<lora::RowAdapter>{} : row_adapters(group);
+  DecodeGraphs* graphs = run.graphs;
+  if (!hook && graphs) {
     const bool argmax_only = std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->argmax_only; });
     // The step after this one, when every row will be fed its argmax and has room for it
     // (LOWRANK_DECODE_AHEAD=0: never, for A/B timing).
@@ -186,7 +219,7 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
     }
     std::vector<int32_t> argmax;
     std::vector<float> logits;
-    if (graphs_->run(s, argmax_only, argmax, logits, ahead ? &next : nullptr)) {
+    if (graphs->run(s, argmax_only, argmax, logits, ahead ? &next : nullptr)) {
       const int64_t V = argmax_only ? 0 : static_cast<int64_t>(logits.size()) / B;
       for (int64_t b = 0; b < B; ++b) {
         ++group[b]->seq->length_;
@@ -196,18 +229,20 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
       return;
     }
   }
-  const Device d = model_.device();
+  const model::Model& m = *run.model;
+  const Device d = m.device();
   PagedAttentionCache attention(cache_, Tensor::from_ints(s.slots, d),
                            Tensor::from_ints(s.tables, d).reshape({B, s.width}), Tensor::from_ints(s.lens, d), s.max_len);
   const std::unique_ptr<lora::MixedBatchHook> mixed = hook ? nullptr : mixed_hook(s.adapters, 1);
   if (mixed) hook = mixed.get();
-  Tensor h = model_.hidden_states_at({s.ids, B, 1}, s.pos, hook, attention);
+  Tensor h = m.hidden_states_at({s.ids, B, 1}, s.pos, hook, attention);
   for (DecodeEntry* e : group) ++e->seq->length_;
-  emit(h, group, hook);
+  emit(m, h, group, hook);
 }
 
-void BatchDecoder::emit(const Tensor& hidden, const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook) {
-  Tensor device_logits = model_.project_vocab(hidden, hook);
+void BatchDecoder::emit(const model::Model& m, const Tensor& hidden, const std::vector<DecodeEntry*>& group,
+                        model::ProjectionHook* hook) {
+  Tensor device_logits = m.project_vocab(hidden, hook);
   if (std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->argmax_only; })) {
     // Greedy batches read back B ids, not [B, V] logits (39 MB a step at batch 64 for Qwen's vocabulary).
     const Tensor ids = ops::argmax_rows(device_logits).to(Device::cpu());

@@ -29,4 +29,16 @@ void merge_adapter(model::Model& model, const Adapter& adapter, double user_scal
   }
 }
 
+std::optional<model::Model> merged_copy(const model::Model& model, const MixableAdapter& adapter, double user_scale) {
+  model::Model copy = model;  // shares every tensor until one is replaced below
+  for (const auto& [key, layer] : adapter.layers()) {
+    model::Linear* l = copy.weights().layers.at(key.first).projection(static_cast<Target>(key.second));
+    LR_CHECK(l, "the model has no projection for a layer of the adapter");
+    if (l->quantized()) return std::nullopt;
+    l->weight = l->weight.clone();
+    ops::matmul_nn(layer.B, layer.A, l->weight, static_cast<float>(layer.scale * user_scale), 1.0f);
+  }
+  return copy;
+}
+
 }  // namespace lowrank::lora

@@ -62,6 +62,13 @@ std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, in
     os << "lowrank_adapter_cache_resident " << cache->resident << '\n';
     metric("lowrank_adapter_cache_bytes", "gauge", "Bytes of the adapters on the device.");
     os << "lowrank_adapter_cache_bytes " << cache->bytes << '\n';
+    metric("lowrank_merged_batches_total", "counter",
+           "Prefill and decode batches of one adapter run on a merged copy of the model (--merged-adapters).");
+    os << "lowrank_merged_batches_total " << cache->merged_batches << '\n';
+    metric("lowrank_merged_copies_made_total", "counter", "Copies of the model made with an adapter merged.");
+    os << "lowrank_merged_copies_made_total " << cache->merged_made << '\n';
+    metric("lowrank_merged_copies_resident", "gauge", "Merged copies of the model kept now.");
+    os << "lowrank_merged_copies_resident " << cache->merged_resident << '\n';
   }
   return os.str();
 }

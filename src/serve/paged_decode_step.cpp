@@ -10,13 +10,12 @@ struct PagedSequenceState : SequenceState {
 
 }  // namespace
 
-PagedDecodeStep::PagedDecodeStep(const model::Model& model, int64_t num_blocks, size_t max_device_adapters)
+PagedDecodeStep::PagedDecodeStep(const model::Model& model, int64_t num_blocks, size_t max_device_adapters,
+                                 size_t merged_adapters)
     : cache_(model.config(), model.device(), model.weights().embed.dtype(), num_blocks),
-      decoder_(model, cache_, max_device_adapters) {}
+      decoder_(model, cache_, max_device_adapters, true, merged_adapters) {}
 
-std::optional<lora::AdapterCacheStats> PagedDecodeStep::adapter_cache_stats() const {
-  return decoder_.adapter_cache().stats();
-}
+std::optional<lora::AdapterCacheStats> PagedDecodeStep::adapter_cache_stats() const { return decoder_.adapter_stats(); }
 
 int64_t PagedDecodeStep::blocks_for_batch(const model::ModelConfig& c, int64_t max_batch) {
   const int64_t bs = infer::PagedKVCache::kDefaultBlockSize;

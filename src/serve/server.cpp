@@ -142,7 +142,7 @@ class HttpServer : public httplib::Server {
 static std::unique_ptr<DecodeStep> make_step(const model::Model& m, const ServerOptions& o) {
   if (!o.paged && m.device().is_cpu()) return std::make_unique<CpuDecodeStep>(m);
   const int64_t blocks = o.kv_cache_blocks > 0 ? o.kv_cache_blocks : PagedDecodeStep::blocks_for_batch(m.config(), o.max_batch);
-  return std::make_unique<PagedDecodeStep>(m, blocks, o.max_gpu_adapters);
+  return std::make_unique<PagedDecodeStep>(m, blocks, o.max_gpu_adapters, o.merged_adapters);
 }
 
 struct Server::Impl {

@@ -5,6 +5,7 @@
 // CudaBatchLogits: bf16 GEMMs and activations through every layer).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <set>
@@ -39,8 +40,9 @@ struct Seq {
   int64_t prompt;
 };
 
-// `seqs` decoded together (one batch) for 5 steps after their prompts.
-void check(DType dtype, double tol, const std::vector<Seq>& seqs) {
+// `seqs` decoded together (one batch) for 5 steps after their prompts; `merged`: the decoder's
+// merged copies (a batch of one adapter at one scale runs on one).
+void check(DType dtype, double tol, const std::vector<Seq>& seqs, size_t merged = 0) {
   const std::string dir = test::model_fixture("llama");
   model::Model cpu = model::Model::load(dir);
   model::Model gpu = model::Model::load(dir, Device::cuda(0), dtype);
@@ -52,7 +54,7 @@ void check(DType dtype, double tol, const std::vector<Seq>& seqs) {
   auto adapter_of = [&](const Seq& s) { return s.adapter < 0 ? nullptr : adapters[s.adapter]; };
   const int64_t steps = 5;
   infer::PagedKVCache cache(gpu.config(), gpu.device(), gpu.weights().embed.dtype(), 64);
-  infer::BatchDecoder decoder(gpu, cache, 2);
+  infer::BatchDecoder decoder(gpu, cache, 2, true, merged);
   std::vector<std::unique_ptr<infer::PagedSequence>> paged;
   std::vector<std::unique_ptr<lora::LoraHook>> hooks;
   std::vector<model::KVCache> refs;
@@ -93,6 +95,17 @@ void check(DType dtype, double tol, const std::vector<Seq>& seqs) {
   for (const Seq& sq : seqs)
     if (sq.adapter >= 0) distinct.insert(sq.adapter);
   EXPECT_EQ(decoder.adapter_cache().stats().resident, std::min<size_t>(2, distinct.size()));
+  const bool one_adapter = std::all_of(seqs.begin(), seqs.end(), [&](const Seq& s) {
+    return s.adapter >= 0 && s.adapter == seqs[0].adapter && s.scale == seqs[0].scale;
+  });
+  const lora::AdapterCacheStats s = decoder.adapter_stats();
+  EXPECT_EQ(s.merged_made, merged > 0 && one_adapter ? 1u : 0u);
+  if (merged > 0 && one_adapter) {
+    std::set<int64_t> prompt_lengths;
+    for (const Seq& sq : seqs) prompt_lengths.insert(sq.prompt);
+    EXPECT_EQ(s.merged_batches, prompt_lengths.size() + (steps - 1)) << "every prefill and decode batch";
+    EXPECT_GT(decoder.graph_replays(), 0) << "the merged copy's decode steps replay its graphs";
+  }
 }
 
 }  // namespace
@@ -112,6 +125,17 @@ TEST(CudaMixedBatch, OneStreamWithAnAdapterWithinToleranceOfCpu) {
   check(DType::BF16, 3e-2, {{1, 1, 5}});    // every projection
   check(DType::BF16, 3e-2, {{2, 2, 9}});    // up and down only
   check(DType::BF16, 3e-2, {{0, 0.5, 7}});  // q and v, scaled
+}
+
+// A batch of one adapter on a merged copy of the model (W + s·B·A rounded once; its own decode
+// graphs): within the same tolerances of the CPU's unmerged LoRA; a batch with the base model in
+// it runs unmerged.
+TEST(CudaMixedBatch, OneAdapterOnAMergedCopyWithinToleranceOfCpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA GPU";
+  check(DType::F32, 1e-4, {{1, 1, 5}, {1, 1, 7}, {1, 1, 7}}, 1);
+  check(DType::BF16, 3e-2, {{1, 1, 5}}, 1);    // one stream: the fused layers, no LoRA in them
+  check(DType::BF16, 3e-2, {{0, 0.5, 7}}, 1);  // q and v, scaled
+  check(DType::BF16, 3e-2, {{-1, 1, 5}, {1, 1, 5}}, 1);
 }
 
 // Mixed-adapter decode steps replayed from CUDA graphs give the logits of the same steps run op by

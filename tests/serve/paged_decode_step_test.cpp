@@ -2,13 +2,15 @@
 // of different lengths, with and without an adapter, joining a running batch, each equal to
 // Generator's output for it (greedy and seeded sampling); a full pool fails only that request.
 // Requests over two plain-LoRA adapters and the base model, mixed in one forward per round
-// through an adapter cache of one adapter, equal Generator with each adapter's own hook.
+// through an adapter cache of one adapter, equal Generator with each adapter's own hook. With
+// merged copies on, requests that all use one adapter equal Generator over the merged model.
 #include <gtest/gtest.h>
 
 #include "lowrank/infer/generator.h"
 #include "lowrank/io/files.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/lora/lora_hook.h"
+#include "lowrank/lora/merge.h"
 #include "lowrank/serve/metrics.h"
 #include "lowrank/serve/paged_decode_step.h"
 #include "lowrank/serve/scheduler.h"
@@ -132,6 +134,44 @@ TEST(PagedDecodeStep, MixedAdaptersThroughACacheOfOneEqualGenerator) {
   for (const char* name : {"lowrank_adapter_cache_hits_total ", "lowrank_adapter_cache_loads_total ",
                            "lowrank_adapter_cache_evictions_total "})
     EXPECT_NE(text.find(name), std::string::npos) << name;
+}
+
+TEST(PagedDecodeStep, OneAdapterRequestsOnAMergedCopyEqualGeneratorOverTheMergedModel) {
+  const std::string dir = test::model_fixture("llama");
+  model::Model m = model::Model::load(dir), merged = model::Model::load(dir);
+  auto cases = io::read_json(test::fixture("lora/generate/expected.json"));
+  auto a = std::make_shared<lora::Adapter>(lora::Adapter::load(test::fixture("lora/generate/adapter_a"), m));
+  const double scale = 0.8;
+  lora::merge_adapter(merged, *a, scale);
+  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 3), 2, /*merged_adapters=*/1);
+  serve::Scheduler scheduler(step, 3);
+  auto hook = std::make_shared<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{a.get(), scale}});
+  std::vector<std::pair<serve::SequenceRequest, std::shared_ptr<serve::SequenceChannel>>> sent;
+  for (size_t i = 0; i < 6; ++i) {
+    serve::SequenceRequest r;
+    auto prompt = cases[i % cases.size()]["prompt"].get<std::vector<int32_t>>();
+    r.prompt.assign(prompt.begin(), prompt.begin() + 1 + (i * 4) % prompt.size());
+    r.options.max_new_tokens = 4 + static_cast<int64_t>(i);
+    r.options.sampling.greedy = i % 3 != 1;
+    r.options.sampling.seed = i;
+    r.options.eos_ids = infer::model_eos_ids(m.config());
+    r.hook = hook;
+    r.adapter = a;
+    r.adapter_scale = scale;
+    sent.emplace_back(r, scheduler.submit(r));
+  }
+  for (auto& [request, channel] : sent) {
+    infer::Generator g(merged, nullptr);
+    EXPECT_EQ(collect(*channel), g.generate(request.prompt, request.options));
+  }
+  const auto stats = step.adapter_cache_stats();
+  ASSERT_TRUE(stats.has_value());
+  EXPECT_GE(stats->merged_batches, 6u) << "every prefill and decode batch ran merged";
+  EXPECT_EQ(stats->merged_made, 1u);
+  EXPECT_EQ(stats->merged_resident, 1u);
+  const std::string text = serve::ServerMetrics().render(scheduler.stats(), 3, 1, stats);
+  EXPECT_NE(text.find("lowrank_merged_batches_total " + std::to_string(stats->merged_batches)), std::string::npos);
+  EXPECT_NE(text.find("lowrank_merged_copies_resident 1"), std::string::npos);
 }
 
 }  // namespace

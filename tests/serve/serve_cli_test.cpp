@@ -41,6 +41,8 @@ TEST(ServeCli, BadFlagsAreErrors) {
       {"serve --model /nonexistent/model", "/nonexistent/model"},
       {"serve" + model + " --max-batch two", "--max-batch"},
       {"serve" + model + " --max-gpu-adapters 0", "--max-gpu-adapters"},
+      {"serve" + model + " --merged-adapters -1", "--merged-adapters"},
+      {"serve" + model + " --merged-adapters 2", "--merged-adapters needs --device cuda"},
   };
   // A port another socket listens on (no silent sharing through SO_REUSEPORT).
   const int taken = socket(AF_INET, SOCK_STREAM, 0);

@@ -4,6 +4,7 @@
 // attention and write their keys and values into their blocks; single-token decode steps with
 // the same adapter run as one batch, attending through their block tables (ops::paged_attention).
 // Backend-neutral: on the CPU it is the reference for the CUDA path.
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -40,6 +41,7 @@ class PagedSequence {
 };
 
 class DecodeGraphs;
+class MergedModels;
 
 struct DecodeEntry {
   PagedSequence* seq = nullptr;
@@ -65,8 +67,12 @@ class BatchDecoder {
   // `max_device_adapters`: how many mixable adapters the device keeps (lora/adapter_cache.h).
   // `graphs`: decode steps of the base model and mixable adapters replay recorded CUDA graphs where
   // the device allows (decode_graphs.h; LOWRANK_CUDA_GRAPHS=0 turns them off too).
+  // `merged_adapters` > 0: a prefill or decode batch whose every sequence uses one mixable adapter
+  // at one scale runs on a copy of the model with that adapter merged into its weights (no LoRA
+  // cost per token; numbers that differ from the unmerged path's by rounding), at most that many
+  // copies kept (merged_models.h). 0: every adapter runs unmerged.
   BatchDecoder(const model::Model& model, PagedKVCache& cache, size_t max_device_adapters = kDefaultDeviceAdapters,
-               bool graphs = true);
+               bool graphs = true, size_t merged_adapters = 0);
   ~BatchDecoder();
   // Feeds every entry's tokens to its sequence and fills its logits (or its error). A sequence's
   // first tokens are a prefill; one token after that is a decode step; several tokens after that,
@@ -74,19 +80,32 @@ class BatchDecoder {
   // Generator does).
   void step(std::span<DecodeEntry> entries);
 
-  // Decode steps replayed from a recorded graph so far (tests, benchmarks).
+  // Decode steps replayed from a recorded graph so far (tests, benchmarks; merged copies' included
+  // while they are kept).
   int64_t graph_replays() const;
 
   // Rows per prefill forward (sequences of one length are split into batches of at most this).
   static constexpr int64_t kPrefillRows = 8192;
   static constexpr size_t kDefaultDeviceAdapters = 64;
   const lora::AdapterCache& adapter_cache() const { return adapters_; }
+  // The adapter cache's counters and the merged copies' (thread-safe: /metrics reads them).
+  lora::AdapterCacheStats adapter_stats() const;
 
  private:
-  void prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook);
-  void decode(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
+  // What a group runs on: the base model and its graphs (with a mixed hook for the group's
+  // adapters), or a merged copy and its graphs (no hook).
+  struct Runner {
+    const model::Model* model;
+    DecodeGraphs* graphs;
+    bool merged;
+  };
+  // The merged copy for a group of one adapter at one scale (and no hook of its own), else the base model.
+  Runner runner(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
+  void prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook, const Runner& run);
+  void decode(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook, const Runner& run);
   // Logits of hidden rows [n, d] to the entries (host f32).
-  void emit(const Tensor& hidden, const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
+  void emit(const model::Model& m, const Tensor& hidden, const std::vector<DecodeEntry*>& group,
+            model::ProjectionHook* hook);
   int32_t slot(const PagedSequence& s, int64_t position) const;
   // Each entry's adapter on the device (acquired from the adapter cache), or empty when no entry
   // of the group has one.
@@ -99,6 +118,8 @@ class BatchDecoder {
   PagedKVCache& cache_;
   lora::AdapterCache adapters_;
   std::unique_ptr<DecodeGraphs> graphs_;  // null: every step runs eagerly
+  std::unique_ptr<MergedModels> merged_;  // null: adapters always run unmerged
+  std::atomic<uint64_t> merged_batches_{0}, merged_made_{0}, merged_resident_{0};
 };
 
 }  // namespace lowrank::infer

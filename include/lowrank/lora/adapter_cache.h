@@ -21,6 +21,10 @@ struct AdapterCacheStats {
   uint64_t evictions = 0;  // copies dropped to stay within the capacity
   uint64_t resident = 0;   // adapters on the device now
   uint64_t bytes = 0;      // their bytes
+  // Filled by infer::BatchDecoder when it keeps merged copies of the model (merged_models.h):
+  uint64_t merged_batches = 0;   // prefill and decode batches run on a merged copy
+  uint64_t merged_made = 0;      // copies made (an adapter merged again after eviction counts again)
+  uint64_t merged_resident = 0;  // copies kept now
 };
 
 class AdapterCache {
