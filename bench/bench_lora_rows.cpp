@@ -3,7 +3,9 @@
 // by adapter: the best case for the per-adapter road), bf16, rank 16, for the projections of the
 // Qwen2.5-0.5B and Llama-3-8B shapes, batches of 1 / 16 / 64 rows over 1 / 8 / 64 adapters.
 // Prints milliseconds per projection and the bandwidth of the adapter weights read (Σ distinct
-// adapters' A + B, plus x and y). usage: bench_lora_rows [--rank R]
+// adapters' A + B, plus x and y). --rows / --adapters: other batches (a prefill of 64 prompts of
+// 128 tokens: --rows 8192 --adapters 1,8,64).
+//   usage: bench_lora_rows [--rank R] [--rows 1,16,64] [--adapters 1,8,64]
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -78,8 +80,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   int64_t r = 16;
-  for (int i = 1; i + 1 < argc; ++i)
+  std::vector<int64_t> row_counts = {1, 16, 64}, adapter_counts = {1, 8, 64};
+  for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--rank") == 0) r = std::atoll(argv[i + 1]);
+    else if (std::strcmp(argv[i], "--rows") == 0) row_counts = bench::parse_list(argv[i + 1]);
+    else if (std::strcmp(argv[i], "--adapters") == 0) adapter_counts = bench::parse_list(argv[i + 1]);
+  }
   struct Proj {
     const char *shape, *name;
     int64_t in, out;
@@ -88,8 +94,8 @@ int main(int argc, char** argv) {
                                    {"qwen", "down", 4864, 896}, {"llama8", "q", 4096, 4096},
                                    {"llama8", "up", 4096, 14336}, {"llama8", "down", 14336, 4096}};
   for (const Proj& p : projs)
-    for (int64_t rows : {1, 16, 64})
-      for (int64_t adapters : {1, 8, 64})
+    for (int64_t rows : row_counts)
+      for (int64_t adapters : adapter_counts)
         if (adapters <= rows) run_case(p.shape, p.name, p.in, p.out, rows, adapters, r);
   return 0;
 }

@@ -149,8 +149,16 @@ void BatchDecoder::step(std::span<DecodeEntry> entries) {
   adapters_.trim();  // adapters held beyond the capacity by this step's batches
 }
 
-void BatchDecoder::prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook,
+void BatchDecoder::prefill(const std::vector<DecodeEntry*>& unordered, int64_t len, model::ProjectionHook* hook,
                            const Runner& run) {
+  // Sequences of one (adapter, scale) next to each other, in order of first appearance: the
+  // mixed hook then runs each adapter's rows as one segment (one GEMM pair, not one a sequence).
+  std::vector<DecodeEntry*> group = unordered;
+  std::map<std::pair<const lora::Adapter*, double>, size_t> first;
+  for (const DecodeEntry* e : group) first.try_emplace({e->adapter.get(), e->adapter_scale}, first.size());
+  std::stable_sort(group.begin(), group.end(), [&](const DecodeEntry* a, const DecodeEntry* b) {
+    return first.at({a->adapter.get(), a->adapter_scale}) < first.at({b->adapter.get(), b->adapter_scale});
+  });
   const auto B = static_cast<int64_t>(group.size());
   std::vector<int32_t> ids, pos, slots, last_rows;
   for (int64_t b = 0; b < B; ++b) {

@@ -1,5 +1,7 @@
 #include "lowrank/lora/mixed_batch_hook.h"
 
+#include <cstdlib>
+
 #include "lowrank/core/error.h"
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
@@ -25,8 +27,15 @@ MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t
   }
   sequence_adapter_ = row_index;
   rows_ = static_cast<int64_t>(sequences.size()) * rows_each;
+  static const size_t max_segments = [] {
+    const char* v = std::getenv("LOWRANK_LORA_SEGMENTS");
+    return v ? static_cast<size_t>(std::strtoull(v, nullptr, 10)) : kMaxSegments;
+  }();
+  size_t runs = 0;  // runs of consecutive sequences with one adapter
+  for (size_t i = 0; i < row_index.size(); ++i) runs += row_index[i] >= 0 && (i == 0 || row_index[i - 1] != row_index[i]);
+  segments_ = rows_each_ >= kSegmentRows && runs <= max_segments;
   std::vector<int32_t> expanded;  // one index per row of the activations
-  if (rows_each_ < kSegmentRows) {
+  if (!segments_) {
     expanded.reserve(row_index.size() * rows_each_);
     for (int32_t j : row_index) expanded.insert(expanded.end(), rows_each_, j);
   }
@@ -78,19 +87,20 @@ void MixedBatchHook::on_projection(int layer, Target target, const model::Linear
   if (it == tables_.end()) return;  // no row's adapter adapts this projection
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   const ops::LoraRows& t = it->second;
-  if (rows_each_ < kSegmentRows) {
+  if (!segments_) {
     ops::lora_rows_(y, x, t);
     return;
   }
   LR_CHECK(x.dim(0) == rows_each_ * static_cast<int64_t>(sequence_adapter_.size()), "mixed batch: ", x.str(),
            " for ", sequence_adapter_.size(), " sequences of ", rows_each_, " rows");
-  for (size_t b = 0; b < sequence_adapter_.size(); ++b) {
+  for (size_t b = 0, e = 0; b < sequence_adapter_.size(); b = e) {
     const int32_t j = sequence_adapter_[b];
+    for (e = b + 1; e < sequence_adapter_.size() && sequence_adapter_[e] == j;) ++e;  // the run of j
     if (j < 0 || !t.a[j].defined()) continue;
-    const int64_t begin = static_cast<int64_t>(b) * rows_each_;
-    Tensor h, y_seg = y.slice_rows(begin, begin + rows_each_);
-    ops::matmul_nt(x.slice_rows(begin, begin + rows_each_), t.a[j], h);  // [T, r]
-    ops::matmul_nt(h, t.b[j], y_seg, t.scale[j], 1.0f);                  // y_seg += s · h Bᵀ
+    const int64_t begin = static_cast<int64_t>(b) * rows_each_, end = static_cast<int64_t>(e) * rows_each_;
+    Tensor h, y_seg = y.slice_rows(begin, end);
+    ops::matmul_nt(x.slice_rows(begin, end), t.a[j], h);  // [rows, r]
+    ops::matmul_nt(h, t.b[j], y_seg, t.scale[j], 1.0f);   // y_seg += s · h Bᵀ
   }
 }
 

@@ -101,7 +101,7 @@ class BatchDecoder {
   };
   // The merged copy for a group of one adapter at one scale (and no hook of its own), else the base model.
   Runner runner(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
-  void prefill(const std::vector<DecodeEntry*>& group, int64_t len, model::ProjectionHook* hook, const Runner& run);
+  void prefill(const std::vector<DecodeEntry*>& unordered, int64_t len, model::ProjectionHook* hook, const Runner& run);
   void decode(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook, const Runner& run);
   // Logits of hidden rows [n, d] to the entries (host f32).
   void emit(const model::Model& m, const Tensor& hidden, const std::vector<DecodeEntry*>& group,

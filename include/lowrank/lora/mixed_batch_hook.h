@@ -6,9 +6,12 @@
 // one small host table per (layer, target) and one row index tensor on the device. Adapters of
 // different ranks and target sets share the batch; a row whose adapter skips a projection is
 // left alone there. Holds its adapters, so the cache cannot evict them while it lives.
-// Prefills (sequences of kSegmentRows rows or more) take the SGMV road instead: each sequence's
-// rows are one segment, computed with the GEMM ops (x_seg Aᵀ, then s · h Bᵀ into y_seg), since the
-// row-at-a-time kernels would read A once per row.
+// Prefills (sequences of kSegmentRows rows or more) of at most kMaxSegments adapters take the SGMV
+// road instead: each run of consecutive sequences with the same adapter (the decoder puts them
+// next to each other) is one segment, computed with the GEMM ops (x_seg Aᵀ, then s · h Bᵀ into
+// y_seg), since the row-at-a-time kernels read A once per row. With more runs than that, the GEMM
+// pairs' launches cost more than those reads (a prefill of 64 prompts over 64 adapters is 64 GEMM
+// pairs a projection) and the row kernels take every row in one launch pair.
 #include <map>
 #include <memory>
 #include <utility>
@@ -41,6 +44,7 @@ class MixedBatchHook : public model::ProjectionHook {
   // Distinct (adapter, scale) pairs of the batch.
   size_t adapters() const { return held_.size(); }
   static constexpr int64_t kSegmentRows = 16;
+  static constexpr size_t kMaxSegments = 8;  // LOWRANK_LORA_SEGMENTS=N overrides it (A/B timing)
 
  private:
   // One table per adapted (layer, target) over held_, every table reading `rows`.
@@ -50,6 +54,7 @@ class MixedBatchHook : public model::ProjectionHook {
   std::map<std::pair<int, int>, ops::LoraRows> tables_;      // by (layer, Target)
   int64_t rows_each_;
   int64_t rows_ = 0;  // rows of the activations
+  bool segments_ = false;                  // the segment road (else the row kernels)
   std::vector<int32_t> sequence_adapter_;  // adapter j of each sequence, or -1 (the segment road)
 };
 
