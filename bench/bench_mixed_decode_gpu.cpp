@@ -61,7 +61,8 @@ double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<l
                       int64_t adapters, bool mixed, bool merged, int64_t prompt, int64_t rounds, int64_t vocab) {
   infer::PagedKVCache cache(m.config(), m.device(), m.weights().embed.dtype(),
                             batch * ((prompt + rounds + 15) / 16 + 1));
-  infer::BatchDecoder decoder(m, cache, static_cast<size_t>(std::max<int64_t>(adapters, 1)), true, merged ? 1 : 0);
+  // merged: the copy made at the first batch (merge_after_steps 0; the server waits 16 steps alone).
+  infer::BatchDecoder decoder(m, cache, static_cast<size_t>(std::max<int64_t>(adapters, 1)), true, merged ? 1 : 0, 0);
   std::vector<std::unique_ptr<lora::LoraHook>> hooks;
   for (int64_t j = 0; j < adapters && !mixed; ++j)
     hooks.push_back(std::make_unique<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{device_copies[j].get(), 1.0}}));

@@ -116,9 +116,10 @@ RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HT
                                       "used are evicted)")
                            ->capture_default_str();
                        app.add_option("--merged-adapters", a->merged_adapters,
-                                      "CUDA: run a batch whose every request uses one adapter on a copy of the model "
-                                      "with that adapter merged into its weights (no LoRA cost per token; outputs "
-                                      "differ from unmerged LoRA by rounding); keep at most N copies (0: never merge)")
+                                      "CUDA: once an adapter has had the decode batches to itself for 16 steps, run its "
+                                      "batches on a copy of the model with the adapter merged into its weights (no "
+                                      "LoRA cost per token; outputs differ from unmerged LoRA by rounding); keep at "
+                                      "most N copies (0: never merge)")
                            ->capture_default_str();
                        app.add_option("--max-body-bytes", a->options.max_body_bytes, "Larger request bodies get 413")
                            ->capture_default_str();

@@ -20,10 +20,11 @@ PagedSequence::PagedSequence(PagedKVCache& cache, int64_t capacity)
 PagedSequence::~PagedSequence() { cache_.release(blocks_); }
 
 BatchDecoder::BatchDecoder(const model::Model& model, PagedKVCache& cache, size_t max_device_adapters, bool graphs,
-                           size_t merged_adapters)
+                           size_t merged_adapters, int64_t merge_after_steps)
     : model_(model), cache_(cache),
       adapters_(max_device_adapters, static_cast<int>(model.config().num_layers), model.device(),
-                model.weights().embed.dtype()) {
+                model.weights().embed.dtype()),
+      merge_after_(merge_after_steps) {
   if (graphs && DecodeGraphs::usable(model)) graphs_ = std::make_unique<DecodeGraphs>(model, cache);
   if (merged_adapters > 0) merged_ = std::make_unique<MergedModels>(merged_adapters, cache, graphs);
 }
@@ -42,12 +43,17 @@ lora::AdapterCacheStats BatchDecoder::adapter_stats() const {
   return s;
 }
 
-BatchDecoder::Runner BatchDecoder::runner(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook) {
+BatchDecoder::Runner BatchDecoder::runner(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook,
+                                          bool decode) {
   const Runner base{&model_, graphs_.get(), false};
   if (!merged_ || hook || group.empty() || !group[0]->adapter) return base;
+  const std::shared_ptr<const lora::Adapter>& adapter = group[0]->adapter;
+  const double scale = group[0]->adapter_scale;
   for (const DecodeEntry* e : group)
-    if (e->adapter != group[0]->adapter || e->adapter_scale != group[0]->adapter_scale) return base;
-  MergedModels::Copy* copy = merged_->get(model_, group[0]->adapter, group[0]->adapter_scale, adapters_);
+    if (e->adapter != adapter || e->adapter_scale != scale) return base;
+  MergedModels::Copy* copy = merged_->find(adapter, scale);
+  if (!copy && (merge_after_ == 0 || (decode && ++alone_[{adapter.get(), scale}] >= merge_after_)))
+    copy = merged_->get(model_, adapter, scale, adapters_);
   if (!copy) return base;
   ++merged_batches_;
   return {&copy->model, copy->graphs.get(), true};
@@ -133,13 +139,23 @@ void BatchDecoder::step(std::span<DecodeEntry> entries) {
     const int64_t len = entry.first.first, per = std::max<int64_t>(1, kPrefillRows / len);
     for (size_t i = 0; i < group.size(); i += per) {
       std::vector<DecodeEntry*> part(group.begin() + i, group.begin() + std::min(group.size(), i + per));
-      run(part, [&] { prefill(part, len, hook, runner(part, hook)); });
+      run(part, [&] { prefill(part, len, hook, runner(part, hook, false)); });
     }
   }
   for (auto& entry : decodes) {
     std::vector<DecodeEntry*>& group = entry.second;
     model::ProjectionHook* hook = entry.first.first;
-    run(group, [&] { decode(group, hook, runner(group, hook)); });
+    run(group, [&] { decode(group, hook, runner(group, hook, true)); });
+  }
+  // An adapter's count of steps alone goes on only while every step has a batch of it alone.
+  for (auto it = alone_.begin(); it != alone_.end();) {
+    const bool alone_now = std::any_of(decodes.begin(), decodes.end(), [&](const auto& d) {
+      const std::vector<DecodeEntry*>& g = d.second;
+      return !d.first.first && std::all_of(g.begin(), g.end(), [&](const DecodeEntry* e) {
+        return e->adapter.get() == it->first.first && e->adapter_scale == it->first.second;
+      });
+    });
+    it = alone_now ? std::next(it) : alone_.erase(it);
   }
   if (merged_) {
     merged_->trim();  // copies of adapters that are gone

@@ -21,13 +21,19 @@ std::list<MergedModels::Entry>::iterator MergedModels::drop(std::list<Entry>::it
   return copies_.erase(it);
 }
 
-MergedModels::Copy* MergedModels::get(const model::Model& base, const std::shared_ptr<const lora::Adapter>& adapter,
-                                      double scale, lora::AdapterCache& adapters) {
+MergedModels::Copy* MergedModels::find(const std::shared_ptr<const lora::Adapter>& adapter, double scale) {
   for (auto it = copies_.begin(); it != copies_.end(); ++it) {
     if (it->key != adapter.get() || it->scale != scale || it->source.expired()) continue;
     copies_.splice(copies_.begin(), copies_, it);
     return copies_.front().copy.get();
   }
+  return nullptr;
+}
+
+MergedModels::Copy* MergedModels::get(const model::Model& base, const std::shared_ptr<const lora::Adapter>& adapter,
+                                      double scale, lora::AdapterCache& adapters) {
+  for (const Entry& e : copies_)
+    if (e.key == adapter.get() && e.scale == scale && !e.source.expired()) return find(adapter, scale);
   trim();
   while (copies_.size() >= capacity_) drop(std::prev(copies_.end()));
   std::unique_ptr<Copy> copy;

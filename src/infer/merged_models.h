@@ -9,7 +9,9 @@
 //
 // At most `capacity` copies are kept, least recently used dropped first; a copy whose adapter is
 // gone (unloaded from the server) is dropped at the next trim(). Keyed by the adapter's identity
-// and the user's scale.
+// and the user's scale. Making a copy costs a copy of the adapted weights, a GEMM each and new
+// decode graphs, so the decoder makes one only for an adapter that keeps its batches to itself
+// (BatchDecoder's merge_after_steps), not for every moment a batch happens to hold one adapter.
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -31,6 +33,8 @@ class MergedModels {
   // `graphs`: each copy records its decode steps (DecodeGraphs::usable decides for the model).
   MergedModels(size_t capacity, PagedKVCache& cache, bool graphs);
   ~MergedModels();
+  // The kept copy for `adapter` at `scale` (now the most recently used), or null.
+  Copy* find(const std::shared_ptr<const lora::Adapter>& adapter, double scale);
   // The copy of `base` with `adapter` merged at `scale`, made now from its device copy (acquired
   // from `adapters`) when it is not kept; null when it cannot be merged (an NF4 projection).
   Copy* get(const model::Model& base, const std::shared_ptr<const lora::Adapter>& adapter, double scale,

@@ -11,9 +11,9 @@ struct PagedSequenceState : SequenceState {
 }  // namespace
 
 PagedDecodeStep::PagedDecodeStep(const model::Model& model, int64_t num_blocks, size_t max_device_adapters,
-                                 size_t merged_adapters)
+                                 size_t merged_adapters, int64_t merge_after_steps)
     : cache_(model.config(), model.device(), model.weights().embed.dtype(), num_blocks),
-      decoder_(model, cache_, max_device_adapters, true, merged_adapters) {}
+      decoder_(model, cache_, max_device_adapters, true, merged_adapters, merge_after_steps) {}
 
 std::optional<lora::AdapterCacheStats> PagedDecodeStep::adapter_cache_stats() const { return decoder_.adapter_stats(); }
 

@@ -54,7 +54,7 @@ void check(DType dtype, double tol, const std::vector<Seq>& seqs, size_t merged 
   auto adapter_of = [&](const Seq& s) { return s.adapter < 0 ? nullptr : adapters[s.adapter]; };
   const int64_t steps = 5;
   infer::PagedKVCache cache(gpu.config(), gpu.device(), gpu.weights().embed.dtype(), 64);
-  infer::BatchDecoder decoder(gpu, cache, 2, true, merged);
+  infer::BatchDecoder decoder(gpu, cache, 2, true, merged, /*merge_after_steps=*/0);
   std::vector<std::unique_ptr<infer::PagedSequence>> paged;
   std::vector<std::unique_ptr<lora::LoraHook>> hooks;
   std::vector<model::KVCache> refs;

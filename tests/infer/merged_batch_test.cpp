@@ -3,7 +3,7 @@
 // so its logits equal, bit for bit, those of a base decoder over a merged model; a batch that
 // mixes in another adapter or the base model runs unmerged (each sequence as its own LoraHook
 // gives it); the base model's weights are untouched; copies beyond the capacity, and copies of
-// adapters that are gone, are dropped.
+// adapters that are gone, are dropped; by default a copy is made only after decode steps alone.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -79,7 +79,7 @@ TEST(MergedBatch, OneAdapterBatchEqualsTheMergedModelBitForBit) {
   const Tensor q0 = m.weights().layers[0].q.weight.clone();
   const int64_t steps = 6;
   infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 32), ref_cache(m.config(), Device::cpu(), DType::F32, 32);
-  infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/1);
+  infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/1, /*merge_after_steps=*/0);
   infer::BatchDecoder reference(merged, ref_cache);
   Fed run = start(cache, tokens, {5, 7, 5}, steps), ref = start(ref_cache, tokens, {5, 7, 5}, steps);
   for (int64_t step = 0; step < steps; ++step) {
@@ -114,7 +114,7 @@ TEST(MergedBatch, MixedBatchesRunUnmergedAndEqualEachSequenceAlone) {
   const int64_t steps = 4;
   for (size_t k = 0; k < sets.size(); ++k) {
     infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 32);
-    infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/2);
+    infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/2, /*merge_after_steps=*/0);
     Fed run = start(cache, tokens, {6, 6}, steps);
     std::vector<model::KVCache> refs;
     std::vector<std::unique_ptr<lora::LoraHook>> hooks;
@@ -153,7 +153,7 @@ TEST(MergedBatch, CopiesBeyondTheCapacityAndOfAdaptersThatAreGoneAreDropped) {
   auto a = make_adapter(m, 4, {"q_proj", "v_proj"}, 4);
   auto b = make_adapter(m, 4, {"down_proj"}, 5);
   infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 64);
-  infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/1);
+  infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/1, /*merge_after_steps=*/0);
   auto one = [&](const std::shared_ptr<lora::Adapter>& adapter, int64_t steps) {
     Fed run = start(cache, tokens, {4}, steps);
     for (int64_t step = 0; step < steps; ++step) {
@@ -174,4 +174,30 @@ TEST(MergedBatch, CopiesBeyondTheCapacityAndOfAdaptersThatAreGoneAreDropped) {
   s = decoder.adapter_stats();
   EXPECT_EQ(s.merged_resident, 0u);
   EXPECT_EQ(s.merged_batches, 6u) << "the base model's batch is not merged";
+}
+
+TEST(MergedBatch, ACopyIsMadeAfterDecodeStepsAlone) {
+  const std::string dir = test::model_fixture("llama");
+  model::Model m = model::Model::load(dir);
+  const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
+  auto a = make_adapter(m, 4, {"q_proj", "v_proj"}, 6);
+  auto b = make_adapter(m, 4, {"down_proj"}, 7);
+  infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 64);
+  infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/1, /*merge_after_steps=*/3);
+  // a and b together, then b alone, then a alone: only a's third decode step alone makes a copy.
+  Fed both = start(cache, tokens, {4, 4}, 4);
+  for (int64_t step = 0; step < 4; ++step) {
+    auto entries = entries_at(both, step, {a, b}, {1.0, 1.0});
+    decoder.step(entries);
+  }
+  EXPECT_EQ(decoder.adapter_stats().merged_made, 0u) << "mixed batches never merge";
+  Fed alone = start(cache, tokens, {5}, 6);
+  for (int64_t step = 0; step < 6; ++step) {
+    auto entries = entries_at(alone, step, {a}, {1.0});
+    decoder.step(entries);
+    ASSERT_EQ(entries[0].error, "");
+    // step 0: a prefill alone (not counted); steps 1, 2: alone but unmerged; 3: the copy is made.
+    EXPECT_EQ(decoder.adapter_stats().merged_made, step >= 3 ? 1u : 0u) << "step " << step;
+    EXPECT_EQ(decoder.adapter_stats().merged_batches, step >= 3 ? static_cast<uint64_t>(step - 2) : 0u) << "step " << step;
+  }
 }

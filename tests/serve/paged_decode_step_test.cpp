@@ -143,7 +143,8 @@ TEST(PagedDecodeStep, OneAdapterRequestsOnAMergedCopyEqualGeneratorOverTheMerged
   auto a = std::make_shared<lora::Adapter>(lora::Adapter::load(test::fixture("lora/generate/adapter_a"), m));
   const double scale = 0.8;
   lora::merge_adapter(merged, *a, scale);
-  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 3), 2, /*merged_adapters=*/1);
+  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 3), 2, /*merged_adapters=*/1,
+                              /*merge_after_steps=*/0);
   serve::Scheduler scheduler(step, 3);
   auto hook = std::make_shared<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{a.get(), scale}});
   std::vector<std::pair<serve::SequenceRequest, std::shared_ptr<serve::SequenceChannel>>> sent;

@@ -70,9 +70,11 @@ class BatchDecoder {
   // `merged_adapters` > 0: a prefill or decode batch whose every sequence uses one mixable adapter
   // at one scale runs on a copy of the model with that adapter merged into its weights (no LoRA
   // cost per token; numbers that differ from the unmerged path's by rounding), at most that many
-  // copies kept (merged_models.h). 0: every adapter runs unmerged.
+  // copies kept (merged_models.h). A copy is made once the adapter's decode batches have held it
+  // alone for `merge_after_steps` steps in a row (0: at its first batch alone); a batch alone
+  // before that runs unmerged. 0 merged_adapters: every adapter runs unmerged.
   BatchDecoder(const model::Model& model, PagedKVCache& cache, size_t max_device_adapters = kDefaultDeviceAdapters,
-               bool graphs = true, size_t merged_adapters = 0);
+               bool graphs = true, size_t merged_adapters = 0, int64_t merge_after_steps = kMergeAfterSteps);
   ~BatchDecoder();
   // Feeds every entry's tokens to its sequence and fills its logits (or its error). A sequence's
   // first tokens are a prefill; one token after that is a decode step; several tokens after that,
@@ -87,6 +89,7 @@ class BatchDecoder {
   // Rows per prefill forward (sequences of one length are split into batches of at most this).
   static constexpr int64_t kPrefillRows = 8192;
   static constexpr size_t kDefaultDeviceAdapters = 64;
+  static constexpr int64_t kMergeAfterSteps = 16;
   const lora::AdapterCache& adapter_cache() const { return adapters_; }
   // The adapter cache's counters and the merged copies' (thread-safe: /metrics reads them).
   lora::AdapterCacheStats adapter_stats() const;
@@ -99,8 +102,9 @@ class BatchDecoder {
     DecodeGraphs* graphs;
     bool merged;
   };
-  // The merged copy for a group of one adapter at one scale (and no hook of its own), else the base model.
-  Runner runner(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook);
+  // The merged copy for a group of one adapter at one scale (and no hook of its own), kept or made
+  // now (a decode group: counted in alone_), else the base model.
+  Runner runner(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook, bool decode);
   void prefill(const std::vector<DecodeEntry*>& unordered, int64_t len, model::ProjectionHook* hook, const Runner& run);
   void decode(const std::vector<DecodeEntry*>& group, model::ProjectionHook* hook, const Runner& run);
   // Logits of hidden rows [n, d] to the entries (host f32).
@@ -119,6 +123,10 @@ class BatchDecoder {
   lora::AdapterCache adapters_;
   std::unique_ptr<DecodeGraphs> graphs_;  // null: every step runs eagerly
   std::unique_ptr<MergedModels> merged_;  // null: adapters always run unmerged
+  const int64_t merge_after_;
+  // Per (adapter, scale): decode steps in a row in which it had a batch to itself (entries of
+  // adapters that were not alone in a step are dropped after it).
+  std::map<std::pair<const lora::Adapter*, double>, int64_t> alone_;
   std::atomic<uint64_t> merged_batches_{0}, merged_made_{0}, merged_resident_{0};
 };
 

@@ -16,9 +16,10 @@ class PagedDecodeStep : public DecodeStep {
   // A pool of `num_blocks` blocks of PagedKVCache::kDefaultBlockSize positions on the model's
   // device; at most `max_device_adapters` mixable adapters kept there (lora/adapter_cache.h);
   // `merged_adapters` > 0: batches of one adapter run on merged copies of the model, at most that
-  // many kept (infer/batch_decoder.h).
+  // many kept, made after `merge_after_steps` decode steps alone (infer/batch_decoder.h).
   PagedDecodeStep(const model::Model& model, int64_t num_blocks,
-                  size_t max_device_adapters = infer::BatchDecoder::kDefaultDeviceAdapters, size_t merged_adapters = 0);
+                  size_t max_device_adapters = infer::BatchDecoder::kDefaultDeviceAdapters, size_t merged_adapters = 0,
+                  int64_t merge_after_steps = infer::BatchDecoder::kMergeAfterSteps);
   // Blocks for max_batch sequences of the model's whole context.
   static int64_t blocks_for_batch(const model::ModelConfig& config, int64_t max_batch);
   std::unique_ptr<SequenceState> open(int64_t capacity) override;  // Error when the pool is full

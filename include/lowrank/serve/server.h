@@ -26,7 +26,8 @@ struct ServerOptions {
   int64_t kv_cache_blocks = 0;
   // The paged step's device adapter cache (lora/adapter_cache.h): adapters kept on the device.
   size_t max_gpu_adapters = 64;
-  // The paged step's merged copies (--merged-adapters; infer/batch_decoder.h): 0 = none.
+  // The paged step's merged copies (--merged-adapters; infer/batch_decoder.h: made after
+  // BatchDecoder::kMergeAfterSteps decode steps alone): 0 = none.
   size_t merged_adapters = 0;
 };
 
