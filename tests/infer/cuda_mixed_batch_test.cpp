@@ -17,22 +17,11 @@
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/train/sequences.h"
 #include "test_paths.h"
+#include "trained_adapter.h"
 
 using namespace lowrank;
 
 namespace {
-
-std::shared_ptr<lora::Adapter> random_adapter(model::Model& m, int64_t r, std::vector<std::string> targets, uint64_t seed) {
-  lora::LoraConfig c;
-  c.r = r;
-  c.alpha = 2.0 * static_cast<double>(r);
-  c.target_modules = std::move(targets);
-  Rng rng(seed);
-  auto a = std::make_shared<lora::Adapter>(lora::Adapter::create(m, c, rng));
-  for (lora::LoraPair& p : a->pairs)
-    for (int64_t i = 0; i < p.B.numel(); ++i) p.B.f32()[i] = rng.uniform(-0.2f, 0.2f);
-  return a;
-}
 
 struct Seq {
   int adapter;  // -1: none, else 0 (q,v r=4), 1 (all-linear r=16), 2 (down, up r=2)
@@ -48,9 +37,9 @@ void check(DType dtype, double tol, const std::vector<Seq>& seqs, size_t merged 
   model::Model gpu = model::Model::load(dir, Device::cuda(0), dtype);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", cpu.config().vocab_size)[0];
   const std::vector<std::shared_ptr<lora::Adapter>> adapters = {
-      random_adapter(cpu, 4, {"q_proj", "v_proj"}, 1),
-      random_adapter(cpu, 16, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 2),
-      random_adapter(cpu, 2, {"down_proj", "up_proj"}, 3)};
+      test::trained_adapter(cpu, 4, {"q_proj", "v_proj"}, 1),
+      test::trained_adapter(cpu, 16, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 2),
+      test::trained_adapter(cpu, 2, {"down_proj", "up_proj"}, 3)};
   auto adapter_of = [&](const Seq& s) { return s.adapter < 0 ? nullptr : adapters[s.adapter]; };
   const int64_t steps = 5;
   infer::PagedKVCache cache(gpu.config(), gpu.device(), gpu.weights().embed.dtype(), 64);
@@ -148,9 +137,9 @@ TEST(CudaMixedBatch, GraphReplaysEqualEagerSteps) {
   model::Model cpu = model::Model::load(dir);
   model::Model gpu = model::Model::load(dir, Device::cuda(0), DType::F32);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", cpu.config().vocab_size)[0];
-  auto qv = random_adapter(cpu, 4, {"q_proj", "v_proj"}, 1);
-  auto all = random_adapter(cpu, 16, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 2);
-  auto mlp = random_adapter(cpu, 2, {"down_proj", "up_proj"}, 3);
+  auto qv = test::trained_adapter(cpu, 4, {"q_proj", "v_proj"}, 1);
+  auto all = test::trained_adapter(cpu, 16, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 2);
+  auto mlp = test::trained_adapter(cpu, 2, {"down_proj", "up_proj"}, 3);
   const int64_t steps = 12, prompt = 4;
   // Sequence i's adapter at a step: sequence 2 switches from `all` to `mlp` at step 7; sequence 4
   // leaves after step 9.

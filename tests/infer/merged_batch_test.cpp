@@ -16,22 +16,11 @@
 #include "lowrank/lora/merge.h"
 #include "lowrank/train/sequences.h"
 #include "test_paths.h"
+#include "trained_adapter.h"
 
 using namespace lowrank;
 
 namespace {
-
-std::shared_ptr<lora::Adapter> make_adapter(model::Model& m, int64_t r, std::vector<std::string> targets, uint64_t seed) {
-  lora::LoraConfig c;
-  c.r = r;
-  c.alpha = 2.0 * static_cast<double>(r);
-  c.target_modules = std::move(targets);
-  Rng rng(seed);
-  auto a = std::make_shared<lora::Adapter>(lora::Adapter::create(m, c, rng));
-  for (lora::LoraPair& p : a->pairs)
-    for (int64_t i = 0; i < p.B.numel(); ++i) p.B.f32()[i] = rng.uniform(-0.2f, 0.2f);
-  return a;
-}
 
 const std::vector<std::string> kAllLinear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
 
@@ -73,7 +62,7 @@ TEST(MergedBatch, OneAdapterBatchEqualsTheMergedModelBitForBit) {
   model::Model m = model::Model::load(dir);
   model::Model merged = model::Model::load(dir);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
-  auto all = make_adapter(m, 8, kAllLinear, 1);
+  auto all = test::trained_adapter(m, 8, kAllLinear, 1);
   const double scale = 0.7;
   lora::merge_adapter(merged, *all, scale);
   const Tensor q0 = m.weights().layers[0].q.weight.clone();
@@ -106,8 +95,8 @@ TEST(MergedBatch, MixedBatchesRunUnmergedAndEqualEachSequenceAlone) {
   const std::string dir = test::model_fixture("llama");
   model::Model m = model::Model::load(dir);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
-  auto all = make_adapter(m, 8, kAllLinear, 2);
-  auto qv = make_adapter(m, 4, {"q_proj", "v_proj"}, 3);
+  auto all = test::trained_adapter(m, 8, kAllLinear, 2);
+  auto qv = test::trained_adapter(m, 4, {"q_proj", "v_proj"}, 3);
   // Batches: {all, base}, {all at two scales}, {all, qv}: none is one adapter at one scale.
   const std::vector<std::vector<std::shared_ptr<lora::Adapter>>> sets = {{all, nullptr}, {all, all}, {all, qv}};
   const std::vector<std::vector<double>> scales = {{1.0, 1.0}, {1.0, 0.5}, {1.0, 1.0}};
@@ -150,8 +139,8 @@ TEST(MergedBatch, CopiesBeyondTheCapacityAndOfAdaptersThatAreGoneAreDropped) {
   const std::string dir = test::model_fixture("llama");
   model::Model m = model::Model::load(dir);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
-  auto a = make_adapter(m, 4, {"q_proj", "v_proj"}, 4);
-  auto b = make_adapter(m, 4, {"down_proj"}, 5);
+  auto a = test::trained_adapter(m, 4, {"q_proj", "v_proj"}, 4);
+  auto b = test::trained_adapter(m, 4, {"down_proj"}, 5);
   infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 64);
   infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/1, /*merge_after_steps=*/0);
   auto one = [&](const std::shared_ptr<lora::Adapter>& adapter, int64_t steps) {
@@ -180,8 +169,8 @@ TEST(MergedBatch, ACopyIsMadeAfterDecodeStepsAlone) {
   const std::string dir = test::model_fixture("llama");
   model::Model m = model::Model::load(dir);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
-  auto a = make_adapter(m, 4, {"q_proj", "v_proj"}, 6);
-  auto b = make_adapter(m, 4, {"down_proj"}, 7);
+  auto a = test::trained_adapter(m, 4, {"q_proj", "v_proj"}, 6);
+  auto b = test::trained_adapter(m, 4, {"down_proj"}, 7);
   infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 64);
   infer::BatchDecoder decoder(m, cache, 2, true, /*merged_adapters=*/1, /*merge_after_steps=*/3);
   // a and b together, then b alone, then a alone: only a's third decode step alone makes a copy.

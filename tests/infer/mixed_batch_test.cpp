@@ -14,25 +14,11 @@
 #include "lowrank/lora/mixed_batch_hook.h"
 #include "lowrank/train/sequences.h"
 #include "test_paths.h"
+#include "trained_adapter.h"
 
 using namespace lowrank;
 
 namespace {
-
-// A trained-looking adapter: B random instead of PEFT's zeros, so that every layer adds something.
-std::shared_ptr<lora::Adapter> make_adapter(model::Model& m, int64_t r, std::vector<std::string> targets, bool dora,
-                                            uint64_t seed) {
-  lora::LoraConfig c;
-  c.r = r;
-  c.alpha = 2.0 * static_cast<double>(r);
-  c.target_modules = std::move(targets);
-  c.use_dora = dora;
-  Rng rng(seed);
-  auto a = std::make_shared<lora::Adapter>(lora::Adapter::create(m, c, rng));
-  for (lora::LoraPair& p : a->pairs)
-    for (int64_t i = 0; i < p.B.numel(); ++i) p.B.f32()[i] = rng.uniform(-0.2f, 0.2f);
-  return a;
-}
 
 struct Sequence {
   std::shared_ptr<lora::Adapter> adapter;  // null: the base model
@@ -47,10 +33,10 @@ TEST(MixedBatch, RoundOfSeveralAdaptersEqualsEachSequenceAlone) {
   const std::string dir = test::model_fixture("llama");
   model::Model m = model::Model::load(dir);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
-  auto qv = make_adapter(m, 4, {"q_proj", "v_proj"}, false, 1);
-  auto all = make_adapter(m, 8, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, false, 2);
-  auto mlp = make_adapter(m, 2, {"down_proj", "up_proj"}, false, 3);
-  auto dora = make_adapter(m, 4, {"q_proj", "o_proj"}, true, 4);
+  auto qv = test::trained_adapter(m, 4, {"q_proj", "v_proj"}, 1);
+  auto all = test::trained_adapter(m, 8, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 2);
+  auto mlp = test::trained_adapter(m, 2, {"down_proj", "up_proj"}, 3);
+  auto dora = test::trained_adapter(m, 4, {"q_proj", "o_proj"}, 4, true);
   ASSERT_TRUE(lora::is_mixable(*all, static_cast<int>(m.config().num_layers)));
   ASSERT_FALSE(lora::is_mixable(*dora, static_cast<int>(m.config().num_layers)));
   // Prompts of equal lengths prefill together across adapters (those of 17 rows through the
@@ -112,7 +98,7 @@ TEST(MixedBatch, RoundOfSeveralAdaptersEqualsEachSequenceAlone) {
 
 TEST(MixedBatch, HookAddsNothingForRowsWithoutAdapterOrTarget) {
   model::Model m = model::Model::load(test::model_fixture("llama"));
-  auto qv = make_adapter(m, 4, {"q_proj", "v_proj"}, false, 7);
+  auto qv = test::trained_adapter(m, 4, {"q_proj", "v_proj"}, 7);
   auto copy = std::make_shared<const lora::MixableAdapter>(*qv, static_cast<int>(m.config().num_layers), Device::cpu(),
                                                            DType::F32);
   lora::MixedBatchHook hook({{copy, 1.0}, {nullptr, 1.0}, {copy, 3.0}}, 1, Device::cpu());
@@ -145,7 +131,7 @@ TEST(MixedBatch, PrefillOfManyAdaptersEqualsEachSequenceAlone) {
   const std::string dir = test::model_fixture("llama");
   model::Model m = model::Model::load(dir);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
-  auto all = make_adapter(m, 4, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, false, 9);
+  auto all = test::trained_adapter(m, 4, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 9);
   const int64_t prompt = lora::MixedBatchHook::kSegmentRows;
   const size_t n = lora::MixedBatchHook::kMaxSegments + 2;
   infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 64);
