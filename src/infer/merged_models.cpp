@@ -21,19 +21,23 @@ std::list<MergedModels::Entry>::iterator MergedModels::drop(std::list<Entry>::it
   return copies_.erase(it);
 }
 
-MergedModels::Copy* MergedModels::find(const std::shared_ptr<const lora::Adapter>& adapter, double scale) {
+MergedModels::Entry* MergedModels::kept(const std::shared_ptr<const lora::Adapter>& adapter, double scale) {
   for (auto it = copies_.begin(); it != copies_.end(); ++it) {
     if (it->key != adapter.get() || it->scale != scale || it->source.expired()) continue;
     copies_.splice(copies_.begin(), copies_, it);
-    return copies_.front().copy.get();
+    return &copies_.front();
   }
   return nullptr;
 }
 
+MergedModels::Copy* MergedModels::find(const std::shared_ptr<const lora::Adapter>& adapter, double scale) {
+  Entry* e = kept(adapter, scale);
+  return e ? e->copy.get() : nullptr;
+}
+
 MergedModels::Copy* MergedModels::get(const model::Model& base, const std::shared_ptr<const lora::Adapter>& adapter,
                                       double scale, lora::AdapterCache& adapters) {
-  for (const Entry& e : copies_)
-    if (e.key == adapter.get() && e.scale == scale && !e.source.expired()) return find(adapter, scale);
+  if (Entry* e = kept(adapter, scale)) return e->copy.get();  // null: asked before, cannot be merged
   trim();
   while (copies_.size() >= capacity_) drop(std::prev(copies_.end()));
   std::unique_ptr<Copy> copy;

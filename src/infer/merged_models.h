@@ -53,6 +53,8 @@ class MergedModels {
     double scale;
     std::unique_ptr<Copy> copy;  // null: the adapter cannot be merged (asked once)
   };
+  // The entry for (adapter, scale), made the most recently used, or null.
+  Entry* kept(const std::shared_ptr<const lora::Adapter>& adapter, double scale);
   // Erases the entry after the device has finished the work queued with its weights and graphs.
   std::list<Entry>::iterator drop(std::list<Entry>::iterator it);
 
