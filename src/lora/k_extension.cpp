@@ -21,7 +21,6 @@ bool k_extension_applies(int64_t width, Device device) {
 
 void make_extended_weights(Adapter& adapter, const model::Model& model) {
   for (LoraPair& p : adapter.pairs) p.W_ext = Tensor();
-  if (adapter.config.dropout > 0) return;  // a mask per projection: no shared-input groups
   std::set<std::pair<int, int>> seen;
   for (const LoraPair& first : adapter.pairs) {
     const int group = shared_input_of(first.target);

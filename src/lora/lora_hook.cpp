@@ -69,9 +69,9 @@ bool LoraHook::on_projection_before(int layer, Target target, const model::Linea
 }
 
 Tensor LoraHook::extended_input(int layer, int shared_input, const Tensor& x) {
-  // Groups exist only for the trained adapter's training forwards without dropout (shared_group);
-  // another active adapter would read the wide input on its own.
-  if (!training_ || adapters_.size() != 1 || x.rank() != 2 || adapters_[0].adapter->config.dropout > 0) return Tensor();
+  // Groups exist only for the trained adapter's training forwards (shared_group); another active
+  // adapter would read the wide input on its own.
+  if (!training_ || adapters_.size() != 1 || x.rank() != 2) return Tensor();
   const std::vector<LoraPair*> members = shared_input_members(*adapters_[0].adapter, layer, shared_input);
   if (members.empty()) return Tensor();
   const Tensor& w0 = members[0]->W_ext;
@@ -182,8 +182,11 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
   const int shared = shared_input_of(target);
   Adapter& ad = *adapters_[i].adapter;
   // Training forwards only: a group keeps state between its members' calls, and inference must stay
-  // stateless (one hook serves concurrent generators). Dropout: a mask per layer, no shared input.
-  if (!trained || shared < 0 || !x.defined() || ad.config.dropout > 0) return nullptr;
+  // stateless (one hook serves concurrent generators). With dropout, a mask per member: a group
+  // only for the K-extension's wide input (extended_input), where it saves the expands.
+  const LoraPair* own = ad.find(layer, target);
+  const bool dropped = ad.config.dropout > 0;
+  if (!trained || shared < 0 || !x.defined() || (dropped && (!own || x.dim(1) == own->in))) return nullptr;
   auto& groups = state().groups;
   SharedInputGroup& g = groups[{i, layer, shared}];
   const int m = g.index_of(target);
@@ -199,7 +202,7 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
   int64_t rows = 0;
   bool any_padded = false;  // members' blocks at the rank the GEMMs run at (rank_padding.h)
   for (LoraPair* p : pairs) {
-    g.members.push_back({p->target, p, rows, static_cast<float>(p->scale * adapters_[i].user_scale), Tensor()});
+    g.members.push_back({p->target, p, rows, static_cast<float>(p->scale * adapters_[i].user_scale), Tensor(), {}});
     const int64_t rc = compute_rank(p->r, x.device());
     any_padded |= rc != p->r;
     rows += rc;
@@ -231,6 +234,20 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
         return mb.pair->W_ext.defined() && mb.pair->W_ext.dim(1) == x.dim(1) && mb.scale == g.members[0].scale;
       });
   g.x_ext = extended ? x : Tensor();
+  LR_CHECK(extended || !dropped, "LoRA hook: layer ", layer, "'s wide input without K-extended weights");
+  if (dropped) {
+    // Each member's draws, in member order (the order forward calls the projections in, so the
+    // same masks as without the group); a replay (checkpointing) draws the first forward's again.
+    const uint64_t count = static_cast<uint64_t>(x.dim(0) * g.A.dim(1));  // x's own elements
+    for (auto& mb : g.members) {
+      const auto key = std::pair{layer, static_cast<int>(mb.target)};
+      const uint64_t offset = replay_ ? state().saved.at(key).drop_offset : rng_->offset();
+      mb.draws = {ad.config.dropout, rng_->seed(), offset, draw_delta_};
+      if (replay_) continue;
+      *rng_ = Rng(rng_->seed(), offset + count);
+      state().saved[key].drop_offset = offset;  // what a replay draws again
+    }
+  }
   g.shrink(x);
   return &g;
 }
@@ -261,7 +278,10 @@ Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
     member_dys.push_back(dys[i].second);
   }
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);  // the frozen dy W_i included
-  for (const auto& [target, dy] : dys) bias_grads(layer, target, *dy);
+  for (const auto& [target, dy] : dys) {
+    bias_grads(layer, target, *dy);
+    st.saved.erase({layer, static_cast<int>(target)});  // a dropout's offset: the group holds its draws
+  }
   return g.extended_backward(x, member_dys);
 }
 
@@ -282,6 +302,7 @@ bool LoraHook::apply_backward(int layer, Target target, const model::Linear& bas
   if (auto g = st.groups.find({0, layer, shared_input_of(target)}); g != st.groups.end() && g->second.trained) {
     const int m = g->second.index_of(target);
     LR_CHECK(m >= 0, "LoRA group of layer ", layer, " lacks ", target_short_name(target));
+    st.saved.erase({layer, static_cast<int>(target)});  // a dropout's offset: the group holds its draws
     return g->second.backward(m, x, dy, dx, dx_holds);
   }
   auto it = st.saved.find({layer, static_cast<int>(target)});

@@ -89,18 +89,30 @@ int SharedInputGroup::index_of(Target t) const {
   return -1;
 }
 
+int64_t SharedInputGroup::width(int i) const {
+  return (static_cast<size_t>(i) + 1 < members.size() ? members[i + 1].col : A.dim(0)) - members[i].col;
+}
+
 void SharedInputGroup::shrink(const Tensor& x) {
   const ColumnBlock input{x, 0, A.dim(1)};
   if (x_ext.defined()) {  // s·h beside x: every member's expand is then its frozen GEMM's K
     h = x_ext;
     h_col = A.dim(1);
     h_scale = members[0].scale;  // one s for the group (k_extension.h)
-    ops::matmul_blocks(Gemm::NT, input, ColumnBlock::all(A), {x_ext, h_col, A.dim(0)}, h_scale, 0.0f);
   } else {
     h = Tensor::empty({x.dim(0), A.dim(0)}, x.dtype(), x.device());
     h_col = 0;
     h_scale = 1;
-    ops::matmul_blocks(Gemm::NT, input, ColumnBlock::all(A), ColumnBlock::all(h));  // [N, R]
+  }
+  if (dropped()) {  // each member through its own mask into its block of x_ext
+    LR_CHECK(x_ext.defined(), "LoRA group with dropout outside its K-extension");
+    for (size_t i = 0; i < members.size(); ++i) {
+      const Member& m = members[i];
+      const int64_t w = width(static_cast<int>(i));
+      ops::dropout_shrink(input, m.draws, A.slice_rows(m.col, m.col + w), {h, h_col + m.col, w}, h_scale);
+    }
+  } else {
+    ops::matmul_blocks(Gemm::NT, input, ColumnBlock::all(A), {h, h_col, A.dim(0)}, h_scale, 0.0f);  // [N, R]
   }
   x_data = x.raw();
   forward_done = 0;
@@ -148,6 +160,17 @@ void SharedInputGroup::member_dB(int i, const Tensor& dy) const {
                      m.scale / h_scale, 1.0f);
 }
 
+void SharedInputGroup::members_dropout_backward(const Tensor& x, const ColumnBlock& g, float alpha,
+                                                const ColumnBlock* dx, bool dx_holds) {
+  for (size_t i = 0; i < members.size(); ++i) {
+    const Member& m = members[i];
+    const int64_t w = width(static_cast<int>(i));
+    // dA_i += alpha · g_iᵀ drop_i(x);  dx (+)= drop_i'(alpha · g_i A_i), the members' shares added
+    ops::dropout_shrink_backward({x, 0, A.dim(1)}, m.draws, {g.t, g.col + m.col, w}, A.slice_rows(m.col, m.col + w),
+                                 m.pair->grad_A, alpha, dx, dx_holds || i > 0);
+  }
+}
+
 void SharedInputGroup::finish_backward() {
   g = h = x_ext = Tensor();  // the last use of the group's activations (the side work keeps what it reads)
   backward_done = 0;
@@ -162,6 +185,15 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
   ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, m.B.dim(1)}, m.scale, 0.0f);
   backward_done |= 1u << i;
   if (backward_done != all_members()) return false;
+  if (dropped()) {  // g holds s: alpha 1
+    const int64_t in = A.dim(1);
+    if (dx && !dx_holds && (!dx->defined() || dx->dim(0) != x.dim(0) || dx->dim(1) != in))
+      *dx = Tensor::empty({x.dim(0), in}, h.dtype(), h.device());
+    const ColumnBlock dx_block = dx ? ColumnBlock{*dx, 0, in} : ColumnBlock{};
+    members_dropout_backward(x, ColumnBlock::all(g), 1.0f, dx ? &dx_block : nullptr, dx_holds);
+    finish_backward();
+    return dx != nullptr;
+  }
   {
     const ops::SideWork side(x.device(), {g, x});
     members_dA(members, A, ColumnBlock::all(g), x, 1.0f);
@@ -181,6 +213,12 @@ Tensor SharedInputGroup::extended_backward(const Tensor& x, const std::vector<co
   for (size_t i = 0; i < members.size(); ++i)
     ops::matmul_nn(*dys[i], members[i].pair->W_ext, dx_ext, 1.0f, i ? 1.0f : 0.0f);
   const ColumnBlock g_block{dx_ext, in, R};
+  if (dropped()) {
+    const ColumnBlock dx{dx_ext, 0, in};
+    members_dropout_backward(x, g_block, h_scale, &dx, true);
+    finish_backward();
+    return dx_ext;
+  }
   {
     const ops::SideWork side(x.device(), {dx_ext, x});  // reads g's columns; the main stream writes dx's
     members_dA(members, A, g_block, x, h_scale);

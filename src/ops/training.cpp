@@ -4,6 +4,16 @@
 
 namespace lowrank::ops {
 
+namespace {
+// Each block (null: none) lies in its 2-D tensor.
+void check_blocks(const char* op, std::initializer_list<const ColumnBlock*> blocks) {
+  for (const ColumnBlock* b : blocks)
+    LR_CHECK(!b || (b->t.defined() && b->t.rank() == 2 && b->col >= 0 && b->width >= 0 &&
+                    b->col + b->width <= b->t.dim(1)),
+             op, ": columns [", b->col, ", ", b->col + b->width, ") of ", b->t.defined() ? b->t.str() : "undefined");
+}
+}  // namespace
+
 Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor* mask, const Tensor& device_offset) {
   const Device d = detail::op_device("dropout", {&x, &device_offset});
   LR_CHECK(!device_offset.defined() || (device_offset.dtype() == DType::I64 && device_offset.numel() == 1),
@@ -16,16 +26,46 @@ void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, dou
   LR_DISPATCH(d, dropout_backward_add_(dx, gx, mask, p));
 }
 
+void dropout_shrink(const ColumnBlock& x, const DropoutDraws& d, const Tensor& A, const ColumnBlock& h, float alpha) {
+  const Device dev = detail::op_device("dropout_shrink", {&x.t, &A, &h.t, &d.device_offset});
+  check_blocks("dropout_shrink", {&x, &h});
+  LR_CHECK(A.defined() && A.rank() == 2 && x.width == A.dim(1) && h.width == A.dim(0) && x.t.dim(0) == h.t.dim(0),
+           "dropout_shrink: x ", x.t.str(), "[:, ", x.col, "+", x.width, "] with A ", A.str(), " into ", h.t.str(),
+           "[:, ", h.col, "+", h.width, "]");
+  LR_DISPATCH(dev, dropout_shrink(x, d, A, h, alpha));
+}
+
+void dropout_shrink_backward(const ColumnBlock& x, const DropoutDraws& d, const ColumnBlock& g, const Tensor& A,
+                             Tensor& dA, float alpha, const ColumnBlock* dx, bool accumulate) {
+  const Device dev =
+      detail::op_device("dropout_shrink_backward", {&x.t, &g.t, &A, &dA, dx ? &dx->t : nullptr, &d.device_offset});
+  check_blocks("dropout_shrink_backward", {&x, &g, dx});
+  LR_CHECK(A.defined() && A.rank() == 2 && x.width == A.dim(1) && g.width == A.dim(0) && g.t.dim(0) == x.t.dim(0) &&
+               (!dx || (dx->width == x.width && dx->t.dim(0) == x.t.dim(0))),
+           "dropout_shrink_backward: x ", x.t.str(), "[:, ", x.col, "+", x.width, "], g ", g.t.str(), "[:, ", g.col,
+           "+", g.width, "] with A ", A.str());
+  LR_DISPATCH(dev, dropout_shrink_backward(x, d, g, A, dA, alpha, dx, accumulate));
+}
+
 void dropout_shrink(const Tensor& x, const DropoutDraws& d, const Tensor& A, Tensor& h) {
-  const Device dev = detail::op_device("dropout_shrink", {&x, &A, &h, &d.device_offset});
-  LR_DISPATCH(dev, dropout_shrink(x, d, A, h));
+  LR_CHECK(x.defined() && x.rank() == 2 && A.defined() && A.rank() == 2, "dropout_shrink: x ", x.str(), ", A ",
+           A.str());
+  if (!h.defined() || h.rank() != 2 || h.dim(0) != x.dim(0) || h.dim(1) != A.dim(0))
+    h = Tensor::empty({x.dim(0), A.dim(0)}, x.dtype(), x.device());
+  dropout_shrink(ColumnBlock::all(x), d, A, ColumnBlock::all(h), 1.0f);
 }
 
 void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tensor& g, const Tensor& A, Tensor& dA,
                              float alpha, Tensor* dx, bool accumulate) {
-  const Device dev =
-      detail::op_device("dropout_shrink_backward", {&x, &g, &A, &dA, dx, &d.device_offset});
-  LR_DISPATCH(dev, dropout_shrink_backward(x, d, g, A, dA, alpha, dx, accumulate));
+  LR_CHECK(x.defined() && x.rank() == 2 && g.defined() && g.rank() == 2, "dropout_shrink_backward: x ", x.str(),
+           ", g ", g.str());
+  if (dx && !accumulate && (!dx->defined() || dx->shape() != x.shape() || dx->dtype() != x.dtype()))
+    *dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  LR_CHECK(!dx || (dx->defined() && dx->shape() == x.shape()), "dropout_shrink_backward: dx ",
+           dx && dx->defined() ? dx->str() : "undefined", " for x ", x.str());
+  const ColumnBlock dx_all = dx ? ColumnBlock::all(*dx) : ColumnBlock{};
+  dropout_shrink_backward(ColumnBlock::all(x), d, ColumnBlock::all(g), A, dA, alpha, dx ? &dx_all : nullptr,
+                          accumulate);
 }
 
 void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, const AdamWScalars& s) {

@@ -787,6 +787,25 @@ std::vector<OpCase> op_table() {
   // are): lanes g and g ^ 1 draw two rows' blocks each and swap halves; a partial last step.
   t.push_back(dropout_backward_case("dropout_shrink_backward fused, draws on a Philox block", 301, 96, 16,
                                     {0.2, 5, 4096, Tensor()}));
+  // LoRA's K-extension with dropout: three members' shrinks (ranks 8, 16, 16) read x out of the
+  // first 96 columns of x_ext [301, 136] and write 0.75 · h into their blocks of it; their
+  // backwards read g out of [dx | g] and add into dx's columns. Draws on a Philox block and off it.
+  t.push_back({"dropout_shrink and its backward on column blocks", {{301, 136}, {40, 96}, {301, 136}, {40, 96}},
+               [](Inputs& in, Device) {
+                 const int64_t cols[] = {0, 8, 24, 40};
+                 const uint64_t offsets[] = {4096, 1003, 4096 + 2 * 301 * 96};
+                 Tensor x_ext = in[0].clone(), dx_ext = in[2].clone(), dA = ops::cast(in[3], DType::F32).clone();
+                 for (int i = 0; i < 3; ++i) {
+                   const ops::DropoutDraws draws{0.25, 9, offsets[i], Tensor()};
+                   const int64_t c = cols[i], w = cols[i + 1] - cols[i];
+                   const Tensor A = in[1].slice_rows(c, c + w);
+                   ops::dropout_shrink({x_ext, 0, 96}, draws, A, {x_ext, 96 + c, w}, 0.75f);
+                   Tensor dA_i = dA.slice_rows(c, c + w);
+                   const ops::ColumnBlock dx{dx_ext, 0, 96};
+                   ops::dropout_shrink_backward({in[0], 0, 96}, draws, {in[2], 96 + c, w}, A, dA_i, 0.75f, &dx, true);
+                 }
+                 return Outputs{x_ext, dx_ext, dA};
+               }});
   return t;
 }
 

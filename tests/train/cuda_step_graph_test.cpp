@@ -303,18 +303,21 @@ TEST(CudaSideWork, FusedQkvModelEqualsOneStream) {
 // and without: the same losses, gradient norms and trained parameters up to bf16 rounding (one
 // GEMM's rounding of y instead of two), and AdamW keeps each B's block of W_ext equal to B_work.
 void expect_k_extension_equals_expands(const std::string& fixture, bool with_graph, bool checkpointing, int members,
-                                       bool all_linear = true) {
+                                       bool all_linear = true, double dropout = 0.0) {
   const std::string dir = test::model_fixture(fixture);
   std::vector<train::StepResult> results[2];
   std::vector<std::vector<float>> params[2];
+  uint64_t draws[2] = {};
   for (int ext = 1; ext >= 0; --ext) {
-    TrainRun run(dir, false, with_graph, 0.0, checkpointing, /*random_b=*/true, /*k_extension=*/ext == 1, all_linear);
+    TrainRun run(dir, false, with_graph, dropout, checkpointing, /*random_b=*/true, /*k_extension=*/ext == 1,
+                 all_linear);
     int extended = 0;
     for (const lora::LoraPair& p : run.adapter->pairs) extended += p.W_ext.defined();
     ASSERT_EQ(extended, ext ? members : 0) << fixture << ": pairs with a K-extended weight";
     const train::Dataset data = windows(run.m.config().vocab_size, 16);
     for (int64_t step = 0; step < 4; ++step) results[ext].push_back(train::train_step(run.ctx, step_batches(data, step), 1e-3));
     for (const train::ParamRef& p : run.params) params[ext].push_back(host_values(p.param));
+    draws[ext] = run.drop.offset();
     for (const lora::LoraPair& p : run.adapter->pairs) {
       if (!p.W_ext.defined()) continue;
       const Tensor w = p.W_ext.to(Device::cpu()).to(DType::F32), b = p.B_work.to(Device::cpu()).to(DType::F32);
@@ -326,6 +329,7 @@ void expect_k_extension_equals_expands(const std::string& fixture, bool with_gra
       }
     }
   }
+  EXPECT_EQ(draws[1], draws[0]) << "the groups draw as many dropout draws as the projections one by one";
   expect_runs_equal(fixture, results, params, 2e-3, 2e-2, 1e-2);
 }
 
@@ -355,6 +359,27 @@ TEST(CudaKExtension, ProjectionBiasesEqualTheExpands) {
   REQUIRE_GPU();
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("qwen2"));  // q, k, v with biases
   expect_k_extension_equals_expands("qwen2", true, false, static_cast<int>(c.num_layers) * 5);
+}
+
+// With LoRA dropout each member draws its own mask (a fused dropout shrink into its block of the
+// wide input): the masks of the projections one by one, so the same steps up to bf16 rounding; at
+// p = 0.3 other masks would change the loss and the parameters far beyond it.
+TEST(CudaKExtension, DropoutStepsEqualTheExpands) {
+  REQUIRE_GPU();
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  expect_k_extension_equals_expands("llama", false, false, static_cast<int>(c.num_layers) * 5, true, 0.3);
+}
+
+TEST(CudaKExtension, DropoutGraphReplaysWithCheckpointingEqualTheExpands) {
+  REQUIRE_GPU();
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("gemma2"));
+  expect_k_extension_equals_expands("gemma2", true, true, static_cast<int>(c.num_layers) * 5, true, 0.3);
+}
+
+TEST(CudaKExtension, DropoutOnQAndVWithAFrozenKBesideThemEqualsTheExpands) {
+  REQUIRE_GPU();
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  expect_k_extension_equals_expands("llama", true, false, static_cast<int>(c.num_layers) * 2, false, 0.3);
 }
 
 }  // namespace

@@ -16,9 +16,11 @@
 // copy of the adapted frozen weights (Llama-1B: 14.8 instead of 13.3 GiB peak; base7m 0.69
 // instead of 0.67). At 8B it would lose (bench_cuda_ops --k-extension: a K of 4,096 + R no longer
 // fills whole tiles).
-// Taken where it applies: CUDA, bf16 working copies, no LoRA dropout (no shared-input groups with
-// it), plain LoRA, one scale per group, one active adapter, inputs of width <= 2048
-// (LOWRANK_K_EXTENSION=0 turns it off, =1 takes it at any width).
+// With LoRA dropout each member's shrink draws its own mask and writes its own block of x_ext (a
+// fused dropout shrink a member: ops::dropout_shrink on column blocks), and its backward reads its
+// block of g out of [dx | g] (shared_input.h).
+// Taken where it applies: CUDA, bf16 working copies, plain LoRA, one scale per group, one active
+// adapter, inputs of width <= 2048 (LOWRANK_K_EXTENSION=0 turns it off, =1 takes it at any width).
 #include <cstdint>
 
 #include "lowrank/core/tensor.h"

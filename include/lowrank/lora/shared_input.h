@@ -6,9 +6,14 @@
 // (gᵀx) and their summed input gradient (g [A_1; A_2; ...]) in one GEMM each. Same math as
 // linear_lora.cpp, member by member, with x read 2 times instead of 2 × members times. Training
 // forwards only (the hook stays stateless for inference, which may run on several threads).
+// With LoRA dropout each member draws its own mask (as PEFT's per-layer dropout modules do), so
+// each member's shrink is its own fused dropout shrink into its block of h and its backward its
+// own (ops::dropout_shrink, into and out of column blocks of the wide input); such groups exist
+// only for the K-extension (k_extension.h), where they save the expands.
 #include <vector>
 
 #include "lowrank/lora/lora_pair.h"
+#include "lowrank/ops/op_types.h"
 
 namespace lowrank::lora {
 
@@ -40,6 +45,7 @@ struct SharedInputGroup {
                        // blocks are padded to ranks of multiples of 8 (src/lora/rank_padding.h)
     float scale = 1;   // s · the user's adapter scale
     Tensor B;          // [out, r or padded r] in the activations' dtype, as the forward used it
+    ops::DropoutDraws draws;  // p > 0: LoRA dropout, this member's own mask (its draws' offset)
   };
   std::vector<Member> members;
   Tensor A;                      // [R, in] the members' A stacked (activations' dtype), R = Σ (padded) r
@@ -55,6 +61,9 @@ struct SharedInputGroup {
   unsigned forward_done = 0, backward_done = 0;  // members' bits
 
   int index_of(Target t) const;
+  // Member i's columns of h and g (its rank, padded as the group stacks them).
+  int64_t width(int i) const;
+  bool dropped() const { return !members.empty() && members[0].draws.p > 0; }
   unsigned all_members() const { return (1u << members.size()) - 1; }
   // h = x Aᵀ for a new input (A and the members' B set; x may be wider than A: its first columns
   // are the input); with x_ext defined, s·h into its last R columns.
@@ -75,6 +84,10 @@ struct SharedInputGroup {
 
  private:
   void member_dB(int i, const Tensor& dy) const;  // on the side stream
+  // With dropout, each member's dA and its masked share of dx from g (columns of g.t from g.col, as
+  // h's), alpha · g the gradient of h; the first share is added to dx only when dx_holds.
+  void members_dropout_backward(const Tensor& x, const ops::ColumnBlock& g, float alpha, const ops::ColumnBlock* dx,
+                                bool dx_holds);
   void finish_backward();                         // drops the activations, ready for a new forward
 };
 

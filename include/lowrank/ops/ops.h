@@ -16,4 +16,10 @@
 
 namespace lowrank::ops {
 #include "lowrank/ops/op_list.inc"
+
+// dropout_shrink and its backward on whole tensors: h [N, r] (made when undefined or of another
+// shape, in x's dtype); dx [N, in] added to, or written (made when undefined or of another shape).
+void dropout_shrink(const Tensor& x, const DropoutDraws& d, const Tensor& A, Tensor& h);
+void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tensor& g, const Tensor& A, Tensor& dA,
+                             float alpha, Tensor* dx, bool accumulate);
 }  // namespace lowrank::ops

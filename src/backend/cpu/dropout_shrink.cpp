@@ -50,9 +50,7 @@ LOWRANK_CPU_CLONES void add_masked(float* __restrict dx, const float* __restrict
   for (int64_t i = 0; i < n; ++i) dx[i] = mask[i] ? dx[i] + gx[i] / keep : dx[i];
 }
 
-}  // namespace
-
-void dropout_shrink(const Tensor& x, const DropoutDraws& d, const Tensor& A, Tensor& h) {
+void shrink_whole(const Tensor& x, const DropoutDraws& d, const Tensor& A, Tensor& h) {
   const Shrink s = shrink_shape(x, d, A, "dropout_shrink");
   if (!h.defined() || h.rank() != 2 || h.dim(0) != s.n || h.dim(1) != s.r) h = Tensor::empty({s.n, s.r});
   LR_CHECK(h.dtype() == DType::F32, "dropout_shrink: h ", h.str());
@@ -75,8 +73,8 @@ void dropout_shrink(const Tensor& x, const DropoutDraws& d, const Tensor& A, Ten
   }
 }
 
-void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tensor& g, const Tensor& A, Tensor& dA,
-                             float alpha, Tensor* dx, bool accumulate) {
+void shrink_backward_whole(const Tensor& x, const DropoutDraws& d, const Tensor& g, const Tensor& A, Tensor& dA,
+                           float alpha, Tensor* dx, bool accumulate) {
   const Shrink s = shrink_shape(x, d, A, "dropout_shrink_backward");
   LR_CHECK(g.defined() && g.dtype() == DType::F32 && g.rank() == 2 && g.dim(0) == s.n && g.dim(1) == s.r,
            "dropout_shrink_backward: g ", g.defined() ? g.str() : "undefined", " for x ", x.str(), ", A ", A.str());
@@ -139,6 +137,39 @@ void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tenso
     for (int t = 1; t < threads; ++t) sum += partials[t * size + i];
     da[i] += alpha * sum;
   }
+}
+
+// The block of columns as a tensor of its own: the block's tensor itself when it is all of it.
+Tensor columns_of(const ColumnBlock& b) {
+  if (b.col == 0 && b.width == b.t.dim(1)) return b.t;
+  Tensor t = Tensor::empty({b.t.dim(0), b.width}, b.t.dtype(), b.t.device());
+  copy_columns_(t, 0, b.t, b.col, b.width);
+  return t;
+}
+
+// Writes t [rows, width] into the block (nothing to do when t is the block's tensor).
+void write_columns(const ColumnBlock& b, const Tensor& t) {
+  if (t.raw() == b.t.raw()) return;
+  Tensor dst = b.t;
+  copy_columns_(dst, b.col, t, 0, b.width);
+}
+
+}  // namespace
+
+// Column blocks are gathered into tensors of their own and written back: the CPU is the reference
+// (the K-extension that reads and writes them in place is the GPU's).
+void dropout_shrink(const ColumnBlock& x, const DropoutDraws& d, const Tensor& A, const ColumnBlock& h, float alpha) {
+  Tensor hs = columns_of(h);
+  shrink_whole(columns_of(x), d, A, hs);
+  if (alpha != 1.0f) scale_(hs, alpha);
+  write_columns(h, hs);
+}
+
+void dropout_shrink_backward(const ColumnBlock& x, const DropoutDraws& d, const ColumnBlock& g, const Tensor& A,
+                             Tensor& dA, float alpha, const ColumnBlock* dx, bool accumulate) {
+  Tensor dxs = dx ? columns_of(*dx) : Tensor();
+  shrink_backward_whole(columns_of(x), d, columns_of(g), A, dA, alpha, dx ? &dxs : nullptr, accumulate);
+  if (dx) write_columns(*dx, dxs);
 }
 
 }  // namespace lowrank::cpu

@@ -43,9 +43,9 @@ constexpr int kShrinkWarps = 8;
 // columns to the mma's k index gives the same dot products, as long as both operands use it.
 template <int NT>
 __global__ void __launch_bounds__(kShrinkWarps * 32)
-    dropout_shrink_kernel(const bf16* __restrict__ x, const bf16* __restrict__ A, bf16* __restrict__ h, int64_t n,
-                          int in, int r, uint32_t below, float keep, uint64_t seed, uint64_t offset,
-                          const int64_t* __restrict__ delta) {
+    dropout_shrink_kernel(const bf16* __restrict__ x, int64_t ldx, const bf16* __restrict__ A, bf16* __restrict__ h,
+                          int64_t ldh, int64_t n, int in, int r, uint32_t below, float alpha_keep, uint64_t seed,
+                          uint64_t offset, const int64_t* __restrict__ delta) {
   __shared__ float part[kShrinkWarps][16][8 * NT];
   if (delta) offset += static_cast<uint64_t>(*delta);  // a graph replay's position of the Rng
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -57,10 +57,9 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         if (rows[i] >= n) continue;
-        const int64_t at = rows[i] * in + k;
         float v[8];
-        unpack8(*reinterpret_cast<const uint4*>(x + at), v);
-        const uint32_t m = dropout_kept8(seed, offset + at, below);
+        unpack8(*reinterpret_cast<const uint4*>(x + rows[i] * ldx + k), v);
+        const uint32_t m = dropout_kept8(seed, offset + rows[i] * in + k, below);  // x's own positions
 #pragma unroll
         for (int p = 0; p < 4; ++p)
           a[i][p] = pack_bf16(m >> (2 * p) & 1 ? v[2 * p] : 0.0f, m >> (2 * p + 1) & 1 ? v[2 * p + 1] : 0.0f);
@@ -95,7 +94,7 @@ __global__ void __launch_bounds__(kShrinkWarps * 32)
     float sum = 0.0f;
 #pragma unroll
     for (int w = 0; w < kShrinkWarps; ++w) sum += part[w][row][col];  // warps in order
-    h[(row0 + row) * r + col] = __float2bfloat16_rn(sum / keep);  // 1/keep once a sum, not per element
+    h[(row0 + row) * ldh + col] = __float2bfloat16_rn(sum * alpha_keep);  // alpha/keep once a sum, not per element
   }
 }
 
@@ -115,10 +114,10 @@ constexpr int kBackWarps = 4;
 //   g A, transposed [32, 16 rows] = Aᵀ [32, r] · gᵀ [r, 16 rows]: m-tile i's rows g and g + 8 are
 //     columns 4g + 2i and 4g + 2i + 1, so its C fragment is the lane's own 16 elements.
 __global__ void __launch_bounds__(kBackWarps * 32)
-    dropout_shrink_backward_kernel(const bf16* __restrict__ x, const bf16* __restrict__ gin,
-                                       const bf16* __restrict__ A, float* __restrict__ partial,
-                                       bf16* __restrict__ dx, bool accumulate, int64_t n, int in, int r,
-                                       int rows_per, float alpha_keep, uint32_t below, uint64_t seed,
+    dropout_shrink_backward_kernel(const bf16* __restrict__ x, int64_t ldx, const bf16* __restrict__ gin,
+                                       int64_t ldg, const bf16* __restrict__ A, float* __restrict__ partial,
+                                       bf16* __restrict__ dx, int64_t lddx, bool accumulate, int64_t n, int in,
+                                       int r, int rows_per, float alpha_keep, uint32_t below, uint64_t seed,
                                        uint64_t offset, const int64_t* __restrict__ delta) {
   if (delta) offset += static_cast<uint64_t>(*delta);
   const bool paired = offset % 8 == 0;  // column 0 of every row starts a Philox block (in % 32 == 0)
@@ -128,7 +127,7 @@ __global__ void __launch_bounds__(kBackWarps * 32)
   const int col = col0 + 4 * g;  // the lane's 4 columns
   const int64_t row0 = int64_t(blockIdx.y) * rows_per, row_end = row0 + rows_per < n ? row0 + rows_per : n;
   auto g_at = [&](int64_t row, int k) -> uint32_t {  // g[row][k] as bf16 bits, 0 outside
-    return row < row_end && k < r ? __bfloat16_as_ushort(gin[row * r + k]) : 0u;
+    return row < row_end && k < r ? __bfloat16_as_ushort(gin[row * ldg + k]) : 0u;
   };
   auto pair = [](uint32_t lo, uint32_t hi) { return lo | hi << 16; };
   // Aᵀ fragments (m-tile i, k = rank): a0 rows g (column 4g + 2i) ranks 2t, 2t+1; a1 row g + 8
@@ -150,10 +149,10 @@ __global__ void __launch_bounds__(kBackWarps * 32)
     uint32_t m[4];
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      const int64_t row = s + lrow[q], at_ = row * in + col;
+      const int64_t row = s + lrow[q];
       const bool here = row < row_end;
-      xv[q] = here ? *reinterpret_cast<const uint2*>(x + at_) : uint2{0, 0};
-      dv[q] = here && dx && accumulate ? *reinterpret_cast<const uint2*>(dx + at_) : uint2{0, 0};
+      xv[q] = here ? *reinterpret_cast<const uint2*>(x + row * ldx + col) : uint2{0, 0};
+      dv[q] = here && dx && accumulate ? *reinterpret_cast<const uint2*>(dx + row * lddx + col) : uint2{0, 0};
     }
     // gᵀ as the dA mma's A operand (rank g / g + 8 at the lane's rows) and as g A's B operand
     // (row g / g + 8 of the step, ranks 2t.. / 2t + 8..).
@@ -228,7 +227,7 @@ __global__ void __launch_bounds__(kBackWarps * 32)
       uint2 o;
       o.x = pack_bf16(out[0], out[1]);
       o.y = pack_bf16(out[2], out[3]);
-      *reinterpret_cast<uint2*>(dx + row * in + col) = o;
+      *reinterpret_cast<uint2*>(dx + row * lddx + col) = o;
     }
   }
   // Partial dA of the chunk: n-tile j's columns 2t, 2t + 1 are columns 8t + j, 8t + 4 + j.
@@ -273,11 +272,20 @@ bool fused_dropout_enabled() {
 }
 
 
+// A column block's first element and row stride; fits16: 16-byte aligned rows (the fused
+// kernels' vector loads).
+struct Strided {
+  bf16* p;
+  int64_t ld;
+  bool fits16() const { return aligned16(p) && ld % 8 == 0; }
+};
+Strided strided(const ColumnBlock& b) { return {b.t.data<bf16>() + b.col, b.t.dim(1)}; }
+
 // The fused kernels' common preconditions: bf16 x [N, in] and A [r, in], in % 8 == 0, 16-byte rows.
-bool fused_fits(const Tensor& x, const Tensor& A, int64_t max_rank) {
-  return fused_dropout_enabled() && x.dtype() == DType::BF16 && A.dtype() == DType::BF16 && x.rank() == 2 &&
-         A.rank() == 2 && A.dim(1) == x.dim(1) && x.dim(1) % 8 == 0 && x.dim(1) <= (1 << 30) && A.dim(0) >= 1 &&
-         A.dim(0) <= max_rank && aligned16(x.raw()) && aligned16(A.raw());
+bool fused_fits(const ColumnBlock& x, const Tensor& A, int64_t max_rank) {
+  return fused_dropout_enabled() && x.t.dtype() == DType::BF16 && A.dtype() == DType::BF16 && A.rank() == 2 &&
+         x.width % 8 == 0 && x.width <= (1 << 30) && A.dim(0) >= 1 && A.dim(0) <= max_rank &&
+         strided(x).fits16() && aligned16(A.raw());
 }
 
 const int64_t* device_delta(const DropoutDraws& d) {
@@ -286,8 +294,17 @@ const int64_t* device_delta(const DropoutDraws& d) {
   return d.device_offset.data<int64_t>();
 }
 
-void composed_backward(const Tensor& x, const DropoutDraws& d, const Tensor& g, const Tensor& A, Tensor& dA,
-                       float alpha, Tensor* dx, bool accumulate) {
+// The block as a tensor of its own (the block's tensor itself when it is all of it).
+Tensor columns_of(const ColumnBlock& b) {
+  if (b.col == 0 && b.width == b.t.dim(1)) return b.t;
+  Tensor t = Tensor::empty({b.t.dim(0), b.width}, b.t.dtype(), b.t.device());
+  copy_columns_(t, 0, b.t, b.col, b.width);
+  return t;
+}
+
+void composed_backward(const ColumnBlock& xb, const DropoutDraws& d, const ColumnBlock& gb, const Tensor& A,
+                       Tensor& dA, float alpha, const ColumnBlock* dx, bool accumulate) {
+  const Tensor x = columns_of(xb), g = columns_of(gb);
   Tensor mask;  // only for an accumulated dx: a written one draws the mask again
   const Tensor x_drop = dropout(x, d.p, d.seed, d.offset, dx && accumulate ? &mask : nullptr, d.device_offset);
   if (dA.numel() == g.dim(1) * x.dim(1)) matmul_tn(g, x_drop, dA, alpha, 1.0f);
@@ -295,31 +312,35 @@ void composed_backward(const Tensor& x, const DropoutDraws& d, const Tensor& g, 
   if (!dx) return;
   Tensor gx;
   matmul_nn(g, A, gx, alpha, 0.0f);
-  if (accumulate) dropout_backward_add_(*dx, gx, mask, d.p);
-  else *dx = dropout(gx, d.p, d.seed, d.offset, nullptr, d.device_offset);
+  Tensor out = accumulate ? columns_of(*dx) : dropout(gx, d.p, d.seed, d.offset, nullptr, d.device_offset);
+  if (accumulate) dropout_backward_add_(out, gx, mask, d.p);
+  if (out.raw() != dx->t.raw()) {
+    Tensor dst = dx->t;
+    copy_columns_(dst, dx->col, out, 0, dx->width);
+  }
 }
 
 }  // namespace
 
-void dropout_shrink(const Tensor& x, const DropoutDraws& d, const Tensor& A, Tensor& h) {
-  check_arg(x, "dropout_shrink", "x");
+void dropout_shrink(const ColumnBlock& x, const DropoutDraws& d, const Tensor& A, const ColumnBlock& h, float alpha) {
+  check_arg(x.t, "dropout_shrink", "x");
   check_arg(A, "dropout_shrink", "A");
+  check_arg(h.t, "dropout_shrink", "h");
   LR_CHECK(d.p >= 0.0 && d.p < 1.0, "dropout_shrink: dropout p ", d.p);
-  const bool h_fits = !h.defined() || (h.dtype() == DType::BF16 && h.rank() == 2 && x.rank() == 2 &&
-                                       h.dim(0) == x.dim(0) && h.dim(1) == A.dim(0) && h.device() == x.device());
-  if (!h_fits || !fused_fits(x, A, 64) || x.dim(0) == 0) {
-    matmul_nt(dropout(x, d.p, d.seed, d.offset, nullptr, d.device_offset), A, h);
+  if (h.t.dtype() != DType::BF16 || !fused_fits(x, A, 64) || x.t.dim(0) == 0) {
+    matmul_blocks(Gemm::NT, ColumnBlock::all(dropout(columns_of(x), d.p, d.seed, d.offset, nullptr, d.device_offset)),
+                  ColumnBlock::all(A), h, alpha, 0.0f);
     return;
   }
-  const int64_t n = x.dim(0);
-  const int in = static_cast<int>(x.dim(1)), r = static_cast<int>(A.dim(0));
-  if (!h.defined()) h = Tensor::empty({n, r}, DType::BF16, x.device());
+  const int64_t n = x.t.dim(0);
+  const int in = static_cast<int>(x.width), r = static_cast<int>(A.dim(0));
   const float keep = static_cast<float>(1.0 - d.p);
-  cudaStream_t st = stream_for(x.device());
+  cudaStream_t st = stream_for(x.t.device());
   const unsigned blocks = static_cast<unsigned>((n + 15) / 16);
+  const Strided xs = strided(x), hs = strided(h);
   auto launch = [&](auto kernel) {
-    kernel<<<blocks, kShrinkWarps * 32, 0, st>>>(x.data<bf16>(), A.data<bf16>(), h.data<bf16>(), n, in, r,
-                                                 dropout_below(keep), keep, d.seed, d.offset, device_delta(d));
+    kernel<<<blocks, kShrinkWarps * 32, 0, st>>>(xs.p, xs.ld, A.data<bf16>(), hs.p, hs.ld, n, in, r,
+                                                 dropout_below(keep), alpha / keep, d.seed, d.offset, device_delta(d));
   };
   if (r <= 8) launch(dropout_shrink_kernel<1>);
   else if (r <= 16) launch(dropout_shrink_kernel<2>);
@@ -328,43 +349,38 @@ void dropout_shrink(const Tensor& x, const DropoutDraws& d, const Tensor& A, Ten
   LR_CUDA_LAUNCHED();
 }
 
-void dropout_shrink_backward(const Tensor& x, const DropoutDraws& d, const Tensor& g, const Tensor& A, Tensor& dA,
-                             float alpha, Tensor* dx, bool accumulate) {
-  check_arg(x, "dropout_shrink_backward", "x");
+void dropout_shrink_backward(const ColumnBlock& x, const DropoutDraws& d, const ColumnBlock& g, const Tensor& A,
+                             Tensor& dA, float alpha, const ColumnBlock* dx, bool accumulate) {
+  check_arg(x.t, "dropout_shrink_backward", "x");
   check_arg(A, "dropout_shrink_backward", "A");
-  check_arg(g, "dropout_shrink_backward", "g");
+  check_arg(g.t, "dropout_shrink_backward", "g");
   check_arg(dA, "dropout_shrink_backward", "dA");
+  if (dx) check_arg(dx->t, "dropout_shrink_backward", "dx");
   LR_CHECK(d.p >= 0.0 && d.p < 1.0, "dropout_shrink_backward: dropout p ", d.p);
-  const bool shapes = x.rank() == 2 && A.rank() == 2 && g.rank() == 2 && g.dim(0) == x.dim(0) &&
-                      g.dim(1) == A.dim(0) && dA.rank() == 2 && dA.dim(1) == A.dim(1) && dA.dim(0) <= A.dim(0);
-  // An added dx must be bf16 [N, in]; a written one is made so unless it is (as the composition's is).
-  const bool dx_fits = !dx || !accumulate ||
-                       (dx->defined() && dx->dtype() == DType::BF16 && dx->rank() == 2 && dx->dim(0) == x.dim(0) &&
-                        dx->dim(1) == x.dim(1) && aligned16(dx->raw()));
-  if (!shapes || !dx_fits || !fused_fits(x, A, 16) || x.dim(1) % 32 != 0 || g.dtype() != DType::BF16 ||
-      dA.dtype() != DType::F32 || x.dim(0) == 0) {
+  LR_CHECK(dA.rank() == 2 && dA.dim(1) == A.dim(1) && dA.dim(0) <= A.dim(0), "dropout_shrink_backward: dA ",
+           dA.str(), " for A ", A.str());
+  if (!fused_fits(x, A, 16) || x.width % 32 != 0 || g.t.dtype() != DType::BF16 || dA.dtype() != DType::F32 ||
+      (dx && (dx->t.dtype() != DType::BF16 || !strided(*dx).fits16())) || x.t.dim(0) == 0) {
     composed_backward(x, d, g, A, dA, alpha, dx, accumulate);
     return;
   }
-  const int64_t n = x.dim(0);
-  const int in = static_cast<int>(x.dim(1)), r = static_cast<int>(A.dim(0));
-  if (dx && !accumulate && (!dx->defined() || dx->shape() != x.shape() || dx->dtype() != DType::BF16 ||
-                            !aligned16(dx->raw())))
-    *dx = Tensor::empty(x.shape(), DType::BF16, x.device());
+  const int64_t n = x.t.dim(0);
+  const int in = static_cast<int>(x.width), r = static_cast<int>(A.dim(0));
   // Chunks of rows: enough blocks for every SM a few times over, at most kBackMaxRows rows each
   // and at least 32 (each chunk writes an [r, in] f32 partial that the second launch reads).
   const int col_blocks = (in + kBackWarps * 32 - 1) / (kBackWarps * 32);
-  const int64_t want_chunks = std::max<int64_t>(1, 6 * multiprocessor_count(x.device()) / col_blocks);
+  const int64_t want_chunks = std::max<int64_t>(1, 6 * multiprocessor_count(x.t.device()) / col_blocks);
   int rows_per = static_cast<int>(std::clamp<int64_t>((n + want_chunks - 1) / want_chunks, 32, kBackMaxRows));
   rows_per = (rows_per + 15) / 16 * 16;  // whole steps
   const int chunks = static_cast<int>((n + rows_per - 1) / rows_per);
-  Tensor partial = Tensor::empty({chunks, r, in}, DType::F32, x.device());
+  Tensor partial = Tensor::empty({chunks, r, in}, DType::F32, x.t.device());
   const float keep = static_cast<float>(1.0 - d.p);
-  cudaStream_t st = stream_for(x.device());
+  cudaStream_t st = stream_for(x.t.device());
   const dim3 grid(col_blocks, chunks);
+  const Strided xs = strided(x), gs = strided(g), dxs = dx ? strided(*dx) : Strided{nullptr, 0};
   dropout_shrink_backward_kernel<<<grid, kBackWarps * 32, 0, st>>>(
-      x.data<bf16>(), g.data<bf16>(), A.data<bf16>(), partial.data<float>(), dx ? dx->data<bf16>() : nullptr,
-      accumulate, n, in, r, rows_per, alpha / keep, dropout_below(keep), d.seed, d.offset, device_delta(d));
+      xs.p, xs.ld, gs.p, gs.ld, A.data<bf16>(), partial.data<float>(), dxs.p, dxs.ld, accumulate, n, in, r, rows_per,
+      alpha / keep, dropout_below(keep), d.seed, d.offset, device_delta(d));
   LR_CUDA_LAUNCHED();
   const int64_t size = dA.numel();
   add_partials_kernel<<<static_cast<unsigned>((size + 31) / 32), 32 * kAddGroups, 0, st>>>(
