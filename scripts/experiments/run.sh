@@ -16,6 +16,12 @@
 #                   DoRA and rsLoRA r=8 q,v. Seeds: $SEEDS (default 1).
 #       ranks       full; LoRA q,v r in {1,2,4,8,16,64} (alpha 2r): the rank rows of quality, for
 #                   the loss curves by rank (report.py --rank-curves). Seeds: $SEEDS (default 1).
+#       rank64      why LoRA q,v at r = 64 (alpha 128) stalls on the 120M base: r = 64 at the
+#                   default lr, at 1e-3 and 3e-4, at alpha 16 (s = 0.25), rsLoRA r = 64; r = 8 and
+#                   full as controls. Seeds: $SEEDS (default 1).
+#       rank_lr     LoRA q,v learning rate by rank (what rank64 found): full; r:lr pairs of
+#                   $RANK_LR_GRID (default 8:1e-3 16:1e-3 16:2e-3 32:1e-3 64:1e-3); q,k,v,o r = 8
+#                   at 1e-3. Seeds: $SEEDS (default 1).
 #       seeds       the headline rows again with seeds 2 and 3 ($SEED_LIST): full, LoRA r=8 q,v
 #                   (alpha 16 and 32), LoRA r=8 all-linear. SEED_LIST="1 2 3" on a base that was
 #                   pretrained afresh for the call (base120m.sh), where no quality set gave seed 1.
@@ -45,8 +51,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|inits|seeds|quick|efficiency|lr|long}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|inits|seeds|quick|efficiency|lr|long}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|efficiency|lr|long}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|efficiency|lr|long}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -64,8 +70,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|ranks|inits|seeds|quick|efficiency|lr|long) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, inits, seeds, quick, efficiency, lr, long)" >&2; exit 2 ;;
+  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|efficiency|lr|long) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, efficiency, lr, long)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -150,6 +156,28 @@ ranks() {
     for r in 1 2 4 8 16 64; do lora --rank "$r" --targets $qv "${s[@]}"; done
   done
 }
+rank64() {  # with Adam, ΔW's step grows with r at a fixed alpha / r: is that what stalls r = 64?
+  for seed in ${SEEDS:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    lora --rank 64 --targets $qv "${s[@]}"
+    run --method lora --lr 1e-3 --tag lr1e-3 --rank 64 --targets $qv "${s[@]}"
+    run --method lora --lr 3e-4 --tag lr3e-4 --rank 64 --targets $qv "${s[@]}"
+    lora --rank 64 --alpha 16 --targets $qv "${s[@]}"
+    run --method rslora --lr "$lr_lora" --rank 64 --targets $qv "${s[@]}"
+    lora --rank 8 --targets $qv "${s[@]}"
+    full "${s[@]}"
+  done
+}
+rank_lr() {
+  for seed in ${SEEDS:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    for pair in ${RANK_LR_GRID:-8:1e-3 16:1e-3 16:2e-3 32:1e-3 64:1e-3}; do
+      run --method lora --lr "${pair#*:}" --tag "lr${pair#*:}" --rank "${pair%%:*}" --targets $qv "${s[@]}"
+    done
+    run --method lora --lr 1e-3 --tag lr1e-3 --rank 8 --targets q_proj,k_proj,v_proj,o_proj "${s[@]}"
+  done
+}
 inits() {
   for seed in ${SEEDS:-1}; do
     s=(--seed "$seed" --steps "$steps")
@@ -219,6 +247,8 @@ case "$set_" in
   quality) workers quality ;;
   inits) workers inits ;;
   ranks) workers ranks ;;
+  rank64) workers rank64 ;;
+  rank_lr) workers rank_lr ;;
   seeds) workers seeds ;;
   quick) workers quick ;;
   lr) workers lrs ;;
