@@ -53,9 +53,12 @@ for shape in ${only//,/ }; do
     clients=${p%x*} distinct=${p#*x}
     models=$(seq -s, -f 'a%g' 0 $((distinct - 1)))
     requests=$((clients * 2)); [ "$requests" -lt 4 ] && requests=4
-    # Warm-up at this concurrency (cuBLASLt choices, decode graphs), then the measured run.
+    # Warm-up at this concurrency (cuBLASLt choices, decode graphs), then the measured run. With
+    # merged copies, long enough for a one-adapter batch to earn its copy (the server makes one
+    # after 16 decode steps alone), so that the measured run does not pay for its making.
+    warm_tokens=8; [ "$merged" -gt 0 ] && warm_tokens=32
     "$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$clients" --models "$models" \
-      --prompt-tokens 128 --max-tokens 8 >/dev/null
+      --prompt-tokens 128 --max-tokens "$warm_tokens" >/dev/null
     row=$("$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$requests" --models "$models" \
       --prompt-tokens 128 --max-tokens "$new")
     echo "$row" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(bench='serve_gpu', engine='lowrank', shape='$shape', adapters=$distinct, merged=$merged); print(json.dumps(r))" >> "$out"
