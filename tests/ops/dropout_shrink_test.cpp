@@ -173,39 +173,31 @@ TEST(DropoutShrink, ShapesThatDoNotFitAreRefused) {
 // the draws those of x as a tensor of its own; g read out of, and dx added into, blocks of another.
 // The same values as the whole-tensor forms; every other column untouched.
 TEST(DropoutShrink, ColumnBlocksAreTheirOwnTensors) {
+  auto cols = [](const Tensor& t, int64_t col, int64_t width) {  // a copy of t's columns
+    Tensor out = Tensor::empty({t.dim(0), width});
+    ops::copy_columns_(out, 0, t, col, width);
+    return out;
+  };
   const Tensor wide = random_tensor({300, 120}, 3), A = random_tensor({8, 96}, 4);
-  const Tensor x = wide.slice_rows(0, 300).clone();  // then its first 96 columns
-  Tensor x96 = Tensor::empty({300, 96});
-  ops::copy_columns_(x96, 0, x, 0, 96);
   const ops::DropoutDraws d{0.25, 7, 1003, Tensor()};
   Tensor out = wide.clone(), want_h;
   ops::dropout_shrink({wide, 0, 96}, d, A, {out, 104, 8}, 0.5f);
-  ops::dropout_shrink(x96, d, A, want_h);
+  ops::dropout_shrink(cols(wide, 0, 96), d, A, want_h);
   ops::scale_(want_h, 0.5f);
-  Tensor got_h = Tensor::empty({300, 8}), rest = Tensor::empty({300, 104}), want_rest = Tensor::empty({300, 104});
-  ops::copy_columns_(got_h, 0, out, 104, 8);
-  ops::copy_columns_(rest, 0, out, 0, 104);
-  ops::copy_columns_(want_rest, 0, wide, 0, 104);
-  EXPECT_TRUE(same_bits(got_h, want_h));
-  EXPECT_TRUE(same_bits(rest, want_rest));
+  EXPECT_TRUE(same_bits(cols(out, 104, 8), want_h));
+  EXPECT_TRUE(same_bits(cols(out, 0, 104), cols(wide, 0, 104)));
 
   // backward: g in columns [100, 108) of gw, dx added into columns [0, 96) of dxw
   const Tensor gw = random_tensor({300, 110}, 5);
-  Tensor g = Tensor::empty({300, 8}), dxw = random_tensor({300, 100}, 6), dx96 = Tensor::empty({300, 96});
-  ops::copy_columns_(g, 0, gw, 100, 8);
-  ops::copy_columns_(dx96, 0, dxw, 0, 96);
+  Tensor dxw = random_tensor({300, 100}, 6), dx96 = cols(dxw, 0, 96);
+  const Tensor dxw_before = dxw.clone();
   Tensor dA = Tensor::zeros({8, 96}), want_dA = Tensor::zeros({8, 96});
   const ops::ColumnBlock dx_block{dxw, 0, 96};
-  const Tensor dxw_before = dxw.clone();
   ops::dropout_shrink_backward({wide, 0, 96}, d, {gw, 100, 8}, A, dA, 2.0f, &dx_block, true);
-  ops::dropout_shrink_backward(x96, d, g, A, want_dA, 2.0f, &dx96, true);
+  ops::dropout_shrink_backward(cols(wide, 0, 96), d, cols(gw, 100, 8), A, want_dA, 2.0f, &dx96, true);
   EXPECT_TRUE(same_bits(dA, want_dA));
-  Tensor got_dx = Tensor::empty({300, 96}), tail = Tensor::empty({300, 4}), want_tail = Tensor::empty({300, 4});
-  ops::copy_columns_(got_dx, 0, dxw, 0, 96);
-  ops::copy_columns_(tail, 0, dxw, 96, 4);
-  ops::copy_columns_(want_tail, 0, dxw_before, 96, 4);
-  EXPECT_TRUE(same_bits(got_dx, dx96));
-  EXPECT_TRUE(same_bits(tail, want_tail));
+  EXPECT_TRUE(same_bits(cols(dxw, 0, 96), dx96));
+  EXPECT_TRUE(same_bits(cols(dxw, 96, 4), cols(dxw_before, 96, 4)));
   // A block that does not lie in its matrix is refused.
   EXPECT_THROW(ops::dropout_shrink({wide, 30, 96}, d, A, {out, 104, 8}, 1.0f), InternalError);
 }
