@@ -30,6 +30,10 @@ bin=.devrun/cuda-build/bin
 out=${OUT:-/tmp}/serve-gpu-$(date -u +%Y-%m-%d).jsonl
 work=${TMPDIR:-/tmp}/lowrank-serve-bench
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+# "ROUNDS SEQUENCES": the server's decode rounds so far and the sequences they stepped.
+rounds() {
+  curl -s "http://127.0.0.1:$1/metrics" | awk '/^lowrank_decode_rounds_total /{r=$2} /^lowrank_decode_round_sequences_total /{s=$2} END{print r+0, s+0}'
+}
 for shape in ${only//,/ }; do
   tok=tests/data/tokenizers/qwen3; [ "$shape" = llama8b ] && tok=tests/data/tokenizers/llama3
   rm -rf "$work" && mkdir -p "$work"
@@ -59,8 +63,11 @@ for shape in ${only//,/ }; do
     warm_tokens=8; [ "$merged" -gt 0 ] && warm_tokens=32
     "$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$clients" --models "$models" \
       --prompt-tokens 128 --max-tokens "$warm_tokens" >/dev/null
+    before=$(rounds "$port")
     row=$("$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$requests" --models "$models" \
       --prompt-tokens 128 --max-tokens "$new")
+    # The server's decode rounds during the run and their mean batch (how well requests joined).
+    row=$(echo "$row" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); b=[float(x) for x in '$before'.split()]; a=[float(x) for x in '$(rounds "$port")'.split()]; n=a[0]-b[0]; r.update(decode_rounds=int(n), mean_batch=round((a[1]-b[1])/n, 2) if n else 0); print(json.dumps(r))")
     echo "$row" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(bench='serve_gpu', engine='lowrank', shape='$shape', adapters=$distinct, merged=$merged); print(json.dumps(r))" >> "$out"
     echo "$shape ${clients}x$distinct: $row" >&2
   done
