@@ -15,7 +15,8 @@ void ServerMetrics::count_finished(const std::string& reason) {
 }
 
 std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, int64_t adapters,
-                                  const std::optional<lora::AdapterCacheStats>& cache) const {
+                                  const std::optional<lora::AdapterCacheStats>& cache,
+                                  const std::optional<DeviceMemoryCounters>& memory) const {
   std::ostringstream os;
   auto metric = [&](const char* name, const char* type, const char* help) {
     os << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
@@ -47,6 +48,23 @@ std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, in
   metric("lowrank_decode_round_sequences_total", "counter",
          "Sum of the rounds' batch sizes (divided by the rounds: the mean batch size).");
   os << "lowrank_decode_round_sequences_total " << s.round_sequences << '\n';
+  metric("lowrank_prefill_rounds_total", "counter",
+         "Decode rounds that prefilled at least one prompt (also counted in lowrank_decode_rounds_total).");
+  os << "lowrank_prefill_rounds_total " << s.prefill_rounds << '\n';
+  metric("lowrank_round_seconds_total", "counter",
+         "Wall time of the decode rounds' compute, by whether the round prefilled a prompt.");
+  os << "lowrank_round_seconds_total{kind=\"prefill\"} " << s.prefill_seconds << '\n';
+  os << "lowrank_round_seconds_total{kind=\"decode\"} " << s.decode_seconds << '\n';
+  metric("lowrank_queue_seconds_total", "counter",
+         "Time sequences waited between their request and a place in the batch, summed over sequences.");
+  os << "lowrank_queue_seconds_total " << s.queue_seconds << '\n';
+  if (memory) {  // the GPU's caching allocator
+    metric("lowrank_device_reserved_bytes", "gauge", "Bytes the device allocator holds from the driver.");
+    os << "lowrank_device_reserved_bytes " << memory->reserved << '\n';
+    metric("lowrank_device_allocations_total", "counter",
+           "Allocations from the driver (cudaMalloc); a steady state adds none, its blocks being reused.");
+    os << "lowrank_device_allocations_total " << memory->driver_allocations << '\n';
+  }
   metric("lowrank_adapters_loaded", "gauge", "LoRA adapters that requests can name.");
   os << "lowrank_adapters_loaded " << adapters << '\n';
   if (cache) {  // the paged step's adapter cache (--max-gpu-adapters)

@@ -6,6 +6,12 @@
 
 namespace lowrank::serve {
 
+namespace {
+int64_t nanoseconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+}  // namespace
+
 struct Scheduler::Running {
   SequenceRequest request;
   std::shared_ptr<SequenceChannel> channel;
@@ -39,7 +45,7 @@ std::shared_ptr<SequenceChannel> Scheduler::submit(SequenceRequest request) {
   {
     std::lock_guard lock(mutex_);
     if (draining_) throw error("the server is shutting down");
-    queue_.push_back({std::move(request), channel});
+    queue_.push_back({std::move(request), channel, std::chrono::steady_clock::now()});
   }
   wake_.notify_one();
   return channel;
@@ -66,6 +72,10 @@ SchedulerStats Scheduler::stats() const {
   s.last_batch = last_batch_.load();
   s.prompt_tokens = prompt_tokens_.load();
   s.generated_tokens = generated_tokens_.load();
+  s.prefill_rounds = prefill_rounds_.load();
+  s.prefill_seconds = 1e-9 * static_cast<double>(prefill_ns_.load());
+  s.decode_seconds = 1e-9 * static_cast<double>(decode_ns_.load());
+  s.queue_seconds = 1e-9 * static_cast<double>(queue_ns_.load());
   return s;
 }
 
@@ -97,7 +107,9 @@ void Scheduler::loop() {
         break;
       }
       try {
+        const int64_t waited = nanoseconds(std::chrono::steady_clock::now() - q.since);
         running.push_back(std::make_unique<Running>(std::move(q), compute_.open(capacity)));
+        queue_ns_.fetch_add(waited);
         running_.fetch_add(1);
       } catch (const std::exception& e) {
         q.channel->finish(FinishReason::Failed, e.what());
@@ -136,7 +148,11 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
     stepped.push_back(r.get());
   }
   if (batch.empty()) return;
+  const bool prefills = std::any_of(stepped.begin(), stepped.end(), [](const Running* r) { return r->generated == 0; });
+  const auto start = std::chrono::steady_clock::now();
   compute_.run(batch);
+  (prefills ? prefill_ns_ : decode_ns_).fetch_add(nanoseconds(std::chrono::steady_clock::now() - start));
+  if (prefills) prefill_rounds_.fetch_add(1);
   rounds_.fetch_add(1);
   round_sequences_.fetch_add(static_cast<int64_t>(batch.size()));
   last_batch_.store(static_cast<int64_t>(batch.size()));

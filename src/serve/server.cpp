@@ -246,8 +246,10 @@ void Server::Impl::routes() {
     res.status = draining ? 503 : 200;
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    const std::optional<DeviceMemoryCounters> memory =
+        model.device().is_cuda() ? std::optional(device_memory_counters(model.device())) : std::nullopt;
     res.set_content(metrics.render(scheduler.stats(), scheduler.max_batch(), static_cast<int64_t>(adapters.list().size()),
-                                   compute->adapter_cache_stats()),
+                                   compute->adapter_cache_stats(), memory),
                     "text/plain; version=0.0.4");
   });
   http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, models()); }));

@@ -134,6 +134,11 @@ TEST(PagedDecodeStep, MixedAdaptersThroughACacheOfOneEqualGenerator) {
   for (const char* name : {"lowrank_adapter_cache_hits_total ", "lowrank_adapter_cache_loads_total ",
                            "lowrank_adapter_cache_evictions_total "})
     EXPECT_NE(text.find(name), std::string::npos) << name;
+  // A GPU server's allocator counters (the server passes them for a CUDA model).
+  const std::string gpu = serve::ServerMetrics().render(scheduler.stats(), 4, 2, stats, DeviceMemoryCounters{3 << 20, 17});
+  EXPECT_NE(gpu.find("\nlowrank_device_reserved_bytes 3145728\n"), std::string::npos) << gpu;
+  EXPECT_NE(gpu.find("\nlowrank_device_allocations_total 17\n"), std::string::npos) << gpu;
+  EXPECT_EQ(text.find("lowrank_device_"), std::string::npos);
 }
 
 TEST(PagedDecodeStep, OneAdapterRequestsOnAMergedCopyEqualGeneratorOverTheMergedModel) {

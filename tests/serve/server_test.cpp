@@ -284,6 +284,15 @@ TEST_F(ServeHttp, ConcurrentRepliesOverAdaptersEqualGenerate) {
   EXPECT_GT(metric("lowrank_decode_round_sequences_total"), 1.5 * metric("lowrank_decode_rounds_total"));
   EXPECT_EQ(metric("lowrank_running_sequences"), 0);
   EXPECT_EQ(metric("lowrank_queued_sequences"), 0);
+  // Every sequence is prefilled in one round; more requests than --max-batch waited in the queue;
+  // the rounds' compute was timed by kind; the CPU has no device allocator to report.
+  const double prefills = metric("lowrank_prefill_rounds_total");
+  EXPECT_GE(prefills, static_cast<double>(calls.size()) / 4) << "at most --max-batch prompts a round";
+  EXPECT_LE(prefills, metric("lowrank_decode_rounds_total"));
+  EXPECT_GT(metric("lowrank_round_seconds_total{kind=\"prefill\"}"), 0);
+  EXPECT_GT(metric("lowrank_round_seconds_total{kind=\"decode\"}"), 0);
+  EXPECT_GT(metric("lowrank_queue_seconds_total"), 0) << calls.size() << " requests for a batch of 4";
+  EXPECT_EQ(get("/metrics", "").body.find("lowrank_device_"), std::string::npos);
 }
 
 TEST_F(ServeHttp, StopStringsCutTheReply) {

@@ -1,6 +1,7 @@
 #pragma once
 // Device memory hooks for Tensor. Without the CUDA backend these throw a clear Error.
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -22,6 +23,13 @@ void device_memset_zero(void* dst, Device device, size_t bytes);
 // Peak bytes the device's allocator has taken from the driver (torch.cuda.max_memory_reserved's
 // definition); 0 for the CPU.
 size_t device_peak_reserved(Device device);
+// The device allocator's counters now: bytes held from the driver, and the driver allocations
+// (cudaMalloc) so far; zeros for the CPU.
+struct DeviceMemoryCounters {
+  size_t reserved = 0;
+  uint64_t driver_allocations = 0;
+};
+DeviceMemoryCounters device_memory_counters(Device device);
 // Number of CUDA devices usable now (0 without the backend or without a GPU).
 int cuda_device_count();
 

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 
+#include "lowrank/core/device_memory.h"
 #include "lowrank/lora/adapter_cache.h"
 #include "lowrank/serve/scheduler.h"
 
@@ -15,9 +16,10 @@ class ServerMetrics {
  public:
   void count_response(int status);                  // every HTTP reply, by status
   void count_finished(const std::string& reason);   // generation requests: "stop", "length", "abort", "error"
-  // `cache`: the decode step's device adapter cache, when it has one.
+  // `cache`: the decode step's device adapter cache, when it has one; `memory`: the GPU's allocator.
   std::string render(const SchedulerStats& scheduler, int64_t max_batch, int64_t adapters,
-                     const std::optional<lora::AdapterCacheStats>& cache = std::nullopt) const;
+                     const std::optional<lora::AdapterCacheStats>& cache = std::nullopt,
+                     const std::optional<DeviceMemoryCounters>& memory = std::nullopt) const;
 
  private:
   mutable std::mutex mutex_;

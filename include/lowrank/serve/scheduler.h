@@ -4,6 +4,7 @@
 // token through the DecodeStep, samples it with the sequence's own sampler and hands it to the
 // sequence's channel. The scheduler's thread is the only one that touches the model.
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -31,6 +32,10 @@ struct SchedulerStats {
   int64_t round_sequences = 0;     // sum of the rounds' batch sizes
   int64_t last_batch = 0;          // sequences in the latest round
   int64_t prompt_tokens = 0, generated_tokens = 0;
+  int64_t prefill_rounds = 0;     // rounds that prefilled at least one prompt (counted in rounds too)
+  double prefill_seconds = 0;     // wall time of those rounds' compute
+  double decode_seconds = 0;      // and of the other rounds'
+  double queue_seconds = 0;       // time sequences waited between submit and admission, summed
 };
 
 class Scheduler {
@@ -52,6 +57,7 @@ class Scheduler {
   struct Queued {
     SequenceRequest request;
     std::shared_ptr<SequenceChannel> channel;
+    std::chrono::steady_clock::time_point since;  // submitted
   };
   struct Running;
   void loop();
@@ -66,6 +72,7 @@ class Scheduler {
   bool draining_ = false;     // guarded by mutex_
   std::atomic<int64_t> running_{0}, rounds_{0}, round_sequences_{0}, last_batch_{0};
   std::atomic<int64_t> prompt_tokens_{0}, generated_tokens_{0};
+  std::atomic<int64_t> prefill_rounds_{0}, prefill_ns_{0}, decode_ns_{0}, queue_ns_{0};
   std::thread thread_;
 };
 

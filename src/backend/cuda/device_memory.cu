@@ -29,6 +29,12 @@ size_t device_peak_reserved(Device device) {
   return device.is_cuda() ? cuda::allocator_stats(device).peak_reserved : 0;
 }
 
+DeviceMemoryCounters device_memory_counters(Device device) {
+  if (!device.is_cuda()) return {};
+  const cuda::AllocatorStats st = cuda::allocator_stats(device);
+  return {st.reserved, st.device_mallocs};
+}
+
 std::shared_ptr<Storage> device_allocate(size_t bytes, Device device) {
   size_t size_class = 0;
   void* p = cuda::cached_malloc(device, bytes, &size_class);
