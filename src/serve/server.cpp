@@ -171,6 +171,9 @@ struct Server::Impl {
     const size_t threads = static_cast<size_t>(std::clamp<int64_t>(2 * options.max_batch + 16, 32, kMaxHttpThreads));
     http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     http.set_payload_max_length(options.max_body_bytes);
+    // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm holds one back until
+    // the client acknowledges the last, which a delayed ACK may put off by up to 40 ms.
+    http.set_tcp_nodelay(true);
     // httplib's default is SO_REUSEPORT, with which a second server on the same port starts and
     // silently takes half the connections; SO_REUSEADDR only allows a quick restart.
     http.set_socket_options([](socket_t sock) {
