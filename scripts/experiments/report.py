@@ -2,7 +2,8 @@
 """Tables and charts of the experiments from run_one.py's JSONL rows (issue 15).
 
     report.py RESULTS.jsonl... [--efficiency EFF.jsonl] [--sizes SIZES.jsonl] [--base-loss X]
-              [--svg OUT.svg] [--curves OUT.svg] [--rank-curves OUT.svg] [--runs-dir DIR]
+              [--svg OUT.svg] [--curves OUT.svg] [--rank-curves OUT.svg] [--all-curves OUT.svg]
+              [--runs-dir DIR]
               [--label "CPU, 6.9M base"]
 
 Prints markdown tables to stdout, one section per task found in the RESULTS files (the quality
@@ -14,7 +15,9 @@ one model, and (from --sizes, efficiency.sh's rows) full vs LoRA across model si
 a chart of the metric against trainable parameters (log x) with full fine-tuning (and the base
 model, --base-loss, KJV) as horizontal lines; --curves the training loss curves (moving average
 of 20 steps) of full fine-tuning and LoRA q,v / all-linear at r=8 from the runs' metrics.jsonl in
---runs-dir; --rank-curves those of full fine-tuning and of LoRA q,v at every rank run (alpha 2r).
+--runs-dir; --rank-curves those of full fine-tuning and of LoRA q,v at every rank run (alpha 2r);
+--all-curves those of every run in the rows, labelled with their learning rates (sets such as
+rank64 that vary it).
 With several tasks, the chart files get the task's name before ".svg".
 Standard library only.
 """
@@ -223,7 +226,8 @@ def svg_scatter(rows, full, base_loss, path, title, ylabel):
 
 
 def svg_curves(series, path, title):
-    W, H, L, R, T, B = 760, 420, 60, 200, 40, 45
+    R = max(200, 7 * max(len(name) for name, _, _ in series) + 40)  # room for the legend's names
+    W, H, L, T, B = 560 + R, 420, 60, 40, 45
     allx = [x for _, _, pts in series for x, _ in pts]
     ally = [y for _, _, pts in series for _, y in pts]
     x1 = max(allx)
@@ -252,12 +256,19 @@ def svg_curves(series, path, title):
 
 
 TASK_TITLE = {"kjv": "KJV, held-out books", "spam": "SpamAssassin spam/ham", "pos": "Brown POS tags"}
+ALL_COLOURS = ["#c00", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+               "#17becf"]
 RANK_COLOURS = ["#c7dcef", "#9ecae1", "#6baed6", "#3182bd", "#08519c", "#08306b", "#041a3d"]  # light: small r
 
 
-def curve_series(runs_dir, runs):
-    """(label, colour, [(step, 20-step moving average of the training loss)]) for each (row, colour)
-    whose run folder in runs_dir still has its metrics.jsonl."""
+def short_lr(lr):
+    m, e = ("%e" % lr).split("e")
+    return "%ge%d" % (float(m), int(e))
+
+
+def curve_series(runs_dir, runs, name=label):
+    """(name(row), colour, [(step, 20-step moving average of the training loss)]) for each (row,
+    colour) whose run folder in runs_dir still has its metrics.jsonl."""
     series = []
     for r, colour in runs:
         if not r:
@@ -270,11 +281,12 @@ def curve_series(runs_dir, runs):
         for i in range(len(ls)):
             w = ls[max(0, i - 19):i + 1]
             pts.append((ls[i]["step"], sum(x["loss"] for x in w) / len(w)))
-        series.append((label(r), colour, pts))
+        series.append((name(r), colour, pts))
     return series
 
 
 def task_report(task, rows, a, multi):
+    runs = rows  # one row a run (merge_seeds below averages the seeds)
     full_rows = [r for r in rows if r["method"] == "full"]
     rows = merge_seeds(rows)
     full = next((r for r in rows if r["method"] == "full"), None)
@@ -329,6 +341,11 @@ def task_report(task, rows, a, multi):
         if series:
             svg_curves(series, suffix(a.rank_curves), "%s: training loss by rank (LoRA q,v, α = 2r)%s"
                        % (TASK_TITLE.get(task, task), heading))
+    if a.all_curves and a.runs_dir:
+        ordered = [r for r in runs if r["method"] == "full"][:1] + [r for r in runs if r["method"] != "full"]
+        series = curve_series(a.runs_dir, list(zip(ordered, ALL_COLOURS)), lambda r: "%s, lr %s" % (label(r), short_lr(r["lr"])))
+        if series:
+            svg_curves(series, suffix(a.all_curves), "%s: training loss of each run%s" % (TASK_TITLE.get(task, task), heading))
 
 
 def main():
@@ -340,6 +357,7 @@ def main():
     ap.add_argument("--svg")
     ap.add_argument("--curves")
     ap.add_argument("--rank-curves")
+    ap.add_argument("--all-curves")
     ap.add_argument("--runs-dir")
     ap.add_argument("--label", default="", help="e.g. 'CPU, 6.9M base': in the headings and chart titles")
     a = ap.parse_args()
