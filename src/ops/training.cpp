@@ -4,16 +4,6 @@
 
 namespace lowrank::ops {
 
-namespace {
-// Each block (null: none) lies in its 2-D tensor.
-void check_blocks(const char* op, std::initializer_list<const ColumnBlock*> blocks) {
-  for (const ColumnBlock* b : blocks)
-    LR_CHECK(!b || (b->t.defined() && b->t.rank() == 2 && b->col >= 0 && b->width >= 0 &&
-                    b->col + b->width <= b->t.dim(1)),
-             op, ": columns [", b->col, ", ", b->col + b->width, ") of ", b->t.defined() ? b->t.str() : "undefined");
-}
-}  // namespace
-
 Tensor dropout(const Tensor& x, double p, uint64_t seed, uint64_t offset, Tensor* mask, const Tensor& device_offset) {
   const Device d = detail::op_device("dropout", {&x, &device_offset});
   LR_CHECK(!device_offset.defined() || (device_offset.dtype() == DType::I64 && device_offset.numel() == 1),
@@ -28,7 +18,7 @@ void dropout_backward_add_(Tensor& dx, const Tensor& gx, const Tensor& mask, dou
 
 void dropout_shrink(const ColumnBlock& x, const DropoutDraws& d, const Tensor& A, const ColumnBlock& h, float alpha) {
   const Device dev = detail::op_device("dropout_shrink", {&x.t, &A, &h.t, &d.device_offset});
-  check_blocks("dropout_shrink", {&x, &h});
+  for (const ColumnBlock* b : {&x, &h}) check_column_block("dropout_shrink", *b);
   LR_CHECK(A.defined() && A.rank() == 2 && x.width == A.dim(1) && h.width == A.dim(0) && x.t.dim(0) == h.t.dim(0),
            "dropout_shrink: x ", x.t.str(), "[:, ", x.col, "+", x.width, "] with A ", A.str(), " into ", h.t.str(),
            "[:, ", h.col, "+", h.width, "]");
@@ -39,7 +29,8 @@ void dropout_shrink_backward(const ColumnBlock& x, const DropoutDraws& d, const 
                              Tensor& dA, float alpha, const ColumnBlock* dx, bool accumulate) {
   const Device dev =
       detail::op_device("dropout_shrink_backward", {&x.t, &g.t, &A, &dA, dx ? &dx->t : nullptr, &d.device_offset});
-  check_blocks("dropout_shrink_backward", {&x, &g, dx});
+  for (const ColumnBlock* b : {&x, &g, dx})
+    if (b) check_column_block("dropout_shrink_backward", *b);
   LR_CHECK(A.defined() && A.rank() == 2 && x.width == A.dim(1) && g.width == A.dim(0) && g.t.dim(0) == x.t.dim(0) &&
                (!dx || (dx->width == x.width && dx->t.dim(0) == x.t.dim(0))),
            "dropout_shrink_backward: x ", x.t.str(), "[:, ", x.col, "+", x.width, "], g ", g.t.str(), "[:, ", g.col,

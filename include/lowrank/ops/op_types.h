@@ -114,13 +114,16 @@ enum class Gemm { NT, NN, TN };
 struct GemmDims {
   int64_t m, k, n;
 };
+// Checks that the block lies in its 2-D tensor (`op` names the caller in the message).
+inline void check_column_block(const char* op, const ColumnBlock& b) {
+  LR_CHECK(b.t.defined() && b.t.rank() == 2 && b.col >= 0 && b.width >= 0 && b.col + b.width <= b.t.dim(1), op,
+           ": columns [", b.col, ", ", b.col + b.width, ") of ", b.t.defined() ? b.t.str() : "undefined");
+}
+
 // M, K, N of y[M,N] = op(x)·op(w) on blocks; checks that each block lies in its 2-D tensor and
 // that the blocks fit each other.
 inline GemmDims gemm_dims(Gemm layout, const ColumnBlock& x, const ColumnBlock& w, const ColumnBlock& y) {
-  for (const ColumnBlock* b : {&x, &w, &y})
-    LR_CHECK(b->t.defined() && b->t.rank() == 2 && b->col >= 0 && b->width >= 0 && b->col + b->width <= b->t.dim(1),
-             "matmul_blocks: columns [", b->col, ", ", b->col + b->width, ") of ",
-             b->t.defined() ? b->t.str() : "undefined");
+  for (const ColumnBlock* b : {&x, &w, &y}) check_column_block("matmul_blocks", *b);
   GemmDims d{};
   switch (layout) {
     case Gemm::NT: d = {x.t.dim(0), x.width, w.t.dim(0)}; LR_CHECK(w.width == d.k, "matmul_blocks NT: K ", d.k, " vs ", w.width); break;
