@@ -2,11 +2,12 @@
 // events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
 // kernels: bytes read + written once).
 // usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r [pad]] | --dropout-shrink [r] |
-//                        --lora-ranks]
+//                        --lora-ranks | --attention-plans]
 // (--attention: only the tensor-core vs cuDNN attention rows; --projections: only separate vs
 // stacked frozen projections; --k-extension: LoRA's expand and g as today vs folded into the
 // frozen GEMMs' K; --dropout-shrink: LoRA's shrink through its dropout, fused vs composed;
-// --lora-ranks: LoRA's six GEMMs of a projection at ranks 1–16)
+// --lora-ranks: LoRA's six GEMMs of a projection at ranks 1–16; --attention-plans: what cuDNN's
+// plan build costs the first call of a serving prefill's shape)
 #ifdef LOWRANK_WITH_CUDA
 #include <cuda_runtime.h>
 
@@ -123,6 +124,44 @@ void bench_attention(int64_t B, int64_t T, int64_t H, int64_t KV, int64_t hd, in
   report_flops(name, time_ms([&] { ops::attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv); }, 2, 5),
                2.5 * fwd);
   cuda::set_attention_path(cuda::AttentionPath::Auto);
+}
+
+// What a new attention shape costs a server's prefill: cuDNN builds a plan for every new (B, T) on
+// its first call, the tensor-core kernels need none. For each shape: the first cuDNN call (plan
+// build + run, wall ms), then both paths' forward times. Serving prefills B prompts of T tokens.
+void bench_attention_plans() {
+  std::string why;
+  if (!cuda::cudnn_attention_available(&why)) {
+    std::printf("\n-- attention plans: cuDNN unavailable (%s)\n", why.c_str());
+    return;
+  }
+  std::printf("\n-- attention: cuDNN plan build on a shape's first call vs the forward (bf16, causal)\n");
+  struct Heads {
+    const char* name;
+    int64_t H, KV, hd;
+  };
+  for (const Heads& h : {Heads{"Qwen2.5-0.5B", 14, 2, 64}, Heads{"Llama-3-8B", 32, 8, 128}})
+    for (auto [B, T] : std::initializer_list<std::pair<int64_t, int64_t>>{
+             {1, 128}, {2, 128}, {3, 128}, {37, 128}, {63, 128}, {64, 128}, {1, 100}, {1, 129}, {1, 2048}, {1, 8192}}) {
+      const ops::AttentionShape s{B, T, h.H, h.KV, h.hd, 0, 1.0f / std::sqrt(float(h.hd))};
+      Tensor q = random_gpu({B * T, h.H * h.hd}, DType::BF16, 1), k = random_gpu({B * T, h.KV * h.hd}, DType::BF16, 2);
+      Tensor v = random_gpu({B * T, h.KV * h.hd}, DType::BF16, 3), out;
+      cuda::set_attention_path(cuda::AttentionPath::Cudnn);
+      const auto t0 = std::chrono::steady_clock::now();
+      out = ops::attention(q, k, v, s);
+      cuda::synchronize(kGpu);
+      const double first = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      const double cudnn = time_ms([&] { out = ops::attention(q, k, v, s); }, 2, 5);
+      cuda::set_attention_path(cuda::AttentionPath::TensorCore);
+      double tc = -1;  // -1: no tensor-core kernel for this shape
+      try {
+        tc = time_ms([&] { out = ops::attention(q, k, v, s); }, 2, 5);
+      } catch (const std::exception&) {
+      }
+      cuda::set_attention_path(cuda::AttentionPath::Auto);
+      std::printf("%-13s B=%-3lld T=%-5lld first cuDNN call %8.1f ms   cuDNN %.4f ms   tensor cores %.4f ms\n", h.name,
+                  (long long)B, (long long)T, first, cudnn, tc);
+    }
 }
 
 // Our tensor-core kernels against cuDNN's fused SDPA on the shapes that matter for training:
@@ -359,12 +398,17 @@ int main(int argc, char** argv) {
   const bool k_extension = argc > 1 && std::strcmp(argv[1], "--k-extension") == 0;
   const bool dropout_shrink = argc > 1 && std::strcmp(argv[1], "--dropout-shrink") == 0;
   const bool lora_ranks = argc > 1 && std::strcmp(argv[1], "--lora-ranks") == 0;
+  const bool attention_plans = argc > 1 && std::strcmp(argv[1], "--attention-plans") == 0;
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_ops: no CUDA GPU is visible\n");
     return 1;
   }
   std::printf("%s\n", cuda::device_description(kGpu));
   try {
+    if (attention_plans) {
+      bench_attention_plans();
+      return 0;
+    }
     if (dropout_shrink) {
       const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
       std::printf("\n-- LoRA shrink through dropout p = 0.05 (GB/s: x once; backward x and dx twice)\n");

@@ -6,14 +6,15 @@
 # folders and bench_serve_load drives it with C concurrent streaming clients over K distinct
 # adapters. Raw rows: $OUT/serve-gpu-YYYY-MM-DD.jsonl (copy to bench/results/).
 #   bench/serve_gpu.sh [--only qwen0.5b,llama8b] [--pairs 1x1,16x1,16x8,64x1,64x8,64x64] [--new 64] [--no-peft]
-#                      [--peft-seconds S] [--merged N]
+#                      [--peft-seconds S] [--merged N] [--repeat R]
 # --peft-seconds: stop the PEFT timings after S seconds (the pairs it finished keep their rows; the
 # model and adapters are written first), so that lowrank's rows still fit in one device call.
 # --merged N: the server keeps N merged copies of the model (`serve --merged-adapters N`: a batch
 # whose every request uses one adapter runs with it merged into the weights); rows say "merged": N.
+# --repeat R: each pair's measured run R times in the same server (one row each), to see the spread.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft="" peft_seconds=0 merged=0
+only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft="" peft_seconds=0 merged=0 repeat=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=$2; shift 2 ;;
@@ -22,7 +23,8 @@ while [ $# -gt 0 ]; do
     --no-peft) peft=--no-peft; shift ;;
     --peft-seconds) peft_seconds=$2; shift 2 ;;
     --merged) merged=$2; shift 2 ;;
-    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft] [--peft-seconds S] [--merged N]" >&2; exit 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
+    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft] [--peft-seconds S] [--merged N] [--repeat R]" >&2; exit 2 ;;
   esac
 done
 bin=.devrun/cuda-build/bin
@@ -30,9 +32,18 @@ bin=.devrun/cuda-build/bin
 out=${OUT:-/tmp}/serve-gpu-$(date -u +%Y-%m-%d).jsonl
 work=${TMPDIR:-/tmp}/lowrank-serve-bench
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-# "ROUNDS SEQUENCES": the server's decode rounds so far and the sequences they stepped.
-rounds() {
-  curl -s "http://127.0.0.1:$1/metrics" | awk '/^lowrank_decode_rounds_total /{r=$2} /^lowrank_decode_round_sequences_total /{s=$2} END{print r+0, s+0}'
+# The server's counters now, as "name=value ..." (one word each): decode rounds and the sequences
+# they stepped, prefill rounds, the rounds' and the queue's seconds, the allocator's cudaMalloc calls.
+counters() {
+  curl -s "http://127.0.0.1:$1/metrics" | awk '
+    /^lowrank_decode_rounds_total /{printf "rounds=%s ", $2}
+    /^lowrank_decode_round_sequences_total /{printf "sequences=%s ", $2}
+    /^lowrank_prefill_rounds_total /{printf "prefill_rounds=%s ", $2}
+    /^lowrank_round_seconds_total\{kind="prefill"\} /{printf "prefill_s=%s ", $2}
+    /^lowrank_round_seconds_total\{kind="decode"\} /{printf "decode_s=%s ", $2}
+    /^lowrank_queue_seconds_total /{printf "queue_s=%s ", $2}
+    /^lowrank_device_allocations_total /{printf "device_mallocs=%s ", $2}
+    END{print ""}'
 }
 for shape in ${only//,/ }; do
   tok=tests/data/tokenizers/qwen3; [ "$shape" = llama8b ] && tok=tests/data/tokenizers/llama3
@@ -63,13 +74,18 @@ for shape in ${only//,/ }; do
     warm_tokens=8; [ "$merged" -gt 0 ] && warm_tokens=32
     "$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$clients" --models "$models" \
       --prompt-tokens 128 --max-tokens "$warm_tokens" >/dev/null
-    before=$(rounds "$port")
-    row=$("$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$requests" --models "$models" \
-      --prompt-tokens 128 --max-tokens "$new")
-    # The server's decode rounds during the run and their mean batch (how well requests joined).
-    row=$(echo "$row" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); b=[float(x) for x in '$before'.split()]; a=[float(x) for x in '$(rounds "$port")'.split()]; n=a[0]-b[0]; r.update(decode_rounds=int(n), mean_batch=round((a[1]-b[1])/n, 2) if n else 0); print(json.dumps(r))")
-    echo "$row" | python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r.update(bench='serve_gpu', engine='lowrank', shape='$shape', adapters=$distinct, merged=$merged); print(json.dumps(r))" >> "$out"
-    echo "$shape ${clients}x$distinct: $row" >&2
+    for ((rep = 0; rep < repeat; rep++)); do
+      before=$(counters "$port")
+      row=$("$bin/bench_serve_load" --port "$port" --clients "$clients" --requests "$requests" --models "$models" \
+        --prompt-tokens 128 --max-tokens "$new")
+      # What the server did during the run: its decode rounds and their mean batch (how well
+      # requests joined), prefill rounds, seconds in prefill and decode rounds and in the queue
+      # (summed over sequences), cudaMalloc calls.
+      row=$(python3 bench/serve_counters.py "$row" "$before" "$(counters "$port")" \
+        "bench=serve_gpu engine=lowrank shape=$shape adapters=$distinct merged=$merged")
+      echo "$row" >> "$out"
+      echo "$shape ${clients}x$distinct: $row" >&2
+    done
   done
   curl -s "http://127.0.0.1:$port/metrics" | grep -E '^lowrank_' | head -20 >&2
   kill -TERM $server; wait $server

@@ -2,11 +2,24 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 
 namespace lowrank {
 namespace {
-std::atomic<LogLevel> g_level{LogLevel::Info};
+// LOWRANK_LOG=debug|info|warning|error|quiet sets the starting level (for a server or a bench
+// whose command line has no such flag); anything else leaves Info.
+LogLevel initial_level() {
+  const char* e = std::getenv("LOWRANK_LOG");
+  const std::string v = e ? e : "";
+  if (v == "debug") return LogLevel::Debug;
+  if (v == "warning") return LogLevel::Warn;
+  if (v == "error") return LogLevel::Error;
+  if (v == "quiet") return LogLevel::Quiet;
+  return LogLevel::Info;
+}
+std::atomic<LogLevel> g_level{initial_level()};
 std::mutex g_mutex;
 }  // namespace
 

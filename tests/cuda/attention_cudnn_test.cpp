@@ -14,6 +14,7 @@
 #include "cuda/cuda_test_util.h"
 #include "backend/cpu/cpu_ops.h"
 #include "backend/cuda/cuda_ops.h"
+#include "lowrank/backend/cuda/attention_path.h"
 #include "lowrank/core/error.h"
 #include "lowrank/ops/ops.h"
 
@@ -144,6 +145,33 @@ TEST(CudaAttentionCudnn, CrossPathLse) {
     ops::attention(qd, kd, vd, p.s, &lse_t);
     EXPECT_LE(rel_err(lse_c, lse_t), kTolF32) << "B=" << c.B << " T=" << c.T << " window=" << c.window;
   }
+}
+
+// A server's prefills (AttentionShape::varying): their (B, T) are new at almost every call, and
+// each new shape would cost a cuDNN plan (50–110 ms). Short prompts must build none (tensor-core
+// kernels); long ones one per length bucket (cuDNN a sequence at a time, T padded with zero rows).
+// The outputs are the CPU's either way.
+TEST(CudaAttentionCudnn, VaryingShapesBuildAPlanPerLengthBucketOnly) {
+  LR_REQUIRE_CUDNN();
+  PathGuard guard;
+  auto run = [](const Case& c, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "B=" << c.B << " T=" << c.T << " window=" << c.window);
+    Problem p(c, seed);
+    p.s.varying = true;
+    Tensor out = ops::attention(to_gpu(p.q, DType::BF16), to_gpu(p.k, DType::BF16), to_gpu(p.v, DType::BF16), p.s);
+    const double e = rel_err(out, p.ref);
+    report("varying out", c, e);
+    EXPECT_LE(e, kTolBf16);
+  };
+  const int64_t before = cuda::cudnn_attention_plans();
+  for (const Case& c : {Case{3, 100, 4, 2, 64, 0}, Case{5, 37, 8, 8, 128, 0}, Case{2, 200, 4, 2, 128, 17}}) run(c, 8000 + c.T);
+  EXPECT_EQ(cuda::cudnn_attention_plans(), before) << "a short prefill built a cuDNN plan";
+  // 1,100 and 1,500 positions share the bucket of 2,048: one plan for both, and for every batch.
+  for (const Case& c : {Case{2, 1100, 4, 2, 64, 0}, Case{1, 1500, 4, 2, 64, 0}, Case{3, 1300, 4, 2, 64, 0}})
+    run(c, 8100 + c.T);
+  EXPECT_EQ(cuda::cudnn_attention_plans(), before + 1);
+  run(Case{2, 1025, 4, 2, 64, 300}, 8200);  // a sliding window, within the padded length
+  EXPECT_EQ(cuda::cudnn_attention_plans(), before + 2);
 }
 
 // Forcing the path where it cannot apply is an error, not a silent fallback; Auto falls back.

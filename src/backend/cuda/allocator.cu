@@ -23,6 +23,7 @@ struct DeviceCache {
   std::mutex mutex;
   std::map<size_t, std::vector<void*>> free;  // size class -> cached blocks
   AllocatorStats stats;
+  bool reuse_larger = false;  // set_reuse_larger_blocks
 };
 
 DeviceCache& cache(int index) {
@@ -89,12 +90,21 @@ namespace {
 // A block from the free list of its size class, or from cudaMalloc (after emptying the cache once
 // if the driver is out of memory).
 void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx) {
-  const size_t sc = allocation_size_class(bytes);
+  size_t sc = allocation_size_class(bytes);
   *size_class = sc;
   DeviceCache& c = cache(d.index);
   std::lock_guard<std::mutex> lock(c.mutex);
   auto it = c.free.find(sc);
+  if ((it == c.free.end() || it->second.empty()) && c.reuse_larger) {
+    it = c.free.end();
+    for (auto j = c.free.upper_bound(sc); j != c.free.end() && j->first <= 2 * sc; ++j)
+      if (!j->second.empty()) {
+        it = j;
+        break;
+      }
+  }
   if (it != c.free.end() && !it->second.empty()) {
+    sc = *size_class = it->first;
     void* p = it->second.back();
     it->second.pop_back();
     c.stats.cached -= sc;
@@ -131,6 +141,12 @@ void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx)
 }  // namespace
 
 void set_poison_allocations(bool on) { g_poison = on; }
+
+void set_reuse_larger_blocks(Device d, bool on) {
+  DeviceCache& c = cache(d.index);
+  std::lock_guard<std::mutex> lock(c.mutex);
+  c.reuse_larger = on;
+}
 
 namespace {
 // A block for a recording: a free one of its pool, else a new one that the pool owns from now on.

@@ -435,6 +435,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
              "attention: soft-capping runs on the generic kernels only");
     return attention_generic(q, k, v, s, lse);
   }
+  if (s.varying && !lse && path == AttentionPath::Auto) {
+    Tensor out = attention_varying(q, k, v, s);
+    if (out.defined()) return out;
+  }
   if (path == AttentionPath::Auto || path == AttentionPath::Cudnn) {
     std::string why;
     Tensor out, l;

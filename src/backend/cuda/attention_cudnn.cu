@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -682,12 +683,14 @@ Plan* plan_for(const Key& k, Device d, cudnnHandle_t* handle, std::string* why) 
     Entry e;
     auto p = std::make_unique<Plan>();
     try {
+      const auto start = std::chrono::steady_clock::now();
       if (k.backward) build_backward(a, *handle, k, *p);
       else build_forward(a, *handle, k, *p);
       e.plan = std::move(p);
       log_debug("attention: cuDNN ", k.backward ? "backward" : "forward", " plan for B=", k.B, " T=", k.T,
                 " H=", k.H, " KV=", k.KV, " hd=", k.hd, " window=", k.window, ", workspace ", e.plan->workspace,
-                " bytes");
+                " bytes, built in ",
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count(), " ms");
     } catch (const BuildError& err) {
       e.error = err.what;
       log_info("attention: cuDNN ", k.backward ? "backward" : "forward", " graph for B=", k.B, " T=", k.T, " H=",
@@ -770,6 +773,12 @@ bool cudnn_attention_available(std::string* why) {
 
 int cudnn_version() { return library().ok ? library().api.version : 0; }
 
+int64_t cudnn_attention_plans() {
+  State& st = state();
+  std::lock_guard<std::mutex> lock(st.mutex);
+  return static_cast<int64_t>(st.plans.size());
+}
+
 bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
                      Tensor& lse, std::string* why) {
   std::string reason;
@@ -833,6 +842,8 @@ bool cudnn_attention_available(std::string* why) {
 }
 
 int cudnn_version() { return 0; }
+
+int64_t cudnn_attention_plans() { return 0; }
 
 bool attention_cudnn(const Tensor&, const Tensor&, const Tensor&, const AttentionShape&, Tensor&, Tensor&,
                      std::string* why) {

@@ -9,7 +9,8 @@
 // the real operands (into a scratch output) and the fastest is kept for the process: for LoRA's
 // skinny shapes (r = 16 rows or a K = tokens reduction) the heuristic's first choice is often far
 // from the best. LOWRANK_GEMM_AUTOTUNE=0 keeps the heuristic's first choice (run-to-run bitwise
-// reproducible, as autotuning picks by timing).
+// reproducible, as autotuning picks by timing), as does a problem first met inside a ShapesVary
+// scope (lowrank/core/shapes_vary.h: a server's prefills).
 #include <cublasLt.h>
 
 #include <algorithm>
@@ -24,6 +25,7 @@
 #include "context.h"
 #include "backend/cuda/cuda_ops.h"
 #include "lowrank/core/device_memory.h"
+#include "lowrank/core/shapes_vary.h"
 
 namespace lowrank::cuda {
 namespace {
@@ -146,7 +148,8 @@ Plan make_plan(const PlanKey& k, DeviceContext& ctx, const Operands& operands) {
   cublasLtMatmulHeuristicResult_t results[kCandidates]{};
   int found = 0;
   const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.op, p.a, p.b, p.c, p.c, pref,
-                                                           autotune_enabled() ? kCandidates : 1, results, &found);
+                                                           autotune_enabled() && !shapes_vary() ? kCandidates : 1,
+                                                           results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
   if (st != CUBLAS_STATUS_SUCCESS || found == 0)
     throw InternalError(detail::concat("cuBLASLt has no algorithm for a ", k.m, "x", k.n, "x", k.k,

@@ -4,6 +4,7 @@
 // to 128; docs/cuda.md), else the tensor-core kernels where they apply (bf16, head_dim 64 or 128),
 // else the generic ones. Cudnn forces cuDNN (an Error where it is unavailable or rejects the
 // shape); Generic and TensorCore force our own kernels.
+#include <cstdint>
 #include <string>
 
 namespace lowrank::cuda {
@@ -16,5 +17,7 @@ void set_attention_path(AttentionPath p);
 bool cudnn_attention_available(std::string* why = nullptr);
 // The loaded cuDNN version (e.g. 91900), 0 when not loaded.
 int cudnn_version();
+// cuDNN attention plans built so far in this process, one per shape (each took 50–110 ms).
+int64_t cudnn_attention_plans();
 
 }  // namespace lowrank::cuda
