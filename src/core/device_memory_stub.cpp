@@ -29,7 +29,6 @@ void device_memset_zero(void*, Device, size_t) { throw no_cuda(); }
 int cuda_device_count() { return 0; }
 size_t device_peak_reserved(Device) { return 0; }
 DeviceMemoryCounters device_memory_counters(Device) { return {}; }
-void device_allocator_reuse_larger_blocks(Device, bool) {}
 
 class DeviceGraphPool {};
 std::shared_ptr<DeviceGraphPool> make_device_graph_pool(Device) { throw no_cuda(); }

@@ -6,7 +6,6 @@
 #include <map>
 #include <string_view>
 
-#include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
 #include "lowrank/core/shapes_vary.h"
 #include "lowrank/ops/ops.h"
@@ -27,8 +26,6 @@ BatchDecoder::BatchDecoder(const model::Model& model, PagedKVCache& cache, size_
       adapters_(max_device_adapters, static_cast<int>(model.config().num_layers), model.device(),
                 model.weights().embed.dtype()),
       merge_after_(merge_after_steps) {
-  // Each prefill has its own row count: reuse larger cached blocks rather than stall in cudaMalloc.
-  device_allocator_reuse_larger_blocks(model.device(), true);
   if (graphs && DecodeGraphs::usable(model)) graphs_ = std::make_unique<DecodeGraphs>(model, cache);
   if (merged_adapters > 0) merged_ = std::make_unique<MergedModels>(merged_adapters, cache, graphs);
 }
@@ -191,7 +188,7 @@ void BatchDecoder::prefill(const std::vector<DecodeEntry*>& unordered, int64_t l
     last_rows.push_back(static_cast<int32_t>(b * len + len - 1));
   }
   const model::Model& m = *run.model;
-  const ShapesVary varying;  // B·len rows: new at almost every prefill, so no GEMM tuning
+  const ShapesVary varying;  // B·len rows: new at almost every prefill (no GEMM tuning; larger cached blocks)
   PagedAttentionCache attention(cache_, Tensor::from_ints(slots, m.device()));
   const std::unique_ptr<lora::MixedBatchHook> mixed = hook || run.merged ? nullptr : mixed_hook(row_adapters(group), len);
   if (mixed) hook = mixed.get();

@@ -7,6 +7,7 @@
 
 #include "cuda/cuda_test_util.h"
 #include "lowrank/core/device_memory.h"
+#include "lowrank/core/shapes_vary.h"
 #include "lowrank/ops/ops.h"
 
 using namespace lowrank;
@@ -89,13 +90,10 @@ TEST(CudaAllocator, SteadyStateLoopDoesNotCallCudaMalloc) {
   EXPECT_EQ(after.in_use, before.in_use);
 }
 
-// With larger blocks allowed (a server's prefills), a size whose class has no cached block takes
-// one of up to twice its size instead of calling cudaMalloc; off, it calls cudaMalloc.
-TEST(CudaAllocator, ReuseLargerBlocksTakesCachedBlocksUpToTwiceTheSize) {
+// Inside a ShapesVary scope (a server's prefill), a size whose class has no cached block takes one
+// of up to twice its size instead of calling cudaMalloc; outside, it calls cudaMalloc.
+TEST(CudaAllocator, InsideShapesVaryCachedBlocksUpToTwiceTheSizeAreReused) {
   LR_REQUIRE_GPU();
-  struct Restore {
-    ~Restore() { device_allocator_reuse_larger_blocks(gpu(), false); }
-  } restore;
   cuda::synchronize(gpu());
   cuda::empty_cache(gpu());
   const size_t in_use = cuda::allocator_stats(gpu()).in_use;
@@ -106,12 +104,15 @@ TEST(CudaAllocator, ReuseLargerBlocksTakesCachedBlocksUpToTwiceTheSize) {
     return cuda::allocator_stats(gpu()).device_mallocs - before;
   };
   { Tensor big = Tensor::empty({10 * mib}, DType::U8, gpu()); }  // cached: one block of 10 MiB
-  EXPECT_EQ(mallocs_for(6 * mib), 1u);  // off: 6 MiB has a class of its own
-  device_allocator_reuse_larger_blocks(gpu(), true);
-  EXPECT_EQ(mallocs_for(7 * mib), 0u);  // the 10 MiB block
-  EXPECT_EQ(mallocs_for(5 * mib + 1), 0u);
-  EXPECT_EQ(mallocs_for(4 * mib), 0u);  // the 6 MiB block
-  EXPECT_EQ(mallocs_for(2 * mib), 1u);  // under half of every cached block
+  EXPECT_EQ(mallocs_for(6 * mib), 1u);  // outside: 6 MiB has a class of its own
+  {
+    const ShapesVary varying;
+    EXPECT_EQ(mallocs_for(7 * mib), 0u);  // the 10 MiB block
+    EXPECT_EQ(mallocs_for(5 * mib + 1), 0u);
+    EXPECT_EQ(mallocs_for(4 * mib), 0u);  // the 6 MiB block
+    EXPECT_EQ(mallocs_for(2 * mib), 1u);  // under half of every cached block
+  }
+  EXPECT_EQ(mallocs_for(7 * mib), 1u);  // outside again
   cuda::synchronize(gpu());
   EXPECT_EQ(cuda::allocator_stats(gpu()).in_use, in_use);
 }

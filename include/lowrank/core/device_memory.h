@@ -30,13 +30,6 @@ struct DeviceMemoryCounters {
   uint64_t driver_allocations = 0;
 };
 DeviceMemoryCounters device_memory_counters(Device device);
-// For work whose tensor sizes vary call to call (a server's prefills: every batch of prompts has
-// its own row count): a request for which the device's cache holds no block of its size class
-// takes a cached block of up to twice its size instead of a new one from the driver: a device
-// allocation is one of CUDA's implicit synchronizations, and prefill rounds that made 30–60 of
-// them took 0.11–0.37 s instead of 0.04 (64 prompts; bench/RESULTS.md 2026-12-03). Off by
-// default: a step loop with stable shapes finds its exact sizes. No effect on the CPU.
-void device_allocator_reuse_larger_blocks(Device device, bool on);
 // Number of CUDA devices usable now (0 without the backend or without a GPU).
 int cuda_device_count();
 

@@ -1,9 +1,11 @@
 #pragma once
 // Whether the work on this thread now meets new shapes at almost every call (a server's prefills:
-// each batch of prompts has its own row count). Kernels that choose per shape by measuring — the
-// CUDA GEMMs time cuBLASLt's best candidates on a problem's first call, with a host wait — take
-// their first choice instead inside a ShapesVary scope: a prefill of 64 prompts met a new row
-// count in most rounds, and tuning its GEMMs cost more than running them.
+// each batch of prompts has its own row count). Inside a ShapesVary scope, what is chosen per
+// shape is not chosen by measuring: the CUDA GEMMs take cuBLASLt's heuristic choice on a problem's
+// first call instead of timing candidates with a host wait each, and the CUDA allocator gives a
+// size whose class has no cached block a cached block of up to twice its size rather than calling
+// cudaMalloc (one of CUDA's implicit synchronizations). A prefill of 64 prompts met a new row count
+// in most rounds, and choosing for it cost more than running it (bench/RESULTS.md, 2026-12-03).
 namespace lowrank {
 
 class ShapesVary {

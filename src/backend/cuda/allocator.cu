@@ -15,6 +15,7 @@
 #include "allocator.h"
 #include "common.cuh"
 #include "context.h"
+#include "lowrank/core/shapes_vary.h"
 
 namespace lowrank::cuda {
 namespace {
@@ -23,7 +24,6 @@ struct DeviceCache {
   std::mutex mutex;
   std::map<size_t, std::vector<void*>> free;  // size class -> cached blocks
   AllocatorStats stats;
-  bool reuse_larger = false;  // set_reuse_larger_blocks
 };
 
 DeviceCache& cache(int index) {
@@ -95,7 +95,10 @@ void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx)
   DeviceCache& c = cache(d.index);
   std::lock_guard<std::mutex> lock(c.mutex);
   auto it = c.free.find(sc);
-  if ((it == c.free.end() || it->second.empty()) && c.reuse_larger) {
+  // Inside a ShapesVary scope (a server's prefill: its sizes are new at almost every call), a
+  // cached block of up to twice the size rather than cudaMalloc, one of CUDA's implicit
+  // synchronizations.
+  if ((it == c.free.end() || it->second.empty()) && shapes_vary()) {
     it = c.free.end();
     for (auto j = c.free.upper_bound(sc); j != c.free.end() && j->first <= 2 * sc; ++j)
       if (!j->second.empty()) {
@@ -141,12 +144,6 @@ void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx)
 }  // namespace
 
 void set_poison_allocations(bool on) { g_poison = on; }
-
-void set_reuse_larger_blocks(Device d, bool on) {
-  DeviceCache& c = cache(d.index);
-  std::lock_guard<std::mutex> lock(c.mutex);
-  c.reuse_larger = on;
-}
 
 namespace {
 // A block for a recording: a free one of its pool, else a new one that the pool owns from now on.

@@ -7,12 +7,11 @@
 namespace lowrank::cuda {
 
 // A block of at least `bytes` on d; *size_class gets its real size (pass it back to cached_free).
-// Throws Error naming the bytes when the GPU is out of memory.
+// Inside a ShapesVary scope (lowrank/core/shapes_vary.h) a size whose class has no cached block
+// takes a cached block of up to twice its size before asking the driver. Throws Error naming the
+// bytes when the GPU is out of memory.
 void* cached_malloc(Device d, size_t bytes, size_t* size_class);
 void cached_free(Device d, void* p, size_t size_class);
-// Whether a request with no cached block of its size class may take one of a larger class, up to
-// twice its size, instead of calling cudaMalloc (device_memory.h: device_allocator_reuse_larger_blocks).
-void set_reuse_larger_blocks(Device d, bool on);
 
 // The memory of graph recordings (device_graph.cu). While a thread's recording pool is set, its
 // allocations on the pool's device come from the pool, and blocks it frees stay there.

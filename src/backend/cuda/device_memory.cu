@@ -35,10 +35,6 @@ DeviceMemoryCounters device_memory_counters(Device device) {
   return {st.reserved, st.device_mallocs};
 }
 
-void device_allocator_reuse_larger_blocks(Device device, bool on) {
-  if (device.is_cuda()) cuda::set_reuse_larger_blocks(device, on);
-}
-
 std::shared_ptr<Storage> device_allocate(size_t bytes, Device device) {
   size_t size_class = 0;
   void* p = cuda::cached_malloc(device, bytes, &size_class);
