@@ -126,10 +126,13 @@ int64_t ExampleOrder::index(int64_t n) {
   return order_[pos];
 }
 
-MicroBatch make_micro_batch(const Dataset& data, const std::vector<int64_t>& indices) {
+MicroBatch make_micro_batch(const Dataset& data, const std::vector<int64_t>& indices, int64_t multiple, int64_t cap) {
+  LR_CHECK(multiple >= 1);
   MicroBatch mb;
   int64_t T = 0;
   for (int64_t i : indices) T = std::max<int64_t>(T, static_cast<int64_t>(data[i].ids.size()));
+  const int64_t rounded = (T + multiple - 1) / multiple * multiple;
+  T = std::max(T, cap > 0 ? std::min(rounded, cap) : rounded);
   const int64_t B = static_cast<int64_t>(indices.size());
   mb.tokens.batch = B;
   mb.tokens.seq = T;

@@ -97,6 +97,7 @@ ResumePoint read_resume_point(const nlohmann::json& state, const std::string& ck
 void validate(const TrainOptions& o) {
   if (o.batch_size <= 0) throw error("--batch-size must be positive");
   if (o.seq_len < 2) throw error("--seq-len must be at least 2");
+  if (o.pad_to_multiple_of < 1) throw error("--pad-to-multiple-of must be at least 1");
   if (o.grad_accum <= 0) throw error("--grad-accum must be positive");
   if (!(o.lr > 0) || !std::isfinite(o.lr)) throw error("--lr must be a positive number, got ", o.lr);
   if (o.steps < 0 || o.epochs < 0 || o.warmup < 0 || o.save_every < 0 || o.eval_every < 0)
@@ -372,7 +373,7 @@ TrainSummary run_training(const TrainOptions& o) {
       for (int64_t b = 0; b < o.batch_size; ++b) idx.push_back(order.index(drawn++));
       const auto parts = ranks > 1 ? shard_indices(idx, ranks) : std::vector<std::vector<int64_t>>{idx};
       for (int r = 0; r < ranks; ++r) {
-        shards[r].push_back(make_micro_batch(data, parts[r]));
+        shards[r].push_back(make_micro_batch(data, parts[r], o.pad_to_multiple_of, seq_len));
         step_tokens += shards[r].back().tokens.rows();
       }
     }

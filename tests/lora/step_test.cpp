@@ -232,3 +232,55 @@ TEST(LoraHookOrder, BeforeTheFrozenProductEqualsAfterIt) {
     }
   }
 }
+
+// --pad-to-multiple-of: the micro-batch's length is the longest rounded up (at most the cap,
+// unless the longest is longer), the padding has pad id 0 and no targets, and a training step on
+// it gives the loss and the parameters of the unpadded step (causal rows never see the padding).
+TEST(TrainStep, PaddingToAMultipleChangesNothingButTheShape) {
+  auto data = train::Dataset::from_examples({{{1, 2, 3, 4, 5, 6, 7}, {1, 2, 3, 4, 5, 6, 7}},
+                                             {{9, 8, 7}, {-100, 8, 7}}});
+  const auto plain = train::make_micro_batch(data, {0, 1});
+  EXPECT_EQ(plain.tokens.seq, 7);
+  EXPECT_EQ(train::make_micro_batch(data, {0, 1}, 4).tokens.seq, 8);
+  EXPECT_EQ(train::make_micro_batch(data, {0, 1}, 64, 12).tokens.seq, 12);  // capped
+  EXPECT_EQ(train::make_micro_batch(data, {0, 1}, 4, 5).tokens.seq, 7);    // the longest wins over the cap
+  const auto padded = train::make_micro_batch(data, {0, 1}, 16);
+  ASSERT_EQ(padded.tokens.seq, 16);
+  EXPECT_EQ(padded.counted, plain.counted);
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < 16; ++t) {
+      const int32_t id = padded.tokens.ids[b * 16 + t], target = padded.targets[b * 16 + t];
+      if (t < 7) {
+        EXPECT_EQ(id, plain.tokens.ids[b * 7 + t]);
+        EXPECT_EQ(target, plain.targets[b * 7 + t]);
+      } else {
+        EXPECT_EQ(id, 0);
+        EXPECT_EQ(target, -100);
+      }
+    }
+
+  auto run = [&](const train::MicroBatch& mb) {
+    model::Model m = model::Model::load(test::model_fixture("llama"));
+    Rng rng(3);
+    lora::LoraConfig lc;
+    lc.r = 2;
+    lora::Adapter adapter = lora::Adapter::create(m, lc, rng);
+    for (auto& p : adapter.pairs) p.B.fill_(0.01f);  // a nonzero start, so that A's gradients are too
+    adapter.allocate_grads();
+    lora::LoraHook hook({{&adapter, 1.0}});
+    hook.set_training(true);
+    auto params = train::lora_params(adapter);
+    train::AdamW opt({1e-2, 0.9, 0.999, 1e-8, 0.0});
+    train::StepContext ctx{&m, &hook, nullptr, &params, &opt, 1.0};
+    const double loss = train::train_step(ctx, {mb}, 1e-2).loss;
+    std::vector<Tensor> after;
+    for (auto& p : params) after.push_back(p.param.clone());
+    return std::make_pair(loss, after);
+  };
+  const auto [loss_plain, params_plain] = run(plain);
+  const auto [loss_padded, params_padded] = run(padded);
+  EXPECT_NEAR(loss_padded, loss_plain, 1e-6 * std::abs(loss_plain));
+  for (size_t i = 0; i < params_plain.size(); ++i)
+    for (int64_t j = 0; j < params_plain[i].numel(); ++j)
+      ASSERT_NEAR(params_padded[i].f32()[j], params_plain[i].f32()[j], 1e-6) << i << " " << j;
+}

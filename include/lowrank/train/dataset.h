@@ -49,7 +49,9 @@ class Dataset {
   int64_t truncated_ = 0;
 };
 
-// A micro-batch: B rows right-padded to the longest (pad id 0, label -100), plus its targets.
+// A micro-batch: B rows right-padded (pad id 0, label -100) to the longest, plus its targets. The
+// padded length is rounded up to a multiple of `multiple`, but not past `cap` (0: none) unless the
+// longest is longer. Padding after a causal sequence changes none of its positions' outputs.
 struct MicroBatch {
   model::TokenBatch tokens;
   std::vector<int32_t> targets;  // shifted labels, [B*T]
@@ -72,6 +74,7 @@ class ExampleOrder {
   std::vector<int64_t> order_;
 };
 
-MicroBatch make_micro_batch(const Dataset& data, const std::vector<int64_t>& indices);
+MicroBatch make_micro_batch(const Dataset& data, const std::vector<int64_t>& indices, int64_t multiple = 1,
+                            int64_t cap = 0);
 
 }  // namespace lowrank::train

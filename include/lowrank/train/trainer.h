@@ -22,6 +22,10 @@ struct TrainOptions {
   int64_t epochs = 0;          // 0 and steps 0: one epoch
   int64_t batch_size = 4;
   int64_t seq_len = 512;
+  // Micro-batches are padded to their longest sequence, rounded up to a multiple of this (at most
+  // --seq-len): fewer distinct shapes, each of which costs a GPU run its setup once (cuDNN plans,
+  // GEMM tuning, a step graph). HF's DataCollator pad_to_multiple_of. 1: the longest, as before.
+  int64_t pad_to_multiple_of = 1;
   int64_t grad_accum = 1;
   int64_t warmup = 0;
   Schedule schedule = Schedule::Cosine;
