@@ -15,18 +15,38 @@
 
 using namespace lowrank;
 
-TEST(TrainStep, NonFiniteGradientsSkipTheStep) {
+namespace {
+// A LoRA r = 2 adapter on the llama fixture (B set to b_start where nonzero), its training hook,
+// parameters and AdamW (lr 1e-2, clip 1), ready for train::train_step(ctx, ...).
+struct LoraTraining {
   model::Model m = model::Model::load(test::model_fixture("llama"));
-  Rng rng(1);
-  lora::LoraConfig lc;
-  lc.r = 2;
-  lora::Adapter adapter = lora::Adapter::create(m, lc, rng);
-  adapter.allocate_grads();
-  lora::LoraHook hook({{&adapter, 1.0}});
-  hook.set_training(true);
-  auto params = train::lora_params(adapter);
-  train::AdamW opt({1e-2, 0.9, 0.999, 1e-8, 0.0});
+  lora::Adapter adapter;
+  lora::LoraHook hook;
+  std::vector<train::ParamRef> params;
+  train::AdamW opt{{1e-2, 0.9, 0.999, 1e-8, 0.0}};
   train::StepContext ctx{&m, &hook, nullptr, &params, &opt, 1.0};
+
+  LoraTraining(uint64_t seed, float b_start = 0)
+      : adapter(make_adapter(m, seed, b_start)), hook({{&adapter, 1.0}}), params(train::lora_params(adapter)) {
+    hook.set_training(true);
+  }
+
+  static lora::Adapter make_adapter(model::Model& m, uint64_t seed, float b_start) {
+    Rng rng(seed);
+    lora::LoraConfig lc;
+    lc.r = 2;
+    lora::Adapter a = lora::Adapter::create(m, lc, rng);
+    if (b_start != 0)
+      for (auto& p : a.pairs) p.B.fill_(b_start);
+    a.allocate_grads();
+    return a;
+  }
+};
+}  // namespace
+
+TEST(TrainStep, NonFiniteGradientsSkipTheStep) {
+  LoraTraining t(1);
+  auto& [m, adapter, hook, params, opt, ctx] = t;
   auto data = train::Dataset::from_examples({{{1, 2, 3, 4, 5, 6}, {1, 2, 3, 4, 5, 6}}});
   auto mb = train::make_micro_batch(data, {0});
   auto ok = train::train_step(ctx, {mb}, 1e-2);
@@ -260,21 +280,10 @@ TEST(TrainStep, PaddingToAMultipleChangesNothingButTheShape) {
     }
 
   auto run = [&](const train::MicroBatch& mb) {
-    model::Model m = model::Model::load(test::model_fixture("llama"));
-    Rng rng(3);
-    lora::LoraConfig lc;
-    lc.r = 2;
-    lora::Adapter adapter = lora::Adapter::create(m, lc, rng);
-    for (auto& p : adapter.pairs) p.B.fill_(0.01f);  // a nonzero start, so that A's gradients are too
-    adapter.allocate_grads();
-    lora::LoraHook hook({{&adapter, 1.0}});
-    hook.set_training(true);
-    auto params = train::lora_params(adapter);
-    train::AdamW opt({1e-2, 0.9, 0.999, 1e-8, 0.0});
-    train::StepContext ctx{&m, &hook, nullptr, &params, &opt, 1.0};
-    const double loss = train::train_step(ctx, {mb}, 1e-2).loss;
+    LoraTraining t(3, 0.01f);  // a nonzero B, so that A's gradients are nonzero too
+    const double loss = train::train_step(t.ctx, {mb}, 1e-2).loss;
     std::vector<Tensor> after;
-    for (auto& p : params) after.push_back(p.param.clone());
+    for (auto& p : t.params) after.push_back(p.param.clone());
     return std::make_pair(loss, after);
   };
   const auto [loss_plain, params_plain] = run(plain);
