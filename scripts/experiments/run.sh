@@ -45,6 +45,7 @@
 #   SEEDS ("1"), DEVICE (cpu; cuda on the GPU box), LOWRANK (build/lowrank; with DEVICE=cuda and
 #   .devrun/cuda-build present, that pack's, after sourcing scripts/device-env.sh), MODEL (models/base),
 #   RESULTS (out/experiments/results-TASK-MODELNAME-DEVICE.jsonl), EFF_STEPS (60), EFF_ROUNDS (2),
+#   PAD (train --pad-to-multiple-of for every run; unset: 1, each batch as long as its longest),
 #   JOBS (1: the runs of quality/seeds/quick on JOBS workers at once, each with
 #   OMP_NUM_THREADS=THREADS, default the cores / JOBS; on a GPU keep 1).
 # The run folders go to out/experiments/runs-MODELNAME/ (metrics.jsonl and generated.jsonl kept).
@@ -113,6 +114,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 common=(--data-dir "$data" --results "$results" --batch "${BATCH:-$d_batch}" --device "$device"
         --lowrank "$lowrank" --model "$model" --work-dir "$runs" --eval-limit "$eval_limit")
 [ -n "${SEQ_LEN:-}" ] && common+=(--seq-len "$SEQ_LEN")
+[ -n "${PAD:-}" ] && common+=(--pad-to-multiple-of "$PAD")
 mkdir -p "$runs"
 base_eval=$runs/base-eval-$task-$device.json
 if [ ! -s "$base_eval" ]; then  # the base model before any fine-tuning (loss on eval.jsonl)

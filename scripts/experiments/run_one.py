@@ -3,7 +3,7 @@
 
     run_one.py --data-dir DIR --results FILE.jsonl --method full|lora|dora|rslora|pissa|olora|bitfit
                [--task NAME] [--rank 8] [--alpha 16] [--targets q_proj,v_proj] [--seed 1]
-               [--steps 200] [--batch 8] [--seq-len L] [--lr 3e-3] [--warmup 10]
+               [--steps 200] [--batch 8] [--seq-len L] [--pad-to-multiple-of 1] [--lr 3e-3] [--warmup 10]
                [--dropout 0.05] [--device cpu|cuda[:N]] [--lowrank build/lowrank]
                [--model models/base] [--work-dir out/experiments] [--name NAME] [--keep]
                [--tag TAG] [--no-eval] [--eval-limit N] [--skip-done] [--claim]
@@ -33,10 +33,11 @@ generated tasks only), trainable_params, total_params (the trainer's "all params
 process; on a GPU also peak_gib, the driver's peak reserved memory), saved_bytes (the
 .safetensors the run wrote: the adapter, or the whole model for full fine-tuning), step_ms (median step time,
 first 5 steps excluded), tokens_per_s (tokens of the steps after the first 5 / their time),
-train_wall_s, wall_s (train + eval processes), train_cpu_s (user + system CPU time of the
+steps_s (every step's time summed: against step_ms × steps it shows slow steps, such as those that
+meet a new batch shape on a GPU; against train_wall_s the setup), train_wall_s, wall_s (train + eval processes), train_cpu_s (user + system CPU time of the
 training process, setup included), tokens_per_cpu_s (all steps' tokens / train_cpu_s: the speed
 to compare on a shared machine), final_train_loss, device, steps, batch, seq_len,
-lr, warmup, dropout, threads, date, host_load (1-minute load average before the run), tag, run_dir.
+pad_to_multiple_of (train --pad-to-multiple-of; in the run folder's name when > 1), lr, warmup, dropout, threads, date, host_load (1-minute load average before the run), tag, run_dir.
 Standard library only.
 """
 import argparse
@@ -74,6 +75,8 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=None, help="default: task.json's seq_len, else 128")
+    ap.add_argument("--pad-to-multiple-of", type=int, default=1,
+                    help="train --pad-to-multiple-of: batch lengths rounded up to a multiple (fewer GPU shapes)")
     ap.add_argument("--lr", type=float, default=None, help="default 1e-3 for full, 3e-3 otherwise")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--dropout", type=float, default=0.05)
@@ -101,7 +104,8 @@ def main():
     lr = a.lr if a.lr is not None else (1e-3 if a.method == "full" else 3e-3)
     name = a.name or ("%s-%s" % (a.task, a.method) + (
         "-r%d-a%g-%s" % (a.rank, alpha, a.targets.replace(",", "+").replace("_proj", "")) if lora else "")
-        + "-s%d" % a.seed + ("-%s" % a.tag if a.tag else ""))
+        + "-s%d" % a.seed + ("-pad%d" % a.pad_to_multiple_of if a.pad_to_multiple_of > 1 else "")
+        + ("-%s" % a.tag if a.tag else ""))
     run_dir = os.path.join(a.work_dir, name)
     if a.skip_done and os.path.exists(a.results):
         if any(json.loads(l).get("run_dir") == run_dir for l in open(a.results) if l.strip()):
@@ -123,6 +127,8 @@ def main():
              "--out", run_dir, "--lr", repr(lr), "--warmup", str(a.warmup), "--schedule", "cosine",
              "--steps", str(a.steps), "--batch-size", str(a.batch), "--seq-len", str(a.seq_len),
              "--seed", str(a.seed), "--device", a.device, "--quiet"]
+    if a.pad_to_multiple_of > 1:
+        train += ["--pad-to-multiple-of", str(a.pad_to_multiple_of)]
     if lora:
         train += ["--rank", str(a.rank), "--alpha", "%g" % alpha, "--targets", a.targets, "--dropout", repr(a.dropout)]
         if a.method == "dora":
@@ -209,11 +215,13 @@ def main():
         "trainable_pct": round(100.0 * trainable / total, 4) if total else None,
         "peak_mib": round(peak_mib, 1) if peak_mib is not None else None,
         "step_ms": round(step_ms, 2), "tokens_per_s": round(tokens_per_s, 1),
+        "steps_s": round(sum(s["tokens"] / s["tokens_per_second"] for s in steps), 3),
         "train_wall_s": round(train_wall, 1), "wall_s": round(wall, 1),
         "train_cpu_s": round(cpu_s, 1) if cpu_s else None,
         "tokens_per_cpu_s": round(sum(s["tokens"] for s in steps) / cpu_s, 1) if cpu_s else None,
         "final_train_loss": round(steps[-1]["loss"], 4),
-        "device": a.device, "steps": a.steps, "batch": a.batch, "seq_len": a.seq_len, "lr": lr,
+        "device": a.device, "steps": a.steps, "batch": a.batch, "seq_len": a.seq_len,
+        "pad_to_multiple_of": a.pad_to_multiple_of, "lr": lr,
         "warmup": a.warmup, "dropout": a.dropout if lora else None,
         "threads": int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
