@@ -97,7 +97,8 @@ ResumePoint read_resume_point(const nlohmann::json& state, const std::string& ck
 void validate(const TrainOptions& o) {
   if (o.batch_size <= 0) throw error("--batch-size must be positive");
   if (o.seq_len < 2) throw error("--seq-len must be at least 2");
-  if (o.pad_to_multiple_of < 1) throw error("--pad-to-multiple-of must be at least 1");
+  if (o.pad_to_multiple_of < 1 || o.pad_to_multiple_of > o.seq_len)
+    throw error("--pad-to-multiple-of must be between 1 and --seq-len (", o.seq_len, "), got ", o.pad_to_multiple_of);
   if (o.grad_accum <= 0) throw error("--grad-accum must be positive");
   if (!(o.lr > 0) || !std::isfinite(o.lr)) throw error("--lr must be a positive number, got ", o.lr);
   if (o.steps < 0 || o.epochs < 0 || o.warmup < 0 || o.save_every < 0 || o.eval_every < 0)

@@ -114,6 +114,8 @@ TEST(TrainCli, BadInput) {
   expect_train_error(common + " --data " + model + "/eval.jsonl --alpha -1", "lora_alpha must be positive");
   expect_train_error(common + " --data " + model + "/eval.jsonl --schedule wavy", "wavy");
   expect_train_error(common + " --data " + model + "/eval.jsonl --pad-to-multiple-of 0", "--pad-to-multiple-of");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --pad-to-multiple-of 9223372036854775807",
+                     "--pad-to-multiple-of");
   // Numbers that would train an adapter of infinities or NaNs.
   expect_train_error(common + " --data " + model + "/eval.jsonl --weight-decay inf", "--weight-decay");
   expect_train_error(common + " --data " + model + "/eval.jsonl --lr inf", "--lr");
