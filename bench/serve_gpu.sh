@@ -6,15 +6,17 @@
 # folders and bench_serve_load drives it with C concurrent streaming clients over K distinct
 # adapters. Raw rows: $OUT/serve-gpu-YYYY-MM-DD.jsonl (copy to bench/results/).
 #   bench/serve_gpu.sh [--only qwen0.5b,llama8b] [--pairs 1x1,16x1,16x8,64x1,64x8,64x64] [--new 64] [--no-peft]
-#                      [--peft-seconds S] [--merged N] [--repeat R]
+#                      [--peft-seconds S] [--merged N] [--repeat R] [--reuse]
 # --peft-seconds: stop the PEFT timings after S seconds (the pairs it finished keep their rows; the
 # model and adapters are written first), so that lowrank's rows still fit in one device call.
 # --merged N: the server keeps N merged copies of the model (`serve --merged-adapters N`: a batch
 # whose every request uses one adapter runs with it merged into the weights); rows say "merged": N.
 # --repeat R: each pair's measured run R times in the same server (one row each), to see the spread.
+# --reuse: keep the model and adapters a previous run wrote under $TMPDIR (no PEFT rows then): an
+# A/B of server settings (LOWRANK_* variables) in one device call without writing them again.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft="" peft_seconds=0 merged=0 repeat=1
+only="qwen0.5b" pairs="1x1,16x1,16x8,64x1,64x8,64x64" new=64 peft="" peft_seconds=0 merged=0 repeat=1 reuse=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) only=$2; shift 2 ;;
@@ -24,7 +26,8 @@ while [ $# -gt 0 ]; do
     --peft-seconds) peft_seconds=$2; shift 2 ;;
     --merged) merged=$2; shift 2 ;;
     --repeat) repeat=$2; shift 2 ;;
-    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft] [--peft-seconds S] [--merged N] [--repeat R]" >&2; exit 2 ;;
+    --reuse) reuse=1; shift ;;
+    *) echo "usage: $0 [--only SHAPES] [--pairs CxK,...] [--new N] [--no-peft] [--peft-seconds S] [--merged N] [--repeat R] [--reuse]" >&2; exit 2 ;;
   esac
 done
 bin=.devrun/cuda-build/bin
@@ -47,12 +50,17 @@ counters() {
 }
 for shape in ${only//,/ }; do
   tok=tests/data/tokenizers/qwen3; [ "$shape" = llama8b ] && tok=tests/data/tokenizers/llama3
-  rm -rf "$work" && mkdir -p "$work"
   max_adapters=1
   for p in ${pairs//,/ }; do [ "${p#*x}" -gt "$max_adapters" ] && max_adapters=${p#*x}; done
-  timeout "$peft_seconds" python3 bench/peft_mixed_generate.py --shape "$shape" --out "$work" --tokenizer "$tok" --adapters "$max_adapters" \
-    --pairs "$pairs" --new "$new" $peft 2>&1 | tee "$work/peft.log" | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
-  grep -v '^RESULT ' "$work/peft.log" | tail -3 >&2
+  if [ "$reuse" = 1 ] && [ "$(cat "$work/shape" 2>/dev/null)" = "$shape" ] && [ -d "$work/adapters/a$((max_adapters - 1))" ]; then
+    echo "== reusing $work (model and $max_adapters adapters)" >&2
+  else
+    rm -rf "$work" && mkdir -p "$work"
+    timeout "$peft_seconds" python3 bench/peft_mixed_generate.py --shape "$shape" --out "$work" --tokenizer "$tok" --adapters "$max_adapters" \
+      --pairs "$pairs" --new "$new" $peft 2>&1 | tee "$work/peft.log" | grep '^RESULT ' | sed 's/^RESULT //' >> "$out"
+    grep -v '^RESULT ' "$work/peft.log" | tail -3 >&2
+    echo "$shape" > "$work/shape"
+  fi
   adapter_flags=()
   for ((i = 0; i < max_adapters; i++)); do adapter_flags+=(--adapter "a$i=$work/adapters/a$i"); done
   port=$((8200 + RANDOM % 500))

@@ -7,6 +7,24 @@
 #include "lowrank/ops/profile.h"
 
 namespace lowrank::lora {
+namespace {
+
+size_t env_or(const char* name, size_t fallback) {
+  const char* v = std::getenv(name);
+  return v ? static_cast<size_t>(std::strtoull(v, nullptr, 10)) : fallback;
+}
+
+}  // namespace
+
+MixedBatchHook::SegmentRoad& MixedBatchHook::segment_road() {
+  static SegmentRoad road = [] {
+    SegmentRoad r;
+    r.max_segments = env_or("LOWRANK_LORA_SEGMENTS", r.max_segments);
+    r.many_runs_rows = static_cast<int64_t>(env_or("LOWRANK_LORA_RUNS_ROWS", static_cast<size_t>(r.many_runs_rows)));
+    return r;
+  }();
+  return road;
+}
 
 MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t rows_each, Device device)
     : rows_each_(rows_each) {
@@ -25,21 +43,22 @@ MixedBatchHook::MixedBatchHook(const std::vector<RowAdapter>& sequences, int64_t
     }
     row_index[i] = it->second;
   }
-  sequence_adapter_ = row_index;
   rows_ = static_cast<int64_t>(sequences.size()) * rows_each;
-  static const size_t max_segments = [] {
-    const char* v = std::getenv("LOWRANK_LORA_SEGMENTS");
-    return v ? static_cast<size_t>(std::strtoull(v, nullptr, 10)) : kMaxSegments;
-  }();
-  size_t runs = 0;  // runs of consecutive sequences with one adapter
-  for (size_t i = 0; i < row_index.size(); ++i) runs += row_index[i] >= 0 && (i == 0 || row_index[i - 1] != row_index[i]);
-  segments_ = rows_each_ >= kSegmentRows && runs <= max_segments;
+  for (size_t b = 0, e = 0; b < row_index.size(); b = e) {  // runs of consecutive sequences with one adapter
+    for (e = b + 1; e < row_index.size() && row_index[e] == row_index[b];) ++e;
+    if (row_index[b] >= 0)
+      runs_.push_back({static_cast<int64_t>(b) * rows_each_, static_cast<int64_t>(e) * rows_each_, row_index[b]});
+  }
+  const SegmentRoad& road = segment_road();
+  segments_ = rows_each_ >= road.segment_rows && rows_ >= road.runs_rows &&
+              (runs_.size() <= road.max_segments || rows_ >= road.many_runs_rows);
   std::vector<int32_t> expanded;  // one index per row of the activations
   if (!segments_) {
+    runs_.clear();
     expanded.reserve(row_index.size() * rows_each_);
     for (int32_t j : row_index) expanded.insert(expanded.end(), rows_each_, j);
   }
-  // Shared by every table; the segment road reads sequence_adapter_ on the host instead.
+  // Shared by every table; the segment road reads runs_ instead.
   build_tables(scales, expanded.empty() ? Tensor() : Tensor::from_ints(expanded, device));
 }
 
@@ -87,21 +106,11 @@ void MixedBatchHook::on_projection(int layer, Target target, const model::Linear
   if (it == tables_.end()) return;  // no row's adapter adapts this projection
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);
   const ops::LoraRows& t = it->second;
-  if (!segments_) {
+  LR_CHECK(x.dim(0) == rows_, "mixed batch: ", x.str(), " for ", rows_, " rows");
+  if (segments_)
+    ops::lora_runs_(y, x, t, runs_);
+  else
     ops::lora_rows_(y, x, t);
-    return;
-  }
-  LR_CHECK(x.dim(0) == rows_each_ * static_cast<int64_t>(sequence_adapter_.size()), "mixed batch: ", x.str(),
-           " for ", sequence_adapter_.size(), " sequences of ", rows_each_, " rows");
-  for (size_t b = 0, e = 0; b < sequence_adapter_.size(); b = e) {
-    const int32_t j = sequence_adapter_[b];
-    for (e = b + 1; e < sequence_adapter_.size() && sequence_adapter_[e] == j;) ++e;  // the run of j
-    if (j < 0 || !t.a[j].defined()) continue;
-    const int64_t begin = static_cast<int64_t>(b) * rows_each_, end = static_cast<int64_t>(e) * rows_each_;
-    Tensor h, y_seg = y.slice_rows(begin, end);
-    ops::matmul_nt(x.slice_rows(begin, end), t.a[j], h);  // [rows, r]
-    ops::matmul_nt(h, t.b[j], y_seg, t.scale[j], 1.0f);   // y_seg += s · h Bᵀ
-  }
 }
 
 }  // namespace lowrank::lora

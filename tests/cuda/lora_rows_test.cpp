@@ -1,9 +1,13 @@
 // Segmented LoRA (lora_rows_) on the GPU against the CPU reference: batches mixing adapters of
 // different ranks (1 to the 1024 limit), rows without an adapter, an adapter's rows scattered
 // through the batch, adapters that skip the projection, odd dimensions, more adapters than one
-// launch takes (several launch pairs), f32 and bf16.
+// launch takes (several launch pairs), f32 and bf16. lora_runs_ (runs of rows, cuBLAS's grouped
+// GEMM) against the same per-row CPU reference, on batches whose rows come in runs.
 #ifdef LOWRANK_WITH_CUDA
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <utility>
 
 #include "backend/cpu/cpu_ops.h"
 #include "cuda/cuda_test_util.h"
@@ -19,9 +23,11 @@ struct RowsCase {
   std::vector<int64_t> ranks;  // 0: the adapter does not adapt this projection
 };
 
-void check(const RowsCase& c, DType t, uint64_t seed) {
+// run_rows > 0: the rows come in runs of run_rows (the last shorter), each run one adapter or
+// none, and the GPU takes them through lora_runs_; else the rows are scattered (lora_rows_).
+void check(const RowsCase& c, DType t, uint64_t seed, int64_t run_rows = 0) {
   SCOPED_TRACE(testing::Message() << name(t) << " n=" << c.n << " in=" << c.in << " out=" << c.out
-                                  << " adapters=" << c.ranks.size());
+                                  << " adapters=" << c.ranks.size() << " runs of " << run_rows);
   ops::LoraRows cpu_t, gpu_t;
   for (size_t j = 0; j < c.ranks.size(); ++j) {
     const float scale = 0.25f + 0.5f * static_cast<float>(j % 5);
@@ -40,8 +46,12 @@ void check(const RowsCase& c, DType t, uint64_t seed) {
   // Rows cycle through the adapters and "none" with a stride, so an adapter's rows are scattered.
   std::vector<int32_t> rows(c.n);
   const auto choices = static_cast<int64_t>(c.ranks.size()) + 1;
-  for (int64_t i = 0; i < c.n; ++i) rows[i] = static_cast<int32_t>((i * 7 + seed) % choices) - 1;
-  rows[0] = 0;  // at least one row has an adapter (else the relative error below is 0 / 0)
+  for (int64_t i = 0; i < c.n; ++i)
+    rows[i] = static_cast<int32_t>(((run_rows > 0 ? i / run_rows : i) * 7 + seed) % choices) - 1;
+  if (run_rows == 0) rows[0] = 0;  // at least one row has an adapter (else the relative error below is 0 / 0)
+  std::vector<ops::LoraRun> runs;
+  for (int64_t b = 0; run_rows > 0 && b < c.n; b += run_rows)
+    if (rows[b] >= 0) runs.push_back({b, std::min(b + run_rows, c.n), rows[b]});
   cpu_t.rows = Tensor::from_ints(rows);
   gpu_t.rows = Tensor::from_ints(rows, gpu());
   const Tensor x = rounded(random_cpu({c.n, c.in}, seed + 1000), t);
@@ -49,7 +59,10 @@ void check(const RowsCase& c, DType t, uint64_t seed) {
   Tensor y_ref = y0.clone();
   cpu::lora_rows_(y_ref, x, cpu_t);
   Tensor y = to_gpu(y0, t);
-  ops::lora_rows_(y, to_gpu(x, t), gpu_t);
+  if (run_rows > 0)
+    ops::lora_runs_(y, to_gpu(x, t), gpu_t, runs);
+  else
+    ops::lora_rows_(y, to_gpu(x, t), gpu_t);
   // The LoRA term alone (y - y0) at the tolerance: the base rows would hide an error in it.
   Tensor delta = to_host(y), delta_ref = y_ref.clone();
   for (int64_t i = 0; i < delta.numel(); ++i) {
@@ -81,6 +94,20 @@ TEST(CudaLoraRows, MixedRanksAndRowsWithoutAdapterEqualTheCpu) {
   uint64_t seed = 1;
   for (const RowsCase& c : cases)
     for (DType t : {DType::F32, DType::BF16}) check(c, t, seed += 17);
+}
+
+TEST(CudaLoraRows, RunsOfMixedRanksEqualTheCpu) {
+  LR_REQUIRE_GPU();
+  const std::vector<std::pair<RowsCase, int64_t>> cases = {
+      {{9, 37, 53, {8, 0, 3, 64}}, 1},                  // one-row runs, a skipping adapter, odd dims
+      {{70, 896, 4864, {16, 32, 8, 1}}, 16},            // Qwen-0.5B up, the last run short
+      {{384, 4864, 896, {16, 8, 128}}, 128},            // prompts of 128 tokens, a down-projection
+      {{160, 48, 40, std::vector<int64_t>(40, 4)}, 4},  // 40 runs (every adapter), small shapes
+      {{2300, 40, 24, {4, 8, 2}}, 2100},                // a long run (its own GEMM pair) and a short one
+  };
+  uint64_t seed = 5;
+  for (const auto& [c, run_rows] : cases)
+    for (DType t : {DType::F32, DType::BF16}) check(c, t, seed += 13, run_rows);
 }
 
 TEST(CudaLoraRows, EmptyTableChangesNothing) {

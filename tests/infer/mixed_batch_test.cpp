@@ -124,38 +124,45 @@ TEST(MixedBatch, HookAddsNothingForRowsWithoutAdapterOrTarget) {
   for (int64_t i = 0; i < y_o.numel(); ++i) EXPECT_EQ(y_o.f32()[i], 0.0f);
 }
 
-// A prefill of more adapters than MixedBatchHook::kMaxSegments (one adapter at ten user scales:
-// ten runs) takes the row kernels instead of a GEMM pair a run; each sequence still gets what it
-// gets alone.
+// A prefill of many runs (one adapter at ten user scales: ten runs) takes the row kernels, and,
+// with the segment road forced, lora_runs_ (a GEMM pair a run on the CPU); either way each
+// sequence gets what it gets alone.
 TEST(MixedBatch, PrefillOfManyAdaptersEqualsEachSequenceAlone) {
   const std::string dir = test::model_fixture("llama");
   model::Model m = model::Model::load(dir);
   const auto tokens = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
   auto all = test::trained_adapter(m, 4, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, 9);
-  const int64_t prompt = lora::MixedBatchHook::kSegmentRows;
-  const size_t n = lora::MixedBatchHook::kMaxSegments + 2;
-  infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 64);
-  infer::BatchDecoder decoder(m, cache, 2);
-  std::vector<std::unique_ptr<infer::PagedSequence>> paged;
-  std::vector<infer::DecodeEntry> entries(n);
-  for (size_t i = 0; i < n; ++i) {
-    paged.push_back(std::make_unique<infer::PagedSequence>(cache, prompt));
-    entries[i].seq = paged[i].get();
-    entries[i].tokens = std::span<const int32_t>(tokens.data() + i, prompt);
-    entries[i].adapter = all;
-    entries[i].adapter_scale = 0.25 * static_cast<double>(i + 1);
-  }
-  decoder.step(entries);
-  for (size_t i = 0; i < n; ++i) {
-    ASSERT_EQ(entries[i].error, "") << "sequence " << i;
-    lora::LoraHook hook({{all.get(), entries[i].adapter_scale}});
-    model::TokenBatch b{{entries[i].tokens.begin(), entries[i].tokens.end()}, 1, prompt};
-    Tensor want = m.project_vocab(m.hidden_states(b, &hook).slice_rows(prompt - 1, prompt), &hook);
-    float max_ref = 0, max_err = 0;
-    for (int64_t v = 0; v < want.numel(); ++v) {
-      max_ref = std::max(max_ref, std::fabs(want.f32()[v]));
-      max_err = std::max(max_err, std::fabs(want.f32()[v] - entries[i].logits[v]));
+  lora::MixedBatchHook::SegmentRoad& road = lora::MixedBatchHook::segment_road();
+  const lora::MixedBatchHook::SegmentRoad saved = road;
+  const int64_t prompt = road.segment_rows;
+  const size_t n = road.max_segments + 2;
+  for (const bool segments : {false, true}) {
+    SCOPED_TRACE(segments ? "segment road" : "row kernels");
+    if (segments) road.runs_rows = 0, road.many_runs_rows = 0;
+    infer::PagedKVCache cache(m.config(), Device::cpu(), DType::F32, 64);
+    infer::BatchDecoder decoder(m, cache, 2);
+    std::vector<std::unique_ptr<infer::PagedSequence>> paged;
+    std::vector<infer::DecodeEntry> entries(n);
+    for (size_t i = 0; i < n; ++i) {
+      paged.push_back(std::make_unique<infer::PagedSequence>(cache, prompt));
+      entries[i].seq = paged[i].get();
+      entries[i].tokens = std::span<const int32_t>(tokens.data() + i, prompt);
+      entries[i].adapter = all;
+      entries[i].adapter_scale = 0.25 * static_cast<double>(i + 1);
     }
-    EXPECT_LE(max_err, 1e-5f * max_ref) << "sequence " << i;
+    decoder.step(entries);
+    road = saved;
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(entries[i].error, "") << "sequence " << i;
+      lora::LoraHook hook({{all.get(), entries[i].adapter_scale}});
+      model::TokenBatch b{{entries[i].tokens.begin(), entries[i].tokens.end()}, 1, prompt};
+      Tensor want = m.project_vocab(m.hidden_states(b, &hook).slice_rows(prompt - 1, prompt), &hook);
+      float max_ref = 0, max_err = 0;
+      for (int64_t v = 0; v < want.numel(); ++v) {
+        max_ref = std::max(max_ref, std::fabs(want.f32()[v]));
+        max_err = std::max(max_err, std::fabs(want.f32()[v] - entries[i].logits[v]));
+      }
+      EXPECT_LE(max_err, 1e-5f * max_ref) << "sequence " << i;
+    }
   }
 }

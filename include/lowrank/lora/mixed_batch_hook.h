@@ -6,12 +6,13 @@
 // one small host table per (layer, target) and one row index tensor on the device. Adapters of
 // different ranks and target sets share the batch; a row whose adapter skips a projection is
 // left alone there. Holds its adapters, so the cache cannot evict them while it lives.
-// Prefills (sequences of kSegmentRows rows or more) of at most kMaxSegments adapters take the SGMV
+// Prefills that segment_road() picks (many rows in sequences of several rows each) take the SGMV
 // road instead: each run of consecutive sequences with the same adapter (the decoder puts them
-// next to each other) is one segment, computed with the GEMM ops (x_seg Aᵀ, then s · h Bᵀ into
-// y_seg), since the row-at-a-time kernels read A once per row. With more runs than that, the GEMM
-// pairs' launches cost more than those reads (a prefill of 64 prompts over 64 adapters is 64 GEMM
-// pairs a projection) and the row kernels take every row in one launch pair.
+// next to each other) is one segment of ops::lora_runs_ (on CUDA one grouped GEMM pair for all
+// short runs), since the row kernels read A and B once per row and their cost grows with the
+// rows. On an H200, a Qwen2.5-0.5B projection (bench_lora_rows): 8,192 rows over 64 adapters
+// 0.11–0.46 ms on the row kernels against lora_runs_'s 0.06–0.13; 1,024 rows over 64 adapters
+// 0.019–0.052 against 0.047–0.064.
 #include <map>
 #include <memory>
 #include <utility>
@@ -43,8 +44,15 @@ class MixedBatchHook : public model::ProjectionHook {
   bool low_rank_update(int layer, Target target, model::LowRankUpdate& update) const override;
   // Distinct (adapter, scale) pairs of the batch.
   size_t adapters() const { return held_.size(); }
-  static constexpr int64_t kSegmentRows = 16;
-  static constexpr size_t kMaxSegments = 8;  // LOWRANK_LORA_SEGMENTS=N overrides it (A/B timing)
+  // Which prefills take the segment road: sequences of segment_rows rows or more, and at least
+  // runs_rows rows in at most max_segments runs, or many_runs_rows rows. LOWRANK_LORA_SEGMENTS and
+  // LOWRANK_LORA_RUNS_ROWS set max_segments and many_runs_rows (A/B timing); tests change it.
+  struct SegmentRoad {
+    int64_t segment_rows = 16, runs_rows = 1024;
+    size_t max_segments = 8;
+    int64_t many_runs_rows = 4096;
+  };
+  static SegmentRoad& segment_road();
 
  private:
   // One table per adapted (layer, target) over held_, every table reading `rows`.
@@ -55,7 +63,7 @@ class MixedBatchHook : public model::ProjectionHook {
   int64_t rows_each_;
   int64_t rows_ = 0;  // rows of the activations
   bool segments_ = false;                  // the segment road (else the row kernels)
-  std::vector<int32_t> sequence_adapter_;  // adapter j of each sequence, or -1 (the segment road)
+  std::vector<ops::LoraRun> runs_;         // the segment road's runs of sequences with one adapter
 };
 
 }  // namespace lowrank::lora

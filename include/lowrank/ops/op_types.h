@@ -89,6 +89,13 @@ struct LoraRows {
 };
 constexpr int64_t kLoraRowsMaxRank = 1024;
 
+// One run of consecutive rows [begin, end) that share adapter j of a LoraRows table (lora_runs_:
+// a prefill's sequences, sorted by adapter, each run one GEMM pair).
+struct LoraRun {
+  int64_t begin = 0, end = 0;
+  int32_t adapter = 0;
+};
+
 // The draws of one LoRA dropout, as ops::dropout takes them: element k of the input keeps when
 // the draw at stream position offset + k (+ *device_offset, I64 [1] on the input's device, when
 // defined) of `seed` is below keep = float(1 - p) (a 16-bit draw: lowrank/backend/philox.h), and

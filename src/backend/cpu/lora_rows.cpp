@@ -1,5 +1,6 @@
-// Segmented LoRA on the CPU: the reference for the CUDA kernels. Each row with an adapter is its
-// own shrink (h = x A_jᵀ, [r_j]) and expand (y += s_j · h B_jᵀ), in f32 like the GPU's accumulators.
+// Segmented LoRA on the CPU: the reference for the CUDA kernels. lora_rows_: each row with an
+// adapter is its own shrink (h = x A_jᵀ, [r_j]) and expand (y += s_j · h B_jᵀ), in f32 like the
+// GPU's accumulators. lora_runs_: a GEMM pair per run.
 #include <algorithm>
 #include <vector>
 
@@ -40,6 +41,15 @@ void lora_rows_(Tensor& y, const Tensor& x, const ops::LoraRows& t) {
       for (int64_t k = 0; k < r; ++k) acc += h[k] * bo[k];
       yi[o] += t.scale[j] * acc;
     }
+  }
+}
+
+void lora_runs_(Tensor& y, const Tensor& x, const ops::LoraRows& t, const std::vector<ops::LoraRun>& runs) {
+  for (const ops::LoraRun& run : runs) {
+    if (!t.a[run.adapter].defined()) continue;
+    Tensor h, y_run = y.slice_rows(run.begin, run.end);
+    matmul_nt(x.slice_rows(run.begin, run.end), t.a[run.adapter], h);       // [rows, r]
+    matmul_nt(h, t.b[run.adapter], y_run, t.scale[run.adapter], 1.0f);  // y_run += s · h Bᵀ
   }
 }
 

@@ -22,6 +22,7 @@ using ops::DropoutDraws;
 using ops::Gemm;
 using ops::KVWrite;
 using ops::LoraRows;
+using ops::LoraRun;
 using ops::LowRankUpdate;
 using ops::RotaryRows;
 
