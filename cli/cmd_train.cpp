@@ -111,8 +111,8 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--seq-len", o.seq_len, "Maximum tokens per sequence")->capture_default_str();
                        app.add_option("--pad-to-multiple-of", o.pad_to_multiple_of,
                                       "Pad each micro-batch's length up to a multiple of N (at most --seq-len): fewer "
-                                      "distinct shapes for the GPU to set up")
-                           ->capture_default_str();
+                                      "distinct shapes for the GPU to set up (default: 8 on a GPU, 1 on the CPU)")
+                           ->check(CLI::PositiveNumber);
                        app.add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step")->capture_default_str();
                        app.add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();
                        app.add_option("--schedule", a->schedule, "cosine, linear or constant")->capture_default_str();

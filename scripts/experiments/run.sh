@@ -45,7 +45,7 @@
 #   SEEDS ("1"), DEVICE (cpu; cuda on the GPU box), LOWRANK (build/lowrank; with DEVICE=cuda and
 #   .devrun/cuda-build present, that pack's, after sourcing scripts/device-env.sh), MODEL (models/base),
 #   RESULTS (out/experiments/results-TASK-MODELNAME-DEVICE.jsonl), EFF_STEPS (60), EFF_ROUNDS (2),
-#   PAD (train --pad-to-multiple-of for every run; unset: 1, each batch as long as its longest),
+#   PAD (train --pad-to-multiple-of for every run; unset: train's default, 8 on a GPU, 1 on the CPU),
 #   JOBS (1: the runs of quality/seeds/quick on JOBS workers at once, each with
 #   OMP_NUM_THREADS=THREADS, default the cores / JOBS; on a GPU keep 1).
 # The run folders go to out/experiments/runs-MODELNAME/ (metrics.jsonl and generated.jsonl kept).

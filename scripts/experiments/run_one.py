@@ -37,7 +37,7 @@ steps_s (every step's time summed: against step_ms × steps it shows slow steps,
 meet a new batch shape on a GPU; against train_wall_s the setup), train_wall_s, wall_s (train + eval processes), train_cpu_s (user + system CPU time of the
 training process, setup included), tokens_per_cpu_s (all steps' tokens / train_cpu_s: the speed
 to compare on a shared machine), final_train_loss, device, steps, batch, seq_len,
-pad_to_multiple_of (train --pad-to-multiple-of; in the run folder's name when > 1), lr, warmup, dropout, threads, date, host_load (1-minute load average before the run), tag, run_dir.
+pad_to_multiple_of (train --pad-to-multiple-of, by default 8 on a GPU and 1 on the CPU; in the run folder's name when > 1), lr, warmup, dropout, threads, date, host_load (1-minute load average before the run), tag, run_dir.
 Standard library only.
 """
 import argparse
@@ -75,8 +75,9 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=None, help="default: task.json's seq_len, else 128")
-    ap.add_argument("--pad-to-multiple-of", type=int, default=1,
-                    help="train --pad-to-multiple-of: batch lengths rounded up to a multiple (fewer GPU shapes)")
+    ap.add_argument("--pad-to-multiple-of", type=int, default=None,
+                    help="train --pad-to-multiple-of: batch lengths rounded up to a multiple (fewer GPU shapes); "
+                         "default train's: 8 on a GPU, 1 on the CPU")
     ap.add_argument("--lr", type=float, default=None, help="default 1e-3 for full, 3e-3 otherwise")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--dropout", type=float, default=0.05)
@@ -97,6 +98,8 @@ def main():
     task = json.load(open(task_path)) if os.path.exists(task_path) else None
     a.task = a.task or (task["task"] if task else "kjv")
     a.seq_len = a.seq_len or (task.get("seq_len", 128) if task else 128)
+    if a.pad_to_multiple_of is None:  # train's default, passed on so that the row records it
+        a.pad_to_multiple_of = min(8, a.seq_len) if a.device.startswith("cuda") else 1
 
     lora = a.method in ("lora", "dora", "rslora", "pissa", "olora")
     adapter = lora or a.method == "bitfit"  # the run writes an adapter folder (else a model folder)
@@ -127,8 +130,7 @@ def main():
              "--out", run_dir, "--lr", repr(lr), "--warmup", str(a.warmup), "--schedule", "cosine",
              "--steps", str(a.steps), "--batch-size", str(a.batch), "--seq-len", str(a.seq_len),
              "--seed", str(a.seed), "--device", a.device, "--quiet"]
-    if a.pad_to_multiple_of > 1:
-        train += ["--pad-to-multiple-of", str(a.pad_to_multiple_of)]
+    train += ["--pad-to-multiple-of", str(a.pad_to_multiple_of)]
     if lora:
         train += ["--rank", str(a.rank), "--alpha", "%g" % alpha, "--targets", a.targets, "--dropout", repr(a.dropout)]
         if a.method == "dora":
