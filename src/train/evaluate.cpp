@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "lowrank/core/shapes_vary.h"
 #include "lowrank/model/backward.h"
 #include "lowrank/train/dataset.h"
 
@@ -13,6 +14,9 @@ EvalResult evaluate_examples(const model::Model& model, const Dataset& data, mod
   if (window <= 0) window = context;
   if (model.config().learned_positions && window > context)
     throw error("--seq-len ", window, " is longer than the model's ", context, " positions");
+  // Each example is its own length: on the GPU, per-shape choices (cuDNN attention plans, GEMM
+  // tuning) would be made for almost every example.
+  const ShapesVary varying;
   EvalResult r;
   double total = 0;
   for (int64_t i = 0; i < data.size(); ++i) {

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "cuda/cuda_test_util.h"
@@ -16,6 +17,7 @@
 #include "backend/cuda/cuda_ops.h"
 #include "lowrank/backend/cuda/attention_path.h"
 #include "lowrank/core/error.h"
+#include "lowrank/core/shapes_vary.h"
 #include "lowrank/ops/ops.h"
 
 using namespace lowrank;
@@ -154,17 +156,25 @@ TEST(CudaAttentionCudnn, CrossPathLse) {
 TEST(CudaAttentionCudnn, VaryingShapesBuildAPlanPerLengthBucketOnly) {
   LR_REQUIRE_CUDNN();
   PathGuard guard;
-  auto run = [](const Case& c, uint64_t seed) {
-    SCOPED_TRACE(testing::Message() << "B=" << c.B << " T=" << c.T << " window=" << c.window);
+  // by_scope: the forward inside a ShapesVary scope (evaluation's per-example lengths) instead of
+  // with the shape's flag (the paged prefill).
+  auto run = [](const Case& c, uint64_t seed, bool by_scope = false) {
+    SCOPED_TRACE(testing::Message() << "B=" << c.B << " T=" << c.T << " window=" << c.window
+                                    << (by_scope ? " in a ShapesVary scope" : ""));
     Problem p(c, seed);
-    p.s.varying = true;
+    p.s.varying = !by_scope;
+    std::optional<ShapesVary> scope;
+    if (by_scope) scope.emplace();
     Tensor out = ops::attention(to_gpu(p.q, DType::BF16), to_gpu(p.k, DType::BF16), to_gpu(p.v, DType::BF16), p.s);
     const double e = rel_err(out, p.ref);
     report("varying out", c, e);
     EXPECT_LE(e, kTolBf16);
   };
   const int64_t before = cuda::cudnn_attention_plans();
-  for (const Case& c : {Case{3, 100, 4, 2, 64, 0}, Case{5, 37, 8, 8, 128, 0}, Case{2, 200, 4, 2, 128, 17}}) run(c, 8000 + c.T);
+  for (const Case& c : {Case{3, 100, 4, 2, 64, 0}, Case{5, 37, 8, 8, 128, 0}, Case{2, 200, 4, 2, 128, 17}}) {
+    run(c, 8000 + c.T);
+    run(Case{c.B, c.T + 3, c.H, c.KV, c.hd, c.window}, 8050 + c.T, /*by_scope=*/true);
+  }
   EXPECT_EQ(cuda::cudnn_attention_plans(), before) << "a short prefill built a cuDNN plan";
   // 1,100 and 1,500 positions share the bucket of 2,048: one plan for both, and for every batch.
   for (const Case& c : {Case{2, 1100, 4, 2, 64, 0}, Case{1, 1500, 4, 2, 64, 0}, Case{3, 1300, 4, 2, 64, 0}})

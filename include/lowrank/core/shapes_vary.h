@@ -6,8 +6,9 @@
 // size whose class has no cached block a cached block of up to twice its size rather than calling
 // cudaMalloc (one of CUDA's implicit synchronizations). A prefill of 64 prompts met a new row count
 // in most rounds, and choosing for it cost more than running it (bench/RESULTS.md, 2026-12-03).
-// Attention says it per call instead (ops::AttentionShape::varying, set by the paged prefill): its
-// path is chosen from the call's shape argument, where GEMM tuning and allocation have none.
+// The CUDA attention forward takes its no-plan kernels inside a scope too (evaluation of examples
+// one at a time), or when the call's shape says so (ops::AttentionShape::varying, set by the paged
+// prefill).
 namespace lowrank {
 
 class ShapesVary {

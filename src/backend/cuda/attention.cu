@@ -20,6 +20,7 @@
 #include "attention_cudnn.h"
 #include "common.cuh"
 #include "backend/cuda/cuda_ops.h"
+#include "lowrank/core/shapes_vary.h"
 
 namespace lowrank::cuda {
 namespace {
@@ -435,7 +436,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
              "attention: soft-capping runs on the generic kernels only");
     return attention_generic(q, k, v, s, lse);
   }
-  if (s.varying && !lse && path == AttentionPath::Auto) {
+  if ((s.varying || shapes_vary()) && !lse && path == AttentionPath::Auto) {  // no plan per shape
     Tensor out = attention_varying(q, k, v, s);
     if (out.defined()) return out;
   }
