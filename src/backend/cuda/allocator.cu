@@ -15,6 +15,7 @@
 #include "allocator.h"
 #include "common.cuh"
 #include "context.h"
+#include "lowrank/core/log.h"
 #include "lowrank/core/shapes_vary.h"
 
 namespace lowrank::cuda {
@@ -134,6 +135,10 @@ void* take_block(Device d, size_t bytes, size_t* size_class, DeviceContext& ctx)
                 " on the GPU. Try --checkpointing or a smaller --batch-size / --seq-len");
   }
   LR_CUDA(e);
+  // Each one is an implicit synchronization: LOWRANK_LOG=debug says which sizes still miss the cache.
+  log_debug("allocator: cudaMalloc of ", sc, " bytes (", bytes, " asked) on ", d.str(),
+            t_recording ? ", recording a graph" : "", shapes_vary() ? ", shapes vary" : "", "; reserved ",
+            gib(c.stats.reserved + sc));
   ++c.stats.device_mallocs;
   c.stats.in_use += sc;
   c.stats.peak_in_use = std::max(c.stats.peak_in_use, c.stats.in_use);
