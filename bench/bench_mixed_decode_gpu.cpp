@@ -5,8 +5,10 @@
 // sequence's own LoraHook: what a round did before mixing), and with one adapter also "merged":
 // the decoder's merged copy of the model (BatchDecoder's merged_adapters, `serve --merged-adapters`)
 // runs every round with the adapter in the weights. Random-weight models of the
-// Qwen2.5-0.5B and Llama-3-8B shapes, bf16, greedy (argmax on the GPU), no eos; the clock covers
-// the decode rounds only (the prefill runs before it). One JSON line per row.
+// Qwen2.5-0.5B and Llama-3-8B shapes, bf16, greedy (argmax on the GPU), no eos; decode_tok_s
+// covers the decode rounds only, prefill_s the first step (the prompts' prefill, with each
+// adapter's first copy to the GPU: a new decoder starts with an empty adapter cache). One JSON
+// line per row.
 //   bench_mixed_decode_gpu [--only tiny,qwen0.5b,llama8b] [--batch 64] [--adapters 0,1,8,64] [--new 64]
 //                          [--prompt 128] [--rank 16] [--modes mixed,grouped,merged] [--device cuda:0]
 #include <chrono>
@@ -54,9 +56,14 @@ void sync(Device d) {
 #endif
 }
 
-// Seconds of `rounds` decode rounds of `batch` sequences (after their prefill); sequence b uses
+struct Timing {
+  double prefill_s = 0;  // the first step: prefill and the adapters' first copies
+  double decode_s = 0;   // `rounds` decode rounds
+};
+
+// Seconds of the prefill and of `rounds` decode rounds of `batch` sequences; sequence b uses
 // adapter b % adapters (none when adapters == 0), mixed or through per-adapter hooks.
-double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<lora::Adapter>>& host,
+Timing decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<lora::Adapter>>& host,
                       const std::vector<std::shared_ptr<lora::Adapter>>& device_copies, int64_t batch,
                       int64_t adapters, bool mixed, bool merged, int64_t prompt, int64_t rounds, int64_t vocab) {
   infer::PagedKVCache cache(m.config(), m.device(), m.weights().embed.dtype(),
@@ -92,13 +99,20 @@ double decode_seconds(const model::Model& m, const std::vector<std::shared_ptr<l
       fed[b].push_back(entries[b].argmax);
     }
   };
+  auto seconds_since = [](auto t) { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count(); };
+  Timing timing;
+  sync(m.device());
+  const auto p0 = std::chrono::steady_clock::now();
   step(true, false);  // prefill (and the adapters' first copies to the GPU)
+  sync(m.device());
+  timing.prefill_s = seconds_since(p0);
   step(false, false);
   sync(m.device());
   const auto t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < rounds; ++i) step(false, i + 1 == rounds);
   sync(m.device());
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  timing.decode_s = seconds_since(t0);
+  return timing;
 }
 
 }  // namespace
@@ -142,12 +156,13 @@ int main(int argc, char** argv) {
           if (adapters == 0 && mode != "mixed") continue;  // the base model: one row
           if (adapters > 1 && mode == "merged") continue;  // a batch of several adapters never merges
           if (modes.find(mode) == std::string::npos) continue;
-          const double secs = decode_seconds(m, host, device_copies, batch, adapters, mode != "grouped",
+          const Timing t = decode_seconds(m, host, device_copies, batch, adapters, mode != "grouped",
                                              mode == "merged", prompt, rounds, s.vocab);
           nlohmann::json row{{"bench", "mixed_decode_gpu"}, {"shape", s.name}, {"batch", batch},
                              {"adapters", adapters}, {"rank", rank}, {"mode", mode},
-                             {"rounds", rounds}, {"prompt", prompt}, {"seconds", secs},
-                             {"decode_tok_s", static_cast<double>(batch * rounds) / secs}};
+                             {"rounds", rounds}, {"prompt", prompt}, {"seconds", t.decode_s},
+                             {"decode_tok_s", static_cast<double>(batch * rounds) / t.decode_s},
+                             {"prefill_s", t.prefill_s}};
 #ifdef LOWRANK_WITH_CUDA
           if (dev.is_cuda()) row["device"] = cuda::device_description(dev);
 #endif

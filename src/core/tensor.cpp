@@ -168,6 +168,13 @@ void convert_floats(const void* src, DType st, void* dst, DType dt, int64_t n) {
     std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(st));
     return;
   }
+  if (st == DType::F32 && dt == DType::BF16) {  // the common cast (adapters, checkpoints), in a loop that vectorises
+    const float* f = static_cast<const float*>(src);
+    uint16_t* d = static_cast<uint16_t*>(dst);
+#pragma omp parallel for if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(f[i]);
+    return;
+  }
   auto load = [&](int64_t i) -> float {
     switch (st) {
       case DType::F32: return static_cast<const float*>(src)[i];

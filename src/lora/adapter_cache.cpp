@@ -19,7 +19,7 @@ std::shared_ptr<const MixableAdapter> AdapterCache::acquire(const std::shared_pt
     return it->copy;
   }
   evict_to(capacity_ - 1);  // room for the new one, unless every resident adapter is in use
-  auto copy = std::make_shared<const MixableAdapter>(*adapter, num_layers_, device_, dtype_);
+  auto copy = std::make_shared<const MixableAdapter>(*adapter, num_layers_, device_, dtype_, &staging_);
   lru_.push_front({adapter, adapter.get(), copy});
   ++loads_;
   return copy;

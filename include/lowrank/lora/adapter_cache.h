@@ -56,6 +56,7 @@ class AdapterCache {
   const DType dtype_;
   mutable std::mutex mutex_;
   std::list<Entry> lru_;  // most recently used first; guarded by mutex_
+  std::unique_ptr<HostStaging> staging_;  // page-locked room for the uploads; guarded by mutex_
   uint64_t hits_ = 0, loads_ = 0, evictions_ = 0;
 };
 
