@@ -17,11 +17,9 @@ class PagedAttentionCache : public model::AttentionCache {
 
   Tensor attend(int layer, const Tensor& q, const Tensor& k, const Tensor& v, const ops::AttentionShape& s) override {
     ops::paged_kv_write_(cache_.k(layer), cache_.v(layer), k, v, slots_);
-    if (!tables_.defined()) {  // a prefill: its (batch, length) is new at almost every call
-      ops::AttentionShape prefill = s;
-      prefill.varying = true;
-      return ops::attention(q, k, v, prefill);
-    }
+    // A prefill: its (batch, length) is new at almost every call; the decoder runs it inside a
+    // ShapesVary scope, where the attention builds no plan per shape.
+    if (!tables_.defined()) return ops::attention(q, k, v, s);
     return ops::paged_attention(q, cache_.k(layer), cache_.v(layer), tables_, lens_, cache_.block_size(), max_len_, s);
   }
 

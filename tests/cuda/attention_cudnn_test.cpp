@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <optional>
 #include <string>
 
 #include "cuda/cuda_test_util.h"
@@ -149,22 +148,18 @@ TEST(CudaAttentionCudnn, CrossPathLse) {
   }
 }
 
-// A server's prefills (AttentionShape::varying): their (B, T) are new at almost every call, and
-// each new shape would cost a cuDNN plan (50–110 ms). Short prompts must build none (tensor-core
-// kernels); long ones one per length bucket (cuDNN a sequence at a time, T padded with zero rows).
-// The outputs are the CPU's either way.
+// Shapes that vary call to call (a server's prefills, evaluation's examples: the forward inside a
+// ShapesVary scope): their (B, T) are new at almost every call, and each new shape would cost a
+// cuDNN plan (50–110 ms). Short prompts must build none (tensor-core kernels); long ones one per
+// length bucket (cuDNN a sequence at a time, T padded with zero rows, or read in place when T is
+// a whole bucket). The outputs are the CPU's either way.
 TEST(CudaAttentionCudnn, VaryingShapesBuildAPlanPerLengthBucketOnly) {
   LR_REQUIRE_CUDNN();
   PathGuard guard;
-  // by_scope: the forward inside a ShapesVary scope (evaluation's per-example lengths) instead of
-  // with the shape's flag (the paged prefill).
-  auto run = [](const Case& c, uint64_t seed, bool by_scope = false) {
-    SCOPED_TRACE(testing::Message() << "B=" << c.B << " T=" << c.T << " window=" << c.window
-                                    << (by_scope ? " in a ShapesVary scope" : ""));
+  auto run = [](const Case& c, uint64_t seed) {
+    SCOPED_TRACE(testing::Message() << "B=" << c.B << " T=" << c.T << " window=" << c.window);
     Problem p(c, seed);
-    p.s.varying = !by_scope;
-    std::optional<ShapesVary> scope;
-    if (by_scope) scope.emplace();
+    const ShapesVary scope;
     Tensor out = ops::attention(to_gpu(p.q, DType::BF16), to_gpu(p.k, DType::BF16), to_gpu(p.v, DType::BF16), p.s);
     const double e = rel_err(out, p.ref);
     report("varying out", c, e);
@@ -173,15 +168,19 @@ TEST(CudaAttentionCudnn, VaryingShapesBuildAPlanPerLengthBucketOnly) {
   const int64_t before = cuda::cudnn_attention_plans();
   for (const Case& c : {Case{3, 100, 4, 2, 64, 0}, Case{5, 37, 8, 8, 128, 0}, Case{2, 200, 4, 2, 128, 17}}) {
     run(c, 8000 + c.T);
-    run(Case{c.B, c.T + 3, c.H, c.KV, c.hd, c.window}, 8050 + c.T, /*by_scope=*/true);
+    run(Case{c.B, c.T + 3, c.H, c.KV, c.hd, c.window}, 8050 + c.T);
   }
   EXPECT_EQ(cuda::cudnn_attention_plans(), before) << "a short prefill built a cuDNN plan";
   // 1,100 and 1,500 positions share the bucket of 2,048: one plan for both, and for every batch.
   for (const Case& c : {Case{2, 1100, 4, 2, 64, 0}, Case{1, 1500, 4, 2, 64, 0}, Case{3, 1300, 4, 2, 64, 0}})
     run(c, 8100 + c.T);
   EXPECT_EQ(cuda::cudnn_attention_plans(), before + 1);
-  run(Case{2, 1025, 4, 2, 64, 300}, 8200);  // a sliding window, within the padded length
+  // Whole buckets: each sequence's rows read in place (B > 1) or the call passed through (B = 1).
+  run(Case{3, 1024, 4, 2, 64, 0}, 8150);
+  run(Case{1, 1024, 4, 2, 64, 0}, 8151);
   EXPECT_EQ(cuda::cudnn_attention_plans(), before + 2);
+  run(Case{2, 1025, 4, 2, 64, 300}, 8200);  // a sliding window, within the padded length
+  EXPECT_EQ(cuda::cudnn_attention_plans(), before + 3);
 }
 
 // Forcing the path where it cannot apply is an error, not a silent fallback; Auto falls back.

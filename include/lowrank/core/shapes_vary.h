@@ -6,9 +6,8 @@
 // size whose class has no cached block a cached block of up to twice its size rather than calling
 // cudaMalloc (one of CUDA's implicit synchronizations). A prefill of 64 prompts met a new row count
 // in most rounds, and choosing for it cost more than running it (bench/RESULTS.md, 2026-12-03).
-// The CUDA attention forward takes its no-plan kernels inside a scope too (evaluation of examples
-// one at a time), or when the call's shape says so (ops::AttentionShape::varying, set by the paged
-// prefill).
+// The CUDA attention forward takes its no-plan kernels inside a scope too (the paged prefill;
+// evaluation of examples one at a time).
 namespace lowrank {
 
 class ShapesVary {

@@ -66,9 +66,8 @@ struct AttentionShape {
   int64_t window = 0;  // sliding window (0 = full causal)
   float scale = 0;     // usually 1/sqrt(head_dim)
   float softcap = 0;   // scores → softcap · tanh(scores / softcap) before the softmax (Gemma 2); 0: none
-  // The caller's (batch, seq) vary from call to call (a server's prefills): kernels that need no
-  // setup per shape (CUDA: src/backend/cuda/attention_varying.cu). Same math; forward only.
-  bool varying = false;
+  // Inside a ShapesVary scope (a server's prefills, evaluation) the CUDA forward takes kernels that
+  // need no setup per (batch, seq): src/backend/cuda/attention_varying.cu. Same math.
 };
 
 // One attention score from q·k: scaled, then soft-capped when `softcap` > 0 (as transformers:

@@ -436,7 +436,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
              "attention: soft-capping runs on the generic kernels only");
     return attention_generic(q, k, v, s, lse);
   }
-  if ((s.varying || shapes_vary()) && !lse && path == AttentionPath::Auto) {  // no plan per shape
+  if (shapes_vary() && !lse && path == AttentionPath::Auto) {  // no plan per shape
     Tensor out = attention_varying(q, k, v, s);
     if (out.defined()) return out;
   }

@@ -1,5 +1,5 @@
-// Attention for callers whose shapes vary from call to call (AttentionShape::varying: a server's
-// prefills, B prompts of T tokens, both new at almost every call). cuDNN builds a plan on the first
+// Attention for callers whose shapes vary from call to call (inside a ShapesVary scope: a server's
+// prefills, B prompts of T tokens, both new at almost every call; evaluation's examples). cuDNN builds a plan on the first
 // call of every (B, T): 50–110 ms on an H200 (`bench_cuda_ops --attention-plans`), more than a
 // whole prefill of 64 prompts of 128 tokens takes. A server meeting new batch sizes paid it in
 // most prefills (64 clients: time to first token 25 ms in one run, 156 in the next).
@@ -7,7 +7,8 @@
 //     ms a layer against cuDNN's 0.009–0.021).
 //   longer: cuDNN one sequence at a time, T padded with zero rows up to a multiple of kCudnnBucket,
 //     so one plan per bucket serves every length in it (the tensor-core kernels take 2–3× cuDNN's
-//     time there). Exact: a causal row never sees the rows after it.
+//     time there). Exact: a causal row never sees the rows after it. A T of whole buckets needs no
+//     padding: each sequence's rows are read where they are.
 #include "attention.h"
 #include "attention_cudnn.h"
 #include "lowrank/core/device_memory.h"
@@ -40,16 +41,21 @@ Tensor attention_varying(const Tensor& q, const Tensor& k, const Tensor& v, cons
   AttentionShape one = s;
   one.batch = 1;
   one.seq = Tp;
-  one.varying = false;
   std::string why;
   Tensor out, lse;
   if (s.batch == 1 && Tp == T) return attention_cudnn(q, k, v, one, out, lse, &why) ? out : Tensor();
-  Tensor qp = padded_like(q, Tp, T), kp = padded_like(k, Tp, T), vp = padded_like(v, Tp, T);
+  const bool padded = Tp != T;
+  Tensor qp, kp, vp;
+  if (padded) qp = padded_like(q, Tp, T), kp = padded_like(k, Tp, T), vp = padded_like(v, Tp, T);
   Tensor all = Tensor::empty(q.shape(), q.dtype(), q.device());
   for (int64_t b = 0; b < s.batch; ++b) {
-    copy_rows(q, b * T, qp, 0, T);
-    copy_rows(k, b * T, kp, 0, T);
-    copy_rows(v, b * T, vp, 0, T);
+    if (padded) {
+      copy_rows(q, b * T, qp, 0, T);
+      copy_rows(k, b * T, kp, 0, T);
+      copy_rows(v, b * T, vp, 0, T);
+    } else {
+      qp = q.slice_rows(b * T, (b + 1) * T), kp = k.slice_rows(b * T, (b + 1) * T), vp = v.slice_rows(b * T, (b + 1) * T);
+    }
     if (!attention_cudnn(qp, kp, vp, one, out, lse, &why)) return Tensor();  // no plan: at b = 0, nothing written
     copy_rows(out, 0, all, b * T, T);
   }
