@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "lowrank/core/error.h"
 #include "lowrank/lora/mixable_adapter.h"
 
 using namespace lowrank;
@@ -61,4 +62,11 @@ TEST(MixableAdapter, OneSlabOfAlignedTensorsWithTheAdaptersValues) {
   const lora::MixableAdapter m(a, 2, Device::cpu(), DType::F32);
   a.pairs[0].A.f32()[0] = 100.0f;  // the adapter changes after the copy: the copy does not
   EXPECT_EQ(m.find(0, Target::Q)->A.item(0), 1.0f);
+}
+
+TEST(MixableAdapter, RefusesTensorsItCannotCast) {
+  lora::Adapter a;
+  a.pairs.push_back(pair(0, Target::Q, 2, 5, 3, 1.0f));
+  a.pairs[0].A = Tensor::zeros({2, 5}, DType::F8_E4M3);  // an fp8 adapter would have to be dequantized first
+  EXPECT_THROW(lora::MixableAdapter(a, 1, Device::cpu(), DType::BF16), InternalError);
 }

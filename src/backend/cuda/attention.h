@@ -18,8 +18,8 @@ void attention_backward_tc(const Tensor& dout, const Tensor& q, const Tensor& k,
 
 bool attention_tc_supported(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s);
 Tensor attention_tc(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor* lse);
-// The forward for shapes that vary call to call (a ShapesVary scope; attention_varying.cu): kernels with no
-// per-shape plan to build; undefined when none applies (the caller goes on as usual).
+// The forward for shapes that vary call to call (a ShapesVary scope; attention_varying.cu): kernels
+// with no per-shape plan to build; undefined when none applies (the caller goes on as usual).
 Tensor attention_varying(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s);
 
 }  // namespace lowrank::cuda

@@ -1,7 +1,7 @@
 // Attention for callers whose shapes vary from call to call (inside a ShapesVary scope: a server's
-// prefills, B prompts of T tokens, both new at almost every call; evaluation's examples). cuDNN builds a plan on the first
-// call of every (B, T): 50–110 ms on an H200 (`bench_cuda_ops --attention-plans`), more than a
-// whole prefill of 64 prompts of 128 tokens takes. A server meeting new batch sizes paid it in
+// prefills, B prompts of T tokens, both new at almost every call; evaluation's examples). cuDNN
+// builds a plan on the first call of every (B, T): 50–110 ms on an H200 (`bench_cuda_ops
+// --attention-plans`), more than a whole prefill of 64 prompts of 128 tokens takes. A server meeting new batch sizes paid it in
 // most prefills (64 clients: time to first token 25 ms in one run, 156 in the next).
 //   T < kCudnnFromT: the tensor-core kernels, which need no plan (at T = 128 they take 0.006–0.033
 //     ms a layer against cuDNN's 0.009–0.021).
@@ -54,7 +54,9 @@ Tensor attention_varying(const Tensor& q, const Tensor& k, const Tensor& v, cons
       copy_rows(k, b * T, kp, 0, T);
       copy_rows(v, b * T, vp, 0, T);
     } else {
-      qp = q.slice_rows(b * T, (b + 1) * T), kp = k.slice_rows(b * T, (b + 1) * T), vp = v.slice_rows(b * T, (b + 1) * T);
+      qp = q.slice_rows(b * T, (b + 1) * T);
+      kp = k.slice_rows(b * T, (b + 1) * T);
+      vp = v.slice_rows(b * T, (b + 1) * T);
     }
     if (!attention_cudnn(qp, kp, vp, one, out, lse, &why)) return Tensor();  // no plan: at b = 0, nothing written
     copy_rows(out, 0, all, b * T, T);
