@@ -168,11 +168,20 @@ void convert_floats(const void* src, DType st, void* dst, DType dt, int64_t n) {
     std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(st));
     return;
   }
-  if (st == DType::F32 && dt == DType::BF16) {  // the common cast (adapters, checkpoints), in a loop that vectorises
+  // The common casts (adapters to the GPU, bf16 checkpoints to the CPU's f32) in loops that
+  // vectorise; the general loop below reads through a switch per element.
+  if (st == DType::F32 && dt == DType::BF16) {
     const float* f = static_cast<const float*>(src);
     uint16_t* d = static_cast<uint16_t*>(dst);
 #pragma omp parallel for if (n > (1 << 16))
     for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(f[i]);
+    return;
+  }
+  if (st == DType::BF16 && dt == DType::F32) {
+    const uint16_t* h = static_cast<const uint16_t*>(src);
+    float* d = static_cast<float*>(dst);
+#pragma omp parallel for if (n > (1 << 16))
+    for (int64_t i = 0; i < n; ++i) d[i] = bf16_to_f32(h[i]);
     return;
   }
   auto load = [&](int64_t i) -> float {

@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "lowrank/core/dtype.h"
 #include "lowrank/core/rng.h"
@@ -15,6 +17,26 @@ TEST(DType, Bf16RoundTripAndRounding) {
   EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f + 1.0f / 256)), 1.0f);
   EXPECT_EQ(bf16_to_f32(f32_to_bf16(1.0f + 3.0f / 256)), 1.0f + 4.0f / 256);
   EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+}
+
+// convert_floats' own loops for f32 <-> bf16 (large arrays: its threads too) give what the
+// per-element helpers give, NaN, infinities, ties and denormals included.
+TEST(DType, ConvertFloatsEqualsTheElementHelpers) {
+  const int64_t n = (1 << 17) + 3;
+  std::vector<float> f(n);
+  Rng rng(11);
+  for (int64_t i = 0; i < n; ++i) f[i] = rng.normal() * std::ldexp(1.0f, static_cast<int>(i % 200) - 100);
+  const float special[] = {NAN, -NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1.0f + 1.0f / 256, 1.0f + 3.0f / 256, 1e-40f};
+  for (int i = 0; i < 9; ++i) f[i * 1000] = special[i];
+  std::vector<uint16_t> h(n);
+  convert_floats(f.data(), DType::F32, h.data(), DType::BF16, n);
+  std::vector<float> back(n);
+  convert_floats(h.data(), DType::BF16, back.data(), DType::F32, n);
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(h[i], f32_to_bf16(f[i])) << i << " " << f[i];
+    const float want = bf16_to_f32(h[i]);
+    ASSERT_TRUE(std::memcmp(&back[i], &want, 4) == 0) << i;
+  }
 }
 
 TEST(DType, F16RoundTrip) {
