@@ -163,55 +163,40 @@ Tensor Tensor::clone() const {
 Tensor Tensor::empty_like(const Tensor& like) { return empty(like.shape(), like.dtype(), like.device()); }
 Tensor Tensor::zeros_like(const Tensor& like) { return zeros(like.shape(), like.dtype(), like.device()); }
 
+namespace {
+// d[i] = value(i) for i < n, over OpenMP's threads when n is large.
+template <typename To, typename Value>
+void write_each(void* dst, int64_t n, Value value) {
+  To* d = static_cast<To*>(dst);
+#pragma omp parallel for if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) d[i] = value(i);
+}
+}  // namespace
+
 void convert_floats(const void* src, DType st, void* dst, DType dt, int64_t n) {
   if (st == dt) {
     std::memcpy(dst, src, static_cast<size_t>(n) * dtype_size(st));
     return;
   }
   // The common casts (adapters to the GPU, bf16 checkpoints to the CPU's f32) in loops that
-  // vectorise; the general loop below reads through a switch per element.
-  if (st == DType::F32 && dt == DType::BF16) {
-    const float* f = static_cast<const float*>(src);
-    uint16_t* d = static_cast<uint16_t*>(dst);
-#pragma omp parallel for if (n > (1 << 16))
-    for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(f[i]);
-    return;
-  }
-  if (st == DType::BF16 && dt == DType::F32) {
-    const uint16_t* h = static_cast<const uint16_t*>(src);
-    float* d = static_cast<float*>(dst);
-#pragma omp parallel for if (n > (1 << 16))
-    for (int64_t i = 0; i < n; ++i) d[i] = bf16_to_f32(h[i]);
-    return;
-  }
+  // vectorise; the general ones below read through a switch per element.
+  const auto* f32 = static_cast<const float*>(src);
+  const auto* u16 = static_cast<const uint16_t*>(src);
+  if (st == DType::F32 && dt == DType::BF16) return write_each<uint16_t>(dst, n, [f32](int64_t i) { return f32_to_bf16(f32[i]); });
+  if (st == DType::BF16 && dt == DType::F32) return write_each<float>(dst, n, [u16](int64_t i) { return bf16_to_f32(u16[i]); });
   auto load = [&](int64_t i) -> float {
     switch (st) {
-      case DType::F32: return static_cast<const float*>(src)[i];
-      case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(src)[i]);
-      case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(src)[i]);
+      case DType::F32: return f32[i];
+      case DType::BF16: return bf16_to_f32(u16[i]);
+      case DType::F16: return f16_to_f32(u16[i]);
       case DType::F64: return static_cast<float>(static_cast<const double*>(src)[i]);
       default: throw error("cannot convert ", dtype_name(st), " to a float type");
     }
   };
   switch (dt) {
-    case DType::F32: {
-      float* d = static_cast<float*>(dst);
-#pragma omp parallel for if (n > (1 << 16))
-      for (int64_t i = 0; i < n; ++i) d[i] = load(i);
-      break;
-    }
-    case DType::BF16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-#pragma omp parallel for if (n > (1 << 16))
-      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(load(i));
-      break;
-    }
-    case DType::F16: {
-      uint16_t* d = static_cast<uint16_t*>(dst);
-#pragma omp parallel for if (n > (1 << 16))
-      for (int64_t i = 0; i < n; ++i) d[i] = f32_to_f16(load(i));
-      break;
-    }
+    case DType::F32: return write_each<float>(dst, n, load);
+    case DType::BF16: return write_each<uint16_t>(dst, n, [&](int64_t i) { return f32_to_bf16(load(i)); });
+    case DType::F16: return write_each<uint16_t>(dst, n, [&](int64_t i) { return f32_to_f16(load(i)); });
     default: throw error("cannot convert to ", dtype_name(dt));
   }
 }
