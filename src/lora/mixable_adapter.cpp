@@ -24,20 +24,28 @@ MixableAdapter::MixableAdapter(const Adapter& adapter, int num_layers, Device de
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   auto ms_since = [](clock::time_point t) { return std::chrono::duration<double, std::milli>(clock::now() - t).count(); };
-  // The slab's layout: A then B of each pair, each starting on a 256-byte boundary.
-  const size_t elem = dtype_size(dtype), align = 256 / elem;
-  std::vector<const Tensor*> sources;
+  // The slab's layout: A then B of each pair, each starting on a 256-byte boundary. The sources
+  // on the host (rare device-held ones come back first: a server's adapters live in host memory),
+  // in a type convert_floats reads (it must not throw inside the parallel loop below).
+  const size_t elem = dtype_size(dtype);
+  const int64_t align = static_cast<int64_t>(256 / elem);
+  std::vector<Tensor> sources;
   std::vector<int64_t> starts;
   int64_t total = 0;
   for (const LoraPair& p : adapter.pairs)
     for (const Tensor* t : {&p.A, &p.B}) {
-      sources.push_back(t);
+      Tensor h = t->device().is_cpu() ? *t : ops::cast(*t, dtype).to(Device::cpu());
+      LR_CHECK(h.dtype() == DType::F32 || h.dtype() == DType::BF16 || h.dtype() == DType::F16 || h.dtype() == DType::F64,
+               "adapter tensor ", h.str(), " is not f32, bf16, f16 or f64");
       starts.push_back(total);
-      total += (t->numel() + static_cast<int64_t>(align) - 1) / static_cast<int64_t>(align) * static_cast<int64_t>(align);
-      bytes_ += t->numel() * elem;
+      total += (h.numel() + align - 1) / align * align;
+      bytes_ += h.numel() * elem;
+      sources.push_back(std::move(h));
     }
+  const auto ta = clock::now();
   Tensor slab = Tensor::empty({std::max<int64_t>(total, 1)}, dtype, device);
-  const double alloc_ms = ms_since(t0);
+  const double alloc_ms = ms_since(ta);
+  const auto ts = clock::now();
 
   // The host bytes: the slab itself on the CPU, else page-locked staging uploaded in one copy.
   std::unique_ptr<HostStaging> own;
@@ -50,22 +58,14 @@ MixableAdapter::MixableAdapter(const Adapter& adapter, int num_layers, Device de
     up->wait();  // its previous upload has run
     host = static_cast<char*>(up->data());
   }
+  const double staging_ms = ms_since(ts);
   const auto t1 = clock::now();
-  const double staging_ms = ms_since(t0) - alloc_ms;
-  // A host f32 adapter becomes a bf16 one here, on the host: half the bytes to copy. Sources on a
-  // device (rare: a server's adapters live in host memory) come to the host first.
-  std::vector<Tensor> host_sources(sources.size());
-  for (size_t i = 0; i < sources.size(); ++i) {
-    host_sources[i] = sources[i]->device().is_cpu() ? *sources[i] : ops::cast(*sources[i], dtype).to(Device::cpu());
-    const DType t = host_sources[i].dtype();  // what convert_floats reads (it must not throw below)
-    LR_CHECK(t == DType::F32 || t == DType::BF16 || t == DType::F16 || t == DType::F64, "adapter tensor ",
-             host_sources[i].str(), " is not f32, bf16, f16 or f64");
-  }
-  // The tensors in parallel: most are too small for convert_floats' own threads (an all-linear
-  // adapter of Qwen2.5-0.5B's shape cast 3.3-4.6 ms on 16 cores that way, 7 ms on one).
+  // A host f32 adapter becomes a bf16 one here, on the host: half the bytes to copy. The tensors
+  // in parallel: most are too small for convert_floats' own threads (an all-linear adapter of
+  // Qwen2.5-0.5B's shape cast 3.3-4.6 ms on 16 cores that way, 7 ms on one).
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t i = 0; i < static_cast<int64_t>(sources.size()); ++i) {
-    const Tensor& t = host_sources[i];
+    const Tensor& t = sources[i];
     char* dst = host + starts[i] * elem;
     convert_floats(t.raw(), t.dtype(), dst, dtype, t.numel());
     const int64_t end = i + 1 < static_cast<int64_t>(sources.size()) ? starts[i + 1] : total;
