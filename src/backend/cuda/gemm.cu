@@ -25,6 +25,7 @@
 #include "context.h"
 #include "backend/cuda/cuda_ops.h"
 #include "lowrank/core/device_memory.h"
+#include "lowrank/core/log.h"
 #include "lowrank/core/shapes_vary.h"
 
 namespace lowrank::cuda {
@@ -116,11 +117,14 @@ int fastest(DeviceContext& ctx, const PlanKey& k, const Plan& p, const cublasLtM
   LR_CUDA(cudaEventCreate(&start));
   LR_CUDA(cudaEventCreate(&stop));
   int best = 0;
-  float best_ms = 1e30f;
+  float best_ms = 1e30f, first_ms = 0;
   for (int i = 0; i < found; ++i) {
     const float ms = time_algo(ctx, p, results[i].algo, o, scratch, start, stop);
+    if (i == 0) first_ms = ms;
     if (ms < best_ms) best_ms = ms, best = i;
   }
+  log_debug("gemm: ", k.m, "x", k.n, "x", k.k, k.ta ? " T" : " N", k.tb ? "T" : "N", ": candidate ", best, " of ",
+            found, ", ", best_ms * 1e3f, " us (the heuristic's first: ", first_ms * 1e3f, " us)");
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   LR_CUDA(cudaFreeAsync(scratch, ctx.stream));
@@ -144,6 +148,7 @@ Plan make_plan(const PlanKey& k, DeviceContext& ctx, const Operands& operands) {
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k.align_b, 4);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k.align_c, 4);
   cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k.align_c, 4);
+  // 8: asked for 64, cuBLASLt 13's heuristic returns at most 8 for these problems (2026-12-04).
   constexpr int kCandidates = 8;
   cublasLtMatmulHeuristicResult_t results[kCandidates]{};
   int found = 0;
