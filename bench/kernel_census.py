@@ -10,9 +10,8 @@ On the GPU box (one step after one warm-up; ncu runs every kernel alone):
 
 The step is the kernels after the second-to-last AdamW launch up to the last one. Prints the
 step's kernels summed by kind (GEMMs by time a call, cuDNN's attention, lowrank's own kernels by
-name)
-and the costliest (kernel, grid) pairs. Each kernel ran alone at the clock ncu found: a real step
-at the card's power cap runs slower (docs/cuda-performance-notes.md).
+name) and the costliest (kernel, grid) pairs. Each kernel ran alone at the clock ncu found: a real
+step at the card's power cap runs slower (docs/cuda-performance-notes.md).
 """
 import argparse
 import collections
