@@ -1,11 +1,12 @@
 // CUDA op benchmark: times the GEMMs, attention and fused kernels of a training step with CUDA
 // events on the device's stream and prints achieved TFLOP/s (matrix work) or GB/s (memory-bound
 // kernels: bytes read + written once).
-// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r [pad]] | --dropout-shrink [r] |
-//                        --lora-ranks | --attention-plans]
+// usage: bench_cuda_ops [--quick | --attention | --projections | --k-extension [r [pad]] | --dx-extension [r] |
+//                        --dropout-shrink [r] | --lora-ranks | --attention-plans]
 // (--attention: only the tensor-core vs cuDNN attention rows; --projections: only separate vs
 // stacked frozen projections; --k-extension: LoRA's expand and g as today vs folded into the
-// frozen GEMMs' K; --dropout-shrink: LoRA's shrink through its dropout, fused vs composed;
+// frozen GEMMs' K; --dx-extension: o's and down's LoRA input gradient as today vs folded into
+// the input-grad GEMM's K; --dropout-shrink: LoRA's shrink through its dropout, fused vs composed;
 // --lora-ranks: LoRA's six GEMMs of a projection at ranks 1–16; --attention-plans: what cuDNN's
 // plan build costs the first call of a serving prefill's shape)
 #ifdef LOWRANK_WITH_CUDA
@@ -338,6 +339,33 @@ void bench_k_extension(int64_t tokens, const char* name, int64_t in, std::vector
 }
 
 
+// LoRA's input gradient of a projection that reads the residual stream's gradient (o, down), as a
+// training step runs it today — g = s·dy B, dx = g A written first, the frozen input-grad GEMM
+// adding dy W to it (beta = 1) — against the output-side K-extension: dy lives in the first `out`
+// columns of dy_ext [N, out + R] (the norm's backward writes it there), g' = s·dy B goes into its
+// last R columns, and one GEMM dx = dy_ext · [W; A] of K = out + R writes dx (beta = 0).
+void bench_dx_extension(int64_t tokens, const char* name, int64_t in, int64_t out, int64_t r, int64_t R) {
+  Tensor dy = random_gpu({tokens, out}, DType::BF16, 1), dy_ext = random_gpu({tokens, out + R}, DType::BF16, 2);
+  Tensor W = random_gpu({out, in}, DType::BF16, 3, 0.05f), W_ext = random_gpu({out + R, in}, DType::BF16, 4, 0.05f);
+  Tensor A = random_gpu({r, in}, DType::BF16, 5, 0.05f), B = random_gpu({out, r}, DType::BF16, 6, 0.05f);
+  Tensor g = Tensor::empty({tokens, r}, DType::BF16, kGpu), dx = Tensor::empty({tokens, in}, DType::BF16, kGpu);
+  const double flops = 2.0 * tokens * in * out;
+  const std::string what = std::string(name) + " (R " + std::to_string(R) + ")";
+  report_flops(what + " today: g, dx = s g A, dx += dy W", graph_ms([&] {
+                 ops::matmul_nn(dy, B, g, 2.0f, 0.0f);
+                 ops::matmul_nn(g, A, dx);
+                 ops::matmul_nn(dy, W, dx, 1.0f, 1.0f);
+               }),
+               flops);
+  report_flops(what + " input-grad alone (no LoRA)", graph_ms([&] { ops::matmul_nn(dy, W, dx); }), flops);
+  report_flops(what + " extended: g' into dy_ext, dx = dy_ext [W; A]", graph_ms([&] {
+                 ops::matmul_blocks(ops::Gemm::NN, {dy_ext, 0, out}, ops::ColumnBlock::all(B), {dy_ext, out, r}, 2.0f,
+                                    0.0f);
+                 ops::matmul_nn(dy_ext, W_ext, dx);
+               }),
+               flops);
+}
+
 // LoRA's shrink through its dropout: ops::dropout_shrink and its backward (fused for bf16 on
 // CUDA) against the composition they replace (dropout, the GEMMs, dropout's backward), per call.
 void bench_dropout_shrink(int64_t tokens, int64_t in, int64_t r) {
@@ -399,6 +427,7 @@ int main(int argc, char** argv) {
   const bool dropout_shrink = argc > 1 && std::strcmp(argv[1], "--dropout-shrink") == 0;
   const bool lora_ranks = argc > 1 && std::strcmp(argv[1], "--lora-ranks") == 0;
   const bool attention_plans = argc > 1 && std::strcmp(argv[1], "--attention-plans") == 0;
+  const bool dx_extension = argc > 1 && std::strcmp(argv[1], "--dx-extension") == 0;
   if (cuda_device_count() == 0) {
     std::fprintf(stderr, "bench_cuda_ops: no CUDA GPU is visible\n");
     return 1;
@@ -419,6 +448,27 @@ int main(int argc, char** argv) {
       std::printf("\n-- LoRA's GEMMs by rank (bf16, f32 dA/dB)\n");
       for (auto [in, out] : {std::pair<int64_t, int64_t>{768, 768}, {768, 2048}, {2048, 768}, {2048, 2048}})
         for (int64_t r : {1, 2, 4, 8, 12, 16}) bench_lora_rank(8192, in, out, r);
+      return 0;
+    }
+    if (dx_extension) {
+      const int64_t r = argc > 2 ? std::atoll(argv[2]) : 16;
+      std::printf("\n-- o / down input gradient: LoRA's dx as today vs the output-side K-extension (r = %lld)\n",
+                  (long long)r);
+      struct Proj {
+        const char* name;
+        int64_t in, out;
+      };
+      for (const Proj& p : std::initializer_list<Proj>{{"base7m o", 256, 256},
+                                                       {"base7m down", 704, 256},
+                                                       {"base120m o", 768, 768},
+                                                       {"base120m down", 2048, 768},
+                                                       {"Qwen-0.5B o", 896, 896},
+                                                       {"Qwen-0.5B down", 4864, 896},
+                                                       {"Llama-1B o", 2048, 2048},
+                                                       {"Llama-1B down", 8192, 2048},
+                                                       {"Llama-8B o", 4096, 4096},
+                                                       {"Llama-8B down", 14336, 4096}})
+        for (int64_t R : {r, (r + 63) / 64 * 64}) bench_dx_extension(8192, p.name, p.in, p.out, r, R);
       return 0;
     }
     if (k_extension) {

@@ -305,9 +305,11 @@ std::vector<AdapterParam> Adapter::parameters() {
   std::vector<AdapterParam> out;
   for (auto& p : pairs)
     for (const auto& t : lora_variant(p.kind).tensors(p)) {
-      const bool ext = t.working == &p.B_work && p.W_ext.defined();
-      out.push_back({p.module + "." + t.name, t.value, t.grad, t.working, p.layer, ext ? &p.W_ext : nullptr,
-                     ext ? p.ext_col : 0});
+      // The working copy's second home: B's block of W_ext, A's rows of W_dx_ext (k_extension.h).
+      const bool ext_b = t.working == &p.B_work && p.W_ext.defined();
+      const bool ext_a = t.working == &p.A_work && p.A_ext_rows.defined();
+      out.push_back({p.module + "." + t.name, t.value, t.grad, t.working, p.layer,
+                     ext_b ? &p.W_ext : ext_a ? &p.A_ext_rows : nullptr, ext_b ? p.ext_col : 0});
     }
   for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr, b.layer});
   return out;
@@ -323,7 +325,7 @@ void Adapter::to(Device device) {
   for (auto& p : parameters())
     for (Tensor* t : {p.value, p.grad, p.working})
       if (t && t->defined()) *t = t->to(device);
-  for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = p.W_ext = Tensor();  // moved one by one; no W_ext
+  for (auto& p : pairs) p.drop_device_copies();  // moved one by one
 }
 
 void Adapter::place(const model::Model& model) {
@@ -332,7 +334,7 @@ void Adapter::place(const model::Model& model) {
     for (Tensor* t : {p.value, p.grad, p.working})
       if (t && t->defined()) *t = t->to(d);
   }
-  for (auto& p : pairs) p.stacked_A_work = p.stacked_grad_A = p.W_ext = Tensor();  // moved one by one; no W_ext
+  for (auto& p : pairs) p.drop_device_copies();  // moved one by one
 }
 
 void Adapter::attach_biases(model::Model& model) {

@@ -1,5 +1,6 @@
 #include "lowrank/lora/k_extension.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -19,8 +20,47 @@ bool k_extension_applies(int64_t width, Device device) {
   return width <= 2048;  // measured: a gain up to the 1B shape's 2,048, a loss at 8B's 4,096
 }
 
+namespace {
+
+bool dx_extension_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("LOWRANK_DX_EXTENSION");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+// The output side, for o and down: W_dx_ext = [W; A_work] where plain LoRA without dropout (its
+// mask falls on s·g A) and without a trained bias (whose gradient reads dy itself) adapts them, and
+// the model's RMS norms (not sandwiched: they write the residual stream's gradient) can write dy.
+void make_output_side(Adapter& adapter, const model::Model& model) {
+  const model::ModelConfig& c = model.config();
+  if (!dx_extension_enabled() || adapter.config.dropout > 0 || c.sandwich_norms || c.norm == model::NormKind::Layer)
+    return;
+  for (LoraPair& p : adapter.pairs) {
+    if ((p.target != Target::O && p.target != Target::Down) || p.kind != VariantKind::Linear || p.layer < 0) continue;
+    const bool trained_bias = std::any_of(adapter.biases.begin(), adapter.biases.end(), [&](const BiasParam& b) {
+      return b.layer == p.layer && b.target == p.target;
+    });
+    const model::Linear* l = model.weights().layers.at(p.layer).projection(p.target);
+    if (trained_bias || !l || l->quantized() || l->weight.dtype() != DType::BF16 || !p.A_work.defined() ||
+        p.A_work.dtype() != DType::BF16 || !(p.A_work.device() == l->weight.device()) ||
+        !k_extension_applies(p.out, l->weight.device()))
+      continue;
+    const int64_t R = p.A_work.dim(0);  // the rank the GEMMs run at (rank_padding.h)
+    p.W_dx_ext = Tensor::empty({p.out + R, p.in}, DType::BF16, l->weight.device());
+    Tensor w_rows = p.W_dx_ext.slice_rows(0, p.out);
+    ops::copy_columns_(w_rows, 0, l->weight, 0, p.in);
+    p.A_ext_rows = p.W_dx_ext.slice_rows(p.out, p.out + R);
+    ops::copy_columns_(p.A_ext_rows, 0, p.A_work, 0, p.in);
+  }
+}
+
+}  // namespace
+
 void make_extended_weights(Adapter& adapter, const model::Model& model) {
-  for (LoraPair& p : adapter.pairs) p.W_ext = Tensor();
+  for (LoraPair& p : adapter.pairs) p.W_ext = p.W_dx_ext = p.A_ext_rows = Tensor();
+  make_output_side(adapter, model);
   std::set<std::pair<int, int>> seen;
   for (const LoraPair& first : adapter.pairs) {
     const int group = shared_input_of(first.target);

@@ -4,10 +4,13 @@
 
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
+#include "lowrank/ops/side_work.h"
 #include "lowrank/lora/shared_input.h"
 #include "lowrank/lora/rank_padding.h"
 
 namespace lowrank::lora {
+
+using ops::ColumnBlock;
 
 LoraHook::LoraHook(std::vector<ActiveAdapter> adapters) : adapters_(std::move(adapters)) {}
 
@@ -283,6 +286,46 @@ Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
     st.saved.erase({layer, static_cast<int>(target)});  // a dropout's offset: the group holds its draws
   }
   return g.extended_backward(x, member_dys);
+}
+
+Tensor LoraHook::extended_output_grad(int layer, Target target, const Tensor& like) {
+  if (!training_ || adapters_.size() != 1 || like.rank() != 2) return Tensor();
+  const LoraPair* p = adapters_[0].adapter->find(layer, target);
+  if (!p || !p->W_dx_ext.defined() || !(p->W_dx_ext.device() == like.device()) ||
+      p->W_dx_ext.dtype() != like.dtype() || p->out != like.dim(1))
+    return Tensor();
+  return Tensor::empty({like.dim(0), p->W_dx_ext.dim(0)}, like.dtype(), like.device());
+}
+
+Tensor LoraHook::extended_output_backward(int layer, Target target, const model::Linear& /*base*/, const Tensor& x,
+                                          const Tensor& dy_ext) {
+  const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);  // the frozen dy W included
+  LoraPair* p = adapters_.empty() ? nullptr : adapters_[0].adapter->find(layer, target);
+  ForwardState& st = state();
+  const auto it = st.saved.find({layer, static_cast<int>(target)});
+  LR_CHECK(p && p->W_dx_ext.defined() && it != st.saved.end() && !it->second.dropped &&
+               dy_ext.dim(1) == p->W_dx_ext.dim(0) && it->second.B.dim(1) == p->W_dx_ext.dim(0) - p->out,
+           "LoRA's output-side K-extension of layer ", layer, " ", target_short_name(target),
+           " without its weights or its forward's saves");
+  const LoraSaved& sv = it->second;
+  const float scale = static_cast<float>(p->scale * adapters_[0].user_scale);
+  const int64_t out = p->out, R = dy_ext.dim(1) - out;
+  const ColumnBlock dy{dy_ext, 0, out}, g{dy_ext, out, R};
+  const Device dev = dy_ext.device();
+  {  // off the critical path (ops/side_work.h); it reads dy's columns while g's are written
+    const ops::SideWork side(dev, {dy_ext, sv.h});
+    ops::matmul_blocks(ops::Gemm::TN, dy, {sv.h, 0, p->r}, ColumnBlock::all(p->grad_B), scale, 1.0f);  // dB += s dyᵀh
+  }
+  ops::matmul_blocks(ops::Gemm::NN, dy, ColumnBlock::all(sv.B), g, scale, 0.0f);  // g' = s · dy B   [N, R]
+  {
+    const ops::SideWork side(dev, {dy_ext, x});
+    ops::matmul_blocks(ops::Gemm::TN, {dy_ext, out, p->r}, ColumnBlock::all(x), ColumnBlock::all(p->grad_A), 1.0f,
+                       1.0f);  // dA += g'ᵀ x
+  }
+  Tensor dx;
+  ops::matmul_nn(dy_ext, p->W_dx_ext, dx);  // dx = dy W + g' A   [N, in]
+  st.saved.erase(it);  // its last use
+  return dx;
 }
 
 void LoraHook::bias_grads(int layer, Target target, const Tensor& dy) {

@@ -68,6 +68,14 @@ Tensor concat_columns(std::initializer_list<const Tensor*> parts) {
   return out;
 }
 
+// The hook's buffer for the gradient of (layer, target)'s output where it keeps LoRA's g beside it
+// (TrainableHook::extended_output_grad; o and down: lora/k_extension.h), which the norm backward
+// that makes the gradient writes into; undefined where the model's norms cannot write it there.
+Tensor extended_grad(const ModelConfig& c, TrainableHook* hook, int layer, Target target, const Tensor& like) {
+  if (!hook || layer < 0 || c.sandwich_norms || c.norm == NormKind::Layer) return Tensor();
+  return hook->extended_output_grad(layer, target, like);
+}
+
 // Gradients are f32 whatever the weights' dtype (bf16 weights on the GPU): they accumulate.
 Tensor f32_zeros(const Tensor& like) { return Tensor::zeros(like.shape(), DType::F32, like.device()); }
 
@@ -212,7 +220,11 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   if (c.sandwich_norms)
     dmlp_out = normalize_backward(c.norm, L.post_mlp_norm, norm_grad_of(&LayerWeights::post_mlp_norm), dx,
                                   a.down_out, Tensor(), a.post_mlp_rstd);
-  Tensor dact = inputs_backward({{&L.down, &dmlp_out, grad_of(&LayerWeights::down)}}, layer, a.act, hook);
+  // A gradient wider than the hidden size is the hook's buffer (extended_grad): its backward there.
+  const int64_t d = c.hidden_size;
+  Tensor dact = dmlp_out.dim(1) > d
+                    ? hook->extended_output_backward(layer, L.down.target, L.down, a.act, dmlp_out)
+                    : inputs_backward({{&L.down, &dmlp_out, grad_of(&LayerWeights::down)}}, layer, a.act, hook);
   Tensor dxn2;
   if (!c.gated_mlp) {
     Tensor dup = ops::activation_backward(dact, a.up, op_activation(c.activation));
@@ -236,14 +248,17 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
                              layer, a.xn2, hook);
     }
   }
+  const Tensor o_ext = G ? Tensor() : extended_grad(c, hook, layer, L.o.target, a.x_mid);
   Tensor dx_mid = normalize_backward(c.norm, L.mlp_norm, norm_grad_of(&LayerWeights::mlp_norm), dxn2, a.x_mid,
-                                     a.norm2_mean, a.norm2_rstd, &dx);
+                                     a.norm2_mean, a.norm2_rstd, &dx, o_ext.defined() ? &o_ext : nullptr);
   // Attention block: x_mid = x_in + [post_norm](o(attn(q, k, v)))
   Tensor dattn_out = dx_mid;
   if (c.sandwich_norms)
     dattn_out = normalize_backward(c.norm, L.post_attn_norm, norm_grad_of(&LayerWeights::post_attn_norm), dx_mid,
                                    a.o_out, Tensor(), a.post_attn_rstd);
-  Tensor dattn = inputs_backward({{&L.o, &dattn_out, grad_of(&LayerWeights::o)}}, layer, a.attn, hook);
+  Tensor dattn = dattn_out.dim(1) > d
+                     ? hook->extended_output_backward(layer, L.o.target, L.o, a.attn, dattn_out)
+                     : inputs_backward({{&L.o, &dattn_out, grad_of(&LayerWeights::o)}}, layer, a.attn, hook);
   const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
   Tensor dq, dk, dv;
@@ -276,8 +291,9 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
                            layer, a.xn1, hook, need_dx);
   }
   if (need_dx) {
+    const Tensor down_ext = G ? Tensor() : extended_grad(c, hook, layer - 1, Target::Down, a.x_in);
     dx = normalize_backward(c.norm, L.attn_norm, norm_grad_of(&LayerWeights::attn_norm), dxn1, a.x_in,
-                            a.norm1_mean, a.norm1_rstd, &dx_mid);
+                            a.norm1_mean, a.norm1_rstd, &dx_mid, down_ext.defined() ? &down_ext : nullptr);
   } else {
     dx = Tensor();
   }
@@ -325,8 +341,10 @@ LossResult forward_backward(const Model& model, const TokenBatch& batch, const s
   LossResult result;
   Tensor dhidden =
       loss_backward(model, cache.hidden, targets, grad_scale, hook, full, loss_sum, result, device_targets);
+  const Tensor top_ext =
+      full ? Tensor() : extended_grad(c, hook, static_cast<int>(c.num_layers) - 1, Target::Down, cache.x_final);
   Tensor dx = normalize_backward(c.norm, w.final_norm, full ? &full->final_norm : nullptr, dhidden, cache.x_final,
-                                 cache.final_mean, cache.final_rstd);
+                                 cache.final_mean, cache.final_rstd, nullptr, top_ext.defined() ? &top_ext : nullptr);
   const int lowest = full ? 0 : (hook ? hook->lowest_trainable_layer() : static_cast<int>(c.num_layers));
   std::vector<int32_t> pos(N);
   for (int64_t i = 0; i < N; ++i) pos[i] = static_cast<int32_t>(i % T);

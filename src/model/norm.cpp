@@ -29,8 +29,9 @@ Tensor normalize(NormKind kind, float eps, const Norm& n, const Tensor& x, Tenso
 }
 
 Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& dy, const Tensor& x,
-                          const Tensor& mean, const Tensor& rstd, const Tensor* dres) {
+                          const Tensor& mean, const Tensor& rstd, const Tensor* dres, const Tensor* into) {
   if (kind == NormKind::Layer) {
+    LR_CHECK(!into && (!dres || dres->numel() == x.numel()), "LayerNorm's backward into or from a wider gradient");
     Tensor dense = dy;  // a wider dy (LoRA's K-extension): its first columns
     if (dy.numel() != x.numel()) {
       dense = Tensor::empty(x.shape(), dy.dtype(), dy.device());
@@ -39,7 +40,7 @@ Tensor normalize_backward(NormKind kind, const Norm& n, Norm* g, const Tensor& d
     return ops::layernorm_backward(dense, x, n.weight, mean, rstd, g ? &g->weight : nullptr, g ? &g->bias : nullptr,
                                    dres);
   }
-  return ops::rmsnorm_backward(dy, x, effective_weight(kind, n.weight), rstd, g ? &g->weight : nullptr, dres);
+  return ops::rmsnorm_backward(dy, x, effective_weight(kind, n.weight), rstd, g ? &g->weight : nullptr, dres, into);
 }
 
 }  // namespace lowrank::model

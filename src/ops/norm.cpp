@@ -21,13 +21,24 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, T
   LR_DISPATCH(d, layernorm(x, w, b, eps, mean, rstd));
 }
 
+namespace {
+// A gradient given as x's rows or as a wider 2-D whose first d columns are its rows (op_list.inc).
+void check_rows_or_wider(const char* op, const char* name, const Tensor& t, const Tensor& x, const Tensor& w,
+                         bool exact_allowed = true) {
+  if (!t.defined() || !x.defined() || !w.defined() || w.numel() == 0) return;
+  if (exact_allowed && t.numel() == x.numel()) return;
+  LR_CHECK(t.rank() == 2 && t.dim(0) == x.numel() / w.numel() && t.dim(1) >= w.numel() && t.dtype() == x.dtype(),
+           op, ": ", name, " ", t.str(), " for x ", x.str());
+}
+}  // namespace
+
 Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw,
-                        const Tensor* dres) {
-  const Device d = detail::op_device("rmsnorm_backward", {&dy, &x, &w, &rstd, dw, dres});
-  if (dy.defined() && x.defined() && w.defined() && w.numel() > 0 && dy.numel() != x.numel())
-    LR_CHECK(dy.rank() == 2 && dy.dim(0) == x.numel() / w.numel() && dy.dim(1) > w.numel() && dy.dtype() == x.dtype(),
-             "rmsnorm_backward: dy ", dy.str(), " for x ", x.str());
-  LR_DISPATCH(d, rmsnorm_backward(dy, x, w, rstd, dw, dres));
+                        const Tensor* dres, const Tensor* into) {
+  const Device d = detail::op_device("rmsnorm_backward", {&dy, &x, &w, &rstd, dw, dres, into});
+  check_rows_or_wider("rmsnorm_backward", "dy", dy, x, w);
+  if (dres) check_rows_or_wider("rmsnorm_backward", "dres", *dres, x, w);
+  if (into) check_rows_or_wider("rmsnorm_backward", "into", *into, x, w, /*exact_allowed=*/false);
+  LR_DISPATCH(d, rmsnorm_backward(dy, x, w, rstd, dw, dres, into));
 }
 
 Tensor layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean, const Tensor& rstd,

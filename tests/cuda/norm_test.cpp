@@ -3,6 +3,10 @@
 #ifdef LOWRANK_WITH_CUDA
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <tuple>
+
 #include "cuda/cuda_test_util.h"
 #include "backend/cpu/cpu_ops.h"
 #include "lowrank/ops/ops.h"
@@ -42,6 +46,48 @@ TEST(CudaNorm, RmsNormForwardAndBackward) {
         Tensor dx2 = ops::rmsnorm_backward(to_gpu(dy, t), to_gpu(x, t), to_gpu(w, wt), rstd, &none);
         EXPECT_LE(rel_err(dx2, dx_ref), tol_for(t));
       }
+}
+
+// The residual gradient read from, and dx written into, the first d columns of wider matrices
+// (o's and down's output side of LoRA's K-extension): the dense op's values, the other columns
+// untouched; both the register path (d % 8 == 0, 16-byte rows) and the general kernel (d = 100,
+// or a row stride that breaks 16-byte alignment).
+TEST(CudaNorm, RmsNormBackwardFromAndIntoWiderGradients) {
+  LR_REQUIRE_GPU();
+  uint64_t seed = 50;
+  for (auto [rows, d, extra] : {std::tuple<int64_t, int64_t, int64_t>{37, 64, 16}, {300, 1000, 24}, {5, 100, 8},
+                                {40, 64, 3}}) {
+    SCOPED_TRACE(testing::Message() << rows << "x" << d << " + " << extra);
+    const DType t = DType::BF16;
+    Tensor x = random_cpu({rows, d}, seed++, 3.0f), w = random_cpu({d}, seed++), dy = random_cpu({rows, d}, seed++);
+    Tensor res = random_cpu({rows, d}, seed++);
+    Tensor wide_res = random_cpu({rows, d + extra}, seed++);
+    ops::copy_columns_(wide_res, 0, res, 0, d);
+    Tensor rstd;
+    ops::rmsnorm(to_gpu(x, t), to_gpu(w, t), 1e-6f, &rstd);
+    const Tensor gx = to_gpu(x, t), gw = to_gpu(w, t), gdy = to_gpu(dy, t), gres = to_gpu(res, t);
+    const Tensor dense = ops::rmsnorm_backward(gdy, gx, gw, rstd, nullptr, &gres).to(Device::cpu()).to(DType::F32);
+    const Tensor fill = Tensor::full({rows, d + extra}, 7.0f);
+    Tensor into = to_gpu(fill, t);
+    const Tensor gwide_res = to_gpu(wide_res, t);
+    const Tensor got = ops::rmsnorm_backward(gdy, gx, gw, rstd, nullptr, &gwide_res, &into);
+    EXPECT_EQ(got.raw(), into.raw());
+    const Tensor h = into.to(Device::cpu()).to(DType::F32);
+    // The same kernel as the dense call where the rows stay 16-byte aligned: bit for bit; the
+    // general kernel otherwise (its row sums in another order).
+    const bool same_kernel = extra % 8 == 0;
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < d + extra; ++j) {
+        const float v = h.f32()[i * (d + extra) + j];
+        if (j >= d) ASSERT_EQ(v, 7.0f) << i << ", " << j;
+        else if (same_kernel) ASSERT_EQ(v, dense.f32()[i * d + j]) << i << ", " << j;
+        else ASSERT_NEAR(v, dense.f32()[i * d + j], 2e-2 * std::max(1.0f, std::abs(dense.f32()[i * d + j])));
+      }
+    // An `into` narrower than a row, or of other rows, is refused.
+    Tensor narrow = Tensor::empty({rows, d - 1}, t, gpu()), short_rows = Tensor::empty({rows + 1, d + 8}, t, gpu());
+    EXPECT_ANY_THROW(ops::rmsnorm_backward(gdy, gx, gw, rstd, nullptr, &gres, &narrow));
+    EXPECT_ANY_THROW(ops::rmsnorm_backward(gdy, gx, gw, rstd, nullptr, &gres, &short_rows));
+  }
 }
 
 TEST(CudaNorm, LayerNormForwardAndBackward) {

@@ -54,6 +54,30 @@ TEST(KExtension, TheNormWritesItsOutputIntoTheBlock) {
   EXPECT_ANY_THROW(ops::rmsnorm(x, w, 1e-5f, nullptr, &narrow));
 }
 
+// o's and down's output side: the norm's backward reads the residual gradient out of a wider
+// buffer and writes dx into the first columns of another, leaving their other columns alone.
+TEST(KExtension, TheNormBackwardReadsAndWritesWiderGradients) {
+  const Tensor x = random_tensor({5, 12}, 5), w = random_tensor({12}, 6), dy = random_tensor({5, 12}, 7);
+  const Tensor res = random_tensor({5, 12}, 8);
+  Tensor wide_res = Tensor::full({5, 20}, 3.0f);
+  ops::copy_columns_(wide_res, 0, res, 0, 12);
+  Tensor rstd;
+  ops::rmsnorm(x, w, 1e-5f, &rstd);
+  Tensor dw = Tensor::zeros({12}), dw_dense = Tensor::zeros({12});
+  const Tensor dense = ops::rmsnorm_backward(dy, x, w, rstd, &dw_dense, &res);
+  Tensor into = Tensor::full({5, 16}, 9.0f);
+  const Tensor got = ops::rmsnorm_backward(dy, x, w, rstd, &dw, &wide_res, &into);
+  EXPECT_EQ(got.raw(), into.raw());
+  for (int64_t i = 0; i < 5; ++i)
+    for (int64_t j = 0; j < 16; ++j)
+      ASSERT_EQ(into.f32()[i * 16 + j], j < 12 ? dense.f32()[i * 12 + j] : 9.0f) << i << ", " << j;
+  for (int64_t k = 0; k < 12; ++k) ASSERT_EQ(dw.f32()[k], dw_dense.f32()[k]);
+  Tensor narrow = Tensor::zeros({5, 11}), other_rows = Tensor::zeros({6, 16});
+  EXPECT_ANY_THROW(ops::rmsnorm_backward(dy, x, w, rstd, nullptr, &res, &narrow));
+  EXPECT_ANY_THROW(ops::rmsnorm_backward(dy, x, w, rstd, nullptr, &res, &other_rows));
+  EXPECT_ANY_THROW(ops::rmsnorm_backward(dy, x, w, rstd, nullptr, &narrow));  // a dres narrower than x
+}
+
 TEST(KExtension, AdamWWritesTheSecondHomeOfAWorkingCopy) {
   const Tensor p0 = random_tensor({3, 4}, 3), g = random_tensor({3, 4}, 4);
   ops::AdamWScalars s;
@@ -93,11 +117,12 @@ TEST(KExtension, OffOnTheCpu) {
   a.allocate_grads();
   a.make_working_copies(DType::F32);
   lora::make_extended_weights(a, m);
-  for (const lora::LoraPair& p : a.pairs) EXPECT_FALSE(p.W_ext.defined()) << p.module;
+  for (const lora::LoraPair& p : a.pairs) EXPECT_FALSE(p.W_ext.defined() || p.W_dx_ext.defined()) << p.module;
   for (const train::ParamRef& r : train::lora_params(a)) EXPECT_FALSE(r.working_also.defined()) << r.name;
   lora::LoraHook hook({{&a, 1.0}});
   hook.set_training(true);
   EXPECT_FALSE(hook.extended_input(0, 0, Tensor::zeros({4, m.config().hidden_size})).defined());
+  EXPECT_FALSE(hook.extended_output_grad(0, Target::Down, Tensor::zeros({4, m.config().hidden_size})).defined());
 }
 
 }  // namespace

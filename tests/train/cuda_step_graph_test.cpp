@@ -299,11 +299,13 @@ TEST(CudaSideWork, FusedQkvModelEqualsOneStream) {
   expect_side_work_equals_one_stream("gpt2", true, false, 0.0);
 }
 
-// The same steps with LoRA's K-extension (each group's expand inside its members' frozen GEMMs)
-// and without: the same losses, gradient norms and trained parameters up to bf16 rounding (one
-// GEMM's rounding of y instead of two), and AdamW keeps each B's block of W_ext equal to B_work.
+// The same steps with LoRA's K-extension (each group's expand inside its members' frozen GEMMs;
+// o's and down's s·g A inside their input-grad GEMMs) and without: the same losses, gradient norms
+// and trained parameters up to bf16 rounding (one GEMM's rounding of y instead of two), and AdamW
+// keeps each B's block of W_ext equal to B_work and each A's rows of W_dx_ext equal to A_work.
+// `members`: pairs with a W_ext; `dx_pairs`: pairs with a W_dx_ext.
 void expect_k_extension_equals_expands(const std::string& fixture, bool with_graph, bool checkpointing, int members,
-                                       bool all_linear = true, double dropout = 0.0) {
+                                       int dx_pairs, bool all_linear = true, double dropout = 0.0) {
   const std::string dir = test::model_fixture(fixture);
   std::vector<train::StepResult> results[2];
   std::vector<std::vector<float>> params[2];
@@ -311,14 +313,25 @@ void expect_k_extension_equals_expands(const std::string& fixture, bool with_gra
   for (int ext = 1; ext >= 0; --ext) {
     TrainRun run(dir, false, with_graph, dropout, checkpointing, /*random_b=*/true, /*k_extension=*/ext == 1,
                  all_linear);
-    int extended = 0;
-    for (const lora::LoraPair& p : run.adapter->pairs) extended += p.W_ext.defined();
+    int extended = 0, dx_extended = 0;
+    for (const lora::LoraPair& p : run.adapter->pairs) {
+      extended += p.W_ext.defined();
+      dx_extended += p.W_dx_ext.defined();
+    }
     ASSERT_EQ(extended, ext ? members : 0) << fixture << ": pairs with a K-extended weight";
+    ASSERT_EQ(dx_extended, ext ? dx_pairs : 0) << fixture << ": pairs with an output-side K-extended weight";
     const train::Dataset data = windows(run.m.config().vocab_size, 16);
     for (int64_t step = 0; step < 4; ++step) results[ext].push_back(train::train_step(run.ctx, step_batches(data, step), 1e-3));
     for (const train::ParamRef& p : run.params) params[ext].push_back(host_values(p.param));
     draws[ext] = run.drop.offset();
     for (const lora::LoraPair& p : run.adapter->pairs) {
+      if (p.W_dx_ext.defined()) {  // [W; A_work]
+        const Tensor w = p.W_dx_ext.to(Device::cpu()).to(DType::F32), a = p.A_work.to(Device::cpu()).to(DType::F32);
+        const Tensor frozen = run.m.weights().layers[p.layer].projection(p.target)->weight.to(Device::cpu()).to(DType::F32);
+        ASSERT_EQ(w.numel(), frozen.numel() + a.numel()) << p.module;
+        for (int64_t k = 0; k < frozen.numel(); ++k) ASSERT_EQ(w.f32()[k], frozen.f32()[k]) << p.module;
+        for (int64_t k = 0; k < a.numel(); ++k) ASSERT_EQ(w.f32()[frozen.numel() + k], a.f32()[k]) << p.module;
+      }
       if (!p.W_ext.defined()) continue;
       const Tensor w = p.W_ext.to(Device::cpu()).to(DType::F32), b = p.B_work.to(Device::cpu()).to(DType::F32);
       const Tensor frozen = run.m.weights().layers[p.layer].projection(p.target)->weight.to(Device::cpu()).to(DType::F32);
@@ -338,13 +351,22 @@ TEST(CudaKExtension, LoraStepsEqualTheExpands) {
   // llama: q, k, v and gate, up in every layer
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
   expect_k_extension_equals_expands("llama", /*with_graph=*/false, /*checkpointing=*/false,
-                                    static_cast<int>(c.num_layers) * 5);
+                                    static_cast<int>(c.num_layers) * 5, static_cast<int>(c.num_layers) * 2);
 }
 
 TEST(CudaKExtension, GraphReplaysWithCheckpointingEqualTheExpands) {
   REQUIRE_GPU();
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("gemma2"));
-  expect_k_extension_equals_expands("gemma2", true, true, static_cast<int>(c.num_layers) * 5);
+  // gemma2's sandwich norms: no output side
+  expect_k_extension_equals_expands("gemma2", true, true, static_cast<int>(c.num_layers) * 5, 0);
+}
+
+TEST(CudaKExtension, LlamaGraphReplaysWithCheckpointingEqualTheExpands) {
+  REQUIRE_GPU();
+  // o and down's output side inside the recorded graph and the checkpointing replays
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  expect_k_extension_equals_expands("llama", true, true, static_cast<int>(c.num_layers) * 5,
+                                    static_cast<int>(c.num_layers) * 2);
 }
 
 TEST(CudaKExtension, QAndVWithAFrozenKBesideThemEqualTheExpands) {
@@ -352,13 +374,14 @@ TEST(CudaKExtension, QAndVWithAFrozenKBesideThemEqualTheExpands) {
   // q, v extended; k's frozen GEMM reads the wide input's first columns, and the backward of
   // q, k, v is the per-member one (k is no member)
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
-  expect_k_extension_equals_expands("llama", true, false, static_cast<int>(c.num_layers) * 2, /*all_linear=*/false);
+  expect_k_extension_equals_expands("llama", true, false, static_cast<int>(c.num_layers) * 2, 0, /*all_linear=*/false);
 }
 
 TEST(CudaKExtension, ProjectionBiasesEqualTheExpands) {
   REQUIRE_GPU();
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("qwen2"));  // q, k, v with biases
-  expect_k_extension_equals_expands("qwen2", true, false, static_cast<int>(c.num_layers) * 5);
+  expect_k_extension_equals_expands("qwen2", true, false, static_cast<int>(c.num_layers) * 5,
+                                    static_cast<int>(c.num_layers) * 2);
 }
 
 // With LoRA dropout each member draws its own mask (a fused dropout shrink into its block of the
@@ -367,19 +390,20 @@ TEST(CudaKExtension, ProjectionBiasesEqualTheExpands) {
 TEST(CudaKExtension, DropoutStepsEqualTheExpands) {
   REQUIRE_GPU();
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
-  expect_k_extension_equals_expands("llama", false, false, static_cast<int>(c.num_layers) * 5, true, 0.3);
+  // with dropout: no output side (its mask falls on s·g A)
+  expect_k_extension_equals_expands("llama", false, false, static_cast<int>(c.num_layers) * 5, 0, true, 0.3);
 }
 
 TEST(CudaKExtension, DropoutGraphReplaysWithCheckpointingEqualTheExpands) {
   REQUIRE_GPU();
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("gemma2"));
-  expect_k_extension_equals_expands("gemma2", true, true, static_cast<int>(c.num_layers) * 5, true, 0.3);
+  expect_k_extension_equals_expands("gemma2", true, true, static_cast<int>(c.num_layers) * 5, 0, true, 0.3);
 }
 
 TEST(CudaKExtension, DropoutOnQAndVWithAFrozenKBesideThemEqualsTheExpands) {
   REQUIRE_GPU();
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
-  expect_k_extension_equals_expands("llama", true, false, static_cast<int>(c.num_layers) * 2, false, 0.3);
+  expect_k_extension_equals_expands("llama", true, false, static_cast<int>(c.num_layers) * 2, 0, false, 0.3);
 }
 
 }  // namespace

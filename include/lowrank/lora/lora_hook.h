@@ -42,6 +42,12 @@ class LoraHook : public model::TrainableHook {
   // A K-extended group's backward, frozen input gradients included (SharedInputGroup::extended_backward).
   Tensor extended_inputs_backward(int layer, const Tensor& x,
                                   const std::vector<std::pair<Target, const Tensor*>>& dys) override;
+  // The output side of the K-extension for o and down (k_extension.h): the trained adapter's
+  // buffer [N, out + R] where the pair has W_dx_ext, and its backward: dB, g' = s·dy B into the
+  // buffer's last R columns, dA, then dx = dy_ext · W_dx_ext in one GEMM.
+  Tensor extended_output_grad(int layer, Target target, const Tensor& like) override;
+  Tensor extended_output_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
+                                  const Tensor& dy_ext) override;
   void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) override;
   void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) override;
   int lowest_trainable_layer() const override;

@@ -39,10 +39,19 @@ struct LoraPair {
   // elsewhere), written with B_work by AdamW; undefined where it does not apply.
   Tensor W_ext;
   int64_t ext_col = 0;
+  // Its output side (o, down: k_extension.h): the frozen weight with A's rows below it,
+  // [out + R, in] (W, then A_work; R its rows), the input gradient's weight dx = [dy | s·g]·W_dx_ext;
+  // A_ext_rows: rows [out, out + R) of it, where AdamW writes A_work's values too. Undefined where
+  // it does not apply.
+  Tensor W_dx_ext, A_ext_rows;
   Tensor magnitude, grad_magnitude;  // [out] f32: DoRA's lora_magnitude_vector (DoRA only)
   // PiSSA / OLoRA: the pair as initialised (the base weights became W0 - s·B0·A0); saving
   // subtracts it so that the written adapter applies to the original base (lora_init.h).
   Tensor A_init, B_init;  // [r, in], [out, r], or undefined
+
+  // Forgets the copies made for one device's training (stacked, K-extended): a pair moved to
+  // another device makes them again.
+  void drop_device_copies() { stacked_A_work = stacked_grad_A = W_ext = W_dx_ext = A_ext_rows = Tensor(); }
 };
 
 }  // namespace lowrank::lora

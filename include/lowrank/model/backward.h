@@ -31,6 +31,18 @@ class TrainableHook : public ProjectionHook {
                                           const std::vector<std::pair<Target, const Tensor*>>& dys) {
     return Tensor();
   }
+  // A projection that writes the residual stream (o, down) whose output gradient the hook wants
+  // beside columns of its own: a [rows of like, out + R] buffer whose first `out` columns the
+  // model's norm backward fills with that gradient; or undefined (the gradient then comes as usual).
+  // `like`: a tensor of the layer with the gradient's rows, dtype and device.
+  virtual Tensor extended_output_grad(int layer, Target target, const Tensor& like) { return Tensor(); }
+  // The input gradient of such a projection, frozen product included, from the buffer above with
+  // its first `out` columns written (x: the projection's input [N, in]). Accumulates the hook's
+  // gradients.
+  virtual Tensor extended_output_backward(int layer, Target target, const Linear& base, const Tensor& x,
+                                          const Tensor& dy_ext) {
+    return Tensor();
+  }
   // dx [n, d]: gradient of the embedding output for `ids` (called when lowest_trainable_layer() < 0).
   virtual void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {}
   // The lowest layer that has trainable parameters: backward stops below it (-1: the embedding).

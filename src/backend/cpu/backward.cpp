@@ -19,12 +19,22 @@ const float* residual_grad(const Tensor* dres, const Tensor& x, const char* op) 
 }  // namespace
 
 Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw,
-                        const Tensor* dres) {
+                        const Tensor* dres, const Tensor* into) {
   const int64_t d = w.numel(), rows = x.numel() / d;
-  if (dy.numel() != x.numel()) {  // a wider dy: its first d columns
+  auto first_columns = [&](const Tensor& t) {
     Tensor first = Tensor::empty({rows, d});
-    copy_columns_(first, 0, dy, 0, d);
-    return rmsnorm_backward(first, x, w, rstd, dw, dres);
+    copy_columns_(first, 0, t, 0, d);
+    return first;
+  };
+  if (dy.numel() != x.numel()) return rmsnorm_backward(first_columns(dy), x, w, rstd, dw, dres, into);  // a wider dy
+  if (dres && dres->numel() != x.numel()) {  // a wider dres
+    const Tensor res = first_columns(*dres);
+    return rmsnorm_backward(dy, x, w, rstd, dw, &res, into);
+  }
+  if (into) {  // dx into the first d columns of a wider tensor
+    Tensor out = *into;
+    copy_columns_(out, 0, rmsnorm_backward(dy, x, w, rstd, dw, dres).reshape({rows, d}), 0, d);
+    return out;
   }
   Tensor dx = Tensor::empty(x.shape());
   const float *dyp = dy.f32(), *xp = x.f32(), *wp = w.f32(), *rp = rstd.f32();

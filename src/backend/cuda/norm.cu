@@ -62,7 +62,8 @@ __global__ void layernorm_kernel(const T* __restrict__ x, const W* __restrict__ 
 template <typename T, typename W>
 __global__ void rmsnorm_backward_kernel(const T* __restrict__ dy, const T* __restrict__ x, const W* __restrict__ w,
                                         const float* __restrict__ rstd, const T* __restrict__ dres, T* __restrict__ dx,
-                                        float* __restrict__ dw_part, int64_t rows, int64_t d, int64_t ld_dy) {
+                                        float* __restrict__ dw_part, int64_t rows, int64_t d, int64_t ld_dy,
+                                        int64_t ld_res, int64_t ld_dx) {
   extern __shared__ float acc[];
   __shared__ float scratch[32];
   if (dw_part)
@@ -77,7 +78,7 @@ __global__ void rmsnorm_backward_kernel(const T* __restrict__ dy, const T* __res
     const float c = dot / static_cast<float>(d) * rs * rs * rs;
     for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
       const float g = to_f32(gr[i]), xv = to_f32(xr[i]);
-      dx[r * d + i] = from_f32<T>((rs * g * to_f32(w[i]) - c * xv) + (dres ? to_f32(dres[r * d + i]) : 0.0f));
+      dx[r * ld_dx + i] = from_f32<T>((rs * g * to_f32(w[i]) - c * xv) + (dres ? to_f32(dres[r * ld_res + i]) : 0.0f));
       if (dw_part) acc[i] += g * xv * rs;
     }
   }
@@ -182,7 +183,7 @@ template <typename T, typename W>
 __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_backward_vec_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                             const W* __restrict__ w, const float* __restrict__ rstd,
                                             const T* __restrict__ dres, T* __restrict__ dx, float* __restrict__ dw_part,
-                                            int64_t rows, int64_t d, int64_t ld_dy) {
+                                            int64_t rows, int64_t d, int64_t ld_dy, int64_t ld_res, int64_t ld_dx) {
   constexpr int V = 16 / sizeof(T);
   __shared__ float scratch[32];
   const int64_t packs = d / V;
@@ -199,7 +200,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_backward_vec_kernel(co
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     const Pack16<T>* xr = reinterpret_cast<const Pack16<T>*>(x + r * d);
     const Pack16<T>* gr = reinterpret_cast<const Pack16<T>*>(dy + r * ld_dy);
-    const Pack16<T>* rr = reinterpret_cast<const Pack16<T>*>(dres + r * d);
+    const Pack16<T>* rr = reinterpret_cast<const Pack16<T>*>(dres + r * ld_res);
     Pack16<T> xp[kPacks], gp[kPacks], res[kPacks];
     float dot = 0.0f;  // Σ dy·w·x
 #pragma unroll
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_backward_vec_kernel(co
     dot = block_sum(dot, scratch);
     const float rs = rstd[r];
     const float c = dot / static_cast<float>(d) * rs * rs * rs;
-    Pack16<T>* dr = reinterpret_cast<Pack16<T>*>(dx + r * d);
+    Pack16<T>* dr = reinterpret_cast<Pack16<T>*>(dx + r * ld_dx);
 #pragma unroll
     for (int p = 0; p < kPacks; ++p) {
       const int64_t k = threadIdx.x + int64_t(p) * blockDim.x;
@@ -347,15 +348,27 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, T
 }
 
 Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd, Tensor* dw,
-                        const Tensor* dres) {
+                        const Tensor* dres, const Tensor* into) {
   int64_t rows;
   check_norm_args("rmsnorm_backward", x, w, &rows);
   check_arg(dy, "rmsnorm_backward", "dy");
-  // dy [rows, d], or wider: its first d columns (ld_dy its row stride)
-  const int64_t ld_dy = dy.numel() == x.numel() ? w.numel() : dy.dim(1);
+  // dy, dres [rows, d], or wider: their first d columns (ld_* their row strides); dx likewise into `into`
+  auto row_stride = [&](const Tensor& t) { return t.numel() == x.numel() ? w.numel() : t.dim(1); };
+  const int64_t ld_dy = row_stride(dy);
   LR_CHECK(dy.dtype() == x.dtype() && (dy.numel() == x.numel() || (dy.rank() == 2 && dy.dim(0) == rows)),
            "rmsnorm_backward dy ", dy.str(), " x ", x.str());
-  const void* res = residual_grad(dres, x, "rmsnorm_backward");
+  const bool wide_res = dres && dres->numel() != x.numel();
+  if (wide_res) check_arg(*dres, "rmsnorm_backward", "dres");
+  LR_CHECK(!wide_res || (dres->dtype() == x.dtype() && dres->rank() == 2 && dres->dim(0) == rows),
+           "rmsnorm_backward dres ", dres->str(), " x ", x.str());
+  const void* res = wide_res ? dres->raw() : residual_grad(dres, x, "rmsnorm_backward");
+  const int64_t ld_res = dres ? row_stride(*dres) : w.numel();
+  if (into) {
+    check_arg(*into, "rmsnorm_backward", "into");
+    LR_CHECK(into->dtype() == x.dtype() && into->rank() == 2 && into->dim(0) == rows && into->dim(1) >= w.numel(),
+             "rmsnorm_backward into ", into->str(), " x ", x.str());
+  }
+  const int64_t ld_dx = into ? into->dim(1) : w.numel();
   LR_CHECK(rstd.dtype() == DType::F32 && rstd.numel() == rows, "rmsnorm_backward rstd ", rstd.str());
   const int64_t d = w.numel();
   const bool want_dw = dw && dw->defined();
@@ -364,9 +377,10 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
     LR_CHECK(dw->dtype() == DType::F32 && dw->numel() == d, "rmsnorm_backward: dw must be F32 [", d, "], got ",
              dw->str());
   }
-  Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor dx = into ? *into : Tensor::empty(x.shape(), x.dtype(), x.device());
   if (rows == 0) return dx;
-  const bool vec_rows = (ld_dy * dtype_size(x.dtype())) % 16 == 0;
+  const bool vec_rows = (ld_dy * dtype_size(x.dtype())) % 16 == 0 && (ld_res * dtype_size(x.dtype())) % 16 == 0 &&
+                        (ld_dx * dtype_size(x.dtype())) % 16 == 0;
   const int vthreads = vec_rows ? vec_threads(d, x.dtype(), {x.raw(), dy.raw(), dx.raw(), res ? res : dx.raw()}) : 0;
   const int grid = vthreads ? vec_grid(rows, vthreads, x.device()) : norm_grid(rows, x.device());
   Tensor part = want_dw ? Tensor::empty({grid, d}, DType::F32, x.device()) : Tensor();
@@ -378,7 +392,7 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
                                                                     rstd.data<float>(), static_cast<const T*>(res),
                                                                     dx.data<T>(),
                                                                     want_dw ? part.data<float>() : nullptr, rows,
-                                                                    d, ld_dy)));
+                                                                    d, ld_dy, ld_res, ld_dx)));
     LR_CUDA_LAUNCHED();
     if (want_dw) column_sum_add(part.raw(), DType::F32, grid, d, dw->data<float>(), x.device());
     return dx;
@@ -389,7 +403,7 @@ Tensor rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, cons
                                                                 rstd.data<float>(), static_cast<const T*>(res),
                                                                 dx.data<T>(),
                                                                 want_dw ? part.data<float>() : nullptr, rows, d,
-                                                                ld_dy);
+                                                                ld_dy, ld_res, ld_dx);
   }));
   LR_CUDA_LAUNCHED();
   if (want_dw) column_sum_add(part.raw(), DType::F32, grid, d, dw->data<float>(), x.device());
