@@ -1,6 +1,8 @@
 #include "lowrank/lora/lora_hook.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string_view>
 
 #include "lowrank/ops/ops.h"
 #include "lowrank/ops/profile.h"
@@ -266,26 +268,48 @@ void LoraHook::on_embedding_backward(const std::vector<int32_t>& ids, const Tens
   apply_backward(-1, Target::Embed, base, none, &ids, dx, nullptr, false);
 }
 
-Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
-                                          const std::vector<std::pair<Target, const Tensor*>>& dys) {
-  if (adapters_.empty() || dys.empty()) return Tensor();
+SharedInputGroup* LoraHook::extended_group(int layer, int shared_input, const Tensor& x) {
+  if (adapters_.empty()) return nullptr;
   ForwardState& st = state();
-  auto it = st.groups.find({0, layer, shared_input_of(dys[0].first)});
-  if (it == st.groups.end() || !it->second.trained || !it->second.x_ext.defined() || it->second.x_ext.raw() != x.raw())
-    return Tensor();
-  SharedInputGroup& g = it->second;
-  if (g.members.size() != dys.size() || g.backward_done != 0) return Tensor();
-  std::vector<const Tensor*> member_dys;
+  auto it = st.groups.find({0, layer, shared_input});
+  if (it == st.groups.end() || !it->second.trained || !it->second.x_ext.defined() ||
+      it->second.x_ext.raw() != x.raw() || it->second.backward_done != 0)
+    return nullptr;
+  return &it->second;
+}
+
+bool LoraHook::extended_inputs_packed(int layer, const Tensor& x) {
+  static const bool on = [] {  // LOWRANK_PACKED_QKV_GRADS=0: dq, dk, dv apart (A/B timing)
+    const char* v = std::getenv("LOWRANK_PACKED_QKV_GRADS");
+    return !(v && std::string_view(v) == "0");
+  }();
+  const SharedInputGroup* g = on ? extended_group(layer, shared_input_of(Target::Q), x) : nullptr;
+  if (!g || g->members.size() != 3 || !g->members[0].pair->W_ext_stacked.defined()) return false;
+  return std::none_of(adapters_[0].adapter->biases.begin(), adapters_[0].adapter->biases.end(),
+                      [&](const BiasParam& b) { return b.layer == layer && g->index_of(b.target) >= 0; });
+}
+
+Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
+                                          const std::vector<std::pair<Target, const Tensor*>>& dys,
+                                          const Tensor* packed) {
+  if (dys.empty()) return Tensor();
+  SharedInputGroup* g = extended_group(layer, shared_input_of(dys[0].first), x);
+  if (!g || g->members.size() != dys.size()) return Tensor();
+  LR_CHECK(!packed || extended_inputs_packed(layer, x), "LoRA group of layer ", layer, ": packed gradients it cannot take");
+  std::vector<ColumnBlock> member_dys;
+  int64_t col = 0;  // packed: the members' blocks side by side
   for (size_t i = 0; i < dys.size(); ++i) {
-    if (g.members[i].target != dys[i].first) return Tensor();
-    member_dys.push_back(dys[i].second);
+    if (g->members[i].target != dys[i].first) return Tensor();
+    const int64_t out = g->members[i].pair->out;
+    member_dys.push_back(packed ? ColumnBlock{*packed, col, out} : ColumnBlock::all(*dys[i].second));
+    col += out;
   }
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);  // the frozen dy W_i included
   for (const auto& [target, dy] : dys) {
-    bias_grads(layer, target, *dy);
-    st.saved.erase({layer, static_cast<int>(target)});  // a dropout's offset: the group holds its draws
+    if (!packed) bias_grads(layer, target, *dy);  // packed: no trained bias (extended_inputs_packed)
+    state().saved.erase({layer, static_cast<int>(target)});  // a dropout's offset: the group holds its draws
   }
-  return g.extended_backward(x, member_dys);
+  return g->extended_backward(x, member_dys, packed);
 }
 
 Tensor LoraHook::extended_output_grad(int layer, Target target, const Tensor& like) {

@@ -151,13 +151,13 @@ void members_dA(const std::vector<SharedInputGroup::Member>& members, const Tens
 }
 }  // namespace
 
-void SharedInputGroup::member_dB(int i, const Tensor& dy) const {
+void SharedInputGroup::member_dB(int i, const ColumnBlock& dy) const {
   // On the side stream (ops/side_work.h): nothing reads the weight gradients before the optimizer.
   const Member& m = members[i];
-  const ops::SideWork side(dy.device(), {dy, h});
+  const ops::SideWork side(dy.t.device(), {dy.t, h});
   // dB += s · dyᵀ h_i   [out, r]   (h may already hold s: h_scale)
-  ops::matmul_blocks(Gemm::TN, ColumnBlock::all(dy), {h, h_col + m.col, m.pair->r}, ColumnBlock::all(m.pair->grad_B),
-                     m.scale / h_scale, 1.0f);
+  ops::matmul_blocks(Gemm::TN, dy, {h, h_col + m.col, m.pair->r}, ColumnBlock::all(m.pair->grad_B), m.scale / h_scale,
+                     1.0f);
 }
 
 void SharedInputGroup::members_dropout_backward(const Tensor& x, const ColumnBlock& g, float alpha,
@@ -179,7 +179,7 @@ void SharedInputGroup::finish_backward() {
 
 bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor* dx, bool dx_holds) {
   const Member& m = members[i];
-  member_dB(i, dy);
+  member_dB(i, ColumnBlock::all(dy));
   // g_i = s · dy B_i    [N, r]
   if (!g.defined()) g = Tensor::empty({h.dim(0), A.dim(0)}, h.dtype(), h.device());
   ops::matmul_blocks(Gemm::NN, ColumnBlock::all(dy), ColumnBlock::all(m.B), {g, m.col, m.B.dim(1)}, m.scale, 0.0f);
@@ -203,15 +203,22 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
   return dx != nullptr;
 }
 
-Tensor SharedInputGroup::extended_backward(const Tensor& x, const std::vector<const Tensor*>& dys) {
+Tensor SharedInputGroup::extended_backward(const Tensor& x, const std::vector<ColumnBlock>& dys, const Tensor* packed) {
   LR_CHECK(x_ext.defined() && dys.size() == members.size() && backward_done == 0,
            "extended_backward of a LoRA group without its K-extended forward");
   const int64_t in = A.dim(1), R = A.dim(0);
-  for (size_t i = 0; i < members.size(); ++i) member_dB(static_cast<int>(i), *dys[i]);
-  // [dx | g] = Σ dy_i [W_i | 0 … B_i … 0]: the frozen input gradients and g (without s) in one GEMM each
+  for (size_t i = 0; i < members.size(); ++i) member_dB(static_cast<int>(i), dys[i]);
+  // [dx | g] = Σ dy_i [W_i | 0 … B_i … 0]: the frozen input gradients and g (without s) in one GEMM
+  // each, or in one over the packed dys and the stacked weights
   Tensor dx_ext = Tensor::empty({x.dim(0), in + R}, h.dtype(), h.device());
-  for (size_t i = 0; i < members.size(); ++i)
-    ops::matmul_nn(*dys[i], members[i].pair->W_ext, dx_ext, 1.0f, i ? 1.0f : 0.0f);
+  const Tensor& stacked = members[0].pair->W_ext_stacked;
+  if (packed && stacked.defined() && stacked.dim(0) == packed->dim(1)) {
+    ops::matmul_nn(*packed, stacked, dx_ext);
+  } else {
+    for (size_t i = 0; i < members.size(); ++i)
+      ops::matmul_blocks(Gemm::NN, dys[i], ColumnBlock::all(members[i].pair->W_ext), ColumnBlock::all(dx_ext), 1.0f,
+                         i ? 1.0f : 0.0f);
+  }
   const ColumnBlock g_block{dx_ext, in, R};
   if (dropped()) {
     const ColumnBlock dx{dx_ext, 0, in};

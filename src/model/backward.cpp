@@ -261,12 +261,21 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
                      : inputs_backward({{&L.o, &dattn_out, grad_of(&LayerWeights::o)}}, layer, a.attn, hook);
   const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
-  Tensor dq, dk, dv;
-  ops::attention_backward(dattn, a.q, a.k, a.v, a.attn, a.lse, shape, dq, dk, dv);
+  // A K-extended q, k, v group may take dq, dk, dv side by side in one tensor (attention's backward
+  // writes them so), its frozen input gradients then one GEMM.
+  const bool pack = need_dx && hook && !G && !c.fused_qkv && !c.qk_norm && hook->extended_inputs_packed(layer, a.xn1);
+  Tensor dq, dk, dv, dqkv;
+  if (pack) dqkv = Tensor::empty({N, c.q_dim() + 2 * c.kv_dim()}, a.q.dtype(), a.q.device());
+  ops::attention_backward(dattn, a.q, a.k, a.v, a.attn, a.lse, shape, dq, dk, dv, pack ? &dqkv : nullptr);
   if (!c.learned_positions) {
     const RopeTables& tables = model.rope(li, T);
-    ops::rope_(dq, c.num_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
-    ops::rope_(dk, c.num_kv_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
+    if (pack) {  // q's heads, then k's: one block of the packed gradient
+      ops::rope_columns_({dqkv, 0, c.q_dim() + c.kv_dim()}, c.num_heads + c.num_kv_heads, pos_dev, tables.cos,
+                         tables.sin, /*inverse=*/true);
+    } else {
+      ops::rope_(dq, c.num_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
+      ops::rope_(dk, c.num_kv_heads, pos_dev, tables.cos, tables.sin, /*inverse=*/true);
+    }
   }
   if (c.qk_norm) {
     const int64_t hd = c.head_dim;
@@ -281,7 +290,11 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   // The lowest trained layer's input gradient feeds nothing (no embedding gradient without
   // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
   Tensor dxn1;
-  if (c.fused_qkv) {
+  if (pack) {
+    dxn1 = hook->extended_inputs_backward(layer, a.xn1, {{L.q.target, nullptr}, {L.k.target, nullptr}, {L.v.target, nullptr}},
+                                          &dqkv);
+    LR_CHECK(dxn1.defined(), "layer ", layer, ": the LoRA hook refused the packed q, k, v gradients it asked for");
+  } else if (c.fused_qkv) {
     const Tensor dqkv = concat_columns({&dq, &dk, &dv});
     dxn1 = inputs_backward({{&L.qkv, &dqkv, grad_of(&LayerWeights::qkv)}}, layer, a.xn1, hook, need_dx);
   } else {

@@ -35,4 +35,11 @@ void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const
   LR_DISPATCH(d, rope_(x, heads, pos, cos, sin, inverse));
 }
 
+void rope_columns_(const ColumnBlock& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin,
+                   bool inverse) {
+  const Device d = detail::op_device("rope_columns_", {&x.t, &pos, &cos, &sin});
+  check_column_block("rope_columns_", x);
+  LR_DISPATCH(d, rope_columns_(x, heads, pos, cos, sin, inverse));
+}
+
 }  // namespace lowrank::ops

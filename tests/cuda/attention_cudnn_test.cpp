@@ -127,6 +127,43 @@ TEST(CudaAttentionCudnn, MatchesCpu) {
   for (const Case& c : kCases) check(c, seed += 10, cuda::AttentionPath::Cudnn, cuda::AttentionPath::Cudnn, "cudnn");
 }
 
+// dq, dk, dv written side by side into one packed gradient (ops::attention_backward's `packed`;
+// LoRA's K-extended q/k/v backward): through cuDNN's output strides the same values as the dense
+// outputs of the same path, bit for bit; on the other paths computed apart and copied; a packed
+// tensor of another width refused.
+TEST(CudaAttentionCudnn, BackwardIntoPackedColumnsEqualsDense) {
+  LR_REQUIRE_CUDNN();
+  PathGuard guard;
+  uint64_t seed = 7000;
+  for (const Case& c : {kCases[0], kCases[2], kCases[3]})
+    for (cuda::AttentionPath path : {cuda::AttentionPath::Cudnn, cuda::AttentionPath::Auto, cuda::AttentionPath::Generic}) {
+      SCOPED_TRACE(testing::Message() << "path " << static_cast<int>(path) << " T=" << c.T << " H=" << c.H
+                                      << " KV=" << c.KV << " hd=" << c.hd);
+      Problem p(c, seed += 10);
+      const Tensor qd = to_gpu(p.q, DType::BF16), kd = to_gpu(p.k, DType::BF16), vd = to_gpu(p.v, DType::BF16);
+      const Tensor dout = to_gpu(p.dout, DType::BF16);
+      cuda::set_attention_path(path);
+      Tensor lse, dq, dk, dv, pq, pk, pv;
+      const Tensor out = ops::attention(qd, kd, vd, p.s, &lse);
+      ops::attention_backward(dout, qd, kd, vd, out, lse, p.s, dq, dk, dv);
+      const int64_t wq = qd.dim(1), wk = kd.dim(1);
+      Tensor packed = Tensor::empty({qd.dim(0), wq + 2 * wk}, DType::BF16, gpu());
+      ops::attention_backward(dout, qd, kd, vd, out, lse, p.s, pq, pk, pv, &packed);
+      EXPECT_FALSE(pq.defined() || pk.defined() || pv.defined());
+      const Tensor h = to_host(packed), hq = to_host(dq), hk = to_host(dk), hv = to_host(dv);
+      const int64_t rows = qd.dim(0), w = wq + 2 * wk;
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t j = 0; j < wq; ++j) ASSERT_EQ(h.f32()[r * w + j], hq.f32()[r * wq + j]) << r << ", " << j;
+        for (int64_t j = 0; j < wk; ++j) {
+          ASSERT_EQ(h.f32()[r * w + wq + j], hk.f32()[r * wk + j]) << r << ", k " << j;
+          ASSERT_EQ(h.f32()[r * w + wq + wk + j], hv.f32()[r * wk + j]) << r << ", v " << j;
+        }
+      }
+      Tensor narrow = Tensor::empty({qd.dim(0), wq + 2 * wk - 8}, DType::BF16, gpu());
+      EXPECT_ANY_THROW(ops::attention_backward(dout, qd, kd, vd, out, lse, p.s, pq, pk, pv, &narrow));
+    }
+}
+
 TEST(CudaAttentionCudnn, CrossPathLse) {
   LR_REQUIRE_CUDNN();
   uint64_t seed = 6000;

@@ -815,6 +815,37 @@ std::vector<OpCase> op_table() {
                  ops::lora_runs_(in[1], in[0], rows, {{0, 2, 2}, {3, 5, 0}, {6, 7, 1}});
                  return Outputs{in[1]};
                }});
+  // Appended too (the seeds above stay; decode_stack's bf16 check was 5.7% off the CPU with these two
+  // rows inserted before it):
+  // RoPE on a column block of a wider matrix (q's and k's heads side by side in attention's packed
+  // gradient): the block's rows rotate as rope_ rotates them alone, the other columns stay.
+  t.push_back({"rope_columns_ on a block of a wider matrix", {{5, 7 * 8}},
+               [pos](Inputs& in, Device d) {
+                 auto [cos, sin] = rope_table(10, 4);
+                 Tensor wide = in[0].clone(), alone = Tensor::empty({5, 3 * 8}, in[0].dtype(), d);
+                 ops::copy_columns_(alone, 0, in[0], 8, 3 * 8);
+                 ops::rope_columns_({wide, 8, 3 * 8}, 3, Tensor::from_ints(pos, d), cos.to(d), sin.to(d), true);
+                 ops::rope_(alone, 3, Tensor::from_ints(pos, d), cos.to(d), sin.to(d), true);
+                 Tensor back = Tensor::empty({5, 3 * 8}, in[0].dtype(), d);
+                 ops::copy_columns_(back, 0, wide, 8, 3 * 8);
+                 const Tensor b = host_f32(back), a = host_f32(alone), w = host_f32(wide), x = host_f32(in[0]);
+                 for (int64_t i = 0; i < a.numel(); ++i) EXPECT_EQ(b.f32()[i], a.f32()[i]) << "element " << i;
+                 for (int64_t r = 0; r < 5; ++r)  // columns outside the block untouched
+                   for (int64_t j : {0, 7, 32, 55}) EXPECT_EQ(w.f32()[r * 56 + j], x.f32()[r * 56 + j]);
+                 return Outputs{wide, alone};
+               }});
+  // attention's backward into one packed gradient: dq, dk, dv side by side
+  t.push_back({"attention_backward into packed columns", {{5, 8}, {5, 4}, {5, 4}, {5, 8}},
+               [](Inputs& in, Device d) {
+                 Tensor lse, dq, dk, dv;
+                 const auto s = attention_shape(0, 0.0f);
+                 const Tensor out = ops::attention(in[0], in[1], in[2], s, &lse);
+                 Tensor packed = Tensor::empty({5, 16}, in[0].dtype(), d);
+                 ops::attention_backward(in[3], in[0], in[1], in[2], out, lse, s, dq, dk, dv, &packed);
+                 LR_CHECK(!dq.defined() && !dk.defined() && !dv.defined(), "packed: dq, dk, dv left undefined");
+                 return Outputs{packed};
+               },
+               {}, {}, true, false, 1e-3});
   return t;
 }
 

@@ -40,8 +40,11 @@ class LoraHook : public model::TrainableHook {
   bool on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,
                               const Tensor& dy, Tensor* dx, bool dx_holds) override;
   // A K-extended group's backward, frozen input gradients included (SharedInputGroup::extended_backward).
-  Tensor extended_inputs_backward(int layer, const Tensor& x,
-                                  const std::vector<std::pair<Target, const Tensor*>>& dys) override;
+  Tensor extended_inputs_backward(int layer, const Tensor& x, const std::vector<std::pair<Target, const Tensor*>>& dys,
+                                  const Tensor* packed = nullptr) override;
+  // True for a trained q, k, v group whose W_ext are row blocks of one tensor (k_extension.h)
+  // and which trains no bias (whose gradient reads a dense dy).
+  bool extended_inputs_packed(int layer, const Tensor& x) override;
   // The output side of the K-extension for o and down (k_extension.h): the trained adapter's
   // buffer [N, out + R] where the pair has W_dx_ext, and its backward: dB, g' = s·dy B into the
   // buffer's last R columns, dA, then dx = dy_ext · W_dx_ext in one GEMM.
@@ -83,6 +86,9 @@ class LoraHook : public model::TrainableHook {
   // `keep`: the backward will use it (a training forward that is not checkpointed, or a replay).
   SharedInputGroup* shared_group(size_t i, int layer, Target target, const Tensor& x, DType dtype, bool trained,
                                  bool keep);
+  // The trained adapter's K-extended group of `shared_input` whose wide input is x, before its
+  // backward; null when there is none.
+  SharedInputGroup* extended_group(int layer, int shared_input, const Tensor& x);
 
   std::vector<ActiveAdapter> adapters_;
   bool training_ = false;

@@ -39,6 +39,10 @@ struct LoraPair {
   // elsewhere), written with B_work by AdamW; undefined where it does not apply.
   Tensor W_ext;
   int64_t ext_col = 0;
+  // A q, k, v group's W_ext one above the other, [Σ out, in + R] (each member's W_ext a row block
+  // of it, the same tensor on every member): their input gradients as one GEMM over the packed
+  // output gradients. Undefined for other groups.
+  Tensor W_ext_stacked;
   // Its output side (o, down: k_extension.h): the frozen weight with A's rows below it,
   // [out + R, in] (W, then A_work; R its rows), the input gradient's weight dx = [dy | s·g]·W_dx_ext;
   // A_ext_rows: rows [out, out + R) of it, where AdamW writes A_work's values too. Undefined where
@@ -51,7 +55,9 @@ struct LoraPair {
 
   // Forgets the copies made for one device's training (stacked, K-extended): a pair moved to
   // another device makes them again.
-  void drop_device_copies() { stacked_A_work = stacked_grad_A = W_ext = W_dx_ext = A_ext_rows = Tensor(); }
+  void drop_device_copies() {
+    stacked_A_work = stacked_grad_A = W_ext = W_ext_stacked = W_dx_ext = A_ext_rows = Tensor();
+  }
 };
 
 }  // namespace lowrank::lora

@@ -79,11 +79,13 @@ struct SharedInputGroup {
   // The whole backward of a K-extended group (x_ext defined), dys[i] the members' output
   // gradients: dx_ext = Σ dy_i W_ext_i = [Σ dy_i W_i | g], g's block i = dy_i B_i (the other
   // members' zero blocks add nothing), then every dB, dA = s gᵀ x and dx += s g A into its first
-  // `in` columns. Returns dx_ext [N, in + R].
-  Tensor extended_backward(const Tensor& x, const std::vector<const Tensor*>& dys);
+  // `in` columns. Returns dx_ext [N, in + R]. The dys may be column blocks of one `packed`
+  // [N, Σ out] tensor (given then) holding them side by side in member order: with the members'
+  // W_ext rows of one W_ext_stacked, the frozen products are then one GEMM.
+  Tensor extended_backward(const Tensor& x, const std::vector<ops::ColumnBlock>& dys, const Tensor* packed = nullptr);
 
  private:
-  void member_dB(int i, const Tensor& dy) const;  // on the side stream
+  void member_dB(int i, const ops::ColumnBlock& dy) const;  // on the side stream
   // With dropout, each member's dA and its masked share of dx from g (columns of g.t from g.col, as
   // h's), alpha · g the gradient of h; the first share is added to dx only when dx_holds.
   void members_dropout_backward(const Tensor& x, const ops::ColumnBlock& g, float alpha, const ops::ColumnBlock* dx,

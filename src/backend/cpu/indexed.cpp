@@ -24,4 +24,13 @@ void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const
   rope_(x, heads, ids_vector(pos, "rope"), cos, sin, inverse);
 }
 
+void rope_columns_(const ColumnBlock& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin,
+                   bool inverse) {
+  Tensor block = Tensor::empty({x.t.dim(0), x.width}, x.t.dtype());  // gathered, rotated, written back
+  copy_columns_(block, 0, x.t, x.col, x.width);
+  rope_(block, heads, pos, cos, sin, inverse);
+  Tensor dst = x.t;
+  copy_columns_(dst, x.col, block, 0, x.width);
+}
+
 }  // namespace lowrank::cpu

@@ -457,7 +457,30 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 }
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) {
+                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv,
+                        const Tensor* packed) {
+  if (packed) {
+    // cuDNN writes the packed column blocks through its output strides; any other path computes
+    // them apart and copies them side by side.
+    const auto path = static_cast<AttentionPath>(g_path.load());
+    if (s.softcap == 0 && s.seq > 0 && (path == AttentionPath::Auto || path == AttentionPath::Cudnn)) {
+      check_attention_args("attention_backward", q, k, v, s);
+      check_arg(*packed, "attention_backward", "packed");
+      if (attention_backward_cudnn_packed(dout, q, k, v, out, lse, s, *packed, nullptr)) {
+        dq = dk = dv = Tensor();
+        return;
+      }
+    }
+    attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv);
+    Tensor dst = *packed;
+    int64_t col = 0;
+    for (Tensor* t : {&dq, &dk, &dv}) {
+      copy_columns_(dst, col, *t, 0, t->dim(1));
+      col += t->dim(1);
+      *t = Tensor();
+    }
+    return;
+  }
   check_attention_args("attention_backward", q, k, v, s);
   check_arg(dout, "attention_backward", "dout");
   check_arg(out, "attention_backward", "out");

@@ -244,7 +244,8 @@ struct Key {
   int64_t B, T, H, KV, hd, window;
   uint32_t scale_bits;
   bool backward;
-  auto tie() const { return std::tie(device, B, T, H, KV, hd, window, scale_bits, backward); }
+  int64_t out_ld = 0;  // backward: the row stride of dq, dk and dv (0: each dense)
+  auto tie() const { return std::tie(device, B, T, H, KV, hd, window, scale_bits, backward, out_ld); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
@@ -552,9 +553,11 @@ void build_backward(const Api& a, cudnnHandle_t handle, const Key& k, Plan& p) {
   const Tens o = g.tensor(kO, kBF16, qd, qs, false);
   const Tens dout = g.tensor(kDO, kBF16, qd, qs, false);
   const Tens stats = g.tensor(kStats, kF32, rd, rs, false);
-  const Tens dq = g.tensor(kDQ, kBF16, qd, qs, false);
-  const Tens dk = g.tensor(kDK, kBF16, kd, ks, false);
-  const Tens dv = g.tensor(kDV, kBF16, kd, ks, false);
+  // dq, dk, dv dense, or column blocks of one packed matrix (row stride out_ld)
+  const int64_t ldq = k.out_ld ? k.out_ld : H * D, ldk = k.out_ld ? k.out_ld : KV * D;
+  const Tens dq = g.tensor(kDQ, kBF16, qd, {T * ldq, D, ldq, 1}, false);
+  const Tens dk = g.tensor(kDK, kBF16, kd, {T * ldk, D, ldk, 1}, false);
+  const Tens dv = g.tensor(kDV, kBF16, kd, {T * ldk, D, ldk, 1}, false);
   const Tens softmax_sum = g.tensor(kSoftmaxSum, kF32, rd, rs, false);
   const Tens dq_accum = g.tensor(kDQAccum, kF32, qd, {H * T * D, T * D, D, 1}, false);
   const Tens scale = g.scalar(&p.scale);
@@ -798,9 +801,12 @@ bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const At
   return true;
 }
 
-bool attention_backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                              const Tensor& out, const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk,
-                              Tensor& dv, std::string* why) {
+namespace {
+
+// The backward into dq, dk, dv at those addresses, dense or (out_ld > 0) rows of that stride.
+bool backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                    const Tensor& lse, const AttentionShape& s, void* dq, void* dk, void* dv, int64_t out_ld,
+                    std::string* why) {
   std::string reason;
   auto no = [&] {
     if (why) *why = reason;
@@ -808,18 +814,22 @@ bool attention_backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor&
   };
   if (!applies(q, k, v, s, &reason)) return no();
   if (dout.dtype() != DType::BF16 || out.dtype() != DType::BF16) return reason = "cuDNN attention runs bf16 only", no();
-  if (!aligned16(dout) || !aligned16(out) || !aligned16(lse) || !aligned16(dq) || !aligned16(dk) || !aligned16(dv))
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  if (!aligned16(dout) || !aligned16(out) || !aligned16(lse) || !aligned(dq) || !aligned(dk) || !aligned(dv) ||
+      out_ld % 8 != 0)
     return reason = "cuDNN attention needs 16-byte aligned tensors", no();
   cudnnHandle_t handle = nullptr;
-  Plan* p = plan_for(key_of(q, s, true), q.device(), &handle, &reason);
+  Key key = key_of(q, s, true);
+  key.out_ld = out_ld;
+  Plan* p = plan_for(key, q.device(), &handle, &reason);
   if (!p) return no();
   Tensor ws = Tensor::empty({p->total}, DType::U8, q.device());
   char* base = static_cast<char*>(ws.raw());
   cudaStream_t stream = stream_for(q.device());
   if (p->zero_accum) LR_CUDA(cudaMemsetAsync(base + p->accum_off, 0, size_t(p->accum_bytes), stream));
   std::vector<int64_t> uids{kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kSoftmaxSum, kDQAccum};
-  std::vector<void*> ptrs{q.raw(),  k.raw(),  v.raw(),  out.raw(), dout.raw(), lse.raw(), dq.raw(), dk.raw(),
-                          dv.raw(), base + p->sum_off, base + p->accum_off};
+  std::vector<void*> ptrs{q.raw(), k.raw(), v.raw(), out.raw(), dout.raw(), lse.raw(), dq, dk, dv,
+                          base + p->sum_off, base + p->accum_off};
   if (p->padding) {
     auto* seq = reinterpret_cast<int32_t*>(base + p->seq_off);  // seq_q [B] then seq_kv [B], all T
     fill_i32_kernel<<<grid_for(2 * s.batch, 256), 256, 0, stream>>>(seq, 2 * s.batch, static_cast<int32_t>(s.seq));
@@ -832,6 +842,27 @@ bool attention_backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor&
   execute(library().api, handle, *p, std::move(uids), std::move(ptrs), p->workspace > 0 ? base + p->cudnn_off : nullptr,
           "attention_backward");
   return true;
+}
+
+}  // namespace
+
+bool attention_backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& out, const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk,
+                              Tensor& dv, std::string* why) {
+  return backward_cudnn(dout, q, k, v, out, lse, s, dq.raw(), dk.raw(), dv.raw(), 0, why);
+}
+
+bool attention_backward_cudnn_packed(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& out, const Tensor& lse, const AttentionShape& s,
+                                     const Tensor& packed, std::string* why) {
+  if (packed.dtype() != DType::BF16 || packed.rank() != 2 || packed.dim(0) != q.dim(0) ||
+      packed.dim(1) != q.dim(1) + k.dim(1) + v.dim(1)) {
+    if (why) *why = "packed gradient of another shape";
+    return false;
+  }
+  auto* base = static_cast<bf16*>(packed.raw());
+  return backward_cudnn(dout, q, k, v, out, lse, s, base, base + q.dim(1), base + q.dim(1) + k.dim(1),
+                        packed.dim(1), why);
 }
 
 #else  // no cuDNN headers at build time: the path never applies
@@ -853,6 +884,12 @@ bool attention_cudnn(const Tensor&, const Tensor&, const Tensor&, const Attentio
 
 bool attention_backward_cudnn(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                               const Tensor&, const AttentionShape&, Tensor&, Tensor&, Tensor&, std::string* why) {
+  if (why) *why = "lowrank was built without cuDNN headers";
+  return false;
+}
+
+bool attention_backward_cudnn_packed(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                     const Tensor&, const AttentionShape&, const Tensor&, std::string* why) {
   if (why) *why = "lowrank was built without cuDNN headers";
   return false;
 }

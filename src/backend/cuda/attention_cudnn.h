@@ -18,5 +18,10 @@ bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const At
 bool attention_backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& out, const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk,
                               Tensor& dv, std::string* why);
+// The same into one [B*T, (H + 2·KV)·hd] tensor: dq, dk, dv as its column blocks (row strides in
+// cuDNN's output tensors; ops::attention_backward's `packed`).
+bool attention_backward_cudnn_packed(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                     const Tensor& out, const Tensor& lse, const AttentionShape& s,
+                                     const Tensor& packed, std::string* why);
 
 }  // namespace lowrank::cuda

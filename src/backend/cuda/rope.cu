@@ -11,14 +11,14 @@ namespace {
 template <typename T>
 __global__ void rope_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ cos_t,
                             const float* __restrict__ sin_t, int64_t n, int64_t heads, int64_t hd, int64_t half,
-                            int64_t P, float sign) {
+                            int64_t P, float sign, int64_t ld) {
   const int64_t total = n * heads * half;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < total; e += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = e % half, h = (e / half) % heads, t = e / (half * heads);
     const int32_t p = pos[t];
     if (p < 0 || p >= P) continue;  // positions are validated by the caller (vector form checks)
     const float c = cos_t[int64_t(p) * half + i], s = sin_t[int64_t(p) * half + i];
-    T* v = x + (t * heads + h) * hd;
+    T* v = x + t * ld + h * hd;
     const float a = to_f32(v[i]), b = to_f32(v[i + half]);
     v[i] = from_f32<T>(a * c - sign * b * s);
     v[i + half] = from_f32<T>(b * c + sign * a * s);
@@ -33,7 +33,7 @@ __global__ void rope_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, 
 template <typename T, int VEC, typename Index>
 __global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ pos, const float* __restrict__ cos_t,
                                 const float* __restrict__ sin_t, Index total, int heads, int hd, int half, int64_t P,
-                                float sign) {
+                                float sign, int64_t ld) {
   struct alignas(16) Pack {
     T v[VEC];
   };
@@ -46,7 +46,7 @@ __global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ p
     const int32_t p = pos[t];
     if (p < 0 || p >= P) continue;
     const int h = static_cast<int>(g / per_head), i = static_cast<int>(g - h * per_head) * VEC;
-    T* v = x + (int64_t(t) * heads + h) * int64_t(hd);
+    T* v = x + int64_t(t) * ld + int64_t(h) * hd;
     Pack a = *reinterpret_cast<const Pack*>(v + i), b = *reinterpret_cast<const Pack*>(v + i + half);
     const FPack c = *reinterpret_cast<const FPack*>(cos_t + int64_t(p) * half + i);
     const FPack sn = *reinterpret_cast<const FPack*>(sin_t + int64_t(p) * half + i);
@@ -64,51 +64,69 @@ __global__ void rope_vec_kernel(T* __restrict__ x, const int32_t* __restrict__ p
 
 template <typename T, int VEC>
 void launch_rope_vec(cudaStream_t st, T* x, const int32_t* pos, const float* cos_t, const float* sin_t, int64_t n,
-                     int heads, int hd, int half, int64_t P, float sign) {
+                     int heads, int hd, int half, int64_t P, float sign, int64_t ld) {
   const int64_t total = n * heads * (half / VEC);
   const unsigned blocks = grid_for(total, 256);
   if (total <= INT32_MAX)
     rope_vec_kernel<T, VEC, uint32_t><<<blocks, 256, 0, st>>>(x, pos, cos_t, sin_t, static_cast<uint32_t>(total),
-                                                              heads, hd, half, P, sign);
+                                                              heads, hd, half, P, sign, ld);
   else
-    rope_vec_kernel<T, VEC, int64_t><<<blocks, 256, 0, st>>>(x, pos, cos_t, sin_t, total, heads, hd, half, P, sign);
+    rope_vec_kernel<T, VEC, int64_t><<<blocks, 256, 0, st>>>(x, pos, cos_t, sin_t, total, heads, hd, half, P, sign,
+                                                             ld);
 }
 
-}  // namespace
-
-void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin, bool inverse) {
+// Rotates the `heads` heads of columns [col, col + heads·hd) of every row of x (row stride x.dim(1)).
+void rope_rows(Tensor& x, int64_t col, int64_t width, int64_t heads, const Tensor& pos, const Tensor& cos,
+               const Tensor& sin, bool inverse) {
   check_arg(x, "rope_", "x");
   check_arg(pos, "rope_", "pos", true);
   check_arg(cos, "rope_", "cos");
   check_arg(sin, "rope_", "sin");
-  const int64_t n = x.dim(0), hd = x.dim(1) / heads, half = cos.rank() == 2 ? cos.dim(1) : 0;
-  LR_CHECK(x.rank() == 2 && x.dim(1) == heads * hd && hd % 2 == 0, "rope_ x ", x.str(), " heads ", heads);
+  const int64_t n = x.dim(0), hd = heads > 0 ? width / heads : 0, half = cos.rank() == 2 ? cos.dim(1) : 0;
+  LR_CHECK(x.rank() == 2 && heads > 0 && width == heads * hd && hd % 2 == 0 && col >= 0 && col + width <= x.dim(1),
+           "rope_ x ", x.str(), " columns [", col, ", ", col + width, ") heads ", heads);
   LR_CHECK(pos.dtype() == DType::I32 && pos.numel() == n, "rope_ pos ", pos.str(), " for ", x.str());
   LR_CHECK(cos.dtype() == DType::F32 && sin.dtype() == DType::F32 && cos.rank() == 2 && 2 * half <= hd &&
                sin.shape() == cos.shape(),
            "rope_ tables must be F32 [P, <= ", hd / 2, "], got ", cos.str(), " ", sin.str());
   if (n == 0 || half == 0) return;
   cudaStream_t st = stream_for(x.device());
+  const int64_t ld = x.dim(1);
+  char* base = static_cast<char*>(x.raw()) + col * dtype_size(x.dtype());
   // 16 bytes of x per load: 8 bf16 or 4 f32 pairs (and 2 or 1 float4 of cos/sin).
   const int vec = x.dtype() == DType::BF16 ? 8 : 4;
-  if (half % vec == 0 && hd % vec == 0 && heads * half / vec <= (1 << 20) && aligned16(x.raw()) &&
-      aligned16(cos.raw()) &&
-      aligned16(sin.raw())) {
+  if (half % vec == 0 && hd % vec == 0 && ld % vec == 0 && heads * half / vec <= (1 << 20) && aligned16(base) &&
+      aligned16(cos.raw()) && aligned16(sin.raw())) {
     const float sign = inverse ? -1.0f : 1.0f;
     if (x.dtype() == DType::BF16)
-      launch_rope_vec<__nv_bfloat16, 8>(st, x.data<__nv_bfloat16>(), pos.data<int32_t>(), cos.data<float>(),
-                                        sin.data<float>(), n, int(heads), int(hd), int(half), cos.dim(0), sign);
+      launch_rope_vec<__nv_bfloat16, 8>(st, reinterpret_cast<__nv_bfloat16*>(base), pos.data<int32_t>(),
+                                        cos.data<float>(), sin.data<float>(), n, int(heads), int(hd), int(half),
+                                        cos.dim(0), sign, ld);
     else
-      launch_rope_vec<float, 4>(st, x.data<float>(), pos.data<int32_t>(), cos.data<float>(), sin.data<float>(), n,
-                                int(heads), int(hd), int(half), cos.dim(0), sign);
+      launch_rope_vec<float, 4>(st, reinterpret_cast<float*>(base), pos.data<int32_t>(), cos.data<float>(),
+                                sin.data<float>(), n, int(heads), int(hd), int(half), cos.dim(0), sign, ld);
     LR_CUDA_LAUNCHED();
     return;
   }
   LR_FLOAT_TYPES(x.dtype(), T,
-      rope_kernel<<<grid_for(n * heads * half, 256), 256, 0, st>>>(x.data<T>(), pos.data<int32_t>(),
+      rope_kernel<<<grid_for(n * heads * half, 256), 256, 0, st>>>(reinterpret_cast<T*>(base), pos.data<int32_t>(),
                                                                    cos.data<float>(), sin.data<float>(), n, heads,
-                                                                   hd, half, cos.dim(0), inverse ? -1.0f : 1.0f));
+                                                                   hd, half, cos.dim(0), inverse ? -1.0f : 1.0f,
+                                                                   ld));
   LR_CUDA_LAUNCHED();
+}
+
+}  // namespace
+
+void rope_(Tensor& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin, bool inverse) {
+  LR_CHECK(x.rank() == 2, "rope_ x ", x.str());
+  rope_rows(x, 0, x.dim(1), heads, pos, cos, sin, inverse);
+}
+
+void rope_columns_(const ColumnBlock& x, int64_t heads, const Tensor& pos, const Tensor& cos, const Tensor& sin,
+                   bool inverse) {
+  Tensor t = x.t;
+  rope_rows(t, x.col, x.width, heads, pos, cos, sin, inverse);
 }
 
 void rope_(Tensor& x, int64_t heads, const std::vector<int32_t>& pos, const Tensor& cos, const Tensor& sin,
