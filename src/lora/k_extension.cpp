@@ -59,7 +59,7 @@ void make_output_side(Adapter& adapter, const model::Model& model) {
 }  // namespace
 
 void make_extended_weights(Adapter& adapter, const model::Model& model) {
-  for (LoraPair& p : adapter.pairs) p.W_ext = p.W_ext_stacked = p.W_dx_ext = p.A_ext_rows = Tensor();
+  for (LoraPair& p : adapter.pairs) p.W_ext = p.W_ext_stacked = p.bias_stacked = p.W_dx_ext = p.A_ext_rows = Tensor();
   make_output_side(adapter, model);
   std::set<std::pair<int, int>> seen;
   for (const LoraPair& first : adapter.pairs) {
@@ -82,15 +82,25 @@ void make_extended_weights(Adapter& adapter, const model::Model& model) {
     // q, k, v: their W_ext as row blocks of one tensor (one input-grad GEMM over their packed dys)
     const bool qkv = members.size() == 3 && members[0]->target == Target::Q && members[1]->target == Target::K &&
                      members[2]->target == Target::V;
-    Tensor stacked;
-    if (qkv)
-      stacked = Tensor::zeros({members[0]->out + members[1]->out + members[2]->out, members[0]->in + R}, DType::BF16,
-                              device);
+    Tensor stacked, bias;
+    if (qkv) {
+      const int64_t rows = members[0]->out + members[1]->out + members[2]->out;
+      stacked = Tensor::zeros({rows, members[0]->in + R}, DType::BF16, device);
+      int64_t at = 0;
+      for (const LoraPair* p : members) {  // their biases side by side (all or none have one)
+        const Tensor& b = layer.projection(p->target)->bias;
+        if (b.defined() && !bias.defined()) bias = Tensor::zeros({1, rows}, b.dtype(), device);
+        if (b.defined()) ops::copy_columns_(bias, at, b.reshape({1, p->out}), 0, p->out);
+        at += p->out;
+      }
+      if (bias.defined()) bias = bias.reshape({rows});
+    }
     int64_t col = members[0]->in, row = 0;
     for (LoraPair* p : members) {
       const Tensor& w = layer.projection(p->target)->weight;  // [out, in]
       p->W_ext = qkv ? stacked.slice_rows(row, row + p->out) : Tensor::zeros({p->out, p->in + R}, DType::BF16, device);
       p->W_ext_stacked = stacked;
+      p->bias_stacked = bias;
       row += p->out;
       ops::copy_columns_(p->W_ext, 0, w, 0, p->in);
       ops::copy_columns_(p->W_ext, col, p->B_work, 0, p->B_work.dim(1));

@@ -278,15 +278,30 @@ SharedInputGroup* LoraHook::extended_group(int layer, int shared_input, const Te
   return &it->second;
 }
 
-bool LoraHook::extended_inputs_packed(int layer, const Tensor& x) {
-  static const bool on = [] {  // LOWRANK_PACKED_QKV_GRADS=0: dq, dk, dv apart (A/B timing)
-    const char* v = std::getenv("LOWRANK_PACKED_QKV_GRADS");
+Tensor LoraHook::stacked_projection(int layer, const Tensor& x) {
+  static const bool on = [] {  // LOWRANK_PACKED_QKV=0: q, k, v one by one (A/B timing)
+    const char* v = std::getenv("LOWRANK_PACKED_QKV");
     return !(v && std::string_view(v) == "0");
   }();
-  const SharedInputGroup* g = on ? extended_group(layer, shared_input_of(Target::Q), x) : nullptr;
-  if (!g || g->members.size() != 3 || !g->members[0].pair->W_ext_stacked.defined()) return false;
-  return std::none_of(adapters_[0].adapter->biases.begin(), adapters_[0].adapter->biases.end(),
-                      [&](const BiasParam& b) { return b.layer == layer && g->index_of(b.target) >= 0; });
+  if (!on || !training_ || adapters_.size() != 1 || x.rank() != 2) return Tensor();
+  Adapter& ad = *adapters_[0].adapter;
+  const std::vector<LoraPair*> members = shared_input_members(ad, layer, shared_input_of(Target::Q));
+  if (members.size() != 3 || !members[0]->W_ext_stacked.defined() || members[0]->W_ext_stacked.dim(1) != x.dim(1) ||
+      std::any_of(ad.biases.begin(), ad.biases.end(), [&](const BiasParam& b) {
+        return b.layer == layer && shared_input_of(b.target) == shared_input_of(Target::Q);
+      }))
+    return Tensor();
+  const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);  // the frozen products included
+  const bool keep = !(checkpointed_ && layer >= 0);  // as apply(): a checkpointed forward keeps only draws
+  SharedInputGroup* g = shared_group(0, layer, members[0]->target, x, x.dtype(), /*trained=*/true, keep);
+  if (!g || !g->x_ext.defined() || g->forward_done != 0) return Tensor();  // the members one by one
+  const Tensor& w = members[0]->W_ext_stacked;  // [q + 2·kv, in + R]
+  Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, x.dtype(), x.device());
+  ops::matmul_nt(x, w, y);
+  if (members[0]->bias_stacked.defined()) ops::add_bias_(y, members[0]->bias_stacked);
+  g->forward_done = g->all_members();
+  if (!g->trained) g->h = g->x_ext = Tensor();  // no backward reads them
+  return y;
 }
 
 Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
@@ -295,7 +310,8 @@ Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
   if (dys.empty()) return Tensor();
   SharedInputGroup* g = extended_group(layer, shared_input_of(dys[0].first), x);
   if (!g || g->members.size() != dys.size()) return Tensor();
-  LR_CHECK(!packed || extended_inputs_packed(layer, x), "LoRA group of layer ", layer, ": packed gradients it cannot take");
+  LR_CHECK(!packed || (g->members.size() == 3 && g->members[0].pair->W_ext_stacked.defined()), "LoRA group of layer ",
+           layer, ": packed gradients without its stacked weights");
   std::vector<ColumnBlock> member_dys;
   int64_t col = 0;  // packed: the members' blocks side by side
   for (size_t i = 0; i < dys.size(); ++i) {
@@ -306,7 +322,7 @@ Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
   }
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);  // the frozen dy W_i included
   for (const auto& [target, dy] : dys) {
-    if (!packed) bias_grads(layer, target, *dy);  // packed: no trained bias (extended_inputs_packed)
+    if (!packed) bias_grads(layer, target, *dy);  // packed: no trained bias (stacked_projection)
     state().saved.erase({layer, static_cast<int>(target)});  // a dropout's offset: the group holds its draws
   }
   return g->extended_backward(x, member_dys, packed);

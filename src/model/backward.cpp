@@ -261,12 +261,12 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
                      : inputs_backward({{&L.o, &dattn_out, grad_of(&LayerWeights::o)}}, layer, a.attn, hook);
   const ops::AttentionShape shape{B, T, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
-  // A K-extended q, k, v group may take dq, dk, dv side by side in one tensor (attention's backward
-  // writes them so), its frozen input gradients then one GEMM.
-  const bool pack = need_dx && hook && !G && !c.fused_qkv && !c.qk_norm && hook->extended_inputs_packed(layer, a.xn1);
+  // q, k, v side by side (the hook's stacked product): dq, dk, dv side by side too, the hook's
+  // frozen input gradients one GEMM over them.
+  const bool pack = a.qkv.defined();
   Tensor dq, dk, dv, dqkv;
-  if (pack) dqkv = Tensor::empty({N, c.q_dim() + 2 * c.kv_dim()}, a.q.dtype(), a.q.device());
-  ops::attention_backward(dattn, a.q, a.k, a.v, a.attn, a.lse, shape, dq, dk, dv, pack ? &dqkv : nullptr);
+  if (pack) ops::attention_backward_packed(dattn, a.qkv, a.attn, a.lse, shape, dqkv);
+  else ops::attention_backward(dattn, a.q, a.k, a.v, a.attn, a.lse, shape, dq, dk, dv);
   if (!c.learned_positions) {
     const RopeTables& tables = model.rope(li, T);
     if (pack) {  // q's heads, then k's: one block of the packed gradient
@@ -290,10 +290,19 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   // The lowest trained layer's input gradient feeds nothing (no embedding gradient without
   // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
   Tensor dxn1;
-  if (pack) {
+  if (pack && need_dx) {
     dxn1 = hook->extended_inputs_backward(layer, a.xn1, {{L.q.target, nullptr}, {L.k.target, nullptr}, {L.v.target, nullptr}},
                                           &dqkv);
-    LR_CHECK(dxn1.defined(), "layer ", layer, ": the LoRA hook refused the packed q, k, v gradients it asked for");
+    LR_CHECK(dxn1.defined(), "layer ", layer, ": the hook took back its packed q, k, v");
+  } else if (pack) {  // the lowest trained layer: only the hook's parameter gradients, member by member
+    int64_t col = 0;
+    for (Tensor* t : {&dq, &dk, &dv}) {
+      const int64_t width = t == &dq ? c.q_dim() : c.kv_dim();
+      *t = Tensor::empty({N, width}, dqkv.dtype(), dqkv.device());
+      ops::copy_columns_(*t, 0, dqkv, col, width);
+      col += width;
+    }
+    dxn1 = inputs_backward({{&L.q, &dq, nullptr}, {&L.k, &dk, nullptr}, {&L.v, &dv, nullptr}}, layer, a.xn1, hook, false);
   } else if (c.fused_qkv) {
     const Tensor dqkv = concat_columns({&dq, &dk, &dv});
     dxn1 = inputs_backward({{&L.qkv, &dqkv, grad_of(&LayerWeights::qkv)}}, layer, a.xn1, hook, need_dx);

@@ -136,7 +136,11 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   // Attention block: x_mid = x + [post_norm](o(attention(q, k, v)))
   const auto ext1 = c.fused_qkv ? std::nullopt : extension(hook, layer, 0, x);
   a.xn1 = normalize(L.attn_norm, x, &a.norm1_mean, &a.norm1_rstd, ext1 ? &*ext1 : nullptr);
-  if (c.fused_qkv) {  // [q | k | v] columns, GQA widths
+  // The hook's q, k, v as one product (LoRA's stacked K-extension): RoPE and attention on its blocks.
+  if (ext1 && !c.qk_norm && !in.kv && !in.attention) a.qkv = hook->stacked_projection(layer, a.xn1);
+  if (a.qkv.defined()) {
+    // nothing to project
+  } else if (c.fused_qkv) {  // [q | k | v] columns, GQA widths
     Tensor qkv = project(L.qkv, layer, a.xn1, hook);
     a.q = columns(qkv, 0, c.q_dim());
     a.k = columns(qkv, c.q_dim(), c.kv_dim());
@@ -159,12 +163,19 @@ Tensor Model::layer_forward(int64_t li, const Tensor& x, const LayerInput& in, L
   }
   if (!c.learned_positions) {
     const RopeTables& tables = rope(li, in.start + in.seq);
-    ops::rope_(a.q, c.num_heads, *in.pos, tables.cos, tables.sin);
-    ops::rope_(a.k, c.num_kv_heads, *in.pos, tables.cos, tables.sin);
+    if (a.qkv.defined()) {  // q's heads, then k's: one block
+      ops::rope_columns_({a.qkv, 0, c.q_dim() + c.kv_dim()}, c.num_heads + c.num_kv_heads, *in.pos, tables.cos,
+                         tables.sin);
+    } else {
+      ops::rope_(a.q, c.num_heads, *in.pos, tables.cos, tables.sin);
+      ops::rope_(a.k, c.num_kv_heads, *in.pos, tables.cos, tables.sin);
+    }
   }
   const ops::AttentionShape shape{in.batch, in.seq, c.num_heads, c.num_kv_heads, c.head_dim, c.sliding_window[li],
                                   c.attention_scale(), static_cast<float>(c.attn_softcap)};
-  if (in.attention) {
+  if (a.qkv.defined()) {
+    a.attn = ops::attention_packed(a.qkv, shape, in.save_lse ? &a.lse : nullptr);
+  } else if (in.attention) {
     a.attn = in.attention->attend(layer, a.q, a.k, a.v, shape);
   } else if (in.kv) {
     in.kv->append(layer, a.k, a.v);

@@ -127,11 +127,11 @@ TEST(CudaAttentionCudnn, MatchesCpu) {
   for (const Case& c : kCases) check(c, seed += 10, cuda::AttentionPath::Cudnn, cuda::AttentionPath::Cudnn, "cudnn");
 }
 
-// dq, dk, dv written side by side into one packed gradient (ops::attention_backward's `packed`;
-// LoRA's K-extended q/k/v backward): through cuDNN's output strides the same values as the dense
-// outputs of the same path, bit for bit; on the other paths computed apart and copied; a packed
-// tensor of another width refused.
-TEST(CudaAttentionCudnn, BackwardIntoPackedColumnsEqualsDense) {
+// q, k, v side by side in one matrix (ops::attention_packed and attention_backward_packed; LoRA's
+// stacked q, k, v product): through cuDNN's tensor strides the same values as the dense path's, bit
+// for bit, forward and backward; on the other paths computed from copies; a packed matrix of another
+// width refused.
+TEST(CudaAttentionCudnn, PackedQkvEqualsDense) {
   LR_REQUIRE_CUDNN();
   PathGuard guard;
   uint64_t seed = 7000;
@@ -142,16 +142,21 @@ TEST(CudaAttentionCudnn, BackwardIntoPackedColumnsEqualsDense) {
       Problem p(c, seed += 10);
       const Tensor qd = to_gpu(p.q, DType::BF16), kd = to_gpu(p.k, DType::BF16), vd = to_gpu(p.v, DType::BF16);
       const Tensor dout = to_gpu(p.dout, DType::BF16);
+      const int64_t rows = qd.dim(0), wq = qd.dim(1), wk = kd.dim(1), w = wq + 2 * wk;
+      Tensor qkv = Tensor::empty({rows, w}, DType::BF16, gpu());
+      ops::copy_columns_(qkv, 0, qd, 0, wq);
+      ops::copy_columns_(qkv, wq, kd, 0, wk);
+      ops::copy_columns_(qkv, wq + wk, vd, 0, wk);
       cuda::set_attention_path(path);
-      Tensor lse, dq, dk, dv, pq, pk, pv;
+      Tensor lse, lse_p, dq, dk, dv, dqkv;
       const Tensor out = ops::attention(qd, kd, vd, p.s, &lse);
+      const Tensor out_p = ops::attention_packed(qkv, p.s, &lse_p);
+      const Tensor o = to_host(out), op = to_host(out_p), l = to_host(lse), lp = to_host(lse_p);
+      for (int64_t e = 0; e < o.numel(); ++e) ASSERT_EQ(op.f32()[e], o.f32()[e]) << "out " << e;
+      for (int64_t e = 0; e < l.numel(); ++e) ASSERT_EQ(lp.f32()[e], l.f32()[e]) << "lse " << e;
       ops::attention_backward(dout, qd, kd, vd, out, lse, p.s, dq, dk, dv);
-      const int64_t wq = qd.dim(1), wk = kd.dim(1);
-      Tensor packed = Tensor::empty({qd.dim(0), wq + 2 * wk}, DType::BF16, gpu());
-      ops::attention_backward(dout, qd, kd, vd, out, lse, p.s, pq, pk, pv, &packed);
-      EXPECT_FALSE(pq.defined() || pk.defined() || pv.defined());
-      const Tensor h = to_host(packed), hq = to_host(dq), hk = to_host(dk), hv = to_host(dv);
-      const int64_t rows = qd.dim(0), w = wq + 2 * wk;
+      ops::attention_backward_packed(dout, qkv, out, lse, p.s, dqkv);
+      const Tensor h = to_host(dqkv), hq = to_host(dq), hk = to_host(dk), hv = to_host(dv);
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t j = 0; j < wq; ++j) ASSERT_EQ(h.f32()[r * w + j], hq.f32()[r * wq + j]) << r << ", " << j;
         for (int64_t j = 0; j < wk; ++j) {
@@ -159,8 +164,9 @@ TEST(CudaAttentionCudnn, BackwardIntoPackedColumnsEqualsDense) {
           ASSERT_EQ(h.f32()[r * w + wq + wk + j], hv.f32()[r * wk + j]) << r << ", v " << j;
         }
       }
-      Tensor narrow = Tensor::empty({qd.dim(0), wq + 2 * wk - 8}, DType::BF16, gpu());
-      EXPECT_ANY_THROW(ops::attention_backward(dout, qd, kd, vd, out, lse, p.s, pq, pk, pv, &narrow));
+      const Tensor narrow = Tensor::empty({rows, w - 8}, DType::BF16, gpu());
+      EXPECT_ANY_THROW(ops::attention_packed(narrow, p.s));
+      EXPECT_ANY_THROW(ops::attention_backward_packed(dout, narrow, out, lse, p.s, dqkv));
     }
 }
 

@@ -834,16 +834,14 @@ std::vector<OpCase> op_table() {
                    for (int64_t j : {0, 7, 32, 55}) EXPECT_EQ(w.f32()[r * 56 + j], x.f32()[r * 56 + j]);
                  return Outputs{wide, alone};
                }});
-  // attention's backward into one packed gradient: dq, dk, dv side by side
-  t.push_back({"attention_backward into packed columns", {{5, 8}, {5, 4}, {5, 4}, {5, 8}},
-               [](Inputs& in, Device d) {
-                 Tensor lse, dq, dk, dv;
+  // attention over q, k, v side by side in one matrix, and its backward into one packed gradient
+  t.push_back({"attention_packed and attention_backward_packed", {{5, 16}, {5, 8}},
+               [](Inputs& in, Device) {
+                 Tensor lse, dqkv;
                  const auto s = attention_shape(0, 0.0f);
-                 const Tensor out = ops::attention(in[0], in[1], in[2], s, &lse);
-                 Tensor packed = Tensor::empty({5, 16}, in[0].dtype(), d);
-                 ops::attention_backward(in[3], in[0], in[1], in[2], out, lse, s, dq, dk, dv, &packed);
-                 LR_CHECK(!dq.defined() && !dk.defined() && !dv.defined(), "packed: dq, dk, dv left undefined");
-                 return Outputs{packed};
+                 const Tensor out = ops::attention_packed(in[0], s, &lse);
+                 ops::attention_backward_packed(in[1], in[0], out, lse, s, dqkv);
+                 return Outputs{out, lse, dqkv};
                },
                {}, {}, true, false, 1e-3});
   return t;

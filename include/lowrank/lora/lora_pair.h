@@ -43,6 +43,7 @@ struct LoraPair {
   // of it, the same tensor on every member): their input gradients as one GEMM over the packed
   // output gradients. Undefined for other groups.
   Tensor W_ext_stacked;
+  Tensor bias_stacked;  // [Σ out]: their frozen biases side by side (undefined: none)
   // Its output side (o, down: k_extension.h): the frozen weight with A's rows below it,
   // [out + R, in] (W, then A_work; R its rows), the input gradient's weight dx = [dy | s·g]·W_dx_ext;
   // A_ext_rows: rows [out, out + R) of it, where AdamW writes A_work's values too. Undefined where
@@ -56,7 +57,7 @@ struct LoraPair {
   // Forgets the copies made for one device's training (stacked, K-extended): a pair moved to
   // another device makes them again.
   void drop_device_copies() {
-    stacked_A_work = stacked_grad_A = W_ext = W_ext_stacked = W_dx_ext = A_ext_rows = Tensor();
+    stacked_A_work = stacked_grad_A = W_ext = W_ext_stacked = bias_stacked = W_dx_ext = A_ext_rows = Tensor();
   }
 };
 

@@ -28,16 +28,13 @@ class TrainableHook : public ProjectionHook {
   // [N, d + R] whose first d columns are dx; or undefined: the hook has no such input here, and
   // on_projection_backward and the frozen GEMMs run as usual. Accumulates the hook's gradients.
   // `packed` (optional): the output gradients side by side in one [N, Σ out] tensor, in the order
-  // of `dys` (whose tensors are then null): asked for when extended_inputs_packed said so.
+  // of `dys` (whose tensors are then null): for the q, k, v the hook made as one product
+  // (ProjectionHook::stacked_projection).
   virtual Tensor extended_inputs_backward(int layer, const Tensor& x,
                                           const std::vector<std::pair<Target, const Tensor*>>& dys,
                                           const Tensor* packed = nullptr) {
     return Tensor();
   }
-  // Whether extended_inputs_backward of the projections reading the extended input x (q, k, v)
-  // would take their output gradients packed: the model then has attention's backward write them
-  // so (ops::attention_backward's `packed`).
-  virtual bool extended_inputs_packed(int layer, const Tensor& x) { return false; }
   // A projection that writes the residual stream (o, down) whose output gradient the hook wants
   // beside columns of its own: a [rows of like, out + R] buffer whose first `out` columns the
   // model's norm backward fills with that gradient; or undefined (the gradient then comes as usual).

@@ -53,6 +53,12 @@ class ProjectionHook {
   // products read its first d columns); the hook computes them from it in one GEMM each, with its
   // own R columns beside x (LoRA's K-extension, src/lora/k_extension.h). `x`: the norm's input.
   virtual Tensor extended_input(int layer, int shared_input, const Tensor& x) { return Tensor(); }
+  // q, k and v of `layer` from x (the extended input above) as one product, side by side in one
+  // [rows, q + 2·kv] with biases added, when the hook computes them so (LoRA's stacked K-extended
+  // q, k, v); undefined otherwise: the model then projects them one by one. The model then runs
+  // RoPE and attention on the column blocks (ops::rope_columns_, attention_packed) and hands their
+  // packed gradient back in the backward (TrainableHook::extended_inputs_backward's `packed`).
+  virtual Tensor stacked_projection(int layer, const Tensor& x) { return Tensor(); }
   // The hook's whole effect on the one row of a decode step at projection (layer, target), when it
   // is a single LowRankUpdate (or none); false when it is anything else. The fused one-row decode
   // layers (Model::decode_layer) take a hook only when every block projection answers true.
@@ -88,6 +94,8 @@ struct LayerActivations {
   Tensor q_raw, k_raw;    // [N, H*hd], [N, KV*hd] projections before q/k norm (qk_norm)
   Tensor q_rstd, k_rstd;  // [N*H], [N*KV] (qk_norm)
   Tensor q, k, v;         // after norm and RoPE: what attention consumed
+  Tensor qkv;             // [N, q + 2·kv]: q, k, v side by side instead (ProjectionHook::stacked_projection;
+                          // q, k, v undefined then)
   Tensor attn;            // [N, H*hd] attention output (o-projection input)
   Tensor lse;             // [B, H, T]
   Tensor o_out, post_attn_rstd;  // [N, d], [N] o-projection output and its norm's rstd (sandwich_norms)

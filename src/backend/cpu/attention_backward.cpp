@@ -17,19 +17,7 @@
 namespace lowrank::cpu {
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv,
-                        const Tensor* packed) {
-  if (packed) {  // computed apart, then copied side by side
-    attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv);
-    Tensor dst = *packed;
-    int64_t col = 0;
-    for (Tensor* t : {&dq, &dk, &dv}) {
-      copy_columns_(dst, col, *t, 0, t->dim(1));
-      col += t->dim(1);
-      *t = Tensor();
-    }
-    return;
-  }
+                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) {
   const int64_t B = s.batch, T = s.seq, H = s.heads, KV = s.kv_heads, hd = s.head_dim, group = H / KV;
   dq = Tensor::zeros(q.shape());
   dk = Tensor::zeros(k.shape());

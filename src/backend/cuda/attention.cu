@@ -457,30 +457,7 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, const Attent
 }
 
 void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv,
-                        const Tensor* packed) {
-  if (packed) {
-    // cuDNN writes the packed column blocks through its output strides; any other path computes
-    // them apart and copies them side by side.
-    const auto path = static_cast<AttentionPath>(g_path.load());
-    if (s.softcap == 0 && s.seq > 0 && (path == AttentionPath::Auto || path == AttentionPath::Cudnn)) {
-      check_attention_args("attention_backward", q, k, v, s);
-      check_arg(*packed, "attention_backward", "packed");
-      if (attention_backward_cudnn_packed(dout, q, k, v, out, lse, s, *packed, nullptr)) {
-        dq = dk = dv = Tensor();
-        return;
-      }
-    }
-    attention_backward(dout, q, k, v, out, lse, s, dq, dk, dv);
-    Tensor dst = *packed;
-    int64_t col = 0;
-    for (Tensor* t : {&dq, &dk, &dv}) {
-      copy_columns_(dst, col, *t, 0, t->dim(1));
-      col += t->dim(1);
-      *t = Tensor();
-    }
-    return;
-  }
+                        const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk, Tensor& dv) {
   check_attention_args("attention_backward", q, k, v, s);
   check_arg(dout, "attention_backward", "dout");
   check_arg(out, "attention_backward", "out");
@@ -511,6 +488,70 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   LR_CHECK(path != AttentionPath::TensorCore, "attention_backward: no tensor-core kernel for ", q.str(),
            " head_dim ", s.head_dim);
   attention_backward_generic(dout, q, k, v, lse, delta, s, dq, dk, dv);
+}
+
+namespace {
+
+// The packed ops' column blocks copied apart (the paths that take dense q, k, v).
+struct Split {
+  Tensor q, k, v;
+};
+
+Split split(const Tensor& qkv, const AttentionShape& s) {
+  const int64_t rows = qkv.dim(0), wq = s.heads * s.head_dim, wk = s.kv_heads * s.head_dim;
+  Split out{Tensor::empty({rows, wq}, qkv.dtype(), qkv.device()), Tensor::empty({rows, wk}, qkv.dtype(), qkv.device()),
+            Tensor::empty({rows, wk}, qkv.dtype(), qkv.device())};
+  copy_columns_(out.q, 0, qkv, 0, wq);
+  copy_columns_(out.k, 0, qkv, wq, wk);
+  copy_columns_(out.v, 0, qkv, wq + wk, wk);
+  return out;
+}
+
+// cuDNN reads (and writes) the blocks in place through its tensor strides where it applies.
+bool cudnn_packed(const AttentionShape& s) {
+  const auto path = static_cast<AttentionPath>(g_path.load());
+  return s.softcap == 0 && (path == AttentionPath::Auto || path == AttentionPath::Cudnn) &&
+         !(shapes_vary() && path == AttentionPath::Auto);
+}
+
+}  // namespace
+
+Tensor attention_packed(const Tensor& qkv, const AttentionShape& s, Tensor* lse) {
+  check_arg(qkv, "attention_packed", "qkv");
+  if (cudnn_packed(s) && s.seq > 0) {
+    Tensor out, l;
+    if (attention_cudnn_packed(qkv, s, out, l, nullptr)) {
+      if (lse) *lse = l;
+      return out;
+    }
+  }
+  const Split p = split(qkv, s);
+  return attention(p.q, p.k, p.v, s, lse);
+}
+
+void attention_backward_packed(const Tensor& dout, const Tensor& qkv, const Tensor& out, const Tensor& lse,
+                               const AttentionShape& s, Tensor& dqkv) {
+  check_arg(qkv, "attention_backward_packed", "qkv");
+  check_arg(dout, "attention_backward_packed", "dout");
+  check_arg(out, "attention_backward_packed", "out");
+  dqkv = Tensor::empty(qkv.shape(), qkv.dtype(), qkv.device());
+  if (s.seq == 0) return;
+  if (cudnn_packed(s)) {
+    LR_CHECK(dout.dtype() == qkv.dtype() && out.dtype() == qkv.dtype() && dout.dim(0) == qkv.dim(0) &&
+                 dout.shape() == out.shape() && dout.dim(1) == s.heads * s.head_dim,
+             "attention_backward_packed dout ", dout.str(), " out ", out.str(), " for qkv ", qkv.str());
+    LR_CHECK(lse.dtype() == DType::F32 && lse.numel() == s.batch * s.heads * s.seq, "attention_backward_packed lse ",
+             lse.str());
+    if (attention_backward_cudnn_packed(dout, qkv, out, lse, s, dqkv, nullptr)) return;
+  }
+  const Split p = split(qkv, s);
+  Tensor dq, dk, dv;
+  attention_backward(dout, p.q, p.k, p.v, out, lse, s, dq, dk, dv);
+  int64_t col = 0;
+  for (const Tensor* t : {&dq, &dk, &dv}) {
+    copy_columns_(dqkv, col, *t, 0, t->dim(1));
+    col += t->dim(1);
+  }
 }
 
 }  // namespace lowrank::cuda

@@ -244,8 +244,9 @@ struct Key {
   int64_t B, T, H, KV, hd, window;
   uint32_t scale_bits;
   bool backward;
-  int64_t out_ld = 0;  // backward: the row stride of dq, dk and dv (0: each dense)
-  auto tie() const { return std::tie(device, B, T, H, KV, hd, window, scale_bits, backward, out_ld); }
+  int64_t ld = 0;  // q, k, v (and the backward's dq, dk, dv) as column blocks of rows of this stride
+                   // (ops::attention_packed); 0: each dense
+  auto tie() const { return std::tie(device, B, T, H, KV, hd, window, scale_bits, backward, ld); }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
@@ -505,9 +506,10 @@ void build_forward(const Api& a, cudnnHandle_t handle, const Key& k, Plan& p) {
   p.neg_inf = neg_inf_for(a.version);
   p.window = static_cast<float>(k.window);
   Builder g(a, p);
-  const Tens q = g.tensor(kQ, kBF16, {B, H, T, D}, {T * H * D, D, H * D, 1}, false);
-  const Tens kt = g.tensor(kK, kBF16, {B, KV, D, T}, {T * KV * D, D, 1, KV * D}, false);
-  const Tens v = g.tensor(kV, kBF16, {B, KV, T, D}, {T * KV * D, D, KV * D, 1}, false);
+  const int64_t lq = k.ld ? k.ld : H * D, lk = k.ld ? k.ld : KV * D;  // row strides of q and of k, v
+  const Tens q = g.tensor(kQ, kBF16, {B, H, T, D}, {T * lq, D, lq, 1}, false);
+  const Tens kt = g.tensor(kK, kBF16, {B, KV, D, T}, {T * lk, D, 1, lk}, false);
+  const Tens v = g.tensor(kV, kBF16, {B, KV, T, D}, {T * lk, D, lk, 1}, false);
   const Tens o = g.tensor(kO, kBF16, {B, H, T, D}, {T * H * D, D, H * D, 1}, false);
   const Tens stats = g.tensor(kStats, kF32, {B, H, T, 1}, {H * T, T, 1, 1}, false);
   const Tens scale = g.scalar(&p.scale);
@@ -542,22 +544,21 @@ void build_backward(const Api& a, cudnnHandle_t handle, const Key& k, Plan& p) {
   p.padding = (T % 128 != 0 && a.version <= 91500) || force_padding_workaround();
   p.zero_accum = a.version < 90600;
   Builder g(a, p);
-  const Dims qd{B, H, T, D}, qs{T * H * D, D, H * D, 1};
-  const Dims kd{B, KV, T, D}, ks{T * KV * D, D, KV * D, 1};
-  const Dims ktd{B, KV, D, T}, kts{T * KV * D, D, 1, KV * D};
+  const int64_t lq = k.ld ? k.ld : H * D, lk = k.ld ? k.ld : KV * D;  // row strides of q, dq and of k, v, dk, dv
+  const Dims qd{B, H, T, D}, qs{T * H * D, D, H * D, 1}, qio{T * lq, D, lq, 1};
+  const Dims kd{B, KV, T, D}, kio{T * lk, D, lk, 1};
+  const Dims ktd{B, KV, D, T}, kts{T * lk, D, 1, lk};
   const Dims sd{B, H, T, T}, ss{H * T * T, T * T, T, 1}, sts{H * T * T, T * T, 1, T};
   const Dims rd{B, H, T, 1}, rs{H * T, T, 1, 1};
-  const Tens q = g.tensor(kQ, kBF16, qd, qs, false);
+  const Tens q = g.tensor(kQ, kBF16, qd, qio, false);
   const Tens kt = g.tensor(kK, kBF16, ktd, kts, false);
   const Tens vt = g.tensor(kV, kBF16, ktd, kts, false);
   const Tens o = g.tensor(kO, kBF16, qd, qs, false);
   const Tens dout = g.tensor(kDO, kBF16, qd, qs, false);
   const Tens stats = g.tensor(kStats, kF32, rd, rs, false);
-  // dq, dk, dv dense, or column blocks of one packed matrix (row stride out_ld)
-  const int64_t ldq = k.out_ld ? k.out_ld : H * D, ldk = k.out_ld ? k.out_ld : KV * D;
-  const Tens dq = g.tensor(kDQ, kBF16, qd, {T * ldq, D, ldq, 1}, false);
-  const Tens dk = g.tensor(kDK, kBF16, kd, {T * ldk, D, ldk, 1}, false);
-  const Tens dv = g.tensor(kDV, kBF16, kd, {T * ldk, D, ldk, 1}, false);
+  const Tens dq = g.tensor(kDQ, kBF16, qd, qio, false);
+  const Tens dk = g.tensor(kDK, kBF16, kd, kio, false);
+  const Tens dv = g.tensor(kDV, kBF16, kd, kio, false);
   const Tens softmax_sum = g.tensor(kSoftmaxSum, kF32, rd, rs, false);
   const Tens dq_accum = g.tensor(kDQAccum, kF32, qd, {H * T * D, T * D, D, 1}, false);
   const Tens scale = g.scalar(&p.scale);
@@ -616,7 +617,7 @@ void build_backward(const Api& a, cudnnHandle_t handle, const Key& k, Plan& p) {
   matmul_group_sum(ds_t, q, dk, "dSt Q");
 
   // dQ = dS K, accumulated in f32 and converted
-  const Tens kr = g.virt(kBF16, kd, ks);
+  const Tens kr = g.virt(kBF16, kd, kio);
   g.reshape(kt, kr, "reshape K");
   g.matmul(ds, kr, dq_accum, "matmul dS K", sq, nullptr, skv);
   g.pw_into(CUDNN_POINTWISE_IDENTITY, dq_accum, nullptr, nullptr, dq, kF32, "dQ");
@@ -782,54 +783,93 @@ int64_t cudnn_attention_plans() {
   return static_cast<int64_t>(st.plans.size());
 }
 
-bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
-                     Tensor& lse, std::string* why) {
+namespace {
+
+// The forward from q, k, v at those addresses, dense or (ld > 0) column blocks of rows of that
+// stride; `like`: a tensor of theirs (dtype, device, alignment already checked by the caller).
+bool forward_cudnn(const Tensor& like, const void* q, const void* k, const void* v, int64_t ld,
+                   const AttentionShape& s, Tensor& out, Tensor& lse, std::string* why) {
   std::string reason;
   auto no = [&] {
     if (why) *why = reason;
     return false;
   };
-  if (!applies(q, k, v, s, &reason)) return no();
   cudnnHandle_t handle = nullptr;
-  Plan* p = plan_for(key_of(q, s, false), q.device(), &handle, &reason);
+  Key key = key_of(like, s, false);
+  key.ld = ld;
+  Plan* p = plan_for(key, like.device(), &handle, &reason);
   if (!p) return no();
-  out = Tensor::empty(q.shape(), q.dtype(), q.device());
-  lse = Tensor::empty({s.batch, s.heads, s.seq}, DType::F32, q.device());
-  Tensor ws = p->workspace > 0 ? Tensor::empty({p->workspace}, DType::U8, q.device()) : Tensor();
-  execute(library().api, handle, *p, {kQ, kK, kV, kO, kStats}, {q.raw(), k.raw(), v.raw(), out.raw(), lse.raw()},
+  out = Tensor::empty({s.batch * s.seq, s.heads * s.head_dim}, like.dtype(), like.device());
+  lse = Tensor::empty({s.batch, s.heads, s.seq}, DType::F32, like.device());
+  Tensor ws = p->workspace > 0 ? Tensor::empty({p->workspace}, DType::U8, like.device()) : Tensor();
+  execute(library().api, handle, *p, {kQ, kK, kV, kO, kStats},
+          {const_cast<void*>(q), const_cast<void*>(k), const_cast<void*>(v), out.raw(), lse.raw()},
           ws.defined() ? ws.raw() : nullptr, "attention");
   return true;
+}
+
+// q, k, v (bf16, 16-byte aligned) as the column blocks of one packed [B*T, (H + 2·KV)·hd].
+bool packed_applies(const Tensor& qkv, const AttentionShape& s, std::string* why) {
+  const int64_t wq = s.heads * s.head_dim, wk = s.kv_heads * s.head_dim;
+  if (qkv.rank() != 2 || qkv.dim(1) != wq + 2 * wk || qkv.dim(1) % 8 != 0) {
+    *why = "a packed q, k, v of another shape";
+    return false;
+  }
+  return applies(qkv, qkv, qkv, s, why);  // dtype, library, shape and alignment (the blocks: 16-byte columns)
+}
+
+}  // namespace
+
+bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& s, Tensor& out,
+                     Tensor& lse, std::string* why) {
+  std::string reason;
+  if (!applies(q, k, v, s, &reason)) {
+    if (why) *why = reason;
+    return false;
+  }
+  return forward_cudnn(q, q.raw(), k.raw(), v.raw(), 0, s, out, lse, why);
+}
+
+bool attention_cudnn_packed(const Tensor& qkv, const AttentionShape& s, Tensor& out, Tensor& lse, std::string* why) {
+  std::string reason;
+  if (!packed_applies(qkv, s, &reason)) {
+    if (why) *why = reason;
+    return false;
+  }
+  const auto* base = static_cast<const bf16*>(qkv.raw());
+  const int64_t wq = s.heads * s.head_dim, wk = s.kv_heads * s.head_dim;
+  return forward_cudnn(qkv, base, base + wq, base + wq + wk, qkv.dim(1), s, out, lse, why);
 }
 
 namespace {
 
 // The backward into dq, dk, dv at those addresses, dense or (out_ld > 0) rows of that stride.
-bool backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                    const Tensor& lse, const AttentionShape& s, void* dq, void* dk, void* dv, int64_t out_ld,
-                    std::string* why) {
+// The backward from q, k, v and into dq, dk, dv at those addresses, dense or (ld > 0) column
+// blocks of rows of that stride; `like`: a tensor of theirs (checked by the caller with applies()).
+bool backward_cudnn(const Tensor& like, const Tensor& dout, const void* q, const void* k, const void* v,
+                    const Tensor& out, const Tensor& lse, const AttentionShape& s, void* dq, void* dk, void* dv,
+                    int64_t ld, std::string* why) {
   std::string reason;
   auto no = [&] {
     if (why) *why = reason;
     return false;
   };
-  if (!applies(q, k, v, s, &reason)) return no();
   if (dout.dtype() != DType::BF16 || out.dtype() != DType::BF16) return reason = "cuDNN attention runs bf16 only", no();
   auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
-  if (!aligned16(dout) || !aligned16(out) || !aligned16(lse) || !aligned(dq) || !aligned(dk) || !aligned(dv) ||
-      out_ld % 8 != 0)
+  if (!aligned16(dout) || !aligned16(out) || !aligned16(lse) || !aligned(dq) || !aligned(dk) || !aligned(dv))
     return reason = "cuDNN attention needs 16-byte aligned tensors", no();
   cudnnHandle_t handle = nullptr;
-  Key key = key_of(q, s, true);
-  key.out_ld = out_ld;
-  Plan* p = plan_for(key, q.device(), &handle, &reason);
+  Key key = key_of(like, s, true);
+  key.ld = ld;
+  Plan* p = plan_for(key, like.device(), &handle, &reason);
   if (!p) return no();
-  Tensor ws = Tensor::empty({p->total}, DType::U8, q.device());
+  Tensor ws = Tensor::empty({p->total}, DType::U8, like.device());
   char* base = static_cast<char*>(ws.raw());
-  cudaStream_t stream = stream_for(q.device());
+  cudaStream_t stream = stream_for(like.device());
   if (p->zero_accum) LR_CUDA(cudaMemsetAsync(base + p->accum_off, 0, size_t(p->accum_bytes), stream));
   std::vector<int64_t> uids{kQ, kK, kV, kO, kDO, kStats, kDQ, kDK, kDV, kSoftmaxSum, kDQAccum};
-  std::vector<void*> ptrs{q.raw(), k.raw(), v.raw(), out.raw(), dout.raw(), lse.raw(), dq, dk, dv,
-                          base + p->sum_off, base + p->accum_off};
+  std::vector<void*> ptrs{const_cast<void*>(q), const_cast<void*>(k), const_cast<void*>(v), out.raw(), dout.raw(),
+                          lse.raw(), dq, dk, dv, base + p->sum_off, base + p->accum_off};
   if (p->padding) {
     auto* seq = reinterpret_cast<int32_t*>(base + p->seq_off);  // seq_q [B] then seq_kv [B], all T
     fill_i32_kernel<<<grid_for(2 * s.batch, 256), 256, 0, stream>>>(seq, 2 * s.batch, static_cast<int32_t>(s.seq));
@@ -849,20 +889,25 @@ bool backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor& k, const 
 bool attention_backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& out, const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk,
                               Tensor& dv, std::string* why) {
-  return backward_cudnn(dout, q, k, v, out, lse, s, dq.raw(), dk.raw(), dv.raw(), 0, why);
-}
-
-bool attention_backward_cudnn_packed(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                     const Tensor& out, const Tensor& lse, const AttentionShape& s,
-                                     const Tensor& packed, std::string* why) {
-  if (packed.dtype() != DType::BF16 || packed.rank() != 2 || packed.dim(0) != q.dim(0) ||
-      packed.dim(1) != q.dim(1) + k.dim(1) + v.dim(1)) {
-    if (why) *why = "packed gradient of another shape";
+  std::string reason;
+  if (!applies(q, k, v, s, &reason)) {
+    if (why) *why = reason;
     return false;
   }
-  auto* base = static_cast<bf16*>(packed.raw());
-  return backward_cudnn(dout, q, k, v, out, lse, s, base, base + q.dim(1), base + q.dim(1) + k.dim(1),
-                        packed.dim(1), why);
+  return backward_cudnn(q, dout, q.raw(), k.raw(), v.raw(), out, lse, s, dq.raw(), dk.raw(), dv.raw(), 0, why);
+}
+
+bool attention_backward_cudnn_packed(const Tensor& dout, const Tensor& qkv, const Tensor& out, const Tensor& lse,
+                                     const AttentionShape& s, Tensor& dqkv, std::string* why) {
+  std::string reason;
+  if (!packed_applies(qkv, s, &reason) || dqkv.shape() != qkv.shape() || dqkv.dtype() != qkv.dtype()) {
+    if (why) *why = reason.empty() ? "a packed gradient of another shape" : reason;
+    return false;
+  }
+  const int64_t wq = s.heads * s.head_dim, wk = s.kv_heads * s.head_dim;
+  const auto* in = static_cast<const bf16*>(qkv.raw());
+  auto* g = static_cast<bf16*>(dqkv.raw());
+  return backward_cudnn(qkv, dout, in, in + wq, in + wq + wk, out, lse, s, g, g + wq, g + wq + wk, qkv.dim(1), why);
 }
 
 #else  // no cuDNN headers at build time: the path never applies
@@ -888,8 +933,13 @@ bool attention_backward_cudnn(const Tensor&, const Tensor&, const Tensor&, const
   return false;
 }
 
-bool attention_backward_cudnn_packed(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                     const Tensor&, const AttentionShape&, const Tensor&, std::string* why) {
+bool attention_cudnn_packed(const Tensor&, const AttentionShape&, Tensor&, Tensor&, std::string* why) {
+  if (why) *why = "lowrank was built without cuDNN headers";
+  return false;
+}
+
+bool attention_backward_cudnn_packed(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                     const AttentionShape&, Tensor&, std::string* why) {
   if (why) *why = "lowrank was built without cuDNN headers";
   return false;
 }

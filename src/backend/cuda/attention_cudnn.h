@@ -18,10 +18,11 @@ bool attention_cudnn(const Tensor& q, const Tensor& k, const Tensor& v, const At
 bool attention_backward_cudnn(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& out, const Tensor& lse, const AttentionShape& s, Tensor& dq, Tensor& dk,
                               Tensor& dv, std::string* why);
-// The same into one [B*T, (H + 2·KV)·hd] tensor: dq, dk, dv as its column blocks (row strides in
-// cuDNN's output tensors; ops::attention_backward's `packed`).
-bool attention_backward_cudnn_packed(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                     const Tensor& out, const Tensor& lse, const AttentionShape& s,
-                                     const Tensor& packed, std::string* why);
+// The same with q, k, v (and dq, dk, dv: dqkv, allocated by the caller) as the column blocks of one
+// [B*T, (H + 2·KV)·hd] (ops::attention_packed, attention_backward_packed): row strides in cuDNN's
+// tensors, no copies.
+bool attention_cudnn_packed(const Tensor& qkv, const AttentionShape& s, Tensor& out, Tensor& lse, std::string* why);
+bool attention_backward_cudnn_packed(const Tensor& dout, const Tensor& qkv, const Tensor& out, const Tensor& lse,
+                                     const AttentionShape& s, Tensor& dqkv, std::string* why);
 
 }  // namespace lowrank::cuda
