@@ -79,30 +79,47 @@ void make_extended_weights(Adapter& adapter, const model::Model& model) {
       R += compute_rank(p->r, device);
     }
     if (!applies) continue;
-    // q, k, v: their W_ext as row blocks of one tensor (one input-grad GEMM over their packed dys)
-    const bool qkv = members.size() == 3 && members[0]->target == Target::Q && members[1]->target == Target::K &&
-                     members[2]->target == Target::V;
+    // q, k, v: their W_ext as row blocks of one tensor, a frozen one among them (k of a q, v adapter)
+    // with its weight and no LoRA block, and their biases side by side: one product forward and one
+    // input-grad GEMM over their packed gradient (LoraHook::stacked_projection).
+    const std::vector<Target> order{Target::Q, Target::K, Target::V};
+    const bool qkv = group == 0 && std::all_of(order.begin(), order.end(), [&](Target t) {
+      const model::Linear* l = layer.projection(t);
+      return l && !l->quantized() && l->weight.dtype() == DType::BF16 && l->weight.device() == device &&
+             l->weight.dim(1) == members[0]->in;
+    });
     Tensor stacked, bias;
+    std::vector<int64_t> first_row;  // of q, k, v in the stack
     if (qkv) {
-      const int64_t rows = members[0]->out + members[1]->out + members[2]->out;
+      int64_t rows = 0;
+      for (Target t : order) {
+        first_row.push_back(rows);
+        rows += layer.projection(t)->weight.dim(0);
+      }
       stacked = Tensor::zeros({rows, members[0]->in + R}, DType::BF16, device);
-      int64_t at = 0;
-      for (const LoraPair* p : members) {  // their biases side by side (all or none have one)
-        const Tensor& b = layer.projection(p->target)->bias;
-        if (b.defined() && !bias.defined()) bias = Tensor::zeros({1, rows}, b.dtype(), device);
-        if (b.defined()) ops::copy_columns_(bias, at, b.reshape({1, p->out}), 0, p->out);
-        at += p->out;
+      for (size_t i = 0; i < order.size(); ++i) {
+        const model::Linear& l = *layer.projection(order[i]);
+        Tensor block = stacked.slice_rows(first_row[i], first_row[i] + l.weight.dim(0));
+        ops::copy_columns_(block, 0, l.weight, 0, l.weight.dim(1));
+        if (!l.bias.defined()) continue;
+        if (!bias.defined()) bias = Tensor::zeros({1, rows}, l.bias.dtype(), device);
+        ops::copy_columns_(bias, first_row[i], l.bias.reshape({1, l.bias.numel()}), 0, l.bias.numel());
       }
       if (bias.defined()) bias = bias.reshape({rows});
     }
-    int64_t col = members[0]->in, row = 0;
+    int64_t col = members[0]->in;
     for (LoraPair* p : members) {
       const Tensor& w = layer.projection(p->target)->weight;  // [out, in]
-      p->W_ext = qkv ? stacked.slice_rows(row, row + p->out) : Tensor::zeros({p->out, p->in + R}, DType::BF16, device);
+      if (qkv) {
+        const auto at = std::find(order.begin(), order.end(), p->target) - order.begin();
+        p->stack_row = first_row[at];
+        p->W_ext = stacked.slice_rows(p->stack_row, p->stack_row + p->out);  // its W copied above
+      } else {
+        p->W_ext = Tensor::zeros({p->out, p->in + R}, DType::BF16, device);
+        ops::copy_columns_(p->W_ext, 0, w, 0, p->in);
+      }
       p->W_ext_stacked = stacked;
       p->bias_stacked = bias;
-      row += p->out;
-      ops::copy_columns_(p->W_ext, 0, w, 0, p->in);
       ops::copy_columns_(p->W_ext, col, p->B_work, 0, p->B_work.dim(1));
       p->ext_col = col;
       col += compute_rank(p->r, device);

@@ -286,7 +286,7 @@ Tensor LoraHook::stacked_projection(int layer, const Tensor& x) {
   if (!on || !training_ || adapters_.size() != 1 || x.rank() != 2) return Tensor();
   Adapter& ad = *adapters_[0].adapter;
   const std::vector<LoraPair*> members = shared_input_members(ad, layer, shared_input_of(Target::Q));
-  if (members.size() != 3 || !members[0]->W_ext_stacked.defined() || members[0]->W_ext_stacked.dim(1) != x.dim(1) ||
+  if (members.empty() || !members[0]->W_ext_stacked.defined() || members[0]->W_ext_stacked.dim(1) != x.dim(1) ||
       std::any_of(ad.biases.begin(), ad.biases.end(), [&](const BiasParam& b) {
         return b.layer == layer && shared_input_of(b.target) == shared_input_of(Target::Q);
       }))
@@ -309,16 +309,19 @@ Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
                                           const Tensor* packed) {
   if (dys.empty()) return Tensor();
   SharedInputGroup* g = extended_group(layer, shared_input_of(dys[0].first), x);
-  if (!g || g->members.size() != dys.size()) return Tensor();
-  LR_CHECK(!packed || (g->members.size() == 3 && g->members[0].pair->W_ext_stacked.defined()), "LoRA group of layer ",
-           layer, ": packed gradients without its stacked weights");
+  if (!g || (!packed && g->members.size() != dys.size())) return Tensor();
+  LR_CHECK(!packed || (g->members[0].pair->W_ext_stacked.defined() &&
+                       g->members[0].pair->W_ext_stacked.dim(0) == packed->dim(1)),
+           "LoRA group of layer ", layer, ": packed gradients without its stacked weights");
   std::vector<ColumnBlock> member_dys;
-  int64_t col = 0;  // packed: the members' blocks side by side
-  for (size_t i = 0; i < dys.size(); ++i) {
+  for (size_t i = 0; i < g->members.size(); ++i) {
+    const LoraPair& p = *g->members[i].pair;
+    if (packed) {  // each member's block at its rows of the stack (a frozen k's block between them)
+      member_dys.push_back(ColumnBlock{*packed, p.stack_row, p.out});
+      continue;
+    }
     if (g->members[i].target != dys[i].first) return Tensor();
-    const int64_t out = g->members[i].pair->out;
-    member_dys.push_back(packed ? ColumnBlock{*packed, col, out} : ColumnBlock::all(*dys[i].second));
-    col += out;
+    member_dys.push_back(ColumnBlock::all(*dys[i].second));
   }
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);  // the frozen dy W_i included
   for (const auto& [target, dy] : dys) {

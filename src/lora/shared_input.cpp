@@ -211,8 +211,10 @@ Tensor SharedInputGroup::extended_backward(const Tensor& x, const std::vector<Co
   // [dx | g] = Σ dy_i [W_i | 0 … B_i … 0]: the frozen input gradients and g (without s) in one GEMM
   // each, or in one over the packed dys and the stacked weights
   Tensor dx_ext = Tensor::empty({x.dim(0), in + R}, h.dtype(), h.device());
-  const Tensor& stacked = members[0].pair->W_ext_stacked;
-  if (packed && stacked.defined() && stacked.dim(0) == packed->dim(1)) {
+  const Tensor& stacked = members[0].pair->W_ext_stacked;  // with packed: q, k, v's, a frozen k's rows included
+  if (packed) {
+    LR_CHECK(stacked.defined() && stacked.dim(0) == packed->dim(1), "extended_backward: packed ", packed->str(),
+             " without stacked weights of its width");
     ops::matmul_nn(*packed, stacked, dx_ext);
   } else {
     for (size_t i = 0; i < members.size(); ++i)

@@ -320,6 +320,7 @@ void expect_k_extension_equals_expands(const std::string& fixture, bool with_gra
     }
     ASSERT_EQ(extended, ext ? members : 0) << fixture << ": pairs with a K-extended weight";
     ASSERT_EQ(dx_extended, ext ? dx_pairs : 0) << fixture << ": pairs with an output-side K-extended weight";
+    int stacked = 0;  // pairs whose W_ext lies in their attention group's stacked q, k, v weight
     const train::Dataset data = windows(run.m.config().vocab_size, 16);
     for (int64_t step = 0; step < 4; ++step) results[ext].push_back(train::train_step(run.ctx, step_batches(data, step), 1e-3));
     for (const train::ParamRef& p : run.params) params[ext].push_back(host_values(p.param));
@@ -332,6 +333,13 @@ void expect_k_extension_equals_expands(const std::string& fixture, bool with_gra
         for (int64_t k = 0; k < frozen.numel(); ++k) ASSERT_EQ(w.f32()[k], frozen.f32()[k]) << p.module;
         for (int64_t k = 0; k < a.numel(); ++k) ASSERT_EQ(w.f32()[frozen.numel() + k], a.f32()[k]) << p.module;
       }
+      if (p.W_ext_stacked.defined()) {  // q, k, v (a frozen k included): its rows of the stack are its W_ext
+        const model::ModelConfig& c = run.m.config();
+        ASSERT_EQ(p.W_ext_stacked.dim(0), c.q_dim() + 2 * c.kv_dim()) << p.module;
+        ASSERT_EQ(p.W_ext.raw(), static_cast<const char*>(p.W_ext_stacked.raw()) +
+                                     p.stack_row * p.W_ext_stacked.dim(1) * 2) << p.module;
+        ++stacked;
+      }
       if (!p.W_ext.defined()) continue;
       const Tensor w = p.W_ext.to(Device::cpu()).to(DType::F32), b = p.B_work.to(Device::cpu()).to(DType::F32);
       const Tensor frozen = run.m.weights().layers[p.layer].projection(p.target)->weight.to(Device::cpu()).to(DType::F32);
@@ -341,6 +349,7 @@ void expect_k_extension_equals_expands(const std::string& fixture, bool with_gra
         for (int64_t j = 0; j < rc; ++j) ASSERT_EQ(w.f32()[i * cols + p.ext_col + j], b.f32()[i * rc + j]) << p.module;
       }
     }
+    EXPECT_EQ(stacked > 0, ext == 1) << fixture << ": q, k, v stacked where the K-extension applies";
   }
   EXPECT_EQ(draws[1], draws[0]) << "the groups draw as many dropout draws as the projections one by one";
   expect_runs_equal(fixture, results, params, 2e-3, 2e-2, 1e-2);

@@ -42,9 +42,10 @@ class LoraHook : public model::TrainableHook {
   // A K-extended group's backward, frozen input gradients included (SharedInputGroup::extended_backward).
   Tensor extended_inputs_backward(int layer, const Tensor& x, const std::vector<std::pair<Target, const Tensor*>>& dys,
                                   const Tensor* packed = nullptr) override;
-  // q, k, v as one product over the group's W_ext_stacked (k_extension.h) for a training forward
-  // of the trained adapter whose q, k, v group has one and trains no bias on them (a bias
-  // gradient reads a dense dy); LOWRANK_PACKED_QKV=0 turns it off.
+  // q, k, v as one product over the group's W_ext_stacked (k_extension.h; a frozen k of a q, v
+  // adapter included) for a training forward of the trained adapter whose attention group has one
+  // and trains no bias on q, k, v (a bias gradient reads a dense dy); LOWRANK_PACKED_QKV=0 turns it
+  // off.
   Tensor stacked_projection(int layer, const Tensor& x) override;
   // The output side of the K-extension for o and down (k_extension.h): the trained adapter's
   // buffer [N, out + R] where the pair has W_dx_ext, and its backward: dB, g' = s·dy B into the

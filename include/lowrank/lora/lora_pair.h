@@ -39,11 +39,14 @@ struct LoraPair {
   // elsewhere), written with B_work by AdamW; undefined where it does not apply.
   Tensor W_ext;
   int64_t ext_col = 0;
-  // A q, k, v group's W_ext one above the other, [Σ out, in + R] (each member's W_ext a row block
-  // of it, the same tensor on every member): their input gradients as one GEMM over the packed
-  // output gradients. Undefined for other groups.
+  // The attention group's q, k and v weights one above the other, [q + 2·kv, in + R]: each
+  // member's W_ext a row block of it from stack_row, a projection that is no member (k of a q, v
+  // adapter) its frozen weight without LoRA columns; the same tensor on every member. q, k, v as
+  // one product forward and one input-grad GEMM (LoraHook::stacked_projection). Undefined for
+  // other groups.
   Tensor W_ext_stacked;
-  Tensor bias_stacked;  // [Σ out]: their frozen biases side by side (undefined: none)
+  Tensor bias_stacked;  // [q + 2·kv]: the three frozen biases side by side (undefined: none)
+  int64_t stack_row = 0;
   // Its output side (o, down: k_extension.h): the frozen weight with A's rows below it,
   // [out + R, in] (W, then A_work; R its rows), the input gradient's weight dx = [dy | s·g]·W_dx_ext;
   // A_ext_rows: rows [out, out + R) of it, where AdamW writes A_work's values too. Undefined where

@@ -79,9 +79,9 @@ struct SharedInputGroup {
   // The whole backward of a K-extended group (x_ext defined), dys[i] the members' output
   // gradients: dx_ext = Σ dy_i W_ext_i = [Σ dy_i W_i | g], g's block i = dy_i B_i (the other
   // members' zero blocks add nothing), then every dB, dA = s gᵀ x and dx += s g A into its first
-  // `in` columns. Returns dx_ext [N, in + R]. The dys may be column blocks of one `packed`
-  // [N, Σ out] tensor (given then) holding them side by side in member order: with the members'
-  // W_ext rows of one W_ext_stacked, the frozen products are then one GEMM.
+  // `in` columns. Returns dx_ext [N, in + R]. With `packed` (q, k, v's gradients side by side, the
+  // dys column blocks of it) the frozen products are one GEMM over the members' W_ext_stacked,
+  // a frozen k's product included.
   Tensor extended_backward(const Tensor& x, const std::vector<ops::ColumnBlock>& dys, const Tensor* packed = nullptr);
 
  private:
