@@ -16,8 +16,9 @@
 // copy of the adapted frozen weights (Llama-1B: 14.8 instead of 13.3 GiB peak; base7m 0.69
 // instead of 0.67). At 8B it would lose (bench_cuda_ops --k-extension: a K of 4,096 + R no longer
 // fills whole tiles).
-// q, k and v (a group of all three) go further: their W_ext are row blocks of one W_ext_stacked
-// [q + 2·kv, in + R], so the hook computes them as one product into [N, q + 2·kv]
+// q, k and v go further: their W_ext are row blocks of one W_ext_stacked [q + 2·kv, in + R] (a
+// projection that is no member, k of a q, v adapter, holds its frozen weight there without LoRA
+// columns), so the hook computes them as one product into [N, q + 2·kv]
 // (LoraHook::stacked_projection), the model runs RoPE and attention on its column blocks, and the
 // backward's [dx | g] is one product over their packed gradient (LOWRANK_PACKED_QKV=0: one by one).
 // With LoRA dropout each member's shrink draws its own mask and writes its own block of x_ext (a
