@@ -118,9 +118,7 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
   for (size_t i = 0; i < count; ++i) {
     const Adapter& ad = *adapters_[i].adapter;
     const bool trained = training_ && i == 0;
-    // A checkpointed forward's decoder layers are replayed in backward: keep nothing for them but
-    // their dropout draws (the replay keeps the rest, one layer at a time).
-    const bool keep = trained && !(checkpointed_ && layer >= 0);
+    const bool keep = trained && keeps_activations(layer);
     const LoraPair* p = ad.find(layer, target);
     if (!p) continue;
     if (SharedInputGroup* g = shared_group(i, layer, target, x, dtype, trained, keep)) {
@@ -292,7 +290,7 @@ Tensor LoraHook::stacked_projection(int layer, const Tensor& x) {
       }))
     return Tensor();
   const profile::Scope scope(profile::Category::Lora, /*sticky=*/true);  // the frozen products included
-  const bool keep = !(checkpointed_ && layer >= 0);  // as apply(): a checkpointed forward keeps only draws
+  const bool keep = keeps_activations(layer);
   SharedInputGroup* g = shared_group(0, layer, members[0]->target, x, x.dtype(), /*trained=*/true, keep);
   if (!g || !g->x_ext.defined() || g->forward_done != 0) return Tensor();  // the members one by one
   const Tensor& w = members[0]->W_ext_stacked;  // [q + 2·kv, in + R]

@@ -88,6 +88,10 @@ class LoraHook : public model::TrainableHook {
   // `keep`: the backward will use it (a training forward that is not checkpointed, or a replay).
   SharedInputGroup* shared_group(size_t i, int layer, Target target, const Tensor& x, DType dtype, bool trained,
                                  bool keep);
+  // Whether this training forward keeps layer's activations for the backward: a checkpointed
+  // forward's decoder layers are replayed in backward, so it keeps nothing for them but their
+  // dropout draws (the replay keeps the rest, one layer at a time).
+  bool keeps_activations(int layer) const { return !(checkpointed_ && layer >= 0); }
   // The trained adapter's K-extended group of `shared_input` whose wide input is x, before its
   // backward; null when there is none.
   SharedInputGroup* extended_group(int layer, int shared_input, const Tensor& x);

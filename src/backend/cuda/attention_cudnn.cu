@@ -815,7 +815,8 @@ bool packed_applies(const Tensor& qkv, const AttentionShape& s, std::string* why
     *why = "a packed q, k, v of another shape";
     return false;
   }
-  return applies(qkv, qkv, qkv, s, why);  // dtype, library, shape and alignment (the blocks: 16-byte columns)
+  // dtype, library, heads and alignment; the k and v blocks start 16-byte aligned too (hd % 8 == 0)
+  return applies(qkv, qkv, qkv, s, why);
 }
 
 }  // namespace
