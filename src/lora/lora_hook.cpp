@@ -304,7 +304,7 @@ Tensor LoraHook::stacked_projection(int layer, const Tensor& x) {
 
 Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
                                           const std::vector<std::pair<Target, const Tensor*>>& dys,
-                                          const Tensor* packed) {
+                                          const Tensor* packed, bool need_dx) {
   if (dys.empty()) return Tensor();
   SharedInputGroup* g = extended_group(layer, shared_input_of(dys[0].first), x);
   if (!g || (!packed && g->members.size() != dys.size())) return Tensor();
@@ -326,7 +326,7 @@ Tensor LoraHook::extended_inputs_backward(int layer, const Tensor& x,
     if (!packed) bias_grads(layer, target, *dy);  // packed: no trained bias (stacked_projection)
     state().saved.erase({layer, static_cast<int>(target)});  // a dropout's offset: the group holds its draws
   }
-  return g->extended_backward(x, member_dys, packed);
+  return g->extended_backward(x, member_dys, packed, need_dx);
 }
 
 Tensor LoraHook::extended_output_grad(int layer, Target target, const Tensor& like) {

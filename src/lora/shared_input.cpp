@@ -203,18 +203,31 @@ bool SharedInputGroup::backward(int i, const Tensor& x, const Tensor& dy, Tensor
   return dx != nullptr;
 }
 
-Tensor SharedInputGroup::extended_backward(const Tensor& x, const std::vector<ColumnBlock>& dys, const Tensor* packed) {
-  LR_CHECK(x_ext.defined() && dys.size() == members.size() && backward_done == 0,
+Tensor SharedInputGroup::extended_backward(const Tensor& x, const std::vector<ColumnBlock>& dys, const Tensor* packed,
+                                           bool need_dx) {
+  LR_CHECK(x_ext.defined() && dys.size() == members.size() && backward_done == 0 && (need_dx || packed),
            "extended_backward of a LoRA group without its K-extended forward");
   const int64_t in = A.dim(1), R = A.dim(0);
   for (size_t i = 0; i < members.size(); ++i) member_dB(static_cast<int>(i), dys[i]);
+  const Tensor& stacked = members[0].pair->W_ext_stacked;  // with packed: q, k, v's, a frozen k's rows included
+  LR_CHECK(!packed || (stacked.defined() && stacked.dim(0) == packed->dim(1)), "extended_backward: packed ",
+           packed ? packed->str() : "", " without stacked weights of its width");
+  if (!need_dx) {  // g = Σ dy_i [0 … B_i … 0]: the stack's last R columns, no frozen product
+    Tensor g_only = Tensor::empty({x.dim(0), R}, h.dtype(), h.device());
+    ops::matmul_blocks(Gemm::NN, ColumnBlock::all(*packed), {stacked, in, R}, ColumnBlock::all(g_only), 1.0f, 0.0f);
+    if (dropped()) {
+      members_dropout_backward(x, ColumnBlock::all(g_only), h_scale, nullptr, false);
+    } else {
+      const ops::SideWork side(x.device(), {g_only, x});
+      members_dA(members, A, ColumnBlock::all(g_only), x, h_scale);
+    }
+    finish_backward();
+    return g_only;
+  }
   // [dx | g] = Σ dy_i [W_i | 0 … B_i … 0]: the frozen input gradients and g (without s) in one GEMM
   // each, or in one over the packed dys and the stacked weights
   Tensor dx_ext = Tensor::empty({x.dim(0), in + R}, h.dtype(), h.device());
-  const Tensor& stacked = members[0].pair->W_ext_stacked;  // with packed: q, k, v's, a frozen k's rows included
   if (packed) {
-    LR_CHECK(stacked.defined() && stacked.dim(0) == packed->dim(1), "extended_backward: packed ", packed->str(),
-             " without stacked weights of its width");
     ops::matmul_nn(*packed, stacked, dx_ext);
   } else {
     for (size_t i = 0; i < members.size(); ++i)

@@ -294,15 +294,10 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
     dxn1 = hook->extended_inputs_backward(layer, a.xn1, {{L.q.target, nullptr}, {L.k.target, nullptr}, {L.v.target, nullptr}},
                                           &dqkv);
     LR_CHECK(dxn1.defined(), "layer ", layer, ": the hook took back its packed q, k, v");
-  } else if (pack) {  // the lowest trained layer: only the hook's parameter gradients, member by member
-    int64_t col = 0;
-    for (Tensor* t : {&dq, &dk, &dv}) {
-      const int64_t width = t == &dq ? c.q_dim() : c.kv_dim();
-      *t = Tensor::empty({N, width}, dqkv.dtype(), dqkv.device());
-      ops::copy_columns_(*t, 0, dqkv, col, width);
-      col += width;
-    }
-    dxn1 = inputs_backward({{&L.q, &dq, nullptr}, {&L.k, &dk, nullptr}, {&L.v, &dv, nullptr}}, layer, a.xn1, hook, false);
+  } else if (pack) {  // the lowest trained layer: only the hook's parameter gradients, no frozen product
+    const Tensor g = hook->extended_inputs_backward(
+        layer, a.xn1, {{L.q.target, nullptr}, {L.k.target, nullptr}, {L.v.target, nullptr}}, &dqkv, /*need_dx=*/false);
+    LR_CHECK(g.defined(), "layer ", layer, ": the hook took back its packed q, k, v");
   } else if (c.fused_qkv) {
     const Tensor dqkv = concat_columns({&dq, &dk, &dv});
     dxn1 = inputs_backward({{&L.qkv, &dqkv, grad_of(&LayerWeights::qkv)}}, layer, a.xn1, hook, need_dx);

@@ -41,7 +41,7 @@ class LoraHook : public model::TrainableHook {
                               const Tensor& dy, Tensor* dx, bool dx_holds) override;
   // A K-extended group's backward, frozen input gradients included (SharedInputGroup::extended_backward).
   Tensor extended_inputs_backward(int layer, const Tensor& x, const std::vector<std::pair<Target, const Tensor*>>& dys,
-                                  const Tensor* packed = nullptr) override;
+                                  const Tensor* packed = nullptr, bool need_dx = true) override;
   // q, k, v as one product over the group's W_ext_stacked (k_extension.h; a frozen k of a q, v
   // adapter included) for a training forward of the trained adapter whose attention group has one
   // and trains no bias on q, k, v (a bias gradient reads a dense dy); LOWRANK_PACKED_QKV=0 turns it

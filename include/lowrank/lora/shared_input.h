@@ -81,8 +81,11 @@ struct SharedInputGroup {
   // members' zero blocks add nothing), then every dB, dA = s gᵀ x and dx += s g A into its first
   // `in` columns. Returns dx_ext [N, in + R]. With `packed` (q, k, v's gradients side by side, the
   // dys column blocks of it) the frozen products are one GEMM over the members' W_ext_stacked,
-  // a frozen k's product included.
-  Tensor extended_backward(const Tensor& x, const std::vector<ops::ColumnBlock>& dys, const Tensor* packed = nullptr);
+  // a frozen k's product included. Without need_dx (packed only: the lowest trained layer) no
+  // frozen product: g = the packed gradients times the stack's B columns [N, R] (returned), then
+  // every dB and dA.
+  Tensor extended_backward(const Tensor& x, const std::vector<ops::ColumnBlock>& dys, const Tensor* packed = nullptr,
+                           bool need_dx = true);
 
  private:
   void member_dB(int i, const ops::ColumnBlock& dy) const;  // on the side stream

@@ -29,10 +29,12 @@ class TrainableHook : public ProjectionHook {
   // on_projection_backward and the frozen GEMMs run as usual. Accumulates the hook's gradients.
   // `packed` (optional): the output gradients side by side in one [N, Σ out] tensor, in the order
   // of `dys` (whose tensors are then null): for the q, k, v the hook made as one product
-  // (ProjectionHook::stacked_projection).
+  // (ProjectionHook::stacked_projection). Without `need_dx` (the lowest trained layer, packed
+  // only) the frozen products are skipped: the hook's gradients alone, and the result is its
+  // [N, R] columns without dx's.
   virtual Tensor extended_inputs_backward(int layer, const Tensor& x,
                                           const std::vector<std::pair<Target, const Tensor*>>& dys,
-                                          const Tensor* packed = nullptr) {
+                                          const Tensor* packed = nullptr, bool need_dx = true) {
     return Tensor();
   }
   // A projection that writes the residual stream (o, down) whose output gradient the hook wants
