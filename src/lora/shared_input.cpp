@@ -212,42 +212,31 @@ Tensor SharedInputGroup::extended_backward(const Tensor& x, const std::vector<Co
   const Tensor& stacked = members[0].pair->W_ext_stacked;  // with packed: q, k, v's, a frozen k's rows included
   LR_CHECK(!packed || (stacked.defined() && stacked.dim(0) == packed->dim(1)), "extended_backward: packed ",
            packed ? packed->str() : "", " without stacked weights of its width");
-  if (!need_dx) {  // g = Σ dy_i [0 … B_i … 0]: the stack's last R columns, no frozen product
-    Tensor g_only = Tensor::empty({x.dim(0), R}, h.dtype(), h.device());
-    ops::matmul_blocks(Gemm::NN, ColumnBlock::all(*packed), {stacked, in, R}, ColumnBlock::all(g_only), 1.0f, 0.0f);
-    if (dropped()) {
-      members_dropout_backward(x, ColumnBlock::all(g_only), h_scale, nullptr, false);
-    } else {
-      const ops::SideWork side(x.device(), {g_only, x});
-      members_dA(members, A, ColumnBlock::all(g_only), x, h_scale);
-    }
-    finish_backward();
-    return g_only;
-  }
   // [dx | g] = Σ dy_i [W_i | 0 … B_i … 0]: the frozen input gradients and g (without s) in one GEMM
-  // each, or in one over the packed dys and the stacked weights
-  Tensor dx_ext = Tensor::empty({x.dim(0), in + R}, h.dtype(), h.device());
-  if (packed) {
-    ops::matmul_nn(*packed, stacked, dx_ext);
+  // each, or in one over the packed dys and the stacked weights; without need_dx only g, from the
+  // stack's last R columns
+  Tensor out = Tensor::empty({x.dim(0), need_dx ? in + R : R}, h.dtype(), h.device());
+  if (!need_dx) {
+    ops::matmul_blocks(Gemm::NN, ColumnBlock::all(*packed), {stacked, in, R}, ColumnBlock::all(out), 1.0f, 0.0f);
+  } else if (packed) {
+    ops::matmul_nn(*packed, stacked, out);
   } else {
     for (size_t i = 0; i < members.size(); ++i)
-      ops::matmul_blocks(Gemm::NN, dys[i], ColumnBlock::all(members[i].pair->W_ext), ColumnBlock::all(dx_ext), 1.0f,
+      ops::matmul_blocks(Gemm::NN, dys[i], ColumnBlock::all(members[i].pair->W_ext), ColumnBlock::all(out), 1.0f,
                          i ? 1.0f : 0.0f);
   }
-  const ColumnBlock g_block{dx_ext, in, R};
+  const ColumnBlock g_block{out, need_dx ? in : 0, R}, dx{out, 0, in};
   if (dropped()) {
-    const ColumnBlock dx{dx_ext, 0, in};
-    members_dropout_backward(x, g_block, h_scale, &dx, true);
-    finish_backward();
-    return dx_ext;
+    members_dropout_backward(x, g_block, h_scale, need_dx ? &dx : nullptr, need_dx);
+  } else {
+    {
+      const ops::SideWork side(x.device(), {out, x});  // reads g's columns; the main stream writes dx's
+      members_dA(members, A, g_block, x, h_scale);
+    }
+    if (need_dx) ops::matmul_blocks(Gemm::NN, g_block, ColumnBlock::all(A), dx, h_scale, 1.0f);  // dx += s g A
   }
-  {
-    const ops::SideWork side(x.device(), {dx_ext, x});  // reads g's columns; the main stream writes dx's
-    members_dA(members, A, g_block, x, h_scale);
-  }
-  ops::matmul_blocks(Gemm::NN, g_block, ColumnBlock::all(A), {dx_ext, 0, in}, h_scale, 1.0f);  // dx += s g A
   finish_backward();
-  return dx_ext;
+  return out;
 }
 
 }  // namespace lowrank::lora

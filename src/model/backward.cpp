@@ -290,14 +290,11 @@ Tensor layer_backward(const Model& model, int64_t li, LayerActivations& saved, T
   // The lowest trained layer's input gradient feeds nothing (no embedding gradient without
   // --full): its q/k/v input-grad GEMMs and the attention norm's backward are skipped.
   Tensor dxn1;
-  if (pack && need_dx) {
-    dxn1 = hook->extended_inputs_backward(layer, a.xn1, {{L.q.target, nullptr}, {L.k.target, nullptr}, {L.v.target, nullptr}},
-                                          &dqkv);
-    LR_CHECK(dxn1.defined(), "layer ", layer, ": the hook took back its packed q, k, v");
-  } else if (pack) {  // the lowest trained layer: only the hook's parameter gradients, no frozen product
-    const Tensor g = hook->extended_inputs_backward(
-        layer, a.xn1, {{L.q.target, nullptr}, {L.k.target, nullptr}, {L.v.target, nullptr}}, &dqkv, /*need_dx=*/false);
-    LR_CHECK(g.defined(), "layer ", layer, ": the hook took back its packed q, k, v");
+  if (pack) {  // one product over the stacked weights gives [dx | g]; at the lowest trained layer only g
+    Tensor out = hook->extended_inputs_backward(
+        layer, a.xn1, {{L.q.target, nullptr}, {L.k.target, nullptr}, {L.v.target, nullptr}}, &dqkv, need_dx);
+    LR_CHECK(out.defined(), "layer ", layer, ": the hook took back its packed q, k, v");
+    if (need_dx) dxn1 = std::move(out);
   } else if (c.fused_qkv) {
     const Tensor dqkv = concat_columns({&dq, &dk, &dv});
     dxn1 = inputs_backward({{&L.qkv, &dqkv, grad_of(&LayerWeights::qkv)}}, layer, a.xn1, hook, need_dx);
