@@ -8,6 +8,8 @@
 //                   [--quantize none|nf4]  (QLoRA: the blocks' projections in NF4, dequantized to bf16
 //                                           per GEMM; quantized on the host while the model is made)
 //                   [--dropout 0]  (LoRA dropout; lowrank train's default is 0.05)
+//                   [--dropout-masks per-projection|per-input]  (a mask per projection, as PEFT, or one
+//                                           per distinct input: lowrank train --dropout-per-input)
 //                   [--method lora|full|all] [--rank 16[,4,...]]  (issue 15's efficiency claims: full
 //                                           fine-tuning — every weight, f32 masters and AdamW moments,
 //                                           bf16 working weights, as `lowrank train --full` — next to
@@ -62,7 +64,7 @@ double flops_per_token(const model::ModelConfig& c, int64_t params, int64_t seq)
 
 // rank 0: full fine-tuning (every weight); otherwise LoRA of that rank (alpha 2r) on the targets.
 void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev, int steps, int warmup,
-         int batch_scale, model::Quantization quantize, double dropout) {
+         int batch_scale, model::Quantization quantize, double dropout, bool per_input) {
   const bool full = rank == 0;
   s.batch *= batch_scale;
   const model::ModelConfig cfg = bench::shape_config(s, 4096);
@@ -79,6 +81,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
   lc.r = full ? 1 : rank;
   lc.alpha = 2.0 * lc.r;
   lc.dropout = dropout;
+  lc.dropout_per_input = per_input;
   lc.all_linear = all_linear;
   lc.target_modules = {"q_proj", "v_proj"};
   Rng rng(2);
@@ -172,6 +175,7 @@ void run(BenchShape s, bool all_linear, int rank, bool checkpointing, Device dev
                    {"targets", full ? "all" : all_linear ? "all-linear" : "q_proj,v_proj"},
                    {"device", dev.is_cuda() ? "cuda" : "cpu"},
                    {"checkpointing", checkpointing}, {"compile", false}, {"dropout", full ? 0.0 : dropout},
+                   {"dropout_masks", per_input ? "per-input" : "per-projection"},
                    {"quantize", quantize == model::Quantization::Nf4 ? "nf4" : "none"}, {"model_make_s", make_s},
                    {"step_s", dt},
                    {"batch", s.batch}, {"seq", s.seq}, {"tokens_per_s", tps}, {"params", n},
@@ -199,6 +203,7 @@ int main(int argc, char** argv) {
   std::string quantize = "none", method = "lora", ranks_arg = "16";
   int steps = 10, warmup = 3, batch_scale = 1;
   double dropout = 0.0;
+  std::string masks = "per-projection";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--only")) only = argv[i + 1];
     else if (!std::strcmp(argv[i], "--steps")) steps = std::atoi(argv[i + 1]);
@@ -211,6 +216,7 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--method")) method = argv[i + 1];
     else if (!std::strcmp(argv[i], "--rank")) ranks_arg = argv[i + 1];
     else if (!std::strcmp(argv[i], "--dropout")) dropout = std::atof(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--dropout-masks")) masks = argv[i + 1];
     else {
       std::fprintf(stderr, "error: unknown option %s\n", argv[i]);
       return 2;
@@ -218,6 +224,10 @@ int main(int argc, char** argv) {
   }
   if (!(dropout >= 0.0 && dropout < 1.0)) {
     std::fprintf(stderr, "error: --dropout %g: expected a probability in [0, 1)\n", dropout);
+    return 2;
+  }
+  if (masks != "per-projection" && masks != "per-input") {
+    std::fprintf(stderr, "error: --dropout-masks %s: expected per-projection or per-input\n", masks.c_str());
     return 2;
   }
   if (method != "lora" && method != "full" && method != "all") {
@@ -252,7 +262,7 @@ int main(int argc, char** argv) {
             if (rank != 0 && targets != "all" && targets != (all_linear ? "all-linear" : "q_proj,v_proj")) continue;
             if (ckpt_filter != "all" && ckpt_filter != (ckpt ? "1" : "0")) continue;
             try {
-              run(s, all_linear, rank, ckpt, dev, steps, warmup, batch_scale, q, dropout);
+              run(s, all_linear, rank, ckpt, dev, steps, warmup, batch_scale, q, dropout, masks == "per-input");
             } catch (const std::exception& e) {  // e.g. out of memory: the row says so
               nlohmann::json r{{"engine", "lowrank"}, {"model", s.name}, {"method", rank == 0 ? "full" : "lora"},
                                {"rank", rank == 0 ? nlohmann::json() : nlohmann::json(rank)},

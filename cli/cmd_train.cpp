@@ -18,7 +18,7 @@ struct TrainArgs {
   std::string targets = "q_proj,v_proj", schedule = "cosine", bias = "none", init = "kaiming";
   std::string rank_pattern, alpha_pattern;  // PEFT's regex-keyed dicts, as JSON objects
   std::string quantize = "none";
-  bool rslora = false, use_dora = false;
+  bool rslora = false, use_dora = false, dropout_per_input = false;
 };
 
 // A JSON object of positive numbers keyed by module names or regexes (PEFT's rank_pattern /
@@ -44,6 +44,7 @@ int run_train(TrainArgs& a) {
   o.lora.r = a.rank;
   o.lora.alpha = a.alpha;
   o.lora.dropout = a.dropout;
+  o.lora.dropout_per_input = a.dropout_per_input;
   o.lora.use_rslora = a.rslora;
   o.lora.target_modules = lora::LoraConfig::parse_targets(a.targets, &o.lora.all_linear);
   o.lora.rank_pattern = parse_pattern<int64_t>(a.rank_pattern, "--rank-pattern");
@@ -80,6 +81,9 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--rank", a->rank, "LoRA rank r")->capture_default_str();
                        app.add_option("--alpha", a->alpha, "LoRA alpha (scale = alpha / r)")->capture_default_str();
                        app.add_option("--dropout", a->dropout, "LoRA dropout")->capture_default_str();
+                       app.add_flag("--dropout-per-input", a->dropout_per_input,
+                                    "One dropout mask per distinct input (q, k, v share one; gate, up another) "
+                                    "instead of one per projection: faster on a GPU");
                        app.add_option("--targets", a->targets,
                                       "Modules to adapt: q_proj,v_proj,... (embed_tokens and lm_head too), all-linear, or none "
                                       "(with --bias all: bias-only training, BitFit)")

@@ -142,11 +142,10 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
       // the backward: drawing again costs less than a U8 mask per adapted projection kept until
       // backward (2 GB a step on Qwen-0.5B all-linear on the GPU; on the CPU, 7M all-linear, 96 MB
       // of a 1.57 GB peak at the same speed, since Philox is vectorised there).
-      offset = replay_ ? state().saved.at(key).drop_offset : rng_->offset();
+      offset = dropout_offset(layer, target, x, static_cast<uint64_t>(x.numel()), ad.config.dropout_per_input);
       draws = {ad.config.dropout, rng_->seed(), offset, draw_delta_};
       // A variant that fuses the dropout applies these draws in its GEMMs: no dropout(x) in memory.
       if (!variant.fuses_dropout()) xin = ops::dropout(x, draws.p, draws.seed, offset, nullptr, draw_delta_);
-      if (!replay_) *rng_ = Rng(rng_->seed(), rng_->offset() + static_cast<uint64_t>(x.numel()));
     }
     // A and B in the activations' dtype (bf16 on the GPU: the GEMMs run on bf16 tensor cores, as
     // under torch.autocast): the optimizer's working copies when training, else rounded once per
@@ -170,7 +169,6 @@ bool LoraHook::apply(int layer, Target target, const model::Linear& base, const 
     LoraSaved* sv = keep ? &state().saved[key] : nullptr;
     variant.forward(in, y ? *y : no_output, sv);
     before = false;  // the adapters after the first add to y
-    if (dropped && !replay_) state().saved[key].drop_offset = offset;  // what a replay draws again
     if (sv) {
       sv->A = A;
       sv->B = B;
@@ -238,21 +236,39 @@ SharedInputGroup* LoraHook::shared_group(size_t i, int layer, Target target, con
       });
   g.x_ext = extended ? x : Tensor();
   LR_CHECK(extended || !dropped, "LoRA hook: layer ", layer, "'s wide input without K-extended weights");
+  g.one_mask = dropped && ad.config.dropout_per_input;
   if (dropped) {
     // Each member's draws, in member order (the order forward calls the projections in, so the
     // same masks as without the group); a replay (checkpointing) draws the first forward's again.
     const uint64_t count = static_cast<uint64_t>(x.dim(0) * g.A.dim(1));  // x's own elements
-    for (auto& mb : g.members) {
-      const auto key = std::pair{layer, static_cast<int>(mb.target)};
-      const uint64_t offset = replay_ ? state().saved.at(key).drop_offset : rng_->offset();
-      mb.draws = {ad.config.dropout, rng_->seed(), offset, draw_delta_};
-      if (replay_) continue;
-      *rng_ = Rng(rng_->seed(), offset + count);
-      state().saved[key].drop_offset = offset;  // what a replay draws again
-    }
+    for (auto& mb : g.members)
+      mb.draws = {ad.config.dropout, rng_->seed(), dropout_offset(layer, mb.target, x, count, g.one_mask),
+                  draw_delta_};
   }
   g.shrink(x);
   return &g;
+}
+
+uint64_t LoraHook::dropout_offset(int layer, Target target, const Tensor& x, uint64_t count, bool per_input) {
+  ForwardState& st = state();
+  const auto key = std::pair{layer, static_cast<int>(target)};
+  if (replay_) return st.saved.at(key).drop_offset;
+  uint64_t offset = rng_->offset();
+  bool fresh = true;
+  if (const int shared = per_input ? shared_input_of(target) : -1; shared >= 0) {
+    ForwardState::InputMask& mask = st.input_masks[{layer, shared}];
+    const unsigned bit = 1u << static_cast<int>(target);
+    if (mask.x == x.raw() && !(mask.used & bit)) {
+      offset = mask.offset;
+      mask.used |= bit;
+      fresh = false;
+    } else {
+      mask = {x.raw(), offset, bit};
+    }
+  }
+  if (fresh) *rng_ = Rng(rng_->seed(), offset + count);
+  st.saved[key].drop_offset = offset;  // what a replay (and the backward) draws again
+  return offset;
 }
 
 bool LoraHook::on_projection_backward(int layer, Target target, const model::Linear& base, const Tensor& x,

@@ -104,9 +104,10 @@ void SharedInputGroup::shrink(const Tensor& x) {
     h_col = 0;
     h_scale = 1;
   }
-  if (dropped()) {  // each member through its own mask into its block of x_ext
+  if (dropped()) {  // each member through its own mask into its block of x_ext, or all through one
     LR_CHECK(x_ext.defined(), "LoRA group with dropout outside its K-extension");
-    for (size_t i = 0; i < members.size(); ++i) {
+    if (one_mask) ops::dropout_shrink(input, members[0].draws, A, {h, h_col, A.dim(0)}, h_scale);
+    for (size_t i = 0; i < members.size() && !one_mask; ++i) {
       const Member& m = members[i];
       const int64_t w = width(static_cast<int>(i));
       ops::dropout_shrink(input, m.draws, A.slice_rows(m.col, m.col + w), {h, h_col + m.col, w}, h_scale);
@@ -132,22 +133,28 @@ bool SharedInputGroup::expand(int i, Tensor& y, bool first) const {
 }
 
 namespace {
-// dA of every member in one GEMM [R, in] (f32: gradients accumulate), alpha · gᵀ x: straight into
-// their stacked gradients, or into a temporary added to each member's. x may be wide (shrink).
-void members_dA(const std::vector<SharedInputGroup::Member>& members, const Tensor& A, const ColumnBlock& g,
-                const Tensor& x, float alpha) {
+// Where every member's dA goes as one [R, in] f32 block: their stacked gradients themselves when A's
+// rows are theirs (at a padded rank the rows between members only ever get g's zero columns), else
+// a zeroed temporary that add_member_dAs adds to each member's (*temporary set).
+Tensor members_dA_target(const std::vector<SharedInputGroup::Member>& members, const Tensor& A, bool* temporary) {
   std::vector<LoraPair*> pairs;
   for (const auto& m : members) pairs.push_back(m.pair);
-  Tensor stacked = pairs[0]->stacked_grad_A;
-  const ColumnBlock input{x, 0, A.dim(1)};
-  // Stacked as A is (at a padded rank the rows between members only ever get g's zero columns).
-  if (stacked_in(pairs, &LoraPair::grad_A, stacked) && stacked.dim(0) == A.dim(0)) {
-    ops::matmul_blocks(Gemm::TN, g, input, ColumnBlock::all(stacked), alpha, 1.0f);
-  } else {
-    Tensor dA = Tensor::empty({A.dim(0), A.dim(1)}, DType::F32, x.device());
-    ops::matmul_blocks(Gemm::TN, g, input, ColumnBlock::all(dA), alpha, 0.0f);
-    for (const auto& m : members) ops::add_(m.pair->grad_A, dA.slice_rows(m.col, m.col + m.pair->r));
-  }
+  const Tensor& stacked = pairs[0]->stacked_grad_A;
+  *temporary = !(stacked_in(pairs, &LoraPair::grad_A, stacked) && stacked.dim(0) == A.dim(0));
+  return *temporary ? Tensor::zeros({A.dim(0), A.dim(1)}, DType::F32, A.device()) : stacked;
+}
+void add_member_dAs(const std::vector<SharedInputGroup::Member>& members, const Tensor& dA) {
+  for (const auto& m : members) ops::add_(m.pair->grad_A, dA.slice_rows(m.col, m.col + m.pair->r));
+}
+
+// dA of every member in one GEMM [R, in] (f32: gradients accumulate), alpha · gᵀ x. x may be wide
+// (shrink).
+void members_dA(const std::vector<SharedInputGroup::Member>& members, const Tensor& A, const ColumnBlock& g,
+                const Tensor& x, float alpha) {
+  bool temporary = false;
+  Tensor dA = members_dA_target(members, A, &temporary);
+  ops::matmul_blocks(Gemm::TN, g, {x, 0, A.dim(1)}, ColumnBlock::all(dA), alpha, 1.0f);
+  if (temporary) add_member_dAs(members, dA);
 }
 }  // namespace
 
@@ -162,6 +169,13 @@ void SharedInputGroup::member_dB(int i, const ColumnBlock& dy) const {
 
 void SharedInputGroup::members_dropout_backward(const Tensor& x, const ColumnBlock& g, float alpha,
                                                 const ColumnBlock* dx, bool dx_holds) {
+  if (one_mask) {  // one mask: every member's dA and their summed share of dx in one backward
+    bool temporary = false;
+    Tensor dA = members_dA_target(members, A, &temporary);
+    ops::dropout_shrink_backward({x, 0, A.dim(1)}, members[0].draws, g, A, dA, alpha, dx, dx_holds);
+    if (temporary) add_member_dAs(members, dA);
+    return;
+  }
   for (size_t i = 0; i < members.size(); ++i) {
     const Member& m = members[i];
     const int64_t w = width(static_cast<int>(i));

@@ -69,11 +69,32 @@ TEST(TrainCli, ResumeWithOtherSettingsIsRefused) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("cannot resume"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("checkpoint-2"), std::string::npos) << r.err;
+  r = test::run_cli(base_args(d.file("run")) + " --steps 4 --resume --dropout-per-input");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("dropout_per_input"), std::string::npos) << r.err;
   const std::string qwen = test::model_fixture("qwen2");
   r = test::run_cli("train --model " + qwen + " --data " + qwen + "/eval.jsonl --out " + d.file("run") +
                     " --targets all-linear --rank 4 --steps 4 --resume --quiet");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("Qwen2ForCausalLM"), std::string::npos) << r.err;
+}
+
+// --dropout-per-input draws other masks (one for q, k, v's input) from the same stream: the first
+// step's loss is the same (B = 0: LoRA adds nothing yet), the trained adapter is not.
+TEST(TrainCli, DropoutPerInputTrainsWithOtherMasks) {
+  io::testing::ScratchDir d;
+  ASSERT_EQ(test::run_cli(base_args(d.file("projection")) + " --steps 3").code, 0);
+  auto r = test::run_cli(base_args(d.file("input")) + " --steps 3 --dropout-per-input");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto a = train::read_metrics(d.file("projection/metrics.jsonl"));
+  auto b = train::read_metrics(d.file("input/metrics.jsonl"));
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(a[0]["loss"], b[0]["loss"]);
+  EXPECT_LT(b.back()["loss"].get<double>(), b[0]["loss"].get<double>());
+  EXPECT_NE(io::read_file(d.file("projection/adapter_model.safetensors")),
+            io::read_file(d.file("input/adapter_model.safetensors")));
+  EXPECT_EQ(io::read_json(d.file("input/adapter_config.json")).count("dropout_per_input"), 0u)
+      << "not a PEFT key";
 }
 
 // A checkpoint whose trainer_state.json was damaged on disk is named in a clear error (it crashed

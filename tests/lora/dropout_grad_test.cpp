@@ -13,13 +13,16 @@ using namespace lowrank;
 
 namespace {
 
-TEST(LoraDropout, GradientsMatchFiniteDifferences) {
+// Checks the gradients of LoRA (r = 2, dropout 0.3) on `targets` against finite differences; returns
+// how far one forward pass moved the dropout stream.
+uint64_t expect_dropout_gradients_match(const std::vector<std::string>& targets, bool per_input) {
   model::Model m = model::Model::load(test::model_fixture("llama"));
   lora::LoraConfig c;
   c.r = 2;
   c.alpha = 4;
   c.dropout = 0.3;
-  c.target_modules = {"q_proj", "v_proj"};
+  c.dropout_per_input = per_input;
+  c.target_modules = targets;
   Rng init(3);
   lora::Adapter a = lora::Adapter::create(m, c, init);
   Rng fill(4);
@@ -30,7 +33,7 @@ TEST(LoraDropout, GradientsMatchFiniteDifferences) {
   lora::LoraHook hook({{&a, 1.0}});
   hook.set_training(true, &drop);
   const model::TokenBatch batch{{1, 5, 9, 13, 2, 7, 3, 11, 4, 8, 6, 10}, 2, 6};
-  const auto targets = model::shift_labels(batch.ids, 2, 6);
+  const auto targets_ids = model::shift_labels(batch.ids, 2, 6);
   // Σ NLL with the dropout stream at its start: the same masks every pass.
   auto loss = [&] {
     drop = Rng(5);
@@ -38,9 +41,10 @@ TEST(LoraDropout, GradientsMatchFiniteDifferences) {
       p.grad_A.fill_(0.0f);
       p.grad_B.fill_(0.0f);
     }
-    return model::forward_backward(m, batch, targets, 1.0f, &hook).nll_sum;
+    return model::forward_backward(m, batch, targets_ids, 1.0f, &hook).nll_sum;
   };
   loss();
+  const uint64_t drawn = drop.offset() - Rng(5).offset();
   std::vector<Tensor> dA, dB;
   for (auto& p : a.pairs) {
     dA.push_back(p.grad_A.clone());
@@ -66,6 +70,24 @@ TEST(LoraDropout, GradientsMatchFiniteDifferences) {
     }
   }
   EXPECT_GE(checked, 20);
+  return drawn;
+}
+
+TEST(LoraDropout, GradientsMatchFiniteDifferences) {
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  const uint64_t mask = 12 * static_cast<uint64_t>(c.hidden_size);  // one mask over the 12 tokens' input
+  EXPECT_EQ(expect_dropout_gradients_match({"q_proj", "v_proj"}, false), 2 * c.num_layers * mask)
+      << "a mask per projection";
+}
+
+// dropout_per_input: q, k and v share one mask of their input, so one forward draws a third of the
+// per-projection draws, and the backward must use that one mask for all three.
+TEST(LoraDropout, OneMaskPerInputMatchesFiniteDifferences) {
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  const uint64_t mask = 12 * static_cast<uint64_t>(c.hidden_size);
+  EXPECT_EQ(expect_dropout_gradients_match({"q_proj", "k_proj", "v_proj"}, true), c.num_layers * mask)
+      << "one mask per layer's attention input";
+  EXPECT_EQ(expect_dropout_gradients_match({"q_proj", "k_proj", "v_proj"}, false), 3 * c.num_layers * mask);
 }
 
 }  // namespace

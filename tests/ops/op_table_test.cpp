@@ -844,6 +844,18 @@ std::vector<OpCase> op_table() {
                  return Outputs{out, lse, dqkv};
                },
                {}, {}, true, false, 1e-3});
+  // One mask over a shared-input group's stacked A (LoraConfig::dropout_per_input): a backward at
+  // rank 40 on column blocks of the wide matrices, composed on CUDA without copying the blocks out;
+  // dx added, then written; draws on a Philox block and off it.
+  t.push_back({"dropout_shrink_backward composed on column blocks", {{301, 136}, {40, 96}, {301, 136}, {40, 96}},
+               [](Inputs& in, Device) {
+                 Tensor dA = ops::cast(in[3], DType::F32).clone(), added = in[2].clone(), written = in[2].clone();
+                 const ops::ColumnBlock x{in[0], 0, 96}, g{in[2], 96, 40}, dx_added{added, 0, 96},
+                     dx_written{written, 0, 96};
+                 ops::dropout_shrink_backward(x, {0.25, 9, 4096, Tensor()}, g, in[1], dA, 0.75f, &dx_added, true);
+                 ops::dropout_shrink_backward(x, {0.25, 9, 1003, Tensor()}, g, in[1], dA, 0.75f, &dx_written, false);
+                 return Outputs{dA, added, written};
+               }});
   return t;
 }
 

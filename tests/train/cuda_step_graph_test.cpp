@@ -59,7 +59,7 @@ struct TrainRun {
   // k_extension: LoRA's K-extended weights made where they apply (lora/k_extension.h), as the
   // trainer does; off, the groups run their expands.
   TrainRun(const std::string& dir, bool full, bool with_graph, double dropout = 0.0, bool checkpointing = false,
-           bool random_b = false, bool k_extension = false, bool all_linear = true)
+           bool random_b = false, bool k_extension = false, bool all_linear = true, bool dropout_per_input = false)
       : m(model::Model::load(dir, Device::cuda(0), DType::BF16)) {
     if (full) {
       full_grads = model::zeros_like(m.weights());
@@ -70,6 +70,7 @@ struct TrainRun {
       lc.alpha = 16;
       lc.all_linear = all_linear;  // else PEFT's default q_proj, v_proj
       lc.dropout = dropout;
+      lc.dropout_per_input = dropout_per_input;
       Rng init(11);
       adapter.emplace(lora::Adapter::create(m, lc, init));
       if (random_b)
@@ -305,14 +306,15 @@ TEST(CudaSideWork, FusedQkvModelEqualsOneStream) {
 // keeps each B's block of W_ext equal to B_work and each A's rows of W_dx_ext equal to A_work.
 // `members`: pairs with a W_ext; `dx_pairs`: pairs with a W_dx_ext.
 void expect_k_extension_equals_expands(const std::string& fixture, bool with_graph, bool checkpointing, int members,
-                                       int dx_pairs, bool all_linear = true, double dropout = 0.0) {
+                                       int dx_pairs, bool all_linear = true, double dropout = 0.0,
+                                       bool dropout_per_input = false) {
   const std::string dir = test::model_fixture(fixture);
   std::vector<train::StepResult> results[2];
   std::vector<std::vector<float>> params[2];
   uint64_t draws[2] = {};
   for (int ext = 1; ext >= 0; --ext) {
     TrainRun run(dir, false, with_graph, dropout, checkpointing, /*random_b=*/true, /*k_extension=*/ext == 1,
-                 all_linear);
+                 all_linear, dropout_per_input);
     int extended = 0, dx_extended = 0;
     for (const lora::LoraPair& p : run.adapter->pairs) {
       extended += p.W_ext.defined();
@@ -401,6 +403,21 @@ TEST(CudaKExtension, DropoutStepsEqualTheExpands) {
   const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
   // with dropout: no output side (its mask falls on s·g A)
   expect_k_extension_equals_expands("llama", false, false, static_cast<int>(c.num_layers) * 5, 0, true, 0.3);
+}
+
+// One mask per input (dropout_per_input): the group's one dropout shrink over the stacked A and its
+// one backward (r = 8: q, k, v's R = 24 takes the unfused backward, gate, up's 16 the fused one)
+// against the projections one by one, each drawing the mask its input's first projection drew.
+TEST(CudaKExtension, OneDropoutMaskPerInputStepsEqualTheExpands) {
+  REQUIRE_GPU();
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  expect_k_extension_equals_expands("llama", false, false, static_cast<int>(c.num_layers) * 5, 0, true, 0.3, true);
+}
+
+TEST(CudaKExtension, OneDropoutMaskPerInputGraphReplaysWithCheckpointingEqualTheExpands) {
+  REQUIRE_GPU();
+  const model::ModelConfig c = model::ModelConfig::load(test::model_fixture("gemma2"));
+  expect_k_extension_equals_expands("gemma2", true, true, static_cast<int>(c.num_layers) * 5, 0, true, 0.3, true);
 }
 
 TEST(CudaKExtension, DropoutGraphReplaysWithCheckpointingEqualTheExpands) {

@@ -17,6 +17,11 @@ struct LoraConfig {
   int64_t r = 8;
   double alpha = 16;
   double dropout = 0.0;
+  // One dropout mask per distinct input instead of one per projection: q, k and v draw one mask
+  // of the attention input, gate and up one of the MLP input (as loralib's MergedLinear does for a
+  // fused qkv projection; PEFT's per-module nn.Dropout draws one per projection). Training only:
+  // not a PEFT key, never written to adapter_config.json.
+  bool dropout_per_input = false;
   // PEFT's target_modules: names matched against module paths (exact, or as a ".name" suffix),
   // or one regex that must match the whole path (target_regex), or "all-linear".
   std::vector<std::string> target_modules{"q_proj", "v_proj"};

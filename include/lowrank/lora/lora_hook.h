@@ -95,6 +95,11 @@ class LoraHook : public model::TrainableHook {
   // The trained adapter's K-extended group of `shared_input` whose wide input is x, before its
   // backward; null when there is none.
   SharedInputGroup* extended_group(int layer, int shared_input, const Tensor& x);
+  // The first draw position of (layer, target)'s dropout mask over x (`count` elements), saved for
+  // its replay and backward: a replay's is its first forward's; otherwise the stream's next, or,
+  // with one mask per input (LoraConfig::dropout_per_input), the position the first projection of
+  // x's shared input took in this forward pass.
+  uint64_t dropout_offset(int layer, Target target, const Tensor& x, uint64_t count, bool per_input);
 
   std::vector<ActiveAdapter> adapters_;
   bool training_ = false;
@@ -106,6 +111,14 @@ class LoraHook : public model::TrainableHook {
   struct ForwardState : model::HookState {
     std::map<std::pair<int, int>, LoraSaved> saved;  // (layer, target) of the trained adapter
     std::map<std::tuple<size_t, int, int>, SharedInputGroup> groups;  // (adapter, layer, shared input)
+    // dropout_per_input: the mask each (layer, shared input) drew for input x, and which of its
+    // projections used it (a projection seen again is a new forward over a reused buffer)
+    struct InputMask {
+      const void* x = nullptr;
+      uint64_t offset = 0;
+      unsigned used = 0;
+    };
+    std::map<std::pair<int, int>, InputMask> input_masks;
   };
   ForwardState& state();
   const ForwardState& state() const { return const_cast<LoraHook*>(this)->state(); }

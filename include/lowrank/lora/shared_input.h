@@ -8,8 +8,10 @@
 // forwards only (the hook stays stateless for inference, which may run on several threads).
 // With LoRA dropout each member draws its own mask (as PEFT's per-layer dropout modules do), so
 // each member's shrink is its own fused dropout shrink into its block of h and its backward its
-// own (ops::dropout_shrink, into and out of column blocks of the wide input); such groups exist
-// only for the K-extension (k_extension.h), where they save the expands.
+// own (ops::dropout_shrink, into and out of column blocks of the wide input); with one mask for
+// the input (LoraConfig::dropout_per_input) the members' shrinks are one dropout shrink over the
+// stacked A and their backward one. Such groups exist only for the K-extension (k_extension.h),
+// where they save the expands.
 #include <vector>
 
 #include "lowrank/lora/lora_pair.h"
@@ -58,6 +60,7 @@ struct SharedInputGroup {
   Tensor x_ext;
   const void* x_data = nullptr;  // the input h was computed from
   bool trained = false;          // built by a training forward: the backward uses it
+  bool one_mask = false;         // dropout: the members' draws are one mask (dropout_per_input)
   unsigned forward_done = 0, backward_done = 0;  // members' bits
 
   int index_of(Target t) const;

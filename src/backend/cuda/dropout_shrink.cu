@@ -19,7 +19,11 @@
 // all" and "16-bit draws".
 // Without the fused kernels' preconditions (bf16, in % 8 == 0, 16-byte rows, r <= 64 forward;
 // in % 32 == 0, r <= 16 backward) and with LOWRANK_FUSED_DROPOUT=0 (A/B timing): the composition
-// dropout, then the GEMMs, then dropout's backward on α g A.
+// dropout, then the GEMMs, then dropout's backward on α g A — on bf16 column blocks without
+// copying them out (composed_backward). A backward at a stacked rank of 48 (one mask over q, k,
+// v: LoraConfig::dropout_per_input) takes ~0.05 ms there at in = 768 (H200, 8,192 rows), against
+// 0.07 for the fused kernel with its ranks in blocks of 16 (measured, not kept) and 3 × 0.028 for
+// three fused backwards at r = 16.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -302,8 +306,75 @@ Tensor columns_of(const ColumnBlock& b) {
   return t;
 }
 
+// The unfused backward on column blocks of bf16 rows of 16-byte multiples (a shared-input group's
+// x and dx inside the K-extension's wide matrices), without copying them out: x's block dropped
+// into x_drop [N, in] with its mask as a byte of 8 bits per 8 elements, the GEMMs, then the
+// dropout's backward of gx straight into dx's block. The roundings are dropout's and
+// dropout_backward_add_'s: x_drop = bf16(x / keep), dx = bf16(dx + gx / keep) where kept.
+__global__ void drop_block_kernel(const bf16* __restrict__ x, int64_t ldx, bf16* __restrict__ out,
+                                  uint8_t* __restrict__ bits, int64_t n, int in, float keep, uint32_t below,
+                                  uint64_t seed, uint64_t offset, const int64_t* __restrict__ delta) {
+  if (delta) offset += static_cast<uint64_t>(*delta);
+  const int packs = in / 8;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n * packs; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = t / packs, c = (t % packs) * 8;
+    const uint32_t kept = dropout_kept8(seed, offset + uint64_t(i * in + c), below);
+    const uint4 xv = *reinterpret_cast<const uint4*>(x + i * ldx + c);
+    const bf16* xs = reinterpret_cast<const bf16*>(&xv);
+    uint4 ov;
+    bf16* os = reinterpret_cast<bf16*>(&ov);
+#pragma unroll
+    for (int w = 0; w < 8; ++w) os[w] = __float2bfloat16_rn(kept >> w & 1u ? __bfloat162float(xs[w]) / keep : 0.0f);
+    *reinterpret_cast<uint4*>(out + i * in + c) = ov;
+    if (bits) bits[t] = static_cast<uint8_t>(kept);
+  }
+}
+
+__global__ void drop_add_block_kernel(bf16* __restrict__ dx, int64_t lddx, const bf16* __restrict__ gx,
+                                      const uint8_t* __restrict__ bits, int64_t n, int in, float keep,
+                                      bool accumulate) {
+  const int packs = in / 8;
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n * packs; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = t / packs, c = (t % packs) * 8;
+    const uint32_t kept = bits[t];
+    const uint4 gv = *reinterpret_cast<const uint4*>(gx + i * in + c);
+    uint4 dv = accumulate ? *reinterpret_cast<const uint4*>(dx + i * lddx + c) : uint4{0, 0, 0, 0};
+    const bf16* gs = reinterpret_cast<const bf16*>(&gv);
+    bf16* ds = reinterpret_cast<bf16*>(&dv);
+#pragma unroll
+    for (int w = 0; w < 8; ++w)
+      if (kept >> w & 1u) ds[w] = __float2bfloat16_rn((accumulate ? __bfloat162float(ds[w]) : 0.0f) +
+                                                      __bfloat162float(gs[w]) / keep);
+    *reinterpret_cast<uint4*>(dx + i * lddx + c) = dv;
+  }
+}
+
 void composed_backward(const ColumnBlock& xb, const DropoutDraws& d, const ColumnBlock& gb, const Tensor& A,
                        Tensor& dA, float alpha, const ColumnBlock* dx, bool accumulate) {
+  const ColumnBlock g_rows{gb.t, gb.col, dA.dim(0)};  // dA may take only the first rows (a padded rank)
+  if (xb.t.dtype() == DType::BF16 && gb.t.dtype() == DType::BF16 && xb.width % 8 == 0 && strided(xb).fits16() &&
+      (!dx || (dx->t.dtype() == DType::BF16 && strided(*dx).fits16()))) {
+    const int64_t n = xb.t.dim(0);
+    const int in = static_cast<int>(xb.width);
+    const float keep = static_cast<float>(1.0 - d.p);
+    cudaStream_t st = stream_for(xb.t.device());
+    const unsigned grid = grid_for(n * (in / 8), 256);
+    Tensor x_drop = Tensor::empty({n, in}, DType::BF16, xb.t.device());
+    Tensor bits = dx ? Tensor::empty({n * (in / 8)}, DType::U8, xb.t.device()) : Tensor();
+    const Strided xs = strided(xb);
+    drop_block_kernel<<<grid, 256, 0, st>>>(xs.p, xs.ld, x_drop.data<bf16>(), dx ? bits.data<uint8_t>() : nullptr,
+                                            n, in, keep, dropout_below(keep), d.seed, d.offset, device_delta(d));
+    LR_CUDA_LAUNCHED();
+    matmul_blocks(Gemm::TN, g_rows, ColumnBlock::all(x_drop), ColumnBlock::all(dA), alpha, 1.0f);
+    if (!dx) return;
+    Tensor gx = Tensor::empty({n, in}, DType::BF16, xb.t.device());
+    matmul_blocks(Gemm::NN, gb, ColumnBlock::all(A), ColumnBlock::all(gx), alpha, 0.0f);
+    const Strided dxs = strided(*dx);
+    drop_add_block_kernel<<<grid, 256, 0, st>>>(dxs.p, dxs.ld, gx.data<bf16>(), bits.data<uint8_t>(), n, in, keep,
+                                                accumulate);
+    LR_CUDA_LAUNCHED();
+    return;
+  }
   const Tensor x = columns_of(xb), g = columns_of(gb);
   Tensor mask;  // only for an accumulated dx: a written one draws the mask again
   const Tensor x_drop = dropout(x, d.p, d.seed, d.offset, dx && accumulate ? &mask : nullptr, d.device_offset);
