@@ -29,6 +29,7 @@ void dropout_shrink_backward(const ColumnBlock& x, const DropoutDraws& d, const 
                              Tensor& dA, float alpha, const ColumnBlock* dx, bool accumulate) {
   const Device dev =
       detail::op_device("dropout_shrink_backward", {&x.t, &g.t, &A, &dA, dx ? &dx->t : nullptr, &d.device_offset});
+  LR_CHECK(dA.defined() || dx, "dropout_shrink_backward: neither dA nor dx asked for");
   for (const ColumnBlock* b : {&x, &g, dx})
     if (b) check_column_block("dropout_shrink_backward", *b);
   LR_CHECK(A.defined() && A.rank() == 2 && x.width == A.dim(1) && g.width == A.dim(0) && g.t.dim(0) == x.t.dim(0) &&

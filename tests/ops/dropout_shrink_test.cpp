@@ -94,6 +94,11 @@ TEST(DropoutShrink, BackwardEqualsTheComposition) {
       Tensor dA_only = dA0.clone();
       ops::dropout_shrink_backward(x, d, g, A, dA_only, alpha, nullptr, false);
       EXPECT_TRUE(same_bits(dA_only, dA));
+      // Without dA (undefined): dx alone, the same.
+      Tensor no_dA, dx_only = accumulate ? dx0.clone() : Tensor();
+      ops::dropout_shrink_backward(x, d, g, A, no_dA, alpha, &dx_only, accumulate);
+      EXPECT_TRUE(same_bits(dx_only, dx));
+      EXPECT_FALSE(no_dA.defined());
     }
   }
 }
@@ -153,6 +158,12 @@ TEST(DropoutShrink, DeviceOffsetShiftsTheDraws) {
   ops::dropout_shrink_backward(x, {0.25, 7, 1517, Tensor()}, g, A, want_dA, 1.0f, &want_dx, false);
   EXPECT_TRUE(same_bits(dA, want_dA));
   EXPECT_TRUE(same_bits(dx, want_dx));
+}
+
+TEST(DropoutShrink, NeitherDaNorDxIsRefused) {
+  const Tensor x = random_tensor({4, 8}, 3), A = random_tensor({2, 8}, 4), g = random_tensor({4, 2}, 5);
+  Tensor none;
+  EXPECT_THROW(ops::dropout_shrink_backward(x, {0.1, 1, 0, Tensor()}, g, A, none, 1.0f, nullptr, false), InternalError);
 }
 
 TEST(DropoutShrink, ShapesThatDoNotFitAreRefused) {

@@ -846,7 +846,7 @@ std::vector<OpCase> op_table() {
                {}, {}, true, false, 1e-3});
   // One mask over a shared-input group's stacked A (LoraConfig::dropout_per_input): a backward at
   // rank 40 on column blocks of the wide matrices, composed on CUDA without copying the blocks out;
-  // dx added, then written; draws on a Philox block and off it.
+  // dx added, then written; draws on a Philox block and off it; then dx alone (no dA), both ways.
   t.push_back({"dropout_shrink_backward composed on column blocks", {{301, 136}, {40, 96}, {301, 136}, {40, 96}},
                [](Inputs& in, Device) {
                  Tensor dA = ops::cast(in[3], DType::F32).clone(), added = in[2].clone(), written = in[2].clone();
@@ -854,7 +854,12 @@ std::vector<OpCase> op_table() {
                      dx_written{written, 0, 96};
                  ops::dropout_shrink_backward(x, {0.25, 9, 4096, Tensor()}, g, in[1], dA, 0.75f, &dx_added, true);
                  ops::dropout_shrink_backward(x, {0.25, 9, 1003, Tensor()}, g, in[1], dA, 0.75f, &dx_written, false);
-                 return Outputs{dA, added, written};
+                 // dx alone (no dA): the mask drawn as dx is added to and written
+                 Tensor no_dA, alone_added = in[2].clone(), alone_written = in[2].clone();
+                 const ops::ColumnBlock a_added{alone_added, 0, 96}, a_written{alone_written, 0, 96};
+                 ops::dropout_shrink_backward(x, {0.25, 9, 4096, Tensor()}, g, in[1], no_dA, 0.75f, &a_added, true);
+                 ops::dropout_shrink_backward(x, {0.25, 9, 1003, Tensor()}, g, in[1], no_dA, 0.75f, &a_written, false);
+                 return Outputs{dA, added, written, alone_added, alone_written};
                }});
   return t;
 }

@@ -93,7 +93,8 @@ struct SharedInputGroup {
  private:
   void member_dB(int i, const ops::ColumnBlock& dy) const;  // on the side stream
   // With dropout, each member's dA and its masked share of dx from g (columns of g.t from g.col, as
-  // h's), alpha · g the gradient of h; the first share is added to dx only when dx_holds.
+  // h's), alpha · g the gradient of h (one mask: one backward over the stacked A); the dAs on the
+  // side stream where one runs; the first share is added to dx only when dx_holds.
   void members_dropout_backward(const Tensor& x, const ops::ColumnBlock& g, float alpha, const ops::ColumnBlock* dx,
                                 bool dx_holds);
   void finish_backward();                         // drops the activations, ready for a new forward

@@ -78,10 +78,11 @@ void shrink_backward_whole(const Tensor& x, const DropoutDraws& d, const Tensor&
   const Shrink s = shrink_shape(x, d, A, "dropout_shrink_backward");
   LR_CHECK(g.defined() && g.dtype() == DType::F32 && g.rank() == 2 && g.dim(0) == s.n && g.dim(1) == s.r,
            "dropout_shrink_backward: g ", g.defined() ? g.str() : "undefined", " for x ", x.str(), ", A ", A.str());
-  // dA may take only the first rows of the gradient (a padded rank's zero rows are not its own).
+  // dA may take only the first rows of the gradient (a padded rank's zero rows are not its own);
+  // undefined, none (dx alone).
   const int64_t da_rows = dA.defined() && s.in > 0 ? dA.numel() / s.in : 0;
-  LR_CHECK(dA.defined() && dA.dtype() == DType::F32 && dA.numel() == da_rows * s.in && da_rows <= s.r,
-           "dropout_shrink_backward: dA ", dA.defined() ? dA.str() : "undefined", " for A ", A.str());
+  LR_CHECK(!dA.defined() || (dA.dtype() == DType::F32 && dA.numel() == da_rows * s.in && da_rows <= s.r),
+           "dropout_shrink_backward: dA ", dA.str(), " for A ", A.str());
   if (dx && !accumulate && (!dx->defined() || dx->rank() != 2 || dx->dim(0) != s.n || dx->dim(1) != s.in))
     *dx = Tensor::empty({s.n, s.in});
   if (dx)
@@ -114,8 +115,9 @@ void shrink_backward_whole(const Tensor& x, const DropoutDraws& d, const Tensor&
       dropout_run(d.seed, s.offset + static_cast<uint64_t>(r0 * s.in), xs + r0 * s.in, x_drop.data(), mask.data(),
                   count, s.keep);
       // part += g rowsᵀ · dropout(x rows)   [r, in]
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, da_rows, s.in, rows, 1.0f, gb, s.r, x_drop.data(), s.in,
-                  1.0f, part, s.in);
+      if (da_rows > 0)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, da_rows, s.in, rows, 1.0f, gb, s.r, x_drop.data(), s.in,
+                    1.0f, part, s.in);
       if (!dxs) continue;
       float* dxb = dxs + r0 * s.in;
       if (accumulate) {  // dx rows += mask ⊙ (alpha · g rows A) / keep
@@ -130,6 +132,7 @@ void shrink_backward_whole(const Tensor& x, const DropoutDraws& d, const Tensor&
     }
   }
   // dA += alpha · Σ partials, the partials summed in thread order.
+  if (size == 0) return;
   float* da = dA.f32();
 #pragma omp parallel for schedule(static) if (parallel && size * threads > 65536)
   for (int64_t i = 0; i < size; ++i) {

@@ -330,13 +330,16 @@ __global__ void drop_block_kernel(const bf16* __restrict__ x, int64_t ldx, bf16*
   }
 }
 
+// bits null: the mask drawn here (dx alone: no x_drop was made).
 __global__ void drop_add_block_kernel(bf16* __restrict__ dx, int64_t lddx, const bf16* __restrict__ gx,
                                       const uint8_t* __restrict__ bits, int64_t n, int in, float keep,
-                                      bool accumulate) {
+                                      bool accumulate, uint32_t below, uint64_t seed, uint64_t offset,
+                                      const int64_t* __restrict__ delta) {
+  if (delta) offset += static_cast<uint64_t>(*delta);
   const int packs = in / 8;
   for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < n * packs; t += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = t / packs, c = (t % packs) * 8;
-    const uint32_t kept = bits[t];
+    const uint32_t kept = bits ? bits[t] : dropout_kept8(seed, offset + uint64_t(i * in + c), below);
     const uint4 gv = *reinterpret_cast<const uint4*>(gx + i * in + c);
     uint4 dv = accumulate ? *reinterpret_cast<const uint4*>(dx + i * lddx + c) : uint4{0, 0, 0, 0};
     const bf16* gs = reinterpret_cast<const bf16*>(&gv);
@@ -351,7 +354,7 @@ __global__ void drop_add_block_kernel(bf16* __restrict__ dx, int64_t lddx, const
 
 void composed_backward(const ColumnBlock& xb, const DropoutDraws& d, const ColumnBlock& gb, const Tensor& A,
                        Tensor& dA, float alpha, const ColumnBlock* dx, bool accumulate) {
-  const ColumnBlock g_rows{gb.t, gb.col, dA.dim(0)};  // dA may take only the first rows (a padded rank)
+  const ColumnBlock g_rows{gb.t, gb.col, dA.defined() ? dA.dim(0) : 0};  // dA may take only its first rows
   if (xb.t.dtype() == DType::BF16 && gb.t.dtype() == DType::BF16 && xb.width % 8 == 0 && strided(xb).fits16() &&
       (!dx || (dx->t.dtype() == DType::BF16 && strided(*dx).fits16()))) {
     const int64_t n = xb.t.dim(0);
@@ -359,27 +362,31 @@ void composed_backward(const ColumnBlock& xb, const DropoutDraws& d, const Colum
     const float keep = static_cast<float>(1.0 - d.p);
     cudaStream_t st = stream_for(xb.t.device());
     const unsigned grid = grid_for(n * (in / 8), 256);
-    Tensor x_drop = Tensor::empty({n, in}, DType::BF16, xb.t.device());
-    Tensor bits = dx ? Tensor::empty({n * (in / 8)}, DType::U8, xb.t.device()) : Tensor();
-    const Strided xs = strided(xb);
-    drop_block_kernel<<<grid, 256, 0, st>>>(xs.p, xs.ld, x_drop.data<bf16>(), dx ? bits.data<uint8_t>() : nullptr,
-                                            n, in, keep, dropout_below(keep), d.seed, d.offset, device_delta(d));
-    LR_CUDA_LAUNCHED();
-    matmul_blocks(Gemm::TN, g_rows, ColumnBlock::all(x_drop), ColumnBlock::all(dA), alpha, 1.0f);
+    Tensor bits;  // the mask for dx, when x_drop was made for dA
+    if (dA.defined()) {
+      Tensor x_drop = Tensor::empty({n, in}, DType::BF16, xb.t.device());
+      if (dx) bits = Tensor::empty({n * (in / 8)}, DType::U8, xb.t.device());
+      const Strided xs = strided(xb);
+      drop_block_kernel<<<grid, 256, 0, st>>>(xs.p, xs.ld, x_drop.data<bf16>(),
+                                              dx ? bits.data<uint8_t>() : nullptr, n, in, keep, dropout_below(keep),
+                                              d.seed, d.offset, device_delta(d));
+      LR_CUDA_LAUNCHED();
+      matmul_blocks(Gemm::TN, g_rows, ColumnBlock::all(x_drop), ColumnBlock::all(dA), alpha, 1.0f);
+    }
     if (!dx) return;
     Tensor gx = Tensor::empty({n, in}, DType::BF16, xb.t.device());
     matmul_blocks(Gemm::NN, gb, ColumnBlock::all(A), ColumnBlock::all(gx), alpha, 0.0f);
     const Strided dxs = strided(*dx);
-    drop_add_block_kernel<<<grid, 256, 0, st>>>(dxs.p, dxs.ld, gx.data<bf16>(), bits.data<uint8_t>(), n, in, keep,
-                                                accumulate);
+    drop_add_block_kernel<<<grid, 256, 0, st>>>(dxs.p, dxs.ld, gx.data<bf16>(),
+                                                bits.defined() ? bits.data<uint8_t>() : nullptr, n, in, keep,
+                                                accumulate, dropout_below(keep), d.seed, d.offset, device_delta(d));
     LR_CUDA_LAUNCHED();
     return;
   }
   const Tensor x = columns_of(xb), g = columns_of(gb);
   Tensor mask;  // only for an accumulated dx: a written one draws the mask again
   const Tensor x_drop = dropout(x, d.p, d.seed, d.offset, dx && accumulate ? &mask : nullptr, d.device_offset);
-  if (dA.numel() == g.dim(1) * x.dim(1)) matmul_tn(g, x_drop, dA, alpha, 1.0f);
-  else matmul_blocks(Gemm::TN, {g, 0, dA.dim(0)}, ColumnBlock::all(x_drop), ColumnBlock::all(dA), alpha, 1.0f);
+  if (dA.defined()) matmul_blocks(Gemm::TN, {g, 0, dA.dim(0)}, ColumnBlock::all(x_drop), ColumnBlock::all(dA), alpha, 1.0f);
   if (!dx) return;
   Tensor gx;
   matmul_nn(g, A, gx, alpha, 0.0f);
@@ -425,12 +432,13 @@ void dropout_shrink_backward(const ColumnBlock& x, const DropoutDraws& d, const 
   check_arg(x.t, "dropout_shrink_backward", "x");
   check_arg(A, "dropout_shrink_backward", "A");
   check_arg(g.t, "dropout_shrink_backward", "g");
-  check_arg(dA, "dropout_shrink_backward", "dA");
+  if (dA.defined()) check_arg(dA, "dropout_shrink_backward", "dA");
   if (dx) check_arg(dx->t, "dropout_shrink_backward", "dx");
   LR_CHECK(d.p >= 0.0 && d.p < 1.0, "dropout_shrink_backward: dropout p ", d.p);
-  LR_CHECK(dA.rank() == 2 && dA.dim(1) == A.dim(1) && dA.dim(0) <= A.dim(0), "dropout_shrink_backward: dA ",
-           dA.str(), " for A ", A.str());
-  if (!fused_fits(x, A, 16) || x.width % 32 != 0 || g.t.dtype() != DType::BF16 || dA.dtype() != DType::F32 ||
+  LR_CHECK(!dA.defined() || (dA.rank() == 2 && dA.dim(1) == A.dim(1) && dA.dim(0) <= A.dim(0)),
+           "dropout_shrink_backward: dA ", dA.str(), " for A ", A.str());
+  // dx alone (no dA) composes: the GEMM for g A and one pass that draws the mask as it adds.
+  if (!dA.defined() || !fused_fits(x, A, 16) || x.width % 32 != 0 || g.t.dtype() != DType::BF16 || dA.dtype() != DType::F32 ||
       (dx && (dx->t.dtype() != DType::BF16 || !strided(*dx).fits16())) || x.t.dim(0) == 0) {
     composed_backward(x, d, g, A, dA, alpha, dx, accumulate);
     return;
