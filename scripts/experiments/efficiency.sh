@@ -20,7 +20,9 @@
 # One GPU call: base7m base120m llama1b take about 3 minutes; llama8b alone about 5 (its model is
 # made five times); split SHAPES over calls if needed.
 # BENCH (default .devrun/cuda-build/bin/bench_train_gpu when that pack exists, else
-# build/bench/bench_train_gpu).
+# build/bench/bench_train_gpu). DROPOUT (default 0) is LoRA's dropout; DROPOUT_MASKS
+# per-projection (default, PEFT's) or per-input (train --dropout-per-input): e.g. the dropout rows
+# of docs/experiments.md, DROPOUT=0.05 DROPOUT_MASKS=per-input efficiency.sh cuda "base7m base120m".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 device=${1:?usage: efficiency.sh cuda|cpu [SHAPES] [STEPS] [WARMUP]}
@@ -43,7 +45,7 @@ for shape in $shapes; do
     echo "== $shape $method r=$rank $targets ($(date -u +%H:%M:%S))" >&2
     args=(--device "$device" --only "$shape" --method "$method" --targets "$targets" --checkpointing 0
           --steps "$steps" --warmup "$warmup")
-    [ "$method" = lora ] && args+=(--rank "$rank")
+    [ "$method" = lora ] && args+=(--rank "$rank" --dropout "${DROPOUT:-0}" --dropout-masks "${DROPOUT_MASKS:-per-projection}")
     "$bench" "${args[@]}" | sed -n 's/^RESULT //p' | python3 -c '
 import json, sys, datetime
 for line in sys.stdin:
