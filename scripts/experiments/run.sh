@@ -34,6 +34,9 @@
 #       long        the headline rows trained LONG_FACTOR (3) times the task's steps: full,
 #                   LoRA r=8 q,v and r=8 q,k,v,o for each seed of $SEED_LIST (default 1); LoRA
 #                   r=8 alpha 32 q,v and r=8 all-linear for its first seed (rows tagged long<steps>).
+#       masks       LoRA dropout's masks, one per projection (PEFT's) against one per input
+#                   (train --dropout-per-input): full, LoRA r=8 all-linear and r=8 q,v each way,
+#                   for each seed of $SEED_LIST (default 1).
 #       efficiency  speed and peak memory only (no eval): full, LoRA r in {4,16} x {q,v,
 #                   all-linear}, interleaved, EFF_ROUNDS times; one run at a time.
 # Each run appends one row to $RESULTS (run_one.py says what a row holds); a run already there is
@@ -52,8 +55,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|efficiency|lr|long}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|efficiency|lr|long}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|efficiency|lr|long}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|efficiency|lr|long}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -71,8 +74,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|efficiency|lr|long) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, efficiency, lr, long)" >&2; exit 2 ;;
+  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|efficiency|lr|long) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, masks, efficiency, lr, long)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -222,6 +225,16 @@ long() {
     lora --rank 8 --targets all-linear "${s[@]}"
   done
 }
+masks() {
+  for seed in ${SEED_LIST:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    for t in all-linear $qv; do
+      lora --rank 8 --targets "$t" "${s[@]}"
+      lora --rank 8 --targets "$t" --dropout-per-input "${s[@]}"
+    done
+  done
+}
 quick() {
   s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo 200)}")
   [ -z "${BATCH:-}" ] && s+=(--batch 8)
@@ -253,6 +266,7 @@ case "$set_" in
   rank_lr) workers rank_lr ;;
   seeds) workers seeds ;;
   quick) workers quick ;;
+  masks) workers masks ;;
   lr) workers lrs ;;
   long) workers long ;;
   efficiency)

@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--lr", type=float, default=None, help="default 1e-3 for full, 3e-3 otherwise")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--dropout", type=float, default=0.05)
+    ap.add_argument("--dropout-per-input", action="store_true",
+                    help="train --dropout-per-input: one dropout mask per distinct input (q, k, v share one)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--lowrank", default="build/lowrank")
     ap.add_argument("--model", default="models/base")
@@ -107,6 +109,7 @@ def main():
     lr = a.lr if a.lr is not None else (1e-3 if a.method == "full" else 3e-3)
     name = a.name or ("%s-%s" % (a.task, a.method) + (
         "-r%d-a%g-%s" % (a.rank, alpha, a.targets.replace(",", "+").replace("_proj", "")) if lora else "")
+        + ("-maskperinput" if lora and a.dropout_per_input else "")
         + "-s%d" % a.seed + ("-pad%d" % a.pad_to_multiple_of if a.pad_to_multiple_of > 1 else "")
         + ("-%s" % a.tag if a.tag else ""))
     run_dir = os.path.join(a.work_dir, name)
@@ -133,6 +136,8 @@ def main():
     train += ["--pad-to-multiple-of", str(a.pad_to_multiple_of)]
     if lora:
         train += ["--rank", str(a.rank), "--alpha", "%g" % alpha, "--targets", a.targets, "--dropout", repr(a.dropout)]
+        if a.dropout_per_input:
+            train.append("--dropout-per-input")
         if a.method == "dora":
             train.append("--use-dora")
         if a.method == "rslora":
@@ -225,6 +230,7 @@ def main():
         "device": a.device, "steps": a.steps, "batch": a.batch, "seq_len": a.seq_len,
         "pad_to_multiple_of": a.pad_to_multiple_of, "lr": lr,
         "warmup": a.warmup, "dropout": a.dropout if lora else None,
+        "dropout_masks": ("per-input" if a.dropout_per_input else "per-projection") if lora else None,
         "threads": int(env["OMP_NUM_THREADS"]) if env.get("OMP_NUM_THREADS", "").isdigit() else os.cpu_count(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "host_load": round(load, 2), "tag": a.tag or None, "run_dir": run_dir,
