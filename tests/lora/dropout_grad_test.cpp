@@ -35,20 +35,28 @@ uint64_t expect_dropout_gradients_match(const std::vector<std::string>& targets,
   const model::TokenBatch batch{{1, 5, 9, 13, 2, 7, 3, 11, 4, 8, 6, 10}, 2, 6};
   const auto targets_ids = model::shift_labels(batch.ids, 2, 6);
   // Σ NLL with the dropout stream at its start: the same masks every pass.
-  auto loss = [&] {
+  auto loss = [&](bool checkpointing = false) {
     drop = Rng(5);
     for (auto& p : a.pairs) {
       p.grad_A.fill_(0.0f);
       p.grad_B.fill_(0.0f);
     }
-    return model::forward_backward(m, batch, targets_ids, 1.0f, &hook).nll_sum;
+    return model::forward_backward(m, batch, targets_ids, 1.0f, &hook, nullptr, checkpointing).nll_sum;
   };
+  loss(true);  // checkpointed: the replays draw the first forward's masks again
+  std::vector<Tensor> replayed;
+  for (auto& p : a.pairs) replayed.push_back(p.grad_A.clone());
   loss();
   const uint64_t drawn = drop.offset() - Rng(5).offset();
   std::vector<Tensor> dA, dB;
   for (auto& p : a.pairs) {
     dA.push_back(p.grad_A.clone());
     dB.push_back(p.grad_B.clone());
+  }
+  for (size_t k = 0; k < a.pairs.size(); ++k) {
+    float worst = 0;
+    for (int64_t i = 0; i < dA[k].numel(); ++i) worst = std::max(worst, std::fabs(replayed[k].f32()[i] - dA[k].f32()[i]));
+    EXPECT_LE(worst, 1e-6f) << a.pairs[k].module << ": dA checkpointed";
   }
   const float eps = 1e-2f;
   int checked = 0;
