@@ -8,7 +8,8 @@
 
 Prints markdown tables to stdout, one section per task found in the RESULTS files (the quality
 tables leave speed out: those runs may share the machine, see run.sh's JOBS): metric vs rank
-(LoRA q,v), vs targets (r=8), vs alpha (r=8 q,v), DoRA and rsLoRA, the headline (the best run
+(LoRA q,v), vs targets (r=8), vs alpha (r=8 q,v), DoRA and rsLoRA, a dropout mask per projection
+against one per input (run.sh's masks set; those runs stay out of the other tables), the headline (the best run
 with <= 1% trainable parameters against full fine-tuning); a configuration run with several seeds
 shows their mean and standard deviation. Then (from --efficiency rows) full vs LoRA efficiency on
 one model, and (from --sizes, efficiency.sh's rows) full vs LoRA across model sizes. --svg writes
@@ -39,12 +40,18 @@ METHOD = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA", "pissa": "PiSSA", 
 VARIANTS = ("dora", "rslora", "pissa", "olora")  # LoRA of another kind or init, shown next to plain LoRA
 
 
+def per_input(r):
+    """A run with one LoRA dropout mask per input (train --dropout-per-input)."""
+    return r.get("dropout_masks") == "per-input"
+
+
 def label(r):
     if r["method"] == "full":
         return "full fine-tuning"
     if r["method"] == "bitfit":
         return "BitFit (biases only)"
-    return "%s r=%d α=%g %s" % (METHOD.get(r["method"], r["method"]), r["rank"], r["alpha"], tgt(r["targets"]))
+    return "%s r=%d α=%g %s%s" % (METHOD.get(r["method"], r["method"]), r["rank"], r["alpha"], tgt(r["targets"]),
+                                  ", one dropout mask per input" if per_input(r) else "")
 
 
 def merge_seeds(rows):
@@ -52,7 +59,7 @@ def merge_seeds(rows):
     that appears twice (the quality and the seeds sets both run seed 1) counts once: its first row."""
     groups = {}
     for r in rows:
-        g = groups.setdefault((r["method"], r["rank"], r["alpha"], r["targets"]), {})
+        g = groups.setdefault((r["method"], r["rank"], r["alpha"], r["targets"], per_input(r)), {})
         g.setdefault(r["seed"], r)
     out = []
     for g in groups.values():
@@ -290,7 +297,7 @@ def task_report(task, rows, a, multi):
     full_rows = [r for r in rows if r["method"] == "full"]
     rows = merge_seeds(rows)
     full = next((r for r in rows if r["method"] == "full"), None)
-    lora = [r for r in rows if r["method"] == "lora"]
+    lora = [r for r in rows if r["method"] == "lora" and not per_input(r)]  # PEFT's masks; per input below
     qv = lambda r: r["targets"] == "q_proj,v_proj"
     hib = rows[0]["higher_is_better"]
     print("## %s%s\n" % (TASK_TITLE.get(task, task), " (%s)" % a.label if a.label else ""))
@@ -311,6 +318,14 @@ def task_report(task, rows, a, multi):
         plain = [r for r in lora if (r["rank"], r["alpha"], r["targets"]) in shown]
         print("\n### DoRA, rsLoRA, PiSSA, OLoRA and BitFit next to LoRA\n")
         print(table(sorted(plain, key=lambda r: r["trainable_params"]) + other, full, "run", label))
+    masked = [r for r in rows if per_input(r)]
+    if masked:  # each configuration with a mask per projection, then with one per input
+        pairs = []
+        for m in sorted(masked, key=lambda r: r["trainable_params"]):
+            pairs += [r for r in rows if not per_input(r) and (r["method"], r["rank"], r["alpha"], r["targets"]) ==
+                      (m["method"], m["rank"], m["alpha"], m["targets"])] + [m]
+        print("\n### Dropout masks: one per projection (PEFT's) against one per input\n")
+        print(table(pairs, full, "run", label))
     small = [r for r in rows if r["method"] != "full" and r["trainable_pct"] <= 1.0]
     if small and full:
         best = (max if hib else min)(small, key=lambda r: r["metric"])
