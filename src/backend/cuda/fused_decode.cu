@@ -34,6 +34,7 @@
 #include "common.cuh"
 #include "context.h"
 #include "dependent_launch.cuh"
+#include "launch_trace.cuh"
 #include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
@@ -94,6 +95,7 @@ struct Args {
   const int32_t* slots;  // KVWrite: [M] pool rows of the outputs with a pool (-1: none)
   int64_t pool_rows;
   Shrinks sh;
+  LaunchStamp* stamps;  // LOWRANK_DECODE_TRACE (launch_trace.cuh); null: off
 };
 
 // v (output `row` of input row r, rounded) plus o's low-rank update, rounded once as matmul_nt(h,
@@ -351,6 +353,7 @@ __device__ __forceinline__ void release_shrinks(const Shrinks& s) {
 // without an update keep their registers.
 template <int M, Epilogue E, bool kShrink>
 __device__ __forceinline__ void fused_decode(const Args& a) {
+  stamp_start(a.stamps);
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* xs = reinterpret_cast<bf16*>(smem);  // [m, k]
   __shared__ float rstd[kMaxRows];
@@ -407,6 +410,7 @@ __device__ __forceinline__ void fused_decode(const Args& a) {
   float nw[8];  // the norm's weights of the thread's first staged pack
   if (a.norm_w && threadIdx.x < packs) norm_weights(a, threadIdx.x, nw);
   wait_for_prior_grids();
+  stamp_wait(a.stamps);
   allow_dependents();
   // Inputs of the epilogue, ahead of the staging: the row's position and pool slot, and the first
   // pair's residual or bias.
@@ -456,6 +460,7 @@ __device__ __forceinline__ void fused_decode(const Args& a) {
       reinterpret_cast<uint4*>(xs + r * k)[v] = packed;
     }
   __syncthreads();
+  stamp_mid(a.stamps);
   if (kShrink && shrinker) shrink_rows<M>(a, xs, pa);
   bool shrinks_seen = !kShrink;
 
@@ -542,6 +547,7 @@ __device__ __forceinline__ void fused_decode(const Args& a) {
     }
   }
   if constexpr (kShrink) release_shrinks(a.sh);
+  stamp_end(a.stamps);
 }
 
 template <int M, Epilogue E>
@@ -594,6 +600,7 @@ void launch_rows(const Args& a, Device d) {
   args.sh.blocks = kShrink ? static_cast<int>(std::clamp<int64_t>(a.sh.rows, 1, std::max<int64_t>(resident_blocks / 4, 1))) : 0;
   const int64_t blocks = args.sh.blocks + std::max<int64_t>(
       1, std::min<int64_t>((a.pairs + slots - 1) / slots, resident_blocks - args.sh.blocks));
+  args.stamps = next_launch_stamps(d, E == Epilogue::SwiGlu ? "norm_swiglu" : E == Epilogue::Bias ? "norm_linears" : "linear_residual", blocks);
   launch_kernel(dependent, kernel, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), static_cast<size_t>(smem), d,
                 args);
 }

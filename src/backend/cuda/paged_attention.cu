@@ -21,6 +21,7 @@
 #include "common.cuh"
 #include "context.h"
 #include "dependent_launch.cuh"
+#include "launch_trace.cuh"
 #include "online_softmax.cuh"
 #include "backend/cuda/cuda_ops.h"
 
@@ -312,6 +313,7 @@ struct OProj {
   bool b_packed = false;  // r a multiple of 8 up to 8 · kOBPacks, B 16-byte aligned
   float scale = 0.0f;
   float* h_partial = nullptr;  // [parts, H, r] each head's part of h = attn Aᵀ (scratch)
+  LaunchStamp* stamps = nullptr;  // LOWRANK_DECODE_TRACE (launch_trace.cuh); null: off
 };
 
 // grid (H, parts), block kOThreads. Everything that is not the attention's result (o's weight
@@ -324,6 +326,7 @@ paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_poo
   const int h = blockIdx.x, part = blockIdx.y, hd = s.hd, t = threadIdx.x, lane = t & 31, warp = t >> 5;
   const int per_row = hd / 8, per_pass = kOThreads / per_row, col = t % per_row;
   const int64_t K = int64_t(s.H) * hd, row0 = int64_t(part) * o.rows;
+  stamp_start(o.stamps);
   uint4 wv[kOLoads];
 #pragma unroll
   for (int k = 0; k < kOLoads; ++k) {
@@ -349,6 +352,7 @@ paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_poo
   short_decode(q, k_pool, v_pool, tables, lens, s, 0, h / s.group, h, 1, smem,
                [&](int, int d, float v) { attn[d] = round_bf16(v); });
   __syncthreads();
+  stamp_wait(o.stamps);  // traced as this kernel's "wait": the attention's end
 #pragma unroll
   for (int k = 0; k < kOLoads; ++k) {
     float f[8], acc = 0.0f;
@@ -370,7 +374,10 @@ paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_poo
   __shared__ bool last;
   if (t == 0) last = atomicAdd(o.counters + part, 1u) == unsigned(s.H - 1);
   __syncthreads();
-  if (!last) return;
+  if (!last) {
+    stamp_end(o.stamps);
+    return;
+  }
   __threadfence();
   __shared__ float hs[kOMaxRank];  // h = attn Aᵀ, rounded as the shrink (a linear) rounds it
   if (o.a && t < o.r) {
@@ -402,6 +409,7 @@ paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_poo
     o.y[my_row] = __float2bfloat16_rn(v + res);
   }
   if (t == 0) o.counters[part] = 0;  // every block of the part has counted
+  stamp_end(o.stamps);
 }
 
 // Merges the splits of one (sequence, head) per block: thread d owns column d.
@@ -712,6 +720,7 @@ Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Ten
       (short_smem_floats(1, kShortMaxWarps, int(hd)) + size_t(hd) + (u ? size_t(u->A.dim(0)) * hd : 0)) * sizeof(float);
   auto kernel = paged_decode_o_kernel;
   if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  o.stamps = next_launch_stamps(dev, "paged_attention_residual", H * parts);
   kernel<<<dim3(unsigned(H), unsigned(parts)), kOThreads, smem, stream_for(dev)>>>(
       q.data<bf16>(), k_pool.data<bf16>(), v_pool.data<bf16>(), block_tables.data<int32_t>(), lens.data<int32_t>(), d,
       o);
