@@ -33,6 +33,8 @@ def main():
     rows = []
     with open(args.trace) as f:
         for line in f:
+            if line.startswith("B "):  # LOWRANK_DECODE_TRACE_BLOCKS's lines, a block each
+                continue
             i, name, blocks, s0, s1, w0, w1, m1, e1 = line.split()
             rows.append((name, int(blocks), int(s0), int(s1), int(w0), int(w1), int(m1), int(e1)))
     kinds = []

@@ -37,6 +37,13 @@ void write_trace() {
   if (cudaMemcpy(host.data(), t.stamps, host.size() * sizeof(LaunchStamp), cudaMemcpyDeviceToHost) != cudaSuccess) return;
   FILE* f = std::fopen(t.file.c_str(), "w");
   if (!f) return;
+  if (std::getenv("LOWRANK_DECODE_TRACE_BLOCKS"))  // every block
+    for (size_t i = 0; i < t.launches.size() && i < size_t(kLaunches); ++i)
+      for (int64_t b = 0; b < t.launches[i].second && b < kBlocks; ++b) {
+        const LaunchStamp& s = host[i * kBlocks + b];
+        std::fprintf(f, "B %zu %s %lld %llu %llu %llu %llu\n", i, t.launches[i].first.c_str(), static_cast<long long>(b),
+                     s.start, s.wait, s.mid, s.end);
+      }
   for (size_t i = 0; i < t.launches.size() && i < size_t(kLaunches); ++i) {
     unsigned long long s0 = ~0ULL, s1 = 0, w0 = ~0ULL, w1 = 0, m1 = 0, e1 = 0;
     for (int64_t b = 0; b < t.launches[i].second && b < kBlocks; ++b) {

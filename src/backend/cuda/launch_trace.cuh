@@ -8,7 +8,9 @@
 // (a graph replays the rows it was recorded with, so the rows hold its latest replay); at exit the
 // rows are written to FILE, one line a launch: index, kernel, blocks, then nanoseconds: first and
 // last block start, first and last wait return, last staging end, last end.
-// bench/decode_trace.py summarises it; stamping costs the step ~5%.
+// bench/decode_trace.py summarises it; stamping costs the step ~5%. LOWRANK_DECODE_TRACE_BLOCKS=1
+// writes every block's stamps too, a line each before the launches': B, index, kernel, block,
+// start, wait, staging end, end.
 #include <cstdint>
 
 #include "common.cuh"
