@@ -1,5 +1,6 @@
 #include "launch_trace.cuh"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
