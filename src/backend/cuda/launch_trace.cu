@@ -10,6 +10,8 @@
 namespace lowrank::cuda {
 namespace {
 
+// The first kLaunches traced launches get rows (a graph's rows are those of its recording), each of
+// up to kBlocks blocks (a launch of more is not traced): 64 MiB of device memory while tracing.
 constexpr int64_t kLaunches = 2048, kBlocks = 1024;
 
 struct Trace {
@@ -37,7 +39,10 @@ void write_trace() {
   std::vector<LaunchStamp> host(static_cast<size_t>(kLaunches * kBlocks));
   if (cudaMemcpy(host.data(), t.stamps, host.size() * sizeof(LaunchStamp), cudaMemcpyDeviceToHost) != cudaSuccess) return;
   FILE* f = std::fopen(t.file.c_str(), "w");
-  if (!f) return;
+  if (!f) {
+    std::fprintf(stderr, "warning: LOWRANK_DECODE_TRACE: cannot write %s\n", t.file.c_str());
+    return;
+  }
   if (std::getenv("LOWRANK_DECODE_TRACE_BLOCKS"))  // every block
     for (size_t i = 0; i < t.launches.size() && i < size_t(kLaunches); ++i)
       for (int64_t b = 0; b < t.launches[i].second && b < kBlocks; ++b) {
@@ -74,7 +79,7 @@ LaunchStamp* next_launch_stamps(Device d, const char* kernel, int64_t blocks) {
     std::atexit(write_trace);
   }
   const size_t i = t.launches.size();
-  if (i >= size_t(kLaunches)) return nullptr;
+  if (i >= size_t(kLaunches) || blocks > kBlocks) return nullptr;
   t.launches.emplace_back(kernel, blocks);
   return t.stamps + i * kBlocks;
 }
