@@ -79,7 +79,8 @@ LaunchStamp* next_launch_stamps(Device d, const char* kernel, int64_t blocks) {
     std::atexit(write_trace);
   }
   const size_t i = t.launches.size();
-  if (i >= size_t(kLaunches) || blocks > kBlocks) return nullptr;
+  // The rows live on the first traced device: launches elsewhere are not traced.
+  if (i >= size_t(kLaunches) || blocks > kBlocks || d.index != t.device) return nullptr;
   t.launches.emplace_back(kernel, blocks);
   return t.stamps + i * kBlocks;
 }
