@@ -9,8 +9,9 @@ On the GPU box (the graphs' last replay is what the file holds):
 Each line of the file is a launch of a traced kernel (the fused projections and the attention
 with o): index, kernel, blocks, then the GPU's global timer in ns: first and last block start,
 first and last return from the wait for the kernel before (for the attention with o: the end
-of its attention), the last block past its input's staging (fused projections), last end. Takes the last `layers` x (kernels a layer) launches, i.e. the
-last replayed step, and prints per kind of kernel, averaged over the layers, in µs:
+of its attention), the last block past its input's staging (fused projections), last end.
+Takes the last `layers` x (kernels a layer) launches, i.e. the last replayed step, and prints
+per kind of kernel, averaged over the layers, in µs:
   since-prev  its last end minus the previous kernel's last end (its share of the step)
   start       its first block's start minus the previous kernel's end (negative: started
               early, beside the kernel before, as a programmatic dependent)

@@ -26,18 +26,22 @@ __device__ __forceinline__ unsigned long long global_ns() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
-// Thread 0 at the block's start; after its wait; every warp at its end (the last one counts).
+// This block's stamps (null: not traced). Thread 0 stamps the start, the wait and the staging;
+// every warp the end (the last one counts).
+__device__ __forceinline__ LaunchStamp* block_stamps(LaunchStamp* s) {
+  return s ? s + blockIdx.x + blockIdx.y * gridDim.x : nullptr;
+}
 __device__ __forceinline__ void stamp_start(LaunchStamp* s) {
-  if (s && threadIdx.x == 0) s[blockIdx.x + blockIdx.y * gridDim.x].start = global_ns();
+  if (s && threadIdx.x == 0) block_stamps(s)->start = global_ns();
 }
 __device__ __forceinline__ void stamp_wait(LaunchStamp* s) {
-  if (s && threadIdx.x == 0) s[blockIdx.x + blockIdx.y * gridDim.x].wait = global_ns();
+  if (s && threadIdx.x == 0) block_stamps(s)->wait = global_ns();
 }
 __device__ __forceinline__ void stamp_mid(LaunchStamp* s) {
-  if (s && threadIdx.x == 0) s[blockIdx.x + blockIdx.y * gridDim.x].mid = global_ns();
+  if (s && threadIdx.x == 0) block_stamps(s)->mid = global_ns();
 }
 __device__ __forceinline__ void stamp_end(LaunchStamp* s) {
-  if (s && (threadIdx.x & 31) == 0) atomicMax(&s[blockIdx.x + blockIdx.y * gridDim.x].end, global_ns());
+  if (s && (threadIdx.x & 31) == 0) atomicMax(&block_stamps(s)->end, global_ns());
 }
 
 // The stamps of the next launch of `kernel` with `blocks` blocks on d, or null when tracing is off.
