@@ -861,6 +861,26 @@ std::vector<OpCase> op_table() {
                  ops::dropout_shrink_backward(x, {0.25, 9, 1003, Tensor()}, g, in[1], no_dA, 0.75f, &a_written, false);
                  return Outputs{dA, added, written, alone_added, alone_written};
                }});
+  // The attention with o at the Qwen2.5-0.5B shape (14 query heads over 2 KV heads of 64, 896 rows
+  // of o in 7 parts; on Hopper a part's 14 blocks are one cluster summing in shared memory), 200
+  // keys in blocks of 16, with a rank-16 update; and 18 heads, more than a cluster may hold (o's
+  // sums through global memory).
+  t.push_back({"paged_attention_residual, 14 heads of 64, 896 rows, rank 16",
+               {{1, 896}, {256, 128}, {256, 128}, {896, 896}, {1, 896}, {16, 896}, {896, 16}},
+               [](Inputs& in, Device d) {
+                 std::vector<int32_t> blocks(16);
+                 for (int i = 0; i < 16; ++i) blocks[i] = (i * 7) % 16;
+                 const Tensor tables = Tensor::from_ints(blocks, d).reshape({1, 16});
+                 return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({200}, d),
+                                                              16, 200, {1, 1, 14, 2, 64, 0, 0.125f, 0.0f}, in[3], in[4],
+                                                              {{in[5], in[6], 2.0f}})};
+               }});
+  t.push_back({"paged_attention_residual, 18 heads", {{1, 288}, {128, 32}, {128, 32}, {40, 288}, {1, 40}},
+               [](Inputs& in, Device d) {
+                 const Tensor tables = Tensor::from_ints({7, 2, 5, 0, 1, 3, 6, 4}, d).reshape({1, 8});
+                 return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({70}, d),
+                                                              16, 70, {1, 1, 18, 2, 16, 0, 0.25f, 0.0f}, in[3], in[4])};
+               }});
   return t;
 }
 

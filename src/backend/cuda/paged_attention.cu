@@ -14,8 +14,12 @@
 // head, sequence) whose warps share the tiles and merge in shared memory instead
 // (paged_decode_short_kernel).
 #include <algorithm>
+#include <cooperative_groups.h>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 
 #include "common.cuh"
@@ -316,12 +320,66 @@ struct OProj {
   LaunchStamp* stamps = nullptr;  // LOWRANK_DECODE_TRACE (launch_trace.cuh); null: off
 };
 
+// Row `row` of y from o's sum v (rounded): + scale · h Bᵀ (h in shared memory, B's row as 16-byte
+// packs loaded early when b_packs > 0), rounded as matmul_nt(h, B, y, scale, 1) rounds it, then
+// + the residual, as linear_residual rounds them.
+__device__ __forceinline__ void finish_o_row(const OProj& o, int64_t row, float v, const float* hs,
+                                             const uint4 (&bp)[kOBPacks], int b_packs, float res) {
+  if (o.a) {
+    float u = 0.0f;
+    if (b_packs > 0) {
+#pragma unroll
+      for (int j = 0; j < kOBPacks; ++j) {
+        if (j >= b_packs) break;
+        float f[8];
+        unpack8(bp[j], f);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) u = fmaf(hs[j * 8 + e], f[e], u);
+      }
+    } else {
+      for (int j = 0; j < o.r; ++j) u = fmaf(hs[j], __bfloat162float(o.b[row * o.r + j]), u);
+    }
+    v = round_bf16(o.scale * u + v);
+  }
+  o.y[row] = __float2bfloat16_rn(v + res);
+}
+
+constexpr int kOClusterMaxBlocks = 16;  // blocks a cluster may have on Hopper (above 8: non-portable)
+
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// Σ over the cluster's first `blocks` blocks, in block order, of the float at p in each one's shared
+// memory (p: an address in this block's; the same layout in every block). All loads in flight at once.
+__device__ __forceinline__ float sum_over_cluster(const float* p, int blocks) {
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  float v[kOClusterMaxBlocks];
+#pragma unroll
+  for (int b = 0; b < kOClusterMaxBlocks; ++b) v[b] = b < blocks ? *cluster.map_shared_rank(const_cast<float*>(p), b) : 0.0f;
+  float acc = 0.0f;
+#pragma unroll
+  for (int b = 0; b < kOClusterMaxBlocks; ++b)
+    if (b < blocks) acc += v[b];
+  return acc;
+}
+
 // grid (H, parts), block kOThreads. Everything that is not the attention's result (o's weight
 // slice, LoRA's A slice, B's and the residual's elements for the row a thread may finish) is
 // loaded before the attention, so that only the dots and the sums follow it.
+// Cluster (compute capability 9.0+; grid launched with clusters of (H, 1, 1)): a part's H blocks
+// are one cluster and add the heads' partial sums through distributed shared memory instead of
+// global memory: each block keeps its head's sums in its shared memory, the cluster's barrier
+// publishes them, and block h finishes rows [h · sub, (h + 1) · sub) of the part, reading the H
+// blocks' sums of its rows (no fence, counter or second pass through L2; every block finishes a
+// share instead of a part's last one finishing all). Same sums in the same order: the same bits.
+template <bool Cluster>
 __global__ void __launch_bounds__(kOThreads)
 paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_pool, const bf16* __restrict__ v_pool,
-                      const int32_t* __restrict__ tables, const int32_t* __restrict__ lens, PagedDims s, OProj o) {
+                      const int32_t* __restrict__ tables, const int32_t* __restrict__ lens, PagedDims s, OProj o,
+                      int sub) {
   extern __shared__ float smem[];
   const int h = blockIdx.x, part = blockIdx.y, hd = s.hd, t = threadIdx.x, lane = t & 31, warp = t >> 5;
   const int per_row = hd / 8, per_pass = kOThreads / per_row, col = t % per_row;
@@ -337,11 +395,14 @@ paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_poo
   }
   float* attn = smem + short_smem_floats(1, kShortMaxWarps, hd);  // [hd], rounded as paged_attention stores it
   float* a_s = attn + hd;                                          // [r, hd]: A's columns of head h
+  float* sums = a_s + o.r * hd;                                    // Cluster: [rows] head h's sums of the part's rows
+  float* h_part = sums + o.rows;                                   // Cluster: [r] head h's part of h = attn Aᵀ
   for (int e = t; e < o.r * hd; e += kOThreads)
     a_s[e] = __bfloat162float(o.a[int64_t(e / hd) * K + int64_t(h) * hd + e % hd]);
-  // The row this thread finishes if its block is the part's last (parts of at most kOThreads rows).
-  const int64_t my_row = row0 + t;
-  const bool finishes = t < o.rows && my_row < o.n;
+  // The row this thread finishes: without clusters if its block is the part's last (parts of at
+  // most kOThreads rows); with them, its block's share of the part.
+  const int64_t first = Cluster ? int64_t(h) * sub : 0, my_row = row0 + first + t;
+  const bool finishes = t < (Cluster ? sub : o.rows) && first + t < o.rows && my_row < o.n;
   const float res = finishes ? __bfloat162float(o.res[my_row]) : 0.0f;
   uint4 bp[kOBPacks] = {};  // B's row as 16-byte packs (ranks up to 8 · kOBPacks; other ranks load it at the end)
   const int b_packs = o.b_packed && finishes ? o.r / 8 : 0;
@@ -361,54 +422,59 @@ paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_poo
     for (int e = 0; e < 8; ++e) acc = fmaf(f[e], attn[col * 8 + e], acc);
     for (int off = per_row / 2; off > 0; off >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, off);
     const int i = t / per_row + k * per_pass;
-    if (col == 0 && i < o.rows && row0 + i < o.n) o.partial[int64_t(h) * o.n + row0 + i] = acc;
+    if (col == 0 && i < o.rows && row0 + i < o.n) {
+      if (Cluster)
+        sums[i] = acc;
+      else
+        o.partial[int64_t(h) * o.n + row0 + i] = acc;
+    }
   }
   for (int j = warp; j < o.r; j += kOThreads / 32) {  // head h's part of LoRA's shrink: a warp a row of A
     float acc = 0.0f;
     for (int d = lane; d < hd; d += 32) acc = fmaf(a_s[j * hd + d], attn[d], acc);
     acc = warp_sum(acc);
-    if (lane == 0) o.h_partial[(int64_t(part) * s.H + h) * o.r + j] = acc;
-  }
-  __threadfence();  // the partials before the count that publishes them
-  __syncthreads();
-  __shared__ bool last;
-  if (t == 0) last = atomicAdd(o.counters + part, 1u) == unsigned(s.H - 1);
-  __syncthreads();
-  if (!last) {
-    stamp_end(o.stamps);
-    return;
-  }
-  __threadfence();
-  __shared__ float hs[kOMaxRank];  // h = attn Aᵀ, rounded as the shrink (a linear) rounds it
-  if (o.a && t < o.r) {
-    float acc = 0.0f;
-    for (int hh = 0; hh < s.H; ++hh) acc += __ldcg(o.h_partial + (int64_t(part) * s.H + hh) * o.r + t);
-    hs[t] = round_bf16(acc);
-  }
-  __syncthreads();
-  if (finishes) {
-    float acc = 0.0f;
-    for (int hh = 0; hh < s.H; ++hh) acc += __ldcg(o.partial + int64_t(hh) * o.n + my_row);
-    float v = round_bf16(acc);
-    if (o.a) {  // + scale · h Bᵀ, rounded as matmul_nt(h, B, y, scale, 1) rounds it
-      float u = 0.0f;
-      if (b_packs > 0) {
-#pragma unroll
-        for (int j = 0; j < kOBPacks; ++j) {
-          if (j >= b_packs) break;
-          float f[8];
-          unpack8(bp[j], f);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) u = fmaf(hs[j * 8 + e], f[e], u);
-        }
-      } else {
-        for (int j = 0; j < o.r; ++j) u = fmaf(hs[j], __bfloat162float(o.b[my_row * o.r + j]), u);
-      }
-      v = round_bf16(o.scale * u + v);
+    if (lane == 0) {
+      if (Cluster)
+        h_part[j] = acc;
+      else
+        o.h_partial[(int64_t(part) * s.H + h) * o.r + j] = acc;
     }
-    o.y[my_row] = __float2bfloat16_rn(v + res);
   }
-  if (t == 0) o.counters[part] = 0;  // every block of the part has counted
+  __shared__ float hs[kOMaxRank];  // h = attn Aᵀ, rounded as the shrink (a linear) rounds it
+  float v = 0.0f;                  // the sum of my_row over the heads' columns
+  if constexpr (Cluster) {
+    cluster_arrive();  // sums and h_part published to the cluster
+    cluster_wait();
+    stamp_mid(o.stamps);  // traced as the end of its staging: the cluster's sums visible
+    if (finishes) v = sum_over_cluster(sums + first + t, s.H);
+    if (o.a && t < o.r) hs[t] = round_bf16(sum_over_cluster(h_part + t, s.H));
+    cluster_arrive();  // done reading the other blocks' shared memory (each waits for it before exiting)
+    __syncthreads();
+  } else {
+    __threadfence();  // the partials before the count that publishes them
+    __syncthreads();
+    __shared__ bool last;
+    if (t == 0) last = atomicAdd(o.counters + part, 1u) == unsigned(s.H - 1);
+    __syncthreads();
+    if (!last) {
+      stamp_end(o.stamps);
+      return;
+    }
+    __threadfence();
+    if (o.a && t < o.r) {
+      float acc = 0.0f;
+      for (int hh = 0; hh < s.H; ++hh) acc += __ldcg(o.h_partial + (int64_t(part) * s.H + hh) * o.r + t);
+      hs[t] = round_bf16(acc);
+    }
+    __syncthreads();
+    if (finishes)
+      for (int hh = 0; hh < s.H; ++hh) v += __ldcg(o.partial + int64_t(hh) * o.n + my_row);
+  }
+  if (finishes) finish_o_row(o, my_row, round_bf16(v), hs, bp, b_packs, res);
+  if constexpr (Cluster)
+    cluster_wait();  // no block leaves while another may still read its shared memory
+  else if (t == 0)
+    o.counters[part] = 0;  // every block of the part has counted
   stamp_end(o.stamps);
 }
 
@@ -501,6 +567,52 @@ __global__ void argmax_merge_kernel(const float* __restrict__ part_v, const int3
     block_argmax(part_v + row * chunks, part_i + row * chunks, 0, chunks, &v, out + row);
     __syncthreads();
   }
+}
+
+// A launch of paged_decode_o_kernel<true>: clusters of grid.x blocks (`attr` holds their size).
+cudaLaunchConfig_t o_cluster_config(dim3 grid, size_t smem, cudaStream_t st, cudaLaunchAttribute& attr) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kOThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  attr = {};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = grid.x;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+// Whether clusters of `blocks` blocks of paged_decode_o_kernel<true> with `smem` bytes each can be
+// placed on d (compute capability 9.0+); the answer is kept per shape.
+bool o_cluster_launchable(Device d, int blocks, size_t smem) {
+  static std::mutex mu;
+  static std::map<std::tuple<int, int, size_t>, bool> known;
+  static size_t smem_set = 48 * 1024;  // the kernel's dynamic shared memory limit as set so far
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(d.index, blocks, smem);
+  if (auto it = known.find(key); it != known.end()) return it->second;
+  bool ok = false;
+  int major = 0;
+  LR_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d.index));
+  if (major >= 9) {
+    auto kernel = paged_decode_o_kernel<true>;
+    if (smem > smem_set) {
+      LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      smem_set = smem;
+    }
+    if (blocks > 8) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = o_cluster_config(dim3(unsigned(blocks)), smem, nullptr, attr);
+    int clusters = 0;
+    ok = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) == cudaSuccess && clusters > 0;
+    cudaGetLastError();  // a refusal is an answer, not an error for the next launch
+  }
+  known[key] = ok;
+  return ok;
 }
 
 }  // namespace
@@ -718,12 +830,30 @@ Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Ten
   }
   const size_t smem =
       (short_smem_floats(1, kShortMaxWarps, int(hd)) + size_t(hd) + (u ? size_t(u->A.dim(0)) * hd : 0)) * sizeof(float);
-  auto kernel = paged_decode_o_kernel;
-  if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   o.stamps = next_launch_stamps(dev, "paged_attention_residual", H * parts);
+  // A part's blocks as one cluster (o's sums in distributed shared memory) where the GPU can place
+  // such a cluster (compute capability 9.0+, at most 16 heads). Same call, one H200, Qwen2.5-0.5B
+  // shape, one stream: see docs/cuda.md. LOWRANK_DECODE_O_CLUSTER=0: the global sums (A/B timing).
+  static const bool cluster_enabled = [] {
+    const char* v = std::getenv("LOWRANK_DECODE_O_CLUSTER");
+    return !(v && std::string_view(v) == "0");
+  }();
+  const int64_t sub = (rows + H - 1) / H;  // rows a block finishes with clusters
+  const size_t cluster_smem = smem + (rows + kOMaxRank) * sizeof(float);
+  if (cluster_enabled && H <= kOClusterMaxBlocks && o_cluster_launchable(dev, int(H), cluster_smem)) {
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg =
+        o_cluster_config(dim3(unsigned(H), unsigned(parts)), cluster_smem, stream_for(dev), attr);
+    LR_CUDA(cudaLaunchKernelEx(&cfg, paged_decode_o_kernel<true>, q.data<bf16>(), k_pool.data<bf16>(),
+                               v_pool.data<bf16>(), block_tables.data<int32_t>(), lens.data<int32_t>(), d, o,
+                               int(sub)));
+    return y;
+  }
+  auto kernel = paged_decode_o_kernel<false>;
+  if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<dim3(unsigned(H), unsigned(parts)), kOThreads, smem, stream_for(dev)>>>(
       q.data<bf16>(), k_pool.data<bf16>(), v_pool.data<bf16>(), block_tables.data<int32_t>(), lens.data<int32_t>(), d,
-      o);
+      o, 0);
   LR_CUDA_LAUNCHED();
   return y;
 }
