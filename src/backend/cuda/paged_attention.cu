@@ -26,6 +26,7 @@
 #include "context.h"
 #include "dependent_launch.cuh"
 #include "launch_trace.cuh"
+#include "mma.cuh"
 #include "online_softmax.cuh"
 #include "backend/cuda/cuda_ops.h"
 
@@ -147,6 +148,11 @@ constexpr int kShortMaxSplits = 4;  // used in place of up to this many splits
 // Shared memory of short_decode (floats, the warps' V tiles included).
 __host__ __device__ constexpr size_t short_smem_floats(int heads_per_block, int warps, int hd) {
   return size_t(heads_per_block) * hd + size_t(warps) * kShortHeads * (2 + size_t(hd)) + size_t(warps) * kTile * hd / 2;
+}
+
+// The pool row of key j of a sequence (its block table `table`).
+__device__ __forceinline__ int table_slot(const int32_t* __restrict__ table, int block_size, int j) {
+  return table[j / block_size] * block_size + j % block_size;
 }
 
 // A short kernel block's work: query heads [h0, h0 + heads) of sequence b (KV head kvh) over the
@@ -276,6 +282,105 @@ __device__ __forceinline__ void short_decode(const bf16* __restrict__ q, const b
   }
 }
 
+// One query head of one decode row over its keys (the attention with o, a block a head): as
+// short_decode for one head, but each key's K and V rows are read by hd / 8 adjacent lanes, 16 bytes
+// each (a load instruction covers 32 · 8 / hd whole rows instead of 32 rows' pieces: an eighth of
+// the cache lines per instruction at head_dim 64, where the row-a-lane form spent most of its time
+// waiting on them), and P·V is summed in registers: a lane adds its key rows' share of its 8
+// columns, and the warp's key groups are added once after the last tile. RowLanes = hd / 8, a
+// power of two up to 8 (head_dim 64; at 128 the rows' registers would spill).
+template <int RowLanes, typename Write>
+__device__ __forceinline__ void head_decode(const bf16* __restrict__ q, const bf16* __restrict__ k_pool,
+                                            const bf16* __restrict__ v_pool, const int32_t* __restrict__ tables,
+                                            const int32_t* __restrict__ lens, const PagedDims& s, int kvh, int h,
+                                            float* smem, Write write) {
+  constexpr int row_lanes = RowLanes, rows_at_once = 32 / RowLanes;  // lanes a row; rows a load instruction
+  const int hd = 8 * RowLanes, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int word = lane % row_lanes, key_of_lane = lane / row_lanes;
+  float* q_s = smem;                               // [hd], scale folded in
+  float* part_m = q_s + hd;                        // [warps]
+  float* part_l = part_m + warps;                  // [warps]
+  float* part_o = part_l + warps;                  // [warps][hd]
+  uint4* v_s = reinterpret_cast<uint4*>(part_o + warps * hd) + warp * kTile * RowLanes;  // the warp's [kTile][hd] bf16
+  const int len = lens[0], pos = len - 1;
+  const int begin = s.window > 0 ? max(0, pos - s.window + 1) : 0;
+  const int64_t kv_stride = int64_t(s.KV) * hd, head_at = int64_t(kvh) * hd + word * 8;
+  for (int e = threadIdx.x; e < hd; e += blockDim.x) q_s[e] = to_f32(q[int64_t(h) * hd + e]) * s.scale;
+  __syncthreads();
+  const float* qf = q_s + word * 8;
+  float m = -INFINITY, l = 0.0f, o[8] = {};
+  for (int t0 = begin + warp * kTile; t0 < len; t0 += warps * kTile) {
+    const int n = min(kTile, len - t0);
+    __syncwarp();  // the previous tile's V is used up
+    // Lane i finds key t0 + i's pool row; each lane then loads its 16 bytes of the rows it shares.
+    const int my_slot = lane < n ? table_slot(tables, s.block_size, t0 + lane) : 0;
+    uint4 kw[RowLanes];  // this lane's 16 bytes of K's rows k · rows_at_once + key_of_lane
+#pragma unroll
+    for (int k = 0; k < RowLanes; ++k) {
+      const int key = k * rows_at_once + key_of_lane;  // within the tile
+      const int64_t at = int64_t(__shfl_sync(0xffffffffu, my_slot, key)) * kv_stride + head_at;
+      kw[k] = key < n ? *reinterpret_cast<const uint4*>(k_pool + at) : uint4{0, 0, 0, 0};
+      // V's words go to shared memory by cp.async (only this lane reads them back; zeros past n):
+      // no registers held for them through the scores.
+      cp_async16(v_s + k * 32 + lane, key < n ? v_pool + at : v_pool, key < n);
+    }
+    cp_async_commit();
+    // Scores: a row's lanes add their 8 products; lane i then takes key i's score.
+    float score = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < RowLanes; ++k) {
+      float f[8], d = 0.0f;
+      unpack8(kw[k], f);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) d = fmaf(qf[e], f[e], d);
+      for (int off = row_lanes / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
+      const float from = __shfl_sync(0xffffffffu, d, (lane % rows_at_once) * row_lanes);
+      if (lane / rows_at_once == k) score = from;
+    }
+    score = lane < n ? capped(score, s.softcap) : -INFINITY;
+    const float m_new = fmaxf(m, warp_max(score));  // finite: lane 0 always holds a key
+    const float corr = expf(m - m_new);
+    const float p = lane < n ? expf(score - m_new) : 0.0f;
+    l = l * corr + warp_sum(p);
+    m = m_new;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) o[e] *= corr;
+    cp_async_wait<0>();
+    __syncwarp();  // (a compiler barrier too: V's reads stay after the wait)
+#pragma unroll
+    for (int k = 0; k < RowLanes; ++k) {
+      const float pk = __shfl_sync(0xffffffffu, p, k * rows_at_once + key_of_lane);
+      float f[8];
+      unpack8(v_s[k * 32 + lane], f);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[e] = fmaf(pk, f[e], o[e]);
+    }
+  }
+  // The warp's key groups, then the warps' partial softmaxes through shared memory.
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    for (int off = row_lanes; off < 32; off <<= 1) o[e] += __shfl_xor_sync(0xffffffffu, o[e], off);
+  if (lane == 0) {
+    part_m[warp] = m;
+    part_l[warp] = l;
+  }
+  if (lane < row_lanes)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) part_o[warp * hd + lane * 8 + e] = o[e];
+  __syncthreads();
+  for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float mx = -INFINITY;
+    for (int w = 0; w < warps; ++w) mx = fmaxf(mx, part_m[w]);  // finite: warp 0 has keys
+    float num = 0.0f, den = 0.0f;
+    for (int w = 0; w < warps; ++w) {
+      const float wt = expf(part_m[w] - mx);  // 0 for a warp without keys (m = -inf)
+      num += wt * part_o[w * hd + d];
+      den += wt * part_l[w];
+    }
+    write(0, d, num / den);
+  }
+}
+
 // grid (KV * head_chunks, B), block 32 * warps.
 __global__ void __launch_bounds__(kShortMaxWarps * 32)
 paged_decode_short_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_pool, const bf16* __restrict__ v_pool,
@@ -376,7 +481,7 @@ __device__ __forceinline__ float sum_over_cluster(const float* p, int blocks) {
 // blocks' sums of its rows (no fence, counter or second pass through L2; every block finishes a
 // share instead of a part's last one finishing all). Same sums in the same order: the same bits.
 template <bool Cluster>
-__global__ void __launch_bounds__(kOThreads)
+__global__ void __launch_bounds__(kOThreads, 2)
 paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_pool, const bf16* __restrict__ v_pool,
                       const int32_t* __restrict__ tables, const int32_t* __restrict__ lens, PagedDims s, OProj o,
                       int sub) {
@@ -410,8 +515,13 @@ paged_decode_o_kernel(const bf16* __restrict__ q, const bf16* __restrict__ k_poo
   for (int j = 0; j < kOBPacks; ++j)
     if (j < b_packs) bp[j] = reinterpret_cast<const uint4*>(o.b + my_row * o.r)[j];
   allow_dependents();
-  short_decode(q, k_pool, v_pool, tables, lens, s, 0, h / s.group, h, 1, smem,
-               [&](int, int d, float v) { attn[d] = round_bf16(v); });
+  const auto keep = [&](int, int d, float v) { attn[d] = round_bf16(v); };
+  switch (per_row) {  // 1, 2, 4 or 8 (the host's check)
+    case 1: head_decode<1>(q, k_pool, v_pool, tables, lens, s, h / s.group, h, smem, keep); break;
+    case 2: head_decode<2>(q, k_pool, v_pool, tables, lens, s, h / s.group, h, smem, keep); break;
+    case 4: head_decode<4>(q, k_pool, v_pool, tables, lens, s, h / s.group, h, smem, keep); break;
+    default: head_decode<8>(q, k_pool, v_pool, tables, lens, s, h / s.group, h, smem, keep);
+  }
   __syncthreads();
   stamp_wait(o.stamps);  // traced as this kernel's "wait": the attention's end
 #pragma unroll
@@ -778,7 +888,7 @@ Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Ten
   const int64_t per_row = hd / 8, rows = per_row > 0 ? std::min<int64_t>(kOLoads * (kOThreads / per_row), kOThreads) : 0;
   const int64_t parts = rows > 0 ? (n + rows - 1) / rows : 0;
   const bool fits = enabled && bf16s && q.rank() == 2 && q.dim(0) == 1 && KV > 0 && H % KV == 0 && hd % 8 == 0 &&
-                    hd <= 32 * kShortChunks && (per_row & (per_row - 1)) == 0 && tiles <= kShortMaxWarps &&
+                    hd <= 64 && (per_row & (per_row - 1)) == 0 && tiles <= kShortMaxWarps &&
                     q.dim(1) == H * hd && w_o.dim(1) == H * hd && res.rank() == 2 && res.dim(0) == 1 &&
                     res.dim(1) == n && parts <= kOMaxParts && H * parts <= multiprocessor_count(dev) &&
                     (!u || (u->A.dtype() == DType::BF16 && u->B.dtype() == DType::BF16 && u->A.dim(0) <= kOMaxRank)) &&
