@@ -17,7 +17,8 @@ per kind of kernel, averaged over the layers, in µs:
               early, beside the kernel before, as a programmatic dependent)
   wait        its last wait return minus the previous kernel's end
   after-wait  its last end minus its last wait return
-  to-staged   the last block past staging its input (x, normed) minus the last wait return
+  to-staged   the last block past staging its input (x, normed; the attention with o: its
+              cluster's sums visible) minus the last wait return
 Stamping costs the step ~5% (one atomic a warp).
 """
 import argparse
