@@ -875,6 +875,16 @@ std::vector<OpCase> op_table() {
                                                               16, 200, {1, 1, 14, 2, 64, 0, 0.125f, 0.0f}, in[3], in[4],
                                                               {{in[5], in[6], 2.0f}})};
                }});
+  t.push_back({"paged_attention_residual over 600 keys (three tiles a warp)",
+               {{1, 64}, {640, 32}, {640, 32}, {40, 64}, {1, 40}, {8, 64}, {40, 8}},
+               [](Inputs& in, Device d) {
+                 std::vector<int32_t> blocks(40);
+                 for (int i = 0; i < 40; ++i) blocks[i] = (i * 17) % 40;
+                 const Tensor tables = Tensor::from_ints(blocks, d).reshape({1, 40});
+                 return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({600}, d),
+                                                              16, 600, {1, 1, 4, 2, 16, 0, 0.25f, 0.0f}, in[3], in[4],
+                                                              {{in[5], in[6], 0.5f}})};
+               }});
   t.push_back({"paged_attention_residual, 18 heads", {{1, 288}, {128, 32}, {128, 32}, {40, 288}, {1, 40}},
                [](Inputs& in, Device d) {
                  const Tensor tables = Tensor::from_ints({7, 2, 5, 0, 1, 3, 6, 4}, d).reshape({1, 8});

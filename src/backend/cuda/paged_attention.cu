@@ -407,6 +407,7 @@ constexpr int kOLoads = 4;      // 16-byte loads of o's weight a thread issues b
 constexpr int kOMaxParts = 64;  // counters in DeviceContext::grid_counters after the first two
 constexpr int kOMaxRank = 64;
 constexpr int kOBPacks = 2;     // B's row loaded early for ranks 8 and 16
+constexpr int kOMaxTiles = 32;  // keys up to 1024: at most 4 tiles a warp, one after another
 
 struct OProj {
   const bf16* w;          // [n, H * hd]
@@ -888,7 +889,7 @@ Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Ten
   const int64_t per_row = hd / 8, rows = per_row > 0 ? std::min<int64_t>(kOLoads * (kOThreads / per_row), kOThreads) : 0;
   const int64_t parts = rows > 0 ? (n + rows - 1) / rows : 0;
   const bool fits = enabled && bf16s && q.rank() == 2 && q.dim(0) == 1 && KV > 0 && H % KV == 0 && hd % 8 == 0 &&
-                    hd <= 64 && (per_row & (per_row - 1)) == 0 && tiles <= kShortMaxWarps &&
+                    hd <= 64 && (per_row & (per_row - 1)) == 0 && tiles <= kOMaxTiles &&
                     q.dim(1) == H * hd && w_o.dim(1) == H * hd && res.rank() == 2 && res.dim(0) == 1 &&
                     res.dim(1) == n && parts <= kOMaxParts && H * parts <= multiprocessor_count(dev) &&
                     (!u || (u->A.dtype() == DType::BF16 && u->B.dtype() == DType::BF16 && u->A.dim(0) <= kOMaxRank)) &&
