@@ -247,6 +247,25 @@ OpCase dropout_backward_case(std::string name, int64_t n, int64_t in, int64_t r,
           }};
 }
 
+// A decode row's attention with o and the residual (ops::paged_attention_residual): H query heads
+// over KV heads of hd, o's n rows, `keys` keys in blocks of 16 (the block table reversed), a
+// rank-r update (0: none).
+OpCase paged_o_case(std::string name, int64_t H, int64_t KV, int64_t hd, int64_t n, int keys, int64_t r) {
+  const int64_t blocks = (keys + 15) / 16;
+  std::vector<Shape> inputs = {{1, H * hd}, {blocks * 16, KV * hd}, {blocks * 16, KV * hd}, {n, H * hd}, {1, n}};
+  if (r > 0) inputs.insert(inputs.end(), {{r, H * hd}, {n, r}});
+  return {std::move(name), inputs, [=](Inputs& in, Device d) {
+            std::vector<int32_t> table(blocks);
+            for (int64_t i = 0; i < blocks; ++i) table[i] = int32_t(blocks - 1 - i);
+            const Tensor tables = Tensor::from_ints(table, d).reshape({1, blocks});
+            std::vector<ops::LowRankUpdate> updates;
+            if (r > 0) updates.push_back({in[5], in[6], 0.75f});
+            return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({keys}, d), 16,
+                                                         keys, {1, 1, H, KV, hd, 0, 1.0f / std::sqrt(float(hd)), 0.0f},
+                                                         in[3], in[4], updates)};
+          }};
+}
+
 std::vector<OpCase> op_table() {
   using ops::Gemm;
   std::vector<OpCase> t;
@@ -862,35 +881,12 @@ std::vector<OpCase> op_table() {
                  return Outputs{dA, added, written, alone_added, alone_written};
                }});
   // The attention with o at the Qwen2.5-0.5B shape (14 query heads over 2 KV heads of 64, 896 rows
-  // of o in 7 parts; on Hopper a part's 14 blocks are one cluster summing in shared memory), 200
-  // keys in blocks of 16, with a rank-16 update; and 18 heads, more than a cluster may hold (o's
-  // sums through global memory).
-  t.push_back({"paged_attention_residual, 14 heads of 64, 896 rows, rank 16",
-               {{1, 896}, {256, 128}, {256, 128}, {896, 896}, {1, 896}, {16, 896}, {896, 16}},
-               [](Inputs& in, Device d) {
-                 std::vector<int32_t> blocks(16);
-                 for (int i = 0; i < 16; ++i) blocks[i] = (i * 7) % 16;
-                 const Tensor tables = Tensor::from_ints(blocks, d).reshape({1, 16});
-                 return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({200}, d),
-                                                              16, 200, {1, 1, 14, 2, 64, 0, 0.125f, 0.0f}, in[3], in[4],
-                                                              {{in[5], in[6], 2.0f}})};
-               }});
-  t.push_back({"paged_attention_residual over 600 keys (three tiles a warp)",
-               {{1, 64}, {640, 32}, {640, 32}, {40, 64}, {1, 40}, {8, 64}, {40, 8}},
-               [](Inputs& in, Device d) {
-                 std::vector<int32_t> blocks(40);
-                 for (int i = 0; i < 40; ++i) blocks[i] = (i * 17) % 40;
-                 const Tensor tables = Tensor::from_ints(blocks, d).reshape({1, 40});
-                 return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({600}, d),
-                                                              16, 600, {1, 1, 4, 2, 16, 0, 0.25f, 0.0f}, in[3], in[4],
-                                                              {{in[5], in[6], 0.5f}})};
-               }});
-  t.push_back({"paged_attention_residual, 18 heads", {{1, 288}, {128, 32}, {128, 32}, {40, 288}, {1, 40}},
-               [](Inputs& in, Device d) {
-                 const Tensor tables = Tensor::from_ints({7, 2, 5, 0, 1, 3, 6, 4}, d).reshape({1, 8});
-                 return Outputs{ops::paged_attention_residual(in[0], in[1], in[2], tables, Tensor::from_ints({70}, d),
-                                                              16, 70, {1, 1, 18, 2, 16, 0, 0.25f, 0.0f}, in[3], in[4])};
-               }});
+  // of o in 7 parts; on Hopper a part's 14 blocks are one cluster summing in shared memory) with a
+  // rank-16 update; over 600 keys (a warp takes three tiles); and 18 heads, more than a cluster
+  // may hold (o's sums through global memory).
+  t.push_back(paged_o_case("paged_attention_residual, 14 heads of 64, 896 rows, rank 16", 14, 2, 64, 896, 200, 16));
+  t.push_back(paged_o_case("paged_attention_residual over 600 keys (three tiles a warp)", 4, 2, 16, 40, 600, 8));
+  t.push_back(paged_o_case("paged_attention_residual, 18 heads", 18, 2, 16, 40, 70, 0));
   return t;
 }
 
