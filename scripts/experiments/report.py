@@ -32,12 +32,38 @@ from xml.sax.saxutils import escape
 SHORT = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
 
 
+ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # a Llama's, spelled out (with lm_head)
+
+
 def tgt(t):
-    return t if t in ("all", "all-linear") else ",".join(SHORT.get(x, x) for x in t.split(","))
+    if t in ("all", "all-linear"):
+        return t
+    if t.startswith(ALL_LINEAR + ","):
+        return "all-linear," + t[len(ALL_LINEAR) + 1:]
+    return ",".join(SHORT.get(x, x) for x in t.split(","))
 
 
 METHOD = {"lora": "LoRA", "dora": "DoRA", "rslora": "rsLoRA", "pissa": "PiSSA", "olora": "OLoRA", "bitfit": "BitFit"}
 VARIANTS = ("dora", "rslora", "pissa", "olora")  # LoRA of another kind or init, shown next to plain LoRA
+
+
+def split_vocab(targets):
+    """('q,v', 'lm_head') for 'q,v,lm_head': the blocks' targets and the embedding / output layers."""
+    names = targets.split(",")
+    vocab = [n for n in names if n in ("embed_tokens", "lm_head")]
+    return ",".join(n for n in names if n not in vocab), ",".join(vocab)
+
+
+def targets_of(r):
+    """The adapted modules, with the ranks and alphas of rank_pattern / alpha_pattern where given."""
+    own = {}
+    for key, what in (("rank_pattern", "r"), ("alpha_pattern", "α")):
+        for k, v in sorted((r.get(key) or {}).items()):
+            own.setdefault(k, []).append("%s=%g" % (what, v))
+    text = tgt(r["targets"])
+    for k, v in own.items():
+        text = text.replace(k, "%s (%s)" % (k, ", ".join(v)))
+    return text
 
 
 def per_input(r):
@@ -50,7 +76,7 @@ def label(r):
         return "full fine-tuning"
     if r["method"] == "bitfit":
         return "BitFit (biases only)"
-    return "%s r=%d α=%g %s%s" % (METHOD.get(r["method"], r["method"]), r["rank"], r["alpha"], tgt(r["targets"]),
+    return "%s r=%d α=%g %s%s" % (METHOD.get(r["method"], r["method"]), r["rank"], r["alpha"], targets_of(r),
                                   ", one dropout mask per input" if per_input(r) else "")
 
 
@@ -59,7 +85,7 @@ def merge_seeds(rows):
     that appears twice (the quality and the seeds sets both run seed 1) counts once: its first row."""
     groups = {}
     for r in rows:
-        g = groups.setdefault((r["method"], r["rank"], r["alpha"], r["targets"], per_input(r)), {})
+        g = groups.setdefault((r["method"], r["rank"], r["alpha"], targets_of(r), per_input(r)), {})
         g.setdefault(r["seed"], r)
     out = []
     for g in groups.values():
@@ -202,11 +228,19 @@ def svg_scatter(rows, full, base_loss, path, title, ylabel):
         o.append('<text x="%.1f" y="%d" text-anchor="end" fill="#c00" font-size="10">1%% of %s →</text>' % (X(full["trainable_params"] / 100) - 4, T + 12, "params"))
         o.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#999" stroke-dasharray="1,3"/>' % (X(full["trainable_params"] / 100), T, X(full["trainable_params"] / 100), H - B))
     colors = {"q,v": "#1f77b4", "q": "#2ca02c", "v": "#9467bd", "q,k,v,o": "#ff7f0e", "all-linear": "#8c564b"}
+    vocab_marks = {"lm_head": "▲", "embed_tokens": "◆", "embed_tokens,lm_head": "■"}  # the blocks' colour, this shape
     for r in pts:
-        c = "#e377c2" if r["method"] in VARIANTS + ("bitfit",) else colors.get(tgt(r["targets"]), "#333")
-        shape = ('<rect x="%.1f" y="%.1f" width="9" height="9" fill="%s"/>' % (X(r["trainable_params"]) - 4.5, Y(r["metric"]) - 4.5, c)
-                 if r["method"] == "dora" else
-                 '<circle cx="%.1f" cy="%.1f" r="%d" fill="%s" fill-opacity="0.85"/>' % (X(r["trainable_params"]), Y(r["metric"]), 5, c))
+        blocks, vocab = split_vocab(tgt(r["targets"]))
+        c = "#e377c2" if r["method"] in VARIANTS + ("bitfit",) else colors.get(blocks, "#333")
+        x, y = X(r["trainable_params"]), Y(r["metric"])
+        if vocab == "lm_head":
+            shape = '<polygon points="%.1f,%.1f %.1f,%.1f %.1f,%.1f" fill="%s"/>' % (x, y - 6, x - 6, y + 5, x + 6, y + 5, c)
+        elif vocab == "embed_tokens":
+            shape = '<polygon points="%.1f,%.1f %.1f,%.1f %.1f,%.1f %.1f,%.1f" fill="%s"/>' % (x, y - 6, x + 6, y, x, y + 6, x - 6, y, c)
+        elif vocab or r["method"] == "dora":
+            shape = '<rect x="%.1f" y="%.1f" width="9" height="9" fill="%s"/>' % (x - 4.5, y - 4.5, c)
+        else:
+            shape = '<circle cx="%.1f" cy="%.1f" r="%d" fill="%s" fill-opacity="0.85"/>' % (x, y, 5, c)
         o.append(shape + "<title>%s: %s trainable, metric %.4f</title>" % (escape(label(r)), fmt_int(r["trainable_params"]), r["metric"]))
     # q,v rank sweep (alpha = 2r) joined by a line, labelled with r
     sweep = sorted([r for r in pts if r["method"] == "lora" and r["targets"] == "q_proj,v_proj" and r["alpha"] == 2 * r["rank"]],
@@ -220,7 +254,7 @@ def svg_scatter(rows, full, base_loss, path, title, ylabel):
         if r in sweep:
             continue
         txt = (label(r) if r["method"] == "bitfit" else METHOD[r["method"]] if r["method"] in VARIANTS
-               else ("α=%g" % r["alpha"] if r["alpha"] != 2 * r["rank"] else tgt(r["targets"])))
+               else ("α=%g" % r["alpha"] if r["alpha"] != 2 * r["rank"] else targets_of(r)))
         o.append('<text x="%.1f" y="%.1f" font-size="10" fill="#333">%s</text>' % (X(r["trainable_params"]) + 7, Y(r["metric"]) + 4, escape(txt)))
     ly = T + 80
     o.append('<text x="%d" y="%d" font-weight="bold">LoRA targets (r=8)</text>' % (W - R + 6, ly))
@@ -228,6 +262,9 @@ def svg_scatter(rows, full, base_loss, path, title, ylabel):
         y = ly + 18 * (i + 1)
         o.append('<circle cx="%d" cy="%d" r="5" fill="%s"/><text x="%d" y="%d">%s</text>' % (W - R + 12, y - 4, c, W - R + 22, y, escape(name)))
     o.append('<text x="%d" y="%d" font-size="10" fill="#555">q,v line: rank sweep, α = 2r</text>' % (W - R + 6, ly + 18 * 8))
+    shown = sorted({split_vocab(tgt(r["targets"]))[1] for r in pts} - {""})
+    for i, vocab in enumerate(shown):  # the marks of the runs that also adapt the embedding / output layer
+        o.append('<text x="%d" y="%d" font-size="11">%s + %s</text>' % (W - R + 6, ly + 18 * (9 + i), vocab_marks.get(vocab, "■"), escape(vocab)))
     o.append("</svg>")
     open(path, "w").write("\n".join(o) + "\n")
 
@@ -307,7 +344,7 @@ def task_report(task, rows, a, multi):
                 full, "run", label))
     print("\n### By adapted weights (r = 8, α = 16)\n")
     print(table(sorted([r for r in lora if r["rank"] == 8 and r["alpha"] == 16], key=lambda r: r["trainable_params"]), full, "targets",
-                lambda r: tgt(r["targets"])))
+                lambda r: targets_of(r)))
     print("\n### By alpha (r = 8, q,v)\n")
     print(table(sorted([r for r in lora if r["rank"] == 8 and qv(r)], key=lambda r: r["alpha"]), full, "α",
                 lambda r: "%g (%s)" % (r["alpha"], "r" if r["alpha"] == 8 else "%gr" % (r["alpha"] / 8))))

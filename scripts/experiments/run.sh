@@ -37,6 +37,12 @@
 #       masks       LoRA dropout's masks, one per projection (PEFT's) against one per input
 #                   (train --dropout-per-input): full, LoRA r=8 all-linear and r=8 q,v each way,
 #                   for each seed of $SEED_LIST (default 1).
+#       vocab       LoRA on the output layer and the embedding besides the blocks (the vocabulary
+#                   a new domain or task needs): full; LoRA r=8 on q,v / q,k,v,o / all-linear, each
+#                   without and with lm_head; q,v with embed_tokens and lm_head; q,v, q,k,v,o and
+#                   all-linear with embed_tokens;
+#                   q,k,v,o with lm_head at r = 2 and 32 (rank_pattern, alpha 2r), for each seed of
+#                   $SEED_LIST (default 1).
 #       efficiency  speed and peak memory only (no eval): full, LoRA r in {4,16} x {q,v,
 #                   all-linear}, interleaved, EFF_ROUNDS times; one run at a time.
 # Each run appends one row to $RESULTS (run_one.py says what a row holds); a run already there is
@@ -55,8 +61,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|efficiency|lr|long}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|efficiency|lr|long}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|efficiency|lr|long}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|efficiency|lr|long}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -74,8 +80,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|efficiency|lr|long) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, masks, efficiency, lr, long)" >&2; exit 2 ;;
+  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|efficiency|lr|long) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, masks, vocab, efficiency, lr, long)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -235,6 +241,26 @@ masks() {
     done
   done
 }
+vocab() {  # full fine-tuning also trains the (tied) embedding / output table; LoRA on the blocks does not
+  for seed in ${SEED_LIST:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    for t in $qv q_proj,k_proj,v_proj,o_proj; do
+      lora --rank 8 --targets "$t" "${s[@]}"
+      lora --rank 8 --targets "$t,lm_head" "${s[@]}"
+    done
+    lora --rank 8 --targets all-linear "${s[@]}"
+    lora --rank 8 --targets "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head" "${s[@]}"  # all-linear + lm_head
+    lora --rank 8 --targets "$qv,embed_tokens,lm_head" "${s[@]}"
+    lora --rank 8 --targets "$qv,embed_tokens" "${s[@]}"
+    lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj,embed_tokens "${s[@]}"
+    lora --rank 8 --targets "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,embed_tokens" "${s[@]}"  # all-linear + embed_tokens
+    for r in 2 32; do  # the output layer's own rank (alpha 2r there too)
+      lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj,lm_head --rank-pattern "{\"lm_head\": $r}" \
+        --alpha-pattern "{\"lm_head\": $((2 * r))}" "${s[@]}"
+    done
+  done
+}
 quick() {
   s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo 200)}")
   [ -z "${BATCH:-}" ] && s+=(--batch 8)
@@ -267,6 +293,7 @@ case "$set_" in
   seeds) workers seeds ;;
   quick) workers quick ;;
   masks) workers masks ;;
+  vocab) workers vocab ;;
   lr) workers lrs ;;
   long) workers long ;;
   efficiency)

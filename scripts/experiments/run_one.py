@@ -2,7 +2,8 @@
 """Train and evaluate one configuration of the experiments (issue 15); append one JSON row.
 
     run_one.py --data-dir DIR --results FILE.jsonl --method full|lora|dora|rslora|pissa|olora|bitfit
-               [--task NAME] [--rank 8] [--alpha 16] [--targets q_proj,v_proj] [--seed 1]
+               [--task NAME] [--rank 8] [--alpha 16] [--targets q_proj,v_proj] [--rank-pattern JSON] [--alpha-pattern JSON]
+               [--seed 1]
                [--steps 200] [--batch 8] [--seq-len L] [--pad-to-multiple-of 1] [--lr 3e-3] [--warmup 10]
                [--dropout 0.05] [--device cpu|cuda[:N]] [--lowrank build/lowrank]
                [--model models/base] [--work-dir out/experiments] [--name NAME] [--keep]
@@ -26,7 +27,8 @@ task.json also gives the defaults of --task and --seq-len. Methods:
   olora   lora + --init olora (A, B from a QR of the weight, removed from W)
   bitfit  train --targets none --bias all (every bias of the linear layers, nothing else: BitFit);
           needs a base with biases (lowrank refuses one without)
-Row fields: task, model (the base folder's name), method, rank, alpha, targets, seed, metric (the
+Row fields: task, model (the base folder's name), method, rank, alpha, rank_pattern and alpha_pattern
+(null unless given), targets, seed, metric (the
 task's), metric_name, higher_is_better, eval_loss (lowrank eval on eval.jsonl; for
 prompt/completion data the loss of the completions), eval_tokens, score (score.py's details,
 generated tasks only), trainable_params, total_params (the trainer's "all params": base + adapter, PEFT's count), base_params, trainable_pct, peak_mib (max RSS of the training
@@ -71,6 +73,10 @@ def main():
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=None, help="default 2*rank")
     ap.add_argument("--targets", default="q_proj,v_proj")
+    ap.add_argument("--rank-pattern", default=None,
+                    help='train --rank-pattern, PEFT\'s rank_pattern as JSON: \'{"lm_head": 32}\' (in the run\'s name)')
+    ap.add_argument("--alpha-pattern", default=None,
+                    help='train --alpha-pattern, PEFT\'s alpha_pattern as JSON: \'{"lm_head": 64}\' (in the run\'s name)')
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
@@ -106,9 +112,15 @@ def main():
     lora = a.method in ("lora", "dora", "rslora", "pissa", "olora")
     adapter = lora or a.method == "bitfit"  # the run writes an adapter folder (else a model folder)
     alpha = a.alpha if a.alpha is not None else 2.0 * a.rank
+    rank_pattern = json.loads(a.rank_pattern) if a.rank_pattern else None
+    alpha_pattern = json.loads(a.alpha_pattern) if a.alpha_pattern else None
     lr = a.lr if a.lr is not None else (1e-3 if a.method == "full" else 3e-3)
     name = a.name or ("%s-%s" % (a.task, a.method) + (
         "-r%d-a%g-%s" % (a.rank, alpha, a.targets.replace(",", "+").replace("_proj", "")) if lora else "")
+        + ("".join("-%s-r%d" % (k.replace("_proj", ""), v) for k, v in sorted(rank_pattern.items()))
+           if lora and rank_pattern else "")
+        + ("".join("-%s-a%g" % (k.replace("_proj", ""), v) for k, v in sorted(alpha_pattern.items()))
+           if lora and alpha_pattern else "")
         + ("-maskperinput" if lora and a.dropout_per_input else "")
         + "-s%d" % a.seed + ("-pad%d" % a.pad_to_multiple_of if a.pad_to_multiple_of > 1 else "")
         + ("-%s" % a.tag if a.tag else ""))
@@ -138,6 +150,10 @@ def main():
         train += ["--rank", str(a.rank), "--alpha", "%g" % alpha, "--targets", a.targets, "--dropout", repr(a.dropout)]
         if a.dropout_per_input:
             train.append("--dropout-per-input")
+        if rank_pattern:
+            train += ["--rank-pattern", json.dumps(rank_pattern)]
+        if alpha_pattern:
+            train += ["--alpha-pattern", json.dumps(alpha_pattern)]
         if a.method == "dora":
             train.append("--use-dora")
         if a.method == "rslora":
@@ -211,6 +227,7 @@ def main():
     row = {
         "task": a.task, "model": os.path.basename(os.path.abspath(a.model)), "method": a.method,
         "rank": a.rank if lora else None, "alpha": alpha if lora else None,
+        "rank_pattern": rank_pattern if lora else None, "alpha_pattern": alpha_pattern if lora else None,
         "targets": a.targets if lora else "biases" if a.method == "bitfit" else "all", "seed": a.seed,
         "metric": (round(scored["metric"], 6) if scored else
                    round(res["loss"], 6) if res["loss"] is not None and not task else None),
