@@ -46,7 +46,7 @@ int run_train(TrainArgs& a) {
   o.lora.dropout = a.dropout;
   o.lora.dropout_per_input = a.dropout_per_input;
   o.lora.use_rslora = a.rslora;
-  o.lora.target_modules = lora::LoraConfig::parse_targets(a.targets, &o.lora.all_linear);
+  o.lora.set_targets(a.targets);
   o.lora.rank_pattern = parse_pattern<int64_t>(a.rank_pattern, "--rank-pattern");
   o.lora.alpha_pattern = parse_pattern<double>(a.alpha_pattern, "--alpha-pattern");
   if (a.bias == "none") o.lora.bias = lora::BiasMode::None;
@@ -85,7 +85,8 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                                     "One dropout mask per distinct input (q, k, v share one; gate, up another) "
                                     "instead of one per projection: faster on a GPU");
                        app.add_option("--targets", a->targets,
-                                      "Modules to adapt: q_proj,v_proj,... (embed_tokens and lm_head too), all-linear, or none "
+                                      "Modules to adapt: q_proj,v_proj,... (embed_tokens and lm_head too), all-linear (with ,lm_head / "
+                                      ",embed_tokens: those too), or none "
                                       "(with --bias all: bias-only training, BitFit)")
                            ->capture_default_str();
                        app.add_flag("--rslora", a->rslora, "Rank-stabilised scale alpha / sqrt(r)");

@@ -25,6 +25,8 @@ train llama_full llama --full --lr 1e-3
 train llama_dora llama --lr 1e-2 --targets all-linear --rank 4 --alpha 8 --use-dora
 train llama_embed_lm_head llama --lr 1e-2 --targets embed_tokens,lm_head,q_proj,v_proj --rank 4
 train qwen2_tied_embed qwen2 --lr 1e-2 --targets embed_tokens,q_proj --rank 4
+# all-linear with the output layer (its names listed in adapter_config.json), on a tied embedding.
+train qwen2_all_linear_lm_head qwen2 --lr 1e-2 --targets all-linear,lm_head --rank 4
 train llama_pissa llama --lr 1e-2 --targets q_proj,v_proj,down_proj --rank 4 --init pissa
 train llama_olora llama --lr 1e-2 --targets q_proj,v_proj,down_proj --rank 4 --init olora
 # Model families (issue 12): Gemma 2 (soft-capping), Gemma 3, Phi-3 (fused qkv_proj / gate_up_proj).
@@ -41,7 +43,8 @@ $bin merge --model $fx/llama --adapter "$out/llama_embed_lm_head" --out "$out/me
   echo "{"
   sep=""
   for spec in llama_all_linear:llama qwen2_bias_all:qwen2 gpt2_conv1d:gpt2 qwen3_all_linear:qwen3 llama_rslora_qv:llama \
-              llama_dora:llama llama_embed_lm_head:llama qwen2_tied_embed:qwen2 llama_pissa:llama llama_olora:llama \
+              llama_dora:llama llama_embed_lm_head:llama qwen2_tied_embed:qwen2 qwen2_all_linear_lm_head:qwen2 \
+              llama_pissa:llama llama_olora:llama \
               gemma2_all_linear:gemma2 gemma3_all_linear:gemma3 phi3_all_linear:phi3; do
     name=${spec%%:*} base=${spec##*:}
     loss=$($bin eval --model $fx/$base --adapter "$out/$name" --data $fx/$base/eval.jsonl --json)

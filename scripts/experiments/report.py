@@ -32,7 +32,8 @@ from xml.sax.saxutils import escape
 SHORT = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o"}
 
 
-ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # a Llama's, spelled out (with lm_head)
+ALL_LINEAR = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # a Llama's, spelled out (rows before
+# `--targets all-linear,lm_head` existed)
 
 
 def tgt(t):

@@ -250,11 +250,11 @@ vocab() {  # full fine-tuning also trains the (tied) embedding / output table; L
       lora --rank 8 --targets "$t,lm_head" "${s[@]}"
     done
     lora --rank 8 --targets all-linear "${s[@]}"
-    lora --rank 8 --targets "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,lm_head" "${s[@]}"  # all-linear + lm_head
+    lora --rank 8 --targets all-linear,lm_head "${s[@]}"
     lora --rank 8 --targets "$qv,embed_tokens,lm_head" "${s[@]}"
     lora --rank 8 --targets "$qv,embed_tokens" "${s[@]}"
     lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj,embed_tokens "${s[@]}"
-    lora --rank 8 --targets "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,embed_tokens" "${s[@]}"  # all-linear + embed_tokens
+    lora --rank 8 --targets all-linear,embed_tokens "${s[@]}"
     for r in 2 32; do  # the output layer's own rank (alpha 2r there too)
       lora --rank 8 --targets q_proj,k_proj,v_proj,o_proj,lm_head --rank-pattern "{\"lm_head\": $r}" \
         --alpha-pattern "{\"lm_head\": $((2 * r))}" "${s[@]}"

@@ -99,9 +99,17 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
                 "base (PEFT's weight conversion) holds only A and B, not DoRA's magnitudes; use one of the two");
   // Embedding layers first (PEFT's module order: embed_tokens, the blocks, lm_head).
   std::vector<AdaptableModule> modules;
-  if (!config.all_linear)  // all-linear: the blocks' linear layers only (PEFT's rule)
-    for (const auto& m : embedding_modules(model))
-      if (config.targets(m.linear.name)) modules.push_back(m);
+  for (const auto& m : embedding_modules(model))  // all-linear alone: the blocks' linear layers only (PEFT's rule)
+    if (config.targets_outside_blocks(m.linear.name)) modules.push_back(m);
+  for (const auto& name : config.all_linear ? config.outside_blocks : std::vector<std::string>{}) {
+    LoraConfig one = config;  // the name next to all-linear must select the embedding or the output layer
+    one.outside_blocks = {name};
+    const auto& layers = embedding_modules(model);
+    if (std::none_of(layers.begin(), layers.end(), [&](const AdaptableModule& m) { return one.targets_outside_blocks(m.linear.name); }))
+      throw error("--targets all-linear,", name, ": next to all-linear name only the embedding or the output layer (",
+                  layers[0].linear.name, ", ", layers[1].linear.name, "); all-linear already adapts every linear layer "
+                  "of the blocks");
+  }
   for (const auto& m : adaptable_modules(model))
     if (config.targets(m.linear.name)) modules.push_back(m);
   for (const auto& m : modules) {
@@ -282,6 +290,11 @@ void Adapter::write_files(const std::string& dir) const {
   if (!config.all_linear && !config.target_regex) {
     // PEFT writes the set of short names it adapted; keep the user's list otherwise.
     cfg["target_modules"] = config.target_modules;
+  } else if (config.all_linear && !config.outside_blocks.empty()) {
+    // all-linear with the embedding / output layer has no PEFT form: the adapted modules' names.
+    std::set<std::string> names;
+    for (const auto& p : pairs) names.insert(p.module.substr(p.module.rfind('.') + 1));
+    cfg["target_modules"] = names;
   }
   io::write_safetensors((fs::path(dir) / "adapter_model.safetensors").string(), tensors, {{"format", "pt"}});
   io::write_json_atomic((fs::path(dir) / "adapter_config.json").string(), cfg);

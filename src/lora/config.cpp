@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "lowrank/core/error.h"
 #include "lowrank/io/files.h"
@@ -43,6 +44,12 @@ bool module_matches(const std::vector<std::string>& names, const std::optional<s
 bool LoraConfig::targets(const std::string& path) const {
   if (module_matches(exclude_modules, exclude_regex, "exclude_modules", path)) return false;
   if (all_linear) return true;  // the caller only asks about linear layers of the blocks
+  return module_matches(target_modules, target_regex, "target_modules", path);
+}
+
+bool LoraConfig::targets_outside_blocks(const std::string& path) const {
+  if (module_matches(exclude_modules, exclude_regex, "exclude_modules", path)) return false;
+  if (all_linear) return module_matches(outside_blocks, std::nullopt, "target_modules", path);
   return module_matches(target_modules, target_regex, "target_modules", path);
 }
 
@@ -114,16 +121,20 @@ std::string LoraConfig::init_name() const {
   return "kaiming";
 }
 
-std::vector<std::string> LoraConfig::parse_targets(const std::string& text, bool* all_linear) {
-  *all_linear = text == "all-linear";
-  std::vector<std::string> out;
-  if (*all_linear || text == "none") return out;  // none: no LoRA layer (bias-only training)
+void LoraConfig::set_targets(const std::string& text) {
+  all_linear = false;
+  target_modules.clear();
+  target_regex.reset();
+  outside_blocks.clear();
+  if (text == "none") return;  // no LoRA layer (bias-only training)
   std::stringstream ss(text);
   std::string item;
   while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  if (out.empty()) throw error("--targets: expected module names such as q_proj,v_proj or all-linear");
-  return out;
+    if (item == "all-linear") all_linear = true;
+    else if (!item.empty()) target_modules.push_back(item);
+  if (all_linear) outside_blocks = std::exchange(target_modules, {});  // Adapter::create checks what they name
+  if (!all_linear && target_modules.empty())
+    throw error("--targets: expected module names such as q_proj,v_proj, all-linear or all-linear,lm_head");
 }
 
 namespace {
@@ -235,7 +246,11 @@ nlohmann::json LoraConfig::to_json() const {
   j["r"] = r;
   j["lora_alpha"] = alpha;
   j["lora_dropout"] = dropout;
-  if (all_linear) j["target_modules"] = "all-linear";
+  if (all_linear && outside_blocks.empty()) j["target_modules"] = "all-linear";
+  else if (all_linear) {  // no PEFT form: Adapter::save writes the adapted modules' names instead
+    j["target_modules"] = outside_blocks;
+    j["target_modules"].insert(j["target_modules"].begin(), "all-linear");
+  }
   else if (target_regex) j["target_modules"] = *target_regex;
   else j["target_modules"] = target_modules;
   if (exclude_regex) j["exclude_modules"] = *exclude_regex;

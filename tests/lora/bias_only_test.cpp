@@ -18,9 +18,8 @@ namespace {
 
 lora::LoraConfig bias_only() {
   lora::LoraConfig c;
-  bool all_linear = true;
-  c.target_modules = lora::LoraConfig::parse_targets("none", &all_linear);
-  c.all_linear = all_linear;
+  c.all_linear = true;
+  c.set_targets("none");
   c.bias = lora::BiasMode::All;
   return c;
 }

@@ -27,6 +27,9 @@ struct LoraConfig {
   std::vector<std::string> target_modules{"q_proj", "v_proj"};
   std::optional<std::string> target_regex;
   bool all_linear = false;
+  // With all_linear: the embedding / output layers adapted too (`--targets all-linear,lm_head`;
+  // PEFT's all-linear leaves them out, so the adapter writes the adapted names as a list).
+  std::vector<std::string> outside_blocks;
   // PEFT's exclude_modules: modules that target_modules selects but that get no LoRA layer,
   // matched the same way (names as exact paths or ".name" suffixes, or one regex, exclude_regex).
   std::vector<std::string> exclude_modules;
@@ -34,6 +37,8 @@ struct LoraConfig {
   // No LoRA layer at all (target_modules empty, "--targets none"): with bias = all, bias-only
   // training (BitFit).
   bool has_targets() const { return all_linear || target_regex || !target_modules.empty(); }
+  // Sets the targets from --targets: "q_proj,v_proj", "all-linear", "all-linear,lm_head" or "none".
+  void set_targets(const std::string& text);
   bool use_rslora = false;
   bool fan_in_fan_out = false;
   BiasMode bias = BiasMode::None;
@@ -50,11 +55,11 @@ struct LoraConfig {
   // Parses PEFT's init_lora_weights name: kaiming (or true), gaussian, pissa, pissa_niter_N, olora.
   static void parse_init(const std::string& text, InitMode* init, int64_t* pissa_niter, const std::string& source);
   std::string init_name() const;  // the inverse of parse_init ("kaiming" for the default)
-  // Parses --targets: "q_proj,v_proj" or "all-linear".
-  static std::vector<std::string> parse_targets(const std::string& text, bool* all_linear);
 
   // True if the module at `path` (e.g. "model.layers.0.self_attn.q_proj") is targeted.
   bool targets(const std::string& path) const;
+  // The same for the embedding or the output layer (all-linear alone selects neither).
+  bool targets_outside_blocks(const std::string& path) const;
   int64_t rank_for(const std::string& path) const;
   double alpha_for(const std::string& path) const;
   double scale_for(const std::string& path) const;  // alpha/r, or alpha/sqrt(r) with rsLoRA
