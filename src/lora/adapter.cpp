@@ -99,17 +99,16 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
                 "base (PEFT's weight conversion) holds only A and B, not DoRA's magnitudes; use one of the two");
   // Embedding layers first (PEFT's module order: embed_tokens, the blocks, lm_head).
   std::vector<AdaptableModule> modules;
-  for (const auto& m : embedding_modules(model))  // all-linear alone: the blocks' linear layers only (PEFT's rule)
+  const std::vector<AdaptableModule> layers = embedding_modules(model);
+  for (const auto& m : layers)  // all-linear alone: the blocks' linear layers only (PEFT's rule)
     if (config.targets_outside_blocks(m.linear.name)) modules.push_back(m);
-  for (const auto& name : config.all_linear ? config.outside_blocks : std::vector<std::string>{}) {
-    LoraConfig one = config;  // the name next to all-linear must select the embedding or the output layer
-    one.outside_blocks = {name};
-    const auto& layers = embedding_modules(model);
-    if (std::none_of(layers.begin(), layers.end(), [&](const AdaptableModule& m) { return one.targets_outside_blocks(m.linear.name); }))
-      throw error("--targets all-linear,", name, ": next to all-linear name only the embedding or the output layer (",
-                  layers[0].linear.name, ", ", layers[1].linear.name, "); all-linear already adapts every linear layer "
-                  "of the blocks");
-  }
+  if (config.all_linear)  // a name next to all-linear must select the embedding or the output layer
+    for (const auto& name : config.outside_blocks)
+      if (std::none_of(layers.begin(), layers.end(),
+                       [&](const AdaptableModule& m) { return LoraConfig::name_selects(name, m.linear.name); }))
+        throw error("--targets all-linear,", name, ": next to all-linear name only the embedding or the output layer (",
+                    layers[0].linear.name, ", ", layers[1].linear.name, "); all-linear already adapts every linear "
+                    "layer of the blocks");
   for (const auto& m : adaptable_modules(model))
     if (config.targets(m.linear.name)) modules.push_back(m);
   for (const auto& m : modules) {

@@ -47,6 +47,10 @@ bool LoraConfig::targets(const std::string& path) const {
   return module_matches(target_modules, target_regex, "target_modules", path);
 }
 
+bool LoraConfig::name_selects(const std::string& name, const std::string& path) {
+  return module_matches({name}, std::nullopt, "target_modules", path);
+}
+
 bool LoraConfig::targets_outside_blocks(const std::string& path) const {
   if (module_matches(exclude_modules, exclude_regex, "exclude_modules", path)) return false;
   if (all_linear) return module_matches(outside_blocks, std::nullopt, "target_modules", path);

@@ -1,6 +1,6 @@
 // `--targets all-linear,lm_head` (or with the embedding): every linear layer of the blocks and the
 // named layers outside them. PEFT's all-linear leaves those out and has no form for the pair, so the
-// adapter lists the adapted modules' names, which PEFT and lowrank load back as the same adapter.
+// adapter lists the adapted modules' names, which select the same modules when loaded back.
 #include <gtest/gtest.h>
 
 #include <set>

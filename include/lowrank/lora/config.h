@@ -60,6 +60,8 @@ struct LoraConfig {
   bool targets(const std::string& path) const;
   // The same for the embedding or the output layer (all-linear alone selects neither).
   bool targets_outside_blocks(const std::string& path) const;
+  // True if the module name `name` selects `path` (the whole path, or its ".name" suffix).
+  static bool name_selects(const std::string& name, const std::string& path);
   int64_t rank_for(const std::string& path) const;
   double alpha_for(const std::string& path) const;
   double scale_for(const std::string& path) const;  // alpha/r, or alpha/sqrt(r) with rsLoRA
