@@ -122,6 +122,11 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();
                        app.add_option("--schedule", a->schedule, "cosine, linear or constant")->capture_default_str();
                        app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
+                       app.add_option("--loraplus-lr-ratio", o.loraplus.lr_ratio,
+                                      "LoRA+: B's learning rate is --lr times this (e.g. 16; 0: off), as PEFT's "
+                                      "create_loraplus_optimizer");
+                       app.add_option("--loraplus-lr-embedding", o.loraplus.lr_embedding,
+                                      "LoRA+: the learning rate of embedding adapters (default 1e-6, as PEFT)");
                        app.add_option("--max-grad-norm", o.max_grad_norm, "Global gradient-norm clip (0: off)")
                            ->capture_default_str();
                        app.add_option("--seed", o.seed, "Seed for init, shuffling and dropout")->capture_default_str();

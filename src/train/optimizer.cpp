@@ -60,6 +60,8 @@ void AdamW::check_params(const std::vector<ParamRef>& params) const {
     if (!seen.insert(p.name).second) throw error("AdamW: parameter '", p.name, "' is listed twice");
     check_tensor(p.name, "param", p.param);
     check_tensor(p.name, "grad", p.grad);
+    if (!(p.lr_scale > 0.0) || !std::isfinite(p.lr_scale))
+      throw error("AdamW: parameter '", p.name, "': invalid learning-rate scale ", p.lr_scale);
     if (p.grad.shape() != p.param.shape())
       throw error("AdamW: parameter '", p.name, "': grad shape ", shape_str(p.grad.shape()),
                   " does not match param shape ", shape_str(p.param.shape()));
@@ -98,6 +100,22 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
   }
   ++steps_;
 
+  // One pass per learning rate: LoRA+ gives B its own (ParamRef::lr_scale), as torch's param groups
+  // do; every group shares the step count. Groups keep the params' order.
+  std::vector<double> scales;
+  for (const ParamRef& p : params)
+    if (std::find(scales.begin(), scales.end(), p.lr_scale) == scales.end()) scales.push_back(p.lr_scale);
+  bool working_left = false;  // a working copy the AdamW pass does not write (CPU, or not bf16)
+  for (const double scale : scales) {
+    std::vector<ParamRef*> group;
+    for (ParamRef& p : params)
+      if (p.lr_scale == scale) group.push_back(&p);
+    working_left = update(group, lr * scale) || working_left;
+  }
+  if (working_left) refresh_working_copies(params);
+}
+
+bool AdamW::update(const std::vector<ParamRef*>& params, double lr) {
   // Scalars in double, as torch computes them in Python; rounded to f32 where torch passes them
   // to an f32 kernel as a Scalar.
   const double t = static_cast<double>(steps_);
@@ -118,8 +136,9 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
   std::vector<Tensor> dev_p, dev_g, dev_m, dev_v, dev_w;
   std::vector<ops::ColumnBlock> dev_also;
   std::vector<uint8_t> dev_decay;
-  bool working_left = false;  // a working copy the AdamW launch does not write (CPU, or not bf16)
-  for (ParamRef& ref : params) {
+  bool working_left = false;
+  for (ParamRef* refp : params) {
+    ParamRef& ref = *refp;
     Moments& st = state_.at(ref.name);
     if (!ref.param.device().is_cpu()) {
       dev_p.push_back(ref.param);
@@ -188,7 +207,7 @@ void AdamW::step(std::vector<ParamRef>& params, double lr) {
       ops::adamw_update_all_(p, g, m, v, decay, sc, w, also);
     }
   }
-  if (working_left) refresh_working_copies(params);
+  return working_left;
 }
 
 void refresh_working_copies(std::vector<ParamRef>& params) {

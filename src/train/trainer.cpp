@@ -114,6 +114,7 @@ void validate(const TrainOptions& o) {
   if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay))
     throw error("--weight-decay must be a finite number, not negative, got ", o.weight_decay);
   if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
+  o.loraplus.validate(o.full);
   if (o.full && o.quantize != model::Quantization::None)
     throw error("--full with --quantize nf4: quantized weights are frozen (QLoRA trains LoRA adapters on them); "
                 "drop one of the two");
@@ -171,6 +172,7 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
     rep->adapter->make_working_copies(m.weights().embed.dtype());  // bf16 A/B for the GPU's GEMMs
     lora::make_extended_weights(*rep->adapter, m);                  // where the K-extension applies
     rep->params = lora_params(*rep->adapter);
+    apply_loraplus(rep->params, o.loraplus, o.lr);
   }
   rep->optimizer = std::make_unique<AdamW>(AdamWConfig{o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
   // Dropout masks: rank 0 draws the single-device stream; the others their own streams.

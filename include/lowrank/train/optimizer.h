@@ -47,6 +47,9 @@ struct ParamRef {
   // K-extended frozen weight, src/lora/k_extension.h), by the same AdamW pass.
   Tensor working_also{};
   int64_t working_also_col = 0;
+  // This tensor's learning rate is the scheduled one times this (> 0): LoRA+'s groups
+  // (train/loraplus.h), as torch's param groups each with its own lr under one schedule.
+  double lr_scale = 1.0;
 };
 
 // Rounds every master `param` into its `working` copy (after loading a checkpoint into masters).
@@ -58,12 +61,13 @@ class AdamW {
   // naming the field, as torch's constructor does.
   explicit AdamW(AdamWConfig config = {});
 
-  // One update of every parameter with learning rate `lr` (the schedule's value; lr 0 still
-  // advances the moments and the step count, as torch does). State is created (zeros) on the
-  // first step. The set of names must stay the same from step to step (torch keeps one step count
+  // One update of every parameter with learning rate `lr` times its lr_scale (`lr`: the schedule's
+  // value; lr 0 still advances the moments and the step count, as torch does). State is created
+  // (zeros) on the first step. The set of names must stay the same from step to step (torch keeps one step count
   // per tensor; we share one, which is only equivalent if no tensor joins late or skips a step):
   // a name that is new after the first step, a missing one, a duplicate, or a param/grad/state
-  // shape, dtype or device mismatch throws Error naming the parameter, before anything changes.
+  // shape, dtype or device mismatch, or an lr_scale that is not a positive number, throws Error
+  // naming the parameter, before anything changes.
   void step(std::vector<ParamRef>& params, double lr);
 
   // Number of step() calls so far (torch's state["step"]); 0 before the first.
@@ -87,6 +91,10 @@ class AdamW {
   void load_state(const std::map<std::string, Tensor>& tensors, int64_t steps);
 
  private:
+  // The update of `params` (all of one lr) at step steps_; true when a working copy is left for
+  // refresh_working_copies (the CPU's, or one the device pass does not write).
+  bool update(const std::vector<ParamRef*>& params, double lr);
+
   struct Moments {
     Tensor exp_avg;     // [param shape] f32: first moment m
     Tensor exp_avg_sq;  // [param shape] f32: second moment v

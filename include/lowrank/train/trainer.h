@@ -7,6 +7,7 @@
 
 #include "lowrank/lora/config.h"
 #include "lowrank/model/weights.h"
+#include "lowrank/train/loraplus.h"
 #include "lowrank/train/schedule.h"
 
 namespace lowrank::train {
@@ -32,6 +33,7 @@ struct TrainOptions {
   int64_t warmup = 0;
   Schedule schedule = Schedule::Cosine;
   double weight_decay = 0.0;
+  LoraPlusConfig loraplus;     // --loraplus-lr-ratio / --loraplus-lr-embedding: B's own lr (loraplus.h)
   double max_grad_norm = 1.0;  // 0: no clipping
   uint64_t seed = 42;
   int64_t save_every = 0;      // checkpoint every N steps (0: only the final output)
