@@ -72,13 +72,19 @@ def per_input(r):
     return r.get("dropout_masks") == "per-input"
 
 
+def plus(r):
+    """LoRA+'s ratio of B's learning rate to A's (train --loraplus-lr-ratio), or None."""
+    return r.get("loraplus_lr_ratio")
+
+
 def label(r):
     if r["method"] == "full":
         return "full fine-tuning"
     if r["method"] == "bitfit":
         return "BitFit (biases only)"
-    return "%s r=%d α=%g %s%s" % (METHOD.get(r["method"], r["method"]), r["rank"], r["alpha"], targets_of(r),
-                                  ", one dropout mask per input" if per_input(r) else "")
+    return "%s r=%d α=%g %s%s%s" % (METHOD.get(r["method"], r["method"]), r["rank"], r["alpha"], targets_of(r),
+                                    ", one dropout mask per input" if per_input(r) else "",
+                                    ", LoRA+ ηB/ηA = %g, lr %s" % (plus(r), short_lr(r["lr"])) if plus(r) else "")
 
 
 def merge_seeds(rows):
@@ -86,7 +92,8 @@ def merge_seeds(rows):
     that appears twice (the quality and the seeds sets both run seed 1) counts once: its first row."""
     groups = {}
     for r in rows:
-        g = groups.setdefault((r["method"], r["rank"], r["alpha"], targets_of(r), per_input(r)), {})
+        g = groups.setdefault((r["method"], r["rank"], r["alpha"], targets_of(r), per_input(r), plus(r),
+                               r["lr"] if plus(r) else None), {})
         g.setdefault(r["seed"], r)
     out = []
     for g in groups.values():
@@ -335,7 +342,8 @@ def task_report(task, rows, a, multi):
     full_rows = [r for r in rows if r["method"] == "full"]
     rows = merge_seeds(rows)
     full = next((r for r in rows if r["method"] == "full"), None)
-    lora = [r for r in rows if r["method"] == "lora" and not per_input(r)]  # PEFT's masks; per input below
+    # PEFT's masks and one lr; per input and LoRA+ below
+    lora = [r for r in rows if r["method"] == "lora" and not per_input(r) and not plus(r)]
     qv = lambda r: r["targets"] == "q_proj,v_proj"
     hib = rows[0]["higher_is_better"]
     print("## %s%s\n" % (TASK_TITLE.get(task, task), " (%s)" % a.label if a.label else ""))
@@ -364,6 +372,12 @@ def task_report(task, rows, a, multi):
                       (m["method"], m["rank"], m["alpha"], m["targets"])] + [m]
         print("\n### Dropout masks: one per projection (PEFT's) against one per input\n")
         print(table(pairs, full, "run", label))
+    boosted = [r for r in rows if plus(r)]
+    if boosted:  # each configuration plain, then at each ratio
+        shown = {(r["rank"], r["alpha"], r["targets"]) for r in boosted}
+        plain = [r for r in lora if (r["rank"], r["alpha"], r["targets"]) in shown]
+        print("\n### LoRA+: B's learning rate a multiple of A's\n")
+        print(table(sorted(plain + boosted, key=lambda r: (r["trainable_params"], plus(r) or 0, -r["lr"])), full, "run", label))
     small = [r for r in rows if r["method"] != "full" and r["trainable_pct"] <= 1.0]
     if small and full:
         best = (max if hib else min)(small, key=lambda r: r["metric"])

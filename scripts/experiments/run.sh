@@ -43,6 +43,10 @@
 #                   all-linear with embed_tokens;
 #                   q,k,v,o with lm_head at r = 2 and 32 (rank_pattern, alpha 2r), for each seed of
 #                   $SEED_LIST (default 1).
+#       loraplus    LoRA+ (train --loraplus-lr-ratio: B's learning rate a multiple of A's): full;
+#                   LoRA r=8 on q,v / q,k,v,o / all-linear, each plain, at the ratios of
+#                   $PLUS_RATIOS (default 4 16) and at ratio 16 with lr 1e-3; for each seed of
+#                   $SEED_LIST (default 1).
 #       efficiency  speed and peak memory only (no eval): full, LoRA r in {4,16} x {q,v,
 #                   all-linear}, interleaved, EFF_ROUNDS times; one run at a time.
 # Each run appends one row to $RESULTS (run_one.py says what a row holds); a run already there is
@@ -61,8 +65,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|efficiency|lr|long}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|efficiency|lr|long}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|efficiency|lr|long}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|efficiency|lr|long}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -80,8 +84,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|efficiency|lr|long) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, masks, vocab, efficiency, lr, long)" >&2; exit 2 ;;
+  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|efficiency|lr|long) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, masks, vocab, loraplus, efficiency, lr, long)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -261,6 +265,18 @@ vocab() {  # full fine-tuning also trains the (tied) embedding / output table; L
     done
   done
 }
+loraplus() {  # LoRA+: B learns at ratio x A's lr (the paper: B's lr should grow with the width)
+  for seed in ${SEED_LIST:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    for t in $qv q_proj,k_proj,v_proj,o_proj all-linear; do
+      lora --rank 8 --targets "$t" "${s[@]}"
+      for ratio in ${PLUS_RATIOS:-4 16}; do lora --rank 8 --targets "$t" --loraplus-ratio "$ratio" "${s[@]}"; done
+      # B's lr 16x a third of LoRA's: the paper's advice to lower the lr when the ratio is large
+      run --method lora --lr 1e-3 --tag lr1e-3 --rank 8 --targets "$t" --loraplus-ratio 16 "${s[@]}"
+    done
+  done
+}
 quick() {
   s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo 200)}")
   [ -z "${BATCH:-}" ] && s+=(--batch 8)
@@ -294,6 +310,7 @@ case "$set_" in
   quick) workers quick ;;
   masks) workers masks ;;
   vocab) workers vocab ;;
+  loraplus) workers loraplus ;;
   lr) workers lrs ;;
   long) workers long ;;
   efficiency)

@@ -28,7 +28,7 @@ task.json also gives the defaults of --task and --seq-len. Methods:
   bitfit  train --targets none --bias all (every bias of the linear layers, nothing else: BitFit);
           needs a base with biases (lowrank refuses one without)
 Row fields: task, model (the base folder's name), method, rank, alpha, rank_pattern and alpha_pattern
-(null unless given), targets, seed, metric (the
+(null unless given), loraplus_lr_ratio (LoRA+: B's lr over A's; null unless given), targets, seed, metric (the
 task's), metric_name, higher_is_better, eval_loss (lowrank eval on eval.jsonl; for
 prompt/completion data the loss of the completions), eval_tokens, score (score.py's details,
 generated tasks only), trainable_params, total_params (the trainer's "all params": base + adapter, PEFT's count), base_params, trainable_pct, peak_mib (max RSS of the training
@@ -77,6 +77,8 @@ def main():
                     help='train --rank-pattern, PEFT\'s rank_pattern as JSON: \'{"lm_head": 32}\' (in the run\'s name)')
     ap.add_argument("--alpha-pattern", default=None,
                     help='train --alpha-pattern, PEFT\'s alpha_pattern as JSON: \'{"lm_head": 64}\' (in the run\'s name)')
+    ap.add_argument("--loraplus-ratio", type=float, default=None,
+                    help="train --loraplus-lr-ratio: B's lr over A's (LoRA+; in the run's name)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
@@ -122,6 +124,7 @@ def main():
         + ("".join("-%s-a%g" % (k.replace("_proj", ""), v) for k, v in sorted(alpha_pattern.items()))
            if lora and alpha_pattern else "")
         + ("-maskperinput" if lora and a.dropout_per_input else "")
+        + ("-plus%g" % a.loraplus_ratio if lora and a.loraplus_ratio else "")
         + "-s%d" % a.seed + ("-pad%d" % a.pad_to_multiple_of if a.pad_to_multiple_of > 1 else "")
         + ("-%s" % a.tag if a.tag else ""))
     run_dir = os.path.join(a.work_dir, name)
@@ -150,6 +153,8 @@ def main():
         train += ["--rank", str(a.rank), "--alpha", "%g" % alpha, "--targets", a.targets, "--dropout", repr(a.dropout)]
         if a.dropout_per_input:
             train.append("--dropout-per-input")
+        if a.loraplus_ratio:
+            train += ["--loraplus-lr-ratio", repr(a.loraplus_ratio)]
         if rank_pattern:
             train += ["--rank-pattern", json.dumps(rank_pattern)]
         if alpha_pattern:
@@ -228,6 +233,7 @@ def main():
         "task": a.task, "model": os.path.basename(os.path.abspath(a.model)), "method": a.method,
         "rank": a.rank if lora else None, "alpha": alpha if lora else None,
         "rank_pattern": rank_pattern if lora else None, "alpha_pattern": alpha_pattern if lora else None,
+        "loraplus_lr_ratio": a.loraplus_ratio if lora else None,
         "targets": a.targets if lora else "biases" if a.method == "bitfit" else "all", "seed": a.seed,
         "metric": (round(scored["metric"], 6) if scored else
                    round(res["loss"], 6) if res["loss"] is not None and not task else None),

@@ -63,11 +63,11 @@ class AdamW {
 
   // One update of every parameter with learning rate `lr` times its lr_scale (`lr`: the schedule's
   // value; lr 0 still advances the moments and the step count, as torch does). State is created
-  // (zeros) on the first step. The set of names must stay the same from step to step (torch keeps one step count
-  // per tensor; we share one, which is only equivalent if no tensor joins late or skips a step):
-  // a name that is new after the first step, a missing one, a duplicate, or a param/grad/state
-  // shape, dtype or device mismatch, or an lr_scale that is not a positive number, throws Error
-  // naming the parameter, before anything changes.
+  // (zeros) on the first step. The set of names must stay the same from step to step (torch
+  // keeps one step count per tensor; we share one, which is only equivalent if no tensor joins
+  // late or skips a step): a name that is new after the first step, a missing one, a duplicate,
+  // a param/grad/state shape, dtype or device mismatch, or an lr_scale that is not a positive
+  // number throws Error naming the parameter, before anything changes.
   void step(std::vector<ParamRef>& params, double lr);
 
   // Number of step() calls so far (torch's state["step"]); 0 before the first.
