@@ -89,6 +89,13 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                                       ",embed_tokens: those too), or none "
                                       "(with --bias all: bias-only training, BitFit)")
                            ->capture_default_str();
+                       app.add_option("--layers-to-transform", a->o.lora.layers_to_transform,
+                                      "Adapt only the blocks with these indices, e.g. 0,1,2 (PEFT's layers_to_transform)")
+                           ->delimiter(',');
+                       app.add_option("--layers-pattern", a->o.lora.layers_pattern,
+                                      "The name of the blocks' list in module paths, e.g. layers or h (PEFT's "
+                                      "layers_pattern; default: the first numbered segment)")
+                           ->delimiter(',');
                        app.add_flag("--rslora", a->rslora, "Rank-stabilised scale alpha / sqrt(r)");
                        app.add_option("--rank-pattern", a->rank_pattern,
                                       "Per-module ranks as PEFT's rank_pattern, JSON: '{\"q_proj\": 4, \"layers\\\\.0\\\\..*\": 16}'");

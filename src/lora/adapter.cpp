@@ -133,7 +133,9 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
     a.pairs.push_back(std::move(p));
   }
   if (a.pairs.empty() && config.has_targets())
-    throw error("--targets matched no module of the model; modules that exist: ", module_names_hint(model));
+    throw error("--targets matched no module of the model",
+                config.layers_to_transform.empty() ? "" : " in the blocks --layers-to-transform selects",
+                "; modules that exist: ", module_names_hint(model));
   sort_pairs(a.pairs);
   if (config.bias != BiasMode::None) {
     for (const auto& m : adaptable_modules(model)) {
@@ -224,7 +226,7 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
     if (!a.config.targets(module))
       throw error(weights, ": tensor \"", file_key[module + "|" + by_suffix.begin()->first], "\" adapts module \"",
                   module, "\", which adapter_config.json's target_modules does not select (or its exclude_modules "
-                  "excludes)");
+                  "excludes, or its layers_to_transform leaves out)");
     LoraPair p = new_pair(m, a.config, variant_for(m, a.config, cfg_path));
     const LoraVariant& variant = lora_variant(p.kind);
     const auto layer_tensors = variant.tensors(p);
@@ -289,8 +291,9 @@ void Adapter::write_files(const std::string& dir) const {
   if (!config.all_linear && !config.target_regex) {
     // PEFT writes the set of short names it adapted; keep the user's list otherwise.
     cfg["target_modules"] = config.target_modules;
-  } else if (config.all_linear && !config.outside_blocks.empty()) {
-    // all-linear with the embedding / output layer has no PEFT form: the adapted modules' names.
+  } else if (config.all_linear && (!config.outside_blocks.empty() || !config.layers_to_transform.empty())) {
+    // all-linear with the embedding / output layer, or with layers_to_transform (PEFT takes that
+    // with a list only), has no PEFT form: the adapted modules' names.
     std::set<std::string> names;
     for (const auto& p : pairs) names.insert(p.module.substr(p.module.rfind('.') + 1));
     cfg["target_modules"] = names;

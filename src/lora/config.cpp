@@ -1,5 +1,6 @@
 #include "lowrank/lora/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <utility>
@@ -41,10 +42,33 @@ bool module_matches(const std::vector<std::string>& names, const std::optional<s
 
 }  // namespace
 
+bool LoraConfig::in_selected_layers(const std::string& path) const {
+  if (layers_to_transform.empty()) return true;
+  // PEFT: re.match(r".*?\.[^.]*\.(\d+)\.", key), or with each pattern in turn r".*?\.{pattern}\.(\d+)\.";
+  // lazy, so the first numbered segment counts (a layer's, not an expert's inside it).
+  std::optional<std::string> index;
+  if (layers_pattern.empty()) index = regex_match_group1(R"(.*?\.[^.]*\.(\d+)\.)", path);
+  for (const auto& pattern : layers_pattern) {
+    std::string why;
+    index = regex_match_group1(".*?\\." + pattern + "\\.(\\d+)\\.", path, &why);
+    if (!why.empty()) throw error("layers_pattern: invalid regular expression \"", pattern, "\": ", why);
+    if (index) break;
+  }
+  if (!index || index->size() > 9) return false;  // no block index (or one no block list can hold)
+  return std::find(layers_to_transform.begin(), layers_to_transform.end(), std::stoll(*index)) !=
+         layers_to_transform.end();
+}
+
+bool LoraConfig::selects_listed(const std::string& path) const {
+  if (target_regex) return module_matches({}, target_regex, "target_modules", path);
+  if (std::find(target_modules.begin(), target_modules.end(), path) != target_modules.end()) return true;
+  return module_matches(target_modules, std::nullopt, "target_modules", path) && in_selected_layers(path);
+}
+
 bool LoraConfig::targets(const std::string& path) const {
   if (module_matches(exclude_modules, exclude_regex, "exclude_modules", path)) return false;
-  if (all_linear) return true;  // the caller only asks about linear layers of the blocks
-  return module_matches(target_modules, target_regex, "target_modules", path);
+  if (all_linear) return in_selected_layers(path);  // the caller only asks about linear layers of the blocks
+  return selects_listed(path);
 }
 
 bool LoraConfig::name_selects(const std::string& name, const std::string& path) {
@@ -54,7 +78,7 @@ bool LoraConfig::name_selects(const std::string& name, const std::string& path) 
 bool LoraConfig::targets_outside_blocks(const std::string& path) const {
   if (module_matches(exclude_modules, exclude_regex, "exclude_modules", path)) return false;
   if (all_linear) return module_matches(outside_blocks, std::nullopt, "target_modules", path);
-  return module_matches(target_modules, target_regex, "target_modules", path);
+  return selects_listed(path);
 }
 
 int64_t LoraConfig::rank_for(const std::string& path) const {
@@ -94,6 +118,16 @@ void LoraConfig::validate(const std::string& src) const {
   if (!has_targets() && bias == BiasMode::None)
     throw error(src, ": no target_modules (and bias \"none\"): nothing to train; bias-only training (BitFit) is "
                      "--targets none --bias all");
+  if (!layers_pattern.empty() && layers_to_transform.empty())
+    throw error(src, ": layers_pattern needs layers_to_transform (the block indices to adapt)");
+  for (const int64_t i : layers_to_transform)
+    if (i < 0) throw error(src, ": layers_to_transform holds block indices, not negative numbers, got ", i);
+  if (!layers_to_transform.empty() && target_regex)
+    throw error(src, ": layers_to_transform cannot be used with target_modules as a regular expression (PEFT's "
+                     "rule); write the regex to select the layers instead");
+  if (!layers_to_transform.empty() && all_linear && !outside_blocks.empty())
+    throw error(src, ": layers_to_transform selects blocks; the embedding and the output layer are outside them "
+                     "(leave them out of --targets, or list the blocks' modules by name)");
   if (!has_targets() && bias == BiasMode::LoraOnly)
     throw error(src, ": bias \"lora_only\" with no target_modules trains nothing; bias-only training is bias \"all\"");
 }
@@ -202,8 +236,20 @@ LoraConfig parse_lora_config(const nlohmann::json& j, const std::string& src) {
   else read_modules(*tm, "target_modules", src, c.target_modules, c.target_regex);
   if (auto ex = j.find("exclude_modules"); ex != j.end() && !ex->is_null())
     read_modules(*ex, "exclude_modules", src, c.exclude_modules, c.exclude_regex);
-  for (const char* key : {"layers_to_transform", "layer_replication"})
-    if (j.contains(key) && !j[key].is_null()) throw error(src, ": \"", key, "\" is not supported");
+  if (j.contains("layer_replication") && !j["layer_replication"].is_null())
+    throw error(src, ": \"layer_replication\" is not supported");
+  if (auto it = j.find("layers_to_transform"); it != j.end() && !it->is_null()) {  // an int or a list of ints
+    for (const auto& v : it->is_array() ? *it : nlohmann::json::array({*it})) {
+      if (!v.is_number_integer()) throw error(src, ": layers_to_transform must be an integer or a list of integers");
+      c.layers_to_transform.push_back(v.get<int64_t>());
+    }
+  }
+  if (auto it = j.find("layers_pattern"); it != j.end() && !it->is_null()) {  // a name or a list of names
+    for (const auto& v : it->is_array() ? *it : nlohmann::json::array({*it})) {
+      if (!v.is_string()) throw error(src, ": layers_pattern must be a string or a list of strings");
+      if (!v.get<std::string>().empty()) c.layers_pattern.push_back(v.get<std::string>());  // "": any (PEFT)
+    }
+  }
   // PEFT options that change what the adapter computes: ignoring them would apply another adapter
   // than the one trained (aLoRA only after its invocation tokens, QALoRA on pooled inputs, a bias
   // on lora_B, LoRA on parameters rather than modules, trained token rows).
@@ -272,8 +318,8 @@ nlohmann::json LoraConfig::to_json() const {
   j["inference_mode"] = true;
   j["use_dora"] = use_dora;
   j["modules_to_save"] = nullptr;
-  j["layers_to_transform"] = nullptr;
-  j["layers_pattern"] = nullptr;
+  j["layers_to_transform"] = layers_to_transform.empty() ? nlohmann::json() : nlohmann::json(layers_to_transform);
+  j["layers_pattern"] = layers_pattern.empty() ? nlohmann::json() : nlohmann::json(layers_pattern);
   j["revision"] = nullptr;
   j["lora_bias"] = false;
   return j;

@@ -13,4 +13,9 @@ namespace lowrank::lora {
 std::optional<bool> regex_full_match(const std::string& pattern, std::string_view text,
                                      std::string* error = nullptr);
 
+// Python's re.match(pattern, text).group(1): a match anchored at the start of `text` only. nullopt
+// when nothing matches, or when `pattern` does not compile (then *error, when given, says why).
+std::optional<std::string> regex_match_group1(const std::string& pattern, std::string_view text,
+                                              std::string* error = nullptr);
+
 }  // namespace lowrank::lora

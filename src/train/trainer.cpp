@@ -51,8 +51,11 @@ nlohmann::json run_identity(const model::Model& m, const TrainOptions& o) {
     id["lora"] = {{"r", l["r"]}, {"lora_alpha", l["lora_alpha"]}, {"target_modules", l["target_modules"]},
                   {"use_rslora", l["use_rslora"]}, {"bias", l["bias"]}, {"rank_pattern", l["rank_pattern"]},
                   {"use_dora", l["use_dora"]}, {"init", o.lora.init_name()}};
-    // the masks' definition (only when set: checkpoints from before it resume as they were)
+    // the masks' definition and the blocks (only when set: checkpoints from before them resume as
+    // they were)
     if (o.lora.dropout_per_input) id["lora"]["dropout_per_input"] = true;
+    if (!o.lora.layers_to_transform.empty())
+      id["lora"]["layers"] = {{"layers_to_transform", l["layers_to_transform"]}, {"layers_pattern", l["layers_pattern"]}};
   }
   return id;
 }

@@ -34,6 +34,12 @@ struct LoraConfig {
   // matched the same way (names as exact paths or ".name" suffixes, or one regex, exclude_regex).
   std::vector<std::string> exclude_modules;
   std::optional<std::string> exclude_regex;
+  // PEFT's layers_to_transform / layers_pattern: only the blocks with these indices (empty: all).
+  // A module's index is the number after the first ".<pattern>." in its path (any segment when
+  // layers_pattern is empty: "model.layers.3.mlp.up_proj" -> 3). PEFT applies it to names matched
+  // as ".name" suffixes; a name listed as the module's whole path is taken as it is.
+  std::vector<int64_t> layers_to_transform;
+  std::vector<std::string> layers_pattern;
   // No LoRA layer at all (target_modules empty, "--targets none"): with bias = all, bias-only
   // training (BitFit).
   bool has_targets() const { return all_linear || target_regex || !target_modules.empty(); }
@@ -60,12 +66,18 @@ struct LoraConfig {
   bool targets(const std::string& path) const;
   // The same for the embedding or the output layer (all-linear alone selects neither).
   bool targets_outside_blocks(const std::string& path) const;
+  // True if `path` is in a block that layers_to_transform selects (always, when it is empty).
+  bool in_selected_layers(const std::string& path) const;
   // True if the module name `name` selects `path` (the whole path, or its ".name" suffix).
   static bool name_selects(const std::string& name, const std::string& path);
   int64_t rank_for(const std::string& path) const;
   double alpha_for(const std::string& path) const;
   double scale_for(const std::string& path) const;  // alpha/r, or alpha/sqrt(r) with rsLoRA
-  void validate(const std::string& source) const;   // r > 0, alpha > 0, 0 <= dropout < 1
+  void validate(const std::string& source) const;   // r > 0, alpha > 0, 0 <= dropout < 1, ...
+
+ private:
+  // target_modules (or target_regex) selects `path`, with PEFT's layer rule.
+  bool selects_listed(const std::string& path) const;
 };
 
 // PEFT's pattern rule: key matches `path` if path == key or path ends with "." + key (keys may be
