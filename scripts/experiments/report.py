@@ -64,6 +64,8 @@ def targets_of(r):
     text = tgt(r["targets"])
     for k, v in own.items():
         text = text.replace(k, "%s (%s)" % (k, ", ".join(v)))
+    if r.get("layers_to_transform"):
+        text += " in blocks " + ",".join(str(i) for i in r["layers_to_transform"])
     return text
 
 

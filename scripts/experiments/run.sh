@@ -47,6 +47,10 @@
 #                   LoRA r=8 on q,v / q,k,v,o / all-linear, each plain, at the ratios of
 #                   $PLUS_RATIOS (default 4 16) and at ratio 16 with lr 1e-3; for each seed of
 #                   $SEED_LIST (default 1).
+#       blocks      which blocks to adapt at a fixed budget (train --layers-to-transform): full;
+#                   LoRA all-linear at r=8 in every block, at r=4 in every block, and at r=8 in the
+#                   first half, the second half and every other block of $BLOCKS (default: the
+#                   model's num_hidden_layers); for each seed of $SEED_LIST (default 1).
 #       efficiency  speed and peak memory only (no eval): full, LoRA r in {4,16} x {q,v,
 #                   all-linear}, interleaved, EFF_ROUNDS times; one run at a time.
 # Each run appends one row to $RESULTS (run_one.py says what a row holds); a run already there is
@@ -65,8 +69,8 @@
 # Needs python3; /usr/bin/time (Debian 'time') for the peak RSS, if present.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|efficiency|lr|long}
-set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|efficiency|lr|long}
+task=${1:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|blocks|efficiency|lr|long}
+set_=${2:?usage: run.sh kjv|spam|pos prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|blocks|efficiency|lr|long}
 out=out/experiments
 data=$out/data/$task
 model=${MODEL:-models/base}
@@ -84,8 +88,8 @@ case "$task" in
   *) echo "error: run.sh: unknown task '$task' (kjv, spam, pos)" >&2; exit 2 ;;
 esac
 case "$set_" in
-  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|efficiency|lr|long) ;;
-  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, masks, vocab, loraplus, efficiency, lr, long)" >&2; exit 2 ;;
+  prepare|quality|ranks|rank64|rank_lr|inits|seeds|quick|masks|vocab|loraplus|blocks|efficiency|lr|long) ;;
+  *) echo "error: run.sh: unknown set '$set_' (prepare, quality, ranks, rank64, rank_lr, inits, seeds, quick, masks, vocab, loraplus, blocks, efficiency, lr, long)" >&2; exit 2 ;;
 esac
 
 prepare() {
@@ -277,6 +281,18 @@ loraplus() {  # LoRA+: B learns at ratio x A's lr (the paper: B's lr should grow
     done
   done
 }
+blocks() {  # as many parameters as r=4 everywhere: r=8 in half the blocks (which half?)
+  local n=${BLOCKS:-$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$model/config.json")}
+  local first second every
+  first=$(seq -s, 0 $((n / 2 - 1))) second=$(seq -s, $((n / 2)) $((n - 1))) every=$(seq -s, 0 2 $((n - 1)))
+  for seed in ${SEED_LIST:-1}; do
+    s=(--seed "$seed" --steps "$steps")
+    full "${s[@]}"
+    lora --rank 8 --targets all-linear "${s[@]}"
+    lora --rank 4 --targets all-linear "${s[@]}"
+    for l in "$first" "$second" "$every"; do lora --rank 8 --targets all-linear --layers "$l" "${s[@]}"; done
+  done
+}
 quick() {
   s=(--seed 1 --steps "${STEPS:-$([ "$task" = spam ] && echo 100 || echo 200)}")
   [ -z "${BATCH:-}" ] && s+=(--batch 8)
@@ -311,6 +327,7 @@ case "$set_" in
   masks) workers masks ;;
   vocab) workers vocab ;;
   loraplus) workers loraplus ;;
+  blocks) workers blocks ;;
   lr) workers lrs ;;
   long) workers long ;;
   efficiency)

@@ -28,7 +28,8 @@ task.json also gives the defaults of --task and --seq-len. Methods:
   bitfit  train --targets none --bias all (every bias of the linear layers, nothing else: BitFit);
           needs a base with biases (lowrank refuses one without)
 Row fields: task, model (the base folder's name), method, rank, alpha, rank_pattern and alpha_pattern
-(null unless given), loraplus_lr_ratio (LoRA+: B's lr over A's; null unless given), targets, seed, metric (the
+(null unless given), loraplus_lr_ratio (LoRA+: B's lr over A's; null unless given),
+layers_to_transform (the blocks adapted; null: all), targets, seed, metric (the
 task's), metric_name, higher_is_better, eval_loss (lowrank eval on eval.jsonl; for
 prompt/completion data the loss of the completions), eval_tokens, score (score.py's details,
 generated tasks only), trainable_params, total_params (the trainer's "all params": base + adapter, PEFT's count), base_params, trainable_pct, peak_mib (max RSS of the training
@@ -77,6 +78,8 @@ def main():
                     help='train --rank-pattern, PEFT\'s rank_pattern as JSON: \'{"lm_head": 32}\' (in the run\'s name)')
     ap.add_argument("--alpha-pattern", default=None,
                     help='train --alpha-pattern, PEFT\'s alpha_pattern as JSON: \'{"lm_head": 64}\' (in the run\'s name)')
+    ap.add_argument("--layers", default=None,
+                    help="train --layers-to-transform: the blocks to adapt, e.g. 3,4,5 (in the run's name)")
     ap.add_argument("--loraplus-ratio", type=float, default=None,
                     help="train --loraplus-lr-ratio: B's lr over A's (LoRA+; in the run's name)")
     ap.add_argument("--seed", type=int, default=1)
@@ -124,6 +127,7 @@ def main():
         + ("".join("-%s-a%g" % (k.replace("_proj", ""), v) for k, v in sorted(alpha_pattern.items()))
            if lora and alpha_pattern else "")
         + ("-maskperinput" if lora and a.dropout_per_input else "")
+        + ("-L%s" % a.layers.replace(",", "+") if lora and a.layers else "")
         + ("-plus%g" % a.loraplus_ratio if lora and a.loraplus_ratio else "")
         + "-s%d" % a.seed + ("-pad%d" % a.pad_to_multiple_of if a.pad_to_multiple_of > 1 else "")
         + ("-%s" % a.tag if a.tag else ""))
@@ -155,6 +159,8 @@ def main():
             train.append("--dropout-per-input")
         if a.loraplus_ratio:
             train += ["--loraplus-lr-ratio", repr(a.loraplus_ratio)]
+        if a.layers:
+            train += ["--layers-to-transform", a.layers]
         if rank_pattern:
             train += ["--rank-pattern", json.dumps(rank_pattern)]
         if alpha_pattern:
@@ -234,6 +240,7 @@ def main():
         "rank": a.rank if lora else None, "alpha": alpha if lora else None,
         "rank_pattern": rank_pattern if lora else None, "alpha_pattern": alpha_pattern if lora else None,
         "loraplus_lr_ratio": a.loraplus_ratio if lora else None,
+        "layers_to_transform": [int(x) for x in a.layers.split(",")] if lora and a.layers else None,
         "targets": a.targets if lora else "biases" if a.method == "bitfit" else "all", "seed": a.seed,
         "metric": (round(scored["metric"], 6) if scored else
                    round(res["loss"], 6) if res["loss"] is not None and not task else None),
