@@ -27,6 +27,9 @@ train llama_embed_lm_head llama --lr 1e-2 --targets embed_tokens,lm_head,q_proj,
 train qwen2_tied_embed qwen2 --lr 1e-2 --targets embed_tokens,q_proj --rank 4
 # all-linear with the output layer (its names listed in adapter_config.json), on a tied embedding.
 train qwen2_all_linear_lm_head qwen2 --lr 1e-2 --targets all-linear,lm_head --rank 4
+# Some blocks only (layers_to_transform; on GPT-2 with layers_pattern "h" and all-linear's names).
+train llama_layers_qv llama --lr 1e-2 --targets q_proj,v_proj --rank 4 --layers-to-transform 1
+train gpt2_all_linear_layers gpt2 --lr 1e-2 --targets all-linear --rank 4 --layers-to-transform 0 --layers-pattern h
 train llama_pissa llama --lr 1e-2 --targets q_proj,v_proj,down_proj --rank 4 --init pissa
 train llama_olora llama --lr 1e-2 --targets q_proj,v_proj,down_proj --rank 4 --init olora
 # Model families (issue 12): Gemma 2 (soft-capping), Gemma 3, Phi-3 (fused qkv_proj / gate_up_proj).
@@ -44,7 +47,7 @@ $bin merge --model $fx/llama --adapter "$out/llama_embed_lm_head" --out "$out/me
   sep=""
   for spec in llama_all_linear:llama qwen2_bias_all:qwen2 gpt2_conv1d:gpt2 qwen3_all_linear:qwen3 llama_rslora_qv:llama \
               llama_dora:llama llama_embed_lm_head:llama qwen2_tied_embed:qwen2 qwen2_all_linear_lm_head:qwen2 \
-              llama_pissa:llama llama_olora:llama \
+              llama_layers_qv:llama gpt2_all_linear_layers:gpt2 llama_pissa:llama llama_olora:llama \
               gemma2_all_linear:gemma2 gemma3_all_linear:gemma3 phi3_all_linear:phi3; do
     name=${spec%%:*} base=${spec##*:}
     loss=$($bin eval --model $fx/$base --adapter "$out/$name" --data $fx/$base/eval.jsonl --json)
