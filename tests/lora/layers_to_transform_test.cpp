@@ -4,6 +4,7 @@
 
 #include <set>
 
+#include "cli/cli_test_helpers.h"
 #include "io/io_test_helpers.h"
 #include "lowrank/core/error.h"
 #include "lowrank/io/files.h"
@@ -99,6 +100,10 @@ TEST(LayersToTransform, AdapterOnSomeBlocksSavesAndLoads) {
   EXPECT_EQ(cfg["layers_to_transform"], nlohmann::json({1}));
   model::Model fresh = model::Model::load(dir);
   EXPECT_EQ(modules_of(lora::Adapter::load(d.file("one"), fresh)), modules_of(a));
+  const auto shown = test::run_cli("inspect " + d.file("one"));
+  EXPECT_EQ(shown.code, 0) << shown.err;
+  EXPECT_NE(shown.out.find("layers_to_transform      [1]"), std::string::npos) << shown.out;
+  EXPECT_EQ(shown.out.find("layers_pattern"), std::string::npos) << shown.out;  // unset: not shown
 
   // all-linear on some blocks: PEFT takes layers_to_transform with a list of names only.
   lora::LoraConfig all;
