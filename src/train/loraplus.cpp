@@ -8,10 +8,6 @@
 namespace lowrank::train {
 namespace {
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 bool positive(double v) { return v > 0 && std::isfinite(v); }
 
 }  // namespace
@@ -31,11 +27,11 @@ void apply_loraplus(std::vector<ParamRef>& params, const LoraPlusConfig& config,
   if (!config.enabled()) return;
   for (ParamRef& p : params) {
     // PEFT looks at the tensor's layer for the embedding group and at the name and rank for B.
-    if (ends_with(p.name, ".lora_embedding_A") || ends_with(p.name, ".lora_embedding_B")) {
+    if (p.name.ends_with(".lora_embedding_A") || p.name.ends_with(".lora_embedding_B")) {
       p.lr_scale = config.embedding_lr() / lr;
-    } else if (ends_with(p.name, ".lora_B") || p.param.rank() == 1) {
+    } else if (p.name.ends_with(".lora_B") || p.param.rank() == 1) {
       p.lr_scale = config.lr_ratio;
-      p.decay = !ends_with(p.name, ".bias");  // transformers' decay list leaves biases out
+      p.decay = !p.name.ends_with(".bias");  // transformers' decay list leaves biases out
     }
   }
 }
