@@ -71,6 +71,11 @@ void expect_two_cpu_ranks_equal_one(const std::string& flags, const std::string&
 
 TEST(DataParallelCli, TwoCpuRanksEqualOneDevice) { expect_two_cpu_ranks_equal_one(" --steps 6"); }
 
+// LoRA+: every rank's optimizer has B's group at its own lr.
+TEST(DataParallelCli, TwoCpuRanksEqualOneDeviceWithLoraPlus) {
+  expect_two_cpu_ranks_equal_one(" --steps 4 --loraplus-lr-ratio 8");
+}
+
 // --full: every weight's gradient summed, a bucket per decoder layer as the backward leaves it.
 // AdamW turns a tiny gradient's last-bit differences (summation order) into visible differences
 // of its update (up to lr = 5e-3 a step): the weights agree to 2% of one step, the losses to 1e-5.
