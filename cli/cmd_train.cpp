@@ -127,7 +127,12 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                            ->check(CLI::PositiveNumber);
                        app.add_option("--grad-accum", o.grad_accum, "Micro-batches per optimizer step")->capture_default_str();
                        app.add_option("--warmup", o.warmup, "Linear warmup steps")->capture_default_str();
-                       app.add_option("--schedule", a->schedule, "cosine, linear or constant")->capture_default_str();
+                       app.add_option("--warmup-ratio", o.warmup_ratio,
+                                      "Warmup as a fraction of the steps, rounded up (transformers' warmup_ratio)");
+                       app.add_option("--schedule", a->schedule, "cosine, linear, constant or cosine_with_min_lr")
+                           ->capture_default_str();
+                       app.add_option("--min-lr-rate", o.min_lr_rate,
+                                      "cosine_with_min_lr: the lr it decays to, as a fraction of --lr (e.g. 0.1)");
                        app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
                        app.add_option("--loraplus-lr-ratio", o.loraplus.lr_ratio,
                                       "LoRA+: B's learning rate is --lr times this (e.g. 16; 0: off), as PEFT's "

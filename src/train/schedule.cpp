@@ -12,7 +12,8 @@ Schedule parse_schedule(const std::string& text) {
   if (text == "constant") return Schedule::Constant;
   if (text == "linear") return Schedule::Linear;
   if (text == "cosine") return Schedule::Cosine;
-  throw error("--schedule: unknown schedule '", text, "' (expected constant, linear or cosine)");
+  if (text == "cosine_with_min_lr") return Schedule::CosineWithMinLr;
+  throw error("--schedule: unknown schedule '", text, "' (expected constant, linear, cosine or cosine_with_min_lr)");
 }
 
 const char* schedule_name(Schedule schedule) {
@@ -23,8 +24,15 @@ const char* schedule_name(Schedule schedule) {
       return "linear";
     case Schedule::Cosine:
       return "cosine";
+    case Schedule::CosineWithMinLr:
+      return "cosine_with_min_lr";
   }
   return "?";
+}
+
+int64_t warmup_steps_for(int64_t warmup_steps, double warmup_ratio, int64_t total_steps) {
+  if (warmup_steps > 0) return warmup_steps;
+  return static_cast<int64_t>(std::ceil(static_cast<double>(total_steps) * warmup_ratio));
 }
 
 double lr_at(const ScheduleConfig& config, int64_t step) {
@@ -32,6 +40,8 @@ double lr_at(const ScheduleConfig& config, int64_t step) {
   if (config.warmup_steps < 0) throw error("--warmup must be >= 0, got ", config.warmup_steps);
   if (config.total_steps < 0) throw error("total steps must be >= 0, got ", config.total_steps);
   if (step < 0) throw error("lr schedule: step must be >= 0, got ", step);
+  if (!(config.min_lr_rate >= 0.0 && config.min_lr_rate <= 1.0))
+    throw error("--min-lr-rate must be between 0 and 1, got ", config.min_lr_rate);
 
   // Written as transformers' lr_lambda (same operations in the same order, in double like
   // Python floats) so the values agree bit for bit; LambdaLR then returns base_lr * lambda.
@@ -50,11 +60,15 @@ double lr_at(const ScheduleConfig& config, int64_t step) {
       case Schedule::Linear:
         factor = std::max(0.0, static_cast<double>(t - step) / decay_span);
         break;
-      case Schedule::Cosine: {
+      case Schedule::Cosine:
+      case Schedule::CosineWithMinLr: {
         const double num_cycles = 0.5;
         const double progress = static_cast<double>(step - w) / decay_span;
-        factor =
-            std::max(0.0, 0.5 * (1.0 + std::cos(std::numbers::pi * num_cycles * 2.0 * progress)));
+        factor = 0.5 * (1.0 + std::cos(std::numbers::pi * num_cycles * 2.0 * progress));
+        // transformers applies the floor to plain cosine too, with rate 0: the same bits
+        if (config.schedule == Schedule::CosineWithMinLr)
+          factor = factor * (1.0 - config.min_lr_rate) + config.min_lr_rate;
+        factor = std::max(0.0, factor);
         break;
       }
       default:

@@ -118,6 +118,14 @@ void validate(const TrainOptions& o) {
     throw error("--weight-decay must be a finite number, not negative, got ", o.weight_decay);
   if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
   o.loraplus.validate(o.full);
+  if (!(o.warmup_ratio >= 0 && o.warmup_ratio < 1))
+    throw error("--warmup-ratio must be in [0, 1), got ", o.warmup_ratio);
+  if (o.warmup > 0 && o.warmup_ratio > 0) throw error("give --warmup (steps) or --warmup-ratio, not both");
+  if ((o.schedule == Schedule::CosineWithMinLr) != o.min_lr_rate.has_value())
+    throw error(o.min_lr_rate ? "--min-lr-rate is the floor of --schedule cosine_with_min_lr; give that schedule"
+                              : "--schedule cosine_with_min_lr needs --min-lr-rate (its floor, a fraction of --lr)");
+  if (o.min_lr_rate && !(*o.min_lr_rate >= 0 && *o.min_lr_rate <= 1))
+    throw error("--min-lr-rate must be between 0 and 1, got ", *o.min_lr_rate);
   if (o.full && o.quantize != model::Quantization::None)
     throw error("--full with --quantize nf4: quantized weights are frozen (QLoRA trains LoRA adapters on them); "
                 "drop one of the two");
@@ -283,7 +291,8 @@ TrainSummary run_training(const TrainOptions& o) {
   AdamW& optimizer = *lead.optimizer;
   std::vector<ParamRef>& params = lead.params;
   Rng& dropout_rng = lead.dropout_rng;
-  ScheduleConfig sched{o.schedule, o.lr, o.warmup, total_steps};
+  ScheduleConfig sched{o.schedule, o.lr, warmup_steps_for(o.warmup, o.warmup_ratio, total_steps), total_steps,
+                       o.min_lr_rate.value_or(0)};
   const nlohmann::json identity = run_identity(m, o);
 
   // Resume from the newest complete checkpoint.

@@ -134,6 +134,12 @@ TEST(TrainCli, BadInput) {
   expect_train_error(common + " --data " + model + "/eval.jsonl --rank 0", "r must be positive");
   expect_train_error(common + " --data " + model + "/eval.jsonl --alpha -1", "lora_alpha must be positive");
   expect_train_error(common + " --data " + model + "/eval.jsonl --schedule wavy", "wavy");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --warmup 2 --warmup-ratio 0.1", "not both");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --warmup-ratio 1", "--warmup-ratio");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --schedule cosine_with_min_lr", "--min-lr-rate");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --min-lr-rate 0.1", "cosine_with_min_lr");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --schedule cosine_with_min_lr --min-lr-rate -1",
+                     "--min-lr-rate");
   expect_train_error(common + " --data " + model + "/eval.jsonl --pad-to-multiple-of 0", "--pad-to-multiple-of");
   expect_train_error(common + " --data " + model + "/eval.jsonl --pad-to-multiple-of 9223372036854775807",
                      "--pad-to-multiple-of");
@@ -154,6 +160,25 @@ TEST(TrainCli, BadInput) {
 }
 
 }  // namespace
+
+// --warmup-ratio and --schedule cosine_with_min_lr, as transformers' warmup_ratio and
+// lr_scheduler_type "cosine_with_min_lr" with lr_scheduler_kwargs {"min_lr_rate": ...}: the lr of
+// each step in metrics.jsonl.
+TEST(TrainCli, WarmupRatioAndCosineWithMinLr) {
+  io::testing::ScratchDir d;
+  const std::string model = test::model_fixture("llama");
+  auto r = test::run_cli("train --model " + model + " --data " + model + "/eval.jsonl --out " + d.file("run") +
+                         " --steps 8 --batch-size 2 --seq-len 16 --lr 1e-3 --warmup-ratio 0.2"
+                         " --schedule cosine_with_min_lr --min-lr-rate 0.1 --quiet");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto metrics = train::read_metrics(d.file("run/metrics.jsonl"));
+  ASSERT_EQ(metrics.size(), 8u);
+  // ceil(8 * 0.2) = 2 warmup steps; then the cosine from 1e-3 to its floor 1e-4, halfway at step 5.
+  const double want[] = {0.0, 5e-4, 1e-3};
+  for (int i = 0; i < 3; ++i) EXPECT_DOUBLE_EQ(metrics[i]["lr"].get<double>(), want[i]) << "step " << i + 1;
+  EXPECT_DOUBLE_EQ(metrics[5]["lr"].get<double>(), 5.5e-4);
+  EXPECT_GT(metrics[7]["lr"].get<double>(), 1e-4);
+}
 
 // --rank-pattern / --alpha-pattern: PEFT's per-module ranks and alphas, saved in adapter_config.json.
 TEST(TrainCli, RankAndAlphaPatterns) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "io/io_test_helpers.h"
+#include "lowrank/core/error.h"
 #include "lowrank/io/files.h"
 
 using namespace lowrank;
@@ -35,6 +36,29 @@ TEST(Schedule, CosineMatchesTransformersExactly) {
   const auto c = config(Schedule::Cosine, 5e-3, 2, 10);
   for (int64_t s = 0; s < 10; ++s) EXPECT_EQ(lr_at(c, s), want[s]) << "step " << s;
   EXPECT_EQ(lr_at(c, 10), 0.0);
+}
+
+TEST(Schedule, CosineWithMinLrMatchesTransformersExactly) {
+  // get_cosine_with_min_lr_schedule_with_warmup(opt(lr=5e-3), 2, 10, min_lr_rate=0.1), steps 0..10,
+  // as Python computes its lr_lambda times the base lr.
+  const double want[] = {0.0, 0.0025, 0.005, 0.004828728948150395, 0.004340990257669732, 0.003611037722821452,
+                         0.0027500000000000003, 0.001888962277178548, 0.0011590097423302683,
+                         0.0006712710518496049, 0.0005};
+  auto c = config(Schedule::CosineWithMinLr, 5e-3, 2, 10);
+  c.min_lr_rate = 0.1;
+  for (int64_t s = 0; s <= 10; ++s) EXPECT_EQ(lr_at(c, s), want[s]) << "step " << s;
+  c.min_lr_rate = 0;  // no floor: plain cosine, bit for bit
+  for (int64_t s = 0; s <= 10; ++s) EXPECT_EQ(lr_at(c, s), lr_at(config(Schedule::Cosine, 5e-3, 2, 10), s));
+  c.min_lr_rate = 1.5;
+  EXPECT_THROW(lr_at(c, 3), Error);
+}
+
+TEST(Schedule, WarmupRatioRoundsUpAsTransformers) {
+  EXPECT_EQ(warmup_steps_for(0, 0.03, 10), 1);  // ceil(0.3)
+  EXPECT_EQ(warmup_steps_for(0, 0.03, 300), 9);
+  EXPECT_EQ(warmup_steps_for(0, 0.1, 100), 10);
+  EXPECT_EQ(warmup_steps_for(0, 0.0, 100), 0);
+  EXPECT_EQ(warmup_steps_for(5, 0.0, 100), 5);  // steps given: the ratio is not used
 }
 
 TEST(Schedule, CosineMatchesTheTrainingFixtureLog) {
@@ -88,10 +112,11 @@ TEST(Schedule, ParseAndErrors) {
   EXPECT_EQ(parse_schedule("constant"), Schedule::Constant);
   EXPECT_EQ(parse_schedule("linear"), Schedule::Linear);
   EXPECT_EQ(parse_schedule("cosine"), Schedule::Cosine);
-  for (Schedule s : {Schedule::Constant, Schedule::Linear, Schedule::Cosine})
+  EXPECT_EQ(parse_schedule("cosine_with_min_lr"), Schedule::CosineWithMinLr);
+  for (Schedule s : {Schedule::Constant, Schedule::Linear, Schedule::Cosine, Schedule::CosineWithMinLr})
     EXPECT_EQ(parse_schedule(schedule_name(s)), s);
   expect_error([] { parse_schedule("Cosine"); }, "--schedule",
-               {"'Cosine'", "constant, linear or cosine"});
+               {"'Cosine'", "constant, linear, cosine or cosine_with_min_lr"});
   expect_error([] { parse_schedule(""); }, "--schedule", {"''"});
   expect_error([] { lr_at(config(Schedule::Linear, 1e-3, -1, 10), 0); }, "--warmup", {"-1"});
   expect_error([] { lr_at(config(Schedule::Linear, 1e-3, 0, 10), -1); }, "lr schedule", {"-1"});

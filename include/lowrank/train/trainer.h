@@ -31,7 +31,9 @@ struct TrainOptions {
   int64_t pad_to_multiple_of = 0;
   int64_t grad_accum = 1;
   int64_t warmup = 0;
+  double warmup_ratio = 0;     // --warmup-ratio: warmup = ceil(steps * ratio) when --warmup is 0
   Schedule schedule = Schedule::Cosine;
+  std::optional<double> min_lr_rate;  // --min-lr-rate: cosine_with_min_lr's floor (a fraction of --lr)
   double weight_decay = 0.0;
   LoraPlusConfig loraplus;     // --loraplus-lr-ratio / --loraplus-lr-embedding: B's own lr (loraplus.h)
   double max_grad_norm = 1.0;  // 0: no clipping
