@@ -134,6 +134,9 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                        app.add_option("--min-lr-rate", o.min_lr_rate,
                                       "cosine_with_min_lr: the lr it decays to, as a fraction of --lr (e.g. 0.1)");
                        app.add_option("--weight-decay", o.weight_decay, "AdamW weight decay")->capture_default_str();
+                       app.add_option("--adam-beta1", o.adam_beta1, "AdamW beta1")->capture_default_str();
+                       app.add_option("--adam-beta2", o.adam_beta2, "AdamW beta2")->capture_default_str();
+                       app.add_option("--adam-epsilon", o.adam_epsilon, "AdamW epsilon")->capture_default_str();
                        app.add_option("--loraplus-lr-ratio", o.loraplus.lr_ratio,
                                       "LoRA+: B's learning rate is --lr times this (e.g. 16; 0: off), as PEFT's "
                                       "create_loraplus_optimizer");

@@ -118,6 +118,10 @@ void validate(const TrainOptions& o) {
     throw error("--weight-decay must be a finite number, not negative, got ", o.weight_decay);
   if (!(o.max_grad_norm >= 0)) throw error("--max-grad-norm must not be negative");
   o.loraplus.validate(o.full);
+  if (!(o.adam_beta1 >= 0 && o.adam_beta1 < 1) || !(o.adam_beta2 >= 0 && o.adam_beta2 < 1))
+    throw error("--adam-beta1 and --adam-beta2 must be in [0, 1), got ", o.adam_beta1, " and ", o.adam_beta2);
+  if (!(o.adam_epsilon >= 0) || !std::isfinite(o.adam_epsilon))
+    throw error("--adam-epsilon must be a finite number, not negative, got ", o.adam_epsilon);
   if (!(o.warmup_ratio >= 0 && o.warmup_ratio < 1))
     throw error("--warmup-ratio must be in [0, 1), got ", o.warmup_ratio);
   if (o.warmup > 0 && o.warmup_ratio > 0) throw error("give --warmup (steps) or --warmup-ratio, not both");
@@ -185,7 +189,8 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
     rep->params = lora_params(*rep->adapter);
     apply_loraplus(rep->params, o.loraplus, o.lr);
   }
-  rep->optimizer = std::make_unique<AdamW>(AdamWConfig{o.lr, 0.9, 0.999, 1e-8, o.weight_decay});
+  rep->optimizer =
+      std::make_unique<AdamW>(AdamWConfig{o.lr, o.adam_beta1, o.adam_beta2, o.adam_epsilon, o.weight_decay});
   // Dropout masks: rank 0 draws the single-device stream; the others their own streams.
   rep->dropout_rng = Rng(o.seed ^ 0xd40d0u ^ (static_cast<uint64_t>(rank) * 0x9e3779b97f4a7c15ull));
   return rep;

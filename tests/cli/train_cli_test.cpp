@@ -2,6 +2,8 @@
 // as an uninterrupted run), refusal to resume with other settings, and bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 #include "cli/cli_test_helpers.h"
@@ -135,6 +137,8 @@ TEST(TrainCli, BadInput) {
   expect_train_error(common + " --data " + model + "/eval.jsonl --alpha -1", "lora_alpha must be positive");
   expect_train_error(common + " --data " + model + "/eval.jsonl --schedule wavy", "wavy");
   expect_train_error(common + " --data " + model + "/eval.jsonl --warmup 2 --warmup-ratio 0.1", "not both");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --adam-beta2 1", "--adam-beta2");
+  expect_train_error(common + " --data " + model + "/eval.jsonl --adam-epsilon nan", "--adam-epsilon");
   expect_train_error(common + " --data " + model + "/eval.jsonl --warmup-ratio 1", "--warmup-ratio");
   expect_train_error(common + " --data " + model + "/eval.jsonl --schedule cosine_with_min_lr", "--min-lr-rate");
   expect_train_error(common + " --data " + model + "/eval.jsonl --min-lr-rate 0.1", "cosine_with_min_lr");
@@ -178,6 +182,29 @@ TEST(TrainCli, WarmupRatioAndCosineWithMinLr) {
   for (int i = 0; i < 3; ++i) EXPECT_DOUBLE_EQ(metrics[i]["lr"].get<double>(), want[i]) << "step " << i + 1;
   EXPECT_DOUBLE_EQ(metrics[5]["lr"].get<double>(), 5.5e-4);
   EXPECT_GT(metrics[7]["lr"].get<double>(), 1e-4);
+}
+
+// --adam-epsilon reaches AdamW: Adam's first step is lr * g / (|g| + eps), so B (from zero) moves
+// by about lr with the default eps and by far less with a large one.
+TEST(TrainCli, AdamFlagsReachTheOptimizer) {
+  io::testing::ScratchDir d;
+  const std::string model = test::model_fixture("llama");
+  auto largest_b = [&](const std::string& name, const std::string& flags) {
+    auto r = test::run_cli("train --model " + model + " --data " + model + "/eval.jsonl --out " + d.file(name) +
+                           " --targets q_proj --dropout 0 --steps 1 --batch-size 2 --seq-len 16 --lr 1e-2"
+                           " --schedule constant --max-grad-norm 0 --quiet" + flags);
+    EXPECT_EQ(r.code, 0) << r.err;
+    auto f = io::SafetensorsFile::open(d.file(name + "/adapter_model.safetensors"));
+    float m = 0;
+    for (const auto& info : f.tensors())
+      if (info.name.find("lora_B") != std::string::npos) {
+        Tensor t = f.get(info.name);
+        for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(t.f32()[i]));
+      }
+    return m;
+  };
+  EXPECT_NEAR(largest_b("default", ""), 1e-2, 1e-5);
+  EXPECT_LT(largest_b("eps", " --adam-epsilon 10 --adam-beta1 0.5 --adam-beta2 0.9"), 1e-3);
 }
 
 // --rank-pattern / --alpha-pattern: PEFT's per-module ranks and alphas, saved in adapter_config.json.

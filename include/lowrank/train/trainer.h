@@ -35,6 +35,7 @@ struct TrainOptions {
   Schedule schedule = Schedule::Cosine;
   std::optional<double> min_lr_rate;  // --min-lr-rate: cosine_with_min_lr's floor (a fraction of --lr)
   double weight_decay = 0.0;
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_epsilon = 1e-8;  // transformers' adam_* (torch's defaults)
   LoraPlusConfig loraplus;     // --loraplus-lr-ratio / --loraplus-lr-embedding: B's own lr (loraplus.h)
   double max_grad_norm = 1.0;  // 0: no clipping
   uint64_t seed = 42;
