@@ -2,8 +2,6 @@
 // as an uninterrupted run), refusal to resume with other settings, and bad input.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <cmath>
 #include <filesystem>
 
 #include "cli/cli_test_helpers.h"
@@ -194,14 +192,7 @@ TEST(TrainCli, AdamFlagsReachTheOptimizer) {
                            " --targets q_proj --dropout 0 --steps 1 --batch-size 2 --seq-len 16 --lr 1e-2"
                            " --schedule constant --max-grad-norm 0 --quiet" + flags);
     EXPECT_EQ(r.code, 0) << r.err;
-    auto f = io::SafetensorsFile::open(d.file(name + "/adapter_model.safetensors"));
-    float m = 0;
-    for (const auto& info : f.tensors())
-      if (info.name.find("lora_B") != std::string::npos) {
-        Tensor t = f.get(info.name);
-        for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(t.f32()[i]));
-      }
-    return m;
+    return io::testing::largest_abs(d.file(name + "/adapter_model.safetensors"), "lora_B");
   };
   EXPECT_NEAR(largest_b("default", ""), 1e-2, 1e-5);
   EXPECT_LT(largest_b("eps", " --adam-epsilon 10 --adam-beta1 0.5 --adam-beta2 0.9"), 1e-3);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "lowrank/core/error.h"
+#include "lowrank/io/safetensors.h"
 
 namespace lowrank::io::testing {
 
@@ -83,6 +85,22 @@ inline std::string expect_error(const std::function<void()>& fn, const std::stri
   }
   ADD_FAILURE() << "expected lowrank::Error, nothing was thrown";
   return {};
+}
+
+// The largest |value| among the tensors of the .safetensors file at `path` whose names contain
+// `part`; a failure when none does.
+inline float largest_abs(const std::string& path, const std::string& part) {
+  const auto file = SafetensorsFile::open(path);
+  float m = 0;
+  size_t seen = 0;
+  for (const auto& info : file.tensors()) {
+    if (info.name.find(part) == std::string::npos) continue;
+    ++seen;
+    const Tensor t = file.get(info.name).to(DType::F32);
+    for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.f32()[i]));
+  }
+  EXPECT_GT(seen, 0u) << "no tensor named like '" << part << "' in " << path;
+  return m;
 }
 
 }  // namespace lowrank::io::testing

@@ -138,20 +138,6 @@ TEST(LoraPlus, BadFlagsAreErrors) {
   }
 }
 
-// The largest |value| among the adapter file's tensors whose key contains `part`.
-float max_abs(const io::SafetensorsFile& f, const std::string& part) {
-  float m = 0;
-  size_t seen = 0;
-  for (const auto& info : f.tensors()) {
-    if (info.name.find(part) == std::string::npos) continue;
-    ++seen;
-    Tensor t = f.get(info.name).to(DType::F32);
-    for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(t.f32()[i]));
-  }
-  EXPECT_GT(seen, 0u) << part;
-  return m;
-}
-
 // Through `lowrank train`: one AdamW step moves each element by about its lr (Adam's first step is
 // lr * g / |g|). B starts at zero, so after one step its largest value is B's lr; A has no
 // gradient yet (B = 0) and stays; the embedding adapter's A (PEFT starts it at zero) moves by the
@@ -164,14 +150,17 @@ TEST(LoraPlus, TrainGivesBAndTheEmbeddingTheirLearningRates) {
                            " --targets q_proj,embed_tokens --rank 4 --dropout 0 --batch-size 2 --seq-len 16"
                            " --steps 1 --schedule constant --lr 1e-2 --max-grad-norm 0 --quiet" + flags);
     EXPECT_EQ(r.code, 0) << r.err;
-    return io::SafetensorsFile::open(out + "/adapter_model.safetensors");
+    return out + "/adapter_model.safetensors";
   };
-  auto plain = run(d.file("plain"), "");
-  EXPECT_NEAR(max_abs(plain, "q_proj.lora_B"), 1e-2, 1e-5);
-  EXPECT_NEAR(max_abs(plain, "lora_embedding_A"), 1e-2, 1e-5);
-  auto plus = run(d.file("plus"), " --loraplus-lr-ratio 4 --loraplus-lr-embedding 1e-3");
-  EXPECT_NEAR(max_abs(plus, "q_proj.lora_B"), 4e-2, 4e-5);
-  EXPECT_NEAR(max_abs(plus, "lora_embedding_A"), 1e-3, 1e-6);
+  using io::testing::largest_abs;
+  const std::string plain_file = run(d.file("plain"), "");
+  EXPECT_NEAR(largest_abs(plain_file, "q_proj.lora_B"), 1e-2, 1e-5);
+  EXPECT_NEAR(largest_abs(plain_file, "lora_embedding_A"), 1e-2, 1e-5);
+  const std::string plus_file = run(d.file("plus"), " --loraplus-lr-ratio 4 --loraplus-lr-embedding 1e-3");
+  EXPECT_NEAR(largest_abs(plus_file, "q_proj.lora_B"), 4e-2, 4e-5);
+  EXPECT_NEAR(largest_abs(plus_file, "lora_embedding_A"), 1e-3, 1e-6);
+  const auto plain = io::SafetensorsFile::open(plain_file);
+  const auto plus = io::SafetensorsFile::open(plus_file);
   // A: unchanged from its init, the same in both runs (same seed).
   for (const auto& info : plain.tensors()) {
     if (info.name.find("q_proj.lora_A") == std::string::npos) continue;
