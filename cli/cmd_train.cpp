@@ -17,6 +17,7 @@ struct TrainArgs {
   double alpha = 16, dropout = 0.05;
   std::string targets = "q_proj,v_proj", schedule = "cosine", bias = "none", init = "kaiming";
   std::string rank_pattern, alpha_pattern;  // PEFT's regex-keyed dicts, as JSON objects
+  std::vector<std::string> exclude;          // --exclude-modules: PEFT's exclude_modules (names)
   std::string quantize = "none";
   bool rslora = false, use_dora = false, dropout_per_input = false;
 };
@@ -47,6 +48,7 @@ int run_train(TrainArgs& a) {
   o.lora.dropout_per_input = a.dropout_per_input;
   o.lora.use_rslora = a.rslora;
   o.lora.set_targets(a.targets);
+  o.lora.exclude_modules = a.exclude;
   o.lora.rank_pattern = parse_pattern<int64_t>(a.rank_pattern, "--rank-pattern");
   o.lora.alpha_pattern = parse_pattern<double>(a.alpha_pattern, "--alpha-pattern");
   if (a.bias == "none") o.lora.bias = lora::BiasMode::None;
@@ -89,6 +91,10 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                                       ",embed_tokens: those too), or none "
                                       "(with --bias all: bias-only training, BitFit)")
                            ->capture_default_str();
+                       app.add_option("--exclude-modules", a->exclude,
+                                      "Modules --targets selects that get no LoRA, e.g. down_proj or "
+                                      "model.layers.0.mlp.up_proj (PEFT's exclude_modules)")
+                           ->delimiter(',');
                        app.add_option("--layers-to-transform", a->o.lora.layers_to_transform,
                                       "Adapt only the blocks with these indices, e.g. 0,1,2 (PEFT's layers_to_transform)")
                            ->delimiter(',');

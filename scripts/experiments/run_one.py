@@ -28,7 +28,8 @@ task.json also gives the defaults of --task and --seq-len. Methods:
   bitfit  train --targets none --bias all (every bias of the linear layers, nothing else: BitFit);
           needs a base with biases (lowrank refuses one without)
 Row fields: task, model (the base folder's name), method, rank, alpha, rank_pattern and alpha_pattern
-(null unless given), loraplus_lr_ratio (LoRA+: B's lr over A's; null unless given),
+(null unless given), loraplus_lr_ratio (LoRA+: B's lr over A's; null unless given) and
+loraplus_lr_embedding (its lr for embedding adapters; null: train's default),
 layers_to_transform (the blocks adapted; null: all), targets, seed, metric (the
 task's), metric_name, higher_is_better, eval_loss (lowrank eval on eval.jsonl; for
 prompt/completion data the loss of the completions), eval_tokens, score (score.py's details,
@@ -82,6 +83,8 @@ def main():
                     help="train --layers-to-transform: the blocks to adapt, e.g. 3,4,5 (in the run's name)")
     ap.add_argument("--loraplus-ratio", type=float, default=None,
                     help="train --loraplus-lr-ratio: B's lr over A's (LoRA+; in the run's name)")
+    ap.add_argument("--loraplus-lr-embedding", type=float, default=None,
+                    help="train --loraplus-lr-embedding: the lr of embedding adapters under LoRA+ (in the run's name)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
@@ -129,6 +132,7 @@ def main():
         + ("-maskperinput" if lora and a.dropout_per_input else "")
         + ("-L%s" % a.layers.replace(",", "+") if lora and a.layers else "")
         + ("-plus%g" % a.loraplus_ratio if lora and a.loraplus_ratio else "")
+        + ("-emb%g" % a.loraplus_lr_embedding if lora and a.loraplus_ratio and a.loraplus_lr_embedding else "")
         + "-s%d" % a.seed + ("-pad%d" % a.pad_to_multiple_of if a.pad_to_multiple_of > 1 else "")
         + ("-%s" % a.tag if a.tag else ""))
     run_dir = os.path.join(a.work_dir, name)
@@ -159,6 +163,8 @@ def main():
             train.append("--dropout-per-input")
         if a.loraplus_ratio:
             train += ["--loraplus-lr-ratio", repr(a.loraplus_ratio)]
+            if a.loraplus_lr_embedding:
+                train += ["--loraplus-lr-embedding", repr(a.loraplus_lr_embedding)]
         if a.layers:
             train += ["--layers-to-transform", a.layers]
         if rank_pattern:
@@ -240,6 +246,7 @@ def main():
         "rank": a.rank if lora else None, "alpha": alpha if lora else None,
         "rank_pattern": rank_pattern if lora else None, "alpha_pattern": alpha_pattern if lora else None,
         "loraplus_lr_ratio": a.loraplus_ratio if lora else None,
+        "loraplus_lr_embedding": a.loraplus_lr_embedding if lora and a.loraplus_ratio else None,
         "layers_to_transform": [int(x) for x in a.layers.split(",")] if lora and a.layers else None,
         "targets": a.targets if lora else "biases" if a.method == "bitfit" else "all", "seed": a.seed,
         "metric": (round(scored["metric"], 6) if scored else

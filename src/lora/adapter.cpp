@@ -135,6 +135,7 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
   if (a.pairs.empty() && config.has_targets())
     throw error("--targets matched no module of the model",
                 config.layers_to_transform.empty() ? "" : " in the blocks --layers-to-transform selects",
+                config.exclude_modules.empty() && !config.exclude_regex ? "" : " that --exclude-modules leaves",
                 "; modules that exist: ", module_names_hint(model));
   sort_pairs(a.pairs);
   if (config.bias != BiasMode::None) {

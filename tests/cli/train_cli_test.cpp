@@ -198,6 +198,32 @@ TEST(TrainCli, AdamFlagsReachTheOptimizer) {
   EXPECT_LT(largest_b("eps", " --adam-epsilon 10 --adam-beta1 0.5 --adam-beta2 0.9"), 1e-3);
 }
 
+// --exclude-modules: PEFT's exclude_modules (names as suffixes or whole paths), saved, and the
+// adapter loads back with the same modules.
+TEST(TrainCli, ExcludeModules) {
+  io::testing::ScratchDir d;
+  const std::string model = test::model_fixture("llama");  // two blocks of seven linear layers
+  const std::string common = "train --model " + model + " --data " + model + "/eval.jsonl --steps 1 --quiet";
+  auto r = test::run_cli(common + " --out " + d.file("run") +
+                         " --targets all-linear --exclude-modules down_proj,model.layers.0.self_attn.q_proj");
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto cfg = io::read_json(d.file("run/adapter_config.json"));
+  EXPECT_EQ(cfg["exclude_modules"], nlohmann::json({"down_proj", "model.layers.0.self_attn.q_proj"}));
+  size_t pairs = 0;
+  const auto file = io::SafetensorsFile::open(d.file("run/adapter_model.safetensors"));
+  for (const auto& info : file.tensors()) {
+    if (info.name.find("lora_A") == std::string::npos) continue;
+    ++pairs;
+    EXPECT_EQ(info.name.find("down_proj"), std::string::npos) << info.name;
+    EXPECT_EQ(info.name.find("layers.0.self_attn.q_proj"), std::string::npos) << info.name;
+  }
+  EXPECT_EQ(pairs, 11u);
+  auto e = test::run_cli("eval --model " + model + " --data " + model + "/eval.jsonl --adapter " + d.file("run"));
+  EXPECT_EQ(e.code, 0) << e.err;
+  expect_train_error(common + " --out " + d.file("none") + " --targets q_proj --exclude-modules q_proj",
+                     "--exclude-modules");
+}
+
 // --rank-pattern / --alpha-pattern: PEFT's per-module ranks and alphas, saved in adapter_config.json.
 TEST(TrainCli, RankAndAlphaPatterns) {
   io::testing::ScratchDir d;
