@@ -48,7 +48,7 @@ void inspect_adapter(const std::string& dir) {
   std::printf("adapter folder: %s\n", dir.c_str());
   for (const char* key : {"peft_type", "r", "lora_alpha", "lora_dropout", "use_rslora", "bias", "fan_in_fan_out",
                           "use_dora", "init_lora_weights", "target_modules", "exclude_modules", "layers_to_transform",
-                          "layers_pattern", "rank_pattern", "alpha_pattern", "base_model_name_or_path"})
+                          "layers_pattern", "modules_to_save", "rank_pattern", "alpha_pattern", "base_model_name_or_path"})
     if (cfg.contains(key) && (!cfg[key].is_null() || std::strcmp(key, "target_modules") == 0))  // unset options: not shown
       std::printf("  %-24s %s\n", key, cfg[key].dump().c_str());
   const std::string weights = (fs::path(dir) / "adapter_model.safetensors").string();

@@ -56,6 +56,30 @@ std::string module_names_hint(const model::Model& model) {
 
 bool is_embedding_layer(Target t) { return t == Target::Embed || t == Target::LmHead; }
 
+// PEFT copies every module whose path ends with a modules_to_save name; lowrank holds such copies
+// for the embedding and the output layer only: a name that selects any other module, or neither
+// of those two, would leave the adapter's model another one than PEFT's.
+void check_modules_to_save(const LoraConfig& config, const std::map<std::string, AdaptableModule>& modules,
+                           const std::string& source) {
+  for (const auto& name : config.modules_to_save) {
+    bool embedding = false;
+    for (const auto& [path, m] : modules) {
+      if (!LoraConfig::save_name_selects(name, path)) continue;
+      if (!is_embedding_layer(m.target))
+        throw error(source, ": modules_to_save \"", name, "\" selects ", path, "; lowrank reads modules_to_save for the "
+                    "embedding and the output layer only");
+      embedding = true;
+    }
+    if (!embedding) {
+      std::string names;
+      for (const auto& [path, m] : modules)
+        if (is_embedding_layer(m.target)) names += (names.empty() ? "" : ", ") + path;
+      throw error(source, ": modules_to_save \"", name, "\" selects neither the embedding nor the output layer of this "
+                  "model (", names, "), the only modules lowrank reads modules_to_save for");
+    }
+  }
+}
+
 // The variant of a module: the token embedding has its own; DoRA adapts every linear layer.
 VariantKind variant_for(const AdaptableModule& m, const LoraConfig& config, const std::string& source) {
   if (m.target != Target::Embed) return config.use_dora ? VariantKind::Dora : VariantKind::Linear;
@@ -169,7 +193,8 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
   std::map<std::string, std::map<std::string, Tensor>> tensors;
   std::map<std::string, std::string> file_key;  // "<module>|<suffix>" -> the key as written
   static const char* kSuffixes[] = {"lora_A.weight", "lora_B.weight", "lora_embedding_A", "lora_embedding_B",
-                                    "lora_magnitude_vector", "base_layer.weight", "bias"};
+                                    "lora_magnitude_vector", "base_layer.weight", "bias",
+                                    "weight"};  // last: a modules_to_save copy, "<module>.weight"
   for (const auto& info : file.tensors()) {
     std::string key = info.name;
     const std::string prefix = "base_model.model.";
@@ -181,6 +206,8 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
     if (key.size() > 8 && key.compare(key.size() - 8, 8, ".default") == 0) key.resize(key.size() - 8);
     // PEFT keeps the wrapped layer's own bias under "<module>.base_layer.bias".
     if (auto p = key.find(".base_layer.bias"); p != std::string::npos) key = key.substr(0, p) + ".bias";
+    // A modules_to_save copy as PEFT names it inside the model (its saved files drop the middle).
+    if (auto p = key.find(".modules_to_save.weight"); p != std::string::npos) key = key.substr(0, p) + ".weight";
     auto ends = [&](const std::string& s) {
       return key.size() > s.size() + 1 && key.compare(key.size() - s.size(), s.size(), s) == 0 &&
              key[key.size() - s.size() - 1] == '.';
@@ -218,6 +245,20 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
                     shape_str(it->second.shape()), "; base_layer weights are read for embedding layers only, shaped ",
                     shape_str(m.linear.weight.shape()), " (is the adapter for another base model?)");
       a.base_layers.push_back({m.target, module, it->second});
+      by_suffix.erase(it);
+    }
+    if (auto it = by_suffix.find("weight"); it != by_suffix.end()) {
+      const std::string& key = file_key[module + "|weight"];
+      if (!a.config.saves(module))
+        throw error(weights, ": tensor \"", key, "\" is a whole weight of ", module,
+                    ", which adapter_config.json's modules_to_save does not name");
+      if (!is_embedding_layer(m.target))
+        throw error(weights, ": tensor \"", key, "\": lowrank reads modules_to_save copies of the embedding and the "
+                    "output layer only, not of ", module);
+      if (it->second.shape() != m.linear.weight.shape())
+        throw error(weights, ": tensor \"", key, "\" has shape ", shape_str(it->second.shape()), ", the model's ", module,
+                    " is ", shape_str(m.linear.weight.shape()), " (is the adapter for another base model?)");
+      a.saved_modules.push_back({m.target, module, it->second});
       by_suffix.erase(it);
     }
     if (by_suffix.empty()) continue;
@@ -262,7 +303,9 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
                   " but adapter_config.json says ", a.config.rank_for(module));
     a.pairs.push_back(std::move(p));
   }
-  if (a.pairs.empty() && a.biases.empty()) throw error(weights, ": the adapter holds no LoRA tensors");
+  check_modules_to_save(a.config, by_name, cfg_path);
+  if (a.pairs.empty() && a.biases.empty() && a.saved_modules.empty())
+    throw error(weights, ": the adapter holds no LoRA tensors");
   sort_pairs(a.pairs);
   a.place(model);
   return a;
@@ -288,6 +331,7 @@ void Adapter::write_files(const std::string& dir) const {
   for (const auto& b : biases) tensors.emplace_back(bias_key(b), b.value.to(Device::cpu()));
   // As PEFT's save_embedding_layers="auto": the frozen embedding layers go with the adapter.
   for (const auto& b : base_layers) tensors.emplace_back(peft_key(b.module, "base_layer.weight"), b.value.to(Device::cpu()));
+  for (const auto& s : saved_modules) tensors.emplace_back(peft_key(s.module, "weight"), s.value.to(Device::cpu()));
   nlohmann::json cfg = (converted ? converted_config(config) : config).to_json();
   if (!config.all_linear && !config.target_regex) {
     // PEFT writes the set of short names it adapted; keep the user's list otherwise.
@@ -372,6 +416,11 @@ void Adapter::attach_base_layers(model::Model& model) const {
     if (target.raw() == b.value.raw()) continue;  // created here: the model's own tensor
     // In place, so that a tied lm_head (the same storage) follows its embedding, as in PyTorch.
     ops::cast_into_(target, b.value.to(target.device()));
+  }
+  for (const auto& s : saved_modules) {  // PEFT's trained copy replaces one layer of a tied pair only
+    model.untie_lm_head();
+    Tensor& target = s.target == Target::Embed ? w.embed : w.lm_head;
+    target = s.value.to(target.dtype()).to(target.device());
   }
   if (config.init != InitMode::Pissa && config.init != InitMode::Olora) return;
   if (config.pissa_niter > 0)

@@ -37,7 +37,9 @@ AdapterSet::AdapterSet(const std::vector<std::string>& specs, model::Model& mode
       if (specs.size() > 1) log_warn(spec.dir, ": its trained biases replace the model's (the last adapter's win)");
       a->attach_biases(model);
     }
-    a->attach_base_layers(model);  // PEFT's saved embedding layers, when the adapter has them
+    if (!a->saved_modules.empty() && specs.size() > 1)
+      log_warn(spec.dir, ": its modules_to_save copies replace the model's layers (the last adapter's win)");
+    a->attach_base_layers(model);  // PEFT's saved embedding layers and modules_to_save copies
     active.push_back({a.get(), spec.scale});
     scales_.push_back(spec.scale);
     dirs_.push_back(spec.dir);

@@ -71,6 +71,15 @@ bool LoraConfig::targets(const std::string& path) const {
   return selects_listed(path);
 }
 
+bool LoraConfig::save_name_selects(const std::string& name, const std::string& path) {
+  return path.size() >= name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0;
+}
+
+bool LoraConfig::saves(const std::string& path) const {
+  return std::any_of(modules_to_save.begin(), modules_to_save.end(),
+                     [&](const std::string& name) { return save_name_selects(name, path); });
+}
+
 bool LoraConfig::name_selects(const std::string& name, const std::string& path) {
   return module_matches({name}, std::nullopt, "target_modules", path);
 }
@@ -258,8 +267,13 @@ LoraConfig parse_lora_config(const nlohmann::json& j, const std::string& src) {
   for (const char* key : {"alora_invocation_tokens", "target_parameters", "trainable_token_indices"})
     if (auto it = j.find(key); it != j.end() && !it->is_null() && !it->empty())
       throw error(src, ": \"", key, "\" is not supported");
-  if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
-    throw error(src, ": modules_to_save is not supported");
+  if (auto it = j.find("modules_to_save"); it != j.end() && !it->is_null()) {  // a list of names (or one name)
+    for (const auto& v : it->is_array() ? *it : nlohmann::json::array({*it})) {
+      if (!v.is_string() || v.get<std::string>().empty())
+        throw error(src, ": modules_to_save must be a list of module names, got ", it->dump());
+      c.modules_to_save.push_back(v.get<std::string>());
+    }
+  }
   for (const char* key : {"rank_pattern", "alpha_pattern"})
     if (auto it = j.find(key); it != j.end() && !it->is_null() && !it->is_object())
       throw error(src, ": ", key, " must be an object of {pattern: value}, got ", it->dump());
@@ -317,7 +331,7 @@ nlohmann::json LoraConfig::to_json() const {
   j["base_model_name_or_path"] = base_model_name_or_path;
   j["inference_mode"] = true;
   j["use_dora"] = use_dora;
-  j["modules_to_save"] = nullptr;
+  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json() : nlohmann::json(modules_to_save);
   j["layers_to_transform"] = layers_to_transform.empty() ? nlohmann::json() : nlohmann::json(layers_to_transform);
   j["layers_pattern"] = layers_pattern.empty() ? nlohmann::json() : nlohmann::json(layers_pattern);
   j["revision"] = nullptr;

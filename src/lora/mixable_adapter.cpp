@@ -11,7 +11,7 @@
 namespace lowrank::lora {
 
 bool is_mixable(const Adapter& adapter, int num_layers) {
-  if (!adapter.biases.empty()) return false;
+  if (!adapter.biases.empty() || !adapter.saved_modules.empty()) return false;
   for (const LoraPair& p : adapter.pairs)
     if (p.kind != VariantKind::Linear || p.layer < 0 || p.layer >= num_layers) return false;
   return true;

@@ -58,6 +58,8 @@ void write_model_folder(const Model& model, const std::string& source_dir, const
   const int di = options.dtype == DType::F32 ? 0 : options.dtype == DType::F16 ? 1 : 2;
   if (config.contains("torch_dtype")) config["torch_dtype"] = dtype_names[di];
   config["dtype"] = dtype_names[di];
+  // An adapter's modules_to_save copy of one of a tied pair unties them (Model::untie_lm_head).
+  if (model.weights().lm_head_name != model.weights().embed_name) config["tie_word_embeddings"] = false;
   io::write_json_atomic((fs::path(out_dir) / "config.json").string(), config);
 }
 

@@ -68,6 +68,13 @@ Model::Model(ModelConfig config, ModelWeights weights, Placement placement)
            config_.num_layers);
 }
 
+void Model::untie_lm_head() {
+  if (weights_.lm_head_name != weights_.embed_name) return;
+  if (weights_.lm_head.raw() == weights_.embed.raw()) weights_.lm_head = weights_.lm_head.clone();
+  weights_.lm_head_name = "lm_head.weight";
+  config_.tie_word_embeddings = false;
+}
+
 Model Model::load(const std::string& dir, Device device, DType dtype, Quantization quantize) {
   ModelConfig config = ModelConfig::load(dir);
   io::TensorStore store = io::TensorStore::open(dir);

@@ -23,6 +23,10 @@ void AdapterRegistry::load(const std::string& name, const std::string& spec_text
   if (!adapter.biases.empty())
     throw error(spec.dir, ": the adapter has trained biases, which would change the base model for every request; serve a merged model instead "
                 "(lowrank merge)");
+  if (!adapter.saved_modules.empty())
+    throw error(spec.dir, ": the adapter replaces ", adapter.saved_modules.front().module,
+                " (modules_to_save), which would change the base model for every request; serve a merged model instead "
+                "(lowrank merge)");
   if (mixable_on_host_ && lora::is_mixable(adapter, static_cast<int>(model_.config().num_layers)))
     adapter.to(Device::cpu());  // host memory; the decode step's adapter cache pages it in
   auto served = std::make_shared<ServedAdapter>(

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "io/io_test_helpers.h"
+#include "lora/adapter_copy.h"
 #include "lowrank/core/error.h"
 #include "lowrank/io/files.h"
 #include "lowrank/io/safetensors.h"
@@ -19,34 +20,12 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A copy of the llama_all_linear adapter whose adapter_config.json a test changes.
-struct AdapterCopy {
-  io::testing::ScratchDir dir;
-  nlohmann::json config;
-
-  AdapterCopy() {
-    const std::string src = test::fixture("lora/llama_all_linear/adapter");
-    config = io::read_json(src + "/adapter_config.json");
-    fs::copy_file(src + "/adapter_model.safetensors", dir.file("adapter_model.safetensors"));
-  }
-  std::string write() {
-    io::write_json_atomic(dir.file("adapter_config.json"), config);
-    return dir.path();
-  }
-};
+using test::AdapterCopy;
+using test::expect_load_error;
 
 const model::Model& llama() {
   static const model::Model m = model::Model::load(test::model_fixture("llama"));
   return m;
-}
-
-void expect_load_error(const std::string& dir, const model::Model& m, const std::vector<std::string>& fragments) {
-  try {
-    (void)lora::Adapter::load(dir, m);
-    FAIL() << "expected an Error";
-  } catch (const Error& e) {
-    for (const auto& f : fragments) EXPECT_NE(std::string(e.what()).find(f), std::string::npos) << e.what();
-  }
 }
 
 TEST(AdapterLoad, TheUnchangedCopyLoads) {

@@ -90,11 +90,16 @@ def write_json(path, obj):
         json.dump(obj, f, indent=1)
 
 
-def lora_case(args, case, base, cfg, seed, rows=2, length=20):
+def lora_case(args, case, base, cfg, seed, rows=2, length=20, perturb_saved=0.0):
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = load_base(args.models, base)
     pm = get_peft_model(model, cfg)
+    if perturb_saved:  # modules_to_save copies start as the base's: make them differ, as training would
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if ".modules_to_save." in n:
+                    p.add_(perturb_saved * torch.randn(p.shape, generator=gen))
     out = os.path.join(args.out, case)
     os.makedirs(out, exist_ok=True)
     save_adapter(pm, os.path.join(out, "adapter"))
@@ -345,6 +350,14 @@ def main():
             r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["embed_tokens", "q_proj"],
             init_lora_weights=False, task_type="CAUSAL_LM"), seed=seed)))
           for base, seed in (("gemma2", 18), ("gemma3", 19))],
+        # modules_to_save: whole trained copies of the output layer (tied Qwen2: untied by the copy)
+        # and of both embedding layers (Llama)
+        ("qwen2_save_lm_head", lambda: lora_case(args, "qwen2_save_lm_head", "qwen2", LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"],
+            init_lora_weights=False, task_type="CAUSAL_LM"), seed=20, perturb_saved=0.05)),
+        ("llama_save_embed_lm_head", lambda: lora_case(args, "llama_save_embed_lm_head", "llama", LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj"], modules_to_save=["embed_tokens", "lm_head"],
+            init_lora_weights=False, task_type="CAUSAL_LM"), seed=21, perturb_saved=0.05)),
         ("llama_pissa", lambda: init_case(args, "llama_pissa", "llama", "pissa", seed=16)),
         ("llama_olora", lambda: init_case(args, "llama_olora", "llama", "olora", seed=17)),
     ]

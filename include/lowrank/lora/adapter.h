@@ -34,6 +34,15 @@ struct BaseLayerWeight {
   Tensor value;  // [V, d]: the model's own tensor when created here, the file's when loaded
 };
 
+// PEFT's modules_to_save copy of the embedding or the output layer: the whole trained weight,
+// "<module>.weight" [V, d], used instead of the model's. As PEFT's ModulesToSaveWrapper does, it
+// unties a tied pair: the other layer keeps the base's values.
+struct SavedModule {
+  Target target = Target::Embed;
+  std::string module;
+  Tensor value;  // [V, d]
+};
+
 // One trainable tensor of an adapter with its gradient and (A and B on the GPU) its working copy.
 // Adapter::parameters() is the one list that device moves, gradients, working copies, counting,
 // the optimizer and checkpoints walk: a new kind of trainable tensor is added there only.
@@ -54,6 +63,7 @@ class Adapter {
   std::vector<LoraPair> pairs;
   std::vector<BiasParam> biases;
   std::vector<BaseLayerWeight> base_layers;
+  std::vector<SavedModule> saved_modules;  // loaded only: lowrank does not train modules_to_save
 
   // A new adapter for `model`: A and B initialised per config.init (lora_init.h) from `rng`, DoRA
   // magnitudes from the weights, biases copied from the model. PiSSA / OLoRA replace the adapted
@@ -77,7 +87,7 @@ class Adapter {
   void attach_biases(model::Model& model);
   // Makes the model's frozen weights what PEFT's load makes them: the saved base_layer weights
   // (embedding layers) copied into the embedding / lm_head (a tied lm_head follows its
-  // embedding); for an adapter whose config still says init_lora_weights "pissa" / "olora" (saved
+  // embedding); the modules_to_save copies in place of the model's layers (untying them); for an adapter whose config still says init_lora_weights "pissa" / "olora" (saved
   // unconverted), PEFT re-runs the init and trains on the residual: the adapted weights become
   // W0 - s·B0·A0 of that init ("pissa_niter_N" draws random numbers we cannot reproduce: refused).
   void attach_base_layers(model::Model& model) const;

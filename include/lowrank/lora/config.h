@@ -40,6 +40,12 @@ struct LoraConfig {
   // as ".name" suffixes; a name listed as the module's whole path is taken as it is.
   std::vector<int64_t> layers_to_transform;
   std::vector<std::string> layers_pattern;
+  // PEFT's modules_to_save: modules of which the adapter carries a whole trained copy (its file's
+  // "<module>.weight"), used instead of the model's; a name selects the modules whose path ends
+  // with it (PEFT's key.endswith). Read for the embedding and the output layer (adapter.h).
+  std::vector<std::string> modules_to_save;
+  bool saves(const std::string& path) const;  // some modules_to_save name selects `path`
+  static bool save_name_selects(const std::string& name, const std::string& path);
   // No LoRA layer at all (target_modules empty, "--targets none"): with bias = all, bias-only
   // training (BitFit).
   bool has_targets() const { return all_linear || target_regex || !target_modules.empty(); }

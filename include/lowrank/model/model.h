@@ -161,6 +161,9 @@ class Model {
   Model(ModelConfig config, ModelWeights weights, Placement placement);
 
   const ModelConfig& config() const { return config_; }
+  // Gives a tied lm_head its own copy of the embedding's table, named "lm_head.weight", and
+  // config tie_word_embeddings false (a merged model is then written untied).
+  void untie_lm_head();
   ModelWeights& weights() { return weights_; }
   const ModelWeights& weights() const { return weights_; }
   const std::string& source() const { return source_; }
