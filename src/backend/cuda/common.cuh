@@ -67,7 +67,7 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 
 __device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
 // The 8 bf16 of a 16-byte load as f32.
-__device__ __forceinline__ void unpack8(const uint4& u, float (&f)[8]) {
+__device__ __forceinline__ void unpack8(const uint4 u, float (&f)[8]) {
   const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&u);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {

@@ -256,6 +256,7 @@ __device__ __forceinline__ void norm_weights(const Args& a, int64_t v, float (&w
                       : __bfloat162float(static_cast<const bf16*>(a.norm_w)[v * 8 + i]);
 }
 
+constexpr int kStageLoads = 4;   // packs of an input row a thread stages at once (K <= 4,096: one batch)
 constexpr int kShrinkLoads = 4;  // packs of a shrink row a thread has in flight (K <= 4,096: one batch)
 
 // Shrink row `row` of the concatenated A's [r_p, k]: its A (p), its row there (g) and that row.
@@ -356,7 +357,6 @@ __device__ __forceinline__ void fused_decode(const Args& a) {
   stamp_start(a.stamps);
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* xs = reinterpret_cast<bf16*>(smem);  // [m, k]
-  __shared__ float rstd[kMaxRows];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t k = a.k;
   const int64_t packs = k / 8;
@@ -418,47 +418,65 @@ __device__ __forceinline__ void fused_decode(const Args& a) {
   const int32_t row_slot = lane < a.m && a.slots ? a.slots[lane] : -1;
   EpilogueInputs in;
   if (first < a.pairs) in = epilogue_inputs<E>(a, cur.oa, cur.ra, cur.rb, lane, -1);
-  if (a.norm_w) {  // rmsnorm's rstd of each row (a warp a row), as the rmsnorm kernel forms it
-    for (int r = warp; r < a.m; r += kWarps) {
-      float ss = 0.0f;
-      for (int64_t v = lane; v < packs; v += 32) {
-        float f[8];
-        unpack8(reinterpret_cast<const uint4*>(a.x + r * k)[v], f);
+  // The rows into shared memory as they are, with their sums of squares (rmsnorm's: a thread's
+  // packs, then its warp's, then the warps' in order); a thread's loads of a row go out together,
+  // so that the staging waits about one memory latency, not one a pack or one for rstd and another
+  // for the staging. Then each thread normalizes the packs it staged, in place.
+  __shared__ float sums[kWarps][kMaxRows];
+  for (int r = 0; r < a.m; ++r) {
+    const uint4* xr = reinterpret_cast<const uint4*>(a.x + r * k);
+    uint4* sr = reinterpret_cast<uint4*>(xs + r * k);
+    float ss = 0.0f;
+    for (int64_t v0 = threadIdx.x; v0 < packs; v0 += int64_t(kStageLoads) * blockDim.x) {
+      uint4 u[kStageLoads];
 #pragma unroll
-        for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
+      for (int j = 0; j < kStageLoads; ++j) {
+        const int64_t v = v0 + int64_t(j) * blockDim.x;
+        u[j] = v < packs ? xr[v] : uint4{0, 0, 0, 0};
       }
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) rstd[r] = rsqrtf(ss / static_cast<float>(k) + a.eps);
+      for (int j = 0; j < kStageLoads; ++j) {
+        const int64_t v = v0 + int64_t(j) * blockDim.x;
+        if (v >= packs) break;
+        sr[v] = u[j];
+        if (a.norm_w) {
+          float f[8];
+          unpack8(u[j], f);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) ss += f[i] * f[i];
+        }
+      }
     }
-    __syncthreads();
+    if (a.norm_w) {
+      ss = warp_sum(ss);
+      if (lane == 0) sums[warp][r] = ss;
+    }
   }
-  for (int r = 0; r < a.m; ++r)  // the (normed) rows into shared memory, 8 elements a thread
-    for (int64_t v = threadIdx.x; v < packs; v += blockDim.x) {
-      float f[8];
-      unpack8(reinterpret_cast<const uint4*>(a.x + r * k)[v], f);
-      uint4 packed;
-      __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(&packed);
-      float w[8];
-      if (a.norm_w) {
+  if (a.norm_w) {
+    __syncthreads();
+    for (int r = 0; r < a.m; ++r) {
+      float ss = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) ss += sums[w][r];
+      const float rs = rsqrtf(ss / static_cast<float>(k) + a.eps);
+      uint4* sr = reinterpret_cast<uint4*>(xs + r * k);
+      for (int64_t v = threadIdx.x; v < packs; v += blockDim.x) {
+        float f[8], w[8];
+        unpack8(sr[v], f);
         if (v == threadIdx.x) {
 #pragma unroll
           for (int i = 0; i < 8; ++i) w[i] = nw[i];
         } else {
           norm_weights(a, v, w);
         }
-      }
+        uint4 packed;
+        __nv_bfloat162* out = reinterpret_cast<__nv_bfloat162*>(&packed);
 #pragma unroll
-      for (int i = 0; i < 8; i += 2) {
-        float lo = f[i], hi = f[i + 1];
-        if (a.norm_w) {
-          lo = lo * rstd[r] * w[i];
-          hi = hi * rstd[r] * w[i + 1];
-        }
-        out[i / 2] = __floats2bfloat162_rn(lo, hi);
+        for (int i = 0; i < 8; i += 2) out[i / 2] = __floats2bfloat162_rn(f[i] * rs * w[i], f[i + 1] * rs * w[i + 1]);
+        sr[v] = packed;
       }
-      reinterpret_cast<uint4*>(xs + r * k)[v] = packed;
     }
+  }
   __syncthreads();
   stamp_mid(a.stamps);
   if (kShrink && shrinker) shrink_rows<M>(a, xs, pa);

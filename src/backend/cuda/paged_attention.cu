@@ -922,14 +922,12 @@ Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Ten
   d.split_len = int(tiles * kTile);
   d.splits = 1;
   Tensor y = Tensor::empty({1, n}, DType::BF16, dev);
-  Tensor scratch = Tensor::empty({H * n + (u ? parts * H * u->A.dim(0) : 0)}, DType::F32, dev);
   OProj o;
   o.w = w_o.data<bf16>();
   o.res = res.data<bf16>();
   o.y = y.data<bf16>();
   o.n = n;
   o.rows = int(rows);
-  o.partial = scratch.data<float>();
   o.counters = context(dev).grid_counters + 2;
   if (u) {
     o.a = u->A.data<bf16>();
@@ -937,7 +935,6 @@ Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Ten
     o.r = int(u->A.dim(0));
     o.b_packed = o.r % 8 == 0 && o.r <= 8 * kOBPacks && reinterpret_cast<uintptr_t>(o.b) % 16 == 0;
     o.scale = u->scale;
-    o.h_partial = o.partial + H * n;
   }
   const size_t smem =
       (short_smem_floats(1, kShortMaxWarps, int(hd)) + size_t(hd) + (u ? size_t(u->A.dim(0)) * hd : 0)) * sizeof(float);
@@ -960,6 +957,10 @@ Tensor paged_attention_residual(const Tensor& q, const Tensor& k_pool, const Ten
                                int(sub)));
     return y;
   }
+  // The heads' partial sums through global memory (the cluster form keeps them in shared memory).
+  Tensor scratch = Tensor::empty({H * n + (u ? parts * H * u->A.dim(0) : 0)}, DType::F32, dev);
+  o.partial = scratch.data<float>();
+  if (u) o.h_partial = o.partial + H * n;
   auto kernel = paged_decode_o_kernel<false>;
   if (smem > 48 * 1024) LR_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<dim3(unsigned(H), unsigned(parts)), kOThreads, smem, stream_for(dev)>>>(
