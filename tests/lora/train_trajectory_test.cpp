@@ -1,6 +1,7 @@
 // Ten steps of LoRA training (AdamW, warmup + cosine, clipping) equal to PEFT + torch.optim.AdamW:
-// the reference trajectories of tests/reference/make_lora_fixtures.py (llama_train10, and
-// llama_dora_train10 with DoRA's magnitudes trained too).
+// the reference trajectories of tests/reference/make_lora_fixtures.py (llama_train10,
+// llama_dora_train10 with DoRA's magnitudes trained too, and both with LoRA+: PEFT's
+// create_loraplus_optimizer, B and the magnitudes at 8 x lr).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +10,7 @@
 #include "lowrank/io/safetensors.h"
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/lora/lora_variant.h"
+#include "lowrank/train/loraplus.h"
 #include "lowrank/train/schedule.h"
 #include "lowrank/train/step.h"
 #include "test_paths.h"
@@ -27,6 +29,8 @@ TEST_P(TrainTrajectory, TenAdamWStepsMatchPeft) {
   lora::LoraHook hook({{&adapter, 1.0}});
   hook.set_training(true);
   auto params = train::lora_params(adapter);
+  if (hp.contains("loraplus_lr_ratio"))  // PEFT's create_loraplus_optimizer groups
+    train::apply_loraplus(params, {hp["loraplus_lr_ratio"].get<double>(), std::nullopt}, hp["lr"].get<double>());
   train::AdamW opt({hp["lr"].get<double>(), hp["betas"][0].get<double>(), hp["betas"][1].get<double>(),
                     hp["eps"].get<double>(), hp["weight_decay"].get<double>()});
   train::StepContext ctx{&m, &hook, nullptr, &params, &opt, hp["max_grad_norm"].get<double>()};
@@ -70,4 +74,6 @@ TEST_P(TrainTrajectory, TenAdamWStepsMatchPeft) {
   EXPECT_EQ(compared, final_weights.tensors().size()) << "every trained tensor must have been compared";
 }
 
-INSTANTIATE_TEST_SUITE_P(Peft, TrainTrajectory, ::testing::Values("llama_train10", "llama_dora_train10"));
+INSTANTIATE_TEST_SUITE_P(Peft, TrainTrajectory,
+                         ::testing::Values("llama_train10", "llama_dora_train10", "llama_loraplus_train10",
+                                           "llama_dora_loraplus_train10"));

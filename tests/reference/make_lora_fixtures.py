@@ -10,7 +10,7 @@ computed in float64 on the CPU. Per case, <out>/<case>/ holds:
   labels, -100 = ignored), expected.json (loss on the batch, token-weighted eval loss of the adapted
   model over the base model's eval.jsonl), grads.safetensors (gradient of every trainable
   parameter, keyed like the adapter file; "full" case: keyed like the model file).
-Special cases: llama_train10 and llama_dora_train10 (10 AdamW steps: initial/ adapter, per-step
+Special cases: llama_train10, llama_dora_train10 and the LoRA+ ones (10 AdamW steps: initial/ adapter, per-step
 loss, lr and gradient norm, final.safetensors), generate (greedy continuations: base, one adapter,
 two adapters with scales 1.0 and 0.5) and llama_pissa / llama_olora (initial/ adapter as PEFT
 initialised it, residual.safetensors: the base weights it trains on, keyed "<module>.weight", and
@@ -137,8 +137,22 @@ def full_case(args, seed):
     print(f"llama_full: loss {loss.item():.6f}")
 
 
-def train_case(args, seed, steps=10, case="llama_train10", use_dora=False):
-    """10 steps of AdamW + warmup/cosine + clipping, as lowrank train does them."""
+def loraplus_adamw(pm, hp):
+    """PEFT's create_loraplus_optimizer over torch.optim.AdamW (its signature changed across versions)."""
+    import inspect
+    from peft.optimizers import create_loraplus_optimizer
+    kw = {"lr": hp["lr"], "betas": tuple(hp["betas"]), "eps": hp["eps"], "weight_decay": hp["weight_decay"]}
+    if "optimizer_kwargs" in inspect.signature(create_loraplus_optimizer).parameters:
+        return create_loraplus_optimizer(pm, torch.optim.AdamW, optimizer_kwargs=kw,
+                                         loraplus_lr_ratio=hp["loraplus_lr_ratio"])
+    wd = kw.pop("weight_decay")
+    return create_loraplus_optimizer(model=pm, optimizer_cls=torch.optim.AdamW, loraplus_lr_ratio=hp["loraplus_lr_ratio"],
+                                     loraplus_weight_decay=wd, **kw)
+
+
+def train_case(args, seed, steps=10, case="llama_train10", use_dora=False, loraplus_ratio=None):
+    """10 steps of AdamW + warmup/cosine + clipping, as lowrank train does them (with LoRA+: PEFT's
+    create_loraplus_optimizer groups, B and 1-D tensors at lr x ratio)."""
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = load_base(args.models, "llama")
@@ -153,8 +167,12 @@ def train_case(args, seed, steps=10, case="llama_train10", use_dora=False):
     params = [p for p in pm.parameters() if p.requires_grad]
     hp = {"lr": 5e-3, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.01, "warmup": 2,
           "schedule": "cosine", "steps": steps, "max_grad_norm": 1.0}
-    opt = torch.optim.AdamW(params, lr=hp["lr"], betas=tuple(hp["betas"]), eps=hp["eps"],
-                            weight_decay=hp["weight_decay"])
+    if loraplus_ratio:
+        hp["loraplus_lr_ratio"] = loraplus_ratio
+        opt = loraplus_adamw(pm, hp)
+    else:
+        opt = torch.optim.AdamW(params, lr=hp["lr"], betas=tuple(hp["betas"]), eps=hp["eps"],
+                                weight_decay=hp["weight_decay"])
     sched = transformers.get_cosine_schedule_with_warmup(opt, hp["warmup"], steps)
     batches, log = [], []
     for step in range(steps):
@@ -339,6 +357,10 @@ def main():
             r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", use_dora=True,
             init_lora_weights=False, task_type="CAUSAL_LM"), seed=12)),
         ("llama_dora_train10", lambda: train_case(args, seed=13, case="llama_dora_train10", use_dora=True)),
+        # LoRA+ (peft.optimizers.create_loraplus_optimizer): B at 8 x lr; with DoRA its magnitudes too
+        ("llama_loraplus_train10", lambda: train_case(args, seed=22, case="llama_loraplus_train10", loraplus_ratio=8)),
+        ("llama_dora_loraplus_train10", lambda: train_case(args, seed=23, case="llama_dora_loraplus_train10",
+                                                           use_dora=True, loraplus_ratio=8)),
         ("llama_embed_lm_head", lambda: lora_case(args, "llama_embed_lm_head", "llama", LoraConfig(
             r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["embed_tokens", "lm_head", "q_proj", "v_proj"],
             init_lora_weights=False, task_type="CAUSAL_LM"), seed=14)),
