@@ -87,9 +87,10 @@ class Adapter {
   void attach_biases(model::Model& model);
   // Makes the model's frozen weights what PEFT's load makes them: the saved base_layer weights
   // (embedding layers) copied into the embedding / lm_head (a tied lm_head follows its
-  // embedding); the modules_to_save copies in place of the model's layers (untying them); for an adapter whose config still says init_lora_weights "pissa" / "olora" (saved
-  // unconverted), PEFT re-runs the init and trains on the residual: the adapted weights become
-  // W0 - s·B0·A0 of that init ("pissa_niter_N" draws random numbers we cannot reproduce: refused).
+  // embedding); the modules_to_save copies in place of the model's layers (untying them); for an
+  // adapter whose config still says init_lora_weights "pissa" / "olora" (saved unconverted), PEFT
+  // re-runs the init and trains on the residual: the adapted weights become W0 - s·B0·A0 of that
+  // init ("pissa_niter_N" draws random numbers we cannot reproduce: refused).
   void attach_base_layers(model::Model& model) const;
   // Every trainable tensor: each pair's tensors (its variant's list: A, B, ...), in pair order,
   // then the biases.
