@@ -14,10 +14,14 @@ using namespace lowrank;
 
 namespace {
 
-std::string base_args(const std::string& out, int rank = 4) {
+// `lowrank train` on the llama fixture and its own eval.jsonl into `out` (flags follow).
+std::string train_llama(const std::string& out) {
   const std::string model = test::model_fixture("llama");
-  return "train --model " + model + " --data " + model + "/eval.jsonl --out " + out +
-         " --targets all-linear --rank " + std::to_string(rank) + " --dropout 0.1 --batch-size 2 --grad-accum 2 --lr 5e-3 --warmup 2 --quiet";
+  return "train --model " + model + " --data " + model + "/eval.jsonl --out " + out;
+}
+
+std::string base_args(const std::string& out, int rank = 4) {
+  return train_llama(out) + " --targets all-linear --rank " + std::to_string(rank) + " --dropout 0.1 --batch-size 2 --grad-accum 2 --lr 5e-3 --warmup 2 --quiet";
 }
 
 TEST(TrainCli, WritesPeftAdapterMetricsAndLowersLoss) {
@@ -157,7 +161,7 @@ TEST(TrainCli, BadInput) {
   expect_train_error(common + " --data " + model + "/eval.jsonl --targets none --bias all", "no biases");
   expect_train_error(common + " --data " + d.write("t.jsonl", "{\"text\": \"hello\"}\n"), "tokenizer");
   const std::string file = d.write("not_a_folder", "x");
-  expect_train_error("train --model " + model + " --data " + model + "/eval.jsonl --out " + file + " --steps 1 --quiet",
+  expect_train_error(train_llama(file) + " --steps 1 --quiet",
                      "cannot create the output folder");
 }
 
@@ -168,8 +172,7 @@ TEST(TrainCli, BadInput) {
 // each step in metrics.jsonl.
 TEST(TrainCli, WarmupRatioAndCosineWithMinLr) {
   io::testing::ScratchDir d;
-  const std::string model = test::model_fixture("llama");
-  auto r = test::run_cli("train --model " + model + " --data " + model + "/eval.jsonl --out " + d.file("run") +
+  auto r = test::run_cli(train_llama(d.file("run")) +
                          " --steps 8 --batch-size 2 --seq-len 16 --lr 1e-3 --warmup-ratio 0.2"
                          " --schedule cosine_with_min_lr --min-lr-rate 0.1 --quiet");
   ASSERT_EQ(r.code, 0) << r.err;
@@ -186,9 +189,8 @@ TEST(TrainCli, WarmupRatioAndCosineWithMinLr) {
 // by about lr with the default eps and by far less with a large one.
 TEST(TrainCli, AdamFlagsReachTheOptimizer) {
   io::testing::ScratchDir d;
-  const std::string model = test::model_fixture("llama");
   auto largest_b = [&](const std::string& name, const std::string& flags) {
-    auto r = test::run_cli("train --model " + model + " --data " + model + "/eval.jsonl --out " + d.file(name) +
+    auto r = test::run_cli(train_llama(d.file(name)) +
                            " --targets q_proj --dropout 0 --steps 1 --batch-size 2 --seq-len 16 --lr 1e-2"
                            " --schedule constant --max-grad-norm 0 --quiet" + flags);
     EXPECT_EQ(r.code, 0) << r.err;
@@ -227,8 +229,7 @@ TEST(TrainCli, ExcludeModules) {
 // --rank-pattern / --alpha-pattern: PEFT's per-module ranks and alphas, saved in adapter_config.json.
 TEST(TrainCli, RankAndAlphaPatterns) {
   io::testing::ScratchDir d;
-  const std::string model = test::model_fixture("llama");
-  auto r = test::run_cli("train --model " + model + " --data " + model + "/eval.jsonl --out " + d.file("o") +
+  auto r = test::run_cli(train_llama(d.file("o")) +
                          " --steps 1 --quiet --targets q_proj,v_proj --rank 8 --alpha 16"
                          " --rank-pattern '{\"q_proj\": 4}' --alpha-pattern '{\"v_proj\": 32}'");
   ASSERT_EQ(r.code, 0) << r.err;
