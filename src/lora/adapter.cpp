@@ -189,6 +189,7 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
   std::map<std::string, AdaptableModule> by_name;
   for (const auto& m : adaptable_modules(model)) by_name.emplace(m.linear.name, m);
   for (const auto& m : embedding_modules(model)) by_name.emplace(m.linear.name, m);
+  check_modules_to_save(a.config, by_name, cfg_path);
   // Every tensor of the file by module, then by key suffix ("lora_A.weight", ...).
   std::map<std::string, std::map<std::string, Tensor>> tensors;
   std::map<std::string, std::string> file_key;  // "<module>|<suffix>" -> the key as written
@@ -249,12 +250,9 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
     }
     if (auto it = by_suffix.find("weight"); it != by_suffix.end()) {
       const std::string& key = file_key[module + "|weight"];
-      if (!a.config.saves(module))
+      if (!a.config.saves(module))  // (a name it has selects the embedding or the output layer only: checked above)
         throw error(weights, ": tensor \"", key, "\" is a whole weight of ", module,
                     ", which adapter_config.json's modules_to_save does not name");
-      if (!is_embedding_layer(m.target))
-        throw error(weights, ": tensor \"", key, "\": lowrank reads modules_to_save copies of the embedding and the "
-                    "output layer only, not of ", module);
       if (it->second.shape() != m.linear.weight.shape())
         throw error(weights, ": tensor \"", key, "\" has shape ", shape_str(it->second.shape()), ", the model's ", module,
                     " is ", shape_str(m.linear.weight.shape()), " (is the adapter for another base model?)");
@@ -303,7 +301,6 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
                   " but adapter_config.json says ", a.config.rank_for(module));
     a.pairs.push_back(std::move(p));
   }
-  check_modules_to_save(a.config, by_name, cfg_path);
   if (a.pairs.empty() && a.biases.empty() && a.saved_modules.empty())
     throw error(weights, ": the adapter holds no LoRA tensors");
   sort_pairs(a.pairs);

@@ -71,9 +71,7 @@ bool LoraConfig::targets(const std::string& path) const {
   return selects_listed(path);
 }
 
-bool LoraConfig::save_name_selects(const std::string& name, const std::string& path) {
-  return path.size() >= name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0;
-}
+bool LoraConfig::save_name_selects(const std::string& name, const std::string& path) { return path.ends_with(name); }
 
 bool LoraConfig::saves(const std::string& path) const {
   return std::any_of(modules_to_save.begin(), modules_to_save.end(),
