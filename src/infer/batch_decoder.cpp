@@ -95,6 +95,7 @@ void BatchDecoder::step(std::span<DecodeEntry> entries) {
   std::map<std::pair<model::ProjectionHook*, bool>, std::vector<DecodeEntry*>> decodes;
   for (DecodeEntry& e : entries) {
     e.logits.clear();
+    e.prompt_logprobs.clear();
     e.error.clear();
     e.argmax = -1;
     try {
@@ -193,7 +194,12 @@ void BatchDecoder::prefill(const std::vector<DecodeEntry*>& unordered, int64_t l
   const std::unique_ptr<lora::MixedBatchHook> mixed = hook || run.merged ? nullptr : mixed_hook(row_adapters(group), len);
   if (mixed) hook = mixed.get();
   Tensor h = m.hidden_states_at({ids, B, len}, pos, hook, attention);
-  for (DecodeEntry* e : group) e->seq->length_ = len;
+  for (int64_t b = 0; b < B; ++b) {
+    DecodeEntry& e = *group[b];
+    e.seq->length_ = len;
+    if (e.prompt_top_logprobs >= 0)
+      e.prompt_logprobs = prompt_logprobs(m, h.slice_rows(b * len, (b + 1) * len), e.seq->ids_, e.prompt_top_logprobs, hook);
+  }
   emit(m, ops::embedding(h, last_rows), group, hook);  // each sequence's last row
 }
 

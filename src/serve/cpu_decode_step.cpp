@@ -30,6 +30,7 @@ void CpuDecodeStep::run(std::span<StepEntry> batch) {
       const auto n = static_cast<int64_t>(e.tokens.size());
       model::TokenBatch step{{e.tokens.begin(), e.tokens.end()}, 1, n};
       Tensor h = model_.hidden_states(step, e.hook, nullptr, &kv);
+      if (e.prompt_top_logprobs >= 0) e.prompt_logprobs = infer::prompt_logprobs(model_, h, e.tokens, e.prompt_top_logprobs, e.hook);
       Tensor logits = model_.project_vocab(h.slice_rows(n - 1, n), e.hook);
       e.logits.assign(logits.f32(), logits.f32() + logits.numel());
     } catch (const std::exception& ex) {  // one sequence's failure must not end the others

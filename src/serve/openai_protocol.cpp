@@ -1,7 +1,10 @@
 #include "lowrank/serve/openai_protocol.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+
+#include "lowrank/infer/token_logprobs.h"
 
 namespace lowrank::serve {
 namespace {
@@ -57,12 +60,12 @@ bool boolean(const json& body, const char* key, bool fallback) {
 }
 
 // Features of the API this server does not implement: refused rather than silently ignored.
-void refuse_unsupported(const json& body) {
+void refuse_unsupported(const json& body, bool chat) {
   auto set = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
-  if (auto n = integer(body, "n"); n && *n != 1) bad("'n' must be 1 (one choice per request)");
+  if (auto n = integer(body, "n"); n && *n != 1) bad("'n' must be 1 (one choice per prompt)");
   if (auto n = integer(body, "best_of"); n && *n != 1) bad("'best_of' is not supported");
-  if (boolean(body, "echo", false)) bad("'echo' is not supported");
-  if (set("logprobs") && body["logprobs"] != false) bad("'logprobs' is not supported");
+  if (chat && boolean(body, "echo", false)) bad("'echo' is not supported by chat completions");
+  if (set("prompt_logprobs")) bad("'prompt_logprobs' is not supported (completions: 'echo' with 'logprobs')");
   if (set("suffix")) bad("'suffix' is not supported");
   if (set("logit_bias") && !body["logit_bias"].empty()) bad("'logit_bias' is not supported");
   for (const char* key : {"presence_penalty", "frequency_penalty"})
@@ -77,7 +80,8 @@ void refuse_unsupported(const json& body) {
   if (set("response_format") && !(body["response_format"].is_object() && body["response_format"].contains("type") &&
                                    body["response_format"]["type"] == "text"))
     bad("'response_format' other than {\"type\": \"text\"} is not supported");
-  if (auto n = integer(body, "top_logprobs"); n && *n != 0) bad("'top_logprobs' is not supported");
+  if (auto n = integer(body, "top_logprobs"); !chat && n && *n != 0)
+    bad("'top_logprobs' is a chat completions parameter (completions take 'logprobs': N)");
   for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
     if (set(key)) bad(std::string("'") + key + "' (constrained decoding) is not supported");
   if (nonempty("stop_token_ids")) bad("'stop_token_ids' is not supported (use 'stop')");
@@ -86,17 +90,44 @@ void refuse_unsupported(const json& body) {
   if (auto n = integer(body, "min_tokens"); n && *n != 0) bad("'min_tokens' is not supported");
 }
 
-GenerationParams parse_params(const json& body, const char* max_tokens_key) {
+// How many alternatives a logprobs count asks for: 0 <= N <= kMaxTopLogprobs.
+int top_count(const json& body, const char* key) {
+  const int64_t n = integer(body, key).value_or(0);
+  if (n < 0 || n > infer::kMaxTopLogprobs)
+    bad(std::string("'") + key + "' must be from 0 to " + std::to_string(infer::kMaxTopLogprobs) + ", got " + std::to_string(n));
+  return static_cast<int>(n);
+}
+
+// Completions: `logprobs` null/false or N. Chat: `logprobs` true/false, `top_logprobs` N with it.
+int parse_top_logprobs(const json& body, bool chat) {
+  auto it = body.find("logprobs");
+  const bool absent = it == body.end() || it->is_null() || *it == false;
+  if (chat) {
+    const bool on = boolean(body, "logprobs", false);
+    const int n = top_count(body, "top_logprobs");
+    if (!on && n > 0) bad("'top_logprobs' needs 'logprobs': true");
+    return on ? n : -1;
+  }
+  if (absent) return -1;
+  if (!it->is_number_integer()) bad("'logprobs' must be an integer (the number of alternatives to return) or null");
+  return top_count(body, "logprobs");
+}
+
+GenerationParams parse_params(const json& body, bool chat) {
   if (!body.is_object()) bad("the request body must be a JSON object");
-  refuse_unsupported(body);
+  refuse_unsupported(body, chat);
   GenerationParams p;
   if (auto it = body.find("model"); it != body.end() && !it->is_null()) {
     if (!it->is_string()) bad("'model' must be a string");
     p.model = it->get<std::string>();
   }
-  p.max_tokens = integer(body, max_tokens_key);
+  p.echo = !chat && boolean(body, "echo", false);
+  p.top_logprobs = parse_top_logprobs(body, chat);
+  if (chat) p.max_tokens = integer(body, "max_completion_tokens");
   if (!p.max_tokens) p.max_tokens = integer(body, "max_tokens");
-  if (p.max_tokens && *p.max_tokens < 1) bad("'max_tokens' must be at least 1");
+  // max_tokens 0 with echo scores the prompt and generates nothing (vLLM's echo without generation).
+  if (p.max_tokens && *p.max_tokens < (p.echo ? 0 : 1))
+    bad(p.echo ? "'max_tokens' must not be negative" : "'max_tokens' must be at least 1 (0 only with 'echo')");
   auto& s = p.sampling;
   if (auto t = number(body, "temperature")) {
     if (*t < 0) bad("'temperature' must not be negative");
@@ -182,31 +213,53 @@ json parse_body(const std::string& body) {
   }
 }
 
-CompletionRequest parse_completion_request(const json& body) {
-  CompletionRequest r;
-  r.params = parse_params(body, "max_tokens");
-  auto it = body.find("prompt");
-  if (it == body.end() || it->is_null()) bad("'prompt' is required");
-  if (it->is_string()) {
-    r.prompt = it->get<std::string>();
-    return r;
-  }
-  const char* shape = "'prompt' must be a string or a list of token ids (one prompt per request)";
-  if (!it->is_array() || it->empty()) bad(shape);
+namespace {
+
+constexpr const char* kPromptShape =
+    "'prompt' must be a string, a list of token ids, or a non-empty list of strings or of lists of token ids";
+
+std::vector<int32_t> token_ids(const json& list) {
+  if (list.empty()) bad(kPromptShape);
   std::vector<int32_t> ids;
-  for (const auto& v : *it) {
-    if (!v.is_number_integer()) bad(shape);
+  for (const auto& v : list) {
+    if (!v.is_number_integer()) bad(kPromptShape);
     const int64_t id = v.get<int64_t>();
     if (id < 0 || id > std::numeric_limits<int32_t>::max()) bad("'prompt' holds token id " + std::to_string(id) + ", outside the vocabulary");
     ids.push_back(static_cast<int32_t>(id));
   }
-  r.prompt = std::move(ids);
+  return ids;
+}
+
+}  // namespace
+
+CompletionRequest parse_completion_request(const json& body) {
+  CompletionRequest r;
+  r.params = parse_params(body, false);
+  auto it = body.find("prompt");
+  if (it == body.end() || it->is_null()) bad("'prompt' is required");
+  if (it->is_string()) {
+    r.prompts.emplace_back(it->get<std::string>());
+    return r;
+  }
+  if (!it->is_array() || it->empty()) bad(kPromptShape);
+  if (!it->front().is_string() && !it->front().is_array()) {  // one prompt of token ids
+    r.prompts.emplace_back(token_ids(*it));
+    return r;
+  }
+  if (it->size() > kMaxPrompts)
+    bad("'prompt' lists " + std::to_string(it->size()) + " prompts, more than " + std::to_string(kMaxPrompts));
+  const bool text = it->front().is_string();
+  for (const auto& p : *it) {
+    if (text && p.is_string()) r.prompts.emplace_back(p.get<std::string>());
+    else if (!text && p.is_array()) r.prompts.emplace_back(token_ids(p));
+    else bad(kPromptShape);
+  }
   return r;
 }
 
 ChatRequest parse_chat_request(const json& body) {
   ChatRequest r;
-  r.params = parse_params(body, "max_completion_tokens");
+  r.params = parse_params(body, true);
   auto it = body.find("messages");
   if (it == body.end() || it->is_null()) bad("'messages' is required");
   if (!it->is_array() || it->empty()) bad("'messages' must be a non-empty list of {\"role\", \"content\"}");
@@ -235,31 +288,75 @@ ChatRequest parse_chat_request(const json& body) {
   return r;
 }
 
-ReplyJson full_reply(const ReplyHeader& h, const std::string& text, const std::string& finish_reason, const Usage& usage) {
-  ReplyJson reply = object_base(h, false);
-  ReplyJson choice = {{"index", 0}};
-  if (h.chat) {
-    choice["message"] = {{"role", "assistant"}, {"content", text}};
-  } else {
-    choice["text"] = text;
-    choice["logprobs"] = nullptr;
+ReplyJson logprobs_json(bool chat, const std::vector<LoggedToken>& tokens, int64_t first_offset, int64_t* end_offset) {
+  auto shown = [](float logprob) { return std::max(logprob, -9999.0f); };
+  if (chat) {
+    auto bytes = [](const std::string& s) {
+      ReplyJson b = ReplyJson::array();
+      for (unsigned char c : s) b.push_back(c);
+      return b;
+    };
+    ReplyJson content = ReplyJson::array();
+    for (const LoggedToken& t : tokens) {
+      ReplyJson top = ReplyJson::array();
+      for (const auto& [text, logprob] : t.top)
+        top.push_back({{"token", text}, {"logprob", shown(logprob)}, {"bytes", bytes(text)}});
+      content.push_back({{"token", t.text},
+                         {"logprob", t.logprob ? ReplyJson(shown(*t.logprob)) : ReplyJson(nullptr)},
+                         {"bytes", bytes(t.text)},
+                         {"top_logprobs", top}});
+    }
+    return {{"content", content}};
   }
-  choice["finish_reason"] = finish_json(finish_reason);
-  reply["choices"] = ReplyJson::array({choice});
+  // Python's len(): characters, not bytes (continuation bytes 10xxxxxx do not count).
+  auto characters = [](const std::string& s) {
+    return static_cast<int64_t>(std::count_if(s.begin(), s.end(), [](char c) { return (c & 0xC0) != 0x80; }));
+  };
+  ReplyJson offsets = ReplyJson::array(), logprobs = ReplyJson::array(), texts = ReplyJson::array(), tops = ReplyJson::array();
+  int64_t offset = first_offset;
+  for (const LoggedToken& t : tokens) {
+    offsets.push_back(offset);
+    offset += characters(t.text);
+    texts.push_back(t.text);
+    if (!t.logprob) {
+      logprobs.push_back(nullptr);
+      tops.push_back(nullptr);
+      continue;
+    }
+    logprobs.push_back(shown(*t.logprob));
+    ReplyJson top = {{t.text, shown(*t.logprob)}};  // the token itself, then its alternatives
+    for (const auto& [text, logprob] : t.top)
+      if (!top.contains(text)) top[text] = shown(logprob);
+    tops.push_back(top);
+  }
+  if (end_offset) *end_offset = offset;
+  return {{"text_offset", offsets}, {"token_logprobs", logprobs}, {"tokens", texts}, {"top_logprobs", tops}};
+}
+
+ReplyJson full_reply(const ReplyHeader& h, const std::vector<ChoiceReply>& choices, const Usage& usage) {
+  ReplyJson reply = object_base(h, false);
+  reply["choices"] = ReplyJson::array();
+  for (const ChoiceReply& c : choices) {
+    ReplyJson choice = {{"index", c.index}};
+    if (h.chat) choice["message"] = {{"role", "assistant"}, {"content", c.text}};
+    else choice["text"] = c.text;
+    choice["logprobs"] = c.logprobs;
+    choice["finish_reason"] = finish_json(c.finish_reason);
+    reply["choices"].push_back(choice);
+  }
   reply["usage"] = usage_json(usage);
   return reply;
 }
 
-ReplyJson text_chunk(const ReplyHeader& h, const std::string& delta, const std::string& finish_reason) {
+ReplyJson text_chunk(const ReplyHeader& h, const ChoiceReply& piece) {
   ReplyJson chunk = object_base(h, true);
-  ReplyJson choice = {{"index", 0}};
-  if (h.chat) {
-    choice["delta"] = delta.empty() && !finish_reason.empty() ? ReplyJson::object() : ReplyJson{{"content", delta}};
-  } else {
-    choice["text"] = delta;
-    choice["logprobs"] = nullptr;
-  }
-  choice["finish_reason"] = finish_json(finish_reason);
+  ReplyJson choice = {{"index", piece.index}};
+  if (h.chat)
+    choice["delta"] = piece.text.empty() && !piece.finish_reason.empty() ? ReplyJson::object() : ReplyJson{{"content", piece.text}};
+  else
+    choice["text"] = piece.text;
+  choice["logprobs"] = piece.logprobs;
+  choice["finish_reason"] = finish_json(piece.finish_reason);
   chunk["choices"] = ReplyJson::array({choice});
   return chunk;
 }

@@ -41,11 +41,13 @@ void PagedDecodeStep::run(std::span<StepEntry> batch) {
     entries[i].adapter_scale = batch[i].adapter_scale;
     entries[i].argmax_only = batch[i].argmax_only;
     entries[i].feeds_argmax = batch[i].feeds_argmax;
+    entries[i].prompt_top_logprobs = batch[i].prompt_top_logprobs;
   }
   decoder_.step(entries);
   for (size_t i = 0; i < batch.size(); ++i) {
     batch[i].logits = std::move(entries[i].logits);
     batch[i].argmax = entries[i].argmax;
+    batch[i].prompt_logprobs = std::move(entries[i].prompt_logprobs);
     batch[i].error = std::move(entries[i].error);
   }
 }

@@ -142,7 +142,9 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
     e.adapter = r->request.adapter;
     e.adapter_scale = r->request.adapter_scale;
     const auto& sampling = r->request.options.sampling;
-    e.argmax_only = sampling.greedy && sampling.repetition_penalty == 1.0;  // the sampler would pick the argmax
+    // The sampler would pick the argmax, and nobody needs the logits' log-probabilities.
+    e.argmax_only = sampling.greedy && sampling.repetition_penalty == 1.0 && r->request.top_logprobs < 0;
+    e.prompt_top_logprobs = r->generated == 0 ? r->request.prompt_top_logprobs : -1;
     e.feeds_argmax = e.argmax_only && r->generated + 1 < r->request.options.max_new_tokens;
     batch.push_back(std::move(e));
     stepped.push_back(r.get());
@@ -162,12 +164,18 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
       end(r, FinishReason::Failed, batch[i].error);
       continue;
     }
-    if (r.generated == 0) prompt_tokens_.fetch_add(static_cast<int64_t>(r.request.prompt.size()));
+    if (r.generated == 0) {
+      prompt_tokens_.fetch_add(static_cast<int64_t>(r.request.prompt.size()));
+      if (r.request.prompt_top_logprobs >= 0) r.channel->push_prompt_logprobs(std::move(batch[i].prompt_logprobs));
+    }
+    std::vector<float> raw;  // the sampler changes the logits in place (penalty, temperature)
+    if (r.request.top_logprobs >= 0) raw = batch[i].logits;
     const int32_t next = batch[i].argmax >= 0 ? batch[i].argmax : r.sampler.next(batch[i].logits, r.context);
     r.context.push_back(next);
     ++r.generated;
     generated_tokens_.fetch_add(1);
-    r.channel->push(next);
+    if (r.request.top_logprobs >= 0) r.channel->push(next, infer::position_logprobs(raw, next, r.request.top_logprobs));
+    else r.channel->push(next);
     const auto& eos = r.request.options.eos_ids;
     if (std::find(eos.begin(), eos.end(), next) != eos.end()) end(r, FinishReason::Eos);
     else if (r.generated >= r.request.options.max_new_tokens) end(r, FinishReason::Length);

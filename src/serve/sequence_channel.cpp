@@ -10,6 +10,8 @@ SequenceChannel::Update SequenceChannel::wait() {
   ready_.wait(lock, [&] { return !pending_.empty() || finished_; });
   Update u;
   u.tokens.swap(pending_);
+  u.logprobs.swap(pending_logprobs_);
+  u.prompt_logprobs.swap(pending_prompt_logprobs_);
   if (finished_) {
     u.finished = finished_;
     u.error = error_;
@@ -18,12 +20,18 @@ SequenceChannel::Update SequenceChannel::wait() {
   return u;
 }
 
-void SequenceChannel::push(int32_t token) {
+void SequenceChannel::push(int32_t token, std::optional<infer::PositionLogprobs> logprobs) {
   {
     std::lock_guard lock(mutex_);
     pending_.push_back(token);
+    if (logprobs) pending_logprobs_.push_back(std::move(*logprobs));
   }
   ready_.notify_one();
+}
+
+void SequenceChannel::push_prompt_logprobs(std::vector<infer::PositionLogprobs> logprobs) {
+  std::lock_guard lock(mutex_);  // delivered with the first token, pushed right after
+  pending_prompt_logprobs_ = std::move(logprobs);
 }
 
 void SequenceChannel::finish(FinishReason reason, std::string error) {

@@ -69,25 +69,48 @@ const json& required_string(const json& body, const char* key) {
   return *it;
 }
 
-// The reply of one generation request as its tokens arrive, shared by the plain and streamed forms.
-struct Reply {
-  ReplyHeader header;
+// One choice of a reply as its sequence's tokens arrive: its text, and its tokens with their
+// log-probabilities when the request asked for them.
+struct Choice {
+  Choice(int64_t index, TextStream text, int64_t prompt_tokens)
+      : index(index), text(std::move(text)), prompt_tokens(prompt_tokens) {}
+
+  int64_t index = 0;
   std::shared_ptr<SequenceChannel> channel;
   TextStream text;
   int64_t prompt_tokens = 0;
-  bool include_usage = false;
-  std::string finish_reason;  // "" until the reply has ended
-  std::string error;          // the compute's message when it failed
-  bool started = false;       // streamed: the first event has been written
+  std::string echo;                  // echo: the prompt's text, before the reply's
+  std::vector<int32_t> echo_ids;     // echo with logprobs: the prompt's tokens, logged before the reply's
+  bool hide_generated = false;       // echo with max_tokens 0: the one token generated is not part of the reply
+  std::string finish_reason;         // "" until the choice has ended
+  std::string error;                 // the compute's message when it failed
+  bool started = false;              // the first update (which brings the prompt's log-probabilities) is in
+  std::vector<LoggedToken> logged;   // with logprobs: tokens not yet handed out
+  int64_t text_offset = 0;           // streamed: where the next piece's logged tokens start
 
-  Usage usage() const { return {prompt_tokens, text.tokens()}; }
+  int64_t completion_tokens() const { return hide_generated ? 0 : text.tokens(); }
   // Waits for the next tokens and returns the text to send; sets finish_reason at the end. A stop
-  // string ends the reply here and cancels the rest of the sequence.
-  std::string advance() {
+  // string ends the choice here and cancels the rest of the sequence.
+  std::string advance(const tok::Tokenizer& tokenizer, bool logprobs) {
     SequenceChannel::Update u = channel->wait();
+    auto token_text = [&](int32_t id) { return tokenizer.decode({id}); };
+    auto log = [&](const infer::PositionLogprobs& p) {
+      LoggedToken t{token_text(p.chosen.id), p.chosen.logprob, {}};
+      for (const infer::TokenLogprob& alt : p.top) t.top.emplace_back(token_text(alt.id), alt.logprob);
+      logged.push_back(std::move(t));
+    };
     std::string delta;
-    for (int32_t t : u.tokens) {
-      delta += text.add(t);
+    if (!started) {
+      started = true;
+      delta = echo;
+      if (logprobs && !echo_ids.empty()) {
+        logged.push_back({token_text(echo_ids[0]), std::nullopt, {}});
+        for (const auto& p : u.prompt_logprobs) log(p);
+      }
+    }
+    for (size_t i = 0; i < u.tokens.size() && !hide_generated; ++i) {
+      delta += text.add(u.tokens[i]);
+      if (logprobs) log(u.logprobs.at(i));
       if (text.stopped()) {
         channel->cancel();
         finish_reason = "stop";
@@ -95,11 +118,46 @@ struct Reply {
       }
     }
     if (u.finished) {
-      delta += text.flush();
-      finish_reason = finish_name(*u.finished);
+      if (!hide_generated) delta += text.flush();
+      const bool ran = *u.finished == FinishReason::Eos || *u.finished == FinishReason::Length;
+      finish_reason = hide_generated && ran ? "length" : finish_name(*u.finished);  // its one token is not shown
       error = u.error;
     }
     return delta;
+  }
+};
+
+// The reply of one generation request: a choice per prompt, shared by the plain and streamed forms.
+struct Reply {
+  ReplyHeader header;
+  std::vector<Choice> choices;
+  bool include_usage = false;
+  bool logprobs = false;
+  size_t streaming = 0;        // streamed: the choice being written (one after the other)
+  bool role_sent = false;      // streamed chat: the first event has been written
+
+  Usage usage() const {
+    Usage u;
+    for (const Choice& c : choices) {
+      u.prompt_tokens += c.prompt_tokens;
+      u.completion_tokens += c.completion_tokens();
+    }
+    return u;
+  }
+  // Ends the other choices' sequences (one failed, or the client left).
+  void cancel_all() {
+    for (Choice& c : choices)
+      if (c.channel && c.finish_reason.empty()) c.channel->cancel();
+  }
+  // A piece of `c` to send: its new text and logged tokens; null logprobs unless asked for (and,
+  // in a streamed chunk, when it brings no tokens).
+  ChoiceReply piece(Choice& c, std::string text, bool streamed) {
+    ChoiceReply p{c.index, std::move(text), c.finish_reason, nullptr};
+    if (logprobs && !(streamed && c.logged.empty())) {
+      p.logprobs = logprobs_json(header.chat, c.logged, c.text_offset, &c.text_offset);
+      c.logged.clear();
+    }
+    return p;
   }
 };
 
@@ -187,6 +245,8 @@ struct Server::Impl {
   // Runs a handler, turning what it throws into an OpenAI-style error reply.
   httplib::Server::Handler guarded(std::function<void(const httplib::Request&, httplib::Response&)> handler);
   void generate(const httplib::Request& req, httplib::Response& res, bool chat);
+  // A completion prompt's token ids (text with the tokenizer's special tokens, e.g. BOS).
+  std::vector<int32_t> prompt_ids(const Prompt& prompt) const;
   void stream(httplib::Response& res, std::shared_ptr<Reply> reply);
   // One call of a stream's content provider: waits for the next tokens and writes their events
   // (the last ones and [DONE] at the end). False when the client has gone.
@@ -292,11 +352,20 @@ ReplyJson Server::Impl::models() const {
   return {{"object", "list"}, {"data", data}};
 }
 
+std::vector<int32_t> Server::Impl::prompt_ids(const Prompt& prompt) const {
+  if (const auto* text = std::get_if<std::string>(&prompt)) return tokenizer.encode(*text, true);
+  const auto& ids = std::get<std::vector<int32_t>>(prompt);
+  for (int32_t id : ids)
+    if (id >= model.config().vocab_size)
+      throw ApiError(400, "'prompt' holds token id " + std::to_string(id) + ", outside the vocabulary of " +
+                              std::to_string(model.config().vocab_size));
+  return ids;
+}
+
 void Server::Impl::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
   if (draining) throw ApiError(503, "the server is shutting down");
   const json body = parse_body(req.body);
   GenerationParams params;
-  std::vector<int32_t> prompt;
   std::optional<CompletionRequest> completion;
   std::optional<ChatRequest> conversation;
   if (chat) params = (conversation = parse_chat_request(body))->params;
@@ -308,6 +377,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     adapter = adapters.find(params.model);
     if (!adapter) throw ApiError(404, "the model '" + params.model + "' does not exist");
   }
+  std::vector<std::vector<int32_t>> prompts;
   if (chat) {
     const auto& chat_template = adapter ? adapter->chat_template : base_chat_template;
     if (!chat_template)
@@ -316,43 +386,55 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     json cfg = tokenizer.config();
     cfg["chat_template"] = *chat_template;
     const std::string rendered = tok::apply_chat_template(cfg, conversation->messages, true);  // Error -> 400
-    prompt = tokenizer.encode(rendered, false);  // the template holds the special tokens
-  } else if (const auto* text = std::get_if<std::string>(&completion->prompt)) {
-    prompt = tokenizer.encode(*text, true);
+    prompts.push_back(tokenizer.encode(rendered, false));  // the template holds the special tokens
   } else {
-    prompt = std::get<std::vector<int32_t>>(completion->prompt);
-    for (int32_t id : prompt)
-      if (id >= model.config().vocab_size)
-        throw ApiError(400, "'prompt' holds token id " + std::to_string(id) + ", outside the vocabulary of " +
-                                std::to_string(model.config().vocab_size));
-  }
-  if (prompt.empty()) throw ApiError(400, "the prompt is empty (no tokens)");
-
-  const int64_t context = model.config().max_position_embeddings, n = static_cast<int64_t>(prompt.size());
-  const int64_t max_tokens = params.max_tokens.value_or(chat ? std::max<int64_t>(context - n, 1) : 16);
-  if (max_tokens > context - n)  // not n + max_tokens: max_tokens may be near INT64_MAX
-    throw ApiError(400, "this model's maximum context length is " + std::to_string(context) + " tokens; the request has " +
-                            std::to_string(n) + " prompt tokens and asks for " + std::to_string(max_tokens) +
-                            " more: reduce the prompt or max_tokens");
-
-  SequenceRequest seq;
-  seq.prompt = std::move(prompt);
-  seq.options.max_new_tokens = max_tokens;
-  seq.options.eos_ids = eos_ids;
-  seq.options.sampling = params.sampling;
-  if (!params.seed_given) seq.options.sampling.seed = random_u64();
-  if (adapter) {
-    seq.hook = std::shared_ptr<model::ProjectionHook>(adapter, &adapter->hook);
-    seq.adapter = std::shared_ptr<const lora::Adapter>(adapter, &adapter->adapter);
-    seq.adapter_scale = adapter->scale;
+    for (const Prompt& p : completion->prompts) prompts.push_back(prompt_ids(p));
   }
 
-  auto reply = std::make_shared<Reply>(Reply{
-      ReplyHeader{request_id(chat), static_cast<int64_t>(std::time(nullptr)), adapter ? adapter->name : options.model_name, chat},
-      nullptr, TextStream(tokenizer, params.stop), n, params.include_usage, {}, {}});
+  const int64_t context = model.config().max_position_embeddings;
+  auto reply = std::make_shared<Reply>();
+  reply->header = {request_id(chat), static_cast<int64_t>(std::time(nullptr)), adapter ? adapter->name : options.model_name, chat};
+  reply->include_usage = params.include_usage;
+  reply->logprobs = params.top_logprobs >= 0;
+  std::vector<SequenceRequest> sequences;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    std::vector<int32_t>& prompt = prompts[i];
+    if (prompt.empty()) throw ApiError(400, "the prompt is empty (no tokens)");
+    const int64_t n = static_cast<int64_t>(prompt.size());
+    const int64_t asked = params.max_tokens.value_or(chat ? std::max<int64_t>(context - n, 1) : 16);
+    const int64_t max_tokens = std::max<int64_t>(asked, 1);  // echo with 0: one token is made, not shown
+    if (max_tokens > context - n)  // not n + max_tokens: max_tokens may be near INT64_MAX
+      throw ApiError(400, "this model's maximum context length is " + std::to_string(context) + " tokens; the request has " +
+                              std::to_string(n) + " prompt tokens and asks for " + std::to_string(max_tokens) +
+                              " more: reduce the prompt or max_tokens");
+    Choice c(static_cast<int64_t>(i), TextStream(tokenizer, params.stop), n);
+    c.hide_generated = asked == 0;
+    if (params.echo) {
+      const auto* text = std::get_if<std::string>(&completion->prompts[i]);
+      c.echo = text ? *text : tokenizer.decode(prompt);
+      if (reply->logprobs) c.echo_ids = prompt;
+    }
+    reply->choices.push_back(std::move(c));
+
+    SequenceRequest seq;
+    seq.prompt = std::move(prompt);
+    seq.options.max_new_tokens = max_tokens;
+    seq.options.eos_ids = eos_ids;
+    seq.options.sampling = params.sampling;
+    if (!params.seed_given) seq.options.sampling.seed = random_u64();
+    if (adapter) {
+      seq.hook = std::shared_ptr<model::ProjectionHook>(adapter, &adapter->hook);
+      seq.adapter = std::shared_ptr<const lora::Adapter>(adapter, &adapter->adapter);
+      seq.adapter_scale = adapter->scale;
+    }
+    if (asked > 0) seq.top_logprobs = params.top_logprobs;
+    if (params.echo) seq.prompt_top_logprobs = params.top_logprobs;
+    sequences.push_back(std::move(seq));
+  }
   try {
-    reply->channel = scheduler.submit(std::move(seq));
+    for (size_t i = 0; i < sequences.size(); ++i) reply->choices[i].channel = scheduler.submit(std::move(sequences[i]));
   } catch (const Error& e) {
+    reply->cancel_all();
     throw ApiError(503, e.what());  // draining began meanwhile
   }
   open_replies.open();
@@ -361,29 +443,42 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
     OpenReplies& replies;
     ~Closer() { replies.close(); }
   } closer{open_replies};
-  while (reply->finish_reason.empty()) reply->advance();
-  metrics.count_finished(reply->finish_reason);
-  if (!reply->error.empty()) throw ApiError(500, "generation failed: " + reply->error);
-  send_json(res, 200, full_reply(reply->header, reply->text.text(), reply->finish_reason, reply->usage()));
+  std::vector<ChoiceReply> out;
+  for (Choice& c : reply->choices) {
+    while (c.finish_reason.empty()) c.advance(tokenizer, reply->logprobs);
+    metrics.count_finished(c.finish_reason);
+    if (!c.error.empty()) {
+      reply->cancel_all();
+      throw ApiError(500, "generation failed: " + c.error);
+    }
+    out.push_back(reply->piece(c, c.echo + c.text.text(), false));
+  }
+  send_json(res, 200, full_reply(reply->header, out, reply->usage()));
 }
 
 bool Server::Impl::write_stream_events(Reply& reply, httplib::DataSink& sink) {
   auto send = [&](const std::string& s) {
     if (sink.write(s.data(), s.size())) return true;
-    reply.channel->cancel();  // the client went away: free its place in the batch
+    reply.cancel_all();  // the client went away: free its places in the batch
     return false;
   };
-  if (!reply.started) {
-    reply.started = true;
-    if (reply.header.chat && !send(sse(role_chunk(reply.header)))) return false;
+  if (reply.header.chat && !reply.role_sent) {
+    reply.role_sent = true;
+    if (!send(sse(role_chunk(reply.header)))) return false;
   }
-  const std::string delta = reply.advance();
-  if (reply.finish_reason.empty()) return delta.empty() || send(sse(text_chunk(reply.header, delta, "")));
-  metrics.count_finished(reply.finish_reason);
-  if (!reply.error.empty()) {
-    if (!send(sse(error_body(500, "generation failed: " + reply.error)))) return false;
+  Choice& c = reply.choices[reply.streaming];
+  std::string delta = c.advance(tokenizer, reply.logprobs);
+  if (c.finish_reason.empty()) {
+    if (delta.empty() && c.logged.empty()) return true;
+    return send(sse(text_chunk(reply.header, reply.piece(c, std::move(delta), true))));
+  }
+  metrics.count_finished(c.finish_reason);
+  if (!c.error.empty()) {
+    reply.cancel_all();
+    if (!send(sse(error_body(500, "generation failed: " + c.error)))) return false;
   } else {
-    if (!send(sse(text_chunk(reply.header, delta, reply.finish_reason)))) return false;
+    if (!send(sse(text_chunk(reply.header, reply.piece(c, std::move(delta), true))))) return false;
+    if (++reply.streaming < reply.choices.size()) return true;  // the next choice's events
     if (reply.include_usage && !send(sse(usage_chunk(reply.header, reply.usage())))) return false;
   }
   if (!send("data: [DONE]\n\n")) return false;
@@ -400,14 +495,15 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Reply> reply) 
           return write_stream_events(*reply, sink);
         } catch (const std::exception& e) {  // httplib does not catch what a content provider throws
           log_warn("serve: stream ", reply->header.id, ": ", e.what());
-          reply->channel->cancel();
+          reply->cancel_all();
           return false;
         }
       },
       [this, reply](bool success) {
-        if (!success && reply->finish_reason.empty()) {
-          reply->channel->cancel();
-          metrics.count_finished("abort");
+        if (!success) {
+          for (Choice& c : reply->choices)
+            if (c.finish_reason.empty()) metrics.count_finished("abort");
+          reply->cancel_all();
         }
         open_replies.close();
       });

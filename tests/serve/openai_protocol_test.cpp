@@ -1,6 +1,8 @@
 // Parsing OpenAI request bodies: what is accepted, and every malformed field as a 400 that names it.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "lowrank/serve/openai_protocol.h"
 
 using namespace lowrank::serve;
@@ -22,7 +24,10 @@ TEST(OpenAiProtocol, CompletionParameters) {
   auto r = parse_completion_request(json::parse(R"({"model": "a", "prompt": "hi", "max_tokens": 5, "temperature": 0,
       "top_p": 0.5, "top_k": -1, "seed": 7, "stop": ["x", ""], "stream": true, "stream_options": {"include_usage": true}})"));
   EXPECT_EQ(r.params.model, "a");
-  EXPECT_EQ(std::get<std::string>(r.prompt), "hi");
+  ASSERT_EQ(r.prompts.size(), 1u);
+  EXPECT_EQ(std::get<std::string>(r.prompts[0]), "hi");
+  EXPECT_EQ(r.params.top_logprobs, -1);
+  EXPECT_FALSE(r.params.echo);
   EXPECT_EQ(r.params.max_tokens, 5);
   EXPECT_TRUE(r.params.sampling.greedy);
   EXPECT_EQ(r.params.sampling.top_p, 0.5);
@@ -32,10 +37,31 @@ TEST(OpenAiProtocol, CompletionParameters) {
   EXPECT_EQ(r.params.stop, (std::vector<std::string>{"x", ""}));
   EXPECT_TRUE(r.params.stream && r.params.include_usage);
   auto ids = parse_completion_request(json::parse(R"({"prompt": [0, 5, 9], "temperature": 0.7})"));
-  EXPECT_EQ(std::get<std::vector<int32_t>>(ids.prompt), (std::vector<int32_t>{0, 5, 9}));
+  ASSERT_EQ(ids.prompts.size(), 1u);
+  EXPECT_EQ(std::get<std::vector<int32_t>>(ids.prompts[0]), (std::vector<int32_t>{0, 5, 9}));
   EXPECT_FALSE(ids.params.sampling.greedy);
   EXPECT_EQ(ids.params.sampling.temperature, 0.7);
   EXPECT_FALSE(ids.params.max_tokens);
+}
+
+// What lm-evaluation-harness's local-completions sends to score a continuation: a list of
+// token-id prompts, echo, logprobs 1, max_tokens 1 (0: score only).
+TEST(OpenAiProtocol, PromptListsEchoAndLogprobs) {
+  auto r = parse_completion_request(json::parse(R"({"prompt": [[1, 2, 3], [4]], "echo": true, "logprobs": 1,
+      "max_tokens": 1, "temperature": 0})"));
+  ASSERT_EQ(r.prompts.size(), 2u);
+  EXPECT_EQ(std::get<std::vector<int32_t>>(r.prompts[1]), (std::vector<int32_t>{4}));
+  EXPECT_TRUE(r.params.echo);
+  EXPECT_EQ(r.params.top_logprobs, 1);
+  auto texts = parse_completion_request(json::parse(R"({"prompt": ["a", "b", "c"], "logprobs": 0, "echo": true, "max_tokens": 0})"));
+  ASSERT_EQ(texts.prompts.size(), 3u);
+  EXPECT_EQ(std::get<std::string>(texts.prompts[2]), "c");
+  EXPECT_EQ(texts.params.top_logprobs, 0);
+  EXPECT_EQ(texts.params.max_tokens, 0);
+  auto chat = parse_chat_request(json::parse(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 5})"));
+  EXPECT_EQ(chat.params.top_logprobs, 5);
+  EXPECT_EQ(parse_chat_request(json::parse(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})")).params.top_logprobs, 0);
+  EXPECT_EQ(parse_chat_request(json::parse(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": false})")).params.top_logprobs, -1);
 }
 
 TEST(OpenAiProtocol, ChatMessagesAndTextParts) {
@@ -68,7 +94,21 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       {R"({"prompt": "x", "stream": "yes"})", "'stream'"},
       {R"({"prompt": "x", "model": 3})", "'model'"},
       {R"({"prompt": "x", "n": 2})", "'n'"},
-      {R"({"prompt": "x", "logprobs": 2})", "'logprobs'"},
+      {R"({"prompt": "x", "logprobs": 21})", "'logprobs'"},
+      {R"({"prompt": "x", "logprobs": -1})", "'logprobs'"},
+      {R"({"prompt": "x", "logprobs": true})", "'logprobs'"},
+      {R"({"prompt": "x", "logprobs": "1"})", "'logprobs'"},
+      {R"({"prompt": "x", "echo": "yes"})", "'echo'"},
+      {R"({"prompt": "x", "echo": true, "max_tokens": -1})", "'max_tokens'"},
+      {R"({"prompt": "x", "prompt_logprobs": 1})", "'prompt_logprobs'"},
+      {R"({"prompt": [[1], "a"]})", "'prompt'"},
+      {R"({"prompt": ["a", [1]]})", "'prompt'"},
+      {R"({"prompt": [[]]})", "'prompt'"},
+      {R"({"prompt": [[1, "a"]]})", "'prompt'"},
+      {R"({"prompt": [["a"]]})", "'prompt'"},
+      {R"({"prompt": [[-4]]})", "'prompt'"},
+      {R"({"prompt": [1, [2]]})", "'prompt'"},
+      {json{{"prompt", std::vector<std::string>(kMaxPrompts + 1, "a")}}.dump(), "'prompt'"},
       {R"({"prompt": "x", "presence_penalty": 0.5})", "'presence_penalty'"},
       {R"({"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]})", "'tools'"},
       {R"({"prompt": "x", "tool_choice": "required"})", "'tool_choice'"},
@@ -96,6 +136,18 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})",
   };
   for (const auto& body : chats) EXPECT_EQ(status_of([&] { parse_chat_request(parse_body(body)); }), 400) << body;
+  const std::vector<std::pair<std::string, std::string>> chat_logprobs = {
+      {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", "'top_logprobs' needs 'logprobs'"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", "'top_logprobs'"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 3})", "'logprobs'"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "echo": true})", "'echo'"},
+      {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", "'max_tokens'"},
+  };
+  for (const auto& c : chat_logprobs) {
+    std::string message;
+    EXPECT_EQ(status_of([&] { parse_chat_request(parse_body(c.first)); }, &message), 400) << c.first;
+    EXPECT_NE(message.find(c.second), std::string::npos) << c.first << " -> " << message;
+  }
 }
 
 // Defaults and no-op values of the options above are accepted, as OpenAI's clients send them.
@@ -146,19 +198,51 @@ TEST(OpenAiProtocol, ErrorBodyAndReplies) {
   EXPECT_EQ(e["error"]["type"], "not_found_error");
   EXPECT_EQ(e["error"]["code"], 404);
   ReplyHeader h{"cmpl-1", 5, "base", false};
-  auto full = full_reply(h, "text", "length", {3, 4});
+  auto full = full_reply(h, {{0, "text", "length"}, {1, "more", "stop"}}, {3, 4});
   EXPECT_EQ(full["object"], "text_completion");
   EXPECT_EQ(full["choices"][0]["text"], "text");
   EXPECT_EQ(full["choices"][0]["finish_reason"], "length");
+  EXPECT_TRUE(full["choices"][0]["logprobs"].is_null());
+  EXPECT_EQ(full["choices"][1]["index"], 1);
+  EXPECT_EQ(full["choices"][1]["text"], "more");
   EXPECT_EQ(full["usage"]["total_tokens"], 7);
   h.chat = true;
-  EXPECT_EQ(full_reply(h, "t", "stop", {1, 1})["choices"][0]["message"]["content"], "t");
-  auto chunk = text_chunk(h, "de", "");
+  EXPECT_EQ(full_reply(h, {{0, "t", "stop"}}, {1, 1})["choices"][0]["message"]["content"], "t");
+  auto chunk = text_chunk(h, {0, "de", ""});
   EXPECT_EQ(chunk["object"], "chat.completion.chunk");
   EXPECT_EQ(chunk["choices"][0]["delta"]["content"], "de");
   EXPECT_TRUE(chunk["choices"][0]["finish_reason"].is_null());
   EXPECT_EQ(role_chunk(h)["choices"][0]["delta"]["role"], "assistant");
   EXPECT_EQ(usage_chunk(h, {2, 3})["usage"]["completion_tokens"], 3);
+}
+
+// The two shapes of `logprobs`: completions' parallel lists (the prompt's first token null, each
+// top_logprobs object holding the token itself first), chat's list of objects with UTF-8 bytes.
+TEST(OpenAiProtocol, LogprobsShapes) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<LoggedToken> tokens = {
+      {"The", std::nullopt, {}},
+      {" é", -0.5f, {{" a", -0.25f}, {" é", -0.5f}}},
+      {"!", -inf, {{"?", -1.0f}}},
+  };
+  int64_t end = 0;
+  const ReplyJson c = logprobs_json(false, tokens, 10, &end);
+  EXPECT_EQ(c["tokens"], ReplyJson({"The", " é", "!"}));
+  EXPECT_EQ(c["text_offset"], ReplyJson({10, 13, 15}));  // characters, not bytes: " é" is 2
+  EXPECT_EQ(end, 16);
+  EXPECT_TRUE(c["token_logprobs"][0].is_null());
+  EXPECT_EQ(c["token_logprobs"][1], -0.5f);
+  EXPECT_EQ(c["token_logprobs"][2], -9999.0f);  // -inf is not JSON
+  EXPECT_TRUE(c["top_logprobs"][0].is_null());
+  EXPECT_EQ(c["top_logprobs"][1].dump(), R"({" é":-0.5," a":-0.25})");
+  EXPECT_EQ(c["top_logprobs"][2].dump(), R"({"!":-9999.0,"?":-1.0})");
+  const ReplyJson chat = logprobs_json(true, {tokens[1]}, 0);
+  ASSERT_EQ(chat["content"].size(), 1u);
+  EXPECT_EQ(chat["content"][0]["token"], " é");
+  EXPECT_EQ(chat["content"][0]["bytes"], ReplyJson({32, 0xC3, 0xA9}));
+  EXPECT_EQ(chat["content"][0]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(chat["content"][0]["top_logprobs"][0]["token"], " a");
+  EXPECT_EQ(chat["content"][0]["top_logprobs"][0]["logprob"], -0.25f);
 }
 
 }  // namespace

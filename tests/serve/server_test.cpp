@@ -14,6 +14,8 @@
 #include "cli/cli_test_helpers.h"
 #include "io/io_test_helpers.h"
 #include "lowrank/io/jsonl.h"
+#include "lowrank/lora/adapter_set.h"
+#include "lowrank/model/model.h"
 #include "lowrank/serve/server.h"
 #include "test_paths.h"
 
@@ -349,6 +351,13 @@ TEST_F(ServeHttp, BadRequestsGetTheirStatusAndTheServerGoesOn) {
   expect_error(post("/v1/completions", json{{"prompt", std::vector<int>(1024, 5)}, {"max_tokens", 1}}.dump()), 400,
                "prompt fills the context");
   expect_error(post("/v1/completions", R"({"model": "dogs", "prompt": "x"})"), 404, "unknown model");
+  expect_error(post("/v1/completions", R"({"prompt": "x", "logprobs": 21})"), 400, "logprobs over 20");
+  expect_error(post("/v1/completions", R"({"prompt": ["x", [5]]})"), 400, "prompt list of mixed kinds");
+  expect_error(post("/v1/completions", R"({"prompt": [[5], [5, 99999]]})"), 400, "an id outside the vocabulary in a list");
+  expect_error(post("/v1/completions", json{{"prompt", {std::vector<int>{5}, std::vector<int>(1024, 5)}}, {"max_tokens", 1}}.dump()),
+               400, "one prompt of a list fills the context");
+  expect_error(post("/v1/chat/completions", json{{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"echo", true}}.dump()),
+               400, "echo in chat");
   // prompt + max_tokens overflowed int64 and passed the context check: a 500 from the compute.
   expect_error(post("/v1/completions", R"({"prompt": "x", "max_tokens": 9223372036854775807})"), 400,
                "max_tokens near INT64_MAX");
@@ -405,6 +414,167 @@ TEST_F(ServeHttp, BadRequestsGetTheirStatusAndTheServerGoesOn) {
   const std::string metrics = get("/metrics", "").body;
   for (const char* code : {"400", "401", "404", "413"})
     EXPECT_NE(metrics.find(std::string("lowrank_http_responses_total{code=\"") + code + "\"}"), std::string::npos) << code;
+}
+
+// Streamed completion chunks gathered by choice index: text, tokens and token_logprobs.
+struct StreamedChoice {
+  std::string text, finish_reason;
+  json tokens = json::array(), token_logprobs = json::array();
+};
+std::map<int64_t, StreamedChoice> streamed_choices(const std::string& events) {
+  std::map<int64_t, StreamedChoice> out;
+  for (size_t at = 0; (at = events.find("data: ", at)) != std::string::npos;) {
+    const auto end = events.find("\n\n", at);
+    const std::string data = events.substr(at + 6, end - at - 6);
+    at = end;
+    if (data == "[DONE]") break;
+    const json chunk = json::parse(data);
+    for (const json& c : chunk["choices"]) {
+      StreamedChoice& s = out[c["index"].get<int64_t>()];
+      s.text += c["text"].get<std::string>();
+      if (!c["finish_reason"].is_null()) s.finish_reason = c["finish_reason"];
+      if (c["logprobs"].is_null()) continue;  // a chunk without tokens (the finish)
+      for (const auto& t : c["logprobs"]["tokens"]) s.tokens.push_back(t);
+      for (const auto& l : c["logprobs"]["token_logprobs"]) s.token_logprobs.push_back(l);
+    }
+  }
+  return out;
+}
+
+// What lm-evaluation-harness's local-completions does to score a continuation: prompts as lists
+// of token ids, echo, logprobs 1, max_tokens 1; it sums token_logprobs[ctxlen:-1] and calls the
+// continuation greedy when each of those is the largest of its top_logprobs. The sums equal the
+// model's own negative log-likelihood with the adapter (what `lowrank eval` sums).
+TEST_F(ServeHttp, EchoWithLogprobsScoresPromptsAsLmEvalReadsThem) {
+  const auto tk = tok::Tokenizer::load(base_dir());
+  model::Model m = model::Model::load(base_dir());
+  lora::AdapterSet cats({adapter_dir("cats")}, m);
+  const std::vector<std::string> texts = {"The cat sat on the mat", "Rockets fly to the moon and back"};
+  json prompts = json::array();
+  for (const auto& t : texts) prompts.push_back(tk.encode(t, true));
+  const HttpReply r = post("/v1/completions", json{{"model", "cats"}, {"prompt", prompts}, {"echo", true}, {"logprobs", 1},
+                                                   {"max_tokens", 1}, {"temperature", 0}, {"seed", 1234}}.dump());
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_EQ(r.j["choices"].size(), texts.size());
+  int64_t prompt_tokens = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const json& choice = r.j["choices"][i];
+    EXPECT_EQ(choice["index"], i);
+    const auto ids = prompts[i].get<std::vector<int32_t>>();
+    const json& lp = choice["logprobs"];
+    ASSERT_EQ(lp["token_logprobs"].size(), ids.size() + 1) << "the prompt's tokens and the one generated";
+    ASSERT_EQ(lp["top_logprobs"].size(), ids.size() + 1);
+    ASSERT_EQ(lp["tokens"].size(), ids.size() + 1);
+    EXPECT_TRUE(lp["token_logprobs"][0].is_null());
+    EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+    EXPECT_EQ(lp["tokens"][1], tk.decode({ids[1]}));
+    EXPECT_EQ(lp["text_offset"][0], 0);
+    // lm-eval's reading, with the whole prompt after its first token as the "continuation".
+    double sum = 0;
+    bool greedy = true;
+    for (size_t t = 1; t < ids.size(); ++t) {
+      const double l = lp["token_logprobs"][t];
+      sum += l;
+      double best = -1e30;
+      ASSERT_LE(lp["top_logprobs"][t].size(), 2u) << "the token itself and the 1 alternative asked for";
+      for (const auto& [text, v] : lp["top_logprobs"][t].items()) best = std::max(best, v.get<double>());
+      greedy = greedy && l == best;
+    }
+    int64_t n = 0;
+    const double nll = model::sequence_nll(m, ids, &n, cats.hook());
+    EXPECT_EQ(n, static_cast<int64_t>(ids.size()) - 1);
+    EXPECT_NEAR(sum, -nll, 1e-4 * nll) << texts[i];
+    // Greedy when every next token is the argmax of the model's logits there.
+    const Tensor logits = m.logits({ids, 1, static_cast<int64_t>(ids.size())}, cats.hook());
+    const int64_t V = logits.dim(1);
+    bool argmax_every = true;
+    for (size_t t = 1; t < ids.size(); ++t) {
+      const float* row = logits.f32() + (t - 1) * V;
+      argmax_every = argmax_every && std::max_element(row, row + V) - row == ids[t];
+    }
+    EXPECT_EQ(greedy, argmax_every) << texts[i];
+    EXPECT_EQ(greedy, i == 0) << "the cats adapter learned its text; the other is not its greedy continuation";
+    // The generated token is the greedy one: its logprob is the largest.
+    const double last = lp["token_logprobs"].back();
+    for (const auto& [text, v] : lp["top_logprobs"].back().items()) EXPECT_LE(v.get<double>(), last) << text;
+    EXPECT_EQ(choice["text"].get<std::string>().rfind(tk.decode(ids), 0), 0u) << "echo: the prompt first";
+    prompt_tokens += static_cast<int64_t>(ids.size());
+  }
+  EXPECT_EQ(r.j["usage"]["prompt_tokens"], prompt_tokens);
+  EXPECT_EQ(r.j["usage"]["completion_tokens"], 2);
+
+  // max_tokens 0: the prompt alone, scored (vLLM's echo without generation).
+  const HttpReply only = post("/v1/completions", json{{"model", "cats"}, {"prompt", texts[0]}, {"echo", true}, {"logprobs", 0},
+                                                      {"max_tokens", 0}}.dump());
+  ASSERT_EQ(only.status, 200) << only.body;
+  const json& choice = only.j["choices"][0];
+  EXPECT_EQ(choice["text"], texts[0]);
+  EXPECT_EQ(choice["finish_reason"], "length");
+  EXPECT_EQ(choice["logprobs"]["token_logprobs"].size(), prompts[0].size());
+  EXPECT_EQ(choice["logprobs"]["token_logprobs"].back(), r.j["choices"][0]["logprobs"]["token_logprobs"][prompts[0].size() - 1]);
+  EXPECT_EQ(only.j["usage"]["completion_tokens"], 0);
+  // Echo without logprobs: the text only.
+  const HttpReply plain = post("/v1/completions", json{{"prompt", texts[1]}, {"echo", true}, {"max_tokens", 3}, {"temperature", 0}}.dump());
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(plain.j["choices"][0]["text"].get<std::string>().rfind(texts[1], 0), 0u);
+  EXPECT_TRUE(plain.j["choices"][0]["logprobs"].is_null());
+}
+
+// Logprobs of generated tokens, plain and streamed, for several prompts in one request: the same
+// replies as without logprobs, the streamed pieces adding up to the plain reply, and chat's form.
+TEST_F(ServeHttp, LogprobsOfGeneratedTokensPlainStreamedAndChat) {
+  const json prompts = {"The cat", "Rockets"};
+  const json base = {{"model", "rockets"}, {"prompt", prompts}, {"max_tokens", kMaxTokens}, {"temperature", 0}};
+  const HttpReply without = post("/v1/completions", base.dump());
+  json with_logprobs = base;
+  with_logprobs["logprobs"] = 3;
+  const HttpReply with = post("/v1/completions", with_logprobs.dump());
+  ASSERT_EQ(without.status, 200) << without.body;
+  ASSERT_EQ(with.status, 200) << with.body;
+  with_logprobs.update({{"stream", true}, {"stream_options", {{"include_usage", true}}}});
+  const auto streamed = streamed_choices(post_stream("/v1/completions", with_logprobs));
+  ASSERT_EQ(streamed.size(), prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const json& c = with.j["choices"][i];
+    EXPECT_EQ(c["text"], without.j["choices"][i]["text"]) << "logprobs do not change the reply";
+    const json& lp = c["logprobs"];
+    const auto generated = without.j["usage"]["completion_tokens"].get<size_t>();
+    EXPECT_GE(lp["tokens"].size(), 1u);
+    std::string joined;
+    for (size_t t = 0; t < lp["tokens"].size(); ++t) {
+      if (t > 0) EXPECT_EQ(lp["text_offset"][t], lp["text_offset"][t - 1].get<int64_t>() + static_cast<int64_t>(
+                                                      lp["tokens"][t - 1].get<std::string>().size()));  // ASCII here
+      joined += lp["tokens"][t].get<std::string>();
+      EXPECT_GE(lp["top_logprobs"][t].size(), 3u);
+      EXPECT_LE(lp["top_logprobs"][t].size(), 4u);
+      double best = -1e30;
+      for (const auto& [text, v] : lp["top_logprobs"][t].items()) best = std::max(best, v.get<double>());
+      EXPECT_EQ(lp["token_logprobs"][t].get<double>(), best) << "greedy: the most likely token";
+    }
+    EXPECT_LE(lp["tokens"].size(), generated);
+    EXPECT_EQ(joined.rfind(c["text"].get<std::string>(), 0), 0u) << "the tokens spell the reply (and an eos)";
+    const StreamedChoice& s = streamed.at(static_cast<int64_t>(i));
+    EXPECT_EQ(s.text, c["text"]);
+    EXPECT_EQ(s.finish_reason, c["finish_reason"]);
+    EXPECT_EQ(s.tokens, lp["tokens"]);
+    EXPECT_EQ(s.token_logprobs, lp["token_logprobs"]);
+  }
+  // Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}.
+  const json messages = {{{"role", "user"}, {"content", "Where does the cat sleep?"}}};
+  const HttpReply chat = post("/v1/chat/completions", json{{"model", "cats"}, {"messages", messages}, {"max_tokens", 6},
+                                                          {"temperature", 0}, {"logprobs", true}, {"top_logprobs", 2}}.dump());
+  ASSERT_EQ(chat.status, 200) << chat.body;
+  const json& content = chat.j["choices"][0]["logprobs"]["content"];
+  EXPECT_EQ(content.size(), chat.j["usage"]["completion_tokens"].get<size_t>());
+  for (const json& t : content) {
+    ASSERT_EQ(t["top_logprobs"].size(), 2u);
+    EXPECT_EQ(t["logprob"], t["top_logprobs"][0]["logprob"]) << "greedy: the most likely token";
+    EXPECT_EQ(t["bytes"].size(), t["token"].get<std::string>().size());
+  }
+  const HttpReply chat_plain = post("/v1/chat/completions", json{{"model", "cats"}, {"messages", messages}, {"max_tokens", 6},
+                                                                {"temperature", 0}}.dump());
+  EXPECT_EQ(chat.j["choices"][0]["message"], chat_plain.j["choices"][0]["message"]);
+  EXPECT_TRUE(chat_plain.j["choices"][0]["logprobs"].is_null());
 }
 
 // The HTTP pool holds a thread per waiting request, and --max-batch allows 4,096: the pool is

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "lowrank/infer/paged_kv_cache.h"
+#include "lowrank/infer/token_logprobs.h"
 #include "lowrank/lora/adapter_cache.h"
 #include "lowrank/lora/mixed_batch_hook.h"
 #include "lowrank/model/model.h"
@@ -57,7 +58,9 @@ struct DecodeEntry {
   // The caller's next step feeds this sequence its argmax (greedy, and not its last token): the
   // decoder may start that step on the GPU before this one returns (decode_graphs.h).
   bool feeds_argmax = false;
+  int prompt_top_logprobs = -1;           // >= 0 with a prompt: score its tokens, with that many alternatives
   std::vector<float> logits;              // out: the next token's logits [V] (unless `argmax` is set)
+  std::vector<PositionLogprobs> prompt_logprobs;  // out: with prompt_top_logprobs, the prompt's tokens[1..]
   int32_t argmax = -1;                    // out: the argmax when every entry of its batch wanted only it
   std::string error;                      // out: why this entry failed (the others still run)
 };

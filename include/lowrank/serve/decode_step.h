@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "lowrank/infer/token_logprobs.h"
 #include "lowrank/lora/adapter_cache.h"
 #include "lowrank/model/model.h"
 
@@ -30,8 +31,10 @@ struct StepEntry {
   double adapter_scale = 1.0;
   bool argmax_only = false;              // greedy without penalty: a step may return just the argmax
   bool feeds_argmax = false;             // the next step feeds this one's argmax back (not the last token)
+  int prompt_top_logprobs = -1;          // >= 0 on a prompt's step: score its tokens, with that many alternatives
   std::vector<float> logits;             // out: the next token's logits [V] (unless argmax is set)
   int32_t argmax = -1;                   // out: set instead of logits by steps that can (the paged one)
+  std::vector<infer::PositionLogprobs> prompt_logprobs;  // out: with prompt_top_logprobs, tokens[1..]
   std::string error;                     // out: set when this sequence's pass failed
 };
 

@@ -7,6 +7,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -42,12 +43,24 @@ struct GenerationParams {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;          // stream_options.include_usage: a last chunk with the usage
+  // Completions' `logprobs: N`, chat's `logprobs: true` with `top_logprobs: N`: each reply token's
+  // log-probability and its N most likely alternatives (0 <= N <= infer::kMaxTopLogprobs); -1: none.
+  int top_logprobs = -1;
+  // Completions only: the prompt before the reply, with its tokens' log-probabilities when
+  // top_logprobs >= 0 (the first token's null). With max_tokens 0 the reply is the prompt alone.
+  bool echo = false;
 };
+
+// A prompt as text, or as token ids used as they are.
+using Prompt = std::variant<std::string, std::vector<int32_t>>;
 
 struct CompletionRequest {
   GenerationParams params;
-  std::variant<std::string, std::vector<int32_t>> prompt;  // text, or token ids as they are
+  std::vector<Prompt> prompts;  // one choice each (`prompt` may be a list), at most kMaxPrompts
 };
+
+// Prompts one completion request may list.
+inline constexpr size_t kMaxPrompts = 1024;
 
 struct ChatRequest {
   GenerationParams params;
@@ -68,12 +81,34 @@ struct Usage {
   int64_t prompt_tokens = 0, completion_tokens = 0;
 };
 
-// "stop" or "length".
-ReplyJson full_reply(const ReplyHeader& h, const std::string& text, const std::string& finish_reason,
-                          const Usage& usage);
-// One streamed piece of text; `finish_reason` "" while the reply goes on. Chat chunks carry
-// {"delta": {"content"}}; the first chat chunk should be role_chunk().
-ReplyJson text_chunk(const ReplyHeader& h, const std::string& delta, const std::string& finish_reason);
+// One token of a reply (or of an echoed prompt) with its log-probabilities, as the wire shows it.
+struct LoggedToken {
+  std::string text;                                    // the token decoded alone
+  std::optional<float> logprob;                        // null: a prompt's first token
+  std::vector<std::pair<std::string, float>> top;      // alternatives, most likely first
+};
+
+// A choice's `logprobs`: completions' {"text_offset", "token_logprobs", "tokens", "top_logprobs"}
+// (offsets counted in characters of the tokens' texts from `first_offset`; each top_logprobs
+// entry a {text: logprob} object holding the token itself and its alternatives), or chat's
+// {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}. -inf shows as -9999 (vLLM).
+// `end_offset`, when given, gets the offset after the last token (where the next piece starts).
+ReplyJson logprobs_json(bool chat, const std::vector<LoggedToken>& tokens, int64_t first_offset,
+                        int64_t* end_offset = nullptr);
+
+// One choice of a reply: its text so far (or a streamed piece), why it ended ("" while it goes
+// on; "stop" or "length"), and its `logprobs` (null when not asked for).
+struct ChoiceReply {
+  int64_t index = 0;
+  std::string text;
+  std::string finish_reason;
+  ReplyJson logprobs = nullptr;
+};
+
+ReplyJson full_reply(const ReplyHeader& h, const std::vector<ChoiceReply>& choices, const Usage& usage);
+// One streamed piece of a choice. Chat chunks carry {"delta": {"content"}}; the first chat chunk
+// should be role_chunk().
+ReplyJson text_chunk(const ReplyHeader& h, const ChoiceReply& piece);
 ReplyJson role_chunk(const ReplyHeader& h);
 ReplyJson usage_chunk(const ReplyHeader& h, const Usage& usage);
 

@@ -24,6 +24,10 @@ struct SequenceRequest {
   std::shared_ptr<model::ProjectionHook> hook;   // the adapter (kept alive while it runs), or null
   std::shared_ptr<const lora::Adapter> adapter;  // the same adapter, for steps that mix adapters
   double adapter_scale = 1.0;                    // its user scale
+  // >= 0: each generated token comes with its log-probability and this many alternatives
+  // (infer/token_logprobs.h); the prompt's tokens too with prompt_top_logprobs >= 0.
+  int top_logprobs = -1;
+  int prompt_top_logprobs = -1;
 };
 
 struct SchedulerStats {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "lowrank/infer/token_logprobs.h"
+
 namespace lowrank::serve {
 
 enum class FinishReason {
@@ -25,6 +27,8 @@ class SequenceChannel {
   // What arrived since the consumer's previous wait().
   struct Update {
     std::vector<int32_t> tokens;
+    std::vector<infer::PositionLogprobs> logprobs;         // one per token, when the request asked
+    std::vector<infer::PositionLogprobs> prompt_logprobs;  // the prompt's positions after the first, once
     std::optional<FinishReason> finished;  // set once, with the last tokens
     std::string error;                     // with FinishReason::Failed
   };
@@ -36,13 +40,15 @@ class SequenceChannel {
 
   // Scheduler side.
   bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
-  void push(int32_t token);
+  void push(int32_t token, std::optional<infer::PositionLogprobs> logprobs = std::nullopt);
+  void push_prompt_logprobs(std::vector<infer::PositionLogprobs> logprobs);
   void finish(FinishReason reason, std::string error = {});
 
  private:
   std::mutex mutex_;
   std::condition_variable ready_;
   std::vector<int32_t> pending_;
+  std::vector<infer::PositionLogprobs> pending_logprobs_, pending_prompt_logprobs_;
   std::optional<FinishReason> finished_;
   std::string error_;
   bool delivered_finish_ = false;
