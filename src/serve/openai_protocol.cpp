@@ -90,6 +90,13 @@ void refuse_unsupported(const json& body, bool chat) {
   if (auto n = integer(body, "min_tokens"); n && *n != 0) bad("'min_tokens' is not supported");
 }
 
+std::string model_name(const json& body) {
+  auto it = body.find("model");
+  if (it == body.end() || it->is_null()) return {};
+  if (!it->is_string()) bad("'model' must be a string");
+  return it->get<std::string>();
+}
+
 // How many alternatives a logprobs count asks for: 0 <= N <= kMaxTopLogprobs.
 int top_count(const json& body, const char* key) {
   const int64_t n = integer(body, key).value_or(0);
@@ -117,10 +124,7 @@ GenerationParams parse_params(const json& body, bool chat) {
   if (!body.is_object()) bad("the request body must be a JSON object");
   refuse_unsupported(body, chat);
   GenerationParams p;
-  if (auto it = body.find("model"); it != body.end() && !it->is_null()) {
-    if (!it->is_string()) bad("'model' must be a string");
-    p.model = it->get<std::string>();
-  }
+  p.model = model_name(body);
   p.echo = !chat && boolean(body, "echo", false);
   p.top_logprobs = parse_top_logprobs(body, chat);
   if (chat) p.max_tokens = integer(body, "max_completion_tokens");
@@ -218,16 +222,48 @@ namespace {
 constexpr const char* kPromptShape =
     "'prompt' must be a string, a list of token ids, or a non-empty list of strings or of lists of token ids";
 
-std::vector<int32_t> token_ids(const json& list) {
-  if (list.empty()) bad(kPromptShape);
+// A JSON list of token ids; `shape` is the message for anything else (an empty list too).
+std::vector<int32_t> token_ids(const json& list, const char* field, const char* shape) {
+  if (!list.is_array() || list.empty()) bad(shape);
   std::vector<int32_t> ids;
   for (const auto& v : list) {
-    if (!v.is_number_integer()) bad(kPromptShape);
+    if (!v.is_number_integer()) bad(shape);
     const int64_t id = v.get<int64_t>();
-    if (id < 0 || id > std::numeric_limits<int32_t>::max()) bad("'prompt' holds token id " + std::to_string(id) + ", outside the vocabulary");
+    if (id < 0 || id > std::numeric_limits<int32_t>::max())
+      bad(std::string("'") + field + "' holds token id " + std::to_string(id) + ", outside the vocabulary");
     ids.push_back(static_cast<int32_t>(id));
   }
   return ids;
+}
+
+// `messages`: [{"role", "content": string or text parts}], the parts joined as vLLM joins them.
+json parse_messages(const json& body) {
+  auto it = body.find("messages");
+  if (it == body.end() || it->is_null()) bad("'messages' is required");
+  if (!it->is_array() || it->empty()) bad("'messages' must be a non-empty list of {\"role\", \"content\"}");
+  json messages = json::array();
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) bad(where + " must be an object with \"role\" and \"content\"");
+    if (!m.contains("role") || !m["role"].is_string()) bad(where + ".role must be a string");
+    std::string content;
+    const json c = m.value("content", json(nullptr));
+    if (c.is_string()) {
+      content = c.get<std::string>();
+    } else if (c.is_array()) {
+      for (const auto& part : c) {
+        if (!part.is_object() || part.value("type", json(nullptr)) != "text" || !part.contains("text") ||
+            !part["text"].is_string())
+          bad(where + ".content parts must be {\"type\": \"text\", \"text\": string}");
+        content += (content.empty() ? "" : "\n") + part["text"].get<std::string>();
+      }
+    } else if (!c.is_null()) {
+      bad(where + ".content must be a string or a list of text parts");
+    }
+    messages.push_back({{"role", m["role"]}, {"content", content}});
+  }
+  return messages;
 }
 
 }  // namespace
@@ -243,7 +279,7 @@ CompletionRequest parse_completion_request(const json& body) {
   }
   if (!it->is_array() || it->empty()) bad(kPromptShape);
   if (!it->front().is_string() && !it->front().is_array()) {  // one prompt of token ids
-    r.prompts.emplace_back(token_ids(*it));
+    r.prompts.emplace_back(token_ids(*it, "prompt", kPromptShape));
     return r;
   }
   if (it->size() > kMaxPrompts)
@@ -251,7 +287,7 @@ CompletionRequest parse_completion_request(const json& body) {
   const bool text = it->front().is_string();
   for (const auto& p : *it) {
     if (text && p.is_string()) r.prompts.emplace_back(p.get<std::string>());
-    else if (!text && p.is_array()) r.prompts.emplace_back(token_ids(p));
+    else if (!text && p.is_array()) r.prompts.emplace_back(token_ids(p, "prompt", kPromptShape));
     else bad(kPromptShape);
   }
   return r;
@@ -260,31 +296,34 @@ CompletionRequest parse_completion_request(const json& body) {
 ChatRequest parse_chat_request(const json& body) {
   ChatRequest r;
   r.params = parse_params(body, true);
-  auto it = body.find("messages");
-  if (it == body.end() || it->is_null()) bad("'messages' is required");
-  if (!it->is_array() || it->empty()) bad("'messages' must be a non-empty list of {\"role\", \"content\"}");
-  r.messages = json::array();
-  for (size_t i = 0; i < it->size(); ++i) {
-    const json& m = (*it)[i];
-    const std::string where = "messages[" + std::to_string(i) + "]";
-    if (!m.is_object()) bad(where + " must be an object with \"role\" and \"content\"");
-    if (!m.contains("role") || !m["role"].is_string()) bad(where + ".role must be a string");
-    std::string content;
-    const json c = m.value("content", json(nullptr));
-    if (c.is_string()) {
-      content = c.get<std::string>();
-    } else if (c.is_array()) {  // [{"type": "text", "text": ...}, ...], joined as vLLM joins them
-      for (const auto& part : c) {
-        if (!part.is_object() || part.value("type", json(nullptr)) != "text" || !part.contains("text") ||
-            !part["text"].is_string())
-          bad(where + ".content parts must be {\"type\": \"text\", \"text\": string}");
-        content += (content.empty() ? "" : "\n") + part["text"].get<std::string>();
-      }
-    } else if (!c.is_null()) {
-      bad(where + ".content must be a string or a list of text parts");
-    }
-    r.messages.push_back({{"role", m["role"]}, {"content", content}});
+  r.messages = parse_messages(body);
+  return r;
+}
+
+TokenizeRequest parse_tokenize_request(const json& body) {
+  if (!body.is_object()) bad("the request body must be a JSON object");
+  TokenizeRequest r;
+  r.model = model_name(body);
+  if (auto it = body.find("prompt"); it != body.end() && !it->is_null()) {
+    if (!it->is_string()) bad("'prompt' must be a string");
+    r.prompt = it->get<std::string>();
+  } else {
+    if (!body.contains("messages")) bad("'prompt' or 'messages' is required");
+    r.messages = parse_messages(body);
   }
+  r.add_special_tokens = boolean(body, "add_special_tokens", r.prompt.has_value());
+  r.add_generation_prompt = boolean(body, "add_generation_prompt", true);
+  r.return_token_strs = boolean(body, "return_token_strs", false);
+  return r;
+}
+
+DetokenizeRequest parse_detokenize_request(const json& body) {
+  if (!body.is_object()) bad("the request body must be a JSON object");
+  DetokenizeRequest r;
+  r.model = model_name(body);
+  auto it = body.find("tokens");
+  if (it == body.end() || it->is_null()) bad("'tokens' is required");
+  r.tokens = token_ids(*it, "tokens", "'tokens' must be a non-empty list of token ids");
   return r;
 }
 

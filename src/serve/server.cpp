@@ -247,6 +247,14 @@ struct Server::Impl {
   void generate(const httplib::Request& req, httplib::Response& res, bool chat);
   // A completion prompt's token ids (text with the tokenizer's special tokens, e.g. BOS).
   std::vector<int32_t> prompt_ids(const Prompt& prompt) const;
+  // The adapter a request's `model` names: null for the base model ("" or its name); unknown: 404.
+  std::shared_ptr<ServedAdapter> model_named(const std::string& name) const;
+  // A conversation through the model's chat template (the adapter's own when it has one).
+  std::string render_chat(const ServedAdapter* adapter, const json& messages, bool add_generation_prompt) const;
+  // vLLM's tokenizer endpoints.
+  ReplyJson tokenize(const TokenizeRequest& r) const;
+  ReplyJson detokenize(const DetokenizeRequest& r) const;
+  ReplyJson tokenizer_info() const;
   void stream(httplib::Response& res, std::shared_ptr<Reply> reply);
   // One call of a stream's content provider: waits for the next tokens and writes their events
   // (the last ones and [DONE] at the end). False when the client has gone.
@@ -318,6 +326,15 @@ void Server::Impl::routes() {
   http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, models()); }));
   http.Post("/v1/completions", guarded([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, false); }));
   http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) { generate(req, res, true); }));
+  // vLLM's tokenizer endpoints, outside /v1 (and its API key) as there; lm-evaluation-harness
+  // tokenizes through them when /tokenizer_info answers.
+  http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+    send_json(res, 200, tokenize(parse_tokenize_request(parse_body(req.body))));
+  }));
+  http.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+    send_json(res, 200, detokenize(parse_detokenize_request(parse_body(req.body))));
+  }));
+  http.Get("/tokenizer_info", guarded([this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, tokenizer_info()); }));
   if (!options.enable_lora_loading) return;
   http.Post("/v1/load_lora_adapter", guarded([this](const httplib::Request& req, httplib::Response& res) {
     const json body = parse_body(req.body);
@@ -352,6 +369,58 @@ ReplyJson Server::Impl::models() const {
   return {{"object", "list"}, {"data", data}};
 }
 
+std::shared_ptr<ServedAdapter> Server::Impl::model_named(const std::string& name) const {
+  if (name.empty() || name == options.model_name) return nullptr;
+  std::shared_ptr<ServedAdapter> adapter = adapters.find(name);
+  if (!adapter) throw ApiError(404, "the model '" + name + "' does not exist");
+  return adapter;
+}
+
+std::string Server::Impl::render_chat(const ServedAdapter* adapter, const json& messages, bool add_generation_prompt) const {
+  const auto& chat_template = adapter ? adapter->chat_template : base_chat_template;
+  if (!chat_template)
+    throw ApiError(400, "the model '" + (adapter ? adapter->name : options.model_name) +
+                            "' has no chat template; start the server with --chat-template NAME|FILE");
+  json cfg = tokenizer.config();
+  cfg["chat_template"] = *chat_template;
+  return tok::apply_chat_template(cfg, messages, add_generation_prompt);  // Error -> 400
+}
+
+ReplyJson Server::Impl::tokenize(const TokenizeRequest& r) const {
+  const std::shared_ptr<ServedAdapter> adapter = model_named(r.model);
+  // A conversation's template holds its special tokens: add_special_tokens defaults to false there.
+  const std::vector<int32_t> ids = tokenizer.encode(r.prompt ? *r.prompt : render_chat(adapter.get(), r.messages, r.add_generation_prompt),
+                                                    r.add_special_tokens);
+  ReplyJson strs = nullptr;
+  if (r.return_token_strs) {
+    strs = ReplyJson::array();
+    for (int32_t id : ids) strs.push_back(tokenizer.id_to_token(id));
+  }
+  return {{"count", ids.size()}, {"max_model_len", model.config().max_position_embeddings}, {"tokens", ids}, {"token_strs", strs}};
+}
+
+ReplyJson Server::Impl::detokenize(const DetokenizeRequest& r) const {
+  model_named(r.model);
+  for (int32_t id : r.tokens)
+    if (id >= tokenizer.vocab_size())
+      throw ApiError(400, "'tokens' holds token id " + std::to_string(id) + ", outside the vocabulary of " +
+                              std::to_string(tokenizer.vocab_size()));
+  return {{"prompt", tokenizer.decode(r.tokens)}};
+}
+
+ReplyJson Server::Impl::tokenizer_info() const {
+  // tokenizer_config.json as transformers reads it (vLLM's /tokenizer_info): the special tokens
+  // as strings, the chat template the server uses, the context length.
+  ReplyJson info = ReplyJson::parse(tokenizer.config().dump());
+  info.erase("added_tokens_decoder");
+  for (const char* key : {"bos_token", "eos_token", "pad_token", "unk_token"})
+    if (info.contains(key) && info[key].is_object()) info[key] = info[key].value("content", ReplyJson(nullptr));
+  if (base_chat_template) info["chat_template"] = *base_chat_template;
+  info["model_max_length"] = model.config().max_position_embeddings;
+  if (!info.contains("tokenizer_class")) info["tokenizer_class"] = "PreTrainedTokenizerFast";
+  return info;
+}
+
 std::vector<int32_t> Server::Impl::prompt_ids(const Prompt& prompt) const {
   if (const auto* text = std::get_if<std::string>(&prompt)) return tokenizer.encode(*text, true);
   const auto& ids = std::get<std::vector<int32_t>>(prompt);
@@ -371,22 +440,10 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   if (chat) params = (conversation = parse_chat_request(body))->params;
   else params = (completion = parse_completion_request(body))->params;
 
-  // `model` names the base model or an adapter (absent: the base model).
-  std::shared_ptr<ServedAdapter> adapter;
-  if (!params.model.empty() && params.model != options.model_name) {
-    adapter = adapters.find(params.model);
-    if (!adapter) throw ApiError(404, "the model '" + params.model + "' does not exist");
-  }
+  const std::shared_ptr<ServedAdapter> adapter = model_named(params.model);
   std::vector<std::vector<int32_t>> prompts;
   if (chat) {
-    const auto& chat_template = adapter ? adapter->chat_template : base_chat_template;
-    if (!chat_template)
-      throw ApiError(400, "the model '" + (adapter ? adapter->name : options.model_name) +
-                              "' has no chat template; start the server with --chat-template NAME|FILE");
-    json cfg = tokenizer.config();
-    cfg["chat_template"] = *chat_template;
-    const std::string rendered = tok::apply_chat_template(cfg, conversation->messages, true);  // Error -> 400
-    prompts.push_back(tokenizer.encode(rendered, false));  // the template holds the special tokens
+    prompts.push_back(tokenizer.encode(render_chat(adapter.get(), conversation->messages, true), false));
   } else {
     for (const Prompt& p : completion->prompts) prompts.push_back(prompt_ids(p));
   }

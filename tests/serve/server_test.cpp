@@ -577,6 +577,64 @@ TEST_F(ServeHttp, LogprobsOfGeneratedTokensPlainStreamedAndChat) {
   EXPECT_TRUE(chat_plain.j["choices"][0]["logprobs"].is_null());
 }
 
+// vLLM's tokenizer endpoints (what lm-evaluation-harness's remote tokenizer calls): the server's
+// tokenizer and chat template, outside /v1 and its API key.
+TEST_F(ServeHttp, TokenizeDetokenizeAndTokenizerInfo) {
+  const auto tk = tok::Tokenizer::load(base_dir());
+  const std::string text = "The cat sat on the mat.";
+  const HttpReply with = post("/tokenize", json{{"prompt", text}}.dump(), "");
+  ASSERT_EQ(with.status, 200) << with.body;
+  EXPECT_EQ(with.j["tokens"], tk.encode(text, true));
+  EXPECT_EQ(with.j["count"], tk.encode(text, true).size());
+  EXPECT_EQ(with.j["max_model_len"], model_->config().max_position_embeddings);
+  EXPECT_TRUE(with.j["token_strs"].is_null());
+  const HttpReply without = post("/tokenize", json{{"model", "cats"}, {"prompt", text}, {"add_special_tokens", false},
+                                                   {"return_token_strs", true}}.dump(), "");
+  ASSERT_EQ(without.status, 200) << without.body;
+  const auto ids = tk.encode(text, false);
+  EXPECT_EQ(without.j["tokens"], ids);
+  ASSERT_EQ(without.j["token_strs"].size(), ids.size());
+  EXPECT_EQ(without.j["token_strs"][1], tk.id_to_token(ids[1]));
+  // A conversation through the chat template: the ids a chat request's prompt has.
+  const json messages = {{{"role", "user"}, {"content", "Hi"}}};
+  const HttpReply chat = post("/tokenize", json{{"messages", messages}}.dump(), "");
+  ASSERT_EQ(chat.status, 200) << chat.body;
+  const HttpReply reply = post("/v1/chat/completions", json{{"messages", messages}, {"max_tokens", 1}, {"temperature", 0}}.dump());
+  ASSERT_EQ(reply.status, 200) << reply.body;
+  EXPECT_EQ(chat.j["count"], reply.j["usage"]["prompt_tokens"]);
+  EXPECT_NE(tk.decode(chat.j["tokens"].get<std::vector<int32_t>>()).find("<|im_start|>assistant"), std::string::npos);
+
+  const HttpReply back = post("/detokenize", json{{"tokens", with.j["tokens"]}}.dump(), "");
+  ASSERT_EQ(back.status, 200) << back.body;
+  EXPECT_EQ(back.j["prompt"], tk.decode(with.j["tokens"].get<std::vector<int32_t>>()));
+  EXPECT_NE(back.j["prompt"].get<std::string>().find(text), std::string::npos);
+
+  const HttpReply info = get("/tokenizer_info", "");
+  ASSERT_EQ(info.status, 200) << info.body;
+  EXPECT_EQ(info.j["eos_token"], "<|end_of_text|>");
+  EXPECT_EQ(info.j["bos_token"], "<|begin_of_text|>");
+  EXPECT_NE(info.j["chat_template"].get<std::string>().find("im_start"), std::string::npos) << "--chat-template chatml";
+  EXPECT_FALSE(info.j.contains("added_tokens_decoder"));
+
+  for (const auto& [path, body, status] : std::vector<std::tuple<std::string, std::string, int>>{
+           {"/tokenize", "{", 400},
+           {"/tokenize", R"({"model": "base"})", 400},
+           {"/tokenize", R"({"prompt": 5})", 400},
+           {"/tokenize", R"({"prompt": "x", "add_special_tokens": "yes"})", 400},
+           {"/tokenize", R"({"messages": [{"role": 1}]})", 400},
+           {"/tokenize", R"({"model": "dogs", "prompt": "x"})", 404},
+           {"/detokenize", R"({"tokens": []})", 400},
+           {"/detokenize", R"({"tokens": [1, "a"]})", 400},
+           {"/detokenize", R"({"tokens": [99999]})", 400},
+           {"/detokenize", R"({"tokens": [-1]})", 400},
+           {"/detokenize", R"({"model": "dogs", "tokens": [1]})", 404},
+       }) {
+    const HttpReply r = post(path, body, "");
+    EXPECT_EQ(r.status, status) << path << " " << body << ": " << r.body;
+    EXPECT_TRUE(r.j.is_object() && r.j.contains("error")) << r.body;
+  }
+}
+
 // The HTTP pool holds a thread per waiting request, and --max-batch allows 4,096: the pool is
 // capped, or 8,208 threads could exhaust the machine's process limit.
 TEST(ServeThreads, TheHttpPoolIsCappedAtTheLargestBatch) {

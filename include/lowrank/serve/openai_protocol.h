@@ -70,6 +70,25 @@ struct ChatRequest {
 CompletionRequest parse_completion_request(const nlohmann::json& body);
 ChatRequest parse_chat_request(const nlohmann::json& body);
 
+// vLLM's POST /tokenize: {"prompt", "add_special_tokens" (default true)}, or a conversation
+// {"messages", "add_generation_prompt" (default true), "add_special_tokens" (default false)}.
+struct TokenizeRequest {
+  std::string model;                   // "" when absent: the base model
+  std::optional<std::string> prompt;   // the text form; else `messages`
+  nlohmann::json messages;             // as ChatRequest's
+  bool add_special_tokens = true;
+  bool add_generation_prompt = true;
+  bool return_token_strs = false;      // also each id's vocabulary string
+};
+TokenizeRequest parse_tokenize_request(const nlohmann::json& body);
+
+// vLLM's POST /detokenize: {"tokens": [ids]}.
+struct DetokenizeRequest {
+  std::string model;
+  std::vector<int32_t> tokens;
+};
+DetokenizeRequest parse_detokenize_request(const nlohmann::json& body);
+
 // What every reply object of one request repeats.
 struct ReplyHeader {
   std::string id;   // "cmpl-..." or "chatcmpl-..."
