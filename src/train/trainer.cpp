@@ -28,6 +28,7 @@
 #include "lowrank/train/step.h"
 #include "lowrank/train/step_graph.h"
 #include "lowrank/train/text_encoder.h"
+#include "lowrank/train/weight_decay.h"
 
 namespace lowrank::train {
 namespace fs = std::filesystem;
@@ -178,6 +179,7 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
   if (o.full) {
     rep->full_grads = model::zeros_like(m.weights());
     rep->params = full_params(m, rep->full_grads);
+    apply_decay_rule(rep->params, &m.weights());
   } else {
     lora::LoraConfig lc = o.lora;
     lc.base_model_name_or_path = fs::absolute(o.model_dir).lexically_normal().string();
@@ -187,6 +189,7 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
     rep->adapter->make_working_copies(m.weights().embed.dtype());  // bf16 A/B for the GPU's GEMMs
     lora::make_extended_weights(*rep->adapter, m);                  // where the K-extension applies
     rep->params = lora_params(*rep->adapter);
+    apply_decay_rule(rep->params);
     apply_loraplus(rep->params, o.loraplus, o.lr);
   }
   rep->optimizer =
