@@ -91,6 +91,10 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                                       ",embed_tokens: those too), or none "
                                       "(with --bias all: bias-only training, BitFit)")
                            ->capture_default_str();
+                       app.add_option("--modules-to-save", a->o.lora.modules_to_save,
+                                      "Train whole copies of these layers besides the adapter: embed_tokens, lm_head "
+                                      "(PEFT's modules_to_save; CPU)")
+                           ->delimiter(',');
                        app.add_option("--exclude-modules", a->exclude,
                                       "Modules --targets selects that get no LoRA, e.g. down_proj or "
                                       "model.layers.0.mlp.up_proj (PEFT's exclude_modules)")

@@ -170,7 +170,22 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
       a.biases.push_back({m.layer, m.target, m.linear.name, ops::cast(m.linear.bias.clone(), DType::F32), {}});
     }
   }
-  if (a.pairs.empty() && a.biases.empty())
+  if (!config.modules_to_save.empty()) {
+    std::map<std::string, AdaptableModule> by_name;
+    for (const auto& m : adaptable_modules(model)) by_name.emplace(m.linear.name, m);
+    for (const auto& m : layers) by_name.emplace(m.linear.name, m);
+    check_modules_to_save(config, by_name, "--modules-to-save");
+    for (const auto& m : layers) {
+      if (!config.saves(m.linear.name)) continue;
+      if (a.find(m.layer, m.target))
+        throw error("--modules-to-save: ", m.linear.name, " is adapted by --targets too; train it whole or with LoRA, "
+                    "not both");
+      // An f32 copy that the model computes with once attached (attach_base_layers): PEFT's
+      // ModulesToSaveWrapper trains a copy and leaves the original module as it was.
+      a.saved_modules.push_back({m.target, m.linear.name, ops::cast(m.linear.weight.clone(), DType::F32), {}, m.layer});
+    }
+  }
+  if (a.pairs.empty() && a.biases.empty() && a.saved_modules.empty())
     throw error("--targets none --bias all: the model's linear layers have no biases to train (bias-only "
                 "training, BitFit, needs a base with biases such as GPT-2's)");
   a.place(model);
@@ -256,7 +271,7 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
       if (it->second.shape() != m.linear.weight.shape())
         throw error(weights, ": tensor \"", key, "\" has shape ", shape_str(it->second.shape()), ", the model's ", module,
                     " is ", shape_str(m.linear.weight.shape()), " (is the adapter for another base model?)");
-      a.saved_modules.push_back({m.target, module, it->second});
+      a.saved_modules.push_back({m.target, module, it->second, {}, m.layer});
       by_suffix.erase(it);
     }
     if (by_suffix.empty()) continue;
@@ -369,6 +384,7 @@ std::vector<AdapterParam> Adapter::parameters() {
                      ext_b ? &p.W_ext : ext_a ? &p.A_ext_rows : nullptr, ext_b ? p.ext_col : 0});
     }
   for (auto& b : biases) out.push_back({b.module + ".bias", &b.value, &b.grad, nullptr, b.layer});
+  for (auto& s : saved_modules) out.push_back({s.module + ".weight", &s.value, &s.grad, nullptr, s.layer});
   return out;
 }
 
@@ -417,6 +433,7 @@ void Adapter::attach_base_layers(model::Model& model) const {
   for (const auto& s : saved_modules) {  // PEFT's trained copy replaces one layer of a tied pair only
     model.untie_lm_head();
     Tensor& target = s.target == Target::Embed ? w.embed : w.lm_head;
+    // (The same storage when dtype and device agree: a copy being trained updates the model.)
     target = s.value.to(target.dtype()).to(target.device());
   }
   if (config.init != InitMode::Pissa && config.init != InitMode::Olora) return;

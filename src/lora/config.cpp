@@ -122,9 +122,9 @@ void LoraConfig::validate(const std::string& src) const {
   for (const auto& [k, v] : alpha_pattern)
     if (!valid_alpha(v))
       throw error(src, ": alpha_pattern[\"", k, "\"] must be positive and within the f32 range, got ", v);
-  if (!has_targets() && bias == BiasMode::None)
-    throw error(src, ": no target_modules (and bias \"none\"): nothing to train; bias-only training (BitFit) is "
-                     "--targets none --bias all");
+  if (!has_targets() && bias == BiasMode::None && modules_to_save.empty())
+    throw error(src, ": no target_modules (and bias \"none\", no modules_to_save): nothing to train; bias-only "
+                     "training (BitFit) is --targets none --bias all");
   if (!layers_pattern.empty() && layers_to_transform.empty())
     throw error(src, ": layers_pattern needs layers_to_transform (the block indices to adapt)");
   for (const int64_t i : layers_to_transform)

@@ -47,7 +47,15 @@ int LoraHook::lowest_trainable_layer() const {
   if (adapters_.empty()) return lowest;
   for (const auto& p : adapters_[0].adapter->pairs) lowest = std::min(lowest, p.layer);
   for (const auto& b : adapters_[0].adapter->biases) lowest = std::min(lowest, b.layer);
+  for (const auto& s : adapters_[0].adapter->saved_modules) lowest = std::min(lowest, s.layer);
   return lowest;
+}
+
+Tensor* LoraHook::saved_module_grad(Target target) {
+  if (adapters_.empty()) return nullptr;
+  for (auto& s : adapters_[0].adapter->saved_modules)
+    if (s.target == target && s.grad.defined()) return &s.grad;
+  return nullptr;
 }
 
 void LoraHook::on_projection(int layer, Target target, const model::Linear& base, const Tensor& x, Tensor& y) {

@@ -191,6 +191,7 @@ Tensor loss_backward(const Model& model, const Tensor& hidden, const std::vector
     ops::matmul_nn(logits, w.lm_head, dh);
     if (hook) hook->on_projection_backward(head, Target::LmHead, model.lm_head_linear(), h, logits, &dh, true);
     if (full) ops::matmul_tn(logits, h, full->lm_head, 1.0f, 1.0f);
+    else if (Tensor* g = hook ? hook->saved_module_grad(Target::LmHead) : nullptr) ops::matmul_tn(logits, h, *g, 1.0f, 1.0f);
   }
   if (!loss_sum) result.nll_sum = nll.to(Device::cpu()).data<double>()[0];
   return dhidden;
@@ -327,8 +328,9 @@ void embedding_backward(const Model& model, const TokenBatch& batch, const std::
   }
   if (c.scale_embeddings && (full || embedding_lora)) ops::scale_(dx, c.embedding_scale(w.embed.dtype()));
   if (embedding_lora) hook->on_embedding_backward(batch.ids, dx);
-  if (full && batch.device_ids.defined()) ops::embedding_backward_(full->embed, batch.device_ids, dx);
-  else if (full) ops::embedding_backward_(full->embed, batch.ids, dx);
+  Tensor* embed_grad = full ? &full->embed : hook ? hook->saved_module_grad(Target::Embed) : nullptr;
+  if (embed_grad && batch.device_ids.defined()) ops::embedding_backward_(*embed_grad, batch.device_ids, dx);
+  else if (embed_grad) ops::embedding_backward_(*embed_grad, batch.ids, dx);
 }
 
 LossResult forward_backward(const Model& model, const TokenBatch& batch, const std::vector<int32_t>& targets,

@@ -1,5 +1,6 @@
 #include "lowrank/train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -55,6 +56,7 @@ nlohmann::json run_identity(const model::Model& m, const TrainOptions& o) {
     // the masks' definition and the blocks (only when set: checkpoints from before them resume as
     // they were)
     if (o.lora.dropout_per_input) id["lora"]["dropout_per_input"] = true;
+    if (!o.lora.modules_to_save.empty()) id["lora"]["modules_to_save"] = o.lora.modules_to_save;
     if (!o.lora.layers_to_transform.empty())
       id["lora"]["layers"] = {{"layers_to_transform", l["layers_to_transform"]}, {"layers_pattern", l["layers_pattern"]}};
   }
@@ -136,6 +138,14 @@ void validate(const TrainOptions& o) {
                 "drop one of the two");
   for (const std::string& d : o.devices) check_device(parse_device(d), "--devices " + d);
   if (o.devices.empty()) check_device(parse_device(o.device), "--device " + o.device);
+  if (!o.lora.modules_to_save.empty()) {
+    if (o.full) throw error("--modules-to-save with --full: full fine-tuning trains every layer already");
+    const bool cuda = std::any_of(o.devices.begin(), o.devices.end(), [](const std::string& d) { return parse_device(d).is_cuda(); }) ||
+                      (o.devices.empty() && parse_device(o.device).is_cuda());
+    if (cuda || !o.split.empty())
+      throw error("--modules-to-save trains on the CPU (one or several --devices cpu,...), not yet on CUDA or with "
+                  "--split layers");
+  }
   if (!o.split.empty()) {
     if (o.split != "layers") throw error("--split ", o.split, ": the only split is \"layers\" (pipeline parallel)");
     if (o.devices.size() < 2) throw error("--split layers needs --devices with two or more devices (e.g. cuda:0,cuda:1)");
@@ -185,6 +195,7 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
     lc.base_model_name_or_path = fs::absolute(o.model_dir).lexically_normal().string();
     rep->adapter = lora::Adapter::create(m, lc, init_rng);
     rep->adapter->attach_biases(m);
+    rep->adapter->attach_base_layers(m);  // --modules-to-save: the model computes with the trained copies
     rep->adapter->allocate_grads();
     rep->adapter->make_working_copies(m.weights().embed.dtype());  // bf16 A/B for the GPU's GEMMs
     lora::make_extended_weights(*rep->adapter, m);                  // where the K-extension applies

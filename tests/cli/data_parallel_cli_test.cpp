@@ -76,6 +76,12 @@ TEST(DataParallelCli, TwoCpuRanksEqualOneDeviceWithLoraPlus) {
   expect_two_cpu_ranks_equal_one(" --steps 4 --loraplus-lr-ratio 8");
 }
 
+// --modules-to-save: the copies' gradients (layer -1 and the lm_head's) summed at the end of the
+// backward; the embedding copy's rows that one rank's tokens miss get only the other's.
+TEST(DataParallelCli, TwoCpuRanksEqualOneDeviceWithModulesToSave) {
+  expect_two_cpu_ranks_equal_one(" --steps 4 --modules-to-save embed_tokens,lm_head", "adapter_model.safetensors", 1e-4);
+}
+
 // --full: every weight's gradient summed, a bucket per decoder layer as the backward leaves it.
 // AdamW turns a tiny gradient's last-bit differences (summation order) into visible differences
 // of its update (up to lr = 5e-3 a step): the weights agree to 2% of one step, the losses to 1e-5.

@@ -11,6 +11,7 @@
 #include "lowrank/lora/lora_hook.h"
 #include "lowrank/lora/lora_variant.h"
 #include "lowrank/model/backward.h"
+#include "lowrank/ops/ops.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/sequences.h"
 #include "test_paths.h"
@@ -114,6 +115,67 @@ TEST(FullGradParity, EveryWeightGradientMatchesPyTorch) {
   auto ours = model::checkpoint_tensors(m.config(), g);
   EXPECT_EQ(ours.size(), ref.tensors().size());
   for (const auto& [name, t] : ours) expect_close(t, ref.get(name), name);
+}
+
+// A LoRA run with modules_to_save (train --modules-to-save): while B is zero the model is the base,
+// so PEFT's gradients of its copies of embed_tokens and lm_head are PyTorch's full-model gradients
+// of those two weights (the llama_full fixture).
+TEST(ModulesToSaveGrads, EqualPyTorchsFullGradientsOfThoseLayers) {
+  const std::string dir = test::fixture("lora/llama_full");
+  model::Model m = model::Model::load(test::model_fixture("llama"));
+  lora::LoraConfig c;
+  c.set_targets("q_proj,v_proj");
+  c.modules_to_save = {"embed_tokens", "lm_head"};
+  Rng rng(3);
+  lora::Adapter a = lora::Adapter::create(m, c, rng);
+  a.attach_base_layers(m);
+  a.allocate_grads();
+  ASSERT_EQ(a.saved_modules.size(), 2u);
+  Batch b = read_batch(io::read_json(dir + "/batch.json"));
+  lora::LoraHook hook({{&a, 1.0}});
+  hook.set_training(true);
+  auto r = model::forward_backward(m, b.tokens, b.targets, 1.0f / b.counted, &hook);
+  const double want_loss = io::read_json(dir + "/expected.json")["loss"].get<double>();
+  EXPECT_NEAR(r.nll_sum / r.tokens, want_loss, 1e-5 * want_loss);
+  auto ref = io::SafetensorsFile::open(dir + "/grads.safetensors");
+  for (const auto& s : a.saved_modules) expect_close(s.grad, ref.get(s.module + ".weight"), s.module);
+}
+
+// A tied pair with a scaled embedding (Gemma 2): each copy gets its own layer's gradient, which
+// add up to the tied weight's gradient of full fine-tuning.
+TEST(ModulesToSaveGrads, TiedCopiesSplitTheTiedGradient) {
+  model::Model full = model::Model::load(test::model_fixture("gemma2"));
+  model::Model m = model::Model::load(test::model_fixture("gemma2"));
+  ASSERT_EQ(m.weights().lm_head.raw(), m.weights().embed.raw()) << "a tied fixture";
+  model::TokenBatch tokens{{}, 2, 9};
+  std::vector<int32_t> targets;
+  for (int64_t i = 0; i < tokens.rows(); ++i) {
+    tokens.ids.push_back(static_cast<int32_t>((i * 37 + 5) % m.config().vocab_size));
+    targets.push_back(i % tokens.seq == tokens.seq - 1 ? -100 : static_cast<int32_t>((i * 11 + 3) % m.config().vocab_size));
+  }
+  model::ModelWeights g = model::zeros_like(full.weights());
+  model::forward_backward(full, tokens, targets, 0.1f, nullptr, &g);
+
+  lora::LoraConfig c;
+  c.set_targets("none");
+  c.modules_to_save = {"embed_tokens", "lm_head"};
+  Rng rng(3);
+  lora::Adapter a = lora::Adapter::create(m, c, rng);
+  a.attach_base_layers(m);
+  a.allocate_grads();
+  EXPECT_NE(m.weights().lm_head.raw(), m.weights().embed.raw()) << "the copies untie the pair";
+  lora::LoraHook hook({{&a, 1.0}});
+  hook.set_training(true);
+  model::forward_backward(m, tokens, targets, 0.1f, &hook);
+  ASSERT_EQ(a.saved_modules.size(), 2u);
+  Tensor sum = a.saved_modules[0].grad.clone();
+  ops::add_(sum, a.saved_modules[1].grad);
+  expect_close(sum, g.embed, "embed + lm_head copies' gradients");
+  for (const auto& s : a.saved_modules) {
+    float largest = 0;
+    for (int64_t i = 0; i < s.grad.numel(); ++i) largest = std::max(largest, std::fabs(s.grad.f32()[i]));
+    EXPECT_GT(largest, 0.0f) << s.module;
+  }
 }
 
 }  // namespace

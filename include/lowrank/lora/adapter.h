@@ -40,7 +40,9 @@ struct BaseLayerWeight {
 struct SavedModule {
   Target target = Target::Embed;
   std::string module;
-  Tensor value;  // [V, d]
+  Tensor value;  // [V, d], f32: the file's, or (train --modules-to-save) a copy of the model's that the model computes with
+  Tensor grad;   // [V, d], training only
+  int layer = -1;  // -1: the embedding; the number of layers: the lm_head (AdapterParam::layer)
 };
 
 // One trainable tensor of an adapter with its gradient and (A and B on the GPU) its working copy.
@@ -63,7 +65,7 @@ class Adapter {
   std::vector<LoraPair> pairs;
   std::vector<BiasParam> biases;
   std::vector<BaseLayerWeight> base_layers;
-  std::vector<SavedModule> saved_modules;  // loaded only: lowrank does not train modules_to_save
+  std::vector<SavedModule> saved_modules;  // PEFT's modules_to_save copies (train --modules-to-save)
 
   // A new adapter for `model`: A and B initialised per config.init (lora_init.h) from `rng`, DoRA
   // magnitudes from the weights, biases copied from the model. PiSSA / OLoRA replace the adapted

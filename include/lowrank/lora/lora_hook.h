@@ -56,6 +56,7 @@ class LoraHook : public model::TrainableHook {
   void on_embedding(const Tensor& table, const std::vector<int32_t>& ids, Tensor& x) override;
   void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) override;
   int lowest_trainable_layer() const override;
+  Tensor* saved_module_grad(Target target) override;
   void set_replay(bool replay) override { replay_ = replay; }
   void set_checkpointed_forward(bool on) override { checkpointed_ = on; }
   // Bytes of activations the hook holds for backward (saved inputs, masks, shrink outputs).

@@ -53,6 +53,9 @@ class TrainableHook : public ProjectionHook {
   virtual void on_embedding_backward(const std::vector<int32_t>& ids, const Tensor& dx) {}
   // The lowest layer that has trainable parameters: backward stops below it (-1: the embedding).
   virtual int lowest_trainable_layer() const = 0;
+  // Where the gradient of a trained whole copy of the embedding or the lm_head (PEFT's
+  // modules_to_save; `target` Embed or LmHead) accumulates, or null when there is none.
+  virtual Tensor* saved_module_grad(Target target) { return nullptr; }
   // Activation checkpointing recomputes a layer's forward inside backward: while replaying, the
   // hook must reproduce exactly what the first forward did (same dropout masks).
   virtual void set_replay(bool replay) {}
