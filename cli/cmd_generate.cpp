@@ -138,6 +138,15 @@ RegisterCommand reg{{"generate", "Generate text with a model and optional adapte
                        app.add_option("--top-k", a->gen.sampling.top_k, "0: off")->capture_default_str();
                        app.add_option("--top-p", a->gen.sampling.top_p, "1: off")->capture_default_str();
                        app.add_option("--repetition-penalty", a->gen.sampling.repetition_penalty)->capture_default_str();
+                       app.add_option("--min-p", a->gen.sampling.min_p,
+                                      "Drop tokens less likely than this fraction of the most likely (0: off)")
+                           ->capture_default_str();
+                       app.add_option("--presence-penalty", a->gen.sampling.presence_penalty,
+                                      "OpenAI's: subtracted once from each generated token's logit, in [-2, 2]")
+                           ->capture_default_str();
+                       app.add_option("--frequency-penalty", a->gen.sampling.frequency_penalty,
+                                      "OpenAI's: subtracted per occurrence in the generated tokens, in [-2, 2]")
+                           ->capture_default_str();
                        app.add_option("--seed", a->gen.sampling.seed)->capture_default_str();
                        app.add_option("--device", a->device, "cpu or cuda[:N] (bf16 on CUDA)")->capture_default_str();
                        app.add_option("--quantize", a->quantize,

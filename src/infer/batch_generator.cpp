@@ -52,7 +52,8 @@ std::vector<std::vector<int32_t>> generate_batch(const model::Model& model, mode
         continue;
       }
       const int64_t capacity = static_cast<int64_t>(prompts[next].size()) + budgets[next];
-      running.push_back({next, std::make_unique<PagedSequence>(cache, capacity), Sampler(o.sampling), prompts[next]});
+      running.push_back({next, std::make_unique<PagedSequence>(cache, capacity),
+                         Sampler(o.sampling, prompts[next].size(), o.eos_ids), prompts[next]});
       ++next;
     }
     std::vector<DecodeEntry> entries(running.size());
@@ -60,7 +61,7 @@ std::vector<std::vector<int32_t>> generate_batch(const model::Model& model, mode
       const Running& r = running[i];
       entries[i].seq = r.seq.get();
       entries[i].hook = hook;
-      entries[i].argmax_only = o.sampling.greedy && o.sampling.repetition_penalty == 1.0;  // = Sampler's pick
+      entries[i].argmax_only = r.sampler.picks_argmax_now(r.context.size());  // = the Sampler's pick
       entries[i].feeds_argmax = entries[i].argmax_only && static_cast<int64_t>(outputs[r.index].size()) + 1 < budgets[r.index];
       entries[i].tokens = outputs[r.index].empty() ? std::span<const int32_t>(r.context)
                                                    : std::span<const int32_t>(&r.context.back(), 1);

@@ -37,7 +37,7 @@ std::vector<int32_t> Generator::generate(const std::vector<int32_t>& prompt, con
     return generate_batch(model_, hook_, {prompt}, o, b)[0];
   }
   model::KVCache kv = model::KVCache::create(c, static_cast<int64_t>(prompt.size()) + budget);
-  Sampler sampler(o.sampling);
+  Sampler sampler(o.sampling, prompt.size(), o.eos_ids);
   std::vector<int32_t> context_ids = prompt, out;
   model::TokenBatch step{prompt, 1, static_cast<int64_t>(prompt.size())};
   for (int64_t n = 0; n < budget; ++n) {

@@ -422,6 +422,16 @@ void Adapter::attach_biases(model::Model& model) {
   }
 }
 
+void Adapter::attach_saved_modules(model::Model& model) const {
+  auto& w = model.weights();
+  for (const auto& s : saved_modules) {  // PEFT's trained copy replaces one layer of a tied pair only
+    model.untie_lm_head();
+    Tensor& target = s.target == Target::Embed ? w.embed : w.lm_head;
+    // (The same storage when dtype and device agree: a copy being trained updates the model.)
+    target = s.value.to(target.dtype()).to(target.device());
+  }
+}
+
 void Adapter::attach_base_layers(model::Model& model) const {
   auto& w = model.weights();
   for (const auto& b : base_layers) {
@@ -430,12 +440,7 @@ void Adapter::attach_base_layers(model::Model& model) const {
     // In place, so that a tied lm_head (the same storage) follows its embedding, as in PyTorch.
     ops::cast_into_(target, b.value.to(target.device()));
   }
-  for (const auto& s : saved_modules) {  // PEFT's trained copy replaces one layer of a tied pair only
-    model.untie_lm_head();
-    Tensor& target = s.target == Target::Embed ? w.embed : w.lm_head;
-    // (The same storage when dtype and device agree: a copy being trained updates the model.)
-    target = s.value.to(target.dtype()).to(target.device());
-  }
+  attach_saved_modules(model);
   if (config.init != InitMode::Pissa && config.init != InitMode::Olora) return;
   if (config.pissa_niter > 0)
     throw error("adapter_config.json: init_lora_weights \"", config.init_name(), "\": PEFT applies such an adapter to "

@@ -1,8 +1,10 @@
 #include "lowrank/serve/openai_protocol.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <limits>
+#include <map>
 
 #include "lowrank/infer/token_logprobs.h"
 
@@ -18,6 +20,7 @@ using infer::kMinRepetitionPenalty, infer::kMaxRepetitionPenalty;
 // Every stop string is searched for in the whole reply after every token: a body of 8 MiB holds
 // a million of them, hours of work for a reply of a few hundred tokens.
 constexpr size_t kMaxStopStrings = 64, kMaxStopBytes = 1024;
+constexpr size_t kMaxLogitBias = 1024;  // entries of logit_bias (OpenAI's limit is 300)
 
 [[noreturn]] void bad(const std::string& message) { throw ApiError(400, message); }
 
@@ -59,17 +62,27 @@ bool boolean(const json& body, const char* key, bool fallback) {
   return it->get<bool>();
 }
 
+// A JSON list of token ids; `shape` is the message for anything else (an empty list too).
+std::vector<int32_t> token_ids(const json& list, const char* field, const char* shape) {
+  if (!list.is_array() || list.empty()) bad(shape);
+  std::vector<int32_t> ids;
+  for (const auto& v : list) {
+    if (!v.is_number_integer()) bad(shape);
+    const int64_t id = v.get<int64_t>();
+    if (id < 0 || id > std::numeric_limits<int32_t>::max())
+      bad(std::string("'") + field + "' holds token id " + std::to_string(id) + ", outside the vocabulary");
+    ids.push_back(static_cast<int32_t>(id));
+  }
+  return ids;
+}
+
 // Features of the API this server does not implement: refused rather than silently ignored.
 void refuse_unsupported(const json& body, bool chat) {
   auto set = [&](const char* key) { return body.contains(key) && !body[key].is_null(); };
-  if (auto n = integer(body, "n"); n && *n != 1) bad("'n' must be 1 (one choice per prompt)");
   if (auto n = integer(body, "best_of"); n && *n != 1) bad("'best_of' is not supported");
   if (chat && boolean(body, "echo", false)) bad("'echo' is not supported by chat completions");
   if (set("prompt_logprobs")) bad("'prompt_logprobs' is not supported (completions: 'echo' with 'logprobs')");
   if (set("suffix")) bad("'suffix' is not supported");
-  if (set("logit_bias") && !body["logit_bias"].empty()) bad("'logit_bias' is not supported");
-  for (const char* key : {"presence_penalty", "frequency_penalty"})
-    if (auto v = number(body, key); v && *v != 0) bad(std::string("'") + key + "' is not supported (use repetition_penalty)");
   // Requests that ask for a different output than plain sampled text: ignoring them would answer
   // another question than the one asked (a tool call, JSON of a schema, token log-probabilities,
   // vLLM's constrained decoding, its stop and eos controls).
@@ -84,10 +97,34 @@ void refuse_unsupported(const json& body, bool chat) {
     bad("'top_logprobs' is a chat completions parameter (completions take 'logprobs': N)");
   for (const char* key : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"})
     if (set(key)) bad(std::string("'") + key + "' (constrained decoding) is not supported");
-  if (nonempty("stop_token_ids")) bad("'stop_token_ids' is not supported (use 'stop')");
-  if (boolean(body, "ignore_eos", false)) bad("'ignore_eos' is not supported");
-  if (auto v = number(body, "min_p"); v && *v != 0) bad("'min_p' is not supported");
-  if (auto n = integer(body, "min_tokens"); n && *n != 0) bad("'min_tokens' is not supported");
+}
+
+// A number of `body` within [lo, hi], or `fallback` when absent.
+double number_in(const json& body, const char* key, double lo, double hi, double fallback) {
+  const double v = number(body, key).value_or(fallback);
+  if (!(v >= lo && v <= hi))
+    bad(std::string("'") + key + "' must be in [" + json(lo).dump() + ", " + json(hi).dump() + "], got " + json(v).dump());
+  return v;
+}
+
+// OpenAI's logit_bias: {"token id": bias in [-100, 100]}.
+std::map<int32_t, float> parse_logit_bias(const json& body) {
+  std::map<int32_t, float> out;
+  auto it = body.find("logit_bias");
+  if (it == body.end() || it->is_null()) return out;
+  if (!it->is_object()) bad("'logit_bias' must be an object of {\"token id\": bias}");
+  if (it->size() > kMaxLogitBias)
+    bad("'logit_bias' holds " + std::to_string(it->size()) + " entries, more than " + std::to_string(kMaxLogitBias));
+  for (const auto& [key, value] : it->items()) {
+    int64_t id = -1;
+    const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
+    if (ec != std::errc() || end != key.data() + key.size() || id < 0 || id > std::numeric_limits<int32_t>::max())
+      bad("'logit_bias' keys must be token ids, got \"" + key + "\"");
+    if (!value.is_number() || !(value.get<double>() >= -100 && value.get<double>() <= 100))
+      bad("'logit_bias' values must be numbers in [-100, 100], got " + value.dump() + " for " + key);
+    out[static_cast<int32_t>(id)] = value.get<float>();
+  }
+  return out;
 }
 
 std::string model_name(const json& body) {
@@ -151,6 +188,18 @@ GenerationParams parse_params(const json& body, bool chat) {
       bad("'repetition_penalty' must be in [0.001, 1000] (1: off)");
     s.repetition_penalty = *v;
   }
+  s.min_p = number_in(body, "min_p", 0, 1, 0);
+  s.presence_penalty = number_in(body, "presence_penalty", -2, 2, 0);
+  s.frequency_penalty = number_in(body, "frequency_penalty", -2, 2, 0);
+  s.logit_bias = parse_logit_bias(body);
+  s.min_tokens = integer(body, "min_tokens").value_or(0);
+  if (s.min_tokens < 0) bad("'min_tokens' must not be negative");
+  p.ignore_eos = boolean(body, "ignore_eos", false);
+  if (auto it = body.find("stop_token_ids"); it != body.end() && !it->is_null() && !it->empty())
+    p.stop_token_ids = token_ids(*it, "stop_token_ids", "'stop_token_ids' must be a list of token ids");
+  p.n = integer(body, "n").value_or(1);
+  if (p.n < 1 || p.n > kMaxChoicesPerPrompt)
+    bad("'n' must be from 1 to " + std::to_string(kMaxChoicesPerPrompt) + ", got " + std::to_string(p.n));
   if (auto seed = integer(body, "seed")) {
     s.seed = static_cast<uint64_t>(*seed);
     p.seed_given = true;
@@ -221,20 +270,6 @@ namespace {
 
 constexpr const char* kPromptShape =
     "'prompt' must be a string, a list of token ids, or a non-empty list of strings or of lists of token ids";
-
-// A JSON list of token ids; `shape` is the message for anything else (an empty list too).
-std::vector<int32_t> token_ids(const json& list, const char* field, const char* shape) {
-  if (!list.is_array() || list.empty()) bad(shape);
-  std::vector<int32_t> ids;
-  for (const auto& v : list) {
-    if (!v.is_number_integer()) bad(shape);
-    const int64_t id = v.get<int64_t>();
-    if (id < 0 || id > std::numeric_limits<int32_t>::max())
-      bad(std::string("'") + field + "' holds token id " + std::to_string(id) + ", outside the vocabulary");
-    ids.push_back(static_cast<int32_t>(id));
-  }
-  return ids;
-}
 
 // `messages`: [{"role", "content": string or text parts}], the parts joined as vLLM joins them.
 json parse_messages(const json& body) {

@@ -23,7 +23,7 @@ struct Scheduler::Running {
 
   Running(Queued q, std::unique_ptr<SequenceState> s)
       : request(std::move(q.request)), channel(std::move(q.channel)), state(std::move(s)),
-        sampler(request.options.sampling), context(request.prompt) {}
+        sampler(request.options.sampling, request.prompt.size(), request.options.eos_ids), context(request.prompt) {}
 };
 
 void Scheduler::end(Running& r, FinishReason reason, std::string error) {
@@ -141,9 +141,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Running>>& running) {
     e.hook = r->request.hook.get();
     e.adapter = r->request.adapter;
     e.adapter_scale = r->request.adapter_scale;
-    const auto& sampling = r->request.options.sampling;
     // The sampler would pick the argmax, and nobody needs the logits' log-probabilities.
-    e.argmax_only = sampling.greedy && sampling.repetition_penalty == 1.0 && r->request.top_logprobs < 0;
+    e.argmax_only = r->sampler.picks_argmax_now(r->context.size()) && r->request.top_logprobs < 0;
     e.prompt_top_logprobs = r->generated == 0 ? r->request.prompt_top_logprobs : -1;
     e.feeds_argmax = e.argmax_only && r->generated + 1 < r->request.options.max_new_tokens;
     batch.push_back(std::move(e));

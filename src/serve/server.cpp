@@ -454,8 +454,20 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   reply->include_usage = params.include_usage;
   reply->logprobs = params.top_logprobs >= 0;
   std::vector<SequenceRequest> sequences;
+  if (prompts.size() * static_cast<size_t>(params.n) > kMaxPrompts)
+    throw ApiError(400, std::to_string(prompts.size()) + " prompts with n = " + std::to_string(params.n) + " are more than " +
+                            std::to_string(kMaxPrompts) + " choices");
+  const int64_t vocab = model.config().vocab_size;
+  for (const auto& [id, bias] : params.sampling.logit_bias)
+    if (id >= vocab) throw ApiError(400, "'logit_bias' names token " + std::to_string(id) + ", outside the vocabulary of " + std::to_string(vocab));
+  // What ends a choice: the model's eos ids (unless ignore_eos) and stop_token_ids.
+  std::vector<int32_t> stop_ids = params.ignore_eos ? std::vector<int32_t>{} : eos_ids;
+  for (int32_t id : params.stop_token_ids) {
+    if (id >= vocab) throw ApiError(400, "'stop_token_ids' holds " + std::to_string(id) + ", outside the vocabulary of " + std::to_string(vocab));
+    stop_ids.push_back(id);
+  }
   for (size_t i = 0; i < prompts.size(); ++i) {
-    std::vector<int32_t>& prompt = prompts[i];
+    const std::vector<int32_t>& prompt = prompts[i];
     if (prompt.empty()) throw ApiError(400, "the prompt is empty (no tokens)");
     const int64_t n = static_cast<int64_t>(prompt.size());
     const int64_t asked = params.max_tokens.value_or(chat ? std::max<int64_t>(context - n, 1) : 16);
@@ -464,29 +476,32 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
       throw ApiError(400, "this model's maximum context length is " + std::to_string(context) + " tokens; the request has " +
                               std::to_string(n) + " prompt tokens and asks for " + std::to_string(max_tokens) +
                               " more: reduce the prompt or max_tokens");
-    Choice c(static_cast<int64_t>(i), TextStream(tokenizer, params.stop), n);
-    c.hide_generated = asked == 0;
-    if (params.echo) {
-      const auto* text = std::get_if<std::string>(&completion->prompts[i]);
-      c.echo = text ? *text : tokenizer.decode(prompt);
-      if (reply->logprobs) c.echo_ids = prompt;
-    }
-    reply->choices.push_back(std::move(c));
+    for (int64_t j = 0; j < params.n; ++j) {  // choice i·n + j (OpenAI's order)
+      Choice c(static_cast<int64_t>(i) * params.n + j, TextStream(tokenizer, params.stop), n);
+      c.hide_generated = asked == 0;
+      if (params.echo) {
+        const auto* text = std::get_if<std::string>(&completion->prompts[i]);
+        c.echo = text ? *text : tokenizer.decode(prompt);
+        if (reply->logprobs) c.echo_ids = prompt;
+      }
+      reply->choices.push_back(std::move(c));
 
-    SequenceRequest seq;
-    seq.prompt = std::move(prompt);
-    seq.options.max_new_tokens = max_tokens;
-    seq.options.eos_ids = eos_ids;
-    seq.options.sampling = params.sampling;
-    if (!params.seed_given) seq.options.sampling.seed = random_u64();
-    if (adapter) {
-      seq.hook = std::shared_ptr<model::ProjectionHook>(adapter, &adapter->hook);
-      seq.adapter = std::shared_ptr<const lora::Adapter>(adapter, &adapter->adapter);
-      seq.adapter_scale = adapter->scale;
+      SequenceRequest seq;
+      seq.prompt = prompt;
+      seq.options.max_new_tokens = max_tokens;
+      seq.options.eos_ids = stop_ids;
+      seq.options.sampling = params.sampling;
+      // A seed gives choice j the seed + j (the same draws for the same request), else each its own.
+      seq.options.sampling.seed = params.seed_given ? params.sampling.seed + static_cast<uint64_t>(j) : random_u64();
+      if (adapter) {
+        seq.hook = std::shared_ptr<model::ProjectionHook>(adapter, &adapter->hook);
+        seq.adapter = std::shared_ptr<const lora::Adapter>(adapter, &adapter->adapter);
+        seq.adapter_scale = adapter->scale;
+      }
+      if (asked > 0) seq.top_logprobs = params.top_logprobs;
+      if (params.echo) seq.prompt_top_logprobs = params.top_logprobs;
+      sequences.push_back(std::move(seq));
     }
-    if (asked > 0) seq.top_logprobs = params.top_logprobs;
-    if (params.echo) seq.prompt_top_logprobs = params.top_logprobs;
-    sequences.push_back(std::move(seq));
   }
   try {
     for (size_t i = 0; i < sequences.size(); ++i) reply->choices[i].channel = scheduler.submit(std::move(sequences[i]));

@@ -195,7 +195,7 @@ std::unique_ptr<Replica> make_replica(const TrainOptions& o, Device device, int 
     lc.base_model_name_or_path = fs::absolute(o.model_dir).lexically_normal().string();
     rep->adapter = lora::Adapter::create(m, lc, init_rng);
     rep->adapter->attach_biases(m);
-    rep->adapter->attach_base_layers(m);  // --modules-to-save: the model computes with the trained copies
+    rep->adapter->attach_saved_modules(m);  // --modules-to-save: the model computes with the trained copies
     rep->adapter->allocate_grads();
     rep->adapter->make_working_copies(m.weights().embed.dtype());  // bf16 A/B for the GPU's GEMMs
     lora::make_extended_weights(*rep->adapter, m);                  // where the K-extension applies

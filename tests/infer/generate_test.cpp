@@ -205,6 +205,11 @@ TEST(GenerateCli, BatchModeAndBadInput) {
   expect_error("generate --model " + llama + " --input " + in + " --output " + d.file("x.jsonl") +
                    " --repetition-penalty 1e300",
                "--repetition-penalty must be in");
+  for (const auto& [flag, says] : std::vector<std::pair<std::string, std::string>>{
+           {" --min-p 1.5", "--min-p must be in"},
+           {" --presence-penalty 2.5", "--presence-penalty must be in"},
+           {" --frequency-penalty -3", "--frequency-penalty must be in"}})
+    expect_error("generate --model " + llama + " --input " + in + " --output " + d.file("x.jsonl") + flag, says);
 }
 
 }  // namespace

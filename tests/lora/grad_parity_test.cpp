@@ -128,7 +128,7 @@ TEST(ModulesToSaveGrads, EqualPyTorchsFullGradientsOfThoseLayers) {
   c.modules_to_save = {"embed_tokens", "lm_head"};
   Rng rng(3);
   lora::Adapter a = lora::Adapter::create(m, c, rng);
-  a.attach_base_layers(m);
+  a.attach_saved_modules(m);
   a.allocate_grads();
   ASSERT_EQ(a.saved_modules.size(), 2u);
   Batch b = read_batch(io::read_json(dir + "/batch.json"));
@@ -161,7 +161,7 @@ TEST(ModulesToSaveGrads, TiedCopiesSplitTheTiedGradient) {
   c.modules_to_save = {"embed_tokens", "lm_head"};
   Rng rng(3);
   lora::Adapter a = lora::Adapter::create(m, c, rng);
-  a.attach_base_layers(m);
+  a.attach_saved_modules(m);
   a.allocate_grads();
   EXPECT_NE(m.weights().lm_head.raw(), m.weights().embed.raw()) << "the copies untie the pair";
   lora::LoraHook hook({{&a, 1.0}});

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <limits>
+#include <map>
 
 #include "lowrank/serve/openai_protocol.h"
 
@@ -64,6 +65,20 @@ TEST(OpenAiProtocol, PromptListsEchoAndLogprobs) {
   EXPECT_EQ(parse_chat_request(json::parse(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": false})")).params.top_logprobs, -1);
 }
 
+TEST(OpenAiProtocol, VllmSamplingParameters) {
+  auto r = parse_completion_request(json::parse(R"({"prompt": "x", "n": 3, "min_p": 0.1, "presence_penalty": -0.5,
+      "frequency_penalty": 1.5, "logit_bias": {"7": -100, "12": 2.5}, "min_tokens": 4, "stop_token_ids": [3, 9],
+      "ignore_eos": true})"));
+  EXPECT_EQ(r.params.n, 3);
+  EXPECT_EQ(r.params.sampling.min_p, 0.1);
+  EXPECT_EQ(r.params.sampling.presence_penalty, -0.5);
+  EXPECT_EQ(r.params.sampling.frequency_penalty, 1.5);
+  EXPECT_EQ(r.params.sampling.logit_bias, (std::map<int32_t, float>{{7, -100.0f}, {12, 2.5f}}));
+  EXPECT_EQ(r.params.sampling.min_tokens, 4);
+  EXPECT_EQ(r.params.stop_token_ids, (std::vector<int32_t>{3, 9}));
+  EXPECT_TRUE(r.params.ignore_eos);
+}
+
 TEST(OpenAiProtocol, ChatMessagesAndTextParts) {
   auto r = parse_chat_request(json::parse(R"({"messages": [{"role": "system", "content": "be brief"},
       {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
@@ -93,7 +108,7 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       {R"({"prompt": "x", "stop": [3]})", "'stop'"},
       {R"({"prompt": "x", "stream": "yes"})", "'stream'"},
       {R"({"prompt": "x", "model": 3})", "'model'"},
-      {R"({"prompt": "x", "n": 2})", "'n'"},
+      {R"({"prompt": "x", "n": 65})", "'n'"},
       {R"({"prompt": "x", "logprobs": 21})", "'logprobs'"},
       {R"({"prompt": "x", "logprobs": -1})", "'logprobs'"},
       {R"({"prompt": "x", "logprobs": true})", "'logprobs'"},
@@ -109,7 +124,10 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       {R"({"prompt": [[-4]]})", "'prompt'"},
       {R"({"prompt": [1, [2]]})", "'prompt'"},
       {json{{"prompt", std::vector<std::string>(kMaxPrompts + 1, "a")}}.dump(), "'prompt'"},
-      {R"({"prompt": "x", "presence_penalty": 0.5})", "'presence_penalty'"},
+      {R"({"prompt": "x", "presence_penalty": 2.5})", "'presence_penalty'"},
+      {R"({"prompt": "x", "logit_bias": {"a": 1}})", "'logit_bias'"},
+      {R"({"prompt": "x", "logit_bias": {"1": "x"}})", "'logit_bias'"},
+      {R"({"prompt": "x", "logit_bias": {"-1": 1}})", "'logit_bias'"},
       {R"({"prompt": "x", "tools": [{"type": "function", "function": {"name": "f"}}]})", "'tools'"},
       {R"({"prompt": "x", "tool_choice": "required"})", "'tool_choice'"},
       {R"({"prompt": "x", "response_format": {"type": "json_object"}})", "'response_format'"},
@@ -117,10 +135,10 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       {R"({"prompt": "x", "response_format": {"type": 5}})", "'response_format'"},
       {R"({"prompt": "x", "top_logprobs": 3})", "'top_logprobs'"},
       {R"({"prompt": "x", "guided_json": {"type": "object"}})", "'guided_json'"},
-      {R"({"prompt": "x", "stop_token_ids": [5]})", "'stop_token_ids'"},
-      {R"({"prompt": "x", "ignore_eos": true})", "'ignore_eos'"},
-      {R"({"prompt": "x", "min_p": 0.1})", "'min_p'"},
-      {R"({"prompt": "x", "min_tokens": 4})", "'min_tokens'"},
+      {R"({"prompt": "x", "stop_token_ids": ["a"]})", "'stop_token_ids'"},
+      {R"({"prompt": "x", "ignore_eos": 1})", "'ignore_eos'"},
+      {R"({"prompt": "x", "min_p": 1.1})", "'min_p'"},
+      {R"({"prompt": "x", "min_tokens": -4})", "'min_tokens'"},
       {std::string(100, '[') + std::string(100, ']'), "nested too deeply"},
   };
   for (const auto& c : completions) {

@@ -6,6 +6,7 @@
 #include <httplib.h>
 
 #include <chrono>
+#include <set>
 #include <filesystem>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -575,6 +576,90 @@ TEST_F(ServeHttp, LogprobsOfGeneratedTokensPlainStreamedAndChat) {
                                                                 {"temperature", 0}}.dump());
   EXPECT_EQ(chat.j["choices"][0]["message"], chat_plain.j["choices"][0]["message"]);
   EXPECT_TRUE(chat_plain.j["choices"][0]["logprobs"].is_null());
+}
+
+// OpenAI's and vLLM's sampling parameters beyond temperature/top-k/top-p: several choices per
+// prompt (n), stop_token_ids, ignore_eos, min_tokens, logit_bias, and the penalties and min_p,
+// which `generate` takes too and answers the same.
+TEST_F(ServeHttp, ChoicesStopIdsEosControlsLogitBiasAndPenalties) {
+  const auto tk = tok::Tokenizer::load(base_dir());
+  auto completion = [](json body) {
+    body["model"] = "cats";
+    body["prompt"] = "Once upon a time";
+    const HttpReply r = post("/v1/completions", body.dump());
+    EXPECT_EQ(r.status, 200) << body.dump() << ": " << r.body;
+    return r.j;
+  };
+  // n: choice j of a seeded request is the request with seed + j.
+  const json three = completion({{"max_tokens", 8}, {"temperature", 0.9}, {"seed", 5}, {"n", 3}});
+  ASSERT_EQ(three["choices"].size(), 3u);
+  std::set<std::string> texts;
+  for (int j = 0; j < 3; ++j) {
+    EXPECT_EQ(three["choices"][j]["index"], j);
+    const json one = completion({{"max_tokens", 8}, {"temperature", 0.9}, {"seed", 5 + j}});
+    EXPECT_EQ(three["choices"][j]["text"], one["choices"][0]["text"]) << j;
+    texts.insert(three["choices"][j]["text"].get<std::string>());
+  }
+  EXPECT_GT(texts.size(), 1u) << "three seeds, one text";
+  EXPECT_EQ(three["usage"]["prompt_tokens"], 3 * tk.encode("Once upon a time", true).size());
+
+  // The eos made the argmax by logit_bias: the reply ends at once ("stop"); with ignore_eos it
+  // goes on to max_tokens (eos ids are special: not in the text); min_tokens holds the eos back.
+  const json eos_bias = {{std::to_string(kEos), 100}};
+  const json at_once = completion({{"max_tokens", 16}, {"temperature", 0}, {"logit_bias", eos_bias}});
+  EXPECT_EQ(at_once["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(at_once["usage"]["completion_tokens"], 1);
+  const json ignoring_forced = completion({{"max_tokens", 16}, {"temperature", 0}, {"logit_bias", eos_bias}, {"ignore_eos", true}});
+  EXPECT_EQ(ignoring_forced["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(ignoring_forced["usage"]["completion_tokens"], 16);
+  const json held = completion({{"max_tokens", 16}, {"temperature", 0}, {"logit_bias", eos_bias}, {"min_tokens", 3}});
+  EXPECT_EQ(held["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(held["usage"]["completion_tokens"], 4) << "three others, then the eos";
+  const json ignoring = completion({{"max_tokens", 16}, {"temperature", 0}, {"ignore_eos", true}});
+  EXPECT_EQ(ignoring["usage"]["completion_tokens"], 16);
+  // stop_token_ids: the reply's own third token ends it there.
+  const std::vector<int32_t> ids = tk.encode(ignoring["choices"][0]["text"].get<std::string>(), false);
+  ASSERT_GE(ids.size(), 4u);
+  const json cut = completion({{"max_tokens", 16}, {"temperature", 0}, {"stop_token_ids", {ids[2]}}});
+  EXPECT_EQ(cut["choices"][0]["finish_reason"], "stop");
+  EXPECT_LE(cut["usage"]["completion_tokens"].get<int64_t>(), 3 + 1) << cut.dump();
+  // logit_bias: +100 on one token makes it the argmax at every step.
+  const int32_t forced = tk.encode(" rocket", false).at(0);
+  const json biased = completion({{"max_tokens", 4}, {"temperature", 0}, {"ignore_eos", true},
+                                  {"logit_bias", {{std::to_string(forced), 100}}}});
+  EXPECT_EQ(biased["choices"][0]["text"], tk.decode({forced, forced, forced, forced}));
+
+  // The penalties and min_p: the same tokens as `generate` with the same options and seed.
+  const std::string flags = " --temperature 0.9 --seed 11 --min-p 0.05 --presence-penalty 0.8 --frequency-penalty 0.4";
+  const Expected want = generate("cats", {json{{"prompt", "Once upon a time"}}}, flags + " --max-new-tokens 12").at(0);
+  const json got = completion({{"max_tokens", 12}, {"temperature", 0.9}, {"seed", 11}, {"min_p", 0.05},
+                               {"presence_penalty", 0.8}, {"frequency_penalty", 0.4}});
+  EXPECT_EQ(got["choices"][0]["text"], want.text);
+  EXPECT_EQ(got["usage"]["completion_tokens"], want.tokens);
+  // Greedy too: the base model's reply repeats tokens, which the penalties push down.
+  json base_body = {{"model", "base"}, {"prompt", "The function returns"}, {"max_tokens", 16}, {"temperature", 0}, {"ignore_eos", true}};
+  const HttpReply unpenalized = post("/v1/completions", base_body.dump());
+  base_body.update({{"presence_penalty", 1.5}, {"frequency_penalty", 1.5}});
+  const HttpReply penalized = post("/v1/completions", base_body.dump());
+  ASSERT_EQ(penalized.status, 200) << penalized.body;
+  const auto repeats = [&](const HttpReply& r) {
+    const auto t = tk.encode(r.j["choices"][0]["text"].get<std::string>(), false);
+    return t.size() - std::set<int32_t>(t.begin(), t.end()).size();
+  };
+  EXPECT_GT(repeats(unpenalized), 0u) << unpenalized.body;
+  EXPECT_LT(repeats(penalized), repeats(unpenalized)) << penalized.body;
+
+  for (const char* body : {R"({"prompt": "x", "n": 0})", R"({"prompt": "x", "n": 65})", R"({"prompt": "x", "min_p": 1.5})",
+                           R"({"prompt": "x", "presence_penalty": 3})", R"({"prompt": "x", "frequency_penalty": -2.5})",
+                           R"({"prompt": "x", "logit_bias": {"abc": 1}})", R"({"prompt": "x", "logit_bias": {"5": 200}})",
+                           R"({"prompt": "x", "logit_bias": {"99999": 1}})", R"({"prompt": "x", "logit_bias": [1]})",
+                           R"({"prompt": "x", "stop_token_ids": [99999]})", R"({"prompt": "x", "stop_token_ids": ["a"]})",
+                           R"({"prompt": "x", "min_tokens": -1})", R"({"prompt": "x", "ignore_eos": "yes"})"}) {
+    const HttpReply r = post("/v1/completions", body);
+    EXPECT_EQ(r.status, 400) << body << ": " << r.body;
+  }
+  EXPECT_EQ(post("/v1/completions", json{{"prompt", std::vector<std::string>(20, "x")}, {"n", 64}}.dump()).status, 400)
+      << "20 prompts × 64 choices";
 }
 
 // vLLM's tokenizer endpoints (what lm-evaluation-harness's remote tokenizer calls): the server's

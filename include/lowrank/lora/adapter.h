@@ -94,6 +94,9 @@ class Adapter {
   // re-runs the init and trains on the residual: the adapted weights become W0 - s·B0·A0 of that
   // init ("pissa_niter_N" draws random numbers we cannot reproduce: refused).
   void attach_base_layers(model::Model& model) const;
+  // The modules_to_save copies in place of the model's layers (part of attach_base_layers; what
+  // a created adapter needs: train --modules-to-save).
+  void attach_saved_modules(model::Model& model) const;
   // Every trainable tensor: each pair's tensors (its variant's list: A, B, ...), in pair order,
   // then the biases.
   std::vector<AdapterParam> parameters();

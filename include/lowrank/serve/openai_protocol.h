@@ -38,7 +38,8 @@ nlohmann::json parse_body(const std::string& body);
 struct GenerationParams {
   std::string model;                   // "" when absent: the base model
   std::optional<int64_t> max_tokens;   // absent: 16 for completions, the rest of the context for chat
-  infer::SamplingOptions sampling;     // temperature 0 -> greedy; seed drawn by the server if absent
+  infer::SamplingOptions sampling;     // temperature 0 -> greedy; seed drawn by the server if absent;
+                                       // min_p, presence/frequency_penalty, logit_bias, min_tokens
   bool seed_given = false;
   std::vector<std::string> stop;
   bool stream = false;
@@ -49,6 +50,9 @@ struct GenerationParams {
   // Completions only: the prompt before the reply, with its tokens' log-probabilities when
   // top_logprobs >= 0 (the first token's null). With max_tokens 0 the reply is the prompt alone.
   bool echo = false;
+  int64_t n = 1;                         // choices per prompt (1 to kMaxChoicesPerPrompt)
+  std::vector<int32_t> stop_token_ids;   // vLLM's: more ids that end a choice (finish "stop")
+  bool ignore_eos = false;               // vLLM's: the model's eos ids do not end a choice
 };
 
 // A prompt as text, or as token ids used as they are.
@@ -59,8 +63,10 @@ struct CompletionRequest {
   std::vector<Prompt> prompts;  // one choice each (`prompt` may be a list), at most kMaxPrompts
 };
 
-// Prompts one completion request may list.
+// Prompts one completion request may list, and choices (`n`) per prompt; prompts × n is at most
+// kMaxPrompts too.
 inline constexpr size_t kMaxPrompts = 1024;
+inline constexpr int64_t kMaxChoicesPerPrompt = 64;
 
 struct ChatRequest {
   GenerationParams params;
