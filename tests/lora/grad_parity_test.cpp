@@ -117,19 +117,26 @@ TEST(FullGradParity, EveryWeightGradientMatchesPyTorch) {
   for (const auto& [name, t] : ours) expect_close(t, ref.get(name), name);
 }
 
+// An adapter with `targets` and trained copies of embed_tokens and lm_head (train
+// --modules-to-save), attached to `m` with its gradients allocated.
+lora::Adapter adapter_saving_embedding_layers(model::Model& m, const std::string& targets) {
+  lora::LoraConfig c;
+  c.set_targets(targets);
+  c.modules_to_save = {"embed_tokens", "lm_head"};
+  Rng rng(3);
+  lora::Adapter a = lora::Adapter::create(m, c, rng);
+  a.attach_saved_modules(m);
+  a.allocate_grads();
+  return a;
+}
+
 // A LoRA run with modules_to_save (train --modules-to-save): while B is zero the model is the base,
 // so PEFT's gradients of its copies of embed_tokens and lm_head are PyTorch's full-model gradients
 // of those two weights (the llama_full fixture).
 TEST(ModulesToSaveGrads, EqualPyTorchsFullGradientsOfThoseLayers) {
   const std::string dir = test::fixture("lora/llama_full");
   model::Model m = model::Model::load(test::model_fixture("llama"));
-  lora::LoraConfig c;
-  c.set_targets("q_proj,v_proj");
-  c.modules_to_save = {"embed_tokens", "lm_head"};
-  Rng rng(3);
-  lora::Adapter a = lora::Adapter::create(m, c, rng);
-  a.attach_saved_modules(m);
-  a.allocate_grads();
+  lora::Adapter a = adapter_saving_embedding_layers(m, "q_proj,v_proj");
   ASSERT_EQ(a.saved_modules.size(), 2u);
   Batch b = read_batch(io::read_json(dir + "/batch.json"));
   lora::LoraHook hook({{&a, 1.0}});
@@ -156,13 +163,7 @@ TEST(ModulesToSaveGrads, TiedCopiesSplitTheTiedGradient) {
   model::ModelWeights g = model::zeros_like(full.weights());
   model::forward_backward(full, tokens, targets, 0.1f, nullptr, &g);
 
-  lora::LoraConfig c;
-  c.set_targets("none");
-  c.modules_to_save = {"embed_tokens", "lm_head"};
-  Rng rng(3);
-  lora::Adapter a = lora::Adapter::create(m, c, rng);
-  a.attach_saved_modules(m);
-  a.allocate_grads();
+  lora::Adapter a = adapter_saving_embedding_layers(m, "none");
   EXPECT_NE(m.weights().lm_head.raw(), m.weights().embed.raw()) << "the copies untie the pair";
   lora::LoraHook hook({{&a, 1.0}});
   hook.set_training(true);
