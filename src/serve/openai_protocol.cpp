@@ -21,6 +21,7 @@ using infer::kMinRepetitionPenalty, infer::kMaxRepetitionPenalty;
 // a million of them, hours of work for a reply of a few hundred tokens.
 constexpr size_t kMaxStopStrings = 64, kMaxStopBytes = 1024;
 constexpr size_t kMaxLogitBias = 1024;  // entries of logit_bias (OpenAI's limit is 300)
+constexpr size_t kMaxStopTokenIds = 1024;
 
 [[noreturn]] void bad(const std::string& message) { throw ApiError(400, message); }
 
@@ -195,8 +196,12 @@ GenerationParams parse_params(const json& body, bool chat) {
   s.min_tokens = integer(body, "min_tokens").value_or(0);
   if (s.min_tokens < 0) bad("'min_tokens' must not be negative");
   p.ignore_eos = boolean(body, "ignore_eos", false);
-  if (auto it = body.find("stop_token_ids"); it != body.end() && !it->is_null() && !it->empty())
+  if (auto it = body.find("stop_token_ids"); it != body.end() && !it->is_null() && !it->empty()) {
+    // Every generated token is looked up among them: a body's million ids would slow every step.
+    if (it->is_array() && it->size() > kMaxStopTokenIds)
+      bad("'stop_token_ids' holds " + std::to_string(it->size()) + " ids, more than " + std::to_string(kMaxStopTokenIds));
     p.stop_token_ids = token_ids(*it, "stop_token_ids", "'stop_token_ids' must be a list of token ids");
+  }
   p.n = integer(body, "n").value_or(1);
   if (p.n < 1 || p.n > kMaxChoicesPerPrompt)
     bad("'n' must be from 1 to " + std::to_string(kMaxChoicesPerPrompt) + ", got " + std::to_string(p.n));

@@ -136,6 +136,12 @@ TEST(OpenAiProtocol, MalformedBodiesAre400NamingTheField) {
       {R"({"prompt": "x", "top_logprobs": 3})", "'top_logprobs'"},
       {R"({"prompt": "x", "guided_json": {"type": "object"}})", "'guided_json'"},
       {R"({"prompt": "x", "stop_token_ids": ["a"]})", "'stop_token_ids'"},
+      {json{{"prompt", "x"}, {"stop_token_ids", std::vector<int>(1025, 3)}}.dump(), "'stop_token_ids'"},
+      {json{{"prompt", "x"}, {"logit_bias", [] {
+              json b;
+              for (int i = 0; i < 1025; ++i) b[std::to_string(i)] = 1;
+              return b;
+            }()}}.dump(), "'logit_bias'"},
       {R"({"prompt": "x", "ignore_eos": 1})", "'ignore_eos'"},
       {R"({"prompt": "x", "min_p": 1.1})", "'min_p'"},
       {R"({"prompt": "x", "min_tokens": -4})", "'min_tokens'"},
