@@ -91,8 +91,13 @@ TensorStore TensorStore::open(const std::string& path) {
     add_file(std::make_shared<SafetensorsFile>(SafetensorsFile::open(single_path)));
     return store;
   }
-  throw error(dir, ": no model weights found (looked for ", kIndexName, " and ", kSingleName,
-              ")");
+  // PyTorch's pickle checkpoints (what save_pretrained wrote before safetensors): not read, since
+  // unpickling runs whatever the file says.
+  const bool pickled = file_exists(dir + "/pytorch_model.bin") || file_exists(dir + "/pytorch_model.bin.index.json");
+  throw error(dir, ": no model weights found (looked for ", kIndexName, " and ", kSingleName, ")",
+              pickled ? "; its pytorch_model.bin is PyTorch's pickle format, which lowrank does not read: re-save "
+                        "the model with transformers' save_pretrained(dir, safe_serialization=True)"
+                      : "");
 }
 
 std::vector<std::string> TensorStore::names() const {

@@ -198,7 +198,12 @@ Adapter Adapter::load(const std::string& dir, const model::Model& model) {
   Adapter a;
   a.config = LoraConfig::from_json(io::read_json(cfg_path), cfg_path);
   std::string weights = (fs::path(dir) / "adapter_model.safetensors").string();
-  if (!io::file_exists(weights)) throw error(dir, ": no adapter_model.safetensors");
+  if (!io::file_exists(weights))
+    throw error(dir, ": no adapter_model.safetensors",
+                io::file_exists((fs::path(dir) / "adapter_model.bin").string())
+                    ? "; its adapter_model.bin is PyTorch's pickle format, which lowrank does not read: re-save the "
+                      "adapter with PEFT's save_pretrained(dir, safe_serialization=True)"
+                    : "");
   auto file = io::SafetensorsFile::open(weights);
 
   std::map<std::string, AdaptableModule> by_name;

@@ -134,6 +134,8 @@ TEST(TensorStore, FolderWithoutWeightsListsWhatWasLookedFor) {
                {"model.safetensors.index.json", "model.safetensors"});
   expect_error([&] { TensorStore::open(dir.file("missing")); }, dir.file("missing"),
                {"no such file"});
+  dir.write("pytorch_model.bin", "a pickle");  // never unpickled: said why it is not read
+  expect_error([&] { TensorStore::open(dir.path()); }, dir.path(), {"pickle", "safe_serialization=True"});
 }
 
 TEST(TensorStore, BadShardErrorNamesTheShard) {

@@ -33,6 +33,14 @@ TEST(AdapterLoad, TheUnchangedCopyLoads) {
   EXPECT_EQ(lora::Adapter::load(a.write(), llama()).pairs.size(), 14u);
 }
 
+// An adapter saved in PyTorch's pickle format (PEFT before safetensors): refused, saying how to convert.
+TEST(AdapterLoad, APickledAdapterIsRefusedWithTheWayOut) {
+  AdapterCopy a;
+  const std::string dir = a.write();
+  fs::rename(a.dir.file("adapter_model.safetensors"), a.dir.file("adapter_model.bin"));
+  expect_load_error(dir, llama(), {"no adapter_model.safetensors", "pickle", "safe_serialization=True"});
+}
+
 // PEFT puts LoRA layers only where target_modules points (and refuses an adapter whose
 // target_modules matches nothing): tensors for other modules were applied all the same.
 TEST(AdapterLoad, TensorsOfModulesTargetModulesDoesNotSelectAreRefused) {
