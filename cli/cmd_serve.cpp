@@ -52,7 +52,7 @@ int run_serve(ServeArgs& a) {
   if (a.options.max_body_bytes < 1024) throw error("--max-body-bytes must be at least 1024");
   a.options.model_name = a.served_name.empty() ? a.model : a.served_name;
 
-  // On CUDA: bf16, and decoding batched over a paged KV cache (docs/serve.md).
+  // On CUDA bf16; on every device decoding batched over a paged KV cache (docs/serve.md).
   model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32);
   serve::Server server(m, tok::Tokenizer::load(a.model), a.options);
   for (const auto& spec : a.adapters) {
@@ -101,10 +101,11 @@ RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HT
                        app.add_option("--adapter", a->adapters,
                                       "A PEFT adapter that requests name as `model`: NAME=DIR or NAME=DIR:SCALE (repeatable)");
                        app.add_option("--served-model-name", a->served_name, "The base model's name in requests (default: --model)");
-                       app.add_option("--device", a->device, "cpu or cuda[:N] (bf16, batched decoding over a paged KV cache)")
+                       app.add_option("--device", a->device, "cpu (f32) or cuda[:N] (bf16)")
                            ->capture_default_str();
                        app.add_option("--kv-cache-blocks", a->options.kv_cache_blocks,
-                                      "CUDA: blocks of 16 positions in the paged KV cache (0: --max-batch full contexts)")
+                                      "Blocks of 16 positions in the paged KV cache (0: --max-batch full contexts; on the "
+                                      "CPU of at most 4,096 positions each)")
                            ->capture_default_str();
                        app.add_option("--host", a->host, "Address to listen on")->capture_default_str();
                        app.add_option("--port", a->port, "Port to listen on (0: any free port)")->capture_default_str();

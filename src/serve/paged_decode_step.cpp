@@ -1,5 +1,7 @@
 #include "lowrank/serve/paged_decode_step.h"
 
+#include <algorithm>
+
 namespace lowrank::serve {
 namespace {
 
@@ -17,9 +19,10 @@ PagedDecodeStep::PagedDecodeStep(const model::Model& model, int64_t num_blocks, 
 
 std::optional<lora::AdapterCacheStats> PagedDecodeStep::adapter_cache_stats() const { return decoder_.adapter_stats(); }
 
-int64_t PagedDecodeStep::blocks_for_batch(const model::ModelConfig& c, int64_t max_batch) {
+int64_t PagedDecodeStep::blocks_for_batch(const model::ModelConfig& c, int64_t max_batch, Device device) {
   const int64_t bs = infer::PagedKVCache::kDefaultBlockSize;
-  return max_batch * ((c.max_position_embeddings + bs - 1) / bs);
+  const int64_t positions = device.is_cpu() ? std::min(c.max_position_embeddings, kCpuPositionsPerPlace) : c.max_position_embeddings;
+  return max_batch * ((positions + bs - 1) / bs);
 }
 
 DecodeStep::Room PagedDecodeStep::room_for(int64_t capacity) const {

@@ -15,7 +15,6 @@
 #include "lowrank/core/error.h"
 #include "lowrank/core/log.h"
 #include "lowrank/serve/adapter_registry.h"
-#include "lowrank/serve/cpu_decode_step.h"
 #include "lowrank/serve/paged_decode_step.h"
 #include "lowrank/serve/metrics.h"
 #include "lowrank/serve/openai_protocol.h"
@@ -198,8 +197,8 @@ class HttpServer : public httplib::Server {
 }  // namespace
 
 static std::unique_ptr<DecodeStep> make_step(const model::Model& m, const ServerOptions& o) {
-  if (!o.paged && m.device().is_cpu()) return std::make_unique<CpuDecodeStep>(m);
-  const int64_t blocks = o.kv_cache_blocks > 0 ? o.kv_cache_blocks : PagedDecodeStep::blocks_for_batch(m.config(), o.max_batch);
+  const int64_t blocks =
+      o.kv_cache_blocks > 0 ? o.kv_cache_blocks : PagedDecodeStep::blocks_for_batch(m.config(), o.max_batch, m.device());
   return std::make_unique<PagedDecodeStep>(m, blocks, o.max_gpu_adapters, o.merged_adapters);
 }
 

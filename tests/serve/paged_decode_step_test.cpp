@@ -37,7 +37,7 @@ TEST(PagedDecodeStep, ScheduledRepliesEqualGenerator) {
   lora::AdapterSet set({test::fixture("lora/generate/adapter_a") + ":1.0"}, m);
   std::shared_ptr<model::ProjectionHook> hook(set.hook(), [](model::ProjectionHook*) {});
   auto cases = io::read_json(test::fixture("lora/generate/expected.json"));
-  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 3));
+  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 3, m.device()));
   serve::Scheduler scheduler(step, 3);
   struct Sent {
     serve::SequenceRequest request;
@@ -102,7 +102,7 @@ TEST(PagedDecodeStep, MixedAdaptersThroughACacheOfOneEqualGenerator) {
     ASSERT_TRUE(lora::is_mixable(*a, static_cast<int>(m.config().num_layers))) << name;
     adapters.push_back({a, scale, std::make_shared<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{a.get(), scale}})});
   }
-  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 4), /*max_device_adapters=*/1);
+  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 4, m.device()), /*max_device_adapters=*/1);
   serve::Scheduler scheduler(step, 4);
   std::vector<std::pair<serve::SequenceRequest, std::shared_ptr<serve::SequenceChannel>>> sent;
   for (size_t i = 0; i < 9; ++i) {
@@ -148,7 +148,7 @@ TEST(PagedDecodeStep, OneAdapterRequestsOnAMergedCopyEqualGeneratorOverTheMerged
   auto a = std::make_shared<lora::Adapter>(lora::Adapter::load(test::fixture("lora/generate/adapter_a"), m));
   const double scale = 0.8;
   lora::merge_adapter(merged, *a, scale);
-  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 3), 2, /*merged_adapters=*/1,
+  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 3, m.device()), 2, /*merged_adapters=*/1,
                               /*merge_after_steps=*/0);
   serve::Scheduler scheduler(step, 3);
   auto hook = std::make_shared<lora::LoraHook>(std::vector<lora::ActiveAdapter>{{a.get(), scale}});

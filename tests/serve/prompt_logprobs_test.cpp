@@ -1,7 +1,6 @@
 // Log-probabilities of tokens (what `serve` returns for `logprobs` and for `echo` with logprobs,
 // and what lm-evaluation-harness sums to score a continuation) against transformers: the
-// log-softmax of the fixture model's reference logits, through both decode steps of `serve`
-// (the CPU one, and the paged one that CUDA runs, here on the CPU).
+// log-softmax of the fixture model's reference logits, through `serve`'s decode step.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,7 +9,6 @@
 #include "lowrank/io/files.h"
 #include "lowrank/io/jsonl.h"
 #include "lowrank/io/safetensors.h"
-#include "lowrank/serve/cpu_decode_step.h"
 #include "lowrank/serve/paged_decode_step.h"
 #include "test_paths.h"
 
@@ -77,10 +75,10 @@ TEST(TokenLogprobs, PromptLogprobsEqualTransformers) {
   prompts.pop_back();  // a one-token prompt scores nothing (below)
   constexpr int kTop = 5;
 
-  serve::CpuDecodeStep cpu(m);
-  serve::PagedDecodeStep paged(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 2));
-  for (serve::DecodeStep* step : {static_cast<serve::DecodeStep*>(&cpu), static_cast<serve::DecodeStep*>(&paged)}) {
-    const std::string which = step == &cpu ? "cpu step" : "paged step";
+  serve::PagedDecodeStep paged(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 2, m.device()));
+  {
+    serve::DecodeStep* step = &paged;
+    const std::string which = "paged step";
     const auto got = scored(*step, prompts, kTop);
     for (size_t s = 0; s < prompts.size(); ++s) {
       const std::vector<int32_t>& ids = prompts[s];

@@ -3,7 +3,8 @@
 // prompts of one length and adapter prefill together, decode steps of one adapter run as one
 // forward with paged attention, and plain-LoRA adapters of any rank and target set join the base
 // model's batches through segmented LoRA (lora/mixed_batch_hook.h), from a device adapter cache.
-// The step `lowrank serve --device cuda` uses; it runs on the CPU as well (tests). A sequence's
+// The step `lowrank serve` uses on every device (on the CPU it gives 2.0× the throughput of
+// running the sequences one after the other at 16 clients: bench/RESULTS.md, 2026-12-05). A sequence's
 // blocks are reserved when it is opened (prompt + max_tokens); a request that does not fit the free
 // blocks waits until running sequences return theirs.
 #include "lowrank/infer/batch_decoder.h"
@@ -20,8 +21,11 @@ class PagedDecodeStep : public DecodeStep {
   PagedDecodeStep(const model::Model& model, int64_t num_blocks,
                   size_t max_device_adapters = infer::BatchDecoder::kDefaultDeviceAdapters, size_t merged_adapters = 0,
                   int64_t merge_after_steps = infer::BatchDecoder::kMergeAfterSteps);
-  // Blocks for max_batch sequences of the model's whole context.
-  static int64_t blocks_for_batch(const model::ModelConfig& config, int64_t max_batch);
+  // Blocks for max_batch sequences of the model's whole context; on the CPU of at most
+  // kCpuPositionsPerPlace positions each (RAM: a long-context model's full contexts for every
+  // place of the batch would be tens of GB of f32).
+  static constexpr int64_t kCpuPositionsPerPlace = 4096;
+  static int64_t blocks_for_batch(const model::ModelConfig& config, int64_t max_batch, Device device);
   std::unique_ptr<SequenceState> open(int64_t capacity) override;  // Error when the pool is full
   Room room_for(int64_t capacity) const override;
   void run(std::span<StepEntry> batch) override;

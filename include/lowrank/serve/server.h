@@ -20,9 +20,9 @@ struct ServerOptions {
   size_t max_body_bytes = 8 << 20;      // larger request bodies get 413
   bool enable_lora_loading = false;     // POST /v1/load_lora_adapter and /v1/unload_lora_adapter
   std::string chat_template;            // --chat-template: a built-in name or a Jinja file ("": the model's)
-  // The decode step: the CPU one (one sequence after the other), or batches over a paged KV cache
-  // (always on CUDA) of kv_cache_blocks blocks of 16 positions (0: max_batch full contexts).
-  bool paged = false;
+  // The decode step runs batches over a paged KV cache (serve/paged_decode_step.h) of
+  // kv_cache_blocks blocks of 16 positions
+  // (0: PagedDecodeStep::blocks_for_batch: --max-batch contexts).
   int64_t kv_cache_blocks = 0;
   // The paged step's device adapter cache (lora/adapter_cache.h): adapters kept on the device.
   size_t max_gpu_adapters = 64;
@@ -33,7 +33,7 @@ struct ServerOptions {
 
 class Server {
  public:
-  // `model` (CPU or CUDA; CUDA decodes through the paged KV cache) must outlive the server.
+  // `model` (CPU or CUDA) must outlive the server.
   Server(const model::Model& model, tok::Tokenizer tokenizer, ServerOptions options);
   ~Server();  // shutdown(); a thread in run() must have returned before the Server is destroyed
   Server(const Server&) = delete;

@@ -1,11 +1,11 @@
-// CpuDecodeStep (what `serve` runs on the CPU without --paged) with an adapter that adapts the
-// embedding and the lm_head: its logits are the model's with the adapter's hook, and scheduled
-// replies equal Generator's.
+// serve's decode step with an adapter that adapts the embedding and the lm_head (one that does
+// not mix: it runs through its own hook): its logits are the model's with the adapter's hook, and
+// scheduled replies equal Generator's.
 #include <gtest/gtest.h>
 
 #include "lowrank/infer/generator.h"
 #include "lowrank/lora/adapter_set.h"
-#include "lowrank/serve/cpu_decode_step.h"
+#include "lowrank/serve/paged_decode_step.h"
 #include "lowrank/serve/scheduler.h"
 #include "test_paths.h"
 
@@ -19,7 +19,7 @@ float max_abs_diff(const std::vector<float>& a, const float* b) {
   return d;
 }
 
-TEST(CpuDecodeStep, AppliesTheAdaptersLmHeadLora) {
+TEST(DecodeStepWithAdapter, AppliesTheAdaptersLmHeadLora) {
   model::Model m = model::Model::load(test::model_fixture("llama"));
   lora::AdapterSet set({test::fixture("lora/llama_embed_lm_head/adapter") + ":1.0"}, m);
   const std::vector<int32_t> prompt = {1, 17, 42, 99, 7, 3};
@@ -27,7 +27,7 @@ TEST(CpuDecodeStep, AppliesTheAdaptersLmHeadLora) {
   const Tensor want = m.logits(batch, set.hook()).slice_rows(batch.seq - 1, batch.seq);
   const Tensor base = m.logits(batch).slice_rows(batch.seq - 1, batch.seq);
 
-  serve::CpuDecodeStep step(m);
+  serve::PagedDecodeStep step(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 2, m.device()));
   auto state = step.open(16);
   serve::StepEntry e;
   e.state = state.get();
@@ -41,7 +41,7 @@ TEST(CpuDecodeStep, AppliesTheAdaptersLmHeadLora) {
 
   // Scheduled greedy and sampled replies equal Generator with the same hook.
   std::shared_ptr<model::ProjectionHook> hook(set.hook(), [](model::ProjectionHook*) {});
-  serve::CpuDecodeStep compute(m);
+  serve::PagedDecodeStep compute(m, serve::PagedDecodeStep::blocks_for_batch(m.config(), 2, m.device()));
   serve::Scheduler scheduler(compute, 2);
   for (bool greedy : {true, false}) {
     serve::SequenceRequest r;
