@@ -89,8 +89,8 @@ int run_generate(GenerateArgs& a) {
     std::printf("\n");
     return 0;
   }
-  // Every line is read (and checked) first; on the GPU they are then decoded together through the
-  // paged KV cache (continuous batching, --batch-size at once), on the CPU one after the other.
+  // Every line is read (and checked) first; then they are decoded together through the paged KV
+  // cache (continuous batching, --batch-size at once).
   std::vector<nlohmann::json> records;
   std::vector<std::vector<int32_t>> prompts;
   io::for_each_jsonl(a.input, [&](int64_t, const nlohmann::json& rec) {
@@ -102,14 +102,9 @@ int run_generate(GenerateArgs& a) {
     records.push_back(rec);
     prompts.push_back(std::move(ids));
   });
-  std::vector<std::vector<int32_t>> outputs;
-  if (device.is_cuda()) {
-    infer::BatchOptions b;
-    b.max_batch = a.batch_size;
-    outputs = infer::generate_batch(m, adapters.hook(), prompts, a.gen, b);
-  } else {
-    for (const auto& p : prompts) outputs.push_back(gen.generate(p, a.gen));
-  }
+  infer::BatchOptions b;
+  b.max_batch = a.batch_size;
+  const std::vector<std::vector<int32_t>> outputs = infer::generate_batch(m, adapters.hook(), prompts, a.gen, b);
   std::string lines;
   for (size_t i = 0; i < records.size(); ++i) {
     nlohmann::json o = records[i];
@@ -153,7 +148,7 @@ RegisterCommand reg{{"generate", "Generate text with a model and optional adapte
                                       "none, or nf4: the blocks' linear weights in 4-bit NormalFloat (as train --quantize)")
                            ->capture_default_str();
                        app.add_option("--batch-size", a->batch_size,
-                                      "With --input on CUDA: lines decoded together (continuous batching)")
+                                      "With --input: lines decoded together (continuous batching)")
                            ->capture_default_str();
                        app.add_flag("--chat", a->chat, "Format the prompt with the model's chat template");
                        app.add_option("--chat-template", a->chat_template,
