@@ -113,8 +113,8 @@ void validate(const TrainOptions& o) {
     throw error("--pad-to-multiple-of must be between 1 and --seq-len (", o.seq_len, "), got ", o.pad_to_multiple_of);
   if (o.grad_accum <= 0) throw error("--grad-accum must be positive");
   if (!(o.lr > 0) || !std::isfinite(o.lr)) throw error("--lr must be a positive number, got ", o.lr);
-  if (o.steps < 0 || o.epochs < 0 || o.warmup < 0 || o.save_every < 0 || o.eval_every < 0)
-    throw error("--steps, --epochs, --warmup, --save-every and --eval-every must not be negative");
+  if (o.steps < 0 || o.epochs < 0 || o.warmup < 0 || o.save_every < 0 || o.eval_every < 0 || o.save_total_limit < 0)
+    throw error("--steps, --epochs, --warmup, --save-every, --save-total-limit and --eval-every must not be negative");
   if (o.steps > 0 && o.epochs > 0) throw error("give --steps or --epochs, not both");
   // An infinite decay multiplies every weight by -inf in the first step: an adapter of infinities.
   if (!(o.weight_decay >= 0) || !std::isfinite(o.weight_decay))
@@ -472,6 +472,11 @@ TrainSummary run_training(const TrainOptions& o) {
         if (adapter) adapter->write_files(tmp);
         io::write_json_atomic((fs::path(tmp) / "trainer_state.json").string(), state);
       }, nlohmann::json{{"kind", "lowrank-checkpoint"}, {"step", step + 1}});
+      // transformers' save_total_limit: the oldest complete checkpoints go once the new one is in place.
+      if (o.save_total_limit > 0) {
+        auto kept = io::list_checkpoints(o.out_dir);
+        for (size_t i = 0; i + static_cast<size_t>(o.save_total_limit) < kept.size(); ++i) fs::remove_all(kept[i].second);
+      }
     }
     if (kill_after && std::atoll(kill_after) == step + 1) std::raise(SIGKILL);
   }

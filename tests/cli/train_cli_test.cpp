@@ -2,6 +2,7 @@
 // as an uninterrupted run), refusal to resume with other settings, and bad input.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "cli/cli_test_helpers.h"
@@ -64,6 +65,26 @@ TEST(TrainCli, KillAndResumeEqualsUninterruptedRun) {
     EXPECT_EQ(a[i]["step"], b[i]["step"]);
     EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << a[i]["step"];
   }
+}
+
+// --save-total-limit: the two newest checkpoints stay (older ones deleted after the newer one is
+// complete) and the run resumes from the newest.
+TEST(TrainCli, SaveTotalLimitKeepsTheNewestCheckpoints) {
+  io::testing::ScratchDir d;
+  auto r = test::run_cli(base_args(d.file("run")) + " --steps 8 --save-every 2 --save-total-limit 2",
+                         "LOWRANK_TEST_KILL_AFTER_STEP=7");
+  EXPECT_EQ(r.code, 128 + 9) << r.err;
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(d.file("run")))
+    if (e.is_directory()) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"checkpoint-4", "checkpoint-6"}));
+  auto resumed = test::run_cli(base_args(d.file("run")) + " --steps 8 --save-every 2 --save-total-limit 2 --resume");
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming from"), std::string::npos) << resumed.err;
+  EXPECT_TRUE(std::filesystem::exists(d.file("run/checkpoint-8/manifest.json")));
+  EXPECT_FALSE(std::filesystem::exists(d.file("run/checkpoint-4")));
+  EXPECT_EQ(test::run_cli(base_args(d.file("x")) + " --steps 1 --save-total-limit -1").code, 2);
 }
 
 TEST(TrainCli, ResumeWithOtherSettingsIsRefused) {
