@@ -94,6 +94,31 @@ TEST(Files, NumberOverflowIsAnErrorNamingTheSource) {
                {"1E400"});
 }
 
+// A .json file of one array of records reads as JSON Lines does (datasets' "json" loader takes both).
+TEST(Files, JsonArrayFilesReadAsRecords) {
+  ScratchDir dir;
+  std::vector<nlohmann::json> seen;
+  auto collect = [&](int64_t n, const nlohmann::json& r) {
+    EXPECT_EQ(n, static_cast<int64_t>(seen.size()) + 1);
+    seen.push_back(r);
+  };
+  for_each_jsonl(dir.write("a.json", " \n[{\"text\": \"a\"},\n {\"text\": \"b\"}]\n"), collect);
+  EXPECT_EQ(seen, (std::vector<nlohmann::json>{{{"text", "a"}}, {{"text", "b"}}}));
+  seen.clear();
+  for_each_jsonl(dir.write("lines.json", "{\"text\": \"a\"}\n{\"text\": \"b\"}\n"), collect);  // JSON Lines in .json
+  EXPECT_EQ(seen.size(), 2u);
+  const std::string bad = dir.write("bad.json", "[{\"text\": \"a\"}, 5]");
+  expect_error([&] { for_each_jsonl(bad, [](int64_t, const nlohmann::json&) {}); }, bad + ": record 2", {"JSON object"});
+  const std::string cut = dir.write("cut.json", "[{\"text\": ");
+  expect_error([&] { for_each_jsonl(cut, [](int64_t, const nlohmann::json&) {}); }, cut, {"invalid JSON"});
+  const std::string thrown = dir.write("t.json", "[{}, {}]");
+  expect_error([&] { for_each_jsonl(thrown, [](int64_t n, const nlohmann::json&) { if (n == 2) throw error("no text"); }); },
+               thrown + ": record 2", {"no text"});
+  // Only .json: a .jsonl file's "[" line is still an error of that line.
+  const std::string arr_lines = dir.write("x.jsonl", "[1]\n");
+  expect_error([&] { for_each_jsonl(arr_lines, [](int64_t, const nlohmann::json&) {}); }, arr_lines + ":1", {"JSON object"});
+}
+
 TEST(Files, WriteJsonRoundTrip) {
   ScratchDir dir;
   const std::string path = dir.file("x.json");

@@ -8,7 +8,9 @@ namespace lowrank::io {
 
 // Calls fn(line_number, value) for every non-blank line. A line that is not valid JSON, or not a
 // JSON object, is an Error "<path>:<line>: ...". fn may throw Error; its message gets the same
-// "<path>:<line>: " prefix.
+// "<path>:<line>: " prefix. A ".json" file holding one JSON array of objects (what Hugging Face
+// datasets' "json" loader also takes) is read whole: fn(n, record) for its n-th element, errors
+// prefixed "<path>: record <n>: ".
 void for_each_jsonl(const std::string& path, const std::function<void(int64_t, const nlohmann::json&)>& fn);
 
 }  // namespace lowrank::io
