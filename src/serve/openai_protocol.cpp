@@ -440,10 +440,10 @@ ReplyJson text_chunk(const ReplyHeader& h, const ChoiceReply& piece) {
   return chunk;
 }
 
-ReplyJson role_chunk(const ReplyHeader& h) {
+ReplyJson role_chunk(const ReplyHeader& h, int64_t index) {
   ReplyJson chunk = object_base(h, true);
   chunk["choices"] = ReplyJson::array(
-      {{{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}}});
+      {{{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}}});
   return chunk;
 }
 

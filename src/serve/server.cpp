@@ -133,7 +133,7 @@ struct Reply {
   bool include_usage = false;
   bool logprobs = false;
   size_t streaming = 0;        // streamed: the choice being written (one after the other)
-  bool role_sent = false;      // streamed chat: the first event has been written
+  bool role_sent = false;      // streamed chat: the choice being written has had its role chunk
 
   Usage usage() const {
     Usage u;
@@ -533,11 +533,11 @@ bool Server::Impl::write_stream_events(Reply& reply, httplib::DataSink& sink) {
     reply.cancel_all();  // the client went away: free its places in the batch
     return false;
   };
-  if (reply.header.chat && !reply.role_sent) {
-    reply.role_sent = true;
-    if (!send(sse(role_chunk(reply.header)))) return false;
-  }
   Choice& c = reply.choices[reply.streaming];
+  if (reply.header.chat && !reply.role_sent) {  // each choice's first chunk, as OpenAI's and vLLM's streams
+    reply.role_sent = true;
+    if (!send(sse(role_chunk(reply.header, c.index)))) return false;
+  }
   std::string delta = c.advance(tokenizer, reply.logprobs);
   if (c.finish_reason.empty()) {
     if (delta.empty() && c.logged.empty()) return true;
@@ -549,7 +549,10 @@ bool Server::Impl::write_stream_events(Reply& reply, httplib::DataSink& sink) {
     if (!send(sse(error_body(500, "generation failed: " + c.error)))) return false;
   } else {
     if (!send(sse(text_chunk(reply.header, reply.piece(c, std::move(delta), true))))) return false;
-    if (++reply.streaming < reply.choices.size()) return true;  // the next choice's events
+    if (++reply.streaming < reply.choices.size()) {  // the next choice's events
+      reply.role_sent = false;
+      return true;
+    }
     if (reply.include_usage && !send(sse(usage_chunk(reply.header, reply.usage())))) return false;
   }
   if (!send("data: [DONE]\n\n")) return false;

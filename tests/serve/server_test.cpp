@@ -649,6 +649,30 @@ TEST_F(ServeHttp, ChoicesStopIdsEosControlsLogitBiasAndPenalties) {
   EXPECT_GT(repeats(unpenalized), 0u) << unpenalized.body;
   EXPECT_LT(repeats(penalized), repeats(unpenalized)) << penalized.body;
 
+  // Chat with n, streamed: each choice opens with its role chunk and spells the plain reply's choice.
+  const json messages = {{{"role", "user"}, {"content", "Where does the cat sleep?"}}};
+  const json chat_body = {{"model", "cats"}, {"messages", messages}, {"max_tokens", 6}, {"temperature", 0.9}, {"seed", 3}, {"n", 2}};
+  const HttpReply chat_plain = post("/v1/chat/completions", chat_body.dump());
+  ASSERT_EQ(chat_plain.status, 200) << chat_plain.body;
+  json chat_stream = chat_body;
+  chat_stream["stream"] = true;
+  const std::string events = post_stream("/v1/chat/completions", chat_stream);
+  std::map<int64_t, std::string> roles, contents;
+  for (size_t at = 0; (at = events.find("data: {", at)) != std::string::npos;) {
+    const auto end = events.find("\n\n", at);
+    const json chunk = json::parse(events.substr(at + 6, end - at - 6));
+    at = end;
+    for (const json& c : chunk["choices"]) {
+      const int64_t i = c["index"];
+      if (c["delta"].contains("role")) roles[i] += c["delta"]["role"].get<std::string>();
+      contents[i] += c["delta"].value("content", std::string());
+    }
+  }
+  for (int64_t i = 0; i < 2; ++i) {
+    EXPECT_EQ(roles[i], "assistant") << i << "\n" << events;
+    EXPECT_EQ(contents[i], chat_plain.j["choices"][i]["message"]["content"]) << i;
+  }
+
   for (const char* body : {R"({"prompt": "x", "n": 0})", R"({"prompt": "x", "n": 65})", R"({"prompt": "x", "min_p": 1.5})",
                            R"({"prompt": "x", "presence_penalty": 3})", R"({"prompt": "x", "frequency_penalty": -2.5})",
                            R"({"prompt": "x", "logit_bias": {"abc": 1}})", R"({"prompt": "x", "logit_bias": {"5": 200}})",

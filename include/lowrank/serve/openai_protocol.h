@@ -134,7 +134,7 @@ ReplyJson full_reply(const ReplyHeader& h, const std::vector<ChoiceReply>& choic
 // One streamed piece of a choice. Chat chunks carry {"delta": {"content"}}; the first chat chunk
 // should be role_chunk().
 ReplyJson text_chunk(const ReplyHeader& h, const ChoiceReply& piece);
-ReplyJson role_chunk(const ReplyHeader& h);
+ReplyJson role_chunk(const ReplyHeader& h, int64_t index = 0);  // chat: the first chunk of choice `index`
 ReplyJson usage_chunk(const ReplyHeader& h, const Usage& usage);
 
 }  // namespace lowrank::serve
