@@ -15,6 +15,7 @@
 #include "lowrank/tokenizer/chat_template.h"
 #include "lowrank/tokenizer/incremental_decoder.h"
 #include "lowrank/tokenizer/tokenizer.h"
+#include "lowrank/train/progress.h"
 #include "lowrank/train/sequences.h"
 
 namespace lowrank::cli {
@@ -27,6 +28,7 @@ struct GenerateArgs {
   bool max_new_given = false;
   bool prompt_given = false;
   bool chat = false;
+  bool quiet = false;
   std::string device = "cpu";
   std::string quantize = "none";
   int64_t batch_size = 64;
@@ -104,7 +106,18 @@ int run_generate(GenerateArgs& a) {
   });
   infer::BatchOptions b;
   b.max_batch = a.batch_size;
+  train::ProgressOptions popt;
+  popt.label = "line";
+  popt.quiet = a.quiet || prompts.size() < 16;  // a bar only for work long enough to watch
+  train::ProgressBar bar(static_cast<int64_t>(prompts.size()), popt);
+  int64_t done = 0, tokens = 0;
+  b.on_token = [&](size_t, int32_t) { ++tokens; };
+  b.on_done = [&](size_t) {
+    bar.update(++done, {.tokens = tokens});
+    tokens = 0;
+  };
   const std::vector<std::vector<int32_t>> outputs = infer::generate_batch(m, adapters.hook(), prompts, a.gen, b);
+  bar.finish();
   std::string lines;
   for (size_t i = 0; i < records.size(); ++i) {
     nlohmann::json o = records[i];
@@ -151,6 +164,7 @@ RegisterCommand reg{{"generate", "Generate text with a model and optional adapte
                                       "With --input: lines decoded together (continuous batching)")
                            ->capture_default_str();
                        app.add_flag("--chat", a->chat, "Format the prompt with the model's chat template");
+                       app.add_flag("--quiet", a->quiet, "With --input: no progress bar");
                        app.add_option("--chat-template", a->chat_template,
                                       "Template for --chat: a built-in (llama3, chatml, llama2, mistral, gemma, qwen3) "
                                       "or a Jinja file (default: the first adapter's chat_template.jinja, else the model's)");

@@ -78,8 +78,10 @@ std::vector<std::vector<int32_t>> generate_batch(const model::Model& model, mode
     }
     std::erase_if(running, [&](const Running& r) {
       const auto& out = outputs[r.index];
-      return std::find(o.eos_ids.begin(), o.eos_ids.end(), out.back()) != o.eos_ids.end() ||
-             static_cast<int64_t>(out.size()) >= budgets[r.index];
+      const bool done = std::find(o.eos_ids.begin(), o.eos_ids.end(), out.back()) != o.eos_ids.end() ||
+                        static_cast<int64_t>(out.size()) >= budgets[r.index];
+      if (done && batch.on_done) batch.on_done(r.index);
+      return done;
     });
   }
   return outputs;

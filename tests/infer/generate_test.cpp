@@ -150,6 +150,23 @@ void expect_error(const std::string& args, const std::string& fragment) {
   EXPECT_NE(r.err.find(fragment), std::string::npos) << r.err;
 }
 
+// --input of 16 lines or more shows a progress bar of lines on stderr (stdout stays empty); --quiet none.
+TEST(GenerateCli, ManyLinesShowProgress) {
+  io::testing::ScratchDir d;
+  const std::string llama = test::model_fixture("llama");
+  std::string lines;
+  for (int i = 0; i < 16; ++i) lines += nlohmann::json{{"input_ids", {1, 5 + i, 9}}}.dump() + "\n";
+  const std::string in = d.write("in.jsonl", lines);
+  const std::string run = "generate --model " + llama + " --input " + in + " --output " + d.file("o.jsonl") + " --greedy --max-new-tokens 3";
+  auto shown = test::run_cli(run);
+  ASSERT_EQ(shown.code, 0) << shown.err;
+  EXPECT_NE(shown.err.find("line 16/16"), std::string::npos) << shown.err;
+  EXPECT_EQ(shown.out, "");
+  auto quiet = test::run_cli(run + " --quiet");
+  ASSERT_EQ(quiet.code, 0) << quiet.err;
+  EXPECT_EQ(quiet.err.find("line "), std::string::npos) << quiet.err;
+}
+
 TEST(GenerateCli, BatchModeAndBadInput) {
   io::testing::ScratchDir d;
   const std::string llama = test::model_fixture("llama");

@@ -15,6 +15,8 @@ struct BatchOptions {
   int64_t max_batch = 64;  // sequences decoding at once
   // Called after each new token of prompt `index` (on the calling thread).
   std::function<void(size_t index, int32_t token)> on_token;
+  // Called when prompt `index` has its last token (eos or its budget; on the calling thread).
+  std::function<void(size_t index)> on_done;
 };
 
 // The new tokens of every prompt, in prompt order. Throws Error (naming the prompt's index) for a
