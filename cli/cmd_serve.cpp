@@ -10,6 +10,7 @@
 #include "command.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 #include "lowrank/core/log.h"
 #include "lowrank/serve/server.h"
 
@@ -39,6 +40,8 @@ int run_serve(ServeArgs& a) {
   const Device device = parse_device(a.device);
   check_device(device, "--device " + a.device);
   if (a.options.kv_cache_blocks < 0) throw error("--kv-cache-blocks must not be negative");
+  if (!a.options.adapter_dir.empty() && !io::is_directory(a.options.adapter_dir))
+    throw error("--adapter-dir ", a.options.adapter_dir, ": not a folder");
   // The server keeps 2 HTTP threads per sequence: an unbounded batch would exhaust the process table.
   if (a.options.max_batch < 1 || a.options.max_batch > 4096)
     throw error("--max-batch must be in [1, 4096], got ", a.options.max_batch);
@@ -129,6 +132,8 @@ RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HT
                                       "qwen3) or a Jinja file (default: an adapter's chat_template.jinja, else the model's)");
                        app.add_flag("--enable-lora-loading", a->options.enable_lora_loading,
                                     "Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter");
+                       app.add_option("--adapter-dir", a->options.adapter_dir,
+                                      "A folder of adapter folders: a request whose `model` names one loads it on first use");
                        return [a] { return run_serve(*a); };
                      }}};
 

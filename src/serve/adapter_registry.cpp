@@ -1,6 +1,11 @@
 #include "lowrank/serve/adapter_registry.h"
 
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/lora/mixable_adapter.h"
 #include "lowrank/tokenizer/chat_template.h"
@@ -12,8 +17,31 @@ ServedAdapter::ServedAdapter(std::string name_, std::string dir_, double scale_,
     : name(std::move(name_)), dir(std::move(dir_)), scale(scale_), adapter(std::move(adapter_)),
       hook({lora::ActiveAdapter{&adapter, scale}}), chat_template(std::move(chat_template_)) {}
 
-AdapterRegistry::AdapterRegistry(const model::Model& model, std::string chat_template_flag, bool mixable_on_host)
-    : model_(model), chat_template_flag_(std::move(chat_template_flag)), mixable_on_host_(mixable_on_host) {}
+AdapterRegistry::AdapterRegistry(const model::Model& model, std::string chat_template_flag, bool mixable_on_host,
+                                 std::string adapter_dir)
+    : model_(model), chat_template_flag_(std::move(chat_template_flag)), mixable_on_host_(mixable_on_host),
+      adapter_dir_(std::move(adapter_dir)) {}
+
+namespace {
+
+// A name that is one folder inside the adapter folder: letters, digits, '.', '_', '-', not all dots.
+bool plain_folder_name(const std::string& name) {
+  if (name.empty() || name.size() > 255 || name.find_first_not_of('.') == std::string::npos) return false;
+  return std::all_of(name.begin(), name.end(), [](unsigned char c) { return std::isalnum(c) || c == '.' || c == '_' || c == '-'; });
+}
+
+}  // namespace
+
+std::shared_ptr<ServedAdapter> AdapterRegistry::find_or_load(const std::string& name) {
+  if (auto a = find(name)) return a;
+  if (adapter_dir_.empty() || !plain_folder_name(name)) return nullptr;
+  const std::string dir = (std::filesystem::path(adapter_dir_) / name).string();
+  if (!io::file_exists(dir + "/adapter_config.json")) return nullptr;
+  std::lock_guard lock(load_mutex_);
+  if (auto a = find(name)) return a;  // another request loaded it while this one waited
+  load(name, dir);
+  return find(name);
+}
 
 void AdapterRegistry::load(const std::string& name, const std::string& spec_text) {
   if (name.empty()) throw error("an adapter needs a name");

@@ -220,7 +220,7 @@ struct Server::Impl {
   Impl(const model::Model& m, tok::Tokenizer tk, ServerOptions o)
       : model(m), tokenizer(std::move(tk)), options(std::move(o)),
         base_chat_template(tok::resolve_chat_template(options.chat_template, {}, m.source())),
-        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template, /*mixable_on_host=*/m.device().is_cuda()), compute(make_step(m, options)),
+        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template, /*mixable_on_host=*/m.device().is_cuda(), options.adapter_dir), compute(make_step(m, options)),
         scheduler(*compute, options.max_batch) {
     // Every waiting request holds a thread (httplib's default pool has 8): room for a full
     // batch plus as many again queued, and the cheap endpoints. Capped: each thread is a task
@@ -247,12 +247,12 @@ struct Server::Impl {
   // A completion prompt's token ids (text with the tokenizer's special tokens, e.g. BOS).
   std::vector<int32_t> prompt_ids(const Prompt& prompt) const;
   // The adapter a request's `model` names: null for the base model ("" or its name); unknown: 404.
-  std::shared_ptr<ServedAdapter> model_named(const std::string& name) const;
+  std::shared_ptr<ServedAdapter> model_named(const std::string& name);
   // A conversation through the model's chat template (the adapter's own when it has one).
   std::string render_chat(const ServedAdapter* adapter, const json& messages, bool add_generation_prompt) const;
   // vLLM's tokenizer endpoints.
-  ReplyJson tokenize(const TokenizeRequest& r) const;
-  ReplyJson detokenize(const DetokenizeRequest& r) const;
+  ReplyJson tokenize(const TokenizeRequest& r);
+  ReplyJson detokenize(const DetokenizeRequest& r);
   ReplyJson tokenizer_info() const;
   void stream(httplib::Response& res, std::shared_ptr<Reply> reply);
   // One call of a stream's content provider: waits for the next tokens and writes their events
@@ -368,9 +368,9 @@ ReplyJson Server::Impl::models() const {
   return {{"object", "list"}, {"data", data}};
 }
 
-std::shared_ptr<ServedAdapter> Server::Impl::model_named(const std::string& name) const {
+std::shared_ptr<ServedAdapter> Server::Impl::model_named(const std::string& name) {
   if (name.empty() || name == options.model_name) return nullptr;
-  std::shared_ptr<ServedAdapter> adapter = adapters.find(name);
+  std::shared_ptr<ServedAdapter> adapter = adapters.find_or_load(name);  // Error (not an adapter) -> 400
   if (!adapter) throw ApiError(404, "the model '" + name + "' does not exist");
   return adapter;
 }
@@ -385,7 +385,7 @@ std::string Server::Impl::render_chat(const ServedAdapter* adapter, const json& 
   return tok::apply_chat_template(cfg, messages, add_generation_prompt);  // Error -> 400
 }
 
-ReplyJson Server::Impl::tokenize(const TokenizeRequest& r) const {
+ReplyJson Server::Impl::tokenize(const TokenizeRequest& r) {
   const std::shared_ptr<ServedAdapter> adapter = model_named(r.model);
   // A conversation's template holds its special tokens: add_special_tokens defaults to false there.
   const std::vector<int32_t> ids = tokenizer.encode(r.prompt ? *r.prompt : render_chat(adapter.get(), r.messages, r.add_generation_prompt),
@@ -398,7 +398,7 @@ ReplyJson Server::Impl::tokenize(const TokenizeRequest& r) const {
   return {{"count", ids.size()}, {"max_model_len", model.config().max_position_embeddings}, {"tokens", ids}, {"token_strs", strs}};
 }
 
-ReplyJson Server::Impl::detokenize(const DetokenizeRequest& r) const {
+ReplyJson Server::Impl::detokenize(const DetokenizeRequest& r) {
   model_named(r.model);
   for (int32_t id : r.tokens)
     if (id >= tokenizer.vocab_size())

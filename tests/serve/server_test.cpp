@@ -744,6 +744,54 @@ TEST_F(ServeHttp, TokenizeDetokenizeAndTokenizerInfo) {
   }
 }
 
+// --adapter-dir: a request naming a folder of it loads that adapter on first use (concurrent first
+// requests load it once), and answers as a server started with --adapter would; names that are no
+// folder there are 404, a folder that is no adapter 400.
+TEST_F(ServeHttp, AdaptersLoadOnFirstUseFromAFolder) {
+  io::testing::ScratchDir folder;
+  for (const char* name : {"cats", "rockets"})
+    std::filesystem::copy(dir_->file(name), folder.file(name), std::filesystem::copy_options::recursive);
+  std::filesystem::create_directories(folder.file("broken"));
+  folder.write("broken/adapter_config.json", "{\"peft_type\": \"LORA\"}");
+  serve::ServerOptions o;
+  o.model_name = "base";
+  o.max_batch = 4;
+  o.adapter_dir = folder.path();
+  serve::Server server(*model_, tok::Tokenizer::load(base_dir()), o);
+  const int port = server.bind("127.0.0.1", 0);
+  std::thread runner([&] { server.run(); });
+  auto ask = [&](const std::string& model) {
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(300, 0);
+    return reply_of(c.Post("/v1/completions", json{{"model", model}, {"prompt", "The"}, {"max_tokens", 8}, {"temperature", 0}}.dump(),
+                           "application/json"));
+  };
+  std::vector<HttpReply> first(6);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < first.size(); ++i) clients.emplace_back([&, i] { first[i] = ask(i % 2 ? "cats" : "rockets"); });
+  for (auto& t : clients) t.join();
+  for (size_t i = 0; i < first.size(); ++i) {
+    ASSERT_EQ(first[i].status, 200) << first[i].body;
+    const std::string model = i % 2 ? "cats" : "rockets";
+    EXPECT_EQ(first[i].j["model"], model);
+    // The fixture's server has the same adapter loaded by --adapter.
+    EXPECT_EQ(first[i].j["choices"][0]["text"],
+              post("/v1/completions", json{{"model", model}, {"prompt", "The"}, {"max_tokens", 8}, {"temperature", 0}}.dump())
+                  .j["choices"][0]["text"]);
+  }
+  httplib::Client c("127.0.0.1", port);
+  const HttpReply models = reply_of(c.Get("/v1/models"));
+  std::vector<std::string> ids;
+  for (const auto& m : models.j["data"]) ids.push_back(m["id"]);
+  EXPECT_EQ(ids, (std::vector<std::string>{"base", "cats", "rockets"}));
+  for (const char* name : {"dogs", "..", ".", "../cats", "cats/", "a b"}) EXPECT_EQ(ask(name).status, 404) << name;
+  const HttpReply broken = ask("broken");
+  EXPECT_EQ(broken.status, 400) << broken.body;
+  EXPECT_NE(broken.body.find("broken"), std::string::npos) << broken.body;
+  server.shutdown();
+  runner.join();
+}
+
 // The HTTP pool holds a thread per waiting request, and --max-batch allows 4,096: the pool is
 // capped, or 8,208 threads could exhaust the machine's process limit.
 TEST(ServeThreads, TheHttpPoolIsCappedAtTheLargestBatch) {

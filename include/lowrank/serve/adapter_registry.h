@@ -30,7 +30,10 @@ class AdapterRegistry {
   // `mixable_on_host`: adapters that mix (lora::is_mixable) stay in host memory after loading —
   // the paged decode step copies them to the device on demand (its adapter cache), so their number
   // is bounded by host memory; their `hook` then holds host tensors and serves CPU steps only.
-  AdapterRegistry(const model::Model& model, std::string chat_template_flag, bool mixable_on_host = false);
+  // `adapter_dir` ("": none): requests may name any adapter folder in it, loaded on first use
+  // (find_or_load).
+  AdapterRegistry(const model::Model& model, std::string chat_template_flag, bool mixable_on_host = false,
+                  std::string adapter_dir = "");
 
   // Loads a PEFT adapter folder, "DIR" or "DIR:SCALE", as `name`. Throws Error when the name is
   // taken, the folder is not an adapter for this model, or the adapter has trained biases (they
@@ -39,12 +42,18 @@ class AdapterRegistry {
   // False when no adapter has that name.
   bool unload(const std::string& name);
   std::shared_ptr<ServedAdapter> find(const std::string& name) const;
+  // find(), else with an adapter folder the adapter `adapter_dir/name` loaded now, under its name
+  // (vLLM's LoRA resolver over a folder). Null when there is no such adapter (or `name` is not a
+  // plain folder name); Error when the folder is there but is no adapter for this model.
+  std::shared_ptr<ServedAdapter> find_or_load(const std::string& name);
   std::vector<std::shared_ptr<ServedAdapter>> list() const;  // by name
 
  private:
   const model::Model& model_;
   const std::string chat_template_flag_;
   const bool mixable_on_host_;
+  const std::string adapter_dir_;
+  std::mutex load_mutex_;  // one load from adapter_dir_ at a time (two requests, one load)
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<ServedAdapter>> adapters_;  // guarded by mutex_
 };
