@@ -33,6 +33,7 @@ struct ServeArgs {
   int port = 8000;
   int64_t max_gpu_adapters = 64;  // checked, then options.max_gpu_adapters
   int64_t merged_adapters = 0;    // checked, then options.merged_adapters
+  int64_t max_loaded_adapters = 0;  // checked, then options.max_loaded_adapters
   serve::ServerOptions options;
 };
 
@@ -42,6 +43,10 @@ int run_serve(ServeArgs& a) {
   if (a.options.kv_cache_blocks < 0) throw error("--kv-cache-blocks must not be negative");
   if (!a.options.adapter_dir.empty() && !io::is_directory(a.options.adapter_dir))
     throw error("--adapter-dir ", a.options.adapter_dir, ": not a folder");
+  if (a.max_loaded_adapters < 0) throw error("--max-loaded-adapters must not be negative");
+  if (a.max_loaded_adapters > 0 && a.options.adapter_dir.empty())
+    throw error("--max-loaded-adapters bounds the adapters --adapter-dir loads; give --adapter-dir");
+  a.options.max_loaded_adapters = static_cast<size_t>(a.max_loaded_adapters);
   // The server keeps 2 HTTP threads per sequence: an unbounded batch would exhaust the process table.
   if (a.options.max_batch < 1 || a.options.max_batch > 4096)
     throw error("--max-batch must be in [1, 4096], got ", a.options.max_batch);
@@ -134,6 +139,10 @@ RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HT
                                     "Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter");
                        app.add_option("--adapter-dir", a->options.adapter_dir,
                                       "A folder of adapter folders: a request whose `model` names one loads it on first use");
+                       app.add_option("--max-loaded-adapters", a->max_loaded_adapters,
+                                      "With --adapter-dir: adapters from it kept loaded in host memory; loading one more "
+                                      "unloads the least recently used (0: no limit)")
+                           ->capture_default_str();
                        return [a] { return run_serve(*a); };
                      }}};
 

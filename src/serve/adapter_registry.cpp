@@ -18,9 +18,9 @@ ServedAdapter::ServedAdapter(std::string name_, std::string dir_, double scale_,
       hook({lora::ActiveAdapter{&adapter, scale}}), chat_template(std::move(chat_template_)) {}
 
 AdapterRegistry::AdapterRegistry(const model::Model& model, std::string chat_template_flag, bool mixable_on_host,
-                                 std::string adapter_dir)
+                                 std::string adapter_dir, size_t max_from_dir)
     : model_(model), chat_template_flag_(std::move(chat_template_flag)), mixable_on_host_(mixable_on_host),
-      adapter_dir_(std::move(adapter_dir)) {}
+      adapter_dir_(std::move(adapter_dir)), max_from_dir_(max_from_dir) {}
 
 namespace {
 
@@ -33,14 +33,28 @@ bool plain_folder_name(const std::string& name) {
 }  // namespace
 
 std::shared_ptr<ServedAdapter> AdapterRegistry::find_or_load(const std::string& name) {
-  if (auto a = find(name)) return a;
+  auto used = [&] {  // a hit: the adapter moves to the front of the folder's LRU order
+    std::lock_guard lock(mutex_);
+    auto it = adapters_.find(name);
+    if (it == adapters_.end()) return std::shared_ptr<ServedAdapter>();
+    if (auto pos = std::find(from_dir_.begin(), from_dir_.end(), name); pos != from_dir_.end())
+      from_dir_.splice(from_dir_.begin(), from_dir_, pos);
+    return it->second;
+  };
+  if (auto a = used()) return a;
   if (adapter_dir_.empty() || !plain_folder_name(name)) return nullptr;
   const std::string dir = (std::filesystem::path(adapter_dir_) / name).string();
   if (!io::file_exists(dir + "/adapter_config.json")) return nullptr;
   std::lock_guard lock(load_mutex_);
-  if (auto a = find(name)) return a;  // another request loaded it while this one waited
+  if (auto a = used()) return a;  // another request loaded it while this one waited
   load(name, dir);
-  return find(name);
+  std::lock_guard guard(mutex_);
+  from_dir_.push_front(name);
+  while (max_from_dir_ > 0 && from_dir_.size() > max_from_dir_) {
+    adapters_.erase(from_dir_.back());  // its running sequences hold it until they end
+    from_dir_.pop_back();
+  }
+  return adapters_.at(name);
 }
 
 void AdapterRegistry::load(const std::string& name, const std::string& spec_text) {
@@ -67,6 +81,7 @@ void AdapterRegistry::load(const std::string& name, const std::string& spec_text
 
 bool AdapterRegistry::unload(const std::string& name) {
   std::lock_guard lock(mutex_);
+  from_dir_.remove(name);
   return adapters_.erase(name) > 0;
 }
 

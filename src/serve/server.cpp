@@ -220,7 +220,8 @@ struct Server::Impl {
   Impl(const model::Model& m, tok::Tokenizer tk, ServerOptions o)
       : model(m), tokenizer(std::move(tk)), options(std::move(o)),
         base_chat_template(tok::resolve_chat_template(options.chat_template, {}, m.source())),
-        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template, /*mixable_on_host=*/m.device().is_cuda(), options.adapter_dir), compute(make_step(m, options)),
+        eos_ids(infer::model_eos_ids(m.config())), adapters(m, options.chat_template, /*mixable_on_host=*/m.device().is_cuda(), options.adapter_dir,
+                 options.max_loaded_adapters), compute(make_step(m, options)),
         scheduler(*compute, options.max_batch) {
     // Every waiting request holds a thread (httplib's default pool has 8): room for a full
     // batch plus as many again queued, and the cheap endpoints. Capped: each thread is a task

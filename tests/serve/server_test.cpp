@@ -790,6 +790,32 @@ TEST_F(ServeHttp, AdaptersLoadOnFirstUseFromAFolder) {
   EXPECT_NE(broken.body.find("broken"), std::string::npos) << broken.body;
   server.shutdown();
   runner.join();
+
+  // --max-loaded-adapters 1: loading another unloads the least recently used.
+  o.max_loaded_adapters = 1;
+  serve::Server bounded(*model_, tok::Tokenizer::load(base_dir()), o);
+  const int bounded_port = bounded.bind("127.0.0.1", 0);
+  std::thread bounded_runner([&] { bounded.run(); });
+  auto loaded = [&] {
+    httplib::Client bc("127.0.0.1", bounded_port);
+    const HttpReply models = reply_of(bc.Get("/v1/models"));  // named: a temporary's member would dangle in the loop
+    std::vector<std::string> names;
+    for (const auto& m : models.j["data"]) names.push_back(m["id"]);
+    return names;
+  };
+  auto bounded_ask = [&](const std::string& model) {
+    httplib::Client bc("127.0.0.1", bounded_port);
+    return reply_of(bc.Post("/v1/completions", json{{"model", model}, {"prompt", "The"}, {"max_tokens", 2}}.dump(),
+                            "application/json")).status;
+  };
+  EXPECT_EQ(bounded_ask("cats"), 200);
+  EXPECT_EQ(loaded(), (std::vector<std::string>{"base", "cats"}));
+  EXPECT_EQ(bounded_ask("rockets"), 200);
+  EXPECT_EQ(loaded(), (std::vector<std::string>{"base", "rockets"}));
+  EXPECT_EQ(bounded_ask("cats"), 200);  // loaded again
+  EXPECT_EQ(loaded(), (std::vector<std::string>{"base", "cats"}));
+  bounded.shutdown();
+  bounded_runner.join();
 }
 
 // The HTTP pool holds a thread per waiting request, and --max-batch allows 4,096: the pool is

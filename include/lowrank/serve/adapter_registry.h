@@ -1,6 +1,7 @@
 #pragma once
 // The adapters a server can route requests to, by name (OpenAI's `model` field). Loading and
 // unloading are safe while requests run: a running sequence holds its adapter until it ends.
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -32,8 +33,10 @@ class AdapterRegistry {
   // is bounded by host memory; their `hook` then holds host tensors and serves CPU steps only.
   // `adapter_dir` ("": none): requests may name any adapter folder in it, loaded on first use
   // (find_or_load).
+  // `max_from_dir` (0: no limit): adapters loaded from adapter_dir kept at once; loading one more
+  // unloads the least recently used of them (a running sequence keeps its adapter until it ends).
   AdapterRegistry(const model::Model& model, std::string chat_template_flag, bool mixable_on_host = false,
-                  std::string adapter_dir = "");
+                  std::string adapter_dir = "", size_t max_from_dir = 0);
 
   // Loads a PEFT adapter folder, "DIR" or "DIR:SCALE", as `name`. Throws Error when the name is
   // taken, the folder is not an adapter for this model, or the adapter has trained biases (they
@@ -53,9 +56,11 @@ class AdapterRegistry {
   const std::string chat_template_flag_;
   const bool mixable_on_host_;
   const std::string adapter_dir_;
+  const size_t max_from_dir_;
   std::mutex load_mutex_;  // one load from adapter_dir_ at a time (two requests, one load)
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<ServedAdapter>> adapters_;  // guarded by mutex_
+  std::list<std::string> from_dir_;  // names loaded from adapter_dir_, most recently used first; guarded by mutex_
 };
 
 }  // namespace lowrank::serve

@@ -20,6 +20,7 @@ struct ServerOptions {
   size_t max_body_bytes = 8 << 20;      // larger request bodies get 413
   bool enable_lora_loading = false;     // POST /v1/load_lora_adapter and /v1/unload_lora_adapter
   std::string adapter_dir;              // "": none; else a request's `model` may name a folder in it (loaded on first use)
+  size_t max_loaded_adapters = 0;       // adapters from adapter_dir kept loaded (0: no limit); the least recently used goes
   std::string chat_template;            // --chat-template: a built-in name or a Jinja file ("": the model's)
   // The decode step runs batches over a paged KV cache (serve/paged_decode_step.h) of
   // kv_cache_blocks blocks of 16 positions
