@@ -54,8 +54,6 @@ int run_serve(ServeArgs& a) {
   a.options.max_gpu_adapters = static_cast<size_t>(a.max_gpu_adapters);
   if (a.merged_adapters < 0 || a.merged_adapters > 1024) throw error("--merged-adapters must be in [0, 1024]");
   a.options.merged_adapters = static_cast<size_t>(a.merged_adapters);
-  if (a.merged_adapters > 0 && !device.is_cuda())
-    throw error("--merged-adapters needs --device cuda (the CPU server runs each adapter unmerged)");
   if (a.port < 0 || a.port > 65535) throw error("--port must be in [0, 65535] (0: any free port)");
   if (a.options.max_body_bytes < 1024) throw error("--max-body-bytes must be at least 1024");
   a.options.model_name = a.served_name.empty() ? a.model : a.served_name;

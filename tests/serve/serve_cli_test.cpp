@@ -42,7 +42,10 @@ TEST(ServeCli, BadFlagsAreErrors) {
       {"serve" + model + " --max-batch two", "--max-batch"},
       {"serve" + model + " --max-gpu-adapters 0", "--max-gpu-adapters"},
       {"serve" + model + " --merged-adapters -1", "--merged-adapters"},
-      {"serve" + model + " --merged-adapters 2", "--merged-adapters needs --device cuda"},
+      {"serve" + model + " --merged-adapters 1025", "--merged-adapters"},
+      {"serve" + model + " --adapter-dir /nonexistent/folder", "--adapter-dir"},
+      {"serve" + model + " --max-loaded-adapters 2", "--adapter-dir"},
+      {"serve" + model + " --adapter-dir . --max-loaded-adapters -1", "--max-loaded-adapters"},
   };
   // A port another socket listens on (no silent sharing through SO_REUSEPORT).
   const int taken = socket(AF_INET, SOCK_STREAM, 0);
