@@ -50,11 +50,19 @@ std::shared_ptr<ServedAdapter> AdapterRegistry::find_or_load(const std::string& 
   load(name, dir);
   std::lock_guard guard(mutex_);
   from_dir_.push_front(name);
+  ++folder_stats_.loads;
   while (max_from_dir_ > 0 && from_dir_.size() > max_from_dir_) {
     adapters_.erase(from_dir_.back());  // its running sequences hold it until they end
     from_dir_.pop_back();
+    ++folder_stats_.evictions;
   }
   return adapters_.at(name);
+}
+
+std::optional<AdapterFolderStats> AdapterRegistry::folder_stats() const {
+  if (adapter_dir_.empty()) return std::nullopt;
+  std::lock_guard lock(mutex_);
+  return folder_stats_;
 }
 
 void AdapterRegistry::load(const std::string& name, const std::string& spec_text) {

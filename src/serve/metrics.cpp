@@ -16,7 +16,8 @@ void ServerMetrics::count_finished(const std::string& reason) {
 
 std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, int64_t adapters,
                                   const std::optional<lora::AdapterCacheStats>& cache,
-                                  const std::optional<DeviceMemoryCounters>& memory) const {
+                                  const std::optional<DeviceMemoryCounters>& memory,
+                                  const std::optional<AdapterFolderStats>& folder) const {
   std::ostringstream os;
   auto metric = [&](const char* name, const char* type, const char* help) {
     os << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
@@ -62,6 +63,11 @@ std::string ServerMetrics::render(const SchedulerStats& s, int64_t max_batch, in
         "reused.", memory->driver_allocations);
   }
   one("lowrank_adapters_loaded", "gauge", "LoRA adapters that requests can name.", adapters);
+  if (folder) {  // --adapter-dir
+    one("lowrank_adapter_folder_loads_total", "counter", "Adapters loaded from --adapter-dir on first use.", folder->loads);
+    one("lowrank_adapter_folder_evictions_total", "counter",
+        "Adapters from --adapter-dir unloaded to stay within --max-loaded-adapters.", folder->evictions);
+  }
   if (cache) {  // the paged step's adapter cache (--max-gpu-adapters)
     one("lowrank_adapter_cache_hits_total", "counter",
         "Adapters a batch needed that were on the device already (once per batch and adapter).", cache->hits);

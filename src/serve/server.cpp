@@ -320,7 +320,7 @@ void Server::Impl::routes() {
     const std::optional<DeviceMemoryCounters> memory =
         model.device().is_cuda() ? std::optional(device_memory_counters(model.device())) : std::nullopt;
     res.set_content(metrics.render(scheduler.stats(), scheduler.max_batch(), static_cast<int64_t>(adapters.list().size()),
-                                   compute->adapter_cache_stats(), memory),
+                                   compute->adapter_cache_stats(), memory, adapters.folder_stats()),
                     "text/plain; version=0.0.4");
   });
   http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, models()); }));

@@ -814,6 +814,12 @@ TEST_F(ServeHttp, AdaptersLoadOnFirstUseFromAFolder) {
   EXPECT_EQ(loaded(), (std::vector<std::string>{"base", "rockets"}));
   EXPECT_EQ(bounded_ask("cats"), 200);  // loaded again
   EXPECT_EQ(loaded(), (std::vector<std::string>{"base", "cats"}));
+  {
+    httplib::Client bc("127.0.0.1", bounded_port);
+    const std::string text = reply_of(bc.Get("/metrics")).body;
+    EXPECT_NE(text.find("\nlowrank_adapter_folder_loads_total 3\n"), std::string::npos) << text;
+    EXPECT_NE(text.find("\nlowrank_adapter_folder_evictions_total 2\n"), std::string::npos) << text;
+  }
   bounded.shutdown();
   bounded_runner.join();
 }

@@ -1,6 +1,7 @@
 #pragma once
 // The adapters a server can route requests to, by name (OpenAI's `model` field). Loading and
 // unloading are safe while requests run: a running sequence holds its adapter until it ends.
+#include <cstdint>
 #include <list>
 #include <map>
 #include <memory>
@@ -22,6 +23,12 @@ struct ServedAdapter {
   lora::Adapter adapter;
   lora::LoraHook hook;  // applies `adapter` alone, times `scale`
   const std::optional<std::string> chat_template;  // for chat requests naming this adapter
+};
+
+// What --adapter-dir did (for /metrics).
+struct AdapterFolderStats {
+  uint64_t loads = 0;      // adapters loaded from the folder on first use
+  uint64_t evictions = 0;  // unloaded to stay within --max-loaded-adapters
 };
 
 class AdapterRegistry {
@@ -50,6 +57,8 @@ class AdapterRegistry {
   // plain folder name); Error when the folder is there but is no adapter for this model.
   std::shared_ptr<ServedAdapter> find_or_load(const std::string& name);
   std::vector<std::shared_ptr<ServedAdapter>> list() const;  // by name
+  // With an adapter folder, its counters; nullopt without one.
+  std::optional<AdapterFolderStats> folder_stats() const;
 
  private:
   const model::Model& model_;
@@ -61,6 +70,7 @@ class AdapterRegistry {
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<ServedAdapter>> adapters_;  // guarded by mutex_
   std::list<std::string> from_dir_;  // names loaded from adapter_dir_, most recently used first; guarded by mutex_
+  AdapterFolderStats folder_stats_;  // guarded by mutex_
 };
 
 }  // namespace lowrank::serve
