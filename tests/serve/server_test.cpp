@@ -512,7 +512,9 @@ TEST_F(ServeHttp, EchoWithLogprobsScoresPromptsAsLmEvalReadsThem) {
   EXPECT_EQ(choice["text"], texts[0]);
   EXPECT_EQ(choice["finish_reason"], "length");
   EXPECT_EQ(choice["logprobs"]["token_logprobs"].size(), prompts[0].size());
-  EXPECT_EQ(choice["logprobs"]["token_logprobs"].back(), r.j["choices"][0]["logprobs"]["token_logprobs"][prompts[0].size() - 1]);
+  EXPECT_NEAR(choice["logprobs"]["token_logprobs"].back().get<double>(),
+              r.j["choices"][0]["logprobs"]["token_logprobs"][prompts[0].size() - 1].get<double>(), 1e-5)
+      << "another prefill batch: the same values up to the last bits";
   EXPECT_EQ(only.j["usage"]["completion_tokens"], 0);
   // Echo without logprobs: the text only.
   const HttpReply plain = post("/v1/completions", json{{"prompt", texts[1]}, {"echo", true}, {"max_tokens", 3}, {"temperature", 0}}.dump());
@@ -558,7 +560,11 @@ TEST_F(ServeHttp, LogprobsOfGeneratedTokensPlainStreamedAndChat) {
     EXPECT_EQ(s.text, c["text"]);
     EXPECT_EQ(s.finish_reason, c["finish_reason"]);
     EXPECT_EQ(s.tokens, lp["tokens"]);
-    EXPECT_EQ(s.token_logprobs, lp["token_logprobs"]);
+    // The same values up to the last bits: which sequences share a decode round (and so the
+    // batched GEMMs' shapes) depends on when each joined, in the two requests.
+    ASSERT_EQ(s.token_logprobs.size(), lp["token_logprobs"].size());
+    for (size_t t = 0; t < s.token_logprobs.size(); ++t)
+      EXPECT_NEAR(s.token_logprobs[t].get<double>(), lp["token_logprobs"][t].get<double>(), 1e-5) << t;
   }
   // Chat: {"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}]}.
   const json messages = {{{"role", "user"}, {"content", "Where does the cat sleep?"}}};
