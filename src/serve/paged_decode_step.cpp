@@ -1,5 +1,7 @@
 #include "lowrank/serve/paged_decode_step.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 
 namespace lowrank::serve {
@@ -21,8 +23,12 @@ std::optional<lora::AdapterCacheStats> PagedDecodeStep::adapter_cache_stats() co
 
 int64_t PagedDecodeStep::blocks_for_batch(const model::ModelConfig& c, int64_t max_batch, Device device) {
   const int64_t bs = infer::PagedKVCache::kDefaultBlockSize;
-  const int64_t positions = device.is_cpu() ? std::min(c.max_position_embeddings, kCpuPositionsPerPlace) : c.max_position_embeddings;
-  return max_batch * ((positions + bs - 1) / bs);
+  if (!device.is_cpu()) return max_batch * ((c.max_position_embeddings + bs - 1) / bs);
+  const int64_t per_place = (std::min(c.max_position_embeddings, kCpuPositionsPerPlace) + bs - 1) / bs;
+  // At most a quarter of the machine's memory (f32 blocks), at least one place's.
+  const int64_t memory = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGE_SIZE));
+  const int64_t budget = memory > 0 ? memory / 4 / infer::PagedKVCache::block_bytes(c, DType::F32, bs) : per_place;
+  return std::max(per_place, std::min(max_batch * per_place, budget));
 }
 
 DecodeStep::Room PagedDecodeStep::room_for(int64_t capacity) const {

@@ -5,6 +5,9 @@
 // through an adapter cache of one adapter, equal Generator with each adapter's own hook. With
 // merged copies on, requests that all use one adapter equal Generator over the merged model.
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
 
 #include "lowrank/infer/generator.h"
 #include "lowrank/io/files.h"
@@ -178,6 +181,22 @@ TEST(PagedDecodeStep, OneAdapterRequestsOnAMergedCopyEqualGeneratorOverTheMerged
   const std::string text = serve::ServerMetrics().render(scheduler.stats(), 3, 1, stats);
   EXPECT_NE(text.find("lowrank_merged_batches_total " + std::to_string(stats->merged_batches)), std::string::npos);
   EXPECT_NE(text.find("lowrank_merged_copies_resident 1"), std::string::npos);
+}
+
+// The CPU's default pool: --max-batch places of at most 4,096 positions, within a quarter of the
+// machine's memory, never less than one place.
+TEST(PagedDecodeStep, CpuPoolIsBoundedByContextAndMemory) {
+  model::ModelConfig c = model::ModelConfig::load(test::model_fixture("llama"));
+  const int64_t bs = infer::PagedKVCache::kDefaultBlockSize;
+  const int64_t place = (std::min<int64_t>(c.max_position_embeddings, serve::PagedDecodeStep::kCpuPositionsPerPlace) + bs - 1) / bs;
+  EXPECT_EQ(serve::PagedDecodeStep::blocks_for_batch(c, 4, Device::cpu()), 4 * place);
+  c.max_position_embeddings = 131072;  // a long-context model: 4,096 positions a place on the CPU
+  EXPECT_EQ(serve::PagedDecodeStep::blocks_for_batch(c, 2, Device::cpu()), 2 * 4096 / bs);
+  EXPECT_EQ(serve::PagedDecodeStep::blocks_for_batch(c, 2, Device::cuda(0)), 2 * 131072 / bs);
+  const int64_t huge = serve::PagedDecodeStep::blocks_for_batch(c, 1 << 20, Device::cpu());
+  const int64_t memory = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGE_SIZE));
+  EXPECT_LE(huge * infer::PagedKVCache::block_bytes(c, DType::F32, bs), memory / 4);
+  EXPECT_GE(huge, 4096 / bs);
 }
 
 }  // namespace

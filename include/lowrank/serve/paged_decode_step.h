@@ -22,8 +22,9 @@ class PagedDecodeStep : public DecodeStep {
                   size_t max_device_adapters = infer::BatchDecoder::kDefaultDeviceAdapters, size_t merged_adapters = 0,
                   int64_t merge_after_steps = infer::BatchDecoder::kMergeAfterSteps);
   // Blocks for max_batch sequences of the model's whole context; on the CPU of at most
-  // kCpuPositionsPerPlace positions each (RAM: a long-context model's full contexts for every
-  // place of the batch would be tens of GB of f32).
+  // kCpuPositionsPerPlace positions each, and in all at most a quarter of the machine's memory
+  // (at least one place): a long-context model's full contexts for every place of a large batch
+  // would be tens of GB of f32. Requests beyond the pool wait for room (room_for).
   static constexpr int64_t kCpuPositionsPerPlace = 4096;
   static int64_t blocks_for_batch(const model::ModelConfig& config, int64_t max_batch, Device device);
   std::unique_ptr<SequenceState> open(int64_t capacity) override;  // Error when the pool is full
