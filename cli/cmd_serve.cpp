@@ -111,7 +111,7 @@ RegisterCommand reg{{"serve", "Serve a model and its adapters over the OpenAI HT
                            ->capture_default_str();
                        app.add_option("--kv-cache-blocks", a->options.kv_cache_blocks,
                                       "Blocks of 16 positions in the paged KV cache (0: --max-batch full contexts; on the "
-                                      "CPU of at most 4,096 positions each)")
+                                      "CPU of at most 4,096 positions each, a quarter of the memory in all)")
                            ->capture_default_str();
                        app.add_option("--host", a->host, "Address to listen on")->capture_default_str();
                        app.add_option("--port", a->port, "Port to listen on (0: any free port)")->capture_default_str();
