@@ -165,6 +165,9 @@ RegisterCommand reg{{"train", "Fine-tune a model with LoRA (or --full) and write
                                       "layers: split the model over --devices by layers (pipeline parallel, for "
                                       "bases larger than one GPU) instead of data parallel");
                        app.add_option("--save-every", o.save_every, "Checkpoint every N steps");
+                       app.add_flag("--packing", o.packing,
+                                    "Join the examples (each with its eos) and cut them into --seq-len blocks: no padding "
+                                    "(TRL's packing, strategy \"wrapped\")");
                        app.add_option("--save-total-limit", o.save_total_limit,
                                       "Keep only the N newest checkpoints (0: all; transformers' save_total_limit)");
                        app.add_option("--eval-every", o.eval_every, "Evaluate --eval-data every N steps");

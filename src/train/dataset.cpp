@@ -88,6 +88,17 @@ Dataset Dataset::load(const std::string& path, const DatasetOptions& o) {
       e.labels = e.ids;
       d.examples_.push_back(std::move(e));
     }
+  } else if (o.pack) {
+    Example all;
+    io::for_each_jsonl(path, [&](int64_t, const nlohmann::json& rec) {
+      const Example e = parse_record(rec, o);
+      all.ids.insert(all.ids.end(), e.ids.begin(), e.ids.end());
+      all.labels.insert(all.labels.end(), e.labels.begin(), e.labels.end());
+    });
+    for (size_t start = 0; start + 1 < all.ids.size(); start += o.seq_len) {  // a last block of one token predicts nothing
+      const size_t end = std::min(all.ids.size(), start + static_cast<size_t>(o.seq_len));
+      d.examples_.push_back({{all.ids.begin() + start, all.ids.begin() + end}, {all.labels.begin() + start, all.labels.begin() + end}});
+    }
   } else {
     io::for_each_jsonl(path, [&](int64_t, const nlohmann::json& rec) {
       Example e = parse_record(rec, o);

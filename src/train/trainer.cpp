@@ -47,6 +47,7 @@ nlohmann::json run_identity(const model::Model& m, const TrainOptions& o) {
   id["model"] = {{"architecture", model::arch_name(c.arch)}, {"layers", c.num_layers}, {"hidden", c.hidden_size},
                  {"vocab", c.vocab_size}, {"parameters", m.parameter_count()}};
   id["full"] = o.full;
+  if (o.packing) id["packing"] = true;  // other examples: the order of a resumed run would not match
   if (o.quantize != model::Quantization::None) id["quantize"] = "nf4";
   if (!o.full) {
     auto l = o.lora.to_json();
@@ -283,11 +284,13 @@ TrainSummary run_training(const TrainOptions& o) {
       o.chat_template.empty() ? std::nullopt : std::optional(tok::chat_template_from_flag(o.chat_template));
   auto encoder = make_text_encoder(o.model_dir, chat_template);
   DatasetOptions dopt{seq_len, cfg.vocab_size, encoder ? &*encoder : nullptr};
+  dopt.pack = o.packing;
   Dataset data = Dataset::load(o.data_path, dopt);
   std::optional<Dataset> eval_data;
   if (!o.eval_data.empty()) {  // whole examples, scored in --seq-len windows as `lowrank eval --seq-len` does
     DatasetOptions eopt = dopt;
     eopt.truncate = false;
+    eopt.pack = false;  // eval losses stay comparable with and without packing
     eval_data = Dataset::load(o.eval_data, eopt);
   }
 

@@ -54,6 +54,42 @@ TEST(Dataset, ChatLossOnAssistantTurnsOnly) {
   EXPECT_EQ(labelled_text(tk, data[0]), "Hello!<|im_end|>\nLater.<|im_end|>\n");
 }
 
+// --packing (TRL's wrapped packing): the examples joined in file order and cut into seq_len
+// blocks; the prompt's masks survive; the last block may be short.
+TEST(Dataset, PackingJoinsExamplesIntoBlocks) {
+  Fixture f;
+  const std::string path = f.d.write("p.jsonl", std::string(R"({"text": "abc"})") + "\n" +
+                                                    R"({"prompt": "Q", "completion": "xy"})" + "\n" + R"({"text": "defgh"})" + "\n");
+  auto plain = train::Dataset::load(path, f.opts(4));
+  train::DatasetOptions o = f.opts(4);
+  o.pack = true;
+  auto packed = train::Dataset::load(path, o);
+  std::vector<int32_t> ids, labels, joined_ids, joined_labels;
+  for (int64_t i = 0; i < plain.size(); ++i) {
+    ids.insert(ids.end(), plain[i].ids.begin(), plain[i].ids.end());
+    labels.insert(labels.end(), plain[i].labels.begin(), plain[i].labels.end());
+  }
+  EXPECT_EQ(plain.truncated(), 1) << "unpacked, the 6-token text is cut at 4";
+  ids.clear();
+  labels.clear();
+  for (const char* line : {R"({"text": "abc"})", R"({"prompt": "Q", "completion": "xy"})", R"({"text": "defgh"})"}) {
+    auto one = train::Dataset::load(f.d.write("one.jsonl", std::string(line) + "\n"), f.opts(64));
+    ids.insert(ids.end(), one[0].ids.begin(), one[0].ids.end());
+    labels.insert(labels.end(), one[0].labels.begin(), one[0].labels.end());
+  }
+  ASSERT_EQ(ids.size(), 4u + 4u + 6u);  // abc+eos, Q xy+eos, defgh+eos
+  ASSERT_EQ(packed.size(), 4);           // 14 tokens in blocks of 4: 4, 4, 4, 2
+  for (int64_t i = 0; i < packed.size(); ++i) {
+    EXPECT_LE(packed[i].ids.size(), 4u);
+    joined_ids.insert(joined_ids.end(), packed[i].ids.begin(), packed[i].ids.end());
+    joined_labels.insert(joined_labels.end(), packed[i].labels.begin(), packed[i].labels.end());
+  }
+  EXPECT_EQ(joined_ids, ids);
+  EXPECT_EQ(joined_labels, labels);
+  EXPECT_EQ(packed[1].labels[0], -100) << "the prompt's token keeps no loss";
+  EXPECT_EQ(packed.truncated(), 0);
+}
+
 TEST(Dataset, TextTxtAndInputIds) {
   Fixture f;
   auto text = train::Dataset::load(f.d.write("t.jsonl", R"({"text": "abc"})" "\n"), f.opts());

@@ -26,6 +26,9 @@ struct DatasetOptions {
   int64_t vocab_size = 0;      // ids are checked against it
   const TextEncoder* encoder = nullptr;
   bool truncate = true;        // false: keep whole examples (evaluation scores them in windows)
+  // TRL's packing="wrapped": a .jsonl file's examples (ids and labels, each with its eos) joined in
+  // file order and cut into seq_len blocks, so no step pads; masked labels stay masked.
+  bool pack = false;
 };
 
 class Dataset {

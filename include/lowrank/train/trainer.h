@@ -41,6 +41,7 @@ struct TrainOptions {
   uint64_t seed = 42;
   int64_t save_every = 0;      // checkpoint every N steps (0: only the final output)
   int64_t save_total_limit = 0;  // keep the N newest checkpoints, older ones deleted (0: all; transformers')
+  bool packing = false;        // --data's examples joined and cut into seq_len blocks (TRL's wrapped packing)
   int64_t eval_every = 0;      // evaluate --eval-data every N steps (0: at the end only)
   bool resume = false;
   bool checkpointing = false;  // activation recomputation: less memory, ~1/3 more compute
