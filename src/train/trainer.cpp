@@ -65,12 +65,16 @@ nlohmann::json run_identity(const model::Model& m, const TrainOptions& o) {
 }
 
 void refuse_mismatch(const nlohmann::json& saved, const nlohmann::json& now, const std::string& ckpt) {
-  for (auto& [key, value] : now.items()) {
-    if (!saved.contains(key) || saved[key] != value)
-      throw error("cannot resume from ", ckpt, ": it was trained with ", key, " = ",
-                  saved.contains(key) ? saved[key].dump() : "(none)", ", this run has ", value.dump(),
-                  " (use another --out folder, or the same settings)");
-  }
+  auto refuse = [&](const std::string& key, const std::string& then, const std::string& here) {
+    throw error("cannot resume from ", ckpt, ": it was trained with ", key, " = ", then, ", this run has ", here,
+                " (use another --out folder, or the same settings)");
+  };
+  for (auto& [key, value] : now.items())
+    if (!saved.contains(key) || saved[key] != value) refuse(key, saved.contains(key) ? saved[key].dump() : "(none)", value.dump());
+  // Settings recorded only when not the default (packing, quantize): set then, unset now.
+  if (saved.is_object())
+    for (auto& [key, value] : saved.items())
+      if (!now.contains(key)) refuse(key, value.dump(), "(none)");
 }
 
 // What a checkpoint's trainer_state.json says about where the run was, checked: the file is read

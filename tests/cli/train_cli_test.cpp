@@ -87,6 +87,18 @@ TEST(TrainCli, SaveTotalLimitKeepsTheNewestCheckpoints) {
   EXPECT_EQ(test::run_cli(base_args(d.file("x")) + " --steps 1 --save-total-limit -1").code, 2);
 }
 
+// --packing trains on joined blocks; a run packed and resumed unpacked (other examples) is refused.
+TEST(TrainCli, PackingTrainsAndIsPartOfTheResumeIdentity) {
+  io::testing::ScratchDir d;
+  auto r = test::run_cli(base_args(d.file("run")) + " --steps 2 --save-every 2 --packing --seq-len 16");
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const auto& m : train::read_metrics(d.file("run/metrics.jsonl")))
+    if (m.contains("tokens")) EXPECT_EQ(m["tokens"], 2 * 2 * 16) << "full blocks: batch 2, grad-accum 2, 16 positions";
+  auto other = test::run_cli(base_args(d.file("run")) + " --steps 4 --save-every 2 --seq-len 16 --resume");
+  EXPECT_EQ(other.code, 2) << other.err;
+  EXPECT_NE(other.err.find("packing"), std::string::npos) << other.err;
+}
+
 TEST(TrainCli, ResumeWithOtherSettingsIsRefused) {
   io::testing::ScratchDir d;
   ASSERT_EQ(test::run_cli(base_args(d.file("run")) + " --steps 2 --save-every 2").code, 0);
