@@ -205,10 +205,11 @@ TEST(OpenAiProtocol, ParametersThatOverflowOrStallAreRefused) {
       {{{"prompt", "x"}, {"stop", std::string(1025, 'a')}}, "'stop'"},
       {{{"prompt", "x"}, {"stop", {"a", std::string(1025, 'a')}}}, "'stop'"},
   };
-  for (const auto& [body, want] : bodies) {
+  for (const auto& c : bodies) {
+    const json& body = c.first;  // named, not a structured binding: clang 14 cannot capture those
     std::string message;
     EXPECT_EQ(status_of([&] { parse_completion_request(body); }, &message), 400) << body.dump().substr(0, 200);
-    EXPECT_NE(message.find(want), std::string::npos) << message;
+    EXPECT_NE(message.find(c.second), std::string::npos) << message;
   }
   auto edge = parse_completion_request(
       json{{"prompt", "x"}, {"repetition_penalty", 1e-3}, {"stop", std::vector<std::string>(64, std::string(1024, 'a'))}});

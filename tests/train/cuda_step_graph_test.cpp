@@ -254,17 +254,26 @@ void expect_runs_equal(const std::string& fixture, const std::vector<train::Step
   }
 }
 
+// Allocation poisoning of the CUDA backend (absent from builds without it, where these tests skip).
+void set_poisoned(bool on) {
+#ifdef LOWRANK_WITH_CUDA
+  cuda::set_poison_allocations(on);
+#else
+  (void)on;
+#endif
+}
+
 // The same steps with LoRA's weight gradients on the side stream and all on one stream: equal
 // losses, gradient norms and trained parameters. Allocations are poisoned (NaN), so a block the
 // side work still read after the main stream reused it would show.
 void expect_side_work_equals_one_stream(const std::string& fixture, bool with_graph, bool checkpointing,
                                         double dropout) {
   const std::string dir = test::model_fixture(fixture);
-  cuda::set_poison_allocations(true);
+  set_poisoned(true);
   struct Restore {
     ~Restore() {
       ops::set_side_work_enabled(true);
-      cuda::set_poison_allocations(false);
+      set_poisoned(false);
     }
   } restore;
   std::vector<train::StepResult> results[2];
