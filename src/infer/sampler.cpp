@@ -53,11 +53,13 @@ int32_t Sampler::next(std::vector<float>& logits, const std::vector<int32_t>& co
       if (seen[i]) logits[i] = logits[i] < 0 ? logits[i] * p : logits[i] / p;
   }
   if (opt_.frequency_penalty != 0 || opt_.presence_penalty != 0) {  // vLLM: the generated tokens only
-    std::map<int32_t, int64_t> counts;
-    for (size_t i = std::min(prompt_length_, context.size()); i < context.size(); ++i)
-      if (context[i] >= 0 && context[i] < V) ++counts[context[i]];
-    for (const auto& [id, n] : counts)
-      logits[id] -= static_cast<float>(opt_.frequency_penalty * static_cast<double>(n) + opt_.presence_penalty);
+    if (counted_ < prompt_length_ || counted_ > context.size()) {  // first call, or another context
+      generated_counts_.clear();
+      counted_ = std::min(prompt_length_, context.size());
+    }
+    for (; counted_ < context.size(); ++counted_) ++generated_counts_[context[counted_]];
+    for (const auto& [id, n] : generated_counts_)
+      if (id >= 0 && id < V) logits[id] -= static_cast<float>(opt_.frequency_penalty * static_cast<double>(n) + opt_.presence_penalty);
   }
   if (opt_.greedy) return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   const float inv_t = static_cast<float>(1.0 / opt_.temperature);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <set>
 
 #include "lowrank/core/error.h"
 
@@ -40,6 +41,26 @@ TEST(Sampler, PresenceAndFrequencyPenaltiesCountGeneratedTokensOnly) {
   EXPECT_EQ(pick(f, {2.0f, 1.5f}, {1, 0, 0}, 1), 1);  // 2.0 - 0.6 < 1.5
   f.frequency_penalty = -0.3;                          // negative: encourages repeats
   EXPECT_EQ(pick(f, {1.5f, 2.0f}, {1, 0, 0}, 1), 0);
+}
+
+// One sampler over a growing context keeps the generated tokens' counts between calls: the same
+// picks as a fresh sampler that counts them all at every step.
+TEST(Sampler, PenaltyCountsCarryOverGrowingContexts) {
+  SamplingOptions o = greedy();
+  o.frequency_penalty = 0.7;
+  o.presence_penalty = 0.2;
+  const std::vector<float> logits = {2.0f, 1.9f, 1.6f, 1.0f, 0.5f};
+  std::vector<int32_t> context = {4, 4};  // the prompt: not penalized
+  Sampler kept(o, 2);
+  std::vector<int32_t> picks;
+  for (int step = 0; step < 12; ++step) {
+    std::vector<float> a = logits, b = logits;
+    const int32_t next = kept.next(a, context);
+    EXPECT_EQ(next, Sampler(o, 2).next(b, context)) << step;
+    picks.push_back(next);
+    context.push_back(next);
+  }
+  EXPECT_GT(std::set<int32_t>(picks.begin(), picks.end()).size(), 2u) << "the penalties rotate the picks";
 }
 
 TEST(Sampler, LogitBiasComesFirst) {

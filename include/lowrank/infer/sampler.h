@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <unordered_map>
 #include <vector>
 
 #include "lowrank/core/rng.h"
@@ -41,7 +42,8 @@ class Sampler {
   // count the rest); `stop_ids`: what min_tokens holds back.
   explicit Sampler(SamplingOptions options, size_t prompt_length = 0, std::vector<int32_t> stop_ids = {})
       : opt_(std::move(options)), rng_(opt_.seed), prompt_length_(prompt_length), stop_ids_(std::move(stop_ids)) {}
-  // logits [V] (modified in place); `context` = prompt + generated ids so far. Processors in this
+  // logits [V] (modified in place); `context` = prompt + generated ids so far, growing by appends
+  // from call to call (the generated tokens' counts are kept, not recounted). Processors in this
   // order: logit bias and min_tokens' ban, repetition, frequency and presence penalties (vLLM's
   // order), then transformers' temperature, top-k, top-p, min-p; then argmax (greedy) or a draw.
   int32_t next(std::vector<float>& logits, const std::vector<int32_t>& context);
@@ -53,6 +55,9 @@ class Sampler {
   Rng rng_;
   size_t prompt_length_;
   std::vector<int32_t> stop_ids_;
+  // The presence/frequency penalties' counts of the generated ids context[prompt_length_, counted_).
+  std::unordered_map<int32_t, int64_t> generated_counts_;
+  size_t counted_ = 0;
 };
 
 }  // namespace lowrank::infer
