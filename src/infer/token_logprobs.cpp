@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 
 #include "lowrank/core/error.h"
 
@@ -28,13 +27,17 @@ PositionLogprobs position_logprobs(std::span<const float> logits, int32_t chosen
 
   PositionLogprobs out;
   out.chosen = {chosen, logprob(chosen)};
-  const auto n = static_cast<int64_t>(std::min<int64_t>(top_n, V));
-  std::vector<int32_t> ids(V);
-  std::iota(ids.begin(), ids.end(), 0);
-  std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), [&](int32_t a, int32_t b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  });
-  for (int64_t i = 0; i < n; ++i) out.top.push_back({ids[i], logprob(ids[i])});
+  // The top_n (<= 20) in one pass: a sorted list of the best so far, no [V] index array.
+  auto better = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
+  const auto n = static_cast<size_t>(std::min<int64_t>(top_n, V));
+  std::vector<int32_t> best;
+  best.reserve(n + 1);
+  for (int32_t id = 0; n > 0 && id < V; ++id) {
+    if (best.size() == n && !better(id, best.back())) continue;
+    best.insert(std::upper_bound(best.begin(), best.end(), id, better), id);
+    if (best.size() > n) best.pop_back();
+  }
+  for (int32_t id : best) out.top.push_back({id, logprob(id)});
   return out;
 }
 

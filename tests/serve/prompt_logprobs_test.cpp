@@ -30,6 +30,13 @@ TEST(TokenLogprobs, PositionLogprobsIsTheLogSoftmax) {
   EXPECT_EQ(p.top[2].id, 0);
   EXPECT_NEAR(p.top[2].logprob, 1.0 - z, 1e-6);
   EXPECT_TRUE(infer::position_logprobs(logits, 0, 0).top.empty());
+  // Ties and order across a longer row: the top 3 of 3, 7, 7, 1, 9, 7 are ids 4, 1, 2.
+  const std::vector<float> row = {3, 7, 7, 1, 9, 7};
+  const auto t = infer::position_logprobs(row, 3, 3).top;
+  ASSERT_EQ(t.size(), 3u);
+  EXPECT_EQ(t[0].id, 4);
+  EXPECT_EQ(t[1].id, 1);
+  EXPECT_EQ(t[2].id, 2);
   EXPECT_EQ(infer::position_logprobs(logits, 0, infer::kMaxTopLogprobs).top.size(), logits.size());
   // Large logits do not overflow: log p = x - max - log Σ e^(x - max).
   const std::vector<float> big = {1000.0f, 999.0f};
