@@ -37,8 +37,7 @@ std::shared_ptr<ServedAdapter> AdapterRegistry::find_or_load(const std::string& 
     std::lock_guard lock(mutex_);
     auto it = adapters_.find(name);
     if (it == adapters_.end()) return std::shared_ptr<ServedAdapter>();
-    if (auto pos = std::find(from_dir_.begin(), from_dir_.end(), name); pos != from_dir_.end())
-      from_dir_.splice(from_dir_.begin(), from_dir_, pos);
+    if (auto at = from_dir_at_.find(name); at != from_dir_at_.end()) from_dir_.splice(from_dir_.begin(), from_dir_, at->second);
     return it->second;
   };
   if (auto a = used()) return a;
@@ -49,12 +48,16 @@ std::shared_ptr<ServedAdapter> AdapterRegistry::find_or_load(const std::string& 
   if (auto a = used()) return a;  // another request loaded it while this one waited
   load(name, dir);
   std::lock_guard guard(mutex_);
-  from_dir_.push_front(name);
   ++folder_stats_.loads;
-  while (max_from_dir_ > 0 && from_dir_.size() > max_from_dir_) {
-    adapters_.erase(from_dir_.back());  // its running sequences hold it until they end
-    from_dir_.pop_back();
-    ++folder_stats_.evictions;
+  if (max_from_dir_ > 0) {
+    from_dir_.push_front(name);
+    from_dir_at_[name] = from_dir_.begin();
+    while (from_dir_.size() > max_from_dir_) {
+      adapters_.erase(from_dir_.back());  // its running sequences hold it until they end
+      from_dir_at_.erase(from_dir_.back());
+      from_dir_.pop_back();
+      ++folder_stats_.evictions;
+    }
   }
   return adapters_.at(name);
 }
@@ -89,7 +92,10 @@ void AdapterRegistry::load(const std::string& name, const std::string& spec_text
 
 bool AdapterRegistry::unload(const std::string& name) {
   std::lock_guard lock(mutex_);
-  from_dir_.remove(name);
+  if (auto at = from_dir_at_.find(name); at != from_dir_at_.end()) {
+    from_dir_.erase(at->second);
+    from_dir_at_.erase(at);
+  }
   return adapters_.erase(name) > 0;
 }
 

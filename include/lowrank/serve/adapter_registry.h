@@ -69,7 +69,10 @@ class AdapterRegistry {
   std::mutex load_mutex_;  // one load from adapter_dir_ at a time (two requests, one load)
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<ServedAdapter>> adapters_;  // guarded by mutex_
-  std::list<std::string> from_dir_;  // names loaded from adapter_dir_, most recently used first; guarded by mutex_
+  // With max_from_dir_: the names loaded from adapter_dir_, most recently used first, and where
+  // each is in that list; guarded by mutex_.
+  std::list<std::string> from_dir_;
+  std::map<std::string, std::list<std::string>::iterator> from_dir_at_;
   AdapterFolderStats folder_stats_;  // guarded by mutex_
 };
 
