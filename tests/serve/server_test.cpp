@@ -169,9 +169,8 @@ serve::Server* ServeHttp::server_ = nullptr;
 std::thread* ServeHttp::thread_ = nullptr;
 int ServeHttp::port_ = 0;
 
-// The text of an event stream's chunks, checking its shape on the way.
-std::string streamed_text(const std::string& events, bool chat, std::string* finish_reason, json* usage) {
-  std::string text;
+// An event stream's JSON chunks, checking that it ends with "data: [DONE]".
+std::vector<json> stream_chunks(const std::string& events) {
   std::vector<std::string> data;
   for (size_t at = 0; (at = events.find("data: ", at)) != std::string::npos;) {
     const auto end = events.find("\n\n", at);
@@ -179,10 +178,17 @@ std::string streamed_text(const std::string& events, bool chat, std::string* fin
     at = end;
   }
   EXPECT_FALSE(data.empty());
-  if (data.empty()) return text;
-  EXPECT_EQ(data.back(), "[DONE]");
-  for (size_t i = 0; i + 1 < data.size(); ++i) {
-    const json chunk = json::parse(data[i]);
+  if (data.empty()) return {};
+  EXPECT_EQ(data.back(), "[DONE]") << events;
+  std::vector<json> chunks;
+  for (size_t i = 0; i + 1 < data.size(); ++i) chunks.push_back(json::parse(data[i]));
+  return chunks;
+}
+
+// The text of an event stream's chunks, checking its shape on the way.
+std::string streamed_text(const std::string& events, bool chat, std::string* finish_reason, json* usage) {
+  std::string text;
+  for (const json& chunk : stream_chunks(events)) {
     if (chunk.contains("usage")) {
       *usage = chunk["usage"];
       continue;
@@ -424,12 +430,7 @@ struct StreamedChoice {
 };
 std::map<int64_t, StreamedChoice> streamed_choices(const std::string& events) {
   std::map<int64_t, StreamedChoice> out;
-  for (size_t at = 0; (at = events.find("data: ", at)) != std::string::npos;) {
-    const auto end = events.find("\n\n", at);
-    const std::string data = events.substr(at + 6, end - at - 6);
-    at = end;
-    if (data == "[DONE]") break;
-    const json chunk = json::parse(data);
+  for (const json& chunk : stream_chunks(events)) {
     for (const json& c : chunk["choices"]) {
       StreamedChoice& s = out[c["index"].get<int64_t>()];
       s.text += c["text"].get<std::string>();
@@ -664,10 +665,7 @@ TEST_F(ServeHttp, ChoicesStopIdsEosControlsLogitBiasAndPenalties) {
   chat_stream["stream"] = true;
   const std::string events = post_stream("/v1/chat/completions", chat_stream);
   std::map<int64_t, std::string> roles, contents;
-  for (size_t at = 0; (at = events.find("data: {", at)) != std::string::npos;) {
-    const auto end = events.find("\n\n", at);
-    const json chunk = json::parse(events.substr(at + 6, end - at - 6));
-    at = end;
+  for (const json& chunk : stream_chunks(events)) {
     for (const json& c : chunk["choices"]) {
       const int64_t i = c["index"];
       if (c["delta"].contains("role")) roles[i] += c["delta"]["role"].get<std::string>();
