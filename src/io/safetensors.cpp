@@ -2,11 +2,6 @@
 // validated with overflow-checked arithmetic before a single tensor byte is handed out.
 #include "lowrank/io/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -14,6 +9,8 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+
+#include "lowrank/io/mapped_file.h"
 
 namespace lowrank::io {
 namespace {
@@ -267,30 +264,8 @@ SafetensorsFile SafetensorsFile::parse(std::string path, std::shared_ptr<void> o
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw error(path, ": cannot open: ", std::strerror(errno));
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw error(path, ": cannot stat: ", std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    throw error(path, S_ISDIR(st.st_mode) ? ": is a folder, not a safetensors file"
-                                          : ": is not a regular file");
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size < 8) {
-    ::close(fd);
-    check_min_size(path, size);
-  }
-  void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int err = errno;
-  ::close(fd);  // the mapping stays valid without the descriptor
-  if (addr == MAP_FAILED) throw error(path, ": cannot mmap: ", std::strerror(err));
-  std::shared_ptr<void> mapping(addr, [size](void* p) { ::munmap(p, size); });
-  return parse(path, std::move(mapping), static_cast<const char*>(addr), size);
+  MappedFile file = map_file(path, "a safetensors file");
+  return parse(path, std::move(file.owner), file.data, file.size);
 }
 
 SafetensorsFile SafetensorsFile::from_bytes(std::string bytes, const std::string& name) {
