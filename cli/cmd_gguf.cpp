@@ -62,6 +62,12 @@ int run_gguf(const GgufOptions& o) {
   std::vector<std::string> dirs;
   if (!o.adapters.empty()) {
     lora::AdapterSet set(o.adapters, m);  // also attaches trained biases
+    // An embedding or lm_head LoRA of a tied pair: the adapter changes one of them (PEFT computes the
+    // other with the base weight), so the file gets both, as llama.cpp's untied output.weight.
+    // (`lowrank merge` follows PEFT's merge_and_unload instead, which changes both.)
+    for (const auto& a : set.adapters())
+      for (const auto& p : a->pairs)
+        if ((p.target == Target::Embed || p.target == Target::LmHead) && m.config().tie_word_embeddings) m.untie_lm_head();
     for (size_t i = 0; i < set.adapters().size(); ++i) lora::merge_adapter(m, *set.adapters()[i], set.scales()[i]);
     dirs = set.dirs();
   }

@@ -360,6 +360,8 @@ GgufExportSummary write_gguf_model(const Model& model, const std::string& source
     w.add_tensor("rope_factors_long.weight", Tensor::from_vector(lf, {static_cast<int64_t>(lf.size())}), io::GgmlType::F32);
     w.add_tensor("rope_factors_short.weight", Tensor::from_vector(sf, {static_cast<int64_t>(sf.size())}), io::GgmlType::F32);
   }
+  if (c.arch == Arch::Gemma2 && model.weights().lm_head_name != model.weights().embed_name)
+    throw error("an lm_head apart from the embedding: llama.cpp's Gemma 2 always computes the output with the embedding");
   for (const auto& l : model.weights().layers)
     for (const Linear* p : l.projections())
       if (p->quantized()) throw error("a model loaded with --quantize nf4 cannot be written to GGUF; load it unquantized");

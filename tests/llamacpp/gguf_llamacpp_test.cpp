@@ -86,3 +86,73 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, LlamaCppModelParity,
                                            "qwen3", "gemma2", "gemma3", "phi3", "phi3_longrope", "gpt2"));
 
 }  // namespace
+
+namespace {
+
+// A PEFT fixture: as a llama.cpp LoRA file next to the base model's GGUF, or (what a LoRA file
+// cannot hold) refused with `refusal` in the message and merged into the model instead.
+struct LoraCase {
+  const char* name;
+  const char* refusal;        // nullptr: written as a LoRA file
+  const char* merge_refusal;  // what refuses the merged model too (nullptr: none)
+};
+
+class LlamaCppLoraParity : public ::testing::TestWithParam<LoraCase> {};
+
+TEST_P(LlamaCppLoraParity, EvalLossEqualsPefts) {
+  LOWRANK_REQUIRE_LLAMACPP();
+  const LoraCase c = GetParam();
+  const std::string dir = test::fixture(std::string("lora/") + c.name);
+  const auto expected = io::read_json(dir + "/expected.json");
+  const std::string base = test::model_fixture(expected["base"].get<std::string>());
+  const auto config = model::ModelConfig::load(base);
+  ScratchDir tmp;
+  const std::string model_dir = test::with_made_up_tokenizer(base, tmp.file("model"), config.vocab_size);
+  nlohmann::json request = {{"context", config.max_position_embeddings},
+                            {"logits", eval_sequences(base, config.vocab_size)}};
+  const std::string lora = tmp.file("lora.gguf");
+  const auto as_lora = test::run_cli("gguf --model " + model_dir + " --adapter " + dir + "/adapter --out " + lora);
+  if (!c.refusal) {
+    ASSERT_EQ(as_lora.code, 0) << as_lora.err;
+    const auto r = test::run_cli("gguf --model " + model_dir + " --out " + tmp.file("model.gguf") + " --outtype f32");
+    ASSERT_EQ(r.code, 0) << r.err;
+    request["model"] = tmp.file("model.gguf");
+    request["lora"] = {{{"path", lora}}};
+  } else {
+    EXPECT_EQ(as_lora.code, 2) << as_lora.err;
+    EXPECT_NE(as_lora.err.find(c.refusal), std::string::npos) << as_lora.err;
+    EXPECT_NE(as_lora.err.find("--merge"), std::string::npos) << as_lora.err;
+    EXPECT_FALSE(io::file_exists(lora));
+    const auto r = test::run_cli("gguf --model " + model_dir + " --adapter " + dir + "/adapter --merge --out " +
+                                 tmp.file("merged.gguf") + " --outtype f32");
+    if (c.merge_refusal) {
+      EXPECT_EQ(r.code, 2) << r.err;
+      EXPECT_NE(r.err.find(c.merge_refusal), std::string::npos) << r.err;
+      return;
+    }
+    ASSERT_EQ(r.code, 0) << r.err;
+    request["model"] = tmp.file("merged.gguf");
+  }
+  const auto got = test::run_llamacpp(request);
+  const double loss = test::mean_nll(request["logits"].get<std::vector<std::vector<int32_t>>>(), got["logits"]);
+  const double want = expected["eval_loss"].get<double>();
+  const bool gelu = config.activation == model::Activation::GeluTanh || config.activation == model::Activation::GeluErf;
+  EXPECT_NEAR(loss, want, (gelu ? 1e-3 : 2e-5) * want) << c.name;
+  std::printf("[ llama.cpp ] %s%s: eval loss %.7f, PEFT's %.7f\n", c.name, c.refusal ? " (merged)" : "", loss, want);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Peft, LlamaCppLoraParity,
+    ::testing::Values(LoraCase{"llama_all_linear", nullptr, nullptr}, LoraCase{"llama_rslora_paths", nullptr, nullptr},
+                      LoraCase{"qwen3_all_linear", nullptr, nullptr}, LoraCase{"gemma2_all_linear", nullptr, nullptr},
+                      LoraCase{"gemma3_all_linear", nullptr, nullptr}, LoraCase{"phi3_all_linear", nullptr, nullptr},
+                      LoraCase{"gpt2_conv1d", nullptr, nullptr}, LoraCase{"llama_embed_lm_head", nullptr, nullptr},
+                      LoraCase{"llama_dora", "DoRA", nullptr}, LoraCase{"qwen2_qv_bias", "trains biases", nullptr},
+                      LoraCase{"qwen2_tied_embed", "tied embedding", nullptr},
+                      LoraCase{"gemma2_embed", "tied embedding", "always computes the output with the embedding"},
+                      LoraCase{"gemma3_embed", "tied embedding", nullptr},
+                      LoraCase{"llama_save_embed_lm_head", "modules_to_save", nullptr},
+                      LoraCase{"qwen2_save_lm_head", "modules_to_save", nullptr}),
+    [](const ::testing::TestParamInfo<LoraCase>& i) { return std::string(i.param.name); });
+
+}  // namespace
