@@ -14,6 +14,10 @@
 #include "lowrank/tokenizer/tokenizer.h"
 #include "lowrank/train/sequences.h"
 
+#include <algorithm>
+#include <filesystem>
+#include <set>
+
 using namespace lowrank;
 using io::testing::ScratchDir;
 
@@ -154,5 +158,89 @@ INSTANTIATE_TEST_SUITE_P(
                       LoraCase{"llama_save_embed_lm_head", "modules_to_save", nullptr},
                       LoraCase{"qwen2_save_lm_head", "modules_to_save", nullptr}),
     [](const ::testing::TestParamInfo<LoraCase>& i) { return std::string(i.param.name); });
+
+}  // namespace
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A model folder holding only a config and a tokenizer (for --vocab-only files): the llama fixture's
+// config with the tokenizer's vocabulary size.
+std::string vocab_folder(const std::string& tokenizer_dir, const ScratchDir& tmp) {
+  const std::string dir = tmp.file("vocab");
+  fs::create_directories(dir);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    if (fs::exists(tokenizer_dir + "/" + f)) fs::copy_file(tokenizer_dir + "/" + f, dir + "/" + f);
+  auto config = io::read_json(test::model_fixture("llama") + "/config.json");
+  config["vocab_size"] = tok::Tokenizer::load(dir).vocab_size();
+  io::write_json_atomic(dir + "/config.json", config);
+  return dir;
+}
+
+class LlamaCppTokenizerParity : public ::testing::TestWithParam<const char*> {};
+
+// llama.cpp, given the vocabulary, merges and pre-tokenizer name we write, splits the parity corpus
+// (prose, e-mail, code, many scripts, emoji) into the ids our tokenizer (= HF tokenizers) gives.
+TEST_P(LlamaCppTokenizerParity, CorpusIdsEqualOurs) {
+  LOWRANK_REQUIRE_LLAMACPP();
+  const std::string name = GetParam();
+  const std::string corpus = test::source_dir() + "/tests/data/corpus";
+  if (!fs::exists(corpus)) GTEST_SKIP() << "no tests/data (scripts/fetch-test-data.sh)";
+  const std::string src = name == std::string("base") ? test::source_dir() + "/models/base"
+                                                      : test::source_dir() + "/tests/data/tokenizers/" + name;
+  ScratchDir tmp;
+  const std::string dir = vocab_folder(src, tmp);
+  const auto r = test::run_cli("gguf --model " + dir + " --vocab-only --out " + tmp.file("vocab.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(corpus)) names.push_back(e.path().stem().string());
+  std::sort(names.begin(), names.end());
+  std::vector<std::string> texts;
+  for (const auto& n : names) texts.push_back(test::slurp(corpus + "/" + n + ".txt"));
+  names.push_back("special tokens");
+  texts.push_back("<|begin_of_text|>a special token inside<|end_of_text|>");
+  // llama.cpp's own departures from HF tokenizers for Qwen's vocabulary (any Qwen GGUF has them):
+  // it has no NFC normalizer, and it takes the vocabulary's plain token "</s>" for an
+  // end-of-generation token, which it then splits out of text as a special token.
+  const std::set<std::string> qwen_departures = {"extra_16_korean_jamo_decomposed", "extra_23_combining_marks",
+                                                 "extra_12_specials_inside_words", "extra_10_specials_spacing",
+                                                 "extra_08_llama2_specials"};
+  const auto got = test::run_llamacpp({{"model", tmp.file("vocab.gguf")}, {"vocab_only", true}, {"tokenize", texts}});
+  const tok::Tokenizer t = tok::Tokenizer::load(dir);
+  size_t exact = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const auto ours = t.encode(texts[i], false);
+    const auto theirs = got["tokenize"][i].get<std::vector<int32_t>>();
+    if (ours == theirs) ++exact;
+    else if (!(name == std::string("qwen3") && qwen_departures.count(names[i])))
+      ADD_FAILURE() << name << ": " << names[i] << " differs (" << ours.size() << " vs " << theirs.size() << " ids)";
+  }
+  std::printf("[ llama.cpp ] %s: %zu/%zu texts split into the same ids\n", name.c_str(), exact, texts.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(Tokenizers, LlamaCppTokenizerParity, ::testing::Values("llama3", "qwen3", "base"));
+
+// The bundled model through llama.cpp decodes greedily as `lowrank generate --greedy` does.
+TEST(LlamaCppBundledModel, GreedyRepliesEqualGenerate) {
+  LOWRANK_REQUIRE_LLAMACPP();
+  const std::string base = test::source_dir() + "/models/base";
+  ScratchDir tmp;
+  const auto r = test::run_cli("gguf --model " + base + " --outtype f32 --out " + tmp.file("base.gguf"));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("tokenizer gpt2 (gpt-2)"), std::string::npos) << r.err;
+  const tok::Tokenizer t = tok::Tokenizer::load(base);
+  const std::vector<std::string> prompts = {"The quick brown fox", "In the beginning", "int main(int argc, char **argv)"};
+  nlohmann::json ids = nlohmann::json::array();
+  for (const auto& p : prompts) ids.push_back(t.encode(p, true));  // BOS first, as generate does
+  const auto got = test::run_llamacpp(
+      {{"model", tmp.file("base.gguf")}, {"context", 128}, {"greedy", {{"prompts", ids}, {"max_tokens", 24}}}});
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const auto g = test::run_cli("generate --model " + base + " --greedy --max-new-tokens 24 --prompt '" + prompts[i] + "'");
+    ASSERT_EQ(g.code, 0) << g.err;
+    const std::string theirs = t.decode(got["greedy"][i].get<std::vector<int32_t>>());
+    EXPECT_EQ(g.out, theirs + "\n") << prompts[i];
+  }
+}
 
 }  // namespace
