@@ -1,4 +1,4 @@
-// lowrank inspect PATH: what a safetensors file, a model folder or an adapter folder contains.
+// lowrank inspect PATH: what a safetensors or GGUF file, a model folder or an adapter folder contains.
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -6,6 +6,7 @@
 
 #include "command.h"
 #include "lowrank/io/files.h"
+#include "lowrank/io/gguf.h"
 #include "lowrank/io/safetensors.h"
 #include "lowrank/lora/config.h"
 #include "lowrank/model/config.h"
@@ -75,6 +76,33 @@ void inspect_model(const std::string& dir, bool list) {
   print_tensors(io::TensorStore::open(dir), list);
 }
 
+bool has_gguf_magic(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char magic[4] = {};
+  const bool gguf = std::fread(magic, 1, 4, f) == 4 && std::memcmp(magic, "GGUF", 4) == 0;
+  std::fclose(f);
+  return gguf;
+}
+
+void inspect_gguf(const std::string& path, bool list) {
+  const io::GgufFile f = io::GgufFile::open(path);
+  std::printf("GGUF file: %s (version %u)\n", path.c_str(), f.version());
+  for (const auto& [key, value] : f.metadata()) std::printf("  %-44s %s\n", key.c_str(), value.str().c_str());
+  int64_t total = 0;
+  std::map<std::string, int64_t> by_type;
+  for (const auto& t : f.tensors()) {
+    const int64_t n = shape_numel(t.shape());
+    total += n;
+    by_type[io::ggml_type_name(t.type)] += n;
+    if (list) std::printf("  %-48s %-6s %s\n", t.name.c_str(), io::ggml_type_name(t.type).c_str(), shape_str(t.shape()).c_str());
+  }
+  std::printf("tensors: %zu, parameters: %lld (%s)", f.tensors().size(), static_cast<long long>(total),
+              human_count(total).c_str());
+  for (const auto& [type, n] : by_type) std::printf(", %s %s", type.c_str(), human_count(n).c_str());
+  std::printf("\n");
+}
+
 int run_inspect(const std::string& path, bool list) {
   namespace fs = std::filesystem;
   if (io::is_directory(path)) {
@@ -84,6 +112,10 @@ int run_inspect(const std::string& path, bool list) {
     return 0;
   }
   if (!io::file_exists(path)) throw error(path, ": no such file or folder");
+  if (has_gguf_magic(path)) {
+    inspect_gguf(path, list);
+    return 0;
+  }
   auto store = io::TensorStore::open(path);
   std::printf("safetensors file: %s\n", path.c_str());
   for (const auto& [k, v] : store.metadata()) std::printf("  metadata %s = %s\n", k.c_str(), v.c_str());
@@ -91,12 +123,12 @@ int run_inspect(const std::string& path, bool list) {
   return 0;
 }
 
-RegisterCommand reg{{"inspect", "Show the tensors of a safetensors file, a model folder or an adapter folder",
+RegisterCommand reg{{"inspect", "Show the tensors of a safetensors or GGUF file, a model folder or an adapter folder",
                      [](CLI::App& app) {
                        auto path = std::make_shared<std::string>();
                        auto list = std::make_shared<bool>(false);
-                       app.add_option("path", *path, "safetensors file, model folder or adapter folder")->required();
-                       app.add_flag("--tensors", *list, "List every tensor of a model folder");
+                       app.add_option("path", *path, "safetensors or GGUF file, model folder or adapter folder")->required();
+                       app.add_flag("--tensors", *list, "List every tensor of a model folder or a GGUF file");
                        return [path, list] { return run_inspect(*path, *list); };
                      }}};
 

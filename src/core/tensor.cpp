@@ -80,6 +80,9 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   LR_CHECK(shape.size() <= 4, "rank ", shape.size());
   Tensor t;
   t.numel_ = shape_numel(shape);
+  // nbytes() must not wrap around (a shape read from a hostile file can ask for 2^62 elements).
+  if (static_cast<uint64_t>(t.numel_) > std::numeric_limits<uint64_t>::max() / 8 / dtype_size(dtype))
+    throw error("shape ", shape_str(shape), " has too many elements");
   t.shape_ = shape;
   t.dtype_ = dtype;
   t.device_ = device;

@@ -401,6 +401,9 @@ GgufFile GgufFile::parse(std::string path, std::shared_ptr<void> owner, const ch
       numel *= n;
       t.ne.push_back(static_cast<int64_t>(n));
     }
+    // No ggml type packs more than 8 values in a byte: a tensor that cannot fit in the file is
+    // refused before its size is computed (which could otherwise wrap around).
+    if (numel / 8 > size) throw error(p, ": tensor '", t.name, "' has ", numel, " values, more than a file of ", size, " bytes holds");
     t.type = c.read<uint32_t>("a tensor type");
     if (!traits(t.type)) throw error(p, ": tensor '", t.name, "' has unknown ggml type ", t.type);
     t.offset = c.read<uint64_t>("a tensor offset");

@@ -134,6 +134,9 @@ TEST(Gguf, RefusesMalformedFiles) {
   expect_error([] { GgufFile::from_bytes(tiny_file(0, 77)); }, "<memory>: tensor 't' has unknown ggml type 77", {});
   expect_error([] { GgufFile::from_bytes(tiny_file(0, 8, 2)); }, "<memory>: tensor 't': a row of 2 values", {"q8_0"});
   expect_error([] { GgufFile::from_bytes(tiny_file(0, 0, 1000)); }, "<memory>: the tensor data needs 4000 bytes", {});
+  // 2^62 f32 values: 2^64 bytes would wrap around to 0 (found by fuzz_gguf).
+  expect_error([] { GgufFile::from_bytes(tiny_file(0, 0, uint64_t(1) << 62)); }, "<memory>: tensor 't' has 4611686018427387904 values",
+               {"more than a file of"});
   expect_error([] { GgufFile::from_bytes(tiny_file()).get_f32("nope"); }, "<memory>: no tensor named 'nope'", {});
   ScratchDir dir;
   expect_error([&] { GgufFile::open(dir.path()); }, dir.path() + ": is a folder, not a GGUF file", {});
