@@ -8,7 +8,8 @@
 # Python docs; docs/base-model.md) a domain it never saw, the King James Bible:
 #   eval loss and sample generations before, a LoRA fine-tune with the progress bar, eval loss
 #   and generations after, the trainable-parameter count, a loss chart, and a merged model.
-# Everything it makes goes to out/quickstart/ (adapter/, merged/, loss.svg, summary.json).
+# Everything it makes goes to out/quickstart/ (adapter/, merged/, loss.svg, summary.json, and the
+# base model and adapter as llama.cpp's GGUF files).
 # docs/quickstart.md shows a real run. Knobs (environment): STEPS, BATCH, SEQ_LEN, LR, RANK,
 # THREADS (OpenMP threads; default all cores), QUICKSTART_OUT.
 set -euo pipefail
@@ -101,10 +102,14 @@ loss_adapter=$("$lowrank" eval --model "$model" --adapter "$out/adapter" --data 
 loss_merged=$("$lowrank" eval --model "$out/merged" --data "$out/data/eval_ids.jsonl" --json)
 echo "eval, base + adapter: $loss_adapter"
 echo "eval, merged model:   $loss_merged"
+# The same for llama.cpp (llama-cli -m base.gguf --lora kjv-lora.gguf; docs/gguf.md).
+"$lowrank" gguf --model "$model" --out "$out/base.gguf"
+"$lowrank" gguf --model "$model" --adapter "$out/adapter" --out "$out/kjv-lora.gguf"
 
 section "summary"
 status=0
 python3 scripts/quickstart/summary.py "$model" "$out/adapter" --json "$out/summary.json" || status=$?
 echo "fine-tuning time: ${train_s}s on $(nproc) CPU cores; whole quickstart: $(( $(date +%s) - t_start ))s"
-echo "outputs: $out/adapter/ (PEFT adapter + metrics.jsonl), $out/merged/ (HF model folder), $out/loss.svg"
+echo "outputs: $out/adapter/ (PEFT adapter + metrics.jsonl), $out/merged/ (HF model folder), $out/loss.svg,"
+echo "         $out/base.gguf + $out/kjv-lora.gguf (llama.cpp: llama-cli -m base.gguf --lora kjv-lora.gguf)"
 exit "$status"
