@@ -2,7 +2,9 @@
 // _set_vocab_gpt2) and gguf-py's SpecialVocab.
 #include "lowrank/tokenizer/gguf_vocab.h"
 
+#include <cctype>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 
@@ -15,7 +17,7 @@ namespace {
 using nlohmann::json;
 
 // llama.cpp's token types (llama_token_type).
-enum TokenType : int32_t { Normal = 1, Control = 3, UserDefined = 4, Unused = 5 };
+enum TokenType : int32_t { Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6 };
 
 // The pre-tokenizer regexes of the byte-level tokenizers llama.cpp knows by name.
 constexpr const char* kLlama3Regex =
@@ -26,6 +28,27 @@ constexpr const char* kQwen2Regex =
     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 bool is_type(const json& j, const char* type) { return j.is_object() && j.value("type", "") == type; }
+
+// SentencePiece's byte-fallback pieces: "<0x0A>".
+bool is_byte_token(const std::string& t) {
+  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::isxdigit(static_cast<unsigned char>(t[3])) &&
+         std::isxdigit(static_cast<unsigned char>(t[4]));
+}
+
+// Whether the tokenizer puts "▁" before the text: a Prepend("▁") normalizer (Llama 2, Mistral) or
+// a Metaspace pre-tokenizer that prepends (the newer form of the same).
+bool prepends_space(const json& tj) {
+  const std::function<bool(const json&)> prepend = [&](const json& n) {
+    if (is_type(n, "Prepend")) return n.value("prepend", "") == "\xe2\x96\x81";
+    if (is_type(n, "Sequence"))
+      for (const auto& part : n.value("normalizers", json::array()))
+        if (prepend(part)) return true;
+    return false;
+  };
+  if (prepend(tj.value("normalizer", json()))) return true;
+  const json pre = tj.value("pre_tokenizer", json());
+  return is_type(pre, "Metaspace") && pre.value("prepend_scheme", "always") != "never" && pre.value("add_prefix_space", true);
+}
 
 // llama.cpp's name for the way `pre` splits text, or nullopt when it is none of the known ones.
 // (The converter identifies it by hashing the ids of a test string; comparing the definitions
@@ -87,14 +110,23 @@ GgufVocabSummary add_gguf_vocab(io::GgufWriter& w, const std::string& model_dir,
   if (model.value("type", "") != "BPE")
     throw error(path, ": a ", model.value("type", "?"), " tokenizer model; only byte-level BPE tokenizers are written to GGUF");
   const json pre = tj.value("pre_tokenizer", json());
-  if (model.value("byte_fallback", false) || !is_type(tj.value("decoder", json()), "ByteLevel"))
-    throw error(path, ": a SentencePiece-style BPE tokenizer (byte fallback, \xe2\x96\x81 for spaces); only byte-level BPE "
-                "tokenizers (GPT-2, Llama 3, Qwen) are written to GGUF yet");
-  const auto pre_name = pre_tokenizer_name(pre);
+  const bool sentencepiece = model.value("byte_fallback", false);
+  if (!sentencepiece && !is_type(tj.value("decoder", json()), "ByteLevel"))
+    throw error(path, ": a BPE tokenizer that is neither byte-level nor SentencePiece-style (byte fallback); llama.cpp "
+                "would split text differently");
+  std::optional<std::string> pre_name;
+  if (sentencepiece) {
+    if (!pre.is_null() && !is_type(pre, "Metaspace"))
+      throw error(path, ": a SentencePiece-style tokenizer with the pre-tokenizer ", pre.dump().substr(0, 200),
+                  ", which llama.cpp's SentencePiece tokenizer does not apply");
+    pre_name = "default";
+  } else {
+    pre_name = pre_tokenizer_name(pre);
+  }
   if (!pre_name)
     throw error(path, ": its pre-tokenizer (", pre.dump().substr(0, 200),
                 ") is none that llama.cpp knows by name (gpt-2, llama-bpe, qwen2); llama.cpp would split text differently");
-  summary.model = "gpt2";
+  summary.model = sentencepiece ? "llama" : "gpt2";
   summary.pre = *pre_name;
 
   // Tokens and types, id by id.
@@ -108,15 +140,23 @@ GgufVocabSummary add_gguf_vocab(io::GgufWriter& w, const std::string& model_dir,
     types[id] = type;
     have[id] = true;
   };
+  const std::string unk = model.value("unk_token", json()).is_string() ? model["unk_token"].get<std::string>() : "";
   if (model.contains("vocab") && model["vocab"].is_object())
-    for (const auto& [text, id] : model["vocab"].items())
-      if (id.is_number_integer()) place(id.get<int64_t>(), text, Normal);
+    for (const auto& [text, id] : model["vocab"].items()) {
+      if (!id.is_number_integer()) continue;
+      int32_t type = Normal;
+      if (sentencepiece && is_byte_token(text)) type = Byte;
+      if (sentencepiece && text == unk) type = Unknown;
+      place(id.get<int64_t>(), text, type);
+    }
   std::map<std::string, int64_t> added_ids;  // content → id, the special ids' lookup (SpecialVocab's)
   for (const json& a : tj.value("added_tokens", json::array())) {
     const std::string content = a.value("content", "");
     const int64_t id = a.value("id", int64_t{-1});
     added_ids.emplace(content, id);
-    if (a.value("special", false) || looks_special(content)) {
+    if (sentencepiece && content == unk) {
+      place(id, content, Unknown);
+    } else if (a.value("special", false) || looks_special(content)) {
       place(id, content, Control);
     } else {
       std::string text = content;
@@ -143,11 +183,37 @@ GgufVocabSummary add_gguf_vocab(io::GgufWriter& w, const std::string& model_dir,
   }
   summary.merges = static_cast<int64_t>(merges.size());
 
-  w.set("tokenizer.ggml.model", io::GgufValue::string("gpt2"));
+  w.set("tokenizer.ggml.model", io::GgufValue::string(summary.model));
   w.set("tokenizer.ggml.pre", io::GgufValue::string(*pre_name));
-  w.set("tokenizer.ggml.tokens", io::GgufValue::string_array(std::move(tokens)));
-  w.set("tokenizer.ggml.token_type", io::GgufValue::i32_array(types));
-  w.set("tokenizer.ggml.merges", io::GgufValue::string_array(std::move(merges)));
+  if (sentencepiece) {
+    // llama.cpp's SentencePiece tokenizer merges, among adjacent pieces whose concatenation is a
+    // token, the one with the highest score: a token's score is minus the rank of the merge that
+    // makes it, so it merges in the order of tokenizer.json's merges, as HF's BPE does.
+    std::map<std::string, int64_t> ids;
+    for (int64_t i = 0; i < vocab_size; ++i) ids.emplace(tokens[i], i);
+    std::vector<float> scores(static_cast<size_t>(vocab_size), 0.0f);
+    std::vector<bool> scored(static_cast<size_t>(vocab_size), false);
+    for (size_t rank = 0; rank < merges.size(); ++rank) {
+      const std::string& m = merges[rank];
+      const size_t space = m.find(' ', 1);
+      if (space == std::string::npos) continue;
+      const auto it = ids.find(m.substr(0, space) + m.substr(space + 1));
+      if (it == ids.end() || scored[it->second]) continue;
+      scores[it->second] = -static_cast<float>(rank);
+      scored[it->second] = true;
+    }
+    for (int64_t i = 0; i < vocab_size; ++i)
+      if (types[i] == Control || types[i] == UserDefined) scores[i] = -1000.0f;  // the converter's
+    w.set("tokenizer.ggml.tokens", io::GgufValue::string_array(std::move(tokens)));
+    w.set("tokenizer.ggml.scores", io::GgufValue::f32_array(scores));
+    w.set("tokenizer.ggml.token_type", io::GgufValue::i32_array(types));
+    // HF prepends "▁" by a normalizer (Prepend) or the Metaspace pre-tokenizer; llama.cpp by this flag.
+    w.set("tokenizer.ggml.add_space_prefix", io::GgufValue::boolean(prepends_space(tj)));
+  } else {
+    w.set("tokenizer.ggml.tokens", io::GgufValue::string_array(std::move(tokens)));
+    w.set("tokenizer.ggml.token_type", io::GgufValue::i32_array(types));
+    w.set("tokenizer.ggml.merges", io::GgufValue::string_array(std::move(merges)));
+  }
 
   // Special ids: tokenizer_config.json's tokens found among the added tokens, then config.json's ids.
   const std::string config_path = (fs::path(model_dir) / "tokenizer_config.json").string();

@@ -143,18 +143,21 @@ TEST(GgufCli, BadInputIsAnErrorAndWritesNothing) {
     EXPECT_NE(r.err.find(c.message), std::string::npos) << c.args << "\n" << r.err;
     EXPECT_FALSE(std::filesystem::exists(out)) << c.args;
   }
-  // A tokenizer llama.cpp would split otherwise (Llama 2's SentencePiece-style BPE): refused.
-  const std::string llama2 = test::source_dir() + "/tests/data/tokenizers/llama2";
-  if (std::filesystem::exists(llama2)) {
-    const std::string dir = tmp.file("sp");
+  // A tokenizer llama.cpp would split otherwise (a byte-level one with a pre-tokenizer regex
+  // llama.cpp has no name for): refused.
+  const std::string llama3 = test::source_dir() + "/tests/data/tokenizers/llama3";
+  if (std::filesystem::exists(llama3)) {
+    const std::string dir = tmp.file("odd");
     std::filesystem::create_directories(dir);
-    std::filesystem::copy_file(llama2 + "/tokenizer.json", dir + "/tokenizer.json");
+    auto tj = io::read_json(llama3 + "/tokenizer.json");
+    tj["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\p{L}+|\\s+";
+    io::write_json_atomic(dir + "/tokenizer.json", tj);
     auto config = io::read_json(llama + "/config.json");
-    config["vocab_size"] = 32000;
+    config["vocab_size"] = 128256;
     io::write_json_atomic(dir + "/config.json", config);
     const auto r = test::run_cli("gguf --model " + dir + " --vocab-only --out " + out);
     EXPECT_EQ(r.code, 2) << r.err;
-    EXPECT_NE(r.err.find("SentencePiece-style"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("none that llama.cpp knows by name"), std::string::npos) << r.err;
     EXPECT_FALSE(std::filesystem::exists(out));
   }
 }

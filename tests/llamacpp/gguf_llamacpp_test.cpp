@@ -219,7 +219,7 @@ TEST_P(LlamaCppTokenizerParity, CorpusIdsEqualOurs) {
   std::printf("[ llama.cpp ] %s: %zu/%zu texts split into the same ids\n", name.c_str(), exact, texts.size());
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokenizers, LlamaCppTokenizerParity, ::testing::Values("llama3", "qwen3", "base"));
+INSTANTIATE_TEST_SUITE_P(Tokenizers, LlamaCppTokenizerParity, ::testing::Values("llama3", "qwen3", "llama2", "base"));
 
 // The bundled model through llama.cpp decodes greedily as `lowrank generate --greedy` does.
 TEST(LlamaCppBundledModel, GreedyRepliesEqualGenerate) {

@@ -1,9 +1,11 @@
 #pragma once
 // A model folder's tokenizer as GGUF metadata (the tokenizer.* keys llama.cpp reads), written as
-// llama.cpp's convert_hf_to_gguf.py writes it for byte-level BPE tokenizers ("gpt2"): the tokens
-// as tokenizer.json stores them (byte-level strings), their types, the merges, the special ids and
-// whether BOS/EOS are added, the chat template; and the pre-tokenizer's name, which llama.cpp
+// llama.cpp's convert_hf_to_gguf.py writes it. Byte-level BPE tokenizers as "gpt2": the tokens as
+// tokenizer.json stores them, their types, the merges and the pre-tokenizer's name, which llama.cpp
 // needs to split text the same way (recognised from tokenizer.json's pre-tokenizer).
+// SentencePiece-style BPE tokenizers (byte fallback) as "llama": tokens, types, the space-prefix
+// flag and scores from the merge ranks. Both: the special ids, whether BOS/EOS are added, the chat
+// template.
 #include <cstdint>
 #include <string>
 
@@ -13,7 +15,7 @@ namespace lowrank::tok {
 
 // What add_gguf_vocab wrote, for the caller's log.
 struct GgufVocabSummary {
-  std::string model;  // tokenizer.ggml.model: "gpt2", or "none" (no tokenizer.json)
+  std::string model;  // tokenizer.ggml.model: "gpt2", "llama", or "none" (no tokenizer.json)
   std::string pre;    // tokenizer.ggml.pre
   int64_t tokens = 0;
   int64_t merges = 0;
