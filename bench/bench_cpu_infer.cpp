@@ -1,13 +1,19 @@
 // CPU inference throughput of a ~100M-parameter Llama-shaped random model: forward (prefill) at
 // sequence length 512, and KV-cached decoding, without an adapter, with a live (unmerged) LoRA
 // adapter, and merged. Prints numbers; no pass/fail.
-//   bench_cpu_infer [--seq 512] [--decode 64] [--reps 3] [--rank 16]
+//   bench_cpu_infer [--seq 512] [--decode 64] [--reps 3] [--rank 16] [--vocab 32000]
+//                   [--model DIR]   a model folder instead of the random model
+//                   [--save DIR]    write the random model as a model folder and stop
+//                                   (bench/llamacpp_cpu.sh: the same weights for llama.cpp)
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <string>
 
 #include "lowrank/core/rng.h"
+#include "lowrank/io/files.h"
+#include "lowrank/io/safetensors.h"
 #include "lowrank/infer/generator.h"
 #include "lowrank/lora/adapter.h"
 #include "lowrank/lora/lora_hook.h"
@@ -57,10 +63,14 @@ Numbers measure(const model::Model& m, model::ProjectionHook* hook, int64_t seq,
 }  // namespace
 
 int main(int argc, char** argv) {
-  int64_t seq = 512, decode = 64, rank = 16;
+  int64_t seq = 512, decode = 64, rank = 16, vocab = 32000;
   int reps = 3;
+  std::string model_dir, save_dir;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--seq")) seq = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--vocab")) vocab = std::atoll(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--model")) model_dir = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--save")) save_dir = argv[i + 1];
     else if (!std::strcmp(argv[i], "--decode")) decode = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--rank")) rank = std::atoll(argv[i + 1]);
@@ -70,10 +80,26 @@ int main(int argc, char** argv) {
     }
   }
   // ~100M parameters: GPT-2-small-like widths in a Llama block (tied embeddings).
-  auto cfg = model::llama_config(768, 12, 12, 12, 2048, 32000, 2048);
-  model::Model m = model::random_model(cfg, 7);
-  std::printf("model: Llama-shaped, %.1fM parameters (hidden 768, 12 layers, 12 heads, ffn 2048, vocab 32000)\n",
-              m.parameter_count() / 1e6);
+  auto cfg = model::llama_config(768, 12, 12, 12, 2048, vocab, 2048);
+  model::Model m = model_dir.empty() ? model::random_model(cfg, 7) : model::Model::load(model_dir);
+  if (!save_dir.empty()) {
+    std::filesystem::create_directories(save_dir);
+    io::write_safetensors(save_dir + "/model.safetensors", model::checkpoint_tensors(cfg, m.weights()), {{"format", "pt"}});
+    io::write_json_atomic(save_dir + "/config.json",
+                          {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", 768},
+                           {"num_hidden_layers", 12}, {"num_attention_heads", 12}, {"num_key_value_heads", 12},
+                           {"head_dim", 64}, {"intermediate_size", 2048}, {"vocab_size", vocab},
+                           {"max_position_embeddings", 2048}, {"rms_norm_eps", cfg.norm_eps}, {"rope_theta", cfg.rope.theta},
+                           {"hidden_act", "silu"}, {"tie_word_embeddings", true}, {"torch_dtype", "float32"},
+                           {"bos_token_id", 0}, {"eos_token_id", 1}});
+    std::printf("wrote %s (%.1fM parameters)\n", save_dir.c_str(), m.parameter_count() / 1e6);
+    return 0;
+  }
+  const auto& c = m.config();
+  std::printf("model: %s, %.1fM parameters (hidden %lld, %lld layers, %lld heads, ffn %lld, vocab %lld)\n",
+              model_dir.empty() ? "random Llama-shaped" : model_dir.c_str(), m.parameter_count() / 1e6,
+              (long long)c.hidden_size, (long long)c.num_layers, (long long)c.num_heads, (long long)c.intermediate_size,
+              (long long)c.vocab_size);
   std::printf("threads: OMP_NUM_THREADS=%s\n", std::getenv("OMP_NUM_THREADS") ? std::getenv("OMP_NUM_THREADS") : "(default)");
   lora::LoraConfig lc;
   lc.r = rank;

@@ -209,48 +209,39 @@ void write_value(std::string& out, const GgufValue& v) {
 
 // ---- values ----
 
-GgufValue GgufValue::u32(uint32_t v) { GgufValue g; g.type = GgufValueType::U32; g.integer = v; return g; }
-GgufValue GgufValue::i32(int32_t v) { GgufValue g; g.type = GgufValueType::I32; g.integer = v; return g; }
-GgufValue GgufValue::u64(uint64_t v) {
+namespace {
+GgufValue scalar(GgufValueType type) {
   GgufValue g;
-  g.type = GgufValueType::U64;
-  g.integer = static_cast<int64_t>(v);
+  g.type = type;
   return g;
 }
-GgufValue GgufValue::f32(float v) { GgufValue g; g.type = GgufValueType::F32; g.real = v; return g; }
-GgufValue GgufValue::boolean(bool v) { GgufValue g; g.type = GgufValueType::Bool; g.integer = v; return g; }
-GgufValue GgufValue::string(std::string v) {
-  GgufValue g;
-  g.type = GgufValueType::String;
-  g.text = std::move(v);
-  return g;
-}
-GgufValue GgufValue::string_array(std::vector<std::string> v) {
+GgufValue array_of(GgufValueType element) {
   GgufValue g;
   g.type = GgufValueType::Array;
-  g.element = GgufValueType::String;
+  g.element = element;
+  return g;
+}
+}  // namespace
+
+GgufValue GgufValue::u32(uint32_t v) { GgufValue g = scalar(GgufValueType::U32); g.integer = v; return g; }
+GgufValue GgufValue::i32(int32_t v) { GgufValue g = scalar(GgufValueType::I32); g.integer = v; return g; }
+GgufValue GgufValue::u64(uint64_t v) { GgufValue g = scalar(GgufValueType::U64); g.integer = static_cast<int64_t>(v); return g; }
+GgufValue GgufValue::f32(float v) { GgufValue g = scalar(GgufValueType::F32); g.real = v; return g; }
+GgufValue GgufValue::boolean(bool v) { GgufValue g = scalar(GgufValueType::Bool); g.integer = v; return g; }
+GgufValue GgufValue::string(std::string v) { GgufValue g = scalar(GgufValueType::String); g.text = std::move(v); return g; }
+GgufValue GgufValue::string_array(std::vector<std::string> v) {
+  GgufValue g = array_of(GgufValueType::String);
   g.texts = std::move(v);
   return g;
 }
 GgufValue GgufValue::i32_array(const std::vector<int32_t>& v) {
-  GgufValue g;
-  g.type = GgufValueType::Array;
-  g.element = GgufValueType::I32;
+  GgufValue g = array_of(GgufValueType::I32);
   g.integers.assign(v.begin(), v.end());
   return g;
 }
 GgufValue GgufValue::f32_array(const std::vector<float>& v) {
-  GgufValue g;
-  g.type = GgufValueType::Array;
-  g.element = GgufValueType::F32;
+  GgufValue g = array_of(GgufValueType::F32);
   g.reals.assign(v.begin(), v.end());
-  return g;
-}
-GgufValue GgufValue::bool_array(const std::vector<bool>& v) {
-  GgufValue g;
-  g.type = GgufValueType::Array;
-  g.element = GgufValueType::Bool;
-  g.integers.assign(v.begin(), v.end());
   return g;
 }
 

@@ -44,7 +44,6 @@ struct GgufValue {
   static GgufValue string_array(std::vector<std::string> v);
   static GgufValue i32_array(const std::vector<int32_t>& v);
   static GgufValue f32_array(const std::vector<float>& v);
-  static GgufValue bool_array(const std::vector<bool>& v);
 
   bool is_integer() const;  // an integer scalar of any width
   size_t array_size() const;
