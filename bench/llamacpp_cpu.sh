@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-$(nproc)}
 reps=${2:-3}
-: "${LLAMA_BENCH:?set LLAMA_BENCH to llama.cpp's llama-bench}"
+: "${LLAMA_BENCH:?set LLAMA_BENCH to the llama-bench binary of llama.cpp}"
 lowrank=build/lowrank
 bench=build/bench/bench_cpu_infer
 [ -x "$lowrank" ] && [ -x "$bench" ] || { echo "error: build lowrank and bench_cpu_infer first" >&2; exit 2; }
