@@ -22,6 +22,14 @@ void matmul_nt(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float b
   LR_CHECK(w.dim(1) == K, x.str(), " · ", w.str(), "ᵀ");
   prepare_out(y, M, N, beta);
   if (M == 0 || N == 0) return;
+  if (M <= 4) {
+    // A few rows (decode steps): sgemm would first copy all of w into its packed layout, three
+    // passes over the weights where a matrix-vector product per row makes one each (one row:
+    // 2.3x the decode speed; sgemm wins from about 6 rows, bench/RESULTS.md 2026-12-05).
+    for (int64_t i = 0; i < M; ++i)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, N, K, alpha, w.f32(), K, x.f32() + i * K, 1, beta, y.f32() + i * N, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, alpha, x.f32(), K, w.f32(), K, beta, y.f32(), N);
 }
 
