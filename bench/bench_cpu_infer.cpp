@@ -5,6 +5,8 @@
 //                   [--model DIR]   a model folder instead of the random model
 //                   [--save DIR]    write the random model as a model folder and stop
 //                                   (bench/llamacpp_cpu.sh: the same weights for llama.cpp)
+//                   [--save-dtype f32|bf16]   its weights' type (default f32)
+// A folder is loaded as generate and serve load it (a bf16 checkpoint's projections kept in bf16).
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -65,12 +67,13 @@ Numbers measure(const model::Model& m, model::ProjectionHook* hook, int64_t seq,
 int main(int argc, char** argv) {
   int64_t seq = 512, decode = 64, rank = 16, vocab = 32000;
   int reps = 3;
-  std::string model_dir, save_dir;
+  std::string model_dir, save_dir, save_dtype = "f32";
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--seq")) seq = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--vocab")) vocab = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--model")) model_dir = argv[i + 1];
     else if (!std::strcmp(argv[i], "--save")) save_dir = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--save-dtype")) save_dtype = argv[i + 1];
     else if (!std::strcmp(argv[i], "--decode")) decode = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--rank")) rank = std::atoll(argv[i + 1]);
@@ -81,16 +84,22 @@ int main(int argc, char** argv) {
   }
   // ~100M parameters: GPT-2-small-like widths in a Llama block (tied embeddings).
   auto cfg = model::llama_config(768, 12, 12, 12, 2048, vocab, 2048);
-  model::Model m = model_dir.empty() ? model::random_model(cfg, 7) : model::Model::load(model_dir);
+  model::Model m = model_dir.empty() ? model::random_model(cfg, 7)
+                                     : model::Model::load(model_dir, Device::cpu(), DType::F32,
+                                                          model::inference_quantization("none", Device::cpu()));
   if (!save_dir.empty()) {
     std::filesystem::create_directories(save_dir);
-    io::write_safetensors(save_dir + "/model.safetensors", model::checkpoint_tensors(cfg, m.weights()), {{"format", "pt"}});
+    const DType dt = save_dtype == "bf16" ? DType::BF16 : DType::F32;
+    auto tensors = model::checkpoint_tensors(cfg, m.weights());
+    for (auto& [name, t] : tensors) t = t.to(dt);
+    io::write_safetensors(save_dir + "/model.safetensors", tensors, {{"format", "pt"}});
     io::write_json_atomic(save_dir + "/config.json",
                           {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", 768},
                            {"num_hidden_layers", 12}, {"num_attention_heads", 12}, {"num_key_value_heads", 12},
                            {"head_dim", 64}, {"intermediate_size", 2048}, {"vocab_size", vocab},
                            {"max_position_embeddings", 2048}, {"rms_norm_eps", cfg.norm_eps}, {"rope_theta", cfg.rope.theta},
-                           {"hidden_act", "silu"}, {"tie_word_embeddings", true}, {"torch_dtype", "float32"},
+                           {"hidden_act", "silu"}, {"tie_word_embeddings", true},
+                           {"torch_dtype", dt == DType::BF16 ? "bfloat16" : "float32"},
                            {"bos_token_id", 0}, {"eos_token_id", 1}});
     std::printf("wrote %s (%.1fM parameters)\n", save_dir.c_str(), m.parameter_count() / 1e6);
     return 0;

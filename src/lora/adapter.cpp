@@ -150,7 +150,7 @@ Adapter Adapter::create(model::Model& model, const LoraConfig& config, Rng& rng)
     const Tensor residual = init_lora_pair(p, config, weight, rng);
     if (residual.defined()) {  // PiSSA / OLoRA: the model trains on W0 - s·B·A
       model::Linear* l = model.weights().layers[m.layer].projection(m.target);
-      l->weight = residual.to(l->weight.dtype()).to(l->weight.device());
+      l->weight = residual.to(l->held_in_bf16_on_cpu() ? DType::F32 : l->weight.dtype()).to(l->weight.device());
     }
     lora_variant(p.kind).init_extra(p, residual.defined() ? residual : weight);
     if (is_embedding_layer(m.target)) a.base_layers.push_back({m.target, m.linear.name, m.linear.weight});
@@ -462,7 +462,7 @@ void Adapter::attach_base_layers(model::Model& model) const {
     LoraPair initial = p;  // the same shapes and scale; A and B as the init makes them
     Rng unused(0);         // the exact SVD and the QR draw nothing
     const Tensor residual = init_lora_pair(initial, config, l->weight.to(Device::cpu()).to(DType::F32), unused);
-    l->weight = residual.to(l->weight.dtype()).to(l->weight.device());
+    l->weight = residual.to(l->held_in_bf16_on_cpu() ? DType::F32 : l->weight.dtype()).to(l->weight.device());
   }
 }
 

@@ -20,6 +20,7 @@ void merge_adapter(model::Model& model, const Adapter& adapter, double user_scal
       if (l->quantized())
         throw error("merging ", p.module, " into an NF4-quantized weight is not supported: merge the adapter into "
                     "the unquantized base model (lowrank merge, without --quantize)");
+      if (l->held_in_bf16_on_cpu()) l->weight = l->weight.to(DType::F32);  // merged in f32, as the CPU computes
       weight = &l->weight;
     }
     LR_CHECK(weight, "no weight for ", p.module);
@@ -35,7 +36,8 @@ std::optional<model::Model> merged_copy(const model::Model& model, const Mixable
     model::Linear* l = copy.weights().layers.at(key.first).projection(static_cast<Target>(key.second));
     LR_CHECK(l, "the model has no projection for a layer of the adapter");
     if (l->quantized()) return std::nullopt;
-    l->weight = l->weight.clone();
+    // A bf16 weight on the CPU (KeepBf16) becomes f32: the update is added in f32, as the CPU computes.
+    l->weight = l->held_in_bf16_on_cpu() ? l->weight.to(DType::F32) : l->weight.clone();
     ops::matmul_nn(layer.B, layer.A, l->weight, static_cast<float>(layer.scale * user_scale), 1.0f);
   }
   return copy;

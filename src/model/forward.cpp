@@ -20,8 +20,8 @@ namespace {
 // the frozen product reads its first columns.
 Tensor project(const Linear& l, int layer, const Tensor& x, ProjectionHook* hook, const Tensor& residual = Tensor()) {
   const HookOrder order = hook ? hook->projection_order(layer, l.target) : HookOrder::None;
-  const Tensor w = l.compute_weight();
-  const bool wide = x.dim(1) != w.dim(1);
+  const bool wide = x.dim(1) != l.in_features();
+  const Tensor w = wide ? l.compute_weight() : l.gemm_weight();  // column blocks need f32
   // y = x Wᵀ + beta · y, on x's first columns when x is the hook's extended input.
   auto frozen = [&](Tensor& out, float beta) {
     if (!wide) return ops::matmul_nt(x, w, out, 1.0f, beta);

@@ -69,8 +69,9 @@ class Loader {
     Linear l;
     l.name = module;
     l.target = target;
-    if (quantize_ == Quantization::None) l.weight = get(module + ".weight", {out, in});
-    else l.nf4 = nf4_quantize(get(module + ".weight", {out, in}, DType::F32, Device::cpu()), compute_, device_);
+    if (quantize_ == Quantization::Nf4)
+      l.nf4 = nf4_quantize(get(module + ".weight", {out, in}, DType::F32, Device::cpu()), compute_, device_);
+    else l.weight = get(module + ".weight", {out, in}, stored_dtype(module + ".weight"), device_);
     if (bias) l.bias = get(module + ".bias", {out});
     return l;
   }
@@ -81,12 +82,20 @@ class Loader {
     l.name = module;
     l.target = target;
     l.transposed_in_checkpoint = true;
-    if (quantize_ == Quantization::None)
-      l.weight = ops::transpose2d(get(module + ".weight", {in, out}, compute_, Device::cpu())).to(device_);
+    if (quantize_ != Quantization::Nf4)
+      l.weight = ops::transpose2d(get(module + ".weight", {in, out}, stored_dtype(module + ".weight"), Device::cpu()))
+                     .to(device_);
     else l.nf4 = nf4_quantize(ops::transpose2d(get(module + ".weight", {in, out}, DType::F32, Device::cpu())),
                               compute_, device_);
     l.bias = get(module + ".bias", {out});
     return l;
+  }
+
+  // A projection's dtype here: the compute dtype, or bf16 where KeepBf16 keeps a bf16 checkpoint's.
+  DType stored_dtype(const std::string& name) const {
+    const bool keep = quantize_ == Quantization::KeepBf16 && store_.contains(name) &&
+                      store_.info(name).dtype == DType::BF16 && device_.is_cpu();
+    return keep ? DType::BF16 : compute_;
   }
 
   Norm norm(const std::string& module, int64_t d, bool bias) const {
@@ -261,8 +270,13 @@ Quantization parse_quantization(const std::string& name, const char* flag) {
   throw error(flag, " must be none or nf4 (4-bit NormalFloat, QLoRA), got '", name, "'");
 }
 
+Quantization inference_quantization(const std::string& flag_value, Device device) {
+  const Quantization q = parse_quantization(flag_value);
+  return q == Quantization::None && device.is_cpu() ? Quantization::KeepBf16 : q;
+}
+
 void quantize_linear(Linear& l, Quantization quantize) {
-  if (quantize == Quantization::None || !l.defined() || l.quantized()) return;
+  if (quantize != Quantization::Nf4 || !l.defined() || l.quantized()) return;
   l.nf4 = nf4_quantize(l.weight, l.weight.dtype(), l.weight.device());
   l.weight = Tensor();
 }

@@ -14,10 +14,21 @@
 
 namespace lowrank::model {
 
-// How the frozen projections of the decoder blocks are held (--quantize).
-enum class Quantization { None, Nf4 };
+// How the frozen projections of the decoder blocks are held (--quantize; KeepBf16 is no flag).
+enum class Quantization {
+  None,
+  Nf4,
+  // CPU inference (generate, eval, serve): a projection the checkpoint stores in bf16 stays bf16 —
+  // the same values as its f32 copy in half the bytes, which a decode step reads once per token;
+  // the CPU's matrix products read it directly (cpu::matmul_nt), everything else through
+  // compute_weight()'s f32 copy. Training keeps f32 (its backward reads the weights too).
+  KeepBf16,
+};
 // "none" or "nf4" (the --quantize values); anything else is an Error naming `flag`.
 Quantization parse_quantization(const std::string& name, const char* flag = "--quantize");
+// What the inference commands (generate, eval, serve) load with: --quantize's choice, and for
+// "none" on the CPU KeepBf16.
+Quantization inference_quantization(const std::string& flag_value, Device device);
 
 struct Linear {
   Tensor weight;  // [out, in]; undefined when the weight is quantized
@@ -33,8 +44,18 @@ struct Linear {
   int64_t out_features() const { return quantized() ? nf4.shape[0] : weight.dim(0); }
   // The weight [out, in] as the GEMMs read it: `weight` itself, or the NF4 weight dequantized into a
   // temporary in the compute dtype (freed after use: the caching allocator hands the same memory
-  // to the next projection, so only one dequantized weight is alive at a time).
-  Tensor compute_weight() const { return quantized() ? nf4_dequantize(nf4) : weight; }
+  // to the next projection, so only one dequantized weight is alive at a time); a bf16 weight on
+  // the CPU (Quantization::KeepBf16) as an f32 temporary.
+  Tensor compute_weight() const {
+    if (quantized()) return nf4_dequantize(nf4);
+    return held_in_bf16_on_cpu() ? weight.to(DType::F32) : weight;
+  }
+  // What the forward's frozen product reads: the bf16 weight itself on the CPU (its matrix product
+  // reads bf16), else compute_weight().
+  Tensor gemm_weight() const { return held_in_bf16_on_cpu() ? weight : compute_weight(); }
+  bool held_in_bf16_on_cpu() const {
+    return weight.defined() && weight.dtype() == DType::BF16 && weight.device().is_cpu();
+  }
 };
 
 struct Norm {

@@ -2,6 +2,7 @@
 #include <cblas.h>
 
 #include "backend/cpu/cpu_ops.h"
+#include "backend/cpu/matmul_bf16.h"
 
 namespace lowrank::cpu {
 namespace {
@@ -17,11 +18,13 @@ void prepare_out(Tensor& y, int64_t m, int64_t n, float beta) {
 
 void matmul_nt(const Tensor& x, const Tensor& w, Tensor& y, float alpha, float beta) {
   check_cpu_f32(x, "x");
-  check_cpu_f32(w, "w");
+  const bool bf16_weight = w.defined() && w.dtype() == DType::BF16 && w.device().is_cpu() && w.rank() == 2;
+  if (!bf16_weight) check_cpu_f32(w, "w");
   const int64_t M = x.dim(0), K = x.dim(1), N = w.dim(0);
   LR_CHECK(w.dim(1) == K, x.str(), " · ", w.str(), "ᵀ");
   prepare_out(y, M, N, beta);
   if (M == 0 || N == 0) return;
+  if (bf16_weight) return matmul_nt_bf16(x, w, y, alpha, beta);  // a KeepBf16 projection
   if (M <= 4) {
     // A few rows (decode steps): sgemm would first copy all of w into its packed layout, three
     // passes over the weights where a matrix-vector product per row makes one each (one row:
