@@ -6,7 +6,7 @@
 //                   [--save DIR]    write the random model as a model folder and stop
 //                                   (bench/llamacpp_cpu.sh: the same weights for llama.cpp)
 //                   [--save-dtype f32|bf16]   its weights' type (default f32)
-// A folder is loaded as generate and serve load it (a bf16 checkpoint's projections kept in bf16).
+//                   [--keep-bf16 1] a bf16 folder's projections kept in bf16 (Quantization::KeepBf16)
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -68,12 +68,14 @@ int main(int argc, char** argv) {
   int64_t seq = 512, decode = 64, rank = 16, vocab = 32000;
   int reps = 3;
   std::string model_dir, save_dir, save_dtype = "f32";
+  bool keep_bf16 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (!std::strcmp(argv[i], "--seq")) seq = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--vocab")) vocab = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--model")) model_dir = argv[i + 1];
     else if (!std::strcmp(argv[i], "--save")) save_dir = argv[i + 1];
     else if (!std::strcmp(argv[i], "--save-dtype")) save_dtype = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--keep-bf16")) keep_bf16 = std::atoi(argv[i + 1]) != 0;
     else if (!std::strcmp(argv[i], "--decode")) decode = std::atoll(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--reps")) reps = std::atoi(argv[i + 1]);
     else if (!std::strcmp(argv[i], "--rank")) rank = std::atoll(argv[i + 1]);
@@ -86,7 +88,8 @@ int main(int argc, char** argv) {
   auto cfg = model::llama_config(768, 12, 12, 12, 2048, vocab, 2048);
   model::Model m = model_dir.empty() ? model::random_model(cfg, 7)
                                      : model::Model::load(model_dir, Device::cpu(), DType::F32,
-                                                          model::inference_quantization("none", Device::cpu()));
+                                                          keep_bf16 ? model::Quantization::KeepBf16
+                                                                    : model::Quantization::None);
   if (!save_dir.empty()) {
     std::filesystem::create_directories(save_dir);
     const DType dt = save_dtype == "bf16" ? DType::BF16 : DType::F32;

@@ -30,7 +30,7 @@ int run_eval(const EvalOptions& o) {
   const Device device = parse_device(o.device);
   check_device(device, "--device " + o.device);
   model::Model m = model::Model::load(o.model, device, device.is_cuda() ? DType::BF16 : DType::F32,
-                                      model::inference_quantization(o.quantize, device));
+                                      model::inference_quantization(o.quantize, device, o.model));
   lora::AdapterSet adapters(o.adapters, m);
   // The same data formats and scoring as train's --eval-data (whole examples, --seq-len windows).
   const auto encoder =

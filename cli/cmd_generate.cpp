@@ -64,7 +64,7 @@ int run_generate(GenerateArgs& a) {
   const Device device = parse_device(a.device);
   check_device(device, "--device " + a.device);
   model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32,
-                                      model::inference_quantization(a.quantize, device));
+                                      model::inference_quantization(a.quantize, device, a.model));
   lora::AdapterSet adapters(a.adapters, m);
   auto tk = load_tokenizer(a.model);
   // --chat-template, else the first adapter's chat_template.jinja, else the model folder's.

@@ -58,10 +58,10 @@ int run_serve(ServeArgs& a) {
   if (a.options.max_body_bytes < 1024) throw error("--max-body-bytes must be at least 1024");
   a.options.model_name = a.served_name.empty() ? a.model : a.served_name;
 
-  // On CUDA bf16; on the CPU f32 compute over the checkpoint's bf16 projections as they are; on
+  // On CUDA bf16; on the CPU f32 (a bf16 checkpoint too big for that in bf16: weights.h); on
   // every device decoding batched over a paged KV cache (docs/serve.md).
   model::Model m = model::Model::load(a.model, device, device.is_cuda() ? DType::BF16 : DType::F32,
-                                      model::inference_quantization("none", device));
+                                      model::inference_quantization("none", device, a.model));
   serve::Server server(m, tok::Tokenizer::load(a.model), a.options);
   for (const auto& spec : a.adapters) {
     const auto eq = spec.find('=');

@@ -1,5 +1,9 @@
 #include "lowrank/model/weights.h"
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "lowrank/core/error.h"
 #include "lowrank/core/log.h"
 #include "lowrank/io/finite_check.h"
@@ -270,9 +274,19 @@ Quantization parse_quantization(const std::string& name, const char* flag) {
   throw error(flag, " must be none or nf4 (4-bit NormalFloat, QLoRA), got '", name, "'");
 }
 
-Quantization inference_quantization(const std::string& flag_value, Device device) {
+Quantization inference_quantization(const std::string& flag_value, Device device, const std::string& model_dir) {
   const Quantization q = parse_quantization(flag_value);
-  return q == Quantization::None && device.is_cpu() ? Quantization::KeepBf16 : q;
+  if (q != Quantization::None || !device.is_cpu()) return q;
+  if (ModelConfig::load(model_dir).dtype != DType::BF16) return q;
+  int64_t bytes = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(model_dir, ec))
+    if (e.path().extension() == ".safetensors") bytes += static_cast<int64_t>(e.file_size(ec));
+  const int64_t memory = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGE_SIZE));
+  if (2 * bytes <= memory / 2) return q;
+  log_info("model weights: the checkpoint's bf16 projections kept in bf16 (an f32 copy, ", 2 * bytes / (1 << 20),
+           " MiB, would take more than half of the ", memory / (1 << 20), " MiB of memory)");
+  return Quantization::KeepBf16;
 }
 
 void quantize_linear(Linear& l, Quantization quantize) {

@@ -77,3 +77,13 @@ TEST(MatmulBf16, KeepBf16LoadComputesTransformersLogits) {
   }
   EXPECT_LE(max_err, 1e-4f * max_ref);  // ForwardParity's bound
 }
+
+TEST(MatmulBf16, InferenceKeepsF32WhereItFits) {
+  // A tiny bf16 checkpoint fits in f32 many times over: f32, the faster product on a machine whose
+  // cores bound a decode step; NF4 and CUDA are what they were.
+  const std::string dir = test::model_fixture("llama_bf16");
+  EXPECT_EQ(model::inference_quantization("none", Device::cpu(), dir), model::Quantization::None);
+  EXPECT_EQ(model::inference_quantization("nf4", Device::cpu(), dir), model::Quantization::Nf4);
+  EXPECT_EQ(model::inference_quantization("none", Device::cuda(0), dir), model::Quantization::None);
+  EXPECT_THROW(model::inference_quantization("int8", Device::cpu(), dir), Error);
+}

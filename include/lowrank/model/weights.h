@@ -26,9 +26,12 @@ enum class Quantization {
 };
 // "none" or "nf4" (the --quantize values); anything else is an Error naming `flag`.
 Quantization parse_quantization(const std::string& name, const char* flag = "--quantize");
-// What the inference commands (generate, eval, serve) load with: --quantize's choice, and for
-// "none" on the CPU KeepBf16.
-Quantization inference_quantization(const std::string& flag_value, Device device);
+// What the inference commands (generate, eval, serve) load `model_dir` with: --quantize's choice;
+// for "none" on the CPU, KeepBf16 when the checkpoint is bf16 and its f32 copy would take more than
+// half of the machine's memory. (Otherwise f32: on a machine whose cores rather than its memory
+// bound a decode step, bf16 weights widened as they are read are ~10% slower — bench/RESULTS.md,
+// 2026-12-05 —, so they are worth it where f32 would not fit.)
+Quantization inference_quantization(const std::string& flag_value, Device device, const std::string& model_dir);
 
 struct Linear {
   Tensor weight;  // [out, in]; undefined when the weight is quantized
