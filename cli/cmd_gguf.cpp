@@ -43,7 +43,9 @@ int run_gguf(const GgufOptions& o) {
                  s.tokenizer.c_str(), megabytes(o.out));
     return 0;
   }
-  model::Model m = model::Model::load(o.model);
+  // A bf16 checkpoint's projections stay bf16 (their values, half the memory: an 8B model in 16 GB);
+  // the ones an adapter is merged into become f32 for the merge.
+  model::Model m = model::Model::load(o.model, Device::cpu(), DType::F32, model::Quantization::KeepBf16);
   if (adapter_file) {
     const std::string& dir = o.adapters.front();
     const lora::Adapter adapter = lora::Adapter::load(dir, m);

@@ -17,7 +17,8 @@ struct MergeOptions {
 };
 
 int run_merge(const MergeOptions& o) {
-  model::Model m = model::Model::load(o.model);
+  // A bf16 checkpoint's projections stay bf16 until an adapter is merged into them (then f32).
+  model::Model m = model::Model::load(o.model, Device::cpu(), DType::F32, model::Quantization::KeepBf16);
   lora::AdapterSet set(o.adapters, m);  // also attaches trained biases
   for (size_t i = 0; i < set.adapters().size(); ++i) lora::merge_adapter(m, *set.adapters()[i], set.scales()[i]);
   model::ExportOptions eo;
