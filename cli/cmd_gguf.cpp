@@ -2,6 +2,7 @@
 // llama.cpp, as its convert_hf_to_gguf.py / convert_lora_to_gguf.py write them.
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include "command.h"
 #include "lowrank/core/error.h"
@@ -11,6 +12,7 @@
 #include "lowrank/lora/merge.h"
 #include "lowrank/model/gguf_export.h"
 #include "lowrank/tokenizer/chat_template.h"
+#include "lowrank/train/progress.h"
 
 namespace lowrank::cli {
 namespace {
@@ -18,7 +20,7 @@ namespace {
 struct GgufOptions {
   std::string model, out, outtype, name, chat_template;
   std::vector<std::string> adapters;
-  bool merge = false, vocab_only = false;
+  bool merge = false, vocab_only = false, quiet = false;
 };
 
 double megabytes(const std::string& path) {
@@ -81,7 +83,19 @@ int run_gguf(const GgufOptions& o) {
                                      : model::GgufOutType::F32;
   eo.name = o.name;
   eo.chat_template = tok::resolve_chat_template(o.chat_template, dirs, o.model).value_or("");
+  // A bar of MiB written, for files large enough to watch (a few seconds and up).
+  std::unique_ptr<train::ProgressBar> bar;
+  eo.progress = [&](int64_t done, int64_t total) {
+    if (!bar) {
+      train::ProgressOptions popt;
+      popt.label = "MiB written";
+      popt.quiet = o.quiet || total < (int64_t{256} << 20);
+      bar = std::make_unique<train::ProgressBar>(total >> 20, popt);
+    }
+    bar->update(done >> 20);
+  };
   const auto s = model::write_gguf_model(m, o.model, o.out, eo);
+  if (bar) bar->finish();
   for (const auto& w : s.warnings) std::fprintf(stderr, "warning: %s\n", w.c_str());
   std::fprintf(stderr, "wrote %s: %s, %lld tensors (%s), tokenizer %s%s, %.2f MB\n", o.out.c_str(), s.arch.c_str(),
                static_cast<long long>(s.tensors), model::gguf_outtype_name(eo.type).c_str(), s.tokenizer.c_str(),
@@ -104,6 +118,7 @@ RegisterCommand reg{{"gguf", "Write a model (adapters merged with --merge) or a 
                        app.add_option("--chat-template", o->chat_template,
                                       "Chat template to store: a built-in name or a Jinja file (default: the model's)");
                        app.add_flag("--vocab-only", o->vocab_only, "Only the keys and the tokenizer, no weights");
+                       app.add_flag("--quiet", o->quiet, "No progress bar");
                        return [o] { return run_gguf(*o); };
                      }}};
 

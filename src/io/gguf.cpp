@@ -489,7 +489,7 @@ void GgufWriter::add_tensor(const std::string& name, Tensor t, GgmlType type) {
   tensors_.push_back({name, std::move(t), type});
 }
 
-void GgufWriter::write(const std::string& path) const {
+void GgufWriter::write(const std::string& path, const std::function<void(int64_t, int64_t)>& progress) const {
   std::string head("GGUF", 4);
   auto put = [&](auto v) { head.append(reinterpret_cast<const char*>(&v), sizeof v); };
   put(uint32_t{3});
@@ -517,6 +517,8 @@ void GgufWriter::write(const std::string& path) const {
 
   AtomicFile out(path);
   out.write(head);
+  const int64_t total = static_cast<int64_t>(head.size() + offset);
+  int64_t written = static_cast<int64_t>(head.size());
   std::vector<char> buffer;
   const std::string zeros(alignment, '\0');
   for (size_t i = 0; i < tensors_.size(); ++i) {
@@ -544,6 +546,8 @@ void GgufWriter::write(const std::string& path) const {
       out.write(buffer.data(), buffer.size());
     }
     if (i + 1 < tensors_.size()) out.write(zeros.data(), pad_to(sizes[i], alignment) - sizes[i]);
+    written += static_cast<int64_t>(pad_to(sizes[i], alignment));
+    if (progress) progress(std::min(written, total), total);
   }
   out.commit();
 }

@@ -373,7 +373,7 @@ GgufExportSummary write_gguf_model(const Model& model, const std::string& source
     w.add_tensor(plan->name, value, gguf_tensor_type(options.type, value.rank(), value.dim(-1), plan->keep_f32));
   }
   summary.tensors = static_cast<int64_t>(w.tensor_count());
-  w.write(path);
+  w.write(path, options.progress);
   return summary;
 }
 

@@ -8,6 +8,7 @@
 // to the alignment (key general.alignment, default 32); the data section, each tensor at the
 // running offset rounded up to the alignment (ggml's reader insists on exactly that packing).
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -116,7 +117,8 @@ class GgufWriter {
   // more (ggml's limit) or a name given twice.
   void add_tensor(const std::string& name, Tensor t, GgmlType type);
   // Writes the file (temporary file, fsync, rename). A failure leaves nothing behind.
-  void write(const std::string& path) const;
+  // `progress(bytes written, bytes in all)` after each tensor, when given.
+  void write(const std::string& path, const std::function<void(int64_t, int64_t)>& progress = {}) const;
 
   size_t tensor_count() const { return tensors_.size(); }
 

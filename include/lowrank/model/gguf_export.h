@@ -4,6 +4,7 @@
 // under llama.cpp's names and in the layout its kernels expect, the tokenizer (tokenizer/gguf_vocab.h).
 // Also the per-tensor plan that LoRA adapters follow (lora/gguf_adapter.h), so that an adapter's
 // B gets the same row changes as the weight it adapts.
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -46,6 +47,7 @@ struct GgufExportOptions {
   GgufOutType type = GgufOutType::F32;
   std::string name;           // general.name (default: the folder's name)
   std::string chat_template;  // tokenizer.chat_template (empty: none)
+  std::function<void(int64_t, int64_t)> progress;  // bytes written, bytes in all (io::GgufWriter::write)
 };
 
 // What write_gguf_model wrote, for the command's report.
