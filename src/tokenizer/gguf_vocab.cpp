@@ -10,6 +10,7 @@
 
 #include "lowrank/core/error.h"
 #include "lowrank/io/files.h"
+#include "lowrank/tokenizer/tokenizer.h"
 
 namespace lowrank::tok {
 namespace {
@@ -99,13 +100,16 @@ GgufVocabSummary add_gguf_vocab(io::GgufWriter& w, const std::string& model_dir,
                                 const std::string& chat_template) {
   namespace fs = std::filesystem;
   GgufVocabSummary summary;
-  const std::string path = (fs::path(model_dir) / "tokenizer.json").string();
-  if (!io::file_exists(path)) {
+  std::string path = (fs::path(model_dir) / "tokenizer.json").string();
+  const bool gpt2_files = !io::file_exists(path) && io::file_exists((fs::path(model_dir) / "vocab.json").string()) &&
+                          io::file_exists((fs::path(model_dir) / "merges.txt").string());
+  if (!io::file_exists(path) && !gpt2_files) {
     summary.model = "none";
     w.set("tokenizer.ggml.model", io::GgufValue::string("none"));
     return summary;
   }
-  const json tj = io::read_json(path);
+  if (gpt2_files) path = (fs::path(model_dir) / "vocab.json").string();  // named in errors
+  const json tj = gpt2_files ? tokenizer_json_from_vocab_merges(model_dir) : io::read_json(path);
   const json model = tj.value("model", json::object());
   if (model.value("type", "") != "BPE")
     throw error(path, ": a ", model.value("type", "?"), " tokenizer model; only byte-level BPE tokenizers are written to GGUF");

@@ -233,9 +233,8 @@ Tokenizer Tokenizer::from_json(std::string_view text, std::string_view config_te
   return Tokenizer(std::move(impl));
 }
 
-// GPT-2 files: vocab.json + merges.txt, set up as GPT-2's tokenizer.json is (byte-level BPE,
-// ByteLevel pre-tokenizer without a prefix space, ByteLevel decoder).
-static Tokenizer from_vocab_merges(const fs::path& dir) {
+nlohmann::json tokenizer_json_from_vocab_merges(const std::string& folder) {
+  const fs::path dir(folder);
   std::string vtext = read_file(dir / "vocab.json");
   std::string mtext = read_file(dir / "merges.txt");
   json vocab_json = io::parse_json(vtext, (dir / "vocab.json").string());
@@ -255,12 +254,10 @@ static Tokenizer from_vocab_merges(const fs::path& dir) {
       {"decoder", {{"type", "ByteLevel"}}},
       {"model", std::move(model)},
       {"added_tokens", json::array()}};
-  std::string cfg;
-  if (fs::exists(dir / "tokenizer_config.json")) cfg = read_file(dir / "tokenizer_config.json");
   // Special tokens: GPT-2's <|endoftext|> and those named in tokenizer_config.json.
   std::vector<std::string> specials = {"<|endoftext|>"};
-  if (!cfg.empty()) {
-    json c = io::parse_json(cfg, (dir / "tokenizer_config.json").string());
+  if (fs::exists(dir / "tokenizer_config.json")) {
+    json c = io::parse_json(read_file(dir / "tokenizer_config.json"), (dir / "tokenizer_config.json").string());
     for (const char* k : {"bos_token", "eos_token", "unk_token", "pad_token"})
       if (auto t = config_token(c, k)) specials.push_back(*t);
   }
@@ -269,7 +266,14 @@ static Tokenizer from_vocab_merges(const fs::path& dir) {
     if (v.contains(s) && v[s].is_number_integer())
       tok["added_tokens"].push_back({{"id", v[s]}, {"content", s}, {"special", true},
                                      {"normalized", false}});
-  return Tokenizer::from_json(tok.dump(), cfg, (dir / "merges.txt").string());
+  return tok;
+}
+
+// GPT-2 files: vocab.json + merges.txt, set up as GPT-2's tokenizer.json is.
+static Tokenizer from_vocab_merges(const fs::path& dir) {
+  std::string cfg;
+  if (fs::exists(dir / "tokenizer_config.json")) cfg = read_file(dir / "tokenizer_config.json");
+  return Tokenizer::from_json(tokenizer_json_from_vocab_merges(dir.string()).dump(), cfg, (dir / "merges.txt").string());
 }
 
 Tokenizer Tokenizer::load(const std::string& path) {

@@ -170,7 +170,7 @@ namespace fs = std::filesystem;
 std::string vocab_folder(const std::string& tokenizer_dir, const ScratchDir& tmp) {
   const std::string dir = tmp.file("vocab");
   fs::create_directories(dir);
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"})
     if (fs::exists(tokenizer_dir + "/" + f)) fs::copy_file(tokenizer_dir + "/" + f, dir + "/" + f);
   auto config = io::read_json(test::model_fixture("llama") + "/config.json");
   config["vocab_size"] = tok::Tokenizer::load(dir).vocab_size();
@@ -219,7 +219,7 @@ TEST_P(LlamaCppTokenizerParity, CorpusIdsEqualOurs) {
   std::printf("[ llama.cpp ] %s: %zu/%zu texts split into the same ids\n", name.c_str(), exact, texts.size());
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokenizers, LlamaCppTokenizerParity, ::testing::Values("llama3", "qwen3", "llama2", "base"));
+INSTANTIATE_TEST_SUITE_P(Tokenizers, LlamaCppTokenizerParity, ::testing::Values("llama3", "qwen3", "llama2", "gpt2", "base"));
 
 // The bundled model through llama.cpp decodes greedily as `lowrank generate --greedy` does.
 TEST(LlamaCppBundledModel, GreedyRepliesEqualGenerate) {

@@ -54,4 +54,9 @@ class Tokenizer {
   std::shared_ptr<const Impl> impl_;  // immutable after load: copies and moves are cheap
 };
 
+// GPT-2's files (vocab.json + merges.txt in `folder`) as the tokenizer.json they stand for:
+// byte-level BPE, ByteLevel pre-tokenizer without a prefix space, ByteLevel decoder, and
+// <|endoftext|> (plus tokenizer_config.json's special tokens) as special added tokens.
+nlohmann::json tokenizer_json_from_vocab_merges(const std::string& folder);
+
 }  // namespace lowrank::tok
