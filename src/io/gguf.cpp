@@ -346,8 +346,9 @@ GgufFile GgufFile::parse(std::string path, std::shared_ptr<void> owner, const ch
   GgufFile file;
   file.path_ = std::move(path);
   const std::string& p = file.path_;
-  if (size < 24 || std::memcmp(bytes, "GGUF", 4) != 0)
+  if (size < 4 || std::memcmp(bytes, "GGUF", 4) != 0)
     throw error(p, ": not a GGUF file (", size < 4 ? "too short" : "no GGUF magic at its start", ")");
+  if (size < 24) throw error(p, ": a GGUF header of ", size, " bytes (24 at least; truncated?)");
   Cursor c(p, bytes, size);
   c.read<uint32_t>("the magic");
   file.version_ = c.read<uint32_t>("the version");

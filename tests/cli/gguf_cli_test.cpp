@@ -12,22 +12,12 @@
 #include "lowrank/lora/adapter.h"
 #include "lowrank/model/gguf_export.h"
 #include "lowrank/model/model.h"
+#include "same_values.h"
 #include "test_paths.h"
 
 using namespace lowrank;
 using io::testing::ScratchDir;
 
-namespace {
-
-bool same(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return false;
-  const Tensor x = a.to(DType::F32), y = b.to(DType::F32);
-  for (int64_t i = 0; i < x.numel(); ++i)
-    if (x.f32()[i] != y.f32()[i]) return false;
-  return true;
-}
-
-}  // namespace
 
 TEST(GgufCli, ModelFileHoldsEveryWeightUnderLlamaCppsNamesAndLayout) {
   const std::string dir = test::model_fixture("llama");
@@ -52,7 +42,7 @@ TEST(GgufCli, ModelFileHoldsEveryWeightUnderLlamaCppsNamesAndLayout) {
     ASSERT_TRUE(plan) << name;
     ASSERT_NE(f.find_tensor(plan->name), nullptr) << plan->name;
     EXPECT_EQ(f.find_tensor(plan->name)->type, 0u) << plan->name;
-    EXPECT_TRUE(same(f.get_f32(plan->name), model::apply_gguf_plan(*plan, t, true))) << plan->name;
+    EXPECT_TRUE(test::same_values(f.get_f32(plan->name), model::apply_gguf_plan(*plan, t, true))) << plan->name;
     ++checked;
   }
   EXPECT_EQ(checked, f.tensors().size());
@@ -113,12 +103,12 @@ TEST(GgufCli, LoraFileNamesAndPermutesAsTheConverter) {
   const lora::Adapter a = lora::Adapter::load(dir + "/adapter", m);
   const lora::LoraPair* q = a.find(0, Target::Q);
   ASSERT_NE(q, nullptr);
-  EXPECT_TRUE(same(f.get_f32("blk.0.attn_q.weight.lora_a"), q->A));
+  EXPECT_TRUE(test::same_values(f.get_f32("blk.0.attn_q.weight.lora_a"), q->A));
   auto plan = *model::gguf_tensor_plan(m.config(), q->module + ".weight");
-  EXPECT_TRUE(same(f.get_f32("blk.0.attn_q.weight.lora_b"), model::apply_gguf_plan(plan, q->B, false)));
-  EXPECT_FALSE(same(f.get_f32("blk.0.attn_q.weight.lora_b"), q->B));  // rows regrouped
+  EXPECT_TRUE(test::same_values(f.get_f32("blk.0.attn_q.weight.lora_b"), model::apply_gguf_plan(plan, q->B, false)));
+  EXPECT_FALSE(test::same_values(f.get_f32("blk.0.attn_q.weight.lora_b"), q->B));  // rows regrouped
   const lora::LoraPair* v = a.find(0, Target::V);
-  EXPECT_TRUE(same(f.get_f32("blk.0.attn_v.weight.lora_b"), v->B));
+  EXPECT_TRUE(test::same_values(f.get_f32("blk.0.attn_v.weight.lora_b"), v->B));
 }
 
 TEST(GgufCli, BadInputIsAnErrorAndWritesNothing) {

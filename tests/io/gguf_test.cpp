@@ -119,6 +119,7 @@ TEST(Gguf, Q8_0MatchesGgmlsReferenceRounding) {
 TEST(Gguf, RefusesMalformedFiles) {
   expect_error([] { GgufFile::from_bytes("GGML" + std::string(40, '\0')); }, "<memory>: not a GGUF file", {});
   expect_error([] { GgufFile::from_bytes("GGUF" + le32(1) + std::string(40, '\0')); }, "<memory>: GGUF version 1", {});
+  expect_error([] { GgufFile::from_bytes("GGUF" + le32(3)); }, "<memory>: a GGUF header of 8 bytes", {"truncated"});
   // Truncated anywhere: a clear error, never a read past the end.
   const std::string whole = tiny_file();
   for (size_t n = 24; n < whole.size(); ++n)

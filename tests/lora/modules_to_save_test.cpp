@@ -18,6 +18,7 @@
 #include "lowrank/serve/adapter_registry.h"
 #include "lowrank/train/evaluate.h"
 #include "lowrank/train/sequences.h"
+#include "same_values.h"
 #include "test_paths.h"
 
 using namespace lowrank;
@@ -41,13 +42,6 @@ double eval_loss(model::Model& m, const std::string& base, model::ProjectionHook
   return train::evaluate(m, train::read_token_sequences(base + "/eval.jsonl", m.config().vocab_size), hook).loss;
 }
 
-bool same_values(const Tensor& a, const Tensor& b) {
-  if (a.shape() != b.shape()) return false;
-  const Tensor x = a.to(DType::F32), y = b.to(DType::F32);
-  for (int64_t i = 0; i < x.numel(); ++i)
-    if (x.f32()[i] != y.f32()[i]) return false;
-  return true;
-}
 
 class ModulesToSave : public ::testing::TestWithParam<const char*> {};
 
@@ -80,9 +74,9 @@ TEST(ModulesToSaveTied, TheLmHeadCopyUntiesItAndTheEmbeddingKeepsTheBase) {
   EXPECT_EQ(saved.module, "lm_head");
   EXPECT_NE(m.weights().lm_head.raw(), m.weights().embed.raw());
   EXPECT_FALSE(m.config().tie_word_embeddings);
-  EXPECT_TRUE(same_values(m.weights().embed, base_embed));
-  EXPECT_TRUE(same_values(m.weights().lm_head, saved.value));
-  EXPECT_FALSE(same_values(m.weights().lm_head, base_embed));
+  EXPECT_TRUE(test::same_values(m.weights().embed, base_embed));
+  EXPECT_TRUE(test::same_values(m.weights().lm_head, saved.value));
+  EXPECT_FALSE(test::same_values(m.weights().lm_head, base_embed));
   // Not a batch member: it would change the base model for every other request.
   EXPECT_FALSE(lora::is_mixable(*set.adapters().front(), static_cast<int>(m.config().num_layers)));
 }
