@@ -18,7 +18,6 @@
 using namespace lowrank;
 using io::testing::ScratchDir;
 
-
 TEST(GgufCli, ModelFileHoldsEveryWeightUnderLlamaCppsNamesAndLayout) {
   const std::string dir = test::model_fixture("llama");
   ScratchDir tmp;
