@@ -231,6 +231,7 @@ GenerationParams parse_params(const json& body, bool chat) {
   if (auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
     if (!it->is_object()) bad("'stream_options' must be an object");
     p.include_usage = boolean(*it, "include_usage", false);
+    p.continuous_usage = boolean(*it, "continuous_usage_stats", false) && p.include_usage;  // vLLM's rule
   }
   return p;
 }
@@ -242,17 +243,18 @@ ReplyJson object_base(const ReplyHeader& h, bool chunk) {
           {"model", h.model}};
 }
 
-ReplyJson usage_json(const Usage& u) {
-  return {{"prompt_tokens", u.prompt_tokens},
-          {"completion_tokens", u.completion_tokens},
-          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
-}
 
 ReplyJson finish_json(const std::string& finish_reason) {
   return finish_reason.empty() ? ReplyJson(nullptr) : ReplyJson(finish_reason);
 }
 
 }  // namespace
+
+ReplyJson usage_json(const Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
 
 ReplyJson error_body(int status, const std::string& message) {
   return {{"error", {{"message", message}, {"type", error_type(status)}, {"param", nullptr}, {"code", status}}}};

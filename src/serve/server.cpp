@@ -131,6 +131,7 @@ struct Reply {
   ReplyHeader header;
   std::vector<Choice> choices;
   bool include_usage = false;
+  bool continuous_usage = false;  // every chunk with the usage so far (vLLM's continuous_usage_stats)
   bool logprobs = false;
   size_t streaming = 0;        // streamed: the choice being written (one after the other)
   bool role_sent = false;      // streamed chat: the choice being written has had its role chunk
@@ -452,6 +453,7 @@ void Server::Impl::generate(const httplib::Request& req, httplib::Response& res,
   auto reply = std::make_shared<Reply>();
   reply->header = {request_id(chat), static_cast<int64_t>(std::time(nullptr)), adapter ? adapter->name : options.model_name, chat};
   reply->include_usage = params.include_usage;
+  reply->continuous_usage = params.continuous_usage;
   reply->logprobs = params.top_logprobs >= 0;
   std::vector<SequenceRequest> sequences;
   if (prompts.size() * static_cast<size_t>(params.n) > kMaxPrompts)
@@ -534,22 +536,27 @@ bool Server::Impl::write_stream_events(Reply& reply, httplib::DataSink& sink) {
     reply.cancel_all();  // the client went away: free its places in the batch
     return false;
   };
+  // A chunk of a choice, with the usage so far when the request asked for it in every chunk.
+  auto send_chunk = [&](ReplyJson chunk) {
+    if (reply.continuous_usage) chunk["usage"] = usage_json(reply.usage());
+    return send(sse(chunk));
+  };
   Choice& c = reply.choices[reply.streaming];
   if (reply.header.chat && !reply.role_sent) {  // each choice's first chunk, as OpenAI's and vLLM's streams
     reply.role_sent = true;
-    if (!send(sse(role_chunk(reply.header, c.index)))) return false;
+    if (!send_chunk(role_chunk(reply.header, c.index))) return false;
   }
   std::string delta = c.advance(tokenizer, reply.logprobs);
   if (c.finish_reason.empty()) {
     if (delta.empty() && c.logged.empty()) return true;
-    return send(sse(text_chunk(reply.header, reply.piece(c, std::move(delta), true))));
+    return send_chunk(text_chunk(reply.header, reply.piece(c, std::move(delta), true)));
   }
   metrics.count_finished(c.finish_reason);
   if (!c.error.empty()) {
     reply.cancel_all();
     if (!send(sse(error_body(500, "generation failed: " + c.error)))) return false;
   } else {
-    if (!send(sse(text_chunk(reply.header, reply.piece(c, std::move(delta), true))))) return false;
+    if (!send_chunk(text_chunk(reply.header, reply.piece(c, std::move(delta), true)))) return false;
     if (++reply.streaming < reply.choices.size()) {  // the next choice's events
       reply.role_sent = false;
       return true;

@@ -692,6 +692,40 @@ TEST_F(ServeHttp, ChoicesStopIdsEosControlsLogitBiasAndPenalties) {
 
 // vLLM's tokenizer endpoints (what lm-evaluation-harness's remote tokenizer calls): the server's
 // tokenizer and chat template, outside /v1 and its API key.
+TEST_F(ServeHttp, ContinuousUsageStatsInEveryChunk) {
+  // vLLM's stream_options.continuous_usage_stats (with include_usage): every chunk carries the
+  // usage so far; the last one equals the reply's usage without streaming.
+  const json base = {{"model", "cats"}, {"prompt", "The cat"}, {"max_tokens", kMaxTokens}, {"temperature", 0}};
+  const HttpReply plain = post("/v1/completions", base.dump());
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  json body = base;
+  body.update({{"stream", true}, {"stream_options", {{"include_usage", true}, {"continuous_usage_stats", true}}}});
+  const auto chunks = stream_chunks(post_stream("/v1/completions", body));
+  ASSERT_GE(chunks.size(), 2u);
+  int64_t previous = 0;
+  for (const json& chunk : chunks) {
+    ASSERT_TRUE(chunk.contains("usage")) << chunk;
+    const json& u = chunk["usage"];
+    EXPECT_EQ(u["prompt_tokens"], plain.j["usage"]["prompt_tokens"]) << chunk;
+    EXPECT_GE(u["completion_tokens"].get<int64_t>(), previous) << chunk;
+    EXPECT_EQ(u["total_tokens"].get<int64_t>(), u["prompt_tokens"].get<int64_t>() + u["completion_tokens"].get<int64_t>());
+    previous = u["completion_tokens"].get<int64_t>();
+  }
+  EXPECT_EQ(chunks.back()["usage"], plain.j["usage"]);
+  EXPECT_EQ(chunks[chunks.size() - 2]["usage"], plain.j["usage"]) << "the finishing chunk counts every token";
+  // A chat stream's role chunk has used no token yet.
+  json chat = {{"model", "cats"}, {"max_tokens", 4}, {"temperature", 0}, {"stream", true},
+               {"messages", json::array({{{"role", "user"}, {"content", "Hi"}}})},
+               {"stream_options", {{"include_usage", true}, {"continuous_usage_stats", true}}}};
+  const auto chat_chunks = stream_chunks(post_stream("/v1/chat/completions", chat));
+  ASSERT_FALSE(chat_chunks.empty());
+  EXPECT_EQ(chat_chunks.front()["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_EQ(chat_chunks.front()["usage"]["completion_tokens"], 0);
+  // Without include_usage the option does nothing (vLLM's rule): no chunk has a usage.
+  body["stream_options"] = {{"continuous_usage_stats", true}};
+  for (const json& chunk : stream_chunks(post_stream("/v1/completions", body))) EXPECT_FALSE(chunk.contains("usage")) << chunk;
+}
+
 TEST_F(ServeHttp, TokenizeDetokenizeAndTokenizerInfo) {
   const auto tk = tok::Tokenizer::load(base_dir());
   const std::string text = "The cat sat on the mat.";

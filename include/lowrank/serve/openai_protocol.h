@@ -44,6 +44,8 @@ struct GenerationParams {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;          // stream_options.include_usage: a last chunk with the usage
+  bool continuous_usage = false;       // vLLM's stream_options.continuous_usage_stats (with include_usage):
+                                       // every chunk carries the usage so far
   // Completions' `logprobs: N`, chat's `logprobs: true` with `top_logprobs: N`: each reply token's
   // log-probability and its N most likely alternatives (0 <= N <= infer::kMaxTopLogprobs); -1: none.
   int top_logprobs = -1;
@@ -136,5 +138,7 @@ ReplyJson full_reply(const ReplyHeader& h, const std::vector<ChoiceReply>& choic
 ReplyJson text_chunk(const ReplyHeader& h, const ChoiceReply& piece);
 ReplyJson role_chunk(const ReplyHeader& h, int64_t index = 0);  // chat: the first chunk of choice `index`
 ReplyJson usage_chunk(const ReplyHeader& h, const Usage& usage);
+// {prompt_tokens, completion_tokens, total_tokens}.
+ReplyJson usage_json(const Usage& u);
 
 }  // namespace lowrank::serve
