@@ -6,6 +6,7 @@
 
 #include "command.h"
 #include "lowrank/core/error.h"
+#include "lowrank/io/files.h"
 #include "lowrank/lora/adapter.h"
 #include "lowrank/lora/adapter_set.h"
 #include "lowrank/lora/gguf_adapter.h"
@@ -50,6 +51,9 @@ int run_gguf(const GgufOptions& o) {
   model::Model m = model::Model::load(o.model, Device::cpu(), DType::F32, model::Quantization::KeepBf16);
   if (adapter_file) {
     const std::string& dir = o.adapters.front();
+    if (!io::is_directory(dir) && dir.find(':') != std::string::npos)
+      throw error("--adapter ", dir, ": a LoRA file takes no scale (llama.cpp applies one at run time: llama-cli "
+                  "--lora-scaled FILE SCALE); with --merge, DIR:SCALE merges it scaled");
     const lora::Adapter adapter = lora::Adapter::load(dir, m);
     // llama.cpp's converter writes LoRA files in f32 unless asked otherwise: they are small.
     const auto type = o.outtype.empty() ? model::GgufOutType::F32 : model::parse_gguf_outtype(o.outtype);

@@ -124,6 +124,7 @@ TEST(GgufCli, BadInputIsAnErrorAndWritesNothing) {
       {"--model " + llama + " --merge", "--merge needs at least one --adapter"},
       {"--model " + llama + " --adapter " + adapter + " --adapter " + adapter, "one adapter per GGUF LoRA file"},
       {"--model " + llama + " --adapter " + test::fixture("lora/qwen3_all_linear/adapter"), "error: "},
+      {"--model " + llama + " --adapter " + adapter + ":0.5", "a LoRA file takes no scale"},
       {"--model " + tmp.path() + "/missing", "error: "},
   };
   for (const auto& c : cases) {
