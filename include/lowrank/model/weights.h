@@ -28,9 +28,9 @@ enum class Quantization {
 Quantization parse_quantization(const std::string& name, const char* flag = "--quantize");
 // What the inference commands (generate, eval, serve) load `model_dir` with: --quantize's choice;
 // for "none" on the CPU, KeepBf16 when the checkpoint is bf16 and its f32 copy would take more than
-// half of the machine's memory. (Otherwise f32: on a machine whose cores rather than its memory
-// bound a decode step, bf16 weights widened as they are read are ~10% slower — bench/RESULTS.md,
-// 2026-12-05 —, so they are worth it where f32 would not fit.)
+// half of the machine's memory. (Otherwise f32: bf16 weights widened as they are read decode ~8%
+// slower where the cores bound a decode step — a 2-vCPU machine —, 9–49% faster where memory
+// does — the GPU box's 16-core CPU —, bench/RESULTS.md 2026-12-05; f32 is the safe default.)
 Quantization inference_quantization(const std::string& flag_value, Device device, const std::string& model_dir);
 
 struct Linear {
