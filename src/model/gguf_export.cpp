@@ -63,10 +63,6 @@ std::optional<std::string> gpt2_block_name(const std::string& rest) {
   return it->second + rest.substr(dot);
 }
 
-bool ends_with(const std::string& s, const std::string& end) {
-  return s.size() >= end.size() && s.compare(s.size() - end.size(), end.size(), end) == 0;
-}
-
 void set_u32(io::GgufWriter& w, const std::string& key, int64_t v) { w.set(key, GgufValue::u32(static_cast<uint32_t>(v))); }
 void set_f32(io::GgufWriter& w, const std::string& key, double v) { w.set(key, GgufValue::f32(static_cast<float>(v))); }
 
@@ -286,16 +282,16 @@ std::optional<GgufTensorPlan> gguf_tensor_plan(const ModelConfig& c, const std::
   } else {
     throw error("no GGUF name for tensor '", hf_name, "'");
   }
-  if (ends_with(plan.name, "_norm.weight") || ends_with(plan.name, ".bias")) plan.keep_f32 = true;
-  if (is_gemma(c) && ends_with(hf_name, "norm.weight")) plan.add = 1;  // llama.cpp's RMSNorm multiplies by w
+  if (plan.name.ends_with("_norm.weight") || plan.name.ends_with(".bias")) plan.keep_f32 = true;
+  if (is_gemma(c) && hf_name.ends_with("norm.weight")) plan.add = 1;  // llama.cpp's RMSNorm multiplies by w
   const bool llama_rope = gguf_arch_name(c) == "llama";
-  if (llama_rope && ends_with(name, "self_attn.q_proj.weight")) plan.permute_heads = c.num_heads;
-  if (llama_rope && ends_with(name, "self_attn.q_proj.bias")) plan.permute_heads = c.num_heads;
-  if (llama_rope && (ends_with(name, "self_attn.k_proj.weight") || ends_with(name, "self_attn.k_proj.bias")))
+  if (llama_rope && name.ends_with("self_attn.q_proj.weight")) plan.permute_heads = c.num_heads;
+  if (llama_rope && name.ends_with("self_attn.q_proj.bias")) plan.permute_heads = c.num_heads;
+  if (llama_rope && (name.ends_with("self_attn.k_proj.weight") || name.ends_with("self_attn.k_proj.bias")))
     plan.permute_heads = c.num_kv_heads;
   // Gemma's query scale: into q (Gemma 2), or into q's norm, which comes after q_proj (Gemma 3).
-  const bool holds_query = c.qk_norm ? ends_with(name, "self_attn.q_norm.weight")
-                                     : (ends_with(name, "self_attn.q_proj.weight") || ends_with(name, "self_attn.q_proj.bias"));
+  const bool holds_query = c.qk_norm ? name.ends_with("self_attn.q_norm.weight")
+                                     : (name.ends_with("self_attn.q_proj.weight") || name.ends_with("self_attn.q_proj.bias"));
   if (is_gemma(c) && holds_query) plan.row_scale = gemma_query_factor(c);
   return plan;
 }

@@ -74,13 +74,8 @@ std::optional<std::string> pre_tokenizer_name(const json& pre) {
 
 // The converter's does_token_look_special.
 bool looks_special(const std::string& t) {
-  auto starts = [&](const char* p) { return t.rfind(p, 0) == 0; };
-  auto ends = [&](const char* s) {
-    const std::string_view sv(s);
-    return t.size() >= sv.size() && t.compare(t.size() - sv.size(), sv.size(), sv) == 0;
-  };
-  return t == "<pad>" || t == "<mask>" || t == "<2mass>" || t == "[@BOS@]" || (starts("<|") && ends("|>")) ||
-         (starts("<\xef\xbd\x9c") && ends("\xef\xbd\x9c>")) || (starts("<unused") && ends(">"));
+  return t == "<pad>" || t == "<mask>" || t == "<2mass>" || t == "[@BOS@]" || (t.starts_with("<|") && t.ends_with("|>")) ||
+         (t.starts_with("<\xef\xbd\x9c") && t.ends_with("\xef\xbd\x9c>")) || (t.starts_with("<unused") && t.ends_with(">"));
 }
 
 std::optional<std::string> token_content(const json& entry) {

@@ -7,11 +7,10 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <cstring>
 #include <vector>
 
 #include "backend/cpu/target_clones.h"
-#include "lowrank/core/error.h"
+#include "lowrank/core/dtype.h"
 
 namespace lowrank::cpu {
 namespace {
@@ -19,13 +18,6 @@ namespace {
 constexpr int64_t kLanes = 16;
 constexpr int64_t kFewRows = 4;      // up to this many rows: one pass over the weight
 constexpr int64_t kBlockFloats = int64_t{4} << 20;  // 16 MiB of the weight widened at a time for sgemm
-
-inline float widen(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 // Pairwise over the lanes, then the tail: one order for every clone and every grouping of rows.
 inline float reduce(float* acc, float tail) {
@@ -44,20 +36,20 @@ LOWRANK_CPU_CLONES void dot_rows_bf16(const uint16_t* w, int64_t rows, const flo
   if (rows == kRows) {
     for (; k + kLanes <= K; k += kLanes)
       for (int64_t r = 0; r < kRows; ++r)
-        for (int64_t j = 0; j < kLanes; ++j) acc[r][j] += widen(w[r * K + k + j]) * x[k + j];
+        for (int64_t j = 0; j < kLanes; ++j) acc[r][j] += bf16_to_f32(w[r * K + k + j]) * x[k + j];
   } else {
     for (; k + kLanes <= K; k += kLanes)
       for (int64_t r = 0; r < rows; ++r)
-        for (int64_t j = 0; j < kLanes; ++j) acc[r][j] += widen(w[r * K + k + j]) * x[k + j];
+        for (int64_t j = 0; j < kLanes; ++j) acc[r][j] += bf16_to_f32(w[r * K + k + j]) * x[k + j];
   }
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t t = k; t < K; ++t) tail[r] += widen(w[r * K + t]) * x[t];
+    for (int64_t t = k; t < K; ++t) tail[r] += bf16_to_f32(w[r * K + t]) * x[t];
     out[r] = reduce(acc[r], tail[r]);
   }
 }
 
 LOWRANK_CPU_CLONES void widen_rows(const uint16_t* w, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = widen(w[i]);
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(w[i]);
 }
 
 }  // namespace
