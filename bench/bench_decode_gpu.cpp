@@ -2,7 +2,9 @@
 // tokens/s for batch 1, 16 and 64 on random-weight models of the Qwen2.5-0.5B and Llama-3-8B
 // shapes, bf16, 128-token prompts, greedy, no eos (every sequence runs max-new-tokens). The time
 // covers prefill + decode + host sampling; the model is made before the clock starts. One JSON
-// line per row on stdout (tok/s also counts the prefill's time; decode_tok_s leaves it out).
+// line per row on stdout (tok/s also counts the prefill's time; decode_tok_s leaves it out;
+// steady_tok_s counts from the 4th step on, when a decoder's steps replay recorded graphs: what a
+// running server's steps take).
 //   bench_decode_gpu [--only qwen0.5b,llama8b] [--batches 1,16,64] [--new 128] [--prompt 128] [--device cuda:0]
 #include <chrono>
 #include <cstdlib>
@@ -10,6 +12,7 @@
 #include <cstring>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -71,13 +74,9 @@ int main(int argc, char** argv) {
         infer::GenerateOptions warm = o;
         warm.max_new_tokens = 4;
         infer::generate_batch(m, nullptr, prompts, warm, b);
-        double first_token_s = 0;
-        bool first = true;
         auto t0 = std::chrono::steady_clock::now();
-        b.on_token = [&](size_t, int32_t) {
-          if (first) first_token_s = seconds_since(t0);
-          first = false;
-        };
+        std::vector<double> arrivals;  // seconds since t0 of each output token
+        b.on_token = [&](size_t, int32_t) { arrivals.push_back(seconds_since(t0)); };
         auto out = infer::generate_batch(m, nullptr, prompts, o, b);
 #ifdef LOWRANK_WITH_CUDA
         if (dev.is_cuda()) cuda::synchronize(dev);
@@ -85,11 +84,18 @@ int main(int argc, char** argv) {
         const double secs = seconds_since(t0);
         int64_t tokens = 0;
         for (const auto& v : out) tokens += static_cast<int64_t>(v.size());
+        const double first_token_s = arrivals.empty() ? 0.0 : arrivals.front();
+        // Steady state: from the batch's kWarmSteps-th step on, once the step's graph replays (the
+        // first decode step of a new decoder runs op by op, the second records its graph).
+        constexpr int64_t kWarmSteps = 4;
+        const int64_t warm_tokens = kWarmSteps * batch, n = static_cast<int64_t>(arrivals.size());
+        const double steady_tok_s =
+            n > warm_tokens ? (n - warm_tokens) / std::max(1e-9, arrivals.back() - arrivals[warm_tokens - 1]) : 0.0;
         nlohmann::json row{{"bench", "decode_gpu"}, {"shape", s.name}, {"batch", batch}, {"prompt", prompt_len},
                            {"new_tokens", new_tokens}, {"output_tokens", tokens}, {"seconds", secs},
                            {"tok_s", tokens / secs},
                            {"decode_tok_s", (tokens - batch) / std::max(1e-9, secs - first_token_s)},
-                           {"prefill_s", first_token_s}};
+                           {"prefill_s", first_token_s}, {"steady_tok_s", steady_tok_s}};
         for (const char* knob : {"LOWRANK_CUDA_GRAPHS", "LOWRANK_FUSED_DECODE"})  // A/B switches, when set
           if (const char* v = std::getenv(knob)) row[knob] = v;
 #ifdef LOWRANK_WITH_CUDA

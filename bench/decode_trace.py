@@ -6,8 +6,8 @@ On the GPU box (the graphs' last replay is what the file holds):
     LOWRANK_DECODE_TRACE=trace.txt bench_mixed_decode_gpu --only qwen0.5b --batch 1 --adapters 0 --new 64
     python3 bench/decode_trace.py trace.txt [--layers 24] [--show 8]
 
-Each line of the file is a launch of a traced kernel (the fused projections and the attention
-with o): index, kernel, blocks, then the GPU's global timer in ns: first and last block start,
+Each line of the file is a launch of a traced kernel (the fused projections, the attention with
+o; once a step the embedding and the vocabulary's projection with its pick, project_argmax): index, kernel, blocks, then the GPU's global timer in ns: first and last block start,
 first and last return from the wait for the kernel before (for the attention with o: the end
 of its attention), the last block past its input's staging (fused projections), last end.
 Takes the last `layers` x (kernels a layer) launches, i.e. the last replayed step, and prints
@@ -25,6 +25,8 @@ import argparse
 import collections
 import statistics
 
+OUTSIDE = {"embedding", "project_argmax"}  # launches outside the layers, once a step
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -32,13 +34,14 @@ def main():
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--show", type=int, default=8, help="launches of the step to print one by one")
     args = ap.parse_args()
-    rows = []
+    rows, outside = [], []
     with open(args.trace) as f:
         for line in f:
             if line.startswith("B "):  # LOWRANK_DECODE_TRACE_BLOCKS's lines, a block each
                 continue
             i, name, blocks, s0, s1, w0, w1, m1, e1 = line.split()
-            rows.append((name, int(blocks), int(s0), int(s1), int(w0), int(w1), int(m1), int(e1)))
+            row = (name, int(blocks), int(s0), int(s1), int(w0), int(w1), int(m1), int(e1))
+            (outside if name in OUTSIDE else rows).append(row)
     # A layer's launches: the shortest period that repeats over the last `layers` layers (a kernel
     # launched twice a layer, as linear_residual past 256 keys, is told apart by its position).
     names = [r[0] for r in rows]
@@ -65,6 +68,15 @@ def main():
         nan = float("nan")
         by[name].append(((e1 - pe) / 1000, (s0 - pe) / 1000, (w1 - pe) / 1000 if w1 else nan,
                          (e1 - w1) / 1000 if w1 else nan, (m1 - w1) / 1000 if m1 and w1 else nan))
+    # The step's ends: its embedding before the layers, the vocabulary's projection and pick after.
+    before = [r for r in outside if r[0] == "embedding" and r[7] <= step[0][2] + 50_000]
+    after = [r for r in outside if r[0] == "project_argmax" and r[2] >= step[-1][2]]
+    if before and after:
+        emb, head = before[-1], after[0]
+        print(f"  embedding: start {us(emb[2]):7.2f}  end {us(emb[7]):7.2f}")
+        print(f"  project_argmax {head[1]} blocks: start {us(head[2]):7.2f}-{us(head[3]):7.2f}  wait "
+              f"{us(head[4]):7.2f}-{us(head[5]):7.2f}  end {us(head[7]):7.2f}  (the last layer ends {us(step[-1][7]):7.2f})")
+        print(f"  step: {(head[7] - emb[2]) / 1000:.1f} us from the embedding's start to the pick")
     print(f"{'kernel':26s} {'since-prev':>10s} {'start':>7s} {'wait':>7s} {'after-wait':>10s} {'to-staged':>9s}")
     for name in kinds:
         v = by[name]

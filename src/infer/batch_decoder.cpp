@@ -274,13 +274,15 @@ void BatchDecoder::decode(const std::vector<DecodeEntry*>& group, model::Project
 
 void BatchDecoder::emit(const model::Model& m, const Tensor& hidden, const std::vector<DecodeEntry*>& group,
                         model::ProjectionHook* hook) {
-  Tensor device_logits = m.project_vocab(hidden, hook);
   if (std::all_of(group.begin(), group.end(), [](const DecodeEntry* e) { return e->argmax_only; })) {
     // Greedy batches read back B ids, not [B, V] logits (39 MB a step at batch 64 for Qwen's vocabulary).
-    const Tensor ids = ops::argmax_rows(device_logits).to(Device::cpu());
+    Tensor picks = Tensor::empty({hidden.dim(0)}, DType::I32, hidden.device());
+    m.project_vocab(hidden, hook, &picks);
+    const Tensor ids = picks.to(Device::cpu());
     for (size_t b = 0; b < group.size(); ++b) group[b]->argmax = ids.data<int32_t>()[b];
     return;
   }
+  Tensor device_logits = m.project_vocab(hidden, hook);
   Tensor logits = device_logits.to(Device::cpu());
   const int64_t V = logits.dim(1);
   for (size_t b = 0; b < group.size(); ++b)

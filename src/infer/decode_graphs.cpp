@@ -40,10 +40,9 @@ void DecodeGraphs::forward(Bucket& b, const std::vector<lora::RowAdapter>& set) 
   // Built for this pass only: a recorded graph keeps the adapters' pointers, not the hook.
   const std::unique_ptr<lora::MixedBatchHook> hook = set.empty() ? nullptr : std::make_unique<lora::MixedBatchHook>(set, rows);
   Tensor h = model_.hidden_states_at(ids, pos, B, 1, b.length - 1, hook.get(), attention);
-  b.logits = model_.project_vocab(h, hook.get());
-  b.argmax = ops::argmax_rows(b.logits);
-  // The argmax becomes the ids of a step started ahead (a host-fed step overwrites them).
-  device_copy(b.inputs.raw(), b.inputs.device(), b.argmax.raw(), b.argmax.device(), B * sizeof(int32_t));
+  // The argmax is written into the ids: those of a step started ahead (a host-fed step overwrites them).
+  b.argmax = ids;
+  b.logits = model_.project_vocab(h, hook.get(), &b.argmax);
 }
 
 bool DecodeGraphs::same_adapters(const Bucket& b, const std::vector<lora::RowAdapter>& set) {

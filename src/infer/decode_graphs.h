@@ -77,7 +77,7 @@ class DecodeGraphs {
     // I32 [batch * (5 + width)]: ids, pos, slots, lens, each row's adapter index (-1: none), then
     // the tables
     Tensor inputs;
-    Tensor logits, argmax;  // outputs: f32 [batch, V], I32 [batch]
+    Tensor logits, argmax;  // outputs: f32 [batch, V], I32 [batch] (a view of the inputs' ids)
     std::unique_ptr<DeviceGraph> graph;
     bool warmed = false;
     bool eager = false;  // recording failed: this bucket runs without a graph

@@ -1,8 +1,11 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string_view>
 
+#include "lowrank/core/device_memory.h"
 #include "lowrank/core/error.h"
 #include "lowrank/io/safetensors.h"
 #include "lowrank/model/model.h"
@@ -294,12 +297,29 @@ Tensor Model::embed(const TokenBatch& batch, const std::vector<int32_t>& pos, Pr
   return x;
 }
 
-Tensor Model::project_vocab(const Tensor& hidden, ProjectionHook* hook) const {
+Tensor Model::project_vocab(const Tensor& hidden, ProjectionHook* hook, Tensor* argmax) const {
+  static const bool one_launch = [] {  // LOWRANK_PROJECT_ARGMAX=0: the GEMM, then argmax_rows (A/B timing)
+    const char* v = std::getenv("LOWRANK_PROJECT_ARGMAX");
+    return !(v && std::string_view(v) == "0");
+  }();
+  // The pick is made with the projection only when nothing changes the logits after it.
+  const bool pick_here = one_launch && argmax && !hook && !(config_.final_softcap > 0);
+  const bool one_cuda_row = one_launch && hidden.dim(0) == 1 && hidden.device().is_cuda() && hidden.dtype() == DType::BF16;
   // f32 logits on every device: the loss and sampling need their precision.
-  Tensor y = Tensor::empty({hidden.dim(0), weights_.lm_head.dim(0)}, DType::F32, hidden.device());
-  ops::matmul_nt(hidden, weights_.lm_head, y);
+  Tensor y;
+  if (pick_here || one_cuda_row) {
+    Tensor ids = pick_here ? *argmax : Tensor::empty({hidden.dim(0)}, DType::I32, hidden.device());
+    y = ops::project_argmax(hidden, weights_.lm_head, ids);
+  } else {
+    y = Tensor::empty({hidden.dim(0), weights_.lm_head.dim(0)}, DType::F32, hidden.device());
+    ops::matmul_nt(hidden, weights_.lm_head, y);
+  }
   if (hook) hook->on_projection(static_cast<int>(config_.num_layers), Target::LmHead, lm_head_linear(), hidden, y);
   if (config_.final_softcap > 0) ops::softcap_(y, static_cast<float>(config_.final_softcap));  // after the lm_head LoRA
+  if (argmax && !pick_here) {
+    const Tensor ids = ops::argmax_rows(y);
+    device_copy(argmax->raw(), argmax->device(), ids.raw(), ids.device(), ids.numel() * sizeof(int32_t));
+  }
   return y;
 }
 

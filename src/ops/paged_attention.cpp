@@ -20,4 +20,9 @@ Tensor argmax_rows(const Tensor& x) {
   LR_DISPATCH(d, argmax_rows(x));
 }
 
+Tensor project_argmax(const Tensor& x, const Tensor& w, Tensor& ids) {
+  const Device d = detail::op_device("project_argmax", {&x, &w, &ids});
+  LR_DISPATCH(d, project_argmax(x, w, ids));
+}
+
 }  // namespace lowrank::ops

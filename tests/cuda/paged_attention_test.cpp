@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <random>
 
@@ -118,6 +119,37 @@ TEST(CudaArgmaxRows, EqualsCpuIncludingTies) {
     EXPECT_EQ(std::vector<int32_t>(got.data<int32_t>(), got.data<int32_t>() + got.numel()),
               std::vector<int32_t>(want.data<int32_t>(), want.data<int32_t>() + want.numel()))
         << "V=" << V;
+  }
+}
+
+// One row's lm_head and pick in one launch: its logits are cuBLASLt's within f32 summation order
+// and the same bits on every call; its pick is argmax_rows of those logits, the first of tied
+// rows (weight rows equal to x itself: the largest dots, planted at the ends and across blocks).
+TEST(CudaProjectArgmax, PicksTheFirstMaximumOfItsOwnLogits) {
+  LR_REQUIRE_GPU();
+  for (const auto& [V, K] : std::vector<std::pair<int64_t, int64_t>>{{1, 8}, {7, 64}, {333, 200}, {151936, 896}, {4099, 4096}}) {
+    SCOPED_TRACE(testing::Message() << "V=" << V << " K=" << K);
+    const Tensor x = random_cpu({1, K}, static_cast<uint64_t>(V)).to(DType::BF16);
+    Tensor w = random_cpu({V, K}, static_cast<uint64_t>(V + 1)).to(DType::BF16);
+    for (const std::vector<int64_t>& tied : std::vector<std::vector<int64_t>>{{V - 1}, {0, V - 1}, {V / 2, V / 3, V - 1}}) {
+      Tensor wt = w.clone();
+      for (int64_t r : tied)
+        std::copy_n(x.data<uint16_t>(), K, wt.data<uint16_t>() + r * K);
+      const Tensor xg = x.to(gpu()), wg = wt.to(gpu());
+      Tensor ids = Tensor::empty({1}, DType::I32, gpu());
+      const Tensor y = ops::project_argmax(xg, wg, ids).to(Device::cpu());
+      Tensor again_ids = Tensor::empty({1}, DType::I32, gpu());
+      const Tensor again = ops::project_argmax(xg, wg, again_ids).to(Device::cpu());
+      ASSERT_EQ(std::memcmp(y.raw(), again.raw(), y.numel() * sizeof(float)), 0);
+      Tensor ref = Tensor::empty({1, V}, DType::F32, gpu());
+      ops::matmul_nt(xg, wg, ref);
+      const Tensor r = ref.to(Device::cpu());
+      for (int64_t i = 0; i < V; ++i) ASSERT_NEAR(y.f32()[i], r.f32()[i], 1e-4 * (1 + std::fabs(r.f32()[i]))) << i;
+      const int32_t want = cpu::argmax_rows(y).data<int32_t>()[0];
+      EXPECT_EQ(want, *std::min_element(tied.begin(), tied.end()));
+      EXPECT_EQ(ids.to(Device::cpu()).data<int32_t>()[0], want);
+      EXPECT_EQ(again_ids.to(Device::cpu()).data<int32_t>()[0], want);
+    }
   }
 }
 #endif

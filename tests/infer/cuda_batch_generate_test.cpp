@@ -212,6 +212,45 @@ TEST(CudaDecodeGraphs, StepsStartedAheadGiveTheSameTokens) {
   EXPECT_GT(replays[1], replays[0]) << "no step was started ahead";
 }
 
+// One bf16 stream: the fused decode layers, and the lm_head with its pick in one launch
+// (ops::project_argmax), the pick written into the ids of the step started ahead. Eager steps,
+// replayed graphs and steps started ahead give the same tokens (every one-row step projects the
+// vocabulary with that one kernel), and steps do start ahead: the caller says the last step feeds
+// its pick too, so one step runs ahead that nobody asks for.
+TEST(CudaDecodeGraphs, OneBf16StreamStartedAheadGivesTheSameTokens) {
+  REQUIRE_GPU();
+  const std::string dir = test::model_fixture("qwen2");
+  model::Model m = model::Model::load(dir, Device::cuda(0), DType::BF16);
+  const auto seq = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
+  const int64_t prompt = 5, steps = 24;
+  std::vector<std::vector<int32_t>> tokens(3);  // graphs off; graphs, nothing ahead; graphs and ahead
+  std::vector<int64_t> replays(3);
+  for (int mode = 0; mode < 3; ++mode) {
+    infer::PagedKVCache cache(m.config(), m.device(), DType::BF16, 64);
+    infer::BatchDecoder decoder(m, cache, infer::BatchDecoder::kDefaultDeviceAdapters, mode > 0);
+    infer::PagedSequence s(cache, prompt + steps + 1);
+    std::vector<int32_t> fed(seq.begin(), seq.begin() + prompt);
+    for (int64_t step = 0; step < steps; ++step) {
+      std::vector<infer::DecodeEntry> entries(1);
+      entries[0].seq = &s;
+      entries[0].tokens = step == 0 ? std::span<const int32_t>(fed) : std::span<const int32_t>(&fed.back(), 1);
+      entries[0].argmax_only = true;
+      entries[0].feeds_argmax = mode == 2;
+      decoder.step(entries);
+      ASSERT_EQ(entries[0].error, "");
+      ASSERT_GE(entries[0].argmax, 0);
+      fed.push_back(entries[0].argmax);
+      tokens[mode].push_back(entries[0].argmax);
+    }
+    replays[mode] = decoder.graph_replays();
+  }
+  EXPECT_EQ(tokens[1], tokens[0]);
+  EXPECT_EQ(tokens[2], tokens[0]);
+  EXPECT_EQ(replays[0], 0);
+  EXPECT_GT(replays[1], 0);
+  EXPECT_EQ(replays[2], replays[1] + 1) << "no step was started ahead";
+}
+
 TEST(CudaBatchGenerate, GeneratorOnCudaWithAdaptersEqualsFixture) {
   REQUIRE_GPU();
   auto cases = io::read_json(test::fixture("lora/generate/expected.json"));

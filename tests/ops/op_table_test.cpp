@@ -887,6 +887,18 @@ std::vector<OpCase> op_table() {
   t.push_back(paged_o_case("paged_attention_residual, 14 heads of 64, 896 rows, rank 16", 14, 2, 64, 896, 200, 16));
   t.push_back(paged_o_case("paged_attention_residual over 600 keys (three tiles a warp)", 4, 2, 16, 40, 600, 8));
   t.push_back(paged_o_case("paged_attention_residual, 18 heads", 18, 2, 16, 40, 70, 0));
+  // The lm_head with its pick: one row (on CUDA in bf16 its own kernel, 25 packs of K: fewer than a
+  // warp's lanes) and three (the two ops); the picks as floats.
+  for (const int64_t m : {1, 3})
+    t.push_back({"project_argmax of " + std::to_string(m) + " rows", {{m, 200}, {333, 200}},
+                 [](Inputs& in, Device d) {
+                   Tensor ids = Tensor::empty({in[0].dim(0)}, DType::I32, d);
+                   const Tensor y = ops::project_argmax(in[0], in[1], ids);
+                   const Tensor host = ids.to(Device::cpu());
+                   Tensor f = Tensor::empty({host.numel()});
+                   for (int64_t i = 0; i < host.numel(); ++i) f.f32()[i] = static_cast<float>(host.data<int32_t>()[i]);
+                   return Outputs{y, f};
+                 }});
   return t;
 }
 

@@ -196,8 +196,10 @@ class Model {
   // Logits [B*T, V].
   Tensor logits(const TokenBatch& batch, ProjectionHook* hook = nullptr) const;
   // The lm_head projection of hidden states [n, d] -> [n, V] (with the hook's LmHead adapter;
-  // soft-capped when the model does).
-  Tensor project_vocab(const Tensor& hidden, ProjectionHook* hook = nullptr) const;
+  // soft-capped when the model does). `argmax`: each row's greedy pick written into it too (I32
+  // [n], in place). One bf16 row on CUDA goes through ops::project_argmax, asked for a pick or not, so
+  // that every one-row projection has the same logits.
+  Tensor project_vocab(const Tensor& hidden, ProjectionHook* hook = nullptr, Tensor* argmax = nullptr) const;
   // The lm_head as the frozen linear hooks see (no bias; the embedding's tensor when tied).
   Linear lm_head_linear() const { return Linear{weights_.lm_head, Tensor(), "lm_head", Target::LmHead}; }
 

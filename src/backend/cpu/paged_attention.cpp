@@ -75,4 +75,14 @@ Tensor argmax_rows(const Tensor& x) {
   return out;
 }
 
+Tensor project_argmax(const Tensor& x, const Tensor& w, Tensor& ids) {
+  LR_CHECK(x.rank() == 2 && w.rank() == 2 && ids.dtype() == DType::I32 && ids.numel() == x.dim(0),
+           "project_argmax x ", x.str(), " w ", w.str(), " ids ", ids.str());
+  Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, DType::F32);
+  matmul_nt(x, w, y);
+  const Tensor picks = argmax_rows(y);
+  std::copy_n(picks.data<int32_t>(), picks.numel(), ids.data<int32_t>());
+  return y;
+}
+
 }  // namespace lowrank::cpu

@@ -66,6 +66,16 @@ inline unsigned grid_for(int64_t n, int threads, int64_t max_blocks = 65535LL * 
 // v rounded to bf16 and back: where an op stores a bf16 value that the next step reads.
 __device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
 
+// 16 bytes of a weight read once per step: no point keeping them in L1. (Not volatile: the
+// compiler may issue the loads of an unrolled loop together.)
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
 // The 8 bf16 of a 16-byte load as f32.
 __device__ __forceinline__ void unpack8(const uint4 u, float (&f)[8]) {
   const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&u);

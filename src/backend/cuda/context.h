@@ -22,10 +22,11 @@ struct DeviceContext {
   std::string description;
   // Counters for kernels whose blocks hand work to one another within a launch: fused_decode.cu's
   // two (LoRA's shrinks formed by a few blocks, read by the others' epilogues), then one per part of
-  // paged_attention_residual's o rows (the last head's block of a part sums them). Zero between
-  // launches: such a kernel's last blocks zero them, and the stream runs one handoff at a time.
+  // paged_attention_residual's o rows (the last head's block of a part sums them), then
+  // project_argmax's blocks done (the last merges their picks). Zero between launches: such a
+  // kernel's last blocks zero them, and the stream runs one handoff at a time.
   unsigned* grid_counters = nullptr;  // [kGridCounters]
-  static constexpr int kGridCounters = 2 + 64;
+  static constexpr int kGridCounters = 2 + 64 + 1;
   DeviceContext* side = nullptr;  // the side-work context (null until used); in it: null
   DeviceContext* main = nullptr;  // in the side-work context: the device's context; else null
 };

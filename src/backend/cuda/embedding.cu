@@ -1,6 +1,8 @@
 // Embedding gather and its scatter-add backward. The backward adds rows with f32 atomics (a token
 // repeated in a batch adds in any order: not bit-reproducible, within f32 rounding).
 #include "common.cuh"
+#include "dependent_launch.cuh"
+#include "launch_trace.cuh"
 #include "backend/cuda/cuda_ops.h"
 
 namespace lowrank::cuda {
@@ -8,12 +10,15 @@ namespace {
 
 template <typename T>
 __global__ void gather_kernel(const T* __restrict__ table, const int32_t* __restrict__ ids, T* __restrict__ out,
-                              int64_t V, int64_t d) {
+                              int64_t V, int64_t d, LaunchStamp* stamps) {
+  stamp_start(stamps);
+  allow_dependents();  // a dependent after it (a decode step's first layer) loads its weights meanwhile
   const int64_t r = blockIdx.x;
   const int32_t id = ids[r];
   const bool ok = id >= 0 && id < V;  // bad ids give a zero row instead of a wild read
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
     out[r * d + i] = ok ? table[int64_t(id) * d + i] : from_f32<T>(0.0f);
+  stamp_end(stamps);
 }
 
 template <typename G>
@@ -42,7 +47,8 @@ Tensor embedding(const Tensor& table, const Tensor& ids) {
   LR_CHECK(n < (1LL << 31), "embedding: too many ids ", n);
   cudaStream_t st = stream_for(table.device());
   LR_FLOAT_TYPES(table.dtype(), T,
-      gather_kernel<<<unsigned(n), 256, 0, st>>>(table.data<T>(), ids.data<int32_t>(), out.data<T>(), V, d));
+      gather_kernel<<<unsigned(n), 256, 0, st>>>(table.data<T>(), ids.data<int32_t>(), out.data<T>(), V, d,
+                                                 next_launch_stamps(table.device(), "embedding", n)));
   LR_CUDA_LAUNCHED();
   return out;
 }

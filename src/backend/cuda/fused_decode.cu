@@ -136,16 +136,6 @@ __device__ __forceinline__ float with_update(const Output& o, int r, int64_t row
   return round_bf16(o.ls * acc + v);
 }
 
-// Weights are read once per step: no point keeping them in L1. (Not volatile: the compiler may
-// issue the loads of an unrolled loop together.)
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-      : "l"(p));
-  return v;
-}
-
 constexpr int U = 4;  // 16-byte loads in flight per lane and row
 
 // Loads a lane's batch of packs v0, v0 + 32, ..., v0 + 32 (U - 1) of rows wa and wb (null: zeros).

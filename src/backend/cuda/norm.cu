@@ -6,6 +6,7 @@
 #include <initializer_list>
 
 #include "common.cuh"
+#include "dependent_launch.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "reduce.h"
 
@@ -141,6 +142,7 @@ __global__ void __launch_bounds__(kMaxVecThreads) rmsnorm_vec_kernel(const T* __
                                    float* __restrict__ rstd, int64_t rows, int64_t d, float eps, int64_t ldy) {
   constexpr int V = 16 / sizeof(T);
   __shared__ float scratch[32];
+  allow_dependents();  // a dependent after it (a decode step's lm_head) loads its weights meanwhile
   const int64_t packs = d / V;
   float wv[kPacks][V];
 #pragma unroll
