@@ -1,7 +1,7 @@
 // Batched decoding over the paged KV cache on the CPU (the reference for the CUDA path): the paged
 // attention op against the fused attention, logits of batched prefill + decode against the
-// one-sequence KVCache path, greedy generate_batch against Generator (adapters, LongRoPE), and
-// the pool's bookkeeping.
+// one-sequence KVCache path, greedy generate_batch against Generator (adapters, LongRoPE), the
+// vocabulary projection with its greedy pick, and the pool's bookkeeping.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -87,6 +87,44 @@ TEST(ArgmaxRows, FirstMaximumOfEachRow) {
   Tensor x = Tensor::from_vector({1, 3, 3, 0, -1, -2, -1, -5}, {2, 4});
   const Tensor idx = ops::argmax_rows(x);
   EXPECT_EQ(std::vector<int32_t>(idx.data<int32_t>(), idx.data<int32_t>() + 2), (std::vector<int32_t>{1, 0}));
+}
+
+// The vocabulary projection with its pick: the logits of matmul_nt, the pick of argmax_rows (the
+// first of tied maxima), written in place into a slice of a larger buffer (a decode graph's ids).
+TEST(ProjectArgmax, PicksTheFirstMaximumIntoTheIdsInPlace) {
+  const Tensor x = random_tensor({2, 12}, 5);
+  Tensor w = random_tensor({9, 12}, 6);
+  for (int64_t r : {3, 7})  // two rows equal to x's second row: a tie for that row's maximum
+    std::copy_n(x.f32() + 12, 12, w.f32() + r * 12);
+  Tensor buffer = Tensor::from_ints({-1, -1, 42});
+  Tensor ids = buffer.slice_rows(0, 2);
+  const Tensor y = ops::project_argmax(x, w, ids);
+  Tensor want = Tensor::empty({2, 9});
+  ops::matmul_nt(x, w, want);
+  for (int64_t i = 0; i < want.numel(); ++i) EXPECT_EQ(y.f32()[i], want.f32()[i]);
+  const Tensor picks = ops::argmax_rows(want);
+  EXPECT_EQ(buffer.data<int32_t>()[0], picks.data<int32_t>()[0]);
+  EXPECT_EQ(buffer.data<int32_t>()[1], 3);
+  EXPECT_EQ(buffer.data<int32_t>()[2], 42);  // past the slice: untouched
+  Tensor short_ids = Tensor::from_ints({0});
+  EXPECT_ANY_THROW(ops::project_argmax(x, w, short_ids));  // one id for two rows
+}
+
+// Model::project_vocab's pick is the argmax of the logits it returns, also where the logits change
+// after the lm_head (a soft-cap: the pick is taken after it).
+TEST(ProjectArgmax, ModelPickIsTheArgmaxOfItsLogits) {
+  for (const std::string name : {"llama", "gemma2"}) {
+    SCOPED_TRACE(name);
+    model::Model m = model::Model::load(test::model_fixture(name));
+    const Tensor h = random_tensor({3, m.config().hidden_size}, 8);
+    Tensor picks = Tensor::empty({3}, DType::I32);
+    const Tensor y = m.project_vocab(h, nullptr, &picks);
+    const Tensor plain = m.project_vocab(h);
+    ASSERT_EQ(y.numel(), plain.numel());
+    for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(y.f32()[i], plain.f32()[i]);
+    const Tensor want = ops::argmax_rows(y);
+    for (int64_t r = 0; r < 3; ++r) EXPECT_EQ(picks.data<int32_t>()[r], want.data<int32_t>()[r]);
+  }
 }
 
 TEST(PagedKVCache, BlocksAreReservedAndReturned) {
