@@ -280,8 +280,11 @@ Quantization inference_quantization(const std::string& flag_value, Device device
   if (ModelConfig::load(model_dir).dtype != DType::BF16) return q;
   int64_t bytes = 0;
   std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(model_dir, ec))
-    if (e.path().extension() == ".safetensors") bytes += static_cast<int64_t>(e.file_size(ec));
+  for (const auto& e : std::filesystem::directory_iterator(model_dir, ec)) {
+    if (e.path().extension() != ".safetensors") continue;
+    const auto size = e.file_size(ec);
+    if (!ec) bytes += static_cast<int64_t>(size);  // unreadable: Model::load names it
+  }
   const int64_t memory = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(sysconf(_SC_PAGE_SIZE));
   if (2 * bytes <= memory / 2) return q;
   log_info("model weights: the checkpoint's bf16 projections kept in bf16 (an f32 copy, ", 2 * bytes / (1 << 20),

@@ -243,7 +243,6 @@ ReplyJson object_base(const ReplyHeader& h, bool chunk) {
           {"model", h.model}};
 }
 
-
 ReplyJson finish_json(const std::string& finish_reason) {
   return finish_reason.empty() ? ReplyJson(nullptr) : ReplyJson(finish_reason);
 }
