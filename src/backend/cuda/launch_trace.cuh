@@ -1,6 +1,6 @@
 #pragma once
 // LOWRANK_DECODE_TRACE=FILE: the one-stream decode kernels (fused_decode.cu's projections, the
-// attention with o in paged_attention.cu) stamp each block's start, the return of its wait for the
+// attention with o in paged_attention.cu; the embedding and project_argmax) stamp each block's start, the return of its wait for the
 // kernel before (programmatic dependent launch; for the attention with o: its attention's end), the
 // end of its input's staging (projections) and its end with the GPU's global timer, so that a
 // decode step's real timeline (kernels overlapping, gaps between them) can be read: ncu runs
