@@ -2,6 +2,7 @@
 #ifndef LOWRANK_WITH_CUDA
 #include <cstring>
 
+#include "lowrank/core/device_event.h"
 #include "lowrank/core/device_graph.h"
 #include "lowrank/core/device_memory.h"
 #include "lowrank/core/host_staging.h"
@@ -42,7 +43,15 @@ HostStaging::HostStaging(Device device, size_t bytes) : device_(device), capacit
 HostStaging::~HostStaging() = default;
 void HostStaging::upload(void*, size_t) { throw no_cuda(); }
 void HostStaging::download(const void*, size_t) { throw no_cuda(); }
+void HostStaging::upload_beside(void*, size_t, const DeviceEvent&) { throw no_cuda(); }
+void HostStaging::download_beside(const void*, size_t, const DeviceEvent&) { throw no_cuda(); }
+void HostStaging::device_waits() { throw no_cuda(); }
 void HostStaging::wait() { throw no_cuda(); }
+
+DeviceEvent::DeviceEvent(Device device) : device_(device) { throw no_cuda(); }
+DeviceEvent::~DeviceEvent() = default;
+void DeviceEvent::record() { throw no_cuda(); }
+void DeviceEvent::wait() { throw no_cuda(); }
 
 }  // namespace lowrank
 #endif

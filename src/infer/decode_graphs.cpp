@@ -30,19 +30,47 @@ bool DecodeGraphs::usable(const model::Model& model) {
 DecodeGraphs::DecodeGraphs(const model::Model& model, PagedKVCache& cache)
     : model_(model), cache_(cache), pool_(make_device_graph_pool(model.device())) {}
 
-void DecodeGraphs::forward(Bucket& b, const std::vector<lora::RowAdapter>& set) {
+void DecodeGraphs::forward(Bucket& b, int k, const std::vector<lora::RowAdapter>& set) {
   const int64_t B = b.batch;
-  Tensor ids = b.inputs.slice_rows(0, B), pos = b.inputs.slice_rows(B, 2 * B);
-  Tensor slots = b.inputs.slice_rows(2 * B, 3 * B), lens = b.inputs.slice_rows(3 * B, 4 * B);
-  Tensor rows = b.inputs.slice_rows(4 * B, 5 * B);
-  Tensor tables = b.inputs.slice_rows(5 * B, B * (5 + b.width)).reshape({B, b.width});
+  const Tensor& in = b.sides[k].inputs;
+  Tensor ids = in.slice_rows(0, B), pos = in.slice_rows(B, 2 * B);
+  Tensor slots = in.slice_rows(2 * B, 3 * B), lens = in.slice_rows(3 * B, 4 * B);
+  Tensor rows = in.slice_rows(4 * B, 5 * B);
+  Tensor tables = in.slice_rows(5 * B, B * (5 + b.width)).reshape({B, b.width});
   PagedAttentionCache attention(cache_, slots, tables, lens, b.length);
   // Built for this pass only: a recorded graph keeps the adapters' pointers, not the hook.
   const std::unique_ptr<lora::MixedBatchHook> hook = set.empty() ? nullptr : std::make_unique<lora::MixedBatchHook>(set, rows);
   Tensor h = model_.hidden_states_at(ids, pos, B, 1, b.length - 1, hook.get(), attention);
-  // The argmax is written into the ids: those of a step started ahead (a host-fed step overwrites them).
-  b.argmax = ids;
-  b.logits = model_.project_vocab(h, hook.get(), &b.argmax);
+  // The argmax is written into the other side's ids: those of a step started ahead there (a
+  // host-fed step overwrites them).
+  Tensor argmax = b.argmax(k);
+  b.sides[k].logits = model_.project_vocab(h, hook.get(), &argmax);
+}
+
+bool DecodeGraphs::record(Bucket& b, int k, const std::vector<lora::RowAdapter>& set) {
+  try {
+    auto graph = std::make_unique<DeviceGraph>(model_.device(), pool_);
+    graph->record([&] { forward(b, k, set); });
+    b.sides[k].graph = std::move(graph);
+    return true;
+  } catch (const Error& e) {
+    log_warn("decode step of ", b.batch, " rows runs without a CUDA graph: ", e.what());
+    b.eager = true;
+    return false;
+  }
+}
+
+void DecodeGraphs::run_side(Bucket& b, int k, const std::vector<lora::RowAdapter>& set) {
+  // A read of this side's last argmax may still be in flight beside the stream: the step writes there.
+  if (readbacks_[k]) readbacks_[k]->device_waits();
+  Side& side = b.sides[k];
+  if (side.graph) {
+    side.graph->replay();
+    ++replays_;
+  } else {
+    forward(b, k, set);
+  }
+  side.done->record();
 }
 
 bool DecodeGraphs::same_adapters(const Bucket& b, const std::vector<lora::RowAdapter>& set) {
@@ -63,6 +91,7 @@ void DecodeGraphs::evict_adapter_buckets(const Key& keep) {
       if (it->first != keep && (oldest == buckets_.end() || it->second.last_used < oldest->second.last_used)) oldest = it;
     }
     if (with_adapters <= kMaxAdapterBuckets || oldest == buckets_.end()) return;
+    settle_copies();
     buckets_.erase(oldest);
   }
 }
@@ -104,36 +133,66 @@ bool DecodeGraphs::fits_ahead(const Step& s, const Step* next, int64_t length) c
          std::min(next_power_of_two(next->max_len, kMinLength), positions) == length;
 }
 
+namespace {
+
+// LOWRANK_DECODE_BESIDE=0: the copies of steps started ahead on the device's stream, between two
+// steps (for A/B timing).
+bool copies_beside() {
+  static const bool on = [] {
+    const char* v = std::getenv("LOWRANK_DECODE_BESIDE");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return on;
+}
+
+}  // namespace
+
 void DecodeGraphs::start_ahead(Bucket& b, const Key& key, const Step& next, const std::vector<int32_t>& row_adapter,
-                               int slot) {
+                               int k) {
   const std::vector<int32_t> host = inputs_of(b, next, row_adapter);
-  const size_t skip = static_cast<size_t>(b.batch);  // the ids: the argmax the replay before left there
+  const size_t skip = static_cast<size_t>(b.batch);  // the ids: the argmax the other side left there
   const size_t bytes = (host.size() - skip) * sizeof(int32_t);
-  std::unique_ptr<HostStaging>& up = uploads_[slot];
+  std::unique_ptr<HostStaging>& up = uploads_[k];
   if (!up || up->capacity() < bytes) up = std::make_unique<HostStaging>(model_.device(), bytes);
   up->wait();  // its last upload (two steps back) has run
   std::memcpy(up->data(), host.data() + skip, bytes);
-  up->upload(static_cast<int32_t*>(b.inputs.raw()) + skip, bytes);
-  b.graph->replay();
-  ++replays_;
-  readback(slot).download(b.argmax.raw(), next.pos.size() * sizeof(int32_t));
+  Side& side = b.sides[k];
+  LR_CHECK(side.graph, "decode step started ahead on a side without a graph");
+  int32_t* dst = static_cast<int32_t*>(side.inputs.raw()) + skip;
+  if (copies_beside()) up->upload_beside(dst, bytes, *side.done);  // once this side's last step has run
+  else up->upload(dst, bytes);
+  run_side(b, k, {});
+  queue_read(b, k, static_cast<int64_t>(next.pos.size()));
   ahead_.active = true;
   ahead_.key = key;
   ahead_.step = next;
   ahead_.row_adapter = row_adapter;
-  ahead_.slot = slot;
+  ahead_.side = k;
 }
 
-HostStaging& DecodeGraphs::readback(int slot) {
-  if (!readbacks_[slot]) readbacks_[slot] = std::make_unique<HostStaging>(model_.device(), kMaxBatch * sizeof(int32_t));
-  return *readbacks_[slot];
+HostStaging& DecodeGraphs::readback(int k) {
+  if (!readbacks_[k]) readbacks_[k] = std::make_unique<HostStaging>(model_.device(), kMaxBatch * sizeof(int32_t));
+  return *readbacks_[k];
 }
 
-void DecodeGraphs::read_argmax(int slot, int64_t n, std::vector<int32_t>& argmax) {
-  HostStaging& r = readback(slot);
+void DecodeGraphs::queue_read(Bucket& b, int k, int64_t n) {
+  const void* src = b.argmax(k).raw();
+  const size_t bytes = static_cast<size_t>(n) * sizeof(int32_t);
+  if (copies_beside()) readback(k).download_beside(src, bytes, *b.sides[k].done);
+  else readback(k).download(src, bytes);
+}
+
+void DecodeGraphs::read_argmax(int k, int64_t n, std::vector<int32_t>& argmax) {
+  HostStaging& r = readback(k);
   r.wait();
   const auto* ids = static_cast<const int32_t*>(r.data());
   argmax.assign(ids, ids + n);
+}
+
+void DecodeGraphs::settle_copies() {
+  for (auto* stagings : {&readbacks_, &uploads_})
+    for (auto& s : *stagings)
+      if (s) s->wait();
 }
 
 bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits,
@@ -145,16 +204,16 @@ bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& ar
     if (argmax_only && same_step(ahead_.step, s)) {  // already running: start the one after, then read
       Bucket& b = buckets_.at(ahead_.key);
       b.last_used = ++steps_;
-      const int slot = ahead_.slot;
+      const int k = ahead_.side;
       const Key key = ahead_.key;
       const std::vector<int32_t> row_adapter = ahead_.row_adapter;
-      if (fits_ahead(s, next, b.length)) start_ahead(b, key, *next, row_adapter, 1 - slot);
-      read_argmax(slot, n, argmax);
+      if (fits_ahead(s, next, b.length)) start_ahead(b, key, *next, row_adapter, 1 - k);
+      read_argmax(k, n, argmax);
       if (ahead_.active) ahead_.step.ids = argmax;
       return true;
     }
-    // Not asked for: it runs anyway and nothing reads it (its readback's buffer is written in
-    // stream order before any later copy into it).
+    // Not asked for: it runs anyway and nothing reads it (a later read of its side lands after
+    // its own: one copy stream a readback).
   }
   if (n == 0 || n > kMaxBatch || s.max_len > positions) return false;
   LR_CHECK(s.adapters.empty() || static_cast<int64_t>(s.adapters.size()) == n, "decode step: ", s.adapters.size(),
@@ -181,50 +240,43 @@ bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& ar
     set[j] = a;
   }
   const Key key{batch, length, key_set};
-  if (auto it = buckets_.find(key); it != buckets_.end() && !same_adapters(it->second, set))
+  if (auto it = buckets_.find(key); it != buckets_.end() && !same_adapters(it->second, set)) {
+    settle_copies();
     buckets_.erase(it);  // other adapters now live at the recorded addresses
+  }
   Bucket& b = buckets_[key];
   b.last_used = ++steps_;
-  if (!b.inputs.defined()) {
+  if (!b.sides[0].inputs.defined()) {
     b.batch = batch;
     b.length = length;
     b.width = cache_.blocks_for(length);
-    b.inputs = Tensor::empty({batch * (5 + b.width)}, DType::I32, model_.device());
+    for (Side& side : b.sides) {
+      side.inputs = Tensor::empty({batch * (5 + b.width)}, DType::I32, model_.device());
+      side.done = std::make_unique<DeviceEvent>(model_.device());
+    }
     for (const lora::RowAdapter& a : set) b.adapters.push_back(a.adapter);
     if (!set.empty()) evict_adapter_buckets(key);
   }
+  // Host-fed steps run on side 0 (every upload beside the stream was ordered before what the
+  // stream runs next, so this copy lands after them).
   const std::vector<int32_t> host = inputs_of(b, s, row_adapter);
-  device_copy(b.inputs.raw(), b.inputs.device(), host.data(), Device::cpu(), host.size() * sizeof(int32_t));
-  if (b.warmed && !b.graph && !b.eager) {
-    try {
-      auto graph = std::make_unique<DeviceGraph>(model_.device(), pool_);
-      graph->record([&] { forward(b, set); });
-      b.graph = std::move(graph);
-    } catch (const Error& e) {
-      log_warn("decode step of ", batch, " rows runs without a CUDA graph: ", e.what());
-      b.eager = true;
-    }
-  }
-  if (b.graph) {
-    b.graph->replay();
-    ++replays_;
-  } else {
-    forward(b, set);
-    b.warmed = true;
-  }
-  // The next step ahead: a greedy step of the same rows in the same bucket, on a recorded graph.
-  if (argmax_only && b.graph && fits_ahead(s, next, length)) {
-    const int slot = 1 - ahead_.slot;  // not the buffer of a step started ahead and not asked for
-    readback(slot).download(b.argmax.raw(), static_cast<size_t>(n) * sizeof(int32_t));
-    start_ahead(b, key, *next, row_adapter, 1 - slot);
-    read_argmax(slot, n, argmax);
+  device_copy(b.sides[0].inputs.raw(), model_.device(), host.data(), Device::cpu(), host.size() * sizeof(int32_t));
+  if (b.warmed && !b.sides[0].graph && !b.eager) record(b, 0, set);
+  run_side(b, 0, set);
+  b.warmed = true;
+  // The next step ahead: a greedy step of the same rows in the same bucket, on side 1's graph.
+  if (argmax_only && b.sides[0].graph && fits_ahead(s, next, length) &&
+      (b.sides[1].graph || (!b.eager && record(b, 1, set)))) {
+    queue_read(b, 0, n);
+    start_ahead(b, key, *next, row_adapter, 1);
+    read_argmax(0, n, argmax);
     ahead_.step.ids = argmax;
     return true;
   }
-  const Tensor ids = b.argmax.slice_rows(0, n).to(Device::cpu());
+  const Tensor ids = b.argmax(0).slice_rows(0, n).to(Device::cpu());
   argmax.assign(ids.data<int32_t>(), ids.data<int32_t>() + n);
   if (!argmax_only) {
-    const Tensor l = b.logits.slice_rows(0, n).to(Device::cpu());
+    const Tensor l = b.sides[0].logits.slice_rows(0, n).to(Device::cpu());
     logits.assign(l.f32(), l.f32() + l.numel());
   }
   return true;

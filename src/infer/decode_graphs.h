@@ -18,14 +18,17 @@
 // kMaxAdapterBuckets such buckets are kept (the least recently used goes).
 //
 // One step ahead: a greedy caller may pass the step it expects next (its tokens not yet known).
-// Each graph ends by copying its argmax into its own ids, so the bucket's graph is replayed again
-// at once with the next positions, slots and lengths; the host reads the first step's tokens
-// while the device runs the second, and the next run() that asks for exactly that step (the same
-// rows, with the tokens just returned) only reads its tokens back. A step started ahead that is
-// not asked for (a sequence ended, one joined) still runs: its keys and values land in its rows'
-// next slots, which a real step fills again with the same values or which belong to a sequence
-// that ended (one stream: anything queued later comes after it). One stream on the
-// Qwen2.5-0.5B shape left the GPU idle ~35 µs a token between steps (H200), ~4%.
+// Each graph ends by writing its argmax into the ids of the next step's inputs, so the bucket's
+// other graph is replayed at once with the next positions, slots and lengths; the host reads the
+// first step's tokens while the device runs the second, and the next run() that asks for exactly
+// that step (the same rows, with the tokens just returned) only reads its tokens back. A step
+// started ahead that is not asked for (a sequence ended, one joined) still runs: its keys and
+// values land in its rows' next slots, which a real step fills again with the same values or
+// which belong to a sequence that ended (one stream: anything queued later comes after it).
+// Two sides a bucket: side k reads its own inputs and writes its argmax into the other side's
+// ids, and steps started ahead alternate sides, so the next step's inputs are uploaded, and the
+// last step's tokens read back, beside the device's stream (HostStaging's copies beside it) while
+// a step runs, not between two steps. Steps fed by the host run on side 0.
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -33,6 +36,7 @@
 #include <utility>
 #include <vector>
 
+#include "lowrank/core/device_event.h"
 #include "lowrank/core/device_graph.h"
 #include "lowrank/core/host_staging.h"
 #include "lowrank/infer/paged_kv_cache.h"
@@ -72,31 +76,44 @@ class DecodeGraphs {
  private:
   using AdapterSet = std::vector<std::pair<const lora::MixableAdapter*, double>>;  // (adapter, scale), sorted
   using Key = std::tuple<int64_t, int64_t, AdapterSet>;                          // (batch, length, set)
-  struct Bucket {
-    int64_t batch = 0, length = 0, width = 0;
+  struct Side {
     // I32 [batch * (5 + width)]: ids, pos, slots, lens, each row's adapter index (-1: none), then
     // the tables
     Tensor inputs;
-    Tensor logits, argmax;  // outputs: f32 [batch, V], I32 [batch] (a view of the inputs' ids)
+    Tensor logits;  // output: f32 [batch, V]
     std::unique_ptr<DeviceGraph> graph;
+    std::unique_ptr<DeviceEvent> done;  // after this side's last run
+  };
+  struct Bucket {
+    int64_t batch = 0, length = 0, width = 0;
+    Side sides[2];  // side k writes its argmax into argmax(k): the ids of sides[1 - k]
     bool warmed = false;
     bool eager = false;  // recording failed: this bucket runs without a graph
     std::vector<std::weak_ptr<const lora::MixableAdapter>> adapters;  // the set's, in key order
     int64_t last_used = 0;
+    Tensor argmax(int k) const { return sides[1 - k].inputs.slice_rows(0, batch); }  // I32 [batch]
   };
-  // Runs the bucket's forward on its inputs (eagerly, or while recording) and keeps its outputs;
+  // Runs side k's forward on its inputs (eagerly, or while recording) and keeps its outputs;
   // `set`: the step's adapters in the bucket's order.
-  void forward(Bucket& b, const std::vector<lora::RowAdapter>& set);
+  void forward(Bucket& b, int k, const std::vector<lora::RowAdapter>& set);
+  // Records side k's graph; false (b.eager set) when the step cannot be recorded.
+  bool record(Bucket& b, int k, const std::vector<lora::RowAdapter>& set);
+  // Runs side k: its graph's replay, or its forward eagerly; after the read of its last argmax.
+  void run_side(Bucket& b, int k, const std::vector<lora::RowAdapter>& set);
   // Whether `b` was made for these very adapters (not others at the same addresses).
   static bool same_adapters(const Bucket& b, const std::vector<lora::RowAdapter>& set);
   void evict_adapter_buckets(const Key& keep);
   // The bucket's input buffer for step s (row_adapter: each row's index into the bucket's set).
   static std::vector<int32_t> inputs_of(const Bucket& b, const Step& s, const std::vector<int32_t>& row_adapter);
-  // Replays b's graph on `next`'s inputs (its ids: the argmax the replay before left there) and
-  // queues the read of its argmax into readbacks_[slot].
-  void start_ahead(Bucket& b, const Key& key, const Step& next, const std::vector<int32_t>& row_adapter, int slot);
-  // n rows' argmax from readbacks_[slot], once landed.
-  void read_argmax(int slot, int64_t n, std::vector<int32_t>& argmax);
+  // Replays side k's graph on `next`'s inputs (its ids: the argmax the other side left there) and
+  // queues the read of its argmax into readback(k).
+  void start_ahead(Bucket& b, const Key& key, const Step& next, const std::vector<int32_t>& row_adapter, int k);
+  // Queues the read of side k's argmax (n rows) into readback(k), beside the device's stream
+  // unless LOWRANK_DECODE_BESIDE=0; read_argmax: n rows' argmax from readback(k), once landed.
+  void queue_read(Bucket& b, int k, int64_t n);
+  void read_argmax(int k, int64_t n, std::vector<int32_t>& argmax);
+  // Waits until no copy beside the stream is in flight (before a bucket's memory is freed).
+  void settle_copies();
   // Same rows with the same adapters; the very same step; whether `next` (null: none) can start
   // ahead of s in s's bucket of `length`.
   static bool same_rows(const Step& a, const Step& b);
@@ -108,19 +125,19 @@ class DecodeGraphs {
   std::shared_ptr<DeviceGraphPool> pool_;  // shared: replays never overlap (one stream)
   std::map<Key, Bucket> buckets_;
   int64_t replays_ = 0, steps_ = 0;
-  // The step started ahead (active), its bucket and rows' adapter indices, and which readback
-  // holds its argmax; step.ids: the tokens it ran on (the argmax returned before it).
+  // The step started ahead (active), its bucket, rows' adapter indices and side; step.ids: the
+  // tokens it ran on (the argmax returned before it).
   struct Ahead {
     bool active = false;
     Key key;
     Step step;
     std::vector<int32_t> row_adapter;
-    int slot = 0;
+    int side = 0;
   } ahead_;
-  // Per slot (made on first use): the argmax read back [kMaxBatch], and the inputs of a step
-  // started ahead.
+  // Per side (made on first use): its argmax read back [kMaxBatch], and the inputs of a step
+  // started ahead on it.
   std::unique_ptr<HostStaging> readbacks_[2], uploads_[2];
-  HostStaging& readback(int slot);
+  HostStaging& readback(int k);
 };
 
 }  // namespace lowrank::infer

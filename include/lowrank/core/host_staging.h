@@ -5,6 +5,7 @@
 // ordinary, pageable memory would first wait for the device's stream to drain).
 #include <cstddef>
 
+#include "lowrank/core/device_event.h"
 #include "lowrank/core/tensor.h"
 
 namespace lowrank {
@@ -25,6 +26,15 @@ class HostStaging {
   // into data(), on the device's stream after what is queued there now.
   void upload(void* dst, size_t bytes);
   void download(const void* src, size_t bytes);
+  // The same copies beside the device's stream: on this staging's own copy stream, once the
+  // device has reached `after` (not behind the work queued on the device's stream since).
+  // upload_beside: what is queued on the device's stream from now on runs after the copy.
+  // download_beside: the device's stream does not wait for it; device_waits() orders its later
+  // work (one that overwrites src) after it.
+  void upload_beside(void* dst, size_t bytes, const DeviceEvent& after);
+  void download_beside(const void* src, size_t bytes, const DeviceEvent& after);
+  // What is queued on the device's stream from now on runs after this staging's copies so far.
+  void device_waits();
   // Waits until the copies queued so far have run.
   void wait();
 
@@ -33,6 +43,7 @@ class HostStaging {
   size_t capacity_;
   void* host_ = nullptr;   // page-locked [capacity_]
   void* event_ = nullptr;  // cudaEvent_t, recorded after each copy
+  void* stream_ = nullptr;  // cudaStream_t of the copies beside the device's stream (made on first use)
 };
 
 }  // namespace lowrank
