@@ -136,9 +136,15 @@ __device__ __forceinline__ float with_update(const Output& o, int r, int64_t row
   return round_bf16(o.ls * acc + v);
 }
 
-constexpr int U = 4;  // 16-byte loads in flight per lane and row
+// 16-byte loads in flight per lane and row. Down's (the residual epilogue's) rows are long (Qwen2.5-0.5B:
+// 608 packs, 152 a warp of the four that share a pair): five cover a warp's part in one batch, all
+// of it loaded before the wait, where four left a second batch, one more memory latency, after it.
+// Four elsewhere: gate/up keeps two pairs in flight, and a fifth would cost it a block an SM; with
+// more rows a fifth spills.
+__host__ __device__ constexpr int loads_per_lane(Epilogue e, int m) { return e == Epilogue::Residual && m == 1 ? 5 : 4; }
 
 // Loads a lane's batch of packs v0, v0 + 32, ..., v0 + 32 (U - 1) of rows wa and wb (null: zeros).
+template <int U>
 __device__ __forceinline__ void load_batch(const bf16* wa, const bf16* wb, int64_t v0, int64_t packs, uint4 (&ua)[U],
                                            uint4 (&ub)[U]) {
 #pragma unroll
@@ -152,7 +158,7 @@ __device__ __forceinline__ void load_batch(const bf16* wa, const bf16* wb, int64
 // Dots of weight rows wa and wb (wb may be null) with the M staged rows over the packs [begin,
 // end) of K; every lane ends with the sums. ua, ub hold the lane's first batch, loaded by the
 // caller (before the staging, for the first rows of a warp: the weights' latency overlaps it).
-template <int M>
+template <int M, int U>
 __device__ __forceinline__ void dot_rows(const bf16* xs, int64_t k, int m, int64_t begin, int64_t packs,
                                          const bf16* wa, const bf16* wb, uint4 (&ua)[U], uint4 (&ub)[U],
                                          float (&ya)[M], float (&yb)[M]) {
@@ -246,7 +252,7 @@ __device__ __forceinline__ void norm_weights(const Args& a, int64_t v, float (&w
                       : __bfloat162float(static_cast<const bf16*>(a.norm_w)[v * 8 + i]);
 }
 
-constexpr int kStageLoads = 4;   // packs of an input row a thread stages at once (K <= 4,096: one batch)
+constexpr int kStageLoads = 5;   // packs of an input row a thread stages at once (K <= 5,120: one batch)
 constexpr int kShrinkLoads = 4;  // packs of a shrink row a thread has in flight (K <= 4,096: one batch)
 
 // Shrink row `row` of the concatenated A's [r_p, k]: its A (p), its row there (g) and that row.
@@ -385,6 +391,7 @@ __device__ __forceinline__ void fused_decode(const Args& a) {
   // goes out before the pair ahead of it is dotted (na, nb): two pairs in flight, so a warp waits
   // one memory latency per pair, not two. (The other kernels keep their registers: a pair a warp.)
   constexpr bool kAhead = E == Epilogue::SwiGlu;
+  constexpr int U = loads_per_lane(E, M);
   PairRows cur, next;
   uint4 ua[U], ub[U], na[U], nb[U];
   // Launched as a dependent (dependent_launch.cuh): weights before the wait, x after it. A block
@@ -491,7 +498,7 @@ __device__ __forceinline__ void fused_decode(const Args& a) {
     const int oa = cur.oa;
     if (E != Epilogue::SwiGlu && (pair != first || row_pos >= 0)) in = epilogue_inputs<E>(a, oa, ra, rb, lane, row_pos);
     float ya[M], yb[M];
-    dot_rows<M>(xs, k, a.m, part_begin, part_end, cur.wa, cur.wb, ua, ub, ya, yb);
+    dot_rows<M, U>(xs, k, a.m, part_begin, part_end, cur.wa, cur.wb, ua, ub, ya, yb);
     if (a.parts > 1) {  // part 0 adds the other parts' sums, in order
       __shared__ float partial[kWarps][2][M];
       if (lane == 0)
@@ -589,6 +596,7 @@ void launch_rows(const Args& a, Device d) {
   // keeps at least one full batch of loads: a warp's batches are a serial chain of memory
   // latencies (Qwen-0.5B's down projection: 448 pairs, 5 batches each, on 3,696 warp slots).
   const int64_t warp_slots = int64_t(per_sm) * multiprocessor_count(d) * kWarps;
+  constexpr int U = loads_per_lane(E, M);
   const int64_t batches = (a.k / 8 + 32 * U - 1) / (32 * U);
   static const bool split_k = [] {  // LOWRANK_DECODE_SPLIT_K=0: a warp per pair through the whole K (A/B)
     const char* v = std::getenv("LOWRANK_DECODE_SPLIT_K");
