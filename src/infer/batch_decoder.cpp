@@ -190,6 +190,14 @@ void BatchDecoder::prefill(const std::vector<DecodeEntry*>& unordered, int64_t l
   }
   const model::Model& m = *run.model;
   const ShapesVary varying;  // B·len rows: new at almost every prefill (no GEMM tuning; larger cached blocks)
+  // One prompt on the base model or a merged copy: replayed from a graph per padded length.
+  DecodeEntry& only = *group[0];
+  if (B == 1 && !hook && (run.merged || !only.adapter) && only.prompt_top_logprobs < 0 && run.graphs &&
+      run.graphs->prefill(ids, slots, only.argmax_only, only.argmax, only.logits)) {
+    only.seq->length_ = len;
+    if (!only.argmax_only) only.argmax = -1;
+    return;
+  }
   PagedAttentionCache attention(cache_, Tensor::from_ints(slots, m.device()));
   const std::unique_ptr<lora::MixedBatchHook> mixed = hook || run.merged ? nullptr : mixed_hook(row_adapters(group), len);
   if (mixed) hook = mixed.get();

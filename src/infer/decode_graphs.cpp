@@ -282,4 +282,61 @@ bool DecodeGraphs::run(const Step& s, bool argmax_only, std::vector<int32_t>& ar
   return true;
 }
 
+void DecodeGraphs::forward_prefill(PrefillBucket& b) {
+  const int64_t R = b.rows;
+  const Tensor ids = b.inputs.slice_rows(0, R), pos = b.inputs.slice_rows(R, 2 * R);
+  PagedAttentionCache attention(cache_, b.inputs.slice_rows(2 * R, 3 * R));
+  const Tensor h = model_.hidden_states_at(ids, pos, 1, R, R - 1, nullptr, attention);
+  b.logits = model_.project_vocab(ops::embedding(h, b.inputs.slice_rows(3 * R, 3 * R + 1)), nullptr, &b.pick);
+}
+
+bool DecodeGraphs::prefill(const std::vector<int32_t>& ids, const std::vector<int32_t>& slots, bool argmax_only,
+                           int32_t& argmax, std::vector<float>& logits) {
+  static const bool enabled = [] {  // LOWRANK_PREFILL_GRAPHS=0: prompts run op by op (A/B timing)
+    const char* v = std::getenv("LOWRANK_PREFILL_GRAPHS");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  const auto n = static_cast<int64_t>(ids.size());
+  const int64_t rows = next_power_of_two(n, kMinPrefillRows);
+  if (!enabled || n == 0 || rows > kMaxPrefillRows || rows > model_.config().max_position_embeddings ||
+      static_cast<int64_t>(slots.size()) != n)
+    return false;
+  PrefillBucket& b = prefills_[rows];
+  if (!b.inputs.defined()) {
+    b.rows = rows;
+    b.inputs = Tensor::empty({3 * rows + 1}, DType::I32, model_.device());
+    b.pick = Tensor::empty({1}, DType::I32, model_.device());
+  }
+  std::vector<int32_t> host(3 * rows + 1, 0);  // padding rows: token 0, their own positions, slot -1
+  std::copy(ids.begin(), ids.end(), host.begin());
+  for (int64_t t = 0; t < rows; ++t) host[rows + t] = static_cast<int32_t>(t);
+  std::fill(host.begin() + 2 * rows, host.begin() + 3 * rows, -1);
+  std::copy(slots.begin(), slots.end(), host.begin() + 2 * rows);
+  host[3 * rows] = static_cast<int32_t>(n - 1);
+  device_copy(b.inputs.raw(), model_.device(), host.data(), Device::cpu(), host.size() * sizeof(int32_t));
+  if (b.warmed && !b.graph && !b.eager) {
+    try {
+      auto graph = std::make_unique<DeviceGraph>(model_.device(), pool_);
+      graph->record([&] { forward_prefill(b); });
+      b.graph = std::move(graph);
+    } catch (const Error& e) {
+      log_warn("prefill of ", rows, " rows runs without a CUDA graph: ", e.what());
+      b.eager = true;
+    }
+  }
+  if (b.graph) {
+    b.graph->replay();
+    ++replays_;
+  } else {
+    forward_prefill(b);
+    b.warmed = true;
+  }
+  argmax = b.pick.to(Device::cpu()).data<int32_t>()[0];
+  if (!argmax_only) {
+    const Tensor l = b.logits.to(Device::cpu());
+    logits.assign(l.f32(), l.f32() + l.numel());
+  }
+  return true;
+}
+
 }  // namespace lowrank::infer

@@ -17,6 +17,10 @@
 // adapters are those very objects; a set that is gone is recorded anew. At most
 // kMaxAdapterBuckets such buckets are kept (the least recently used goes).
 //
+// One prompt's prefill (the base model or a merged copy, no hook) is replayed too, from a graph per
+// padded length (prefill() below): a 128-token prompt's ~300 launches cost the host ~3 ms, the GPU
+// well under one.
+//
 // One step ahead: a greedy caller may pass the step it expects next (its tokens not yet known).
 // Each graph ends by writing its argmax into the ids of the next step's inputs, so the bucket's
 // other graph is replayed at once with the next positions, slots and lengths; the host reads the
@@ -71,6 +75,19 @@ class DecodeGraphs {
   // bucket (see above).
   bool run(const Step& step, bool argmax_only, std::vector<int32_t>& argmax, std::vector<float>& logits,
            const Step* next = nullptr);
+
+  // One sequence's prompt from position 0 with no hook (the base model, or a merged copy): its
+  // token ids and their KV-cache slots. The rows are padded to a power of two of at least
+  // kMinPrefillRows; padding rows come after the prompt (the causal attention keeps them out of
+  // its rows), write no keys or values and are not read. One graph per padded length, recorded at
+  // that length's second prefill (the first runs eagerly), so that a short prompt's prefill costs
+  // the GPU's time, not hundreds of launches. False (nothing done) for a prompt longer than
+  // kMaxPrefillRows or than the model's positions. Fills the last row's argmax and, unless
+  // argmax_only, its logits [V].
+  static constexpr int64_t kMinPrefillRows = 16;
+  static constexpr int64_t kMaxPrefillRows = 512;
+  bool prefill(const std::vector<int32_t>& ids, const std::vector<int32_t>& slots, bool argmax_only, int32_t& argmax,
+               std::vector<float>& logits);
   int64_t replays() const { return replays_; }
 
  private:
@@ -93,6 +110,16 @@ class DecodeGraphs {
     int64_t last_used = 0;
     Tensor argmax(int k) const { return sides[1 - k].inputs.slice_rows(0, batch); }  // I32 [batch]
   };
+  struct PrefillBucket {
+    int64_t rows = 0;
+    Tensor inputs;  // I32 [3 * rows + 1]: ids, positions, slots (-1: padding), the prompt's last row
+    Tensor pick;    // output: I32 [1]
+    Tensor logits;  // output: f32 [1, V]
+    std::unique_ptr<DeviceGraph> graph;
+    bool warmed = false;
+    bool eager = false;  // recording failed: this length runs without a graph
+  };
+  void forward_prefill(PrefillBucket& b);
   // Runs side k's forward on its inputs (eagerly, or while recording) and keeps its outputs;
   // `set`: the step's adapters in the bucket's order.
   void forward(Bucket& b, int k, const std::vector<lora::RowAdapter>& set);
@@ -124,6 +151,7 @@ class DecodeGraphs {
   PagedKVCache& cache_;
   std::shared_ptr<DeviceGraphPool> pool_;  // shared: replays never overlap (one stream)
   std::map<Key, Bucket> buckets_;
+  std::map<int64_t, PrefillBucket> prefills_;  // by padded rows
   int64_t replays_ = 0, steps_ = 0;
   // The step started ahead (active), its bucket, rows' adapter indices and side; step.ids: the
   // tokens it ran on (the argmax returned before it).

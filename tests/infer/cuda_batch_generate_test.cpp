@@ -5,6 +5,7 @@
 // decodes through the paged cache) gives the fixture's greedy tokens with two adapters.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "lowrank/core/device_memory.h"
@@ -143,7 +144,9 @@ TEST(CudaDecodeGraphs, ReplaysEqualEagerSteps) {
     replays[g] = decoder.graph_replays();
   }
   EXPECT_EQ(replays[0], 0);
-  EXPECT_EQ(replays[1], 6 + 3);  // bucket 4: steps 2-7 (step 1 eager); bucket 2: steps 9-11 (8 eager)
+  // Decode buckets 4: steps 2-7 (step 1 eager); 2: steps 9-11 (8 eager). The three prompts (5, 9, 3
+  // tokens) prefill one at a time on the 16-row prefill graph: the second and third replay it.
+  EXPECT_EQ(replays[1], 6 + 3 + 2);
   ASSERT_EQ(logits[0].size(), logits[1].size());
   for (size_t r = 0; r < logits[0].size(); ++r) {
     ASSERT_EQ(logits[0][r].size(), logits[1][r].size());
@@ -249,6 +252,63 @@ TEST(CudaDecodeGraphs, OneBf16StreamStartedAheadGivesTheSameTokens) {
   EXPECT_EQ(replays[0], 0);
   EXPECT_GT(replays[1], 0);
   EXPECT_EQ(replays[2], replays[1] + 1) << "no step was started ahead";
+}
+
+// One prompt's prefill on the base model replays a graph per padded length (DecodeGraphs::
+// prefill): prompts of 5, 9 and 12 tokens share the 16-row graph (the first runs eagerly, the
+// second records it). Their last rows' logits stay within f32 tolerance of the unpadded prefill
+// without graphs, the keys and values they wrote carry the greedy decode that follows to the same
+// tokens, and the later prompts do replay.
+TEST(CudaDecodeGraphs, OnePromptPrefillsReplayPerPaddedLength) {
+  REQUIRE_GPU();
+  const std::string dir = test::model_fixture("qwen2");
+  model::Model m = model::Model::load(dir, Device::cuda(0), DType::F32);
+  const auto seq = train::read_token_sequences(dir + "/eval.jsonl", m.config().vocab_size)[0];
+  const std::vector<int64_t> prompt_lens = {5, 9, 12};
+  const int64_t steps = 6;
+  std::vector<std::vector<std::vector<float>>> logits(2);  // [graphs off/on][prompt][V]
+  std::vector<std::vector<int32_t>> tokens(2);               // greedy tokens after each prompt
+  std::vector<int64_t> replays(2);
+  for (int g = 0; g < 2; ++g) {
+    infer::PagedKVCache cache(m.config(), m.device(), DType::F32, 64);
+    infer::BatchDecoder decoder(m, cache, infer::BatchDecoder::kDefaultDeviceAdapters, g == 1);
+    for (size_t p = 0; p < prompt_lens.size(); ++p) {
+      infer::PagedSequence s(cache, prompt_lens[p] + steps + 1);
+      std::vector<int32_t> fed(seq.begin() + p, seq.begin() + p + prompt_lens[p]);
+      for (int64_t step = 0; step <= steps; ++step) {
+        std::vector<infer::DecodeEntry> entries(1);
+        entries[0].seq = &s;
+        entries[0].tokens = step == 0 ? std::span<const int32_t>(fed) : std::span<const int32_t>(&fed.back(), 1);
+        entries[0].argmax_only = step > 0;
+        decoder.step(entries);
+        ASSERT_EQ(entries[0].error, "");
+        if (step == 0) {
+          logits[g].push_back(entries[0].logits);
+          ASSERT_EQ(entries[0].argmax, -1);  // logits asked for: no argmax
+          const auto& l = entries[0].logits;
+          fed.push_back(static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin()));
+        } else {
+          ASSERT_GE(entries[0].argmax, 0);
+          fed.push_back(entries[0].argmax);
+        }
+        tokens[g].push_back(fed.back());
+      }
+    }
+    replays[g] = decoder.graph_replays();
+  }
+  EXPECT_EQ(replays[0], 0);
+  // Decode steps: 5 replays after the first prompt (its first step runs eagerly), 6 after each of
+  // the others; prefills: the second and third prompts'.
+  EXPECT_EQ(replays[1], 5 + 6 + 6 + 2) << "the later prompts' prefills did not replay";
+  EXPECT_EQ(tokens[1], tokens[0]);
+  for (size_t p = 0; p < prompt_lens.size(); ++p) {
+    ASSERT_EQ(logits[0][p].size(), logits[1][p].size());
+    ASSERT_FALSE(logits[0][p].empty());
+    double worst = 0;
+    for (size_t v = 0; v < logits[0][p].size(); ++v)
+      worst = std::max(worst, std::abs(double(logits[0][p][v]) - logits[1][p][v]) / std::max(1.0, std::abs(double(logits[0][p][v]))));
+    EXPECT_LE(worst, 1e-4) << "prompt " << p;
+  }
 }
 
 TEST(CudaBatchGenerate, GeneratorOnCudaWithAdaptersEqualsFixture) {
