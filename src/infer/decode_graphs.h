@@ -18,8 +18,8 @@
 // kMaxAdapterBuckets such buckets are kept (the least recently used goes).
 //
 // One prompt's prefill (the base model or a merged copy, no hook) is replayed too, from a graph per
-// padded length (prefill() below): a 128-token prompt's ~300 launches cost the host ~3 ms, the GPU
-// well under one.
+// padded length (prefill() below): a 128-token prompt's prefill round through HTTP took 3.1–3.6 ms
+// op by op, 1.6 ms replayed (one H100).
 //
 // One step ahead: a greedy caller may pass the step it expects next (its tokens not yet known).
 // Each graph ends by writing its argmax into the ids of the next step's inputs, so the bucket's
