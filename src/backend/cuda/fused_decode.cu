@@ -594,7 +594,8 @@ void launch_rows(const Args& a, Device d) {
       std::clamp<int64_t>((200 * 1024) / std::max<int64_t>(smem, 1), 1, std::clamp(resident, 1, 8)));
   // K split over 2 or 4 warps a pair while the pairs leave most resident warps idle and each part
   // keeps at least one full batch of loads: a warp's batches are a serial chain of memory
-  // latencies (Qwen-0.5B's down projection: 448 pairs, 5 batches each, on 3,696 warp slots).
+  // latencies (Qwen-0.5B's down projection: 448 pairs, 4 batches each of 5 loads a lane, on 3,696
+  // warp slots).
   const int64_t warp_slots = int64_t(per_sm) * multiprocessor_count(d) * kWarps;
   constexpr int U = loads_per_lane(E, M);
   const int64_t batches = (a.k / 8 + 32 * U - 1) / (32 * U);
